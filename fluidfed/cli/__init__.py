@@ -1,0 +1,1 @@
+"""The `fluidfed` command line."""

@@ -1,0 +1,204 @@
+"""The catalog commands: validate, cluster, apply, get, describe, delete."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fluidfed import config
+from fluidfed.cli import output, settings
+from fluidfed.client import Client
+from fluidfed.errors import ConfigError, Problem
+from fluidfed.models import Document
+
+Sub = Any  # argparse's private _SubParsersAction
+
+
+def register(sub: Sub) -> None:
+    p = sub.add_parser("validate", help="check TOML files; print every error")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(run=run_validate)
+
+    cl = sub.add_parser("cluster", help="register, label and delete clusters")
+    cl_sub = cl.add_subparsers(dest="cluster_command", required=True)
+    p = cl_sub.add_parser("register", help="register (or update) a cluster from its TOML")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--rotate-token", action="store_true", help="issue a new cluster token")
+    p.add_argument("--token-file", help="write the cluster token here (mode 0600)")
+    p.set_defaults(run=_hub(cluster_register))
+    p = cl_sub.add_parser("label", help="set (k=v) or remove (k-) cluster labels")
+    p.add_argument("name")
+    p.add_argument("labels", nargs="+", metavar="LABEL")
+    p.set_defaults(run=_hub(cluster_label))
+    p = cl_sub.add_parser("delete", help="delete a cluster and its bindings")
+    p.add_argument("name")
+    p.set_defaults(run=_hub(cluster_delete))
+
+    p = sub.add_parser("apply", help="create or update what the files declare")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE")
+    p.set_defaults(run=_hub(apply))
+
+    p = sub.add_parser("get", help="list clusters, datasets or bindings")
+    p.add_argument("kind", choices=["clusters", "datasets", "bindings"])
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    p.add_argument("--cluster", help="bindings of this cluster only")
+    p.set_defaults(run=_hub(get))
+
+    p = sub.add_parser("describe", help="show a dataset with its placement and status")
+    p.add_argument("kind", choices=["dataset"])
+    p.add_argument("name")
+    p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    p.set_defaults(run=_hub(describe))
+
+    p = sub.add_parser("delete", help="delete a dataset")
+    p.add_argument("kind", choices=["dataset"])
+    p.add_argument("name")
+    p.set_defaults(run=_hub(delete))
+
+
+def _hub(
+    fn: Callable[[Client, argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        s = settings.resolve(args.hub, args.token, args.client_config)
+        if not s.token:
+            raise ConfigError(
+                [Problem("no token: pass --token, set FLUIDFED_TOKEN (or FLUIDFED_TOKEN_FILE), "
+                         f"or put token_file in {settings.default_config_path()}")]
+            )
+
+        async def go() -> int:
+            async with Client(s.hub, s.token) as client:
+                return await fn(client, args)
+
+        return asyncio.run(go())
+
+    return run
+
+
+def _load_all(files: list[str]) -> list[tuple[str, Document]]:
+    docs, problems = [], []
+    for f in files:
+        try:
+            docs.append((f, config.load(f)))
+        except ConfigError as err:
+            problems += err.problems
+    if problems:
+        raise ConfigError(problems)
+    return docs
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    _load_all(args.files)  # raises with every problem of every file
+    for f in args.files:
+        output.console.print(f"{f}: valid")
+    return 0
+
+
+async def cluster_register(client: Client, args: argparse.Namespace) -> int:
+    doc = config.load(args.file)
+    if doc.cluster is None:
+        raise ConfigError([Problem("expected a [cluster] table", file=args.file)])
+    result = await client.register_cluster(doc.cluster, rotate_token=args.rotate_token)
+    name = result.cluster.spec.name
+    if not result.token:
+        output.console.print(f"cluster/{name} registered (already known; token unchanged)")
+        return 0
+    if args.token_file:
+        path = Path(args.token_file)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(result.token + "\n")
+        output.console.print(f"cluster/{name} registered; token written to {path}")
+    else:
+        output.console.print(f"cluster/{name} registered")
+        output.console.print(f"token: {result.token}")
+        output.console.print("keep it now: the hub stores only its hash")
+    return 0
+
+
+async def cluster_label(client: Client, args: argparse.Namespace) -> int:
+    set_labels: dict[str, str] = {}
+    remove: list[str] = []
+    for item in args.labels:
+        if item.endswith("-") and "=" not in item:
+            remove.append(item[:-1])
+        elif "=" in item:
+            k, v = item.split("=", 1)
+            set_labels[k] = v
+        else:
+            raise ConfigError([Problem(f"{item!r}: write key=value to set or key- to remove",
+                                       path="labels")])
+    rec = await client.label_cluster(args.name, set_labels, remove)
+    labels = ",".join(f"{k}={v}" for k, v in sorted(rec.spec.labels.items())) or "none"
+    output.console.print(f"cluster/{args.name} labeled: {labels}")
+    return 0
+
+
+async def cluster_delete(client: Client, args: argparse.Namespace) -> int:
+    await client.delete_cluster(args.name)
+    output.console.print(f"cluster/{args.name} deleted")
+    return 0
+
+
+async def apply(client: Client, args: argparse.Namespace) -> int:
+    for _, doc in _load_all(args.filename):
+        if doc.cluster is not None:
+            result = await client.register_cluster(doc.cluster)
+            output.console.print(f"cluster/{doc.cluster.name} registered")
+            if result.token:
+                output.console.print(f"token: {result.token}")
+        for ds in doc.dataset:
+            view = await client.apply_dataset(ds)
+            where = ", ".join(f"{v.binding.cluster} ({v.binding.mode})" for v in view.bindings)
+            output.console.print(
+                f"dataset/{ds.name} applied (generation {view.generation}); "
+                f"placed on {where or 'no cluster'}"
+            )
+        if doc.hub is not None:
+            output.console.print("(a [hub] table configures `fluidfed hub serve`; nothing to apply)")
+    return 0
+
+
+async def get(client: Client, args: argparse.Namespace) -> int:
+    table = args.output == "table"
+    if args.kind == "clusters":
+        clusters = await client.list_clusters()
+        output.console.print(output.clusters_table(clusters)) if table else output.dump(
+            clusters, args.output
+        )
+    elif args.kind == "datasets":
+        datasets = await client.list_datasets()
+        output.console.print(output.datasets_table(datasets)) if table else output.dump(
+            datasets, args.output
+        )
+    else:
+        result = await client.list_bindings(args.cluster)
+        if table:
+            statuses = {}
+            for d in {b.dataset for b in result.items}:
+                view = await client.get_dataset(d)
+                statuses.update({v.binding.name: v.status for v in view.bindings if v.status})
+            output.console.print(output.bindings_table(result.items, statuses))
+        else:
+            output.dump(result, args.output)
+    return 0
+
+
+async def describe(client: Client, args: argparse.Namespace) -> int:
+    view = await client.get_dataset(args.name)
+    if args.output == "text":
+        output.describe_dataset(view)
+    else:
+        output.dump(view, args.output)
+    return 0
+
+
+async def delete(client: Client, args: argparse.Namespace) -> int:
+    await client.delete_dataset(args.name)
+    output.console.print(f"dataset/{args.name} deleted")
+    return 0

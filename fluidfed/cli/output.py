@@ -1,0 +1,128 @@
+"""Rendering for the CLI: tables with rich, or json / yaml of the API objects."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import orjson
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fluidfed import codec
+from fluidfed.models import Binding, BindingStatus, ClusterRecord, DatasetView
+from fluidfed.units import format_size
+
+# piped output keeps whole names (rich would squeeze tables to 80 columns)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def dump(obj: Any, fmt: str) -> None:
+    data = codec.to_builtins(obj)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+
+
+def _age(since: float) -> str:
+    secs = max(0, int(time.time() - since))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n:
+            return f"{secs // n}{unit}"
+    return f"{secs}s"
+
+
+def cluster_state(c: ClusterRecord) -> str:
+    cond = c.status.condition
+    if cond is None:
+        return "Unknown"
+    return f"{cond.type} ({_age(cond.since)})"
+
+
+def clusters_table(items: list[ClusterRecord]) -> Table:
+    t = Table(box=None, header_style="bold")
+    for col in ("NAME", "KIND", "REGION", "ZONE", "MODE", "STATUS", "LABELS"):
+        t.add_column(col)
+    for c in items:
+        s = c.spec
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        t.add_row(s.name, s.kind, s.region or "-", s.zone or "-", s.mount_mode(),
+                  cluster_state(c), labels or "-")
+    return t
+
+
+def datasets_table(items: list[DatasetView]) -> Table:
+    t = Table(box=None, header_style="bold")
+    for col in ("NAME", "NAMESPACE", "MOUNTS", "CLUSTERS", "PHASE", "CACHED", "GEN"):
+        t.add_column(col)
+    for d in items:
+        t.add_row(d.spec.name, d.spec.namespace, ", ".join(m.uri for m in d.spec.mounts),
+                  ",".join(v.binding.cluster for v in d.bindings) or "-", d.phase,
+                  f"{format_size(d.cache_used)}/{format_size(d.cache_capacity)}", str(d.generation))
+    return t
+
+
+def bindings_table(items: list[Binding], statuses: dict[str, BindingStatus] | None = None) -> Table:
+    t = Table(box=None, header_style="bold")
+    for col in ("NAME", "DATASET", "CLUSTER", "MODE", "REPLICAS", "PHASE", "REVISION"):
+        t.add_column(col)
+    for b in items:
+        st = (statuses or {}).get(b.name)
+        t.add_row(b.name, b.dataset, b.cluster, b.mode, str(b.replicas),
+                  st.phase if st else "Pending", str(b.revision))
+    return t
+
+
+def describe_dataset(d: DatasetView) -> None:
+    s = d.spec
+    console.print(f"[bold]Name:[/bold]        {s.name}")
+    console.print(f"[bold]Namespace:[/bold]   {s.namespace}")
+    console.print(f"[bold]Generation:[/bold]  {d.generation} (revision {d.revision})")
+    console.print(f"[bold]Phase:[/bold]       {d.phase}")
+    console.print("[bold]Mounts:[/bold]")
+    for m in s.mounts:
+        extra = f" (secret {m.secret})" if m.secret else ""
+        console.print(f"  {m.uri}{extra}")
+    tiers = ", ".join(f"{t.medium} {format_size(t.quota)}" for t in s.cache.tiers)
+    console.print(f"[bold]Cache:[/bold]       {s.cache.engine}, {s.cache.replicas} replicas, {tiers}")
+    pl = s.placement
+    parts = []
+    if pl.clusters:
+        parts.append("clusters " + ",".join(pl.clusters))
+    if pl.selector is not None:
+        sel = [f"{k}={v}" for k, v in pl.selector.match_labels.items()]
+        sel += [f"{e.key} {e.operator} ({','.join(e.values)})".replace(" ()", "")
+                for e in pl.selector.match_expressions]
+        parts.append("selector " + ",".join(sel))
+    if pl.kinds:
+        parts.append("kinds " + ",".join(pl.kinds))
+    if pl.max_clusters:
+        parts.append(f"at most {pl.max_clusters}")
+    if pl.spread_by:
+        parts.append(f"spread by {pl.spread_by}")
+    console.print(f"[bold]Placement:[/bold]   {'; '.join(parts) or 'all clusters'}")
+    console.print("[bold]Access:[/bold]")
+    for a in s.access_list():
+        console.print(f"  {a.namespace}: /{a.sub_path} {'read-only' if a.read_only else 'read-write'}")
+    console.print("[bold]Bindings:[/bold]")
+    t = Table(box=None, header_style="bold")
+    for col in ("CLUSTER", "MODE", "REPLICAS", "PHASE", "READY", "CACHED", "HIT RATIO", "ERROR"):
+        t.add_column(col)
+    for v in d.bindings:
+        b, st = v.binding, v.status
+        t.add_row(
+            b.cluster, b.mode, str(b.replicas),
+            st.phase if st else "Pending",
+            str(st.ready_workers) if st else "-",
+            f"{format_size(st.cache_used)}/{format_size(st.cache_capacity)}" if st else "-",
+            f"{st.hit_ratio:.2f}" if st and st.hit_ratio is not None else "-",
+            (st.last_error if st else "") or "-",
+        )
+    if d.bindings:
+        console.print(t)
+    else:
+        console.print("  none: no cluster matches the placement")

@@ -1,0 +1,61 @@
+"""Where the CLI finds the hub and its token: flags, then environment, then a config file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli
+
+from fluidfed.errors import ConfigError, Problem
+
+DEFAULT_HUB = "http://127.0.0.1:8470"
+_KEYS = {"hub", "token", "token_file"}
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "fluidfed" / "client.toml"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    hub: str
+    token: str
+
+
+def resolve(hub: str | None, token: str | None, config_file: str | None) -> ClientSettings:
+    path = Path(config_file or os.environ.get("FLUIDFED_CONFIG") or default_config_path())
+    file_values: dict[str, str] = {}
+    if path.exists():
+        try:
+            raw = tomli.loads(path.read_text())
+        except tomli.TOMLDecodeError as err:
+            raise ConfigError([Problem(f"not valid TOML: {err}", file=str(path))]) from None
+        unknown = set(raw) - _KEYS
+        if unknown:
+            raise ConfigError(
+                [Problem(f"unknown key {k!r}: expected hub, token or token_file", file=str(path),
+                         path=k) for k in sorted(unknown)]
+            )
+        file_values = {k: str(v) for k, v in raw.items()}
+    elif config_file:
+        raise ConfigError([Problem("no such client config file", file=str(path))])
+
+    def token_from_file(p: str) -> str:
+        try:
+            return Path(p).read_text().strip()
+        except OSError as err:
+            raise ConfigError([Problem(f"cannot read the token file: {err}", file=p)]) from None
+
+    resolved_token = (
+        token
+        or os.environ.get("FLUIDFED_TOKEN")
+        or (token_from_file(os.environ["FLUIDFED_TOKEN_FILE"])
+            if os.environ.get("FLUIDFED_TOKEN_FILE") else "")
+        or file_values.get("token")
+        or (token_from_file(file_values["token_file"]) if file_values.get("token_file") else "")
+    )
+    resolved_hub = hub or os.environ.get("FLUIDFED_HUB") or file_values.get("hub") or DEFAULT_HUB
+    return ClientSettings(hub=resolved_hub, token=resolved_token)

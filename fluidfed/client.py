@@ -1,0 +1,240 @@
+"""The async Python SDK of the hub's API; the CLI and the agents are built on it.
+
+    async with fluidfed.Client("http://127.0.0.1:8470", token) as hub:
+        await hub.apply_dataset(dataset)
+        async for event in hub.watch_bindings("edge-1", revision=0):
+            ...
+
+Every transport error is translated at one place (`_request`) into fluidfed's errors:
+`HubUnreachable` (temporary), `ServerError` (temporary), or a 4xx `APIError` subclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+
+from fluidfed import codec
+from fluidfed.errors import Gone, HubUnreachable, Problem, api_error
+from fluidfed.models import (
+    Binding,
+    BindingStatus,
+    Cluster,
+    ClusterRecord,
+    Dataset,
+    DatasetView,
+    ErrorBody,
+    ListResult,
+    Registered,
+    WatchEvent,
+)
+
+T = TypeVar("T")
+
+_errbody = codec.decoder(ErrorBody)
+_event_dec = codec.decoder(WatchEvent)
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _decode(raw: bytes, typ: Any) -> Any:
+    dec = _decoders.get(typ)
+    if dec is None:
+        dec = _decoders[typ] = codec.decoder(typ)
+    return dec.decode(raw)
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self.token}"},
+                connector=aiohttp.TCPConnector(limit=0),
+            )
+        return self._session
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> bytes:
+        data = codec.encode(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            async with self.session.request(
+                method,
+                self.url + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _error_of(resp.status, raw)
+                return raw
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
+            raise HubUnreachable(f"cannot reach the hub at {self.url}: {err}") from err
+
+    # --- clusters ------------------------------------------------------------------------
+
+    async def register_cluster(self, spec: Cluster, *, rotate_token: bool = False) -> Registered:
+        params = {"rotate_token": "true"} if rotate_token else None
+        raw = await self._request("POST", "/api/v1/clusters", body=spec, params=params)
+        result: Registered = _decode(raw, Registered)
+        return result
+
+    async def list_clusters(self) -> list[ClusterRecord]:
+        result: list[ClusterRecord] = _decode(
+            await self._request("GET", "/api/v1/clusters"), list[ClusterRecord]
+        )
+        return result
+
+    async def get_cluster(self, name: str) -> ClusterRecord:
+        result: ClusterRecord = _decode(
+            await self._request("GET", f"/api/v1/clusters/{name}"), ClusterRecord
+        )
+        return result
+
+    async def label_cluster(
+        self, name: str, set_labels: dict[str, str], remove: list[str] | None = None
+    ) -> ClusterRecord:
+        raw = await self._request(
+            "PATCH",
+            f"/api/v1/clusters/{name}/labels",
+            body={"set": set_labels, "remove": remove or []},
+        )
+        result: ClusterRecord = _decode(raw, ClusterRecord)
+        return result
+
+    async def delete_cluster(self, name: str) -> None:
+        await self._request("DELETE", f"/api/v1/clusters/{name}")
+
+    async def heartbeat(self, cluster: str) -> ClusterRecord:
+        raw = await self._request("POST", f"/api/v1/clusters/{cluster}/heartbeat")
+        result: ClusterRecord = _decode(raw, ClusterRecord)
+        return result
+
+    # --- datasets ------------------------------------------------------------------------
+
+    async def apply_dataset(self, spec: Dataset) -> DatasetView:
+        raw = await self._request("PUT", f"/api/v1/datasets/{spec.name}", body=spec)
+        result: DatasetView = _decode(raw, DatasetView)
+        return result
+
+    async def list_datasets(self) -> list[DatasetView]:
+        result: list[DatasetView] = _decode(
+            await self._request("GET", "/api/v1/datasets"), list[DatasetView]
+        )
+        return result
+
+    async def get_dataset(self, name: str) -> DatasetView:
+        result: DatasetView = _decode(
+            await self._request("GET", f"/api/v1/datasets/{name}"), DatasetView
+        )
+        return result
+
+    async def delete_dataset(self, name: str) -> None:
+        await self._request("DELETE", f"/api/v1/datasets/{name}")
+
+    # --- bindings ------------------------------------------------------------------------
+
+    async def list_bindings(self, cluster: str | None = None) -> ListResult:
+        params = {"cluster": cluster} if cluster else None
+        result: ListResult = _decode(
+            await self._request("GET", "/api/v1/bindings", params=params), ListResult
+        )
+        return result
+
+    async def get_binding(self, name: str) -> Binding:
+        result: Binding = _decode(await self._request("GET", f"/api/v1/bindings/{name}"), Binding)
+        return result
+
+    async def report_status(self, binding: str, status: BindingStatus) -> None:
+        await self._request("PUT", f"/api/v1/bindings/{binding}/status", body=status)
+
+    async def watch_bindings(
+        self, cluster: str | None = None, *, revision: int | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Binding events after `revision`, BOOKMARKs included, until the stream ends.
+
+        Raises Gone when `revision` is compacted: list again, then watch from the list's
+        revision. The caller keeps the revision of the last event it handled to resume.
+        """
+        params: dict[str, str] = {"watch": "true"}
+        if cluster:
+            params["cluster"] = cluster
+        if revision is not None:
+            params["revision"] = str(revision)
+        try:
+            async with self.session.get(
+                self.url + "/api/v1/bindings",
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+            ) as resp:
+                if resp.status >= 400:
+                    raise _error_of(resp.status, await resp.read())
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event: WatchEvent = _event_dec.decode(line)
+                    if event.type == "ERROR":
+                        raise Gone(410, event.error or "watch ended by the hub")
+                    yield event
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
+            raise HubUnreachable(f"watch on {self.url} broke: {err}") from err
+
+
+def _error_of(status: int, raw: bytes) -> Exception:
+    try:
+        body = _errbody.decode(raw)
+    except msgspec.DecodeError:
+        return api_error(status, raw.decode(errors="replace")[:200] or f"HTTP {status}")
+    problems = [
+        Problem(
+            message=str(p.get("message", "")),
+            path=str(p.get("path", "")),
+            file=str(p.get("file", "")),
+            line=int(p.get("line", 0) or 0),
+        )
+        for p in body.problems
+    ]
+    return api_error(status, body.error, problems)

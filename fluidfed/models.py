@@ -1,0 +1,323 @@
+"""The data of fluidfed: what users declare, what the hub stores, what travels on the wire.
+
+Two bases carry the policy:
+
+* `Spec` - what a user writes (TOML, `fluidfed apply`, the API's request bodies).
+  Unknown fields are errors, so a typo fails loudly instead of being ignored.
+* `Wire` - what the hub and the agents exchange (bindings, status, events).
+  Unknown fields are tolerated so mixed versions can talk during an upgrade.
+
+Types here are checked by msgspec (types, ranges); the cross-field rules live in
+`fluidfed.validation`, which reports every problem with its field path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, cast
+
+import msgspec
+from msgspec import Meta
+
+from fluidfed.units import ByteSize, Duration
+
+
+def _bytes(n: int) -> ByteSize:
+    # defaults stay plain numbers so schema generation and encoding need no hooks
+    return cast(ByteSize, n)
+
+
+def _seconds(n: float) -> Duration:
+    return cast(Duration, float(n))
+
+
+class Spec(
+    msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, frozen=True
+):
+    pass
+
+
+class Wire(msgspec.Struct, kw_only=True, omit_defaults=True):
+    pass
+
+
+ClusterKind = Literal["standard", "serverless", "edge"]
+MountMode = Literal["csi", "sidecar"]
+Medium = Literal["MEM", "SSD", "HDD"]
+Engine = Literal["thin", "juicefs", "alluxio"]
+SelectorOp = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+CLUSTER_KINDS: tuple[ClusterKind, ...] = ("standard", "serverless", "edge")
+
+
+# --- clusters ---------------------------------------------------------------------------
+
+
+class Capabilities(Spec):
+    """What the cluster offers; placement picks the mount mode from it."""
+
+    csi: bool = False  # a CSI driver can mount datasets (Fluid's CSI plugin)
+    fluid: bool = False  # Fluid's controllers and CRDs are installed
+    privileged: bool = False  # pods may run privileged containers
+    native_sidecar: bool = True  # Kubernetes >= 1.28: init containers with restartPolicy Always
+    fuse_device_resource: str = ""  # e.g. "smarter-devices/fuse" on unprivileged platforms
+
+
+class KubeAccess(Spec):
+    """How the cluster's agent reaches its Kubernetes API."""
+
+    kubeconfig: str = ""
+    context: str = ""
+    in_cluster: bool = False
+
+
+class Cluster(Spec):
+    name: str
+    kind: ClusterKind = "standard"
+    region: str = ""
+    zone: str = ""
+    labels: dict[str, str] = {}
+    capabilities: Capabilities = Capabilities()
+    kubernetes: KubeAccess = KubeAccess(in_cluster=True)
+
+    def mount_mode(self) -> MountMode:
+        return "csi" if self.capabilities.csi and self.capabilities.fluid else "sidecar"
+
+    def selector_labels(self) -> dict[str, str]:
+        """Labels a selector sees: the user's, plus the well-known ones fluidfed derives."""
+        derived = {
+            "fluidfed.io/cluster": self.name,
+            "fluidfed.io/kind": self.kind,
+            "fluidfed.io/mount-mode": self.mount_mode(),
+        }
+        if self.region:
+            derived["topology.kubernetes.io/region"] = self.region
+        if self.zone:
+            derived["topology.kubernetes.io/zone"] = self.zone
+        return {**derived, **self.labels}
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+
+class Mount(Spec):
+    uri: str  # s3://bucket/prefix, oss://, https://host/path, file:///path, dataset://name
+    name: str = ""
+    path: str = ""  # where the mount appears inside the dataset; default "/" or "/<name>"
+    options: dict[str, str] = {}  # endpoint, region, ... never credentials
+    secret: str = ""  # name of a Kubernetes Secret, present in each cluster, with credentials
+
+
+class CacheTier(Spec):
+    medium: Medium
+    quota: ByteSize
+    path: str = ""  # a directory for SSD/HDD; MEM uses memory
+    high: Ratio = 0.95  # evict once usage passes this fraction of the quota
+    low: Ratio = 0.7  # ... down to this fraction
+
+
+class Resources(Spec):
+    cpu: str = ""
+    memory: str = ""
+
+
+class CacheSpec(Spec):
+    engine: Engine = "thin"  # the Fluid runtime used where the cluster mounts by CSI
+    replicas: NonNegInt = 1
+    min_replicas: NonNegInt = 0
+    max_replicas: NonNegInt = 10
+    block_size: ByteSize = _bytes(4 * 2**20)
+    image: str = ""
+    resources: Resources = Resources()
+    tiers: list[CacheTier] = msgspec.field(
+        default_factory=lambda: [CacheTier(medium="MEM", quota=_bytes(2**30))]
+    )
+
+
+class SelectorRequirement(Spec):
+    key: str
+    operator: SelectorOp
+    values: list[str] = []
+
+
+class LabelSelector(Spec):
+    match_labels: dict[str, str] = {}
+    match_expressions: list[SelectorRequirement] = []
+
+
+class Placement(Spec):
+    """Which clusters get the dataset. Every given filter must hold; none given means all."""
+
+    clusters: list[str] = []
+    selector: LabelSelector | None = None
+    kinds: list[ClusterKind] = []
+    max_clusters: NonNegInt = 0  # 0: no limit
+    spread_by: Literal["", "region", "zone"] = ""
+
+
+class Access(Spec):
+    """A namespace whose pods may use the dataset, and how they see it."""
+
+    namespace: str
+    sub_path: str = ""
+    read_only: bool = True
+
+
+AutoscaleMetric = Literal["cache_used_ratio", "hit_ratio", "read_throughput_per_worker"]
+
+
+class AutoscaleTarget(Spec):
+    metric: AutoscaleMetric
+    target: Annotated[float, Meta(gt=0.0)]  # ratio for *_ratio, bytes/second for throughput
+
+
+class AutoscalePolicy(Spec):
+    targets: Annotated[list[AutoscaleTarget], Meta(min_length=1)]
+    min_replicas: NonNegInt = 1
+    max_replicas: NonNegInt = 10
+    tolerance: Ratio = 0.1
+    scale_up_window: Duration = _seconds(0)
+    scale_down_window: Duration = _seconds(300)
+    max_step: Annotated[int, Meta(ge=1)] = 4
+    idle_after: Duration = _seconds(0)  # 0: never scale to zero
+
+
+class Dataset(Spec):
+    name: str
+    mounts: Annotated[list[Mount], Meta(min_length=1)]
+    namespace: str = "default"  # the home namespace in every cluster
+    description: str = ""
+    labels: dict[str, str] = {}
+    cache: CacheSpec = CacheSpec()
+    placement: Placement = Placement()
+    access: list[Access] = []  # empty: the home namespace only, read-only
+    autoscale: AutoscalePolicy | None = None
+
+    def access_list(self) -> list[Access]:
+        return self.access or [Access(namespace=self.namespace)]
+
+
+# --- hub daemon configuration -----------------------------------------------------------
+
+
+class HubConfig(Spec):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8470
+    data_dir: str = ".fluidfed/hub"
+    admin_token_file: str = ""  # read the admin token from this file ...
+    admin_token_env: str = "FLUIDFED_ADMIN_TOKEN"  # ... or this variable; else generated
+    lease_duration: Duration = _seconds(40)
+    max_body: ByteSize = _bytes(2**20)
+    event_history: Annotated[int, Meta(ge=100)] = 10000
+    bookmark_interval: Duration = _seconds(10)
+
+
+class Document(Spec):
+    """One TOML file: a cluster, one or more datasets, or a hub configuration."""
+
+    cluster: Cluster | None = None
+    dataset: list[Dataset] = []
+    hub: HubConfig | None = None
+
+
+# --- the hub's catalog on the wire ------------------------------------------------------
+
+
+class Condition(Wire):
+    type: Literal["Ready", "Offline"]
+    since: float  # unix time of the last transition
+    reason: str = ""
+
+
+class ClusterStatus(Wire):
+    condition: Condition | None = None
+    last_heartbeat: float = 0.0
+
+
+class ClusterRecord(Wire):
+    spec: Cluster
+    status: ClusterStatus = msgspec.field(default_factory=ClusterStatus)
+    revision: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.status.condition is not None and self.status.condition.type == "Ready"
+
+
+class Binding(Wire):
+    """One dataset placed on one cluster: what that cluster's agent must make real."""
+
+    name: str  # "<dataset>.<cluster>": both are DNS labels, so the dot keeps it unique
+    dataset: str
+    cluster: str
+    mode: MountMode
+    replicas: NonNegInt
+    generation: int  # the dataset's generation this binding was made from
+    spec: Dataset
+    revision: int = 0
+
+
+Phase = Literal["Pending", "Bound", "Degraded", "Failed", "Deleting"]
+
+
+class BindingStatus(Wire):
+    phase: Phase = "Pending"
+    mode: MountMode | None = None
+    ready_workers: int = 0
+    cache_capacity: int = 0
+    cache_used: int = 0
+    hit_ratio: float | None = None
+    last_error: str = ""
+    observed_generation: int = 0
+    hub_last_seen: float = 0.0
+    reported_at: float = 0.0
+    metrics: dict[str, float] = {}
+
+
+class DatasetRecord(Wire):
+    spec: Dataset
+    generation: int = 1
+    revision: int = 0
+
+
+class BindingView(Wire):
+    binding: Binding
+    status: BindingStatus | None = None
+
+
+class DatasetView(Wire):
+    """A dataset as `describe` shows it: the spec, where it is placed and how each place is."""
+
+    spec: Dataset
+    generation: int
+    revision: int
+    bindings: list[BindingView] = []
+    phase: str = "Pending"
+    cache_used: int = 0
+    cache_capacity: int = 0
+
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]
+
+
+class WatchEvent(Wire):
+    type: EventType
+    revision: int
+    object: Binding | None = None
+    error: str = ""  # ERROR events: "410 Gone" when the watcher fell behind compaction
+
+
+class ListResult(Wire):
+    revision: int
+    items: list[Binding]
+
+
+class Registered(Wire):
+    cluster: ClusterRecord
+    token: str
+
+
+class ErrorBody(Wire):
+    error: str
+    problems: list[dict[str, str | int]] = []

@@ -1,0 +1,99 @@
+"""Byte sizes and durations as users write them: `4GiB`, `500Mi`, `1048576`; `30s`, `5m`."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ByteSize(int):
+    """A number of bytes; decoded from `4GiB`, `500Mi`, `10GB` or a plain integer."""
+
+    def __repr__(self) -> str:
+        return f"ByteSize({format_size(self)})"
+
+
+class Duration(float):
+    """A number of seconds; decoded from `30s`, `5m`, `1h30m`, `250ms` or a plain number."""
+
+    def __repr__(self) -> str:
+        return f"Duration({format_duration(self)})"
+
+
+def parse_size(value: object) -> ByteSize:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 4GiB, 500Mi or a number of bytes, got {value}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value}")
+        return ByteSize(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        unit = m.group(2).lower() if m else ""
+        if m and unit in _SIZE_UNITS:
+            return ByteSize(int(float(m.group(1)) * _SIZE_UNITS[unit]))
+    raise ValueError(
+        f"expected a size such as 4GiB, 500Mi, 10GB or a number of bytes, got {value!r}"
+    )
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value}")
+        return Duration(float(value))
+    if isinstance(value, str):
+        text = value.strip()
+        total, pos = 0.0, 0
+        for m in _DURATION_RE.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            pos = m.end()
+        else:
+            if text and pos == len(text):
+                return Duration(total)
+    raise ValueError(f"expected a duration such as 30s, 5m, 1h30m or 250ms, got {value!r}")
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            value = n / factor
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    return f"{n}B"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1 and seconds:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds % 3600 == 0 and seconds >= 3600:
+        return f"{seconds / 3600:.0f}h"
+    if seconds % 60 == 0 and seconds >= 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:g}s"

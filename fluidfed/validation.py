@@ -1,0 +1,306 @@
+"""Cross-field rules over decoded models. Pure: data in, every problem out, with field paths.
+
+msgspec has already checked types and ranges; these are the rules a type cannot say.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from urllib.parse import urlsplit
+
+from fluidfed.errors import Problem
+from fluidfed.models import (
+    AutoscalePolicy,
+    CacheSpec,
+    Cluster,
+    Dataset,
+    Document,
+    HubConfig,
+    LabelSelector,
+    Placement,
+)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+URI_SCHEMES = ("s3", "oss", "http", "https", "file", "dataset")
+_SECRET_OPTION = re.compile(r"(secret|password|passwd|token|access[_-]?key|credential)", re.I)
+
+
+def check_dns_label(value: str, path: str, what: str) -> list[Problem]:
+    if len(value) <= 63 and DNS_LABEL.match(value):
+        return []
+    return [
+        Problem(
+            f"{what} {value!r} is not a valid name: use at most 63 lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit (e.g. 'imagenet-train')",
+            path=path,
+        )
+    ]
+
+
+def check_label_key(key: str, path: str) -> list[Problem]:
+    prefix, _, name = key.rpartition("/")
+    ok = bool(name) and len(name) <= 63 and _LABEL_NAME.match(name) is not None
+    if prefix:
+        ok = ok and len(prefix) <= 253 and _DNS_SUBDOMAIN.match(prefix) is not None
+    if ok:
+        return []
+    return [
+        Problem(
+            f"label key {key!r} is not valid: use an optional DNS prefix and '/', then at most "
+            "63 letters, digits, '-', '_' or '.' (e.g. 'example.com/tier' or 'gpu')",
+            path=path,
+        )
+    ]
+
+
+def check_label_value(value: str, path: str) -> list[Problem]:
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return []
+    return [
+        Problem(
+            f"label value {value!r} is not valid: at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit",
+            path=path,
+        )
+    ]
+
+
+def check_labels(labels: dict[str, str], path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for key, value in labels.items():
+        problems += check_label_key(key, f"{path}.{key}")
+        problems += check_label_value(value, f"{path}.{key}")
+    return problems
+
+
+def check_selector(sel: LabelSelector, path: str) -> list[Problem]:
+    problems = check_labels(sel.match_labels, f"{path}.match_labels")
+    for i, req in enumerate(sel.match_expressions):
+        p = f"{path}.match_expressions[{i}]"
+        problems += check_label_key(req.key, f"{p}.key")
+        if req.operator in ("In", "NotIn") and not req.values:
+            problems.append(
+                Problem(f"operator {req.operator} needs at least one value", path=f"{p}.values")
+            )
+        if req.operator in ("Exists", "DoesNotExist") and req.values:
+            problems.append(
+                Problem(
+                    f"operator {req.operator} takes no values; remove 'values'",
+                    path=f"{p}.values",
+                )
+            )
+        for j, v in enumerate(req.values):
+            problems += check_label_value(v, f"{p}.values[{j}]")
+    return problems
+
+
+def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
+    problems = check_dns_label(c.name, f"{path}.name", "cluster name")
+    problems += check_labels(c.labels, f"{path}.labels")
+    k = c.kubernetes
+    if k.in_cluster and k.kubeconfig:
+        problems.append(
+            Problem(
+                "give either kubeconfig (with an optional context) or in_cluster = true, not both",
+                path=f"{path}.kubernetes",
+            )
+        )
+    if k.context and not k.kubeconfig:
+        problems.append(
+            Problem("context needs a kubeconfig path", path=f"{path}.kubernetes.context")
+        )
+    if not k.in_cluster and not k.kubeconfig:
+        problems.append(
+            Problem(
+                "say how the agent reaches the cluster: kubeconfig = \"path\" or in_cluster = true",
+                path=f"{path}.kubernetes",
+            )
+        )
+    if c.capabilities.csi and not c.capabilities.fluid:
+        # not an error: such a cluster gets sidecar mounts; said here so nobody is surprised
+        pass
+    return problems
+
+
+def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if cache.min_replicas > cache.max_replicas:
+        problems.append(
+            Problem(
+                f"min_replicas ({cache.min_replicas}) is above max_replicas "
+                f"({cache.max_replicas})",
+                path=f"{path}.min_replicas",
+            )
+        )
+    elif not cache.min_replicas <= cache.replicas <= cache.max_replicas:
+        problems.append(
+            Problem(
+                f"replicas ({cache.replicas}) must lie between min_replicas "
+                f"({cache.min_replicas}) and max_replicas ({cache.max_replicas})",
+                path=f"{path}.replicas",
+            )
+        )
+    if cache.block_size < 64 * 1024 or cache.block_size > 64 * 2**20:
+        problems.append(
+            Problem("block_size must be between 64KiB and 64MiB", path=f"{path}.block_size")
+        )
+    if not cache.tiers:
+        problems.append(Problem("at least one cache tier is needed", path=f"{path}.tiers"))
+    seen: set[str] = set()
+    for i, tier in enumerate(cache.tiers):
+        p = f"{path}.tiers[{i}]"
+        if tier.medium in seen:
+            problems.append(Problem(f"a second {tier.medium} tier; merge them", path=p))
+        seen.add(tier.medium)
+        if tier.quota == 0:
+            problems.append(Problem("quota must be above zero", path=f"{p}.quota"))
+        if tier.medium != "MEM" and not tier.path:
+            problems.append(
+                Problem(f"a {tier.medium} tier needs a directory in 'path'", path=f"{p}.path")
+            )
+        if tier.path and not tier.path.startswith("/"):
+            problems.append(Problem("path must be absolute", path=f"{p}.path"))
+        if tier.low >= tier.high:
+            problems.append(
+                Problem(
+                    f"low watermark ({tier.low}) must be below high watermark ({tier.high})",
+                    path=f"{p}.low",
+                )
+            )
+    return problems
+
+
+def check_placement(pl: Placement, path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, name in enumerate(pl.clusters):
+        problems += check_dns_label(name, f"{path}.clusters[{i}]", "cluster name")
+    if pl.selector is not None:
+        problems += check_selector(pl.selector, f"{path}.selector")
+    return problems
+
+
+def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if a.min_replicas > a.max_replicas:
+        problems.append(
+            Problem(
+                f"min_replicas ({a.min_replicas}) is above max_replicas ({a.max_replicas})",
+                path=f"{path}.min_replicas",
+            )
+        )
+    seen: set[str] = set()
+    for i, t in enumerate(a.targets):
+        if t.metric in seen:
+            problems.append(
+                Problem(f"metric {t.metric} is targeted twice", path=f"{path}.targets[{i}]")
+            )
+        seen.add(t.metric)
+        if t.metric.endswith("_ratio") and t.target > 1:
+            problems.append(
+                Problem(
+                    f"{t.metric} is a ratio: target must be in (0, 1], got {t.target}",
+                    path=f"{path}.targets[{i}].target",
+                )
+            )
+    return problems
+
+
+def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
+    problems = check_dns_label(d.name, f"{path}.name", "dataset name")
+    problems += check_dns_label(d.namespace, f"{path}.namespace", "namespace")
+    problems += check_labels(d.labels, f"{path}.labels")
+    mount_paths: set[str] = set()
+    for i, m in enumerate(d.mounts):
+        p = f"{path}.mounts[{i}]"
+        parts = urlsplit(m.uri)
+        if parts.scheme not in URI_SCHEMES:
+            problems.append(
+                Problem(
+                    f"uri {m.uri!r} has no supported scheme: use one of "
+                    + ", ".join(f"{s}://" for s in URI_SCHEMES),
+                    path=f"{p}.uri",
+                )
+            )
+        elif parts.scheme in ("s3", "oss", "http", "https", "dataset") and not parts.netloc:
+            what = {"dataset": "a dataset name"}.get(parts.scheme, "a bucket or host")
+            problems.append(Problem(f"uri {m.uri!r} names no {what}", path=f"{p}.uri"))
+        elif parts.scheme == "file" and not parts.path.startswith("/"):
+            problems.append(
+                Problem(f"uri {m.uri!r} needs an absolute path (file:///data)", path=f"{p}.uri")
+            )
+        if m.name:
+            problems += check_dns_label(m.name, f"{p}.name", "mount name")
+        if m.secret:
+            problems += check_dns_label(m.secret, f"{p}.secret", "secret name")
+        for key in m.options:
+            if _SECRET_OPTION.search(key):
+                problems.append(
+                    Problem(
+                        f"option {key!r} looks like a credential: keep credentials in a "
+                        "Kubernetes Secret in each cluster and name it in 'secret'",
+                        path=f"{p}.options.{key}",
+                    )
+                )
+        mpath = posixpath.normpath("/" + (m.path or (m.name if len(d.mounts) > 1 else "")))
+        if mpath in mount_paths:
+            problems.append(
+                Problem(
+                    f"two mounts appear at {mpath}: give each a distinct name or path",
+                    path=f"{p}.path",
+                )
+            )
+        mount_paths.add(mpath)
+    problems += check_cache(d.cache, f"{path}.cache")
+    problems += check_placement(d.placement, f"{path}.placement")
+    namespaces: set[str] = set()
+    for i, a in enumerate(d.access):
+        p = f"{path}.access[{i}]"
+        problems += check_dns_label(a.namespace, f"{p}.namespace", "namespace")
+        if a.namespace in namespaces:
+            problems.append(
+                Problem(f"namespace {a.namespace} is listed twice", path=f"{p}.namespace")
+            )
+        namespaces.add(a.namespace)
+        if a.sub_path.startswith("/") or ".." in a.sub_path.split("/"):
+            problems.append(
+                Problem(
+                    "sub_path must be relative to the dataset root and must not contain '..'",
+                    path=f"{p}.sub_path",
+                )
+            )
+    if d.autoscale is not None:
+        problems += check_autoscale(d.autoscale, f"{path}.autoscale")
+    return problems
+
+
+def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
+    problems: list[Problem] = []
+    if not h.data_dir:
+        problems.append(Problem("data_dir must name a directory", path=f"{path}.data_dir"))
+    if h.lease_duration < 1:
+        problems.append(Problem("lease_duration must be at least 1s", path=f"{path}.lease_duration"))
+    return problems
+
+
+def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Problem]:
+    problems: list[Problem] = []
+    if doc.cluster is None and not doc.dataset and doc.hub is None:
+        problems.append(
+            Problem("the file declares nothing: expected a [cluster], [dataset] or [hub] table")
+        )
+    if doc.cluster is not None:
+        problems += check_cluster(doc.cluster)
+    names: set[str] = set()
+    for i, d in enumerate(doc.dataset):
+        p = dataset_path.format(i=i)
+        problems += check_dataset(d, p)
+        if d.name in names:
+            problems.append(Problem(f"dataset {d.name} is declared twice", path=f"{p}.name"))
+        names.add(d.name)
+    if doc.hub is not None:
+        problems += check_hub(doc.hub)
+    return problems

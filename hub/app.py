@@ -1,0 +1,384 @@
+"""The hub's HTTP API (aiohttp): routes, auth, errors. The catalog does the work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from fluidfed import codec, telemetry, validation
+from fluidfed.errors import Problem
+from fluidfed.models import (
+    BindingStatus,
+    Cluster,
+    Dataset,
+    ErrorBody,
+    ListResult,
+    Registered,
+    WatchEvent,
+)
+from hub import auth, openapi
+from hub.catalog import Catalog, CatalogError
+
+CATALOG = web.AppKey("catalog", Catalog)
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+BOOKMARK_INTERVAL = web.AppKey("bookmark_interval", float)
+PRINCIPAL = "fluidfed.principal"
+
+_cluster_dec = codec.decoder(Cluster)
+_dataset_dec = codec.decoder(Dataset)
+_status_dec = codec.decoder(BindingStatus)
+
+
+class LabelPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    set: dict[str, str] = {}
+    remove: list[str] = []
+
+
+_labels_dec = codec.decoder(LabelPatch)
+_meter = telemetry.setup("hub")
+_requests = _meter.create_counter(
+    "fluidfed.hub.requests", unit="{request}", description="API requests by route and status"
+)
+_watchers = _meter.create_up_down_counter(
+    "fluidfed.hub.watches", unit="{watch}", description="Open watch streams"
+)
+
+
+def error_response(status: int, message: str, problems: list[Problem] | None = None) -> web.Response:
+    body = ErrorBody(
+        error=message,
+        problems=[codec.to_builtins(p) for p in problems or []],
+    )
+    return web.Response(status=status, body=codec.encode(body), content_type="application/json")
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=codec.encode(obj), content_type="application/json")
+
+
+async def _body(request: web.Request, decoder: msgspec.json.Decoder[Any], root: str) -> Any:
+    raw = await request.read()
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as err:
+        raise CatalogError(400, "the request body is not valid", [codec.problem_of(err, root)]) from None
+    except msgspec.DecodeError as err:
+        raise CatalogError(400, f"the request body is not valid JSON: {err}") from None
+
+
+@web.middleware
+async def errors_mw(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
+    try:
+        resp = await handler(request)
+    except CatalogError as err:
+        resp = error_response(err.status, str(err), err.problems)
+    except web.HTTPRequestEntityTooLarge as err:
+        resp = error_response(
+            413,
+            f"request body too large ({err.actual_size} bytes; the limit is {err.max_size}): "
+            "split the input or raise hub.max_body",
+        )
+    except web.HTTPException as err:
+        if err.status >= 400 and err.content_type != "application/json":
+            resp = error_response(err.status, err.reason)
+        else:
+            raise
+    _requests.add(1, {"route": route, "method": request.method, "status": str(resp.status)})
+    return resp
+
+
+@web.middleware
+async def auth_mw(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return error_response(401, "no token: send 'Authorization: Bearer <token>'")
+    token = header.removeprefix("Bearer ").strip()
+    principal: auth.Principal
+    if auth.same_token(token, auth.token_hash(request.app[ADMIN_TOKEN])):
+        principal = auth.Admin()
+    else:
+        cluster = request.app[CATALOG].cluster_of_token(token)
+        if cluster is None:
+            return error_response(401, "unknown token")
+        principal = auth.ClusterAgent(cluster)
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def _admin(request: web.Request) -> None:
+    if not isinstance(request[PRINCIPAL], auth.Admin):
+        raise CatalogError(403, "this needs the admin token; a cluster token cannot do it")
+
+
+def _may_act_for(request: web.Request, cluster: str) -> None:
+    p = request[PRINCIPAL]
+    if isinstance(p, auth.ClusterAgent) and p.cluster != cluster:
+        raise CatalogError(
+            403, f"the token of cluster {p.cluster} cannot read or write cluster {cluster}"
+        )
+
+
+def _check(problems: list[Problem]) -> None:
+    if problems:
+        raise CatalogError(400, "the request is not valid", problems)
+
+
+# --- probes and documents -------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return web.Response(text=f"ok revision={request.app[CATALOG].revision}")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, ctype = telemetry.prometheus_text()
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+async def openapi_doc(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
+# --- clusters -------------------------------------------------------------------------
+
+
+async def list_clusters(request: web.Request) -> web.Response:
+    _admin(request)
+    cat = request.app[CATALOG]
+    return json_response(sorted(cat.clusters.values(), key=lambda c: c.spec.name))
+
+
+async def register_cluster(request: web.Request) -> web.Response:
+    _admin(request)
+    spec: Cluster = await _body(request, _cluster_dec, "cluster")
+    _check(validation.check_cluster(spec))
+    rotate = request.query.get("rotate_token", "") in ("1", "true")
+    cat = request.app[CATALOG]
+    existed = spec.name in cat.clusters
+    rec, token = await cat.register_cluster(spec, rotate_token=rotate)
+    return json_response(Registered(cluster=rec, token=token or ""), status=200 if existed else 201)
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    _may_act_for(request, name)
+    cat = request.app[CATALOG]
+    if name not in cat.clusters:
+        raise CatalogError(404, f"cluster {name} not found")
+    return json_response(cat.clusters[name])
+
+
+async def patch_cluster_labels(request: web.Request) -> web.Response:
+    _admin(request)
+    patch: LabelPatch = await _body(request, _labels_dec, "")
+    _check(validation.check_labels(patch.set, "set"))
+    rec = await request.app[CATALOG].relabel_cluster(
+        request.match_info["name"], patch.set, patch.remove
+    )
+    return json_response(rec)
+
+
+async def delete_cluster(request: web.Request) -> web.Response:
+    _admin(request)
+    await request.app[CATALOG].delete_cluster(request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    _may_act_for(request, name)
+    return json_response(await request.app[CATALOG].heartbeat(name))
+
+
+# --- datasets -------------------------------------------------------------------------
+
+
+async def list_datasets(request: web.Request) -> web.Response:
+    _admin(request)
+    cat = request.app[CATALOG]
+    return json_response([cat.dataset_view(n) for n in sorted(cat.datasets)])
+
+
+async def apply_dataset(request: web.Request) -> web.Response:
+    _admin(request)
+    spec: Dataset = await _body(request, _dataset_dec, "dataset")
+    _check(validation.check_dataset(spec))
+    name = request.match_info.get("name")
+    if name is not None and name != spec.name:
+        raise CatalogError(
+            400, f"the URL names dataset {name} but the body names {spec.name}",
+            [Problem("must match the name in the URL", path="dataset.name")],
+        )
+    cat = request.app[CATALOG]
+    existed = spec.name in cat.datasets
+    await cat.apply_dataset(spec)
+    return json_response(cat.dataset_view(spec.name), status=200 if existed else 201)
+
+
+async def get_dataset(request: web.Request) -> web.Response:
+    _admin(request)
+    return json_response(request.app[CATALOG].dataset_view(request.match_info["name"]))
+
+
+async def delete_dataset(request: web.Request) -> web.Response:
+    _admin(request)
+    await request.app[CATALOG].delete_dataset(request.match_info["name"])
+    return web.Response(status=204)
+
+
+# --- bindings: list, watch, status ----------------------------------------------------
+
+
+def _revision_param(request: web.Request) -> int | None:
+    raw = request.query.get("revision")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise CatalogError(
+            400, "revision must be a non-negative integer",
+            [Problem(f"got {raw!r}", path="query.revision")],
+        )
+    return value
+
+
+async def bindings(request: web.Request) -> web.StreamResponse:
+    cat = request.app[CATALOG]
+    principal = request[PRINCIPAL]
+    cluster = request.query.get("cluster") or None
+    if isinstance(principal, auth.ClusterAgent):
+        cluster = cluster or principal.cluster
+        _may_act_for(request, cluster)
+    if request.query.get("watch", "") not in ("1", "true"):
+        items = cat.bindings_of(cluster) if cluster else sorted(
+            cat.bindings.values(), key=lambda b: b.name
+        )
+        return json_response(ListResult(revision=cat.revision, items=items))
+    revision = _revision_param(request)
+    return await _watch(request, cat, cluster, cat.revision if revision is None else revision)
+
+
+async def _watch(
+    request: web.Request, cat: Catalog, cluster: str | None, revision: int
+) -> web.StreamResponse:
+    cat.events_since(revision, cluster)  # 410 before the stream starts if compacted
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    interval = request.app[BOOKMARK_INTERVAL]
+    _watchers.add(1)
+    try:
+        while True:
+            tick = cat.tick
+            try:
+                entries = cat.events_since(revision, cluster)
+            except CatalogError:
+                # fell behind compaction while streaming: say so in-band and end the stream
+                gone = WatchEvent(type="ERROR", revision=cat.revision, error="410 Gone")
+                await resp.write(codec.encode(gone) + b"\n")
+                break
+            if entries:
+                await resp.write(b"".join(e.line for e in entries))
+                revision = entries[-1].revision
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tick.wait(), timeout=interval)
+                continue
+            # quiet for a while: a bookmark moves the watcher's revision forward
+            revision = max(revision, cat.revision)
+            await resp.write(codec.encode(WatchEvent(type="BOOKMARK", revision=revision)) + b"\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        _watchers.add(-1)
+    return resp
+
+
+async def get_binding(request: web.Request) -> web.Response:
+    cat = request.app[CATALOG]
+    name = request.match_info["name"]
+    b = cat.bindings.get(name)
+    if b is None:
+        raise CatalogError(404, f"binding {name} not found")
+    _may_act_for(request, b.cluster)
+    return json_response(b)
+
+
+async def put_status(request: web.Request) -> web.Response:
+    cat = request.app[CATALOG]
+    name = request.match_info["name"]
+    b = cat.bindings.get(name)
+    if b is None:
+        raise CatalogError(404, f"binding {name} not found")
+    _may_act_for(request, b.cluster)
+    status: BindingStatus = await _body(request, _status_dec, "status")
+    await cat.report_status(name, status)
+    return web.Response(status=204)
+
+
+async def _lease_loop(app: web.Application) -> None:
+    cat = app[CATALOG]
+    while True:
+        await asyncio.sleep(max(0.2, cat.lease_duration / 4))
+        await cat.expire_leases()
+
+
+async def _background(app: web.Application) -> Any:
+    task = asyncio.create_task(_lease_loop(app))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi_doc),
+    ("GET", "/api/v1/clusters", list_clusters),
+    ("POST", "/api/v1/clusters", register_cluster),
+    ("GET", "/api/v1/clusters/{name}", get_cluster),
+    ("PATCH", "/api/v1/clusters/{name}/labels", patch_cluster_labels),
+    ("DELETE", "/api/v1/clusters/{name}", delete_cluster),
+    ("POST", "/api/v1/clusters/{name}/heartbeat", heartbeat),
+    ("GET", "/api/v1/datasets", list_datasets),
+    ("POST", "/api/v1/datasets", apply_dataset),
+    ("PUT", "/api/v1/datasets/{name}", apply_dataset),
+    ("GET", "/api/v1/datasets/{name}", get_dataset),
+    ("DELETE", "/api/v1/datasets/{name}", delete_dataset),
+    ("GET", "/api/v1/bindings", bindings),
+    ("GET", "/api/v1/bindings/{name}", get_binding),
+    ("PUT", "/api/v1/bindings/{name}/status", put_status),
+]
+
+
+def make_app(
+    catalog: Catalog, admin_token: str, *, max_body: int = 2**20, bookmark_interval: float = 10.0
+) -> web.Application:
+    app = web.Application(middlewares=[errors_mw, auth_mw], client_max_size=max_body)
+    app[CATALOG] = catalog
+    app[ADMIN_TOKEN] = admin_token
+    app[BOOKMARK_INTERVAL] = bookmark_interval
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_background)
+    return app

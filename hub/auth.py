@@ -1,0 +1,67 @@
+"""Tokens: the admin token, and one token per cluster stored only as a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+CLUSTER_TOKEN_PREFIX = "ffc"
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAgent:
+    cluster: str
+
+
+Principal = Admin | ClusterAgent
+
+
+def new_cluster_token(cluster: str) -> str:
+    # the cluster name travels in the token so the hub finds the one hash to compare with
+    return f"{CLUSTER_TOKEN_PREFIX}.{cluster}.{secrets.token_urlsafe(32)}"
+
+
+def token_hash(token: str) -> str:
+    # tokens carry 256 random bits: a fast hash is enough, no password KDF needed
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def cluster_of(token: str) -> str | None:
+    parts = token.split(".", 2)
+    if len(parts) == 3 and parts[0] == CLUSTER_TOKEN_PREFIX:
+        return parts[1]
+    return None
+
+
+def same_token(token: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(token_hash(token).encode(), stored_hash.encode())
+
+
+def load_admin_token(token_file: str, token_env: str, data_dir: Path) -> tuple[str, str]:
+    """The admin token and where it came from; generated into the data dir if none is given."""
+    if token_file:
+        path = Path(token_file)
+        token = path.read_text().strip()
+        if not token:
+            raise ValueError(f"admin token file {path} is empty")
+        return token, f"file {path}"
+    if token_env and os.environ.get(token_env, "").strip():
+        return os.environ[token_env].strip(), f"environment variable {token_env}"
+    path = data_dir / "admin-token"
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip(), f"file {path}"
+    token = secrets.token_urlsafe(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, f"file {path} (generated)"

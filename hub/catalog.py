@@ -1,0 +1,423 @@
+"""The catalog: clusters, datasets, bindings and their status, with a monotonic revision.
+
+The catalog lives in memory and is written through a `Store` first: a change is computed
+on copies, committed as one revision, and only then made visible. Every binding change is
+also an entry of the watch log, from which agents resume by revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from fluidfed import codec, placement
+from fluidfed.errors import Problem
+from fluidfed.models import (
+    Binding,
+    BindingStatus,
+    BindingView,
+    Cluster,
+    ClusterRecord,
+    ClusterStatus,
+    Condition,
+    Dataset,
+    DatasetRecord,
+    DatasetView,
+    WatchEvent,
+)
+from hub import auth
+from hub.store import Delete, Op, Put, Store
+
+CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"
+
+_cluster_dec = codec.decoder(ClusterRecord)
+_dataset_dec = codec.decoder(DatasetRecord)
+_binding_dec = codec.decoder(Binding)
+_status_dec = codec.decoder(BindingStatus)
+
+
+class CatalogError(Exception):
+    def __init__(self, status: int, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problems = problems or []
+
+
+class Compacted(CatalogError):
+    def __init__(self, revision: int, compacted: int) -> None:
+        super().__init__(
+            410,
+            f"revision {revision} is older than the oldest kept ({compacted}): list again "
+            "and watch from the list's revision",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    revision: int
+    cluster: str
+    line: bytes  # the encoded WatchEvent, newline-terminated: encoded once, sent to many
+
+
+class Catalog:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        history: int = 10000,
+        lease_duration: float = 40.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.history = history
+        self.lease_duration = lease_duration
+        self.clock = clock
+        self.revision = 0
+        self.compacted = 0
+        self.clusters: dict[str, ClusterRecord] = {}
+        self.datasets: dict[str, DatasetRecord] = {}
+        self.bindings: dict[str, Binding] = {}
+        self.statuses: dict[str, BindingStatus] = {}
+        self.token_hashes: dict[str, str] = {}
+        self.heartbeats: dict[str, float] = {}
+        self._log: list[LogEntry] = []
+        self._log_revisions: list[int] = []
+        self._write = asyncio.Lock()
+        self._tick = asyncio.Event()
+        self._since_compaction = 0
+
+    # --- start-up ------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        snap = await self.store.load()
+        self.revision, self.compacted = snap.revision, snap.compacted
+        for (kind, name), value in snap.records.items():
+            if kind == CLUSTER:
+                self.clusters[name] = _cluster_dec.decode(value)
+            elif kind == DATASET:
+                self.datasets[name] = _dataset_dec.decode(value)
+            elif kind == BINDING:
+                self.bindings[name] = _binding_dec.decode(value)
+            elif kind == STATUS:
+                self.statuses[name] = _status_dec.decode(value)
+            elif kind == TOKEN:
+                self.token_hashes[name] = value.decode()
+        for ev in snap.events:
+            if ev.kind == BINDING and ev.value is not None:
+                b = _binding_dec.decode(ev.value)
+                self._append_log(ev.revision, "ADDED" if ev.type == "put" else "DELETED", b)
+        now = self.clock()
+        # the hub was away, not the agents: give every cluster a fresh lease to prove itself
+        self.heartbeats = {name: now for name in self.clusters}
+
+    # --- reading -------------------------------------------------------------------------
+
+    @property
+    def tick(self) -> asyncio.Event:
+        """Set at the next commit; take it before reading to never miss a change."""
+        return self._tick
+
+    def bindings_of(self, cluster: str) -> list[Binding]:
+        return sorted(
+            (b for b in self.bindings.values() if b.cluster == cluster), key=lambda b: b.name
+        )
+
+    def events_since(self, revision: int, cluster: str | None) -> list[LogEntry]:
+        if revision < self.compacted:
+            raise Compacted(revision, self.compacted)
+        start = bisect.bisect_right(self._log_revisions, revision)
+        return [
+            e
+            for e in self._log[start:]
+            if cluster is None or e.cluster == cluster
+        ]
+
+    def dataset_view(self, name: str) -> DatasetView:
+        rec = self.datasets.get(name)
+        if rec is None:
+            raise CatalogError(404, f"dataset {name} not found")
+        views = [
+            BindingView(binding=b, status=self.statuses.get(b.name))
+            for b in sorted(self.bindings.values(), key=lambda b: b.name)
+            if b.dataset == name
+        ]
+        phases = [v.status.phase if v.status else "Pending" for v in views]
+        if not views:
+            phase = "Unplaced"
+        elif all(p == "Bound" for p in phases):
+            phase = "Bound"
+        elif any(p in ("Failed", "Degraded") for p in phases):
+            phase = "Degraded"
+        else:
+            phase = "Pending"
+        return DatasetView(
+            spec=rec.spec,
+            generation=rec.generation,
+            revision=rec.revision,
+            bindings=views,
+            phase=phase,
+            cache_used=sum(v.status.cache_used for v in views if v.status),
+            cache_capacity=sum(v.status.cache_capacity for v in views if v.status),
+        )
+
+    def cluster_of_token(self, token: str) -> str | None:
+        name = auth.cluster_of(token)
+        if name is None:
+            return None
+        stored = self.token_hashes.get(name)
+        if stored is None or not auth.same_token(token, stored):
+            return None
+        return name
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def register_cluster(
+        self, spec: Cluster, *, rotate_token: bool = False
+    ) -> tuple[ClusterRecord, str | None]:
+        """Create or update a cluster; a token is returned when one is created or rotated."""
+        async with self._write:
+            rev = self.revision + 1
+            old = self.clusters.get(spec.name)
+            status = old.status if old else ClusterStatus()
+            rec = ClusterRecord(spec=spec, status=status, revision=rev)
+            ops: list[Op] = []
+            token = None
+            if old is None or rotate_token:
+                token = auth.new_cluster_token(spec.name)
+                ops.append(Put(TOKEN, spec.name, auth.token_hash(token).encode()))
+            if old is None or old.spec != spec or token:
+                ops.append(Put(CLUSTER, spec.name, codec.encode(rec)))
+                clusters = {**self.clusters, spec.name: rec}
+                ops += self._replace_all(rev, clusters)
+                await self._commit(rev, ops)
+                if token:
+                    self.token_hashes[spec.name] = auth.token_hash(token)
+                self.heartbeats.setdefault(spec.name, self.clock())
+                return rec, token
+            return old, None
+
+    async def relabel_cluster(
+        self, name: str, set_labels: dict[str, str], remove: Iterable[str]
+    ) -> ClusterRecord:
+        old = self._cluster(name)
+        labels = {k: v for k, v in old.spec.labels.items() if k not in set(remove)}
+        labels.update(set_labels)
+        spec = Cluster(
+            name=old.spec.name,
+            kind=old.spec.kind,
+            region=old.spec.region,
+            zone=old.spec.zone,
+            labels=labels,
+            capabilities=old.spec.capabilities,
+            kubernetes=old.spec.kubernetes,
+        )
+        rec, _ = await self.register_cluster(spec)
+        return rec
+
+    async def delete_cluster(self, name: str) -> None:
+        async with self._write:
+            self._cluster(name)
+            rev = self.revision + 1
+            ops: list[Op] = [Delete(CLUSTER, name), Delete(TOKEN, name)]
+            for b in self.bindings_of(name):
+                ops += self._delete_binding_ops(b)
+            await self._commit(rev, ops)
+            self.heartbeats.pop(name, None)
+
+    async def apply_dataset(self, spec: Dataset) -> tuple[DatasetRecord, bool]:
+        """Create or update; returns the record and whether anything changed."""
+        async with self._write:
+            old = self.datasets.get(spec.name)
+            if old is not None and old.spec == spec:
+                return old, False
+            rev = self.revision + 1
+            rec = DatasetRecord(
+                spec=spec, generation=(old.generation + 1) if old else 1, revision=rev
+            )
+            ops: list[Op] = [Put(DATASET, spec.name, codec.encode(rec))]
+            ops += self._replace(rev, rec, self.clusters)
+            await self._commit(rev, ops)
+            return rec, True
+
+    async def delete_dataset(self, name: str) -> None:
+        async with self._write:
+            if name not in self.datasets:
+                raise CatalogError(404, f"dataset {name} not found")
+            rev = self.revision + 1
+            ops: list[Op] = [Delete(DATASET, name)]
+            for b in list(self.bindings.values()):
+                if b.dataset == name:
+                    ops += self._delete_binding_ops(b)
+            await self._commit(rev, ops)
+
+    async def report_status(self, binding: str, status: BindingStatus) -> None:
+        async with self._write:
+            if binding not in self.bindings:
+                raise CatalogError(404, f"binding {binding} not found")
+            rev = self.revision + 1
+            await self._commit(rev, [Put(STATUS, binding, codec.encode(status))])
+
+    async def set_replicas(self, binding: str, replicas: int) -> Binding:
+        async with self._write:
+            b = self.bindings.get(binding)
+            if b is None:
+                raise CatalogError(404, f"binding {binding} not found")
+            if b.replicas == replicas:
+                return b
+            rev = self.revision + 1
+            nb = Binding(
+                name=b.name,
+                dataset=b.dataset,
+                cluster=b.cluster,
+                mode=b.mode,
+                replicas=replicas,
+                generation=b.generation,
+                spec=b.spec,
+                revision=rev,
+            )
+            await self._commit(rev, [Put(BINDING, b.name, codec.encode(nb))])
+            return nb
+
+    async def heartbeat(self, cluster: str) -> ClusterRecord:
+        rec = self._cluster(cluster)
+        self.heartbeats[cluster] = self.clock()
+        if not rec.ready:
+            rec = await self._set_condition(cluster, "Ready", "agent heartbeat")
+        return rec
+
+    async def expire_leases(self) -> list[str]:
+        """Mark clusters whose lease ran out Offline; they keep their bindings."""
+        now = self.clock()
+        expired = [
+            name
+            for name, rec in self.clusters.items()
+            if rec.ready and now - self.heartbeats.get(name, 0) > self.lease_duration
+        ]
+        for name in expired:
+            await self._set_condition(name, "Offline", "lease expired: no heartbeat")
+        return expired
+
+    async def _set_condition(self, name: str, typ: str, reason: str) -> ClusterRecord:
+        async with self._write:
+            old = self._cluster(name)
+            rev = self.revision + 1
+            cond = Condition(type=typ, since=self.clock(), reason=reason)  # type: ignore[arg-type]
+            rec = ClusterRecord(
+                spec=old.spec,
+                status=ClusterStatus(condition=cond, last_heartbeat=self.heartbeats.get(name, 0)),
+                revision=rev,
+            )
+            ops: list[Op] = [Put(CLUSTER, name, codec.encode(rec))]
+            ops += self._replace_all(rev, {**self.clusters, name: rec})
+            await self._commit(rev, ops)
+            return rec
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _cluster(self, name: str) -> ClusterRecord:
+        rec = self.clusters.get(name)
+        if rec is None:
+            raise CatalogError(404, f"cluster {name} not found")
+        return rec
+
+    def _replace_all(self, rev: int, clusters: dict[str, ClusterRecord]) -> list[Op]:
+        ops: list[Op] = []
+        for rec in self.datasets.values():
+            ops += self._replace(rev, rec, clusters)
+        return ops
+
+    def _replace(
+        self, rev: int, rec: DatasetRecord, clusters: dict[str, ClusterRecord]
+    ) -> list[Op]:
+        """The ops that turn the dataset's current bindings into placement's answer."""
+        current = {b.cluster: b for b in self.bindings.values() if b.dataset == rec.spec.name}
+        wanted = placement.place(rec.spec, rec.generation, clusters.values(), current)
+        ops: list[Op] = []
+        for cluster, b in wanted.items():
+            old = current.get(cluster)
+            if old is not None and _same_binding(old, b):
+                continue
+            nb = Binding(
+                name=b.name,
+                dataset=b.dataset,
+                cluster=b.cluster,
+                mode=b.mode,
+                replicas=b.replicas,
+                generation=b.generation,
+                spec=b.spec,
+                revision=rev,
+            )
+            ops.append(Put(BINDING, b.name, codec.encode(nb)))
+        for cluster, old in current.items():
+            if cluster not in wanted:
+                ops += self._delete_binding_ops(old)
+        return ops
+
+    def _delete_binding_ops(self, b: Binding) -> list[Op]:
+        ops: list[Op] = [Delete(BINDING, b.name, last=codec.encode(b))]
+        if b.name in self.statuses:
+            ops.append(Delete(STATUS, b.name))
+        return ops
+
+    async def _commit(self, rev: int, ops: list[Op]) -> None:
+        assert rev == self.revision + 1
+        await self.store.commit(rev, ops)
+        # durable now: make it visible
+        self.revision = rev
+        for op in ops:
+            self._apply(rev, op)
+        self._since_compaction += len(ops)
+        if self._since_compaction > self.history // 10:
+            self._since_compaction = 0
+            self.compacted = max(self.compacted, await self.store.compact(self.history))
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    def _apply(self, rev: int, op: Op) -> None:
+        if isinstance(op, Put):
+            if op.kind == CLUSTER:
+                self.clusters[op.name] = _cluster_dec.decode(op.value)
+            elif op.kind == DATASET:
+                self.datasets[op.name] = _dataset_dec.decode(op.value)
+            elif op.kind == BINDING:
+                b = _binding_dec.decode(op.value)
+                etype = "MODIFIED" if op.name in self.bindings else "ADDED"
+                self.bindings[op.name] = b
+                self._append_log(rev, etype, b)
+            elif op.kind == STATUS:
+                self.statuses[op.name] = _status_dec.decode(op.value)
+            elif op.kind == TOKEN:
+                self.token_hashes[op.name] = op.value.decode()
+            return
+        if op.kind == CLUSTER:
+            self.clusters.pop(op.name, None)
+        elif op.kind == DATASET:
+            self.datasets.pop(op.name, None)
+        elif op.kind == BINDING:
+            b = self.bindings.pop(op.name, None)
+            if b is not None:
+                self._append_log(rev, "DELETED", b)
+        elif op.kind == STATUS:
+            self.statuses.pop(op.name, None)
+        elif op.kind == TOKEN:
+            self.token_hashes.pop(op.name, None)
+
+    def _append_log(self, rev: int, etype: str, b: Binding) -> None:
+        line = codec.encode(WatchEvent(type=etype, revision=rev, object=b)) + b"\n"  # type: ignore[arg-type]
+        self._log.append(LogEntry(rev, b.cluster, line))
+        self._log_revisions.append(rev)
+        if len(self._log) > self.history + self.history // 4:
+            # trim in chunks; whole revisions only: a watch resumes between revisions
+            cut = len(self._log) - self.history
+            dropped = self._log_revisions[cut - 1]
+            cut = bisect.bisect_right(self._log_revisions, dropped)
+            del self._log[:cut]
+            del self._log_revisions[:cut]
+            self.compacted = max(self.compacted, dropped)
+
+
+def _same_binding(a: Binding, b: Binding) -> bool:
+    return (a.mode, a.replicas, a.generation, a.spec) == (b.mode, b.replicas, b.generation, b.spec)

@@ -1,0 +1,181 @@
+"""Durable storage of the catalog behind a small interface.
+
+The hub keeps its catalog in memory and writes every change through a `Store` before it
+answers. A change is a list of puts and deletes committed atomically under one new
+revision, and recorded as events so that watches survive a restart. `SQLiteStore` is the
+embedded default (one file, WAL, synchronous commits: an acknowledged write survives
+kill -9); an etcd store can implement the same four calls for several hub replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    kind: str
+    name: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    kind: str
+    name: str
+    last: bytes | None = None  # the value as it was, kept in the event for watchers
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    revision: int
+    kind: str
+    name: str
+    type: Literal["put", "delete"]
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    revision: int
+    compacted: int  # events at or below this revision are gone
+    records: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+class Store(Protocol):
+    async def load(self) -> Snapshot: ...
+
+    async def commit(self, revision: int, ops: list[Op]) -> None:
+        """Apply `ops` atomically as `revision` (the previous revision + 1)."""
+
+    async def compact(self, keep_events: int) -> int:
+        """Forget all but the newest `keep_events` events; return the compacted revision."""
+
+    async def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, revision INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    revision INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+    type TEXT NOT NULL, value BLOB
+);
+CREATE INDEX IF NOT EXISTS events_revision ON events (revision);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0);
+"""
+
+
+class StaleRevision(RuntimeError):
+    """A commit did not follow the stored revision: two writers on one store."""
+
+
+class SQLiteStore:
+    """One SQLite file. Calls run in a worker thread; the hub serialises writes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives a crash
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = asyncio.Lock()
+
+    def _load(self) -> Snapshot:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        snap = Snapshot(revision=meta["revision"], compacted=meta["compacted"])
+        for kind, name, value in self._db.execute("SELECT kind, name, value FROM records"):
+            snap.records[(kind, name)] = bytes(value)
+        for rev, kind, name, typ, value in self._db.execute(
+            "SELECT revision, kind, name, type, value FROM events ORDER BY seq"
+        ):
+            snap.events.append(
+                Event(rev, kind, name, typ, bytes(value) if value is not None else None)
+            )
+        return snap
+
+    def _commit(self, revision: int, ops: list[Op]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (current,) = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
+            if revision != current + 1:
+                raise StaleRevision(f"commit as revision {revision} but the store is at {current}")
+            for op in ops:
+                if isinstance(op, Put):
+                    db.execute(
+                        "INSERT INTO records (kind, name, value, revision) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (kind, name) DO UPDATE SET value=excluded.value, "
+                        "revision=excluded.revision",
+                        (op.kind, op.name, op.value, revision),
+                    )
+                    db.execute(
+                        "INSERT INTO events (revision, kind, name, type, value) "
+                        "VALUES (?, ?, ?, 'put', ?)",
+                        (revision, op.kind, op.name, op.value),
+                    )
+                else:
+                    db.execute(
+                        "DELETE FROM records WHERE kind=? AND name=?", (op.kind, op.name)
+                    )
+                    db.execute(
+                        "INSERT INTO events (revision, kind, name, type, value) "
+                        "VALUES (?, ?, ?, 'delete', ?)",
+                        (revision, op.kind, op.name, op.last),
+                    )
+            db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _compact(self, keep_events: int) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT revision FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep_events,)
+            ).fetchone()
+            (compacted,) = db.execute("SELECT value FROM meta WHERE key='compacted'").fetchone()
+            if row is not None:
+                # whole revisions only: a watch resumes between revisions, never inside one
+                compacted = max(compacted, row[0])
+                db.execute("DELETE FROM events WHERE revision <= ?", (compacted,))
+                db.execute("UPDATE meta SET value=? WHERE key='compacted'", (compacted,))
+            db.execute("COMMIT")
+            return int(compacted)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def load(self) -> Snapshot:
+        async with self._lock:
+            return await asyncio.to_thread(self._load)
+
+    async def commit(self, revision: int, ops: list[Op]) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._commit, revision, ops)
+
+    async def compact(self, keep_events: int) -> int:
+        async with self._lock:
+            return await asyncio.to_thread(self._compact, keep_events)
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._db.close()
