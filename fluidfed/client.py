@@ -11,7 +11,6 @@ Every transport error is translated at one place (`_request`) into fluidfed's er
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -111,7 +110,7 @@ class Client:
                 if resp.status >= 400:
                     raise _error_of(resp.status, raw)
                 return raw
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientConnectionError) as err:
             raise HubUnreachable(f"cannot reach the hub at {self.url}: {err}") from err
 
     # --- clusters ------------------------------------------------------------------------
@@ -219,7 +218,7 @@ class Client:
                     if event.type == "ERROR":
                         raise Gone(410, event.error or "watch ended by the hub")
                     yield event
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientConnectionError) as err:
             raise HubUnreachable(f"watch on {self.url} broke: {err}") from err
 
 

@@ -60,8 +60,30 @@ def _join(root: str, path: str) -> str:
     return f"{root}{path}" if path.startswith("[") else f"{root}.{path}"
 
 
-def problem_of(err: msgspec.ValidationError, root: str = "") -> Problem:
-    """msgspec's first error as a Problem whose path is `root.field[i].field`."""
+def _choices(typ: Any, path: str) -> list[Any] | None:
+    """The allowed values of the Literal field at `path` inside `typ`, if it is one."""
+    node: Any = msgspec.inspect.type_info(typ)
+    for key in re.findall(r"[^.\[\]]+", path):
+        while isinstance(node, msgspec.inspect.UnionType):
+            node = next(
+                (t for t in node.types if not isinstance(t, msgspec.inspect.NoneType)), None
+            )
+        if isinstance(node, msgspec.inspect.StructType):
+            node = next((f.type for f in node.fields if f.encode_name == key), None)
+        elif isinstance(node, msgspec.inspect.ListType | msgspec.inspect.DictType):
+            node = node.item_type if isinstance(node, msgspec.inspect.ListType) else node.value_type
+        else:
+            return None
+    while isinstance(node, msgspec.inspect.UnionType):
+        node = next((t for t in node.types if not isinstance(t, msgspec.inspect.NoneType)), None)
+    return list(node.values) if isinstance(node, msgspec.inspect.LiteralType) else None
+
+
+def problem_of(err: msgspec.ValidationError, root: str = "", typ: Any = None) -> Problem:
+    """msgspec's first error as a Problem whose path is `root.field[i].field`.
+
+    With `typ` (the type that was decoded), a bad enum value also says the allowed ones.
+    """
     m = _AT.match(str(err))
     if not m:
         return Problem(str(err), path=root)
@@ -77,4 +99,8 @@ def problem_of(err: msgspec.ValidationError, root: str = "") -> Problem:
     if missing:
         field = missing.group(1)
         return Problem(f"required key {field!r} is missing", path=_join(root, _join(path, field)))
+    if msg.startswith("Invalid enum value") and typ is not None:
+        choices = _choices(typ, path)
+        if choices:
+            msg += ": expected one of " + ", ".join(repr(c) for c in choices)
     return Problem(msg.replace("Expected", "expected", 1), path=_join(root, path))

@@ -18,7 +18,9 @@ from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import Document
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
+_KEY = re.compile(
+    r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*="
+)
 
 
 def _split_key(dotted: str) -> list[str]:
@@ -57,10 +59,9 @@ def toml_lines(source: str) -> dict[str, int]:
             table = resolved
             lines.setdefault(".".join(table), lineno)
             continue
-        k = _KEY.match(text)
-        if k:
-            path = ".".join([*table, *_split_key(k.group(1))])
-            lines.setdefault(path, lineno)
+        assignment = _KEY.match(text)
+        if assignment:
+            lines.setdefault(".".join([*table, *_split_key(assignment.group(1))]), lineno)
     return lines
 
 
@@ -98,7 +99,7 @@ def parse_document(data: dict[str, Any], *, file: str = "", source: str = "") ->
     try:
         doc = codec.convert(data, Document)
     except msgspec.ValidationError as err:
-        raise ConfigError([place(codec.problem_of(err))]) from None
+        raise ConfigError([place(codec.problem_of(err, typ=Document))]) from None
     problems = validation.check_document(doc, dataset_path)
     if problems:
         raise ConfigError([place(p) for p in problems])

@@ -54,7 +54,7 @@ CLUSTER_KINDS: tuple[ClusterKind, ...] = ("standard", "serverless", "edge")
 # --- clusters ---------------------------------------------------------------------------
 
 
-class Capabilities(Spec):
+class Capabilities(Spec, frozen=True):
     """What the cluster offers; placement picks the mount mode from it."""
 
     csi: bool = False  # a CSI driver can mount datasets (Fluid's CSI plugin)
@@ -64,7 +64,7 @@ class Capabilities(Spec):
     fuse_device_resource: str = ""  # e.g. "smarter-devices/fuse" on unprivileged platforms
 
 
-class KubeAccess(Spec):
+class KubeAccess(Spec, frozen=True):
     """How the cluster's agent reaches its Kubernetes API."""
 
     kubeconfig: str = ""
@@ -72,7 +72,7 @@ class KubeAccess(Spec):
     in_cluster: bool = False
 
 
-class Cluster(Spec):
+class Cluster(Spec, frozen=True):
     name: str
     kind: ClusterKind = "standard"
     region: str = ""
@@ -101,7 +101,7 @@ class Cluster(Spec):
 # --- datasets ---------------------------------------------------------------------------
 
 
-class Mount(Spec):
+class Mount(Spec, frozen=True):
     uri: str  # s3://bucket/prefix, oss://, https://host/path, file:///path, dataset://name
     name: str = ""
     path: str = ""  # where the mount appears inside the dataset; default "/" or "/<name>"
@@ -109,7 +109,7 @@ class Mount(Spec):
     secret: str = ""  # name of a Kubernetes Secret, present in each cluster, with credentials
 
 
-class CacheTier(Spec):
+class CacheTier(Spec, frozen=True):
     medium: Medium
     quota: ByteSize
     path: str = ""  # a directory for SSD/HDD; MEM uses memory
@@ -117,12 +117,12 @@ class CacheTier(Spec):
     low: Ratio = 0.7  # ... down to this fraction
 
 
-class Resources(Spec):
+class Resources(Spec, frozen=True):
     cpu: str = ""
     memory: str = ""
 
 
-class CacheSpec(Spec):
+class CacheSpec(Spec, frozen=True):
     engine: Engine = "thin"  # the Fluid runtime used where the cluster mounts by CSI
     replicas: NonNegInt = 1
     min_replicas: NonNegInt = 0
@@ -135,18 +135,18 @@ class CacheSpec(Spec):
     )
 
 
-class SelectorRequirement(Spec):
+class SelectorRequirement(Spec, frozen=True):
     key: str
     operator: SelectorOp
     values: list[str] = []
 
 
-class LabelSelector(Spec):
+class LabelSelector(Spec, frozen=True):
     match_labels: dict[str, str] = {}
     match_expressions: list[SelectorRequirement] = []
 
 
-class Placement(Spec):
+class Placement(Spec, frozen=True):
     """Which clusters get the dataset. Every given filter must hold; none given means all."""
 
     clusters: list[str] = []
@@ -156,7 +156,7 @@ class Placement(Spec):
     spread_by: Literal["", "region", "zone"] = ""
 
 
-class Access(Spec):
+class Access(Spec, frozen=True):
     """A namespace whose pods may use the dataset, and how they see it."""
 
     namespace: str
@@ -167,12 +167,12 @@ class Access(Spec):
 AutoscaleMetric = Literal["cache_used_ratio", "hit_ratio", "read_throughput_per_worker"]
 
 
-class AutoscaleTarget(Spec):
+class AutoscaleTarget(Spec, frozen=True):
     metric: AutoscaleMetric
     target: Annotated[float, Meta(gt=0.0)]  # ratio for *_ratio, bytes/second for throughput
 
 
-class AutoscalePolicy(Spec):
+class AutoscalePolicy(Spec, frozen=True):
     targets: Annotated[list[AutoscaleTarget], Meta(min_length=1)]
     min_replicas: NonNegInt = 1
     max_replicas: NonNegInt = 10
@@ -183,7 +183,7 @@ class AutoscalePolicy(Spec):
     idle_after: Duration = _seconds(0)  # 0: never scale to zero
 
 
-class Dataset(Spec):
+class Dataset(Spec, frozen=True):
     name: str
     mounts: Annotated[list[Mount], Meta(min_length=1)]
     namespace: str = "default"  # the home namespace in every cluster
@@ -201,7 +201,7 @@ class Dataset(Spec):
 # --- hub daemon configuration -----------------------------------------------------------
 
 
-class HubConfig(Spec):
+class HubConfig(Spec, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8470
     data_dir: str = ".fluidfed/hub"
@@ -213,7 +213,7 @@ class HubConfig(Spec):
     bookmark_interval: Duration = _seconds(10)
 
 
-class Document(Spec):
+class Document(Spec, frozen=True):
     """One TOML file: a cluster, one or more datasets, or a hub configuration."""
 
     cluster: Cluster | None = None

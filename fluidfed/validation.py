@@ -116,7 +116,7 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
     if not k.in_cluster and not k.kubeconfig:
         problems.append(
             Problem(
-                "say how the agent reaches the cluster: kubeconfig = \"path\" or in_cluster = true",
+                'say how the agent reaches the cluster: kubeconfig = "path" or in_cluster = true',
                 path=f"{path}.kubernetes",
             )
         )
@@ -131,8 +131,7 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
     if cache.min_replicas > cache.max_replicas:
         problems.append(
             Problem(
-                f"min_replicas ({cache.min_replicas}) is above max_replicas "
-                f"({cache.max_replicas})",
+                f"min_replicas ({cache.min_replicas}) is above max_replicas ({cache.max_replicas})",
                 path=f"{path}.min_replicas",
             )
         )
@@ -282,7 +281,9 @@ def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
     if not h.data_dir:
         problems.append(Problem("data_dir must name a directory", path=f"{path}.data_dir"))
     if h.lease_duration < 1:
-        problems.append(Problem("lease_duration must be at least 1s", path=f"{path}.lease_duration"))
+        problems.append(
+            Problem("lease_duration must be at least 1s", path=f"{path}.lease_duration")
+        )
     return problems
 
 

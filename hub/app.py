@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,9 +25,11 @@ from fluidfed.models import (
 from hub import auth, openapi
 from hub.catalog import Catalog, CatalogError
 
+log = logging.getLogger("fluidfed.hub")
 CATALOG = web.AppKey("catalog", Catalog)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 BOOKMARK_INTERVAL = web.AppKey("bookmark_interval", float)
+MAX_BODY = web.AppKey("max_body", int)
 PRINCIPAL = "fluidfed.principal"
 
 _cluster_dec = codec.decoder(Cluster)
@@ -49,7 +52,9 @@ _watchers = _meter.create_up_down_counter(
 )
 
 
-def error_response(status: int, message: str, problems: list[Problem] | None = None) -> web.Response:
+def error_response(
+    status: int, message: str, problems: list[Problem] | None = None
+) -> web.Response:
     body = ErrorBody(
         error=message,
         problems=[codec.to_builtins(p) for p in problems or []],
@@ -62,11 +67,14 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
 
 
 async def _body(request: web.Request, decoder: msgspec.json.Decoder[Any], root: str) -> Any:
+    """The decoded request body; a bad one is a 400 whose problems carry field paths."""
     raw = await request.read()
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as err:
-        raise CatalogError(400, "the request body is not valid", [codec.problem_of(err, root)]) from None
+        raise CatalogError(
+            400, "the request body is not valid", [codec.problem_of(err, root, decoder.type)]
+        ) from None
     except msgspec.DecodeError as err:
         raise CatalogError(400, f"the request body is not valid JSON: {err}") from None
 
@@ -75,22 +83,27 @@ async def _body(request: web.Request, decoder: msgspec.json.Decoder[Any], root: 
 async def errors_mw(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
+    route = (
+        request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
+    )
     try:
         resp = await handler(request)
     except CatalogError as err:
         resp = error_response(err.status, str(err), err.problems)
-    except web.HTTPRequestEntityTooLarge as err:
+    except web.HTTPRequestEntityTooLarge:
         resp = error_response(
             413,
-            f"request body too large ({err.actual_size} bytes; the limit is {err.max_size}): "
-            "split the input or raise hub.max_body",
+            f"request body too large: the limit is {request.app[MAX_BODY]} bytes; "
+            "split the input or raise max_body in the hub's configuration",
         )
     except web.HTTPException as err:
         if err.status >= 400 and err.content_type != "application/json":
             resp = error_response(err.status, err.reason)
         else:
             raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        resp = error_response(500, "internal error in the hub: its log has the details")
     _requests.add(1, {"route": route, "method": request.method, "status": str(resp.status)})
     return resp
 
@@ -222,7 +235,8 @@ async def apply_dataset(request: web.Request) -> web.Response:
     name = request.match_info.get("name")
     if name is not None and name != spec.name:
         raise CatalogError(
-            400, f"the URL names dataset {name} but the body names {spec.name}",
+            400,
+            f"the URL names dataset {name} but the body names {spec.name}",
             [Problem("must match the name in the URL", path="dataset.name")],
         )
     cat = request.app[CATALOG]
@@ -255,7 +269,8 @@ def _revision_param(request: web.Request) -> int | None:
         value = -1
     if value < 0:
         raise CatalogError(
-            400, "revision must be a non-negative integer",
+            400,
+            "revision must be a non-negative integer",
             [Problem(f"got {raw!r}", path="query.revision")],
         )
     return value
@@ -269,8 +284,10 @@ async def bindings(request: web.Request) -> web.StreamResponse:
         cluster = cluster or principal.cluster
         _may_act_for(request, cluster)
     if request.query.get("watch", "") not in ("1", "true"):
-        items = cat.bindings_of(cluster) if cluster else sorted(
-            cat.bindings.values(), key=lambda b: b.name
+        items = (
+            cat.bindings_of(cluster)
+            if cluster
+            else sorted(cat.bindings.values(), key=lambda b: b.name)
         )
         return json_response(ListResult(revision=cat.revision, items=items))
     revision = _revision_param(request)
@@ -378,6 +395,7 @@ def make_app(
     app[CATALOG] = catalog
     app[ADMIN_TOKEN] = admin_token
     app[BOOKMARK_INTERVAL] = bookmark_interval
+    app[MAX_BODY] = max_body
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_background)

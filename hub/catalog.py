@@ -129,11 +129,7 @@ class Catalog:
         if revision < self.compacted:
             raise Compacted(revision, self.compacted)
         start = bisect.bisect_right(self._log_revisions, revision)
-        return [
-            e
-            for e in self._log[start:]
-            if cluster is None or e.cluster == cluster
-        ]
+        return [e for e in self._log[start:] if cluster is None or e.cluster == cluster]
 
     def dataset_view(self, name: str) -> DatasetView:
         rec = self.datasets.get(name)
@@ -397,9 +393,9 @@ class Catalog:
         elif op.kind == DATASET:
             self.datasets.pop(op.name, None)
         elif op.kind == BINDING:
-            b = self.bindings.pop(op.name, None)
-            if b is not None:
-                self._append_log(rev, "DELETED", b)
+            gone = self.bindings.pop(op.name, None)
+            if gone is not None:
+                self._append_log(rev, "DELETED", gone)
         elif op.kind == STATUS:
             self.statuses.pop(op.name, None)
         elif op.kind == TOKEN:

@@ -19,20 +19,19 @@ from hub.store import SQLiteStore
 
 async def serve(cfg: HubConfig, *, ready_line: bool = True) -> None:
     data_dir = Path(cfg.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
     store = SQLiteStore(data_dir / "catalog.db")
     catalog = Catalog(store, history=cfg.event_history, lease_duration=cfg.lease_duration)
     await catalog.load()
-    app = make_app(
-        catalog, token, max_body=cfg.max_body, bookmark_interval=cfg.bookmark_interval
-    )
+    app = make_app(catalog, token, max_body=cfg.max_body, bookmark_interval=cfg.bookmark_interval)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
     await site.start()
-    server = site._server
-    port = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.port
+    # with port 0 the kernel picks one: read it back for the ready line
+    port = cfg.port
+    for addr in runner.addresses:
+        port = int(addr[1])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -131,9 +131,7 @@ class SQLiteStore:
                         (revision, op.kind, op.name, op.value),
                     )
                 else:
-                    db.execute(
-                        "DELETE FROM records WHERE kind=? AND name=?", (op.kind, op.name)
-                    )
+                    db.execute("DELETE FROM records WHERE kind=? AND name=?", (op.kind, op.name))
                     db.execute(
                         "INSERT INTO events (revision, kind, name, type, value) "
                         "VALUES (?, ?, ?, 'delete', ?)",

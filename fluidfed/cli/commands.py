@@ -67,8 +67,12 @@ def _hub(
         s = settings.resolve(args.hub, args.token, args.client_config)
         if not s.token:
             raise ConfigError(
-                [Problem("no token: pass --token, set FLUIDFED_TOKEN (or FLUIDFED_TOKEN_FILE), "
-                         f"or put token_file in {settings.default_config_path()}")]
+                [
+                    Problem(
+                        "no token: pass --token, set FLUIDFED_TOKEN (or FLUIDFED_TOKEN_FILE), "
+                        f"or put token_file in {settings.default_config_path()}"
+                    )
+                ]
             )
 
         async def go() -> int:
@@ -131,8 +135,9 @@ async def cluster_label(client: Client, args: argparse.Namespace) -> int:
             k, v = item.split("=", 1)
             set_labels[k] = v
         else:
-            raise ConfigError([Problem(f"{item!r}: write key=value to set or key- to remove",
-                                       path="labels")])
+            raise ConfigError(
+                [Problem(f"{item!r}: write key=value to set or key- to remove", path="labels")]
+            )
     rec = await client.label_cluster(args.name, set_labels, remove)
     labels = ",".join(f"{k}={v}" for k, v in sorted(rec.spec.labels.items())) or "none"
     output.console.print(f"cluster/{args.name} labeled: {labels}")
@@ -160,7 +165,9 @@ async def apply(client: Client, args: argparse.Namespace) -> int:
                 f"placed on {where or 'no cluster'}"
             )
         if doc.hub is not None:
-            output.console.print("(a [hub] table configures `fluidfed hub serve`; nothing to apply)")
+            output.console.print(
+                "(a [hub] table configures `fluidfed hub serve`; nothing to apply)"
+            )
     return 0
 
 

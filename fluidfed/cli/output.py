@@ -50,8 +50,15 @@ def clusters_table(items: list[ClusterRecord]) -> Table:
     for c in items:
         s = c.spec
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-        t.add_row(s.name, s.kind, s.region or "-", s.zone or "-", s.mount_mode(),
-                  cluster_state(c), labels or "-")
+        t.add_row(
+            s.name,
+            s.kind,
+            s.region or "-",
+            s.zone or "-",
+            s.mount_mode(),
+            cluster_state(c),
+            labels or "-",
+        )
     return t
 
 
@@ -60,9 +67,15 @@ def datasets_table(items: list[DatasetView]) -> Table:
     for col in ("NAME", "NAMESPACE", "MOUNTS", "CLUSTERS", "PHASE", "CACHED", "GEN"):
         t.add_column(col)
     for d in items:
-        t.add_row(d.spec.name, d.spec.namespace, ", ".join(m.uri for m in d.spec.mounts),
-                  ",".join(v.binding.cluster for v in d.bindings) or "-", d.phase,
-                  f"{format_size(d.cache_used)}/{format_size(d.cache_capacity)}", str(d.generation))
+        t.add_row(
+            d.spec.name,
+            d.spec.namespace,
+            ", ".join(m.uri for m in d.spec.mounts),
+            ",".join(v.binding.cluster for v in d.bindings) or "-",
+            d.phase,
+            f"{format_size(d.cache_used)}/{format_size(d.cache_capacity)}",
+            str(d.generation),
+        )
     return t
 
 
@@ -72,8 +85,15 @@ def bindings_table(items: list[Binding], statuses: dict[str, BindingStatus] | No
         t.add_column(col)
     for b in items:
         st = (statuses or {}).get(b.name)
-        t.add_row(b.name, b.dataset, b.cluster, b.mode, str(b.replicas),
-                  st.phase if st else "Pending", str(b.revision))
+        t.add_row(
+            b.name,
+            b.dataset,
+            b.cluster,
+            b.mode,
+            str(b.replicas),
+            st.phase if st else "Pending",
+            str(b.revision),
+        )
     return t
 
 
@@ -88,15 +108,19 @@ def describe_dataset(d: DatasetView) -> None:
         extra = f" (secret {m.secret})" if m.secret else ""
         console.print(f"  {m.uri}{extra}")
     tiers = ", ".join(f"{t.medium} {format_size(t.quota)}" for t in s.cache.tiers)
-    console.print(f"[bold]Cache:[/bold]       {s.cache.engine}, {s.cache.replicas} replicas, {tiers}")
+    console.print(
+        f"[bold]Cache:[/bold]       {s.cache.engine}, {s.cache.replicas} replicas, {tiers}"
+    )
     pl = s.placement
     parts = []
     if pl.clusters:
         parts.append("clusters " + ",".join(pl.clusters))
     if pl.selector is not None:
         sel = [f"{k}={v}" for k, v in pl.selector.match_labels.items()]
-        sel += [f"{e.key} {e.operator} ({','.join(e.values)})".replace(" ()", "")
-                for e in pl.selector.match_expressions]
+        sel += [
+            f"{e.key} {e.operator} ({','.join(e.values)})".replace(" ()", "")
+            for e in pl.selector.match_expressions
+        ]
         parts.append("selector " + ",".join(sel))
     if pl.kinds:
         parts.append("kinds " + ",".join(pl.kinds))
@@ -107,7 +131,9 @@ def describe_dataset(d: DatasetView) -> None:
     console.print(f"[bold]Placement:[/bold]   {'; '.join(parts) or 'all clusters'}")
     console.print("[bold]Access:[/bold]")
     for a in s.access_list():
-        console.print(f"  {a.namespace}: /{a.sub_path} {'read-only' if a.read_only else 'read-write'}")
+        console.print(
+            f"  {a.namespace}: /{a.sub_path} {'read-only' if a.read_only else 'read-write'}"
+        )
     console.print("[bold]Bindings:[/bold]")
     t = Table(box=None, header_style="bold")
     for col in ("CLUSTER", "MODE", "REPLICAS", "PHASE", "READY", "CACHED", "HIT RATIO", "ERROR"):
@@ -115,7 +141,9 @@ def describe_dataset(d: DatasetView) -> None:
     for v in d.bindings:
         b, st = v.binding, v.status
         t.add_row(
-            b.cluster, b.mode, str(b.replicas),
+            b.cluster,
+            b.mode,
+            str(b.replicas),
             st.phase if st else "Pending",
             str(st.ready_workers) if st else "-",
             f"{format_size(st.cache_used)}/{format_size(st.cache_capacity)}" if st else "-",

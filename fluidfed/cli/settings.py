@@ -36,8 +36,14 @@ def resolve(hub: str | None, token: str | None, config_file: str | None) -> Clie
         unknown = set(raw) - _KEYS
         if unknown:
             raise ConfigError(
-                [Problem(f"unknown key {k!r}: expected hub, token or token_file", file=str(path),
-                         path=k) for k in sorted(unknown)]
+                [
+                    Problem(
+                        f"unknown key {k!r}: expected hub, token or token_file",
+                        file=str(path),
+                        path=k,
+                    )
+                    for k in sorted(unknown)
+                ]
             )
         file_values = {k: str(v) for k, v in raw.items()}
     elif config_file:
@@ -52,8 +58,11 @@ def resolve(hub: str | None, token: str | None, config_file: str | None) -> Clie
     resolved_token = (
         token
         or os.environ.get("FLUIDFED_TOKEN")
-        or (token_from_file(os.environ["FLUIDFED_TOKEN_FILE"])
-            if os.environ.get("FLUIDFED_TOKEN_FILE") else "")
+        or (
+            token_from_file(os.environ["FLUIDFED_TOKEN_FILE"])
+            if os.environ.get("FLUIDFED_TOKEN_FILE")
+            else ""
+        )
         or file_values.get("token")
         or (token_from_file(file_values["token_file"]) if file_values.get("token_file") else "")
     )

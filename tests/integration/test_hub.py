@@ -1,0 +1,415 @@
+"""The hub as a user meets it: a real daemon process, the CLI and the SDK over loopback."""
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from fluidfed import Client, Forbidden, Gone, Unauthorized
+from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement, WatchEvent
+from fluidfed.testing import HubProcess
+from tests.conftest import CONFIGS
+
+pytestmark = pytest.mark.integration
+
+TWO_OF_THREE = """\
+[dataset]
+name = "imagenet"
+namespace = "ml"
+
+[[dataset.mounts]]
+uri = "s3://datasets/imagenet"
+
+[dataset.placement]
+selector = { match_labels = { env = "prod" } }
+"""
+
+
+def cli(hub: HubProcess, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": token or hub.admin_token}
+    return subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def register_fleet(hub: HubProcess, tmp_path: Path) -> dict[str, str]:
+    tokens = {}
+    for name in ("standard", "serverless", "edge"):
+        out = tmp_path / f"{name}.token"
+        r = cli(
+            hub,
+            "cluster",
+            "register",
+            str(CONFIGS / "clusters" / f"{name}.toml"),
+            "--token-file",
+            str(out),
+        )
+        assert r.returncode == 0, r.stderr
+        tokens[name] = out.read_text().strip()
+    return tokens
+
+
+def test_register_apply_and_placement_follows_labels(hub: HubProcess, tmp_path: Path) -> None:
+    register_fleet(hub, tmp_path)
+    ds = tmp_path / "ds.toml"
+    ds.write_text(TWO_OF_THREE)
+    r = cli(hub, "apply", "-f", str(ds))
+    assert r.returncode == 0, r.stderr
+    assert "serverless (sidecar)" in r.stdout and "standard (csi)" in r.stdout
+
+    r = cli(hub, "get", "bindings", "-o", "json")
+    import json
+
+    items = json.loads(r.stdout)["items"]
+    assert {(b["cluster"], b["mode"]) for b in items} == {
+        ("standard", "csi"),
+        ("serverless", "sidecar"),
+    }
+
+    # relabel: the edge cluster joins prod, serverless leaves it
+    assert cli(hub, "cluster", "label", "edge", "env=prod").returncode == 0
+    assert cli(hub, "cluster", "label", "serverless", "env-").returncode == 0
+    items = json.loads(cli(hub, "get", "bindings", "-o", "json").stdout)["items"]
+    assert {(b["cluster"], b["mode"]) for b in items} == {("standard", "csi"), ("edge", "sidecar")}
+
+    r = cli(hub, "describe", "dataset", "imagenet")
+    assert r.returncode == 0
+    assert "edge" in r.stdout and "standard" in r.stdout and "serverless" not in r.stdout
+    r = cli(hub, "get", "clusters")
+    assert "standard" in r.stdout and "csi" in r.stdout
+
+    assert cli(hub, "delete", "dataset", "imagenet").returncode == 0
+    assert json.loads(cli(hub, "get", "bindings", "-o", "json").stdout)["items"] == []
+    r = cli(hub, "describe", "dataset", "imagenet")
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_cluster_token_sees_only_its_own_cluster(hub: HubProcess, tmp_path: Path) -> None:
+    tokens = register_fleet(hub, tmp_path)
+
+    async def go() -> None:
+        async with Client(hub.url, hub.admin_token) as admin:
+            await admin.apply_dataset(Dataset(name="d", mounts=[Mount(uri="file:///data")]))
+        async with Client(hub.url, tokens["edge"]) as edge:
+            own = await edge.list_bindings("edge")
+            assert [b.name for b in own.items] == ["d.edge"]
+            with pytest.raises(Forbidden):
+                await edge.list_bindings("standard")
+            with pytest.raises(Forbidden):
+                await edge.get_binding("d.standard")
+            with pytest.raises(Forbidden):
+                await edge.heartbeat("standard")
+            with pytest.raises(Forbidden):
+                await edge.apply_dataset(Dataset(name="x", mounts=[Mount(uri="file:///x")]))
+            with pytest.raises(Forbidden):
+                await edge.list_clusters()
+            rec = await edge.heartbeat("edge")
+            assert rec.ready
+        async with Client(hub.url, "") as anon:
+            with pytest.raises(Unauthorized):
+                await anon.list_bindings("edge")
+        async with Client(hub.url, "ffc.edge.forged") as forged:
+            with pytest.raises(Unauthorized):
+                await forged.list_bindings("edge")
+
+    asyncio.run(go())
+    r = cli(hub, "get", "bindings", "--cluster", "standard", token=tokens["edge"])
+    assert r.returncode == 2 and "cannot read or write cluster standard" in r.stderr
+
+
+async def _collect(
+    client: Client, cluster: str, revision: int, out: list[WatchEvent], stop_after: int
+) -> int:
+    """Watch until `stop_after` binding events arrived; return the last revision seen."""
+    async for ev in client.watch_bindings(cluster, revision=revision):
+        if ev.type == "BOOKMARK":
+            revision = ev.revision
+            continue
+        out.append(ev)
+        revision = ev.revision
+        if len(out) >= stop_after:
+            break
+    return revision
+
+
+def test_watch_resumes_after_disconnect_without_gaps_or_repeats(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    tokens = register_fleet(hub, tmp_path)
+
+    async def go() -> None:
+        async with (
+            Client(hub.url, hub.admin_token) as admin,
+            Client(hub.url, tokens["edge"]) as edge,
+        ):
+            start = (await edge.list_bindings()).revision
+            seen: list[WatchEvent] = []
+            # first connection: sees 3 of the changes, then drops
+            task = asyncio.create_task(_collect(edge, "edge", start, seen, 3))
+            for i in range(3):
+                await admin.apply_dataset(Dataset(name=f"d{i}", mounts=[Mount(uri="file:///x")]))
+            last = await asyncio.wait_for(task, 10)
+            # changes while disconnected: two more datasets, one deleted, one placed away
+            await admin.apply_dataset(Dataset(name="d3", mounts=[Mount(uri="file:///x")]))
+            await admin.delete_dataset("d0")
+            await admin.apply_dataset(
+                Dataset(
+                    name="d1",
+                    mounts=[Mount(uri="file:///x")],
+                    placement=Placement(clusters=["standard"]),
+                )
+            )
+            await admin.apply_dataset(Dataset(name="d4", mounts=[Mount(uri="file:///x")]))
+            # resume from the last revision seen
+            await asyncio.wait_for(_collect(edge, "edge", last, seen, 7), 10)
+            kinds = [(e.type, e.object.name if e.object else "") for e in seen]
+            assert kinds == [
+                ("ADDED", "d0.edge"),
+                ("ADDED", "d1.edge"),
+                ("ADDED", "d2.edge"),
+                ("ADDED", "d3.edge"),
+                ("DELETED", "d0.edge"),
+                ("DELETED", "d1.edge"),
+                ("ADDED", "d4.edge"),
+            ]
+            revs = [e.revision for e in seen]
+            assert revs == sorted(set(revs)), "events repeated or out of order"
+            # replaying the events gives exactly the listed state
+            state: set[str] = set()
+            for e in seen:
+                assert e.object is not None
+                (state.discard if e.type == "DELETED" else state.add)(e.object.name)
+            listed = await edge.list_bindings()
+            assert state == {b.name for b in listed.items}
+
+    asyncio.run(go())
+
+
+def test_bookmarks_advance_a_quiet_watch(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nbookmark_interval = "200ms"\n')
+    with HubProcess(tmp_path / "h", extra=["--config", str(cfg)]) as hub:
+        register_fleet(hub, tmp_path)
+
+        async def go() -> None:
+            async with Client(hub.url, hub.admin_token) as admin:
+                await admin.apply_dataset(
+                    Dataset(
+                        name="d",
+                        mounts=[Mount(uri="file:///x")],
+                        placement=Placement(clusters=["standard"]),
+                    )
+                )
+                async for ev in admin.watch_bindings("edge", revision=0):
+                    assert ev.type == "BOOKMARK"
+                    assert ev.revision >= 4  # moved past changes that were not edge's
+                    break
+
+        asyncio.run(go())
+
+
+def test_watch_from_compacted_revision_is_410(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text("[hub]\nevent_history = 100\n")
+    with HubProcess(tmp_path / "h", extra=["--config", str(cfg)]) as hub:
+        register_fleet(hub, tmp_path)
+
+        async def go() -> None:
+            async with Client(hub.url, hub.admin_token) as admin:
+                for i in range(140):
+                    await admin.apply_dataset(
+                        Dataset(
+                            name=f"d{i}",
+                            mounts=[Mount(uri="file:///x")],
+                            placement=Placement(clusters=["edge"]),
+                        )
+                    )
+                with pytest.raises(Gone):
+                    async for _ in admin.watch_bindings("edge", revision=1):
+                        pass
+                # relist, then watch from the list's revision: works
+                listed = await admin.list_bindings("edge")
+                assert len(listed.items) == 140
+                await admin.apply_dataset(
+                    Dataset(
+                        name="late",
+                        mounts=[Mount(uri="file:///x")],
+                        placement=Placement(clusters=["edge"]),
+                    )
+                )
+                async for ev in admin.watch_bindings("edge", revision=listed.revision):
+                    assert ev.object is not None and ev.object.name == "late.edge"
+                    break
+
+        asyncio.run(go())
+
+
+def test_restart_finds_everything(hub: HubProcess, tmp_path: Path) -> None:
+    tokens = register_fleet(hub, tmp_path)
+    ds = tmp_path / "ds.toml"
+    ds.write_text(TWO_OF_THREE)
+    assert cli(hub, "apply", "-f", str(ds)).returncode == 0
+    before = cli(hub, "get", "bindings", "-o", "json").stdout
+    hub.stop()
+    hub.start()
+    assert cli(hub, "get", "bindings", "-o", "json").stdout == before
+    # cluster tokens still work after the restart
+    r = cli(hub, "get", "bindings", "--cluster", "standard", "-o", "json", token=tokens["standard"])
+    assert r.returncode == 0 and "imagenet.standard" in r.stdout
+
+
+def test_kill9_during_a_burst_loses_no_acknowledged_write(hub: HubProcess, tmp_path: Path) -> None:
+    register_fleet(hub, tmp_path)
+    acked: list[str] = []
+
+    async def writer(client: Client, wid: int) -> None:
+        for i in range(10_000):
+            name = f"w{wid}-{i}"
+            await client.apply_dataset(Dataset(name=name, mounts=[Mount(uri="file:///x")]))
+            acked.append(name)
+
+    async def go() -> None:
+        async with Client(hub.url, hub.admin_token, timeout=5) as client:
+            tasks = [asyncio.create_task(writer(client, w)) for w in range(8)]
+            while len(acked) < 60:
+                await asyncio.sleep(0.01)
+            hub.kill9()
+            for t in tasks:
+                with contextlib.suppress(Exception):
+                    await t
+
+    asyncio.run(go())
+    assert len(acked) >= 60
+    hub.start()
+
+    async def check() -> set[str]:
+        async with Client(hub.url, hub.admin_token) as client:
+            return {d.spec.name for d in await client.list_datasets()}
+
+    stored = asyncio.run(check())
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged writes lost: {sorted(missing)[:5]}"
+
+
+def test_bad_input_is_a_clear_error_and_stores_nothing(hub: HubProcess, tmp_path: Path) -> None:
+    register_fleet(hub, tmp_path)
+    headers = {"Authorization": f"Bearer {hub.admin_token}", "Content-Type": "application/json"}
+
+    async def go() -> None:
+        async with aiohttp.ClientSession(headers=headers) as s:
+            url = hub.url + "/api/v1/datasets"
+            cases = [
+                (
+                    b'{"name": "x", "mounts": [{"uri": "s3://b", "endpiont": 1}]}',
+                    400,
+                    "dataset.mounts[0].endpiont",
+                ),
+                (
+                    b'{"name": "x", "mounts": [{"uri": "s3://b"}], "cache": {"replicas": "2"}}',
+                    400,
+                    "dataset.cache.replicas",
+                ),
+                (
+                    b'{"name": "x", "mounts": [{"uri": "s3://b"}], "cache": {"tiers": [{"medium": "MEM", "quota": "huge"}]}}',
+                    400,
+                    "dataset.cache.tiers[0].quota",
+                ),
+                (
+                    b'{"name": "x", "mounts": [{"uri": "s3://b"}], "placement": {"selector": {"match_expressions": [{"key": "a", "operator": "Exists", "values": ["v"]}]}}}',
+                    400,
+                    "dataset.placement.selector.match_expressions[0].values",
+                ),
+                (b'{"name": "Bad_Name", "mounts": [{"uri": "s3://b"}]}', 400, "dataset.name"),
+                (b'{"name": "x", "mounts": [{"uri": "ftp://b"}]}', 400, "dataset.mounts[0].uri"),
+                (b'{"name": "x", "mounts"', 400, ""),
+                (
+                    b'{"name": "x", "mounts": [{"uri": "s3://b"}], "description": "'
+                    + b"a" * (2 << 20)
+                    + b'"}',
+                    413,
+                    "",
+                ),
+            ]
+            for body, status, path in cases:
+                async with s.post(url, data=body) as resp:
+                    got = await resp.json()
+                    assert resp.status == status, (body[:80], got)
+                    assert got["error"]
+                    if path:
+                        assert any(p["path"] == path for p in got["problems"]), got
+            async with s.get(url) as resp:
+                assert await resp.json() == []
+            async with s.get(hub.url + "/api/v1/bindings") as resp:
+                assert (await resp.json())["items"] == []
+
+    asyncio.run(go())
+    # the CLI says where in the file, and exits 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TWO_OF_THREE.replace('namespace = "ml"', 'namespace = "ml"\nreplicas = 3'))
+    r = cli(hub, "apply", "-f", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:4: dataset.replicas: unknown key 'replicas'" in r.stderr
+
+
+def test_probes_metrics_and_openapi(hub: HubProcess) -> None:
+    async def go() -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(hub.url + "/healthz") as r:
+                assert r.status == 200
+            async with s.get(hub.url + "/readyz") as r:
+                assert r.status == 200
+            async with s.get(hub.url + "/openapi.json") as r:
+                doc = await r.json()
+                assert "/api/v1/bindings" in doc["paths"]
+                assert "Dataset" in doc["components"]["schemas"]
+            async with s.get(hub.url + "/metrics") as r:
+                text = await r.text()
+                assert "fluidfed_hub_requests_total" in text
+
+    asyncio.run(go())
+
+
+def test_unreachable_hub_exits_1(tmp_path: Path) -> None:
+    env = {**os.environ, "FLUIDFED_HUB": "http://127.0.0.1:9", "FLUIDFED_TOKEN": "x"}
+    r = subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", "get", "clusters"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "cannot reach the hub" in r.stderr
+
+
+def test_sdk_round_trip_of_selector_placement(hub: HubProcess, tmp_path: Path) -> None:
+    register_fleet(hub, tmp_path)
+
+    async def go() -> None:
+        async with Client(hub.url, hub.admin_token) as c:
+            view = await c.apply_dataset(
+                Dataset(
+                    name="edge-only",
+                    mounts=[Mount(uri="https://example.org/data")],
+                    placement=Placement(
+                        selector=LabelSelector(match_labels={"fluidfed.io/kind": "edge"})
+                    ),
+                )
+            )
+            assert [v.binding.cluster for v in view.bindings] == ["edge"]
+            await c.register_cluster(
+                Cluster(name="edge2", kind="edge", kubernetes={"in_cluster": True})
+            )  # type: ignore[arg-type]
+            view = await c.get_dataset("edge-only")
+            assert [v.binding.cluster for v in view.bindings] == ["edge", "edge2"]
+
+    asyncio.run(go())

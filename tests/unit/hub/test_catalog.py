@@ -1,0 +1,171 @@
+"""Catalog revision logic on a real SQLite file."""
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement
+from hub.catalog import Catalog, CatalogError, Compacted
+from hub.store import Op, SQLiteStore
+
+
+def ds(name: str = "ds", **pl: object) -> Dataset:
+    return Dataset(name=name, mounts=[Mount(uri="s3://b/p")], placement=Placement(**pl))  # type: ignore[arg-type]
+
+
+async def new_catalog(path: Path, **kw: object) -> Catalog:
+    cat = Catalog(SQLiteStore(path / "catalog.db"), **kw)  # type: ignore[arg-type]
+    await cat.load()
+    return cat
+
+
+async def test_every_change_bumps_the_revision_once(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    assert cat.revision == 0
+    await cat.register_cluster(Cluster(name="a", labels={"env": "prod"}))
+    await cat.register_cluster(Cluster(name="b"))
+    assert cat.revision == 2
+    _, changed = await cat.apply_dataset(ds(selector=LabelSelector(match_labels={"env": "prod"})))
+    assert changed
+    assert cat.revision == 3
+    assert sorted(cat.bindings) == ["ds.a"]
+    assert cat.bindings["ds.a"].revision == 3
+    # the same spec again changes nothing and keeps the revision
+    _, changed = await cat.apply_dataset(ds(selector=LabelSelector(match_labels={"env": "prod"})))
+    assert not changed
+    assert cat.revision == 3
+
+
+async def test_relabel_moves_placement_in_one_revision(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="a", labels={"env": "prod"}))
+    await cat.register_cluster(Cluster(name="b"))
+    await cat.apply_dataset(ds(selector=LabelSelector(match_labels={"env": "prod"})))
+    rev = cat.revision
+    await cat.relabel_cluster("b", {"env": "prod"}, [])
+    await cat.relabel_cluster("a", {}, ["env"])
+    assert sorted(cat.bindings) == ["ds.b"]
+    events = cat.events_since(rev, None)
+    assert [(e.revision, e.cluster) for e in events] == [(rev + 1, "b"), (rev + 2, "a")]
+    assert b'"DELETED"' in events[1].line
+
+
+async def test_events_since_filters_by_cluster(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    for n in "abc":
+        await cat.register_cluster(Cluster(name=n))
+    await cat.apply_dataset(ds("one"))
+    await cat.apply_dataset(ds("two", clusters=["b"]))
+    assert [e.revision for e in cat.events_since(0, "b")] == [4, 5]
+    assert [e.revision for e in cat.events_since(4, "b")] == [5]
+    assert cat.events_since(5, "a") == []
+
+
+async def test_compacted_revision_is_refused(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path, history=100)
+    await cat.register_cluster(Cluster(name="a"))
+    for i in range(140):
+        await cat.apply_dataset(ds(f"d{i}"))
+    assert cat.compacted > 1
+    with pytest.raises(Compacted) as info:
+        cat.events_since(1, "a")
+    assert info.value.status == 410
+    assert cat.events_since(cat.compacted, "a")  # the oldest kept still works
+    # the store compacts too, and a restart keeps the watermark
+    cat2 = await new_catalog(tmp_path, history=100)
+    assert cat2.compacted > 1
+    with pytest.raises(Compacted):
+        cat2.events_since(1, "a")
+    assert cat2.events_since(cat.revision - 3, "a")[-1].revision == cat.revision
+
+
+async def test_restart_finds_everything(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    _, token = await cat.register_cluster(Cluster(name="a", labels={"x": "1"}))
+    await cat.apply_dataset(ds())
+    await cat.store.close()
+    again = await new_catalog(tmp_path)
+    assert again.revision == cat.revision
+    assert again.clusters == cat.clusters
+    assert again.datasets == cat.datasets
+    assert again.bindings == cat.bindings
+    assert token and again.cluster_of_token(token) == "a"
+    assert [e.line for e in again.events_since(0, "a")] == [
+        e.line for e in cat.events_since(0, "a")
+    ]
+
+
+class FailingStore(SQLiteStore):
+    async def commit(self, revision: int, ops: list[Op]) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_failed_commit_changes_nothing_visible(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="a"))
+    before = (cat.revision, dict(cat.datasets), dict(cat.bindings))
+    cat.store = FailingStore(tmp_path / "catalog.db")
+    with pytest.raises(OSError, match="disk full"):
+        await cat.apply_dataset(ds())
+    assert (cat.revision, dict(cat.datasets), dict(cat.bindings)) == before
+
+
+async def test_tokens_are_stored_hashed_and_checked(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    _, token = await cat.register_cluster(Cluster(name="a"))
+    assert token is not None
+    raw = (tmp_path / "catalog.db").read_bytes()
+    assert token.encode() not in raw
+    assert cat.cluster_of_token(token) == "a"
+    assert cat.cluster_of_token(token[:-1] + ("x" if token[-1] != "x" else "y")) is None
+    assert cat.cluster_of_token("ffc.b." + token.split(".")[2]) is None
+    # re-registering keeps the token; rotating replaces it
+    _, same = await cat.register_cluster(Cluster(name="a", labels={"k": "v"}))
+    assert same is None and cat.cluster_of_token(token) == "a"
+    _, new = await cat.register_cluster(Cluster(name="a"), rotate_token=True)
+    assert new and cat.cluster_of_token(new) == "a" and cat.cluster_of_token(token) is None
+
+
+async def test_lease_expiry_marks_offline_and_keeps_bindings(tmp_path: Path) -> None:
+    now = [1000.0]
+    cat = Catalog(SQLiteStore(tmp_path / "c.db"), lease_duration=40, clock=lambda: now[0])
+    await cat.load()
+    await cat.register_cluster(Cluster(name="edge"))
+    await cat.apply_dataset(ds())
+    rec = await cat.heartbeat("edge")
+    assert rec.ready
+    now[0] += 30
+    assert await cat.expire_leases() == []
+    now[0] += 20
+    assert await cat.expire_leases() == ["edge"]
+    cond = cat.clusters["edge"].status.condition
+    assert cond is not None and cond.type == "Offline"
+    assert "ds.edge" in cat.bindings
+    rec = await cat.heartbeat("edge")
+    assert rec.ready
+
+
+async def test_delete_dataset_and_cluster(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="a"))
+    await cat.register_cluster(Cluster(name="b"))
+    await cat.apply_dataset(ds())
+    await cat.delete_cluster("b")
+    assert sorted(cat.bindings) == ["ds.a"]
+    await cat.delete_dataset("ds")
+    assert cat.bindings == {} and cat.datasets == {}
+    with pytest.raises(CatalogError) as info:
+        await cat.delete_dataset("ds")
+    assert info.value.status == 404
+
+
+async def test_generation_counts_spec_changes(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="a"))
+    rec, _ = await cat.apply_dataset(ds())
+    assert rec.generation == 1
+    changed = msgspec.structs.replace(ds(), description="v2")
+    rec, _ = await cat.apply_dataset(changed)
+    assert rec.generation == 2
+    assert cat.bindings["ds.a"].generation == 2

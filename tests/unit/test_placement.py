@@ -1,0 +1,192 @@
+"""Placement is a pure function of (dataset, clusters, current bindings)."""
+
+import pytest
+
+from fluidfed import placement, selectors
+from fluidfed.models import (
+    AutoscalePolicy,
+    AutoscaleTarget,
+    Binding,
+    Capabilities,
+    Cluster,
+    ClusterRecord,
+    ClusterStatus,
+    Condition,
+    Dataset,
+    LabelSelector,
+    Mount,
+    Placement,
+    SelectorRequirement,
+)
+
+
+def cluster(
+    name: str,
+    *,
+    kind: str = "standard",
+    labels: dict[str, str] | None = None,
+    region: str = "r1",
+    zone: str = "z1",
+    fluid: bool = False,
+    state: str | None = "Ready",
+) -> ClusterRecord:
+    caps = Capabilities(csi=fluid, fluid=fluid)
+    status = ClusterStatus(condition=Condition(type=state, since=0) if state else None)  # type: ignore[arg-type]
+    return ClusterRecord(
+        spec=Cluster(
+            name=name,
+            kind=kind,
+            labels=labels or {},
+            region=region,
+            zone=zone,  # type: ignore[arg-type]
+            capabilities=caps,
+        ),
+        status=status,
+    )
+
+
+def dataset(**placement_args: object) -> Dataset:
+    return Dataset(name="ds", mounts=[Mount(uri="s3://b/p")], placement=Placement(**placement_args))  # type: ignore[arg-type]
+
+
+def names(bindings: dict[str, Binding]) -> list[str]:
+    return sorted(bindings)
+
+
+FLEET = [
+    cluster("a", labels={"env": "prod", "gpu": "a100"}, fluid=True),
+    cluster("b", kind="serverless", labels={"env": "prod"}),
+    cluster("c", kind="edge", labels={"env": "edge"}, region="r2"),
+    cluster("d", labels={"env": "dev"}, region="r2", zone="z2"),
+]
+
+
+def test_no_placement_means_every_cluster() -> None:
+    assert names(placement.place(dataset(), 1, FLEET, {})) == ["a", "b", "c", "d"]
+
+
+def test_explicit_names() -> None:
+    assert names(placement.place(dataset(clusters=["b", "d", "zz"]), 1, FLEET, {})) == ["b", "d"]
+
+
+def test_match_labels_and_kinds_are_anded() -> None:
+    sel = LabelSelector(match_labels={"env": "prod"})
+    assert names(placement.place(dataset(selector=sel), 1, FLEET, {})) == ["a", "b"]
+    got = placement.place(dataset(selector=sel, kinds=["serverless"]), 1, FLEET, {})
+    assert names(got) == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("op", "values", "expected"),
+    [
+        ("In", ["prod", "edge"], ["a", "b", "c"]),
+        ("NotIn", ["prod"], ["c", "d"]),
+        ("Exists", [], ["a", "b", "c", "d"]),
+        ("DoesNotExist", [], []),
+    ],
+)
+def test_match_expressions(op: str, values: list[str], expected: list[str]) -> None:
+    sel = LabelSelector(
+        match_expressions=[SelectorRequirement(key="env", operator=op, values=values)]
+    )  # type: ignore[arg-type]
+    assert names(placement.place(dataset(selector=sel), 1, FLEET, {})) == expected
+
+
+def test_gpu_label_expression() -> None:
+    sel = LabelSelector(match_expressions=[SelectorRequirement(key="gpu", operator="Exists")])
+    assert names(placement.place(dataset(selector=sel), 1, FLEET, {})) == ["a"]
+
+
+def test_derived_labels_are_selectable() -> None:
+    sel = LabelSelector(match_labels={"topology.kubernetes.io/region": "r2"})
+    assert names(placement.place(dataset(selector=sel), 1, FLEET, {})) == ["c", "d"]
+
+
+def test_mount_mode_follows_capabilities() -> None:
+    got = placement.place(dataset(), 1, FLEET, {})
+    assert {k: b.mode for k, b in got.items()} == {
+        "a": "csi",
+        "b": "sidecar",
+        "c": "sidecar",
+        "d": "sidecar",
+    }
+
+
+def test_csi_without_fluid_is_sidecar() -> None:
+    c = ClusterRecord(spec=Cluster(name="x", capabilities=Capabilities(csi=True)))
+    assert placement.place(dataset(), 1, [c], {})["x"].mode == "sidecar"
+
+
+def test_max_clusters_prefers_ready_over_unknown_over_offline() -> None:
+    fleet = [cluster("a", state="Offline"), cluster("b", state=None), cluster("c")]
+    assert names(placement.place(dataset(max_clusters=1), 1, fleet, {})) == ["c"]
+    assert names(placement.place(dataset(max_clusters=2), 1, fleet, {})) == ["b", "c"]
+
+
+def test_offline_cluster_keeps_its_binding() -> None:
+    fleet = [cluster("a", state="Offline"), cluster("b"), cluster("c")]
+    first = placement.place(dataset(max_clusters=1), 1, [cluster("a"), *fleet[1:]], {})
+    assert names(first) == ["a"]
+    again = placement.place(dataset(max_clusters=1), 1, fleet, first)
+    assert names(again) == ["a"]
+
+
+def test_spread_by_region() -> None:
+    fleet = [cluster("a", region="r1"), cluster("b", region="r1"), cluster("c", region="r2")]
+    assert names(placement.place(dataset(max_clusters=2), 1, fleet, {})) == ["a", "b"]
+    got = placement.place(dataset(max_clusters=2, spread_by="region"), 1, fleet, {})
+    assert names(got) == ["a", "c"]
+
+
+def test_spread_by_zone_within_region() -> None:
+    fleet = [cluster("a", zone="z1"), cluster("b", zone="z1"), cluster("c", zone="z2")]
+    got = placement.place(dataset(max_clusters=2, spread_by="zone"), 1, fleet, {})
+    assert names(got) == ["a", "c"]
+
+
+def test_bindings_carry_name_generation_and_replicas() -> None:
+    got = placement.place(dataset(clusters=["a"]), 7, FLEET, {})
+    b = got["a"]
+    assert (b.name, b.dataset, b.cluster, b.generation, b.replicas) == ("ds.a", "ds", "a", 7, 1)
+
+
+def test_autoscaled_replicas_survive_replacement() -> None:
+    ds = Dataset(
+        name="ds",
+        mounts=[Mount(uri="s3://b/p")],
+        autoscale=AutoscalePolicy(
+            targets=[AutoscaleTarget(metric="hit_ratio", target=0.9)],
+            min_replicas=1,
+            max_replicas=5,
+        ),
+    )
+    current = placement.place(ds, 1, FLEET[:1], {})
+    scaled = {
+        "a": Binding(
+            **{
+                **{f: getattr(current["a"], f) for f in current["a"].__struct_fields__},
+                "replicas": 4,
+            }
+        )
+    }
+    assert placement.place(ds, 2, FLEET[:1], scaled)["a"].replicas == 4
+
+
+def test_placement_is_deterministic() -> None:
+    a = placement.place(dataset(max_clusters=2, spread_by="region"), 1, FLEET, {})
+    b = placement.place(dataset(max_clusters=2, spread_by="region"), 1, list(reversed(FLEET)), {})
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("text", "labels", "match"),
+    [
+        ("env=prod", {"env": "prod"}, True),
+        ("env=prod,gpu", {"env": "prod"}, False),
+        ("env in (prod, dev),!legacy", {"env": "dev"}, True),
+        ("env notin (prod)", {}, True),
+        ("env!=prod", {"env": "prod"}, False),
+    ],
+)
+def test_selector_strings(text: str, labels: dict[str, str], match: bool) -> None:
+    assert selectors.matches(selectors.parse(text), labels) is match

@@ -1,0 +1,45 @@
+import pytest
+
+from fluidfed.units import format_size, parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4GiB", 4 * 2**30),
+        ("500Mi", 500 * 2**20),
+        ("10GB", 10 * 10**9),
+        ("1.5KiB", 1536),
+        ("123", 123),
+        (4096, 4096),
+        ("  2 TiB ", 2 * 2**40),
+    ],
+)
+def test_sizes(text: object, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "4 parsecs", "-1", -5, True, "GiB", 1.5])
+def test_bad_sizes_say_what_is_expected(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"4GiB|negative"):
+        parse_size(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (12, 12), ("2d", 172800)],
+)
+def test_durations(text: object, expected: float) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["soon", "5 m", "m5", "", "10x", -1])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"30s|negative"):
+        parse_duration(bad)
+
+
+def test_format_size_round_trips_common_values() -> None:
+    assert format_size(4 * 2**30) == "4GiB"
+    assert format_size(1536) == "1.5KiB"
+    assert format_size(12) == "12B"
