@@ -62,7 +62,7 @@ BASELINE_SERVER = textwrap.dedent(
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def rss_mib(pid: int) -> float:
@@ -73,7 +73,9 @@ def rss_mib(pid: int) -> float:
 
 
 async def baseline(n: int, rounds: int) -> list[float]:
-    proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BASELINE_SERVER], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
     got: dict[int, list[float]] = {}
@@ -120,7 +122,9 @@ async def hub_run(n: int, rounds: int, burst: int) -> dict[str, float]:
 
             async def reg(i: int) -> str:
                 async with sem:
-                    spec = Cluster(name=f"c{i:04d}", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+                    spec = Cluster(
+                        name=f"c{i:04d}", kind="edge", kubernetes=KubeAccess(in_cluster=True)
+                    )
                     return (await admin.register_cluster(spec)).token
 
             t0 = time.monotonic()
@@ -147,7 +151,9 @@ async def hub_run(n: int, rounds: int, burst: int) -> dict[str, float]:
             await asyncio.sleep(0.5)
 
             def ds(name: str) -> Dataset:
-                return Dataset(name=name, mounts=[Mount(uri="s3://bench/data")], placement=Placement())
+                return Dataset(
+                    name=name, mounts=[Mount(uri="s3://bench/data")], placement=Placement()
+                )
 
             async def wait_all(name: str) -> None:
                 while len(got.get(name, [])) < n:
@@ -185,12 +191,14 @@ async def hub_run(n: int, rounds: int, burst: int) -> dict[str, float]:
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--burst", type=int, default=20)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     results = []
     for n in args.agents:

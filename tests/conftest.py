@@ -1,8 +1,10 @@
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fluidfed.local import cluster
 from fluidfed.testing import HubProcess
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -16,3 +18,25 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def local_clusters(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, cluster.LocalCluster]]:
+    """One real cluster per flavour (standard, serverless, edge), started in parallel once
+    per session and shared by every integration test."""
+    base = tmp_path_factory.mktemp("clusters")
+    specs: list[tuple[str, cluster.Kind]] = [(k, k) for k in cluster.KINDS]
+    clusters = asyncio.run(cluster.up_many(specs, base_dir=base, progress=print))
+    try:
+        yield {c.kind: c for c in clusters}
+    finally:
+        states = [c.state for c in clusters if c.state]
+        asyncio.run(_down(clusters))
+        leftover = [f"{b}:{p}" for s in states for b, p in s.pids.items() if cluster._alive(p, b)]
+        assert not leftover, f"processes left behind: {leftover}"
+
+
+async def _down(clusters: list[cluster.LocalCluster]) -> None:
+    await asyncio.gather(*(c.down() for c in clusters))

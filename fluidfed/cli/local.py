@@ -1,0 +1,79 @@
+"""`fluidfed local up|list|down`: real local clusters for trying fluidfed and for its tests."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from fluidfed.cli import output
+from fluidfed.local import cluster
+
+
+def register(sub: Any) -> None:
+    loc = sub.add_parser("local", help="local Kubernetes clusters (real control plane, kwok nodes)")
+    loc.add_argument(
+        "--dir",
+        help="where clusters live (env FLUIDFED_CLUSTERS_DIR; default ~/.cache/fluidfed/clusters)",
+    )
+    loc_sub = loc.add_subparsers(dest="local_command", required=True)
+    p = loc_sub.add_parser("up", help="start a cluster and print its kubeconfig path")
+    p.add_argument("name")
+    p.add_argument("--kind", choices=list(cluster.KINDS), default="standard")
+    p.set_defaults(run=run_up)
+    p = loc_sub.add_parser("list", help="list local clusters")
+    p.set_defaults(run=run_list)
+    p = loc_sub.add_parser("down", help="stop clusters and remove their files")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(run=run_down)
+
+
+def _base(args: argparse.Namespace) -> Path | None:
+    return Path(args.dir) if args.dir else None
+
+
+def _say(msg: str) -> None:
+    output.err_console.print(f"[dim]{msg}[/dim]")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args))
+    state = asyncio.run(c.up(_say))
+    output.console.print(state.kubeconfig)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    t = Table(box=None, header_style="bold")
+    for col in ("NAME", "KIND", "STATUS", "SERVER", "KUBECONFIG"):
+        t.add_column(col)
+    for s in cluster.list_clusters(_base(args)):
+        t.add_row(
+            s.name, s.kind, "running" if cluster.running(s) else "stopped", s.server, s.kubeconfig
+        )
+    output.console.print(t)
+    return 0
+
+
+def run_down(args: argparse.Namespace) -> int:
+    if not args.all and not args.name:
+        output.err_console.print("[red]error:[/red] name a cluster or pass --all")
+        return 2
+    base = _base(args) or cluster.default_base_dir()
+    names = [s.name for s in cluster.list_clusters(base)] if args.all else [args.name]
+    if args.name and not (base / args.name).exists():
+        output.err_console.print(f"[red]error:[/red] no local cluster named {args.name} in {base}")
+        return 2
+
+    async def go() -> None:
+        for n in names:
+            state = cluster.load_state(base / n)
+            await cluster.LocalCluster(n, state.kind if state else "standard", base_dir=base).down()
+            output.console.print(f"cluster {n} stopped and removed")
+
+    asyncio.run(go())
+    return 0

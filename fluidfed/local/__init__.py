@@ -1,0 +1,1 @@
+"""Local Kubernetes clusters for the tests and the demo (real control plane, kwok nodes)."""

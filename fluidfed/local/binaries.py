@@ -1,0 +1,66 @@
+"""The local-cluster binaries: found in the cache, or built once by testbin.sh."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+K8S_VERSION = "v1.34.4"
+NEEDED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+SCRIPT = Path(__file__).with_name("testbin.sh")
+
+# kwok's stages: nodes become Ready and keep their lease; pods are scheduled -> Running;
+# pods of finished Jobs complete; deleted pods go away.
+KWOK_CONFIG = """\
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  enableCRDs: []
+  nodeLeaseDurationSeconds: 40
+"""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FLUIDFED_TESTBIN")
+    if root:
+        return Path(root) / K8S_VERSION
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fluidfed" / "testbin" / K8S_VERSION
+
+
+def missing() -> list[str]:
+    d = cache_dir()
+    return [b for b in NEEDED if not (d / b).is_file()]
+
+
+async def ensure(progress: Callable[[str], None]) -> Path:
+    """The directory with every binary, building what is missing (minutes, the first time)."""
+    if not missing():
+        return cache_dir()
+    from fluidfed.local.cluster import LocalClusterError
+
+    if shutil.which("go") is None:
+        raise LocalClusterError(
+            "the local clusters need Go (>= 1.24) to build Kubernetes, kwok and etcd once: "
+            "install Go and retry, or set FLUIDFED_TESTBIN to a directory that has them"
+        )
+    progress(
+        f"building local-cluster binaries ({', '.join(missing())}) into {cache_dir()}: "
+        "this takes several minutes the first time"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(SCRIPT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        tail = [*tail[-20:], line]
+        if line.startswith("[testbin]"):
+            progress(line)
+    if await proc.wait() != 0 or missing():
+        raise LocalClusterError("building the local-cluster binaries failed:\n" + "\n".join(tail))
+    return cache_dir()

@@ -1,0 +1,536 @@
+"""Local Kubernetes clusters on loopback: real etcd, kube-apiserver, controller-manager,
+scheduler, and kwok simulating the nodes. For the tests and `fluidfed demo`.
+
+Each cluster lives in its own directory (certificates, kubeconfig, logs, etcd data and a
+state file) so the CLI can start one (`fluidfed local up`) and another process can list or
+stop it. Processes run in their own sessions and are stopped by process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import aiohttp
+import msgspec
+import yaml
+
+from fluidfed.errors import FluidfedError
+from fluidfed.local import binaries, pki
+
+Kind = Literal["standard", "serverless", "edge"]
+KINDS: tuple[Kind, ...] = ("standard", "serverless", "edge")
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.1/16"
+VIRTUAL_NODE_TAINT = {
+    "key": "virtual-kubelet.io/provider",
+    "value": "fluidfed",
+    "effect": "NoSchedule",
+}
+EDGE_NODE_LABEL = "node-role.kubernetes.io/edge"
+
+Progress = Callable[[str], None]
+
+
+class LocalClusterError(FluidfedError):
+    pass
+
+
+class ClusterState(msgspec.Struct, kw_only=True):
+    name: str
+    kind: Kind
+    dir: str
+    kubeconfig: str
+    server: str
+    pids: dict[str, int] = {}
+    started_at: float = 0.0
+    startup_seconds: float = 0.0
+
+
+def default_base_dir() -> Path:
+    env = os.environ.get("FLUIDFED_CLUSTERS_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fluidfed" / "clusters"
+
+
+# --- what each flavour looks like (pure) -------------------------------------------------
+
+
+def _node(
+    name: str,
+    labels: dict[str, str],
+    *,
+    cpu: str,
+    memory: str,
+    pods: str,
+    taints: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                **labels,
+            },
+        },
+        "spec": {"taints": taints or []},
+        "status": {
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": pods},
+            "capacity": {"cpu": cpu, "memory": memory, "pods": pods},
+        },
+    }
+
+
+def flavour_nodes(kind: Kind) -> list[dict[str, Any]]:
+    """The fake nodes of a flavour: what makes a cluster standard, serverless or edge."""
+    if kind == "standard":
+        return [
+            _node(
+                f"node-{i}",
+                {"node-role.kubernetes.io/worker": ""},
+                cpu="16",
+                memory="64Gi",
+                pods="110",
+            )
+            for i in range(3)
+        ]
+    if kind == "serverless":
+        # like a virtual-kubelet node: one big virtual node, tainted so that only pods that
+        # tolerate it land there, and DaemonSets never do
+        return [
+            _node(
+                "virtual-kubelet",
+                {
+                    "type": "virtual-kubelet",
+                    "kubernetes.io/role": "agent",
+                    "alibabacloud.com/virtual-node": "true",
+                },
+                cpu="1000",
+                memory="4Ti",
+                pods="10000",
+                taints=[VIRTUAL_NODE_TAINT],
+            )
+        ]
+    return [
+        _node(
+            f"edge-{i}",
+            {EDGE_NODE_LABEL: "", "fluidfed.io/edge-site": "local"},
+            cpu="4",
+            memory="8Gi",
+            pods="30",
+        )
+        for i in range(2)
+    ]
+
+
+def kubeconfig(name: str, server: str, ca_pem: bytes, client: pki.KeyPair) -> dict[str, Any]:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": name, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
+        ],
+        "users": [
+            {
+                "name": f"{name}-admin",
+                "user": {
+                    "client-certificate-data": b64(client.cert_pem),
+                    "client-key-data": b64(client.key_pem),
+                },
+            }
+        ],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": f"{name}-admin"}}],
+        "current-context": name,
+    }
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _alive(pid: int, binary: str) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        # our own child: between fork and exec its cmdline is still ours, so ask it directly
+        return child.poll() is None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return binary.encode() in cmdline.split(b"\0", 1)[0]
+
+
+def _stop_pid(pid: int, binary: str, timeout: float = 10.0) -> None:
+    if not _alive(pid, binary):
+        _children.pop(pid, None)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid, binary):
+        time.sleep(0.05)
+    if _alive(pid, binary):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait()
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        name: str,
+        kind: Kind = "standard",
+        *,
+        base_dir: Path | None = None,
+        start_timeout: float = 180.0,
+    ) -> None:
+        if kind not in KINDS:
+            raise LocalClusterError(f"unknown cluster kind {kind!r}: use one of {', '.join(KINDS)}")
+        self.name = name
+        self.kind = kind
+        self.dir = (base_dir or default_base_dir()) / name
+        self.state: ClusterState | None = None
+        self.start_timeout = start_timeout
+        self._last_wait = "starting"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    # --- up ------------------------------------------------------------------------------
+
+    async def up(self, progress: Progress | None = None) -> ClusterState:
+        say = progress or (lambda _msg: None)
+        existing = load_state(self.dir)
+        if existing is not None and all(_alive(p, b) for b, p in existing.pids.items()):
+            self.state = existing
+            say(f"{self.name}: already running")
+            return existing
+        if existing is not None:
+            await asyncio.to_thread(stop_state, existing)
+        bins = await binaries.ensure(say)
+        t0 = time.monotonic()
+        await asyncio.to_thread(self._prepare)
+        ports = {"etcd": free_port(), "peer": free_port(), "api": free_port()}
+        server = f"https://127.0.0.1:{ports['api']}"
+        state = ClusterState(
+            name=self.name,
+            kind=self.kind,
+            dir=str(self.dir),
+            kubeconfig=str(self.kubeconfig_path),
+            server=server,
+            started_at=time.time(),
+        )
+        self.state = state
+        try:
+            await asyncio.to_thread(self._write_kubeconfig, server)
+            say(f"{self.name}: starting etcd")
+            self._spawn(state, bins / "etcd", self._etcd_args(ports))
+            say(f"{self.name}: starting kube-apiserver")
+            self._spawn(state, bins / "kube-apiserver", self._apiserver_args(ports))
+            async with asyncio.timeout(self.start_timeout):
+                await self._wait_ready(server)
+            say(f"{self.name}: starting controller-manager, scheduler and kwok")
+            kc = str(self.kubeconfig_path)
+            self._spawn(
+                state,
+                bins / "kube-controller-manager",
+                [
+                    f"--kubeconfig={kc}",
+                    "--leader-elect=false",
+                    "--secure-port=0",
+                    f"--service-account-private-key-file={self.dir / 'pki/sa.key'}",
+                    f"--root-ca-file={self.dir / 'pki/ca.crt'}",
+                    "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+                    "--concurrent-statefulset-syncs=5",
+                    "--v=1",
+                ],
+            )
+            self._spawn(
+                state,
+                bins / "kube-scheduler",
+                [
+                    f"--kubeconfig={kc}",
+                    "--leader-elect=false",
+                    "--secure-port=0",
+                    "--v=1",
+                ],
+            )
+            self._spawn(
+                state,
+                bins / "kwok",
+                [
+                    f"--kubeconfig={kc}",
+                    "--manage-all-nodes=true",
+                    f"--cidr={POD_CIDR}",
+                    f"--config={self.dir / 'kwok.yaml'}",
+                ],
+            )
+            async with asyncio.timeout(self.start_timeout):
+                await self._create_nodes_and_wait()
+        except TimeoutError:
+            await asyncio.to_thread(stop_state, state)
+            raise LocalClusterError(
+                f"{self.name}: not ready in {self.start_timeout}s ({self._last_wait}); "
+                f"see the logs in {self.dir / 'logs'}"
+            ) from None
+        except BaseException:
+            await asyncio.to_thread(stop_state, state)
+            raise
+        state.startup_seconds = round(time.monotonic() - t0, 2)
+        self.state_file.write_bytes(msgspec.json.encode(state))
+        say(f"{self.name}: ready in {state.startup_seconds}s, kubeconfig {self.kubeconfig_path}")
+        return state
+
+    def _prepare(self) -> None:
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        (self.dir / "pki").mkdir(parents=True)
+        (self.dir / "logs").mkdir()
+        ca = pki.new_ca(f"fluidfed-local-{self.name}-ca")
+        serving = pki.issue(
+            ca,
+            "kube-apiserver",
+            server=True,
+            hosts=(
+                "127.0.0.1",
+                "localhost",
+                "10.96.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+        )
+        admin = pki.issue(ca, "fluidfed-admin", org="system:masters", client=True)
+        sa_key, sa_pub = pki.rsa_keypair()
+        d = self.dir / "pki"
+        pki.write(d / "ca.crt", ca.cert_pem)
+        pki.write(d / "ca.key", ca.key_pem, private=True)
+        pki.write(d / "apiserver.crt", serving.cert_pem)
+        pki.write(d / "apiserver.key", serving.key_pem, private=True)
+        pki.write(d / "admin.crt", admin.cert_pem)
+        pki.write(d / "admin.key", admin.key_pem, private=True)
+        pki.write(d / "sa.key", sa_key, private=True)
+        pki.write(d / "sa.pub", sa_pub)
+        (self.dir / "kwok.yaml").write_text(binaries.KWOK_CONFIG)
+
+    def _write_kubeconfig(self, server: str) -> None:
+        d = self.dir / "pki"
+        admin = pki.KeyPair((d / "admin.crt").read_bytes(), (d / "admin.key").read_bytes())
+        doc = kubeconfig(self.name, server, (d / "ca.crt").read_bytes(), admin)
+        self.kubeconfig_path.write_text(yaml.safe_dump(doc))
+        self.kubeconfig_path.chmod(0o600)
+
+    def _etcd_args(self, ports: dict[str, int]) -> list[str]:
+        return [
+            f"--name={self.name}",
+            f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
+            f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
+            f"--listen-peer-urls=http://127.0.0.1:{ports['peer']}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['peer']}",
+            f"--initial-cluster={self.name}=http://127.0.0.1:{ports['peer']}",
+            "--unsafe-no-fsync",  # test clusters: speed over durability
+            "--quota-backend-bytes=4294967296",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, ports: dict[str, int]) -> list[str]:
+        d = self.dir / "pki"
+        return [
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['api']}",
+            f"--tls-cert-file={d / 'apiserver.crt'}",
+            f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--client-ca-file={d / 'ca.crt'}",
+            f"--service-account-key-file={d / 'sa.pub'}",
+            f"--service-account-signing-key-file={d / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            f"--cert-dir={d}",
+            "--v=1",
+        ]
+
+    def _spawn(self, state: ClusterState, binary: Path, args: list[str]) -> None:
+        log = open(self.dir / "logs" / f"{binary.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            proc = _popen([str(binary), *args], log)
+        finally:
+            log.close()
+        state.pids[binary.name] = proc
+        # record as we go, so a failed start still knows what to stop
+        self.state_file.write_bytes(msgspec.json.encode(state))
+
+    async def _wait_ready(self, server: str) -> None:
+        ctx = self.ssl_context()
+        last = ""
+        async with aiohttp.ClientSession() as s:
+            while True:
+                self._check_processes()
+                try:
+                    async with s.get(
+                        f"{server}/readyz", ssl=ctx, timeout=aiohttp.ClientTimeout(total=5)
+                    ) as r:
+                        if r.status == 200:
+                            return
+                        last = f"HTTP {r.status}: {(await r.text())[-300:]}"
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    last = str(err)
+                self._last_wait = f"kube-apiserver not ready: {last}"
+                await asyncio.sleep(0.25)
+
+    def _check_processes(self) -> None:
+        assert self.state is not None
+        for binary, pid in self.state.pids.items():
+            if not _alive(pid, binary):
+                log = self.dir / "logs" / f"{binary}.log"
+                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                raise LocalClusterError(f"{self.name}: {binary} exited; last log lines:\n{tail}")
+
+    async def _create_nodes_and_wait(self) -> None:
+        # Ready means: kwok reports the nodes Ready, the node-lifecycle controller has lifted
+        # the not-ready taint, and the default service account exists (pods can be created)
+        from kubernetes_asyncio import client
+
+        async with await self.api_client() as api:
+            core = client.CoreV1Api(api)
+            for node in flavour_nodes(self.kind):
+                await core.create_node(cast(Any, node))
+            want = {n["metadata"]["name"] for n in flavour_nodes(self.kind)}
+            while True:
+                self._check_processes()
+                nodes = await core.list_node()
+                ready = {
+                    n.metadata.name
+                    for n in nodes.items
+                    if any(
+                        c.type == "Ready" and c.status == "True" for c in n.status.conditions or []
+                    )
+                    and not any(
+                        t.key == "node.kubernetes.io/not-ready" for t in n.spec.taints or []
+                    )
+                }
+                sas = await core.list_namespaced_service_account("default")
+                if want <= ready and any(sa.metadata.name == "default" for sa in sas.items):
+                    return
+                self._last_wait = f"nodes ready: {sorted(ready)} of {sorted(want)}"
+                await asyncio.sleep(0.25)
+
+    # --- use -----------------------------------------------------------------------------
+
+    def ssl_context(self) -> ssl.SSLContext:
+        d = self.dir / "pki"
+        ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        ctx.load_cert_chain(str(d / "admin.crt"), str(d / "admin.key"))
+        return ctx
+
+    async def api_client(self) -> Any:
+        """A kubernetes-asyncio ApiClient for this cluster (use `async with`)."""
+        return await api_client_for(self.kubeconfig_path)
+
+    async def down(self) -> None:
+        state = load_state(self.dir) or self.state
+        if state is not None:
+            await asyncio.to_thread(stop_state, state)
+        if self.dir.exists():
+            await asyncio.to_thread(shutil.rmtree, self.dir, True)
+
+
+def _popen(argv: list[str], log: Any) -> int:
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    _children[proc.pid] = proc  # reaped by _stop_pid; processes of another CLI run are not ours
+    return proc.pid
+
+
+async def api_client_for(kubeconfig_path: Path | str) -> Any:
+    """A kubernetes-asyncio ApiClient from a kubeconfig file (use `async with`)."""
+    from kubernetes_asyncio import config
+
+    return await config.new_client_from_config(config_file=str(kubeconfig_path))
+
+
+def load_state(cluster_dir: Path) -> ClusterState | None:
+    f = cluster_dir / "state.json"
+    if not f.exists():
+        return None
+    try:
+        return msgspec.json.decode(f.read_bytes(), type=ClusterState)
+    except msgspec.DecodeError:
+        return None
+
+
+def stop_state(state: ClusterState) -> None:
+    # reverse start order: node simulator and controllers first, etcd last
+    for binary, pid in reversed(list(state.pids.items())):
+        _stop_pid(pid, binary)
+
+
+def running(state: ClusterState) -> bool:
+    return bool(state.pids) and all(_alive(p, b) for b, p in state.pids.items())
+
+
+def list_clusters(base_dir: Path | None = None) -> list[ClusterState]:
+    base = base_dir or default_base_dir()
+    if not base.exists():
+        return []
+    states = [load_state(d) for d in sorted(base.iterdir()) if d.is_dir()]
+    return [s for s in states if s is not None]
+
+
+async def up_many(
+    specs: list[tuple[str, Kind]], *, base_dir: Path | None = None, progress: Progress | None = None
+) -> list[LocalCluster]:
+    """Start several clusters in parallel (binaries are built once, first)."""
+    await binaries.ensure(progress or (lambda _m: None))
+    clusters = [LocalCluster(n, k, base_dir=base_dir) for n, k in specs]
+    results = await asyncio.gather(*(c.up(progress) for c in clusters), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        await asyncio.gather(*(c.down() for c in clusters), return_exceptions=True)
+        raise errors[0]
+    return clusters

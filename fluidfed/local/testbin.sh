@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Build the real Kubernetes control plane, kwok and etcd used by the tests and
+# `fluidfed demo`, from the Go module proxy, into a cache outside the repository.
+#
+#   scripts/testbin.sh            build what is missing, print the directory
+#   FLUIDFED_TESTBIN=/path ...    use another cache directory
+#
+# A second run finds the binaries and builds nothing. The first run takes
+# several minutes on two cores (kube-apiserver is the slowest).
+set -euo pipefail
+
+K8S_VERSION="${FLUIDFED_K8S_VERSION:-v1.34.4}"
+KWOK_VERSION="${FLUIDFED_KWOK_VERSION:-v0.7.0}"
+ETCD_VERSION="${FLUIDFED_ETCD_VERSION:-v3.6.4}"
+
+cache_root="${FLUIDFED_TESTBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/fluidfed/testbin}"
+out="$cache_root/$K8S_VERSION"
+mkdir -p "$out"
+
+say() { printf '[testbin] %s\n' "$*" >&2; }
+
+if ! command -v go >/dev/null 2>&1; then
+  say "Go is needed to build the local-cluster binaries (install Go >= 1.24 and retry)"
+  exit 1
+fi
+
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
+staging_minor="v0.${K8S_VERSION#v1.}"          # v1.34.4 -> v0.34.4
+
+build_kube() {
+  local work="$cache_root/src/kubernetes-$K8S_VERSION"
+  mkdir -p "$work"
+  if [ ! -f "$work/go.sum" ]; then
+    say "resolving k8s.io/kubernetes@$K8S_VERSION from the Go module proxy"
+    local modfile
+    modfile=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+    {
+      echo "module fluidfed.local/testbin"
+      echo
+      echo "go 1.24.0"
+      echo
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo
+      echo "replace ("
+      # every staging module the release replaces with ./staging/src/... is
+      # published on the proxy as v0.Y.Z: take the list from its own go.mod
+      sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 '"$staging_minor"'#p' "$modfile"
+      echo ")"
+    } > "$work/go.mod"
+    (cd "$work" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" >&2)
+  fi
+  local major minor
+  major=$(echo "$K8S_VERSION" | cut -d. -f1 | tr -d v)
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  local ldflags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    if [ -x "$out/$cmd" ]; then continue; fi
+    say "building $cmd $K8S_VERSION (go build, CGO_ENABLED=0; minutes on a small machine)"
+    local t0=$SECONDS
+    (cd "$work" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
+    mv "$out/$cmd.tmp" "$out/$cmd"
+    say "built $cmd in $((SECONDS - t0))s"
+  done
+}
+
+build_kwok() {
+  [ -x "$out/kwok" ] && return 0
+  say "installing sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  GOBIN="$out" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+}
+
+build_etcd() {
+  [ -x "$out/etcd" ] && return 0
+  local work="$cache_root/src/etcd-$ETCD_VERSION"
+  mkdir -p "$work"
+  say "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3"
+  cat > "$work/go.mod" <<GOMOD
+module fluidfed.local/etcd
+
+go 1.24.0
+GOMOD
+  cat > "$work/main.go" <<'GO'
+// The etcd binary: the release's main is a thin call into etcdmain.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  (cd "$work" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2 \
+    && go build -trimpath -ldflags "-s -w" -o "$out/etcd.tmp" .)
+  mv "$out/etcd.tmp" "$out/etcd"
+}
+
+build_kube
+build_kwok
+build_etcd
+say "binaries ready in $out"
+echo "$out"
