@@ -53,8 +53,9 @@ async def main() -> None:
     await binaries.ensure(print)
     with tempfile.TemporaryDirectory() as tmp:
         one = await run([("one", "standard")], Path(tmp))
-        three = await run([("standard", "standard"), ("serverless", "serverless"),
-                           ("edge", "edge")], Path(tmp))
+        three = await run(
+            [("standard", "standard"), ("serverless", "serverless"), ("edge", "edge")], Path(tmp)
+        )
     ratio = {
         "wall_3_vs_1": round(float(three["wall_s"]) / float(one["wall_s"]), 2),  # type: ignore[arg-type]
         "rss_3_vs_1": round(float(three["rss_mib_total"]) / float(one["rss_mib_total"]), 2),  # type: ignore[arg-type]

@@ -187,6 +187,10 @@ class Client:
         result: Binding = _decode(await self._request("GET", f"/api/v1/bindings/{name}"), Binding)
         return result
 
+    async def finalize_binding(self, binding: str) -> None:
+        """Tell the hub that a retired binding's objects are gone, so it can forget it."""
+        await self._request("DELETE", f"/api/v1/bindings/{binding}")
+
     async def report_status(self, binding: str, status: BindingStatus) -> None:
         await self._request("PUT", f"/api/v1/bindings/{binding}/status", body=status)
 

@@ -256,6 +256,7 @@ class Binding(Wire):
     generation: int  # the dataset's generation this binding was made from
     spec: Dataset
     revision: int = 0
+    deleting: bool = False  # retired: the agent removes what it made, then finalizes it
 
 
 Phase = Literal["Pending", "Bound", "Degraded", "Failed", "Deleting"]

@@ -339,6 +339,17 @@ async def get_binding(request: web.Request) -> web.Response:
     return json_response(b)
 
 
+async def finalize_binding(request: web.Request) -> web.Response:
+    cat = request.app[CATALOG]
+    name = request.match_info["name"]
+    b = cat.bindings.get(name)
+    if b is None:
+        raise CatalogError(404, f"binding {name} not found")
+    _may_act_for(request, b.cluster)
+    await cat.finalize_binding(name)
+    return web.Response(status=204)
+
+
 async def put_status(request: web.Request) -> web.Response:
     cat = request.app[CATALOG]
     name = request.match_info["name"]
@@ -384,6 +395,7 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("DELETE", "/api/v1/datasets/{name}", delete_dataset),
     ("GET", "/api/v1/bindings", bindings),
     ("GET", "/api/v1/bindings/{name}", get_binding),
+    ("DELETE", "/api/v1/bindings/{name}", finalize_binding),
     ("PUT", "/api/v1/bindings/{name}/status", put_status),
 ]
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import msgspec
+
 from fluidfed import codec, placement
 from fluidfed.errors import Problem
 from fluidfed.models import (
@@ -140,7 +142,10 @@ class Catalog:
             for b in sorted(self.bindings.values(), key=lambda b: b.name)
             if b.dataset == name
         ]
-        phases = [v.status.phase if v.status else "Pending" for v in views]
+        phases = [
+            "Deleting" if v.binding.deleting else v.status.phase if v.status else "Pending"
+            for v in views
+        ]
         if not views:
             phase = "Unplaced"
         elif all(p == "Bound" for p in phases):
@@ -246,8 +251,20 @@ class Catalog:
             ops: list[Op] = [Delete(DATASET, name)]
             for b in list(self.bindings.values()):
                 if b.dataset == name:
-                    ops += self._delete_binding_ops(b)
+                    ops += self._retire_ops(rev, b)
             await self._commit(rev, ops)
+
+    async def finalize_binding(self, name: str) -> None:
+        """The agent has removed what a retired binding made: forget the binding."""
+        async with self._write:
+            b = self.bindings.get(name)
+            if b is None:
+                raise CatalogError(404, f"binding {name} not found")
+            if not b.deleting:
+                raise CatalogError(
+                    409, f"binding {name} is still wanted: only a retired binding is finalized"
+                )
+            await self._commit(self.revision + 1, self._delete_binding_ops(b))
 
     async def report_status(self, binding: str, status: BindingStatus) -> None:
         async with self._write:
@@ -264,16 +281,7 @@ class Catalog:
             if b.replicas == replicas:
                 return b
             rev = self.revision + 1
-            nb = Binding(
-                name=b.name,
-                dataset=b.dataset,
-                cluster=b.cluster,
-                mode=b.mode,
-                replicas=replicas,
-                generation=b.generation,
-                spec=b.spec,
-                revision=rev,
-            )
+            nb = msgspec.structs.replace(b, replicas=replicas, revision=rev)
             await self._commit(rev, [Put(BINDING, b.name, codec.encode(nb))])
             return nb
 
@@ -330,27 +338,26 @@ class Catalog:
     ) -> list[Op]:
         """The ops that turn the dataset's current bindings into placement's answer."""
         current = {b.cluster: b for b in self.bindings.values() if b.dataset == rec.spec.name}
-        wanted = placement.place(rec.spec, rec.generation, clusters.values(), current)
+        live = {c: b for c, b in current.items() if not b.deleting}
+        wanted = placement.place(rec.spec, rec.generation, clusters.values(), live)
         ops: list[Op] = []
         for cluster, b in wanted.items():
             old = current.get(cluster)
             if old is not None and _same_binding(old, b):
                 continue
-            nb = Binding(
-                name=b.name,
-                dataset=b.dataset,
-                cluster=b.cluster,
-                mode=b.mode,
-                replicas=b.replicas,
-                generation=b.generation,
-                spec=b.spec,
-                revision=rev,
-            )
+            nb = msgspec.structs.replace(b, revision=rev)
             ops.append(Put(BINDING, b.name, codec.encode(nb)))
         for cluster, old in current.items():
             if cluster not in wanted:
-                ops += self._delete_binding_ops(old)
+                ops += self._retire_ops(rev, old)
         return ops
+
+    def _retire_ops(self, rev: int, b: Binding) -> list[Op]:
+        """Mark a binding for deletion; its agent cleans up, then finalizes it."""
+        if b.deleting:
+            return []
+        retired = msgspec.structs.replace(b, deleting=True, revision=rev)
+        return [Put(BINDING, b.name, codec.encode(retired))]
 
     def _delete_binding_ops(self, b: Binding) -> list[Op]:
         ops: list[Op] = [Delete(BINDING, b.name, last=codec.encode(b))]
@@ -416,4 +423,7 @@ class Catalog:
 
 
 def _same_binding(a: Binding, b: Binding) -> bool:
-    return (a.mode, a.replicas, a.generation, a.spec) == (b.mode, b.replicas, b.generation, b.spec)
+    def key(x: Binding) -> tuple[object, ...]:
+        return (x.mode, x.replicas, x.generation, x.spec, x.deleting)
+
+    return key(a) == key(b)

@@ -172,6 +172,14 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/bindings/{name}": {
             "get": _op("Get a binding", {"200": _json(_ref("Binding"))}, params=_NAME),
+            "delete": _op(
+                "Finalize a retired binding once the agent removed its objects (agent)",
+                {
+                    "204": {"description": "Forgotten"},
+                    "409": _json(_ref("ErrorBody"), "Still wanted"),
+                },
+                params=_NAME,
+            ),
         },
         "/api/v1/bindings/{name}/status": {
             "put": _op(

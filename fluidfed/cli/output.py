@@ -43,6 +43,12 @@ def cluster_state(c: ClusterRecord) -> str:
     return f"{cond.type} ({_age(cond.since)})"
 
 
+def binding_phase(b: Binding, st: BindingStatus | None) -> str:
+    if b.deleting:
+        return "Deleting"
+    return st.phase if st else "Pending"
+
+
 def clusters_table(items: list[ClusterRecord]) -> Table:
     t = Table(box=None, header_style="bold")
     for col in ("NAME", "KIND", "REGION", "ZONE", "MODE", "STATUS", "LABELS"):
@@ -91,7 +97,7 @@ def bindings_table(items: list[Binding], statuses: dict[str, BindingStatus] | No
             b.cluster,
             b.mode,
             str(b.replicas),
-            st.phase if st else "Pending",
+            binding_phase(b, st),
             str(b.revision),
         )
     return t
@@ -144,7 +150,7 @@ def describe_dataset(d: DatasetView) -> None:
             b.cluster,
             b.mode,
             str(b.replicas),
-            st.phase if st else "Pending",
+            binding_phase(b, st),
             str(st.ready_workers) if st else "-",
             f"{format_size(st.cache_used)}/{format_size(st.cache_capacity)}" if st else "-",
             f"{st.hit_ratio:.2f}" if st and st.hit_ratio is not None else "-",

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -67,28 +68,27 @@ def test_register_apply_and_placement_follows_labels(hub: HubProcess, tmp_path: 
     assert "serverless (sidecar)" in r.stdout and "standard (csi)" in r.stdout
 
     r = cli(hub, "get", "bindings", "-o", "json")
-    import json
 
-    items = json.loads(r.stdout)["items"]
-    assert {(b["cluster"], b["mode"]) for b in items} == {
-        ("standard", "csi"),
-        ("serverless", "sidecar"),
-    }
+    def wanted() -> set[tuple[str, str]]:
+        items = json.loads(cli(hub, "get", "bindings", "-o", "json").stdout)["items"]
+        return {(b["cluster"], b["mode"]) for b in items if not b.get("deleting")}
+
+    assert wanted() == {("standard", "csi"), ("serverless", "sidecar")}
 
     # relabel: the edge cluster joins prod, serverless leaves it
     assert cli(hub, "cluster", "label", "edge", "env=prod").returncode == 0
     assert cli(hub, "cluster", "label", "serverless", "env-").returncode == 0
-    items = json.loads(cli(hub, "get", "bindings", "-o", "json").stdout)["items"]
-    assert {(b["cluster"], b["mode"]) for b in items} == {("standard", "csi"), ("edge", "sidecar")}
+    assert wanted() == {("standard", "csi"), ("edge", "sidecar")}
 
     r = cli(hub, "describe", "dataset", "imagenet")
     assert r.returncode == 0
-    assert "edge" in r.stdout and "standard" in r.stdout and "serverless" not in r.stdout
+    assert "edge" in r.stdout and "standard" in r.stdout
+    assert "Deleting" in r.stdout  # serverless: retired, waiting for its agent to clean up
     r = cli(hub, "get", "clusters")
     assert "standard" in r.stdout and "csi" in r.stdout
 
     assert cli(hub, "delete", "dataset", "imagenet").returncode == 0
-    assert json.loads(cli(hub, "get", "bindings", "-o", "json").stdout)["items"] == []
+    assert wanted() == set()
     r = cli(hub, "describe", "dataset", "imagenet")
     assert r.returncode == 2 and "not found" in r.stderr
 
@@ -171,25 +171,32 @@ def test_watch_resumes_after_disconnect_without_gaps_or_repeats(
             await admin.apply_dataset(Dataset(name="d4", mounts=[Mount(uri="file:///x")]))
             # resume from the last revision seen
             await asyncio.wait_for(_collect(edge, "edge", last, seen, 7), 10)
-            kinds = [(e.type, e.object.name if e.object else "") for e in seen]
+            kinds = [(e.type, e.object.name, e.object.deleting) for e in seen if e.object]
             assert kinds == [
-                ("ADDED", "d0.edge"),
-                ("ADDED", "d1.edge"),
-                ("ADDED", "d2.edge"),
-                ("ADDED", "d3.edge"),
-                ("DELETED", "d0.edge"),
-                ("DELETED", "d1.edge"),
-                ("ADDED", "d4.edge"),
+                ("ADDED", "d0.edge", False),
+                ("ADDED", "d1.edge", False),
+                ("ADDED", "d2.edge", False),
+                ("ADDED", "d3.edge", False),
+                ("MODIFIED", "d0.edge", True),  # retired: the agent cleans up, then finalizes
+                ("MODIFIED", "d1.edge", True),
+                ("ADDED", "d4.edge", False),
             ]
             revs = [e.revision for e in seen]
             assert revs == sorted(set(revs)), "events repeated or out of order"
             # replaying the events gives exactly the listed state
-            state: set[str] = set()
+            state: dict[str, bool] = {}
             for e in seen:
                 assert e.object is not None
-                (state.discard if e.type == "DELETED" else state.add)(e.object.name)
+                state[e.object.name] = e.object.deleting
             listed = await edge.list_bindings()
-            assert state == {b.name for b in listed.items}
+            assert state == {b.name: b.deleting for b in listed.items}
+            # the agent finalizes a retired binding: the watch then says DELETED
+            await edge.finalize_binding("d0.edge")
+            with pytest.raises(Forbidden):
+                await edge.finalize_binding("d1.standard")
+            async for ev in edge.watch_bindings("edge", revision=seen[-1].revision):
+                assert (ev.type, ev.object.name if ev.object else "") == ("DELETED", "d0.edge")
+                break
 
     asyncio.run(go())
 

@@ -45,10 +45,17 @@ async def test_relabel_moves_placement_in_one_revision(tmp_path: Path) -> None:
     rev = cat.revision
     await cat.relabel_cluster("b", {"env": "prod"}, [])
     await cat.relabel_cluster("a", {}, ["env"])
-    assert sorted(cat.bindings) == ["ds.b"]
+    # ds.a is retired, not dropped: its agent removes what it made, then finalizes it
+    assert {n: b.deleting for n, b in cat.bindings.items()} == {"ds.a": True, "ds.b": False}
     events = cat.events_since(rev, None)
     assert [(e.revision, e.cluster) for e in events] == [(rev + 1, "b"), (rev + 2, "a")]
-    assert b'"DELETED"' in events[1].line
+    assert b'"MODIFIED"' in events[1].line and b'"deleting":true' in events[1].line
+    with pytest.raises(CatalogError) as info:
+        await cat.finalize_binding("ds.b")  # still wanted
+    assert info.value.status == 409
+    await cat.finalize_binding("ds.a")
+    assert sorted(cat.bindings) == ["ds.b"]
+    assert b'"DELETED"' in cat.events_since(rev + 2, "a")[0].line
 
 
 async def test_events_since_filters_by_cluster(tmp_path: Path) -> None:
@@ -152,9 +159,16 @@ async def test_delete_dataset_and_cluster(tmp_path: Path) -> None:
     await cat.register_cluster(Cluster(name="b"))
     await cat.apply_dataset(ds())
     await cat.delete_cluster("b")
-    assert sorted(cat.bindings) == ["ds.a"]
+    assert sorted(cat.bindings) == ["ds.a"]  # a deleted cluster's bindings go at once
     await cat.delete_dataset("ds")
-    assert cat.bindings == {} and cat.datasets == {}
+    assert cat.datasets == {}
+    assert cat.bindings["ds.a"].deleting
+    # applying it again while the old binding is being retired revives the binding
+    await cat.apply_dataset(ds())
+    assert not cat.bindings["ds.a"].deleting
+    await cat.delete_dataset("ds")
+    await cat.finalize_binding("ds.a")
+    assert cat.bindings == {}
     with pytest.raises(CatalogError) as info:
         await cat.delete_dataset("ds")
     assert info.value.status == 404
