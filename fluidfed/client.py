@@ -110,7 +110,7 @@ class Client:
                 if resp.status >= 400:
                     raise _error_of(resp.status, raw)
                 return raw
-        except (TimeoutError, aiohttp.ClientConnectionError) as err:
+        except (TimeoutError, aiohttp.ClientError) as err:
             raise HubUnreachable(f"cannot reach the hub at {self.url}: {err}") from err
 
     # --- clusters ------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class Client:
                     if event.type == "ERROR":
                         raise Gone(410, event.error or "watch ended by the hub")
                     yield event
-        except (TimeoutError, aiohttp.ClientConnectionError) as err:
+        except (TimeoutError, aiohttp.ClientError) as err:
             raise HubUnreachable(f"watch on {self.url} broke: {err}") from err
 
 

@@ -213,12 +213,31 @@ class HubConfig(Spec, frozen=True):
     bookmark_interval: Duration = _seconds(10)
 
 
+class AgentConfig(Spec, frozen=True):
+    """One cluster's agent: `fluidfed agent run --config agent.toml`."""
+
+    cluster_file: str  # the cluster's own TOML (the one registered with the hub)
+    hub: str = "http://127.0.0.1:8470"
+    token_file: str = ""  # the cluster token; else token_env; else the one saved in state_dir
+    token_env: str = "FLUIDFED_AGENT_TOKEN"
+    bootstrap_token_env: str = "FLUIDFED_BOOTSTRAP_TOKEN"  # registers the cluster if unknown
+    state_dir: str = ".fluidfed/agent"
+    kubernetes: KubeAccess | None = None  # default: the cluster file's
+    heartbeat_interval: Duration = _seconds(10)
+    status_interval: Duration = _seconds(5)
+    resync_interval: Duration = _seconds(300)
+    worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
+    sidecar_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
+    workers: Annotated[int, Meta(ge=1, le=64)] = 4  # bindings reconciled at once
+
+
 class Document(Spec, frozen=True):
-    """One TOML file: a cluster, one or more datasets, or a hub configuration."""
+    """One TOML file: a cluster, one or more datasets, a hub or an agent configuration."""
 
     cluster: Cluster | None = None
     dataset: list[Dataset] = []
     hub: HubConfig | None = None
+    agent: AgentConfig | None = None
 
 
 # --- the hub's catalog on the wire ------------------------------------------------------

@@ -104,3 +104,77 @@ class HubProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class AgentProcess:
+    """`fluidfed agent run` for one local cluster, configured from files it writes."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        cluster_name: str,
+        kind: str,
+        kubeconfig: str,
+        hub_url: str,
+        bootstrap_token: str,
+        *,
+        labels: dict[str, str] | None = None,
+        capabilities: dict[str, bool] | None = None,
+    ) -> None:
+        self.dir = Path(workdir) / f"agent-{cluster_name}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = cluster_name
+        self.bootstrap_token = bootstrap_token
+        self.hub_url = hub_url
+        caps = "".join(f"{k} = {str(v).lower()}\n" for k, v in (capabilities or {}).items())
+        lbls = ", ".join(f'"{k}" = "{v}"' for k, v in (labels or {}).items())
+        (self.dir / "cluster.toml").write_text(
+            f'[cluster]\nname = "{cluster_name}"\nkind = "{kind}"\nlabels = {{ {lbls} }}\n'
+            f"[cluster.capabilities]\n{caps}"
+            f'[cluster.kubernetes]\nkubeconfig = "{kubeconfig}"\n'
+        )
+        self.write_config()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "agent.log"
+
+    def write_config(self, **extra: str) -> None:
+        settings = {"heartbeat_interval": '"1s"', "status_interval": '"500ms"', **extra}
+        body = "".join(f"{k} = {v}\n" for k, v in settings.items())
+        (self.dir / "agent.toml").write_text(
+            f'[agent]\ncluster_file = "cluster.toml"\nhub = "{self.hub_url}"\n'
+            f'state_dir = "state"\n{body}'
+        )
+
+    def start(self) -> AgentProcess:
+        env = {**os.environ, "FLUIDFED_BOOTSTRAP_TOKEN": self.bootstrap_token}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fluidfed.cli.main",
+                    "agent",
+                    "run",
+                    "--config",
+                    str(self.dir / "agent.toml"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

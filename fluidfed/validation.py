@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from fluidfed.errors import Problem
 from fluidfed.models import (
+    AgentConfig,
     AutoscalePolicy,
     CacheSpec,
     Cluster,
@@ -289,9 +290,11 @@ def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
 
 def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Problem]:
     problems: list[Problem] = []
-    if doc.cluster is None and not doc.dataset and doc.hub is None:
+    if doc.cluster is None and not doc.dataset and doc.hub is None and doc.agent is None:
         problems.append(
-            Problem("the file declares nothing: expected a [cluster], [dataset] or [hub] table")
+            Problem(
+                "the file declares nothing: expected a [cluster], [dataset], [hub] or [agent] table"
+            )
         )
     if doc.cluster is not None:
         problems += check_cluster(doc.cluster)
@@ -304,4 +307,19 @@ def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Pr
         names.add(d.name)
     if doc.hub is not None:
         problems += check_hub(doc.hub)
+    if doc.agent is not None:
+        problems += check_agent(doc.agent)
+    return problems
+
+
+def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
+    problems: list[Problem] = []
+    if not a.cluster_file:
+        problems.append(Problem("name the cluster's TOML file", path=f"{path}.cluster_file"))
+    if not a.hub.startswith(("http://", "https://")):
+        problems.append(Problem(f"hub must be an http(s) URL, got {a.hub!r}", path=f"{path}.hub"))
+    if a.heartbeat_interval <= 0:
+        problems.append(
+            Problem("heartbeat_interval must be above zero", path=f"{path}.heartbeat_interval")
+        )
     return problems

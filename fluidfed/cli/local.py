@@ -23,6 +23,11 @@ def register(sub: Any) -> None:
     p = loc_sub.add_parser("up", help="start a cluster and print its kubeconfig path")
     p.add_argument("name")
     p.add_argument("--kind", choices=list(cluster.KINDS), default="standard")
+    p.add_argument(
+        "--fluid",
+        action="store_true",
+        help="install Fluid's Dataset and Runtime CRDs (a cluster with Fluid)",
+    )
     p.set_defaults(run=run_up)
     p = loc_sub.add_parser("list", help="list local clusters")
     p.set_defaults(run=run_list)
@@ -42,7 +47,15 @@ def _say(msg: str) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args))
-    state = asyncio.run(c.up(_say))
+
+    async def go() -> cluster.ClusterState:
+        state = await c.up(_say)
+        if args.fluid:
+            await c.install_fluid_crds()
+            _say(f"{args.name}: Fluid CRDs installed")
+        return state
+
+    state = asyncio.run(go())
     output.console.print(state.kubeconfig)
     return 0
 

@@ -7,6 +7,10 @@ or a request the hub refused as invalid, unauthorised or unknown).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
+import io
+import signal
 import sys
 from importlib.metadata import entry_points
 
@@ -35,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `kill -USR1 <pid>` prints every thread's stack: how a stuck daemon is looked into
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -39,6 +39,7 @@ VIRTUAL_NODE_TAINT = {
     "effect": "NoSchedule",
 }
 EDGE_NODE_LABEL = "node-role.kubernetes.io/edge"
+FLUID_CRDS = Path(__file__).with_name("crds") / "fluid.yaml"
 
 Progress = Callable[[str], None]
 
@@ -459,6 +460,37 @@ class LocalCluster:
                 self._last_wait = f"nodes ready: {sorted(ready)} of {sorted(want)}"
                 await asyncio.sleep(0.25)
 
+    async def install_fluid_crds(self) -> None:
+        """Install Fluid's Dataset and Runtime kinds (fluidfed's own schema) and wait until
+        the API server serves them."""
+        from kubernetes_asyncio import client
+
+        docs = list(yaml.safe_load_all(FLUID_CRDS.read_text()))
+        async with await self.api_client() as api:
+            ext = client.ApiextensionsV1Api(api)
+            for doc in docs:
+                try:
+                    await ext.create_custom_resource_definition(doc)
+                except client.ApiException as err:
+                    if err.status != 409:
+                        raise
+            names = {d["metadata"]["name"] for d in docs}
+            while True:
+                crds = await ext.list_custom_resource_definition(
+                    label_selector="fluidfed.io/crd=fluid"
+                )
+                established = {
+                    c.metadata.name
+                    for c in crds.items
+                    if any(
+                        x.type == "Established" and x.status == "True"
+                        for x in (c.status.conditions or [])
+                    )
+                }
+                if names <= established:
+                    return
+                await asyncio.sleep(0.2)
+
     # --- use -----------------------------------------------------------------------------
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -523,12 +555,24 @@ def list_clusters(base_dir: Path | None = None) -> list[ClusterState]:
 
 
 async def up_many(
-    specs: list[tuple[str, Kind]], *, base_dir: Path | None = None, progress: Progress | None = None
+    specs: list[tuple[str, Kind]],
+    *,
+    base_dir: Path | None = None,
+    progress: Progress | None = None,
+    fluid: bool = True,
 ) -> list[LocalCluster]:
-    """Start several clusters in parallel (binaries are built once, first)."""
+    """Start several clusters in parallel (binaries are built once, first). With `fluid`,
+    standard clusters get Fluid's CRDs, as a cluster with Fluid installed has them."""
     await binaries.ensure(progress or (lambda _m: None))
     clusters = [LocalCluster(n, k, base_dir=base_dir) for n, k in specs]
-    results = await asyncio.gather(*(c.up(progress) for c in clusters), return_exceptions=True)
+
+    async def start(c: LocalCluster) -> ClusterState:
+        state = await c.up(progress)
+        if fluid and c.kind == "standard":
+            await c.install_fluid_crds()
+        return state
+
+    results = await asyncio.gather(*(start(c) for c in clusters), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         await asyncio.gather(*(c.down() for c in clusters), return_exceptions=True)

@@ -1,0 +1,88 @@
+"""`fluidfed agent run`: plugged into the CLI through the `fluidfed.commands` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from fluidfed import config
+from fluidfed.errors import ConfigError, Problem
+from fluidfed.models import AgentConfig, Cluster, KubeAccess
+
+
+def register(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="run a cluster's agent")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    run = agent_sub.add_parser("run", help="follow the hub and reconcile this cluster")
+    run.add_argument("--config", "-c", required=True, help="agent TOML file (an [agent] table)")
+    run.set_defaults(run=run_agent)
+
+
+def _resolve(base: Path, path: str) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else base / p
+
+
+def load(config_path: str) -> tuple[AgentConfig, Cluster, KubeAccess, Path]:
+    """The agent file, the cluster file it points at, the Kubernetes access, the state dir."""
+    doc = config.load(config_path)
+    if doc.agent is None:
+        raise ConfigError([Problem("expected an [agent] table", file=config_path)])
+    cfg = doc.agent
+    base = Path(config_path).resolve().parent
+    cluster_file = _resolve(base, cfg.cluster_file)
+    cdoc = config.load(cluster_file)
+    if cdoc.cluster is None:
+        raise ConfigError([Problem("expected a [cluster] table", file=str(cluster_file))])
+    access = cfg.kubernetes or cdoc.cluster.kubernetes
+    if access.kubeconfig:
+        kubeconfig = _resolve(
+            cluster_file.parent if cfg.kubernetes is None else base, access.kubeconfig
+        )
+        if not kubeconfig.exists():
+            raise ConfigError(
+                [
+                    Problem(
+                        f"kubeconfig {kubeconfig} does not exist",
+                        file=config_path,
+                        path="agent.kubernetes.kubeconfig",
+                    )
+                ]
+            )
+        access = KubeAccess(kubeconfig=str(kubeconfig), context=access.context)
+    return cfg, cdoc.cluster, access, _resolve(base, cfg.state_dir)
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from agents.agent import Agent
+    from agents.kube import Kube, api_client
+
+    cfg, cluster, access, state_dir = load(args.config)
+    token = ""
+    if cfg.token_file:
+        token = _resolve(Path(args.config).resolve().parent, cfg.token_file).read_text().strip()
+    token = token or os.environ.get(cfg.token_env, "").strip()
+    bootstrap = os.environ.get(cfg.bootstrap_token_env, "").strip()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> None:
+        kube = await Kube(await api_client(access)).open()
+        agent = Agent(cfg, cluster, kube, state_dir, token=token, bootstrap_token=bootstrap)
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await kube.close()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,204 @@
+"""The agent's edge to Kubernetes: server-side apply, get, delete, list and watch of the
+objects it owns, through kubernetes-asyncio's dynamic client. Errors become KubeError."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
+from kubernetes_asyncio.dynamic import DynamicClient
+from kubernetes_asyncio.dynamic.exceptions import (
+    DynamicApiError,
+    ResourceNotFoundError,
+)
+
+from fluidfed.errors import FluidfedError
+from fluidfed.models import KubeAccess
+
+FIELD_MANAGER = "fluidfed-agent"
+
+
+class KubeError(FluidfedError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.temporary = status == 0 or status >= 500 or status == 429
+
+
+def _error(err: Exception, what: str) -> KubeError:
+    if isinstance(err, ResourceNotFoundError):
+        return KubeError(
+            404,
+            f"{what}: the cluster does not serve this kind ({err}); "
+            "is the CRD (for example Fluid's) installed?",
+        )
+    status = int(getattr(err, "status", 0) or 0)
+    body = getattr(err, "body", None) or getattr(err, "summary", lambda: "")()
+    message = str(body)
+    try:
+        import json
+
+        message = json.loads(body).get("message", message)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return KubeError(status, f"{what}: {status} {message}".strip())
+
+
+def _checked(got: Any, what: str) -> dict[str, Any]:
+    """The dynamic client hands back a failed request's Status instead of raising."""
+    data = dict(got.to_dict()) if hasattr(got, "to_dict") else dict(got)
+    if data.get("kind") == "Status" and data.get("status") == "Failure":
+        code = int(data.get("code") or 0)
+        raise KubeError(code, f"{what}: {code} {data.get('reason', '')}: {data.get('message', '')}")
+    return data
+
+
+async def api_client(access: KubeAccess) -> client.ApiClient:
+    if access.in_cluster:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    return await config.new_client_from_config(
+        config_file=access.kubeconfig, context=access.context or None
+    )
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.dyn: DynamicClient | None = None
+        self.requests = 0
+        self.writes = 0
+        self._resources: dict[tuple[str, str], Any] = {}
+        self._discovery = asyncio.Lock()
+
+    async def open(self) -> Kube:
+        # the dynamic client caches discovery in a file named after the server address; a
+        # local cluster reuses ports, so each agent process discovers afresh into its own
+        self._cache_dir = tempfile.mkdtemp(prefix="fluidfed-discovery-")
+        self.dyn = await DynamicClient(
+            self.api, cache_file=os.path.join(self._cache_dir, "discovery.json")
+        )
+        return self
+
+    async def close(self) -> None:
+        await self.api.close()
+        shutil.rmtree(getattr(self, "_cache_dir", ""), ignore_errors=True)
+
+    async def resource(self, api_version: str, kind: str) -> Any:
+        key = (api_version, kind)
+        # discovery is not safe to run concurrently, and a kind also names its subresources
+        # (statefulsets/status, .../scale): take the top-level resource only
+        async with self._discovery:
+            if key not in self._resources:
+                assert self.dyn is not None
+                try:
+                    found = await self.dyn.resources.search(api_version=api_version, kind=kind)
+                except Exception as err:
+                    raise _error(err, f"{kind}.{api_version}") from err
+                top = [r for r in found if "/" not in getattr(r, "name", "/")]
+                if not top:
+                    raise KubeError(
+                        404,
+                        f"{kind}.{api_version}: the cluster does not serve this "
+                        "kind; is its CRD (for example Fluid's) installed?",
+                    )
+                self._resources[key] = top[0]
+        return self._resources[key]
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        assert self.dyn is not None
+        res = await self.resource(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        self.requests += 1
+        self.writes += 1
+        try:
+            got = await self.dyn.server_side_apply(
+                res,
+                body=obj,
+                namespace=meta.get("namespace"),
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            )
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError) as err:
+            raise _error(
+                err, f"apply {obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
+            ) from err
+        return _checked(got, f"apply {obj['kind']} {meta.get('namespace', '')}/{meta['name']}")
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        assert self.dyn is not None
+        res = await self.resource(api_version, kind)
+        self.requests += 1
+        try:
+            got = await self.dyn.get(res, name=name, namespace=namespace or None)
+            return _checked(got, f"get {kind} {namespace}/{name}")
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, KubeError) as err:
+            if getattr(err, "status", 0) == 404:
+                return None
+            if isinstance(err, KubeError):
+                raise
+            raise _error(err, f"get {kind} {namespace}/{name}") from err
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        assert self.dyn is not None
+        res = await self.resource(api_version, kind)
+        self.requests += 1
+        self.writes += 1
+        try:
+            got = await self.dyn.delete(
+                res,
+                name=name,
+                namespace=namespace or None,
+                body={"propagationPolicy": "Background"},
+            )
+            _checked(got, f"delete {kind} {namespace}/{name}")
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, KubeError) as err:
+            if getattr(err, "status", 0) == 404:
+                return
+            if isinstance(err, KubeError):
+                raise
+            raise _error(err, f"delete {kind} {namespace}/{name}") from err
+
+    async def list(
+        self, api_version: str, kind: str, selector: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        assert self.dyn is not None
+        res = await self.resource(api_version, kind)
+        self.requests += 1
+        try:
+            got = await self.dyn.get(res, label_selector=selector)
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError) as err:
+            raise _error(err, f"list {kind}") from err
+        data = _checked(got, f"list {kind}")
+        return list(data.get("items") or []), str(data["metadata"].get("resourceVersion", ""))
+
+    async def watch(
+        self, api_version: str, kind: str, selector: str, resource_version: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Events after `resource_version`; KubeError(410) when it is too old (relist)."""
+        assert self.dyn is not None
+        res = await self.resource(api_version, kind)
+        self.requests += 1
+        try:
+            async for ev in self.dyn.watch(
+                res,
+                label_selector=selector,
+                resource_version=resource_version,  # type: ignore[arg-type]
+                timeout=300,
+            ):
+                raw = ev["raw_object"]
+                if ev["type"] == "ERROR" or raw.get("kind") == "Status":
+                    _checked(raw, f"watch {kind}")
+                    return
+                yield ev["type"], raw
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError) as err:
+            raise _error(err, f"watch {kind}") from err

@@ -1,0 +1,320 @@
+"""What a binding becomes in its cluster: Kubernetes objects as plain dicts. Pure.
+
+`sidecar` bindings (serverless, edge): namespaces of the access list, a ConfigMap in each
+(what the FUSE sidecar needs to mount the dataset there), and in the home namespace the
+cache workers (StatefulSet + headless Service).
+
+`csi` bindings (Fluid installed): Fluid's own Dataset and Runtime in the home namespace,
+and in every further namespace a Dataset whose mount is `dataset://<home>/<name>`, Fluid's
+way of sharing one cache across namespaces.
+
+Namespaces are created when missing but never deleted: other workloads may live there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from fluidfed import codec
+from fluidfed.models import Binding, CacheTier, Dataset, Mount
+
+MANAGED_BY = "fluidfed.io/managed-by"
+AGENT = "fluidfed-agent"
+DATASET_LABEL = "fluidfed.io/dataset"
+BINDING_LABEL = "fluidfed.io/binding"
+CLUSTER_LABEL = "fluidfed.io/cluster"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+FLUID_GROUP = "data.fluid.io"
+FLUID_VERSION = "v1alpha1"
+RUNTIME_KINDS = {"thin": "ThinRuntime", "juicefs": "JuiceFSRuntime", "alluxio": "AlluxioRuntime"}
+WORKER_PORT = 7070
+VIRTUAL_NODE_TOLERATION = {
+    "key": "virtual-kubelet.io/provider",
+    "operator": "Exists",
+    "effect": "NoSchedule",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterContext:
+    """What the agent knows of its cluster that shapes the objects."""
+
+    name: str
+    kind: str = "standard"
+    worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
+
+
+def k8s_name(*parts: str, limit: int = 52) -> str:
+    """Join parts into a DNS name; too long ones are cut and made unique by a hash."""
+    name = "-".join(p for p in parts if p)
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def cache_name(dataset: str) -> str:
+    return k8s_name("fluidfed", dataset, "cache")
+
+
+def config_name(dataset: str) -> str:
+    return k8s_name("fluidfed", dataset)
+
+
+def quantity(n: int) -> str:
+    """Bytes in Kubernetes' canonical quantity form, so a live object compares equal."""
+    for suffix, factor in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n and n % factor == 0:
+            return f"{n // factor}{suffix}"
+    return str(n)
+
+
+def labels(b: Binding, ctx: ClusterContext, **extra: str) -> dict[str, str]:
+    return {
+        MANAGED_BY: AGENT,
+        DATASET_LABEL: b.dataset,
+        BINDING_LABEL: b.name,
+        CLUSTER_LABEL: ctx.name,
+        **extra,
+    }
+
+
+def _meta(name: str, namespace: str | None, lbls: dict[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": lbls}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return meta
+
+
+def namespaces(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
+    names = sorted({b.spec.namespace, *(a.namespace for a in b.spec.access_list())})
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": n, "labels": {MANAGED_BY: AGENT}},
+        }
+        for n in names
+    ]
+
+
+def _mount_doc(m: Mount) -> dict[str, Any]:
+    return codec.to_builtins(m)  # type: ignore[no-any-return]
+
+
+def sidecar_config(b: Binding, namespace: str) -> dict[str, Any]:
+    """What `fluidfed sidecar mount` needs in `namespace` (the access entry applied)."""
+    ds = b.spec
+    entry = next(a for a in ds.access_list() if a.namespace == namespace)
+    return {
+        "dataset": ds.name,
+        "cluster": b.cluster,
+        "namespace": namespace,
+        "sub_path": entry.sub_path,
+        "read_only": entry.read_only,
+        "mounts": [_mount_doc(m) for m in ds.mounts],
+        "block_size": int(ds.cache.block_size),
+        "workers": {
+            "service": f"{cache_name(ds.name)}.{ds.namespace}.svc",
+            "port": WORKER_PORT,
+            "replicas": b.replicas,
+        },
+    }
+
+
+def worker_config(b: Binding) -> dict[str, Any]:
+    ds = b.spec
+    return {
+        "dataset": ds.name,
+        "mounts": [_mount_doc(m) for m in ds.mounts],
+        "block_size": int(ds.cache.block_size),
+        "port": WORKER_PORT,
+        "tiers": [codec.to_builtins(t) for t in ds.cache.tiers],
+    }
+
+
+def _tier_volume(i: int, tier: CacheTier) -> tuple[dict[str, Any], dict[str, Any]]:
+    name = f"tier-{i}-{tier.medium.lower()}"
+    empty: dict[str, Any] = {"sizeLimit": quantity(tier.quota)}
+    if tier.medium == "MEM":
+        empty["medium"] = "Memory"
+    mount_path = tier.path or "/cache/mem"
+    return {"name": name, "emptyDir": empty}, {"name": name, "mountPath": mount_path}
+
+
+def _secret_env(ds: Dataset) -> list[dict[str, Any]]:
+    secrets = sorted({m.secret for m in ds.mounts if m.secret})
+    return [{"secretRef": {"name": s}} for s in secrets]
+
+
+def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
+    ds = b.spec
+    name, ns = cache_name(ds.name), ds.namespace
+    selector = {BINDING_LABEL: b.name, COMPONENT_LABEL: "cache-worker"}
+    lbls = labels(b, ctx, **{COMPONENT_LABEL: "cache-worker"})
+    tier_volumes = [_tier_volume(i, t) for i, t in enumerate(ds.cache.tiers)]
+    resources: dict[str, Any] = {}
+    requests = {
+        k: v
+        for k, v in (("cpu", ds.cache.resources.cpu), ("memory", ds.cache.resources.memory))
+        if v
+    }
+    if requests:
+        resources = {"requests": requests, "limits": dict(requests)}
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": ctx.worker_image,
+        "args": ["worker", "serve", "--config", "/etc/fluidfed/worker.json"],
+        "ports": [{"name": "blocks", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/fluidfed", "readOnly": True},
+            *(m for _, m in tier_volumes),
+        ],
+    }
+    if resources:
+        container["resources"] = resources
+    env_from = _secret_env(ds)
+    if env_from:
+        container["envFrom"] = env_from
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_name(ds.name)}},
+            *(v for v, _ in tier_volumes),
+        ],
+    }
+    if ctx.kind == "serverless":
+        pod_spec["tolerations"] = [VIRTUAL_NODE_TOLERATION]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, ns, lbls),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "ports": [
+                {
+                    "name": "blocks",
+                    "port": WORKER_PORT,
+                    "targetPort": WORKER_PORT,
+                    "protocol": "TCP",
+                }
+            ],
+            "publishNotReadyAddresses": True,
+        },
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(name, ns, lbls),
+        "spec": {
+            "replicas": b.replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": lbls}, "spec": pod_spec},
+        },
+    }
+    return [service, statefulset]
+
+
+def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
+    ds = b.spec
+    out: list[dict[str, Any]] = []
+    for entry in ds.access_list():
+        data = {"sidecar.json": codec.encode(sidecar_config(b, entry.namespace)).decode()}
+        if entry.namespace == ds.namespace:
+            data["worker.json"] = codec.encode(worker_config(b)).decode()
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(config_name(ds.name), entry.namespace, labels(b, ctx)),
+                "data": data,
+            }
+        )
+    if ds.namespace not in {a.namespace for a in ds.access_list()}:
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(config_name(ds.name), ds.namespace, labels(b, ctx)),
+                "data": {"worker.json": codec.encode(worker_config(b)).decode()},
+            }
+        )
+    return out + cache_workers(b, ctx)
+
+
+def _fluid_mount(m: Mount, index: int) -> dict[str, Any]:
+    mount: dict[str, Any] = {"mountPoint": m.uri, "name": m.name or f"m{index}"}
+    if m.path:
+        mount["path"] = m.path
+    if m.options:
+        mount["options"] = dict(m.options)
+    if m.secret:
+        mount["encryptOptions"] = [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": m.secret, "key": key}}}
+            for key in ("access-key", "secret-key")
+        ]
+    return mount
+
+
+def fluid_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
+    ds = b.spec
+    api = f"{FLUID_GROUP}/{FLUID_VERSION}"
+    home = {
+        "apiVersion": api,
+        "kind": "Dataset",
+        "metadata": _meta(ds.name, ds.namespace, labels(b, ctx)),
+        "spec": {
+            "mounts": [_fluid_mount(m, i) for i, m in enumerate(ds.mounts)],
+            "accessModes": ["ReadOnlyMany"],
+        },
+    }
+    runtime = {
+        "apiVersion": api,
+        "kind": RUNTIME_KINDS[ds.cache.engine],
+        "metadata": _meta(ds.name, ds.namespace, labels(b, ctx)),
+        "spec": {
+            "replicas": b.replicas,
+            "tieredstore": {
+                "levels": [
+                    {
+                        "mediumtype": t.medium,
+                        "path": t.path or "/dev/shm",
+                        "quota": quantity(t.quota),
+                        "high": f"{t.high:g}",
+                        "low": f"{t.low:g}",
+                    }
+                    for t in ds.cache.tiers
+                ]
+            },
+        },
+    }
+    refs = [
+        {
+            "apiVersion": api,
+            "kind": "Dataset",
+            "metadata": _meta(ds.name, a.namespace, labels(b, ctx)),
+            "spec": {
+                "mounts": [{"mountPoint": f"dataset://{ds.namespace}/{ds.name}", "name": ds.name}],
+                "accessModes": ["ReadOnlyMany"],
+            },
+        }
+        for a in ds.access_list()
+        if a.namespace != ds.namespace
+    ]
+    return [home, runtime, *refs]
+
+
+def desired(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
+    """Every object the binding needs, namespaces first."""
+    owned = fluid_objects(b, ctx) if b.mode == "csi" else sidecar_objects(b, ctx)
+    return namespaces(b, ctx) + owned
+
+
+def key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
+    meta = obj["metadata"]
+    return (obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])

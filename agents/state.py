@@ -1,0 +1,77 @@
+"""The agent's memory on local disk: the desired state, and what the hub has not heard yet.
+
+Written atomically (temporary file, fsync, rename, fsync of the directory) after every
+change, so a restart - hub or no hub - starts from the last state the agent knew.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from fluidfed import codec
+from fluidfed.models import Binding, BindingStatus
+
+
+class AgentState(msgspec.Struct, kw_only=True):
+    cluster: str
+    revision: int = 0  # the hub revision the bindings below are as of
+    bindings: dict[str, Binding] = {}
+    statuses: dict[str, BindingStatus] = {}
+    unsent: list[str] = []  # statuses the hub has not acknowledged yet
+    finalize: list[str] = []  # retired bindings cleaned up; the hub not told yet
+    hub_last_seen: float = 0.0
+
+
+_decoder = codec.decoder(AgentState)
+
+
+class StateFile:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.path = directory / "state.json"
+
+    def load(self, cluster: str) -> AgentState:
+        if not self.path.exists():
+            return AgentState(cluster=cluster)
+        state = _decoder.decode(self.path.read_bytes())
+        if state.cluster != cluster:
+            raise ValueError(
+                f"{self.path} holds the state of cluster {state.cluster!r}, not {cluster!r}: "
+                "give each agent its own state_dir"
+            )
+        return state
+
+    def save(self, state: AgentState) -> None:
+        self.write(codec.encode(state))
+
+    def write(self, data: bytes) -> None:
+        """Write an encoded state; callers serialise writes (one temporary file)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.dir, os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # the cluster token received at registration, kept beside the state (mode 0600)
+    @property
+    def token_path(self) -> Path:
+        return self.dir / "cluster-token"
+
+    def load_token(self) -> str:
+        return self.token_path.read_text().strip() if self.token_path.exists() else ""
+
+    def save_token(self, token: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")

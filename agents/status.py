@@ -1,0 +1,85 @@
+"""A binding's status from what the cluster shows. Pure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from agents import render
+from fluidfed.models import Binding, BindingStatus
+from fluidfed.units import parse_size
+
+
+def _fluid_size(text: Any) -> int:
+    if not isinstance(text, str) or not text.strip():
+        return 0
+    try:
+        return int(parse_size(text.replace(" ", "")))
+    except ValueError:
+        return 0
+
+
+def _percent(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    m = re.match(r"^\s*([\d.]+)\s*%\s*$", text)
+    return float(m.group(1)) / 100 if m else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def compute(
+    b: Binding,
+    live: dict[tuple[str, str, str, str], dict[str, Any]],
+    *,
+    error: str = "",
+    hub_last_seen: float = 0.0,
+    now: float = 0.0,
+) -> BindingStatus:
+    ds = b.spec
+    ready = 0
+    capacity = sum(int(t.quota) for t in ds.cache.tiers) * b.replicas
+    used = 0
+    hit_ratio: float | None = None
+    fluid_phase = ""
+    if b.mode == "sidecar":
+        sts = live.get(("apps/v1", "StatefulSet", ds.namespace, render.cache_name(ds.name)))
+        ready = int(_dict(_dict(sts).get("status")).get("readyReplicas") or 0)
+    else:
+        api = f"{render.FLUID_GROUP}/{render.FLUID_VERSION}"
+        dataset = _dict(live.get((api, "Dataset", ds.namespace, ds.name)))
+        runtime = _dict(
+            live.get((api, render.RUNTIME_KINDS[ds.cache.engine], ds.namespace, ds.name))
+        )
+        st = _dict(dataset.get("status"))
+        fluid_phase = str(st.get("phase") or "")
+        cache = _dict(st.get("cacheStates"))
+        used = _fluid_size(cache.get("cached"))
+        capacity = _fluid_size(cache.get("cacheCapacity")) or capacity
+        hit_ratio = _percent(cache.get("cacheHitRatio"))
+        rst = _dict(runtime.get("status"))
+        ready = int(rst.get("workerNumberReady") or 0)
+    if error:
+        phase = "Failed"
+    elif b.mode == "csi":
+        phase = "Bound" if fluid_phase == "Bound" else "Pending"
+    elif ready >= b.replicas:
+        phase = "Bound"
+    elif ready > 0:
+        phase = "Degraded"
+    else:
+        phase = "Pending"
+    return BindingStatus(
+        phase=phase,  # type: ignore[arg-type]
+        mode=b.mode,
+        ready_workers=ready,
+        cache_capacity=capacity,
+        cache_used=used,
+        hit_ratio=hit_ratio,
+        last_error=error,
+        observed_generation=b.generation,
+        hub_last_seen=hub_last_seen,
+        reported_at=now,
+    )

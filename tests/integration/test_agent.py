@@ -1,0 +1,488 @@
+"""Agents on three real local clusters (standard with Fluid's CRDs, serverless, edge),
+following a real hub process."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from fluidfed import Client
+from fluidfed.local import cluster
+from fluidfed.models import (
+    Access,
+    CacheSpec,
+    CacheTier,
+    Dataset,
+    DatasetView,
+    Mount,
+    Placement,
+    Resources,
+)
+from fluidfed.testing import AgentProcess, HubProcess
+from fluidfed.units import ByteSize
+
+pytestmark = pytest.mark.integration
+
+FLUID = ("data.fluid.io", "v1alpha1")
+CAPS = {
+    "standard": {"csi": True, "fluid": True, "privileged": True},
+    "serverless": {"privileged": False},
+    "edge": {"privileged": True, "native_sidecar": False},
+}
+
+
+async def eventually(check: Callable[[], Any], what: str, within: float = 60) -> Any:
+    last: Any = None
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                last = await check()
+                if last:
+                    return last
+                await asyncio.sleep(0.25)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}; last: {last!r}") from None
+
+
+class Fleet:
+    def __init__(
+        self,
+        hub: HubProcess,
+        agents: dict[str, AgentProcess],
+        clusters: dict[str, cluster.LocalCluster],
+    ) -> None:
+        self.hub = hub
+        self.agents = agents
+        self.clusters = clusters
+
+    def admin(self) -> Client:
+        return Client(self.hub.url, self.hub.admin_token)
+
+    async def view(self, name: str) -> DatasetView:
+        async with self.admin() as c:
+            return await c.get_dataset(name)
+
+
+@pytest.fixture
+def fleet(local_clusters: dict[str, cluster.LocalCluster], tmp_path: Path) -> Iterator[Fleet]:
+    hub = HubProcess(tmp_path / "hub").start()
+    agents = {
+        kind: AgentProcess(
+            tmp_path,
+            kind,
+            kind,
+            str(lc.kubeconfig_path),
+            hub.url,
+            hub.admin_token,
+            labels={"env": "test"},
+            capabilities=CAPS[kind],
+        )
+        for kind, lc in local_clusters.items()
+    }
+    for a in agents.values():
+        a.start()
+    _wait_registered(hub, set(agents))
+    try:
+        yield Fleet(hub, agents, local_clusters)
+    finally:
+        for a in agents.values():
+            a.stop()
+            # shown by pytest when the test failed
+            print(f"--- agent {a.name} log (tail) ---\n{a.log_text()[-3000:]}")
+        hub.stop()
+
+
+def _wait_registered(hub: HubProcess, names: set[str], within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    req = urllib.request.Request(
+        hub.url + "/api/v1/clusters", headers={"Authorization": f"Bearer {hub.admin_token}"}
+    )
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            seen = {c["spec"]["name"] for c in json.loads(resp.read())}
+        if names <= seen:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"agents did not register: {sorted(names - seen)}")
+
+
+def dataset(name: str, **kw: Any) -> Dataset:
+    base: dict[str, Any] = {
+        "name": name,
+        "namespace": f"{name}-home",
+        "mounts": [
+            Mount(
+                uri="s3://bucket/data",
+                options={"endpoint": "http://127.0.0.1:9000"},
+                secret="s3-creds",
+            )
+        ],
+        "access": [
+            Access(namespace=f"{name}-home", sub_path="train"),
+            Access(namespace=f"{name}-other", sub_path="val"),
+        ],
+        "cache": CacheSpec(
+            replicas=1, max_replicas=5, tiers=[CacheTier(medium="MEM", quota=ByteSize(2**30))]
+        ),
+        "placement": Placement(selector=None),
+    }
+    base.update(kw)
+    return Dataset(**base)
+
+
+@pytest.fixture
+async def apis(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator[dict[str, Any]]:
+    opened = {k: await lc.api_client() for k, lc in local_clusters.items()}
+    try:
+        yield opened
+    finally:
+        for api in opened.values():
+            await api.close()
+
+
+async def sts_of(api: Any, ns: str, name: str) -> Any:
+    try:
+        return await client.AppsV1Api(api).read_namespaced_stateful_set(name, ns)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+async def owned(api: Any, ns: str) -> dict[str, str]:
+    """kind/name -> resourceVersion of the agent's objects in a namespace."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    sel = "fluidfed.io/managed-by=fluidfed-agent"
+    out = {}
+    for o in (await core.list_namespaced_config_map(ns, label_selector=sel)).items:
+        out[f"ConfigMap/{o.metadata.name}"] = o.metadata.resource_version
+    for o in (await core.list_namespaced_service(ns, label_selector=sel)).items:
+        out[f"Service/{o.metadata.name}"] = o.metadata.resource_version
+    for o in (await apps.list_namespaced_stateful_set(ns, label_selector=sel)).items:
+        out[f"StatefulSet/{o.metadata.name}"] = o.metadata.resource_version
+    for o in (await core.list_namespaced_pod(ns, label_selector=sel)).items:
+        out[f"Pod/{o.metadata.name}"] = o.metadata.uid
+    return out
+
+
+async def test_one_dataset_on_three_clusters_scale_and_delete(
+    fleet: Fleet, apis: dict[str, Any]
+) -> None:
+    name = "three"
+    async with fleet.admin() as hub:
+        view = await hub.apply_dataset(dataset(name))
+    assert {v.binding.cluster: v.binding.mode for v in view.bindings} == {
+        "standard": "csi",
+        "serverless": "sidecar",
+        "edge": "sidecar",
+    }
+
+    async def sidecar_bound() -> Any:
+        v = await fleet.view(name)
+        phases = {b.binding.cluster: b.status.phase if b.status else "" for b in v.bindings}
+        return v if phases.get("serverless") == "Bound" and phases.get("edge") == "Bound" else None
+
+    await eventually(sidecar_bound, "sidecar bindings Bound")
+
+    home, other = f"{name}-home", f"{name}-other"
+    for kind in ("serverless", "edge"):
+        api = apis[kind]
+        core = client.CoreV1Api(api)
+        cm_home = await core.read_namespaced_config_map(f"fluidfed-{name}", home)
+        cm_other = await core.read_namespaced_config_map(f"fluidfed-{name}", other)
+        assert set(cm_home.data) == {"sidecar.json", "worker.json"}
+        assert '"sub_path":"val"' in cm_other.data["sidecar.json"]
+        svc = await core.read_namespaced_service(f"fluidfed-{name}-cache", home)
+        assert svc.spec.cluster_ip == "None"
+        sts = await sts_of(api, home, f"fluidfed-{name}-cache")
+        assert sts.spec.replicas == 1
+        assert sts.metadata.labels["fluidfed.io/binding"] == f"{name}.{kind}"
+        pods = (await core.list_namespaced_pod(home)).items
+        assert [p.status.phase for p in pods] == ["Running"]
+        if kind == "serverless":
+            assert pods[0].spec.node_name == "virtual-kubelet"
+        # no Fluid objects where the cluster mounts by sidecar
+        assert not await _fluid_objects(api, home)
+
+    # the standard cluster holds Fluid's objects instead, and no cache-worker StatefulSet
+    api = apis["standard"]
+    custom = client.CustomObjectsApi(api)
+
+    async def fluid_made() -> bool:
+        return (
+            len(await _fluid_objects(api, home)) == 2 and len(await _fluid_objects(api, other)) == 1
+        )
+
+    await eventually(fluid_made, "Fluid Dataset and Runtime in the standard cluster")
+    home_ds = await custom.get_namespaced_custom_object(*FLUID, home, "datasets", name)
+    assert home_ds["spec"]["mounts"][0]["mountPoint"] == "s3://bucket/data"
+    assert (
+        home_ds["spec"]["mounts"][0]["encryptOptions"][0]["valueFrom"]["secretKeyRef"]["name"]
+        == "s3-creds"
+    )
+    ref = await custom.get_namespaced_custom_object(*FLUID, other, "datasets", name)
+    assert ref["spec"]["mounts"] == [{"mountPoint": f"dataset://{home}/{name}", "name": name}]
+    runtime = await custom.get_namespaced_custom_object(*FLUID, home, "thinruntimes", name)
+    assert runtime["spec"]["replicas"] == 1
+    assert runtime["spec"]["tieredstore"]["levels"][0]["quota"] == "1Gi"
+    assert await sts_of(api, home, f"fluidfed-{name}-cache") is None
+
+    # Fluid's controller reports the cache; the agent carries it to the hub
+    await custom.patch_namespaced_custom_object_status(
+        *FLUID,
+        home,
+        "datasets",
+        name,
+        {
+            "status": {
+                "phase": "Bound",
+                "cacheStates": {
+                    "cached": "512MiB",
+                    "cacheCapacity": "1GiB",
+                    "cachedPercentage": "50%",
+                    "cacheHitRatio": "80.0%",
+                },
+            }
+        },
+        _content_type="application/merge-patch+json",
+    )
+
+    async def csi_bound() -> Any:
+        v = await fleet.view(name)
+        st = next(b.status for b in v.bindings if b.binding.cluster == "standard")
+        return st if st and st.phase == "Bound" else None
+
+    st = await eventually(csi_bound, "Fluid status at the hub")
+    assert st.cache_used == 512 * 2**20 and st.cache_capacity == 2**30
+    assert st.hit_ratio == pytest.approx(0.8)
+    r = fleet.hub
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fluidfed.cli.main",
+            "--hub",
+            r.url,
+            "--token",
+            r.admin_token,
+            "describe",
+            "dataset",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for cl in ("standard", "serverless", "edge"):
+        assert cl in out
+    assert "Bound" in out and "0.80" in out
+
+    # scale: the StatefulSets follow, and the Fluid runtime's replicas too
+    async with fleet.admin() as hub:
+        await hub.apply_dataset(
+            dataset(
+                name,
+                cache=CacheSpec(
+                    replicas=3,
+                    max_replicas=5,
+                    tiers=[CacheTier(medium="MEM", quota=ByteSize(2**30))],
+                ),
+            )
+        )
+
+    async def scaled() -> bool:
+        for kind in ("serverless", "edge"):
+            pods = (await client.CoreV1Api(apis[kind]).list_namespaced_pod(home)).items
+            if sorted(p.status.phase for p in pods) != ["Running"] * 3:
+                return False
+        rt = await custom.get_namespaced_custom_object(*FLUID, home, "thinruntimes", name)
+        return bool(rt["spec"]["replicas"] == 3)
+
+    await eventually(scaled, "three cache workers per cluster")
+
+    # delete: every owned object goes, and the hub forgets the bindings once they are gone
+    async with fleet.admin() as hub:
+        await hub.delete_dataset(name)
+
+    async def all_gone() -> bool:
+        async with fleet.admin() as hub:
+            if (await hub.list_bindings()).items:
+                return False
+        for kind in ("serverless", "edge"):
+            if await owned(apis[kind], home) or await owned(apis[kind], other):
+                return False
+        return not await _fluid_objects(apis["standard"], home) and not await _fluid_objects(
+            apis["standard"], other
+        )
+
+    await eventually(all_gone, "owned objects deleted and bindings finalized", within=90)
+
+
+class _NotYet(str):
+    def __bool__(self) -> bool:
+        return False
+
+
+async def _bound(fleet: Fleet, name: str) -> Any:
+    """The view once its one binding is Bound; else a falsy note of where it stands."""
+    v = await fleet.view(name)
+    st = v.bindings[0].status if v.bindings else None
+    if st is not None and st.phase == "Bound":
+        return v
+    return _NotYet(f"bindings={[b.binding.name for b in v.bindings]} status={st}")
+
+
+async def _fluid_objects(api: Any, ns: str) -> list[str]:
+    custom = client.CustomObjectsApi(api)
+    names = []
+    for plural in ("datasets", "thinruntimes"):
+        try:
+            got = await custom.list_namespaced_custom_object(*FLUID, ns, plural)
+        except ApiException as err:
+            if err.status == 404:
+                continue
+            raise
+        names += [f"{plural}/{o['metadata']['name']}" for o in got["items"]]
+    return names
+
+
+async def test_edge_keeps_working_while_the_hub_is_away(fleet: Fleet, apis: dict[str, Any]) -> None:
+    name = "autonomy"
+    home = f"{name}-home"
+    api = apis["edge"]
+    core = client.CoreV1Api(api)
+    async with fleet.admin() as hub:
+        await hub.apply_dataset(dataset(name, placement=Placement(clusters=["edge"])))
+
+    async def bound() -> Any:
+        return await _bound(fleet, name)
+
+    await eventually(bound, "edge binding Bound")
+    before = await owned(api, home)
+    assert (
+        "StatefulSet/fluidfed-autonomy-cache" in before
+        and "Pod/fluidfed-autonomy-cache-0" in before
+    )
+
+    fleet.hub.stop()
+    # drift while the hub is away: deleted by hand, restored by the agent
+    await core.delete_namespaced_config_map(f"fluidfed-{name}", home)
+
+    async def restored() -> bool:
+        try:
+            await core.read_namespaced_config_map(f"fluidfed-{name}", home)
+            return True
+        except ApiException:
+            return False
+
+    await eventually(restored, "ConfigMap restored with the hub down")
+    # an edit by hand is undone too
+    await client.AppsV1Api(api).patch_namespaced_stateful_set(
+        f"fluidfed-{name}-cache",
+        home,
+        {"spec": {"replicas": 2}},
+        _content_type="application/merge-patch+json",
+    )
+
+    async def replicas_back() -> bool:
+        sts = await sts_of(api, home, f"fluidfed-{name}-cache")
+        return bool(sts.spec.replicas == 1)
+
+    await eventually(replicas_back, "StatefulSet replicas restored")
+
+    # restart the agent while the hub is still down: it carries on from its state on disk
+    agent = fleet.agents["edge"]
+    agent.stop()
+    await core.delete_namespaced_service(f"fluidfed-{name}-cache", home)
+    agent.start()
+
+    async def svc_back() -> bool:
+        try:
+            await core.read_namespaced_service(f"fluidfed-{name}-cache", home)
+            return True
+        except ApiException:
+            return False
+
+    await eventually(svc_back, "Service restored by the restarted agent, hub still down")
+    assert "hub unavailable" in agent.log_text()
+
+    # the hub returns: the status catches up, nothing that was right was recreated
+    fleet.hub.start()
+
+    async def caught_up() -> Any:
+        v = await fleet.view(name)
+        st = v.bindings[0].status
+        return st if st and st.phase == "Bound" and st.hub_last_seen > 0 else None
+
+    await eventually(caught_up, "status after the hub's return")
+    after = await owned(api, home)
+    assert after["Pod/fluidfed-autonomy-cache-0"] == before["Pod/fluidfed-autonomy-cache-0"]
+    assert (
+        after["ConfigMap/fluidfed-autonomy"] != before["ConfigMap/fluidfed-autonomy"]
+    )  # recreated
+
+
+async def test_restart_changes_nothing_that_is_right(fleet: Fleet, apis: dict[str, Any]) -> None:
+    name = "steady"
+    home = f"{name}-home"
+    async with fleet.admin() as hub:
+        await hub.apply_dataset(dataset(name, placement=Placement(clusters=["serverless"])))
+
+    async def bound() -> Any:
+        return await _bound(fleet, name)
+
+    await eventually(bound, "serverless binding Bound")
+    api = apis["serverless"]
+    before = await owned(api, home)
+    agent = fleet.agents["serverless"]
+    agent.stop()
+    fleet.hub.stop()
+    fleet.hub.start()  # a reconnect after a hub restart, and an agent restart
+    agent.start()
+
+    async def listed_again() -> bool:
+        return agent.log_text().count("starting with") >= 2 and "revision" in agent.log_text()
+
+    await eventually(listed_again, "agent restarted")
+    await asyncio.sleep(3)  # several status intervals and watch events
+    assert await owned(api, home) == before
+
+
+async def test_a_binding_kubernetes_refuses_gets_a_clear_status_others_go_on(
+    fleet: Fleet, apis: dict[str, Any]
+) -> None:
+    bad = dataset(
+        "refused",
+        placement=Placement(clusters=["edge"]),
+        cache=CacheSpec(
+            replicas=1,
+            resources=Resources(cpu="lots"),
+            tiers=[CacheTier(medium="MEM", quota=ByteSize(2**30))],
+        ),
+    )
+    good = dataset("fine", placement=Placement(clusters=["edge"]))
+    async with fleet.admin() as hub:
+        await hub.apply_dataset(bad)
+        await hub.apply_dataset(good)
+
+    async def settled() -> Any:
+        b, g = await fleet.view("refused"), await fleet.view("fine")
+        sb, sg = b.bindings[0].status, g.bindings[0].status
+        return (sb, sg) if sb and sg and sb.phase == "Failed" and sg.phase == "Bound" else None
+
+    sb, _ = await eventually(settled, "one Failed, one Bound")
+    # the API server refuses the quantity (a 500 from server-side apply's conversion in 1.34)
+    assert "apply StatefulSet refused-home/fluidfed-refused-cache" in sb.last_error
+    assert "quantities must match" in sb.last_error
