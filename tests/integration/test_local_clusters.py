@@ -18,6 +18,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from fluidfed.local import cluster, pki
+from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.integration
 
@@ -370,3 +371,45 @@ def test_cli_local_up_list_down_leaves_nothing(tmp_path: Path) -> None:
     assert not any(cluster._alive(p, b) for b, p in state.pids.items())
     assert not (tmp_path / "cli-edge").exists()
     assert fluidfed("local", "down", "nope").returncode == 2
+
+
+@pytest.mark.parametrize("manifest", ["hub.yaml", "agent.yaml"])
+async def test_deploy_manifests_pass_a_server_side_dry_run(
+    local_clusters: dict[str, cluster.LocalCluster], manifest: str
+) -> None:
+    import yaml
+    from kubernetes_asyncio.dynamic import DynamicClient
+
+    docs = [d for d in yaml.safe_load_all((CONFIGS / "deploy" / manifest).read_text()) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment"} <= kinds
+    async with await local_clusters["standard"].api_client() as api:
+        core = client.CoreV1Api(api)
+        try:
+            await core.create_namespace({"metadata": {"name": "fluidfed-system"}})
+        except ApiException as err:
+            if err.status != 409:  # already there from an earlier run of this test
+                raise
+        dyn = await DynamicClient(
+            api, cache_file=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"dry-{os.getpid()}.json")
+        )
+        for doc in docs:
+            if doc["kind"] == "Namespace":
+                continue
+            res = await dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+            got = await dyn.create(
+                res,
+                body=doc,
+                namespace=doc["metadata"].get("namespace"),
+                dry_run="All",
+                field_manager="fluidfed-test",
+            )
+            data = got.to_dict()
+            assert data.get("kind") == doc["kind"], data  # a failed request comes back as a Status
+        if manifest == "agent.yaml":
+            # the agent's own configuration in the manifest is valid fluidfed TOML
+            from fluidfed import config
+
+            cm = next(d for d in docs if d["kind"] == "ConfigMap")
+            config.loads(cm["data"]["agent.toml"], file="agent.toml")
+            config.loads(cm["data"]["cluster.toml"], file="cluster.toml")
