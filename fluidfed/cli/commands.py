@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fluidfed import config
-from fluidfed.cli import local, output, settings
+from fluidfed.cli import demo, local, output, settings
 from fluidfed.client import Client
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import Document
@@ -19,6 +19,7 @@ Sub = Any  # argparse's private _SubParsersAction
 
 
 def register(sub: Sub) -> None:
+    demo.register(sub)
     local.register(sub)
     p = sub.add_parser("validate", help="check TOML files; print every error")
     p.add_argument("files", nargs="+", metavar="FILE")
