@@ -1,0 +1,1 @@
+"""The mutating admission webhook that injects the FUSE sidecar (sidecar-mode clusters)."""

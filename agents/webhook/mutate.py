@@ -1,0 +1,274 @@
+"""The pod mutation of the sidecar webhook. Pure: (pod, namespace, bindings, cluster) ->
+decision with the mutated pod and the JSON patch from the original to it.
+
+A pod labelled `fluidfed.io/inject: "true"` asks for datasets by volume: a
+`persistentVolumeClaim.claimName` equal to a dataset bound here in sidecar mode, or the
+annotation `fluidfed.io/datasets: "<dataset>=<volume>[,...]"`. Each such volume becomes a
+shared emptyDir into which a FUSE sidecar mounts the dataset (Bidirectional propagation);
+the containers that used the volume see it with HostToContainer propagation, at the
+sub-path and read-only setting of the dataset's access entry for the pod's namespace.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents import render
+from fluidfed.models import Access, Binding, Capabilities
+
+INJECT_LABEL = "fluidfed.io/inject"
+DATASETS_ANNOTATION = "fluidfed.io/datasets"
+INJECTED_LABEL = "fluidfed.io/injected"
+INJECTED_ANNOTATION = "fluidfed.io/injected-datasets"
+MODE_ANNOTATION = "fluidfed.io/sidecar-mode"
+MOUNT_ROOT = "/fluidfed/mnt"
+CONFIG_ROOT = "/etc/fluidfed"
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
+    cpu: str = ""
+    memory: str = ""
+
+
+@dataclass(slots=True)
+class Decision:
+    allowed: bool
+    message: str = ""
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    pod: dict[str, Any] | None = None  # the mutated pod, when allowed
+
+
+def deny(message: str) -> Decision:
+    return Decision(allowed=False, message=message)
+
+
+def _parse_annotation(text: str) -> list[tuple[str, str]] | str:
+    pairs = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        ds, sep, vol = item.partition("=")
+        if not sep or not ds.strip() or not vol.strip():
+            return (
+                f"annotation {DATASETS_ANNOTATION}={text!r} is malformed at {item!r}: "
+                "write <dataset>=<volume-name>[,...]"
+            )
+        pairs.append((ds.strip(), vol.strip()))
+    return pairs
+
+
+def requested(pod: dict[str, Any], bindings: dict[str, Binding]) -> list[tuple[str, str]] | str:
+    """(dataset, volume) pairs the pod asks for, or an error message."""
+    meta = pod.get("metadata") or {}
+    volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
+    pairs: list[tuple[str, str]] = []
+    text = (meta.get("annotations") or {}).get(DATASETS_ANNOTATION)
+    if text is not None:
+        parsed = _parse_annotation(text)
+        if isinstance(parsed, str):
+            return parsed
+        for ds, vol in parsed:
+            if vol not in volumes:
+                return (
+                    f"annotation {DATASETS_ANNOTATION} names volume {vol!r} for dataset "
+                    f"{ds!r}, but the pod has no such volume"
+                )
+        pairs += parsed
+    named = {v for _, v in pairs}
+    for name, vol in volumes.items():
+        claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim and name not in named:
+            b = bindings.get(claim)
+            if b is not None and b.mode == "sidecar":
+                pairs.append((claim, name))
+    return pairs
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate = f"{name}-{n}"
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def _ready_check(mountpoint: str) -> list[str]:
+    # the mount answers once the FUSE filesystem is listed at the mount point
+    return ["sh", "-c", f"grep -qs ' {mountpoint} fuse' /proc/mounts"]
+
+
+def _security(caps: Capabilities) -> tuple[dict[str, Any], dict[str, str]] | str:
+    """The sidecar's securityContext and extra resource limits, or why it cannot run."""
+    if caps.privileged:
+        return {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}, {}
+    if caps.fuse_device_resource:
+        # unprivileged platforms hand out /dev/fuse as a device resource
+        return (
+            {"runAsUser": 0, "runAsNonRoot": False, "capabilities": {"add": ["SYS_ADMIN"]}},
+            {caps.fuse_device_resource: "1"},
+        )
+    return (
+        "this cluster allows no privileged pods and names no FUSE device resource "
+        "(capabilities.fuse_device_resource), so a FUSE sidecar cannot run here"
+    )
+
+
+def mutate(
+    pod: dict[str, Any],
+    namespace: str,
+    bindings: dict[str, Binding],
+    caps: Capabilities,
+    settings: SidecarSettings = SidecarSettings(),
+) -> Decision:
+    meta = pod.get("metadata") or {}
+    if (meta.get("labels") or {}).get(INJECT_LABEL) != "true":
+        return Decision(allowed=True)
+    if (meta.get("annotations") or {}).get(INJECTED_ANNOTATION):
+        return Decision(allowed=True)  # injected before: reinvocation changes nothing
+    asked = requested(pod, bindings)
+    if isinstance(asked, str):
+        return deny(asked)
+    if not asked:
+        return Decision(allowed=True)
+    security = _security(caps)
+    if isinstance(security, str):
+        return deny(security)
+    sec_ctx, limits = security
+
+    out = copy.deepcopy(pod)
+    spec = out.setdefault("spec", {})
+    volumes: list[dict[str, Any]] = spec.setdefault("volumes", [])
+    containers: list[dict[str, Any]] = spec.setdefault("containers", [])
+    inits: list[dict[str, Any]] = spec.get("initContainers") or []
+    taken_volumes = {v["name"] for v in volumes}
+    taken_containers = {c["name"] for c in containers + inits}
+    native = caps.native_sidecar
+    sidecars: list[dict[str, Any]] = []
+    done: list[str] = []
+
+    for ds, vol_name in asked:
+        b = bindings.get(ds)
+        if b is None:
+            return deny(
+                f"dataset {ds!r} is not bound to this cluster: place it here first "
+                "(fluidfed describe dataset shows where it is)"
+            )
+        if b.mode != "sidecar":
+            return deny(
+                f"dataset {ds!r} is mounted by CSI in this cluster: use its "
+                "PersistentVolumeClaim without the fluidfed.io/inject label"
+            )
+        entry: Access | None = next(
+            (a for a in b.spec.access_list() if a.namespace == namespace), None
+        )
+        if entry is None:
+            allowed = ", ".join(a.namespace for a in b.spec.access_list())
+            return deny(
+                f"dataset {ds!r} may not be used from namespace {namespace!r} (allowed: {allowed})"
+            )
+        readers = [
+            c for c in inits if any(m.get("name") == vol_name for m in c.get("volumeMounts") or [])
+        ]
+        if readers and not native:
+            return deny(
+                f"init container {readers[0]['name']!r} reads dataset {ds!r}, but "
+                "this cluster has no native sidecars (Kubernetes < 1.28): only app "
+                "containers can read it"
+            )
+        # the volume becomes a shared emptyDir the sidecar mounts into
+        for v in volumes:
+            if v["name"] == vol_name:
+                v.clear()
+                v.update({"name": vol_name, "emptyDir": {}})
+        config_vol = _unique(f"fluidfed-config-{ds}", taken_volumes)
+        volumes.append({"name": config_vol, "configMap": {"name": render.config_name(ds)}})
+        mountpoint = f"{MOUNT_ROOT}/{ds}"
+        for c in containers + inits:
+            for m in c.get("volumeMounts") or []:
+                if m.get("name") == vol_name:
+                    m["mountPropagation"] = "HostToContainer"
+                    sub = posixpath.join(entry.sub_path, m.get("subPath", "")).strip("/")
+                    if sub:
+                        m["subPath"] = sub
+                    if entry.read_only:
+                        m["readOnly"] = True
+        sidecar: dict[str, Any] = {
+            "name": _unique(f"fluidfed-{ds}", taken_containers),
+            "image": settings.image,
+            "args": [
+                "sidecar",
+                "mount",
+                "--config",
+                f"{CONFIG_ROOT}/{ds}/sidecar.json",
+                "--mountpoint",
+                mountpoint,
+            ]
+            + ([] if native else ["--exit-with-peers"]),
+            "securityContext": copy.deepcopy(sec_ctx),
+            "volumeMounts": [
+                {"name": vol_name, "mountPath": mountpoint, "mountPropagation": "Bidirectional"},
+                {"name": config_vol, "mountPath": f"{CONFIG_ROOT}/{ds}", "readOnly": True},
+            ],
+        }
+        requests = {k: v for k, v in (("cpu", settings.cpu), ("memory", settings.memory)) if v}
+        if requests or limits:
+            sidecar["resources"] = {"limits": {**requests, **limits}}
+            if requests:
+                sidecar["resources"]["requests"] = dict(requests)
+        if native:
+            sidecar["restartPolicy"] = "Always"
+            sidecar["startupProbe"] = {
+                "exec": {"command": _ready_check(mountpoint)},
+                "periodSeconds": 1,
+                "failureThreshold": 300,
+            }
+        else:
+            # regular container placed first; the kubelet starts the next container only
+            # after postStart returns, so the apps find the mount in place
+            wait = (
+                f"for i in $(seq 1200); do grep -qs ' {mountpoint} fuse' /proc/mounts "
+                "&& exit 0; sleep 0.1; done; exit 1"
+            )
+            sidecar["lifecycle"] = {"postStart": {"exec": {"command": ["sh", "-c", wait]}}}
+        sidecars.append(sidecar)
+        done.append(f"{ds}={vol_name}")
+
+    if native:
+        spec["initContainers"] = sidecars + inits
+    else:
+        spec["containers"] = sidecars + containers
+        # the sidecar sees the app processes and leaves when they are gone (Jobs complete)
+        spec["shareProcessNamespace"] = True
+    out_meta = out.setdefault("metadata", {})
+    out_meta.setdefault("labels", {})[INJECTED_LABEL] = "true"
+    annotations = out_meta.setdefault("annotations", {})
+    annotations[INJECTED_ANNOTATION] = ",".join(done)
+    annotations[MODE_ANNOTATION] = "native" if native else "legacy"
+    return Decision(allowed=True, pod=out, patch=json_patch(pod, out))
+
+
+def json_patch(original: dict[str, Any], mutated: dict[str, Any]) -> list[dict[str, Any]]:
+    """RFC 6902 operations turning `original` into `mutated`, per changed field of the
+    metadata and spec (whole lists replaced: simple and always consistent)."""
+    ops: list[dict[str, Any]] = []
+    for section in ("metadata", "spec"):
+        before = original.get(section) or {}
+        after = mutated.get(section) or {}
+        if section not in original:
+            ops.append({"op": "add", "path": f"/{section}", "value": after})
+            continue
+        for key in sorted(set(before) | set(after)):
+            path = f"/{section}/{key.replace('~', '~0').replace('/', '~1')}"
+            if key not in after:
+                ops.append({"op": "remove", "path": path})
+            elif key not in before:
+                ops.append({"op": "add", "path": path, "value": after[key]})
+            elif before[key] != after[key]:
+                ops.append({"op": "replace", "path": path, "value": after[key]})
+    return ops

@@ -1,0 +1,343 @@
+"""The sidecar injection over many pod shapes, checked on the resulting pod (and on the
+patch: applying it to the original gives that pod)."""
+
+import base64
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from agents.webhook import mutate as m
+from agents.webhook import review
+from fluidfed.models import Access, Binding, Capabilities, Dataset, Mount
+
+PRIV = Capabilities(privileged=True, native_sidecar=True)
+LEGACY = Capabilities(privileged=True, native_sidecar=False)
+
+
+def binding(name: str = "imagenet", mode: str = "sidecar") -> Binding:
+    ds = Dataset(
+        name=name,
+        namespace="ml",
+        mounts=[Mount(uri="s3://b/p")],
+        access=[
+            Access(namespace="ml", sub_path="train"),
+            Access(namespace="research", sub_path="val", read_only=False),
+        ],
+    )
+    return Binding(
+        name=f"{name}.c",
+        dataset=name,
+        cluster="c",
+        mode=mode,  # type: ignore[arg-type]
+        replicas=1,
+        generation=1,
+        spec=ds,
+    )
+
+
+BINDINGS = {"imagenet": binding(), "coco": binding("coco"), "fluidds": binding("fluidds", "csi")}
+
+
+def pod(
+    *,
+    volumes: list[dict[str, Any]] | None = None,
+    annotations: dict[str, str] | None = None,
+    inject: bool = True,
+    containers: list[dict[str, Any]] | None = None,
+    init: list[dict[str, Any]] | None = None,
+    security: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "train",
+            "labels": {"fluidfed.io/inject": "true"} if inject else {"app": "x"},
+        },
+        "spec": {
+            "containers": containers
+            or [
+                {
+                    "name": "app",
+                    "image": "app:1",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": volumes
+            if volumes is not None
+            else [{"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}}],
+        },
+    }
+    if annotations:
+        p["metadata"]["annotations"] = annotations
+    if init:
+        p["spec"]["initContainers"] = init
+    if security:
+        p["spec"]["securityContext"] = security
+    return p
+
+
+def apply_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        target = out
+        for p in parts[:-1]:
+            target = target[p]
+        if op["op"] == "remove":
+            del target[parts[-1]]
+        else:
+            target[parts[-1]] = op["value"]
+    return out
+
+
+def injected(p: dict[str, Any], ns: str = "ml", caps: Capabilities = PRIV) -> dict[str, Any]:
+    d = m.mutate(p, ns, BINDINGS, caps, m.SidecarSettings(image="ff:1", cpu="100m", memory="256Mi"))
+    assert d.allowed, d.message
+    assert d.pod is not None
+    assert apply_patch(p, d.patch) == d.pod  # the patch says exactly what changed
+    return d.pod
+
+
+def test_pvc_style_native_sidecar() -> None:
+    out = injected(pod())
+    spec = out["spec"]
+    assert {"name": "data", "emptyDir": {}} in spec["volumes"]
+    (side,) = spec["initContainers"]
+    assert side["name"] == "fluidfed-imagenet"
+    assert side["restartPolicy"] == "Always"
+    assert side["image"] == "ff:1"
+    assert side["securityContext"]["privileged"] is True
+    assert side["volumeMounts"][0] == {
+        "name": "data",
+        "mountPath": "/fluidfed/mnt/imagenet",
+        "mountPropagation": "Bidirectional",
+    }
+    assert (
+        "startupProbe" in side
+        and "/fluidfed/mnt/imagenet fuse" in side["startupProbe"]["exec"]["command"][2]
+    )
+    assert side["resources"] == {
+        "limits": {"cpu": "100m", "memory": "256Mi"},
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+    }
+    app_mount = spec["containers"][0]["volumeMounts"][0]
+    assert app_mount == {
+        "name": "data",
+        "mountPath": "/data",
+        "mountPropagation": "HostToContainer",
+        "subPath": "train",
+        "readOnly": True,
+    }
+    cfg = next(v for v in spec["volumes"] if v["name"] == "fluidfed-config-imagenet")
+    assert cfg["configMap"]["name"] == "fluidfed-imagenet"
+    assert out["metadata"]["labels"]["fluidfed.io/injected"] == "true"
+    assert out["metadata"]["annotations"]["fluidfed.io/injected-datasets"] == "imagenet=data"
+    assert out["metadata"]["annotations"]["fluidfed.io/sidecar-mode"] == "native"
+
+
+def test_legacy_sidecar_first_with_a_poststart_gate() -> None:
+    out = injected(pod(), caps=LEGACY)
+    spec = out["spec"]
+    assert "initContainers" not in spec
+    assert [c["name"] for c in spec["containers"]] == ["fluidfed-imagenet", "app"]
+    side = spec["containers"][0]
+    assert "restartPolicy" not in side
+    assert "--exit-with-peers" in side["args"]
+    assert "postStart" in side["lifecycle"]
+    assert spec["shareProcessNamespace"] is True
+    assert out["metadata"]["annotations"]["fluidfed.io/sidecar-mode"] == "legacy"
+
+
+def test_annotation_style_and_namespace_access_entry() -> None:
+    p = pod(
+        volumes=[{"name": "ds", "emptyDir": {}}],
+        annotations={"fluidfed.io/datasets": "imagenet=ds"},
+        containers=[
+            {"name": "app", "volumeMounts": [{"name": "ds", "mountPath": "/in", "subPath": "2024"}]}
+        ],
+    )
+    out = injected(p, ns="research")
+    mount = out["spec"]["containers"][0]["volumeMounts"][0]
+    assert mount["subPath"] == "val/2024"  # the access entry's sub-path, then the pod's own
+    assert "readOnly" not in mount  # the entry is not read-only: the pod keeps its own setting
+
+
+def test_several_datasets_in_one_pod() -> None:
+    p = pod(
+        volumes=[
+            {"name": "a", "persistentVolumeClaim": {"claimName": "imagenet"}},
+            {"name": "b", "persistentVolumeClaim": {"claimName": "coco"}},
+        ],
+        containers=[
+            {
+                "name": "app",
+                "volumeMounts": [
+                    {"name": "a", "mountPath": "/a"},
+                    {"name": "b", "mountPath": "/b"},
+                ],
+            }
+        ],
+    )
+    out = injected(p)
+    assert [c["name"] for c in out["spec"]["initContainers"]] == [
+        "fluidfed-imagenet",
+        "fluidfed-coco",
+    ]
+    assert out["metadata"]["annotations"]["fluidfed.io/injected-datasets"] == "imagenet=a,coco=b"
+
+
+def test_init_containers_that_read_the_dataset() -> None:
+    reader = {"name": "prep", "image": "x", "volumeMounts": [{"name": "data", "mountPath": "/d"}]}
+    out = injected(pod(init=[reader]))
+    inits = out["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["fluidfed-imagenet", "prep"]  # the mount comes first
+    assert inits[1]["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
+    d = m.mutate(pod(init=[reader]), "ml", BINDINGS, LEGACY)
+    assert not d.allowed and "init container 'prep'" in d.message
+
+
+def test_non_root_pods_keep_their_settings_and_the_sidecar_runs_as_root() -> None:
+    out = injected(pod(security={"runAsNonRoot": True, "runAsUser": 1000}))
+    assert out["spec"]["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000}
+    sc = out["spec"]["initContainers"][0]["securityContext"]
+    assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
+
+
+def test_name_clashes_get_suffixes() -> None:
+    p = pod(
+        volumes=[
+            {"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}},
+            {"name": "fluidfed-config-imagenet", "emptyDir": {}},
+        ],
+        containers=[
+            {"name": "fluidfed-imagenet", "volumeMounts": [{"name": "data", "mountPath": "/d"}]}
+        ],
+    )
+    out = injected(p)
+    assert out["spec"]["initContainers"][0]["name"] == "fluidfed-imagenet-2"
+    names = [v["name"] for v in out["spec"]["volumes"]]
+    assert "fluidfed-config-imagenet-2" in names and len(names) == len(set(names))
+
+
+def test_reinvocation_changes_nothing() -> None:
+    out = injected(pod())
+    again = m.mutate(out, "ml", BINDINGS, PRIV)
+    assert again.allowed and again.patch == [] and again.pod is None
+
+
+def test_unlabelled_pods_and_pods_asking_for_nothing_pass_untouched() -> None:
+    assert m.mutate(pod(inject=False), "ml", BINDINGS, PRIV).patch == []
+    plain = pod(volumes=[{"name": "data", "emptyDir": {}}])
+    d = m.mutate(plain, "ml", BINDINGS, PRIV)
+    assert d.allowed and d.patch == []
+
+
+@pytest.mark.parametrize(
+    ("p", "ns", "caps", "needle"),
+    [
+        (pod(), "finance", PRIV, "dataset 'imagenet' may not be used from namespace 'finance'"),
+        (
+            pod(
+                volumes=[{"name": "d", "emptyDir": {}}],
+                annotations={"fluidfed.io/datasets": "nope=d"},
+            ),
+            "ml",
+            PRIV,
+            "dataset 'nope' is not bound to this cluster",
+        ),
+        (
+            pod(
+                volumes=[{"name": "d", "emptyDir": {}}],
+                annotations={"fluidfed.io/datasets": "fluidds=d"},
+            ),
+            "ml",
+            PRIV,
+            "mounted by CSI",
+        ),
+        (pod(annotations={"fluidfed.io/datasets": "imagenet"}), "ml", PRIV, "is malformed"),
+        (
+            pod(annotations={"fluidfed.io/datasets": "imagenet=missing"}),
+            "ml",
+            PRIV,
+            "no such volume",
+        ),
+        (pod(), "ml", Capabilities(privileged=False), "allows no privileged pods"),
+    ],
+)
+def test_denials_say_what_and_where(
+    p: dict[str, Any], ns: str, caps: Capabilities, needle: str
+) -> None:
+    d = m.mutate(p, ns, BINDINGS, caps)
+    assert not d.allowed
+    assert needle in d.message
+
+
+def test_unprivileged_platform_with_a_fuse_device_resource() -> None:
+    caps = Capabilities(privileged=False, fuse_device_resource="smarter-devices/fuse")
+    out = injected(pod(), caps=caps)
+    side = out["spec"]["initContainers"][0]
+    assert side["resources"]["limits"]["smarter-devices/fuse"] == "1"
+    assert side["securityContext"]["capabilities"] == {"add": ["SYS_ADMIN"]}
+    assert "privileged" not in side["securityContext"]
+
+
+def test_admission_review_round_trip() -> None:
+    body = json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u1",
+                "kind": {"kind": "Pod"},
+                "namespace": "ml",
+                "operation": "CREATE",
+                "object": pod(),
+            },
+        }
+    ).encode()
+    status, resp = review.handle(body, lambda p, ns: m.mutate(p, ns, BINDINGS, PRIV))
+    assert status == 200
+    r = resp["response"]
+    assert r["uid"] == "u1" and r["allowed"] is True and r["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(r["patch"]))
+    assert apply_patch(pod(), ops)["spec"]["initContainers"][0]["name"] == "fluidfed-imagenet"
+
+
+def test_denied_review_carries_the_message() -> None:
+    body = json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u2",
+                "kind": {"kind": "Pod"},
+                "namespace": "finance",
+                "object": pod(),
+            },
+        }
+    ).encode()
+    _, resp = review.handle(body, lambda p, ns: m.mutate(p, ns, BINDINGS, PRIV))
+    assert resp["response"]["allowed"] is False
+    assert resp["response"]["status"]["code"] == 403
+    assert "namespace 'finance'" in resp["response"]["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"kind": "AdmissionReview"}',
+        b'{"kind": "Other", "request": {"uid": "x"}}',
+        b'{"kind": "AdmissionReview", "request": {"uid": 5}}',
+    ],
+)
+def test_malformed_reviews_get_an_error_response(body: bytes) -> None:
+    status, resp = review.handle(body, lambda p, ns: m.mutate(p, ns, BINDINGS, PRIV))
+    assert status == 400
+    assert resp["response"]["allowed"] is False
+    assert resp["response"]["status"]["code"] == 400
