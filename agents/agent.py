@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -26,10 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from aiohttp import web
 
 from agents import diff, render, status
 from agents.kube import Kube, KubeError
 from agents.state import AgentState, StateFile
+from agents.webhook import mutate
+from agents.webhook import server as webhook_server
+from agents.webhook.certs import CertManager
 from fluidfed import codec
 from fluidfed.backoff import Backoff
 from fluidfed.client import Client
@@ -38,7 +43,12 @@ from fluidfed.models import AgentConfig, BindingStatus, Cluster
 
 log = logging.getLogger("fluidfed.agent")
 
-SIDECAR_KINDS = [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet")]
+SIDECAR_KINDS = [
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "StatefulSet"),
+    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
+]
 FLUID_API = f"{render.FLUID_GROUP}/{render.FLUID_VERSION}"
 FLUID_KINDS = [(FLUID_API, "Dataset"), *((FLUID_API, k) for k in render.RUNTIME_KINDS.values())]
 OWNED = f"{render.MANAGED_BY}={render.AGENT}"
@@ -99,6 +109,10 @@ class Agent:
         self.hub: Client | None = None
         self.reconciles = 0
         self._save_lock = asyncio.Lock()
+        self.webhook_config: dict[str, Any] | None = None
+        self.webhook_url = ""
+        self.certs: CertManager | None = None
+        self.rotate_requested = asyncio.Event()
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -138,6 +152,8 @@ class Agent:
                 tg.create_task(self._heartbeat())
                 tg.create_task(self._report())
                 tg.create_task(self._resync())
+                if self.cfg.webhook and self.cluster.mount_mode() == "sidecar":
+                    tg.create_task(self._webhook())
         finally:
             await self.hub.close()
 
@@ -287,6 +303,55 @@ class Agent:
             for name in self.state.bindings:
                 self.enqueue(name)
 
+    # --- the sidecar webhook ---------------------------------------------------------------
+
+    def decide(self, pod: dict[str, Any], namespace: str) -> mutate.Decision:
+        bindings = {b.dataset: b for b in self.state.bindings.values() if not b.deleting}
+        settings = mutate.SidecarSettings(
+            image=self.cfg.sidecar_image, cpu=self.cfg.sidecar_cpu, memory=self.cfg.sidecar_memory
+        )
+        return mutate.mutate(pod, namespace, bindings, self.cluster.capabilities, settings)
+
+    def request_rotation(self) -> None:
+        self.rotate_requested.set()
+
+    async def _webhook(self) -> None:
+        cfg = self.cfg
+        hosts = tuple(dict.fromkeys((cfg.webhook_host, "127.0.0.1", "localhost")))
+        self.certs = CertManager(
+            self.file.dir / "webhook",
+            hosts,
+            lifetime=dt.timedelta(seconds=cfg.webhook_cert_lifetime),
+            renew_before=dt.timedelta(seconds=cfg.webhook_renew_before),
+        )
+        runner = web.AppRunner(webhook_server.make_app(self.decide), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, cfg.webhook_host, cfg.webhook_port, ssl_context=self.certs.context
+        )
+        await site.start()
+        port = int(runner.addresses[0][1])
+        self.webhook_url = cfg.webhook_url or f"https://{cfg.webhook_host}:{port}/mutate"
+        self.webhook_config = render.webhook_configuration(
+            self.ctx, self.webhook_url, self.certs.ca_pem
+        )
+        log.info("sidecar webhook serving on %s", self.webhook_url)
+        self.enqueue(render.WEBHOOK_OWNER)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(3600.0, cfg.webhook_renew_before / 4)):
+                        await self.rotate_requested.wait()
+                if self.rotate_requested.is_set() or self.certs.due():
+                    self.rotate_requested.clear()
+                    self.certs.rotate()
+                    log.info(
+                        "webhook serving certificate renewed (valid until %s)",
+                        self.certs.not_after.isoformat(),
+                    )
+        finally:
+            await runner.cleanup()
+
     # --- the cluster ---------------------------------------------------------------------
 
     async def _follow_kind(self, api_version: str, kind: str) -> None:
@@ -336,7 +401,9 @@ class Agent:
 
     def _enqueue_owner(self, obj: dict[str, Any]) -> None:
         name = ((obj.get("metadata") or {}).get("labels") or {}).get(render.BINDING_LABEL)
-        if name and (name in self.state.bindings or name in self.state.finalize):
+        ours = name in self.state.bindings or name in self.state.finalize
+        webhook = name == render.WEBHOOK_OWNER and self.webhook_config is not None
+        if name and (ours or webhook):
             self.enqueue(name)
 
     async def _worker(self) -> None:
@@ -354,6 +421,10 @@ class Agent:
 
     async def reconcile(self, name: str) -> None:
         self.reconciles += 1
+        if name == render.WEBHOOK_OWNER:
+            if self.webhook_config is not None:
+                await self._ensure(self.webhook_config)
+            return
         b = self.state.bindings.get(name)
         if b is None or b.deleting:
             await self._clean_up(name, finalize=b is not None)

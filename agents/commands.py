@@ -77,6 +77,8 @@ def run_agent(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        # SIGHUP: renew the webhook's serving certificate now
+        loop.add_signal_handler(signal.SIGHUP, agent.request_rotation)
         try:
             await task
         except asyncio.CancelledError:

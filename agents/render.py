@@ -30,6 +30,7 @@ FLUID_GROUP = "data.fluid.io"
 FLUID_VERSION = "v1alpha1"
 RUNTIME_KINDS = {"thin": "ThinRuntime", "juicefs": "JuiceFSRuntime", "alluxio": "AlluxioRuntime"}
 WORKER_PORT = 7070
+WEBHOOK_OWNER = "fluidfed-webhook"  # the binding label value of the webhook configuration
 VIRTUAL_NODE_TOLERATION = {
     "key": "virtual-kubelet.io/provider",
     "operator": "Exists",
@@ -318,3 +319,39 @@ def desired(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
 def key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
     meta = obj["metadata"]
     return (obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
+
+
+def webhook_configuration(ctx: ClusterContext, url: str, ca_pem: bytes) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration that sends labelled pods to this agent."""
+    import base64
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {
+            "name": f"fluidfed-sidecar-{ctx.name}",
+            "labels": {MANAGED_BY: AGENT, CLUSTER_LABEL: ctx.name, BINDING_LABEL: WEBHOOK_OWNER},
+        },
+        "webhooks": [
+            {
+                "name": "sidecar.fluidfed.io",
+                "clientConfig": {"url": url, "caBundle": base64.b64encode(ca_pem).decode()},
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "objectSelector": {"matchLabels": {"fluidfed.io/inject": "true"}},
+                "failurePolicy": "Fail",  # no pod starts without its data
+                "matchPolicy": "Equivalent",
+                "reinvocationPolicy": "IfNeeded",
+                "sideEffects": "None",
+                "timeoutSeconds": 5,
+                "admissionReviewVersions": ["v1"],
+            }
+        ],
+    }

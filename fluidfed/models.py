@@ -229,6 +229,15 @@ class AgentConfig(Spec, frozen=True):
     worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
     sidecar_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
     workers: Annotated[int, Meta(ge=1, le=64)] = 4  # bindings reconciled at once
+    # the sidecar webhook (sidecar-mode clusters)
+    webhook: bool = True
+    webhook_host: str = "127.0.0.1"
+    webhook_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
+    webhook_url: str = ""  # what the API server calls; default https://<host>:<port>/mutate
+    webhook_cert_lifetime: Duration = _seconds(30 * 86400)
+    webhook_renew_before: Duration = _seconds(7 * 86400)
+    sidecar_cpu: str = ""
+    sidecar_memory: str = ""
 
 
 class Document(Spec, frozen=True):

@@ -26,8 +26,9 @@ import aiohttp
 import msgspec
 import yaml
 
+from fluidfed import pki
 from fluidfed.errors import FluidfedError
-from fluidfed.local import binaries, pki
+from fluidfed.local import binaries
 
 Kind = Literal["standard", "serverless", "edge"]
 KINDS: tuple[Kind, ...] = ("standard", "serverless", "edge")

@@ -2,152 +2,26 @@
 following a real hub process."""
 
 import asyncio
-import json
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from fluidfed import Client
-from fluidfed.local import cluster
 from fluidfed.models import (
-    Access,
     CacheSpec,
     CacheTier,
-    Dataset,
-    DatasetView,
-    Mount,
     Placement,
     Resources,
 )
-from fluidfed.testing import AgentProcess, HubProcess
 from fluidfed.units import ByteSize
+from tests.integration.conftest import Fleet, dataset, eventually
 
 pytestmark = pytest.mark.integration
 
 FLUID = ("data.fluid.io", "v1alpha1")
-CAPS = {
-    "standard": {"csi": True, "fluid": True, "privileged": True},
-    "serverless": {"privileged": False},
-    "edge": {"privileged": True, "native_sidecar": False},
-}
-
-
-async def eventually(check: Callable[[], Any], what: str, within: float = 60) -> Any:
-    last: Any = None
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                last = await check()
-                if last:
-                    return last
-                await asyncio.sleep(0.25)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}; last: {last!r}") from None
-
-
-class Fleet:
-    def __init__(
-        self,
-        hub: HubProcess,
-        agents: dict[str, AgentProcess],
-        clusters: dict[str, cluster.LocalCluster],
-    ) -> None:
-        self.hub = hub
-        self.agents = agents
-        self.clusters = clusters
-
-    def admin(self) -> Client:
-        return Client(self.hub.url, self.hub.admin_token)
-
-    async def view(self, name: str) -> DatasetView:
-        async with self.admin() as c:
-            return await c.get_dataset(name)
-
-
-@pytest.fixture
-def fleet(local_clusters: dict[str, cluster.LocalCluster], tmp_path: Path) -> Iterator[Fleet]:
-    hub = HubProcess(tmp_path / "hub").start()
-    agents = {
-        kind: AgentProcess(
-            tmp_path,
-            kind,
-            kind,
-            str(lc.kubeconfig_path),
-            hub.url,
-            hub.admin_token,
-            labels={"env": "test"},
-            capabilities=CAPS[kind],
-        )
-        for kind, lc in local_clusters.items()
-    }
-    for a in agents.values():
-        a.start()
-    _wait_registered(hub, set(agents))
-    try:
-        yield Fleet(hub, agents, local_clusters)
-    finally:
-        for a in agents.values():
-            a.stop()
-            # shown by pytest when the test failed
-            print(f"--- agent {a.name} log (tail) ---\n{a.log_text()[-3000:]}")
-        hub.stop()
-
-
-def _wait_registered(hub: HubProcess, names: set[str], within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    req = urllib.request.Request(
-        hub.url + "/api/v1/clusters", headers={"Authorization": f"Bearer {hub.admin_token}"}
-    )
-    seen: set[str] = set()
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            seen = {c["spec"]["name"] for c in json.loads(resp.read())}
-        if names <= seen:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"agents did not register: {sorted(names - seen)}")
-
-
-def dataset(name: str, **kw: Any) -> Dataset:
-    base: dict[str, Any] = {
-        "name": name,
-        "namespace": f"{name}-home",
-        "mounts": [
-            Mount(
-                uri="s3://bucket/data",
-                options={"endpoint": "http://127.0.0.1:9000"},
-                secret="s3-creds",
-            )
-        ],
-        "access": [
-            Access(namespace=f"{name}-home", sub_path="train"),
-            Access(namespace=f"{name}-other", sub_path="val"),
-        ],
-        "cache": CacheSpec(
-            replicas=1, max_replicas=5, tiers=[CacheTier(medium="MEM", quota=ByteSize(2**30))]
-        ),
-        "placement": Placement(selector=None),
-    }
-    base.update(kw)
-    return Dataset(**base)
-
-
-@pytest.fixture
-async def apis(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator[dict[str, Any]]:
-    opened = {k: await lc.api_client() for k, lc in local_clusters.items()}
-    try:
-        yield opened
-    finally:
-        for api in opened.values():
-            await api.close()
 
 
 async def sts_of(api: Any, ns: str, name: str) -> Any:

@@ -17,7 +17,8 @@ from aiohttp import web
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from fluidfed.local import cluster, pki
+from fluidfed import pki
+from fluidfed.local import cluster
 from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.integration

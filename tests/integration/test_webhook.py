@@ -1,0 +1,178 @@
+"""The sidecar webhook called by real API servers over TLS, when kubernetes-asyncio creates
+pods in the serverless (native sidecars) and edge (legacy sidecars) clusters."""
+
+import asyncio
+import re
+import signal
+import socket
+import ssl
+from typing import Any
+
+import pytest
+from cryptography import x509
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from fluidfed.models import Placement
+from tests.integration.conftest import Fleet, dataset, eventually
+
+pytestmark = pytest.mark.integration
+
+
+def app_pod(name: str, claim: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"fluidfed.io/inject": "true"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "train",
+                    "image": "example/train:1",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+            "tolerations": [
+                {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        },
+    }
+
+
+async def ready(fleet: Fleet, name: str, cluster: str) -> Any:
+    async def bound() -> Any:
+        v = await fleet.view(name)
+        st = next((b.status for b in v.bindings if b.binding.cluster == cluster), None)
+        return st if st and st.phase == "Bound" else None
+
+    await eventually(bound, f"{name} Bound on {cluster}")
+    url = ""
+
+    async def serving() -> bool:
+        nonlocal url
+        m = re.search(r"sidecar webhook serving on (\S+)", fleet.agents[cluster].log_text())
+        url = m.group(1) if m else ""
+        return bool(m)
+
+    await eventually(serving, "webhook serving")
+    return url
+
+
+async def create_when_webhook_is_registered(core: Any, ns: str, pod: dict[str, Any]) -> Any:
+    """The API server picks a new webhook configuration up within a moment: retry until the
+    stored pod shows it was called."""
+    name = pod["metadata"]["name"]
+    for _ in range(40):
+        got = await core.create_namespaced_pod(ns, pod)
+        if (got.metadata.annotations or {}).get("fluidfed.io/injected-datasets"):
+            return got
+        await core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+        await asyncio.sleep(0.5)
+    raise AssertionError("the API server never called the webhook")
+
+
+def serving_serial(url: str) -> int:
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_native_injection_denial_and_certificate_rotation(
+    fleet: Fleet,
+    apis: dict[str, Any],
+) -> None:
+    name = "hooked"
+    async with fleet.admin() as hub:
+        await hub.apply_dataset(dataset(name, placement=Placement(clusters=["serverless"])))
+    url = await ready(fleet, name, "serverless")
+    core = client.CoreV1Api(apis["serverless"])
+    home = f"{name}-home"
+
+    got = await create_when_webhook_is_registered(core, home, app_pod("train-1", name))
+    stored = await core.read_namespaced_pod("train-1", home)
+    assert stored.metadata.uid == got.metadata.uid
+    side = stored.spec.init_containers[0]
+    assert side.name == f"fluidfed-{name}"
+    assert side.restart_policy == "Always"
+    assert side.security_context.privileged is True
+    assert side.volume_mounts[0].mount_propagation == "Bidirectional"
+    data = next(v for v in stored.spec.volumes if v.name == "data")
+    assert data.empty_dir is not None and data.persistent_volume_claim is None
+    mount = stored.spec.containers[0].volume_mounts[0]
+    assert (mount.mount_propagation, mount.sub_path, mount.read_only) == (
+        "HostToContainer",
+        "train",
+        True,
+    )
+    assert stored.metadata.labels["fluidfed.io/injected"] == "true"
+    cfg = next(v for v in stored.spec.volumes if v.config_map is not None)
+    assert cfg.config_map.name == f"fluidfed-{name}"
+
+    # a namespace the access list does not allow is refused, with the reason
+    try:
+        await core.create_namespace({"metadata": {"name": "finance"}})
+    except ApiException as err:
+        if err.status != 409:
+            raise
+    with pytest.raises(ApiException) as info:
+        await core.create_namespaced_pod("finance", app_pod("leak", name))
+    assert f"dataset '{name}' may not be used from namespace 'finance'" in info.value.body
+
+    # an early certificate renewal: the serving certificate changes, admission goes on
+    before = serving_serial(url)
+    agent = fleet.agents["serverless"]
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+
+    async def renewed() -> bool:
+        return serving_serial(url) != before
+
+    await eventually(renewed, "a new serving certificate")
+    got = await core.create_namespaced_pod(home, app_pod("train-2", name))
+    assert got.spec.init_containers[0].name == f"fluidfed-{name}"
+
+
+async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
+    fleet: Fleet,
+    apis: dict[str, Any],
+) -> None:
+    name = "jobdata"
+    async with fleet.admin() as hub:
+        await hub.apply_dataset(dataset(name, placement=Placement(clusters=["edge"])))
+    await ready(fleet, name, "edge")
+    core, batch = client.CoreV1Api(apis["edge"]), client.BatchV1Api(apis["edge"])
+    home = f"{name}-home"
+    # make sure the API server calls the webhook before the Job's pod is created
+    await create_when_webhook_is_registered(core, home, app_pod("probe", name))
+    template = app_pod("ignored", name)
+    template["spec"]["restartPolicy"] = "Never"
+    await batch.create_namespaced_job(
+        home,
+        {
+            "metadata": {"name": "epoch"},
+            "spec": {
+                "template": {
+                    "metadata": {"labels": template["metadata"]["labels"]},
+                    "spec": template["spec"],
+                }
+            },
+        },
+    )
+
+    async def job_pod() -> Any:
+        pods = (await core.list_namespaced_pod(home, label_selector="job-name=epoch")).items
+        return pods[0] if pods else None
+
+    pod = await eventually(job_pod, "the Job's pod")
+    assert [c.name for c in pod.spec.containers] == [f"fluidfed-{name}", "train"]
+    assert not pod.spec.init_containers
+    assert pod.spec.share_process_namespace is True
+    assert pod.metadata.annotations["fluidfed.io/sidecar-mode"] == "legacy"
+    assert pod.spec.containers[0].lifecycle.post_start is not None
