@@ -14,6 +14,7 @@ from aiohttp import web
 from fluidfed import codec, telemetry, validation
 from fluidfed.errors import Problem
 from fluidfed.models import (
+    Binding,
     BindingStatus,
     Cluster,
     Dataset,
@@ -329,34 +330,28 @@ async def _watch(
     return resp
 
 
-async def get_binding(request: web.Request) -> web.Response:
-    cat = request.app[CATALOG]
+def _binding(request: web.Request) -> Binding:
+    """The binding the URL names, if the token may act for its cluster."""
     name = request.match_info["name"]
-    b = cat.bindings.get(name)
+    b = request.app[CATALOG].bindings.get(name)
     if b is None:
         raise CatalogError(404, f"binding {name} not found")
     _may_act_for(request, b.cluster)
-    return json_response(b)
+    return b
+
+
+async def get_binding(request: web.Request) -> web.Response:
+    return json_response(_binding(request))
 
 
 async def finalize_binding(request: web.Request) -> web.Response:
-    cat = request.app[CATALOG]
-    name = request.match_info["name"]
-    b = cat.bindings.get(name)
-    if b is None:
-        raise CatalogError(404, f"binding {name} not found")
-    _may_act_for(request, b.cluster)
-    await cat.finalize_binding(name)
+    await request.app[CATALOG].finalize_binding(_binding(request).name)
     return web.Response(status=204)
 
 
 async def put_status(request: web.Request) -> web.Response:
+    name = _binding(request).name
     cat = request.app[CATALOG]
-    name = request.match_info["name"]
-    b = cat.bindings.get(name)
-    if b is None:
-        raise CatalogError(404, f"binding {name} not found")
-    _may_act_for(request, b.cluster)
     status: BindingStatus = await _body(request, _status_dec, "status")
     await cat.report_status(name, status)
     return web.Response(status=204)

@@ -8,7 +8,6 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,11 @@ from kubernetes_asyncio.client.rest import ApiException
 from fluidfed import pki
 from fluidfed.local import cluster
 from tests.conftest import CONFIGS
+from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
 KINDS = list(cluster.KINDS)
-
-
-async def eventually(check: Callable[[], Any], what: str, within: float = 60) -> Any:
-    last: Any = None
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                last = await check()
-                if last:
-                    return last
-                await asyncio.sleep(0.25)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}: last {last!r}") from None
 
 
 def toleration() -> list[dict[str, str]]:
