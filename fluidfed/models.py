@@ -211,6 +211,8 @@ class HubConfig(Spec, frozen=True):
     max_body: ByteSize = _bytes(2**20)
     event_history: Annotated[int, Meta(ge=100)] = 10000
     bookmark_interval: Duration = _seconds(10)
+    autoscale_interval: Duration = _seconds(15)  # how often the autoscaler decides
+    metrics_stale_after: Duration = _seconds(60)  # older metrics mean no decision
 
 
 class AgentConfig(Spec, frozen=True):
@@ -310,9 +312,19 @@ class DatasetRecord(Wire):
     revision: int = 0
 
 
+class AutoscaleDecision(Wire):
+    """One change the autoscaler made to a binding's replicas, and why."""
+
+    at: float
+    current: int
+    replicas: int
+    reason: str
+
+
 class BindingView(Wire):
     binding: Binding
     status: BindingStatus | None = None
+    decisions: list[AutoscaleDecision] = []
 
 
 class DatasetView(Wire):

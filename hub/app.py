@@ -24,6 +24,7 @@ from fluidfed.models import (
     WatchEvent,
 )
 from hub import auth, openapi
+from hub.autoscaler import Autoscaler
 from hub.catalog import Catalog, CatalogError
 
 log = logging.getLogger("fluidfed.hub")
@@ -31,6 +32,7 @@ CATALOG = web.AppKey("catalog", Catalog)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 BOOKMARK_INTERVAL = web.AppKey("bookmark_interval", float)
 MAX_BODY = web.AppKey("max_body", int)
+AUTOSCALER = web.AppKey("autoscaler", Autoscaler)
 PRINCIPAL = "fluidfed.principal"
 
 _cluster_dec = codec.decoder(Cluster)
@@ -354,6 +356,7 @@ async def put_status(request: web.Request) -> web.Response:
     cat = request.app[CATALOG]
     status: BindingStatus = await _body(request, _status_dec, "status")
     await cat.report_status(name, status)
+    request.app[AUTOSCALER].observe(name, status)
     return web.Response(status=204)
 
 
@@ -365,11 +368,13 @@ async def _lease_loop(app: web.Application) -> None:
 
 
 async def _background(app: web.Application) -> Any:
-    task = asyncio.create_task(_lease_loop(app))
+    tasks = [asyncio.create_task(_lease_loop(app)), asyncio.create_task(app[AUTOSCALER].run())]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
@@ -396,13 +401,22 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
 
 
 def make_app(
-    catalog: Catalog, admin_token: str, *, max_body: int = 2**20, bookmark_interval: float = 10.0
+    catalog: Catalog,
+    admin_token: str,
+    *,
+    max_body: int = 2**20,
+    bookmark_interval: float = 10.0,
+    autoscale_interval: float = 15.0,
+    metrics_stale_after: float = 60.0,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_mw, auth_mw], client_max_size=max_body)
     app[CATALOG] = catalog
     app[ADMIN_TOKEN] = admin_token
     app[BOOKMARK_INTERVAL] = bookmark_interval
     app[MAX_BODY] = max_body
+    app[AUTOSCALER] = Autoscaler(
+        catalog, interval=autoscale_interval, stale_after=metrics_stale_after
+    )
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_background)

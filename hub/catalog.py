@@ -18,6 +18,7 @@ import msgspec
 from fluidfed import codec, placement
 from fluidfed.errors import Problem
 from fluidfed.models import (
+    AutoscaleDecision,
     Binding,
     BindingStatus,
     BindingView,
@@ -34,11 +35,14 @@ from hub import auth
 from hub.store import Delete, Op, Put, Store
 
 CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"
+DECISIONS = "decisions"
+KEEP_DECISIONS = 20
 
 _cluster_dec = codec.decoder(ClusterRecord)
 _dataset_dec = codec.decoder(DatasetRecord)
 _binding_dec = codec.decoder(Binding)
 _status_dec = codec.decoder(BindingStatus)
+_decisions_dec = codec.decoder(list[AutoscaleDecision])
 
 
 class CatalogError(Exception):
@@ -84,6 +88,7 @@ class Catalog:
         self.bindings: dict[str, Binding] = {}
         self.statuses: dict[str, BindingStatus] = {}
         self.token_hashes: dict[str, str] = {}
+        self.decisions: dict[str, list[AutoscaleDecision]] = {}
         self.heartbeats: dict[str, float] = {}
         self._log: list[LogEntry] = []
         self._log_revisions: list[int] = []
@@ -107,6 +112,8 @@ class Catalog:
                 self.statuses[name] = _status_dec.decode(value)
             elif kind == TOKEN:
                 self.token_hashes[name] = value.decode()
+            elif kind == DECISIONS:
+                self.decisions[name] = _decisions_dec.decode(value)
         for ev in snap.events:
             if ev.kind == BINDING and ev.value is not None:
                 b = _binding_dec.decode(ev.value)
@@ -138,7 +145,11 @@ class Catalog:
         if rec is None:
             raise CatalogError(404, f"dataset {name} not found")
         views = [
-            BindingView(binding=b, status=self.statuses.get(b.name))
+            BindingView(
+                binding=b,
+                status=self.statuses.get(b.name),
+                decisions=self.decisions.get(b.name, []),
+            )
             for b in sorted(self.bindings.values(), key=lambda b: b.name)
             if b.dataset == name
         ]
@@ -285,6 +296,20 @@ class Catalog:
             await self._commit(rev, [Put(BINDING, b.name, codec.encode(nb))])
             return nb
 
+    async def scale(self, binding: str, decision: AutoscaleDecision) -> None:
+        """Write the autoscaler's replicas into a binding, with the decision on record."""
+        async with self._write:
+            b = self.bindings.get(binding)
+            if b is None or b.deleting:
+                return
+            rev = self.revision + 1
+            kept = [*self.decisions.get(binding, []), decision][-KEEP_DECISIONS:]
+            ops: list[Op] = [Put(DECISIONS, binding, codec.encode(kept))]
+            if b.replicas != decision.replicas:
+                nb = msgspec.structs.replace(b, replicas=decision.replicas, revision=rev)
+                ops.append(Put(BINDING, b.name, codec.encode(nb)))
+            await self._commit(rev, ops)
+
     async def heartbeat(self, cluster: str) -> ClusterRecord:
         rec = self._cluster(cluster)
         self.heartbeats[cluster] = self.clock()
@@ -363,6 +388,8 @@ class Catalog:
         ops: list[Op] = [Delete(BINDING, b.name, last=codec.encode(b))]
         if b.name in self.statuses:
             ops.append(Delete(STATUS, b.name))
+        if b.name in self.decisions:
+            ops.append(Delete(DECISIONS, b.name))
         return ops
 
     async def _commit(self, rev: int, ops: list[Op]) -> None:
@@ -394,6 +421,8 @@ class Catalog:
                 self.statuses[op.name] = _status_dec.decode(op.value)
             elif op.kind == TOKEN:
                 self.token_hashes[op.name] = op.value.decode()
+            elif op.kind == DECISIONS:
+                self.decisions[op.name] = _decisions_dec.decode(op.value)
             return
         if op.kind == CLUSTER:
             self.clusters.pop(op.name, None)
@@ -407,6 +436,8 @@ class Catalog:
             self.statuses.pop(op.name, None)
         elif op.kind == TOKEN:
             self.token_hashes.pop(op.name, None)
+        elif op.kind == DECISIONS:
+            self.decisions.pop(op.name, None)
 
     def _append_log(self, rev: int, etype: str, b: Binding) -> None:
         line = codec.encode(WatchEvent(type=etype, revision=rev, object=b)) + b"\n"  # type: ignore[arg-type]

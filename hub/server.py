@@ -23,7 +23,14 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True) -> None:
     store = SQLiteStore(data_dir / "catalog.db")
     catalog = Catalog(store, history=cfg.event_history, lease_duration=cfg.lease_duration)
     await catalog.load()
-    app = make_app(catalog, token, max_body=cfg.max_body, bookmark_interval=cfg.bookmark_interval)
+    app = make_app(
+        catalog,
+        token,
+        max_body=cfg.max_body,
+        bookmark_interval=cfg.bookmark_interval,
+        autoscale_interval=cfg.autoscale_interval,
+        metrics_stale_after=cfg.metrics_stale_after,
+    )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)

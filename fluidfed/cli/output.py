@@ -160,3 +160,8 @@ def describe_dataset(d: DatasetView) -> None:
         console.print(t)
     else:
         console.print("  none: no cluster matches the placement")
+    decisions = [(v.binding.cluster, x) for v in d.bindings for x in v.decisions]
+    if decisions:
+        console.print("[bold]Autoscaling decisions:[/bold]")
+        for cluster, x in sorted(decisions, key=lambda cx: cx[1].at)[-10:]:
+            console.print(f"  {_age(x.at)} ago  {cluster}: {x.reason}")

@@ -1,0 +1,113 @@
+"""The hub's autoscaler on a real hub process: metrics an agent reports with its status
+move the binding's replicas, with the reason on record; no metrics, no decision."""
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fluidfed import Client
+from fluidfed.models import (
+    AutoscalePolicy,
+    AutoscaleTarget,
+    BindingStatus,
+    CacheSpec,
+    Cluster,
+    Dataset,
+    KubeAccess,
+    Mount,
+)
+from fluidfed.testing import HubProcess
+from tests.integration.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nautoscale_interval = "200ms"\nmetrics_stale_after = "2s"\n')
+    hub = HubProcess(tmp_path / "h", extra=["--config", str(cfg)]).start()
+    try:
+        async with Client(hub.url, hub.admin_token) as admin:
+            token = (
+                await admin.register_cluster(
+                    Cluster(name="edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+                )
+            ).token
+            policy = AutoscalePolicy(
+                targets=[AutoscaleTarget(metric="cache_used_ratio", target=0.5)],
+                min_replicas=1,
+                max_replicas=4,
+                max_step=1,
+                scale_up_window=0.0,
+                scale_down_window=1.0,
+            )
+            await admin.apply_dataset(
+                Dataset(
+                    name="hot",
+                    mounts=[Mount(uri="s3://b/p")],
+                    cache=CacheSpec(replicas=1),
+                    autoscale=policy,
+                )
+            )
+        async with Client(hub.url, token) as agent, Client(hub.url, hub.admin_token) as admin:
+
+            async def report(used: float) -> None:
+                await agent.report_status(
+                    "hot.edge", BindingStatus(phase="Bound", metrics={"cache_used_ratio": used})
+                )
+
+            async def replicas(want: int) -> bool:
+                return (await agent.get_binding("hot.edge")).replicas == want
+
+            # the cache fills: replicas rise one step per decision up to the max
+            for want in (2, 3, 4):
+                await report(1.0)
+                await eventually(lambda w=want: replicas(w), f"{want} replicas")
+            await report(1.0)
+            await asyncio.sleep(0.6)
+            assert await replicas(4)  # max_replicas holds
+
+            # no metrics for longer than metrics_stale_after: no decision, nothing moves
+            view = await admin.get_dataset("hot")
+            made = len(view.bindings[0].decisions)
+            await asyncio.sleep(2.5)
+            view = await admin.get_dataset("hot")
+            assert view.bindings[0].binding.replicas == 4
+            assert len(view.bindings[0].decisions) == made
+
+            # the load goes: after the scale-down window, down it comes
+            await report(0.1)
+            await eventually(lambda: replicas(3), "scale-down")
+            view = await admin.get_dataset("hot")
+            reasons = [d.reason for d in view.bindings[0].decisions]
+            assert reasons[0].startswith("scale up 1 -> 2: cache_used_ratio 1 is above 0.5")
+            assert reasons[-1].startswith("scale down 4 -> 3: cache_used_ratio 0.1 is below 0.5")
+
+        # decisions survive a hub restart and show in describe
+        hub.stop()
+        hub.start()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fluidfed.cli.main",
+                "--hub",
+                hub.url,
+                "--token",
+                hub.admin_token,
+                "describe",
+                "dataset",
+                "hot",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "Autoscaling decisions:" in out.stdout
+        assert "scale up 1 -> 2" in out.stdout and "scale down 4 -> 3" in out.stdout
+    finally:
+        hub.stop()
