@@ -2,10 +2,10 @@
 
     python bench/ufs_read.py [--size-mib 256] [--block-mib 4] [--parallel 8]
 
-One file served over HTTP with ranged GETs (aiohttp's static handler, in its own process)
-is read whole in fixed blocks with the same parallelism three ways, in the same run:
-a raw aiohttp ranged-GET loop (the baseline), obstore's HTTPStore (fluidfed.ufs), and
-OpenDAL's async HTTP operator. Reported: MiB/s and the ratio to the raw loop, best of
+One file, served over HTTP with ranged GETs (aiohttp's static handler, in its own process)
+and by MinIO over S3 (a public-read bucket, so every reader goes unsigned), is read whole in
+fixed blocks with the same parallelism three ways, in the same run: a raw aiohttp
+ranged-GET loop (the baseline), obstore, and fluidfed.ufs on OpenDAL. Reported: MiB/s and the ratio to the raw loop, best of
 three passes each, bytes checked against the source.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -25,9 +26,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import opendal
+import obstore
+from obstore.store import HTTPStore, S3Store
 
 from fluidfed import ufs
+from fluidfed.local import binaries
 from fluidfed.models import Mount
 
 SERVER = (
@@ -52,6 +55,126 @@ async def read_all(read: Reader, size: int, block: int, parallel: int) -> tuple[
     elapsed = time.perf_counter() - t0
     digest = hashlib.sha256(b"".join(parts[k] for k in sorted(parts))).hexdigest()
     return elapsed, digest
+
+
+async def compare(
+    readers: dict[str, Reader], size: int, block: int, parallel: int, want: str
+) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    for name, fn in readers.items():
+        best = float("inf")
+        for _ in range(3):
+            elapsed, digest = await read_all(fn, size, block, parallel)
+            assert digest == want, f"{name} read wrong bytes"
+            best = min(best, elapsed)
+        results[name] = {"MiB_per_s": round(size / 2**20 / best, 1)}
+    base = results["raw_aiohttp"]["MiB_per_s"]
+    for r in results.values():
+        r["vs_raw"] = round(r["MiB_per_s"] / base, 2)
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def s3_readers(
+    tmp: str, data: bytes, session: aiohttp.ClientSession, stack: contextlib.ExitStack
+) -> dict[str, Reader]:
+    """MinIO on loopback with a public-read bucket, so every reader goes unsigned."""
+    import boto3
+    import botocore.config
+
+    port = free_port()
+    env = {**os.environ, "MINIO_ROOT_USER": "bench", "MINIO_ROOT_PASSWORD": "bench-secret"}
+    proc = subprocess.Popen(
+        [
+            str(binaries.cache_dir() / "minio"),
+            "server",
+            f"{tmp}/minio",
+            "--quiet",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--console-address",
+            f"127.0.0.1:{free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(lambda: (proc.terminate(), proc.wait()))
+    url = f"http://127.0.0.1:{port}"
+    admin = boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+        config=botocore.config.Config(request_checksum_calculation="when_required"),
+    )
+    for _ in range(100):
+        try:
+            admin.create_bucket(Bucket="bench")
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    admin.put_bucket_policy(
+        Bucket="bench",
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"AWS": ["*"]},
+                        "Action": ["s3:GetObject", "s3:ListBucket"],
+                        "Resource": ["arn:aws:s3:::bench", "arn:aws:s3:::bench/*"],
+                    }
+                ],
+            }
+        ),
+    )
+    store = S3Store(
+        "bench",
+        config={
+            "endpoint": url,
+            "region": "us-east-1",
+            "virtual_hosted_style_request": False,
+            "access_key_id": "bench",
+            "secret_access_key": "bench-secret",
+        },
+        client_options={"allow_http": True},
+    )
+    await obstore.put_async(store, "big.bin", data)
+
+    async def raw(off: int, n: int) -> bytes:
+        async with session.get(
+            f"{url}/bench/big.bin", headers={"Range": f"bytes={off}-{off + n - 1}"}
+        ) as r:
+            return await r.read()
+
+    anon = S3Store(
+        "bench",
+        config={
+            "endpoint": url,
+            "region": "us-east-1",
+            "virtual_hosted_style_request": False,
+            "skip_signature": True,
+        },
+        client_options={"allow_http": True},
+    )
+
+    async def via_obstore(off: int, n: int) -> bytes:
+        return bytes(await obstore.get_range_async(anon, "big.bin", start=off, length=n))
+
+    reader = ufs.open_ufs(Mount(uri="s3://bench/", options={"endpoint": url}), env={})
+
+    async def via_ufs(off: int, n: int) -> bytes:
+        return await reader.read("big.bin", off, n)
+
+    return {"raw_aiohttp": raw, "obstore": via_obstore, "fluidfed.ufs (opendal)": via_ufs}
 
 
 async def main() -> None:
@@ -81,35 +204,34 @@ async def main() -> None:
                 async with session.get(f"{url}/big.bin", headers=headers) as r:
                     return await r.read()
 
-            reader = ufs.open_ufs(Mount(uri=f"{url}/"))
+            http_store = HTTPStore.from_url(url, client_options={"allow_http": True})
 
             async def via_obstore(off: int, n: int) -> bytes:
+                got = await obstore.get_range_async(http_store, "big.bin", start=off, length=n)
+                return bytes(got)
+
+            reader = ufs.open_ufs(Mount(uri=f"{url}/"))
+
+            async def via_ufs(off: int, n: int) -> bytes:
                 return await reader.read("big.bin", off, n)
 
-            op = opendal.AsyncOperator("http", endpoint=url)
-
-            async def via_opendal(off: int, n: int) -> bytes:
-                return bytes(await op.read("big.bin", offset=off, size=n))
-
-            results: dict[str, dict[str, float]] = {}
-            for name, fn in (
-                ("raw_aiohttp", raw),
-                ("obstore", via_obstore),
-                ("opendal", via_opendal),
-            ):
-                best = float("inf")
-                for _ in range(3):
-                    elapsed, digest = await read_all(fn, size, block, args.parallel)
-                    assert digest == want, f"{name} read wrong bytes"
-                    best = min(best, elapsed)
-                results[name] = {"MiB_per_s": round(args.size_mib / best, 1)}
+            results = {
+                "http": await compare(
+                    {"raw_aiohttp": raw, "obstore": via_obstore, "fluidfed.ufs (opendal)": via_ufs},
+                    size,
+                    block,
+                    args.parallel,
+                    want,
+                )
+            }
+            if (binaries.cache_dir() / "minio").exists():
+                with contextlib.ExitStack() as stack:
+                    readers = await s3_readers(tmp, data, session, stack)
+                    results["s3_minio"] = await compare(readers, size, block, args.parallel, want)
             await session.close()
         finally:
             proc.terminate()
             proc.wait()
-    base = results["raw_aiohttp"]["MiB_per_s"]
-    for r in results.values():
-        r["vs_raw"] = round(r["MiB_per_s"] / base, 2)
     print(json.dumps(results, indent=2))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

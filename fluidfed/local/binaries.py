@@ -9,7 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 K8S_VERSION = "v1.34.4"
-NEEDED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+NEEDED = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "minio",
+)
 SCRIPT = Path(__file__).with_name("testbin.sh")
 
 # kwok's stages: nodes become Ready and keep their lease; pods are scheduled -> Running;

@@ -11,6 +11,8 @@ set -euo pipefail
 
 K8S_VERSION="${FLUIDFED_K8S_VERSION:-v1.34.4}"
 KWOK_VERSION="${FLUIDFED_KWOK_VERSION:-v0.7.0}"
+# MinIO publishes no semver tags: the proxy serves it as a pseudo-version (RELEASE 2026-02-12)
+MINIO_VERSION="${FLUIDFED_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
 ETCD_VERSION="${FLUIDFED_ETCD_VERSION:-v3.6.4}"
 
 cache_root="${FLUIDFED_TESTBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/fluidfed/testbin}"
@@ -100,8 +102,18 @@ GO
   mv "$out/etcd.tmp" "$out/etcd"
 }
 
+build_minio() {
+  # the S3 server of the tests (what Fluid's JuiceFS guide runs), cached beside the rest
+  [ -x "$out/minio" ] && return 0
+  say "installing github.com/minio/minio@$MINIO_VERSION (a few minutes)"
+  local t0=$SECONDS
+  GOBIN="$out" go install "github.com/minio/minio@$MINIO_VERSION"
+  say "built minio in $((SECONDS - t0))s"
+}
+
 build_kube
 build_kwok
 build_etcd
+build_minio
 say "binaries ready in $out"
 echo "$out"
