@@ -140,3 +140,17 @@ async def apis(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator
     finally:
         for api in opened.values():
             await api.close()
+
+
+class NotYet(str):
+    def __bool__(self) -> bool:
+        return False
+
+
+async def bound_view(fleet: Fleet, name: str) -> Any:
+    """The view once its one binding is Bound; else a falsy note of where it stands."""
+    v = await fleet.view(name)
+    st = v.bindings[0].status if v.bindings else None
+    if st is not None and st.phase == "Bound":
+        return v
+    return NotYet(f"bindings={[b.binding.name for b in v.bindings]} status={st}")

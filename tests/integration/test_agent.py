@@ -17,7 +17,7 @@ from fluidfed.models import (
     Resources,
 )
 from fluidfed.units import ByteSize
-from tests.integration.conftest import Fleet, dataset, eventually
+from tests.integration.conftest import Fleet, bound_view, dataset, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -204,20 +204,6 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
     await eventually(all_gone, "owned objects deleted and bindings finalized", within=90)
 
 
-class _NotYet(str):
-    def __bool__(self) -> bool:
-        return False
-
-
-async def _bound(fleet: Fleet, name: str) -> Any:
-    """The view once its one binding is Bound; else a falsy note of where it stands."""
-    v = await fleet.view(name)
-    st = v.bindings[0].status if v.bindings else None
-    if st is not None and st.phase == "Bound":
-        return v
-    return _NotYet(f"bindings={[b.binding.name for b in v.bindings]} status={st}")
-
-
 async def _fluid_objects(api: Any, ns: str) -> list[str]:
     custom = client.CustomObjectsApi(api)
     names = []
@@ -241,7 +227,7 @@ async def test_edge_keeps_working_while_the_hub_is_away(fleet: Fleet, apis: dict
         await hub.apply_dataset(dataset(name, placement=Placement(clusters=["edge"])))
 
     async def bound() -> Any:
-        return await _bound(fleet, name)
+        return await bound_view(fleet, name)
 
     await eventually(bound, "edge binding Bound")
     before = await owned(api, home)
@@ -315,7 +301,7 @@ async def test_restart_changes_nothing_that_is_right(fleet: Fleet, apis: dict[st
         await hub.apply_dataset(dataset(name, placement=Placement(clusters=["serverless"])))
 
     async def bound() -> Any:
-        return await _bound(fleet, name)
+        return await bound_view(fleet, name)
 
     await eventually(bound, "serverless binding Bound")
     api = apis["serverless"]

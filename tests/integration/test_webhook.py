@@ -14,7 +14,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from fluidfed.models import Placement
-from tests.integration.conftest import Fleet, dataset, eventually
+from tests.integration.conftest import Fleet, bound_view, dataset, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,7 @@ def app_pod(name: str, claim: str) -> dict[str, Any]:
 
 
 async def ready(fleet: Fleet, name: str, cluster: str) -> Any:
-    async def bound() -> Any:
-        v = await fleet.view(name)
-        st = next((b.status for b in v.bindings if b.binding.cluster == cluster), None)
-        return st if st and st.phase == "Bound" else None
-
-    await eventually(bound, f"{name} Bound on {cluster}")
+    await eventually(lambda: bound_view(fleet, name), f"{name} Bound on {cluster}", within=90)
     url = ""
 
     async def serving() -> bool:
