@@ -113,6 +113,7 @@ class Agent:
         self.webhook_url = ""
         self.certs: CertManager | None = None
         self.rotate_requested = asyncio.Event()
+        self.all_synced = asyncio.Event()
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 for api_version, kind in kinds:
                     tg.create_task(self._follow_kind(api_version, kind))
+                tg.create_task(self._await_sync())
                 for _ in range(self.cfg.workers):
                     tg.create_task(self._worker())
                 tg.create_task(self._follow_hub())
@@ -406,9 +408,21 @@ class Agent:
         if name and (ours or webhook):
             self.enqueue(name)
 
+    async def _await_sync(self) -> None:
+        """Reconciling starts once every owned kind is listed; say what is slow."""
+        while True:
+            pending = [kind for (_, kind), ev in self.synced.items() if not ev.is_set()]
+            if not pending:
+                self.all_synced.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await asyncio.gather(*(ev.wait() for ev in self.synced.values()))
+                continue
+            log.warning("still listing %s from the cluster", ", ".join(pending))
+
     async def _worker(self) -> None:
-        for ev in self.synced.values():
-            await ev.wait()
+        await self.all_synced.wait()
         while True:
             name = await self.queue.get()
             self.queued.discard(name)

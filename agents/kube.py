@@ -23,6 +23,7 @@ from fluidfed.errors import FluidfedError
 from fluidfed.models import KubeAccess
 
 FIELD_MANAGER = "fluidfed-agent"
+REQUEST_TIMEOUT = 30.0  # seconds; a call that does not answer is an error, never a stall
 
 
 class KubeError(FluidfedError):
@@ -33,6 +34,8 @@ class KubeError(FluidfedError):
 
 
 def _error(err: Exception, what: str) -> KubeError:
+    if isinstance(err, TimeoutError):
+        return KubeError(0, f"{what}: no answer within {REQUEST_TIMEOUT:g}s")
     if isinstance(err, ResourceNotFoundError):
         return KubeError(
             404,
@@ -99,7 +102,8 @@ class Kube:
             if key not in self._resources:
                 assert self.dyn is not None
                 try:
-                    found = await self.dyn.resources.search(api_version=api_version, kind=kind)
+                    async with asyncio.timeout(REQUEST_TIMEOUT * 2):
+                        found = await self.dyn.resources.search(api_version=api_version, kind=kind)
                 except Exception as err:
                     raise _error(err, f"{kind}.{api_version}") from err
                 top = [r for r in found if "/" not in getattr(r, "name", "/")]
@@ -121,12 +125,13 @@ class Kube:
         try:
             got = await self.dyn.server_side_apply(
                 res,
+                _request_timeout=REQUEST_TIMEOUT,
                 body=obj,
                 namespace=meta.get("namespace"),
                 field_manager=FIELD_MANAGER,
                 force_conflicts=True,
             )
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError) as err:
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError) as err:
             raise _error(
                 err, f"apply {obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
             ) from err
@@ -139,9 +144,17 @@ class Kube:
         res = await self.resource(api_version, kind)
         self.requests += 1
         try:
-            got = await self.dyn.get(res, name=name, namespace=namespace or None)
+            got = await self.dyn.get(
+                res, name=name, namespace=namespace or None, _request_timeout=REQUEST_TIMEOUT
+            )
             return _checked(got, f"get {kind} {namespace}/{name}")
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, KubeError) as err:
+        except (
+            ApiException,
+            DynamicApiError,
+            aiohttp.ClientResponseError,
+            TimeoutError,
+            KubeError,
+        ) as err:
             if getattr(err, "status", 0) == 404:
                 return None
             if isinstance(err, KubeError):
@@ -156,12 +169,19 @@ class Kube:
         try:
             got = await self.dyn.delete(
                 res,
+                _request_timeout=REQUEST_TIMEOUT,
                 name=name,
                 namespace=namespace or None,
                 body={"propagationPolicy": "Background"},
             )
             _checked(got, f"delete {kind} {namespace}/{name}")
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, KubeError) as err:
+        except (
+            ApiException,
+            DynamicApiError,
+            aiohttp.ClientResponseError,
+            TimeoutError,
+            KubeError,
+        ) as err:
             if getattr(err, "status", 0) == 404:
                 return
             if isinstance(err, KubeError):
@@ -175,8 +195,8 @@ class Kube:
         res = await self.resource(api_version, kind)
         self.requests += 1
         try:
-            got = await self.dyn.get(res, label_selector=selector)
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError) as err:
+            got = await self.dyn.get(res, label_selector=selector, _request_timeout=REQUEST_TIMEOUT)
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError) as err:
             raise _error(err, f"list {kind}") from err
         data = _checked(got, f"list {kind}")
         return list(data.get("items") or []), str(data["metadata"].get("resourceVersion", ""))
@@ -200,5 +220,5 @@ class Kube:
                     _checked(raw, f"watch {kind}")
                     return
                 yield ev["type"], raw
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError) as err:
+        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError) as err:
             raise _error(err, f"watch {kind}") from err
