@@ -7,7 +7,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from fluidfed.models import KubeAccess
 
 FIELD_MANAGER = "fluidfed-agent"
 REQUEST_TIMEOUT = 30.0  # seconds; a call that does not answer is an error, never a stall
+_FOREIGN = (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError)
 
 
 class KubeError(FluidfedError):
@@ -116,89 +117,78 @@ class Kube:
                 self._resources[key] = top[0]
         return self._resources[key]
 
+    async def _call(self, what: str, call: Awaitable[Any]) -> dict[str, Any]:
+        """Every request goes through here: a library error or a Status answer becomes a
+        KubeError that says what was attempted."""
+        self.requests += 1
+        try:
+            got = await call
+        except _FOREIGN as err:
+            raise _error(err, what) from err
+        return _checked(got, what)
+
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         assert self.dyn is not None
         res = await self.resource(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
-        self.requests += 1
         self.writes += 1
-        try:
-            got = await self.dyn.server_side_apply(
+        return await self._call(
+            f"apply {obj['kind']} {meta.get('namespace', '')}/{meta['name']}",
+            self.dyn.server_side_apply(
                 res,
-                _request_timeout=REQUEST_TIMEOUT,
                 body=obj,
                 namespace=meta.get("namespace"),
                 field_manager=FIELD_MANAGER,
                 force_conflicts=True,
-            )
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError) as err:
-            raise _error(
-                err, f"apply {obj['kind']} {meta.get('namespace', '')}/{meta['name']}"
-            ) from err
-        return _checked(got, f"apply {obj['kind']} {meta.get('namespace', '')}/{meta['name']}")
+                _request_timeout=REQUEST_TIMEOUT,
+            ),
+        )
 
     async def get(
         self, api_version: str, kind: str, namespace: str, name: str
     ) -> dict[str, Any] | None:
         assert self.dyn is not None
         res = await self.resource(api_version, kind)
-        self.requests += 1
         try:
-            got = await self.dyn.get(
-                res, name=name, namespace=namespace or None, _request_timeout=REQUEST_TIMEOUT
+            return await self._call(
+                f"get {kind} {namespace}/{name}",
+                self.dyn.get(
+                    res, name=name, namespace=namespace or None, _request_timeout=REQUEST_TIMEOUT
+                ),
             )
-            return _checked(got, f"get {kind} {namespace}/{name}")
-        except (
-            ApiException,
-            DynamicApiError,
-            aiohttp.ClientResponseError,
-            TimeoutError,
-            KubeError,
-        ) as err:
-            if getattr(err, "status", 0) == 404:
+        except KubeError as err:
+            if err.status == 404:
                 return None
-            if isinstance(err, KubeError):
-                raise
-            raise _error(err, f"get {kind} {namespace}/{name}") from err
+            raise
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         assert self.dyn is not None
         res = await self.resource(api_version, kind)
-        self.requests += 1
         self.writes += 1
         try:
-            got = await self.dyn.delete(
-                res,
-                _request_timeout=REQUEST_TIMEOUT,
-                name=name,
-                namespace=namespace or None,
-                body={"propagationPolicy": "Background"},
+            await self._call(
+                f"delete {kind} {namespace}/{name}",
+                self.dyn.delete(
+                    res,
+                    name=name,
+                    namespace=namespace or None,
+                    body={"propagationPolicy": "Background"},
+                    _request_timeout=REQUEST_TIMEOUT,
+                ),
             )
-            _checked(got, f"delete {kind} {namespace}/{name}")
-        except (
-            ApiException,
-            DynamicApiError,
-            aiohttp.ClientResponseError,
-            TimeoutError,
-            KubeError,
-        ) as err:
-            if getattr(err, "status", 0) == 404:
-                return
-            if isinstance(err, KubeError):
+        except KubeError as err:
+            if err.status != 404:
                 raise
-            raise _error(err, f"delete {kind} {namespace}/{name}") from err
 
     async def list(
         self, api_version: str, kind: str, selector: str
     ) -> tuple[list[dict[str, Any]], str]:
         assert self.dyn is not None
         res = await self.resource(api_version, kind)
-        self.requests += 1
-        try:
-            got = await self.dyn.get(res, label_selector=selector, _request_timeout=REQUEST_TIMEOUT)
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError) as err:
-            raise _error(err, f"list {kind}") from err
-        data = _checked(got, f"list {kind}")
+        data = await self._call(
+            f"list {kind}",
+            self.dyn.get(res, label_selector=selector, _request_timeout=REQUEST_TIMEOUT),
+        )
         return list(data.get("items") or []), str(data["metadata"].get("resourceVersion", ""))
 
     async def watch(
@@ -220,5 +210,5 @@ class Kube:
                     _checked(raw, f"watch {kind}")
                     return
                 yield ev["type"], raw
-        except (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError) as err:
+        except _FOREIGN as err:
             raise _error(err, f"watch {kind}") from err
