@@ -26,7 +26,7 @@ from rich.table import Table
 
 from fluidfed import config
 from fluidfed.client import Client
-from fluidfed.local import binaries, cluster
+from fluidfed.local import binaries, cluster, paths
 from fluidfed.local.processes import AgentProcess, HubProcess
 from fluidfed.models import DatasetView
 
@@ -109,11 +109,7 @@ sub_path = "val"
 
 
 def default_dir() -> Path:
-    env = os.environ.get("FLUIDFED_DEMO_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fluidfed" / "demo"
+    return paths.cache_dir("demo", "FLUIDFED_DEMO_DIR")
 
 
 class DemoState(msgspec.Struct):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+from fluidfed.local import paths
 
 K8S_VERSION = "v1.34.4"
 NEEDED = (
@@ -32,11 +33,7 @@ options:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("FLUIDFED_TESTBIN")
-    if root:
-        return Path(root) / K8S_VERSION
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fluidfed" / "testbin" / K8S_VERSION
+    return paths.cache_dir("testbin", "FLUIDFED_TESTBIN") / K8S_VERSION
 
 
 def missing() -> list[str]:

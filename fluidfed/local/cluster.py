@@ -28,7 +28,7 @@ import yaml
 
 from fluidfed import pki
 from fluidfed.errors import FluidfedError
-from fluidfed.local import binaries
+from fluidfed.local import binaries, paths
 
 Kind = Literal["standard", "serverless", "edge"]
 KINDS: tuple[Kind, ...] = ("standard", "serverless", "edge")
@@ -61,11 +61,7 @@ class ClusterState(msgspec.Struct, kw_only=True):
 
 
 def default_base_dir() -> Path:
-    env = os.environ.get("FLUIDFED_CLUSTERS_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fluidfed" / "clusters"
+    return paths.cache_dir("clusters", "FLUIDFED_CLUSTERS_DIR")
 
 
 # --- what each flavour looks like (pure) -------------------------------------------------
