@@ -22,6 +22,23 @@ def register(sub: Any) -> None:
     run.add_argument("--config", "-c", required=True, help="agent TOML file (an [agent] table)")
     run.set_defaults(run=run_agent)
 
+    worker = sub.add_parser("worker", help="run a dataset's cache worker")
+    worker_sub = worker.add_subparsers(dest="worker_command", required=True)
+    serve = worker_sub.add_parser("serve", help="hold a dataset's blocks for the cluster")
+    serve.add_argument("--config", "-c", required=True, help="worker config (JSON or TOML)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=int, help="port (default: the config's, 7070)")
+    serve.add_argument(
+        "--advertise", default="", help="this worker's URL as the sidecars and peers know it"
+    )
+    serve.add_argument(
+        "--cache-dir", default="/cache", help="where disk tiers without a path keep blocks"
+    )
+    serve.add_argument(
+        "--drain-timeout", type=float, default=60.0, help="seconds to hand blocks over on SIGTERM"
+    )
+    serve.set_defaults(run=run_worker)
+
 
 def _resolve(base: Path, path: str) -> Path:
     p = Path(os.path.expanduser(path))
@@ -87,4 +104,24 @@ def run_agent(args: argparse.Namespace) -> int:
             await kube.close()
 
     asyncio.run(main())
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from agents import worker
+    from fluidfed.layout import WorkerConfig
+
+    cfg = config.load_file(args.config, WorkerConfig)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(
+        worker.serve(
+            cfg,
+            host=args.host,
+            port=cfg.port if args.port is None else args.port,
+            advertise=args.advertise,
+            cache_root=Path(args.cache_dir),
+            config_path=Path(args.config),
+            drain_timeout=args.drain_timeout,
+        )
+    )
     return 0

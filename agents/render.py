@@ -117,11 +117,19 @@ def sidecar_config(b: Binding, namespace: str) -> dict[str, Any]:
         "read_only": entry.read_only,
         "mounts": [_mount_doc(m) for m in ds.mounts],
         "block_size": int(ds.cache.block_size),
-        "workers": {
-            "service": f"{cache_name(ds.name)}.{ds.namespace}.svc",
-            "port": WORKER_PORT,
-            "replicas": b.replicas,
-        },
+        "workers": _peers(b),
+    }
+
+
+def _peers(b: Binding) -> dict[str, Any]:
+    """The cache workers as the sidecars and the workers find them: the StatefulSet's pods
+    behind its headless Service."""
+    name = cache_name(b.spec.name)
+    return {
+        "statefulset": name,
+        "service": f"{name}.{b.spec.namespace}.svc",
+        "port": WORKER_PORT,
+        "replicas": b.replicas,
     }
 
 
@@ -133,6 +141,7 @@ def worker_config(b: Binding) -> dict[str, Any]:
         "block_size": int(ds.cache.block_size),
         "port": WORKER_PORT,
         "tiers": [codec.to_builtins(t) for t in ds.cache.tiers],
+        "workers": _peers(b),
     }
 
 
@@ -169,6 +178,7 @@ def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
         "image": ctx.worker_image,
         "args": ["worker", "serve", "--config", "/etc/fluidfed/worker.json"],
         "ports": [{"name": "blocks", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": WORKER_PORT}},
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/fluidfed", "readOnly": True},
             *(m for _, m in tier_volumes),
@@ -180,6 +190,8 @@ def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     if env_from:
         container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
+        # a leaving worker hands its blocks to the others first (`--drain-timeout` 60 s)
+        "terminationGracePeriodSeconds": 90,
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": config_name(ds.name)}},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import tomli
@@ -16,6 +16,8 @@ import tomli
 from fluidfed import codec, validation
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import Document
+
+T = TypeVar("T")
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(
@@ -127,3 +129,39 @@ def load(path: str | Path) -> Document:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError([Problem(f"cannot read: {err}", file=str(p))]) from None
     return loads(source, file=str(p))
+
+
+def load_file(path: str | Path, typ: type[T]) -> T:
+    """A data-path config (the JSON the agent writes into ConfigMaps, or TOML by hand)."""
+    p = Path(path)
+    try:
+        source = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem("no such file", file=str(p))]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([Problem(f"cannot read: {err}", file=str(p))]) from None
+    lines: dict[str, int] = {}
+    try:
+        if p.suffix == ".toml":
+            raw: Any = tomli.loads(source)
+            lines = toml_lines(source)
+        else:
+            raw = msgspec.json.decode(source)
+    except (tomli.TOMLDecodeError, msgspec.DecodeError) as err:
+        raise ConfigError(
+            [Problem(f"not valid {p.suffix.lstrip('.') or 'JSON'}: {err}", file=str(p))]
+        ) from None
+    try:
+        return codec.convert(raw, typ)
+    except msgspec.ValidationError as err:
+        problem = codec.problem_of(err, typ=typ)
+        raise ConfigError(
+            [
+                Problem(
+                    problem.message,
+                    path=problem.path,
+                    file=str(p),
+                    line=locate(lines, problem.path),
+                )
+            ]
+        ) from None

@@ -98,9 +98,9 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _ready_check(mountpoint: str) -> list[str]:
-    # the mount answers once the FUSE filesystem is listed at the mount point
-    return ["sh", "-c", f"grep -qs ' {mountpoint} fuse' /proc/mounts"]
+def _ready_file(ds: str) -> str:
+    # written by the sidecar once its mount answers a request through the kernel
+    return f"/tmp/fluidfed-{ds}.ready"
 
 
 def _security(caps: Capabilities) -> tuple[dict[str, Any], dict[str, str]] | str:
@@ -208,6 +208,8 @@ def mutate(
                 f"{CONFIG_ROOT}/{ds}/sidecar.json",
                 "--mountpoint",
                 mountpoint,
+                "--ready-file",
+                _ready_file(ds),
             ]
             + ([] if native else ["--exit-with-peers"]),
             "securityContext": copy.deepcopy(sec_ctx),
@@ -224,7 +226,7 @@ def mutate(
         if native:
             sidecar["restartPolicy"] = "Always"
             sidecar["startupProbe"] = {
-                "exec": {"command": _ready_check(mountpoint)},
+                "exec": {"command": ["test", "-f", _ready_file(ds)]},
                 "periodSeconds": 1,
                 "failureThreshold": 300,
             }
@@ -232,7 +234,7 @@ def mutate(
             # regular container placed first; the kubelet starts the next container only
             # after postStart returns, so the apps find the mount in place
             wait = (
-                f"for i in $(seq 1200); do grep -qs ' {mountpoint} fuse' /proc/mounts "
+                f"for i in $(seq 1200); do test -f {_ready_file(ds)} "
                 "&& exit 0; sleep 0.1; done; exit 1"
             )
             sidecar["lifecycle"] = {"postStart": {"exec": {"command": ["sh", "-c", wait]}}}

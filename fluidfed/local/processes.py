@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 _READY = re.compile(r"listening on (http://\S+)")
+
+
+def ready_line(
+    proc: subprocess.Popen[str], pattern: re.Pattern[str], what: str, timeout: float
+) -> re.Match[str]:
+    """Read the daemon's stdout until its ready line; its match."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {err[-3000:]}")
+        m = pattern.search(line)
+        if m:
+            return m
+    raise RuntimeError(f"{what} did not become ready in {timeout}s; last line: {line!r}")
 
 
 class HubProcess:
@@ -62,22 +83,14 @@ class HubProcess:
             text=True,
             env=env,
         )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise RuntimeError(f"hub exited with {self.proc.returncode}: {err}")
-            m = _READY.search(line)
-            if m:
-                self.url = m.group(1)
-                # keep the port across restarts, as clients hold the URL
-                self.port = int(self.url.rsplit(":", 1)[1])
-                return self
-        self.stop()
-        raise RuntimeError(f"hub did not become ready in {timeout}s; last line: {line!r}")
+        try:
+            self.url = ready_line(self.proc, _READY, "hub", timeout).group(1)
+        except RuntimeError:
+            self.stop()
+            raise
+        # keep the port across restarts, as clients hold the URL
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc is None:
@@ -190,3 +203,148 @@ class AgentProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _fluidfed(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fluidfed.cli.main", *args]
+
+
+class WorkerProcess:
+    """`fluidfed worker serve` on a loopback port, with its config file and cache directory."""
+
+    def __init__(self, workdir: Path, config: dict[str, object], port: int) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.config_path = self.dir / "worker.json"
+        self.write_config(config)
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = self.dir / "worker.log"
+
+    def write_config(self, config: dict[str, object]) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config))
+        os.replace(tmp, self.config_path)
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                _fluidfed(
+                    "worker",
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--advertise",
+                    self.url,
+                    "--cache-dir",
+                    str(self.dir / "cache"),
+                ),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        try:
+            ready_line(self.proc, re.compile(r"listening on"), "worker", timeout)
+        except RuntimeError:
+            self.stop(signal.SIGKILL)
+            raise
+        return self
+
+    def reload(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        return _stop(self.proc, sig, timeout)
+
+
+class SidecarProcess:
+    """`fluidfed sidecar mount` as a local process: the FUSE mount a pod's sidecar makes."""
+
+    def __init__(self, workdir: Path, config: dict[str, object], mountpoint: Path) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mountpoint = Path(mountpoint)
+        self.config_path = self.dir / "sidecar.json"
+        self.config_path.write_text(json.dumps(config))
+        self.ready_file = self.dir / "ready"
+        self.proc: subprocess.Popen[str] | None = None
+        self.status_url = ""
+        self.log = self.dir / "sidecar.log"
+
+    def start(self, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> SidecarProcess:
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                _fluidfed(
+                    "sidecar",
+                    "mount",
+                    "--config",
+                    str(self.config_path),
+                    "--mountpoint",
+                    str(self.mountpoint),
+                    "--ready-file",
+                    str(self.ready_file),
+                    "--status-addr",
+                    "127.0.0.1:0",
+                    "--cache-dir",
+                    str(self.dir / "cache"),
+                    *extra,
+                ),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        try:
+            m = ready_line(self.proc, re.compile(r"status (http://\S+)\)"), "sidecar", timeout)
+        except RuntimeError:
+            self.stop(signal.SIGKILL)
+            raise
+        self.status_url = m.group(1)
+        return self
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.status_url}/v1/status", timeout=10) as r:
+            got: dict[str, Any] = json.load(r)
+        return got
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        code = _stop(self.proc, sig, timeout)
+        self.proc = None
+        return code
+
+    def close(self) -> None:
+        """Stop it however it is, and detach a mount a killed sidecar left behind."""
+        self.stop(signal.SIGKILL)
+        force_unmount(self.mountpoint)
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f if len(line.split()) > 1)
+
+
+def force_unmount(mountpoint: Path) -> None:
+    """Detach a mount a killed sidecar left behind (no-op when nothing is mounted)."""
+    if is_mounted(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
+
+
+def _stop(proc: subprocess.Popen[str] | None, sig: int, timeout: float) -> int:
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+    return proc.returncode

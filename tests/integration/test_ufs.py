@@ -2,10 +2,7 @@
 mode, speaking the S3 protocol), a plain HTTP server with ranged GETs, a local directory."""
 
 import hashlib
-import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -20,57 +17,19 @@ from obstore.store import S3Store
 
 from fluidfed import ufs
 from fluidfed.local import binaries
+from fluidfed.local.cluster import free_port
 from fluidfed.models import Mount
+from tests.integration import sources
+from tests.integration.sources import files, wait_port
 
 pytestmark = pytest.mark.integration
 
 CREDS = {"AWS_ACCESS_KEY_ID": "fluidfed", "AWS_SECRET_ACCESS_KEY": "fluidfed-secret"}
-HTTP_SERVER = (
-    "import sys; from aiohttp import web; app = web.Application(); "
-    "app.router.add_static('/', sys.argv[1]); "
-    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[2]), print=None)"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few hundred files of mixed sizes, in nested directories, and a manifest."""
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(42)
-    manifest = []
-    for i in range(300):
-        size = rng.choice([0, 1, 100, 4096, 65_537, 300_000, 1_500_000])
-        rel = f"part-{i % 7}/sub-{i % 3}/file-{i:04d}.bin"
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rng.randbytes(size))
-        manifest.append({"path": rel, "size": size})
-    (root / ufs.MANIFEST).write_text(json.dumps(manifest))
-    return root
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and p.name != ufs.MANIFEST
-    }
+    return sources.make_dataset(tmp_path_factory.mktemp("data"))
 
 
 def start_s3(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -147,14 +106,8 @@ def s3(
 
 @pytest.fixture(scope="module")
 def http(dataset_dir: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(dataset_dir), str(port)])
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        proc.wait()
+    with sources.http_server(dataset_dir) as (url, _):
+        yield url
 
 
 async def check_reader(reader: ufs.UFS, want: dict[str, bytes]) -> None:
@@ -203,7 +156,9 @@ async def test_local_reader(dataset_dir: Path) -> None:
 
 async def test_a_server_that_stops_gives_an_error_within_the_timeout(dataset_dir: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(dataset_dir), str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", sources.HTTP_SERVER, str(dataset_dir), str(port)]
+    )
     wait_port(port)
     reader = ufs.open_ufs(
         Mount(uri=f"http://127.0.0.1:{port}/", options={"timeout": "2s", "connect_timeout": "1s"})
@@ -218,7 +173,9 @@ async def test_a_server_that_stops_gives_an_error_within_the_timeout(dataset_dir
     assert info.value.temporary
     assert time.monotonic() - t0 < 30  # bounded by the retry budget, never a hang
     # it comes back: reads work again
-    proc = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(dataset_dir), str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", sources.HTTP_SERVER, str(dataset_dir), str(port)]
+    )
     try:
         wait_port(port)
         assert await reader.read(name, 0, 1) == (dataset_dir / name).read_bytes()[:1]

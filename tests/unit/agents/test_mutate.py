@@ -117,7 +117,9 @@ def test_pvc_style_native_sidecar() -> None:
     }
     assert (
         "startupProbe" in side
-        and "/fluidfed/mnt/imagenet fuse" in side["startupProbe"]["exec"]["command"][2]
+        and side["startupProbe"]["exec"]["command"]
+        == ["test", "-f", "/tmp/fluidfed-imagenet.ready"]
+        and "/tmp/fluidfed-imagenet.ready" in side["args"]
     )
     assert side["resources"] == {
         "limits": {"cpu": "100m", "memory": "256Mi"},

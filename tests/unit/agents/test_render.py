@@ -5,6 +5,8 @@ import json
 import pytest
 
 from agents import diff, render, status
+from fluidfed import codec
+from fluidfed.layout import SidecarConfig, WorkerConfig
 from fluidfed.models import (
     Access,
     Binding,
@@ -65,12 +67,16 @@ def test_sidecar_binding_objects() -> None:
     assert set(cms) == {"ml", "research"}
     side = json.loads(cms["research"]["data"]["sidecar.json"])
     assert side["sub_path"] == "val" and side["read_only"] is True
-    assert side["workers"] == {
-        "service": "fluidfed-imagenet-cache.ml.svc",
-        "port": 7070,
-        "replicas": 2,
-    }
+    # what the sidecar and the workers read back: the StatefulSet's pods, by DNS name
+    cfg = codec.convert(json.loads(cms["research"]["data"]["sidecar.json"]), SidecarConfig)
+    assert cfg.workers.urls() == [
+        "http://fluidfed-imagenet-cache-0.fluidfed-imagenet-cache.ml.svc:7070",
+        "http://fluidfed-imagenet-cache-1.fluidfed-imagenet-cache.ml.svc:7070",
+    ]
+    assert cfg.sub_path == "val"
     assert "worker.json" in cms["ml"]["data"] and "worker.json" not in cms["research"]["data"]
+    wcfg = codec.convert(json.loads(cms["ml"]["data"]["worker.json"]), WorkerConfig)
+    assert wcfg.workers == cfg.workers and wcfg.tiers
     (sts,) = kinds["StatefulSet"]
     assert sts["spec"]["replicas"] == 2
     pod = sts["spec"]["template"]["spec"]

@@ -1,0 +1,237 @@
+"""Where blocks are kept: tiers from a cache spec, memory first, then disk directories.
+
+New blocks go to the first tier; a tier past its high watermark moves its least recently
+used blocks down to the next tier (the last tier drops them) until it is back at its low
+watermark. Each block carries a CRC-32: on disk as an 8-byte trailer, checked on every read,
+so a corrupt block is dropped and reported as a miss (the caller fetches it again). Disk
+tiers are indexed again on start, so a restarted worker keeps its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fluidfed import blocks
+from fluidfed.models import CacheTier
+
+_TRAILER = struct.Struct(">4sI")
+_MAGIC = b"FFB1"
+
+
+@dataclass
+class TierStats:
+    medium: str
+    quota: int
+    used: int = 0
+    blocks: int = 0
+    hits: int = 0
+    evictions: int = 0
+
+
+@dataclass
+class StoreStats:
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    tiers: list[TierStats] = field(default_factory=list)
+
+    @property
+    def used(self) -> int:
+        return sum(t.used for t in self.tiers)
+
+    @property
+    def capacity(self) -> int:
+        return sum(t.quota for t in self.tiers)
+
+
+class _Tier:
+    def __init__(self, spec: CacheTier, directory: Path | None) -> None:
+        self.medium = spec.medium
+        self.ledger = blocks.Ledger(int(spec.quota), spec.high, spec.low)
+        self.dir = directory
+        self.mem: dict[str, tuple[bytes, int]] = {}
+        self.hits = 0
+        self.evictions = 0
+
+    def file(self, key: str) -> Path:
+        assert self.dir is not None
+        return self.dir / key[:2] / key
+
+    # disk I/O runs in a thread; these are the thread halves
+    def write(self, key: str, data: bytes, crc: int) -> None:
+        path = self.file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.write(_TRAILER.pack(_MAGIC, crc))
+        os.replace(tmp, path)
+
+    def read(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            raw = self.file(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) < _TRAILER.size:
+            return None
+        magic, crc = _TRAILER.unpack_from(raw, len(raw) - _TRAILER.size)
+        data = raw[: -_TRAILER.size]
+        if magic != _MAGIC or blocks.checksum(data) != crc:
+            return None
+        return data, crc
+
+    def unlink(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.file(key).unlink()
+
+    def scan(self) -> list[tuple[float, str, int]]:
+        assert self.dir is not None
+        found = []
+        for sub in self.dir.iterdir() if self.dir.exists() else ():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if f.suffix == ".tmp":
+                    f.unlink(missing_ok=True)
+                    continue
+                st = f.stat()
+                found.append((st.st_atime, f.name, st.st_size - _TRAILER.size))
+        return sorted(found)
+
+
+class BlockStore:
+    """Tiered block storage with checksums. Not thread-safe: use from one event loop."""
+
+    def __init__(self, tiers: list[CacheTier], root: Path | None = None) -> None:
+        self._tiers: list[_Tier] = []
+        for i, spec in enumerate(tiers):
+            directory = None
+            if spec.medium != "MEM":
+                if spec.path:
+                    directory = Path(spec.path)
+                elif root is not None:
+                    directory = root / f"tier-{i}-{spec.medium.lower()}"
+                else:
+                    raise ValueError(f"tier {i} ({spec.medium}) needs a path")
+            self._tiers.append(_Tier(spec, directory))
+        self.stats = StoreStats()
+
+    async def open(self) -> BlockStore:
+        for tier in self._tiers:
+            if tier.dir is None:
+                continue
+            tier.dir.mkdir(parents=True, exist_ok=True)
+            for _, key, size in await asyncio.to_thread(tier.scan):
+                for gone in tier.ledger.add(key, size):
+                    await asyncio.to_thread(tier.unlink, gone)
+        return self
+
+    def __contains__(self, key: str) -> bool:
+        return any(key in t.ledger for t in self._tiers)
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one)."""
+        for tier in self._tiers:
+            if key not in tier.ledger:
+                continue
+            if tier.dir is None:
+                got: tuple[bytes, int] | None = tier.mem[key]
+            else:
+                got = await asyncio.to_thread(tier.read, key)
+                if got is None:
+                    # gone or corrupt: forget it, the caller fetches it again
+                    if key in tier.ledger:
+                        self.stats.corrupt += 1
+                        tier.ledger.remove(key)
+                        await asyncio.to_thread(tier.unlink, key)
+                    break
+            tier.ledger.touch(key)
+            tier.hits += 1
+            self.stats.hits += 1
+            return got
+        self.stats.misses += 1
+        return None
+
+    async def put(self, key: str, data: bytes, crc: int | None = None) -> None:
+        if crc is None:
+            crc = blocks.checksum(data)
+        for i, tier in enumerate(self._tiers):
+            if tier.ledger.fits(len(data)):
+                for other in self._tiers[i + 1 :]:
+                    await self._drop(other, key)
+                await self._place(i, key, data, crc)
+                return
+
+    async def _place(self, i: int, key: str, data: bytes, crc: int) -> None:
+        tier = self._tiers[i]
+        if tier.dir is None:
+            tier.mem[key] = (data, crc)
+        else:
+            await asyncio.to_thread(tier.write, key, data, crc)
+        for old in tier.ledger.add(key, len(data)):
+            tier.evictions += 1
+            moved = await self._take(tier, old)
+            nxt = i + 1
+            if (
+                moved is not None
+                and nxt < len(self._tiers)
+                and self._tiers[nxt].ledger.fits(len(moved[0]))
+            ):
+                await self._place(nxt, old, *moved)
+
+    async def _take(self, tier: _Tier, key: str) -> tuple[bytes, int] | None:
+        if tier.dir is None:
+            return tier.mem.pop(key, None)
+        await asyncio.to_thread(tier.unlink, key)
+        return None  # the last tiers are disks: what leaves them is dropped
+
+    async def _drop(self, tier: _Tier, key: str) -> None:
+        if tier.ledger.remove(key) or key in tier.mem:
+            tier.mem.pop(key, None)
+            if tier.dir is not None:
+                await asyncio.to_thread(tier.unlink, key)
+
+    async def discard(self, key: str) -> None:
+        for tier in self._tiers:
+            await self._drop(tier, key)
+
+    def hottest(self) -> list[str]:
+        """Every cached key, the most recently used of the first tier first."""
+        out: list[str] = []
+        for tier in self._tiers:
+            out += tier.ledger.hottest()
+        return out
+
+    def snapshot(self) -> StoreStats:
+        s = self.stats
+        s.tiers = [
+            TierStats(
+                medium=t.medium,
+                quota=t.ledger.quota,
+                used=t.ledger.used,
+                blocks=len(t.ledger),
+                hits=t.hits,
+                evictions=t.evictions,
+            )
+            for t in self._tiers
+        ]
+        return s
+
+    def describe(self) -> dict[str, Any]:
+        s = self.snapshot()
+        return {
+            "blocks": sum(t.blocks for t in s.tiers),
+            "used": s.used,
+            "capacity": s.capacity,
+            "hits": s.hits,
+            "misses": s.misses,
+            "corrupt": s.corrupt,
+            "evictions": sum(t.evictions for t in s.tiers),
+            "tiers": [t.__dict__ for t in s.tiers],
+        }

@@ -1,0 +1,124 @@
+"""How a dataset's mounts lay out as one tree, and the data-path configuration files.
+
+A dataset with one mount shows it at its root; with several, each at `/<name>` unless the
+mount gives a `path`. The sidecar shows the tree below the access entry's sub-path. Pure.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+
+import msgspec
+
+from fluidfed import blocks
+from fluidfed.models import CacheTier, Mount, Wire, _bytes
+
+
+def mount_point(m: Mount, count: int) -> str:
+    """Where mount `m` (one of `count`) appears in the dataset: "/" or "/a/b"."""
+    return posixpath.normpath("/" + (m.path or (m.name if count > 1 else "")))
+
+
+class FileRef(msgspec.Struct, frozen=True):
+    """A file of the dataset: which mount, the object's path in it, what it is now."""
+
+    mount: int
+    key: str
+    size: int
+    mtime: float = 0.0
+    version: str = ""
+
+    def block_key(self, dataset: str, block_size: int, index: int) -> str:
+        return blocks.block_key(dataset, self.mount, self.key, self.version, block_size, index)
+
+
+def files(
+    mounts: Sequence[Mount],
+    listings: Sequence[Sequence[tuple[str, int, float, str]]],
+    sub_path: str = "",
+) -> dict[str, FileRef]:
+    """Dataset path (relative to `sub_path`, no leading slash) -> file, from each mount's
+    listing of (object path, size, mtime, etag)."""
+    base = posixpath.normpath("/" + sub_path.strip("/"))
+    out: dict[str, FileRef] = {}
+    for i, (m, listing) in enumerate(zip(mounts, listings, strict=True)):
+        root = mount_point(m, len(mounts))
+        for key, size, mtime, etag in listing:
+            full = posixpath.normpath(posixpath.join(root, key))
+            if base != "/":
+                if not full.startswith(base + "/"):
+                    continue
+                rel = full[len(base) + 1 :]
+            else:
+                rel = full.lstrip("/")
+            if rel:
+                version = blocks.version_of(size, mtime, etag)
+                out[rel] = FileRef(mount=i, key=key, size=size, mtime=mtime, version=version)
+    return out
+
+
+def directories(paths: Sequence[str] | dict[str, FileRef]) -> dict[str, list[str]]:
+    """Directory ("" is the root) -> sorted names of its children (files and directories)."""
+    children: dict[str, set[str]] = {"": set()}
+    for p in paths:
+        parent, name = posixpath.split(p)
+        while True:
+            children.setdefault(parent, set()).add(name)
+            if not parent:
+                break
+            parent, name = posixpath.split(parent)
+    return {d: sorted(names) for d, names in children.items()}
+
+
+# --- the configuration files the agent writes for sidecars and workers -----------------
+
+
+class Peers(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """The cluster's cache workers: an explicit list of URLs, or the StatefulSet's pods
+    behind its headless Service (`<statefulset>-<i>.<service>:<port>`)."""
+
+    endpoints: list[str] = []
+    statefulset: str = ""
+    service: str = ""
+    port: int = 7070
+    replicas: int = 0
+
+    def urls(self) -> list[str]:
+        if self.endpoints:
+            return [e.rstrip("/") for e in self.endpoints]
+        return [
+            f"http://{self.statefulset}-{i}.{self.service}:{self.port}"
+            for i in range(self.replicas)
+        ]
+
+
+def _default_sidecar_cache() -> list[CacheTier]:
+    return [CacheTier(medium="MEM", quota=_bytes(128 * 2**20))]
+
+
+class SidecarConfig(Wire):
+    dataset: str
+    mounts: list[Mount]
+    cluster: str = ""
+    namespace: str = ""
+    sub_path: str = ""
+    read_only: bool = True
+    block_size: int = 4 * 2**20
+    workers: Peers = Peers()
+    cache: list[CacheTier] = msgspec.field(default_factory=_default_sidecar_cache)
+    metadata_ttl: float = 60.0  # seconds the kernel and the sidecar trust a listing
+    read_timeout: float = 10.0  # a block not read within this gives EIO
+    worker_timeout: float = 3.0  # a worker not answering within this: read the UFS
+    readahead: int = 4  # blocks fetched ahead of a sequential reader
+
+
+class WorkerConfig(Wire):
+    dataset: str
+    mounts: list[Mount]
+    block_size: int = 4 * 2**20
+    port: int = 7070
+    tiers: list[CacheTier] = msgspec.field(default_factory=_default_sidecar_cache)
+    workers: Peers = Peers()
+    read_timeout: float = 30.0
+    fetch_concurrency: int = 16

@@ -1,0 +1,115 @@
+"""Talking to cache workers over HTTP: the protocol both ends share.
+
+    GET  /v1/blocks/{key}?m=&p=&v=&s=&i=   a block; fetched from the UFS on a miss
+    PUT  /v1/blocks/{key}                  hand a block over (scale-in)
+    GET  /v1/status                        blocks, bytes per tier, hits, misses, evictions
+    POST /v1/load      {"path": P}         pull what this worker owns under P (warm-up)
+    GET  /v1/load                          warm-up progress
+    POST /v1/drain     {"peers": [...]}    hand every block to its owner among `peers`
+
+A block travels with its CRC-32 in `X-Fluidfed-Checksum`; the receiver checks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from fluidfed import blocks
+from fluidfed.errors import FluidfedError
+from fluidfed.layout import FileRef
+
+CHECKSUM = "X-Fluidfed-Checksum"
+CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
+
+
+class WorkerError(FluidfedError):
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LoadProgress(msgspec.Struct, kw_only=True):
+    state: str = "idle"  # idle | running | done | failed
+    path: str = ""
+    blocks: int = 0  # blocks this worker owns under the path
+    done: int = 0
+    bytes: int = 0
+    errors: int = 0
+    message: str = ""
+
+
+def block_query(ref: FileRef, index: int) -> dict[str, str]:
+    return {
+        "m": str(ref.mount),
+        "p": ref.key,
+        "v": ref.version,
+        "s": str(ref.size),
+        "i": str(index),
+    }
+
+
+async def get_block(
+    session: aiohttp.ClientSession, url: str, key: str, ref: FileRef, index: int
+) -> tuple[bytes, int, bool]:
+    """(data, crc, was it a hit) from the worker at `url`."""
+    try:
+        async with session.get(f"{url}/v1/blocks/{key}", params=block_query(ref, index)) as r:
+            if r.status != 200:
+                raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+            data = await r.read()
+            crc = int(r.headers.get(CHECKSUM, "-1"))
+            hit = r.headers.get(CACHE) == "hit"
+    except aiohttp.ClientError as err:
+        raise WorkerError(f"{url}: {err}") from err
+    if blocks.checksum(data) != crc:
+        raise WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
+    return data, crc, hit
+
+
+async def put_block(
+    session: aiohttp.ClientSession, url: str, key: str, data: bytes, crc: int
+) -> None:
+    try:
+        async with session.put(
+            f"{url}/v1/blocks/{key}", data=data, headers={CHECKSUM: str(crc)}
+        ) as r:
+            if r.status not in (200, 201, 204):
+                raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+    except aiohttp.ClientError as err:
+        raise WorkerError(f"{url}: {err}") from err
+
+
+async def _json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+    try:
+        async with session.request(method, url, json=body) as r:
+            if r.status >= 300:
+                raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+            return await r.json()
+    except aiohttp.ClientError as err:
+        raise WorkerError(f"{url}: {err}") from err
+
+
+async def status(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    got: dict[str, Any] = await _json(session, "GET", f"{url}/v1/status")
+    return got
+
+
+async def start_load(
+    session: aiohttp.ClientSession, url: str, path: str, peers: list[str] | None = None
+) -> LoadProgress:
+    body: dict[str, Any] = {"path": path}
+    if peers is not None:
+        body["peers"] = peers
+    return msgspec.convert(await _json(session, "POST", f"{url}/v1/load", body), LoadProgress)
+
+
+async def load_progress(session: aiohttp.ClientSession, url: str) -> LoadProgress:
+    return msgspec.convert(await _json(session, "GET", f"{url}/v1/load"), LoadProgress)
+
+
+async def drain(session: aiohttp.ClientSession, url: str, peers: list[str]) -> dict[str, Any]:
+    got: dict[str, Any] = await _json(session, "POST", f"{url}/v1/drain", {"peers": peers})
+    return got

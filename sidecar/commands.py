@@ -1,0 +1,113 @@
+"""`fluidfed sidecar mount`: plugged into the CLI through the `fluidfed.commands` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from fluidfed import config
+from fluidfed.errors import ConfigError, Problem
+from fluidfed.layout import Peers, SidecarConfig
+from fluidfed.models import Mount
+
+
+def register(sub: Any) -> None:
+    side = sub.add_parser("sidecar", help="the FUSE client that mounts a dataset in a pod")
+    side_sub = side.add_subparsers(dest="sidecar_command", required=True)
+    mount = side_sub.add_parser(
+        "mount",
+        help="mount a dataset read-only (from the agent's config file, or from flags)",
+    )
+    mount.add_argument("--config", "-c", help="sidecar config (the agent's sidecar.json, or TOML)")
+    mount.add_argument("--mountpoint", "-m", required=True, help="where to mount the dataset")
+    mount.add_argument("--dataset", help="dataset name (without --config)")
+    mount.add_argument(
+        "--uri", action="append", default=[], help="under storage to mount (without --config)"
+    )
+    mount.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the --uri mount (endpoint=..., region=...)",
+    )
+    mount.add_argument("--sub-path", help="show only this directory of the dataset")
+    mount.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a cache worker (repeat; overrides the config's workers)",
+    )
+    mount.add_argument("--ready-file", default="", help="written once the mount answers")
+    mount.add_argument(
+        "--status-addr", default="127.0.0.1:7071", help="HOST:PORT of /readyz and /v1/status"
+    )
+    mount.add_argument("--cache-dir", default="", help="where disk cache tiers keep blocks")
+    mount.add_argument(
+        "--exit-with-peers",
+        action="store_true",
+        help="unmount and exit once the pod's other containers have finished",
+    )
+    mount.set_defaults(run=run_mount)
+
+
+def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
+    if args.config:
+        cfg = config.load_file(args.config, SidecarConfig)
+    elif args.uri and args.dataset:
+        options = {}
+        for i, kv in enumerate(args.option):
+            key, sep, value = kv.partition("=")
+            if not sep:
+                raise ConfigError(
+                    [Problem(f"expected KEY=VALUE, got {kv!r}", path=f"--option[{i}]")]
+                )
+            options[key] = value
+        cfg = SidecarConfig(
+            dataset=args.dataset,
+            mounts=[Mount(uri=u, name=f"m{i}", options=options) for i, u in enumerate(args.uri)],
+        )
+    else:
+        raise ConfigError(
+            [Problem("give --config FILE, or --dataset NAME with --uri URI", path="sidecar mount")]
+        )
+    if args.sub_path is not None:
+        cfg = msgspec.structs.replace(cfg, sub_path=args.sub_path)
+    if args.worker:
+        cfg = msgspec.structs.replace(cfg, workers=Peers(endpoints=list(args.worker)))
+    return cfg
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    from sidecar.mount import Sidecar, serve
+
+    cfg = sidecar_config(args)
+    host, _, port = args.status_addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            [Problem(f"expected HOST:PORT, got {args.status_addr!r}", path="--status-addr")]
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> None:
+        sc = Sidecar(
+            cfg,
+            args.mountpoint,
+            ready_file=args.ready_file,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            config_path=Path(args.config) if args.config else None,
+        )
+        if args.worker:
+            sc.workers_override = list(args.worker)
+        await serve(
+            sc, status_host=host, status_port=int(port), exit_with_peers=args.exit_with_peers
+        )
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,201 @@
+"""The read-only FUSE filesystem (pyfuse3): the kernel's requests answered from the tree and
+the block reader. Writes, renames and deletions get EROFS; a read that cannot be served in
+time gets EIO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+
+from fluidfed import blocks
+from fluidfed.layout import FileRef
+from sidecar.reader import BlockReader
+from sidecar.tree import Tree
+
+log = logging.getLogger("fluidfed.sidecar")
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+@dataclass
+class _Handle:
+    ref: FileRef
+    next_offset: int = 0
+    sequential: int = 0
+
+
+async def _erofs(*_: Any) -> Any:
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class DatasetFS(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, tree: Tree, reader: BlockReader, *, ttl: float, read_timeout: float):
+        super().__init__()
+        self.tree = tree
+        self.reader = reader
+        self.ttl = ttl
+        self.read_timeout = read_timeout
+        self.block_size = reader.cfg.block_size
+        self.readahead = reader.cfg.readahead
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = 1
+        self._mounted_at = time.time_ns()
+        self.reads = 0
+        self.read_errors = 0
+
+    # --- metadata -------------------------------------------------------------------
+
+    def _attrs(self, path: str) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = pyfuse3.InodeT(self.tree.inode(path))
+        a.entry_timeout = self.ttl
+        a.attr_timeout = self.ttl
+        a.st_uid = 0
+        a.st_gid = 0
+        a.st_blksize = self.block_size
+        ref = self.tree.files.get(path)
+        if ref is None:
+            a.st_mode = stat.S_IFDIR | 0o555
+            a.st_nlink = 2
+            a.st_size = 0
+            ns = self._mounted_at
+        else:
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_nlink = 1
+            a.st_size = ref.size
+            a.st_blocks = (ref.size + 511) // 512
+            ns = int(ref.mtime * 1e9) if ref.mtime else self._mounted_at
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        return a
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        if text == ".":
+            path = self.tree.path(parent_inode)
+        elif text == "..":
+            base = self.tree.path(parent_inode)
+            path = None if base is None else os.path.dirname(base)
+        else:
+            path = self.tree.lookup(parent_inode, text)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(path)
+
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        path = self.tree.path(inode)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(path)
+
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: Any) -> pyfuse3.FileHandleT:
+        path = self.tree.path(inode)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not self.tree.is_dir(path):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return pyfuse3.FileHandleT(inode)
+
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Any) -> None:
+        base = self.tree.path(fh)
+        if base is None:
+            return
+        names = self.tree.children.get(base, [])
+        for i in range(start_id, len(names)):
+            path = f"{base}/{names[i]}" if base else names[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), self._attrs(path), i + 1):
+                return
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = self.tree.total_bytes() // 4096 + 1
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.tree.files) + len(self.tree.children)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # --- data -----------------------------------------------------------------------
+
+    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        path = self.tree.path(inode)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        ref = self.tree.files.get(path)
+        if ref is None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _Handle(ref)
+        # the file is immutable until a listing says otherwise: keep the kernel's pages
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> Any:
+        h = self._handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        ref = h.ref
+        self.reads += 1
+        idx = blocks.blocks_for(off, size, ref.size, self.block_size)
+        if not idx:
+            return b""
+        h.sequential = h.sequential + 1 if off == h.next_offset else 0
+        h.next_offset = off + size
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                if len(idx) == 1:
+                    parts = [await self.reader.block(ref, idx[0])]
+                else:
+                    parts = list(await asyncio.gather(*(self.reader.block(ref, i) for i in idx)))
+        except Exception as err:
+            self.read_errors += 1
+            log.warning("read %s [%d+%d] failed: %s", ref.key, off, size, err)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if h.sequential and self.readahead:
+            last = idx[-1]
+            end = min(last + 1 + self.readahead, blocks.block_count(ref.size, self.block_size))
+            self.reader.prefetch(ref, range(last + 1, end))
+        start = idx[0] * self.block_size
+        lo = off - start
+        if len(parts) == 1:
+            return memoryview(parts[0])[lo : lo + size]
+        return b"".join(parts)[lo : lo + size]
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self._handles.pop(fh, None)
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def forget(self, inode_list: Any) -> None:
+        return None
+
+    # --- a read-only filesystem -----------------------------------------------------
+
+    setattr = _erofs  # type: ignore[assignment]
+    mknod = _erofs  # type: ignore[assignment]
+    mkdir = _erofs  # type: ignore[assignment]
+    unlink = _erofs  # type: ignore[assignment]
+    rmdir = _erofs  # type: ignore[assignment]
+    symlink = _erofs  # type: ignore[assignment]
+    rename = _erofs  # type: ignore[assignment]
+    link = _erofs  # type: ignore[assignment]
+    write = _erofs  # type: ignore[assignment]
+    create = _erofs  # type: ignore[assignment]
+    setxattr = _erofs  # type: ignore[assignment]
+    removexattr = _erofs  # type: ignore[assignment]

@@ -1,0 +1,272 @@
+"""`fluidfed sidecar mount`: list the dataset, mount it, say when it answers, keep the
+listing fresh, and unmount cleanly on SIGTERM (also with files open: the kernel detaches
+the mount and the last reader gets EIO rather than a hang).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pyfuse3
+import pyfuse3.asyncio
+from aiohttp import web
+
+from fluidfed import config, layout, ufs
+from fluidfed.blockstore import BlockStore
+from fluidfed.layout import FileRef, SidecarConfig
+from sidecar import peers
+from sidecar.fs import DatasetFS
+from sidecar.reader import BlockReader
+from sidecar.tree import Tree
+
+log = logging.getLogger("fluidfed.sidecar")
+
+pyfuse3.asyncio.enable()
+
+
+async def list_dataset(cfg: SidecarConfig, readers: list[ufs.UFS]) -> dict[str, FileRef]:
+    listings = []
+    for reader in readers:
+        entries = await reader.list()
+        listings.append([(e.path, e.size, e.mtime, e.etag) for e in entries])
+    return layout.files(cfg.mounts, listings, cfg.sub_path)
+
+
+def tune_readahead(mountpoint: str, kib: int) -> int | None:
+    """Raise the mount's read-ahead (its backing device info) so the kernel asks for large,
+    early reads. Needs root; best effort."""
+    dev = os.stat(mountpoint).st_dev
+    path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    try:
+        path.write_text(str(kib))
+        return int(path.read_text())
+    except OSError as err:
+        log.info("cannot raise read-ahead (%s): %s", path, err)
+        return None
+
+
+class Sidecar:
+    def __init__(
+        self,
+        cfg: SidecarConfig,
+        mountpoint: str,
+        *,
+        ready_file: str = "",
+        cache_dir: Path | None = None,
+        allow_other: bool | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self._config_mtime = config_path.stat().st_mtime if config_path else 0.0
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.ready_file = ready_file
+        self.cache_dir = cache_dir
+        self.allow_other = os.geteuid() == 0 if allow_other is None else allow_other
+        self.ready = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.tree = Tree()
+        self.readers = [ufs.open_ufs(m) for m in cfg.mounts]
+        self.session: aiohttp.ClientSession | None = None
+        self.reader: BlockReader | None = None
+        self.fs: DatasetFS | None = None
+        self.listing_error = ""
+        self.workers_override: list[str] | None = None  # --worker flags win over the file
+
+    async def _first_listing(self) -> None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                self.tree.update(await list_dataset(self.cfg, self.readers))
+                self.listing_error = ""
+                return
+            except ufs.UFSError as err:
+                self.listing_error = str(err)
+                log.warning(
+                    "listing %s failed (retrying in %.1fs): %s", self.cfg.dataset, delay, err
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.stop.wait()
+            delay = min(delay * 2, 10.0)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.metadata_ttl)
+            try:
+                files = await list_dataset(self.cfg, self.readers)
+            except ufs.UFSError as err:
+                log.warning("refreshing the listing failed (keeping the last): %s", err)
+                continue
+            for ino in self.tree.update(files):
+                # changed content: drop the kernel's pages of that file, and only those
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(pyfuse3.invalidate_inode, pyfuse3.InodeT(ino))
+
+    def reload(self) -> None:
+        """Take the cache workers from the config file again (the agent rewrites it when
+        the workers scale); the rest of the config applies to the next mount."""
+        if self.config_path is None or self.reader is None:
+            return
+        try:
+            mtime = self.config_path.stat().st_mtime
+            if mtime == self._config_mtime:
+                return
+            cfg = config.load_file(self.config_path, SidecarConfig)
+        except Exception as err:
+            log.warning("not reloading %s: %s", self.config_path, err)
+            return
+        self._config_mtime = mtime
+        if self.workers_override is None:
+            self.reader.workers = cfg.workers.urls()
+            log.info("cache workers now %s", self.reader.workers)
+
+    async def _reload_loop(self, interval: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.reload()
+
+    async def _watch_peers(self, interval: float = 1.0) -> None:
+        watch = peers.PeerWatch()
+        me = os.getpid()
+        while True:
+            if watch.gone(peers.others(peers.process_table(), me)):
+                log.info("the app containers have finished: unmounting")
+                self.stop.set()
+                return
+            await asyncio.sleep(interval)
+
+    def status(self) -> dict[str, Any]:
+        r = self.reader
+        return {
+            "dataset": self.cfg.dataset,
+            "mountpoint": self.mountpoint,
+            "ready": self.ready.is_set(),
+            "files": len(self.tree.files),
+            "bytes": self.tree.total_bytes(),
+            "workers": r.workers if r else [],
+            "reads": self.fs.reads if self.fs else 0,
+            "read_errors": self.fs.read_errors if self.fs else 0,
+            "blocks": r.stats.__dict__ if r else {},
+            "cache": r.store.describe() if r else {},
+            "listing_error": self.listing_error,
+        }
+
+    async def run(self, *, exit_with_peers: bool = False) -> None:
+        store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
+            connector=aiohttp.TCPConnector(limit=64),
+        )
+        self.reader = BlockReader(self.cfg, self.readers, store, self.session)
+        tasks: list[asyncio.Task[Any]] = []
+        mounted = False
+        main: asyncio.Task[None] | None = None
+        try:
+            await self._first_listing()
+            if self.stop.is_set():
+                return
+            self.fs = DatasetFS(
+                self.tree,
+                self.reader,
+                ttl=self.cfg.metadata_ttl,
+                read_timeout=self.cfg.read_timeout,
+            )
+            os.makedirs(self.mountpoint, exist_ok=True)
+            options = {
+                "ro",
+                "default_permissions",
+                "subtype=fluidfed",
+                f"fsname=fluidfed:{self.cfg.dataset}",
+            }
+            if self.allow_other:
+                options.add("allow_other")
+            pyfuse3.init(self.fs, self.mountpoint, options)
+            mounted = True
+            main = asyncio.create_task(pyfuse3.main(min_tasks=4, max_tasks=64))
+            # ready once the mount answers a request through the kernel
+            await asyncio.to_thread(os.stat, self.mountpoint)
+            kib = (self.cfg.readahead + 1) * self.cfg.block_size // 1024
+            await asyncio.to_thread(tune_readahead, self.mountpoint, kib)
+            self.ready.set()
+            if self.ready_file:
+                await asyncio.to_thread(Path(self.ready_file).write_text, self.mountpoint + "\n")
+            tasks.append(asyncio.create_task(self._refresh()))
+            tasks.append(asyncio.create_task(self._reload_loop()))
+            if exit_with_peers:
+                tasks.append(asyncio.create_task(self._watch_peers()))
+            stop = asyncio.create_task(self.stop.wait())
+            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+        finally:
+            self.ready.clear()
+            if self.ready_file:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.ready_file)
+            for t in tasks:
+                t.cancel()
+            if main is not None and not main.done():
+                pyfuse3.terminate()
+                try:
+                    async with asyncio.timeout(self.cfg.read_timeout + 1):
+                        await main
+                except (TimeoutError, Exception) as err:
+                    log.warning("FUSE loop did not stop cleanly: %r", err)
+                    main.cancel()
+            if mounted:
+                pyfuse3.close(unmount=True)
+            await self.reader.close()
+            await self.session.close()
+
+
+async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_peers: bool) -> None:
+    async def readyz(request: web.Request) -> web.Response:
+        if sc.ready.is_set():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready {sc.listing_error}\n")
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(sc.status())
+
+    app = web.Application()
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", _ok)
+    app.router.add_get("/v1/status", status)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, status_host, status_port, reuse_address=True)
+    await site.start()
+    port = status_port
+    for addr in runner.addresses:
+        port = int(addr[1])
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sc.stop.set)
+    loop.add_signal_handler(signal.SIGHUP, sc.reload)
+    run = asyncio.create_task(sc.run(exit_with_peers=exit_with_peers))
+    ready = asyncio.create_task(sc.ready.wait())
+    try:
+        await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            print(
+                f"fluidfed sidecar: {sc.cfg.dataset} mounted at {sc.mountpoint} "
+                f"({len(sc.tree.files)} files; status http://{status_host}:{port})",
+                flush=True,
+            )
+        await run
+    finally:
+        ready.cancel()
+        print("fluidfed sidecar: unmounted", file=sys.stderr, flush=True)
+        await runner.cleanup()
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")

@@ -1,0 +1,132 @@
+"""Where the sidecar gets a block: its own memory cache, then the block's owner among the
+cache workers, then the under storage directly. Every path is bounded in time; a worker
+that fails is skipped for a few seconds so readers do not each wait for it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from fluidfed import blocks, ufs, workers
+from fluidfed.blockstore import BlockStore
+from fluidfed.layout import FileRef, SidecarConfig
+
+log = logging.getLogger("fluidfed.sidecar")
+
+WORKER_BACKOFF = 5.0  # seconds a failing worker is skipped
+
+
+class ReadError(Exception):
+    """A block could not be read in time: the FUSE read gets EIO."""
+
+
+@dataclass
+class ReadStats:
+    local_hits: int = 0  # the sidecar's own cache
+    worker_hits: int = 0  # a worker had the block
+    worker_misses: int = 0  # a worker fetched it from the UFS for us
+    ufs_reads: int = 0  # read the UFS ourselves (no worker, or it failed)
+    worker_errors: int = 0
+    ufs_errors: int = 0
+    readahead: int = 0
+    bytes: int = 0
+
+
+class BlockReader:
+    def __init__(
+        self,
+        cfg: SidecarConfig,
+        readers: list[ufs.UFS],
+        store: BlockStore,
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        self.cfg = cfg
+        self.readers = readers
+        self.store = store
+        self.session = session
+        self.workers = cfg.workers.urls()
+        self.stats = ReadStats()
+        self._down: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def key(self, ref: FileRef, index: int) -> str:
+        return ref.block_key(self.cfg.dataset, self.cfg.block_size, index)
+
+    async def block(self, ref: FileRef, index: int) -> bytes:
+        key = self.key(ref, index)
+        got = await self.store.get(key)
+        if got is not None:
+            self.stats.local_hits += 1
+            return got[0]
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            data, crc = await self._fetch(key, ref, index)
+            await self.store.put(key, data, crc)
+            fut.set_result(data)
+            return data
+        except BaseException as err:
+            fut.set_exception(err)
+            fut.exception()
+            raise
+        finally:
+            del self._inflight[key]
+
+    def prefetch(self, ref: FileRef, indices: range) -> None:
+        """Fetch blocks ahead of a sequential reader, in the background."""
+        for i in indices:
+            key = self.key(ref, i)
+            if key in self.store or key in self._inflight:
+                continue
+            self.stats.readahead += 1
+            task = asyncio.create_task(self._quiet(ref, i))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _quiet(self, ref: FileRef, index: int) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.read_timeout):
+                await self.block(ref, index)
+        except Exception as err:  # the reader will ask again and get the error itself
+            log.debug("read-ahead of %s #%d failed: %s", ref.key, index, err)
+
+    async def _fetch(self, key: str, ref: FileRef, index: int) -> tuple[bytes, int]:
+        now = time.monotonic()
+        alive = [w for w in self.workers if self._down.get(w, 0.0) <= now]
+        target = blocks.owner(key, alive)
+        if target is not None and self.session is not None:
+            try:
+                async with asyncio.timeout(self.cfg.worker_timeout):
+                    data, crc, hit = await workers.get_block(self.session, target, key, ref, index)
+                if hit:
+                    self.stats.worker_hits += 1
+                else:
+                    self.stats.worker_misses += 1
+                return data, crc
+            except (TimeoutError, workers.WorkerError) as err:
+                self.stats.worker_errors += 1
+                if not (isinstance(err, workers.WorkerError) and err.status in (404, 409)):
+                    self._down[target] = now + WORKER_BACKOFF
+                log.info("worker %s failed for %s: %s; reading the UFS", target, ref.key, err)
+        offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)
+        try:
+            data = await self.readers[ref.mount].read(ref.key, offset, length)
+        except ufs.UFSError:
+            self.stats.ufs_errors += 1
+            raise
+        self.stats.ufs_reads += 1
+        return data, blocks.checksum(data)
+
+    async def close(self) -> None:
+        for t in list(self._background):
+            t.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,71 @@
+"""The mounted tree: inode numbers for the dataset's paths, kept stable across listings.
+
+Pure: built from `layout.files` output. A new listing keeps the inode of every path that is
+still there and reports the files whose content changed, so the kernel's cached pages are
+dropped for those and only those.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+
+from fluidfed import layout
+from fluidfed.layout import FileRef
+
+ROOT = 1
+
+
+class Tree:
+    def __init__(self) -> None:
+        self.files: dict[str, FileRef] = {}
+        self.children: dict[str, list[str]] = {"": []}
+        self._ino: dict[str, int] = {"": ROOT}
+        self._path: dict[int, str] = {ROOT: ""}
+        self._next = ROOT + 1
+
+    def update(self, files: Mapping[str, FileRef]) -> list[int]:
+        """Take a new listing; the inodes of files whose content changed."""
+        changed = [
+            self._ino[p]
+            for p, ref in files.items()
+            if p in self.files and p in self._ino and self.files[p].version != ref.version
+        ]
+        self.files = dict(files)
+        self.children = layout.directories(self.files)
+        for d in self.children:
+            self._assign(d)
+        for p in self.files:
+            self._assign(p)
+        return changed
+
+    def _assign(self, path: str) -> int:
+        ino = self._ino.get(path)
+        if ino is None:
+            ino = self._next
+            self._next += 1
+            self._ino[path] = ino
+            self._path[ino] = path
+        return ino
+
+    def path(self, ino: int) -> str | None:
+        p = self._path.get(ino)
+        if p is None or (p not in self.files and p not in self.children):
+            return None  # the path went away in a later listing
+        return p
+
+    def inode(self, path: str) -> int:
+        return self._ino[path]
+
+    def lookup(self, parent: int, name: str) -> str | None:
+        base = self.path(parent)
+        if base is None or base not in self.children:
+            return None
+        p = posixpath.join(base, name) if base else name
+        return p if (p in self.files or p in self.children) else None
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.children
+
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())

@@ -1,0 +1,70 @@
+"""Under storage for the integration tests: a generated dataset, served from a directory, a
+plain HTTP server (ranged GETs, a manifest for listing) and MinIO."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fluidfed import ufs
+from fluidfed.local.cluster import free_port
+
+HTTP_SERVER = (
+    "import sys; from aiohttp import web; app = web.Application(); "
+    "app.router.add_static('/', sys.argv[1]); "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[2]), print=None)"
+)
+SIZES = [0, 1, 100, 4096, 65_537, 300_000, 1_500_000, 5_000_000]
+
+
+def make_dataset(root: Path, count: int = 300, seed: int = 42) -> Path:
+    """`count` files of mixed sizes (some span several 1 MiB blocks) in nested directories,
+    and the manifest an HTTP mount lists from."""
+    rng = random.Random(seed)
+    manifest = []
+    for i in range(count):
+        size = rng.choice(SIZES)
+        rel = f"part-{i % 7}/sub-{i % 3}/file-{i:04d}.bin"
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+        manifest.append({"path": rel, "size": size})
+    (root / ufs.MANIFEST).write_text(json.dumps(manifest))
+    return root
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != ufs.MANIFEST
+    }
+
+
+def wait_port(port: int, within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@contextmanager
+def http_server(root: Path, port: int = 0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(root), str(port)])
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}/", proc
+    finally:
+        proc.terminate()
+        proc.wait()

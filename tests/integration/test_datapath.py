@@ -1,0 +1,351 @@
+"""The data path for real: `fluidfed sidecar mount` through /dev/fuse, `fluidfed worker serve`
+processes holding blocks, and under storage from MinIO, plain HTTP and a local directory."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fluidfed.local.cluster import free_port
+from fluidfed.local.processes import SidecarProcess, WorkerProcess, is_mounted
+from fluidfed.local.s3 import CREDENTIALS, S3Server
+from tests.integration import sources
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+]
+
+BLOCK = 2**20
+DATASET = "train"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sources.make_dataset(tmp_path_factory.mktemp("data"), count=200, seed=7)
+
+
+@pytest.fixture(scope="module")
+def minio(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("minio")).start()
+    try:
+        asyncio.run(server.upload(sources.files(data), prefix="train"))
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(data: Path) -> Iterator[str]:
+    with sources.http_server(data) as (url, _):
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the Secret-provided environment of a pod, here of the child processes
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+
+
+def mount_of(kind: str, minio: S3Server | None, http: str, data: Path) -> dict[str, Any]:
+    if kind == "s3":
+        assert minio is not None
+        return {"uri": minio.uri("train"), "options": {"endpoint": minio.endpoint}}
+    if kind == "http":
+        return {"uri": http}
+    return {"uri": f"file://{data}"}
+
+
+def worker_config(mount: dict[str, Any], peers: list[str], tiers: Any = None) -> dict[str, Any]:
+    return {
+        "dataset": DATASET,
+        "mounts": [mount],
+        "block_size": BLOCK,
+        "tiers": tiers or [{"medium": "MEM", "quota": "512MiB"}],
+        "workers": {"endpoints": peers},
+    }
+
+
+def sidecar_config(mount: dict[str, Any], peers: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "dataset": DATASET,
+        "mounts": [mount],
+        "block_size": BLOCK,
+        "workers": {"endpoints": peers},
+        "cache": [{"medium": "MEM", "quota": "64MiB"}],
+        **extra,
+    }
+
+
+class Workers:
+    def __init__(self, root: Path, mount: dict[str, Any], tiers: Any = None) -> None:
+        self.root = root
+        self.mount = mount
+        self.tiers = tiers
+        self.procs: list[WorkerProcess] = []
+
+    def urls(self) -> list[str]:
+        return [w.url for w in self.procs]
+
+    def add(self) -> WorkerProcess:
+        w = WorkerProcess(self.root / f"w{len(self.procs)}", {}, free_port())
+        self.procs.append(w)
+        for p in self.procs:
+            p.write_config(worker_config(self.mount, self.urls(), self.tiers))
+        w.start()
+        for p in self.procs[:-1]:
+            p.reload()
+        return w
+
+    def status(self, w: WorkerProcess) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{w.url}/v1/status", timeout=10) as r:
+            got: dict[str, Any] = json.load(r)
+        return got
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def workers_factory(tmp_path: Path) -> Iterator[Any]:
+    made: list[Workers] = []
+
+    def make(mount: dict[str, Any], n: int, tiers: Any = None) -> Workers:
+        ws = Workers(tmp_path / f"workers-{len(made)}", mount, tiers)
+        made.append(ws)
+        for _ in range(n):
+            ws.add()
+        return ws
+
+    yield make
+    for ws in made:
+        ws.stop()
+
+
+@pytest.fixture
+def sidecars(tmp_path: Path) -> Iterator[Any]:
+    made: list[SidecarProcess] = []
+
+    def start(config: dict[str, Any], name: str = "") -> SidecarProcess:
+        name = name or f"s{len(made)}"
+        sc = SidecarProcess(tmp_path / name, config, tmp_path / f"{name}-mnt")
+        made.append(sc)
+        return sc.start()
+
+    yield start
+    for sc in made:
+        sc.close()
+
+
+def read_all(mnt: Path, want: dict[str, bytes]) -> None:
+    seen = {str(p.relative_to(mnt)): p.stat().st_size for p in mnt.rglob("*") if p.is_file()}
+    assert seen == {k: len(v) for k, v in want.items()}
+    for rel, data in want.items():
+        got = (mnt / rel).read_bytes()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), rel
+
+
+def block_count(want: dict[str, bytes]) -> int:
+    return sum((len(v) + BLOCK - 1) // BLOCK for v in want.values())
+
+
+@pytest.mark.parametrize("kind", ["s3", "http", "file"])
+def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
+    kind: str,
+    minio: S3Server,
+    http: str,
+    data: Path,
+    workers_factory: Any,
+    sidecars: Any,
+) -> None:
+    want = sources.files(data)
+    mount = mount_of(kind, minio, http, data)
+    ws = workers_factory(mount, 2)
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(first.mountpoint, want)
+    # directories list as in the source; stat answers without reading
+    assert sorted(os.listdir(first.mountpoint)) == sorted(
+        p.name for p in data.iterdir() if p.name != ".fluidfed-manifest.json"
+    )
+    sample = next(k for k, v in want.items() if len(v) > BLOCK)
+    assert (first.mountpoint / sample).stat().st_size == len(want[sample])
+    cold = first.status()["blocks"]
+    assert cold["worker_misses"] == block_count(want)  # every block came through a worker
+    assert cold["ufs_reads"] == 0
+    ufs_reads = [ws.status(w)["ufs"]["reads"] for w in ws.procs]
+    assert all(n > 0 for n in ufs_reads)  # both workers own a share
+    first.stop()
+
+    # a new pod on the cluster: nothing in its own cache, everything at the workers
+    second = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(second.mountpoint, want)
+    warm = second.status()["blocks"]
+    assert warm["worker_hits"] == block_count(want)
+    assert warm["worker_misses"] == 0
+    assert [ws.status(w)["ufs"]["reads"] for w in ws.procs] == ufs_reads
+
+
+def test_sub_path_shows_only_that_directory(
+    data: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    mount = {"uri": f"file://{data}"}
+    sc = sidecars(sidecar_config(mount, [], sub_path="part-3"))
+    want = sources.files(data / "part-3")
+    read_all(sc.mountpoint, want)
+    assert sc.status()["blocks"]["ufs_reads"] > 0  # no workers: straight from the UFS
+
+
+def test_two_workers_then_three_then_two_keep_the_cache(
+    minio: S3Server, data: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    want = sources.files(data)
+    total = block_count(want)
+    mount = mount_of("s3", minio, "", data)
+    ws = workers_factory(mount, 2)
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(sc.mountpoint, want)
+    sc.stop()
+    before = [ws.status(w) for w in ws.procs]
+
+    # scale out: the new worker takes about a third; the others keep what they had
+    third = ws.add()
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(sc.mountpoint, want)
+    got = sc.status()["blocks"]
+    moved = got["worker_misses"]
+    assert got["worker_hits"] + moved == total
+    assert 0.15 * total < moved < 0.5 * total, (moved, total)
+    assert ws.status(third)["ufs"]["reads"] == moved  # only the new worker's share moved
+    for w, b in zip(ws.procs[:2], before, strict=True):
+        assert ws.status(w)["ufs"]["reads"] == b["ufs"]["reads"]
+    sc.stop()
+
+    # scale in: the leaving worker hands its blocks to their owners among those who stay
+    for w in ws.procs[:2]:
+        w.write_config(worker_config(mount, ws.urls()[:2]))
+    assert third.stop() == 0
+    assert "handed" in third.log.read_text()
+    ws.procs.pop()
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(sc.mountpoint, want)
+    got = sc.status()["blocks"]
+    assert got["worker_hits"] == total, got  # nothing was thrown away
+    assert got["worker_misses"] == 0
+
+
+def test_s3_that_stops_gives_eio_within_the_timeout_and_reads_recover(
+    data: Path, tmp_path: Path, sidecars: Any
+) -> None:
+    server = S3Server(tmp_path / "minio").start()
+    try:
+        want = sources.files(data)
+        asyncio.run(server.upload(want, prefix="train"))
+        mount = {
+            "uri": server.uri("train"),
+            "options": {"endpoint": server.endpoint, "timeout": "1s"},
+        }
+        sc = sidecars(sidecar_config(mount, [], read_timeout=3.0, readahead=0))
+        names = sorted(k for k, v in want.items() if v)
+        assert (sc.mountpoint / names[0]).read_bytes() == want[names[0]]
+        server.stop()
+        t0 = time.monotonic()
+        with pytest.raises(OSError, match="Input/output error") as info:
+            (sc.mountpoint / names[1]).read_bytes()
+        assert info.value.errno == errno.EIO
+        assert time.monotonic() - t0 < 10  # bounded: EIO, never a hang
+        server.start()
+        assert (sc.mountpoint / names[1]).read_bytes() == want[names[1]]
+    finally:
+        server.stop()
+
+
+def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
+    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    want = sources.files(data)
+    mount = {"uri": f"file://{data}"}
+    disk = [{"medium": "SSD", "quota": "1GiB", "path": str(tmp_path / "ssd")}]
+    ws = workers_factory(mount, 1, tiers=disk)
+    name = next(k for k, v in want.items() if len(v) > BLOCK)
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    assert (sc.mountpoint / name).read_bytes() == want[name]
+    sc.stop()
+    stored = [p for p in (tmp_path / "ssd").rglob("*") if p.is_file()]
+    assert stored
+    victim = stored[0]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    reads_before = ws.status(ws.procs[0])["ufs"]["reads"]
+
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    assert (sc.mountpoint / name).read_bytes() == want[name]
+    st = ws.status(ws.procs[0])
+    assert st["corrupt"] == 1
+    assert st["ufs"]["reads"] == reads_before + 1  # that one block came from the UFS again
+
+
+def test_writes_renames_and_deletions_are_refused(data: Path, sidecars: Any) -> None:
+    sc = sidecars(sidecar_config({"uri": f"file://{data}"}, []))
+    mnt = sc.mountpoint
+    some = next(p for p in mnt.rglob("*") if p.is_file())
+    attempts = [
+        lambda: os.open(mnt / "new.txt", os.O_WRONLY | os.O_CREAT),
+        lambda: os.open(some, os.O_RDWR),
+        lambda: os.mkdir(mnt / "dir"),
+        lambda: os.rename(some, mnt / "moved"),
+        lambda: os.unlink(some),
+        lambda: os.truncate(some, 0),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError, match="Read-only file system") as info:
+            attempt()
+        assert info.value.errno == errno.EROFS
+    assert some.exists()
+
+
+def test_sigterm_during_reads_unmounts_cleanly(data: Path, sidecars: Any) -> None:
+    want = sources.files(data)
+    sc = sidecars(sidecar_config({"uri": f"file://{data}"}, []))
+    big = next(k for k, v in want.items() if len(v) > BLOCK)
+    outcome: list[str] = []
+    holding = threading.Event()
+
+    def reader() -> None:
+        try:
+            with open(sc.mountpoint / big, "rb") as f:  # a file open across the unmount
+                f.read(4096)
+                holding.set()
+                until = time.monotonic() + 5
+                while time.monotonic() < until:
+                    f.seek(0)
+                    f.read(BLOCK)
+                outcome.append("ok")
+        except OSError as err:
+            outcome.append(errno.errorcode.get(err.errno or 0, str(err)))
+        finally:
+            holding.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    assert holding.wait(10)
+    assert sc.stop(signal.SIGTERM) == 0
+    assert not is_mounted(sc.mountpoint)
+    assert not sc.ready_file.exists()
+    t.join(10)
+    assert not t.is_alive()  # the open file did not hang its reader
+    assert outcome

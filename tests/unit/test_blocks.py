@@ -1,0 +1,140 @@
+"""Block arithmetic, rendezvous hashing, the LRU ledger and the tiered block store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fluidfed import blocks, layout
+from fluidfed.blockstore import BlockStore
+from fluidfed.models import CacheTier, Mount
+
+
+def test_block_ranges() -> None:
+    assert blocks.block_count(0, 4) == 0
+    assert blocks.block_count(9, 4) == 3
+    assert blocks.block_span(9, 4, 2) == (8, 1)
+    assert blocks.block_span(9, 4, 3) == (12, 0)
+    assert list(blocks.blocks_for(3, 2, 9, 4)) == [0, 1]
+    assert list(blocks.blocks_for(8, 100, 9, 4)) == [2]
+    assert list(blocks.blocks_for(9, 10, 9, 4)) == []
+
+
+def test_keys_change_with_the_object_version() -> None:
+    a = blocks.block_key("ds", 0, "a.bin", blocks.version_of(10, 1.0, ""), 4, 0)
+    b = blocks.block_key("ds", 0, "a.bin", blocks.version_of(11, 1.0, ""), 4, 0)
+    c = blocks.block_key("ds", 0, "a.bin", blocks.version_of(10, 1.0, '"etag"'), 4, 0)
+    assert len({a, b, c}) == 3
+    assert blocks.version_of(10, 1.0, '"etag"') == "etag"
+
+
+def test_rendezvous_moves_only_the_new_workers_share() -> None:
+    keys = [blocks.block_key("ds", 0, f"f{i}", "v", 4, 0) for i in range(3000)]
+    two = ["w0", "w1"]
+    three = [*two, "w2"]
+    before = {k: blocks.owner(k, two) for k in keys}
+    after = {k: blocks.owner(k, three) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(after[k] == "w2" for k in moved)  # nothing moves between old workers
+    assert 0.28 < len(moved) / len(keys) < 0.39  # about a third
+    # removing a worker moves only what it owned, to the others
+    back = {k: blocks.owner(k, two) for k in keys}
+    assert back == before
+    assert blocks.rank(keys[0], three)[0] == after[keys[0]]
+    assert blocks.owner(keys[0], []) is None
+
+
+def test_ledger_evicts_least_recently_used_down_to_the_low_mark() -> None:
+    led = blocks.Ledger(quota=100, high=0.9, low=0.5)
+    for k in "abcd":
+        assert led.add(k, 20) == []
+    led.touch("a")  # a is now the most recent
+    evicted = led.add("e", 20)  # 100 > 90: down to <= 50
+    assert evicted == ["b", "c", "d"]
+    assert led.used == 40
+    assert led.hottest() == ["e", "a"]
+    assert not led.fits(91)
+    assert led.fits(90)
+    with pytest.raises(ValueError, match="watermarks"):
+        blocks.Ledger(10, high=0.5, low=0.9)
+
+
+def tier(medium: str, quota: int, path: Path | None = None) -> CacheTier:
+    return CacheTier(medium=medium, quota=quota, path=str(path or ""), high=0.9, low=0.5)  # type: ignore[arg-type]
+
+
+async def test_store_moves_cold_blocks_from_memory_to_disk_and_drops_from_the_last(
+    tmp_path: Path,
+) -> None:
+    store = await BlockStore([tier("MEM", 100), tier("SSD", 200, tmp_path)]).open()
+    for i in range(16):
+        await store.put(f"{i:032x}", bytes([i]) * 20)
+    snap = store.snapshot()
+    mem, ssd = snap.tiers
+    assert mem.used <= 90 and ssd.used <= 180
+    assert mem.evictions > 0 and ssd.evictions > 0
+    # the newest are in memory, older ones on disk, the oldest gone
+    newest = f"{15:032x}"
+    assert (await store.get(newest)) == (bytes([15]) * 20, blocks.checksum(bytes([15]) * 20))
+    assert await store.get(f"{0:032x}") is None
+    on_disk = [k for k in store.hottest() if (tmp_path / k[:2] / k).exists()]
+    assert on_disk
+    assert (await store.get(on_disk[0]))[0] == bytes([int(on_disk[0], 16)]) * 20  # type: ignore[index]
+    assert store.stats.misses == 1
+
+
+async def test_store_detects_a_corrupt_block_and_reindexes_disk_on_restart(
+    tmp_path: Path,
+) -> None:
+    store = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    await store.put("a" * 32, b"x" * 100)
+    await store.put("b" * 32, b"y" * 100)
+    # a restarted worker finds its blocks again
+    again = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    assert again.snapshot().tiers[0].blocks == 2
+    path = tmp_path / "aa" / ("a" * 32)
+    raw = bytearray(path.read_bytes())
+    raw[5] ^= 1
+    path.write_bytes(bytes(raw))
+    assert await again.get("a" * 32) is None
+    assert again.stats.corrupt == 1
+    assert not path.exists()
+    assert (await again.get("b" * 32))[0] == b"y" * 100  # type: ignore[index]
+
+
+def test_store_needs_a_directory_for_disk_tiers() -> None:
+    with pytest.raises(ValueError, match="needs a path"):
+        BlockStore([tier("SSD", 10)])
+
+
+def test_layout_places_mounts_and_applies_the_sub_path() -> None:
+    mounts = [Mount(uri="s3://a/x", name="imgs"), Mount(uri="s3://b/y", name="labels")]
+    listings = [
+        [("train/1.jpg", 10, 1.0, "e1"), ("val/2.jpg", 5, 1.0, "e2")],
+        [("all.csv", 3, 2.0, "")],
+    ]
+    everything = layout.files(mounts, listings)
+    assert sorted(everything) == ["imgs/train/1.jpg", "imgs/val/2.jpg", "labels/all.csv"]
+    assert everything["labels/all.csv"].mount == 1
+    assert everything["imgs/train/1.jpg"].key == "train/1.jpg"
+    sub = layout.files(mounts, listings, sub_path="/imgs/train/")
+    assert list(sub) == ["1.jpg"]
+    assert layout.directories(everything) == {
+        "": ["imgs", "labels"],
+        "imgs": ["train", "val"],
+        "imgs/train": ["1.jpg"],
+        "imgs/val": ["2.jpg"],
+        "labels": ["all.csv"],
+    }
+    one = layout.files([Mount(uri="file:///d")], [[("a", 1, 0.0, "")]])
+    assert list(one) == ["a"]
+
+
+def test_peers_from_a_statefulset() -> None:
+    p = layout.Peers(statefulset="fluidfed-x-cache", service="fluidfed-x-cache.ns.svc", replicas=2)
+    assert p.urls() == [
+        "http://fluidfed-x-cache-0.fluidfed-x-cache.ns.svc:7070",
+        "http://fluidfed-x-cache-1.fluidfed-x-cache.ns.svc:7070",
+    ]
+    assert layout.Peers(endpoints=["http://a/"]).urls() == ["http://a"]
