@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -26,20 +27,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
+from agents import api as agent_api
 from agents import diff, render, status
 from agents.kube import Kube, KubeError
+from agents.registry import Registry
 from agents.state import AgentState, StateFile
 from agents.webhook import mutate
 from agents.webhook import server as webhook_server
 from agents.webhook.certs import CertManager
-from fluidfed import codec
+from fluidfed import codec, workers
 from fluidfed.backoff import Backoff
 from fluidfed.client import Client
 from fluidfed.errors import FluidfedError, Gone, HubUnreachable, NotFound, ServerError, Unauthorized
-from fluidfed.models import AgentConfig, BindingStatus, Cluster
+from fluidfed.models import (
+    AgentConfig,
+    Binding,
+    BindingStatus,
+    Cluster,
+    LoadRequest,
+    LoadStatus,
+)
 
 log = logging.getLogger("fluidfed.agent")
 
@@ -114,6 +125,10 @@ class Agent:
         self.certs: CertManager | None = None
         self.rotate_requested = asyncio.Event()
         self.all_synced = asyncio.Event()
+        self.registry = Registry(ttl=max(10.0, 3 * cfg.status_interval))
+        self.loads: dict[str, LoadStatus] = {}
+        self._load_tasks: dict[str, asyncio.Task[None]] = {}
+        self.api_url = ""
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -143,6 +158,7 @@ class Agent:
             self.enqueue(name)
         for name in self.state.finalize:
             self.enqueue(name)
+        api = await self._start_api()
         try:
             async with asyncio.TaskGroup() as tg:
                 for api_version, kind in kinds:
@@ -154,10 +170,40 @@ class Agent:
                 tg.create_task(self._heartbeat())
                 tg.create_task(self._report())
                 tg.create_task(self._resync())
+                tg.create_task(self._refresh_statuses())
                 if self.cfg.webhook and self.cluster.mount_mode() == "sidecar":
                     tg.create_task(self._webhook())
         finally:
+            for t in self._load_tasks.values():
+                t.cancel()
+            await api.cleanup()
             await self.hub.close()
+
+    async def _start_api(self) -> web.AppRunner:
+        """The agent's API, where this cluster's cache workers register (before the first
+        reconcile, so their config carries its URL)."""
+        runner = web.AppRunner(agent_api.make_app(self.registry), access_log=None)
+        await runner.setup()
+        # with port 0 the kernel picks one; keep it across restarts (it is in the workers'
+        # config), unless something else took it meanwhile
+        saved = self.file.dir / "api-port"
+        port = self.cfg.api_port
+        if not port and saved.exists():
+            port = int(saved.read_text().strip() or 0)
+        try:
+            site = web.TCPSite(runner, self.cfg.api_host, port, reuse_address=True)
+            await site.start()
+        except OSError:
+            site = web.TCPSite(runner, self.cfg.api_host, self.cfg.api_port, reuse_address=True)
+            await site.start()
+        port = int(runner.addresses[0][1])
+        if not self.cfg.api_port:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(f"{port}\n")
+        self.api_url = self.cfg.api_url or f"http://{self.cfg.api_host}:{port}"
+        self.ctx = dataclasses.replace(self.ctx, agent_url=self.api_url)
+        log.info("agent API for cache workers on %s", self.api_url)
+        return runner
 
     # --- the hub -------------------------------------------------------------------------
 
@@ -466,6 +512,92 @@ class Agent:
         st = status.compute(
             b, self.live, error=error, hub_last_seen=self.state.hub_last_seen, now=self.clock()
         )
+        self._maybe_load(b)
+        await self._publish(name, self._with_workers(b, st))
+
+    # --- cache workers and warm-ups --------------------------------------------------------
+
+    def _with_workers(self, b: Binding, st: BindingStatus) -> BindingStatus:
+        cache = self.registry.cache(b.dataset, self.clock()) if b.mode == "sidecar" else None
+        load = self.loads.get(b.name)
+        if load is None:
+            prev = self.state.statuses.get(b.name)
+            load = prev.load if prev is not None else None
+        return status.with_workers(st, cache, load)
+
+    async def _refresh_statuses(self) -> None:
+        """Cache figures and warm-up progress change without any Kubernetes object
+        changing: fold them into the last status now and then."""
+        while True:
+            await asyncio.sleep(self.cfg.status_interval)
+            for name, b in list(self.state.bindings.items()):
+                st = self.state.statuses.get(name)
+                if st is not None and not b.deleting:
+                    await self._publish(name, self._with_workers(b, st))
+
+    def _maybe_load(self, b: Binding) -> None:
+        req = b.load
+        if req is None or b.deleting:
+            return
+        task = self._load_tasks.get(b.name)
+        if task is not None and not task.done():
+            return
+        known = self.loads.get(b.name)
+        if known is None:
+            prev = self.state.statuses.get(b.name)
+            known = prev.load if prev is not None else None
+        if known is not None and known.id >= req.id and known.phase in ("Done", "Failed"):
+            return
+        self._load_tasks[b.name] = asyncio.create_task(self._run_load(b, req))
+
+    async def _run_load(self, b: Binding, req: LoadRequest) -> None:
+        prog = LoadStatus(id=req.id, path=req.path, phase="Waiting")
+        self.loads[b.name] = prog
+
+        async def show(**changes: Any) -> None:
+            nonlocal prog
+            prog = msgspec.structs.replace(prog, **changes)
+            self.loads[b.name] = prog
+            st = self.state.statuses.get(b.name)
+            if st is not None:
+                await self._publish(b.name, self._with_workers(b, st))
+
+        log.info("warm-up %d of %s (path %r) starting", req.id, b.dataset, req.path or "/")
+        try:
+            live: list[Any] = []
+            async with asyncio.timeout(600):
+                while not live:
+                    live = self.registry.alive(b.dataset, self.clock())
+                    if not live:
+                        await show(message="waiting for cache workers to register")
+                        await asyncio.sleep(1)
+            urls = [w.url for w in live]
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+                for u in urls:
+                    await workers.start_load(s, u, req.path, urls)
+                await show(phase="Running", workers=len(urls), message="")
+                while True:
+                    progress = [await workers.load_progress(s, u) for u in urls]
+                    running = any(p.state == "running" for p in progress)
+                    await show(
+                        blocks=sum(p.blocks for p in progress),
+                        done=sum(p.done for p in progress),
+                        bytes=sum(p.bytes for p in progress),
+                        errors=sum(p.errors for p in progress),
+                        cached=sum(p.cached for p in progress),
+                        message="; ".join(sorted({p.message for p in progress if p.message})),
+                    )
+                    if not running:
+                        break
+                    await asyncio.sleep(0.5)
+            await show(phase="Failed" if prog.errors else "Done")
+        except (TimeoutError, workers.WorkerError) as err:
+            await show(phase="Failed", message=str(err) or "no cache worker registered")
+        log.info(
+            "warm-up %d of %s: %s (%.1f%% cached)", req.id, b.dataset, prog.phase, prog.percent()
+        )
+
+    async def _publish(self, name: str, st: BindingStatus) -> None:
         if not _same_status(self.state.statuses.get(name), st):
             self.state.statuses[name] = st
             if name not in self.state.unsent:

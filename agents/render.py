@@ -45,6 +45,7 @@ class ClusterContext:
     name: str
     kind: str = "standard"
     worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
+    agent_url: str = ""  # where cache workers register (the agent's API)
 
 
 def k8s_name(*parts: str, limit: int = 52) -> str:
@@ -133,9 +134,10 @@ def _peers(b: Binding) -> dict[str, Any]:
     }
 
 
-def worker_config(b: Binding) -> dict[str, Any]:
+def worker_config(b: Binding, ctx: ClusterContext) -> dict[str, Any]:
     ds = b.spec
     return {
+        "agent": ctx.agent_url,
         "dataset": ds.name,
         "mounts": [_mount_doc(m) for m in ds.mounts],
         "block_size": int(ds.cache.block_size),
@@ -239,7 +241,7 @@ def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     for entry in ds.access_list():
         data = {"sidecar.json": codec.encode(sidecar_config(b, entry.namespace)).decode()}
         if entry.namespace == ds.namespace:
-            data["worker.json"] = codec.encode(worker_config(b)).decode()
+            data["worker.json"] = codec.encode(worker_config(b, ctx)).decode()
         out.append(
             {
                 "apiVersion": "v1",
@@ -254,7 +256,7 @@ def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
                 "metadata": _meta(config_name(ds.name), ds.namespace, labels(b, ctx)),
-                "data": {"worker.json": codec.encode(worker_config(b)).decode()},
+                "data": {"worker.json": codec.encode(worker_config(b, ctx)).decode()},
             }
         )
     return out + cache_workers(b, ctx)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
+
 from agents import render
-from fluidfed.models import Binding, BindingStatus
+from fluidfed.models import Binding, BindingStatus, LoadStatus
 from fluidfed.units import parse_size
 
 
@@ -83,3 +85,19 @@ def compute(
         hub_last_seen=hub_last_seen,
         reported_at=now,
     )
+
+
+def with_workers(
+    st: BindingStatus,
+    cache: tuple[int, int, float | None] | None,
+    load: LoadStatus | None,
+) -> BindingStatus:
+    """The status with what the cache workers report (used, capacity, hit ratio) and the
+    latest warm-up's progress folded in."""
+    changes: dict[str, Any] = {"load": load}
+    if cache is not None:
+        used, capacity, ratio = cache
+        changes.update(cache_used=used, cache_capacity=capacity or st.cache_capacity)
+        if ratio is not None:
+            changes["hit_ratio"] = ratio
+    return msgspec.structs.replace(st, **changes)

@@ -203,6 +203,8 @@ class Worker:
                     prog.done += 1
 
             await asyncio.gather(*(pull() for _ in range(self.cfg.fetch_concurrency)))
+            # what is still there (a quota smaller than the data evicts as it goes)
+            prog.cached = sum(1 for key, _, _ in todo if key in self.store)
             prog.state = "failed" if prog.errors else "done"
         except Exception as err:
             prog.state, prog.message = "failed", str(err)
@@ -242,6 +244,23 @@ class Worker:
         log.info("handed %d blocks (%d bytes) to %s; %d failed", moved, sent, others, failed)
         return {"moved": moved, "bytes": sent, "failed": failed}
 
+    async def report(self) -> None:
+        """Heartbeat to the agent with this worker's blocks and counters."""
+        if not self.cfg.agent or self.session is None:
+            return
+        body = {"dataset": self.cfg.dataset, "url": self.url, "status": self.status()}
+        try:
+            async with self.session.post(f"{self.cfg.agent}/v1/workers", json=body) as r:
+                if r.status >= 300:
+                    log.warning("agent %s refused the report: %s", self.cfg.agent, r.status)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.debug("agent %s not reachable: %s", self.cfg.agent, err)
+
+    async def report_loop(self) -> None:
+        while True:
+            await self.report()
+            await asyncio.sleep(self.cfg.report_interval)
+
     def status(self) -> dict[str, Any]:
         return {
             "url": self.url,
@@ -269,8 +288,12 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     try:
         ref = FileRef(mount=int(q["m"]), key=q["p"], size=int(q["s"]), version=q.get("v", ""))
         index = int(q["i"])
+        lo, _, n = q.get("r", "").partition("-")
+        span = (int(lo), int(n)) if lo else None
     except (KeyError, ValueError):
-        return _problem(400, "a block request needs m, p, s, v and i query parameters")
+        return _problem(
+            400, "a block request needs m, p, s, v and i query parameters (and r=OFF-LEN)"
+        )
     if not 0 <= ref.mount < len(w.cfg.mounts):
         return _problem(
             400, f"mount {ref.mount} does not exist (this dataset has {len(w.cfg.mounts)})"
@@ -287,6 +310,9 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         return _problem(404, str(err))
     except ufs.UFSError as err:
         return _problem(504 if err.temporary else 502, str(err))
+    if span is not None:
+        data = data[span[0] : span[0] + span[1]]
+        crc = blocks.checksum(data)
     return web.Response(
         body=data,
         content_type="application/octet-stream",
@@ -396,11 +422,13 @@ async def serve(
             f"capacity {s.capacity} bytes)",
             flush=True,
         )
+        reporting = asyncio.create_task(worker.report_loop())
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(reload_interval):
                     await stop.wait()
             worker.reload()
+        reporting.cancel()
         # leaving: hand the cache to those who stay (the config file says who they are)
         worker.reload()
         stay = remaining_peers(worker.peers(), worker.url)

@@ -65,6 +65,8 @@ class _Tier:
 
     # disk I/O runs in a thread; these are the thread halves
     def write(self, key: str, data: bytes, crc: int) -> None:
+        if crc < 0:
+            crc = blocks.checksum(data)
         path = self.file(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -159,8 +161,10 @@ class BlockStore:
         return None
 
     async def put(self, key: str, data: bytes, crc: int | None = None) -> None:
+        """Keep a block; its CRC-32 is computed here unless given (a memory-only store
+        never needs it: -1 marks "not computed")."""
         if crc is None:
-            crc = blocks.checksum(data)
+            crc = -1 if all(t.dir is None for t in self._tiers) else blocks.checksum(data)
         for i, tier in enumerate(self._tiers):
             if tier.ledger.fits(len(data)):
                 for other in self._tiers[i + 1 :]:

@@ -171,6 +171,15 @@ class Client:
         )
         return result
 
+    async def load_dataset(
+        self, name: str, clusters: list[str] | None = None, path: str = ""
+    ) -> list[Binding]:
+        """Ask for a warm-up of the dataset's caches; the bindings that carry the request."""
+        body = {"clusters": clusters or [], "path": path}
+        raw = await self._request("POST", f"/api/v1/datasets/{name}/load", body=body)
+        result: list[Binding] = _decode(raw, list[Binding])
+        return result
+
     async def delete_dataset(self, name: str) -> None:
         await self._request("DELETE", f"/api/v1/datasets/{name}")
 

@@ -122,3 +122,5 @@ class WorkerConfig(Wire):
     workers: Peers = Peers()
     read_timeout: float = 30.0
     fetch_concurrency: int = 16
+    agent: str = ""  # the agent's API: the worker registers there and reports its blocks
+    report_interval: float = 2.0

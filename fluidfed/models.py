@@ -240,6 +240,10 @@ class AgentConfig(Spec, frozen=True):
     webhook_renew_before: Duration = _seconds(7 * 86400)
     sidecar_cpu: str = ""
     sidecar_memory: str = ""
+    # the agent's own API (cache workers register here and report their blocks)
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
+    api_url: str = ""  # how the workers reach it; default http://<api_host>:<port>
 
 
 class Document(Spec, frozen=True):
@@ -275,6 +279,37 @@ class ClusterRecord(Wire):
         return self.status.condition is not None and self.status.condition.type == "Ready"
 
 
+class LoadRequest(Wire):
+    """A warm-up asked for with `fluidfed dataset load`: the cluster's cache workers pull
+    the dataset (or `path` in it) from the under storage."""
+
+    id: int  # the hub's revision when it was asked for: newer asks have larger ids
+    path: str = ""
+    requested_at: float = 0.0
+
+
+LoadPhase = Literal["Waiting", "Running", "Done", "Failed"]
+
+
+class LoadStatus(Wire):
+    id: int
+    phase: LoadPhase = "Waiting"
+    path: str = ""
+    workers: int = 0
+    blocks: int = 0  # blocks under the path, over all workers
+    done: int = 0  # blocks pulled (or found cached) so far
+    cached: int = 0  # blocks in the cache when the load finished
+    bytes: int = 0
+    errors: int = 0
+    message: str = ""
+
+    def percent(self) -> float:
+        if not self.blocks:
+            return 100.0 if self.phase == "Done" else 0.0
+        got = self.cached if self.phase in ("Done", "Failed") else self.done
+        return 100.0 * got / self.blocks
+
+
 class Binding(Wire):
     """One dataset placed on one cluster: what that cluster's agent must make real."""
 
@@ -287,6 +322,7 @@ class Binding(Wire):
     spec: Dataset
     revision: int = 0
     deleting: bool = False  # retired: the agent removes what it made, then finalizes it
+    load: LoadRequest | None = None  # the latest warm-up asked for
 
 
 Phase = Literal["Pending", "Bound", "Degraded", "Failed", "Deleting"]
@@ -304,6 +340,7 @@ class BindingStatus(Wire):
     hub_last_seen: float = 0.0
     reported_at: float = 0.0
     metrics: dict[str, float] = {}
+    load: LoadStatus | None = None
 
 
 class DatasetRecord(Wire):

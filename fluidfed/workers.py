@@ -1,6 +1,7 @@
 """Talking to cache workers over HTTP: the protocol both ends share.
 
     GET  /v1/blocks/{key}?m=&p=&v=&s=&i=   a block; fetched from the UFS on a miss
+                                    (&r=OFF-LEN: only those bytes of it)
     PUT  /v1/blocks/{key}                  hand a block over (scale-in)
     GET  /v1/status                        blocks, bytes per tier, hits, misses, evictions
     POST /v1/load      {"path": P}         pull what this worker owns under P (warm-up)
@@ -36,6 +37,7 @@ class LoadProgress(msgspec.Struct, kw_only=True):
     path: str = ""
     blocks: int = 0  # blocks this worker owns under the path
     done: int = 0
+    cached: int = 0  # of `blocks`, how many are in the cache when the load finished
     bytes: int = 0
     errors: int = 0
     message: str = ""
@@ -52,11 +54,20 @@ def block_query(ref: FileRef, index: int) -> dict[str, str]:
 
 
 async def get_block(
-    session: aiohttp.ClientSession, url: str, key: str, ref: FileRef, index: int
+    session: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    ref: FileRef,
+    index: int,
+    span: tuple[int, int] | None = None,
 ) -> tuple[bytes, int, bool]:
-    """(data, crc, was it a hit) from the worker at `url`."""
+    """(data, crc, was it a hit) from the worker at `url`: the block, or `span` (offset in
+    the block, length) of it, which the worker cuts from the whole block it caches."""
+    params = block_query(ref, index)
+    if span is not None:
+        params["r"] = f"{span[0]}-{span[1]}"
     try:
-        async with session.get(f"{url}/v1/blocks/{key}", params=block_query(ref, index)) as r:
+        async with session.get(f"{url}/v1/blocks/{key}", params=params) as r:
             if r.status != 200:
                 raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
             data = await r.read()

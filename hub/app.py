@@ -40,6 +40,16 @@ _dataset_dec = codec.decoder(Dataset)
 _status_dec = codec.decoder(BindingStatus)
 
 
+class LoadAsk(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`POST /api/v1/datasets/{name}/load`: warm the caches of some clusters (all if none)."""
+
+    clusters: list[str] = []
+    path: str = ""
+
+
+_load_dec = msgspec.json.Decoder(LoadAsk)
+
+
 class LabelPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     set: dict[str, str] = {}
     remove: list[str] = []
@@ -253,6 +263,15 @@ async def get_dataset(request: web.Request) -> web.Response:
     return json_response(request.app[CATALOG].dataset_view(request.match_info["name"]))
 
 
+async def load_dataset(request: web.Request) -> web.Response:
+    _admin(request)
+    ask: LoadAsk = await _body(request, _load_dec, "load")
+    name = request.match_info["name"]
+    cat = request.app[CATALOG]
+    bindings = await cat.request_load(name, ask.clusters, ask.path)
+    return json_response(bindings, status=202)
+
+
 async def delete_dataset(request: web.Request) -> web.Response:
     _admin(request)
     await request.app[CATALOG].delete_dataset(request.match_info["name"])
@@ -393,6 +412,7 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
     ("PUT", "/api/v1/datasets/{name}", apply_dataset),
     ("GET", "/api/v1/datasets/{name}", get_dataset),
     ("DELETE", "/api/v1/datasets/{name}", delete_dataset),
+    ("POST", "/api/v1/datasets/{name}/load", load_dataset),
     ("GET", "/api/v1/bindings", bindings),
     ("GET", "/api/v1/bindings/{name}", get_binding),
     ("DELETE", "/api/v1/bindings/{name}", finalize_binding),

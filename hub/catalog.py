@@ -29,6 +29,7 @@ from fluidfed.models import (
     Dataset,
     DatasetRecord,
     DatasetView,
+    LoadRequest,
     WatchEvent,
 )
 from hub import auth
@@ -254,6 +255,36 @@ class Catalog:
             await self._commit(rev, ops)
             return rec, True
 
+    async def request_load(self, name: str, clusters: list[str], path: str) -> list[Binding]:
+        """Ask the agents of `clusters` (all the dataset's clusters if empty) to warm their
+        caches with `path` of the dataset; the bindings that carry the request."""
+        async with self._write:
+            if name not in self.datasets:
+                raise CatalogError(404, f"dataset {name} not found")
+            live = {
+                b.cluster: b for b in self.bindings.values() if b.dataset == name and not b.deleting
+            }
+            unknown = sorted(set(clusters) - set(live))
+            if unknown:
+                raise CatalogError(
+                    400,
+                    f"dataset {name} is not placed on {', '.join(unknown)}",
+                    [
+                        Problem(
+                            f"placed on: {', '.join(sorted(live)) or 'no cluster yet'}",
+                            path="load.clusters",
+                        )
+                    ],
+                )
+            chosen = [live[c] for c in sorted(clusters or live)]
+            if not chosen:
+                raise CatalogError(409, f"dataset {name} is not placed on any cluster yet")
+            rev = self.revision + 1
+            req = LoadRequest(id=rev, path=path.strip("/"), requested_at=time.time())
+            out = [msgspec.structs.replace(b, load=req, revision=rev) for b in chosen]
+            await self._commit(rev, [Put(BINDING, b.name, codec.encode(b)) for b in out])
+            return out
+
     async def delete_dataset(self, name: str) -> None:
         async with self._write:
             if name not in self.datasets:
@@ -370,7 +401,8 @@ class Catalog:
             old = current.get(cluster)
             if old is not None and _same_binding(old, b):
                 continue
-            nb = msgspec.structs.replace(b, revision=rev)
+            # a warm-up asked for stays asked for when the spec changes
+            nb = msgspec.structs.replace(b, revision=rev, load=old.load if old else None)
             ops.append(Put(BINDING, b.name, codec.encode(nb)))
         for cluster, old in current.items():
             if cluster not in wanted:

@@ -29,8 +29,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 @dataclass
 class _Handle:
     ref: FileRef
-    next_offset: int = 0
-    sequential: int = 0
+    last_block: int = -1
+    streak: int = 0  # reads in a row at or just after the last block: a sequential reader
 
 
 async def _erofs(*_: Any) -> Any:
@@ -154,24 +154,32 @@ class DatasetFS(pyfuse3.Operations):
         idx = blocks.blocks_for(off, size, ref.size, self.block_size)
         if not idx:
             return b""
-        h.sequential = h.sequential + 1 if off == h.next_offset else 0
-        h.next_offset = off + size
+        # the kernel's read-ahead sends several requests at once, slightly out of order:
+        # reads that stay within a couple of blocks of the last one count as sequential
+        first, last = idx[0], idx[-1]
+        if first == 0 or h.last_block - 1 <= first <= h.last_block + 2:
+            h.streak += 1
+        else:
+            h.streak = 0
+        h.last_block = max(h.last_block, last) if h.streak else last
+        if h.streak and self.readahead:
+            end = min(last + 1 + self.readahead, blocks.block_count(ref.size, self.block_size))
+            self.reader.prefetch(ref, range(last + 1, end))
+        start = first * self.block_size
+        lo = off - start
         try:
             async with asyncio.timeout(self.read_timeout):
+                if len(idx) == 1 and not h.streak and not self.reader.cached(ref, first):
+                    # a random read: just its bytes, not the whole block
+                    return await self.reader.read_span(ref, first, lo, size)
                 if len(idx) == 1:
-                    parts = [await self.reader.block(ref, idx[0])]
+                    parts = [await self.reader.block(ref, first)]
                 else:
                     parts = list(await asyncio.gather(*(self.reader.block(ref, i) for i in idx)))
         except Exception as err:
             self.read_errors += 1
             log.warning("read %s [%d+%d] failed: %s", ref.key, off, size, err)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        if h.sequential and self.readahead:
-            last = idx[-1]
-            end = min(last + 1 + self.readahead, blocks.block_count(ref.size, self.block_size))
-            self.reader.prefetch(ref, range(last + 1, end))
-        start = idx[0] * self.block_size
-        lo = off - start
         if len(parts) == 1:
             return memoryview(parts[0])[lo : lo + size]
         return b"".join(parts)[lo : lo + size]

@@ -71,7 +71,7 @@ class BlockReader:
         self._inflight[key] = fut
         try:
             data, crc = await self._fetch(key, ref, index)
-            await self.store.put(key, data, crc)
+            await self.store.put(key, data, None if crc < 0 else crc)
             fut.set_result(data)
             return data
         except BaseException as err:
@@ -80,6 +80,54 @@ class BlockReader:
             raise
         finally:
             del self._inflight[key]
+
+    def cached(self, ref: FileRef, index: int) -> bool:
+        key = self.key(ref, index)
+        return key in self.store or key in self._inflight
+
+    async def read_span(self, ref: FileRef, index: int, lo: int, size: int) -> bytes:
+        """`size` bytes at `lo` in block `index`, without fetching the whole block here
+        (random reads); the worker still caches the whole block."""
+        key = self.key(ref, index)
+        span = (lo, size)
+        target = self._worker_for(key)
+        if target is not None and self.session is not None:
+            try:
+                async with asyncio.timeout(self.cfg.worker_timeout):
+                    data, _, hit = await workers.get_block(
+                        self.session, target, key, ref, index, span
+                    )
+                self._count(hit)
+                return data
+            except (TimeoutError, workers.WorkerError) as err:
+                self._failed(target, err)
+        offset, _ = blocks.block_span(ref.size, self.cfg.block_size, index)
+        return await self._ufs(ref, offset + lo, min(size, ref.size - offset - lo))
+
+    def _worker_for(self, key: str) -> str | None:
+        now = time.monotonic()
+        return blocks.owner(key, [w for w in self.workers if self._down.get(w, 0.0) <= now])
+
+    def _count(self, hit: bool) -> None:
+        if hit:
+            self.stats.worker_hits += 1
+        else:
+            self.stats.worker_misses += 1
+
+    def _failed(self, target: str, err: Exception) -> None:
+        self.stats.worker_errors += 1
+        if not (isinstance(err, workers.WorkerError) and err.status in (404, 409)):
+            self._down[target] = time.monotonic() + WORKER_BACKOFF
+        log.info("worker %s failed: %s; reading the UFS", target, err)
+
+    async def _ufs(self, ref: FileRef, offset: int, length: int) -> bytes:
+        try:
+            data = await self.readers[ref.mount].read(ref.key, offset, length)
+        except ufs.UFSError:
+            self.stats.ufs_errors += 1
+            raise
+        self.stats.ufs_reads += 1
+        return data
 
     def prefetch(self, ref: FileRef, indices: range) -> None:
         """Fetch blocks ahead of a sequential reader, in the background."""
@@ -100,31 +148,17 @@ class BlockReader:
             log.debug("read-ahead of %s #%d failed: %s", ref.key, index, err)
 
     async def _fetch(self, key: str, ref: FileRef, index: int) -> tuple[bytes, int]:
-        now = time.monotonic()
-        alive = [w for w in self.workers if self._down.get(w, 0.0) <= now]
-        target = blocks.owner(key, alive)
+        target = self._worker_for(key)
         if target is not None and self.session is not None:
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
                     data, crc, hit = await workers.get_block(self.session, target, key, ref, index)
-                if hit:
-                    self.stats.worker_hits += 1
-                else:
-                    self.stats.worker_misses += 1
+                self._count(hit)
                 return data, crc
             except (TimeoutError, workers.WorkerError) as err:
-                self.stats.worker_errors += 1
-                if not (isinstance(err, workers.WorkerError) and err.status in (404, 409)):
-                    self._down[target] = now + WORKER_BACKOFF
-                log.info("worker %s failed for %s: %s; reading the UFS", target, ref.key, err)
-        offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)
-        try:
-            data = await self.readers[ref.mount].read(ref.key, offset, length)
-        except ufs.UFSError:
-            self.stats.ufs_errors += 1
-            raise
-        self.stats.ufs_reads += 1
-        return data, blocks.checksum(data)
+                self._failed(target, err)
+        data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))
+        return data, -1  # the store computes it if a disk tier will hold the block
 
     async def close(self) -> None:
         for t in list(self._background):

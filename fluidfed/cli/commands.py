@@ -13,7 +13,8 @@ from fluidfed import config
 from fluidfed.cli import demo, local, output, settings
 from fluidfed.client import Client
 from fluidfed.errors import ConfigError, Problem
-from fluidfed.models import Document
+from fluidfed.models import Document, LoadStatus
+from fluidfed.units import format_size
 
 Sub = Any  # argparse's private _SubParsersAction
 
@@ -55,6 +56,22 @@ def register(sub: Sub) -> None:
     p.add_argument("name")
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     p.set_defaults(run=_hub(describe))
+
+    ds = sub.add_parser("dataset", help="work with a dataset's caches")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    p = ds_sub.add_parser(
+        "load", help="warm the cache workers with a dataset (or a path in it) and show progress"
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--cluster", action="append", default=[], help="only this cluster (repeat; default all)"
+    )
+    p.add_argument("--path", default="", help="only this directory or file of the dataset")
+    p.add_argument("--no-wait", action="store_true", help="ask for it and return at once")
+    p.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for every cluster"
+    )
+    p.set_defaults(run=_hub(dataset_load))
 
     p = sub.add_parser("delete", help="delete a dataset")
     p.add_argument("kind", choices=["dataset"])
@@ -211,3 +228,54 @@ async def delete(client: Client, args: argparse.Namespace) -> int:
     await client.delete_dataset(args.name)
     output.console.print(f"dataset/{args.name} deleted")
     return 0
+
+
+async def dataset_load(client: Client, args: argparse.Namespace) -> int:
+    """Ask for the warm-up, then follow each cluster's progress until it is done."""
+    asked = await client.load_dataset(args.name, args.cluster, args.path)
+    ids = {b.cluster: b.load.id for b in asked if b.load is not None}
+    what = f"/{args.path.strip('/')}" if args.path.strip("/") else "the whole dataset"
+    output.console.print(f"warm-up of {args.name} ({what}) asked of {', '.join(sorted(ids))}")
+    if args.no_wait:
+        return 0
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    final: dict[str, LoadStatus] = {}
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=output.console,
+        transient=False,
+    ) as bar:
+        tasks = {c: bar.add_task(c, total=None, note="waiting for the agent") for c in ids}
+        deadline = asyncio.get_running_loop().time() + args.timeout
+        while len(final) < len(ids):
+            view = await client.get_dataset(args.name)
+            for v in view.bindings:
+                c = v.binding.cluster
+                ld = v.status.load if v.status else None
+                if c not in ids or ld is None or ld.id != ids[c] or c in final:
+                    continue
+                note = ld.message or f"{ld.phase.lower()}, {format_size(ld.bytes)}"
+                bar.update(tasks[c], total=ld.blocks or None, completed=ld.done, note=note)
+                if ld.phase in ("Done", "Failed"):
+                    final[c] = ld
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.3)
+    failed = False
+    for c in sorted(ids):
+        ld = final.get(c)
+        if ld is None:
+            output.console.print(f"{c}: not finished within {args.timeout:g}s")
+            failed = True
+            continue
+        failed = failed or ld.phase != "Done"
+        output.console.print(
+            f"{c}: {ld.phase}, {ld.percent():.1f}% cached "
+            f"({ld.cached}/{ld.blocks} blocks, {format_size(ld.bytes)} pulled)"
+            + (f" - {ld.message}" if ld.message else "")
+        )
+    return 1 if failed else 0

@@ -160,6 +160,18 @@ def describe_dataset(d: DatasetView) -> None:
         console.print(t)
     else:
         console.print("  none: no cluster matches the placement")
+    loads = [(v.binding.cluster, v.status.load) for v in d.bindings if v.status and v.status.load]
+    if loads:
+        console.print("[bold]Warm-up (latest per cluster):[/bold]")
+        for cluster, ld in loads:
+            assert ld is not None
+            what = f"/{ld.path}" if ld.path else "whole dataset"
+            note = f" - {ld.message}" if ld.message else ""
+            console.print(
+                f"  {cluster}: {ld.phase}, {what}, {ld.percent():.1f}% cached "
+                f"({ld.cached if ld.phase in ('Done', 'Failed') else ld.done}/{ld.blocks} "
+                f"blocks, {format_size(ld.bytes)} pulled, {ld.workers} workers){note}"
+            )
     decisions = [(v.binding.cluster, x) for v in d.bindings for x in v.decisions]
     if decisions:
         console.print("[bold]Autoscaling decisions:[/bold]")

@@ -3,6 +3,9 @@ and Kubernetes clients for the session's clusters."""
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -43,6 +46,20 @@ async def eventually(check: Callable[[], Any], what: str, within: float = 60) ->
                 await asyncio.sleep(0.25)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}; last: {last!r}") from None
+
+
+def cli(
+    hub: HubProcess, *args: str, token: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The `fluidfed` command line as a user runs it, against `hub`."""
+    env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": token or hub.admin_token}
+    return subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 class Fleet:

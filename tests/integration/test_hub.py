@@ -15,6 +15,7 @@ from fluidfed import Client, Forbidden, Gone, Unauthorized
 from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement, WatchEvent
 from fluidfed.testing import HubProcess
 from tests.conftest import CONFIGS
+from tests.integration.conftest import cli
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +30,6 @@ uri = "s3://datasets/imagenet"
 [dataset.placement]
 selector = { match_labels = { env = "prod" } }
 """
-
-
-def cli(hub: HubProcess, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": token or hub.admin_token}
-    return subprocess.run(
-        [sys.executable, "-m", "fluidfed.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
 
 
 def register_fleet(hub: HubProcess, tmp_path: Path) -> dict[str, str]:

@@ -38,10 +38,16 @@ def problems(source: str) -> list[str]:
 
 
 def test_every_example_config_is_valid() -> None:
+    from fluidfed.layout import SidecarConfig, WorkerConfig
+
     files = sorted(CONFIGS.rglob("*.toml"))
     assert len(files) >= 5
+    data_path = {"sidecar.toml": SidecarConfig, "worker.toml": WorkerConfig}
     for f in files:
-        config.load(f)
+        if f.name in data_path:
+            config.load_file(f, data_path[f.name])  # the sidecar's and worker's own files
+        else:
+            config.load(f)
 
 
 def test_good_dataset_decodes_sizes() -> None:
@@ -155,3 +161,22 @@ def test_validate_command_prints_every_error_and_exits_2(
 def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "/nonexistent/x.toml"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_data_path_configs_load_and_bad_ones_say_where(tmp_path: Path) -> None:
+    from fluidfed.layout import SidecarConfig, WorkerConfig
+
+    side = config.load_file(CONFIGS / "sidecar.toml", SidecarConfig)
+    assert side.workers.urls() == ["http://127.0.0.1:7070"]
+    worker = config.load_file(CONFIGS / "worker.toml", WorkerConfig)
+    assert [t.medium for t in worker.tiers] == ["MEM", "SSD"]
+    bad = tmp_path / "worker.toml"
+    bad.write_text(
+        'dataset = "x"\n[[mounts]]\nuri = "file:///d"\n[[tiers]]\nmedium = "RAM"\nquota = "1GiB"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        config.load_file(bad, WorkerConfig)
+    (p,) = info.value.problems
+    assert p.file == str(bad) and p.line == 5 and p.path == "tiers[0].medium"
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load_file(tmp_path / "missing.json", WorkerConfig)
