@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
+import random
 import shutil
 import signal
 import sys
@@ -26,8 +29,16 @@ from rich.table import Table
 
 from fluidfed import config
 from fluidfed.client import Client
-from fluidfed.local import binaries, cluster, paths
-from fluidfed.local.processes import AgentProcess, HubProcess
+from fluidfed.local import binaries, cluster, paths, s3
+from fluidfed.local.processes import (
+    AgentProcess,
+    HubProcess,
+    SidecarProcess,
+    WorkerProcess,
+    force_unmount,
+    is_mounted,
+)
+from fluidfed.local.s3 import S3Server
 from fluidfed.models import DatasetView
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -55,9 +66,8 @@ region = "eu-west"
 zone = "eu-west-1b"
 labels = {{ env = "prod" }}
 [cluster.capabilities]
-privileged = false
+privileged = true          # the platform admits the privileged FUSE sidecar
 native_sidecar = true
-fuse_device_resource = "smarter-devices/fuse"
 [cluster.kubernetes]
 kubeconfig = "{kubeconfig}"
 """,
@@ -84,19 +94,20 @@ description = "ImageNet training set, declared once for the whole fleet"
 
 [[dataset.mounts]]
 uri = "s3://datasets/imagenet"
-options = { endpoint = "http://127.0.0.1:9000", region = "us-east-1" }
+options = {{ endpoint = "{endpoint}", region = "us-east-1" }}
 secret = "imagenet-s3"
 
 [dataset.cache]
 replicas = 2
 max_replicas = 4
+block_size = "1MiB"
 
 [[dataset.cache.tiers]]
 medium = "MEM"
 quota = "2GiB"
 
 [dataset.placement]
-selector = { match_expressions = [{ key = "env", operator = "In", values = ["prod", "edge"] }] }
+selector = {{ match_expressions = [{{ key = "env", operator = "In", values = ["prod", "edge"] }}] }}
 
 [[dataset.access]]
 namespace = "ml"
@@ -118,12 +129,40 @@ class DemoState(msgspec.Struct):
     hub_pid: int = 0
     agent_pids: dict[str, int] = {}
     hub_url: str = ""
+    other_pids: list[int] = []  # the S3 server, cache workers, the sidecar
+    mountpoint: str = ""
 
 
 @dataclass
 class Summary:
     rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
     steps: list[tuple[str, float]] = field(default_factory=list)
+    injected: str = ""
+    read: str = ""
+    speedup: float = 0.0
+
+
+def sample_dataset(*, small: bool) -> dict[str, bytes]:
+    """A generated stand-in for ImageNet: train/ and val/ folders of mixed-size files."""
+    rng = random.Random(2026)
+    count, sizes = (
+        (24, [4096, 300_000, 1_500_000]) if small else (96, [300_000, 2_000_000, 6_000_000])
+    )
+    out = {}
+    for i in range(count):
+        split = "val" if i % 4 == 3 else "train"
+        out[f"{split}/class-{i % 5}/img-{i:04d}.bin"] = rng.randbytes(rng.choice(sizes))
+    return out
+
+
+def _read_and_check(mnt: Path, want: dict[str, bytes]) -> bool:
+    seen = {str(p.relative_to(mnt)) for p in mnt.rglob("*") if p.is_file()}
+    if seen != set(want):
+        return False
+    return all(
+        hashlib.sha256((mnt / rel).read_bytes()).digest() == hashlib.sha256(data).digest()
+        for rel, data in want.items()
+    )
 
 
 class Demo:
@@ -136,7 +175,11 @@ class Demo:
         self.agents: dict[str, AgentProcess] = {}
         self.summary = Summary()
         self.step_no = 0
-        self.total = 4 if quick else 5
+        self.total = 6 if quick else 7
+        self.s3: S3Server | None = None
+        self.workers: list[WorkerProcess] = []
+        self.sidecar: SidecarProcess | None = None
+        self.sample: dict[str, bytes] = {}
 
     def step(self, text: str) -> None:
         self.step_no += 1
@@ -163,6 +206,8 @@ class Demo:
             await self.timed("start", self._start)
             await self.timed("place", self._place)
             await self.timed("reconcile", self._reconciled)
+            await self.timed("webhook", self._webhook_pod)
+            await self.timed("data path", self._data_path)
             if not self.quick:
                 await self.timed("edge autonomy", self._autonomy)
             await self._summarise()
@@ -192,6 +237,16 @@ class Demo:
         )
         self.hub = HubProcess(self.base / "hub").start()
         self.note(f"hub on {self.hub.url} (catalog {self.base / 'hub' / 'catalog.db'})")
+        self.s3 = S3Server(self.base / "s3").start()
+        # the credentials the mount's Secret would hold, for the workers and the sidecar
+        os.environ.update(s3.CREDENTIALS)
+        self.sample = sample_dataset(small=self.quick)
+        await self.s3.upload(self.sample, prefix="imagenet")
+        size = sum(len(v) for v in self.sample.values())
+        self.note(
+            f"S3 server (MinIO) on {self.s3.endpoint}: s3://datasets/imagenet, "
+            f"{len(self.sample)} files, {size / 2**20:.0f} MiB generated"
+        )
         for lc in self.clusters:
             toml = CLUSTERS[lc.kind].format(kubeconfig=lc.kubeconfig_path)
             path = self.base / f"{lc.kind}.toml"
@@ -220,7 +275,8 @@ class Demo:
     async def _place(self) -> None:
         self.step("Declaring one dataset, placed on every cluster, readable from two namespaces")
         path = self.base / "imagenet.toml"
-        path.write_text(DATASET)
+        assert self.s3 is not None
+        path.write_text(DATASET.format(endpoint=self.s3.endpoint))
         (ds,) = config.load(path).dataset
         async with self.admin() as hub:
             view = await hub.apply_dataset(ds)
@@ -253,6 +309,101 @@ class Demo:
             objs = await _owned_objects(lc)
             self.note(f"{lc.kind}: {', '.join(objs) or 'nothing yet'}")
         self._record(view)
+
+    async def _webhook_pod(self) -> None:
+        self.step(
+            "A pod on the serverless cluster asks for the dataset; the webhook adds the sidecar"
+        )
+        from kubernetes_asyncio import client
+
+        lc = next(c for c in self.clusters if c.kind == "serverless")
+        pod: Any = {
+            "metadata": {"name": "train", "labels": {"fluidfed.io/inject": "true"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "train",
+                        "image": "python:3.12",
+                        "command": ["python", "train.py", "--data", "/data"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    }
+                ],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}}],
+            },
+        }
+        async with await lc.api_client() as api:
+            core = client.CoreV1Api(api)
+            # the API server takes a moment to pick a new webhook configuration up
+            got: Any = None
+            for _ in range(60):
+                got = await core.create_namespaced_pod("ml", pod)
+                if (got.metadata.annotations or {}).get("fluidfed.io/injected-datasets"):
+                    break
+                await core.delete_namespaced_pod("train", "ml", grace_period_seconds=0)
+                await asyncio.sleep(0.5)
+            else:
+                raise RuntimeError("the serverless cluster's API server never called the webhook")
+        side = got.spec.init_containers[0]
+        inits = [c.name for c in got.spec.init_containers]
+        self.note(
+            f"pod ml/train as stored: init containers {inits}, "
+            f"containers {[c.name for c in got.spec.containers]}"
+        )
+        self.note(
+            f"sidecar {side.name}: {' '.join(side.args)} (restartPolicy {side.restart_policy})"
+        )
+        vol = next(v for v in got.spec.volumes if v.name == "data")
+        shared = "an emptyDir shared with the sidecar" if vol.empty_dir is not None else vol
+        self.note(f"volume data: {shared}")
+        self.summary.injected = side.name
+
+    async def _data_path(self) -> None:
+        self.step("The sidecar mounts the dataset here; two cache workers hold its blocks")
+        from kubernetes_asyncio import client
+
+        lc = next(c for c in self.clusters if c.kind == "serverless")
+        async with await lc.api_client() as api:
+            cm = await client.CoreV1Api(api).read_namespaced_config_map("fluidfed-imagenet", "ml")
+        # the configs the agent wrote for the StatefulSet's pods, run here as processes
+        wcfg = json.loads(cm.data["worker.json"])
+        scfg = json.loads(cm.data["sidecar.json"])
+        ports = [cluster.free_port() for _ in range(2)]
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        wcfg["workers"] = scfg["workers"] = {"endpoints": urls}
+        for i, port in enumerate(ports):
+            self.workers.append(WorkerProcess(self.base / f"worker-{i}", wcfg, port).start())
+        self.note(f"cache workers on {', '.join(urls)}, registered with the serverless agent")
+        self.note(f"mounted at {self.base / 'mnt'} (namespace ml's view: sub-path train)")
+        want = {
+            k.removeprefix("train/"): v for k, v in self.sample.items() if k.startswith("train/")
+        }
+        size = sum(len(v) for v in want.values())
+        mnt = self.base / "mnt"
+        rates = []
+        for label in ("cold", "warm"):
+            sc = SidecarProcess(self.base / f"sidecar-{label}", scfg, mnt).start()
+            self.sidecar = sc
+            t0 = time.monotonic()
+            ok = await asyncio.to_thread(_read_and_check, mnt, want)
+            rate = size / 2**20 / (time.monotonic() - t0)
+            rates.append(rate)
+            st = sc.status()["blocks"]
+            self.note(
+                f"{label}: {len(want)} files, {size / 2**20:.0f} MiB at {rate:.0f} MiB/s; "
+                f"bytes {'match the source' if ok else 'DIFFER'}"
+            )
+            self.note(
+                f"      blocks: {st['worker_hits']} cached at the workers, "
+                f"{st['worker_misses']} from S3"
+            )
+            if not ok:
+                raise RuntimeError("the bytes read through the mount differ from the source")
+            if label == "cold" or not self.keep:
+                sc.stop()
+                self.sidecar = None
+        self.summary.speedup = rates[1] / rates[0] if rates[0] else 0.0
+        self.summary.read = f"cold {rates[0]:.0f} MiB/s, warm {rates[1]:.0f} MiB/s"
+        self.note(f"warm over cold: {self.summary.speedup:.1f}x")
 
     async def _autonomy(self) -> None:
         self.step("The hub goes away; the edge keeps working from its state on disk")
@@ -313,6 +464,13 @@ class Demo:
         for row in self.summary.rows:
             t.add_row(*row)
         console.print(t)
+        if self.summary.injected:
+            self.note(f"webhook: sidecar {self.summary.injected} injected on serverless")
+        if self.summary.read:
+            self.note(
+                f"reads through the mount: {self.summary.read} "
+                f"({self.summary.speedup:.1f}x warm over cold)"
+            )
         timings = ", ".join(f"{n} {s:.1f}s" for n, s in self.summary.steps)
         self.note(f"timings: {timings}")
         self.note("csi clusters report Pending until Fluid's own controllers bind the Dataset")
@@ -324,6 +482,12 @@ class Demo:
             hub_pid=self.hub.proc.pid if self.hub and self.hub.proc else 0,
             agent_pids={k: a.proc.pid for k, a in self.agents.items() if a.proc},
             hub_url=self.hub.url if self.hub else "",
+            other_pids=[
+                p.proc.pid
+                for p in [self.s3, *self.workers, self.sidecar]
+                if p is not None and p.proc is not None
+            ],
+            mountpoint=str(self.base / "mnt") if self.sidecar else "",
         )
         (self.base / "demo.json").write_bytes(msgspec.json.encode(state))
         console.print("\nLeft running (remove with `fluidfed demo down`):")
@@ -333,8 +497,21 @@ class Demo:
             console.print("  fluidfed get bindings; fluidfed describe dataset imagenet")
         for lc in self.clusters:
             console.print(f"  kubeconfig {lc.kind}: {lc.kubeconfig_path}")
+        if self.sidecar is not None:
+            console.print(
+                f"  the dataset (ml's view, sub-path train): ls {self.sidecar.mountpoint}"
+            )
+        if self.s3 is not None:
+            console.print(f"  S3 server: {self.s3.endpoint} (bucket datasets)")
 
     async def _cleanup(self) -> None:
+        if self.sidecar is not None:
+            self.sidecar.close()
+        for w in self.workers:
+            w.stop()
+        if self.s3 is not None:
+            self.s3.stop()
+        force_unmount(self.base / "mnt")
         for a in self.agents.values():
             a.stop()
         if self.hub is not None:
@@ -383,10 +560,16 @@ async def stop(base: Path) -> None:
     state_file = base / "demo.json"
     if state_file.exists():
         state = msgspec.json.decode(state_file.read_bytes(), type=DemoState)
-        for pid in [*state.agent_pids.values(), state.hub_pid]:
+        for pid in [*state.other_pids, *state.agent_pids.values(), state.hub_pid]:
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+        if state.mountpoint:
+            for _ in range(50):  # the sidecar unmounts on SIGTERM
+                if not is_mounted(Path(state.mountpoint)):
+                    break
+                await asyncio.sleep(0.1)
+            force_unmount(Path(state.mountpoint))
     for st in cluster.list_clusters(base / "clusters"):
         await cluster.LocalCluster(st.name, st.kind, base_dir=base / "clusters").down()
     shutil.rmtree(base, ignore_errors=True)

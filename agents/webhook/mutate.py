@@ -104,19 +104,21 @@ def _ready_file(ds: str) -> str:
 
 
 def _security(caps: Capabilities) -> tuple[dict[str, Any], dict[str, str]] | str:
-    """The sidecar's securityContext and extra resource limits, or why it cannot run."""
-    if caps.privileged:
-        return {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}, {}
-    if caps.fuse_device_resource:
-        # unprivileged platforms hand out /dev/fuse as a device resource
+    """The sidecar's securityContext and extra resource limits, or why it cannot run.
+
+    The app sees the sidecar's FUSE mount only through Bidirectional mount propagation,
+    which Kubernetes allows in privileged containers only: an unprivileged platform cannot
+    run a FUSE sidecar (the API server would refuse the pod), so admission says so."""
+    if not caps.privileged:
         return (
-            {"runAsUser": 0, "runAsNonRoot": False, "capabilities": {"add": ["SYS_ADMIN"]}},
-            {caps.fuse_device_resource: "1"},
+            "this cluster admits no privileged sidecar (capabilities.privileged = false), and "
+            "the FUSE sidecar's mount reaches the app only through Bidirectional mount "
+            "propagation, which Kubernetes allows in privileged containers only: set "
+            "privileged = true if the platform admits privileged sidecars, or mount by CSI"
         )
-    return (
-        "this cluster allows no privileged pods and names no FUSE device resource "
-        "(capabilities.fuse_device_resource), so a FUSE sidecar cannot run here"
-    )
+    limits = {caps.fuse_device_resource: "1"} if caps.fuse_device_resource else {}
+    # a platform that hands /dev/fuse out as a device resource schedules on it
+    return {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}, limits
 
 
 def mutate(

@@ -41,7 +41,17 @@ def test_demo_quick_runs_end_to_end_and_leaves_nothing(tmp_path: Path) -> None:
     r = demo(tmp_path, "--quick")
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert "[1/4] Starting the hub and three local clusters" in out
+    assert "[1/6] Starting the hub and three local clusters" in out
+    # the webhook step: the pod as stored carries the sidecar
+    assert "init containers ['fluidfed-imagenet']" in out
+    # the data path step: cold through S3, then warm from the workers, bytes checked
+    lines = [line.strip() for line in out.splitlines()]
+    cold = lines.index(next(x for x in lines if x.startswith("cold:")))
+    warm = lines.index(next(x for x in lines if x.startswith("warm:")))
+    assert "bytes match the source" in lines[cold] and "bytes match the source" in lines[warm]
+    assert lines[cold + 1].startswith("blocks: 0 cached at the workers")
+    assert lines[warm + 1].endswith(" 0 from S3")
+    assert "warm over cold" in out
     assert "imagenet.serverless" in out and "imagenet.standard" in out
     summary = out[out.index("Summary") :]
     rows = {
@@ -59,6 +69,7 @@ def test_demo_quick_runs_end_to_end_and_leaves_nothing(tmp_path: Path) -> None:
     assert "cleaned up" in out
     assert processes_under(tmp_path / "demo") == []
     assert not (tmp_path / "demo").exists()
+    assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()
 
 
 def test_demo_keep_then_down(tmp_path: Path) -> None:
@@ -72,3 +83,4 @@ def test_demo_keep_then_down(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert processes_under(tmp_path / "demo") == []
     assert not (tmp_path / "demo").exists()
+    assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()

@@ -266,7 +266,13 @@ def test_unlabelled_pods_and_pods_asking_for_nothing_pass_untouched() -> None:
             PRIV,
             "no such volume",
         ),
-        (pod(), "ml", Capabilities(privileged=False), "allows no privileged pods"),
+        (pod(), "ml", Capabilities(privileged=False), "admits no privileged sidecar"),
+        (
+            pod(),
+            "ml",
+            Capabilities(privileged=False, fuse_device_resource="smarter-devices/fuse"),
+            "Bidirectional mount propagation",
+        ),
     ],
 )
 def test_denials_say_what_and_where(
@@ -277,13 +283,12 @@ def test_denials_say_what_and_where(
     assert needle in d.message
 
 
-def test_unprivileged_platform_with_a_fuse_device_resource() -> None:
-    caps = Capabilities(privileged=False, fuse_device_resource="smarter-devices/fuse")
+def test_a_fuse_device_resource_is_requested_where_the_platform_names_one() -> None:
+    caps = Capabilities(privileged=True, fuse_device_resource="smarter-devices/fuse")
     out = injected(pod(), caps=caps)
     side = out["spec"]["initContainers"][0]
     assert side["resources"]["limits"]["smarter-devices/fuse"] == "1"
-    assert side["securityContext"]["capabilities"] == {"add": ["SYS_ADMIN"]}
-    assert "privileged" not in side["securityContext"]
+    assert side["securityContext"]["privileged"] is True
 
 
 def test_admission_review_round_trip() -> None:
