@@ -34,6 +34,7 @@ from aiohttp import web
 from agents import api as agent_api
 from agents import diff, render, status
 from agents.kube import Kube, KubeError
+from agents.metrics import MetricWindow
 from agents.registry import Registry
 from agents.state import AgentState, StateFile
 from agents.webhook import mutate
@@ -126,8 +127,10 @@ class Agent:
         self.rotate_requested = asyncio.Event()
         self.all_synced = asyncio.Event()
         self.registry = Registry(ttl=max(10.0, 3 * cfg.status_interval))
+        self.window = MetricWindow(window=cfg.metrics_window)
         self.loads: dict[str, LoadStatus] = {}
         self._load_tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.api_url = ""
 
     # --- plumbing ------------------------------------------------------------------------
@@ -182,7 +185,8 @@ class Agent:
     async def _start_api(self) -> web.AppRunner:
         """The agent's API, where this cluster's cache workers register (before the first
         reconcile, so their config carries its URL)."""
-        runner = web.AppRunner(agent_api.make_app(self.registry), access_log=None)
+        app = agent_api.make_app(self.registry, self.window, self._on_metrics)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         # with port 0 the kernel picks one; keep it across restarts (it is in the workers'
         # config), unless something else took it meanwhile
@@ -518,22 +522,35 @@ class Agent:
     # --- cache workers and warm-ups --------------------------------------------------------
 
     def _with_workers(self, b: Binding, st: BindingStatus) -> BindingStatus:
-        cache = self.registry.cache(b.dataset, self.clock()) if b.mode == "sidecar" else None
+        now = self.clock()
+        cache = self.registry.cache(b.dataset, now) if b.mode == "sidecar" else None
         load = self.loads.get(b.name)
         if load is None:
             prev = self.state.statuses.get(b.name)
             load = prev.load if prev is not None else None
-        return status.with_workers(st, cache, load)
+        figures = self.window.figures(b.dataset, now)
+        return status.with_workers(st, cache, load, figures)
+
+    def _on_metrics(self, datasets: set[str]) -> None:
+        """New OTLP figures: send the affected bindings' statuses now."""
+        task = asyncio.create_task(self._refresh(datasets))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, datasets: set[str] | None = None) -> None:
+        for name, b in list(self.state.bindings.items()):
+            st = self.state.statuses.get(name)
+            if st is None or b.deleting or (datasets is not None and b.dataset not in datasets):
+                continue
+            await self._publish(name, self._with_workers(b, st))
 
     async def _refresh_statuses(self) -> None:
         """Cache figures and warm-up progress change without any Kubernetes object
         changing: fold them into the last status now and then."""
         while True:
             await asyncio.sleep(self.cfg.status_interval)
-            for name, b in list(self.state.bindings.items()):
-                st = self.state.statuses.get(name)
-                if st is not None and not b.deleting:
-                    await self._publish(name, self._with_workers(b, st))
+            self.window.forget_before(self.clock() - 10 * self.cfg.metrics_window)
+            await self._refresh()
 
     def _maybe_load(self, b: Binding) -> None:
         req = b.load

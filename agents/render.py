@@ -106,11 +106,12 @@ def _mount_doc(m: Mount) -> dict[str, Any]:
     return codec.to_builtins(m)  # type: ignore[no-any-return]
 
 
-def sidecar_config(b: Binding, namespace: str) -> dict[str, Any]:
+def sidecar_config(b: Binding, namespace: str, agent_url: str = "") -> dict[str, Any]:
     """What `fluidfed sidecar mount` needs in `namespace` (the access entry applied)."""
     ds = b.spec
     entry = next(a for a in ds.access_list() if a.namespace == namespace)
     return {
+        "agent": agent_url,
         "dataset": ds.name,
         "cluster": b.cluster,
         "namespace": namespace,
@@ -239,7 +240,9 @@ def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     ds = b.spec
     out: list[dict[str, Any]] = []
     for entry in ds.access_list():
-        data = {"sidecar.json": codec.encode(sidecar_config(b, entry.namespace)).decode()}
+        data = {
+            "sidecar.json": codec.encode(sidecar_config(b, entry.namespace, ctx.agent_url)).decode()
+        }
         if entry.namespace == ds.namespace:
             data["worker.json"] = codec.encode(worker_config(b, ctx)).decode()
         out.append(

@@ -91,10 +91,11 @@ def with_workers(
     st: BindingStatus,
     cache: tuple[int, int, float | None] | None,
     load: LoadStatus | None,
+    figures: dict[str, float] | None = None,
 ) -> BindingStatus:
-    """The status with what the cache workers report (used, capacity, hit ratio) and the
-    latest warm-up's progress folded in."""
-    changes: dict[str, Any] = {"load": load}
+    """The status with what the cache workers report (used, capacity, hit ratio), the
+    latest warm-up's progress and the metric window's figures folded in."""
+    changes: dict[str, Any] = {"load": load, "metrics": dict(figures or {})}
     if cache is not None:
         used, capacity, ratio = cache
         changes.update(cache_used=used, cache_capacity=capacity or st.cache_capacity)

@@ -23,8 +23,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from fluidfed import blocks, config, layout, ufs, workers
+from fluidfed import blocks, config, layout, telemetry, ufs, workers
 from fluidfed.blockstore import BlockStore
+from fluidfed.instruments import DataPathInstruments
 from fluidfed.layout import FileRef, WorkerConfig
 
 log = logging.getLogger("fluidfed.worker")
@@ -70,6 +71,8 @@ class Worker:
         self.ufs_reads = 0
         self.ufs_bytes = 0
         self.ufs_errors = 0
+        self.served = 0  # blocks (or spans) served to sidecars
+        self.served_bytes = 0
         self.load = workers.LoadProgress()
         self._load_task: asyncio.Task[None] | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -261,6 +264,23 @@ class Worker:
             await self.report()
             await asyncio.sleep(self.cfg.report_interval)
 
+    def instrument(self, cluster: str = "") -> None:
+        meter = telemetry.setup(
+            "worker",
+            attributes={"fluidfed.dataset": self.cfg.dataset, "fluidfed.cluster": cluster},
+            otlp_default=self.cfg.agent,
+        )
+        DataPathInstruments(
+            meter,
+            self.store,
+            read_bytes=lambda: {(): self.served_bytes},
+            reads=lambda: {(): self.served},
+            source_hits=dict,
+            source_misses=dict,
+            ufs_bytes=lambda: self.ufs_bytes,
+            ufs_errors=lambda: self.ufs_errors,
+        )
+
     def status(self) -> dict[str, Any]:
         return {
             "url": self.url,
@@ -313,6 +333,8 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     if span is not None:
         data = data[span[0] : span[0] + span[1]]
         crc = blocks.checksum(data)
+    w.served += 1
+    w.served_bytes += len(data)
     return web.Response(
         body=data,
         content_type="application/octet-stream",
@@ -359,6 +381,11 @@ async def _drain(request: web.Request) -> web.Response:
     return web.json_response(await w.drain(peers))
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    body, ctype = telemetry.prometheus_text()
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -373,6 +400,7 @@ def make_app(worker: Worker) -> web.Application:
     app.router.add_get("/v1/load", _load_progress)
     app.router.add_post("/v1/drain", _drain)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -402,6 +430,7 @@ async def serve(
             config_path=config_path,
         )
         await worker.open()
+        worker.instrument()
         runner = web.AppRunner(make_app(worker), handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -447,3 +476,4 @@ async def serve(
             await runner.cleanup()
         if worker is not None:
             await worker.close()
+        await asyncio.to_thread(telemetry.shutdown)

@@ -111,6 +111,7 @@ class SidecarConfig(Wire):
     read_timeout: float = 10.0  # a block not read within this gives EIO
     worker_timeout: float = 3.0  # a worker not answering within this: read the UFS
     readahead: int = 4  # blocks fetched ahead of a sequential reader
+    agent: str = ""  # the agent's API: OTLP metrics go to <agent>/v1/metrics
 
 
 class WorkerConfig(Wire):

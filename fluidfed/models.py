@@ -244,6 +244,7 @@ class AgentConfig(Spec, frozen=True):
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
     api_url: str = ""  # how the workers reach it; default http://<api_host>:<port>
+    metrics_window: Duration = _seconds(15)  # rates and ratios sent to the hub cover this
 
 
 class Document(Spec, frozen=True):

@@ -1,28 +1,96 @@
-"""OpenTelemetry set-up shared by every component: a meter provider with a Prometheus reader.
+"""OpenTelemetry set-up shared by every component: one meter provider per process with a
+Prometheus reader (`/metrics`) and, when an OTLP endpoint is known, a periodic OTLP/HTTP
+(protobuf) exporter.
 
-Components record with OpenTelemetry instruments; `/metrics` serves the same figures in the
-Prometheus text format through the SDK's Prometheus reader.
+The standard variables work: `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._METRICS_ENDPOINT`),
+`OTEL_METRIC_EXPORT_INTERVAL` (milliseconds), `OTEL_RESOURCE_ATTRIBUTES`, and
+`OTEL_SDK_DISABLED=true` turns every instrument into a no-op. So the same components can be
+pointed at any collector; by default the data path exports to its cluster's agent.
+
+Instruments of the data path (attributes in brackets; the resource carries
+`service.name`, `service.instance.id`, `fluidfed.dataset`, `fluidfed.cluster`,
+`k8s.namespace.name`):
+
+    fluidfed.read.bytes          counter, By     bytes served to readers [fluidfed.source]
+    fluidfed.read.operations     counter         reads served [fluidfed.source]
+    fluidfed.read.duration       histogram, s    time to serve a read
+    fluidfed.cache.hits          counter         blocks found in a tier [fluidfed.tier]
+    fluidfed.cache.misses        counter         blocks found in no tier
+    fluidfed.cache.evictions     counter         blocks moved down or dropped [fluidfed.tier]
+    fluidfed.cache.used          gauge, By       bytes held [fluidfed.tier]
+    fluidfed.cache.capacity      gauge, By       quota [fluidfed.tier]
+    fluidfed.ufs.read.bytes      counter, By     bytes read from the under storage
+    fluidfed.ufs.errors          counter         failed under-storage reads
 """
 
 from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
 
 import prometheus_client
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+
+DEFAULT_EXPORT_INTERVAL_MS = 5000  # the SDK's own default is 60 s: too slow to autoscale on
 
 _provider: MeterProvider | None = None
 
 
-def setup(service: str) -> metrics.Meter:
+def otlp_endpoint(default: str = "") -> str:
+    """Where metrics go: the standard variables first, then `default` (the agent)."""
+    metrics_ep = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "")
+    if metrics_ep:
+        return metrics_ep
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "") or default
+    return f"{base.rstrip('/')}/v1/metrics" if base else ""
+
+
+def setup(
+    service: str,
+    *,
+    attributes: Mapping[str, str] | None = None,
+    otlp_default: str = "",
+) -> metrics.Meter:
     """Install the process's meter provider once; return a meter for `service`."""
     global _provider
     if _provider is None:
-        resource = Resource.create({"service.name": service})
-        _provider = MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()])
+        resource = Resource.create(
+            {
+                "service.name": f"fluidfed-{service}",
+                "service.instance.id": str(uuid.uuid4()),
+                **(attributes or {}),
+            }
+        )
+        readers: list[MetricReader] = [PrometheusMetricReader()]
+        endpoint = otlp_endpoint(otlp_default)
+        if endpoint:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            interval = float(
+                os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_EXPORT_INTERVAL_MS)
+            )
+            readers.append(
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(endpoint=endpoint, timeout=5),
+                    export_interval_millis=interval,
+                )
+            )
+        _provider = MeterProvider(resource=resource, metric_readers=readers)
         metrics.set_meter_provider(_provider)
     return metrics.get_meter(f"fluidfed.{service}")
+
+
+def shutdown() -> None:
+    """Export what is left and stop the readers (on a clean exit)."""
+    if _provider is not None:
+        _provider.shutdown(timeout_millis=3000)
 
 
 def prometheus_text() -> tuple[bytes, str]:

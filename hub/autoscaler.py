@@ -4,6 +4,7 @@ period, and writes the replicas (with the reason) into the binding through the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,7 @@ class Autoscaler:
         self.clock = clock
         self.windows: dict[str, deque[autoscale.Sample]] = {}
         self.recommendations: dict[str, list[autoscale.Recommendation]] = {}
+        self.wake = asyncio.Event()  # new metrics: decide now, not at the next period
 
     def observe(self, binding: str, status: BindingStatus) -> None:
         """Keep the metrics an agent reported with a binding's status."""
@@ -43,6 +45,7 @@ class Autoscaler:
             read_bytes_per_second=m.get("read_bytes_per_second"),
         )
         self.windows.setdefault(binding, deque(maxlen=4096)).append(sample)
+        self.wake.set()
 
     def _horizon(self, binding: str) -> float:
         b = self.catalog.bindings[binding]
@@ -83,7 +86,13 @@ class Autoscaler:
             self.recommendations.pop(gone, None)
         return made
 
-    async def run(self) -> None:
+    async def run(self, min_gap: float = 0.2) -> None:
+        """Decide every `interval`, and as soon as new metrics arrive (at most every
+        `min_gap` seconds): scale-up reacts within one export of the load step."""
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self.wake.wait()
+            self.wake.clear()
             await self.tick()
+            await asyncio.sleep(min_gap)

@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,8 @@ class DatasetFS(pyfuse3.Operations):
         self._mounted_at = time.time_ns()
         self.reads = 0
         self.read_errors = 0
+        self.bytes_served = 0
+        self.on_read: Callable[[float], None] | None = None  # seconds per served read
 
     # --- metadata -------------------------------------------------------------------
 
@@ -149,8 +152,16 @@ class DatasetFS(pyfuse3.Operations):
         h = self._handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        ref = h.ref
+        started = time.perf_counter()
+        data = await self._read(h, off, size)
         self.reads += 1
+        self.bytes_served += len(data)
+        if self.on_read is not None:
+            self.on_read(time.perf_counter() - started)
+        return data
+
+    async def _read(self, h: _Handle, off: int, size: int) -> Any:
+        ref = h.ref
         idx = blocks.blocks_for(off, size, ref.size, self.block_size)
         if not idx:
             return b""

@@ -21,8 +21,9 @@ import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
-from fluidfed import config, layout, ufs
+from fluidfed import config, layout, telemetry, ufs
 from fluidfed.blockstore import BlockStore
+from fluidfed.instruments import DataPathInstruments
 from fluidfed.layout import FileRef, SidecarConfig
 from sidecar import peers
 from sidecar.fs import DatasetFS
@@ -156,6 +157,33 @@ class Sidecar:
                 return
             await asyncio.sleep(interval)
 
+    def _instrument(self, store: BlockStore) -> None:
+        cfg, fs, reader = self.cfg, self.fs, self.reader
+        assert fs is not None and reader is not None
+        meter = telemetry.setup(
+            "sidecar",
+            attributes={
+                "fluidfed.dataset": cfg.dataset,
+                "fluidfed.cluster": cfg.cluster,
+                "k8s.namespace.name": cfg.namespace,
+            },
+            otlp_default=cfg.agent,
+        )
+        st = reader.stats
+        worker = (("fluidfed.source", "worker"),)
+        ufs_src = (("fluidfed.source", "ufs"),)
+        inst = DataPathInstruments(
+            meter,
+            store,
+            read_bytes=lambda: {(): fs.bytes_served},
+            reads=lambda: {(): fs.reads},
+            source_hits=lambda: {worker: st.worker_hits},
+            source_misses=lambda: {worker: st.worker_misses, ufs_src: st.ufs_reads},
+            ufs_bytes=lambda: st.bytes,
+            ufs_errors=lambda: st.ufs_errors,
+        )
+        fs.on_read = inst.duration.record
+
     def status(self) -> dict[str, Any]:
         r = self.reader
         return {
@@ -193,6 +221,7 @@ class Sidecar:
                 ttl=self.cfg.metadata_ttl,
                 read_timeout=self.cfg.read_timeout,
             )
+            self._instrument(store)
             os.makedirs(self.mountpoint, exist_ok=True)
             options = {
                 "ro",
@@ -238,6 +267,7 @@ class Sidecar:
                 pyfuse3.close(unmount=True)
             await self.reader.close()
             await self.session.close()
+            await asyncio.to_thread(telemetry.shutdown)  # the last figures go out
 
 
 async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_peers: bool) -> None:
@@ -253,6 +283,7 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", _ok)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/metrics", _metrics)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, status_host, status_port, reuse_address=True)
@@ -283,3 +314,8 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
 
 async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, ctype = telemetry.prometheus_text()
+    return web.Response(body=body, headers={"Content-Type": ctype})

@@ -34,7 +34,7 @@ class ReadStats:
     worker_errors: int = 0
     ufs_errors: int = 0
     readahead: int = 0
-    bytes: int = 0
+    bytes: int = 0  # read from the under storage directly
 
 
 class BlockReader:
@@ -127,6 +127,7 @@ class BlockReader:
             self.stats.ufs_errors += 1
             raise
         self.stats.ufs_reads += 1
+        self.stats.bytes += len(data)
         return data
 
     def prefetch(self, ref: FileRef, indices: range) -> None:

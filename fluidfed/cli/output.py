@@ -160,6 +160,20 @@ def describe_dataset(d: DatasetView) -> None:
         console.print(t)
     else:
         console.print("  none: no cluster matches the placement")
+    measured = [(v.binding.cluster, v.status.metrics) for v in d.bindings if v.status]
+    if any(f for _, f in measured):
+        console.print("[bold]Metrics (agents' sliding window):[/bold]")
+        for cluster, figs in measured:
+            if not figs:
+                continue
+            parts = []
+            if "read_bytes_per_second" in figs:
+                parts.append(f"reads {format_size(int(figs['read_bytes_per_second']))}/s")
+            if "hit_ratio" in figs:
+                parts.append(f"hit ratio {figs['hit_ratio']:.2f}")
+            if "cache_used_ratio" in figs:
+                parts.append(f"cache used {figs['cache_used_ratio']:.0%}")
+            console.print(f"  {cluster}: {', '.join(parts)}")
     loads = [(v.binding.cluster, v.status.load) for v in d.bindings if v.status and v.status.load]
     if loads:
         console.print("[bold]Warm-up (latest per cluster):[/bold]")
