@@ -17,6 +17,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -106,6 +107,14 @@ block_size = "1MiB"
 medium = "MEM"
 quota = "2GiB"
 
+[dataset.autoscale]          # from the sidecars' and workers' OpenTelemetry metrics
+min_replicas = 2
+max_replicas = 4
+scale_down_window = "20s"    # short for the demo (Kubernetes' HPA default: 5 minutes)
+[[dataset.autoscale.targets]]
+metric = "read_throughput_per_worker"
+target = 50000000            # bytes per second per cache worker
+
 [dataset.placement]
 selector = {{ match_expressions = [{{ key = "env", operator = "In", values = ["prod", "edge"] }}] }}
 
@@ -140,6 +149,7 @@ class Summary:
     injected: str = ""
     read: str = ""
     speedup: float = 0.0
+    autoscale: str = ""
 
 
 def sample_dataset(*, small: bool) -> dict[str, bytes]:
@@ -153,6 +163,31 @@ def sample_dataset(*, small: bool) -> dict[str, bytes]:
         split = "val" if i % 4 == 3 else "train"
         out[f"{split}/class-{i % 5}/img-{i:04d}.bin"] = rng.randbytes(rng.choice(sizes))
     return out
+
+
+async def _until(
+    get: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], within: float, every: float
+) -> Any:
+    async with asyncio.timeout(within):
+        while True:
+            got = await get()
+            if ok(got):
+                return got
+            await asyncio.sleep(every)
+
+
+def _read_loop(mnt: Path, stop: threading.Event) -> None:
+    """Read every file again and again, past the kernel's page cache."""
+    files = [p for p in mnt.rglob("*") if p.is_file()]
+    while not stop.is_set():
+        for p in files:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                while os.read(fd, 2**20):
+                    pass
+            finally:
+                os.close(fd)
 
 
 def _read_and_check(mnt: Path, want: dict[str, bytes]) -> bool:
@@ -175,7 +210,7 @@ class Demo:
         self.agents: dict[str, AgentProcess] = {}
         self.summary = Summary()
         self.step_no = 0
-        self.total = 6 if quick else 7
+        self.total = 6 if quick else 8
         self.s3: S3Server | None = None
         self.workers: list[WorkerProcess] = []
         self.sidecar: SidecarProcess | None = None
@@ -209,6 +244,7 @@ class Demo:
             await self.timed("webhook", self._webhook_pod)
             await self.timed("data path", self._data_path)
             if not self.quick:
+                await self.timed("autoscaling", self._autoscale)
                 await self.timed("edge autonomy", self._autonomy)
             await self._summarise()
         finally:
@@ -370,6 +406,8 @@ class Demo:
         ports = [cluster.free_port() for _ in range(2)]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         wcfg["workers"] = scfg["workers"] = {"endpoints": urls}
+        # metrics every second rather than every 5 s: the autoscaling step is quicker
+        os.environ.setdefault("OTEL_METRIC_EXPORT_INTERVAL", "1000")
         for i, port in enumerate(ports):
             self.workers.append(WorkerProcess(self.base / f"worker-{i}", wcfg, port).start())
         self.note(f"cache workers on {', '.join(urls)}, registered with the serverless agent")
@@ -398,12 +436,53 @@ class Demo:
             )
             if not ok:
                 raise RuntimeError("the bytes read through the mount differ from the source")
-            if label == "cold" or not self.keep:
+            if label == "cold" or (self.quick and not self.keep):
                 sc.stop()
                 self.sidecar = None
         self.summary.speedup = rates[1] / rates[0] if rates[0] else 0.0
         self.summary.read = f"cold {rates[0]:.0f} MiB/s, warm {rates[1]:.0f} MiB/s"
         self.note(f"warm over cold: {self.summary.speedup:.1f}x")
+
+    async def _autoscale(self) -> None:
+        self.step("Reads drive the cache workers up; idleness brings them down")
+        assert self.sidecar is not None
+        shown: set[float] = set()
+
+        async def serverless() -> Any:
+            async with self.admin() as hub:
+                view = await hub.get_dataset("imagenet")
+            v = next(b for b in view.bindings if b.binding.cluster == "serverless")
+            for d in v.decisions:
+                if d.at not in shown and d.replicas != d.current:
+                    shown.add(d.at)
+                    self.note(f"decision: {d.reason}")
+            return v
+
+        start = (await serverless()).binding.replicas
+        stop = threading.Event()
+        reader = threading.Thread(target=_read_loop, args=(self.sidecar.mountpoint, stop))
+        reader.start()
+        t0 = time.monotonic()
+        try:
+            self.note(f"reading through the mount as fast as it goes ({start} workers)")
+            v = await _until(serverless, lambda b: b.binding.replicas > start, 120, 0.5)
+            figures = v.status.metrics if v.status else {}
+            rate = figures.get("read_bytes_per_second", 0.0) / 2**20
+            self.note(
+                f"{time.monotonic() - t0:.1f}s after the load began: {v.binding.replicas} "
+                f"workers (reads {rate:.0f} MiB/s at the agent)"
+            )
+        finally:
+            stop.set()
+            await asyncio.to_thread(reader.join, 30)
+        t1 = time.monotonic()
+        self.note("the load stops")
+        v = await _until(serverless, lambda b: b.binding.replicas <= start, 180, 1.0)
+        self.note(
+            f"{time.monotonic() - t1:.0f}s after the load stopped: back to "
+            f"{v.binding.replicas} workers (the agent's window, then the 20s scale-down window)"
+        )
+        self.summary.autoscale = f"{start} -> {max(d.replicas for d in v.decisions)} -> {start}"
 
     async def _autonomy(self) -> None:
         self.step("The hub goes away; the edge keeps working from its state on disk")
@@ -471,6 +550,8 @@ class Demo:
                 f"reads through the mount: {self.summary.read} "
                 f"({self.summary.speedup:.1f}x warm over cold)"
             )
+        if self.summary.autoscale:
+            self.note(f"autoscaling on serverless: {self.summary.autoscale} cache workers")
         timings = ", ".join(f"{n} {s:.1f}s" for n, s in self.summary.steps)
         self.note(f"timings: {timings}")
         self.note("csi clusters report Pending until Fluid's own controllers bind the Dataset")
