@@ -206,7 +206,8 @@ def instruments_cost(base: Path, seconds: float, rounds: int) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"on": [], "off": []}
     receiver = start_receiver()
     for r in range(rounds):
-        for mode in ("on", "off"):
+        # alternate which goes first, so warm-up effects do not favour one side
+        for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
             if mode == "off":
                 os.environ["OTEL_SDK_DISABLED"] = "true"
             else:

@@ -137,6 +137,20 @@ class BlockStore:
     def __contains__(self, key: str) -> bool:
         return any(key in t.ledger for t in self._tiers)
 
+    def peek(self, key: str) -> bytes | None:
+        """A block held in a memory tier, synchronously (counted as a hit); None otherwise
+        (not counted: the caller goes on to `get`)."""
+        for tier in self._tiers:
+            if tier.dir is not None:
+                return None
+            got = tier.mem.get(key)
+            if got is not None:
+                tier.ledger.touch(key)
+                tier.hits += 1
+                self.stats.hits += 1
+                return got[0]
+        return None
+
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one)."""
         for tier in self._tiers:

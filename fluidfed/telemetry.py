@@ -13,7 +13,9 @@ Instruments of the data path (attributes in brackets; the resource carries
 
     fluidfed.read.bytes          counter, By     bytes served to readers [fluidfed.source]
     fluidfed.read.operations     counter         reads served [fluidfed.source]
-    fluidfed.read.duration       histogram, s    time to serve a read
+    fluidfed.read.duration       histogram, s    time to serve a read that waited for a
+                                                 block (the sidecar's memory hits are not
+                                                 timed: they take microseconds)
     fluidfed.cache.hits          counter         blocks found in a tier [fluidfed.tier]
     fluidfed.cache.misses        counter         blocks found in no tier
     fluidfed.cache.evictions     counter         blocks moved down or dropped [fluidfed.tier]

@@ -81,6 +81,14 @@ class BlockReader:
         finally:
             del self._inflight[key]
 
+    def peek(self, ref: FileRef, index: int) -> bytes | None:
+        """The block if the sidecar's memory holds it: no waiting, no task."""
+        got = self.store.peek(self.key(ref, index))
+        if got is None:
+            return None
+        self.stats.local_hits += 1
+        return got
+
     def cached(self, ref: FileRef, index: int) -> bool:
         key = self.key(ref, index)
         return key in self.store or key in self._inflight
