@@ -181,7 +181,18 @@ def main() -> None:
             "goal": "<= 80 MB",
         }
         # (c) re-read: the kernel's page cache is kept for unchanged files
-        reread = fio(cold_sc.mountpoint / "big.bin", "read", "1M", size=size, invalidate=0)
+        # best of three: this 2-core machine's noise is larger than the effect measured
+        reread = max(
+            (
+                fio(cold_sc.mountpoint / "big.bin", "read", "1M", size=size, invalidate=0)
+                for _ in range(3)
+            ),
+            key=lambda r: r["MiB_per_s"],
+        )
+        local_fio = max(
+            (fio(big, "read", "1M", size=size, invalidate=0) for _ in range(3)),
+            key=lambda r: r["MiB_per_s"],
+        )
         results["reread"] = {
             "mount_MiB_per_s": reread["MiB_per_s"],
             "local_cached_MiB_per_s": local_fio["MiB_per_s"],

@@ -208,7 +208,13 @@ class DatasetFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         if len(parts) == 1:
             return memoryview(parts[0])[lo : lo + size]
-        return b"".join(parts)[lo : lo + size]
+        # across blocks: copy only the bytes asked for
+        views = [memoryview(p) for p in parts]
+        views[0] = views[0][lo:]
+        excess = sum(len(v) for v in views) - size
+        if excess > 0:
+            views[-1] = views[-1][: len(views[-1]) - excess]
+        return b"".join(views)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self._handles.pop(fh, None)

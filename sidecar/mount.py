@@ -206,6 +206,7 @@ class Sidecar:
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
             connector=aiohttp.TCPConnector(limit=64),
+            read_bufsize=2**22,  # blocks are megabytes: fewer, larger socket reads
         )
         self.reader = BlockReader(self.cfg, self.readers, store, self.session)
         tasks: list[asyncio.Task[Any]] = []
