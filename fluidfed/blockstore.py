@@ -56,6 +56,7 @@ class _Tier:
         self.ledger = blocks.Ledger(int(spec.quota), spec.high, spec.low)
         self.dir = directory
         self.mem: dict[str, tuple[bytes, int]] = {}
+        self.verified: set[str] = set()  # disk blocks whose CRC held since they were written
         self.hits = 0
         self.evictions = 0
 
@@ -87,6 +88,16 @@ class _Tier:
         if magic != _MAGIC or blocks.checksum(data) != crc:
             return None
         return data, crc
+
+    def read_span(self, key: str, lo: int, n: int) -> bytes | None:
+        """`n` bytes at `lo` of a block already verified once (a random read needs no
+        4 MiB read and CRC each time)."""
+        try:
+            with open(self.file(key), "rb") as f:
+                size = os.fstat(f.fileno()).st_size - _TRAILER.size
+                return os.pread(f.fileno(), max(0, min(n, size - lo)), lo)
+        except FileNotFoundError:
+            return None
 
     def unlink(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -151,6 +162,27 @@ class BlockStore:
                 return got[0]
         return None
 
+    async def get_span(self, key: str, lo: int, n: int) -> bytes | None:
+        """Part of a cached block, or None (then `get` the whole block). A disk block is
+        read whole and checked the first time; after that spans are read directly."""
+        for tier in self._tiers:
+            if key not in tier.ledger:
+                continue
+            if tier.dir is None:
+                data: bytes | None = tier.mem[key][0][lo : lo + n]
+            elif key in tier.verified:
+                data = await asyncio.to_thread(tier.read_span, key, lo, n)
+            else:
+                whole = await self.get(key)
+                return None if whole is None else whole[0][lo : lo + n]
+            if data is None:
+                return None
+            tier.ledger.touch(key)
+            tier.hits += 1
+            self.stats.hits += 1
+            return data
+        return None
+
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one)."""
         for tier in self._tiers:
@@ -160,11 +192,14 @@ class BlockStore:
                 got: tuple[bytes, int] | None = tier.mem[key]
             else:
                 got = await asyncio.to_thread(tier.read, key)
+                if got is not None:
+                    tier.verified.add(key)
                 if got is None:
                     # gone or corrupt: forget it, the caller fetches it again
                     if key in tier.ledger:
                         self.stats.corrupt += 1
                         tier.ledger.remove(key)
+                        tier.verified.discard(key)
                         await asyncio.to_thread(tier.unlink, key)
                     break
             tier.ledger.touch(key)
@@ -192,6 +227,7 @@ class BlockStore:
             tier.mem[key] = (data, crc)
         else:
             await asyncio.to_thread(tier.write, key, data, crc)
+            tier.verified.add(key)  # written by us just now
         for old in tier.ledger.add(key, len(data)):
             tier.evictions += 1
             moved = await self._take(tier, old)
@@ -206,12 +242,14 @@ class BlockStore:
     async def _take(self, tier: _Tier, key: str) -> tuple[bytes, int] | None:
         if tier.dir is None:
             return tier.mem.pop(key, None)
+        tier.verified.discard(key)
         await asyncio.to_thread(tier.unlink, key)
         return None  # the last tiers are disks: what leaves them is dropped
 
     async def _drop(self, tier: _Tier, key: str) -> None:
         if tier.ledger.remove(key) or key in tier.mem:
             tier.mem.pop(key, None)
+            tier.verified.discard(key)
             if tier.dir is not None:
                 await asyncio.to_thread(tier.unlink, key)
 

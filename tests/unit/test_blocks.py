@@ -138,3 +138,20 @@ def test_peers_from_a_statefulset() -> None:
         "http://fluidfed-x-cache-1.fluidfed-x-cache.ns.svc:7070",
     ]
     assert layout.Peers(endpoints=["http://a/"]).urls() == ["http://a"]
+
+
+async def test_spans_of_disk_blocks_are_read_directly_once_the_block_was_checked(
+    tmp_path: Path,
+) -> None:
+    store = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    await store.put("c" * 32, bytes(range(100)))
+    assert await store.get_span("c" * 32, 10, 5) == bytes(range(10, 15))
+    assert await store.get_span("d" * 32, 0, 5) is None
+    # after a restart nothing is trusted yet: the first span read checks the whole block
+    again = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    path = tmp_path / "cc" / ("c" * 32)
+    raw = bytearray(path.read_bytes())
+    raw[50] ^= 1
+    path.write_bytes(bytes(raw))
+    assert await again.get_span("c" * 32, 10, 5) is None
+    assert again.stats.corrupt == 1
