@@ -62,8 +62,7 @@ class Worker:
     ) -> None:
         self.cfg = cfg
         self.url = url.rstrip("/")
-        self.config_path = config_path
-        self._config_mtime = config_path.stat().st_mtime if config_path else 0.0
+        self.config_file = config.Watched(config_path, WorkerConfig) if config_path else None
         self.store = BlockStore(cfg.tiers, root=cache_root)
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
@@ -95,21 +94,11 @@ class Worker:
         return urls if urls else [self.url]
 
     def reload(self) -> bool:
-        """Read the config file again if it changed (the agent rewrites it on scaling)."""
-        if self.config_path is None:
+        """Take the peers from the config file again if it changed (the agent rewrites it
+        on scaling)."""
+        cfg = self.config_file.changed() if self.config_file else None
+        if cfg is None:
             return False
-        try:
-            mtime = self.config_path.stat().st_mtime
-        except OSError:
-            return False
-        if mtime == self._config_mtime:
-            return False
-        try:
-            cfg = config.load_file(self.config_path, WorkerConfig)
-        except Exception as err:  # keep the last good config
-            log.warning("not reloading %s: %s", self.config_path, err)
-            return False
-        self._config_mtime = mtime
         self.cfg = msgspec.structs.replace(self.cfg, workers=cfg.workers)
         log.info("peers now %s", self.peers())
         return True
@@ -391,11 +380,6 @@ async def _drain(request: web.Request) -> web.Response:
     return web.json_response(await w.drain(peers))
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    body, ctype = telemetry.prometheus_text()
-    return web.Response(body=body, headers={"Content-Type": ctype})
-
-
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -410,7 +394,7 @@ def make_app(worker: Worker) -> web.Application:
     app.router.add_get("/v1/load", _load_progress)
     app.router.add_post("/v1/drain", _drain)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", telemetry.metrics_endpoint)
     return app
 
 

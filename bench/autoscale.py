@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import tempfile
 import threading
@@ -153,10 +152,7 @@ async def reaction(base: Path, runs: int) -> dict[str, Any]:
         await api.close()
     finally:
         for p in procs:
-            if isinstance(p, SidecarProcess):
-                p.close()
-            else:
-                p.stop(signal.SIGKILL)
+            p.close()
         agent.stop()
         hub.stop()
         await lc.down()

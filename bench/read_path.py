@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -277,10 +276,7 @@ def main() -> None:
         sc.stop()
     finally:
         for p in procs:
-            if isinstance(p, SidecarProcess):
-                p.close()
-            else:
-                p.stop(signal.SIGKILL)
+            p.close()
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(results, indent=2))

@@ -6,9 +6,10 @@ walking the source for the table and key that the field path names (`toml_lines`
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import tomli
@@ -18,6 +19,7 @@ from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import Document
 
 T = TypeVar("T")
+log = logging.getLogger("fluidfed.config")
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(
@@ -120,26 +122,24 @@ def loads(source: str, *, file: str = "<string>") -> Document:
     return parse_document(raw, file=file, source=source)
 
 
-def load(path: str | Path) -> Document:
-    p = Path(path)
+def _read(p: Path) -> str:
     try:
-        source = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("no such file", file=str(p))]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError([Problem(f"cannot read: {err}", file=str(p))]) from None
-    return loads(source, file=str(p))
+
+
+def load(path: str | Path) -> Document:
+    p = Path(path)
+    return loads(_read(p), file=str(p))
 
 
 def load_file(path: str | Path, typ: type[T]) -> T:
     """A data-path config (the JSON the agent writes into ConfigMaps, or TOML by hand)."""
     p = Path(path)
-    try:
-        source = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem("no such file", file=str(p))]) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError([Problem(f"cannot read: {err}", file=str(p))]) from None
+    source = _read(p)
     lines: dict[str, int] = {}
     try:
         if p.suffix == ".toml":
@@ -165,3 +165,32 @@ def load_file(path: str | Path, typ: type[T]) -> T:
                 )
             ]
         ) from None
+
+
+class Watched(Generic[T]):
+    """A config file someone else rewrites (the agent, through a ConfigMap): `changed()`
+    gives the new contents once per change, or None; a broken file keeps the last good."""
+
+    def __init__(self, path: Path, typ: type[T]) -> None:
+        self.path = path
+        self.typ = typ
+        self._mtime = 0.0
+        self._mtime = self._stat()
+
+    def _stat(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return self._mtime  # gone for a moment (a ConfigMap swap): no change
+
+    def changed(self) -> T | None:
+        mtime = self._stat()
+        if mtime == self._mtime:
+            return None
+        try:
+            got = load_file(self.path, self.typ)
+        except ConfigError as err:
+            log.warning("not reloading %s: %s", self.path, "; ".join(map(str, err.problems)))
+            return None
+        self._mtime = mtime
+        return got

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Mapping
 
 import prometheus_client
+from aiohttp import web
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -97,3 +98,9 @@ def shutdown() -> None:
 
 def prometheus_text() -> tuple[bytes, str]:
     return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """`GET /metrics` of every component's aiohttp app."""
+    body, ctype = prometheus_text()
+    return web.Response(body=body, headers={"Content-Type": ctype})

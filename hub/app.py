@@ -172,11 +172,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(text=f"ok revision={request.app[CATALOG].revision}")
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body, ctype = telemetry.prometheus_text()
-    return web.Response(body=body, headers={"Content-Type": ctype})
-
-
 async def openapi_doc(request: web.Request) -> web.Response:
     return json_response(openapi.document())
 
@@ -399,7 +394,7 @@ async def _background(app: web.Application) -> Any:
 ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
-    ("GET", "/metrics", metrics),
+    ("GET", "/metrics", telemetry.metrics_endpoint),
     ("GET", "/openapi.json", openapi_doc),
     ("GET", "/api/v1/clusters", list_clusters),
     ("POST", "/api/v1/clusters", register_cluster),

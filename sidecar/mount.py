@@ -78,8 +78,7 @@ class Sidecar:
         config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
-        self.config_path = config_path
-        self._config_mtime = config_path.stat().st_mtime if config_path else 0.0
+        self.config_file = config.Watched(config_path, SidecarConfig) if config_path else None
         self.mountpoint = os.path.abspath(mountpoint)
         self.ready_file = ready_file
         self.cache_dir = cache_dir
@@ -127,18 +126,10 @@ class Sidecar:
     def reload(self) -> None:
         """Take the cache workers from the config file again (the agent rewrites it when
         the workers scale); the rest of the config applies to the next mount."""
-        if self.config_path is None or self.reader is None:
+        if self.config_file is None or self.reader is None:
             return
-        try:
-            mtime = self.config_path.stat().st_mtime
-            if mtime == self._config_mtime:
-                return
-            cfg = config.load_file(self.config_path, SidecarConfig)
-        except Exception as err:
-            log.warning("not reloading %s: %s", self.config_path, err)
-            return
-        self._config_mtime = mtime
-        if self.workers_override is None:
+        cfg = self.config_file.changed()
+        if cfg is not None and self.workers_override is None:
             self.reader.workers = cfg.workers.urls()
             log.info("cache workers now %s", self.reader.workers)
 
@@ -284,7 +275,7 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", _ok)
     app.router.add_get("/v1/status", status)
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", telemetry.metrics_endpoint)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, status_host, status_port, reuse_address=True)
@@ -315,8 +306,3 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
 
 async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body, ctype = telemetry.prometheus_text()
-    return web.Response(body=body, headers={"Content-Type": ctype})

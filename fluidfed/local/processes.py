@@ -93,19 +93,7 @@ class HubProcess:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        code = stop_process(self.proc, sig, timeout)
         self.proc = None
         return code
 
@@ -190,23 +178,29 @@ class AgentProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 10.0)
         self.proc = None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _fluidfed(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fluidfed.cli.main", *args]
+def _spawn(
+    log: Path, pattern: str, what: str, timeout: float, *args: str
+) -> tuple[subprocess.Popen[str], re.Match[str]]:
+    """`fluidfed ARGS...` with stderr to `log`, once it prints its ready line."""
+    with open(log, "a") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fluidfed.cli.main", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        return proc, ready_line(proc, re.compile(pattern), what, timeout)
+    except RuntimeError:
+        stop_process(proc, signal.SIGKILL, 10.0)
+        raise
 
 
 class WorkerProcess:
@@ -228,31 +222,12 @@ class WorkerProcess:
         os.replace(tmp, self.config_path)
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
-        with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(
-                _fluidfed(
-                    "worker",
-                    "serve",
-                    "--config",
-                    str(self.config_path),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--advertise",
-                    self.url,
-                    "--cache-dir",
-                    str(self.dir / "cache"),
-                ),
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        try:
-            ready_line(self.proc, re.compile(r"listening on"), "worker", timeout)
-        except RuntimeError:
-            self.stop(signal.SIGKILL)
-            raise
+        self.proc, _ = _spawn(
+            self.log, r"listening on", "worker", timeout,
+            "worker", "serve", "--config", str(self.config_path),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--advertise", self.url, "--cache-dir", str(self.dir / "cache"),
+        )  # fmt: skip
         return self
 
     def reload(self) -> None:
@@ -260,7 +235,13 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGHUP)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        return _stop(self.proc, sig, timeout)
+        code = stop_process(self.proc, sig, timeout)
+        self.proc = None
+        return code
+
+    def close(self) -> None:
+        """Stop it however it is (the hand-off is skipped)."""
+        self.stop(signal.SIGKILL)
 
 
 class SidecarProcess:
@@ -278,32 +259,12 @@ class SidecarProcess:
         self.log = self.dir / "sidecar.log"
 
     def start(self, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> SidecarProcess:
-        with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(
-                _fluidfed(
-                    "sidecar",
-                    "mount",
-                    "--config",
-                    str(self.config_path),
-                    "--mountpoint",
-                    str(self.mountpoint),
-                    "--ready-file",
-                    str(self.ready_file),
-                    "--status-addr",
-                    "127.0.0.1:0",
-                    "--cache-dir",
-                    str(self.dir / "cache"),
-                    *extra,
-                ),
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        try:
-            m = ready_line(self.proc, re.compile(r"status (http://\S+)\)"), "sidecar", timeout)
-        except RuntimeError:
-            self.stop(signal.SIGKILL)
-            raise
+        self.proc, m = _spawn(
+            self.log, r"status (http://\S+)\)", "sidecar", timeout,
+            "sidecar", "mount", "--config", str(self.config_path),
+            "--mountpoint", str(self.mountpoint), "--ready-file", str(self.ready_file),
+            "--status-addr", "127.0.0.1:0", "--cache-dir", str(self.dir / "cache"), *extra,
+        )  # fmt: skip
         self.status_url = m.group(1)
         return self
 
@@ -313,7 +274,7 @@ class SidecarProcess:
         return got
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        code = _stop(self.proc, sig, timeout)
+        code = stop_process(self.proc, sig, timeout)
         self.proc = None
         return code
 
@@ -335,7 +296,8 @@ def force_unmount(mountpoint: Path) -> None:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
 
 
-def _stop(proc: subprocess.Popen[str] | None, sig: int, timeout: float) -> int:
+def stop_process(proc: subprocess.Popen[Any] | None, sig: int, timeout: float) -> int:
+    """Signal a child, wait up to `timeout`, then kill it; its exit code (0 if none)."""
     if proc is None:
         return 0
     if proc.poll() is None:
@@ -345,6 +307,7 @@ def _stop(proc: subprocess.Popen[str] | None, sig: int, timeout: float) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
     return proc.returncode

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -20,6 +21,7 @@ import opendal
 
 from fluidfed.local import binaries
 from fluidfed.local.cluster import free_port
+from fluidfed.local.processes import stop_process
 
 USER, PASSWORD = "fluidfed", "fluidfed-secret"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": USER, "AWS_SECRET_ACCESS_KEY": PASSWORD}
@@ -64,13 +66,7 @@ class S3Server:
         raise RuntimeError(f"minio did not become ready in {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 10.0)
         self.proc = None
 
     def operator(self) -> opendal.AsyncOperator:
