@@ -37,7 +37,6 @@ from fluidfed.local.processes import (
     SidecarProcess,
     WorkerProcess,
     force_unmount,
-    is_mounted,
 )
 from fluidfed.local.s3 import S3Server
 from fluidfed.models import DatasetView
@@ -641,16 +640,36 @@ async def stop(base: Path) -> None:
     state_file = base / "demo.json"
     if state_file.exists():
         state = msgspec.json.decode(state_file.read_bytes(), type=DemoState)
-        for pid in [*state.other_pids, *state.agent_pids.values(), state.hub_pid]:
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+        pids = [p for p in [*state.other_pids, *state.agent_pids.values(), state.hub_pid] if p]
+        await _terminate(pids)
         if state.mountpoint:
-            for _ in range(50):  # the sidecar unmounts on SIGTERM
-                if not is_mounted(Path(state.mountpoint)):
-                    break
-                await asyncio.sleep(0.1)
             force_unmount(Path(state.mountpoint))
     for st in cluster.list_clusters(base / "clusters"):
         await cluster.LocalCluster(st.name, st.kind, base_dir=base / "clusters").down()
     shutil.rmtree(base, ignore_errors=True)
+
+
+async def _terminate(pids: list[int], grace: float = 15.0) -> None:
+    """SIGTERM, then wait for them to be gone (the sidecar unmounts, workers try their
+    hand-off); SIGKILL what is still there after `grace` seconds. They are not our
+    children, so liveness is probed with signal 0."""
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+    async def remaining() -> list[int]:
+        return [p for p in pids if alive(p)]
+
+    with contextlib.suppress(TimeoutError):
+        await _until(remaining, lambda left: not left, grace, 0.1)
+    for pid in await remaining():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
