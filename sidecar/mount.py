@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -21,7 +19,7 @@ import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
-from fluidfed import config, layout, telemetry, ufs
+from fluidfed import config, heap, layout, telemetry, ufs
 from fluidfed.blockstore import BlockStore
 from fluidfed.instruments import DataPathInstruments
 from fluidfed.layout import FileRef, SidecarConfig
@@ -33,16 +31,6 @@ from sidecar.tree import Tree
 log = logging.getLogger("fluidfed.sidecar")
 
 pyfuse3.asyncio.enable()
-
-
-def pin_malloc_threshold() -> None:
-    """Blocks are megabytes: have glibc always map them fresh, so a freed block goes back
-    to the system instead of staying in a fragmented heap (RSS tracks the cache tier)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_mmap_threshold, m_arena_max = -3, -8
-        libc.mallopt(m_mmap_threshold, 256 * 1024)
-        libc.mallopt(m_arena_max, 2)
 
 
 async def list_dataset(cfg: SidecarConfig, readers: list[ufs.UFS]) -> dict[str, FileRef]:
@@ -192,7 +180,7 @@ class Sidecar:
         }
 
     async def run(self, *, exit_with_peers: bool = False) -> None:
-        pin_malloc_threshold()
+        heap.tune()
         store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
@@ -234,6 +222,8 @@ class Sidecar:
             if self.ready_file:
                 await asyncio.to_thread(Path(self.ready_file).write_text, self.mountpoint + "\n")
             tasks.append(asyncio.create_task(self._refresh()))
+            fs = self.fs
+            tasks.append(asyncio.create_task(heap.trim_loop(lambda: fs.bytes_served)))
             tasks.append(asyncio.create_task(self._reload_loop()))
             if exit_with_peers:
                 tasks.append(asyncio.create_task(self._watch_peers()))

@@ -1,0 +1,59 @@
+"""glibc malloc settings for the processes that move megabyte blocks (sidecar, worker).
+
+Every block arrives in fresh buffers: OpenDAL's body, the bytes handed to Python,
+aiohttp's joined body, a block file read. Left to glibc's defaults, or with a low mmap
+threshold, each of those is a new mapping the kernel must fault in and zero page by
+page: measured with bench/read_path.py, 570,000 page faults per GiB read and 35-50% of
+the sidecar's CPU. Served from the heap instead, freed blocks are reused and the faults
+go (50,000 per GiB). A heap keeps what it frees, so `trim_loop` hands free pages back
+to the kernel once a second while blocks are moving: resident memory beyond the cache
+tiers settles where it was with fresh mappings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("fluidfed.heap")
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+HEAP_UP_TO = 32 * 2**20  # allocations below this come from (and go back to) the heap
+ARENAS = 2
+
+_libc: ctypes.CDLL | None = None
+
+
+def tune() -> bool:
+    """Serve block-sized allocations from the heap; False where glibc is not the allocator."""
+    global _libc
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if libc.mallopt(M_MMAP_THRESHOLD, HEAP_UP_TO) and libc.mallopt(M_ARENA_MAX, ARENAS):
+            _libc = libc
+            return True
+    return False
+
+
+def trim() -> None:
+    """Give the heap's free pages back to the kernel (blocking, a few milliseconds)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+async def trim_loop(activity: Callable[[], int], interval: float = 1.0) -> None:
+    """Trim after each `interval` in which `activity()` (a counter of bytes moved) changed."""
+    if _libc is None:
+        return
+    last = activity()
+    while True:
+        await asyncio.sleep(interval)
+        now = activity()
+        if now != last:
+            last = now
+            await asyncio.to_thread(trim)
