@@ -2,8 +2,10 @@
 
 New blocks go to the first tier; a tier past its high watermark moves its least recently
 used blocks down to the next tier (the last tier drops them) until it is back at its low
-watermark. Each block carries a CRC-32: on disk as an 8-byte trailer, checked on every read,
-so a corrupt block is dropped and reported as a miss (the caller fetches it again). Disk
+watermark. Each block carries a CRC-32: on disk as an 8-byte trailer, checked when a block
+is read whole, so a corrupt block is dropped and reported as a miss (the caller fetches it
+again); a block checked once can be sent from the page cache as it is (`open_verified`),
+its receiver checking the CRC end to end. Disk
 tiers are indexed again on start, so a restarted worker keeps its cache.
 """
 
@@ -15,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fluidfed import blocks
 from fluidfed.models import CacheTier
@@ -99,6 +101,24 @@ class _Tier:
         except FileNotFoundError:
             return None
 
+    def open_data(self, key: str) -> tuple[BinaryIO, int, int] | None:
+        """(open file, data length, stored CRC) of a block already verified once, for
+        sending without reading it here; None if it is gone or has no trailer."""
+        try:
+            f = open(self.file(key), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            return None
+        size = os.fstat(f.fileno()).st_size - _TRAILER.size
+        raw = os.pread(f.fileno(), _TRAILER.size, size) if size >= 0 else b""
+        if len(raw) != _TRAILER.size:
+            f.close()
+            return None
+        magic, crc = _TRAILER.unpack(raw)
+        if magic != _MAGIC:
+            f.close()
+            return None
+        return f, size, crc
+
     def unlink(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.file(key).unlink()
@@ -181,6 +201,25 @@ class BlockStore:
             tier.hits += 1
             self.stats.hits += 1
             return data
+        return None
+
+    async def open_verified(self, key: str) -> tuple[BinaryIO, int, int] | None:
+        """A disk block whose CRC already held once, as (file, length, CRC) for sending
+        straight from the page cache (counted as a hit); None: use `get`, which reads and
+        checks it. The receiver checks the CRC end to end and asks again with a full
+        check if it does not hold."""
+        for tier in self._tiers:
+            if key not in tier.ledger:
+                continue
+            if tier.dir is None or key not in tier.verified:
+                return None
+            got = await asyncio.to_thread(tier.open_data, key)
+            if got is None:
+                return None
+            tier.ledger.touch(key)
+            tier.hits += 1
+            self.stats.hits += 1
+            return got
         return None
 
     async def get(self, key: str) -> tuple[bytes, int] | None:

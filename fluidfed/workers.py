@@ -1,7 +1,8 @@
 """Talking to cache workers over HTTP: the protocol both ends share.
 
     GET  /v1/blocks/{key}?m=&p=&v=&s=&i=   a block; fetched from the UFS on a miss
-                                    (&r=OFF-LEN: only those bytes of it)
+                                    (&r=OFF-LEN: only those bytes of it; &verify=1: read
+                                    and check it even if it was checked before)
     PUT  /v1/blocks/{key}                  hand a block over (scale-in)
     GET  /v1/status                        blocks, bytes per tier, hits, misses, evictions
     POST /v1/load      {"path": P}         pull what this worker owns under P (warm-up)
@@ -61,12 +62,20 @@ async def get_block(
     ref: FileRef,
     index: int,
     span: tuple[int, int] | None = None,
+    *,
+    verify: bool = False,
 ) -> tuple[bytes, int, bool]:
     """(data, crc, was it a hit) from the worker at `url`: the block, or `span` (offset in
-    the block, length) of it, which the worker cuts from the whole block it caches."""
+    the block, length) of it, which the worker cuts from the whole block it caches.
+
+    A worker sends a disk block it has checked before as it lies on disk; if it arrives
+    damaged, it is asked for again with `verify`, which makes the worker read and check
+    it (dropping and refetching a corrupt copy)."""
     params = block_query(ref, index)
     if span is not None:
         params["r"] = f"{span[0]}-{span[1]}"
+    if verify:
+        params["verify"] = "1"
     try:
         async with session.get(f"{url}/v1/blocks/{key}", params=params) as r:
             if r.status != 200:
@@ -83,6 +92,8 @@ async def get_block(
         else (blocks.checksum(data))
     )
     if got != crc:
+        if not verify:
+            return await get_block(session, url, key, ref, index, span, verify=True)
         raise WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
     return data, crc, hit
 
