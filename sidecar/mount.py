@@ -41,9 +41,16 @@ async def list_dataset(cfg: SidecarConfig, readers: list[ufs.UFS]) -> dict[str, 
     return layout.files(cfg.mounts, listings, cfg.sub_path)
 
 
+# The kernel's read-ahead for the mount: one full-size FUSE request (1 MiB, libfuse 3's
+# largest) ahead of the reader. The sidecar fetches whole blocks `readahead` blocks ahead
+# itself; a deeper kernel window (20 MiB was tried) only queues more requests on the event
+# loop: warm sequential reads measured 580 MiB/s with it and 650 MiB/s with 1 MiB.
+KERNEL_READAHEAD_KIB = 1024
+
+
 def tune_readahead(mountpoint: str, kib: int) -> int | None:
-    """Raise the mount's read-ahead (its backing device info) so the kernel asks for large,
-    early reads. Needs root; best effort."""
+    """Set the mount's read-ahead (its backing device info; the default is 128 KiB) so the
+    kernel asks for full-size reads. Needs root; best effort."""
     dev = os.stat(mountpoint).st_dev
     path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
     try:
@@ -216,8 +223,7 @@ class Sidecar:
             main = asyncio.create_task(pyfuse3.main(min_tasks=4, max_tasks=64))
             # ready once the mount answers a request through the kernel
             await asyncio.to_thread(os.stat, self.mountpoint)
-            kib = (self.cfg.readahead + 1) * self.cfg.block_size // 1024
-            await asyncio.to_thread(tune_readahead, self.mountpoint, kib)
+            await asyncio.to_thread(tune_readahead, self.mountpoint, KERNEL_READAHEAD_KIB)
             self.ready.set()
             if self.ready_file:
                 await asyncio.to_thread(Path(self.ready_file).write_text, self.mountpoint + "\n")
