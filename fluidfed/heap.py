@@ -5,9 +5,10 @@ aiohttp's joined body, a block file read. Left to glibc's defaults, or with a lo
 threshold, each of those is a new mapping the kernel must fault in and zero page by
 page: measured with bench/read_path.py, 570,000 page faults per GiB read and 35-50% of
 the sidecar's CPU. Served from one heap instead, freed blocks are reused and the faults
-go (60,000 per GiB; cold reads from S3 went from ~470 to ~680 MiB/s on 2 cores). A heap keeps what it frees, so `trim_loop` hands free pages back
-to the kernel once a second while blocks are moving: resident memory beyond the cache
-tiers settles where it was with fresh mappings.
+go (60,000 per GiB; cold reads from S3 went from ~470 to ~680 MiB/s on 2 cores).
+A heap keeps what it frees, so `trim_loop` hands free pages back to the kernel once a
+second while blocks are moving: resident memory beyond the cache tiers settles within a
+few MiB of where it was with fresh mappings (the peak is higher: see the bench).
 """
 
 from __future__ import annotations

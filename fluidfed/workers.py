@@ -15,6 +15,7 @@ A block travels with its CRC-32 in `X-Fluidfed-Checksum`; the receiver checks it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ from fluidfed.layout import FileRef
 
 CHECKSUM = "X-Fluidfed-Checksum"
 CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
+READ_SIZE = 2**20  # bytes per socket read when receiving blocks
 
 
 class WorkerError(FluidfedError):
@@ -80,6 +82,7 @@ async def get_block(
         async with session.get(f"{url}/v1/blocks/{key}", params=params) as r:
             if r.status != 200:
                 raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+            _large_reads(r)
             data = await r.read()
             crc = int(r.headers.get(CHECKSUM, "-1"))
             hit = r.headers.get(CACHE) == "hit"
@@ -96,6 +99,19 @@ async def get_block(
             return await get_block(session, url, key, ref, index, span, verify=True)
         raise WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
     return data, crc, hit
+
+
+def _large_reads(r: aiohttp.ClientResponse) -> None:
+    """Let the connection read up to 1 MiB per system call instead of asyncio's 256 KiB:
+    a block is 4 MiB, and each read costs the event loop a callback and a buffer (warm
+    reads through the sidecar: 655 -> 700 MiB/s, 13% less of its CPU). The connection
+    is kept alive, so this holds for the blocks after this one. `max_size` is an
+    attribute of asyncio's socket transport, not public API: where it is absent this
+    does nothing."""
+    transport = r.connection.transport if r.connection is not None else None
+    if transport is not None and getattr(transport, "max_size", 0) < READ_SIZE:
+        with contextlib.suppress(AttributeError):
+            transport.max_size = READ_SIZE  # type: ignore[attr-defined]
 
 
 async def put_block(
