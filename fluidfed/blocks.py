@@ -13,12 +13,15 @@ Pure: no I/O here. `fluidfed.blockstore` keeps blocks in memory and on disk.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
-# CRC-32 (zlib): ~4 GB/s here, plenty to catch a torn or flipped block at rest or in transit
-checksum = zlib.crc32
+from zlib_ng import zlib_ng
+
+# CRC-32 of every block, at rest and in transit: zlib-ng's (carry-less multiply) computes
+# the same values as zlib's 6x as fast here, 27 GiB/s against 4.5: at 1 GB/s of reads the
+# check was a quarter of a core.
+checksum = zlib_ng.crc32
 
 
 def block_key(
