@@ -58,7 +58,8 @@ class _Tier:
         self.ledger = blocks.Ledger(int(spec.quota), spec.high, spec.low)
         self.dir = directory
         self.mem: dict[str, tuple[bytes, int]] = {}
-        self.verified: set[str] = set()  # disk blocks whose CRC held since they were written
+        # disk blocks whose CRC held since they were written or read: key -> (crc, length)
+        self.verified: dict[str, tuple[int, int]] = {}
         self.hits = 0
         self.evictions = 0
 
@@ -67,7 +68,7 @@ class _Tier:
         return self.dir / key[:2] / key
 
     # disk I/O runs in a thread; these are the thread halves
-    def write(self, key: str, data: bytes, crc: int) -> None:
+    def write(self, key: str, data: bytes, crc: int) -> int:
         if crc < 0:
             crc = blocks.checksum(data)
         path = self.file(key)
@@ -77,6 +78,7 @@ class _Tier:
             f.write(data)
             f.write(_TRAILER.pack(_MAGIC, crc))
         os.replace(tmp, path)
+        return crc
 
     def read(self, key: str) -> tuple[bytes, int] | None:
         try:
@@ -222,6 +224,22 @@ class BlockStore:
             return got
         return None
 
+    def locate(self, key: str) -> tuple[str, int, int] | None:
+        """(file path, data length, CRC) of a disk block whose CRC already held once, for a
+        reader on the same machine to read itself (counted as a hit); None otherwise. The
+        file is the data followed by an 8-byte trailer."""
+        for tier in self._tiers:
+            if key not in tier.ledger:
+                continue
+            held = tier.verified.get(key) if tier.dir is not None else None
+            if held is None:
+                return None
+            tier.ledger.touch(key)
+            tier.hits += 1
+            self.stats.hits += 1
+            return os.path.abspath(tier.file(key)), held[1], held[0]
+        return None
+
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one)."""
         for tier in self._tiers:
@@ -232,13 +250,13 @@ class BlockStore:
             else:
                 got = await asyncio.to_thread(tier.read, key)
                 if got is not None:
-                    tier.verified.add(key)
+                    tier.verified[key] = (got[1], len(got[0]))
                 if got is None:
                     # gone or corrupt: forget it, the caller fetches it again
                     if key in tier.ledger:
                         self.stats.corrupt += 1
                         tier.ledger.remove(key)
-                        tier.verified.discard(key)
+                        tier.verified.pop(key, None)
                         await asyncio.to_thread(tier.unlink, key)
                     break
             tier.ledger.touch(key)
@@ -265,8 +283,8 @@ class BlockStore:
         if tier.dir is None:
             tier.mem[key] = (data, crc)
         else:
-            await asyncio.to_thread(tier.write, key, data, crc)
-            tier.verified.add(key)  # written by us just now
+            crc = await asyncio.to_thread(tier.write, key, data, crc)
+            tier.verified[key] = (crc, len(data))  # written by us just now
         for old in tier.ledger.add(key, len(data)):
             tier.evictions += 1
             moved = await self._take(tier, old)
@@ -281,14 +299,14 @@ class BlockStore:
     async def _take(self, tier: _Tier, key: str) -> tuple[bytes, int] | None:
         if tier.dir is None:
             return tier.mem.pop(key, None)
-        tier.verified.discard(key)
+        tier.verified.pop(key, None)
         await asyncio.to_thread(tier.unlink, key)
         return None  # the last tiers are disks: what leaves them is dropped
 
     async def _drop(self, tier: _Tier, key: str) -> None:
         if tier.ledger.remove(key) or key in tier.mem:
             tier.mem.pop(key, None)
-            tier.verified.discard(key)
+            tier.verified.pop(key, None)
             if tier.dir is not None:
                 await asyncio.to_thread(tier.unlink, key)
 

@@ -112,6 +112,8 @@ class SidecarConfig(Wire):
     worker_timeout: float = 3.0  # a worker not answering within this: read the UFS
     readahead: int = 4  # blocks fetched ahead of a sequential reader
     agent: str = ""  # the agent's API: OTLP metrics go to <agent>/v1/metrics
+    # read a worker's disk blocks from its files when they are visible here (same node)
+    short_circuit: bool = True
 
 
 class WorkerConfig(Wire):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import errno
+import os
+from typing import Any, NamedTuple
 
 import aiohttp
 import msgspec
@@ -27,6 +29,8 @@ from fluidfed.layout import FileRef
 
 CHECKSUM = "X-Fluidfed-Checksum"
 CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
+LOCAL = "X-Fluidfed-Local"  # short-circuit: the block file's path on the worker's machine
+LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-byte trailer)
 READ_SIZE = 2**20  # bytes per socket read when receiving blocks
 
 
@@ -34,6 +38,17 @@ class WorkerError(FluidfedError):
     def __init__(self, message: str, *, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NotLocal(WorkerError):
+    """The worker's block file is not visible here: the worker is on another machine."""
+
+
+class Fetched(NamedTuple):
+    data: bytes
+    crc: int
+    hit: bool  # the worker had it (else it read the UFS for us)
+    local: bool = False  # read from the worker's block file on this machine
 
 
 class LoadProgress(msgspec.Struct, kw_only=True):
@@ -66,18 +81,25 @@ async def get_block(
     span: tuple[int, int] | None = None,
     *,
     verify: bool = False,
-) -> tuple[bytes, int, bool]:
-    """(data, crc, was it a hit) from the worker at `url`: the block, or `span` (offset in
-    the block, length) of it, which the worker cuts from the whole block it caches.
+    local: bool = False,
+) -> Fetched:
+    """The block from the worker at `url`, or `span` (offset in the block, length) of it,
+    which the worker cuts from the whole block it caches.
 
     A worker sends a disk block it has checked before as it lies on disk; if it arrives
     damaged, it is asked for again with `verify`, which makes the worker read and check
-    it (dropping and refetching a corrupt copy)."""
+    it (dropping and refetching a corrupt copy).
+
+    With `local`, a worker holding the block checked on disk answers with the file's path
+    instead (short-circuit read: the reader on the same machine reads the page cache
+    itself, no bytes over the socket); NotLocal if that path is not visible here."""
     params = block_query(ref, index)
     if span is not None:
         params["r"] = f"{span[0]}-{span[1]}"
     if verify:
         params["verify"] = "1"
+    elif local:
+        params["local"] = "1"
     try:
         async with session.get(f"{url}/v1/blocks/{key}", params=params) as r:
             if r.status != 200:
@@ -86,8 +108,18 @@ async def get_block(
             data = await r.read()
             crc = int(r.headers.get(CHECKSUM, "-1"))
             hit = r.headers.get(CACHE) == "hit"
+            path = r.headers.get(LOCAL)
+            length = int(r.headers.get(LENGTH, "0"))
     except aiohttp.ClientError as err:
         raise WorkerError(f"{url}: {err}") from err
+    if path is not None:
+        try:
+            data, got = await asyncio.to_thread(_read_local, path, length)
+        except OSError as err:
+            raise NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
+        if got != crc:  # damaged on disk: the worker checks it, drops it and fetches again
+            return await get_block(session, url, key, ref, index, span, verify=True)
+        return Fetched(data, crc, hit, local=True)
     # zlib releases the GIL on large buffers: check on another core, off the event loop
     got = (
         await asyncio.to_thread(blocks.checksum, data)
@@ -98,7 +130,19 @@ async def get_block(
         if not verify:
             return await get_block(session, url, key, ref, index, span, verify=True)
         raise WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
-    return data, crc, hit
+    return Fetched(data, crc, hit)
+
+
+def _read_local(path: str, length: int) -> tuple[bytes, int]:
+    """A block file's data and its CRC, in a thread (the read and zlib free the GIL)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, length, 0)
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise OSError(errno.EIO, f"short block file ({len(data)} of {length} bytes)")
+    return data, blocks.checksum(data)
 
 
 def _large_reads(r: aiohttp.ClientResponse) -> None:

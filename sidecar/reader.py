@@ -19,6 +19,7 @@ from fluidfed.layout import FileRef, SidecarConfig
 log = logging.getLogger("fluidfed.sidecar")
 
 WORKER_BACKOFF = 5.0  # seconds a failing worker is skipped
+REMOTE_RECHECK = 300.0  # seconds before asking a remote worker for short-circuit reads again
 
 
 class ReadError(Exception):
@@ -32,6 +33,7 @@ class ReadStats:
     worker_misses: int = 0  # a worker fetched it from the UFS for us
     ufs_reads: int = 0  # read the UFS ourselves (no worker, or it failed)
     worker_errors: int = 0
+    short_circuit: int = 0  # worker hits read from the worker's block file on this machine
     ufs_errors: int = 0
     readahead: int = 0
     bytes: int = 0  # read from the under storage directly
@@ -52,6 +54,7 @@ class BlockReader:
         self.workers = cfg.workers.urls()
         self.stats = ReadStats()
         self._down: dict[str, float] = {}
+        self._remote: dict[str, float] = {}  # workers whose block files are not visible here
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -102,11 +105,9 @@ class BlockReader:
         if target is not None and self.session is not None:
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
-                    data, _, hit = await workers.get_block(
-                        self.session, target, key, ref, index, span
-                    )
-                self._count(hit)
-                return data
+                    got = await workers.get_block(self.session, target, key, ref, index, span)
+                self._count(got.hit)
+                return got.data
             except (TimeoutError, workers.WorkerError) as err:
                 self._failed(target, err)
         offset, _ = blocks.block_span(ref.size, self.cfg.block_size, index)
@@ -159,11 +160,21 @@ class BlockReader:
     async def _fetch(self, key: str, ref: FileRef, index: int) -> tuple[bytes, int]:
         target = self._worker_for(key)
         if target is not None and self.session is not None:
+            now = time.monotonic()
+            local = self.cfg.short_circuit and self._remote.get(target, 0.0) <= now
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
-                    data, crc, hit = await workers.get_block(self.session, target, key, ref, index)
-                self._count(hit)
-                return data, crc
+                    try:
+                        got = await workers.get_block(
+                            self.session, target, key, ref, index, local=local
+                        )
+                    except workers.NotLocal as err:
+                        log.info("%s; reading its blocks over HTTP", err)
+                        self._remote[target] = now + REMOTE_RECHECK
+                        got = await workers.get_block(self.session, target, key, ref, index)
+                self._count(got.hit)
+                self.stats.short_circuit += got.local
+                return got.data, got.crc
             except (TimeoutError, workers.WorkerError) as err:
                 self._failed(target, err)
         data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))

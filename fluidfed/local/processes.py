@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +187,13 @@ class AgentProcess:
 
 
 def _spawn(
-    log: Path, pattern: str, what: str, timeout: float, *args: str
+    log: Path, pattern: str, what: str, timeout: float, *args: str, wrap: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[str], re.Match[str]]:
-    """`fluidfed ARGS...` with stderr to `log`, once it prints its ready line."""
+    """`fluidfed ARGS...` with stderr to `log`, once it prints its ready line; `wrap` is
+    a command that execs the rest of its arguments (unshare, ...)."""
     with open(log, "a") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fluidfed.cli.main", *args],
+            [*wrap, sys.executable, "-m", "fluidfed.cli.main", *args],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -206,7 +208,10 @@ def _spawn(
 class WorkerProcess:
     """`fluidfed worker serve` on a loopback port, with its config file and cache directory."""
 
-    def __init__(self, workdir: Path, config: dict[str, object], port: int) -> None:
+    def __init__(
+        self, workdir: Path, config: dict[str, object], port: int, wrap: Sequence[str] = ()
+    ) -> None:
+        self.wrap = tuple(wrap)  # a command that execs the worker (a mount namespace, ...)
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -227,6 +232,7 @@ class WorkerProcess:
             "worker", "serve", "--config", str(self.config_path),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--advertise", self.url, "--cache-dir", str(self.dir / "cache"),
+            wrap=self.wrap,
         )  # fmt: skip
         return self
 

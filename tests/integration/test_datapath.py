@@ -91,17 +91,20 @@ def sidecar_config(mount: dict[str, Any], peers: list[str], **extra: Any) -> dic
 
 
 class Workers:
-    def __init__(self, root: Path, mount: dict[str, Any], tiers: Any = None) -> None:
+    def __init__(
+        self, root: Path, mount: dict[str, Any], tiers: Any = None, wrap: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         self.mount = mount
         self.tiers = tiers
+        self.wrap = wrap
         self.procs: list[WorkerProcess] = []
 
     def urls(self) -> list[str]:
         return [w.url for w in self.procs]
 
     def add(self) -> WorkerProcess:
-        w = WorkerProcess(self.root / f"w{len(self.procs)}", {}, free_port())
+        w = WorkerProcess(self.root / f"w{len(self.procs)}", {}, free_port(), wrap=self.wrap)
         self.procs.append(w)
         for p in self.procs:
             p.write_config(worker_config(self.mount, self.urls(), self.tiers))
@@ -124,8 +127,10 @@ class Workers:
 def workers_factory(tmp_path: Path) -> Iterator[Any]:
     made: list[Workers] = []
 
-    def make(mount: dict[str, Any], n: int, tiers: Any = None) -> Workers:
-        ws = Workers(tmp_path / f"workers-{len(made)}", mount, tiers)
+    def make(
+        mount: dict[str, Any], n: int, tiers: Any = None, wrap: tuple[str, ...] = ()
+    ) -> Workers:
+        ws = Workers(tmp_path / f"workers-{len(made)}", mount, tiers, wrap)
         made.append(ws)
         for _ in range(n):
             ws.add()
@@ -297,6 +302,66 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     st = ws.status(ws.procs[0])
     assert st["corrupt"] == 1
     assert st["ufs"]["reads"] == reads_before + 1  # that one block came from the UFS again
+
+
+def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
+    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    want = sources.files(data)
+    mount = {"uri": f"file://{data}"}
+    disk = [{"medium": "SSD", "quota": "1GiB", "path": str(tmp_path / "ssd")}]
+    ws = workers_factory(mount, 1, tiers=disk)
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(first.mountpoint, want)
+    assert first.status()["blocks"]["short_circuit"] == 0  # the worker fetched them: misses
+    first.stop()
+
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(sc.mountpoint, want)
+    got = sc.status()["blocks"]
+    served = ws.status(ws.procs[0])["served"]
+    # every block came from the worker's files, read by the sidecar, none over the socket
+    assert got["short_circuit"] == got["worker_hits"] == block_count(want)
+    assert served["short_circuit"] == block_count(want)
+    assert got["ufs_reads"] == got["worker_misses"] == 0
+
+    # and a reader that asks not to, gets the bytes over HTTP
+    sc.stop()
+    sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
+    read_all(sc.mountpoint, want)
+    assert sc.status()["blocks"]["short_circuit"] == 0
+    assert sc.status()["blocks"]["worker_hits"] == block_count(want)
+
+
+def test_a_worker_whose_files_are_not_visible_is_read_over_http(
+    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    # the worker in its own mount namespace, its cache on a tmpfs only it sees: for the
+    # sidecar it is on another machine
+    want = sources.files(data)
+    mount = {"uri": f"file://{data}"}
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    hidden = ("unshare", "--mount", "--propagation", "private", "--")
+    wrap = (*hidden, "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(ssd))
+    disk = [{"medium": "SSD", "quota": "1GiB", "path": str(ssd)}]
+    ws = workers_factory(mount, 1, tiers=disk, wrap=wrap)
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(first.mountpoint, want)
+    first.stop()
+    assert not any(ssd.iterdir())  # the blocks are on the worker's side only
+
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(sc.mountpoint, want)
+    got = sc.status()["blocks"]
+    assert got["short_circuit"] == 0
+    assert got["worker_hits"] == block_count(want)
+    assert got["worker_errors"] == 0 and got["ufs_reads"] == 0
+    # the sidecar stopped asking for block files after the first answers it could not use
+    # (as many as it had blocks in flight), not once per block
+    tried = ws.status(ws.procs[0])["served"]["short_circuit"]
+    assert 1 <= tried <= 8 < block_count(want)
+    assert 1 <= sc.log.read_text().count("is not readable here") <= tried
 
 
 def test_writes_renames_and_deletions_are_refused(data: Path, sidecars: Any) -> None:

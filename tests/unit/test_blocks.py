@@ -155,3 +155,25 @@ async def test_spans_of_disk_blocks_are_read_directly_once_the_block_was_checked
     path.write_bytes(bytes(raw))
     assert await again.get_span("c" * 32, 10, 5) is None
     assert again.stats.corrupt == 1
+
+
+async def test_checked_disk_blocks_are_located_for_short_circuit_readers(
+    tmp_path: Path,
+) -> None:
+    store = await BlockStore([tier("MEM", 150), tier("SSD", 1000, tmp_path)]).open()
+    await store.put("e" * 32, b"e" * 100)
+    assert store.locate("e" * 32) is None  # in memory: only over the socket
+    await store.put("f" * 32, b"f" * 100)  # pushes "e" down to the disk
+    path, length, crc = store.locate("e" * 32)  # type: ignore[misc]
+    assert (path, length, crc) == (
+        str(tmp_path / "ee" / ("e" * 32)),
+        100,
+        blocks.checksum(b"e" * 100),
+    )
+    assert Path(path).read_bytes()[:length] == b"e" * 100
+    assert store.locate("0" * 32) is None
+    # after a restart a block file is handed out only once it was read and checked again
+    again = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    assert again.locate("e" * 32) is None
+    assert await again.get("e" * 32) is not None
+    assert again.locate("e" * 32) == (path, length, crc)
