@@ -360,7 +360,10 @@ class Agent:
     def decide(self, pod: dict[str, Any], namespace: str) -> mutate.Decision:
         bindings = {b.dataset: b for b in self.state.bindings.values() if not b.deleting}
         settings = mutate.SidecarSettings(
-            image=self.cfg.sidecar_image, cpu=self.cfg.sidecar_cpu, memory=self.cfg.sidecar_memory
+            image=self.cfg.sidecar_image,
+            cpu=self.cfg.sidecar_cpu,
+            memory=self.cfg.sidecar_memory,
+            short_circuit=render.short_circuit(self.ctx.kind),
         )
         return mutate.mutate(pod, namespace, bindings, self.cluster.capabilities, settings)
 

@@ -14,6 +14,7 @@ Namespaces are created when missing but never deleted: other workloads may live 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,12 @@ class ClusterContext:
     kind: str = "standard"
     worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
     agent_url: str = ""  # where cache workers register (the agent's API)
+
+
+def short_circuit(kind: str) -> bool:
+    """Whether sidecars read the node's cache directories: not on virtual (serverless)
+    nodes, which share no node with the workers and refuse hostPath volumes."""
+    return kind != "serverless"
 
 
 def k8s_name(*parts: str, limit: int = 52) -> str:
@@ -106,11 +113,14 @@ def _mount_doc(m: Mount) -> dict[str, Any]:
     return codec.to_builtins(m)  # type: ignore[no-any-return]
 
 
-def sidecar_config(b: Binding, namespace: str, agent_url: str = "") -> dict[str, Any]:
+def sidecar_config(
+    b: Binding, namespace: str, agent_url: str = "", *, short_circuit: bool = True
+) -> dict[str, Any]:
     """What `fluidfed sidecar mount` needs in `namespace` (the access entry applied)."""
     ds = b.spec
     entry = next(a for a in ds.access_list() if a.namespace == namespace)
     return {
+        "short_circuit": short_circuit,
         "agent": agent_url,
         "dataset": ds.name,
         "cluster": b.cluster,
@@ -143,18 +153,69 @@ def worker_config(b: Binding, ctx: ClusterContext) -> dict[str, Any]:
         "mounts": [_mount_doc(m) for m in ds.mounts],
         "block_size": int(ds.cache.block_size),
         "port": WORKER_PORT,
-        "tiers": [codec.to_builtins(t) for t in ds.cache.tiers],
+        "tiers": _worker_tiers(ds),
         "workers": _peers(b),
     }
 
 
-def _tier_volume(i: int, tier: CacheTier) -> tuple[dict[str, Any], dict[str, Any]]:
-    name = f"tier-{i}-{tier.medium.lower()}"
-    empty: dict[str, Any] = {"sizeLimit": quantity(tier.quota)}
+HOST_CACHE_ROOT = "/var/lib/fluidfed"  # disk tiers on the node, unless a tier names a path
+CACHE_MOUNT_ROOT = "/var/lib/fluidfed/cache"  # where workers and sidecars see them
+
+
+def _tier_name(i: int, tier: CacheTier) -> str:
+    return f"tier-{i}-{tier.medium.lower()}"
+
+
+def tier_host_dir(ds: Dataset, i: int, tier: CacheTier) -> str:
+    """A disk tier's directory on the node: `path` (or /var/lib/fluidfed)/<ns>/<dataset>/
+    tier-<i>, one directory per worker pod below it. On the node, not in the pod, so a
+    worker restarted there finds its blocks, and a sidecar on the same node can read them
+    (short-circuit)."""
+    root = tier.path or HOST_CACHE_ROOT
+    return posixpath.join(root, ds.namespace, ds.name, f"tier-{i}")
+
+
+def tier_mount_path(ds: Dataset, i: int) -> str:
+    return posixpath.join(CACHE_MOUNT_ROOT, ds.namespace, ds.name, f"tier-{i}")
+
+
+def _tier_volume(
+    ds: Dataset, i: int, tier: CacheTier, *, on_node: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The volume of a tier and its mount; `on_node` False (virtual nodes, which refuse
+    hostPath): disk tiers in the pod's own emptyDir."""
+    name = _tier_name(i, tier)
     if tier.medium == "MEM":
-        empty["medium"] = "Memory"
-    mount_path = tier.path or "/cache/mem"
-    return {"name": name, "emptyDir": empty}, {"name": name, "mountPath": mount_path}
+        empty = {"sizeLimit": quantity(tier.quota), "medium": "Memory"}
+        return {"name": name, "emptyDir": empty}, {"name": name, "mountPath": "/cache/mem"}
+    mount = {"name": name, "mountPath": tier_mount_path(ds, i)}
+    if not on_node:
+        return {"name": name, "emptyDir": {"sizeLimit": quantity(tier.quota)}}, mount
+    host = {"path": tier_host_dir(ds, i, tier), "type": "DirectoryOrCreate"}
+    return {"name": name, "hostPath": host}, mount
+
+
+def short_circuit_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(volume, read-only mount) of each disk tier's node directory, for a FUSE sidecar:
+    blocks that a worker on its node holds are read from their files."""
+    out = []
+    for i, tier in enumerate(ds.cache.tiers):
+        if tier.medium != "MEM":
+            vol, mnt = _tier_volume(ds, i, tier)
+            out.append((vol, {**mnt, "readOnly": True}))
+    return out
+
+
+def _worker_tiers(ds: Dataset) -> list[dict[str, Any]]:
+    """The tiers as the worker sees them: disk tiers in its own directory ({pod} is its
+    pod's name) below the node directory."""
+    out = []
+    for i, tier in enumerate(ds.cache.tiers):
+        doc = codec.to_builtins(tier)
+        if tier.medium != "MEM":
+            doc["path"] = posixpath.join(tier_mount_path(ds, i), "{pod}")
+        out.append(doc)
+    return out
 
 
 def _secret_env(ds: Dataset) -> list[dict[str, Any]]:
@@ -167,7 +228,8 @@ def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     name, ns = cache_name(ds.name), ds.namespace
     selector = {BINDING_LABEL: b.name, COMPONENT_LABEL: "cache-worker"}
     lbls = labels(b, ctx, **{COMPONENT_LABEL: "cache-worker"})
-    tier_volumes = [_tier_volume(i, t) for i, t in enumerate(ds.cache.tiers)]
+    on_node = short_circuit(ctx.kind)
+    tier_volumes = [_tier_volume(ds, i, t, on_node=on_node) for i, t in enumerate(ds.cache.tiers)]
     resources: dict[str, Any] = {}
     requests = {
         k: v
@@ -241,7 +303,11 @@ def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for entry in ds.access_list():
         data = {
-            "sidecar.json": codec.encode(sidecar_config(b, entry.namespace, ctx.agent_url)).decode()
+            "sidecar.json": codec.encode(
+                sidecar_config(
+                    b, entry.namespace, ctx.agent_url, short_circuit=short_circuit(ctx.kind)
+                )
+            ).decode()
         }
         if entry.namespace == ds.namespace:
             data["worker.json"] = codec.encode(worker_config(b, ctx)).decode()

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -64,7 +65,8 @@ class Worker:
         self.cfg = cfg
         self.url = url.rstrip("/")
         self.config_file = config.Watched(config_path, WorkerConfig) if config_path else None
-        self.store = BlockStore(cfg.tiers, root=cache_root)
+        pod = os.environ.get("HOSTNAME") or socket.gethostname()
+        self.store = BlockStore(layout.own_tiers(cfg.tiers, pod), root=cache_root)
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
         self._fetch_slots = asyncio.Semaphore(cfg.fetch_concurrency)

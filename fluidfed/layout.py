@@ -127,3 +127,12 @@ class WorkerConfig(Wire):
     fetch_concurrency: int = 16
     agent: str = ""  # the agent's API: the worker registers there and reports its blocks
     report_interval: float = 2.0
+
+
+def own_tiers(tiers: list[CacheTier], pod: str) -> list[CacheTier]:
+    """The tiers with `{pod}` in their paths made this worker's pod name: the workers of a
+    StatefulSet share the node's cache directory, each in its own directory below it."""
+    return [
+        msgspec.structs.replace(t, path=t.path.replace("{pod}", pod)) if "{pod}" in t.path else t
+        for t in tiers
+    ]

@@ -33,6 +33,9 @@ class SidecarSettings:
     image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
     cpu: str = ""
     memory: str = ""
+    # mount the node's cache directories read-only: blocks a worker on the same node holds
+    # are read from their files (off on serverless clusters: no shared node, no hostPath)
+    short_circuit: bool = True
 
 
 @dataclass(slots=True)
@@ -220,6 +223,13 @@ def mutate(
                 {"name": config_vol, "mountPath": f"{CONFIG_ROOT}/{ds}", "readOnly": True},
             ],
         }
+        if settings.short_circuit:
+            for vol, mnt in render.short_circuit_volumes(b.spec):
+                name = _unique(
+                    render.k8s_name("fluidfed", ds, vol["name"], limit=60), taken_volumes
+                )
+                volumes.append({**vol, "name": name})
+                sidecar["volumeMounts"].append({**mnt, "name": name})
         requests = {k: v for k, v in (("cpu", settings.cpu), ("memory", settings.memory)) if v}
         if requests or limits:
             sidecar["resources"] = {"limits": {**requests, **limits}}

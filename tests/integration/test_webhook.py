@@ -13,7 +13,8 @@ from cryptography import x509
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from fluidfed.models import Placement
+from fluidfed.models import CacheSpec, CacheTier, Placement
+from fluidfed.units import ByteSize
 from tests.integration.conftest import Fleet, bound_view, dataset, eventually
 
 pytestmark = pytest.mark.integration
@@ -139,8 +140,14 @@ async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
     apis: dict[str, Any],
 ) -> None:
     name = "jobdata"
+    tiers = [
+        CacheTier(medium="MEM", quota=ByteSize(2**30)),
+        CacheTier(medium="SSD", quota=ByteSize(2**34), path="/mnt/nvme"),
+    ]
     async with fleet.admin() as hub:
-        await hub.apply_dataset(dataset(name, placement=Placement(clusters=["edge"])))
+        await hub.apply_dataset(
+            dataset(name, placement=Placement(clusters=["edge"]), cache=CacheSpec(tiers=tiers))
+        )
     await ready(fleet, name, "edge")
     core, batch = client.CoreV1Api(apis["edge"]), client.BatchV1Api(apis["edge"])
     home = f"{name}-home"
@@ -171,3 +178,16 @@ async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
     assert pod.spec.share_process_namespace is True
     assert pod.metadata.annotations["fluidfed.io/sidecar-mode"] == "legacy"
     assert pod.spec.containers[0].lifecycle.post_start is not None
+    # the node's SSD tier, where the cache workers keep blocks: the sidecar reads it
+    # (short-circuit), read-only; the API server took both the pod and the StatefulSet
+    tier = next(v for v in pod.spec.volumes if v.host_path is not None)
+    assert tier.host_path.path == f"/mnt/nvme/{home}/{name}/tier-1"
+    seen = next(m for m in pod.spec.containers[0].volume_mounts if m.name == tier.name)
+    assert (seen.mount_path, seen.read_only) == (
+        f"/var/lib/fluidfed/cache/{home}/{name}/tier-1",
+        True,
+    )
+    apps = client.AppsV1Api(apis["edge"])
+    sts = await apps.read_namespaced_stateful_set(f"fluidfed-{name}-cache", home)
+    host = next(v for v in sts.spec.template.spec.volumes if v.host_path is not None)
+    assert host.host_path.path == tier.host_path.path

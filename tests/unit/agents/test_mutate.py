@@ -6,11 +6,13 @@ import copy
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from agents.webhook import mutate as m
 from agents.webhook import review
-from fluidfed.models import Access, Binding, Capabilities, Dataset, Mount
+from fluidfed.models import Access, Binding, CacheSpec, CacheTier, Capabilities, Dataset, Mount
+from fluidfed.units import ByteSize
 
 PRIV = Capabilities(privileged=True, native_sidecar=True)
 LEGACY = Capabilities(privileged=True, native_sidecar=False)
@@ -138,6 +140,35 @@ def test_pvc_style_native_sidecar() -> None:
     assert out["metadata"]["labels"]["fluidfed.io/injected"] == "true"
     assert out["metadata"]["annotations"]["fluidfed.io/injected-datasets"] == "imagenet=data"
     assert out["metadata"]["annotations"]["fluidfed.io/sidecar-mode"] == "native"
+
+
+def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
+    b = binding("ssd")
+    tiers = [
+        CacheTier(medium="MEM", quota=ByteSize(2**30)),
+        CacheTier(medium="SSD", quota=ByteSize(2**34), path="/mnt/nvme"),
+    ]
+    spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers))
+    bindings = {"ssd": msgspec.structs.replace(b, spec=spec)}
+    asks = pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}])
+    out = m.mutate(asks, "ml", bindings, PRIV).pod
+    assert out is not None
+    (side,) = out["spec"]["initContainers"]
+    tier = {
+        "name": "fluidfed-ssd-tier-1-ssd",
+        "hostPath": {"path": "/mnt/nvme/ml/ssd/tier-1", "type": "DirectoryOrCreate"},
+    }
+    assert tier in out["spec"]["volumes"]
+    assert {
+        "name": "fluidfed-ssd-tier-1-ssd",
+        "mountPath": "/var/lib/fluidfed/cache/ml/ssd/tier-1",  # where the workers see it
+        "readOnly": True,
+    } in side["volumeMounts"]
+    # memory tiers are the worker's own; serverless sidecars share no node with workers
+    assert not any("mem" in v["name"] for v in out["spec"]["volumes"])
+    remote = m.mutate(asks, "ml", bindings, PRIV, m.SidecarSettings(short_circuit=False)).pod
+    assert remote is not None
+    assert not any("hostPath" in v for v in remote["spec"]["volumes"])
 
 
 def test_legacy_sidecar_first_with_a_poststart_gate() -> None:

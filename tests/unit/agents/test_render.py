@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agents import diff, render, status
-from fluidfed import codec
+from fluidfed import codec, layout
 from fluidfed.layout import SidecarConfig, WorkerConfig
 from fluidfed.models import (
     Access,
@@ -86,8 +86,16 @@ def test_sidecar_binding_objects() -> None:
     assert c["envFrom"] == [{"secretRef": {"name": "creds"}}]
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["tier-0-mem"]["emptyDir"] == {"sizeLimit": "2Gi", "medium": "Memory"}
-    assert vols["tier-1-ssd"]["emptyDir"] == {"sizeLimit": "50Gi"}
-    assert {"name": "tier-1-ssd", "mountPath": "/ssd"} in c["volumeMounts"]
+    # a disk tier lives on the node (the tier's path names the root), each worker pod in
+    # its own directory below it: a restarted worker keeps its blocks, a sidecar on the
+    # node can read them
+    host = {"path": "/ssd/ml/imagenet/tier-1", "type": "DirectoryOrCreate"}
+    assert vols["tier-1-ssd"]["hostPath"] == host
+    seen = "/var/lib/fluidfed/cache/ml/imagenet/tier-1"
+    assert {"name": "tier-1-ssd", "mountPath": seen} in c["volumeMounts"]
+    assert wcfg.tiers[1].path == seen + "/{pod}" and wcfg.tiers[0].path == ""
+    assert layout.own_tiers(wcfg.tiers, "w-0")[1].path == seen + "/w-0"
+    assert cfg.short_circuit is True
     assert "tolerations" not in pod  # an edge node needs none
     (svc,) = kinds["Service"]
     assert svc["spec"]["clusterIP"] == "None"
@@ -103,6 +111,12 @@ def test_serverless_workers_tolerate_the_virtual_node() -> None:
     objs = render.desired(binding(), render.ClusterContext(name="s", kind="serverless"))
     (sts,) = by_kind(objs)["StatefulSet"]
     assert sts["spec"]["template"]["spec"]["tolerations"] == [render.VIRTUAL_NODE_TOLERATION]
+    # virtual nodes refuse hostPath and share no node with the pods: the pod's own disk,
+    # and sidecars that do not look for block files
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["tier-1-ssd"] == {"name": "tier-1-ssd", "emptyDir": {"sizeLimit": "50Gi"}}
+    cm = next(o for o in by_kind(objs)["ConfigMap"] if o["metadata"]["namespace"] == "ml")
+    assert json.loads(cm["data"]["sidecar.json"])["short_circuit"] is False
 
 
 def test_csi_binding_is_fluid_objects_with_references() -> None:
