@@ -7,8 +7,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from fluidfed import demo
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole federation on this machine, in one command")
@@ -22,6 +20,8 @@ def register(sub: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from fluidfed import demo  # loaded when asked for: daemons started by this CLI skip it
+
     base = Path(args.dir) if args.dir else demo.default_dir()
     if args.action == "down":
         asyncio.run(demo.stop(base))

@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from fluidfed.cli import output
-from fluidfed.local import cluster
+from fluidfed.models import CLUSTER_KINDS
 
 
 def register(sub: Any) -> None:
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     loc_sub = loc.add_subparsers(dest="local_command", required=True)
     p = loc_sub.add_parser("up", help="start a cluster and print its kubeconfig path")
     p.add_argument("name")
-    p.add_argument("--kind", choices=list(cluster.KINDS), default="standard")
+    p.add_argument("--kind", choices=list(CLUSTER_KINDS), default="standard")
     p.add_argument(
         "--fluid",
         action="store_true",
@@ -46,6 +46,8 @@ def _say(msg: str) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from fluidfed.local import cluster  # the CLI starts fast; daemons skip it
+
     c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args))
 
     async def go() -> cluster.ClusterState:
@@ -61,6 +63,8 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from fluidfed.local import cluster  # the CLI starts fast; daemons skip it
+
     t = Table(box=None, header_style="bold")
     for col in ("NAME", "KIND", "STATUS", "SERVER", "KUBECONFIG"):
         t.add_column(col)
@@ -73,6 +77,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
+    from fluidfed.local import cluster  # the CLI starts fast; daemons skip it
+
     if not args.all and not args.name:
         output.err_console.print("[red]error:[/red] name a cluster or pass --all")
         return 2

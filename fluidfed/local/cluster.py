@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import aiohttp
 import msgspec
@@ -29,9 +29,10 @@ import yaml
 from fluidfed import pki
 from fluidfed.errors import FluidfedError
 from fluidfed.local import binaries, paths
+from fluidfed.models import CLUSTER_KINDS, ClusterKind
 
-Kind = Literal["standard", "serverless", "edge"]
-KINDS: tuple[Kind, ...] = ("standard", "serverless", "edge")
+Kind = ClusterKind
+KINDS = CLUSTER_KINDS
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
 VIRTUAL_NODE_TAINT = {
