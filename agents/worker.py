@@ -76,6 +76,7 @@ class Worker:
         self.served = 0  # blocks (or spans) served to sidecars
         self.served_bytes = 0
         self.served_local = 0  # blocks read by their reader from our disk (short-circuit)
+        self.located = 0  # ... of which we were asked where the file is
         self.load = workers.LoadProgress()
         self._load_task: asyncio.Task[None] | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -285,6 +286,7 @@ class Worker:
                 "blocks": self.served,
                 "bytes": self.served_bytes,
                 "short_circuit": self.served_local,
+                "located": self.located,
             },
             "load": msgspec.to_builtins(self.load),
         }
@@ -353,6 +355,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         if where is not None:
             w.served += 1
             w.served_local += 1
+            w.located += 1
             w.served_bytes += where[1]
             return web.Response(
                 headers={
@@ -396,6 +399,20 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         content_type="application/octet-stream",
         headers={workers.CHECKSUM: str(crc), workers.CACHE: "hit" if hit else "miss"},
     )
+
+
+async def _touch(request: web.Request) -> web.Response:
+    """Blocks a sidecar on this node read from our files itself: hits, recently used."""
+    w = request.app[WORKER_KEY]
+    try:
+        body = msgspec.convert(await request.json(), workers.Touched)
+    except (ValueError, msgspec.ValidationError) as err:
+        return _problem(400, f'expected {{"blocks": [[key, length], ...]}}: {err}')
+    held = w.store.touch([key for key, _ in body.blocks])
+    w.served += len(body.blocks)
+    w.served_local += len(body.blocks)
+    w.served_bytes += sum(n for _, n in body.blocks)
+    return web.json_response({"held": held})
 
 
 async def _put_block(request: web.Request) -> web.Response:
@@ -450,6 +467,7 @@ def make_app(worker: Worker) -> web.Application:
     app.router.add_post("/v1/load", _load)
     app.router.add_get("/v1/load", _load_progress)
     app.router.add_post("/v1/drain", _drain)
+    app.router.add_post("/v1/touch", _touch)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", telemetry.metrics_endpoint)
     return app

@@ -26,6 +26,35 @@ _TRAILER = struct.Struct(">4sI")
 _MAGIC = b"FFB1"
 
 
+class CorruptBlock(Exception):
+    """A block file whose data does not match its checksum (or has no trailer)."""
+
+
+def block_path(directory: str | Path, key: str) -> Path:
+    """Where a disk tier keeps a block: <dir>/<first two characters of the key>/<key>."""
+    return Path(directory) / key[:2] / key
+
+
+def read_block_file(path: str | Path) -> tuple[bytes, int]:
+    """(data, CRC) of a block file, checked; FileNotFoundError if it is gone, CorruptBlock
+    if it is damaged. Blocking: run it in a thread (the read and the CRC free the GIL)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size - _TRAILER.size
+        if size < 0:
+            raise CorruptBlock(f"{path}: shorter than its trailer")
+        data = os.pread(fd, size, 0)
+        trailer = os.pread(fd, _TRAILER.size, size)
+    finally:
+        os.close(fd)
+    if len(data) != size or len(trailer) != _TRAILER.size:
+        raise CorruptBlock(f"{path}: changed while read")
+    magic, crc = _TRAILER.unpack(trailer)
+    if magic != _MAGIC or blocks.checksum(data) != crc:
+        raise CorruptBlock(f"{path}: checksum mismatch")
+    return data, crc
+
+
 @dataclass
 class TierStats:
     medium: str
@@ -65,7 +94,7 @@ class _Tier:
 
     def file(self, key: str) -> Path:
         assert self.dir is not None
-        return self.dir / key[:2] / key
+        return block_path(self.dir, key)
 
     # disk I/O runs in a thread; these are the thread halves
     def write(self, key: str, data: bytes, crc: int) -> int:
@@ -82,16 +111,9 @@ class _Tier:
 
     def read(self, key: str) -> tuple[bytes, int] | None:
         try:
-            raw = self.file(key).read_bytes()
-        except FileNotFoundError:
+            return read_block_file(self.file(key))
+        except (FileNotFoundError, CorruptBlock):
             return None
-        if len(raw) < _TRAILER.size:
-            return None
-        magic, crc = _TRAILER.unpack_from(raw, len(raw) - _TRAILER.size)
-        data = raw[: -_TRAILER.size]
-        if magic != _MAGIC or blocks.checksum(data) != crc:
-            return None
-        return data, crc
 
     def read_span(self, key: str, lo: int, n: int) -> bytes | None:
         """`n` bytes at `lo` of a block already verified once (a random read needs no
@@ -239,6 +261,20 @@ class BlockStore:
             self.stats.hits += 1
             return os.path.abspath(tier.file(key)), held[1], held[0]
         return None
+
+    def touch(self, keys: list[str]) -> int:
+        """Blocks a reader on this machine read from their files: count them as hits and
+        keep them recently used. How many are still held."""
+        held = 0
+        for key in keys:
+            for tier in self._tiers:
+                if key in tier.ledger:
+                    tier.ledger.touch(key)
+                    tier.hits += 1
+                    self.stats.hits += 1
+                    held += 1
+                    break
+        return held
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one)."""

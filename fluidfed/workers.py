@@ -8,6 +8,8 @@
     POST /v1/load      {"path": P}         pull what this worker owns under P (warm-up)
     GET  /v1/load                          warm-up progress
     POST /v1/drain     {"peers": [...]}    hand every block to its owner among `peers`
+    POST /v1/touch     {"blocks": [[key, length], ...]}   blocks a reader on the worker's
+                                    machine read from its files: hits, kept recently used
 
 A block travels with its CRC-32 in `X-Fluidfed-Checksum`; the receiver checks it.
 """
@@ -49,6 +51,11 @@ class Fetched(NamedTuple):
     crc: int
     hit: bool  # the worker had it (else it read the UFS for us)
     local: bool = False  # read from the worker's block file on this machine
+    path: str = ""  # ... that file
+
+
+class Touched(msgspec.Struct):
+    blocks: list[tuple[str, int]]  # (key, length) read from the worker's files
 
 
 class LoadProgress(msgspec.Struct, kw_only=True):
@@ -119,7 +126,7 @@ async def get_block(
             raise NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
         if got != crc:  # damaged on disk: the worker checks it, drops it and fetches again
             return await get_block(session, url, key, ref, index, span, verify=True)
-        return Fetched(data, crc, hit, local=True)
+        return Fetched(data, crc, hit, local=True, path=path)
     # zlib releases the GIL on large buffers: check on another core, off the event loop
     got = (
         await asyncio.to_thread(blocks.checksum, data)
@@ -156,6 +163,11 @@ def _large_reads(r: aiohttp.ClientResponse) -> None:
     if transport is not None and getattr(transport, "max_size", 0) < READ_SIZE:
         with contextlib.suppress(AttributeError):
             transport.max_size = READ_SIZE  # type: ignore[attr-defined]
+
+
+async def touch(session: aiohttp.ClientSession, url: str, blocks: list[tuple[str, int]]) -> None:
+    """Tell a worker which of its blocks were read from its files (they stay hot there)."""
+    await _json(session, "POST", f"{url}/v1/touch", msgspec.to_builtins(Touched(blocks)))
 
 
 async def put_block(

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
-from fluidfed import blocks, ufs, workers
+from fluidfed import blocks, blockstore, ufs, workers
 from fluidfed.blockstore import BlockStore
 from fluidfed.layout import FileRef, SidecarConfig
 
@@ -55,6 +56,9 @@ class BlockReader:
         self.stats = ReadStats()
         self._down: dict[str, float] = {}
         self._remote: dict[str, float] = {}  # workers whose block files are not visible here
+        self._dirs: dict[str, list[str]] = {}  # a worker's tier directories seen from here
+        self._touched: dict[str, list[tuple[str, int]]] = {}  # read from files, to report
+        self._reporter: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -162,6 +166,10 @@ class BlockReader:
         if target is not None and self.session is not None:
             now = time.monotonic()
             local = self.cfg.short_circuit and self._remote.get(target, 0.0) <= now
+            if local and target in self._dirs:
+                found = await self._from_files(target, key)
+                if found is not None:
+                    return found
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
                     try:
@@ -173,14 +181,68 @@ class BlockReader:
                         self._remote[target] = now + REMOTE_RECHECK
                         got = await workers.get_block(self.session, target, key, ref, index)
                 self._count(got.hit)
-                self.stats.short_circuit += got.local
+                if got.local:
+                    self.stats.short_circuit += 1
+                    self._learn(target, got.path, key)
                 return got.data, got.crc
             except (TimeoutError, workers.WorkerError) as err:
                 self._failed(target, err)
         data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))
         return data, -1  # the store computes it if a disk tier will hold the block
 
+    def _learn(self, worker: str, path: str, key: str) -> None:
+        """The tier directory a worker's block file lies in: its next blocks are looked
+        for there first, without asking the worker."""
+        if os.path.basename(path) != key:
+            return
+        d = os.path.dirname(os.path.dirname(path))
+        dirs = self._dirs.setdefault(worker, [])
+        if d not in dirs:
+            dirs.append(d)
+
+    async def _from_files(self, worker: str, key: str) -> tuple[bytes, int] | None:
+        """A block straight from a worker's files (checked against the CRC it was stored
+        with), or None: ask the worker. The worker hears of it in the next report."""
+        for d in self._dirs[worker]:
+            try:
+                data, crc = await asyncio.to_thread(
+                    blockstore.read_block_file, blockstore.block_path(d, key)
+                )
+            except FileNotFoundError:
+                continue  # not there (yet, or any more): another tier, or the worker
+            except blockstore.CorruptBlock:
+                return None  # the worker checks it, drops it and fetches it again
+            except OSError as err:
+                log.info("cannot read %s's block files in %s: %s", worker, d, err)
+                self._dirs[worker].remove(d)
+                return None
+            self.stats.worker_hits += 1
+            self.stats.short_circuit += 1
+            self._touched.setdefault(worker, []).append((key, len(data)))
+            if self._reporter is None or self._reporter.done():
+                self._reporter = asyncio.create_task(self._report_touches())
+            return data, crc
+        return None
+
+    async def _report_touches(self, interval: float = 1.0) -> None:
+        """Tell each worker, once a second, which of its blocks were read from its files:
+        they count as its hits and stay recently used in its cache."""
+        while self._touched:
+            await asyncio.sleep(interval)
+            batch, self._touched = self._touched, {}
+            for worker, done in batch.items():
+                if self.session is None:
+                    return
+                try:
+                    async with asyncio.timeout(self.cfg.worker_timeout):
+                        await workers.touch(self.session, worker, done)
+                except (TimeoutError, workers.WorkerError) as err:
+                    log.debug("telling %s of %d file reads failed: %s", worker, len(done), err)
+
     async def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
         for t in list(self._background):
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

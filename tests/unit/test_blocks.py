@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fluidfed import blocks, layout
-from fluidfed.blockstore import BlockStore
+from fluidfed.blockstore import BlockStore, block_path, read_block_file
 from fluidfed.models import CacheTier, Mount
 
 
@@ -177,3 +177,17 @@ async def test_checked_disk_blocks_are_located_for_short_circuit_readers(
     assert again.locate("e" * 32) is None
     assert await again.get("e" * 32) is not None
     assert again.locate("e" * 32) == (path, length, crc)
+
+
+async def test_blocks_read_from_their_files_stay_hot(tmp_path: Path) -> None:
+    ssd = CacheTier(medium="SSD", quota=300, path=str(tmp_path), high=0.9, low=0.8)  # type: ignore[arg-type]
+    store = await BlockStore([ssd]).open()
+    await store.put("a" * 32, b"a" * 100)
+    await store.put("b" * 32, b"b" * 100)
+    # a sidecar on this machine read "a" from its file, and says so
+    assert store.touch(["a" * 32, "0" * 32]) == 1
+    assert store.stats.hits == 1
+    await store.put("c" * 32, b"c" * 100)  # past the high mark: the coldest block goes
+    assert "a" * 32 in store and "b" * 32 not in store
+    data, crc = read_block_file(block_path(tmp_path, "a" * 32))
+    assert (data, crc) == (b"a" * 100, blocks.checksum(b"a" * 100))
