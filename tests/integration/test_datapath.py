@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,6 +339,23 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     read_all(sc.mountpoint, want)
     assert sc.status()["blocks"]["short_circuit"] == 0
     assert sc.status()["blocks"]["worker_hits"] == block_count(want)
+
+
+def test_a_malformed_touch_report_is_refused_with_the_expected_shape(
+    data: Path, workers_factory: Any
+) -> None:
+    ws = workers_factory({"uri": f"file://{data}"}, 1)
+    req = urllib.request.Request(
+        f"{ws.urls()[0]}/v1/touch",
+        data=json.dumps({"blocks": "not a list"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 400
+    reason = json.load(info.value)["reason"]
+    assert '{"blocks": [[key, length], ...]}' in reason and "blocks" in reason
+    assert ws.status(ws.procs[0])["served"]["short_circuit"] == 0  # nothing was counted
 
 
 def test_a_worker_whose_files_are_not_visible_is_read_over_http(
