@@ -179,6 +179,7 @@ class BlockReader:
                     except workers.NotLocal as err:
                         log.info("%s; reading its blocks over HTTP", err)
                         self._remote[target] = now + REMOTE_RECHECK
+                        self._dirs.pop(target, None)  # it moved, or never was here
                         got = await workers.get_block(self.session, target, key, ref, index)
                 self._count(got.hit)
                 if got.local:
