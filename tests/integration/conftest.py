@@ -35,7 +35,9 @@ CAPS = {
 }
 
 
-async def eventually(check: Callable[[], Any], what: str, within: float = 60) -> Any:
+async def eventually(check: Callable[[], Any], what: str, within: float = 120) -> Any:
+    """Wait for `check` to turn truthy. Generous: this 2-core VM's speed drifts by 2x, and
+    kwok's pods once took over a minute to turn Ready under a loaded suite."""
     last: Any = None
     try:
         async with asyncio.timeout(within):
