@@ -155,13 +155,6 @@ class Worker:
 
     # --- warm-up --------------------------------------------------------------------
 
-    async def list_files(self) -> dict[str, FileRef]:
-        listings = []
-        for reader in self.ufs:
-            entries = await reader.list()
-            listings.append([(e.path, e.size, e.mtime, e.etag) for e in entries])
-        return layout.files(self.cfg.mounts, listings)
-
     def start_load(self, path: str, peers: list[str] | None) -> workers.LoadProgress:
         if self._load_task is not None and not self._load_task.done():
             return self.load
@@ -173,7 +166,7 @@ class Worker:
         prog = self.load
         prefix = path.strip("/")
         try:
-            files = await self.list_files()
+            files = await ufs.list_files(self.cfg.mounts, self.ufs)
             todo: list[tuple[str, FileRef, int]] = []
             bs = self.cfg.block_size
             for rel, ref in sorted(files.items()):
@@ -275,6 +268,13 @@ class Worker:
             ufs_errors=lambda: self.ufs_errors,
         )
 
+    def count_served(self, count: int, nbytes: int, *, local: bool = False) -> None:
+        """Blocks (or spans) a sidecar got from us; `local`: read from our files."""
+        self.served += count
+        self.served_bytes += nbytes
+        if local:
+            self.served_local += count
+
     def status(self) -> dict[str, Any]:
         return {
             "url": self.url,
@@ -353,10 +353,8 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         # a reader on this machine reads the block file itself (short-circuit)
         where = w.store.locate(key)
         if where is not None:
-            w.served += 1
-            w.served_local += 1
             w.located += 1
-            w.served_bytes += where[1]
+            w.count_served(1, where[1], local=True)
             return web.Response(
                 headers={
                     workers.LOCAL: where[0],
@@ -368,16 +366,14 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     if span is None and "verify" not in q:
         held = await w.store.open_verified(key)
         if held is not None:
-            w.served += 1
-            w.served_bytes += held[1]
+            w.count_served(1, held[1])
             return _BlockFile(
                 held[0], held[1], {workers.CHECKSUM: str(held[2]), workers.CACHE: "hit"}
             )
     try:
         part = await w.store.get_span(key, *span) if span is not None else None
         if part is not None:
-            w.served += 1
-            w.served_bytes += len(part)
+            w.count_served(1, len(part))
             crc = blocks.checksum(part)
             return web.Response(
                 body=part,
@@ -392,8 +388,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     if span is not None:
         data = data[span[0] : span[0] + span[1]]
         crc = blocks.checksum(data)
-    w.served += 1
-    w.served_bytes += len(data)
+    w.count_served(1, len(data))
     return web.Response(
         body=data,
         content_type="application/octet-stream",
@@ -409,9 +404,7 @@ async def _touch(request: web.Request) -> web.Response:
     except (ValueError, msgspec.ValidationError) as err:
         return _problem(400, f'expected {{"blocks": [[key, length], ...]}}: {err}')
     held = w.store.touch([key for key, _ in body.blocks])
-    w.served += len(body.blocks)
-    w.served_local += len(body.blocks)
-    w.served_bytes += sum(n for _, n in body.blocks)
+    w.count_served(len(body.blocks), sum(n for _, n in body.blocks), local=True)
     return web.json_response({"held": held})
 
 

@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 
 from fluidfed.local.cluster import free_port
 from fluidfed.local.processes import SidecarProcess, WorkerProcess
-from fluidfed.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
+from fluidfed.local.s3 import CREDENTIALS, S3Server
 
 BLOCK = 4 * 2**20
 READAHEAD = 4
@@ -69,20 +68,6 @@ def fio(path: Path, rw: str, bs: str, *, size: int, runtime: int = 0, invalidate
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     job = json.loads(out[out.index("{") :])["jobs"][0]["read"]
     return {"MiB_per_s": round(job["bw_bytes"] / 2**20, 1), "iops": round(job["iops"])}
-
-
-def presign(server: S3Server, key: str) -> str:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=USER,
-        aws_secret_access_key=PASSWORD,
-    )
-    url: str = s3.generate_presigned_url(
-        "get_object", Params={"Bucket": server.bucket, "Key": key}, ExpiresIn=3600
-    )
-    return url
 
 
 async def raw_get_loop(url: str, size: int, parallel: int) -> float:
@@ -231,7 +216,7 @@ def main() -> None:
         print(f"uploading {args.size_mib} MiB to MinIO ...", file=sys.stderr)
         asyncio.run(server.upload({"big.bin": big.read_bytes(), **ttfb_objects}, prefix="data"))
         mount = {"uri": server.uri("data"), "options": {"endpoint": server.endpoint}}
-        url = presign(server, "data/big.bin")
+        url = asyncio.run(server.presign("data/big.bin"))
 
         # (a) cold: straight from MinIO through fresh mounts, no workers, interleaved with
         # a raw ranged-GET loop of the same parallelism (this machine's speed drifts)
@@ -324,7 +309,8 @@ def main() -> None:
                     with open(sc.mountpoint / key, "rb") as f:
                         f.read(4096)
                     mount_ttfb.append(time.perf_counter() - t0)
-                raw_ms = asyncio.run(raw_ttfb([presign(server, f"data/{k}") for k in ttfb_objects]))
+                urls = [asyncio.run(server.presign(f"data/{k}")) for k in ttfb_objects]
+                raw_ms = asyncio.run(raw_ttfb(urls))
                 results["ttfb"] = {
                     "mount_ms": round(statistics.median(mount_ttfb) * 1000, 2),
                     "raw_get_ms": round(raw_ms, 2),

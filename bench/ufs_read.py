@@ -3,7 +3,7 @@
     python bench/ufs_read.py [--size-mib 256] [--block-mib 4] [--parallel 8]
 
 One file, served over HTTP with ranged GETs (aiohttp's static handler, in its own process)
-and by MinIO over S3 (a public-read bucket, so every reader goes unsigned), is read whole in
+and by MinIO over S3 (the libraries sign, the raw loop GETs a presigned URL), is read whole in
 fixed blocks with the same parallelism three ways, in the same run: a raw aiohttp
 ranged-GET loop (the baseline), obstore, and fluidfed.ufs on OpenDAL. Reported: MiB/s (best of three passes) and its ratio to the raw loop,
 and CPU seconds per GiB of this process, every thread (median of three): on a node the
@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from obstore.store import HTTPStore, S3Store
 
 from fluidfed import heap, ufs
 from fluidfed.local import binaries
+from fluidfed.local.cluster import free_port
+from fluidfed.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
 from fluidfed.models import Mount
 
 SERVER = (
@@ -91,102 +92,37 @@ async def compare(
     return results
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def s3_readers(
     tmp: str, data: bytes, session: aiohttp.ClientSession, stack: contextlib.ExitStack
 ) -> dict[str, Reader]:
-    """MinIO on loopback with a public-read bucket, so every reader goes unsigned."""
-    import boto3
-    import botocore.config
-
-    port = free_port()
-    env = {**os.environ, "MINIO_ROOT_USER": "bench", "MINIO_ROOT_PASSWORD": "bench-secret"}
-    proc = subprocess.Popen(
-        [
-            str(binaries.cache_dir() / "minio"),
-            "server",
-            f"{tmp}/minio",
-            "--quiet",
-            "--address",
-            f"127.0.0.1:{port}",
-            "--console-address",
-            f"127.0.0.1:{free_port()}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    stack.callback(lambda: (proc.terminate(), proc.wait()))
-    url = f"http://127.0.0.1:{port}"
-    admin = boto3.client(
-        "s3",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench-secret",
-        config=botocore.config.Config(request_checksum_calculation="when_required"),
-    )
-    for _ in range(100):
-        try:
-            admin.create_bucket(Bucket="bench")
-            break
-        except Exception:
-            await asyncio.sleep(0.1)
-    admin.put_bucket_policy(
-        Bucket="bench",
-        Policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"AWS": ["*"]},
-                        "Action": ["s3:GetObject", "s3:ListBucket"],
-                        "Resource": ["arn:aws:s3:::bench", "arn:aws:s3:::bench/*"],
-                    }
-                ],
-            }
-        ),
-    )
-    store = S3Store(
-        "bench",
-        config={
-            "endpoint": url,
-            "region": "us-east-1",
-            "virtual_hosted_style_request": False,
-            "access_key_id": "bench",
-            "secret_access_key": "bench-secret",
-        },
-        client_options={"allow_http": True},
-    )
-    await obstore.put_async(store, "big.bin", data)
+    """MinIO on loopback (fluidfed.local.s3): the libraries sign their requests, the raw
+    loop GETs a presigned URL."""
+    server = S3Server(Path(tmp) / "minio").start()
+    stack.callback(server.stop)
+    await server.upload({"big.bin": data})
+    url = await server.presign("big.bin")
 
     async def raw(off: int, n: int) -> bytes:
-        async with session.get(
-            f"{url}/bench/big.bin", headers={"Range": f"bytes={off}-{off + n - 1}"}
-        ) as r:
+        async with session.get(url, headers={"Range": f"bytes={off}-{off + n - 1}"}) as r:
             return await r.read()
 
-    anon = S3Store(
-        "bench",
+    store = S3Store(
+        server.bucket,
         config={
-            "endpoint": url,
+            "endpoint": server.endpoint,
             "region": "us-east-1",
             "virtual_hosted_style_request": False,
-            "skip_signature": True,
+            "access_key_id": USER,
+            "secret_access_key": PASSWORD,
         },
         client_options={"allow_http": True},
     )
 
     async def via_obstore(off: int, n: int) -> bytes:
-        return bytes(await obstore.get_range_async(anon, "big.bin", start=off, length=n))
+        return bytes(await obstore.get_range_async(store, "big.bin", start=off, length=n))
 
-    reader = ufs.open_ufs(Mount(uri="s3://bench/", options={"endpoint": url}), env={})
+    mount = Mount(uri=server.uri(""), options={"endpoint": server.endpoint})
+    reader = ufs.open_ufs(mount, env=CREDENTIALS)
 
     async def via_ufs(off: int, n: int) -> bytes:
         return await reader.read("big.bin", off, n)
@@ -208,9 +144,7 @@ async def main() -> None:
         data = os.urandom(size)
         Path(tmp, "big.bin").write_bytes(data)
         want = hashlib.sha256(data).hexdigest()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         proc = subprocess.Popen([sys.executable, "-c", SERVER, tmp, str(port)])
         await asyncio.sleep(1.5)
         url = f"http://127.0.0.1:{port}"

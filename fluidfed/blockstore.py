@@ -115,33 +115,21 @@ class _Tier:
         except (FileNotFoundError, CorruptBlock):
             return None
 
-    def read_span(self, key: str, lo: int, n: int) -> bytes | None:
-        """`n` bytes at `lo` of a block already verified once (a random read needs no
-        4 MiB read and CRC each time)."""
+    def read_span(self, key: str, lo: int, n: int, length: int) -> bytes | None:
+        """`n` bytes at `lo` of a block of `length` bytes already verified once (a random
+        read needs no 4 MiB read and CRC each time)."""
         try:
             with open(self.file(key), "rb") as f:
-                size = os.fstat(f.fileno()).st_size - _TRAILER.size
-                return os.pread(f.fileno(), max(0, min(n, size - lo)), lo)
+                return os.pread(f.fileno(), max(0, min(n, length - lo)), lo)
         except FileNotFoundError:
             return None
 
-    def open_data(self, key: str) -> tuple[BinaryIO, int, int] | None:
-        """(open file, data length, stored CRC) of a block already verified once, for
-        sending without reading it here; None if it is gone or has no trailer."""
+    def open_data(self, key: str) -> BinaryIO | None:
+        """The block file, open for sending without reading it here; None if it is gone."""
         try:
-            f = open(self.file(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self.file(key), "rb")  # the caller closes it
         except FileNotFoundError:
             return None
-        size = os.fstat(f.fileno()).st_size - _TRAILER.size
-        raw = os.pread(f.fileno(), _TRAILER.size, size) if size >= 0 else b""
-        if len(raw) != _TRAILER.size:
-            f.close()
-            return None
-        magic, crc = _TRAILER.unpack(raw)
-        if magic != _MAGIC:
-            f.close()
-            return None
-        return f, size, crc
 
     def unlink(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -192,115 +180,102 @@ class BlockStore:
     def __contains__(self, key: str) -> bool:
         return any(key in t.ledger for t in self._tiers)
 
+    def _holder(self, key: str) -> _Tier | None:
+        """The first tier that holds `key`."""
+        return next((t for t in self._tiers if key in t.ledger), None)
+
+    def _hit(self, tier: _Tier, key: str) -> None:
+        tier.ledger.touch(key)
+        tier.hits += 1
+        self.stats.hits += 1
+
     def peek(self, key: str) -> bytes | None:
         """A block held in a memory tier, synchronously (counted as a hit); None otherwise
         (not counted: the caller goes on to `get`)."""
-        for tier in self._tiers:
-            if tier.dir is not None:
-                return None
-            got = tier.mem.get(key)
-            if got is not None:
-                tier.ledger.touch(key)
-                tier.hits += 1
-                self.stats.hits += 1
-                return got[0]
-        return None
+        tier = self._holder(key)
+        if tier is None or tier.dir is not None:
+            return None
+        self._hit(tier, key)
+        return tier.mem[key][0]
 
     async def get_span(self, key: str, lo: int, n: int) -> bytes | None:
         """Part of a cached block, or None (then `get` the whole block). A disk block is
         read whole and checked the first time; after that spans are read directly."""
-        for tier in self._tiers:
-            if key not in tier.ledger:
-                continue
-            if tier.dir is None:
-                data: bytes | None = tier.mem[key][0][lo : lo + n]
-            elif key in tier.verified:
-                data = await asyncio.to_thread(tier.read_span, key, lo, n)
-            else:
-                whole = await self.get(key)
-                return None if whole is None else whole[0][lo : lo + n]
-            if data is None:
-                return None
-            tier.ledger.touch(key)
-            tier.hits += 1
-            self.stats.hits += 1
-            return data
-        return None
+        tier = self._holder(key)
+        if tier is None:
+            return None
+        held = tier.verified.get(key)
+        if tier.dir is None:
+            data: bytes | None = tier.mem[key][0][lo : lo + n]
+        elif held is not None:
+            data = await asyncio.to_thread(tier.read_span, key, lo, n, held[1])
+        else:
+            whole = await self.get(key)
+            return None if whole is None else whole[0][lo : lo + n]
+        if data is None:
+            return None
+        self._hit(tier, key)
+        return data
 
     async def open_verified(self, key: str) -> tuple[BinaryIO, int, int] | None:
         """A disk block whose CRC already held once, as (file, length, CRC) for sending
         straight from the page cache (counted as a hit); None: use `get`, which reads and
         checks it. The receiver checks the CRC end to end and asks again with a full
         check if it does not hold."""
-        for tier in self._tiers:
-            if key not in tier.ledger:
-                continue
-            if tier.dir is None or key not in tier.verified:
-                return None
-            got = await asyncio.to_thread(tier.open_data, key)
-            if got is None:
-                return None
-            tier.ledger.touch(key)
-            tier.hits += 1
-            self.stats.hits += 1
-            return got
-        return None
+        tier = self._holder(key)
+        held = tier.verified.get(key) if tier is not None else None
+        if tier is None or held is None:
+            return None
+        f = await asyncio.to_thread(tier.open_data, key)
+        if f is None:
+            return None
+        self._hit(tier, key)
+        return f, held[1], held[0]
 
     def locate(self, key: str) -> tuple[str, int, int] | None:
         """(file path, data length, CRC) of a disk block whose CRC already held once, for a
         reader on the same machine to read itself (counted as a hit); None otherwise. The
         file is the data followed by an 8-byte trailer."""
-        for tier in self._tiers:
-            if key not in tier.ledger:
-                continue
-            held = tier.verified.get(key) if tier.dir is not None else None
-            if held is None:
-                return None
-            tier.ledger.touch(key)
-            tier.hits += 1
-            self.stats.hits += 1
-            return os.path.abspath(tier.file(key)), held[1], held[0]
-        return None
+        tier = self._holder(key)
+        held = tier.verified.get(key) if tier is not None else None
+        if tier is None or held is None:
+            return None
+        self._hit(tier, key)
+        return os.path.abspath(tier.file(key)), held[1], held[0]
 
     def touch(self, keys: list[str]) -> int:
         """Blocks a reader on this machine read from their files: count them as hits and
         keep them recently used. How many are still held."""
         held = 0
         for key in keys:
-            for tier in self._tiers:
-                if key in tier.ledger:
-                    tier.ledger.touch(key)
-                    tier.hits += 1
-                    self.stats.hits += 1
-                    held += 1
-                    break
+            tier = self._holder(key)
+            if tier is not None:
+                self._hit(tier, key)
+                held += 1
         return held
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one)."""
-        for tier in self._tiers:
-            if key not in tier.ledger:
-                continue
-            if tier.dir is None:
-                got: tuple[bytes, int] | None = tier.mem[key]
-            else:
-                got = await asyncio.to_thread(tier.read, key)
-                if got is not None:
-                    tier.verified[key] = (got[1], len(got[0]))
-                if got is None:
-                    # gone or corrupt: forget it, the caller fetches it again
-                    if key in tier.ledger:
-                        self.stats.corrupt += 1
-                        tier.ledger.remove(key)
-                        tier.verified.pop(key, None)
-                        await asyncio.to_thread(tier.unlink, key)
-                    break
-            tier.ledger.touch(key)
-            tier.hits += 1
-            self.stats.hits += 1
-            return got
-        self.stats.misses += 1
-        return None
+        tier = self._holder(key)
+        if tier is None:
+            self.stats.misses += 1
+            return None
+        if tier.dir is None:
+            got: tuple[bytes, int] | None = tier.mem[key]
+        else:
+            got = await asyncio.to_thread(tier.read, key)
+            if got is None:
+                # gone or corrupt: forget it, the caller fetches it again
+                if key in tier.ledger:
+                    self.stats.corrupt += 1
+                    tier.ledger.remove(key)
+                    tier.verified.pop(key, None)
+                    await asyncio.to_thread(tier.unlink, key)
+                self.stats.misses += 1
+                return None
+            tier.verified[key] = (got[1], len(got[0]))
+        self._hit(tier, key)
+        return got
 
     async def put(self, key: str, data: bytes, crc: int | None = None) -> None:
         """Keep a block; its CRC-32 is computed here unless given (a memory-only store

@@ -15,7 +15,7 @@ help), so callers never see a library's exceptions.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -23,7 +23,9 @@ import msgspec
 import opendal
 import opendal.exceptions
 
+from fluidfed import layout
 from fluidfed.errors import FluidfedError
+from fluidfed.layout import FileRef
 from fluidfed.models import Mount
 
 MANIFEST = ".fluidfed-manifest.json"
@@ -217,3 +219,15 @@ def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
     except Exception as err:
         raise _translate(err, f"open {mount.uri}") from err
     return OpenDALUFS(_layered(op, timeout), mount.uri)
+
+
+async def list_files(
+    mounts: Sequence[Mount], readers: Sequence[UFS], sub_path: str = ""
+) -> dict[str, FileRef]:
+    """The dataset's files as sidecars and workers see them: each mount's listing, placed
+    by `layout.files` (below `sub_path`)."""
+    listings = []
+    for reader in readers:
+        entries = await reader.list()
+        listings.append([(e.path, e.size, e.mtime, e.etag) for e in entries])
+    return layout.files(mounts, listings, sub_path)

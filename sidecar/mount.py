@@ -19,10 +19,10 @@ import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
-from fluidfed import config, heap, layout, telemetry, ufs
+from fluidfed import config, heap, telemetry, ufs
 from fluidfed.blockstore import BlockStore
 from fluidfed.instruments import DataPathInstruments
-from fluidfed.layout import FileRef, SidecarConfig
+from fluidfed.layout import SidecarConfig
 from sidecar import peers
 from sidecar.fs import DatasetFS
 from sidecar.reader import BlockReader
@@ -31,14 +31,6 @@ from sidecar.tree import Tree
 log = logging.getLogger("fluidfed.sidecar")
 
 pyfuse3.asyncio.enable()
-
-
-async def list_dataset(cfg: SidecarConfig, readers: list[ufs.UFS]) -> dict[str, FileRef]:
-    listings = []
-    for reader in readers:
-        entries = await reader.list()
-        listings.append([(e.path, e.size, e.mtime, e.etag) for e in entries])
-    return layout.files(cfg.mounts, listings, cfg.sub_path)
 
 
 # The kernel's read-ahead for the mount: one full-size FUSE request (1 MiB, libfuse 3's
@@ -92,7 +84,9 @@ class Sidecar:
         delay = 0.5
         while not self.stop.is_set():
             try:
-                self.tree.update(await list_dataset(self.cfg, self.readers))
+                self.tree.update(
+                    await ufs.list_files(self.cfg.mounts, self.readers, self.cfg.sub_path)
+                )
                 self.listing_error = ""
                 return
             except ufs.UFSError as err:
@@ -109,7 +103,7 @@ class Sidecar:
         while True:
             await asyncio.sleep(self.cfg.metadata_ttl)
             try:
-                files = await list_dataset(self.cfg, self.readers)
+                files = await ufs.list_files(self.cfg.mounts, self.readers, self.cfg.sub_path)
             except ufs.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue

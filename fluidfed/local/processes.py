@@ -35,7 +35,20 @@ def ready_line(
     raise RuntimeError(f"{what} did not become ready in {timeout}s; last line: {line!r}")
 
 
-class HubProcess:
+class _Child:
+    """A daemon run as a child process: `stop` signals it and waits (SIGKILL after
+    `stop_timeout`), and forgets it."""
+
+    proc: subprocess.Popen[Any] | None = None
+    stop_timeout = 10.0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
+        code = stop_process(self.proc, sig, self.stop_timeout if timeout is None else timeout)
+        self.proc = None
+        return code
+
+
+class HubProcess(_Child):
     """`fluidfed hub serve` on a loopback port, with its own data directory.
 
     The process is the real daemon; `url` and `admin_token` are read from what it prints
@@ -93,11 +106,6 @@ class HubProcess:
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        code = stop_process(self.proc, sig, timeout)
-        self.proc = None
-        return code
-
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
 
@@ -108,7 +116,7 @@ class HubProcess:
         self.stop()
 
 
-class AgentProcess:
+class AgentProcess(_Child):
     """`fluidfed agent run` for one local cluster, configured from files it writes."""
 
     def __init__(
@@ -178,10 +186,6 @@ class AgentProcess:
             )
         return self
 
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGTERM, 10.0)
-        self.proc = None
-
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -205,8 +209,10 @@ def _spawn(
         raise
 
 
-class WorkerProcess:
+class WorkerProcess(_Child):
     """`fluidfed worker serve` on a loopback port, with its config file and cache directory."""
+
+    stop_timeout = 60.0  # the hand-off of its blocks on SIGTERM
 
     def __init__(
         self, workdir: Path, config: dict[str, object], port: int, wrap: Sequence[str] = ()
@@ -240,18 +246,15 @@ class WorkerProcess:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        code = stop_process(self.proc, sig, timeout)
-        self.proc = None
-        return code
-
     def close(self) -> None:
         """Stop it however it is (the hand-off is skipped)."""
         self.stop(signal.SIGKILL)
 
 
-class SidecarProcess:
+class SidecarProcess(_Child):
     """`fluidfed sidecar mount` as a local process: the FUSE mount a pod's sidecar makes."""
+
+    stop_timeout = 30.0
 
     def __init__(self, workdir: Path, config: dict[str, object], mountpoint: Path) -> None:
         self.dir = Path(workdir)
@@ -278,11 +281,6 @@ class SidecarProcess:
         with urllib.request.urlopen(f"{self.status_url}/v1/status", timeout=10) as r:
             got: dict[str, Any] = json.load(r)
         return got
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        code = stop_process(self.proc, sig, timeout)
-        self.proc = None
-        return code
 
     def close(self) -> None:
         """Stop it however it is, and detach a mount a killed sidecar left behind."""

@@ -90,5 +90,10 @@ class S3Server:
 
         await asyncio.gather(*(put(k, v) for k, v in objects.items()))
 
+    async def presign(self, key: str, seconds: int = 3600) -> str:
+        """A URL that GETs `key` without credentials (the benchmarks' raw loops)."""
+        got = await self.operator().presign_read(key, seconds)
+        return str(got.url)
+
     def uri(self, prefix: str) -> str:
         return f"s3://{self.bucket}/{prefix.strip('/')}"

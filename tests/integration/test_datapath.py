@@ -157,6 +157,16 @@ def sidecars(tmp_path: Path) -> Iterator[Any]:
         sc.close()
 
 
+def ssd_worker(
+    data: Path, ssd: Path, workers_factory: Any, wrap: tuple[str, ...] = ()
+) -> tuple[dict[str, bytes], dict[str, Any], Workers]:
+    """The test dataset from a local directory, and one worker keeping blocks in `ssd`."""
+    ssd.mkdir(exist_ok=True)
+    mount = {"uri": f"file://{data}"}
+    disk = [{"medium": "SSD", "quota": "1GiB", "path": str(ssd)}]
+    return sources.files(data), mount, workers_factory(mount, 1, tiers=disk, wrap=wrap)
+
+
 def read_all(mnt: Path, want: dict[str, bytes]) -> None:
     seen = {str(p.relative_to(mnt)): p.stat().st_size for p in mnt.rglob("*") if p.is_file()}
     assert seen == {k: len(v) for k, v in want.items()}
@@ -282,10 +292,7 @@ def test_s3_that_stops_gives_eio_within_the_timeout_and_reads_recover(
 def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
 ) -> None:
-    want = sources.files(data)
-    mount = {"uri": f"file://{data}"}
-    disk = [{"medium": "SSD", "quota": "1GiB", "path": str(tmp_path / "ssd")}]
-    ws = workers_factory(mount, 1, tiers=disk)
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
     name = next(k for k, v in want.items() if len(v) > BLOCK)
     sc = sidecars(sidecar_config(mount, ws.urls()))
     assert (sc.mountpoint / name).read_bytes() == want[name]
@@ -308,10 +315,7 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
 def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
 ) -> None:
-    want = sources.files(data)
-    mount = {"uri": f"file://{data}"}
-    disk = [{"medium": "SSD", "quota": "1GiB", "path": str(tmp_path / "ssd")}]
-    ws = workers_factory(mount, 1, tiers=disk)
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
     first = sidecars(sidecar_config(mount, ws.urls()))
     read_all(first.mountpoint, want)
     assert first.status()["blocks"]["short_circuit"] == 0  # the worker fetched them: misses
@@ -363,14 +367,10 @@ def test_a_worker_whose_files_are_not_visible_is_read_over_http(
 ) -> None:
     # the worker in its own mount namespace, its cache on a tmpfs only it sees: for the
     # sidecar it is on another machine
-    want = sources.files(data)
-    mount = {"uri": f"file://{data}"}
     ssd = tmp_path / "ssd"
-    ssd.mkdir()
     hidden = ("unshare", "--mount", "--propagation", "private", "--")
     wrap = (*hidden, "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(ssd))
-    disk = [{"medium": "SSD", "quota": "1GiB", "path": str(ssd)}]
-    ws = workers_factory(mount, 1, tiers=disk, wrap=wrap)
+    want, mount, ws = ssd_worker(data, ssd, workers_factory, wrap)
     first = sidecars(sidecar_config(mount, ws.urls()))
     read_all(first.mountpoint, want)
     first.stop()
