@@ -110,7 +110,7 @@ class Worker:
 
     # --- blocks ---------------------------------------------------------------------
 
-    async def block(self, key: str, ref: FileRef, index: int) -> tuple[bytes, int, bool]:
+    async def block(self, key: str, ref: FileRef, index: int) -> tuple[blocks.Data, int, bool]:
         got = await self.store.get(key)
         if got is not None:
             return got[0], got[1], True

@@ -23,6 +23,10 @@ from zlib_ng import zlib_ng
 # check was a quarter of a core.
 checksum = zlib_ng.crc32
 
+# A block's bytes: held (bytes), or mapped read-only from a cache worker's block file on
+# this machine (a memoryview of the page cache, see `blockstore.load_block_file`).
+Data = bytes | memoryview
+
 
 def block_key(
     dataset: str, mount: int, path: str, version: str, block_size: int, index: int

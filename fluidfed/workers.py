@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import os
 from typing import Any, NamedTuple
 
 import aiohttp
 import msgspec
 
-from fluidfed import blocks
+from fluidfed import blocks, blockstore
 from fluidfed.errors import FluidfedError
 from fluidfed.layout import FileRef
 
@@ -47,7 +45,7 @@ class NotLocal(WorkerError):
 
 
 class Fetched(NamedTuple):
-    data: bytes
+    data: blocks.Data
     crc: int
     hit: bool  # the worker had it (else it read the UFS for us)
     local: bool = False  # read from the worker's block file on this machine
@@ -112,7 +110,7 @@ async def get_block(
             if r.status != 200:
                 raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
             _large_reads(r)
-            data = await r.read()
+            data: blocks.Data = await r.read()
             crc = int(r.headers.get(CHECKSUM, "-1"))
             hit = r.headers.get(CACHE) == "hit"
             path = r.headers.get(LOCAL)
@@ -121,11 +119,13 @@ async def get_block(
         raise WorkerError(f"{url}: {err}") from err
     if path is not None:
         try:
-            data, got = await asyncio.to_thread(_read_local, path, length)
+            data, got = await blockstore.load_block_file(path)
+        except blockstore.CorruptBlock:  # the worker checks it, drops it and fetches again
+            return await get_block(session, url, key, ref, index, span, verify=True)
         except OSError as err:
             raise NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
-        if got != crc:  # damaged on disk: the worker checks it, drops it and fetches again
-            return await get_block(session, url, key, ref, index, span, verify=True)
+        if len(data) != length or got != crc:  # replaced since the worker answered
+            return await get_block(session, url, key, ref, index, span)
         return Fetched(data, crc, hit, local=True, path=path)
     # zlib releases the GIL on large buffers: check on another core, off the event loop
     got = (
@@ -138,18 +138,6 @@ async def get_block(
             return await get_block(session, url, key, ref, index, span, verify=True)
         raise WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
     return Fetched(data, crc, hit)
-
-
-def _read_local(path: str, length: int) -> tuple[bytes, int]:
-    """A block file's data and its CRC, in a thread (the read and zlib free the GIL)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, length, 0)
-    finally:
-        os.close(fd)
-    if len(data) != length:
-        raise OSError(errno.EIO, f"short block file ({len(data)} of {length} bytes)")
-    return data, blocks.checksum(data)
 
 
 def _large_reads(r: aiohttp.ClientResponse) -> None:
@@ -171,7 +159,7 @@ async def touch(session: aiohttp.ClientSession, url: str, blocks: list[tuple[str
 
 
 async def put_block(
-    session: aiohttp.ClientSession, url: str, key: str, data: bytes, crc: int
+    session: aiohttp.ClientSession, url: str, key: str, data: blocks.Data, crc: int
 ) -> None:
     try:
         async with session.put(

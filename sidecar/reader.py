@@ -59,13 +59,13 @@ class BlockReader:
         self._dirs: dict[str, list[str]] = {}  # a worker's tier directories seen from here
         self._touched: dict[str, list[tuple[str, int]]] = {}  # read from files, to report
         self._reporter: asyncio.Task[None] | None = None
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._inflight: dict[str, asyncio.Future[blocks.Data]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def key(self, ref: FileRef, index: int) -> str:
         return ref.block_key(self.cfg.dataset, self.cfg.block_size, index)
 
-    async def block(self, ref: FileRef, index: int) -> bytes:
+    async def block(self, ref: FileRef, index: int) -> blocks.Data:
         key = self.key(ref, index)
         got = await self.store.get(key)
         if got is not None:
@@ -88,7 +88,7 @@ class BlockReader:
         finally:
             del self._inflight[key]
 
-    def peek(self, ref: FileRef, index: int) -> bytes | None:
+    def peek(self, ref: FileRef, index: int) -> blocks.Data | None:
         """The block if the sidecar's memory holds it: no waiting, no task."""
         got = self.store.peek(self.key(ref, index))
         if got is None:
@@ -100,7 +100,7 @@ class BlockReader:
         key = self.key(ref, index)
         return key in self.store or key in self._inflight
 
-    async def read_span(self, ref: FileRef, index: int, lo: int, size: int) -> bytes:
+    async def read_span(self, ref: FileRef, index: int, lo: int, size: int) -> blocks.Data:
         """`size` bytes at `lo` in block `index`, without fetching the whole block here
         (random reads); the worker still caches the whole block."""
         key = self.key(ref, index)
@@ -161,7 +161,7 @@ class BlockReader:
         except Exception as err:  # the reader will ask again and get the error itself
             log.debug("read-ahead of %s #%d failed: %s", ref.key, index, err)
 
-    async def _fetch(self, key: str, ref: FileRef, index: int) -> tuple[bytes, int]:
+    async def _fetch(self, key: str, ref: FileRef, index: int) -> tuple[blocks.Data, int]:
         target = self._worker_for(key)
         if target is not None and self.session is not None:
             now = time.monotonic()
@@ -201,14 +201,12 @@ class BlockReader:
         if d not in dirs:
             dirs.append(d)
 
-    async def _from_files(self, worker: str, key: str) -> tuple[bytes, int] | None:
+    async def _from_files(self, worker: str, key: str) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
         with), or None: ask the worker. The worker hears of it in the next report."""
         for d in self._dirs[worker]:
             try:
-                data, crc = await asyncio.to_thread(
-                    blockstore.read_block_file, blockstore.block_path(d, key)
-                )
+                data, crc = await blockstore.load_block_file(blockstore.block_path(d, key))
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
             except blockstore.CorruptBlock:
