@@ -326,6 +326,9 @@ def main() -> None:
             fill = sidecar(root, "fill", mount, [w.url])
             fio(fill.mountpoint / "big.bin", "read", "1M", size=size)
             fill.stop()
+            # the worker's cache files on disk, as a worker filled earlier has them: else
+            # the kernel writes the fill's 1 GiB back ~30 s later, in the middle of a run
+            os.sync()
         if w is not None and "warm" in only:
             assert w.proc is not None
             files = [p for p in (root / "worker" / "ssd").rglob("*") if p.is_file()]
