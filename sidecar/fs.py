@@ -24,6 +24,14 @@ from sidecar.tree import Tree
 
 log = logging.getLogger("fluidfed.sidecar")
 
+# st_blksize: the read size cat, cp and Python's open() pick their buffers by. Reads from
+# the page cache are fastest in pieces that stay in the CPU caches: re-reading 1 GiB with
+# `cat` went from 0.83 to 0.89 of `cat` on ext4 (which gets 128 KiB too) when this was
+# lowered from the 4 MiB block size; cold reads are unchanged, the kernel's read-ahead
+# asks for 1 MiB requests whatever the reader's size. It also keeps a Python data loader
+# holding many files open from allocating 4 MiB of buffer for each.
+PREFERRED_IO = 128 * 1024
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -66,7 +74,7 @@ class DatasetFS(pyfuse3.Operations):
         a.attr_timeout = self.ttl
         a.st_uid = 0
         a.st_gid = 0
-        a.st_blksize = self.block_size
+        a.st_blksize = PREFERRED_IO
         ref = self.tree.files.get(path)
         if ref is None:
             a.st_mode = stat.S_IFDIR | 0o555

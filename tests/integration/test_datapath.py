@@ -22,6 +22,7 @@ import pytest
 from fluidfed.local.cluster import free_port
 from fluidfed.local.processes import SidecarProcess, WorkerProcess, is_mounted
 from fluidfed.local.s3 import CREDENTIALS, S3Server
+from sidecar.fs import PREFERRED_IO
 from tests.integration import sources
 
 pytestmark = [
@@ -168,8 +169,10 @@ def ssd_worker(
 
 
 def read_all(mnt: Path, want: dict[str, bytes]) -> None:
-    seen = {str(p.relative_to(mnt)): p.stat().st_size for p in mnt.rglob("*") if p.is_file()}
-    assert seen == {k: len(v) for k, v in want.items()}
+    stats = {str(p.relative_to(mnt)): p.stat() for p in mnt.rglob("*") if p.is_file()}
+    assert {k: st.st_size for k, st in stats.items()} == {k: len(v) for k, v in want.items()}
+    # readers size their buffers by st_blksize: page-cache-sized, not the 4 MiB block
+    assert {st.st_blksize for st in stats.values()} == {PREFERRED_IO}
     for rel, data in want.items():
         got = (mnt / rel).read_bytes()
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), rel
