@@ -349,10 +349,10 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             "block key does not match its description: sidecar and worker disagree "
             "on the dataset or block size",
         )
-    if span is None and "verify" not in q and "local" in q:
-        # a reader on this machine reads the block file itself (short-circuit)
-        where = w.store.locate(key)
+    if span is None and "verify" not in q:
+        where = w.store.locate(key) if "local" in q else None
         if where is not None:
+            # a reader on this machine reads the block file itself (short-circuit)
             w.located += 1
             w.count_served(1, where[1], local=True)
             return web.Response(
@@ -363,7 +363,6 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
                     workers.CACHE: "hit",
                 }
             )
-    if span is None and "verify" not in q:
         held = await w.store.open_verified(key)
         if held is not None:
             w.count_served(1, held[1])

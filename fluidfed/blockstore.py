@@ -41,6 +41,14 @@ def block_path(directory: str | Path, key: str) -> Path:
     return Path(directory) / key[:2] / key
 
 
+def tier_dir(path: str | Path, key: str) -> str | None:
+    """The tier directory of `path` if that is where `block_path` puts `key`, else None."""
+    p = Path(path)
+    if p.name != key or p.parent.name != key[:2]:
+        return None
+    return str(p.parent.parent)
+
+
 def read_block_file(path: str | Path) -> tuple[bytes, int]:
     """(data, CRC) of a block file, checked; FileNotFoundError if it is gone, CorruptBlock
     if it is damaged. Blocking: run it in a thread (the read and the CRC free the GIL)."""
@@ -298,15 +306,21 @@ class BlockStore:
         self._hit(tier, key)
         return data
 
+    def _checked(self, key: str) -> tuple[_Tier, tuple[int, int]] | None:
+        """The disk tier holding `key` and the block's (CRC, length), if its CRC held once."""
+        tier = self._holder(key)
+        held = tier.verified.get(key) if tier is not None else None
+        return None if tier is None or held is None else (tier, held)
+
     async def open_verified(self, key: str) -> tuple[BinaryIO, int, int] | None:
         """A disk block whose CRC already held once, as (file, length, CRC) for sending
         straight from the page cache (counted as a hit); None: use `get`, which reads and
         checks it. The receiver checks the CRC end to end and asks again with a full
         check if it does not hold."""
-        tier = self._holder(key)
-        held = tier.verified.get(key) if tier is not None else None
-        if tier is None or held is None:
+        checked = self._checked(key)
+        if checked is None:
             return None
+        tier, held = checked
         f = await asyncio.to_thread(tier.open_data, key)
         if f is None:
             return None
@@ -317,10 +331,10 @@ class BlockStore:
         """(file path, data length, CRC) of a disk block whose CRC already held once, for a
         reader on the same machine to read itself (counted as a hit); None otherwise. The
         file is the data followed by an 8-byte trailer."""
-        tier = self._holder(key)
-        held = tier.verified.get(key) if tier is not None else None
-        if tier is None or held is None:
+        checked = self._checked(key)
+        if checked is None:
             return None
+        tier, held = checked
         self._hit(tier, key)
         return os.path.abspath(tier.file(key)), held[1], held[0]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -194,9 +193,9 @@ class BlockReader:
     def _learn(self, worker: str, path: str, key: str) -> None:
         """The tier directory a worker's block file lies in: its next blocks are looked
         for there first, without asking the worker."""
-        if os.path.basename(path) != key:
+        d = blockstore.tier_dir(path, key)
+        if d is None:
             return
-        d = os.path.dirname(os.path.dirname(path))
         dirs = self._dirs.setdefault(worker, [])
         if d not in dirs:
             dirs.append(d)
