@@ -40,9 +40,10 @@ from agents.state import AgentState, StateFile
 from agents.webhook import mutate
 from agents.webhook import server as webhook_server
 from agents.webhook.certs import CertManager
-from fluidfed import codec, workers
+from fluidfed import codec
 from fluidfed.backoff import Backoff
 from fluidfed.client import Client
+from fluidfed.data import workers
 from fluidfed.errors import FluidfedError, Gone, HubUnreachable, NotFound, ServerError, Unauthorized
 from fluidfed.models import (
     AgentConfig,

@@ -109,7 +109,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     from agents import worker
-    from fluidfed.layout import WorkerConfig
+    from fluidfed.data.layout import WorkerConfig
 
     cfg = config.load_file(args.config, WorkerConfig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

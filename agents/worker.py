@@ -25,10 +25,11 @@ import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from fluidfed import blocks, config, heap, layout, telemetry, ufs, workers
-from fluidfed.blockstore import BlockStore
-from fluidfed.instruments import DataPathInstruments
-from fluidfed.layout import FileRef, WorkerConfig
+from fluidfed import config, telemetry
+from fluidfed.data import blocks, heap, layout, ufs, workers
+from fluidfed.data.instruments import DataPathInstruments
+from fluidfed.data.layout import FileRef, WorkerConfig
+from fluidfed.data.store import BlockStore
 
 log = logging.getLogger("fluidfed.worker")
 

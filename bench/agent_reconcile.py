@@ -27,8 +27,9 @@ from pathlib import Path
 from agents import render
 from agents.agent import Agent
 from agents.kube import Kube, api_client
+from devkit.local import cluster
+from devkit.testing import HubProcess
 from fluidfed import Client
-from fluidfed.local import cluster
 from fluidfed.models import (
     AgentConfig,
     Cluster,
@@ -37,7 +38,6 @@ from fluidfed.models import (
     Mount,
     Placement,
 )
-from fluidfed.testing import HubProcess
 
 
 def rss_mib() -> float:
@@ -139,8 +139,8 @@ async def run(n: int) -> dict[str, object]:
 
             # --- baseline: the same objects applied straight from a loop ------------
             ctx = render.ClusterContext(name="edge", kind="serverless")
-            from fluidfed import placement
             from fluidfed.models import ClusterRecord
+            from hub import placement
 
             objs = []
             for ds in datasets(n, "bench-raw"):

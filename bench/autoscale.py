@@ -30,9 +30,10 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from devkit.local import cluster
+from devkit.local.processes import AgentProcess, SidecarProcess, WorkerProcess
+from devkit.testing import HubProcess
 from fluidfed import Client
-from fluidfed.local import cluster
-from fluidfed.local.processes import AgentProcess, SidecarProcess, WorkerProcess
 from fluidfed.models import (
     Access,
     AutoscalePolicy,
@@ -43,7 +44,6 @@ from fluidfed.models import (
     Mount,
     Placement,
 )
-from fluidfed.testing import HubProcess
 from fluidfed.units import ByteSize
 
 MiB = 2**20

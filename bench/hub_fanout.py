@@ -32,9 +32,9 @@ from pathlib import Path
 
 import aiohttp
 
+from devkit.testing import HubProcess
 from fluidfed import Client
 from fluidfed.models import Cluster, Dataset, KubeAccess, Mount, Placement
-from fluidfed.testing import HubProcess
 
 BASELINE_SERVER = textwrap.dedent(
     """

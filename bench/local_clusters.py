@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fluidfed.local import binaries, cluster
+from devkit.local import binaries, cluster
 
 
 def rss_mib(pid: int) -> float:

@@ -41,9 +41,9 @@ from typing import Any
 
 import aiohttp
 
-from fluidfed.local.cluster import free_port
-from fluidfed.local.processes import SidecarProcess, WorkerProcess
-from fluidfed.local.s3 import CREDENTIALS, S3Server
+from devkit.local.cluster import free_port
+from devkit.local.processes import SidecarProcess, WorkerProcess
+from devkit.local.s3 import CREDENTIALS, S3Server
 
 BLOCK = 4 * 2**20
 READAHEAD = 4

@@ -5,7 +5,7 @@
 One file, served over HTTP with ranged GETs (aiohttp's static handler, in its own process)
 and by MinIO over S3 (the libraries sign, the raw loop GETs a presigned URL), is read whole in
 fixed blocks with the same parallelism three ways, in the same run: a raw aiohttp
-ranged-GET loop (the baseline), obstore, and fluidfed.ufs on OpenDAL. Reported: MiB/s (best of three passes) and its ratio to the raw loop,
+ranged-GET loop (the baseline), obstore, and fluidfed.data.ufs on OpenDAL. Reported: MiB/s (best of three passes) and its ratio to the raw loop,
 and CPU seconds per GiB of this process, every thread (median of three): on a node the
 reader shares with the application, that decides the throughput through a mount. Bytes
 are checked against the source.
@@ -32,10 +32,10 @@ import aiohttp
 import obstore
 from obstore.store import HTTPStore, S3Store
 
-from fluidfed import heap, ufs
-from fluidfed.local import binaries
-from fluidfed.local.cluster import free_port
-from fluidfed.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
+from devkit.local import binaries
+from devkit.local.cluster import free_port
+from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
+from fluidfed.data import heap, ufs
 from fluidfed.models import Mount
 
 SERVER = (
@@ -95,7 +95,7 @@ async def compare(
 async def s3_readers(
     tmp: str, data: bytes, session: aiohttp.ClientSession, stack: contextlib.ExitStack
 ) -> dict[str, Reader]:
-    """MinIO on loopback (fluidfed.local.s3): the libraries sign their requests, the raw
+    """MinIO on loopback (devkit.local.s3): the libraries sign their requests, the raw
     loop GETs a presigned URL."""
     server = S3Server(Path(tmp) / "minio").start()
     stack.callback(server.stop)
@@ -127,7 +127,7 @@ async def s3_readers(
     async def via_ufs(off: int, n: int) -> bytes:
         return await reader.read("big.bin", off, n)
 
-    return {"raw_aiohttp": raw, "obstore": via_obstore, "fluidfed.ufs (opendal)": via_ufs}
+    return {"raw_aiohttp": raw, "obstore": via_obstore, "fluidfed.data.ufs (opendal)": via_ufs}
 
 
 async def main() -> None:
@@ -169,7 +169,11 @@ async def main() -> None:
 
             results = {
                 "http": await compare(
-                    {"raw_aiohttp": raw, "obstore": via_obstore, "fluidfed.ufs (opendal)": via_ufs},
+                    {
+                        "raw_aiohttp": raw,
+                        "obstore": via_obstore,
+                        "fluidfed.data.ufs (opendal)": via_ufs,
+                    },
                     size,
                     block,
                     args.parallel,

@@ -21,8 +21,8 @@ Instruments of the data path (attributes in brackets; the resource carries
     fluidfed.cache.evictions     counter         blocks moved down or dropped [fluidfed.tier]
     fluidfed.cache.used          gauge, By       bytes held [fluidfed.tier]
     fluidfed.cache.capacity      gauge, By       quota [fluidfed.tier]
-    fluidfed.ufs.read.bytes      counter, By     bytes read from the under storage
-    fluidfed.ufs.errors          counter         failed under-storage reads
+    fluidfed.data.ufs.read.bytes      counter, By     bytes read from the under storage
+    fluidfed.data.ufs.errors          counter         failed under-storage reads
 """
 
 from __future__ import annotations

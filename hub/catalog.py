@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from fluidfed import codec, placement
+from fluidfed import codec
 from fluidfed.errors import Problem
 from fluidfed.models import (
     AutoscaleDecision,
@@ -32,7 +32,7 @@ from fluidfed.models import (
     LoadRequest,
     WatchEvent,
 )
-from hub import auth
+from hub import auth, placement
 from hub.store import Delete, Op, Put, Store
 
 CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"

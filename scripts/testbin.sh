@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
-# Build (once) and cache the local-cluster binaries: see fluidfed/local/testbin.sh.
-exec bash "$(dirname "$0")/../fluidfed/local/testbin.sh" "$@"
+# Build (once) and cache the local-cluster binaries: see devkit/local/testbin.sh.
+exec bash "$(dirname "$0")/../devkit/local/testbin.sh" "$@"

@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 
 from fluidfed import config
+from fluidfed.data.layout import Peers, SidecarConfig
 from fluidfed.errors import ConfigError, Problem
-from fluidfed.layout import Peers, SidecarConfig
 from fluidfed.models import Mount
 
 

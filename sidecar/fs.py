@@ -17,8 +17,8 @@ from typing import Any
 
 import pyfuse3
 
-from fluidfed import blocks
-from fluidfed.layout import FileRef
+from fluidfed.data import blocks
+from fluidfed.data.layout import FileRef
 from sidecar.reader import BlockReader
 from sidecar.tree import Tree
 

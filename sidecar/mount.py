@@ -19,10 +19,11 @@ import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
-from fluidfed import config, heap, telemetry, ufs
-from fluidfed.blockstore import BlockStore
-from fluidfed.instruments import DataPathInstruments
-from fluidfed.layout import SidecarConfig
+from fluidfed import config, telemetry
+from fluidfed.data import heap, ufs
+from fluidfed.data.instruments import DataPathInstruments
+from fluidfed.data.layout import SidecarConfig
+from fluidfed.data.store import BlockStore
 from sidecar import peers
 from sidecar.fs import DatasetFS
 from sidecar.reader import BlockReader

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from fluidfed import blocks, blockstore, ufs, workers
-from fluidfed.blockstore import BlockStore
-from fluidfed.layout import FileRef, SidecarConfig
+from fluidfed.data import blockfile, blocks, ufs, workers
+from fluidfed.data.layout import FileRef, SidecarConfig
+from fluidfed.data.store import BlockStore
 
 log = logging.getLogger("fluidfed.sidecar")
 
@@ -193,7 +193,7 @@ class BlockReader:
     def _learn(self, worker: str, path: str, key: str) -> None:
         """The tier directory a worker's block file lies in: its next blocks are looked
         for there first, without asking the worker."""
-        d = blockstore.tier_dir(path, key)
+        d = blockfile.tier_dir(path, key)
         if d is None:
             return
         dirs = self._dirs.setdefault(worker, [])
@@ -205,10 +205,10 @@ class BlockReader:
         with), or None: ask the worker. The worker hears of it in the next report."""
         for d in self._dirs[worker]:
             try:
-                data, crc = await blockstore.load_block_file(blockstore.block_path(d, key))
+                data, crc = await blockfile.load_block_file(blockfile.block_path(d, key))
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
-            except blockstore.CorruptBlock:
+            except blockfile.CorruptBlock:
                 return None  # the worker checks it, drops it and fetches it again
             except OSError as err:
                 log.info("cannot read %s's block files in %s: %s", worker, d, err)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Mapping
 
-from fluidfed import layout
-from fluidfed.layout import FileRef
+from fluidfed.data import layout
+from fluidfed.data.layout import FileRef
 
 ROOT = 1
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from fluidfed.local import cluster
-from fluidfed.testing import HubProcess
+from devkit.local import cluster
+from devkit.testing import HubProcess
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

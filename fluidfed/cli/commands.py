@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fluidfed import config
-from fluidfed.cli import demo, local, output, settings
+from fluidfed.cli import output, settings
 from fluidfed.client import Client
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import Document, LoadStatus
@@ -20,8 +20,6 @@ Sub = Any  # argparse's private _SubParsersAction
 
 
 def register(sub: Sub) -> None:
-    demo.register(sub)
-    local.register(sub)
     p = sub.add_parser("validate", help="check TOML files; print every error")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(run=run_validate)

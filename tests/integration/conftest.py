@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from devkit.local import cluster
+from devkit.testing import AgentProcess, HubProcess
 from fluidfed import Client
-from fluidfed.local import cluster
 from fluidfed.models import (
     Access,
     CacheSpec,
@@ -25,7 +26,6 @@ from fluidfed.models import (
     Mount,
     Placement,
 )
-from fluidfed.testing import AgentProcess, HubProcess
 from fluidfed.units import ByteSize
 
 CAPS = {

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fluidfed import ufs
-from fluidfed.local.cluster import free_port
+from devkit.local.cluster import free_port
+from fluidfed.data import ufs
 
 HTTP_SERVER = (
     "import sys; from aiohttp import web; app = web.Application(); "

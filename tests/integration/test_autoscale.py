@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.testing import HubProcess
 from fluidfed import Client
 from fluidfed.models import (
     AutoscalePolicy,
@@ -19,7 +20,6 @@ from fluidfed.models import (
     KubeAccess,
     Mount,
 )
-from fluidfed.testing import HubProcess
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ import pytest
 from kubernetes_asyncio import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from fluidfed.local.cluster import free_port
-from fluidfed.local.processes import SidecarProcess, WorkerProcess
+from devkit.local.cluster import free_port
+from devkit.local.processes import SidecarProcess, WorkerProcess
 from fluidfed.models import (
     Access,
     AutoscalePolicy,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from fluidfed.local.cluster import free_port
-from fluidfed.local.processes import SidecarProcess, WorkerProcess, is_mounted
-from fluidfed.local.s3 import CREDENTIALS, S3Server
+from devkit.local.cluster import free_port
+from devkit.local.processes import SidecarProcess, WorkerProcess, is_mounted
+from devkit.local.s3 import CREDENTIALS, S3Server
 from sidecar.fs import PREFERRED_IO
 from tests.integration import sources
 

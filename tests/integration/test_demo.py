@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fluidfed.local import cluster
+from devkit.local import cluster
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from devkit.testing import HubProcess
 from fluidfed import Client, Forbidden, Gone, Unauthorized
 from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement, WatchEvent
-from fluidfed.testing import HubProcess
 from tests.conftest import CONFIGS
 from tests.integration.conftest import cli
 

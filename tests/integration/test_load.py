@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
-from fluidfed.local.cluster import free_port
-from fluidfed.local.processes import SidecarProcess, WorkerProcess
+from devkit.local.cluster import free_port
+from devkit.local.processes import SidecarProcess, WorkerProcess
 from fluidfed.models import CacheSpec, CacheTier, Mount, Placement
 from fluidfed.units import ByteSize
 from tests.integration import sources

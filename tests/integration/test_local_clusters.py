@@ -16,8 +16,8 @@ from aiohttp import web
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
+from devkit.local import cluster
 from fluidfed import pki
-from fluidfed.local import cluster
 from tests.conftest import CONFIGS
 from tests.integration.conftest import eventually
 

@@ -15,9 +15,9 @@ import obstore
 import pytest
 from obstore.store import S3Store
 
-from fluidfed import ufs
-from fluidfed.local import binaries
-from fluidfed.local.cluster import free_port
+from devkit.local import binaries
+from devkit.local.cluster import free_port
+from fluidfed.data import ufs
 from fluidfed.models import Mount
 from tests.integration import sources
 from tests.integration.sources import files, wait_port

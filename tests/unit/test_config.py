@@ -38,7 +38,7 @@ def problems(source: str) -> list[str]:
 
 
 def test_every_example_config_is_valid() -> None:
-    from fluidfed.layout import SidecarConfig, WorkerConfig
+    from fluidfed.data.layout import SidecarConfig, WorkerConfig
 
     files = sorted(CONFIGS.rglob("*.toml"))
     assert len(files) >= 5
@@ -164,7 +164,7 @@ def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_data_path_configs_load_and_bad_ones_say_where(tmp_path: Path) -> None:
-    from fluidfed.layout import SidecarConfig, WorkerConfig
+    from fluidfed.data.layout import SidecarConfig, WorkerConfig
 
     side = config.load_file(CONFIGS / "sidecar.toml", SidecarConfig)
     assert side.workers.urls() == ["http://127.0.0.1:7070"]

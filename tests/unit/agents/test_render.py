@@ -5,8 +5,9 @@ import json
 import pytest
 
 from agents import diff, render, status
-from fluidfed import codec, layout
-from fluidfed.layout import SidecarConfig, WorkerConfig
+from fluidfed import codec
+from fluidfed.data import layout
+from fluidfed.data.layout import SidecarConfig, WorkerConfig
 from fluidfed.models import (
     Access,
     Binding,

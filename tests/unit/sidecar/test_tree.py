@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fluidfed.layout import FileRef
+from fluidfed.data.layout import FileRef
 from sidecar import peers
 from sidecar.tree import ROOT, Tree
 

@@ -28,17 +28,17 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from fluidfed import config
-from fluidfed.client import Client
-from fluidfed.local import binaries, cluster, paths, s3
-from fluidfed.local.processes import (
+from devkit.local import binaries, cluster, paths, s3
+from devkit.local.processes import (
     AgentProcess,
     HubProcess,
     SidecarProcess,
     WorkerProcess,
     force_unmount,
 )
-from fluidfed.local.s3 import S3Server
+from devkit.local.s3 import S3Server
+from fluidfed import config
+from fluidfed.client import Client
 from fluidfed.models import DatasetView
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import opendal
 
-from fluidfed.local import binaries
-from fluidfed.local.cluster import free_port
-from fluidfed.local.processes import stop_process
+from devkit.local import binaries
+from devkit.local.cluster import free_port
+from devkit.local.processes import stop_process
 
 USER, PASSWORD = "fluidfed", "fluidfed-secret"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": USER, "AWS_SECRET_ACCESS_KEY": PASSWORD}

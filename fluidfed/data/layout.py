@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from fluidfed import blocks
+from fluidfed.data import blocks
 from fluidfed.models import CacheTier, Mount, Wire, _bytes
 
 

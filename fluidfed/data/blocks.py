@@ -7,7 +7,7 @@ cache workers by rendezvous (highest-random-weight) hashing: each worker's weigh
 key is a hash of (worker, key) and the heaviest owns it, so adding or removing one worker
 moves only that worker's share.
 
-Pure: no I/O here. `fluidfed.blockstore` keeps blocks in memory and on disk.
+Pure: no I/O here. `fluidfed.data.store` keeps blocks in memory and on disk.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from zlib_ng import zlib_ng
 checksum = zlib_ng.crc32
 
 # A block's bytes: held (bytes), or mapped read-only from a cache worker's block file on
-# this machine (a memoryview of the page cache, see `blockstore.load_block_file`).
+# this machine (a memoryview of the page cache, see `blockfile.load_block_file`).
 Data = bytes | memoryview
 
 

@@ -20,7 +20,7 @@ import ctypes.util
 import logging
 from collections.abc import Callable
 
-log = logging.getLogger("fluidfed.heap")
+log = logging.getLogger("fluidfed.data.heap")
 
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from fluidfed import selectors
 from fluidfed.models import Binding, ClusterRecord, Dataset
+from hub import selectors
 
 
 def binding_name(dataset: str, cluster: str) -> str:

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from fluidfed import heap
+from fluidfed.data import heap
 
 
 def test_blocks_come_from_the_heap_on_glibc() -> None:

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from fluidfed.local import paths
+from devkit.local import paths
 
 K8S_VERSION = "v1.34.4"
 NEEDED = (
@@ -45,7 +45,7 @@ async def ensure(progress: Callable[[str], None]) -> Path:
     """The directory with every binary, building what is missing (minutes, the first time)."""
     if not missing():
         return cache_dir()
-    from fluidfed.local.cluster import LocalClusterError
+    from devkit.local.cluster import LocalClusterError
 
     if shutil.which("go") is None:
         raise LocalClusterError(

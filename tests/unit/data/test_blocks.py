@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fluidfed import blocks, layout
-from fluidfed.blockstore import (
-    BlockStore,
+from fluidfed.data import blocks, layout
+from fluidfed.data.blockfile import (
     CorruptBlock,
     NotCached,
     block_path,
@@ -17,6 +16,7 @@ from fluidfed.blockstore import (
     map_block_file,
     read_block_file,
 )
+from fluidfed.data.store import BlockStore
 from fluidfed.models import CacheTier, Mount
 
 

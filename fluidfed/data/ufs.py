@@ -23,9 +23,9 @@ import msgspec
 import opendal
 import opendal.exceptions
 
-from fluidfed import layout
+from fluidfed.data import layout
+from fluidfed.data.layout import FileRef
 from fluidfed.errors import FluidfedError
-from fluidfed.layout import FileRef
 from fluidfed.models import Mount
 
 MANIFEST = ".fluidfed-manifest.json"

@@ -2,7 +2,6 @@
 
 import pytest
 
-from fluidfed import placement, selectors
 from fluidfed.models import (
     AutoscalePolicy,
     AutoscaleTarget,
@@ -18,6 +17,7 @@ from fluidfed.models import (
     Placement,
     SelectorRequirement,
 )
+from hub import placement, selectors
 
 
 def cluster(

@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from fluidfed.blockstore import BlockStore
+from fluidfed.data.store import BlockStore
 
 Counts = Callable[[], dict[tuple[tuple[str, str], ...], float]]
 
@@ -77,13 +77,13 @@ class DataPathInstruments:
             "fluidfed.cache.capacity", [self._capacity], unit="By", description="tier quota"
         )
         meter.create_observable_counter(
-            "fluidfed.ufs.read.bytes",
+            "fluidfed.data.ufs.read.bytes",
             [lambda _: [Observation(ufs_bytes())]],
             unit="By",
             description="bytes read from the under storage",
         )
         meter.create_observable_counter(
-            "fluidfed.ufs.errors",
+            "fluidfed.data.ufs.errors",
             [lambda _: [Observation(ufs_errors())]],
             description="failed under-storage reads",
         )

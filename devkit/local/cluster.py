@@ -26,9 +26,9 @@ import aiohttp
 import msgspec
 import yaml
 
+from devkit.local import binaries, paths
 from fluidfed import pki
 from fluidfed.errors import FluidfedError
-from fluidfed.local import binaries, paths
 from fluidfed.models import CLUSTER_KINDS, ClusterKind
 
 Kind = ClusterKind

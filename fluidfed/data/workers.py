@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 import aiohttp
 import msgspec
 
-from fluidfed import blocks, blockstore
+from fluidfed.data import blockfile, blocks
+from fluidfed.data.layout import FileRef
 from fluidfed.errors import FluidfedError
-from fluidfed.layout import FileRef
 
 CHECKSUM = "X-Fluidfed-Checksum"
 CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
@@ -119,8 +119,8 @@ async def get_block(
         raise WorkerError(f"{url}: {err}") from err
     if path is not None:
         try:
-            data, got = await blockstore.load_block_file(path)
-        except blockstore.CorruptBlock:  # the worker checks it, drops it and fetches again
+            data, got = await blockfile.load_block_file(path)
+        except blockfile.CorruptBlock:  # the worker checks it, drops it and fetches again
             return await get_block(session, url, key, ref, index, span, verify=True)
         except OSError as err:
             raise NotLocal(f"{url}: block file {path} is not readable here: {err}") from err

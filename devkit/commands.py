@@ -1,4 +1,10 @@
-"""`fluidfed local up|list|down`: real local clusters for trying fluidfed and for its tests."""
+"""The dev kit's commands, plugged into `fluidfed` by entry point:
+
+* `fluidfed local up|list|down`: real local clusters for trying fluidfed and for its tests;
+* `fluidfed demo [--quick] [--keep]` and `fluidfed demo down`.
+
+Heavy modules load only when a command runs: daemons started by this CLI skip them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,11 @@ from fluidfed.models import CLUSTER_KINDS
 
 
 def register(sub: Any) -> None:
+    _register_demo(sub)
+    _register_local(sub)
+
+
+def _register_local(sub: Any) -> None:
     loc = sub.add_parser("local", help="local Kubernetes clusters (real control plane, kwok nodes)")
     loc.add_argument(
         "--dir",
@@ -46,7 +57,7 @@ def _say(msg: str) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from fluidfed.local import cluster  # the CLI starts fast; daemons skip it
+    from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
     c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args))
 
@@ -63,7 +74,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from fluidfed.local import cluster  # the CLI starts fast; daemons skip it
+    from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
     t = Table(box=None, header_style="bold")
     for col in ("NAME", "KIND", "STATUS", "SERVER", "KUBECONFIG"):
@@ -77,7 +88,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from fluidfed.local import cluster  # the CLI starts fast; daemons skip it
+    from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
     if not args.all and not args.name:
         output.err_console.print("[red]error:[/red] name a cluster or pass --all")
@@ -95,4 +106,27 @@ def run_down(args: argparse.Namespace) -> int:
             output.console.print(f"cluster {n} stopped and removed")
 
     asyncio.run(go())
+    return 0
+
+
+def _register_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the whole federation on this machine, in one command")
+    p.add_argument("action", nargs="?", choices=["down"], help="down: remove a kept demo")
+    p.add_argument("--quick", action="store_true", help="skip the slow steps")
+    p.add_argument("--keep", action="store_true", help="leave everything running")
+    p.add_argument(
+        "--dir", help="work directory (env FLUIDFED_DEMO_DIR; default ~/.cache/fluidfed/demo)"
+    )
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from devkit import demo
+
+    base = Path(args.dir) if args.dir else demo.default_dir()
+    if args.action == "down":
+        asyncio.run(demo.stop(base))
+        demo.console.print(f"demo in {base} stopped and removed")
+        return 0
+    asyncio.run(demo.Demo(base, quick=args.quick, keep=args.keep).run())
     return 0
