@@ -40,7 +40,7 @@ from agents.state import AgentState, StateFile
 from agents.webhook import mutate
 from agents.webhook import server as webhook_server
 from agents.webhook.certs import CertManager
-from fluidfed import codec
+from fluidfed import codec, names
 from fluidfed.backoff import Backoff
 from fluidfed.client import Client
 from fluidfed.data import workers
@@ -62,9 +62,9 @@ SIDECAR_KINDS = [
     ("apps/v1", "StatefulSet"),
     ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
 ]
-FLUID_API = f"{render.FLUID_GROUP}/{render.FLUID_VERSION}"
+FLUID_API = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
 FLUID_KINDS = [(FLUID_API, "Dataset"), *((FLUID_API, k) for k in render.RUNTIME_KINDS.values())]
-OWNED = f"{render.MANAGED_BY}={render.AGENT}"
+OWNED = f"{names.MANAGED_BY}={names.AGENT}"
 
 Key = tuple[str, str, str, str]
 
@@ -392,7 +392,7 @@ class Agent:
             self.ctx, self.webhook_url, self.certs.ca_pem
         )
         log.info("sidecar webhook serving on %s", self.webhook_url)
-        self.enqueue(render.WEBHOOK_OWNER)
+        self.enqueue(names.WEBHOOK_OWNER)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -456,9 +456,9 @@ class Agent:
             delays = self.backoff.delays()
 
     def _enqueue_owner(self, obj: dict[str, Any]) -> None:
-        name = ((obj.get("metadata") or {}).get("labels") or {}).get(render.BINDING_LABEL)
+        name = ((obj.get("metadata") or {}).get("labels") or {}).get(names.BINDING_LABEL)
         ours = name in self.state.bindings or name in self.state.finalize
-        webhook = name == render.WEBHOOK_OWNER and self.webhook_config is not None
+        webhook = name == names.WEBHOOK_OWNER and self.webhook_config is not None
         if name and (ours or webhook):
             self.enqueue(name)
 
@@ -489,7 +489,7 @@ class Agent:
 
     async def reconcile(self, name: str) -> None:
         self.reconciles += 1
-        if name == render.WEBHOOK_OWNER:
+        if name == names.WEBHOOK_OWNER:
             if self.webhook_config is not None:
                 await self._ensure(self.webhook_config)
             return
@@ -508,7 +508,7 @@ class Agent:
         # what this binding made before but no longer needs (an access entry removed, ...)
         for k, obj in list(self.live.items()):
             labels = (obj.get("metadata") or {}).get("labels") or {}
-            if labels.get(render.BINDING_LABEL) == name and k not in keep:
+            if labels.get(names.BINDING_LABEL) == name and k not in keep:
                 try:
                     await self.kube.delete(*k)
                 except KubeError as err:
@@ -646,7 +646,7 @@ class Agent:
         owned = [
             k
             for k, o in self.live.items()
-            if ((o.get("metadata") or {}).get("labels") or {}).get(render.BINDING_LABEL) == name
+            if ((o.get("metadata") or {}).get("labels") or {}).get(names.BINDING_LABEL) == name
         ]
         for k in owned:
             await self.kube.delete(*k)

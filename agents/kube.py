@@ -19,19 +19,12 @@ from kubernetes_asyncio.dynamic.exceptions import (
     ResourceNotFoundError,
 )
 
-from fluidfed.errors import FluidfedError
+from fluidfed.errors import KubeError as KubeError
 from fluidfed.models import KubeAccess
 
 FIELD_MANAGER = "fluidfed-agent"
 REQUEST_TIMEOUT = 30.0  # seconds; a call that does not answer is an error, never a stall
 _FOREIGN = (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError)
-
-
-class KubeError(FluidfedError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.temporary = status == 0 or status >= 500 or status == 429
 
 
 def _error(err: Exception, what: str) -> KubeError:

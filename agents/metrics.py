@@ -17,7 +17,9 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-SIDECAR, WORKER = "fluidfed-sidecar", "fluidfed-worker"
+from fluidfed import names
+
+SIDECAR, WORKER = names.SIDECAR_SERVICE, names.WORKER_SERVICE
 Attrs = tuple[tuple[str, str], ...]
 
 
@@ -92,17 +94,17 @@ class MetricWindow:
         if now - self._last_seen.get(dataset, 0.0) > self.window * 2:
             return {}
         out: dict[str, float] = {}
-        read, span = self._increase(dataset, SIDECAR, "fluidfed.read.bytes", now)
+        read, span = self._increase(dataset, SIDECAR, names.READ_BYTES, now)
         if span > 0:
             out["read_bytes_per_second"] = read / span
-        elif self._recent(dataset, SIDECAR, "fluidfed.read.bytes", now):
+        elif self._recent(dataset, SIDECAR, names.READ_BYTES, now):
             out["read_bytes_per_second"] = 0.0
-        hits, _ = self._increase(dataset, WORKER, "fluidfed.cache.hits", now)
-        misses, _ = self._increase(dataset, WORKER, "fluidfed.cache.misses", now)
+        hits, _ = self._increase(dataset, WORKER, names.CACHE_HITS, now)
+        misses, _ = self._increase(dataset, WORKER, names.CACHE_MISSES, now)
         if hits + misses > 0:
             out["hit_ratio"] = hits / (hits + misses)
-        used = self._latest(dataset, WORKER, "fluidfed.cache.used", now)
-        capacity = self._latest(dataset, WORKER, "fluidfed.cache.capacity", now)
+        used = self._latest(dataset, WORKER, names.CACHE_USED, now)
+        capacity = self._latest(dataset, WORKER, names.CACHE_CAPACITY, now)
         if used is not None and capacity:
             out["cache_used_ratio"] = used / capacity
         return out

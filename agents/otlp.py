@@ -10,12 +10,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
 from agents.metrics import Point
+from fluidfed import names
+from fluidfed.errors import BadExport as BadExport
 
 CONTENT_TYPE = "application/x-protobuf"
-
-
-class BadExport(ValueError):
-    pass
 
 
 def _value(v: Any) -> Any:
@@ -36,7 +34,7 @@ def decode(body: bytes) -> list[Point]:
     out: list[Point] = []
     for rm in req.resource_metrics:
         res = _attrs(rm.resource.attributes)
-        dataset = str(res.get("fluidfed.dataset", ""))
+        dataset = str(res.get(names.ATTR_DATASET, ""))
         if not dataset:
             continue  # not the data path's: nothing to scale on
         service = str(res.get("service.name", ""))

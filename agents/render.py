@@ -18,22 +18,13 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from fluidfed import codec
+from fluidfed import codec, names
 from fluidfed.models import Binding, CacheTier, Dataset, Mount
 
-MANAGED_BY = "fluidfed.io/managed-by"
-AGENT = "fluidfed-agent"
-DATASET_LABEL = "fluidfed.io/dataset"
-BINDING_LABEL = "fluidfed.io/binding"
-CLUSTER_LABEL = "fluidfed.io/cluster"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-FLUID_GROUP = "data.fluid.io"
-FLUID_VERSION = "v1alpha1"
 RUNTIME_KINDS = {"thin": "ThinRuntime", "juicefs": "JuiceFSRuntime", "alluxio": "AlluxioRuntime"}
 WORKER_PORT = 7070
-WEBHOOK_OWNER = "fluidfed-webhook"  # the binding label value of the webhook configuration
 VIRTUAL_NODE_TOLERATION = {
-    "key": "virtual-kubelet.io/provider",
+    "key": names.VIRTUAL_NODE_TAINT,
     "operator": "Exists",
     "effect": "NoSchedule",
 }
@@ -82,10 +73,10 @@ def quantity(n: int) -> str:
 
 def labels(b: Binding, ctx: ClusterContext, **extra: str) -> dict[str, str]:
     return {
-        MANAGED_BY: AGENT,
-        DATASET_LABEL: b.dataset,
-        BINDING_LABEL: b.name,
-        CLUSTER_LABEL: ctx.name,
+        names.MANAGED_BY: names.AGENT,
+        names.DATASET_LABEL: b.dataset,
+        names.BINDING_LABEL: b.name,
+        names.CLUSTER_LABEL: ctx.name,
         **extra,
     }
 
@@ -98,14 +89,14 @@ def _meta(name: str, namespace: str | None, lbls: dict[str, str]) -> dict[str, A
 
 
 def namespaces(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
-    names = sorted({b.spec.namespace, *(a.namespace for a in b.spec.access_list())})
+    wanted = sorted({b.spec.namespace, *(a.namespace for a in b.spec.access_list())})
     return [
         {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": n, "labels": {MANAGED_BY: AGENT}},
+            "metadata": {"name": n, "labels": {names.MANAGED_BY: names.AGENT}},
         }
-        for n in names
+        for n in wanted
     ]
 
 
@@ -226,8 +217,8 @@ def _secret_env(ds: Dataset) -> list[dict[str, Any]]:
 def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     ds = b.spec
     name, ns = cache_name(ds.name), ds.namespace
-    selector = {BINDING_LABEL: b.name, COMPONENT_LABEL: "cache-worker"}
-    lbls = labels(b, ctx, **{COMPONENT_LABEL: "cache-worker"})
+    selector = {names.BINDING_LABEL: b.name, names.COMPONENT_LABEL: "cache-worker"}
+    lbls = labels(b, ctx, **{names.COMPONENT_LABEL: "cache-worker"})
     on_node = short_circuit(ctx.kind)
     tier_volumes = [_tier_volume(ds, i, t, on_node=on_node) for i, t in enumerate(ds.cache.tiers)]
     resources: dict[str, Any] = {}
@@ -303,14 +294,14 @@ def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for entry in ds.access_list():
         data = {
-            "sidecar.json": codec.encode(
+            names.SIDECAR_CONFIG: codec.encode(
                 sidecar_config(
                     b, entry.namespace, ctx.agent_url, short_circuit=short_circuit(ctx.kind)
                 )
             ).decode()
         }
         if entry.namespace == ds.namespace:
-            data["worker.json"] = codec.encode(worker_config(b, ctx)).decode()
+            data[names.WORKER_CONFIG] = codec.encode(worker_config(b, ctx)).decode()
         out.append(
             {
                 "apiVersion": "v1",
@@ -325,7 +316,7 @@ def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
                 "metadata": _meta(config_name(ds.name), ds.namespace, labels(b, ctx)),
-                "data": {"worker.json": codec.encode(worker_config(b, ctx)).decode()},
+                "data": {names.WORKER_CONFIG: codec.encode(worker_config(b, ctx)).decode()},
             }
         )
     return out + cache_workers(b, ctx)
@@ -347,7 +338,7 @@ def _fluid_mount(m: Mount, index: int) -> dict[str, Any]:
 
 def fluid_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     ds = b.spec
-    api = f"{FLUID_GROUP}/{FLUID_VERSION}"
+    api = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
     home = {
         "apiVersion": api,
         "kind": "Dataset",
@@ -413,7 +404,11 @@ def webhook_configuration(ctx: ClusterContext, url: str, ca_pem: bytes) -> dict[
         "kind": "MutatingWebhookConfiguration",
         "metadata": {
             "name": f"fluidfed-sidecar-{ctx.name}",
-            "labels": {MANAGED_BY: AGENT, CLUSTER_LABEL: ctx.name, BINDING_LABEL: WEBHOOK_OWNER},
+            "labels": {
+                names.MANAGED_BY: names.AGENT,
+                names.CLUSTER_LABEL: ctx.name,
+                names.BINDING_LABEL: names.WEBHOOK_OWNER,
+            },
         },
         "webhooks": [
             {
@@ -428,7 +423,7 @@ def webhook_configuration(ctx: ClusterContext, url: str, ca_pem: bytes) -> dict[
                         "scope": "Namespaced",
                     }
                 ],
-                "objectSelector": {"matchLabels": {"fluidfed.io/inject": "true"}},
+                "objectSelector": {"matchLabels": {names.INJECT_LABEL: "true"}},
                 "failurePolicy": "Fail",  # no pod starts without its data
                 "matchPolicy": "Equivalent",
                 "reinvocationPolicy": "IfNeeded",

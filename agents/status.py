@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from agents import render
+from fluidfed import names
 from fluidfed.models import Binding, BindingStatus, LoadStatus
 from fluidfed.units import parse_size
 
@@ -50,7 +51,7 @@ def compute(
         sts = live.get(("apps/v1", "StatefulSet", ds.namespace, render.cache_name(ds.name)))
         ready = int(_dict(_dict(sts).get("status")).get("readyReplicas") or 0)
     else:
-        api = f"{render.FLUID_GROUP}/{render.FLUID_VERSION}"
+        api = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
         dataset = _dict(live.get((api, "Dataset", ds.namespace, ds.name)))
         runtime = _dict(
             live.get((api, render.RUNTIME_KINDS[ds.cache.engine], ds.namespace, ds.name))

@@ -28,6 +28,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from agents import render
 from devkit.local import binaries, cluster, paths, s3
 from devkit.local.processes import (
     AgentProcess,
@@ -37,7 +38,7 @@ from devkit.local.processes import (
     force_unmount,
 )
 from devkit.local.s3 import S3Server
-from fluidfed import config
+from fluidfed import config, names
 from fluidfed.client import Client
 from fluidfed.models import DatasetView
 
@@ -353,7 +354,7 @@ class Demo:
 
         lc = next(c for c in self.clusters if c.kind == "serverless")
         pod: Any = {
-            "metadata": {"name": "train", "labels": {"fluidfed.io/inject": "true"}},
+            "metadata": {"name": "train", "labels": {names.INJECT_LABEL: "true"}},
             "spec": {
                 "containers": [
                     {
@@ -372,7 +373,7 @@ class Demo:
             got: Any = None
             for _ in range(60):
                 got = await core.create_namespaced_pod("ml", pod)
-                if (got.metadata.annotations or {}).get("fluidfed.io/injected-datasets"):
+                if (got.metadata.annotations or {}).get(names.INJECTED_ANNOTATION):
                     break
                 await core.delete_namespaced_pod("train", "ml", grace_period_seconds=0)
                 await asyncio.sleep(0.5)
@@ -398,10 +399,12 @@ class Demo:
 
         lc = next(c for c in self.clusters if c.kind == "serverless")
         async with await lc.api_client() as api:
-            cm = await client.CoreV1Api(api).read_namespaced_config_map("fluidfed-imagenet", "ml")
+            cm = await client.CoreV1Api(api).read_namespaced_config_map(
+                render.config_name("imagenet"), "ml"
+            )
         # the configs the agent wrote for the StatefulSet's pods, run here as processes
-        wcfg = json.loads(cm.data["worker.json"])
-        scfg = json.loads(cm.data["sidecar.json"])
+        wcfg = json.loads(cm.data[names.WORKER_CONFIG])
+        scfg = json.loads(cm.data[names.SIDECAR_CONFIG])
         ports = [cluster.free_port() for _ in range(2)]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         wcfg["workers"] = scfg["workers"] = {"endpoints": urls}
@@ -493,13 +496,13 @@ class Demo:
 
         async with await edge.api_client() as api:
             core = client.CoreV1Api(api)
-            await core.delete_namespaced_config_map("fluidfed-imagenet", "ml")
+            await core.delete_namespaced_config_map(render.config_name("imagenet"), "ml")
             self.note("deleted ConfigMap ml/fluidfed-imagenet on the edge by hand")
             t0 = time.monotonic()
             async with asyncio.timeout(60):
                 while True:
                     with contextlib.suppress(client.ApiException):
-                        await core.read_namespaced_config_map("fluidfed-imagenet", "ml")
+                        await core.read_namespaced_config_map(render.config_name("imagenet"), "ml")
                         break
                     await asyncio.sleep(0.2)
             self.note(f"the edge agent restored it in {time.monotonic() - t0:.1f}s, hub still down")
@@ -604,7 +607,7 @@ class Demo:
 async def _owned_objects(lc: cluster.LocalCluster) -> list[str]:
     from kubernetes_asyncio import client
 
-    sel = "fluidfed.io/managed-by=fluidfed-agent"
+    sel = names.OWNED_SELECTOR
     out: list[str] = []
     async with await lc.api_client() as api:
         core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
@@ -620,11 +623,11 @@ async def _owned_objects(lc: cluster.LocalCluster) -> list[str]:
         custom = client.CustomObjectsApi(api)
         for plural in ("datasets", "thinruntimes"):
             with contextlib.suppress(client.ApiException):
-                got = await custom.list_cluster_custom_object("data.fluid.io", "v1alpha1", plural)
+                got = await custom.list_cluster_custom_object(
+                    names.FLUID_GROUP, names.FLUID_VERSION, plural
+                )
                 items = [
-                    i
-                    for i in got["items"]
-                    if i["metadata"].get("labels", {}).get("fluidfed.io/managed-by")
+                    i for i in got["items"] if i["metadata"].get("labels", {}).get(names.MANAGED_BY)
                 ]
                 if items:
                     kind = "Fluid Datasets" if plural == "datasets" else "ThinRuntimes"

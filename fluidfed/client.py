@@ -229,7 +229,7 @@ class Client:
                         continue
                     event: WatchEvent = _event_dec.decode(line)
                     if event.type == "ERROR":
-                        raise Gone(410, event.error or "watch ended by the hub")
+                        raise Gone(event.error or "watch ended by the hub")
                     yield event
         except (TimeoutError, aiohttp.ClientError) as err:
             raise HubUnreachable(f"watch on {self.url} broke: {err}") from err

@@ -1,19 +1,37 @@
 """The whole error tree of fluidfed, in one place.
 
-    FluidfedError
-    +-- ConfigError               bad user input: a file, a flag, a request body
-    |                             (carries a list of Problem: where + what + what to do)
-    +-- APIError                  the hub answered with an error (status, reason, problems)
+    FluidfedError                 root; `temporary` says whether a retry can help
+    +-- ConfigError               bad user input: a file, a flag, a request body, a state
+    |                             directory (a list of Problem: where + what + what to do)
+    +-- APIError                  an HTTP status with a reason: raised by the hub's handlers
+    |   |                         (one middleware turns it into the answer) and by the SDK
+    |   |                         from the hub's answer
     |   +-- BadRequest            400/413/422: fix the input, do not retry
     |   +-- Unauthorized          401: no or unknown token
     |   +-- Forbidden             403: the token may not do this
     |   +-- NotFound              404
     |   +-- Conflict              409
     |   +-- Gone                  410: watch revision compacted, relist
+    |   |   +-- Compacted         the hub's own: which revision, and the oldest kept
     |   +-- ServerError           5xx: temporary, retry with backoff
     +-- HubUnreachable            connection refused, timeout: temporary
+    +-- StaleRevision             a store commit raced another writer: temporary
+    +-- KubeError                 the Kubernetes API refused or did not answer (status 0);
+    |                             temporary for 0, 429 and 5xx
+    +-- DataError                 the data path
+    |   +-- CorruptBlock          a block whose bytes do not match its checksum
+    |   +-- NotCached             a block file not in the page cache (reading would wait)
+    |   +-- UFSError              the under storage; temporary unless the store said no
+    |   |   +-- UFSNotFound       no such object
+    |   +-- WorkerError           a cache worker answered with an error or not at all
+    |   |   +-- NotLocal          a worker's block file is not visible on this machine
+    |   +-- ReadError             a block could not be read in time (the FUSE read: EIO)
+    +-- BadExport                 an OTLP export that cannot be decoded
+    +-- LocalClusterError         the dev kit's local clusters
 
-Whether to retry is carried by the type (`temporary`), never by parsing messages.
+Whether to retry is carried by the error (`temporary`), never by parsing messages. Foreign
+errors (aiohttp, kubernetes-asyncio, OpenDAL, protobuf) are translated where they are
+caught, with the original chained underneath.
 """
 
 from __future__ import annotations
@@ -51,47 +69,64 @@ class ConfigError(FluidfedError):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    @classmethod
+    def one(cls, message: str, *, file: str = "", path: str = "", line: int = 0) -> ConfigError:
+        return cls([Problem(message, path=path, file=file, line=line)])
+
+
+# --- HTTP statuses ----------------------------------------------------------------------
+
 
 class APIError(FluidfedError):
-    status: int = 0
+    status: int = 500
 
-    def __init__(self, status: int, reason: str, problems: list[Problem] | None = None) -> None:
-        self.status = status
+    def __init__(
+        self, reason: str, problems: list[Problem] | None = None, *, status: int = 0
+    ) -> None:
+        self.status = status or type(self).status
         self.reason = reason
         self.problems = problems or []
         detail = "".join(f"\n  {p}" for p in self.problems)
-        super().__init__(f"hub answered {status}: {reason}{detail}")
+        super().__init__(f"hub answered {self.status}: {reason}{detail}")
 
 
 class BadRequest(APIError):
-    pass
+    status = 400
 
 
 class Unauthorized(APIError):
-    pass
+    status = 401
 
 
 class Forbidden(APIError):
-    pass
+    status = 403
 
 
 class NotFound(APIError):
-    pass
+    status = 404
 
 
 class Conflict(APIError):
-    pass
+    status = 409
 
 
 class Gone(APIError):
     """The watch revision was compacted away: list again, then watch from the list's revision."""
 
+    status = 410
+
+
+class Compacted(Gone):
+    def __init__(self, revision: int, compacted: int) -> None:
+        super().__init__(
+            f"revision {revision} is older than the oldest kept ({compacted}): list again "
+            "and watch from the list's revision"
+        )
+        self.revision = revision
+        self.compacted = compacted
+
 
 class ServerError(APIError):
-    temporary = True
-
-
-class HubUnreachable(FluidfedError):
     temporary = True
 
 
@@ -110,4 +145,75 @@ _BY_STATUS: dict[int, type[APIError]] = {
 def api_error(status: int, reason: str, problems: list[Problem] | None = None) -> APIError:
     """The error type for an HTTP status, so callers can catch by meaning."""
     cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIError)
-    return cls(status, reason, problems)
+    return cls(reason, problems, status=status)
+
+
+# --- the control plane ------------------------------------------------------------------
+
+
+class HubUnreachable(FluidfedError):
+    temporary = True
+
+
+class StaleRevision(FluidfedError):
+    """A commit did not follow the stored revision: two writers on one store."""
+
+    temporary = True
+
+
+class KubeError(FluidfedError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.temporary = status == 0 or status >= 500 or status == 429
+
+
+# --- the data path ----------------------------------------------------------------------
+
+
+class DataError(FluidfedError):
+    pass
+
+
+class CorruptBlock(DataError):
+    """A block file whose data does not match its checksum (or has no trailer)."""
+
+
+class NotCached(DataError):
+    """A block file is not (all) in the page cache: reading it would wait for the disk."""
+
+
+class UFSError(DataError):
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class UFSNotFound(UFSError):
+    pass
+
+
+class WorkerError(DataError):
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.temporary = status == 0 or status >= 500
+
+
+class NotLocal(WorkerError):
+    """The worker's block file is not visible here: the worker is on another machine."""
+
+
+class ReadError(DataError):
+    """A block could not be read in time: the FUSE read gets EIO."""
+
+
+# --- metrics and the dev kit --------------------------------------------------------------
+
+
+class BadExport(FluidfedError):
+    """An OTLP export that is not an ExportMetricsServiceRequest."""
+
+
+class LocalClusterError(FluidfedError):
+    pass

@@ -18,6 +18,7 @@ from typing import Annotated, Literal, cast
 import msgspec
 from msgspec import Meta
 
+from fluidfed import names
 from fluidfed.units import ByteSize, Duration
 
 
@@ -87,14 +88,14 @@ class Cluster(Spec, frozen=True):
     def selector_labels(self) -> dict[str, str]:
         """Labels a selector sees: the user's, plus the well-known ones fluidfed derives."""
         derived = {
-            "fluidfed.io/cluster": self.name,
-            "fluidfed.io/kind": self.kind,
-            "fluidfed.io/mount-mode": self.mount_mode(),
+            names.CLUSTER_LABEL: self.name,
+            names.KIND_LABEL: self.kind,
+            names.MOUNT_MODE_LABEL: self.mount_mode(),
         }
         if self.region:
-            derived["topology.kubernetes.io/region"] = self.region
+            derived[names.REGION_LABEL] = self.region
         if self.zone:
-            derived["topology.kubernetes.io/zone"] = self.zone
+            derived[names.ZONE_LABEL] = self.zone
         return {**derived, **self.labels}
 
 

@@ -7,9 +7,9 @@ The standard variables work: `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._METRICS_ENDP
 `OTEL_SDK_DISABLED=true` turns every instrument into a no-op. So the same components can be
 pointed at any collector; by default the data path exports to its cluster's agent.
 
-Instruments of the data path (attributes in brackets; the resource carries
-`service.name`, `service.instance.id`, `fluidfed.dataset`, `fluidfed.cluster`,
-`k8s.namespace.name`):
+Instruments of the data path (their names are constants in `fluidfed.names`; attributes
+in brackets; the resource carries `service.name`, `service.instance.id`, `fluidfed.dataset`,
+`fluidfed.cluster`, `k8s.namespace.name`):
 
     fluidfed.read.bytes          counter, By     bytes served to readers [fluidfed.source]
     fluidfed.read.operations     counter         reads served [fluidfed.source]
@@ -21,8 +21,8 @@ Instruments of the data path (attributes in brackets; the resource carries
     fluidfed.cache.evictions     counter         blocks moved down or dropped [fluidfed.tier]
     fluidfed.cache.used          gauge, By       bytes held [fluidfed.tier]
     fluidfed.cache.capacity      gauge, By       quota [fluidfed.tier]
-    fluidfed.data.ufs.read.bytes      counter, By     bytes read from the under storage
-    fluidfed.data.ufs.errors          counter         failed under-storage reads
+    fluidfed.ufs.read.bytes      counter, By     bytes read from the under storage
+    fluidfed.ufs.errors          counter         failed under-storage reads
 """
 
 from __future__ import annotations

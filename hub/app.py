@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from opentelemetry import metrics
 
-from fluidfed import codec, telemetry, validation
+from fluidfed import codec, errors, names, telemetry, validation
 from fluidfed.errors import Problem
 from fluidfed.models import (
     Binding,
@@ -25,7 +27,7 @@ from fluidfed.models import (
 )
 from hub import auth, openapi
 from hub.autoscaler import Autoscaler
-from hub.catalog import Catalog, CatalogError
+from hub.catalog import Catalog
 
 log = logging.getLogger("fluidfed.hub")
 CATALOG = web.AppKey("catalog", Catalog)
@@ -56,13 +58,29 @@ class LabelPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 _labels_dec = codec.decoder(LabelPatch)
-_meter = telemetry.setup("hub")
-_requests = _meter.create_counter(
-    "fluidfed.hub.requests", unit="{request}", description="API requests by route and status"
-)
-_watchers = _meter.create_up_down_counter(
-    "fluidfed.hub.watches", unit="{watch}", description="Open watch streams"
-)
+
+
+@dataclass(frozen=True, slots=True)
+class Instruments:
+    """The hub's own instruments, made when its app is (no meter provider at import)."""
+
+    requests: metrics.Counter
+    watches: metrics.UpDownCounter
+
+    @classmethod
+    def create(cls) -> Instruments:
+        meter = telemetry.setup("hub")
+        return cls(
+            requests=meter.create_counter(
+                names.HUB_REQUESTS, unit="{request}", description="API requests by route and status"
+            ),
+            watches=meter.create_up_down_counter(
+                names.HUB_WATCHES, unit="{watch}", description="Open watch streams"
+            ),
+        )
+
+
+INSTRUMENTS = web.AppKey("instruments", Instruments)
 
 
 def error_response(
@@ -85,11 +103,11 @@ async def _body(request: web.Request, decoder: msgspec.json.Decoder[Any], root: 
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as err:
-        raise CatalogError(
-            400, "the request body is not valid", [codec.problem_of(err, root, decoder.type)]
+        raise errors.BadRequest(
+            "the request body is not valid", [codec.problem_of(err, root, decoder.type)]
         ) from None
     except msgspec.DecodeError as err:
-        raise CatalogError(400, f"the request body is not valid JSON: {err}") from None
+        raise errors.BadRequest(f"the request body is not valid JSON: {err}") from None
 
 
 @web.middleware
@@ -101,8 +119,8 @@ async def errors_mw(
     )
     try:
         resp = await handler(request)
-    except CatalogError as err:
-        resp = error_response(err.status, str(err), err.problems)
+    except errors.APIError as err:
+        resp = error_response(err.status, err.reason, err.problems)
     except web.HTTPRequestEntityTooLarge:
         resp = error_response(
             413,
@@ -117,7 +135,9 @@ async def errors_mw(
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         resp = error_response(500, "internal error in the hub: its log has the details")
-    _requests.add(1, {"route": route, "method": request.method, "status": str(resp.status)})
+    request.app[INSTRUMENTS].requests.add(
+        1, {"route": route, "method": request.method, "status": str(resp.status)}
+    )
     return resp
 
 
@@ -145,20 +165,20 @@ async def auth_mw(
 
 def _admin(request: web.Request) -> None:
     if not isinstance(request[PRINCIPAL], auth.Admin):
-        raise CatalogError(403, "this needs the admin token; a cluster token cannot do it")
+        raise errors.Forbidden("this needs the admin token; a cluster token cannot do it")
 
 
 def _may_act_for(request: web.Request, cluster: str) -> None:
     p = request[PRINCIPAL]
     if isinstance(p, auth.ClusterAgent) and p.cluster != cluster:
-        raise CatalogError(
-            403, f"the token of cluster {p.cluster} cannot read or write cluster {cluster}"
+        raise errors.Forbidden(
+            f"the token of cluster {p.cluster} cannot read or write cluster {cluster}"
         )
 
 
 def _check(problems: list[Problem]) -> None:
     if problems:
-        raise CatalogError(400, "the request is not valid", problems)
+        raise errors.BadRequest("the request is not valid", problems)
 
 
 # --- probes and documents -------------------------------------------------------------
@@ -201,7 +221,7 @@ async def get_cluster(request: web.Request) -> web.Response:
     _may_act_for(request, name)
     cat = request.app[CATALOG]
     if name not in cat.clusters:
-        raise CatalogError(404, f"cluster {name} not found")
+        raise errors.NotFound(f"cluster {name} not found")
     return json_response(cat.clusters[name])
 
 
@@ -242,8 +262,7 @@ async def apply_dataset(request: web.Request) -> web.Response:
     _check(validation.check_dataset(spec))
     name = request.match_info.get("name")
     if name is not None and name != spec.name:
-        raise CatalogError(
-            400,
+        raise errors.BadRequest(
             f"the URL names dataset {name} but the body names {spec.name}",
             [Problem("must match the name in the URL", path="dataset.name")],
         )
@@ -285,8 +304,7 @@ def _revision_param(request: web.Request) -> int | None:
     except ValueError:
         value = -1
     if value < 0:
-        raise CatalogError(
-            400,
+        raise errors.BadRequest(
             "revision must be a non-negative integer",
             [Problem(f"got {raw!r}", path="query.revision")],
         )
@@ -318,13 +336,13 @@ async def _watch(
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     interval = request.app[BOOKMARK_INTERVAL]
-    _watchers.add(1)
+    request.app[INSTRUMENTS].watches.add(1)
     try:
         while True:
             tick = cat.tick
             try:
                 entries = cat.events_since(revision, cluster)
-            except CatalogError:
+            except errors.Gone:
                 # fell behind compaction while streaming: say so in-band and end the stream
                 gone = WatchEvent(type="ERROR", revision=cat.revision, error="410 Gone")
                 await resp.write(codec.encode(gone) + b"\n")
@@ -342,7 +360,7 @@ async def _watch(
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        _watchers.add(-1)
+        request.app[INSTRUMENTS].watches.add(-1)
     return resp
 
 
@@ -351,7 +369,7 @@ def _binding(request: web.Request) -> Binding:
     name = request.match_info["name"]
     b = request.app[CATALOG].bindings.get(name)
     if b is None:
-        raise CatalogError(404, f"binding {name} not found")
+        raise errors.NotFound(f"binding {name} not found")
     _may_act_for(request, b.cluster)
     return b
 
@@ -429,6 +447,7 @@ def make_app(
     app[ADMIN_TOKEN] = admin_token
     app[BOOKMARK_INTERVAL] = bookmark_interval
     app[MAX_BODY] = max_body
+    app[INSTRUMENTS] = Instruments.create()
     app[AUTOSCALER] = Autoscaler(
         catalog, interval=autoscale_interval, stale_after=metrics_stale_after
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from fluidfed import codec
+from fluidfed import codec, errors
 from fluidfed.errors import Problem
 from fluidfed.models import (
     AutoscaleDecision,
@@ -44,22 +44,6 @@ _dataset_dec = codec.decoder(DatasetRecord)
 _binding_dec = codec.decoder(Binding)
 _status_dec = codec.decoder(BindingStatus)
 _decisions_dec = codec.decoder(list[AutoscaleDecision])
-
-
-class CatalogError(Exception):
-    def __init__(self, status: int, message: str, problems: list[Problem] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.problems = problems or []
-
-
-class Compacted(CatalogError):
-    def __init__(self, revision: int, compacted: int) -> None:
-        super().__init__(
-            410,
-            f"revision {revision} is older than the oldest kept ({compacted}): list again "
-            "and watch from the list's revision",
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,14 +121,14 @@ class Catalog:
 
     def events_since(self, revision: int, cluster: str | None) -> list[LogEntry]:
         if revision < self.compacted:
-            raise Compacted(revision, self.compacted)
+            raise errors.Compacted(revision, self.compacted)
         start = bisect.bisect_right(self._log_revisions, revision)
         return [e for e in self._log[start:] if cluster is None or e.cluster == cluster]
 
     def dataset_view(self, name: str) -> DatasetView:
         rec = self.datasets.get(name)
         if rec is None:
-            raise CatalogError(404, f"dataset {name} not found")
+            raise errors.NotFound(f"dataset {name} not found")
         views = [
             BindingView(
                 binding=b,
@@ -260,14 +244,13 @@ class Catalog:
         caches with `path` of the dataset; the bindings that carry the request."""
         async with self._write:
             if name not in self.datasets:
-                raise CatalogError(404, f"dataset {name} not found")
+                raise errors.NotFound(f"dataset {name} not found")
             live = {
                 b.cluster: b for b in self.bindings.values() if b.dataset == name and not b.deleting
             }
             unknown = sorted(set(clusters) - set(live))
             if unknown:
-                raise CatalogError(
-                    400,
+                raise errors.BadRequest(
                     f"dataset {name} is not placed on {', '.join(unknown)}",
                     [
                         Problem(
@@ -278,7 +261,7 @@ class Catalog:
                 )
             chosen = [live[c] for c in sorted(clusters or live)]
             if not chosen:
-                raise CatalogError(409, f"dataset {name} is not placed on any cluster yet")
+                raise errors.Conflict(f"dataset {name} is not placed on any cluster yet")
             rev = self.revision + 1
             req = LoadRequest(id=rev, path=path.strip("/"), requested_at=time.time())
             out = [msgspec.structs.replace(b, load=req, revision=rev) for b in chosen]
@@ -288,7 +271,7 @@ class Catalog:
     async def delete_dataset(self, name: str) -> None:
         async with self._write:
             if name not in self.datasets:
-                raise CatalogError(404, f"dataset {name} not found")
+                raise errors.NotFound(f"dataset {name} not found")
             rev = self.revision + 1
             ops: list[Op] = [Delete(DATASET, name)]
             for b in list(self.bindings.values()):
@@ -301,17 +284,17 @@ class Catalog:
         async with self._write:
             b = self.bindings.get(name)
             if b is None:
-                raise CatalogError(404, f"binding {name} not found")
+                raise errors.NotFound(f"binding {name} not found")
             if not b.deleting:
-                raise CatalogError(
-                    409, f"binding {name} is still wanted: only a retired binding is finalized"
+                raise errors.Conflict(
+                    f"binding {name} is still wanted: only a retired binding is finalized"
                 )
             await self._commit(self.revision + 1, self._delete_binding_ops(b))
 
     async def report_status(self, binding: str, status: BindingStatus) -> None:
         async with self._write:
             if binding not in self.bindings:
-                raise CatalogError(404, f"binding {binding} not found")
+                raise errors.NotFound(f"binding {binding} not found")
             rev = self.revision + 1
             await self._commit(rev, [Put(STATUS, binding, codec.encode(status))])
 
@@ -319,7 +302,7 @@ class Catalog:
         async with self._write:
             b = self.bindings.get(binding)
             if b is None:
-                raise CatalogError(404, f"binding {binding} not found")
+                raise errors.NotFound(f"binding {binding} not found")
             if b.replicas == replicas:
                 return b
             rev = self.revision + 1
@@ -380,7 +363,7 @@ class Catalog:
     def _cluster(self, name: str) -> ClusterRecord:
         rec = self.clusters.get(name)
         if rec is None:
-            raise CatalogError(404, f"cluster {name} not found")
+            raise errors.NotFound(f"cluster {name} not found")
         return rec
 
     def _replace_all(self, rev: int, clusters: dict[str, ClusterRecord]) -> list[Op]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from fluidfed.errors import StaleRevision
+
 
 @dataclass(frozen=True, slots=True)
 class Put:
@@ -76,10 +78,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_revision ON events (revision);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0);
 """
-
-
-class StaleRevision(RuntimeError):
-    """A commit did not follow the stored revision: two writers on one store."""
 
 
 class SQLiteStore:

@@ -19,7 +19,7 @@ import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
-from fluidfed import config, telemetry
+from fluidfed import config, names, telemetry
 from fluidfed.data import heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import SidecarConfig
@@ -30,8 +30,6 @@ from sidecar.reader import BlockReader
 from sidecar.tree import Tree
 
 log = logging.getLogger("fluidfed.sidecar")
-
-pyfuse3.asyncio.enable()
 
 
 # The kernel's read-ahead for the mount: one full-size FUSE request (1 MiB, libfuse 3's
@@ -144,15 +142,15 @@ class Sidecar:
         meter = telemetry.setup(
             "sidecar",
             attributes={
-                "fluidfed.dataset": cfg.dataset,
-                "fluidfed.cluster": cfg.cluster,
+                names.ATTR_DATASET: cfg.dataset,
+                names.ATTR_CLUSTER: cfg.cluster,
                 "k8s.namespace.name": cfg.namespace,
             },
             otlp_default=cfg.agent,
         )
         st = reader.stats
-        worker = (("fluidfed.source", "worker"),)
-        ufs_src = (("fluidfed.source", "ufs"),)
+        worker = ((names.ATTR_SOURCE, "worker"),)
+        ufs_src = ((names.ATTR_SOURCE, "ufs"),)
         inst = DataPathInstruments(
             meter,
             store,
@@ -182,6 +180,7 @@ class Sidecar:
         }
 
     async def run(self, *, exit_with_peers: bool = False) -> None:
+        pyfuse3.asyncio.enable()  # here, where the process starts serving: not at import
         heap.tune()
         store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
         self.session = aiohttp.ClientSession(

@@ -17,13 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import render
+from fluidfed import names
 from fluidfed.models import Access, Binding, Capabilities
 
-INJECT_LABEL = "fluidfed.io/inject"
-DATASETS_ANNOTATION = "fluidfed.io/datasets"
-INJECTED_LABEL = "fluidfed.io/injected"
-INJECTED_ANNOTATION = "fluidfed.io/injected-datasets"
-MODE_ANNOTATION = "fluidfed.io/sidecar-mode"
 MOUNT_ROOT = "/fluidfed/mnt"
 CONFIG_ROOT = "/etc/fluidfed"
 
@@ -58,7 +54,7 @@ def _parse_annotation(text: str) -> list[tuple[str, str]] | str:
         ds, sep, vol = item.partition("=")
         if not sep or not ds.strip() or not vol.strip():
             return (
-                f"annotation {DATASETS_ANNOTATION}={text!r} is malformed at {item!r}: "
+                f"annotation {names.DATASETS_ANNOTATION}={text!r} is malformed at {item!r}: "
                 "write <dataset>=<volume-name>[,...]"
             )
         pairs.append((ds.strip(), vol.strip()))
@@ -70,7 +66,7 @@ def requested(pod: dict[str, Any], bindings: dict[str, Binding]) -> list[tuple[s
     meta = pod.get("metadata") or {}
     volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
     pairs: list[tuple[str, str]] = []
-    text = (meta.get("annotations") or {}).get(DATASETS_ANNOTATION)
+    text = (meta.get("annotations") or {}).get(names.DATASETS_ANNOTATION)
     if text is not None:
         parsed = _parse_annotation(text)
         if isinstance(parsed, str):
@@ -78,7 +74,7 @@ def requested(pod: dict[str, Any], bindings: dict[str, Binding]) -> list[tuple[s
         for ds, vol in parsed:
             if vol not in volumes:
                 return (
-                    f"annotation {DATASETS_ANNOTATION} names volume {vol!r} for dataset "
+                    f"annotation {names.DATASETS_ANNOTATION} names volume {vol!r} for dataset "
                     f"{ds!r}, but the pod has no such volume"
                 )
         pairs += parsed
@@ -132,9 +128,9 @@ def mutate(
     settings: SidecarSettings = SidecarSettings(),
 ) -> Decision:
     meta = pod.get("metadata") or {}
-    if (meta.get("labels") or {}).get(INJECT_LABEL) != "true":
+    if (meta.get("labels") or {}).get(names.INJECT_LABEL) != "true":
         return Decision(allowed=True)
-    if (meta.get("annotations") or {}).get(INJECTED_ANNOTATION):
+    if (meta.get("annotations") or {}).get(names.INJECTED_ANNOTATION):
         return Decision(allowed=True)  # injected before: reinvocation changes nothing
     asked = requested(pod, bindings)
     if isinstance(asked, str):
@@ -260,10 +256,10 @@ def mutate(
         # the sidecar sees the app processes and leaves when they are gone (Jobs complete)
         spec["shareProcessNamespace"] = True
     out_meta = out.setdefault("metadata", {})
-    out_meta.setdefault("labels", {})[INJECTED_LABEL] = "true"
+    out_meta.setdefault("labels", {})[names.INJECTED_LABEL] = "true"
     annotations = out_meta.setdefault("annotations", {})
-    annotations[INJECTED_ANNOTATION] = ",".join(done)
-    annotations[MODE_ANNOTATION] = "native" if native else "legacy"
+    annotations[names.INJECTED_ANNOTATION] = ",".join(done)
+    annotations[names.MODE_ANNOTATION] = "native" if native else "legacy"
     return Decision(allowed=True, pod=out, patch=json_patch(pod, out))
 
 

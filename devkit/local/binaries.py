@@ -45,7 +45,7 @@ async def ensure(progress: Callable[[str], None]) -> Path:
     """The directory with every binary, building what is missing (minutes, the first time)."""
     if not missing():
         return cache_dir()
-    from devkit.local.cluster import LocalClusterError
+    from fluidfed.errors import LocalClusterError
 
     if shutil.which("go") is None:
         raise LocalClusterError(

@@ -27,8 +27,8 @@ import msgspec
 import yaml
 
 from devkit.local import binaries, paths
-from fluidfed import pki
-from fluidfed.errors import FluidfedError
+from fluidfed import names, pki
+from fluidfed.errors import LocalClusterError
 from fluidfed.models import CLUSTER_KINDS, ClusterKind
 
 Kind = ClusterKind
@@ -36,18 +36,13 @@ KINDS = CLUSTER_KINDS
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
 VIRTUAL_NODE_TAINT = {
-    "key": "virtual-kubelet.io/provider",
+    "key": names.VIRTUAL_NODE_TAINT,
     "value": "fluidfed",
     "effect": "NoSchedule",
 }
-EDGE_NODE_LABEL = "node-role.kubernetes.io/edge"
 FLUID_CRDS = Path(__file__).with_name("crds") / "fluid.yaml"
 
 Progress = Callable[[str], None]
-
-
-class LocalClusterError(FluidfedError):
-    pass
 
 
 class ClusterState(msgspec.Struct, kw_only=True):
@@ -132,7 +127,7 @@ def flavour_nodes(kind: Kind) -> list[dict[str, Any]]:
     return [
         _node(
             f"edge-{i}",
-            {EDGE_NODE_LABEL: "", "fluidfed.io/edge-site": "local"},
+            {names.EDGE_NODE_LABEL: "", "fluidfed.io/edge-site": "local"},
             cpu="4",
             memory="8Gi",
             pods="30",

@@ -17,18 +17,12 @@ import struct
 from pathlib import Path
 
 from fluidfed.data import blocks
+from fluidfed.errors import CorruptBlock as CorruptBlock
+from fluidfed.errors import NotCached as NotCached
 
 _TRAILER = struct.Struct(">4sI")
 _MAGIC = b"FFB1"
 TRAILER_SIZE = _TRAILER.size
-
-
-class CorruptBlock(Exception):
-    """A block file whose data does not match its checksum (or has no trailer)."""
-
-
-class NotCached(Exception):
-    """A block file is not (all) in the page cache: reading it would wait for the disk."""
 
 
 def block_path(directory: str | Path, key: str) -> Path:

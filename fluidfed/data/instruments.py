@@ -13,6 +13,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from fluidfed import names
 from fluidfed.data.store import BlockStore
 
 Counts = Callable[[], dict[tuple[tuple[str, str], ...], float]]
@@ -39,7 +40,7 @@ class DataPathInstruments:
     ) -> None:
         self.store = store
         self.duration = meter.create_histogram(
-            "fluidfed.read.duration", unit="s", description="time to serve a read"
+            names.READ_DURATION, unit="s", description="time to serve a read"
         )
 
         def from_counts(counts: Counts) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -49,41 +50,41 @@ class DataPathInstruments:
             return cb
 
         meter.create_observable_counter(
-            "fluidfed.read.bytes",
+            names.READ_BYTES,
             [from_counts(read_bytes)],
             unit="By",
             description="bytes served to readers",
         )
         meter.create_observable_counter(
-            "fluidfed.read.operations", [from_counts(reads)], description="reads served"
+            names.READ_OPERATIONS, [from_counts(reads)], description="reads served"
         )
         meter.create_observable_counter(
-            "fluidfed.cache.hits",
+            names.CACHE_HITS,
             [self._tier_hits, from_counts(source_hits)],
             description="blocks found in a cache",
         )
         meter.create_observable_counter(
-            "fluidfed.cache.misses",
+            names.CACHE_MISSES,
             [self._store_misses, from_counts(source_misses)],
             description="blocks not found in a cache",
         )
         meter.create_observable_counter(
-            "fluidfed.cache.evictions", [self._evictions], description="blocks evicted"
+            names.CACHE_EVICTIONS, [self._evictions], description="blocks evicted"
         )
         meter.create_observable_gauge(
-            "fluidfed.cache.used", [self._used], unit="By", description="bytes held"
+            names.CACHE_USED, [self._used], unit="By", description="bytes held"
         )
         meter.create_observable_gauge(
-            "fluidfed.cache.capacity", [self._capacity], unit="By", description="tier quota"
+            names.CACHE_CAPACITY, [self._capacity], unit="By", description="tier quota"
         )
         meter.create_observable_counter(
-            "fluidfed.data.ufs.read.bytes",
+            names.UFS_READ_BYTES,
             [lambda _: [Observation(ufs_bytes())]],
             unit="By",
             description="bytes read from the under storage",
         )
         meter.create_observable_counter(
-            "fluidfed.data.ufs.errors",
+            names.UFS_ERRORS,
             [lambda _: [Observation(ufs_errors())]],
             description="failed under-storage reads",
         )
@@ -93,18 +94,18 @@ class DataPathInstruments:
 
     def _tier_hits(self, _: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(t.hits, {"fluidfed.tier": t.medium, "fluidfed.source": "local"})
+            Observation(t.hits, {names.ATTR_TIER: t.medium, names.ATTR_SOURCE: "local"})
             for t in self._tiers()
         ]
 
     def _store_misses(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(self.store.stats.misses, {"fluidfed.source": "local"})]
+        return [Observation(self.store.stats.misses, {names.ATTR_SOURCE: "local"})]
 
     def _evictions(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(t.evictions, {"fluidfed.tier": t.medium}) for t in self._tiers()]
+        return [Observation(t.evictions, {names.ATTR_TIER: t.medium}) for t in self._tiers()]
 
     def _used(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(t.used, {"fluidfed.tier": t.medium}) for t in self._tiers()]
+        return [Observation(t.used, {names.ATTR_TIER: t.medium}) for t in self._tiers()]
 
     def _capacity(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(t.quota, {"fluidfed.tier": t.medium}) for t in self._tiers()]
+        return [Observation(t.quota, {names.ATTR_TIER: t.medium}) for t in self._tiers()]

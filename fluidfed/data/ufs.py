@@ -8,7 +8,7 @@ dataset's mounts point at, built on Apache OpenDAL's async operators for every p
     http(s)://host/path    ranged GETs; the listing comes from `<path>/.fluidfed-manifest.json`
     file:///path           local and NFS paths
 
-Errors become UFSError (NotFoundError for a missing object; `temporary` when a retry can
+Errors become UFSError (UFSNotFound for a missing object; `temporary` when a retry can
 help), so callers never see a library's exceptions.
 """
 
@@ -25,20 +25,14 @@ import opendal.exceptions
 
 from fluidfed.data import layout
 from fluidfed.data.layout import FileRef
-from fluidfed.errors import FluidfedError
+from fluidfed.errors import UFSError as UFSError
+from fluidfed.errors import UFSNotFound
 from fluidfed.models import Mount
 
 MANIFEST = ".fluidfed-manifest.json"
 
 
-class UFSError(FluidfedError):
-    def __init__(self, message: str, *, temporary: bool = False) -> None:
-        super().__init__(message)
-        self.temporary = temporary
-
-
-class NotFoundError(UFSError):
-    pass
+NotFoundError = UFSNotFound  # the name call sites used before the one error tree
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -69,7 +63,7 @@ _PERMANENT = (
 
 def _translate(err: Exception, what: str) -> UFSError:
     if isinstance(err, opendal.exceptions.NotFound):
-        return NotFoundError(f"{what}: not found")
+        return UFSNotFound(f"{what}: not found")
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
     return UFSError(f"{what}: {first_line}", temporary=not isinstance(err, _PERMANENT))
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agents import diff, render, status
-from fluidfed import codec
+from fluidfed import codec, names
 from fluidfed.data import layout
 from fluidfed.data.layout import SidecarConfig, WorkerConfig
 from fluidfed.models import (
@@ -103,8 +103,8 @@ def test_sidecar_binding_objects() -> None:
     assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
     for o in objs:
         if o["kind"] != "Namespace":
-            assert o["metadata"]["labels"][render.BINDING_LABEL] == "imagenet.edge-1"
-            assert o["metadata"]["labels"][render.MANAGED_BY] == render.AGENT
+            assert o["metadata"]["labels"][names.BINDING_LABEL] == "imagenet.edge-1"
+            assert o["metadata"]["labels"][names.MANAGED_BY] == names.AGENT
     assert "Dataset" not in kinds
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from fluidfed.errors import APIError, Compacted
 from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement
-from hub.catalog import Catalog, CatalogError, Compacted
+from hub.catalog import Catalog
 from hub.store import Op, SQLiteStore
 
 
@@ -50,7 +51,7 @@ async def test_relabel_moves_placement_in_one_revision(tmp_path: Path) -> None:
     events = cat.events_since(rev, None)
     assert [(e.revision, e.cluster) for e in events] == [(rev + 1, "b"), (rev + 2, "a")]
     assert b'"MODIFIED"' in events[1].line and b'"deleting":true' in events[1].line
-    with pytest.raises(CatalogError) as info:
+    with pytest.raises(APIError) as info:
         await cat.finalize_binding("ds.b")  # still wanted
     assert info.value.status == 409
     await cat.finalize_binding("ds.a")
@@ -169,7 +170,7 @@ async def test_delete_dataset_and_cluster(tmp_path: Path) -> None:
     await cat.delete_dataset("ds")
     await cat.finalize_binding("ds.a")
     assert cat.bindings == {}
-    with pytest.raises(CatalogError) as info:
+    with pytest.raises(APIError) as info:
         await cat.delete_dataset("ds")
     assert info.value.status == 404
 
