@@ -35,7 +35,7 @@ log = logging.getLogger("fluidfed.sidecar")
 # The kernel's read-ahead for the mount: one full-size FUSE request (1 MiB, libfuse 3's
 # largest) ahead of the reader. The sidecar fetches whole blocks `readahead` blocks ahead
 # itself; a deeper kernel window (20 MiB was tried) only queues more requests on the event
-# loop: warm sequential reads measured 580 MiB/s with it and 650 MiB/s with 1 MiB.
+# loop and made warm sequential reads slower (README, "Measured design decisions").
 KERNEL_READAHEAD_KIB = 1024
 
 

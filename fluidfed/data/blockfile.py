@@ -87,9 +87,9 @@ _can_map = True  # False once the kernel turned out not to have it: copy instead
 
 def map_block_file(path: str | Path, *, cached_only: bool = False) -> tuple[blocks.Data, int]:
     """(data, CRC) of a block file, checked, the data mapped read-only from the page cache
-    instead of copied: a reader on the worker's machine hands it to FUSE as it lies (warm
-    short-circuit reads in bench/read_path.py: 1286 -> 1700-1810 MiB/s, sidecar CPU 0.96
-    -> 0.6 s per GiB, against pread in a thread).
+    instead of copied: a reader on the worker's machine hands it to FUSE as it lies, one
+    copy and one thread hand-off fewer than pread in a thread (figures: README, "Measured
+    design decisions").
 
     The mapping is faulted in before anything touches it, so an unreadable file is an
     OSError here and never a SIGBUS later; after that only the kernel copies from it (FUSE

@@ -3,9 +3,8 @@
 Every block arrives in fresh buffers: OpenDAL's body, the bytes handed to Python,
 aiohttp's joined body, a block file read. Left to glibc's defaults, or with a low mmap
 threshold, each of those is a new mapping the kernel must fault in and zero page by
-page: measured with bench/read_path.py, 570,000 page faults per GiB read and 35-50% of
-the sidecar's CPU. Served from one heap instead, freed blocks are reused and the faults
-go (60,000 per GiB; cold reads from S3 went from ~470 to ~680 MiB/s on 2 cores).
+page, which cost the sidecar a third of its CPU. Served from one heap instead, freed
+blocks are reused and the faults go (figures: README, "Measured design decisions").
 A heap keeps what it frees, so `trim_loop` hands free pages back to the kernel once a
 second while blocks are moving: resident memory beyond the cache tiers settles within a
 few MiB of where it was with fresh mappings (the peak is higher: see the bench).
