@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import msgspec
 from aiohttp import web
 
 from agents import otlp
@@ -63,7 +64,7 @@ async def _figures(request: web.Request) -> web.Response:
         {
             "dataset": dataset,
             "window_seconds": window.window,
-            "figures": window.figures(dataset, time.time()),
+            "figures": msgspec.to_builtins(window.figures(dataset, time.time())),
             "latest": window.latest(dataset),
         }
     )

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from fluidfed import names
+from fluidfed.models import Figures
 
 SIDECAR, WORKER = names.SIDECAR_SERVICE, names.WORKER_SERVICE
 Attrs = tuple[tuple[str, str], ...]
@@ -89,25 +90,25 @@ class MetricWindow:
         got = [s.points[-1][1] for s in self._recent(dataset, service, metric, now)]
         return sum(got) if got else None
 
-    def figures(self, dataset: str, now: float) -> dict[str, float]:
+    def figures(self, dataset: str, now: float) -> Figures:
         """The dataset's figures now; empty when nothing fresh was reported."""
         if now - self._last_seen.get(dataset, 0.0) > self.window * 2:
-            return {}
-        out: dict[str, float] = {}
+            return Figures()
+        rate: float | None = None
         read, span = self._increase(dataset, SIDECAR, names.READ_BYTES, now)
         if span > 0:
-            out["read_bytes_per_second"] = read / span
+            rate = read / span
         elif self._recent(dataset, SIDECAR, names.READ_BYTES, now):
-            out["read_bytes_per_second"] = 0.0
+            rate = 0.0
         hits, _ = self._increase(dataset, WORKER, names.CACHE_HITS, now)
         misses, _ = self._increase(dataset, WORKER, names.CACHE_MISSES, now)
-        if hits + misses > 0:
-            out["hit_ratio"] = hits / (hits + misses)
         used = self._latest(dataset, WORKER, names.CACHE_USED, now)
         capacity = self._latest(dataset, WORKER, names.CACHE_CAPACITY, now)
-        if used is not None and capacity:
-            out["cache_used_ratio"] = used / capacity
-        return out
+        return Figures(
+            read_bytes_per_second=rate,
+            hit_ratio=hits / (hits + misses) if hits + misses > 0 else None,
+            cache_used_ratio=used / capacity if used is not None and capacity else None,
+        )
 
     def latest(self, dataset: str) -> dict[str, dict[str, float]]:
         """service -> metric -> the sum over instances and attributes of the last values

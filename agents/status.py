@@ -9,7 +9,7 @@ import msgspec
 
 from agents import render
 from fluidfed import names
-from fluidfed.models import Binding, BindingStatus, LoadStatus
+from fluidfed.models import Binding, BindingStatus, Figures, LoadStatus
 from fluidfed.units import parse_size
 
 
@@ -92,11 +92,11 @@ def with_workers(
     st: BindingStatus,
     cache: tuple[int, int, float | None] | None,
     load: LoadStatus | None,
-    figures: dict[str, float] | None = None,
+    figures: Figures | None = None,
 ) -> BindingStatus:
     """The status with what the cache workers report (used, capacity, hit ratio), the
     latest warm-up's progress and the metric window's figures folded in."""
-    changes: dict[str, Any] = {"load": load, "metrics": dict(figures or {})}
+    changes: dict[str, Any] = {"load": load, "metrics": figures or Figures()}
     if cache is not None:
         used, capacity, ratio = cache
         changes.update(cache_used=used, cache_capacity=capacity or st.cache_capacity)

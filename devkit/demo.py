@@ -40,7 +40,7 @@ from devkit.local.processes import (
 from devkit.local.s3 import S3Server
 from fluidfed import config, names
 from fluidfed.client import Client
-from fluidfed.models import DatasetView
+from fluidfed.models import DatasetView, Figures
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
@@ -468,8 +468,8 @@ class Demo:
         try:
             self.note(f"reading through the mount as fast as it goes ({start} workers)")
             v = await _until(serverless, lambda b: b.binding.replicas > start, 120, 0.5)
-            figures = v.status.metrics if v.status else {}
-            rate = figures.get("read_bytes_per_second", 0.0) / 2**20
+            figures = v.status.metrics if v.status else Figures()
+            rate = (figures.read_bytes_per_second or 0.0) / 2**20
             self.note(
                 f"{time.monotonic() - t0:.1f}s after the load began: {v.binding.replicas} "
                 f"workers (reads {rate:.0f} MiB/s at the agent)"

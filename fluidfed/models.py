@@ -330,6 +330,22 @@ class Binding(Wire):
 Phase = Literal["Pending", "Bound", "Degraded", "Failed", "Deleting"]
 
 
+class Figures(Wire):
+    """What the data path measured over the agent's sliding window, sent with a binding's
+    status: the figures the hub's autoscaler decides on. None: nothing fresh to say."""
+
+    read_bytes_per_second: float | None = None  # the sidecars' reads
+    hit_ratio: float | None = None  # the workers' hits over hits and misses
+    cache_used_ratio: float | None = None  # the workers' used bytes over their capacity
+
+    def empty(self) -> bool:
+        return (
+            self.read_bytes_per_second is None
+            and self.hit_ratio is None
+            and self.cache_used_ratio is None
+        )
+
+
 class BindingStatus(Wire):
     phase: Phase = "Pending"
     mode: MountMode | None = None
@@ -341,7 +357,7 @@ class BindingStatus(Wire):
     observed_generation: int = 0
     hub_last_seen: float = 0.0
     reported_at: float = 0.0
-    metrics: dict[str, float] = {}
+    metrics: Figures = msgspec.field(default_factory=Figures)
     load: LoadStatus | None = None
 
 

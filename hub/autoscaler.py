@@ -13,8 +13,6 @@ from fluidfed.models import AutoscaleDecision, BindingStatus
 from hub import autoscale
 from hub.catalog import Catalog
 
-METRIC_KEYS = ("cache_used_ratio", "hit_ratio", "read_bytes_per_second")
-
 
 class Autoscaler:
     def __init__(
@@ -36,13 +34,13 @@ class Autoscaler:
     def observe(self, binding: str, status: BindingStatus) -> None:
         """Keep the metrics an agent reported with a binding's status."""
         m = status.metrics
-        if not any(k in m for k in METRIC_KEYS):
+        if m.empty():
             return
         sample = autoscale.Sample(
             at=self.clock(),
-            cache_used_ratio=m.get("cache_used_ratio"),
-            hit_ratio=m.get("hit_ratio"),
-            read_bytes_per_second=m.get("read_bytes_per_second"),
+            cache_used_ratio=m.cache_used_ratio,
+            hit_ratio=m.hit_ratio,
+            read_bytes_per_second=m.read_bytes_per_second,
         )
         self.windows.setdefault(binding, deque(maxlen=4096)).append(sample)
         self.wake.set()

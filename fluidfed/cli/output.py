@@ -161,18 +161,18 @@ def describe_dataset(d: DatasetView) -> None:
     else:
         console.print("  none: no cluster matches the placement")
     measured = [(v.binding.cluster, v.status.metrics) for v in d.bindings if v.status]
-    if any(f for _, f in measured):
+    if any(not f.empty() for _, f in measured):
         console.print("[bold]Metrics (agents' sliding window):[/bold]")
         for cluster, figs in measured:
-            if not figs:
+            if figs.empty():
                 continue
             parts = []
-            if "read_bytes_per_second" in figs:
-                parts.append(f"reads {format_size(int(figs['read_bytes_per_second']))}/s")
-            if "hit_ratio" in figs:
-                parts.append(f"hit ratio {figs['hit_ratio']:.2f}")
-            if "cache_used_ratio" in figs:
-                parts.append(f"cache used {figs['cache_used_ratio']:.0%}")
+            if figs.read_bytes_per_second is not None:
+                parts.append(f"reads {format_size(int(figs.read_bytes_per_second))}/s")
+            if figs.hit_ratio is not None:
+                parts.append(f"hit ratio {figs.hit_ratio:.2f}")
+            if figs.cache_used_ratio is not None:
+                parts.append(f"cache used {figs.cache_used_ratio:.0%}")
             console.print(f"  {cluster}: {', '.join(parts)}")
     loads = [(v.binding.cluster, v.status.load) for v in d.bindings if v.status and v.status.load]
     if loads:

@@ -17,6 +17,7 @@ from fluidfed.models import (
     CacheSpec,
     Cluster,
     Dataset,
+    Figures,
     KubeAccess,
     Mount,
 )
@@ -56,7 +57,7 @@ async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> 
 
             async def report(used: float) -> None:
                 await agent.report_status(
-                    "hot.edge", BindingStatus(phase="Bound", metrics={"cache_used_ratio": used})
+                    "hot.edge", BindingStatus(phase="Bound", metrics=Figures(cache_used_ratio=used))
                 )
 
             async def replicas(want: int) -> bool:

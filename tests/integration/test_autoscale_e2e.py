@@ -145,7 +145,7 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
     async def figures() -> Any:
         v = await fleet.view(name)
         st = v.bindings[0].status
-        return st.metrics if st and "read_bytes_per_second" in st.metrics else None
+        return st.metrics if st and st.metrics.read_bytes_per_second is not None else None
 
     try:
         await eventually(figures, "metrics from the data path at the hub")

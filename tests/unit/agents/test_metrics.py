@@ -25,11 +25,11 @@ def test_read_rate_sums_instances_over_the_window() -> None:
     for t, v in [(0, 0), (5, 500), (10, 1000)]:
         w.add(pt("fluidfed.read.bytes", t, v, inst="a"))
         w.add(pt("fluidfed.read.bytes", t, v * 2, inst="b"))
-    assert w.figures("ds", now=10)["read_bytes_per_second"] == pytest.approx(300)
+    assert w.figures("ds", now=10).read_bytes_per_second == pytest.approx(300)
     # old points leave the window: the rate follows the recent past only
     w.add(pt("fluidfed.read.bytes", 20, 1000, inst="a"))
     w.add(pt("fluidfed.read.bytes", 20, 2000, inst="b"))
-    assert w.figures("ds", now=20)["read_bytes_per_second"] == pytest.approx(0)
+    assert w.figures("ds", now=20).read_bytes_per_second == pytest.approx(0)
 
 
 def test_a_restarted_instance_counts_from_zero_and_repeats_are_ignored() -> None:
@@ -37,7 +37,7 @@ def test_a_restarted_instance_counts_from_zero_and_repeats_are_ignored() -> None
     w.add(pt("fluidfed.read.bytes", 0, 900))
     w.add(pt("fluidfed.read.bytes", 0, 900))  # the same collection twice
     w.add(pt("fluidfed.read.bytes", 5, 100))  # restarted: 100 since
-    assert w.figures("ds", now=5)["read_bytes_per_second"] == pytest.approx(20)
+    assert w.figures("ds", now=5).read_bytes_per_second == pytest.approx(20)
 
 
 def test_hit_and_used_ratios_come_from_the_workers() -> None:
@@ -51,9 +51,9 @@ def test_hit_and_used_ratios_come_from_the_workers() -> None:
     w.add(pt("fluidfed.cache.used", 4, 25, service=WORKER, inst="b", attrs=tier))
     w.add(pt("fluidfed.cache.capacity", 4, 100, service=WORKER, inst="b", attrs=tier))
     got = w.figures("ds", now=4)
-    assert got["hit_ratio"] == pytest.approx(0.75)
-    assert got["cache_used_ratio"] == pytest.approx(0.25)
-    assert "read_bytes_per_second" not in got  # no sidecar reported
+    assert got.hit_ratio == pytest.approx(0.75)
+    assert got.cache_used_ratio == pytest.approx(0.25)
+    assert got.read_bytes_per_second is None  # no sidecar reported
     assert w.latest("ds")[WORKER]["fluidfed.cache.used"] == 50
 
 
@@ -61,8 +61,8 @@ def test_nothing_fresh_means_no_figures() -> None:
     w = MetricWindow(window=10)
     w.add(pt("fluidfed.read.bytes", 0, 0))
     w.add(pt("fluidfed.read.bytes", 5, 50))
-    assert w.figures("ds", now=5)
-    assert w.figures("ds", now=100) == {}  # an agent that hears nothing reports nothing
-    assert w.figures("other", now=5) == {}
+    assert not w.figures("ds", now=5).empty()
+    assert w.figures("ds", now=100).empty()  # an agent that hears nothing reports nothing
+    assert w.figures("other", now=5).empty()
     w.forget_before(50)
     assert w.datasets() == []
