@@ -11,15 +11,17 @@ Every transport error is translated at one place (`_request`) into fluidfed's er
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 
-from fluidfed import codec
-from fluidfed.errors import Gone, HubUnreachable, Problem, api_error
+from fluidfed import codec, tls
+from fluidfed.errors import ConfigError, Gone, HubUnreachable, Problem, api_error
 from fluidfed.models import (
     Binding,
     BindingStatus,
@@ -48,6 +50,16 @@ def _decode(raw: bytes, typ: Any) -> Any:
 
 
 class Client:
+    """The hub's API as async methods, one per route; use it as `async with`.
+
+    `url` is the hub's base URL (`https://hub.example:8470`); `token` the admin token or a
+    cluster's token. Over https the hub's certificate is always verified: against `ca_file`
+    (PEM) if given, else the system's trust store; `cert_file`/`key_file` present a client
+    certificate where the hub asks for one (mutual TLS). A `session` of the caller's is
+    used as it is (its own TLS settings), with the token sent on every request.
+    Errors are `fluidfed.errors`: `HubUnreachable` and `ServerError` are temporary.
+    """
+
     def __init__(
         self,
         url: str,
@@ -55,12 +67,25 @@ class Client:
         *,
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self._session = session
         self._own_session = session is None
+        self._ssl: ssl.SSLContext | bool = True
+        wanted = tls.ClientTLS(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        if self.url.startswith("https://"):
+            self._ssl = tls.client_context(wanted)
+        elif wanted != tls.ClientTLS():
+            raise ConfigError.one(
+                f"TLS settings (CA or client certificate) were given but the hub URL "
+                f"{self.url} is not https://: use the hub's https:// URL",
+                path="hub",
+            )
 
     async def __aenter__(self) -> Client:
         return self
@@ -82,8 +107,7 @@ class Client:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self.token}"},
-                connector=aiohttp.TCPConnector(limit=0),
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl)
             )
         return self._session
 
@@ -96,8 +120,10 @@ class Client:
         params: dict[str, str] | None = None,
     ) -> bytes:
         data = codec.encode(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        try:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        with self._translated(f"cannot reach the hub at {self.url}"):
             async with self.session.request(
                 method,
                 self.url + path,
@@ -110,8 +136,22 @@ class Client:
                 if resp.status >= 400:
                     raise _error_of(resp.status, raw)
                 return raw
+        raise AssertionError("unreachable")  # for mypy: the block returns or raises
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """aiohttp's errors as fluidfed's: the one place transport errors are mapped."""
+        try:
+            yield
+        except aiohttp.ClientConnectorCertificateError as err:
+            raise ConfigError.one(
+                f"the hub at {self.url} presented a certificate this client does not trust "
+                f"({err.certificate_error}): give the CA that signed it (--cacert, "
+                "FLUIDFED_CA_FILE, or ca_file in the client or agent configuration)",
+                path="ca_file",
+            ) from err
         except (TimeoutError, aiohttp.ClientError) as err:
-            raise HubUnreachable(f"cannot reach the hub at {self.url}: {err}") from err
+            raise HubUnreachable(f"{what}: {err}") from err
 
     # --- clusters ------------------------------------------------------------------------
 
@@ -216,10 +256,11 @@ class Client:
             params["cluster"] = cluster
         if revision is not None:
             params["revision"] = str(revision)
-        try:
+        with self._translated(f"watch on {self.url} broke"):
             async with self.session.get(
                 self.url + "/api/v1/bindings",
                 params=params,
+                headers={"Authorization": f"Bearer {self.token}"},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
             ) as resp:
                 if resp.status >= 400:
@@ -231,8 +272,6 @@ class Client:
                     if event.type == "ERROR":
                         raise Gone(event.error or "watch ended by the hub")
                     yield event
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise HubUnreachable(f"watch on {self.url} broke: {err}") from err
 
 
 def _error_of(status: int, raw: bytes) -> Exception:

@@ -214,6 +214,17 @@ class HubConfig(Spec, frozen=True):
     bookmark_interval: Duration = _seconds(10)
     autoscale_interval: Duration = _seconds(15)  # how often the autoscaler decides
     metrics_stale_after: Duration = _seconds(60)  # older metrics mean no decision
+    # HTTPS: a serving certificate and its key (PEM); with client_ca_file, agents must
+    # present a certificate from that CA whose common name is their cluster (mutual TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    client_ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        if self.client_ca_file and not self.tls_cert_file:
+            raise ValueError("client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
 
 
 class AgentConfig(Spec, frozen=True):

@@ -1,4 +1,4 @@
-"""Certificates for a local cluster (and for webhook servers): a CA and what it signs."""
+"""Certificates: a CA and what it signs (local clusters, the webhook, a self-signed hub)."""
 
 from __future__ import annotations
 
@@ -125,6 +125,18 @@ def rsa_keypair() -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return private, public
+
+
+def load_or_make_ca(directory: Path, cn: str) -> KeyPair:
+    """The CA kept in `directory` (ca.crt, ca.key), made there on first use."""
+    crt, key = directory / "ca.crt", directory / "ca.key"
+    if crt.exists() and key.exists():
+        return KeyPair(crt.read_bytes(), key.read_bytes())
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = new_ca(cn)
+    write(key, ca.key_pem, private=True)
+    write(crt, ca.cert_pem)
+    return ca
 
 
 def write(path: Path, data: bytes, private: bool = False) -> Path:

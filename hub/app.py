@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 from opentelemetry import metrics
 
-from fluidfed import codec, errors, names, telemetry, validation
+from fluidfed import codec, errors, names, telemetry, tls, validation
 from fluidfed.errors import Problem
 from fluidfed.models import (
     Binding,
@@ -81,6 +81,7 @@ class Instruments:
 
 
 INSTRUMENTS = web.AppKey("instruments", Instruments)
+MUTUAL_TLS = web.AppKey("mutual_tls", bool)
 
 
 def error_response(
@@ -159,8 +160,27 @@ async def auth_mw(
         if cluster is None:
             return error_response(401, "unknown token")
         principal = auth.ClusterAgent(cluster)
+        if request.app[MUTUAL_TLS]:
+            problem = _certificate_problem(request, cluster)
+            if problem:
+                return error_response(403, problem)
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+def _certificate_problem(request: web.Request, cluster: str) -> str:
+    """With mutual TLS, a cluster's token counts only with that cluster's certificate."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    name = tls.peer_common_name(der)
+    if name is None:
+        return (
+            f"the hub asks agents for a client certificate (mutual TLS): present the "
+            f"certificate of cluster {cluster} (client_cert_file, client_key_file)"
+        )
+    if name != cluster:
+        return f"the client certificate is cluster {name}'s, the token cluster {cluster}'s"
+    return ""
 
 
 def _admin(request: web.Request) -> None:
@@ -441,6 +461,7 @@ def make_app(
     bookmark_interval: float = 10.0,
     autoscale_interval: float = 15.0,
     metrics_stale_after: float = 60.0,
+    mutual_tls: bool = False,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_mw, auth_mw], client_max_size=max_body)
     app[CATALOG] = catalog
@@ -448,6 +469,7 @@ def make_app(
     app[BOOKMARK_INTERVAL] = bookmark_interval
     app[MAX_BODY] = max_body
     app[INSTRUMENTS] = Instruments.create()
+    app[MUTUAL_TLS] = mutual_tls
     app[AUTOSCALER] = Autoscaler(
         catalog, interval=autoscale_interval, stale_after=metrics_stale_after
     )

@@ -9,6 +9,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from fluidfed.errors import ConfigError
+
 CLUSTER_TOKEN_PREFIX = "ffc"
 
 
@@ -50,9 +52,22 @@ def load_admin_token(token_file: str, token_env: str, data_dir: Path) -> tuple[s
     """The admin token and where it came from; generated into the data dir if none is given."""
     if token_file:
         path = Path(token_file)
-        token = path.read_text().strip()
+        try:
+            token = path.read_text().strip()
+        except OSError as err:
+            raise ConfigError.one(
+                f"cannot read the admin token file ({err.strerror}); write the token there "
+                "or drop admin_token_file to have one generated",
+                file=str(path),
+                path="hub.admin_token_file",
+            ) from None
         if not token:
-            raise ValueError(f"admin token file {path} is empty")
+            raise ConfigError.one(
+                "the admin token file is empty; write the token there or drop "
+                "admin_token_file to have one generated",
+                file=str(path),
+                path="hub.admin_token_file",
+            )
         return token, f"file {path}"
     if token_env and os.environ.get(token_env, "").strip():
         return os.environ[token_env].strip(), f"environment variable {token_env}"

@@ -20,6 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (0: any free port)")
     serve.add_argument("--data-dir", help="directory of the catalog file")
+    serve.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="serve HTTPS with a CA and certificate made in <data-dir>/tls (development)",
+    )
     serve.set_defaults(run=run_serve)
 
 
@@ -39,5 +44,5 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     if overrides:
         cfg = msgspec.structs.replace(cfg, **overrides)
-    asyncio.run(server.serve(cfg))
+    asyncio.run(server.serve(cfg, self_signed=args.self_signed))
     return 0

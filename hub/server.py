@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
+from fluidfed import tls
+from fluidfed.errors import ConfigError
 from fluidfed.models import HubConfig
 from hub import auth
 from hub.app import make_app
@@ -17,7 +20,26 @@ from hub.catalog import Catalog
 from hub.store import SQLiteStore
 
 
-async def serve(cfg: HubConfig, *, ready_line: bool = True) -> None:
+def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]:
+    """The serving context, and a note for the ready line on where clients find the CA."""
+    if self_signed and cfg.tls_cert_file:
+        raise ConfigError.one(
+            "--self-signed makes its own certificate: drop tls_cert_file/tls_key_file or the flag",
+            path="hub.tls_cert_file",
+        )
+    if self_signed:
+        hosts = tuple(dict.fromkeys((cfg.host, "127.0.0.1", "localhost")))
+        made = tls.self_signed(Path(cfg.data_dir) / "tls", hosts)
+        ctx = tls.server_context(str(made.cert_file), str(made.key_file), cfg.client_ca_file)
+        return ctx, f"; self-signed, CA in {made.ca_file}"
+    if cfg.tls_cert_file:
+        ctx = tls.server_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
+        return ctx, ""
+    return None, ""
+
+
+async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = False) -> None:
+    ssl_context, tls_note = _tls(cfg, self_signed)
     data_dir = Path(cfg.data_dir)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
     store = SQLiteStore(data_dir / "catalog.db")
@@ -30,10 +52,11 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True) -> None:
         bookmark_interval=cfg.bookmark_interval,
         autoscale_interval=cfg.autoscale_interval,
         metrics_stale_after=cfg.metrics_stale_after,
+        mutual_tls=bool(cfg.client_ca_file),
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     # with port 0 the kernel picks one: read it back for the ready line
     port = cfg.port
@@ -43,10 +66,12 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    scheme = "https" if ssl_context is not None else "http"
     if ready_line:
         print(
-            f"fluidfed hub listening on http://{cfg.host}:{port} "
-            f"(catalog {store.path}, revision {catalog.revision}; admin token from {source})",
+            f"fluidfed hub listening on {scheme}://{cfg.host}:{port} "
+            f"(catalog {store.path}, revision {catalog.revision}; admin token from {source}"
+            f"{tls_note})",
             flush=True,
         )
     try:

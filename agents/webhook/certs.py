@@ -29,23 +29,13 @@ class CertManager:
         self.renew_before = renew_before
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.ca = self._load_or_make_ca()
+        self.ca = pki.load_or_make_ca(self.dir, "fluidfed-webhook-ca")
         self.rotations = 0
         self._issue()
 
     @property
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem
-
-    def _load_or_make_ca(self) -> pki.KeyPair:
-        crt, key = self.dir / "ca.crt", self.dir / "ca.key"
-        if crt.exists() and key.exists():
-            return pki.KeyPair(crt.read_bytes(), key.read_bytes())
-        self.dir.mkdir(parents=True, exist_ok=True)
-        ca = pki.new_ca("fluidfed-webhook-ca")
-        pki.write(key, ca.key_pem, private=True)
-        pki.write(crt, ca.cert_pem)
-        return ca
 
     def _issue(self) -> None:
         leaf = pki.issue(

@@ -81,7 +81,7 @@ def _hub(
     fn: Callable[[Client, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        s = settings.resolve(args.hub, args.token, args.client_config)
+        s = settings.resolve(args.hub, args.token, args.client_config, args.cacert)
         if not s.token:
             raise ConfigError(
                 [
@@ -93,7 +93,7 @@ def _hub(
             )
 
         async def go() -> int:
-            async with Client(s.hub, s.token) as client:
+            async with Client(s.hub, s.token, ca_file=s.ca_file) as client:
                 return await fn(client, args)
 
         return asyncio.run(go())

@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hub", help="hub URL (env FLUIDFED_HUB; default http://127.0.0.1:8470)")
     parser.add_argument("--token", help="API token (env FLUIDFED_TOKEN or FLUIDFED_TOKEN_FILE)")
     parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="CA (PEM) that signed the hub's certificate (env FLUIDFED_CA_FILE; default: the "
+        "system's trust store); the hub's certificate is always verified",
+    )
+    parser.add_argument(
         "--client-config", help="client TOML (env FLUIDFED_CONFIG; ~/.config/fluidfed/client.toml)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

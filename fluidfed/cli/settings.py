@@ -11,7 +11,7 @@ import tomli
 from fluidfed.errors import ConfigError, Problem
 
 DEFAULT_HUB = "http://127.0.0.1:8470"
-_KEYS = {"hub", "token", "token_file"}
+_KEYS = {"hub", "token", "token_file", "ca_file"}
 
 
 def default_config_path() -> Path:
@@ -23,9 +23,12 @@ def default_config_path() -> Path:
 class ClientSettings:
     hub: str
     token: str
+    ca_file: str = ""  # the CA that signed the hub's certificate; "": the system's roots
 
 
-def resolve(hub: str | None, token: str | None, config_file: str | None) -> ClientSettings:
+def resolve(
+    hub: str | None, token: str | None, config_file: str | None, ca_file: str | None = None
+) -> ClientSettings:
     path = Path(config_file or os.environ.get("FLUIDFED_CONFIG") or default_config_path())
     file_values: dict[str, str] = {}
     if path.exists():
@@ -38,7 +41,7 @@ def resolve(hub: str | None, token: str | None, config_file: str | None) -> Clie
             raise ConfigError(
                 [
                     Problem(
-                        f"unknown key {k!r}: expected hub, token or token_file",
+                        f"unknown key {k!r}: expected hub, token, token_file or ca_file",
                         file=str(path),
                         path=k,
                     )
@@ -67,4 +70,5 @@ def resolve(hub: str | None, token: str | None, config_file: str | None) -> Clie
         or (token_from_file(file_values["token_file"]) if file_values.get("token_file") else "")
     )
     resolved_hub = hub or os.environ.get("FLUIDFED_HUB") or file_values.get("hub") or DEFAULT_HUB
-    return ClientSettings(hub=resolved_hub, token=resolved_token)
+    resolved_ca = ca_file or os.environ.get("FLUIDFED_CA_FILE") or file_values.get("ca_file") or ""
+    return ClientSettings(hub=resolved_hub, token=resolved_token, ca_file=resolved_ca)

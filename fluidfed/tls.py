@@ -1,0 +1,112 @@
+"""TLS for the hub and its clients, on the standard library's ssl.
+
+Verification is never optional: a client context always checks the server's certificate,
+against the given CA file or the system's trust store. A file that cannot be read or is not
+a certificate (or key) is a ConfigError naming the file and the option it came from.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from fluidfed import pki
+from fluidfed.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTLS:
+    """How a client verifies the hub (and, for mutual TLS, who it is)."""
+
+    ca_file: str = ""  # "" : the system's trust store
+    cert_file: str = ""  # a client certificate for mutual TLS ...
+    key_file: str = ""  # ... and its key
+
+
+def _problem(option: str, path: str, err: Exception) -> ConfigError:
+    return ConfigError.one(
+        f"cannot use it for TLS ({err}); give a readable PEM file", file=path, path=option
+    )
+
+
+def server_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
+    """A serving context; with `client_ca_file`, clients may present a certificate signed by
+    that CA (checked when presented: whether one is required is the caller's policy)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as err:
+        raise _problem("tls_cert_file/tls_key_file", cert_file, err) from None
+    if client_ca_file:
+        try:
+            ctx.load_verify_locations(cafile=client_ca_file)
+        except (OSError, ssl.SSLError) as err:
+            raise _problem("client_ca_file", client_ca_file, err) from None
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def client_context(tls: ClientTLS) -> ssl.SSLContext:
+    """A verifying client context: the hub's certificate must chain to `ca_file` (or the
+    system's roots) and name the host."""
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file or None)
+    except (OSError, ssl.SSLError) as err:
+        raise _problem("ca_file", tls.ca_file, err) from None
+    if tls.cert_file or tls.key_file:
+        if not (tls.cert_file and tls.key_file):
+            raise ConfigError(
+                [
+                    Problem(
+                        "a client certificate needs both client_cert_file and client_key_file",
+                        path="client_cert_file" if not tls.cert_file else "client_key_file",
+                    )
+                ]
+            )
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise _problem("client_cert_file/client_key_file", tls.cert_file, err) from None
+    return ctx
+
+
+def peer_common_name(der: bytes | None) -> str | None:
+    """The common name of a peer certificate (DER, as `SSLObject.getpeercert(True)` gives)."""
+    if not der:
+        return None
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class SelfSigned:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def self_signed(directory: Path, hosts: tuple[str, ...]) -> SelfSigned:
+    """A CA and a serving certificate for `hosts` in `directory`, for development: the CA is
+    kept across restarts (clients keep trusting it), the serving certificate is made anew."""
+    ca = pki.load_or_make_ca(directory, "fluidfed-hub-ca")
+    leaf = pki.issue(ca, "fluidfed-hub", server=True, hosts=hosts)
+    cert = pki.write(directory / "hub.crt", leaf.cert_pem)
+    key = pki.write(directory / "hub.key", leaf.key_pem, private=True)
+    return SelfSigned(ca_file=directory / "ca.crt", cert_file=cert, key_file=key)
+
+
+def issue_client(ca_dir: Path, cluster: str, out: Path) -> tuple[Path, Path]:
+    """A client certificate for `cluster`, signed by the CA in `ca_dir` (the self-signed
+    hub's): what an agent presents for mutual TLS. Written to `out`/<cluster>.crt/.key."""
+    ca = pki.load_or_make_ca(ca_dir, "fluidfed-hub-ca")
+    leaf = pki.issue(ca, cluster, client=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cert = pki.write(out / f"{cluster}.crt", leaf.cert_pem)
+    key = pki.write(out / f"{cluster}.key", leaf.key_pem, private=True)
+    return cert, key

@@ -1,0 +1,179 @@
+"""The hub over TLS, as a user and an agent meet it: HTTPS with a self-signed CA or the
+operator's certificate, clients that always verify, and mutual TLS binding a cluster's
+certificate to its name."""
+
+import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from devkit.testing import HubProcess
+from fluidfed import Client, ConfigError, Forbidden
+from fluidfed.models import Cluster
+from tests.integration.conftest import cli
+
+pytestmark = pytest.mark.integration
+
+
+def _cli_env(hub: HubProcess, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": hub.admin_token}
+    env.pop("FLUIDFED_CA_FILE", None)
+    return {**env, **extra}
+
+
+def _fluidfed(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_self_signed_hub_serves_https_and_clients_verify(tmp_path: Path) -> None:
+    with HubProcess(tmp_path / "hub", extra=["--self-signed"]) as hub:
+        assert hub.url.startswith("https://127.0.0.1:")
+        ca = tmp_path / "hub" / "tls" / "ca.crt"
+        assert ca.exists()
+
+        # the CA given by flag, by variable: the CLI talks to the hub
+        ok = _fluidfed("--cacert", str(ca), "get", "clusters", env=_cli_env(hub))
+        assert ok.returncode == 0, ok.stderr
+        ok = _fluidfed("get", "clusters", env=_cli_env(hub, FLUIDFED_CA_FILE=str(ca)))
+        assert ok.returncode == 0, ok.stderr
+
+        # no CA: the system's roots do not know this hub, and nothing turns that off
+        refused = _fluidfed("get", "clusters", env=_cli_env(hub))
+        assert refused.returncode == 2
+        assert "does not trust" in refused.stderr and "--cacert" in refused.stderr
+        assert hub.admin_token not in refused.stderr + refused.stdout
+
+
+async def test_a_hub_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
+    ours, theirs = trustme.CA(), trustme.CA()
+    server = theirs.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "hub.crt", tmp_path / "hub.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    ca = tmp_path / "ours.crt"
+    ours.cert_pem.write_to_path(str(ca))
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'[hub]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n')
+
+    with HubProcess(tmp_path / "hub", extra=["--config", str(cfg)]) as hub:
+        assert hub.url.startswith("https://")
+        async with Client(hub.url, hub.admin_token, ca_file=str(ca)) as c:
+            with pytest.raises(ConfigError, match="does not trust"):
+                await c.list_clusters()
+        refused = _fluidfed("--cacert", str(ca), "get", "clusters", env=_cli_env(hub))
+        assert refused.returncode == 2, refused.stderr
+
+        # the right CA: the SDK works, also with a session of the caller's own
+        theirs_ca = tmp_path / "theirs.crt"
+        theirs.cert_pem.write_to_path(str(theirs_ca))
+        async with Client(hub.url, hub.admin_token, ca_file=str(theirs_ca)) as c:
+            assert await c.list_clusters() == []
+        sslctx = ssl.create_default_context(cafile=str(theirs_ca))
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=sslctx)) as own,
+            Client(hub.url, hub.admin_token, session=own) as c,
+        ):
+            assert await c.list_clusters() == []
+
+
+async def test_mutual_tls_binds_a_cluster_certificate_to_its_name(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    files = {}
+    for name, pem in (
+        ("hub.crt", server.cert_chain_pems[0]),
+        ("hub.key", server.private_key_pem),
+        ("ca.crt", ca.cert_pem),
+    ):
+        files[name] = tmp_path / name
+        pem.write_to_path(str(files[name]))
+    for cluster in ("edge", "serverless"):
+        leaf = ca.issue_cert(f"{cluster}.clusters.fluidfed.local", common_name=cluster)
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / f"{cluster}.crt"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / f"{cluster}.key"))
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(
+        f'[hub]\ntls_cert_file = "{files["hub.crt"]}"\ntls_key_file = "{files["hub.key"]}"\n'
+        f'client_ca_file = "{files["ca.crt"]}"\n'
+    )
+    ca_file = str(files["ca.crt"])
+
+    with HubProcess(tmp_path / "hub", extra=["--config", str(cfg)]) as hub:
+        # the admin token needs no client certificate
+        async with Client(hub.url, hub.admin_token, ca_file=ca_file) as admin:
+            edge = await admin.register_cluster(Cluster(name="edge", kind="edge"))
+            await admin.register_cluster(Cluster(name="serverless", kind="serverless"))
+
+        def as_agent(cert: str | None) -> Client:
+            if cert is None:
+                return Client(hub.url, edge.token, ca_file=ca_file)
+            return Client(
+                hub.url,
+                edge.token,
+                ca_file=ca_file,
+                cert_file=str(tmp_path / f"{cert}.crt"),
+                key_file=str(tmp_path / f"{cert}.key"),
+            )
+
+        async with as_agent("edge") as c:
+            await c.heartbeat("edge")  # its own token with its own certificate
+        async with as_agent("serverless") as c:
+            with pytest.raises(Forbidden, match="serverless's, the token cluster edge's"):
+                await c.heartbeat("edge")
+        async with as_agent(None) as c:
+            with pytest.raises(Forbidden, match="client certificate"):
+                await c.heartbeat("edge")
+
+        # and nothing answers over plain HTTP
+        plain = hub.url.replace("https://", "http://")
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(aiohttp.ClientError):
+                async with s.get(plain + "/api/v1/clusters") as r:
+                    await r.read()
+
+
+def test_tls_settings_are_checked_with_the_field_path(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\ntls_cert_file = "/nonexistent.crt"\n')
+    r = _fluidfed("validate", str(cfg), env=dict(os.environ))
+    assert r.returncode == 2
+    assert "tls_cert_file and tls_key_file go together" in r.stderr
+    r = cli_missing_files(tmp_path)
+    assert r.returncode == 2
+    assert "nonexistent.crt" in r.stderr and "tls_cert_file" in r.stderr
+
+
+def cli_missing_files(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "hub2.toml"
+    cfg.write_text('[hub]\ntls_cert_file = "/nonexistent.crt"\ntls_key_file = "/nonexistent.key"\n')
+    return _fluidfed(
+        "hub",
+        "serve",
+        "--config",
+        str(cfg),
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "d"),
+        env=dict(os.environ),
+    )
+
+
+def test_plain_hub_still_serves_http_and_refuses_a_ca_without_https(hub: HubProcess) -> None:
+    assert hub.url.startswith("http://")
+    r = cli(hub, "get", "clusters")
+    assert r.returncode == 0, r.stderr
+    r = _fluidfed("--cacert", "/etc/hostname", "get", "clusters", env=_cli_env(hub))
+    assert r.returncode == 2
+    assert "not https://" in r.stderr
