@@ -107,7 +107,8 @@ class MetricWindow:
         return Figures(
             read_bytes_per_second=rate,
             hit_ratio=hits / (hits + misses) if hits + misses > 0 else None,
-            cache_used_ratio=used / capacity if used is not None and capacity else None,
+            # a tier may pass its quota for a moment before it evicts: a ratio stays <= 1
+            cache_used_ratio=min(1.0, used / capacity) if used is not None and capacity else None,
         )
 
     def latest(self, dataset: str) -> dict[str, dict[str, float]]:

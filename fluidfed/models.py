@@ -308,12 +308,12 @@ class LoadStatus(Wire):
     id: int
     phase: LoadPhase = "Waiting"
     path: str = ""
-    workers: int = 0
-    blocks: int = 0  # blocks under the path, over all workers
-    done: int = 0  # blocks pulled (or found cached) so far
-    cached: int = 0  # blocks in the cache when the load finished
-    bytes: int = 0
-    errors: int = 0
+    workers: NonNegInt = 0
+    blocks: NonNegInt = 0  # blocks under the path, over all workers
+    done: NonNegInt = 0  # blocks pulled (or found cached) so far
+    cached: NonNegInt = 0  # blocks in the cache when the load finished
+    bytes: NonNegInt = 0
+    errors: NonNegInt = 0
     message: str = ""
 
     def percent(self) -> float:
@@ -345,9 +345,9 @@ class Figures(Wire):
     """What the data path measured over the agent's sliding window, sent with a binding's
     status: the figures the hub's autoscaler decides on. None: nothing fresh to say."""
 
-    read_bytes_per_second: float | None = None  # the sidecars' reads
-    hit_ratio: float | None = None  # the workers' hits over hits and misses
-    cache_used_ratio: float | None = None  # the workers' used bytes over their capacity
+    read_bytes_per_second: Annotated[float, Meta(ge=0.0)] | None = None  # the sidecars' reads
+    hit_ratio: Ratio | None = None  # the workers' hits over hits and misses
+    cache_used_ratio: Ratio | None = None  # the workers' used bytes over their capacity
 
     def empty(self) -> bool:
         return (
@@ -360,10 +360,10 @@ class Figures(Wire):
 class BindingStatus(Wire):
     phase: Phase = "Pending"
     mode: MountMode | None = None
-    ready_workers: int = 0
-    cache_capacity: int = 0
-    cache_used: int = 0
-    hit_ratio: float | None = None
+    ready_workers: NonNegInt = 0
+    cache_capacity: NonNegInt = 0
+    cache_used: NonNegInt = 0
+    hit_ratio: Ratio | None = None
     last_error: str = ""
     observed_generation: int = 0
     hub_last_seen: float = 0.0

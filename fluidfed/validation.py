@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from fluidfed.errors import Problem
@@ -28,6 +29,25 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 URI_SCHEMES = ("s3", "oss", "http", "https", "file", "dataset")
 _SECRET_OPTION = re.compile(r"(secret|password|passwd|token|access[_-]?key|credential)", re.I)
+# options the under-storage reader would take over what the URI (or the Secret) says
+_URI_OPTIONS = ("root", "bucket", "container", "name", "allow_anonymous")
+RESERVED_PREFIXES = ("fluidfed.io/", "topology.kubernetes.io/")
+# Kubernetes label values (the binding's name is one) hold at most 63 characters
+MAX_LABEL_VALUE = 63
+# sane maxima: far above any real cache, low enough that a typo is caught
+MAX_REPLICAS = 1000
+MAX_TIER_QUOTA = 2**50  # 1 PiB per worker and tier
+
+
+def redacted(uri: str) -> str:
+    """A URI fit to print: user and password replaced (they never belong in a spec)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=f"***@{host}").geturl()
 
 
 def check_dns_label(value: str, path: str, what: str) -> list[Problem]:
@@ -70,16 +90,28 @@ def check_label_value(value: str, path: str) -> list[Problem]:
     ]
 
 
-def check_labels(labels: dict[str, str], path: str) -> list[Problem]:
+def check_labels(labels: dict[str, str], path: str, *, user: bool = True) -> list[Problem]:
+    """Labels as Kubernetes takes them; set by a user (`user`), none in fluidfed's own or
+    the topology prefixes: fluidfed derives those, and a user's copy would shadow them."""
     problems: list[Problem] = []
     for key, value in labels.items():
         problems += check_label_key(key, f"{path}.{key}")
         problems += check_label_value(value, f"{path}.{key}")
+        if user and key.startswith(RESERVED_PREFIXES):
+            problems.append(
+                Problem(
+                    f"label {key!r} is in a prefix fluidfed sets itself "
+                    f"({', '.join(RESERVED_PREFIXES)}): use your own prefix (region and zone "
+                    "have their own fields)",
+                    path=f"{path}.{key}",
+                )
+            )
     return problems
 
 
 def check_selector(sel: LabelSelector, path: str) -> list[Problem]:
-    problems = check_labels(sel.match_labels, f"{path}.match_labels")
+    # selectors may match the derived labels: no reserved-prefix rule here
+    problems = check_labels(sel.match_labels, f"{path}.match_labels", user=False)
     for i, req in enumerate(sel.match_expressions):
         p = f"{path}.match_expressions[{i}]"
         problems += check_label_key(req.key, f"{p}.key")
@@ -136,6 +168,13 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
                 path=f"{path}.min_replicas",
             )
         )
+    elif cache.max_replicas > MAX_REPLICAS:
+        problems.append(
+            Problem(
+                f"max_replicas ({cache.max_replicas}) is above {MAX_REPLICAS}: is it a typo?",
+                path=f"{path}.max_replicas",
+            )
+        )
     elif not cache.min_replicas <= cache.replicas <= cache.max_replicas:
         problems.append(
             Problem(
@@ -158,12 +197,20 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
         seen.add(tier.medium)
         if tier.quota == 0:
             problems.append(Problem("quota must be above zero", path=f"{p}.quota"))
+        elif tier.quota > MAX_TIER_QUOTA:
+            problems.append(
+                Problem("quota is above 1PiB per worker: is it a typo?", path=f"{p}.quota")
+            )
         if tier.medium != "MEM" and not tier.path:
             problems.append(
                 Problem(f"a {tier.medium} tier needs a directory in 'path'", path=f"{p}.path")
             )
         if tier.path and not tier.path.startswith("/"):
             problems.append(Problem("path must be absolute", path=f"{p}.path"))
+        elif ".." in tier.path.split("/"):
+            problems.append(
+                Problem("path must not contain '..': name the directory itself", path=f"{p}.path")
+            )
         if tier.low >= tier.high:
             problems.append(
                 Problem(
@@ -172,6 +219,108 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for key, value in options.items():
+        p = f"{path}.options.{key}"
+        if _SECRET_OPTION.search(key):
+            problems.append(
+                Problem(
+                    f"option {key!r} looks like a credential: keep credentials in a "
+                    "Kubernetes Secret in each cluster and name it in 'secret'",
+                    path=p,
+                )
+            )
+        elif key in _URI_OPTIONS:
+            problems.append(
+                Problem(
+                    f"option {key!r} would override what the uri says: put the bucket and "
+                    "the path in the uri itself",
+                    path=p,
+                )
+            )
+        elif key == "endpoint":
+            ep = urlsplit(value)
+            if scheme not in ("s3", "oss"):
+                problems.append(
+                    Problem(f"a {scheme}:// mount takes no endpoint: the uri names it", path=p)
+                )
+            elif ep.scheme not in ("http", "https") or not ep.netloc:
+                problems.append(
+                    Problem(
+                        f"endpoint {redacted(value)!r} is not an http(s) URL "
+                        "(e.g. http://minio.storage:9000)",
+                        path=p,
+                    )
+                )
+            elif ep.path not in ("", "/") or ep.username is not None or ep.query:
+                problems.append(
+                    Problem(
+                        "endpoint must be scheme://host[:port] only: a path or credentials "
+                        "there would rewrite what the uri says",
+                        path=p,
+                    )
+                )
+    return problems
+
+
+def check_binding_names(dataset: str, clusters: Iterable[str], path: str) -> list[Problem]:
+    """Each binding's name (`<dataset>.<cluster>`) labels every object the agent makes:
+    it must fit a Kubernetes label value, or the cluster would refuse them later."""
+    too_long = sorted(c for c in clusters if len(dataset) + 1 + len(c) > MAX_LABEL_VALUE)
+    if not too_long:
+        return []
+    return [
+        Problem(
+            f"dataset {dataset!r} on cluster {too_long[0]!r} makes a binding name of "
+            f"{len(dataset) + 1 + len(too_long[0])} characters; Kubernetes labels hold "
+            f"{MAX_LABEL_VALUE}: shorten the dataset or the cluster name",
+            path=path,
+        )
+    ]
+
+
+def dataset_references(d: Dataset) -> list[tuple[int, str]]:
+    """(mount index, dataset name) of every dataset:// mount."""
+    out = []
+    for i, m in enumerate(d.mounts):
+        parts = urlsplit(m.uri)
+        if parts.scheme == "dataset" and parts.netloc:
+            out.append((i, parts.netloc))
+    return out
+
+
+def check_references(d: Dataset, known: Mapping[str, Dataset], path: str) -> list[Problem]:
+    """dataset:// mounts must name datasets the catalog holds, and never lead back."""
+    problems: list[Problem] = []
+    for i, name in dataset_references(d):
+        p = f"{path}.mounts[{i}].uri"
+        if name != d.name and name not in known:
+            problems.append(
+                Problem(f"dataset {name!r} is not in the catalog: apply it first", path=p)
+            )
+            continue
+        trail = _cycle(d.name, name, {**known, d.name: d})
+        if trail:
+            problems.append(
+                Problem(f"dataset:// references form a cycle: {' -> '.join(trail)}", path=p)
+            )
+    return problems
+
+
+def _cycle(start: str, via: str, known: Mapping[str, Dataset]) -> list[str]:
+    stack, seen = [(via, [start, via])], set()
+    while stack:
+        name, trail = stack.pop()
+        if name == start:
+            return trail
+        if name in seen or name not in known:
+            continue
+        seen.add(name)
+        stack += [(ref, [*trail, ref]) for _, ref in dataset_references(known[name])]
+    return []
 
 
 def check_placement(pl: Placement, path: str) -> list[Problem]:
@@ -190,6 +339,13 @@ def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
             Problem(
                 f"min_replicas ({a.min_replicas}) is above max_replicas ({a.max_replicas})",
                 path=f"{path}.min_replicas",
+            )
+        )
+    if a.max_replicas > MAX_REPLICAS:
+        problems.append(
+            Problem(
+                f"max_replicas ({a.max_replicas}) is above {MAX_REPLICAS}: is it a typo?",
+                path=f"{path}.max_replicas",
             )
         )
     seen: set[str] = set()
@@ -217,34 +373,35 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
     for i, m in enumerate(d.mounts):
         p = f"{path}.mounts[{i}]"
         parts = urlsplit(m.uri)
+        shown = redacted(m.uri)
+        if parts.username is not None or parts.password is not None:
+            problems.append(
+                Problem(
+                    f"uri {shown!r} carries credentials: remove them from the URI and name a "
+                    "Kubernetes Secret (present in each cluster) in 'secret'",
+                    path=f"{p}.uri",
+                )
+            )
         if parts.scheme not in URI_SCHEMES:
             problems.append(
                 Problem(
-                    f"uri {m.uri!r} has no supported scheme: use one of "
+                    f"uri {shown!r} has no supported scheme: use one of "
                     + ", ".join(f"{s}://" for s in URI_SCHEMES),
                     path=f"{p}.uri",
                 )
             )
         elif parts.scheme in ("s3", "oss", "http", "https", "dataset") and not parts.netloc:
             what = {"dataset": "a dataset name"}.get(parts.scheme, "a bucket or host")
-            problems.append(Problem(f"uri {m.uri!r} names no {what}", path=f"{p}.uri"))
+            problems.append(Problem(f"uri {shown!r} names no {what}", path=f"{p}.uri"))
         elif parts.scheme == "file" and not parts.path.startswith("/"):
             problems.append(
-                Problem(f"uri {m.uri!r} needs an absolute path (file:///data)", path=f"{p}.uri")
+                Problem(f"uri {shown!r} needs an absolute path (file:///data)", path=f"{p}.uri")
             )
+        problems += _check_options(m.options, parts.scheme, p)
         if m.name:
             problems += check_dns_label(m.name, f"{p}.name", "mount name")
         if m.secret:
             problems += check_dns_label(m.secret, f"{p}.secret", "secret name")
-        for key in m.options:
-            if _SECRET_OPTION.search(key):
-                problems.append(
-                    Problem(
-                        f"option {key!r} looks like a credential: keep credentials in a "
-                        "Kubernetes Secret in each cluster and name it in 'secret'",
-                        path=f"{p}.options.{key}",
-                    )
-                )
         mpath = posixpath.normpath("/" + (m.path or (m.name if len(d.mounts) > 1 else "")))
         if mpath in mount_paths:
             problems.append(

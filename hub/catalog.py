@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from fluidfed import codec, errors
+from fluidfed import codec, errors, validation
 from fluidfed.errors import Problem
 from fluidfed.models import (
     AutoscaleDecision,
@@ -44,6 +44,22 @@ _dataset_dec = codec.decoder(DatasetRecord)
 _binding_dec = codec.decoder(Binding)
 _status_dec = codec.decoder(BindingStatus)
 _decisions_dec = codec.decoder(list[AutoscaleDecision])
+
+
+def _refuse(problems: list[Problem]) -> None:
+    if problems:
+        raise errors.BadRequest("the request is not valid", problems)
+
+
+def _binding_name_problems(ops: list[Op], path: str) -> list[Problem]:
+    """Bindings the ops would write whose names do not fit a Kubernetes label value."""
+    for op in ops:
+        if isinstance(op, Put) and op.kind == BINDING:
+            dataset, _, cluster = op.name.partition(".")
+            problems = validation.check_binding_names(dataset, [cluster], path)
+            if problems:
+                return problems
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +204,9 @@ class Catalog:
             if old is None or old.spec != spec or token:
                 ops.append(Put(CLUSTER, spec.name, codec.encode(rec)))
                 clusters = {**self.clusters, spec.name: rec}
-                ops += self._replace_all(rev, clusters)
+                placed = self._replace_all(rev, clusters)
+                _refuse(_binding_name_problems(placed, "cluster.name"))
+                ops += placed
                 await self._commit(rev, ops)
                 if token:
                     self.token_hashes[spec.name] = auth.token_hash(token)
@@ -234,8 +252,12 @@ class Catalog:
             rec = DatasetRecord(
                 spec=spec, generation=(old.generation + 1) if old else 1, revision=rev
             )
+            known = {n: r.spec for n, r in self.datasets.items() if n != spec.name}
+            _refuse(validation.check_references(spec, known, "dataset"))
             ops: list[Op] = [Put(DATASET, spec.name, codec.encode(rec))]
-            ops += self._replace(rev, rec, self.clusters)
+            placed = self._replace(rev, rec, self.clusters)
+            _refuse(_binding_name_problems(placed, "dataset.name"))
+            ops += placed
             await self._commit(rev, ops)
             return rec, True
 
@@ -272,6 +294,12 @@ class Catalog:
         async with self._write:
             if name not in self.datasets:
                 raise errors.NotFound(f"dataset {name} not found")
+            referrers = self._referrers(name)
+            if referrers:
+                raise errors.Conflict(
+                    f"dataset {name} is mounted by {', '.join(referrers)} (dataset://{name}): "
+                    "delete or change those first"
+                )
             rev = self.revision + 1
             ops: list[Op] = [Delete(DATASET, name)]
             for b in list(self.bindings.values()):
@@ -365,6 +393,13 @@ class Catalog:
         if rec is None:
             raise errors.NotFound(f"cluster {name} not found")
         return rec
+
+    def _referrers(self, name: str) -> list[str]:
+        return sorted(
+            n
+            for n, r in self.datasets.items()
+            if n != name and any(ref == name for _, ref in validation.dataset_references(r.spec))
+        )
 
     def _replace_all(self, rev: int, clusters: dict[str, ClusterRecord]) -> list[Op]:
         ops: list[Op] = []

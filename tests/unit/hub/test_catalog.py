@@ -184,3 +184,31 @@ async def test_generation_counts_spec_changes(tmp_path: Path) -> None:
     rec, _ = await cat.apply_dataset(changed)
     assert rec.generation == 2
     assert cat.bindings["ds.a"].generation == 2
+
+
+async def test_the_catalog_refuses_what_would_fail_in_a_cluster(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="c" * 30))
+    # a binding name longer than a label value: refused at apply, nothing stored
+    with pytest.raises(APIError) as info:
+        await cat.apply_dataset(ds("d" * 40))
+    assert info.value.status == 400 and info.value.problems[0].path == "dataset.name"
+    assert cat.datasets == {} and cat.bindings == {}
+    # ... and a cluster whose name would make one for a dataset already placed
+    await cat.apply_dataset(ds("d" * 30))
+    with pytest.raises(APIError) as info:
+        await cat.register_cluster(Cluster(name="e" * 33))
+    assert info.value.problems[0].path == "cluster.name"
+    assert "e" * 33 not in cat.clusters
+
+    # dataset:// references: to a missing dataset, in a cycle, and deleting a referenced one
+    with pytest.raises(APIError, match="not valid") as info:
+        await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://nope")]))
+    assert info.value.problems[0].path == "dataset.mounts[0].uri"
+    await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://" + "d" * 30)]))
+    with pytest.raises(APIError) as info:
+        await cat.delete_dataset("d" * 30)
+    assert info.value.status == 409 and "mounted by ref" in info.value.reason
+    with pytest.raises(APIError) as info:
+        await cat.apply_dataset(Dataset(name="d" * 30, mounts=[Mount(uri="dataset://ref")]))
+    assert "cycle" in info.value.problems[0].message
