@@ -232,6 +232,12 @@ class AgentConfig(Spec, frozen=True):
 
     cluster_file: str  # the cluster's own TOML (the one registered with the hub)
     hub: str = "http://127.0.0.1:8470"
+    # an https hub's certificate is verified against ca_file (else the system's roots);
+    # client_cert_file/client_key_file: this cluster's certificate, where the hub asks for
+    # one (mutual TLS); relative paths are relative to this file
+    ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
     token_file: str = ""  # the cluster token; else token_env; else the one saved in state_dir
     token_env: str = "FLUIDFED_AGENT_TOKEN"
     bootstrap_token_env: str = "FLUIDFED_BOOTSTRAP_TOKEN"  # registers the cluster if unknown

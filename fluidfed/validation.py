@@ -475,6 +475,20 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
         problems.append(Problem("name the cluster's TOML file", path=f"{path}.cluster_file"))
     if not a.hub.startswith(("http://", "https://")):
         problems.append(Problem(f"hub must be an http(s) URL, got {a.hub!r}", path=f"{path}.hub"))
+    elif (a.ca_file or a.client_cert_file) and not a.hub.startswith("https://"):
+        problems.append(
+            Problem(
+                "ca_file and client certificates are for an https:// hub: use its https URL",
+                path=f"{path}.hub",
+            )
+        )
+    if bool(a.client_cert_file) != bool(a.client_key_file):
+        problems.append(
+            Problem(
+                "client_cert_file and client_key_file go together: give both or neither",
+                path=f"{path}.client_cert_file",
+            )
+        )
     if a.heartbeat_interval <= 0:
         problems.append(
             Problem("heartbeat_interval must be above zero", path=f"{path}.heartbeat_interval")
