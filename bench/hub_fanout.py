@@ -10,6 +10,9 @@ HTTP connection and cluster token) watching their bindings. Then:
 * throughput: `burst` such datasets applied back to back (datasets/s, bindings/s);
 * hub RSS after the run.
 
+Each N runs twice, the hub on plain HTTP and on HTTPS (`--self-signed`, clients verifying
+its CA): the `tls_*` ratios are the cost of TLS on the fan-out (`--no-tls` skips it).
+
 The baseline, measured in the same run with the same client process and connection count,
 is a minimal aiohttp server that streams one line to N open responses when told to: the
 floor for any HTTP watch. The hub's figures are reported beside it as ratios.
@@ -114,10 +117,12 @@ async def baseline(n: int, rounds: int) -> list[float]:
     return lat
 
 
-async def hub_run(n: int, rounds: int, burst: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, HubProcess(Path(tmp) / "hub") as hub:
+async def hub_run(n: int, rounds: int, burst: int, *, tls: bool = False) -> dict[str, float]:
+    extra = ["--self-signed"] if tls else []
+    with tempfile.TemporaryDirectory() as tmp, HubProcess(Path(tmp) / "hub", extra=extra) as hub:
         assert hub.proc is not None
-        async with Client(hub.url, hub.admin_token) as admin:
+        ca = str(Path(tmp) / "hub" / "tls" / "ca.crt") if tls else ""
+        async with Client(hub.url, hub.admin_token, ca_file=ca) as admin:
             sem = asyncio.Semaphore(32)
 
             async def reg(i: int) -> str:
@@ -134,7 +139,7 @@ async def hub_run(n: int, rounds: int, burst: int) -> dict[str, float]:
             got: dict[str, list[float]] = {}
             ready = asyncio.Event()
             connected = 0
-            clients = [Client(hub.url, tok, timeout=120) for tok in tokens]
+            clients = [Client(hub.url, tok, timeout=120, ca_file=ca) for tok in tokens]
 
             async def agent(i: int, c: Client) -> None:
                 nonlocal connected
@@ -197,6 +202,7 @@ async def main() -> None:
     ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--burst", type=int, default=20)
+    ap.add_argument("--no-tls", action="store_true", help="skip the HTTPS run")
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -204,6 +210,7 @@ async def main() -> None:
     for n in args.agents:
         base = await baseline(n, args.rounds)
         hub = await hub_run(n, args.rounds, args.burst)
+        tls = {} if args.no_tls else await hub_run(n, args.rounds, args.burst, tls=True)
         row = {
             "agents": n,
             **{k: round(v, 2) for k, v in hub.items()},
@@ -211,7 +218,12 @@ async def main() -> None:
             "baseline_p99_ms": round(pct(base, 99) * 1000, 2),
             "p99_vs_baseline": round(hub["p99_ms"] / max(pct(base, 99) * 1000, 1e-3), 2),
             "median_of_baseline_ms": round(statistics.median(base) * 1000, 2),
+            **{f"tls_{k}": round(v, 2) for k, v in tls.items()},
         }
+        if tls:
+            row["tls_p50_vs_plain"] = round(tls["p50_ms"] / max(hub["p50_ms"], 1e-3), 2)
+            row["tls_p99_vs_plain"] = round(tls["p99_ms"] / max(hub["p99_ms"], 1e-3), 2)
+            row["tls_apply_rate_vs_plain"] = round(tls["apply_per_s"] / hub["apply_per_s"], 2)
         results.append(row)
         print(json.dumps(row), flush=True)
     out = Path(__file__).parent / "results"
