@@ -1,0 +1,55 @@
+"""Resync and refresh: now and then queue every binding again (a missed event is never
+lost for long), and fold the cache workers' figures and warm-up progress into the last
+statuses, which change without any Kubernetes object changing."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from agents.figures import Figures
+from agents.queue import WorkQueue
+from agents.store import Store
+
+
+@dataclasses.dataclass(eq=False)
+class Resync:
+    store: Store
+    queue: WorkQueue
+    interval: float
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for name in self.store.state.bindings:
+                self.queue.add(name)
+
+
+@dataclasses.dataclass(eq=False)
+class StatusRefresh:
+    store: Store
+    figures: Figures
+    interval: float
+    metrics_window: float
+    _background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set, init=False)
+
+    def on_metrics(self, datasets: set[str]) -> None:
+        """New OTLP figures: send the affected bindings' statuses now."""
+        task = asyncio.create_task(self.refresh(datasets))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def refresh(self, datasets: set[str] | None = None) -> None:
+        state = self.store.state
+        for name, b in list(state.bindings.items()):
+            st = state.statuses.get(name)
+            if st is None or b.deleting or (datasets is not None and b.dataset not in datasets):
+                continue
+            await self.store.publish(name, self.figures.fold(b, st))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.figures.window.forget_before(time.time() - 10 * self.metrics_window)
+            await self.refresh()
