@@ -146,9 +146,9 @@ class Agent:
                 for _ in range(cfg.workers):
                     tg.create_task(self.reconciler.work(all_synced))
                 tg.create_task(hubsync.HubSync(link, store, self.queue, self.backoff).run())
-                tg.create_task(heartbeat.Heartbeat(link, store, cfg.heartbeat_interval).run())
-                tg.create_task(reporter.StatusReporter(link, store, cfg.status_interval).run())
-                tg.create_task(resync.Resync(store, self.queue, cfg.resync_interval).run())
+                tg.create_task(heartbeat.run(link, store, cfg.heartbeat_interval))
+                tg.create_task(reporter.run(link, store, cfg.status_interval))
+                tg.create_task(resync.resync(store, self.queue, cfg.resync_interval))
                 tg.create_task(refresh.run())
                 if webhook.enabled:
                     tg.create_task(webhook.run())

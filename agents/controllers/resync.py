@@ -13,17 +13,12 @@ from agents.queue import WorkQueue
 from agents.store import Store
 
 
-@dataclasses.dataclass(eq=False)
-class Resync:
-    store: Store
-    queue: WorkQueue
-    interval: float
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            for name in self.store.state.bindings:
-                self.queue.add(name)
+async def resync(store: Store, queue: WorkQueue, interval: float) -> None:
+    """Queue every binding again now and then."""
+    while True:
+        await asyncio.sleep(interval)
+        for name in store.state.bindings:
+            queue.add(name)
 
 
 @dataclasses.dataclass(eq=False)

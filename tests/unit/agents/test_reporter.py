@@ -29,25 +29,25 @@ class FakeHub:
         raise NotFound(404, "already gone")  # the hub forgot it: finalized all the same
 
 
-def make(tmp_path: Path, state: AgentState) -> tuple[reporter.StatusReporter, FakeHub]:
+def make(tmp_path: Path, state: AgentState) -> tuple[HubLink, Store, FakeHub]:
     file = StateFile(tmp_path)
     store = Store(file, state)
     link = HubLink(AgentConfig(cluster_file="-"), Cluster(name="edge"), file, "t", "")
     hub = FakeHub(store)
     link.client = hub  # type: ignore[assignment]
-    return reporter.StatusReporter(link, store, 1.0), hub
+    return link, store, hub
 
 
 async def test_a_status_that_changed_in_flight_stays_unsent(tmp_path: Path) -> None:
     b = binding()
     state = AgentState(cluster="edge", bindings={b.name: b})
-    r, hub = make(tmp_path, state)
-    await r.store.publish(b.name, BindingStatus(phase="Pending"))
+    link, store, hub = make(tmp_path, state)
+    await store.publish(b.name, BindingStatus(phase="Pending"))
     hub.during_report = BindingStatus(phase="Bound", ready_workers=1)
-    await r.send_pending()
+    await reporter.send_pending(link, store)
     assert hub.reported == [(b.name, "Pending")]
     assert state.unsent == [b.name]  # the Bound one is still to send
-    await r.send_pending()
+    await reporter.send_pending(link, store)
     assert hub.reported[-1] == (b.name, "Bound")
     assert state.unsent == []
     assert StateFile(tmp_path).load("edge").unsent == []
@@ -56,8 +56,8 @@ async def test_a_status_that_changed_in_flight_stays_unsent(tmp_path: Path) -> N
 async def test_finalized_bindings_are_forgotten(tmp_path: Path) -> None:
     b = binding(deleting=True)
     state = AgentState(cluster="edge", bindings={b.name: b}, finalize=[b.name])
-    r, hub = make(tmp_path, state)
-    await r.send_pending()
+    link, store, hub = make(tmp_path, state)
+    await reporter.send_pending(link, store)
     assert hub.finalized == [b.name]
     assert state.finalize == []
     assert state.bindings == {}
