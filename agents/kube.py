@@ -19,10 +19,11 @@ from kubernetes_asyncio.dynamic.exceptions import (
     ResourceNotFoundError,
 )
 
+from fluidfed import names
 from fluidfed.errors import KubeError as KubeError
 from fluidfed.models import KubeAccess
 
-FIELD_MANAGER = "fluidfed-agent"
+FIELD_MANAGER = names.AGENT  # server-side apply: the agent owns the fields it sets
 REQUEST_TIMEOUT = 30.0  # seconds; a call that does not answer is an error, never a stall
 _FOREIGN = (ApiException, DynamicApiError, aiohttp.ClientResponseError, TimeoutError)
 

@@ -1,0 +1,92 @@
+"""Warm-ups: when a binding asks for a load the agent has not finished, start it on the
+registered cache workers and fold its progress into the binding's status."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from agents.observed import Observed
+from agents.registry import Registry
+from agents.store import Store
+from fluidfed.data import workers
+from fluidfed.models import Binding, LoadRequest, LoadStatus
+
+log = logging.getLogger("fluidfed.agent.warmup")
+
+
+@dataclasses.dataclass(eq=False)
+class WarmUps:
+    registry: Registry
+    observed: Observed
+    store: Store
+    _tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict, init=False)
+
+    def maybe_start(self, b: Binding) -> None:
+        req = b.load
+        if req is None or b.deleting:
+            return
+        task = self._tasks.get(b.name)
+        if task is not None and not task.done():
+            return
+        known = self.observed.load_of(b.name)
+        if known is not None and known.id >= req.id and known.phase in ("Done", "Failed"):
+            return
+        self._tasks[b.name] = asyncio.create_task(self._run(b, req))
+
+    def cancel_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+    async def _run(self, b: Binding, req: LoadRequest) -> None:
+        prog = LoadStatus(id=req.id, path=req.path, phase="Waiting")
+        self.observed.loads[b.name] = prog
+
+        async def show(**changes: Any) -> None:
+            nonlocal prog
+            prog = msgspec.structs.replace(prog, **changes)
+            self.observed.loads[b.name] = prog
+            st = self.store.state.statuses.get(b.name)
+            if st is not None:
+                await self.store.publish(b.name, self.observed.fold(b, st))
+
+        log.info("warm-up %d of %s (path %r) starting", req.id, b.dataset, req.path or "/")
+        try:
+            live: list[Any] = []
+            async with asyncio.timeout(600):
+                while not live:
+                    live = self.registry.alive(b.dataset, time.time())
+                    if not live:
+                        await show(message="waiting for cache workers to register")
+                        await asyncio.sleep(1)
+            urls = [w.url for w in live]
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+                for u in urls:
+                    await workers.start_load(s, u, req.path, urls)
+                await show(phase="Running", workers=len(urls), message="")
+                while True:
+                    progress = [await workers.load_progress(s, u) for u in urls]
+                    running = any(p.state == "running" for p in progress)
+                    await show(
+                        blocks=sum(p.blocks for p in progress),
+                        done=sum(p.done for p in progress),
+                        bytes=sum(p.bytes for p in progress),
+                        errors=sum(p.errors for p in progress),
+                        cached=sum(p.cached for p in progress),
+                        message="; ".join(sorted({p.message for p in progress if p.message})),
+                    )
+                    if not running:
+                        break
+                    await asyncio.sleep(0.5)
+            await show(phase="Failed" if prog.errors else "Done")
+        except (TimeoutError, workers.WorkerError) as err:
+            await show(phase="Failed", message=str(err) or "no cache worker registered")
+        log.info(
+            "warm-up %d of %s: %s (%.1f%% cached)", req.id, b.dataset, prog.phase, prog.percent()
+        )

@@ -1,0 +1,93 @@
+"""The sidecar webhook: serve the pod mutation over TLS, keep its serving certificate
+fresh (renewed when due or on SIGHUP) and have the reconciler apply the
+MutatingWebhookConfiguration (owned by names.WEBHOOK_OWNER)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agents import render
+from agents.queue import WorkQueue
+from agents.store import Store
+from agents.webhook import mutate
+from agents.webhook import server as webhook_server
+from agents.webhook.certs import CertManager
+from fluidfed import names
+from fluidfed.models import AgentConfig, Cluster
+
+log = logging.getLogger("fluidfed.agent.webhook")
+
+
+@dataclasses.dataclass(eq=False)
+class SidecarWebhook:
+    cfg: AgentConfig
+    cluster: Cluster
+    ctx: render.ClusterContext
+    store: Store
+    queue: WorkQueue
+    directory: Path
+    rotate_requested: asyncio.Event  # set on SIGHUP
+    config: dict[str, Any] | None = dataclasses.field(default=None, init=False)  # set while serving
+    url: str = dataclasses.field(default="", init=False)
+    certs: CertManager | None = dataclasses.field(default=None, init=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.webhook and self.cluster.mount_mode() == "sidecar"
+
+    def serving(self) -> bool:
+        return self.config is not None
+
+    def decide(self, pod: dict[str, Any], namespace: str) -> mutate.Decision:
+        state = self.store.state
+        bindings = {b.dataset: b for b in state.bindings.values() if not b.deleting}
+        settings = mutate.SidecarSettings(
+            image=self.cfg.sidecar_image,
+            cpu=self.cfg.sidecar_cpu,
+            memory=self.cfg.sidecar_memory,
+            short_circuit=render.short_circuit(self.ctx.kind),
+        )
+        return mutate.mutate(pod, namespace, bindings, self.cluster.capabilities, settings)
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        hosts = tuple(dict.fromkeys((cfg.webhook_host, "127.0.0.1", "localhost")))
+        self.certs = CertManager(
+            self.directory,
+            hosts,
+            lifetime=dt.timedelta(seconds=cfg.webhook_cert_lifetime),
+            renew_before=dt.timedelta(seconds=cfg.webhook_renew_before),
+        )
+        runner = web.AppRunner(webhook_server.make_app(self.decide), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, cfg.webhook_host, cfg.webhook_port, ssl_context=self.certs.context
+        )
+        await site.start()
+        port = int(runner.addresses[0][1])
+        self.url = cfg.webhook_url or f"https://{cfg.webhook_host}:{port}/mutate"
+        self.config = render.webhook_configuration(self.ctx, self.url, self.certs.ca_pem)
+        log.info("sidecar webhook serving on %s", self.url)
+        self.queue.add(names.WEBHOOK_OWNER)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(3600.0, cfg.webhook_renew_before / 4)):
+                        await self.rotate_requested.wait()
+                if self.rotate_requested.is_set() or self.certs.due():
+                    self.rotate_requested.clear()
+                    self.certs.rotate()
+                    log.info(
+                        "webhook serving certificate renewed (valid until %s)",
+                        self.certs.not_after.isoformat(),
+                    )
+        finally:
+            await runner.cleanup()

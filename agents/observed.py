@@ -1,0 +1,34 @@
+"""What the cache workers and warm-ups add to a binding's status: the registered workers'
+cache use, the latest warm-up's progress and the metric window's figures."""
+
+from __future__ import annotations
+
+import time
+
+from agents import status
+from agents.metrics import MetricWindow
+from agents.registry import Registry
+from agents.store import Store
+from fluidfed.models import Binding, BindingStatus, LoadStatus
+
+
+class Observed:
+    def __init__(self, registry: Registry, window: MetricWindow, store: Store) -> None:
+        self.registry = registry
+        self.window = window
+        self.store = store
+        self.loads: dict[str, LoadStatus] = {}  # warm-up progress by binding, this process
+
+    def load_of(self, binding: str) -> LoadStatus | None:
+        """The latest warm-up known: this process's, else the one in the last status."""
+        load = self.loads.get(binding)
+        if load is None:
+            prev = self.store.state.statuses.get(binding)
+            load = prev.load if prev is not None else None
+        return load
+
+    def fold(self, b: Binding, st: BindingStatus) -> BindingStatus:
+        now = time.time()
+        cache = self.registry.cache(b.dataset, now) if b.mode == "sidecar" else None
+        figures = self.window.figures(b.dataset, now)
+        return status.with_workers(st, cache, self.load_of(b.name), figures)

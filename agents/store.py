@@ -1,0 +1,96 @@
+"""The agent's state as persisted and published: one state.json written one save at a
+time, the statuses the hub has not heard yet, the retired bindings to finalize, and the
+event that wakes the status reporter.
+
+The changes themselves are pure functions over AgentState (tested without a disk or a
+hub); Store applies them, saves, and wakes the reporter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from agents.state import AgentState, StateFile
+from fluidfed import codec
+from fluidfed.models import BindingStatus
+
+
+def same_status(a: BindingStatus | None, b: BindingStatus) -> bool:
+    """Equal but for the times of sending, which change on every report."""
+    if a is None:
+        return False
+    strip = {"reported_at": 0.0, "hub_last_seen": 0.0}
+    return msgspec.structs.replace(a, **strip) == msgspec.structs.replace(b, **strip)
+
+
+def record_status(state: AgentState, name: str, st: BindingStatus) -> bool:
+    """Keep `st` as the binding's status to send; False when nothing new."""
+    if same_status(state.statuses.get(name), st):
+        return False
+    state.statuses[name] = st
+    if name not in state.unsent:
+        state.unsent.append(name)
+    return True
+
+
+def mark_sent(state: AgentState, name: str, sent: BindingStatus | None) -> bool:
+    """The hub has `sent`; it is no longer unsent unless a newer status came meanwhile."""
+    if state.statuses.get(name) is sent and name in state.unsent:
+        state.unsent.remove(name)
+        return True
+    return False
+
+
+def retire(state: AgentState, name: str, *, finalize: bool) -> bool:
+    """A binding's objects are gone: drop its status; True when it is newly to finalize."""
+    state.statuses.pop(name, None)
+    if name in state.unsent:
+        state.unsent.remove(name)
+    if finalize and name not in state.finalize:
+        state.finalize.append(name)
+        return True
+    return False
+
+
+def finalized(state: AgentState, name: str) -> None:
+    """The hub has forgotten a retired binding: so does the agent."""
+    state.finalize.remove(name)
+    state.bindings.pop(name, None)
+    state.statuses.pop(name, None)
+
+
+class Store:
+    def __init__(self, file: StateFile, state: AgentState) -> None:
+        self.file = file
+        self.state = state
+        self.wake_reporter = asyncio.Event()
+        self.hub_up = asyncio.Event()
+        self._saving = asyncio.Lock()
+
+    async def save(self) -> None:
+        # encode here, where the state is not changing; write in a thread, one at a time
+        data = codec.encode(self.state)
+        async with self._saving:
+            await asyncio.to_thread(self.file.write, data)
+
+    async def publish(self, name: str, st: BindingStatus) -> None:
+        if record_status(self.state, name, st):
+            await self.save()
+            self.wake_reporter.set()
+
+    async def retire(self, name: str, *, finalize: bool) -> bool:
+        newly = retire(self.state, name, finalize=finalize)
+        await self.save()
+        self.wake_reporter.set()
+        return newly
+
+    def heard_from_hub(self, now: float) -> None:
+        self.state.hub_last_seen = now
+        if not self.hub_up.is_set():
+            self.hub_up.set()
+            self.wake_reporter.set()
+
+    def hub_lost(self) -> None:
+        self.hub_up.clear()
