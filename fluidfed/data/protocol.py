@@ -150,9 +150,9 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return got
 
 
-_M, _P, _S, _I, _V, _R, _VERIFY, _LOCAL = (
-    f.encode_name for f in msgspec.structs.fields(BlockQuery)
-)
+_WIRE = {f.name: f.encode_name for f in msgspec.structs.fields(BlockQuery)}
+_M, _P, _S, _I = _WIRE["mount"], _WIRE["key"], _WIRE["size"], _WIRE["index"]
+_V, _R, _VERIFY, _LOCAL = _WIRE["version"], _WIRE["span"], _WIRE["verify"], _WIRE["local"]
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
