@@ -1,7 +1,7 @@
 """The agent's own HTTP API, inside its cluster: cache workers register and report here.
 
-POST /v1/workers   {"dataset", "url", "status"}   a worker's heartbeat
-GET  /v1/workers?dataset=NAME                      who is alive
+POST /v1/workers   WorkerRegistration   a worker's heartbeat (`fluidfed.data.protocol`)
+GET  /v1/workers?dataset=NAME        who is alive: [WorkerSeen, ...]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from aiohttp import web
 from agents import otlp
 from agents.metrics import MetricWindow
 from agents.registry import Registry
+from fluidfed.data import protocol
+from fluidfed.errors import ConfigError
 
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 WINDOW: web.AppKey[MetricWindow] = web.AppKey("window", MetricWindow)
@@ -23,21 +25,18 @@ ON_METRICS: web.AppKey[Callable[[set[str]], None]] = web.AppKey("on_metrics")
 
 async def _report(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-        dataset, url = str(body["dataset"]), str(body["url"]).rstrip("/")
-        status = dict(body.get("status") or {})
-    except (ValueError, KeyError, TypeError):
-        return web.json_response(
-            {"status": 400, "reason": 'expected {"dataset", "url", "status"}'}, status=400
-        )
-    request.app[REGISTRY].report(dataset, url, status, time.time())
+        reg = protocol.decode(protocol.WorkerRegistration, await request.read())
+    except ConfigError as err:
+        return web.json_response({"status": 400, "reason": str(err)}, status=400)
+    request.app[REGISTRY].report(reg, time.time())
     return web.Response(status=204)
 
 
 async def _list(request: web.Request) -> web.Response:
     dataset = request.query.get("dataset", "")
     live = request.app[REGISTRY].alive(dataset, time.time())
-    return web.json_response([{"url": w.url, "seen": w.seen, "status": w.status} for w in live])
+    seen = [protocol.WorkerSeen(url=w.url, seen=w.seen, status=w.status) for w in live]
+    return web.Response(body=protocol.encode(seen), content_type=protocol.JSON)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -81,6 +80,6 @@ def make_app(
     app[ON_METRICS] = on_metrics
     app.router.add_post("/v1/metrics", _metrics)
     app.router.add_get("/v1/metrics", _figures)
-    app.router.add_post("/v1/workers", _report)
-    app.router.add_get("/v1/workers", _list)
+    app.router.add_post(protocol.REGISTER, _report)
+    app.router.add_get(protocol.REGISTER, _list)
     return app

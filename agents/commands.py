@@ -108,13 +108,13 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from agents import worker
+    from agents.worker import server
     from fluidfed.data.layout import WorkerConfig
 
     cfg = config.load_file(args.config, WorkerConfig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(
-        worker.serve(
+        server.serve(
             cfg,
             host=args.host,
             port=cfg.port if args.port is None else args.port,

@@ -3,8 +3,9 @@ agent's API feeds it, the load runner and the status read it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from fluidfed.data import protocol
 
 
 @dataclass
@@ -12,7 +13,7 @@ class WorkerReport:
     url: str
     dataset: str
     seen: float
-    status: dict[str, Any] = field(default_factory=dict)
+    status: protocol.WorkerStatus
 
 
 class Registry:
@@ -20,8 +21,9 @@ class Registry:
         self.ttl = ttl
         self._workers: dict[tuple[str, str], WorkerReport] = {}
 
-    def report(self, dataset: str, url: str, status: dict[str, Any], now: float) -> None:
-        self._workers[(dataset, url)] = WorkerReport(url, dataset, now, status)
+    def report(self, reg: protocol.WorkerRegistration, now: float) -> None:
+        url = reg.url.rstrip("/")
+        self._workers[(reg.dataset, url)] = WorkerReport(url, reg.dataset, now, reg.status)
 
     def alive(self, dataset: str, now: float) -> list[WorkerReport]:
         for key, w in list(self._workers.items()):
@@ -41,9 +43,9 @@ class Registry:
         live = self.alive(dataset, now)
         if not live:
             return None
-        used = sum(int(w.status.get("used", 0)) for w in live)
-        capacity = sum(int(w.status.get("capacity", 0)) for w in live)
-        hits = sum(int(w.status.get("hits", 0)) for w in live)
-        misses = sum(int(w.status.get("misses", 0)) for w in live)
+        used = sum(w.status.used for w in live)
+        capacity = sum(w.status.capacity for w in live)
+        hits = sum(w.status.hits for w in live)
+        misses = sum(w.status.misses for w in live)
         ratio = hits / (hits + misses) if hits + misses else None
         return used, capacity, ratio

@@ -1,36 +1,20 @@
-"""Talking to cache workers over HTTP: the protocol both ends share.
+"""The cache-worker client: how sidecars, peers and the agent talk to a cache worker.
 
-    GET  /v1/blocks/{key}?m=&p=&v=&s=&i=   a block; fetched from the UFS on a miss
-                                    (&r=OFF-LEN: only those bytes of it; &verify=1: read
-                                    and check it even if it was checked before)
-    PUT  /v1/blocks/{key}                  hand a block over (scale-in)
-    GET  /v1/status                        blocks, bytes per tier, hits, misses, evictions
-    POST /v1/load      {"path": P}         pull what this worker owns under P (warm-up)
-    GET  /v1/load                          warm-up progress
-    POST /v1/drain     {"peers": [...]}    hand every block to its owner among `peers`
-    POST /v1/touch     {"blocks": [[key, length], ...]}   blocks a reader on the worker's
-                                    machine read from its files: hits, kept recently used
-
-A block travels with its CRC-32 in `X-Fluidfed-Checksum`; the receiver checks it.
+The messages, routes and headers are in `fluidfed.data.protocol`, shared with the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypeVar
 
 import aiohttp
-import msgspec
 
-from fluidfed.data import blockfile, blocks
+from fluidfed.data import blockfile, blocks, protocol
 from fluidfed.data.layout import FileRef
-from fluidfed.errors import FluidfedError
+from fluidfed.errors import ConfigError, FluidfedError
 
-CHECKSUM = "X-Fluidfed-Checksum"
-CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
-LOCAL = "X-Fluidfed-Local"  # short-circuit: the block file's path on the worker's machine
-LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-byte trailer)
 READ_SIZE = 2**20  # bytes per socket read when receiving blocks
 
 
@@ -50,31 +34,6 @@ class Fetched(NamedTuple):
     hit: bool  # the worker had it (else it read the UFS for us)
     local: bool = False  # read from the worker's block file on this machine
     path: str = ""  # ... that file
-
-
-class Touched(msgspec.Struct):
-    blocks: list[tuple[str, int]]  # (key, length) read from the worker's files
-
-
-class LoadProgress(msgspec.Struct, kw_only=True):
-    state: str = "idle"  # idle | running | done | failed
-    path: str = ""
-    blocks: int = 0  # blocks this worker owns under the path
-    done: int = 0
-    cached: int = 0  # of `blocks`, how many are in the cache when the load finished
-    bytes: int = 0
-    errors: int = 0
-    message: str = ""
-
-
-def block_query(ref: FileRef, index: int) -> dict[str, str]:
-    return {
-        "m": str(ref.mount),
-        "p": ref.key,
-        "v": ref.version,
-        "s": str(ref.size),
-        "i": str(index),
-    }
 
 
 async def get_block(
@@ -98,23 +57,26 @@ async def get_block(
     With `local`, a worker holding the block checked on disk answers with the file's path
     instead (short-circuit read: the reader on the same machine reads the page cache
     itself, no bytes over the socket); NotLocal if that path is not visible here."""
-    params = block_query(ref, index)
-    if span is not None:
-        params["r"] = f"{span[0]}-{span[1]}"
-    if verify:
-        params["verify"] = "1"
-    elif local:
-        params["local"] = "1"
+    query = protocol.BlockQuery(
+        mount=ref.mount,
+        key=ref.key,
+        size=ref.size,
+        index=index,
+        version=ref.version,
+        span=protocol.Span(*span) if span is not None else None,
+        verify=verify,
+        local=local and not verify,
+    )
     try:
-        async with session.get(f"{url}/v1/blocks/{key}", params=params) as r:
+        async with session.get(protocol.block_url(url, key), params=query.params()) as r:
             if r.status != 200:
                 raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
             _large_reads(r)
             data: blocks.Data = await r.read()
-            crc = int(r.headers.get(CHECKSUM, "-1"))
-            hit = r.headers.get(CACHE) == "hit"
-            path = r.headers.get(LOCAL)
-            length = int(r.headers.get(LENGTH, "0"))
+            crc = int(r.headers.get(protocol.CHECKSUM, "-1"))
+            hit = r.headers.get(protocol.CACHE) == "hit"
+            path = r.headers.get(protocol.LOCAL)
+            length = int(r.headers.get(protocol.LENGTH, "0"))
     except aiohttp.ClientError as err:
         raise WorkerError(f"{url}: {err}") from err
     if path is not None:
@@ -155,7 +117,9 @@ def _large_reads(r: aiohttp.ClientResponse) -> None:
 
 async def touch(session: aiohttp.ClientSession, url: str, blocks: list[tuple[str, int]]) -> None:
     """Tell a worker which of its blocks were read from its files (they stay hot there)."""
-    await _json(session, "POST", f"{url}/v1/touch", msgspec.to_builtins(Touched(blocks)))
+    await _call(
+        session, "POST", url + protocol.TOUCH, protocol.TouchResult, protocol.Touched(blocks=blocks)
+    )
 
 
 async def put_block(
@@ -163,7 +127,7 @@ async def put_block(
 ) -> None:
     try:
         async with session.put(
-            f"{url}/v1/blocks/{key}", data=data, headers={CHECKSUM: str(crc)}
+            protocol.block_url(url, key), data=data, headers={protocol.CHECKSUM: str(crc)}
         ) as r:
             if r.status not in (200, 201, 204):
                 raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
@@ -171,34 +135,65 @@ async def put_block(
         raise WorkerError(f"{url}: {err}") from err
 
 
-async def _json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+M = TypeVar("M", bound=protocol.Message)
+
+
+async def _call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    answer: type[M],
+    body: protocol.Message | None = None,
+) -> M:
+    """One JSON exchange: `body` encoded, the answer decoded as `answer`; WorkerError for
+    a refusal, an unreachable worker or an answer of another shape."""
     try:
-        async with session.request(method, url, json=body) as r:
+        async with session.request(
+            method,
+            url,
+            data=protocol.encode(body) if body is not None else None,
+            headers={"Content-Type": protocol.JSON} if body is not None else None,
+        ) as r:
             if r.status >= 300:
                 raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
-            return await r.json()
+            return protocol.decode(answer, await r.read())
     except aiohttp.ClientError as err:
         raise WorkerError(f"{url}: {err}") from err
+    except ConfigError as err:
+        raise WorkerError(f"{url}: unexpected answer: {err}") from err
 
 
-async def status(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    got: dict[str, Any] = await _json(session, "GET", f"{url}/v1/status")
-    return got
+async def status(session: aiohttp.ClientSession, url: str) -> protocol.WorkerStatus:
+    return await _call(session, "GET", url + protocol.STATUS, protocol.WorkerStatus)
 
 
 async def start_load(
     session: aiohttp.ClientSession, url: str, path: str, peers: list[str] | None = None
-) -> LoadProgress:
-    body: dict[str, Any] = {"path": path}
-    if peers is not None:
-        body["peers"] = peers
-    return msgspec.convert(await _json(session, "POST", f"{url}/v1/load", body), LoadProgress)
+) -> protocol.LoadProgress:
+    body = protocol.LoadRequest(path=path, peers=peers)
+    return await _call(session, "POST", url + protocol.LOAD, protocol.LoadProgress, body)
 
 
-async def load_progress(session: aiohttp.ClientSession, url: str) -> LoadProgress:
-    return msgspec.convert(await _json(session, "GET", f"{url}/v1/load"), LoadProgress)
+async def load_progress(session: aiohttp.ClientSession, url: str) -> protocol.LoadProgress:
+    return await _call(session, "GET", url + protocol.LOAD, protocol.LoadProgress)
 
 
-async def drain(session: aiohttp.ClientSession, url: str, peers: list[str]) -> dict[str, Any]:
-    got: dict[str, Any] = await _json(session, "POST", f"{url}/v1/drain", {"peers": peers})
-    return got
+async def drain(session: aiohttp.ClientSession, url: str, peers: list[str]) -> protocol.DrainResult:
+    body = protocol.DrainRequest(peers=peers)
+    return await _call(session, "POST", url + protocol.DRAIN, protocol.DrainResult, body)
+
+
+async def register(
+    session: aiohttp.ClientSession, agent: str, registration: protocol.WorkerRegistration
+) -> None:
+    """A worker's heartbeat to its agent."""
+    try:
+        async with session.post(
+            agent + protocol.REGISTER,
+            data=protocol.encode(registration),
+            headers={"Content-Type": protocol.JSON},
+        ) as r:
+            if r.status >= 300:
+                raise WorkerError(f"{agent}: {r.status} {await r.text()}", status=r.status)
+    except aiohttp.ClientError as err:
+        raise WorkerError(f"{agent}: {err}") from err

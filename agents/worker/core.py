@@ -1,0 +1,316 @@
+"""The cache worker's core, without its HTTP server (`agents.worker.server`).
+
+It holds the blocks it owns (by rendezvous hashing over the current workers) in the tiers
+of the dataset's cache spec, fetches a missing block from the under storage once however
+many readers ask for it at the same time, warms up on request, and on SIGTERM hands its
+blocks to their owners among the workers that stay before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+from fluidfed import config, telemetry
+from fluidfed.data import blocks, layout, protocol, ufs, workers
+from fluidfed.data.instruments import DataPathInstruments
+from fluidfed.data.layout import FileRef, WorkerConfig
+from fluidfed.data.store import BlockStore
+
+log = logging.getLogger("fluidfed.worker")
+
+# a file of the dataset as listed, or as a block request names it: the server passes the
+# query itself, no FileRef built per request
+Source = FileRef | protocol.BlockQuery
+
+
+def remaining_peers(peers: list[str], me: str) -> list[str]:
+    """Who keeps serving when this worker leaves. StatefulSets remove the highest ordinals
+    first, so with ordinal names the workers numbered above this one are leaving too."""
+    mine = _ordinal(me)
+    out = []
+    for p in peers:
+        if p == me:
+            continue
+        theirs = _ordinal(p)
+        if mine is not None and theirs is not None and theirs > mine:
+            continue
+        out.append(p)
+    return out
+
+
+def _ordinal(url: str) -> int | None:
+    m = re.match(r"^https?://[^.:/]+-(\d+)\.", url)
+    return int(m.group(1)) if m else None
+
+
+class Worker:
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        *,
+        url: str,
+        cache_root: Path,
+        config_path: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.url = url.rstrip("/")
+        self.config_file = config.Watched(config_path, WorkerConfig) if config_path else None
+        pod = os.environ.get("HOSTNAME") or socket.gethostname()
+        self.store = BlockStore(layout.own_tiers(cfg.tiers, pod), root=cache_root)
+        self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
+        self._inflight: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
+        self._fetch_slots = asyncio.Semaphore(cfg.fetch_concurrency)
+        self.ufs_reads = 0
+        self.ufs_bytes = 0
+        self.ufs_errors = 0
+        self.served = 0  # blocks (or spans) served to sidecars
+        self.served_bytes = 0
+        self.served_local = 0  # blocks read by their reader from our disk (short-circuit)
+        self.located = 0  # ... of which we were asked where the file is
+        self.load = protocol.LoadProgress()
+        self._load_task: asyncio.Task[None] | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> Worker:
+        await self.store.open()
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cfg.read_timeout)
+        )
+        return self
+
+    async def close(self) -> None:
+        if self._load_task:
+            self._load_task.cancel()
+        if self.session:
+            await self.session.close()
+
+    def peers(self) -> list[str]:
+        urls = self.cfg.workers.urls()
+        return urls if urls else [self.url]
+
+    def reload(self) -> bool:
+        """Take the peers from the config file again if it changed (the agent rewrites it
+        on scaling)."""
+        cfg = self.config_file.changed() if self.config_file else None
+        if cfg is None:
+            return False
+        self.cfg = msgspec.structs.replace(self.cfg, workers=cfg.workers)
+        log.info("peers now %s", self.peers())
+        return True
+
+    # --- blocks ---------------------------------------------------------------------
+
+    async def block(self, key: str, ref: Source, index: int) -> tuple[blocks.Data, int, bool]:
+        """(data, crc, whether it was cached) of the block `index` of `ref`."""
+        got = await self.store.get(key)
+        if got is not None:
+            return got[0], got[1], True
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            try:
+                data = await self._fetch(ref, index)
+                crc = blocks.checksum(data)
+                await self.store.put(key, data, crc)
+                fut.set_result((data, crc))
+            except BaseException as err:
+                fut.set_exception(err)
+                fut.exception()  # retrieved: waiters get it, nobody waiting is fine too
+                raise
+            finally:
+                del self._inflight[key]
+            return data, crc, False
+        data, crc = await asyncio.shield(fut)
+        return data, crc, False
+
+    async def _fetch(self, ref: Source, index: int) -> bytes:
+        offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)
+        async with self._fetch_slots:
+            try:
+                async with asyncio.timeout(self.cfg.read_timeout):
+                    data = await self.ufs[ref.mount].read(ref.key, offset, length)
+            except TimeoutError:
+                self.ufs_errors += 1
+                raise ufs.UFSError(
+                    f"read {ref.key} [{offset}+{length}]: no answer within "
+                    f"{self.cfg.read_timeout:g}s",
+                    temporary=True,
+                ) from None
+            except ufs.UFSError:
+                self.ufs_errors += 1
+                raise
+        self.ufs_reads += 1
+        self.ufs_bytes += len(data)
+        return data
+
+    # --- warm-up --------------------------------------------------------------------
+
+    def start_load(self, path: str, peers: list[str] | None) -> protocol.LoadProgress:
+        if self._load_task is not None and not self._load_task.done():
+            return self.load
+        self.load = protocol.LoadProgress(state="running", path=path)
+        self._load_task = asyncio.create_task(self._load(path, peers or self.peers()))
+        return self.load
+
+    async def _load(self, path: str, peers: list[str]) -> None:
+        prog = self.load
+        prefix = path.strip("/")
+        try:
+            files = await ufs.list_files(self.cfg.mounts, self.ufs)
+            todo: list[tuple[str, FileRef, int]] = []
+            bs = self.cfg.block_size
+            for rel, ref in sorted(files.items()):
+                if prefix and rel != prefix and not rel.startswith(prefix + "/"):
+                    continue
+                for i in range(blocks.block_count(ref.size, bs)):
+                    key = ref.block_key(self.cfg.dataset, bs, i)
+                    if blocks.owner(key, peers) == self.url:
+                        todo.append((key, ref, i))
+            prog.blocks = len(todo)
+            queue: asyncio.Queue[tuple[str, FileRef, int]] = asyncio.Queue()
+            for item in todo:
+                queue.put_nowait(item)
+
+            async def pull() -> None:
+                while not queue.empty():
+                    key, ref, i = queue.get_nowait()
+                    try:
+                        data, _, _ = await self.block(key, ref, i)
+                        prog.bytes += len(data)
+                    except Exception as err:
+                        prog.errors += 1
+                        prog.message = str(err)
+                    prog.done += 1
+
+            await asyncio.gather(*(pull() for _ in range(self.cfg.fetch_concurrency)))
+            # what is still there (a quota smaller than the data evicts as it goes)
+            prog.cached = sum(1 for key, _, _ in todo if key in self.store)
+            prog.state = "failed" if prog.errors else "done"
+        except Exception as err:
+            prog.state, prog.message = "failed", str(err)
+            log.warning("warm-up of %r failed: %s", path, err)
+
+    # --- scale-in -------------------------------------------------------------------
+
+    async def drain(self, peers: list[str]) -> protocol.DrainResult:
+        """Hand every block to its owner among `peers` (this worker excluded)."""
+        others = [p for p in peers if p != self.url]
+        moved = failed = sent = 0
+        if not others or self.session is None:
+            return protocol.DrainResult(moved=0, bytes=0, failed=0)
+        keys = self.store.hottest()
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for k in keys:
+            queue.put_nowait(k)
+        session = self.session
+
+        async def hand() -> None:
+            nonlocal moved, failed, sent
+            while not queue.empty():
+                key = queue.get_nowait()
+                got = await self.store.get(key)
+                target = blocks.owner(key, others)
+                if got is None or target is None:
+                    continue
+                try:
+                    await workers.put_block(session, target, key, got[0], got[1])
+                    moved += 1
+                    sent += len(got[0])
+                except workers.WorkerError as err:
+                    failed += 1
+                    log.warning("hand-off of %s to %s failed: %s", key, target, err)
+
+        await asyncio.gather(*(hand() for _ in range(8)))
+        log.info("handed %d blocks (%d bytes) to %s; %d failed", moved, sent, others, failed)
+        return protocol.DrainResult(moved=moved, bytes=sent, failed=failed)
+
+    async def report(self) -> None:
+        """Heartbeat to the agent with this worker's blocks and counters."""
+        if not self.cfg.agent or self.session is None:
+            return
+        body = protocol.WorkerRegistration(
+            dataset=self.cfg.dataset, url=self.url, status=self.status()
+        )
+        try:
+            await workers.register(self.session, self.cfg.agent, body)
+        except workers.WorkerError as err:
+            if err.status:
+                log.warning("agent %s refused the report: %s", self.cfg.agent, err)
+            else:
+                log.debug("agent %s not reachable: %s", self.cfg.agent, err)
+        except TimeoutError as err:
+            log.debug("agent %s not reachable: %s", self.cfg.agent, err)
+
+    async def report_loop(self) -> None:
+        while True:
+            await self.report()
+            await asyncio.sleep(self.cfg.report_interval)
+
+    def instrument(self, cluster: str = "") -> None:
+        meter = telemetry.setup(
+            "worker",
+            attributes={"fluidfed.dataset": self.cfg.dataset, "fluidfed.cluster": cluster},
+            otlp_default=self.cfg.agent,
+        )
+        DataPathInstruments(
+            meter,
+            self.store,
+            read_bytes=lambda: {(): self.served_bytes},
+            reads=lambda: {(): self.served},
+            source_hits=dict,
+            source_misses=dict,
+            ufs_bytes=lambda: self.ufs_bytes,
+            ufs_errors=lambda: self.ufs_errors,
+        )
+
+    def count_served(self, count: int, nbytes: int, *, local: bool = False) -> None:
+        """Blocks (or spans) a sidecar got from us; `local`: read from our files."""
+        self.served += count
+        self.served_bytes += nbytes
+        if local:
+            self.served_local += count
+
+    def status(self) -> protocol.WorkerStatus:
+        s = self.store.snapshot()
+        return protocol.WorkerStatus(
+            url=self.url,
+            dataset=self.cfg.dataset,
+            peers=self.peers(),
+            blocks=sum(t.blocks for t in s.tiers),
+            used=s.used,
+            capacity=s.capacity,
+            hits=s.hits,
+            misses=s.misses,
+            corrupt=s.corrupt,
+            evictions=sum(t.evictions for t in s.tiers),
+            tiers=[
+                protocol.TierStatus(
+                    medium=t.medium,
+                    quota=t.quota,
+                    used=t.used,
+                    blocks=t.blocks,
+                    hits=t.hits,
+                    evictions=t.evictions,
+                )
+                for t in s.tiers
+            ],
+            ufs=protocol.UFSCounters(
+                reads=self.ufs_reads, bytes=self.ufs_bytes, errors=self.ufs_errors
+            ),
+            served=protocol.Served(
+                blocks=self.served,
+                bytes=self.served_bytes,
+                short_circuit=self.served_local,
+                located=self.located,
+            ),
+            load=self.load,
+        )

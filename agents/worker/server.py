@@ -1,0 +1,279 @@
+"""The cache worker's HTTP server: the handlers of `fluidfed.data.protocol` over a Worker,
+and `serve`, the process `fluidfed worker serve` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from agents.worker.core import Worker, log, remaining_peers
+from fluidfed import telemetry
+from fluidfed.data import blocks, heap, protocol, ufs
+from fluidfed.data.layout import WorkerConfig
+from fluidfed.errors import ConfigError
+
+M = TypeVar("M", bound=protocol.Message)
+
+WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
+
+
+class _BlockFile(web.StreamResponse):
+    """A checked disk block sent with sendfile(2): page cache to socket, no copy here."""
+
+    def __init__(self, f: BinaryIO, size: int, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.content_type = "application/octet-stream"
+        self.content_length = size
+        self._file = f
+        self._size = size
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            writer = await super().prepare(request)
+            assert writer is not None
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            # asyncio falls back to reading and writing where the transport cannot (TLS)
+            await asyncio.get_running_loop().sendfile(transport, self._file, 0, self._size)
+            await super().write_eof()
+            return writer
+        finally:
+            self._file.close()
+
+
+def _problem(status: int, message: str) -> web.Response:
+    return web.json_response({"status": status, "reason": message}, status=status)
+
+
+def _json(msg: protocol.Message, status: int = 200) -> web.Response:
+    return web.Response(body=protocol.encode(msg), status=status, content_type=protocol.JSON)
+
+
+async def _get_block(request: web.Request) -> web.StreamResponse:
+    w = request.app[WORKER_KEY]
+    key = request.match_info["key"]
+    try:
+        q = protocol.BlockQuery.from_query(request.query)
+    except ConfigError as err:
+        return _problem(400, str(err))
+    if not 0 <= q.mount < len(w.cfg.mounts):
+        return _problem(
+            400, f"mount {q.mount} does not exist (this dataset has {len(w.cfg.mounts)})"
+        )
+    if q.block_key(w.cfg.dataset, w.cfg.block_size) != key:
+        return _problem(
+            409,
+            "block key does not match its description: sidecar and worker disagree "
+            "on the dataset or block size",
+        )
+    span = q.span
+    if span is None and not q.verify:
+        where = w.store.locate(key) if q.local else None
+        if where is not None:
+            # a reader on this machine reads the block file itself (short-circuit)
+            w.located += 1
+            w.count_served(1, where[1], local=True)
+            return web.Response(
+                headers={
+                    protocol.LOCAL: where[0],
+                    protocol.LENGTH: str(where[1]),
+                    protocol.CHECKSUM: str(where[2]),
+                    protocol.CACHE: "hit",
+                }
+            )
+        held = await w.store.open_verified(key)
+        if held is not None:
+            w.count_served(1, held[1])
+            return _BlockFile(
+                held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: "hit"}
+            )
+    try:
+        part = await w.store.get_span(key, span.offset, span.length) if span is not None else None
+        if part is not None:
+            w.count_served(1, len(part))
+            crc = blocks.checksum(part)
+            return web.Response(
+                body=part,
+                content_type="application/octet-stream",
+                headers={protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"},
+            )
+        data, crc, hit = await w.block(key, q, q.index)
+    except ufs.NotFoundError as err:
+        return _problem(404, str(err))
+    except ufs.UFSError as err:
+        return _problem(504 if err.temporary else 502, str(err))
+    if span is not None:
+        data = data[span.offset : span.offset + span.length]
+        crc = blocks.checksum(data)
+    w.count_served(1, len(data))
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if hit else "miss"},
+    )
+
+
+async def _touch(request: web.Request) -> web.Response:
+    """Blocks a sidecar on this node read from our files itself: hits, recently used."""
+    w = request.app[WORKER_KEY]
+    try:
+        body = protocol.decode(protocol.Touched, await request.read())
+    except ConfigError as err:
+        return _problem(400, str(err))
+    held = w.store.touch([key for key, _ in body.blocks])
+    w.count_served(len(body.blocks), sum(n for _, n in body.blocks), local=True)
+    return _json(protocol.TouchResult(held=held))
+
+
+async def _put_block(request: web.Request) -> web.Response:
+    w = request.app[WORKER_KEY]
+    key = request.match_info["key"]
+    if not re.fullmatch(r"[0-9a-f]{32}", key):
+        return _problem(400, "not a block key")
+    data = await request.read()
+    try:
+        crc = int(request.headers[protocol.CHECKSUM])
+    except (KeyError, ValueError):
+        return _problem(400, f"missing {protocol.CHECKSUM}")
+    if blocks.checksum(data) != crc:
+        return _problem(400, "block arrived damaged (checksum mismatch)")
+    await w.store.put(key, data, crc)
+    return web.Response(status=204)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(request.app[WORKER_KEY].status())
+
+
+async def _body(request: web.Request, typ: type[M]) -> M:
+    """The request's JSON body as `typ`; none at all means the defaults."""
+    return protocol.decode(typ, await request.read()) if request.can_read_body else typ()
+
+
+async def _load(request: web.Request) -> web.Response:
+    try:
+        body = await _body(request, protocol.LoadRequest)
+    except ConfigError as err:
+        return _problem(400, str(err))
+    return _json(request.app[WORKER_KEY].start_load(body.path, body.peers or None), status=202)
+
+
+async def _load_progress(request: web.Request) -> web.Response:
+    return _json(request.app[WORKER_KEY].load)
+
+
+async def _drain(request: web.Request) -> web.Response:
+    try:
+        body = await _body(request, protocol.DrainRequest)
+    except ConfigError as err:
+        return _problem(400, str(err))
+    return _json(await request.app[WORKER_KEY].drain([p.rstrip("/") for p in body.peers]))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def make_app(worker: Worker) -> web.Application:
+    app = web.Application(client_max_size=64 * 2**20)
+    app[WORKER_KEY] = worker
+    app.router.add_get(protocol.BLOCK, _get_block)
+    app.router.add_put(protocol.BLOCK, _put_block)
+    app.router.add_get(protocol.STATUS, _status)
+    app.router.add_post(protocol.LOAD, _load)
+    app.router.add_get(protocol.LOAD, _load_progress)
+    app.router.add_post(protocol.DRAIN, _drain)
+    app.router.add_post(protocol.TOUCH, _touch)
+    app.router.add_get(protocol.HEALTHZ, _healthz)
+    app.router.add_get(protocol.METRICS, telemetry.metrics_endpoint)
+    return app
+
+
+async def serve(
+    cfg: WorkerConfig,
+    *,
+    host: str,
+    port: int,
+    advertise: str,
+    cache_root: Path,
+    config_path: Path | None,
+    reload_interval: float = 5.0,
+    drain_timeout: float = 60.0,
+) -> None:
+    runner: web.AppRunner | None = None
+    worker: Worker | None = None
+    heap.tune()
+    try:
+        site_port = port
+        if not advertise:
+            host_name = os.environ.get("HOSTNAME", "")
+            if cfg.workers.service and host_name:
+                advertise = f"http://{host_name}.{cfg.workers.service}:{cfg.workers.port}"
+        worker = Worker(
+            cfg,
+            url=advertise or f"http://{host}:{port}",
+            cache_root=cache_root,
+            config_path=config_path,
+        )
+        await worker.open()
+        worker.instrument()
+        runner = web.AppRunner(make_app(worker), handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        for addr in runner.addresses:
+            site_port = int(addr[1])
+        if not advertise:
+            worker.url = f"http://{host}:{site_port}"
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, worker.reload)
+        s = worker.store.snapshot()
+        print(
+            f"fluidfed worker for {cfg.dataset} listening on http://{host}:{site_port} "
+            f"as {worker.url} ({len(worker.store.hottest())} blocks cached, "
+            f"capacity {s.capacity} bytes)",
+            flush=True,
+        )
+        reporting = asyncio.create_task(worker.report_loop())
+        moved = worker
+        trimming = asyncio.create_task(heap.trim_loop(lambda: moved.served_bytes + moved.ufs_bytes))
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(reload_interval):
+                    await stop.wait()
+            worker.reload()
+        reporting.cancel()
+        trimming.cancel()
+        # leaving: hand the cache to those who stay (the config file says who they are)
+        worker.reload()
+        stay = remaining_peers(worker.peers(), worker.url)
+        print(
+            f"fluidfed worker stopping: handing blocks to {stay or 'nobody'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout):
+                await worker.drain(stay)
+        log.info("hand-off took %.1fs", time.monotonic() - started)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if worker is not None:
+            await worker.close()
+        await asyncio.to_thread(telemetry.shutdown)

@@ -1,0 +1,46 @@
+"""The agent's registry of cache workers: typed reports in, typed sums out."""
+
+from __future__ import annotations
+
+import json
+
+from agents.registry import Registry
+from fluidfed.data import protocol
+from tests.unit.data.test_protocol import STATUS
+
+
+def _reg(url: str, dataset: str = "train", **counters: int) -> protocol.WorkerRegistration:
+    body = {"dataset": dataset, "url": url, "status": {**STATUS, "url": url, **counters}}
+    return protocol.decode(protocol.WorkerRegistration, json.dumps(body).encode())
+
+
+def test_cache_sums_the_live_workers_of_the_dataset() -> None:
+    r = Registry(ttl=10)
+    r.report(_reg("http://a/", used=100, capacity=1000, hits=3, misses=1), now=0)
+    r.report(_reg("http://b", used=50, capacity=1000, hits=1, misses=3), now=5)
+    r.report(_reg("http://c", dataset="other", used=999), now=5)
+    assert r.cache("train", now=9) == (150, 2000, 0.5)
+    assert [w.url for w in r.alive("train", now=9)] == ["http://a", "http://b"]
+    # a worker that stopped reporting no longer counts; then none does
+    assert r.cache("train", now=12) == (50, 1000, 0.25)
+    assert r.cache("train", now=100) is None
+
+
+def test_a_report_replaces_the_last_one_of_that_worker() -> None:
+    r = Registry()
+    r.report(_reg("http://a", used=1), now=0)
+    r.report(_reg("http://a/", used=2), now=1)
+    assert r.cache("train", now=1) == (2, 1000, 0.7)
+
+
+def test_no_hits_and_no_misses_is_no_ratio() -> None:
+    r = Registry()
+    r.report(_reg("http://a", hits=0, misses=0), now=0)
+    assert r.cache("train", now=0) == (300, 1000, None)
+
+
+def test_dead_workers_are_forgotten() -> None:
+    r = Registry(ttl=1)
+    r.report(_reg("http://a"), now=0)
+    assert r.alive("train", now=7) == []
+    assert r._workers == {}

@@ -1,0 +1,80 @@
+"""The cache worker's core without its server: blocks from a local directory into a memory
+tier, and the status it reports to its agent as the agent reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.registry import Registry
+from agents.worker.core import Worker, remaining_peers
+from fluidfed.data import protocol
+from fluidfed.data.layout import FileRef, Peers, WorkerConfig
+from fluidfed.models import CacheTier, Mount
+from fluidfed.units import ByteSize
+
+BLOCK = 1024
+
+
+def test_a_leaving_worker_hands_over_to_lower_ordinals_only() -> None:
+    peers = [f"http://w-{i}.svc:7070" for i in range(4)]
+    assert remaining_peers(peers, peers[1]) == [peers[0]]
+    assert remaining_peers(["http://a", "http://b"], "http://a") == ["http://b"]
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> Worker:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.bin").write_bytes(bytes(range(256)) * 10)  # 2.5 blocks
+    cfg = WorkerConfig(
+        dataset="train",
+        mounts=[Mount(uri=f"file://{tmp_path / 'data'}")],
+        block_size=BLOCK,
+        tiers=[CacheTier(medium="MEM", quota=ByteSize(2**20))],
+        workers=Peers(endpoints=["http://w:7070"]),
+    )
+    return await Worker(cfg, url="http://w:7070/", cache_root=tmp_path / "cache").open()
+
+
+async def test_a_block_is_read_once_then_served_from_the_cache(worker: Worker) -> None:
+    ref = FileRef(mount=0, key="f.bin", size=2560)
+    key = ref.block_key("train", BLOCK, 2)
+    try:
+        data, crc, hit = await worker.block(key, ref, 2)
+        assert (len(data), hit) == (512, False)
+        q = protocol.BlockQuery(mount=0, key="f.bin", size=2560, index=2)
+        assert q.block_key("train", BLOCK) == key
+        again, crc2, hit2 = await worker.block(key, q, q.index)  # as the server passes it
+        assert (bytes(again), crc2, hit2) == (bytes(data), crc, True)
+        st = worker.status()
+        assert (st.ufs.reads, st.ufs.bytes, st.hits, st.misses, st.used) == (1, 512, 1, 1, 512)
+        assert st.url == "http://w:7070" and st.peers == ["http://w:7070"]
+    finally:
+        await worker.close()
+
+
+async def test_what_the_worker_reports_is_what_the_agent_sums(worker: Worker) -> None:
+    """Through the wire both ways: a field the worker fills under another name than the
+    agent reads would fail here, not report 0."""
+    ref = FileRef(mount=0, key="f.bin", size=2560)
+    try:
+        for i in range(3):
+            await worker.block(ref.block_key("train", BLOCK, i), ref, i)
+        await worker.block(ref.block_key("train", BLOCK, 0), ref, 0)
+        reg = protocol.WorkerRegistration(dataset="train", url=worker.url, status=worker.status())
+        got = protocol.decode(protocol.WorkerRegistration, protocol.encode(reg))
+        registry = Registry()
+        registry.report(got, now=0)
+        snap = worker.store.snapshot()
+        assert registry.cache("train", now=0) == (snap.used, snap.capacity, 1 / 4)
+        assert snap.used == 2560 and snap.capacity == 2**20
+    finally:
+        await worker.close()
+
+
+async def test_draining_to_nobody_moves_nothing(worker: Worker) -> None:
+    try:
+        assert await worker.drain([worker.url]) == protocol.DrainResult(moved=0, bytes=0, failed=0)
+    finally:
+        await worker.close()

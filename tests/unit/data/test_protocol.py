@@ -1,0 +1,155 @@
+"""The cache-worker protocol: block queries on the wire, JSON messages both ends share."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from fluidfed.data import protocol
+from fluidfed.errors import ConfigError
+
+
+def _as_query(params: dict[str, str | int]) -> dict[str, str]:
+    """What a server sees: every value a string."""
+    return {k: str(v) for k, v in params.items()}
+
+
+def test_a_block_query_round_trips_with_the_short_names_on_the_wire() -> None:
+    q = protocol.BlockQuery(
+        mount=1, key="train/a.bin", size=9000, index=2, version="e1", span=protocol.Span(5, 70)
+    )
+    params = q.params()
+    assert params == {"m": 1, "p": "train/a.bin", "s": 9000, "i": 2, "v": "e1", "r": "5-70"}
+    assert protocol.BlockQuery.from_query(_as_query(params)) == q
+
+
+def test_a_block_query_sends_flags_only_when_set() -> None:
+    plain = protocol.BlockQuery(mount=0, key="k", size=1, index=0)
+    assert plain.params() == {"m": 0, "p": "k", "s": 1, "i": 0}  # an older worker: no flags
+    local = protocol.BlockQuery(mount=0, key="k", size=1, index=0, local=True)
+    assert local.params()["local"] == "1"
+    verify = protocol.BlockQuery(mount=0, key="k", size=1, index=0, verify=True)
+    assert verify.params()["verify"] == "1"
+    for q in (plain, local, verify):
+        assert protocol.BlockQuery.from_query(_as_query(q.params())) == q
+
+
+def test_a_block_query_from_an_older_sidecar_decodes() -> None:
+    got = protocol.BlockQuery.from_query(
+        {"m": "0", "p": "x", "v": "", "s": "10", "i": "1", "verify": "1", "new": "ignored"}
+    )
+    assert (got.mount, got.key, got.size, got.index, got.verify, got.span) == (
+        0,
+        "x",
+        10,
+        1,
+        True,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ({"m": "zero", "p": "x", "s": "1", "i": "0"}, "m"),
+        ({"m": "0", "s": "1", "i": "0"}, "p"),
+        ({"m": "0", "p": "x", "i": "0"}, "s"),
+        ({"m": "0", "p": "x", "s": "1", "i": "-"}, "i"),
+        ({"m": "0", "p": "x", "s": "1", "i": "0", "r": "12"}, "r"),
+        ({"m": "0", "p": "x", "s": "1", "i": "0", "r": "1-x"}, "r"),
+    ],
+)
+def test_a_bad_block_query_names_the_parameter_and_the_shape(
+    query: dict[str, str], param: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        protocol.BlockQuery.from_query(query)
+    [problem] = info.value.problems
+    assert f": {param}: " in problem.message
+    assert protocol.BlockQuery.SHAPE in problem.message
+
+
+def test_the_block_key_is_the_one_the_sidecar_computes() -> None:
+    from fluidfed.data.layout import FileRef
+
+    ref = FileRef(mount=1, key="a", size=10, version="v")
+    q = protocol.BlockQuery(mount=1, key="a", size=10, index=3, version="v")
+    assert q.block_key("ds", 4) == ref.block_key("ds", 4, 3)
+
+
+STATUS: dict[str, Any] = {  # what a worker of this version sends, by key
+    "url": "http://w-0.svc:7070",
+    "dataset": "train",
+    "peers": ["http://w-0.svc:7070"],
+    "blocks": 3,
+    "used": 300,
+    "capacity": 1000,
+    "hits": 7,
+    "misses": 3,
+    "corrupt": 0,
+    "evictions": 0,
+    "tiers": [
+        {"medium": "MEM", "quota": 1000, "used": 300, "blocks": 3, "hits": 7, "evictions": 0}
+    ],
+    "ufs": {"reads": 3, "bytes": 300, "errors": 0},
+    "served": {"blocks": 10, "bytes": 1000, "short_circuit": 0, "located": 0},
+    "load": {"state": "idle", "path": "", "blocks": 0, "done": 0, "cached": 0, "bytes": 0},
+}
+
+
+def test_a_status_encodes_every_field_zeros_too() -> None:
+    got = protocol.decode(protocol.WorkerStatus, json.dumps(STATUS).encode())
+    back = json.loads(protocol.encode(got))
+    assert back["corrupt"] == 0 and back["served"]["short_circuit"] == 0
+    assert back["load"] == {**STATUS["load"], "errors": 0, "message": ""}
+    assert {k: v for k, v in back.items() if k != "load"} == {
+        k: v for k, v in STATUS.items() if k != "load"
+    }
+
+
+def test_a_registration_from_a_newer_worker_with_unknown_fields_decodes() -> None:
+    status = {**STATUS, "tiers": [{**STATUS["tiers"][0], "temperature": 3}], "gpu": True}
+    body = {"dataset": "train", "url": "http://w", "status": status, "zone": "a"}
+    reg = protocol.decode(protocol.WorkerRegistration, json.dumps(body).encode())
+    assert reg.status.used == 300
+    assert reg.status.tiers[0].medium == "MEM"
+
+
+def test_a_status_field_renamed_on_one_side_is_refused_by_name() -> None:
+    renamed = {k: v for k, v in STATUS.items() if k != "used"} | {"used_bytes": 300}
+    body = {"dataset": "train", "url": "http://w", "status": renamed}
+    with pytest.raises(ConfigError) as info:
+        protocol.decode(protocol.WorkerRegistration, json.dumps(body).encode())
+    assert "status.used" in str(info.value)
+    assert protocol.WorkerRegistration.SHAPE in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("typ", "body", "where"),
+    [
+        (protocol.Touched, b'{"blocks": "not a list"}', "blocks"),
+        (protocol.Touched, b'{"blocks": [["k", "long"]]}', "blocks[0][1]"),
+        (protocol.LoadRequest, b'{"path": 3}', "path"),
+        (protocol.DrainRequest, b"[1, 2]", "got `array`"),
+        (protocol.WorkerRegistration, b"not json", "not JSON"),
+    ],
+)
+def test_a_malformed_body_names_the_expected_shape(
+    typ: type[protocol.Message], body: bytes, where: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        protocol.decode(typ, body)
+    assert typ.SHAPE in str(info.value)
+    assert where in str(info.value)
+
+
+def test_requests_default_what_an_older_client_leaves_out() -> None:
+    assert protocol.decode(protocol.LoadRequest, b"{}") == protocol.LoadRequest()
+    assert protocol.decode(protocol.DrainRequest, b"{}").peers == []
+    assert protocol.decode(protocol.LoadProgress, b'{"state": "running"}').done == 0
+
+
+def test_routes_and_urls() -> None:
+    assert protocol.block_url("http://w:7070", "ab") == "http://w:7070/v1/blocks/ab"
