@@ -20,7 +20,7 @@ from kubernetes_asyncio.dynamic.exceptions import (
 )
 
 from fluidfed import names
-from fluidfed.errors import KubeError as KubeError
+from fluidfed.errors import KubeError
 from fluidfed.models import KubeAccess
 
 FIELD_MANAGER = names.AGENT  # server-side apply: the agent owns the fields it sets

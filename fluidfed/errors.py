@@ -24,8 +24,7 @@
     |   +-- UFSError              the under storage; temporary unless the store said no
     |   |   +-- UFSNotFound       no such object
     |   +-- WorkerError           a cache worker answered with an error or not at all
-    |   |   +-- NotLocal          a worker's block file is not visible on this machine
-    |   +-- ReadError             a block could not be read in time (the FUSE read: EIO)
+    |       +-- NotLocal          a worker's block file is not visible on this machine
     +-- BadExport                 an OTLP export that cannot be decoded
     +-- LocalClusterError         the dev kit's local clusters
 
@@ -202,10 +201,6 @@ class WorkerError(DataError):
 
 class NotLocal(WorkerError):
     """The worker's block file is not visible here: the worker is on another machine."""
-
-
-class ReadError(DataError):
-    """A block could not be read in time: the FUSE read gets EIO."""
 
 
 # --- metrics and the dev kit --------------------------------------------------------------

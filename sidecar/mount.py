@@ -19,7 +19,7 @@ import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
-from fluidfed import config, names, telemetry
+from fluidfed import config, errors, names, telemetry
 from fluidfed.data import heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import SidecarConfig
@@ -88,7 +88,7 @@ class Sidecar:
                 )
                 self.listing_error = ""
                 return
-            except ufs.UFSError as err:
+            except errors.UFSError as err:
                 self.listing_error = str(err)
                 log.warning(
                     "listing %s failed (retrying in %.1fs): %s", self.cfg.dataset, delay, err
@@ -103,7 +103,7 @@ class Sidecar:
             await asyncio.sleep(self.cfg.metadata_ttl)
             try:
                 files = await ufs.list_files(self.cfg.mounts, self.readers, self.cfg.sub_path)
-            except ufs.UFSError as err:
+            except errors.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue
             for ino in self.tree.update(files):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from fluidfed import errors
 from fluidfed.data import blockfile, blocks, ufs, workers
 from fluidfed.data.layout import FileRef, SidecarConfig
 from fluidfed.data.store import BlockStore
@@ -20,10 +21,6 @@ log = logging.getLogger("fluidfed.sidecar")
 
 WORKER_BACKOFF = 5.0  # seconds a failing worker is skipped
 REMOTE_RECHECK = 300.0  # seconds before asking a remote worker for short-circuit reads again
-
-
-class ReadError(Exception):
-    """A block could not be read in time: the FUSE read gets EIO."""
 
 
 @dataclass
@@ -111,7 +108,7 @@ class BlockReader:
                     got = await workers.get_block(self.session, target, key, ref, index, span)
                 self._count(got.hit)
                 return got.data
-            except (TimeoutError, workers.WorkerError) as err:
+            except (TimeoutError, errors.WorkerError) as err:
                 self._failed(target, err)
         offset, _ = blocks.block_span(ref.size, self.cfg.block_size, index)
         return await self._ufs(ref, offset + lo, min(size, ref.size - offset - lo))
@@ -128,14 +125,14 @@ class BlockReader:
 
     def _failed(self, target: str, err: Exception) -> None:
         self.stats.worker_errors += 1
-        if not (isinstance(err, workers.WorkerError) and err.status in (404, 409)):
+        if not (isinstance(err, errors.WorkerError) and err.status in (404, 409)):
             self._down[target] = time.monotonic() + WORKER_BACKOFF
         log.info("worker %s failed: %s; reading the UFS", target, err)
 
     async def _ufs(self, ref: FileRef, offset: int, length: int) -> bytes:
         try:
             data = await self.readers[ref.mount].read(ref.key, offset, length)
-        except ufs.UFSError:
+        except errors.UFSError:
             self.stats.ufs_errors += 1
             raise
         self.stats.ufs_reads += 1
@@ -175,7 +172,7 @@ class BlockReader:
                         got = await workers.get_block(
                             self.session, target, key, ref, index, local=local
                         )
-                    except workers.NotLocal as err:
+                    except errors.NotLocal as err:
                         log.info("%s; reading its blocks over HTTP", err)
                         self._remote[target] = now + REMOTE_RECHECK
                         self._dirs.pop(target, None)  # it moved, or never was here
@@ -185,7 +182,7 @@ class BlockReader:
                     self.stats.short_circuit += 1
                     self._learn(target, got.path, key)
                 return got.data, got.crc
-            except (TimeoutError, workers.WorkerError) as err:
+            except (TimeoutError, errors.WorkerError) as err:
                 self._failed(target, err)
         data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))
         return data, -1  # the store computes it if a disk tier will hold the block
@@ -208,7 +205,7 @@ class BlockReader:
                 data, crc = await blockfile.load_block_file(blockfile.block_path(d, key))
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
-            except blockfile.CorruptBlock:
+            except errors.CorruptBlock:
                 return None  # the worker checks it, drops it and fetches it again
             except OSError as err:
                 log.info("cannot read %s's block files in %s: %s", worker, d, err)
@@ -234,7 +231,7 @@ class BlockReader:
                 try:
                     async with asyncio.timeout(self.cfg.worker_timeout):
                         await workers.touch(self.session, worker, done)
-                except (TimeoutError, workers.WorkerError) as err:
+                except (TimeoutError, errors.WorkerError) as err:
                     log.debug("telling %s of %d file reads failed: %s", worker, len(done), err)
 
     async def close(self) -> None:

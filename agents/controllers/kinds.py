@@ -13,12 +13,13 @@ from typing import Any
 
 from agents import informer, render
 from agents import live as live_objects
-from agents.kube import Kube, KubeError
+from agents.kube import Kube
 from agents.live import LiveCache
 from agents.queue import WorkQueue
 from agents.state import AgentState
 from fluidfed import names
 from fluidfed.backoff import Backoff
+from fluidfed.errors import KubeError
 
 log = logging.getLogger("fluidfed.agent.kinds")
 

@@ -19,12 +19,13 @@ from agents import diff, render, status
 from agents import live as live_objects
 from agents.controllers.warmup import WarmUps
 from agents.controllers.webhook import SidecarWebhook
-from agents.kube import Kube, KubeError
+from agents.kube import Kube
 from agents.live import LiveCache
 from agents.observed import Observed
 from agents.queue import WorkQueue
 from agents.store import Store
 from fluidfed import names
+from fluidfed.errors import KubeError
 
 log = logging.getLogger("fluidfed.agent.reconciler")
 

@@ -15,6 +15,7 @@ import msgspec
 from agents.observed import Observed
 from agents.registry import Registry
 from agents.store import Store
+from fluidfed import errors
 from fluidfed.data import workers
 from fluidfed.models import Binding, LoadRequest, LoadStatus
 
@@ -85,7 +86,7 @@ class WarmUps:
                         break
                     await asyncio.sleep(0.5)
             await show(phase="Failed" if prog.errors else "Done")
-        except (TimeoutError, workers.WorkerError) as err:
+        except (TimeoutError, errors.WorkerError) as err:
             await show(phase="Failed", message=str(err) or "no cache worker registered")
         log.info(
             "warm-up %d of %s: %s (%.1f%% cached)", req.id, b.dataset, prog.phase, prog.percent()

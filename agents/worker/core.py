@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from fluidfed import config, telemetry
+from fluidfed import config, errors, names, telemetry
 from fluidfed.data import blocks, layout, protocol, ufs, workers
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import FileRef, WorkerConfig
@@ -140,12 +140,12 @@ class Worker:
                     data = await self.ufs[ref.mount].read(ref.key, offset, length)
             except TimeoutError:
                 self.ufs_errors += 1
-                raise ufs.UFSError(
+                raise errors.UFSError(
                     f"read {ref.key} [{offset}+{length}]: no answer within "
                     f"{self.cfg.read_timeout:g}s",
                     temporary=True,
                 ) from None
-            except ufs.UFSError:
+            except errors.UFSError:
                 self.ufs_errors += 1
                 raise
         self.ufs_reads += 1
@@ -225,7 +225,7 @@ class Worker:
                     await workers.put_block(session, target, key, got[0], got[1])
                     moved += 1
                     sent += len(got[0])
-                except workers.WorkerError as err:
+                except errors.WorkerError as err:
                     failed += 1
                     log.warning("hand-off of %s to %s failed: %s", key, target, err)
 
@@ -242,7 +242,7 @@ class Worker:
         )
         try:
             await workers.register(self.session, self.cfg.agent, body)
-        except workers.WorkerError as err:
+        except errors.WorkerError as err:
             if err.status:
                 log.warning("agent %s refused the report: %s", self.cfg.agent, err)
             else:
@@ -258,7 +258,7 @@ class Worker:
     def instrument(self, cluster: str = "") -> None:
         meter = telemetry.setup(
             "worker",
-            attributes={"fluidfed.dataset": self.cfg.dataset, "fluidfed.cluster": cluster},
+            attributes={names.ATTR_DATASET: self.cfg.dataset, names.ATTR_CLUSTER: cluster},
             otlp_default=self.cfg.agent,
         )
         DataPathInstruments(

@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, log, remaining_peers
-from fluidfed import telemetry
-from fluidfed.data import blocks, heap, protocol, ufs
+from fluidfed import errors, telemetry
+from fluidfed.data import blocks, heap, protocol
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
 
@@ -109,9 +109,9 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
                 headers={protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"},
             )
         data, crc, hit = await w.block(key, q, q.index)
-    except ufs.NotFoundError as err:
+    except errors.UFSNotFound as err:
         return _problem(404, str(err))
-    except ufs.UFSError as err:
+    except errors.UFSError as err:
         return _problem(504 if err.temporary else 502, str(err))
     if span is not None:
         data = data[span.offset : span.offset + span.length]

@@ -17,8 +17,7 @@ import struct
 from pathlib import Path
 
 from fluidfed.data import blocks
-from fluidfed.errors import CorruptBlock as CorruptBlock
-from fluidfed.errors import NotCached as NotCached
+from fluidfed.errors import CorruptBlock, NotCached
 
 _TRAILER = struct.Struct(">4sI")
 _MAGIC = b"FFB1"

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fluidfed import errors
 from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
     TRAILER_SIZE,
-    CorruptBlock,
     block_path,
     read_block_file,
     write_block_file,
@@ -80,7 +80,7 @@ class _Tier:
     def read(self, key: str) -> tuple[bytes, int] | None:
         try:
             return read_block_file(self.file(key))
-        except (FileNotFoundError, CorruptBlock):
+        except (FileNotFoundError, errors.CorruptBlock):
             return None
 
     def read_span(self, key: str, lo: int, n: int, length: int) -> bytes | None:

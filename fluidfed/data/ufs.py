@@ -25,14 +25,10 @@ import opendal.exceptions
 
 from fluidfed.data import layout
 from fluidfed.data.layout import FileRef
-from fluidfed.errors import UFSError as UFSError
-from fluidfed.errors import UFSNotFound
+from fluidfed.errors import UFSError, UFSNotFound
 from fluidfed.models import Mount
 
 MANIFEST = ".fluidfed-manifest.json"
-
-
-NotFoundError = UFSNotFound  # the name call sites used before the one error tree
 
 
 class Entry(msgspec.Struct, frozen=True):

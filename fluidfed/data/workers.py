@@ -11,21 +11,12 @@ from typing import NamedTuple, TypeVar
 
 import aiohttp
 
+from fluidfed import errors
 from fluidfed.data import blockfile, blocks, protocol
 from fluidfed.data.layout import FileRef
-from fluidfed.errors import ConfigError, FluidfedError
+from fluidfed.errors import ConfigError
 
 READ_SIZE = 2**20  # bytes per socket read when receiving blocks
-
-
-class WorkerError(FluidfedError):
-    def __init__(self, message: str, *, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotLocal(WorkerError):
-    """The worker's block file is not visible here: the worker is on another machine."""
 
 
 class Fetched(NamedTuple):
@@ -70,7 +61,7 @@ async def get_block(
     try:
         async with session.get(protocol.block_url(url, key), params=query.params()) as r:
             if r.status != 200:
-                raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+                raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
             _large_reads(r)
             data: blocks.Data = await r.read()
             crc = int(r.headers.get(protocol.CHECKSUM, "-1"))
@@ -78,14 +69,14 @@ async def get_block(
             path = r.headers.get(protocol.LOCAL)
             length = int(r.headers.get(protocol.LENGTH, "0"))
     except aiohttp.ClientError as err:
-        raise WorkerError(f"{url}: {err}") from err
+        raise errors.WorkerError(f"{url}: {err}") from err
     if path is not None:
         try:
             data, got = await blockfile.load_block_file(path)
-        except blockfile.CorruptBlock:  # the worker checks it, drops it and fetches again
+        except errors.CorruptBlock:  # the worker checks it, drops it and fetches again
             return await get_block(session, url, key, ref, index, span, verify=True)
         except OSError as err:
-            raise NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
+            raise errors.NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
         if len(data) != length or got != crc:  # replaced since the worker answered
             return await get_block(session, url, key, ref, index, span)
         return Fetched(data, crc, hit, local=True, path=path)
@@ -98,7 +89,7 @@ async def get_block(
     if got != crc:
         if not verify:
             return await get_block(session, url, key, ref, index, span, verify=True)
-        raise WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
+        raise errors.WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
     return Fetched(data, crc, hit)
 
 
@@ -130,9 +121,9 @@ async def put_block(
             protocol.block_url(url, key), data=data, headers={protocol.CHECKSUM: str(crc)}
         ) as r:
             if r.status not in (200, 201, 204):
-                raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+                raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
     except aiohttp.ClientError as err:
-        raise WorkerError(f"{url}: {err}") from err
+        raise errors.WorkerError(f"{url}: {err}") from err
 
 
 M = TypeVar("M", bound=protocol.Message)
@@ -155,12 +146,12 @@ async def _call(
             headers={"Content-Type": protocol.JSON} if body is not None else None,
         ) as r:
             if r.status >= 300:
-                raise WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+                raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
             return protocol.decode(answer, await r.read())
     except aiohttp.ClientError as err:
-        raise WorkerError(f"{url}: {err}") from err
+        raise errors.WorkerError(f"{url}: {err}") from err
     except ConfigError as err:
-        raise WorkerError(f"{url}: unexpected answer: {err}") from err
+        raise errors.WorkerError(f"{url}: unexpected answer: {err}") from err
 
 
 async def status(session: aiohttp.ClientSession, url: str) -> protocol.WorkerStatus:
@@ -194,6 +185,6 @@ async def register(
             headers={"Content-Type": protocol.JSON},
         ) as r:
             if r.status >= 300:
-                raise WorkerError(f"{agent}: {r.status} {await r.text()}", status=r.status)
+                raise errors.WorkerError(f"{agent}: {r.status} {await r.text()}", status=r.status)
     except aiohttp.ClientError as err:
-        raise WorkerError(f"{agent}: {err}") from err
+        raise errors.WorkerError(f"{agent}: {err}") from err

@@ -17,6 +17,7 @@ from obstore.store import S3Store
 
 from devkit.local import binaries
 from devkit.local.cluster import free_port
+from fluidfed import errors
 from fluidfed.data import ufs
 from fluidfed.models import Mount
 from tests.integration import sources
@@ -130,7 +131,7 @@ async def check_reader(reader: ufs.UFS, want: dict[str, bytes]) -> None:
     stat = await reader.stat(sample.path)
     assert stat.size == sample.size
     assert await reader.read(sample.path, 10, 5) == want[sample.path][10:15]
-    with pytest.raises(ufs.NotFoundError):
+    with pytest.raises(errors.UFSNotFound):
         await reader.stat("no/such/file")
 
 
@@ -141,7 +142,7 @@ async def test_s3_reader(s3: str, dataset_dir: Path) -> None:
 
 async def test_s3_wrong_credentials_are_a_clear_error(s3: str) -> None:
     reader = ufs.open_ufs(Mount(uri="s3://nosuchbucket/train", options={"endpoint": s3}), env=CREDS)
-    with pytest.raises(ufs.UFSError) as info:
+    with pytest.raises(errors.UFSError) as info:
         await reader.list()
     assert "nosuchbucket" in str(info.value)
 
@@ -168,7 +169,7 @@ async def test_a_server_that_stops_gives_an_error_within_the_timeout(dataset_dir
     proc.kill()
     proc.wait()
     t0 = time.monotonic()
-    with pytest.raises(ufs.UFSError) as info:
+    with pytest.raises(errors.UFSError) as info:
         await reader.read(name, 0, 1)
     assert info.value.temporary
     assert time.monotonic() - t0 < 30  # bounded by the retry budget, never a hang
@@ -185,5 +186,5 @@ async def test_a_server_that_stops_gives_an_error_within_the_timeout(dataset_dir
 
 
 def test_unknown_schemes_are_refused() -> None:
-    with pytest.raises(ufs.UFSError, match="no reader for dataset://"):
+    with pytest.raises(errors.UFSError, match="no reader for dataset://"):
         ufs.open_ufs(Mount(uri="dataset://other"))

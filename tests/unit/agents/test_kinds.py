@@ -4,12 +4,12 @@ import pytest
 
 from agents import informer
 from agents.controllers import kinds
-from agents.kube import KubeError
 from agents.live import LiveCache
 from agents.queue import WorkQueue
 from agents.state import AgentState
 from fluidfed import names
 from fluidfed.backoff import Backoff
+from fluidfed.errors import KubeError
 from tests.unit.agents.builders import binding
 
 

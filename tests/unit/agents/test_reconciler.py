@@ -4,7 +4,6 @@ from typing import Any
 
 from agents import render
 from agents.controllers import reconciler, warmup, webhook
-from agents.kube import KubeError
 from agents.live import LiveCache
 from agents.metrics import MetricWindow
 from agents.observed import Observed
@@ -14,6 +13,7 @@ from agents.state import AgentState, StateFile
 from agents.store import Store
 from fluidfed import names
 from fluidfed.backoff import Backoff
+from fluidfed.errors import KubeError
 from fluidfed.models import AgentConfig, Binding, Cluster
 from tests.unit.agents.builders import binding
 

@@ -9,14 +9,13 @@ import pytest
 
 from fluidfed.data import blocks, layout
 from fluidfed.data.blockfile import (
-    CorruptBlock,
-    NotCached,
     block_path,
     load_block_file,
     map_block_file,
     read_block_file,
 )
 from fluidfed.data.store import BlockStore
+from fluidfed.errors import CorruptBlock, NotCached
 from fluidfed.models import CacheTier, Mount
 
 
