@@ -14,7 +14,7 @@ from agents.queue import WorkQueue
 from agents.state import AgentState
 from agents.store import Store
 from fluidfed.backoff import Backoff
-from fluidfed.errors import FluidfedError, Gone, HubUnreachable, ServerError
+from fluidfed.errors import FluidfedError, Gone
 from fluidfed.models import Binding
 
 log = logging.getLogger("fluidfed.agent.hubsync")
@@ -124,7 +124,7 @@ class HubSync:
             self.queue.add(name)
 
     def _log_retry(self, err: Exception, delay: float) -> None:
-        if isinstance(err, HubUnreachable | ServerError):
+        if isinstance(err, FluidfedError) and err.temporary:
             self.store.hub_lost()
             log.warning("hub unavailable (%s); retrying in %.1fs", err, delay)
         elif isinstance(err, FluidfedError):

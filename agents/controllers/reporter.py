@@ -13,7 +13,7 @@ import msgspec
 from agents import store as published
 from agents.hub_link import HubLink
 from agents.store import Store
-from fluidfed.errors import HubUnreachable, NotFound, ServerError, Unauthorized
+from fluidfed.errors import BadRequest, FluidfedError, NotFound, Unauthorized
 
 log = logging.getLogger("fluidfed.agent.reporter")
 
@@ -23,8 +23,11 @@ async def run(link: HubLink, store: Store, interval: float) -> None:
     while True:
         try:
             await send_pending(link, store)
-        except (HubUnreachable, ServerError, Unauthorized):
+        except FluidfedError as err:
+            # the hub away (temporary) or not taking this token: try again later
             store.hub_lost()
+            if not (err.temporary or isinstance(err, Unauthorized)):
+                log.error("reporting to the hub failed: %s", err)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):
                 await store.wake_reporter.wait()
@@ -40,9 +43,13 @@ async def send_pending(link: HubLink, store: Store) -> None:
             st = msgspec.structs.replace(
                 current, hub_last_seen=state.hub_last_seen, reported_at=time.time()
             )
-            # NotFound: the binding is gone at the hub; nothing to report
-            with contextlib.suppress(NotFound):
+            try:
                 await hub.report_status(name, st)
+            except NotFound:
+                pass  # the binding is gone at the hub; nothing to report
+            except BadRequest as err:
+                # resending the same status cannot help: say so once, and go on
+                log.error("the hub refused the status of %s: %s", name, err)
         # a newer status may have come while this one was on its way: keep that one
         if published.mark_sent(state, name, current):
             await store.save()

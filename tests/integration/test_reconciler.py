@@ -1,0 +1,126 @@
+"""The reconciler against a real kube-apiserver: what it applies, what it records, which
+failures it retries (an API server that does not answer) and which it does not (an object
+the API server refuses)."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agents import render
+from agents.controllers import reconciler, warmup, webhook
+from agents.kube import Kube, api_client
+from agents.live import LiveCache
+from agents.metrics import MetricWindow
+from agents.observed import Observed
+from agents.queue import WorkQueue
+from agents.registry import Registry
+from agents.state import AgentState, StateFile
+from agents.store import Store
+from devkit.local import cluster
+from fluidfed.backoff import Backoff
+from fluidfed.models import AgentConfig, Binding, Cluster, KubeAccess
+from tests.unit.agents.builders import binding
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def kube(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator[Kube]:
+    access = KubeAccess(kubeconfig=str(local_clusters["edge"].kubeconfig_path))
+    k = await Kube(await api_client(access)).open()
+    try:
+        yield k
+    finally:
+        await k.close()
+
+
+def make(
+    tmp_path: Path, kube: Kube, b: Binding
+) -> tuple[reconciler.Reconciler, Store, WorkQueue, LiveCache]:
+    cfg = AgentConfig(cluster_file="-")
+    store = Store(StateFile(tmp_path), AgentState(cluster="edge", bindings={b.name: b}))
+    queue = WorkQueue(Backoff(base=0.05, cap=1.0))
+    live = LiveCache()
+    ctx = render.ClusterContext(name="edge")
+    registry = Registry(ttl=10)
+    figures = Observed(registry, MetricWindow(window=60), store)
+    hook = webhook.SidecarWebhook(
+        cfg, Cluster(name="edge"), ctx, store, queue, tmp_path / "wh", asyncio.Event()
+    )
+    r = reconciler.Reconciler(
+        kube,
+        ctx,
+        live,
+        store,
+        queue,
+        figures,
+        warmup.WarmUps(registry, figures, store),
+        hook,
+    )
+    return r, store, queue, live
+
+
+async def run_once(r: reconciler.Reconciler, queue: WorkQueue, reconciles: int = 1) -> None:
+    """One worker until `reconciles` reconciles have run and the queue is idle."""
+    synced = asyncio.Event()
+    synced.set()
+    worker = asyncio.create_task(r.work(synced))
+    try:
+        async with asyncio.timeout(60):
+            while r.reconciles < reconciles or not queue.empty():
+                await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()
+
+
+async def test_applies_what_is_wanted_and_publishes_the_status(tmp_path: Path, kube: Kube) -> None:
+    r, store, queue, live = make(tmp_path, kube, binding("rec.edge", namespace="rec"))
+    queue.add("rec.edge")
+    await run_once(r, queue)
+    kinds = {k[1] for k in live.owned_by("rec.edge")}
+    assert kinds >= {"ConfigMap", "StatefulSet", "Service"}
+    for key in live.owned_by("rec.edge"):  # the API server holds every one of them
+        assert await kube.get(*key) is not None
+    assert store.state.unsent == ["rec.edge"]
+    assert store.state.statuses["rec.edge"].last_error == ""
+    assert queue.failures("rec.edge") == 0
+
+    # retired: everything it made is deleted, and it waits to be finalized at the hub
+    store.state.bindings["rec.edge"] = binding("rec.edge", namespace="rec", deleting=True)
+    owned = live.owned_by("rec.edge")
+    queue.add("rec.edge")
+    await run_once(r, queue, reconciles=2)
+    assert live.owned_by("rec.edge") == []
+    for key in owned:
+        assert await kube.get(*key) is None
+    assert store.state.finalize == ["rec.edge"]
+
+
+async def test_a_temporary_error_is_recorded_and_retried_later(tmp_path: Path, kube: Kube) -> None:
+    r, store, queue, _ = make(tmp_path, kube, binding("tmp.edge", namespace="tmp"))
+    host = kube.api.configuration.host
+    kube.api.configuration.host = "https://127.0.0.1:1"  # the API server stops answering
+    queue.add("tmp.edge")
+    await run_once(r, queue)
+    st = store.state.statuses["tmp.edge"]
+    assert st.phase == "Failed" and st.last_error
+    assert queue.failures("tmp.edge") == 1
+    kube.api.configuration.host = host  # back: the retry comes by itself and gets through
+    async with asyncio.timeout(10):
+        assert await queue.get() == "tmp.edge"
+    queue.close()
+
+
+async def test_a_refused_object_is_recorded_and_not_retried(tmp_path: Path, kube: Kube) -> None:
+    # a binding name longer than a label value: the API server refuses it (422), and trying
+    # again cannot help (the hub refuses such a spec; this agent still must not hot-loop)
+    name = f"{'d' * 40}.{'e' * 30}"
+    r, store, queue, _ = make(tmp_path, kube, binding(name, namespace="refused"))
+    queue.add(name)
+    await run_once(r, queue)
+    assert "422" in store.state.statuses[name].last_error
+    assert queue.failures(name) == 0
+    await asyncio.sleep(0.2)
+    assert queue.empty()
