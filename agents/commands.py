@@ -10,6 +10,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from fluidfed import config
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import AgentConfig, Cluster, KubeAccess
@@ -72,7 +74,47 @@ def load(config_path: str) -> tuple[AgentConfig, Cluster, KubeAccess, Path]:
                 ]
             )
         access = KubeAccess(kubeconfig=str(kubeconfig), context=access.context)
+    # the TLS files, like every path in the agent file, are relative to it
+    tls_files = {
+        f: str(_resolve(base, getattr(cfg, f)))
+        for f in ("ca_file", "client_cert_file", "client_key_file")
+        if getattr(cfg, f)
+    }
+    for field, path in tls_files.items():
+        if not Path(path).is_file():
+            raise ConfigError.one(
+                f"{path} does not exist: give the PEM file's path (relative to this file)",
+                file=config_path,
+                path=f"agent.{field}",
+            )
+    if tls_files:
+        cfg = msgspec.structs.replace(cfg, **tls_files)
     return cfg, cdoc.cluster, access, _resolve(base, cfg.state_dir)
+
+
+def read_token(config_path: str, cfg: AgentConfig) -> str:
+    """The cluster token from token_file (relative to the agent file), else token_env."""
+    if not cfg.token_file:
+        return os.environ.get(cfg.token_env, "").strip()
+    path = _resolve(Path(config_path).resolve().parent, cfg.token_file)
+    try:
+        token = path.read_text().strip()
+    except OSError as err:
+        raise ConfigError.one(
+            f"cannot read the cluster token file {path} ({err.strerror}): write the token "
+            "that `fluidfed cluster register --token-file` gave, or drop token_file and "
+            "set a bootstrap token so the agent registers itself",
+            file=config_path,
+            path="agent.token_file",
+        ) from None
+    if not token:
+        raise ConfigError.one(
+            f"the cluster token file {path} is empty: write the cluster's token there "
+            "(`fluidfed cluster register FILE --token-file F --rotate-token` issues one)",
+            file=config_path,
+            path="agent.token_file",
+        )
+    return token
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -80,10 +122,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from agents.kube import Kube, api_client
 
     cfg, cluster, access, state_dir = load(args.config)
-    token = ""
-    if cfg.token_file:
-        token = _resolve(Path(args.config).resolve().parent, cfg.token_file).read_text().strip()
-    token = token or os.environ.get(cfg.token_env, "").strip()
+    token = read_token(args.config, cfg)
     bootstrap = os.environ.get(cfg.bootstrap_token_env, "").strip()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 

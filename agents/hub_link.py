@@ -21,8 +21,19 @@ class HubLink:
         self.file = file
         self.token = token
         self.bootstrap_token = bootstrap
-        self.client = Client(cfg.hub, token, timeout=15)
+        self.client = self._client(token)
         self.registered = False
+
+    def _client(self, token: str) -> Client:
+        cfg = self.cfg
+        return Client(
+            cfg.hub,
+            token,
+            timeout=15,
+            ca_file=cfg.ca_file,
+            cert_file=cfg.client_cert_file,
+            key_file=cfg.client_key_file,
+        )
 
     async def ensure_registered(self) -> None:
         """Once per process: check the token, or register the cluster with the bootstrap
@@ -46,12 +57,11 @@ class HubLink:
                 "no cluster token: set token_file or the token variable, or a bootstrap "
                 "(admin) token so the agent can register its cluster"
             )
-        async with Client(self.cfg.hub, self.bootstrap_token, timeout=15) as admin:
+        async with self._client(self.bootstrap_token) as admin:
             result = await admin.register_cluster(self.cluster, rotate_token=True)
         self.token = result.token
         self.file.save_token(self.token)
-        self.client.token = self.token
-        await self.client.close()  # the session carries the old header
+        self.client.token = self.token  # sent with every request from now on
         self.registered = True
         log.info("registered cluster %s with the hub", self.cluster.name)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 
 from fluidfed import codec
+from fluidfed.errors import ConfigError
 from fluidfed.models import Binding, BindingStatus
 
 
@@ -36,11 +37,20 @@ class StateFile:
     def load(self, cluster: str) -> AgentState:
         if not self.path.exists():
             return AgentState(cluster=cluster)
-        state = _decoder.decode(self.path.read_bytes())
+        try:
+            state = _decoder.decode(self.path.read_bytes())
+        except msgspec.DecodeError as err:
+            raise ConfigError.one(
+                f"not an agent state file ({err}): move it away to start from the hub's "
+                "state (the agent relists its bindings)",
+                file=str(self.path),
+            ) from None
         if state.cluster != cluster:
-            raise ValueError(
-                f"{self.path} holds the state of cluster {state.cluster!r}, not {cluster!r}: "
-                "give each agent its own state_dir"
+            raise ConfigError.one(
+                f"this state directory holds the state of cluster {state.cluster!r}, not "
+                f"{cluster!r}: give each agent its own state_dir",
+                file=str(self.path),
+                path="agent.state_dir",
             )
         return state
 

@@ -14,7 +14,7 @@ class Broken(Exception):
     pass
 
 
-class FakeSource:
+class ScriptedSource:
     """Listings and watch streams played back in order; an exception in a stream is
     raised where it stands."""
 
@@ -52,14 +52,14 @@ async def take(events: AsyncIterator[informer.Event[str, int]], n: int) -> list[
 
 
 async def test_lists_first_then_watches_from_the_listed_version() -> None:
-    src = FakeSource([(["a", "b"], 5)], [[informer.Added("c", 6), informer.Deleted("a", 7)]])
+    src = ScriptedSource([(["a", "b"], 5)], [[informer.Added("c", 6), informer.Deleted("a", 7)]])
     got = await take(informer.list_then_watch(src, NO_WAIT), 3)
     assert got == [informer.Listed(["a", "b"], 5), informer.Added("c", 6), informer.Deleted("a", 7)]
     assert src.watched_from == [5]
 
 
 async def test_with_a_version_it_resumes_without_listing() -> None:
-    src = FakeSource([], [[informer.Bookmark(12)], [informer.Modified("a", 13)]])
+    src = ScriptedSource([], [[informer.Bookmark(12)], [informer.Modified("a", 13)]])
     got = await take(informer.list_then_watch(src, NO_WAIT, version=10), 2)
     # the first stream ended cleanly: the next resumes from the last event's version
     assert got == [informer.Bookmark(12), informer.Modified("a", 13)]
@@ -67,7 +67,7 @@ async def test_with_a_version_it_resumes_without_listing() -> None:
 
 
 async def test_too_old_relists_and_watches_from_the_new_listing() -> None:
-    src = FakeSource(
+    src = ScriptedSource(
         [(["x"], 40)], [[informer.Added("a", 11), TooOld()], [informer.Added("y", 41)]]
     )
     got = await take(informer.list_then_watch(src, NO_WAIT, version=10), 4)
@@ -82,7 +82,7 @@ async def test_too_old_relists_and_watches_from_the_new_listing() -> None:
 
 async def test_an_error_is_shown_then_the_watch_resumes_after_a_delay() -> None:
     err = Broken("connection reset")
-    src = FakeSource([], [[informer.Added("a", 3), err], [informer.Added("b", 4)]])
+    src = ScriptedSource([], [[informer.Added("a", 3), err], [informer.Added("b", 4)]])
     got = await take(informer.list_then_watch(src, Backoff(base=0.01, cap=0.01), version=2), 3)
     assert got[0] == informer.Added("a", 3)
     assert isinstance(got[1], informer.Retrying)
@@ -93,7 +93,7 @@ async def test_an_error_is_shown_then_the_watch_resumes_after_a_delay() -> None:
 
 
 async def test_a_consumer_that_stops_at_an_error_never_waits() -> None:
-    src = FakeSource([], [[Broken("no such kind")]])
+    src = ScriptedSource([], [[Broken("no such kind")]])
     events = informer.list_then_watch(src, Backoff(base=3600, cap=3600), version=1)
     got = await take(events, 1)
     await events.aclose()  # would hang on the hour-long sleep if it had started

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from agents.state import AgentState, StateFile
+from fluidfed.errors import ConfigError
 from fluidfed.models import Binding, BindingStatus, Dataset, Mount
 
 
@@ -28,7 +29,7 @@ def test_state_round_trips_and_is_replaced_atomically(tmp_path: Path) -> None:
     f.save(state)
     assert f.load("edge") == state
     assert not (tmp_path / "s" / "state.tmp").exists()
-    with pytest.raises(ValueError, match="own state_dir"):
+    with pytest.raises(ConfigError, match="own state_dir"):
         f.load("other")
 
 
