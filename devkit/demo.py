@@ -229,9 +229,13 @@ class Demo:
         self.summary.steps.append((name, time.monotonic() - t0))
         return result
 
+    @property
+    def ca_file(self) -> Path:
+        return self.base / "hub" / "tls" / "ca.crt"
+
     def admin(self) -> Client:
         assert self.hub is not None
-        return Client(self.hub.url, self.hub.admin_token)
+        return Client(self.hub.url, self.hub.admin_token, ca_file=str(self.ca_file))
 
     async def run(self) -> Summary:
         if self.base.exists():
@@ -271,8 +275,12 @@ class Demo:
             base_dir=self.base / "clusters",
             progress=lambda m: self.note(f"[dim]{m}[/dim]") if m.startswith("[testbin]") else None,
         )
-        self.hub = HubProcess(self.base / "hub").start()
-        self.note(f"hub on {self.hub.url} (catalog {self.base / 'hub' / 'catalog.db'})")
+        # over HTTPS, as across machines: a CA and certificate made in the hub's directory
+        self.hub = HubProcess(self.base / "hub", extra=["--self-signed"]).start()
+        self.note(
+            f"hub on {self.hub.url} (catalog {self.base / 'hub' / 'catalog.db'}; "
+            f"TLS, CA {self.ca_file})"
+        )
         self.s3 = S3Server(self.base / "s3").start()
         # the credentials the mount's Secret would hold, for the workers and the sidecar
         os.environ.update(s3.CREDENTIALS)
@@ -301,6 +309,7 @@ class Demo:
                 cluster_toml=toml,
                 token=token,
             )
+            agent.write_config(ca_file=f'"{self.ca_file}"')
             self.agents[lc.kind] = agent.start()
             assert lc.state is not None
             self.note(
@@ -575,7 +584,7 @@ class Demo:
         (self.base / "demo.json").write_bytes(msgspec.json.encode(state))
         console.print("\nLeft running (remove with `fluidfed demo down`):")
         if self.hub:
-            console.print(f"  export FLUIDFED_HUB={self.hub.url}")
+            console.print(f"  export FLUIDFED_HUB={self.hub.url} FLUIDFED_CA_FILE={self.ca_file}")
             console.print(f"  export FLUIDFED_TOKEN=$(cat {self.base / 'hub' / 'admin-token'})")
             console.print("  fluidfed get bindings; fluidfed describe dataset imagenet")
         for lc in self.clusters:
