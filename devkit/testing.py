@@ -1,6 +1,210 @@
-"""Helpers shipped for tests and benchmarks: real daemons as child processes."""
+"""The test kit, shipped for tests and benchmarks: real daemons as child processes, typed
+builders of valid `fluidfed.models` objects, and `eventually`, the one way a test waits
+for something to become true."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar, overload
 
 from devkit.local.processes import AgentProcess as AgentProcess
 from devkit.local.processes import HubProcess as HubProcess
+from fluidfed.models import (
+    Binding,
+    BindingStatus,
+    CacheTier,
+    Capabilities,
+    Cluster,
+    ClusterRecord,
+    ClusterStatus,
+    Condition,
+    Dataset,
+    Medium,
+    Mount,
+    MountMode,
+    Phase,
+)
+from fluidfed.units import ByteSize
 
-__all__ = ["AgentProcess", "HubProcess"]
+__all__ = [
+    "AgentProcess",
+    "HubProcess",
+    "binding",
+    "binding_status",
+    "cache_tier",
+    "capabilities",
+    "cluster",
+    "cluster_record",
+    "dataset",
+    "eventually",
+    "eventually_blocking",
+]
+
+T = TypeVar("T")
+
+# ---- builders: the smallest valid object; every field can be given --------------------
+
+
+def dataset(name: str = "ds", *, uri: str = "s3://b/p", **fields: Any) -> Dataset:
+    """A dataset over one mount of `uri` (unless `mounts` is given)."""
+    fields.setdefault("mounts", [Mount(uri=uri)])
+    return Dataset(name=name, **fields)
+
+
+def binding(
+    spec: Dataset | None = None,
+    cluster: str = "c",
+    *,
+    mode: MountMode = "sidecar",
+    replicas: int = 1,
+    generation: int = 1,
+    **fields: Any,
+) -> Binding:
+    """`spec` (default `dataset()`) placed on `cluster`, named as the hub names it."""
+    spec = spec or dataset()
+    return Binding(
+        name=f"{spec.name}.{cluster}",
+        dataset=spec.name,
+        cluster=cluster,
+        mode=mode,
+        replicas=replicas,
+        generation=generation,
+        spec=spec,
+        **fields,
+    )
+
+
+def binding_status(phase: Phase = "Bound", **fields: Any) -> BindingStatus:
+    return BindingStatus(phase=phase, **fields)
+
+
+def cache_tier(
+    medium: Medium = "MEM", quota: int = 2**30, path: str | Path = "", **fields: Any
+) -> CacheTier:
+    return CacheTier(medium=medium, quota=ByteSize(quota), path=str(path), **fields)
+
+
+def cluster(name: str = "c", **fields: Any) -> Cluster:
+    return Cluster(name=name, **fields)
+
+
+def cluster_record(name: str = "c", *, state: str | None = "Ready", **fields: Any) -> ClusterRecord:
+    """A registered cluster whose last condition is `state` (None: never heard of)."""
+    condition = Condition(type=state, since=0) if state else None  # type: ignore[arg-type]
+    return ClusterRecord(spec=cluster(name, **fields), status=ClusterStatus(condition=condition))
+
+
+def capabilities(**fields: bool | str) -> Capabilities:
+    return Capabilities(**fields)  # type: ignore[arg-type]
+
+
+# ---- waiting ----------------------------------------------------------------------------
+
+
+class _Attempts:
+    """The deadline of one wait, the last value and error seen, and the failure that
+    says what was awaited."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.tries = 0
+        self.last: object = None
+        self.error: Exception | None = None
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def saw(self, value: object = None, error: Exception | None = None) -> None:
+        self.tries += 1
+        self.last, self.error = value, error
+
+    def failure(self) -> AssertionError:
+        seen = f"last error: {self.error!r}" if self.error else f"last value: {self.last!r}"
+        err = AssertionError(
+            f"timed out after {self.timeout:g}s ({self.tries} tries) waiting for "
+            f"{self.what}; {seen}"
+        )
+        err.__cause__ = self.error
+        return err
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    what: str,
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
+    what: str,
+    *,
+    # a deadline in the call, not a scope around it: the failure must say what was awaited
+    timeout: float = 120,  # noqa: ASYNC109
+    interval: float = 0.25,
+) -> Any:
+    """Call `check` (a function, or one returning an awaitable) every `interval` seconds
+    until it returns something truthy, and return that. An exception from `check` counts
+    as "not yet". After `timeout` seconds (a check that hangs included) fail with what was
+    awaited and the last value or error seen.
+
+    Generous by default: this 2-core VM's speed drifts by 2x, and kwok's pods once took
+    over a minute to turn Ready under a loaded suite."""
+    attempts = _Attempts(what, timeout)
+    while True:
+        scope = asyncio.timeout(max(attempts.left(), 0))
+        try:
+            async with scope:
+                value = check()
+                if inspect.isawaitable(value):
+                    value = await value
+        except Exception as err:
+            if scope.expired():
+                raise attempts.failure() from attempts.error
+            attempts.saw(error=err)
+        else:
+            if value:
+                return value
+            attempts.saw(value)
+        if attempts.left() <= 0:
+            raise attempts.failure()
+        await asyncio.sleep(min(interval, attempts.left()))
+
+
+def eventually_blocking(
+    check: Callable[[], T], what: str, *, timeout: float = 120, interval: float = 0.25
+) -> T:
+    """`eventually` for the places that cannot await (sync fixtures and tests, threads):
+    the same rules, but a check that hangs is not cut short."""
+    attempts = _Attempts(what, timeout)
+    while True:
+        try:
+            value = check()
+        except Exception as err:
+            attempts.saw(error=err)
+        else:
+            if value:
+                return value
+            attempts.saw(value)
+        if attempts.left() <= 0:
+            raise attempts.failure()
+        time.sleep(min(interval, attempts.left()))
