@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -85,6 +86,9 @@ def ready_line(
     m = out.wait_ready(timeout)
     if m is not None:
         return m
+    if out.closed:  # its stdout ended: it is exiting, give it a moment to be reaped
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
     exited = proc.poll() is not None
     if not exited:
         proc.kill()
