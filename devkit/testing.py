@@ -9,7 +9,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from devkit.local.processes import AgentProcess as AgentProcess
 from devkit.local.processes import HubProcess as HubProcess
@@ -66,16 +66,9 @@ def binding(
 ) -> Binding:
     """`spec` (default `dataset()`) placed on `cluster`, named as the hub names it."""
     spec = spec or dataset()
-    return Binding(
-        name=f"{spec.name}.{cluster}",
-        dataset=spec.name,
-        cluster=cluster,
-        mode=mode,
-        replicas=replicas,
-        generation=generation,
-        spec=spec,
-        **fields,
-    )
+    name = f"{spec.name}.{cluster}"
+    fields = {"mode": mode, "replicas": replicas, "generation": generation, **fields}
+    return Binding(name=name, dataset=spec.name, cluster=cluster, spec=spec, **fields)
 
 
 def binding_status(phase: Phase = "Bound", **fields: Any) -> BindingStatus:
@@ -109,9 +102,10 @@ class _Attempts:
     """The deadline of one wait, the last value and error seen, and the failure that
     says what was awaited."""
 
-    def __init__(self, what: str, timeout: float) -> None:
+    def __init__(self, what: str, timeout: float, interval: float) -> None:
         self.what = what
         self.timeout = timeout
+        self.interval = interval
         self.deadline = time.monotonic() + timeout
         self.tries = 0
         self.last: object = None
@@ -120,9 +114,19 @@ class _Attempts:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def saw(self, value: object = None, error: Exception | None = None) -> None:
+    def done(self, value: object, error: Exception | None) -> bool:
+        """Whether this try ends the wait; else it is noted, and past the deadline the
+        wait fails."""
+        if error is None and value:
+            return True
         self.tries += 1
         self.last, self.error = value, error
+        if self.left() <= 0:
+            raise self.failure()
+        return False
+
+    def pause(self) -> float:
+        return min(self.interval, max(self.left(), 0))
 
     def failure(self) -> AssertionError:
         seen = f"last error: {self.error!r}" if self.error else f"last value: {self.last!r}"
@@ -169,8 +173,9 @@ async def eventually(
 
     Generous by default: this 2-core VM's speed drifts by 2x, and kwok's pods once took
     over a minute to turn Ready under a loaded suite."""
-    attempts = _Attempts(what, timeout)
+    attempts = _Attempts(what, timeout, interval)
     while True:
+        value, error = None, None
         scope = asyncio.timeout(max(attempts.left(), 0))
         try:
             async with scope:
@@ -180,14 +185,10 @@ async def eventually(
         except Exception as err:
             if scope.expired():
                 raise attempts.failure() from attempts.error
-            attempts.saw(error=err)
-        else:
-            if value:
-                return value
-            attempts.saw(value)
-        if attempts.left() <= 0:
-            raise attempts.failure()
-        await asyncio.sleep(min(interval, attempts.left()))
+            error = err
+        if attempts.done(value, error):
+            return value
+        await asyncio.sleep(attempts.pause())
 
 
 def eventually_blocking(
@@ -195,16 +196,13 @@ def eventually_blocking(
 ) -> T:
     """`eventually` for the places that cannot await (sync fixtures and tests, threads):
     the same rules, but a check that hangs is not cut short."""
-    attempts = _Attempts(what, timeout)
+    attempts = _Attempts(what, timeout, interval)
     while True:
+        value, error = None, None
         try:
             value = check()
         except Exception as err:
-            attempts.saw(error=err)
-        else:
-            if value:
-                return value
-            attempts.saw(value)
-        if attempts.left() <= 0:
-            raise attempts.failure()
-        time.sleep(min(interval, attempts.left()))
+            error = err
+        if attempts.done(value, error):
+            return cast(T, value)
+        time.sleep(attempts.pause())
