@@ -9,7 +9,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 from devkit.local.processes import AgentProcess as AgentProcess
 from devkit.local.processes import HubProcess as HubProcess
@@ -17,7 +17,6 @@ from fluidfed.models import (
     Binding,
     BindingStatus,
     CacheTier,
-    Capabilities,
     Cluster,
     ClusterRecord,
     ClusterStatus,
@@ -33,10 +32,10 @@ from fluidfed.units import ByteSize
 __all__ = [
     "AgentProcess",
     "HubProcess",
+    "NotYet",
     "binding",
     "binding_status",
     "cache_tier",
-    "capabilities",
     "cluster",
     "cluster_record",
     "dataset",
@@ -85,17 +84,23 @@ def cluster(name: str = "c", **fields: Any) -> Cluster:
     return Cluster(name=name, **fields)
 
 
-def cluster_record(name: str = "c", *, state: str | None = "Ready", **fields: Any) -> ClusterRecord:
+def cluster_record(
+    name: str = "c", *, state: Literal["Ready", "Offline"] | None = "Ready", **fields: Any
+) -> ClusterRecord:
     """A registered cluster whose last condition is `state` (None: never heard of)."""
-    condition = Condition(type=state, since=0) if state else None  # type: ignore[arg-type]
+    condition = Condition(type=state, since=0) if state else None
     return ClusterRecord(spec=cluster(name, **fields), status=ClusterStatus(condition=condition))
 
 
-def capabilities(**fields: bool | str) -> Capabilities:
-    return Capabilities(**fields)  # type: ignore[arg-type]
-
-
 # ---- waiting ----------------------------------------------------------------------------
+
+
+class NotYet(str):
+    """A falsy note of where a wait stands, for a check to return: `eventually` goes on,
+    and shows the last one when time is up."""
+
+    def __bool__(self) -> bool:
+        return False
 
 
 class _Attempts:

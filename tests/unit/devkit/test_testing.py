@@ -9,8 +9,8 @@ import time
 import pytest
 
 from devkit import testing
-from fluidfed import codec
-from fluidfed.models import Binding, Dataset
+from fluidfed import codec, validation
+from fluidfed.models import Binding, CacheSpec, Dataset
 
 
 async def test_eventually_returns_the_first_truthy_value_of_a_function_or_coroutine() -> None:
@@ -94,3 +94,7 @@ def test_builders_make_valid_models_that_round_trip_and_take_any_field() -> None
     assert rec.status.condition.type == "Offline"
     assert testing.cluster_record("b", state=None).status.condition is None
     assert testing.cache_tier("SSD", 10, "/ssd").path == "/ssd"
+    # what they build by default passes the rules a user's file must pass
+    assert validation.check_dataset(testing.dataset()) == []
+    assert validation.check_cluster(testing.cluster()) == []
+    assert validation.check_cache(CacheSpec(tiers=[testing.cache_tier()]), "c") == []
