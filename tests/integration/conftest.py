@@ -91,6 +91,8 @@ def fleet(local_clusters: dict[str, cluster.LocalCluster], tmp_path: Path) -> It
             a.stop()
             # shown by pytest when the test failed
             print(f"--- agent {a.name} log (tail) ---\n{a.log_text()[-3000:]}")
+        if hub.errors is not None:
+            print(f"--- hub stderr (tail) ---\n{hub.errors.tail()}")
         hub.stop()
 
 
