@@ -1,6 +1,235 @@
-"""Helpers shipped for tests and benchmarks: real daemons as child processes."""
+"""The test kit, shipped for tests and benchmarks: real daemons as child processes, typed
+builders of valid `fluidfed.models` objects, and `eventually`, the one way a test waits
+for something to become true."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast, overload
 
 from devkit.local.processes import AgentProcess as AgentProcess
 from devkit.local.processes import HubProcess as HubProcess
+from fluidfed.models import (
+    Binding,
+    BindingStatus,
+    CacheTier,
+    Cluster,
+    ClusterRecord,
+    ClusterStatus,
+    Condition,
+    Dataset,
+    Medium,
+    Mount,
+    MountMode,
+    Phase,
+)
+from fluidfed.units import ByteSize
 
-__all__ = ["AgentProcess", "HubProcess"]
+__all__ = [
+    "AgentProcess",
+    "HubProcess",
+    "NotYet",
+    "binding",
+    "binding_status",
+    "cache_tier",
+    "cluster",
+    "cluster_record",
+    "dataset",
+    "eventually",
+    "eventually_blocking",
+]
+
+T = TypeVar("T")
+
+# ---- builders: the smallest valid object; every field can be given --------------------
+
+
+def dataset(name: str = "ds", *, uri: str = "s3://b/p", **fields: Any) -> Dataset:
+    """A dataset over one mount of `uri` (unless `mounts` is given)."""
+    fields.setdefault("mounts", [Mount(uri=uri)])
+    return Dataset(name=name, **fields)
+
+
+def binding(
+    spec: Dataset | None = None,
+    cluster: str = "c",
+    *,
+    mode: MountMode = "sidecar",
+    replicas: int = 1,
+    generation: int = 1,
+    **fields: Any,
+) -> Binding:
+    """`spec` (default `dataset()`) placed on `cluster`, named as the hub names it."""
+    spec = spec or dataset()
+    name = f"{spec.name}.{cluster}"
+    fields = {"mode": mode, "replicas": replicas, "generation": generation, **fields}
+    return Binding(name=name, dataset=spec.name, cluster=cluster, spec=spec, **fields)
+
+
+def binding_status(phase: Phase = "Bound", **fields: Any) -> BindingStatus:
+    return BindingStatus(phase=phase, **fields)
+
+
+def cache_tier(
+    medium: Medium = "MEM", quota: int = 2**30, path: str | Path = "", **fields: Any
+) -> CacheTier:
+    return CacheTier(medium=medium, quota=ByteSize(quota), path=str(path), **fields)
+
+
+def cluster(name: str = "c", **fields: Any) -> Cluster:
+    return Cluster(name=name, **fields)
+
+
+def cluster_record(
+    name: str = "c", *, state: Literal["Ready", "Offline"] | None = "Ready", **fields: Any
+) -> ClusterRecord:
+    """A registered cluster whose last condition is `state` (None: never heard of)."""
+    condition = Condition(type=state, since=0) if state else None
+    return ClusterRecord(spec=cluster(name, **fields), status=ClusterStatus(condition=condition))
+
+
+# What a cache worker of this version sends as its status (GET /v1/status, registration),
+# key by key: the wire shape both ends of fluidfed.data.protocol must keep.
+WORKER_STATUS_WIRE: dict[str, Any] = {
+    "url": "http://w-0.svc:7070",
+    "dataset": "train",
+    "peers": ["http://w-0.svc:7070"],
+    "blocks": 3,
+    "used": 300,
+    "capacity": 1000,
+    "hits": 7,
+    "misses": 3,
+    "corrupt": 0,
+    "evictions": 0,
+    "tiers": [
+        {"medium": "MEM", "quota": 1000, "used": 300, "blocks": 3, "hits": 7, "evictions": 0}
+    ],
+    "ufs": {"reads": 3, "bytes": 300, "errors": 0},
+    "served": {"blocks": 10, "bytes": 1000, "short_circuit": 0, "located": 0},
+    "load": {"state": "idle", "path": "", "blocks": 0, "done": 0, "cached": 0, "bytes": 0},
+}
+
+
+# ---- waiting ----------------------------------------------------------------------------
+
+
+class NotYet(str):
+    """A falsy note of where a wait stands, for a check to return: `eventually` goes on,
+    and shows the last one when time is up."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class _Attempts:
+    """The deadline of one wait, the last value and error seen, and the failure that
+    says what was awaited."""
+
+    def __init__(self, what: str, timeout: float, interval: float) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.interval = interval
+        self.deadline = time.monotonic() + timeout
+        self.tries = 0
+        self.last: object = None
+        self.error: Exception | None = None
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def done(self, value: object, error: Exception | None) -> bool:
+        """Whether this try ends the wait; else it is noted, and past the deadline the
+        wait fails."""
+        if error is None and value:
+            return True
+        self.tries += 1
+        self.last, self.error = value, error
+        if self.left() <= 0:
+            raise self.failure()
+        return False
+
+    def pause(self) -> float:
+        return min(self.interval, max(self.left(), 0))
+
+    def failure(self) -> AssertionError:
+        seen = f"last error: {self.error!r}" if self.error else f"last value: {self.last!r}"
+        err = AssertionError(
+            f"timed out after {self.timeout:g}s ({self.tries} tries) waiting for "
+            f"{self.what}; {seen}"
+        )
+        err.__cause__ = self.error
+        return err
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    what: str,
+    *,
+    timeout: float = ...,  # noqa: ASYNC109
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
+    what: str,
+    *,
+    # a deadline in the call, not a scope around it: the failure must say what was awaited
+    timeout: float = 120,  # noqa: ASYNC109
+    interval: float = 0.25,
+) -> Any:
+    """Call `check` (a function, or one returning an awaitable) every `interval` seconds
+    until it returns something truthy, and return that. An exception from `check` counts
+    as "not yet". After `timeout` seconds (a check that hangs included) fail with what was
+    awaited and the last value or error seen.
+
+    Generous by default: this 2-core VM's speed drifts by 2x, and kwok's pods once took
+    over a minute to turn Ready under a loaded suite."""
+    attempts = _Attempts(what, timeout, interval)
+    while True:
+        value, error = None, None
+        scope = asyncio.timeout(max(attempts.left(), 0))
+        try:
+            async with scope:
+                value = check()
+                if inspect.isawaitable(value):
+                    value = await value
+        except Exception as err:
+            if scope.expired():
+                raise attempts.failure() from attempts.error
+            error = err
+        if attempts.done(value, error):
+            return value
+        await asyncio.sleep(attempts.pause())
+
+
+def eventually_blocking(
+    check: Callable[[], T], what: str, *, timeout: float = 120, interval: float = 0.25
+) -> T:
+    """`eventually` for the places that cannot await (sync fixtures and tests, threads):
+    the same rules, but a check that hangs is not cut short."""
+    attempts = _Attempts(what, timeout, interval)
+    while True:
+        value, error = None, None
+        try:
+            value = check()
+        except Exception as err:
+            error = err
+        if attempts.done(value, error):
+            return cast(T, value)
+        time.sleep(attempts.pause())

@@ -63,9 +63,9 @@ def check_dns_label(value: str, path: str, what: str) -> list[Problem]:
 
 
 def check_label_key(key: str, path: str) -> list[Problem]:
-    prefix, _, name = key.rpartition("/")
+    prefix, slash, name = key.rpartition("/")
     ok = bool(name) and len(name) <= 63 and _LABEL_NAME.match(name) is not None
-    if prefix:
+    if slash:
         ok = ok and len(prefix) <= 253 and _DNS_SUBDOMAIN.match(prefix) is not None
     if ok:
         return []
@@ -402,7 +402,8 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
             problems += check_dns_label(m.name, f"{p}.name", "mount name")
         if m.secret:
             problems += check_dns_label(m.secret, f"{p}.secret", "secret name")
-        mpath = posixpath.normpath("/" + (m.path or (m.name if len(d.mounts) > 1 else "")))
+        where = m.path or (m.name if len(d.mounts) > 1 else "")
+        mpath = posixpath.normpath("/" + where.lstrip("/"))
         if mpath in mount_paths:
             problems.append(
                 Problem(

@@ -2,37 +2,122 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _READY = re.compile(r"listening on (https?://\S+)")
 
 
+class Drain:
+    """Reads one of a child's pipes on a thread until it closes, so that a chatty child
+    never blocks on a full pipe; keeps its last lines for error messages and notes the
+    first line that matches `ready`."""
+
+    def __init__(
+        self, stream: IO[str], *, ready: re.Pattern[str] | None = None, keep: int = 200
+    ) -> None:
+        self.ready = ready
+        self.match: re.Match[str] | None = None
+        self.closed = False
+        self._lines: deque[str] = deque(maxlen=keep)
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._read, args=(stream,), name="drain", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                with self._changed:
+                    self._lines.append(line)
+                    if self.ready is not None and self.match is None:
+                        self.match = self.ready.search(line)
+                        if self.match is not None:
+                            self._changed.notify_all()
+        except (OSError, ValueError):  # closed under the reader once the child was stopped
+            pass
+        finally:
+            with self._changed:
+                self.closed = True
+                self._changed.notify_all()
+
+    def wait_ready(self, timeout: float) -> re.Match[str] | None:
+        """The ready line's match, once it came; None if the pipe closed or `timeout`
+        passed first."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.match is not None or self.closed, timeout)
+            return self.match
+
+    def wait_closed(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return self.closed
+
+    def tail(self, lines: int = 40) -> str:
+        with self._changed:
+            return "".join(list(self._lines)[-lines:])
+
+
 def ready_line(
-    proc: subprocess.Popen[str], pattern: re.Pattern[str], what: str, timeout: float
+    proc: subprocess.Popen[str],
+    pattern: re.Pattern[str],
+    what: str,
+    timeout: float,
+    *,
+    stderr: Drain | None = None,
 ) -> re.Match[str]:
-    """Read the daemon's stdout until its ready line; its match."""
+    """Wait until the daemon prints its ready line, however silent it stays: at most
+    `timeout` seconds. Its stdout is drained for the rest of its life. A child that exits
+    or misses the deadline is killed, and the error shows its last output (and that of
+    `stderr`, where its stderr is drained too)."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {err[-3000:]}")
-        m = pattern.search(line)
-        if m:
-            return m
-    raise RuntimeError(f"{what} did not become ready in {timeout}s; last line: {line!r}")
+    out = Drain(proc.stdout, ready=pattern)
+    m = out.wait_ready(timeout)
+    if m is not None:
+        return m
+    if out.closed:  # its stdout ended: it is exiting, give it a moment to be reaped
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+    exited = proc.poll() is not None
+    if not exited:
+        proc.kill()
+    proc.wait()
+    for drain in (out, stderr):
+        if drain is not None:
+            drain.wait_closed(5.0)  # what it wrote before it died, for the message
+    stop_process(proc, signal.SIGKILL, 10.0)
+    said = out.tail() + (stderr.tail() if stderr is not None else "")
+    why = f"exited with {proc.returncode}" if exited else f"did not become ready in {timeout}s"
+    raise RuntimeError(f"{what} {why}; its last output:\n{said[-3000:]}")
+
+
+def launch(
+    argv: Sequence[str],
+    pattern: re.Pattern[str],
+    what: str,
+    timeout: float,
+    *,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], re.Match[str], Drain]:
+    """Start a daemon with both pipes drained for its whole life; it, its ready line's
+    match, and its stderr (whose last lines go into error messages)."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stderr is not None
+    errors = Drain(proc.stderr)
+    return proc, ready_line(proc, pattern, what, timeout, stderr=errors), errors
 
 
 class _Child:
@@ -68,6 +153,7 @@ class HubProcess(_Child):
         self.extra = extra or []
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
+        self.errors: Drain | None = None  # its stderr, drained: the last lines
         self.url = ""
 
     @property
@@ -77,7 +163,7 @@ class HubProcess(_Child):
     def start(self, timeout: float = 30.0) -> HubProcess:
         env = {**os.environ, **(self.env or {})}
         env.pop("FLUIDFED_ADMIN_TOKEN", None)
-        self.proc = subprocess.Popen(
+        self.proc, ready, self.errors = launch(
             [
                 sys.executable,
                 "-m",
@@ -92,16 +178,12 @@ class HubProcess(_Child):
                 str(self.data_dir),
                 *self.extra,
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            _READY,
+            "hub",
+            timeout,
             env=env,
         )
-        try:
-            self.url = ready_line(self.proc, _READY, "hub", timeout).group(1)
-        except RuntimeError:
-            self.stop()
-            raise
+        self.url = ready.group(1)
         # keep the port across restarts, as clients hold the URL
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
@@ -202,11 +284,7 @@ def _spawn(
             stderr=err,
             text=True,
         )
-    try:
-        return proc, ready_line(proc, re.compile(pattern), what, timeout)
-    except RuntimeError:
-        stop_process(proc, signal.SIGKILL, 10.0)
-        raise
+    return proc, ready_line(proc, re.compile(pattern), what, timeout)
 
 
 class WorkerProcess(_Child):

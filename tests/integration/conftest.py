@@ -1,53 +1,35 @@
 """Fixtures of the integration tests: a hub and one agent per local cluster (the fleet),
 and Kubernetes clients for the session's clusters."""
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devkit import testing
 from devkit.local import cluster
-from devkit.testing import AgentProcess, HubProcess
+from devkit.testing import AgentProcess, HubProcess, NotYet, eventually_blocking
 from fluidfed import Client
 from fluidfed.models import (
     Access,
     CacheSpec,
-    CacheTier,
     Dataset,
     DatasetView,
     Mount,
     Placement,
 )
-from fluidfed.units import ByteSize
 
 CAPS = {
     "standard": {"csi": True, "fluid": True, "privileged": True},
     "serverless": {"privileged": True},  # this platform admits the privileged sidecar
     "edge": {"privileged": True, "native_sidecar": False},
 }
-
-
-async def eventually(check: Callable[[], Any], what: str, within: float = 120) -> Any:
-    """Wait for `check` to turn truthy. Generous: this 2-core VM's speed drifts by 2x, and
-    kwok's pods once took over a minute to turn Ready under a loaded suite."""
-    last: Any = None
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                last = await check()
-                if last:
-                    return last
-                await asyncio.sleep(0.25)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}; last: {last!r}") from None
 
 
 def cli(
@@ -109,27 +91,26 @@ def fleet(local_clusters: dict[str, cluster.LocalCluster], tmp_path: Path) -> It
             a.stop()
             # shown by pytest when the test failed
             print(f"--- agent {a.name} log (tail) ---\n{a.log_text()[-3000:]}")
+        if hub.errors is not None:
+            print(f"--- hub stderr (tail) ---\n{hub.errors.tail()}")
         hub.stop()
 
 
 def _wait_registered(hub: HubProcess, names: set[str], within: float = 60) -> None:
-    deadline = time.monotonic() + within
     req = urllib.request.Request(
         hub.url + "/api/v1/clusters", headers={"Authorization": f"Bearer {hub.admin_token}"}
     )
-    seen: set[str] = set()
-    while time.monotonic() < deadline:
+
+    def registered() -> bool:
         with urllib.request.urlopen(req, timeout=5) as resp:
             seen = {c["spec"]["name"] for c in json.loads(resp.read())}
-        if names <= seen:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"agents did not register: {sorted(names - seen)}")
+        return names <= seen or NotYet(f"not registered: {sorted(names - seen)}")
+
+    eventually_blocking(registered, "the agents to register", timeout=within)
 
 
 def dataset(name: str, **kw: Any) -> Dataset:
     base: dict[str, Any] = {
-        "name": name,
         "namespace": f"{name}-home",
         "mounts": [
             Mount(
@@ -142,13 +123,10 @@ def dataset(name: str, **kw: Any) -> Dataset:
             Access(namespace=f"{name}-home", sub_path="train"),
             Access(namespace=f"{name}-other", sub_path="val"),
         ],
-        "cache": CacheSpec(
-            replicas=1, max_replicas=5, tiers=[CacheTier(medium="MEM", quota=ByteSize(2**30))]
-        ),
+        "cache": CacheSpec(replicas=1, max_replicas=5, tiers=[testing.cache_tier("MEM", 2**30)]),
         "placement": Placement(selector=None),
     }
-    base.update(kw)
-    return Dataset(**base)
+    return testing.dataset(name, **{**base, **kw})
 
 
 @pytest.fixture
@@ -159,11 +137,6 @@ async def apis(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator
     finally:
         for api in opened.values():
             await api.close()
-
-
-class NotYet(str):
-    def __bool__(self) -> bool:
-        return False
 
 
 async def bound_view(fleet: Fleet, name: str) -> Any:

@@ -8,12 +8,12 @@ import random
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from devkit.local.cluster import free_port
+from devkit.testing import eventually_blocking
 from fluidfed.data import ufs
 
 HTTP_SERVER = (
@@ -49,13 +49,11 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 def wait_port(port: int, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    def listens() -> bool:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    eventually_blocking(listens, f"something to listen on {port}", timeout=within, interval=0.05)
 
 
 @contextmanager

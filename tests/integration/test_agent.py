@@ -10,6 +10,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from devkit.testing import eventually
 from fluidfed.models import (
     CacheSpec,
     CacheTier,
@@ -17,7 +18,7 @@ from fluidfed.models import (
     Resources,
 )
 from fluidfed.units import ByteSize
-from tests.integration.conftest import Fleet, bound_view, dataset, eventually
+from tests.integration.conftest import Fleet, bound_view, dataset
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +202,7 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
             apis["standard"], other
         )
 
-    await eventually(all_gone, "owned objects deleted and bindings finalized", within=90)
+    await eventually(all_gone, "owned objects deleted and bindings finalized", timeout=90)
 
 
 async def _fluid_objects(api: Any, ns: str) -> list[str]:
@@ -240,14 +241,11 @@ async def test_edge_keeps_working_while_the_hub_is_away(fleet: Fleet, apis: dict
     # drift while the hub is away: deleted by hand, restored by the agent
     await core.delete_namespaced_config_map(f"fluidfed-{name}", home)
 
-    async def restored() -> bool:
-        try:
-            await core.read_namespaced_config_map(f"fluidfed-{name}", home)
-            return True
-        except ApiException:
-            return False
-
-    await eventually(restored, "ConfigMap restored with the hub down")
+    # a read that fails (404 until it is back) is one more try
+    await eventually(
+        lambda: core.read_namespaced_config_map(f"fluidfed-{name}", home),
+        "ConfigMap restored with the hub down",
+    )
     # an edit by hand is undone too
     await client.AppsV1Api(api).patch_namespaced_stateful_set(
         f"fluidfed-{name}-cache",
@@ -268,14 +266,10 @@ async def test_edge_keeps_working_while_the_hub_is_away(fleet: Fleet, apis: dict
     await core.delete_namespaced_service(f"fluidfed-{name}-cache", home)
     agent.start()
 
-    async def svc_back() -> bool:
-        try:
-            await core.read_namespaced_service(f"fluidfed-{name}-cache", home)
-            return True
-        except ApiException:
-            return False
-
-    await eventually(svc_back, "Service restored by the restarted agent, hub still down")
+    await eventually(
+        lambda: core.read_namespaced_service(f"fluidfed-{name}-cache", home),
+        "Service restored by the restarted agent, hub still down",
+    )
     assert "hub unavailable" in agent.log_text()
 
     # the hub returns: the status catches up, nothing that was right was recreated

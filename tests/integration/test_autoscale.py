@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from devkit.testing import HubProcess
+from devkit import testing
+from devkit.testing import HubProcess, eventually
 from fluidfed import Client
 from fluidfed.models import (
     AutoscalePolicy,
@@ -16,12 +17,9 @@ from fluidfed.models import (
     BindingStatus,
     CacheSpec,
     Cluster,
-    Dataset,
     Figures,
     KubeAccess,
-    Mount,
 )
-from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +44,8 @@ async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> 
                 scale_down_window=1.0,
             )
             await admin.apply_dataset(
-                Dataset(
-                    name="hot",
-                    mounts=[Mount(uri="s3://b/p")],
-                    cache=CacheSpec(replicas=1),
-                    autoscale=policy,
+                testing.dataset(
+                    "hot", uri="s3://b/p", cache=CacheSpec(replicas=1), autoscale=policy
                 )
             )
         async with Client(hub.url, token) as agent, Client(hub.url, hub.admin_token) as admin:

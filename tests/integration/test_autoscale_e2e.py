@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.local.cluster import free_port
 from devkit.local.processes import SidecarProcess, WorkerProcess
+from devkit.testing import eventually
 from fluidfed.models import (
     Access,
     AutoscalePolicy,
@@ -33,7 +34,7 @@ from fluidfed.models import (
 )
 from fluidfed.units import ByteSize, Duration
 from tests.integration import sources
-from tests.integration.conftest import Fleet, cli, dataset, eventually
+from tests.integration.conftest import Fleet, cli, dataset
 
 pytestmark = [
     pytest.mark.integration,
@@ -162,7 +163,7 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
         load = Reader(sc.mountpoint)
         load.thread.start()
         try:
-            await eventually(lambda: _at_least(replicas, 2), "scale-up", within=40)
+            await eventually(lambda: _at_least(replicas, 2), "scale-up", timeout=40)
         except AssertionError:
             # shown by pytest: what the hub knew and decided
             print(cli(fleet.hub, "describe", "dataset", name).stdout)
@@ -185,7 +186,7 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
         assert any(k.startswith("fluidfed_cache_used") for k in wprom)
 
         # idle: back to the minimum once the scale-down window has passed
-        await eventually(lambda: _at_most(replicas, 1), "scale-down", within=60)
+        await eventually(lambda: _at_most(replicas, 1), "scale-down", timeout=60)
         shown = cli(fleet.hub, "describe", "dataset", name)
         assert "scale up 1 -> " in shown.stdout and "scale down" in shown.stdout, shown.stdout
         assert "Metrics" in shown.stdout

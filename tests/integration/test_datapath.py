@@ -22,6 +22,7 @@ import pytest
 from devkit.local.cluster import free_port
 from devkit.local.processes import SidecarProcess, WorkerProcess, is_mounted
 from devkit.local.s3 import CREDENTIALS, S3Server
+from devkit.testing import NotYet, eventually_blocking
 from sidecar.fs import PREFERRED_IO
 from tests.integration import sources
 
@@ -330,13 +331,16 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     # every block came from the worker's files, read by the sidecar, none over the socket
     assert got["short_circuit"] == got["worker_hits"] == block_count(want)
     assert got["ufs_reads"] == got["worker_misses"] == 0
+
     # the first ones the worker pointed to; the rest the sidecar found in the same
     # directory and reported (within a second): to the worker they are hits all the same
-    deadline = time.monotonic() + 10
-    while ws.status(ws.procs[0])["served"]["short_circuit"] < block_count(want):
-        assert time.monotonic() < deadline, ws.status(ws.procs[0])["served"]
-        time.sleep(0.2)
-    served = ws.status(ws.procs[0])["served"]
+    def all_reported() -> Any:
+        served = ws.status(ws.procs[0])["served"]
+        return served if served["short_circuit"] >= block_count(want) else NotYet(served)
+
+    served = eventually_blocking(
+        all_reported, "the sidecar's reports of the blocks it read", timeout=10, interval=0.2
+    )
     assert served["short_circuit"] == block_count(want)
     assert served["located"] < block_count(want) // 4  # most were found without asking
 

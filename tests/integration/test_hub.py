@@ -6,14 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from devkit.testing import HubProcess
+from devkit import testing
+from devkit.testing import HubProcess, eventually
 from fluidfed import Client, Forbidden, Gone, Unauthorized
-from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement, WatchEvent
+from fluidfed.models import Cluster, LabelSelector, Placement, WatchEvent
 from tests.conftest import CONFIGS
 from tests.integration.conftest import cli
 
@@ -47,6 +49,16 @@ def register_fleet(hub: HubProcess, tmp_path: Path) -> dict[str, str]:
         assert r.returncode == 0, r.stderr
         tokens[name] = out.read_text().strip()
     return tokens
+
+
+@contextlib.contextmanager
+def configured_hub(tmp_path: Path, toml: str) -> Iterator[HubProcess]:
+    """A hub started with `toml` as its config file, with the fleet registered."""
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(toml)
+    with HubProcess(tmp_path / "h", extra=["--config", str(cfg)]) as hub:
+        register_fleet(hub, tmp_path)
+        yield hub
 
 
 def test_register_apply_and_placement_follows_labels(hub: HubProcess, tmp_path: Path) -> None:
@@ -88,7 +100,7 @@ def test_cluster_token_sees_only_its_own_cluster(hub: HubProcess, tmp_path: Path
 
     async def go() -> None:
         async with Client(hub.url, hub.admin_token) as admin:
-            await admin.apply_dataset(Dataset(name="d", mounts=[Mount(uri="file:///data")]))
+            await admin.apply_dataset(testing.dataset("d", uri="file:///data"))
         async with Client(hub.url, tokens["edge"]) as edge:
             own = await edge.list_bindings("edge")
             assert [b.name for b in own.items] == ["d.edge"]
@@ -99,7 +111,7 @@ def test_cluster_token_sees_only_its_own_cluster(hub: HubProcess, tmp_path: Path
             with pytest.raises(Forbidden):
                 await edge.heartbeat("standard")
             with pytest.raises(Forbidden):
-                await edge.apply_dataset(Dataset(name="x", mounts=[Mount(uri="file:///x")]))
+                await edge.apply_dataset(testing.dataset("x", uri="file:///x"))
             with pytest.raises(Forbidden):
                 await edge.list_clusters()
             rec = await edge.heartbeat("edge")
@@ -146,19 +158,15 @@ def test_watch_resumes_after_disconnect_without_gaps_or_repeats(
             # first connection: sees 3 of the changes, then drops
             task = asyncio.create_task(_collect(edge, "edge", start, seen, 3))
             for i in range(3):
-                await admin.apply_dataset(Dataset(name=f"d{i}", mounts=[Mount(uri="file:///x")]))
+                await admin.apply_dataset(testing.dataset(f"d{i}", uri="file:///x"))
             last = await asyncio.wait_for(task, 10)
             # changes while disconnected: two more datasets, one deleted, one placed away
-            await admin.apply_dataset(Dataset(name="d3", mounts=[Mount(uri="file:///x")]))
+            await admin.apply_dataset(testing.dataset("d3", uri="file:///x"))
             await admin.delete_dataset("d0")
             await admin.apply_dataset(
-                Dataset(
-                    name="d1",
-                    mounts=[Mount(uri="file:///x")],
-                    placement=Placement(clusters=["standard"]),
-                )
+                testing.dataset("d1", uri="file:///x", placement=Placement(clusters=["standard"]))
             )
-            await admin.apply_dataset(Dataset(name="d4", mounts=[Mount(uri="file:///x")]))
+            await admin.apply_dataset(testing.dataset("d4", uri="file:///x"))
             # resume from the last revision seen
             await asyncio.wait_for(_collect(edge, "edge", last, seen, 7), 10)
             kinds = [(e.type, e.object.name, e.object.deleting) for e in seen if e.object]
@@ -192,18 +200,13 @@ def test_watch_resumes_after_disconnect_without_gaps_or_repeats(
 
 
 def test_bookmarks_advance_a_quiet_watch(tmp_path: Path) -> None:
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text('[hub]\nbookmark_interval = "200ms"\n')
-    with HubProcess(tmp_path / "h", extra=["--config", str(cfg)]) as hub:
-        register_fleet(hub, tmp_path)
+    with configured_hub(tmp_path, '[hub]\nbookmark_interval = "200ms"\n') as hub:
 
         async def go() -> None:
             async with Client(hub.url, hub.admin_token) as admin:
                 await admin.apply_dataset(
-                    Dataset(
-                        name="d",
-                        mounts=[Mount(uri="file:///x")],
-                        placement=Placement(clusters=["standard"]),
+                    testing.dataset(
+                        "d", uri="file:///x", placement=Placement(clusters=["standard"])
                     )
                 )
                 async for ev in admin.watch_bindings("edge", revision=0):
@@ -215,19 +218,14 @@ def test_bookmarks_advance_a_quiet_watch(tmp_path: Path) -> None:
 
 
 def test_watch_from_compacted_revision_is_410(tmp_path: Path) -> None:
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text("[hub]\nevent_history = 100\n")
-    with HubProcess(tmp_path / "h", extra=["--config", str(cfg)]) as hub:
-        register_fleet(hub, tmp_path)
+    with configured_hub(tmp_path, "[hub]\nevent_history = 100\n") as hub:
 
         async def go() -> None:
             async with Client(hub.url, hub.admin_token) as admin:
                 for i in range(140):
                     await admin.apply_dataset(
-                        Dataset(
-                            name=f"d{i}",
-                            mounts=[Mount(uri="file:///x")],
-                            placement=Placement(clusters=["edge"]),
+                        testing.dataset(
+                            f"d{i}", uri="file:///x", placement=Placement(clusters=["edge"])
                         )
                     )
                 with pytest.raises(Gone):
@@ -237,11 +235,7 @@ def test_watch_from_compacted_revision_is_410(tmp_path: Path) -> None:
                 listed = await admin.list_bindings("edge")
                 assert len(listed.items) == 140
                 await admin.apply_dataset(
-                    Dataset(
-                        name="late",
-                        mounts=[Mount(uri="file:///x")],
-                        placement=Placement(clusters=["edge"]),
-                    )
+                    testing.dataset("late", uri="file:///x", placement=Placement(clusters=["edge"]))
                 )
                 async for ev in admin.watch_bindings("edge", revision=listed.revision):
                     assert ev.object is not None and ev.object.name == "late.edge"
@@ -271,14 +265,13 @@ def test_kill9_during_a_burst_loses_no_acknowledged_write(hub: HubProcess, tmp_p
     async def writer(client: Client, wid: int) -> None:
         for i in range(10_000):
             name = f"w{wid}-{i}"
-            await client.apply_dataset(Dataset(name=name, mounts=[Mount(uri="file:///x")]))
+            await client.apply_dataset(testing.dataset(name, uri="file:///x"))
             acked.append(name)
 
     async def go() -> None:
         async with Client(hub.url, hub.admin_token, timeout=5) as client:
             tasks = [asyncio.create_task(writer(client, w)) for w in range(8)]
-            while len(acked) < 60:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: len(acked) >= 60, "60 acknowledged writes", interval=0.01)
             hub.kill9()
             for t in tasks:
                 with contextlib.suppress(Exception):
@@ -394,9 +387,9 @@ def test_sdk_round_trip_of_selector_placement(hub: HubProcess, tmp_path: Path) -
     async def go() -> None:
         async with Client(hub.url, hub.admin_token) as c:
             view = await c.apply_dataset(
-                Dataset(
-                    name="edge-only",
-                    mounts=[Mount(uri="https://example.org/data")],
+                testing.dataset(
+                    "edge-only",
+                    uri="https://example.org/data",
                     placement=Placement(
                         selector=LabelSelector(match_labels={"fluidfed.io/kind": "edge"})
                     ),

@@ -16,10 +16,11 @@ from kubernetes_asyncio import client
 
 from devkit.local.cluster import free_port
 from devkit.local.processes import SidecarProcess, WorkerProcess
+from devkit.testing import eventually
 from fluidfed.models import CacheSpec, CacheTier, Mount, Placement
 from fluidfed.units import ByteSize
 from tests.integration import sources
-from tests.integration.conftest import Fleet, cli, dataset, eventually
+from tests.integration.conftest import Fleet, cli, dataset
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,9 +17,9 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from devkit.local import cluster
+from devkit.testing import eventually
 from fluidfed import pki
 from tests.conftest import CONFIGS
-from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +151,7 @@ async def test_namespace_crd_statefulset_watch_and_namespace_deletion(
                 return err.status == 404
             return False
 
-        await eventually(gone, what="namespace deleted", within=90)
+        await eventually(gone, what="namespace deleted", timeout=90)
         await ext.delete_custom_resource_definition(crd["metadata"]["name"])
 
 

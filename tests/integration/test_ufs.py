@@ -17,6 +17,7 @@ from obstore.store import S3Store
 
 from devkit.local import binaries
 from devkit.local.cluster import free_port
+from devkit.testing import eventually_blocking
 from fluidfed import errors
 from fluidfed.data import ufs
 from fluidfed.models import Mount
@@ -77,12 +78,10 @@ def s3(
             # botocore's default trailing checksums stall MinIO on tiny bodies (30 s each)
             config=botocore.config.Config(request_checksum_calculation="when_required"),
         )
-        for _ in range(50):  # MinIO answers on its port a moment before it serves S3
-            try:
-                client.create_bucket(Bucket="datasets")
-                break
-            except Exception:
-                time.sleep(0.2)
+        # MinIO answers on its port a moment before it serves S3
+        eventually_blocking(
+            lambda: client.create_bucket(Bucket="datasets"), "S3 to serve", timeout=10, interval=0.2
+        )
         # uploads go through obstore: botocore's connection reuse stalls MinIO for 30 s now
         # and then, which says nothing about the readers under test
         store = S3Store(

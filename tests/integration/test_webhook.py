@@ -1,7 +1,6 @@
 """The sidecar webhook called by real API servers over TLS, when kubernetes-asyncio creates
 pods in the serverless (native sidecars) and edge (legacy sidecars) clusters."""
 
-import asyncio
 import re
 import signal
 import socket
@@ -13,9 +12,10 @@ from cryptography import x509
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from devkit.testing import eventually
 from fluidfed.models import CacheSpec, CacheTier, Placement
 from fluidfed.units import ByteSize
-from tests.integration.conftest import Fleet, bound_view, dataset, eventually
+from tests.integration.conftest import Fleet, bound_view, dataset
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def app_pod(name: str, claim: str) -> dict[str, Any]:
 
 
 async def ready(fleet: Fleet, name: str, cluster: str) -> Any:
-    await eventually(lambda: bound_view(fleet, name), f"{name} Bound on {cluster}", within=90)
+    await eventually(lambda: bound_view(fleet, name), f"{name} Bound on {cluster}", timeout=90)
     url = ""
 
     async def serving() -> bool:
@@ -57,13 +57,17 @@ async def create_when_webhook_is_registered(core: Any, ns: str, pod: dict[str, A
     """The API server picks a new webhook configuration up within a moment: retry until the
     stored pod shows it was called."""
     name = pod["metadata"]["name"]
-    for _ in range(40):
+
+    async def created_through_the_webhook() -> Any:
         got = await core.create_namespaced_pod(ns, pod)
         if (got.metadata.annotations or {}).get("fluidfed.io/injected-datasets"):
             return got
         await core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
-        await asyncio.sleep(0.5)
-    raise AssertionError("the API server never called the webhook")
+        return None
+
+    return await eventually(
+        created_through_the_webhook, "the API server to call the webhook", timeout=60, interval=0.5
+    )
 
 
 def serving_serial(url: str) -> int:

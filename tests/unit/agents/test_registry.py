@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from agents.registry import Registry
+from devkit.testing import WORKER_STATUS_WIRE as STATUS
 from fluidfed.data import protocol
-from tests.unit.data.test_protocol import STATUS
 
 
 def _reg(url: str, dataset: str = "train", **counters: int) -> protocol.WorkerRegistration:

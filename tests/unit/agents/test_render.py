@@ -1,10 +1,12 @@
 """What a binding becomes in its cluster, checked object by object."""
 
 import json
+from typing import Any
 
 import pytest
 
-from agents import diff, render, status
+from agents import render
+from devkit import testing
 from fluidfed import codec, names
 from fluidfed.data import layout
 from fluidfed.data.layout import SidecarConfig, WorkerConfig
@@ -12,19 +14,17 @@ from fluidfed.models import (
     Access,
     Binding,
     CacheSpec,
-    CacheTier,
-    Dataset,
     Mount,
+    MountMode,
     Resources,
 )
-from fluidfed.units import ByteSize
 
 CTX = render.ClusterContext(name="edge-1", kind="edge", worker_image="img:1")
 
 
-def binding(mode: str = "sidecar", **kw: object) -> Binding:
-    ds = Dataset(
-        name="imagenet",
+def binding(mode: MountMode = "sidecar", **kw: Any) -> Binding:
+    ds = testing.dataset(
+        "imagenet",
         namespace="ml",
         mounts=[Mount(uri="s3://b/p", secret="creds", options={"endpoint": "http://s3"})],
         access=[
@@ -34,22 +34,14 @@ def binding(mode: str = "sidecar", **kw: object) -> Binding:
         cache=CacheSpec(
             replicas=2,
             tiers=[
-                CacheTier(medium="MEM", quota=ByteSize(2 * 2**30)),
-                CacheTier(medium="SSD", quota=ByteSize(50 * 2**30), path="/ssd"),
+                testing.cache_tier("MEM", 2 * 2**30),
+                testing.cache_tier("SSD", 50 * 2**30, "/ssd"),
             ],
             resources=Resources(cpu="500m", memory="1Gi"),
         ),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
-    return Binding(
-        name="imagenet.edge-1",
-        dataset="imagenet",
-        cluster="edge-1",
-        mode=mode,  # type: ignore[arg-type]
-        replicas=2,
-        generation=3,
-        spec=ds,
-    )
+    return testing.binding(ds, "edge-1", mode=mode, replicas=2, generation=3)
 
 
 def by_kind(objs: list[dict]) -> dict[str, list[dict]]:  # type: ignore[type-arg]
@@ -149,10 +141,8 @@ def test_csi_binding_is_fluid_objects_with_references() -> None:
 )
 def test_runtime_kind_follows_the_engine(engine: str, kind: str) -> None:
     b = binding("csi")
-    ds = Dataset(name="d", mounts=[Mount(uri="s3://b")], cache=CacheSpec(engine=engine))  # type: ignore[arg-type]
-    b2 = Binding(
-        name="d.c", dataset="d", cluster="c", mode="csi", replicas=1, generation=1, spec=ds
-    )
+    ds = testing.dataset("d", uri="s3://b", cache=CacheSpec(engine=engine))  # type: ignore[arg-type]
+    b2 = testing.binding(ds, mode="csi")
     assert kind in by_kind(render.desired(b2, CTX))
     assert b.spec.cache.engine == "thin"
 
@@ -168,71 +158,3 @@ def test_long_names_are_cut_and_stay_unique() -> None:
 )
 def test_quantities_are_canonical(n: int, q: str) -> None:
     assert render.quantity(n) == q
-
-
-def test_subset_compare() -> None:
-    want = {
-        "metadata": {"name": "x", "labels": {"a": "1"}},
-        "spec": {"replicas": 2, "ports": [{"port": 1}]},
-    }
-    live = {
-        "metadata": {"name": "x", "labels": {"a": "1", "b": "2"}, "resourceVersion": "9"},
-        "spec": {"replicas": 2, "ports": [{"port": 1, "protocol": "TCP"}]},
-        "status": {},
-    }
-    assert diff.is_subset(want, live)
-    assert not diff.needs_apply({"apiVersion": "v1", "kind": "X", **want}, live)
-    assert diff.needs_apply({"apiVersion": "v1", "kind": "X", **want}, None)
-    live["spec"]["replicas"] = 3
-    assert not diff.is_subset(want, live)
-    live["spec"]["replicas"] = 2
-    live["spec"]["ports"].append({"port": 2})
-    assert not diff.is_subset(want, live)  # a list must match in length
-
-
-def test_status_of_a_sidecar_binding() -> None:
-    b = binding()
-    key = ("apps/v1", "StatefulSet", "ml", "fluidfed-imagenet-cache")
-    assert status.compute(b, {}).phase == "Pending"
-    assert status.compute(b, {key: {"status": {"readyReplicas": 1}}}).phase == "Degraded"
-    st = status.compute(b, {key: {"status": {"readyReplicas": 2}}}, hub_last_seen=5.0)
-    assert (st.phase, st.ready_workers, st.cache_capacity, st.observed_generation) == (
-        "Bound",
-        2,
-        2 * 52 * 2**30,
-        3,
-    )
-    assert st.hub_last_seen == 5.0
-    assert status.compute(b, {}, error="boom").phase == "Failed"
-
-
-def test_status_of_a_csi_binding_reads_fluid() -> None:
-    b = binding("csi")
-    api = "data.fluid.io/v1alpha1"
-    live = {
-        (api, "Dataset", "ml", "imagenet"): {
-            "status": {
-                "phase": "Bound",
-                "cacheStates": {
-                    "cached": "1.5GiB",
-                    "cacheCapacity": "4GiB",
-                    "cachedPercentage": "37.5%",
-                    "cacheHitRatio": "92.0%",
-                },
-            }
-        },
-        (api, "ThinRuntime", "ml", "imagenet"): {"status": {"workerNumberReady": 2}},
-    }
-    st = status.compute(b, live)
-    assert (st.phase, st.cache_used, st.cache_capacity, st.ready_workers) == (
-        "Bound",
-        int(1.5 * 2**30),
-        4 * 2**30,
-        2,
-    )
-    assert st.hit_ratio == pytest.approx(0.92)
-    # a Status object where an object was expected (a failed read) is no object at all
-    assert (
-        status.compute(b, {(api, "Dataset", "ml", "imagenet"): {"status": "Failure"}}).phase
-        == "Pending"
-    )

@@ -3,27 +3,19 @@ from pathlib import Path
 import pytest
 
 from agents.state import AgentState, StateFile
+from devkit import testing
 from fluidfed.errors import ConfigError
-from fluidfed.models import Binding, BindingStatus, Dataset, Mount
 
 
 def test_state_round_trips_and_is_replaced_atomically(tmp_path: Path) -> None:
     f = StateFile(tmp_path / "s")
     assert f.load("edge").bindings == {}
-    b = Binding(
-        name="d.edge",
-        dataset="d",
-        cluster="edge",
-        mode="sidecar",
-        replicas=1,
-        generation=1,
-        spec=Dataset(name="d", mounts=[Mount(uri="file:///x")]),
-    )
+    b = testing.binding(testing.dataset("d", uri="file:///x"), "edge")
     state = AgentState(
         cluster="edge",
         revision=7,
         bindings={b.name: b},
-        statuses={b.name: BindingStatus(phase="Bound")},
+        statuses={b.name: testing.binding_status("Bound")},
         unsent=[b.name],
     )
     f.save(state)

@@ -5,6 +5,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from devkit import testing
 from fluidfed.errors import APIError, Compacted
 from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement
 from hub.catalog import Catalog
@@ -12,7 +13,7 @@ from hub.store import Op, SQLiteStore
 
 
 def ds(name: str = "ds", **pl: object) -> Dataset:
-    return Dataset(name=name, mounts=[Mount(uri="s3://b/p")], placement=Placement(**pl))  # type: ignore[arg-type]
+    return testing.dataset(name, placement=Placement(**pl))  # type: ignore[arg-type]
 
 
 async def new_catalog(path: Path, **kw: object) -> Catalog:

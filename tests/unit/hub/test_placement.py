@@ -2,22 +2,20 @@
 
 import pytest
 
+from devkit import testing
 from fluidfed.models import (
     AutoscalePolicy,
     AutoscaleTarget,
     Binding,
     Capabilities,
-    Cluster,
     ClusterRecord,
-    ClusterStatus,
-    Condition,
     Dataset,
     LabelSelector,
     Mount,
     Placement,
     SelectorRequirement,
 )
-from hub import placement, selectors
+from hub import placement
 
 
 def cluster(
@@ -31,22 +29,19 @@ def cluster(
     state: str | None = "Ready",
 ) -> ClusterRecord:
     caps = Capabilities(csi=fluid, fluid=fluid)
-    status = ClusterStatus(condition=Condition(type=state, since=0) if state else None)  # type: ignore[arg-type]
-    return ClusterRecord(
-        spec=Cluster(
-            name=name,
-            kind=kind,
-            labels=labels or {},
-            region=region,
-            zone=zone,  # type: ignore[arg-type]
-            capabilities=caps,
-        ),
-        status=status,
+    return testing.cluster_record(
+        name,
+        state=state,
+        kind=kind,
+        labels=labels or {},
+        region=region,
+        zone=zone,
+        capabilities=caps,
     )
 
 
 def dataset(**placement_args: object) -> Dataset:
-    return Dataset(name="ds", mounts=[Mount(uri="s3://b/p")], placement=Placement(**placement_args))  # type: ignore[arg-type]
+    return testing.dataset(placement=Placement(**placement_args))  # type: ignore[arg-type]
 
 
 def names(bindings: dict[str, Binding]) -> list[str]:
@@ -113,7 +108,7 @@ def test_mount_mode_follows_capabilities() -> None:
 
 
 def test_csi_without_fluid_is_sidecar() -> None:
-    c = ClusterRecord(spec=Cluster(name="x", capabilities=Capabilities(csi=True)))
+    c = testing.cluster_record("x", state=None, capabilities=Capabilities(csi=True))
     assert placement.place(dataset(), 1, [c], {})["x"].mode == "sidecar"
 
 
@@ -176,17 +171,3 @@ def test_placement_is_deterministic() -> None:
     a = placement.place(dataset(max_clusters=2, spread_by="region"), 1, FLEET, {})
     b = placement.place(dataset(max_clusters=2, spread_by="region"), 1, list(reversed(FLEET)), {})
     assert a == b
-
-
-@pytest.mark.parametrize(
-    ("text", "labels", "match"),
-    [
-        ("env=prod", {"env": "prod"}, True),
-        ("env=prod,gpu", {"env": "prod"}, False),
-        ("env in (prod, dev),!legacy", {"env": "dev"}, True),
-        ("env notin (prod)", {}, True),
-        ("env!=prod", {"env": "prod"}, False),
-    ],
-)
-def test_selector_strings(text: str, labels: dict[str, str], match: bool) -> None:
-    assert selectors.matches(selectors.parse(text), labels) is match

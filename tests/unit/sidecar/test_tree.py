@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from fluidfed.data.layout import FileRef
-from sidecar import peers
 from sidecar.tree import ROOT, Tree
 
 
@@ -23,13 +22,3 @@ def test_inodes_stay_and_only_changed_files_are_reported() -> None:
     assert t.lookup(ROOT, "c.txt") is None  # gone in the new listing
     assert t.children[""] == ["a", "d.txt"]
     assert t.is_dir("a") and not t.is_dir("d.txt")
-
-
-def test_peers_are_the_processes_outside_my_tree_and_the_pause() -> None:
-    table = [(1, 0), (7, 0), (8, 7), (20, 0), (21, 20)]  # pause, me + child, app + child
-    assert peers.others(table, me=7) == {20, 21}
-    w = peers.PeerWatch()
-    assert not w.gone(set())  # nothing seen yet: the app has not started
-    assert not w.gone({20})
-    assert w.gone(set())
-    assert peers.process_table()  # this very process at least

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
+from devkit import testing
 from fluidfed.data import protocol
 from fluidfed.errors import ConfigError
 
@@ -79,24 +79,7 @@ def test_the_block_key_is_the_one_the_sidecar_computes() -> None:
     assert q.block_key("ds", 4) == ref.block_key("ds", 4, 3)
 
 
-STATUS: dict[str, Any] = {  # what a worker of this version sends, by key
-    "url": "http://w-0.svc:7070",
-    "dataset": "train",
-    "peers": ["http://w-0.svc:7070"],
-    "blocks": 3,
-    "used": 300,
-    "capacity": 1000,
-    "hits": 7,
-    "misses": 3,
-    "corrupt": 0,
-    "evictions": 0,
-    "tiers": [
-        {"medium": "MEM", "quota": 1000, "used": 300, "blocks": 3, "hits": 7, "evictions": 0}
-    ],
-    "ufs": {"reads": 3, "bytes": 300, "errors": 0},
-    "served": {"blocks": 10, "bytes": 1000, "short_circuit": 0, "located": 0},
-    "load": {"state": "idle", "path": "", "blocks": 0, "done": 0, "cached": 0, "bytes": 0},
-}
+STATUS = testing.WORKER_STATUS_WIRE
 
 
 def test_a_status_encodes_every_field_zeros_too() -> None:

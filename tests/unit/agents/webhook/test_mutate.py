@@ -1,98 +1,15 @@
 """The sidecar injection over many pod shapes, checked on the resulting pod (and on the
 patch: applying it to the original gives that pod)."""
 
-import base64
-import copy
-import json
 from typing import Any
 
 import msgspec
 import pytest
 
 from agents.webhook import mutate as m
-from agents.webhook import review
-from fluidfed.models import Access, Binding, CacheSpec, CacheTier, Capabilities, Dataset, Mount
+from fluidfed.models import CacheSpec, CacheTier, Capabilities
 from fluidfed.units import ByteSize
-
-PRIV = Capabilities(privileged=True, native_sidecar=True)
-LEGACY = Capabilities(privileged=True, native_sidecar=False)
-
-
-def binding(name: str = "imagenet", mode: str = "sidecar") -> Binding:
-    ds = Dataset(
-        name=name,
-        namespace="ml",
-        mounts=[Mount(uri="s3://b/p")],
-        access=[
-            Access(namespace="ml", sub_path="train"),
-            Access(namespace="research", sub_path="val", read_only=False),
-        ],
-    )
-    return Binding(
-        name=f"{name}.c",
-        dataset=name,
-        cluster="c",
-        mode=mode,  # type: ignore[arg-type]
-        replicas=1,
-        generation=1,
-        spec=ds,
-    )
-
-
-BINDINGS = {"imagenet": binding(), "coco": binding("coco"), "fluidds": binding("fluidds", "csi")}
-
-
-def pod(
-    *,
-    volumes: list[dict[str, Any]] | None = None,
-    annotations: dict[str, str] | None = None,
-    inject: bool = True,
-    containers: list[dict[str, Any]] | None = None,
-    init: list[dict[str, Any]] | None = None,
-    security: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "train",
-            "labels": {"fluidfed.io/inject": "true"} if inject else {"app": "x"},
-        },
-        "spec": {
-            "containers": containers
-            or [
-                {
-                    "name": "app",
-                    "image": "app:1",
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                }
-            ],
-            "volumes": volumes
-            if volumes is not None
-            else [{"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}}],
-        },
-    }
-    if annotations:
-        p["metadata"]["annotations"] = annotations
-    if init:
-        p["spec"]["initContainers"] = init
-    if security:
-        p["spec"]["securityContext"] = security
-    return p
-
-
-def apply_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        target = out
-        for p in parts[:-1]:
-            target = target[p]
-        if op["op"] == "remove":
-            del target[parts[-1]]
-        else:
-            target[parts[-1]] = op["value"]
-    return out
+from tests.unit.agents.webhook.pods import BINDINGS, LEGACY, PRIV, apply_patch, binding, pod
 
 
 def injected(p: dict[str, Any], ns: str = "ml", caps: Capabilities = PRIV) -> dict[str, Any]:
@@ -320,62 +237,3 @@ def test_a_fuse_device_resource_is_requested_where_the_platform_names_one() -> N
     side = out["spec"]["initContainers"][0]
     assert side["resources"]["limits"]["smarter-devices/fuse"] == "1"
     assert side["securityContext"]["privileged"] is True
-
-
-def test_admission_review_round_trip() -> None:
-    body = json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u1",
-                "kind": {"kind": "Pod"},
-                "namespace": "ml",
-                "operation": "CREATE",
-                "object": pod(),
-            },
-        }
-    ).encode()
-    status, resp = review.handle(body, lambda p, ns: m.mutate(p, ns, BINDINGS, PRIV))
-    assert status == 200
-    r = resp["response"]
-    assert r["uid"] == "u1" and r["allowed"] is True and r["patchType"] == "JSONPatch"
-    ops = json.loads(base64.b64decode(r["patch"]))
-    assert apply_patch(pod(), ops)["spec"]["initContainers"][0]["name"] == "fluidfed-imagenet"
-
-
-def test_denied_review_carries_the_message() -> None:
-    body = json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u2",
-                "kind": {"kind": "Pod"},
-                "namespace": "finance",
-                "object": pod(),
-            },
-        }
-    ).encode()
-    _, resp = review.handle(body, lambda p, ns: m.mutate(p, ns, BINDINGS, PRIV))
-    assert resp["response"]["allowed"] is False
-    assert resp["response"]["status"]["code"] == 403
-    assert "namespace 'finance'" in resp["response"]["status"]["message"]
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"",
-        b"{",
-        b"[]",
-        b'{"kind": "AdmissionReview"}',
-        b'{"kind": "Other", "request": {"uid": "x"}}',
-        b'{"kind": "AdmissionReview", "request": {"uid": 5}}',
-    ],
-)
-def test_malformed_reviews_get_an_error_response(body: bytes) -> None:
-    status, resp = review.handle(body, lambda p, ns: m.mutate(p, ns, BINDINGS, PRIV))
-    assert status == 400
-    assert resp["response"]["allowed"] is False
-    assert resp["response"]["status"]["code"] == 400

@@ -8,7 +8,7 @@ from fluidfed import config
 from fluidfed.cli.main import main
 from fluidfed.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 DATASET = """\
 [dataset]

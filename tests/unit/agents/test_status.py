@@ -1,0 +1,62 @@
+"""A binding's status, computed from the live objects it made."""
+
+import pytest
+
+from agents import status
+from devkit import testing
+from fluidfed.models import Binding, CacheSpec, MountMode
+
+
+def binding(mode: MountMode = "sidecar") -> Binding:
+    """Two workers of 2 GiB in memory and 50 GiB on disk each, at generation 3."""
+    tiers = [testing.cache_tier("MEM", 2 * 2**30), testing.cache_tier("SSD", 50 * 2**30, "/ssd")]
+    spec = testing.dataset("imagenet", namespace="ml", cache=CacheSpec(replicas=2, tiers=tiers))
+    return testing.binding(spec, "edge-1", mode=mode, replicas=2, generation=3)
+
+
+def test_status_of_a_sidecar_binding() -> None:
+    b = binding()
+    key = ("apps/v1", "StatefulSet", "ml", "fluidfed-imagenet-cache")
+    assert status.compute(b, {}).phase == "Pending"
+    assert status.compute(b, {key: {"status": {"readyReplicas": 1}}}).phase == "Degraded"
+    st = status.compute(b, {key: {"status": {"readyReplicas": 2}}}, hub_last_seen=5.0)
+    assert (st.phase, st.ready_workers, st.cache_capacity, st.observed_generation) == (
+        "Bound",
+        2,
+        2 * 52 * 2**30,
+        3,
+    )
+    assert st.hub_last_seen == 5.0
+    assert status.compute(b, {}, error="boom").phase == "Failed"
+
+
+def test_status_of_a_csi_binding_reads_fluid() -> None:
+    b = binding("csi")
+    api = "data.fluid.io/v1alpha1"
+    live = {
+        (api, "Dataset", "ml", "imagenet"): {
+            "status": {
+                "phase": "Bound",
+                "cacheStates": {
+                    "cached": "1.5GiB",
+                    "cacheCapacity": "4GiB",
+                    "cachedPercentage": "37.5%",
+                    "cacheHitRatio": "92.0%",
+                },
+            }
+        },
+        (api, "ThinRuntime", "ml", "imagenet"): {"status": {"workerNumberReady": 2}},
+    }
+    st = status.compute(b, live)
+    assert (st.phase, st.cache_used, st.cache_capacity, st.ready_workers) == (
+        "Bound",
+        int(1.5 * 2**30),
+        4 * 2**30,
+        2,
+    )
+    assert st.hit_ratio == pytest.approx(0.92)
+    # a Status object where an object was expected (a failed read) is no object at all
+    assert (
+        status.compute(b, {(api, "Dataset", "ml", "imagenet"): {"status": "Failure"}}).phase
+        == "Pending"
+    )

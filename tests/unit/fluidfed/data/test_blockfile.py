@@ -1,0 +1,71 @@
+"""The on-disk block file: mapped and checked, and read off the event loop when not cached."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from devkit import testing
+from fluidfed.data import blocks
+from fluidfed.data.blockfile import (
+    CorruptBlock,
+    NotCached,
+    block_path,
+    load_block_file,
+    map_block_file,
+)
+from fluidfed.data.store import BlockStore
+
+
+async def test_block_files_are_mapped_checked_and_outlive_eviction(tmp_path: Path) -> None:
+    ssd = testing.cache_tier("SSD", 2**20, tmp_path)
+    store = await BlockStore([ssd]).open()
+    payload = bytes(range(256)) * 1000
+    await store.put("a" * 32, payload)
+    path = block_path(tmp_path, "a" * 32)
+
+    data, crc = map_block_file(path)
+    assert isinstance(data, memoryview) and data == payload
+    assert crc == blocks.checksum(payload)
+    # the worker evicts it (unlinks the file): what is mapped stays readable
+    await store.discard("a" * 32)
+    assert not path.exists()
+    assert bytes(data[1000:1010]) == payload[1000:1010]
+
+    # damage is found in a mapped block as in a read one
+    await store.put("b" * 32, payload)
+    damaged = block_path(tmp_path, "b" * 32)
+    raw = bytearray(damaged.read_bytes())
+    raw[5000] ^= 0xFF
+    damaged.write_bytes(raw)
+    with pytest.raises(CorruptBlock):
+        map_block_file(damaged)
+    with pytest.raises(CorruptBlock):
+        await load_block_file(damaged)
+    damaged.write_bytes(b"FFB")  # shorter than a trailer
+    with pytest.raises(CorruptBlock):
+        map_block_file(damaged)
+
+
+async def test_block_files_not_in_the_page_cache_are_read_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    store = await BlockStore([testing.cache_tier("SSD", 2**22, tmp_path)]).open()
+    payload = b"x" * 2**20
+    await store.put("c" * 32, payload)
+    path = block_path(tmp_path, "c" * 32)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # written back, so the kernel can drop the pages
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    with pytest.raises(NotCached):
+        map_block_file(path, cached_only=True)
+    data, crc = await load_block_file(path)  # read from the disk, in a thread
+    assert data == payload and crc == blocks.checksum(payload)
+    # now it is cached: mapped right away
+    again, _ = map_block_file(path, cached_only=True)
+    assert again == payload

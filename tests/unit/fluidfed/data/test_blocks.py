@@ -1,0 +1,56 @@
+"""Block arithmetic, block keys, rendezvous hashing and the LRU ledger."""
+
+from __future__ import annotations
+
+import pytest
+
+from fluidfed.data import blocks
+
+
+def test_block_ranges() -> None:
+    assert blocks.block_count(0, 4) == 0
+    assert blocks.block_count(9, 4) == 3
+    assert blocks.block_span(9, 4, 2) == (8, 1)
+    assert blocks.block_span(9, 4, 3) == (12, 0)
+    assert list(blocks.blocks_for(3, 2, 9, 4)) == [0, 1]
+    assert list(blocks.blocks_for(8, 100, 9, 4)) == [2]
+    assert list(blocks.blocks_for(9, 10, 9, 4)) == []
+
+
+def test_keys_change_with_the_object_version() -> None:
+    a = blocks.block_key("ds", 0, "a.bin", blocks.version_of(10, 1.0, ""), 4, 0)
+    b = blocks.block_key("ds", 0, "a.bin", blocks.version_of(11, 1.0, ""), 4, 0)
+    c = blocks.block_key("ds", 0, "a.bin", blocks.version_of(10, 1.0, '"etag"'), 4, 0)
+    assert len({a, b, c}) == 3
+    assert blocks.version_of(10, 1.0, '"etag"') == "etag"
+
+
+def test_rendezvous_moves_only_the_new_workers_share() -> None:
+    keys = [blocks.block_key("ds", 0, f"f{i}", "v", 4, 0) for i in range(3000)]
+    two = ["w0", "w1"]
+    three = [*two, "w2"]
+    before = {k: blocks.owner(k, two) for k in keys}
+    after = {k: blocks.owner(k, three) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(after[k] == "w2" for k in moved)  # nothing moves between old workers
+    assert 0.28 < len(moved) / len(keys) < 0.39  # about a third
+    # removing a worker moves only what it owned, to the others
+    back = {k: blocks.owner(k, two) for k in keys}
+    assert back == before
+    assert blocks.rank(keys[0], three)[0] == after[keys[0]]
+    assert blocks.owner(keys[0], []) is None
+
+
+def test_ledger_evicts_least_recently_used_down_to_the_low_mark() -> None:
+    led = blocks.Ledger(quota=100, high=0.9, low=0.5)
+    for k in "abcd":
+        assert led.add(k, 20) == []
+    led.touch("a")  # a is now the most recent
+    evicted = led.add("e", 20)  # 100 > 90: down to <= 50
+    assert evicted == ["b", "c", "d"]
+    assert led.used == 40
+    assert led.hottest() == ["e", "a"]
+    assert not led.fits(91)
+    assert led.fits(90)
+    with pytest.raises(ValueError, match="watermarks"):
+        blocks.Ledger(10, high=0.5, low=0.9)

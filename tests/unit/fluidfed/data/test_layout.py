@@ -1,0 +1,38 @@
+"""The dataset layout: mounts placed in one tree, and the cache workers a reader asks."""
+
+from __future__ import annotations
+
+from fluidfed.data import layout
+from fluidfed.models import Mount
+
+
+def test_layout_places_mounts_and_applies_the_sub_path() -> None:
+    mounts = [Mount(uri="s3://a/x", name="imgs"), Mount(uri="s3://b/y", name="labels")]
+    listings = [
+        [("train/1.jpg", 10, 1.0, "e1"), ("val/2.jpg", 5, 1.0, "e2")],
+        [("all.csv", 3, 2.0, "")],
+    ]
+    everything = layout.files(mounts, listings)
+    assert sorted(everything) == ["imgs/train/1.jpg", "imgs/val/2.jpg", "labels/all.csv"]
+    assert everything["labels/all.csv"].mount == 1
+    assert everything["imgs/train/1.jpg"].key == "train/1.jpg"
+    sub = layout.files(mounts, listings, sub_path="/imgs/train/")
+    assert list(sub) == ["1.jpg"]
+    assert layout.directories(everything) == {
+        "": ["imgs", "labels"],
+        "imgs": ["train", "val"],
+        "imgs/train": ["1.jpg"],
+        "imgs/val": ["2.jpg"],
+        "labels": ["all.csv"],
+    }
+    one = layout.files([Mount(uri="file:///d")], [[("a", 1, 0.0, "")]])
+    assert list(one) == ["a"]
+
+
+def test_peers_from_a_statefulset() -> None:
+    p = layout.Peers(statefulset="fluidfed-x-cache", service="fluidfed-x-cache.ns.svc", replicas=2)
+    assert p.urls() == [
+        "http://fluidfed-x-cache-0.fluidfed-x-cache.ns.svc:7070",
+        "http://fluidfed-x-cache-1.fluidfed-x-cache.ns.svc:7070",
+    ]
+    assert layout.Peers(endpoints=["http://a/"]).urls() == ["http://a"]

@@ -1,0 +1,315 @@
+"""The cross-field rules a type cannot say: every problem, each at its field path."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from devkit import testing
+from fluidfed import codec, validation
+from fluidfed.models import (
+    Access,
+    AgentConfig,
+    AutoscalePolicy,
+    AutoscaleTarget,
+    BindingStatus,
+    CacheSpec,
+    CacheTier,
+    Cluster,
+    Dataset,
+    Document,
+    Figures,
+    HubConfig,
+    KubeAccess,
+    Mount,
+)
+from fluidfed.units import ByteSize, Duration
+
+
+def where(problems: list[validation.Problem]) -> dict[str, str]:
+    return {p.path: p.message for p in problems}
+
+
+def test_a_valid_dataset_has_no_problems() -> None:
+    assert validation.check_dataset(testing.dataset("imagenet-train")) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("a", True),
+        ("imagenet-2", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("Caps", False),
+        ("-a", False),
+        ("a-", False),
+        ("a.b", False),
+        ("", False),
+    ],
+)
+def test_names_are_dns_labels(name: str, ok: bool) -> None:
+    assert (validation.check_dns_label(name, "x.name", "dataset name") == []) is ok
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [
+        ("gpu", True),
+        ("example.com/tier", True),
+        ("a_b.c-d", True),
+        ("Example.com/tier", False),
+        ("example.com/", False),
+        ("x" * 64, False),
+        ("bad key", False),
+    ],
+)
+def test_label_keys_take_an_optional_dns_prefix(key: str, ok: bool) -> None:
+    assert (validation.check_label_key(key, "l") == []) is ok
+
+
+def test_cache_rules_name_each_field() -> None:
+    cache = CacheSpec(
+        replicas=5,
+        min_replicas=1,
+        max_replicas=3,
+        block_size=ByteSize(4096),
+        tiers=[
+            testing.cache_tier("MEM", 0),
+            testing.cache_tier("MEM", 1),
+            testing.cache_tier("SSD", 1),
+            testing.cache_tier("HDD", 1, "relative/dir", high=0.5, low=0.5),
+        ],
+    )
+    got = where(validation.check_cache(cache, "c"))
+    assert got == {
+        "c.replicas": "replicas (5) must lie between min_replicas (1) and max_replicas (3)",
+        "c.block_size": "block_size must be between 64KiB and 64MiB",
+        "c.tiers[0].quota": "quota must be above zero",
+        "c.tiers[1]": "a second MEM tier; merge them",
+        "c.tiers[2].path": "a SSD tier needs a directory in 'path'",
+        "c.tiers[3].path": "path must be absolute",
+        "c.tiers[3].low": "low watermark (0.5) must be below high watermark (0.5)",
+    }
+    inverted = CacheSpec(replicas=5, min_replicas=4, max_replicas=3, tiers=[])
+    assert where(validation.check_cache(inverted, "c")) == {
+        "c.min_replicas": "min_replicas (4) is above max_replicas (3)",
+        "c.tiers": "at least one cache tier is needed",
+    }
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [
+        ("ftp://host/x", "has no supported scheme"),
+        ("s3:///prefix", "names no a bucket or host"),
+        ("dataset://", "names no a dataset name"),
+        ("file://data", "needs an absolute path"),
+    ],
+)
+def test_mount_uris(uri: str, needle: str) -> None:
+    got = where(validation.check_dataset(testing.dataset(uri=uri)))
+    assert needle in got["dataset.mounts[0].uri"]
+
+
+def test_mounts_may_not_land_on_one_path_and_credentials_stay_in_secrets() -> None:
+    ds = testing.dataset(
+        mounts=[
+            Mount(uri="s3://a", name="imgs"),
+            Mount(uri="s3://b", path="imgs", options={"aws_secret_access_key": "x"}),
+        ]
+    )
+    got = where(validation.check_dataset(ds))
+    assert (
+        got["dataset.mounts[1].path"]
+        == "two mounts appear at /imgs: give each a distinct name or path"
+    )
+    assert "looks like a credential" in got["dataset.mounts[1].options.aws_secret_access_key"]
+    assert validation.check_dataset(testing.dataset(mounts=[Mount(uri="s3://a")])) == []
+
+
+def test_access_entries() -> None:
+    ds = testing.dataset(
+        access=[
+            Access(namespace="ml"),
+            Access(namespace="ml", sub_path="../etc"),
+            Access(namespace="x", sub_path="/abs"),
+        ]
+    )
+    got = where(validation.check_dataset(ds))
+    assert got["dataset.access[1].namespace"] == "namespace ml is listed twice"
+    assert got["dataset.access[1].sub_path"].startswith("sub_path must be relative")
+    assert got["dataset.access[2].sub_path"].startswith("sub_path must be relative")
+    assert (
+        validation.check_dataset(
+            testing.dataset(access=[Access(namespace="ml", sub_path="train/a")])
+        )
+        == []
+    )
+
+
+def test_autoscale_targets() -> None:
+    policy = AutoscalePolicy(
+        targets=[
+            AutoscaleTarget(metric="hit_ratio", target=0.9),
+            AutoscaleTarget(metric="hit_ratio", target=1.5),
+        ],
+        min_replicas=4,
+        max_replicas=2,
+    )
+    got = where(validation.check_dataset(testing.dataset(autoscale=policy)))
+    assert got == {
+        "dataset.autoscale.min_replicas": "min_replicas (4) is above max_replicas (2)",
+        "dataset.autoscale.targets[1]": "metric hit_ratio is targeted twice",
+        "dataset.autoscale.targets[1].target": "hit_ratio is a ratio: target must be in (0, 1], got 1.5",
+    }
+
+
+def test_cluster_access_to_kubernetes() -> None:
+    ctx_only = testing.cluster("c1", kubernetes=KubeAccess(context="prod"))
+    got = where(validation.check_cluster(ctx_only))
+    assert got["cluster.kubernetes.context"] == "context needs a kubeconfig path"
+    assert "say how the agent reaches the cluster" in got["cluster.kubernetes"]
+    assert validation.check_cluster(testing.cluster("c1")) == []
+    bad = testing.cluster("C1", labels={"ok": "-bad-"})
+    assert set(where(validation.check_cluster(bad))) == {"cluster.name", "cluster.labels.ok"}
+
+
+def test_documents_hub_and_agent() -> None:
+    assert [p.message for p in validation.check_document(Document())] == [
+        "the file declares nothing: expected a [cluster], [dataset], [hub] or [agent] table"
+    ]
+    twice = Document(dataset=[testing.dataset("d"), testing.dataset("d")])
+    assert where(validation.check_document(twice)) == {
+        "dataset[1].name": "dataset d is declared twice"
+    }
+    hub = HubConfig(data_dir="", lease_duration=Duration(0.5))
+    assert set(where(validation.check_hub(hub))) == {"hub.data_dir", "hub.lease_duration"}
+    agent = AgentConfig(cluster_file="", hub="127.0.0.1:8470", heartbeat_interval=Duration(0))
+    assert where(validation.check_agent(agent)) == {
+        "agent.cluster_file": "name the cluster's TOML file",
+        "agent.hub": "hub must be an http(s) URL, got '127.0.0.1:8470'",
+        "agent.heartbeat_interval": "heartbeat_interval must be above zero",
+    }
+
+
+def test_an_absolute_mount_path_clashes_with_a_named_mount() -> None:
+    ds = testing.dataset(
+        mounts=[Mount(uri="s3://a", name="imgs"), Mount(uri="s3://b", path="/imgs")]
+    )
+    assert "dataset.mounts[1].path" in where(validation.check_dataset(ds))
+
+
+def test_a_label_key_with_an_empty_prefix_is_refused() -> None:
+    assert validation.check_label_key("/tier", "l") != []
+
+
+# --- specs that cannot work are refused, and a credential is never echoed ---
+
+
+def refused(d: Dataset) -> dict[str, str]:
+    return {p.path: p.message for p in validation.check_dataset(d)}
+
+
+def ds(*mounts: Mount, **kw: object) -> Dataset:
+    return Dataset(name="imagenet", mounts=list(mounts) or [Mount(uri="s3://b/p")], **kw)  # type: ignore[arg-type]
+
+
+def test_credentials_in_a_uri_are_refused_and_never_printed() -> None:
+    got = refused(ds(Mount(uri="s3://AKIAXYZ:supersecret@bucket/prefix")))
+    msg = got["dataset.mounts[0].uri"]
+    assert "carries credentials" in msg and "'secret'" in msg
+    assert "supersecret" not in msg and "AKIAXYZ" not in msg
+    # the other messages about the same URI do not echo it either
+    got = refused(ds(Mount(uri="ftp://user:pw@host/x")))
+    assert all("pw@" not in m for m in got.values())
+
+
+@pytest.mark.parametrize("key", ["root", "bucket", "container", "allow_anonymous"])
+def test_options_that_override_the_uri_are_refused(key: str) -> None:
+    got = refused(ds(Mount(uri="s3://b/p", options={key: "/elsewhere"})))
+    assert "would override what the uri says" in got[f"dataset.mounts[0].options.{key}"]
+
+
+def test_an_endpoint_is_a_host_and_port_only() -> None:
+    ok = ds(Mount(uri="s3://b/p", options={"endpoint": "http://minio:9000"}))
+    assert refused(ok) == {}
+    got = refused(ds(Mount(uri="s3://b/p", options={"endpoint": "http://minio:9000/other"})))
+    assert "scheme://host[:port] only" in got["dataset.mounts[0].options.endpoint"]
+    got = refused(ds(Mount(uri="s3://b/p", options={"endpoint": "minio:9000"})))
+    assert "not an http(s) URL" in got["dataset.mounts[0].options.endpoint"]
+    got = refused(ds(Mount(uri="https://h/p", options={"endpoint": "http://x"})))
+    assert "takes no endpoint" in got["dataset.mounts[0].options.endpoint"]
+
+
+def test_reserved_label_prefixes_are_refused_on_datasets_and_clusters() -> None:
+    got = refused(ds(labels={"fluidfed.io/cluster": "x", "team": "ml"}))
+    assert "prefix fluidfed sets itself" in got["dataset.labels.fluidfed.io/cluster"]
+    assert "dataset.labels.team" not in got
+    c = Cluster(
+        name="edge",
+        labels={"topology.kubernetes.io/zone": "z1"},
+        kubernetes=KubeAccess(in_cluster=True),
+    )
+    got_c = {p.path: p.message for p in validation.check_cluster(c)}
+    assert "have their own fields" in got_c["cluster.labels.topology.kubernetes.io/zone"]
+
+
+def test_selectors_may_still_match_the_derived_labels() -> None:
+    from fluidfed.models import LabelSelector, Placement
+
+    d = ds(placement=Placement(selector=LabelSelector(match_labels={"fluidfed.io/kind": "edge"})))
+    assert refused(d) == {}
+
+
+def test_tier_paths_with_dotdot_and_absurd_sizes_are_refused() -> None:
+    tier = CacheTier(medium="SSD", quota=ByteSize(2**30), path="/var/lib/../../etc")
+    got = refused(ds(cache=CacheSpec(tiers=[tier])))
+    assert "must not contain '..'" in got["dataset.cache.tiers[0].path"]
+    huge = CacheTier(medium="MEM", quota=ByteSize(2**51))
+    got = refused(ds(cache=CacheSpec(tiers=[huge])))
+    assert "above 1PiB" in got["dataset.cache.tiers[0].quota"]
+    got = refused(ds(cache=CacheSpec(max_replicas=10**9)))
+    assert "is it a typo" in got["dataset.cache.max_replicas"]
+
+
+def test_binding_names_must_fit_a_label_value() -> None:
+    assert validation.check_binding_names("a" * 40, ["b" * 22], "dataset.name") == []
+    (p,) = validation.check_binding_names("a" * 40, ["b" * 23, "c"], "dataset.name")
+    assert p.path == "dataset.name" and "64 characters" in p.message and "63" in p.message
+
+
+def test_dataset_references_must_exist_and_not_cycle() -> None:
+    a = Dataset(name="a", mounts=[Mount(uri="dataset://b")])
+    b = Dataset(name="b", mounts=[Mount(uri="dataset://c")])
+    c = Dataset(name="c", mounts=[Mount(uri="dataset://a")])
+    (missing,) = validation.check_references(a, {}, "dataset")
+    assert missing.path == "dataset.mounts[0].uri" and "apply it first" in missing.message
+    (cycle,) = validation.check_references(c, {"a": a, "b": b}, "dataset")
+    assert "c -> a -> b -> c" in cycle.message
+    (self_ref,) = validation.check_references(
+        Dataset(name="s", mounts=[Mount(uri="dataset://s")]), {}, "dataset"
+    )
+    assert "s -> s" in self_ref.message
+    assert (
+        validation.check_references(
+            b, {"c": Dataset(name="c", mounts=[Mount(uri="s3://x/y")])}, "dataset"
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"hit_ratio": 1.5}', "$.hit_ratio"),
+        (b'{"cache_used": -1}', "$.cache_used"),
+        (b'{"metrics": {"cache_used_ratio": 2.0}}', "$.metrics.cache_used_ratio"),
+        (b'{"metrics": {"read_bytes_per_second": -5}}', "$.metrics.read_bytes_per_second"),
+        (b'{"load": {"id": 1, "blocks": -3}}', "$.load.blocks"),
+    ],
+)
+def test_status_reports_out_of_range_are_refused(body: bytes, where: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=rf"at `\{where}`"):
+        codec.decoder(BindingStatus).decode(body)
+    assert codec.decoder(Figures).decode(b'{"hit_ratio": 1.0}').hit_ratio == 1.0

@@ -1,0 +1,56 @@
+"""Tokens: a cluster's token names its cluster and is kept only as a hash; the admin
+token comes from a file, the environment, or is generated once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fluidfed.errors import ConfigError
+from hub import auth
+
+
+def test_a_cluster_token_names_its_cluster_and_matches_only_its_hash() -> None:
+    token = auth.new_cluster_token("edge-1")
+    assert token.startswith("ffc.edge-1.")
+    assert auth.cluster_of(token) == "edge-1"
+    stored = auth.token_hash(token)
+    assert token not in stored and len(stored) == 64
+    assert auth.same_token(token, stored)
+    assert not auth.same_token(token + "x", stored)
+    assert auth.new_cluster_token("edge-1") != token
+
+
+@pytest.mark.parametrize("token", ["", "ffc", "ffc.edge", "abc.edge.secret", "admin-token"])
+def test_other_tokens_name_no_cluster(token: str) -> None:
+    assert auth.cluster_of(token) is None
+
+
+def test_the_admin_token_comes_from_a_file_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "token"
+    f.write_text("from-file\n")
+    monkeypatch.setenv("ADMIN", " from-env ")
+    assert auth.load_admin_token(str(f), "ADMIN", tmp_path / "data") == ("from-file", f"file {f}")
+    assert auth.load_admin_token("", "ADMIN", tmp_path / "data") == (
+        "from-env",
+        "environment variable ADMIN",
+    )
+    f.write_text("  \n")
+    with pytest.raises(ConfigError, match="is empty"):
+        auth.load_admin_token(str(f), "ADMIN", tmp_path / "data")
+
+
+def test_without_one_the_admin_token_is_generated_private_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ADMIN", raising=False)
+    data = tmp_path / "data"
+    token, source = auth.load_admin_token("", "ADMIN", data)
+    path = data / "admin-token"
+    assert source == f"file {path} (generated)"
+    assert len(token) >= 32 and path.read_text() == token + "\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert auth.load_admin_token("", "ADMIN", data) == (token, f"file {path}")  # a restart keeps it
