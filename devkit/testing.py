@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -112,6 +115,22 @@ WORKER_STATUS_WIRE: dict[str, Any] = {
     "served": {"blocks": 10, "bytes": 1000, "short_circuit": 0, "located": 0},
     "load": {"state": "idle", "path": "", "blocks": 0, "done": 0, "cached": 0, "bytes": 0},
 }
+
+
+# ---- the command line ------------------------------------------------------------------
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`fluidfed ARGS...` as a user runs it (this interpreter, output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ if env is None else env),
+        timeout=timeout,
+    )
 
 
 # ---- waiting ----------------------------------------------------------------------------

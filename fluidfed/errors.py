@@ -92,6 +92,12 @@ class APIError(FluidfedError):
 class BadRequest(APIError):
     status = 400
 
+    @classmethod
+    def unless_valid(cls, problems: list[Problem]) -> None:
+        """Raise with every problem found, if there is any."""
+        if problems:
+            raise cls("the request is not valid", problems)
+
 
 class Unauthorized(APIError):
     status = 401

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from fluidfed.errors import Problem
@@ -264,63 +263,6 @@ def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Prob
                     )
                 )
     return problems
-
-
-def check_binding_names(dataset: str, clusters: Iterable[str], path: str) -> list[Problem]:
-    """Each binding's name (`<dataset>.<cluster>`) labels every object the agent makes:
-    it must fit a Kubernetes label value, or the cluster would refuse them later."""
-    too_long = sorted(c for c in clusters if len(dataset) + 1 + len(c) > MAX_LABEL_VALUE)
-    if not too_long:
-        return []
-    return [
-        Problem(
-            f"dataset {dataset!r} on cluster {too_long[0]!r} makes a binding name of "
-            f"{len(dataset) + 1 + len(too_long[0])} characters; Kubernetes labels hold "
-            f"{MAX_LABEL_VALUE}: shorten the dataset or the cluster name",
-            path=path,
-        )
-    ]
-
-
-def dataset_references(d: Dataset) -> list[tuple[int, str]]:
-    """(mount index, dataset name) of every dataset:// mount."""
-    out = []
-    for i, m in enumerate(d.mounts):
-        parts = urlsplit(m.uri)
-        if parts.scheme == "dataset" and parts.netloc:
-            out.append((i, parts.netloc))
-    return out
-
-
-def check_references(d: Dataset, known: Mapping[str, Dataset], path: str) -> list[Problem]:
-    """dataset:// mounts must name datasets the catalog holds, and never lead back."""
-    problems: list[Problem] = []
-    for i, name in dataset_references(d):
-        p = f"{path}.mounts[{i}].uri"
-        if name != d.name and name not in known:
-            problems.append(
-                Problem(f"dataset {name!r} is not in the catalog: apply it first", path=p)
-            )
-            continue
-        trail = _cycle(d.name, name, {**known, d.name: d})
-        if trail:
-            problems.append(
-                Problem(f"dataset:// references form a cycle: {' -> '.join(trail)}", path=p)
-            )
-    return problems
-
-
-def _cycle(start: str, via: str, known: Mapping[str, Dataset]) -> list[str]:
-    stack, seen = [(via, [start, via])], set()
-    while stack:
-        name, trail = stack.pop()
-        if name == start:
-            return trail
-        if name in seen or name not in known:
-            continue
-        seen.add(name)
-        stack += [(ref, [*trail, ref]) for _, ref in dataset_references(known[name])]
-    return []
 
 
 def check_placement(pl: Placement, path: str) -> list[Problem]:

@@ -196,11 +196,6 @@ def _may_act_for(request: web.Request, cluster: str) -> None:
         )
 
 
-def _check(problems: list[Problem]) -> None:
-    if problems:
-        raise errors.BadRequest("the request is not valid", problems)
-
-
 # --- probes and documents -------------------------------------------------------------
 
 
@@ -228,7 +223,7 @@ async def list_clusters(request: web.Request) -> web.Response:
 async def register_cluster(request: web.Request) -> web.Response:
     _admin(request)
     spec: Cluster = await _body(request, _cluster_dec, "cluster")
-    _check(validation.check_cluster(spec))
+    errors.BadRequest.unless_valid(validation.check_cluster(spec))
     rotate = request.query.get("rotate_token", "") in ("1", "true")
     cat = request.app[CATALOG]
     existed = spec.name in cat.clusters
@@ -248,7 +243,7 @@ async def get_cluster(request: web.Request) -> web.Response:
 async def patch_cluster_labels(request: web.Request) -> web.Response:
     _admin(request)
     patch: LabelPatch = await _body(request, _labels_dec, "")
-    _check(validation.check_labels(patch.set, "set"))
+    errors.BadRequest.unless_valid(validation.check_labels(patch.set, "set"))
     rec = await request.app[CATALOG].relabel_cluster(
         request.match_info["name"], patch.set, patch.remove
     )
@@ -279,7 +274,7 @@ async def list_datasets(request: web.Request) -> web.Response:
 async def apply_dataset(request: web.Request) -> web.Response:
     _admin(request)
     spec: Dataset = await _body(request, _dataset_dec, "dataset")
-    _check(validation.check_dataset(spec))
+    errors.BadRequest.unless_valid(validation.check_dataset(spec))
     name = request.match_info.get("name")
     if name is not None and name != spec.name:
         raise errors.BadRequest(

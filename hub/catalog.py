@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from fluidfed import codec, errors, validation
+from fluidfed import codec, errors
 from fluidfed.errors import Problem
 from fluidfed.models import (
     AutoscaleDecision,
@@ -32,7 +32,7 @@ from fluidfed.models import (
     LoadRequest,
     WatchEvent,
 )
-from hub import auth, placement
+from hub import auth, consistency, placement
 from hub.store import Delete, Op, Put, Store
 
 CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"
@@ -46,20 +46,13 @@ _status_dec = codec.decoder(BindingStatus)
 _decisions_dec = codec.decoder(list[AutoscaleDecision])
 
 
-def _refuse(problems: list[Problem]) -> None:
-    if problems:
-        raise errors.BadRequest("the request is not valid", problems)
-
-
-def _binding_name_problems(ops: list[Op], path: str) -> list[Problem]:
-    """Bindings the ops would write whose names do not fit a Kubernetes label value."""
+def _check_binding_names(ops: list[Op], path: str) -> None:
+    """Refuse ops that would write a binding whose name does not fit a label value."""
     for op in ops:
         if isinstance(op, Put) and op.kind == BINDING:
             dataset, _, cluster = op.name.partition(".")
-            problems = validation.check_binding_names(dataset, [cluster], path)
-            if problems:
-                return problems
-    return []
+            problems = consistency.check_binding_names(dataset, [cluster], path)
+            errors.BadRequest.unless_valid(problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +198,7 @@ class Catalog:
                 ops.append(Put(CLUSTER, spec.name, codec.encode(rec)))
                 clusters = {**self.clusters, spec.name: rec}
                 placed = self._replace_all(rev, clusters)
-                _refuse(_binding_name_problems(placed, "cluster.name"))
+                _check_binding_names(placed, "cluster.name")
                 ops += placed
                 await self._commit(rev, ops)
                 if token:
@@ -253,10 +246,10 @@ class Catalog:
                 spec=spec, generation=(old.generation + 1) if old else 1, revision=rev
             )
             known = {n: r.spec for n, r in self.datasets.items() if n != spec.name}
-            _refuse(validation.check_references(spec, known, "dataset"))
+            errors.BadRequest.unless_valid(consistency.check_references(spec, known, "dataset"))
             ops: list[Op] = [Put(DATASET, spec.name, codec.encode(rec))]
             placed = self._replace(rev, rec, self.clusters)
-            _refuse(_binding_name_problems(placed, "dataset.name"))
+            _check_binding_names(placed, "dataset.name")
             ops += placed
             await self._commit(rev, ops)
             return rec, True
@@ -294,7 +287,8 @@ class Catalog:
         async with self._write:
             if name not in self.datasets:
                 raise errors.NotFound(f"dataset {name} not found")
-            referrers = self._referrers(name)
+            others = {n: r.spec for n, r in self.datasets.items()}
+            referrers = consistency.referrers(name, others)
             if referrers:
                 raise errors.Conflict(
                     f"dataset {name} is mounted by {', '.join(referrers)} (dataset://{name}): "
@@ -393,13 +387,6 @@ class Catalog:
         if rec is None:
             raise errors.NotFound(f"cluster {name} not found")
         return rec
-
-    def _referrers(self, name: str) -> list[str]:
-        return sorted(
-            n
-            for n, r in self.datasets.items()
-            if n != name and any(ref == name for _, ref in validation.dataset_references(r.spec))
-        )
 
     def _replace_all(self, rev: int, clusters: dict[str, ClusterRecord]) -> list[Op]:
         ops: list[Op] = []

@@ -4,7 +4,6 @@ and Kubernetes clients for the session's clusters."""
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from devkit import testing
 from devkit.local import cluster
-from devkit.testing import AgentProcess, HubProcess, NotYet, eventually_blocking
+from devkit.testing import AgentProcess, HubProcess, NotYet, eventually_blocking, run_cli
 from fluidfed import Client
 from fluidfed.models import (
     Access,
@@ -37,13 +36,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """The `fluidfed` command line as a user runs it, against `hub`."""
     env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": token or hub.admin_token}
-    return subprocess.run(
-        [sys.executable, "-m", "fluidfed.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 class Fleet:

@@ -5,14 +5,13 @@ certificate to its name."""
 import os
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 import trustme
 
-from devkit.testing import HubProcess
+from devkit.testing import HubProcess, run_cli
 from fluidfed import Client, ConfigError, Forbidden
 from fluidfed.models import Cluster
 from tests.integration.conftest import cli
@@ -26,16 +25,6 @@ def _cli_env(hub: HubProcess, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def _fluidfed(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fluidfed.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
 def test_self_signed_hub_serves_https_and_clients_verify(tmp_path: Path) -> None:
     with HubProcess(tmp_path / "hub", extra=["--self-signed"]) as hub:
         assert hub.url.startswith("https://127.0.0.1:")
@@ -43,13 +32,13 @@ def test_self_signed_hub_serves_https_and_clients_verify(tmp_path: Path) -> None
         assert ca.exists()
 
         # the CA given by flag, by variable: the CLI talks to the hub
-        ok = _fluidfed("--cacert", str(ca), "get", "clusters", env=_cli_env(hub))
+        ok = run_cli("--cacert", str(ca), "get", "clusters", env=_cli_env(hub))
         assert ok.returncode == 0, ok.stderr
-        ok = _fluidfed("get", "clusters", env=_cli_env(hub, FLUIDFED_CA_FILE=str(ca)))
+        ok = run_cli("get", "clusters", env=_cli_env(hub, FLUIDFED_CA_FILE=str(ca)))
         assert ok.returncode == 0, ok.stderr
 
         # no CA: the system's roots do not know this hub, and nothing turns that off
-        refused = _fluidfed("get", "clusters", env=_cli_env(hub))
+        refused = run_cli("get", "clusters", env=_cli_env(hub))
         assert refused.returncode == 2
         assert "does not trust" in refused.stderr and "--cacert" in refused.stderr
         assert hub.admin_token not in refused.stderr + refused.stdout
@@ -71,7 +60,7 @@ async def test_a_hub_certificate_from_another_ca_is_refused(tmp_path: Path) -> N
         async with Client(hub.url, hub.admin_token, ca_file=str(ca)) as c:
             with pytest.raises(ConfigError, match="does not trust"):
                 await c.list_clusters()
-        refused = _fluidfed("--cacert", str(ca), "get", "clusters", env=_cli_env(hub))
+        refused = run_cli("--cacert", str(ca), "get", "clusters", env=_cli_env(hub))
         assert refused.returncode == 2, refused.stderr
 
         # the right CA: the SDK works, also with a session of the caller's own
@@ -146,7 +135,7 @@ async def test_mutual_tls_binds_a_cluster_certificate_to_its_name(tmp_path: Path
 def test_tls_settings_are_checked_with_the_field_path(tmp_path: Path) -> None:
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[hub]\ntls_cert_file = "/nonexistent.crt"\n')
-    r = _fluidfed("validate", str(cfg), env=dict(os.environ))
+    r = run_cli("validate", str(cfg), env=dict(os.environ))
     assert r.returncode == 2
     assert "tls_cert_file and tls_key_file go together" in r.stderr
     r = cli_missing_files(tmp_path)
@@ -157,7 +146,7 @@ def test_tls_settings_are_checked_with_the_field_path(tmp_path: Path) -> None:
 def cli_missing_files(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     cfg = tmp_path / "hub2.toml"
     cfg.write_text('[hub]\ntls_cert_file = "/nonexistent.crt"\ntls_key_file = "/nonexistent.key"\n')
-    return _fluidfed(
+    return run_cli(
         "hub",
         "serve",
         "--config",
@@ -174,6 +163,6 @@ def test_plain_hub_still_serves_http_and_refuses_a_ca_without_https(hub: HubProc
     assert hub.url.startswith("http://")
     r = cli(hub, "get", "clusters")
     assert r.returncode == 0, r.stderr
-    r = _fluidfed("--cacert", "/etc/hostname", "get", "clusters", env=_cli_env(hub))
+    r = run_cli("--cacert", "/etc/hostname", "get", "clusters", env=_cli_env(hub))
     assert r.returncode == 2
     assert "not https://" in r.stderr

@@ -7,7 +7,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from devkit.local import cluster
-from devkit.testing import eventually
+from devkit.testing import eventually, run_cli
 from fluidfed import pki
 from tests.conftest import CONFIGS
 
@@ -323,13 +322,7 @@ def test_cli_local_up_list_down_leaves_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "FLUIDFED_CLUSTERS_DIR": str(tmp_path)}
 
     def fluidfed(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fluidfed.cli.main", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        return run_cli(*args, env=env, timeout=240)
 
     up = fluidfed("local", "up", "cli-edge", "--kind", "edge")
     assert up.returncode == 0, up.stderr

@@ -273,32 +273,6 @@ def test_tier_paths_with_dotdot_and_absurd_sizes_are_refused() -> None:
     assert "is it a typo" in got["dataset.cache.max_replicas"]
 
 
-def test_binding_names_must_fit_a_label_value() -> None:
-    assert validation.check_binding_names("a" * 40, ["b" * 22], "dataset.name") == []
-    (p,) = validation.check_binding_names("a" * 40, ["b" * 23, "c"], "dataset.name")
-    assert p.path == "dataset.name" and "64 characters" in p.message and "63" in p.message
-
-
-def test_dataset_references_must_exist_and_not_cycle() -> None:
-    a = Dataset(name="a", mounts=[Mount(uri="dataset://b")])
-    b = Dataset(name="b", mounts=[Mount(uri="dataset://c")])
-    c = Dataset(name="c", mounts=[Mount(uri="dataset://a")])
-    (missing,) = validation.check_references(a, {}, "dataset")
-    assert missing.path == "dataset.mounts[0].uri" and "apply it first" in missing.message
-    (cycle,) = validation.check_references(c, {"a": a, "b": b}, "dataset")
-    assert "c -> a -> b -> c" in cycle.message
-    (self_ref,) = validation.check_references(
-        Dataset(name="s", mounts=[Mount(uri="dataset://s")]), {}, "dataset"
-    )
-    assert "s -> s" in self_ref.message
-    assert (
-        validation.check_references(
-            b, {"c": Dataset(name="c", mounts=[Mount(uri="s3://x/y")])}, "dataset"
-        )
-        == []
-    )
-
-
 @pytest.mark.parametrize(
     ("body", "where"),
     [

@@ -1,0 +1,83 @@
+"""Rules over the whole catalog that no single spec can check alone. Pure: the catalog asks
+before it writes, and refuses with the field path.
+
+* every binding's name (`<dataset>.<cluster>`) labels the objects an agent makes: it must fit
+  a Kubernetes label value, or the cluster would refuse them later;
+* dataset:// mounts name datasets the catalog holds, never lead back to themselves, and a
+  dataset still mounted by others is not deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+
+from fluidfed.errors import Problem
+from fluidfed.models import Dataset
+from fluidfed.validation import MAX_LABEL_VALUE
+
+
+def check_binding_names(dataset: str, clusters: Iterable[str], path: str) -> list[Problem]:
+    """Each binding's name (`<dataset>.<cluster>`) labels every object the agent makes:
+    it must fit a Kubernetes label value, or the cluster would refuse them later."""
+    too_long = sorted(c for c in clusters if len(dataset) + 1 + len(c) > MAX_LABEL_VALUE)
+    if not too_long:
+        return []
+    return [
+        Problem(
+            f"dataset {dataset!r} on cluster {too_long[0]!r} makes a binding name of "
+            f"{len(dataset) + 1 + len(too_long[0])} characters; Kubernetes labels hold "
+            f"{MAX_LABEL_VALUE}: shorten the dataset or the cluster name",
+            path=path,
+        )
+    ]
+
+
+def dataset_references(d: Dataset) -> list[tuple[int, str]]:
+    """(mount index, dataset name) of every dataset:// mount."""
+    out = []
+    for i, m in enumerate(d.mounts):
+        parts = urlsplit(m.uri)
+        if parts.scheme == "dataset" and parts.netloc:
+            out.append((i, parts.netloc))
+    return out
+
+
+def check_references(d: Dataset, known: Mapping[str, Dataset], path: str) -> list[Problem]:
+    """dataset:// mounts must name datasets the catalog holds, and never lead back."""
+    problems: list[Problem] = []
+    for i, name in dataset_references(d):
+        p = f"{path}.mounts[{i}].uri"
+        if name != d.name and name not in known:
+            problems.append(
+                Problem(f"dataset {name!r} is not in the catalog: apply it first", path=p)
+            )
+            continue
+        trail = _cycle(d.name, name, {**known, d.name: d})
+        if trail:
+            problems.append(
+                Problem(f"dataset:// references form a cycle: {' -> '.join(trail)}", path=p)
+            )
+    return problems
+
+
+def referrers(name: str, known: Mapping[str, Dataset]) -> list[str]:
+    """The datasets that mount `name` through dataset://."""
+    return sorted(
+        n
+        for n, d in known.items()
+        if n != name and any(ref == name for _, ref in dataset_references(d))
+    )
+
+
+def _cycle(start: str, via: str, known: Mapping[str, Dataset]) -> list[str]:
+    stack, seen = [(via, [start, via])], set()
+    while stack:
+        name, trail = stack.pop()
+        if name == start:
+            return trail
+        if name in seen or name not in known:
+            continue
+        seen.add(name)
+        stack += [(ref, [*trail, ref]) for _, ref in dataset_references(known[name])]
+    return []

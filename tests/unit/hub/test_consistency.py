@@ -1,0 +1,38 @@
+"""Rules over the whole catalog: binding names that fit a label value, dataset:// references
+that exist and do not cycle, and who still mounts a dataset."""
+
+from fluidfed.models import Dataset, Mount
+from hub import consistency
+
+
+def test_binding_names_must_fit_a_label_value() -> None:
+    assert consistency.check_binding_names("a" * 40, ["b" * 22], "dataset.name") == []
+    (p,) = consistency.check_binding_names("a" * 40, ["b" * 23, "c"], "dataset.name")
+    assert p.path == "dataset.name" and "64 characters" in p.message and "63" in p.message
+
+
+def test_dataset_references_must_exist_and_not_cycle() -> None:
+    a = Dataset(name="a", mounts=[Mount(uri="dataset://b")])
+    b = Dataset(name="b", mounts=[Mount(uri="dataset://c")])
+    c = Dataset(name="c", mounts=[Mount(uri="dataset://a")])
+    (missing,) = consistency.check_references(a, {}, "dataset")
+    assert missing.path == "dataset.mounts[0].uri" and "apply it first" in missing.message
+    (cycle,) = consistency.check_references(c, {"a": a, "b": b}, "dataset")
+    assert "c -> a -> b -> c" in cycle.message
+    (self_ref,) = consistency.check_references(
+        Dataset(name="s", mounts=[Mount(uri="dataset://s")]), {}, "dataset"
+    )
+    assert "s -> s" in self_ref.message
+    assert (
+        consistency.check_references(
+            b, {"c": Dataset(name="c", mounts=[Mount(uri="s3://x/y")])}, "dataset"
+        )
+        == []
+    )
+
+
+def test_referrers_are_the_datasets_that_mount_one() -> None:
+    a = Dataset(name="a", mounts=[Mount(uri="dataset://b")])
+    b = Dataset(name="b", mounts=[Mount(uri="s3://x/y")])
+    assert consistency.referrers("b", {"a": a, "b": b}) == ["a"]
+    assert consistency.referrers("a", {"a": a, "b": b}) == []
