@@ -25,6 +25,7 @@ from fluidfed.models import (
     Registered,
     WatchEvent,
 )
+from fluidfed.units import format_size
 from hub import auth, openapi
 from hub.autoscaler import Autoscaler
 from hub.catalog import Catalog
@@ -125,7 +126,7 @@ async def errors_mw(
     except web.HTTPRequestEntityTooLarge:
         resp = error_response(
             413,
-            f"request body too large: the limit is {request.app[MAX_BODY]} bytes; "
+            f"request body too large: the limit is {format_size(request.app[MAX_BODY])}; "
             "split the input or raise max_body in the hub's configuration",
         )
     except web.HTTPException as err:
@@ -295,6 +296,12 @@ async def get_dataset(request: web.Request) -> web.Response:
 async def load_dataset(request: web.Request) -> web.Response:
     _admin(request)
     ask: LoadAsk = await _body(request, _load_dec, "load")
+    path = ask.path.strip("/")
+    if ".." in path.split("/"):
+        raise errors.BadRequest(
+            "the load path leaves the dataset",
+            [Problem("a path inside the dataset, without '..' (e.g. train/class-1)", path="path")],
+        )
     name = request.match_info["name"]
     cat = request.app[CATALOG]
     bindings = await cat.request_load(name, ask.clusters, ask.path)

@@ -85,7 +85,16 @@ class WarmUps:
                     if not running:
                         break
                     await asyncio.sleep(0.5)
-            await show(phase="Failed" if prog.errors else "Done")
+            if req.path and prog.blocks == 0:
+                # a directory as a reader's mount shows it (below its sub-path) is not one
+                # of the dataset: say so rather than "100% of nothing"
+                await show(
+                    phase="Failed",
+                    message=f"nothing under {req.path!r} in the dataset: paths start at the "
+                    "dataset's root (a reader's mount may start below it, at its sub_path)",
+                )
+            else:
+                await show(phase="Failed" if prog.errors else "Done")
         except (TimeoutError, errors.WorkerError) as err:
             await show(phase="Failed", message=str(err) or "no cache worker registered")
         log.info(

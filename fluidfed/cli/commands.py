@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,31 @@ from fluidfed.units import format_size
 
 Sub = Any  # argparse's private _SubParsersAction
 
+# what `get` and `describe` take, kubectl-style: plural, singular and short names
+KINDS = {
+    "clusters": "clusters",
+    "cluster": "clusters",
+    "cl": "clusters",
+    "datasets": "datasets",
+    "dataset": "datasets",
+    "ds": "datasets",
+    "bindings": "bindings",
+    "binding": "bindings",
+    "b": "bindings",
+}
+
+
+def _client_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The hub flags, also after the verb (`fluidfed get bindings --hub URL`): unset here,
+    they leave what was given before the verb (or nothing) in place."""
+    p.add_argument("--hub", default=argparse.SUPPRESS, help="hub URL (env FLUIDFED_HUB)")
+    p.add_argument("--token", default=argparse.SUPPRESS, help="API token (env FLUIDFED_TOKEN)")
+    p.add_argument(
+        "--cacert", default=argparse.SUPPRESS, metavar="FILE", help="CA of the hub's certificate"
+    )
+    p.add_argument("--client-config", default=argparse.SUPPRESS, help="client TOML file")
+    return p
+
 
 def register(sub: Sub) -> None:
     p = sub.add_parser("validate", help="check TOML files; print every error")
@@ -26,39 +52,55 @@ def register(sub: Sub) -> None:
 
     cl = sub.add_parser("cluster", help="register, label and delete clusters")
     cl_sub = cl.add_subparsers(dest="cluster_command", required=True)
-    p = cl_sub.add_parser("register", help="register (or update) a cluster from its TOML")
+    p = _client_flags(
+        cl_sub.add_parser("register", help="register (or update) a cluster from its TOML")
+    )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--rotate-token", action="store_true", help="issue a new cluster token")
     p.add_argument("--token-file", help="write the cluster token here (mode 0600)")
     p.set_defaults(run=_hub(cluster_register))
-    p = cl_sub.add_parser("label", help="set (k=v) or remove (k-) cluster labels")
+    p = _client_flags(cl_sub.add_parser("label", help="set (k=v) or remove (k-) cluster labels"))
     p.add_argument("name")
     p.add_argument("labels", nargs="+", metavar="LABEL")
     p.set_defaults(run=_hub(cluster_label))
-    p = cl_sub.add_parser("delete", help="delete a cluster and its bindings")
+    p = _client_flags(cl_sub.add_parser("delete", help="delete a cluster and its bindings"))
     p.add_argument("name")
     p.set_defaults(run=_hub(cluster_delete))
 
-    p = sub.add_parser("apply", help="create or update what the files declare")
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE")
+    p = _client_flags(sub.add_parser("apply", help="create or update what the files declare"))
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a TOML file, a directory (its *.toml files), or - for standard input",
+    )
     p.set_defaults(run=_hub(apply))
 
-    p = sub.add_parser("get", help="list clusters, datasets or bindings")
-    p.add_argument("kind", choices=["clusters", "datasets", "bindings"])
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    p = _client_flags(sub.add_parser("get", help="list clusters, datasets or bindings"))
+    p.add_argument("kind", choices=list(KINDS), metavar="KIND", help="clusters|datasets|bindings")
+    p.add_argument("name", nargs="?", help="only this one")
+    p.add_argument(
+        "-o", "--output", choices=["table", "wide", "name", "json", "yaml"], default="table"
+    )
     p.add_argument("--cluster", help="bindings of this cluster only")
     p.set_defaults(run=_hub(get))
 
-    p = sub.add_parser("describe", help="show a dataset with its placement and status")
-    p.add_argument("kind", choices=["dataset"])
+    p = _client_flags(
+        sub.add_parser("describe", help="show a dataset or a cluster with its status")
+    )
+    p.add_argument("kind", choices=[k for k, v in KINDS.items() if v != "bindings"], metavar="KIND")
     p.add_argument("name")
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     p.set_defaults(run=_hub(describe))
 
     ds = sub.add_parser("dataset", help="work with a dataset's caches")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
-    p = ds_sub.add_parser(
-        "load", help="warm the cache workers with a dataset (or a path in it) and show progress"
+    p = _client_flags(
+        ds_sub.add_parser(
+            "load", help="warm the cache workers with a dataset (or a path in it), with progress"
+        )
     )
     p.add_argument("name")
     p.add_argument(
@@ -67,12 +109,15 @@ def register(sub: Sub) -> None:
     p.add_argument("--path", default="", help="only this directory or file of the dataset")
     p.add_argument("--no-wait", action="store_true", help="ask for it and return at once")
     p.add_argument(
-        "--timeout", type=float, default=3600.0, help="seconds to wait for every cluster"
+        "--timeout",
+        type=float,
+        default=660.0,
+        help="seconds to wait for every cluster (an agent gives up after 600)",
     )
     p.set_defaults(run=_hub(dataset_load))
 
-    p = sub.add_parser("delete", help="delete a dataset")
-    p.add_argument("kind", choices=["dataset"])
+    p = _client_flags(sub.add_parser("delete", help="delete a dataset"))
+    p.add_argument("kind", choices=["dataset", "ds"], metavar="KIND")
     p.add_argument("name")
     p.set_defaults(run=_hub(delete))
 
@@ -101,11 +146,27 @@ def _hub(
     return run
 
 
+def _expand(files: list[str]) -> list[str]:
+    """Directories stand for their *.toml files (sorted), as `kubectl apply -f DIR/` does."""
+    out: list[str] = []
+    for f in files:
+        p = Path(f)
+        if f != "-" and p.is_dir():
+            found = sorted(str(x) for x in p.glob("*.toml"))
+            if not found:
+                raise ConfigError.one("no *.toml file in this directory", file=f)
+            out += found
+        else:
+            out.append(f)
+    return out
+
+
 def _load_all(files: list[str]) -> list[tuple[str, Document]]:
     docs, problems = [], []
-    for f in files:
+    for f in _expand(files):
         try:
-            docs.append((f, config.load(f)))
+            doc = config.loads(sys.stdin.read(), file="<stdin>") if f == "-" else config.load(f)
+            docs.append((f, doc))
         except ConfigError as err:
             problems += err.problems
     if problems:
@@ -114,8 +175,8 @@ def _load_all(files: list[str]) -> list[tuple[str, Document]]:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    _load_all(args.files)  # raises with every problem of every file
-    for f in args.files:
+    docs = _load_all(args.files)  # raises with every problem of every file
+    for f, _ in docs:
         output.console.print(f"{f}: valid")
     return 0
 
@@ -127,7 +188,12 @@ async def cluster_register(client: Client, args: argparse.Namespace) -> int:
     result = await client.register_cluster(doc.cluster, rotate_token=args.rotate_token)
     name = result.cluster.spec.name
     if not result.token:
-        output.console.print(f"cluster/{name} registered (already known; token unchanged)")
+        note = (
+            "; nothing written: add --rotate-token to issue a new token into it"
+            if args.token_file
+            else ""
+        )
+        output.console.print(f"cluster/{name} registered (already known; token unchanged{note})")
         return 0
     if args.token_file:
         path = Path(args.token_file)
@@ -173,7 +239,12 @@ async def apply(client: Client, args: argparse.Namespace) -> int:
             result = await client.register_cluster(doc.cluster)
             output.console.print(f"cluster/{doc.cluster.name} registered")
             if result.token:
-                output.console.print(f"token: {result.token}")
+                # a credential does not belong in output that lands in logs and scrollback
+                output.err_console.print(
+                    f"a token was issued for cluster {doc.cluster.name} and not shown: write "
+                    "one to a file for its agent with `fluidfed cluster register FILE "
+                    "--rotate-token --token-file F`"
+                )
         for ds in doc.dataset:
             view = await client.apply_dataset(ds)
             where = ", ".join(f"{v.binding.cluster} ({v.binding.mode})" for v in view.bindings)
@@ -189,31 +260,56 @@ async def apply(client: Client, args: argparse.Namespace) -> int:
 
 
 async def get(client: Client, args: argparse.Namespace) -> int:
-    table = args.output == "table"
-    if args.kind == "clusters":
-        clusters = await client.list_clusters()
-        output.console.print(output.clusters_table(clusters)) if table else output.dump(
-            clusters, args.output
+    kind, fmt, wide = KINDS[args.kind], args.output, args.output == "wide"
+    if kind == "clusters":
+        clusters = (
+            [await client.get_cluster(args.name)] if args.name else await client.list_clusters()
         )
-    elif args.kind == "datasets":
-        datasets = await client.list_datasets()
-        output.console.print(output.datasets_table(datasets)) if table else output.dump(
-            datasets, args.output
+        if fmt in ("table", "wide"):
+            output.console.print(output.clusters_table(clusters, wide=wide))
+        elif fmt == "name":
+            output.names("cluster", [c.spec.name for c in clusters])
+        else:
+            output.dump(clusters[0] if args.name else clusters, fmt)
+    elif kind == "datasets":
+        datasets = (
+            [await client.get_dataset(args.name)] if args.name else await client.list_datasets()
         )
+        if fmt in ("table", "wide"):
+            output.console.print(output.datasets_table(datasets, wide=wide))
+        elif fmt == "name":
+            output.names("dataset", [d.spec.name for d in datasets])
+        else:
+            output.dump(datasets[0] if args.name else datasets, fmt)
     else:
-        result = await client.list_bindings(args.cluster)
-        if table:
+        if args.name:
+            items = [await client.get_binding(args.name)]
+            listed: Any = items[0]
+        else:
+            result = await client.list_bindings(args.cluster)
+            items, listed = result.items, result
+        if fmt in ("table", "wide"):
             statuses = {}
-            for d in {b.dataset for b in result.items}:
+            for d in {b.dataset for b in items}:
                 view = await client.get_dataset(d)
                 statuses.update({v.binding.name: v.status for v in view.bindings if v.status})
-            output.console.print(output.bindings_table(result.items, statuses))
+            output.console.print(output.bindings_table(items, statuses, wide=wide))
+        elif fmt == "name":
+            output.names("binding", [b.name for b in items])
         else:
-            output.dump(result, args.output)
+            output.dump(listed, fmt)
     return 0
 
 
 async def describe(client: Client, args: argparse.Namespace) -> int:
+    if KINDS[args.kind] == "clusters":
+        rec = await client.get_cluster(args.name)
+        bindings = (await client.list_bindings(args.name)).items
+        if args.output == "text":
+            output.describe_cluster(rec, bindings)
+        else:
+            output.dump(rec, args.output)
+        return 0
     view = await client.get_dataset(args.name)
     if args.output == "text":
         output.describe_dataset(view)
@@ -248,12 +344,20 @@ async def dataset_load(client: Client, args: argparse.Namespace) -> int:
         transient=False,
     ) as bar:
         tasks = {c: bar.add_task(c, total=None, note="waiting for the agent") for c in ids}
-        deadline = asyncio.get_running_loop().time() + args.timeout
+        started = asyncio.get_running_loop().time()
+        deadline = started + args.timeout
         while len(final) < len(ids):
             view = await client.get_dataset(args.name)
+            quiet = asyncio.get_running_loop().time() - started > 30
             for v in view.bindings:
                 c = v.binding.cluster
                 ld = v.status.load if v.status else None
+                if c in ids and c not in final and quiet and (ld is None or ld.id != ids[c]):
+                    bar.update(
+                        tasks[c],
+                        note="no word from its agent yet: is it running? "
+                        "(`fluidfed get clusters` shows when it was last seen)",
+                    )
                 if c not in ids or ld is None or ld.id != ids[c] or c in final:
                     continue
                 note = ld.message or f"{ld.phase.lower()}, {format_size(ld.bytes)}"

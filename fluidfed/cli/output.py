@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import time
 from typing import Any
@@ -20,8 +21,37 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# wire fields that hold a unix time: shown as RFC 3339 in json and yaml
+_TIMES = frozenset(
+    {"since", "seen", "reported_at", "hub_last_seen", "requested_at", "at", "last_heartbeat"}
+)
+
+
+def _rfc3339(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _when(v) if k in _TIMES and isinstance(v, int | float) else _rfc3339(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_rfc3339(v) for v in data]
+    return data
+
+
+def _when(t: float) -> str:
+    if t <= 0:
+        return ""
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def names(kind: str, items: list[str]) -> None:
+    """`-o name`: kind/name per line, as kubectl prints it (for scripts)."""
+    for n in items:
+        sys.stdout.write(f"{kind}/{n}\n")
+
+
 def dump(obj: Any, fmt: str) -> None:
-    data = codec.to_builtins(obj)
+    data = _rfc3339(codec.to_builtins(obj))
     if fmt == "json":
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -49,31 +79,34 @@ def binding_phase(b: Binding, st: BindingStatus | None) -> str:
     return st.phase if st else "Pending"
 
 
-def clusters_table(items: list[ClusterRecord]) -> Table:
+def _capabilities(c: ClusterRecord) -> str:
+    caps = codec.to_builtins(c.spec.capabilities)
+    return ",".join(k for k, v in sorted(caps.items()) if v is True) or "-"
+
+
+def clusters_table(items: list[ClusterRecord], *, wide: bool = False) -> Table:
     t = Table(box=None, header_style="bold")
-    for col in ("NAME", "KIND", "REGION", "ZONE", "MODE", "STATUS", "LABELS"):
+    cols = ["NAME", "KIND", "REGION", "ZONE", "MODE", "STATUS", "LABELS"]
+    for col in cols + (["CAPABILITIES", "REVISION"] if wide else []):
         t.add_column(col)
     for c in items:
         s = c.spec
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-        t.add_row(
-            s.name,
-            s.kind,
-            s.region or "-",
-            s.zone or "-",
-            s.mount_mode(),
-            cluster_state(c),
-            labels or "-",
-        )
+        row = [s.name, s.kind, s.region or "-", s.zone or "-", s.mount_mode()]
+        row += [cluster_state(c), labels or "-"]
+        if wide:
+            row += [_capabilities(c), str(c.revision)]
+        t.add_row(*row)
     return t
 
 
-def datasets_table(items: list[DatasetView]) -> Table:
+def datasets_table(items: list[DatasetView], *, wide: bool = False) -> Table:
     t = Table(box=None, header_style="bold")
-    for col in ("NAME", "NAMESPACE", "MOUNTS", "CLUSTERS", "PHASE", "CACHED", "GEN"):
+    cols = ["NAME", "NAMESPACE", "MOUNTS", "CLUSTERS", "PHASE", "CACHED", "GEN"]
+    for col in cols + (["PER CLUSTER", "HIT RATIO"] if wide else []):
         t.add_column(col)
     for d in items:
-        t.add_row(
+        row = [
             d.spec.name,
             d.spec.namespace,
             ", ".join(m.uri for m in d.spec.mounts),
@@ -81,26 +114,57 @@ def datasets_table(items: list[DatasetView]) -> Table:
             d.phase,
             f"{format_size(d.cache_used)}/{format_size(d.cache_capacity)}",
             str(d.generation),
-        )
+        ]
+        if wide:
+            per = [f"{v.binding.cluster}={binding_phase(v.binding, v.status)}" for v in d.bindings]
+            ratios = [
+                f"{v.binding.cluster}={v.status.hit_ratio:.2f}"
+                for v in d.bindings
+                if v.status and v.status.hit_ratio is not None
+            ]
+            row += [",".join(per) or "-", ",".join(ratios) or "-"]
+        t.add_row(*row)
     return t
 
 
-def bindings_table(items: list[Binding], statuses: dict[str, BindingStatus] | None = None) -> Table:
+def bindings_table(
+    items: list[Binding], statuses: dict[str, BindingStatus] | None = None, *, wide: bool = False
+) -> Table:
     t = Table(box=None, header_style="bold")
-    for col in ("NAME", "DATASET", "CLUSTER", "MODE", "REPLICAS", "PHASE", "REVISION"):
+    cols = ["NAME", "DATASET", "CLUSTER", "MODE", "REPLICAS", "PHASE", "REVISION"]
+    for col in cols + (["WORKERS", "CACHED", "HIT RATIO", "LAST ERROR"] if wide else []):
         t.add_column(col)
     for b in items:
         st = (statuses or {}).get(b.name)
-        t.add_row(
-            b.name,
-            b.dataset,
-            b.cluster,
-            b.mode,
-            str(b.replicas),
-            binding_phase(b, st),
-            str(b.revision),
-        )
+        row = [b.name, b.dataset, b.cluster, b.mode, str(b.replicas)]
+        row += [binding_phase(b, st), str(b.revision)]
+        if wide:
+            row += [
+                str(st.ready_workers) if st else "-",
+                f"{format_size(st.cache_used)}/{format_size(st.cache_capacity)}" if st else "-",
+                f"{st.hit_ratio:.2f}" if st and st.hit_ratio is not None else "-",
+                (st.last_error if st else "") or "-",
+            ]
+        t.add_row(*row)
     return t
+
+
+def describe_cluster(c: ClusterRecord, bindings: list[Binding]) -> None:
+    s = c.spec
+    console.print(f"[bold]Name:[/bold]          {s.name}")
+    console.print(f"[bold]Kind:[/bold]          {s.kind} ({s.mount_mode()} mounts)")
+    where = " / ".join(x for x in (s.region, s.zone) if x) or "-"
+    console.print(f"[bold]Region/zone:[/bold]   {where}")
+    console.print(f"[bold]Status:[/bold]        {cluster_state(c)}")
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(s.selector_labels().items()))
+    console.print(f"[bold]Labels:[/bold]        {labels}")
+    console.print(f"[bold]Capabilities:[/bold]  {_capabilities(c)}")
+    console.print(f"[bold]Revision:[/bold]      {c.revision}")
+    console.print("[bold]Bindings:[/bold]")
+    if not bindings:
+        console.print("  none: no dataset is placed here")
+    for b in bindings:
+        console.print(f"  {b.name}: {b.dataset}, {b.mode}, {b.replicas} replicas")
 
 
 def describe_dataset(d: DatasetView) -> None:

@@ -1,0 +1,95 @@
+"""kubectl habits on the fluidfed CLI, as a user types them against a real hub."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devkit.testing import HubProcess, run_cli
+from tests.conftest import CONFIGS
+from tests.integration.conftest import cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_get_describe_apply_as_kubectl_users_type_them(hub: HubProcess, tmp_path: Path) -> None:
+    # apply -f DIR/ : every *.toml in it; a cluster's new token is not printed
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for name in ("edge", "serverless"):
+        (conf / f"{name}.toml").write_text((CONFIGS / "clusters" / f"{name}.toml").read_text())
+    r = cli(hub, "apply", "-f", str(conf) + "/")
+    assert r.returncode == 0, r.stderr
+    assert "cluster/edge registered" in r.stdout and "cluster/serverless registered" in r.stdout
+    assert "ffc." not in r.stdout + r.stderr  # no cluster token on any stream
+    assert "--rotate-token --token-file" in r.stderr
+
+    # apply -f - : standard input
+    env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": hub.admin_token}
+    r = subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", "apply", "-f", "-"],
+        input=(CONFIGS / "datasets" / "imagenet.toml").read_text(),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "dataset/imagenet applied" in r.stdout
+
+    for kind in ("dataset", "ds", "datasets"):
+        r = cli(hub, "get", kind, "imagenet")
+        assert r.returncode == 0, r.stderr
+        assert "imagenet" in r.stdout and "NAMESPACE" in r.stdout
+    r = cli(hub, "get", "ds", "-o", "name")
+    assert r.stdout.splitlines() == ["dataset/imagenet"]
+    r = cli(hub, "get", "cl", "-o", "name")
+    assert sorted(r.stdout.splitlines()) == ["cluster/edge", "cluster/serverless"]
+    r = cli(hub, "get", "ds", "-o", "wide")
+    assert "PER CLUSTER" in r.stdout and "edge=Pending" in r.stdout
+    r = cli(hub, "get", "b", "imagenet.edge", "-o", "wide")
+    assert "LAST ERROR" in r.stdout and "imagenet.edge" in r.stdout
+    r = cli(hub, "describe", "cluster", "edge")
+    assert r.returncode == 0, r.stderr
+    assert "imagenet.edge" in r.stdout and "fluidfed.io/kind=edge" in r.stdout
+
+    # times in yaml and json are RFC 3339, not epoch floats
+    r = cli(hub, "get", "clusters", "-o", "yaml")
+    assert (
+        re.search(r"since: '?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r.stdout) or "since" not in r.stdout
+    )
+
+    # global flags after the verb
+    r = run_cli(
+        "get", "bindings", "--hub", hub.url, "--token", hub.admin_token,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FLUIDFED_")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "imagenet.serverless" in r.stdout
+
+    # register with a token file for a known cluster says how to get a token
+    r = cli(
+        hub, "cluster", "register", str(conf / "edge.toml"), "--token-file", str(tmp_path / "t")
+    )
+    assert r.returncode == 0 and "add --rotate-token" in r.stdout
+    assert not (tmp_path / "t").exists()
+
+    # a load path that leaves the dataset is refused with the field path
+    r = cli(hub, "dataset", "load", "imagenet", "--path", "../../etc", "--no-wait")
+    assert r.returncode == 2
+    assert "path" in r.stderr and "leaves the dataset" in r.stderr
+
+
+def test_a_body_over_the_limit_says_the_limit_in_units(hub: HubProcess, tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    big.write_text(
+        '[dataset]\nname = "big"\ndescription = "' + "x" * (2 * 2**20) + '"\n'
+        '[[dataset.mounts]]\nuri = "s3://b/p"\n'
+    )
+    r = cli(hub, "apply", "-f", str(big))
+    assert r.returncode == 2
+    assert "the limit is 1MiB;" in r.stderr
+    assert "ByteSize" not in r.stderr
