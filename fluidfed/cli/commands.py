@@ -10,9 +10,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import tomli
+
 from fluidfed import config
 from fluidfed.cli import output, settings
 from fluidfed.client import Client
+from fluidfed.data import layout
+from fluidfed.data.layout import SidecarConfig, WorkerConfig
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import Document, LoadStatus
 from fluidfed.units import format_size
@@ -174,9 +179,43 @@ def _load_all(files: list[str]) -> list[tuple[str, Document]]:
     return docs
 
 
+def _data_path_kind(path: str) -> type[SidecarConfig] | type[WorkerConfig] | None:
+    """A sidecar's or a worker's settings (a top-level `dataset = "name"`), or None."""
+    if path == "-" or not path.endswith((".toml", ".json")):
+        return None
+    try:
+        text = Path(path).read_text()
+        raw = tomli.loads(text) if path.endswith(".toml") else msgspec.json.decode(text)
+    except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError, msgspec.DecodeError):
+        return None  # the document loader says what is wrong with it
+    if not isinstance(raw, dict) or not isinstance(raw.get("dataset"), str):
+        return None
+    return WorkerConfig if "tiers" in raw or "port" in raw else SidecarConfig
+
+
 def run_validate(args: argparse.Namespace) -> int:
-    docs = _load_all(args.files)  # raises with every problem of every file
-    for f, _ in docs:
+    """Every file kind the project ships: catalog documents (cluster, datasets, hub, agent)
+    and the data path's settings (sidecar, worker). Every problem of every file, then 2."""
+    problems: list[Problem] = []
+    valid: list[str] = []
+    for f in _expand(args.files):
+        kind = _data_path_kind(f)
+        try:
+            if kind is None:
+                _load_all([f])
+            else:
+                cfg = config.load_file(f, kind)
+                lines = config.toml_lines(Path(f).read_text()) if f.endswith(".toml") else {}
+                problems += [
+                    Problem(p.message, path=p.path, file=f, line=config.locate(lines, p.path))
+                    for p in layout.check_config(cfg)
+                ]
+            valid.append(f)
+        except ConfigError as err:
+            problems += err.problems
+    if problems:
+        raise ConfigError(problems)
+    for f in valid:
         output.console.print(f"{f}: valid")
     return 0
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import msgspec
 
+from fluidfed import validation
 from fluidfed.data import blocks
-from fluidfed.models import CacheTier, Mount, Wire, _bytes
+from fluidfed.errors import Problem
+from fluidfed.models import CacheSpec, CacheTier, Dataset, Mount, Wire, _bytes
 
 
 def mount_point(m: Mount, count: int) -> str:
     """Where mount `m` (one of `count`) appears in the dataset: "/" or "/a/b"."""
-    return posixpath.normpath("/" + (m.path or (m.name if count > 1 else "")))
+    return posixpath.normpath("/" + (m.path or (m.name if count > 1 else "")).lstrip("/"))
 
 
 class FileRef(msgspec.Struct, frozen=True):
@@ -136,3 +139,47 @@ def own_tiers(tiers: list[CacheTier], pod: str) -> list[CacheTier]:
         msgspec.structs.replace(t, path=t.path.replace("{pod}", pod)) if "{pod}" in t.path else t
         for t in tiers
     ]
+
+
+def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
+    """The rules of a sidecar's or a worker's settings that their types cannot say (the
+    dataset's own rules for its name and mounts, the sub-path, the peers, the agent)."""
+    as_dataset = Dataset(name=cfg.dataset, mounts=cfg.mounts)
+    problems = [
+        Problem(p.message, path=p.path.removeprefix("dataset."))
+        for p in validation.check_dataset(as_dataset)
+        if p.path.startswith(("dataset.name", "dataset.mounts"))
+    ]
+    tiers = cfg.cache if isinstance(cfg, SidecarConfig) else cfg.tiers
+    field = "cache" if isinstance(cfg, SidecarConfig) else "tiers"
+    for p in validation.check_cache(CacheSpec(tiers=tiers, block_size=_bytes(cfg.block_size)), ""):
+        problems.append(Problem(p.message, path=p.path.replace(".tiers", field, 1).lstrip(".")))
+    if isinstance(cfg, SidecarConfig):
+        if cfg.sub_path.startswith("/") or ".." in cfg.sub_path.split("/"):
+            problems.append(
+                Problem(
+                    "sub_path is a directory of the dataset: relative, without '..'",
+                    path="sub_path",
+                )
+            )
+        for name in ("metadata_ttl", "read_timeout", "worker_timeout"):
+            if getattr(cfg, name) <= 0:
+                problems.append(Problem(f"{name} must be above zero seconds", path=name))
+    elif not 0 < cfg.port < 65536:
+        problems.append(Problem(f"port {cfg.port} is not a TCP port (1-65535)", path="port"))
+    for i, url in enumerate(cfg.workers.endpoints):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problems.append(
+                Problem(
+                    f"{url!r} is not a worker URL (e.g. http://127.0.0.1:7070)",
+                    path=f"workers.endpoints[{i}]",
+                )
+            )
+    if cfg.workers.statefulset and not cfg.workers.service:
+        problems.append(
+            Problem("a statefulset's workers need its headless service", path="workers.service")
+        )
+    if cfg.agent and urlsplit(cfg.agent).scheme not in ("http", "https"):
+        problems.append(Problem(f"agent {cfg.agent!r} is not an http(s) URL", path="agent"))
+    return problems

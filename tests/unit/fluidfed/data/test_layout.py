@@ -36,3 +36,24 @@ def test_peers_from_a_statefulset() -> None:
         "http://fluidfed-x-cache-1.fluidfed-x-cache.ns.svc:7070",
     ]
     assert layout.Peers(endpoints=["http://a/"]).urls() == ["http://a"]
+
+
+def test_a_sidecar_or_worker_config_is_checked_like_the_dataset_it_serves() -> None:
+    from fluidfed.data.layout import Peers, SidecarConfig, WorkerConfig, check_config
+
+    ok = SidecarConfig(dataset="imagenet", mounts=[Mount(uri="s3://b/p")])
+    assert check_config(ok) == []
+    bad = SidecarConfig(
+        dataset="imagenet",
+        mounts=[Mount(uri="s3://k:hunter2@b/p")],
+        sub_path="../x",
+        read_timeout=0,
+        workers=Peers(endpoints=["127.0.0.1:7070"]),
+    )
+    got = {p.path: p.message for p in check_config(bad)}
+    assert "carries credentials" in got["mounts[0].uri"] and "hunter2" not in got["mounts[0].uri"]
+    assert "without '..'" in got["sub_path"]
+    assert "above zero" in got["read_timeout"]
+    assert "not a worker URL" in got["workers.endpoints[0]"]
+    worker = WorkerConfig(dataset="imagenet", mounts=[Mount(uri="s3://b/p")], port=70000)
+    assert "not a TCP port" in {p.path: p.message for p in check_config(worker)}["port"]
