@@ -60,8 +60,28 @@ _PERMANENT = (
 def _translate(err: Exception, what: str) -> UFSError:
     if isinstance(err, opendal.exceptions.NotFound):
         return UFSNotFound(f"{what}: not found")
-    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return UFSError(f"{what}: {first_line}", temporary=not isinstance(err, _PERMANENT))
+    temporary = not isinstance(err, _PERMANENT)
+    return UFSError(f"{what}: {describe(str(err), type(err).__name__)}", temporary=temporary)
+
+
+def describe(text: str, kind: str = "error") -> str:
+    """OpenDAL's error text in one line that names the endpoint and the cause: its first
+    line says what failed ("... => send http request"), its Context the URL, and its
+    Source the cause ("tcp connect error: Connection refused")."""
+    lines = [line.strip() for line in text.splitlines()]
+    first = lines[0] if lines and lines[0] else kind
+    host = next(
+        (urlsplit(line[4:].strip()).netloc for line in lines if line.startswith("url:")), ""
+    )
+    cause = ""
+    if "Source:" in lines:
+        after = lines[lines.index("Source:") + 1 :]
+        cause = next((line for line in after if line), "")
+        # "error sending request: client error (Connect): tcp connect error: ..." -> last part
+        cause = cause.split("): ")[-1] if "): " in cause else cause
+    if host and cause:
+        return f"{cause} at {host} ({first}); is the store there and reachable?"
+    return first
 
 
 class OpenDALUFS:
