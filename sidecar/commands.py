@@ -12,7 +12,7 @@ import msgspec
 
 from fluidfed import config
 from fluidfed.data.layout import Peers, SidecarConfig
-from fluidfed.errors import ConfigError, Problem
+from fluidfed.errors import ConfigError, FluidfedError, Problem
 from fluidfed.models import Mount
 
 
@@ -85,7 +85,16 @@ def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
 
 
 def run_mount(args: argparse.Namespace) -> int:
-    from sidecar.mount import Sidecar, serve
+    try:
+        from sidecar.mount import Sidecar, serve
+    except ModuleNotFoundError as err:
+        if err.name != "pyfuse3":
+            raise
+        raise FluidfedError(
+            "the FUSE sidecar needs pyfuse3, which is not installed: pip install "
+            "'fluidfed[fuse]' (it builds against libfuse3: apt-get install libfuse3-dev "
+            "pkg-config fuse3 first)"
+        ) from None
 
     cfg = sidecar_config(args)
     host, _, port = args.status_addr.rpartition(":")
