@@ -10,8 +10,9 @@ HTTP connection and cluster token) watching their bindings. Then:
 * throughput: `burst` such datasets applied back to back (datasets/s, bindings/s);
 * hub RSS after the run.
 
-Each N runs twice, the hub on plain HTTP and on HTTPS (`--self-signed`, clients verifying
-its CA): the `tls_*` ratios are the cost of TLS on the fan-out (`--no-tls` skips it).
+Each N runs the hub on plain HTTP and on HTTPS (`--self-signed`, clients verifying its CA),
+`--repeat` times each in alternating order, medians reported: the `tls_*` ratios are the
+cost of TLS on the fan-out (`--no-tls` skips it).
 
 The baseline, measured in the same run with the same client process and connection count,
 is a minimal aiohttp server that streams one line to N open responses when told to: the
@@ -195,6 +196,10 @@ async def hub_run(n: int, rounds: int, burst: int, *, tls: bool = False) -> dict
         }
 
 
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,14 +208,20 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--burst", type=int, default=20)
     ap.add_argument("--no-tls", action="store_true", help="skip the HTTPS run")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per mode, alternating")
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     results = []
     for n in args.agents:
         base = await baseline(n, args.rounds)
-        hub = await hub_run(n, args.rounds, args.burst)
-        tls = {} if args.no_tls else await hub_run(n, args.rounds, args.burst, tls=True)
+        modes = [False] if args.no_tls else [False, True]
+        runs: dict[bool, list[dict[str, float]]] = {m: [] for m in modes}
+        for r in range(args.repeat):
+            for m in modes if r % 2 == 0 else modes[::-1]:
+                runs[m].append(await hub_run(n, args.rounds, args.burst, tls=m))
+        hub = _medians(runs[False])
+        tls = _medians(runs[True]) if True in runs else {}
         row = {
             "agents": n,
             **{k: round(v, 2) for k, v in hub.items()},
