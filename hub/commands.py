@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from collections.abc import Callable
 
 import msgspec
 
@@ -28,6 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.set_defaults(run=run_serve)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed (its TLS and sockets cost the hub's fan-out a fraction of
+    asyncio's: bench/hub_fanout.py), unless FLUIDFED_EVENT_LOOP=asyncio."""
+    if os.environ.get("FLUIDFED_EVENT_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from hub import server
 
@@ -44,5 +59,6 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     if overrides:
         cfg = msgspec.structs.replace(cfg, **overrides)
-    asyncio.run(server.serve(cfg, self_signed=args.self_signed))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(server.serve(cfg, self_signed=args.self_signed))
     return 0
