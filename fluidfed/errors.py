@@ -13,6 +13,7 @@
     |   +-- Conflict              409
     |   +-- Gone                  410: watch revision compacted, relist
     |   |   +-- Compacted         the hub's own: which revision, and the oldest kept
+    |   |   +-- RevisionAhead     a revision the catalog never reached (restored from a copy)
     |   +-- ServerError           5xx: temporary, retry with backoff
     +-- HubUnreachable            connection refused, timeout: temporary
     +-- StaleRevision             a store commit raced another writer: temporary
@@ -129,6 +130,17 @@ class Compacted(Gone):
         )
         self.revision = revision
         self.compacted = compacted
+
+
+class RevisionAhead(Gone):
+    """A watch from a revision the catalog has not reached: the catalog was restored from an
+    older copy. List again; what is no longer bound goes."""
+
+    def __init__(self, revision: int, current: int) -> None:
+        super().__init__(
+            f"revision {revision} is ahead of the catalog's ({current}): the catalog was "
+            "restored from an older copy; list again and watch from the list's revision"
+        )
 
 
 class ServerError(APIError):

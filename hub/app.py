@@ -83,6 +83,7 @@ class Instruments:
 
 INSTRUMENTS = web.AppKey("instruments", Instruments)
 MUTUAL_TLS = web.AppKey("mutual_tls", bool)
+CLOSING = web.AppKey("closing", asyncio.Event)  # set on shutdown: watch streams end
 
 
 def error_response(
@@ -358,6 +359,7 @@ async def _watch(
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     interval = request.app[BOOKMARK_INTERVAL]
+    closing = request.app[CLOSING]
     request.app[INSTRUMENTS].watches.add(1)
     try:
         while True:
@@ -373,8 +375,10 @@ async def _watch(
                 await resp.write(b"".join(e.line for e in entries))
                 revision = entries[-1].revision
                 continue
+            if closing.is_set():
+                break  # the hub is stopping: end the stream, the agent reconnects
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tick.wait(), timeout=interval)
+                await asyncio.wait_for(_either(tick, closing), timeout=interval)
                 continue
             # quiet for a while: a bookmark moves the watcher's revision forward
             revision = max(revision, cat.revision)
@@ -384,6 +388,15 @@ async def _watch(
     finally:
         request.app[INSTRUMENTS].watches.add(-1)
     return resp
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _binding(request: web.Request) -> Binding:
@@ -419,6 +432,10 @@ async def _lease_loop(app: web.Application) -> None:
     while True:
         await asyncio.sleep(max(0.2, cat.lease_duration / 4))
         await cat.expire_leases()
+
+
+async def _close_watches(app: web.Application) -> None:
+    app[CLOSING].set()
 
 
 async def _background(app: web.Application) -> Any:
@@ -472,6 +489,8 @@ def make_app(
     app[MAX_BODY] = max_body
     app[INSTRUMENTS] = Instruments.create()
     app[MUTUAL_TLS] = mutual_tls
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_close_watches)
     app[AUTOSCALER] = Autoscaler(
         catalog, interval=autoscale_interval, stale_after=metrics_stale_after
     )

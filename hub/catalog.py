@@ -131,6 +131,8 @@ class Catalog:
     def events_since(self, revision: int, cluster: str | None) -> list[LogEntry]:
         if revision < self.compacted:
             raise errors.Compacted(revision, self.compacted)
+        if revision > self.revision:
+            raise errors.RevisionAhead(revision, self.revision)
         start = bisect.bisect_right(self._log_revisions, revision)
         return [e for e in self._log[start:] if cluster is None or e.cluster == cluster]
 

@@ -54,7 +54,8 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         metrics_stale_after=cfg.metrics_stale_after,
         mutual_tls=bool(cfg.client_ca_file),
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # on SIGTERM the watch streams end at once (agents reconnect): nothing to wait 60 s for
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
