@@ -17,6 +17,7 @@
     |   +-- ServerError           5xx: temporary, retry with backoff
     +-- HubUnreachable            connection refused, timeout: temporary
     +-- StaleRevision             a store commit raced another writer: temporary
+    (ServerError) +-- StoreError  the catalog's file damaged, read-only or full: 503
     +-- KubeError                 the Kubernetes API refused or did not answer (status 0);
     |                             temporary for 0, 429 and 5xx
     +-- DataError                 the data path
@@ -176,6 +177,13 @@ class StaleRevision(FluidfedError):
     """A commit did not follow the stored revision: two writers on one store."""
 
     temporary = True
+
+
+class StoreError(ServerError):
+    """The catalog's store cannot be read or written (damaged, read-only, full): the hub
+    answers 503 with what to do, and /readyz says not ready until a write succeeds."""
+
+    status = 503
 
 
 class KubeError(FluidfedError):

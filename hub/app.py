@@ -206,7 +206,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return web.Response(text=f"ok revision={request.app[CATALOG].revision}")
+    cat = request.app[CATALOG]
+    if cat.store_problem:
+        return web.Response(status=503, text=f"not ready: {cat.store_problem}")
+    return web.Response(text=f"ok revision={cat.revision}")
 
 
 async def openapi_doc(request: web.Request) -> web.Response:

@@ -72,6 +72,7 @@ class Catalog:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.store_problem = ""  # the store's last write failed: why
         self.history = history
         self.lease_duration = lease_duration
         self.clock = clock
@@ -433,7 +434,12 @@ class Catalog:
 
     async def _commit(self, rev: int, ops: list[Op]) -> None:
         assert rev == self.revision + 1
-        await self.store.commit(rev, ops)
+        try:
+            await self.store.commit(rev, ops)
+        except errors.StoreError as err:
+            self.store_problem = err.reason  # /readyz: not ready until a write succeeds
+            raise
+        self.store_problem = ""
         # durable now: make it visible
         self.revision = rev
         for op in ops:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 
@@ -29,6 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     serve.set_defaults(run=run_serve)
 
+    backup = hub_sub.add_parser(
+        "backup", help="an online, consistent copy of the catalog (while the hub runs)"
+    )
+    backup.add_argument("file", metavar="FILE")
+    restore = hub_sub.add_parser("restore", help="put a backup in place (the hub stopped)")
+    restore.add_argument("file", metavar="FILE")
+    for p in (backup, restore):
+        p.add_argument("--config", "-c", help="hub TOML file (for its data_dir)")
+        p.add_argument("--data-dir", help="the hub's data directory")
+    backup.set_defaults(run=run_backup)
+    restore.set_defaults(run=run_restore)
+
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop where installed (its TLS and sockets cost the hub's fan-out a fraction of
@@ -41,6 +54,37 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+def _catalog_file(args: argparse.Namespace) -> Path:
+    cfg = HubConfig()
+    if args.config:
+        doc = config.load(args.config)
+        if doc.hub is None:
+            raise ConfigError([Problem("expected a [hub] table", file=args.config)])
+        cfg = doc.hub
+    return Path(args.data_dir or cfg.data_dir) / "catalog.db"
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    from hub.store import backup_file
+
+    source = _catalog_file(args)
+    backup_file(source, Path(args.file))
+    print(f"catalog {source} copied to {args.file} (consistent, write-ahead log included)")
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    from hub.store import restore_file
+
+    target = _catalog_file(args)
+    restore_file(Path(args.file), target)
+    print(
+        f"catalog {target} restored from {args.file}; start the hub: agents list again and "
+        "remove what is no longer bound"
+    )
+    return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from fluidfed.errors import StaleRevision
+from fluidfed.errors import StaleRevision, StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,19 +80,42 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0)
 """
 
 
+def _store_error(path: Path, err: sqlite3.Error) -> StoreError:
+    """SQLite's error as one that names the file and what to do about it."""
+    text = str(err)
+    if "readonly" in text or "read-only" in text:
+        todo = "make the file and its directory writable by the hub"
+    elif "full" in text:
+        todo = "free disk space where it lives (the hub goes on once a write succeeds)"
+    elif "not a database" in text or "malformed" in text or "corrupt" in text:
+        todo = (
+            "restore it from a backup (`fluidfed hub restore FILE`), or move it away to "
+            "start an empty catalog"
+        )
+    else:
+        todo = "check the file and the disk it lives on"
+    return StoreError(f"catalog store {path}: {text}; {todo}")
+
+
 class SQLiteStore:
-    """One SQLite file. Calls run in a worker thread; the hub serialises writes."""
+    """One SQLite file. Calls run in a worker thread; the hub serialises writes.
+
+    Copying only this file while the hub runs loses what is still in its write-ahead log
+    (`catalog.db-wal`): `fluidfed hub backup FILE` makes an online, consistent copy."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives a crash
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit: an acknowledged write survives a crash
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as err:
+            raise _store_error(self.path, err) from err
         self._lock = asyncio.Lock()
 
     def _load(self) -> Snapshot:
@@ -138,7 +161,9 @@ class SQLiteStore:
             db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk): then only re-raise
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def _compact(self, keep_events: int) -> int:
@@ -157,21 +182,80 @@ class SQLiteStore:
             db.execute("COMMIT")
             return int(compacted)
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk): then only re-raise
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     async def load(self) -> Snapshot:
         async with self._lock:
-            return await asyncio.to_thread(self._load)
+            try:
+                return await asyncio.to_thread(self._load)
+            except sqlite3.Error as err:
+                raise _store_error(self.path, err) from err
 
     async def commit(self, revision: int, ops: list[Op]) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._commit, revision, ops)
+            try:
+                await asyncio.to_thread(self._commit, revision, ops)
+            except sqlite3.Error as err:
+                raise _store_error(self.path, err) from err
 
     async def compact(self, keep_events: int) -> int:
         async with self._lock:
-            return await asyncio.to_thread(self._compact, keep_events)
+            try:
+                return await asyncio.to_thread(self._compact, keep_events)
+            except sqlite3.Error as err:
+                raise _store_error(self.path, err) from err
+
+    def backup(self, target: Path) -> None:
+        """An online, consistent copy of the catalog (WAL included) into `target`."""
+        backup_file(self.path, target)
 
     async def close(self) -> None:
         async with self._lock:
             self._db.close()
+
+
+def backup_file(source: Path, target: Path) -> None:
+    """Copy the catalog at `source` into `target` with SQLite's online backup: consistent
+    while a hub writes to it, the write-ahead log included. Blocking."""
+    if not source.exists():
+        raise StoreError(f"no catalog at {source}: give the hub's data directory (--data-dir)")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        check = sqlite3.connect(tmp)
+        try:
+            (ok,) = check.execute("PRAGMA integrity_check").fetchone()
+        finally:
+            check.close()
+    except sqlite3.Error as err:
+        tmp.unlink(missing_ok=True)
+        raise _store_error(source, err) from err
+    if ok != "ok":
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"catalog store {source}: the copy fails SQLite's integrity check: {ok}")
+    tmp.replace(target)
+
+
+def restore_file(backup: Path, target: Path) -> None:
+    """Put a backup in place of the catalog at `target`; the hub must be stopped (its
+    write-ahead log is removed with the old file). Blocking."""
+    wal = target.with_name(target.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError(
+            f"{target} is in use (its write-ahead log {wal} is not empty): stop the hub first"
+        )
+    backup_file(backup, target)  # checks the backup too
+    for suffix in ("-wal", "-shm"):
+        target.with_name(target.name + suffix).unlink(missing_ok=True)

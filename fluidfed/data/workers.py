@@ -96,9 +96,9 @@ async def get_block(
 def _large_reads(r: aiohttp.ClientResponse) -> None:
     """Let the connection read up to 1 MiB per system call instead of asyncio's 256 KiB:
     a block is 4 MiB, and each read costs the event loop a callback and a buffer (figures:
-    README, "Measured design decisions"). The connection is kept alive, so this holds for the blocks after this one. `max_size` is an
-    attribute of asyncio's socket transport, not public API: where it is absent this
-    does nothing."""
+    README, "Measured design decisions"). The connection is kept alive, so this holds
+    for the blocks after this one. `max_size` is an attribute of asyncio's socket
+    transport, not public API: where it is absent this does nothing."""
     transport = r.connection.transport if r.connection is not None else None
     if transport is not None and getattr(transport, "max_size", 0) < READ_SIZE:
         with contextlib.suppress(AttributeError):
