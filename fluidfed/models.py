@@ -210,7 +210,8 @@ class HubConfig(Spec, frozen=True):
     admin_token_env: str = "FLUIDFED_ADMIN_TOKEN"  # ... or this variable; else generated
     lease_duration: Duration = _seconds(40)
     max_body: ByteSize = _bytes(2**20)
-    event_history: Annotated[int, Meta(ge=100)] = 10000
+    event_history: Annotated[int, Meta(ge=100)] = 10000  # watch events kept, at most ...
+    event_history_bytes: ByteSize = _bytes(64 * 2**20)  # ... and at most this many bytes
     bookmark_interval: Duration = _seconds(10)
     autoscale_interval: Duration = _seconds(15)  # how often the autoscaler decides
     metrics_stale_after: Duration = _seconds(60)  # older metrics mean no decision

@@ -68,12 +68,14 @@ class Catalog:
         store: Store,
         *,
         history: int = 10000,
+        history_bytes: int = 64 * 2**20,
         lease_duration: float = 40.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.store_problem = ""  # the store's last write failed: why
         self.history = history
+        self.history_bytes = history_bytes  # the watch log's size bound, beside its count
         self.lease_duration = lease_duration
         self.clock = clock
         self.revision = 0
@@ -87,6 +89,8 @@ class Catalog:
         self.heartbeats: dict[str, float] = {}
         self._log: list[LogEntry] = []
         self._log_revisions: list[int] = []
+        self._log_bytes = 0
+        self._store_compacted = 0
         self._write = asyncio.Lock()
         self._tick = asyncio.Event()
         self._since_compaction = 0
@@ -445,9 +449,11 @@ class Catalog:
         for op in ops:
             self._apply(rev, op)
         self._since_compaction += len(ops)
-        if self._since_compaction > self.history // 10:
+        if self._since_compaction > self.history // 10 or self.compacted > self._store_compacted:
             self._since_compaction = 0
-            self.compacted = max(self.compacted, await self.store.compact(self.history))
+            # the store forgets at least what the log forgot (the log may trim by bytes)
+            self._store_compacted = await self.store.compact(self.history, self.compacted)
+            self.compacted = max(self.compacted, self._store_compacted)
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
@@ -488,11 +494,22 @@ class Catalog:
         line = codec.encode(WatchEvent(type=etype, revision=rev, object=b)) + b"\n"  # type: ignore[arg-type]
         self._log.append(LogEntry(rev, b.cluster, line))
         self._log_revisions.append(rev)
-        if len(self._log) > self.history + self.history // 4:
-            # trim in chunks; whole revisions only: a watch resumes between revisions
-            cut = len(self._log) - self.history
+        self._log_bytes += len(line)
+        over_count = len(self._log) > self.history + self.history // 4
+        over_bytes = self._log_bytes > self.history_bytes + self.history_bytes // 4
+        if over_count or over_bytes:
+            # trim in chunks, to the count and the size bounds; whole revisions only: a
+            # watch resumes between revisions
+            cut, kept = max(0, len(self._log) - self.history), self._log_bytes
+            kept -= sum(len(e.line) for e in self._log[:cut])
+            while kept > self.history_bytes and cut < len(self._log) - 1:
+                kept -= len(self._log[cut].line)
+                cut += 1
+            if cut == 0:
+                return
             dropped = self._log_revisions[cut - 1]
             cut = bisect.bisect_right(self._log_revisions, dropped)
+            self._log_bytes -= sum(len(e.line) for e in self._log[:cut])
             del self._log[:cut]
             del self._log_revisions[:cut]
             self.compacted = max(self.compacted, dropped)

@@ -43,7 +43,12 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
     data_dir = Path(cfg.data_dir)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
     store = SQLiteStore(data_dir / "catalog.db")
-    catalog = Catalog(store, history=cfg.event_history, lease_duration=cfg.lease_duration)
+    catalog = Catalog(
+        store,
+        history=cfg.event_history,
+        history_bytes=cfg.event_history_bytes,
+        lease_duration=cfg.lease_duration,
+    )
     await catalog.load()
     app = make_app(
         catalog,

@@ -58,8 +58,9 @@ class Store(Protocol):
     async def commit(self, revision: int, ops: list[Op]) -> None:
         """Apply `ops` atomically as `revision` (the previous revision + 1)."""
 
-    async def compact(self, keep_events: int) -> int:
-        """Forget all but the newest `keep_events` events; return the compacted revision."""
+    async def compact(self, keep_events: int, through: int = 0) -> int:
+        """Forget all but the newest `keep_events` events, and at least every event up to
+        revision `through`; return the compacted revision."""
 
     async def close(self) -> None: ...
 
@@ -166,7 +167,7 @@ class SQLiteStore:
                 db.execute("ROLLBACK")
             raise
 
-    def _compact(self, keep_events: int) -> int:
+    def _compact(self, keep_events: int, through: int = 0) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -174,9 +175,10 @@ class SQLiteStore:
                 "SELECT revision FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep_events,)
             ).fetchone()
             (compacted,) = db.execute("SELECT value FROM meta WHERE key='compacted'").fetchone()
-            if row is not None:
+            target = max(compacted, through, row[0] if row is not None else 0)
+            if target > compacted:
                 # whole revisions only: a watch resumes between revisions, never inside one
-                compacted = max(compacted, row[0])
+                compacted = target
                 db.execute("DELETE FROM events WHERE revision <= ?", (compacted,))
                 db.execute("UPDATE meta SET value=? WHERE key='compacted'", (compacted,))
             db.execute("COMMIT")
@@ -201,10 +203,10 @@ class SQLiteStore:
             except sqlite3.Error as err:
                 raise _store_error(self.path, err) from err
 
-    async def compact(self, keep_events: int) -> int:
+    async def compact(self, keep_events: int, through: int = 0) -> int:
         async with self._lock:
             try:
-                return await asyncio.to_thread(self._compact, keep_events)
+                return await asyncio.to_thread(self._compact, keep_events, through)
             except sqlite3.Error as err:
                 raise _store_error(self.path, err) from err
 

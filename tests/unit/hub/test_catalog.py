@@ -213,3 +213,24 @@ async def test_the_catalog_refuses_what_would_fail_in_a_cluster(tmp_path: Path) 
     with pytest.raises(APIError) as info:
         await cat.apply_dataset(Dataset(name="d" * 30, mounts=[Mount(uri="dataset://ref")]))
     assert "cycle" in info.value.problems[0].message
+
+
+async def test_the_watch_log_is_bounded_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path, history=10000, history_bytes=600_000)
+    for i in range(5):
+        await cat.register_cluster(Cluster(name=f"c{i}"))
+    for gen in range(40):  # a 50 kB spec placed on 5 clusters, applied 40 times
+        big = Dataset(
+            name="big", description=f"{gen}" + "x" * 50_000, mounts=[Mount(uri="s3://b/p")]
+        )
+        await cat.apply_dataset(big)
+    held = sum(len(e.line) for e in cat._log)
+    assert held <= 600_000 * 1.25
+    assert cat.compacted > 5  # the old revisions are gone ...
+    with pytest.raises(Compacted):
+        cat.events_since(1, None)
+    assert cat.events_since(cat.revision - 1, None)  # ... the recent ones are kept
+    # and the store forgot them too: a restart holds no more than the log did
+    again = await new_catalog(tmp_path, history=10000, history_bytes=600_000)
+    assert again.compacted >= cat.compacted - 1
+    assert sum(len(e.line) for e in again._log) <= 600_000 * 1.25
