@@ -28,7 +28,16 @@ def register(sub: Any) -> None:
     worker_sub = worker.add_subparsers(dest="worker_command", required=True)
     serve = worker_sub.add_parser("serve", help="hold a dataset's blocks for the cluster")
     serve.add_argument("--config", "-c", required=True, help="worker config (JSON or TOML)")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (loopback unless given; in a pod the agent gives the pod's)",
+    )
+    serve.add_argument(
+        "--credentials",
+        default="",
+        help="the binding's keys (JSON, mode 0600; default: the config's credentials_file)",
+    )
     serve.add_argument("--port", type=int, help="port (default: the config's, 7070)")
     serve.add_argument(
         "--advertise", default="", help="this worker's URL as the sidecars and peers know it"
@@ -151,6 +160,14 @@ def run_worker(args: argparse.Namespace) -> int:
     from fluidfed.data.layout import WorkerConfig
 
     cfg = config.load_file(args.config, WorkerConfig)
+    creds = args.credentials or cfg.credentials_file
+    if not creds:
+        raise ConfigError.one(
+            "a cache worker needs the binding's keys: give --credentials FILE or "
+            "credentials_file (the agent's Secret holds them)",
+            file=args.config,
+            path="credentials_file",
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(
         server.serve(
@@ -160,6 +177,7 @@ def run_worker(args: argparse.Namespace) -> int:
             advertise=args.advertise,
             cache_root=Path(args.cache_dir),
             config_path=Path(args.config),
+            credentials_path=_resolve(Path(args.config).resolve().parent, creds),
             drain_timeout=args.drain_timeout,
         )
     )

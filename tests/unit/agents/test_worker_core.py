@@ -9,7 +9,7 @@ import pytest
 
 from agents.registry import Registry
 from agents.worker.core import Worker, remaining_peers
-from fluidfed.data import protocol
+from fluidfed.data import credentials, protocol
 from fluidfed.data.layout import FileRef, Peers, WorkerConfig
 from fluidfed.models import CacheTier, Mount
 from fluidfed.units import ByteSize
@@ -23,6 +23,9 @@ def test_a_leaving_worker_hands_over_to_lower_ordinals_only() -> None:
     assert remaining_peers(["http://a", "http://b"], "http://a") == ["http://b"]
 
 
+KEY = b"w" * 32
+
+
 @pytest.fixture
 async def worker(tmp_path: Path) -> Worker:
     (tmp_path / "data").mkdir()
@@ -34,7 +37,11 @@ async def worker(tmp_path: Path) -> Worker:
         tiers=[CacheTier(medium="MEM", quota=ByteSize(2**20))],
         workers=Peers(endpoints=["http://w:7070"]),
     )
-    return await Worker(cfg, url="http://w:7070/", cache_root=tmp_path / "cache").open()
+    creds = tmp_path / "credentials.json"
+    credentials.write_file(creds, credentials.CredentialFile(keys=[credentials.encode_key(KEY)]))
+    return await Worker(
+        cfg, url="http://w:7070/", cache_root=tmp_path / "cache", credentials_path=creds
+    ).open()
 
 
 async def test_a_block_is_read_once_then_served_from_the_cache(worker: Worker) -> None:
