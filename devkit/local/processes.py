@@ -337,12 +337,12 @@ class WorkerProcess(_Child):
         # the binding's keys, as the agent's Secret gives them to a worker pod
         self.credentials_path = self.dir / "credentials.json"
         self.write_credentials(creds or local_credentials())
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = self.dir / "worker.log"
 
     def write_credentials(self, creds: credentials.CredentialFile) -> None:
         """(Re)write its keys (0600); it takes them on SIGHUP or within 5 s."""
         credentials.write_file(self.credentials_path, creds)
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = self.dir / "worker.log"
 
     def write_config(self, config: dict[str, object]) -> None:
         tmp = self.config_path.with_suffix(".tmp")
@@ -397,6 +397,10 @@ class SidecarProcess(_Child):
                 namespace=str(config.get("namespace", "")),
             )
         self.write_token(token)
+        self.ready_file = self.dir / "ready"
+        self.proc: subprocess.Popen[str] | None = None
+        self.status_url = ""
+        self.log = self.dir / "sidecar.log"
 
     def write_token(self, token: str) -> None:
         """(Re)write its token (0600); it takes it on SIGHUP or within 5 s."""
@@ -405,10 +409,6 @@ class SidecarProcess(_Child):
     def reload(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)
-        self.ready_file = self.dir / "ready"
-        self.proc: subprocess.Popen[str] | None = None
-        self.status_url = ""
-        self.log = self.dir / "sidecar.log"
 
     def start(self, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> SidecarProcess:
         self.proc, m = _spawn(
