@@ -59,6 +59,27 @@ def test_pvc_style_native_sidecar() -> None:
     assert out["metadata"]["annotations"]["fluidfed.io/sidecar-mode"] == "native"
 
 
+def test_the_sidecar_gets_its_namespaces_reader_token_and_the_pod_the_readers_label() -> None:
+    out = injected(pod(), ns="research")
+    spec = out["spec"]
+    vol = next(v for v in spec["volumes"] if v["name"] == "fluidfed-credentials-imagenet")
+    # the Secret the agent renders in the pod's own namespace, files readable by the owner
+    assert vol["secret"] == {"secretName": "fluidfed-imagenet-reader", "defaultMode": 0o600}
+    (side,) = spec["initContainers"]
+    assert {
+        "name": "fluidfed-credentials-imagenet",
+        "mountPath": "/etc/fluidfed-credentials/imagenet",
+        "readOnly": True,
+    } in side["volumeMounts"]
+    # the app containers never see it
+    for c in spec["containers"]:
+        assert all(
+            mnt["name"] != "fluidfed-credentials-imagenet" for mnt in c.get("volumeMounts", [])
+        )
+    # the cache workers' NetworkPolicy admits pods with this label
+    assert out["metadata"]["labels"]["fluidfed.io/reader-imagenet"] == "true"
+
+
 def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
     b = binding("ssd")
     tiers = [
