@@ -50,6 +50,18 @@ def register(sub: Any) -> None:
     )
     serve.set_defaults(run=run_worker)
 
+    creds = worker_sub.add_parser(
+        "credentials",
+        help="make a binding's keys or a token from them, outside Kubernetes (files, 0600)",
+    )
+    creds.add_argument("--keys", required=True, help="the keys file (made if it does not exist)")
+    creds.add_argument("--token-out", default="", help="write a token signed by the keys here")
+    creds.add_argument("--dataset", default="", help="the token's dataset")
+    creds.add_argument("--role", choices=["reader", "peer", "agent"], default="reader")
+    creds.add_argument("--sub-path", default="", help="a reader token's sub-path")
+    creds.add_argument("--namespace", default="", help="a reader token's namespace")
+    creds.set_defaults(run=run_credentials)
+
 
 def _resolve(base: Path, path: str) -> Path:
     p = Path(os.path.expanduser(path))
@@ -181,4 +193,27 @@ def run_worker(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
         )
     )
+    return 0
+
+
+def run_credentials(args: argparse.Namespace) -> int:
+    """Keys for workers run by hand, and tokens for their sidecars; never printed."""
+    from fluidfed.data import credentials
+
+    keys = Path(args.keys)
+    if not keys.exists():
+        credentials.write_file(
+            keys,
+            credentials.CredentialFile(keys=[credentials.encode_key(credentials.new_key())]),
+        )
+        print(f"wrote new keys to {keys} (mode 0600): give it to the workers (--credentials)")
+    if args.token_out:
+        if not args.dataset:
+            raise ConfigError.one("give the token's --dataset", path="--dataset")
+        claims = credentials.Claims(
+            role=args.role, dataset=args.dataset, namespace=args.namespace, sub_path=args.sub_path
+        )
+        token = credentials.load(keys).signed(claims)
+        credentials.write_file(Path(args.token_out), credentials.CredentialFile(token=token))
+        print(f"wrote a {args.role} token of {args.dataset} to {args.token_out} (mode 0600)")
     return 0
