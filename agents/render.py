@@ -154,7 +154,7 @@ def sidecar_config(
     ds = b.spec
     entry = next(a for a in ds.access_list() if a.namespace == namespace)
     return {
-        "short_circuit": short_circuit,
+        "short_circuit": short_circuit and reads_whole_dataset(entry),
         "agent": agent_url,
         "dataset": ds.name,
         "cluster": b.cluster,
@@ -229,6 +229,15 @@ def _tier_volume(
         return {"name": name, "emptyDir": {"sizeLimit": quantity(tier.quota)}}, mount
     host = {"path": tier_host_dir(ds, i, tier), "type": "DirectoryOrCreate"}
     return {"name": name, "hostPath": host}, mount
+
+
+def reads_whole_dataset(entry: Access) -> bool:
+    """Whether an access entry's readers may see every block of the dataset. Only they
+    read the node's block files (short-circuit): those directories hold the blocks of every
+    sub-path, and what a sidecar can open its pod's other containers may reach too (a
+    legacy sidecar shares their process namespace), so a sub-path reader asks the worker,
+    which checks the sub-path."""
+    return posixpath.normpath("/" + entry.sub_path.strip("/")) == "/"
 
 
 def short_circuit_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -235,7 +235,7 @@ def mutate(
                 },
             ],
         }
-        if settings.short_circuit:
+        if settings.short_circuit and render.reads_whole_dataset(entry):
             for vol, mnt in render.short_circuit_volumes(b.spec):
                 name = _unique(
                     render.k8s_name("fluidfed", ds, vol["name"], limit=60), taken_volumes

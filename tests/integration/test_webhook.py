@@ -13,7 +13,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from devkit.testing import eventually
-from fluidfed.models import CacheSpec, CacheTier, Placement
+from fluidfed.models import Access, CacheSpec, CacheTier, Placement
 from fluidfed.units import ByteSize
 from tests.integration.conftest import Fleet, bound_view, dataset
 
@@ -150,7 +150,13 @@ async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
     ]
     async with fleet.admin() as hub:
         await hub.apply_dataset(
-            dataset(name, placement=Placement(clusters=["edge"]), cache=CacheSpec(tiers=tiers))
+            dataset(
+                name,
+                placement=Placement(clusters=["edge"]),
+                cache=CacheSpec(tiers=tiers),
+                # the whole dataset: only such readers see the node's block files
+                access=[Access(namespace=f"{name}-home")],
+            )
         )
     await ready(fleet, name, "edge")
     core, batch = client.CoreV1Api(apis["edge"]), client.BatchV1Api(apis["edge"])

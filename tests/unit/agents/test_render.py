@@ -31,10 +31,13 @@ def binding(mode: MountMode = "sidecar", **kw: Any) -> Binding:
         "imagenet",
         namespace="ml",
         mounts=[Mount(uri="s3://b/p", secret="creds", options={"endpoint": "http://s3"})],
-        access=[
-            Access(namespace="ml", sub_path="train"),
-            Access(namespace="research", sub_path="val"),
-        ],
+        access=kw.pop(
+            "access",
+            [
+                Access(namespace="ml", sub_path="train"),
+                Access(namespace="research", sub_path="val"),
+            ],
+        ),
         cache=CacheSpec(
             replicas=2,
             tiers=[
@@ -92,7 +95,8 @@ def test_sidecar_binding_objects() -> None:
     assert {"name": "tier-1-ssd", "mountPath": seen} in c["volumeMounts"]
     assert wcfg.tiers[1].path == seen + "/{pod}" and wcfg.tiers[0].path == ""
     assert layout.own_tiers(wcfg.tiers, "w-0")[1].path == seen + "/w-0"
-    assert cfg.short_circuit is True
+    # research reads val/ only: not the node's block files, which hold every sub-path
+    assert cfg.short_circuit is False
     assert "tolerations" not in pod  # an edge node needs none
     (svc,) = kinds["Service"]
     assert svc["spec"]["clusterIP"] == "None"
@@ -102,6 +106,15 @@ def test_sidecar_binding_objects() -> None:
             assert o["metadata"]["labels"][names.BINDING_LABEL] == "imagenet.edge-1"
             assert o["metadata"]["labels"][names.MANAGED_BY] == names.AGENT
     assert "Dataset" not in kinds
+
+
+def test_only_readers_of_the_whole_dataset_read_the_nodes_block_files() -> None:
+    b = binding(access=[Access(namespace="ml"), Access(namespace="research", sub_path="val")])
+    cms = {
+        o["metadata"]["namespace"]: o for o in by_kind(render.desired(b, CTX, CREDS))["ConfigMap"]
+    }
+    assert json.loads(cms["ml"]["data"]["sidecar.json"])["short_circuit"] is True
+    assert json.loads(cms["research"]["data"]["sidecar.json"])["short_circuit"] is False
 
 
 def test_serverless_workers_tolerate_the_virtual_node() -> None:

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from agents.webhook import mutate as m
-from fluidfed.models import CacheSpec, CacheTier, Capabilities
+from fluidfed.models import Access, CacheSpec, CacheTier, Capabilities
 from fluidfed.units import ByteSize
 from tests.unit.agents.webhook.pods import BINDINGS, LEGACY, PRIV, apply_patch, binding, pod
 
@@ -86,7 +86,9 @@ def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
         CacheTier(medium="MEM", quota=ByteSize(2**30)),
         CacheTier(medium="SSD", quota=ByteSize(2**34), path="/mnt/nvme"),
     ]
-    spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers))
+    # ml reads the whole dataset; research only val/
+    access = [Access(namespace="ml"), Access(namespace="research", sub_path="val")]
+    spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers), access=access)
     bindings = {"ssd": msgspec.structs.replace(b, spec=spec)}
     asks = pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}])
     out = m.mutate(asks, "ml", bindings, PRIV).pod
@@ -107,6 +109,11 @@ def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
     remote = m.mutate(asks, "ml", bindings, PRIV, m.SidecarSettings(short_circuit=False)).pod
     assert remote is not None
     assert not any("hostPath" in v for v in remote["spec"]["volumes"])
+    # the node's block files hold every sub-path's blocks: a sub-path reader asks the
+    # worker, which checks its sub-path, and never sees them
+    sub = m.mutate(asks, "research", bindings, PRIV).pod
+    assert sub is not None
+    assert not any("hostPath" in v for v in sub["spec"]["volumes"])
 
 
 def test_legacy_sidecar_first_with_a_poststart_gate() -> None:
