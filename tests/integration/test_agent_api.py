@@ -61,7 +61,8 @@ def _export(dataset: str) -> bytes:
     m = metrics_pb2.Metric(name="fluidfed.read.bytes")
     m.sum.data_points.add(as_int=10**12, time_unix_nano=time.time_ns())
     rm.scope_metrics.add().metrics.extend([m])
-    return req.SerializeToString()
+    out: bytes = req.SerializeToString()
+    return out
 
 
 def _auth(role: Any, dataset: str = DATASET, key: bytes = LOCAL_KEY) -> dict[str, str]:
@@ -134,8 +135,8 @@ async def test_only_the_bindings_workers_register_and_its_holders_send_metrics(
                 ("GET", f"/v1/metrics?dataset={DATASET}", None, {}, 401),
                 ("GET", "/v1/workers?dataset=other", None, _auth("peer"), 403),
             ]
-            for method, path, data, headers, status in cases:
-                async with s.request(method, url + path, data=data, headers=headers) as r:
+            for method, path, sent, headers, status in cases:
+                async with s.request(method, url + path, data=sent, headers=headers) as r:
                     said = await r.text()
                     assert r.status == status, f"{method} {path} {headers}: {r.status} {said}"
             async with s.get(url + f"/v1/workers?dataset={DATASET}", headers=_auth("agent")) as r:
