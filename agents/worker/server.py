@@ -168,7 +168,10 @@ async def _touch(request: web.Request) -> web.Response:
     except ConfigError as err:
         return _problem(400, str(err))
     held = w.store.touch([key for key, _ in body.blocks])
-    w.count_served(len(body.blocks), sum(n for _, n in body.blocks), local=True)
+    # what a reader says it read feeds the throughput that scales the workers: at most a
+    # block per block reported
+    bs = w.cfg.block_size
+    w.count_served(len(body.blocks), sum(max(0, min(n, bs)) for _, n in body.blocks), local=True)
     return _json(protocol.TouchResult(held=held))
 
 
