@@ -3,6 +3,7 @@ tier, and the status it reports to its agent as the agent reads it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -83,5 +84,40 @@ async def test_what_the_worker_reports_is_what_the_agent_sums(worker: Worker) ->
 async def test_draining_to_nobody_moves_nothing(worker: Worker) -> None:
     try:
         assert await worker.drain([worker.url]) == protocol.DrainResult(moved=0, bytes=0, failed=0)
+    finally:
+        await worker.close()
+
+
+async def test_a_rotation_is_taken_from_the_credentials_file(
+    worker: Worker, tmp_path: Path
+) -> None:
+    new = b"n" * 32
+    try:
+        reader = credentials.Claims(role="reader", dataset="train")
+        old_header = "Bearer " + credentials.sign(reader, KEY)
+        assert worker.verifier.claims(old_header) == reader
+        assert worker.session is not None
+        peer_header = worker.session.headers["Authorization"]
+        assert credentials.verify(credentials.bearer(peer_header), [KEY]).role == "peer"
+        assert not worker.reload_credentials()  # unchanged: nothing to do
+        # [new, old], the old one still signing: both verify, this worker signs with old
+        path = worker.credentials.path
+        held = credentials.CredentialFile(
+            keys=[credentials.encode_key(new), credentials.encode_key(KEY)], sign=1
+        )
+        credentials.write_file(path, held)
+        os.utime(path, (1e9, 1e9))
+        assert worker.reload_credentials()
+        assert worker.verifier.claims("Bearer " + credentials.sign(reader, new)) == reader
+        assert worker.verifier.claims(old_header) == reader
+        assert worker.session.headers["Authorization"] == peer_header
+        # then the new one signs, and the old one goes
+        credentials.write_file(path, credentials.CredentialFile(keys=[credentials.encode_key(new)]))
+        os.utime(path, (2e9, 2e9))
+        assert worker.reload_credentials()
+        with pytest.raises(credentials.Refused):
+            worker.verifier.claims(old_header)
+        now = credentials.bearer(worker.session.headers["Authorization"])
+        assert credentials.verify(now, [new]).role == "peer"
     finally:
         await worker.close()
