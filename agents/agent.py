@@ -63,7 +63,12 @@ class Agent:
         self.cluster = cluster
         self.kube = kube
         self.file = StateFile(state_dir)
-        self.store = Store(self.file, self.file.load(cluster.name))
+        self.store = Store(
+            self.file,
+            self.file.load(cluster.name),
+            rotation=cfg.credential_rotation,
+            grace=cfg.credential_grace,
+        )
         self.token = token or self.file.load_token()
         self.bootstrap_token = bootstrap_token
         self.backoff = Backoff()
@@ -83,8 +88,12 @@ class Agent:
         return self.queue.pending()
 
     def request_rotation(self) -> None:
-        """Renew the webhook's serving certificate now (SIGHUP)."""
+        """Renew the webhook's serving certificate and rotate every binding's data-path
+        keys now (SIGHUP)."""
         self.rotate_requested.set()
+        self.store.rotate_now.update(self.store.state.bindings)
+        for name in self.store.state.bindings:
+            self.queue.add(name)
 
     async def run(self) -> None:
         cfg, store = self.cfg, self.store
@@ -160,7 +169,7 @@ class Agent:
 
     async def _start_api(self, on_metrics: Callable[[set[str]], None]) -> tuple[web.AppRunner, str]:
         """The agent's API, where this cluster's cache workers register and send metrics."""
-        app = agent_api.make_app(self.registry, self.window, on_metrics)
+        app = agent_api.make_app(self.registry, self.store.keys_of_dataset, self.window, on_metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         # with port 0 the kernel picks one; keep it across restarts (it is in the workers'

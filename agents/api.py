@@ -2,6 +2,13 @@
 
 POST /v1/workers   WorkerRegistration   a worker's heartbeat (`fluidfed.data.protocol`)
 GET  /v1/workers?dataset=NAME        who is alive: [WorkerSeen, ...]
+POST /v1/metrics   OTLP/HTTP protobuf   sidecars' and workers' metrics (they drive scaling)
+GET  /v1/metrics?dataset=NAME        the figures of the metrics window
+
+Every request carries a data-path token of the dataset's binding
+(`fluidfed.data.credentials`): registrations only from its workers (`peer`), metrics from
+its workers and sidecars, and only about that dataset; views from any of its holders.
+401 without a valid token, 403 when it does not allow the request.
 """
 
 from __future__ import annotations
@@ -15,31 +22,74 @@ from aiohttp import web
 from agents import otlp
 from agents.metrics import MetricWindow
 from agents.registry import Registry
-from fluidfed.data import protocol
+from fluidfed.data import credentials, protocol
+from fluidfed.data.credentials import Action
 from fluidfed.errors import ConfigError
 
+KeysOf = Callable[[str], list[bytes]]  # a dataset's keys here, old ones in their grace
+
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
+KEYS_OF: web.AppKey[KeysOf] = web.AppKey("keys_of")
 WINDOW: web.AppKey[MetricWindow] = web.AppKey("window", MetricWindow)
 ON_METRICS: web.AppKey[Callable[[set[str]], None]] = web.AppKey("on_metrics")
 
 
+def _problem(status: int, reason: str) -> web.Response:
+    return web.json_response({"status": status, "reason": reason}, status=status)
+
+
+def _claims(request: web.Request) -> credentials.Claims | web.Response:
+    """The verified claims of the request's token (checked against the keys of the
+    dataset it names), or its 401."""
+    try:
+        token = credentials.bearer(request.headers.get(credentials.HEADER))
+        claimed = credentials.peek(token)
+        return credentials.verify(token, request.app[KEYS_OF](claimed.dataset))
+    except credentials.Refused as err:
+        return web.json_response(
+            {"status": 401, "reason": err.reason},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="fluidfed-agent"'},
+        )
+
+
+def _refused(request: web.Request, action: Action, dataset: str) -> web.Response | None:
+    claims = _claims(request)
+    if isinstance(claims, web.Response):
+        return claims
+    why = credentials.authorize(claims, action, dataset)
+    return None if why is None else _problem(403, why)
+
+
 async def _report(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    if isinstance(claims, web.Response):
+        return claims
     try:
         reg = protocol.decode(protocol.WorkerRegistration, await request.read())
     except ConfigError as err:
-        return web.json_response({"status": 400, "reason": str(err)}, status=400)
+        return _problem(400, str(err))
+    why = credentials.authorize(claims, Action.REGISTER, reg.dataset)
+    if why is not None:
+        return _problem(403, why)
     request.app[REGISTRY].report(reg, time.time())
     return web.Response(status=204)
 
 
 async def _list(request: web.Request) -> web.Response:
     dataset = request.query.get("dataset", "")
+    refused = _refused(request, Action.VIEW, dataset)
+    if refused is not None:
+        return refused
     live = request.app[REGISTRY].alive(dataset, time.time())
     seen = [protocol.WorkerSeen(url=w.url, seen=w.seen, status=w.status) for w in live]
     return web.Response(body=protocol.encode(seen), content_type=protocol.JSON)
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    if isinstance(claims, web.Response):
+        return claims
     if request.content_type != otlp.CONTENT_TYPE:
         return web.json_response(
             {"status": 415, "reason": f"send OTLP as {otlp.CONTENT_TYPE} (protobuf)"},
@@ -48,7 +98,11 @@ async def _metrics(request: web.Request) -> web.Response:
     try:
         points = otlp.decode(await request.read())
     except otlp.BadExport as err:
-        return web.json_response({"status": 400, "reason": str(err)}, status=400)
+        return _problem(400, str(err))
+    for dataset in sorted({p.dataset for p in points}):
+        why = credentials.authorize(claims, Action.METRICS, dataset)
+        if why is not None:  # figures of another dataset would steer its scaling
+            return _problem(403, why)
     window = request.app[WINDOW]
     for p in points:
         window.add(p)
@@ -58,6 +112,9 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _figures(request: web.Request) -> web.Response:
     dataset = request.query.get("dataset", "")
+    refused = _refused(request, Action.VIEW, dataset)
+    if refused is not None:
+        return refused
     window = request.app[WINDOW]
     return web.json_response(
         {
@@ -71,11 +128,13 @@ async def _figures(request: web.Request) -> web.Response:
 
 def make_app(
     registry: Registry,
+    keys_of: KeysOf,
     window: MetricWindow | None = None,
     on_metrics: Callable[[set[str]], None] = lambda _: None,
 ) -> web.Application:
     app = web.Application(client_max_size=16 * 2**20)
     app[REGISTRY] = registry
+    app[KEYS_OF] = keys_of
     app[WINDOW] = window or MetricWindow()
     app[ON_METRICS] = on_metrics
     app.router.add_post("/v1/metrics", _metrics)

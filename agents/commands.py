@@ -28,7 +28,16 @@ def register(sub: Any) -> None:
     worker_sub = worker.add_subparsers(dest="worker_command", required=True)
     serve = worker_sub.add_parser("serve", help="hold a dataset's blocks for the cluster")
     serve.add_argument("--config", "-c", required=True, help="worker config (JSON or TOML)")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (loopback unless given; in a pod the agent gives the pod's)",
+    )
+    serve.add_argument(
+        "--credentials",
+        default="",
+        help="the binding's keys (JSON, mode 0600; default: the config's credentials_file)",
+    )
     serve.add_argument("--port", type=int, help="port (default: the config's, 7070)")
     serve.add_argument(
         "--advertise", default="", help="this worker's URL as the sidecars and peers know it"
@@ -40,6 +49,18 @@ def register(sub: Any) -> None:
         "--drain-timeout", type=float, default=60.0, help="seconds to hand blocks over on SIGTERM"
     )
     serve.set_defaults(run=run_worker)
+
+    creds = worker_sub.add_parser(
+        "credentials",
+        help="make a binding's keys or a token from them, outside Kubernetes (files, 0600)",
+    )
+    creds.add_argument("--keys", required=True, help="the keys file (made if it does not exist)")
+    creds.add_argument("--token-out", default="", help="write a token signed by the keys here")
+    creds.add_argument("--dataset", default="", help="the token's dataset")
+    creds.add_argument("--role", choices=["reader", "peer", "agent"], default="reader")
+    creds.add_argument("--sub-path", default="", help="a reader token's sub-path")
+    creds.add_argument("--namespace", default="", help="a reader token's namespace")
+    creds.set_defaults(run=run_credentials)
 
 
 def _resolve(base: Path, path: str) -> Path:
@@ -151,6 +172,14 @@ def run_worker(args: argparse.Namespace) -> int:
     from fluidfed.data.layout import WorkerConfig
 
     cfg = config.load_file(args.config, WorkerConfig)
+    creds = args.credentials or cfg.credentials_file
+    if not creds:
+        raise ConfigError.one(
+            "a cache worker needs the binding's keys: give --credentials FILE or "
+            "credentials_file (the agent's Secret holds them)",
+            file=args.config,
+            path="credentials_file",
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(
         server.serve(
@@ -160,7 +189,31 @@ def run_worker(args: argparse.Namespace) -> int:
             advertise=args.advertise,
             cache_root=Path(args.cache_dir),
             config_path=Path(args.config),
+            credentials_path=_resolve(Path(args.config).resolve().parent, creds),
             drain_timeout=args.drain_timeout,
         )
     )
+    return 0
+
+
+def run_credentials(args: argparse.Namespace) -> int:
+    """Keys for workers run by hand, and tokens for their sidecars; never printed."""
+    from fluidfed.data import credentials
+
+    keys = Path(args.keys)
+    if not keys.exists():
+        credentials.write_file(
+            keys,
+            credentials.CredentialFile(keys=[credentials.encode_key(credentials.new_key())]),
+        )
+        print(f"wrote new keys to {keys} (mode 0600): give it to the workers (--credentials)")
+    if args.token_out:
+        if not args.dataset:
+            raise ConfigError.one("give the token's --dataset", path="--dataset")
+        claims = credentials.Claims(
+            role=args.role, dataset=args.dataset, namespace=args.namespace, sub_path=args.sub_path
+        )
+        token = credentials.load(keys).signed(claims)
+        credentials.write_file(Path(args.token_out), credentials.CredentialFile(token=token))
+        print(f"wrote a {args.role} token of {args.dataset} to {args.token_out} (mode 0600)")
     return 0

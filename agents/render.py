@@ -13,13 +13,16 @@ Namespaces are created when missing but never deleted: other workloads may live 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fluidfed import codec, names
-from fluidfed.models import Binding, CacheTier, Dataset, Mount
+from fluidfed.data import credentials
+from fluidfed.models import Access, Binding, CacheTier, Dataset, Mount
 
 RUNTIME_KINDS = {"thin": "ThinRuntime", "juicefs": "JuiceFSRuntime", "alluxio": "AlluxioRuntime"}
 WORKER_PORT = 7070
@@ -38,6 +41,46 @@ class ClusterContext:
     kind: str = "standard"
     worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
     agent_url: str = ""  # where cache workers register (the agent's API)
+
+
+@dataclass(frozen=True, slots=True)
+class DataCredentials:
+    """A binding's data-path keys (newest first, as the agent keeps them) and the index of
+    the one that signs tokens (`fluidfed.data.credentials.signing`)."""
+
+    keys: Sequence[bytes]
+    sign: int = 0
+
+    def token(self, claims: credentials.Claims) -> str:
+        """`claims` signed by the signing key; "" without keys (nothing will accept it)."""
+        if not self.keys:
+            return ""
+        return credentials.sign(claims, self.keys[min(self.sign, len(self.keys) - 1)])
+
+
+# where the binding's Secrets appear: the keys in the worker pods, a reader's token in its
+# sidecar (one directory per dataset); mode 0600, never in a ConfigMap
+WORKER_CREDENTIALS_DIR = "/etc/fluidfed-credentials"
+SIDECAR_CREDENTIALS_ROOT = "/etc/fluidfed-credentials"
+SECRET_MODE = 0o600
+
+
+def keys_secret_name(dataset: str) -> str:
+    return k8s_name("fluidfed", dataset, "keys")
+
+
+def reader_secret_name(dataset: str) -> str:
+    return k8s_name("fluidfed", dataset, "reader")
+
+
+def reader_label(dataset: str) -> str:
+    """The label the webhook puts on pods that read `dataset`: the workers' NetworkPolicy
+    admits them."""
+    return names.READER_LABEL_PREFIX + k8s_name("reader", dataset, limit=63)
+
+
+def sidecar_credentials_file(dataset: str) -> str:
+    return posixpath.join(SIDECAR_CREDENTIALS_ROOT, dataset, names.CREDENTIALS_FILE)
 
 
 def short_circuit(kind: str) -> bool:
@@ -111,7 +154,7 @@ def sidecar_config(
     ds = b.spec
     entry = next(a for a in ds.access_list() if a.namespace == namespace)
     return {
-        "short_circuit": short_circuit,
+        "short_circuit": short_circuit and reads_whole_dataset(entry),
         "agent": agent_url,
         "dataset": ds.name,
         "cluster": b.cluster,
@@ -121,6 +164,7 @@ def sidecar_config(
         "mounts": [_mount_doc(m) for m in ds.mounts],
         "block_size": int(ds.cache.block_size),
         "workers": _peers(b),
+        "credentials_file": sidecar_credentials_file(ds.name),
     }
 
 
@@ -146,6 +190,7 @@ def worker_config(b: Binding, ctx: ClusterContext) -> dict[str, Any]:
         "port": WORKER_PORT,
         "tiers": _worker_tiers(ds),
         "workers": _peers(b),
+        "credentials_file": posixpath.join(WORKER_CREDENTIALS_DIR, names.CREDENTIALS_FILE),
     }
 
 
@@ -186,6 +231,15 @@ def _tier_volume(
     return {"name": name, "hostPath": host}, mount
 
 
+def reads_whole_dataset(entry: Access) -> bool:
+    """Whether an access entry's readers may see every block of the dataset. Only they
+    read the node's block files (short-circuit): those directories hold the blocks of every
+    sub-path, and what a sidecar can open its pod's other containers may reach too (a
+    legacy sidecar shares their process namespace), so a sub-path reader asks the worker,
+    which checks the sub-path."""
+    return posixpath.normpath("/" + entry.sub_path.strip("/")) == "/"
+
+
 def short_circuit_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(volume, read-only mount) of each disk tier's node directory, for a FUSE sidecar:
     blocks that a worker on its node holds are read from their files."""
@@ -214,10 +268,87 @@ def _secret_env(ds: Dataset) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": s}} for s in secrets]
 
 
+def _worker_selector(b: Binding) -> dict[str, str]:
+    return {names.BINDING_LABEL: b.name, names.COMPONENT_LABEL: "cache-worker"}
+
+
+def _secret(
+    name: str, namespace: str, lbls: dict[str, str], cred: credentials.CredentialFile
+) -> dict[str, Any]:
+    data = base64.b64encode(credentials.encode_file(cred)).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(name, namespace, lbls),
+        "type": "Opaque",
+        "data": {names.CREDENTIALS_FILE: data},
+    }
+
+
+def keys_secret(b: Binding, ctx: ClusterContext, creds: DataCredentials) -> dict[str, Any]:
+    """The binding's keys, for its cache workers (home namespace)."""
+    cred = credentials.CredentialFile(
+        keys=[credentials.encode_key(k) for k in creds.keys], sign=creds.sign
+    )
+    return _secret(keys_secret_name(b.spec.name), b.spec.namespace, labels(b, ctx), cred)
+
+
+def reader_secret(
+    b: Binding, ctx: ClusterContext, creds: DataCredentials, entry: Access
+) -> dict[str, Any]:
+    """The reader token of an access entry, for the sidecars of its namespace: it reads
+    only under the entry's sub-path."""
+    claims = credentials.Claims(
+        role="reader", dataset=b.spec.name, namespace=entry.namespace, sub_path=entry.sub_path
+    )
+    cred = credentials.CredentialFile(token=creds.token(claims))
+    return _secret(reader_secret_name(b.spec.name), entry.namespace, labels(b, ctx), cred)
+
+
+def network_policy(b: Binding, ctx: ClusterContext) -> dict[str, Any]:
+    """Only the dataset's sidecars (pods the webhook labelled, in the access namespaces),
+    the other workers and the agent reach the workers' port."""
+    ds = b.spec
+    readers = sorted({a.namespace for a in ds.access_list()})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(cache_name(ds.name), ds.namespace, labels(b, ctx)),
+        "spec": {
+            "podSelector": {"matchLabels": _worker_selector(b)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "ports": [{"port": WORKER_PORT, "protocol": "TCP"}],
+                    "from": [
+                        {"podSelector": {"matchLabels": _worker_selector(b)}},
+                        {
+                            "namespaceSelector": {
+                                "matchExpressions": [
+                                    {
+                                        "key": names.NAMESPACE_NAME_LABEL,
+                                        "operator": "In",
+                                        "values": readers,
+                                    }
+                                ]
+                            },
+                            "podSelector": {"matchLabels": {reader_label(ds.name): "true"}},
+                        },
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {names.APP_NAME_LABEL: names.AGENT}},
+                        },
+                    ],
+                }
+            ],
+        },
+    }
+
+
 def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     ds = b.spec
     name, ns = cache_name(ds.name), ds.namespace
-    selector = {names.BINDING_LABEL: b.name, names.COMPONENT_LABEL: "cache-worker"}
+    selector = _worker_selector(b)
     lbls = labels(b, ctx, **{names.COMPONENT_LABEL: "cache-worker"})
     on_node = short_circuit(ctx.kind)
     tier_volumes = [_tier_volume(ds, i, t, on_node=on_node) for i, t in enumerate(ds.cache.tiers)]
@@ -232,11 +363,21 @@ def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     container: dict[str, Any] = {
         "name": "worker",
         "image": ctx.worker_image,
-        "args": ["worker", "serve", "--config", "/etc/fluidfed/worker.json"],
+        # the pod's own address: the worker binds loopback unless told
+        "args": [
+            "worker",
+            "serve",
+            "--config",
+            "/etc/fluidfed/worker.json",
+            "--host",
+            "$(POD_IP)",
+        ],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "ports": [{"name": "blocks", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": WORKER_PORT}},
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/fluidfed", "readOnly": True},
+            {"name": "credentials", "mountPath": WORKER_CREDENTIALS_DIR, "readOnly": True},
             *(m for _, m in tier_volumes),
         ],
     }
@@ -251,6 +392,10 @@ def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": config_name(ds.name)}},
+            {
+                "name": "credentials",
+                "secret": {"secretName": keys_secret_name(ds.name), "defaultMode": SECRET_MODE},
+            },
             *(v for v, _ in tier_volumes),
         ],
     }
@@ -289,10 +434,13 @@ def cache_workers(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     return [service, statefulset]
 
 
-def sidecar_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
+def sidecar_objects(
+    b: Binding, ctx: ClusterContext, creds: DataCredentials
+) -> list[dict[str, Any]]:
     ds = b.spec
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = [keys_secret(b, ctx, creds), network_policy(b, ctx)]
     for entry in ds.access_list():
+        out.append(reader_secret(b, ctx, creds, entry))
         data = {
             names.SIDECAR_CONFIG: codec.encode(
                 sidecar_config(
@@ -384,9 +532,10 @@ def fluid_objects(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
     return [home, runtime, *refs]
 
 
-def desired(b: Binding, ctx: ClusterContext) -> list[dict[str, Any]]:
-    """Every object the binding needs, namespaces first."""
-    owned = fluid_objects(b, ctx) if b.mode == "csi" else sidecar_objects(b, ctx)
+def desired(b: Binding, ctx: ClusterContext, creds: DataCredentials) -> list[dict[str, Any]]:
+    """Every object the binding needs, namespaces first; `creds` signs the tokens of the
+    sidecar mode's Secrets."""
+    owned = fluid_objects(b, ctx) if b.mode == "csi" else sidecar_objects(b, ctx, creds)
     return namespaces(b, ctx) + owned
 
 

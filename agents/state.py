@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 
 from fluidfed import codec
+from fluidfed.data.credentials import KeyEntry
 from fluidfed.errors import ConfigError
 from fluidfed.models import Binding, BindingStatus
 
@@ -24,6 +25,9 @@ class AgentState(msgspec.Struct, kw_only=True):
     unsent: list[str] = []  # statuses the hub has not acknowledged yet
     finalize: list[str] = []  # retired bindings cleaned up; the hub not told yet
     hub_last_seen: float = 0.0
+    # each sidecar binding's data-path keys, newest first: kept here so that a restart
+    # does not rotate them (the file is the owner's only, 0600)
+    keys: dict[str, list[KeyEntry]] = {}
 
 
 _decoder = codec.decoder(AgentState)
@@ -61,7 +65,8 @@ class StateFile:
         """Write an encoded state; callers serialise writes (one temporary file)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds keys
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

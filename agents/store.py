@@ -12,8 +12,10 @@ import asyncio
 
 import msgspec
 
+from agents import render
 from agents.state import AgentState, StateFile
 from fluidfed import codec
+from fluidfed.data import credentials
 from fluidfed.models import BindingStatus
 
 
@@ -43,9 +45,33 @@ def mark_sent(state: AgentState, name: str, sent: BindingStatus | None) -> bool:
     return False
 
 
+def rotate_keys(
+    state: AgentState, name: str, now: float, every: float, grace: float, *, force: bool = False
+) -> bool:
+    """Make or rotate binding `name`'s keys (`credentials.rotate`); True when they changed."""
+    have = state.keys.get(name, [])
+    got = credentials.rotate(have, now, every, grace, force=force)
+    if got == have:
+        return False
+    state.keys[name] = got
+    return True
+
+
+def keys_of_dataset(state: AgentState, dataset: str) -> list[bytes]:
+    """Every key that signs for `dataset` here (its binding's, old ones in their grace)."""
+    return [
+        credentials.decode_key(e.key)
+        for name, b in state.bindings.items()
+        if b.dataset == dataset
+        for e in state.keys.get(name, [])
+    ]
+
+
 def retire(state: AgentState, name: str, *, finalize: bool) -> bool:
-    """A binding's objects are gone: drop its status; True when it is newly to finalize."""
+    """A binding's objects are gone: drop its status and keys; True when it is newly to
+    finalize."""
     state.statuses.pop(name, None)
+    state.keys.pop(name, None)
     if name in state.unsent:
         state.unsent.remove(name)
     if finalize and name not in state.finalize:
@@ -59,15 +85,21 @@ def finalized(state: AgentState, name: str) -> None:
     state.finalize.remove(name)
     state.bindings.pop(name, None)
     state.statuses.pop(name, None)
+    state.keys.pop(name, None)
 
 
 class Store:
-    def __init__(self, file: StateFile, state: AgentState) -> None:
+    def __init__(
+        self, file: StateFile, state: AgentState, *, rotation: float = 0.0, grace: float = 300.0
+    ) -> None:
         self.file = file
         self.state = state
+        self.rotation = rotation  # seconds between key rotations (0: only when asked)
+        self.grace = grace
         self.wake_reporter = asyncio.Event()
         self.hub_up = asyncio.Event()
         self._saving = asyncio.Lock()
+        self.rotate_now: set[str] = set()  # bindings whose keys rotate at their next reconcile
 
     async def save(self) -> None:
         # encode here, where the state is not changing; write in a thread, one at a time
@@ -79,6 +111,26 @@ class Store:
         if record_status(self.state, name, st):
             await self.save()
             self.wake_reporter.set()
+
+    async def data_credentials(self, name: str, now: float) -> render.DataCredentials:
+        """Binding `name`'s keys, made or rotated as due (and saved before anything
+        signed by a new key leaves the agent), and the one that signs now."""
+        force = name in self.rotate_now
+        self.rotate_now.discard(name)
+        if rotate_keys(self.state, name, now, self.rotation, self.grace, force=force):
+            await self.save()
+        return self.signing(name, now)
+
+    def signing(self, name: str, now: float) -> render.DataCredentials:
+        """Binding `name`'s keys as they are (none if it has none yet)."""
+        entries = self.state.keys.get(name, [])
+        return render.DataCredentials(
+            keys=[credentials.decode_key(e.key) for e in entries],
+            sign=credentials.signing(entries, now, self.grace),
+        )
+
+    def keys_of_dataset(self, dataset: str) -> list[bytes]:
+        return keys_of_dataset(self.state, dataset)
 
     async def retire(self, name: str, *, finalize: bool) -> bool:
         newly = retire(self.state, name, finalize=finalize)

@@ -139,13 +139,15 @@ async def run(n: int) -> dict[str, object]:
 
             # --- baseline: the same objects applied straight from a loop ------------
             ctx = render.ClusterContext(name="edge", kind="serverless")
+            from fluidfed.data import credentials
             from fluidfed.models import ClusterRecord
             from hub import placement
 
             objs = []
             for ds in datasets(n, "bench-raw"):
                 b = placement.place(ds, 1, [ClusterRecord(spec=spec)], {})["edge"]
-                objs += render.desired(b, ctx)
+                creds = render.DataCredentials(keys=[credentials.new_key()])
+                objs += render.desired(b, ctx, creds)
             seen_ns: set[str] = set()
             t2 = time.monotonic()
             for o in objs:

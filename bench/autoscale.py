@@ -30,8 +30,8 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from devkit.local import cluster
-from devkit.local.processes import AgentProcess, SidecarProcess, WorkerProcess
+from devkit.local import cluster, secrets
+from devkit.local.processes import LOCAL_KEY, AgentProcess, SidecarProcess, WorkerProcess
 from devkit.testing import HubProcess
 from fluidfed import Client
 from fluidfed.models import (
@@ -125,8 +125,11 @@ async def reaction(base: Path, runs: int) -> dict[str, Any]:
         wport = cluster.free_port()
         wcfg, scfg = json.loads(cm.data["worker.json"]), json.loads(cm.data["sidecar.json"])
         wcfg["workers"] = scfg["workers"] = {"endpoints": [f"http://127.0.0.1:{wport}"]}
-        procs.append(WorkerProcess(base / "w", wcfg, wport).start())
-        sc = SidecarProcess(base / "sc", scfg, base / "mnt").start()
+        # their credentials from the agent's Secrets, as the pods would mount them
+        creds = await secrets.worker_credentials(api, "bench", "bench")
+        token = await secrets.reader_token(api, "bench", "bench")
+        procs.append(WorkerProcess(base / "w", wcfg, wport, creds=creds).start())
+        sc = SidecarProcess(base / "sc", scfg, base / "mnt", token=token).start()
         procs.append(sc)
 
         async def replicas() -> int:
@@ -177,7 +180,8 @@ def start_receiver() -> str:
 
     def serve() -> None:
         async def main() -> None:
-            runner = web.AppRunner(api.make_app(Registry()), access_log=None)
+            keys = [LOCAL_KEY]  # the sidecars' and workers' local key
+            runner = web.AppRunner(api.make_app(Registry(), lambda _: keys), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             ready.set()

@@ -11,7 +11,8 @@ processes, a FUSE mount through /dev/fuse, fio (Debian's package) for the I/O fi
     warm      the same through a fresh mount from one cache worker holding every block
               vs reading the worker's block files directly; CPU of sidecar and worker;
               twice: the sidecar on the worker's node (it reads the block files itself,
-              short-circuit) and as if remote (the blocks over HTTP)
+              short-circuit) and as if remote (the blocks over HTTP); and the worker's
+              credential check per block request, in µs and as a share of a block's time
     reread    a mount's file again, kernel page cache warm, `cat` vs `cat` of a local file
               (tmpfs and fio figures as context)
     random    4 KiB and 128 KiB random reads (IOPS) through a fresh mount backed by the
@@ -44,6 +45,8 @@ import aiohttp
 from devkit.local.cluster import free_port
 from devkit.local.processes import SidecarProcess, WorkerProcess
 from devkit.local.s3 import CREDENTIALS, S3Server
+from fluidfed.data import credentials, layout
+from fluidfed.models import Mount
 
 BLOCK = 4 * 2**20
 READAHEAD = 4
@@ -365,6 +368,7 @@ def main() -> None:
                 for way in ways
             }
             results["warm"]["goal"] = ">= 0.25 and >= 1 GB/s"
+            results["warm"]["credential_check"] = credential_check(median(warm["remote"]))
 
         # random reads through a fresh mount backed by the warm worker, vs the local copy
         if w is not None and "random" in only:
@@ -402,6 +406,41 @@ def main() -> None:
             out = Path(__file__).parent / "results"
             out.mkdir(exist_ok=True)
             (out / "read_path.json").write_text(json.dumps(results, indent=2))
+
+
+def credential_check(remote_mib_s: float, n: int = 200_000) -> dict[str, Any]:
+    """What the worker's credential check costs per block request (every warm remote read
+    pays it; the same code as `agents.worker.server`: the remembered token, the reader's
+    sub-path decision on the object's path), a first-time verify (HMAC-SHA256, once per
+    token), and its share of a block's time at the measured warm remote rate."""
+    key = credentials.new_key()
+    claims = credentials.Claims(role="reader", dataset="bench", namespace="ns", sub_path="d")
+    header = "Bearer " + credentials.sign(claims, key)
+    verifier = credentials.Verifier([key])
+    mounts = [Mount(uri="s3://b/p")]
+
+    def per_block() -> None:
+        got = verifier.claims(header)
+        path = layout.dataset_path(mounts, 0, "d/big.bin")
+        assert credentials.authorize(got, credentials.Action.READ_BLOCK, "bench", path) is None
+
+    t0 = time.perf_counter()
+    for _ in range(n):
+        per_block()
+    cached_us = (time.perf_counter() - t0) / n * 1e6
+    token = header.removeprefix("Bearer ")
+    t0 = time.perf_counter()
+    for _ in range(n // 10):
+        credentials.verify(token, [key])
+    fresh_us = (time.perf_counter() - t0) / (n // 10) * 1e6
+    block_us = BLOCK / 2**20 / remote_mib_s * 1e6 if remote_mib_s else 0.0
+    return {
+        "per_block_request_us": round(cached_us, 2),
+        "first_verify_us": round(fresh_us, 2),
+        "block_time_at_remote_rate_us": round(block_us),
+        "share_of_block_time": round(cached_us / block_us, 5) if block_us else None,
+        "goal": "within 10% of the read without it",
+    }
 
 
 def metadata(mnt: Path, direct: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import render
-from devkit.local import binaries, cluster, paths, s3
+from devkit.local import binaries, cluster, paths, s3, secrets
 from devkit.local.processes import (
     AgentProcess,
     HubProcess,
@@ -423,6 +423,9 @@ class Demo:
             cm = await client.CoreV1Api(api).read_namespaced_config_map(
                 render.config_name("imagenet"), "ml"
             )
+            # and the credentials it keeps in Secrets, as the pods would mount them
+            creds = await secrets.worker_credentials(api, "ml", "imagenet")
+            token = await secrets.reader_token(api, "ml", "imagenet")
         # the configs the agent wrote for the StatefulSet's pods, run here as processes
         wcfg = json.loads(cm.data[names.WORKER_CONFIG])
         scfg = json.loads(cm.data[names.SIDECAR_CONFIG])
@@ -432,7 +435,9 @@ class Demo:
         # metrics every second rather than every 5 s: the autoscaling step is quicker
         os.environ.setdefault("OTEL_METRIC_EXPORT_INTERVAL", "1000")
         for i, port in enumerate(ports):
-            self.workers.append(WorkerProcess(self.base / f"worker-{i}", wcfg, port).start())
+            self.workers.append(
+                WorkerProcess(self.base / f"worker-{i}", wcfg, port, creds=creds).start()
+            )
         self.note(f"cache workers on {', '.join(urls)}, registered with the serverless agent")
         self.note(f"mounted at {self.base / 'mnt'} (namespace ml's view: sub-path train)")
         want = {
@@ -442,7 +447,7 @@ class Demo:
         mnt = self.base / "mnt"
         rates = []
         for label in ("cold", "warm"):
-            sc = SidecarProcess(self.base / f"sidecar-{label}", scfg, mnt).start()
+            sc = SidecarProcess(self.base / f"sidecar-{label}", scfg, mnt, token=token).start()
             self.sidecar = sc
             t0 = time.monotonic()
             ok = await asyncio.to_thread(_read_and_check, mnt, want)

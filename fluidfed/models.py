@@ -264,6 +264,11 @@ class AgentConfig(Spec, frozen=True):
     api_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
     api_url: str = ""  # how the workers reach it; default http://<api_host>:<port>
     metrics_window: Duration = _seconds(15)  # rates and ratios sent to the hub cover this
+    # the data-path keys of each binding (Secrets): a new key every `credential_rotation`
+    # (0: only on SIGHUP); it signs once handed out for `credential_grace` (longer than
+    # the kubelet takes to update a Secret volume), and the old one goes a grace later
+    credential_rotation: Duration = _seconds(7 * 86400)
+    credential_grace: Duration = _seconds(300)
 
 
 class Document(Spec, frozen=True):

@@ -20,6 +20,10 @@ DATASET_LABEL: Final = "fluidfed.io/dataset"
 BINDING_LABEL: Final = "fluidfed.io/binding"
 WEBHOOK_OWNER: Final = "fluidfed-webhook"  # BINDING_LABEL's value on the webhook configuration
 COMPONENT_LABEL: Final = "app.kubernetes.io/component"
+APP_NAME_LABEL: Final = "app.kubernetes.io/name"  # the agent's pods: AGENT (configs/deploy)
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"  # set by Kubernetes
+# + "reader-<dataset>": a pod whose sidecar reads the dataset (the workers admit it)
+READER_LABEL_PREFIX: Final = "fluidfed.io/"
 
 # labels the hub derives for every cluster, which placement selectors may match
 CLUSTER_LABEL: Final = "fluidfed.io/cluster"
@@ -48,6 +52,8 @@ FLUID_API: Final = f"{FLUID_GROUP}/{FLUID_VERSION}"
 
 SIDECAR_CONFIG: Final = "sidecar.json"  # the FUSE sidecar's settings for that namespace
 WORKER_CONFIG: Final = "worker.json"  # the cache workers' settings (home namespace)
+# the key of the binding's Secrets: the keys (workers) or a reader token (sidecars)
+CREDENTIALS_FILE: Final = "credentials.json"
 
 # --- OpenTelemetry: services, instruments, attributes --------------------------------------
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -58,8 +59,12 @@ def setup(
     *,
     attributes: Mapping[str, str] | None = None,
     otlp_default: str = "",
+    token: Callable[[], str] | None = None,
 ) -> metrics.Meter:
-    """Install the process's meter provider once; return a meter for `service`."""
+    """Install the process's meter provider once; return a meter for `service`. With
+    `token`, each export carries `Authorization: Bearer <token()>` (the agent's API takes
+    metrics only from its binding's sidecars and workers; a rotated token is picked up at
+    the next export)."""
     global _provider
     if _provider is None:
         resource = Resource.create(
@@ -79,15 +84,32 @@ def setup(
             interval = float(
                 os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_EXPORT_INTERVAL_MS)
             )
+            session = None
+            if token is not None:
+                import requests
+
+                session = requests.Session()
+                session.auth = _Bearer(token)
             readers.append(
                 PeriodicExportingMetricReader(
-                    OTLPMetricExporter(endpoint=endpoint, timeout=5),
+                    OTLPMetricExporter(endpoint=endpoint, timeout=5, session=session),
                     export_interval_millis=interval,
                 )
             )
         _provider = MeterProvider(resource=resource, metric_readers=readers)
         metrics.set_meter_provider(_provider)
     return metrics.get_meter(f"fluidfed.{service}")
+
+
+class _Bearer:
+    """requests' auth hook: the current token on every export."""
+
+    def __init__(self, token: Callable[[], str]) -> None:
+        self.token = token
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        return request
 
 
 def shutdown() -> None:

@@ -44,6 +44,11 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="a cache worker (repeat; overrides the config's workers)",
     )
+    mount.add_argument(
+        "--credentials",
+        default="",
+        help="this reader's token (JSON, mode 0600; default: the config's credentials_file)",
+    )
     mount.add_argument("--ready-file", default="", help="written once the mount answers")
     mount.add_argument(
         "--status-addr", default="127.0.0.1:7071", help="HOST:PORT of /readyz and /v1/status"
@@ -81,6 +86,11 @@ def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
         cfg = msgspec.structs.replace(cfg, sub_path=args.sub_path)
     if args.worker:
         cfg = msgspec.structs.replace(cfg, workers=Peers(endpoints=list(args.worker)))
+    if args.credentials:
+        cfg = msgspec.structs.replace(cfg, credentials_file=args.credentials)
+    elif cfg.credentials_file and args.config:  # relative to the config file
+        base = Path(args.config).resolve().parent
+        cfg = msgspec.structs.replace(cfg, credentials_file=str(base / cfg.credentials_file))
     return cfg
 
 

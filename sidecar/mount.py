@@ -20,7 +20,7 @@ import pyfuse3.asyncio
 from aiohttp import web
 
 from fluidfed import config, errors, names, telemetry
-from fluidfed.data import heap, ufs
+from fluidfed.data import credentials, heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import SidecarConfig
 from fluidfed.data.store import BlockStore
@@ -78,6 +78,17 @@ class Sidecar:
         self.fs: DatasetFS | None = None
         self.listing_error = ""
         self.workers_override: list[str] | None = None  # --worker flags win over the file
+        # the reader token the cache workers ask for; read again when the file changes
+        self.credentials = (
+            credentials.Watched(Path(cfg.credentials_file)) if cfg.credentials_file else None
+        )
+
+    def token(self) -> str:
+        return self.credentials.current.token if self.credentials is not None else ""
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = self.token()
+        return credentials.authorization(token) if token else {}
 
     async def _first_listing(self) -> None:
         delay = 0.5
@@ -114,6 +125,10 @@ class Sidecar:
     def reload(self) -> None:
         """Take the cache workers from the config file again (the agent rewrites it when
         the workers scale); the rest of the config applies to the next mount."""
+        if self.credentials is not None and self.credentials.changed() is not None:
+            if self.session is not None:  # the next requests carry the new token
+                self.session.headers.update(self._auth_headers())
+            log.info("reader token reloaded")
         if self.config_file is None or self.reader is None:
             return
         cfg = self.config_file.changed()
@@ -147,6 +162,7 @@ class Sidecar:
                 "k8s.namespace.name": cfg.namespace,
             },
             otlp_default=cfg.agent,
+            token=self.token,
         )
         st = reader.stats
         worker = ((names.ATTR_SOURCE, "worker"),)
@@ -187,7 +203,13 @@ class Sidecar:
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
             connector=aiohttp.TCPConnector(limit=64),
             read_bufsize=2**22,  # blocks are megabytes: fewer, larger socket reads
+            headers=self._auth_headers(),
         )
+        if self.credentials is None and self.cfg.workers.urls():
+            log.warning(
+                "no credentials_file: the cache workers will refuse this sidecar (401) and "
+                "it reads the under storage directly"
+            )
         self.reader = BlockReader(self.cfg, self.readers, store, self.session)
         tasks: list[asyncio.Task[Any]] = []
         mounted = False

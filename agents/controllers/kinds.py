@@ -25,6 +25,8 @@ log = logging.getLogger("fluidfed.agent.kinds")
 
 SIDECAR_KINDS = [
     ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
     ("v1", "Service"),
     ("apps/v1", "StatefulSet"),
     ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),

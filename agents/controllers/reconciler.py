@@ -74,7 +74,12 @@ class Reconciler:
         if b is None or b.deleting:
             await self.clean_up(name, finalize=b is not None)
             return False
-        wanted = render.desired(b, self.ctx)
+        creds = (
+            await self.store.data_credentials(name, time.time())
+            if b.mode == "sidecar"
+            else render.DataCredentials(keys=())
+        )
+        wanted = render.desired(b, self.ctx, creds)
         keep = {live_objects.key_of(o) for o in wanted}
         errors: list[KubeError] = []
         for obj in wanted:

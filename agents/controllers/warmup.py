@@ -16,7 +16,7 @@ from agents.observed import Observed
 from agents.registry import Registry
 from agents.store import Store
 from fluidfed import errors
-from fluidfed.data import workers
+from fluidfed.data import credentials, workers
 from fluidfed.models import Binding, LoadRequest, LoadStatus
 
 log = logging.getLogger("fluidfed.agent.warmup")
@@ -67,7 +67,12 @@ class WarmUps:
                         await show(message="waiting for cache workers to register")
                         await asyncio.sleep(1)
             urls = [w.url for w in live]
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            # the workers start and report loads only for their binding's agent
+            creds = self.store.signing(b.name, time.time())
+            token = creds.token(credentials.Claims(role="agent", dataset=b.dataset))
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=30), headers=credentials.authorization(token)
+            ) as s:
                 for u in urls:
                     await workers.start_load(s, u, req.path, urls)
                 await show(phase="Running", workers=len(urls), message="")

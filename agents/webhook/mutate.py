@@ -189,6 +189,17 @@ def mutate(
                 v.update({"name": vol_name, "emptyDir": {}})
         config_vol = _unique(f"fluidfed-config-{ds}", taken_volumes)
         volumes.append({"name": config_vol, "configMap": {"name": render.config_name(ds)}})
+        # the reader token of this namespace's access entry, from the agent's Secret
+        creds_vol = _unique(f"fluidfed-credentials-{ds}", taken_volumes)
+        volumes.append(
+            {
+                "name": creds_vol,
+                "secret": {
+                    "secretName": render.reader_secret_name(ds),
+                    "defaultMode": render.SECRET_MODE,
+                },
+            }
+        )
         mountpoint = f"{MOUNT_ROOT}/{ds}"
         for c in containers + inits:
             for m in c.get("volumeMounts") or []:
@@ -217,9 +228,14 @@ def mutate(
             "volumeMounts": [
                 {"name": vol_name, "mountPath": mountpoint, "mountPropagation": "Bidirectional"},
                 {"name": config_vol, "mountPath": f"{CONFIG_ROOT}/{ds}", "readOnly": True},
+                {
+                    "name": creds_vol,
+                    "mountPath": posixpath.dirname(render.sidecar_credentials_file(ds)),
+                    "readOnly": True,
+                },
             ],
         }
-        if settings.short_circuit:
+        if settings.short_circuit and render.reads_whole_dataset(entry):
             for vol, mnt in render.short_circuit_volumes(b.spec):
                 name = _unique(
                     render.k8s_name("fluidfed", ds, vol["name"], limit=60), taken_volumes
@@ -256,7 +272,10 @@ def mutate(
         # the sidecar sees the app processes and leaves when they are gone (Jobs complete)
         spec["shareProcessNamespace"] = True
     out_meta = out.setdefault("metadata", {})
-    out_meta.setdefault("labels", {})[names.INJECTED_LABEL] = "true"
+    out_labels = out_meta.setdefault("labels", {})
+    out_labels[names.INJECTED_LABEL] = "true"
+    for ds, _ in asked:  # the workers' NetworkPolicy admits the dataset's readers
+        out_labels[render.reader_label(ds)] = "true"
     annotations = out_meta.setdefault("annotations", {})
     annotations[names.INJECTED_ANNOTATION] = ",".join(done)
     annotations[names.MODE_ANNOTATION] = "native" if native else "legacy"

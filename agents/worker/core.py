@@ -19,7 +19,7 @@ import aiohttp
 import msgspec
 
 from fluidfed import config, errors, names, telemetry
-from fluidfed.data import blocks, layout, protocol, ufs, workers
+from fluidfed.data import blocks, credentials, layout, protocol, ufs, workers
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import FileRef, WorkerConfig
 from fluidfed.data.store import BlockStore
@@ -59,10 +59,20 @@ class Worker:
         url: str,
         cache_root: Path,
         config_path: Path | None = None,
+        credentials_path: Path,
     ) -> None:
         self.cfg = cfg
         self.url = url.rstrip("/")
         self.config_file = config.Watched(config_path, WorkerConfig) if config_path else None
+        # the binding's keys: every request is checked against them (ConfigError if the
+        # file is missing or holds no keys: a worker without them would answer anyone)
+        self.credentials = credentials.Watched(credentials_path)
+        if not self.credentials.current.keys:
+            raise errors.ConfigError.one(
+                "holds no keys: a cache worker needs the binding's keys to check its readers",
+                file=str(credentials_path),
+            )
+        self.verifier = credentials.Verifier(self.credentials.current.keys)
         pod = os.environ.get("HOSTNAME") or socket.gethostname()
         self.store = BlockStore(layout.own_tiers(cfg.tiers, pod), root=cache_root)
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
@@ -82,9 +92,32 @@ class Worker:
     async def open(self) -> Worker:
         await self.store.open()
         self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.cfg.read_timeout)
+            timeout=aiohttp.ClientTimeout(total=self.cfg.read_timeout),
+            headers=self._own_token(),
         )
         return self
+
+    def _peer_token(self) -> str:
+        return self.credentials.current.signed(
+            credentials.Claims(role="peer", dataset=self.cfg.dataset)
+        )
+
+    def _own_token(self) -> dict[str, str]:
+        """This worker's peer token (for its peers and the agent), signed by the key the
+        agent says signs."""
+        return credentials.authorization(self._peer_token())
+
+    def reload_credentials(self) -> bool:
+        """Take the keys again if their file changed (a rotation): tokens signed by any of
+        them count from now on, and this worker signs with the one the agent chose."""
+        got = self.credentials.changed()
+        if got is None or not got.keys:
+            return False
+        self.verifier.set_keys(got.keys)
+        if self.session is not None:
+            self.session.headers.update(self._own_token())
+        log.info("credentials reloaded: %d keys", len(got.keys))
+        return True
 
     async def close(self) -> None:
         if self._load_task:
@@ -99,6 +132,7 @@ class Worker:
     def reload(self) -> bool:
         """Take the peers from the config file again if it changed (the agent rewrites it
         on scaling)."""
+        self.reload_credentials()
         cfg = self.config_file.changed() if self.config_file else None
         if cfg is None:
             return False
@@ -260,6 +294,7 @@ class Worker:
             "worker",
             attributes={names.ATTR_DATASET: self.cfg.dataset, names.ATTR_CLUSTER: cluster},
             otlp_default=self.cfg.agent,
+            token=self._peer_token,
         )
         DataPathInstruments(
             meter,

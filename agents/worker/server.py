@@ -18,7 +18,8 @@ from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, log, remaining_peers
 from fluidfed import errors, telemetry
-from fluidfed.data import blocks, heap, protocol
+from fluidfed.data import blocks, credentials, heap, layout, protocol
+from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
 
@@ -56,6 +57,29 @@ def _problem(status: int, message: str) -> web.Response:
     return web.json_response({"status": status, "reason": message}, status=status)
 
 
+def _refused(request: web.Request, action: Action, path: str | None = None) -> web.Response | None:
+    """401 without a valid credential of this binding, 403 when its role (or a reader's
+    sub-path, for `path`) does not allow `action`; None: go ahead. A verified token is
+    remembered, so this is one dict lookup per request once a connection is going."""
+    claims = _authenticated(request)
+    if isinstance(claims, web.Response):
+        return claims
+    why = credentials.authorize(claims, action, request.app[WORKER_KEY].cfg.dataset, path)
+    return None if why is None else _problem(403, why)
+
+
+def _authenticated(request: web.Request) -> credentials.Claims | web.Response:
+    """The verified claims of the request's token, or its 401."""
+    try:
+        return request.app[WORKER_KEY].verifier.claims(request.headers.get(credentials.HEADER))
+    except credentials.Refused as err:
+        return web.json_response(
+            {"status": 401, "reason": err.reason},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="fluidfed"'},
+        )
+
+
 def _json(msg: protocol.Message, status: int = 200) -> web.Response:
     return web.Response(body=protocol.encode(msg), status=status, content_type=protocol.JSON)
 
@@ -63,6 +87,9 @@ def _json(msg: protocol.Message, status: int = 200) -> web.Response:
 async def _get_block(request: web.Request) -> web.StreamResponse:
     w = request.app[WORKER_KEY]
     key = request.match_info["key"]
+    claims = _authenticated(request)
+    if isinstance(claims, web.Response):
+        return claims
     try:
         q = protocol.BlockQuery.from_query(request.query)
     except ConfigError as err:
@@ -77,6 +104,12 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             "block key does not match its description: sidecar and worker disagree "
             "on the dataset or block size",
         )
+    # a reader's sub-path against the object's place in the dataset, worked out here from
+    # the request (its block key matched the object above), never taken from the client
+    path = layout.dataset_path(w.cfg.mounts, q.mount, q.key)
+    why = credentials.authorize(claims, Action.READ_BLOCK, w.cfg.dataset, path)
+    if why is not None:
+        return _problem(403, why)
     span = q.span
     if span is None and not q.verify:
         where = w.store.locate(key) if q.local else None
@@ -127,18 +160,27 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
 async def _touch(request: web.Request) -> web.Response:
     """Blocks a sidecar on this node read from our files itself: hits, recently used."""
     w = request.app[WORKER_KEY]
+    refused = _refused(request, Action.TOUCH)
+    if refused is not None:
+        return refused
     try:
         body = protocol.decode(protocol.Touched, await request.read())
     except ConfigError as err:
         return _problem(400, str(err))
     held = w.store.touch([key for key, _ in body.blocks])
-    w.count_served(len(body.blocks), sum(n for _, n in body.blocks), local=True)
+    # what a reader says it read feeds the throughput that scales the workers: at most a
+    # block per block reported
+    bs = w.cfg.block_size
+    w.count_served(len(body.blocks), sum(max(0, min(n, bs)) for _, n in body.blocks), local=True)
     return _json(protocol.TouchResult(held=held))
 
 
 async def _put_block(request: web.Request) -> web.Response:
     w = request.app[WORKER_KEY]
     key = request.match_info["key"]
+    refused = _refused(request, Action.WRITE_BLOCK)
+    if refused is not None:
+        return refused
     if not re.fullmatch(r"[0-9a-f]{32}", key):
         return _problem(400, "not a block key")
     data = await request.read()
@@ -153,7 +195,7 @@ async def _put_block(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return _json(request.app[WORKER_KEY].status())
+    return _refused(request, Action.STATUS) or _json(request.app[WORKER_KEY].status())
 
 
 async def _body(request: web.Request, typ: type[M]) -> M:
@@ -162,6 +204,9 @@ async def _body(request: web.Request, typ: type[M]) -> M:
 
 
 async def _load(request: web.Request) -> web.Response:
+    refused = _refused(request, Action.LOAD)
+    if refused is not None:
+        return refused
     try:
         body = await _body(request, protocol.LoadRequest)
     except ConfigError as err:
@@ -170,10 +215,13 @@ async def _load(request: web.Request) -> web.Response:
 
 
 async def _load_progress(request: web.Request) -> web.Response:
-    return _json(request.app[WORKER_KEY].load)
+    return _refused(request, Action.LOAD) or _json(request.app[WORKER_KEY].load)
 
 
 async def _drain(request: web.Request) -> web.Response:
+    refused = _refused(request, Action.DRAIN)
+    if refused is not None:
+        return refused
     try:
         body = await _body(request, protocol.DrainRequest)
     except ConfigError as err:
@@ -208,6 +256,7 @@ async def serve(
     advertise: str,
     cache_root: Path,
     config_path: Path | None,
+    credentials_path: Path,
     reload_interval: float = 5.0,
     drain_timeout: float = 60.0,
 ) -> None:
@@ -225,6 +274,7 @@ async def serve(
             url=advertise or f"http://{host}:{port}",
             cache_root=cache_root,
             config_path=config_path,
+            credentials_path=credentials_path,
         )
         await worker.open()
         worker.instrument()

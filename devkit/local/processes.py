@@ -16,7 +16,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from fluidfed.data import credentials
+
 _READY = re.compile(r"listening on (https?://\S+)")
+
+# The key of the data-path processes that are given none (one per test run): their workers
+# share it and their sidecars get reader tokens signed by it, as one binding's would be.
+LOCAL_KEY = credentials.new_key()
+
+
+def local_credentials(
+    keys: Sequence[bytes] = (LOCAL_KEY,), sign: int = 0
+) -> credentials.CredentialFile:
+    """A cache worker's credential file holding `keys`."""
+    return credentials.CredentialFile(keys=[credentials.encode_key(k) for k in keys], sign=sign)
+
+
+def local_token(
+    dataset: str,
+    role: credentials.Role = "reader",
+    *,
+    sub_path: str = "",
+    namespace: str = "",
+    key: bytes = LOCAL_KEY,
+) -> str:
+    """A token of a local binding, as the agent would hand it out."""
+    claims = credentials.Claims(role=role, dataset=dataset, namespace=namespace, sub_path=sub_path)
+    return credentials.sign(claims, key)
 
 
 class Drain:
@@ -293,7 +319,13 @@ class WorkerProcess(_Child):
     stop_timeout = 60.0  # the hand-off of its blocks on SIGTERM
 
     def __init__(
-        self, workdir: Path, config: dict[str, object], port: int, wrap: Sequence[str] = ()
+        self,
+        workdir: Path,
+        config: dict[str, object],
+        port: int,
+        wrap: Sequence[str] = (),
+        *,
+        creds: credentials.CredentialFile | None = None,
     ) -> None:
         self.wrap = tuple(wrap)  # a command that execs the worker (a mount namespace, ...)
         self.dir = Path(workdir)
@@ -302,8 +334,15 @@ class WorkerProcess(_Child):
         self.url = f"http://127.0.0.1:{port}"
         self.config_path = self.dir / "worker.json"
         self.write_config(config)
+        # the binding's keys, as the agent's Secret gives them to a worker pod
+        self.credentials_path = self.dir / "credentials.json"
+        self.write_credentials(creds or local_credentials())
         self.proc: subprocess.Popen[str] | None = None
         self.log = self.dir / "worker.log"
+
+    def write_credentials(self, creds: credentials.CredentialFile) -> None:
+        """(Re)write its keys (0600); it takes them on SIGHUP or within 5 s."""
+        credentials.write_file(self.credentials_path, creds)
 
     def write_config(self, config: dict[str, object]) -> None:
         tmp = self.config_path.with_suffix(".tmp")
@@ -316,6 +355,7 @@ class WorkerProcess(_Child):
             "worker", "serve", "--config", str(self.config_path),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--advertise", self.url, "--cache-dir", str(self.dir / "cache"),
+            "--credentials", str(self.credentials_path),
             wrap=self.wrap,
         )  # fmt: skip
         return self
@@ -334,23 +374,49 @@ class SidecarProcess(_Child):
 
     stop_timeout = 30.0
 
-    def __init__(self, workdir: Path, config: dict[str, object], mountpoint: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, object],
+        mountpoint: Path,
+        *,
+        token: str | None = None,
+    ) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mountpoint = Path(mountpoint)
         self.config_path = self.dir / "sidecar.json"
         self.config_path.write_text(json.dumps(config))
+        # its reader token, as the agent's Secret gives it to the sidecar container; by
+        # default one of the local binding for the config's dataset and sub-path
+        self.credentials_path = self.dir / "credentials.json"
+        if token is None:
+            token = local_token(
+                str(config["dataset"]),
+                sub_path=str(config.get("sub_path", "")),
+                namespace=str(config.get("namespace", "")),
+            )
+        self.write_token(token)
         self.ready_file = self.dir / "ready"
         self.proc: subprocess.Popen[str] | None = None
         self.status_url = ""
         self.log = self.dir / "sidecar.log"
+
+    def write_token(self, token: str) -> None:
+        """(Re)write its token (0600); it takes it on SIGHUP or within 5 s."""
+        credentials.write_file(self.credentials_path, credentials.CredentialFile(token=token))
+
+    def reload(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> SidecarProcess:
         self.proc, m = _spawn(
             self.log, r"status (http://\S+)\)", "sidecar", timeout,
             "sidecar", "mount", "--config", str(self.config_path),
             "--mountpoint", str(self.mountpoint), "--ready-file", str(self.ready_file),
-            "--status-addr", "127.0.0.1:0", "--cache-dir", str(self.dir / "cache"), *extra,
+            "--status-addr", "127.0.0.1:0", "--cache-dir", str(self.dir / "cache"),
+            "--credentials", str(self.credentials_path), *extra,
         )  # fmt: skip
         self.status_url = m.group(1)
         return self

@@ -23,6 +23,11 @@ def mount_point(m: Mount, count: int) -> str:
     return posixpath.normpath("/" + (m.path or (m.name if count > 1 else "")).lstrip("/"))
 
 
+def dataset_path(mounts: Sequence[Mount], mount: int, key: str) -> str:
+    """Where object `key` of mount number `mount` appears in the dataset: "/a/b"."""
+    return posixpath.normpath(posixpath.join(mount_point(mounts[mount], len(mounts)), key))
+
+
 class FileRef(msgspec.Struct, frozen=True):
     """A file of the dataset: which mount, the object's path in it, what it is now."""
 
@@ -45,10 +50,9 @@ def files(
     listing of (object path, size, mtime, etag)."""
     base = posixpath.normpath("/" + sub_path.strip("/"))
     out: dict[str, FileRef] = {}
-    for i, (m, listing) in enumerate(zip(mounts, listings, strict=True)):
-        root = mount_point(m, len(mounts))
+    for i, listing in enumerate(listings):
         for key, size, mtime, etag in listing:
-            full = posixpath.normpath(posixpath.join(root, key))
+            full = dataset_path(mounts, i, key)
             if base != "/":
                 if not full.startswith(base + "/"):
                     continue
@@ -115,6 +119,9 @@ class SidecarConfig(Wire):
     worker_timeout: float = 3.0  # a worker not answering within this: read the UFS
     readahead: int = 4  # blocks fetched ahead of a sequential reader
     agent: str = ""  # the agent's API: OTLP metrics go to <agent>/v1/metrics
+    # this sidecar's reader token (`fluidfed.data.credentials`), a file the agent's Secret
+    # puts there; read again when it changes
+    credentials_file: str = ""
     # read a worker's disk blocks from its files when they are visible here (same node)
     short_circuit: bool = True
 
@@ -130,6 +137,9 @@ class WorkerConfig(Wire):
     fetch_concurrency: int = 16
     agent: str = ""  # the agent's API: the worker registers there and reports its blocks
     report_interval: float = 2.0
+    # the binding's keys (`fluidfed.data.credentials`), a file the agent's Secret puts
+    # there; read again when it changes. Required: a worker answers no one without it
+    credentials_file: str = ""
 
 
 def own_tiers(tiers: list[CacheTier], pod: str) -> list[CacheTier]:

@@ -10,7 +10,9 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from devkit.local import secrets
 from devkit.testing import eventually
+from fluidfed.data import credentials
 from fluidfed.models import (
     CacheSpec,
     CacheTier,
@@ -45,6 +47,12 @@ async def owned(api: Any, ns: str) -> dict[str, str]:
         out[f"Service/{o.metadata.name}"] = o.metadata.resource_version
     for o in (await apps.list_namespaced_stateful_set(ns, label_selector=sel)).items:
         out[f"StatefulSet/{o.metadata.name}"] = o.metadata.resource_version
+    # the binding's keys: an agent restart must not rotate them
+    for o in (await core.list_namespaced_secret(ns, label_selector=sel)).items:
+        out[f"Secret/{o.metadata.name}"] = o.metadata.resource_version
+    net = client.NetworkingV1Api(api)
+    for o in (await net.list_namespaced_network_policy(ns, label_selector=sel)).items:
+        out[f"NetworkPolicy/{o.metadata.name}"] = o.metadata.resource_version
     for o in (await core.list_namespaced_pod(ns, label_selector=sel)).items:
         out[f"Pod/{o.metadata.name}"] = o.metadata.uid
     return out
@@ -82,6 +90,20 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
         sts = await sts_of(api, home, f"fluidfed-{name}-cache")
         assert sts.spec.replicas == 1
         assert sts.metadata.labels["fluidfed.io/binding"] == f"{name}.{kind}"
+        # the binding's credentials: keys for the workers, a reader token per namespace
+        # (of its entry's sub-path), only the workers' peers, readers and agent admitted
+        keys = await secrets.worker_credentials(api, home, name)
+        token = await secrets.reader_token(api, other, name)
+        assert keys is not None and len(keys.keys) == 1 and token
+        held = [credentials.decode_key(k) for k in keys.keys]
+        claims = credentials.verify(token, held)
+        assert (claims.role, claims.namespace, claims.sub_path) == ("reader", other, "val")
+        assert token not in cm_other.data["sidecar.json"] + cm_home.data["worker.json"]
+        assert keys.keys[0] not in cm_home.data["worker.json"]
+        policy = await client.NetworkingV1Api(api).read_namespaced_network_policy(
+            f"fluidfed-{name}-cache", home
+        )
+        assert policy.spec.pod_selector.match_labels == sts.spec.selector.match_labels
         pods = (await core.list_namespaced_pod(home)).items
         assert [p.status.phase for p in pods] == ["Running"]
         if kind == "serverless":

@@ -20,6 +20,7 @@ import pytest
 from kubernetes_asyncio import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.local import secrets
 from devkit.local.cluster import free_port
 from devkit.local.processes import SidecarProcess, WorkerProcess
 from devkit.testing import eventually
@@ -72,8 +73,9 @@ class Reader:
         self.thread.join(10)
 
 
-def fetch_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
+def fetch_json(url: str, token: str) -> Any:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         return json.load(r)
 
 
@@ -136,8 +138,12 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
     wcfg = json.loads(cm.data["worker.json"])
     scfg = json.loads(cm.data["sidecar.json"])
     wcfg["workers"] = scfg["workers"] = {"endpoints": [f"http://127.0.0.1:{wport}"]}
-    worker = WorkerProcess(tmp_path / "w", wcfg, wport).start()
-    sc = SidecarProcess(tmp_path / "sc", scfg, tmp_path / "mnt").start()
+    # the binding's credentials, from the Secrets the agent made, as the pods mount them
+    keys = await secrets.worker_credentials(apis["serverless"], home, name)
+    token = await secrets.reader_token(apis["serverless"], home, name)
+    assert keys is not None and token
+    worker = WorkerProcess(tmp_path / "w", wcfg, wport, creds=keys).start()
+    sc = SidecarProcess(tmp_path / "sc", scfg, tmp_path / "mnt", token=token).start()
 
     async def replicas() -> int:
         sts = await apps.read_namespaced_stateful_set(f"fluidfed-{name}-cache", home)
@@ -177,7 +183,7 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
         await asyncio.sleep(1.5)
         prom = await asyncio.to_thread(prometheus, sc.status_url)
         got = await asyncio.to_thread(
-            fetch_json, f"http://127.0.0.1:{api_port}/v1/metrics?dataset={name}"
+            fetch_json, f"http://127.0.0.1:{api_port}/v1/metrics?dataset={name}", token
         )
         otlp = got["latest"]["fluidfed-sidecar"]
         prom_bytes = next(v for k, v in prom.items() if k.startswith("fluidfed_read_bytes"))

@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -17,12 +19,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from devkit.local.cluster import free_port
-from devkit.local.processes import SidecarProcess, WorkerProcess, is_mounted
+from devkit.local.processes import (
+    LOCAL_KEY,
+    SidecarProcess,
+    WorkerProcess,
+    is_mounted,
+    local_credentials,
+    local_token,
+)
 from devkit.local.s3 import CREDENTIALS, S3Server
 from devkit.testing import NotYet, eventually_blocking
+from fluidfed import errors
+from fluidfed.data import blocks, credentials, ufs, workers
+from fluidfed.data.layout import FileRef
+from fluidfed.models import Mount
 from sidecar.fs import PREFERRED_IO
 from tests.integration import sources
 
@@ -93,6 +107,15 @@ def sidecar_config(mount: dict[str, Any], peers: list[str], **extra: Any) -> dic
     }
 
 
+def auth(role: Any = "agent", **claims: str) -> dict[str, str]:
+    """The Authorization header of a token of the local binding."""
+    return auth_of(DATASET, role, **claims)
+
+
+def auth_of(dataset: str, role: Any, **claims: str) -> dict[str, str]:
+    return {"Authorization": "Bearer " + local_token(dataset, role, **claims)}
+
+
 class Workers:
     def __init__(
         self, root: Path, mount: dict[str, Any], tiers: Any = None, wrap: tuple[str, ...] = ()
@@ -117,7 +140,8 @@ class Workers:
         return w
 
     def status(self, w: WorkerProcess) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{w.url}/v1/status", timeout=10) as r:
+        req = urllib.request.Request(f"{w.url}/v1/status", headers=auth("agent"))
+        with urllib.request.urlopen(req, timeout=10) as r:
             got: dict[str, Any] = json.load(r)
         return got
 
@@ -359,7 +383,7 @@ def test_a_malformed_touch_report_is_refused_with_the_expected_shape(
     req = urllib.request.Request(
         f"{ws.urls()[0]}/v1/touch",
         data=json.dumps({"blocks": "not a list"}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **auth("reader")},
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=10)
@@ -446,3 +470,169 @@ def test_sigterm_during_reads_unmounts_cleanly(data: Path, sidecars: Any) -> Non
     t.join(10)
     assert not t.is_alive()  # the open file did not hang its reader
     assert outcome
+
+
+# --- who may read, write, drain and load (issue 16) ---------------------------------------
+
+
+async def _block_of(data: Path, rel: str) -> tuple[FileRef, str]:
+    """A file of the local dataset as the sidecar lists it, and its first block's key."""
+    mounts = [Mount(uri=f"file://{data}")]
+    listed = await ufs.list_files(mounts, [ufs.open_ufs(m) for m in mounts])
+    ref = listed[rel]
+    return ref, ref.block_key(DATASET, BLOCK, 0)
+
+
+def _call(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_a_forged_block_is_refused_and_the_mount_keeps_serving_the_source(
+    data: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """The tester's reproduction: a PUT replacing a cached block, then a reader."""
+    want = sources.files(data)
+    mount = {"uri": f"file://{data}"}
+    ws = workers_factory(mount, 1)
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(first.mountpoint, want)  # every block now cached at the worker
+    first.stop()
+    rel = next(k for k, v in want.items() if len(v) > BLOCK)
+    _, key = asyncio.run(_block_of(data, rel))
+    forged = b"forged!" * (BLOCK // 7)
+    put = f"{ws.urls()[0]}/v1/blocks/{key}"
+    crc = {"X-Fluidfed-Checksum": str(blocks.checksum(forged))}
+    other_key = local_token(DATASET, "peer", key=b"x" * 32)
+    attempts = {
+        "no credential": (crc, 401),
+        "a token of another key": ({**crc, "Authorization": f"Bearer {other_key}"}, 401),
+        "a reader's token": ({**crc, **auth("reader")}, 403),
+        "the agent's token": ({**crc, **auth("agent")}, 403),
+        "a peer of another dataset": ({**crc, **auth_of("other", "peer")}, 403),
+    }
+    for what, (headers, status) in attempts.items():
+        got, body = _call(put, "PUT", forged, headers)
+        assert got == status, f"{what}: {got} {body!r}"
+    # a new pod reads the source's bytes, every block from the worker's cache
+    second = sidecars(sidecar_config(mount, ws.urls()))
+    assert (second.mountpoint / rel).read_bytes() == want[rel]
+    read_all(second.mountpoint, want)
+    st = second.status()["blocks"]
+    assert st["worker_hits"] == block_count(want) and st["worker_errors"] == 0
+
+
+def test_a_reader_gets_only_blocks_under_its_sub_path(data: Path, workers_factory: Any) -> None:
+    ws = workers_factory({"uri": f"file://{data}"}, 1)
+    inside = next(k for k in sources.files(data) if k.startswith("part-3/"))
+    outside = next(k for k in sources.files(data) if k.startswith("part-1/"))
+    research = auth("reader", sub_path="part-3", namespace="research")
+
+    async def get(rel: str, headers: dict[str, str]) -> int:
+        ref, key = await _block_of(data, rel)
+        async with aiohttp.ClientSession(headers=headers) as s:
+            try:
+                await workers.get_block(s, ws.urls()[0], key, ref, 0)
+            except errors.WorkerError as err:
+                return err.status
+        return 200
+
+    assert asyncio.run(get(inside, research)) == 200
+    assert asyncio.run(get(outside, research)) == 403  # ml's sub-path, say
+    assert asyncio.run(get(outside, auth("reader"))) == 200  # an entry for the whole dataset
+    assert asyncio.run(get(outside, {})) == 401
+
+
+def test_drain_and_load_answer_only_the_agent(data: Path, workers_factory: Any) -> None:
+    ws = workers_factory({"uri": f"file://{data}"}, 1)
+    url = ws.urls()[0]
+    json_body = {"Content-Type": "application/json"}
+    drain = json.dumps({"peers": ["http://127.0.0.1:9/"]}).encode()
+    for path, body in (("/v1/drain", drain), ("/v1/load", b"{}")):
+        for headers, status in (
+            ({}, 401),
+            (auth("reader"), 403),
+            (auth("peer"), 403),
+            (auth_of("other", "agent"), 403),
+        ):
+            got, said = _call(url + path, "POST", body, {**json_body, **headers})
+            assert got == status, f"{path} {headers}: {got} {said!r}"
+    assert _call(url + "/v1/drain", "POST", drain, {**json_body, **auth("agent")})[0] == 200
+    assert _call(url + "/v1/load", "POST", b"{}", {**json_body, **auth("agent")})[0] == 202
+    assert _call(url + "/v1/status")[0] == 401
+    assert _call(url + "/healthz")[0] == 200  # the kubelet's probe needs none
+
+
+def test_a_worker_without_the_binding_keys_does_not_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "worker.json"
+    cfg.write_text(json.dumps(worker_config({"uri": f"file://{tmp_path}"}, [])))
+    got = subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", "worker", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode != 0
+    assert "a cache worker needs the binding's keys" in got.stderr
+
+
+def test_rotating_the_key_during_reads_keeps_them_going(
+    data: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """The agent's three steps: workers get [new, old]; readers get tokens of the new key;
+    the old key goes. Reads run through all of it and never fall back to the UFS."""
+    want = sources.files(data)
+    mount = {"uri": f"file://{data}"}
+    ws = workers_factory(mount, 2)
+    sc = sidecars(sidecar_config(mount, ws.urls(), metadata_ttl=0.5))
+    read_all(sc.mountpoint, want)  # the workers hold everything
+    new = credentials.new_key()
+    stop = threading.Event()
+    failures: list[str] = []
+    passes = 0
+
+    def reader() -> None:
+        nonlocal passes
+        while not stop.is_set():
+            for rel, body in want.items():
+                # drop the kernel's and the sidecar's copies: every pass asks the workers
+                with open(sc.mountpoint / rel, "rb") as f:
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                    if f.read() != body:
+                        failures.append(rel)
+            passes += 1
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        steps = [
+            lambda: [
+                w.write_credentials(local_credentials([new, LOCAL_KEY], sign=1)) for w in ws.procs
+            ],
+            lambda: sc.write_token(local_token(DATASET, key=new)),
+            lambda: [w.write_credentials(local_credentials([new])) for w in ws.procs],
+        ]
+        for step in steps:
+            step()
+            for w in ws.procs:
+                w.reload()
+            sc.reload()
+            time.sleep(1.5)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not failures
+    assert passes >= 1
+    st = sc.status()["blocks"]
+    assert st["worker_errors"] == 0 and st["ufs_reads"] == 0, st
+    # the old key is gone: its tokens are refused now
+    old = {"Authorization": "Bearer " + local_token(DATASET, "agent")}
+    assert _call(f"{ws.urls()[0]}/v1/status", headers=old)[0] == 401
+    new_agent = {"Authorization": "Bearer " + local_token(DATASET, "agent", key=new)}
+    assert _call(f"{ws.urls()[0]}/v1/status", headers=new_agent)[0] == 200

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
+from devkit.local import secrets
 from devkit.local.cluster import free_port
 from devkit.local.processes import SidecarProcess, WorkerProcess
 from devkit.testing import eventually
-from fluidfed.models import CacheSpec, CacheTier, Mount, Placement
+from fluidfed.models import Access, CacheSpec, CacheTier, Mount, Placement
 from fluidfed.units import ByteSize
 from tests.integration import sources
 from tests.integration.conftest import Fleet, cli, dataset
@@ -49,6 +50,7 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
         name,
         mounts=[Mount(uri=f"file://{data}")],
         placement=Placement(clusters=["serverless"]),
+        access=[Access(namespace=f"{name}-home")],  # the whole dataset
         cache=CacheSpec(
             replicas=2,
             block_size=ByteSize(BLOCK),
@@ -71,11 +73,17 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
 
     cfg = await eventually(worker_json, "worker.json naming the agent's API")
     assert cfg["workers"]["statefulset"] == f"fluidfed-{name}-cache"
+    # the binding's credentials, from the Secrets the agent made, as the pods mount them
+    keys = await secrets.worker_credentials(apis["serverless"], f"{name}-home", name)
+    token = await secrets.reader_token(apis["serverless"], f"{name}-home", name)
+    assert keys is not None and token
     # here the pods are processes on loopback rather than the StatefulSet's pods
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     cfg["workers"] = {"endpoints": urls}
-    workers = [WorkerProcess(tmp_path / f"w{i}", cfg, p).start() for i, p in enumerate(ports)]
+    workers = [
+        WorkerProcess(tmp_path / f"w{i}", cfg, p, creds=keys).start() for i, p in enumerate(ports)
+    ]
     try:
         # asking about a cluster the dataset is not on is refused, and changes nothing
         bad = cli(fleet.hub, "dataset", "load", name, "--cluster", "edge")
@@ -104,7 +112,7 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
             "block_size": BLOCK,
             "workers": {"endpoints": urls},
         }
-        sc = SidecarProcess(tmp_path / "sc", side, tmp_path / "mnt").start()
+        sc = SidecarProcess(tmp_path / "sc", side, tmp_path / "mnt", token=token).start()
         try:
             for rel, body in want.items():
                 assert (sc.mountpoint / rel).read_bytes() == body

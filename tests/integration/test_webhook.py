@@ -12,8 +12,9 @@ from cryptography import x509
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from devkit.local import secrets
 from devkit.testing import eventually
-from fluidfed.models import CacheSpec, CacheTier, Placement
+from fluidfed.models import Access, CacheSpec, CacheTier, Placement
 from fluidfed.units import ByteSize
 from tests.integration.conftest import Fleet, bound_view, dataset
 
@@ -114,6 +115,17 @@ async def test_native_injection_denial_and_certificate_rotation(
     assert stored.metadata.labels["fluidfed.io/injected"] == "true"
     cfg = next(v for v in stored.spec.volumes if v.config_map is not None)
     assert cfg.config_map.name == f"fluidfed-{name}"
+    # the reader token of the namespace, mounted 0600 into the sidecar only
+    creds = next(v for v in stored.spec.volumes if v.secret is not None)
+    assert (creds.secret.secret_name, creds.secret.default_mode) == (
+        f"fluidfed-{name}-reader",
+        0o600,
+    )
+    assert any(m.name == creds.name for m in side.volume_mounts)
+    assert stored.metadata.labels[f"fluidfed.io/reader-{name}"] == "true"
+    keys_before = await secrets.worker_credentials(apis["serverless"], home, name)
+    token_before = await secrets.reader_token(apis["serverless"], home, name)
+    assert keys_before is not None and len(keys_before.keys) == 1
 
     # a namespace the access list does not allow is refused, with the reason
     try:
@@ -135,6 +147,16 @@ async def test_native_injection_denial_and_certificate_rotation(
         return serving_serial(url) != before
 
     await eventually(renewed, "a new serving certificate")
+
+    # ... and a key rotation: the new key is handed out beside the old one, which still
+    # signs (the readers' tokens do not change until every worker holds the new key)
+    async def rotated() -> Any:
+        got = await secrets.worker_credentials(apis["serverless"], home, name)
+        return got if got is not None and len(got.keys) == 2 else None
+
+    keys = await eventually(rotated, "the binding's keys rotated")
+    assert keys.keys[1] == keys_before.keys[0] and keys.sign == 1
+    assert await secrets.reader_token(apis["serverless"], home, name) == token_before
     got = await core.create_namespaced_pod(home, app_pod("train-2", name))
     assert got.spec.init_containers[0].name == f"fluidfed-{name}"
 
@@ -150,7 +172,13 @@ async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
     ]
     async with fleet.admin() as hub:
         await hub.apply_dataset(
-            dataset(name, placement=Placement(clusters=["edge"]), cache=CacheSpec(tiers=tiers))
+            dataset(
+                name,
+                placement=Placement(clusters=["edge"]),
+                cache=CacheSpec(tiers=tiers),
+                # the whole dataset: only such readers see the node's block files
+                access=[Access(namespace=f"{name}-home")],
+            )
         )
     await ready(fleet, name, "edge")
     core, batch = client.CoreV1Api(apis["edge"]), client.BatchV1Api(apis["edge"])

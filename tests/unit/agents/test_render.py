@@ -1,14 +1,16 @@
 """What a binding becomes in its cluster, checked object by object."""
 
+import base64
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from agents import render
 from devkit import testing
 from fluidfed import codec, names
-from fluidfed.data import layout
+from fluidfed.data import credentials, layout
 from fluidfed.data.layout import SidecarConfig, WorkerConfig
 from fluidfed.models import (
     Access,
@@ -20,6 +22,8 @@ from fluidfed.models import (
 )
 
 CTX = render.ClusterContext(name="edge-1", kind="edge", worker_image="img:1")
+NEW, OLD = b"n" * 32, b"o" * 32
+CREDS = render.DataCredentials(keys=[NEW, OLD], sign=1)
 
 
 def binding(mode: MountMode = "sidecar", **kw: Any) -> Binding:
@@ -27,10 +31,13 @@ def binding(mode: MountMode = "sidecar", **kw: Any) -> Binding:
         "imagenet",
         namespace="ml",
         mounts=[Mount(uri="s3://b/p", secret="creds", options={"endpoint": "http://s3"})],
-        access=[
-            Access(namespace="ml", sub_path="train"),
-            Access(namespace="research", sub_path="val"),
-        ],
+        access=kw.pop(
+            "access",
+            [
+                Access(namespace="ml", sub_path="train"),
+                Access(namespace="research", sub_path="val"),
+            ],
+        ),
         cache=CacheSpec(
             replicas=2,
             tiers=[
@@ -52,7 +59,7 @@ def by_kind(objs: list[dict]) -> dict[str, list[dict]]:  # type: ignore[type-arg
 
 
 def test_sidecar_binding_objects() -> None:
-    objs = render.desired(binding(), CTX)
+    objs = render.desired(binding(), CTX, CREDS)
     kinds = by_kind(objs)
     assert [o["metadata"]["name"] for o in kinds["Namespace"]] == ["ml", "research"]
     assert objs[0]["kind"] == "Namespace"  # namespaces first
@@ -88,7 +95,8 @@ def test_sidecar_binding_objects() -> None:
     assert {"name": "tier-1-ssd", "mountPath": seen} in c["volumeMounts"]
     assert wcfg.tiers[1].path == seen + "/{pod}" and wcfg.tiers[0].path == ""
     assert layout.own_tiers(wcfg.tiers, "w-0")[1].path == seen + "/w-0"
-    assert cfg.short_circuit is True
+    # research reads val/ only: not the node's block files, which hold every sub-path
+    assert cfg.short_circuit is False
     assert "tolerations" not in pod  # an edge node needs none
     (svc,) = kinds["Service"]
     assert svc["spec"]["clusterIP"] == "None"
@@ -100,8 +108,17 @@ def test_sidecar_binding_objects() -> None:
     assert "Dataset" not in kinds
 
 
+def test_only_readers_of_the_whole_dataset_read_the_nodes_block_files() -> None:
+    b = binding(access=[Access(namespace="ml"), Access(namespace="research", sub_path="val")])
+    cms = {
+        o["metadata"]["namespace"]: o for o in by_kind(render.desired(b, CTX, CREDS))["ConfigMap"]
+    }
+    assert json.loads(cms["ml"]["data"]["sidecar.json"])["short_circuit"] is True
+    assert json.loads(cms["research"]["data"]["sidecar.json"])["short_circuit"] is False
+
+
 def test_serverless_workers_tolerate_the_virtual_node() -> None:
-    objs = render.desired(binding(), render.ClusterContext(name="s", kind="serverless"))
+    objs = render.desired(binding(), render.ClusterContext(name="s", kind="serverless"), CREDS)
     (sts,) = by_kind(objs)["StatefulSet"]
     assert sts["spec"]["template"]["spec"]["tolerations"] == [render.VIRTUAL_NODE_TOLERATION]
     # virtual nodes refuse hostPath and share no node with the pods: the pod's own disk,
@@ -113,7 +130,7 @@ def test_serverless_workers_tolerate_the_virtual_node() -> None:
 
 
 def test_csi_binding_is_fluid_objects_with_references() -> None:
-    kinds = by_kind(render.desired(binding("csi"), CTX))
+    kinds = by_kind(render.desired(binding("csi"), CTX, CREDS))
     assert "StatefulSet" not in kinds and "ConfigMap" not in kinds
     home, ref = kinds["Dataset"]
     assert home["metadata"]["namespace"] == "ml"
@@ -143,7 +160,7 @@ def test_runtime_kind_follows_the_engine(engine: str, kind: str) -> None:
     b = binding("csi")
     ds = testing.dataset("d", uri="s3://b", cache=CacheSpec(engine=engine))  # type: ignore[arg-type]
     b2 = testing.binding(ds, mode="csi")
-    assert kind in by_kind(render.desired(b2, CTX))
+    assert kind in by_kind(render.desired(b2, CTX, CREDS))
     assert b.spec.cache.engine == "thin"
 
 
@@ -158,3 +175,94 @@ def test_long_names_are_cut_and_stay_unique() -> None:
 )
 def test_quantities_are_canonical(n: int, q: str) -> None:
     assert render.quantity(n) == q
+
+
+def _secret_file(secret: dict[str, Any]) -> credentials.CredentialFile:
+    raw = base64.b64decode(secret["data"][names.CREDENTIALS_FILE])
+    return msgspec.json.decode(raw, type=credentials.CredentialFile)
+
+
+def test_the_binding_keys_are_a_secret_in_the_home_namespace_mounted_0600_by_the_workers() -> None:
+    objs = render.desired(binding(), CTX, CREDS)
+    secrets = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o for o in by_kind(objs)["Secret"]
+    }
+    keys = _secret_file(secrets[("ml", "fluidfed-imagenet-keys")])
+    assert [credentials.decode_key(k) for k in keys.keys] == [NEW, OLD] and keys.sign == 1
+    assert not keys.token
+    (sts,) = by_kind(objs)["StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["credentials"]["secret"] == {
+        "secretName": "fluidfed-imagenet-keys",
+        "defaultMode": 0o600,
+    }
+    c = pod["containers"][0]
+    assert {"name": "credentials", "mountPath": "/etc/fluidfed-credentials", "readOnly": True} in c[
+        "volumeMounts"
+    ]
+    cm = next(o for o in by_kind(objs)["ConfigMap"] if o["metadata"]["namespace"] == "ml")
+    wcfg = json.loads(cm["data"]["worker.json"])
+    assert wcfg["credentials_file"] == "/etc/fluidfed-credentials/credentials.json"
+    # in a pod the worker binds the pod's address, given explicitly (loopback otherwise)
+    assert c["args"][-2:] == ["--host", "$(POD_IP)"]
+    assert c["env"] == [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    ]
+
+
+def test_each_access_namespace_gets_a_reader_token_of_its_sub_path_and_no_configmap_holds_one() -> (
+    None
+):
+    objs = render.desired(binding(), CTX, CREDS)
+    readers = {
+        o["metadata"]["namespace"]: _secret_file(o)
+        for o in by_kind(objs)["Secret"]
+        if o["metadata"]["name"] == "fluidfed-imagenet-reader"
+    }
+    assert set(readers) == {"ml", "research"}
+    # signed by the key the agent says signs (the old one, while the new one spreads)
+    claims = credentials.verify(readers["research"].token, [OLD])
+    assert claims == credentials.Claims(
+        role="reader", dataset="imagenet", namespace="research", sub_path="val"
+    )
+    assert credentials.verify(readers["ml"].token, [OLD]).sub_path == "train"
+    with pytest.raises(credentials.Refused):
+        credentials.verify(readers["ml"].token, [NEW])
+    for cm in by_kind(objs)["ConfigMap"]:
+        text = json.dumps(cm)
+        assert readers["ml"].token not in text and readers["research"].token not in text
+        assert base64.b64encode(NEW).decode() not in text
+    side = json.loads(
+        next(o for o in by_kind(objs)["ConfigMap"] if o["metadata"]["namespace"] == "research")[
+            "data"
+        ]["sidecar.json"]
+    )
+    assert side["credentials_file"] == "/etc/fluidfed-credentials/imagenet/credentials.json"
+
+
+def test_rendering_is_stable_so_an_unchanged_secret_is_not_applied_again() -> None:
+    assert render.desired(binding(), CTX, CREDS) == render.desired(binding(), CTX, CREDS)
+
+
+def test_the_workers_admit_only_the_datasets_readers_their_peers_and_the_agent() -> None:
+    (pol,) = by_kind(render.desired(binding(), CTX, CREDS))["NetworkPolicy"]
+    (sts,) = by_kind(render.desired(binding(), CTX, CREDS))["StatefulSet"]
+    assert pol["metadata"]["namespace"] == "ml"
+    spec = pol["spec"]
+    assert spec["podSelector"] == {"matchLabels": sts["spec"]["selector"]["matchLabels"]}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": 7070, "protocol": "TCP"}]
+    peers, readers, agent = rule["from"]
+    assert peers == {"podSelector": spec["podSelector"]}
+    assert readers["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ml", "research"]}
+    ]
+    assert readers["podSelector"] == {"matchLabels": {"fluidfed.io/reader-imagenet": "true"}}
+    assert agent["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "fluidfed-agent"}}
+
+
+def test_csi_bindings_get_no_secrets() -> None:
+    kinds = by_kind(render.desired(binding("csi"), CTX, render.DataCredentials(keys=())))
+    assert "Secret" not in kinds and "NetworkPolicy" not in kinds

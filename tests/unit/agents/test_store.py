@@ -80,3 +80,30 @@ def test_hearing_from_the_hub_again_wakes_the_reporter(tmp_path: Path) -> None:
     s.hub_lost()
     s.heard_from_hub(12.0)
     assert s.wake_reporter.is_set()
+
+
+def test_a_binding_gets_keys_once_they_survive_a_restart_and_retiring_drops_them(
+    tmp_path: Path,
+) -> None:
+    state = AgentState(cluster="edge", bindings={"d.edge": binding("d")})
+    assert store.rotate_keys(state, "d.edge", now=0.0, every=0.0, grace=60.0)
+    assert not store.rotate_keys(state, "d.edge", now=1e6, every=0.0, grace=60.0)
+    file = StateFile(tmp_path)
+    file.save(state)
+    assert (tmp_path / "state.json").stat().st_mode & 0o077 == 0  # it holds keys: 0600
+    again = file.load("edge")
+    assert again.keys == state.keys  # a restart does not rotate them
+    (key,) = store.keys_of_dataset(again, "d")
+    assert len(key) == 32 and store.keys_of_dataset(again, "other") == []
+    store.retire(state, "d.edge", finalize=True)
+    assert "d.edge" not in state.keys
+
+
+def test_a_due_rotation_keeps_the_old_key_beside_the_new_one() -> None:
+    state = AgentState(cluster="edge", bindings={"d.edge": binding("d")})
+    store.rotate_keys(state, "d.edge", now=0.0, every=100.0, grace=10.0)
+    old = state.keys["d.edge"][0]
+    assert store.rotate_keys(state, "d.edge", now=100.0, every=100.0, grace=10.0)
+    assert state.keys["d.edge"][1] == old and len(store.keys_of_dataset(state, "d")) == 2
+    assert store.rotate_keys(state, "d.edge", now=120.0, every=100.0, grace=10.0)
+    assert len(state.keys["d.edge"]) == 1 and state.keys["d.edge"][0] != old

@@ -3,13 +3,14 @@ tier, and the status it reports to its agent as the agent reads it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from agents.registry import Registry
 from agents.worker.core import Worker, remaining_peers
-from fluidfed.data import protocol
+from fluidfed.data import credentials, protocol
 from fluidfed.data.layout import FileRef, Peers, WorkerConfig
 from fluidfed.models import CacheTier, Mount
 from fluidfed.units import ByteSize
@@ -23,6 +24,9 @@ def test_a_leaving_worker_hands_over_to_lower_ordinals_only() -> None:
     assert remaining_peers(["http://a", "http://b"], "http://a") == ["http://b"]
 
 
+KEY = b"w" * 32
+
+
 @pytest.fixture
 async def worker(tmp_path: Path) -> Worker:
     (tmp_path / "data").mkdir()
@@ -34,7 +38,11 @@ async def worker(tmp_path: Path) -> Worker:
         tiers=[CacheTier(medium="MEM", quota=ByteSize(2**20))],
         workers=Peers(endpoints=["http://w:7070"]),
     )
-    return await Worker(cfg, url="http://w:7070/", cache_root=tmp_path / "cache").open()
+    creds = tmp_path / "credentials.json"
+    credentials.write_file(creds, credentials.CredentialFile(keys=[credentials.encode_key(KEY)]))
+    return await Worker(
+        cfg, url="http://w:7070/", cache_root=tmp_path / "cache", credentials_path=creds
+    ).open()
 
 
 async def test_a_block_is_read_once_then_served_from_the_cache(worker: Worker) -> None:
@@ -76,5 +84,40 @@ async def test_what_the_worker_reports_is_what_the_agent_sums(worker: Worker) ->
 async def test_draining_to_nobody_moves_nothing(worker: Worker) -> None:
     try:
         assert await worker.drain([worker.url]) == protocol.DrainResult(moved=0, bytes=0, failed=0)
+    finally:
+        await worker.close()
+
+
+async def test_a_rotation_is_taken_from_the_credentials_file(
+    worker: Worker, tmp_path: Path
+) -> None:
+    new = b"n" * 32
+    try:
+        reader = credentials.Claims(role="reader", dataset="train")
+        old_header = "Bearer " + credentials.sign(reader, KEY)
+        assert worker.verifier.claims(old_header) == reader
+        assert worker.session is not None
+        peer_header = worker.session.headers["Authorization"]
+        assert credentials.verify(credentials.bearer(peer_header), [KEY]).role == "peer"
+        assert not worker.reload_credentials()  # unchanged: nothing to do
+        # [new, old], the old one still signing: both verify, this worker signs with old
+        path = worker.credentials.path
+        held = credentials.CredentialFile(
+            keys=[credentials.encode_key(new), credentials.encode_key(KEY)], sign=1
+        )
+        credentials.write_file(path, held)
+        os.utime(path, (1e9, 1e9))
+        assert worker.reload_credentials()
+        assert worker.verifier.claims("Bearer " + credentials.sign(reader, new)) == reader
+        assert worker.verifier.claims(old_header) == reader
+        assert worker.session.headers["Authorization"] == peer_header
+        # then the new one signs, and the old one goes
+        credentials.write_file(path, credentials.CredentialFile(keys=[credentials.encode_key(new)]))
+        os.utime(path, (2e9, 2e9))
+        assert worker.reload_credentials()
+        with pytest.raises(credentials.Refused):
+            worker.verifier.claims(old_header)
+        now = credentials.bearer(worker.session.headers["Authorization"])
+        assert credentials.verify(now, [new]).role == "peer"
     finally:
         await worker.close()

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from agents.webhook import mutate as m
-from fluidfed.models import CacheSpec, CacheTier, Capabilities
+from fluidfed.models import Access, CacheSpec, CacheTier, Capabilities
 from fluidfed.units import ByteSize
 from tests.unit.agents.webhook.pods import BINDINGS, LEGACY, PRIV, apply_patch, binding, pod
 
@@ -59,13 +59,36 @@ def test_pvc_style_native_sidecar() -> None:
     assert out["metadata"]["annotations"]["fluidfed.io/sidecar-mode"] == "native"
 
 
+def test_the_sidecar_gets_its_namespaces_reader_token_and_the_pod_the_readers_label() -> None:
+    out = injected(pod(), ns="research")
+    spec = out["spec"]
+    vol = next(v for v in spec["volumes"] if v["name"] == "fluidfed-credentials-imagenet")
+    # the Secret the agent renders in the pod's own namespace, files readable by the owner
+    assert vol["secret"] == {"secretName": "fluidfed-imagenet-reader", "defaultMode": 0o600}
+    (side,) = spec["initContainers"]
+    assert {
+        "name": "fluidfed-credentials-imagenet",
+        "mountPath": "/etc/fluidfed-credentials/imagenet",
+        "readOnly": True,
+    } in side["volumeMounts"]
+    # the app containers never see it
+    for c in spec["containers"]:
+        assert all(
+            mnt["name"] != "fluidfed-credentials-imagenet" for mnt in c.get("volumeMounts", [])
+        )
+    # the cache workers' NetworkPolicy admits pods with this label
+    assert out["metadata"]["labels"]["fluidfed.io/reader-imagenet"] == "true"
+
+
 def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
     b = binding("ssd")
     tiers = [
         CacheTier(medium="MEM", quota=ByteSize(2**30)),
         CacheTier(medium="SSD", quota=ByteSize(2**34), path="/mnt/nvme"),
     ]
-    spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers))
+    # ml reads the whole dataset; research only val/
+    access = [Access(namespace="ml"), Access(namespace="research", sub_path="val")]
+    spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers), access=access)
     bindings = {"ssd": msgspec.structs.replace(b, spec=spec)}
     asks = pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}])
     out = m.mutate(asks, "ml", bindings, PRIV).pod
@@ -86,6 +109,11 @@ def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
     remote = m.mutate(asks, "ml", bindings, PRIV, m.SidecarSettings(short_circuit=False)).pod
     assert remote is not None
     assert not any("hostPath" in v for v in remote["spec"]["volumes"])
+    # the node's block files hold every sub-path's blocks: a sub-path reader asks the
+    # worker, which checks its sub-path, and never sees them
+    sub = m.mutate(asks, "research", bindings, PRIV).pod
+    assert sub is not None
+    assert not any("hostPath" in v for v in sub["spec"]["volumes"])
 
 
 def test_legacy_sidecar_first_with_a_poststart_gate() -> None:
