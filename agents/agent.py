@@ -29,7 +29,7 @@ from pathlib import Path
 from aiohttp import web
 
 from agents import api as agent_api
-from agents import render
+from agents import objects
 from agents.controllers import heartbeat, hubsync, kinds, reconciler, reporter, resync
 from agents.controllers import warmup as warmups
 from agents.controllers import webhook as sidecar_webhook
@@ -109,7 +109,7 @@ class Agent:
         refresh = resync.StatusRefresh(store, figures, cfg.status_interval, cfg.metrics_window)
         # cache workers register here before the first reconcile, so their config has its URL
         api, api_url = await self._start_api(refresh.on_metrics)
-        ctx = render.ClusterContext(
+        ctx = objects.ClusterContext(
             name=self.cluster.name,
             kind=self.cluster.kind,
             worker_image=cfg.worker_image,

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from agents import render
+from agents import fluid, objects
 from fluidfed import names
 from fluidfed.models import Binding, BindingStatus, Figures, LoadStatus
 from fluidfed.units import parse_size
@@ -48,13 +48,13 @@ def compute(
     hit_ratio: float | None = None
     fluid_phase = ""
     if b.mode == "sidecar":
-        sts = live.get(("apps/v1", "StatefulSet", ds.namespace, render.cache_name(ds.name)))
+        sts = live.get(("apps/v1", "StatefulSet", ds.namespace, objects.cache_name(ds.name)))
         ready = int(_dict(_dict(sts).get("status")).get("readyReplicas") or 0)
     else:
         api = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
         dataset = _dict(live.get((api, "Dataset", ds.namespace, ds.name)))
         runtime = _dict(
-            live.get((api, render.RUNTIME_KINDS[ds.cache.engine], ds.namespace, ds.name))
+            live.get((api, fluid.RUNTIME_KINDS[ds.cache.engine], ds.namespace, ds.name))
         )
         st = _dict(dataset.get("status"))
         fluid_phase = str(st.get("phase") or "")

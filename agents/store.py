@@ -12,7 +12,7 @@ import asyncio
 
 import msgspec
 
-from agents import render
+from agents import trust
 from agents.state import AgentState, StateFile
 from fluidfed import codec
 from fluidfed.data import credentials
@@ -112,7 +112,7 @@ class Store:
             await self.save()
             self.wake_reporter.set()
 
-    async def data_credentials(self, name: str, now: float) -> render.DataCredentials:
+    async def data_credentials(self, name: str, now: float) -> trust.DataCredentials:
         """Binding `name`'s keys, made or rotated as due (and saved before anything
         signed by a new key leaves the agent), and the one that signs now."""
         force = name in self.rotate_now
@@ -121,10 +121,10 @@ class Store:
             await self.save()
         return self.signing(name, now)
 
-    def signing(self, name: str, now: float) -> render.DataCredentials:
+    def signing(self, name: str, now: float) -> trust.DataCredentials:
         """Binding `name`'s keys as they are (none if it has none yet)."""
         entries = self.state.keys.get(name, [])
-        return render.DataCredentials(
+        return trust.DataCredentials(
             keys=[credentials.decode_key(e.key) for e in entries],
             sign=credentials.signing(entries, now, self.grace),
         )

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agents import render
+from agents import objects, render, trust
 from agents.agent import Agent
 from agents.kube import Kube, api_client
 from devkit.local import cluster
@@ -138,7 +138,7 @@ async def run(n: int) -> dict[str, object]:
             await asyncio.gather(task2, return_exceptions=True)
 
             # --- baseline: the same objects applied straight from a loop ------------
-            ctx = render.ClusterContext(name="edge", kind="serverless")
+            ctx = objects.ClusterContext(name="edge", kind="serverless")
             from fluidfed.data import credentials
             from fluidfed.models import ClusterRecord
             from hub import placement
@@ -146,7 +146,7 @@ async def run(n: int) -> dict[str, object]:
             objs = []
             for ds in datasets(n, "bench-raw"):
                 b = placement.place(ds, 1, [ClusterRecord(spec=spec)], {})["edge"]
-                creds = render.DataCredentials(keys=[credentials.new_key()])
+                creds = trust.DataCredentials(keys=[credentials.new_key()])
                 objs += render.desired(b, ctx, creds)
             seen_ns: set[str] = set()
             t2 = time.monotonic()

@@ -29,7 +29,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from agents import render
+from agents import objects
 from devkit.local import binaries, cluster, paths, s3, secrets
 from devkit.local.processes import (
     AgentProcess,
@@ -421,7 +421,7 @@ class Demo:
         lc = next(c for c in self.clusters if c.kind == "serverless")
         async with await lc.api_client() as api:
             cm = await client.CoreV1Api(api).read_namespaced_config_map(
-                render.config_name("imagenet"), "ml"
+                objects.config_name("imagenet"), "ml"
             )
             # and the credentials it keeps in Secrets, as the pods would mount them
             creds = await secrets.worker_credentials(api, "ml", "imagenet")
@@ -525,13 +525,13 @@ class Demo:
 
         async with await edge.api_client() as api:
             core = client.CoreV1Api(api)
-            await core.delete_namespaced_config_map(render.config_name("imagenet"), "ml")
+            await core.delete_namespaced_config_map(objects.config_name("imagenet"), "ml")
             self.note("deleted ConfigMap ml/fluidfed-imagenet on the edge by hand")
             t0 = time.monotonic()
             async with asyncio.timeout(60):
                 while True:
                     with contextlib.suppress(client.ApiException):
-                        await core.read_namespaced_config_map(render.config_name("imagenet"), "ml")
+                        await core.read_namespaced_config_map(objects.config_name("imagenet"), "ml")
                         break
                     await asyncio.sleep(0.2)
             self.note(f"the edge agent restored it in {time.monotonic() - t0:.1f}s, hub still down")

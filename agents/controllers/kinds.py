@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from agents import informer, render
+from agents import fluid, informer
 from agents import live as live_objects
 from agents.kube import Kube
 from agents.live import LiveCache
@@ -32,7 +32,7 @@ SIDECAR_KINDS = [
     ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
 ]
 FLUID_API = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
-FLUID_KINDS = [(FLUID_API, "Dataset"), *((FLUID_API, k) for k in render.RUNTIME_KINDS.values())]
+FLUID_KINDS = [(FLUID_API, "Dataset"), *((FLUID_API, k) for k in fluid.RUNTIME_KINDS.values())]
 OWNED_KINDS = SIDECAR_KINDS + FLUID_KINDS
 OWNED = f"{names.MANAGED_BY}={names.AGENT}"
 

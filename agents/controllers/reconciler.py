@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from agents import diff, render, status
+from agents import diff, objects, render, status, trust
 from agents import live as live_objects
 from agents.controllers.warmup import WarmUps
 from agents.controllers.webhook import SidecarWebhook
@@ -33,7 +33,7 @@ log = logging.getLogger("fluidfed.agent.reconciler")
 @dataclasses.dataclass(eq=False)
 class Reconciler:
     kube: Kube
-    ctx: render.ClusterContext
+    ctx: objects.ClusterContext
     live: LiveCache
     store: Store
     queue: WorkQueue
@@ -77,7 +77,7 @@ class Reconciler:
         creds = (
             await self.store.data_credentials(name, time.time())
             if b.mode == "sidecar"
-            else render.DataCredentials(keys=())
+            else trust.DataCredentials(keys=())
         )
         wanted = render.desired(b, self.ctx, creds)
         keep = {live_objects.key_of(o) for o in wanted}

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agents import render
+from agents import objects, render
 from agents.queue import WorkQueue
 from agents.store import Store
 from agents.webhook import mutate
@@ -30,7 +30,7 @@ log = logging.getLogger("fluidfed.agent.webhook")
 class SidecarWebhook:
     cfg: AgentConfig
     cluster: Cluster
-    ctx: render.ClusterContext
+    ctx: objects.ClusterContext
     store: Store
     queue: WorkQueue
     directory: Path
@@ -53,7 +53,7 @@ class SidecarWebhook:
             image=self.cfg.sidecar_image,
             cpu=self.cfg.sidecar_cpu,
             memory=self.cfg.sidecar_memory,
-            short_circuit=render.short_circuit(self.ctx.kind),
+            short_circuit=objects.short_circuit(self.ctx.kind),
         )
         return mutate.mutate(pod, namespace, bindings, self.cluster.capabilities, settings)
 

@@ -16,7 +16,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents import render
+from agents import objects, render, trust
 from fluidfed import names
 from fluidfed.models import Access, Binding, Capabilities
 
@@ -188,15 +188,15 @@ def mutate(
                 v.clear()
                 v.update({"name": vol_name, "emptyDir": {}})
         config_vol = _unique(f"fluidfed-config-{ds}", taken_volumes)
-        volumes.append({"name": config_vol, "configMap": {"name": render.config_name(ds)}})
+        volumes.append({"name": config_vol, "configMap": {"name": objects.config_name(ds)}})
         # the reader token of this namespace's access entry, from the agent's Secret
         creds_vol = _unique(f"fluidfed-credentials-{ds}", taken_volumes)
         volumes.append(
             {
                 "name": creds_vol,
                 "secret": {
-                    "secretName": render.reader_secret_name(ds),
-                    "defaultMode": render.SECRET_MODE,
+                    "secretName": trust.reader_secret_name(ds),
+                    "defaultMode": trust.SECRET_MODE,
                 },
             }
         )
@@ -230,7 +230,7 @@ def mutate(
                 {"name": config_vol, "mountPath": f"{CONFIG_ROOT}/{ds}", "readOnly": True},
                 {
                     "name": creds_vol,
-                    "mountPath": posixpath.dirname(render.sidecar_credentials_file(ds)),
+                    "mountPath": posixpath.dirname(trust.sidecar_credentials_file(ds)),
                     "readOnly": True,
                 },
             ],
@@ -238,7 +238,7 @@ def mutate(
         if settings.short_circuit and render.reads_whole_dataset(entry):
             for vol, mnt in render.short_circuit_volumes(b.spec):
                 name = _unique(
-                    render.k8s_name("fluidfed", ds, vol["name"], limit=60), taken_volumes
+                    objects.k8s_name("fluidfed", ds, vol["name"], limit=60), taken_volumes
                 )
                 volumes.append({**vol, "name": name})
                 sidecar["volumeMounts"].append({**mnt, "name": name})
@@ -275,7 +275,7 @@ def mutate(
     out_labels = out_meta.setdefault("labels", {})
     out_labels[names.INJECTED_LABEL] = "true"
     for ds, _ in asked:  # the workers' NetworkPolicy admits the dataset's readers
-        out_labels[render.reader_label(ds)] = "true"
+        out_labels[trust.reader_label(ds)] = "true"
     annotations = out_meta.setdefault("annotations", {})
     annotations[names.INJECTED_ANNOTATION] = ",".join(done)
     annotations[names.MODE_ANNOTATION] = "native" if native else "legacy"

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from kubernetes_asyncio import client
 
-from agents import render
+from agents import trust
 from fluidfed import names
 from fluidfed.data import credentials
 
@@ -29,10 +29,10 @@ async def worker_credentials(
     api: Any, namespace: str, dataset: str
 ) -> credentials.CredentialFile | None:
     """The binding's keys, as its worker pods get them (None until the agent made them)."""
-    return await _read(api, namespace, render.keys_secret_name(dataset))
+    return await _read(api, namespace, trust.keys_secret_name(dataset))
 
 
 async def reader_token(api: Any, namespace: str, dataset: str) -> str | None:
     """The reader token of `namespace`'s access entry, as its sidecars get it."""
-    got = await _read(api, namespace, render.reader_secret_name(dataset))
+    got = await _read(api, namespace, trust.reader_secret_name(dataset))
     return got.token if got is not None else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import render
+from agents import objects
 from agents.controllers import reconciler, warmup, webhook
 from agents.kube import Kube, api_client
 from agents.live import LiveCache
@@ -43,7 +43,7 @@ def make(
     store = Store(StateFile(tmp_path), AgentState(cluster="edge", bindings={b.name: b}))
     queue = WorkQueue(Backoff(base=0.05, cap=1.0))
     live = LiveCache()
-    ctx = render.ClusterContext(name="edge")
+    ctx = objects.ClusterContext(name="edge")
     registry = Registry(ttl=10)
     figures = Observed(registry, MetricWindow(window=60), store)
     hook = webhook.SidecarWebhook(

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from agents import render
+from agents import objects, render, trust
 from devkit import testing
 from fluidfed import codec, names
 from fluidfed.data import credentials, layout
@@ -21,9 +21,9 @@ from fluidfed.models import (
     Resources,
 )
 
-CTX = render.ClusterContext(name="edge-1", kind="edge", worker_image="img:1")
+CTX = objects.ClusterContext(name="edge-1", kind="edge", worker_image="img:1")
 NEW, OLD = b"n" * 32, b"o" * 32
-CREDS = render.DataCredentials(keys=[NEW, OLD], sign=1)
+CREDS = trust.DataCredentials(keys=[NEW, OLD], sign=1)
 
 
 def binding(mode: MountMode = "sidecar", **kw: Any) -> Binding:
@@ -118,9 +118,9 @@ def test_only_readers_of_the_whole_dataset_read_the_nodes_block_files() -> None:
 
 
 def test_serverless_workers_tolerate_the_virtual_node() -> None:
-    objs = render.desired(binding(), render.ClusterContext(name="s", kind="serverless"), CREDS)
+    objs = render.desired(binding(), objects.ClusterContext(name="s", kind="serverless"), CREDS)
     (sts,) = by_kind(objs)["StatefulSet"]
-    assert sts["spec"]["template"]["spec"]["tolerations"] == [render.VIRTUAL_NODE_TOLERATION]
+    assert sts["spec"]["template"]["spec"]["tolerations"] == [objects.VIRTUAL_NODE_TOLERATION]
     # virtual nodes refuse hostPath and share no node with the pods: the pod's own disk,
     # and sidecars that do not look for block files
     vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
@@ -165,8 +165,8 @@ def test_runtime_kind_follows_the_engine(engine: str, kind: str) -> None:
 
 
 def test_long_names_are_cut_and_stay_unique() -> None:
-    a = render.cache_name("a" * 63)
-    b = render.cache_name("a" * 62 + "b")
+    a = objects.cache_name("a" * 63)
+    b = objects.cache_name("a" * 62 + "b")
     assert len(a) <= 52 and len(b) <= 52 and a != b
 
 
@@ -174,7 +174,7 @@ def test_long_names_are_cut_and_stay_unique() -> None:
     ("n", "q"), [(2**30, "1Gi"), (1536 * 2**20, "1536Mi"), (2**40, "1Ti"), (1000, "1000")]
 )
 def test_quantities_are_canonical(n: int, q: str) -> None:
-    assert render.quantity(n) == q
+    assert objects.quantity(n) == q
 
 
 def _secret_file(secret: dict[str, Any]) -> credentials.CredentialFile:
@@ -264,5 +264,5 @@ def test_the_workers_admit_only_the_datasets_readers_their_peers_and_the_agent()
 
 
 def test_csi_bindings_get_no_secrets() -> None:
-    kinds = by_kind(render.desired(binding("csi"), CTX, render.DataCredentials(keys=())))
+    kinds = by_kind(render.desired(binding("csi"), CTX, trust.DataCredentials(keys=())))
     assert "Secret" not in kinds and "NetworkPolicy" not in kinds
