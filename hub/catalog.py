@@ -8,10 +8,8 @@ also an entry of the watch log, from which agents resume by revision.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import msgspec
 
@@ -30,9 +28,8 @@ from fluidfed.models import (
     DatasetRecord,
     DatasetView,
     LoadRequest,
-    WatchEvent,
 )
-from hub import auth, consistency, placement
+from hub import auth, consistency, placement, watchlog
 from hub.store import Delete, Op, Put, Store
 
 CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"
@@ -55,13 +52,6 @@ def _check_binding_names(ops: list[Op], path: str) -> None:
             errors.BadRequest.unless_valid(problems)
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    revision: int
-    cluster: str
-    line: bytes  # the encoded WatchEvent, newline-terminated: encoded once, sent to many
-
-
 class Catalog:
     def __init__(
         self,
@@ -79,7 +69,6 @@ class Catalog:
         self.lease_duration = lease_duration
         self.clock = clock
         self.revision = 0
-        self.compacted = 0
         self.clusters: dict[str, ClusterRecord] = {}
         self.datasets: dict[str, DatasetRecord] = {}
         self.bindings: dict[str, Binding] = {}
@@ -87,9 +76,7 @@ class Catalog:
         self.token_hashes: dict[str, str] = {}
         self.decisions: dict[str, list[AutoscaleDecision]] = {}
         self.heartbeats: dict[str, float] = {}
-        self._log: list[LogEntry] = []
-        self._log_revisions: list[int] = []
-        self._log_bytes = 0
+        self.log = watchlog.WatchLog(history, history_bytes)
         self._store_compacted = 0
         self._write = asyncio.Lock()
         self._tick = asyncio.Event()
@@ -99,7 +86,7 @@ class Catalog:
 
     async def load(self) -> None:
         snap = await self.store.load()
-        self.revision, self.compacted = snap.revision, snap.compacted
+        self.revision, self.log.compacted = snap.revision, snap.compacted
         for (kind, name), value in snap.records.items():
             if kind == CLUSTER:
                 self.clusters[name] = _cluster_dec.decode(value)
@@ -116,7 +103,7 @@ class Catalog:
         for ev in snap.events:
             if ev.kind == BINDING and ev.value is not None:
                 b = _binding_dec.decode(ev.value)
-                self._append_log(ev.revision, "ADDED" if ev.type == "put" else "DELETED", b)
+                self.log.append(ev.revision, "ADDED" if ev.type == "put" else "DELETED", b)
         now = self.clock()
         # the hub was away, not the agents: give every cluster a fresh lease to prove itself
         self.heartbeats = {name: now for name in self.clusters}
@@ -133,13 +120,12 @@ class Catalog:
             (b for b in self.bindings.values() if b.cluster == cluster), key=lambda b: b.name
         )
 
-    def events_since(self, revision: int, cluster: str | None) -> list[LogEntry]:
-        if revision < self.compacted:
-            raise errors.Compacted(revision, self.compacted)
-        if revision > self.revision:
-            raise errors.RevisionAhead(revision, self.revision)
-        start = bisect.bisect_right(self._log_revisions, revision)
-        return [e for e in self._log[start:] if cluster is None or e.cluster == cluster]
+    @property
+    def compacted(self) -> int:
+        return self.log.compacted
+
+    def events_since(self, revision: int, cluster: str | None) -> list[watchlog.LogEntry]:
+        return self.log.since(revision, cluster, self.revision)
 
     def dataset_view(self, name: str) -> DatasetView:
         rec = self.datasets.get(name)
@@ -449,11 +435,12 @@ class Catalog:
         for op in ops:
             self._apply(rev, op)
         self._since_compaction += len(ops)
-        if self._since_compaction > self.history // 10 or self.compacted > self._store_compacted:
+        log = self.log
+        if self._since_compaction > self.history // 10 or log.compacted > self._store_compacted:
             self._since_compaction = 0
             # the store forgets at least what the log forgot (the log may trim by bytes)
-            self._store_compacted = await self.store.compact(self.history, self.compacted)
-            self.compacted = max(self.compacted, self._store_compacted)
+            self._store_compacted = await self.store.compact(self.history, log.compacted)
+            log.compacted = max(log.compacted, self._store_compacted)
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
@@ -467,7 +454,7 @@ class Catalog:
                 b = _binding_dec.decode(op.value)
                 etype = "MODIFIED" if op.name in self.bindings else "ADDED"
                 self.bindings[op.name] = b
-                self._append_log(rev, etype, b)
+                self.log.append(rev, etype, b)
             elif op.kind == STATUS:
                 self.statuses[op.name] = _status_dec.decode(op.value)
             elif op.kind == TOKEN:
@@ -482,37 +469,13 @@ class Catalog:
         elif op.kind == BINDING:
             gone = self.bindings.pop(op.name, None)
             if gone is not None:
-                self._append_log(rev, "DELETED", gone)
+                self.log.append(rev, "DELETED", gone)
         elif op.kind == STATUS:
             self.statuses.pop(op.name, None)
         elif op.kind == TOKEN:
             self.token_hashes.pop(op.name, None)
         elif op.kind == DECISIONS:
             self.decisions.pop(op.name, None)
-
-    def _append_log(self, rev: int, etype: str, b: Binding) -> None:
-        line = codec.encode(WatchEvent(type=etype, revision=rev, object=b)) + b"\n"  # type: ignore[arg-type]
-        self._log.append(LogEntry(rev, b.cluster, line))
-        self._log_revisions.append(rev)
-        self._log_bytes += len(line)
-        over_count = len(self._log) > self.history + self.history // 4
-        over_bytes = self._log_bytes > self.history_bytes + self.history_bytes // 4
-        if over_count or over_bytes:
-            # trim in chunks, to the count and the size bounds; whole revisions only: a
-            # watch resumes between revisions
-            cut, kept = max(0, len(self._log) - self.history), self._log_bytes
-            kept -= sum(len(e.line) for e in self._log[:cut])
-            while kept > self.history_bytes and cut < len(self._log) - 1:
-                kept -= len(self._log[cut].line)
-                cut += 1
-            if cut == 0:
-                return
-            dropped = self._log_revisions[cut - 1]
-            cut = bisect.bisect_right(self._log_revisions, dropped)
-            self._log_bytes -= sum(len(e.line) for e in self._log[:cut])
-            del self._log[:cut]
-            del self._log_revisions[:cut]
-            self.compacted = max(self.compacted, dropped)
 
 
 def _same_binding(a: Binding, b: Binding) -> bool:

@@ -1,0 +1,67 @@
+"""The hub's watch log: every binding event of the kept history, encoded once and sent to
+every watcher. Pure. Bounded by count and by bytes; trimmed in chunks and by whole
+revisions only, since a watch resumes between revisions, never inside one."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from fluidfed import codec, errors
+from fluidfed.models import Binding, WatchEvent
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    revision: int
+    cluster: str
+    line: bytes  # the encoded WatchEvent, newline-terminated: encoded once, sent to many
+
+
+class WatchLog:
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count  # events kept, at most ...
+        self.size = size  # ... and bytes
+        self.compacted = 0  # watches from before this revision are Gone
+        self._entries: list[LogEntry] = []
+        self._revisions: list[int] = []
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, rev: int, etype: str, b: Binding) -> None:
+        event = WatchEvent(type=etype, revision=rev, object=b)  # type: ignore[arg-type]
+        line = codec.encode(event) + b"\n"
+        self._entries.append(LogEntry(rev, b.cluster, line))
+        self._revisions.append(rev)
+        self.bytes += len(line)
+        over_count = len(self._entries) > self.count + self.count // 4
+        if over_count or self.bytes > self.size + self.size // 4:
+            self._trim()
+
+    def _trim(self) -> None:
+        entries = self._entries
+        cut = max(0, len(entries) - self.count)
+        kept = self.bytes - sum(len(e.line) for e in entries[:cut])
+        while kept > self.size and cut < len(entries) - 1:
+            kept -= len(entries[cut].line)
+            cut += 1
+        if cut == 0:
+            return
+        dropped = self._revisions[cut - 1]
+        cut = bisect.bisect_right(self._revisions, dropped)
+        self.bytes -= sum(len(e.line) for e in entries[:cut])
+        del entries[:cut]
+        del self._revisions[:cut]
+        self.compacted = max(self.compacted, dropped)
+
+    def since(self, revision: int, cluster: str | None, current: int) -> list[LogEntry]:
+        """The events after `revision` (of `cluster`, or all); Gone for a revision older
+        than the kept history or newer than `current`."""
+        if revision < self.compacted:
+            raise errors.Compacted(revision, self.compacted)
+        if revision > current:
+            raise errors.RevisionAhead(revision, current)
+        start = bisect.bisect_right(self._revisions, revision)
+        return [e for e in self._entries[start:] if cluster is None or e.cluster == cluster]
