@@ -23,10 +23,9 @@ from fluidfed.models import (
     ErrorBody,
     ListResult,
     Registered,
-    WatchEvent,
 )
 from fluidfed.units import format_size
-from hub import auth, openapi
+from hub import auth, openapi, watch
 from hub.autoscaler import Autoscaler
 from hub.catalog import Catalog
 
@@ -361,45 +360,22 @@ async def _watch(
     cat.events_since(revision, cluster)  # 410 before the stream starts if compacted
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
-    interval = request.app[BOOKMARK_INTERVAL]
-    closing = request.app[CLOSING]
-    request.app[INSTRUMENTS].watches.add(1)
+    watches = request.app[INSTRUMENTS].watches
+    watches.add(1)
     try:
-        while True:
-            tick = cat.tick
-            try:
-                entries = cat.events_since(revision, cluster)
-            except errors.Gone:
-                # fell behind compaction while streaming: say so in-band and end the stream
-                gone = WatchEvent(type="ERROR", revision=cat.revision, error="410 Gone")
-                await resp.write(codec.encode(gone) + b"\n")
-                break
-            if entries:
-                await resp.write(b"".join(e.line for e in entries))
-                revision = entries[-1].revision
-                continue
-            if closing.is_set():
-                break  # the hub is stopping: end the stream, the agent reconnects
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(tick, closing), timeout=interval)
-                continue
-            # quiet for a while: a bookmark moves the watcher's revision forward
-            revision = max(revision, cat.revision)
-            await resp.write(codec.encode(WatchEvent(type="BOOKMARK", revision=revision)) + b"\n")
+        await watch.stream(
+            resp,
+            cat,
+            cluster,
+            revision,
+            interval=request.app[BOOKMARK_INTERVAL],
+            closing=request.app[CLOSING],
+        )
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        request.app[INSTRUMENTS].watches.add(-1)
+        watches.add(-1)
     return resp
-
-
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 
 
 def _binding(request: web.Request) -> Binding:
