@@ -204,10 +204,9 @@ def mutate(
         for c in containers + inits:
             for m in c.get("volumeMounts") or []:
                 if m.get("name") == vol_name:
+                    # the sidecar mounts the access entry's sub-path as the root: the pod's
+                    # own subPath (if any) is below it, the entry's is not applied again
                     m["mountPropagation"] = "HostToContainer"
-                    sub = posixpath.join(entry.sub_path, m.get("subPath", "")).strip("/")
-                    if sub:
-                        m["subPath"] = sub
                     if entry.read_only:
                         m["readOnly"] = True
         sidecar: dict[str, Any] = {

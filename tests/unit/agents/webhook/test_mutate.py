@@ -49,9 +49,8 @@ def test_pvc_style_native_sidecar() -> None:
         "name": "data",
         "mountPath": "/data",
         "mountPropagation": "HostToContainer",
-        "subPath": "train",
         "readOnly": True,
-    }
+    }  # no subPath: the sidecar mounts the entry's sub-path (train) as its root
     cfg = next(v for v in spec["volumes"] if v["name"] == "fluidfed-config-imagenet")
     assert cfg["configMap"]["name"] == "fluidfed-imagenet"
     assert out["metadata"]["labels"]["fluidfed.io/injected"] == "true"
@@ -139,7 +138,7 @@ def test_annotation_style_and_namespace_access_entry() -> None:
     )
     out = injected(p, ns="research")
     mount = out["spec"]["containers"][0]["volumeMounts"][0]
-    assert mount["subPath"] == "val/2024"  # the access entry's sub-path, then the pod's own
+    assert mount["subPath"] == "2024"  # the pod's own, below the sidecar's root (val)
     assert "readOnly" not in mount  # the entry is not read-only: the pod keeps its own setting
 
 
