@@ -18,6 +18,14 @@ NEEDED = (
     "kubectl",
     "kwok",
     "minio",
+    # a real node: kubelet, containerd (+ ctr, the runc shim), runc, CNI loopback, pause
+    "kubelet",
+    "containerd",
+    "ctr",
+    "containerd-shim-runc-v2",
+    "runc",
+    "cni/loopback",
+    "pause",
 )
 SCRIPT = Path(__file__).with_name("testbin.sh")
 
