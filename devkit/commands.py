@@ -39,6 +39,11 @@ def _register_local(sub: Any) -> None:
         action="store_true",
         help="install Fluid's Dataset and Runtime CRDs (a cluster with Fluid)",
     )
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="add one real node (kubelet + containerd + runc, its own network namespace); root",
+    )
     p.set_defaults(run=run_up)
     p = loc_sub.add_parser("list", help="list local clusters")
     p.set_defaults(run=run_list)
@@ -59,7 +64,7 @@ def _say(msg: str) -> None:
 def run_up(args: argparse.Namespace) -> int:
     from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
-    c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args))
+    c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args), real_node=args.real_node)
 
     async def go() -> cluster.ClusterState:
         state = await c.up(_say)
@@ -102,7 +107,10 @@ def run_down(args: argparse.Namespace) -> int:
     async def go() -> None:
         for n in names:
             state = cluster.load_state(base / n)
-            await cluster.LocalCluster(n, state.kind if state else "standard", base_dir=base).down()
+            kind = state.kind if state else "standard"
+            left = await cluster.LocalCluster(n, kind, base_dir=base).down()
+            for what in left:
+                output.err_console.print(f"[yellow]warning:[/yellow] {n}: {what} left behind")
             output.console.print(f"cluster {n} stopped and removed")
 
     asyncio.run(go())
