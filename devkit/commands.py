@@ -45,6 +45,16 @@ def _register_local(sub: Any) -> None:
         help="add one real node (kubelet + containerd + runc, its own network namespace); root",
     )
     p.set_defaults(run=run_up)
+    p = loc_sub.add_parser("image", help="the fluidfed image, built without Docker")
+    img_sub = p.add_subparsers(dest="image_command", required=True)
+    p = img_sub.add_parser(
+        "build", help="build (or find in the cache) the image; print its OCI archive"
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.add_argument(
+        "--load", metavar="CLUSTER", help="import it into the real node of this local cluster"
+    )
+    p.set_defaults(run=run_image_build)
     p = loc_sub.add_parser("list", help="list local clusters")
     p.set_defaults(run=run_list)
     p = loc_sub.add_parser("down", help="stop clusters and remove their files")
@@ -75,6 +85,20 @@ def run_up(args: argparse.Namespace) -> int:
 
     state = asyncio.run(go())
     output.console.print(state.kubeconfig)
+    return 0
+
+
+def run_image_build(args: argparse.Namespace) -> int:
+    from devkit.local import cluster, image  # the CLI starts fast; daemons skip it
+
+    built = image.build_fluidfed(_say, force=args.force)
+    how = f"built in {built.seconds}s" if built.seconds else "from the cache"
+    _say(f"{built.ref}: {built.bytes / 2**20:.0f} MiB, {how}")
+    if args.load:
+        base = _base(args) or cluster.default_base_dir()
+        seconds = asyncio.run(cluster.load_image(base / args.load, built))
+        _say(f"{built.ref}: imported into {args.load}'s real node in {seconds:.1f}s")
+    output.console.print(built.archive)
     return 0
 
 

@@ -27,7 +27,7 @@ import aiohttp
 import msgspec
 import yaml
 
-from devkit.local import binaries, netns, paths, realnode
+from devkit.local import binaries, image, netns, paths, realnode
 from fluidfed import names, pki
 from fluidfed.errors import LocalClusterError
 from fluidfed.models import CLUSTER_KINDS, ClusterKind
@@ -616,6 +616,20 @@ def load_state(cluster_dir: Path) -> ClusterState | None:
         return msgspec.json.decode(f.read_bytes(), type=ClusterState)
     except msgspec.DecodeError:
         return None
+
+
+async def load_image(cluster_dir: Path, built: image.BuiltImage) -> float:
+    """Import a built image into a running cluster's real node; seconds taken."""
+    state = load_state(cluster_dir)
+    if state is None or state.real_node is None or not running(state):
+        raise LocalClusterError(
+            f"no running local cluster with a real node in {cluster_dir}: "
+            "start one with `fluidfed local up NAME --real-node`"
+        )
+    name = built.ref.rsplit(":", 1)[0]
+    return await asyncio.to_thread(
+        realnode.load_image, state.real_node, binaries.cache_dir(), Path(built.archive), name
+    )
 
 
 def stop_state(state: ClusterState) -> list[str]:

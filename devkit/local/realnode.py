@@ -473,3 +473,10 @@ def _is(pid: int, binary: str) -> bool:
     except OSError:
         return False
     return argv0.endswith(binary.encode())
+
+
+def load_image(state: NodeState, bins: Path, archive: Path, base_name: str) -> float:
+    """Import an OCI archive into the node's containerd for pods (`imagePullPolicy:
+    Never`); seconds taken."""
+    address = str(Path(state.dir) / "containerd.sock")
+    return image.import_image(bins / "ctr", address, archive, base_name)
