@@ -33,7 +33,7 @@ FLUIDFED_REF = f"{FLUIDFED_NAME}:{fluidfed.__version__}"
 
 # what the image is made of; any change here, in the sources or in the Debian suite makes a
 # new image (the cache key is the hash of all of it)
-RECIPE = 1
+RECIPE = 2
 SUITE = "bookworm"
 MIRRORS = (
     f"deb http://deb.debian.org/debian {SUITE} main",
@@ -248,6 +248,11 @@ def mmdebstrap_argv(wheels: Path, target: Path) -> list[str]:
         f"--customize-hook={chroot} {VENV}/bin/pip install -q --no-index"
         f" --find-links /tmp/wheels 'fluidfed[fuse]'",
         f"--customize-hook={chroot} {VENV}/bin/pip uninstall -q -y pip setuptools",
+        # a named 65532 (as distroless's nonroot): the kubelet runs a numeric image user
+        # with the group of its passwd entry, root's when there is none
+        f"--customize-hook={chroot} groupadd -g 65532 nonroot",
+        f"--customize-hook={chroot} useradd -u 65532 -g 65532 -M -d /nonexistent"
+        " -s /usr/sbin/nologin nonroot",
         '--customize-hook=rm -rf "$1"/tmp/wheels "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*',
         SUITE, str(target), *MIRRORS,
     ]  # fmt: skip
