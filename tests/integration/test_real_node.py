@@ -1,0 +1,324 @@
+"""A real node (kubelet + containerd + runc) in a local serverless cluster, and fluidfed's
+own image in pods on it: the node is Ready as a virtual node, the image runs `fluidfed`,
+and a privileged native FUSE sidecar serves a dataset to the app container of its pod.
+
+The cluster with its real node starts once per test session; its `down` must leave
+nothing behind (processes, network namespace, veth, cgroups, mounts, host sysctls).
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client
+
+from devkit.local import binaries, cluster, image, netns, realnode
+from fluidfed import names
+from fluidfed.errors import LocalClusterError
+from tests.integration.conftest import eventually
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="a real node needs root"),
+]
+
+NS = "default"
+
+
+def _host_mounts() -> str:
+    return Path("/proc/self/mounts").read_text()
+
+
+def _cgroups_of(state: realnode.NodeState) -> list[str]:
+    return [c for c in state.cgroups if Path(c).exists()]
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.LocalCluster]:
+    """A serverless cluster whose real node stands in for the virtual node."""
+    base = tmp_path_factory.mktemp("real")
+    sysctls = realnode._read_sysctls()
+    lc = cluster.LocalCluster("real", "serverless", base_dir=base, real_node=True)
+    asyncio.run(lc.up(print))
+    state = lc.state
+    assert state is not None and state.real_node is not None
+    node_state = state.real_node
+    try:
+        yield lc
+    finally:
+        left = asyncio.run(lc.down())
+        assert left == [], f"left behind: {left}"
+        alive = [f"{b}:{p}" for b, p in state.pids.items() if cluster._alive(p, b)]
+        assert alive == [], f"processes left behind: {alive}"
+        assert netns.leftovers(node_state.network) == []
+        assert _cgroups_of(node_state) == []
+        assert str(base) not in _host_mounts()
+        assert realnode._read_sysctls() == sysctls
+
+
+@pytest.fixture(scope="session")
+def fluidfed_image(real_cluster: cluster.LocalCluster) -> image.BuiltImage:
+    built = image.build_fluidfed(print)
+    print(f"image {built.ref}: {built.bytes / 2**20:.0f} MiB, built in {built.seconds}s")
+    seconds = asyncio.run(cluster.load_image(real_cluster.dir, built))
+    print(f"imported in {seconds:.1f}s")
+    return built
+
+
+def _on_real_node(spec: dict[str, Any]) -> dict[str, Any]:
+    taint = cluster.VIRTUAL_NODE_TAINT
+    return {
+        "nodeSelector": {realnode.REAL_NODE_LABEL: "true"},
+        "tolerations": [{"key": taint["key"], "operator": "Exists", "effect": "NoSchedule"}],
+        "hostNetwork": True,  # the loopback CNI plugin alone: the node's network
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 10,
+        **spec,
+    }
+
+
+async def _run_pod(api: Any, pod: dict[str, Any], within: float = 120) -> Any:
+    """Create the pod, wait until it has finished; the pod (phase Succeeded or Failed)."""
+    core = client.CoreV1Api(api)
+    name = pod["metadata"]["name"]
+    await core.create_namespaced_pod(NS, pod)
+
+    async def finished() -> Any:
+        p = await core.read_namespaced_pod(name, NS)
+        return p if p.status.phase in ("Succeeded", "Failed") else None
+
+    return await eventually(finished, f"pod {name} to finish", within)
+
+
+async def _logs(api: Any, pod: str, container: str) -> str:
+    # raw: the client would parse a log that looks like JSON into a dict
+    resp = await client.CoreV1Api(api).read_namespaced_pod_log(
+        pod, NS, container=container, _preload_content=False
+    )
+    body: bytes = await resp.read()
+    return body.decode()
+
+
+async def test_real_node_is_ready_as_the_flavours_node_and_kwok_leaves_it_alone(
+    real_cluster: cluster.LocalCluster,
+) -> None:
+    async with await real_cluster.api_client() as api:
+        node = await client.CoreV1Api(api).read_node(realnode.NODE_NAME)
+    ready = {c.type: c.status for c in node.status.conditions}["Ready"]
+    assert ready == "True"
+    # the kubelet reports it, not kwok
+    assert node.status.node_info.kubelet_version == binaries.K8S_VERSION
+    assert node.status.node_info.container_runtime_version == "containerd://2.1.9"
+    assert cluster.KWOK_NODE_ANNOTATION not in (node.metadata.annotations or {})
+    # a serverless real node is a virtual node: label and taint
+    assert node.metadata.labels["alibabacloud.com/virtual-node"] == "true"
+    assert [t.key for t in node.spec.taints] == [names.VIRTUAL_NODE_TAINT]
+    state = real_cluster.state
+    assert state is not None and state.real_node is not None
+    assert node.status.addresses[0].address == state.real_node.network.node_ip
+    # the API server listens on the veth's host side and on loopback through the forwarder,
+    # never on every interface
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+    port = state.server.rsplit(":", 1)[1]
+    local = {line.split()[3] for line in listening.splitlines()}
+    assert f"{state.real_node.network.host_ip}:{port}" in local
+    assert f"127.0.0.1:{port}" in local
+    assert f"0.0.0.0:{port}" not in local and f"*:{port}" not in local
+
+
+async def test_fluidfed_image_runs_fluidfed_as_65532_without_the_dev_kit(
+    real_cluster: cluster.LocalCluster, fluidfed_image: image.BuiltImage
+) -> None:
+    venv = image.VENV
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "fluidfed-help"},
+        "spec": _on_real_node(
+            {
+                "containers": [
+                    # the image's entrypoint and user, as configs/deploy/Dockerfile has them
+                    {
+                        "name": "help",
+                        "image": fluidfed_image.ref,
+                        "imagePullPolicy": "Never",
+                        "args": ["--help"],
+                    },
+                    {
+                        "name": "inside",
+                        "image": fluidfed_image.ref,
+                        "imagePullPolicy": "Never",
+                        "command": [
+                            "sh",
+                            "-c",
+                            f"id -u; id -g; ls {venv}/lib/python3*/site-packages | grep -c "
+                            "'^devkit' || true",
+                        ],
+                    },
+                ]
+            }
+        ),
+    }
+    async with await real_cluster.api_client() as api:
+        done = await _run_pod(api, pod)
+        help_text = await _logs(api, "fluidfed-help", "help")
+        inside = (await _logs(api, "fluidfed-help", "inside")).split()
+    assert done.status.phase == "Succeeded", done.status
+    assert "usage: fluidfed" in help_text
+    for command in ("hub", "agent", "sidecar", "worker"):
+        assert command in help_text
+    assert "demo" not in help_text  # the dev kit's commands are not in the image
+    assert inside == ["65532", "65532", "0"]
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Files of a few sizes (one across several blocks) and their sha256."""
+    d = tmp_path_factory.mktemp("dataset")
+    sums = {}
+    for name, size in (("a.bin", 1), ("b.bin", 70_000), ("big/c.bin", 9 * 2**20 + 3)):
+        data = os.urandom(size)
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(data)
+        sums[name] = hashlib.sha256(data).hexdigest()
+    d.chmod(0o755)
+    return d, sums
+
+
+READER = """
+import hashlib, json, os, sys
+root = sys.argv[1]
+sums = {}
+for d, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(d, f)
+        with open(p, "rb") as fh:
+            sums[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+print(json.dumps(sums))
+"""
+
+
+def _kubelet_mounts(lc: cluster.LocalCluster) -> str:
+    """The mounts as the node sees them (its own mount namespace)."""
+    assert lc.state is not None
+    pid = lc.state.pids["kubelet"]
+    return subprocess.run(
+        ["nsenter", "-t", str(pid), "-m", "cat", "/proc/self/mounts"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+async def test_native_fuse_sidecar_serves_the_dataset_to_the_app_container(
+    real_cluster: cluster.LocalCluster,
+    fluidfed_image: image.BuiltImage,
+    dataset_dir: tuple[Path, dict[str, str]],
+) -> None:
+    src, sums = dataset_dir
+    ready = "/tmp/fluidfed-local.ready"
+    mountpoint = "/shared/local"
+    sidecar = {
+        "name": "fluidfed-sidecar",
+        "image": fluidfed_image.ref,
+        "imagePullPolicy": "Never",
+        "restartPolicy": "Always",  # native sidecar
+        "args": [
+            "sidecar",
+            "mount",
+            "--dataset",
+            "local",
+            "--uri",
+            "file:///data",
+            "--mountpoint",
+            mountpoint,
+            "--ready-file",
+            ready,
+        ],
+        "securityContext": {"privileged": True, "runAsUser": 0, "runAsNonRoot": False},
+        "startupProbe": {
+            "exec": {"command": ["test", "-f", ready]},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        },
+        "volumeMounts": [
+            {"name": "shared", "mountPath": "/shared", "mountPropagation": "Bidirectional"},
+            {"name": "data", "mountPath": "/data", "readOnly": True},
+        ],
+    }
+    app = {
+        "name": "app",
+        "image": fluidfed_image.ref,
+        "imagePullPolicy": "Never",
+        "command": ["python3", "-c", READER, mountpoint],
+        "volumeMounts": [
+            {"name": "shared", "mountPath": "/shared", "mountPropagation": "HostToContainer"}
+        ],
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "reader"},
+        "spec": _on_real_node(
+            {
+                "initContainers": [sidecar],
+                "containers": [app],
+                "volumes": [
+                    {"name": "shared", "emptyDir": {}},
+                    {"name": "data", "hostPath": {"path": str(src), "type": "Directory"}},
+                ],
+            }
+        ),
+    }
+    async with await real_cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        done = await _run_pod(api, pod, within=180)
+        out = await _logs(api, "reader", "app")
+        assert done.status.phase == "Succeeded", (
+            done.status,
+            await _logs(api, "reader", "fluidfed-sidecar"),
+        )
+        # every file of the dataset, read through FUSE inside the pod, with its checksum
+        assert json.loads(out.strip().splitlines()[-1]) == sums
+        # the mount lived in the node's mount namespace only, and goes with the pod
+        assert " fuse" not in _host_mounts().replace("fusectl", "")
+        await core.delete_namespaced_pod("reader", NS)
+
+        async def gone() -> bool:
+            with contextlib.suppress(client.ApiException):
+                await core.read_namespaced_pod("reader", NS)
+                return False
+            return True
+
+        await eventually(gone, "the pod to be deleted", 60)
+    assert mountpoint not in _kubelet_mounts(real_cluster)
+    assert "fuse.fluidfed" not in _kubelet_mounts(real_cluster)
+
+
+async def test_a_bad_node_start_is_a_clear_error_with_the_kubelets_log_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_cluster: cluster.LocalCluster
+) -> None:
+    good = realnode.kubelet_args
+    monkeypatch.setattr(realnode, "kubelet_args", lambda *a: [*good(*a), "--no-such-flag-fluidfed"])
+    lc = cluster.LocalCluster("bad", "edge", base_dir=tmp_path, real_node=True)
+    t0 = time.monotonic()
+    with pytest.raises(LocalClusterError) as err:
+        await lc.up()
+    assert time.monotonic() - t0 < 60
+    message = str(err.value)
+    assert "real node real-node" in message
+    assert "unknown flag: --no-such-flag-fluidfed" in message  # the kubelet's own words
+    net = netns.NodeNetwork(
+        netns=netns.names_for(lc.dir)[0], host_if=netns.names_for(lc.dir)[1],
+        node_if="", host_ip="", node_ip="",
+    )  # fmt: skip
+    assert netns.leftovers(net) == []
+    await lc.down()
