@@ -355,16 +355,26 @@ DOUBLE_SUB_PATH = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize("sub", ["", pytest.param("part-1", marks=DOUBLE_SUB_PATH)])
-async def test_injected_native_sidecar_serves_its_namespaces_sub_path_in_a_pod(
+@pytest.mark.parametrize(
+    ("sub", "native"),
+    [
+        ("", True),
+        ("", False),  # the legacy form: the sidecar ends with the app, the pod completes
+        pytest.param("part-1", True, marks=DOUBLE_SUB_PATH),
+    ],
+)
+async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_pod(
     real_cluster: cluster.LocalCluster,
     fluidfed_image: image.BuiltImage,
     tmp_path: Path,
     sub: str,
+    native: bool,
 ) -> None:
     """The whole sidecar path on the real node: hub, agent (sidecar image = the image built
     here), webhook; the app container of an injected pod reads its namespace's part of the
-    dataset through the sidecar's FUSE mount, and the pod's deletion leaves no mount."""
+    dataset through the sidecar's FUSE mount, the pod completes (in the legacy form too,
+    where the sidecar is a regular container that must leave with the app), and the pod's
+    deletion leaves no mount."""
     state = real_cluster.state
     assert state is not None and state.network is not None
     src = sources.make_dataset(tmp_path / "src", count=40)
@@ -374,12 +384,12 @@ async def test_injected_native_sidecar_serves_its_namespaces_sub_path_in_a_pod(
         for p in top.rglob("*")
         if p.is_file() and p.name != ufs.MANIFEST
     }
-    name = f"podread{sub.replace('-', '')}"
+    name = f"podread{sub.replace('-', '')}{'' if native else 'legacy'}"
     home = f"{name}-home"
     hub = HubProcess(tmp_path / "hub").start()
     agent = AgentProcess(
         tmp_path, "real", "serverless", str(real_cluster.kubeconfig_path), hub.url,
-        hub.admin_token, capabilities={"privileged": True},
+        hub.admin_token, capabilities={"privileged": True, "native_sidecar": native},
     )  # fmt: skip
     agent.write_config(
         sidecar_image=json.dumps(fluidfed_image.ref), worker_image=json.dumps(fluidfed_image.ref)
@@ -428,8 +438,13 @@ async def test_injected_native_sidecar_serves_its_namespaces_sub_path_in_a_pod(
             async with await real_cluster.api_client() as api:
                 core = client.CoreV1Api(api)
                 injected = await create_when_webhook_is_registered(core, home, pod)
-                sidecar = injected.spec.init_containers[0]
-                assert (sidecar.image, sidecar.restart_policy) == (fluidfed_image.ref, "Always")
+                if native:
+                    sidecar = injected.spec.init_containers[0]
+                    assert sidecar.restart_policy == "Always"
+                else:
+                    sidecar = injected.spec.containers[0]
+                    assert injected.spec.share_process_namespace is True
+                assert sidecar.image == fluidfed_image.ref
 
                 async def finished() -> Any:
                     p = await core.read_namespaced_pod("app", home)
