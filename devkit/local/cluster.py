@@ -246,6 +246,8 @@ class LocalCluster:
             return existing
         if existing is not None:
             await asyncio.to_thread(stop_state, existing)
+        if self.real_node:
+            realnode.check_host()
         bins = await binaries.ensure(say)
         t0 = time.monotonic()
         if self.dir.exists():

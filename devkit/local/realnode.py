@@ -343,6 +343,19 @@ def release_sysctls(netns_name: str) -> None:
 # --- lifecycle ---------------------------------------------------------------------------
 
 
+def check_host() -> None:
+    """What a real node needs of this machine, said before anything starts."""
+    if os.geteuid() != 0:
+        raise LocalClusterError("a real node needs root (network namespace, mounts, cgroups)")
+    missing = [t for t in ("ip", "nsenter", "unshare", "mount", "umount") if not shutil.which(t)]
+    if missing:
+        raise LocalClusterError(
+            f"a real node needs {', '.join(missing)}: apt-get install iproute2 util-linux mount"
+        )
+    if not hierarchies():
+        raise LocalClusterError(f"a real node needs the cgroup hierarchies under {CGROUP_FS}")
+
+
 def prepare(
     cluster_dir: Path,
     bins: Path,

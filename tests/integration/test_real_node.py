@@ -567,3 +567,25 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
         agent.stop()
         print(f"--- agent log (tail) ---\n{agent.log_text()[-3000:]}")
         hub.stop()
+
+
+async def test_the_unprivileged_form_is_refused_by_the_api_server(
+    real_cluster: cluster.LocalCluster, fluidfed_image: image.BuiltImage
+) -> None:
+    """SYS_ADMIN and /dev/fuse without the privileged flag: the API server refuses the
+    Bidirectional propagation a sidecar needs to share its mount, so the webhook must not
+    offer that form (what Kubernetes answers is recorded here)."""
+    pod = _fuse_pod("unprivileged", fluidfed_image.ref, Path("/nonexistent"))
+    side = pod["spec"]["initContainers"][0]
+    side["securityContext"] = {"privileged": False, "capabilities": {"add": ["SYS_ADMIN"]}}
+    pod["spec"]["volumes"].append(
+        {"name": "fuse", "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}}
+    )
+    side["volumeMounts"].append({"name": "fuse", "mountPath": "/dev/fuse"})
+    async with await real_cluster.api_client() as api:
+        with pytest.raises(client.ApiException) as err:
+            await client.CoreV1Api(api).create_namespaced_pod(NS, pod, dry_run="All")
+    assert err.value.status == 422
+    assert "Bidirectional mount propagation is available only to privileged containers" in (
+        err.value.body
+    )
