@@ -1,6 +1,8 @@
 """A real node's own network namespace: a veth pair with a /30, the host side and the node
 side, and nothing else (no default route, the host's ip_forward untouched), so that the node
-and its hostNetwork pods reach only the host-side address.
+and its pods reach only the host-side address. Pods off the host network get a /24 behind
+the node (a bridge in its namespace); the host routes that /24 to the node side, so the
+host reaches them and they reach the host without address translation.
 
 Namespace and interface names are global on the machine: they derive from a hash of the
 cluster's directory, so two clusters of the same name in different directories never meet.
@@ -21,8 +23,10 @@ import msgspec
 
 from fluidfed.errors import LocalClusterError
 
-# the /30s the project hands out: private, away from the usual Docker/Kubernetes ranges
+# the /30s and the pods' /24s the project hands out: private, away from the usual
+# Docker/Kubernetes ranges
 POOL = ipaddress.IPv4Network("10.213.0.0/16")
+POD_POOL = ipaddress.IPv4Network("10.214.0.0/16")
 LOCK = Path("/run/fluidfed/netns.lock")
 
 
@@ -33,6 +37,7 @@ class NodeNetwork(msgspec.Struct, frozen=True, kw_only=True):
     host_ip: str
     node_ip: str
     prefix: int = 30
+    pod_cidr: str = ""  # the pods' /24 behind the node (bridge + host-local)
 
     @property
     def netns_path(self) -> str:
@@ -46,17 +51,22 @@ def names_for(cluster_dir: Path) -> tuple[str, str, str]:
     return f"fluidfed-{tag}", f"ffh{tag}", f"ffn{tag}"
 
 
-def pick_subnet(seed: str, used: Iterable[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
-    """The first /30 of the pool, from a place given by `seed`, that overlaps nothing in
+def pick_subnet(
+    seed: str,
+    used: Iterable[ipaddress.IPv4Network],
+    pool: ipaddress.IPv4Network = POOL,
+    prefix: int = 30,
+) -> ipaddress.IPv4Network:
+    """The first /`prefix` of `pool`, from a place given by `seed`, that overlaps nothing in
     `used` (the host's addresses and routes)."""
     taken = list(used)
-    blocks = list(POOL.subnets(new_prefix=30))
+    blocks = list(pool.subnets(new_prefix=prefix))
     start = int(hashlib.sha256(seed.encode()).hexdigest(), 16) % len(blocks)
     for i in range(len(blocks)):
         block = blocks[(start + i) % len(blocks)]
         if not any(block.overlaps(t) for t in taken):
             return block
-    raise LocalClusterError(f"no free /30 left in {POOL} for a real node")
+    raise LocalClusterError(f"no free /{prefix} left in {pool} for a real node")
 
 
 def _ip(*args: str) -> str:
@@ -92,11 +102,14 @@ def create(cluster_dir: Path) -> NodeNetwork:
     """The namespace, the veth pair and its /30, `lo` up inside; undone if a step fails."""
     netns, host_if, node_if = names_for(cluster_dir)
     with _locked():
-        block = pick_subnet(netns, _used())
+        used = list(_used())
+        block = pick_subnet(netns, used)
+        pods = pick_subnet(netns, used, POD_POOL, 24)
         host_ip, node_ip = (str(h) for h in block.hosts())
         net = NodeNetwork(
-            netns=netns, host_if=host_if, node_if=node_if, host_ip=host_ip, node_ip=node_ip
-        )
+            netns=netns, host_if=host_if, node_if=node_if, host_ip=host_ip, node_ip=node_ip,
+            pod_cidr=str(pods),
+        )  # fmt: skip
         delete(net)  # what a killed run left behind
         try:
             _ip("netns", "add", netns)
@@ -106,6 +119,7 @@ def create(cluster_dir: Path) -> NodeNetwork:
             _ip("-n", netns, "addr", "add", f"{node_ip}/30", "dev", node_if)
             _ip("-n", netns, "link", "set", node_if, "up")
             _ip("-n", netns, "link", "set", "lo", "up")
+            _ip("route", "add", str(pods), "via", node_ip, "dev", host_if)
         except LocalClusterError:
             delete(net)
             raise

@@ -99,6 +99,8 @@ disabled_plugins = [
 [plugins.'io.containerd.cri.v1.runtime']
   # root here lacks CAP_SYS_RESOURCE: a negative oom_score_adj makes runc create fail
   restrict_oom_score_adj = true
+  # pods' network namespaces under the node's directory, not in the host's /run/netns
+  netns_mounts_under_state_dir = true
 
 [plugins.'io.containerd.cri.v1.runtime'.cni]
   bin_dirs = ["{bins / "cni"}"]
@@ -117,11 +119,28 @@ disabled_plugins = [
 """
 
 
-CNI_CONFLIST = {
-    "cniVersion": "1.0.0",
-    "name": "fluidfed-loopback",
-    "plugins": [{"type": "loopback"}],
-}
+def cni_conflist(d: Path, net: netns.NodeNetwork) -> dict[str, Any]:
+    """Pods off the host network: a bridge in the node's namespace, the node as their
+    gateway, addresses from the node's /24 (no masquerade: the host routes the /24 back)."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": "fluidfed-pods",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "fluidfed0",
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": net.pod_cidr}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(d / "cni-ipam"),
+                },
+            }
+        ],
+    }
 
 
 def kubelet_config(
@@ -382,7 +401,7 @@ def prepare(
     hier = hierarchies()
     root = cgroup_root_for(net.netns, hier)
     (d / "containerd.toml").write_text(containerd_config(d, bins, image.PAUSE_REF))
-    (d / "cni/10-loopback.conflist").write_text(json.dumps(CNI_CONFLIST, indent=2))
+    (d / "cni/10-fluidfed.conflist").write_text(json.dumps(cni_conflist(d, net), indent=2))
     kcfg = kubelet_config(d, net, root, taints)
     (d / "kubelet.yaml").write_text(yaml.safe_dump(kcfg))
     (d / "labels.json").write_text(json.dumps(labels))

@@ -167,12 +167,16 @@ build_runc() {
 }
 
 build_cni() {
-  # the loopback plugin alone makes the node Ready and runs hostNetwork pods
-  [ -x "$out/cni/loopback" ] && return 0
-  say "installing the CNI loopback plugin $CNI_PLUGINS_VERSION"
+  # loopback alone makes the node Ready and runs hostNetwork pods; bridge and host-local
+  # give the other pods a network inside the node's namespace
+  local plugin
   mkdir -p "$out/cni"
-  GOBIN="$out/cni" go install -trimpath -ldflags "-s -w" \
-    "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS_VERSION"
+  for plugin in main/loopback main/bridge ipam/host-local; do
+    [ -x "$out/cni/${plugin#*/}" ] && continue
+    say "installing the CNI plugin ${plugin#*/} $CNI_PLUGINS_VERSION"
+    GOBIN="$out/cni" go install -trimpath -ldflags "-s -w" \
+      "github.com/containernetworking/plugins/plugins/$plugin@$CNI_PLUGINS_VERSION"
+  done
 }
 
 build_pause() {

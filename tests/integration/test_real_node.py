@@ -9,10 +9,12 @@ nothing behind (processes, network namespace, veth, cgroups, mounts, host sysctl
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -589,3 +591,65 @@ async def test_the_unprivileged_form_is_refused_by_the_api_server(
     assert "Bidirectional mount propagation is available only to privileged containers" in (
         err.value.body
     )
+
+
+POD_NET_APP = """
+import http.server, sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode(), flush=True)
+http.server.HTTPServer(("", 8080), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_from_it(
+    real_cluster: cluster.LocalCluster, fluidfed_image: image.BuiltImage, tmp_path: Path
+) -> None:
+    """The pod network (bridge + host-local in the node's namespace, the /24 routed by the
+    host): what cache-worker pods need to serve sidecars and reach the host's services."""
+    state = real_cluster.state
+    assert state is not None and state.network is not None
+    (tmp_path / "hello").write_text("hello from the host side")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "podnet"},
+        "spec": {
+            **_on_real_node({"hostNetwork": False}),
+            "containers": [
+                {
+                    "name": "app",
+                    "image": fluidfed_image.ref,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", POD_NET_APP],
+                    "workingDir": "/tmp",
+                }
+            ],
+        },
+    }
+    async with (
+        _http_on(state.network.host_ip, tmp_path) as url,
+        await real_cluster.api_client() as api,
+    ):
+        core = client.CoreV1Api(api)
+        pod["spec"]["containers"][0]["command"].append(url + "hello")
+        await core.create_namespaced_pod(NS, pod)
+
+        async def fetched() -> Any:
+            p = await core.read_namespaced_pod("podnet", NS)
+            if p.status.phase != "Running":
+                return NotYet(str(p.status.phase))
+            log = await _logs(api, "podnet", "app")
+            return p if "hello from the host side" in log else NotYet(log)
+
+        running = await eventually(fetched, "the pod to fetch from the host side", 120)
+        pod_ip = running.status.pod_ip
+        assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(state.network.pod_cidr)
+
+        def get() -> int:
+            with urllib.request.urlopen(f"http://{pod_ip}:8080/", timeout=10) as r:
+                return int(r.status)
+
+        assert await asyncio.to_thread(get) == 200  # the host reaches the pod
+        await core.delete_namespaced_pod("podnet", NS, grace_period_seconds=0)
+        await eventually(lambda: _gone(core, "podnet"), "the pod to be deleted", 60)
+    # the pod's network namespace lived under the node's directory, not in /run/netns
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("cni-")]

@@ -16,6 +16,8 @@ def test_a_free_30_is_picked_from_the_pool_away_from_what_the_host_uses() -> Non
     assert first.prefixlen == 30 and first.subnet_of(netns.POOL)
     again = netns.pick_subnet("fluidfed-abc", [first])
     assert again != first and not again.overlaps(first)
+    pods = netns.pick_subnet("fluidfed-abc", [], netns.POD_POOL, 24)
+    assert pods.prefixlen == 24 and pods.subnet_of(netns.POD_POOL)
     # a host route over the whole pool leaves nothing
     with pytest.raises(LocalClusterError, match="no free /30"):
         netns.pick_subnet("x", [ipaddress.IPv4Network("10.0.0.0/8")])
@@ -42,7 +44,7 @@ def test_the_real_node_stands_in_for_the_flavours_nodes() -> None:
 def test_kubelet_and_containerd_configs_carry_what_this_machine_needs() -> None:
     net = netns.NodeNetwork(
         netns="fluidfed-x", host_if="ffhx", node_if="ffnx", host_ip="10.213.0.1",
-        node_ip="10.213.0.2",
+        node_ip="10.213.0.2", pod_cidr="10.214.7.0/24",
     )  # fmt: skip
     d, bins = Path("/c/node"), Path("/bin/testbin")
     taints = [cluster.VIRTUAL_NODE_TAINT]
@@ -56,6 +58,10 @@ def test_kubelet_and_containerd_configs_carry_what_this_machine_needs() -> None:
     assert "restrict_oom_score_adj = true" in toml
     assert f'sandbox = "{image.PAUSE_REF}"' in toml
     assert 'bin_dirs = ["/bin/testbin/cni"]' in toml
+    assert "netns_mounts_under_state_dir = true" in toml  # not the host's /run/netns
+    bridge = realnode.cni_conflist(d, net)["plugins"][0]
+    assert bridge["ipMasq"] is False  # the host routes the /24 back: no iptables needed
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.214.7.0/24"}]]
     script = realnode.node_script(d, bins, ["/sys/fs/cgroup/memory/x"], net, "real-node")
     commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     assert not any("ip netns exec" in line for line in commands)
