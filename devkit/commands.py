@@ -106,12 +106,12 @@ def run_list(args: argparse.Namespace) -> int:
     from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
     t = Table(box=None, header_style="bold")
-    for col in ("NAME", "KIND", "STATUS", "SERVER", "KUBECONFIG"):
+    for col in ("NAME", "KIND", "STATUS", "SERVER", "REAL NODE", "KUBECONFIG"):
         t.add_column(col)
     for s in cluster.list_clusters(_base(args)):
-        t.add_row(
-            s.name, s.kind, "running" if cluster.running(s) else "stopped", s.server, s.kubeconfig
-        )
+        status = "running" if cluster.running(s) else "stopped"
+        node = s.network.node_ip if s.network else "-"
+        t.add_row(s.name, s.kind, status, s.server, node, s.kubeconfig)
     output.console.print(t)
     return 0
 

@@ -672,11 +672,13 @@ async def up_many(
     base_dir: Path | None = None,
     progress: Progress | None = None,
     fluid: bool = True,
+    real_nodes: frozenset[str] = frozenset(),
 ) -> list[LocalCluster]:
     """Start several clusters in parallel (binaries are built once, first). With `fluid`,
-    standard clusters get Fluid's CRDs, as a cluster with Fluid installed has them."""
+    standard clusters get Fluid's CRDs, as a cluster with Fluid installed has them; the
+    clusters named in `real_nodes` get a real node each."""
     await binaries.ensure(progress or (lambda _m: None))
-    clusters = [LocalCluster(n, k, base_dir=base_dir) for n, k in specs]
+    clusters = [LocalCluster(n, k, base_dir=base_dir, real_node=n in real_nodes) for n, k in specs]
 
     async def start(c: LocalCluster) -> ClusterState:
         state = await c.up(progress)
