@@ -199,6 +199,11 @@ def build_fluidfed(progress: Progress, *, force: bool = False) -> BuiltImage:
     """The fluidfed image as an OCI archive in the image cache: from the cache when nothing
     that goes in changed, else wheels + mmdebstrap + umoci (about a minute)."""
     root = project_root()
+    if not (root / "pyproject.toml").is_file():
+        raise LocalClusterError(
+            f"the image is built from a source checkout of fluidfed; {root} is not one "
+            "(install with `pip install -e .` from a clone)"
+        )
     files = source_files(root)
     key = image_key(root, files)
     out = cache_dir() / f"fluidfed-{fluidfed.__version__}-{key}.tar"
