@@ -640,17 +640,18 @@ def stop_state(state: ClusterState) -> list[str]:
     pids = dict(state.pids)
     if "kubelet" in pids:
         # the real node first: kubelet (containerd shares its process group), then what
-        # is left in its cgroups, its network and the host sysctls
+        # is left in its cgroups, and the host sysctls
         _stop_pid(pids.pop("kubelet"), "kubelet")
         pids.pop("containerd", None)
     if state.real_node is not None:
         left += realnode.stop(state.real_node)
-    elif state.network is not None:
-        netns.delete(state.network)  # the start failed before the node had its files
-        left += netns.leftovers(state.network)
     # reverse start order: node simulator and controllers first, etcd last
     for binary, pid in reversed(list(pids.items())):
         _stop_pid(pid, binary)
+    if state.network is not None:
+        # last: the API server listened on its host side
+        netns.delete(state.network)
+        left += netns.leftovers(state.network)
     return left
 
 

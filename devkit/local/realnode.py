@@ -484,8 +484,9 @@ async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say:
 
 def stop(state: NodeState) -> list[str]:
     """Once the kubelet is stopped: stop containerd, kill what is left in the node's
-    cgroups (shims, containers), remove the cgroups, the network, and put back the host
-    sysctls; what could not be cleaned up."""
+    cgroups (shims, containers), remove the cgroups and put back the host sysctls; what
+    could not be cleaned up. The network stays: the API server listens on it until it
+    has stopped (taken away first, its graceful shutdown waits for good)."""
     cpid = containerd_pid(state)
     if cpid is not None and _is(cpid, "containerd"):
         with contextlib.suppress(ProcessLookupError):
@@ -494,9 +495,8 @@ def stop(state: NodeState) -> list[str]:
         while time.monotonic() < deadline and _is(cpid, "containerd"):
             time.sleep(0.05)
     left = remove_cgroups(state.cgroups)
-    netns.delete(state.network)
     release_sysctls(state.network.netns)
-    return left + netns.leftovers(state.network)
+    return left
 
 
 def _is(pid: int, binary: str) -> bool:
