@@ -481,6 +481,10 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
         if p.is_file() and p.name != ufs.MANIFEST
     }
     name = f"podread{sub.replace('-', '')}{'' if native else 'legacy'}"
+    # the legacy sidecar polls the pod's processes every second and leaves once it has seen
+    # the app and the app is gone: an app shorter than a poll is never seen and the pod
+    # never completes (sidecar/peers.py), so the app lingers past one
+    linger = "0" if native else "3"
     home = f"{name}-home"
     hub = HubProcess(tmp_path / "hub").start()
     agent = AgentProcess(
@@ -523,7 +527,7 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
                                 "name": "app",
                                 "image": fluidfed_image.ref,
                                 "imagePullPolicy": "Never",
-                                "command": ["python3", "-c", READER, "/data", "1", "0"],
+                                "command": ["python3", "-c", READER, "/data", "1", linger],
                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                             }
                         ],
