@@ -481,9 +481,10 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
         if p.is_file() and p.name != ufs.MANIFEST
     }
     name = f"podread{sub.replace('-', '')}{'' if native else 'legacy'}"
-    # the legacy sidecar polls the pod's processes every second and leaves once it has seen
-    # the app and the app is gone: an app shorter than a poll is never seen and the pod
-    # never completes (sidecar/peers.py), so the app lingers past one
+    # the legacy sidecar polls the pod's processes every second and leaves only once it has
+    # seen a peer and all peers are gone (sidecar/peers.py). Once, under load, the app had
+    # exited 0 and the sidecar was still there 120 s later; an app that outlives a poll
+    # leaves nothing to chance (a bare `python3 -c pass` app did complete when tried)
     linger = "0" if native else "3"
     home = f"{name}-home"
     hub = HubProcess(tmp_path / "hub").start()
