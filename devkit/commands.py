@@ -39,7 +39,22 @@ def _register_local(sub: Any) -> None:
         action="store_true",
         help="install Fluid's Dataset and Runtime CRDs (a cluster with Fluid)",
     )
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="add one real node (kubelet + containerd + runc, its own network namespace); root",
+    )
     p.set_defaults(run=run_up)
+    p = loc_sub.add_parser("image", help="the fluidfed image, built without Docker")
+    img_sub = p.add_subparsers(dest="image_command", required=True)
+    p = img_sub.add_parser(
+        "build", help="build (or find in the cache) the image; print its OCI archive"
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.add_argument(
+        "--load", metavar="CLUSTER", help="import it into the real node of this local cluster"
+    )
+    p.set_defaults(run=run_image_build)
     p = loc_sub.add_parser("list", help="list local clusters")
     p.set_defaults(run=run_list)
     p = loc_sub.add_parser("down", help="stop clusters and remove their files")
@@ -59,7 +74,7 @@ def _say(msg: str) -> None:
 def run_up(args: argparse.Namespace) -> int:
     from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
-    c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args))
+    c = cluster.LocalCluster(args.name, args.kind, base_dir=_base(args), real_node=args.real_node)
 
     async def go() -> cluster.ClusterState:
         state = await c.up(_say)
@@ -73,16 +88,30 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_image_build(args: argparse.Namespace) -> int:
+    from devkit.local import cluster, image  # the CLI starts fast; daemons skip it
+
+    built = image.build_fluidfed(_say, force=args.force)
+    how = f"built in {built.seconds}s" if built.seconds else "from the cache"
+    _say(f"{built.ref}: {built.bytes / 2**20:.0f} MiB, {how}")
+    if args.load:
+        base = _base(args) or cluster.default_base_dir()
+        seconds = asyncio.run(cluster.load_image(base / args.load, built))
+        _say(f"{built.ref}: imported into {args.load}'s real node in {seconds:.1f}s")
+    output.console.print(built.archive)
+    return 0
+
+
 def run_list(args: argparse.Namespace) -> int:
     from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
     t = Table(box=None, header_style="bold")
-    for col in ("NAME", "KIND", "STATUS", "SERVER", "KUBECONFIG"):
+    for col in ("NAME", "KIND", "STATUS", "SERVER", "REAL NODE", "KUBECONFIG"):
         t.add_column(col)
     for s in cluster.list_clusters(_base(args)):
-        t.add_row(
-            s.name, s.kind, "running" if cluster.running(s) else "stopped", s.server, s.kubeconfig
-        )
+        status = "running" if cluster.running(s) else "stopped"
+        node = s.network.node_ip if s.network else "-"
+        t.add_row(s.name, s.kind, status, s.server, node, s.kubeconfig)
     output.console.print(t)
     return 0
 
@@ -102,7 +131,10 @@ def run_down(args: argparse.Namespace) -> int:
     async def go() -> None:
         for n in names:
             state = cluster.load_state(base / n)
-            await cluster.LocalCluster(n, state.kind if state else "standard", base_dir=base).down()
+            kind = state.kind if state else "standard"
+            left = await cluster.LocalCluster(n, kind, base_dir=base).down()
+            for what in left:
+                output.err_console.print(f"[yellow]warning:[/yellow] {n}: {what} left behind")
             output.console.print(f"cluster {n} stopped and removed")
 
     asyncio.run(go())

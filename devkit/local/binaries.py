@@ -18,6 +18,16 @@ NEEDED = (
     "kubectl",
     "kwok",
     "minio",
+    # a real node: kubelet, containerd (+ ctr, the runc shim), runc, CNI plugins, pause
+    "kubelet",
+    "containerd",
+    "ctr",
+    "containerd-shim-runc-v2",
+    "runc",
+    "cni/loopback",
+    "cni/bridge",
+    "cni/host-local",
+    "pause",
 )
 SCRIPT = Path(__file__).with_name("testbin.sh")
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ import aiohttp
 import msgspec
 import yaml
 
-from devkit.local import binaries, paths
+from devkit.local import binaries, image, netns, paths, realnode
 from fluidfed import names, pki
 from fluidfed.errors import LocalClusterError
 from fluidfed.models import CLUSTER_KINDS, ClusterKind
@@ -41,6 +42,7 @@ VIRTUAL_NODE_TAINT = {
     "effect": "NoSchedule",
 }
 FLUID_CRDS = Path(__file__).with_name("crds") / "fluid.yaml"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"  # "fake" on the nodes kwok simulates
 
 Progress = Callable[[str], None]
 
@@ -54,6 +56,8 @@ class ClusterState(msgspec.Struct, kw_only=True):
     pids: dict[str, int] = {}
     started_at: float = 0.0
     startup_seconds: float = 0.0
+    network: netns.NodeNetwork | None = None  # with a real node: its veth pair
+    real_node: realnode.NodeState | None = None  # kubelet + containerd, beside kwok's
 
 
 def default_base_dir() -> Path:
@@ -77,7 +81,7 @@ def _node(
         "kind": "Node",
         "metadata": {
             "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {
                 "kubernetes.io/hostname": name,
                 "kubernetes.io/os": "linux",
@@ -178,10 +182,11 @@ def _alive(pid: int, binary: str) -> bool:
         # our own child: between fork and exec its cmdline is still ours, so ask it directly
         return child.poll() is None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return binary.encode() in cmdline.split(b"\0", 1)[0]
+    # a binary, or one of the dev kit's modules run as `python -m devkit.local.<binary>`
+    return binary.encode() in argv[0] or argv[1:3] == [b"-m", f"devkit.local.{binary}".encode()]
 
 
 def _stop_pid(pid: int, binary: str, timeout: float = 10.0) -> None:
@@ -209,11 +214,14 @@ class LocalCluster:
         *,
         base_dir: Path | None = None,
         start_timeout: float = 180.0,
+        real_node: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise LocalClusterError(f"unknown cluster kind {kind!r}: use one of {', '.join(KINDS)}")
         self.name = name
         self.kind = kind
+        self.real_node = real_node
+        self.node_timeout = 120.0
         self.dir = (base_dir or default_base_dir()) / name
         self.state: ClusterState | None = None
         self.start_timeout = start_timeout
@@ -238,9 +246,21 @@ class LocalCluster:
             return existing
         if existing is not None:
             await asyncio.to_thread(stop_state, existing)
+        if self.real_node:
+            realnode.check_host()
         bins = await binaries.ensure(say)
         t0 = time.monotonic()
-        await asyncio.to_thread(self._prepare)
+        if self.dir.exists():
+            await asyncio.to_thread(shutil.rmtree, self.dir)
+        self.dir.mkdir(parents=True)
+        # the node's network first: the API server binds the host side of its veth
+        network = await asyncio.to_thread(netns.create, self.dir) if self.real_node else None
+        try:
+            await asyncio.to_thread(self._prepare, network)
+        except BaseException:
+            if network is not None:
+                netns.delete(network)
+            raise
         ports = {"etcd": free_port(), "peer": free_port(), "api": free_port()}
         server = f"https://127.0.0.1:{ports['api']}"
         state = ClusterState(
@@ -250,6 +270,7 @@ class LocalCluster:
             kubeconfig=str(self.kubeconfig_path),
             server=server,
             started_at=time.time(),
+            network=network,
         )
         self.state = state
         try:
@@ -257,7 +278,11 @@ class LocalCluster:
             say(f"{self.name}: starting etcd")
             self._spawn(state, bins / "etcd", self._etcd_args(ports))
             say(f"{self.name}: starting kube-apiserver")
-            self._spawn(state, bins / "kube-apiserver", self._apiserver_args(ports))
+            self._spawn(state, bins / "kube-apiserver", self._apiserver_args(ports, network))
+            if network is not None:
+                # loopback clients reach the API server bound to the veth's host side
+                target = f"{network.host_ip}:{ports['api']}"
+                self._spawn_module(state, "forward", [f"127.0.0.1:{ports['api']}", target])
             async with asyncio.timeout(self.start_timeout):
                 await self._wait_ready(server)
             say(f"{self.name}: starting controller-manager, scheduler and kwok")
@@ -291,13 +316,16 @@ class LocalCluster:
                 bins / "kwok",
                 [
                     f"--kubeconfig={kc}",
-                    "--manage-all-nodes=true",
+                    # only its own nodes: a real node stays the kubelet's
+                    f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                     f"--cidr={POD_CIDR}",
                     f"--config={self.dir / 'kwok.yaml'}",
                 ],
             )
             async with asyncio.timeout(self.start_timeout):
                 await self._create_nodes_and_wait()
+            if network is not None:
+                await self._start_real_node(state, bins, network, ports, say)
         except TimeoutError:
             await asyncio.to_thread(stop_state, state)
             raise LocalClusterError(
@@ -312,9 +340,7 @@ class LocalCluster:
         say(f"{self.name}: ready in {state.startup_seconds}s, kubeconfig {self.kubeconfig_path}")
         return state
 
-    def _prepare(self) -> None:
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
+    def _prepare(self, network: netns.NodeNetwork | None) -> None:
         (self.dir / "pki").mkdir(parents=True)
         (self.dir / "logs").mkdir()
         ca = pki.new_ca(f"fluidfed-local-{self.name}-ca")
@@ -323,6 +349,7 @@ class LocalCluster:
             "kube-apiserver",
             server=True,
             hosts=(
+                *((network.host_ip,) if network else ()),
                 "127.0.0.1",
                 "localhost",
                 "10.96.0.1",
@@ -343,6 +370,12 @@ class LocalCluster:
         pki.write(d / "admin.key", admin.key_pem, private=True)
         pki.write(d / "sa.key", sa_key, private=True)
         pki.write(d / "sa.pub", sa_pub)
+        # how the API server authenticates to kubelets (logs, exec)
+        kubelet_client = pki.issue(
+            ca, "kube-apiserver-kubelet-client", org="system:masters", client=True
+        )
+        pki.write(d / "kubelet-client.crt", kubelet_client.cert_pem)
+        pki.write(d / "kubelet-client.key", kubelet_client.key_pem, private=True)
         (self.dir / "kwok.yaml").write_text(binaries.KWOK_CONFIG)
 
     def _write_kubeconfig(self, server: str) -> None:
@@ -366,12 +399,16 @@ class LocalCluster:
             "--log-level=warn",
         ]
 
-    def _apiserver_args(self, ports: dict[str, int]) -> list[str]:
+    def _apiserver_args(
+        self, ports: dict[str, int], network: netns.NodeNetwork | None = None
+    ) -> list[str]:
         d = self.dir / "pki"
+        # with a real node: the host side of its veth, one address (never 0.0.0.0)
+        bind = network.host_ip if network else "127.0.0.1"
         return [
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={bind}",
+            f"--advertise-address={bind}",
             f"--secure-port={ports['api']}",
             f"--tls-cert-file={d / 'apiserver.crt'}",
             f"--tls-private-key-file={d / 'apiserver.key'}",
@@ -380,7 +417,10 @@ class LocalCluster:
             f"--service-account-signing-key-file={d / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
+            f"--kubelet-client-certificate={d / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={d / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--profiling=false",
@@ -397,6 +437,56 @@ class LocalCluster:
         state.pids[binary.name] = proc
         # record as we go, so a failed start still knows what to stop
         self.state_file.write_bytes(msgspec.json.encode(state))
+
+    def _spawn_module(self, state: ClusterState, module: str, args: list[str]) -> None:
+        """One of the dev kit's own programs (`python -m devkit.local.<module>`)."""
+        log = open(self.dir / "logs" / f"{module}.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            state.pids[module] = _popen(
+                [sys.executable, "-m", f"devkit.local.{module}", *args], log
+            )
+        finally:
+            log.close()
+        self.state_file.write_bytes(msgspec.json.encode(state))
+
+    async def _start_real_node(
+        self,
+        state: ClusterState,
+        bins: Path,
+        network: netns.NodeNetwork,
+        ports: dict[str, int],
+        say: Progress,
+    ) -> None:
+        """The kubelet and containerd in the node's namespaces; until the node is Ready
+        (a dead kubelet or containerd is an error with their last log lines)."""
+        d = self.dir / "pki"
+        ca = pki.KeyPair((d / "ca.crt").read_bytes(), (d / "ca.key").read_bytes())
+        flavour = flavour_nodes(self.kind)[0]
+        say(f"{self.name}: starting a real node (kubelet + containerd) on {network.node_ip}")
+        state.real_node = await asyncio.to_thread(
+            realnode.prepare,
+            self.dir,
+            bins,
+            ca,
+            f"https://{network.host_ip}:{ports['api']}",
+            network,
+            labels=realnode.node_labels(flavour["metadata"]["labels"]),
+            taints=flavour["spec"]["taints"],
+        )
+        self.state_file.write_bytes(msgspec.json.encode(state))
+        proc = realnode.start(state.real_node)
+        _children[proc.pid] = proc
+        state.pids["kubelet"] = proc.pid
+        self.state_file.write_bytes(msgspec.json.encode(state))
+        started = state.real_node
+        try:
+            async with asyncio.timeout(self.node_timeout), await self.api_client() as api:
+                await realnode.wait_ready(started, api, lambda: proc.poll() is None, say)
+        except TimeoutError:
+            raise realnode.failure(started, f"not Ready in {self.node_timeout}s") from None
+        cpid = realnode.containerd_pid(started)
+        if cpid is not None:
+            state.pids = {**state.pids, "containerd": cpid}
 
     async def _wait_ready(self, server: str) -> None:
         ctx = self.ssl_context()
@@ -496,12 +586,13 @@ class LocalCluster:
         """A kubernetes-asyncio ApiClient for this cluster (use `async with`)."""
         return await api_client_for(self.kubeconfig_path)
 
-    async def down(self) -> None:
+    async def down(self) -> list[str]:
+        """Stop and remove the cluster; what could not be cleaned up (empty when all went)."""
         state = load_state(self.dir) or self.state
-        if state is not None:
-            await asyncio.to_thread(stop_state, state)
+        left = await asyncio.to_thread(stop_state, state) if state is not None else []
         if self.dir.exists():
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
+        return left
 
 
 def _popen(argv: list[str], log: Any) -> int:
@@ -529,10 +620,39 @@ def load_state(cluster_dir: Path) -> ClusterState | None:
         return None
 
 
-def stop_state(state: ClusterState) -> None:
+async def load_image(cluster_dir: Path, built: image.BuiltImage) -> float:
+    """Import a built image into a running cluster's real node; seconds taken."""
+    state = load_state(cluster_dir)
+    if state is None or state.real_node is None or not running(state):
+        raise LocalClusterError(
+            f"no running local cluster with a real node in {cluster_dir}: "
+            "start one with `fluidfed local up NAME --real-node`"
+        )
+    name = built.ref.rsplit(":", 1)[0]
+    return await asyncio.to_thread(
+        realnode.load_image, state.real_node, binaries.cache_dir(), Path(built.archive), name
+    )
+
+
+def stop_state(state: ClusterState) -> list[str]:
+    """Stop everything of a cluster; what could not be cleaned up (empty when all went)."""
+    left: list[str] = []
+    pids = dict(state.pids)
+    if "kubelet" in pids:
+        # the real node first: kubelet (containerd shares its process group), then what
+        # is left in its cgroups, and the host sysctls
+        _stop_pid(pids.pop("kubelet"), "kubelet")
+        pids.pop("containerd", None)
+    if state.real_node is not None:
+        left += realnode.stop(state.real_node)
     # reverse start order: node simulator and controllers first, etcd last
-    for binary, pid in reversed(list(state.pids.items())):
+    for binary, pid in reversed(list(pids.items())):
         _stop_pid(pid, binary)
+    if state.network is not None:
+        # last: the API server listened on its host side
+        netns.delete(state.network)
+        left += netns.leftovers(state.network)
+    return left
 
 
 def running(state: ClusterState) -> bool:
@@ -553,11 +673,13 @@ async def up_many(
     base_dir: Path | None = None,
     progress: Progress | None = None,
     fluid: bool = True,
+    real_nodes: frozenset[str] = frozenset(),
 ) -> list[LocalCluster]:
     """Start several clusters in parallel (binaries are built once, first). With `fluid`,
-    standard clusters get Fluid's CRDs, as a cluster with Fluid installed has them."""
+    standard clusters get Fluid's CRDs, as a cluster with Fluid installed has them; the
+    clusters named in `real_nodes` get a real node each."""
     await binaries.ensure(progress or (lambda _m: None))
-    clusters = [LocalCluster(n, k, base_dir=base_dir) for n, k in specs]
+    clusters = [LocalCluster(n, k, base_dir=base_dir, real_node=n in real_nodes) for n, k in specs]
 
     async def start(c: LocalCluster) -> ClusterState:
         state = await c.up(progress)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes control plane, kwok and etcd used by the tests and
-# `fluidfed demo`, from the Go module proxy, into a cache outside the repository.
+# `fluidfed demo`, and the pieces of a real node (kubelet, containerd + ctr + shim,
+# runc, the CNI loopback plugin, a static pause), from the Go module proxy, into a
+# cache outside the repository.
 #
 #   scripts/testbin.sh            build what is missing, print the directory
 #   FLUIDFED_TESTBIN=/path ...    use another cache directory
@@ -14,6 +16,9 @@ KWOK_VERSION="${FLUIDFED_KWOK_VERSION:-v0.7.0}"
 # MinIO publishes no semver tags: the proxy serves it as a pseudo-version (RELEASE 2026-02-12)
 MINIO_VERSION="${FLUIDFED_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
 ETCD_VERSION="${FLUIDFED_ETCD_VERSION:-v3.6.4}"
+CONTAINERD_VERSION="${FLUIDFED_CONTAINERD_VERSION:-v2.1.9}"
+RUNC_VERSION="${FLUIDFED_RUNC_VERSION:-v1.3.7}"
+CNI_PLUGINS_VERSION="${FLUIDFED_CNI_PLUGINS_VERSION:-v1.7.1}"
 
 cache_root="${FLUIDFED_TESTBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/fluidfed/testbin}"
 out="$cache_root/$K8S_VERSION"
@@ -59,7 +64,7 @@ build_kube() {
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     if [ -x "$out/$cmd" ]; then continue; fi
     say "building $cmd $K8S_VERSION (go build, CGO_ENABLED=0; minutes on a small machine)"
     local t0=$SECONDS
@@ -111,9 +116,114 @@ build_minio() {
   say "built minio in $((SECONDS - t0))s"
 }
 
+build_containerd() {
+  # `go install ...@v2` is refused (containerd's go.mod has exclude directives): a wrapper
+  # module carries the same exclude block and builds the daemon, ctr and the runc shim
+  local have=1 cmd
+  for cmd in containerd ctr containerd-shim-runc-v2; do [ -x "$out/$cmd" ] || have=0; done
+  [ "$have" = 1 ] && return 0
+  local work="$cache_root/src/containerd-$CONTAINERD_VERSION"
+  local module=github.com/containerd/containerd/v2
+  mkdir -p "$work"
+  if [ ! -f "$work/go.sum" ]; then
+    say "resolving $module@$CONTAINERD_VERSION from the Go module proxy"
+    local modfile
+    modfile=$(go mod download -json "$module@$CONTAINERD_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+    {
+      echo "module fluidfed.local/containerd"
+      echo
+      echo "go 1.24.2"
+      echo
+      sed -n '/^exclude (/,/^)/p' "$modfile"
+    } > "$work/go.mod"
+    (cd "$work" && go get "$module@$CONTAINERD_VERSION" >&2)
+  fi
+  local ldflags="-s -w -X $module/version.Version=$CONTAINERD_VERSION -X $module/version.Revision=fluidfed"
+  for cmd in containerd ctr containerd-shim-runc-v2; do
+    [ -x "$out/$cmd" ] && continue
+    say "building $cmd $CONTAINERD_VERSION"
+    local t0=$SECONDS
+    (cd "$work" && go build -trimpath -tags "no_btrfs no_devmapper no_zfs" -ldflags "$ldflags" \
+      -o "$out/$cmd.tmp" "$module/cmd/$cmd")
+    mv "$out/$cmd.tmp" "$out/$cmd"
+    say "built $cmd in $((SECONDS - t0))s"
+  done
+}
+
+build_runc() {
+  # cgo for seccomp (Debian's libseccomp-dev)
+  [ -x "$out/runc" ] && return 0
+  if ! pkg-config --exists libseccomp 2>/dev/null; then
+    say "runc needs libseccomp's headers: apt-get install libseccomp-dev pkg-config"
+    exit 1
+  fi
+  say "installing github.com/opencontainers/runc@$RUNC_VERSION (cgo, seccomp)"
+  local t0=$SECONDS tmp="$out/.runc.tmp"
+  mkdir -p "$tmp"
+  CGO_ENABLED=1 GOBIN="$tmp" go install -trimpath -tags seccomp \
+    -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
+  mv "$tmp/runc" "$out/runc" && rmdir "$tmp"
+  say "built runc in $((SECONDS - t0))s"
+}
+
+build_cni() {
+  # loopback alone makes the node Ready and runs hostNetwork pods; bridge and host-local
+  # give the other pods a network inside the node's namespace
+  local plugin
+  mkdir -p "$out/cni"
+  for plugin in main/loopback main/bridge ipam/host-local; do
+    [ -x "$out/cni/${plugin#*/}" ] && continue
+    say "installing the CNI plugin ${plugin#*/} $CNI_PLUGINS_VERSION"
+    GOBIN="$out/cni" go install -trimpath -ldflags "-s -w" \
+      "github.com/containernetworking/plugins/plugins/$plugin@$CNI_PLUGINS_VERSION"
+  done
+}
+
+build_pause() {
+  # the pod sandbox's process, static so that its image is one file (no libc, no registry)
+  [ -x "$out/pause" ] && return 0
+  if ! command -v gcc >/dev/null 2>&1; then
+    say "the sandbox's pause binary needs gcc (apt-get install gcc libc6-dev)"
+    exit 1
+  fi
+  local work="$cache_root/src/pause"
+  mkdir -p "$work"
+  cat > "$work/pause.c" <<'C'
+/* The pod sandbox: hold the namespaces, reap orphans, exit on SIGINT/SIGTERM. */
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void quit(int sig) { (void)sig; _exit(0); }
+
+static void reap(int sig) {
+  (void)sig;
+  while (waitpid(-1, NULL, WNOHANG) > 0) {
+  }
+}
+
+int main(void) {
+  struct sigaction stop = {.sa_handler = quit}, child = {.sa_handler = reap,
+                                                         .sa_flags = SA_NOCLDSTOP};
+  sigaction(SIGINT, &stop, NULL);
+  sigaction(SIGTERM, &stop, NULL);
+  sigaction(SIGCHLD, &child, NULL);
+  for (;;) pause();
+  return 1;
+}
+C
+  gcc -static -Os -s -o "$out/pause.tmp" "$work/pause.c"
+  mv "$out/pause.tmp" "$out/pause"
+}
+
 build_kube
 build_kwok
 build_etcd
 build_minio
+build_containerd
+build_runc
+build_cni
+build_pause
 say "binaries ready in $out"
 echo "$out"
