@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,33 @@ def tune_readahead(mountpoint: str, kib: int) -> int | None:
     except OSError as err:
         log.info("cannot raise read-ahead (%s): %s", path, err)
         return None
+
+
+def clear_dead_mount(path: str) -> bool:
+    """A sidecar killed without unmounting leaves its FUSE mount behind, dead ("transport
+    endpoint is not connected"); its restarted self must take it away, or the dead mount
+    outlives the pod and keeps it Terminating. Any FUSE mount at our mountpoint before we
+    mount is such a leftover. Lazily: a reader still holding it gets errors, not a hang."""
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mounts") as f:
+            left = [
+                line.split()[2]
+                for line in f
+                if len(line.split()) > 2
+                and line.split()[1] == target
+                and line.split()[2].startswith("fuse")
+            ]
+    except OSError:
+        return False
+    if not left:
+        return False
+    log.warning("clearing a FUSE mount left at %s (the sidecar before this one died)", target)
+    for cmd in (["fusermount3", "-u", "-z", target], ["umount", "-l", target]):
+        if shutil.which(cmd[0]) and subprocess.run(cmd, check=False).returncode == 0:
+            return True
+    log.error("could not unmount what is left at %s: mounting over it", target)
+    return False
 
 
 class Sidecar:
@@ -225,6 +254,7 @@ class Sidecar:
                 read_timeout=self.cfg.read_timeout,
             )
             self._instrument(store)
+            clear_dead_mount(self.mountpoint)
             os.makedirs(self.mountpoint, exist_ok=True)
             options = {
                 "ro",

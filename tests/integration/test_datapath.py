@@ -472,6 +472,31 @@ def test_sigterm_during_reads_unmounts_cleanly(data: Path, sidecars: Any) -> Non
     assert outcome
 
 
+def test_a_sidecar_killed_with_sigkill_leaves_a_dead_mount_its_successor_clears(
+    data: Path, sidecars: Any
+) -> None:
+    """The kubelet restarts a killed sidecar on the same mountpoint: the new one takes the
+    dead FUSE mount away (it would otherwise outlive the pod) and serves again."""
+    want = sources.files(data)
+    config = sidecar_config({"uri": f"file://{data}"}, [])
+    first = sidecars(config, "killed")
+    assert first.proc is not None
+    first.proc.kill()
+    first.proc.wait(10)
+    assert is_mounted(first.mountpoint)  # its mount is left behind, dead
+    with pytest.raises(OSError, match="not connected") as info:
+        os.listdir(first.mountpoint / "does-not-exist")
+    assert info.value.errno == errno.ENOTCONN
+    second = SidecarProcess(first.dir.with_name("again"), config, first.mountpoint).start()
+    try:
+        read_all(second.mountpoint, want)
+        with open("/proc/self/mounts") as f:
+            at = [line for line in f if line.split()[1] == str(first.mountpoint.resolve())]
+        assert len(at) == 1  # its own mount only: the dead one is gone, not shadowed
+    finally:
+        second.close()
+
+
 # --- who may read, write, drain and load (issue 16) ---------------------------------------
 
 

@@ -24,13 +24,12 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from devkit.local import binaries, cluster, image, netns, realnode
-from devkit.testing import AgentProcess, HubProcess
+from devkit.testing import AgentProcess, HubProcess, NotYet, eventually
 from fluidfed import Client, names
 from fluidfed.data import ufs
 from fluidfed.errors import LocalClusterError
 from fluidfed.models import Access, CacheSpec, Dataset, Mount
 from tests.integration import sources
-from tests.integration.conftest import NotYet, eventually
 from tests.integration.test_webhook import create_when_webhook_is_registered
 
 pytestmark = [
@@ -426,29 +425,10 @@ async def test_a_sigkilled_sidecar_is_restarted_remounts_and_the_app_reads_on(
         assert good_after_kill, log
 
         await core.delete_namespaced_pod("survivor", NS)
-        with contextlib.suppress(AssertionError):
-            await eventually(lambda: _gone(core, "survivor"), "the pod to be deleted", 30)
-        # the new sidecar mounted over the dead mount instead of clearing it: once it has
-        # unmounted its own, the dead one holds the emptyDir and the pod stays Terminating
-        dead = _node_fuse_mounts(real_cluster, "survivor")
-        for target in dead:  # what an operator would do (REAL-NODE.md item 10)
-            _in_node(real_cluster, "umount", "-l", target)
+        # the restarted sidecar cleared the killed one's dead mount (REAL-NODE.md item 10):
+        # the pod goes within its grace period, with no operator unmounting anything
         await eventually(lambda: _gone(core, "survivor"), "the pod to be deleted", 90)
-    if dead:
-        pytest.xfail(
-            "the restarted sidecar mounts over the killed one's dead mount instead of "
-            "clearing it; the dead mount outlives the pod (fix in sidecar/mount.py)"
-        )
     assert _node_fuse_mounts(real_cluster, "survivor") == []
-
-
-# Found by this test on the real node: the sidecar already shows only the namespace's
-# sub-path (its config carries it), and the webhook also sets it as the app's subPath, so the
-# kubelet looks for <sub>/<sub> in the read-only mount: "failed to create subPath directory
-# for volumeMount" (CreateContainerConfigError). The fix belongs to agents/webhook/mutate.py.
-DOUBLE_SUB_PATH = pytest.mark.xfail(
-    strict=True, reason="webhook applies the access sub-path twice (sidecar config + subPath)"
-)
 
 
 @pytest.mark.parametrize(
@@ -456,7 +436,7 @@ DOUBLE_SUB_PATH = pytest.mark.xfail(
     [
         ("", True),
         ("", False),  # the legacy form: the sidecar ends with the app, the pod completes
-        pytest.param("part-1", True, marks=DOUBLE_SUB_PATH),
+        ("part-1", True),
     ],
 )
 async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_pod(
