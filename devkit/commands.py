@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from fluidfed.cli import output
+from fluidfed.errors import FluidfedError
 from fluidfed.models import CLUSTER_KINDS
 
 
@@ -55,6 +57,18 @@ def _register_local(sub: Any) -> None:
         "--load", metavar="CLUSTER", help="import it into the real node of this local cluster"
     )
     p.set_defaults(run=run_image_build)
+    p = loc_sub.add_parser("s3", help="a local S3 server (MinIO on loopback) for datasets")
+    s3_sub = p.add_subparsers(dest="s3_command", required=True)
+    p = s3_sub.add_parser("up", help="start it (bucket 'datasets'), print how to use it")
+    p.add_argument("--port", type=int, default=9000, help="port on 127.0.0.1 (default 9000)")
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="put the demo's generated sample dataset at s3://datasets/imagenet",
+    )
+    p.set_defaults(run=run_s3_up)
+    p = s3_sub.add_parser("down", help="stop it and remove its data")
+    p.set_defaults(run=run_s3_down)
     p = loc_sub.add_parser("list", help="list local clusters")
     p.set_defaults(run=run_list)
     p = loc_sub.add_parser("down", help="stop clusters and remove their files")
@@ -100,6 +114,62 @@ def run_image_build(args: argparse.Namespace) -> int:
         _say(f"{built.ref}: imported into {args.load}'s real node in {seconds:.1f}s")
     output.console.print(built.archive)
     return 0
+
+
+def _s3_dir() -> Path:
+    from devkit.local import paths
+
+    return paths.cache_dir("s3", "FLUIDFED_S3_DIR")
+
+
+def run_s3_up(args: argparse.Namespace) -> int:
+    from devkit.local import binaries, s3
+
+    base = _s3_dir()
+    pid_file = base / "minio.pid"
+    if pid_file.exists() and _alive(int(pid_file.read_text())):
+        raise FluidfedError(f"a local S3 server already runs (pid file {pid_file})")
+    asyncio.run(binaries.ensure(_say))
+    server = s3.S3Server(base / "data", port=args.port).start(detach=True)
+    assert server.proc is not None
+    pid_file.write_text(f"{server.proc.pid}\n")
+    env_file = base / "credentials.env"
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{k}={v}\n" for k, v in s3.CREDENTIALS.items())
+    if args.sample:
+        from devkit import demo
+
+        asyncio.run(server.upload(demo.sample_dataset(small=True), prefix="imagenet"))
+    output.console.print(f"S3 server (MinIO) on {server.endpoint}, bucket datasets")
+    if args.sample:
+        output.console.print("sample dataset at s3://datasets/imagenet")
+    output.console.print(f"its credentials, for the sidecar and the worker: {env_file}")
+    output.console.print(f"  set -a; . {env_file}; set +a")
+    return 0
+
+
+def run_s3_down(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+
+    base = _s3_dir()
+    pid_file = base / "minio.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    shutil.rmtree(base, ignore_errors=True)
+    output.console.print("local S3 server stopped and its data removed")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def run_list(args: argparse.Namespace) -> int:

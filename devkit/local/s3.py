@@ -35,7 +35,9 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> S3Server:
+    def start(self, timeout: float = 30.0, *, detach: bool = False) -> S3Server:
+        """Start MinIO and wait until it answers; `detach`: in its own session, so it
+        outlives the command that started it (`fluidfed local s3 up`)."""
         (self.data_dir / self.bucket).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MINIO_ROOT_USER": USER, "MINIO_ROOT_PASSWORD": PASSWORD}
         self.proc = subprocess.Popen(
@@ -52,6 +54,7 @@ class S3Server:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=detach,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -97,7 +97,7 @@ async def _run_pod(api: Any, pod: dict[str, Any], within: float = 120) -> Any:
     core = client.CoreV1Api(api)
     name = pod["metadata"]["name"]
     await core.create_namespaced_pod(NS, pod)
-    return await eventually(lambda: _finished(core, name), f"pod {name} to finish", within)
+    return await eventually(lambda: _finished(core, name), f"pod {name} to finish", timeout=within)
 
 
 async def _gone(core: Any, name: str, namespace: str = NS) -> bool:
@@ -326,7 +326,7 @@ async def test_native_fuse_sidecar_serves_the_dataset_to_the_app_container(
         assert "fluidfed:reader " not in _host_mounts()
         assert str(real_cluster.dir) not in _host_mounts()
         await core.delete_namespaced_pod("reader", NS)
-        await eventually(lambda: _gone(core, "reader"), "the pod to be deleted", 60)
+        await eventually(lambda: _gone(core, "reader"), "the pod to be deleted", timeout=60)
     assert _node_fuse_mounts(real_cluster, "reader") == []
 
 
@@ -397,7 +397,7 @@ async def test_a_sigkilled_sidecar_is_restarted_remounts_and_the_app_reads_on(
                 return False
             return bool(_rounds(await _logs(api, "survivor", "app")))
 
-        await eventually(reading, "the app reading through the mount", 120)
+        await eventually(reading, "the app reading through the mount", timeout=120)
         killed = _sidecar_pids("/shared/survivor")
         assert killed, "no sidecar process found"
         for pid in killed:
@@ -409,9 +409,9 @@ async def test_a_sigkilled_sidecar_is_restarted_remounts_and_the_app_reads_on(
             side = p.status.init_container_statuses[0]
             return side if side.restart_count >= 1 and side.started else None
 
-        await eventually(restarted, "the kubelet to restart the sidecar", 120)
+        await eventually(restarted, "the kubelet to restart the sidecar", timeout=120)
         done = await eventually(
-            lambda: _finished(core, "survivor"), "the app to finish its rounds", 180
+            lambda: _finished(core, "survivor"), "the app to finish its rounds", timeout=180
         )
         log = _rounds(await _logs(api, "survivor", "app"))
         sidecar_log = await _logs(api, "survivor", "fluidfed-sidecar")
@@ -427,7 +427,7 @@ async def test_a_sigkilled_sidecar_is_restarted_remounts_and_the_app_reads_on(
         await core.delete_namespaced_pod("survivor", NS)
         # the restarted sidecar cleared the killed one's dead mount (REAL-NODE.md item 10):
         # the pod goes within its grace period, with no operator unmounting anything
-        await eventually(lambda: _gone(core, "survivor"), "the pod to be deleted", 90)
+        await eventually(lambda: _gone(core, "survivor"), "the pod to be deleted", timeout=90)
     assert _node_fuse_mounts(real_cluster, "survivor") == []
 
 
@@ -494,7 +494,7 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
                     st = v.bindings[0].status if v.bindings else None
                     return st is not None and st.phase == "Bound"
 
-                await eventually(bound, f"{name} Bound", 90)
+                await eventually(bound, f"{name} Bound", timeout=90)
             await eventually(
                 lambda: asyncio.sleep(0, "sidecar webhook serving on" in agent.log_text()),
                 "the webhook serving",
@@ -540,7 +540,7 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
                             raise AssertionError(f"container {c.name}: {waiting.message}")
                     return NotYet(f"{p.status.phase} {[(c.name, c.state) for c in statuses]}")
 
-                done = await eventually(finished, "the injected pod to finish", 120)
+                done = await eventually(finished, "the injected pod to finish", timeout=120)
                 logs = await _logs(api, "app", "app", home)
                 assert done.status.phase == "Succeeded", (
                     done.status,
@@ -548,7 +548,9 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
                 )
                 assert _rounds(logs) == [{"round": 0, "sums": want}]
                 await core.delete_namespaced_pod("app", home)
-                await eventually(lambda: _gone(core, "app", home), "the pod to be deleted", 60)
+                await eventually(
+                    lambda: _gone(core, "app", home), "the pod to be deleted", timeout=60
+                )
             assert _node_fuse_mounts(real_cluster, name) == []
     finally:
         agent.stop()
@@ -625,7 +627,7 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
             log = await _logs(api, "podnet", "app")
             return p if "hello from the host side" in log else NotYet(log)
 
-        running = await eventually(fetched, "the pod to fetch from the host side", 120)
+        running = await eventually(fetched, "the pod to fetch from the host side", timeout=120)
         pod_ip = running.status.pod_ip
         assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(state.network.pod_cidr)
 
@@ -635,6 +637,6 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
 
         assert await asyncio.to_thread(get) == 200  # the host reaches the pod
         await core.delete_namespaced_pod("podnet", NS, grace_period_seconds=0)
-        await eventually(lambda: _gone(core, "podnet"), "the pod to be deleted", 60)
+        await eventually(lambda: _gone(core, "podnet"), "the pod to be deleted", timeout=60)
     # the pod's network namespace lived under the node's directory, not in /run/netns
     assert not [n for n in os.listdir("/run/netns") if n.startswith("cni-")]
