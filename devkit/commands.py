@@ -123,11 +123,11 @@ def _s3_dir() -> Path:
 
 
 def run_s3_up(args: argparse.Namespace) -> int:
-    from devkit.local import binaries, s3
+    from devkit.local import binaries, processes, s3
 
     base = _s3_dir()
     pid_file = base / "minio.pid"
-    if pid_file.exists() and _alive(int(pid_file.read_text())):
+    if pid_file.exists() and processes.pid_alive(int(pid_file.read_text())):
         raise FluidfedError(f"a local S3 server already runs (pid file {pid_file})")
     asyncio.run(binaries.ensure(_say))
     server = s3.S3Server(base / "data", port=args.port).start(detach=True)
@@ -153,23 +153,17 @@ def run_s3_down(args: argparse.Namespace) -> int:
     import shutil
     import signal
 
+    from devkit.local import processes
+
     base = _s3_dir()
     pid_file = base / "minio.pid"
     if pid_file.exists():
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
     shutil.rmtree(base, ignore_errors=True)
     output.console.print("local S3 server stopped and its data removed")
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from devkit.local.processes import (
     SidecarProcess,
     WorkerProcess,
     force_unmount,
+    pid_alive,
 )
 from devkit.local.s3 import S3Server
 from fluidfed import config, names
@@ -686,19 +687,12 @@ async def _terminate(pids: list[int], grace: float = 15.0) -> None:
     hand-off); SIGKILL what is still there after `grace` seconds. They are not our
     children, so liveness is probed with signal 0."""
 
-    def alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
 
     async def remaining() -> list[int]:
-        return [p for p in pids if alive(p)]
+        return [p for p in pids if pid_alive(p)]
 
     with contextlib.suppress(TimeoutError):
         await _until(remaining, lambda left: not left, grace, 0.1)

@@ -121,11 +121,13 @@ WORKER_STATUS_WIRE: dict[str, Any] = {
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`fluidfed ARGS...` as a user runs it (this interpreter, output captured)."""
+    """`fluidfed ARGS...` as a user runs it (this interpreter, output captured; `input`
+    on its standard input)."""
     return subprocess.run(
         [sys.executable, "-m", "fluidfed.cli.main", *args],
+        input=input,
         capture_output=True,
         text=True,
         env=dict(os.environ if env is None else env),

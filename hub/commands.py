@@ -56,14 +56,17 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def _hub_config(args: argparse.Namespace) -> HubConfig:
+    if not args.config:
+        return HubConfig()
+    doc = config.load(args.config)
+    if doc.hub is None:
+        raise ConfigError([Problem("expected a [hub] table", file=args.config)])
+    return doc.hub
+
+
 def _catalog_file(args: argparse.Namespace) -> Path:
-    cfg = HubConfig()
-    if args.config:
-        doc = config.load(args.config)
-        if doc.hub is None:
-            raise ConfigError([Problem("expected a [hub] table", file=args.config)])
-        cfg = doc.hub
-    return Path(args.data_dir or cfg.data_dir) / "catalog.db"
+    return Path(args.data_dir or _hub_config(args).data_dir) / "catalog.db"
 
 
 def run_backup(args: argparse.Namespace) -> int:
@@ -90,12 +93,7 @@ def run_restore(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from hub import server
 
-    cfg = HubConfig()
-    if args.config:
-        doc = config.load(args.config)
-        if doc.hub is None:
-            raise ConfigError([Problem("expected a [hub] table", file=args.config)])
-        cfg = doc.hub
+    cfg = _hub_config(args)
     overrides = {
         k: v
         for k, v in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir))

@@ -203,14 +203,21 @@ async def _body(request: web.Request, typ: type[M]) -> M:
     return protocol.decode(typ, await request.read()) if request.can_read_body else typ()
 
 
-async def _load(request: web.Request) -> web.Response:
-    refused = _refused(request, Action.LOAD)
+async def _allowed_body(request: web.Request, action: Action, typ: type[M]) -> M | web.Response:
+    """The request's body as `typ` if its credential allows `action`; else the answer."""
+    refused = _refused(request, action)
     if refused is not None:
         return refused
     try:
-        body = await _body(request, protocol.LoadRequest)
+        return await _body(request, typ)
     except ConfigError as err:
         return _problem(400, str(err))
+
+
+async def _load(request: web.Request) -> web.Response:
+    body = await _allowed_body(request, Action.LOAD, protocol.LoadRequest)
+    if isinstance(body, web.Response):
+        return body
     return _json(request.app[WORKER_KEY].start_load(body.path, body.peers or None), status=202)
 
 
@@ -219,13 +226,9 @@ async def _load_progress(request: web.Request) -> web.Response:
 
 
 async def _drain(request: web.Request) -> web.Response:
-    refused = _refused(request, Action.DRAIN)
-    if refused is not None:
-        return refused
-    try:
-        body = await _body(request, protocol.DrainRequest)
-    except ConfigError as err:
-        return _problem(400, str(err))
+    body = await _allowed_body(request, Action.DRAIN, protocol.DrainRequest)
+    if isinstance(body, web.Response):
+        return body
     return _json(await request.app[WORKER_KEY].drain([p.rstrip("/") for p in body.peers]))
 
 

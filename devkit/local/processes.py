@@ -432,6 +432,17 @@ class SidecarProcess(_Child):
         force_unmount(self.mountpoint)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process (not necessarily our child) still exists: signal 0 probes it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_mounted(mountpoint: Path) -> bool:
     target = os.path.abspath(mountpoint)
     with open("/proc/self/mounts") as f:

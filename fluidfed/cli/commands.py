@@ -304,22 +304,14 @@ async def get(client: Client, args: argparse.Namespace) -> int:
         clusters = (
             [await client.get_cluster(args.name)] if args.name else await client.list_clusters()
         )
-        if fmt in ("table", "wide"):
-            output.console.print(output.clusters_table(clusters, wide=wide))
-        elif fmt == "name":
-            output.names("cluster", [c.spec.name for c in clusters])
-        else:
-            output.dump(clusters[0] if args.name else clusters, fmt)
+        names = [c.spec.name for c in clusters]
+        _show("cluster", clusters, names, output.clusters_table(clusters, wide=wide), args)
     elif kind == "datasets":
         datasets = (
             [await client.get_dataset(args.name)] if args.name else await client.list_datasets()
         )
-        if fmt in ("table", "wide"):
-            output.console.print(output.datasets_table(datasets, wide=wide))
-        elif fmt == "name":
-            output.names("dataset", [d.spec.name for d in datasets])
-        else:
-            output.dump(datasets[0] if args.name else datasets, fmt)
+        names = [d.spec.name for d in datasets]
+        _show("dataset", datasets, names, output.datasets_table(datasets, wide=wide), args)
     else:
         if args.name:
             items = [await client.get_binding(args.name)]
@@ -338,6 +330,17 @@ async def get(client: Client, args: argparse.Namespace) -> int:
         else:
             output.dump(listed, fmt)
     return 0
+
+
+def _show(kind: str, items: list[Any], names: list[str], table: Any, args: Any) -> None:
+    """One kind's `get` in the asked format: a table, kind/name lines, or json/yaml (one
+    object when a name was asked for)."""
+    if args.output in ("table", "wide"):
+        output.console.print(table)
+    elif args.output == "name":
+        output.names(kind, names)
+    else:
+        output.dump(items[0] if args.name else items, args.output)
 
 
 async def describe(client: Client, args: argparse.Namespace) -> int:

@@ -2,8 +2,6 @@
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,13 +27,8 @@ def test_get_describe_apply_as_kubectl_users_type_them(hub: HubProcess, tmp_path
 
     # apply -f - : standard input
     env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": hub.admin_token}
-    r = subprocess.run(
-        [sys.executable, "-m", "fluidfed.cli.main", "apply", "-f", "-"],
-        input=(CONFIGS / "datasets" / "imagenet.toml").read_text(),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+    r = run_cli(
+        "apply", "-f", "-", env=env, input=(CONFIGS / "datasets" / "imagenet.toml").read_text()
     )
     assert r.returncode == 0, r.stderr
     assert "dataset/imagenet applied" in r.stdout

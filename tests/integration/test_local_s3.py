@@ -7,6 +7,7 @@ import opendal
 import pytest
 
 from devkit.local.cluster import free_port
+from devkit.local.processes import pid_alive
 from devkit.testing import eventually, run_cli
 
 pytestmark = pytest.mark.integration
@@ -39,13 +40,5 @@ async def test_local_s3_up_serves_the_sample_and_down_leaves_nothing(tmp_path: P
     finally:
         down = run_cli("local", "s3", "down", env=env)
     assert down.returncode == 0, down.stderr
-    await eventually(lambda: not _alive(pid), "MinIO to exit", timeout=30)
+    await eventually(lambda: not pid_alive(pid), "MinIO to exit", timeout=30)
     assert not (tmp_path / "s3").exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
