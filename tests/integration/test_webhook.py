@@ -107,9 +107,10 @@ async def test_native_injection_denial_and_certificate_rotation(
     data = next(v for v in stored.spec.volumes if v.name == "data")
     assert data.empty_dir is not None and data.persistent_volume_claim is None
     mount = stored.spec.containers[0].volume_mounts[0]
+    # no subPath: the sidecar mounts the entry's sub-path (train) as its root
     assert (mount.mount_propagation, mount.sub_path, mount.read_only) == (
         "HostToContainer",
-        "train",
+        None,
         True,
     )
     assert stored.metadata.labels["fluidfed.io/injected"] == "true"
