@@ -62,6 +62,15 @@ def register(sub: Any) -> None:
     creds.add_argument("--namespace", default="", help="a reader token's namespace")
     creds.set_defaults(run=run_credentials)
 
+    r = sub.add_parser(
+        "render", help="print every object the agent would make for a dataset on a cluster"
+    )
+    r.add_argument("-f", "--filename", required=True, metavar="DATASET.toml")
+    r.add_argument("--cluster", required=True, metavar="CLUSTER.toml")
+    r.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    r.add_argument("--image", default="", help="the cache workers' image (default: the agent's)")
+    r.set_defaults(run=run_render)
+
 
 def _resolve(base: Path, path: str) -> Path:
     p = Path(os.path.expanduser(path))
@@ -216,4 +225,42 @@ def run_credentials(args: argparse.Namespace) -> int:
         token = credentials.load(keys).signed(claims)
         credentials.write_file(Path(args.token_out), credentials.CredentialFile(token=token))
         print(f"wrote a {args.role} token of {args.dataset} to {args.token_out} (mode 0600)")
+    return 0
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """Like `helm template`: the objects of each dataset of the file on the cluster, as the
+    agent renders them (csi or sidecar mode, from the cluster's capabilities), for review.
+    Whether the dataset's placement selects the cluster is the hub's call and not checked
+    here. The data path's keys are the agent's to make: the Secrets show none."""
+    from agents import objects, render, trust
+    from fluidfed.models import Binding
+
+    cdoc = config.load(args.cluster)
+    if cdoc.cluster is None:
+        raise ConfigError([Problem("expected a [cluster] table", file=args.cluster)])
+    doc = config.load(args.filename)
+    if not doc.dataset:
+        raise ConfigError([Problem("expected a [dataset] table", file=args.filename)])
+    cluster = cdoc.cluster
+    image = args.image or AgentConfig(cluster_file="-").worker_image
+    ctx = objects.ClusterContext(name=cluster.name, kind=cluster.kind, worker_image=image)
+    out: list[dict[str, Any]] = []
+    for ds in doc.dataset:
+        b = Binding(
+            name=f"{ds.name}.{cluster.name}",
+            dataset=ds.name,
+            cluster=cluster.name,
+            mode=cluster.mount_mode(),
+            replicas=ds.cache.replicas,
+            generation=1,
+            spec=ds,
+        )
+        out += render.desired(b, ctx, trust.DataCredentials(keys=[]))
+    if args.output == "json":
+        print(msgspec.json.format(msgspec.json.encode(out), indent=2).decode())
+    else:
+        import yaml
+
+        print(yaml.safe_dump_all(out, sort_keys=False), end="")
     return 0

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from fluidfed.cli import output
@@ -82,7 +83,7 @@ def _base(args: argparse.Namespace) -> Path | None:
 
 
 def _say(msg: str) -> None:
-    output.err_console.print(f"[dim]{msg}[/dim]")
+    output.err_console.print(f"[dim]{escape(msg)}[/dim]")
 
 
 def run_up(args: argparse.Namespace) -> int:
