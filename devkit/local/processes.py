@@ -186,6 +186,11 @@ class HubProcess(_Child):
     def admin_token(self) -> str:
         return (self.data_dir / "admin-token").read_text().strip()
 
+    @property
+    def ca_file(self) -> str:
+        """The CA of a hub started with --self-signed (clients verify it); "" otherwise."""
+        return str(self.data_dir / "tls" / "ca.crt") if "--self-signed" in self.extra else ""
+
     def start(self, timeout: float = 30.0) -> HubProcess:
         env = {**os.environ, **(self.env or {})}
         env.pop("FLUIDFED_ADMIN_TOKEN", None)
@@ -240,8 +245,10 @@ class AgentProcess(_Child):
         capabilities: dict[str, bool] | None = None,
         cluster_toml: str | None = None,
         token: str = "",
+        ca_file: str = "",
     ) -> None:
         self.dir = Path(workdir) / f"agent-{cluster_name}"
+        self.ca_file = ca_file  # the hub's CA, for an https hub
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = cluster_name
         self.bootstrap_token = bootstrap_token
@@ -267,6 +274,8 @@ class AgentProcess(_Child):
 
     def write_config(self, **extra: str) -> None:
         settings = {"heartbeat_interval": '"1s"', "status_interval": '"500ms"', **extra}
+        if self.ca_file:
+            settings.setdefault("ca_file", json.dumps(self.ca_file))
         body = "".join(f"{k} = {v}\n" for k, v in settings.items())
         (self.dir / "agent.toml").write_text(
             f'[agent]\ncluster_file = "cluster.toml"\nhub = "{self.hub_url}"\n'

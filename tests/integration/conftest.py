@@ -3,6 +3,7 @@ and Kubernetes clients for the session's clusters."""
 
 import json
 import os
+import ssl
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,8 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """The `fluidfed` command line as a user runs it, against `hub`."""
     env = {**os.environ, "FLUIDFED_HUB": hub.url, "FLUIDFED_TOKEN": token or hub.admin_token}
+    if hub.ca_file:
+        env["FLUIDFED_CA_FILE"] = hub.ca_file
     return run_cli(*args, env=env, timeout=timeout)
 
 
@@ -51,7 +54,7 @@ class Fleet:
         self.clusters = clusters
 
     def admin(self) -> Client:
-        return Client(self.hub.url, self.hub.admin_token)
+        return Client(self.hub.url, self.hub.admin_token, ca_file=self.hub.ca_file)
 
     async def view(self, name: str) -> DatasetView:
         async with self.admin() as c:
@@ -60,7 +63,8 @@ class Fleet:
 
 @pytest.fixture
 def fleet(local_clusters: dict[str, cluster.LocalCluster], tmp_path: Path) -> Iterator[Fleet]:
-    hub = HubProcess(tmp_path / "hub").start()
+    # over HTTPS, as across machines: agents and clients verify the hub's self-signed CA
+    hub = HubProcess(tmp_path / "hub", extra=["--self-signed"]).start()
     agents = {
         kind: AgentProcess(
             tmp_path,
@@ -71,6 +75,7 @@ def fleet(local_clusters: dict[str, cluster.LocalCluster], tmp_path: Path) -> It
             hub.admin_token,
             labels={"env": "test"},
             capabilities=CAPS[kind],
+            ca_file=hub.ca_file,
         )
         for kind, lc in local_clusters.items()
     }
@@ -94,8 +99,10 @@ def _wait_registered(hub: HubProcess, names: set[str], within: float = 60) -> No
         hub.url + "/api/v1/clusters", headers={"Authorization": f"Bearer {hub.admin_token}"}
     )
 
+    ctx = ssl.create_default_context(cafile=hub.ca_file) if hub.ca_file else None
+
     def registered() -> bool:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
             seen = {c["spec"]["name"] for c in json.loads(resp.read())}
         return names <= seen or NotYet(f"not registered: {sorted(names - seen)}")
 

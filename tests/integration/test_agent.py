@@ -2,8 +2,6 @@
 following a real hub process."""
 
 import asyncio
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -11,7 +9,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from devkit.local import secrets
-from devkit.testing import eventually
+from devkit.testing import eventually, run_cli
 from fluidfed.data import credentials
 from fluidfed.models import (
     CacheSpec,
@@ -162,24 +160,10 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
     st = await eventually(csi_bound, "Fluid status at the hub")
     assert st.cache_used == 512 * 2**20 and st.cache_capacity == 2**30
     assert st.hit_ratio == pytest.approx(0.8)
-    r = fleet.hub
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fluidfed.cli.main",
-            "--hub",
-            r.url,
-            "--token",
-            r.admin_token,
-            "describe",
-            "dataset",
-            name,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(
+        "--hub", fleet.hub.url, "--token", fleet.hub.admin_token, "--cacert", fleet.hub.ca_file,
+        "describe", "dataset", name,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for cl in ("standard", "serverless", "edge"):
