@@ -410,7 +410,10 @@ async def _lease_loop(app: web.Application) -> None:
     cat = app[CATALOG]
     while True:
         await asyncio.sleep(max(0.2, cat.lease_duration / 4))
-        await cat.expire_leases()
+        try:
+            await cat.expire_leases()
+        except Exception:  # a failing store, say: the next round tries again
+            log.exception("expiring leases failed; trying again")
 
 
 async def _close_watches(app: web.Application) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from fluidfed.models import AutoscaleDecision, BindingStatus
 from hub import autoscale
 from hub.catalog import Catalog
+
+log = logging.getLogger("fluidfed.hub.autoscaler")
 
 
 class Autoscaler:
@@ -92,5 +95,8 @@ class Autoscaler:
                 async with asyncio.timeout(self.interval):
                     await self.wake.wait()
             self.wake.clear()
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:  # a failing store, say: the next round decides again
+                log.exception("autoscaling failed; deciding again at the next round")
             await asyncio.sleep(min_gap)

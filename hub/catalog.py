@@ -44,11 +44,14 @@ _decisions_dec = codec.decoder(list[AutoscaleDecision])
 
 
 def _check_binding_names(ops: list[Op], path: str) -> None:
-    """Refuse ops that would write a binding whose name does not fit a label value."""
+    """Refuse ops that would write a binding a cluster cannot make real: a name that does
+    not fit a label value, or dataset:// mounts on a cluster without Fluid."""
     for op in ops:
         if isinstance(op, Put) and op.kind == BINDING:
             dataset, _, cluster = op.name.partition(".")
             problems = consistency.check_binding_names(dataset, [cluster], path)
+            b = _binding_dec.decode(op.value)
+            problems += consistency.check_served(b.spec, b.cluster, b.mode)
             errors.BadRequest.unless_valid(problems)
 
 
@@ -355,7 +358,8 @@ class Catalog:
             if rec.ready and now - self.heartbeats.get(name, 0) > self.lease_duration
         ]
         for name in expired:
-            await self._set_condition(name, "Offline", "lease expired: no heartbeat")
+            if name in self.clusters:  # deleted meanwhile: nothing to mark
+                await self._set_condition(name, "Offline", "lease expired: no heartbeat")
         return expired
 
     async def _set_condition(self, name: str, typ: str, reason: str) -> ClusterRecord:
@@ -393,7 +397,9 @@ class Catalog:
         """The ops that turn the dataset's current bindings into placement's answer."""
         current = {b.cluster: b for b in self.bindings.values() if b.dataset == rec.spec.name}
         live = {c: b for c, b in current.items() if not b.deleting}
-        wanted = placement.place(rec.spec, rec.generation, clusters.values(), live)
+        homes = {n: r.spec.namespace for n, r in self.datasets.items()}
+        spec = consistency.fluid_references(rec.spec, homes)
+        wanted = placement.place(spec, rec.generation, clusters.values(), live)
         ops: list[Op] = []
         for cluster, b in wanted.items():
             old = current.get(cluster)
@@ -438,9 +444,13 @@ class Catalog:
         log = self.log
         if self._since_compaction > self.history // 10 or log.compacted > self._store_compacted:
             self._since_compaction = 0
-            # the store forgets at least what the log forgot (the log may trim by bytes)
-            self._store_compacted = await self.store.compact(self.history, log.compacted)
-            log.compacted = max(log.compacted, self._store_compacted)
+            # the store forgets at least what the log forgot (the log may trim by bytes); the
+            # write is durable already: a failing compaction is tried again, never an error
+            try:
+                self._store_compacted = await self.store.compact(self.history, log.compacted)
+                log.compacted = max(log.compacted, self._store_compacted)
+            except errors.StoreError as err:
+                self.store_problem = err.reason
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 

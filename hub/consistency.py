@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
+import msgspec
+
 from fluidfed.errors import Problem
-from fluidfed.models import Dataset
+from fluidfed.models import Dataset, MountMode
 from fluidfed.validation import MAX_LABEL_VALUE
 
 
@@ -81,3 +83,34 @@ def _cycle(start: str, via: str, known: Mapping[str, Dataset]) -> list[str]:
         seen.add(name)
         stack += [(ref, [*trail, ref]) for _, ref in dataset_references(known[name])]
     return []
+
+
+def check_served(d: Dataset, cluster: str, mode: MountMode) -> list[Problem]:
+    """dataset:// mounts are Fluid's own cross-namespace sharing: only a cluster with Fluid
+    (csi mode) serves them; a sidecar or a cache worker has no reader for them."""
+    if mode == "csi":
+        return []
+    return [
+        Problem(
+            f"dataset:// mounts need a cluster with Fluid, and placement picks {cluster}, "
+            "which mounts by sidecar: mount the referenced dataset's own URI, or place this "
+            "dataset on clusters with Fluid only",
+            path=f"dataset.mounts[{i}].uri",
+        )
+        for i, _ in dataset_references(d)
+    ]
+
+
+def fluid_references(d: Dataset, homes: Mapping[str, str]) -> Dataset:
+    """The spec as bindings carry it: `dataset://name` as Fluid reads it,
+    `dataset://<home namespace>/<name>` (the catalog knows where each dataset lives)."""
+    refs = dict(dataset_references(d))
+    if not refs:
+        return d
+    mounts = [
+        msgspec.structs.replace(m, uri=f"dataset://{homes[refs[i]]}/{refs[i]}")
+        if i in refs and refs[i] in homes
+        else m
+        for i, m in enumerate(d.mounts)
+    ]
+    return msgspec.structs.replace(d, mounts=mounts)

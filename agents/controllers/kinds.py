@@ -120,8 +120,21 @@ class KindFollower:
                 # the cluster does not serve this kind (no Fluid here): nothing to follow
                 self.synced.set()
                 return False
+            case informer.Retrying(error=KubeError(status=403) as err, delay=delay):
+                # not allowed to list it (a ClusterRole from an older version, say): say
+                # why, and let reconciling go on without it rather than wait for ever
+                log.error(
+                    "the agent may not list %s (%s): apply configs/deploy/agent.yaml's "
+                    "ClusterRole; retrying in %.1fs",
+                    self.source.kind,
+                    err,
+                    delay,
+                )
+                self.synced.set()
+            case informer.Retrying(error=KubeError(temporary=False) as err, delay=delay):
+                log.error("listing %s failed: %s; retrying in %.1fs", self.source.kind, err, delay)
             case informer.Retrying(error=KubeError()):
-                pass
+                pass  # temporary (a restart of the API server): the informer retries
             case informer.Retrying(error=err, delay=delay):
                 log.error(
                     "watching %s failed; retrying in %.1fs", self.source.kind, delay, exc_info=err

@@ -187,10 +187,11 @@ def mutate(
             if v["name"] == vol_name:
                 v.clear()
                 v.update({"name": vol_name, "emptyDir": {}})
-        config_vol = _unique(f"fluidfed-config-{ds}", taken_volumes)
+        # names Kubernetes takes (DNS labels, 63 at most) however long the dataset's name
+        config_vol = _unique(objects.k8s_name("fluidfed-config", ds, limit=60), taken_volumes)
         volumes.append({"name": config_vol, "configMap": {"name": objects.config_name(ds)}})
         # the reader token of this namespace's access entry, from the agent's Secret
-        creds_vol = _unique(f"fluidfed-credentials-{ds}", taken_volumes)
+        creds_vol = _unique(objects.k8s_name("fluidfed-credentials", ds, limit=60), taken_volumes)
         volumes.append(
             {
                 "name": creds_vol,
@@ -210,13 +211,13 @@ def mutate(
                     if entry.read_only:
                         m["readOnly"] = True
         sidecar: dict[str, Any] = {
-            "name": _unique(f"fluidfed-{ds}", taken_containers),
+            "name": _unique(objects.k8s_name("fluidfed", ds, limit=60), taken_containers),
             "image": settings.image,
             "args": [
                 "sidecar",
                 "mount",
                 "--config",
-                f"{CONFIG_ROOT}/{ds}/sidecar.json",
+                f"{CONFIG_ROOT}/{ds}/{names.SIDECAR_CONFIG}",
                 "--mountpoint",
                 mountpoint,
                 "--ready-file",

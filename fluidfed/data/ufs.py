@@ -221,7 +221,7 @@ def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
     else:
         raise UFSError(
             f"{mount.uri}: no reader for {parts.scheme}:// (dataset:// mounts are "
-            "resolved by the agent before they reach a reader)"
+            "Fluid's: the hub places them on clusters with Fluid only)"
         )
     config.update({k: str(v) for k, v in opts.items()})
     try:

@@ -68,8 +68,8 @@ async def get_block(
             hit = r.headers.get(protocol.CACHE) == "hit"
             path = r.headers.get(protocol.LOCAL)
             length = int(r.headers.get(protocol.LENGTH, "0"))
-    except aiohttp.ClientError as err:
-        raise errors.WorkerError(f"{url}: {err}") from err
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise errors.WorkerError(f"{url}: {str(err) or 'no answer in time'}") from err
     if path is not None:
         try:
             data, got = await blockfile.load_block_file(path)
@@ -121,8 +121,8 @@ async def put_block(
         ) as r:
             if r.status not in (200, 201, 204):
                 raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
-    except aiohttp.ClientError as err:
-        raise errors.WorkerError(f"{url}: {err}") from err
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise errors.WorkerError(f"{url}: {str(err) or 'no answer in time'}") from err
 
 
 M = TypeVar("M", bound=protocol.Message)
@@ -147,8 +147,8 @@ async def _call(
             if r.status >= 300:
                 raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
             return protocol.decode(answer, await r.read())
-    except aiohttp.ClientError as err:
-        raise errors.WorkerError(f"{url}: {err}") from err
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise errors.WorkerError(f"{url}: {str(err) or 'no answer in time'}") from err
     except ConfigError as err:
         raise errors.WorkerError(f"{url}: unexpected answer: {err}") from err
 
@@ -185,5 +185,5 @@ async def register(
         ) as r:
             if r.status >= 300:
                 raise errors.WorkerError(f"{agent}: {r.status} {await r.text()}", status=r.status)
-    except aiohttp.ClientError as err:
-        raise errors.WorkerError(f"{agent}: {err}") from err
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise errors.WorkerError(f"{agent}: {str(err) or 'no answer in time'}") from err

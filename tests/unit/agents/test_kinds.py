@@ -90,3 +90,9 @@ def test_live_cache_finds_what_a_binding_owns() -> None:
     live.put(obj("b1", "b.edge"))
     assert sorted(k[3] for k in live.owned_by("a.edge")) == ["a1", "a2"]
     assert live.owned_by("c.edge") == []
+
+
+def test_a_kind_the_agent_may_not_list_does_not_hold_reconciling_back() -> None:
+    f = follower(LiveCache(), WorkQueue(Backoff()))
+    assert f.handle(informer.Retrying(KubeError(403, "secrets is forbidden"), 1.0))
+    assert f.synced.is_set()  # reconciling starts; the error is logged with what to do

@@ -7,7 +7,7 @@ import pytest
 
 from devkit import testing
 from fluidfed.errors import APIError, Compacted
-from fluidfed.models import Cluster, Dataset, LabelSelector, Mount, Placement
+from fluidfed.models import Capabilities, Cluster, Dataset, LabelSelector, Mount, Placement
 from hub.catalog import Catalog
 from hub.store import Op, SQLiteStore
 
@@ -189,7 +189,8 @@ async def test_generation_counts_spec_changes(tmp_path: Path) -> None:
 
 async def test_the_catalog_refuses_what_would_fail_in_a_cluster(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="c" * 30))
+    fluid = Capabilities(csi=True, fluid=True)  # dataset:// mounts need Fluid
+    await cat.register_cluster(Cluster(name="c" * 30, capabilities=fluid))
     # a binding name longer than a label value: refused at apply, nothing stored
     with pytest.raises(APIError) as info:
         await cat.apply_dataset(ds("d" * 40))
@@ -198,7 +199,7 @@ async def test_the_catalog_refuses_what_would_fail_in_a_cluster(tmp_path: Path) 
     # ... and a cluster whose name would make one for a dataset already placed
     await cat.apply_dataset(ds("d" * 30))
     with pytest.raises(APIError) as info:
-        await cat.register_cluster(Cluster(name="e" * 33))
+        await cat.register_cluster(Cluster(name="e" * 33, capabilities=fluid))
     assert info.value.problems[0].path == "cluster.name"
     assert "e" * 33 not in cat.clusters
 
@@ -234,3 +235,19 @@ async def test_the_watch_log_is_bounded_by_bytes_as_well_as_by_count(tmp_path: P
     again = await new_catalog(tmp_path, history=10000, history_bytes=600_000)
     assert again.compacted >= cat.compacted - 1
     assert again.log.bytes <= 600_000 * 1.25
+
+
+async def test_dataset_references_reach_fluid_as_it_reads_them_and_never_a_sidecar(
+    tmp_path: Path,
+) -> None:
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="f", capabilities=Capabilities(csi=True, fluid=True)))
+    await cat.apply_dataset(Dataset(name="base", namespace="data", mounts=[Mount(uri="s3://b/p")]))
+    await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
+    assert cat.bindings["ref.f"].spec.mounts[0].uri == "dataset://data/base"  # Fluid's form
+    assert cat.datasets["ref"].spec.mounts[0].uri == "dataset://base"  # the user's, as given
+    # a sidecar cluster has no reader for it: refused, at registration as at apply
+    with pytest.raises(APIError) as info:
+        await cat.register_cluster(Cluster(name="s"))
+    assert "need a cluster with Fluid" in info.value.problems[0].message
+    assert "s" not in cat.clusters

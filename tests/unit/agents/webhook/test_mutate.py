@@ -264,3 +264,18 @@ def test_a_fuse_device_resource_is_requested_where_the_platform_names_one() -> N
     side = out["spec"]["initContainers"][0]
     assert side["resources"]["limits"]["smarter-devices/fuse"] == "1"
     assert side["securityContext"]["privileged"] is True
+
+
+def test_a_long_dataset_name_still_gives_names_kubernetes_takes() -> None:
+    long = "d" * 61  # as long as the hub accepts (with a one-letter cluster name)
+    bindings = {long: binding(long)}
+    p = pod(
+        annotations={"fluidfed.io/datasets": f"{long}=ds"}, volumes=[{"name": "ds", "emptyDir": {}}]
+    )
+    d = m.mutate(p, "ml", bindings, PRIV, m.SidecarSettings(image="ff:1"))
+    assert d.allowed and d.pod is not None, d.message
+    spec = d.pod["spec"]
+    names_ = [v["name"] for v in spec["volumes"]] + [
+        c["name"] for c in spec.get("initContainers", []) + spec["containers"]
+    ]
+    assert all(len(n) <= 63 for n in names_), [n for n in names_ if len(n) > 63]
