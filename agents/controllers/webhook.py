@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -59,7 +60,11 @@ class SidecarWebhook:
 
     async def run(self) -> None:
         cfg = self.cfg
-        hosts = tuple(dict.fromkeys((cfg.webhook_host, "127.0.0.1", "localhost")))
+        # the serving certificate names every way it is called: the URL the API server is
+        # given (a Service's DNS name in a pod) and loopback
+        called = urlsplit(cfg.webhook_url).hostname or ""
+        names_ = (called, cfg.webhook_host, "127.0.0.1", "localhost")
+        hosts = tuple(dict.fromkeys(n for n in names_ if n and n != "0.0.0.0"))
         self.certs = CertManager(
             self.directory,
             hosts,
