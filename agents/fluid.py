@@ -32,7 +32,7 @@ def _fluid_mount(m: Mount, index: int) -> dict[str, Any]:
 
 def fluid_objects(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any]]:
     ds = b.spec
-    api = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
+    api = names.FLUID_API
     home = {
         "apiVersion": api,
         "kind": "Dataset",

@@ -183,7 +183,7 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
             "worker",
             "serve",
             "--config",
-            "/etc/fluidfed/worker.json",
+            f"/etc/fluidfed/{names.WORKER_CONFIG}",
             "--host",
             "$(POD_IP)",
         ],
@@ -299,11 +299,6 @@ def desired(
     sidecar mode's Secrets."""
     owned = fluid.fluid_objects(b, ctx) if b.mode == "csi" else sidecar_objects(b, ctx, creds)
     return namespaces(b, ctx) + owned
-
-
-def key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
-    meta = obj["metadata"]
-    return (obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
 
 
 def webhook_configuration(ctx: objects.ClusterContext, url: str, ca_pem: bytes) -> dict[str, Any]:

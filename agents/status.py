@@ -51,7 +51,7 @@ def compute(
         sts = live.get(("apps/v1", "StatefulSet", ds.namespace, objects.cache_name(ds.name)))
         ready = int(_dict(_dict(sts).get("status")).get("readyReplicas") or 0)
     else:
-        api = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
+        api = names.FLUID_API
         dataset = _dict(live.get((api, "Dataset", ds.namespace, ds.name)))
         runtime = _dict(
             live.get((api, fluid.RUNTIME_KINDS[ds.cache.engine], ds.namespace, ds.name))

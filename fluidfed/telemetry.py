@@ -69,7 +69,7 @@ def setup(
     if _provider is None:
         resource = Resource.create(
             {
-                "service.name": f"fluidfed-{service}",
+                "service.name": service,  # fluidfed.names' *_SERVICE: the agent matches on it
                 "service.instance.id": str(uuid.uuid4()),
                 **(attributes or {}),
             }
@@ -98,7 +98,7 @@ def setup(
             )
         _provider = MeterProvider(resource=resource, metric_readers=readers)
         metrics.set_meter_provider(_provider)
-    return metrics.get_meter(f"fluidfed.{service}")
+    return metrics.get_meter(service)
 
 
 class _Bearer:

@@ -9,6 +9,7 @@ import posixpath
 import re
 from urllib.parse import urlsplit
 
+from fluidfed import names
 from fluidfed.errors import Problem
 from fluidfed.models import (
     AgentConfig,
@@ -30,7 +31,7 @@ URI_SCHEMES = ("s3", "oss", "http", "https", "file", "dataset")
 _SECRET_OPTION = re.compile(r"(secret|password|passwd|token|access[_-]?key|credential)", re.I)
 # options the under-storage reader would take over what the URI (or the Secret) says
 _URI_OPTIONS = ("root", "bucket", "container", "name", "allow_anonymous")
-RESERVED_PREFIXES = ("fluidfed.io/", "topology.kubernetes.io/")
+RESERVED_PREFIXES = (names.PREFIX, "topology.kubernetes.io/")
 # Kubernetes label values (the binding's name is one) hold at most 63 characters
 MAX_LABEL_VALUE = 63
 # sane maxima: far above any real cache, low enough that a typo is caught

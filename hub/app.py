@@ -69,7 +69,7 @@ class Instruments:
 
     @classmethod
     def create(cls) -> Instruments:
-        meter = telemetry.setup("hub")
+        meter = telemetry.setup(names.HUB_SERVICE)
         return cls(
             requests=meter.create_counter(
                 names.HUB_REQUESTS, unit="{request}", description="API requests by route and status"

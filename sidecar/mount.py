@@ -184,7 +184,7 @@ class Sidecar:
         cfg, fs, reader = self.cfg, self.fs, self.reader
         assert fs is not None and reader is not None
         meter = telemetry.setup(
-            "sidecar",
+            names.SIDECAR_SERVICE,
             attributes={
                 names.ATTR_DATASET: cfg.dataset,
                 names.ATTR_CLUSTER: cfg.cluster,
@@ -254,7 +254,7 @@ class Sidecar:
                 read_timeout=self.cfg.read_timeout,
             )
             self._instrument(store)
-            clear_dead_mount(self.mountpoint)
+            await asyncio.to_thread(clear_dead_mount, self.mountpoint)
             os.makedirs(self.mountpoint, exist_ok=True)
             options = {
                 "ro",

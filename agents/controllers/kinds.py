@@ -31,10 +31,10 @@ SIDECAR_KINDS = [
     ("apps/v1", "StatefulSet"),
     ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
 ]
-FLUID_API = f"{names.FLUID_GROUP}/{names.FLUID_VERSION}"
+FLUID_API = names.FLUID_API
 FLUID_KINDS = [(FLUID_API, "Dataset"), *((FLUID_API, k) for k in fluid.RUNTIME_KINDS.values())]
 OWNED_KINDS = SIDECAR_KINDS + FLUID_KINDS
-OWNED = f"{names.MANAGED_BY}={names.AGENT}"
+OWNED = names.OWNED_SELECTOR
 
 KubeObject = dict[str, Any]
 KindEvent = informer.Event[KubeObject, str]

@@ -222,6 +222,9 @@ def mutate(
                 mountpoint,
                 "--ready-file",
                 _ready_file(ds),
+                # probes read the ready file: a free port each, so several sidecars share a pod
+                "--status-addr",
+                "127.0.0.1:0",
             ]
             + ([] if native else ["--exit-with-peers"]),
             "securityContext": copy.deepcopy(sec_ctx),

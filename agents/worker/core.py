@@ -291,7 +291,7 @@ class Worker:
 
     def instrument(self, cluster: str = "") -> None:
         meter = telemetry.setup(
-            "worker",
+            names.WORKER_SERVICE,
             attributes={names.ATTR_DATASET: self.cfg.dataset, names.ATTR_CLUSTER: cluster},
             otlp_default=self.cfg.agent,
             token=self._peer_token,
