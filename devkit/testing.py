@@ -135,6 +135,21 @@ def run_cli(
     )
 
 
+def kubectl(
+    kubeconfig: Path | str, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The cached kubectl against a local cluster (its kubeconfig), output captured."""
+    from devkit.local import binaries
+
+    return subprocess.run(
+        [str(binaries.cache_dir() / "kubectl"), "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 # ---- waiting ----------------------------------------------------------------------------
 
 

@@ -2,27 +2,16 @@
 accepted by a real kube-apiserver (server-side dry-run), and the fluidfed TOML they carry
 valid, with TLS on and the in-cluster agent reachable through its Service."""
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from devkit.local import binaries, cluster
-from devkit.testing import run_cli
+from devkit.local import cluster
+from devkit.testing import kubectl, run_cli
 from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.integration
-
-
-def _kubectl(lc: cluster.LocalCluster, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binaries.cache_dir() / "kubectl"), "--kubeconfig", str(lc.kubeconfig_path), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize("manifest", ["hub.yaml", "agent.yaml"])
@@ -32,11 +21,19 @@ def test_manifests_apply_and_carry_valid_configs(
     docs = [d for d in yaml.safe_load_all((CONFIGS / "deploy" / manifest).read_text()) if d]
     lc = local_clusters["edge"]
     spaces = [d for d in docs if d["kind"] == "Namespace"]
-    made = _kubectl(lc, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(spaces))
+    made = kubectl(
+        lc.kubeconfig_path, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(spaces)
+    )
     assert made.returncode == 0, made.stderr
     rest = [d for d in docs if d["kind"] != "Namespace"]
-    dry = _kubectl(
-        lc, "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(rest)
+    dry = kubectl(
+        lc.kubeconfig_path,
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(rest),
     )
     assert dry.returncode == 0, dry.stderr
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]

@@ -3,27 +3,16 @@ for review, and each one accepted by a real kube-apiserver (server-side dry-run;
 standard cluster serves the Fluid CRDs the local clusters install)."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from devkit.local import binaries, cluster
-from devkit.testing import run_cli
+from devkit.local import cluster
+from devkit.testing import kubectl, run_cli
 from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.integration
-
-
-def _kubectl(lc: cluster.LocalCluster, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binaries.cache_dir() / "kubectl"), "--kubeconfig", str(lc.kubeconfig_path), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize(
@@ -49,10 +38,12 @@ def test_rendered_objects_are_what_the_cluster_accepts(
     lc = local_clusters[kind]
     spaces = [o for o in objs if o["kind"] == "Namespace"]
     rest = [o for o in objs if o["kind"] != "Namespace"]
-    made = _kubectl(lc, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(spaces))
+    made = kubectl(
+        lc.kubeconfig_path, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(spaces)
+    )
     assert made.returncode == 0, made.stderr
-    dry = _kubectl(
-        lc, "apply", "--server-side", "--dry-run=server", "--field-manager=fluidfed-agent",
+    dry = kubectl(
+        lc.kubeconfig_path, "apply", "--server-side", "--dry-run=server", "--field-manager=fluidfed-agent",
         "-f", "-", stdin=yaml.safe_dump_all(rest),
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr
