@@ -70,6 +70,18 @@ def _register_local(sub: Any) -> None:
     p.set_defaults(run=run_s3_up)
     p = s3_sub.add_parser("down", help="stop it and remove its data")
     p.set_defaults(run=run_s3_down)
+    p = loc_sub.add_parser(
+        "credentials",
+        help="write the data-path keys a cluster's agent made for a dataset (for workers run "
+        "here as processes)",
+    )
+    p.add_argument("name", help="the local cluster")
+    p.add_argument("dataset")
+    p.add_argument("--keys", required=True, help="write them to this file (mode 0600)")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the agent to make them"
+    )
+    p.set_defaults(run=run_credentials)
     p = loc_sub.add_parser("list", help="list local clusters")
     p.set_defaults(run=run_list)
     p = loc_sub.add_parser("down", help="stop clusters and remove their files")
@@ -164,6 +176,55 @@ def run_s3_down(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGTERM)
     shutil.rmtree(base, ignore_errors=True)
     output.console.print("local S3 server stopped and its data removed")
+    return 0
+
+
+def run_credentials(args: argparse.Namespace) -> int:
+    """The binding's keys from the Secret its agent keeps in the cluster, so that cache
+    workers and sidecars run here as processes are the binding's own: the agent takes
+    registrations and metrics only from them, and they take warm-ups only from it."""
+    from agents import trust
+    from devkit.local import cluster, secrets
+    from fluidfed.data import credentials
+
+    base = _base(args) or cluster.default_base_dir()
+    state = cluster.load_state(base / args.name)
+    if state is None:
+        raise FluidfedError(
+            f"no local cluster named {args.name} in {base}: start it with "
+            f"`fluidfed local up {args.name}`"
+        )
+
+    async def wait() -> tuple[str, credentials.CredentialFile]:
+        said = False
+        async with await cluster.api_client_for(state.kubeconfig) as api:
+            async with asyncio.timeout(args.timeout):
+                while True:
+                    found = await secrets.keys_anywhere(api, args.dataset)
+                    if found is not None:
+                        return found
+                    if not said:
+                        _say(
+                            f"waiting for the agent of {args.name} to make the keys of "
+                            f"{args.dataset} (it does once the dataset is bound there)"
+                        )
+                        said = True
+                    await asyncio.sleep(0.5)
+
+    try:
+        namespace, keys = asyncio.run(wait())
+    except TimeoutError:
+        raise FluidfedError(
+            f"no keys for dataset {args.dataset} in cluster {args.name} after {args.timeout:.0f}s: "
+            f"is `fluidfed agent run` running for {args.name}, and is {args.dataset} placed "
+            f"there (`fluidfed get bindings --cluster {args.name}`)?"
+        ) from None
+    credentials.write_file(Path(args.keys), keys)
+    secret = f"{namespace}/{trust.keys_secret_name(args.dataset)}"
+    output.console.print(
+        f"wrote the keys of {args.dataset} from {args.name}'s Secret {secret} to {args.keys} "
+        "(mode 0600)"
+    )
     return 0
 
 
