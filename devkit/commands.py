@@ -286,5 +286,19 @@ def run_demo(args: argparse.Namespace) -> int:
         asyncio.run(demo.stop(base))
         demo.console.print(f"demo in {base} stopped and removed")
         return 0
+    from devkit import preflight
+
+    findings = preflight.for_demo()
+    if preflight.blocking(findings):
+        output.err_console.print(
+            "[red]error:[/red] fluidfed demo cannot run on this machine yet; what it checked:",
+            markup=True,
+        )
+        for line in preflight.report(findings):
+            output.err_console.print(escape(line))
+        output.err_console.print(
+            "scripts/setup installs or checks all of it (scripts/demo runs it)"
+        )
+        return 2
     asyncio.run(demo.Demo(base, quick=args.quick, keep=args.keep).run())
     return 0
