@@ -226,7 +226,8 @@ def blocking(findings: list[Finding]) -> list[Finding]:
 
 def main(argv: list[str]) -> int:
     if argv == ["packages"]:
-        print("\n".join(missing_packages()))
+        for pkg in missing_packages():
+            print(pkg)
         return 0
     if argv != ["setup"]:
         print("usage: python3 -m devkit.preflight setup|packages", file=sys.stderr)
