@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from agents import objects
 from agents.observed import Observed
 from agents.registry import Registry
 from agents.store import Store
@@ -20,6 +21,8 @@ from fluidfed.data import credentials, workers
 from fluidfed.models import Binding, LoadRequest, LoadStatus
 
 log = logging.getLogger("fluidfed.agent.warmup")
+
+WAIT_FOR_WORKERS = 600.0  # seconds a warm-up waits for workers and runs before it fails
 
 
 @dataclasses.dataclass(eq=False)
@@ -58,13 +61,17 @@ class WarmUps:
                 await self.store.publish(b.name, self.observed.fold(b, st))
 
         log.info("warm-up %d of %s (path %r) starting", req.id, b.dataset, req.path or "/")
+        workers_set = f"StatefulSet {b.spec.namespace}/{objects.cache_name(b.spec.name)}"
+        live: list[Any] = []
         try:
-            live: list[Any] = []
-            async with asyncio.timeout(600):
+            async with asyncio.timeout(WAIT_FOR_WORKERS):
                 while not live:
                     live = self.registry.alive(b.dataset, time.time())
                     if not live:
-                        await show(message="waiting for cache workers to register")
+                        await show(
+                            message=f"waiting for cache workers to register (the pods of the "
+                            f"{workers_set} do once they run)"
+                        )
                         await asyncio.sleep(1)
             urls = [w.url for w in live]
             # the workers start and report loads only for their binding's agent
@@ -101,7 +108,14 @@ class WarmUps:
             else:
                 await show(phase="Failed" if prog.errors else "Done")
         except (TimeoutError, errors.WorkerError) as err:
-            await show(phase="Failed", message=str(err) or "no cache worker registered")
+            if not live:
+                why = (
+                    f"no cache worker registered within {WAIT_FOR_WORKERS:.0f}s: are the pods of "
+                    f"the {workers_set} running and able to reach this agent's API?"
+                )
+            else:
+                why = str(err) or f"not finished within {WAIT_FOR_WORKERS:.0f}s"
+            await show(phase="Failed", message=why)
         log.info(
             "warm-up %d of %s: %s (%.1f%% cached)", req.id, b.dataset, prog.phase, prog.percent()
         )
