@@ -4,10 +4,12 @@ pods, and the scheduler puts it on their node (the edge cluster's two kwok nodes
 sub-path reader, which gets no such affinity, is spread as the scheduler would; without
 workers the injected pod is scheduled all the same."""
 
+import contextlib
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
 from devkit import testing
 from devkit.testing import NotYet, eventually
@@ -63,10 +65,22 @@ def preferred_terms(pod: Any) -> list[Any]:
 async def test_readers_land_beside_the_datasets_workers_and_schedule_without_them(
     fleet: Fleet, apis: dict[str, Any]
 ) -> None:
+    core = client.CoreV1Api(apis["edge"])
+    try:
+        await _readers_and_workers(fleet, core)
+    finally:
+        # the edge cluster serves the whole session: its nodes get their room back
+        for ns in (HOME, OTHER):
+            with contextlib.suppress(ApiException):  # not there if the test failed early
+                await core.delete_collection_namespaced_pod(
+                    ns, label_selector="fluidfed.io/inject=true", grace_period_seconds=0
+                )
+
+
+async def _readers_and_workers(fleet: Fleet, core: Any) -> None:
     async with fleet.admin() as hub:
         await hub.apply_dataset(near(replicas=1))
     await ready(fleet, NAME, "edge")
-    core = client.CoreV1Api(apis["edge"])
 
     async def worker_node() -> Any:
         pods = (await core.list_namespaced_pod(HOME, label_selector=WORKERS)).items

@@ -79,16 +79,20 @@ def test_the_sidecar_gets_its_namespaces_reader_token_and_the_pod_the_readers_la
     assert out["metadata"]["labels"]["fluidfed.io/reader-imagenet"] == "true"
 
 
-def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
+def _ssd_bindings() -> dict[str, Any]:
+    """A dataset with a disk tier: ml reads all of it, research only val/."""
     b = binding("ssd")
     tiers = [
         CacheTier(medium="MEM", quota=ByteSize(2**30)),
         CacheTier(medium="SSD", quota=ByteSize(2**34), path="/mnt/nvme"),
     ]
-    # ml reads the whole dataset; research only val/
     access = [Access(namespace="ml"), Access(namespace="research", sub_path="val")]
     spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers), access=access)
-    bindings = {"ssd": msgspec.structs.replace(b, spec=spec)}
+    return {"ssd": msgspec.structs.replace(b, spec=spec)}
+
+
+def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
+    bindings = _ssd_bindings()
     asks = pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}])
     out = m.mutate(asks, "ml", bindings, PRIV).pod
     assert out is not None
@@ -279,18 +283,6 @@ def test_a_long_dataset_name_still_gives_names_kubernetes_takes() -> None:
         c["name"] for c in spec.get("initContainers", []) + spec["containers"]
     ]
     assert all(len(n) <= 63 for n in names_), [n for n in names_ if len(n) > 63]
-
-
-def _ssd_bindings() -> dict[str, Any]:
-    """A dataset with a disk tier: ml reads all of it, research only val/."""
-    b = binding("ssd")
-    tiers = [
-        CacheTier(medium="MEM", quota=ByteSize(2**30)),
-        CacheTier(medium="SSD", quota=ByteSize(2**34), path="/mnt/nvme"),
-    ]
-    access = [Access(namespace="ml"), Access(namespace="research", sub_path="val")]
-    spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers), access=access)
-    return {"ssd": msgspec.structs.replace(b, spec=spec)}
 
 
 SSD_POD = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}]}
