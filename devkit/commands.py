@@ -190,10 +190,11 @@ def run_credentials(args: argparse.Namespace) -> int:
     base = _base(args) or cluster.default_base_dir()
     state = cluster.load_state(base / args.name)
     if state is None:
-        raise FluidfedError(
-            f"no local cluster named {args.name} in {base}: start it with "
-            f"`fluidfed local up {args.name}`"
+        output.err_console.print(
+            f"[red]error:[/red] no local cluster named {escape(args.name)} in {base}: start it "
+            f"with `fluidfed local up {escape(args.name)}`"
         )
+        return 2
 
     async def wait() -> tuple[str, credentials.CredentialFile]:
         said = False
