@@ -52,6 +52,7 @@ class Finding:
     ok: bool
     fix: str = ""
     blocks: bool = True
+    detail: str = ""  # one more line under `what` (what each missing thing is for)
 
 
 def missing_packages() -> list[str]:
@@ -77,18 +78,21 @@ def packages(is_root: bool) -> Finding:
             False,
             "install their equivalents with this system's package manager",
         )
+    what = f"Debian packages missing: {' '.join(missing)}"
     why = "; ".join(f"{p}: {PACKAGES[p]}" for p in missing)
     if is_root:
         return Finding(
-            f"Debian packages missing: {' '.join(missing)} ({why})",
+            what,
             False,
-            "scripts/setup installs them now (apt-get install)",
+            "scripts/setup installs them (apt-get install) once nothing else is missing",
             blocks=False,
+            detail=why,
         )
     return Finding(
-        f"Debian packages missing: {' '.join(missing)} ({why})",
+        what,
         False,
         f"sudo apt-get install -y {' '.join(missing)}   (or run scripts/setup as root)",
+        detail=why,
     )
 
 
@@ -215,6 +219,8 @@ def report(findings: list[Finding]) -> list[str]:
     for f in findings:
         mark = "ok  " if f.ok else ("note" if not f.blocks else "MISSING")
         lines.append(f"  {mark:7} {f.what}")
+        if f.detail:
+            lines.append(f"          ({f.detail})")
         if not f.ok:
             lines.append(f"          -> {f.fix}")
     return lines

@@ -9,13 +9,17 @@ def test_the_report_says_what_is_missing_and_what_to_run() -> None:
     findings = [
         Finding("Python 3.11 in a venv", True),
         Finding(
-            "Debian packages missing: fio (the benchmarks)", False, "sudo apt-get install -y fio"
+            "Debian packages missing: fio",
+            False,
+            "sudo apt-get install -y fio",
+            detail="fio: the benchmarks",
         ),
         Finding("not root", False, "run the tests as root", blocks=False),
     ]
     assert preflight.report(findings) == [
         "  ok      Python 3.11 in a venv",
-        "  MISSING Debian packages missing: fio (the benchmarks)",
+        "  MISSING Debian packages missing: fio",
+        "          (fio: the benchmarks)",
         "          -> sudo apt-get install -y fio",
         "  note    not root",
         "          -> run the tests as root",
