@@ -38,6 +38,9 @@ PACKAGES = {
     "mmdebstrap": "the fluidfed image without Docker",
     "iproute2": "the real node's network namespace",
 }
+# needed only by Debian's own python3, whose C headers come apart (pyenv's and python.org's
+# builds carry theirs)
+PYTHON_HEADERS = ("python3-dev", "pyfuse3's build includes Python.h")
 GO_MIN = (1, 24)
 PYTHON_MIN = (3, 11)
 FUSE_DEVICE = Path("/dev/fuse")
@@ -55,11 +58,28 @@ class Finding:
     detail: str = ""  # one more line under `what` (what each missing thing is for)
 
 
+def headers_missing() -> bool:
+    """Whether this Python lacks the C headers that building pyfuse3 needs."""
+    return not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+
+
+def debian_python() -> bool:
+    return Path(sys.base_prefix) == Path("/usr")
+
+
+def wanted_packages() -> list[str]:
+    wanted = list(PACKAGES)
+    if headers_missing() and debian_python():
+        wanted.append(PYTHON_HEADERS[0])
+    return wanted
+
+
 def missing_packages() -> list[str]:
+    wanted = wanted_packages()
     if shutil.which("dpkg-query") is None:
-        return list(PACKAGES)
+        return wanted
     out = []
-    for pkg in PACKAGES:
+    for pkg in wanted:
         r = subprocess.run(
             ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
         )
@@ -71,7 +91,7 @@ def missing_packages() -> list[str]:
 def packages(is_root: bool) -> Finding:
     missing = missing_packages()
     if not missing:
-        return Finding(f"Debian packages: {len(PACKAGES)} there", True)
+        return Finding(f"Debian packages: all {len(wanted_packages())} there", True)
     if shutil.which("apt-get") is None:
         return Finding(
             f"not a Debian system (no apt-get): the demo and the tests need {' '.join(missing)}",
@@ -79,7 +99,8 @@ def packages(is_root: bool) -> Finding:
             "install their equivalents with this system's package manager",
         )
     what = f"Debian packages missing: {' '.join(missing)}"
-    why = "; ".join(f"{p}: {PACKAGES[p]}" for p in missing)
+    reasons = {**PACKAGES, PYTHON_HEADERS[0]: PYTHON_HEADERS[1]}
+    why = "; ".join(f"{p}: {reasons[p]}" for p in missing)
     if is_root:
         return Finding(
             what,
@@ -181,6 +202,14 @@ def python_env() -> Finding:
             False,
             "make a venv and run again from it: python3 -m venv ~/.venvs/fluidfed && "
             ". ~/.venvs/fluidfed/bin/activate  (Debian package python3-venv)",
+        )
+    if headers_missing() and not debian_python():
+        include = sysconfig.get_paths()["include"]
+        return Finding(
+            f"Python {version[0]}.{version[1]} of {sys.base_prefix} has no C headers "
+            f"({include}/Python.h): pyfuse3's build needs them",
+            False,
+            "install this Python's development files (or use Debian's python3 with python3-dev)",
         )
     where = "a venv" if sys.prefix != sys.base_prefix else sys.prefix
     return Finding(f"Python {version[0]}.{version[1]} in {where}", True)
