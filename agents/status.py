@@ -53,9 +53,7 @@ def compute(
     else:
         api = names.FLUID_API
         dataset = _dict(live.get((api, "Dataset", ds.namespace, ds.name)))
-        runtime = _dict(
-            live.get((api, fluid.RUNTIME_KINDS[ds.cache.engine], ds.namespace, ds.name))
-        )
+        runtime = _dict(live.get((api, fluid.runtime_kind(ds), ds.namespace, ds.name)))
         st = _dict(dataset.get("status"))
         fluid_phase = str(st.get("phase") or "")
         cache = _dict(st.get("cacheStates"))

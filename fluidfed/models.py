@@ -44,7 +44,7 @@ class Wire(msgspec.Struct, kw_only=True, omit_defaults=True):
 ClusterKind = Literal["standard", "serverless", "edge"]
 MountMode = Literal["csi", "sidecar"]
 Medium = Literal["MEM", "SSD", "HDD"]
-Engine = Literal["thin", "juicefs", "alluxio"]
+Engine = Literal["fluidfed", "thin", "alluxio", "jindo", "juicefs", "efc"]
 SelectorOp = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 NonNegInt = Annotated[int, Meta(ge=0)]
 Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -103,7 +103,9 @@ class Cluster(Spec, frozen=True):
 
 
 class Mount(Spec, frozen=True):
-    uri: str  # s3://bucket/prefix, oss://, https://host/path, file:///path, dataset://name
+    # s3://bucket/prefix, oss://, https://host/path, file:///path, dataset://name, and for
+    # Fluid's engines nfs://server:/dir (EFC) and juicefs:///subdir (JuiceFS)
+    uri: str
     name: str = ""
     path: str = ""  # where the mount appears inside the dataset; default "/" or "/<name>"
     options: dict[str, str] = {}  # endpoint, region, ... never credentials
@@ -124,7 +126,10 @@ class Resources(Spec, frozen=True):
 
 
 class CacheSpec(Spec, frozen=True):
-    engine: Engine = "thin"  # the Fluid runtime used where the cluster mounts by CSI
+    # the Fluid runtime where the cluster mounts by CSI (fluidfed.engines): fluidfed's own
+    # ThinRuntimeProfile by default; `profile` names the cluster's own for engine "thin"
+    engine: Engine = "fluidfed"
+    profile: str = ""
     replicas: NonNegInt = 1
     min_replicas: NonNegInt = 0
     max_replicas: NonNegInt = 10

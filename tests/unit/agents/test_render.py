@@ -142,26 +142,50 @@ def test_csi_binding_is_fluid_objects_with_references() -> None:
     ]
     assert ref["metadata"]["namespace"] == "research"
     assert ref["spec"]["mounts"] == [{"mountPoint": "dataset://ml/imagenet", "name": "imagenet"}]
-    (rt,) = kinds["ThinRuntime"]
-    assert rt["spec"]["replicas"] == 2
-    assert rt["spec"]["tieredstore"]["levels"][0] == {
-        "mediumtype": "MEM",
-        "path": "/dev/shm",
-        "quota": "2Gi",
-        "high": "0.95",
-        "low": "0.7",
+    # the default engine: fluidfed's sidecar as the FUSE container of a ThinRuntimeProfile
+    (prof,) = kinds["ThinRuntimeProfile"]
+    assert "namespace" not in prof["metadata"]  # cluster-scoped
+    fuse = prof["spec"]["fuse"]
+    assert (fuse["image"], fuse["imageTag"]) == ("img", "1")
+    assert fuse["command"][:5] == [
+        "fluidfed", "sidecar", "mount", "--fluid-config", "/etc/fluid/config/config.json"
+    ]  # fmt: skip
+    rt, ref_rt = kinds["ThinRuntime"]
+    assert rt["spec"]["profileName"] == prof["metadata"]["name"]
+    assert rt["spec"]["fuse"]["options"] == {
+        "dataset": "imagenet",
+        "block_size": str(4 * 2**20),
+        "cache_quota": str(2 * 2**30),
     }
+    # Fluid's reference mode: a ThinRuntime without a profile beside the dataset:// Dataset
+    assert ref_rt["metadata"]["namespace"] == "research" and ref_rt["spec"] == {}
 
 
 @pytest.mark.parametrize(
-    ("engine", "kind"), [("juicefs", "JuiceFSRuntime"), ("alluxio", "AlluxioRuntime")]
+    ("engine", "kind"),
+    [("juicefs", "JuiceFSRuntime"), ("alluxio", "AlluxioRuntime"), ("jindo", "JindoRuntime")],
 )
-def test_runtime_kind_follows_the_engine(engine: str, kind: str) -> None:
-    b = binding("csi")
-    ds = testing.dataset("d", uri="s3://b", cache=CacheSpec(engine=engine))  # type: ignore[arg-type]
-    b2 = testing.binding(ds, mode="csi")
-    assert kind in by_kind(render.desired(b2, CTX, CREDS))
-    assert b.spec.cache.engine == "thin"
+def test_cache_engines_get_their_runtime_with_the_tiers(engine: str, kind: str) -> None:
+    uri = "juicefs:///d" if engine == "juicefs" else "s3://b"
+    ds = testing.dataset(
+        "d",
+        uri=uri,
+        cache=CacheSpec(engine=engine, tiers=[testing.cache_tier("MEM", 2**31)]),  # type: ignore[arg-type]
+    )
+    kinds = by_kind(render.desired(testing.binding(ds, mode="csi", replicas=2), CTX, CREDS))
+    (rt,) = kinds[kind]
+    assert rt["spec"]["replicas"] == 2
+    assert rt["spec"]["tieredstore"]["levels"] == [
+        {"mediumtype": "MEM", "path": "/dev/shm", "quota": "2Gi", "high": "0.95", "low": "0.7"}
+    ]
+    assert "ThinRuntimeProfile" not in kinds
+
+
+def test_a_reference_dataset_is_fluids_reference_mode() -> None:
+    ds = testing.dataset("r", uri="dataset://ml/imagenet")
+    kinds = by_kind(render.desired(testing.binding(ds, mode="csi"), CTX, CREDS))
+    (rt,) = kinds["ThinRuntime"]
+    assert rt["spec"] == {} and "ThinRuntimeProfile" not in kinds
 
 
 def test_long_names_are_cut_and_stay_unique() -> None:
