@@ -11,9 +11,10 @@ reference itself.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
-from agents import objects
+from agents import objects, trust
 from fluidfed import engines, names
 from fluidfed.models import Binding, Dataset
 
@@ -24,6 +25,7 @@ OWNED_KINDS = ["Dataset", *sorted({r.kind for r in engines.RULES.values()}), PRO
 # where Fluid puts the FUSE container's settings (ThinRuntime)
 FLUID_CONFIG = "/etc/fluid/config/config.json"
 FUSE_FS_TYPE = "fuse.fluidfed"  # what /proc/mounts says of the sidecar's mount (subtype)
+SIDECAR_CACHE = 128 * 2**20  # the FUSE container's own memory cache; the workers hold more
 
 
 def runtime_kind(ds: Dataset) -> str:
@@ -59,14 +61,22 @@ def _tieredstore(ds: Dataset) -> dict[str, Any]:
     }
 
 
-def sidecar_options(ds: Dataset) -> dict[str, str]:
+def sidecar_options(b: Binding) -> dict[str, str]:
     """What fluidfed's FUSE container needs beyond the Dataset's mounts, handed over as the
-    ThinRuntime's fuse options (config.json's `runtimeOptions`)."""
-    mem = next((t for t in ds.cache.tiers if t.medium == "MEM"), None)
-    out = {"dataset": ds.name, "block_size": str(int(ds.cache.block_size))}
-    if mem is not None:
-        out["cache_quota"] = str(int(mem.quota))
-    return out
+    ThinRuntime's fuse options (config.json's `runtimeOptions`): the dataset, its block
+    size, the sidecar's memory cache, and the cache workers with the reader token."""
+    ds = b.spec
+    name = objects.cache_name(ds.name)
+    return {
+        "dataset": ds.name,
+        "block_size": str(int(ds.cache.block_size)),
+        "cache_quota": str(SIDECAR_CACHE),
+        "workers_statefulset": name,
+        "workers_service": f"{name}.{ds.namespace}.svc",
+        "workers_port": str(objects.WORKER_PORT),
+        "workers_replicas": str(b.replicas),
+        "credentials_file": trust.sidecar_credentials_file(ds.name),
+    }
 
 
 def profile(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
@@ -89,11 +99,29 @@ def profile(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
     }
     if tag:
         fuse["imageTag"] = tag
+    # the reader token of the whole dataset, for the cache workers, which admit the pods
+    # labelled as the dataset's readers
+    ds = b.spec
+    fuse["volumeMounts"] = [
+        {
+            "name": "fluidfed-reader",
+            "mountPath": posixpath.dirname(trust.sidecar_credentials_file(ds.name)),
+            "readOnly": True,
+        }
+    ]
+    fuse["podMetadata"] = {"labels": {trust.reader_label(ds.name): "true"}}
+    volume = {
+        "name": "fluidfed-reader",
+        "secret": {
+            "secretName": trust.reader_secret_name(ds.name),
+            "defaultMode": trust.SECRET_MODE,
+        },
+    }
     return {
         "apiVersion": API,
         "kind": PROFILE_KIND,
-        "metadata": objects.meta(profile_name(b.spec.name), None, objects.labels(b, ctx)),
-        "spec": {"fileSystemType": FUSE_FS_TYPE, "fuse": fuse},
+        "metadata": objects.meta(profile_name(ds.name), None, objects.labels(b, ctx)),
+        "spec": {"fileSystemType": FUSE_FS_TYPE, "fuse": fuse, "volumes": [volume]},
     }
 
 
@@ -103,7 +131,7 @@ def runtime(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
     if engines.is_reference(ds):
         spec = {}
     elif ds.cache.engine == "fluidfed":
-        spec = {"profileName": profile_name(ds.name), "fuse": {"options": sidecar_options(ds)}}
+        spec = {"profileName": profile_name(ds.name), "fuse": {"options": sidecar_options(b)}}
     elif ds.cache.engine == "thin":
         spec = {"profileName": ds.cache.profile}
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from agents import status
+from agents import objects, status
 from agents.metrics import MetricWindow
 from agents.registry import Registry
 from agents.store import Store
@@ -29,6 +29,6 @@ class Observed:
 
     def fold(self, b: Binding, st: BindingStatus) -> BindingStatus:
         now = time.time()
-        cache = self.registry.cache(b.dataset, now) if b.mode == "sidecar" else None
+        cache = self.registry.cache(b.dataset, now) if objects.runs_workers(b) else None
         figures = self.window.figures(b.dataset, now)
         return status.with_workers(st, cache, self.load_of(b.name), figures)

@@ -47,10 +47,10 @@ def compute(
     used = 0
     hit_ratio: float | None = None
     fluid_phase = ""
-    if b.mode == "sidecar":
+    if objects.runs_workers(b):
         sts = live.get(("apps/v1", "StatefulSet", ds.namespace, objects.cache_name(ds.name)))
         ready = int(_dict(_dict(sts).get("status")).get("readyReplicas") or 0)
-    else:
+    if b.mode == "csi":
         api = names.FLUID_API
         dataset = _dict(live.get((api, "Dataset", ds.namespace, ds.name)))
         runtime = _dict(live.get((api, fluid.runtime_kind(ds), ds.namespace, ds.name)))
@@ -60,8 +60,8 @@ def compute(
         used = _fluid_size(cache.get("cached"))
         capacity = _fluid_size(cache.get("cacheCapacity")) or capacity
         hit_ratio = _percent(cache.get("cacheHitRatio"))
-        rst = _dict(runtime.get("status"))
-        ready = int(rst.get("workerNumberReady") or 0)
+        if not objects.runs_workers(b):
+            ready = int(_dict(runtime.get("status")).get("workerNumberReady") or 0)
     if error:
         phase = "Failed"
     elif b.mode == "csi":

@@ -1,14 +1,21 @@
 """fluidfed as a Fluid runtime, end to end: the objects the agent renders for the default
-engine (a ThinRuntimeProfile whose FUSE container is fluidfed's sidecar), the config.json
-Fluid would write from them with the Secret's key files, and the profile's FUSE command
-started the way Fluid starts it, as a process with a real FUSE mount through /dev/fuse at
-the target path; the dataset, in MinIO on loopback, is read through it byte for byte."""
+engine (a ThinRuntimeProfile whose FUSE container is fluidfed's sidecar, and fluidfed's
+cache workers), started the way Fluid and the kubelet start them: the worker from the
+StatefulSet's container with its ConfigMap and Secrets, the profile's FUSE command with the
+config.json Fluid would write and the Secrets' key files at their container paths, each a
+process in a mount namespace of its own; the FUSE mount (real, through /dev/fuse) appears
+at Fluid's target path through a shared mount, as with Bidirectional propagation. The
+dataset, in MinIO on loopback, is read through it byte for byte, its blocks served by the
+cache worker."""
 
 import asyncio
+import base64
 import hashlib
+import json
 import os
+import random
 import signal
-import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +27,14 @@ from devkit import testing, thinfuse
 from devkit.local.s3 import PASSWORD, USER, S3Server
 from devkit.testing import eventually_blocking
 from fluidfed import validation
+from fluidfed.data import credentials, protocol
 from fluidfed.models import Mount
 from tests.integration import sources
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces and mounts need root"),
 ]
 
 
@@ -44,8 +53,19 @@ def minio(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Se
         server.stop()
 
 
-def rendered(minio: S3Server) -> dict[str, dict[str, Any]]:
-    """The agent's objects for the dataset on a cluster with Fluid, by kind."""
+S3_SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "s3-creds"},
+    "data": {
+        "access-key": base64.b64encode(USER.encode()).decode(),
+        "secret-key": base64.b64encode(PASSWORD.encode()).decode(),
+    },
+}
+
+
+def rendered(minio: S3Server, creds: trust.DataCredentials) -> list[dict[str, Any]]:
+    """The agent's objects for the dataset on a cluster with Fluid."""
     ds = testing.dataset(
         "fluidrt",
         namespace="ml",
@@ -60,8 +80,14 @@ def rendered(minio: S3Server) -> dict[str, dict[str, Any]]:
     assert ds.cache.engine == "fluidfed"  # the default on clusters with Fluid
     assert validation.check_dataset(ds) == []
     b = testing.binding(ds, "standard", mode="csi")
-    ctx = objects.ClusterContext(name="standard")
-    return {o["kind"]: o for o in render.desired(b, ctx, trust.DataCredentials(keys=[]))}
+    return render.desired(b, objects.ClusterContext(name="standard"), creds)
+
+
+def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (o,) = [o for o in objs if o["kind"] == kind and o["metadata"].get("namespace") != "default"][
+        :1
+    ]
+    return o
 
 
 def mounted_type(path: Path) -> str:
@@ -81,60 +107,106 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
-def test_the_dataset_reads_through_the_profiles_fuse_container(
+def stop(c: thinfuse.Container) -> int:
+    c.proc.send_signal(signal.SIGTERM)
+    return c.proc.wait(timeout=60)
+
+
+def test_the_dataset_reads_through_the_profiles_fuse_container_and_the_workers(
     minio: S3Server, data: Path, tmp_path: Path
 ) -> None:
-    objs = rendered(minio)
-    profile, runtime, dataset = objs["ThinRuntimeProfile"], objs["ThinRuntime"], objs["Dataset"]
+    creds = trust.DataCredentials(keys=[os.urandom(32)])
+    objs = rendered(minio, creds)
+    profile, runtime = one(objs, "ThinRuntimeProfile"), one(objs, "ThinRuntime")
+    dataset, sts = one(objs, "Dataset"), one(objs, "StatefulSet")
     assert runtime["spec"]["profileName"] == profile["metadata"]["name"]
-    # what Fluid does: the Secret's keys as files, config.json, the target path
-    secrets = tmp_path / "etc-fluid" / "secrets"
-    thinfuse.write_secret(secrets, "s3-creds", {"access-key": USER, "secret-key": PASSWORD})
-    target = thinfuse.target_path("ml", "fluidrt", tmp_path / "runtime-mnt")
-    doc = thinfuse.fuse_config(dataset, runtime, target, secrets)
-    opts = doc["mounts"][0]["options"]
-    assert opts["access-key"] == str(secrets / "s3-creds" / "access-key")  # a path, not the key
-    config = thinfuse.write_config(doc, tmp_path / "etc-fluid" / "config")
-    command = thinfuse.fuse_command(profile, config)
-    log = (tmp_path / "fuse.log").open("wb")
-    proc = subprocess.Popen(
-        command, env=thinfuse.fuse_env(target), stdout=log, stderr=subprocess.STDOUT
+    named = {o["metadata"]["name"]: o for o in objs if o["kind"] in ("Secret", "ConfigMap")}
+    sources_ = {**named, "s3-creds": S3_SECRET}
+    # the cluster's DNS: the StatefulSet's pod by its name behind the headless Service
+    pod_ip = f"127.0.{random.randint(1, 250)}.{random.randint(2, 250)}"
+    pod = f"{sts['metadata']['name']}-0"
+    hosts = {f"{pod}.{sts['spec']['serviceName']}.ml.svc": pod_ip}
+    logs = {n: (tmp_path / f"{n}.log").open("wb") for n in ("worker", "fuse")}
+
+    # the cache worker, from the StatefulSet's pod template
+    spec = sts["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    env = {"POD_IP": pod_ip, "HOSTNAME": pod, "access-key": USER, "secret-key": PASSWORD}
+    worker = thinfuse.Container(
+        tmp_path / "worker",
+        thinfuse.command(["fluidfed", *thinfuse.expand(c["args"], env)]),
+        files=thinfuse.volume_files(spec["volumes"], c["volumeMounts"], sources_),
+        env=thinfuse.clean_env(env),
+        hosts=hosts,
+        log=logs["worker"],
     )
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, (tmp_path / "fuse.log").read_text()[-3000:]
-            return mounted_type(target) == profile["spec"]["fileSystemType"] and any(
-                target.iterdir()
+        with thinfuse.propagating(tmp_path / "runtime-mnt") as root:
+            target = thinfuse.target_path("ml", "fluidrt", root)
+            files = thinfuse.fluid_fuse_files(dataset, runtime, profile, target, sources_)
+            doc = json.loads(files[thinfuse.FLUID_CONFIG])
+            # Fluid hands the credentials over as files, never their values
+            assert doc["mounts"][0]["options"]["access-key"] == (
+                "/etc/fluid/secrets/s3-creds/access-key"
             )
+            fuse = thinfuse.Container(
+                tmp_path / "fuse",
+                thinfuse.command(profile["spec"]["fuse"]["command"]),
+                files=files,
+                env=thinfuse.clean_env({"MOUNT_POINT": str(target)}),
+                hosts=hosts,
+                log=logs["fuse"],
+            )
+            try:
 
-        eventually_blocking(ready, "the FUSE mount at the target path", timeout=60)
-        assert mounted_type(target) == fluid.FUSE_FS_TYPE  # what Fluid's CSI plugin checks
-        assert digests(target) == digests(data)
-        with pytest.raises(OSError, match="Read-only file system"):
-            (target / "written-by-a-pod").write_bytes(b"x")
-        log_text = (tmp_path / "fuse.log").read_text()
-        assert PASSWORD not in log_text, log_text  # credentials never logged
+                def ready() -> bool:
+                    for name, c in (("fuse", fuse), ("worker", worker)):
+                        assert c.proc.poll() is None, (tmp_path / f"{name}.log").read_text()
+                    return mounted_type(target) == profile["spec"]["fileSystemType"]
+
+                eventually_blocking(ready, "the FUSE mount at Fluid's target path", timeout=60)
+                assert mounted_type(target) == fluid.FUSE_FS_TYPE  # what Fluid's CSI checks
+                assert digests(target) == digests(data)
+                with pytest.raises(OSError, match="Read-only file system"):
+                    (target / "written-by-a-pod").write_bytes(b"x")
+            finally:
+                assert stop(fuse) == 0, (tmp_path / "fuse.log").read_text()
+            assert mounted_type(target) == ""  # unmounted on SIGTERM
+        # the blocks came from the cache worker, which read them from MinIO once
+        token = creds.token(credentials.Claims(role="agent", dataset="fluidrt"))
+        req = urllib.request.Request(
+            f"http://{pod_ip}:{objects.WORKER_PORT}{protocol.STATUS}",
+            headers=credentials.authorization(token),
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            st = json.loads(resp.read())
+        assert st["served"]["blocks"] > 0 and st["ufs"]["reads"] > 0, st
+        for name in logs:
+            text = (tmp_path / f"{name}.log").read_text()
+            assert PASSWORD not in text, text  # credentials never logged
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
-    assert proc.returncode == 0, (tmp_path / "fuse.log").read_text()[-3000:]
-    assert mounted_type(target) == ""  # unmounted on SIGTERM
+        stop(worker)
+        for f in logs.values():
+            f.close()
 
 
 def test_a_missing_secret_key_is_named(minio: S3Server, tmp_path: Path) -> None:
-    objs = rendered(minio)
+    objs = rendered(minio, trust.DataCredentials(keys=[]))
+    profile = one(objs, "ThinRuntimeProfile")
     target = thinfuse.target_path("ml", "fluidrt", tmp_path / "mnt")
-    doc = thinfuse.fuse_config(objs["Dataset"], objs["ThinRuntime"], target, tmp_path / "none")
-    config = thinfuse.write_config(doc, tmp_path / "config")
-    r = subprocess.run(
-        thinfuse.fuse_command(objs["ThinRuntimeProfile"], config),
-        env=thinfuse.fuse_env(target),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    named = {o["metadata"]["name"]: o for o in objs if o["kind"] in ("Secret", "ConfigMap")}
+    empty = {**S3_SECRET, "data": {}}
+    files = thinfuse.fluid_fuse_files(
+        one(objs, "Dataset"), one(objs, "ThinRuntime"), profile, target,
+        {**named, "s3-creds": empty},
+    )  # fmt: skip
+    fuse = thinfuse.Container(
+        tmp_path / "fuse",
+        thinfuse.command(profile["spec"]["fuse"]["command"]),
+        files=files,
+        env=thinfuse.clean_env({"MOUNT_POINT": str(target)}),
+        log=(tmp_path / "fuse.log").open("wb"),
     )
-    assert r.returncode == 2, r.stderr
-    assert str(tmp_path / "none" / "s3-creds" / "access-key") in r.stderr
-    assert "encryptOptions" in r.stderr
+    assert fuse.proc.wait(timeout=60) == 2
+    text = (tmp_path / "fuse.log").read_text()
+    assert "/etc/fluid/secrets/s3-creds/access-key" in text and "encryptOptions" in text

@@ -131,7 +131,6 @@ def test_serverless_workers_tolerate_the_virtual_node() -> None:
 
 def test_csi_binding_is_fluid_objects_with_references() -> None:
     kinds = by_kind(render.desired(binding("csi"), CTX, CREDS))
-    assert "StatefulSet" not in kinds and "ConfigMap" not in kinds
     home, ref = kinds["Dataset"]
     assert home["metadata"]["namespace"] == "ml"
     assert home["spec"]["mounts"][0]["mountPoint"] == "s3://b/p"
@@ -152,11 +151,24 @@ def test_csi_binding_is_fluid_objects_with_references() -> None:
     ]  # fmt: skip
     rt, ref_rt = kinds["ThinRuntime"]
     assert rt["spec"]["profileName"] == prof["metadata"]["name"]
-    assert rt["spec"]["fuse"]["options"] == {
-        "dataset": "imagenet",
-        "block_size": str(4 * 2**20),
-        "cache_quota": str(2 * 2**30),
-    }
+    opts = rt["spec"]["fuse"]["options"]
+    assert (opts["dataset"], opts["block_size"]) == ("imagenet", str(4 * 2**20))
+    # fluidfed's cache workers behind Fluid's FUSE pods, as for sidecars
+    (sts,) = kinds["StatefulSet"]
+    assert sts["spec"]["replicas"] == 2 and opts["workers_replicas"] == "2"
+    assert opts["workers_statefulset"] == sts["metadata"]["name"]
+    assert opts["workers_service"] == f"{sts['metadata']['name']}.ml.svc"
+    (cm,) = kinds["ConfigMap"]
+    assert set(cm["data"]) == {"worker.json"} and cm["metadata"]["namespace"] == "ml"
+    # the FUSE pods read the whole dataset with a reader token, labelled as readers
+    (reader,) = [s for s in kinds["Secret"] if s["metadata"]["name"].endswith("-reader")]
+    token = json.loads(base64.b64decode(reader["data"][names.CREDENTIALS_FILE]))["token"]
+    claims = credentials.verify(token, [NEW, OLD])
+    assert (claims.role, claims.namespace, claims.sub_path) == ("reader", "ml", "")
+    mount = fuse["volumeMounts"][0]
+    assert opts["credentials_file"].startswith(mount["mountPath"] + "/")
+    assert prof["spec"]["volumes"][0]["secret"]["secretName"] == reader["metadata"]["name"]
+    assert fuse["podMetadata"]["labels"] == {trust.reader_label("imagenet"): "true"}
     # Fluid's reference mode: a ThinRuntime without a profile beside the dataset:// Dataset
     assert ref_rt["metadata"]["namespace"] == "research" and ref_rt["spec"] == {}
 
@@ -178,7 +190,7 @@ def test_cache_engines_get_their_runtime_with_the_tiers(engine: str, kind: str) 
     assert rt["spec"]["tieredstore"]["levels"] == [
         {"mediumtype": "MEM", "path": "/dev/shm", "quota": "2Gi", "high": "0.95", "low": "0.7"}
     ]
-    assert "ThinRuntimeProfile" not in kinds
+    assert "ThinRuntimeProfile" not in kinds and "StatefulSet" not in kinds
 
 
 def test_a_reference_dataset_is_fluids_reference_mode() -> None:
@@ -287,6 +299,8 @@ def test_the_workers_admit_only_the_datasets_readers_their_peers_and_the_agent()
     assert agent["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "fluidfed-agent"}}
 
 
-def test_csi_bindings_get_no_secrets() -> None:
-    kinds = by_kind(render.desired(binding("csi"), CTX, trust.DataCredentials(keys=())))
+def test_csi_bindings_of_fluids_cache_engines_get_no_secrets() -> None:
+    ds = testing.dataset("d", uri="s3://b", cache=CacheSpec(engine="alluxio"))
+    b = testing.binding(ds, mode="csi")
+    kinds = by_kind(render.desired(b, CTX, trust.DataCredentials(keys=())))
     assert "Secret" not in kinds and "NetworkPolicy" not in kinds

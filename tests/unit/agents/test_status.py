@@ -45,7 +45,10 @@ def test_status_of_a_csi_binding_reads_fluid() -> None:
                 },
             }
         },
-        (api, "ThinRuntime", "ml", "imagenet"): {"status": {"workerNumberReady": 2}},
+        # fluidfed's own workers serve the default engine behind Fluid's FUSE pods
+        ("apps/v1", "StatefulSet", "ml", "fluidfed-imagenet-cache"): {
+            "status": {"readyReplicas": 2}
+        },
     }
     st = status.compute(b, live)
     assert (st.phase, st.cache_used, st.cache_capacity, st.ready_workers) == (
