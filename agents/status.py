@@ -46,6 +46,7 @@ def compute(
     capacity = sum(int(t.quota) for t in ds.cache.tiers) * b.replicas
     used = 0
     hit_ratio: float | None = None
+    ufs_total = 0
     fluid_phase = ""
     if objects.runs_workers(b):
         sts = live.get(("apps/v1", "StatefulSet", ds.namespace, objects.cache_name(ds.name)))
@@ -60,6 +61,7 @@ def compute(
         used = _fluid_size(cache.get("cached"))
         capacity = _fluid_size(cache.get("cacheCapacity")) or capacity
         hit_ratio = _percent(cache.get("cacheHitRatio"))
+        ufs_total = _fluid_size(st.get("ufsTotal"))  # "[Calculating]" until Fluid knows
         if not objects.runs_workers(b):
             ready = int(_dict(runtime.get("status")).get("workerNumberReady") or 0)
     if error:
@@ -78,6 +80,7 @@ def compute(
         ready_workers=ready,
         cache_capacity=capacity,
         cache_used=used,
+        ufs_total=ufs_total,
         hit_ratio=hit_ratio,
         last_error=error,
         observed_generation=b.generation,

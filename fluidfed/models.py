@@ -380,6 +380,7 @@ class BindingStatus(Wire):
     ready_workers: NonNegInt = 0
     cache_capacity: NonNegInt = 0
     cache_used: NonNegInt = 0
+    ufs_total: NonNegInt = 0  # the under storage's bytes (Fluid's ufsTotal); 0: not known
     hit_ratio: Ratio | None = None
     last_error: str = ""
     observed_generation: int = 0
@@ -393,6 +394,7 @@ class DatasetRecord(Wire):
     spec: Dataset
     generation: int = 1
     revision: int = 0
+    created: float = 0.0  # unix time of the first apply
 
 
 class AutoscaleDecision(Wire):
@@ -417,9 +419,11 @@ class DatasetView(Wire):
     generation: int
     revision: int
     bindings: list[BindingView] = []
-    phase: str = "Pending"
+    phase: str = "Pending"  # ... or "PartiallyBound (2/3)": Bound on 2 of its 3 clusters
     cache_used: int = 0
     cache_capacity: int = 0
+    ufs_total: int = 0  # the under storage's bytes, where a cluster measured them
+    created: float = 0.0
 
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]
