@@ -21,7 +21,18 @@ from fluidfed.models import Binding, Dataset
 API = names.FLUID_API
 PROFILE_KIND = "ThinRuntimeProfile"
 # every kind the agent may own on a cluster with Fluid (list-watched)
-OWNED_KINDS = ["Dataset", *sorted({r.kind for r in engines.RULES.values()}), PROFILE_KIND]
+OWNED_KINDS = [
+    "Dataset",
+    *sorted({r.kind for r in engines.RULES.values()}),
+    PROFILE_KIND,
+    "DataLoad",
+]
+# --on-change on Fluid's own engines: Fluid's loads sync the engine's metadata first
+# (loadMetadata), so each pulls what changed; Fluid has no trigger for its OnEvent policy,
+# so they run on this schedule
+ON_CHANGE_SCHEDULE = "*/10 * * * *"
+# Fluid's DataLoad phases as a warm-up's
+LOAD_PHASES = {"Pending": "Waiting", "Executing": "Running", "Complete": "Done", "Failed": "Failed"}
 # where Fluid puts the FUSE container's settings (ThinRuntime)
 FLUID_CONFIG = "/etc/fluid/config/config.json"
 FUSE_FS_TYPE = "fuse.fluidfed"  # what /proc/mounts says of the sidecar's mount (subtype)
@@ -144,6 +155,45 @@ def runtime(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
     }
 
 
+def dataload_name(b: Binding) -> str:
+    assert b.load is not None
+    return objects.k8s_name(b.spec.name, "load", str(b.load.id))
+
+
+def loads_by_fluid(b: Binding) -> bool:
+    """Whether Fluid's DataLoad runs the binding's warm-ups: on Fluid's own cache engines
+    (the fluidfed engine's run on fluidfed's workers)."""
+    return (
+        b.load is not None
+        and not b.deleting
+        and not objects.runs_workers(b)
+        and not engines.is_reference(b.spec)
+    )
+
+
+def dataload(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any] | None:
+    """Fluid's DataLoad of the binding's latest warm-up: Once, or Cron on a schedule."""
+    req, ds = b.load, b.spec
+    if req is None or not loads_by_fluid(b):
+        return None
+    spec: dict[str, Any] = {
+        "dataset": {"name": ds.name, "namespace": ds.namespace},
+        "loadMetadata": True,
+        "policy": "Once",
+    }
+    if req.path:
+        spec["target"] = [{"path": "/" + req.path.strip("/")}]
+    schedule = req.schedule or (ON_CHANGE_SCHEDULE if req.on_change else "")
+    if schedule:
+        spec.update(policy="Cron", schedule=schedule)
+    return {
+        "apiVersion": API,
+        "kind": "DataLoad",
+        "metadata": objects.meta(dataload_name(b), ds.namespace, objects.labels(b, ctx)),
+        "spec": spec,
+    }
+
+
 def _dataset(
     name: str, namespace: str, mounts: list[dict[str, Any]], lbls: dict[str, str]
 ) -> dict[str, Any]:
@@ -162,6 +212,9 @@ def fluid_objects(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
     out = [_dataset(ds.name, ds.namespace, mounts, lbls), runtime(b, ctx)]
     if ds.cache.engine == "fluidfed" and not engines.is_reference(ds):
         out.insert(0, profile(b, ctx))
+    load = dataload(b, ctx)
+    if load is not None:
+        out.append(load)
     ref = [{"mountPoint": f"dataset://{ds.namespace}/{ds.name}", "name": ds.name}]
     for a in ds.access_list():
         if a.namespace != ds.namespace:

@@ -31,4 +31,6 @@ class Observed:
         now = time.time()
         cache = self.registry.cache(b.dataset, now) if objects.runs_workers(b) else None
         figures = self.window.figures(b.dataset, now)
-        return status.with_workers(st, cache, self.load_of(b.name), figures)
+        # without fluidfed's workers, Fluid's DataLoad says how the warm-up goes (st.load)
+        load = self.load_of(b.name) if objects.runs_workers(b) else st.load
+        return status.with_workers(st, cache, load, figures)

@@ -33,6 +33,20 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def fluid_load(b: Binding, live: dict[tuple[str, str, str, str], dict[str, Any]]) -> LoadStatus:
+    """The warm-up as Fluid's DataLoad reports it: its phase, and its last condition or
+    duration as the message (Fluid counts no blocks)."""
+    assert b.load is not None
+    name = fluid.dataload_name(b)
+    st = _dict(_dict(live.get((names.FLUID_API, "DataLoad", b.spec.namespace, name))).get("status"))
+    phase = fluid.LOAD_PHASES.get(str(st.get("phase") or ""), "Waiting")
+    conditions = [_dict(c) for c in st.get("conditions") or []]
+    said = str(conditions[-1].get("message") or "") if conditions else ""
+    took = f" in {st['duration']}" if st.get("duration") else ""
+    message = said or f"Fluid DataLoad {name}: {st.get('phase') or 'created'}{took}"
+    return LoadStatus(id=b.load.id, phase=phase, path=b.load.path, message=message)  # type: ignore[arg-type]
+
+
 def compute(
     b: Binding,
     live: dict[tuple[str, str, str, str], dict[str, Any]],
@@ -74,7 +88,11 @@ def compute(
         phase = "Degraded"
     else:
         phase = "Pending"
+    load = None
+    if fluid.loads_by_fluid(b):
+        load = fluid_load(b, live)
     return BindingStatus(
+        load=load,
         phase=phase,  # type: ignore[arg-type]
         mode=b.mode,
         ready_workers=ready,

@@ -269,6 +269,9 @@ class AgentConfig(Spec, frozen=True):
     api_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
     api_url: str = ""  # how the workers reach it; default http://<api_host>:<port>
     metrics_window: Duration = _seconds(15)  # rates and ratios sent to the hub cover this
+    # `dataset load --on-change` on fluidfed's workers: how often the under storage is
+    # looked at again (only what changed is pulled)
+    on_change_interval: Duration = _seconds(60)
     # the data-path keys of each binding (Secrets): a new key every `credential_rotation`
     # (0: only on SIGHUP); it signs once handed out for `credential_grace` (longer than
     # the kubelet takes to update a Secret volume), and the old one goes a grace later
@@ -316,6 +319,10 @@ class LoadRequest(Wire):
     id: int  # the hub's revision when it was asked for: newer asks have larger ids
     path: str = ""
     requested_at: float = 0.0
+    # Fluid's load policies: Cron (again on this schedule, fluidfed.cron) and OnEvent (again
+    # whenever the under storage changed: only what changed is pulled)
+    schedule: str = ""
+    on_change: bool = False
 
 
 LoadPhase = Literal["Waiting", "Running", "Done", "Failed"]

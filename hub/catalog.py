@@ -258,7 +258,15 @@ class Catalog:
             await self._commit(rev, ops)
             return rec, True
 
-    async def request_load(self, name: str, clusters: list[str], path: str) -> list[Binding]:
+    async def request_load(
+        self,
+        name: str,
+        clusters: list[str],
+        path: str,
+        *,
+        schedule: str = "",
+        on_change: bool = False,
+    ) -> list[Binding]:
         """Ask the agents of `clusters` (all the dataset's clusters if empty) to warm their
         caches with `path` of the dataset; the bindings that carry the request."""
         async with self._write:
@@ -282,7 +290,13 @@ class Catalog:
             if not chosen:
                 raise errors.Conflict(f"dataset {name} is not placed on any cluster yet")
             rev = self.revision + 1
-            req = LoadRequest(id=rev, path=path.strip("/"), requested_at=time.time())
+            req = LoadRequest(
+                id=rev,
+                path=path.strip("/"),
+                requested_at=time.time(),
+                schedule=schedule,
+                on_change=on_change,
+            )
             out = [msgspec.structs.replace(b, load=req, revision=rev) for b in chosen]
             await self._commit(rev, [Put(BINDING, b.name, codec.encode(b)) for b in out])
             return out

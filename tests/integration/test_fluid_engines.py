@@ -15,7 +15,7 @@ from devkit import testing
 from devkit.local import cluster, crds
 from devkit.testing import kubectl
 from fluidfed import engines, names, validation
-from fluidfed.models import Access, CacheSpec, Dataset, Mount
+from fluidfed.models import Access, CacheSpec, Dataset, LoadRequest, Mount
 
 pytestmark = pytest.mark.integration
 
@@ -86,8 +86,9 @@ def test_every_spec_the_catalog_accepts_is_accepted_by_fluids_crds(
     assert {d.cache.engine for d in specs} == set(engines.RULES)
     assert len(specs) < len(engines.RULES) * len(MOUNTS)
     objs: list[dict[str, Any]] = []
+    load = LoadRequest(id=5, path="train", schedule="0 */6 * * *")
     for ds in specs:
-        b = testing.binding(ds, "standard", mode="csi", replicas=2)
+        b = testing.binding(ds, "standard", mode="csi", replicas=2, load=load)
         objs += render.desired(b, CTX, trust.DataCredentials(keys=[]))
     kube = local_clusters["standard"].kubeconfig_path
     spaces = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Namespace"}
@@ -98,7 +99,7 @@ def test_every_spec_the_catalog_accepts_is_accepted_by_fluids_crds(
     assert made.returncode == 0, made.stderr
     kinds = {o["kind"] for o in rest}
     assert {"Dataset", "ThinRuntime", "ThinRuntimeProfile", "AlluxioRuntime", "JindoRuntime",
-            "JuiceFSRuntime", "EFCRuntime"} <= kinds  # fmt: skip
+            "JuiceFSRuntime", "EFCRuntime", "DataLoad"} <= kinds  # fmt: skip
     dry = kubectl(
         kube, "apply", "--server-side", "--dry-run=server", "--validate=strict",
         f"--field-manager={names.AGENT}", "-f", "-", stdin=yaml.safe_dump_all(rest),

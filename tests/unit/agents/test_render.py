@@ -16,6 +16,7 @@ from fluidfed.models import (
     Access,
     Binding,
     CacheSpec,
+    LoadRequest,
     Mount,
     MountMode,
     Resources,
@@ -304,3 +305,27 @@ def test_csi_bindings_of_fluids_cache_engines_get_no_secrets() -> None:
     b = testing.binding(ds, mode="csi")
     kinds = by_kind(render.desired(b, CTX, trust.DataCredentials(keys=())))
     assert "Secret" not in kinds and "NetworkPolicy" not in kinds
+
+
+def loading(engine: str, **load: Any) -> Binding:
+    ds = testing.dataset("d", namespace="ml", uri="s3://b", cache=CacheSpec(engine=engine))  # type: ignore[arg-type]
+    return testing.binding(ds, mode="csi", load=LoadRequest(id=42, **load))
+
+
+def test_fluids_engines_load_with_fluids_dataload() -> None:
+    (once,) = by_kind(render.desired(loading("alluxio", path="train"), CTX, CREDS))["DataLoad"]
+    assert once["metadata"]["name"] == "d-load-42" and once["metadata"]["namespace"] == "ml"
+    assert once["spec"] == {
+        "dataset": {"name": "d", "namespace": "ml"},
+        "loadMetadata": True,
+        "policy": "Once",
+        "target": [{"path": "/train"}],
+    }
+    (cron,) = by_kind(render.desired(loading("jindo", schedule="0 */6 * * *"), CTX, CREDS))[
+        "DataLoad"
+    ]
+    assert (cron["spec"]["policy"], cron["spec"]["schedule"]) == ("Cron", "0 */6 * * *")
+    (changes,) = by_kind(render.desired(loading("juicefs", on_change=True), CTX, CREDS))["DataLoad"]
+    assert changes["spec"]["policy"] == "Cron" and changes["spec"]["loadMetadata"] is True
+    # fluidfed's engine loads on its own workers: no DataLoad
+    assert "DataLoad" not in by_kind(render.desired(loading("fluidfed"), CTX, CREDS))

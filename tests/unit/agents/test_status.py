@@ -1,10 +1,12 @@
 """A binding's status, computed from the live objects it made."""
 
+from typing import Any
+
 import pytest
 
 from agents import status
 from devkit import testing
-from fluidfed.models import Binding, CacheSpec, MountMode
+from fluidfed.models import Binding, CacheSpec, LoadRequest, MountMode
 
 
 def binding(mode: MountMode = "sidecar") -> Binding:
@@ -63,3 +65,30 @@ def test_status_of_a_csi_binding_reads_fluid() -> None:
         status.compute(b, {(api, "Dataset", "ml", "imagenet"): {"status": "Failure"}}).phase
         == "Pending"
     )
+
+
+@pytest.mark.parametrize(
+    ("fluid_status", "phase", "says"),
+    [
+        ({}, "Waiting", "Fluid DataLoad d-load-7: created"),
+        ({"phase": "Executing", "conditions": []}, "Running", "Executing"),
+        ({"phase": "Complete", "duration": "12s", "conditions": []}, "Done", "Complete in 12s"),
+        (
+            {
+                "phase": "Failed",
+                "conditions": [{"type": "Failed", "status": "True", "message": "/x: no such"}],
+            },
+            "Failed",
+            "/x: no such",
+        ),
+    ],
+)
+def test_a_fluid_warm_up_is_read_from_its_dataload(
+    fluid_status: dict[str, Any], phase: str, says: str
+) -> None:
+    ds = testing.dataset("d", namespace="ml", cache=CacheSpec(engine="alluxio"))
+    b = testing.binding(ds, mode="csi", load=LoadRequest(id=7, path="x"))
+    live = {("data.fluid.io/v1alpha1", "DataLoad", "ml", "d-load-7"): {"status": fluid_status}}
+    ld = status.compute(b, live).load
+    assert ld is not None and (ld.id, ld.phase, ld.path) == (7, phase, "x")
+    assert says in ld.message
