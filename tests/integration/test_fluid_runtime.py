@@ -8,7 +8,6 @@ at Fluid's target path through a shared mount, as with Bidirectional propagation
 dataset, in MinIO on loopback, is read through it byte for byte, its blocks served by the
 cache worker."""
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -45,12 +44,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def minio(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("minio")).start()
-    try:
-        asyncio.run(server.upload(sources.files(data), prefix="fluid"))
+    with sources.minio_serving(data, "fluid", tmp_path_factory.mktemp("minio")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 S3_SECRET = {
