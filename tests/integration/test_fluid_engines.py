@@ -5,6 +5,7 @@ field is an error, not silently dropped). A spec the hub accepts must not fail i
 cluster."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ import yaml
 from agents import objects, render, trust
 from devkit import testing
 from devkit.local import cluster, crds
-from devkit.testing import kubectl
-from fluidfed import engines, names, validation
+from devkit.testing import HubProcess, kubectl
+from fluidfed import Client, engines, errors, names, validation
 from fluidfed.models import Access, CacheSpec, Dataset, LoadRequest, Mount
+from tests.integration.conftest import cli
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +139,23 @@ def _contains(got: Any, wanted: Any) -> bool:
             isinstance(got, list) and len(got) == len(wanted) and all(map(_contains, got, wanted))
         )
     return bool(got == wanted)
+
+
+async def test_the_hub_refuses_what_the_engine_cannot_serve(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    spec = (
+        '[dataset]\nname = "nas"\n[[dataset.mounts]]\nuri = "s3://bucket/data"\n'
+        '[dataset.cache]\nengine = "efc"\n'
+    )
+    (tmp_path / "nas.toml").write_text(spec)
+    r = cli(hub, "apply", "-f", str(tmp_path / "nas.toml"))
+    assert r.returncode == 2
+    assert "mounts[0].uri" in r.stderr and "cannot serve s3://" in r.stderr
+    assert "Engines that serve s3://: fluidfed, thin, alluxio, jindo" in r.stderr
+    # the hub itself, not only the CLI
+    ds = testing.dataset("nas", mounts=[Mount(uri="s3://b/p")], cache=CacheSpec(engine="efc"))
+    async with Client(hub.url, hub.admin_token) as c:
+        with pytest.raises(errors.BadRequest) as err:
+            await c.apply_dataset(ds)
+    assert [p.path for p in err.value.problems] == ["dataset.mounts[0].uri"]
