@@ -33,4 +33,6 @@ class Observed:
         figures = self.window.figures(b.dataset, now)
         # without fluidfed's workers, Fluid's DataLoad says how the warm-up goes (st.load)
         load = self.load_of(b.name) if objects.runs_workers(b) else st.load
-        return status.with_workers(st, cache, load, figures)
+        prev = self.store.state.statuses.get(b.name)
+        measured = prev.ufs_total if prev is not None else 0
+        return status.with_workers(st, cache, load, figures, measured)

@@ -112,10 +112,17 @@ def with_workers(
     cache: tuple[int, int, float | None] | None,
     load: LoadStatus | None,
     figures: Figures | None = None,
+    measured: int = 0,
 ) -> BindingStatus:
     """The status with what the cache workers report (used, capacity, hit ratio), the
-    latest warm-up's progress and the metric window's figures folded in."""
+    latest warm-up's progress and the metric window's figures folded in; the under
+    storage's size as the last load of the whole dataset measured it (else `measured`,
+    the one known before)."""
     changes: dict[str, Any] = {"load": load, "metrics": figures or Figures()}
+    if load is not None and not load.path and load.phase == "Done" and load.ufs_bytes:
+        changes["ufs_total"] = load.ufs_bytes
+    elif not st.ufs_total:
+        changes["ufs_total"] = measured
     if cache is not None:
         used, capacity, ratio = cache
         changes.update(cache_used=used, cache_capacity=capacity or st.cache_capacity)

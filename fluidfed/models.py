@@ -339,6 +339,7 @@ class LoadStatus(Wire):
     bytes: NonNegInt = 0
     errors: NonNegInt = 0
     message: str = ""
+    ufs_bytes: NonNegInt = 0  # the under storage's bytes under the path
 
     def percent(self) -> float:
         if not self.blocks:

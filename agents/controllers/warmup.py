@@ -123,6 +123,7 @@ class WarmUps:
                         bytes=sum(p.bytes for p in progress),
                         errors=sum(p.errors for p in progress),
                         cached=sum(p.cached for p in progress),
+                        ufs_bytes=max((p.ufs_bytes for p in progress), default=0),
                         message="; ".join(sorted({p.message for p in progress if p.message})),
                     )
                     if not running:

@@ -112,6 +112,11 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
             return st if st and st.cache_used >= sum(len(x) for x in want.values()) else None
 
         await eventually(cache_reported, "cache figures reported by the workers")
+        # the load of the whole dataset measured the under storage: Fluid's columns
+        total = sum(len(x) for x in want.values())
+        assert (await fleet.view(name)).ufs_total == total
+        shown = cli(fleet.hub, "get", "datasets", name)
+        assert "UFS TOTAL SIZE" in shown.stdout and "100.0%" in shown.stdout, shown.stdout
 
         # a pod mounting the dataset now reads every block from the warm workers
         side = {
@@ -146,6 +151,11 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
 
         ld = await eventually(pulled, "the changed under storage loaded", timeout=60)
         assert ld.cached == blocks + 3
+
+        async def remeasured() -> bool:
+            return (await fleet.view(name)).ufs_total == total + len(late)
+
+        await eventually(remeasured, "the under storage's new size")
     finally:
         for w in workers:
             w.stop(signal.SIGKILL)

@@ -6,7 +6,7 @@ import pytest
 
 from agents import status
 from devkit import testing
-from fluidfed.models import Binding, CacheSpec, LoadRequest, MountMode
+from fluidfed.models import Binding, CacheSpec, LoadRequest, LoadStatus, MountMode
 
 
 def binding(mode: MountMode = "sidecar") -> Binding:
@@ -92,3 +92,12 @@ def test_a_fluid_warm_up_is_read_from_its_dataload(
     ld = status.compute(b, live).load
     assert ld is not None and (ld.id, ld.phase, ld.path) == (7, phase, "x")
     assert says in ld.message
+
+
+def test_a_load_of_the_whole_dataset_measures_the_under_storage() -> None:
+    st = status.compute(binding(), {})
+    whole = LoadStatus(id=1, phase="Done", ufs_bytes=5 * 2**30)
+    assert status.with_workers(st, None, whole).ufs_total == 5 * 2**30
+    part = LoadStatus(id=2, phase="Done", path="train", ufs_bytes=2**30)
+    assert status.with_workers(st, None, part).ufs_total == 0  # a part is not the whole
+    assert status.with_workers(st, None, part, measured=5 * 2**30).ufs_total == 5 * 2**30
