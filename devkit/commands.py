@@ -106,8 +106,8 @@ def run_up(args: argparse.Namespace) -> int:
     async def go() -> cluster.ClusterState:
         state = await c.up(_say)
         if args.fluid:
-            await c.install_fluid_crds()
-            _say(f"{args.name}: Fluid CRDs installed")
+            found = await c.install_fluid_crds(_say)
+            _say(f"{args.name}: installed {found.describe()}")
         return state
 
     state = asyncio.run(go())
