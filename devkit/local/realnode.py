@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ NODE_NAME = "real-node"
 # on the real node only: tests and the demo find it by this label (dev kit, not fluidfed)
 REAL_NODE_LABEL = "fluidfed.io/real-node"
 KUBELET_PORT = 10250
+# the node's cluster DNS: CoreDNS in the node's network namespace, on the node's address
+CLUSTER_DOMAIN = "cluster.local"
+DNS_READY_PORT = 8181
+DNS_USER = "fluidfed-devkit:coredns"  # its client certificate's name; RBAC in dns_rbac()
 # what the kubelet writes on the host (pkg/kubelet/cm: setupKernelTunables)
 SYSCTLS = (
     "vm/overcommit_memory",
@@ -167,6 +172,8 @@ def kubelet_config(
         },
         "authorization": {"mode": "Webhook"},
         "registerWithTaints": taints,
+        "clusterDNS": [net.node_ip],
+        "clusterDomain": CLUSTER_DOMAIN,
         "maxPods": 30,
         "serializeImagePulls": False,
         "evictionHard": {"memory.available": "50Mi", "nodefs.available": "2%"},
@@ -186,6 +193,49 @@ def kubelet_args(d: Path, net: netns.NodeNetwork, name: str) -> list[str]:
         f"--node-ip={net.node_ip}",
         "--v=1",
     ]
+
+
+def corefile(d: Path, net: netns.NodeNetwork) -> str:
+    """Pods find Services and StatefulSet pods by name (the cluster domain only: nothing
+    is forwarded, the node's network reaches no resolver beyond it)."""
+    return f"""\
+.:53 {{
+    bind {net.node_ip}
+    ready {net.node_ip}:{DNS_READY_PORT}
+    errors
+    cache 5
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {d / "coredns.kubeconfig"}
+        pods insecure
+        ttl 5
+    }}
+}}
+"""
+
+
+def dns_rbac() -> list[dict[str, Any]]:
+    """What CoreDNS's kubernetes plugin reads, for its user and nothing more."""
+    name = "fluidfed-devkit-coredns"
+    rules = [
+        {"apiGroups": [""], "resources": ["services", "pods", "namespaces"],
+         "verbs": ["list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+         "verbs": ["list", "watch"]},
+    ]  # fmt: skip
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": DNS_USER}],
+    }
+    return [role, binding]
 
 
 def node_script(d: Path, bins: Path, cgroups: list[str], net: netns.NodeNetwork, name: str) -> str:
@@ -225,6 +275,8 @@ while ! ctr --address {q(str(d / "containerd.sock"))} version >/dev/null 2>&1; d
 done
 ctr --address {q(str(d / "containerd.sock"))} -n k8s.io images import \\
   --base-name {q(image.PAUSE_REF.rsplit(":", 1)[0])} {q(str(d / "pause.tar"))} >&2
+coredns -conf {q(str(d / "Corefile"))} >> {q(str(d / "logs/coredns.log"))} 2>&1 &
+echo $! > {q(str(d / "coredns.pid"))}
 exec {kubelet}
 """
 
@@ -398,6 +450,12 @@ def prepare(
     doc = cluster.kubeconfig(name, server, ca.cert_pem, client)
     (d / "kubelet.kubeconfig").write_text(yaml.safe_dump(doc))
     (d / "kubelet.kubeconfig").chmod(0o600)
+    dns = pki.issue(ca, DNS_USER, client=True)
+    (d / "coredns.kubeconfig").write_text(
+        yaml.safe_dump(cluster.kubeconfig(name, server, ca.cert_pem, dns))
+    )
+    (d / "coredns.kubeconfig").chmod(0o600)
+    (d / "Corefile").write_text(corefile(d, net))
     hier = hierarchies()
     root = cgroup_root_for(net.netns, hier)
     (d / "containerd.toml").write_text(containerd_config(d, bins, image.PAUSE_REF))
@@ -426,11 +484,24 @@ def start(state: NodeState) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def containerd_pid(state: NodeState) -> int | None:
-    f = Path(state.dir) / "containerd.pid"
+def _pid(state: NodeState, what: str) -> int | None:
     with contextlib.suppress(OSError, ValueError):
-        return int(f.read_text())
+        return int((Path(state.dir) / f"{what}.pid").read_text())
     return None
+
+
+def containerd_pid(state: NodeState) -> int | None:
+    return _pid(state, "containerd")
+
+
+def dns_ready(state: NodeState) -> bool:
+    """CoreDNS's ready plugin: 200 once the kubernetes plugin has synced with the API."""
+    url = f"http://{state.network.node_ip}:{DNS_READY_PORT}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def log_tail(state: NodeState, what: str, lines: int = LOG_LINES) -> str:
@@ -444,7 +515,7 @@ def log_tail(state: NodeState, what: str, lines: int = LOG_LINES) -> str:
 def failure(state: NodeState, why: str) -> LocalClusterError:
     return LocalClusterError(
         f"real node {state.name}: {why}\n{log_tail(state, 'kubelet')}\n"
-        f"{log_tail(state, 'containerd')}"
+        f"{log_tail(state, 'containerd')}\n{log_tail(state, 'coredns', 10)}"
     )
 
 
@@ -462,6 +533,9 @@ async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say:
         cpid = containerd_pid(state)
         if cpid is not None and not _is(cpid, "containerd"):
             raise failure(state, "containerd exited")
+        dpid = _pid(state, "coredns")
+        if dpid is not None and not _is(dpid, "coredns"):
+            raise failure(state, "the cluster DNS (CoreDNS) exited")
         try:
             node = await core.read_node(state.name)
         except client.ApiException as err:
@@ -477,7 +551,11 @@ async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say:
         conds = {c.type: c for c in node.status.conditions or []}
         ready = conds.get("Ready")
         if ready is not None and ready.status == "True":
-            return
+            if await asyncio.to_thread(dns_ready, state):
+                return
+            last = "the cluster DNS not ready"
+            await asyncio.sleep(0.25)
+            continue
         last = f"Ready={ready.status if ready else '?'}: {ready.message if ready else ''}"
         await asyncio.sleep(0.25)
 
