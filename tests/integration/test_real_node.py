@@ -25,13 +25,13 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from agents import trust
+from agents import objects, trust
 from devkit.local import binaries, cluster, image, netns, realnode
 from devkit.testing import AgentProcess, HubProcess, NotYet, eventually
 from fluidfed import Client, names
 from fluidfed.data import credentials, protocol, ufs
 from fluidfed.errors import LocalClusterError
-from fluidfed.models import Access, CacheSpec, Dataset, Mount
+from fluidfed.models import Access, CacheSpec, CacheTier, Dataset, Mount
 from tests.integration import sources
 from tests.integration.test_webhook import create_when_webhook_is_registered
 
@@ -51,12 +51,11 @@ def _cgroups_of(state: realnode.NodeState) -> list[str]:
     return [c for c in state.cgroups if Path(c).exists()]
 
 
-@pytest.fixture(scope="session")
-def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.LocalCluster]:
-    """A serverless cluster whose real node stands in for the virtual node."""
-    base = tmp_path_factory.mktemp("real")
+@contextlib.contextmanager
+def _real_cluster(base: Path, name: str, kind: cluster.Kind) -> Iterator[cluster.LocalCluster]:
+    """A local cluster of `kind` with its real node; its `down` must leave nothing."""
     sysctls = realnode._read_sysctls()
-    lc = cluster.LocalCluster("real", "serverless", base_dir=base, real_node=True)
+    lc = cluster.LocalCluster(name, kind, base_dir=base, real_node=True)
     asyncio.run(lc.up(print))
     state = lc.state
     assert state is not None and state.real_node is not None
@@ -71,16 +70,42 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.L
         assert netns.leftovers(node_state.network) == []
         assert _cgroups_of(node_state) == []
         assert str(base) not in _host_mounts()
-        assert realnode._read_sysctls() == sysctls
+        if not any(Path("/run/netns").glob("fluidfed-*")):  # the last real node is gone
+            assert realnode._read_sysctls() == sysctls
 
 
 @pytest.fixture(scope="session")
-def fluidfed_image(real_cluster: cluster.LocalCluster) -> image.BuiltImage:
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.LocalCluster]:
+    """A serverless cluster whose real node stands in for the virtual node."""
+    with _real_cluster(tmp_path_factory.mktemp("real"), "real", "serverless") as lc:
+        yield lc
+
+
+@pytest.fixture(scope="session")
+def built_image() -> image.BuiltImage:
     built = image.build_fluidfed(print)
     print(f"image {built.ref}: {built.bytes / 2**20:.0f} MiB, built in {built.seconds}s")
-    seconds = asyncio.run(cluster.load_image(real_cluster.dir, built))
-    print(f"imported in {seconds:.1f}s")
     return built
+
+
+@pytest.fixture(scope="session")
+def fluidfed_image(
+    real_cluster: cluster.LocalCluster, built_image: image.BuiltImage
+) -> image.BuiltImage:
+    seconds = asyncio.run(cluster.load_image(real_cluster.dir, built_image))
+    print(f"imported in {seconds:.1f}s")
+    return built_image
+
+
+@pytest.fixture(scope="session")
+def edge_cluster(
+    tmp_path_factory: pytest.TempPathFactory, built_image: image.BuiltImage
+) -> Iterator[cluster.LocalCluster]:
+    """An edge cluster (no native sidecars, the node's disk for cache tiers) with a real
+    node and the image in it."""
+    with _real_cluster(tmp_path_factory.mktemp("edge"), "edge", "edge") as lc:
+        asyncio.run(cluster.load_image(lc.dir, built_image))
+        yield lc
 
 
 def _on_real_node(spec: dict[str, Any]) -> dict[str, Any]:
@@ -849,6 +874,127 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
             after = await eventually(third_hits, "the remaining workers' hits", timeout=30)
             # the leaving worker's blocks moved in its grace period: still nothing from S3
             assert after[2] == before[2], (before, after)
+    finally:
+        agent.stop()
+        print(f"--- agent log (tail) ---\n{agent.log_text()[-3000:]}")
+        hub.stop()
+
+
+async def test_edge_job_in_the_legacy_form_reads_the_workers_disk_tier_on_its_node(
+    edge_cluster: cluster.LocalCluster, built_image: image.BuiltImage, tmp_path: Path
+) -> None:
+    """An edge cluster without native sidecars: a Job's injected pod (the sidecar a
+    regular container, gated by postStart) completes and its sidecar ends with it; the
+    cache worker keeps its blocks in the node's directory (the tier's path), and the next
+    Job's sidecar, on the same node, reads those block files itself (short-circuit)."""
+    state = edge_cluster.state
+    assert state is not None and state.network is not None
+    src = sources.make_dataset(tmp_path / "src", count=12)
+    want = {
+        str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in src.rglob("*")
+        if p.is_file() and p.name != ufs.MANIFEST
+    }
+    blocks = sum(
+        -(-p.stat().st_size // (4 * 2**20)) for p in src.rglob("*") if p.is_file()
+        and p.name != ufs.MANIFEST
+    )  # fmt: skip
+    ssd = tmp_path / "ssd"
+    name, home = "edgejob", "edgejob-home"
+    host = state.network.host_ip
+    port = cluster.free_port()
+    hub = HubProcess(tmp_path / "hub").start()
+    agent = AgentProcess(
+        tmp_path, "edge", "edge", str(edge_cluster.kubeconfig_path), hub.url, hub.admin_token,
+        capabilities={"privileged": True, "native_sidecar": False},
+    )  # fmt: skip
+    agent.write_config(
+        sidecar_image=json.dumps(built_image.ref),
+        worker_image=json.dumps(built_image.ref),
+        api_host=json.dumps(host),
+        api_port=str(port),
+    )
+    agent.start()
+
+    def job(job_name: str) -> dict[str, Any]:
+        pod = _reader_pod(job_name, name, built_image.ref)
+        # an app that outlives one of the legacy sidecar's process polls (every second)
+        pod["spec"]["containers"][0]["command"][-1] = "2"
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": job_name},
+            "spec": {"backoffLimit": 0, "template": pod},
+        }
+
+    async def run(api: Any, job_name: str) -> None:
+        batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+        await batch.create_namespaced_job(home, job(job_name))
+
+        async def finished() -> Any:
+            j = await batch.read_namespaced_job(job_name, home)
+            if j.status.succeeded or j.status.failed:
+                return j
+            return NotYet(await _pods_report(api, home))
+
+        done = await eventually(finished, f"job {job_name} to finish", timeout=180)
+        (pod,) = (await core.list_namespaced_pod(home, label_selector=f"job-name={job_name}")).items
+        assert done.status.succeeded == 1, await _pods_report(api, home)
+        # the legacy form: the sidecar is the first regular container and left with the app
+        assert pod.metadata.annotations[names.MODE_ANNOTATION] == "legacy"
+        side = pod.status.container_statuses[0] if pod.status.container_statuses else None
+        assert side is not None and side.state.terminated is not None
+        assert side.state.terminated.exit_code == 0
+        logs = await _logs(api, pod.metadata.name, "app", home)
+        assert _rounds(logs) == [{"round": 0, "sums": want}]
+
+    try:
+        async with (
+            _http_on(host, src) as url,
+            Client(hub.url, hub.admin_token) as c,
+            await edge_cluster.api_client() as api,
+            _kwok_nodes_cordoned(api),
+        ):
+            tier = CacheTier(medium="SSD", quota=2**30, path=str(ssd))
+            await c.apply_dataset(
+                Dataset(
+                    name=name, namespace=home, mounts=[Mount(uri=url)],
+                    access=[Access(namespace=home)],
+                    cache=CacheSpec(replicas=1, min_replicas=1, max_replicas=1, tiers=[tier]),
+                )
+            )  # fmt: skip
+
+            async def ready() -> Any:
+                v = await c.get_dataset(name)
+                st = v.bindings[0].status if v.bindings else None
+                ok = st is not None and st.phase == "Bound" and st.ready_workers == 1
+                return True if ok else NotYet(f"{st}; {await _pods_report(api, home)}")
+
+            await eventually(ready, "the cache worker ready in its pod", timeout=180)
+            await eventually(
+                lambda: asyncio.sleep(0, "sidecar webhook serving on" in agent.log_text()),
+                "the webhook serving",
+            )
+            core = client.CoreV1Api(api)
+            key = await _signing_key(core, name, home)
+            await run(api, "first")
+            # the worker's blocks are files in the node's directory of the tier
+            stored = [p for p in ssd.rglob("*") if p.is_file()]
+            assert len(stored) >= blocks, stored
+            assert all(p.stat().st_uid == objects.IMAGE_UID for p in stored)
+            (worker,) = await _workers(f"http://{host}:{port}", name, key)
+            served0 = worker["status"]["served"]["short_circuit"]
+
+            await run(api, "second")
+
+            async def short_circuited() -> Any:
+                (w,) = await _workers(f"http://{host}:{port}", name, key)
+                st = w["status"]
+                got = st["served"]["short_circuit"] - served0
+                return st if got >= blocks else NotYet(st["served"])
+
+            st = await eventually(short_circuited, "the sidecar's own reads reported", timeout=30)
+            assert st["ufs"]["reads"] == worker["status"]["ufs"]["reads"]  # nothing from S3
     finally:
         agent.stop()
         print(f"--- agent log (tail) ---\n{agent.log_text()[-3000:]}")
