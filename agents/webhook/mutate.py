@@ -238,6 +238,11 @@ def mutate(
                 },
             ],
         }
+        # the source's credentials (the mount's Secret) where the pod's namespace has it:
+        # the sidecar lists the source and reads it when no worker answers
+        secrets = sorted({m.secret for m in b.spec.mounts if m.secret})
+        if secrets:
+            sidecar["envFrom"] = [{"secretRef": {"name": n, "optional": True}} for n in secrets]
         if settings.short_circuit and render.reads_whole_dataset(entry):
             for vol, mnt in render.short_circuit_volumes(b.spec):
                 name = _unique(
