@@ -72,6 +72,23 @@ class NodeState(msgspec.Struct, kw_only=True):
 # --- what it runs (pure) -----------------------------------------------------------------
 
 
+def runtime_dir(net: netns.NodeNetwork) -> Path:
+    """Short paths for the node's sockets: a unix socket's path has at most 107 bytes, and
+    the cluster's directory may be deep (pytest's, a user's)."""
+    return SHARED / net.netns
+
+
+def socket_path(net: netns.NodeNetwork) -> Path:
+    """containerd's socket (the host's ctr imports images through it)."""
+    return runtime_dir(net) / "containerd.sock"
+
+
+def kubelet_root(net: netns.NodeNetwork) -> Path:
+    """The kubelet's root directory as the node sees it: the node directory's kubelet/
+    bound here inside the node's mount namespace (its sockets live below it)."""
+    return runtime_dir(net) / "kubelet"
+
+
 def node_labels(flavour_labels: dict[str, str]) -> dict[str, str]:
     """The real node stands in for the flavour's nodes: their labels (a serverless real
     node is a virtual node), not kwok's marks."""
@@ -81,7 +98,7 @@ def node_labels(flavour_labels: dict[str, str]) -> dict[str, str]:
     return {**labels, REAL_NODE_LABEL: "true"}
 
 
-def containerd_config(d: Path, bins: Path, sandbox_image: str) -> str:
+def containerd_config(d: Path, bins: Path, sandbox_image: str, sock: Path) -> str:
     return f"""\
 version = 3
 root = "{d / "containerd/root"}"
@@ -93,7 +110,7 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "{d / "containerd.sock"}"
+  address = "{sock}"
 
 [plugins.'io.containerd.internal.v1.opt']
   path = "{d / "containerd/opt"}"
@@ -158,7 +175,7 @@ def kubelet_config(
         "cgroupRoot": cgroup_root,
         "failCgroupV1": False,
         "failSwapOn": False,
-        "containerRuntimeEndpoint": f"unix://{d / 'containerd.sock'}",
+        "containerRuntimeEndpoint": f"unix://{socket_path(net)}",
         "podLogsDir": str(d / "pod-logs"),  # not podLogsDirectory: unknown fields are ignored
         "volumePluginDir": str(d / "volume-plugins"),
         "address": net.node_ip,
@@ -187,7 +204,7 @@ def kubelet_args(d: Path, net: netns.NodeNetwork, name: str) -> list[str]:
     return [
         f"--config={d / 'kubelet.yaml'}",
         f"--kubeconfig={d / 'kubelet.kubeconfig'}",
-        f"--root-dir={d / 'kubelet'}",
+        f"--root-dir={kubelet_root(net)}",
         f"--cert-dir={d / 'kubelet/pki'}",
         f"--hostname-override={name}",
         f"--node-ip={net.node_ip}",
@@ -262,10 +279,12 @@ awk '$3 == "fuse" || $3 ~ /^fuse\\./ {{print $2}}' /proc/self/mounts | while rea
   umount -l "$(printf '%b' "$m")" 2>/dev/null || true
 done
 mount --make-rshared /
+mkdir -p {q(str(kubelet_root(net)))}
+mount --bind {q(str(d / "kubelet"))} {q(str(kubelet_root(net)))}
 containerd --config {q(str(d / "containerd.toml"))} >> {q(str(d / "logs/containerd.log"))} 2>&1 &
 echo $! > {q(str(d / "containerd.pid"))}
 i=0
-while ! ctr --address {q(str(d / "containerd.sock"))} version >/dev/null 2>&1; do
+while ! ctr --address {q(str(socket_path(net)))} version >/dev/null 2>&1; do
   i=$((i + 1))
   if [ "$i" -gt 300 ] || ! kill -0 "$!" 2>/dev/null; then
     echo "containerd did not start" >&2
@@ -273,7 +292,7 @@ while ! ctr --address {q(str(d / "containerd.sock"))} version >/dev/null 2>&1; d
   fi
   sleep 0.1
 done
-ctr --address {q(str(d / "containerd.sock"))} -n k8s.io images import \\
+ctr --address {q(str(socket_path(net)))} -n k8s.io images import \\
   --base-name {q(image.PAUSE_REF.rsplit(":", 1)[0])} {q(str(d / "pause.tar"))} >&2
 coredns -conf {q(str(d / "Corefile"))} >> {q(str(d / "logs/coredns.log"))} 2>&1 &
 echo $! > {q(str(d / "coredns.pid"))}
@@ -458,7 +477,10 @@ def prepare(
     (d / "Corefile").write_text(corefile(d, net))
     hier = hierarchies()
     root = cgroup_root_for(net.netns, hier)
-    (d / "containerd.toml").write_text(containerd_config(d, bins, image.PAUSE_REF))
+    runtime_dir(net).mkdir(parents=True, exist_ok=True)
+    (d / "containerd.toml").write_text(
+        containerd_config(d, bins, image.PAUSE_REF, socket_path(net))
+    )
     (d / "cni/10-fluidfed.conflist").write_text(json.dumps(cni_conflist(d, net), indent=2))
     kcfg = kubelet_config(d, net, root, taints)
     (d / "kubelet.yaml").write_text(yaml.safe_dump(kcfg))
@@ -573,6 +595,7 @@ def stop(state: NodeState) -> list[str]:
         while time.monotonic() < deadline and _is(cpid, "containerd"):
             time.sleep(0.05)
     left = remove_cgroups(state.cgroups)
+    shutil.rmtree(runtime_dir(state.network), ignore_errors=True)
     release_sysctls(state.network.netns)
     return left
 
@@ -588,5 +611,5 @@ def _is(pid: int, binary: str) -> bool:
 def load_image(state: NodeState, bins: Path, archive: Path, base_name: str) -> float:
     """Import an OCI archive into the node's containerd for pods (`imagePullPolicy:
     Never`); seconds taken."""
-    address = str(Path(state.dir) / "containerd.sock")
+    address = str(socket_path(state.network))
     return image.import_image(bins / "ctr", address, archive, base_name)

@@ -69,6 +69,7 @@ def _real_cluster(base: Path, name: str, kind: cluster.Kind) -> Iterator[cluster
         assert alive == [], f"processes left behind: {alive}"
         assert netns.leftovers(node_state.network) == []
         assert _cgroups_of(node_state) == []
+        assert not realnode.runtime_dir(node_state.network).exists()
         assert str(base) not in _host_mounts()
         if not any(Path("/run/netns").glob("fluidfed-*")):  # the last real node is gone
             assert realnode._read_sysctls() == sysctls

@@ -54,7 +54,13 @@ def test_kubelet_and_containerd_configs_carry_what_this_machine_needs() -> None:
     assert cfg["address"] == "10.213.0.2" and cfg["cgroupRoot"] == "/caller/fluidfed-x"
     assert cfg["registerWithTaints"] == taints
     yaml.safe_dump(cfg)  # serialisable as written
-    toml = realnode.containerd_config(d, bins, image.PAUSE_REF)
+    toml = realnode.containerd_config(d, bins, image.PAUSE_REF, realnode.socket_path(net))
+    # a deep cluster directory must not push the socket past a unix socket's 107 bytes
+    assert 'address = "/run/fluidfed/real-nodes/fluidfed-x/containerd.sock"' in toml
+    assert (
+        cfg["containerRuntimeEndpoint"]
+        == "unix:///run/fluidfed/real-nodes/fluidfed-x/containerd.sock"
+    )
     assert "restrict_oom_score_adj = true" in toml
     assert f'sandbox = "{image.PAUSE_REF}"' in toml
     assert 'bin_dirs = ["/bin/testbin/cni"]' in toml
