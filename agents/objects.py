@@ -11,6 +11,9 @@ from fluidfed import engines, names
 from fluidfed.models import Binding
 
 WORKER_PORT = 7070
+# the user of fluidfed's image (configs/deploy/Dockerfile's USER): workers run as it, and
+# their Secret volume and disk tiers must be readable and writable by it
+IMAGE_UID = 65532
 
 VIRTUAL_NODE_TOLERATION = {
     "key": names.VIRTUAL_NODE_TAINT,

@@ -201,9 +201,17 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
     env_from = _secret_env(ds)
     if env_from:
         container["envFrom"] = env_from
+    uid = objects.IMAGE_UID
     pod_spec: dict[str, Any] = {
         # a leaving worker hands its blocks to the others first (`--drain-timeout` 60 s)
         "terminationGracePeriodSeconds": 90,
+        # the image's user; fsGroup makes the keys' Secret (mode 0600) readable by it
+        "securityContext": {
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "runAsNonRoot": True,
+            "fsGroup": uid,
+        },
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": objects.config_name(ds.name)}},
@@ -217,6 +225,23 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
             *(v for v, _ in tier_volumes),
         ],
     }
+    host_dirs = [m["mountPath"] for v, m in tier_volumes if "hostPath" in v]
+    if host_dirs:
+        # fsGroup does not reach hostPath: the node's tier directories (made by the kubelet
+        # as root) are handed to the worker's user before it starts
+        pod_spec["initContainers"] = [
+            {
+                "name": "tier-owner",
+                "image": ctx.worker_image,
+                "command": ["chown", f"{uid}:{uid}", *host_dirs],
+                "securityContext": {
+                    "runAsUser": 0,
+                    "runAsNonRoot": False,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+                },
+                "volumeMounts": [m for v, m in tier_volumes if "hostPath" in v],
+            }
+        ]
     if ctx.kind == "serverless":
         pod_spec["tolerations"] = [objects.VIRTUAL_NODE_TOLERATION]
     service = {

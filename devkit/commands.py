@@ -1,7 +1,7 @@
 """The dev kit's commands, plugged into `fluidfed` by entry point:
 
 * `fluidfed local up|list|down`: real local clusters for trying fluidfed and for its tests;
-* `fluidfed demo [--quick] [--keep]` and `fluidfed demo down`.
+* `fluidfed demo [--quick] [--keep] [--no-real-node]` and `fluidfed demo down`.
 
 Heavy modules load only when a command runs: daemons started by this CLI skip them.
 """
@@ -274,6 +274,12 @@ def _register_demo(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="skip the slow steps")
     p.add_argument("--keep", action="store_true", help="leave everything running")
     p.add_argument(
+        "--no-real-node",
+        dest="real_node",
+        action="store_false",
+        help="run the serverless sidecar and workers as processes, not in pods on a real node",
+    )
+    p.add_argument(
         "--dir", help="work directory (env FLUIDFED_DEMO_DIR; default ~/.cache/fluidfed/demo)"
     )
     p.set_defaults(run=run_demo)
@@ -301,5 +307,5 @@ def run_demo(args: argparse.Namespace) -> int:
             "scripts/setup installs or checks all of it (scripts/demo runs it)"
         )
         return 2
-    asyncio.run(demo.Demo(base, quick=args.quick, keep=args.keep).run())
+    asyncio.run(demo.Demo(base, quick=args.quick, keep=args.keep, real_node=args.real_node).run())
     return 0

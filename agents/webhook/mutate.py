@@ -248,6 +248,11 @@ def mutate(
                 },
             ],
         }
+        # the source's credentials (the mount's Secret) where the pod's namespace has it:
+        # the sidecar lists the source and reads it when no worker answers
+        secrets = sorted({m.secret for m in b.spec.mounts if m.secret})
+        if secrets:
+            sidecar["envFrom"] = [{"secretRef": {"name": n, "optional": True}} for n in secrets]
         node_tiers = render.short_circuit_volumes(b.spec)
         if settings.short_circuit and render.reads_whole_dataset(entry) and node_tiers:
             for vol, mnt in node_tiers:

@@ -456,8 +456,11 @@ class LocalCluster:
         ports: dict[str, int],
         say: Progress,
     ) -> None:
-        """The kubelet and containerd in the node's namespaces; until the node is Ready
-        (a dead kubelet or containerd is an error with their last log lines)."""
+        """The kubelet, containerd and the cluster DNS in the node's namespaces; until the
+        node is Ready and the DNS answers (a dead kubelet, containerd or CoreDNS is an
+        error with their last log lines)."""
+        from kubernetes_asyncio import client
+
         d = self.dir / "pki"
         ca = pki.KeyPair((d / "ca.crt").read_bytes(), (d / "ca.key").read_bytes())
         flavour = flavour_nodes(self.kind)[0]
@@ -480,6 +483,10 @@ class LocalCluster:
         started = state.real_node
         try:
             async with asyncio.timeout(self.node_timeout), await self.api_client() as api:
+                rbac = client.RbacAuthorizationV1Api(api)
+                role, binding = realnode.dns_rbac()
+                await rbac.create_cluster_role(cast(Any, role))
+                await rbac.create_cluster_role_binding(cast(Any, binding))
                 await realnode.wait_ready(started, api, lambda: proc.poll() is None, say)
         except TimeoutError:
             raise realnode.failure(started, f"not Ready in {self.node_timeout}s") from None

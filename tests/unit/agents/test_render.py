@@ -96,6 +96,13 @@ def test_sidecar_binding_objects() -> None:
     assert {"name": "tier-1-ssd", "mountPath": seen} in c["volumeMounts"]
     assert wcfg.tiers[1].path == seen + "/{pod}" and wcfg.tiers[0].path == ""
     assert layout.own_tiers(wcfg.tiers, "w-0")[1].path == seen + "/w-0"
+    # the image's user runs the worker: the keys' Secret is its group's, and the node's tier
+    # directory (the kubelet makes it root's) is handed to it before the worker starts
+    assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] == 65532
+    (owner,) = pod["initContainers"]
+    assert owner["command"] == ["chown", "65532:65532", seen]
+    assert owner["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert owner["volumeMounts"] == [{"name": "tier-1-ssd", "mountPath": seen}]
     # research reads val/ only: not the node's block files, which hold every sub-path
     assert cfg.short_circuit is False
     assert "tolerations" not in pod  # an edge node needs none
@@ -126,6 +133,7 @@ def test_serverless_workers_tolerate_the_virtual_node() -> None:
     # and sidecars that do not look for block files
     vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
     assert vols["tier-1-ssd"] == {"name": "tier-1-ssd", "emptyDir": {"sizeLimit": "50Gi"}}
+    assert "initContainers" not in sts["spec"]["template"]["spec"]  # fsGroup covers emptyDir
     cm = next(o for o in by_kind(objs)["ConfigMap"] if o["metadata"]["namespace"] == "ml")
     assert json.loads(cm["data"]["sidecar.json"])["short_circuit"] is False
 

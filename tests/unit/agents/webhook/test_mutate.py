@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from agents.webhook import mutate as m
-from fluidfed.models import Access, CacheSpec, CacheTier, Capabilities
+from devkit import testing
+from fluidfed.models import Access, CacheSpec, CacheTier, Capabilities, Mount
 from fluidfed.units import ByteSize
 from tests.unit.agents.webhook.pods import BINDINGS, LEGACY, PRIV, apply_patch, binding, pod
 
@@ -408,3 +409,18 @@ def test_a_pod_reading_two_datasets_prefers_the_workers_of_each() -> None:
         preferred[1]["podAffinityTerm"]["labelSelector"]["matchLabels"]["fluidfed.io/binding"]
         == "nvme.c"
     )
+
+
+def test_the_sidecar_gets_the_sources_secret_where_the_namespace_has_it() -> None:
+    mounts = [Mount(uri="s3://b/p", secret="s3-creds"), Mount(uri="s3://c/q", secret="s3-creds")]
+    ds = testing.dataset("secured", namespace="ml", mounts=mounts, access=[Access(namespace="ml")])
+    p = pod(
+        annotations={"fluidfed.io/datasets": "secured=ds"}, volumes=[{"name": "ds", "emptyDir": {}}]
+    )
+    d = m.mutate(p, "ml", {"secured": testing.binding(ds)}, PRIV, m.SidecarSettings(image="ff:1"))
+    assert d.pod is not None
+    side = d.pod["spec"]["initContainers"][0]
+    # it lists the source and reads it when no worker answers; optional: a reader namespace
+    # without a copy of the Secret still starts and reads through the workers
+    assert side["envFrom"] == [{"secretRef": {"name": "s3-creds", "optional": True}}]
+    assert "envFrom" not in injected(pod())["spec"]["initContainers"][0]  # no secret, none
