@@ -233,12 +233,13 @@ def run_list(args: argparse.Namespace) -> int:
     from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
     t = Table(box=None, header_style="bold")
-    for col in ("NAME", "KIND", "STATUS", "SERVER", "REAL NODE", "KUBECONFIG"):
+    # the host side is where a real node's pods reach the agent's API and an S3 server
+    for col in ("NAME", "KIND", "STATUS", "SERVER", "REAL NODE", "HOST SIDE", "KUBECONFIG"):
         t.add_column(col)
     for s in cluster.list_clusters(_base(args)):
         status = "running" if cluster.running(s) else "stopped"
-        node = s.network.node_ip if s.network else "-"
-        t.add_row(s.name, s.kind, status, s.server, node, s.kubeconfig)
+        node, host = (s.network.node_ip, s.network.host_ip) if s.network else ("-", "-")
+        t.add_row(s.name, s.kind, status, s.server, node, host, s.kubeconfig)
     output.console.print(t)
     return 0
 

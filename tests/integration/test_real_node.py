@@ -671,6 +671,13 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
     assert not [n for n in os.listdir("/run/netns") if n.startswith("cni-")]
 
 
+def _sums_and_blocks(src: Path, block: int = 4 * 2**20) -> tuple[dict[str, str], int]:
+    """The sha256 of every file of a dataset's source, and how many blocks they make."""
+    files = [p for p in src.rglob("*") if p.is_file() and p.name != ufs.MANIFEST]
+    want = {str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return want, sum(-(-p.stat().st_size // block) for p in files)
+
+
 async def _workers(agent_api: str, dataset: str, key: bytes) -> list[dict[str, Any]]:
     """The workers of `dataset` registered with the agent, each with its last status."""
     token = credentials.sign(credentials.Claims(role="agent", dataset=dataset), key)
@@ -761,15 +768,7 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
     state = real_cluster.state
     assert state is not None and state.network is not None
     src = sources.make_dataset(tmp_path / "src", count=24)
-    want = {
-        str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in src.rglob("*")
-        if p.is_file() and p.name != ufs.MANIFEST
-    }
-    blocks = sum(
-        -(-p.stat().st_size // (4 * 2**20)) for p in src.rglob("*") if p.is_file()
-        and p.name != ufs.MANIFEST
-    )  # fmt: skip
+    want, blocks = _sums_and_blocks(src)
     name, home = "podworkers", "podworkers-home"
     api_url = f"http://{state.network.host_ip}:{cluster.free_port()}"
     hub = HubProcess(tmp_path / "hub").start()
@@ -891,15 +890,7 @@ async def test_edge_job_in_the_legacy_form_reads_the_workers_disk_tier_on_its_no
     state = edge_cluster.state
     assert state is not None and state.network is not None
     src = sources.make_dataset(tmp_path / "src", count=12)
-    want = {
-        str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in src.rglob("*")
-        if p.is_file() and p.name != ufs.MANIFEST
-    }
-    blocks = sum(
-        -(-p.stat().st_size // (4 * 2**20)) for p in src.rglob("*") if p.is_file()
-        and p.name != ufs.MANIFEST
-    )  # fmt: skip
+    want, blocks = _sums_and_blocks(src)
     ssd = tmp_path / "ssd"
     name, home = "edgejob", "edgejob-home"
     host = state.network.host_ip
