@@ -96,9 +96,7 @@ class EtcdCluster:
             raise
         if detach:
             state = {
-                "members": [
-                    {**vars_of(m), "pid": self.procs[m.name].pid} for m in self.members
-                ]
+                "members": [{**vars_of(m), "pid": self.procs[m.name].pid} for m in self.members]
             }
             (self.base_dir / STATE).write_text(json.dumps(state))
         return self
@@ -117,7 +115,9 @@ class EtcdCluster:
         for m in self.members:
             if m.name == name:
                 return m
-        raise LocalClusterError(f"no etcd member {name}: the members are m0..m{len(self.members)-1}")
+        raise LocalClusterError(
+            f"no etcd member {name}: the members are m0..m{len(self.members) - 1}"
+        )
 
     def stop_member(self, name: str, sig: int = signal.SIGKILL) -> None:
         stop_process(self.procs.pop(name, None), sig, 10.0)
