@@ -362,9 +362,17 @@ async def bindings(request: web.Request) -> web.StreamResponse:
 async def _watch(
     request: web.Request, cat: Catalog, cluster: str | None, revision: int
 ) -> web.StreamResponse:
-    if revision > cat.revision and isinstance(cat.store, Shared):
+    if isinstance(cat.store, Shared):
         # resumed here from another replica that is ahead of this one: catch up first
         await cat.reach(revision, within=AHEAD_WAIT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cat.replayed.wait(), AHEAD_WAIT)
+        if not cat.replayed.is_set():
+            raise errors.ServerError(
+                "this hub replica is still reading the catalog's history from its store: "
+                "retry in a moment",
+                status=503,
+            )
     cat.events_since(revision, cluster)  # 410 before the stream starts if compacted
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)

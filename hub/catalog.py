@@ -32,7 +32,7 @@ from fluidfed.models import (
     LoadRequest,
 )
 from hub import auth, consistency, placement, watchlog
-from hub.store import BEAT, REV, Delete, Op, Put, Shared, Snapshot, Store
+from hub.store import BEAT, REV, Change, Delete, Op, Put, Shared, Snapshot, Store
 
 CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"
 DECISIONS = "decisions"
@@ -101,6 +101,10 @@ class Catalog:
     def _reset(self, snap: Snapshot) -> None:
         """The catalog as the store has it; watches from before `snap.compacted` are Gone."""
         self.revision, self.base = snap.revision, snap.base
+        self.follow_from, self.replayed_to = snap.follow_from, snap.revision
+        self.replayed = asyncio.Event()
+        if snap.follow_from >= snap.revision:
+            self.replayed.set()
         self.log = watchlog.WatchLog(self.history, self.history_bytes)
         self.log.compacted = snap.compacted
         for table in (self.clusters, self.datasets, self.bindings, self.statuses):
@@ -125,11 +129,17 @@ class Catalog:
         """Keep the catalog current with what other replicas write to a shared store."""
         store = self.store
         assert isinstance(store, Shared)
-        async for change in store.follow(self.revision):
+        start = self.revision if self.replayed.is_set() else self.follow_from
+        async for change in store.follow(start):
             async with self._write:
                 if change.reset is not None:
                     self._reset(change.reset)
                     continue
+                if not self.replayed.is_set():
+                    if change.revision <= self.replayed_to:
+                        self._replay(change)
+                        continue
+                    self.replayed.set()
                 own = change.revision <= self.base  # applied when this replica committed it
                 for ev in change.events:
                     if ev.kind == BEAT and ev.value is not None:
@@ -145,6 +155,17 @@ class Catalog:
                 if change.revision > self.revision:
                     self.revision = change.revision
                     self._publish()
+
+    def _replay(self, change: Change) -> None:
+        """The history before this replica loaded the catalog: into the watch log only."""
+        for ev in change.events:
+            if ev.kind == BINDING and ev.value is not None:
+                b = _binding_dec.decode(ev.value)
+                etype = "ADDED" if ev.type == "put" else "DELETED"
+                self.log.append(change.revision, etype, _at(b, change.revision))
+        self.follow_from = change.revision
+        if change.revision == self.replayed_to:
+            self.replayed.set()
 
     async def reach(self, revision: int, within: float) -> bool:
         """Wait (at most `within` seconds) until this replica has seen `revision`."""

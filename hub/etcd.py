@@ -12,6 +12,7 @@ prefix with one etcd watch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -33,6 +34,7 @@ T = TypeVar("T")
 
 _MOD, _CREATE, _LEASE = rpc.Compare.MOD, rpc.Compare.CREATE, rpc.Compare.LEASE
 _EQUAL = rpc.Compare.EQUAL
+PROGRESS_EVERY = 1.0
 _TEMPORARY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -82,6 +84,7 @@ class EtcdStore:
         p = settings.prefix.encode()
         self._records, self._rev = p + b"c/", p + b"rev"
         self._beat, self._leader = p + b"beat/", p + b"leader"
+        self._compacted = p + b"compacted"  # where the history kept for watches starts
         self._prefix = p
         self._password = self._read_password()
         self._endpoint = random.randrange(len(settings.endpoints))  # spread the replicas
@@ -89,6 +92,7 @@ class EtcdStore:
         self._token: tuple[tuple[str, str], ...] = ()
         self._lease = 0  # the leader's lease, while this replica leads
         self._renewed = 0.0  # when it was last renewed (monotonic)
+        self._born = 0  # the revision of the catalog's first change: no history before
         self.compacted = 0
 
     @property
@@ -207,14 +211,22 @@ class EtcdStore:
 
     # --- the Store calls ---------------------------------------------------------------
 
-    async def load(self) -> Snapshot:
+    async def load(self, *, history: bool = True) -> Snapshot:
+        """The records as of now; the history this store kept comes through `follow` from
+        `follow_from` (without `history`: none, watches from before now are Gone)."""
         everything = rpc.RangeRequest(key=self._prefix, range_end=_end(self._prefix))
         resp = await self._rpc(rpc.KVStub, "Range", everything, deadline=60.0)
+        now = int(resp.header.revision)
         # base 0: no catalog change yet (the compare of a key never written is with 0)
-        snap = Snapshot(revision=resp.header.revision, compacted=resp.header.revision, base=0)
+        start = 0 if history else now  # never compacted by a hub: all of etcd's history
+        self._born = now + 1  # the catalog's first change (the prefix is empty: the next)
+        snap = Snapshot(revision=now, compacted=start, base=0, follow_from=start)
         for kv in resp.kvs:
-            if kv.key == self._rev:
+            if kv.key == self._compacted and history:
+                snap.compacted = snap.follow_from = min(now, int(kv.value))
+            elif kv.key == self._rev:
                 snap.base = kv.mod_revision
+                self._born = kv.create_revision
             elif kv.key.startswith(self._records):
                 kind, _, name = kv.key[len(self._records) :].decode().partition("/")
                 snap.records[(kind, name)] = kv.value
@@ -271,6 +283,8 @@ class EtcdStore:
         except StoreError as err:
             if "compacted" not in str(err):  # another replica compacted further: fine
                 raise
+        mark = rpc.PutRequest(key=self._compacted, value=str(target).encode())
+        await self._rpc(rpc.KVStub, "Put", mark)  # a replica that starts replays from here
         self.compacted = target
         return target
 
@@ -304,7 +318,7 @@ class EtcdStore:
         start = after + 1
         delay = 0.1
         while True:
-            call = None
+            call, ask = None, None
             try:
                 channel = await self._connect()
                 # hasleader: a member cut off from the others ends the watch, not silence
@@ -320,9 +334,13 @@ class EtcdStore:
                         )
                     )
                 )
+                ask = asyncio.create_task(self._ask_progress(call))
                 while True:
                     resp = await call.read()
                     if resp is grpc.aio.EOF:
+                        break
+                    if resp.compact_revision and resp.compact_revision <= self._born:
+                        start = resp.compact_revision  # only others' history went: go on
                         break
                     if resp.compact_revision:
                         log.warning(
@@ -330,7 +348,7 @@ class EtcdStore:
                             "catalog again (agents watching it list again)",
                             start,
                         )
-                        snap = await self.load()
+                        snap = await self.load(history=False)
                         yield Change(snap.revision, reset=snap)
                         start = snap.revision + 1
                         break
@@ -357,8 +375,19 @@ class EtcdStore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:
+                if ask is not None:
+                    ask.cancel()
                 if call is not None:
                     call.cancel()
+
+    async def _ask_progress(self, call: Any) -> None:
+        """Every second, ask etcd how far the watch is (it answers once it sent all up to
+        there): the catalog's revision follows etcd's even while the prefix is quiet, so a
+        watch resumed here from another replica finds this one as far along."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            while True:
+                await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+                await asyncio.sleep(PROGRESS_EVERY)
 
     async def publish_heartbeats(self, replica: str, beats: dict[str, float]) -> None:
         put = rpc.PutRequest(key=self._beat + replica.encode(), value=msgspec.json.encode(beats))

@@ -55,10 +55,15 @@ class Snapshot:
     events: list[Event] = field(default_factory=list)
     base: int = -1  # the revision of the last catalog change (-1: `revision`)
     revisions: dict[tuple[str, str], int] = field(default_factory=dict)  # of each record
+    # a shared store's history comes through its feed: the events after this revision up
+    # to `revision` are replayed into the watch log (-1: `revision`, nothing to replay)
+    follow_from: int = -1
 
     def __post_init__(self) -> None:
         if self.base < 0:
             self.base = self.revision
+        if self.follow_from < 0:
+            self.follow_from = self.revision
 
 
 class Store(Protocol):
