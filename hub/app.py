@@ -124,7 +124,15 @@ async def errors_mw(
         request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
     )
     try:
-        resp = await handler(request)
+        try:
+            resp = await handler(request)
+        except errors.NotFound:
+            # on a shared store, what another replica just wrote may not be here yet: see
+            # all that was committed before now, then answer (a handler that did not find
+            # what it needed has changed nothing)
+            if not await request.app[CATALOG].sync():
+                raise
+            resp = await handler(request)
     except errors.APIError as err:
         resp = error_response(err.status, err.reason, err.problems)
     except web.HTTPRequestEntityTooLarge:
@@ -161,7 +169,10 @@ async def auth_mw(
     if auth.same_token(token, auth.token_hash(request.app[ADMIN_TOKEN])):
         principal = auth.Admin()
     else:
-        cluster = request.app[CATALOG].cluster_of_token(token)
+        cat = request.app[CATALOG]
+        cluster = cat.cluster_of_token(token)
+        if cluster is None and await cat.sync():  # registered at another replica just now
+            cluster = cat.cluster_of_token(token)
         if cluster is None:
             return error_response(401, "unknown token")
         principal = auth.ClusterAgent(cluster)

@@ -175,6 +175,14 @@ class Catalog:
                     await self.tick.wait()
         return self.revision >= revision
 
+    async def sync(self, within: float = 5.0) -> bool:
+        """On a shared store, see everything committed before now (what another replica
+        acknowledged, say); whether anything could be new."""
+        store = self.store
+        if not isinstance(store, Shared):
+            return False
+        return await self.reach(await store.current_revision(), within)
+
     def _merge_beats(self, raw: bytes) -> None:
         """Heartbeats another replica received: the newest of each cluster counts."""
         for name, at in _beats_dec.decode(raw).items():

@@ -93,6 +93,7 @@ class EtcdStore:
         self._lease = 0  # the leader's lease, while this replica leads
         self._renewed = 0.0  # when it was last renewed (monotonic)
         self._born = 0  # the revision of the catalog's first change: no history before
+        self._progress_wanted = asyncio.Event()  # someone waits to see etcd's revision
         self.compacted = 0
 
     @property
@@ -273,8 +274,7 @@ class EtcdStore:
     async def compact(self, keep_events: int, through: int = 0) -> int:
         """Compact etcd's history to all but about the newest `keep_events` revisions (and
         at least through `through`)."""
-        current = rpc.RangeRequest(key=self._rev, count_only=True)
-        now = int((await self._rpc(rpc.KVStub, "Range", current)).header.revision)
+        now = await self.current_revision()
         target = min(now, max(through, now - keep_events))
         if target <= self.compacted:
             return self.compacted
@@ -387,7 +387,16 @@ class EtcdStore:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             while True:
                 await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-                await asyncio.sleep(PROGRESS_EVERY)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress_wanted.wait(), PROGRESS_EVERY)
+                self._progress_wanted.clear()
+
+    async def current_revision(self) -> int:
+        resp = await self._rpc(
+            rpc.KVStub, "Range", rpc.RangeRequest(key=self._rev, count_only=True)
+        )
+        self._progress_wanted.set()
+        return int(resp.header.revision)
 
     async def publish_heartbeats(self, replica: str, beats: dict[str, float]) -> None:
         put = rpc.PutRequest(key=self._beat + replica.encode(), value=msgspec.json.encode(beats))

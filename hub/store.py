@@ -106,6 +106,9 @@ class Shared(Protocol):
 
     async def publish_heartbeats(self, replica: str, beats: dict[str, float]) -> None: ...
 
+    async def current_revision(self) -> int:
+        """The store's revision now, with its feed asked to report up to it soon."""
+
     async def campaign(self, identity: str) -> None:
         """Return once this replica leads."""
 
