@@ -184,6 +184,22 @@ async def auth_mw(
     return await handler(request)
 
 
+@web.middleware
+async def consistent_reads_mw(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """On a shared store a read sees every write acknowledged before it, whichever replica
+    took the write: the replica catches up with the store first (a watch starts from the
+    revision it names instead)."""
+    if (
+        request.method == "GET"
+        and request.path.startswith("/api/")
+        and request.query.get("watch", "") not in ("1", "true")
+    ):
+        await request.app[CATALOG].sync()
+    return await handler(request)
+
+
 def _certificate_problem(request: web.Request, cluster: str) -> str:
     """With mutual TLS, a cluster's token counts only with that cluster's certificate."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
@@ -518,7 +534,9 @@ def make_app(
     mutual_tls: bool = False,
     identity: str = "hub",
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_mw, auth_mw], client_max_size=max_body)
+    app = web.Application(
+        middlewares=[errors_mw, auth_mw, consistent_reads_mw], client_max_size=max_body
+    )
     app[CATALOG] = catalog
     app[ADMIN_TOKEN] = admin_token
     app[BOOKMARK_INTERVAL] = bookmark_interval

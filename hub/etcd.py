@@ -94,6 +94,7 @@ class EtcdStore:
         self._renewed = 0.0  # when it was last renewed (monotonic)
         self._born = 0  # the revision of the catalog's first change: no history before
         self._progress_wanted = asyncio.Event()  # someone waits to see etcd's revision
+        self._told_compaction = False
         self.compacted = 0
 
     @property
@@ -176,12 +177,23 @@ class EtcdStore:
             todo = "raise etcd's --max-txn-ops (the hub writes a change in one transaction)"
         elif "request is too large" in details:
             todo = "raise etcd's --max-request-bytes, or make the dataset's spec smaller"
-        elif err.code() == grpc.StatusCode.UNAUTHENTICATED:
+        elif err.code() == grpc.StatusCode.UNAUTHENTICATED or "authentication failed" in details:
             todo = "check etcd_username and its password"
         elif err.code() == grpc.StatusCode.PERMISSION_DENIED:
             todo = f"grant the etcd user read and write on the prefix {self.settings.prefix}"
+        elif self._credentials() is not None and any(
+            word in details for word in ("TSI_", "SSL", "ssl", "handshake", "Unwrap")
+        ):
+            todo = (
+                "TLS to etcd failed: check etcd_ca_file (the CA of etcd's certificates) "
+                "and etcd_cert_file/etcd_key_file (a client certificate etcd trusts, where "
+                "etcd asks for one)"
+            )
         elif err.code() in _TEMPORARY:
-            todo = "check that a majority of its members run and are reachable from the hub"
+            todo = (
+                "check that a majority of its members run and are reachable from the hub "
+                "(and, if etcd serves TLS, set etcd_ca_file and a client certificate)"
+            )
         else:
             todo = "check etcd's members and their logs"
         return StoreError(f"catalog store {self.where}: {details}; {todo}")
@@ -281,6 +293,15 @@ class EtcdStore:
         try:
             await self._rpc(rpc.KVStub, "Compact", rpc.CompactionRequest(revision=target))
         except StoreError as err:
+            if "permission denied" in str(err):
+                if not self._told_compaction:
+                    log.warning(
+                        "etcd user %s may not compact etcd's history: compact it otherwise "
+                        "(etcd's --auto-compaction-retention) or give the user the root role",
+                        self.settings.username,
+                    )
+                    self._told_compaction = True
+                return self.compacted
             if "compacted" not in str(err):  # another replica compacted further: fine
                 raise
         mark = rpc.PutRequest(key=self._compacted, value=str(target).encode())

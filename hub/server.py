@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
 import sys
@@ -43,6 +44,8 @@ def open_store(cfg: HubConfig) -> tuple[Store, str]:
     if not cfg.store:
         store = SQLiteStore(Path(cfg.data_dir) / "catalog.db")
         return store, str(store.path)
+    # our errors say what went wrong and what to do: gRPC's own log lines are noise
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         from hub import etcd
     except ImportError:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -18,6 +19,7 @@ from pathlib import Path
 from devkit.local import binaries, paths
 from devkit.local.cluster import free_port
 from devkit.local.processes import pid_alive, stop_process
+from fluidfed import pki
 from fluidfed.errors import LocalClusterError
 
 STATE = "members.json"  # the members of a detached cluster: names, ports, pids
@@ -28,14 +30,25 @@ def default_dir() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientFiles:
+    """What a client of a TLS etcd needs: the members' CA, its certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     name: str
     client_port: int
     peer_port: int
+    tls: bool = False
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -43,13 +56,46 @@ class Member:
 
 
 class EtcdCluster:
-    """`size` etcd members on 127.0.0.1; `store_url` is what the hub's `--store` takes."""
+    """`size` etcd members on 127.0.0.1; `store_url` is what the hub's `--store` takes.
+    With `tls`, clients reach them over TLS with a certificate of the members' CA (made in
+    `<base_dir>/tls`; `client` has the hub's files)."""
 
-    def __init__(self, base_dir: Path, *, size: int = 3, client_ports: list[int] | None = None):
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        size: int = 3,
+        client_ports: list[int] | None = None,
+        tls: bool = False,
+    ) -> None:
         self.base_dir = Path(base_dir)
         ports = client_ports or [free_port() for _ in range(size)]
-        self.members = [Member(f"m{i}", ports[i], free_port()) for i in range(size)]
+        self.members = [Member(f"m{i}", ports[i], free_port(), tls) for i in range(size)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.client: ClientFiles | None = None
+        self._server: ClientFiles | None = None
+        if tls:
+            self._server, self.client = self._make_certificates()
+
+    def _make_certificates(self) -> tuple[ClientFiles, ClientFiles]:
+        d = self.base_dir / "tls"
+        d.mkdir(parents=True, exist_ok=True)
+        ca = pki.new_ca("fluidfed local etcd CA")
+        ca_file = pki.write(d / "ca.crt", ca.cert_pem)
+        server = pki.issue(ca, "etcd", hosts=("127.0.0.1", "localhost"), server=True, client=True)
+        hub = pki.issue(ca, "fluidfed-hub", client=True)
+        return (
+            ClientFiles(
+                ca_file,
+                pki.write(d / "server.crt", server.cert_pem),
+                pki.write(d / "server.key", server.key_pem, private=True),
+            ),
+            ClientFiles(
+                ca_file,
+                pki.write(d / "hub.crt", hub.cert_pem),
+                pki.write(d / "hub.key", hub.key_pem, private=True),
+            ),
+        )
 
     @property
     def endpoints(self) -> list[str]:
@@ -76,6 +122,20 @@ class EtcdCluster:
             "--heartbeat-interval=100",
             "--election-timeout=1000",
             "--log-level=warn",
+            # a hub change is one transaction: a dataset placed on many clusters is many ops
+            "--max-txn-ops=10000",
+            "--max-request-bytes=33554432",
+            *self._tls_flags(),
+        ]
+
+    def _tls_flags(self) -> list[str]:
+        if self._server is None:
+            return []
+        return [
+            "--client-cert-auth",
+            f"--trusted-ca-file={self._server.ca_file}",
+            f"--cert-file={self._server.cert_file}",
+            f"--key-file={self._server.key_file}",
         ]
 
     def start(self, timeout: float = 60.0, *, detach: bool = False) -> EtcdCluster:
@@ -133,7 +193,7 @@ class EtcdCluster:
                     f"etcd member {m.name} exited with {proc.returncode}; its log: "
                     f"{self.base_dir / (m.name + '.log')}"
                 )
-            if _healthy(m):
+            if _healthy(m, self._server):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -155,12 +215,16 @@ class EtcdCluster:
 
 
 def vars_of(m: Member) -> dict[str, object]:
-    return {"name": m.name, "client_port": m.client_port, "peer_port": m.peer_port}
+    return {"name": m.name, "client_port": m.client_port, "peer_port": m.peer_port, "tls": m.tls}
 
 
-def _healthy(m: Member) -> bool:
+def _healthy(m: Member, tls: ClientFiles | None) -> bool:
+    ctx = None
+    if tls is not None:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     try:
-        with urllib.request.urlopen(m.client_url + "/health", timeout=2) as r:
+        with urllib.request.urlopen(m.client_url + "/health", timeout=2, context=ctx) as r:
             return bool(json.loads(r.read()).get("health") == "true")
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -22,7 +22,7 @@ import pytest
 from devkit import testing
 from devkit.local import etcd
 from devkit.testing import HubProcess, eventually
-from fluidfed import Client
+from fluidfed import Client, Gone
 from fluidfed.errors import HubUnreachable, ServerError
 from fluidfed.models import (
     AutoscalePolicy,
@@ -73,11 +73,12 @@ class Replicas:
         return [first.url] + [h.url for h in self.hubs if h is not first]
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, etcd_cluster: etcd.EtcdCluster) -> Iterator[Replicas]:
+@contextlib.contextmanager
+def start_replicas(tmp_path: Path, members: etcd.EtcdCluster, toml: str) -> Iterator[Replicas]:
+    """Two hub replicas with `toml` as their config, on a fresh prefix of `members`."""
     cfg = tmp_path / "hub.toml"
-    cfg.write_text(HUB_TOML)
-    flags = ["--config", str(cfg), "--store", etcd_cluster.store_url]
+    cfg.write_text(toml)
+    flags = ["--config", str(cfg), "--store", members.store_url]
     flags += ["--etcd-prefix", f"/ha-{uuid.uuid4().hex[:12]}/"]
     # one data directory: the replicas share the admin token, as a Secret would give it
     hubs = [HubProcess(tmp_path / "hub", extra=flags).start() for _ in range(2)]
@@ -85,9 +86,15 @@ def replicas(tmp_path: Path, etcd_cluster: etcd.EtcdCluster) -> Iterator[Replica
         yield Replicas(hubs)
     finally:
         for h in hubs:
-            if h.errors is not None:
+            if h.errors is not None and h.errors.tail():
                 print(f"--- hub {h.url} stderr (tail) ---\n{h.errors.tail()}")
             h.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, etcd_cluster: etcd.EtcdCluster) -> Iterator[Replicas]:
+    with start_replicas(tmp_path, etcd_cluster, HUB_TOML) as r:
+        yield r
 
 
 async def register(r: Replicas) -> None:
@@ -292,3 +299,31 @@ async def test_writes_go_on_while_an_etcd_member_is_down(
     finally:
         etcd_cluster.start_member("m1")
         etcd_cluster.wait_healthy(60)
+
+
+async def test_a_revision_compacted_away_is_410_on_every_replica(
+    tmp_path: Path, etcd_cluster: etcd.EtcdCluster
+) -> None:
+    with start_replicas(tmp_path, etcd_cluster, HUB_TOML + "event_history = 100\n") as r:
+        await register(r)
+        a, b = r.hubs
+        async with Client(a.url, r.admin_token) as on_a, Client(b.url, r.admin_token) as on_b:
+            first = (await on_a.list_bindings("c0")).revision
+            for i in range(140):
+                await on_a.apply_dataset(
+                    testing.dataset(f"d{i}", uri="file:///x", placement=Placement(clusters=["c0"]))
+                )
+            # the other replica forgot the same history: 410, the agent lists again there
+            with pytest.raises(Gone):
+                async for _ in on_b.watch_bindings("c0", revision=first):
+                    pass
+            listed = await on_b.list_bindings("c0")
+            assert len(listed.items) == 140
+            await on_b.apply_dataset(
+                testing.dataset("late", uri="file:///x", placement=Placement(clusters=["c0"]))
+            )
+            # and watches from the list's revision on either replica
+            for c in (on_a, on_b):
+                async for ev in c.watch_bindings("c0", revision=listed.revision):
+                    assert ev.object is not None and ev.object.name == "late.c0"
+                    break
