@@ -1,12 +1,12 @@
 """The catalog on etcd, for several hub replicas: the one module that speaks etcd.
 
 etcd's v3 API over gRPC (grpc.aio with the stubs aetcd generates). Keys live under a
-prefix: `<prefix>c/<kind>/<name>` for the catalog's records, `<prefix>rev` (written by
-every catalog change: a change commits only if it is still at the revision the change was
-computed on, so two replicas never lose each other's update), `<prefix>beat/<replica>` for
-the heartbeats each replica received, and `<prefix>leader` (held with a lease by the
-leading replica). The catalog's revision is etcd's revision; every replica follows the
-prefix with one etcd watch.
+prefix: `<prefix>c/<kind>/<name>` for the catalog's records; `<prefix>rev`, written by
+every catalog change (a change commits only if it is still at the revision the change was
+computed on, so two replicas never lose each other's update); `<prefix>beat/<replica>`,
+the heartbeats each replica received; `<prefix>leader`, held with a lease by the leading
+replica; `<prefix>compacted`, where the history kept for watches starts. The catalog's
+revision is etcd's revision; every replica follows the prefix with one etcd watch.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from hub.store import BEAT, REV, Change, Event, Op, Put, Snapshot
 
 log = logging.getLogger("fluidfed.hub.etcd")
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
 
 _MOD, _CREATE, _LEASE = rpc.Compare.MOD, rpc.Compare.CREATE, rpc.Compare.LEASE
 _EQUAL = rpc.Compare.EQUAL
@@ -88,8 +89,10 @@ class EtcdStore:
         self._prefix = p
         self._password = self._read_password()
         self._endpoint = random.randrange(len(settings.endpoints))  # spread the replicas
-        self._channel: grpc.aio.Channel | None = None
-        self._token: tuple[tuple[str, str], ...] = ()
+        # a channel per member, kept open (gRPC reconnects by itself), and the auth token
+        # each member gave (etcd's simple tokens are a member's own)
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._tokens: dict[int, Metadata] = {}
         self._lease = 0  # the leader's lease, while this replica leads
         self._renewed = 0.0  # when it was last renewed (monotonic)
         self._born = 0  # the revision of the catalog's first change: no history before
@@ -145,31 +148,32 @@ class EtcdStore:
             certificate_chain=read(s.cert_file, "etcd_cert_file"),
         )
 
-    async def _connect(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            target = self.settings.endpoints[self._endpoint]
+    async def _connect(self) -> tuple[int, grpc.aio.Channel, Metadata]:
+        """The member in use: its index, channel and the call metadata (auth token)."""
+        at = self._endpoint
+        channel = self._channels.get(at)
+        if channel is None:
+            target = self.settings.endpoints[at]
             creds = self._credentials()
             options = [("grpc.max_receive_message_length", 256 * 2**20)]
-            self._channel = (
+            channel = self._channels[at] = (
                 grpc.aio.secure_channel(target, creds, options=options)
                 if creds is not None
                 else grpc.aio.insecure_channel(target, options=options)
             )
-            if self.settings.username:
-                auth = rpc.AuthStub(self._channel)
-                resp = await auth.Authenticate(
-                    rpc.AuthenticateRequest(name=self.settings.username, password=self._password),
-                    timeout=self.settings.timeout,
-                )
-                self._token = (("token", resp.token),)
-        return self._channel
+        if self.settings.username and at not in self._tokens:
+            resp = await rpc.AuthStub(channel).Authenticate(
+                rpc.AuthenticateRequest(name=self.settings.username, password=self._password),
+                timeout=self.settings.timeout,
+            )
+            self._tokens[at] = (("token", resp.token),)
+        return at, channel, self._tokens.get(at, ())
 
-    async def _next_endpoint(self) -> None:
-        """The member we talk to is away: the next one."""
-        channel, self._channel = self._channel, None
-        self._endpoint = (self._endpoint + 1) % len(self.settings.endpoints)
-        if channel is not None:
-            await channel.close()
+    def _next_endpoint(self, failed: int) -> None:
+        """Member `failed` is away: the next one (unless another call moved on already)."""
+        self._tokens.pop(failed, None)
+        if self._endpoint == failed:
+            self._endpoint = (failed + 1) % len(self.settings.endpoints)
 
     def _error(self, err: grpc.aio.AioRpcError) -> StoreError:
         details = err.details() or str(err.code())
@@ -198,16 +202,19 @@ class EtcdStore:
             todo = "check etcd's members and their logs"
         return StoreError(f"catalog store {self.where}: {details}; {todo}")
 
-    async def _call(self, what: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+    async def _call(self, what: Callable[[grpc.aio.Channel, Metadata], Awaitable[T]]) -> T:
         """One call to etcd, on the next member when one is away (each tried once)."""
         tries = len(self.settings.endpoints)
         for attempt in range(tries):
+            at = self._endpoint
             try:
-                return await what(await self._connect())
+                at, channel, metadata = await self._connect()
+                return await what(channel, metadata)
             except grpc.aio.AioRpcError as err:
-                token_expired = err.code() == grpc.StatusCode.UNAUTHENTICATED and self._token
+                # a member's token expired: the next member (and a new token from this one)
+                token_expired = err.code() == grpc.StatusCode.UNAUTHENTICATED and at in self._tokens
                 if (err.code() in _TEMPORARY or token_expired) and attempt < tries - 1:
-                    await self._next_endpoint()
+                    self._next_endpoint(at)
                     continue
                 raise self._error(err) from err
         raise AssertionError("unreachable")
@@ -215,9 +222,9 @@ class EtcdStore:
     async def _rpc(self, stub: Any, method: str, request: Any, deadline: float = 0.0) -> Any:
         """`stub.method(request)` (a unary call of etcd's API) through `_call`."""
 
-        async def call(channel: grpc.aio.Channel) -> Any:
+        async def call(channel: grpc.aio.Channel, metadata: Metadata) -> Any:
             return await getattr(stub(channel), method)(
-                request, timeout=deadline or self.settings.timeout, metadata=self._token
+                request, timeout=deadline or self.settings.timeout, metadata=metadata
             )
 
         return await self._call(call)
@@ -272,10 +279,9 @@ class EtcdStore:
         req = rpc.TxnRequest(compare=compare, success=success, failure=failure)
         resp = await self._rpc(rpc.KVStub, "Txn", req)
         if not resp.succeeded:
-            if fence:
-                self._lease = 0 if not await self._still_leading() else self._lease
-                if not self._lease:
-                    raise NotLeader("this hub replica lost the lead: the new leader decides")
+            if fence and not await self._still_leading():
+                self._lease = 0
+                raise NotLeader("this hub replica lost the lead: the new leader decides")
             kvs = resp.responses[0].response_range.kvs
             raise StaleRevision(
                 f"another hub replica changed the catalog after revision {base}",
@@ -311,9 +317,9 @@ class EtcdStore:
 
     async def close(self) -> None:
         await self.resign()
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
 
     # --- the Shared calls ----------------------------------------------------------------
 
@@ -339,11 +345,11 @@ class EtcdStore:
         start = after + 1
         delay = 0.1
         while True:
-            call, ask = None, None
+            call, ask, at = None, None, self._endpoint
             try:
-                channel = await self._connect()
+                at, channel, metadata = await self._connect()
                 # hasleader: a member cut off from the others ends the watch, not silence
-                call = rpc.WatchStub(channel).Watch(metadata=(*self._token, ("hasleader", "true")))
+                call = rpc.WatchStub(channel).Watch(metadata=(*metadata, ("hasleader", "true")))
                 await call.write(
                     rpc.WatchRequest(
                         create_request=rpc.WatchCreateRequest(
@@ -392,7 +398,7 @@ class EtcdStore:
                         yield Change(resp.header.revision)  # progress: nothing more up to here
             except (grpc.aio.AioRpcError, StoreError) as err:
                 log.warning("following etcd broke (%s): again in %.1fs", _why(err), delay)
-                await self._next_endpoint()
+                self._next_endpoint(at)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:
@@ -427,6 +433,10 @@ class EtcdStore:
         """Take the leader key with a lease of our own, waiting while another holds it."""
         ttl = self.settings.lease_ttl
         while True:
+            held = await self._rpc(rpc.KVStub, "Range", rpc.RangeRequest(key=self._leader))
+            if held.kvs:  # another leads: its key goes with its lease; look again soon
+                await asyncio.sleep(ttl / 6)
+                continue
             grant = await self._rpc(rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
             lease = int(grant.ID)
             absent = rpc.Compare(result=_EQUAL, target=_CREATE, key=self._leader, create_revision=0)
@@ -436,8 +446,7 @@ class EtcdStore:
                 self._lease = lease
                 self._renewed = time.monotonic()
                 return
-            await self._revoke(lease)
-            await asyncio.sleep(ttl / 6)  # the key goes with its holder's lease: look again
+            await self._revoke(lease)  # another took it first
 
     async def _still_leading(self) -> bool:
         resp = await self._rpc(rpc.KVStub, "Range", rpc.RangeRequest(key=self._leader))
@@ -446,11 +455,11 @@ class EtcdStore:
     async def _renew(self, lease: int) -> int:
         """Renew the lease once: its TTL left (0: gone)."""
 
-        async def renew(channel: grpc.aio.Channel) -> int:
+        async def renew(channel: grpc.aio.Channel, metadata: Metadata) -> int:
             call = rpc.LeaseStub(channel).LeaseKeepAlive(
                 iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
                 timeout=self.settings.lease_ttl / 2,
-                metadata=self._token,
+                metadata=metadata,
             )
             async for reply in call:
                 return int(reply.TTL)
