@@ -428,7 +428,9 @@ class Catalog:
 
         def compute(rev: int) -> list[Op]:
             b = self.bindings.get(binding)
-            if b is None or b.deleting:
+            if b is None or b.deleting or b.replicas != decision.current:
+                # gone, or the replicas moved since the decision (it was committed already,
+                # before a retry, or another change came first): decide again, never twice
                 return []
             kept = [*self.decisions.get(binding, []), decision][-KEEP_DECISIONS:]
             ops: list[Op] = [Put(DECISIONS, binding, codec.encode(kept))]
