@@ -1,5 +1,6 @@
 """The hub highly available on etcd, with real parts only: a 3-member etcd, two hub
-replicas (real processes sharing it), and clients on both replicas' URLs as agents are.
+replicas (real processes sharing it), clients on both replicas' URLs as agents are, and
+real agents on real clusters.
 
 A burst of applies while the leading replica is killed with SIGKILL: every acknowledged
 write is there, each cluster's binding stream resumes on the other replica with no gap and
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from devkit import testing
-from devkit.local import etcd
-from devkit.testing import HubProcess, eventually
+from devkit.local import cluster, etcd
+from devkit.testing import AgentProcess, HubProcess, eventually
 from fluidfed import Client, Gone
 from fluidfed.errors import HubUnreachable, ServerError
 from fluidfed.models import (
@@ -34,6 +35,7 @@ from fluidfed.models import (
     KubeAccess,
     Placement,
 )
+from tests.integration.conftest import CAPS, dataset
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +336,60 @@ async def test_a_revision_compacted_away_is_410_on_every_replica(
                 async for ev in c.watch_bindings("c0", revision=listed.revision):
                     assert ev.object is not None and ev.object.name == "late.c0"
                     break
+
+
+async def test_agents_follow_the_replica_that_survives(
+    tmp_path: Path,
+    etcd_cluster: etcd.EtcdCluster,
+    local_clusters: dict[str, cluster.LocalCluster],
+) -> None:
+    """Real agents on real clusters, given both replicas' URLs: the leader is killed and
+    they go on with the other, resuming their watch (no list again)."""
+    with start_replicas(tmp_path, etcd_cluster, HUB_TOML) as r:
+        leader: HubProcess = await eventually(r.leader, "one replica to lead")
+        other = next(h for h in r.hubs if h is not leader)
+        agents = [
+            AgentProcess(
+                tmp_path, kind, kind, str(lc.kubeconfig_path), ",".join(r.urls(leader)),
+                r.admin_token, labels={"env": "test"}, capabilities=CAPS[kind],
+            )
+            for kind, lc in local_clusters.items()
+        ]  # fmt: skip
+        for a in agents:
+            a.start()
+        try:
+            async with Client(r.urls(other), r.admin_token) as admin:
+
+                async def registered() -> bool:
+                    names = {c.spec.name for c in await admin.list_clusters()}
+                    return names >= set(local_clusters)
+
+                await eventually(registered, "the agents to register")
+                sidecar = Placement(clusters=["serverless", "edge"])
+
+                async def bound(name: str) -> bool:
+                    v = await admin.get_dataset(name)
+                    phases = [b.status.phase if b.status else "" for b in v.bindings]
+                    return phases == ["Bound", "Bound"]
+
+                await admin.apply_dataset(dataset("before", placement=sidecar))
+                await eventually(lambda: bound("before"), "'before' Bound by both agents")
+                leader.kill9()
+                await admin.apply_dataset(dataset("after", placement=sidecar))
+                await eventually(lambda: bound("after"), "'after' Bound through the survivor")
+                await admin.delete_dataset("before")
+
+                async def finalized() -> bool:
+                    return "before" not in {
+                        d.spec.name for d in await admin.list_datasets()
+                    } and not [
+                        b for b in (await admin.list_bindings()).items if b.dataset == "before"
+                    ]
+
+                await eventually(finalized, "'before' cleaned up by the agents and forgotten")
+            for a in agents:
+                # one list at start-up; after the failover the watch resumed where it was
+                assert a.log_text().count("listed ") == 1, a.log_text()[-3000:]
+        finally:
+            for a in agents:
+                a.stop()
