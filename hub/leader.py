@@ -34,13 +34,11 @@ class Leadership:
         self.identity = identity
         self.shared = store if isinstance(store, Shared) else None
         self.leading = asyncio.Event()
-        self.terms = 0  # how many times this replica took the lead
 
     async def run(self, work: list[Work]) -> None:
         """Run `work` while this replica leads, stopped the moment it does not."""
         if self.shared is None:
             self.leading.set()
-            self.terms = 1
             await asyncio.gather(*(w() for w in work))
             return
         while True:
@@ -50,7 +48,6 @@ class Leadership:
                 log.warning("campaigning for the lead failed (%s); again in 1s", err)
                 await asyncio.sleep(1.0)
                 continue
-            self.terms += 1
             self.leading.set()
             log.info("this hub replica (%s) leads: leases and autoscaling run here", self.identity)
             tasks = [asyncio.create_task(w()) for w in work]

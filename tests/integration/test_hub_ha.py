@@ -284,6 +284,16 @@ async def _replicas(client: Client, want: int) -> bool:
     return (await client.get_binding("hot.c0")).replicas == want
 
 
+async def test_a_leader_that_stops_hands_over(replicas: Replicas) -> None:
+    first: HubProcess = await eventually(replicas.leader, "one replica to lead")
+    assert first.stop() == 0  # SIGTERM: it resigns, the lease is revoked, not left to run out
+    second = await eventually(replicas.leader, "the other replica to lead")
+    assert second is not first
+    first.start()  # back, it does not take the lead from the leader
+    await asyncio.sleep(1.0)
+    assert leads(second) and not leads(first)
+
+
 async def test_writes_go_on_while_an_etcd_member_is_down(
     replicas: Replicas, etcd_cluster: etcd.EtcdCluster
 ) -> None:
