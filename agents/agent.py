@@ -124,7 +124,9 @@ class Agent:
             self.file.dir / "webhook",
             self.rotate_requested,
         )
-        loads = warmups.WarmUps(self.registry, figures, store)
+        loads = warmups.WarmUps(
+            self.registry, figures, store, on_change_interval=cfg.on_change_interval
+        )
         self.reconciler = reconciler.Reconciler(
             self.kube, ctx, self.live, store, self.queue, figures, loads, webhook
         )

@@ -189,6 +189,13 @@ def run_worker(args: argparse.Namespace) -> int:
             file=args.config,
             path="credentials_file",
         )
+    # like every path in the file, a disk tier's is relative to it
+    here = Path(args.config).resolve().parent
+    tiers = [
+        msgspec.structs.replace(t, path=str(_resolve(here, t.path))) if t.path else t
+        for t in cfg.tiers
+    ]
+    cfg = msgspec.structs.replace(cfg, tiers=tiers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(
         server.serve(
@@ -198,7 +205,7 @@ def run_worker(args: argparse.Namespace) -> int:
             advertise=args.advertise,
             cache_root=Path(args.cache_dir),
             config_path=Path(args.config),
-            credentials_path=_resolve(Path(args.config).resolve().parent, creds),
+            credentials_path=_resolve(here, creds),
             drain_timeout=args.drain_timeout,
         )
     )

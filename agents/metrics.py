@@ -6,7 +6,9 @@ Points are cumulative counters or gauges, keyed by the reporting instance (its
 increase between the first and last points in the window (a counter that went down
 restarted: counted from zero); instances are summed.
 
-    read_bytes_per_second   rate of fluidfed.read.bytes over the sidecars
+    read_bytes_per_second   rate of fluidfed.read.bytes over the sidecars; 0 once the
+                            sidecars that reported have gone (the jobs ended) while the
+                            workers still report; unknown if no sidecar ever reported
     hit_ratio               increase of worker cache hits / (hits + misses)
     cache_used_ratio        workers' fluidfed.cache.used / fluidfed.cache.capacity (latest)
 """
@@ -45,6 +47,7 @@ class MetricWindow:
         self.window = window
         self._series: dict[tuple[str, str, str, str, Attrs], _Series] = {}
         self._last_seen: dict[str, float] = {}
+        self._had_readers: set[str] = set()  # datasets whose sidecars have reported
 
     def add(self, p: Point) -> None:
         key = (p.dataset, p.service, p.instance, p.metric, p.attrs)
@@ -53,6 +56,8 @@ class MetricWindow:
             return  # the same collection again, or out of order
         s.points.append((p.at, p.value))
         self._last_seen[p.dataset] = max(self._last_seen.get(p.dataset, 0.0), p.at)
+        if p.service == SIDECAR:
+            self._had_readers.add(p.dataset)
 
     def datasets(self) -> list[str]:
         return sorted(self._last_seen)
@@ -98,8 +103,10 @@ class MetricWindow:
         read, span = self._increase(dataset, SIDECAR, names.READ_BYTES, now)
         if span > 0:
             rate = read / span
-        elif self._recent(dataset, SIDECAR, names.READ_BYTES, now):
-            rate = 0.0
+        elif self._recent(dataset, SIDECAR, names.READ_BYTES, now) or (
+            dataset in self._had_readers
+        ):
+            rate = 0.0  # readers that read nothing, or readers gone: a cache nobody reads
         hits, _ = self._increase(dataset, WORKER, names.CACHE_HITS, now)
         misses, _ = self._increase(dataset, WORKER, names.CACHE_MISSES, now)
         used = self._latest(dataset, WORKER, names.CACHE_USED, now)
@@ -126,3 +133,4 @@ class MetricWindow:
             del self._series[key]
         for d in [d for d, t in self._last_seen.items() if t < cutoff]:
             del self._last_seen[d]
+            self._had_readers.discard(d)

@@ -7,10 +7,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from fluidfed import names
+from fluidfed import engines, names
 from fluidfed.models import Binding
 
 WORKER_PORT = 7070
+# the user of fluidfed's image (configs/deploy/Dockerfile's USER): workers run as it, and
+# their Secret volume and disk tiers must be readable and writable by it
+IMAGE_UID = 65532
 
 VIRTUAL_NODE_TOLERATION = {
     "key": names.VIRTUAL_NODE_TAINT,
@@ -33,6 +36,14 @@ def short_circuit(kind: str) -> bool:
     """Whether sidecars read the node's cache directories: not on virtual (serverless)
     nodes, which share no node with the workers and refuse hostPath volumes."""
     return kind != "serverless"
+
+
+def runs_workers(b: Binding) -> bool:
+    """Whether fluidfed's cache workers serve the binding: sidecar mounts, and on clusters
+    with Fluid the `fluidfed` engine (Fluid's FUSE container is fluidfed's sidecar)."""
+    if b.mode == "sidecar":
+        return True
+    return b.spec.cache.engine == "fluidfed" and not engines.is_reference(b.spec)
 
 
 def k8s_name(*parts: str, limit: int = 52) -> str:

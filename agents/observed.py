@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from agents import status
+from agents import objects, status
 from agents.metrics import MetricWindow
 from agents.registry import Registry
 from agents.store import Store
@@ -29,6 +29,10 @@ class Observed:
 
     def fold(self, b: Binding, st: BindingStatus) -> BindingStatus:
         now = time.time()
-        cache = self.registry.cache(b.dataset, now) if b.mode == "sidecar" else None
+        cache = self.registry.cache(b.dataset, now) if objects.runs_workers(b) else None
         figures = self.window.figures(b.dataset, now)
-        return status.with_workers(st, cache, self.load_of(b.name), figures)
+        # without fluidfed's workers, Fluid's DataLoad says how the warm-up goes (st.load)
+        load = self.load_of(b.name) if objects.runs_workers(b) else st.load
+        prev = self.store.state.statuses.get(b.name)
+        measured = prev.ufs_total if prev is not None else 0
+        return status.with_workers(st, cache, load, figures, measured)

@@ -201,9 +201,17 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
     env_from = _secret_env(ds)
     if env_from:
         container["envFrom"] = env_from
+    uid = objects.IMAGE_UID
     pod_spec: dict[str, Any] = {
         # a leaving worker hands its blocks to the others first (`--drain-timeout` 60 s)
         "terminationGracePeriodSeconds": 90,
+        # the image's user; fsGroup makes the keys' Secret (mode 0600) readable by it
+        "securityContext": {
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "runAsNonRoot": True,
+            "fsGroup": uid,
+        },
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": objects.config_name(ds.name)}},
@@ -217,6 +225,23 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
             *(v for v, _ in tier_volumes),
         ],
     }
+    host_dirs = [m["mountPath"] for v, m in tier_volumes if "hostPath" in v]
+    if host_dirs:
+        # fsGroup does not reach hostPath: the node's tier directories (made by the kubelet
+        # as root) are handed to the worker's user before it starts
+        pod_spec["initContainers"] = [
+            {
+                "name": "tier-owner",
+                "image": ctx.worker_image,
+                "command": ["chown", f"{uid}:{uid}", *host_dirs],
+                "securityContext": {
+                    "runAsUser": 0,
+                    "runAsNonRoot": False,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+                },
+                "volumeMounts": [m for v, m in tier_volumes if "hostPath" in v],
+            }
+        ]
     if ctx.kind == "serverless":
         pod_spec["tolerations"] = [objects.VIRTUAL_NODE_TOLERATION]
     service = {
@@ -252,11 +277,37 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
     return [service, statefulset]
 
 
+def _config_map(
+    b: Binding, ctx: objects.ClusterContext, namespace: str, data: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": objects.meta(
+            objects.config_name(b.spec.name), namespace, objects.labels(b, ctx)
+        ),
+        "data": data,
+    }
+
+
+def worker_objects(
+    b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials, *, config: bool
+) -> list[dict[str, Any]]:
+    """The cache workers, their keys and network policy; with `config`, the ConfigMap
+    holding only worker.json (none of the access entries shares its namespace)."""
+    ds = b.spec
+    out = [trust.keys_secret(b, ctx, creds), trust.network_policy(b, ctx)]
+    if config:
+        data = {names.WORKER_CONFIG: codec.encode(worker_config(b, ctx)).decode()}
+        out.append(_config_map(b, ctx, ds.namespace, data))
+    return out + cache_workers(b, ctx)
+
+
 def sidecar_objects(
     b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials
 ) -> list[dict[str, Any]]:
     ds = b.spec
-    out: list[dict[str, Any]] = [trust.keys_secret(b, ctx, creds), trust.network_policy(b, ctx)]
+    out: list[dict[str, Any]] = []
     for entry in ds.access_list():
         out.append(trust.reader_secret(b, ctx, creds, entry))
         data = {
@@ -268,37 +319,31 @@ def sidecar_objects(
         }
         if entry.namespace == ds.namespace:
             data[names.WORKER_CONFIG] = codec.encode(worker_config(b, ctx)).decode()
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": objects.meta(
-                    objects.config_name(ds.name), entry.namespace, objects.labels(b, ctx)
-                ),
-                "data": data,
-            }
-        )
-    if ds.namespace not in {a.namespace for a in ds.access_list()}:
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": objects.meta(
-                    objects.config_name(ds.name), ds.namespace, objects.labels(b, ctx)
-                ),
-                "data": {names.WORKER_CONFIG: codec.encode(worker_config(b, ctx)).decode()},
-            }
-        )
-    return out + cache_workers(b, ctx)
+        out.append(_config_map(b, ctx, entry.namespace, data))
+    home_served = ds.namespace in {a.namespace for a in ds.access_list()}
+    return out + worker_objects(b, ctx, creds, config=not home_served)
+
+
+def csi_objects(
+    b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials
+) -> list[dict[str, Any]]:
+    """Fluid's objects; with the fluidfed engine also the cache workers behind Fluid's FUSE
+    pods, which read with a reader token of the whole dataset (in the home namespace)."""
+    out = fluid.fluid_objects(b, ctx)
+    if objects.runs_workers(b):
+        whole = Access(namespace=b.spec.namespace)
+        out += [trust.reader_secret(b, ctx, creds, whole)]
+        out += worker_objects(b, ctx, creds, config=True)
+    return out
 
 
 def desired(
     b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials
 ) -> list[dict[str, Any]]:
     """Every object the binding needs, namespaces first; `creds` signs the tokens of the
-    sidecar mode's Secrets."""
-    owned = fluid.fluid_objects(b, ctx) if b.mode == "csi" else sidecar_objects(b, ctx, creds)
-    return namespaces(b, ctx) + owned
+    data path's Secrets."""
+    make = csi_objects if b.mode == "csi" else sidecar_objects
+    return namespaces(b, ctx) + make(b, ctx, creds)
 
 
 def webhook_configuration(ctx: objects.ClusterContext, url: str, ca_pem: bytes) -> dict[str, Any]:

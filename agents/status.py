@@ -33,6 +33,20 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def fluid_load(b: Binding, live: dict[tuple[str, str, str, str], dict[str, Any]]) -> LoadStatus:
+    """The warm-up as Fluid's DataLoad reports it: its phase, and its last condition or
+    duration as the message (Fluid counts no blocks)."""
+    assert b.load is not None
+    name = fluid.dataload_name(b)
+    st = _dict(_dict(live.get((names.FLUID_API, "DataLoad", b.spec.namespace, name))).get("status"))
+    phase = fluid.LOAD_PHASES.get(str(st.get("phase") or ""), "Waiting")
+    conditions = [_dict(c) for c in st.get("conditions") or []]
+    said = str(conditions[-1].get("message") or "") if conditions else ""
+    took = f" in {st['duration']}" if st.get("duration") else ""
+    message = said or f"Fluid DataLoad {name}: {st.get('phase') or 'created'}{took}"
+    return LoadStatus(id=b.load.id, phase=phase, path=b.load.path, message=message)  # type: ignore[arg-type]
+
+
 def compute(
     b: Binding,
     live: dict[tuple[str, str, str, str], dict[str, Any]],
@@ -46,24 +60,24 @@ def compute(
     capacity = sum(int(t.quota) for t in ds.cache.tiers) * b.replicas
     used = 0
     hit_ratio: float | None = None
+    ufs_total = 0
     fluid_phase = ""
-    if b.mode == "sidecar":
+    if objects.runs_workers(b):
         sts = live.get(("apps/v1", "StatefulSet", ds.namespace, objects.cache_name(ds.name)))
         ready = int(_dict(_dict(sts).get("status")).get("readyReplicas") or 0)
-    else:
+    if b.mode == "csi":
         api = names.FLUID_API
         dataset = _dict(live.get((api, "Dataset", ds.namespace, ds.name)))
-        runtime = _dict(
-            live.get((api, fluid.RUNTIME_KINDS[ds.cache.engine], ds.namespace, ds.name))
-        )
+        runtime = _dict(live.get((api, fluid.runtime_kind(ds), ds.namespace, ds.name)))
         st = _dict(dataset.get("status"))
         fluid_phase = str(st.get("phase") or "")
         cache = _dict(st.get("cacheStates"))
         used = _fluid_size(cache.get("cached"))
         capacity = _fluid_size(cache.get("cacheCapacity")) or capacity
         hit_ratio = _percent(cache.get("cacheHitRatio"))
-        rst = _dict(runtime.get("status"))
-        ready = int(rst.get("workerNumberReady") or 0)
+        ufs_total = _fluid_size(st.get("ufsTotal"))  # "[Calculating]" until Fluid knows
+        if not objects.runs_workers(b):
+            ready = int(_dict(runtime.get("status")).get("workerNumberReady") or 0)
     if error:
         phase = "Failed"
     elif b.mode == "csi":
@@ -74,12 +88,17 @@ def compute(
         phase = "Degraded"
     else:
         phase = "Pending"
+    load = None
+    if fluid.loads_by_fluid(b):
+        load = fluid_load(b, live)
     return BindingStatus(
+        load=load,
         phase=phase,  # type: ignore[arg-type]
         mode=b.mode,
         ready_workers=ready,
         cache_capacity=capacity,
         cache_used=used,
+        ufs_total=ufs_total,
         hit_ratio=hit_ratio,
         last_error=error,
         observed_generation=b.generation,
@@ -93,10 +112,17 @@ def with_workers(
     cache: tuple[int, int, float | None] | None,
     load: LoadStatus | None,
     figures: Figures | None = None,
+    measured: int = 0,
 ) -> BindingStatus:
     """The status with what the cache workers report (used, capacity, hit ratio), the
-    latest warm-up's progress and the metric window's figures folded in."""
+    latest warm-up's progress and the metric window's figures folded in; the under
+    storage's size as the last load of the whole dataset measured it (else `measured`,
+    the one known before)."""
     changes: dict[str, Any] = {"load": load, "metrics": figures or Figures()}
+    if load is not None and not load.path and load.phase == "Done" and load.ufs_bytes:
+        changes["ufs_total"] = load.ufs_bytes
+    elif not st.ufs_total:
+        changes["ufs_total"] = measured
     if cache is not None:
         used, capacity, ratio = cache
         changes.update(cache_used=used, cache_capacity=capacity or st.cache_capacity)

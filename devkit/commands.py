@@ -2,7 +2,7 @@
 
 * `fluidfed local up|list|down`: real local clusters for trying fluidfed and for its tests;
 * `fluidfed local etcd up|down`: a 3-member etcd on loopback for the hub's HA store;
-* `fluidfed demo [--quick] [--keep]` and `fluidfed demo down`.
+* `fluidfed demo [--quick] [--keep] [--no-real-node]` and `fluidfed demo down`.
 
 Heavy modules load only when a command runs: daemons started by this CLI skip them.
 """
@@ -72,6 +72,18 @@ def _register_local(sub: Any) -> None:
     p = s3_sub.add_parser("down", help="stop it and remove its data")
     p.set_defaults(run=run_s3_down)
     _register_etcd(loc_sub)
+    p = loc_sub.add_parser(
+        "credentials",
+        help="write the data-path keys a cluster's agent made for a dataset (for workers run "
+        "here as processes)",
+    )
+    p.add_argument("name", help="the local cluster")
+    p.add_argument("dataset")
+    p.add_argument("--keys", required=True, help="write them to this file (mode 0600)")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the agent to make them"
+    )
+    p.set_defaults(run=run_credentials)
     p = loc_sub.add_parser("list", help="list local clusters")
     p.set_defaults(run=run_list)
     p = loc_sub.add_parser("down", help="stop clusters and remove their files")
@@ -135,8 +147,8 @@ def run_up(args: argparse.Namespace) -> int:
     async def go() -> cluster.ClusterState:
         state = await c.up(_say)
         if args.fluid:
-            await c.install_fluid_crds()
-            _say(f"{args.name}: Fluid CRDs installed")
+            found = await c.install_fluid_crds(_say)
+            _say(f"{args.name}: installed {found.describe()}")
         return state
 
     state = asyncio.run(go())
@@ -208,6 +220,56 @@ def run_s3_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_credentials(args: argparse.Namespace) -> int:
+    """The binding's keys from the Secret its agent keeps in the cluster, so that cache
+    workers and sidecars run here as processes are the binding's own: the agent takes
+    registrations and metrics only from them, and they take warm-ups only from it."""
+    from agents import trust
+    from devkit.local import cluster, secrets
+    from fluidfed.data import credentials
+
+    base = _base(args) or cluster.default_base_dir()
+    state = cluster.load_state(base / args.name)
+    if state is None:
+        output.err_console.print(
+            f"[red]error:[/red] no local cluster named {escape(args.name)} in {base}: start it "
+            f"with `fluidfed local up {escape(args.name)}`"
+        )
+        return 2
+
+    async def wait() -> tuple[str, credentials.CredentialFile]:
+        said = False
+        async with await cluster.api_client_for(state.kubeconfig) as api:
+            async with asyncio.timeout(args.timeout):
+                while True:
+                    found = await secrets.keys_anywhere(api, args.dataset)
+                    if found is not None:
+                        return found
+                    if not said:
+                        _say(
+                            f"waiting for the agent of {args.name} to make the keys of "
+                            f"{args.dataset} (it does once the dataset is bound there)"
+                        )
+                        said = True
+                    await asyncio.sleep(0.5)
+
+    try:
+        namespace, keys = asyncio.run(wait())
+    except TimeoutError:
+        raise FluidfedError(
+            f"no keys for dataset {args.dataset} in cluster {args.name} after {args.timeout:.0f}s: "
+            f"is `fluidfed agent run` running for {args.name}, and is {args.dataset} placed "
+            f"there (`fluidfed get bindings --cluster {args.name}`)?"
+        ) from None
+    credentials.write_file(Path(args.keys), keys)
+    secret = f"{namespace}/{trust.keys_secret_name(args.dataset)}"
+    output.console.print(
+        f"wrote the keys of {args.dataset} from {args.name}'s Secret {secret} to {args.keys} "
+        "(mode 0600)"
+    )
+    return 0
+
+
 def run_list(args: argparse.Namespace) -> int:
     from devkit.local import cluster  # the CLI starts fast; daemons skip it
 
@@ -253,6 +315,12 @@ def _register_demo(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="skip the slow steps")
     p.add_argument("--keep", action="store_true", help="leave everything running")
     p.add_argument(
+        "--no-real-node",
+        dest="real_node",
+        action="store_false",
+        help="run the serverless sidecar and workers as processes, not in pods on a real node",
+    )
+    p.add_argument(
         "--dir", help="work directory (env FLUIDFED_DEMO_DIR; default ~/.cache/fluidfed/demo)"
     )
     p.set_defaults(run=run_demo)
@@ -266,5 +334,19 @@ def run_demo(args: argparse.Namespace) -> int:
         asyncio.run(demo.stop(base))
         demo.console.print(f"demo in {base} stopped and removed")
         return 0
-    asyncio.run(demo.Demo(base, quick=args.quick, keep=args.keep).run())
+    from devkit import preflight
+
+    findings = preflight.for_demo()
+    if preflight.blocking(findings):
+        output.err_console.print(
+            "[red]error:[/red] fluidfed demo cannot run on this machine yet; what it checked:",
+            markup=True,
+        )
+        for line in preflight.report(findings):
+            output.err_console.print(escape(line))
+        output.err_console.print(
+            "scripts/setup installs or checks all of it (scripts/demo runs it)"
+        )
+        return 2
+    asyncio.run(demo.Demo(base, quick=args.quick, keep=args.keep, real_node=args.real_node).run())
     return 0

@@ -1,9 +1,12 @@
 """`fluidfed demo`: the federation on one machine, in one command, on embedded defaults.
 
 A hub on SQLite, three real local clusters (standard with Fluid's CRDs, serverless,
-edge), one agent per cluster, one dataset declared once and placed on all three. Then the
-edge keeps working while the hub is away. Everything runs as separate processes, as in a
-real deployment; everything is removed at the end (also on Ctrl-C) unless --keep.
+edge), one agent per cluster, one dataset declared once and placed on all three. Where the
+machine can run one, the serverless cluster gets a real node (kubelet + containerd) and its
+pods run for real: the app pod, its injected sidecar and the cache workers, with the reads
+measured inside the pod (demo_pods.py); elsewhere the demo says why and runs the sidecar and
+workers as processes. Then the edge keeps working while the hub is away. Everything is
+removed at the end (also on Ctrl-C) unless --keep.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import objects
+from devkit import demo_pods
 from devkit.local import binaries, cluster, paths, s3, secrets
 from devkit.local.processes import (
     AgentProcess,
@@ -42,6 +46,7 @@ from devkit.local.processes import (
 from devkit.local.s3 import S3Server
 from fluidfed import config, names
 from fluidfed.client import Client
+from fluidfed.errors import LocalClusterError
 from fluidfed.models import DatasetView, Figures
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -89,6 +94,8 @@ kubeconfig = "{kubeconfig}"
 """,
 }
 
+SECRET = "imagenet-s3"  # the mount's credentials, a Secret in each namespace that reads
+
 DATASET = """\
 [dataset]
 name = "imagenet"
@@ -98,7 +105,7 @@ description = "ImageNet training set, declared once for the whole fleet"
 [[dataset.mounts]]
 uri = "s3://datasets/imagenet"
 options = {{ endpoint = "{endpoint}", region = "us-east-1" }}
-secret = "imagenet-s3"
+secret = "{secret}"
 
 [dataset.cache]
 replicas = 2
@@ -214,10 +221,13 @@ def _read_and_check(mnt: Path, want: dict[str, bytes]) -> bool:
 
 
 class Demo:
-    def __init__(self, base: Path, *, quick: bool, keep: bool) -> None:
+    def __init__(self, base: Path, *, quick: bool, keep: bool, real_node: bool = True) -> None:
         self.base = base
         self.quick = quick
         self.keep = keep
+        self.real_node = real_node  # asked for; `pods` says whether pods really run
+        self.pods = ""  # the image's reference in the real node, once its pods can run
+        self.host = "127.0.0.1"  # where the pods reach the S3 server and the agent
         self.clusters: list[cluster.LocalCluster] = []
         self.hub: HubProcess | None = None
         self.agents: dict[str, AgentProcess] = {}
@@ -283,18 +293,14 @@ class Demo:
                 f"first run: building {', '.join(missing)} from the Go module proxy "
                 "(several minutes, once)"
             )
-        self.clusters = await cluster.up_many(
-            [(k, k) for k in cluster.KINDS],
-            base_dir=self.base / "clusters",
-            progress=lambda m: self.note(f"[dim]{m}[/dim]") if m.startswith("[testbin]") else None,
-        )
+        await self._clusters()
         # over HTTPS, as across machines: a CA and certificate made in the hub's directory
         self.hub = HubProcess(self.base / "hub", extra=["--self-signed"]).start()
         self.note(
             f"hub on {self.hub.url} (catalog {self.base / 'hub' / 'catalog.db'}; "
             f"TLS, CA {self.ca_file})"
         )
-        self.s3 = S3Server(self.base / "s3").start()
+        self.s3 = S3Server(self.base / "s3", host=self.host).start()
         # the credentials the mount's Secret would hold, for the workers and the sidecar
         os.environ.update(s3.CREDENTIALS)
         self.sample = sample_dataset(small=self.quick)
@@ -322,7 +328,15 @@ class Demo:
                 cluster_toml=toml,
                 token=token,
             )
-            agent.write_config(ca_file=f'"{self.ca_file}"')
+            settings = {"ca_file": json.dumps(str(self.ca_file))}
+            if self.pods and lc.kind == "serverless":
+                # its workers and sidecars run in pods: the agent's API where they reach it
+                settings |= {
+                    "api_host": json.dumps(self.host),
+                    "worker_image": json.dumps(self.pods),
+                    "sidecar_image": json.dumps(self.pods),
+                }
+            agent.write_config(**settings)
             self.agents[lc.kind] = agent.start()
             assert lc.state is not None
             self.note(
@@ -330,11 +344,48 @@ class Demo:
                 f"agent pid {agent.proc.pid if agent.proc else '?'}"
             )
 
+    async def _clusters(self) -> None:
+        """The three clusters; the serverless one with a real node where this machine can
+        run one, else (said in one line) as before."""
+
+        def progress(m: str) -> None:
+            if m.startswith("[testbin]") or "real node" in m:
+                self.note(f"[dim]{m}[/dim]")
+
+        why = demo_pods.unavailable() if self.real_node else "not asked for (--no-real-node)"
+        specs: list[tuple[str, cluster.Kind]] = [(k, k) for k in cluster.KINDS]
+        base = self.base / "clusters"
+        if not why:
+            try:
+                self.clusters = await cluster.up_many(
+                    specs, base_dir=base, progress=progress, real_nodes=frozenset({"serverless"})
+                )
+                node = next(c for c in self.clusters if c.kind == "serverless")
+                self.pods = await demo_pods.image_on_node(node, progress)
+                assert node.state is not None and node.state.network is not None
+                self.host = node.state.network.host_ip
+                async with await node.api_client() as api:
+                    await demo_pods.cordon_kwok_nodes(api)
+                    # the workers and sidecars in pods take the source's keys from the Secret
+                    # the dataset names, as in any cluster
+                    await demo_pods.source_secret(api, SECRET, ["ml", "research"], s3.CREDENTIALS)
+                self.note(
+                    f"serverless: a real node on {node.state.network.node_ip} runs its pods "
+                    "(its simulated nodes take none)"
+                )
+                return
+            except (LocalClusterError, RuntimeError, OSError) as err:
+                why = demo_pods.first_line(err)
+                await asyncio.gather(*(c.down() for c in self.clusters), return_exceptions=True)
+                self.pods, self.host = "", "127.0.0.1"
+        self.note(f"[yellow]no real node: {why}; the sidecar and workers run as processes[/yellow]")
+        self.clusters = await cluster.up_many(specs, base_dir=base, progress=progress)
+
     async def _place(self) -> None:
         self.step("Declaring one dataset, placed on every cluster, readable from two namespaces")
         path = self.base / "imagenet.toml"
         assert self.s3 is not None
-        path.write_text(DATASET.format(endpoint=self.s3.endpoint))
+        path.write_text(DATASET.format(endpoint=self.s3.endpoint, secret=SECRET))
         (ds,) = config.load(path).dataset
         async with self.admin() as hub:
             view = await hub.apply_dataset(ds)
@@ -362,7 +413,16 @@ class Demo:
                 if b.binding.mode == "sidecar"
             )
 
-        view = await self._wait_view(sidecars_bound, 120)
+        try:
+            view = await self._wait_view(sidecars_bound, 120)
+        except TimeoutError:
+            if not self.pods:
+                raise
+            lc = next(c for c in self.clusters if c.kind == "serverless")
+            report = await demo_pods.pods_report(lc, "ml")
+            raise RuntimeError(
+                f"the serverless cache workers not ready in 120s:\n{report}"
+            ) from None
         for lc in self.clusters:
             objs = await _owned_objects(lc)
             self.note(f"{lc.kind}: {', '.join(objs) or 'nothing yet'}")
@@ -372,10 +432,13 @@ class Demo:
         self.step(
             "A pod on the serverless cluster asks for the dataset; the webhook adds the sidecar"
         )
-        from kubernetes_asyncio import client
 
         lc = next(c for c in self.clusters if c.kind == "serverless")
-        pod: Any = {
+        if self.pods:  # this one runs: it reads the dataset and checks every byte
+            pod = demo_pods.app_pod("train", self.pods, demo_pods.TRAIN, {"WANT": self._want()})
+            await self._webhook_pod_stored(lc, pod)
+            return
+        pod = {
             "metadata": {"name": "train", "labels": {names.INJECT_LABEL: "true"}},
             "spec": {
                 "containers": [
@@ -389,6 +452,11 @@ class Demo:
                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}}],
             },
         }
+        await self._webhook_pod_stored(lc, pod)
+
+    async def _webhook_pod_stored(self, lc: cluster.LocalCluster, pod: Any) -> None:
+        from kubernetes_asyncio import client
+
         async with await lc.api_client() as api:
             core = client.CoreV1Api(api)
             # the API server takes a moment to pick a new webhook configuration up
@@ -397,7 +465,9 @@ class Demo:
                 got = await core.create_namespaced_pod("ml", pod)
                 if (got.metadata.annotations or {}).get(names.INJECTED_ANNOTATION):
                     break
-                await core.delete_namespaced_pod("train", "ml", grace_period_seconds=0)
+                await core.delete_namespaced_pod(
+                    pod["metadata"]["name"], "ml", grace_period_seconds=0
+                )
                 await asyncio.sleep(0.5)
             else:
                 raise RuntimeError("the serverless cluster's API server never called the webhook")
@@ -415,7 +485,52 @@ class Demo:
         self.note(f"volume data: {shared}")
         self.summary.injected = side.name
 
+    def _want(self) -> str:
+        """What namespace ml reads (sub-path train), as {file: sha256} for the app pod."""
+        return json.dumps(
+            {
+                k.removeprefix("train/"): hashlib.sha256(v).hexdigest()
+                for k, v in self.sample.items()
+                if k.startswith("train/")
+            }
+        )
+
+    async def _data_path_in_pods(self) -> None:
+        self.step("The app reads the dataset inside its pod; cache workers in pods hold its blocks")
+        from kubernetes_asyncio import client
+
+        lc = next(c for c in self.clusters if c.kind == "serverless")
+        rates = []
+        async with await lc.api_client() as api:
+            for label, name in (("cold", "train"), ("warm", "train-again")):
+                if name != "train":  # a new pod, a new sidecar: what it finds is the workers'
+                    pod: Any = demo_pods.app_pod(
+                        name, self.pods, demo_pods.TRAIN, {"WANT": self._want()}
+                    )
+                    await client.CoreV1Api(api).create_namespaced_pod("ml", pod)
+                done = await demo_pods.finished(api, "ml", name, within=300)
+                got = await demo_pods.result(api, "ml", name)
+                rate = got["bytes"] / 2**20 / got["seconds"] if got["seconds"] else 0.0
+                rates.append(rate)
+                ok = got["match"] and got["listed"]
+                self.note(
+                    f"{label}: pod ml/{name} on {done.spec.node_name} read {got['files']} files, "
+                    f"{got['bytes'] / 2**20:.0f} MiB with {READERS} parallel readers at "
+                    f"{rate:.0f} MiB/s; bytes {'match the source' if ok else 'DIFFER'}"
+                )
+                if not ok:
+                    raise RuntimeError("the bytes read inside the pod differ from the source")
+        self.summary.speedup = rates[1] / rates[0] if rates[0] else 0.0
+        self.summary.read = f"in the pod: cold {rates[0]:.0f} MiB/s, warm {rates[1]:.0f} MiB/s"
+        self.note(
+            f"warm over cold: {self.summary.speedup:.1f}x (measured inside the pod: FUSE "
+            "sidecar, cache workers in pods on the same node, one shared 2-core machine)"
+        )
+
     async def _data_path(self) -> None:
+        if self.pods:
+            await self._data_path_in_pods()
+            return
         self.step("The sidecar mounts the dataset here; two cache workers hold its blocks")
         from kubernetes_asyncio import client
 
@@ -477,7 +592,6 @@ class Demo:
 
     async def _autoscale(self) -> None:
         self.step("Reads drive the cache workers up; idleness brings them down")
-        assert self.sidecar is not None
         shown: set[float] = set()
 
         async def serverless() -> Any:
@@ -491,22 +605,17 @@ class Demo:
             return v
 
         start = (await serverless()).binding.replicas
-        stop = threading.Event()
-        reader = threading.Thread(target=_read_loop, args=(self.sidecar.mountpoint, stop))
-        reader.start()
         t0 = time.monotonic()
-        try:
-            self.note(f"reading through the mount as fast as it goes ({start} workers)")
-            v = await _until(serverless, lambda b: b.binding.replicas > start, 120, 0.5)
+        async with self._load():
+            where = "in pod ml/load" if self.pods else "through the mount"
+            self.note(f"reading {where} as fast as it goes ({start} workers)")
+            v = await _until(serverless, lambda b: b.binding.replicas > start, 180, 0.5)
             figures = v.status.metrics if v.status else Figures()
             rate = (figures.read_bytes_per_second or 0.0) / 2**20
             self.note(
                 f"{time.monotonic() - t0:.1f}s after the load began: {v.binding.replicas} "
                 f"workers (reads {rate:.0f} MiB/s at the agent)"
             )
-        finally:
-            stop.set()
-            await asyncio.to_thread(reader.join, 30)
         t1 = time.monotonic()
         self.note("the load stops")
         v = await _until(serverless, lambda b: b.binding.replicas <= start, 180, 1.0)
@@ -515,6 +624,33 @@ class Demo:
             f"{v.binding.replicas} workers (the agent's window, then the 20s scale-down window)"
         )
         self.summary.autoscale = f"{start} -> {max(d.replicas for d in v.decisions)} -> {start}"
+
+    @contextlib.asynccontextmanager
+    async def _load(self) -> AsyncIterator[None]:
+        """Reads as fast as they go while inside: a pod on the real node (its sidecar's
+        figures reach the agent), else a thread reading the demo's own mount."""
+        if not self.pods:
+            assert self.sidecar is not None
+            stop = threading.Event()
+            reader = threading.Thread(target=_read_loop, args=(self.sidecar.mountpoint, stop))
+            reader.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                await asyncio.to_thread(reader.join, 30)
+            return
+        from kubernetes_asyncio import client
+
+        lc = next(c for c in self.clusters if c.kind == "serverless")
+        pod: Any = demo_pods.app_pod("load", self.pods, demo_pods.LOAD, {})
+        async with await lc.api_client() as api:
+            core = client.CoreV1Api(api)
+            await core.create_namespaced_pod("ml", pod)
+            try:
+                yield
+            finally:
+                await core.delete_namespaced_pod("load", "ml")
 
     async def _autonomy(self) -> None:
         self.step("The hub goes away; the edge keeps working from its state on disk")

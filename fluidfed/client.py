@@ -261,10 +261,21 @@ class Client:
         return result
 
     async def load_dataset(
-        self, name: str, clusters: list[str] | None = None, path: str = ""
+        self,
+        name: str,
+        clusters: list[str] | None = None,
+        path: str = "",
+        *,
+        schedule: str = "",
+        on_change: bool = False,
     ) -> list[Binding]:
-        """Ask for a warm-up of the dataset's caches; the bindings that carry the request."""
-        body = {"clusters": clusters or [], "path": path}
+        """Ask for a warm-up of the dataset's caches (again on a cron `schedule`, or
+        whenever the under storage changed); the bindings that carry the request."""
+        body: dict[str, Any] = {"clusters": clusters or [], "path": path}
+        if schedule:
+            body["schedule"] = schedule
+        if on_change:
+            body["on_change"] = True
         raw = await self._request("POST", f"/api/v1/datasets/{name}/load", body=body)
         result: list[Binding] = _decode(raw, list[Binding])
         return result

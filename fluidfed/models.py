@@ -44,7 +44,7 @@ class Wire(msgspec.Struct, kw_only=True, omit_defaults=True):
 ClusterKind = Literal["standard", "serverless", "edge"]
 MountMode = Literal["csi", "sidecar"]
 Medium = Literal["MEM", "SSD", "HDD"]
-Engine = Literal["thin", "juicefs", "alluxio"]
+Engine = Literal["fluidfed", "thin", "alluxio", "jindo", "juicefs", "efc"]
 SelectorOp = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 NonNegInt = Annotated[int, Meta(ge=0)]
 Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -103,7 +103,9 @@ class Cluster(Spec, frozen=True):
 
 
 class Mount(Spec, frozen=True):
-    uri: str  # s3://bucket/prefix, oss://, https://host/path, file:///path, dataset://name
+    # s3://bucket/prefix, oss://, https://host/path, file:///path, dataset://name, and for
+    # Fluid's engines nfs://server:/dir (EFC) and juicefs:///subdir (JuiceFS)
+    uri: str
     name: str = ""
     path: str = ""  # where the mount appears inside the dataset; default "/" or "/<name>"
     options: dict[str, str] = {}  # endpoint, region, ... never credentials
@@ -124,7 +126,10 @@ class Resources(Spec, frozen=True):
 
 
 class CacheSpec(Spec, frozen=True):
-    engine: Engine = "thin"  # the Fluid runtime used where the cluster mounts by CSI
+    # the Fluid runtime where the cluster mounts by CSI (fluidfed.engines): fluidfed's own
+    # ThinRuntimeProfile by default; `profile` names the cluster's own for engine "thin"
+    engine: Engine = "fluidfed"
+    profile: str = ""
     replicas: NonNegInt = 1
     min_replicas: NonNegInt = 0
     max_replicas: NonNegInt = 10
@@ -284,6 +289,9 @@ class AgentConfig(Spec, frozen=True):
     api_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
     api_url: str = ""  # how the workers reach it; default http://<api_host>:<port>
     metrics_window: Duration = _seconds(15)  # rates and ratios sent to the hub cover this
+    # `dataset load --on-change` on fluidfed's workers: how often the under storage is
+    # looked at again (only what changed is pulled)
+    on_change_interval: Duration = _seconds(60)
     # the data-path keys of each binding (Secrets): a new key every `credential_rotation`
     # (0: only on SIGHUP); it signs once handed out for `credential_grace` (longer than
     # the kubelet takes to update a Secret volume), and the old one goes a grace later
@@ -331,6 +339,10 @@ class LoadRequest(Wire):
     id: int  # the hub's revision when it was asked for: newer asks have larger ids
     path: str = ""
     requested_at: float = 0.0
+    # Fluid's load policies: Cron (again on this schedule, fluidfed.cron) and OnEvent (again
+    # whenever the under storage changed: only what changed is pulled)
+    schedule: str = ""
+    on_change: bool = False
 
 
 LoadPhase = Literal["Waiting", "Running", "Done", "Failed"]
@@ -347,6 +359,7 @@ class LoadStatus(Wire):
     bytes: NonNegInt = 0
     errors: NonNegInt = 0
     message: str = ""
+    ufs_bytes: NonNegInt = 0  # the under storage's bytes under the path
 
     def percent(self) -> float:
         if not self.blocks:
@@ -395,6 +408,7 @@ class BindingStatus(Wire):
     ready_workers: NonNegInt = 0
     cache_capacity: NonNegInt = 0
     cache_used: NonNegInt = 0
+    ufs_total: NonNegInt = 0  # the under storage's bytes (Fluid's ufsTotal); 0: not known
     hit_ratio: Ratio | None = None
     last_error: str = ""
     observed_generation: int = 0
@@ -408,6 +422,7 @@ class DatasetRecord(Wire):
     spec: Dataset
     generation: int = 1
     revision: int = 0
+    created: float = 0.0  # unix time of the first apply
 
 
 class AutoscaleDecision(Wire):
@@ -432,9 +447,11 @@ class DatasetView(Wire):
     generation: int
     revision: int
     bindings: list[BindingView] = []
-    phase: str = "Pending"
+    phase: str = "Pending"  # ... or "PartiallyBound (2/3)": Bound on 2 of its 3 clusters
     cache_used: int = 0
     cache_capacity: int = 0
+    ufs_total: int = 0  # the under storage's bytes, where a cluster measured them
+    created: float = 0.0
 
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]

@@ -42,6 +42,7 @@ MODE_ANNOTATION: Final = "fluidfed.io/sidecar-mode"
 # nodes
 VIRTUAL_NODE_TAINT: Final = "virtual-kubelet.io/provider"  # serverless virtual nodes
 EDGE_NODE_LABEL: Final = "node-role.kubernetes.io/edge"
+HOSTNAME_LABEL: Final = "kubernetes.io/hostname"  # set by the kubelet: a node as a topology
 
 # Fluid's API
 FLUID_GROUP: Final = "data.fluid.io"

@@ -9,7 +9,7 @@ import posixpath
 import re
 from urllib.parse import urlsplit
 
-from fluidfed import names
+from fluidfed import engines, names
 from fluidfed.errors import Problem
 from fluidfed.models import (
     AgentConfig,
@@ -27,7 +27,7 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-URI_SCHEMES = ("s3", "oss", "http", "https", "file", "dataset")
+URI_SCHEMES = ("s3", "oss", "http", "https", "file", "dataset", "nfs", "juicefs")
 _SECRET_OPTION = re.compile(r"(secret|password|passwd|token|access[_-]?key|credential)", re.I)
 # options the under-storage reader would take over what the URI (or the Secret) says
 _URI_OPTIONS = ("root", "bucket", "container", "name", "allow_anonymous")
@@ -233,7 +233,7 @@ def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Prob
                     path=p,
                 )
             )
-        elif key in _URI_OPTIONS:
+        elif key in _URI_OPTIONS and not (scheme == "juicefs" and key == "bucket"):
             problems.append(
                 Problem(
                     f"option {key!r} would override what the uri says: put the bucket and "
@@ -340,6 +340,21 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
             problems.append(
                 Problem(f"uri {shown!r} needs an absolute path (file:///data)", path=f"{p}.uri")
             )
+        elif parts.scheme == "nfs" and (not parts.hostname or not parts.path.startswith("/")):
+            problems.append(
+                Problem(
+                    f"uri {shown!r} needs a server and an absolute directory (nfs://server:/dir)",
+                    path=f"{p}.uri",
+                )
+            )
+        elif parts.scheme == "juicefs" and (parts.netloc or not parts.path.startswith("/")):
+            problems.append(
+                Problem(
+                    f"uri {shown!r} is not a JuiceFS directory: juicefs:///<subdir> (the "
+                    "volume comes from the metadata URL in the Secret)",
+                    path=f"{p}.uri",
+                )
+            )
         problems += _check_options(m.options, parts.scheme, p)
         if m.name:
             problems += check_dns_label(m.name, f"{p}.name", "mount name")
@@ -355,6 +370,7 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
                 )
             )
         mount_paths.add(mpath)
+    problems += engines.check(d, path)
     problems += check_cache(d.cache, f"{path}.cache")
     problems += check_placement(d.placement, f"{path}.placement")
     namespaces: set[str] = set()

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 from opentelemetry import metrics
 
-from fluidfed import codec, errors, names, telemetry, tls, validation
+from fluidfed import codec, cron, errors, names, telemetry, tls, validation
 from fluidfed.errors import Problem
 from fluidfed.models import (
     Binding,
@@ -51,6 +51,8 @@ class LoadAsk(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     clusters: list[str] = []
     path: str = ""
+    schedule: str = ""  # Cron: load again on this schedule (fluidfed.cron)
+    on_change: bool = False  # OnEvent: load again what changed in the under storage
 
 
 _load_dec = msgspec.json.Decoder(LoadAsk)
@@ -337,9 +339,18 @@ async def load_dataset(request: web.Request) -> web.Response:
             "the load path leaves the dataset",
             [Problem("a path inside the dataset, without '..' (e.g. train/class-1)", path="path")],
         )
+    if ask.schedule:
+        try:
+            cron.parse(ask.schedule)
+        except ValueError as err:
+            raise errors.BadRequest(
+                "the load schedule is not a cron schedule", [Problem(str(err), path="schedule")]
+            ) from None
     name = request.match_info["name"]
     cat = request.app[CATALOG]
-    bindings = await cat.request_load(name, ask.clusters, ask.path)
+    bindings = await cat.request_load(
+        name, ask.clusters, ask.path, schedule=ask.schedule, on_change=ask.on_change
+    )
     return json_response(bindings, status=202)
 
 

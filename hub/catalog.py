@@ -233,10 +233,13 @@ class Catalog:
             "Deleting" if v.binding.deleting else v.status.phase if v.status else "Pending"
             for v in views
         ]
+        bound = phases.count("Bound")
         if not views:
             phase = "Unplaced"
-        elif all(p == "Bound" for p in phases):
+        elif bound == len(phases):
             phase = "Bound"
+        elif bound:
+            phase = f"PartiallyBound ({bound}/{len(phases)})"
         elif any(p in ("Failed", "Degraded") for p in phases):
             phase = "Degraded"
         else:
@@ -249,6 +252,8 @@ class Catalog:
             phase=phase,
             cache_used=sum(v.status.cache_used for v in views if v.status),
             cache_capacity=sum(v.status.cache_capacity for v in views if v.status),
+            ufs_total=max((v.status.ufs_total for v in views if v.status), default=0),
+            created=rec.created,
         )
 
     def cluster_of_token(self, token: str) -> str | None:
@@ -322,7 +327,10 @@ class Catalog:
             if old is not None and old.spec == spec:
                 return []
             rec = DatasetRecord(
-                spec=spec, generation=(old.generation + 1) if old else 1, revision=rev
+                spec=spec,
+                generation=(old.generation + 1) if old else 1,
+                revision=rev,
+                created=old.created if old else self.clock(),
             )
             known = {n: r.spec for n, r in self.datasets.items() if n != spec.name}
             errors.BadRequest.unless_valid(consistency.check_references(spec, known, "dataset"))
@@ -333,7 +341,15 @@ class Catalog:
         changed = await self._transact(compute)
         return self.datasets[spec.name], changed
 
-    async def request_load(self, name: str, clusters: list[str], path: str) -> list[Binding]:
+    async def request_load(
+        self,
+        name: str,
+        clusters: list[str],
+        path: str,
+        *,
+        schedule: str = "",
+        on_change: bool = False,
+    ) -> list[Binding]:
         """Ask the agents of `clusters` (all the dataset's clusters if empty) to warm their
         caches with `path` of the dataset; the bindings that carry the request."""
         chosen: list[str] = []
@@ -360,7 +376,13 @@ class Catalog:
             if not picked:
                 raise errors.Conflict(f"dataset {name} is not placed on any cluster yet")
             chosen = [b.name for b in picked]
-            req = LoadRequest(id=rev, path=path.strip("/"), requested_at=time.time())
+            req = LoadRequest(
+                id=rev,
+                path=path.strip("/"),
+                requested_at=time.time(),
+                schedule=schedule,
+                on_change=on_change,
+            )
             out = [msgspec.structs.replace(b, load=req, revision=rev) for b in picked]
             return [Put(BINDING, b.name, codec.encode(b)) for b in out]
 

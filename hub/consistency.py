@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from fluidfed import engines
 from fluidfed.errors import Problem
 from fluidfed.models import Dataset, MountMode
 from fluidfed.validation import MAX_LABEL_VALUE
@@ -86,19 +87,26 @@ def _cycle(start: str, via: str, known: Mapping[str, Dataset]) -> list[str]:
 
 
 def check_served(d: Dataset, cluster: str, mode: MountMode) -> list[Problem]:
-    """dataset:// mounts are Fluid's own cross-namespace sharing: only a cluster with Fluid
-    (csi mode) serves them; a sidecar or a cache worker has no reader for them."""
+    """Only a cluster with Fluid (csi mode) serves what the FUSE sidecar and the cache
+    workers have no reader for: dataset:// (Fluid's cross-namespace sharing), and nfs:// and
+    juicefs:// (Fluid's EFC and JuiceFS engines)."""
     if mode == "csi":
         return []
-    return [
-        Problem(
-            f"dataset:// mounts need a cluster with Fluid, and placement picks {cluster}, "
-            "which mounts by sidecar: mount the referenced dataset's own URI, or place this "
-            "dataset on clusters with Fluid only",
-            path=f"dataset.mounts[{i}].uri",
+    problems = []
+    for i, m in enumerate(d.mounts):
+        scheme = engines.scheme(m)
+        if scheme in engines.SIDECAR_SCHEMES:
+            continue
+        what = {"dataset": "the referenced dataset's own URI"}.get(scheme, "a file:// path")
+        problems.append(
+            Problem(
+                f"{scheme}:// mounts need a cluster with Fluid, and placement picks {cluster}, "
+                f"which mounts by sidecar: mount {what} instead, or place this "
+                "dataset on clusters with Fluid only",
+                path=f"dataset.mounts[{i}].uri",
+            )
         )
-        for i, _ in dataset_references(d)
-    ]
+    return problems
 
 
 def fluid_references(d: Dataset, homes: Mapping[str, str]) -> Dataset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from fluidfed import config
 from fluidfed.data.layout import Peers, SidecarConfig
 from fluidfed.errors import ConfigError, FluidfedError, Problem
 from fluidfed.models import Mount
+from sidecar import fluidconf
 
 
 def register(sub: Any) -> None:
@@ -24,7 +26,19 @@ def register(sub: Any) -> None:
         help="mount a dataset read-only (from the agent's config file, or from flags)",
     )
     mount.add_argument("--config", "-c", help="sidecar config (the agent's sidecar.json, or TOML)")
-    mount.add_argument("--mountpoint", "-m", required=True, help="where to mount the dataset")
+    mount.add_argument(
+        "--fluid-config",
+        default="",
+        metavar="CONFIG_JSON",
+        help="as a Fluid ThinRuntime's FUSE container: the config.json Fluid writes "
+        "(/etc/fluid/config/config.json), its mounts, credential files and target path",
+    )
+    mount.add_argument(
+        "--mountpoint",
+        "-m",
+        default="",
+        help="where to mount the dataset (with --fluid-config: its targetPath by default)",
+    )
     mount.add_argument("--dataset", help="dataset name (without --config)")
     mount.add_argument(
         "--uri", action="append", default=[], help="under storage to mount (without --config)"
@@ -62,8 +76,38 @@ def register(sub: Any) -> None:
     mount.set_defaults(run=run_mount)
 
 
+def fluid_config(path: str) -> tuple[SidecarConfig, str]:
+    """The settings and the mount point from Fluid's config.json; the credentials it names
+    (files of the Secret's keys) go where the under-storage readers take them from."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError.one(
+            f"cannot read Fluid's config ({err.strerror}): is this container started by a "
+            "ThinRuntime whose profile is fluidfed's?",
+            file=path,
+        ) from None
+    fc = fluidconf.parse(raw, path)
+    cfg, creds = fluidconf.sidecar_config(fc, path)
+    for var, value in creds.items():
+        if fluidconf.is_secret_file(value):
+            try:
+                value = Path(value).read_text().strip()
+            except OSError as err:
+                raise ConfigError.one(
+                    f"cannot read the credential file {value} ({err.strerror}): the Secret "
+                    "named in the Dataset's encryptOptions must hold that key",
+                    file=path,
+                ) from None
+        os.environ[var] = value
+    return cfg, fc.target_path or os.environ.get("MOUNT_POINT", "")
+
+
 def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
-    if args.config:
+    if args.fluid_config:
+        cfg, target = fluid_config(args.fluid_config)
+        args.mountpoint = args.mountpoint or target
+    elif args.config:
         cfg = config.load_file(args.config, SidecarConfig)
     elif args.uri and args.dataset:
         options = {}
@@ -107,6 +151,9 @@ def run_mount(args: argparse.Namespace) -> int:
         ) from None
 
     cfg = sidecar_config(args)
+    if not args.mountpoint:
+        raise ConfigError([Problem("give --mountpoint DIR", path="--mountpoint")])
+    Path(args.mountpoint).mkdir(parents=True, exist_ok=True)
     host, _, port = args.status_addr.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(

@@ -32,7 +32,7 @@ SIDECAR_KINDS = [
     ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),
 ]
 FLUID_API = names.FLUID_API
-FLUID_KINDS = [(FLUID_API, "Dataset"), *((FLUID_API, k) for k in fluid.RUNTIME_KINDS.values())]
+FLUID_KINDS = [(FLUID_API, k) for k in fluid.OWNED_KINDS]
 OWNED_KINDS = SIDECAR_KINDS + FLUID_KINDS
 OWNED = names.OWNED_SELECTOR
 

@@ -76,7 +76,7 @@ class Reconciler:
             return False
         creds = (
             await self.store.data_credentials(name, time.time())
-            if b.mode == "sidecar"
+            if objects.runs_workers(b)
             else trust.DataCredentials(keys=())
         )
         wanted = render.desired(b, self.ctx, creds)

@@ -12,14 +12,18 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from agents import objects
 from agents.observed import Observed
 from agents.registry import Registry
 from agents.store import Store
-from fluidfed import errors
+from fluidfed import cron, errors
 from fluidfed.data import credentials, workers
 from fluidfed.models import Binding, LoadRequest, LoadStatus
 
 log = logging.getLogger("fluidfed.agent.warmup")
+
+WAIT_FOR_WORKERS = 600.0  # seconds a warm-up waits for workers and runs before it fails
+ON_CHANGE_INTERVAL = 60.0  # seconds between the loads of an --on-change warm-up
 
 
 @dataclasses.dataclass(eq=False)
@@ -28,18 +32,56 @@ class WarmUps:
     observed: Observed
     store: Store
     _tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict, init=False)
+    _asked: dict[str, int] = dataclasses.field(default_factory=dict, init=False)
+    _repeats: dict[str, bool] = dataclasses.field(default_factory=dict, init=False)
+    on_change_interval: float = ON_CHANGE_INTERVAL
 
     def maybe_start(self, b: Binding) -> None:
         req = b.load
-        if req is None or b.deleting:
-            return
+        if req is None or b.deleting or not objects.runs_workers(b):
+            return  # Fluid's own engines load with Fluid's DataLoad (agents.fluid)
+        repeats = bool(req.schedule or req.on_change)
         task = self._tasks.get(b.name)
         if task is not None and not task.done():
-            return
-        known = self.observed.load_of(b.name)
-        if known is not None and known.id >= req.id and known.phase in ("Done", "Failed"):
-            return
-        self._tasks[b.name] = asyncio.create_task(self._run(b, req))
+            if self._asked.get(b.name) == req.id or not self._repeats.get(b.name):
+                return
+            task.cancel()  # a newer ask replaces a repeating load
+        elif not repeats:
+            known = self.observed.load_of(b.name)
+            if known is not None and known.id >= req.id and known.phase in ("Done", "Failed"):
+                return
+        self._asked[b.name] = req.id
+        self._repeats[b.name] = repeats
+        run = self._repeat(b, req) if repeats else self._run(b, req)
+        self._tasks[b.name] = asyncio.create_task(run)
+
+    async def _repeat(self, b: Binding, req: LoadRequest) -> None:
+        """Fluid's Cron policy (on the schedule) and OnEvent (now, then as the under storage
+        changes): each run pulls only blocks the workers lack, and blocks are keyed by the
+        object's version, so what changed is what is pulled."""
+        schedule = cron.parse(req.schedule) if req.schedule else None
+        first = schedule is None
+        while True:
+            if not first:
+                now = time.time()
+                at = schedule.next_after(now) if schedule else now + self.on_change_interval
+                when = time.strftime("%H:%M:%S UTC", time.gmtime(at))
+                await self._publish(
+                    b,
+                    msgspec.structs.replace(
+                        self.observed.load_of(b.name) or LoadStatus(id=req.id, path=req.path),
+                        message=f"next load at {when}",
+                    ),
+                )
+                await asyncio.sleep(max(0.0, at - now))
+            first = False
+            await self._run(b, req)
+
+    async def _publish(self, b: Binding, prog: LoadStatus) -> None:
+        self.observed.loads[b.name] = prog
+        st = self.store.state.statuses.get(b.name)
+        if st is not None:
+            await self.store.publish(b.name, self.observed.fold(b, st))
 
     def cancel_all(self) -> None:
         for task in self._tasks.values():
@@ -52,19 +94,20 @@ class WarmUps:
         async def show(**changes: Any) -> None:
             nonlocal prog
             prog = msgspec.structs.replace(prog, **changes)
-            self.observed.loads[b.name] = prog
-            st = self.store.state.statuses.get(b.name)
-            if st is not None:
-                await self.store.publish(b.name, self.observed.fold(b, st))
+            await self._publish(b, prog)
 
         log.info("warm-up %d of %s (path %r) starting", req.id, b.dataset, req.path or "/")
+        workers_set = f"StatefulSet {b.spec.namespace}/{objects.cache_name(b.spec.name)}"
+        live: list[Any] = []
         try:
-            live: list[Any] = []
-            async with asyncio.timeout(600):
+            async with asyncio.timeout(WAIT_FOR_WORKERS):
                 while not live:
                     live = self.registry.alive(b.dataset, time.time())
                     if not live:
-                        await show(message="waiting for cache workers to register")
+                        await show(
+                            message=f"waiting for cache workers to register (the pods of the "
+                            f"{workers_set} do once they run)"
+                        )
                         await asyncio.sleep(1)
             urls = [w.url for w in live]
             # the workers start and report loads only for their binding's agent
@@ -85,6 +128,7 @@ class WarmUps:
                         bytes=sum(p.bytes for p in progress),
                         errors=sum(p.errors for p in progress),
                         cached=sum(p.cached for p in progress),
+                        ufs_bytes=max((p.ufs_bytes for p in progress), default=0),
                         message="; ".join(sorted({p.message for p in progress if p.message})),
                     )
                     if not running:
@@ -101,7 +145,14 @@ class WarmUps:
             else:
                 await show(phase="Failed" if prog.errors else "Done")
         except (TimeoutError, errors.WorkerError) as err:
-            await show(phase="Failed", message=str(err) or "no cache worker registered")
+            if not live:
+                why = (
+                    f"no cache worker registered within {WAIT_FOR_WORKERS:.0f}s: are the pods of "
+                    f"the {workers_set} running and able to reach this agent's API?"
+                )
+            else:
+                why = str(err) or f"not finished within {WAIT_FOR_WORKERS:.0f}s"
+            await show(phase="Failed", message=why)
         log.info(
             "warm-up %d of %s: %s (%.1f%% cached)", req.id, b.dataset, prog.phase, prog.percent()
         )

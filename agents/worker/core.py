@@ -205,6 +205,7 @@ class Worker:
             for rel, ref in sorted(files.items()):
                 if prefix and rel != prefix and not rel.startswith(prefix + "/"):
                     continue
+                prog.ufs_bytes += ref.size
                 for i in range(blocks.block_count(ref.size, bs)):
                     key = ref.block_key(self.cfg.dataset, bs, i)
                     if blocks.owner(key, peers) == self.url:

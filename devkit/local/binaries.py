@@ -18,7 +18,7 @@ NEEDED = (
     "kubectl",
     "kwok",
     "minio",
-    # a real node: kubelet, containerd (+ ctr, the runc shim), runc, CNI plugins, pause
+    # a real node: kubelet, containerd (+ ctr, the runc shim), runc, CNI plugins, CoreDNS, pause
     "kubelet",
     "containerd",
     "ctr",
@@ -27,6 +27,7 @@ NEEDED = (
     "cni/loopback",
     "cni/bridge",
     "cni/host-local",
+    "coredns",
     "pause",
 )
 SCRIPT = Path(__file__).with_name("testbin.sh")

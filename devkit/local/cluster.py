@@ -27,7 +27,7 @@ import aiohttp
 import msgspec
 import yaml
 
-from devkit.local import binaries, image, netns, paths, realnode
+from devkit.local import binaries, crds, image, netns, paths, realnode
 from fluidfed import names, pki
 from fluidfed.errors import LocalClusterError
 from fluidfed.models import CLUSTER_KINDS, ClusterKind
@@ -41,7 +41,6 @@ VIRTUAL_NODE_TAINT = {
     "value": "fluidfed",
     "effect": "NoSchedule",
 }
-FLUID_CRDS = Path(__file__).with_name("crds") / "fluid.yaml"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"  # "fake" on the nodes kwok simulates
 
 Progress = Callable[[str], None]
@@ -457,8 +456,11 @@ class LocalCluster:
         ports: dict[str, int],
         say: Progress,
     ) -> None:
-        """The kubelet and containerd in the node's namespaces; until the node is Ready
-        (a dead kubelet or containerd is an error with their last log lines)."""
+        """The kubelet, containerd and the cluster DNS in the node's namespaces; until the
+        node is Ready and the DNS answers (a dead kubelet, containerd or CoreDNS is an
+        error with their last log lines)."""
+        from kubernetes_asyncio import client
+
         d = self.dir / "pki"
         ca = pki.KeyPair((d / "ca.crt").read_bytes(), (d / "ca.key").read_bytes())
         flavour = flavour_nodes(self.kind)[0]
@@ -481,6 +483,10 @@ class LocalCluster:
         started = state.real_node
         try:
             async with asyncio.timeout(self.node_timeout), await self.api_client() as api:
+                rbac = client.RbacAuthorizationV1Api(api)
+                role, binding = realnode.dns_rbac()
+                await rbac.create_cluster_role(cast(Any, role))
+                await rbac.create_cluster_role_binding(cast(Any, binding))
                 await realnode.wait_ready(started, api, lambda: proc.poll() is None, say)
         except TimeoutError:
             raise realnode.failure(started, f"not Ready in {self.node_timeout}s") from None
@@ -543,35 +549,34 @@ class LocalCluster:
                 self._last_wait = f"nodes ready: {sorted(ready)} of {sorted(want)}"
                 await asyncio.sleep(0.25)
 
-    async def install_fluid_crds(self) -> None:
-        """Install Fluid's Dataset and Runtime kinds (fluidfed's own schema) and wait until
-        the API server serves them."""
+    async def install_fluid_crds(self, progress: Progress | None = None) -> crds.FluidCRDs:
+        """Install Fluid's CRDs (Fluid's own where they are found, else fluidfed's, and
+        `progress` says which) and wait until the API server serves them."""
         from kubernetes_asyncio import client
 
-        docs = list(yaml.safe_load_all(FLUID_CRDS.read_text()))
+        found = crds.find()
+        if progress is not None and not found.real:
+            progress(f"{self.name}: {found.describe()}")
         async with await self.api_client() as api:
             ext = client.ApiextensionsV1Api(api)
-            for doc in docs:
+            for doc in found.documents:
                 try:
-                    await ext.create_custom_resource_definition(doc)
+                    await ext.create_custom_resource_definition(cast(Any, doc))
                 except client.ApiException as err:
                     if err.status != 409:
                         raise
-            names = {d["metadata"]["name"] for d in docs}
             while True:
-                crds = await ext.list_custom_resource_definition(
-                    label_selector="fluidfed.io/crd=fluid"
-                )
+                listed = await ext.list_custom_resource_definition()
                 established = {
                     c.metadata.name
-                    for c in crds.items
+                    for c in listed.items
                     if any(
                         x.type == "Established" and x.status == "True"
                         for x in (c.status.conditions or [])
                     )
                 }
-                if names <= established:
-                    return
+                if found.names <= established:
+                    return found
                 await asyncio.sleep(0.2)
 
     # --- use -----------------------------------------------------------------------------
@@ -684,7 +689,7 @@ async def up_many(
     async def start(c: LocalCluster) -> ClusterState:
         state = await c.up(progress)
         if fluid and c.kind == "standard":
-            await c.install_fluid_crds()
+            await c.install_fluid_crds(progress)
         return state
 
     results = await asyncio.gather(*(start(c) for c in clusters), return_exceptions=True)

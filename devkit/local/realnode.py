@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ NODE_NAME = "real-node"
 # on the real node only: tests and the demo find it by this label (dev kit, not fluidfed)
 REAL_NODE_LABEL = "fluidfed.io/real-node"
 KUBELET_PORT = 10250
+# the node's cluster DNS: CoreDNS in the node's network namespace, on the node's address
+CLUSTER_DOMAIN = "cluster.local"
+DNS_READY_PORT = 8181
+DNS_USER = "fluidfed-devkit:coredns"  # its client certificate's name; RBAC in dns_rbac()
 # what the kubelet writes on the host (pkg/kubelet/cm: setupKernelTunables)
 SYSCTLS = (
     "vm/overcommit_memory",
@@ -67,6 +72,23 @@ class NodeState(msgspec.Struct, kw_only=True):
 # --- what it runs (pure) -----------------------------------------------------------------
 
 
+def runtime_dir(net: netns.NodeNetwork) -> Path:
+    """Short paths for the node's sockets: a unix socket's path has at most 107 bytes, and
+    the cluster's directory may be deep (pytest's, a user's)."""
+    return SHARED / net.netns
+
+
+def socket_path(net: netns.NodeNetwork) -> Path:
+    """containerd's socket (the host's ctr imports images through it)."""
+    return runtime_dir(net) / "containerd.sock"
+
+
+def kubelet_root(net: netns.NodeNetwork) -> Path:
+    """The kubelet's root directory as the node sees it: the node directory's kubelet/
+    bound here inside the node's mount namespace (its sockets live below it)."""
+    return runtime_dir(net) / "kubelet"
+
+
 def node_labels(flavour_labels: dict[str, str]) -> dict[str, str]:
     """The real node stands in for the flavour's nodes: their labels (a serverless real
     node is a virtual node), not kwok's marks."""
@@ -76,7 +98,7 @@ def node_labels(flavour_labels: dict[str, str]) -> dict[str, str]:
     return {**labels, REAL_NODE_LABEL: "true"}
 
 
-def containerd_config(d: Path, bins: Path, sandbox_image: str) -> str:
+def containerd_config(d: Path, bins: Path, sandbox_image: str, sock: Path) -> str:
     return f"""\
 version = 3
 root = "{d / "containerd/root"}"
@@ -88,7 +110,7 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "{d / "containerd.sock"}"
+  address = "{sock}"
 
 [plugins.'io.containerd.internal.v1.opt']
   path = "{d / "containerd/opt"}"
@@ -153,7 +175,7 @@ def kubelet_config(
         "cgroupRoot": cgroup_root,
         "failCgroupV1": False,
         "failSwapOn": False,
-        "containerRuntimeEndpoint": f"unix://{d / 'containerd.sock'}",
+        "containerRuntimeEndpoint": f"unix://{socket_path(net)}",
         "podLogsDir": str(d / "pod-logs"),  # not podLogsDirectory: unknown fields are ignored
         "volumePluginDir": str(d / "volume-plugins"),
         "address": net.node_ip,
@@ -167,6 +189,8 @@ def kubelet_config(
         },
         "authorization": {"mode": "Webhook"},
         "registerWithTaints": taints,
+        "clusterDNS": [net.node_ip],
+        "clusterDomain": CLUSTER_DOMAIN,
         "maxPods": 30,
         "serializeImagePulls": False,
         "evictionHard": {"memory.available": "50Mi", "nodefs.available": "2%"},
@@ -180,12 +204,55 @@ def kubelet_args(d: Path, net: netns.NodeNetwork, name: str) -> list[str]:
     return [
         f"--config={d / 'kubelet.yaml'}",
         f"--kubeconfig={d / 'kubelet.kubeconfig'}",
-        f"--root-dir={d / 'kubelet'}",
+        f"--root-dir={kubelet_root(net)}",
         f"--cert-dir={d / 'kubelet/pki'}",
         f"--hostname-override={name}",
         f"--node-ip={net.node_ip}",
         "--v=1",
     ]
+
+
+def corefile(d: Path, net: netns.NodeNetwork) -> str:
+    """Pods find Services and StatefulSet pods by name (the cluster domain only: nothing
+    is forwarded, the node's network reaches no resolver beyond it)."""
+    return f"""\
+.:53 {{
+    bind {net.node_ip}
+    ready {net.node_ip}:{DNS_READY_PORT}
+    errors
+    cache 5
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {d / "coredns.kubeconfig"}
+        pods insecure
+        ttl 5
+    }}
+}}
+"""
+
+
+def dns_rbac() -> list[dict[str, Any]]:
+    """What CoreDNS's kubernetes plugin reads, for its user and nothing more."""
+    name = "fluidfed-devkit-coredns"
+    rules = [
+        {"apiGroups": [""], "resources": ["services", "pods", "namespaces"],
+         "verbs": ["list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+         "verbs": ["list", "watch"]},
+    ]  # fmt: skip
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": DNS_USER}],
+    }
+    return [role, binding]
 
 
 def node_script(d: Path, bins: Path, cgroups: list[str], net: netns.NodeNetwork, name: str) -> str:
@@ -212,10 +279,12 @@ awk '$3 == "fuse" || $3 ~ /^fuse\\./ {{print $2}}' /proc/self/mounts | while rea
   umount -l "$(printf '%b' "$m")" 2>/dev/null || true
 done
 mount --make-rshared /
+mkdir -p {q(str(kubelet_root(net)))}
+mount --bind {q(str(d / "kubelet"))} {q(str(kubelet_root(net)))}
 containerd --config {q(str(d / "containerd.toml"))} >> {q(str(d / "logs/containerd.log"))} 2>&1 &
 echo $! > {q(str(d / "containerd.pid"))}
 i=0
-while ! ctr --address {q(str(d / "containerd.sock"))} version >/dev/null 2>&1; do
+while ! ctr --address {q(str(socket_path(net)))} version >/dev/null 2>&1; do
   i=$((i + 1))
   if [ "$i" -gt 300 ] || ! kill -0 "$!" 2>/dev/null; then
     echo "containerd did not start" >&2
@@ -223,8 +292,10 @@ while ! ctr --address {q(str(d / "containerd.sock"))} version >/dev/null 2>&1; d
   fi
   sleep 0.1
 done
-ctr --address {q(str(d / "containerd.sock"))} -n k8s.io images import \\
+ctr --address {q(str(socket_path(net)))} -n k8s.io images import \\
   --base-name {q(image.PAUSE_REF.rsplit(":", 1)[0])} {q(str(d / "pause.tar"))} >&2
+coredns -conf {q(str(d / "Corefile"))} >> {q(str(d / "logs/coredns.log"))} 2>&1 &
+echo $! > {q(str(d / "coredns.pid"))}
 exec {kubelet}
 """
 
@@ -398,9 +469,18 @@ def prepare(
     doc = cluster.kubeconfig(name, server, ca.cert_pem, client)
     (d / "kubelet.kubeconfig").write_text(yaml.safe_dump(doc))
     (d / "kubelet.kubeconfig").chmod(0o600)
+    dns = pki.issue(ca, DNS_USER, client=True)
+    (d / "coredns.kubeconfig").write_text(
+        yaml.safe_dump(cluster.kubeconfig(name, server, ca.cert_pem, dns))
+    )
+    (d / "coredns.kubeconfig").chmod(0o600)
+    (d / "Corefile").write_text(corefile(d, net))
     hier = hierarchies()
     root = cgroup_root_for(net.netns, hier)
-    (d / "containerd.toml").write_text(containerd_config(d, bins, image.PAUSE_REF))
+    runtime_dir(net).mkdir(parents=True, exist_ok=True)
+    (d / "containerd.toml").write_text(
+        containerd_config(d, bins, image.PAUSE_REF, socket_path(net))
+    )
     (d / "cni/10-fluidfed.conflist").write_text(json.dumps(cni_conflist(d, net), indent=2))
     kcfg = kubelet_config(d, net, root, taints)
     (d / "kubelet.yaml").write_text(yaml.safe_dump(kcfg))
@@ -426,11 +506,24 @@ def start(state: NodeState) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def containerd_pid(state: NodeState) -> int | None:
-    f = Path(state.dir) / "containerd.pid"
+def _pid(state: NodeState, what: str) -> int | None:
     with contextlib.suppress(OSError, ValueError):
-        return int(f.read_text())
+        return int((Path(state.dir) / f"{what}.pid").read_text())
     return None
+
+
+def containerd_pid(state: NodeState) -> int | None:
+    return _pid(state, "containerd")
+
+
+def dns_ready(state: NodeState) -> bool:
+    """CoreDNS's ready plugin: 200 once the kubernetes plugin has synced with the API."""
+    url = f"http://{state.network.node_ip}:{DNS_READY_PORT}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def log_tail(state: NodeState, what: str, lines: int = LOG_LINES) -> str:
@@ -444,7 +537,7 @@ def log_tail(state: NodeState, what: str, lines: int = LOG_LINES) -> str:
 def failure(state: NodeState, why: str) -> LocalClusterError:
     return LocalClusterError(
         f"real node {state.name}: {why}\n{log_tail(state, 'kubelet')}\n"
-        f"{log_tail(state, 'containerd')}"
+        f"{log_tail(state, 'containerd')}\n{log_tail(state, 'coredns', 10)}"
     )
 
 
@@ -462,6 +555,9 @@ async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say:
         cpid = containerd_pid(state)
         if cpid is not None and not _is(cpid, "containerd"):
             raise failure(state, "containerd exited")
+        dpid = _pid(state, "coredns")
+        if dpid is not None and not _is(dpid, "coredns"):
+            raise failure(state, "the cluster DNS (CoreDNS) exited")
         try:
             node = await core.read_node(state.name)
         except client.ApiException as err:
@@ -477,7 +573,11 @@ async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say:
         conds = {c.type: c for c in node.status.conditions or []}
         ready = conds.get("Ready")
         if ready is not None and ready.status == "True":
-            return
+            if await asyncio.to_thread(dns_ready, state):
+                return
+            last = "the cluster DNS not ready"
+            await asyncio.sleep(0.25)
+            continue
         last = f"Ready={ready.status if ready else '?'}: {ready.message if ready else ''}"
         await asyncio.sleep(0.25)
 
@@ -495,6 +595,7 @@ def stop(state: NodeState) -> list[str]:
         while time.monotonic() < deadline and _is(cpid, "containerd"):
             time.sleep(0.05)
     left = remove_cgroups(state.cgroups)
+    shutil.rmtree(runtime_dir(state.network), ignore_errors=True)
     release_sysctls(state.network.netns)
     return left
 
@@ -510,5 +611,5 @@ def _is(pid: int, binary: str) -> bool:
 def load_image(state: NodeState, bins: Path, archive: Path, base_name: str) -> float:
     """Import an OCI archive into the node's containerd for pods (`imagePullPolicy:
     Never`); seconds taken."""
-    address = str(Path(state.dir) / "containerd.sock")
+    address = str(socket_path(state.network))
     return image.import_image(bins / "ctr", address, archive, base_name)

@@ -28,11 +28,16 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": USER, "AWS_SECRET_ACCESS_KEY": PASSWORD}
 
 
 class S3Server:
-    def __init__(self, data_dir: Path, *, bucket: str = "datasets", port: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, *, bucket: str = "datasets", port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
+        """`host`: loopback, or the host side of a real node's network (what its pods
+        reach); never every interface."""
         self.data_dir = Path(data_dir)
         self.bucket = bucket
+        self.host = host
         self.port = port or free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0, *, detach: bool = False) -> S3Server:
@@ -47,7 +52,7 @@ class S3Server:
                 str(self.data_dir),
                 "--quiet",
                 "--address",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "--console-address",
                 f"127.0.0.1:{free_port()}",
             ],

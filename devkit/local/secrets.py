@@ -32,6 +32,19 @@ async def worker_credentials(
     return await _read(api, namespace, trust.keys_secret_name(dataset))
 
 
+async def keys_anywhere(api: Any, dataset: str) -> tuple[str, credentials.CredentialFile] | None:
+    """The binding's keys and their namespace (the dataset's home, found by the Secret's
+    name and the agent's labels), None until the agent made them."""
+    found = await client.CoreV1Api(api).list_secret_for_all_namespaces(
+        field_selector=f"metadata.name={trust.keys_secret_name(dataset)}",
+        label_selector=f"{names.OWNED_SELECTOR},{names.DATASET_LABEL}={dataset}",
+    )
+    for secret in found.items:
+        raw = base64.b64decode((secret.data or {})[names.CREDENTIALS_FILE])
+        return secret.metadata.namespace, msgspec.json.decode(raw, type=credentials.CredentialFile)
+    return None
+
+
 async def reader_token(api: Any, namespace: str, dataset: str) -> str | None:
     """The reader token of `namespace`'s access entry, as its sidecars get it."""
     got = await _read(api, namespace, trust.reader_secret_name(dataset))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes control plane, kwok and etcd used by the tests and
 # `fluidfed demo`, and the pieces of a real node (kubelet, containerd + ctr + shim,
-# runc, the CNI loopback plugin, a static pause), from the Go module proxy, into a
+# runc, the CNI plugins, CoreDNS, a static pause), from the Go module proxy, into a
 # cache outside the repository.
 #
 #   scripts/testbin.sh            build what is missing, print the directory
@@ -19,6 +19,7 @@ ETCD_VERSION="${FLUIDFED_ETCD_VERSION:-v3.6.4}"
 CONTAINERD_VERSION="${FLUIDFED_CONTAINERD_VERSION:-v2.1.9}"
 RUNC_VERSION="${FLUIDFED_RUNC_VERSION:-v1.3.7}"
 CNI_PLUGINS_VERSION="${FLUIDFED_CNI_PLUGINS_VERSION:-v1.7.1}"
+COREDNS_VERSION="${FLUIDFED_COREDNS_VERSION:-v1.14.7}"
 
 cache_root="${FLUIDFED_TESTBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/fluidfed/testbin}"
 out="$cache_root/$K8S_VERSION"
@@ -179,6 +180,46 @@ build_cni() {
   done
 }
 
+build_coredns() {
+  # the real node's cluster DNS (StatefulSet pods by name behind headless Services): a
+  # CoreDNS with only the plugins it uses, the way CoreDNS documents external builds
+  [ -x "$out/coredns" ] && return 0
+  local work="$cache_root/src/coredns-$COREDNS_VERSION"
+  mkdir -p "$work"
+  say "building CoreDNS $COREDNS_VERSION (bind, ready, errors, cache, kubernetes)"
+  local t0=$SECONDS
+  cat > "$work/go.mod" <<GOMOD
+module fluidfed.local/coredns
+
+go 1.24.0
+GOMOD
+  cat > "$work/main.go" <<'GO'
+// CoreDNS with the plugins a local cluster's real node needs, in CoreDNS's own order.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	dnsserver.Directives = []string{"bind", "ready", "errors", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+  (cd "$work" && go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2 && go mod tidy >&2 \
+    && go build -trimpath -ldflags "-s -w" -o "$out/coredns.tmp" .)
+  mv "$out/coredns.tmp" "$out/coredns"
+  say "built coredns in $((SECONDS - t0))s"
+}
+
 build_pause() {
   # the pod sandbox's process, static so that its image is one file (no libc, no registry)
   [ -x "$out/pause" ] && return 0
@@ -224,6 +265,7 @@ build_minio
 build_containerd
 build_runc
 build_cni
+build_coredns
 build_pause
 say "binaries ready in $out"
 echo "$out"

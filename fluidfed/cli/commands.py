@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import msgspec
 import tomli
 
-from fluidfed import config
+from fluidfed import config, cron
 from fluidfed.cli import output, settings
 from fluidfed.client import Client
 from fluidfed.data import layout
@@ -112,6 +113,17 @@ def register(sub: Sub) -> None:
         "--cluster", action="append", default=[], help="only this cluster (repeat; default all)"
     )
     p.add_argument("--path", default="", help="only this directory or file of the dataset")
+    p.add_argument(
+        "--schedule",
+        default="",
+        metavar="CRON",
+        help='load again on this cron schedule, in UTC (Fluid\'s Cron policy; "0 */6 * * *")',
+    )
+    p.add_argument(
+        "--on-change",
+        action="store_true",
+        help="load again whenever the under storage changed, only what changed (OnEvent)",
+    )
     p.add_argument("--no-wait", action="store_true", help="ask for it and return at once")
     p.add_argument(
         "--timeout",
@@ -367,11 +379,28 @@ async def delete(client: Client, args: argparse.Namespace) -> int:
 
 
 async def dataset_load(client: Client, args: argparse.Namespace) -> int:
-    """Ask for the warm-up, then follow each cluster's progress until it is done."""
-    asked = await client.load_dataset(args.name, args.cluster, args.path)
+    """Ask for the warm-up, then follow each cluster's progress until it is done (a
+    scheduled one: until it is set up)."""
+    if args.schedule:
+        try:
+            next_run = cron.parse(args.schedule).next_after(time.time())
+        except ValueError as err:
+            raise ConfigError.one(str(err), path="--schedule") from None
+    asked = await client.load_dataset(
+        args.name, args.cluster, args.path, schedule=args.schedule, on_change=args.on_change
+    )
     ids = {b.cluster: b.load.id for b in asked if b.load is not None}
     what = f"/{args.path.strip('/')}" if args.path.strip("/") else "the whole dataset"
     output.console.print(f"warm-up of {args.name} ({what}) asked of {', '.join(sorted(ids))}")
+    if args.on_change:
+        output.console.print("  and again whenever its under storage changes (what changed)")
+    if args.schedule:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(next_run))
+        output.console.print(
+            f"  on schedule {args.schedule!r}, first at {when}: `fluidfed describe dataset "
+            f"{args.name}` shows each cluster's last run"
+        )
+        return 0
     if args.no_wait:
         return 0
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
@@ -417,6 +446,9 @@ async def dataset_load(client: Client, args: argparse.Namespace) -> int:
             failed = True
             continue
         failed = failed or ld.phase != "Done"
+        if not ld.blocks:  # Fluid's DataLoad says how it went, not how many blocks
+            output.console.print(f"{c}: {ld.phase}" + (f" - {ld.message}" if ld.message else ""))
+            continue
         output.console.print(
             f"{c}: {ld.phase}, {ld.percent():.1f}% cached "
             f"({ld.cached}/{ld.blocks} blocks, {format_size(ld.bytes)} pulled)"

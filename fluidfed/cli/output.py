@@ -100,21 +100,22 @@ def clusters_table(items: list[ClusterRecord], *, wide: bool = False) -> Table:
     return t
 
 
+def _size(n: int) -> str:
+    return format_size(n) if n else "-"
+
+
 def datasets_table(items: list[DatasetView], *, wide: bool = False) -> Table:
+    """As Fluid users read `kubectl get dataset`, over every cluster the dataset is on;
+    wide: where it lives, and each cluster's phase and hit ratio."""
     t = Table(box=None, header_style="bold")
-    cols = ["NAME", "NAMESPACE", "MOUNTS", "CLUSTERS", "PHASE", "CACHED", "GEN"]
-    for col in cols + (["PER CLUSTER", "HIT RATIO"] if wide else []):
+    cols = ["NAME", "UFS TOTAL SIZE", "CACHED", "CACHE CAPACITY", "CACHED PERCENTAGE"]
+    cols += ["PHASE", "AGE"]
+    for col in cols + (["NAMESPACE", "MOUNTS", "PER CLUSTER", "HIT RATIO"] if wide else []):
         t.add_column(col)
     for d in items:
-        row = [
-            d.spec.name,
-            d.spec.namespace,
-            ", ".join(m.uri for m in d.spec.mounts),
-            ",".join(v.binding.cluster for v in d.bindings) or "-",
-            d.phase,
-            f"{format_size(d.cache_used)}/{format_size(d.cache_capacity)}",
-            str(d.generation),
-        ]
+        percent = f"{100 * d.cache_used / d.ufs_total:.1f}%" if d.ufs_total else "-"
+        row = [d.spec.name, _size(d.ufs_total), _size(d.cache_used), _size(d.cache_capacity)]
+        row += [percent, d.phase, _age(d.created) if d.created else "-"]
         if wide:
             per = [f"{v.binding.cluster}={binding_phase(v.binding, v.status)}" for v in d.bindings]
             ratios = [
@@ -122,6 +123,7 @@ def datasets_table(items: list[DatasetView], *, wide: bool = False) -> Table:
                 for v in d.bindings
                 if v.status and v.status.hit_ratio is not None
             ]
+            row += [d.spec.namespace, ", ".join(m.uri for m in d.spec.mounts)]
             row += [",".join(per) or "-", ",".join(ratios) or "-"]
         t.add_row(*row)
     return t

@@ -162,6 +162,12 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
     ]
     tiers = cfg.cache if isinstance(cfg, SidecarConfig) else cfg.tiers
     field = "cache" if isinstance(cfg, SidecarConfig) else "tiers"
+    if isinstance(cfg, WorkerConfig):
+        # a worker's file may name its disk tiers relative to itself, as its other paths
+        tiers = [
+            msgspec.structs.replace(t, path="/" + t.path) if t.path[:1] not in ("", "/") else t
+            for t in tiers
+        ]
     for p in validation.check_cache(CacheSpec(tiers=tiers, block_size=_bytes(cfg.block_size)), ""):
         problems.append(Problem(p.message, path=p.path.replace(".tiers", field, 1).lstrip(".")))
     if isinstance(cfg, SidecarConfig):

@@ -210,6 +210,7 @@ class LoadProgress(Message):
     bytes: int = 0
     errors: int = 0
     message: str = ""
+    ufs_bytes: int = 0  # the under storage's bytes under the path (each worker lists it all)
 
 
 class WorkerStatus(Message):

@@ -3,6 +3,7 @@ plain HTTP server (ranged GETs, a manifest for listing) and MinIO."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import socket
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from devkit.local.cluster import free_port
+from devkit.local.s3 import S3Server
 from devkit.testing import eventually_blocking
 from fluidfed.data import ufs
 
@@ -66,3 +68,14 @@ def http_server(root: Path, port: int = 0) -> Iterator[tuple[str, subprocess.Pop
     finally:
         proc.terminate()
         proc.wait()
+
+
+@contextmanager
+def minio_serving(data: Path, prefix: str, work: Path) -> Iterator[S3Server]:
+    """MinIO on loopback (its files in `work`) holding the files of `data` under `prefix`."""
+    server = S3Server(work).start()
+    try:
+        asyncio.run(server.upload(files(data), prefix=prefix))
+        yield server
+    finally:
+        server.stop()

@@ -115,7 +115,7 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
 
     async def fluid_made() -> bool:
         return (
-            len(await _fluid_objects(api, home)) == 2 and len(await _fluid_objects(api, other)) == 1
+            len(await _fluid_objects(api, home)) == 2 and len(await _fluid_objects(api, other)) == 2
         )
 
     await eventually(fluid_made, "Fluid Dataset and Runtime in the standard cluster")
@@ -127,10 +127,14 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
     )
     ref = await custom.get_namespaced_custom_object(*FLUID, other, "datasets", name)
     assert ref["spec"]["mounts"] == [{"mountPoint": f"dataset://{home}/{name}", "name": name}]
+    # the default engine: Fluid's FUSE pods run fluidfed's sidecar, before fluidfed's workers
     runtime = await custom.get_namespaced_custom_object(*FLUID, home, "thinruntimes", name)
-    assert runtime["spec"]["replicas"] == 1
-    assert runtime["spec"]["tieredstore"]["levels"][0]["quota"] == "1Gi"
-    assert await sts_of(api, home, f"fluidfed-{name}-cache") is None
+    profile = await custom.get_cluster_custom_object(
+        *FLUID, "thinruntimeprofiles", runtime["spec"]["profileName"]
+    )
+    assert profile["spec"]["fuse"]["command"][:3] == ["fluidfed", "sidecar", "mount"]
+    assert runtime["spec"]["fuse"]["options"]["workers_replicas"] == "1"
+    assert await sts_of(api, home, f"fluidfed-{name}-cache") is not None
 
     # Fluid's controller reports the cache; the agent carries it to the hub
     await custom.patch_namespaced_custom_object_status(
@@ -141,6 +145,8 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
         {
             "status": {
                 "phase": "Bound",
+                # Fluid's schema requires the conditions its controller keeps
+                "conditions": [{"type": "Ready", "status": "True", "reason": "DatasetReady"}],
                 "cacheStates": {
                     "cached": "512MiB",
                     "cacheCapacity": "1GiB",
@@ -184,12 +190,12 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
         )
 
     async def scaled() -> bool:
-        for kind in ("serverless", "edge"):
+        for kind in ("serverless", "edge", "standard"):
             pods = (await client.CoreV1Api(apis[kind]).list_namespaced_pod(home)).items
             if sorted(p.status.phase for p in pods) != ["Running"] * 3:
                 return False
         rt = await custom.get_namespaced_custom_object(*FLUID, home, "thinruntimes", name)
-        return bool(rt["spec"]["replicas"] == 3)
+        return bool(rt["spec"]["fuse"]["options"]["workers_replicas"] == "3")
 
     await eventually(scaled, "three cache workers per cluster")
 

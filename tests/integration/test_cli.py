@@ -36,7 +36,7 @@ def test_get_describe_apply_as_kubectl_users_type_them(hub: HubProcess, tmp_path
     for kind in ("dataset", "ds", "datasets"):
         r = cli(hub, "get", kind, "imagenet")
         assert r.returncode == 0, r.stderr
-        assert "imagenet" in r.stdout and "NAMESPACE" in r.stdout
+        assert "imagenet" in r.stdout and "UFS TOTAL SIZE" in r.stdout
     r = cli(hub, "get", "ds", "-o", "name")
     assert r.stdout.splitlines() == ["dataset/imagenet"]
     r = cli(hub, "get", "cl", "-o", "name")

@@ -56,12 +56,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def minio(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("minio")).start()
-    try:
-        asyncio.run(server.upload(sources.files(data), prefix="train"))
+    with sources.minio_serving(data, "train", tmp_path_factory.mktemp("minio")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
     agent = fleet.agents["serverless"]
     api_port = free_port()
     agent.stop()
-    agent.write_config(api_port=str(api_port))
+    agent.write_config(api_port=str(api_port), on_change_interval='"1s"')
     agent.start()
 
     name = "warm"
@@ -98,12 +98,25 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
         shown = cli(fleet.hub, "describe", "dataset", name)
         assert "Warm-up" in shown.stdout and "Done" in shown.stdout
 
+        # a path the dataset does not have is an error that names it, not "100% of 0"
+        r = cli(fleet.hub, "dataset", "load", name, "--path", "no/such/dir", timeout=180)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "serverless: Failed" in r.stdout and "nothing under 'no/such/dir'" in r.stdout
+        # a schedule that is no cron schedule is refused before anything is asked
+        r = cli(fleet.hub, "dataset", "load", name, "--schedule", "0 */6 * *")
+        assert r.returncode == 2 and "--schedule" in r.stderr and "has 4 fields" in r.stderr
+
         async def cache_reported() -> Any:
             v = await fleet.view(name)
             st = v.bindings[0].status
             return st if st and st.cache_used >= sum(len(x) for x in want.values()) else None
 
         await eventually(cache_reported, "cache figures reported by the workers")
+        # the load of the whole dataset measured the under storage: Fluid's columns
+        total = sum(len(x) for x in want.values())
+        assert (await fleet.view(name)).ufs_total == total
+        shown = cli(fleet.hub, "get", "datasets", name)
+        assert "UFS TOTAL SIZE" in shown.stdout and "100.0%" in shown.stdout, shown.stdout
 
         # a pod mounting the dataset now reads every block from the warm workers
         side = {
@@ -121,6 +134,28 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
             assert got["worker_misses"] == 0
         finally:
             sc.close()
+
+        # --on-change: loaded now, and again as the under storage changes: a new object is
+        # pulled by the next round, without being asked
+        r = cli(fleet.hub, "dataset", "load", name, "--on-change", timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "whenever its under storage changes" in r.stdout
+        late = os.urandom(3 * BLOCK)
+        (data / "late").mkdir()
+        (data / "late" / "new.bin").write_bytes(late)
+
+        async def pulled() -> Any:
+            v = await fleet.view(name)
+            ld = v.bindings[0].status.load if v.bindings[0].status else None
+            return ld if ld and ld.phase == "Done" and ld.blocks == blocks + 3 else None
+
+        ld = await eventually(pulled, "the changed under storage loaded", timeout=60)
+        assert ld.cached == blocks + 3
+
+        async def remeasured() -> bool:
+            return (await fleet.view(name)).ufs_total == total + len(late)
+
+        await eventually(remeasured, "the under storage's new size")
     finally:
         for w in workers:
             w.stop(signal.SIGKILL)

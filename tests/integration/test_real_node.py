@@ -7,6 +7,7 @@ nothing behind (processes, network namespace, veth, cgroups, mounts, host sysctl
 """
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import ipaddress
@@ -19,16 +20,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
+from agents import objects, trust
 from devkit.local import binaries, cluster, image, netns, realnode
 from devkit.testing import AgentProcess, HubProcess, NotYet, eventually
 from fluidfed import Client, names
-from fluidfed.data import ufs
+from fluidfed.data import credentials, protocol, ufs
 from fluidfed.errors import LocalClusterError
-from fluidfed.models import Access, CacheSpec, Dataset, Mount
+from fluidfed.models import Access, CacheSpec, CacheTier, Dataset, Mount
 from tests.integration import sources
 from tests.integration.test_webhook import create_when_webhook_is_registered
 
@@ -48,12 +51,11 @@ def _cgroups_of(state: realnode.NodeState) -> list[str]:
     return [c for c in state.cgroups if Path(c).exists()]
 
 
-@pytest.fixture(scope="session")
-def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.LocalCluster]:
-    """A serverless cluster whose real node stands in for the virtual node."""
-    base = tmp_path_factory.mktemp("real")
+@contextlib.contextmanager
+def _real_cluster(base: Path, name: str, kind: cluster.Kind) -> Iterator[cluster.LocalCluster]:
+    """A local cluster of `kind` with its real node; its `down` must leave nothing."""
     sysctls = realnode._read_sysctls()
-    lc = cluster.LocalCluster("real", "serverless", base_dir=base, real_node=True)
+    lc = cluster.LocalCluster(name, kind, base_dir=base, real_node=True)
     asyncio.run(lc.up(print))
     state = lc.state
     assert state is not None and state.real_node is not None
@@ -67,17 +69,44 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.L
         assert alive == [], f"processes left behind: {alive}"
         assert netns.leftovers(node_state.network) == []
         assert _cgroups_of(node_state) == []
+        assert not realnode.runtime_dir(node_state.network).exists()
         assert str(base) not in _host_mounts()
-        assert realnode._read_sysctls() == sysctls
+        if not any(Path("/run/netns").glob("fluidfed-*")):  # the last real node is gone
+            assert realnode._read_sysctls() == sysctls
 
 
 @pytest.fixture(scope="session")
-def fluidfed_image(real_cluster: cluster.LocalCluster) -> image.BuiltImage:
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cluster.LocalCluster]:
+    """A serverless cluster whose real node stands in for the virtual node."""
+    with _real_cluster(tmp_path_factory.mktemp("real"), "real", "serverless") as lc:
+        yield lc
+
+
+@pytest.fixture(scope="session")
+def built_image() -> image.BuiltImage:
     built = image.build_fluidfed(print)
     print(f"image {built.ref}: {built.bytes / 2**20:.0f} MiB, built in {built.seconds}s")
-    seconds = asyncio.run(cluster.load_image(real_cluster.dir, built))
-    print(f"imported in {seconds:.1f}s")
     return built
+
+
+@pytest.fixture(scope="session")
+def fluidfed_image(
+    real_cluster: cluster.LocalCluster, built_image: image.BuiltImage
+) -> image.BuiltImage:
+    seconds = asyncio.run(cluster.load_image(real_cluster.dir, built_image))
+    print(f"imported in {seconds:.1f}s")
+    return built_image
+
+
+@pytest.fixture(scope="session")
+def edge_cluster(
+    tmp_path_factory: pytest.TempPathFactory, built_image: image.BuiltImage
+) -> Iterator[cluster.LocalCluster]:
+    """An edge cluster (no native sidecars, the node's disk for cache tiers) with a real
+    node and the image in it."""
+    with _real_cluster(tmp_path_factory.mktemp("edge"), "edge", "edge") as lc:
+        asyncio.run(cluster.load_image(lc.dir, built_image))
+        yield lc
 
 
 def _on_real_node(spec: dict[str, Any]) -> dict[str, Any]:
@@ -640,3 +669,334 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
         await eventually(lambda: _gone(core, "podnet"), "the pod to be deleted", timeout=60)
     # the pod's network namespace lived under the node's directory, not in /run/netns
     assert not [n for n in os.listdir("/run/netns") if n.startswith("cni-")]
+
+
+async def _workers(agent_api: str, dataset: str, key: bytes) -> list[dict[str, Any]]:
+    """The workers of `dataset` registered with the agent, each with its last status."""
+    token = credentials.sign(credentials.Claims(role="agent", dataset=dataset), key)
+    headers = credentials.authorization(token)
+    url = f"{agent_api}{protocol.REGISTER}?dataset={dataset}"
+
+    def get() -> list[dict[str, Any]]:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            got: list[dict[str, Any]] = json.load(r)
+        return got
+
+    return await asyncio.to_thread(get)
+
+
+async def _signing_key(core: Any, dataset: str, namespace: str) -> bytes:
+    secret = await core.read_namespaced_secret(trust.keys_secret_name(dataset), namespace)
+    doc = base64.b64decode(secret.data[names.CREDENTIALS_FILE])
+    cred = msgspec.json.decode(doc, type=credentials.CredentialFile)
+    return credentials.decode_key(cred.keys[cred.sign])
+
+
+@contextlib.asynccontextmanager
+async def _kwok_nodes_cordoned(api: Any) -> AsyncIterator[None]:
+    """The cluster's only schedulable node is the real one while this runs: the cache
+    workers the agent renders go where they really run (kwok's nodes would take them too)."""
+    core = client.CoreV1Api(api)
+    kwok = [
+        n.metadata.name
+        for n in (await core.list_node()).items
+        if n.metadata.name != realnode.NODE_NAME
+    ]
+    for n in kwok:
+        await core.patch_node(n, {"spec": {"unschedulable": True}})
+    try:
+        yield
+    finally:
+        for n in kwok:
+            await core.patch_node(n, {"spec": {"unschedulable": False}})
+
+
+async def _pods_report(api: Any, namespace: str) -> str:
+    """Each pod's phase, its containers' states and their last log lines: what a wait on
+    pods says when it gives up."""
+    core = client.CoreV1Api(api)
+    out = []
+    for p in (await core.list_namespaced_pod(namespace)).items:
+        out.append(f"pod {p.metadata.name} on {p.spec.node_name}: {p.status.phase}")
+        statuses = (p.status.init_container_statuses or []) + (p.status.container_statuses or [])
+        for cs in statuses:
+            out.append(f"  {cs.name}: {cs.state}")
+            with contextlib.suppress(client.ApiException):
+                log = await _logs(api, p.metadata.name, cs.name, namespace)
+                out.extend(f"    | {line}" for line in log.splitlines()[-8:])
+    return "\n".join(out)
+
+
+def _reader_pod(name: str, claim: str, ref: str) -> dict[str, Any]:
+    """An app pod on the pod network (cluster DNS: it finds the workers by name), labelled
+    for injection, reading the whole claim once."""
+    return {
+        "metadata": {"name": name, "labels": {names.INJECT_LABEL: "true"}},
+        "spec": _on_real_node(
+            {
+                "hostNetwork": False,
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": ref,
+                        "imagePullPolicy": "Never",
+                        "command": ["python3", "-c", READER, "/data", "1", "0"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    }
+                ],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+            }
+        ),
+    }
+
+
+async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when_scaled_down(
+    real_cluster: cluster.LocalCluster, fluidfed_image: image.BuiltImage, tmp_path: Path
+) -> None:
+    """Cache workers as the StatefulSet pods the agent renders, on the real node: they
+    register with the agent's API on the node's host side, the first injected reader fills
+    them from the source, the next reader's blocks are all worker hits; scaled 3 -> 2, the
+    leaving worker hands its blocks to the others in its grace period and a third reader
+    still reads nothing from the source."""
+    state = real_cluster.state
+    assert state is not None and state.network is not None
+    src = sources.make_dataset(tmp_path / "src", count=24)
+    want = {
+        str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in src.rglob("*")
+        if p.is_file() and p.name != ufs.MANIFEST
+    }
+    blocks = sum(
+        -(-p.stat().st_size // (4 * 2**20)) for p in src.rglob("*") if p.is_file()
+        and p.name != ufs.MANIFEST
+    )  # fmt: skip
+    name, home = "podworkers", "podworkers-home"
+    api_url = f"http://{state.network.host_ip}:{cluster.free_port()}"
+    hub = HubProcess(tmp_path / "hub").start()
+    agent = AgentProcess(
+        tmp_path, "real", "serverless", str(real_cluster.kubeconfig_path), hub.url,
+        hub.admin_token, capabilities={"privileged": True, "native_sidecar": True},
+    )  # fmt: skip
+    # the workers and sidecars in pods reach the agent on the node's host side
+    host, port = api_url.removeprefix("http://").split(":")
+    agent.write_config(
+        sidecar_image=json.dumps(fluidfed_image.ref),
+        worker_image=json.dumps(fluidfed_image.ref),
+        api_host=json.dumps(host),
+        api_port=port,
+    )
+    agent.start()
+
+    async def apply(c: Client, url: str, replicas: int) -> None:
+        cache = CacheSpec(replicas=replicas, min_replicas=replicas, max_replicas=replicas)
+        await c.apply_dataset(
+            Dataset(
+                name=name, namespace=home, mounts=[Mount(uri=url)],
+                access=[Access(namespace=home)], cache=cache,
+            )
+        )  # fmt: skip
+
+    async def read(core: Any, api: Any, pod: str) -> None:
+        await create_when_webhook_is_registered(
+            core, home, _reader_pod(pod, name, fluidfed_image.ref)
+        )
+
+        async def finished() -> Any:
+            p = await core.read_namespaced_pod(pod, home)
+            return p if p.status.phase in ("Succeeded", "Failed") else NotYet(p.status.phase)
+
+        done = await eventually(finished, f"{pod} to finish", timeout=180)
+        side = done.spec.init_containers[0].name
+        assert done.status.phase == "Succeeded", await _logs(api, pod, side, home)
+        assert _rounds(await _logs(api, pod, "app", home)) == [{"round": 0, "sums": want}]
+        await core.delete_namespaced_pod(pod, home)
+
+    try:
+        async with (
+            _http_on(state.network.host_ip, src) as url,
+            Client(hub.url, hub.admin_token) as c,
+            await real_cluster.api_client() as api,
+            _kwok_nodes_cordoned(api),
+        ):
+            core = client.CoreV1Api(api)
+            await apply(c, url, 3)
+
+            async def ready(n: int) -> Any:
+                v = await c.get_dataset(name)
+                st = v.bindings[0].status if v.bindings else None
+                ok = st is not None and st.phase == "Bound" and st.ready_workers == n
+                return True if ok else NotYet(f"{st}; {await _pods_report(api, home)}")
+
+            await eventually(lambda: ready(3), "3 cache workers ready in pods", timeout=180)
+            key = await _signing_key(core, name, home)
+            pods = await core.list_namespaced_pod(
+                home, label_selector=f"{names.COMPONENT_LABEL}=cache-worker"
+            )
+            assert {p.spec.node_name for p in pods.items} == {realnode.NODE_NAME}
+
+            def totals(ws: list[dict[str, Any]]) -> tuple[int, int, int]:
+                st = [w["status"] for w in ws]
+                return (
+                    sum(s["hits"] for s in st),
+                    sum(s["misses"] for s in st),
+                    sum(s["ufs"]["reads"] for s in st),
+                )
+
+            await read(core, api, "first")
+            hits0, misses0, ufs0 = totals(await _workers(api_url, name, key))
+            assert misses0 >= blocks and ufs0 >= blocks  # the first reader filled them
+
+            await read(core, api, "second")
+
+            async def reported_hits() -> Any:
+                got = totals(await _workers(api_url, name, key))
+                return got if got[0] - hits0 >= blocks else NotYet(got)
+
+            hits1, misses1, ufs1 = await eventually(reported_hits, "the workers' hits", timeout=30)
+            assert (hits1 - hits0, misses1, ufs1) == (blocks, misses0, ufs0)  # all hits
+
+            await apply(c, url, 2)
+            await eventually(lambda: ready(2), "2 cache workers after scaling down", timeout=180)
+
+            async def two_left() -> Any:
+                ps = await core.list_namespaced_pod(
+                    home, label_selector=f"{names.COMPONENT_LABEL}=cache-worker"
+                )
+                return ps if len(ps.items) == 2 else NotYet(len(ps.items))
+
+            await eventually(two_left, "the third worker pod gone", timeout=120)
+            before = totals(await _workers(api_url, name, key))
+            await read(core, api, "third")
+
+            async def third_hits() -> Any:
+                got = totals(await _workers(api_url, name, key))
+                return got if got[0] - before[0] >= blocks else NotYet(got)
+
+            after = await eventually(third_hits, "the remaining workers' hits", timeout=30)
+            # the leaving worker's blocks moved in its grace period: still nothing from S3
+            assert after[2] == before[2], (before, after)
+    finally:
+        agent.stop()
+        print(f"--- agent log (tail) ---\n{agent.log_text()[-3000:]}")
+        hub.stop()
+
+
+async def test_edge_job_in_the_legacy_form_reads_the_workers_disk_tier_on_its_node(
+    edge_cluster: cluster.LocalCluster, built_image: image.BuiltImage, tmp_path: Path
+) -> None:
+    """An edge cluster without native sidecars: a Job's injected pod (the sidecar a
+    regular container, gated by postStart) completes and its sidecar ends with it; the
+    cache worker keeps its blocks in the node's directory (the tier's path), and the next
+    Job's sidecar, on the same node, reads those block files itself (short-circuit)."""
+    state = edge_cluster.state
+    assert state is not None and state.network is not None
+    src = sources.make_dataset(tmp_path / "src", count=12)
+    want = {
+        str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in src.rglob("*")
+        if p.is_file() and p.name != ufs.MANIFEST
+    }
+    blocks = sum(
+        -(-p.stat().st_size // (4 * 2**20)) for p in src.rglob("*") if p.is_file()
+        and p.name != ufs.MANIFEST
+    )  # fmt: skip
+    ssd = tmp_path / "ssd"
+    name, home = "edgejob", "edgejob-home"
+    host = state.network.host_ip
+    port = cluster.free_port()
+    hub = HubProcess(tmp_path / "hub").start()
+    agent = AgentProcess(
+        tmp_path, "edge", "edge", str(edge_cluster.kubeconfig_path), hub.url, hub.admin_token,
+        capabilities={"privileged": True, "native_sidecar": False},
+    )  # fmt: skip
+    agent.write_config(
+        sidecar_image=json.dumps(built_image.ref),
+        worker_image=json.dumps(built_image.ref),
+        api_host=json.dumps(host),
+        api_port=str(port),
+    )
+    agent.start()
+
+    def job(job_name: str) -> dict[str, Any]:
+        pod = _reader_pod(job_name, name, built_image.ref)
+        # an app that outlives one of the legacy sidecar's process polls (every second)
+        pod["spec"]["containers"][0]["command"][-1] = "2"
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": job_name},
+            "spec": {"backoffLimit": 0, "template": pod},
+        }
+
+    async def run(api: Any, job_name: str) -> None:
+        batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+        await batch.create_namespaced_job(home, job(job_name))
+
+        async def finished() -> Any:
+            j = await batch.read_namespaced_job(job_name, home)
+            if j.status.succeeded or j.status.failed:
+                return j
+            return NotYet(await _pods_report(api, home))
+
+        done = await eventually(finished, f"job {job_name} to finish", timeout=180)
+        (pod,) = (await core.list_namespaced_pod(home, label_selector=f"job-name={job_name}")).items
+        assert done.status.succeeded == 1, await _pods_report(api, home)
+        # the legacy form: the sidecar is the first regular container and left with the app
+        assert pod.metadata.annotations[names.MODE_ANNOTATION] == "legacy"
+        side = pod.status.container_statuses[0] if pod.status.container_statuses else None
+        assert side is not None and side.state.terminated is not None
+        assert side.state.terminated.exit_code == 0
+        logs = await _logs(api, pod.metadata.name, "app", home)
+        assert _rounds(logs) == [{"round": 0, "sums": want}]
+
+    try:
+        async with (
+            _http_on(host, src) as url,
+            Client(hub.url, hub.admin_token) as c,
+            await edge_cluster.api_client() as api,
+            _kwok_nodes_cordoned(api),
+        ):
+            tier = CacheTier(medium="SSD", quota=2**30, path=str(ssd))
+            await c.apply_dataset(
+                Dataset(
+                    name=name, namespace=home, mounts=[Mount(uri=url)],
+                    access=[Access(namespace=home)],
+                    cache=CacheSpec(replicas=1, min_replicas=1, max_replicas=1, tiers=[tier]),
+                )
+            )  # fmt: skip
+
+            async def ready() -> Any:
+                v = await c.get_dataset(name)
+                st = v.bindings[0].status if v.bindings else None
+                ok = st is not None and st.phase == "Bound" and st.ready_workers == 1
+                return True if ok else NotYet(f"{st}; {await _pods_report(api, home)}")
+
+            await eventually(ready, "the cache worker ready in its pod", timeout=180)
+            await eventually(
+                lambda: asyncio.sleep(0, "sidecar webhook serving on" in agent.log_text()),
+                "the webhook serving",
+            )
+            core = client.CoreV1Api(api)
+            key = await _signing_key(core, name, home)
+            await run(api, "first")
+            # the worker's blocks are files in the node's directory of the tier
+            stored = [p for p in ssd.rglob("*") if p.is_file()]
+            assert len(stored) >= blocks, stored
+            assert all(p.stat().st_uid == objects.IMAGE_UID for p in stored)
+            (worker,) = await _workers(f"http://{host}:{port}", name, key)
+            served0 = worker["status"]["served"]["short_circuit"]
+
+            await run(api, "second")
+
+            async def short_circuited() -> Any:
+                (w,) = await _workers(f"http://{host}:{port}", name, key)
+                st = w["status"]
+                got = st["served"]["short_circuit"] - served0
+                return st if got >= blocks else NotYet(st["served"])
+
+            st = await eventually(short_circuited, "the sidecar's own reads reported", timeout=30)
+            assert st["ufs"]["reads"] == worker["status"]["ufs"]["reads"]  # nothing from S3
+    finally:
+        agent.stop()
+        print(f"--- agent log (tail) ---\n{agent.log_text()[-3000:]}")
+        hub.stop()

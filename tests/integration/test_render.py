@@ -19,7 +19,19 @@ pytestmark = pytest.mark.integration
     ("kind", "expected"),
     [
         ("edge", {"ConfigMap", "Secret", "NetworkPolicy", "Service", "StatefulSet"}),
-        ("standard", {"Dataset", "ThinRuntime"}),
+        (
+            "standard",
+            {
+                "Dataset",
+                "ThinRuntime",
+                "ThinRuntimeProfile",
+                "ConfigMap",
+                "Secret",
+                "NetworkPolicy",
+                "Service",
+                "StatefulSet",
+            },
+        ),
     ],
 )
 def test_rendered_objects_are_what_the_cluster_accepts(

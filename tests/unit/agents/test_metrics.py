@@ -57,6 +57,21 @@ def test_hit_and_used_ratios_come_from_the_workers() -> None:
     assert w.latest("ds")[WORKER]["fluidfed.cache.used"] == 50
 
 
+def test_readers_gone_while_the_workers_report_is_a_read_rate_of_zero() -> None:
+    """The serverless case: the jobs' pods ended (their sidecars with them), the workers
+    run on; without a rate of 0 the cache would never scale down."""
+    w = MetricWindow(window=10)
+    w.add(pt("fluidfed.read.bytes", 0, 0))
+    w.add(pt("fluidfed.read.bytes", 5, 500))
+    for t in range(0, 60, 5):
+        w.add(pt("fluidfed.cache.hits", t, t, service=WORKER))
+    assert w.figures("ds", now=5).read_bytes_per_second == pytest.approx(100)
+    assert w.figures("ds", now=55).read_bytes_per_second == 0.0
+    w.forget_before(1000)  # all forgotten: nothing to go on again
+    w.add(pt("fluidfed.cache.hits", 1001, 1, service=WORKER))
+    assert w.figures("ds", now=1001).read_bytes_per_second is None
+
+
 def test_nothing_fresh_means_no_figures() -> None:
     w = MetricWindow(window=10)
     w.add(pt("fluidfed.read.bytes", 0, 0))

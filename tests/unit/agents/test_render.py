@@ -16,6 +16,7 @@ from fluidfed.models import (
     Access,
     Binding,
     CacheSpec,
+    LoadRequest,
     Mount,
     MountMode,
     Resources,
@@ -95,6 +96,13 @@ def test_sidecar_binding_objects() -> None:
     assert {"name": "tier-1-ssd", "mountPath": seen} in c["volumeMounts"]
     assert wcfg.tiers[1].path == seen + "/{pod}" and wcfg.tiers[0].path == ""
     assert layout.own_tiers(wcfg.tiers, "w-0")[1].path == seen + "/w-0"
+    # the image's user runs the worker: the keys' Secret is its group's, and the node's tier
+    # directory (the kubelet makes it root's) is handed to it before the worker starts
+    assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] == 65532
+    (owner,) = pod["initContainers"]
+    assert owner["command"] == ["chown", "65532:65532", seen]
+    assert owner["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert owner["volumeMounts"] == [{"name": "tier-1-ssd", "mountPath": seen}]
     # research reads val/ only: not the node's block files, which hold every sub-path
     assert cfg.short_circuit is False
     assert "tolerations" not in pod  # an edge node needs none
@@ -125,13 +133,13 @@ def test_serverless_workers_tolerate_the_virtual_node() -> None:
     # and sidecars that do not look for block files
     vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
     assert vols["tier-1-ssd"] == {"name": "tier-1-ssd", "emptyDir": {"sizeLimit": "50Gi"}}
+    assert "initContainers" not in sts["spec"]["template"]["spec"]  # fsGroup covers emptyDir
     cm = next(o for o in by_kind(objs)["ConfigMap"] if o["metadata"]["namespace"] == "ml")
     assert json.loads(cm["data"]["sidecar.json"])["short_circuit"] is False
 
 
 def test_csi_binding_is_fluid_objects_with_references() -> None:
     kinds = by_kind(render.desired(binding("csi"), CTX, CREDS))
-    assert "StatefulSet" not in kinds and "ConfigMap" not in kinds
     home, ref = kinds["Dataset"]
     assert home["metadata"]["namespace"] == "ml"
     assert home["spec"]["mounts"][0]["mountPoint"] == "s3://b/p"
@@ -142,26 +150,63 @@ def test_csi_binding_is_fluid_objects_with_references() -> None:
     ]
     assert ref["metadata"]["namespace"] == "research"
     assert ref["spec"]["mounts"] == [{"mountPoint": "dataset://ml/imagenet", "name": "imagenet"}]
-    (rt,) = kinds["ThinRuntime"]
-    assert rt["spec"]["replicas"] == 2
-    assert rt["spec"]["tieredstore"]["levels"][0] == {
-        "mediumtype": "MEM",
-        "path": "/dev/shm",
-        "quota": "2Gi",
-        "high": "0.95",
-        "low": "0.7",
-    }
+    # the default engine: fluidfed's sidecar as the FUSE container of a ThinRuntimeProfile
+    (prof,) = kinds["ThinRuntimeProfile"]
+    assert "namespace" not in prof["metadata"]  # cluster-scoped
+    fuse = prof["spec"]["fuse"]
+    assert (fuse["image"], fuse["imageTag"]) == ("img", "1")
+    assert fuse["command"][:5] == [
+        "fluidfed", "sidecar", "mount", "--fluid-config", "/etc/fluid/config/config.json"
+    ]  # fmt: skip
+    rt, ref_rt = kinds["ThinRuntime"]
+    assert rt["spec"]["profileName"] == prof["metadata"]["name"]
+    opts = rt["spec"]["fuse"]["options"]
+    assert (opts["dataset"], opts["block_size"]) == ("imagenet", str(4 * 2**20))
+    # fluidfed's cache workers behind Fluid's FUSE pods, as for sidecars
+    (sts,) = kinds["StatefulSet"]
+    assert sts["spec"]["replicas"] == 2 and opts["workers_replicas"] == "2"
+    assert opts["workers_statefulset"] == sts["metadata"]["name"]
+    assert opts["workers_service"] == f"{sts['metadata']['name']}.ml.svc"
+    (cm,) = kinds["ConfigMap"]
+    assert set(cm["data"]) == {"worker.json"} and cm["metadata"]["namespace"] == "ml"
+    # the FUSE pods read the whole dataset with a reader token, labelled as readers
+    (reader,) = [s for s in kinds["Secret"] if s["metadata"]["name"].endswith("-reader")]
+    token = json.loads(base64.b64decode(reader["data"][names.CREDENTIALS_FILE]))["token"]
+    claims = credentials.verify(token, [NEW, OLD])
+    assert (claims.role, claims.namespace, claims.sub_path) == ("reader", "ml", "")
+    mount = fuse["volumeMounts"][0]
+    assert opts["credentials_file"].startswith(mount["mountPath"] + "/")
+    assert prof["spec"]["volumes"][0]["secret"]["secretName"] == reader["metadata"]["name"]
+    assert fuse["podMetadata"]["labels"] == {trust.reader_label("imagenet"): "true"}
+    # Fluid's reference mode: a ThinRuntime without a profile beside the dataset:// Dataset
+    assert ref_rt["metadata"]["namespace"] == "research" and ref_rt["spec"] == {}
 
 
 @pytest.mark.parametrize(
-    ("engine", "kind"), [("juicefs", "JuiceFSRuntime"), ("alluxio", "AlluxioRuntime")]
+    ("engine", "kind"),
+    [("juicefs", "JuiceFSRuntime"), ("alluxio", "AlluxioRuntime"), ("jindo", "JindoRuntime")],
 )
-def test_runtime_kind_follows_the_engine(engine: str, kind: str) -> None:
-    b = binding("csi")
-    ds = testing.dataset("d", uri="s3://b", cache=CacheSpec(engine=engine))  # type: ignore[arg-type]
-    b2 = testing.binding(ds, mode="csi")
-    assert kind in by_kind(render.desired(b2, CTX, CREDS))
-    assert b.spec.cache.engine == "thin"
+def test_cache_engines_get_their_runtime_with_the_tiers(engine: str, kind: str) -> None:
+    uri = "juicefs:///d" if engine == "juicefs" else "s3://b"
+    ds = testing.dataset(
+        "d",
+        uri=uri,
+        cache=CacheSpec(engine=engine, tiers=[testing.cache_tier("MEM", 2**31)]),  # type: ignore[arg-type]
+    )
+    kinds = by_kind(render.desired(testing.binding(ds, mode="csi", replicas=2), CTX, CREDS))
+    (rt,) = kinds[kind]
+    assert rt["spec"]["replicas"] == 2
+    assert rt["spec"]["tieredstore"]["levels"] == [
+        {"mediumtype": "MEM", "path": "/dev/shm", "quota": "2Gi", "high": "0.95", "low": "0.7"}
+    ]
+    assert "ThinRuntimeProfile" not in kinds and "StatefulSet" not in kinds
+
+
+def test_a_reference_dataset_is_fluids_reference_mode() -> None:
+    ds = testing.dataset("r", uri="dataset://ml/imagenet")
+    kinds = by_kind(render.desired(testing.binding(ds, mode="csi"), CTX, CREDS))
+    (rt,) = kinds["ThinRuntime"]
+    assert rt["spec"] == {} and "ThinRuntimeProfile" not in kinds
 
 
 def test_long_names_are_cut_and_stay_unique() -> None:
@@ -263,6 +308,32 @@ def test_the_workers_admit_only_the_datasets_readers_their_peers_and_the_agent()
     assert agent["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "fluidfed-agent"}}
 
 
-def test_csi_bindings_get_no_secrets() -> None:
-    kinds = by_kind(render.desired(binding("csi"), CTX, trust.DataCredentials(keys=())))
+def test_csi_bindings_of_fluids_cache_engines_get_no_secrets() -> None:
+    ds = testing.dataset("d", uri="s3://b", cache=CacheSpec(engine="alluxio"))
+    b = testing.binding(ds, mode="csi")
+    kinds = by_kind(render.desired(b, CTX, trust.DataCredentials(keys=())))
     assert "Secret" not in kinds and "NetworkPolicy" not in kinds
+
+
+def loading(engine: str, **load: Any) -> Binding:
+    ds = testing.dataset("d", namespace="ml", uri="s3://b", cache=CacheSpec(engine=engine))  # type: ignore[arg-type]
+    return testing.binding(ds, mode="csi", load=LoadRequest(id=42, **load))
+
+
+def test_fluids_engines_load_with_fluids_dataload() -> None:
+    (once,) = by_kind(render.desired(loading("alluxio", path="train"), CTX, CREDS))["DataLoad"]
+    assert once["metadata"]["name"] == "d-load-42" and once["metadata"]["namespace"] == "ml"
+    assert once["spec"] == {
+        "dataset": {"name": "d", "namespace": "ml"},
+        "loadMetadata": True,
+        "policy": "Once",
+        "target": [{"path": "/train"}],
+    }
+    (cron,) = by_kind(render.desired(loading("jindo", schedule="0 */6 * * *"), CTX, CREDS))[
+        "DataLoad"
+    ]
+    assert (cron["spec"]["policy"], cron["spec"]["schedule"]) == ("Cron", "0 */6 * * *")
+    (changes,) = by_kind(render.desired(loading("juicefs", on_change=True), CTX, CREDS))["DataLoad"]
+    assert changes["spec"]["policy"] == "Cron" and changes["spec"]["loadMetadata"] is True
+    # fluidfed's engine loads on its own workers: no DataLoad
+    assert "DataLoad" not in by_kind(render.desired(loading("fluidfed"), CTX, CREDS))

@@ -1,10 +1,12 @@
 """A binding's status, computed from the live objects it made."""
 
+from typing import Any
+
 import pytest
 
 from agents import status
 from devkit import testing
-from fluidfed.models import Binding, CacheSpec, MountMode
+from fluidfed.models import Binding, CacheSpec, LoadRequest, LoadStatus, MountMode
 
 
 def binding(mode: MountMode = "sidecar") -> Binding:
@@ -45,7 +47,10 @@ def test_status_of_a_csi_binding_reads_fluid() -> None:
                 },
             }
         },
-        (api, "ThinRuntime", "ml", "imagenet"): {"status": {"workerNumberReady": 2}},
+        # fluidfed's own workers serve the default engine behind Fluid's FUSE pods
+        ("apps/v1", "StatefulSet", "ml", "fluidfed-imagenet-cache"): {
+            "status": {"readyReplicas": 2}
+        },
     }
     st = status.compute(b, live)
     assert (st.phase, st.cache_used, st.cache_capacity, st.ready_workers) == (
@@ -60,3 +65,39 @@ def test_status_of_a_csi_binding_reads_fluid() -> None:
         status.compute(b, {(api, "Dataset", "ml", "imagenet"): {"status": "Failure"}}).phase
         == "Pending"
     )
+
+
+@pytest.mark.parametrize(
+    ("fluid_status", "phase", "says"),
+    [
+        ({}, "Waiting", "Fluid DataLoad d-load-7: created"),
+        ({"phase": "Executing", "conditions": []}, "Running", "Executing"),
+        ({"phase": "Complete", "duration": "12s", "conditions": []}, "Done", "Complete in 12s"),
+        (
+            {
+                "phase": "Failed",
+                "conditions": [{"type": "Failed", "status": "True", "message": "/x: no such"}],
+            },
+            "Failed",
+            "/x: no such",
+        ),
+    ],
+)
+def test_a_fluid_warm_up_is_read_from_its_dataload(
+    fluid_status: dict[str, Any], phase: str, says: str
+) -> None:
+    ds = testing.dataset("d", namespace="ml", cache=CacheSpec(engine="alluxio"))
+    b = testing.binding(ds, mode="csi", load=LoadRequest(id=7, path="x"))
+    live = {("data.fluid.io/v1alpha1", "DataLoad", "ml", "d-load-7"): {"status": fluid_status}}
+    ld = status.compute(b, live).load
+    assert ld is not None and (ld.id, ld.phase, ld.path) == (7, phase, "x")
+    assert says in ld.message
+
+
+def test_a_load_of_the_whole_dataset_measures_the_under_storage() -> None:
+    st = status.compute(binding(), {})
+    whole = LoadStatus(id=1, phase="Done", ufs_bytes=5 * 2**30)
+    assert status.with_workers(st, None, whole).ufs_total == 5 * 2**30
+    part = LoadStatus(id=2, phase="Done", path="train", ufs_bytes=2**30)
+    assert status.with_workers(st, None, part).ufs_total == 0  # a part is not the whole
+    assert status.with_workers(st, None, part, measured=5 * 2**30).ufs_total == 5 * 2**30

@@ -54,7 +54,13 @@ def test_kubelet_and_containerd_configs_carry_what_this_machine_needs() -> None:
     assert cfg["address"] == "10.213.0.2" and cfg["cgroupRoot"] == "/caller/fluidfed-x"
     assert cfg["registerWithTaints"] == taints
     yaml.safe_dump(cfg)  # serialisable as written
-    toml = realnode.containerd_config(d, bins, image.PAUSE_REF)
+    toml = realnode.containerd_config(d, bins, image.PAUSE_REF, realnode.socket_path(net))
+    # a deep cluster directory must not push the socket past a unix socket's 107 bytes
+    assert 'address = "/run/fluidfed/real-nodes/fluidfed-x/containerd.sock"' in toml
+    assert (
+        cfg["containerRuntimeEndpoint"]
+        == "unix:///run/fluidfed/real-nodes/fluidfed-x/containerd.sock"
+    )
     assert "restrict_oom_score_adj = true" in toml
     assert f'sandbox = "{image.PAUSE_REF}"' in toml
     assert 'bin_dirs = ["/bin/testbin/cni"]' in toml
@@ -68,6 +74,15 @@ def test_kubelet_and_containerd_configs_carry_what_this_machine_needs() -> None:
     assert "mount -t sysfs sysfs /sys" in script and "mount --make-rshared /" in script
     assert script.index("mount --move") < script.index("--make-rshared")
     assert "--node-ip=10.213.0.2" in script and "echo $$ > /sys/fs/cgroup/memory/x" in script
+    # the cluster DNS: pods resolve names with the node's CoreDNS, which reads only what it needs
+    assert cfg["clusterDNS"] == ["10.213.0.2"] and cfg["clusterDomain"] == "cluster.local"
+    assert script.index("coredns -conf") < script.index("exec ")
+    corefile = realnode.corefile(d, net)
+    assert "bind 10.213.0.2" in corefile and "kubeconfig /c/node/coredns.kubeconfig" in corefile
+    assert "forward" not in corefile  # nothing beyond the cluster's names leaves the node
+    role, binding = realnode.dns_rbac()
+    assert {v for r in role["rules"] for v in r["verbs"]} == {"list", "watch"}
+    assert binding["subjects"][0]["name"] == realnode.DNS_USER
 
 
 def test_the_images_pyproject_leaves_the_dev_kit_out() -> None:

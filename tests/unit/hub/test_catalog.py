@@ -251,3 +251,19 @@ async def test_dataset_references_reach_fluid_as_it_reads_them_and_never_a_sidec
         await cat.register_cluster(Cluster(name="s"))
     assert "need a cluster with Fluid" in info.value.problems[0].message
     assert "s" not in cat.clusters
+
+
+async def test_a_dataset_bound_on_some_clusters_is_partially_bound(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path, clock=lambda: 1000.0)
+    for name in ("a", "b", "c"):
+        await cat.register_cluster(Cluster(name=name))
+    await cat.apply_dataset(ds())
+    assert cat.dataset_view("ds").phase == "Pending" and cat.dataset_view("ds").created == 1000.0
+    gib = 2**30
+    await cat.report_status("ds.a", testing.binding_status("Bound", ufs_total=3 * gib))
+    await cat.report_status("ds.b", testing.binding_status("Bound", cache_used=gib))
+    v = cat.dataset_view("ds")
+    assert v.phase == "PartiallyBound (2/3)"
+    assert (v.ufs_total, v.cache_used) == (3 * gib, gib)
+    await cat.report_status("ds.c", testing.binding_status("Bound"))
+    assert cat.dataset_view("ds").phase == "Bound"

@@ -1,6 +1,9 @@
 """Rules over the whole catalog: binding names that fit a label value, dataset:// references
 that exist and do not cycle, and who still mounts a dataset."""
 
+import pytest
+
+from devkit import testing
 from fluidfed.models import Dataset, Mount
 from hub import consistency
 
@@ -36,3 +39,24 @@ def test_referrers_are_the_datasets_that_mount_one() -> None:
     b = Dataset(name="b", mounts=[Mount(uri="s3://x/y")])
     assert consistency.referrers("b", {"a": a, "b": b}) == ["a"]
     assert consistency.referrers("a", {"a": a, "b": b}) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "refused"),
+    [
+        ("dataset://other", True),
+        ("nfs://0a1b-x.cn-hangzhou.nas.aliyuncs.com:/d", True),
+        ("juicefs:///d", True),
+        ("s3://b/p", False),
+        ("file:///data", False),
+    ],
+)
+def test_only_clusters_with_fluid_serve_what_the_sidecar_cannot_read(
+    uri: str, refused: bool
+) -> None:
+    d = testing.dataset("d", mounts=[Mount(uri="s3://b/p"), Mount(uri=uri, name="x")])
+    assert consistency.check_served(d, "edge", "csi") == []
+    got = consistency.check_served(d, "edge", "sidecar")
+    assert [p.path for p in got] == (["dataset.mounts[1].uri"] if refused else [])
+    if refused:
+        assert "need a cluster with Fluid" in got[0].message and "edge" in got[0].message

@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from agents.webhook import mutate as m
-from fluidfed.models import Access, CacheSpec, CacheTier, Capabilities
+from devkit import testing
+from fluidfed.models import Access, CacheSpec, CacheTier, Capabilities, Mount
 from fluidfed.units import ByteSize
 from tests.unit.agents.webhook.pods import BINDINGS, LEGACY, PRIV, apply_patch, binding, pod
 
@@ -79,16 +80,20 @@ def test_the_sidecar_gets_its_namespaces_reader_token_and_the_pod_the_readers_la
     assert out["metadata"]["labels"]["fluidfed.io/reader-imagenet"] == "true"
 
 
-def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
+def _ssd_bindings() -> dict[str, Any]:
+    """A dataset with a disk tier: ml reads all of it, research only val/."""
     b = binding("ssd")
     tiers = [
         CacheTier(medium="MEM", quota=ByteSize(2**30)),
         CacheTier(medium="SSD", quota=ByteSize(2**34), path="/mnt/nvme"),
     ]
-    # ml reads the whole dataset; research only val/
     access = [Access(namespace="ml"), Access(namespace="research", sub_path="val")]
     spec = msgspec.structs.replace(b.spec, cache=CacheSpec(tiers=tiers), access=access)
-    bindings = {"ssd": msgspec.structs.replace(b, spec=spec)}
+    return {"ssd": msgspec.structs.replace(b, spec=spec)}
+
+
+def test_the_sidecar_sees_the_nodes_disk_tiers_read_only() -> None:
+    bindings = _ssd_bindings()
     asks = pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}])
     out = m.mutate(asks, "ml", bindings, PRIV).pod
     assert out is not None
@@ -279,3 +284,143 @@ def test_a_long_dataset_name_still_gives_names_kubernetes_takes() -> None:
         c["name"] for c in spec.get("initContainers", []) + spec["containers"]
     ]
     assert all(len(n) <= 63 for n in names_), [n for n in names_ if len(n) > 63]
+
+
+SSD_POD = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}]}
+
+WORKERS_TERM = {
+    "weight": 100,
+    "podAffinityTerm": {
+        # the StatefulSet's pods (agents/render.py), in the dataset's home namespace
+        "labelSelector": {
+            "matchLabels": {
+                "fluidfed.io/binding": "ssd.c",
+                "app.kubernetes.io/component": "cache-worker",
+            }
+        },
+        "namespaces": ["ml"],
+        "topologyKey": "kubernetes.io/hostname",
+    },
+}
+
+
+def _mutated(p: dict[str, Any], ns: str = "ml", **settings: Any) -> dict[str, Any]:
+    bindings = _ssd_bindings()
+    d = m.mutate(p, ns, bindings, PRIV, m.SidecarSettings(**settings))
+    assert d.allowed and d.pod is not None, d.message
+    assert apply_patch(p, d.patch) == d.pod
+    return d.pod
+
+
+def test_a_short_circuit_reader_prefers_the_nodes_of_the_datasets_workers() -> None:
+    bindings = _ssd_bindings()
+    assert bindings["ssd"].name == "ssd.c"  # the binding the workers are labelled with
+    assert m.worker_affinity(bindings["ssd"]) == WORKERS_TERM
+    out = _mutated(pod(**SSD_POD))
+    assert out["spec"]["affinity"] == {
+        "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [WORKERS_TERM]}
+    }
+
+
+def test_no_data_affinity_where_a_reader_could_not_short_circuit() -> None:
+    # serverless: sidecars share no node with the workers
+    assert "affinity" not in _mutated(pod(**SSD_POD), short_circuit=False)["spec"]
+    # a sub-path reader asks the workers over HTTP, wherever they are
+    assert "affinity" not in _mutated(pod(**SSD_POD), ns="research")["spec"]
+    # memory tiers only: no block files on the node to read
+    assert "affinity" not in injected(pod())["spec"]
+
+
+def test_the_pods_own_affinity_is_kept_and_the_workers_term_added_once() -> None:
+    zone = {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+        ]
+    }
+    theirs_preferred = {
+        "weight": 10,
+        "podAffinityTerm": {
+            "labelSelector": {"matchLabels": {"app": "ps"}},
+            "topologyKey": "topology.kubernetes.io/zone",
+        },
+    }
+    theirs_required = {
+        "labelSelector": {"matchLabels": {"app": "db"}},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+    apart = {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
+        ]
+    }
+    asks = pod(**SSD_POD)
+    asks["spec"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": zone},
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [theirs_required],
+            "preferredDuringSchedulingIgnoredDuringExecution": [theirs_preferred],
+        },
+        "podAntiAffinity": apart,
+    }
+    out = _mutated(asks)
+    assert out["spec"]["affinity"] == {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": zone},
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [theirs_required],
+            "preferredDuringSchedulingIgnoredDuringExecution": [theirs_preferred, WORKERS_TERM],
+        },
+        "podAntiAffinity": apart,
+    }
+    # the original pod is left as it was
+    assert asks["spec"]["affinity"]["podAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ] == [theirs_preferred]
+    # a pod that already prefers the workers (written by hand) keeps one term
+    asks["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] = [
+        WORKERS_TERM
+    ]
+    again = _mutated(asks)["spec"]["affinity"]["podAffinity"]
+    assert again["preferredDuringSchedulingIgnoredDuringExecution"] == [WORKERS_TERM]
+
+
+def test_a_pod_reading_two_datasets_prefers_the_workers_of_each() -> None:
+    bindings = _ssd_bindings()
+    b = bindings["ssd"]
+    other = msgspec.structs.replace(
+        b,
+        name="nvme.c",
+        dataset="nvme",
+        spec=msgspec.structs.replace(b.spec, name="nvme", namespace="ml"),
+    )
+    bindings["nvme"] = other
+    asks = pod(
+        volumes=[
+            {"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}},
+            {"name": "more", "persistentVolumeClaim": {"claimName": "nvme"}},
+        ]
+    )
+    d = m.mutate(asks, "ml", bindings, PRIV)
+    assert d.pod is not None
+    preferred = d.pod["spec"]["affinity"]["podAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred == [m.worker_affinity(b), m.worker_affinity(other)]
+    assert (
+        preferred[1]["podAffinityTerm"]["labelSelector"]["matchLabels"]["fluidfed.io/binding"]
+        == "nvme.c"
+    )
+
+
+def test_the_sidecar_gets_the_sources_secret_where_the_namespace_has_it() -> None:
+    mounts = [Mount(uri="s3://b/p", secret="s3-creds"), Mount(uri="s3://c/q", secret="s3-creds")]
+    ds = testing.dataset("secured", namespace="ml", mounts=mounts, access=[Access(namespace="ml")])
+    p = pod(
+        annotations={"fluidfed.io/datasets": "secured=ds"}, volumes=[{"name": "ds", "emptyDir": {}}]
+    )
+    d = m.mutate(p, "ml", {"secured": testing.binding(ds)}, PRIV, m.SidecarSettings(image="ff:1"))
+    assert d.pod is not None
+    side = d.pod["spec"]["initContainers"][0]
+    # it lists the source and reads it when no worker answers; optional: a reader namespace
+    # without a copy of the Secret still starts and reads through the workers
+    assert side["envFrom"] == [{"secretRef": {"name": "s3-creds", "optional": True}}]
+    assert "envFrom" not in injected(pod())["spec"]["initContainers"][0]  # no secret, none

@@ -57,3 +57,18 @@ def test_a_sidecar_or_worker_config_is_checked_like_the_dataset_it_serves() -> N
     assert "not a worker URL" in got["workers.endpoints[0]"]
     worker = WorkerConfig(dataset="imagenet", mounts=[Mount(uri="s3://b/p")], port=70000)
     assert "not a TCP port" in {p.path: p.message for p in check_config(worker)}["port"]
+
+
+def test_a_worker_file_may_name_its_disk_tier_relative_to_itself() -> None:
+    from fluidfed.data.layout import WorkerConfig, check_config
+    from fluidfed.models import CacheTier
+    from fluidfed.units import ByteSize
+
+    def worker(path: str) -> WorkerConfig:
+        tiers = [CacheTier(medium="SSD", quota=ByteSize(2**30), path=path)]
+        return WorkerConfig(dataset="imagenet", mounts=[Mount(uri="s3://b/p")], tiers=tiers)
+
+    assert check_config(worker(".fluidfed/worker-cache")) == []
+    assert check_config(worker("/var/cache/fluidfed")) == []
+    (up,) = check_config(worker("../elsewhere"))
+    assert (up.path, "'..'" in up.message) == ("tiers[0].path", True)

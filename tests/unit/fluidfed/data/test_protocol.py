@@ -86,7 +86,7 @@ def test_a_status_encodes_every_field_zeros_too() -> None:
     got = protocol.decode(protocol.WorkerStatus, json.dumps(STATUS).encode())
     back = json.loads(protocol.encode(got))
     assert back["corrupt"] == 0 and back["served"]["short_circuit"] == 0
-    assert back["load"] == {**STATUS["load"], "errors": 0, "message": ""}
+    assert back["load"] == {**STATUS["load"], "errors": 0, "message": "", "ufs_bytes": 0}
     assert {k: v for k, v in back.items() if k != "load"} == {
         k: v for k, v in STATUS.items() if k != "load"
     }

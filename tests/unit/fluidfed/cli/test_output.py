@@ -1,0 +1,54 @@
+"""`fluidfed get datasets` as Fluid users read `kubectl get dataset`."""
+
+import io
+import time
+
+from rich.console import Console
+
+from devkit import testing
+from fluidfed.cli import output
+from fluidfed.models import BindingView, DatasetView
+
+GIB = 2**30
+
+
+def shown(table: object) -> list[list[str]]:
+    c = Console(file=io.StringIO(), width=300)
+    c.print(table)
+    text = c.file.getvalue()  # type: ignore[attr-defined]
+    return [line.split("  ") for line in text.splitlines()]
+
+
+def view() -> DatasetView:
+    ds = testing.dataset("imagenet", namespace="ml")
+    bound = testing.binding_status("Bound", cache_used=GIB, ufs_total=4 * GIB, hit_ratio=0.9)
+    views = [
+        BindingView(binding=testing.binding(ds, "a"), status=bound),
+        BindingView(binding=testing.binding(ds, "b"), status=testing.binding_status("Bound")),
+        BindingView(binding=testing.binding(ds, "c")),
+    ]
+    return DatasetView(
+        spec=ds, generation=1, revision=3, bindings=views, phase="PartiallyBound (2/3)",
+        cache_used=GIB, cache_capacity=6 * GIB, ufs_total=4 * GIB, created=time.time() - 7200,
+    )  # fmt: skip
+
+
+def test_fluids_columns() -> None:
+    lines = shown(output.datasets_table([view()]))
+    header = [c.strip() for c in lines[0] if c.strip()]
+    assert header == [
+        "NAME", "UFS TOTAL SIZE", "CACHED", "CACHE CAPACITY", "CACHED PERCENTAGE", "PHASE", "AGE",
+    ]  # fmt: skip
+    row = [c.strip() for c in lines[1] if c.strip()]
+    assert row == ["imagenet", "4GiB", "1GiB", "6GiB", "25.0%", "PartiallyBound (2/3)", "2h"]
+
+
+def test_wide_shows_each_clusters_phase_and_hit_ratio() -> None:
+    text = "\n".join("  ".join(r) for r in shown(output.datasets_table([view()], wide=True)))
+    assert "a=Bound,b=Bound,c=Pending" in text and "a=0.90" in text and "s3://b/p" in text
+
+
+def test_unknown_figures_are_dashes() -> None:
+    v = DatasetView(spec=testing.dataset("d"), generation=1, revision=1)
+    row = [c.strip() for c in shown(output.datasets_table([v]))[1] if c.strip()]
+    assert row == ["d", "-", "-", "-", "-", "Pending", "-"]

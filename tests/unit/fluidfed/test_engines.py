@@ -1,0 +1,209 @@
+"""Each Fluid engine's mount as it reads it, and what each refuses: tables, no I/O."""
+
+from typing import Any
+
+import pytest
+
+from devkit import testing
+from fluidfed import engines, validation
+from fluidfed.models import CacheSpec, Engine, Mount
+
+S3 = Mount(
+    uri="s3://bucket/data",
+    name="train",
+    options={"endpoint": "http://minio:9000", "region": "eu-1", "timeout": "5s"},
+    secret="s3-creds",
+)
+OSS = Mount(uri="oss://bucket/data", options={"endpoint": "https://oss.example"}, secret="oss")
+JFS = Mount(
+    uri="juicefs:///demo",
+    options={"bucket": "http://minio:9000/jfs", "storage": "minio"},
+    secret="jfs-secret",
+)
+NAS = Mount(uri="nfs://0a1b2c-xyz.cn-hangzhou.nas.aliyuncs.com:/train")
+
+
+def ref(name: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": S3.secret, "key": key}}}
+
+
+@pytest.mark.parametrize(
+    ("engine", "mount", "expected"),
+    [
+        (
+            "fluidfed",  # the sidecar reads the options as the catalog holds them
+            S3,
+            {
+                "mountPoint": "s3://bucket/data",
+                "name": "train",
+                "options": {"endpoint": "http://minio:9000", "region": "eu-1", "timeout": "5s"},
+                "encryptOptions": [
+                    ref("access-key", "access-key"),
+                    ref("secret-key", "secret-key"),
+                ],
+            },
+        ),
+        (
+            "alluxio",
+            S3,
+            {
+                "mountPoint": "s3://bucket/data",
+                "name": "train",
+                "options": {
+                    "alluxio.underfs.s3.disable.dns.buckets": "true",
+                    "alluxio.underfs.s3.inherit.acl": "false",
+                    "alluxio.underfs.s3.endpoint": "http://minio:9000",
+                    "alluxio.underfs.s3.region": "eu-1",
+                },
+                "encryptOptions": [
+                    ref("aws.accessKeyId", "access-key"),
+                    ref("aws.secretKey", "secret-key"),
+                ],
+            },
+        ),
+        (
+            "jindo",
+            S3,
+            {
+                "mountPoint": "s3://bucket/data",
+                "name": "train",
+                "options": {"fs.s3.endpoint": "http://minio:9000", "fs.s3.region": "eu-1"},
+                "encryptOptions": [
+                    ref("fs.s3.accessKeyId", "access-key"),
+                    ref("fs.s3.accessKeySecret", "secret-key"),
+                ],
+            },
+        ),
+        (
+            "thin",  # the cluster's own profile reads what the catalog says
+            S3,
+            {
+                "mountPoint": "s3://bucket/data",
+                "name": "train",
+                "options": {"endpoint": "http://minio:9000", "region": "eu-1"},
+                "encryptOptions": [
+                    ref("access-key", "access-key"),
+                    ref("secret-key", "secret-key"),
+                ],
+            },
+        ),
+    ],
+)
+def test_an_s3_mount_as_each_engine_reads_it(
+    engine: Engine, mount: Mount, expected: dict[str, Any]
+) -> None:
+    assert engines.fluid_mount(engine, mount, 0) == expected
+
+
+def test_oss_juicefs_nfs_and_local_paths() -> None:
+    alluxio_oss = engines.fluid_mount("alluxio", OSS, 1)
+    assert alluxio_oss["name"] == "m1"
+    assert alluxio_oss["options"] == {"fs.oss.endpoint": "https://oss.example"}
+    assert [e["name"] for e in alluxio_oss["encryptOptions"]] == [
+        "fs.oss.accessKeyId",
+        "fs.oss.accessKeySecret",
+    ]
+    jfs = engines.fluid_mount("juicefs", JFS, 0)
+    assert jfs["mountPoint"] == "juicefs:///demo"
+    assert jfs["options"] == {"bucket": "http://minio:9000/jfs", "storage": "minio"}
+    assert [(e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in jfs["encryptOptions"]] == [
+        ("metaurl", "metaurl"),
+        ("access-key", "access-key"),
+        ("secret-key", "secret-key"),
+    ]
+    assert engines.fluid_mount("efc", NAS, 0) == {"mountPoint": NAS.uri, "name": "m0"}
+    local = Mount(uri="file:///mnt/data", path="/local")
+    assert engines.fluid_mount("alluxio", local, 0)["mountPoint"] == "local:///mnt/data"
+    assert engines.fluid_mount("jindo", local, 0)["path"] == "/local"
+    assert engines.fluid_mount("fluidfed", local, 0)["mountPoint"] == "file:///mnt/data"
+
+
+def problems(engine: str, *mounts: Mount, **cache: Any) -> list[tuple[str, str]]:
+    d = testing.dataset(
+        "d",
+        mounts=list(mounts),
+        cache=CacheSpec(engine=engine, **cache),  # type: ignore[arg-type]
+    )
+    return [(p.path, p.message) for p in validation.check_dataset(d)]
+
+
+@pytest.mark.parametrize(
+    ("engine", "mounts", "cache", "path", "says"),
+    [
+        ("fluidfed", [NAS], {}, "dataset.mounts[0].uri", "Engines that serve nfs://: thin, efc"),
+        ("fluidfed", [JFS], {}, "dataset.mounts[0].uri", "cannot serve juicefs://"),
+        ("alluxio", [NAS], {}, "dataset.mounts[0].uri", "cannot serve nfs://"),
+        ("juicefs", [S3], {}, "dataset.mounts[0].uri", "it serves juicefs://"),
+        ("juicefs", [JFS, JFS], {}, "dataset.mounts[1]", "one storage per dataset"),
+        (
+            "juicefs",
+            [Mount(uri="juicefs:///d", options={"storage": "minio"}, secret="s")],
+            {},
+            "dataset.mounts[0].options.bucket",
+            "JuiceFS needs option 'bucket'",
+        ),
+        (
+            "juicefs",
+            [Mount(uri="juicefs:///d", options={"bucket": "http://m/b", "storage": "minio"})],
+            {},
+            "dataset.mounts[0].secret",
+            "metaurl",
+        ),
+        ("juicefs", [Mount(uri="juicefs://vol/d")], {}, "dataset.mounts[0].uri", "juicefs:///"),
+        ("efc", [Mount(uri="nfs://nas.local:/x")], {}, "dataset.mounts[0].uri", "NAS only"),
+        ("efc", [Mount(uri="nfs://server")], {}, "dataset.mounts[0].uri", "nfs://server:/dir"),
+        ("jindo", [Mount(uri="oss://b/p")], {}, "dataset.mounts[0].options.endpoint", "OSS"),
+        (
+            "jindo",
+            [Mount(uri="https://h/p")],
+            {},
+            "dataset.mounts[0].uri",
+            "fluidfed, thin, alluxio",
+        ),
+        ("thin", [S3], {}, "dataset.cache.profile", "ThinRuntimeProfile"),
+        ("alluxio", [S3], {"profile": "p"}, "dataset.cache.profile", "engine thin only"),
+        (
+            "fluidfed",
+            [Mount(uri="dataset://other"), S3],
+            {},
+            "dataset.mounts",
+            "only mount",
+        ),
+    ],
+)
+def test_an_engine_refuses_what_it_cannot_serve_with_the_field_path(
+    engine: str, mounts: list[Mount], cache: dict[str, Any], path: str, says: str
+) -> None:
+    got = problems(engine, *mounts, **cache)
+    assert any(p == path and says in m for p, m in got), got
+
+
+@pytest.mark.parametrize(
+    ("engine", "mount", "cache"),
+    [
+        ("fluidfed", S3, {}),
+        ("alluxio", S3, {}),
+        ("alluxio", OSS, {}),
+        ("alluxio", Mount(uri="https://mirror.example/spark/"), {}),
+        ("jindo", OSS, {}),
+        ("juicefs", JFS, {}),
+        ("efc", NAS, {}),
+        ("thin", NAS, {"profile": "nfs-profile"}),
+        ("alluxio", Mount(uri="dataset://other"), {}),  # a reference: Fluid's own
+    ],
+)
+def test_what_each_engine_serves_passes(engine: str, mount: Mount, cache: dict[str, Any]) -> None:
+    assert problems(engine, mount, **cache) == []
+
+
+def test_every_engine_names_a_runtime_and_the_schemes_it_serves() -> None:
+    assert {e: r.kind for e, r in engines.RULES.items()} == {
+        "fluidfed": "ThinRuntime",
+        "thin": "ThinRuntime",
+        "alluxio": "AlluxioRuntime",
+        "jindo": "JindoRuntime",
+        "juicefs": "JuiceFSRuntime",
+        "efc": "EFCRuntime",
+    }
+    assert engines.engines_serving("juicefs") == ["juicefs"]
+    assert engines.RULES["fluidfed"].schemes == engines.SIDECAR_SCHEMES
