@@ -88,6 +88,10 @@ class Catalog:
         # a binding's status as it reaches the catalog (from any replica): the autoscaler
         self.on_status: Callable[[str, BindingStatus], None] | None = None
         self.log = watchlog.WatchLog(history, history_bytes)
+        # a shared store's history before this replica loaded, replayed into the log from
+        # `follow_from` up to `replayed_to`; watches wait for `replayed`
+        self.follow_from = self.replayed_to = 0
+        self.replayed = asyncio.Event()
         self._store_compacted = 0
         self._write = asyncio.Lock()
         self._tick = asyncio.Event()

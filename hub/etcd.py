@@ -78,8 +78,6 @@ def _end(prefix: bytes) -> bytes:
 class EtcdStore:
     """The `hub.store.Store` and `hub.store.Shared` calls on an etcd cluster."""
 
-    shared = True
-
     def __init__(self, settings: EtcdSettings) -> None:
         self.settings = settings
         p = settings.prefix.encode()
@@ -237,9 +235,10 @@ class EtcdStore:
         everything = rpc.RangeRequest(key=self._prefix, range_end=_end(self._prefix))
         resp = await self._rpc(rpc.KVStub, "Range", everything, deadline=60.0)
         now = int(resp.header.revision)
-        # base 0: no catalog change yet (the compare of a key never written is with 0)
         start = 0 if history else now  # never compacted by a hub: all of etcd's history
         self._born = now + 1  # the catalog's first change (the prefix is empty: the next)
+        # base 0 until the catalog's revision key says otherwise: no change yet (the compare
+        # of a key never written is with 0)
         snap = Snapshot(revision=now, compacted=start, base=0, follow_from=start)
         for kv in resp.kvs:
             if kv.key == self._compacted and history:
