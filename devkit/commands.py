@@ -1,6 +1,7 @@
 """The dev kit's commands, plugged into `fluidfed` by entry point:
 
 * `fluidfed local up|list|down`: real local clusters for trying fluidfed and for its tests;
+* `fluidfed local etcd up|down`: a 3-member etcd on loopback for the hub's HA store;
 * `fluidfed demo [--quick] [--keep] [--no-real-node]` and `fluidfed demo down`.
 
 Heavy modules load only when a command runs: daemons started by this CLI skip them.
@@ -70,6 +71,7 @@ def _register_local(sub: Any) -> None:
     p.set_defaults(run=run_s3_up)
     p = s3_sub.add_parser("down", help="stop it and remove its data")
     p.set_defaults(run=run_s3_down)
+    _register_etcd(loc_sub)
     p = loc_sub.add_parser(
         "credentials",
         help="write the data-path keys a cluster's agent made for a dataset (for workers run "
@@ -88,6 +90,45 @@ def _register_local(sub: Any) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("--all", action="store_true")
     p.set_defaults(run=run_down)
+
+
+def _register_etcd(loc_sub: Any) -> None:
+    p = loc_sub.add_parser("etcd", help="a local etcd cluster (3 members on loopback) for hub HA")
+    etcd_sub = p.add_subparsers(dest="etcd_command", required=True)
+    p = etcd_sub.add_parser("up", help="start it and print the hub's --store URL")
+    p.add_argument(
+        "--ports",
+        default="2379,22379,32379",
+        help="client ports on 127.0.0.1, one per member (default 2379,22379,32379)",
+    )
+    p.set_defaults(run=run_etcd_up)
+    p = etcd_sub.add_parser("down", help="stop it and remove its data")
+    p.set_defaults(run=run_etcd_down)
+
+
+def run_etcd_up(args: argparse.Namespace) -> int:
+    from devkit.local import etcd
+
+    try:
+        ports = [int(p) for p in args.ports.split(",")]
+    except ValueError:
+        raise FluidfedError(
+            f"--ports {args.ports!r}: give client ports separated by commas, e.g. 2379,22379,32379"
+        ) from None
+    base = _base(args) or etcd.default_dir()
+    cluster = etcd.up(base / "etcd" if args.dir else base, ports)
+    _say(f"etcd: {len(ports)} members healthy, data and logs in {cluster.base_dir}")
+    output.console.print(cluster.store_url)
+    return 0
+
+
+def run_etcd_down(args: argparse.Namespace) -> int:
+    from devkit.local import etcd
+
+    base = _base(args) or etcd.default_dir()
+    stopped = etcd.down(base / "etcd" if args.dir else base)
+    output.console.print(f"local etcd stopped ({len(stopped)} members) and its data removed")
+    return 0
 
 
 def _base(args: argparse.Namespace) -> Path | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,7 +21,14 @@ import aiohttp
 import msgspec
 
 from fluidfed import codec, tls
-from fluidfed.errors import ConfigError, Gone, HubUnreachable, Problem, api_error
+from fluidfed.errors import (
+    ConfigError,
+    Gone,
+    HubUnreachable,
+    Problem,
+    ServerError,
+    api_error,
+)
 from fluidfed.models import (
     Binding,
     BindingStatus,
@@ -52,17 +59,20 @@ def _decode(raw: bytes, typ: Any) -> Any:
 class Client:
     """The hub's API as async methods, one per route; use it as `async with`.
 
-    `url` is the hub's base URL (`https://hub.example:8470`); `token` the admin token or a
-    cluster's token. Over https the hub's certificate is always verified: against `ca_file`
-    (PEM) if given, else the system's trust store; `cert_file`/`key_file` present a client
-    certificate where the hub asks for one (mutual TLS). A `session` of the caller's is
-    used as it is (its own TLS settings), with the token sent on every request.
+    `url` is the hub's base URL (`https://hub.example:8470`), or the URLs of several hub
+    replicas (a list, or separated by commas): a replica that cannot be reached or answers
+    503 is left for the next, and a watch resumes on the next at the same revision; `token`
+    the admin token or a cluster's token. Over https the hub's certificate is always
+    verified: against `ca_file` (PEM) if given, else the system's trust store;
+    `cert_file`/`key_file` present a client certificate where the hub asks for one (mutual
+    TLS). A `session` of the caller's is used as it is (its own TLS settings), with the
+    token sent on every request.
     Errors are `fluidfed.errors`: `HubUnreachable` and `ServerError` are temporary.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         *,
         timeout: float = 30.0,
@@ -71,7 +81,18 @@ class Client:
         cert_file: str = "",
         key_file: str = "",
     ) -> None:
-        self.url = url.rstrip("/")
+        given = url.split(",") if isinstance(url, str) else list(url)
+        self.urls = [u.strip().rstrip("/") for u in given if u.strip()]
+        if not self.urls:
+            raise ConfigError.one("no hub URL given: give the hub's URL", path="hub")
+        schemes = {u.split("://", 1)[0] for u in self.urls}
+        if len(schemes) > 1:
+            raise ConfigError.one(
+                f"the hub URLs {', '.join(self.urls)} mix http and https: give the replicas' "
+                "URLs with one scheme",
+                path="hub",
+            )
+        self._at = 0  # the replica in use
         self.token = token
         self.timeout = timeout
         self._session = session
@@ -86,6 +107,14 @@ class Client:
                 f"{self.url} is not https://: use the hub's https:// URL",
                 path="hub",
             )
+
+    @property
+    def url(self) -> str:
+        """The base URL of the hub replica in use."""
+        return self.urls[self._at]
+
+    def _next_replica(self) -> None:
+        self._at = (self._at + 1) % len(self.urls)
 
     async def __aenter__(self) -> Client:
         return self
@@ -119,10 +148,30 @@ class Client:
         body: Any = None,
         params: dict[str, str] | None = None,
     ) -> bytes:
+        """One call, on the next replica while one cannot be reached or answers 503 (each
+        tried once)."""
         data = codec.encode(body) if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
+        for attempt in range(len(self.urls)):
+            try:
+                return await self._once(method, path, data, params, headers)
+            except (HubUnreachable, ServerError) as err:
+                status = getattr(err, "status", 0)
+                if attempt == len(self.urls) - 1 or status not in (0, 503):
+                    raise
+                self._next_replica()
+        raise AssertionError("unreachable")  # for mypy: the loop returns or raises
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        params: dict[str, str] | None,
+        headers: dict[str, str],
+    ) -> bytes:
         with self._translated(f"cannot reach the hub at {self.url}"):
             async with self.session.request(
                 method,
@@ -267,22 +316,35 @@ class Client:
             params["cluster"] = cluster
         if revision is not None:
             params["revision"] = str(revision)
-        with self._translated(f"watch on {self.url} broke"):
-            async with self.session.get(
-                self.url + "/api/v1/bindings",
-                params=params,
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
-            ) as resp:
-                if resp.status >= 400:
-                    raise _error_of(resp.status, await resp.read())
-                async for line in resp.content:
-                    if not line.strip():
-                        continue
-                    event: WatchEvent = _event_dec.decode(line)
-                    if event.type == "ERROR":
-                        raise Gone(event.error or "watch ended by the hub")
-                    yield event
+        for attempt in range(len(self.urls)):
+            streaming = False
+            try:
+                with self._translated(f"watch on {self.url} broke"):
+                    async with self.session.get(
+                        self.url + "/api/v1/bindings",
+                        params=params,
+                        headers={"Authorization": f"Bearer {self.token}"},
+                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+                    ) as resp:
+                        if resp.status >= 400:
+                            raise _error_of(resp.status, await resp.read())
+                        streaming = True
+                        async for line in resp.content:
+                            if not line.strip():
+                                continue
+                            event: WatchEvent = _event_dec.decode(line)
+                            if event.type == "ERROR":
+                                raise Gone(event.error or "watch ended by the hub")
+                            yield event
+                return
+            except (HubUnreachable, ServerError) as err:
+                # the next watch, or the next try now, goes to the next replica: the caller
+                # resumes there from the revision of the last event it handled
+                self._next_replica()
+                if streaming or attempt == len(self.urls) - 1:
+                    raise
+                if isinstance(err, ServerError) and err.status != 503:
+                    raise
 
 
 def _error_of(status: int, raw: bytes) -> Exception:

@@ -17,6 +17,7 @@
     |   +-- ServerError           5xx: temporary, retry with backoff
     +-- HubUnreachable            connection refused, timeout: temporary
     +-- StaleRevision             a store commit raced another writer: temporary
+    +-- NotLeader                 a leader-only decision by a replica that lost the lease
     (ServerError) +-- StoreError  the catalog's file damaged, read-only or full: 503
     +-- KubeError                 the Kubernetes API refused or did not answer (status 0);
     |                             temporary for 0, 429 and 5xx
@@ -174,7 +175,18 @@ class HubUnreachable(FluidfedError):
 
 
 class StaleRevision(FluidfedError):
-    """A commit did not follow the stored revision: two writers on one store."""
+    """A commit computed on an older catalog than the store's (another hub replica wrote
+    first): catch up to `current` and compute it again."""
+
+    temporary = True
+
+    def __init__(self, message: str, *, current: int = 0) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class NotLeader(FluidfedError):
+    """A decision only the leading hub replica makes, tried by one that no longer leads."""
 
     temporary = True
 

@@ -225,8 +225,28 @@ class HubConfig(Spec, frozen=True):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     client_ca_file: str = ""
+    # the catalog's store: "" is the embedded SQLite file in data_dir (one hub); several
+    # hub replicas share "etcd://HOST:PORT,HOST:PORT,..." (the `etcd` extra)
+    store: str = ""
+    etcd_prefix: str = "/fluidfed/"  # the catalog's keys in etcd
+    etcd_ca_file: str = ""  # TLS to etcd: its members' CA ...
+    etcd_cert_file: str = ""  # ... and this hub's client certificate, where etcd asks
+    etcd_key_file: str = ""
+    etcd_username: str = ""  # etcd's own authentication: the user, its password from ...
+    etcd_password_file: str = ""  # ... this file, or ...
+    etcd_password_env: str = "FLUIDFED_ETCD_PASSWORD"  # ... this variable
+    leader_lease: Duration = _seconds(3)  # another replica leads within about this long
 
     def __post_init__(self) -> None:
+        if self.store and not self.store.startswith("etcd://"):
+            raise ValueError(
+                "store: leave it empty for the embedded SQLite file in data_dir, or write "
+                "etcd://HOST:PORT[,HOST:PORT...] for hub replicas that share etcd"
+            )
+        if bool(self.etcd_cert_file) != bool(self.etcd_key_file):
+            raise ValueError("etcd_cert_file and etcd_key_file go together: give both or neither")
+        if not self.etcd_prefix.startswith("/") or not self.etcd_prefix.endswith("/"):
+            raise ValueError("etcd_prefix starts and ends with '/', e.g. /fluidfed/")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
         if self.client_ca_file and not self.tls_cert_file:

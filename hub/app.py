@@ -28,6 +28,8 @@ from fluidfed.units import format_size
 from hub import auth, openapi, watch
 from hub.autoscaler import Autoscaler
 from hub.catalog import Catalog
+from hub.leader import Leadership
+from hub.store import Shared
 
 log = logging.getLogger("fluidfed.hub")
 CATALOG = web.AppKey("catalog", Catalog)
@@ -35,6 +37,8 @@ ADMIN_TOKEN = web.AppKey("admin_token", str)
 BOOKMARK_INTERVAL = web.AppKey("bookmark_interval", float)
 MAX_BODY = web.AppKey("max_body", int)
 AUTOSCALER = web.AppKey("autoscaler", Autoscaler)
+LEADERSHIP = web.AppKey("leadership", Leadership)
+AHEAD_WAIT = 5.0  # a watch from a revision another replica has seen: wait to see it too
 PRINCIPAL = "fluidfed.principal"
 
 _cluster_dec = codec.decoder(Cluster)
@@ -122,7 +126,15 @@ async def errors_mw(
         request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
     )
     try:
-        resp = await handler(request)
+        try:
+            resp = await handler(request)
+        except errors.NotFound:
+            # on a shared store, what another replica just wrote may not be here yet: see
+            # all that was committed before now, then answer (a handler that did not find
+            # what it needed has changed nothing)
+            if not await request.app[CATALOG].sync():
+                raise
+            resp = await handler(request)
     except errors.APIError as err:
         resp = error_response(err.status, err.reason, err.problems)
     except web.HTTPRequestEntityTooLarge:
@@ -159,7 +171,10 @@ async def auth_mw(
     if auth.same_token(token, auth.token_hash(request.app[ADMIN_TOKEN])):
         principal = auth.Admin()
     else:
-        cluster = request.app[CATALOG].cluster_of_token(token)
+        cat = request.app[CATALOG]
+        cluster = cat.cluster_of_token(token)
+        if cluster is None and await cat.sync():  # registered at another replica just now
+            cluster = cat.cluster_of_token(token)
         if cluster is None:
             return error_response(401, "unknown token")
         principal = auth.ClusterAgent(cluster)
@@ -168,6 +183,22 @@ async def auth_mw(
             if problem:
                 return error_response(403, problem)
     request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+@web.middleware
+async def consistent_reads_mw(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """On a shared store a read sees every write acknowledged before it, whichever replica
+    took the write: the replica catches up with the store first (a watch starts from the
+    revision it names instead)."""
+    if (
+        request.method == "GET"
+        and request.path.startswith("/api/")
+        and request.query.get("watch", "") not in ("1", "true")
+    ):
+        await request.app[CATALOG].sync()
     return await handler(request)
 
 
@@ -210,7 +241,8 @@ async def readyz(request: web.Request) -> web.Response:
     cat = request.app[CATALOG]
     if cat.store_problem:
         return web.Response(status=503, text=f"not ready: {cat.store_problem}")
-    return web.Response(text=f"ok revision={cat.revision}")
+    leads = " leader" if request.app[LEADERSHIP].leading.is_set() else ""
+    return web.Response(text=f"ok revision={cat.revision}{leads}")
 
 
 async def openapi_doc(request: web.Request) -> web.Response:
@@ -368,6 +400,17 @@ async def bindings(request: web.Request) -> web.StreamResponse:
 async def _watch(
     request: web.Request, cat: Catalog, cluster: str | None, revision: int
 ) -> web.StreamResponse:
+    if isinstance(cat.store, Shared):
+        # resumed here from another replica that is ahead of this one: catch up first
+        await cat.reach(revision, within=AHEAD_WAIT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cat.replayed.wait(), AHEAD_WAIT)
+        if not cat.replayed.is_set():
+            raise errors.ServerError(
+                "this hub replica is still reading the catalog's history from its store: "
+                "retry in a moment",
+                status=503,
+            )
     cat.events_since(revision, cluster)  # 410 before the stream starts if compacted
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
@@ -412,8 +455,7 @@ async def put_status(request: web.Request) -> web.Response:
     name = _binding(request).name
     cat = request.app[CATALOG]
     status: BindingStatus = await _body(request, _status_dec, "status")
-    await cat.report_status(name, status)
-    request.app[AUTOSCALER].observe(name, status)
+    await cat.report_status(name, status)  # the autoscaler sees it, on the leading replica
     return web.Response(status=204)
 
 
@@ -427,12 +469,39 @@ async def _lease_loop(app: web.Application) -> None:
             log.exception("expiring leases failed; trying again")
 
 
+async def _publish_heartbeats(app: web.Application) -> None:
+    """The heartbeats agents sent to this replica, for the leader (on a shared store)."""
+    cat = app[CATALOG]
+    store = cat.store
+    assert isinstance(store, Shared)
+    while True:
+        await asyncio.sleep(max(0.2, cat.lease_duration / 4))
+        try:
+            await store.publish_heartbeats(app[LEADERSHIP].identity, cat.beats_to_publish())
+        except errors.FluidfedError as err:
+            log.warning("publishing heartbeats failed (%s); trying again", err)
+
+
+async def _follow(app: web.Application) -> None:
+    while True:
+        try:
+            await app[CATALOG].follow()
+        except Exception:
+            log.exception("following the shared store failed; again in 1s")
+            await asyncio.sleep(1.0)
+
+
 async def _close_watches(app: web.Application) -> None:
     app[CLOSING].set()
+    await app[LEADERSHIP].resign()  # another replica leads now, not in a lease's time
 
 
 async def _background(app: web.Application) -> Any:
-    tasks = [asyncio.create_task(_lease_loop(app)), asyncio.create_task(app[AUTOSCALER].run())]
+    leader = app[LEADERSHIP]
+    work = [leader.run([lambda: _lease_loop(app), app[AUTOSCALER].run])]
+    if isinstance(app[CATALOG].store, Shared):
+        work += [_follow(app), _publish_heartbeats(app)]
+    tasks = [asyncio.create_task(w) for w in work]
     yield
     for task in tasks:
         task.cancel()
@@ -474,8 +543,11 @@ def make_app(
     autoscale_interval: float = 15.0,
     metrics_stale_after: float = 60.0,
     mutual_tls: bool = False,
+    identity: str = "hub",
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_mw, auth_mw], client_max_size=max_body)
+    app = web.Application(
+        middlewares=[errors_mw, auth_mw, consistent_reads_mw], client_max_size=max_body
+    )
     app[CATALOG] = catalog
     app[ADMIN_TOKEN] = admin_token
     app[BOOKMARK_INTERVAL] = bookmark_interval
@@ -487,6 +559,8 @@ def make_app(
     app[AUTOSCALER] = Autoscaler(
         catalog, interval=autoscale_interval, stale_after=metrics_stale_after
     )
+    catalog.on_status = app[AUTOSCALER].observe  # statuses reported to any replica
+    app[LEADERSHIP] = Leadership(catalog.store, identity)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_background)

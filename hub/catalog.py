@@ -8,8 +8,10 @@ also an entry of the watch log, from which agents resume by revision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 
@@ -30,17 +32,19 @@ from fluidfed.models import (
     LoadRequest,
 )
 from hub import auth, consistency, placement, watchlog
-from hub.store import Delete, Op, Put, Store
+from hub.store import BEAT, REV, Change, Delete, Op, Put, Shared, Snapshot, Store
 
 CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"
 DECISIONS = "decisions"
 KEEP_DECISIONS = 20
+RETRIES = 20  # a change computed again when other replicas keep writing first
 
 _cluster_dec = codec.decoder(ClusterRecord)
 _dataset_dec = codec.decoder(DatasetRecord)
 _binding_dec = codec.decoder(Binding)
 _status_dec = codec.decoder(BindingStatus)
 _decisions_dec = codec.decoder(list[AutoscaleDecision])
+_beats_dec = codec.decoder(dict[str, float])
 
 
 def _check_binding_names(ops: list[Op], path: str) -> None:
@@ -78,31 +82,41 @@ class Catalog:
         self.statuses: dict[str, BindingStatus] = {}
         self.token_hashes: dict[str, str] = {}
         self.decisions: dict[str, list[AutoscaleDecision]] = {}
-        self.heartbeats: dict[str, float] = {}
+        self.heartbeats: dict[str, float] = {}  # every replica's, on a shared store
+        self.local_beats: dict[str, float] = {}  # those that reached this replica
+        self.base = 0  # the revision of the last catalog change (the store's may be newer)
+        # a binding's status as it reaches the catalog (from any replica): the autoscaler
+        self.on_status: Callable[[str, BindingStatus], None] | None = None
         self.log = watchlog.WatchLog(history, history_bytes)
+        # a shared store's history before this replica loaded, replayed into the log from
+        # `follow_from` up to `replayed_to`; watches wait for `replayed`
+        self.follow_from = self.replayed_to = 0
+        self.replayed = asyncio.Event()
         self._store_compacted = 0
         self._write = asyncio.Lock()
         self._tick = asyncio.Event()
         self._since_compaction = 0
 
-    # --- start-up ------------------------------------------------------------------------
+    # --- start-up and following a shared store -------------------------------------------
 
     async def load(self) -> None:
-        snap = await self.store.load()
-        self.revision, self.log.compacted = snap.revision, snap.compacted
+        self._reset(await self.store.load())
+
+    def _reset(self, snap: Snapshot) -> None:
+        """The catalog as the store has it; watches from before `snap.compacted` are Gone."""
+        self.revision, self.base = snap.revision, snap.base
+        self.follow_from, self.replayed_to = snap.follow_from, snap.revision
+        self.replayed = asyncio.Event()
+        if snap.follow_from >= snap.revision:
+            self.replayed.set()
+        self.log = watchlog.WatchLog(self.history, self.history_bytes)
+        self.log.compacted = snap.compacted
+        for table in (self.clusters, self.datasets, self.bindings, self.statuses):
+            table.clear()
+        self.token_hashes.clear()
+        self.decisions.clear()
         for (kind, name), value in snap.records.items():
-            if kind == CLUSTER:
-                self.clusters[name] = _cluster_dec.decode(value)
-            elif kind == DATASET:
-                self.datasets[name] = _dataset_dec.decode(value)
-            elif kind == BINDING:
-                self.bindings[name] = _binding_dec.decode(value)
-            elif kind == STATUS:
-                self.statuses[name] = _status_dec.decode(value)
-            elif kind == TOKEN:
-                self.token_hashes[name] = value.decode()
-            elif kind == DECISIONS:
-                self.decisions[name] = _decisions_dec.decode(value)
+            self._apply(snap.revisions.get((kind, name), 0), Put(kind, name, value), log=False)
         for ev in snap.events:
             if ev.kind == BINDING and ev.value is not None:
                 b = _binding_dec.decode(ev.value)
@@ -110,6 +124,82 @@ class Catalog:
         now = self.clock()
         # the hub was away, not the agents: give every cluster a fresh lease to prove itself
         self.heartbeats = {name: now for name in self.clusters}
+        for ev in snap.events:
+            if ev.kind == BEAT and ev.value is not None:
+                self._merge_beats(ev.value)
+        self._publish()
+
+    async def follow(self) -> None:
+        """Keep the catalog current with what other replicas write to a shared store."""
+        store = self.store
+        assert isinstance(store, Shared)
+        start = self.revision if self.replayed.is_set() else self.follow_from
+        async for change in store.follow(start):
+            async with self._write:
+                if change.reset is not None:
+                    self._reset(change.reset)
+                    continue
+                if not self.replayed.is_set():
+                    if change.revision <= self.replayed_to:
+                        self._replay(change)
+                        continue
+                    self.replayed.set()
+                own = change.revision <= self.base  # applied when this replica committed it
+                for ev in change.events:
+                    if ev.kind == BEAT and ev.value is not None:
+                        self._merge_beats(ev.value)
+                    elif own:
+                        continue
+                    elif ev.kind == REV:
+                        self.base = change.revision  # the next change is computed on this one
+                    elif ev.type == "put" and ev.value is not None:
+                        self._apply(change.revision, Put(ev.kind, ev.name, ev.value))
+                    else:
+                        self._apply(change.revision, Delete(ev.kind, ev.name, ev.value))
+                if change.revision > self.revision:
+                    self.revision = change.revision
+                    self._publish()
+
+    def _replay(self, change: Change) -> None:
+        """The history before this replica loaded the catalog: into the watch log only."""
+        for ev in change.events:
+            if ev.kind == BINDING and ev.value is not None:
+                b = _binding_dec.decode(ev.value)
+                etype = "ADDED" if ev.type == "put" else "DELETED"
+                self.log.append(change.revision, etype, _at(b, change.revision))
+        self.follow_from = change.revision
+        if change.revision == self.replayed_to:
+            self.replayed.set()
+
+    async def reach(self, revision: int, within: float) -> bool:
+        """Wait (at most `within` seconds) until this replica has seen `revision`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self.revision < revision:
+                    await self.tick.wait()
+        return self.revision >= revision
+
+    async def sync(self, within: float = 5.0) -> bool:
+        """On a shared store, see everything committed before now (what another replica
+        acknowledged, say); whether anything could be new."""
+        store = self.store
+        if not isinstance(store, Shared):
+            return False
+        return await self.reach(await store.current_revision(), within)
+
+    def _merge_beats(self, raw: bytes) -> None:
+        """Heartbeats another replica received: the newest of each cluster counts."""
+        for name, at in _beats_dec.decode(raw).items():
+            if at > self.heartbeats.get(name, 0):
+                self.heartbeats[name] = at
+
+    def beats_to_publish(self) -> dict[str, float]:
+        """The heartbeats this replica received within a lease, for the leader to see."""
+        now = self.clock()
+        self.local_beats = {
+            n: t for n, t in self.local_beats.items() if now - t <= self.lease_duration
+        }
+        return dict(self.local_beats)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -180,33 +270,37 @@ class Catalog:
         return name
 
     # --- writing -------------------------------------------------------------------------
+    #
+    # Every change is computed by a pure function of the catalog (`compute(rev)` -> ops),
+    # committed only if the catalog is still at `self.base`, and computed again after
+    # catching up when another replica wrote first (`_transact`).
 
     async def register_cluster(
         self, spec: Cluster, *, rotate_token: bool = False
     ) -> tuple[ClusterRecord, str | None]:
         """Create or update a cluster; a token is returned when one is created or rotated."""
-        async with self._write:
-            rev = self.revision + 1
+        token: str | None = None
+
+        def compute(rev: int) -> list[Op]:
+            nonlocal token
             old = self.clusters.get(spec.name)
+            token = None
+            if old is not None and old.spec == spec and not rotate_token:
+                return []
             status = old.status if old else ClusterStatus()
             rec = ClusterRecord(spec=spec, status=status, revision=rev)
             ops: list[Op] = []
-            token = None
             if old is None or rotate_token:
                 token = auth.new_cluster_token(spec.name)
                 ops.append(Put(TOKEN, spec.name, auth.token_hash(token).encode()))
-            if old is None or old.spec != spec or token:
-                ops.append(Put(CLUSTER, spec.name, codec.encode(rec)))
-                clusters = {**self.clusters, spec.name: rec}
-                placed = self._replace_all(rev, clusters)
-                _check_binding_names(placed, "cluster.name")
-                ops += placed
-                await self._commit(rev, ops)
-                if token:
-                    self.token_hashes[spec.name] = auth.token_hash(token)
-                self.heartbeats.setdefault(spec.name, self.clock())
-                return rec, token
-            return old, None
+            ops.append(Put(CLUSTER, spec.name, codec.encode(rec)))
+            placed = self._replace_all(rev, {**self.clusters, spec.name: rec})
+            _check_binding_names(placed, "cluster.name")
+            return ops + placed
+
+        await self._transact(compute)
+        self.heartbeats.setdefault(spec.name, self.clock())
+        return self.clusters[spec.name], token
 
     async def relabel_cluster(
         self, name: str, set_labels: dict[str, str], remove: Iterable[str]
@@ -214,35 +308,28 @@ class Catalog:
         old = self._cluster(name)
         labels = {k: v for k, v in old.spec.labels.items() if k not in set(remove)}
         labels.update(set_labels)
-        spec = Cluster(
-            name=old.spec.name,
-            kind=old.spec.kind,
-            region=old.spec.region,
-            zone=old.spec.zone,
-            labels=labels,
-            capabilities=old.spec.capabilities,
-            kubernetes=old.spec.kubernetes,
-        )
+        spec = msgspec.structs.replace(old.spec, labels=labels)
         rec, _ = await self.register_cluster(spec)
         return rec
 
     async def delete_cluster(self, name: str) -> None:
-        async with self._write:
+        def compute(rev: int) -> list[Op]:
             self._cluster(name)
-            rev = self.revision + 1
             ops: list[Op] = [Delete(CLUSTER, name), Delete(TOKEN, name)]
             for b in self.bindings_of(name):
                 ops += self._delete_binding_ops(b)
-            await self._commit(rev, ops)
-            self.heartbeats.pop(name, None)
+            return ops
+
+        await self._transact(compute)
+        self.heartbeats.pop(name, None)
 
     async def apply_dataset(self, spec: Dataset) -> tuple[DatasetRecord, bool]:
         """Create or update; returns the record and whether anything changed."""
-        async with self._write:
+
+        def compute(rev: int) -> list[Op]:
             old = self.datasets.get(spec.name)
             if old is not None and old.spec == spec:
-                return old, False
-            rev = self.revision + 1
+                return []
             rec = DatasetRecord(
                 spec=spec,
                 generation=(old.generation + 1) if old else 1,
@@ -251,12 +338,12 @@ class Catalog:
             )
             known = {n: r.spec for n, r in self.datasets.items() if n != spec.name}
             errors.BadRequest.unless_valid(consistency.check_references(spec, known, "dataset"))
-            ops: list[Op] = [Put(DATASET, spec.name, codec.encode(rec))]
             placed = self._replace(rev, rec, self.clusters)
             _check_binding_names(placed, "dataset.name")
-            ops += placed
-            await self._commit(rev, ops)
-            return rec, True
+            return [Put(DATASET, spec.name, codec.encode(rec)), *placed]
+
+        changed = await self._transact(compute)
+        return self.datasets[spec.name], changed
 
     async def request_load(
         self,
@@ -269,7 +356,10 @@ class Catalog:
     ) -> list[Binding]:
         """Ask the agents of `clusters` (all the dataset's clusters if empty) to warm their
         caches with `path` of the dataset; the bindings that carry the request."""
-        async with self._write:
+        chosen: list[str] = []
+
+        def compute(rev: int) -> list[Op]:
+            nonlocal chosen
             if name not in self.datasets:
                 raise errors.NotFound(f"dataset {name} not found")
             live = {
@@ -286,10 +376,10 @@ class Catalog:
                         )
                     ],
                 )
-            chosen = [live[c] for c in sorted(clusters or live)]
-            if not chosen:
+            picked = [live[c] for c in sorted(clusters or live)]
+            if not picked:
                 raise errors.Conflict(f"dataset {name} is not placed on any cluster yet")
-            rev = self.revision + 1
+            chosen = [b.name for b in picked]
             req = LoadRequest(
                 id=rev,
                 path=path.strip("/"),
@@ -297,12 +387,14 @@ class Catalog:
                 schedule=schedule,
                 on_change=on_change,
             )
-            out = [msgspec.structs.replace(b, load=req, revision=rev) for b in chosen]
-            await self._commit(rev, [Put(BINDING, b.name, codec.encode(b)) for b in out])
-            return out
+            out = [msgspec.structs.replace(b, load=req, revision=rev) for b in picked]
+            return [Put(BINDING, b.name, codec.encode(b)) for b in out]
+
+        await self._transact(compute)
+        return [self.bindings[n] for n in chosen if n in self.bindings]
 
     async def delete_dataset(self, name: str) -> None:
-        async with self._write:
+        def compute(rev: int) -> list[Op]:
             if name not in self.datasets:
                 raise errors.NotFound(f"dataset {name} not found")
             others = {n: r.spec for n, r in self.datasets.items()}
@@ -312,16 +404,18 @@ class Catalog:
                     f"dataset {name} is mounted by {', '.join(referrers)} (dataset://{name}): "
                     "delete or change those first"
                 )
-            rev = self.revision + 1
             ops: list[Op] = [Delete(DATASET, name)]
             for b in list(self.bindings.values()):
                 if b.dataset == name:
                     ops += self._retire_ops(rev, b)
-            await self._commit(rev, ops)
+            return ops
+
+        await self._transact(compute)
 
     async def finalize_binding(self, name: str) -> None:
         """The agent has removed what a retired binding made: forget the binding."""
-        async with self._write:
+
+        def compute(rev: int) -> list[Op]:
             b = self.bindings.get(name)
             if b is None:
                 raise errors.NotFound(f"binding {name} not found")
@@ -329,50 +423,61 @@ class Catalog:
                 raise errors.Conflict(
                     f"binding {name} is still wanted: only a retired binding is finalized"
                 )
-            await self._commit(self.revision + 1, self._delete_binding_ops(b))
+            return self._delete_binding_ops(b)
+
+        await self._transact(compute)
 
     async def report_status(self, binding: str, status: BindingStatus) -> None:
-        async with self._write:
+        def compute(rev: int) -> list[Op]:
             if binding not in self.bindings:
                 raise errors.NotFound(f"binding {binding} not found")
-            rev = self.revision + 1
-            await self._commit(rev, [Put(STATUS, binding, codec.encode(status))])
+            return [Put(STATUS, binding, codec.encode(status))]
+
+        await self._transact(compute)
 
     async def set_replicas(self, binding: str, replicas: int) -> Binding:
-        async with self._write:
+        def compute(rev: int) -> list[Op]:
             b = self.bindings.get(binding)
             if b is None:
                 raise errors.NotFound(f"binding {binding} not found")
             if b.replicas == replicas:
-                return b
-            rev = self.revision + 1
+                return []
             nb = msgspec.structs.replace(b, replicas=replicas, revision=rev)
-            await self._commit(rev, [Put(BINDING, b.name, codec.encode(nb))])
-            return nb
+            return [Put(BINDING, b.name, codec.encode(nb))]
+
+        await self._transact(compute)
+        return self.bindings[binding]
 
     async def scale(self, binding: str, decision: AutoscaleDecision) -> None:
-        """Write the autoscaler's replicas into a binding, with the decision on record."""
-        async with self._write:
+        """Write the autoscaler's replicas into a binding, with the decision on record; only
+        while this replica leads (a shared store refuses it otherwise: NotLeader)."""
+
+        def compute(rev: int) -> list[Op]:
             b = self.bindings.get(binding)
-            if b is None or b.deleting:
-                return
-            rev = self.revision + 1
+            if b is None or b.deleting or b.replicas != decision.current:
+                # gone, or the replicas moved since the decision (it was committed already,
+                # before a retry, or another change came first): decide again, never twice
+                return []
             kept = [*self.decisions.get(binding, []), decision][-KEEP_DECISIONS:]
             ops: list[Op] = [Put(DECISIONS, binding, codec.encode(kept))]
             if b.replicas != decision.replicas:
                 nb = msgspec.structs.replace(b, replicas=decision.replicas, revision=rev)
                 ops.append(Put(BINDING, b.name, codec.encode(nb)))
-            await self._commit(rev, ops)
+            return ops
+
+        await self._transact(compute, fence=True)
 
     async def heartbeat(self, cluster: str) -> ClusterRecord:
         rec = self._cluster(cluster)
-        self.heartbeats[cluster] = self.clock()
+        now = self.clock()
+        self.heartbeats[cluster] = self.local_beats[cluster] = now
         if not rec.ready:
             rec = await self._set_condition(cluster, "Ready", "agent heartbeat")
         return rec
 
     async def expire_leases(self) -> list[str]:
-        """Mark clusters whose lease ran out Offline; they keep their bindings."""
+        """Mark clusters whose lease ran out Offline; they keep their bindings. Only while
+        this replica leads (a shared store refuses it otherwise: NotLeader)."""
         now = self.clock()
         expired = [
             name
@@ -381,13 +486,19 @@ class Catalog:
         ]
         for name in expired:
             if name in self.clusters:  # deleted meanwhile: nothing to mark
-                await self._set_condition(name, "Offline", "lease expired: no heartbeat")
+                await self._set_condition(
+                    name, "Offline", "lease expired: no heartbeat", fence=True
+                )
         return expired
 
-    async def _set_condition(self, name: str, typ: str, reason: str) -> ClusterRecord:
-        async with self._write:
+    async def _set_condition(
+        self, name: str, typ: str, reason: str, *, fence: bool = False
+    ) -> ClusterRecord:
+        def compute(rev: int) -> list[Op]:
             old = self._cluster(name)
-            rev = self.revision + 1
+            fresh = self.clock() - self.heartbeats.get(name, 0) <= self.lease_duration
+            if old.ready == (typ == "Ready") or (fence and fresh):
+                return []  # decided on a catalog since changed: nothing to do any more
             cond = Condition(type=typ, since=self.clock(), reason=reason)  # type: ignore[arg-type]
             rec = ClusterRecord(
                 spec=old.spec,
@@ -395,9 +506,10 @@ class Catalog:
                 revision=rev,
             )
             ops: list[Op] = [Put(CLUSTER, name, codec.encode(rec))]
-            ops += self._replace_all(rev, {**self.clusters, name: rec})
-            await self._commit(rev, ops)
-            return rec
+            return ops + self._replace_all(rev, {**self.clusters, name: rec})
+
+        await self._transact(compute, fence=fence)
+        return self._cluster(name)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -450,16 +562,38 @@ class Catalog:
             ops.append(Delete(DECISIONS, b.name))
         return ops
 
-    async def _commit(self, rev: int, ops: list[Op]) -> None:
-        assert rev == self.revision + 1
+    async def _transact(self, compute: Callable[[int], list[Op]], *, fence: bool = False) -> bool:
+        """Compute a change on the catalog as it is and commit it; again, once caught up,
+        when another replica changed the catalog first. Whether anything changed."""
+        for _ in range(RETRIES):
+            async with self._write:
+                ops = compute(self.revision + 1)
+                if not ops:
+                    return False
+                try:
+                    await self._commit(ops, fence=fence)
+                    return True
+                except errors.StaleRevision as stale:
+                    behind = stale.current
+            # another replica wrote first: see its change, then decide again
+            if not await self.reach(behind, within=10.0):
+                raise errors.StoreError(
+                    f"catalog store: this hub replica is behind the store (at revision "
+                    f"{self.revision}, the store at {behind}): check its connection to the store"
+                )
+        raise errors.StoreError(
+            f"catalog store: the change lost the race to other replicas {RETRIES} times; retry"
+        )
+
+    async def _commit(self, ops: list[Op], *, fence: bool = False) -> None:
         try:
-            await self.store.commit(rev, ops)
+            rev = await self.store.commit(self.base, ops, fence=fence)
         except errors.StoreError as err:
             self.store_problem = err.reason  # /readyz: not ready until a write succeeds
             raise
         self.store_problem = ""
         # durable now: make it visible
-        self.revision = rev
+        self.revision = self.base = rev
         for op in ops:
             self._apply(rev, op)
         self._since_compaction += len(ops)
@@ -470,25 +604,34 @@ class Catalog:
             # write is durable already: a failing compaction is tried again, never an error
             try:
                 self._store_compacted = await self.store.compact(self.history, log.compacted)
-                log.compacted = max(log.compacted, self._store_compacted)
+                if not isinstance(self.store, Shared):  # etcd's history is not this log's
+                    log.compacted = max(log.compacted, self._store_compacted)
             except errors.StoreError as err:
                 self.store_problem = err.reason
+        self._publish()
+
+    def _publish(self) -> None:
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
-    def _apply(self, rev: int, op: Op) -> None:
+    def _apply(self, rev: int, op: Op, *, log: bool = True) -> None:
+        """One op, as of revision `rev` (the records say the revision the store gave)."""
         if isinstance(op, Put):
             if op.kind == CLUSTER:
-                self.clusters[op.name] = _cluster_dec.decode(op.value)
+                c = _cluster_dec.decode(op.value)
+                self.clusters[op.name] = _at(c, rev)
             elif op.kind == DATASET:
-                self.datasets[op.name] = _dataset_dec.decode(op.value)
+                self.datasets[op.name] = _at(_dataset_dec.decode(op.value), rev)
             elif op.kind == BINDING:
-                b = _binding_dec.decode(op.value)
+                b = _at(_binding_dec.decode(op.value), rev)
                 etype = "MODIFIED" if op.name in self.bindings else "ADDED"
                 self.bindings[op.name] = b
-                self.log.append(rev, etype, b)
+                if log:
+                    self.log.append(rev, etype, b)
             elif op.kind == STATUS:
-                self.statuses[op.name] = _status_dec.decode(op.value)
+                status = self.statuses[op.name] = _status_dec.decode(op.value)
+                if log and self.on_status is not None:
+                    self.on_status(op.name, status)
             elif op.kind == TOKEN:
                 self.token_hashes[op.name] = op.value.decode()
             elif op.kind == DECISIONS:
@@ -508,6 +651,17 @@ class Catalog:
             self.token_hashes.pop(op.name, None)
         elif op.kind == DECISIONS:
             self.decisions.pop(op.name, None)
+
+
+R = TypeVar("R", ClusterRecord, DatasetRecord, Binding)
+
+
+def _at(rec: R, rev: int) -> R:
+    """The record as of the revision the store committed it at (a replica computes a
+    change with the revision it expects; the store may have moved on in between)."""
+    if rev and rec.revision != rev:
+        return msgspec.structs.replace(rec, revision=rev)
+    return rec
 
 
 def _same_binding(a: Binding, b: Binding) -> bool:

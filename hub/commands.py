@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--port", type=int, help="port to bind (0: any free port)")
     serve.add_argument("--data-dir", help="directory of the catalog file")
     serve.add_argument(
+        "--store",
+        help="etcd://HOST:PORT,... : share the catalog on etcd with other hub replicas "
+        "(default: the SQLite file in the data directory)",
+    )
+    serve.add_argument("--etcd-prefix", help="the catalog's keys in etcd (default /fluidfed/)")
+    serve.add_argument(
         "--self-signed",
         action="store_true",
         help="serve HTTPS with a CA and certificate made in <data-dir>/tls (development)",
@@ -66,7 +72,15 @@ def _hub_config(args: argparse.Namespace) -> HubConfig:
 
 
 def _catalog_file(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or _hub_config(args).data_dir) / "catalog.db"
+    cfg = _hub_config(args)
+    if cfg.store and not args.data_dir:
+        raise ConfigError.one(
+            f"the catalog is on {cfg.store}: back it up with etcd's own `etcdctl snapshot "
+            "save` (and restore with `etcdutl snapshot restore`)",
+            file=args.config,
+            path="hub.store",
+        )
+    return Path(args.data_dir or cfg.data_dir) / "catalog.db"
 
 
 def run_backup(args: argparse.Namespace) -> int:
@@ -96,7 +110,13 @@ def run_serve(args: argparse.Namespace) -> int:
     cfg = _hub_config(args)
     overrides = {
         k: v
-        for k, v in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir))
+        for k, v in (
+            ("host", args.host),
+            ("port", args.port),
+            ("data_dir", args.data_dir),
+            ("store", args.store),
+            ("etcd_prefix", args.etcd_prefix),
+        )
         if v is not None
     }
     if overrides:

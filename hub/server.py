@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
 import sys
@@ -14,10 +15,10 @@ from aiohttp import web
 from fluidfed import tls
 from fluidfed.errors import ConfigError
 from fluidfed.models import HubConfig
-from hub import auth
+from hub import auth, leader
 from hub.app import make_app
 from hub.catalog import Catalog
-from hub.store import SQLiteStore
+from hub.store import SQLiteStore, Store
 
 
 def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]:
@@ -38,11 +39,40 @@ def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]
     return None, ""
 
 
+def open_store(cfg: HubConfig) -> tuple[Store, str]:
+    """The catalog's store the configuration names, and where it is (for the ready line)."""
+    if not cfg.store:
+        store = SQLiteStore(Path(cfg.data_dir) / "catalog.db")
+        return store, str(store.path)
+    # our errors say what went wrong and what to do: gRPC's own log lines are noise
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    try:
+        from hub import etcd
+    except ImportError:
+        raise ConfigError.one(
+            f"store {cfg.store} needs the etcd client: pip install 'fluidfed[etcd]'",
+            path="hub.store",
+        ) from None
+    settings = etcd.EtcdSettings(
+        endpoints=etcd.parse_url(cfg.store),
+        prefix=cfg.etcd_prefix,
+        ca_file=cfg.etcd_ca_file,
+        cert_file=cfg.etcd_cert_file,
+        key_file=cfg.etcd_key_file,
+        username=cfg.etcd_username,
+        password_file=cfg.etcd_password_file,
+        password_env=cfg.etcd_password_env,
+        lease_ttl=max(1, round(cfg.leader_lease)),
+    )
+    shared = etcd.EtcdStore(settings)
+    return shared, shared.where
+
+
 async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = False) -> None:
     ssl_context, tls_note = _tls(cfg, self_signed)
     data_dir = Path(cfg.data_dir)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
-    store = SQLiteStore(data_dir / "catalog.db")
+    store, where = open_store(cfg)
     catalog = Catalog(
         store,
         history=cfg.event_history,
@@ -58,6 +88,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         autoscale_interval=cfg.autoscale_interval,
         metrics_stale_after=cfg.metrics_stale_after,
         mutual_tls=bool(cfg.client_ca_file),
+        identity=leader.replica_identity(cfg.port),
     )
     # on SIGTERM the watch streams end at once (agents reconnect): nothing to wait 60 s for
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
@@ -76,7 +107,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
     if ready_line:
         print(
             f"fluidfed hub listening on {scheme}://{cfg.host}:{port} "
-            f"(catalog {store.path}, revision {catalog.revision}; admin token from {source}"
+            f"(catalog {where}, revision {catalog.revision}; admin token from {source}"
             f"{tls_note})",
             flush=True,
         )

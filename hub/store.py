@@ -2,18 +2,21 @@
 
 The hub keeps its catalog in memory and writes every change through a `Store` before it
 answers. A change is a list of puts and deletes committed atomically under one new
-revision, and recorded as events so that watches survive a restart. `SQLiteStore` is the
-embedded default (one file, WAL, synchronous commits: an acknowledged write survives
-kill -9); an etcd store can implement the same four calls for several hub replicas.
+revision, and only if the catalog is still where the change was computed (`base`): no lost
+update. `SQLiteStore` is the embedded default (one file, WAL, synchronous commits: an
+acknowledged write survives kill -9), its events recorded so that watches survive a
+restart. A `Shared` store (etcd, `hub/etcd.py`) is written by several hub replicas: each
+follows its changes to keep its own catalog current, and one replica leads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from fluidfed.errors import StaleRevision, StoreError
 
@@ -50,19 +53,69 @@ class Snapshot:
     compacted: int  # events at or below this revision are gone
     records: dict[tuple[str, str], bytes] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    base: int = -1  # the revision of the last catalog change (-1: `revision`)
+    revisions: dict[tuple[str, str], int] = field(default_factory=dict)  # of each record
+    # a shared store's history comes through its feed: the events after this revision up
+    # to `revision` are replayed into the watch log (-1: `revision`, nothing to replay)
+    follow_from: int = -1
+
+    def __post_init__(self) -> None:
+        if self.base < 0:
+            self.base = self.revision
+        if self.follow_from < 0:
+            self.follow_from = self.revision
 
 
 class Store(Protocol):
     async def load(self) -> Snapshot: ...
 
-    async def commit(self, revision: int, ops: list[Op]) -> None:
-        """Apply `ops` atomically as `revision` (the previous revision + 1)."""
+    async def commit(self, base: int, ops: list[Op], *, fence: bool = False) -> int:
+        """Apply `ops` atomically if the last catalog change is still `base`; the revision
+        they were committed as. StaleRevision if another writer came first; `fence`: only
+        while this hub leads (a shared store's leader-only decisions)."""
 
     async def compact(self, keep_events: int, through: int = 0) -> int:
         """Forget all but the newest `keep_events` events, and at least every event up to
         revision `through`; return the compacted revision."""
 
     async def close(self) -> None: ...
+
+
+# the kinds of a shared store's events beside the catalog's records: a catalog change was
+# committed (its revision is the base of the next), and the heartbeats one replica received
+REV, BEAT = "rev", "beat"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One step of a shared store's feed: the events of one revision (none: the store is
+    at `revision`), or, when the history the feed needed was compacted, a new snapshot."""
+
+    revision: int
+    events: list[Event] = field(default_factory=list)
+    reset: Snapshot | None = None
+
+
+@runtime_checkable
+class Shared(Protocol):
+    """A store that several hub replicas share: what the others write reaches this one
+    through `follow`; heartbeats an agent sent to one replica reach the leader through
+    `publish_heartbeats`; `campaign`/`keep_leading`/`resign` elect one leader."""
+
+    def follow(self, after: int) -> AsyncIterator[Change]: ...
+
+    async def publish_heartbeats(self, replica: str, beats: dict[str, float]) -> None: ...
+
+    async def current_revision(self) -> int:
+        """The store's revision now, with its feed asked to report up to it soon."""
+
+    async def campaign(self, identity: str) -> None:
+        """Return once this replica leads."""
+
+    async def keep_leading(self) -> None:
+        """Return when this replica no longer leads."""
+
+    async def resign(self) -> None: ...
 
 
 _SCHEMA = """
@@ -122,8 +175,11 @@ class SQLiteStore:
     def _load(self) -> Snapshot:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         snap = Snapshot(revision=meta["revision"], compacted=meta["compacted"])
-        for kind, name, value in self._db.execute("SELECT kind, name, value FROM records"):
+        for kind, name, value, rev in self._db.execute(
+            "SELECT kind, name, value, revision FROM records"
+        ):
             snap.records[(kind, name)] = bytes(value)
+            snap.revisions[(kind, name)] = rev
         for rev, kind, name, typ, value in self._db.execute(
             "SELECT revision, kind, name, type, value FROM events ORDER BY seq"
         ):
@@ -132,13 +188,17 @@ class SQLiteStore:
             )
         return snap
 
-    def _commit(self, revision: int, ops: list[Op]) -> None:
+    def _commit(self, base: int, ops: list[Op]) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             (current,) = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
-            if revision != current + 1:
-                raise StaleRevision(f"commit as revision {revision} but the store is at {current}")
+            if base != current:
+                raise StaleRevision(
+                    f"a change computed at revision {base} but the store is at {current}",
+                    current=current,
+                )
+            revision = base + 1
             for op in ops:
                 if isinstance(op, Put):
                     db.execute(
@@ -161,6 +221,7 @@ class SQLiteStore:
                     )
             db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision,))
             db.execute("COMMIT")
+            return revision
         except BaseException:
             # SQLite rolls back by itself on some errors (a full disk): then only re-raise
             if db.in_transaction:
@@ -196,10 +257,11 @@ class SQLiteStore:
             except sqlite3.Error as err:
                 raise _store_error(self.path, err) from err
 
-    async def commit(self, revision: int, ops: list[Op]) -> None:
+    async def commit(self, base: int, ops: list[Op], *, fence: bool = False) -> int:
+        # one hub per file: it always leads, `fence` holds by itself
         async with self._lock:
             try:
-                await asyncio.to_thread(self._commit, revision, ops)
+                return await asyncio.to_thread(self._commit, base, ops)
             except sqlite3.Error as err:
                 raise _store_error(self.path, err) from err
 

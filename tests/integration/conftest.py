@@ -6,6 +6,7 @@ import os
 import ssl
 import subprocess
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from devkit import testing
-from devkit.local import cluster
+from devkit.local import cluster, etcd
 from devkit.testing import AgentProcess, HubProcess, NotYet, eventually_blocking, run_cli
 from fluidfed import Client
 from fluidfed.models import (
@@ -30,6 +31,25 @@ CAPS = {
     "serverless": {"privileged": True},  # this platform admits the privileged sidecar
     "edge": {"privileged": True, "native_sidecar": False},
 }
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[etcd.EtcdCluster]:
+    """A real 3-member etcd on loopback, once per session; each hub gets its own prefix."""
+    with etcd.EtcdCluster(tmp_path_factory.mktemp("etcd")) as members:
+        yield members
+    left = [p.pid for p in members.procs.values() if p.poll() is None]
+    assert not left, f"etcd members left behind: {left}"
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def store_flags(request: pytest.FixtureRequest) -> list[str]:
+    """`hub serve` flags for each catalog store: the embedded SQLite file, and etcd (a
+    fresh prefix of the session's cluster, so every test starts from an empty catalog)."""
+    if request.param == "sqlite":
+        return []
+    members: etcd.EtcdCluster = request.getfixturevalue("etcd_cluster")
+    return ["--store", members.store_url, "--etcd-prefix", f"/t-{uuid.uuid4().hex[:12]}/"]
 
 
 def cli(

@@ -14,7 +14,7 @@ from tests.conftest import CONFIGS
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("manifest", ["hub.yaml", "agent.yaml"])
+@pytest.mark.parametrize("manifest", ["hub.yaml", "hub-ha.yaml", "agent.yaml"])
 def test_manifests_apply_and_carry_valid_configs(
     local_clusters: dict[str, cluster.LocalCluster], manifest: str, tmp_path: Path
 ) -> None:
@@ -49,4 +49,11 @@ def test_manifests_apply_and_carry_valid_configs(
         assert 'api_host = "0.0.0.0"' in cfg and "webhook_url" in cfg
         assert any(d["kind"] == "Service" for d in docs)
     else:
-        assert "tls_cert_file" in (tmp_path / "hub.toml").read_text()
+        hub = (tmp_path / "hub.toml").read_text()
+        assert "tls_cert_file" in hub
+    if manifest == "hub-ha.yaml":
+        assert 'store = "etcd://' in hub and "etcd_ca_file" in hub
+        kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+        assert {("StatefulSet", "fluidfed-etcd"), ("PodDisruptionBudget", "fluidfed-hub")} <= kinds
+        (hubs,) = [d for d in docs if d["kind"] == "Deployment"]
+        assert hubs["spec"]["replicas"] == 3

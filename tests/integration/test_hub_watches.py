@@ -1,9 +1,11 @@
-"""Watches at their edges, on a real hub: a revision the catalog never reached (a restored
-copy) is an error the agent understands, and SIGTERM ends every stream at once."""
+"""Watches at their edges, on a real hub and on both catalog stores: a revision the
+catalog never reached (a restored copy) is an error the agent understands, and SIGTERM
+ends every stream at once."""
 
 import asyncio
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,12 @@ from fluidfed.errors import RevisionAhead
 from fluidfed.models import Cluster, Dataset, KubeAccess, Mount
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def hub(tmp_path: Path, store_flags: list[str]) -> Iterator[HubProcess]:
+    with HubProcess(tmp_path / "hub", extra=store_flags) as proc:
+        yield proc
 
 
 async def test_a_watch_from_a_revision_ahead_of_the_catalog_is_gone(hub: HubProcess) -> None:
@@ -28,8 +36,10 @@ async def test_a_watch_from_a_revision_ahead_of_the_catalog_is_gone(hub: HubProc
         assert not isinstance(info.value, RevisionAhead)  # the wire says 410: the SDK's Gone
 
 
-async def test_sigterm_with_agents_watching_exits_within_seconds(tmp_path: Path) -> None:
-    hub = HubProcess(tmp_path / "hub").start()
+async def test_sigterm_with_agents_watching_exits_within_seconds(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
+    hub = HubProcess(tmp_path / "hub", extra=store_flags).start()
     try:
         async with Client(hub.url, hub.admin_token) as admin:
             for i in range(20):

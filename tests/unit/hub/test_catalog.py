@@ -106,7 +106,7 @@ async def test_restart_finds_everything(tmp_path: Path) -> None:
 
 
 class FailingStore(SQLiteStore):
-    async def commit(self, revision: int, ops: list[Op]) -> None:
+    async def commit(self, base: int, ops: list[Op], *, fence: bool = False) -> int:
         raise OSError("disk full")
 
 

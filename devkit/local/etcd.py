@@ -1,0 +1,267 @@
+"""A real etcd cluster on loopback for the highly available hub: three members (etcd
+v3.6, built by testbin.sh and cached with the Kubernetes binaries), each with its data
+under one directory. `fluidfed local etcd up|down` and the tests' fixture run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from devkit.local import binaries, paths
+from devkit.local.cluster import free_port
+from devkit.local.processes import pid_alive, stop_process
+from fluidfed import pki
+from fluidfed.errors import LocalClusterError
+
+STATE = "members.json"  # the members of a detached cluster: names, ports, pids
+
+
+def default_dir() -> Path:
+    return paths.cache_dir("etcd", "FLUIDFED_ETCD_DIR")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFiles:
+    """What a client of a TLS etcd needs: the members' CA, its certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    tls: bool = False
+
+    @property
+    def client_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+
+class EtcdCluster:
+    """`size` etcd members on 127.0.0.1; `store_url` is what the hub's `--store` takes.
+    With `tls`, clients reach them over TLS with a certificate of the members' CA (made in
+    `<base_dir>/tls`; `client` has the hub's files)."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        size: int = 3,
+        client_ports: list[int] | None = None,
+        tls: bool = False,
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        ports = client_ports or [free_port() for _ in range(size)]
+        self.members = [Member(f"m{i}", ports[i], free_port(), tls) for i in range(size)]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.client: ClientFiles | None = None
+        self._server: ClientFiles | None = None
+        if tls:
+            self._server, self.client = self._make_certificates()
+
+    def _make_certificates(self) -> tuple[ClientFiles, ClientFiles]:
+        d = self.base_dir / "tls"
+        d.mkdir(parents=True, exist_ok=True)
+        ca = pki.new_ca("fluidfed local etcd CA")
+        ca_file = pki.write(d / "ca.crt", ca.cert_pem)
+        server = pki.issue(ca, "etcd", hosts=("127.0.0.1", "localhost"), server=True, client=True)
+        hub = pki.issue(ca, "fluidfed-hub", client=True)
+        return (
+            ClientFiles(
+                ca_file,
+                pki.write(d / "server.crt", server.cert_pem),
+                pki.write(d / "server.key", server.key_pem, private=True),
+            ),
+            ClientFiles(
+                ca_file,
+                pki.write(d / "hub.crt", hub.cert_pem),
+                pki.write(d / "hub.key", hub.key_pem, private=True),
+            ),
+        )
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{m.client_port}" for m in self.members]
+
+    @property
+    def store_url(self) -> str:
+        return "etcd://" + ",".join(self.endpoints)
+
+    def _argv(self, m: Member) -> list[str]:
+        initial = ",".join(f"{x.name}={x.peer_url}" for x in self.members)
+        return [
+            str(binaries.cache_dir() / "etcd"),
+            f"--name={m.name}",
+            f"--data-dir={self.base_dir / m.name}",
+            f"--listen-client-urls={m.client_url}",
+            f"--advertise-client-urls={m.client_url}",
+            f"--listen-peer-urls={m.peer_url}",
+            f"--initial-advertise-peer-urls={m.peer_url}",
+            f"--initial-cluster={initial}",
+            "--initial-cluster-token=fluidfed-local",
+            "--initial-cluster-state=new",
+            # loopback: short heartbeats, so a stopped member is noticed within a second
+            "--heartbeat-interval=100",
+            "--election-timeout=1000",
+            "--log-level=warn",
+            # a hub change is one transaction: a dataset placed on many clusters is many ops
+            "--max-txn-ops=10000",
+            "--max-request-bytes=33554432",
+            *self._tls_flags(),
+        ]
+
+    def _tls_flags(self) -> list[str]:
+        if self._server is None:
+            return []
+        return [
+            "--client-cert-auth",
+            f"--trusted-ca-file={self._server.ca_file}",
+            f"--cert-file={self._server.cert_file}",
+            f"--key-file={self._server.key_file}",
+        ]
+
+    def start(self, timeout: float = 60.0, *, detach: bool = False) -> EtcdCluster:
+        """Start every member and wait until each is healthy; `detach`: in their own
+        session, so they outlive the command that started them (`fluidfed local etcd up`)."""
+        if shutil.which(str(binaries.cache_dir() / "etcd")) is None:
+            raise LocalClusterError(
+                f"no etcd binary in {binaries.cache_dir()}: run `fluidfed local up NAME` once "
+                "(it builds the local-cluster binaries), or set FLUIDFED_TESTBIN"
+            )
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        for m in self.members:
+            self.start_member(m.name, detach=detach)
+        try:
+            self.wait_healthy(timeout)
+        except LocalClusterError:
+            self.stop()
+            raise
+        if detach:
+            state = {
+                "members": [{**vars_of(m), "pid": self.procs[m.name].pid} for m in self.members]
+            }
+            (self.base_dir / STATE).write_text(json.dumps(state))
+        return self
+
+    def start_member(self, name: str, *, detach: bool = False) -> None:
+        m = self.member(name)
+        with open(self.base_dir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                self._argv(m),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=detach,
+            )
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise LocalClusterError(
+            f"no etcd member {name}: the members are m0..m{len(self.members) - 1}"
+        )
+
+    def stop_member(self, name: str, sig: int = signal.SIGKILL) -> None:
+        stop_process(self.procs.pop(name, None), sig, 10.0)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = [m for m in self.members if m.name in self.procs]
+        while pending:
+            m = pending[0]
+            proc = self.procs[m.name]
+            if proc.poll() is not None:
+                raise LocalClusterError(
+                    f"etcd member {m.name} exited with {proc.returncode}; its log: "
+                    f"{self.base_dir / (m.name + '.log')}"
+                )
+            if _healthy(m, self._server):
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise LocalClusterError(
+                    f"etcd member {m.name} ({m.client_url}) not healthy within {timeout:.0f}s; "
+                    f"its log: {self.base_dir / (m.name + '.log')}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_member(name, signal.SIGTERM)
+
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def vars_of(m: Member) -> dict[str, object]:
+    return {"name": m.name, "client_port": m.client_port, "peer_port": m.peer_port, "tls": m.tls}
+
+
+def _healthy(m: Member, tls: ClientFiles | None) -> bool:
+    ctx = None
+    if tls is not None:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file))
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    try:
+        with urllib.request.urlopen(m.client_url + "/health", timeout=2, context=ctx) as r:
+            return bool(json.loads(r.read()).get("health") == "true")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def up(base_dir: Path, client_ports: list[int]) -> EtcdCluster:
+    """Start a detached cluster in `base_dir` (refused if one runs there)."""
+    running = running_pids(base_dir)
+    if running:
+        raise LocalClusterError(
+            f"a local etcd cluster already runs from {base_dir} (pids "
+            f"{', '.join(map(str, running))}): `fluidfed local etcd down` first"
+        )
+    shutil.rmtree(base_dir, ignore_errors=True)
+    return EtcdCluster(base_dir, size=len(client_ports), client_ports=client_ports).start(
+        detach=True
+    )
+
+
+def running_pids(base_dir: Path) -> list[int]:
+    state = base_dir / STATE
+    if not state.exists():
+        return []
+    members = json.loads(state.read_text()).get("members", [])
+    return [int(m["pid"]) for m in members if pid_alive(int(m["pid"]))]
+
+
+def down(base_dir: Path, timeout: float = 10.0) -> list[int]:
+    """Stop a detached cluster and remove its data; the pids that were stopped."""
+    pids = running_pids(base_dir)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(base_dir, ignore_errors=True)
+    return pids

@@ -1,0 +1,44 @@
+"""The etcd store's settings, read from `[hub] store` and the etcd_* keys (no etcd here:
+the store's behaviour is tested against a real etcd in tests/integration)."""
+
+import pytest
+
+from fluidfed import config
+from fluidfed.errors import ConfigError
+from hub import etcd
+
+
+def test_an_etcd_url_names_its_members() -> None:
+    assert etcd.parse_url("etcd://127.0.0.1:2379,10.0.0.2:22379") == (
+        "127.0.0.1:2379",
+        "10.0.0.2:22379",
+    )
+    assert etcd.parse_url("etcd://etcd-0.etcd:2379/") == ("etcd-0.etcd:2379",)
+
+
+@pytest.mark.parametrize(
+    "url", ["etcd://", "etcd://host", "etcd://host:port", "http://h:2379", "etcd://h:1/x"]
+)
+def test_a_bad_etcd_url_says_what_to_write(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"etcd://HOST:PORT") as info:
+        etcd.parse_url(url)
+    assert info.value.problems[0].path == "hub.store"
+
+
+def test_the_hub_config_refuses_a_store_it_does_not_know() -> None:
+    with pytest.raises(ConfigError, match="etcd://HOST:PORT") as info:
+        config.loads('[hub]\nstore = "postgres://db"\n', file="hub.toml")
+    assert info.value.problems[0].file == "hub.toml"
+    with pytest.raises(ConfigError, match="give both or neither"):
+        config.loads('[hub]\nstore = "etcd://h:2379"\netcd_cert_file = "c.pem"\n')
+    doc = config.loads('[hub]\nstore = "etcd://h:2379"\netcd_prefix = "/ff/"\n')
+    assert doc.hub is not None and doc.hub.store == "etcd://h:2379"
+
+
+def test_an_etcd_user_without_a_password_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FLUIDFED_ETCD_PASSWORD", raising=False)
+    settings = etcd.EtcdSettings(endpoints=("h:2379",), username="hub")
+    with pytest.raises(ConfigError, match="FLUIDFED_ETCD_PASSWORD"):
+        etcd.EtcdStore(settings)
