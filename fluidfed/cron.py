@@ -11,8 +11,10 @@ import calendar
 import datetime as dt
 from dataclasses import dataclass
 
+# day of week 0-6 (0 = Sunday), as Kubernetes' CronJob (robfig/cron), which runs Fluid's
+# Cron DataLoad, takes it: a 7 the hub accepted would fail in the cluster
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
-           ("day of week", 0, 7))  # fmt: skip
+           ("day of week", 0, 6))  # fmt: skip
 _DESCRIPTORS = {
     "@hourly": "0 * * * *",
     "@daily": "0 0 * * *",
@@ -76,7 +78,8 @@ def _field(text: str, name: str, low: int, high: int) -> frozenset[int]:
                 f"{name} {part!r} is not a number, '*', a range a-b or a step /n"
             ) from None
         if step < 1 or not low <= a <= b <= high:
-            raise ValueError(f"{name} {part!r} is out of range {low}-{high}")
+            sunday = " (0 is Sunday)" if name == "day of week" else ""
+            raise ValueError(f"{name} {part!r} is out of range {low}-{high}{sunday}")
         out.update(range(a, b + 1, step))
     return frozenset(out)
 
@@ -91,8 +94,7 @@ def parse(expr: str) -> Schedule:
             'month day-of-week (e.g. "0 */6 * * *": every 6 hours)'
         )
     sets = [_field(f, *spec) for f, spec in zip(fields, _FIELDS, strict=True)]
-    weekdays = frozenset(d % 7 for d in sets[4])
-    s = Schedule(sets[0], sets[1], sets[2], sets[3], weekdays, fields[2] == "*", fields[4] == "*")
+    s = Schedule(sets[0], sets[1], sets[2], sets[3], sets[4], fields[2] == "*", fields[4] == "*")
     if not any(d <= calendar.monthrange(2024, m)[1] for m in s.months for d in s.days):
         raise ValueError(f"{expr!r} never fires: no month has those days")
     return s
