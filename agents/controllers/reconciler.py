@@ -72,6 +72,7 @@ class Reconciler:
             return False
         b = self.store.state.bindings.get(name)
         if b is None or b.deleting:
+            self.warmups.stop(name)  # a repeating warm-up would go on loading forever
             await self.clean_up(name, finalize=b is not None)
             return False
         creds = (

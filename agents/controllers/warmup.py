@@ -38,8 +38,13 @@ class WarmUps:
 
     def maybe_start(self, b: Binding) -> None:
         req = b.load
-        if req is None or b.deleting or not objects.runs_workers(b):
-            return  # Fluid's own engines load with Fluid's DataLoad (agents.fluid)
+        if b.deleting or not objects.runs_workers(b):
+            # deleted, or Fluid's own engines now (they load with Fluid's DataLoad,
+            # agents.fluid): a repeating load of fluidfed's workers ends here
+            self.stop(b.name)
+            return
+        if req is None:
+            return
         repeats = bool(req.schedule or req.on_change)
         task = self._tasks.get(b.name)
         if task is not None and not task.done():
@@ -82,6 +87,16 @@ class WarmUps:
         st = self.store.state.statuses.get(b.name)
         if st is not None:
             await self.store.publish(b.name, self.observed.fold(b, st))
+
+    def stop(self, name: str) -> None:
+        """Binding `name` is gone or loads otherwise: its warm-up (a repeating one never
+        ends by itself) stops, and nothing of it is kept."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self._asked.pop(name, None)
+        self._repeats.pop(name, None)
+        self.observed.loads.pop(name, None)
 
     def cancel_all(self) -> None:
         for task in self._tasks.values():
