@@ -34,6 +34,7 @@ class Leadership:
         self.identity = identity
         self.shared = store if isinstance(store, Shared) else None
         self.leading = asyncio.Event()
+        self._resigned = False  # stopping: never campaign again
 
     async def run(self, work: list[Work]) -> None:
         """Run `work` while this replica leads, stopped the moment it does not."""
@@ -41,13 +42,16 @@ class Leadership:
             self.leading.set()
             await asyncio.gather(*(w() for w in work))
             return
-        while True:
+        while not self._resigned:
             try:
                 await self.shared.campaign(self.identity)
             except FluidfedError as err:
                 log.warning("campaigning for the lead failed (%s); again in 1s", err)
                 await asyncio.sleep(1.0)
                 continue
+            if self._resigned:  # won while stopping: hand it straight back
+                await self.shared.resign()
+                return
             self.leading.set()
             log.info("this hub replica (%s) leads: leases and autoscaling run here", self.identity)
             tasks = [asyncio.create_task(w()) for w in work]
@@ -60,10 +64,14 @@ class Leadership:
                 for t in tasks:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await t
-            log.warning("this hub replica (%s) lost the lead: campaigning again", self.identity)
+            if not self._resigned:
+                log.warning("this hub replica (%s) lost the lead: campaigning again", self.identity)
 
     async def resign(self) -> None:
-        """Hand the lead over now (on a clean stop), not when the lease runs out."""
+        """Hand the lead over now (on a clean stop), not when the lease runs out, and stop
+        campaigning: a replica that is stopping must not take the lead back (its new lease
+        would then hold the others off for its whole TTL)."""
+        self._resigned = True
         self.leading.clear()
         if self.shared is not None:
             await self.shared.resign()

@@ -2,6 +2,7 @@
 certificate, and etcd's own users; each misconfiguration is a clear error at start-up that
 names the setting to fix, and the password is never printed."""
 
+import asyncio
 import os
 import secrets
 from pathlib import Path
@@ -84,3 +85,35 @@ async def test_as_an_etcd_user_with_a_password(tmp_path: Path) -> None:
         assert r.returncode == 1
         assert "check etcd_username and its password" in r.stderr
         assert wrong not in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+async def test_a_replica_that_resigns_does_not_campaign_again(tmp_path: Path) -> None:
+    """A stopping hub resigns (`_close_watches`) before its background tasks are cancelled;
+    in between, its leadership loop must end rather than take the lead back, or the new
+    lease would hold the other replicas off for a whole TTL."""
+    from hub import leader
+    from hub.etcd import EtcdSettings, EtcdStore
+
+    with etcd.EtcdCluster(tmp_path / "etcd", size=1) as members:
+        store = EtcdStore(EtcdSettings(endpoints=tuple(members.endpoints), lease_ttl=2))
+        lead = leader.Leadership(store, "replica-a")
+        stopped = asyncio.Event()
+
+        async def work() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                stopped.set()
+
+        running = asyncio.create_task(lead.run([work]))
+        try:
+            await lead.leading.wait()
+            await lead.resign()
+            await running  # it ends: it neither leads nor campaigns any more
+            assert stopped.is_set() and not lead.leading.is_set()
+            async with grpc.aio.insecure_channel(members.endpoints[0]) as channel:
+                held = await rpc.KVStub(channel).Range(rpc.RangeRequest(key=b"/fluidfed/leader"))
+            assert not held.kvs  # the lead is free for another replica at once
+        finally:
+            running.cancel()
+            await store.close()
