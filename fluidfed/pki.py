@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,13 @@ def load_or_make_ca(directory: Path, cn: str) -> KeyPair:
 
 
 def write(path: Path, data: bytes, private: bool = False) -> Path:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+    """Write `data` to `path`; `private` (a key): readable by its owner only from the
+    moment it exists, never world-readable in between (as a chmod after writing left it)."""
+    if not private:
+        path.write_bytes(data)
+        return path
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # a file that was there keeps its mode otherwise
+        f.write(data)
     return path

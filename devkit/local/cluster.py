@@ -381,8 +381,7 @@ class LocalCluster:
         d = self.dir / "pki"
         admin = pki.KeyPair((d / "admin.crt").read_bytes(), (d / "admin.key").read_bytes())
         doc = kubeconfig(self.name, server, (d / "ca.crt").read_bytes(), admin)
-        self.kubeconfig_path.write_text(yaml.safe_dump(doc))
-        self.kubeconfig_path.chmod(0o600)
+        pki.write(self.kubeconfig_path, yaml.safe_dump(doc).encode(), private=True)
 
     def _etcd_args(self, ports: dict[str, int]) -> list[str]:
         return [

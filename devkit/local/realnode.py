@@ -467,13 +467,11 @@ def prepare(
     client = pki.issue(ca, f"system:node:{name}", org="system:nodes", client=True)
     pki.write(d / "pki/ca.crt", ca.cert_pem)
     doc = cluster.kubeconfig(name, server, ca.cert_pem, client)
-    (d / "kubelet.kubeconfig").write_text(yaml.safe_dump(doc))
-    (d / "kubelet.kubeconfig").chmod(0o600)
+    # kubeconfigs with a client key: private from the start
+    pki.write(d / "kubelet.kubeconfig", yaml.safe_dump(doc).encode(), private=True)
     dns = pki.issue(ca, DNS_USER, client=True)
-    (d / "coredns.kubeconfig").write_text(
-        yaml.safe_dump(cluster.kubeconfig(name, server, ca.cert_pem, dns))
-    )
-    (d / "coredns.kubeconfig").chmod(0o600)
+    dns_doc = cluster.kubeconfig(name, server, ca.cert_pem, dns)
+    pki.write(d / "coredns.kubeconfig", yaml.safe_dump(dns_doc).encode(), private=True)
     (d / "Corefile").write_text(corefile(d, net))
     hier = hierarchies()
     root = cgroup_root_for(net.netns, hier)

@@ -58,3 +58,12 @@ def test_private_files_are_written_for_the_owner_only(tmp_path: Path) -> None:
     assert key.read_bytes() == private
     assert key.stat().st_mode & 0o777 == 0o600
     assert pub.read_bytes() == public
+
+
+def test_a_private_file_written_over_a_readable_one_is_private(tmp_path: Path) -> None:
+    old = tmp_path / "hub.key"
+    old.write_bytes(b"old")
+    old.chmod(0o644)
+    pki.write(old, b"new key", private=True)
+    assert old.read_bytes() == b"new key"
+    assert old.stat().st_mode & 0o777 == 0o600
