@@ -135,6 +135,28 @@ def engines_serving(sch: str) -> list[str]:
     return [e for e, r in RULES.items() if sch in r.schemes]
 
 
+def check_one_secret(d: Dataset, path: str = "dataset") -> list[Problem]:
+    """fluidfed's own readers (the FUSE sidecar and the cache workers) read every mount of
+    a dataset with one set of credentials (their environment, from the Secrets' keys): two
+    Secrets would have one mount read with the other's keys and refused by its storage."""
+    first: tuple[int, str] | None = None
+    for i, m in enumerate(d.mounts):
+        if not m.secret:
+            continue
+        if first is None:
+            first = (i, m.secret)
+        elif m.secret != first[1]:
+            return [
+                Problem(
+                    f"fluidfed's sidecar and cache workers read all of a dataset's mounts with "
+                    f"one Secret's keys, and mounts[{first[0]}] names {first[1]!r}: name the "
+                    "same Secret (with keys that read both), or declare one dataset per Secret",
+                    path=f"{path}.mounts[{i}].secret",
+                )
+            ]
+    return []
+
+
 def check(d: Dataset, path: str = "dataset") -> list[Problem]:
     """What `d.cache.engine` cannot serve of `d`'s mounts, each with its field path.
     Reference datasets (dataset://) are Fluid's own and need no engine."""
@@ -168,6 +190,8 @@ def check(d: Dataset, path: str = "dataset") -> list[Problem]:
         )
     for i, m in enumerate(d.mounts):
         problems += _check_mount(engine, rule, m, f"{path}.mounts[{i}]")
+    if engine == "fluidfed":
+        problems += check_one_secret(d, path)
     return problems
 
 

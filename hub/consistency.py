@@ -89,10 +89,10 @@ def _cycle(start: str, via: str, known: Mapping[str, Dataset]) -> list[str]:
 def check_served(d: Dataset, cluster: str, mode: MountMode) -> list[Problem]:
     """Only a cluster with Fluid (csi mode) serves what the FUSE sidecar and the cache
     workers have no reader for: dataset:// (Fluid's cross-namespace sharing), and nfs:// and
-    juicefs:// (Fluid's EFC and JuiceFS engines)."""
+    juicefs:// (Fluid's EFC and JuiceFS engines); and they read with one Secret's keys."""
     if mode == "csi":
         return []
-    problems = []
+    problems = engines.check_one_secret(d)
     for i, m in enumerate(d.mounts):
         scheme = engines.scheme(m)
         if scheme in engines.SIDECAR_SCHEMES:

@@ -169,6 +169,13 @@ def problems(engine: str, *mounts: Mount, **cache: Any) -> list[tuple[str, str]]
             "dataset.mounts",
             "only mount",
         ),
+        (  # fluidfed's sidecar reads every mount with one Secret's keys
+            "fluidfed",
+            [Mount(uri="s3://a/p", secret="a"), Mount(uri="s3://b/p", name="b", secret="b")],
+            {},
+            "dataset.mounts[1].secret",
+            "one Secret's keys",
+        ),
     ],
 )
 def test_an_engine_refuses_what_it_cannot_serve_with_the_field_path(
@@ -194,6 +201,11 @@ def test_an_engine_refuses_what_it_cannot_serve_with_the_field_path(
 )
 def test_what_each_engine_serves_passes(engine: str, mount: Mount, cache: dict[str, Any]) -> None:
     assert problems(engine, mount, **cache) == []
+
+
+def test_alluxio_reads_each_mount_with_its_own_secret() -> None:
+    two = [Mount(uri="s3://a/p", secret="a"), Mount(uri="s3://b/p", name="b", secret="b")]
+    assert problems("alluxio", *two) == []
 
 
 def test_every_engine_names_a_runtime_and_the_schemes_it_serves() -> None:

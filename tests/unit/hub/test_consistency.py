@@ -60,3 +60,16 @@ def test_only_clusters_with_fluid_serve_what_the_sidecar_cannot_read(
     assert [p.path for p in got] == (["dataset.mounts[1].uri"] if refused else [])
     if refused:
         assert "need a cluster with Fluid" in got[0].message and "edge" in got[0].message
+
+
+def test_a_sidecar_cluster_reads_with_one_secret() -> None:
+    """The sidecar and the workers take one set of keys (their environment): mounts naming
+    two Secrets would have one read with the other's keys."""
+    two = [Mount(uri="s3://a/p", secret="a-keys"), Mount(uri="s3://b/p", name="b", secret="b")]
+    d = testing.dataset("d", mounts=two)
+    assert consistency.check_served(d, "edge", "csi") == []
+    got = consistency.check_served(d, "edge", "sidecar")
+    assert [p.path for p in got] == ["dataset.mounts[1].secret"]
+    assert "'a-keys'" in got[0].message and "one dataset per Secret" in got[0].message
+    same = [Mount(uri="s3://a/p", secret="k"), Mount(uri="s3://b/p", name="b", secret="k")]
+    assert consistency.check_served(testing.dataset("d", mounts=same), "edge", "sidecar") == []
