@@ -147,13 +147,19 @@ class Client:
         *,
         body: Any = None,
         params: dict[str, str] | None = None,
+        resend: bool | None = None,
     ) -> bytes:
         """One call, on the next replica while one cannot be reached or answers 503 (each
-        tried once)."""
+        tried once). A call the hub may have taken before its answer was lost (a timeout, a
+        dropped connection, a 503 from a store write that may have landed) goes to the next
+        replica only if doing it twice is harmless: `resend`, by default all but POST (a
+        cluster registered twice would lose its new token, a load be asked twice)."""
         data = codec.encode(body) if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
+        if resend is None:
+            resend = method != "POST"
         for attempt in range(len(self.urls)):
             try:
                 return await self._once(method, path, data, params, headers)
@@ -161,7 +167,9 @@ class Client:
                 status = getattr(err, "status", 0)
                 if attempt == len(self.urls) - 1 or status not in (0, 503):
                     raise
-                self._next_replica()
+                self._next_replica()  # the next call goes there, whatever happens to this one
+                if not resend and not _never_sent(err):
+                    raise
         raise AssertionError("unreachable")  # for mypy: the loop returns or raises
 
     async def _once(
@@ -206,7 +214,10 @@ class Client:
 
     async def register_cluster(self, spec: Cluster, *, rotate_token: bool = False) -> Registered:
         params = {"rotate_token": "true"} if rotate_token else None
-        raw = await self._request("POST", "/api/v1/clusters", body=spec, params=params)
+        # registered twice with a token rotation: the second token is the one in force
+        raw = await self._request(
+            "POST", "/api/v1/clusters", body=spec, params=params, resend=rotate_token
+        )
         result: Registered = _decode(raw, Registered)
         return result
 
@@ -237,7 +248,7 @@ class Client:
         await self._request("DELETE", f"/api/v1/clusters/{name}")
 
     async def heartbeat(self, cluster: str) -> ClusterRecord:
-        raw = await self._request("POST", f"/api/v1/clusters/{cluster}/heartbeat")
+        raw = await self._request("POST", f"/api/v1/clusters/{cluster}/heartbeat", resend=True)
         result: ClusterRecord = _decode(raw, ClusterRecord)
         return result
 
@@ -345,6 +356,13 @@ class Client:
                     raise
                 if isinstance(err, ServerError) and err.status != 503:
                     raise
+
+
+def _never_sent(err: Exception) -> bool:
+    """The hub cannot have taken the call: no connection was made to it."""
+    return isinstance(err, HubUnreachable) and isinstance(
+        err.__cause__, aiohttp.ClientConnectorError
+    )
 
 
 def _error_of(status: int, raw: bytes) -> Exception:
