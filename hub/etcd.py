@@ -200,22 +200,35 @@ class EtcdStore:
             todo = "check etcd's members and their logs"
         return StoreError(f"catalog store {self.where}: {details}; {todo}")
 
+    def _stale_token(self, err: grpc.aio.AioRpcError, at: int) -> bool:
+        """The auth token member `at` gave no longer counts: etcd's simple tokens expire
+        (--auth-token-ttl idle, a password changed), its JWTs with any change of its users
+        and roles ("revision of auth store is old")."""
+        return at in self._tokens and (
+            err.code() == grpc.StatusCode.UNAUTHENTICATED
+            or "auth store is old" in (err.details() or "")
+        )
+
     async def _call(self, what: Callable[[grpc.aio.Channel, Metadata], Awaitable[T]]) -> T:
-        """One call to etcd, on the next member when one is away (each tried once)."""
+        """One call to etcd, on the next member when one is away (each tried once), with a
+        new token from the same member, once, when the one it gave went stale."""
         tries = len(self.settings.endpoints)
-        for attempt in range(tries):
+        attempt, renewed = 0, False
+        while True:
             at = self._endpoint
             try:
                 at, channel, metadata = await self._connect()
                 return await what(channel, metadata)
             except grpc.aio.AioRpcError as err:
-                # a member's token expired: the next member (and a new token from this one)
-                token_expired = err.code() == grpc.StatusCode.UNAUTHENTICATED and at in self._tokens
-                if (err.code() in _TEMPORARY or token_expired) and attempt < tries - 1:
+                if not renewed and self._stale_token(err, at):
+                    self._tokens.pop(at, None)  # _connect authenticates again
+                    renewed = True
+                    continue
+                if err.code() in _TEMPORARY and attempt < tries - 1:
+                    attempt += 1
                     self._next_endpoint(at)
                     continue
                 raise self._error(err) from err
-        raise AssertionError("unreachable")
 
     async def _rpc(self, stub: Any, method: str, request: Any, deadline: float = 0.0) -> Any:
         """`stub.method(request)` (a unary call of etcd's API) through `_call`."""

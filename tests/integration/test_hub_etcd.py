@@ -46,13 +46,16 @@ async def test_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
         assert "Traceback" not in r.stderr
 
 
-async def _enable_auth(endpoint: str, prefix: bytes, password: str) -> None:
+async def _enable_auth(
+    endpoint: str, prefix: bytes, password: str, root_password: str = ""
+) -> None:
     """etcd's users, as an operator makes them: root, and `hub` with read and write on the
     catalog's prefix only."""
     async with grpc.aio.insecure_channel(endpoint) as channel:
         auth = rpc.AuthStub(channel)
         await auth.RoleAdd(rpc.AuthRoleAddRequest(name="root"))
-        await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=secrets.token_hex(8)))
+        root = root_password or secrets.token_hex(8)
+        await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=root))
         await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
         await auth.RoleAdd(rpc.AuthRoleAddRequest(name="fluidfed"))
         end = prefix[:-1] + bytes([prefix[-1] + 1])
@@ -116,4 +119,35 @@ async def test_a_replica_that_resigns_does_not_campaign_again(tmp_path: Path) ->
             assert not held.kvs  # the lead is free for another replica at once
         finally:
             running.cancel()
+            await store.close()
+
+
+async def test_a_token_etcd_no_longer_takes_is_renewed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd drops a user's tokens (its simple tokens when idle for --auth-token-ttl or when
+    the password changes; its JWTs on any change of users and roles): the store takes a new
+    one from the same member instead of failing the call (with one member: every call)."""
+    from hub.etcd import EtcdSettings, EtcdStore
+
+    password, root = secrets.token_hex(12), secrets.token_hex(12)
+    monkeypatch.setenv("FLUIDFED_ETCD_PASSWORD", password)
+    with etcd.EtcdCluster(tmp_path / "etcd", size=1) as members:
+        endpoint = members.endpoints[0]
+        await _enable_auth(endpoint, b"/fluidfed/", password, root)
+        store = EtcdStore(EtcdSettings(endpoints=(endpoint,), username="hub"))
+        try:
+            first = await store.current_revision()
+            async with grpc.aio.insecure_channel(endpoint) as channel:
+                auth = rpc.AuthStub(channel)
+                token = (
+                    await auth.Authenticate(rpc.AuthenticateRequest(name="root", password=root))
+                ).token
+                # the same password again: etcd forgets every token it gave `hub`
+                await auth.UserChangePassword(
+                    rpc.AuthUserChangePasswordRequest(name="hub", password=password),
+                    metadata=(("token", token),),
+                )
+            assert await store.current_revision() >= first
+        finally:
             await store.close()
