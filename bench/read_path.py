@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,114 @@ def cat_mib_s(path: Path) -> float:
     return size / 2**20 / (time.perf_counter() - t0)
 
 
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants (a peer client may fork helpers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process tree, every thread of every process in it."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += cpu_seconds(p)
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
+SMALL_FILE = 128 * 2**10
+READERS = 8  # a DataLoader with 8 workers
+
+
+def small_file(i: int) -> bytes:
+    """The content of small file `i`: its number, then random bytes (shared: the clients
+    compress and deduplicate nothing by default)."""
+    return i.to_bytes(16, "big") + _SMALL_BASE[16:]
+
+
+_SMALL_BASE = os.urandom(SMALL_FILE)
+
+
+def small_file_keys(n: int, dirs: int) -> list[str]:
+    """`n` files in `dirs` directories, relative to the dataset root."""
+    return [f"small/d{i % dirs:03d}/f{i:06d}.bin" for i in range(n)]
+
+
+def write_small_files(root: Path, keys: list[str]) -> None:
+    for i, key in enumerate(keys):
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(small_file(i))
+
+
+def read_whole(paths: list[Path], readers: int = READERS) -> dict[str, float]:
+    """Every file read whole by `readers` threads, the way a DataLoader's workers read
+    samples: files/s and the per-file latency (open to close)."""
+    lat = [0.0] * len(paths)
+
+    def one(i: int) -> None:
+        t0 = time.perf_counter()
+        fd = os.open(paths[i], os.O_RDONLY)
+        try:
+            while os.read(fd, 2**20):
+                pass
+        finally:
+            os.close(fd)
+        lat[i] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(readers) as pool:
+        list(pool.map(one, range(len(paths))))
+    wall = time.perf_counter() - t0
+    q = statistics.quantiles(lat, n=100)
+    return {
+        "files_per_s": round(len(paths) / wall),
+        "p50_ms": round(q[49] * 1000, 2),
+        "p99_ms": round(q[98] * 1000, 2),
+    }
+
+
+def drop_cached(root: Path) -> None:
+    """Drop the page cache of every file under `root` (a client's own cache, a worker's
+    disk tier) and only those: the machine is shared, /proc/sys/vm/drop_caches is not."""
+    os.sync()
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def open_close_per_s(paths: list[Path]) -> float:
+    t0 = time.perf_counter()
+    for p in paths:
+        os.close(os.open(p, os.O_RDONLY))
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def readdir_s(directory: Path) -> tuple[int, float]:
+    """(entries, seconds) of listing `directory` with their types (os.scandir)."""
+    t0 = time.perf_counter()
+    with os.scandir(directory) as it:
+        n = sum(1 for e in it if e.is_file())
+    return n, time.perf_counter() - t0
+
+
 def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 1)
 
@@ -167,8 +276,10 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else 0.0
 
 
-def warm_worker(root: Path, mount: dict[str, Any], size_mib: int) -> WorkerProcess:
-    wdir = root / "worker"
+def warm_worker(
+    root: Path, mount: dict[str, Any], size_mib: int, name: str = "worker"
+) -> WorkerProcess:
+    wdir = root / name
     tier = [{"medium": "SSD", "quota": f"{2 * size_mib + 64}MiB", "path": str(wdir / "ssd")}]
     port = free_port()
     return WorkerProcess(
