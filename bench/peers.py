@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,8 @@ class Bench:
         self.juicefs = ""  # the JuiceFS binary, once the volume is formatted and loaded
         self.meta = f"sqlite3://{root / 'juicefs.db'}"
         self.count = 0
+        # fluidfed clients: name -> the source tree its processes run from ("": this one)
+        self.trees: dict[str, str] = {"fluidfed": ""}
 
     def caches(self, client: str) -> Path:
         return self.root / "caches" / client
@@ -215,22 +218,32 @@ class Bench:
         raise ValueError(client)
 
     def fluidfed(
-        self, name: str, workers: list[processes.WorkerProcess], short_circuit: bool = True
+        self,
+        client: str,
+        workers: list[processes.WorkerProcess],
+        short_circuit: bool = True,
     ) -> Mounted:
         self.count += 1
-        sc = rp.sidecar(
-            self.root,
-            f"sc{self.count}-{name}",
-            self.mount,
-            [w.url for w in workers],
-            short_circuit=short_circuit,
-        )
+        with pythonpath(self.trees[client]):
+            sc = rp.sidecar(
+                self.root,
+                f"sc{self.count}-{client}",
+                self.mount,
+                [w.url for w in workers],
+                short_circuit=short_circuit,
+            )
         assert sc.proc is not None
         pids = [sc.proc.pid] + [w.proc.pid for w in workers if w.proc is not None]
         return Mounted(sc.mountpoint, pids, sc.stop)
 
-    def worker(self, name: str, size_mib: int) -> processes.WorkerProcess:
-        return rp.warm_worker(self.root, self.mount, size_mib, name=name)
+    def mount_cold(self, client: str) -> Mounted:
+        """A fresh mount without any cache: fluidfed without workers."""
+        return self.fluidfed(client, []) if client in self.trees else self.open(client, False)
+
+    def worker(self, client: str, name: str, size_mib: int) -> processes.WorkerProcess:
+        self.count += 1
+        with pythonpath(self.trees[client]):
+            return rp.warm_worker(self.root, self.mount, size_mib, name=f"{name}{self.count}")
 
     def load_juicefs(self, local: Path) -> None:
         """Format a JuiceFS volume (SQLite metadata, MinIO storage) and copy the dataset
@@ -253,6 +266,23 @@ class Bench:
                     shutil.copyfile(p, mnt / p.name)
         finally:
             m.close()
+
+
+@contextlib.contextmanager
+def pythonpath(tree: str) -> Iterator[None]:
+    """Children started meanwhile run fluidfed from `tree` ("": as this process does)."""
+    if not tree:
+        yield
+        return
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = tree
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 def measure(m: Mounted, fn: Callable[[], dict[str, Any]], per: float, unit: str) -> dict[str, Any]:
@@ -285,15 +315,15 @@ def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, An
     def add(row: str, got: dict[str, Any]) -> None:
         out.setdefault(row, []).append(got)
 
-    worker = b.worker("seq-worker", size // 2**20) if "fluidfed" in clients else None
+    workers = {c: b.worker(c, "seq", size // 2**20) for c in clients if c in b.trees}
     try:
         # fill each client's cache once (a cold read that also fills it), not counted
         # as cold: the peers write to their disk caches while reading
         for c in clients:
-            m = b.fluidfed("fill", [worker]) if worker is not None and c == "fluidfed" else None
-            m = m or b.open(c, cache=True)
+            w = workers.get(c)
+            m = b.fluidfed(c, [w]) if w is not None else b.open(c, cache=True)
             try:
-                add(f"{c}: cold, filling its cache", fio(m))
+                add(f"{c}: cold, filling its cache" + (" (a worker)" if w else ""), fio(m))
             finally:
                 m.close()
         os.sync()
@@ -301,29 +331,28 @@ def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, An
             mib_s = asyncio.run(rp.raw_get_loop(url, size, rp.READAHEAD + 1))
             add("raw ranged-GET loop", {"MiB_per_s": round(mib_s, 1)})
             for c in clients:
-                m = b.fluidfed("cold", []) if c == "fluidfed" else b.open(c, cache=False)
+                m = b.mount_cold(c)
                 try:
                     add(f"{c}: cold", fio(m))
                     add(f"{c}: re-read, page cache", fio(m, invalidate=0))
                 finally:
                     m.close()
-                if c != "fluidfed":
+                if c not in workers:
                     m = b.open(c, cache=True)
                     try:
                         add(f"{c}: warm, own cache", fio(m))
                     finally:
                         m.close()
                     continue
-                assert worker is not None
                 for way, local in (("same node", True), ("remote, HTTP", False)):
-                    m = b.fluidfed("warm", [worker], short_circuit=local)
+                    m = b.fluidfed(c, [workers[c]], short_circuit=local)
                     try:
-                        add(f"fluidfed: warm, worker {way}", fio(m))
+                        add(f"{c}: warm, worker {way}", fio(m))
                     finally:
                         m.close()
     finally:
-        if worker is not None:
-            worker.close()
+        for w in workers.values():
+            w.close()
     return {row: summarize(xs) for row, xs in out.items()}
 
 
@@ -343,26 +372,26 @@ def small_runs(
         return measure(m, lambda: rp.read_whole(paths), k, "1000_files")
 
     for c in clients:
-        if c != "fluidfed":  # fill each peer's own cache once
+        if c not in b.trees:  # fill each peer's own cache once
             m = b.open(c, cache=True)
             try:
                 add(f"{c}: cold, filling its cache", read(m))
             finally:
                 m.close()
     os.sync()
-    for run in range(runs):
+    for _ in range(runs):
         local_paths = [local / key for key in keys]
         rp.drop_cached(local / "small")
         add("local disk, page cache dropped", rp.read_whole(local_paths))
         add("local disk, page cache", rp.read_whole(local_paths))
         for c in clients:
-            m = b.fluidfed("cold", []) if c == "fluidfed" else b.open(c, cache=False)
+            m = b.mount_cold(c)
             try:
                 add(f"{c}: cold", read(m))
                 add(f"{c}: warm, page cache", read(m))
             finally:
                 m.close()
-            if c != "fluidfed":
+            if c not in b.trees:
                 rp.drop_cached(b.caches(c))
                 m = b.open(c, cache=True)
                 try:
@@ -370,18 +399,18 @@ def small_runs(
                 finally:
                     m.close()
                 continue
-            w = b.worker(f"small-worker{run}", total_mib)
+            w = b.worker(c, "small", total_mib)
             try:
-                m = b.fluidfed("via-worker", [w], short_circuit=False)
+                m = b.fluidfed(c, [w], short_circuit=False)
                 try:
-                    add("fluidfed: cold, through an empty cache worker", read(m))
+                    add(f"{c}: cold, through an empty cache worker (HTTP)", read(m))
                 finally:
                     m.close()
                 for way, sc in (("same node", True), ("remote, HTTP", False)):
                     rp.drop_cached(w.dir)
-                    m = b.fluidfed("dropped", [w], short_circuit=sc)
+                    m = b.fluidfed(c, [w], short_circuit=sc)
                     try:
-                        add(f"fluidfed: page cache dropped, worker disk tier, {way}", read(m))
+                        add(f"{c}: page cache dropped, worker disk tier, {way}", read(m))
                     finally:
                         m.close()
             finally:
@@ -396,7 +425,7 @@ def meta_runs(
     out: dict[str, list[dict[str, Any]]] = {}
     for _ in range(runs):
         for c in clients:
-            m = b.fluidfed("meta", []) if c == "fluidfed" else b.open(c, cache=True)
+            m = b.fluidfed(c, []) if c in b.trees else b.open(c, cache=True)
             try:
                 paths = [m.mountpoint / key for key in keys]
                 first = rp.open_close_per_s(paths)
@@ -448,11 +477,20 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--clients", default=",".join(CLIENTS))
+    ap.add_argument(
+        "--before",
+        metavar="TREE",
+        help="also fluidfed from another source tree (a checkout of main), as 'fluidfed-before'",
+    )
     args = ap.parse_args()
     if args.quick:
         args.size_mib, args.files, args.dirs, args.flat = 256, 2000, 20, 2000
     only = set(args.only.split(","))
     clients = args.clients.split(",")
+    if args.before:
+        clients.insert(
+            clients.index("fluidfed") + 1 if "fluidfed" in clients else 0, "fluidfed-before"
+        )
     os.environ.update(CREDENTIALS)
     size = args.size_mib * 2**20
     results: dict[str, Any] = {
@@ -462,7 +500,8 @@ def main() -> None:
         "runs": args.runs,
         "cores": os.cpu_count(),
         "load_average_start": os.getloadavg(),
-        "notes": {c: NOTES[c] for c in clients},
+        "notes": {c: NOTES[c] for c in clients if c in NOTES},
+        "before": args.before or "",
         "versions": {},
     }
     if "juicefs" in clients:
@@ -470,6 +509,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="fluidfed-peers-"))
     server = S3Server(root / "minio").start()
     b = Bench(root, server)
+    if args.before:
+        b.trees["fluidfed-before"] = str(Path(args.before).resolve())
     keys = rp.small_file_keys(args.files, args.dirs)
     try:
         local = root / "local"
