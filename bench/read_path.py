@@ -21,6 +21,11 @@ processes, a FUSE mount through /dev/fuse, fio (Debian's package) for the I/O fi
     ttfb      time to the first byte of a cold read vs a raw ranged GET
     rss       sidecar RSS beyond what its memory tier holds: settled (2 s after the read),
               anonymous only, and the peak (VmHWM) minus the tier's quota
+    fanout    4 sidecars on one node reading the same file at once through one cache worker
+              (HTTP), empty then warm: aggregate MiB/s and worker CPU, vs one sidecar alone
+
+Small files (128 KiB read whole by 8 readers) and metadata against the peer clients:
+bench/peers.py (`--clients fluidfed` for fluidfed alone), with the helpers here.
 
 Each figure is the median of --runs runs; this 2-core VM's speed drifts between minutes.
 """
@@ -295,7 +300,8 @@ def warm_worker(
     ).start()
 
 
-PARTS = ("cold", "reread", "ttfb", "warm", "random", "metadata")
+PARTS = ("cold", "reread", "ttfb", "warm", "random", "metadata", "fanout")
+FANOUT = 4  # sidecars on one node reading the same dataset
 
 
 def main() -> None:
@@ -507,6 +513,8 @@ def main() -> None:
             procs.append(sc)
             results["metadata"] = metadata(sc.mountpoint, many)
             sc.stop()
+        if "fanout" in only:
+            results["fanout"] = fanout(root, mount, args.size_mib, runs, procs)
     finally:
         for p in procs:
             p.close()
@@ -517,6 +525,59 @@ def main() -> None:
             out = Path(__file__).parent / "results"
             out.mkdir(exist_ok=True)
             (out / "read_path.json").write_text(json.dumps(results, indent=2))
+
+
+def fanout(
+    root: Path, mount: dict[str, Any], size_mib: int, runs: int, procs: list[Any]
+) -> dict[str, Any]:
+    """FANOUT sidecars on one node read the same file at once through one cache worker
+    (over HTTP, as from another node): first empty (the worker fetches each block once for
+    all of them), then warm; aggregate MiB/s and the worker's CPU per GiB delivered, against
+    one sidecar reading MinIO alone in the same run."""
+    size = size_mib * 2**20
+    rows: dict[str, list[dict[str, float]]] = {}
+
+    def together(scs: list[SidecarProcess], w: WorkerProcess | None) -> dict[str, float]:
+        pids = {f"sidecar{i}": sc.proc.pid for i, sc in enumerate(scs) if sc.proc is not None}
+        if w is not None and w.proc is not None:
+            pids["worker"] = w.proc.pid
+        meter = CPU(pids)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(len(scs)) as pool:
+            list(pool.map(lambda sc: fio(sc.mountpoint / "big.bin", "read", "1M", size=size), scs))
+        wall = time.perf_counter() - t0
+        cpu = meter.per_gib(size * len(scs))
+        got = {"aggregate_MiB_per_s": round(size * len(scs) / 2**20 / wall, 1)}
+        got["sidecars_cpu_s_per_GiB"] = round(
+            sum(v for k, v in cpu.items() if k.startswith("sidecar")), 2
+        )
+        got["worker_cpu_s_per_GiB"] = cpu.get("worker_cpu_s_per_GiB", 0.0)
+        return got
+
+    for run in range(runs):
+        alone = sidecar(root, f"fan-alone{run}", mount, [])
+        procs.append(alone)
+        rows.setdefault("one sidecar, MinIO alone", []).append(together([alone], None))
+        alone.stop()
+        w = warm_worker(root, mount, size_mib, name=f"fan-worker{run}")
+        procs.append(w)
+        for phase in ("empty worker", "warm worker"):
+            scs = [
+                sidecar(root, f"fan{run}-{phase[:5]}{i}", mount, [w.url], short_circuit=False)
+                for i in range(FANOUT)
+            ]
+            procs.extend(scs)
+            rows.setdefault(f"{FANOUT} sidecars, {phase}", []).append(together(scs, w))
+            for sc in scs:
+                sc.stop()
+        w.close()
+    out: dict[str, Any] = {
+        row: {k: median([x[k] for x in xs]) for k in xs[0]} for row, xs in rows.items()
+    }
+    base = out["one sidecar, MinIO alone"]["aggregate_MiB_per_s"]
+    for row in out.values():
+        row["vs_one_sidecar_alone"] = ratio(row["aggregate_MiB_per_s"], base)
+    return out
 
 
 def credential_check(remote_mib_s: float, n: int = 200_000) -> dict[str, Any]:
