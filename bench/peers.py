@@ -454,7 +454,7 @@ def summarize(xs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(title: str, rows: dict[str, Any]) -> str:
-    cols = [k for k in next(iter(rows.values())) if k != "runs"] + ["runs"]
+    cols = [*dict.fromkeys(k for r in rows.values() for k in r if k != "runs"), "runs"]
     lines = [f"### {title}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
@@ -477,6 +477,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--clients", default=",".join(CLIENTS))
+    ap.add_argument("--name", default="", help="of the result files in bench/results/")
     ap.add_argument(
         "--before",
         metavar="TREE",
@@ -552,7 +553,7 @@ def main() -> None:
         print(f"- {c}: {note}")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    name = "peers-quick" if args.quick else "peers"
+    name = args.name or ("peers-quick" if args.quick else "peers")
     (out / f"{name}.json").write_text(json.dumps(results, indent=2))
     (out / f"{name}.md").write_text("\n".join(tables))
 
