@@ -320,6 +320,7 @@ def main() -> None:
         "block_mib": BLOCK // 2**20,
         "runs": runs,
         "cores": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
     }
     root = Path(tempfile.mkdtemp(prefix="fluidfed-bench-"))
     server = S3Server(root / "minio").start()
@@ -520,6 +521,7 @@ def main() -> None:
             p.close()
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+        results["load_average_end"] = os.getloadavg()  # 2 shared cores: how busy they were
         print(json.dumps(results, indent=2))
         if only == set(PARTS):
             out = Path(__file__).parent / "results"
