@@ -21,6 +21,11 @@ processes, a FUSE mount through /dev/fuse, fio (Debian's package) for the I/O fi
     ttfb      time to the first byte of a cold read vs a raw ranged GET
     rss       sidecar RSS beyond what its memory tier holds: settled (2 s after the read),
               anonymous only, and the peak (VmHWM) minus the tier's quota
+    fanout    4 sidecars on one node reading the same file at once through one cache worker
+              (HTTP), empty then warm: aggregate MiB/s and worker CPU, vs one sidecar alone
+
+Small files (128 KiB read whole by 8 readers) and metadata against the peer clients:
+bench/peers.py (`--clients fluidfed` for fluidfed alone), with the helpers here.
 
 Each figure is the median of --runs runs; this 2-core VM's speed drifts between minutes.
 """
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +150,114 @@ def cat_mib_s(path: Path) -> float:
     return size / 2**20 / (time.perf_counter() - t0)
 
 
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants (a peer client may fork helpers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process tree, every thread of every process in it."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += cpu_seconds(p)
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
+SMALL_FILE = 128 * 2**10
+READERS = 8  # a DataLoader with 8 workers
+
+
+def small_file(i: int) -> bytes:
+    """The content of small file `i`: its number, then random bytes (shared: the clients
+    compress and deduplicate nothing by default)."""
+    return i.to_bytes(16, "big") + _SMALL_BASE[16:]
+
+
+_SMALL_BASE = os.urandom(SMALL_FILE)
+
+
+def small_file_keys(n: int, dirs: int) -> list[str]:
+    """`n` files in `dirs` directories, relative to the dataset root."""
+    return [f"small/d{i % dirs:03d}/f{i:06d}.bin" for i in range(n)]
+
+
+def write_small_files(root: Path, keys: list[str]) -> None:
+    for i, key in enumerate(keys):
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(small_file(i))
+
+
+def read_whole(paths: list[Path], readers: int = READERS) -> dict[str, float]:
+    """Every file read whole by `readers` threads, the way a DataLoader's workers read
+    samples: files/s and the per-file latency (open to close)."""
+    lat = [0.0] * len(paths)
+
+    def one(i: int) -> None:
+        t0 = time.perf_counter()
+        fd = os.open(paths[i], os.O_RDONLY)
+        try:
+            while os.read(fd, 2**20):
+                pass
+        finally:
+            os.close(fd)
+        lat[i] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(readers) as pool:
+        list(pool.map(one, range(len(paths))))
+    wall = time.perf_counter() - t0
+    q = statistics.quantiles(lat, n=100)
+    return {
+        "files_per_s": round(len(paths) / wall),
+        "p50_ms": round(q[49] * 1000, 2),
+        "p99_ms": round(q[98] * 1000, 2),
+    }
+
+
+def drop_cached(root: Path) -> None:
+    """Drop the page cache of every file under `root` (a client's own cache, a worker's
+    disk tier) and only those: the machine is shared, /proc/sys/vm/drop_caches is not."""
+    os.sync()
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def open_close_per_s(paths: list[Path]) -> float:
+    t0 = time.perf_counter()
+    for p in paths:
+        os.close(os.open(p, os.O_RDONLY))
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def readdir_s(directory: Path) -> tuple[int, float]:
+    """(entries, seconds) of listing `directory` with their types (os.scandir)."""
+    t0 = time.perf_counter()
+    with os.scandir(directory) as it:
+        n = sum(1 for e in it if e.is_file())
+    return n, time.perf_counter() - t0
+
+
 def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 1)
 
@@ -167,8 +281,10 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else 0.0
 
 
-def warm_worker(root: Path, mount: dict[str, Any], size_mib: int) -> WorkerProcess:
-    wdir = root / "worker"
+def warm_worker(
+    root: Path, mount: dict[str, Any], size_mib: int, name: str = "worker"
+) -> WorkerProcess:
+    wdir = root / name
     tier = [{"medium": "SSD", "quota": f"{2 * size_mib + 64}MiB", "path": str(wdir / "ssd")}]
     port = free_port()
     return WorkerProcess(
@@ -184,7 +300,8 @@ def warm_worker(root: Path, mount: dict[str, Any], size_mib: int) -> WorkerProce
     ).start()
 
 
-PARTS = ("cold", "reread", "ttfb", "warm", "random", "metadata")
+PARTS = ("cold", "reread", "ttfb", "warm", "random", "metadata", "fanout")
+FANOUT = 4  # sidecars on one node reading the same dataset
 
 
 def main() -> None:
@@ -203,6 +320,7 @@ def main() -> None:
         "block_mib": BLOCK // 2**20,
         "runs": runs,
         "cores": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
     }
     root = Path(tempfile.mkdtemp(prefix="fluidfed-bench-"))
     server = S3Server(root / "minio").start()
@@ -396,16 +514,72 @@ def main() -> None:
             procs.append(sc)
             results["metadata"] = metadata(sc.mountpoint, many)
             sc.stop()
+        if "fanout" in only:
+            results["fanout"] = fanout(root, mount, args.size_mib, runs, procs)
     finally:
         for p in procs:
             p.close()
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+        results["load_average_end"] = os.getloadavg()  # 2 shared cores: how busy they were
         print(json.dumps(results, indent=2))
         if only == set(PARTS):
             out = Path(__file__).parent / "results"
             out.mkdir(exist_ok=True)
             (out / "read_path.json").write_text(json.dumps(results, indent=2))
+
+
+def fanout(
+    root: Path, mount: dict[str, Any], size_mib: int, runs: int, procs: list[Any]
+) -> dict[str, Any]:
+    """FANOUT sidecars on one node read the same file at once through one cache worker
+    (over HTTP, as from another node): first empty (the worker fetches each block once for
+    all of them), then warm; aggregate MiB/s and the worker's CPU per GiB delivered, against
+    one sidecar reading MinIO alone in the same run."""
+    size = size_mib * 2**20
+    rows: dict[str, list[dict[str, float]]] = {}
+
+    def together(scs: list[SidecarProcess], w: WorkerProcess | None) -> dict[str, float]:
+        pids = {f"sidecar{i}": sc.proc.pid for i, sc in enumerate(scs) if sc.proc is not None}
+        if w is not None and w.proc is not None:
+            pids["worker"] = w.proc.pid
+        meter = CPU(pids)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(len(scs)) as pool:
+            list(pool.map(lambda sc: fio(sc.mountpoint / "big.bin", "read", "1M", size=size), scs))
+        wall = time.perf_counter() - t0
+        cpu = meter.per_gib(size * len(scs))
+        got = {"aggregate_MiB_per_s": round(size * len(scs) / 2**20 / wall, 1)}
+        got["sidecars_cpu_s_per_GiB"] = round(
+            sum(v for k, v in cpu.items() if k.startswith("sidecar")), 2
+        )
+        got["worker_cpu_s_per_GiB"] = cpu.get("worker_cpu_s_per_GiB", 0.0)
+        return got
+
+    for run in range(runs):
+        alone = sidecar(root, f"fan-alone{run}", mount, [])
+        procs.append(alone)
+        rows.setdefault("one sidecar, MinIO alone", []).append(together([alone], None))
+        alone.stop()
+        w = warm_worker(root, mount, size_mib, name=f"fan-worker{run}")
+        procs.append(w)
+        for phase in ("empty worker", "warm worker"):
+            scs = [
+                sidecar(root, f"fan{run}-{phase[:5]}{i}", mount, [w.url], short_circuit=False)
+                for i in range(FANOUT)
+            ]
+            procs.extend(scs)
+            rows.setdefault(f"{FANOUT} sidecars, {phase}", []).append(together(scs, w))
+            for sc in scs:
+                sc.stop()
+        w.close()
+    out: dict[str, Any] = {
+        row: {k: median([x[k] for x in xs]) for k in xs[0]} for row, xs in rows.items()
+    }
+    base = out["one sidecar, MinIO alone"]["aggregate_MiB_per_s"]
+    for row in out.values():
+        row["vs_one_sidecar_alone"] = ratio(row["aggregate_MiB_per_s"], base)
+    return out
 
 
 def credential_check(remote_mib_s: float, n: int = 200_000) -> dict[str, Any]:

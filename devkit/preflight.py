@@ -34,6 +34,8 @@ PACKAGES = {
     "libc6-dev": "the C builds above",
     "libseccomp-dev": "runc (cgo, seccomp) for the real node",
     "fio": "the benchmarks",
+    "s3fs": "bench/peers.py (a peer FUSE client)",
+    "rclone": "bench/peers.py (a peer FUSE client)",
     "umoci": "the fluidfed image without Docker",
     "mmdebstrap": "the fluidfed image without Docker",
     "iproute2": "the real node's network namespace",

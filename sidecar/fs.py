@@ -224,6 +224,12 @@ class DatasetFS(pyfuse3.Operations):
             views[-1] = views[-1][: len(views[-1]) - excess]
         return b"".join(views)
 
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        """Nothing to write back. ENOSYS makes the kernel stop sending FLUSH for this
+        mount (fuse_flush sets no_flush): one round trip through Python fewer on every
+        close(), a fifth of a small file's requests (figures: README)."""
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self._handles.pop(fh, None)
 

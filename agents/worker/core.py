@@ -153,7 +153,7 @@ class Worker:
             self._inflight[key] = fut
             try:
                 data = await self._fetch(ref, index)
-                crc = blocks.checksum(data)
+                crc = await blocks.checksum_off_loop(data)
                 await self.store.put(key, data, crc)
                 fut.set_result((data, crc))
             except BaseException as err:

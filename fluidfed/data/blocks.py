@@ -12,6 +12,7 @@ Pure: no I/O here. `fluidfed.data.store` keeps blocks in memory and on disk.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,16 @@ from zlib_ng import zlib_ng
 # the same values as zlib's, several times faster; with zlib the check cost a quarter of a
 # core at 1 GB/s of reads (README, "Measured design decisions").
 checksum = zlib_ng.crc32
+OFF_LOOP = 2**18  # bytes from which a checksum is worth a hand-off to a thread
+
+
+async def checksum_off_loop(data: Data) -> int:
+    """The CRC of a large block in a thread (zlib-ng frees the GIL: another core), of a
+    small one right here (the hand-off would cost more)."""
+    if len(data) > OFF_LOOP:
+        return await asyncio.to_thread(checksum, data)
+    return checksum(data)
+
 
 # A block's bytes: held (bytes), or mapped read-only from a cache worker's block file on
 # this machine (a memoryview of the page cache, see `blockfile.load_block_file`).

@@ -5,7 +5,6 @@ The messages, routes and headers are in `fluidfed.data.protocol`, shared with th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import NamedTuple, TypeVar
 
@@ -80,12 +79,7 @@ async def get_block(
         if len(data) != length or got != crc:  # replaced since the worker answered
             return await get_block(session, url, key, ref, index, span)
         return Fetched(data, crc, hit, local=True, path=path)
-    # zlib releases the GIL on large buffers: check on another core, off the event loop
-    got = (
-        await asyncio.to_thread(blocks.checksum, data)
-        if len(data) > 2**18
-        else (blocks.checksum(data))
-    )
+    got = await blocks.checksum_off_loop(data)
     if got != crc:
         if not verify:
             return await get_block(session, url, key, ref, index, span, verify=True)

@@ -1,0 +1,582 @@
+"""fluidfed against the FUSE clients run on S3 today, side by side: s3fs, rclone and JuiceFS
+on the same MinIO (loopback), in the same run, clients interleaved, medians of --runs.
+
+    python bench/peers.py [--quick] [--size-mib 1024] [--files 20000] [--dirs 200]
+        [--flat 10000] [--runs 3] [--only seq,small,meta] [--clients fluidfed,s3fs,...]
+
+    seq    one big object read sequentially with fio (1 MiB requests):
+           cold   a fresh mount, no cache, from MinIO; vs the raw ranged-GET loop of the
+                  same parallelism as fluidfed's read-ahead (bench/read_path.py's)
+           warm   a fresh mount over each client's own cache, filled before: fluidfed's
+                  cache worker on this node (short-circuit) and as if on another (HTTP)
+           reread the same mount again, the kernel's page cache warm
+    small  20,000 files of 128 KiB in 200 directories read whole by 8 threads (a
+           DataLoader's 8 workers): files/s, p50/p99 per file, CPU per 1,000 files
+           cold   fresh mount, no cache (fluidfed also through an empty cache worker)
+           warm   again on the same mount (page cache)
+           dropped a fresh mount over each client's own disk cache, filled before, its
+                  files dropped from the page cache (fluidfed: the worker's disk tier)
+           and the same files on local disk, warm and dropped, as the ceiling
+    meta   open+close per second of every small file (twice: new and known names) and a
+           readdir of one directory of 10,000 entries, through a fresh mount
+
+CPU seconds are every thread of each client's whole process tree (from /proc; fluidfed
+with a worker: sidecar + worker), robust to the other builds sharing this machine's 2
+cores; the load average is in the output. The peers' binaries are cached outside the
+repository (~/.cache/fluidfed/peers): s3fs and rclone are Debian's packages, JuiceFS is
+built once from the Go module proxy's source (`go build`: `go install` refuses its
+replace directives). Page caches are dropped per file (fadvise), never machine-wide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import read_path as rp
+
+from devkit.local import processes
+from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
+
+PEERS_DIR = Path(os.environ.get("FLUIDFED_PEERS", Path.home() / ".cache/fluidfed/peers"))
+JUICEFS = "github.com/juicedata/juicefs"
+JUICEFS_VERSION = "v1.4.1"
+# JuiceFS's own "lite" build (its Makefile) with SQLite kept: no other object stores
+JUICEFS_TAGS = (
+    "nogateway,nowebdav,nocos,nobos,nohdfs,noibmcos,noobs,nooss,noqingstor,nosftp,noswift,"
+    "noazure,nogs,noufile,nob2,nonfs,nodragonfly,nomysql,nopg,notikv,nobadger,noetcd,nocifs,"
+    "nostorj,noqiniu,notos,noks3"
+)
+PREFIX = "data"  # the dataset's objects in the bucket
+
+# where a comparison is not like for like
+NOTES = {
+    "fluidfed": (
+        "4 MiB blocks, 4 blocks read ahead (5 GETs in flight), kernel read-ahead 1 MiB, "
+        "keep_cache; warm: a cache worker's disk tier on this node's disk, read by the "
+        "sidecar from the block files (same node) or over HTTP (remote)"
+    ),
+    "s3fs": (
+        "cold: no use_cache, ranged GETs of the kernel's read-ahead size; warm: use_cache, "
+        "whole objects on this node's disk; no kernel_cache, so re-reads reach s3fs"
+    ),
+    "rclone": (
+        "cold: --vfs-cache-mode off, one streaming GET per open file with 128 MiB chunks; "
+        "warm: --vfs-cache-mode full on this node's disk"
+    ),
+    "juicefs": (
+        "reads its own 4 MiB chunk objects (the data written through its mount), not the "
+        "dataset's objects; metadata in SQLite on local disk (no S3 LIST, no HEAD per "
+        "open); cold: --cache-size 0; warm: its disk cache on this node's disk"
+    ),
+}
+
+
+def juicefs_binary() -> Path:
+    """JuiceFS built from the Go module proxy's source, once."""
+    out = PEERS_DIR / f"juicefs-{JUICEFS_VERSION}"
+    if out.exists():
+        return out
+    PEERS_DIR.mkdir(parents=True, exist_ok=True)
+    print(f"building JuiceFS {JUICEFS_VERSION} (minutes, once) ...", file=sys.stderr)
+    got = subprocess.run(
+        ["go", "mod", "download", "-json", f"{JUICEFS}@{JUICEFS_VERSION}"],
+        cwd=PEERS_DIR,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    src = json.loads(got.stdout)["Dir"]
+    tmp = out.with_suffix(".tmp")
+    subprocess.run(
+        ["go", "build", "-tags", JUICEFS_TAGS, "-ldflags", "-s -w", "-o", str(tmp), "."],
+        cwd=src,
+        check=True,
+    )
+    tmp.rename(out)
+    return out
+
+
+class Mounted:
+    """A mounted client: its mountpoint, the processes whose CPU it costs, how to end it."""
+
+    def __init__(self, mountpoint: Path, pids: list[int], close: Callable[[], None]) -> None:
+        self.mountpoint = mountpoint
+        self.pids = pids
+        self._close = close
+        self._cpu0 = self.cpu()
+
+    def cpu(self) -> float:
+        return sum(rp.tree_cpu_seconds(p) for p in self.pids)
+
+    def used(self) -> float:
+        """CPU seconds since the last call (or the mount)."""
+        now = self.cpu()
+        used, self._cpu0 = now - self._cpu0, now
+        return used
+
+    def close(self) -> None:
+        self._close()
+
+
+def unmount(mnt: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Unmount a peer and wait for its process; kill and detach lazily if it hangs."""
+    subprocess.run(["fusermount", "-u", str(mnt)], check=False, capture_output=True)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    processes.force_unmount(mnt)
+
+
+def peer_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a peer: the AWS SDKs' CA bundle left out (plain HTTP on loopback;
+    rclone refuses to start with one set)."""
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    return {**env, **extra}
+
+
+def start_peer(argv: list[str], mnt: Path, log: Path, env: dict[str, str]) -> Mounted:
+    mnt.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out, env=peer_env(env))
+    deadline = time.monotonic() + 60
+    while not processes.is_mounted(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            unmount(mnt, proc)
+            raise RuntimeError(f"{argv[0]} did not mount: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    os.stat(mnt)
+    return Mounted(mnt, [proc.pid], lambda: unmount(mnt, proc))
+
+
+class Bench:
+    """The object store, the datasets, and a mount of each client (`cache` on or off)."""
+
+    def __init__(self, root: Path, server: S3Server) -> None:
+        self.root = root
+        self.server = server
+        self.mount = {"uri": server.uri(PREFIX), "options": {"endpoint": server.endpoint}}
+        self.passwd = root / "s3fs.passwd"
+        self.passwd.write_text(f"{USER}:{PASSWORD}\n")
+        self.passwd.chmod(0o600)
+        self.juicefs = ""  # the JuiceFS binary, once the volume is formatted and loaded
+        self.meta = f"sqlite3://{root / 'juicefs.db'}"
+        self.count = 0
+        # fluidfed clients: name -> the source tree its processes run from ("": this one)
+        self.trees: dict[str, str] = {"fluidfed": ""}
+
+    def caches(self, client: str) -> Path:
+        return self.root / "caches" / client
+
+    def _next(self, client: str) -> tuple[Path, Path]:
+        self.count += 1
+        d = self.root / "mounts" / f"{client}{self.count}"
+        d.mkdir(parents=True)
+        return d / "mnt", d / "log"
+
+    def open(self, client: str, cache: bool) -> Mounted:
+        mnt, log = self._next(client)
+        cdir = self.caches(client) if cache else mnt.parent / "nocache"
+        cdir.mkdir(parents=True, exist_ok=True)
+        if client == "s3fs":
+            opts = f"ro,url={self.server.endpoint},use_path_request_style,passwd_file={self.passwd}"
+            if cache:
+                opts += f",use_cache={cdir}"
+            argv = ["s3fs", f"{self.server.bucket}:/{PREFIX}", str(mnt), "-f", "-o", opts]
+            return start_peer(argv, mnt, log, {})
+        if client == "rclone":
+            argv = ["rclone", "mount", f":s3:{self.server.bucket}/{PREFIX}", str(mnt)]
+            argv += ["--read-only", "--cache-dir", str(cdir)]
+            argv += ["--vfs-cache-mode", "full" if cache else "off"]
+            env = {
+                "RCLONE_CONFIG": str(self.root / "rclone.conf"),
+                "RCLONE_S3_PROVIDER": "Minio",
+                "RCLONE_S3_ENDPOINT": self.server.endpoint,
+                "RCLONE_S3_ACCESS_KEY_ID": USER,
+                "RCLONE_S3_SECRET_ACCESS_KEY": PASSWORD,
+            }
+            return start_peer(argv, mnt, log, env)
+        if client == "juicefs":
+            argv = [self.juicefs, "mount", self.meta, str(mnt), "--no-usage-report"]
+            argv += ["--cache-dir", str(cdir), "--cache-size", "102400" if cache else "0"]
+            return start_peer(argv, mnt, log, {})
+        raise ValueError(client)
+
+    def fluidfed(
+        self,
+        client: str,
+        workers: list[processes.WorkerProcess],
+        short_circuit: bool = True,
+    ) -> Mounted:
+        self.count += 1
+        with pythonpath(self.trees[client]):
+            sc = rp.sidecar(
+                self.root,
+                f"sc{self.count}-{client}",
+                self.mount,
+                [w.url for w in workers],
+                short_circuit=short_circuit,
+            )
+        assert sc.proc is not None
+        pids = [sc.proc.pid] + [w.proc.pid for w in workers if w.proc is not None]
+        return Mounted(sc.mountpoint, pids, sc.stop)
+
+    def mount_cold(self, client: str) -> Mounted:
+        """A fresh mount without any cache: fluidfed without workers."""
+        return self.fluidfed(client, []) if client in self.trees else self.open(client, False)
+
+    def worker(self, client: str, name: str, size_mib: int) -> processes.WorkerProcess:
+        self.count += 1
+        with pythonpath(self.trees[client]):
+            return rp.warm_worker(self.root, self.mount, size_mib, name=f"{name}{self.count}")
+
+    def load_juicefs(self, local: Path) -> None:
+        """Format a JuiceFS volume (SQLite metadata, MinIO storage) and copy the dataset
+        in through its mount: JuiceFS reads only data it wrote itself."""
+        binary = str(juicefs_binary())
+        bucket = f"{self.server.endpoint}/juicefs"
+        argv = [binary, "format", "--storage", "minio", "--bucket", bucket]
+        argv += ["--access-key", USER, "--secret-key", PASSWORD, self.meta, "bench"]
+        subprocess.run(argv, check=True, capture_output=True)
+        self.juicefs = binary
+        mnt, log = self._next("juicefs-load")
+        argv = [binary, "mount", self.meta, str(mnt), "--no-usage-report", "--cache-size", "0"]
+        argv += ["--cache-dir", str(mnt.parent / "cache")]
+        m = start_peer(argv, mnt, log, {})
+        try:
+            for p in local.iterdir():
+                if p.is_dir():
+                    shutil.copytree(p, mnt / p.name)
+                else:
+                    shutil.copyfile(p, mnt / p.name)
+        finally:
+            m.close()
+
+
+@contextlib.contextmanager
+def pythonpath(tree: str) -> Iterator[None]:
+    """Children started meanwhile run fluidfed from `tree` ("": as this process does)."""
+    if not tree:
+        yield
+        return
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = tree
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def measure(m: Mounted, fn: Callable[[], dict[str, Any]], per: float, unit: str) -> dict[str, Any]:
+    """`fn`'s figures with the CPU seconds the client spent on it, per `unit`."""
+    m.used()
+    got = fn()
+    got[f"cpu_s_per_{unit}"] = round(m.used() / per, 3)
+    return got
+
+
+def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, Any]:
+    big = "big.bin"
+    gib = size / 2**30
+    url = asyncio.run(b.server.presign(f"{PREFIX}/{big}"))
+
+    def fio(m: Mounted, invalidate: int = 1) -> dict[str, Any]:
+        return measure(
+            m,
+            lambda: {
+                "MiB_per_s": rp.fio(
+                    m.mountpoint / big, "read", "1M", size=size, invalidate=invalidate
+                )["MiB_per_s"]
+            },
+            gib,
+            "GiB",
+        )
+
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def add(row: str, got: dict[str, Any]) -> None:
+        out.setdefault(row, []).append(got)
+
+    workers = {c: b.worker(c, "seq", size // 2**20) for c in clients if c in b.trees}
+    try:
+        # fill each client's cache once (a cold read that also fills it), not counted
+        # as cold: the peers write to their disk caches while reading
+        for c in clients:
+            w = workers.get(c)
+            m = b.fluidfed(c, [w]) if w is not None else b.open(c, cache=True)
+            try:
+                add(f"{c}: cold, filling its cache" + (" (a worker)" if w else ""), fio(m))
+            finally:
+                m.close()
+        os.sync()
+        for _ in range(runs):
+            mib_s = asyncio.run(rp.raw_get_loop(url, size, rp.READAHEAD + 1))
+            add("raw ranged-GET loop", {"MiB_per_s": round(mib_s, 1)})
+            for c in clients:
+                m = b.mount_cold(c)
+                try:
+                    add(f"{c}: cold", fio(m))
+                    add(f"{c}: re-read, page cache", fio(m, invalidate=0))
+                finally:
+                    m.close()
+                if c not in workers:
+                    m = b.open(c, cache=True)
+                    try:
+                        add(f"{c}: warm, own cache", fio(m))
+                    finally:
+                        m.close()
+                    continue
+                for way, local in (("same node", True), ("remote, HTTP", False)):
+                    m = b.fluidfed(c, [workers[c]], short_circuit=local)
+                    try:
+                        add(f"{c}: warm, worker {way}", fio(m))
+                    finally:
+                        m.close()
+    finally:
+        for w in workers.values():
+            w.close()
+    return {row: summarize(xs) for row, xs in out.items()}
+
+
+def small_runs(
+    b: Bench, clients: list[str], local: Path, keys: list[str], runs: int
+) -> dict[str, Any]:
+    n = len(keys)
+    k = n / 1000
+    total_mib = n * rp.SMALL_FILE // 2**20 + 1
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def add(row: str, got: dict[str, Any]) -> None:
+        out.setdefault(row, []).append(got)
+
+    def read(m: Mounted) -> dict[str, Any]:
+        paths = [m.mountpoint / key for key in keys]
+        return measure(m, lambda: rp.read_whole(paths), k, "1000_files")
+
+    for c in clients:
+        if c not in b.trees:  # fill each peer's own cache once
+            m = b.open(c, cache=True)
+            try:
+                add(f"{c}: cold, filling its cache", read(m))
+            finally:
+                m.close()
+    os.sync()
+    for _ in range(runs):
+        local_paths = [local / key for key in keys]
+        rp.drop_cached(local / "small")
+        add("local disk, page cache dropped", rp.read_whole(local_paths))
+        add("local disk, page cache", rp.read_whole(local_paths))
+        for c in clients:
+            m = b.mount_cold(c)
+            try:
+                add(f"{c}: cold", read(m))
+                add(f"{c}: warm, page cache", read(m))
+            finally:
+                m.close()
+            if c not in b.trees:
+                rp.drop_cached(b.caches(c))
+                m = b.open(c, cache=True)
+                try:
+                    add(f"{c}: page cache dropped, own disk cache", read(m))
+                finally:
+                    m.close()
+                continue
+            w = b.worker(c, "small", total_mib)
+            try:
+                m = b.fluidfed(c, [w], short_circuit=False)
+                try:
+                    add(f"{c}: cold, through an empty cache worker (HTTP)", read(m))
+                finally:
+                    m.close()
+                for way, sc in (("same node", True), ("remote, HTTP", False)):
+                    rp.drop_cached(w.dir)
+                    m = b.fluidfed(c, [w], short_circuit=sc)
+                    try:
+                        add(f"{c}: page cache dropped, worker disk tier, {way}", read(m))
+                    finally:
+                        m.close()
+            finally:
+                w.close()
+                shutil.rmtree(w.dir, ignore_errors=True)
+    return {row: summarize(xs) for row, xs in out.items()}
+
+
+def meta_runs(
+    b: Bench, clients: list[str], keys: list[str], flat: int, runs: int
+) -> dict[str, Any]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(runs):
+        for c in clients:
+            m = b.fluidfed(c, []) if c in b.trees else b.open(c, cache=True)
+            try:
+                paths = [m.mountpoint / key for key in keys]
+                first = rp.open_close_per_s(paths)
+                again = rp.open_close_per_s(paths)
+                entries, secs = rp.readdir_s(m.mountpoint / "flat")
+                assert entries == flat, (c, entries)
+                out.setdefault(c, []).append(
+                    {
+                        "open_close_per_s_first": round(first),
+                        "open_close_per_s_again": round(again),
+                        "readdir_entries_per_s": round(entries / secs),
+                    }
+                )
+            finally:
+                m.close()
+    return {row: summarize(xs) for row, xs in out.items()}
+
+
+def summarize(xs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the runs, and the runs' headline figure."""
+    keys = xs[0].keys()
+    got: dict[str, Any] = {k: round(statistics.median(x[k] for x in xs), 3) for k in keys}
+    head = next(iter(keys))
+    got["runs"] = [x[head] for x in xs]
+    return got
+
+
+def table(title: str, rows: dict[str, Any]) -> str:
+    cols = [*dict.fromkeys(k for r in rows.values() for k in r if k != "runs"), "runs"]
+    lines = [f"### {title}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PARTS = ("seq", "small", "meta")
+CLIENTS = ("fluidfed", "s3fs", "rclone", "juicefs")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="256 MiB, 2,000 small files, 2 runs")
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--dirs", type=int, default=200)
+    ap.add_argument("--flat", type=int, default=10_000, help="entries of the readdir")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default=",".join(PARTS))
+    ap.add_argument("--clients", default=",".join(CLIENTS))
+    ap.add_argument("--name", default="", help="of the result files in bench/results/")
+    ap.add_argument(
+        "--before",
+        metavar="TREE",
+        help="also fluidfed from another source tree (a checkout of main), as 'fluidfed-before'",
+    )
+    args = ap.parse_args()
+    if args.quick:
+        args.size_mib, args.files, args.dirs, args.flat = 256, 2000, 20, 2000
+    only = set(args.only.split(","))
+    clients = args.clients.split(",")
+    if args.before:
+        clients.insert(
+            clients.index("fluidfed") + 1 if "fluidfed" in clients else 0, "fluidfed-before"
+        )
+    os.environ.update(CREDENTIALS)
+    size = args.size_mib * 2**20
+    results: dict[str, Any] = {
+        "size_mib": args.size_mib,
+        "files": args.files,
+        "dirs": args.dirs,
+        "runs": args.runs,
+        "cores": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
+        "notes": {c: NOTES[c] for c in clients if c in NOTES},
+        "before": args.before or "",
+        "versions": {},
+    }
+    if "juicefs" in clients:
+        juicefs_binary()  # before anything starts: the build is long the first time
+    root = Path(tempfile.mkdtemp(prefix="fluidfed-peers-"))
+    server = S3Server(root / "minio").start()
+    b = Bench(root, server)
+    if args.before:
+        b.trees["fluidfed-before"] = str(Path(args.before).resolve())
+    keys = rp.small_file_keys(args.files, args.dirs)
+    try:
+        local = root / "local"
+        local.mkdir()
+        with open(local / "big.bin", "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(2**20))
+        rp.write_small_files(local, keys)
+        for i in range(args.flat):
+            (local / "flat").mkdir(exist_ok=True)
+            (local / "flat" / f"e{i:05d}").write_bytes(b"x")
+        print("uploading to MinIO ...", file=sys.stderr)
+        asyncio.run(upload(server, local))
+        if "juicefs" in clients:
+            print("loading JuiceFS ...", file=sys.stderr)
+            b.load_juicefs(local)
+        results["versions"] = versions(b, clients)
+        tables = []
+        if "seq" in only:
+            results["seq"] = seq_runs(b, clients, size, args.runs)
+            tables.append(table(f"{args.size_mib} MiB sequential, fio 1 MiB", results["seq"]))
+        if "small" in only:
+            results["small"] = small_runs(b, clients, local, keys, args.runs)
+            title = f"{args.files} files of 128 KiB, {args.dirs} dirs, 8 readers"
+            tables.append(table(title, results["small"]))
+        if "meta" in only:
+            results["meta"] = meta_runs(b, clients, keys, args.flat, args.runs)
+            tables.append(table("metadata", results["meta"]))
+    finally:
+        for mnt in (root / "mounts").glob("*/mnt"):
+            processes.force_unmount(mnt)
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    results["load_average_end"] = os.getloadavg()
+    print(json.dumps(results, indent=2))
+    print("\n".join(tables))
+    print(f"load average: start {results['load_average_start']}, end {os.getloadavg()}")
+    for c, note in results["notes"].items():
+        print(f"- {c}: {note}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    name = args.name or ("peers-quick" if args.quick else "peers")
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{name}.md").write_text("\n".join(tables))
+
+
+async def upload(server: S3Server, local: Path, batch: int = 256) -> None:
+    """Every file under `local` as an object under PREFIX, a batch at a time in memory."""
+    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+    for i in range(0, len(files), batch):
+        part = {str(p.relative_to(local)): p.read_bytes() for p in files[i : i + batch]}
+        await server.upload(part, prefix=PREFIX)
+
+
+def versions(b: Bench, clients: list[str]) -> dict[str, str]:
+    argv = {"s3fs": ["s3fs", "--version"], "rclone": ["rclone", "version"]}
+    if b.juicefs:
+        argv["juicefs"] = [b.juicefs, "--version"]
+    out = {}
+    for c in clients:
+        if c in argv:
+            got = subprocess.run(argv[c], capture_output=True, text=True).stdout
+            out[c] = got.splitlines()[0] if got else "?"
+    return out
+
+
+if __name__ == "__main__":
+    main()
