@@ -44,7 +44,7 @@ from devkit.local.processes import (
     pid_alive,
 )
 from devkit.local.s3 import S3Server
-from fluidfed import config, names
+from fluidfed import config, engines, names
 from fluidfed.client import Client
 from fluidfed.errors import LocalClusterError
 from fluidfed.models import DatasetView, Figures
@@ -368,7 +368,8 @@ class Demo:
                     await demo_pods.cordon_kwok_nodes(api)
                     # the workers and sidecars in pods take the source's keys from the Secret
                     # the dataset names, as in any cluster
-                    await demo_pods.source_secret(api, SECRET, ["ml", "research"], s3.CREDENTIALS)
+                    keys = {engines.ACCESS_KEY: s3.USER, engines.SECRET_KEY: s3.PASSWORD}
+                    await demo_pods.source_secret(api, SECRET, ["ml", "research"], keys)
                 self.note(
                     f"serverless: a real node on {node.state.network.node_ip} runs its pods "
                     "(its simulated nodes take none)"

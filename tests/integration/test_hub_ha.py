@@ -290,7 +290,13 @@ async def test_a_leader_that_stops_hands_over(replicas: Replicas) -> None:
     second = await eventually(replicas.leader, "the other replica to lead")
     assert second is not first
     first.start()  # back, it does not take the lead from the leader
-    await asyncio.sleep(1.0)
+
+    def serving(hub: HubProcess) -> bool:
+        with urllib.request.urlopen(hub.url + "/readyz", timeout=5) as r:
+            return r.read().decode().startswith("ok revision=")
+
+    # once it serves it has caught up with the store and is campaigning behind the leader
+    await eventually(lambda: asyncio.to_thread(serving, first), "the first replica serving")
     assert leads(second) and not leads(first)
 
 
