@@ -9,6 +9,7 @@ pods use them with `imagePullPolicy: Never`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -195,6 +196,9 @@ def without_devkit(pyproject: str) -> str:
     return text.replace(', "devkit*"', "")
 
 
+KEEP_UNUSED = 6 * 3600.0  # seconds an image of other sources stays in the cache unused
+
+
 def build_fluidfed(progress: Progress, *, force: bool = False) -> BuiltImage:
     """The fluidfed image as an OCI archive in the image cache: from the cache when nothing
     that goes in changed, else wheels + mmdebstrap + umoci (about a minute)."""
@@ -208,6 +212,7 @@ def build_fluidfed(progress: Progress, *, force: bool = False) -> BuiltImage:
     key = image_key(root, files)
     out = cache_dir() / f"fluidfed-{fluidfed.__version__}-{key}.tar"
     if out.exists() and not force:
+        out.touch()  # in use: other checkouts' builds leave it (see KEEP_UNUSED)
         return BuiltImage(ref=FLUIDFED_REF, archive=str(out), key=key, seconds=0.0,
                           bytes=out.stat().st_size)  # fmt: skip
     need("mmdebstrap", "umoci")
@@ -232,8 +237,11 @@ def build_fluidfed(progress: Progress, *, force: bool = False) -> BuiltImage:
         progress("image: packing with umoci")
         pack(rootfs, out, tag=fluidfed.__version__, entrypoint=ENTRYPOINT, user=USER, env=ENV)
     for old in out.parent.glob("fluidfed-*.tar"):
-        if old != out:
-            old.unlink(missing_ok=True)  # one image per checkout is enough
+        # images of other sources go once unused for a while: another checkout (a CI
+        # clone, a worktree) may be about to import the one it built
+        with contextlib.suppress(OSError):
+            if old != out and time.time() - old.stat().st_mtime > KEEP_UNUSED:
+                old.unlink()
     seconds = round(time.monotonic() - t0, 1)
     return BuiltImage(ref=FLUIDFED_REF, archive=str(out), key=key, seconds=seconds,
                       bytes=out.stat().st_size)  # fmt: skip
