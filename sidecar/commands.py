@@ -94,6 +94,7 @@ def fluid_config(path: str) -> tuple[SidecarConfig, str]:
             try:
                 value = Path(value).read_text().strip()
             except OSError as err:
+                # the path names the Secret and its key, never their value
                 raise ConfigError.one(
                     f"cannot read the credential file {value} ({err.strerror}): the Secret "
                     "named in the Dataset's encryptOptions must hold that key",

@@ -115,6 +115,11 @@ def sidecar_config(fc: FluidConfig, file: str) -> tuple[SidecarConfig, dict[str,
     return SidecarConfig(**fields), creds  # type: ignore[arg-type]
 
 
+SECRETS_ROOT = "/etc/fluid/secrets/"  # where Fluid mounts the encryptOptions' Secrets
+
+
 def is_secret_file(value: str) -> bool:
-    """A credential option holds the path of the Secret's key (Fluid's default)."""
-    return posixpath.isabs(value)
+    """A credential option holds the path of the Secret's key (Fluid's default), below
+    Fluid's secrets root; anything else is the value itself (a secret key may well begin
+    with "/")."""
+    return posixpath.normpath(value).startswith(SECRETS_ROOT)

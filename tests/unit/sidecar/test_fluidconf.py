@@ -49,6 +49,10 @@ def test_mounts_options_and_credential_files() -> None:
         "AWS_SECRET_ACCESS_KEY": "/etc/fluid/secrets/s3-creds/secret-key",
     }
     assert fluidconf.is_secret_file(creds["AWS_ACCESS_KEY_ID"])
+    # a value passed as itself (THIN_FUSE_CONFIG_STORAGE=secret) may begin with "/": it is
+    # the key, not a path to open (and to print in an error)
+    assert not fluidconf.is_secret_file("/aBcD+eFgH/iJkL")
+    assert not fluidconf.is_secret_file("/etc/fluid/secrets/../../../etc/shadow")
     assert cfg.cache == [CacheTier(medium="MEM", quota=2**28)]  # type: ignore[arg-type]
     assert cfg.workers.urls() == [
         "http://fluidfed-imagenet-cache-0.fluidfed-imagenet-cache.ml.svc:7070",
