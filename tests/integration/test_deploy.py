@@ -55,5 +55,9 @@ def test_manifests_apply_and_carry_valid_configs(
         assert 'store = "etcd://' in hub and "etcd_ca_file" in hub
         kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
         assert {("StatefulSet", "fluidfed-etcd"), ("PodDisruptionBudget", "fluidfed-hub")} <= kinds
+        # etcd admits its peers and the hubs; its plain metrics port no pod at all
+        (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert ports == {2379, 2380}
         (hubs,) = [d for d in docs if d["kind"] == "Deployment"]
         assert hubs["spec"]["replicas"] == 3
