@@ -95,6 +95,10 @@ def parse(expr: str) -> Schedule:
         )
     sets = [_field(f, *spec) for f, spec in zip(fields, _FIELDS, strict=True)]
     s = Schedule(sets[0], sets[1], sets[2], sets[3], sets[4], fields[2] == "*", fields[4] == "*")
-    if not any(d <= calendar.monthrange(2024, m)[1] for m in s.months for d in s.days):
+    # with both days restricted cron fires on either (0 0 30 2 1: Mondays in February)
+    only_days = s.any_weekday or s.any_day
+    if only_days and not any(
+        d <= calendar.monthrange(2024, m)[1] for m in s.months for d in s.days
+    ):
         raise ValueError(f"{expr!r} never fires: no month has those days")
     return s

@@ -23,6 +23,8 @@ def at(text: str) -> float:
         ("0 0 29 2 *", "2026-03-01T00:00:00", "2028-02-29T00:00:00"),
         ("@daily", "2026-12-01T17:04:00", "2026-12-02T00:00:00"),
         ("5,10 1 * * *", "2026-12-01T01:07:00", "2026-12-01T01:10:00"),
+        # both days restricted: either fires (Feb 30 never comes, Mondays in February do)
+        ("0 0 30 2 1", "2027-01-01T00:00:00", "2027-02-01T00:00:00"),
     ],
 )
 def test_next_firing(expr: str, after: str, fires: str) -> None:
