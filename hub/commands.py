@@ -62,13 +62,25 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+# the file and directory settings of [hub]: relative ones are taken from the config file's
+# directory, as in the agent's, worker's and sidecar's files (flags: from the current one)
+_PATHS = (
+    "data_dir", "admin_token_file", "tls_cert_file", "tls_key_file", "client_ca_file",
+    "etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_password_file",
+)  # fmt: skip
+
+
 def _hub_config(args: argparse.Namespace) -> HubConfig:
     if not args.config:
         return HubConfig()
     doc = config.load(args.config)
     if doc.hub is None:
         raise ConfigError([Problem("expected a [hub] table", file=args.config)])
-    return doc.hub
+    base = Path(args.config).resolve().parent
+    paths = {
+        f: str(base / v) for f in _PATHS if (v := getattr(doc.hub, f)) and not Path(v).is_absolute()
+    }
+    return msgspec.structs.replace(doc.hub, **paths)
 
 
 def _catalog_file(args: argparse.Namespace) -> Path:
