@@ -782,6 +782,8 @@ class Demo:
         pid = leader.proc.pid if leader.proc else 0
         leader.stop(signal.SIGKILL)
         self.note(f"killed the leading replica {leader.url} (pid {pid}) with SIGKILL")
+        if leader is not self.hubs[0]:  # the lead moved since the agents were started
+            self.note(f"(the agents' first hub URL is {self.hubs[0].url}: they were there)")
         t0 = time.monotonic()
         new = await self._leader(within=30)
         said = await asyncio.to_thread(self._readyz, new)
