@@ -783,7 +783,10 @@ class Demo:
         leader.stop(signal.SIGKILL)
         self.note(f"killed the leading replica {leader.url} (pid {pid}) with SIGKILL")
         if leader is not self.hubs[0]:  # the lead moved since the agents were started
-            self.note(f"(the agents' first hub URL is {self.hubs[0].url}: they were there)")
+            self.note(
+                f"(the lead had moved: the agents' first hub URL is {self.hubs[0].url}, "
+                "the replica left, so their watches there carry on)"
+            )
         t0 = time.monotonic()
         new = await self._leader(within=30)
         said = await asyncio.to_thread(self._readyz, new)
