@@ -2,7 +2,7 @@
 
 * `fluidfed local up|list|down`: real local clusters for trying fluidfed and for its tests;
 * `fluidfed local etcd up|down`: a 3-member etcd on loopback for the hub's HA store;
-* `fluidfed demo [--quick] [--keep] [--no-real-node]` and `fluidfed demo down`.
+* `fluidfed demo [--quick] [--keep] [--no-real-node] [--ha]` and `fluidfed demo down`.
 
 Heavy modules load only when a command runs: daemons started by this CLI skip them.
 """
@@ -322,6 +322,11 @@ def _register_demo(sub: Any) -> None:
         help="run the serverless sidecar and workers as processes, not in pods on a real node",
     )
     p.add_argument(
+        "--ha",
+        action="store_true",
+        help="the hub as 2 replicas on a 3-member local etcd; the leader is killed on the way",
+    )
+    p.add_argument(
         "--dir", help="work directory (env FLUIDFED_DEMO_DIR; default ~/.cache/fluidfed/demo)"
     )
     p.set_defaults(run=run_demo)
@@ -349,5 +354,9 @@ def run_demo(args: argparse.Namespace) -> int:
             "scripts/setup installs or checks all of it (scripts/demo runs it)"
         )
         return 2
-    asyncio.run(demo.Demo(base, quick=args.quick, keep=args.keep, real_node=args.real_node).run())
+    asyncio.run(
+        demo.Demo(
+            base, quick=args.quick, keep=args.keep, real_node=args.real_node, ha=args.ha
+        ).run()
+    )
     return 0

@@ -5,8 +5,10 @@ edge), one agent per cluster, one dataset declared once and placed on all three.
 machine can run one, the serverless cluster gets a real node (kubelet + containerd) and its
 pods run for real: the app pod, its injected sidecar and the cache workers, with the reads
 measured inside the pod (demo_pods.py); elsewhere the demo says why and runs the sidecar and
-workers as processes. Then the edge keeps working while the hub is away. Everything is
-removed at the end (also on Ctrl-C) unless --keep.
+workers as processes. Then the edge keeps working while the hub is away. With --ha the
+hub is two replicas on a 3-member local etcd and the agents know both: the leading replica
+is killed with SIGKILL, the other takes over, and a new apply still reaches every cluster.
+Everything is removed at the end (also on Ctrl-C) unless --keep.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import os
 import random
 import shutil
 import signal
+import ssl
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +39,7 @@ from rich.table import Table
 
 from agents import objects
 from devkit import demo_pods
-from devkit.local import binaries, cluster, paths, s3, secrets
+from devkit.local import binaries, cluster, etcd, paths, s3, secrets
 from devkit.local.processes import (
     AgentProcess,
     HubProcess,
@@ -137,6 +142,14 @@ sub_path = "val"
 """
 
 
+# --ha: the replicas' settings; another replica leads within about `leader_lease`
+HA_HUB = """\
+[hub]
+leader_lease = "2s"
+"""
+HA_REPLICAS = 2
+
+
 def default_dir() -> Path:
     return paths.cache_dir("demo", "FLUIDFED_DEMO_DIR")
 
@@ -147,6 +160,7 @@ class DemoState(msgspec.Struct):
     hub_pid: int = 0
     agent_pids: dict[str, int] = {}
     hub_url: str = ""
+    hub_pids: list[int] = []  # --ha: every replica (hub_pid is the first)
     other_pids: list[int] = []  # the S3 server, cache workers, the sidecar
     mountpoint: str = ""
 
@@ -221,10 +235,15 @@ def _read_and_check(mnt: Path, want: dict[str, bytes]) -> bool:
 
 
 class Demo:
-    def __init__(self, base: Path, *, quick: bool, keep: bool, real_node: bool = True) -> None:
+    def __init__(
+        self, base: Path, *, quick: bool, keep: bool, real_node: bool = True, ha: bool = False
+    ) -> None:
         self.base = base
         self.quick = quick
         self.keep = keep
+        self.ha = ha  # the hub as replicas on a local etcd
+        self.etcd: etcd.EtcdCluster | None = None
+        self.hubs: list[HubProcess] = []  # every replica; `hub` is the first
         self.real_node = real_node  # asked for; `pods` says whether pods really run
         self.pods = ""  # the image's reference in the real node, once its pods can run
         self.host = "127.0.0.1"  # where the pods reach the S3 server and the agent
@@ -233,7 +252,7 @@ class Demo:
         self.agents: dict[str, AgentProcess] = {}
         self.summary = Summary()
         self.step_no = 0
-        self.total = 6 if quick else 8
+        self.total = (6 if quick else 8) + (1 if ha else 0)
         self.s3: S3Server | None = None
         self.workers: list[WorkerProcess] = []
         self.sidecar: SidecarProcess | None = None
@@ -256,9 +275,14 @@ class Demo:
     def ca_file(self) -> Path:
         return self.base / "hub" / "tls" / "ca.crt"
 
+    @property
+    def hub_urls(self) -> list[str]:
+        """The URLs of the replicas running (the one hub's without --ha)."""
+        return [h.url for h in self.hubs if h.proc is not None]
+
     def admin(self) -> Client:
         assert self.hub is not None
-        return Client(self.hub.url, self.hub.admin_token, ca_file=str(self.ca_file))
+        return Client(self.hub_urls, self.hub.admin_token, ca_file=str(self.ca_file))
 
     async def run(self) -> Summary:
         if self.base.exists():
@@ -273,6 +297,8 @@ class Demo:
             if not self.quick:
                 await self.timed("autoscaling", self._autoscale)
                 await self.timed("edge autonomy", self._autonomy)
+            if self.ha:
+                await self.timed("failover", self._failover)
             await self._summarise()
         finally:
             if self.keep:
@@ -295,11 +321,15 @@ class Demo:
             )
         await self._clusters()
         # over HTTPS, as across machines: a CA and certificate made in the hub's directory
-        self.hub = HubProcess(self.base / "hub", extra=["--self-signed"]).start()
-        self.note(
-            f"hub on {self.hub.url} (catalog {self.base / 'hub' / 'catalog.db'}; "
-            f"TLS, CA {self.ca_file})"
-        )
+        if self.ha:
+            await self._hub_replicas()
+        else:
+            self.hub = HubProcess(self.base / "hub", extra=["--self-signed"]).start()
+            self.hubs = [self.hub]
+            self.note(
+                f"hub on {self.hub.url} (catalog {self.base / 'hub' / 'catalog.db'}; "
+                f"TLS, CA {self.ca_file})"
+            )
         self.s3 = S3Server(self.base / "s3", host=self.host).start()
         # the credentials the mount's Secret would hold, for the workers and the sidecar
         os.environ.update(s3.CREDENTIALS)
@@ -323,7 +353,7 @@ class Demo:
                 lc.kind,
                 lc.kind,
                 str(lc.kubeconfig_path),
-                self.hub.url,
+                ",".join(self.hub_urls),  # every replica: the agent fails over
                 "",
                 cluster_toml=toml,
                 token=token,
@@ -343,6 +373,55 @@ class Demo:
                 f"cluster {lc.kind}: {lc.state.server}, {spec.mount_mode()} mounts, "
                 f"agent pid {agent.proc.pid if agent.proc else '?'}"
             )
+
+    async def _hub_replicas(self) -> None:
+        """--ha: a 3-member etcd on loopback and two hub replicas sharing it (one data
+        directory: the same admin token and CA, as a Secret would give them)."""
+        self.etcd = await asyncio.to_thread(
+            etcd.EtcdCluster(self.base / "etcd", size=3).start, detach=True
+        )
+        self.note(f"etcd: 3 members on {', '.join(self.etcd.endpoints)} (v3.6, real processes)")
+        cfg = self.base / "hub.toml"
+        cfg.write_text(HA_HUB)
+        flags = ["--self-signed", "--config", str(cfg), "--store", self.etcd.store_url]
+        for _ in range(HA_REPLICAS):  # one after the other: the first makes the CA
+            self.hubs.append(HubProcess(self.base / "hub", extra=flags).start())
+        leader = await self._leader(within=30)
+        # the leader first: the agents watch it, so its loss is theirs to fail over from
+        self.hubs.sort(key=lambda h: h is not leader)
+        self.hub = self.hubs[0]
+        self.note(
+            f"hub replicas on {', '.join(self.hub_urls)} (catalog on etcd; TLS, CA "
+            f"{self.ca_file}); {leader.url} leads"
+        )
+
+    def _readyz(self, hub: HubProcess) -> str:
+        """What a replica's /readyz says ("ok revision=N leader" where it leads); "" when it
+        cannot be reached."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(hub.url + "/readyz", timeout=5, context=ctx) as r:
+                return str(r.read().decode())
+        except (urllib.error.URLError, OSError):
+            return ""
+
+    async def _leader(self, within: float, among: list[HubProcess] | None = None) -> HubProcess:
+        """The replica that leads, once one does (of `among`, else of all running)."""
+
+        async def leading() -> HubProcess | None:
+            for h in among or [h for h in self.hubs if h.proc is not None]:
+                if (await asyncio.to_thread(self._readyz, h)).endswith(" leader"):
+                    return h
+            return None
+
+        try:
+            found: HubProcess = await _until(leading, lambda h: h is not None, within, 0.2)
+        except TimeoutError:
+            raise RuntimeError(
+                f"no hub replica leads after {within:.0f}s: see the replicas' output above "
+                f"and etcd's logs in {self.base / 'etcd'}"
+            ) from None
+        return found
 
     async def _clusters(self) -> None:
         """The three clusters; the serverless one with a real node where this machine can
@@ -657,8 +736,9 @@ class Demo:
         self.step("The hub goes away; the edge keeps working from its state on disk")
         assert self.hub is not None
         edge = next(c for c in self.clusters if c.kind == "edge")
-        self.hub.stop()
-        self.note("hub stopped")
+        for h in self.hubs:
+            h.stop()
+        self.note("hub stopped" if len(self.hubs) == 1 else "every hub replica stopped")
         from kubernetes_asyncio import client
 
         async with await edge.api_client() as api:
@@ -677,8 +757,9 @@ class Demo:
         agent.stop()
         agent.start()
         self.note("edge agent restarted with the hub still down: it carries on from disk")
-        self.hub.start()
-        self.note(f"hub back on {self.hub.url}")
+        for h in self.hubs:
+            h.start()
+        self.note(f"hub back on {', '.join(self.hub_urls)}")
         view = await self._wait_view(
             lambda v: any(
                 b.binding.cluster == "edge"
@@ -690,6 +771,62 @@ class Demo:
             60,
         )
         self.note("status caught up at the hub")
+        self._record(view)
+
+    async def _failover(self) -> None:
+        self.step("The leading hub replica is killed with SIGKILL; the other takes over")
+        leader = await self._leader(within=30)
+        async with self.admin() as hub:
+            before = await hub.get_dataset("imagenet")
+            clusters = sorted(c.spec.name for c in await hub.list_clusters())
+        acked = {b.binding.name: b.binding.revision for b in before.bindings}
+        pid = leader.proc.pid if leader.proc else 0
+        leader.stop(signal.SIGKILL)
+        self.note(f"killed the leading replica {leader.url} (pid {pid}) with SIGKILL")
+        if leader is not self.hubs[0]:  # the lead moved since the agents were started
+            self.note(
+                f"(the lead had moved: the agents' first hub URL is {self.hubs[0].url}, "
+                "the replica left, so their watches there carry on)"
+            )
+        t0 = time.monotonic()
+        new = await self._leader(within=30)
+        said = await asyncio.to_thread(self._readyz, new)
+        self.note(f"{new.url} leads {time.monotonic() - t0:.1f}s later (/readyz: {said})")
+        async with self.admin() as hub:
+            after = await hub.get_dataset("imagenet")
+            clusters_after = sorted(c.spec.name for c in await hub.list_clusters())
+        got = {b.binding.name: b.binding.revision for b in after.bindings}
+        lost = [n for n, rev in acked.items() if got.get(n, -1) < rev]
+        if lost or clusters_after != clusters or after.generation < before.generation:
+            raise RuntimeError(
+                f"the replica left lost acknowledged writes: bindings {lost or 'none'}, "
+                f"clusters {clusters} before and {clusters_after} after, dataset generation "
+                f"{before.generation} before and {after.generation} after"
+            )
+        self.note(
+            f"nothing lost: {len(clusters_after)} clusters, dataset imagenet at generation "
+            f"{after.generation} and its {len(got)} bindings, as acknowledged before the kill"
+        )
+        (ds,) = config.load(self.base / "imagenet.toml").dataset
+        ds = msgspec.structs.replace(ds, description=ds.description + " (after the failover)")
+        t1 = time.monotonic()
+        async with self.admin() as hub:
+            gen = (await hub.apply_dataset(ds)).generation
+        self.note(f"applied imagenet again through {new.url}: generation {gen}")
+
+        def reconciled(v: DatasetView) -> bool:
+            return all(b.status is not None and b.status.observed_generation >= gen
+                       for b in v.bindings)  # fmt: skip
+
+        view = await self._wait_view(reconciled, 90)
+        self.note(
+            f"every agent's watch resumed on {new.url}: generation {gen} reconciled in "
+            f"{', '.join(b.binding.cluster for b in view.bindings)} "
+            f"{time.monotonic() - t1:.1f}s after the apply"
+        )
+        await asyncio.to_thread(leader.start)
+        said = await asyncio.to_thread(self._readyz, leader)
+        self.note(f"{leader.url} restarted on the same URL and follows (/readyz: {said})")
         self._record(view)
 
     def _record(self, view: DatasetView) -> None:
@@ -732,6 +869,7 @@ class Demo:
             hub_pid=self.hub.proc.pid if self.hub and self.hub.proc else 0,
             agent_pids={k: a.proc.pid for k, a in self.agents.items() if a.proc},
             hub_url=self.hub.url if self.hub else "",
+            hub_pids=[h.proc.pid for h in self.hubs if h.proc is not None],
             other_pids=[
                 p.proc.pid
                 for p in [self.s3, *self.workers, self.sidecar]
@@ -742,7 +880,8 @@ class Demo:
         (self.base / "demo.json").write_bytes(msgspec.json.encode(state))
         console.print("\nLeft running (remove with `fluidfed demo down`):")
         if self.hub:
-            console.print(f"  export FLUIDFED_HUB={self.hub.url} FLUIDFED_CA_FILE={self.ca_file}")
+            urls = ",".join(self.hub_urls)
+            console.print(f"  export FLUIDFED_HUB={urls} FLUIDFED_CA_FILE={self.ca_file}")
             console.print(f"  export FLUIDFED_TOKEN=$(cat {self.base / 'hub' / 'admin-token'})")
             console.print("  fluidfed get bindings; fluidfed describe dataset imagenet")
         for lc in self.clusters:
@@ -753,6 +892,8 @@ class Demo:
             )
         if self.s3 is not None:
             console.print(f"  S3 server: {self.s3.endpoint} (bucket datasets)")
+        if self.etcd is not None:
+            console.print(f"  etcd: {self.etcd.store_url} (the hub replicas' catalog)")
 
     async def _cleanup(self) -> None:
         if self.sidecar is not None:
@@ -764,8 +905,10 @@ class Demo:
         force_unmount(self.base / "mnt")
         for a in self.agents.values():
             a.stop()
-        if self.hub is not None:
-            self.hub.stop()
+        for h in self.hubs:
+            h.stop()
+        if self.etcd is not None:
+            await asyncio.to_thread(etcd.down, self.etcd.base_dir)
         await asyncio.gather(*(c.down() for c in self.clusters), return_exceptions=True)
         shutil.rmtree(self.base, ignore_errors=True)
         console.print("[dim]cleaned up: processes stopped, clusters and files removed[/dim]")
@@ -810,10 +953,13 @@ async def stop(base: Path) -> None:
     state_file = base / "demo.json"
     if state_file.exists():
         state = msgspec.json.decode(state_file.read_bytes(), type=DemoState)
-        pids = [p for p in [*state.other_pids, *state.agent_pids.values(), state.hub_pid] if p]
+        hubs = {state.hub_pid, *state.hub_pids}
+        pids = [p for p in [*state.other_pids, *state.agent_pids.values(), *hubs] if p]
         await _terminate(pids)
         if state.mountpoint:
             force_unmount(Path(state.mountpoint))
+    # --ha: the etcd members (after the hubs, which write to them until they stop)
+    await asyncio.to_thread(etcd.down, base / "etcd")
     for st in cluster.list_clusters(base / "clusters"):
         await cluster.LocalCluster(st.name, st.kind, base_dir=base / "clusters").down()
     shutil.rmtree(base, ignore_errors=True)

@@ -7,12 +7,19 @@
 
 Every transport error is translated at one place (`_request`) into fluidfed's errors:
 `HubUnreachable` (temporary), `ServerError` (temporary), or a 4xx `APIError` subclass.
+
+With several replicas, a call goes on to the next one only where that is safe (`retryable`):
+always when it never reached a hub (the connection was refused); when it did and its answer
+was lost (a broken connection, a timeout, a 503), only if repeating it changes nothing - an
+idempotent method, or a request carrying an `Idempotency-Key` the hub deduplicates. A POST
+whose answer was lost may have been applied: it is not sent again, and the error says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,7 +27,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
-from fluidfed import codec, tls
+from fluidfed import codec, names, tls
 from fluidfed.errors import (
     ConfigError,
     Gone,
@@ -43,6 +50,27 @@ from fluidfed.models import (
 )
 
 T = TypeVar("T")
+
+# methods that change nothing more when repeated (RFC 9110, 9.2.2)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+class NotSent(HubUnreachable):
+    """The request never reached a hub (no connection): safe to send anywhere."""
+
+
+def retryable(method: str, err: Exception, *, keyed: bool = False) -> bool:
+    """May a request that failed with `err` be sent again to another replica?
+
+    Yes when it never reached a hub. When it did and the answer is lost (`HubUnreachable`
+    after sending, or a 503 the replica gave), only when repeating it is harmless: an
+    idempotent method, or `keyed` (an idempotency key the hub deduplicates). Any other
+    answer is the hub's: not retried."""
+    if isinstance(err, NotSent):
+        return True
+    lost = isinstance(err, HubUnreachable) or (isinstance(err, ServerError) and err.status == 503)
+    return lost and (method.upper() in IDEMPOTENT or keyed)
+
 
 _errbody = codec.decoder(ErrorBody)
 _event_dec = codec.decoder(WatchEvent)
@@ -147,29 +175,31 @@ class Client:
         *,
         body: Any = None,
         params: dict[str, str] | None = None,
-        resend: bool | None = None,
+        idempotency_key: str = "",
     ) -> bytes:
-        """One call, on the next replica while one cannot be reached or answers 503 (each
-        tried once). A call the hub may have taken before its answer was lost (a timeout, a
-        dropped connection, a 503 from a store write that may have landed) goes to the next
-        replica only if doing it twice is harmless: `resend`, by default all but POST (a
-        cluster registered twice would lose its new token, a load be asked twice)."""
+        """One call, on the next replica while one cannot be reached, or answers 503 or
+        loses the answer where sending it again is safe (`retryable`; each tried once)."""
         data = codec.encode(body) if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
-        if resend is None:
-            resend = method != "POST"
+        if idempotency_key:
+            headers[names.IDEMPOTENCY_KEY] = idempotency_key
         for attempt in range(len(self.urls)):
             try:
                 return await self._once(method, path, data, params, headers)
             except (HubUnreachable, ServerError) as err:
-                status = getattr(err, "status", 0)
-                if attempt == len(self.urls) - 1 or status not in (0, 503):
+                if isinstance(err, ServerError) and err.status != 503:
+                    raise  # the hub's answer
+                self._next_replica()  # away or in doubt: the next call starts on the next
+                if attempt == len(self.urls) - 1:
                     raise
-                self._next_replica()  # the next call goes there, whatever happens to this one
-                if not resend and not _never_sent(err):
-                    raise
+                if not retryable(method, err, keyed=bool(idempotency_key)):
+                    raise HubUnreachable(
+                        f"{err}; the {method} {path} may have been applied there, so it was "
+                        "not sent to another replica: look whether it took effect, then "
+                        "repeat it if need be"
+                    ) from err
         raise AssertionError("unreachable")  # for mypy: the loop returns or raises
 
     async def _once(
@@ -207,6 +237,8 @@ class Client:
                 "FLUIDFED_CA_FILE, or ca_file in the client or agent configuration)",
                 path="ca_file",
             ) from err
+        except aiohttp.ClientConnectorError as err:  # no connection: nothing was sent
+            raise NotSent(f"{what}: {err}") from err
         except (TimeoutError, aiohttp.ClientError) as err:
             raise HubUnreachable(f"{what}: {err}") from err
 
@@ -215,9 +247,7 @@ class Client:
     async def register_cluster(self, spec: Cluster, *, rotate_token: bool = False) -> Registered:
         params = {"rotate_token": "true"} if rotate_token else None
         # registered twice with a token rotation: the second token is the one in force
-        raw = await self._request(
-            "POST", "/api/v1/clusters", body=spec, params=params, resend=rotate_token
-        )
+        raw = await self._request("POST", "/api/v1/clusters", body=spec, params=params)
         result: Registered = _decode(raw, Registered)
         return result
 
@@ -248,7 +278,7 @@ class Client:
         await self._request("DELETE", f"/api/v1/clusters/{name}")
 
     async def heartbeat(self, cluster: str) -> ClusterRecord:
-        raw = await self._request("POST", f"/api/v1/clusters/{cluster}/heartbeat", resend=True)
+        raw = await self._request("POST", f"/api/v1/clusters/{cluster}/heartbeat")
         result: ClusterRecord = _decode(raw, ClusterRecord)
         return result
 
@@ -287,7 +317,13 @@ class Client:
             body["schedule"] = schedule
         if on_change:
             body["on_change"] = True
-        raw = await self._request("POST", f"/api/v1/datasets/{name}/load", body=body)
+        # one key for this ask, on every replica it is sent to: the hub makes it one load
+        raw = await self._request(
+            "POST",
+            f"/api/v1/datasets/{name}/load",
+            body=body,
+            idempotency_key=uuid.uuid4().hex,
+        )
         result: list[Binding] = _decode(raw, list[Binding])
         return result
 
@@ -356,13 +392,6 @@ class Client:
                     raise
                 if isinstance(err, ServerError) and err.status != 503:
                     raise
-
-
-def _never_sent(err: Exception) -> bool:
-    """The hub cannot have taken the call: no connection was made to it."""
-    return isinstance(err, HubUnreachable) and isinstance(
-        err.__cause__, aiohttp.ClientConnectorError
-    )
 
 
 def _error_of(status: int, raw: bytes) -> Exception:

@@ -343,6 +343,9 @@ class LoadRequest(Wire):
     # whenever the under storage changed: only what changed is pulled)
     schedule: str = ""
     on_change: bool = False
+    # the client's idempotency key: the same ask sent again (to another hub replica, its
+    # answer lost) is this request, not a new one
+    key: str = ""
 
 
 LoadPhase = Literal["Waiting", "Running", "Done", "Failed"]

@@ -79,3 +79,9 @@ ATTR_DATASET: Final = "fluidfed.dataset"  # resource attributes
 ATTR_CLUSTER: Final = "fluidfed.cluster"
 ATTR_TIER: Final = "fluidfed.tier"  # data-point attributes
 ATTR_SOURCE: Final = "fluidfed.source"  # local | worker | ufs
+
+# --- the hub's HTTP API -------------------------------------------------------------------
+
+# a request's idempotency key: sent again to another hub replica (its answer lost), the
+# same key makes it the same request, which the hub applies once
+IDEMPOTENCY_KEY: Final = "Idempotency-Key"

@@ -349,9 +349,25 @@ async def load_dataset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     cat = request.app[CATALOG]
     bindings = await cat.request_load(
-        name, ask.clusters, ask.path, schedule=ask.schedule, on_change=ask.on_change
+        name,
+        ask.clusters,
+        ask.path,
+        schedule=ask.schedule,
+        on_change=ask.on_change,
+        key=_idempotency_key(request),
     )
     return json_response(bindings, status=202)
+
+
+def _idempotency_key(request: web.Request) -> str:
+    """The client's key for a request it may send again to another replica ("" if none)."""
+    key = request.headers.get(names.IDEMPOTENCY_KEY, "")
+    if len(key) > 128 or not key.isprintable():
+        raise errors.BadRequest(
+            f"the {names.IDEMPOTENCY_KEY} header is not a key",
+            [Problem("at most 128 printable characters (a UUID)", path=names.IDEMPOTENCY_KEY)],
+        )
+    return key
 
 
 async def delete_dataset(request: web.Request) -> web.Response:

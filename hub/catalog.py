@@ -353,9 +353,12 @@ class Catalog:
         *,
         schedule: str = "",
         on_change: bool = False,
+        key: str = "",
     ) -> list[Binding]:
         """Ask the agents of `clusters` (all the dataset's clusters if empty) to warm their
-        caches with `path` of the dataset; the bindings that carry the request."""
+        caches with `path` of the dataset; the bindings that carry the request. An ask
+        with the `key` (idempotency key) of the request these bindings carry is that
+        request again: nothing changes (on any replica: the key is in the store)."""
         chosen: list[str] = []
 
         def compute(rev: int) -> list[Op]:
@@ -380,7 +383,10 @@ class Catalog:
             if not picked:
                 raise errors.Conflict(f"dataset {name} is not placed on any cluster yet")
             chosen = [b.name for b in picked]
+            if key and all(b.load is not None and b.load.key == key for b in picked):
+                return []  # asked already (sent again after a lost answer)
             req = LoadRequest(
+                key=key,
                 id=rev,
                 path=path.strip("/"),
                 requested_at=time.time(),

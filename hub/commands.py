@@ -43,8 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     restore = hub_sub.add_parser("restore", help="put a backup in place (the hub stopped)")
     restore.add_argument("file", metavar="FILE")
     for p in (backup, restore):
-        p.add_argument("--config", "-c", help="hub TOML file (for its data_dir)")
+        p.add_argument("--config", "-c", help="hub TOML file (its data_dir, or its store)")
         p.add_argument("--data-dir", help="the hub's data directory")
+        p.add_argument(
+            "--store",
+            help="etcd://HOST:PORT,... : the catalog is on etcd (backup: etcd's snapshot)",
+        )
     backup.set_defaults(run=run_backup)
     restore.set_defaults(run=run_restore)
 
@@ -83,31 +87,63 @@ def _hub_config(args: argparse.Namespace) -> HubConfig:
     return msgspec.structs.replace(doc.hub, **paths)
 
 
-def _catalog_file(args: argparse.Namespace) -> Path:
+def _store_config(args: argparse.Namespace) -> HubConfig:
     cfg = _hub_config(args)
-    if cfg.store and not args.data_dir:
-        raise ConfigError.one(
-            f"the catalog is on {cfg.store}: back it up with etcd's own `etcdctl snapshot "
-            "save` (and restore with `etcdutl snapshot restore`)",
-            file=args.config,
-            path="hub.store",
-        )
-    return Path(args.data_dir or cfg.data_dir) / "catalog.db"
+    if args.store is not None:
+        cfg = msgspec.structs.replace(cfg, store=args.store)
+    if args.data_dir:
+        cfg = msgspec.structs.replace(cfg, data_dir=args.data_dir)
+    return cfg
 
 
 def run_backup(args: argparse.Namespace) -> int:
     from hub.store import backup_file
 
-    source = _catalog_file(args)
+    cfg = _store_config(args)
+    if cfg.store:
+        size, where = asyncio.run(_etcd_snapshot(cfg, Path(args.file)))
+        print(
+            f"etcd snapshot of {where} saved to {args.file} ({size} bytes, consistent; every "
+            "key of that etcd, not only the catalog's): `fluidfed hub restore` says how to "
+            "put it back"
+        )
+        return 0
+    source = Path(cfg.data_dir) / "catalog.db"
     backup_file(source, Path(args.file))
     print(f"catalog {source} copied to {args.file} (consistent, write-ahead log included)")
     return 0
 
 
+async def _etcd_snapshot(cfg: HubConfig, out: Path) -> tuple[int, str]:
+    from hub import etcd, server
+
+    store, where = server.open_store(cfg)
+    assert isinstance(store, etcd.EtcdStore)
+    try:
+        return await store.snapshot(out), where
+    finally:
+        await store.close()
+
+
 def run_restore(args: argparse.Namespace) -> int:
     from hub.store import restore_file
 
-    target = _catalog_file(args)
+    cfg = _store_config(args)
+    if cfg.store:
+        # etcd's members hold the catalog: only they can take a snapshot back
+        raise ConfigError.one(
+            f"the catalog is on {cfg.store}: a snapshot goes back into etcd itself. Stop "
+            "every hub replica; stop the etcd members; for each member run `etcdutl snapshot "
+            f"restore {args.file} --name NAME --initial-cluster NAME=PEER_URL,... "
+            "--initial-advertise-peer-urls PEER_URL --data-dir NEW_DIR --bump-revision "
+            "1000000000 --mark-compacted` (so that watchers list again rather than resume "
+            "at a revision that now names other changes); start the members "
+            "on their new data directories, then the replicas (agents list again and remove "
+            "what is no longer bound)",
+            file=args.config or "",
+            path="hub.store",
+        )
+    target = Path(cfg.data_dir) / "catalog.db"
     restore_file(Path(args.file), target)
     print(
         f"catalog {target} restored from {args.file}; start the hub: agents list again and "

@@ -12,6 +12,7 @@ from devkit.local import paths
 K8S_VERSION = "v1.34.4"
 NEEDED = (
     "etcd",
+    "etcdutl",  # `etcdutl snapshot restore`: a hub backup on etcd put back
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",

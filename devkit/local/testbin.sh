@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the real Kubernetes control plane, kwok and etcd used by the tests and
+# Build the real Kubernetes control plane, kwok, etcd and etcdutl used by the tests and
 # `fluidfed demo`, and the pieces of a real node (kubelet, containerd + ctr + shim,
 # runc, the CNI plugins, CoreDNS, a static pause), from the Go module proxy, into a
 # cache outside the repository.
@@ -106,6 +106,31 @@ GO
   (cd "$work" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2 \
     && go build -trimpath -ldflags "-s -w" -o "$out/etcd.tmp" .)
   mv "$out/etcd.tmp" "$out/etcd"
+}
+
+build_etcdutl() {
+  # etcd's offline tool, same version: `etcdutl snapshot restore` puts a snapshot (`fluidfed
+  # hub backup` on etcd) back in the members' data directories
+  [ -x "$out/etcdutl" ] && return 0
+  local work="$cache_root/src/etcdutl-$ETCD_VERSION"
+  mkdir -p "$work"
+  say "building etcdutl $ETCD_VERSION from go.etcd.io/etcd/etcdutl/v3"
+  cat > "$work/go.mod" <<GOMOD
+module fluidfed.local/etcdutl
+
+go 1.24.0
+GOMOD
+  cat > "$work/tools.go" <<'GO'
+//go:build tools
+
+// The module requires etcdutl's main package; `go build` below builds it.
+package tools
+
+import _ "go.etcd.io/etcd/etcdutl/v3"
+GO
+  (cd "$work" && go get "go.etcd.io/etcd/etcdutl/v3@$ETCD_VERSION" >&2 && go mod tidy >&2 \
+    && go build -trimpath -ldflags "-s -w" -o "$out/etcdutl.tmp" go.etcd.io/etcd/etcdutl/v3)
+  mv "$out/etcdutl.tmp" "$out/etcdutl"
 }
 
 build_minio() {
@@ -261,6 +286,7 @@ C
 build_kube
 build_kwok
 build_etcd
+build_etcdutl
 build_minio
 build_containerd
 build_runc

@@ -55,12 +55,22 @@ async def test_a_post_whose_answer_was_lost_is_not_sent_again(
 ) -> None:
     url, calls = answering
     async with Client([dropping, url], "t", timeout=5) as client:
-        with pytest.raises(HubUnreachable):
-            await client.load_dataset("d")  # the first replica may have taken it
+        with pytest.raises(HubUnreachable, match="may have been applied"):
+            await client.heartbeat("c")  # the first replica may have taken it
         assert calls == []
         assert client.url == url  # the next call goes to the other replica
         assert await client.list_datasets() == []
         assert calls == ["GET /api/v1/datasets"]
+
+
+async def test_a_keyed_post_whose_answer_was_lost_goes_to_the_next_replica(
+    dropping: str, answering: tuple[str, list[str]]
+) -> None:
+    """A load carries an idempotency key the hubs deduplicate: sending it again is safe."""
+    url, calls = answering
+    async with Client([dropping, url], "t", timeout=5) as client:
+        assert await client.load_dataset("d") == []
+    assert calls == ["POST /api/v1/datasets/d/load"]
 
 
 async def test_a_read_whose_answer_was_lost_goes_to_the_next_replica(

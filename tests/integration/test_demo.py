@@ -109,3 +109,36 @@ def test_demo_without_a_real_node_runs_processes_says_so_and_keep_then_down(
     assert processes_under(tmp_path / "demo") == []
     assert not (tmp_path / "demo").exists()
     assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()
+
+
+def test_demo_ha_survives_the_leader_killed_then_down_leaves_nothing(tmp_path: Path) -> None:
+    """`--ha`: two hub replicas on a 3-member etcd, the agents given both; the leader is
+    killed with SIGKILL, the other leads, nothing acknowledged is lost, a new apply reaches
+    every cluster; kept, then `demo down` stops and removes everything, etcd too."""
+    r = demo(tmp_path, "--quick", "--ha", "--no-real-node", "--keep")
+    assert r.returncode == 0, r.stdout + r.stderr
+    flat = " ".join(r.stdout.split())  # rich wraps long lines at 120 columns
+    assert "[1/7] Starting the hub" in flat and "etcd: 3 members on 127.0.0.1:" in flat
+    urls = re.search(r"hub replicas on (https://\S+), (https://\S+) \(catalog on etcd", flat)
+    assert urls, r.stdout
+    first, second = urls.groups()
+    # the agents watch the leader first: it is the one killed, the other takes over
+    assert f"{first} leads" in flat
+    assert f"[6/7] The leading hub replica is killed with SIGKILL; the other takes over " \
+           f"killed the leading replica {first} (pid " in flat  # fmt: skip
+    assert re.search(rf"{re.escape(second)} leads [\d.]+s later \(/readyz: ok revision=\d+ leader\)",
+                     flat), r.stdout  # fmt: skip
+    assert "nothing lost: 3 clusters, dataset imagenet at generation 1 and its 3 bindings" in flat
+    assert f"applied imagenet again through {second}: generation 2" in flat
+    assert re.search(rf"every agent's watch resumed on {re.escape(second)}: generation 2 "
+                     r"reconciled in edge, serverless, standard", flat), r.stdout  # fmt: skip
+    assert f"{first} restarted on the same URL and follows" in flat
+    assert _summary_rows(r.stdout)["serverless"] == ["sidecar", "2", "Bound"]
+    assert f"export FLUIDFED_HUB={first},{second} " in flat
+    etcd_members = [p for p in processes_under(tmp_path / "demo" / "etcd") if "--name=m" in p]
+    assert len(etcd_members) == 3, etcd_members
+    r = demo(tmp_path, "down")
+    assert r.returncode == 0, r.stderr
+    assert processes_under(tmp_path / "demo") == []
+    assert not (tmp_path / "demo").exists()
+    assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()

@@ -409,3 +409,76 @@ async def test_agents_follow_the_replica_that_survives(
         finally:
             for a in agents:
                 a.stop()
+
+
+@contextlib.asynccontextmanager
+async def answers_lost(upstream: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """A TCP hop in front of a real replica: each request is delivered whole and answered
+    there, and the answer is dropped (a connection broken at the worst moment). Yields the
+    hop's URL and the request lines the replica answered."""
+    host, port = upstream.removeprefix("http://").rsplit(":", 1)
+    answered: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (int(x.split(b":", 1)[1]) for x in head.split(b"\r\n")
+                 if x.lower().startswith(b"content-length:")), 0,
+            )  # fmt: skip
+            up_writer.write(head + await reader.readexactly(length))
+            await up_writer.drain()
+            if await up_reader.read(1):  # the replica answers: it did what was asked
+                answered.append(head.split(b"\r\n", 1)[0].decode())
+        finally:
+            up_writer.close()
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", answered
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_load_whose_answer_was_lost_is_applied_once_across_replicas(
+    replicas: Replicas,
+) -> None:
+    """A warm-up asked on one replica, its answer lost: the client asks the other with the
+    same idempotency key and the hub makes it one load. A token rotation whose answer was
+    lost is not sent to the other replica at all (it may have been applied)."""
+    await register(replicas)
+    a, b = replicas.hubs
+    async with Client(b.url, replicas.admin_token) as admin:
+        await admin.apply_dataset(dataset("ds", placement=Placement(clusters=["c0"])))
+        start = (await admin.list_bindings("c0")).revision
+    async with (
+        answers_lost(a.url) as (hop, answered),
+        Client([hop, b.url], replicas.admin_token) as hub,
+    ):
+        (got,) = await hub.load_dataset("ds", ["c0"], "train")
+        assert answered == ["POST /api/v1/datasets/ds/load HTTP/1.1"]  # applied on a
+        assert got.load is not None and got.load.key
+    async with (
+        answers_lost(a.url) as (hop, answered),
+        Client([hop, b.url], replicas.admin_token) as hub,
+    ):
+        with pytest.raises(HubUnreachable, match="may have been applied there"):
+            await hub.register_cluster(
+                Cluster(name="c1", kind="edge", kubernetes=KubeAccess(in_cluster=True)),
+                rotate_token=True,
+            )
+        assert answered == ["POST /api/v1/clusters?rotate_token=true HTTP/1.1"]
+    async with Client(b.url, replicas.admin_token) as admin:
+        await admin.apply_dataset(dataset("marker", placement=Placement(clusters=["c0"])))
+        seen: list[tuple[str, str]] = []
+        async for ev in admin.watch_bindings("c0", revision=start):
+            if ev.object is None or ev.type == "BOOKMARK":
+                continue
+            seen.append((ev.object.name, ev.object.load.key if ev.object.load else ""))
+            if ev.object.name == "marker.c0":
+                break
+        # one change of ds.c0 for the load, with the key both replicas were sent
+        assert seen == [("ds.c0", got.load.key), ("marker.c0", "")]

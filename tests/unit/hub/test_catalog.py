@@ -267,3 +267,19 @@ async def test_a_dataset_bound_on_some_clusters_is_partially_bound(tmp_path: Pat
     assert (v.ufs_total, v.cache_used) == (3 * gib, gib)
     await cat.report_status("ds.c", testing.binding_status("Bound"))
     assert cat.dataset_view("ds").phase == "Bound"
+
+
+async def test_a_load_asked_again_with_its_idempotency_key_is_one_load(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="a"))
+    await cat.apply_dataset(ds())
+    first = await cat.request_load("ds", [], "train", key="k1")
+    rev = cat.revision
+    again = await cat.request_load("ds", [], "train", key="k1")  # its answer was lost
+    assert again == first and cat.revision == rev  # nothing new for the agents
+    assert first[0].load is not None and first[0].load.key == "k1"
+    other = await cat.request_load("ds", [], "train", key="k2")  # a new ask
+    assert cat.revision > rev and other[0].load is not None and other[0].load.id > first[0].load.id
+    unkeyed = [await cat.request_load("ds", [], "train") for _ in range(2)]
+    assert unkeyed[1][0].load is not None and unkeyed[0][0].load is not None
+    assert unkeyed[1][0].load.id > unkeyed[0][0].load.id  # without a key, each is new
