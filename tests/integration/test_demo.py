@@ -10,7 +10,8 @@ import pytest
 
 from devkit.local import cluster
 
-pytestmark = pytest.mark.integration
+# a whole demo per test: minutes on a loaded 2-core machine (the subprocess has 600 s)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(660)]
 
 
 def demo(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
