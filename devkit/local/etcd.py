@@ -149,11 +149,11 @@ class EtcdCluster:
                 "(it builds the local-cluster binaries), or set FLUIDFED_TESTBIN"
             )
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        for m in self.members:
-            self.start_member(m.name, detach=detach)
-        try:
+        try:  # a member that fails to start or to turn healthy stops those already started
+            for m in self.members:
+                self.start_member(m.name, detach=detach)
             self.wait_healthy(timeout)
-        except LocalClusterError:
+        except BaseException:
             self.stop()
             raise
         if detach:
