@@ -73,28 +73,36 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
     data_dir = Path(cfg.data_dir)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
     store, where = open_store(cfg)
-    catalog = Catalog(
-        store,
-        history=cfg.event_history,
-        history_bytes=cfg.event_history_bytes,
-        lease_duration=cfg.lease_duration,
-    )
-    await catalog.load()
-    app = make_app(
-        catalog,
-        token,
-        max_body=cfg.max_body,
-        bookmark_interval=cfg.bookmark_interval,
-        autoscale_interval=cfg.autoscale_interval,
-        metrics_stale_after=cfg.metrics_stale_after,
-        mutual_tls=bool(cfg.client_ca_file),
-        identity=leader.replica_identity(cfg.port),
-    )
-    # on SIGTERM the watch streams end at once (agents reconnect): nothing to wait 60 s for
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context)
-    await site.start()
+    runner: web.AppRunner | None = None
+    try:  # a catalog that cannot load, a port taken: the store's connections go too
+        catalog = Catalog(
+            store,
+            history=cfg.event_history,
+            history_bytes=cfg.event_history_bytes,
+            lease_duration=cfg.lease_duration,
+        )
+        await catalog.load()
+        app = make_app(
+            catalog,
+            token,
+            max_body=cfg.max_body,
+            bookmark_interval=cfg.bookmark_interval,
+            autoscale_interval=cfg.autoscale_interval,
+            metrics_stale_after=cfg.metrics_stale_after,
+            mutual_tls=bool(cfg.client_ca_file),
+            identity=leader.replica_identity(cfg.port),
+        )
+        # on SIGTERM the watch streams end at once (agents reconnect): nothing to wait 60 s for
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context)
+        await site.start()
+    except BaseException:
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        await store.close()
+        raise
     # with port 0 the kernel picks one: read it back for the ready line
     port = cfg.port
     for addr in runner.addresses:
