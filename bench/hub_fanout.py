@@ -44,7 +44,7 @@ from pathlib import Path
 import aiohttp
 
 from devkit.testing import HubProcess
-from fluidfed import Client
+from fluidfed import Client, errors
 from fluidfed.models import Cluster, Dataset, KubeAccess, Mount, Placement
 
 BASELINE_SERVER = textwrap.dedent(
@@ -72,6 +72,7 @@ BASELINE_SERVER = textwrap.dedent(
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DEADLINE_S = 300  # an agent that has not got its binding by then is a failed run
 
 
 def pct(values: list[float], p: float) -> float:
@@ -166,17 +167,29 @@ async def hub_run(
             got: dict[str, list[float]] = {}
             ready = asyncio.Event()
             connected = 0
+            reconnects = repeats = 0
             clients = [Client(hub.url, tok, timeout=120, ca_file=ca) for tok in tokens]
 
             async def agent(i: int, c: Client) -> None:
-                nonlocal connected
-                listed = await c.list_bindings()
+                # as a real agent: a watch that breaks resumes from the last revision seen
+                nonlocal connected, reconnects, repeats
+                revision = (await c.list_bindings()).revision
                 connected += 1
                 if connected == n:
                     ready.set()
-                async for ev in c.watch_bindings(revision=listed.revision):
-                    if ev.type == "ADDED" and ev.object is not None:
-                        got.setdefault(ev.object.dataset, []).append(time.monotonic())
+                seen: set[str] = set()
+                while True:
+                    try:
+                        async for ev in c.watch_bindings(revision=revision):
+                            revision = ev.revision
+                            if ev.type == "ADDED" and ev.object is not None:
+                                if ev.object.dataset in seen:
+                                    repeats += 1
+                                seen.add(ev.object.dataset)
+                                got.setdefault(ev.object.dataset, []).append(time.monotonic())
+                    except errors.HubUnreachable:
+                        pass
+                    reconnects += 1
 
             tasks = [asyncio.create_task(agent(i, c)) for i, c in enumerate(clients)]
             await ready.wait()
@@ -188,7 +201,13 @@ async def hub_run(
                 )
 
             async def wait_all(name: str) -> None:
+                deadline = time.monotonic() + DEADLINE_S
                 while len(got.get(name, [])) < n:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"{name}: {len(got.get(name, []))} of {n} agents got their binding "
+                            f"within {DEADLINE_S} s ({reconnects} watches broke)"
+                        )
                     await asyncio.sleep(0.002)
 
             lat: list[float] = []
@@ -222,6 +241,8 @@ async def hub_run(
             "bindings_delivered_per_s": burst * n / delivered_s,
             "hub_rss_mib": hub_rss,
             "hub_cpu_us_per_binding": hub_cpu / ((rounds + burst) * n) * 1e6,
+            "reconnects": reconnects,  # watches that broke and resumed
+            "repeats": repeats,  # events an agent got twice: must stay 0
         }
 
 
