@@ -169,6 +169,7 @@ async def hub_run(
             connected = 0
             reconnects = repeats = 0
             clients = [Client(hub.url, tok, timeout=120, ca_file=ca) for tok in tokens]
+            last_revision = [-1] * n  # each agent's, from its last event or bookmark
 
             async def agent(i: int, c: Client) -> None:
                 # as a real agent: a watch that breaks resumes from the last revision seen
@@ -181,7 +182,7 @@ async def hub_run(
                 while True:
                     try:
                         async for ev in c.watch_bindings(revision=revision):
-                            revision = ev.revision
+                            revision = last_revision[i] = ev.revision
                             if ev.type == "ADDED" and ev.object is not None:
                                 if ev.object.dataset in seen:
                                     repeats += 1
@@ -206,10 +207,13 @@ async def hub_run(
                     while len(got.get(name, [])) < n:
                         if time.monotonic() > deadline:
                             failed = {repr(t.exception()) for t in tasks if t.done()}
+                            silent = last_revision.count(-1)
                             raise RuntimeError(
                                 f"{name}: {len(got.get(name, []))} of {n} agents got their binding "
                                 f"within {DEADLINE_S} s ({reconnects} watches broke and resumed; "
-                                f"agents failed with {sorted(failed)[:5] or 'nothing'})"
+                                f"{silent} agents never got an event or bookmark; agents failed "
+                                f"with {sorted(failed)[:5] or 'nothing'}; revisions "
+                                f"{sorted(set(last_revision))[:8]})"
                             )
                         await asyncio.sleep(0.002)
 
