@@ -36,6 +36,7 @@ async def stream(
 
     closer = asyncio.ensure_future(closing.wait())
     closer.add_done_callback(close)
+    quiet = False  # the last wait timed out: nothing new for a while
     try:
         while True:
             tick = cat.tick
@@ -52,18 +53,20 @@ async def stream(
                 continue
             if closing.is_set():
                 return
+            if quiet:
+                # nothing for this watcher up to the catalog's revision, both read just now
+                # (a timeout can fire as a commit wakes the watch: never skip past that
+                # commit unread): a bookmark moves the watcher's revision forward
+                revision = max(revision, cat.revision)
+                bookmark = WatchEvent(type="BOOKMARK", revision=revision)
+                await out.write(codec.encode(bookmark) + b"\n")
             try:
                 async with asyncio.timeout(interval) as waiting:
                     await tick.wait()
-                continue
+                quiet = False
             except TimeoutError:
-                if closing.is_set():
-                    continue
+                quiet = True
             finally:
                 waiting = None
-            # quiet for a while: a bookmark moves the watcher's revision forward
-            revision = max(revision, cat.revision)
-            bookmark = WatchEvent(type="BOOKMARK", revision=revision)
-            await out.write(codec.encode(bookmark) + b"\n")
     finally:
         closer.cancel()
