@@ -174,7 +174,12 @@ async def hub_run(
             async def agent(i: int, c: Client) -> None:
                 # as a real agent: a watch that breaks resumes from the last revision seen
                 nonlocal connected, reconnects, repeats
-                revision = (await c.list_bindings()).revision
+                while True:
+                    try:
+                        revision = (await c.list_bindings()).revision
+                        break
+                    except errors.HubUnreachable:  # thousands connecting at once: again
+                        reconnects += 1
                 connected += 1
                 if connected == n:
                     ready.set()
@@ -194,7 +199,14 @@ async def hub_run(
 
             tasks = [asyncio.create_task(agent(i, c)) for i, c in enumerate(clients)]
             try:
-                await ready.wait()
+                try:
+                    await asyncio.wait_for(ready.wait(), DEADLINE_S)
+                except TimeoutError:
+                    failed = {repr(t.exception()) for t in tasks if t.done()}
+                    raise RuntimeError(
+                        f"{connected} of {n} agents listed their bindings within {DEADLINE_S} s; "
+                        f"agents failed with {sorted(failed)[:5] or 'nothing'}"
+                    ) from None
                 await asyncio.sleep(0.5)
 
                 def ds(name: str) -> Dataset:
