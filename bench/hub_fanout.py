@@ -72,6 +72,7 @@ BASELINE_SERVER = textwrap.dedent(
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+THIS_TREE = Path(__file__).resolve().parents[1]
 DEADLINE_S = 300  # an agent that has not got its binding by then is a failed run
 
 
@@ -143,7 +144,9 @@ async def hub_run(
 ) -> dict[str, float]:
     """One hub (of source tree `tree`, or this one) fanning out to `n` agents."""
     extra = ["--self-signed"] if tls else []
-    env = {"PYTHONPATH": tree} if tree else None
+    # the hub imports from `tree` alone: not from the working directory, which `python -m`
+    # puts first on the path, nor from where fluidfed happens to be installed
+    env = {"PYTHONPATH": tree or str(THIS_TREE), "PYTHONSAFEPATH": "1"}
     with (
         tempfile.TemporaryDirectory() as tmp,
         HubProcess(Path(tmp) / "hub", extra=extra, env=env) as hub,
