@@ -139,6 +139,15 @@ async def baseline(n: int, rounds: int) -> tuple[list[float], float]:
     return lat, cpu_us
 
 
+def _config(tmp: Path, n: int) -> list[str]:
+    """A hub configuration whose kept history holds a few applies to `n` clusters: one
+    apply is n events, and at the default event_history (10,000) 10,000 agents would all
+    be told 410 Gone (and relist) at every apply."""
+    config = tmp / "hub.toml"
+    config.write_text(f"[hub]\nevent_history = {max(10_000, 4 * n)}\n")
+    return ["--config", str(config)]
+
+
 async def hub_run(
     n: int, rounds: int, burst: int, *, tls: bool = False, tree: str = ""
 ) -> dict[str, float]:
@@ -149,7 +158,7 @@ async def hub_run(
     env = {"PYTHONPATH": tree or str(THIS_TREE), "PYTHONSAFEPATH": "1"}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        HubProcess(Path(tmp) / "hub", extra=extra, env=env) as hub,
+        HubProcess(Path(tmp) / "hub", extra=[*extra, *_config(Path(tmp), n)], env=env) as hub,
     ):
         assert hub.proc is not None
         ca = str(Path(tmp) / "hub" / "tls" / "ca.crt") if tls else ""
