@@ -8,11 +8,17 @@ HTTP connection and cluster token) watching their bindings. Then:
 * latency: apply a dataset placed on all N clusters; time from the apply's acknowledgement
   until each agent has its binding (p50/p99 over rounds x N);
 * throughput: `burst` such datasets applied back to back (datasets/s, bindings/s);
-* hub RSS after the run.
+* hub RSS after the run;
+* CPU: the hub process's CPU seconds (user + system, from /proc) over the latency and
+  burst phases, per delivered binding (`hub_cpu_us_per_binding`): robust to other work on
+  the machine, unlike the wall-clock figures. The baseline server's CPU per delivered line
+  is measured the same way (`cpu_vs_baseline`).
 
-The simulated agents run on uvloop where installed. Each N runs the hub on plain HTTP and on HTTPS (`--self-signed`, clients verifying its CA),
-`--repeat` times each in alternating order, medians reported: the `tls_*` ratios are the
-cost of TLS on the fan-out (`--no-tls` skips it).
+The simulated agents run on uvloop where installed. Each N runs the hub on plain HTTP and
+on HTTPS (`--self-signed`, clients verifying its CA), `--repeat` times each in alternating
+order, medians reported: the `tls_vs_plain_*` ratios are the cost of TLS on the fan-out
+(`--no-tls` skips it). `--against DIR` runs the hub of another checkout (main's, say) in
+the same alternation: `this_vs_against_*` are before/after ratios measured in one run.
 
 The baseline, measured in the same run with the same client process and connection count,
 is a minimal aiohttp server that streams one line to N open responses when told to: the
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,7 +44,7 @@ from pathlib import Path
 import aiohttp
 
 from devkit.testing import HubProcess
-from fluidfed import Client
+from fluidfed import Client, errors
 from fluidfed.models import Cluster, Dataset, KubeAccess, Mount, Placement
 
 BASELINE_SERVER = textwrap.dedent(
@@ -64,9 +71,20 @@ BASELINE_SERVER = textwrap.dedent(
 )
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+THIS_TREE = Path(__file__).resolve().parents[1]
+DEADLINE_S = 300  # an agent that has not got its binding by then is a failed run
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_mib(pid: int) -> float:
@@ -76,7 +94,8 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def baseline(n: int, rounds: int) -> list[float]:
+async def baseline(n: int, rounds: int) -> tuple[list[float], float]:
+    """Latencies of `rounds` fan-outs to `n` watchers, and the server's CPU µs per line."""
     proc = subprocess.Popen(
         [sys.executable, "-c", BASELINE_SERVER], stdout=subprocess.PIPE, text=True
     )
@@ -100,6 +119,7 @@ async def baseline(n: int, rounds: int) -> list[float]:
     await ready.wait()
     await asyncio.sleep(0.2)
     lat: list[float] = []
+    cpu0 = cpu_s(proc.pid)
     async with aiohttp.ClientSession() as ctl:
         for r in range(rounds):
             async with ctl.post(url + "/fire", data=str(r).encode()) as resp:
@@ -108,6 +128,7 @@ async def baseline(n: int, rounds: int) -> list[float]:
             while len(got.get(r, [])) < n:
                 await asyncio.sleep(0.002)
             lat += [t - acked for t in got[r]]
+    cpu_us = (cpu_s(proc.pid) - cpu0) / (rounds * n) * 1e6
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -115,12 +136,30 @@ async def baseline(n: int, rounds: int) -> list[float]:
         await s.close()
     proc.terminate()
     proc.wait()
-    return lat
+    return lat, cpu_us
 
 
-async def hub_run(n: int, rounds: int, burst: int, *, tls: bool = False) -> dict[str, float]:
+def _config(tmp: Path, n: int) -> list[str]:
+    """A hub configuration whose kept history holds a few applies to `n` clusters: one
+    apply is n events, and at the default event_history (10,000) 10,000 agents would all
+    be told 410 Gone (and relist) at every apply."""
+    config = tmp / "hub.toml"
+    config.write_text(f"[hub]\nevent_history = {max(10_000, 4 * n)}\n")
+    return ["--config", str(config)]
+
+
+async def hub_run(
+    n: int, rounds: int, burst: int, *, tls: bool = False, tree: str = ""
+) -> dict[str, float]:
+    """One hub (of source tree `tree`, or this one) fanning out to `n` agents."""
     extra = ["--self-signed"] if tls else []
-    with tempfile.TemporaryDirectory() as tmp, HubProcess(Path(tmp) / "hub", extra=extra) as hub:
+    # the hub imports from `tree` alone: not from the working directory, which `python -m`
+    # puts first on the path, nor from where fluidfed happens to be installed
+    env = {"PYTHONPATH": tree or str(THIS_TREE), "PYTHONSAFEPATH": "1"}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        HubProcess(Path(tmp) / "hub", extra=[*extra, *_config(Path(tmp), n)], env=env) as hub,
+    ):
         assert hub.proc is not None
         ca = str(Path(tmp) / "hub" / "tls" / "ca.crt") if tls else ""
         async with Client(hub.url, hub.admin_token, ca_file=ca) as admin:
@@ -140,51 +179,91 @@ async def hub_run(n: int, rounds: int, burst: int, *, tls: bool = False) -> dict
             got: dict[str, list[float]] = {}
             ready = asyncio.Event()
             connected = 0
+            reconnects = repeats = 0
             clients = [Client(hub.url, tok, timeout=120, ca_file=ca) for tok in tokens]
+            last_revision = [-1] * n  # each agent's, from its last event or bookmark
 
             async def agent(i: int, c: Client) -> None:
-                nonlocal connected
-                listed = await c.list_bindings()
+                # as a real agent: a watch that breaks resumes from the last revision seen
+                nonlocal connected, reconnects, repeats
+                while True:
+                    try:
+                        revision = (await c.list_bindings()).revision
+                        break
+                    except errors.HubUnreachable:  # thousands connecting at once: again
+                        reconnects += 1
                 connected += 1
                 if connected == n:
                     ready.set()
-                async for ev in c.watch_bindings(revision=listed.revision):
-                    if ev.type == "ADDED" and ev.object is not None:
-                        got.setdefault(ev.object.dataset, []).append(time.monotonic())
+                seen: set[str] = set()
+                while True:
+                    try:
+                        async for ev in c.watch_bindings(revision=revision):
+                            revision = last_revision[i] = ev.revision
+                            if ev.type == "ADDED" and ev.object is not None:
+                                if ev.object.dataset in seen:
+                                    repeats += 1
+                                seen.add(ev.object.dataset)
+                                got.setdefault(ev.object.dataset, []).append(time.monotonic())
+                    except errors.HubUnreachable:
+                        pass
+                    reconnects += 1
 
             tasks = [asyncio.create_task(agent(i, c)) for i, c in enumerate(clients)]
-            await ready.wait()
-            await asyncio.sleep(0.5)
+            try:
+                try:
+                    await asyncio.wait_for(ready.wait(), DEADLINE_S)
+                except TimeoutError:
+                    failed = {repr(t.exception()) for t in tasks if t.done()}
+                    raise RuntimeError(
+                        f"{connected} of {n} agents listed their bindings within {DEADLINE_S} s; "
+                        f"agents failed with {sorted(failed)[:5] or 'nothing'}"
+                    ) from None
+                await asyncio.sleep(0.5)
 
-            def ds(name: str) -> Dataset:
-                return Dataset(
-                    name=name, mounts=[Mount(uri="s3://bench/data")], placement=Placement()
-                )
+                def ds(name: str) -> Dataset:
+                    return Dataset(
+                        name=name, mounts=[Mount(uri="s3://bench/data")], placement=Placement()
+                    )
 
-            async def wait_all(name: str) -> None:
-                while len(got.get(name, [])) < n:
-                    await asyncio.sleep(0.002)
+                async def wait_all(name: str) -> None:
+                    deadline = time.monotonic() + DEADLINE_S
+                    while len(got.get(name, [])) < n:
+                        if time.monotonic() > deadline:
+                            failed = {repr(t.exception()) for t in tasks if t.done()}
+                            silent = last_revision.count(-1)
+                            raise RuntimeError(
+                                f"{name}: {len(got.get(name, []))} of {n} agents got their binding "
+                                f"within {DEADLINE_S} s ({reconnects} watches broke and resumed; "
+                                f"{silent} agents never got an event or bookmark; agents failed "
+                                f"with {sorted(failed)[:5] or 'nothing'}; revisions "
+                                f"{sorted(set(last_revision))[:8]})"
+                            )
+                        await asyncio.sleep(0.002)
 
-            lat: list[float] = []
-            for r in range(rounds):
-                await admin.apply_dataset(ds(f"lat{r}"))
-                acked = time.monotonic()
-                await wait_all(f"lat{r}")
-                lat += [t - acked for t in got[f"lat{r}"]]
+                lat: list[float] = []
+                cpu0 = cpu_s(hub.proc.pid)
+                for r in range(rounds):
+                    await admin.apply_dataset(ds(f"lat{r}"))
+                    acked = time.monotonic()
+                    await wait_all(f"lat{r}")
+                    lat += [t - acked for t in got[f"lat{r}"]]
 
-            t0 = time.monotonic()
-            for b in range(burst):
-                await admin.apply_dataset(ds(f"burst{b}"))
-            applied_s = time.monotonic() - t0
-            await asyncio.gather(*(wait_all(f"burst{b}") for b in range(burst)))
-            delivered_s = time.monotonic() - t0
+                t0 = time.monotonic()
+                for b in range(burst):
+                    await admin.apply_dataset(ds(f"burst{b}"))
+                applied_s = time.monotonic() - t0
+                await asyncio.gather(*(wait_all(f"burst{b}") for b in range(burst)))
+                delivered_s = time.monotonic() - t0
+                hub_cpu = cpu_s(hub.proc.pid) - cpu0
 
-            hub_rss = rss_mib(hub.proc.pid)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for c in clients:
-                await c.close()
+                hub_rss = rss_mib(hub.proc.pid)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for c in clients:
+                    await c.close()
         return {
             "register_s": register_s,
             "p50_ms": pct(lat, 50) * 1000,
@@ -193,11 +272,21 @@ async def hub_run(n: int, rounds: int, burst: int, *, tls: bool = False) -> dict
             "apply_per_s": burst / applied_s,
             "bindings_delivered_per_s": burst * n / delivered_s,
             "hub_rss_mib": hub_rss,
+            "hub_cpu_us_per_binding": hub_cpu / ((rounds + burst) * n) * 1e6,
+            "reconnects": reconnects,  # watches that broke and resumed
+            "repeats": repeats,  # events an agent got twice: must stay 0
         }
 
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _ratios(row: dict[str, float], prefix: str, of: dict[str, float], to: dict[str, float]) -> None:
+    """`of` against `to` as ratios: latencies and CPU (lower is better), applies/s."""
+    for name, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("cpu", "hub_cpu_us_per_binding")):
+        row[f"{prefix}{name}"] = round(of[key] / max(to[key], 1e-3), 2)
+    row[f"{prefix}apply_rate"] = round(of["apply_per_s"] / to["apply_per_s"], 2)
 
 
 async def main() -> None:
@@ -209,32 +298,57 @@ async def main() -> None:
     ap.add_argument("--burst", type=int, default=20)
     ap.add_argument("--no-tls", action="store_true", help="skip the HTTPS run")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode, alternating")
+    ap.add_argument(
+        "--against",
+        metavar="DIR",
+        help="also run the hub of another checkout (e.g. main's), alternating with this one",
+    )
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    # a mode: (hub source tree or "" for this one, TLS or not)
+    trees = ["", *([args.against] if args.against else [])]
+    modes = [(tree, tls) for tree in trees for tls in ([False] if args.no_tls else [False, True])]
     results = []
     for n in args.agents:
-        base = await baseline(n, args.rounds)
-        modes = [False] if args.no_tls else [False, True]
-        runs: dict[bool, list[dict[str, float]]] = {m: [] for m in modes}
+        runs: dict[tuple[str, bool], list[dict[str, float]]] = {m: [] for m in modes}
+        failed = dict.fromkeys(modes, 0)
+        base_p50, base_p99, base_cpu = [], [], []
         for r in range(args.repeat):
-            for m in modes if r % 2 == 0 else modes[::-1]:
-                runs[m].append(await hub_run(n, args.rounds, args.burst, tls=m))
-        hub = _medians(runs[False])
-        tls = _medians(runs[True]) if True in runs else {}
-        row = {
-            "agents": n,
-            **{k: round(v, 2) for k, v in hub.items()},
-            "baseline_p50_ms": round(pct(base, 50) * 1000, 2),
-            "baseline_p99_ms": round(pct(base, 99) * 1000, 2),
-            "p99_vs_baseline": round(hub["p99_ms"] / max(pct(base, 99) * 1000, 1e-3), 2),
-            "median_of_baseline_ms": round(statistics.median(base) * 1000, 2),
-            **{f"tls_{k}": round(v, 2) for k, v in tls.items()},
+            lat, cpu_us = await baseline(n, args.rounds)
+            base_p50.append(pct(lat, 50) * 1000)
+            base_p99.append(pct(lat, 99) * 1000)
+            base_cpu.append(cpu_us)
+            for tree, tls in modes if r % 2 == 0 else modes[::-1]:
+                try:
+                    one = await hub_run(n, args.rounds, args.burst, tls=tls, tree=tree)
+                except RuntimeError as err:  # a lost binding: said, counted, not a median
+                    print(f"{n} agents, {tree or 'this tree'}, tls={tls}: {err}", file=sys.stderr)
+                    failed[(tree, tls)] += 1
+                    continue
+                runs[(tree, tls)].append(one)
+        base = {
+            "p50_ms": statistics.median(base_p50),
+            "p99_ms": statistics.median(base_p99),
+            "cpu_us_per_line": statistics.median(base_cpu),
         }
-        if tls:
-            row["tls_p50_vs_plain"] = round(tls["p50_ms"] / max(hub["p50_ms"], 1e-3), 2)
-            row["tls_p99_vs_plain"] = round(tls["p99_ms"] / max(hub["p99_ms"], 1e-3), 2)
-            row["tls_apply_rate_vs_plain"] = round(tls["apply_per_s"] / hub["apply_per_s"], 2)
+        row: dict[str, float] = {"agents": n}
+        row |= {f"baseline_{k}": round(v, 2) for k, v in base.items()}
+        for tree, tls in modes:
+            prefix = ("against_" if tree else "") + ("tls_" if tls else "")
+            row[f"{prefix}failed_runs"] = failed[(tree, tls)]
+            if not runs[(tree, tls)]:
+                continue
+            got = _medians(runs[(tree, tls)])
+            row |= {f"{prefix}{k}": round(v, 2) for k, v in got.items()}
+            row[f"{prefix}p99_vs_baseline"] = round(got["p99_ms"] / max(base["p99_ms"], 1e-3), 2)
+            row[f"{prefix}cpu_vs_baseline"] = round(
+                got["hub_cpu_us_per_binding"] / max(base["cpu_us_per_line"], 1e-3), 2
+            )
+            if tls and runs[(tree, False)]:  # the cost of TLS: against plain HTTP, same tree
+                _ratios(row, prefix + "vs_plain_", got, _medians(runs[(tree, False)]))
+            if tree and runs[("", tls)]:  # this tree against the other one
+                _ratios(row, prefix + "this_vs_against_", _medians(runs[("", tls)]), got)
         results.append(row)
         print(json.dumps(row), flush=True)
     out = Path(__file__).parent / "results"

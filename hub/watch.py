@@ -5,7 +5,6 @@ kept history, and at once when the hub is stopping (the agent reconnects)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Protocol
 
 from fluidfed import codec, errors
@@ -26,33 +25,48 @@ async def stream(
     interval: float,
     closing: asyncio.Event,
 ) -> None:
-    while True:
-        tick = cat.tick
-        try:
-            entries = cat.events_since(revision, cluster)
-        except errors.Gone:
-            # fell behind compaction while streaming: say so in-band and end the stream
-            gone = WatchEvent(type="ERROR", revision=cat.revision, error="410 Gone")
-            await out.write(codec.encode(gone) + b"\n")
-            return
-        if entries:
-            await out.write(b"".join(e.line for e in entries))
-            revision = entries[-1].revision
-            continue
-        if closing.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_either(tick, closing), timeout=interval)
-            continue
-        # quiet for a while: a bookmark moves the watcher's revision forward
-        revision = max(revision, cat.revision)
-        await out.write(codec.encode(WatchEvent(type="BOOKMARK", revision=revision)) + b"\n")
+    # Every commit wakes every watcher, so a wake-up must cost little: the stream waits on
+    # the catalog's tick in its own task under a timeout (no task per wait), and `closing`
+    # cuts the running timeout short.
+    waiting: asyncio.Timeout | None = None
 
+    def close(_: object) -> None:
+        if waiting is not None:
+            waiting.reschedule(-1)
 
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    closer = asyncio.ensure_future(closing.wait())
+    closer.add_done_callback(close)
+    quiet = False  # the last wait timed out: nothing new for a while
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            tick = cat.tick
+            try:
+                entries = cat.events_since(revision, cluster)
+            except errors.Gone:
+                # fell behind compaction while streaming: say so in-band and end the stream
+                gone = WatchEvent(type="ERROR", revision=cat.revision, error="410 Gone")
+                await out.write(codec.encode(gone) + b"\n")
+                return
+            if entries:
+                await out.write(b"".join(e.line for e in entries))
+                revision = entries[-1].revision
+                continue
+            if closing.is_set():
+                return
+            if quiet:
+                # nothing for this watcher up to the catalog's revision, both read just now
+                # (a timeout can fire as a commit wakes the watch: never skip past that
+                # commit unread): a bookmark moves the watcher's revision forward
+                revision = max(revision, cat.revision)
+                bookmark = WatchEvent(type="BOOKMARK", revision=revision)
+                await out.write(codec.encode(bookmark) + b"\n")
+            try:
+                async with asyncio.timeout(interval) as waiting:
+                    await tick.wait()
+                quiet = False
+            except TimeoutError:
+                quiet = True
+            finally:
+                waiting = None
     finally:
-        for w in waits:
-            w.cancel()
+        closer.cancel()

@@ -30,3 +30,15 @@ def test_bounded_by_bytes_and_filtered_by_cluster() -> None:
         log.append(rev, "MODIFIED", testing.binding(big, cluster="a" if rev % 2 else "b"))
     assert log.bytes <= 50_000 * 1.25
     assert all(e.cluster == "b" for e in log.since(log.compacted, "b", current=20))
+
+
+def test_a_clusters_events_stay_in_order_through_trims() -> None:
+    log = WatchLog(count=30, size=2**30)
+    for rev in range(1, 101):  # a revision places on several clusters, as an apply does
+        for cluster in ("a", "b", "c")[: 1 + rev % 3]:
+            log.append(rev, "ADDED", testing.binding(cluster=cluster))
+    everything = log.since(log.compacted, None, current=100)
+    for cluster in ("a", "b", "c", "nowhere"):
+        for since in range(log.compacted, 101):
+            expect = [e for e in everything if e.cluster == cluster and e.revision > since]
+            assert log.since(since, cluster, current=100) == expect
