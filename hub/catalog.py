@@ -37,6 +37,7 @@ from hub.store import BEAT, REV, Change, Delete, Op, Put, Shared, Snapshot, Stor
 CLUSTER, DATASET, BINDING, STATUS, TOKEN = "cluster", "dataset", "binding", "status", "token"
 DECISIONS = "decisions"
 KEEP_DECISIONS = 20
+HISTORY_PER_CLUSTER = 4  # watch events kept per registered cluster, at least (see _size_log)
 RETRIES = 20  # a change computed again when other replicas keep writing first
 
 _cluster_dec = codec.decoder(ClusterRecord)
@@ -88,6 +89,7 @@ class Catalog:
         # a binding's status as it reaches the catalog (from any replica): the autoscaler
         self.on_status: Callable[[str, BindingStatus], None] | None = None
         self.log = watchlog.WatchLog(history, history_bytes)
+        self._size_log()
         # a shared store's history before this replica loaded, replayed into the log from
         # `follow_from` up to `replayed_to`; watches wait for `replayed`
         self.follow_from = self.replayed_to = 0
@@ -110,6 +112,7 @@ class Catalog:
         if snap.follow_from >= snap.revision:
             self.replayed.set()
         self.log = watchlog.WatchLog(self.history, self.history_bytes)
+        self._size_log()
         self.log.compacted = snap.compacted
         for table in (self.clusters, self.datasets, self.bindings, self.statuses):
             table.clear()
@@ -604,12 +607,12 @@ class Catalog:
             self._apply(rev, op)
         self._since_compaction += len(ops)
         log = self.log
-        if self._since_compaction > self.history // 10 or log.compacted > self._store_compacted:
+        if self._since_compaction > log.count // 10 or log.compacted > self._store_compacted:
             self._since_compaction = 0
             # the store forgets at least what the log forgot (the log may trim by bytes); the
             # write is durable already: a failing compaction is tried again, never an error
             try:
-                self._store_compacted = await self.store.compact(self.history, log.compacted)
+                self._store_compacted = await self.store.compact(log.count, log.compacted)
                 if not isinstance(self.store, Shared):  # etcd's history is not this log's
                     log.compacted = max(log.compacted, self._store_compacted)
             except errors.StoreError as err:
@@ -620,12 +623,19 @@ class Catalog:
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
+    def _size_log(self) -> None:
+        """One apply writes an event per cluster it places on: the log keeps at least a few
+        applies' worth whatever the fleet's size (at 10,000 clusters a log of 10,000 would
+        send every watching agent a 410 at every apply); the byte bound still holds."""
+        self.log.count = max(self.history, HISTORY_PER_CLUSTER * len(self.clusters))
+
     def _apply(self, rev: int, op: Op, *, log: bool = True) -> None:
         """One op, as of revision `rev` (the records say the revision the store gave)."""
         if isinstance(op, Put):
             if op.kind == CLUSTER:
                 c = _cluster_dec.decode(op.value)
                 self.clusters[op.name] = _at(c, rev)
+                self._size_log()
             elif op.kind == DATASET:
                 self.datasets[op.name] = _at(_dataset_dec.decode(op.value), rev)
             elif op.kind == BINDING:
@@ -645,6 +655,7 @@ class Catalog:
             return
         if op.kind == CLUSTER:
             self.clusters.pop(op.name, None)
+            self._size_log()
         elif op.kind == DATASET:
             self.datasets.pop(op.name, None)
         elif op.kind == BINDING:

@@ -89,6 +89,21 @@ async def test_compacted_revision_is_refused(tmp_path: Path) -> None:
     assert cat2.events_since(cat.revision - 3, "a")[-1].revision == cat.revision
 
 
+async def test_the_watch_history_grows_with_the_fleet_so_one_apply_never_overflows_it(
+    tmp_path: Path,
+) -> None:
+    """One apply writes an event per cluster: with more clusters than `history` an agent
+    watching from before the apply would get 410 and relist at every apply."""
+    cat = await new_catalog(tmp_path, history=100)
+    for i in range(60):
+        await cat.register_cluster(Cluster(name=f"c{i}"))
+    before = cat.revision
+    await cat.apply_dataset(ds("one"))
+    await cat.apply_dataset(ds("two"))  # 120 events: more than history=100 (and its slack)
+    assert cat.log.count == 240
+    assert [b"one.c0" in e.line for e in cat.events_since(before, "c0")] == [True, False]
+
+
 async def test_restart_finds_everything(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
     _, token = await cat.register_cluster(Cluster(name="a", labels={"x": "1"}))
