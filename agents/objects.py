@@ -89,4 +89,4 @@ def meta(name: str, namespace: str | None, lbls: dict[str, str]) -> dict[str, An
 
 
 def worker_selector(b: Binding) -> dict[str, str]:
-    return {names.BINDING_LABEL: b.name, names.COMPONENT_LABEL: "cache-worker"}
+    return {names.BINDING_LABEL: b.name, names.COMPONENT_LABEL: names.CACHE_WORKER}

@@ -164,7 +164,7 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
     ds = b.spec
     name, ns = objects.cache_name(ds.name), ds.namespace
     selector = objects.worker_selector(b)
-    lbls = objects.labels(b, ctx, **{names.COMPONENT_LABEL: "cache-worker"})
+    lbls = objects.labels(b, ctx, **objects.worker_selector(b))
     on_node = objects.short_circuit(ctx.kind)
     tier_volumes = [_tier_volume(ds, i, t, on_node=on_node) for i, t in enumerate(ds.cache.tiers)]
     resources: dict[str, Any] = {}

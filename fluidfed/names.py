@@ -20,6 +20,7 @@ DATASET_LABEL: Final = "fluidfed.io/dataset"
 BINDING_LABEL: Final = "fluidfed.io/binding"
 WEBHOOK_OWNER: Final = "fluidfed-webhook"  # BINDING_LABEL's value on the webhook configuration
 COMPONENT_LABEL: Final = "app.kubernetes.io/component"
+CACHE_WORKER: Final = "cache-worker"  # COMPONENT_LABEL's value on the cache workers' pods
 APP_NAME_LABEL: Final = "app.kubernetes.io/name"  # the agent's pods: AGENT (configs/deploy)
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"  # set by Kubernetes
 # + "reader-<dataset>": a pod whose sidecar reads the dataset (the workers admit it)
