@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devkit.local import cluster
+from devkit.local import cluster, netns
 
 # a whole demo per test: minutes on a loaded 2-core machine (the subprocess has 600 s)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(660)]
@@ -37,6 +37,14 @@ def processes_under(path: Path) -> list[str]:
         if str(path) in cmd:
             found.append(f"{pid}: {cmd[:120]}")
     return found
+
+
+def node_network_left(demo_dir: Path) -> list[str]:
+    """The serverless cluster's real-node network namespace and veth, where still there."""
+    name, host_if, _ = netns.names_for(demo_dir / "clusters" / "serverless")
+    return [
+        str(p) for p in (Path("/run/netns", name), Path("/sys/class/net", host_if)) if p.exists()
+    ]
 
 
 def _summary_rows(out: str) -> dict[str, list[str]]:
@@ -76,7 +84,7 @@ def test_demo_quick_runs_the_serverless_pods_for_real_and_leaves_nothing(tmp_pat
     assert processes_under(tmp_path / "demo") == []
     assert not (tmp_path / "demo").exists()
     assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()
-    assert not [n for n in os.listdir("/run/netns") if str(tmp_path) in n]
+    assert node_network_left(tmp_path / "demo") == []
 
 
 def test_demo_without_a_real_node_runs_processes_says_so_and_keep_then_down(
@@ -111,15 +119,20 @@ def test_demo_without_a_real_node_runs_processes_says_so_and_keep_then_down(
     assert processes_under(tmp_path / "demo") == []
     assert not (tmp_path / "demo").exists()
     assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()
+    assert node_network_left(tmp_path / "demo") == []
 
 
 def test_demo_ha_survives_the_leader_killed_then_down_leaves_nothing(tmp_path: Path) -> None:
     """`--ha`: two hub replicas on a 3-member etcd, the agents given both; the leader is
     killed with SIGKILL, the other leads, nothing acknowledged is lost, a new apply reaches
-    every cluster; kept, then `demo down` stops and removes everything, etcd too."""
-    r = demo(tmp_path, "--quick", "--ha", "--no-real-node", "--keep")
+    every cluster; kept, then `demo down` stops and removes everything, etcd and the real
+    node too. As a user runs it: the serverless pods on a real node, as by default."""
+    r = demo(tmp_path, "--quick", "--ha", "--keep")
     assert r.returncode == 0, r.stdout + r.stderr
     flat = " ".join(r.stdout.split())  # rich wraps long lines at 120 columns
+    assert "serverless: a real node on" in flat and "no real node" not in flat, r.stdout
+    assert re.search(r"warm: pod ml/train-again on real-node read 18 files, .* at \d+ MiB/s; "
+                     r"bytes match the source", flat), r.stdout  # fmt: skip
     assert "[1/7] Starting the hub" in flat and "etcd: 3 members on 127.0.0.1:" in flat
     urls = re.search(r"hub replicas on (https://\S+), (https://\S+) \(catalog on etcd", flat)
     assert urls, r.stdout
@@ -139,8 +152,10 @@ def test_demo_ha_survives_the_leader_killed_then_down_leaves_nothing(tmp_path: P
     assert f"export FLUIDFED_HUB={first},{second} " in flat
     etcd_members = [p for p in processes_under(tmp_path / "demo" / "etcd") if "--name=m" in p]
     assert len(etcd_members) == 3, etcd_members
+    assert len(node_network_left(tmp_path / "demo")) == 2  # kept: the node's netns and veth
     r = demo(tmp_path, "down")
     assert r.returncode == 0, r.stderr
     assert processes_under(tmp_path / "demo") == []
     assert not (tmp_path / "demo").exists()
     assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()
+    assert node_network_left(tmp_path / "demo") == []
