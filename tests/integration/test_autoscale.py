@@ -41,7 +41,7 @@ async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> 
                 max_replicas=4,
                 max_step=1,
                 scale_up_window=0.0,
-                scale_down_window=1.0,
+                scale_down_window=5.0,
             )
             await admin.apply_dataset(
                 testing.dataset(
@@ -66,15 +66,18 @@ async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> 
             await asyncio.sleep(0.6)
             assert await replicas(4)  # max_replicas holds
 
-            # no metrics for longer than metrics_stale_after: no decision, nothing moves
+            # the load goes, then the agent falls silent: the scale-down window (5 s)
+            # outlasts metrics_stale_after (2 s), so the last report goes stale before it
+            # could act: no decision, nothing moves
             view = await admin.get_dataset("hot")
             made = len(view.bindings[0].decisions)
-            await asyncio.sleep(2.5)
+            await report(0.1)
+            await asyncio.sleep(6.5)
             view = await admin.get_dataset("hot")
             assert view.bindings[0].binding.replicas == 4
             assert len(view.bindings[0].decisions) == made
 
-            # the load goes: after the scale-down window, down it comes
+            # reported again, past the window: down it comes
             await report(0.1)
             await eventually(lambda: replicas(3), "scale-down")
             view = await admin.get_dataset("hot")

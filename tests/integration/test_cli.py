@@ -1,5 +1,6 @@
 """kubectl habits on the fluidfed CLI, as a user types them against a real hub."""
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devkit.testing import HubProcess, run_cli
+from fluidfed import Client
 from tests.conftest import CONFIGS
 from tests.integration.conftest import cli
 
@@ -49,11 +51,20 @@ def test_get_describe_apply_as_kubectl_users_type_them(hub: HubProcess, tmp_path
     assert r.returncode == 0, r.stderr
     assert "imagenet.edge" in r.stdout and "fluidfed.io/kind=edge" in r.stdout
 
-    # times in yaml and json are RFC 3339, not epoch floats
-    r = cli(hub, "get", "clusters", "-o", "yaml")
-    assert (
-        re.search(r"since: '?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r.stdout) or "since" not in r.stdout
-    )
+    # times in yaml and json are RFC 3339, not epoch floats: edge's agent is heard from
+    token_file = tmp_path / "edge.token"
+    r = cli(hub, "cluster", "register", str(conf / "edge.toml"), "--rotate-token",
+            "--token-file", str(token_file))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+    async def heartbeat() -> None:
+        async with Client(hub.url, token_file.read_text().strip()) as edge:
+            assert (await edge.heartbeat("edge")).ready
+
+    asyncio.run(heartbeat())
+    r = cli(hub, "get", "clusters", "edge", "-o", "yaml")
+    assert re.search(r"since: '?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r.stdout), r.stdout
+    assert not re.search(r"since: \d+\.\d", r.stdout)
 
     # global flags after the verb
     r = run_cli(

@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 
 from devkit import testing
-from fluidfed import engines, validation
+from fluidfed import engines, errors, validation
+from fluidfed.data import ufs
 from fluidfed.models import CacheSpec, Engine, Mount
 
 S3 = Mount(
@@ -152,6 +153,13 @@ def problems(engine: str, *mounts: Mount, **cache: Any) -> list[tuple[str, str]]
         ("juicefs", [Mount(uri="juicefs://vol/d")], {}, "dataset.mounts[0].uri", "juicefs:///"),
         ("efc", [Mount(uri="nfs://nas.local:/x")], {}, "dataset.mounts[0].uri", "NAS only"),
         ("efc", [Mount(uri="nfs://server")], {}, "dataset.mounts[0].uri", "nfs://server:/dir"),
+        (
+            "efc",
+            [Mount(uri=NAS.uri, secret="s")],
+            {},
+            "dataset.mounts[0].secret",
+            "reads no credentials",
+        ),
         ("jindo", [Mount(uri="oss://b/p")], {}, "dataset.mounts[0].options.endpoint", "OSS"),
         (
             "jindo",
@@ -218,4 +226,21 @@ def test_every_engine_names_a_runtime_and_the_schemes_it_serves() -> None:
         "efc": "EFCRuntime",
     }
     assert engines.engines_serving("juicefs") == ["juicefs"]
-    assert engines.RULES["fluidfed"].schemes == engines.SIDECAR_SCHEMES
+
+
+@pytest.mark.parametrize("scheme", engines.RULES["fluidfed"].schemes)
+def test_every_scheme_the_fluidfed_engine_accepts_has_a_reader_in_the_sidecar(
+    scheme: str,
+) -> None:
+    # what the hub accepts for fluidfed's engine must open in the cluster (no I/O: OpenDAL
+    # connects on first use)
+    uri = "file:///data" if scheme == "file" else f"{scheme}://bucket/p"
+    assert ufs.open_ufs(Mount(uri=uri), env={}) is not None
+
+
+@pytest.mark.parametrize("uri", ["nfs://nas.local:/x", "juicefs:///d", "dataset://other"])
+def test_schemes_the_fluidfed_engine_refuses_have_no_reader_either(uri: str) -> None:
+    scheme = uri.split(":")[0]
+    assert scheme not in engines.RULES["fluidfed"].schemes
+    with pytest.raises(errors.UFSError, match="no reader for"):
+        ufs.open_ufs(Mount(uri=uri), env={})

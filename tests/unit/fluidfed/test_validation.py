@@ -21,7 +21,10 @@ from fluidfed.models import (
     Figures,
     HubConfig,
     KubeAccess,
+    LabelSelector,
     Mount,
+    Placement,
+    SelectorRequirement,
 )
 from fluidfed.units import ByteSize, Duration
 
@@ -287,3 +290,60 @@ def test_status_reports_out_of_range_are_refused(body: bytes, where: str) -> Non
     with pytest.raises(msgspec.ValidationError, match=rf"at `\{where}`"):
         codec.decoder(BindingStatus).decode(body)
     assert codec.decoder(Figures).decode(b'{"hit_ratio": 1.0}').hit_ratio == 1.0
+
+
+def test_selector_operators_and_placement_names() -> None:
+    sel = LabelSelector(
+        match_expressions=[
+            SelectorRequirement(key="gpu", operator="Exists", values=["a100"]),
+            SelectorRequirement(key="env", operator="DoesNotExist", values=["x"]),
+            SelectorRequirement(key="env", operator="In"),
+        ]
+    )
+    ds = testing.dataset(placement=Placement(clusters=["ok", "Not_A_Name"], selector=sel))
+    got = where(validation.check_dataset(ds))
+    ex = "dataset.placement.selector.match_expressions"
+    assert got[f"{ex}[0].values"] == "operator Exists takes no values; remove 'values'"
+    assert got[f"{ex}[1].values"] == "operator DoesNotExist takes no values; remove 'values'"
+    assert got[f"{ex}[2].values"] == "operator In needs at least one value"
+    assert "cluster name" in got["dataset.placement.clusters[1]"]
+    assert "dataset.placement.clusters[0]" not in got
+
+
+def test_an_autoscale_maximum_past_sanity_is_refused() -> None:
+    policy = AutoscalePolicy(
+        targets=[AutoscaleTarget(metric="hit_ratio", target=0.9)], max_replicas=5000
+    )
+    got = where(validation.check_dataset(testing.dataset(autoscale=policy)))
+    assert got == {
+        "dataset.autoscale.max_replicas": "max_replicas (5000) is above 1000: is it a typo?"
+    }
+
+
+def test_a_mounts_secret_is_a_kubernetes_name() -> None:
+    ds = testing.dataset(mounts=[Mount(uri="s3://bucket/p", secret="S3_Keys")])
+    assert "secret name" in where(validation.check_dataset(ds))["dataset.mounts[0].secret"]
+    ok = testing.dataset(mounts=[Mount(uri="s3://bucket/p", secret="s3-keys")])
+    assert validation.check_dataset(ok) == []
+
+
+def test_the_agent_keeps_its_token_off_plain_http_when_given_tls_files() -> None:
+    plain = AgentConfig(cluster_file="c.toml", hub="http://hub:8470", ca_file="ca.crt")
+    assert where(validation.check_agent(plain)) == {
+        "agent.hub": "ca_file and client certificates are for an https:// hub: use its https URL"
+    }
+    cert_only = AgentConfig(
+        cluster_file="c.toml", hub="https://hub:8470", client_cert_file="agent.crt"
+    )
+    assert where(validation.check_agent(cert_only)) == {
+        "agent.client_cert_file": "client_cert_file and client_key_file go together: give "
+        "both or neither"
+    }
+    both = AgentConfig(
+        cluster_file="c.toml",
+        hub="https://hub:8470",
+        ca_file="ca.crt",
+        client_cert_file="agent.crt",
+        client_key_file="agent.key",
+    )
+    assert validation.check_agent(both) == []

@@ -126,3 +126,34 @@ def test_the_reason_names_the_metric() -> None:
     assert d is not None
     assert d.reason.startswith("scale up 2 -> 4: hit_ratio 0.5 is below 0.9")
     assert d.proposals == {"hit_ratio": 4}
+
+
+def test_reads_while_scaled_to_zero_bring_a_worker_back_whatever_the_targets_say() -> None:
+    # an empty cache proposes nothing more; the reads alone ask for a worker
+    p = policy(USED, min_replicas=0)
+    d = decide(p, [Sample(0, cache_used_ratio=0.0, read_bytes_per_second=50 * MiB)], 0, [], 0)
+    assert d is not None and d.replicas == 1 and "reads while scaled to zero" in d.reason
+    d = decide(p, [Sample(0, cache_used_ratio=0.0, read_bytes_per_second=0.0)], 0, [], 0)
+    assert d is None or d.replicas == 0
+
+
+def test_the_newest_fresh_sample_decides() -> None:
+    window = [Sample(100, cache_used_ratio=0.2), Sample(90, cache_used_ratio=1.0)]
+    d = decide(policy(USED), window, 4, [], 100)
+    assert d is not None and d.replicas == 1, d.reason
+    d = decide(policy(USED), window[::-1], 4, [], 100)
+    assert d is not None and d.replicas == 1, d.reason
+
+
+def test_reads_before_the_idle_period_do_not_keep_a_cache_up() -> None:
+    p = policy(TPUT, idle_after=300.0)
+    window = [
+        Sample(t, read_bytes_per_second=(80 * MiB if t < 600 else 0.0))
+        for t in range(400, 1001, 30)
+    ]
+    d = decide(p, window, 3, [], 1000)
+    assert d is not None and d.replicas == 0 and "scale to zero" in d.reason
+    # a read inside the period keeps it
+    window[-2] = Sample(window[-2].at, read_bytes_per_second=1.0)
+    d = decide(p, window, 3, [], 1000)
+    assert d is not None and d.replicas != 0

@@ -1,5 +1,6 @@
 """Placement is a pure function of (dataset, clusters, current bindings)."""
 
+import msgspec
 import pytest
 
 from devkit import testing
@@ -7,6 +8,7 @@ from fluidfed.models import (
     AutoscalePolicy,
     AutoscaleTarget,
     Binding,
+    CacheSpec,
     Capabilities,
     ClusterRecord,
     Dataset,
@@ -137,6 +139,10 @@ def test_spread_by_zone_within_region() -> None:
     fleet = [cluster("a", zone="z1"), cluster("b", zone="z1"), cluster("c", zone="z2")]
     got = placement.place(dataset(max_clusters=2, spread_by="zone"), 1, fleet, {})
     assert names(got) == ["a", "c"]
+    # a zone is named within its region: z1 of r1 and z1 of r2 are two domains
+    fleet = [cluster("a"), cluster("b"), cluster("c", region="r2")]
+    got = placement.place(dataset(max_clusters=2, spread_by="zone"), 1, fleet, {})
+    assert names(got) == ["a", "c"]
 
 
 def test_bindings_carry_name_generation_and_replicas() -> None:
@@ -165,6 +171,21 @@ def test_autoscaled_replicas_survive_replacement() -> None:
         )
     }
     assert placement.place(ds, 2, FLEET[:1], scaled)["a"].replicas == 4
+    # a policy narrowed below what the autoscaler had: clamped to the new bounds
+    narrower = msgspec.structs.replace(
+        ds, autoscale=msgspec.structs.replace(ds.autoscale, min_replicas=1, max_replicas=3)
+    )
+    assert placement.place(narrower, 3, FLEET[:1], scaled)["a"].replicas == 3
+
+
+def test_a_new_binding_starts_within_the_autoscale_bounds() -> None:
+    policy = AutoscalePolicy(
+        targets=[AutoscaleTarget(metric="hit_ratio", target=0.9)], min_replicas=2, max_replicas=5
+    )
+    few = testing.dataset("ds", cache=CacheSpec(replicas=1), autoscale=policy)
+    assert placement.place(few, 1, FLEET[:1], {})["a"].replicas == 2
+    many = testing.dataset("ds", cache=CacheSpec(replicas=9), autoscale=policy)
+    assert placement.place(many, 1, FLEET[:1], {})["a"].replicas == 5
 
 
 def test_placement_is_deterministic() -> None:

@@ -204,14 +204,25 @@ def test_name_clashes_get_suffixes() -> None:
     assert "fluidfed-config-imagenet-2" in names and len(names) == len(set(names))
 
 
-def test_reinvocation_changes_nothing() -> None:
-    out = injected(pod())
+ANNOTATED: dict[str, Any] = {
+    "volumes": [{"name": "ds", "emptyDir": {}}],
+    "annotations": {"fluidfed.io/datasets": "imagenet=ds"},
+    "containers": [{"name": "app", "volumeMounts": [{"name": "ds", "mountPath": "/d"}]}],
+}
+
+
+@pytest.mark.parametrize("shape", [{}, ANNOTATED], ids=["pvc", "annotation"])
+def test_reinvocation_changes_nothing(shape: dict[str, Any]) -> None:
+    # the annotation form still asks for the dataset after injection (a PVC pod's volume
+    # became an emptyDir): only the injected marker keeps a second sidecar out
+    out = injected(pod(**shape))
     again = m.mutate(out, "ml", BINDINGS, PRIV)
     assert again.allowed and again.patch == [] and again.pod is None
 
 
 def test_unlabelled_pods_and_pods_asking_for_nothing_pass_untouched() -> None:
-    assert m.mutate(pod(inject=False), "ml", BINDINGS, PRIV).patch == []
+    d = m.mutate(pod(inject=False), "ml", BINDINGS, PRIV)
+    assert d.allowed and d.patch == [] and d.pod is None
     plain = pod(volumes=[{"name": "data", "emptyDir": {}}])
     d = m.mutate(plain, "ml", BINDINGS, PRIV)
     assert d.allowed and d.patch == []
@@ -424,3 +435,24 @@ def test_the_sidecar_gets_the_sources_secret_where_the_namespace_has_it() -> Non
     # without a copy of the Secret still starts and reads through the workers
     assert side["envFrom"] == [{"secretRef": {"name": "s3-creds", "optional": True}}]
     assert "envFrom" not in injected(pod())["spec"]["initContainers"][0]  # no secret, none
+
+
+def test_a_claim_of_a_csi_bound_dataset_is_left_to_csi() -> None:
+    # the PVC form names Fluid's own claim where the dataset is mounted by CSI: no sidecar
+    csi = pod(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "fluidds"}}])
+    d = m.mutate(csi, "ml", BINDINGS, PRIV)
+    assert d.allowed and d.patch == [] and d.pod is None
+
+
+def test_an_annotation_naming_a_claim_volume_gives_one_sidecar() -> None:
+    out = injected(pod(annotations={"fluidfed.io/datasets": "imagenet=data"}))
+    assert [c["name"] for c in out["spec"]["initContainers"]] == ["fluidfed-imagenet"]
+
+
+def test_legacy_init_containers_that_do_not_read_the_dataset_are_allowed() -> None:
+    other = {"name": "prep", "image": "x", "volumeMounts": [{"name": "tmp", "mountPath": "/t"}]}
+    p = pod(init=[other])
+    p["spec"]["volumes"].append({"name": "tmp", "emptyDir": {}})
+    out = injected(p, caps=LEGACY)
+    assert [c["name"] for c in out["spec"]["initContainers"]] == ["prep"]
+    assert [c["name"] for c in out["spec"]["containers"]] == ["fluidfed-imagenet", "app"]

@@ -3,11 +3,14 @@
 import io
 import time
 
+import msgspec
+import orjson
+import pytest
 from rich.console import Console
 
 from devkit import testing
 from fluidfed.cli import output
-from fluidfed.models import BindingView, DatasetView
+from fluidfed.models import BindingView, Condition, DatasetView
 
 GIB = 2**30
 
@@ -52,3 +55,16 @@ def test_unknown_figures_are_dashes() -> None:
     v = DatasetView(spec=testing.dataset("d"), generation=1, revision=1)
     row = [c.strip() for c in shown(output.datasets_table([v]))[1] if c.strip()]
     assert row == ["d", "-", "-", "-", "-", "Pending", "-"]
+
+
+def test_times_in_yaml_and_json_are_rfc3339(capsys: pytest.CaptureFixture[str]) -> None:
+    rec = testing.cluster_record("edge")
+    rec = msgspec.structs.replace(
+        rec, status=msgspec.structs.replace(rec.status, condition=Condition("Ready", since=1000))
+    )
+    output.dump(rec, "yaml")
+    out = capsys.readouterr().out
+    assert "since: '1970-01-01T00:16:40Z'" in out, out
+    output.dump([rec], "json")
+    got = orjson.loads(capsys.readouterr().out)
+    assert got[0]["status"]["condition"]["since"] == "1970-01-01T00:16:40Z"
