@@ -427,6 +427,9 @@ async def test_a_sigkilled_sidecar_is_restarted_remounts_and_the_app_reads_on(
             return bool(_rounds(await _logs(api, "survivor", "app")))
 
         await eventually(reading, "the app reading through the mount", timeout=120)
+        # the mount lives in the node's mount namespace only
+        assert _node_fuse_mounts(real_cluster, "survivor")
+        assert "fluidfed:survivor " not in _host_mounts()
         killed = _sidecar_pids("/shared/survivor")
         assert killed, "no sidecar process found"
         for pid in killed:
@@ -657,6 +660,9 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
             return p if "hello from the host side" in log else NotYet(log)
 
         running = await eventually(fetched, "the pod to fetch from the host side", timeout=120)
+        # the pod's network namespace lives under the node's directory, not in /run/netns
+        assert not [n for n in os.listdir("/run/netns") if n.startswith("cni-")]
+        assert list((real_cluster.dir / "node" / "containerd" / "state").rglob("netns/cni-*"))
         pod_ip = running.status.pod_ip
         assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(state.network.pod_cidr)
 
@@ -667,8 +673,6 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
         assert await asyncio.to_thread(get) == 200  # the host reaches the pod
         await core.delete_namespaced_pod("podnet", NS, grace_period_seconds=0)
         await eventually(lambda: _gone(core, "podnet"), "the pod to be deleted", timeout=60)
-    # the pod's network namespace lived under the node's directory, not in /run/netns
-    assert not [n for n in os.listdir("/run/netns") if n.startswith("cni-")]
 
 
 def _sums_and_blocks(src: Path, block: int = 4 * 2**20) -> tuple[dict[str, str], int]:
