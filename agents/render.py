@@ -175,9 +175,10 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
     }
     if requests:
         resources = {"requests": requests, "limits": dict(requests)}
+    image = ds.cache.image or ctx.worker_image  # a dataset may pin its workers' image
     container: dict[str, Any] = {
         "name": "worker",
-        "image": ctx.worker_image,
+        "image": image,
         # the pod's own address: the worker binds loopback unless told
         "args": [
             "worker",
@@ -232,7 +233,7 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
         pod_spec["initContainers"] = [
             {
                 "name": "tier-owner",
-                "image": ctx.worker_image,
+                "image": image,
                 "command": ["chown", f"{uid}:{uid}", *host_dirs],
                 "securityContext": {
                     "runAsUser": 0,

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
+
+import msgspec
 
 from fluidfed import engines, names
 from fluidfed.errors import Problem
@@ -22,13 +24,22 @@ from fluidfed.models import (
     LabelSelector,
     Placement,
 )
+from fluidfed.units import format_size, parse_duration
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 URI_SCHEMES = ("s3", "oss", "http", "https", "file", "dataset", "nfs", "juicefs")
-_SECRET_OPTION = re.compile(r"(secret|password|passwd|token|access[_-]?key|credential)", re.I)
+_SECRET_OPTION = re.compile(
+    r"(secret|password|passw(or)?d|pwd|passphrase|token|access[_-]?key|api[_-]?key"
+    r"|private[_-]?key|credential|auth|^sk$|^sas$|^sig$|signature)",
+    re.I,
+)
+# query parameters that sign or authorize a URL (S3 presigned, Azure SAS, OSS, GCS)
+_SECRET_QUERY = re.compile(r"^(x-(amz|goog|oss)-.*|sig|signature|sv|se|sp|ossaccesskeyid)$", re.I)
+# a Kubernetes quantity as the API server parses it: "100m", "1.5", "256Mi", "1e3"
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 # options the under-storage reader would take over what the URI (or the Secret) says
 _URI_OPTIONS = ("root", "bucket", "container", "name", "allow_anonymous")
 RESERVED_PREFIXES = (names.PREFIX, "topology.kubernetes.io/")
@@ -37,6 +48,10 @@ MAX_LABEL_VALUE = 63
 # sane maxima: far above any real cache, low enough that a typo is caught
 MAX_REPLICAS = 1000
 MAX_TIER_QUOTA = 2**50  # 1 PiB per worker and tier
+# a dataset's spec travels whole into every binding, every watch event and each cluster's
+# ConfigMaps (twice: the sidecar's and the workers' configuration; Kubernetes takes at most
+# 1 MiB per ConfigMap): what the hub accepts must fit there with room to spare
+MAX_SPEC_BYTES = 256 * 2**10
 
 
 def redacted(uri: str) -> str:
@@ -90,6 +105,38 @@ def check_label_value(value: str, path: str) -> list[Problem]:
     ]
 
 
+def check_quantity(value: str, path: str) -> list[Problem]:
+    """A CPU or memory amount as Kubernetes takes it (empty: not set)."""
+    if not value or _QUANTITY.match(value):
+        return []
+    return [
+        Problem(
+            f"{value!r} is not a Kubernetes quantity: e.g. 500m or 2 (CPU), 512Mi or 4Gi (memory)",
+            path=path,
+        )
+    ]
+
+
+def check_resource_name(value: str, path: str) -> list[Problem]:
+    """A device or extended resource a container may ask for: domain/name (empty: none)."""
+    domain, _, name = value.partition("/")
+    if not value or (
+        name
+        and len(domain) <= 253
+        and _DNS_SUBDOMAIN.match(domain)
+        and len(name) <= 63
+        and _LABEL_NAME.match(name)
+    ):
+        return []
+    return [
+        Problem(
+            f"{value!r} is not a resource name Kubernetes takes: domain/name, e.g. "
+            "smarter-devices/fuse (the name your device plugin advertises)",
+            path=path,
+        )
+    ]
+
+
 def check_labels(labels: dict[str, str], path: str, *, user: bool = True) -> list[Problem]:
     """Labels as Kubernetes takes them; set by a user (`user`), none in fluidfed's own or
     the topology prefixes: fluidfed derives those, and a user's copy would shadow them."""
@@ -134,6 +181,14 @@ def check_selector(sel: LabelSelector, path: str) -> list[Problem]:
 def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
     problems = check_dns_label(c.name, f"{path}.name", "cluster name")
     problems += check_labels(c.labels, f"{path}.labels")
+    # region and zone become the topology.kubernetes.io labels placement selects on
+    for field in ("region", "zone"):
+        value = getattr(c, field)
+        if value:
+            problems += check_label_value(value, f"{path}.{field}")
+    problems += check_resource_name(
+        c.capabilities.fuse_device_resource, f"{path}.capabilities.fuse_device_resource"
+    )
     k = c.kubernetes
     if k.in_cluster and k.kubeconfig:
         problems.append(
@@ -161,6 +216,16 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
 
 def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
     problems: list[Problem] = []
+    problems += check_quantity(cache.resources.cpu, f"{path}.resources.cpu")
+    problems += check_quantity(cache.resources.memory, f"{path}.resources.memory")
+    if cache.image != cache.image.strip() or any(ch.isspace() for ch in cache.image):
+        problems.append(
+            Problem(
+                f"image {cache.image!r} has spaces in it: give a reference such as "
+                "registry.example/fluidfed:1.2",
+                path=f"{path}.image",
+            )
+        )
     if cache.min_replicas > cache.max_replicas:
         problems.append(
             Problem(
@@ -233,6 +298,14 @@ def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Prob
                     path=p,
                 )
             )
+        elif key in ("timeout", "connect_timeout"):
+            try:
+                seconds = parse_duration(value)
+            except (ValueError, TypeError) as err:
+                problems.append(Problem(str(err), path=p))
+            else:
+                if seconds <= 0:
+                    problems.append(Problem(f"{key} must be above zero", path=p))
         elif key in _URI_OPTIONS and not (scheme == "juicefs" and key == "bucket"):
             problems.append(
                 Problem(
@@ -317,7 +390,10 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
         p = f"{path}.mounts[{i}]"
         parts = urlsplit(m.uri)
         shown = redacted(m.uri)
-        if parts.username is not None or parts.password is not None:
+        signed = [k for k, _ in parse_qsl(parts.query) if _SECRET_QUERY.match(k)]
+        if parts.username is not None or parts.password is not None or signed:
+            if signed:
+                shown = parts._replace(query="***").geturl()
             problems.append(
                 Problem(
                     f"uri {shown!r} carries credentials: remove them from the URI and name a "
@@ -391,7 +467,32 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
             )
     if d.autoscale is not None:
         problems += check_autoscale(d.autoscale, f"{path}.autoscale")
+    problems += _check_size(d, path)
     return problems
+
+
+def _json_size(obj: object) -> int:
+    """Bytes of `obj` as JSON (sizes and durations as the numbers they are)."""
+    return len(
+        msgspec.json.encode(obj, enc_hook=lambda o: int(o) if isinstance(o, int) else float(o))
+    )
+
+
+def _check_size(d: Dataset, path: str) -> list[Problem]:
+    size = _json_size(d)
+    if size <= MAX_SPEC_BYTES:
+        return []
+    parts = {f"{path}.mounts[{i}]": m for i, m in enumerate(d.mounts)}
+    parts |= {f"{path}.{f}": getattr(d, f) for f in ("labels", "access", "placement", "cache")}
+    biggest = max(parts, key=lambda k: _json_size(parts[k]))
+    return [
+        Problem(
+            f"the spec is {format_size(size)}, above {format_size(MAX_SPEC_BYTES)}, mostly "
+            f"{biggest}: each cluster keeps it in ConfigMaps (Kubernetes takes 1 MiB at "
+            "most) and every watch event carries it; keep large values out of the spec",
+            path=biggest,
+        )
+    ]
 
 
 def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
@@ -449,6 +550,8 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
                 path=f"{path}.client_cert_file",
             )
         )
+    problems += check_quantity(a.sidecar_cpu, f"{path}.sidecar_cpu")
+    problems += check_quantity(a.sidecar_memory, f"{path}.sidecar_memory")
     if a.heartbeat_interval <= 0:
         problems.append(
             Problem("heartbeat_interval must be above zero", path=f"{path}.heartbeat_interval")

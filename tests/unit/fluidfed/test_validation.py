@@ -347,3 +347,63 @@ def test_the_agent_keeps_its_token_off_plain_http_when_given_tls_files() -> None
         client_key_file="agent.key",
     )
     assert validation.check_agent(both) == []
+
+
+def test_what_kubernetes_would_refuse_later_is_refused_here() -> None:
+    from fluidfed.models import Capabilities, Resources
+
+    cache = CacheSpec(resources=Resources(cpu="lots", memory="a bit"), image="ff: 1")
+    got = where(validation.check_dataset(testing.dataset(cache=cache)))
+    assert "is not a Kubernetes quantity" in got["dataset.cache.resources.cpu"]
+    assert "is not a Kubernetes quantity" in got["dataset.cache.resources.memory"]
+    assert "has spaces in it" in got["dataset.cache.image"]
+    for cpu, memory in (("500m", "512Mi"), ("2", "4Gi"), ("0.5", "1e9"), ("", "")):
+        ok = CacheSpec(resources=Resources(cpu=cpu, memory=memory), image="reg.example/ff:1")
+        assert validation.check_dataset(testing.dataset(cache=ok)) == [], (cpu, memory)
+    caps = Capabilities(fuse_device_resource="not a resource name!!")
+    got = where(validation.check_cluster(testing.cluster("c1", capabilities=caps)))
+    assert "domain/name" in got["cluster.capabilities.fuse_device_resource"]
+    caps = Capabilities(fuse_device_resource="smarter-devices/fuse")
+    assert validation.check_cluster(testing.cluster("c1", capabilities=caps)) == []
+    got = where(validation.check_cluster(testing.cluster("c1", region="eu [/] west", zone="a")))
+    assert set(got) == {"cluster.region"}
+    agent = AgentConfig(cluster_file="c.toml", hub="https://h", sidecar_cpu="a lot")
+    assert "quantity" in where(validation.check_agent(agent))["agent.sidecar_cpu"]
+
+
+def test_mount_timeouts_are_durations() -> None:
+    got = where(validation.check_dataset(ds(Mount(uri="s3://b/p", options={"timeout": "soon"}))))
+    assert "duration" in got["dataset.mounts[0].options.timeout"]
+    zero = ds(Mount(uri="s3://b/p", options={"connect_timeout": "0s"}))
+    assert where(validation.check_dataset(zero)) == {
+        "dataset.mounts[0].options.connect_timeout": "connect_timeout must be above zero"
+    }
+    assert validation.check_dataset(ds(Mount(uri="s3://b/p", options={"timeout": "45s"}))) == []
+
+
+@pytest.mark.parametrize(
+    "key", ["api_key", "private_key", "passphrase", "sk", "authorization", "pwd", "sas"]
+)
+def test_more_credential_option_names_are_refused(key: str) -> None:
+    got = where(validation.check_dataset(ds(Mount(uri="s3://b/p", options={key: "x"}))))
+    assert "looks like a credential" in got[f"dataset.mounts[0].options.{key}"]
+
+
+def test_signed_urls_are_refused_and_their_query_never_printed() -> None:
+    uri = "https://host.example/data?sig=SECRETSIG&X-Amz-Credential=AKIA"
+    got = where(validation.check_dataset(ds(Mount(uri=uri))))
+    assert "carries credentials" in got["dataset.mounts[0].uri"]
+    assert "SECRETSIG" not in got["dataset.mounts[0].uri"]
+    plain = "https://host.example/data?version=2"
+    assert validation.check_dataset(ds(Mount(uri=plain))) == []
+
+
+def test_a_spec_too_big_for_a_clusters_config_maps_is_refused_where_it_is_big() -> None:
+    big = ds(
+        Mount(uri="s3://b/p"), Mount(uri="s3://c/p", name="c", options={"note": "a" * 300_000})
+    )
+    got = where(validation.check_dataset(big))
+    assert list(got) == ["dataset.mounts[1]"]
+    assert "above 256KiB" in got["dataset.mounts[1]"] and "1 MiB" in got["dataset.mounts[1]"]
+    fits = ds(Mount(uri="s3://b/p", options={"note": "a" * 200_000}))
+    assert validation.check_dataset(fits) == []
