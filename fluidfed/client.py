@@ -53,6 +53,10 @@ T = TypeVar("T")
 
 # methods that change nothing more when repeated (RFC 9110, 9.2.2)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# one watch event is one line carrying a binding with its dataset's spec: room for the
+# largest body a hub takes (max_body, 1 MiB by default) many times over; aiohttp's own
+# line limit (512 KiB) broke the watch of every binding of a cluster on one big spec
+WATCH_LINE_MAX = 16 * 2**20
 
 
 class NotSent(HubUnreachable):
@@ -376,7 +380,7 @@ class Client:
                         if resp.status >= 400:
                             raise _error_of(resp.status, await resp.read())
                         streaming = True
-                        async for line in resp.content:
+                        while line := await resp.content.readuntil(b"\n", max_size=WATCH_LINE_MAX):
                             if not line.strip():
                                 continue
                             event: WatchEvent = _event_dec.decode(line)

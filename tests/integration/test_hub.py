@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from devkit import testing
 from devkit.testing import HubProcess, eventually
-from fluidfed import Client, Forbidden, Gone, Unauthorized
+from fluidfed import Client, Forbidden, Gone, Unauthorized, validation
+from fluidfed.errors import APIError
 from fluidfed.models import Cluster, LabelSelector, Placement, WatchEvent
 from tests.conftest import CONFIGS
 from tests.integration.conftest import cli
@@ -411,5 +413,37 @@ def test_sdk_round_trip_of_selector_placement(hub: HubProcess, tmp_path: Path) -
             )  # type: ignore[arg-type]
             view = await c.get_dataset("edge-only")
             assert [v.binding.cluster for v in view.bindings] == ["edge", "edge2"]
+
+    asyncio.run(go())
+
+
+def test_the_largest_spec_the_hub_takes_reaches_the_agents_watch_and_one_past_it_is_refused(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    """A spec the hub accepts must not fail later: the biggest one (just under
+    validation.MAX_SPEC_BYTES) travels whole in a watch event; a bigger one is refused at
+    apply with the field where it is big, and nothing stored is lost."""
+    tokens = register_fleet(hub, tmp_path)
+    note = "n" * (validation.MAX_SPEC_BYTES - 2000)
+    big = testing.dataset("big", placement=Placement(clusters=["edge"]))
+    big = msgspec.structs.replace(
+        big, mounts=[msgspec.structs.replace(big.mounts[0], options={"note": note})]
+    )
+
+    async def go() -> None:
+        async with Client(hub.url, hub.admin_token) as admin:
+            await admin.apply_dataset(big)
+            too_big = msgspec.structs.replace(
+                big, mounts=[msgspec.structs.replace(big.mounts[0], options={"note": note * 2})]
+            )
+            with pytest.raises(APIError) as info:
+                await admin.apply_dataset(too_big)
+            assert info.value.status == 400, info.value
+            assert "dataset.mounts[0]" in str(info.value) and "256KiB" in str(info.value)
+        async with Client(hub.url, tokens["edge"]) as edge, asyncio.timeout(60):
+            async for ev in edge.watch_bindings("edge", revision=0):
+                if ev.type == "ADDED" and ev.object is not None:
+                    assert ev.object.spec.mounts[0].options["note"] == note
+                    break
 
     asyncio.run(go())
