@@ -10,14 +10,20 @@ from typing import Any
 import orjson
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fluidfed import codec
 from fluidfed.models import Binding, BindingStatus, ClusterRecord, DatasetView
 from fluidfed.units import format_size
 
 # piped output keeps whole names (rich would squeeze tables to 80 columns)
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+# data is printed as it is: no markup in what the hub, an agent or a spec says (a '[/]' in a
+# URI or an agent's error crashed `get` for every admin); describe marks its own labels up
+console = Console(
+    markup=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200
+)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -58,6 +64,16 @@ def dump(obj: Any, fmt: str) -> None:
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
 
 
+def _e(value: object) -> str:
+    """Stored text as it is: a '[' in a URI, a region or an agent's error is not markup."""
+    return escape(str(value))
+
+
+def _say(what: object) -> None:
+    """A describe line: its own [bold] labels as markup, the data in it escaped (_e)."""
+    console.print(what, markup=True)
+
+
 def _age(since: float) -> str:
     secs = max(0, int(time.time() - since))
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -96,7 +112,7 @@ def clusters_table(items: list[ClusterRecord], *, wide: bool = False) -> Table:
         row += [cluster_state(c), labels or "-"]
         if wide:
             row += [_capabilities(c), str(c.revision)]
-        t.add_row(*row)
+        t.add_row(*map(Text, row))
     return t
 
 
@@ -125,7 +141,7 @@ def datasets_table(items: list[DatasetView], *, wide: bool = False) -> Table:
             ]
             row += [d.spec.namespace, ", ".join(m.uri for m in d.spec.mounts)]
             row += [",".join(per) or "-", ",".join(ratios) or "-"]
-        t.add_row(*row)
+        t.add_row(*map(Text, row))
     return t
 
 
@@ -147,42 +163,41 @@ def bindings_table(
                 f"{st.hit_ratio:.2f}" if st and st.hit_ratio is not None else "-",
                 (st.last_error if st else "") or "-",
             ]
-        t.add_row(*row)
+        t.add_row(*map(Text, row))
     return t
 
 
 def describe_cluster(c: ClusterRecord, bindings: list[Binding]) -> None:
     s = c.spec
-    console.print(f"[bold]Name:[/bold]          {s.name}")
-    console.print(f"[bold]Kind:[/bold]          {s.kind} ({s.mount_mode()} mounts)")
+    _say(f"[bold]Name:[/bold]          {_e(s.name)}")
+    _say(f"[bold]Kind:[/bold]          {_e(s.kind)} ({_e(s.mount_mode())} mounts)")
     where = " / ".join(x for x in (s.region, s.zone) if x) or "-"
-    console.print(f"[bold]Region/zone:[/bold]   {where}")
-    console.print(f"[bold]Status:[/bold]        {cluster_state(c)}")
+    _say(f"[bold]Region/zone:[/bold]   {_e(where)}")
+    _say(f"[bold]Status:[/bold]        {_e(cluster_state(c))}")
     labels = ", ".join(f"{k}={v}" for k, v in sorted(s.selector_labels().items()))
-    console.print(f"[bold]Labels:[/bold]        {labels}")
-    console.print(f"[bold]Capabilities:[/bold]  {_capabilities(c)}")
-    console.print(f"[bold]Revision:[/bold]      {c.revision}")
-    console.print("[bold]Bindings:[/bold]")
+    _say(f"[bold]Labels:[/bold]        {_e(labels)}")
+    _say(f"[bold]Capabilities:[/bold]  {_e(_capabilities(c))}")
+    _say(f"[bold]Revision:[/bold]      {_e(c.revision)}")
+    _say("[bold]Bindings:[/bold]")
     if not bindings:
-        console.print("  none: no dataset is placed here")
+        _say("  none: no dataset is placed here")
     for b in bindings:
-        console.print(f"  {b.name}: {b.dataset}, {b.mode}, {b.replicas} replicas")
+        _say(f"  {_e(b.name)}: {_e(b.dataset)}, {_e(b.mode)}, {_e(b.replicas)} replicas")
 
 
 def describe_dataset(d: DatasetView) -> None:
     s = d.spec
-    console.print(f"[bold]Name:[/bold]        {s.name}")
-    console.print(f"[bold]Namespace:[/bold]   {s.namespace}")
-    console.print(f"[bold]Generation:[/bold]  {d.generation} (revision {d.revision})")
-    console.print(f"[bold]Phase:[/bold]       {d.phase}")
-    console.print("[bold]Mounts:[/bold]")
+    _say(f"[bold]Name:[/bold]        {_e(s.name)}")
+    _say(f"[bold]Namespace:[/bold]   {_e(s.namespace)}")
+    _say(f"[bold]Generation:[/bold]  {_e(d.generation)} (revision {_e(d.revision)})")
+    _say(f"[bold]Phase:[/bold]       {_e(d.phase)}")
+    _say("[bold]Mounts:[/bold]")
     for m in s.mounts:
         extra = f" (secret {m.secret})" if m.secret else ""
-        console.print(f"  {m.uri}{extra}")
+        _say(f"  {_e(m.uri)}{_e(extra)}")
     tiers = ", ".join(f"{t.medium} {format_size(t.quota)}" for t in s.cache.tiers)
-    console.print(
-        f"[bold]Cache:[/bold]       {s.cache.engine}, {s.cache.replicas} replicas, {tiers}"
-    )
+    cache = f"{s.cache.engine}, {s.cache.replicas} replicas, {tiers}"
+    _say(f"[bold]Cache:[/bold]       {_e(cache)}")
     pl = s.placement
     parts = []
     if pl.clusters:
@@ -200,19 +215,18 @@ def describe_dataset(d: DatasetView) -> None:
         parts.append(f"at most {pl.max_clusters}")
     if pl.spread_by:
         parts.append(f"spread by {pl.spread_by}")
-    console.print(f"[bold]Placement:[/bold]   {'; '.join(parts) or 'all clusters'}")
-    console.print("[bold]Access:[/bold]")
+    _say(f"[bold]Placement:[/bold]   {_e('; '.join(parts) or 'all clusters')}")
+    _say("[bold]Access:[/bold]")
     for a in s.access_list():
-        console.print(
-            f"  {a.namespace}: /{a.sub_path} {'read-only' if a.read_only else 'read-write'}"
-        )
-    console.print("[bold]Bindings:[/bold]")
+        rw = "read-only" if a.read_only else "read-write"
+        _say(f"  {_e(a.namespace)}: /{_e(a.sub_path)} {rw}")
+    _say("[bold]Bindings:[/bold]")
     t = Table(box=None, header_style="bold")
     for col in ("CLUSTER", "MODE", "REPLICAS", "PHASE", "READY", "CACHED", "HIT RATIO", "ERROR"):
         t.add_column(col)
     for v in d.bindings:
         b, st = v.binding, v.status
-        t.add_row(
+        row = [
             b.cluster,
             b.mode,
             str(b.replicas),
@@ -221,14 +235,15 @@ def describe_dataset(d: DatasetView) -> None:
             f"{format_size(st.cache_used)}/{format_size(st.cache_capacity)}" if st else "-",
             f"{st.hit_ratio:.2f}" if st and st.hit_ratio is not None else "-",
             (st.last_error if st else "") or "-",
-        )
+        ]
+        t.add_row(*map(Text, row))
     if d.bindings:
-        console.print(t)
+        _say(t)
     else:
-        console.print("  none: no cluster matches the placement")
+        _say("  none: no cluster matches the placement")
     measured = [(v.binding.cluster, v.status.metrics) for v in d.bindings if v.status]
     if any(not f.empty() for _, f in measured):
-        console.print("[bold]Metrics (agents' sliding window):[/bold]")
+        _say("[bold]Metrics (agents' sliding window):[/bold]")
         for cluster, figs in measured:
             if figs.empty():
                 continue
@@ -239,21 +254,21 @@ def describe_dataset(d: DatasetView) -> None:
                 parts.append(f"hit ratio {figs.hit_ratio:.2f}")
             if figs.cache_used_ratio is not None:
                 parts.append(f"cache used {figs.cache_used_ratio:.0%}")
-            console.print(f"  {cluster}: {', '.join(parts)}")
+            _say(f"  {_e(cluster)}: {_e(', '.join(parts))}")
     loads = [(v.binding.cluster, v.status.load) for v in d.bindings if v.status and v.status.load]
     if loads:
-        console.print("[bold]Warm-up (latest per cluster):[/bold]")
+        _say("[bold]Warm-up (latest per cluster):[/bold]")
         for cluster, ld in loads:
             assert ld is not None
             what = f"/{ld.path}" if ld.path else "whole dataset"
             note = f" - {ld.message}" if ld.message else ""
-            console.print(
-                f"  {cluster}: {ld.phase}, {what}, {ld.percent():.1f}% cached "
-                f"({ld.cached if ld.phase in ('Done', 'Failed') else ld.done}/{ld.blocks} "
-                f"blocks, {format_size(ld.bytes)} pulled, {ld.workers} workers){note}"
+            _say(
+                f"  {_e(cluster)}: {_e(ld.phase)}, {_e(what)}, {ld.percent():.1f}% cached "
+                f"({_e(ld.cached if ld.phase in ('Done', 'Failed') else ld.done)}/{_e(ld.blocks)} "
+                f"blocks, {_e(format_size(ld.bytes))} pulled, {_e(ld.workers)} workers){_e(note)}"
             )
     decisions = [(v.binding.cluster, x) for v in d.bindings for x in v.decisions]
     if decisions:
-        console.print("[bold]Autoscaling decisions:[/bold]")
+        _say("[bold]Autoscaling decisions:[/bold]")
         for cluster, x in sorted(decisions, key=lambda cx: cx[1].at)[-10:]:
-            console.print(f"  {_age(x.at)} ago  {cluster}: {x.reason}")
+            _say(f"  {_e(_age(x.at))} ago  {_e(cluster)}: {_e(x.reason)}")

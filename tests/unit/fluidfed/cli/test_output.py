@@ -68,3 +68,22 @@ def test_times_in_yaml_and_json_are_rfc3339(capsys: pytest.CaptureFixture[str]) 
     output.dump([rec], "json")
     got = orjson.loads(capsys.readouterr().out)
     assert got[0]["status"]["condition"]["since"] == "1970-01-01T00:16:40Z"
+
+
+def test_stored_text_is_printed_as_it_is_not_as_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    # a cluster's agent writes its binding's last_error: '[/]' there crashed `get -o wide`
+    # and `describe` for every admin, and '[eEinumkKMGTP]' vanished from a real message
+    ds = testing.dataset("d", uri="s3://datasets/[/]imagenet")
+    err = "quantities must match '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' [/] [bold]x"
+    st = testing.binding_status("Failed", last_error=err)
+    b = testing.binding(ds, "a")
+    v = DatasetView(spec=ds, generation=1, revision=1, bindings=[BindingView(binding=b, status=st)])
+    output.describe_dataset(v)
+    out = capsys.readouterr().out
+    assert "s3://datasets/[/]imagenet" in out
+    assert "[eEinumkKMGTP]" in out and "[/] [bold]x" in out
+    assert "Name:" in out and "[bold]Name" not in out  # its own labels still markup
+    output.console.print(output.bindings_table([b], {b.name: st}, wide=True))
+    output.console.print(output.datasets_table([v], wide=True))
+    out = capsys.readouterr().out
+    assert "[eEinumkKMGTP]" in out and "s3://datasets/[/]imagenet" in out
