@@ -483,7 +483,7 @@ def _check_size(d: Dataset, path: str) -> list[Problem]:
     if size <= MAX_SPEC_BYTES:
         return []
     parts = {f"{path}.mounts[{i}]": m for i, m in enumerate(d.mounts)}
-    parts |= {f"{path}.{f}": getattr(d, f) for f in ("labels", "access", "placement", "cache")}
+    parts |= {f"{path}.{f}": getattr(d, f) for f in d.__struct_fields__ if f != "mounts"}
     biggest = max(parts, key=lambda k: _json_size(parts[k]))
     return [
         Problem(

@@ -5,6 +5,7 @@ import os
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from devkit.testing import HubProcess, run_cli
@@ -95,5 +96,21 @@ def test_a_body_over_the_limit_says_the_limit_in_units(hub: HubProcess, tmp_path
     )
     r = cli(hub, "apply", "-f", str(big))
     assert r.returncode == 2
-    assert "the limit is 1MiB;" in r.stderr
+    # the CLI refuses it before sending, naming the file, the line and the big field
+    assert f"{big}:3: dataset.description: the spec is 2.0MiB, above 256KiB" in r.stderr
     assert "ByteSize" not in r.stderr
+
+    # what reaches the hub anyway is refused by its body limit, said in units
+    async def post() -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                hub.url + "/api/v1/datasets",
+                data=b"{" + b" " * (2 * 2**20) + b"}",
+                headers={"Authorization": f"Bearer {hub.admin_token}"},
+            ) as resp,
+        ):
+            return resp.status, await resp.text()
+
+    status, text = asyncio.run(post())
+    assert status == 413 and "the limit is 1MiB;" in text and "ByteSize" not in text
