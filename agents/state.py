@@ -6,12 +6,11 @@ change, so a restart - hub or no hub - starts from the last state the agent knew
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 
-from fluidfed import codec
+from fluidfed import codec, secretfile
 from fluidfed.data.credentials import KeyEntry
 from fluidfed.errors import ConfigError
 from fluidfed.models import Binding, BindingStatus
@@ -64,18 +63,7 @@ class StateFile:
     def write(self, data: bytes) -> None:
         """Write an encoded state; callers serialise writes (one temporary file)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds keys
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.dir, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        secretfile.write(self.path, data, durable=True)  # it holds keys
 
     # the cluster token received at registration, kept beside the state (mode 0600)
     @property
@@ -87,6 +75,4 @@ class StateFile:
 
     def save_token(self, token: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
+        secretfile.write(self.token_path, token + "\n", durable=True)

@@ -18,6 +18,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from fluidfed import secretfile
 from fluidfed.cli import output
 from fluidfed.errors import FluidfedError
 from fluidfed.models import CLUSTER_KINDS
@@ -188,9 +189,7 @@ def run_s3_up(args: argparse.Namespace) -> int:
     assert server.proc is not None
     pid_file.write_text(f"{server.proc.pid}\n")
     env_file = base / "credentials.env"
-    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(f"{k}={v}\n" for k, v in s3.CREDENTIALS.items())
+    secretfile.write(env_file, "".join(f"{k}={v}\n" for k, v in s3.CREDENTIALS.items()))
     if args.sample:
         from devkit import demo
 

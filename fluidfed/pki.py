@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fluidfed import secretfile
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,4 @@ def write(path: Path, data: bytes, private: bool = False) -> Path:
     if not private:
         path.write_bytes(data)
         return path
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)  # a file that was there keeps its mode otherwise
-        f.write(data)
-    return path
+    return secretfile.write(path, data)

@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from fluidfed import secretfile
 from fluidfed.errors import ConfigError
 
 CLUSTER_TOKEN_PREFIX = "ffc"
@@ -76,7 +77,5 @@ def load_admin_token(token_file: str, token_env: str, data_dir: Path) -> tuple[s
         return path.read_text().strip(), f"file {path}"
     token = secrets.token_urlsafe(32)
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    secretfile.write(path, token + "\n")
     return token, f"file {path} (generated)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +13,7 @@ from typing import Any
 import msgspec
 import tomli
 
-from fluidfed import config, cron
+from fluidfed import config, cron, secretfile
 from fluidfed.cli import output, settings
 from fluidfed.client import Client
 from fluidfed.data import layout
@@ -236,6 +235,10 @@ async def cluster_register(client: Client, args: argparse.Namespace) -> int:
     doc = config.load(args.file)
     if doc.cluster is None:
         raise ConfigError([Problem("expected a [cluster] table", file=args.file)])
+    if args.token_file and (why := secretfile.unwritable(Path(args.token_file))):
+        # asked before the hub issues (or rotates) a token that would then be nowhere
+        msg = f"cannot write the token there: {why}; nothing was registered or rotated"
+        raise ConfigError([Problem(msg, path="--token-file", file=args.token_file)])
     result = await client.register_cluster(doc.cluster, rotate_token=args.rotate_token)
     name = result.cluster.spec.name
     if not result.token:
@@ -248,9 +251,15 @@ async def cluster_register(client: Client, args: argparse.Namespace) -> int:
         return 0
     if args.token_file:
         path = Path(args.token_file)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(result.token + "\n")
+        try:
+            secretfile.write(path, result.token + "\n")
+        except OSError as err:
+            # the hub holds only the token's hash: shown once here, or lost
+            why = err.strerror or str(err)
+            output.err_console.print(f"error: cannot write {path}: {why}", markup=False)
+            output.console.print(f"token: {result.token}")
+            output.console.print("keep it now: the hub stores only its hash")
+            return 1
         output.console.print(f"cluster/{name} registered; token written to {path}")
     else:
         output.console.print(f"cluster/{name} registered")

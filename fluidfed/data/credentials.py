@@ -24,7 +24,6 @@ import binascii
 import enum
 import hashlib
 import hmac
-import os
 import posixpath
 import secrets
 import time
@@ -35,7 +34,7 @@ from typing import Literal
 
 import msgspec
 
-from fluidfed import config
+from fluidfed import config, secretfile
 from fluidfed.errors import ConfigError
 
 VERSION = "ff1"
@@ -244,11 +243,7 @@ def encode_file(cred: CredentialFile) -> bytes:
 def write_file(path: Path, cred: CredentialFile) -> None:
     """Write a credential file readable by its owner only (0600), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(encode_file(cred))
-    os.replace(tmp, path)
+    secretfile.write(path, encode_file(cred))
 
 
 @dataclass(frozen=True, slots=True)

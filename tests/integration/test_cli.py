@@ -114,3 +114,29 @@ def test_a_body_over_the_limit_says_the_limit_in_units(hub: HubProcess, tmp_path
 
     status, text = asyncio.run(post())
     assert status == 413 and "the limit is 1MiB;" in text and "ByteSize" not in text
+
+
+def test_a_token_file_that_cannot_be_written_rotates_nothing(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    conf = tmp_path / "edge.toml"
+    conf.write_text((CONFIGS / "clusters" / "edge.toml").read_text())
+    first = tmp_path / "edge.token"
+    assert cli(hub, "cluster", "register", str(conf), "--token-file", str(first)).returncode == 0
+    token = first.read_text().strip()
+    bad = tmp_path / "no-such-dir" / "x.token"
+    r = cli(hub, "cluster", "register", str(conf), "--rotate-token", "--token-file", str(bad))
+    assert r.returncode == 2, r.stderr
+    assert "does not exist; nothing was registered or rotated" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    async def still_valid() -> None:
+        async with Client(hub.url, token) as edge:
+            assert (await edge.heartbeat("edge")).ready
+
+    asyncio.run(still_valid())
+    # a loose file that was there is replaced by one its owner alone reads
+    first.chmod(0o644)
+    r = cli(hub, "cluster", "register", str(conf), "--rotate-token", "--token-file", str(first))
+    assert r.returncode == 0, r.stderr
+    assert oct(first.stat().st_mode & 0o777) == "0o600" and first.read_text().strip() != token

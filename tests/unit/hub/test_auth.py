@@ -54,3 +54,11 @@ def test_without_one_the_admin_token_is_generated_private_and_kept(
     assert len(token) >= 32 and path.read_text() == token + "\n"
     assert path.stat().st_mode & 0o777 == 0o600
     assert auth.load_admin_token("", "ADMIN", data) == (token, f"file {path}")  # a restart keeps it
+
+
+def test_a_generated_admin_token_is_owner_only_even_in_a_loose_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "admin-token").touch(mode=0o644)
+    (tmp_path / "admin-token").chmod(0o644)
+    token, where = auth.load_admin_token("", "", tmp_path)
+    assert where.endswith("(generated)") and token
+    assert oct((tmp_path / "admin-token").stat().st_mode & 0o777) == "0o600"
