@@ -64,3 +64,43 @@ def test_bad_config_files_say_what_is_wrong(tmp_path: Path) -> None:
         settings.resolve(None, None, str(cfg))
     with pytest.raises(ConfigError, match="no such client config file"):
         settings.resolve(None, None, str(tmp_path / "nope.toml"))
+
+
+@pytest.mark.parametrize(
+    ("hub", "says"),
+    [
+        ("ftp://x", "expected http(s)://HOST[:PORT], got 'ftp://x'"),
+        ("not a url", "expected http(s)://HOST[:PORT]"),
+        ("http://127.0.0.1:99999", "expected http(s)://HOST[:PORT]"),
+        ("http://[::1", "expected http(s)://HOST[:PORT]"),
+        ("http://user:pass@127.0.0.1:8470", "carries credentials"),
+        ("http://a:1,ftp://b", "got 'ftp://b'"),
+    ],
+)
+def test_a_bad_hub_url_is_bad_input_said_where(
+    hub: str, says: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings.resolve(hub, "t", None)
+    (p,) = info.value.problems
+    assert p.path == "--hub" and says in p.message and "pass" not in p.message
+    monkeypatch.setenv("FLUIDFED_HUB", hub)
+    with pytest.raises(ConfigError) as info:
+        settings.resolve(None, "t", None)
+    assert info.value.problems[0].path == "FLUIDFED_HUB"
+    monkeypatch.delenv("FLUIDFED_HUB")
+    cfg = tmp_path / "client.toml"
+    cfg.write_text(f'token = "t"\nhub = "{hub}"\n')
+    with pytest.raises(ConfigError) as info:
+        settings.resolve(None, None, str(cfg))
+    (p,) = info.value.problems
+    assert (p.file, p.line, p.path) == (str(cfg), 2, "hub")
+
+
+def test_client_file_values_must_be_strings_said_with_the_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "client.toml"
+    cfg.write_text('hub = "http://h:1"\ntoken = ["x"]\n')
+    with pytest.raises(ConfigError) as info:
+        settings.resolve(None, None, str(cfg))
+    (p,) = info.value.problems
+    assert (p.line, p.path, p.message) == (2, "token", "token must be a string, got list")
