@@ -119,6 +119,8 @@ def loads(source: str, *, file: str = "<string>") -> Document:
         raise ConfigError(
             [Problem(f"not valid TOML: {msg}; fix the syntax", file=file, line=line)]
         ) from None
+    except RecursionError as err:  # tomli's bound on nesting: "nested more than ... levels"
+        raise ConfigError([Problem(f"not valid TOML: {err}", file=file)]) from None
     return parse_document(raw, file=file, source=source)
 
 
@@ -147,7 +149,7 @@ def load_file(path: str | Path, typ: type[T]) -> T:
             lines = toml_lines(source)
         else:
             raw = msgspec.json.decode(source)
-    except (tomli.TOMLDecodeError, msgspec.DecodeError) as err:
+    except (tomli.TOMLDecodeError, msgspec.DecodeError, RecursionError) as err:
         raise ConfigError(
             [Problem(f"not valid {p.suffix.lstrip('.') or 'JSON'}: {err}", file=str(p))]
         ) from None

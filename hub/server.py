@@ -68,9 +68,20 @@ def open_store(cfg: HubConfig) -> tuple[Store, str]:
     return shared, shared.where
 
 
-async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = False) -> None:
-    ssl_context, tls_note = _tls(cfg, self_signed)
+def _data_dir(cfg: HubConfig) -> Path:
     data_dir = Path(cfg.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError.one(
+            f"{data_dir} is a file, not a directory: name a directory for the hub's data "
+            "(created if missing)",
+            path="hub.data_dir",
+        )
+    return data_dir
+
+
+async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = False) -> None:
+    data_dir = _data_dir(cfg)
+    ssl_context, tls_note = _tls(cfg, self_signed)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
     store, where = open_store(cfg)
     runner: web.AppRunner | None = None

@@ -197,7 +197,13 @@ def _data_path_kind(path: str) -> type[SidecarConfig] | type[WorkerConfig] | Non
     try:
         text = Path(path).read_text()
         raw = tomli.loads(text) if path.endswith(".toml") else msgspec.json.decode(text)
-    except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError, msgspec.DecodeError):
+    except (
+        OSError,
+        UnicodeDecodeError,
+        tomli.TOMLDecodeError,
+        msgspec.DecodeError,
+        RecursionError,
+    ):
         return None  # the document loader says what is wrong with it
     if not isinstance(raw, dict) or not isinstance(raw.get("dataset"), str):
         return None

@@ -77,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except OSError as err:
+        # what the machine refused (a port in use, a file where a directory should be, a
+        # permission): said as such, not as a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        output.err_console.print(
+            f"error: {err.strerror or err}{where}", markup=False, highlight=False
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

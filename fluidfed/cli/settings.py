@@ -36,7 +36,7 @@ def resolve(
     if path.exists():
         try:
             raw = tomli.loads(path.read_text())
-        except tomli.TOMLDecodeError as err:
+        except (tomli.TOMLDecodeError, RecursionError) as err:
             raise ConfigError([Problem(f"not valid TOML: {err}", file=str(path))]) from None
         unknown = set(raw) - _KEYS
         if unknown:

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import re
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -140,3 +141,23 @@ def test_a_token_file_that_cannot_be_written_rotates_nothing(
     r = cli(hub, "cluster", "register", str(conf), "--rotate-token", "--token-file", str(first))
     assert r.returncode == 0, r.stderr
     assert oct(first.stat().st_mode & 0o777) == "0o600" and first.read_text().strip() != token
+
+
+def test_a_hub_that_cannot_start_says_why_without_a_traceback(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'[hub]\ndata_dir = "{tmp_path / "data"}"\nport = {port}\n')
+    try:
+        r = run_cli("hub", "serve", "--config", str(cfg), timeout=60)
+    finally:
+        taken.close()
+    assert r.returncode == 1 and "address already in use" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    cfg.write_text(f'[hub]\ndata_dir = "{afile}"\nport = {port}\n')
+    r = run_cli("hub", "serve", "--config", str(cfg), timeout=60)
+    assert r.returncode == 2 and f"hub.data_dir: {afile} is a file, not a directory" in r.stderr

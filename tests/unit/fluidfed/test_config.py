@@ -180,3 +180,12 @@ def test_data_path_configs_load_and_bad_ones_say_where(tmp_path: Path) -> None:
     assert p.file == str(bad) and p.line == 5 and p.path == "tiers[0].medium"
     with pytest.raises(ConfigError, match="no such file"):
         config.load_file(tmp_path / "missing.json", WorkerConfig)
+
+
+def test_nesting_past_the_parsers_bound_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(str(deep))
+    (p,) = info.value.problems
+    assert p.file == str(deep) and "nested more than" in p.message
