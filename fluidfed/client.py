@@ -236,15 +236,12 @@ class Client:
             yield
         except aiohttp.ClientConnectorCertificateError as err:
             raise ConfigError.one(
-                f"the hub at {self.url} presented a certificate this client does not trust "
-                f"({err.certificate_error}): give the CA that signed it (--cacert, "
-                "FLUIDFED_CA_FILE, or ca_file in the client or agent configuration)",
-                path="ca_file",
+                _untrusted(self.url, err.certificate_error), path="ca_file"
             ) from err
         except aiohttp.ClientConnectorError as err:  # no connection: nothing was sent
-            raise NotSent(f"{what}: {err}") from err
+            raise NotSent(f"{what}: {err}{_scheme_hint(self.url, err)}") from err
         except (TimeoutError, aiohttp.ClientError) as err:
-            raise HubUnreachable(f"{what}: {err}") from err
+            raise HubUnreachable(f"{what}: {err}{_scheme_hint(self.url, err)}") from err
 
     # --- clusters ------------------------------------------------------------------------
 
@@ -413,3 +410,42 @@ def _error_of(status: int, raw: bytes) -> Exception:
         for p in body.problems
     ]
     return api_error(status, body.error, problems)
+
+
+# OpenSSL's verify codes (x509_vfy.h) that call for other advice than "give the CA"
+_EXPIRED, _NOT_YET_VALID, _WRONG_HOST = 10, 9, (62, 64)  # 62: a name, 64: an IP address
+
+
+def _untrusted(url: str, cert_error: Exception) -> str:
+    """Why the hub's certificate was refused, and what to do about it."""
+    code = getattr(cert_error, "verify_code", 0)
+    if code == _EXPIRED:
+        return (
+            f"the hub at {url} presented a certificate that has expired ({cert_error}): "
+            "renew the hub's certificate (or check this machine's clock)"
+        )
+    if code == _NOT_YET_VALID:
+        return (
+            f"the hub at {url} presented a certificate not valid yet ({cert_error}): check "
+            "the clocks of this machine and the one that issued it"
+        )
+    if code in _WRONG_HOST:
+        return (
+            f"the hub's certificate is not for the host in {url} ({cert_error}): use a name "
+            "the certificate was issued for, or issue one for this name"
+        )
+    return (
+        f"the hub at {url} presented a certificate this client does not trust "
+        f"({cert_error}): give the CA that signed it (--cacert, FLUIDFED_CA_FILE, or ca_file "
+        "in the client or agent configuration)"
+    )
+
+
+def _scheme_hint(url: str, err: BaseException) -> str:
+    """The likely cause when the URL's scheme is not what the hub speaks."""
+    text = str(err)
+    if url.startswith("https://") and "WRONG_VERSION_NUMBER" in text:
+        return f" (the hub there speaks plain HTTP: use {'http://' + url[8:]})"
+    if url.startswith("http://") and isinstance(err, aiohttp.ServerDisconnectedError):
+        return f" (if the hub serves HTTPS, use {'https://' + url[7:]})"
+    return ""

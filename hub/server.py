@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import signal
 import ssl
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fluidfed import tls
+from fluidfed import pki, tls
 from fluidfed.errors import ConfigError
 from fluidfed.models import HubConfig
 from hub import auth, leader
@@ -35,6 +36,14 @@ def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]
         return ctx, f"; self-signed, CA in {made.ca_file}"
     if cfg.tls_cert_file:
         ctx = tls.server_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
+        expires = pki.not_after(Path(cfg.tls_cert_file).read_bytes())
+        if expires <= dt.datetime.now(dt.UTC):
+            # every client would refuse it: said here, not as each agent's failure
+            raise ConfigError.one(
+                f"the certificate expired on {expires:%Y-%m-%d %H:%M} UTC: renew it",
+                file=cfg.tls_cert_file,
+                path="hub.tls_cert_file",
+            )
         return ctx, ""
     return None, ""
 

@@ -2,7 +2,9 @@
 operator's certificate, clients that always verify, and mutual TLS binding a cluster's
 certificate to its name."""
 
+import datetime as dt
 import os
+import re
 import ssl
 import subprocess
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 import trustme
 
 from devkit.testing import HubProcess, run_cli
-from fluidfed import Client, ConfigError, Forbidden
+from fluidfed import Client, ConfigError, Forbidden, HubUnreachable
 from fluidfed.models import Cluster
 from tests.integration.conftest import cli
 
@@ -166,3 +168,51 @@ def test_plain_hub_still_serves_http_and_refuses_a_ca_without_https(hub: HubProc
     r = run_cli("--cacert", "/etc/hostname", "get", "clusters", env=_cli_env(hub))
     assert r.returncode == 2
     assert "not https://" in r.stderr
+
+
+async def test_tls_mistakes_get_the_advice_that_fits(tmp_path: Path) -> None:
+    """An expired hub certificate is refused at the hub's start; a client on the wrong
+    scheme or a wrong host name is told which, not 'give the CA'."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.crt"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def hub_cfg(leaf: trustme.LeafCert, name: str) -> Path:
+        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(
+            f'[hub]\ndata_dir = "{tmp_path / name}"\ntls_cert_file = "{cert}"\n'
+            f'tls_key_file = "{key}"\n'
+        )
+        return cfg
+
+    old = ca.issue_cert(
+        "127.0.0.1",
+        not_before=dt.datetime(2021, 1, 1, tzinfo=dt.UTC),
+        not_after=dt.datetime(2021, 12, 31, tzinfo=dt.UTC),
+    )
+    r = run_cli("hub", "serve", "--config", str(hub_cfg(old, "old")), timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "hub.tls_cert_file: the certificate expired on 2021-12-31" in r.stderr
+
+    other_host = ca.issue_cert("hub.example")
+    with HubProcess(tmp_path / "h", extra=["--config", str(hub_cfg(other_host, "host"))]) as hub:
+        async with Client(hub.url, hub.admin_token, ca_file=str(ca_file)) as c:
+            with pytest.raises(
+                ConfigError, match=re.escape("is not for the host in https://127.0.0.1")
+            ):
+                await c.list_clusters()
+        plain_url = "http://" + hub.url.removeprefix("https://")
+        async with Client(plain_url, hub.admin_token) as c:
+            with pytest.raises(
+                HubUnreachable, match=re.escape(f"if the hub serves HTTPS, use {hub.url}")
+            ):
+                await c.list_clusters()
+
+
+def test_https_to_a_plain_hub_says_it_speaks_http(hub: HubProcess) -> None:
+    https = "https://" + hub.url.removeprefix("http://")
+    r = run_cli("--hub", https, "--token", hub.admin_token, "get", "clusters")
+    assert r.returncode == 1 and f"the hub there speaks plain HTTP: use {hub.url}" in r.stderr
