@@ -85,20 +85,24 @@ def problem_of(err: msgspec.ValidationError, root: str = "", typ: Any = None) ->
     With `typ` (the type that was decoded), a bad enum value also says the allowed ones.
     """
     m = _AT.match(str(err))
-    if not m:
-        return Problem(str(err), path=root)
-    msg, path = m.group("msg"), m.group("path").lstrip(".")
+    # an error at the top level has no "at `$...`"
+    msg, path = (m.group("msg"), m.group("path").lstrip(".")) if m else (str(err), "")
     unknown = re.match(r"Object contains unknown field `([^`]+)`", msg)
     if unknown:
         field = unknown.group(1)
-        return Problem(
-            f"unknown key {field!r}: check its spelling against the documented keys",
-            path=_join(root, _join(path, field)),
+        known = getattr(typ, "__struct_fields__", ()) if not path else ()
+        hint = (
+            f"expected one of {', '.join(known)}"
+            if known
+            else "check its spelling against the documented keys"
         )
+        return Problem(f"unknown key {field!r}: {hint}", path=_join(root, _join(path, field)))
     missing = re.match(r"Object missing required field `([^`]+)`", msg)
     if missing:
         field = missing.group(1)
         return Problem(f"required key {field!r} is missing", path=_join(root, _join(path, field)))
+    if not m:
+        return Problem(msg, path=root)
     if msg.startswith("Invalid enum value") and typ is not None:
         choices = _choices(typ, path)
         if choices:

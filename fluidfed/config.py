@@ -124,7 +124,7 @@ def loads(source: str, *, file: str = "<string>") -> Document:
     return parse_document(raw, file=file, source=source)
 
 
-def _read(p: Path) -> str:
+def read(p: Path) -> str:
     try:
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -135,13 +135,13 @@ def _read(p: Path) -> str:
 
 def load(path: str | Path) -> Document:
     p = Path(path)
-    return loads(_read(p), file=str(p))
+    return loads(read(p), file=str(p))
 
 
 def load_file(path: str | Path, typ: type[T]) -> T:
     """A data-path config (the JSON the agent writes into ConfigMaps, or TOML by hand)."""
     p = Path(path)
-    source = _read(p)
+    source = read(p)
     lines: dict[str, int] = {}
     try:
         if p.suffix == ".toml":

@@ -18,7 +18,7 @@ from fluidfed.cli import output, settings
 from fluidfed.client import Client
 from fluidfed.data import layout
 from fluidfed.data.layout import SidecarConfig, WorkerConfig
-from fluidfed.errors import ConfigError, Problem
+from fluidfed.errors import APIError, ConfigError, Problem
 from fluidfed.models import Document, LoadStatus
 from fluidfed.units import format_size
 
@@ -177,12 +177,14 @@ def _expand(files: list[str]) -> list[str]:
     return out
 
 
-def _load_all(files: list[str]) -> list[tuple[str, Document]]:
+def _load_all(files: list[str]) -> list[tuple[str, Document, str]]:
+    """Every document named, with its file and its text (to place the hub's problems)."""
     docs, problems = [], []
     for f in _expand(files):
         try:
-            doc = config.loads(sys.stdin.read(), file="<stdin>") if f == "-" else config.load(f)
-            docs.append((f, doc))
+            source = sys.stdin.read() if f == "-" else config.read(Path(f))
+            doc = config.loads(source, file="<stdin>" if f == "-" else f)
+            docs.append((f, doc, source))
         except ConfigError as err:
             problems += err.problems
     if problems:
@@ -300,29 +302,65 @@ async def cluster_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 async def apply(client: Client, args: argparse.Namespace) -> int:
-    for _, doc in _load_all(args.filename):
-        if doc.cluster is not None:
-            result = await client.register_cluster(doc.cluster)
-            output.console.print(f"cluster/{doc.cluster.name} registered")
-            if result.token:
-                # a credential does not belong in output that lands in logs and scrollback
-                output.err_console.print(
-                    f"a token was issued for cluster {doc.cluster.name} and not shown: write "
-                    "one to a file for its agent with `fluidfed cluster register FILE "
-                    "--rotate-token --token-file F`"
+    applied: list[str] = []
+    for f, doc, source in _load_all(args.filename):
+        at = "cluster"  # what is being applied, as a path in the file
+        try:
+            if doc.cluster is not None:
+                result = await client.register_cluster(doc.cluster)
+                output.console.print(f"cluster/{doc.cluster.name} registered")
+                applied.append(f"cluster/{doc.cluster.name}")
+                if result.token:
+                    # a credential does not belong in output that lands in logs and scrollback
+                    output.err_console.print(
+                        f"a token was issued for cluster {doc.cluster.name} and not shown: "
+                        "write one to a file for its agent with `fluidfed cluster register "
+                        "FILE --rotate-token --token-file F`"
+                    )
+            for i, ds in enumerate(doc.dataset):
+                at = f"dataset[{i}]"
+                view = await client.apply_dataset(ds)
+                applied.append(f"dataset/{ds.name}")
+                where = ", ".join(f"{v.binding.cluster} ({v.binding.mode})" for v in view.bindings)
+                output.console.print(
+                    f"dataset/{ds.name} applied (generation {view.generation}); "
+                    f"placed on {where or 'no cluster'}"
                 )
-        for ds in doc.dataset:
-            view = await client.apply_dataset(ds)
-            where = ", ".join(f"{v.binding.cluster} ({v.binding.mode})" for v in view.bindings)
-            output.console.print(
-                f"dataset/{ds.name} applied (generation {view.generation}); "
-                f"placed on {where or 'no cluster'}"
-            )
+        except APIError as err:
+            if not 400 <= err.status < 500:
+                raise
+            if applied:
+                output.err_console.print(
+                    f"applied before the hub refused what follows: {', '.join(applied)}; "
+                    "nothing after it was applied",
+                    markup=False,
+                )
+            raise ConfigError(_placed(err, f, source, at)) from None
         if doc.hub is not None:
             output.console.print(
                 "(a [hub] table configures `fluidfed hub serve`; nothing to apply)"
             )
     return 0
+
+
+def _placed(err: APIError, f: str, source: str, at: str) -> list[Problem]:
+    """The hub's problems with one document (`dataset.mounts[0].uri`) at their place in
+    the file it came from (`dataset[1].mounts[0].uri`, its line)."""
+    try:
+        single = isinstance(tomli.loads(source).get("dataset"), dict)
+    except (tomli.TOMLDecodeError, RecursionError):
+        single = False
+    prefix = "dataset" if single and at.startswith("dataset") else at
+    lines = config.toml_lines(source)
+    file = "<stdin>" if f == "-" else f
+    out = []
+    for p in err.problems or [Problem(err.reason, path=at.split("[")[0])]:
+        path = p.path
+        kind = at.split("[")[0]
+        if path == kind or path.startswith((kind + ".", kind + "[")):
+            path = prefix + path.removeprefix(kind)
+        out.append(Problem(p.message, path=path, file=file, line=config.locate(lines, path)))
+    return out
 
 
 async def get(client: Client, args: argparse.Namespace) -> int:

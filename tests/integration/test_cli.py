@@ -161,3 +161,23 @@ def test_a_hub_that_cannot_start_says_why_without_a_traceback(tmp_path: Path) ->
     cfg.write_text(f'[hub]\ndata_dir = "{afile}"\nport = {port}\n')
     r = run_cli("hub", "serve", "--config", str(cfg), timeout=60)
     assert r.returncode == 2 and f"hub.data_dir: {afile} is a file, not a directory" in r.stderr
+
+
+def test_what_the_hub_refuses_in_a_file_is_placed_in_the_file(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    f = tmp_path / "two.toml"
+    f.write_text(
+        '[[dataset]]\nname = "first"\n[[dataset.mounts]]\nuri = "s3://b/p"\n\n'
+        '[[dataset]]\nname = "second"\n[[dataset.mounts]]\nuri = "dataset://ghost"\n'
+    )
+    r = cli(hub, "apply", "-f", str(f))
+    assert r.returncode == 2, r.stderr
+    # only the hub knows the catalog: its answer, at the second dataset's line 9
+    assert f"{f}:9: dataset[1].mounts[0].uri: " in r.stderr and "ghost" in r.stderr, r.stderr
+    assert "applied before the hub refused what follows: dataset/first" in r.stderr
+    one = tmp_path / "one.toml"
+    one.write_text('[dataset]\nname = "third"\n[[dataset.mounts]]\nuri = "dataset://ghost"\n')
+    r = cli(hub, "apply", "-f", str(one))
+    assert r.returncode == 2 and f"{one}:4: dataset.mounts[0].uri: " in r.stderr, r.stderr
+    assert "applied before" not in r.stderr
