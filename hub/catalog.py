@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -98,6 +98,9 @@ class Catalog:
         self._write = asyncio.Lock()
         self._tick = asyncio.Event()
         self._since_compaction = 0
+        # sync()'s reads of the store's revision, shared by callers (unknown tokens: any
+        # client can send them, and each would otherwise cost the store a round trip)
+        self._revision_reads: _Rounds[int] | None = None
 
     # --- start-up and following a shared store -------------------------------------------
 
@@ -188,7 +191,9 @@ class Catalog:
         store = self.store
         if not isinstance(store, Shared):
             return False
-        return await self.reach(await store.current_revision(), within)
+        if self._revision_reads is None:
+            self._revision_reads = _Rounds(store.current_revision)
+        return await self.reach(await self._revision_reads.result(), within)
 
     def _merge_beats(self, raw: bytes) -> None:
         """Heartbeats another replica received: the newest of each cluster counts."""
@@ -686,3 +691,45 @@ def _same_binding(a: Binding, b: Binding) -> bool:
         return (x.mode, x.replicas, x.generation, x.spec, x.deleting)
 
     return key(a) == key(b)
+
+
+T = TypeVar("T")
+
+
+class _Rounds(Generic[T]):
+    """Calls of `read` shared by concurrent callers, at most one in flight: a caller gets
+    the result of a call that started after it asked (so nothing committed before it asked
+    is missed), and every caller that asked during one call shares the next."""
+
+    def __init__(self, read: Callable[[], Awaitable[T]]) -> None:
+        self._read = read
+        self._next: asyncio.Future[T] | None = None
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def result(self) -> T:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            self._next.add_done_callback(_retrieved)
+        fut = self._next
+        if not self._running:
+            self._running = True
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                fut, self._next = self._next, None
+                try:
+                    fut.set_result(await self._read())
+                except Exception as err:
+                    fut.set_exception(err)
+        finally:
+            self._running = False
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Callers that went away leave no 'exception was never retrieved' behind."""
+    if not fut.cancelled():
+        fut.exception()

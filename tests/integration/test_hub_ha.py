@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from devkit import testing
@@ -482,3 +483,34 @@ async def test_a_load_whose_answer_was_lost_is_applied_once_across_replicas(
                 break
         # one change of ds.c0 for the load, with the key both replicas were sent
         assert seen == [("ds.c0", got.load.key), ("marker.c0", "")]
+
+
+async def test_a_token_issued_at_one_replica_works_at_the_other_at_once(
+    replicas: Replicas,
+) -> None:
+    """The other replica may not have seen the registration yet: it catches up with etcd
+    before it answers 401. Unknown tokens (anyone can send them) all get 401, and share
+    their reads of etcd instead of costing one each."""
+    first, other = replicas.hubs
+    async with Client(first.url, replicas.admin_token) as admin:
+        token = (
+            await admin.register_cluster(
+                Cluster(name="fresh", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+            )
+        ).token
+    async with Client(other.url, token) as fresh:
+        assert (await fresh.heartbeat("fresh")).ready
+
+    async def forged(i: int) -> int:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(
+                other.url + "/api/v1/bindings",
+                headers={"Authorization": f"Bearer ffc.fresh.forged{i}"},
+            ) as resp,
+        ):
+            return resp.status
+
+    assert set(await asyncio.gather(*(forged(i) for i in range(200)))) == {401}
+    async with Client(other.url, token) as fresh:  # still served
+        assert (await fresh.heartbeat("fresh")).ready

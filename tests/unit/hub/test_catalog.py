@@ -1,5 +1,6 @@
 """Catalog revision logic on a real SQLite file."""
 
+import asyncio
 from pathlib import Path
 
 import msgspec
@@ -298,3 +299,28 @@ async def test_a_load_asked_again_with_its_idempotency_key_is_one_load(tmp_path:
     unkeyed = [await cat.request_load("ds", [], "train") for _ in range(2)]
     assert unkeyed[1][0].load is not None and unkeyed[0][0].load is not None
     assert unkeyed[1][0].load.id > unkeyed[0][0].load.id  # without a key, each is new
+
+
+async def test_revision_reads_are_shared_yet_none_started_before_its_caller_asked() -> None:
+    from hub.catalog import _Rounds
+
+    calls = 0
+    release = asyncio.Event()
+
+    async def read() -> int:
+        nonlocal calls
+        calls += 1
+        mine = calls
+        await release.wait()
+        return mine
+
+    rounds = _Rounds(read)
+    first = [asyncio.create_task(rounds.result()) for _ in range(50)]
+    await asyncio.sleep(0)  # the first read is in flight
+    later = [asyncio.create_task(rounds.result()) for _ in range(50)]
+    await asyncio.sleep(0)
+    release.set()
+    assert {await t for t in first} == {1}
+    # who asked while read 1 was in flight gets read 2, started after they asked
+    assert {await t for t in later} == {2}
+    assert calls == 2  # 100 callers, 2 reads of the store
