@@ -229,6 +229,10 @@ class HubConfig(Spec, frozen=True):
     # hub replicas share "etcd://HOST:PORT,HOST:PORT,..." (the `etcd` extra)
     store: str = ""
     etcd_prefix: str = "/fluidfed/"  # the catalog's keys in etcd
+    # compact etcd's history as the event history moves on: all of it, since etcd keeps one
+    # history for every key; false on an etcd shared with others (it then compacts itself:
+    # --auto-compaction-retention), so their watches keep what they need
+    etcd_compact: bool = True
     etcd_ca_file: str = ""  # TLS to etcd: its members' CA ...
     etcd_cert_file: str = ""  # ... and this hub's client certificate, where etcd asks
     etcd_key_file: str = ""

@@ -54,6 +54,7 @@ class EtcdSettings:
     password_file: str = ""  # ... this file, or ...
     password_env: str = "FLUIDFED_ETCD_PASSWORD"  # ... this variable
     lease_ttl: int = 3  # the leader's lease: another replica leads within about this long
+    compact: bool = True  # compact etcd's (whole) history; false: etcd's owner does
     timeout: float = 5.0  # one call to etcd
 
 
@@ -305,6 +306,8 @@ class EtcdStore:
     async def compact(self, keep_events: int, through: int = 0) -> int:
         """Compact etcd's history to all but about the newest `keep_events` revisions (and
         at least through `through`)."""
+        if not self.settings.compact:
+            return self.compacted  # left to etcd's owner (etcd_compact = false)
         now = await self.current_revision()
         target = min(now, max(through, now - keep_events))
         if target <= self.compacted:

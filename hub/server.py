@@ -65,6 +65,7 @@ def open_store(cfg: HubConfig) -> tuple[Store, str]:
     settings = etcd.EtcdSettings(
         endpoints=etcd.parse_url(cfg.store),
         prefix=cfg.etcd_prefix,
+        compact=cfg.etcd_compact,
         ca_file=cfg.etcd_ca_file,
         cert_file=cfg.etcd_cert_file,
         key_file=cfg.etcd_key_file,

@@ -151,3 +151,31 @@ async def test_a_token_etcd_no_longer_takes_is_renewed(
             assert await store.current_revision() >= first
         finally:
             await store.close()
+
+
+async def test_a_hub_on_a_shared_etcd_can_leave_its_compaction_to_others(tmp_path: Path) -> None:
+    """etcd has one history for every key: a hub told not to compact (etcd_compact =
+    false) leaves other users' history alone; by default it compacts."""
+    from hub.etcd import EtcdSettings, EtcdStore
+    from hub.store import Put
+
+    with etcd.EtcdCluster(tmp_path / "etcd", size=1) as members:
+        endpoints = tuple(members.endpoints)
+        for compact in (False, True):
+            prefix = f"/fluidfed-{compact}/".lower()
+            store = EtcdStore(EtcdSettings(endpoints=endpoints, prefix=prefix, compact=compact))
+            try:
+                first = await store.current_revision()
+                base = 0  # each store its own prefix: no catalog there yet
+                for i in range(5):
+                    base = await store.commit(base, [Put("cluster", f"c{i}", b"{}")])
+                await store.compact(keep_events=1)
+                async with grpc.aio.insecure_channel(endpoints[0]) as channel:
+                    old = rpc.RangeRequest(key=b"/other-app/", revision=first)
+                    if compact:
+                        with pytest.raises(grpc.aio.AioRpcError, match="compacted"):
+                            await rpc.KVStub(channel).Range(old)
+                    else:
+                        await rpc.KVStub(channel).Range(old)  # the history is still there
+            finally:
+                await store.close()
