@@ -17,7 +17,8 @@ HTTP connection and cluster token) watching their bindings. Then:
 The simulated agents run on uvloop where installed, all in this process, on the same two
 cores as the hub: their CPU per delivered binding (`client_cpu_us_per_binding`, this
 process's, over the same phases) is reported beside the hub's, since with TLS on they
-decrypt every event there too. Each N runs the hub on plain HTTP and on HTTPS
+decrypt every event there too; `hub_busy` and `client_busy` are the share of one core each
+side took over those phases (near 1: the side the latency waited on). Each N runs the hub on plain HTTP and on HTTPS
 (`--self-signed`, clients verifying its CA), `--repeat` times each in alternating order,
 medians reported: the `tls_vs_plain_*` ratios are the cost of TLS on the fan-out
 (`--no-tls` skips it). The bare server runs over HTTPS as well (`baseline_tls_*`): what
@@ -305,6 +306,7 @@ async def hub_run(
                 lat: list[float] = []
                 cpu0 = cpu_s(hub.proc.pid)
                 client_cpu0 = time.process_time()
+                measured_from = time.monotonic()
                 spy = profiler(profile, hub.proc.pid, f"n{n}-{label}")
                 for r in range(rounds):
                     await admin.apply_dataset(ds(f"lat{r}"))
@@ -320,6 +322,7 @@ async def hub_run(
                 delivered_s = time.monotonic() - t0
                 hub_cpu = cpu_s(hub.proc.pid) - cpu0
                 client_cpu = time.process_time() - client_cpu0
+                measured_s = time.monotonic() - measured_from
                 stop_profiler(spy)
 
                 hub_rss = rss_mib(hub.proc.pid)
@@ -341,6 +344,10 @@ async def hub_run(
             # the simulated agents' process (this one): their HTTP parsing, decoding, and
             # TLS decryption when on, on the same two cores as the hub
             "client_cpu_us_per_binding": client_cpu / ((rounds + burst) * n) * 1e6,
+            # the share of one core each took over the measured phases: near 1, that side
+            # (a single-threaded event loop) was what the latency waited on
+            "hub_busy": hub_cpu / measured_s,
+            "client_busy": client_cpu / measured_s,
             "reconnects": reconnects,  # watches that broke and resumed
             "repeats": repeats,  # events an agent got twice: must stay 0
         }
