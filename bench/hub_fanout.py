@@ -14,15 +14,23 @@ HTTP connection and cluster token) watching their bindings. Then:
   the machine, unlike the wall-clock figures. The baseline server's CPU per delivered line
   is measured the same way (`cpu_vs_baseline`).
 
-The simulated agents run on uvloop where installed. Each N runs the hub on plain HTTP and
-on HTTPS (`--self-signed`, clients verifying its CA), `--repeat` times each in alternating
-order, medians reported: the `tls_vs_plain_*` ratios are the cost of TLS on the fan-out
-(`--no-tls` skips it). `--against DIR` runs the hub of another checkout (main's, say) in
-the same alternation: `this_vs_against_*` are before/after ratios measured in one run.
+The simulated agents run on uvloop where installed, all in this process, on the same two
+cores as the hub: their CPU per delivered binding (`client_cpu_us_per_binding`, this
+process's, over the same phases) is reported beside the hub's, since with TLS on they
+decrypt every event there too; `hub_busy` and `client_busy` are the share of one core each
+side took over those phases (near 1: the side the latency waited on). Each N runs the hub on plain HTTP and on HTTPS
+(`--self-signed`, clients verifying its CA), `--repeat` times each in alternating order,
+medians reported: the `tls_vs_plain_*` ratios are the cost of TLS on the fan-out
+(`--no-tls` skips it). The bare server runs over HTTPS as well (`baseline_tls_*`): what
+TLS costs any HTTP watch here, server and watchers, the floor under the hub's ratios.
+`--profile DIR` samples each hub with py-spy over the measured phases. `--against DIR`
+runs the hub of another checkout (main's, say) in the same alternation:
+`this_vs_against_*` are before/after ratios measured in one run.
 
 The baseline, measured in the same run with the same client process and connection count,
-is a minimal aiohttp server that streams one line to N open responses when told to: the
-floor for any HTTP watch. The hub's figures are reported beside it as ratios.
+is a minimal aiohttp server (on uvloop, as the hub) that streams one line of a binding
+event's size to N open responses when told to: the floor for any HTTP watch. The hub's
+figures are reported beside it as ratios.
 Reference: Karmada reports P99 about 1 s to distribute a resource to 100 clusters.
 """
 
@@ -33,6 +41,8 @@ import asyncio
 import json
 import os
 import resource
+import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -45,11 +55,12 @@ import aiohttp
 
 from devkit.testing import HubProcess
 from fluidfed import Client, errors
+from fluidfed import tls as tls_setup
 from fluidfed.models import Cluster, Dataset, KubeAccess, Mount, Placement
 
 BASELINE_SERVER = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, ssl, sys
     from aiohttp import web
     queues = []
     async def watch(request):
@@ -62,13 +73,22 @@ BASELINE_SERVER = textwrap.dedent(
         for q in queues: q.put_nowait(line)
         return web.Response(text=str(len(queues)))
     app = web.Application(); app.router.add_get("/watch", watch); app.router.add_post("/fire", fire)
+    ctx = None
+    if len(sys.argv) > 2:  # certificate and key: HTTPS, as the hub's --self-signed
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])
     async def main():
         runner = web.AppRunner(app); await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0); await site.start()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx); await site.start()
         print(runner.addresses[0][1], flush=True); await asyncio.Event().wait()
-    asyncio.run(main())
+    try:  # on uvloop, as the hub
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
     """
 )
+LINE_BYTES = 250  # the size of a binding's event in the hub's watch, as the bench applies it
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -94,15 +114,23 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def baseline(n: int, rounds: int) -> tuple[list[float], float]:
-    """Latencies of `rounds` fan-outs to `n` watchers, and the server's CPU µs per line."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BASELINE_SERVER], stdout=subprocess.PIPE, text=True
-    )
+async def baseline(
+    n: int, rounds: int, tls_dir: Path | None = None
+) -> tuple[list[float], float, float]:
+    """Latencies of `rounds` fan-outs to `n` watchers, the server's CPU µs per line and
+    this (the watchers') process's. With `tls_dir`, over HTTPS with a certificate made
+    there as the hub's --self-signed makes its own, the watchers verifying it."""
+    argv = [sys.executable, "-c", BASELINE_SERVER]
+    ctx: ssl.SSLContext | bool = True
+    if tls_dir is not None:
+        made = tls_setup.self_signed(tls_dir, ("127.0.0.1",))
+        argv += [str(made.cert_file), str(made.key_file)]
+        ctx = tls_setup.client_context(tls_setup.ClientTLS(ca_file=str(made.ca_file)))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+    url = f"{'https' if tls_dir else 'http'}://127.0.0.1:{proc.stdout.readline().strip()}"
     got: dict[int, list[float]] = {}
-    sessions = [aiohttp.ClientSession() for _ in range(n)]
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) for _ in range(n)]
     ready = asyncio.Event()
     connected = 0
 
@@ -120,15 +148,18 @@ async def baseline(n: int, rounds: int) -> tuple[list[float], float]:
     await asyncio.sleep(0.2)
     lat: list[float] = []
     cpu0 = cpu_s(proc.pid)
-    async with aiohttp.ClientSession() as ctl:
+    client_cpu0 = time.process_time()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as ctl:
         for r in range(rounds):
-            async with ctl.post(url + "/fire", data=str(r).encode()) as resp:
+            line = str(r).encode().ljust(LINE_BYTES - 1)
+            async with ctl.post(url + "/fire", data=line) as resp:
                 await resp.read()
                 acked = time.monotonic()
             while len(got.get(r, [])) < n:
                 await asyncio.sleep(0.002)
             lat += [t - acked for t in got[r]]
     cpu_us = (cpu_s(proc.pid) - cpu0) / (rounds * n) * 1e6
+    client_cpu_us = (time.process_time() - client_cpu0) / (rounds * n) * 1e6
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -136,7 +167,31 @@ async def baseline(n: int, rounds: int) -> tuple[list[float], float]:
         await s.close()
     proc.terminate()
     proc.wait()
-    return lat, cpu_us
+    return lat, cpu_us, client_cpu_us
+
+
+async def baseline_run(n: int, rounds: int, tls: bool) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        lat, cpu_us, client_cpu_us = await baseline(n, rounds, Path(tmp) if tls else None)
+    return {
+        "p50_ms": pct(lat, 50) * 1000,
+        "p99_ms": pct(lat, 99) * 1000,
+        "cpu_us_per_line": cpu_us,
+        "client_cpu_us_per_line": client_cpu_us,
+    }
+
+
+def _baseline_tls(runs: list[dict[str, float]], plain: dict[str, float]) -> dict[str, float]:
+    """The bare server over HTTPS against itself over HTTP: what TLS costs any HTTP watch
+    on this machine (one TLS record per line, decrypted by the watchers in this process),
+    the floor under the hub's `tls_vs_plain_*`."""
+    if not runs:
+        return {}
+    got = _medians(runs)
+    row = {f"baseline_tls_{k}": round(v, 2) for k, v in got.items()}
+    for k in got:
+        row[f"baseline_tls_vs_plain_{k}"] = round(got[k] / max(plain[k], 1e-3), 2)
+    return row
 
 
 def _config(tmp: Path, n: int) -> list[str]:
@@ -149,7 +204,14 @@ def _config(tmp: Path, n: int) -> list[str]:
 
 
 async def hub_run(
-    n: int, rounds: int, burst: int, *, tls: bool = False, tree: str = ""
+    n: int,
+    rounds: int,
+    burst: int,
+    *,
+    tls: bool = False,
+    tree: str = "",
+    profile: Path | None = None,
+    label: str = "",
 ) -> dict[str, float]:
     """One hub (of source tree `tree`, or this one) fanning out to `n` agents."""
     extra = ["--self-signed"] if tls else []
@@ -243,6 +305,9 @@ async def hub_run(
 
                 lat: list[float] = []
                 cpu0 = cpu_s(hub.proc.pid)
+                client_cpu0 = time.process_time()
+                measured_from = time.monotonic()
+                spy = profiler(profile, hub.proc.pid, f"n{n}-{label}")
                 for r in range(rounds):
                     await admin.apply_dataset(ds(f"lat{r}"))
                     acked = time.monotonic()
@@ -256,6 +321,9 @@ async def hub_run(
                 await asyncio.gather(*(wait_all(f"burst{b}") for b in range(burst)))
                 delivered_s = time.monotonic() - t0
                 hub_cpu = cpu_s(hub.proc.pid) - cpu0
+                client_cpu = time.process_time() - client_cpu0
+                measured_s = time.monotonic() - measured_from
+                stop_profiler(spy)
 
                 hub_rss = rss_mib(hub.proc.pid)
             finally:
@@ -273,9 +341,33 @@ async def hub_run(
             "bindings_delivered_per_s": burst * n / delivered_s,
             "hub_rss_mib": hub_rss,
             "hub_cpu_us_per_binding": hub_cpu / ((rounds + burst) * n) * 1e6,
+            # the simulated agents' process (this one): their HTTP parsing, decoding, and
+            # TLS decryption when on, on the same two cores as the hub
+            "client_cpu_us_per_binding": client_cpu / ((rounds + burst) * n) * 1e6,
+            # the share of one core each took over the measured phases: near 1, that side
+            # (a single-threaded event loop) was what the latency waited on
+            "hub_busy": hub_cpu / measured_s,
+            "client_busy": client_cpu / measured_s,
             "reconnects": reconnects,  # watches that broke and resumed
             "repeats": repeats,  # events an agent got twice: must stay 0
         }
+
+
+def profiler(directory: Path | None, pid: int, label: str) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` (the hub) into `directory`/<label>.txt (collapsed stacks, one
+    per line with its sample count), native frames included: uvloop's and OpenSSL's."""
+    if directory is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{label}.txt"
+    argv = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--native", "--rate", "250"]
+    return subprocess.Popen([*argv, "--output", str(out)], stdout=subprocess.DEVNULL)
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        proc.wait()
 
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -284,7 +376,12 @@ def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def _ratios(row: dict[str, float], prefix: str, of: dict[str, float], to: dict[str, float]) -> None:
     """`of` against `to` as ratios: latencies and CPU (lower is better), applies/s."""
-    for name, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("cpu", "hub_cpu_us_per_binding")):
+    for name, key in (
+        ("p50", "p50_ms"),
+        ("p99", "p99_ms"),
+        ("cpu", "hub_cpu_us_per_binding"),
+        ("client_cpu", "client_cpu_us_per_binding"),
+    ):
         row[f"{prefix}{name}"] = round(of[key] / max(to[key], 1e-3), 2)
     row[f"{prefix}apply_rate"] = round(of["apply_per_s"] / to["apply_per_s"], 2)
 
@@ -297,6 +394,12 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--burst", type=int, default=20)
     ap.add_argument("--no-tls", action="store_true", help="skip the HTTPS run")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="sample each hub with py-spy over the measured phases, into DIR/<run>.txt",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode, alternating")
     ap.add_argument(
         "--against",
@@ -313,27 +416,31 @@ async def main() -> None:
     for n in args.agents:
         runs: dict[tuple[str, bool], list[dict[str, float]]] = {m: [] for m in modes}
         failed = dict.fromkeys(modes, 0)
-        base_p50, base_p99, base_cpu = [], [], []
+        base_runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         for r in range(args.repeat):
-            lat, cpu_us = await baseline(n, args.rounds)
-            base_p50.append(pct(lat, 50) * 1000)
-            base_p99.append(pct(lat, 99) * 1000)
-            base_cpu.append(cpu_us)
+            for tls_on in [False] if args.no_tls else [False, True]:
+                base_runs[tls_on].append(await baseline_run(n, args.rounds, tls_on))
             for tree, tls in modes if r % 2 == 0 else modes[::-1]:
                 try:
-                    one = await hub_run(n, args.rounds, args.burst, tls=tls, tree=tree)
+                    label = f"{'against' if tree else 'this'}-{'tls' if tls else 'plain'}-{r}"
+                    one = await hub_run(
+                        n,
+                        args.rounds,
+                        args.burst,
+                        tls=tls,
+                        tree=tree,
+                        profile=args.profile,
+                        label=label,
+                    )
                 except RuntimeError as err:  # a lost binding: said, counted, not a median
                     print(f"{n} agents, {tree or 'this tree'}, tls={tls}: {err}", file=sys.stderr)
                     failed[(tree, tls)] += 1
                     continue
                 runs[(tree, tls)].append(one)
-        base = {
-            "p50_ms": statistics.median(base_p50),
-            "p99_ms": statistics.median(base_p99),
-            "cpu_us_per_line": statistics.median(base_cpu),
-        }
+        base = _medians(base_runs[False])
         row: dict[str, float] = {"agents": n}
         row |= {f"baseline_{k}": round(v, 2) for k, v in base.items()}
+        row |= _baseline_tls(base_runs[True], base)
         for tree, tls in modes:
             prefix = ("against_" if tree else "") + ("tls_" if tls else "")
             row[f"{prefix}failed_runs"] = failed[(tree, tls)]
