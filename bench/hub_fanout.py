@@ -449,6 +449,7 @@ async def main() -> None:
         help="also run 2 hub replicas on a 3-member etcd (plain HTTP), alternating with SQLite",
     )
     ap.add_argument("--etcd-only", action="store_true", help="only the etcd runs (and baseline)")
+    ap.add_argument("--out", default="hub_fanout.json", help="file name under bench/results")
     ap.add_argument("--profile", metavar="DIR", help="py-spy each hub over the measured phases")
     args = ap.parse_args()
     global PROFILE_DIR
@@ -516,7 +517,7 @@ async def main() -> None:
         print(json.dumps(row), flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "hub_fanout.json").write_text(json.dumps(results, indent=2))
+    (out / args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
