@@ -1,12 +1,14 @@
 """Fan-out of one dataset to N watching agents, against a bare HTTP fan-out baseline.
 
-    python bench/hub_fanout.py [--agents 100 1000] [--rounds 5] [--burst 20]
+    python bench/hub_fanout.py [--agents 100 1000] [--rounds 5] [--burst 20] [--etcd]
 
 For each N: a real hub process, N clusters registered, N simulated agents (each its own
 HTTP connection and cluster token) watching their bindings. Then:
 
 * latency: apply a dataset placed on all N clusters; time from the apply's acknowledgement
-  until each agent has its binding (p50/p99 over rounds x N);
+  until each agent has its binding (p50/p99 over rounds x N), and from the apply's request
+  (`sent_*`: the commit included; the acknowledgement carries all N bindings, so at
+  thousands of clusters some agents have theirs before it arrives);
 * throughput: `burst` such datasets applied back to back (datasets/s, bindings/s);
 * hub RSS after the run;
 * CPU: the hub process's CPU seconds (user + system, from /proc) over the latency and
@@ -19,6 +21,16 @@ on HTTPS (`--self-signed`, clients verifying its CA), `--repeat` times each in a
 order, medians reported: the `tls_vs_plain_*` ratios are the cost of TLS on the fan-out
 (`--no-tls` skips it). `--against DIR` runs the hub of another checkout (main's, say) in
 the same alternation: `this_vs_against_*` are before/after ratios measured in one run.
+
+`--etcd` also runs the hub on etcd, alternating with the SQLite hub: a 3-member etcd on
+loopback (devkit/local/etcd.py), 2 hub replicas on it, agent i's first replica i mod 2 with
+the other to fail over to, apply r sent to replica r mod 2. Its figures are `etcd_*`
+(CPU: both replicas together, per delivered binding; RSS: the larger replica, and each;
+`etcd_store_*`: etcd's three members), `etcd_vs_sqlite_*` the ratios to the SQLite hub of
+the same run (`--etcd-only`: without it). `--profile DIR` records each hub with py-spy
+(installed apart) over the measured phases. While measuring, the simulated agents' clients
+are frozen out of this process's garbage collector (`gc.freeze`): a full collection over
+thousands of them paused the process that timestamps every binding.
 
 The baseline, measured in the same run with the same client process and connection count,
 is a minimal aiohttp server that streams one line to N open responses when told to: the
