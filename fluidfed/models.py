@@ -37,8 +37,10 @@ class Spec(
     pass
 
 
-class Wire(msgspec.Struct, kw_only=True, omit_defaults=True):
-    pass
+class Wire(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """What the hub keeps and sends. Untracked by the garbage collector (gc=False): these
+    are trees of values that never refer back to themselves, and the hub holds one per
+    binding (10,000 clusters x datasets: every full collection walked them all again)."""
 
 
 ClusterKind = Literal["standard", "serverless", "edge"]

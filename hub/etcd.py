@@ -99,6 +99,11 @@ class EtcdStore:
         self._progress_wanted = asyncio.Event()  # someone waits to see etcd's revision
         self._told_compaction = False
         self.compacted = 0
+        # the revisions this replica committed that `follow` has not passed yet: the catalog
+        # applied them when it committed, so their events are not read again (one apply to
+        # N clusters is N events: reading them cost each replica as much as the other's)
+        self._own: set[int] = set()
+        self._followed = 0  # the last revision `follow` passed on
 
     @property
     def where(self) -> str:
@@ -301,7 +306,10 @@ class EtcdStore:
                 f"another hub replica changed the catalog after revision {base}",
                 current=kvs[0].mod_revision if kvs else 0,
             )
-        return int(resp.header.revision)
+        revision = int(resp.header.revision)
+        if revision > self._followed:  # else the feed passed it already, events and all
+            self._own.add(revision)
+        return revision
 
     async def compact(self, keep_events: int, through: int = 0) -> int:
         """Compact etcd's history to all but about the newest `keep_events` revisions (and
@@ -425,6 +433,7 @@ class EtcdStore:
                             start,
                         )
                         snap = await self.load(history=False)
+                        self._passed(snap.revision)
                         yield Change(snap.revision, reset=snap)
                         start = snap.revision + 1
                         break
@@ -432,18 +441,27 @@ class EtcdStore:
                         raise StoreError(f"etcd ended the watch: {resp.cancel_reason}")
                     delay = 0.1
                     # one Change per revision, all its events together: a catalog change is
-                    # never seen half-applied, nor its revision before its events
+                    # never seen half-applied, nor its revision before its events; one this
+                    # replica committed comes without them (the catalog has them already)
                     groups: dict[int, list[Event]] = {}
+                    own = self._own
                     for ev in resp.events:
+                        rev = ev.kv.mod_revision
+                        events = groups.get(rev)
+                        if events is None:
+                            events = groups[rev] = []
+                        if rev in own:
+                            continue
                         got = self._event(ev)
-                        events = groups.setdefault(ev.kv.mod_revision, [])
                         if got is not None:
                             events.append(got)
                     for rev, events in groups.items():
+                        self._passed(rev)
                         yield Change(rev, events)
                         start = rev + 1
                     if not resp.events and not resp.created:
                         start = max(start, resp.header.revision + 1)
+                        self._passed(resp.header.revision)
                         yield Change(resp.header.revision)  # progress: nothing more up to here
             except (grpc.aio.AioRpcError, StoreError) as err:
                 log.warning("following etcd broke (%s): again in %.1fs", _why(err), delay)
@@ -455,6 +473,12 @@ class EtcdStore:
                     ask.cancel()
                 if call is not None:
                     call.cancel()
+
+    def _passed(self, revision: int) -> None:
+        """The feed has passed `revision`: this replica's commits up to it are behind."""
+        self._followed = max(self._followed, revision)
+        if self._own:
+            self._own = {r for r in self._own if r > revision}
 
     async def _ask_progress(self, call: Any) -> None:
         """Every second, ask etcd how far the watch is (it answers once it sent all up to

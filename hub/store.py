@@ -89,7 +89,8 @@ REV, BEAT = "rev", "beat"
 @dataclass(frozen=True, slots=True)
 class Change:
     """One step of a shared store's feed: the events of one revision (none: the store is
-    at `revision`), or, when the history the feed needed was compacted, a new snapshot."""
+    at `revision`, or the change is one this replica committed, which its catalog applied
+    then), or, when the history the feed needed was compacted, a new snapshot."""
 
     revision: int
     events: list[Event] = field(default_factory=list)

@@ -124,8 +124,9 @@ class EtcdCluster:
             "--heartbeat-interval=100",
             "--election-timeout=1000",
             "--log-level=warn",
-            # a hub change is one transaction: a dataset placed on many clusters is many ops
-            "--max-txn-ops=10000",
+            # a hub change is one transaction: a dataset placed on N clusters is N + 2 ops
+            # (its bindings, its record, the revision key), so 10,000 did not fit in 10,000
+            "--max-txn-ops=100000",
             "--max-request-bytes=33554432",
             *self._tls_flags(),
         ]

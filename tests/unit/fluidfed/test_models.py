@@ -3,6 +3,8 @@ progress, and the decoding policy (strict for what users write, tolerant on the 
 
 from __future__ import annotations
 
+import gc
+
 import msgspec
 import pytest
 
@@ -53,3 +55,13 @@ def test_user_specs_refuse_unknown_keys_but_the_wire_tolerates_them() -> None:
     wire = codec.to_builtins(testing.binding())
     wire["added_in_a_later_version"] = 1
     assert codec.convert(wire, Binding) == testing.binding()
+
+
+def test_what_the_hub_keeps_per_binding_is_not_the_garbage_collectors_work() -> None:
+    ds = testing.dataset("d")
+    wire = msgspec.json.encode(
+        Binding(name="d.c", dataset="d", cluster="c", mode="csi", replicas=1, generation=1, spec=ds)
+    )
+    b = codec.decoder(Binding).decode(wire)
+    assert not gc.is_tracked(b)  # the hub holds one per binding: never walked by collections
+    assert b == codec.decoder(Binding).decode(wire)

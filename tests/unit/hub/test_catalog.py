@@ -324,3 +324,30 @@ async def test_revision_reads_are_shared_yet_none_started_before_its_caller_aske
     # who asked while read 1 was in flight gets read 2, started after they asked
     assert {await t for t in later} == {2}
     assert calls == 2  # 100 callers, 2 reads of the store
+
+
+async def test_the_bindings_of_a_dataset_share_one_spec_and_keep_their_own_when_it_differs(
+    tmp_path: Path,
+) -> None:
+    cat = await new_catalog(tmp_path)
+    for name in ("a", "b", "c"):
+        await cat.register_cluster(Cluster(name=name))
+    await cat.apply_dataset(ds())
+    a, b, c = (cat.bindings[f"ds.{n}"] for n in "abc")
+    assert a.spec is b.spec is c.spec  # one object in memory, not one per cluster
+    await cat.store.close()
+    again = await new_catalog(tmp_path)
+    assert again.bindings == cat.bindings
+    assert again.bindings["ds.a"].spec is again.bindings["ds.c"].spec
+    # placed on a alone: a's binding gets the new spec, b's and c's are retired with the old
+    await again.apply_dataset(ds(clusters=["a"]))
+    a, b, c = (again.bindings[f"ds.{n}"] for n in "abc")
+    assert a.spec.placement.clusters == ["a"]
+    assert b.deleting and c.deleting
+    assert b.spec.placement.clusters == [] and b.spec is c.spec
+    # the dataset and its last bindings gone: the shared spec is forgotten too
+    await again.delete_dataset("ds")
+    for n in "abc":
+        await again.finalize_binding(f"ds.{n}")
+    assert again.bindings == {}
+    assert "ds" not in again._specs
