@@ -1,4 +1,4 @@
-"""The on-disk block file: mapped and checked, and read off the event loop when not cached."""
+"""The on-disk block file: mapped and checked, and copied off the event loop when not cached."""
 
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ async def test_block_files_not_in_the_page_cache_are_read_off_the_event_loop(
         map_block_file(path, cached_only=True)
     data, crc = await load_block_file(path)  # read from the disk, in a thread
     assert data == payload and crc == blocks.checksum(payload)
+    # copied, not mapped: faulting a mapping in from the disk holds the process's mmap
+    # lock, and the readers of other cold block files would wait for it
+    assert isinstance(data, bytes)
     # now it is cached: mapped right away
     again, _ = map_block_file(path, cached_only=True)
-    assert again == payload
+    assert isinstance(again, memoryview) and again == payload
+    mapped, _ = await load_block_file(path)
+    assert isinstance(mapped, memoryview) and mapped == payload
