@@ -175,7 +175,7 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
     }
     if requests:
         resources = {"requests": requests, "limits": dict(requests)}
-    image = ds.cache.image or ctx.worker_image  # a dataset may pin its workers' image
+    image = ctx.worker_image  # each cluster's own (its mirror, its version), never a spec's
     container: dict[str, Any] = {
         "name": "worker",
         "image": image,

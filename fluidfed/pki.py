@@ -115,6 +115,18 @@ def not_after(cert_pem: bytes) -> dt.datetime:
     return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
 
 
+def validity(chain_pem: bytes) -> list[tuple[str, dt.datetime, dt.datetime]]:
+    """Each certificate of a PEM chain: (its subject, valid from, valid until)."""
+    return [
+        (
+            c.subject.rfc4514_string() or "(no subject)",
+            c.not_valid_before_utc,
+            c.not_valid_after_utc,
+        )
+        for c in x509.load_pem_x509_certificates(chain_pem)
+    ]
+
+
 def rsa_keypair() -> tuple[bytes, bytes]:
     """Service-account signing key (private PEM) and its public key (PEM)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -31,15 +31,27 @@ _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 URI_SCHEMES = ("s3", "oss", "http", "https", "file", "dataset", "nfs", "juicefs")
+# option names that hold a credential: compounds anywhere (accessKey, fs.s3a.secret.key's
+# "secret"), words between separators (a.password, db_pwd), and short names alone (sig);
+# not any name that merely contains "auth" or "signature" (signature_version, oauth_scope,
+# alluxio.security.authorization.permission.enabled are settings, not secrets)
 _SECRET_OPTION = re.compile(
-    r"(secret|password|passw(or)?d|pwd|passphrase|token|access[_-]?key|api[_-]?key"
-    r"|private[_-]?key|credential|auth|^sk$|^sas$|^sig$|signature)",
+    r"(access|secret|api|private)[_-]?key|(session|security)[_-]?token"
+    r"|(^|[._-])(secret|password|passwd|pwd|passphrase|token|credentials?)([._-]|$)"
+    r"|^(sk|sas|sig|signature|auth|authorization)$",
     re.I,
 )
-# query parameters that sign or authorize a URL (S3 presigned, Azure SAS, OSS, GCS)
-_SECRET_QUERY = re.compile(r"^(x-(amz|goog|oss)-.*|sig|signature|sv|se|sp|ossaccesskeyid)$", re.I)
-# a Kubernetes quantity as the API server parses it: "100m", "1.5", "256Mi", "1e3"
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+# query parameters that sign or authorize a URL: S3 and GCS presigned URLs, Azure SAS (sig),
+# OSS signed URLs; not other x-amz-*/x-oss-* parameters (x-oss-process is an image style)
+_SECRET_QUERY = re.compile(
+    r"^(x-amz-(signature|credential|security-token)|x-goog-(signature|credential)"
+    r"|sig|signature|ossaccesskeyid|security-token)$",
+    re.I,
+)
+# a Kubernetes quantity as the API server parses it: "100m", "1.5", "256Mi", "1e3", "250000n"
+_QUANTITY = re.compile(
+    r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+)
 # options the under-storage reader would take over what the URI (or the Secret) says
 _URI_OPTIONS = ("root", "bucket", "container", "name", "allow_anonymous")
 RESERVED_PREFIXES = (names.PREFIX, "topology.kubernetes.io/")
@@ -218,11 +230,13 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
     problems: list[Problem] = []
     problems += check_quantity(cache.resources.cpu, f"{path}.resources.cpu")
     problems += check_quantity(cache.resources.memory, f"{path}.resources.memory")
-    if cache.image != cache.image.strip() or any(ch.isspace() for ch in cache.image):
+    if cache.image:
+        # one spec for every cluster would pick what each runs (air-gapped mirrors, the
+        # root init container that owns the node's tier directories): the agent's to say
         problems.append(
             Problem(
-                f"image {cache.image!r} has spaces in it: give a reference such as "
-                "registry.example/fluidfed:1.2",
+                "the workers' image is each cluster's own: set worker_image in that "
+                "cluster's agent configuration, and remove image here",
                 path=f"{path}.image",
             )
         )
@@ -392,8 +406,8 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
         shown = redacted(m.uri)
         signed = [k for k, _ in parse_qsl(parts.query) if _SECRET_QUERY.match(k)]
         if parts.username is not None or parts.password is not None or signed:
-            if signed:
-                shown = parts._replace(query="***").geturl()
+            if signed:  # neither the signature nor a password beside it is shown
+                shown = urlsplit(redacted(m.uri))._replace(query="***").geturl()
             problems.append(
                 Problem(
                     f"uri {shown!r} carries credentials: remove them from the URI and name a "

@@ -743,8 +743,13 @@ class _Rounds(Generic[T]):
                 fut, self._next = self._next, None
                 try:
                     fut.set_result(await self._read())
-                except Exception as err:
+                except BaseException as err:  # a cancelled read too: no caller waits forever
+                    if isinstance(err, asyncio.CancelledError):
+                        fut.cancel()
+                        raise
                     fut.set_exception(err)
+                    if not isinstance(err, Exception):
+                        raise
         finally:
             self._running = False
 

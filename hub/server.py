@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import signal
 import ssl
@@ -21,6 +22,8 @@ from hub.app import make_app
 from hub.catalog import Catalog
 from hub.store import SQLiteStore, Store
 
+log = logging.getLogger("fluidfed.hub")
+
 
 def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]:
     """The serving context, and a note for the ready line on where clients find the CA."""
@@ -36,14 +39,7 @@ def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]
         return ctx, f"; self-signed, CA in {made.ca_file}"
     if cfg.tls_cert_file:
         ctx = tls.server_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
-        expires = pki.not_after(Path(cfg.tls_cert_file).read_bytes())
-        if expires <= dt.datetime.now(dt.UTC):
-            # every client would refuse it: said here, not as each agent's failure
-            raise ConfigError.one(
-                f"the certificate expired on {expires:%Y-%m-%d %H:%M} UTC: renew it",
-                file=cfg.tls_cert_file,
-                path="hub.tls_cert_file",
-            )
+        _check_validity(cfg.tls_cert_file)
         return ctx, ""
     return None, ""
 
@@ -76,6 +72,25 @@ def open_store(cfg: HubConfig) -> tuple[Store, str]:
     )
     shared = etcd.EtcdStore(settings)
     return shared, shared.where
+
+
+def _check_validity(cert_file: str) -> None:
+    """Every certificate of the served chain in its validity period: one that expired is
+    refused here (every client would refuse it, each as its own failure), one not valid
+    yet is said (a clock apart, most likely)."""
+    now = dt.datetime.now(dt.UTC)
+    for what, start, end in pki.validity(Path(cert_file).read_bytes()):
+        if end <= now:
+            raise ConfigError.one(
+                f"the certificate {what} expired on {end:%Y-%m-%d %H:%M} UTC: renew it",
+                file=cert_file,
+                path="hub.tls_cert_file",
+            )
+        if start > now:
+            log.warning(
+                "the certificate %s in %s is valid only from %s UTC: clients refuse it until "
+                "then (is a clock wrong?)", what, cert_file, f"{start:%Y-%m-%d %H:%M}"
+            )  # fmt: skip
 
 
 def _data_dir(cfg: HubConfig) -> Path:

@@ -18,7 +18,7 @@ from fluidfed.cli import output, settings
 from fluidfed.client import Client
 from fluidfed.data import layout
 from fluidfed.data.layout import SidecarConfig, WorkerConfig
-from fluidfed.errors import APIError, ConfigError, Problem
+from fluidfed.errors import APIError, ConfigError, NotFound, Problem
 from fluidfed.models import Document, LoadStatus
 from fluidfed.units import format_size
 
@@ -239,11 +239,21 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cluster_known(client: Client, name: str) -> bool:
+    """Registered already (registering again then issues no token)."""
+    try:
+        await client.get_cluster(name)
+    except NotFound:
+        return False
+    return True
+
+
 async def cluster_register(client: Client, args: argparse.Namespace) -> int:
     doc = config.load(args.file)
     if doc.cluster is None:
         raise ConfigError([Problem("expected a [cluster] table", file=args.file)])
-    if args.token_file and (why := secretfile.unwritable(Path(args.token_file))):
+    why = secretfile.unwritable(Path(args.token_file)) if args.token_file else ""
+    if why and (args.rotate_token or not await _cluster_known(client, doc.cluster.name)):
         # asked before the hub issues (or rotates) a token that would then be nowhere
         msg = f"cannot write the token there: {why}; nothing was registered or rotated"
         raise ConfigError([Problem(msg, path="--token-file", file=args.token_file)])
@@ -327,14 +337,14 @@ async def apply(client: Client, args: argparse.Namespace) -> int:
                     f"placed on {where or 'no cluster'}"
                 )
         except APIError as err:
-            if not 400 <= err.status < 500:
-                raise
             if applied:
                 output.err_console.print(
                     f"applied before the hub refused what follows: {', '.join(applied)}; "
                     "nothing after it was applied",
                     markup=False,
                 )
+            if err.status not in (400, 422) or not err.problems:
+                raise  # not the file's fault (a token, a conflict, the hub itself): as it is
             raise ConfigError(_placed(err, f, source, at)) from None
         if doc.hub is not None:
             output.console.print(
@@ -354,7 +364,7 @@ def _placed(err: APIError, f: str, source: str, at: str) -> list[Problem]:
     lines = config.toml_lines(source)
     file = "<stdin>" if f == "-" else f
     out = []
-    for p in err.problems or [Problem(err.reason, path=at.split("[")[0])]:
+    for p in err.problems:
         path = p.path
         kind = at.split("[")[0]
         if path == kind or path.startswith((kind + ".", kind + "[")):
@@ -460,10 +470,10 @@ async def dataset_load(client: Client, args: argparse.Namespace) -> int:
 
     final: dict[str, LoadStatus] = {}
     with Progress(
-        TextColumn("{task.description:<14}"),
+        TextColumn("{task.description:<14}", markup=False),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.fields[note]}"),
+        TextColumn("{task.fields[note]}", markup=False),
         console=output.console,
         transient=False,
     ) as bar:

@@ -130,6 +130,9 @@ def test_a_token_file_that_cannot_be_written_rotates_nothing(
     assert r.returncode == 2, r.stderr
     assert "does not exist; nothing was registered or rotated" in r.stderr
     assert "Traceback" not in r.stderr
+    # registered again without a rotation: no token is issued, so where it would go is moot
+    r = cli(hub, "cluster", "register", str(conf), "--token-file", str(bad))
+    assert r.returncode == 0 and "token unchanged" in r.stdout, r.stderr
 
     async def still_valid() -> None:
         async with Client(hub.url, token) as edge:

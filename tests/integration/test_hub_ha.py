@@ -489,8 +489,9 @@ async def test_a_token_issued_at_one_replica_works_at_the_other_at_once(
     replicas: Replicas,
 ) -> None:
     """The other replica may not have seen the registration yet: it catches up with etcd
-    before it answers 401. Unknown tokens (anyone can send them) all get 401, and share
-    their reads of etcd instead of costing one each."""
+    before it answers 401. Unknown tokens (anyone can send them) all get 401, at once, and
+    the replica goes on serving (that they share their reads of etcd is the unit test's:
+    tests/unit/hub/test_catalog.py)."""
     first, other = replicas.hubs
     async with Client(first.url, replicas.admin_token) as admin:
         token = (

@@ -337,16 +337,3 @@ def test_fluids_engines_load_with_fluids_dataload() -> None:
     assert changes["spec"]["policy"] == "Cron" and changes["spec"]["loadMetadata"] is True
     # fluidfed's engine loads on its own workers: no DataLoad
     assert "DataLoad" not in by_kind(render.desired(loading("fluidfed"), CTX, CREDS))
-
-
-def test_a_dataset_may_pin_its_workers_image() -> None:
-    def images(b: Binding) -> set[str]:
-        (sts,) = by_kind(render.desired(b, CTX, CREDS))["StatefulSet"]
-        pod = sts["spec"]["template"]["spec"]
-        return {c["image"] for c in pod["containers"] + pod.get("initContainers", [])}
-
-    assert images(binding()) == {"img:1"}  # the agent's worker_image
-    pinned = binding()
-    cache = msgspec.structs.replace(pinned.spec.cache, image="reg.example/fluidfed:0.9")
-    pinned = msgspec.structs.replace(pinned, spec=msgspec.structs.replace(pinned.spec, cache=cache))
-    assert images(pinned) == {"reg.example/fluidfed:0.9"}  # the worker and its tier-owner

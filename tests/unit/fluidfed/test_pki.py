@@ -67,3 +67,13 @@ def test_a_private_file_written_over_a_readable_one_is_private(tmp_path: Path) -
     pki.write(old, b"new key", private=True)
     assert old.read_bytes() == b"new key"
     assert old.stat().st_mode & 0o777 == 0o600
+
+
+def test_every_certificate_of_a_chain_has_its_validity_read() -> None:
+    import trustme
+
+    leaf = trustme.CA().create_child_ca().issue_cert("hub.example")
+    chain = b"".join(b.bytes() for b in leaf.cert_chain_pems)
+    got = pki.validity(chain)
+    assert len(got) == 2  # the leaf and the intermediate that signed it
+    assert all(start < end for _, start, end in got)

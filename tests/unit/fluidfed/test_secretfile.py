@@ -37,3 +37,14 @@ def test_why_a_destination_cannot_take_a_secret(tmp_path: Path) -> None:
     assert secretfile.unwritable(tmp_path / "t") == ""
     assert secretfile.unwritable(tmp_path) == f"{tmp_path} is a directory"
     assert "does not exist" in secretfile.unwritable(tmp_path / "no" / "t")
+
+
+def test_a_symlinked_secret_is_written_where_the_link_points(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "token").write_text("old\n")
+    link = tmp_path / "token"
+    link.symlink_to(real / "token")
+    secretfile.write(link, "new\n")
+    assert link.is_symlink() and (real / "token").read_text() == "new\n"
+    assert mode(real / "token") == 0o600

@@ -352,13 +352,14 @@ def test_the_agent_keeps_its_token_off_plain_http_when_given_tls_files() -> None
 def test_what_kubernetes_would_refuse_later_is_refused_here() -> None:
     from fluidfed.models import Capabilities, Resources
 
-    cache = CacheSpec(resources=Resources(cpu="lots", memory="a bit"), image="ff: 1")
+    cache = CacheSpec(resources=Resources(cpu="lots", memory="a bit"), image="reg/ff:1")
     got = where(validation.check_dataset(testing.dataset(cache=cache)))
     assert "is not a Kubernetes quantity" in got["dataset.cache.resources.cpu"]
     assert "is not a Kubernetes quantity" in got["dataset.cache.resources.memory"]
-    assert "has spaces in it" in got["dataset.cache.image"]
+    # accepted once and ignored: the image is each cluster's agent's to choose
+    assert "set worker_image in that cluster's agent" in got["dataset.cache.image"]
     for cpu, memory in (("500m", "512Mi"), ("2", "4Gi"), ("0.5", "1e9"), ("", "")):
-        ok = CacheSpec(resources=Resources(cpu=cpu, memory=memory), image="reg.example/ff:1")
+        ok = CacheSpec(resources=Resources(cpu=cpu, memory=memory))
         assert validation.check_dataset(testing.dataset(cache=ok)) == [], (cpu, memory)
     caps = Capabilities(fuse_device_resource="not a resource name!!")
     got = where(validation.check_cluster(testing.cluster("c1", capabilities=caps)))
@@ -407,3 +408,32 @@ def test_a_spec_too_big_for_a_clusters_config_maps_is_refused_where_it_is_big() 
     assert "above 256KiB" in got["dataset.mounts[1]"] and "1 MiB" in got["dataset.mounts[1]"]
     fits = ds(Mount(uri="s3://b/p", options={"note": "a" * 200_000}))
     assert validation.check_dataset(fits) == []
+
+
+def test_a_password_beside_a_signed_query_is_not_shown_either() -> None:
+    uri = "https://user:hunter2@host.example/data?X-Amz-Signature=abc"
+    got = where(validation.check_dataset(ds(Mount(uri=uri))))["dataset.mounts[0].uri"]
+    assert "hunter2" not in got and "abc" not in got and "carries credentials" in got
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "signature_version",
+        "oauth_scope",
+        "alluxio.security.authorization.permission.enabled",
+        "enable_virtual_host_style",
+        "tokenizer",
+    ],
+)
+def test_settings_that_only_mention_auth_or_signature_are_not_credentials(key: str) -> None:
+    assert validation.check_dataset(ds(Mount(uri="s3://b/p", options={key: "x"}))) == []
+
+
+def test_other_query_parameters_and_small_cpu_units_pass() -> None:
+    styled = ds(Mount(uri="https://img.example/a.jpg?x-oss-process=style/thumb&sv=2"))
+    assert validation.check_dataset(styled) == []
+    from fluidfed.models import Resources
+
+    cache = CacheSpec(resources=Resources(cpu="250000n", memory="1Gi"))
+    assert validation.check_dataset(testing.dataset(cache=cache)) == []

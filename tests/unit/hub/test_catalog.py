@@ -351,3 +351,20 @@ async def test_the_bindings_of_a_dataset_share_one_spec_and_keep_their_own_when_
         await again.finalize_binding(f"ds.{n}")
     assert again.bindings == {}
     assert "ds" not in again._specs
+
+
+async def test_a_revision_read_cancelled_under_its_callers_does_not_leave_them_waiting() -> None:
+    from hub.catalog import _Rounds
+
+    async def read() -> int:
+        await asyncio.Event().wait()  # a call that never answers, until cancelled
+        return 0
+
+    rounds = _Rounds(read)
+    waiting = asyncio.create_task(rounds.result())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert rounds._task is not None
+    rounds._task.cancel()  # as at shutdown: the read under them goes
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 5)
