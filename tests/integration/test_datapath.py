@@ -465,7 +465,9 @@ def test_sigterm_during_reads_unmounts_cleanly(data: Path, sidecars: Any) -> Non
     assert not sc.ready_file.exists()
     t.join(10)
     assert not t.is_alive()  # the open file did not hang its reader
-    assert outcome == ["ENOTCONN"]  # the read after the unmount fails at once
+    # reads that were under way end, from the page cache or with ENOTCONN (closing the
+    # file after the unmount says ENOTCONN too): never a hang, never another error
+    assert outcome and set(outcome) <= {"ok", "ENOTCONN"}, outcome
 
 
 def test_a_sidecar_killed_with_sigkill_leaves_a_dead_mount_its_successor_clears(

@@ -70,7 +70,7 @@ async def test_a_full_disk_turns_readyz_false_and_loses_nothing(small_disk: Path
             assert _readyz(hub.url)[0] == 200
             filler = small_disk / "filler"
             await asyncio.to_thread(_fill, filler)  # the disk fills up
-            big = Dataset(name="d", description="x" * 500_000, mounts=[Mount(uri="s3://b/p")])
+            big = Dataset(name="d", description="x" * 200_000, mounts=[Mount(uri="s3://b/p")])
             with pytest.raises(ServerError) as info:
                 await admin.apply_dataset(big)
             assert info.value.status == 503
