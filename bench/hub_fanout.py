@@ -231,10 +231,14 @@ async def hub_run(
     ):
         assert hub.proc is not None
         ca = str(Path(tmp) / "hub" / "tls" / "ca.crt") if tls else ""
-        return await fanout(n, rounds, burst, [hub.url], hub.admin_token, [hub.proc.pid], ca)
+        label = f"{'against' if tree else 'this'}-{'tls' if tls else 'plain'}"
+        return await fanout(
+            n, rounds, burst, [hub.url], hub.admin_token, [hub.proc.pid], ca, label=label
+        )
 
 
 PROFILE_DIR = ""  # --profile: py-spy records each hub process over the measured phases
+_profiled = 0  # runs profiled so far: each its own files (repeats, modes)
 
 
 def _profile(pids: list[int], name: str) -> list[subprocess.Popen[bytes]]:
@@ -242,13 +246,20 @@ def _profile(pids: list[int], name: str) -> list[subprocess.Popen[bytes]]:
     `pids` into PROFILE_DIR as collapsed stacks, until `_stop_profiling`."""
     if not PROFILE_DIR:
         return []
+    global _profiled
+    _profiled += 1
+    name = f"{name}-run{_profiled}"
     out = Path(PROFILE_DIR)
     out.mkdir(parents=True, exist_ok=True)
     return [
         subprocess.Popen(
             [
+                # native frames too: uvloop's and OpenSSL's share of a TLS hub
                 *("py-spy", "record", "--pid", str(pid), "--rate", "50", "--format", "raw"),
-                *("--output", str(out / f"{name}-hub{i}-{pid}.txt"), "--nonblocking"),
+                "--native",
+                # (native stacks need the process stopped at each sample: a profiled
+                # run's figures are for where the time goes, not for comparison)
+                *("--output", str(out / f"{name}-hub{i}-{pid}.txt")),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -283,9 +294,11 @@ async def etcd_run(n: int, rounds: int, burst: int, *, tree: str = "") -> dict[s
             pids = [h.proc.pid for h in hubs if h.proc is not None]
             store_pids = tuple(p.pid for p in members.procs.values())
             urls = [h.url for h in hubs]
+            label = f"{'against' if tree else 'this'}-etcd"
             return await fanout(
-                n, rounds, burst, urls, hubs[0].admin_token, pids, store_pids=store_pids
-            )
+                n, rounds, burst, urls, hubs[0].admin_token, pids, store_pids=store_pids,
+                label=label,
+            )  # fmt: skip
         finally:
             for hub in hubs:
                 hub.stop()
@@ -300,6 +313,7 @@ async def fanout(
     hub_pids: list[int],
     ca: str = "",
     store_pids: tuple[int, ...] = (),
+    label: str = "",
 ) -> dict[str, float]:
     """`n` simulated agents on the hub replicas at `urls`: agent i's first choice is replica
     i mod R, with the others to fail over to (as a real agent given every URL); apply r goes
@@ -397,7 +411,7 @@ async def fanout(
 
             lat: list[float] = []
             sent_lat: list[float] = []  # from the apply's request: its commit included
-            profilers = _profile(hub_pids, f"{n}-{'etcd' if store_pids else 'sqlite'}")
+            profilers = _profile(hub_pids, f"{n}-{label or ('etcd' if store_pids else 'sqlite')}")
             cpu0 = sum(map(cpu_s, hub_pids))
             store_cpu0 = sum(map(cpu_s, store_pids))
             client_cpu0 = time.process_time()
