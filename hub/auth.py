@@ -75,7 +75,8 @@ def load_admin_token(token_file: str, token_env: str, data_dir: Path) -> tuple[s
     path = data_dir / "admin-token"
     if path.exists() and path.read_text().strip():
         return path.read_text().strip(), f"file {path}"
-    token = secrets.token_urlsafe(32)
+    # a prefix, as cluster tokens have: one starting with '-' read as a flag (`--token -x`)
+    token = f"ffa.{secrets.token_urlsafe(32)}"
     data_dir.mkdir(parents=True, exist_ok=True)
     secretfile.write(path, token + "\n")
     return token, f"file {path} (generated)"

@@ -195,7 +195,7 @@ async def test_tls_mistakes_get_the_advice_that_fits(tmp_path: Path) -> None:
     )
     r = run_cli("hub", "serve", "--config", str(hub_cfg(old, "old")), timeout=60)
     assert r.returncode == 2, r.stderr
-    assert re.search(r"hub.tls_cert_file: the certificate \S* ?expired on 2021-12-31", r.stderr)
+    assert re.search(r"hub.tls_cert_file: the certificate .* expired on 2021-12-31", r.stderr)
 
     other_host = ca.issue_cert("hub.example")
     with HubProcess(tmp_path / "h", extra=["--config", str(hub_cfg(other_host, "host"))]) as hub:
@@ -214,5 +214,5 @@ async def test_tls_mistakes_get_the_advice_that_fits(tmp_path: Path) -> None:
 
 def test_https_to_a_plain_hub_says_it_speaks_http(hub: HubProcess) -> None:
     https = "https://" + hub.url.removeprefix("http://")
-    r = run_cli("--hub", https, "--token", hub.admin_token, "get", "clusters")
+    r = run_cli("--hub", https, f"--token={hub.admin_token}", "get", "clusters")  # may start "-"
     assert r.returncode == 1 and f"the hub there speaks plain HTTP: use {hub.url}" in r.stderr

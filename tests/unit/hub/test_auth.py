@@ -62,3 +62,11 @@ def test_a_generated_admin_token_is_owner_only_even_in_a_loose_empty_file(tmp_pa
     token, where = auth.load_admin_token("", "", tmp_path)
     assert where.endswith("(generated)") and token
     assert oct((tmp_path / "admin-token").stat().st_mode & 0o777) == "0o600"
+
+
+def test_generated_tokens_never_start_like_a_flag(tmp_path: Path) -> None:
+    # `--token -abc...` is read as another flag: a token may not start with '-'
+    for i in range(64):
+        token, _ = auth.load_admin_token("", "", tmp_path / str(i))
+        assert token.startswith("ffa.")
+    assert auth.new_cluster_token("edge").startswith("ffc.edge.")
