@@ -13,6 +13,7 @@ from fluidfed import secretfile
 from fluidfed.errors import ConfigError
 
 CLUSTER_TOKEN_PREFIX = "ffc"
+ADMIN_TOKEN_PREFIX = "ffa"  # a generated admin token's
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ def load_admin_token(token_file: str, token_env: str, data_dir: Path) -> tuple[s
     if path.exists() and path.read_text().strip():
         return path.read_text().strip(), f"file {path}"
     # a prefix, as cluster tokens have: one starting with '-' read as a flag (`--token -x`)
-    token = f"ffa.{secrets.token_urlsafe(32)}"
+    token = f"{ADMIN_TOKEN_PREFIX}.{secrets.token_urlsafe(32)}"
     data_dir.mkdir(parents=True, exist_ok=True)
     secretfile.write(path, token + "\n")
     return token, f"file {path} (generated)"
