@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from fluidfed import config
+from fluidfed import aio, config
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import AgentConfig, Cluster, KubeAccess
 
@@ -172,7 +172,7 @@ def run_agent(args: argparse.Namespace) -> int:
         finally:
             await kube.close()
 
-    asyncio.run(main())
+    aio.run(main())
     return 0
 
 
@@ -197,7 +197,7 @@ def run_worker(args: argparse.Namespace) -> int:
     ]
     cfg = msgspec.structs.replace(cfg, tiers=tiers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(
+    aio.run(
         server.serve(
             cfg,
             host=args.host,

@@ -18,7 +18,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from fluidfed import secretfile
+from fluidfed import aio, secretfile
 from fluidfed.cli import output
 from fluidfed.errors import FluidfedError
 from fluidfed.models import CLUSTER_KINDS
@@ -152,7 +152,7 @@ def run_up(args: argparse.Namespace) -> int:
             _say(f"{args.name}: installed {found.describe()}")
         return state
 
-    state = asyncio.run(go())
+    state = aio.run(go())
     output.console.print(state.kubeconfig)
     return 0
 
@@ -165,7 +165,7 @@ def run_image_build(args: argparse.Namespace) -> int:
     _say(f"{built.ref}: {built.bytes / 2**20:.0f} MiB, {how}")
     if args.load:
         base = _base(args) or cluster.default_base_dir()
-        seconds = asyncio.run(cluster.load_image(base / args.load, built))
+        seconds = aio.run(cluster.load_image(base / args.load, built))
         _say(f"{built.ref}: imported into {args.load}'s real node in {seconds:.1f}s")
     output.console.print(built.archive)
     return 0
@@ -184,7 +184,7 @@ def run_s3_up(args: argparse.Namespace) -> int:
     pid_file = base / "minio.pid"
     if pid_file.exists() and processes.pid_alive(int(pid_file.read_text())):
         raise FluidfedError(f"a local S3 server already runs (pid file {pid_file})")
-    asyncio.run(binaries.ensure(_say))
+    aio.run(binaries.ensure(_say))
     server = s3.S3Server(base / "data", port=args.port).start(detach=True)
     assert server.proc is not None
     pid_file.write_text(f"{server.proc.pid}\n")
@@ -193,7 +193,7 @@ def run_s3_up(args: argparse.Namespace) -> int:
     if args.sample:
         from devkit import demo
 
-        asyncio.run(server.upload(demo.sample_dataset(small=True), prefix="imagenet"))
+        aio.run(server.upload(demo.sample_dataset(small=True), prefix="imagenet"))
     output.console.print(f"S3 server (MinIO) on {server.endpoint}, bucket datasets")
     if args.sample:
         output.console.print("sample dataset at s3://datasets/imagenet")
@@ -253,7 +253,7 @@ def run_credentials(args: argparse.Namespace) -> int:
                     await asyncio.sleep(0.5)
 
     try:
-        namespace, keys = asyncio.run(wait())
+        namespace, keys = aio.run(wait())
     except TimeoutError:
         raise FluidfedError(
             f"no keys for dataset {args.dataset} in cluster {args.name} after {args.timeout:.0f}s: "
@@ -305,7 +305,7 @@ def run_down(args: argparse.Namespace) -> int:
                 output.err_console.print(f"[yellow]warning:[/yellow] {n}: {what} left behind")
             output.console.print(f"cluster {n} stopped and removed")
 
-    asyncio.run(go())
+    aio.run(go())
     return 0
 
 
@@ -336,7 +336,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     base = Path(args.dir) if args.dir else demo.default_dir()
     if args.action == "down":
-        asyncio.run(demo.stop(base))
+        aio.run(demo.stop(base))
         demo.console.print(f"demo in {base} stopped and removed")
         return 0
     from devkit import preflight
@@ -353,7 +353,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "scripts/setup installs or checks all of it (scripts/demo runs it)"
         )
         return 2
-    asyncio.run(
+    aio.run(
         demo.Demo(
             base, quick=args.quick, keep=args.keep, real_node=args.real_node, ha=args.ha
         ).run()

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
-from fluidfed import config
+from fluidfed import aio, config
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import HubConfig
 
@@ -53,19 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     restore.set_defaults(run=run_restore)
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed (its TLS and sockets cost the hub's fan-out a fraction of
-    asyncio's: bench/hub_fanout.py), unless FLUIDFED_EVENT_LOOP=asyncio."""
-    if os.environ.get("FLUIDFED_EVENT_LOOP", "uvloop") == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 # the file and directory settings of [hub]: relative ones are taken from the config file's
 # directory, as in the agent's, worker's and sidecar's files (flags: from the current one)
 _PATHS = (
@@ -101,7 +85,7 @@ def run_backup(args: argparse.Namespace) -> int:
 
     cfg = _store_config(args)
     if cfg.store:
-        size, where = asyncio.run(_etcd_snapshot(cfg, Path(args.file)))
+        size, where = aio.run(_etcd_snapshot(cfg, Path(args.file)))
         print(
             f"etcd snapshot of {where} saved to {args.file} ({size} bytes, consistent; every "
             "key of that etcd, not only the catalog's): `fluidfed hub restore` says how to "
@@ -169,6 +153,5 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     if overrides:
         cfg = msgspec.structs.replace(cfg, **overrides)
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(server.serve(cfg, self_signed=args.self_signed))
+    aio.run(server.serve(cfg, self_signed=args.self_signed))
     return 0

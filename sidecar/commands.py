@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from fluidfed import config
+from fluidfed import aio, config
 from fluidfed.data.layout import Peers, SidecarConfig
 from fluidfed.errors import ConfigError, FluidfedError, Problem
 from fluidfed.models import Mount
@@ -176,5 +175,5 @@ def run_mount(args: argparse.Namespace) -> int:
             sc, status_host=host, status_port=int(port), exit_with_peers=args.exit_with_peers
         )
 
-    asyncio.run(main())
+    aio.run(main())
     return 0

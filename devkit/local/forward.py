@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import sys
 
+from fluidfed import aio
+
 
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
@@ -56,7 +58,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(argv[0], argv[1]))
+        aio.run(serve(argv[0], argv[1]))
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import tomli
 
-from fluidfed import config, cron, secretfile
+from fluidfed import aio, config, cron, secretfile
 from fluidfed.cli import output, settings
 from fluidfed.client import Client
 from fluidfed.data import layout
@@ -157,7 +157,7 @@ def _hub(
             async with Client(s.hub, s.token, ca_file=s.ca_file) as client:
                 return await fn(client, args)
 
-        return asyncio.run(go())
+        return aio.run(go())
 
     return run
 

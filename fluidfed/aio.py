@@ -1,0 +1,53 @@
+"""How every fluidfed process runs its event loop: `run(main())`, on uvloop.
+
+Two reasons, each measured:
+- the hub's TLS and sockets cost a fraction of asyncio's on uvloop (bench/hub_fanout.py;
+  README "Measured design decisions");
+- OpenDAL's Tokio threads complete a Python future with `loop.call_soon_threadsafe`. asyncio's
+  version releases the GIL to write its wake-up byte, so a thread still inside it when the
+  main thread returns races the interpreter's shutdown: CPython 3.11 ends a thread that asks
+  for the GIL back by then with `pthread_exit`, which aborts a Rust thread (SIGABRT, exit
+  code 134, after the command had succeeded). 10 of 60 short processes that wrote 200
+  objects through OpenDAL aborted so on asyncio, 0 of 120 on uvloop, whose wake-up keeps
+  the GIL. A sidecar container that ends with 134 marks the pod's run failed.
+
+`FLUIDFED_EVENT_LOOP=asyncio` opts out (to compare, or to debug with asyncio's tools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from fluidfed.errors import FluidfedError
+
+T = TypeVar("T")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop unless FLUIDFED_EVENT_LOOP=asyncio (None: asyncio's own)."""
+    choice = os.environ.get("FLUIDFED_EVENT_LOOP", "uvloop")
+    if choice == "asyncio":
+        return None
+    if choice != "uvloop":
+        raise FluidfedError(
+            f"FLUIDFED_EVENT_LOOP={choice!r} in the environment: set it to 'uvloop' (the "
+            "default) or 'asyncio', or unset it"
+        )
+    import uvloop
+
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on a new loop (see the module's docstring), as asyncio.run."""
+    try:
+        factory = loop_factory()
+    except BaseException:
+        main.close()  # never started: no "was never awaited" warning on top of the error
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
