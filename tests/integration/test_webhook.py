@@ -41,7 +41,8 @@ def app_pod(name: str, claim: str) -> dict[str, Any]:
 
 
 async def ready(fleet: Fleet, name: str, cluster: str) -> Any:
-    await eventually(lambda: bound_view(fleet, name), f"{name} Bound on {cluster}", timeout=90)
+    # kwok turns pods Ready late under a loaded suite: the default, generous timeout
+    await eventually(lambda: bound_view(fleet, name), f"{name} Bound on {cluster}")
     url = ""
 
     async def serving() -> bool:
