@@ -13,7 +13,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from devkit.local import secrets
-from devkit.testing import eventually
+from devkit.testing import NotYet, eventually
 from fluidfed.models import Access, CacheSpec, CacheTier, Placement
 from fluidfed.units import ByteSize
 from tests.integration.conftest import Fleet, bound_view, dataset
@@ -40,9 +40,13 @@ def app_pod(name: str, claim: str) -> dict[str, Any]:
     }
 
 
-async def ready(fleet: Fleet, name: str, cluster: str) -> Any:
+async def ready(fleet: Fleet, name: str, cluster: str, api: Any) -> Any:
+    async def bound() -> Any:
+        got = await bound_view(fleet, name)
+        return got or NotYet(f"{got}; {await workloads_report(api, f'{name}-home')}")
+
     # kwok turns pods Ready late under a loaded suite: the default, generous timeout
-    await eventually(lambda: bound_view(fleet, name), f"{name} Bound on {cluster}")
+    await eventually(bound, f"{name} Bound on {cluster}")
     url = ""
 
     async def serving() -> bool:
@@ -53,6 +57,22 @@ async def ready(fleet: Fleet, name: str, cluster: str) -> Any:
 
     await eventually(serving, "webhook serving")
     return url
+
+
+async def workloads_report(api: Any, namespace: str) -> str:
+    """What a wait for Bound says when it gives up: the namespace's StatefulSets, pods and
+    warning events (a pod that cannot be scheduled says why there)."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    out = [
+        f"statefulset {s.metadata.name}: {s.status.ready_replicas or 0}/{s.spec.replicas} ready"
+        for s in (await apps.list_namespaced_stateful_set(namespace)).items
+    ]
+    for p in (await core.list_namespaced_pod(namespace)).items:
+        conds = {c.type: c.status for c in p.status.conditions or []}
+        out.append(f"pod {p.metadata.name} on {p.spec.node_name}: {p.status.phase} {conds}")
+    events = await core.list_namespaced_event(namespace, field_selector="type=Warning")
+    out += [f"event {e.reason} {e.involved_object.name}: {e.message}" for e in events.items]
+    return "; ".join(out) or f"nothing in namespace {namespace}"
 
 
 async def create_when_webhook_is_registered(core: Any, ns: str, pod: dict[str, Any]) -> Any:
@@ -93,7 +113,7 @@ async def test_native_injection_denial_and_certificate_rotation(
     name = "hooked"
     async with fleet.admin() as hub:
         await hub.apply_dataset(dataset(name, placement=Placement(clusters=["serverless"])))
-    url = await ready(fleet, name, "serverless")
+    url = await ready(fleet, name, "serverless", apis["serverless"])
     core = client.CoreV1Api(apis["serverless"])
     home = f"{name}-home"
 
@@ -182,7 +202,7 @@ async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
                 access=[Access(namespace=f"{name}-home")],
             )
         )
-    await ready(fleet, name, "edge")
+    await ready(fleet, name, "edge", apis["edge"])
     core, batch = client.CoreV1Api(apis["edge"]), client.BatchV1Api(apis["edge"])
     home = f"{name}-home"
     # make sure the API server calls the webhook before the Job's pod is created
