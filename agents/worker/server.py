@@ -16,7 +16,6 @@ from typing import BinaryIO, TypeVar
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from agents.worker import sendfile
 from agents.worker.core import Worker, log, remaining_peers
 from fluidfed import errors, telemetry
 from fluidfed.data import blocks, credentials, heap, layout, protocol
@@ -27,9 +26,6 @@ from fluidfed.errors import ConfigError
 M = TypeVar("M", bound=protocol.Message)
 
 WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
-
-# a reader that takes none of a block's bytes for this long is given up on
-SEND_STALL = 60.0
 
 
 class _BlockFile(web.StreamResponse):
@@ -49,11 +45,8 @@ class _BlockFile(web.StreamResponse):
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            if sendfile.usable(transport):
-                await sendfile.send(transport, self._file, 0, self._size, stall=SEND_STALL)
-            else:  # TLS: the bytes go through the transport
-                while chunk := await asyncio.to_thread(self._file.read, 2**20):
-                    await writer.write(chunk)
+            # asyncio falls back to reading and writing where the transport cannot (TLS)
+            await asyncio.get_running_loop().sendfile(transport, self._file, 0, self._size)
             await super().write_eof()
             return writer
         finally:
