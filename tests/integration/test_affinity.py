@@ -80,7 +80,7 @@ async def test_readers_land_beside_the_datasets_workers_and_schedule_without_the
 async def _readers_and_workers(fleet: Fleet, core: Any) -> None:
     async with fleet.admin() as hub:
         await hub.apply_dataset(near(replicas=1))
-    await ready(fleet, NAME, "edge")
+    await ready(fleet, NAME, "edge", core.api_client)
 
     async def worker_node() -> Any:
         pods = (await core.list_namespaced_pod(HOME, label_selector=WORKERS)).items
