@@ -201,9 +201,10 @@ class _Attempts:
         return err
 
 
+# a check's None or NotYet means "not yet": never what `eventually` returns
 @overload
 async def eventually(
-    check: Callable[[], Awaitable[T]],
+    check: Callable[[], Awaitable[T | NotYet | None]],
     what: str,
     *,
     timeout: float = ...,  # noqa: ASYNC109
@@ -213,7 +214,7 @@ async def eventually(
 
 @overload
 async def eventually(
-    check: Callable[[], T],
+    check: Callable[[], T | NotYet | None],
     what: str,
     *,
     timeout: float = ...,  # noqa: ASYNC109
@@ -255,7 +256,11 @@ async def eventually(
 
 
 def eventually_blocking(
-    check: Callable[[], T], what: str, *, timeout: float = 120, interval: float = 0.25
+    check: Callable[[], T | NotYet | None],
+    what: str,
+    *,
+    timeout: float = 120,
+    interval: float = 0.25,
 ) -> T:
     """`eventually` for the places that cannot await (sync fixtures and tests, threads):
     the same rules, but a check that hangs is not cut short."""

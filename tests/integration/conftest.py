@@ -121,7 +121,7 @@ def _wait_registered(hub: HubProcess, names: set[str], within: float = 60) -> No
 
     ctx = ssl.create_default_context(cafile=hub.ca_file) if hub.ca_file else None
 
-    def registered() -> bool:
+    def registered() -> bool | NotYet:
         with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
             seen = {c["spec"]["name"] for c in json.loads(resp.read())}
         return names <= seen or NotYet(f"not registered: {sorted(names - seen)}")
