@@ -15,7 +15,7 @@ from aiohttp import web
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from devkit.local import cluster
+from devkit.local import binaries, cluster
 from devkit.testing import eventually, run_cli
 from fluidfed import pki
 from tests.conftest import CONFIGS
@@ -332,7 +332,7 @@ def test_cli_local_up_list_down_leaves_nothing(tmp_path: Path) -> None:
     assert "cli-edge" in listed.stdout and "running" in listed.stdout
     r = subprocess.run(
         [
-            str(cluster.binaries.cache_dir() / "kubectl"),
+            str(binaries.cache_dir() / "kubectl"),
             "--kubeconfig",
             str(kubeconfig),
             "get",

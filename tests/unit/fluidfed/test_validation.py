@@ -7,6 +7,7 @@ import pytest
 
 from devkit import testing
 from fluidfed import codec, validation
+from fluidfed.errors import Problem
 from fluidfed.models import (
     Access,
     AgentConfig,
@@ -29,7 +30,7 @@ from fluidfed.models import (
 from fluidfed.units import ByteSize, Duration
 
 
-def where(problems: list[validation.Problem]) -> dict[str, str]:
+def where(problems: list[Problem]) -> dict[str, str]:
     return {p.path: p.message for p in problems}
 
 

@@ -10,13 +10,12 @@ import pytest
 from devkit import testing
 from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
-    CorruptBlock,
-    NotCached,
     block_path,
     load_block_file,
     map_block_file,
 )
 from fluidfed.data.store import BlockStore
+from fluidfed.errors import CorruptBlock, NotCached
 
 
 async def test_block_files_are_mapped_checked_and_outlive_eviction(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from fluidfed.data import credentials
 from fluidfed.data.credentials import Action, Claims, KeyEntry, Refused
+from fluidfed.errors import ConfigError
 
 KEY = b"k" * 32
 OTHER = b"o" * 32
@@ -176,7 +177,7 @@ def test_credential_files_are_written_0600_and_read_back(tmp_path: Path) -> None
 def test_a_credential_file_without_token_or_keys_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "credentials.json"
     path.write_text("{}")
-    with pytest.raises(credentials.ConfigError, match="neither a token nor keys"):
+    with pytest.raises(ConfigError, match="neither a token nor keys"):
         credentials.load(path)
 
 
