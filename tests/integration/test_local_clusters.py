@@ -186,11 +186,6 @@ async def _ds_observed(apps: Any) -> Any:
     return got.status if got.status.observed_generation else None
 
 
-async def _ds_observed(apps: Any) -> Any:
-    got = await apps.read_namespaced_daemon_set("node-agent", "default")
-    return got.status if got.status.observed_generation else None
-
-
 async def _ds_scheduled(apps: Any, n: int) -> Any:
     got = await apps.read_namespaced_daemon_set("node-agent", "default")
     return got.status if got.status.desired_number_scheduled == n else None
