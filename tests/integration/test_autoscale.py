@@ -2,6 +2,7 @@
 move the binding's replicas, with the reason on record; no metrics, no decision."""
 
 import asyncio
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> 
             # the cache fills: replicas rise one step per decision up to the max
             for want in (2, 3, 4):
                 await report(1.0)
-                await eventually(lambda w=want: replicas(w), f"{want} replicas")
+                await eventually(functools.partial(replicas, want), f"{want} replicas")
             await report(1.0)
             await asyncio.sleep(0.6)
             assert await replicas(4)  # max_replicas holds

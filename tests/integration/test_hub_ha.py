@@ -261,9 +261,11 @@ async def test_killing_the_leader_mid_burst(replicas: Replicas) -> None:
         # every cluster's stream, resumed on the other replica, is the whole history once
         for c in CLUSTERS:
             s = streams[c]
-            await eventually(
-                lambda s=s: s.revision >= last or s.gone, f"{c}'s watch to reach {last}"
-            )
+
+            def caught_up(s: Stream = s) -> bool | str:
+                return s.revision >= last or s.gone
+
+            await eventually(caught_up, f"{c}'s watch to reach {last}")
             assert not s.gone, f"{c}'s watch had to list again: {s.gone}"
             again = await replay(other.url, r.tokens[c], s, s.revision)
             seen = [e for e in s.events if e[0] <= s.revision]

@@ -3,6 +3,7 @@ driven with kubernetes-asyncio: what fluidfed's agents will rely on."""
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import ssl
@@ -171,10 +172,12 @@ async def test_daemonset_skips_the_serverless_virtual_node(
             apps = client.AppsV1Api(api)
             await apps.create_namespaced_daemon_set("default", ds)
 
-            status = await eventually(lambda a=apps: _ds_observed(a), what="DaemonSet observed")
+            status = await eventually(
+                functools.partial(_ds_observed, apps), what="DaemonSet observed"
+            )
             if kind == "standard":
                 status = await eventually(
-                    lambda a=apps: _ds_scheduled(a, 3), what="DaemonSet on 3 standard nodes"
+                    functools.partial(_ds_scheduled, apps, 3), what="DaemonSet on 3 standard nodes"
                 )
             results[kind] = status.desired_number_scheduled
             await apps.delete_namespaced_daemon_set("node-agent", "default")
