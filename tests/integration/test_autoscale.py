@@ -21,6 +21,7 @@ from fluidfed.models import (
     Figures,
     KubeAccess,
 )
+from fluidfed.units import Duration
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,8 @@ async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> 
                 min_replicas=1,
                 max_replicas=4,
                 max_step=1,
-                scale_up_window=0.0,
-                scale_down_window=5.0,
+                scale_up_window=Duration(0.0),
+                scale_down_window=Duration(5.0),
             )
             await admin.apply_dataset(
                 testing.dataset(

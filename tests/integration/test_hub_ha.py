@@ -36,6 +36,7 @@ from fluidfed.models import (
     KubeAccess,
     Placement,
 )
+from fluidfed.units import Duration
 from tests.integration.conftest import CAPS, dataset
 
 pytestmark = pytest.mark.integration
@@ -190,8 +191,8 @@ async def test_killing_the_leader_mid_burst(replicas: Replicas) -> None:
         min_replicas=1,
         max_replicas=4,
         max_step=1,
-        scale_up_window=0.0,
-        scale_down_window=0.0,
+        scale_up_window=Duration(0.0),
+        scale_down_window=Duration(0.0),
     )
     async with Client(r.urls(leader), r.admin_token) as admin:
         await admin.apply_dataset(

@@ -32,6 +32,7 @@ from fluidfed import Client, names
 from fluidfed.data import credentials, protocol, ufs
 from fluidfed.errors import LocalClusterError
 from fluidfed.models import Access, CacheSpec, CacheTier, Dataset, Mount
+from fluidfed.units import ByteSize
 from tests.integration import sources
 from tests.integration.test_webhook import create_when_webhook_is_registered
 
@@ -951,7 +952,7 @@ async def test_edge_job_in_the_legacy_form_reads_the_workers_disk_tier_on_its_no
             await edge_cluster.api_client() as api,
             _kwok_nodes_cordoned(api),
         ):
-            tier = CacheTier(medium="SSD", quota=2**30, path=str(ssd))
+            tier = CacheTier(medium="SSD", quota=ByteSize(2**30), path=str(ssd))
             await c.apply_dataset(
                 Dataset(
                     name=name, namespace=home, mounts=[Mount(uri=url)],

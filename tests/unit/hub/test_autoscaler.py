@@ -13,6 +13,7 @@ from fluidfed.models import (
     Cluster,
     Figures,
 )
+from fluidfed.units import Duration
 from hub.autoscaler import Autoscaler
 from hub.catalog import Catalog
 from hub.store import SQLiteStore
@@ -22,8 +23,8 @@ POLICY = AutoscalePolicy(
     min_replicas=1,
     max_replicas=5,
     max_step=1,
-    scale_up_window=0.0,
-    scale_down_window=0.0,
+    scale_up_window=Duration(0.0),
+    scale_down_window=Duration(0.0),
 )
 
 

@@ -1,5 +1,7 @@
 """Placement is a pure function of (dataset, clusters, current bindings)."""
 
+from typing import Literal
+
 import msgspec
 import pytest
 
@@ -15,6 +17,7 @@ from fluidfed.models import (
     LabelSelector,
     Mount,
     Placement,
+    SelectorOp,
     SelectorRequirement,
 )
 from hub import placement
@@ -28,7 +31,7 @@ def cluster(
     region: str = "r1",
     zone: str = "z1",
     fluid: bool = False,
-    state: str | None = "Ready",
+    state: Literal["Ready", "Offline"] | None = "Ready",
 ) -> ClusterRecord:
     caps = Capabilities(csi=fluid, fluid=fluid)
     return testing.cluster_record(
@@ -82,10 +85,10 @@ def test_match_labels_and_kinds_are_anded() -> None:
         ("DoesNotExist", [], []),
     ],
 )
-def test_match_expressions(op: str, values: list[str], expected: list[str]) -> None:
+def test_match_expressions(op: SelectorOp, values: list[str], expected: list[str]) -> None:
     sel = LabelSelector(
         match_expressions=[SelectorRequirement(key="env", operator=op, values=values)]
-    )  # type: ignore[arg-type]
+    )
     assert names(placement.place(dataset(selector=sel), 1, FLEET, {})) == expected
 
 
@@ -172,6 +175,7 @@ def test_autoscaled_replicas_survive_replacement() -> None:
     }
     assert placement.place(ds, 2, FLEET[:1], scaled)["a"].replicas == 4
     # a policy narrowed below what the autoscaler had: clamped to the new bounds
+    assert ds.autoscale is not None
     narrower = msgspec.structs.replace(
         ds, autoscale=msgspec.structs.replace(ds.autoscale, min_replicas=1, max_replicas=3)
     )
