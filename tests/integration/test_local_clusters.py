@@ -43,7 +43,7 @@ async def test_namespace_crd_statefulset_watch_and_namespace_deletion(
         await core.create_namespace({"metadata": {"name": ns}})
 
         # a CRD becomes Established, then holds an object
-        crd = {
+        crd: dict[str, Any] = {
             "apiVersion": "apiextensions.k8s.io/v1",
             "kind": "CustomResourceDefinition",
             "metadata": {"name": f"widgets{kind}.example.fluidfed.io"},

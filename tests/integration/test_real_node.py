@@ -628,7 +628,7 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
     state = real_cluster.state
     assert state is not None and state.network is not None
     (tmp_path / "hello").write_text("hello from the host side")
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "podnet"},

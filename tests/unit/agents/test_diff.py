@@ -1,5 +1,7 @@
 """What counts as a difference between a desired object and the live one."""
 
+from typing import Any
+
 from agents import diff
 
 
@@ -8,7 +10,7 @@ def test_subset_compare() -> None:
         "metadata": {"name": "x", "labels": {"a": "1"}},
         "spec": {"replicas": 2, "ports": [{"port": 1}]},
     }
-    live = {
+    live: dict[str, Any] = {
         "metadata": {"name": "x", "labels": {"a": "1", "b": "2"}, "resourceVersion": "9"},
         "spec": {"replicas": 2, "ports": [{"port": 1, "protocol": "TCP"}]},
         "status": {},

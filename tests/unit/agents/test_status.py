@@ -35,7 +35,7 @@ def test_status_of_a_sidecar_binding() -> None:
 def test_status_of_a_csi_binding_reads_fluid() -> None:
     b = binding("csi")
     api = "data.fluid.io/v1alpha1"
-    live = {
+    live: dict[tuple[str, str, str, str], dict[str, Any]] = {
         (api, "Dataset", "ml", "imagenet"): {
             "status": {
                 "phase": "Bound",

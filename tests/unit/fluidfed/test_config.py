@@ -42,7 +42,10 @@ def test_every_example_config_is_valid() -> None:
 
     files = sorted(CONFIGS.rglob("*.toml"))
     assert len(files) >= 5
-    data_path = {"sidecar.toml": SidecarConfig, "worker.toml": WorkerConfig}
+    data_path: dict[str, type[SidecarConfig | WorkerConfig]] = {
+        "sidecar.toml": SidecarConfig,
+        "worker.toml": WorkerConfig,
+    }
     for f in files:
         if f.name in data_path:
             config.load_file(f, data_path[f.name])  # the sidecar's and worker's own files

@@ -297,7 +297,9 @@ def test_a_long_dataset_name_still_gives_names_kubernetes_takes() -> None:
     assert all(len(n) <= 63 for n in names_), [n for n in names_ if len(n) > 63]
 
 
-SSD_POD = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}]}
+SSD_POD: dict[str, Any] = {
+    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "ssd"}}]
+}
 
 WORKERS_TERM = {
     "weight": 100,
