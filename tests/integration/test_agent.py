@@ -38,6 +38,7 @@ async def owned(api: Any, ns: str) -> dict[str, str]:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     sel = "fluidfed.io/managed-by=fluidfed-agent"
     out = {}
+    o: Any  # a model of each kind in turn
     for o in (await core.list_namespaced_config_map(ns, label_selector=sel)).items:
         out[f"ConfigMap/{o.metadata.name}"] = o.metadata.resource_version
     for o in (await core.list_namespaced_service(ns, label_selector=sel)).items:

@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,9 @@ def auth(role: Any = "agent", **claims: str) -> dict[str, str]:
     return auth_of(DATASET, role, **claims)
 
 
-def auth_of(dataset: str, role: Any, **claims: str) -> dict[str, str]:
-    return {"Authorization": "Bearer " + local_token(dataset, role, **claims)}
+def auth_of(dataset: str, role: Any, *, sub_path: str = "", namespace: str = "") -> dict[str, str]:
+    token = local_token(dataset, role, sub_path=sub_path, namespace=namespace)
+    return {"Authorization": "Bearer " + token}
 
 
 class Workers:
@@ -444,7 +445,7 @@ def test_writes_renames_and_deletions_are_refused(data: Path, sidecars: Any) -> 
     sc = sidecars(sidecar_config({"uri": f"file://{data}"}, []))
     mnt = sc.mountpoint
     some = next(p for p in mnt.rglob("*") if p.is_file())
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: os.open(mnt / "new.txt", os.O_WRONLY | os.O_CREAT),
         lambda: os.open(some, os.O_RDWR),
         lambda: os.mkdir(mnt / "dir"),
@@ -661,7 +662,7 @@ def test_rotating_the_key_during_reads_keeps_them_going(
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     try:
-        steps = [
+        steps: list[Callable[[], object]] = [
             lambda: [
                 w.write_credentials(local_credentials([new, LOCAL_KEY], sign=1)) for w in ws.procs
             ],

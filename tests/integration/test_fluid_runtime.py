@@ -157,7 +157,8 @@ def test_the_dataset_reads_through_the_profiles_fuse_container_and_the_workers(
                 def ready() -> bool:
                     for name, c in (("fuse", fuse), ("worker", worker)):
                         assert c.proc.poll() is None, (tmp_path / f"{name}.log").read_text()
-                    return mounted_type(target) == profile["spec"]["fileSystemType"]
+                    want: str = profile["spec"]["fileSystemType"]
+                    return mounted_type(target) == want
 
                 eventually_blocking(ready, "the FUSE mount at Fluid's target path", timeout=60)
                 assert mounted_type(target) == fluid.FUSE_FS_TYPE  # what Fluid's CSI checks

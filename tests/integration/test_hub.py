@@ -409,8 +409,8 @@ def test_sdk_round_trip_of_selector_placement(hub: HubProcess, tmp_path: Path) -
             )
             assert [v.binding.cluster for v in view.bindings] == ["edge"]
             await c.register_cluster(
-                Cluster(name="edge2", kind="edge", kubernetes={"in_cluster": True})
-            )  # type: ignore[arg-type]
+                Cluster(name="edge2", kind="edge", kubernetes={"in_cluster": True})  # type: ignore[arg-type]
+            )
             view = await c.get_dataset("edge-only")
             assert [v.binding.cluster for v in view.bindings] == ["edge", "edge2"]
 

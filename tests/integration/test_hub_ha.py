@@ -297,7 +297,8 @@ async def test_a_leader_that_stops_hands_over(replicas: Replicas) -> None:
 
     def serving(hub: HubProcess) -> bool:
         with urllib.request.urlopen(hub.url + "/readyz", timeout=5) as r:
-            return r.read().decode().startswith("ok revision=")
+            body: str = r.read().decode()
+            return body.startswith("ok revision=")
 
     # once it serves it has caught up with the store and is campaigning behind the leader
     await eventually(lambda: asyncio.to_thread(serving, first), "the first replica serving")

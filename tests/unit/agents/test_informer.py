@@ -1,4 +1,5 @@
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
 from agents import informer
 from fluidfed.backoff import Backoff
@@ -94,7 +95,11 @@ async def test_an_error_is_shown_then_the_watch_resumes_after_a_delay() -> None:
 
 async def test_a_consumer_that_stops_at_an_error_never_waits() -> None:
     src = ScriptedSource([], [[Broken("no such kind")]])
-    events = informer.list_then_watch(src, Backoff(base=3600, cap=3600), version=1)
+    # an async generator, which its annotation (an iterator) does not say: closed here
+    events = cast(
+        AsyncGenerator[informer.Event[str, int], None],
+        informer.list_then_watch(src, Backoff(base=3600, cap=3600), version=1),
+    )
     got = await take(events, 1)
     await events.aclose()  # would hang on the hour-long sleep if it had started
     assert isinstance(got[0], informer.Retrying)

@@ -23,7 +23,7 @@ def export(resource: list[KeyValue], metrics: list[metrics_pb2.Metric]) -> bytes
     rm = req.resource_metrics.add()
     rm.resource.attributes.extend(resource)
     rm.scope_metrics.add().metrics.extend(metrics)
-    return req.SerializeToString()
+    return bytes(req.SerializeToString())
 
 
 SIDECAR = [

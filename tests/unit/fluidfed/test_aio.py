@@ -1,6 +1,7 @@
 """fluidfed.aio.run: every process's loop, on uvloop unless told otherwise."""
 
 import asyncio
+import inspect
 import warnings
 
 import pytest
@@ -49,4 +50,4 @@ def test_a_misspelt_choice_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> 
         warnings.simplefilter("error")  # the coroutine is closed, not left "never awaited"
         with pytest.raises(FluidfedError, match=r"FLUIDFED_EVENT_LOOP='uv-loop'.*'uvloop'"):
             aio.run(coro)
-    assert coro.cr_frame is None  # closed
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED

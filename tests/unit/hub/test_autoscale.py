@@ -140,9 +140,9 @@ def test_reads_while_scaled_to_zero_bring_a_worker_back_whatever_the_targets_say
 def test_the_newest_fresh_sample_decides() -> None:
     window = [Sample(100, cache_used_ratio=0.2), Sample(90, cache_used_ratio=1.0)]
     d = decide(policy(USED), window, 4, [], 100)
-    assert d is not None and d.replicas == 1, d.reason
+    assert d is not None and d.replicas == 1, d
     d = decide(policy(USED), window[::-1], 4, [], 100)
-    assert d is not None and d.replicas == 1, d.reason
+    assert d is not None and d.replicas == 1, d
 
 
 def test_reads_before_the_idle_period_do_not_keep_a_cache_up() -> None:

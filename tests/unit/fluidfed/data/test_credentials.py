@@ -112,7 +112,7 @@ def test_a_reader_reads_only_under_its_sub_path(sub_path: str, path: str, allowe
 
 def test_peers_and_the_agent_read_any_path() -> None:
     for role in ("peer", "agent"):
-        claims = Claims(role=role, dataset="d", sub_path="val")  # type: ignore[arg-type]
+        claims = Claims(role=role, dataset="d", sub_path="val")
         assert credentials.authorize(claims, Action.READ_BLOCK, "d", "/train/x") is None
 
 
