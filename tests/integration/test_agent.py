@@ -137,7 +137,7 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
     assert await sts_of(api, home, f"fluidfed-{name}-cache") is not None
 
     # Fluid's controller reports the cache; the agent carries it to the hub
-    await custom.patch_namespaced_custom_object_status(
+    await custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
         *FLUID,
         home,
         "datasets",
@@ -259,7 +259,7 @@ async def test_edge_keeps_working_while_the_hub_is_away(fleet: Fleet, apis: dict
         "ConfigMap restored with the hub down",
     )
     # an edit by hand is undone too
-    await client.AppsV1Api(api).patch_namespaced_stateful_set(
+    await client.AppsV1Api(api).patch_namespaced_stateful_set(  # type: ignore[call-arg]
         f"fluidfed-{name}-cache",
         home,
         {"spec": {"replicas": 2}},
@@ -338,10 +338,10 @@ async def test_a_binding_kubernetes_refuses_gets_a_clear_status_others_go_on(
     # what the hub cannot know: the cluster's own policy (here a quota of no StatefulSets
     # in the dataset's namespace) refuses the cache workers
     core = client.CoreV1Api(apis["edge"])
-    await core.create_namespace({"metadata": {"name": "refused-home"}})
+    await core.create_namespace({"metadata": {"name": "refused-home"}})  # type: ignore[arg-type]
     await core.create_namespaced_resource_quota(
         "refused-home",
-        {
+        {  # type: ignore[arg-type]
             "metadata": {"name": "no-statefulsets"},
             "spec": {"hard": {"count/statefulsets.apps": "0"}},
         },

@@ -51,7 +51,7 @@ async def test_a_load_on_fluid_is_fluids_dataload_and_its_progress_comes_back(
     assert load["spec"]["target"] == [{"path": "/train"}]
     assert load["spec"]["policy"] == "Once" and load["spec"]["loadMetadata"] is True
     # Fluid's controller runs the load and says so
-    await custom.patch_namespaced_custom_object_status(
+    await custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
         *FLUID, home, "dataloads", load["metadata"]["name"],
         {"status": {"phase": "Complete", "duration": "4s", "conditions": [
             {"type": "Complete", "status": "True", "message": "DataLoad is complete"}]}},

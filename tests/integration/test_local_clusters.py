@@ -40,7 +40,7 @@ async def test_namespace_crd_statefulset_watch_and_namespace_deletion(
         core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         ext, custom = client.ApiextensionsV1Api(api), client.CustomObjectsApi(api)
         ns = f"t-{kind}"
-        await core.create_namespace({"metadata": {"name": ns}})
+        await core.create_namespace({"metadata": {"name": ns}})  # type: ignore[arg-type]
 
         # a CRD becomes Established, then holds an object
         crd: dict[str, Any] = {
@@ -70,7 +70,7 @@ async def test_namespace_crd_statefulset_watch_and_namespace_deletion(
                 ],
             },
         }
-        await ext.create_custom_resource_definition(crd)
+        await ext.create_custom_resource_definition(crd)  # type: ignore[arg-type]
 
         async def established() -> bool:
             got = await ext.read_custom_resource_definition(crd["metadata"]["name"])
@@ -125,7 +125,7 @@ async def test_namespace_crd_statefulset_watch_and_namespace_deletion(
                 },
             },
         }
-        await apps.create_namespaced_stateful_set(ns, sts)
+        await apps.create_namespaced_stateful_set(ns, sts)  # type: ignore[arg-type]
 
         async def running() -> list[Any]:
             pods = (await core.list_namespaced_pod(ns)).items
@@ -170,7 +170,7 @@ async def test_daemonset_skips_the_serverless_virtual_node(
     for kind in ("standard", "serverless"):
         async with await local_clusters[kind].api_client() as api:
             apps = client.AppsV1Api(api)
-            await apps.create_namespaced_daemon_set("default", ds)
+            await apps.create_namespaced_daemon_set("default", ds)  # type: ignore[arg-type]
 
             status = await eventually(
                 functools.partial(_ds_observed, apps), what="DaemonSet observed"
@@ -240,7 +240,7 @@ async def test_api_server_calls_a_mutating_webhook_over_tls(
         async with await lc.api_client() as api:
             adm, core = client.AdmissionregistrationV1Api(api), client.CoreV1Api(api)
             await adm.create_mutating_webhook_configuration(
-                {
+                {  # type: ignore[arg-type]
                     "metadata": {"name": "test-webhook"},
                     "webhooks": [
                         {
@@ -277,7 +277,7 @@ async def test_api_server_calls_a_mutating_webhook_over_tls(
             async def created() -> Any:
                 # the configuration reaches the API server's webhook cache shortly after
                 try:
-                    return await core.create_namespaced_pod("default", pod)
+                    return await core.create_namespaced_pod("default", pod)  # type: ignore[arg-type]
                 except ApiException as err:
                     if err.status == 409:
                         return await core.read_namespaced_pod("hooked", "default")
@@ -300,7 +300,7 @@ async def test_api_server_calls_a_mutating_webhook_over_tls(
             before = len(seen)
             await core.create_namespaced_pod(
                 "default",
-                {
+                {  # type: ignore[arg-type]
                     "metadata": {"name": "plain"},
                     "spec": {
                         "containers": [{"name": "c", "image": "example/app:1"}],
@@ -363,7 +363,7 @@ async def test_deploy_manifests_pass_a_server_side_dry_run(
     async with await local_clusters["standard"].api_client() as api:
         core = client.CoreV1Api(api)
         try:
-            await core.create_namespace({"metadata": {"name": "fluidfed-system"}})
+            await core.create_namespace({"metadata": {"name": "fluidfed-system"}})  # type: ignore[arg-type]
         except ApiException as err:
             if err.status != 409:  # already there from an earlier run of this test
                 raise

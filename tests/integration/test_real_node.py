@@ -18,7 +18,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -126,7 +126,7 @@ async def _run_pod(api: Any, pod: dict[str, Any], within: float = 120) -> Any:
     """Create the pod, wait until it has finished; the pod (phase Succeeded or Failed)."""
     core = client.CoreV1Api(api)
     name = pod["metadata"]["name"]
-    await core.create_namespaced_pod(NS, pod)
+    await core.create_namespaced_pod(NS, pod)  # type: ignore[arg-type]
     return await eventually(lambda: _finished(core, name), f"pod {name} to finish", timeout=within)
 
 
@@ -143,8 +143,9 @@ async def _finished(core: Any, name: str) -> Any:
 
 
 async def _logs(api: Any, pod: str, container: str, namespace: str = NS) -> str:
-    # raw: the client would parse a log that looks like JSON into a dict
-    resp = await client.CoreV1Api(api).read_namespaced_pod_log(
+    # raw: the client would parse a log that looks like JSON into a dict (and the response
+    # is aiohttp's, not the str the stubs say)
+    resp: Any = await client.CoreV1Api(api).read_namespaced_pod_log(
         pod, namespace, container=container, _preload_content=False
     )
     body: bytes = await resp.read()
@@ -419,7 +420,7 @@ async def test_a_sigkilled_sidecar_is_restarted_remounts_and_the_app_reads_on(
     pod = _fuse_pod("survivor", fluidfed_image.ref, src, rounds=60, pause=0.5)
     async with await real_cluster.api_client() as api:
         core = client.CoreV1Api(api)
-        await core.create_namespaced_pod(NS, pod)
+        await core.create_namespaced_pod(NS, pod)  # type: ignore[arg-type]
 
         async def reading() -> bool:
             p = await core.read_namespaced_pod("survivor", NS)
@@ -606,10 +607,11 @@ async def test_the_unprivileged_form_is_refused_by_the_api_server(
     side["volumeMounts"].append({"name": "fuse", "mountPath": "/dev/fuse"})
     async with await real_cluster.api_client() as api:
         with pytest.raises(client.ApiException) as err:
-            await client.CoreV1Api(api).create_namespaced_pod(NS, pod, dry_run="All")
+            await client.CoreV1Api(api).create_namespaced_pod(NS, pod, dry_run="All")  # type: ignore[arg-type]
     assert err.value.status == 422
+    # the client decodes the body it raises with (its stubs say bytes)
     assert "Bidirectional mount propagation is available only to privileged containers" in (
-        err.value.body
+        cast(str, err.value.body)
     )
 
 
@@ -651,7 +653,7 @@ async def test_pods_off_the_host_network_reach_the_host_side_and_are_reached_fro
     ):
         core = client.CoreV1Api(api)
         pod["spec"]["containers"][0]["command"].append(url + "hello")
-        await core.create_namespaced_pod(NS, pod)
+        await core.create_namespaced_pod(NS, pod)  # type: ignore[arg-type]
 
         async def fetched() -> Any:
             p = await core.read_namespaced_pod("podnet", NS)
@@ -926,7 +928,7 @@ async def test_edge_job_in_the_legacy_form_reads_the_workers_disk_tier_on_its_no
 
     async def run(api: Any, job_name: str) -> None:
         batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
-        await batch.create_namespaced_job(home, job(job_name))
+        await batch.create_namespaced_job(home, job(job_name))  # type: ignore[arg-type]
 
         async def finished() -> Any:
             j = await batch.read_namespaced_job(job_name, home)

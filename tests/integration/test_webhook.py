@@ -211,7 +211,7 @@ async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
     template["spec"]["restartPolicy"] = "Never"
     await batch.create_namespaced_job(
         home,
-        {
+        {  # type: ignore[arg-type]
             "metadata": {"name": "epoch"},
             "spec": {
                 "template": {
