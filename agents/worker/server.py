@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import os
 import re
 import signal
@@ -29,7 +30,11 @@ WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
 
 
 class _BlockFile(web.StreamResponse):
-    """A checked disk block sent with sendfile(2): page cache to socket, no copy here."""
+    """A checked disk block sent from the page cache without copying it here: sendfile(2)
+    on asyncio's loop; uvloop has no `loop.sendfile`, so there the file is mapped and the
+    mapping handed to the transport, which the kernel copies from into the socket (without
+    this, every such answer failed with NotImplementedError on uvloop and its reader fell
+    back to the under storage)."""
 
     def __init__(self, f: BinaryIO, size: int, headers: dict[str, str]) -> None:
         super().__init__(headers=headers)
@@ -45,8 +50,16 @@ class _BlockFile(web.StreamResponse):
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            # asyncio falls back to reading and writing where the transport cannot (TLS)
-            await asyncio.get_running_loop().sendfile(transport, self._file, 0, self._size)
+            try:
+                # asyncio falls back to reading and writing where the transport cannot (TLS)
+                await asyncio.get_running_loop().sendfile(transport, self._file, 0, self._size)
+            except NotImplementedError:  # uvloop
+                if self._size:
+                    mapped = mmap.mmap(self._file.fileno(), self._size, prot=mmap.PROT_READ)
+                    # the transport keeps the view until it is written; the mapping goes
+                    # with the last reference (an evicted file stays readable till then)
+                    await writer.write(memoryview(mapped))
+                    await writer.drain()
             await super().write_eof()
             return writer
         finally:

@@ -372,6 +372,30 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     assert sc.status()["blocks"]["worker_hits"] == block_count(want)
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
+    loop: str,
+    data: Path,
+    tmp_path: Path,
+    workers_factory: Any,
+    sidecars: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sendfile(2) on asyncio's loop; uvloop has no `loop.sendfile` (the worker's answers
+    failed there, and its readers fell back to the under storage)."""
+    monkeypatch.setenv("FLUIDFED_EVENT_LOOP", loop)
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(first.mountpoint, want)
+    first.stop()
+    sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
+    read_all(sc.mountpoint, want)
+    got = sc.status()["blocks"]
+    assert got["worker_hits"] == block_count(want), got
+    assert got["worker_errors"] == got["ufs_reads"] == got["short_circuit"] == 0
+    assert "NotImplementedError" not in ws.procs[0].log.read_text()
+
+
 def test_a_malformed_touch_report_is_refused_with_the_expected_shape(
     data: Path, workers_factory: Any
 ) -> None:
