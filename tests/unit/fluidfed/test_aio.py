@@ -47,6 +47,6 @@ def test_a_misspelt_choice_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> 
     coro = _loop_type()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the coroutine is closed, not left "never awaited"
-        with pytest.raises(FluidfedError, match="FLUIDFED_EVENT_LOOP='uv-loop'.*'uvloop'"):
+        with pytest.raises(FluidfedError, match=r"FLUIDFED_EVENT_LOOP='uv-loop'.*'uvloop'"):
             aio.run(coro)
     assert coro.cr_frame is None  # closed
