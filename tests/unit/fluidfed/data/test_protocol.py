@@ -32,7 +32,9 @@ def test_a_block_query_sends_flags_only_when_set() -> None:
     assert local.params()["local"] == "1"
     verify = protocol.BlockQuery(mount=0, key="k", size=1, index=0, verify=True)
     assert verify.params()["verify"] == "1"
-    for q in (plain, local, verify):
+    fill = protocol.BlockQuery(mount=0, key="k", size=1, index=0, local=True, fill=True)
+    assert fill.params()["fill"] == "1"
+    for q in (plain, local, verify, fill):
         assert protocol.BlockQuery.from_query(_as_query(q.params())) == q
 
 
