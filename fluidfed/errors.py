@@ -27,8 +27,7 @@
     |   +-- UFSError              the under storage; temporary unless the store said no
     |   |   +-- UFSNotFound       no such object
     |   +-- WorkerError           a cache worker answered with an error or not at all
-    |   |   +-- NotLocal          a worker's block file is not visible on this machine
-    |   +-- WorkerFilling         a worker fetches the block behind: read the UFS here
+    |       +-- NotLocal          a worker's block file is not visible on this machine
     +-- BadExport                 an OTLP export that cannot be decoded
     +-- LocalClusterError         the dev kit's local clusters
 
@@ -240,11 +239,6 @@ class WorkerError(DataError):
 
 class NotLocal(WorkerError):
     """The worker's block file is not visible here: the worker is on another machine."""
-
-
-class WorkerFilling(DataError):
-    """The worker does not hold the block and fetches it into its cache behind the reader,
-    who was asked to read the under storage itself meanwhile (a `fill` block request)."""
 
 
 # --- metrics and the dev kit --------------------------------------------------------------

@@ -28,7 +28,6 @@ class ReadStats:
     local_hits: int = 0  # the sidecar's own cache
     worker_hits: int = 0  # a worker had the block
     worker_misses: int = 0  # a worker fetched it from the UFS for us
-    worker_filling: int = 0  # a worker did not hold it: read the UFS here, it fills behind
     ufs_reads: int = 0  # read the UFS ourselves (no worker, or it failed)
     worker_errors: int = 0
     short_circuit: int = 0  # worker hits read from the worker's block file on this machine
@@ -167,27 +166,22 @@ class BlockReader:
                 found = await self._from_files(target, key)
                 if found is not None:
                     return found
-            fill = self.cfg.worker_misses == "read"
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
                     try:
                         got = await workers.get_block(
-                            self.session, target, key, ref, index, local=local, fill=fill
+                            self.session, target, key, ref, index, local=local
                         )
                     except errors.NotLocal as err:
                         log.info("%s; reading its blocks over HTTP", err)
                         self._remote[target] = now + REMOTE_RECHECK
                         self._dirs.pop(target, None)  # it moved, or never was here
-                        got = await workers.get_block(
-                            self.session, target, key, ref, index, fill=fill
-                        )
+                        got = await workers.get_block(self.session, target, key, ref, index)
                 self._count(got.hit)
                 if got.local:
                     self.stats.short_circuit += 1
                     self._learn(target, got.path, key)
                 return got.data, got.crc
-            except errors.WorkerFilling:
-                self.stats.worker_filling += 1
             except (TimeoutError, errors.WorkerError) as err:
                 self._failed(target, err)
         data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))

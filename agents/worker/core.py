@@ -26,10 +26,6 @@ from fluidfed.data.store import BlockStore
 
 log = logging.getLogger("fluidfed.worker")
 
-# blocks waiting to be fetched behind their readers (`fill` requests); past this, a miss
-# is answered without queueing its fill (the next reader's miss queues it again)
-FILL_BACKLOG = 1024
-
 # a file of the dataset as listed, or as a block request names it: the server passes the
 # query itself, no FileRef built per request
 Source = FileRef | protocol.BlockQuery
@@ -82,10 +78,6 @@ class Worker:
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
         self._fetch_slots = asyncio.Semaphore(cfg.fetch_concurrency)
-        # fills behind readers: queued by key; at most fetch_concurrency hold a block at once
-        self._behind: dict[str, asyncio.Task[None]] = {}
-        self._fill_slots = asyncio.Semaphore(cfg.fetch_concurrency)
-        self.fills_dropped = 0  # misses not queued: the backlog was full
         self.ufs_reads = 0
         self.ufs_bytes = 0
         self.ufs_errors = 0
@@ -130,10 +122,6 @@ class Worker:
     async def close(self) -> None:
         if self._load_task:
             self._load_task.cancel()
-        behind = list(self._behind.values())
-        for task in behind:
-            task.cancel()
-        await asyncio.gather(*behind, return_exceptions=True)
         if self.session:
             await self.session.close()
 
@@ -177,33 +165,6 @@ class Worker:
             return data, crc, False
         data, crc = await asyncio.shield(fut)
         return data, crc, False
-
-    def fetching(self, key: str) -> bool:
-        """Whether the block is being read from the under storage now (not just queued)."""
-        return key in self._inflight
-
-    def fill_behind(self, key: str, ref: Source, index: int) -> None:
-        """Fetch a block into the cache with nobody waiting for it: its reader reads the
-        under storage itself meanwhile (a `fill` request), so a cold read through a worker
-        is not slower than without one, and the next reader finds the block here. A full
-        backlog drops the fill (counted): the reader has its block either way."""
-        if key in self._behind or key in self._inflight:
-            return
-        if len(self._behind) >= FILL_BACKLOG:
-            self.fills_dropped += 1
-            return
-        task = asyncio.create_task(self._fill(key, ref, index))
-        self._behind[key] = task
-        task.add_done_callback(lambda _: self._behind.pop(key, None))
-
-    async def _fill(self, key: str, ref: Source, index: int) -> None:
-        async with self._fill_slots:
-            if key in self.store:  # another reader's miss got it meanwhile
-                return
-            try:
-                await self.block(key, ref, index)
-            except Exception as err:  # the next reader's miss tries again
-                log.info("fetching block %s behind its reader failed: %s", key, err)
 
     async def _fetch(self, ref: Source, index: int) -> bytes:
         offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)

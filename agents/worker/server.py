@@ -144,10 +144,6 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             return _BlockFile(
                 held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: "hit"}
             )
-    if q.fill and span is None and key not in w.store and not w.fetching(key):
-        # the reader reads the under storage itself; the cache fills behind it
-        w.fill_behind(key, q, q.index)
-        return web.Response(status=204, headers={protocol.CACHE: protocol.FILLING})
     try:
         part = await w.store.get_span(key, span.offset, span.length) if span is not None else None
         if part is not None:

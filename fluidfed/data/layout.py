@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
-from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -125,11 +124,6 @@ class SidecarConfig(Wire):
     credentials_file: str = ""
     # read a worker's disk blocks from its files when they are visible here (same node)
     short_circuit: bool = True
-    # a block its worker does not hold: "read" it from the under storage here while the
-    # worker fills its cache behind (a cold read through a worker as fast as without one;
-    # a block may be read twice from the under storage), or "wait" for the worker's fetch
-    # (every block read once from the under storage, however many sidecars ask)
-    worker_misses: Literal["read", "wait"] = "read"
 
 
 class WorkerConfig(Wire):

@@ -2,8 +2,7 @@
 sidecars that read from it, its peers and the agent it registers with, as one struct each,
 shared by both ends.
 
-    GET  /v1/blocks/{key}?BlockQuery       a block; fetched from the UFS on a miss (with
-                                           `fill`: 204 FILLING at once, fetched behind)
+    GET  /v1/blocks/{key}?BlockQuery       a block; fetched from the UFS on a miss
     PUT  /v1/blocks/{key}                  hand a block over (scale-in); CHECKSUM header
     GET  /v1/status                        -> WorkerStatus
     POST /v1/load      LoadRequest         -> LoadProgress: pull what it owns (warm-up)
@@ -45,7 +44,6 @@ REGISTER = "/v1/workers"  # on the agent's API
 
 CHECKSUM = "X-Fluidfed-Checksum"
 CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
-FILLING = "filling"  # ... a 204's CACHE: not held, being fetched behind (a `fill` query)
 LOCAL = "X-Fluidfed-Local"  # short-circuit: the block file's path on the worker's machine
 LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-byte trailer)
 JSON = "application/json"
@@ -96,7 +94,7 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     (an older worker tests for their presence)."""
 
     SHAPE: ClassVar[str] = (
-        "?m=MOUNT&p=PATH&s=SIZE&i=INDEX[&v=VERSION][&r=OFF-LEN][&verify=1|&local=1][&fill=1]"
+        "?m=MOUNT&p=PATH&s=SIZE&i=INDEX[&v=VERSION][&r=OFF-LEN][&verify=1|&local=1]"
     )
 
     mount: int = msgspec.field(name="m")
@@ -107,10 +105,6 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     span: Span | None = msgspec.field(default=None, name="r")  # only these bytes of it
     verify: bool = False  # read and check it even if it was checked before
     local: bool = False  # answer with the block file's path if it is on disk, checked
-    # on a miss, do not wait for the under storage: answer 204 FILLING at once and fetch
-    # the block into the cache behind (the asker reads the under storage itself); a block
-    # already being fetched is waited for. An older worker ignores it and fetches as always
-    fill: bool = False
 
     def block_key(self, dataset: str, block_size: int) -> str:
         return blocks.block_key(dataset, self.mount, self.key, self.version, block_size, self.index)
@@ -125,8 +119,6 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             out[_VERIFY] = "1"
         if self.local:
             out[_LOCAL] = "1"
-        if self.fill:
-            out[_FILL] = "1"
         return out
 
     @classmethod
@@ -144,7 +136,6 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
                 span=Span.parse(r) if r else None,
                 verify=_VERIFY in query,
                 local=_LOCAL in query,
-                fill=_FILL in query,
             )
         except (KeyError, ValueError):
             pass
@@ -162,7 +153,6 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 _WIRE = {f.name: f.encode_name for f in msgspec.structs.fields(BlockQuery)}
 _M, _P, _S, _I = _WIRE["mount"], _WIRE["key"], _WIRE["size"], _WIRE["index"]
 _V, _R, _VERIFY, _LOCAL = _WIRE["version"], _WIRE["span"], _WIRE["verify"], _WIRE["local"]
-_FILL = _WIRE["fill"]
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 

@@ -36,7 +36,6 @@ async def get_block(
     *,
     verify: bool = False,
     local: bool = False,
-    fill: bool = False,
 ) -> Fetched:
     """The block from the worker at `url`, or `span` (offset in the block, length) of it,
     which the worker cuts from the whole block it caches.
@@ -47,11 +46,7 @@ async def get_block(
 
     With `local`, a worker holding the block checked on disk answers with the file's path
     instead (short-circuit read: the reader on the same machine reads the page cache
-    itself, no bytes over the socket); NotLocal if that path is not visible here.
-
-    With `fill`, a worker that does not hold the block (and is not fetching it already)
-    answers at once and fetches it into its cache behind: WorkerFilling, read the under
-    storage yourself. An older worker ignores the flag and fetches it first, as always."""
+    itself, no bytes over the socket); NotLocal if that path is not visible here."""
     query = protocol.BlockQuery(
         mount=ref.mount,
         key=ref.key,
@@ -61,12 +56,9 @@ async def get_block(
         span=protocol.Span(*span) if span is not None else None,
         verify=verify,
         local=local and not verify,
-        fill=fill and span is None,
     )
     try:
         async with session.get(protocol.block_url(url, key), params=query.params()) as r:
-            if r.status == 204 and r.headers.get(protocol.CACHE) == protocol.FILLING:
-                raise errors.WorkerFilling(f"{url}: block {key} is being fetched behind")
             if r.status != 200:
                 raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
             _large_reads(r)

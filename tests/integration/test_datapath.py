@@ -203,21 +203,6 @@ def block_count(want: dict[str, bytes]) -> int:
     return sum((len(v) + BLOCK - 1) // BLOCK for v in want.values())
 
 
-def filled(ws: Workers, total: int) -> list[dict[str, Any]]:
-    """The workers' status once they hold `total` blocks between them: a first reader
-    reads the under storage itself, and the workers fill their caches behind it."""
-
-    def held() -> Any:
-        st = [ws.status(w) for w in ws.procs]
-        n = sum(s["blocks"] for s in st)
-        return st if n >= total else NotYet(f"{n} of {total} blocks")
-
-    got: list[dict[str, Any]] = eventually_blocking(
-        held, f"the workers holding {total} blocks", timeout=30, interval=0.1
-    )
-    return got
-
-
 @pytest.mark.parametrize("kind", ["s3", "http", "file"])
 def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
     kind: str,
@@ -228,7 +213,6 @@ def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
     sidecars: Any,
 ) -> None:
     want = sources.files(data)
-    total = block_count(want)
     mount = mount_of(kind, minio, http, data)
     ws = workers_factory(mount, 2)
     first = sidecars(sidecar_config(mount, ws.urls()))
@@ -240,11 +224,9 @@ def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
     sample = next(k for k, v in want.items() if len(v) > BLOCK)
     assert (first.mountpoint / sample).stat().st_size == len(want[sample])
     cold = first.status()["blocks"]
-    # every block missed at its worker, was read from the source here, and filled behind
-    assert cold["worker_filling"] == cold["ufs_reads"] == total
-    assert cold["worker_misses"] == cold["worker_hits"] == cold["worker_errors"] == 0
-    ufs_reads = [s["ufs"]["reads"] for s in filled(ws, total)]
-    assert sum(ufs_reads) == total  # each block once, however the reads overlapped
+    assert cold["worker_misses"] == block_count(want)  # every block came through a worker
+    assert cold["ufs_reads"] == 0
+    ufs_reads = [ws.status(w)["ufs"]["reads"] for w in ws.procs]
     assert all(n > 0 for n in ufs_reads)  # both workers own a share
     first.stop()
 
@@ -255,22 +237,6 @@ def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
     assert warm["worker_hits"] == block_count(want)
     assert warm["worker_misses"] == 0
     assert [ws.status(w)["ufs"]["reads"] for w in ws.procs] == ufs_reads
-
-
-def test_a_sidecar_that_waits_for_the_workers_fetch_reads_no_block_from_the_source(
-    minio: S3Server, data: Path, workers_factory: Any, sidecars: Any
-) -> None:
-    """`worker_misses: wait`: each block read once from the under storage, by its worker."""
-    want = sources.files(data)
-    total = block_count(want)
-    mount = mount_of("s3", minio, "", data)
-    ws = workers_factory(mount, 2)
-    sc = sidecars(sidecar_config(mount, ws.urls(), worker_misses="wait"))
-    read_all(sc.mountpoint, want)
-    cold = sc.status()["blocks"]
-    assert cold["worker_misses"] == total  # every block came through a worker
-    assert cold["ufs_reads"] == cold["worker_filling"] == 0
-    assert sum(ws.status(w)["ufs"]["reads"] for w in ws.procs) == total
 
 
 def test_sub_path_shows_only_that_directory(
@@ -293,17 +259,16 @@ def test_two_workers_then_three_then_two_keep_the_cache(
     sc = sidecars(sidecar_config(mount, ws.urls()))
     read_all(sc.mountpoint, want)
     sc.stop()
-    before = filled(ws, total)
+    before = [ws.status(w) for w in ws.procs]
 
     # scale out: the new worker takes about a third; the others keep what they had
     third = ws.add()
     sc = sidecars(sidecar_config(mount, ws.urls()))
     read_all(sc.mountpoint, want)
     got = sc.status()["blocks"]
-    moved = got["worker_filling"]
+    moved = got["worker_misses"]
     assert got["worker_hits"] + moved == total
     assert 0.15 * total < moved < 0.5 * total, (moved, total)
-    filled(ws, total + moved)  # the old workers keep their copies of the moved blocks
     assert ws.status(third)["ufs"]["reads"] == moved  # only the new worker's share moved
     for w, b in zip(ws.procs[:2], before, strict=True):
         assert ws.status(w)["ufs"]["reads"] == b["ufs"]["reads"]
@@ -356,7 +321,6 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     sc = sidecars(sidecar_config(mount, ws.urls()))
     assert (sc.mountpoint / name).read_bytes() == want[name]
     sc.stop()
-    filled(ws, (len(want[name]) + BLOCK - 1) // BLOCK)
     stored = [p for p in (tmp_path / "ssd").rglob("*") if p.is_file()]
     assert stored
     victim = stored[0]
@@ -378,9 +342,8 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
     first = sidecars(sidecar_config(mount, ws.urls()))
     read_all(first.mountpoint, want)
-    assert first.status()["blocks"]["short_circuit"] == 0  # the worker had none of them
+    assert first.status()["blocks"]["short_circuit"] == 0  # the worker fetched them: misses
     first.stop()
-    filled(ws, block_count(want))
 
     sc = sidecars(sidecar_config(mount, ws.urls()))
     read_all(sc.mountpoint, want)
@@ -425,7 +388,6 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     first = sidecars(sidecar_config(mount, ws.urls()))
     read_all(first.mountpoint, want)
     first.stop()
-    filled(ws, block_count(want))
     sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
     read_all(sc.mountpoint, want)
     got = sc.status()["blocks"]
@@ -463,7 +425,6 @@ def test_a_worker_whose_files_are_not_visible_is_read_over_http(
     first = sidecars(sidecar_config(mount, ws.urls()))
     read_all(first.mountpoint, want)
     first.stop()
-    filled(ws, block_count(want))
     assert not any(ssd.iterdir())  # the blocks are on the worker's side only
 
     sc = sidecars(sidecar_config(mount, ws.urls()))
@@ -588,9 +549,8 @@ def test_a_forged_block_is_refused_and_the_mount_keeps_serving_the_source(
     mount = {"uri": f"file://{data}"}
     ws = workers_factory(mount, 1)
     first = sidecars(sidecar_config(mount, ws.urls()))
-    read_all(first.mountpoint, want)
+    read_all(first.mountpoint, want)  # every block now cached at the worker
     first.stop()
-    filled(ws, block_count(want))  # every block now cached at the worker
     rel = next(k for k, v in want.items() if len(v) > BLOCK)
     _, key = asyncio.run(_block_of(data, rel))
     forged = b"forged!" * (BLOCK // 7)
@@ -621,26 +581,16 @@ def test_a_reader_gets_only_blocks_under_its_sub_path(data: Path, workers_factor
     outside = next(k for k in sources.files(data) if k.startswith("part-1/"))
     research = auth("reader", sub_path="part-3", namespace="research")
 
-    async def get(rel: str, headers: dict[str, str], fill: bool = False) -> int:
+    async def get(rel: str, headers: dict[str, str]) -> int:
         ref, key = await _block_of(data, rel)
         async with aiohttp.ClientSession(headers=headers) as s:
             try:
-                await workers.get_block(s, ws.urls()[0], key, ref, 0, fill=fill)
+                await workers.get_block(s, ws.urls()[0], key, ref, 0)
             except errors.WorkerError as err:
                 return err.status
-            except errors.WorkerFilling:
-                return 204
         return 200
 
-    # a miss to be filled behind its reader is checked as a read: no fill for a stranger
-    assert asyncio.run(get(outside, research, fill=True)) == 403
-    assert asyncio.run(get(outside, {}, fill=True)) == 401
-    # ... so the block is neither held nor being fetched (a fill started above would be)
-    assert asyncio.run(get(outside, auth("reader"), fill=True)) == 204
-    assert asyncio.run(get(inside, research, fill=True)) == 204
-    st = filled(ws, 2)[0]
-    assert (st["blocks"], st["ufs"]["reads"]) == (2, 2)
-    assert asyncio.run(get(inside, research, fill=True)) == 200  # held now: served
+    assert asyncio.run(get(inside, research)) == 200
     assert asyncio.run(get(outside, research)) == 403  # ml's sub-path, say
     assert asyncio.run(get(outside, auth("reader"))) == 200  # an entry for the whole dataset
     assert asyncio.run(get(outside, {})) == 401
@@ -688,9 +638,7 @@ def test_rotating_the_key_during_reads_keeps_them_going(
     mount = {"uri": f"file://{data}"}
     ws = workers_factory(mount, 2)
     sc = sidecars(sidecar_config(mount, ws.urls(), metadata_ttl=0.5))
-    read_all(sc.mountpoint, want)
-    filled(ws, block_count(want))  # the workers hold everything
-    ufs_reads = sc.status()["blocks"]["ufs_reads"]  # the first pass's, before they did
+    read_all(sc.mountpoint, want)  # the workers hold everything
     new = credentials.new_key()
     stop = threading.Event()
     failures: list[str] = []
@@ -737,7 +685,7 @@ def test_rotating_the_key_during_reads_keeps_them_going(
     assert not thread.is_alive()
     assert not failures
     st = sc.status()["blocks"]
-    assert st["worker_errors"] == 0 and st["ufs_reads"] == ufs_reads, st
+    assert st["worker_errors"] == 0 and st["ufs_reads"] == 0, st
     # the old key is gone: its tokens are refused now
     old = {"Authorization": "Bearer " + local_token(DATASET, "agent")}
     assert _call(f"{ws.urls()[0]}/v1/status", headers=old)[0] == 401

@@ -3,14 +3,12 @@ tier, and the status it reports to its agent as the agent reads it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
 from agents.registry import Registry
-from agents.worker import core
 from agents.worker.core import Worker, remaining_peers
 from fluidfed.data import credentials, protocol
 from fluidfed.data.layout import FileRef, Peers, WorkerConfig
@@ -121,48 +119,5 @@ async def test_a_rotation_is_taken_from_the_credentials_file(
             worker.verifier.claims(old_header)
         now = credentials.bearer(worker.session.headers["Authorization"])
         assert credentials.verify(now, [new]).role == "peer"
-    finally:
-        await worker.close()
-
-
-async def _filled(worker: Worker) -> None:
-    """Until the fills behind readers are done."""
-    while worker._behind:
-        await asyncio.gather(*worker._behind.values(), return_exceptions=True)
-
-
-async def test_a_block_filled_behind_its_reader_is_read_once(worker: Worker) -> None:
-    q = protocol.BlockQuery(mount=0, key="f.bin", size=2560, index=1)
-    key = q.block_key("train", BLOCK)
-    try:
-        worker.fill_behind(key, q, q.index)
-        worker.fill_behind(key, q, q.index)  # a second reader's miss meanwhile: no second read
-        await _filled(worker)
-        assert key in worker.store
-        worker.fill_behind(key, q, q.index)  # held already: nothing to do
-        await _filled(worker)
-        st = worker.status()
-        assert (st.ufs.reads, st.ufs.bytes, st.blocks) == (1, 1024, 1)
-        data, _, hit = await worker.block(key, q, q.index)
-        assert hit and bytes(data) == (bytes(range(256)) * 10)[1024:2048]
-    finally:
-        await worker.close()
-
-
-async def test_a_full_backlog_drops_fills_and_a_failed_fill_is_not_kept(
-    worker: Worker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(core, "FILL_BACKLOG", 2)
-    qs = [protocol.BlockQuery(mount=0, key="f.bin", size=2560, index=i) for i in range(3)]
-    gone = protocol.BlockQuery(mount=0, key="gone.bin", size=10, index=0)
-    try:
-        for q in qs:
-            worker.fill_behind(q.block_key("train", BLOCK), q, q.index)
-        assert worker.fills_dropped == 1  # the third: two were queued
-        await _filled(worker)
-        assert worker.status().blocks == 2
-        worker.fill_behind(gone.block_key("train", BLOCK), gone, 0)  # no such object
-        await _filled(worker)
-        assert worker.status().blocks == 2 and worker.ufs_errors == 1
     finally:
         await worker.close()

@@ -32,9 +32,7 @@ def test_a_block_query_sends_flags_only_when_set() -> None:
     assert local.params()["local"] == "1"
     verify = protocol.BlockQuery(mount=0, key="k", size=1, index=0, verify=True)
     assert verify.params()["verify"] == "1"
-    fill = protocol.BlockQuery(mount=0, key="k", size=1, index=0, local=True, fill=True)
-    assert fill.params()["fill"] == "1"
-    for q in (plain, local, verify, fill):
+    for q in (plain, local, verify):
         assert protocol.BlockQuery.from_query(_as_query(q.params())) == q
 
 
