@@ -3,6 +3,7 @@ on the same MinIO (loopback), in the same run, clients interleaved, medians of -
 
     python bench/peers.py [--quick] [--size-mib 1024] [--files 20000] [--dirs 200]
         [--flat 10000] [--runs 3] [--only seq,small,meta] [--clients fluidfed,s3fs,...]
+        [--before TREE] [--asyncio]
 
     seq    one big object read sequentially with fio (1 MiB requests):
            cold   a fresh mount, no cache, from MinIO; vs the raw ranged-GET loop of the
@@ -179,6 +180,8 @@ class Bench:
         self.count = 0
         # fluidfed clients: name -> the source tree its processes run from ("": this one)
         self.trees: dict[str, str] = {"fluidfed": ""}
+        # ... and the environment they run with besides this one's
+        self.envs: dict[str, dict[str, str]] = {}
 
     def caches(self, client: str) -> Path:
         return self.root / "caches" / client
@@ -224,7 +227,7 @@ class Bench:
         short_circuit: bool = True,
     ) -> Mounted:
         self.count += 1
-        with pythonpath(self.trees[client]):
+        with pythonpath(self.trees[client], self.envs.get(client, {})):
             sc = rp.sidecar(
                 self.root,
                 f"sc{self.count}-{client}",
@@ -242,7 +245,7 @@ class Bench:
 
     def worker(self, client: str, name: str, size_mib: int) -> processes.WorkerProcess:
         self.count += 1
-        with pythonpath(self.trees[client]):
+        with pythonpath(self.trees[client], self.envs.get(client, {})):
             return rp.warm_worker(self.root, self.mount, size_mib, name=f"{name}{self.count}")
 
     def load_juicefs(self, local: Path) -> None:
@@ -269,20 +272,27 @@ class Bench:
 
 
 @contextlib.contextmanager
-def pythonpath(tree: str) -> Iterator[None]:
-    """Children started meanwhile run fluidfed from `tree` ("": as this process does)."""
-    if not tree:
-        yield
-        return
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = tree
+def pythonpath(tree: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Children started meanwhile run fluidfed from `tree` ("": as this process does),
+    with `env` added to their environment."""
+    changes = {**({"PYTHONPATH": tree} if tree else {}), **(env or {})}
+    old = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def rotated(clients: list[str], r: int) -> list[str]:
+    """The clients in the order of run `r`: each one goes first in turn, so none is
+    always measured on the machine the one before it left (page cache, writeback)."""
+    k = r % len(clients)
+    return clients[k:] + clients[:k]
 
 
 def measure(m: Mounted, fn: Callable[[], dict[str, Any]], per: float, unit: str) -> dict[str, Any]:
@@ -327,10 +337,10 @@ def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, An
             finally:
                 m.close()
         os.sync()
-        for _ in range(runs):
+        for r in range(runs):
             mib_s = asyncio.run(rp.raw_get_loop(url, size, rp.READAHEAD + 1))
             add("raw ranged-GET loop", {"MiB_per_s": round(mib_s, 1)})
-            for c in clients:
+            for c in rotated(clients, r):
                 m = b.mount_cold(c)
                 try:
                     add(f"{c}: cold", fio(m))
@@ -379,12 +389,12 @@ def small_runs(
             finally:
                 m.close()
     os.sync()
-    for _ in range(runs):
+    for r in range(runs):
         local_paths = [local / key for key in keys]
         rp.drop_cached(local / "small")
         add("local disk, page cache dropped", rp.read_whole(local_paths))
         add("local disk, page cache", rp.read_whole(local_paths))
-        for c in clients:
+        for c in rotated(clients, r):
             m = b.mount_cold(c)
             try:
                 add(f"{c}: cold", read(m))
@@ -423,8 +433,8 @@ def meta_runs(
     b: Bench, clients: list[str], keys: list[str], flat: int, runs: int
 ) -> dict[str, Any]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for _ in range(runs):
-        for c in clients:
+    for r in range(runs):
+        for c in rotated(clients, r):
             m = b.fluidfed(c, []) if c in b.trees else b.open(c, cache=True)
             try:
                 paths = [m.mountpoint / key for key in keys]
@@ -483,15 +493,20 @@ def main() -> None:
         metavar="TREE",
         help="also fluidfed from another source tree (a checkout of main), as 'fluidfed-before'",
     )
+    ap.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="also fluidfed from this tree on asyncio's loop instead of uvloop "
+        "(FLUIDFED_EVENT_LOOP=asyncio), as 'fluidfed-asyncio'",
+    )
     args = ap.parse_args()
     if args.quick:
         args.size_mib, args.files, args.dirs, args.flat = 256, 2000, 20, 2000
     only = set(args.only.split(","))
     clients = args.clients.split(",")
-    if args.before:
-        clients.insert(
-            clients.index("fluidfed") + 1 if "fluidfed" in clients else 0, "fluidfed-before"
-        )
+    for flag, client in ((args.asyncio, "fluidfed-asyncio"), (args.before, "fluidfed-before")):
+        if flag:
+            clients.insert(clients.index("fluidfed") + 1 if "fluidfed" in clients else 0, client)
     os.environ.update(CREDENTIALS)
     size = args.size_mib * 2**20
     results: dict[str, Any] = {
@@ -503,6 +518,7 @@ def main() -> None:
         "load_average_start": os.getloadavg(),
         "notes": {c: NOTES[c] for c in clients if c in NOTES},
         "before": args.before or "",
+        "asyncio": args.asyncio,
         "versions": {},
     }
     if "juicefs" in clients:
@@ -512,6 +528,9 @@ def main() -> None:
     b = Bench(root, server)
     if args.before:
         b.trees["fluidfed-before"] = str(Path(args.before).resolve())
+    if args.asyncio:
+        b.trees["fluidfed-asyncio"] = ""
+        b.envs["fluidfed-asyncio"] = {"FLUIDFED_EVENT_LOOP": "asyncio"}
     keys = rp.small_file_keys(args.files, args.dirs)
     try:
         local = root / "local"

@@ -92,7 +92,9 @@ def _large_reads(r: aiohttp.ClientResponse) -> None:
     a block is 4 MiB, and each read costs the event loop a callback and a buffer (figures:
     README, "Measured design decisions"). The connection is kept alive, so this holds
     for the blocks after this one. `max_size` is an attribute of asyncio's socket
-    transport, not public API: where it is absent this does nothing."""
+    transport, not public API: where it is absent this does nothing, as on uvloop, whose
+    transports read into the loop's own 250 KB buffer (and were faster all the same:
+    README, the read path on uvloop)."""
     transport = r.connection.transport if r.connection is not None else None
     if transport is not None and getattr(transport, "max_size", 0) < READ_SIZE:
         with contextlib.suppress(AttributeError):

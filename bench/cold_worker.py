@@ -1,0 +1,202 @@
+"""Small files read through a cache worker against the sidecar alone, the variants
+alternated in one run, with the CPU of sidecar and worker apart (all threads, and the
+kernel's share), and optionally their py-spy profiles: where a first epoch through workers
+loses its speed (issue 20), in a minute or two rather than bench/peers.py's whole table.
+
+    python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3]
+        [--variants alone,worker,dropped] [--profile DIR]
+
+    alone    a fresh sidecar without workers (reads MinIO itself)
+    worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
+             node): every block a miss the worker fetches and writes before it answers
+    dropped  a fresh sidecar beside a worker holding every block (filled before, not
+             counted), the block files dropped from the page cache (short-circuit reads)
+    NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
+             and/or on another event loop, e.g. main=/tmp/main:worker or
+             worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
+
+Figures: files/s, p50/p99 per file, CPU ms per file of the sidecar and of the worker (and
+of that the system time), and for `worker` the blocks the worker holds afterwards. The
+clients take turns going first. --profile records py-spy (250 Hz, Python frames) of the
+sidecar and the worker in each run, into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import peers
+import read_path as rp
+
+from devkit.local import processes
+from devkit.local.s3 import CREDENTIALS, S3Server
+from fluidfed.data import credentials
+
+
+def worker_blocks(w: processes.WorkerProcess) -> int:
+    token = processes.local_token("bench", "agent")
+    req = urllib.request.Request(f"{w.url}/v1/status", headers=credentials.authorization(token))
+    with urllib.request.urlopen(req, timeout=10) as r:
+        got: dict[str, Any] = json.load(r)
+    return int(got["blocks"])
+
+
+def system_seconds(pid: int) -> float:
+    """System CPU of a process, all its threads (the kernel's work for it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def one(
+    root: Path,
+    mount: dict[str, Any],
+    keys: list[str],
+    name: str,
+    variant: tuple[str, str, str],
+    profile: Path | None,
+    run: int,
+) -> dict[str, Any]:
+    tree, mode, loop = variant
+    total_mib = len(keys) * rp.SMALL_FILE // 2**20 + 1
+    w = None
+    env = {"FLUIDFED_EVENT_LOOP": loop} if loop else {}
+    with peers.pythonpath(tree, env):
+        if mode != "alone":
+            w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
+        if mode == "dropped":
+            assert w is not None
+            fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
+            try:
+                rp.read_whole([fill.mountpoint / k for k in keys])
+            finally:
+                fill.close()
+            t0 = time.perf_counter()
+            while worker_blocks(w) < len(keys) and time.perf_counter() - t0 < 60:
+                time.sleep(0.2)
+            rp.drop_cached(w.dir)
+        sc = rp.sidecar(
+            root,
+            f"sc-{name}-{run}",
+            mount,
+            [w.url] if w else [],
+            short_circuit=mode == "dropped",
+        )
+    assert sc.proc is not None
+    spies = []
+    try:
+        pids = {"sidecar": sc.proc.pid}
+        if w is not None and w.proc is not None:
+            pids["worker"] = w.proc.pid
+        if profile is not None:
+            for who, pid in pids.items():
+                out = profile / f"{name}-{who}-{run}.txt"
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            "py-spy",
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--rate",
+                            "250",
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(out),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            time.sleep(1.0)
+        cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
+        sys0 = {k: system_seconds(p) for k, p in pids.items()}
+        got: dict[str, Any] = rp.read_whole([sc.mountpoint / k for k in keys])
+        for k, p in pids.items():
+            got[f"{k}_cpu_ms_per_file"] = round(
+                (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / len(keys), 3
+            )
+            got[f"{k}_sys_ms_per_file"] = round((system_seconds(p) - sys0[k]) * 1000 / len(keys), 3)
+        for s in spies:
+            s.send_signal(2)
+        for s in spies:
+            s.wait(30)
+        if w is not None and mode != "dropped":
+            got["worker_blocks"] = worker_blocks(w)  # it holds every file's block now
+        got["sidecar"] = sc.status()["blocks"]
+        return got
+    finally:
+        for s in spies:
+            if s.poll() is None:
+                s.kill()
+        sc.close()
+        if w is not None:
+            w.close()
+            shutil.rmtree(w.dir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--files", type=int, default=4000)
+    ap.add_argument("--dirs", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--variants", default="alone,worker,dropped")
+    ap.add_argument("--profile", type=Path)
+    args = ap.parse_args()
+    os.environ.update(CREDENTIALS)
+    variants: list[tuple[str, tuple[str, str, str]]] = []
+    for v in args.variants.split(","):
+        name, _, spec = v.partition("=")
+        tree, mode, loop = ([*spec.split(":"), ""][:3]) if spec else ("", name, "")
+        variants.append((name, (str(Path(tree).resolve()) if tree else "", mode, loop)))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="fluidfed-coldw-"))
+    server = S3Server(root / "minio").start()
+    keys = rp.small_file_keys(args.files, args.dirs)
+    out: dict[str, list[dict[str, Any]]] = {}
+    try:
+        local = root / "local"
+        rp.write_small_files(local, keys)
+        asyncio.run(peers.upload(server, local))
+        mount = {
+            "uri": server.uri(peers.PREFIX),
+            "options": {"endpoint": server.endpoint},
+        }
+        for r in range(args.runs):
+            for name, variant in peers.rotated(variants, r):
+                got = one(root, mount, keys, name, variant, args.profile, r)
+                print(name, json.dumps(got), file=sys.stderr, flush=True)
+                out.setdefault(name, []).append(got)
+    finally:
+        for mnt in root.glob("*-mnt"):
+            processes.force_unmount(mnt)
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{args.files} files of 128 KiB, {args.dirs} dirs, 8 readers, medians of {args.runs}")
+    for name, xs in out.items():
+        row = {
+            k: statistics.median(x[k] for x in xs)
+            for k in xs[0]
+            if isinstance(xs[0][k], (int, float))
+        }
+        row["files_per_s_runs"] = [x["files_per_s"] for x in xs]
+        print(name, json.dumps(row))
+    print("load average", os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
