@@ -216,8 +216,14 @@ class Catalog:
 
     @property
     def tick(self) -> asyncio.Event:
-        """Set at the next commit; take it before reading to never miss a change."""
+        """Set at the next commit (or `wake`); take it before reading to never miss a
+        change."""
         return self._tick
+
+    def wake(self) -> None:
+        """Set the tick without a change: what waits on it looks again (the watches'
+        bookmark clock, and shutdown, wake the watch streams so)."""
+        self._publish()
 
     def bindings_of(self, cluster: str) -> list[Binding]:
         return sorted(
