@@ -100,6 +100,7 @@ class Catalog:
         self._write = asyncio.Lock()
         self._tick = asyncio.Event()
         self._since_compaction = 0
+        self._compaction: asyncio.Task[None] | None = None
         # sync()'s reads of the store's revision, shared by callers (unknown tokens: any
         # client can send them, and each would otherwise cost the store a round trip)
         self._revision_reads: _Rounds[int] | None = None
@@ -622,17 +623,30 @@ class Catalog:
             self._apply(rev, op)
         self._since_compaction += len(ops)
         log = self.log
-        if self._since_compaction > log.count // 10 or log.compacted > self._store_compacted:
+        due = self._since_compaction > log.count // 10 or log.compacted > self._store_compacted
+        if due and (self._compaction is None or self._compaction.done()):
             self._since_compaction = 0
-            # the store forgets at least what the log forgot (the log may trim by bytes); the
-            # write is durable already: a failing compaction is tried again, never an error
-            try:
-                self._store_compacted = await self.store.compact(log.count, log.compacted)
-                if not isinstance(self.store, Shared):  # etcd's history is not this log's
-                    log.compacted = max(log.compacted, self._store_compacted)
-            except errors.StoreError as err:
-                self.store_problem = err.reason
+            # after the commit is visible and acknowledged, not before: its round trips (on
+            # etcd) or its DELETE (SQLite) were on every apply's path at thousands of
+            # clusters (bench/hub_fanout.py: README, "Measured design decisions")
+            self._compaction = asyncio.get_running_loop().create_task(self._compact())
         self._publish()
+
+    async def _compact(self) -> None:
+        """The store forgets at least what the log forgot (the log may trim by bytes). The
+        writes are durable already: a failing compaction is tried again, never an error."""
+        log = self.log
+        try:
+            self._store_compacted = await self.store.compact(log.count, log.compacted)
+            if not isinstance(self.store, Shared):  # etcd's history is not this log's
+                log.compacted = max(log.compacted, self._store_compacted)
+        except errors.StoreError as err:
+            self.store_problem = err.reason
+
+    async def close(self) -> None:
+        """Let a compaction under way finish (before the store closes)."""
+        if self._compaction is not None:
+            await self._compaction
 
     def _publish(self) -> None:
         tick, self._tick = self._tick, asyncio.Event()
