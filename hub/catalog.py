@@ -48,16 +48,20 @@ _decisions_dec = codec.decoder(list[AutoscaleDecision])
 _beats_dec = codec.decoder(dict[str, float])
 
 
-def _check_binding_names(ops: list[Op], path: str) -> None:
-    """Refuse ops that would write a binding a cluster cannot make real: a name that does
-    not fit a label value, or dataset:// mounts on a cluster without Fluid."""
-    for op in ops:
-        if isinstance(op, Put) and op.kind == BINDING:
-            dataset, _, cluster = op.name.partition(".")
-            problems = consistency.check_binding_names(dataset, [cluster], path)
-            b = _binding_dec.decode(op.value)
-            problems += consistency.check_served(b.spec, b.cluster, b.mode)
-            errors.BadRequest.unless_valid(problems)
+def _check_bindings(bindings: Iterable[Binding], path: str) -> None:
+    """Refuse bindings a cluster cannot make real: a name that does not fit a label value,
+    or dataset:// mounts on a cluster without Fluid. Placement's bindings, before they are
+    encoded (checking the ops decoded each binding once more), and what a spec may mount
+    checked once per spec and mount mode, not once per cluster."""
+    served: set[tuple[int, str]] = set()  # (spec, mode) found fine
+    for b in bindings:
+        problems = consistency.check_binding_names(b.dataset, [b.cluster], path)
+        if (id(b.spec), b.mode) not in served:
+            found = consistency.check_served(b.spec, b.cluster, b.mode)
+            if not found:
+                served.add((id(b.spec), b.mode))
+            problems += found
+        errors.BadRequest.unless_valid(problems)
 
 
 class Catalog:
@@ -313,8 +317,7 @@ class Catalog:
                 token = auth.new_cluster_token(spec.name)
                 ops.append(Put(TOKEN, spec.name, auth.token_hash(token).encode()))
             ops.append(Put(CLUSTER, spec.name, codec.encode(rec)))
-            placed = self._replace_all(rev, {**self.clusters, spec.name: rec})
-            _check_binding_names(placed, "cluster.name")
+            placed = self._replace_all(rev, {**self.clusters, spec.name: rec}, "cluster.name")
             return ops + placed
 
         await self._transact(compute)
@@ -357,8 +360,7 @@ class Catalog:
             )
             known = {n: r.spec for n, r in self.datasets.items() if n != spec.name}
             errors.BadRequest.unless_valid(consistency.check_references(spec, known, "dataset"))
-            placed = self._replace(rev, rec, self.clusters)
-            _check_binding_names(placed, "dataset.name")
+            placed = self._replace(rev, rec, self.clusters, "dataset.name")
             return [Put(DATASET, spec.name, codec.encode(rec)), *placed]
 
         changed = await self._transact(compute)
@@ -544,26 +546,33 @@ class Catalog:
             raise errors.NotFound(f"cluster {name} not found")
         return rec
 
-    def _replace_all(self, rev: int, clusters: dict[str, ClusterRecord]) -> list[Op]:
+    def _replace_all(
+        self, rev: int, clusters: dict[str, ClusterRecord], check: str = ""
+    ) -> list[Op]:
         ops: list[Op] = []
         for rec in self.datasets.values():
-            ops += self._replace(rev, rec, clusters)
+            ops += self._replace(rev, rec, clusters, check)
         return ops
 
     def _replace(
-        self, rev: int, rec: DatasetRecord, clusters: dict[str, ClusterRecord]
+        self, rev: int, rec: DatasetRecord, clusters: dict[str, ClusterRecord], check: str = ""
     ) -> list[Op]:
-        """The ops that turn the dataset's current bindings into placement's answer."""
+        """The ops that turn the dataset's current bindings into placement's answer; with
+        `check` (the field path to blame), the new bindings checked first (_check_bindings)."""
         current = {b.cluster: b for b in self.bindings.values() if b.dataset == rec.spec.name}
         live = {c: b for c, b in current.items() if not b.deleting}
         homes = {n: r.spec.namespace for n, r in self.datasets.items()}
         spec = consistency.fluid_references(rec.spec, homes)
         wanted = placement.place(spec, rec.generation, clusters.values(), live)
+        changed = [
+            (b, old)
+            for cluster, b in wanted.items()
+            if (old := current.get(cluster)) is None or not _same_binding(old, b)
+        ]
+        if check:
+            _check_bindings((b for b, _ in changed), check)
         ops: list[Op] = []
-        for cluster, b in wanted.items():
-            old = current.get(cluster)
-            if old is not None and _same_binding(old, b):
-                continue
+        for b, old in changed:
             # a warm-up asked for stays asked for when the spec changes
             nb = msgspec.structs.replace(b, revision=rev, load=old.load if old else None)
             ops.append(Put(BINDING, b.name, codec.encode(nb)))

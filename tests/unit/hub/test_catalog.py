@@ -317,6 +317,34 @@ async def test_dataset_references_reach_fluid_as_it_reads_them_and_never_a_sidec
     assert "s" not in cat.clusters
 
 
+async def test_an_apply_is_refused_for_the_one_cluster_that_cannot_mount_it(
+    tmp_path: Path,
+) -> None:
+    """What a spec may mount is checked once per mount mode, not per cluster: a Fluid
+    cluster passing says nothing of a sidecar one placed beside it."""
+    cat = await new_catalog(tmp_path)
+    for i in range(3):
+        await cat.register_cluster(
+            Cluster(name=f"f{i}", capabilities=Capabilities(csi=True, fluid=True))
+        )
+    await cat.register_cluster(Cluster(name="s"))
+    await cat.apply_dataset(Dataset(name="base", mounts=[Mount(uri="s3://b/p")]))
+    with pytest.raises(APIError) as info:
+        await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
+    (problem,) = info.value.problems
+    assert "need a cluster with Fluid" in problem.message and "picks s," in problem.message
+    assert "ref" not in cat.datasets and not [b for b in cat.bindings if b.startswith("ref.")]
+    # placed on the Fluid clusters alone, it is taken
+    await cat.apply_dataset(
+        Dataset(
+            name="ref",
+            mounts=[Mount(uri="dataset://base")],
+            placement=Placement(clusters=["f0", "f1", "f2"]),
+        )
+    )
+    assert sorted(b for b in cat.bindings if b.startswith("ref.")) == ["ref.f0", "ref.f1", "ref.f2"]
+
+
 async def test_a_dataset_bound_on_some_clusters_is_partially_bound(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path, clock=lambda: 1000.0)
     for name in ("a", "b", "c"):
