@@ -84,6 +84,9 @@ class Catalog:
         self.clusters: dict[str, ClusterRecord] = {}
         self.datasets: dict[str, DatasetRecord] = {}
         self.bindings: dict[str, Binding] = {}
+        # the same bindings by dataset, then cluster: an apply looks at its dataset's own
+        # (walking every binding of every dataset was a dataset count x N per apply)
+        self._placed: dict[str, dict[str, Binding]] = {}
         self.statuses: dict[str, BindingStatus] = {}
         self.token_hashes: dict[str, str] = {}
         self.decisions: dict[str, list[AutoscaleDecision]] = {}
@@ -129,6 +132,7 @@ class Catalog:
         self.token_hashes.clear()
         self.decisions.clear()
         self._specs.clear()
+        self._placed.clear()
         for (kind, name), value in snap.records.items():
             self._apply(snap.revisions.get((kind, name), 0), Put(kind, name, value), log=False)
         for ev in snap.events:
@@ -252,9 +256,7 @@ class Catalog:
                 status=self.statuses.get(b.name),
                 decisions=self.decisions.get(b.name, []),
             )
-            for b in sorted(
-                (b for b in self.bindings.values() if b.dataset == name), key=lambda b: b.name
-            )
+            for b in sorted(self._placed.get(name, {}).values(), key=lambda b: b.name)
         ]
         phases = [
             "Deleting" if v.binding.deleting else v.status.phase if v.status else "Pending"
@@ -386,9 +388,7 @@ class Catalog:
             nonlocal chosen
             if name not in self.datasets:
                 raise errors.NotFound(f"dataset {name} not found")
-            live = {
-                b.cluster: b for b in self.bindings.values() if b.dataset == name and not b.deleting
-            }
+            live = {c: b for c, b in self._placed.get(name, {}).items() if not b.deleting}
             unknown = sorted(set(clusters) - set(live))
             if unknown:
                 raise errors.BadRequest(
@@ -432,9 +432,8 @@ class Catalog:
                     "delete or change those first"
                 )
             ops: list[Op] = [Delete(DATASET, name)]
-            for b in list(self.bindings.values()):
-                if b.dataset == name:
-                    ops += self._retire_ops(rev, b)
+            for b in self._placed.get(name, {}).values():
+                ops += self._retire_ops(rev, b)
             return ops
 
         await self._transact(compute)
@@ -559,7 +558,7 @@ class Catalog:
     ) -> list[Op]:
         """The ops that turn the dataset's current bindings into placement's answer; with
         `check` (the field path to blame), the new bindings checked first (_check_bindings)."""
-        current = {b.cluster: b for b in self.bindings.values() if b.dataset == rec.spec.name}
+        current = self._placed.get(rec.spec.name, {})
         live = {c: b for c, b in current.items() if not b.deleting}
         homes = {n: r.spec.namespace for n, r in self.datasets.items()}
         spec = consistency.fluid_references(rec.spec, homes)
@@ -693,6 +692,7 @@ class Catalog:
                 b = self._share_spec(_at(_binding_dec.decode(op.value), rev))
                 etype = "MODIFIED" if op.name in self.bindings else "ADDED"
                 self.bindings[op.name] = b
+                self._placed.setdefault(b.dataset, {})[b.cluster] = b
                 if log:
                     self.log.append(rev, etype, b)
             elif op.kind == STATUS:
@@ -713,6 +713,10 @@ class Catalog:
         elif op.kind == BINDING:
             gone = self.bindings.pop(op.name, None)
             if gone is not None:
+                placed = self._placed[gone.dataset]
+                del placed[gone.cluster]
+                if not placed:
+                    del self._placed[gone.dataset]
                 self.log.append(rev, "DELETED", gone)
                 if gone.dataset not in self.datasets:  # its dataset's last ones go: forget
                     self._specs.pop(gone.dataset, None)
