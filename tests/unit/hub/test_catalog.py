@@ -58,6 +58,12 @@ async def test_relabel_moves_placement_in_one_revision(tmp_path: Path) -> None:
     assert info.value.status == 409
     await cat.finalize_binding("ds.a")
     assert sorted(cat.bindings) == ["ds.b"]
+    assert [v.binding.name for v in cat.dataset_view("ds").bindings] == ["ds.b"]
+    # placed again where it was finalized: a new binding, not the forgotten one
+    await cat.relabel_cluster("a", {"env": "prod"}, [])
+    assert not cat.bindings["ds.a"].deleting
+    await cat.delete_cluster("b")
+    assert [v.binding.name for v in cat.dataset_view("ds").bindings] == ["ds.a"]
     assert b'"DELETED"' in cat.events_since(rev + 2, "a")[0].line
 
 
