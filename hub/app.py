@@ -34,7 +34,6 @@ from hub.store import Shared
 log = logging.getLogger("fluidfed.hub")
 CATALOG = web.AppKey("catalog", Catalog)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
-BOOKMARK_INTERVAL = web.AppKey("bookmark_interval", float)
 MAX_BODY = web.AppKey("max_body", int)
 AUTOSCALER = web.AppKey("autoscaler", Autoscaler)
 LEADERSHIP = web.AppKey("leadership", Leadership)
@@ -88,7 +87,7 @@ class Instruments:
 
 INSTRUMENTS = web.AppKey("instruments", Instruments)
 MUTUAL_TLS = web.AppKey("mutual_tls", bool)
-CLOSING = web.AppKey("closing", asyncio.Event)  # set on shutdown: watch streams end
+WATCH_CLOCK = web.AppKey("watch_clock", watch.Clock)  # bookmarks; closed on shutdown
 
 
 def error_response(
@@ -433,14 +432,7 @@ async def _watch(
     watches = request.app[INSTRUMENTS].watches
     watches.add(1)
     try:
-        await watch.stream(
-            resp,
-            cat,
-            cluster,
-            revision,
-            interval=request.app[BOOKMARK_INTERVAL],
-            closing=request.app[CLOSING],
-        )
+        await watch.stream(resp, cat, cluster, revision, clock=request.app[WATCH_CLOCK])
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -508,13 +500,13 @@ async def _follow(app: web.Application) -> None:
 
 
 async def _close_watches(app: web.Application) -> None:
-    app[CLOSING].set()
+    app[WATCH_CLOCK].close()  # the watch streams end
     await app[LEADERSHIP].resign()  # another replica leads now, not in a lease's time
 
 
 async def _background(app: web.Application) -> Any:
     leader = app[LEADERSHIP]
-    work = [leader.run([lambda: _lease_loop(app), app[AUTOSCALER].run])]
+    work = [leader.run([lambda: _lease_loop(app), app[AUTOSCALER].run]), app[WATCH_CLOCK].run()]
     if isinstance(app[CATALOG].store, Shared):
         work += [_follow(app), _publish_heartbeats(app)]
     tasks = [asyncio.create_task(w) for w in work]
@@ -566,11 +558,10 @@ def make_app(
     )
     app[CATALOG] = catalog
     app[ADMIN_TOKEN] = admin_token
-    app[BOOKMARK_INTERVAL] = bookmark_interval
     app[MAX_BODY] = max_body
     app[INSTRUMENTS] = Instruments.create()
     app[MUTUAL_TLS] = mutual_tls
-    app[CLOSING] = asyncio.Event()
+    app[WATCH_CLOCK] = watch.Clock(catalog, bookmark_interval)
     app.on_shutdown.append(_close_watches)
     app[AUTOSCALER] = Autoscaler(
         catalog, interval=autoscale_interval, stale_after=metrics_stale_after

@@ -48,16 +48,20 @@ _decisions_dec = codec.decoder(list[AutoscaleDecision])
 _beats_dec = codec.decoder(dict[str, float])
 
 
-def _check_binding_names(ops: list[Op], path: str) -> None:
-    """Refuse ops that would write a binding a cluster cannot make real: a name that does
-    not fit a label value, or dataset:// mounts on a cluster without Fluid."""
-    for op in ops:
-        if isinstance(op, Put) and op.kind == BINDING:
-            dataset, _, cluster = op.name.partition(".")
-            problems = consistency.check_binding_names(dataset, [cluster], path)
-            b = _binding_dec.decode(op.value)
-            problems += consistency.check_served(b.spec, b.cluster, b.mode)
-            errors.BadRequest.unless_valid(problems)
+def _check_bindings(bindings: Iterable[Binding], path: str) -> None:
+    """Refuse bindings a cluster cannot make real: a name that does not fit a label value,
+    or dataset:// mounts on a cluster without Fluid. Placement's bindings, before they are
+    encoded (checking the ops decoded each binding once more), and what a spec may mount
+    checked once per spec and mount mode, not once per cluster."""
+    served: set[tuple[int, str]] = set()  # (spec, mode) found fine
+    for b in bindings:
+        problems = consistency.check_binding_names(b.dataset, [b.cluster], path)
+        if (id(b.spec), b.mode) not in served:
+            found = consistency.check_served(b.spec, b.cluster, b.mode)
+            if not found:
+                served.add((id(b.spec), b.mode))
+            problems += found
+        errors.BadRequest.unless_valid(problems)
 
 
 class Catalog:
@@ -80,6 +84,9 @@ class Catalog:
         self.clusters: dict[str, ClusterRecord] = {}
         self.datasets: dict[str, DatasetRecord] = {}
         self.bindings: dict[str, Binding] = {}
+        # the same bindings by dataset, then cluster: an apply looks at its dataset's own
+        # (walking every binding of every dataset was a dataset count x N per apply)
+        self._placed: dict[str, dict[str, Binding]] = {}
         self.statuses: dict[str, BindingStatus] = {}
         self.token_hashes: dict[str, str] = {}
         self.decisions: dict[str, list[AutoscaleDecision]] = {}
@@ -100,6 +107,7 @@ class Catalog:
         self._write = asyncio.Lock()
         self._tick = asyncio.Event()
         self._since_compaction = 0
+        self._compaction: asyncio.Task[None] | None = None
         # sync()'s reads of the store's revision, shared by callers (unknown tokens: any
         # client can send them, and each would otherwise cost the store a round trip)
         self._revision_reads: _Rounds[int] | None = None
@@ -124,6 +132,7 @@ class Catalog:
         self.token_hashes.clear()
         self.decisions.clear()
         self._specs.clear()
+        self._placed.clear()
         for (kind, name), value in snap.records.items():
             self._apply(snap.revisions.get((kind, name), 0), Put(kind, name, value), log=False)
         for ev in snap.events:
@@ -216,8 +225,14 @@ class Catalog:
 
     @property
     def tick(self) -> asyncio.Event:
-        """Set at the next commit; take it before reading to never miss a change."""
+        """Set at the next commit (or `wake`); take it before reading to never miss a
+        change."""
         return self._tick
+
+    def wake(self) -> None:
+        """Set the tick without a change: what waits on it looks again (the watches'
+        bookmark clock, and shutdown, wake the watch streams so)."""
+        self._publish()
 
     def bindings_of(self, cluster: str) -> list[Binding]:
         return sorted(
@@ -241,9 +256,7 @@ class Catalog:
                 status=self.statuses.get(b.name),
                 decisions=self.decisions.get(b.name, []),
             )
-            for b in sorted(
-                (b for b in self.bindings.values() if b.dataset == name), key=lambda b: b.name
-            )
+            for b in sorted(self._placed.get(name, {}).values(), key=lambda b: b.name)
         ]
         phases = [
             "Deleting" if v.binding.deleting else v.status.phase if v.status else "Pending"
@@ -306,8 +319,7 @@ class Catalog:
                 token = auth.new_cluster_token(spec.name)
                 ops.append(Put(TOKEN, spec.name, auth.token_hash(token).encode()))
             ops.append(Put(CLUSTER, spec.name, codec.encode(rec)))
-            placed = self._replace_all(rev, {**self.clusters, spec.name: rec})
-            _check_binding_names(placed, "cluster.name")
+            placed = self._replace_all(rev, {**self.clusters, spec.name: rec}, "cluster.name")
             return ops + placed
 
         await self._transact(compute)
@@ -350,8 +362,7 @@ class Catalog:
             )
             known = {n: r.spec for n, r in self.datasets.items() if n != spec.name}
             errors.BadRequest.unless_valid(consistency.check_references(spec, known, "dataset"))
-            placed = self._replace(rev, rec, self.clusters)
-            _check_binding_names(placed, "dataset.name")
+            placed = self._replace(rev, rec, self.clusters, "dataset.name")
             return [Put(DATASET, spec.name, codec.encode(rec)), *placed]
 
         changed = await self._transact(compute)
@@ -377,9 +388,7 @@ class Catalog:
             nonlocal chosen
             if name not in self.datasets:
                 raise errors.NotFound(f"dataset {name} not found")
-            live = {
-                b.cluster: b for b in self.bindings.values() if b.dataset == name and not b.deleting
-            }
+            live = {c: b for c, b in self._placed.get(name, {}).items() if not b.deleting}
             unknown = sorted(set(clusters) - set(live))
             if unknown:
                 raise errors.BadRequest(
@@ -423,9 +432,8 @@ class Catalog:
                     "delete or change those first"
                 )
             ops: list[Op] = [Delete(DATASET, name)]
-            for b in list(self.bindings.values()):
-                if b.dataset == name:
-                    ops += self._retire_ops(rev, b)
+            for b in self._placed.get(name, {}).values():
+                ops += self._retire_ops(rev, b)
             return ops
 
         await self._transact(compute)
@@ -537,26 +545,33 @@ class Catalog:
             raise errors.NotFound(f"cluster {name} not found")
         return rec
 
-    def _replace_all(self, rev: int, clusters: dict[str, ClusterRecord]) -> list[Op]:
+    def _replace_all(
+        self, rev: int, clusters: dict[str, ClusterRecord], check: str = ""
+    ) -> list[Op]:
         ops: list[Op] = []
         for rec in self.datasets.values():
-            ops += self._replace(rev, rec, clusters)
+            ops += self._replace(rev, rec, clusters, check)
         return ops
 
     def _replace(
-        self, rev: int, rec: DatasetRecord, clusters: dict[str, ClusterRecord]
+        self, rev: int, rec: DatasetRecord, clusters: dict[str, ClusterRecord], check: str = ""
     ) -> list[Op]:
-        """The ops that turn the dataset's current bindings into placement's answer."""
-        current = {b.cluster: b for b in self.bindings.values() if b.dataset == rec.spec.name}
+        """The ops that turn the dataset's current bindings into placement's answer; with
+        `check` (the field path to blame), the new bindings checked first (_check_bindings)."""
+        current = self._placed.get(rec.spec.name, {})
         live = {c: b for c, b in current.items() if not b.deleting}
         homes = {n: r.spec.namespace for n, r in self.datasets.items()}
         spec = consistency.fluid_references(rec.spec, homes)
         wanted = placement.place(spec, rec.generation, clusters.values(), live)
+        changed = [
+            (b, old)
+            for cluster, b in wanted.items()
+            if (old := current.get(cluster)) is None or not _same_binding(old, b)
+        ]
+        if check:
+            _check_bindings((b for b, _ in changed), check)
         ops: list[Op] = []
-        for cluster, b in wanted.items():
-            old = current.get(cluster)
-            if old is not None and _same_binding(old, b):
-                continue
+        for b, old in changed:
             # a warm-up asked for stays asked for when the spec changes
             nb = msgspec.structs.replace(b, revision=rev, load=old.load if old else None)
             ops.append(Put(BINDING, b.name, codec.encode(nb)))
@@ -616,17 +631,30 @@ class Catalog:
             self._apply(rev, op)
         self._since_compaction += len(ops)
         log = self.log
-        if self._since_compaction > log.count // 10 or log.compacted > self._store_compacted:
+        due = self._since_compaction > log.count // 10 or log.compacted > self._store_compacted
+        if due and (self._compaction is None or self._compaction.done()):
             self._since_compaction = 0
-            # the store forgets at least what the log forgot (the log may trim by bytes); the
-            # write is durable already: a failing compaction is tried again, never an error
-            try:
-                self._store_compacted = await self.store.compact(log.count, log.compacted)
-                if not isinstance(self.store, Shared):  # etcd's history is not this log's
-                    log.compacted = max(log.compacted, self._store_compacted)
-            except errors.StoreError as err:
-                self.store_problem = err.reason
+            # after the commit is visible and acknowledged, not before: its round trips (on
+            # etcd) or its DELETE (SQLite) were on every apply's path at thousands of
+            # clusters (bench/hub_fanout.py: README, "Measured design decisions")
+            self._compaction = asyncio.get_running_loop().create_task(self._compact())
         self._publish()
+
+    async def _compact(self) -> None:
+        """The store forgets at least what the log forgot (the log may trim by bytes). The
+        writes are durable already: a failing compaction is tried again, never an error."""
+        log = self.log
+        try:
+            self._store_compacted = await self.store.compact(log.count, log.compacted)
+            if not isinstance(self.store, Shared):  # etcd's history is not this log's
+                log.compacted = max(log.compacted, self._store_compacted)
+        except errors.StoreError as err:
+            self.store_problem = err.reason
+
+    async def close(self) -> None:
+        """Let a compaction under way finish (before the store closes)."""
+        if self._compaction is not None:
+            await self._compaction
 
     def _publish(self) -> None:
         tick, self._tick = self._tick, asyncio.Event()
@@ -664,6 +692,7 @@ class Catalog:
                 b = self._share_spec(_at(_binding_dec.decode(op.value), rev))
                 etype = "MODIFIED" if op.name in self.bindings else "ADDED"
                 self.bindings[op.name] = b
+                self._placed.setdefault(b.dataset, {})[b.cluster] = b
                 if log:
                     self.log.append(rev, etype, b)
             elif op.kind == STATUS:
@@ -684,6 +713,10 @@ class Catalog:
         elif op.kind == BINDING:
             gone = self.bindings.pop(op.name, None)
             if gone is not None:
+                placed = self._placed[gone.dataset]
+                del placed[gone.cluster]
+                if not placed:
+                    del self._placed[gone.dataset]
                 self.log.append(rev, "DELETED", gone)
                 if gone.dataset not in self.datasets:  # its dataset's last ones go: forget
                     self._specs.pop(gone.dataset, None)

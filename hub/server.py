@@ -161,4 +161,5 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         print("fluidfed hub stopping", file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
             await runner.cleanup()
+        await catalog.close()
         await store.close()

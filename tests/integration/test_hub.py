@@ -227,6 +227,41 @@ def test_bookmarks_advance_a_quiet_watch(tmp_path: Path, store_flags: list[str])
         asyncio.run(go())
 
 
+def test_bookmarks_come_while_other_clusters_change_more_often(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
+    """Commits for other clusters, more often than the bookmark interval, wake a quiet
+    watch: it still gets its bookmarks (a timer per watch, started over at each wake-up,
+    never fired; on etcd the replicas' heartbeats alone came every 5 s, under the default
+    10 s interval)."""
+    with configured_hub(tmp_path, '[hub]\nbookmark_interval = "1s"\n', store_flags) as hub:
+
+        async def go() -> None:
+            async with Client(hub.url, hub.admin_token) as admin:
+                start = (await admin.list_bindings("edge")).revision
+
+                async def others() -> None:
+                    for i in range(1000):
+                        await admin.apply_dataset(
+                            testing.dataset(
+                                f"d{i}", uri="file:///x", placement=Placement(clusters=["standard"])
+                            )
+                        )
+                        await asyncio.sleep(0.25)
+
+                busy = asyncio.create_task(others())
+                try:
+                    async with asyncio.timeout(20):  # 1 s expected: a failure, not a speed
+                        async for ev in admin.watch_bindings("edge", revision=start):
+                            assert ev.type == "BOOKMARK"
+                            assert ev.revision > start + 1  # past the others' commits
+                            break
+                finally:
+                    busy.cancel()
+
+        asyncio.run(go())
+
+
 def test_watch_from_compacted_revision_is_410(tmp_path: Path, store_flags: list[str]) -> None:
     with configured_hub(tmp_path, "[hub]\nevent_history = 100\n", store_flags) as hub:
 

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from devkit import testing
-from fluidfed.errors import APIError, Compacted
+from fluidfed.errors import APIError, Compacted, StoreError
 from fluidfed.models import Capabilities, Cluster, Dataset, LabelSelector, Mount, Placement
 from hub.catalog import Catalog
 from hub.store import Op, SQLiteStore
@@ -58,6 +58,12 @@ async def test_relabel_moves_placement_in_one_revision(tmp_path: Path) -> None:
     assert info.value.status == 409
     await cat.finalize_binding("ds.a")
     assert sorted(cat.bindings) == ["ds.b"]
+    assert [v.binding.name for v in cat.dataset_view("ds").bindings] == ["ds.b"]
+    # placed again where it was finalized: a new binding, not the forgotten one
+    await cat.relabel_cluster("a", {"env": "prod"}, [])
+    assert not cat.bindings["ds.a"].deleting
+    await cat.delete_cluster("b")
+    assert [v.binding.name for v in cat.dataset_view("ds").bindings] == ["ds.a"]
     assert b'"DELETED"' in cat.events_since(rev + 2, "a")[0].line
 
 
@@ -82,12 +88,59 @@ async def test_compacted_revision_is_refused(tmp_path: Path) -> None:
         cat.events_since(1, "a")
     assert info.value.status == 410
     assert cat.events_since(cat.compacted, "a")  # the oldest kept still works
-    # the store compacts too, and a restart keeps the watermark
+    # the store compacts too (after the commits: close waits for it), and a restart keeps
+    # the watermark
+    await cat.close()
     cat2 = await new_catalog(tmp_path, history=100)
     assert cat2.compacted > 1
     with pytest.raises(Compacted):
         cat2.events_since(1, "a")
     assert cat2.events_since(cat.revision - 3, "a")[-1].revision == cat.revision
+
+
+class HeldCompaction(SQLiteStore):
+    """The SQLite store, its compactions held until `release` (or failing)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = asyncio.Event()
+        self.started = 0
+        self.fail = False
+
+    async def compact(self, keep_events: int, through: int = 0) -> int:
+        self.started += 1
+        await self.release.wait()
+        if self.fail:
+            raise StoreError("catalog store: compaction failed (as the test asks)")
+        return await super().compact(keep_events, through)
+
+
+async def test_commits_are_visible_and_acknowledged_before_the_store_compacts(
+    tmp_path: Path,
+) -> None:
+    store = HeldCompaction(tmp_path / "catalog.db")
+    cat = Catalog(store, history=10)
+    await cat.load()
+    await cat.register_cluster(Cluster(name="a"))
+    tick = cat.tick
+    for i in range(3):  # past a tenth of the history: a compaction is due at each
+        await cat.apply_dataset(ds(f"d{i}"))  # returns with the compaction held
+    assert tick.is_set() and len(cat.events_since(0, "a")) == 3
+    assert store.started == 1  # one at a time: the others wait for the next commit
+    store.release.set()
+    await cat.close()  # the compaction finishes before the store may close
+    await cat.apply_dataset(ds("d3"))
+    await asyncio.sleep(0)  # the compaction's task begins
+    assert store.started == 2
+    await cat.close()
+    assert cat.store_problem == ""
+    # a failing compaction is no failed write: the store's problem shows (in /readyz)
+    store.fail = True
+    await cat.apply_dataset(ds("d4"))
+    await cat.close()
+    assert store.started == 3 and "compaction failed" in cat.store_problem
+    assert cat.bindings["d4.a"].revision == cat.revision
+    await store.close()
 
 
 async def test_the_watch_history_grows_with_the_fleet_so_one_apply_never_overflows_it(
@@ -248,6 +301,7 @@ async def test_the_watch_log_is_bounded_by_bytes_as_well_as_by_count(tmp_path: P
         cat.events_since(1, None)
     assert cat.events_since(cat.revision - 1, None)  # ... the recent ones are kept
     # and the store forgot them too: a restart holds no more than the log did
+    await cat.close()
     again = await new_catalog(tmp_path, history=10000, history_bytes=600_000)
     assert again.compacted >= cat.compacted - 1
     assert again.log.bytes <= 600_000 * 1.25
@@ -267,6 +321,34 @@ async def test_dataset_references_reach_fluid_as_it_reads_them_and_never_a_sidec
         await cat.register_cluster(Cluster(name="s"))
     assert "need a cluster with Fluid" in info.value.problems[0].message
     assert "s" not in cat.clusters
+
+
+async def test_an_apply_is_refused_for_the_one_cluster_that_cannot_mount_it(
+    tmp_path: Path,
+) -> None:
+    """What a spec may mount is checked once per mount mode, not per cluster: a Fluid
+    cluster passing says nothing of a sidecar one placed beside it."""
+    cat = await new_catalog(tmp_path)
+    for i in range(3):
+        await cat.register_cluster(
+            Cluster(name=f"f{i}", capabilities=Capabilities(csi=True, fluid=True))
+        )
+    await cat.register_cluster(Cluster(name="s"))
+    await cat.apply_dataset(Dataset(name="base", mounts=[Mount(uri="s3://b/p")]))
+    with pytest.raises(APIError) as info:
+        await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
+    (problem,) = info.value.problems
+    assert "need a cluster with Fluid" in problem.message and "picks s," in problem.message
+    assert "ref" not in cat.datasets and not [b for b in cat.bindings if b.startswith("ref.")]
+    # placed on the Fluid clusters alone, it is taken
+    await cat.apply_dataset(
+        Dataset(
+            name="ref",
+            mounts=[Mount(uri="dataset://base")],
+            placement=Placement(clusters=["f0", "f1", "f2"]),
+        )
+    )
+    assert sorted(b for b in cat.bindings if b.startswith("ref.")) == ["ref.f0", "ref.f1", "ref.f2"]
 
 
 async def test_a_dataset_bound_on_some_clusters_is_partially_bound(tmp_path: Path) -> None:

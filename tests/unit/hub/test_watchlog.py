@@ -1,5 +1,7 @@
 """The watch log alone: bounded by count and by bytes, trimmed by whole revisions."""
 
+import gc
+
 import pytest
 
 from devkit import testing
@@ -42,3 +44,10 @@ def test_a_clusters_events_stay_in_order_through_trims() -> None:
         for since in range(log.compacted, 101):
             expect = [e for e in everything if e.cluster == cluster and e.revision > since]
             assert log.since(since, cluster, current=100) == expect
+
+
+def test_its_entries_are_never_walked_by_the_garbage_collector() -> None:
+    log = WatchLog(count=100, size=2**30)
+    log.append(1, "ADDED", testing.binding(cluster="a"))
+    (entry,) = log.since(0, "a", current=1)
+    assert not gc.is_tracked(entry)  # a few applies' worth, one per cluster each
