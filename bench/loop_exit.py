@@ -3,8 +3,8 @@ that used OpenDAL dies at exit, on asyncio's loop and on uvloop, in the same run
 
     python bench/loop_exit.py [--runs 60] [--objects 200]
 
-Each run is a new Python process that writes `--objects` small objects to MinIO through
-fluidfed.data.ufs's library (OpenDAL) on the chosen loop, prints "done" and returns; the
+Each run is a new Python process that writes `--objects` small objects to MinIO with
+devkit's `S3Server.upload` (OpenDAL, as `fluidfed local s3 up --sample`) on the chosen loop, prints "done" and returns; the
 runs alternate between the loops. Counted: exits that were not 0 after "done" (SIGABRT:
 an OpenDAL thread, still in the loop's call_soon_threadsafe, asked for the GIL back after
 the interpreter began to finalize, and CPython 3.11 ends such a thread with pthread_exit,
@@ -23,30 +23,20 @@ import tempfile
 from pathlib import Path
 
 from devkit.local import binaries
-from devkit.local.s3 import CREDENTIALS, S3Server
+from devkit.local.s3 import S3Server
 
 LOOPS = ("asyncio", "uvloop")
 
 CHILD = """
-import asyncio, os, sys
-import opendal
+import sys
+from pathlib import Path
+from devkit.local.s3 import S3Server
 from fluidfed import aio
 
-async def main() -> None:
-    op = opendal.AsyncOperator(
-        "s3", bucket="datasets", root="/", endpoint=sys.argv[1], region="us-east-1",
-        access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
-        secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-    )
-    sem = asyncio.Semaphore(16)
-
-    async def put(i: int) -> None:
-        async with sem:
-            await op.write(f"loop-exit/{i}", b"x" * 1000)
-
-    await asyncio.gather(*(put(i) for i in range(int(sys.argv[2]))))
-
-aio.run(main())
+# the server's own upload (16 writes in flight), to the MinIO the parent started
+server = S3Server(Path(sys.argv[1]), port=int(sys.argv[2]))
+objects = {str(i): b"x" * 1000 for i in range(int(sys.argv[3]))}
+aio.run(server.upload(objects, prefix="loop-exit"))
 print("done", flush=True)
 """
 
@@ -80,9 +70,16 @@ def main() -> None:
 def runs(server: S3Server, args: argparse.Namespace, died: dict[str, list[int]]) -> None:
     for _ in range(args.runs):
         for loop in LOOPS:
-            env = {**os.environ, **CREDENTIALS, "FLUIDFED_EVENT_LOOP": loop}
+            env = {**os.environ, "FLUIDFED_EVENT_LOOP": loop}
             got = subprocess.run(
-                [sys.executable, "-c", CHILD, server.endpoint, str(args.objects)],
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD,
+                    str(server.data_dir),
+                    str(server.port),
+                    str(args.objects),
+                ],
                 env=env,
                 capture_output=True,
                 text=True,
