@@ -17,6 +17,7 @@ Two reasons, each measured:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -51,3 +52,20 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         raise
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+YOUNG_THRESHOLD = 10_000
+
+
+def settle_gc() -> None:
+    """For a server once it has started: move what start-up made (modules, classes,
+    functions, a loaded catalog: ~65k objects in the hub, nearly all the garbage collector
+    tracks before clients connect) out of the collector's reach, so a full collection walks
+    only what serving made since; and collect the youngest objects every 10,000 allocations
+    instead of 700, so objects alive for one request are freed by their count before a
+    collection can promote them (every promotion brings the next full collection closer).
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)

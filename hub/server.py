@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fluidfed import pki, tls
+from fluidfed import aio, pki, tls
 from fluidfed.errors import ConfigError
 from fluidfed.models import HubConfig
 from hub import auth, leader
@@ -133,6 +133,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
+        aio.settle_gc()
     except BaseException:
         if runner is not None:
             with contextlib.suppress(Exception):

@@ -2,6 +2,9 @@
 
 import asyncio
 import inspect
+import json
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -51,3 +54,38 @@ def test_a_misspelt_choice_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> 
         with pytest.raises(FluidfedError, match=r"FLUIDFED_EVENT_LOOP='uv-loop'.*'uvloop'"):
             aio.run(coro)
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+SETTLE = """
+import gc, json, weakref
+from fluidfed import aio
+
+class Node:
+    pass
+
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+kept = [Node() for _ in range(1000)]  # start-up's objects, alive for good
+dropped = cycle()  # start-up's garbage in a cycle: collected, not frozen
+aio.settle_gc()
+frozen = gc.get_freeze_count()
+later = cycle()  # serving's garbage: the collector still finds it
+gc.collect()
+print(json.dumps({"frozen": frozen, "threshold": gc.get_threshold(),
+                  "dropped": dropped() is None, "later": later() is None}))
+"""
+
+
+def test_settle_gc_freezes_start_up_and_still_collects_what_serving_makes() -> None:
+    # in a process of its own: freezing is for the life of the process
+    out = subprocess.run(
+        [sys.executable, "-c", SETTLE], capture_output=True, text=True, check=True
+    ).stdout
+    got = json.loads(out)
+    assert got["frozen"] >= 1000
+    assert got["threshold"][0] == aio.YOUNG_THRESHOLD
+    assert got["dropped"], "garbage made before settling must be collected, not frozen"
+    assert got["later"], "garbage made after settling must still be collected"
