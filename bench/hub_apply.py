@@ -1,6 +1,7 @@
 """CPU of one apply placed on N clusters, on an in-process catalog (SQLite, a temporary
 directory): the apply's own path (placement, checks, encoding, the commit, the catalog's
-update and its watch log), with no watcher. The fan-out bench (hub_fanout.py) measures
+update and its watch log), with no watcher; then every cluster's agent listing its bindings
+once (what a hub's restart brings). The fan-out bench (hub_fanout.py) measures
 delivery too, in whose noise a change of the apply's path is lost.
 
     python bench/hub_apply.py [--clusters 10000] [--applies 8]
@@ -37,13 +38,18 @@ async def main(n: int, applies: int) -> None:
             await cat.apply_dataset(d)
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - w0)
+        # every agent relists (a hub restarted, a watch older than the history): N lists
+        c0 = time.process_time()
+        listed = sum(len(cat.bindings_of(name)) for name in cat.clusters)
+        relist = time.process_time() - c0
         await cat.close()
         await cat.store.close()
     mid = statistics.median(cpu)
     print(
         f"{n} clusters, {applies} applies: CPU per apply median {mid * 1e3:.1f} ms "
         f"(first {cpu[0] * 1e3:.1f}, last {cpu[-1] * 1e3:.1f}), per binding "
-        f"{mid / n * 1e6:.2f} µs; wall median {statistics.median(wall) * 1e3:.1f} ms",
+        f"{mid / n * 1e6:.2f} µs; wall median {statistics.median(wall) * 1e3:.1f} ms; "
+        f"every cluster listing its {listed} bindings: CPU {relist * 1e3:.1f} ms",
         flush=True,
     )
 

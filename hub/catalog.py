@@ -87,6 +87,9 @@ class Catalog:
         # the same bindings by dataset, then cluster: an apply looks at its dataset's own
         # (walking every binding of every dataset was a dataset count x N per apply)
         self._placed: dict[str, dict[str, Binding]] = {}
+        # and by cluster, then name: an agent's list (every agent relists after a hub's
+        # restart) walked every binding of every cluster, N agents x N clusters' bindings
+        self._of_cluster: dict[str, dict[str, Binding]] = {}
         self.statuses: dict[str, BindingStatus] = {}
         self.token_hashes: dict[str, str] = {}
         self.decisions: dict[str, list[AutoscaleDecision]] = {}
@@ -133,6 +136,7 @@ class Catalog:
         self.decisions.clear()
         self._specs.clear()
         self._placed.clear()
+        self._of_cluster.clear()
         for (kind, name), value in snap.records.items():
             self._apply(snap.revisions.get((kind, name), 0), Put(kind, name, value), log=False)
         for ev in snap.events:
@@ -235,9 +239,7 @@ class Catalog:
         self._publish()
 
     def bindings_of(self, cluster: str) -> list[Binding]:
-        return sorted(
-            (b for b in self.bindings.values() if b.cluster == cluster), key=lambda b: b.name
-        )
+        return sorted(self._of_cluster.get(cluster, {}).values(), key=lambda b: b.name)
 
     @property
     def compacted(self) -> int:
@@ -679,6 +681,16 @@ class Catalog:
             b.spec = shared
         return b
 
+    def _unindex(self, b: Binding) -> None:
+        """Take `b` out of the by-dataset and by-cluster indexes of `bindings`."""
+        for index, key, name in (
+            (self._placed, b.dataset, b.cluster),
+            (self._of_cluster, b.cluster, b.name),
+        ):
+            inner = index.get(key)
+            if inner is not None and inner.pop(name, None) is not None and not inner:
+                del index[key]
+
     def _apply(self, rev: int, op: Op, *, log: bool = True) -> None:
         """One op, as of revision `rev` (the records say the revision the store gave)."""
         if isinstance(op, Put):
@@ -690,9 +702,13 @@ class Catalog:
                 self.datasets[op.name] = _at(_dataset_dec.decode(op.value), rev)
             elif op.kind == BINDING:
                 b = self._share_spec(_at(_binding_dec.decode(op.value), rev))
-                etype = "MODIFIED" if op.name in self.bindings else "ADDED"
+                before = self.bindings.get(op.name)
+                if before is not None:
+                    self._unindex(before)
                 self.bindings[op.name] = b
                 self._placed.setdefault(b.dataset, {})[b.cluster] = b
+                self._of_cluster.setdefault(b.cluster, {})[b.name] = b
+                etype = "MODIFIED" if before is not None else "ADDED"
                 if log:
                     self.log.append(rev, etype, b)
             elif op.kind == STATUS:
@@ -713,10 +729,7 @@ class Catalog:
         elif op.kind == BINDING:
             gone = self.bindings.pop(op.name, None)
             if gone is not None:
-                placed = self._placed[gone.dataset]
-                del placed[gone.cluster]
-                if not placed:
-                    del self._placed[gone.dataset]
+                self._unindex(gone)
                 self.log.append(rev, "DELETED", gone)
                 if gone.dataset not in self.datasets:  # its dataset's last ones go: forget
                     self._specs.pop(gone.dataset, None)

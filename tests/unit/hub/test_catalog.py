@@ -1,6 +1,7 @@
 """Catalog revision logic on a real SQLite file."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -450,3 +451,37 @@ async def test_a_revision_read_cancelled_under_its_callers_does_not_leave_them_w
     rounds._task.cancel()  # as at shutdown: the read under them goes
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiting, 5)
+
+
+def _scanned(cat: Catalog) -> dict[str, list[str]]:
+    """Each cluster's bindings found the slow way, by walking all of them."""
+    return {c: sorted(n for n, b in cat.bindings.items() if b.cluster == c) for c in cat.clusters}
+
+
+def _indexed(cat: Catalog) -> dict[str, list[str]]:
+    return {c: [b.name for b in cat.bindings_of(c)] for c in cat.clusters}
+
+
+async def test_a_clusters_bindings_follow_every_change_and_a_restart(tmp_path: Path) -> None:
+    cat = await new_catalog(tmp_path)
+    for n in "abc":
+        await cat.register_cluster(Cluster(name=n, labels={"env": "prod"} if n != "c" else {}))
+    prod = LabelSelector(match_labels={"env": "prod"})
+    steps: list[Callable[[], Awaitable[object]]] = [
+        lambda: cat.apply_dataset(ds("one")),
+        lambda: cat.apply_dataset(ds("two", selector=prod)),
+        lambda: cat.relabel_cluster("c", {"env": "prod"}, []),  # two placed on c
+        lambda: cat.relabel_cluster("a", {}, ["env"]),  # two.a retiring, still a's
+        lambda: cat.finalize_binding("two.a"),
+        lambda: cat.delete_dataset("one"),
+        lambda: cat.finalize_binding("one.b"),
+        lambda: cat.delete_cluster("c"),
+    ]
+    for step in steps:
+        await step()
+        assert _indexed(cat) == _scanned(cat)
+    assert _indexed(cat) == {"a": ["one.a"], "b": ["two.b"]}
+    await cat.store.close()
+    again = await new_catalog(tmp_path)
+    assert _indexed(again) == _scanned(again) == {"a": ["one.a"], "b": ["two.b"]}
+    assert again.bindings_of("gone") == []
