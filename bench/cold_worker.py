@@ -3,7 +3,7 @@ alternated in one run, with the CPU of sidecar and worker apart (all threads, an
 kernel's share), and optionally their py-spy profiles: where a first epoch through workers
 loses its speed (issue 20), in a minute or two rather than bench/peers.py's whole table.
 
-    python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3]
+    python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3] [--file-kib 128]
         [--variants alone,worker,dropped] [--profile DIR]
 
     alone    a fresh sidecar without workers (reads MinIO itself)
@@ -18,7 +18,8 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
 Figures: files/s, p50/p99 per file, CPU ms per file of the sidecar and of the worker (and
 of that the system time), and for `worker` the blocks the worker holds afterwards. The
 clients take turns going first. --profile records py-spy (250 Hz, Python frames) of the
-sidecar and the worker in each run, into DIR.
+sidecar and the worker in each run, into DIR. --file-kib sets the files' size (4096: one
+whole 4 MiB block per file, a first epoch of large samples filling the worker's disk).
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ import read_path as rp
 from devkit.local import processes
 from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed.data import credentials
+
+FILE_SIZE = rp.SMALL_FILE  # --file-kib
+
+
+def write_files(root: Path, keys: list[str]) -> None:
+    """`rp.write_small_files`, or files of FILE_SIZE: their number, then random bytes."""
+    if FILE_SIZE == rp.SMALL_FILE:
+        rp.write_small_files(root, keys)
+        return
+    base = os.urandom(FILE_SIZE)
+    for i, key in enumerate(keys):
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(i.to_bytes(8, "big") + base[8:])
 
 
 def worker_blocks(w: processes.WorkerProcess) -> int:
@@ -69,7 +84,7 @@ def one(
     run: int,
 ) -> dict[str, Any]:
     tree, mode, loop = variant
-    total_mib = len(keys) * rp.SMALL_FILE // 2**20 + 1
+    total_mib = len(keys) * FILE_SIZE // 2**20 + 1
     w = None
     env = {"FLUIDFED_EVENT_LOOP": loop} if loop else {}
     with peers.pythonpath(tree, env):
@@ -155,7 +170,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--variants", default="alone,worker,dropped")
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--file-kib", type=int, default=rp.SMALL_FILE // 1024)
     args = ap.parse_args()
+    global FILE_SIZE
+    FILE_SIZE = args.file_kib * 1024
     os.environ.update(CREDENTIALS)
     variants: list[tuple[str, tuple[str, str, str]]] = []
     for v in args.variants.split(","):
@@ -170,7 +188,7 @@ def main() -> None:
     out: dict[str, list[dict[str, Any]]] = {}
     try:
         local = root / "local"
-        rp.write_small_files(local, keys)
+        write_files(local, keys)
         asyncio.run(peers.upload(server, local))
         mount = {
             "uri": server.uri(peers.PREFIX),
@@ -186,7 +204,9 @@ def main() -> None:
             processes.force_unmount(mnt)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"{args.files} files of 128 KiB, {args.dirs} dirs, 8 readers, medians of {args.runs}")
+    print(
+        f"{args.files} files of {args.file_kib} KiB, {args.dirs} dirs, 8 readers, medians of {args.runs}"
+    )
     for name, xs in out.items():
         row = {
             k: statistics.median(x[k] for x in xs)

@@ -220,11 +220,13 @@ async def test_a_worker_killed_while_writing_behind_never_serves_a_torn_block(
             proc.start()
             again = await asyncio.gather(*(get(r, i) for r, i, _ in everything))
             assert again == [b for _, _, b in everything]
-            async with session.get(
-                f"{proc.url}/v1/status",
-                headers=credentials.authorization(local_token(DATASET, "agent")),
-            ) as r:
-                status = await r.json()
+            agent = credentials.authorization(local_token(DATASET, "agent"))
+            for _ in range(300):  # until the block fetched again is in its file
+                async with session.get(f"{proc.url}/v1/status", headers=agent) as r:
+                    status = await r.json()
+                if not status["writing"]:
+                    break
+                await asyncio.sleep(0.05)
         assert status["corrupt"] == 1  # the cut one, found and fetched again
         assert not list(ssd.rglob("*.tmp"))
         for f in (p for p in ssd.rglob("*") if p.is_file()):
