@@ -16,9 +16,9 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
 
 Figures: files/s, p50/p99 per file, CPU ms per file of the sidecar and of the worker (and
-of that the system time), and for `worker` the blocks the worker holds afterwards. The
-clients take turns going first. --profile records py-spy (250 Hz, Python frames) of the
-sidecar and the worker in each run, into DIR. --file-kib sets the files' size (4096: one
+of that the system time), their minor page faults per file, and for `worker` the blocks
+the worker holds afterwards. The clients take turns going first. --profile records py-spy
+(250 Hz, Python frames) of the sidecar and the worker in each run, into DIR. --file-kib sets the files' size (4096: one
 whole 4 MiB block per file, a first epoch of large samples filling the worker's disk).
 """
 
@@ -68,10 +68,19 @@ def worker_blocks(w: processes.WorkerProcess) -> int:
     return int(got["blocks"])
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def system_seconds(pid: int) -> float:
     """System CPU of a process, all its threads (the kernel's work for it)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return int(_stat(pid)[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults of a process that needed no disk (fresh or reclaimed pages)."""
+    return int(_stat(pid)[7])
 
 
 def one(
@@ -139,12 +148,14 @@ def one(
             time.sleep(1.0)
         cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
         sys0 = {k: system_seconds(p) for k, p in pids.items()}
+        flt0 = {k: minor_faults(p) for k, p in pids.items()}
         got: dict[str, Any] = rp.read_whole([sc.mountpoint / k for k in keys])
         for k, p in pids.items():
             got[f"{k}_cpu_ms_per_file"] = round(
                 (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / len(keys), 3
             )
             got[f"{k}_sys_ms_per_file"] = round((system_seconds(p) - sys0[k]) * 1000 / len(keys), 3)
+            got[f"{k}_faults_per_file"] = round((minor_faults(p) - flt0[k]) / len(keys), 1)
         for s in spies:
             s.send_signal(2)
         for s in spies:
