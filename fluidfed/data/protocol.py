@@ -230,8 +230,6 @@ class WorkerStatus(Message):
     ufs: UFSCounters
     served: Served
     load: LoadProgress = msgspec.field(default_factory=LoadProgress)
-    writing: int = 0  # blocks served from memory while their files are written
-    write_errors: int = 0  # ... whose files could not be written (dropped from the cache)
 
 
 class WorkerRegistration(Message):

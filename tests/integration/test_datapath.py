@@ -142,16 +142,6 @@ class Workers:
             got: dict[str, Any] = json.load(r)
         return got
 
-    def written(self) -> None:
-        """Once every block the workers answered is in its file (a worker answers a miss
-        before the block file is written)."""
-
-        def done() -> bool | NotYet:
-            writing = [self.status(w)["writing"] for w in self.procs]
-            return True if not any(writing) else NotYet(writing)
-
-        eventually_blocking(done, "the workers' block files", timeout=30, interval=0.05)
-
     def stop(self) -> None:
         for p in self.procs:
             p.stop(signal.SIGKILL)
@@ -332,7 +322,6 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     sc = sidecars(sidecar_config(mount, ws.urls()))
     assert (sc.mountpoint / name).read_bytes() == want[name]
     sc.stop()
-    ws.written()
     stored = [p for p in (tmp_path / "ssd").rglob("*") if p.is_file()]
     assert stored
     victim = stored[0]
@@ -356,7 +345,6 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     read_all(first.mountpoint, want)
     assert first.status()["blocks"]["short_circuit"] == 0  # the worker fetched them: misses
     first.stop()
-    ws.written()
 
     sc = sidecars(sidecar_config(mount, ws.urls()))
     read_all(sc.mountpoint, want)
