@@ -3,7 +3,7 @@ alternated in one run, with the CPU of sidecar and worker apart (all threads, an
 kernel's share), and optionally their py-spy profiles: where a first epoch through workers
 loses its speed (issue 20), in a minute or two rather than bench/peers.py's whole table.
 
-    python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3]
+    python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3] [--file-kib 128]
         [--variants alone,worker,dropped] [--profile DIR]
 
     alone    a fresh sidecar without workers (reads MinIO itself)
@@ -16,9 +16,10 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
 
 Figures: files/s, p50/p99 per file, CPU ms per file of the sidecar and of the worker (and
-of that the system time), and for `worker` the blocks the worker holds afterwards. The
-clients take turns going first. --profile records py-spy (250 Hz, Python frames) of the
-sidecar and the worker in each run, into DIR.
+of that the system time), their minor page faults per file, and for `worker` the blocks
+the worker holds afterwards. The clients take turns going first. --profile records py-spy
+(250 Hz, Python frames) of the sidecar and the worker in each run, into DIR. --file-kib sets the files' size (4096: one
+whole 4 MiB block per file, a first epoch of large samples filling the worker's disk).
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ from devkit.local import processes
 from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed.data import credentials
 
+FILE_SIZE = rp.SMALL_FILE  # --file-kib
+
+
+def write_files(root: Path, keys: list[str]) -> None:
+    """`rp.write_small_files`, or files of FILE_SIZE: their number, then random bytes."""
+    if FILE_SIZE == rp.SMALL_FILE:
+        rp.write_small_files(root, keys)
+        return
+    base = os.urandom(FILE_SIZE)
+    for i, key in enumerate(keys):
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(i.to_bytes(8, "big") + base[8:])
+
 
 def worker_blocks(w: processes.WorkerProcess) -> int:
     token = processes.local_token("bench", "agent")
@@ -53,10 +68,19 @@ def worker_blocks(w: processes.WorkerProcess) -> int:
     return int(got["blocks"])
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def system_seconds(pid: int) -> float:
     """System CPU of a process, all its threads (the kernel's work for it)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return int(_stat(pid)[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults of a process that needed no disk (fresh or reclaimed pages)."""
+    return int(_stat(pid)[7])
 
 
 def one(
@@ -69,7 +93,7 @@ def one(
     run: int,
 ) -> dict[str, Any]:
     tree, mode, loop = variant
-    total_mib = len(keys) * rp.SMALL_FILE // 2**20 + 1
+    total_mib = len(keys) * FILE_SIZE // 2**20 + 1
     w = None
     env = {"FLUIDFED_EVENT_LOOP": loop} if loop else {}
     with peers.pythonpath(tree, env):
@@ -124,12 +148,14 @@ def one(
             time.sleep(1.0)
         cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
         sys0 = {k: system_seconds(p) for k, p in pids.items()}
+        flt0 = {k: minor_faults(p) for k, p in pids.items()}
         got: dict[str, Any] = rp.read_whole([sc.mountpoint / k for k in keys])
         for k, p in pids.items():
             got[f"{k}_cpu_ms_per_file"] = round(
                 (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / len(keys), 3
             )
             got[f"{k}_sys_ms_per_file"] = round((system_seconds(p) - sys0[k]) * 1000 / len(keys), 3)
+            got[f"{k}_faults_per_file"] = round((minor_faults(p) - flt0[k]) / len(keys), 1)
         for s in spies:
             s.send_signal(2)
         for s in spies:
@@ -155,7 +181,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--variants", default="alone,worker,dropped")
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--file-kib", type=int, default=rp.SMALL_FILE // 1024)
     args = ap.parse_args()
+    global FILE_SIZE
+    FILE_SIZE = args.file_kib * 1024
     os.environ.update(CREDENTIALS)
     variants: list[tuple[str, tuple[str, str, str]]] = []
     for v in args.variants.split(","):
@@ -170,7 +199,7 @@ def main() -> None:
     out: dict[str, list[dict[str, Any]]] = {}
     try:
         local = root / "local"
-        rp.write_small_files(local, keys)
+        write_files(local, keys)
         asyncio.run(peers.upload(server, local))
         mount = {
             "uri": server.uri(peers.PREFIX),
@@ -186,7 +215,9 @@ def main() -> None:
             processes.force_unmount(mnt)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"{args.files} files of 128 KiB, {args.dirs} dirs, 8 readers, medians of {args.runs}")
+    print(
+        f"{args.files} files of {args.file_kib} KiB, {args.dirs} dirs, 8 readers, medians of {args.runs}"
+    )
     for name, xs in out.items():
         row = {
             k: statistics.median(x[k] for x in xs)
