@@ -4,7 +4,7 @@ kernel's share), and optionally their py-spy profiles: where a first epoch throu
 loses its speed (issue 20), in a minute or two rather than bench/peers.py's whole table.
 
     python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3]
-        [--variants alone,worker,dropped] [--profile DIR]
+        [--variants alone,worker,dropped] [--profile DIR] [--perf DIR] [--ops]
 
     alone    a fresh sidecar without workers (reads MinIO itself)
     worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
@@ -18,7 +18,9 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
 Figures: files/s, p50/p99 per file, CPU ms per file of the sidecar and of the worker (and
 of that the system time), and for `worker` the blocks the worker holds afterwards. The
 clients take turns going first. --profile records py-spy (250 Hz, Python frames) of the
-sidecar and the worker in each run, into DIR.
+sidecar and the worker in each run, into DIR; --perf records `perf record -g` of the sidecar
+(every thread, kernel and native frames) into DIR. --ops counts the requests the kernel sends
+the mount per file, by kind (the `fuse:fuse_request_send` trace event; needs tracefs).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -59,6 +62,50 @@ def system_seconds(pid: int) -> float:
     return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
+TRACING = Path("/sys/kernel/tracing")
+FUSE_SEND = TRACING / "events/fuse/fuse_request_send"
+
+
+class FuseOps:
+    """The FUSE requests sent to one mount while it is open, counted by opcode from the
+    kernel's trace buffer (global: other mounts' requests are told apart by connection)."""
+
+    def __init__(self, mountpoint: Path) -> None:
+        self.dev = os.stat(mountpoint).st_dev
+        (TRACING / "trace").write_text("")
+        (TRACING / "buffer_size_kb").write_text("16384")
+        (FUSE_SEND / "filter").write_text(f"connection == {self.dev}")
+        (FUSE_SEND / "enable").write_text("1")
+
+    def stop(self, files: int) -> dict[str, float]:
+        (FUSE_SEND / "enable").write_text("0")
+        (FUSE_SEND / "filter").write_text("0")
+        counts: dict[str, int] = {}
+        with open(TRACING / "trace") as f:
+            for line in f:
+                m = re.search(r"opcode \d+ \((\w+)\)", line)
+                if m:
+                    counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+        (TRACING / "trace").write_text("")
+        return {k: round(v / files, 3) for k, v in sorted(counts.items())}
+
+
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads: its main thread (the event loop) apart from the
+    rest (thread pools, OpenDAL's runtime), user and system each."""
+    out = {"loop_user": 0.0, "loop_sys": 0.0, "threads_user": 0.0, "threads_sys": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        who = "loop" if task.name == str(pid) else "threads"
+        out[f"{who}_user"] += int(fields[11]) / tick
+        out[f"{who}_sys"] += int(fields[12]) / tick
+    return out
+
+
 def one(
     root: Path,
     mount: dict[str, Any],
@@ -67,6 +114,8 @@ def one(
     variant: tuple[str, str, str],
     profile: Path | None,
     run: int,
+    ops: bool = False,
+    perf: Path | None = None,
 ) -> dict[str, Any]:
     tree, mode, loop = variant
     total_mib = len(keys) * rp.SMALL_FILE // 2**20 + 1
@@ -115,16 +164,33 @@ def one(
                             "raw",
                             "--output",
                             str(out),
-                            "--nonblocking",
+                            *(["--native"] if os.environ.get("NATIVE") else ["--nonblocking"]),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
                 )
+        if perf is not None:
+            out = perf / f"{name}-sidecar-{run}.data"
+            spies.append(
+                subprocess.Popen(
+                    ["perf", "record", "-g", "-F", "999", "-p", str(sc.proc.pid), "-o", str(out)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        if spies:
             time.sleep(1.0)
         cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
         sys0 = {k: system_seconds(p) for k, p in pids.items()}
+        threads0 = thread_seconds(sc.proc.pid)
+        counter = FuseOps(sc.mountpoint) if ops else None
         got: dict[str, Any] = rp.read_whole([sc.mountpoint / k for k in keys])
+        if counter is not None:
+            got["fuse_ops_per_file"] = counter.stop(len(keys))
+        threads1 = thread_seconds(sc.proc.pid)
+        for k, v in threads1.items():
+            got[f"sidecar_{k}_ms_per_file"] = round((v - threads0[k]) * 1000 / len(keys), 3)
         for k, p in pids.items():
             got[f"{k}_cpu_ms_per_file"] = round(
                 (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / len(keys), 3
@@ -155,6 +221,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--variants", default="alone,worker,dropped")
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--perf", type=Path)
+    ap.add_argument("--ops", action="store_true", help="FUSE requests per file, by kind")
     args = ap.parse_args()
     os.environ.update(CREDENTIALS)
     variants: list[tuple[str, tuple[str, str, str]]] = []
@@ -162,8 +230,9 @@ def main() -> None:
         name, _, spec = v.partition("=")
         tree, mode, loop = ([*spec.split(":"), ""][:3]) if spec else ("", name, "")
         variants.append((name, (str(Path(tree).resolve()) if tree else "", mode, loop)))
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    for d in (args.profile, args.perf):
+        if d:
+            d.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="fluidfed-coldw-"))
     server = S3Server(root / "minio").start()
     keys = rp.small_file_keys(args.files, args.dirs)
@@ -178,7 +247,7 @@ def main() -> None:
         }
         for r in range(args.runs):
             for name, variant in peers.rotated(variants, r):
-                got = one(root, mount, keys, name, variant, args.profile, r)
+                got = one(root, mount, keys, name, variant, args.profile, r, args.ops, args.perf)
                 print(name, json.dumps(got), file=sys.stderr, flush=True)
                 out.setdefault(name, []).append(got)
     finally:

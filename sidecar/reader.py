@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -34,6 +35,7 @@ class ReadStats:
     ufs_errors: int = 0
     readahead: int = 0
     bytes: int = 0  # read from the under storage directly
+    pushed: int = 0  # small files handed to the kernel's page cache when opened
 
 
 class BlockReader:
@@ -91,6 +93,41 @@ class BlockReader:
             return None
         self.stats.local_hits += 1
         return got
+
+    async def push(self, ref: FileRef, store: Callable[[blocks.Data], None]) -> bool:
+        """Give `store` (which hands it to the kernel, blocking, the GIL let go) block 0 of
+        `ref` if this machine holds it: the sidecar's memory, or a worker's block file on
+        this node. False, and nothing stored, if it would have to come from further away
+        or `store` failed: the kernel then asks for it with a READ as usual."""
+        failed: list[OSError] = []
+
+        def guarded(data: blocks.Data) -> None:
+            try:
+                store(data)
+            except OSError as err:
+                failed.append(err)
+
+        key = self.key(ref, 0)
+        held = self.store.peek(key)
+        if held is not None:
+            self.stats.local_hits += 1
+            guarded(held)
+        else:
+            target = self._worker_for(key)
+            if (
+                target is None
+                or target not in self._dirs
+                or not self.cfg.short_circuit
+                or self._remote.get(target, 0.0) > time.monotonic()
+            ):
+                return False
+            if await self._from_files(target, key, guarded) is None:
+                return False
+        if failed:
+            log.debug("handing %s to the kernel failed: %s", ref.key, failed[0])
+            return False
+        self.stats.pushed += 1
+        return True
 
     def cached(self, ref: FileRef, index: int) -> bool:
         key = self.key(ref, index)
@@ -197,12 +234,20 @@ class BlockReader:
         if d not in dirs:
             dirs.append(d)
 
-    async def _from_files(self, worker: str, key: str) -> tuple[blocks.Data, int] | None:
+    async def _from_files(
+        self, worker: str, key: str, then: Callable[[blocks.Data], None] | None = None
+    ) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
-        with), or None: ask the worker. The worker hears of it in the next report."""
+        with), or None: ask the worker. The worker hears of it in the next report. With
+        `then`, the file is read in a thread that hands `then` the data (see
+        `blockfile.read_block_file`); without, mapped here if it is in the page cache."""
         for d in self._dirs[worker]:
+            path = blockfile.block_file(d, key)
             try:
-                data, crc = await blockfile.load_block_file(blockfile.block_path(d, key))
+                if then is None:
+                    data, crc = await blockfile.load_block_file(path)
+                else:
+                    data, crc = await asyncio.to_thread(blockfile.read_block_file, path, then)
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
             except errors.CorruptBlock:
