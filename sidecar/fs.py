@@ -34,11 +34,11 @@ log = logging.getLogger("fluidfed.sidecar")
 PREFERRED_IO = 128 * 1024
 
 # Files up to this size (and within one block) are handed to the kernel's page cache when
-# they are opened, if this machine holds their block (a worker's block file on this node,
-# or the sidecar's memory): the reader's read() is then answered by the kernel without a
-# READ request, and the copy into the page cache happens in the thread that read the block
-# file rather than on the event loop (figures: README, "Measured design decisions"). 1 MiB:
-# what the kernel would have asked for in one READ anyway (its read-ahead window here).
+# they are opened, if their block lies in a worker's block file on this node: the reader's
+# read() is then answered by the kernel without a READ request, and the copy into the page
+# cache happens in the thread that read the block file rather than on the event loop
+# (figures: README, "Measured design decisions"). 1 MiB: what the kernel would have asked
+# for in one READ anyway (its read-ahead window here).
 PUSH_MAX = 1024 * 1024
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
@@ -173,7 +173,11 @@ class DatasetFS(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(ref, inode)
-        if 0 < ref.size <= min(PUSH_MAX, self.block_size) and self._given.get(inode) != ref:
+        if (
+            0 < ref.size <= min(PUSH_MAX, self.block_size)
+            and self.reader.can_push()
+            and self._given.get(inode) != ref
+        ):
             await self._push(inode, ref)
         # the file is immutable until a listing says otherwise: keep the kernel's pages
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)

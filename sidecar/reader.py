@@ -94,11 +94,19 @@ class BlockReader:
         self.stats.local_hits += 1
         return got
 
+    def can_push(self) -> bool:
+        """Whether `push` can find anything: a worker's block files are visible here."""
+        return bool(self._dirs) and self.cfg.short_circuit
+
     async def push(self, ref: FileRef, store: Callable[[blocks.Data], None]) -> bool:
         """Give `store` (which hands it to the kernel, blocking, the GIL let go) block 0 of
-        `ref` if this machine holds it: the sidecar's memory, or a worker's block file on
-        this node. False, and nothing stored, if it would have to come from further away
-        or `store` failed: the kernel then asks for it with a READ as usual."""
+        `ref`, read in a thread from its owner's block file if that lies on this node.
+        False, and nothing stored, if the block is not there or `store` failed: the
+        kernel then asks for it with a READ as usual."""
+        key = self.key(ref, 0)
+        target = self._worker_for(key)
+        if target is None or target not in self._dirs:  # (a worker seen as remote has none)
+            return False
         failed: list[OSError] = []
 
         def guarded(data: blocks.Data) -> None:
@@ -107,22 +115,8 @@ class BlockReader:
             except OSError as err:
                 failed.append(err)
 
-        key = self.key(ref, 0)
-        held = self.store.peek(key)
-        if held is not None:
-            self.stats.local_hits += 1
-            guarded(held)
-        else:
-            target = self._worker_for(key)
-            if (
-                target is None
-                or target not in self._dirs
-                or not self.cfg.short_circuit
-                or self._remote.get(target, 0.0) > time.monotonic()
-            ):
-                return False
-            if await self._from_files(target, key, guarded) is None:
-                return False
+        if await self._from_files(target, key, guarded) is None:
+            return False
         if failed:
             log.debug("handing %s to the kernel failed: %s", ref.key, failed[0])
             return False
