@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,13 +53,6 @@ class _Handle:
     streak: int = 0  # reads in a row at or just after the last block: a sequential reader
 
 
-def _store(inode: int, data: blocks.Data) -> None:
-    """A whole file into the kernel's page cache for `inode`. Blocking (a write to
-    /dev/fuse, the GIL let go): the thread that read the block calls it. pyfuse3 takes any
-    contiguous buffer (its stub says bytes), so a mapped block goes without a copy."""
-    pyfuse3.notify_store(pyfuse3.InodeT(inode), 0, data)  # type: ignore[arg-type]
-
-
 async def _erofs(*_: Any) -> Any:
     raise pyfuse3.FUSEError(errno.EROFS)
 
@@ -78,6 +72,8 @@ class DatasetFS(pyfuse3.Operations):
         # inode -> the file as it was when the kernel got its data (pushed or read): the
         # kernel keeps those pages (keep_cache), so they are not pushed again on open
         self._given: dict[int, FileRef] = {}
+        self.closing = False
+        self._storing: set[int] = set()  # threads inside _store
         self._next_fh = 1
         self._mounted_at = time.time_ns()
         self.reads = 0
@@ -188,12 +184,37 @@ class DatasetFS(pyfuse3.Operations):
         on any failure the kernel sends the READ as it would have."""
         try:
             async with asyncio.timeout(self.read_timeout):
-                pushed = await self.reader.push(ref, functools.partial(_store, inode))
+                pushed = await self.reader.push(ref, functools.partial(self._store, inode))
         except Exception as err:
             log.debug("pushing %s at open failed: %s", ref.key, err)
             return
         if pushed:
             self._given[inode] = ref
+
+    def _store(self, inode: int, data: blocks.Data) -> None:
+        """A whole file into the kernel's page cache for `inode`. Blocking (a write to
+        /dev/fuse, the GIL let go): the thread that read the block calls it. pyfuse3 takes
+        any contiguous buffer (its stub says bytes), so a mapped block goes without a copy.
+        Refused once `quiesce` began: the session it writes to is about to be freed."""
+        me = threading.get_ident()
+        self._storing.add(me)  # before looking at `closing`: see quiesce
+        try:
+            if self.closing:
+                raise OSError(errno.ESHUTDOWN, "unmounting")
+            pyfuse3.notify_store(pyfuse3.InodeT(inode), 0, data)  # type: ignore[arg-type]
+        finally:
+            self._storing.discard(me)
+
+    async def quiesce(self, within: float = 5.0) -> None:
+        """Hand the kernel nothing more, and wait (up to `within` seconds) for the threads
+        doing it now: pyfuse3.close frees the session they write to, and a push whose
+        opener gave up (timeout, cancelled) may still be under way in its thread. A thread
+        either sees `closing` or is already in `_storing` when this looks."""
+        self.closing = True
+        deadline = time.monotonic() + within
+        # polled: the threads would need the loop (call_soon_threadsafe) to set an Event
+        while self._storing and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> Any:
         h = self._handles.get(fh)
