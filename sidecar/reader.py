@@ -115,7 +115,7 @@ class BlockReader:
             except OSError as err:
                 failed.append(err)
 
-        if await self._from_files(target, key, guarded) is None:
+        if await self._from_files(target, key, guarded, ref.size) is None:
             return False
         if failed:
             log.debug("handing %s to the kernel failed: %s", ref.key, failed[0])
@@ -229,19 +229,25 @@ class BlockReader:
             dirs.append(d)
 
     async def _from_files(
-        self, worker: str, key: str, then: Callable[[blocks.Data], None] | None = None
+        self,
+        worker: str,
+        key: str,
+        then: Callable[[blocks.Data], None] | None = None,
+        size: int = 0,
     ) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
         with), or None: ask the worker. The worker hears of it in the next report. With
-        `then`, the file is read in a thread that hands `then` the data (see
-        `blockfile.read_block_file`); without, mapped here if it is in the page cache."""
+        `then`, the block (of `size` bytes) is read in a thread that hands `then` the data
+        (see `blockfile.give_block_file`) and the data returned is empty; without, mapped
+        here if it is in the page cache."""
         for d in self._dirs[worker]:
             path = blockfile.block_file(d, key)
             try:
                 if then is None:
                     data, crc = await blockfile.load_block_file(path)
                 else:
-                    data, crc = await asyncio.to_thread(blockfile.read_block_file, path, then)
+                    crc = await asyncio.to_thread(blockfile.give_block_file, path, size, then)
+                    data = b""
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
             except errors.CorruptBlock:
@@ -252,7 +258,7 @@ class BlockReader:
                 return None
             self.stats.worker_hits += 1
             self.stats.short_circuit += 1
-            self._touched.setdefault(worker, []).append((key, len(data)))
+            self._touched.setdefault(worker, []).append((key, size if then else len(data)))
             if self._reporter is None or self._reporter.done():
                 self._reporter = asyncio.create_task(self._report_touches())
             return data, crc

@@ -14,6 +14,7 @@ import errno
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,33 @@ def read_block_file(
     if then is not None:
         then(data)
     return data, crc
+
+
+_buffers = threading.local()  # each thread's buffer for `give_block_file`
+
+
+def give_block_file(path: str | Path, size: int, then: Callable[[memoryview], None]) -> int:
+    """Read a block file of `size` data bytes into this thread's reused buffer, check it,
+    and hand `then` a view of the data, valid only during the call (a consumer that copies
+    it, as FUSE's notify_store does); returns the CRC. FileNotFoundError if it is gone,
+    CorruptBlock if it is damaged or not `size` bytes long. Blocking, for a thread: one
+    read call and no allocation, where `read_block_file` makes five calls (each letting go
+    of the GIL and taking it again) and a new bytes object whose pages fault in afresh."""
+    need = size + _TRAILER.size + 1  # one more: a longer file is told apart
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < need:
+        buf = _buffers.buf = bytearray(max(need, 256 * 1024))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        n = os.preadv(fd, [memoryview(buf)[:need]], 0)
+    finally:
+        os.close(fd)
+    if n != size + _TRAILER.size:
+        raise CorruptBlock(f"{path}: {n} bytes, expected {size + _TRAILER.size}")
+    with memoryview(buf) as whole, whole[:size] as data:
+        crc = _check(path, data, whole[size:n])
+        then(data)
+    return crc
 
 
 def _data_size(fd: int, path: str | Path) -> int:
