@@ -11,6 +11,7 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              node): every block a miss the worker fetches and writes before it answers
     dropped  a fresh sidecar beside a worker holding every block (filled before, not
              counted), the block files dropped from the page cache (short-circuit reads)
+    cached   the same with the block files left in the page cache
     NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
              and/or on another event loop, e.g. main=/tmp/main:worker or
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
@@ -124,7 +125,7 @@ def one(
     with peers.pythonpath(tree, env):
         if mode != "alone":
             w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-        if mode == "dropped":
+        if mode in ("dropped", "cached"):
             assert w is not None
             fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
             try:
@@ -134,13 +135,14 @@ def one(
             t0 = time.perf_counter()
             while worker_blocks(w) < len(keys) and time.perf_counter() - t0 < 60:
                 time.sleep(0.2)
-            rp.drop_cached(w.dir)
+            if mode == "dropped":
+                rp.drop_cached(w.dir)
         sc = rp.sidecar(
             root,
             f"sc-{name}-{run}",
             mount,
             [w.url] if w else [],
-            short_circuit=mode == "dropped",
+            short_circuit=mode in ("dropped", "cached"),
         )
     assert sc.proc is not None
     spies = []
@@ -200,7 +202,7 @@ def one(
             s.send_signal(2)
         for s in spies:
             s.wait(30)
-        if w is not None and mode != "dropped":
+        if w is not None and mode == "worker":
             got["worker_blocks"] = worker_blocks(w)  # it holds every file's block now
         got["sidecar"] = sc.status()["blocks"]
         return got
