@@ -237,17 +237,15 @@ class BlockReader:
     ) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
         with), or None: ask the worker. The worker hears of it in the next report. With
-        `then`, the block (of `size` bytes) is read in a thread that hands `then` the data
-        (see `blockfile.give_block_file`) and the data returned is empty; without, mapped
-        here if it is in the page cache."""
+        `then`, `then` gets the block (of `size` bytes) as `_give` reads it; without, the
+        block is mapped here if it is in the page cache, else copied in a thread."""
         for d in self._dirs[worker]:
             path = blockfile.block_file(d, key)
             try:
                 if then is None:
                     data, crc = await blockfile.load_block_file(path)
                 else:
-                    crc = await asyncio.to_thread(blockfile.give_block_file, path, size, then)
-                    data = b""
+                    data, crc = await self._give(path, size, then)
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
             except errors.CorruptBlock:
@@ -263,6 +261,23 @@ class BlockReader:
                 self._reporter = asyncio.create_task(self._report_touches())
             return data, crc
         return None
+
+    @staticmethod
+    async def _give(
+        path: str, size: int, then: Callable[[blocks.Data], None]
+    ) -> tuple[blocks.Data, int]:
+        """Hand `then` a block file's checked data: mapped and given here when the file is
+        in the page cache (a thread hand-off costs more than the copy), else read and given
+        in a thread (`blockfile.give_block_file`: the data returned is then empty, `then`
+        had it)."""
+        try:
+            data, crc = blockfile.map_block_file(path, cached_only=True)
+        except errors.NotCached:
+            return b"", await asyncio.to_thread(blockfile.give_block_file, path, size, then)
+        if len(data) != size:  # the kernel would take a longer one as the file's new size
+            raise errors.CorruptBlock(f"{path}: {len(data)} bytes, expected {size}")
+        then(data)
+        return data, crc
 
     async def _report_touches(self, interval: float = 1.0) -> None:
         """Tell each worker, once a second, which of its blocks were read from its files:
