@@ -21,7 +21,8 @@ of that the system time), and for `worker` the blocks the worker holds afterward
 clients take turns going first. --profile records py-spy (250 Hz, Python frames) of the
 sidecar and the worker in each run, into DIR; --perf records `perf record -g` of the sidecar
 (every thread, kernel and native frames) into DIR. --ops counts the requests the kernel sends
-the mount per file, by kind (the `fuse:fuse_request_send` trace event; needs tracefs).
+the mount per file, by kind (the `fuse:fuse_request_send` trace event; needs tracefs:
+`mount -t tracefs nodev /sys/kernel/tracing`).
 """
 
 from __future__ import annotations
