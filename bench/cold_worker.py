@@ -4,13 +4,14 @@ kernel's share), and optionally their py-spy profiles: where a first epoch throu
 loses its speed (issue 20), in a minute or two rather than bench/peers.py's whole table.
 
     python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3] [--file-kib 128]
-        [--variants alone,worker,dropped] [--profile DIR]
+        [--variants alone,worker,dropped] [--profile DIR] [--perf DIR] [--ops]
 
     alone    a fresh sidecar without workers (reads MinIO itself)
     worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
              node): every block a miss the worker fetches and writes before it answers
     dropped  a fresh sidecar beside a worker holding every block (filled before, not
              counted), the block files dropped from the page cache (short-circuit reads)
+    cached   the same with the block files left in the page cache
     NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
              and/or on another event loop, e.g. main=/tmp/main:worker or
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
@@ -18,8 +19,12 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
 Figures: files/s, p50/p99 per file, CPU ms per file of the sidecar and of the worker (and
 of that the system time), their minor page faults per file, and for `worker` the blocks
 the worker holds afterwards. The clients take turns going first. --profile records py-spy
-(250 Hz, Python frames) of the sidecar and the worker in each run, into DIR. --file-kib sets the files' size (4096: one
-whole 4 MiB block per file, a first epoch of large samples filling the worker's disk).
+(250 Hz, Python frames) of the sidecar and the worker in each run, into DIR; --perf records
+`perf record -g` of the sidecar (every thread, kernel and native frames) into DIR. --ops
+counts the requests the kernel sends the mount per file, by kind (the
+`fuse:fuse_request_send` trace event; needs tracefs: `mount -t tracefs nodev
+/sys/kernel/tracing`). --file-kib sets the files' size (4096: one whole 4 MiB block per
+file, a first epoch of large samples filling the worker's disk).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -83,6 +89,50 @@ def minor_faults(pid: int) -> int:
     return int(_stat(pid)[7])
 
 
+TRACING = Path("/sys/kernel/tracing")
+FUSE_SEND = TRACING / "events/fuse/fuse_request_send"
+
+
+class FuseOps:
+    """The FUSE requests sent to one mount while it is open, counted by opcode from the
+    kernel's trace buffer (global: other mounts' requests are told apart by connection)."""
+
+    def __init__(self, mountpoint: Path) -> None:
+        self.dev = os.stat(mountpoint).st_dev
+        (TRACING / "trace").write_text("")
+        (TRACING / "buffer_size_kb").write_text("16384")
+        (FUSE_SEND / "filter").write_text(f"connection == {self.dev}")
+        (FUSE_SEND / "enable").write_text("1")
+
+    def stop(self, files: int) -> dict[str, float]:
+        (FUSE_SEND / "enable").write_text("0")
+        (FUSE_SEND / "filter").write_text("0")
+        counts: dict[str, int] = {}
+        with open(TRACING / "trace") as f:
+            for line in f:
+                m = re.search(r"opcode \d+ \((\w+)\)", line)
+                if m:
+                    counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+        (TRACING / "trace").write_text("")
+        return {k: round(v / files, 3) for k, v in sorted(counts.items())}
+
+
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads: its main thread (the event loop) apart from the
+    rest (thread pools, OpenDAL's runtime), user and system each."""
+    out = {"loop_user": 0.0, "loop_sys": 0.0, "threads_user": 0.0, "threads_sys": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        who = "loop" if task.name == str(pid) else "threads"
+        out[f"{who}_user"] += int(fields[11]) / tick
+        out[f"{who}_sys"] += int(fields[12]) / tick
+    return out
+
+
 def one(
     root: Path,
     mount: dict[str, Any],
@@ -91,6 +141,8 @@ def one(
     variant: tuple[str, str, str],
     profile: Path | None,
     run: int,
+    ops: bool = False,
+    perf: Path | None = None,
 ) -> dict[str, Any]:
     tree, mode, loop = variant
     total_mib = len(keys) * FILE_SIZE // 2**20 + 1
@@ -99,7 +151,7 @@ def one(
     with peers.pythonpath(tree, env):
         if mode != "alone":
             w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-        if mode == "dropped":
+        if mode in ("dropped", "cached"):
             assert w is not None
             fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
             try:
@@ -109,13 +161,14 @@ def one(
             t0 = time.perf_counter()
             while worker_blocks(w) < len(keys) and time.perf_counter() - t0 < 60:
                 time.sleep(0.2)
-            rp.drop_cached(w.dir)
+            if mode == "dropped":
+                rp.drop_cached(w.dir)
         sc = rp.sidecar(
             root,
             f"sc-{name}-{run}",
             mount,
             [w.url] if w else [],
-            short_circuit=mode == "dropped",
+            short_circuit=mode in ("dropped", "cached"),
         )
     assert sc.proc is not None
     spies = []
@@ -139,17 +192,34 @@ def one(
                             "raw",
                             "--output",
                             str(out),
-                            "--nonblocking",
+                            *(["--native"] if os.environ.get("NATIVE") else ["--nonblocking"]),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
                 )
+        if perf is not None:
+            out = perf / f"{name}-sidecar-{run}.data"
+            spies.append(
+                subprocess.Popen(
+                    ["perf", "record", "-g", "-F", "999", "-p", str(sc.proc.pid), "-o", str(out)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        if spies:
             time.sleep(1.0)
         cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
         sys0 = {k: system_seconds(p) for k, p in pids.items()}
         flt0 = {k: minor_faults(p) for k, p in pids.items()}
+        threads0 = thread_seconds(sc.proc.pid)
+        counter = FuseOps(sc.mountpoint) if ops else None
         got: dict[str, Any] = rp.read_whole([sc.mountpoint / k for k in keys])
+        if counter is not None:
+            got["fuse_ops_per_file"] = counter.stop(len(keys))
+        threads1 = thread_seconds(sc.proc.pid)
+        for k, v in threads1.items():
+            got[f"sidecar_{k}_ms_per_file"] = round((v - threads0[k]) * 1000 / len(keys), 3)
         for k, p in pids.items():
             got[f"{k}_cpu_ms_per_file"] = round(
                 (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / len(keys), 3
@@ -160,7 +230,7 @@ def one(
             s.send_signal(2)
         for s in spies:
             s.wait(30)
-        if w is not None and mode != "dropped":
+        if w is not None and mode == "worker":
             got["worker_blocks"] = worker_blocks(w)  # it holds every file's block now
         got["sidecar"] = sc.status()["blocks"]
         return got
@@ -182,6 +252,8 @@ def main() -> None:
     ap.add_argument("--variants", default="alone,worker,dropped")
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--file-kib", type=int, default=rp.SMALL_FILE // 1024)
+    ap.add_argument("--perf", type=Path)
+    ap.add_argument("--ops", action="store_true", help="FUSE requests per file, by kind")
     args = ap.parse_args()
     global FILE_SIZE
     FILE_SIZE = args.file_kib * 1024
@@ -191,8 +263,9 @@ def main() -> None:
         name, _, spec = v.partition("=")
         tree, mode, loop = ([*spec.split(":"), ""][:3]) if spec else ("", name, "")
         variants.append((name, (str(Path(tree).resolve()) if tree else "", mode, loop)))
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    for d in (args.profile, args.perf):
+        if d:
+            d.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="fluidfed-coldw-"))
     server = S3Server(root / "minio").start()
     keys = rp.small_file_keys(args.files, args.dirs)
@@ -207,7 +280,7 @@ def main() -> None:
         }
         for r in range(args.runs):
             for name, variant in peers.rotated(variants, r):
-                got = one(root, mount, keys, name, variant, args.profile, r)
+                got = one(root, mount, keys, name, variant, args.profile, r, args.ops, args.perf)
                 print(name, json.dumps(got), file=sys.stderr, flush=True)
                 out.setdefault(name, []).append(got)
     finally:

@@ -275,7 +275,10 @@ class Bench:
 def pythonpath(tree: str, env: dict[str, str] | None = None) -> Iterator[None]:
     """Children started meanwhile run fluidfed from `tree` ("": as this process does),
     with `env` added to their environment."""
-    changes = {**({"PYTHONPATH": tree} if tree else {}), **(env or {})}
+    # PYTHONSAFEPATH: children run `python -m fluidfed.cli.main`, and -m puts the working
+    # directory first on sys.path, ahead of PYTHONPATH: every tree's processes ran the code
+    # of the directory the bench was started from, whatever `tree` said
+    changes = {"PYTHONSAFEPATH": "1", **({"PYTHONPATH": tree} if tree else {}), **(env or {})}
     old = {k: os.environ.get(k) for k in changes}
     os.environ.update(changes)
     try:

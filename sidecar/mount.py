@@ -298,6 +298,8 @@ class Sidecar:
                     log.warning("FUSE loop did not stop cleanly: %r", err)
                     main.cancel()
             if mounted:
+                if self.fs is not None:
+                    await self.fs.quiesce()
                 pyfuse3.close(unmount=True)
             await self.reader.close()
             await self.session.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -34,6 +35,7 @@ class ReadStats:
     ufs_errors: int = 0
     readahead: int = 0
     bytes: int = 0  # read from the under storage directly
+    pushed: int = 0  # small files handed to the kernel's page cache when opened
 
 
 class BlockReader:
@@ -91,6 +93,35 @@ class BlockReader:
             return None
         self.stats.local_hits += 1
         return got
+
+    def can_push(self) -> bool:
+        """Whether `push` can find anything: a worker's block files are visible here."""
+        return bool(self._dirs) and self.cfg.short_circuit
+
+    async def push(self, ref: FileRef, store: Callable[[blocks.Data], None]) -> bool:
+        """Give `store` (which hands it to the kernel, blocking, the GIL let go) block 0 of
+        `ref`, read in a thread from its owner's block file if that lies on this node.
+        False, and nothing stored, if the block is not there or `store` failed: the
+        kernel then asks for it with a READ as usual."""
+        key = self.key(ref, 0)
+        target = self._worker_for(key)
+        if target is None or target not in self._dirs:  # (a worker seen as remote has none)
+            return False
+        failed: list[OSError] = []
+
+        def guarded(data: blocks.Data) -> None:
+            try:
+                store(data)
+            except OSError as err:
+                failed.append(err)
+
+        if await self._from_files(target, key, guarded, ref.size) is None:
+            return False
+        if failed:
+            log.debug("handing %s to the kernel failed: %s", ref.key, failed[0])
+            return False
+        self.stats.pushed += 1
+        return True
 
     def cached(self, ref: FileRef, index: int) -> bool:
         key = self.key(ref, index)
@@ -197,12 +228,24 @@ class BlockReader:
         if d not in dirs:
             dirs.append(d)
 
-    async def _from_files(self, worker: str, key: str) -> tuple[blocks.Data, int] | None:
+    async def _from_files(
+        self,
+        worker: str,
+        key: str,
+        then: Callable[[blocks.Data], None] | None = None,
+        size: int = 0,
+    ) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
-        with), or None: ask the worker. The worker hears of it in the next report."""
+        with), or None: ask the worker. The worker hears of it in the next report. With
+        `then`, `then` gets the block (of `size` bytes) as `_give` reads it; without, the
+        block is mapped here if it is in the page cache, else copied in a thread."""
         for d in self._dirs[worker]:
+            path = blockfile.block_file(d, key)
             try:
-                data, crc = await blockfile.load_block_file(blockfile.block_path(d, key))
+                if then is None:
+                    data, crc = await blockfile.load_block_file(path)
+                else:
+                    data, crc = await self._give(path, size, then)
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
             except errors.CorruptBlock:
@@ -213,11 +256,28 @@ class BlockReader:
                 return None
             self.stats.worker_hits += 1
             self.stats.short_circuit += 1
-            self._touched.setdefault(worker, []).append((key, len(data)))
+            self._touched.setdefault(worker, []).append((key, size if then else len(data)))
             if self._reporter is None or self._reporter.done():
                 self._reporter = asyncio.create_task(self._report_touches())
             return data, crc
         return None
+
+    @staticmethod
+    async def _give(
+        path: str, size: int, then: Callable[[blocks.Data], None]
+    ) -> tuple[blocks.Data, int]:
+        """Hand `then` a block file's checked data: mapped and given here when the file is
+        in the page cache (a thread hand-off costs more than the copy), else read and given
+        in a thread (`blockfile.give_block_file`: the data returned is then empty, `then`
+        had it)."""
+        try:
+            data, crc = blockfile.map_block_file(path, cached_only=True)
+        except errors.NotCached:
+            return b"", await asyncio.to_thread(blockfile.give_block_file, path, size, then)
+        if len(data) != size:  # the kernel would take a longer one as the file's new size
+            raise errors.CorruptBlock(f"{path}: {len(data)} bytes, expected {size}")
+        then(data)
+        return data, crc
 
     async def _report_touches(self, interval: float = 1.0) -> None:
         """Tell each worker, once a second, which of its blocks were read from its files:

@@ -373,6 +373,59 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     assert sc.status()["blocks"]["worker_hits"] == block_count(want)
 
 
+def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_read(
+    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(first.mountpoint, want)  # the worker fetches and keeps every block
+    assert first.status()["blocks"]["pushed"] == 0  # none was on this machine yet
+    first.stop()
+
+    # from the disk: read and handed on in a thread (the next mount finds them cached)
+    for p in (tmp_path / "ssd").rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    small = [k for k, v in want.items() if 0 < len(v) <= BLOCK]
+    large = {k: v for k, v in want.items() if len(v) > BLOCK}
+    for k, v in large.items():  # READ requests: these also show where the files lie
+        assert (sc.mountpoint / k).read_bytes() == v
+    got = sc.status()
+    reads = got["reads"]
+    assert got["blocks"]["pushed"] == 0 and reads > 0
+    for k in small:
+        assert (sc.mountpoint / k).read_bytes() == want[k]
+    got = sc.status()
+    # every small file went to the kernel's page cache with its OPEN: no READ reached us
+    assert got["blocks"]["pushed"] == len(small)
+    assert got["reads"] == reads
+    assert got["blocks"]["short_circuit"] == block_count(want)
+
+    # opened again on the same mount: the kernel has them, nothing is pushed twice
+    for k in small:
+        assert (sc.mountpoint / k).read_bytes() == want[k]
+    assert sc.status()["blocks"]["pushed"] == len(small)
+
+    # a new mount, the block files in the page cache now: mapped and handed on right away
+    sc.stop()
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    for k in [*large, *small]:
+        assert (sc.mountpoint / k).read_bytes() == want[k]
+    assert sc.status()["blocks"]["pushed"] == len(small)
+
+    # a reader that does not read this machine's block files pushes nothing
+    sc.stop()
+    sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
+    read_all(sc.mountpoint, want)
+    assert sc.status()["blocks"]["pushed"] == 0
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     loop: str,

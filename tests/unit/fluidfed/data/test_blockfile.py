@@ -10,9 +10,12 @@ import pytest
 from devkit import testing
 from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
+    block_file,
     block_path,
+    give_block_file,
     load_block_file,
     map_block_file,
+    read_block_file,
 )
 from fluidfed.data.store import BlockStore
 from fluidfed.errors import CorruptBlock, NotCached
@@ -73,3 +76,55 @@ async def test_block_files_not_in_the_page_cache_are_read_off_the_event_loop(
     assert isinstance(again, memoryview) and again == payload
     mapped, _ = await load_block_file(path)
     assert isinstance(mapped, memoryview) and mapped == payload
+
+
+async def test_a_read_block_file_goes_to_its_consumer_only_once_checked(tmp_path: Path) -> None:
+    store = await BlockStore([testing.cache_tier("SSD", 2**20, tmp_path)]).open()
+    payload = os.urandom(70_000)
+    await store.put("d" * 32, payload)
+    path = block_file(str(tmp_path), "d" * 32)
+    assert Path(path) == block_path(tmp_path, "d" * 32)
+    given: list[bytes] = []
+    data, crc = read_block_file(path, given.append)
+    assert given == [payload] and data == payload and crc == blocks.checksum(payload)
+
+    raw = bytearray(Path(path).read_bytes())
+    raw[100] ^= 0xFF
+    Path(path).write_bytes(raw)
+    with pytest.raises(CorruptBlock):
+        read_block_file(path, given.append)
+    assert len(given) == 1  # damaged bytes never reach the consumer
+
+
+async def test_a_block_file_given_from_a_reused_buffer_is_checked_first(tmp_path: Path) -> None:
+    store = await BlockStore([testing.cache_tier("SSD", 2**22, tmp_path)]).open()
+    small, large = os.urandom(5_000), os.urandom(300_000)
+    await store.put("e" * 32, small)
+    await store.put("f" * 32, large)
+    seen: list[bytes] = []
+    views: list[memoryview] = []
+
+    def copy(view: memoryview) -> None:
+        views.append(view)
+        seen.append(bytes(view))
+
+    for key, payload in (("f" * 32, large), ("e" * 32, small), ("f" * 32, large)):
+        crc = give_block_file(block_file(str(tmp_path), key), len(payload), copy)
+        assert crc == blocks.checksum(payload)
+    # each call saw its own bytes (a copy made during the call), the buffer reused; a view
+    # kept past the call is released, never a window on the next file's bytes
+    assert seen == [large, small, large]
+    with pytest.raises(ValueError, match="released"):
+        bytes(views[0])
+
+    path = block_file(str(tmp_path), "e" * 32)
+    with pytest.raises(CorruptBlock):  # not the size the listing says: not handed on
+        give_block_file(path, len(small) - 1, copy)
+    with pytest.raises(CorruptBlock):
+        give_block_file(path, len(small) + 1, copy)
+    raw = bytearray(Path(path).read_bytes())
+    raw[10] ^= 0xFF
+    Path(path).write_bytes(raw)
+    with pytest.raises(CorruptBlock):
+        give_block_file(path, len(small), copy)
+    assert len(seen) == 3
