@@ -551,10 +551,10 @@ async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say:
         if not alive():
             raise failure(state, f"the kubelet or containerd exited ({last})")
         cpid = containerd_pid(state)
-        if cpid is not None and not _is(cpid, "containerd"):
+        if cpid is not None and not _is_or_becoming(cpid, "containerd"):
             raise failure(state, "containerd exited")
         dpid = _pid(state, "coredns")
-        if dpid is not None and not _is(dpid, "coredns"):
+        if dpid is not None and not _is_or_becoming(dpid, "coredns"):
             raise failure(state, "the cluster DNS (CoreDNS) exited")
         try:
             node = await core.read_node(state.name)
@@ -596,6 +596,17 @@ def stop(state: NodeState) -> list[str]:
     shutil.rmtree(runtime_dir(state.network), ignore_errors=True)
     release_sysctls(state.network.netns)
     return left
+
+
+def _is_or_becoming(pid: int, binary: str) -> bool:
+    """`_is`, or still node.sh's fork about to run `binary`: node.sh writes `$!` to the pid
+    file as it forks, and until the child execs, its command line is the shell's (seen as
+    "containerd exited" by a start that looked in between, on a busy machine)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[0].endswith(binary.encode()) or any(a.endswith(b"/node.sh") for a in argv)
 
 
 def _is(pid: int, binary: str) -> bool:

@@ -1,6 +1,8 @@
 """The pure parts of the real node and the image: addresses, labels, configs, the script."""
 
 import ipaddress
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,33 @@ def test_the_images_pyproject_leaves_the_dev_kit_out() -> None:
     assert not any(line.startswith("devkit = [") for line in out.splitlines())
     assert 'sidecar = "sidecar.commands:register"' in out
     assert 'include = ["fluidfed*", "hub*", "agents*", "sidecar*"]' in out
+
+
+def test_a_node_process_is_alive_while_node_sh_has_forked_it_but_not_yet_run_it(
+    tmp_path: Path,
+) -> None:
+    # node.sh writes `$!` as it forks containerd and CoreDNS: until the child execs, its
+    # command line is the shell's, and the start must not take that for a dead containerd
+    script = tmp_path / "node.sh"
+    script.write_text("sleep 30\n")
+    shell = subprocess.Popen(["sh", str(script)])
+    binary = subprocess.Popen(["sleep", "30"])
+    try:
+        assert realnode._is_or_becoming(shell.pid, "containerd")
+        assert realnode._is_or_becoming(binary.pid, "sleep")
+        assert not realnode._is_or_becoming(binary.pid, "containerd")  # another program
+    finally:
+        for p in (shell, binary):
+            p.kill()
+            p.wait()
+    assert not realnode._is_or_becoming(binary.pid, "sleep")  # gone
+    zombie = subprocess.Popen(["sleep", "0"])
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    for _ in range(500):  # exited, not reaped yet: its command line is empty
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.01)
+    try:
+        assert not realnode._is_or_becoming(zombie.pid, "sleep")
+    finally:
+        zombie.wait()
