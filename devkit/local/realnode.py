@@ -602,19 +602,21 @@ def _is_or_becoming(pid: int, binary: str) -> bool:
     """`_is`, or still node.sh's fork about to run `binary`: node.sh writes `$!` to the pid
     file as it forks, and until the child execs, its command line is the shell's (seen as
     "containerd exited" by a start that looked in between, on a busy machine)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return argv[0].endswith(binary.encode()) or any(a.endswith(b"/node.sh") for a in argv)
+    argv = _argv(pid)
+    return _is(pid, binary, argv) or any(a.endswith(b"/node.sh") for a in argv)
 
 
-def _is(pid: int, binary: str) -> bool:
+def _argv(pid: int) -> list[bytes]:
+    """A process's command line; empty if it is gone or a zombie."""
     try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
-    return argv0.endswith(binary.encode())
+        return []
+
+
+def _is(pid: int, binary: str, argv: list[bytes] | None = None) -> bool:
+    argv = _argv(pid) if argv is None else argv
+    return bool(argv) and argv[0].endswith(binary.encode())
 
 
 def load_image(state: NodeState, bins: Path, archive: Path, base_name: str) -> float:

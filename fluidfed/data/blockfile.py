@@ -56,14 +56,9 @@ def write_block_file(path: Path, data: blocks.Data, crc: int) -> None:
     os.replace(tmp, path)
 
 
-def read_block_file(
-    path: str | Path, then: Callable[[bytes], None] | None = None
-) -> tuple[bytes, int]:
+def read_block_file(path: str | Path) -> tuple[bytes, int]:
     """(data, CRC) of a block file, checked; FileNotFoundError if it is gone, CorruptBlock
-    if it is damaged. Blocking: run it in a thread (the read and the CRC free the GIL).
-    `then`, if given, gets the checked data in the same thread: a blocking consumer that
-    frees the GIL, such as handing the data to the kernel, then costs the event loop
-    nothing."""
+    if it is damaged. Blocking: run it in a thread (the read and the CRC free the GIL)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = _data_size(fd, path)
@@ -73,10 +68,7 @@ def read_block_file(
         os.close(fd)
     if len(data) != size or len(trailer) != _TRAILER.size:
         raise CorruptBlock(f"{path}: changed while read")
-    crc = _check(path, data, trailer)
-    if then is not None:
-        then(data)
-    return data, crc
+    return data, _check(path, data, trailer)
 
 
 _buffers = threading.local()  # each thread's buffer for `give_block_file`

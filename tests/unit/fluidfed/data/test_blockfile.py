@@ -78,22 +78,20 @@ async def test_block_files_not_in_the_page_cache_are_read_off_the_event_loop(
     assert isinstance(mapped, memoryview) and mapped == payload
 
 
-async def test_a_read_block_file_goes_to_its_consumer_only_once_checked(tmp_path: Path) -> None:
+async def test_a_block_file_named_as_a_string_reads_back_checked(tmp_path: Path) -> None:
     store = await BlockStore([testing.cache_tier("SSD", 2**20, tmp_path)]).open()
     payload = os.urandom(70_000)
     await store.put("d" * 32, payload)
     path = block_file(str(tmp_path), "d" * 32)
     assert Path(path) == block_path(tmp_path, "d" * 32)
-    given: list[bytes] = []
-    data, crc = read_block_file(path, given.append)
-    assert given == [payload] and data == payload and crc == blocks.checksum(payload)
+    data, crc = read_block_file(path)
+    assert data == payload and crc == blocks.checksum(payload)
 
     raw = bytearray(Path(path).read_bytes())
     raw[100] ^= 0xFF
     Path(path).write_bytes(raw)
     with pytest.raises(CorruptBlock):
-        read_block_file(path, given.append)
-    assert len(given) == 1  # damaged bytes never reach the consumer
+        read_block_file(path)
 
 
 async def test_a_block_file_given_from_a_reused_buffer_is_checked_first(tmp_path: Path) -> None:
