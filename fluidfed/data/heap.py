@@ -13,8 +13,8 @@ few MiB of where it was with fresh mappings (the peak is higher: see the bench).
 allocation, and once one thread has its own arena, threads started later are spread over
 the arenas there are (M_ARENA_MAX only stops new ones). The sidecar tuned it after its
 status server's address lookup (uvloop's thread pool) had made two more: OpenDAL's threads
-then allocated from those, heaps of 64 MiB that free() shrinks with MADV_DONTNEED and
-the next block faults in again (figures: README). `arenas` counts them.
+then allocated from those, heaps of at most 64 MiB that free() shrinks, handing their
+pages back for the next block to fault in again (figures: README). `arenas` counts them.
 """
 
 from __future__ import annotations
