@@ -1,6 +1,6 @@
 """Under storage: one small interface (list, stat, read a byte range) over the places a
 dataset's mounts point at, built on Apache OpenDAL's async operators for every protocol
-(chosen over obstore by bench/ufs_read.py: faster on both HTTP and S3 here).
+(chosen over obstore by bench/ufs_read.py, which copied obstore's result into bytes).
 
     s3://bucket/prefix     S3 or any S3-compatible server (endpoint, region from the
                            mount's options; credentials from the Secret-provided env)
@@ -10,9 +10,9 @@ dataset's mounts point at, built on Apache OpenDAL's async operators for every p
 
 S3 blocks (`read_block`, the sidecar's reads) come through obstore (the Rust object_store
 crate) instead: it hands the body to Python as it holds it (a read-only buffer), where
-OpenDAL's Python `read` returns new bytes made from its own buffer under the GIL; the
-sidecar spent less CPU per GiB on cold reads (figures: README, "Measured design
-decisions"). Listing and stat stay on OpenDAL, as every other scheme does.
+OpenDAL's Python `read` returns new bytes made from its own buffer; the sidecar spent 10%
+less CPU per GiB on cold reads (figures: README, "Measured design decisions"). Listing
+and stat stay on OpenDAL, as every other scheme does.
 
 Errors become UFSError (UFSNotFound for a missing object; `temporary` when a retry can
 help), so callers never see a library's exceptions.
