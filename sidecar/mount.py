@@ -221,12 +221,12 @@ class Sidecar:
             "read_errors": self.fs.read_errors if self.fs else 0,
             "blocks": r.stats.__dict__ if r else {},
             "cache": r.store.describe() if r else {},
+            "heap_arenas": heap.arenas(),
             "listing_error": self.listing_error,
         }
 
     async def run(self, *, exit_with_peers: bool = False) -> None:
         pyfuse3.asyncio.enable()  # here, where the process starts serving: not at import
-        heap.tune()
         store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
@@ -307,6 +307,10 @@ class Sidecar:
 
 
 async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_peers: bool) -> None:
+    # first, before any thread exists: the status server's address lookup below starts
+    # uvloop's thread pool, whose threads would get arenas of their own (heap.py)
+    heap.tune()
+
     async def readyz(request: web.Request) -> web.Response:
         if sc.ready.is_set():
             return web.Response(text="ready\n")

@@ -160,9 +160,9 @@ class BlockReader:
             self._down[target] = time.monotonic() + WORKER_BACKOFF
         log.info("worker %s failed: %s; reading the UFS", target, err)
 
-    async def _ufs(self, ref: FileRef, offset: int, length: int) -> bytes:
+    async def _ufs(self, ref: FileRef, offset: int, length: int) -> blocks.Data:
         try:
-            data = await self.readers[ref.mount].read(ref.key, offset, length)
+            data = await self.readers[ref.mount].read_block(ref.key, offset, length)
         except errors.UFSError:
             self.stats.ufs_errors += 1
             raise

@@ -8,6 +8,13 @@ blocks are reused and the faults go (figures: README, "Measured design decisions
 A heap keeps what it frees, so `trim_loop` hands free pages back to the kernel once a
 second while blocks are moving: resident memory beyond the cache tiers settles within a
 few MiB of where it was with fresh mappings (the peak is higher: see the bench).
+
+`tune` must run before any thread allocates: glibc gives a thread its arena at its first
+allocation, and once one thread has its own arena, threads started later are spread over
+the arenas there are (M_ARENA_MAX only stops new ones). The sidecar tuned it after its
+status server's address lookup (uvloop's thread pool) had made two more: OpenDAL's threads
+then allocated from those, heaps of at most 64 MiB that free() shrinks, handing their
+pages back for the next block to fault in again (figures: README). `arenas` counts them.
 """
 
 from __future__ import annotations
@@ -30,14 +37,46 @@ _libc: ctypes.CDLL | None = None
 
 
 def tune() -> bool:
-    """Serve block-sized allocations from the heap; False where glibc is not the allocator."""
+    """Serve block-sized allocations from the heap; False where glibc is not the allocator.
+    Call it before the process starts any thread (see above): a warning says if it came
+    too late."""
     global _libc
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         if libc.mallopt(M_MMAP_THRESHOLD, HEAP_UP_TO) and libc.mallopt(M_ARENA_MAX, ARENAS):
             _libc = libc
+            made = arenas()
+            if made > ARENAS:
+                log.warning(
+                    "%d malloc arenas exist already: threads allocated before the heap was "
+                    "tuned, and later ones share their arenas (tune earlier)",
+                    made,
+                )
             return True
     return False
+
+
+def arenas() -> int:
+    """How many malloc arenas the process has (glibc's `malloc_info`); 0 where glibc is not
+    the allocator."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = _libc or ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        buf, size = ctypes.c_void_p(), ctypes.c_size_t()
+        libc.open_memstream.restype = ctypes.c_void_p
+        stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+        if not stream:
+            return 0
+        try:
+            ok = libc.malloc_info(0, ctypes.c_void_p(stream)) == 0
+        finally:
+            libc.fclose(ctypes.c_void_p(stream))  # sets buf and size
+        try:
+            if not ok or not buf.value:
+                return 0
+            return ctypes.string_at(buf.value, size.value).count(b"<heap nr=")
+        finally:
+            libc.free(buf)
+    return 0
 
 
 def trim() -> None:

@@ -250,6 +250,17 @@ def test_sub_path_shows_only_that_directory(
     assert sc.status()["blocks"]["ufs_reads"] > 0  # no workers: straight from the UFS
 
 
+def test_blocks_read_from_s3_come_from_one_heap(minio: S3Server, data: Path, sidecars: Any) -> None:
+    """OpenDAL's threads allocate every block from the one heap `heap.tune` set up: the
+    sidecar tunes before any thread starts (its status server's address lookup made two
+    more arenas when it tuned later, heaps that free() hands back and blocks fault in)."""
+    sc = sidecars(sidecar_config(mount_of("s3", minio, "", data), []))
+    read_all(sc.mountpoint, sources.files(data))
+    got = sc.status()
+    assert got["blocks"]["ufs_reads"] > 0
+    assert got["heap_arenas"] == 1
+
+
 def test_two_workers_then_three_then_two_keep_the_cache(
     minio: S3Server, data: Path, workers_factory: Any, sidecars: Any
 ) -> None:

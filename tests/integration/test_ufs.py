@@ -132,11 +132,74 @@ async def check_reader(reader: ufs.UFS, want: dict[str, bytes]) -> None:
     assert await reader.read(sample.path, 10, 5) == want[sample.path][10:15]
     with pytest.raises(errors.UFSNotFound):
         await reader.stat("no/such/file")
+    await check_blocks(reader, listed, want)
+
+
+async def check_blocks(reader: ufs.UFS, listed: list[ufs.Entry], want: dict[str, bytes]) -> None:
+    """`read_block`, the sidecar's reads (S3: obstore's buffers, not bytes)."""
+    for entry in listed:
+        data = want[entry.path]
+        got = [
+            await reader.read_block(entry.path, off, 256 * 1024)
+            for off in range(0, len(data), 256 * 1024)
+        ]
+        assert b"".join(got) == data, entry.path
+    sample = next(e for e in listed if e.size > 1000)
+    data = want[sample.path]
+    # a range running past the end comes back short; at or past the end, nothing
+    assert bytes(await reader.read_block(sample.path, 100, sample.size)) == data[100:]
+    assert bytes(await reader.read_block(sample.path, sample.size, 10)) == b""
+    assert bytes(await reader.read_block(sample.path, sample.size + 7, 10)) == b""
+    assert bytes(await reader.read_block(sample.path, 3, 0)) == b""
+    empty = next(e for e in listed if e.size == 0)
+    assert bytes(await reader.read_block(empty.path, 0, 10)) == b""
+    with pytest.raises(errors.UFSNotFound):
+        await reader.read_block("no/such/file", 0, 10)
 
 
 async def test_s3_reader(s3: str, dataset_dir: Path) -> None:
     reader = ufs.open_ufs(Mount(uri="s3://datasets/train", options={"endpoint": s3}), env=CREDS)
+    assert isinstance(reader, ufs.S3UFS)  # blocks through obstore
     await check_reader(reader, files(dataset_dir))
+
+
+async def test_s3_blocks_are_buffers_no_later_read_changes(s3: str, dataset_dir: Path) -> None:
+    """obstore's buffers are the block: each read its own, held as long as it is referenced
+    (the memory tier, a FUSE reply), never written again by a later read."""
+    reader = ufs.open_ufs(Mount(uri="s3://datasets/train", options={"endpoint": s3}), env=CREDS)
+    want = files(dataset_dir)
+    big = sorted((k for k, v in want.items() if len(v) > 4096), key=lambda k: -len(want[k]))[:2]
+    held = [await reader.read_block(k, 0, 4096) for k in big]
+    copies = [bytes(b) for b in held]
+    for k in big * 3:  # more reads of the same and other ranges meanwhile
+        await reader.read_block(k, 1, 4096)
+        await reader.read_block(k, 0, 4096)
+    assert [bytes(b) for b in held] == copies == [want[k][:4096] for k in big]
+    assert all(isinstance(b, memoryview) and b.readonly for b in held)
+
+
+async def test_s3_options_only_opendal_takes_keep_blocks_on_opendal(s3: str) -> None:
+    mount = Mount(
+        uri="s3://datasets/train", options={"endpoint": s3, "enable_virtual_host_style": "false"}
+    )
+    reader = ufs.open_ufs(mount, env=CREDS)
+    assert type(reader) is ufs.OpenDALUFS  # obstore is not given the option: not used
+    assert isinstance(await reader.read_block((await reader.list())[0].path, 0, 1), bytes)
+
+
+async def test_s3_blocks_from_a_store_that_is_not_there_fail_temporarily_in_time() -> None:
+    port = free_port()  # nothing listens
+    mount = Mount(
+        uri="s3://datasets/train",
+        options={"endpoint": f"http://127.0.0.1:{port}", "timeout": "2s"},
+    )
+    reader = ufs.open_ufs(mount, env=CREDS)
+    t0 = time.monotonic()
+    with pytest.raises(errors.UFSError) as info:
+        await reader.read_block("a.bin", 0, 10)
+    assert info.value.temporary, str(info.value)
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert time.monotonic() - t0 < 30  # bounded by the retry budget, never a hang
 
 
 async def test_s3_missing_bucket_is_a_clear_error(s3: str) -> None:
@@ -156,6 +219,12 @@ async def test_s3_wrong_credentials_are_a_clear_permanent_error(s3: str) -> None
     assert not info.value.temporary, str(info.value)
     assert "not-the-secret-at-all" not in str(info.value)
     assert "SignatureDoesNotMatch" in str(info.value) or "signature" in str(info.value).lower()
+    # the blocks' reader (obstore) says the same
+    with pytest.raises(errors.UFSError) as info:
+        await reader.read_block("part-0/sub-0/file-0000.bin", 0, 10)
+    assert not info.value.temporary, str(info.value)
+    assert "not-the-secret-at-all" not in str(info.value)
+    assert "SignatureDoesNotMatch" in str(info.value)
 
 
 async def test_http_reader_lists_from_the_manifest(http: str, dataset_dir: Path) -> None:

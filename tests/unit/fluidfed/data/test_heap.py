@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -23,3 +25,46 @@ async def test_the_heap_is_trimmed_only_after_blocks_moved(monkeypatch: pytest.M
     await asyncio.sleep(0.1)
     assert trims == [4 * 2**20]  # once after the move, not again while idle
     loop.cancel()
+
+
+# Arenas are the process's for good: each case runs in a fresh interpreter. Threads allocate
+# 4 MiB each at the same time and hold it, which is when glibc would give them arenas.
+_THREADS = """
+import sys, threading
+from fluidfed.data import heap
+early = sys.argv[1] == "early"
+if early:
+    heap.tune()
+start, done = threading.Barrier(5), threading.Event()
+def hold() -> None:
+    start.wait()
+    block = bytearray(4 * 2**20)
+    done.wait()
+threads = [threading.Thread(target=hold) for _ in range(4)]
+for t in threads:
+    t.start()
+start.wait()
+if not early:
+    heap.tune()
+print(heap.arenas())
+done.set()
+"""
+
+
+def _arenas_with_threads(when: str) -> tuple[int, str]:
+    got = subprocess.run(
+        [sys.executable, "-c", _THREADS, when], capture_output=True, text=True, check=True
+    )
+    return int(got.stdout), got.stderr
+
+
+def test_threads_started_after_tuning_allocate_from_the_one_heap() -> None:
+    arenas, said = _arenas_with_threads("early")
+    assert arenas == 1
+    assert "arenas exist already" not in said
+
+
+def test_tuning_after_threads_allocated_is_seen_and_said() -> None:
+    arenas, said = _arenas_with_threads("late")
+    assert arenas > 1  # they kept their own: what the sidecar did before tuning first
+    assert "arenas exist already" in said
