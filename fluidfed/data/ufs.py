@@ -21,6 +21,7 @@ help), so callers never see a library's exceptions.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -183,9 +184,24 @@ _OBSTORE_PERMANENT = (
 def _translate_obstore(err: Exception, what: str) -> UFSError:
     if isinstance(err, (FileNotFoundError, obstore.exceptions.NotFoundError)):
         return UFSNotFound(f"{what}: not found")
-    # "<what failed>: Error performing GET <url> in <time> - <cause>: <the answer's body>"
-    text = " ".join(str(err).split())
-    return UFSError(f"{what}: {text[:400]}", temporary=not isinstance(err, _OBSTORE_PERMANENT))
+    return UFSError(
+        f"{what}: {_obstore_text(str(err))}", temporary=not isinstance(err, _OBSTORE_PERMANENT)
+    )
+
+
+def _obstore_text(text: str) -> str:
+    """obstore's error in one line: "<what failed>: Error performing GET <url> in <time> -
+    <cause>: <the answer's body>", the body an S3 error document cut to its Code and
+    Message (the rest can name the caller's access key id, as AWS's SignatureDoesNotMatch
+    does, and the request signed)."""
+    text = " ".join(text.split())
+    head, xml, body = text.partition("<?xml")
+    if xml:
+        code = re.search(r"<Code>([^<]*)</Code>", body)
+        message = re.search(r"<Message>([^<]*)</Message>", body)
+        said = ": ".join(m.group(1) for m in (code, message) if m is not None)
+        text = head.rstrip(": ") + (f": {said}" if said else "")
+    return text[:400]
 
 
 # the S3 settings obstore is given; a mount with any other option reads through OpenDAL only
