@@ -76,7 +76,7 @@ class Worker:
         pod = os.environ.get("HOSTNAME") or socket.gethostname()
         self.store = BlockStore(layout.own_tiers(cfg.tiers, pod), root=cache_root)
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
-        self._inflight: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[blocks.Data, int]]] = {}
         self._fetch_slots = asyncio.Semaphore(cfg.fetch_concurrency)
         self.ufs_reads = 0
         self.ufs_bytes = 0
@@ -166,12 +166,12 @@ class Worker:
         data, crc = await asyncio.shield(fut)
         return data, crc, False
 
-    async def _fetch(self, ref: Source, index: int) -> bytes:
+    async def _fetch(self, ref: Source, index: int) -> blocks.Data:
         offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)
         async with self._fetch_slots:
             try:
                 async with asyncio.timeout(self.cfg.read_timeout):
-                    data = await self.ufs[ref.mount].read(ref.key, offset, length)
+                    data = await self.ufs[ref.mount].read_block(ref.key, offset, length)
             except TimeoutError:
                 self.ufs_errors += 1
                 raise errors.UFSError(
