@@ -461,6 +461,65 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     assert "NotImplementedError" not in ws.procs[0].log.read_text()
 
 
+def random_reads(mnt: Path, want: dict[str, bytes], seed: int) -> int:
+    """Reads of 4-40 KiB at random places past each large file's first block, each through
+    its own open (none continues a sequential streak, so each asks for just its span);
+    checked against the source. How many were made."""
+    import random
+
+    rng = random.Random(seed)
+    made = 0
+    for rel, body in sorted(want.items()):
+        if len(body) <= 2 * BLOCK:
+            continue
+        for _ in range(4):
+            off = rng.randrange(BLOCK + 1, len(body) - 4096)
+            n = rng.randrange(4096, 40 * 1024)
+            fd = os.open(mnt / rel, os.O_RDONLY)
+            try:
+                got = os.pread(fd, n, off)
+            finally:
+                os.close(fd)
+            assert got == body[off : off + n], (rel, off, n)
+            made += 1
+    return made
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("medium", ["MEM", "SSD"])
+def test_random_reads_through_a_worker_over_http_get_exactly_their_bytes(
+    loop: str,
+    medium: str,
+    minio: S3Server,
+    data: Path,
+    tmp_path: Path,
+    workers_factory: Any,
+    sidecars: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A random read asks the worker for its span alone: first a miss the worker fetches
+    whole from S3 and cuts, then a cut of the block its memory or disk tier holds. Both
+    answers are sent from memory after their headers (not joined with them first)."""
+    monkeypatch.setenv("FLUIDFED_EVENT_LOOP", loop)
+    mount = mount_of("s3", minio, "", data)
+    want = sources.files(data)
+    tiers = (
+        None
+        if medium == "MEM"
+        else [{"medium": "SSD", "quota": "1GiB", "path": str(tmp_path / "ssd")}]
+    )
+    ws = workers_factory(mount, 1, tiers=tiers)
+    for seed in (1, 2):  # misses, then the same spans from the worker's tier
+        sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False), name=f"r{seed}")
+        made = random_reads(sc.mountpoint, want, seed=1)
+        got = sc.status()["blocks"]
+        assert made > 0
+        assert got["ufs_reads"] == got["worker_errors"] == got["short_circuit"] == 0, got
+        # (some reads are the kernel's or the sidecar's own: a file's reads overlap)
+        assert got["worker_hits" if seed == 2 else "worker_misses"] > made // 2, got
+        sc.stop()
+
+
 def test_a_malformed_touch_report_is_refused_with_the_expected_shape(
     data: Path, workers_factory: Any
 ) -> None:
