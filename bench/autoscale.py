@@ -44,7 +44,7 @@ from fluidfed.models import (
     Mount,
     Placement,
 )
-from fluidfed.units import ByteSize
+from fluidfed.units import ByteSize, Duration
 
 MiB = 2**20
 
@@ -94,7 +94,7 @@ async def reaction(base: Path, runs: int) -> dict[str, Any]:
             targets=[AutoscaleTarget(metric="read_throughput_per_worker", target=20e6)],
             min_replicas=1,
             max_replicas=2,
-            scale_down_window=10,  # only so that runs can follow each other quickly
+            scale_down_window=Duration(10),  # only so that runs can follow each other quickly
         )
         ds = Dataset(
             name="bench",
@@ -142,7 +142,7 @@ async def reaction(base: Path, runs: int) -> dict[str, Any]:
             while await replicas() != 1 and time.monotonic() < deadline:
                 await asyncio.sleep(1)
             await asyncio.sleep(20)
-            stop, got = threading.Event(), []
+            stop, got = threading.Event(), list[int]()
             t = threading.Thread(target=read_loop, args=(sc.mountpoint, stop, got), daemon=True)
             t0 = time.monotonic()
             t.start()

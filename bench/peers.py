@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import read_path as rp
 
@@ -114,7 +114,7 @@ def juicefs_binary() -> Path:
 class Mounted:
     """A mounted client: its mountpoint, the processes whose CPU it costs, how to end it."""
 
-    def __init__(self, mountpoint: Path, pids: list[int], close: Callable[[], None]) -> None:
+    def __init__(self, mountpoint: Path, pids: list[int], close: Callable[[], object]) -> None:
         self.mountpoint = mountpoint
         self.pids = pids
         self._close = close
@@ -291,7 +291,10 @@ def pythonpath(tree: str, env: dict[str, str] | None = None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def rotated(clients: list[str], r: int) -> list[str]:
+T = TypeVar("T")
+
+
+def rotated(clients: list[T], r: int) -> list[T]:
     """The clients in the order of run `r`: each one goes first in turn, so none is
     always measured on the machine the one before it left (page cache, writeback)."""
     k = r % len(clients)
