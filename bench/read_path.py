@@ -264,6 +264,11 @@ def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 1)
 
 
+def median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs (not one run's figures)."""
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+
+
 def sidecar(
     root: Path, name: str, mount: dict[str, Any], workers: list[str], **kw: Any
 ) -> SidecarProcess:
@@ -518,7 +523,8 @@ def main() -> None:
                     "worker_block_files_MiB_per_s": median(direct),
                     "ratio": ratio(median(warm[way]), median(direct)),
                     "runs": [round(x) for x in warm[way]],
-                    "cpu": cpu[way][len(cpu[way]) // 2],
+                    "cpu": median_cpu(cpu[way]),
+                    "cpu_runs": cpu[way],
                 }
                 for way in warm
             }
