@@ -243,7 +243,10 @@ class Connections:
         deadline = time.monotonic() + timeout
         name = f"http://{where[0]}:{where[1]}"
         while True:
-            sock, reused = self._take(where, timeout)
+            try:
+                sock, reused = self._take(where, timeout)
+            except (TimeoutError, OSError) as err:  # refused, unreachable, no answer in time
+                raise errors.WorkerError(f"{name}: {err or type(err).__name__}") from err
             try:
                 answer, keep = _exchange_on(sock, request, deadline, checksum, self.buffers)
             except _Closed:
@@ -335,7 +338,8 @@ class Connections:
 
 
 def _request(u: URL, headers: Mapping[str, str]) -> bytes:
-    lines = [f"GET {u.raw_path_qs} HTTP/1.1", f"Host: {u.raw_host}:{u.port}"]
+    host = f"[{u.raw_host}]" if ":" in (u.raw_host or "") else u.raw_host  # IPv6
+    lines = [f"GET {u.raw_path_qs} HTTP/1.1", f"Host: {host}:{u.port}"]
     lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "host"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

@@ -911,3 +911,28 @@ def test_a_connection_cut_or_stalled_mid_body_is_a_worker_error(
             conns.close()
 
     asyncio.run(run())
+
+
+def test_a_worker_gone_after_a_kept_connection_is_a_worker_error(
+    data: Path, workers_factory: Any
+) -> None:
+    """Its kept connection closed (seen, not reused), and a new one refused: WorkerError,
+    which the sidecar answers by reading the under storage, never a bare OSError."""
+    ws = workers_factory({"uri": f"file://{data}"}, 1)
+    rel = _whole_blocks(data)[0]
+
+    async def run() -> None:
+        ref, key = await _block_of(data, rel)
+        conns = receive.Connections()
+        try:
+            async with aiohttp.ClientSession(headers=auth("reader")) as s:
+                await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)
+                assert conns.idle() == 1
+                ws.procs[0].stop(signal.SIGKILL)
+                with pytest.raises(errors.WorkerError, match="refused"):
+                    await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)
+                assert conns.idle() == 0
+        finally:
+            conns.close()
+
+    asyncio.run(run())
