@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -262,6 +264,11 @@ def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 1)
 
 
+def median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs (not one run's figures)."""
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+
+
 def sidecar(
     root: Path, name: str, mount: dict[str, Any], workers: list[str], **kw: Any
 ) -> SidecarProcess:
@@ -275,6 +282,26 @@ def sidecar(
         **kw,
     }
     return SidecarProcess(root / name, cfg, root / f"{name}-mnt").start()
+
+
+@contextlib.contextmanager
+def tree_path(tree: str) -> Iterator[None]:
+    """Processes started meanwhile run fluidfed from `tree` ("": as this process does).
+    PYTHONSAFEPATH too: they run `python -m`, which puts the working directory first on
+    sys.path, ahead of PYTHONPATH (as in bench/peers.py)."""
+    if not tree:
+        yield
+        return
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ.update(PYTHONPATH=tree, PYTHONSAFEPATH="1")
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def ratio(a: float, b: float) -> float:
@@ -310,6 +337,12 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (median reported)")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated: {PARTS}")
+    ap.add_argument(
+        "--against",
+        default="",
+        help="another checkout (main's): its sidecars read the warm rows too, alternating "
+        "with this tree's, in the same run (the worker is this tree's)",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     size = args.size_mib * 2**20
@@ -457,14 +490,23 @@ def main() -> None:
             # same node: the sidecar reads the worker's block files (short-circuit);
             # another node: the same blocks over HTTP (short_circuit off)
             ways = {"same_node": True, "remote": False}
-            warm: dict[str, list[float]] = {k: [] for k in ways}
-            cpu: dict[str, list[dict[str, float]]] = {k: [] for k in ways}
+            trees = {"": str(Path(__file__).resolve().parents[1])}
+            if args.against:  # each way from the other tree too, each tree first in turn
+                trees["_against"] = str(Path(args.against).resolve())
+            warm: dict[str, list[float]] = {k + t: [] for k in ways for t in trees}
+            cpu: dict[str, list[dict[str, float]]] = {k: [] for k in warm}
             for i in range(runs):
                 t0 = time.perf_counter()
                 n = sum(len(p.read_bytes()) for p in files)
                 direct.append(n / 2**20 / (time.perf_counter() - t0))
-                for way, local in ways.items():
-                    sc = sidecar(root, f"warm-{way}{i}", mount, [w.url], short_circuit=local)
+                order = list(trees.items())
+                order = order[i % len(order) :] + order[: i % len(order)]
+                for (tag, tree), (way, local) in ((t, y) for y in ways.items() for t in order):
+                    with tree_path(tree if args.against else ""):
+                        sc = sidecar(
+                            root, f"warm-{way}{tag}{i}", mount, [w.url], short_circuit=local
+                        )
+                    way += tag
                     procs.append(sc)
                     assert sc.proc is not None
                     meter = CPU({"sidecar": sc.proc.pid, "worker": w.proc.pid})
@@ -481,10 +523,16 @@ def main() -> None:
                     "worker_block_files_MiB_per_s": median(direct),
                     "ratio": ratio(median(warm[way]), median(direct)),
                     "runs": [round(x) for x in warm[way]],
-                    "cpu": cpu[way][len(cpu[way]) // 2],
+                    "cpu": median_cpu(cpu[way]),
+                    "cpu_runs": cpu[way],
                 }
-                for way in ways
+                for way in warm
             }
+            if args.against:
+                results["warm"]["against"] = trees["_against"]
+                results["warm"]["remote_ratio_to_against"] = ratio(
+                    median(warm["remote"]), median(warm["remote_against"])
+                )
             results["warm"]["goal"] = ">= 0.25 and >= 1 GB/s"
             results["warm"]["credential_check"] = credential_check(median(warm["remote"]))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from fluidfed import errors
-from fluidfed.data import blockfile, blocks, ufs, workers
+from fluidfed.data import blockfile, blocks, receive, ufs, workers
 from fluidfed.data.layout import FileRef, SidecarConfig
 from fluidfed.data.store import BlockStore
 
@@ -36,6 +36,8 @@ class ReadStats:
     readahead: int = 0
     bytes: int = 0  # read from the under storage directly
     pushed: int = 0  # small files handed to the kernel's page cache when opened
+    connections: int = 0  # opened to workers for blocks (the rest reused kept-alive ones)
+    buffers_reused: int = 0  # blocks from workers received into a buffer used before
 
 
 class BlockReader:
@@ -50,6 +52,8 @@ class BlockReader:
         self.readers = readers
         self.store = store
         self.session = session
+        # blocks from workers received straight into their buffers, off the event loop
+        self.conns = receive.Connections()
         self.workers = cfg.workers.urls()
         self.stats = ReadStats()
         self._down: dict[str, float] = {}
@@ -136,7 +140,9 @@ class BlockReader:
         if target is not None and self.session is not None:
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
-                    got = await workers.get_block(self.session, target, key, ref, index, span)
+                    got = await workers.get_block(
+                        self.session, target, key, ref, index, span, conns=self.conns
+                    )
                 self._count(got.hit)
                 return got.data
             except (TimeoutError, errors.WorkerError) as err:
@@ -201,14 +207,18 @@ class BlockReader:
                 async with asyncio.timeout(self.cfg.worker_timeout):
                     try:
                         got = await workers.get_block(
-                            self.session, target, key, ref, index, local=local
+                            self.session, target, key, ref, index, local=local, conns=self.conns
                         )
                     except errors.NotLocal as err:
                         log.info("%s; reading its blocks over HTTP", err)
                         self._remote[target] = now + REMOTE_RECHECK
                         self._dirs.pop(target, None)  # it moved, or never was here
-                        got = await workers.get_block(self.session, target, key, ref, index)
+                        got = await workers.get_block(
+                            self.session, target, key, ref, index, conns=self.conns
+                        )
                 self._count(got.hit)
+                self.stats.connections = self.conns.opened
+                self.stats.buffers_reused = self.conns.buffers.reused
                 if got.local:
                     self.stats.short_circuit += 1
                     self._learn(target, got.path, key)
@@ -301,3 +311,4 @@ class BlockReader:
         for t in list(self._background):
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.conns.close()

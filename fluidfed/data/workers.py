@@ -6,12 +6,14 @@ The messages, routes and headers are in `fluidfed.data.protocol`, shared with th
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Mapping
 from typing import NamedTuple, TypeVar
 
 import aiohttp
 
 from fluidfed import errors
-from fluidfed.data import blockfile, blocks, protocol
+from fluidfed.data import blockfile, blocks, protocol, receive
 from fluidfed.data.layout import FileRef
 from fluidfed.errors import ConfigError
 
@@ -36,6 +38,7 @@ async def get_block(
     *,
     verify: bool = False,
     local: bool = False,
+    conns: receive.Connections | None = None,
 ) -> Fetched:
     """The block from the worker at `url`, or `span` (offset in the block, length) of it,
     which the worker cuts from the whole block it caches.
@@ -46,7 +49,11 @@ async def get_block(
 
     With `local`, a worker holding the block checked on disk answers with the file's path
     instead (short-circuit read: the reader on the same machine reads the page cache
-    itself, no bytes over the socket); NotLocal if that path is not visible here."""
+    itself, no bytes over the socket); NotLocal if that path is not visible here.
+
+    With `conns`, the block is received in a thread straight into a buffer of its size
+    (`fluidfed.data.receive`) with `session`'s headers (the credential) and timeout;
+    without, or for an https worker, through `session`."""
     query = protocol.BlockQuery(
         mount=ref.mount,
         key=ref.key,
@@ -57,34 +64,54 @@ async def get_block(
         verify=verify,
         local=local and not verify,
     )
-    try:
-        async with session.get(protocol.block_url(url, key), params=query.params()) as r:
-            if r.status != 200:
-                raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
-            _large_reads(r)
-            data: blocks.Data = await r.read()
-            crc = int(r.headers.get(protocol.CHECKSUM, "-1"))
-            hit = r.headers.get(protocol.CACHE) == "hit"
-            path = r.headers.get(protocol.LOCAL)
-            length = int(r.headers.get(protocol.LENGTH, "0"))
-    except (aiohttp.ClientError, TimeoutError) as err:
-        raise errors.WorkerError(f"{url}: {str(err) or 'no answer in time'}") from err
+    again = functools.partial(get_block, session, url, key, ref, index, span, conns=conns)
+    target = protocol.block_url(url, key)
+    headers: Mapping[str, str]
+    got: int | None = None  # the body's CRC, where it was computed as it arrived
+    if conns is not None and conns.handles(url):
+        answer = await conns.get(target, query.params(), session.headers, _timeout(session))
+        if answer.status != 200:
+            text = bytes(answer.body).decode(errors="replace")
+            raise errors.WorkerError(f"{url}: {answer.status} {text}", status=answer.status)
+        data: blocks.Data = answer.body
+        headers, got = answer.headers, answer.crc
+    else:
+        try:
+            async with session.get(target, params=query.params()) as r:
+                if r.status != 200:
+                    raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+                _large_reads(r)
+                data = await r.read()
+                headers = r.headers
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise errors.WorkerError(f"{url}: {str(err) or 'no answer in time'}") from err
+    crc = int(headers.get(protocol.CHECKSUM, "-1"))
+    hit = headers.get(protocol.CACHE) == "hit"
+    path = headers.get(protocol.LOCAL)
+    length = int(headers.get(protocol.LENGTH, "0"))
     if path is not None:
         try:
             data, got = await blockfile.load_block_file(path)
         except errors.CorruptBlock:  # the worker checks it, drops it and fetches again
-            return await get_block(session, url, key, ref, index, span, verify=True)
+            return await again(verify=True)
         except OSError as err:
             raise errors.NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
         if len(data) != length or got != crc:  # replaced since the worker answered
-            return await get_block(session, url, key, ref, index, span)
+            return await again()
         return Fetched(data, crc, hit, local=True, path=path)
-    got = await blocks.checksum_off_loop(data)
+    if got is None:
+        got = await blocks.checksum_off_loop(data)
     if got != crc:
         if not verify:
-            return await get_block(session, url, key, ref, index, span, verify=True)
+            return await again(verify=True)
         raise errors.WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
     return Fetched(data, crc, hit)
+
+
+def _timeout(session: aiohttp.ClientSession) -> float:
+    """The seconds `session` gives a request (aiohttp's default, 5 minutes, if none)."""
+    t = session.timeout
+    return t.total or t.sock_read or 300.0
 
 
 def _large_reads(r: aiohttp.ClientResponse) -> None:

@@ -34,7 +34,7 @@ from devkit.local.processes import (
 from devkit.local.s3 import CREDENTIALS, S3Server
 from devkit.testing import NotYet, eventually_blocking
 from fluidfed import errors
-from fluidfed.data import blocks, credentials, ufs, workers
+from fluidfed.data import blocks, credentials, receive, ufs, workers
 from fluidfed.data.layout import FileRef
 from fluidfed.models import Mount
 from sidecar.fs import PREFERRED_IO
@@ -705,19 +705,26 @@ def test_a_reader_gets_only_blocks_under_its_sub_path(data: Path, workers_factor
     outside = next(k for k in sources.files(data) if k.startswith("part-1/"))
     research = auth("reader", sub_path="part-3", namespace="research")
 
-    async def get(rel: str, headers: dict[str, str]) -> int:
+    async def get(rel: str, headers: dict[str, str], direct: bool) -> int:
+        """The status of a block request through aiohttp, or (`direct`) received in a
+        thread into its buffer, as the sidecar does (`receive.Connections`)."""
         ref, key = await _block_of(data, rel)
+        conns = receive.Connections() if direct else None
         async with aiohttp.ClientSession(headers=headers) as s:
             try:
-                await workers.get_block(s, ws.urls()[0], key, ref, 0)
+                await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)
             except errors.WorkerError as err:
                 return err.status
+            finally:
+                if conns is not None:
+                    conns.close()
         return 200
 
-    assert asyncio.run(get(inside, research)) == 200
-    assert asyncio.run(get(outside, research)) == 403  # ml's sub-path, say
-    assert asyncio.run(get(outside, auth("reader"))) == 200  # an entry for the whole dataset
-    assert asyncio.run(get(outside, {})) == 401
+    for direct in (False, True):
+        assert asyncio.run(get(inside, research, direct)) == 200
+        assert asyncio.run(get(outside, research, direct)) == 403  # ml's sub-path, say
+        assert asyncio.run(get(outside, auth("reader"), direct)) == 200  # the whole dataset
+        assert asyncio.run(get(outside, {}, direct)) == 401
 
 
 def test_drain_and_load_answer_only_the_agent(data: Path, workers_factory: Any) -> None:
@@ -815,3 +822,187 @@ def test_rotating_the_key_during_reads_keeps_them_going(
     assert _call(f"{ws.urls()[0]}/v1/status", headers=old)[0] == 401
     new_agent = {"Authorization": "Bearer " + local_token(DATASET, "agent", key=new)}
     assert _call(f"{ws.urls()[0]}/v1/status", headers=new_agent)[0] == 200
+
+
+# --- blocks received straight into their buffers, in threads (issue 20) -------------------
+
+
+def _whole_blocks(data: Path) -> list[str]:
+    """Files of the test dataset longer than a block: their block 0 is a whole one."""
+    return sorted(k for k, v in sources.files(data).items() if len(v) > BLOCK)
+
+
+def test_blocks_received_into_their_buffers_are_the_sources_over_one_kept_connection(
+    data: Path, workers_factory: Any
+) -> None:
+    want = sources.files(data)
+    ws = workers_factory({"uri": f"file://{data}"}, 1)
+    names = _whole_blocks(data)[:4]
+    assert len(names) == 4
+
+    async def run() -> None:
+        conns = receive.Connections()
+        try:
+            async with aiohttp.ClientSession(headers=auth("reader")) as s:
+
+                async def get(rel: str, span: tuple[int, int] | None = None) -> workers.Fetched:
+                    ref, key = await _block_of(data, rel)
+                    return await workers.get_block(s, ws.urls()[0], key, ref, 0, span, conns=conns)
+
+                for attempt in range(2):  # the worker fetches them, then has them
+                    for rel in names:
+                        got = await get(rel)
+                        assert bytes(got.data) == want[rel][:BLOCK]
+                        assert got.hit == (attempt == 1)
+                part = await get(names[0], (1000, 5000))
+                assert bytes(part.data) == want[names[0]][1000:6000]
+                # a block still held keeps its buffer: the next ones go elsewhere
+                kept = (await get(names[0])).data
+                reused = conns.buffers.reused
+                for rel in names[1:]:
+                    assert bytes((await get(rel)).data) == want[rel][:BLOCK]
+                assert bytes(kept) == want[names[0]][:BLOCK]
+                assert conns.buffers.reused > reused  # those let go were used again
+                with pytest.raises(TypeError):  # handed out read-only
+                    kept[0] = 0  # type: ignore[index]
+            # one request at a time: every one of them on the first connection
+            assert (conns.opened, conns.idle()) == (1, 1)
+        finally:
+            conns.close()
+        assert conns.idle() == 0
+
+    asyncio.run(run())
+
+
+def test_a_damaged_block_received_into_its_buffer_is_asked_for_again_checked(
+    data: Path, tmp_path: Path, workers_factory: Any
+) -> None:
+    want, _, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
+    rel = _whole_blocks(data)[0]
+
+    async def get() -> workers.Fetched:
+        ref, key = await _block_of(data, rel)
+        conns = receive.Connections()
+        try:
+            async with aiohttp.ClientSession(headers=auth("reader")) as s:
+                return await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)
+        finally:
+            conns.close()
+
+    assert bytes(asyncio.run(get()).data) == want[rel][:BLOCK]
+    stored = [p for p in (tmp_path / "ssd").rglob("*") if p.is_file()]
+    assert len(stored) == 1
+    raw = bytearray(stored[0].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    stored[0].write_bytes(bytes(raw))  # the worker sends it as it lies on disk
+    got = asyncio.run(get())
+    assert bytes(got.data) == want[rel][:BLOCK]
+    assert ws.status(ws.procs[0])["corrupt"] == 1  # asked again with verify: checked
+
+
+class _CuttingRelay:
+    """TCP between a client and a real worker, passing on at most `budget` bytes of the
+    worker's answers; then it closes the connection, or with `stall` holds it open
+    sending nothing (a network that fails mid-body)."""
+
+    def __init__(self, upstream: str, budget: int, *, stall: bool = False) -> None:
+        host, port = upstream.removeprefix("http://").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.budget = budget
+        self.stall = stall
+        self.cut = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.server.close()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        ur, uw = await asyncio.open_connection(*self.upstream)
+
+        async def up() -> None:
+            while chunk := await r.read(2**16):
+                uw.write(chunk)
+                await uw.drain()
+
+        pump = asyncio.create_task(up())
+        try:
+            left = self.budget
+            while left > 0 and (chunk := await ur.read(min(left, 2**16))):
+                w.write(chunk)
+                await w.drain()
+                left -= len(chunk)
+            self.cut.set()
+            if self.stall:
+                await asyncio.sleep(3600)
+        finally:
+            pump.cancel()
+            uw.close()
+            w.close()
+
+
+def test_a_connection_cut_or_stalled_mid_body_is_a_worker_error(
+    data: Path, workers_factory: Any
+) -> None:
+    ws = workers_factory({"uri": f"file://{data}"}, 1)
+    rel = _whole_blocks(data)[0]
+
+    async def run() -> None:
+        ref, key = await _block_of(data, rel)
+        conns = receive.Connections()
+        try:
+            timeout = aiohttp.ClientTimeout(total=2)
+            async with aiohttp.ClientSession(headers=auth("reader"), timeout=timeout) as s:
+                await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)  # cached
+                async with _CuttingRelay(ws.urls()[0], BLOCK // 2) as url:
+                    with pytest.raises(errors.WorkerError, match="closed after"):
+                        await workers.get_block(s, url, key, ref, 0, conns=conns)
+                async with _CuttingRelay(ws.urls()[0], BLOCK // 2, stall=True) as url:
+                    with pytest.raises(errors.WorkerError, match="no answer in time"):
+                        await workers.get_block(s, url, key, ref, 0, conns=conns)
+                relay = _CuttingRelay(ws.urls()[0], BLOCK // 2, stall=True)
+                async with relay as url:  # closing the connections ends a stalled one
+                    got = asyncio.create_task(workers.get_block(s, url, key, ref, 0, conns=conns))
+                    await relay.cut.wait()
+                    conns.close()
+                    with pytest.raises(errors.WorkerError):
+                        await got
+            assert conns.idle() == 0  # none of the broken ones kept
+        finally:
+            conns.close()
+
+    asyncio.run(run())
+
+
+def test_a_worker_gone_after_a_kept_connection_is_a_worker_error(
+    data: Path, workers_factory: Any
+) -> None:
+    """Its kept connection closed (seen, not reused), and a new one refused: WorkerError,
+    which the sidecar answers by reading the under storage, never a bare OSError."""
+    ws = workers_factory({"uri": f"file://{data}"}, 1)
+    rel = _whole_blocks(data)[0]
+
+    async def run() -> None:
+        ref, key = await _block_of(data, rel)
+        conns = receive.Connections()
+        try:
+            async with aiohttp.ClientSession(headers=auth("reader")) as s:
+                await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)
+                assert conns.idle() == 1
+                ws.procs[0].stop(signal.SIGKILL)
+                with pytest.raises(errors.WorkerError, match="refused"):
+                    await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)
+                assert conns.idle() == 0
+        finally:
+            conns.close()
+
+    asyncio.run(run())

@@ -1,0 +1,411 @@
+"""Receiving a block from a cache worker into one buffer of its size, off the event loop.
+
+`workers.get_block` over aiohttp cost the sidecar most of its CPU on a warm read from a
+worker on another node: uvloop read the socket into its own buffer, aiohttp copied each
+chunk into a new bytes object, and `read()` joined them (a second copy of the block),
+every chunk a callback on the event loop. Here one GET runs in a thread on a blocking
+socket: the response head is read and parsed by httptools (llhttp, the parser aiohttp
+and uvicorn build on), then the body, its length known from Content-Length, is received
+straight into a buffer of that size with `recv_into(MSG_WAITALL)`: one system call for
+the block while the event loop and the GIL are free, then its CRC in the same thread
+(figures: README, "Measured design decisions").
+
+HTTP/1.1 on the wire, the worker unchanged (aiohttp). Connections are kept alive and
+reused, at most `idle` idle ones per worker, each closed after `IDLE_FOR` seconds idle
+(aiohttp's server closes them at 75). A block's buffer is handed to the caller read-only,
+and used again for another block only once nothing references it (`Buffers`): the memory
+tier and FUSE replies that keep it never see it change.
+
+Only plain http: an https worker URL (none exists today: workers serve plain HTTP inside
+the cluster) goes through aiohttp as before (`handles`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import httptools
+from multidict import CIMultiDict
+from yarl import URL
+
+from fluidfed import errors
+from fluidfed.data import blocks
+
+IDLE_FOR = 30.0  # seconds an idle connection is kept (the worker's server drops it at 75)
+HEAD_READ = 2**16  # bytes per read until the response head is complete
+MAX_HEAD = 2**16  # a longer head is refused
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: CIMultiDict[str]
+    body: blocks.Data
+    crc: int  # of the body, when `checksum` was asked for and the status is 200; else -1
+
+
+class Buffers:
+    """Block buffers, used again once nothing holds them any more: a new buffer's pages
+    are faults the kernel must serve and zero, page by page: 13-15% of the sidecar's CPU
+    on a warm remote read in perf (malloc hands freed blocks back to the kernel).
+
+    Every buffer handed out is tracked; one is reused only when the tracking list holds
+    its last reference: a block in the memory tier, a slice in a FUSE reply, any view of
+    it keeps it (every view holds its bytearray), so a buffer is never overwritten while
+    still referenced. At most `spare` unreferenced ones are kept (the sidecar's memory tier
+    lets go of ~5 blocks at once: with 4 kept, half the blocks of a warm read came in new
+    buffers), and none after `idle` seconds without a block."""
+
+    def __init__(self, spare: int = 8, idle: float = 2.0) -> None:
+        self.spare = spare
+        self.idle = idle
+        self.reused = 0
+        self._held: list[bytearray] = []
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def take(self, n: int) -> bytearray:
+        with self._lock:
+            self._last = time.monotonic()
+            found: bytearray | None = None
+            spare = 0
+            keep: list[bytearray] = []
+            for buf, free in zip(self._held, _unreferenced(self._held), strict=True):
+                if free:
+                    if found is None and len(buf) == n:
+                        found = buf
+                        continue
+                    if spare >= self.spare:
+                        continue  # dropped: freed once this loop lets it go
+                    spare += 1
+                keep.append(buf)
+            if found is not None:
+                self.reused += 1
+            else:
+                found = _uninitialized(n)
+            keep.append(found)
+            self._held = keep
+            return found
+
+    def forget_idle(self) -> bool:
+        """Drop the unreferenced buffers if no block was taken for `idle` seconds; False
+        if one was (ask again later)."""
+        with self._lock:
+            if time.monotonic() - self._last < self.idle:
+                return False
+            free = _unreferenced(self._held)
+            self._held = [b for b, f in zip(self._held, free, strict=True) if not f]
+            return True
+
+    def spares(self) -> int:
+        with self._lock:
+            return sum(_unreferenced(self._held))
+
+
+def _counts(held: list[bytearray]) -> list[int]:
+    return [sys.getrefcount(b) for b in held]
+
+
+# what `_counts` says of a buffer the list alone holds, and of one held elsewhere too
+# (measured, not assumed: the count a call adds differs between Python versions)
+_ALONE = _counts([bytearray(1)])[0]
+_REUSE = _counts([_probe := bytearray(1)])[0] > _ALONE
+del _probe
+
+
+def _unreferenced(held: list[bytearray]) -> list[bool]:
+    """For each buffer, whether `held` holds its only reference. Always False where the
+    count cannot tell (then no buffer is reused)."""
+    return [c <= _ALONE and _REUSE for c in _counts(held)]
+
+
+def _uninitialized(n: int) -> bytearray:
+    """A bytearray of `n` bytes left as malloc gave them: `bytearray(n)` would first zero
+    them, a pass over the block for bytes the socket overwrites at once. The body is
+    either received whole or dropped, so none of the old bytes is ever seen."""
+    return _new_bytearray(None, n)  # type: ignore[no-any-return]
+
+
+_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_new_bytearray.restype = ctypes.py_object
+_new_bytearray.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+
+class _Head:
+    """httptools' callbacks for one response: the head, and a body that is not received
+    straight into a buffer (error answers, chunked ones) gathered in pieces."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.status = 0
+        self.keep = False
+        self.head_done = False
+        self.done = False
+        self.pieces: list[bytes] = []
+        self.got = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        # asked here: once the whole message is parsed, llhttp has reset for the next one
+        # and says "not keep-alive"
+        self.status = self.parser.get_status_code()
+        self.keep = self.parser.should_keep_alive()
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+        self.got += len(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class _Closed(Exception):
+    """The worker closed the connection before answering (a stale keep-alive one)."""
+
+
+class Connections:
+    """Kept-alive HTTP/1.1 connections to cache workers, for block GETs received in
+    threads. `close` closes every one, idle or in use (a thread receiving on one then
+    fails at once instead of waiting out its timeout)."""
+
+    def __init__(self, *, idle: int = 8, threads: int = 16) -> None:
+        self.idle_max = idle
+        self._idle: dict[tuple[str, int], deque[tuple[socket.socket, float]]] = {}
+        self._busy: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fluidfed-recv")
+        self._closed = False
+        self.opened = 0  # connections made (what reuse saves)
+        self.buffers = Buffers()
+        self._forget: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def handles(url: str) -> bool:
+        return url.startswith("http://")
+
+    async def get(
+        self,
+        url: str,
+        params: Mapping[str, str | int],
+        headers: Mapping[str, str],
+        seconds: float,
+        *,
+        checksum: bool = True,
+    ) -> Answer:
+        """GET `url` with `params`: status, headers, body (and its CRC with `checksum`).
+        WorkerError if the worker cannot be reached, closes the connection before the
+        whole answer arrived, or takes longer than `seconds` (the thread cannot be
+        cancelled: a caller's own timeout leaves it to finish or fail within those)."""
+        if self._closed:
+            raise errors.WorkerError(f"{url}: the sidecar is closing")
+        u = URL(url).with_query(params)
+        if u.host is None or u.port is None:
+            raise errors.WorkerError(f"{url}: not a worker URL")
+        where = (u.host, u.port)
+        request = _request(u, headers)
+        loop = asyncio.get_running_loop()
+        try:
+            job = loop.run_in_executor(
+                self._pool, self._exchange, where, request, seconds, checksum
+            )
+        except RuntimeError as err:  # the pool was shut down meanwhile
+            raise errors.WorkerError(f"{url}: the sidecar is closing") from err
+        answer = await job
+        if self._forget is None:
+            self._forget = loop.call_later(self.buffers.idle, self._forget_idle)
+        return answer
+
+    def _forget_idle(self) -> None:
+        if self.buffers.forget_idle():
+            self._forget = None
+        else:
+            loop = asyncio.get_running_loop()
+            self._forget = loop.call_later(self.buffers.idle, self._forget_idle)
+
+    def _exchange(
+        self, where: tuple[str, int], request: bytes, timeout: float, checksum: bool
+    ) -> Answer:
+        deadline = time.monotonic() + timeout
+        name = f"http://{where[0]}:{where[1]}"
+        while True:
+            try:
+                sock, reused = self._take(where, timeout)
+            except (TimeoutError, OSError) as err:  # refused, unreachable, no answer in time
+                raise errors.WorkerError(f"{name}: {err or type(err).__name__}") from err
+            try:
+                answer, keep = _exchange_on(sock, request, deadline, checksum, self.buffers)
+            except _Closed:
+                self._drop(sock)
+                if reused:
+                    continue  # closed while idle: once more on a new connection
+                raise errors.WorkerError(f"{name}: connection closed before an answer") from None
+            except errors.WorkerError as err:
+                self._drop(sock)
+                raise errors.WorkerError(f"{name}: {err}", status=err.status) from None
+            except (BlockingIOError, TimeoutError) as err:  # SO_RCVTIMEO, SO_SNDTIMEO
+                self._drop(sock)
+                raise errors.WorkerError(f"{name}: no answer in time") from err
+            except (OSError, httptools.HttpParserError) as err:
+                self._drop(sock)
+                raise errors.WorkerError(f"{name}: {err or type(err).__name__}") from err
+            except BaseException:
+                self._drop(sock)
+                raise
+            if keep:
+                self._give_back(where, sock)
+            else:
+                self._drop(sock)
+            return answer
+
+    def _take(self, where: tuple[str, int], timeout: float) -> tuple[socket.socket, bool]:
+        """An idle connection to `where` still open (the freshest), else a new one."""
+        now = time.monotonic()
+        with self._lock:
+            idle = self._idle.get(where)
+            while idle:
+                sock, since = idle.pop()
+                if now - since < IDLE_FOR and not _readable(sock):
+                    self._busy.add(sock)
+                    return sock, True
+                sock.close()  # expired, or the worker closed it (EOF is readable)
+        sock = socket.create_connection(where, timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # blocking from here on, each receive and send bounded by the kernel: a
+            # blocking socket is what lets MSG_WAITALL wait for the whole body
+            sock.settimeout(None)
+            tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        except OSError:
+            sock.close()
+            raise
+        with self._lock:
+            self.opened += 1
+            if self._closed:
+                sock.close()
+                raise errors.WorkerError("the sidecar is closing")
+            self._busy.add(sock)
+        return sock, False
+
+    def _give_back(self, where: tuple[str, int], sock: socket.socket) -> None:
+        with self._lock:
+            self._busy.discard(sock)
+            idle = self._idle.setdefault(where, deque())
+            if self._closed or len(idle) >= self.idle_max:
+                sock.close()
+                return
+            idle.append((sock, time.monotonic()))
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._busy.discard(sock)
+        sock.close()
+
+    def idle(self) -> int:
+        with self._lock:
+            return sum(len(d) for d in self._idle.values())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for idle in self._idle.values():
+                for sock, _ in idle:
+                    sock.close()
+            self._idle.clear()
+            for sock in self._busy:  # its thread's receive returns; the thread closes it
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._forget is not None:
+            self._forget.cancel()
+            self._forget = None
+
+
+def _request(u: URL, headers: Mapping[str, str]) -> bytes:
+    host = f"[{u.raw_host}]" if ":" in (u.raw_host or "") else u.raw_host  # IPv6
+    lines = [f"GET {u.raw_path_qs} HTTP/1.1", f"Host: {host}:{u.port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "host"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: the worker closed it (or sent
+    what it should not have). Either way it is not reused."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _exchange_on(
+    sock: socket.socket, request: bytes, deadline: float, checksum: bool, buffers: Buffers
+) -> tuple[Answer, bool]:
+    """One request and its answer on `sock`; also whether the connection can be reused."""
+    sock.sendall(request)
+    head = _Head()
+    parser = head.parser
+    seen = 0
+    while not head.head_done:
+        chunk = sock.recv(HEAD_READ)
+        if not chunk:
+            if seen == 0:
+                raise _Closed
+            raise errors.WorkerError("connection closed in the answer's head")
+        seen += len(chunk)
+        if seen > MAX_HEAD and not head.head_done:
+            raise errors.WorkerError("answer head too long")
+        parser.feed_data(chunk)
+        _in_time(deadline)
+    status, keep = head.status, head.keep
+    length = head.headers.get("content-length")
+    if not head.done and status == 200 and length is not None:
+        # the body straight into a buffer of its size: what came with the head first
+        # (httptools handed it to the list), then the rest in as few reads as the
+        # kernel allows, one when the timeout is not reached
+        n = int(length)
+        buf = buffers.take(n)
+        view = memoryview(buf)
+        got = 0
+        for piece in head.pieces:
+            view[got : got + len(piece)] = piece
+            got += len(piece)
+        head.pieces.clear()
+        while got < n:
+            r = sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+            if r == 0:
+                raise errors.WorkerError(f"connection closed after {got} of {n} body bytes")
+            got += r
+            if got < n:
+                _in_time(deadline)
+        body: blocks.Data = view.toreadonly()
+    else:
+        while not head.done:
+            chunk = sock.recv(HEAD_READ)
+            if not chunk:
+                raise errors.WorkerError(f"connection closed after {head.got} body bytes")
+            parser.feed_data(chunk)
+            _in_time(deadline)
+        body = b"".join(head.pieces)
+    crc = blocks.checksum(body) if checksum and status == 200 else -1
+    return Answer(status, head.headers, body, crc), keep
+
+
+def _in_time(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise errors.WorkerError("no answer in time")

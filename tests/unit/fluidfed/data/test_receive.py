@@ -1,0 +1,40 @@
+"""Which block buffers `receive.Buffers` uses again: only those nothing else holds."""
+
+from __future__ import annotations
+
+from fluidfed.data import receive
+
+
+def test_a_buffer_still_viewed_is_never_handed_out_again() -> None:
+    bufs = receive.Buffers(spare=4)
+    first = bufs.take(1024)
+    first[:] = b"a" * 1024
+    view = memoryview(first).toreadonly()
+    part = view[10:20]  # a slice keeps the buffer as the whole view does
+    del first, view
+    second = bufs.take(1024)
+    second[:] = b"b" * 1024
+    assert bytes(part) == b"a" * 10 and bufs.reused == 0
+    del part
+    third = bufs.take(1024)
+    assert bufs.reused == 1 and bytes(third) == b"a" * 1024  # the first one, let go
+    assert bufs.take(2048) is not third and bufs.reused == 1  # only one of the size asked
+
+
+def test_at_most_spare_unreferenced_buffers_are_kept_and_none_when_idle() -> None:
+    bufs = receive.Buffers(spare=2, idle=0.0)
+    for _ in range(5):
+        held = [bufs.take(64) for _ in range(5)]
+        del held
+    assert bufs.spares() == 5  # let go since the last take: counted at the next
+    taken = bufs.take(64)  # one of them again; of the other four two stay
+    assert bufs.reused >= 1 and bufs.spares() == 2
+    assert bufs.forget_idle() and bufs.spares() == 0
+    del taken
+
+
+def test_a_taken_buffer_held_by_its_taker_is_not_spare() -> None:
+    bufs = receive.Buffers()
+    mine = bufs.take(16)
+    assert bufs.spares() == 0
+    assert bufs.take(16) is not mine
