@@ -494,17 +494,17 @@ def main() -> None:
             if args.against:  # each way from the other tree too, each tree first in turn
                 trees["_against"] = str(Path(args.against).resolve())
             warm: dict[str, list[float]] = {k + t: [] for k in ways for t in trees}
-            cpu: dict[str, list[dict[str, float]]] = {k: [] for k in warm}
+            warm_cpu: dict[str, list[dict[str, float]]] = {k: [] for k in warm}
             for i in range(runs):
                 t0 = time.perf_counter()
                 n = sum(len(p.read_bytes()) for p in files)
                 direct.append(n / 2**20 / (time.perf_counter() - t0))
                 order = list(trees.items())
                 order = order[i % len(order) :] + order[: i % len(order)]
-                for (tag, tree), (way, local) in ((t, y) for y in ways.items() for t in order):
+                for (tag, tree), (way, short) in ((t, y) for y in ways.items() for t in order):
                     with tree_path(tree if args.against else ""):
                         sc = sidecar(
-                            root, f"warm-{way}{tag}{i}", mount, [w.url], short_circuit=local
+                            root, f"warm-{way}{tag}{i}", mount, [w.url], short_circuit=short
                         )
                     way += tag
                     procs.append(sc)
@@ -512,10 +512,10 @@ def main() -> None:
                     meter = CPU({"sidecar": sc.proc.pid, "worker": w.proc.pid})
                     got = fio(sc.mountpoint / "big.bin", "read", "1M", size=size)
                     warm[way].append(got["MiB_per_s"])
-                    cpu[way].append(meter.per_gib(size))
+                    warm_cpu[way].append(meter.per_gib(size))
                     blocks_read = sc.status()["blocks"]
                     assert blocks_read["worker_hits"] > 0
-                    assert (blocks_read["short_circuit"] > 0) == local
+                    assert (blocks_read["short_circuit"] > 0) == short
                     sc.stop()
             results["warm"] = {
                 way: {
@@ -523,8 +523,8 @@ def main() -> None:
                     "worker_block_files_MiB_per_s": median(direct),
                     "ratio": ratio(median(warm[way]), median(direct)),
                     "runs": [round(x) for x in warm[way]],
-                    "cpu": median_cpu(cpu[way]),
-                    "cpu_runs": cpu[way],
+                    "cpu": median_cpu(warm_cpu[way]),
+                    "cpu_runs": warm_cpu[way],
                 }
                 for way in warm
             }
