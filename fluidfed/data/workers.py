@@ -18,6 +18,7 @@ from fluidfed.data.layout import FileRef
 from fluidfed.errors import ConfigError
 
 READ_SIZE = 2**20  # bytes per socket read when receiving blocks
+THREAD_FROM = 2**20  # bytes of a block from which it is received in a thread (`_large`)
 
 
 class Fetched(NamedTuple):
@@ -53,7 +54,7 @@ async def get_block(
 
     With `conns`, the block is received in a thread straight into a buffer of its size
     (`fluidfed.data.receive`) with `session`'s headers (the credential) and timeout;
-    without, or for an https worker, through `session`."""
+    without, for an https worker, or for a small file's block (`_large`), through `session`."""
     query = protocol.BlockQuery(
         mount=ref.mount,
         key=ref.key,
@@ -68,7 +69,7 @@ async def get_block(
     target = protocol.block_url(url, key)
     headers: Mapping[str, str]
     got: int | None = None  # the body's CRC, where it was computed as it arrived
-    if conns is not None and conns.handles(url):
+    if conns is not None and conns.handles(url) and _large(ref, span):
         answer = await conns.get(target, query.params(), session.headers, _timeout(session))
         if answer.status != 200:
             text = bytes(answer.body).decode(errors="replace")
@@ -106,6 +107,14 @@ async def get_block(
             return await again(verify=True)
         raise errors.WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
     return Fetched(data, crc, hit)
+
+
+def _large(ref: FileRef, span: tuple[int, int] | None) -> bool:
+    """Whether the answer may be large enough to be worth a thread: a span of at least
+    THREAD_FROM, or any block of a file that large (its blocks are, but for the last). A
+    small file's block costs the thread hand-off more than the copies it saves (figures:
+    README, "Measured design decisions")."""
+    return (span[1] if span is not None else ref.size) >= THREAD_FROM
 
 
 def _timeout(session: aiohttp.ClientSession) -> float:
