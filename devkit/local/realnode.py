@@ -601,17 +601,31 @@ def stop(state: NodeState) -> list[str]:
 def _is_or_becoming(pid: int, binary: str) -> bool:
     """`_is`, or still node.sh's fork about to run `binary`: node.sh writes `$!` to the pid
     file as it forks, and until the child execs, its command line is the shell's (seen as
-    "containerd exited" by a start that looked in between, on a busy machine)."""
+    "containerd exited" by a start that looked in between, on a busy machine); while it
+    execs, its command line reads empty for a moment (the old one is gone, the new one not
+    yet set up: 11 of 300 reads right after `subprocess.Popen` returned, here), and only a
+    zombie's stays so."""
     argv = _argv(pid)
+    if not argv:
+        return _state(pid) not in ("", "Z", "X")
     return _is(pid, binary, argv) or any(a.endswith(b"/node.sh") for a in argv)
 
 
 def _argv(pid: int) -> list[bytes]:
-    """A process's command line; empty if it is gone or a zombie."""
+    """A process's command line; empty if it is gone, a zombie, or in the middle of exec."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
+    return raw.split(b"\0") if raw else []
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (R, S, D, Z...); empty if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _is(pid: int, binary: str, argv: list[bytes] | None = None) -> bool:

@@ -105,6 +105,11 @@ def test_a_node_process_is_alive_while_node_sh_has_forked_it_but_not_yet_run_it(
     script.write_text("sleep 30\n")
     shell = subprocess.Popen(["sh", str(script)])
     binary = subprocess.Popen(["sleep", "30"])
+    argv = Path(f"/proc/{binary.pid}/cmdline")
+    for _ in range(500):  # its exec done (its command line set up), to tell it apart below
+        if argv.read_bytes().startswith(b"sleep"):
+            break
+        time.sleep(0.01)
     try:
         assert realnode._is_or_becoming(shell.pid, "containerd")
         assert realnode._is_or_becoming(binary.pid, "sleep")
@@ -114,6 +119,15 @@ def test_a_node_process_is_alive_while_node_sh_has_forked_it_but_not_yet_run_it(
             p.kill()
             p.wait()
     assert not realnode._is_or_becoming(binary.pid, "sleep")  # gone
+    # in the middle of its exec a process's command line reads empty for a moment (the old
+    # one gone, the new one not set up): right after Popen returns, now and then
+    for _ in range(300):
+        execing = subprocess.Popen(["sleep", "30"])
+        try:
+            assert realnode._is_or_becoming(execing.pid, "sleep")
+        finally:
+            execing.kill()
+            execing.wait()
     zombie = subprocess.Popen(["sleep", "0"])
     stat = Path(f"/proc/{zombie.pid}/stat")
     for _ in range(500):  # exited, not reaped yet: its command line is empty
