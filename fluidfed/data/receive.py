@@ -43,6 +43,7 @@ from yarl import URL
 from fluidfed import errors
 from fluidfed.data import blocks
 
+MAX_BODY = 64 * 2**20  # the largest block a dataset may have (`fluidfed.validation`)
 IDLE_FOR = 30.0  # seconds an idle connection is kept (the worker's server drops it at 75)
 HEAD_READ = 2**16  # bytes per read until the response head is complete
 MAX_HEAD = 2**16  # a longer head is refused
@@ -379,6 +380,8 @@ def _exchange_on(
         # (httptools handed it to the list), then the rest in as few reads as the
         # kernel allows, one when the timeout is not reached
         n = int(length)
+        if not 0 <= n <= MAX_BODY:  # refused before a buffer of that size is made
+            raise errors.WorkerError(f"answer of {n} bytes: a block is at most {MAX_BODY}")
         buf = buffers.take(n)
         view = memoryview(buf)
         got = 0
@@ -400,6 +403,8 @@ def _exchange_on(
             if not chunk:
                 raise errors.WorkerError(f"connection closed after {head.got} body bytes")
             parser.feed_data(chunk)
+            if head.got > MAX_BODY:
+                raise errors.WorkerError(f"answer over {MAX_BODY} bytes: a block is at most that")
             _in_time(deadline)
         body = b"".join(head.pieces)
     crc = blocks.checksum(body) if checksum and status == 200 else -1

@@ -81,6 +81,11 @@ async def get_block(
             async with session.get(target, params=query.params()) as r:
                 if r.status != 200:
                     raise errors.WorkerError(f"{url}: {r.status} {await r.text()}", status=r.status)
+                if (r.content_length or 0) > receive.MAX_BODY:
+                    raise errors.WorkerError(
+                        f"{url}: answer of {r.content_length} bytes: a block is at most "
+                        f"{receive.MAX_BODY}"
+                    )
                 _large_reads(r)
                 data = await r.read()
                 headers = r.headers

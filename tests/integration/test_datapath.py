@@ -4,6 +4,7 @@ processes holding blocks, and under storage from MinIO, plain HTTP and a local d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
@@ -1004,5 +1005,42 @@ def test_a_worker_gone_after_a_kept_connection_is_a_worker_error(
                 assert conns.idle() == 0
         finally:
             conns.close()
+
+    asyncio.run(run())
+
+
+def test_an_answer_larger_than_any_block_is_refused_before_it_is_received() -> None:
+    """A peer that says its block is a terabyte, or streams one without a length, is a
+    WorkerError (the sidecar then reads the under storage), and no buffer of that size is
+    made: a block is at most 64 MiB."""
+    heads = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ]
+
+    async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        head = heads.pop(0)
+        w.write(head)
+        with contextlib.suppress(ConnectionError):
+            await w.drain()
+            for _ in range(80 if b"chunked" in head else 0):  # 80 chunks of 1 MiB, then
+                w.write(b"100000\r\n" + bytes(2**20) + b"\r\n")  # nothing (a bound
+                await w.drain()  # on what a broken guard would take in)
+            await asyncio.sleep(30)
+
+    async def run() -> None:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/blocks/x"
+        conns = receive.Connections()
+        try:
+            with pytest.raises(errors.WorkerError, match="1099511627776 bytes"):
+                await conns.get(url, {}, {}, 10.0)
+            with pytest.raises(errors.WorkerError, match="over 67108864 bytes"):
+                await conns.get(url, {}, {}, 5.0)
+            assert conns.idle() == 0
+        finally:
+            conns.close()
+            server.close()
 
     asyncio.run(run())
