@@ -65,17 +65,8 @@ def main() -> None:
         asyncio.run(rp.raw_get_loop(url, size, parallel))
 
         def one(name: str, tag: str, perf: bool = False) -> tuple[float, float, float, float]:
-            env = {"PYTHONPATH": trees[name], "PYTHONSAFEPATH": "1", **extra.get(name, {})}
-            old = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
+            with rp.pythonpath(trees[name], extra.get(name, {})):
                 sc = rp.sidecar(root, f"{name}-{tag}", mount, [])
-            finally:
-                for k, v in old.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
             try:
                 assert sc.proc is not None and server.proc is not None
                 pid = sc.proc.pid

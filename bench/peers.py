@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -43,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -271,24 +270,7 @@ class Bench:
             m.close()
 
 
-@contextlib.contextmanager
-def pythonpath(tree: str, env: dict[str, str] | None = None) -> Iterator[None]:
-    """Children started meanwhile run fluidfed from `tree` ("": as this process does),
-    with `env` added to their environment."""
-    # PYTHONSAFEPATH: children run `python -m fluidfed.cli.main`, and -m puts the working
-    # directory first on sys.path, ahead of PYTHONPATH: every tree's processes ran the code
-    # of the directory the bench was started from, whatever `tree` said
-    changes = {"PYTHONSAFEPATH": "1", **({"PYTHONPATH": tree} if tree else {}), **(env or {})}
-    old = {k: os.environ.get(k) for k in changes}
-    os.environ.update(changes)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
+pythonpath = rp.pythonpath  # (cold_worker.py uses it from here)
 
 
 T = TypeVar("T")

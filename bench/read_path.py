@@ -285,21 +285,21 @@ def sidecar(
 
 
 @contextlib.contextmanager
-def tree_path(tree: str) -> Iterator[None]:
-    """Processes started meanwhile run fluidfed from `tree` ("": as this process does).
-    PYTHONSAFEPATH too: they run `python -m`, which puts the working directory first on
-    sys.path, ahead of PYTHONPATH (as in bench/peers.py)."""
-    if not tree:
-        yield
-        return
-    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
-    os.environ.update(PYTHONPATH=tree, PYTHONSAFEPATH="1")
+def pythonpath(tree: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Children started meanwhile run fluidfed from `tree` ("": as this process does),
+    with `env` added to their environment."""
+    # PYTHONSAFEPATH: children run `python -m fluidfed.cli.main`, and -m puts the working
+    # directory first on sys.path, ahead of PYTHONPATH: every tree's processes ran the code
+    # of the directory the bench was started from, whatever `tree` said
+    changes = {"PYTHONSAFEPATH": "1", **({"PYTHONPATH": tree} if tree else {}), **(env or {})}
+    old = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
         for k, v in old.items():
             if v is None:
-                os.environ.pop(k, None)
+                del os.environ[k]
             else:
                 os.environ[k] = v
 
@@ -502,7 +502,7 @@ def main() -> None:
                 order = list(trees.items())
                 order = order[i % len(order) :] + order[: i % len(order)]
                 for (tag, tree), (way, short) in ((t, y) for y in ways.items() for t in order):
-                    with tree_path(tree if args.against else ""):
+                    with pythonpath(tree if args.against else ""):
                         sc = sidecar(
                             root, f"warm-{way}{tag}{i}", mount, [w.url], short_circuit=short
                         )
