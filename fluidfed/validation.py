@@ -26,6 +26,9 @@ from fluidfed.models import (
 )
 from fluidfed.units import format_size, parse_duration
 
+MIN_BLOCK_SIZE = 64 * 1024  # a cache's block_size, at least ...
+MAX_BLOCK_SIZE = 64 * 2**20  # ... and at most (readers size their buffers by it)
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -262,9 +265,13 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
                 path=f"{path}.replicas",
             )
         )
-    if cache.block_size < 64 * 1024 or cache.block_size > 64 * 2**20:
+    if not MIN_BLOCK_SIZE <= cache.block_size <= MAX_BLOCK_SIZE:
         problems.append(
-            Problem("block_size must be between 64KiB and 64MiB", path=f"{path}.block_size")
+            Problem(
+                f"block_size must be between {format_size(MIN_BLOCK_SIZE)} and "
+                f"{format_size(MAX_BLOCK_SIZE)}",
+                path=f"{path}.block_size",
+            )
         )
     if not cache.tiers:
         problems.append(Problem("at least one cache tier is needed", path=f"{path}.tiers"))

@@ -42,8 +42,9 @@ from yarl import URL
 
 from fluidfed import errors
 from fluidfed.data import blocks
+from fluidfed.validation import MAX_BLOCK_SIZE
 
-MAX_BODY = 64 * 2**20  # the largest block a dataset may have (`fluidfed.validation`)
+MAX_BODY = MAX_BLOCK_SIZE  # the largest block a dataset may have
 IDLE_FOR = 30.0  # seconds an idle connection is kept (the worker's server drops it at 75)
 HEAD_READ = 2**16  # bytes per read until the response head is complete
 MAX_HEAD = 2**16  # a longer head is refused

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from obstore.store import S3Config
 
 MANIFEST = ".fluidfed-manifest.json"
+RETRIES = 2  # a read is tried again at most so often (OpenDAL and obstore alike) ...
+FIRST_RETRY = 0.1  # ... the first time after this many seconds, then twice as long
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -228,11 +230,11 @@ def _s3_store(config: Mapping[str, str], timeout: float) -> S3Store | None:
         prefix=config["root"].strip("/") or None,
         config=settings,
         client_options={"allow_http": endpoint.startswith("http://"), "timeout": f"{timeout}s"},
-        # as OpenDAL's RetryLayer (`_layered`): two retries, backoff from 0.1 s
+        # as OpenDAL's RetryLayer (`_layered`)
         retry_config={
-            "max_retries": 2,
+            "max_retries": RETRIES,
             "backoff": {
-                "init_backoff": timedelta(seconds=0.1),
+                "init_backoff": timedelta(seconds=FIRST_RETRY),
                 "max_backoff": timedelta(seconds=timeout),
                 "base": 2,
             },
@@ -272,7 +274,7 @@ def _layered(op: Any, timeout: float) -> Any:
     # bounded retries with backoff: a store that does not answer gives an error, not a hang
     return op.layer(
         opendal.layers.RetryLayer(
-            max_times=2, factor=2.0, jitter=True, max_delay=timeout, min_delay=0.1
+            max_times=RETRIES, factor=2.0, jitter=True, max_delay=timeout, min_delay=FIRST_RETRY
         )
     )
 
