@@ -195,7 +195,12 @@ def run_worker(args: argparse.Namespace) -> int:
         msgspec.structs.replace(t, path=str(_resolve(here, t.path))) if t.path else t
         for t in cfg.tiers
     ]
-    cfg = msgspec.structs.replace(cfg, tiers=tiers)
+    files = {
+        k: str(_resolve(here, v))
+        for k in ("tls_cert_file", "tls_key_file", "ca_file")
+        if (v := getattr(cfg, k))
+    }
+    cfg = msgspec.structs.replace(cfg, tiers=tiers, **files)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     aio.run(
         server.serve(

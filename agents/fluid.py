@@ -72,22 +72,27 @@ def _tieredstore(ds: Dataset) -> dict[str, Any]:
     }
 
 
-def sidecar_options(b: Binding) -> dict[str, str]:
+def sidecar_options(b: Binding, *, tls: bool = True) -> dict[str, str]:
     """What fluidfed's FUSE container needs beyond the Dataset's mounts, handed over as the
     ThinRuntime's fuse options (config.json's `runtimeOptions`): the dataset, its block
-    size, the sidecar's memory cache, and the cache workers with the reader token."""
+    size, the sidecar's memory cache, and the cache workers with the reader token (and,
+    with `tls`, the binding's CA their certificate chains to)."""
     ds = b.spec
     name = objects.cache_name(ds.name)
-    return {
+    opts = {
         "dataset": ds.name,
         "block_size": str(int(ds.cache.block_size)),
         "cache_quota": str(SIDECAR_CACHE),
         "workers_statefulset": name,
-        "workers_service": f"{name}.{ds.namespace}.svc",
+        "workers_service": objects.worker_service(ds),
         "workers_port": str(objects.WORKER_PORT),
         "workers_replicas": str(b.replicas),
         "credentials_file": trust.sidecar_credentials_file(ds.name),
     }
+    if tls:
+        opts["workers_scheme"] = "https"
+        opts["ca_file"] = trust.sidecar_ca_file(ds.name)
+    return opts
 
 
 def profile(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
@@ -136,13 +141,16 @@ def profile(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
     }
 
 
-def runtime(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
+def runtime(b: Binding, ctx: objects.ClusterContext, *, tls: bool = True) -> dict[str, Any]:
     ds = b.spec
     spec: dict[str, Any]
     if engines.is_reference(ds):
         spec = {}
     elif ds.cache.engine == "fluidfed":
-        spec = {"profileName": profile_name(ds.name), "fuse": {"options": sidecar_options(b)}}
+        spec = {
+            "profileName": profile_name(ds.name),
+            "fuse": {"options": sidecar_options(b, tls=tls)},
+        }
     elif ds.cache.engine == "thin":
         spec = {"profileName": ds.cache.profile}
     else:
@@ -205,11 +213,15 @@ def _dataset(
     }
 
 
-def fluid_objects(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any]]:
+def fluid_objects(
+    b: Binding, ctx: objects.ClusterContext, *, tls: bool = True
+) -> list[dict[str, Any]]:
+    """Fluid's objects for `b`; with `tls`, fluidfed's engine reads its workers over
+    HTTPS."""
     ds = b.spec
     lbls = objects.labels(b, ctx)
     mounts = [engines.fluid_mount(ds.cache.engine, m, i) for i, m in enumerate(ds.mounts)]
-    out = [_dataset(ds.name, ds.namespace, mounts, lbls), runtime(b, ctx)]
+    out = [_dataset(ds.name, ds.namespace, mounts, lbls), runtime(b, ctx, tls=tls)]
     if ds.cache.engine == "fluidfed" and not engines.is_reference(ds):
         out.insert(0, profile(b, ctx))
     load = dataload(b, ctx)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluidfed import engines, names
-from fluidfed.models import Binding
+from fluidfed.models import Binding, Dataset
 
 WORKER_PORT = 7070
 # the user of fluidfed's image (configs/deploy/Dockerfile's USER): workers run as it, and
@@ -57,6 +57,12 @@ def k8s_name(*parts: str, limit: int = 52) -> str:
 
 def cache_name(dataset: str) -> str:
     return k8s_name("fluidfed", dataset, "cache")
+
+
+def worker_service(ds: Dataset) -> str:
+    """The DNS name of the cache workers' headless Service: each worker is
+    `<statefulset>-<i>.<this>`, the name its serving certificate is for."""
+    return f"{cache_name(ds.name)}.{ds.namespace}.svc"
 
 
 def config_name(dataset: str) -> str:

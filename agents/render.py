@@ -39,12 +39,18 @@ def _mount_doc(m: Mount) -> dict[str, Any]:
 
 
 def sidecar_config(
-    b: Binding, namespace: str, agent_url: str = "", *, short_circuit: bool = True
+    b: Binding,
+    namespace: str,
+    agent_url: str = "",
+    *,
+    short_circuit: bool = True,
+    tls: bool = True,
 ) -> dict[str, Any]:
-    """What `fluidfed sidecar mount` needs in `namespace` (the access entry applied)."""
+    """What `fluidfed sidecar mount` needs in `namespace` (the access entry applied);
+    with `tls`, the workers serve HTTPS and the sidecar trusts the binding's CA."""
     ds = b.spec
     entry = next(a for a in ds.access_list() if a.namespace == namespace)
-    return {
+    doc: dict[str, Any] = {
         "short_circuit": short_circuit and reads_whole_dataset(entry),
         "agent": agent_url,
         "dataset": ds.name,
@@ -54,35 +60,46 @@ def sidecar_config(
         "read_only": entry.read_only,
         "mounts": [_mount_doc(m) for m in ds.mounts],
         "block_size": int(ds.cache.block_size),
-        "workers": _peers(b),
+        "workers": _peers(b, tls),
         "credentials_file": trust.sidecar_credentials_file(ds.name),
     }
+    if tls:
+        doc["ca_file"] = trust.sidecar_ca_file(ds.name)
+    return doc
 
 
-def _peers(b: Binding) -> dict[str, Any]:
+def _peers(b: Binding, tls: bool) -> dict[str, Any]:
     """The cache workers as the sidecars and the workers find them: the StatefulSet's pods
     behind its headless Service."""
     name = objects.cache_name(b.spec.name)
     return {
         "statefulset": name,
-        "service": f"{name}.{b.spec.namespace}.svc",
+        "service": objects.worker_service(b.spec),
         "port": objects.WORKER_PORT,
         "replicas": b.replicas,
+        "scheme": "https" if tls else "http",
     }
 
 
-def worker_config(b: Binding, ctx: objects.ClusterContext) -> dict[str, Any]:
+def worker_config(b: Binding, ctx: objects.ClusterContext, *, tls: bool = True) -> dict[str, Any]:
+    """What `fluidfed worker serve` needs; with `tls`, it serves HTTPS with the binding's
+    certificate (from the keys' Secret) and trusts only the binding's CA for its peers."""
     ds = b.spec
-    return {
+    doc: dict[str, Any] = {
         "agent": ctx.agent_url,
         "dataset": ds.name,
         "mounts": [_mount_doc(m) for m in ds.mounts],
         "block_size": int(ds.cache.block_size),
         "port": objects.WORKER_PORT,
         "tiers": _worker_tiers(ds),
-        "workers": _peers(b),
-        "credentials_file": posixpath.join(trust.WORKER_CREDENTIALS_DIR, names.CREDENTIALS_FILE),
+        "workers": _peers(b, tls),
+        "credentials_file": trust.worker_file(names.CREDENTIALS_FILE),
     }
+    if tls:
+        doc["tls_cert_file"] = trust.worker_file(names.TLS_CERT_FILE)
+        doc["tls_key_file"] = trust.worker_file(names.TLS_KEY_FILE)
+        doc["ca_file"] = trust.worker_file(names.CA_FILE)
+    return doc
 
 
 HOST_CACHE_ROOT = "/var/lib/fluidfed"  # disk tiers on the node, unless a tier names a path
@@ -160,7 +177,9 @@ def _secret_env(ds: Dataset) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": s}} for s in secrets]
 
 
-def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any]]:
+def cache_workers(
+    b: Binding, ctx: objects.ClusterContext, *, tls: bool = True
+) -> list[dict[str, Any]]:
     ds = b.spec
     name, ns = objects.cache_name(ds.name), ds.namespace
     selector = objects.worker_selector(b)
@@ -190,7 +209,13 @@ def cache_workers(b: Binding, ctx: objects.ClusterContext) -> list[dict[str, Any
         ],
         "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "ports": [{"name": "blocks", "containerPort": objects.WORKER_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": objects.WORKER_PORT}},
+        "readinessProbe": {
+            "httpGet": {
+                "path": "/healthz",
+                "port": objects.WORKER_PORT,
+                "scheme": "HTTPS" if tls else "HTTP",
+            }
+        },
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/fluidfed", "readOnly": True},
             {"name": "credentials", "mountPath": trust.WORKER_CREDENTIALS_DIR, "readOnly": True},
@@ -297,29 +322,32 @@ def worker_objects(
     """The cache workers, their keys and network policy; with `config`, the ConfigMap
     holding only worker.json (none of the access entries shares its namespace)."""
     ds = b.spec
+    tls = creds.tls is not None
     out = [trust.keys_secret(b, ctx, creds), trust.network_policy(b, ctx)]
     if config:
-        data = {names.WORKER_CONFIG: codec.encode(worker_config(b, ctx)).decode()}
+        data = {names.WORKER_CONFIG: codec.encode(worker_config(b, ctx, tls=tls)).decode()}
         out.append(_config_map(b, ctx, ds.namespace, data))
-    return out + cache_workers(b, ctx)
+    return out + cache_workers(b, ctx, tls=tls)
 
 
 def sidecar_objects(
     b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials
 ) -> list[dict[str, Any]]:
     ds = b.spec
+    tls = creds.tls is not None
     out: list[dict[str, Any]] = []
     for entry in ds.access_list():
         out.append(trust.reader_secret(b, ctx, creds, entry))
-        data = {
-            names.SIDECAR_CONFIG: codec.encode(
-                sidecar_config(
-                    b, entry.namespace, ctx.agent_url, short_circuit=objects.short_circuit(ctx.kind)
-                )
-            ).decode()
-        }
+        config = sidecar_config(
+            b,
+            entry.namespace,
+            ctx.agent_url,
+            short_circuit=objects.short_circuit(ctx.kind),
+            tls=tls,
+        )
+        data = {names.SIDECAR_CONFIG: codec.encode(config).decode()}
         if entry.namespace == ds.namespace:
-            data[names.WORKER_CONFIG] = codec.encode(worker_config(b, ctx)).decode()
+            data[names.WORKER_CONFIG] = codec.encode(worker_config(b, ctx, tls=tls)).decode()
         out.append(_config_map(b, ctx, entry.namespace, data))
     home_served = ds.namespace in {a.namespace for a in ds.access_list()}
     return out + worker_objects(b, ctx, creds, config=not home_served)
@@ -330,7 +358,7 @@ def csi_objects(
 ) -> list[dict[str, Any]]:
     """Fluid's objects; with the fluidfed engine also the cache workers behind Fluid's FUSE
     pods, which read with a reader token of the whole dataset (in the home namespace)."""
-    out = fluid.fluid_objects(b, ctx)
+    out = fluid.fluid_objects(b, ctx, tls=creds.tls is not None)
     if objects.runs_workers(b):
         whole = Access(namespace=b.spec.namespace)
         out += [trust.reader_secret(b, ctx, creds, whole)]

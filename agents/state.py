@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 
+from agents.trust import DataTLS
 from fluidfed import codec, secretfile
 from fluidfed.data.credentials import KeyEntry
 from fluidfed.errors import ConfigError
@@ -27,6 +28,9 @@ class AgentState(msgspec.Struct, kw_only=True):
     # each sidecar binding's data-path keys, newest first: kept here so that a restart
     # does not rotate them (the file is the owner's only, 0600)
     keys: dict[str, list[KeyEntry]] = {}
+    # ... and its TLS: the binding's CA (kept, so sidecars keep trusting it) and the
+    # workers' serving certificate
+    tls: dict[str, DataTLS] = {}
 
 
 _decoder = codec.decoder(AgentState)

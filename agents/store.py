@@ -57,6 +57,20 @@ def rotate_keys(
     return True
 
 
+def renew_tls(state: AgentState, name: str, now: float, *, force: bool = False) -> bool:
+    """Make binding `name`'s TLS, or renew its serving certificate as due
+    (`trust.data_tls`); True when it changed."""
+    b = state.bindings.get(name)
+    if b is None:
+        return False
+    have = state.tls.get(name)
+    got = trust.data_tls(have, trust.worker_hosts(b), now, renew=force)
+    if got is have:
+        return False
+    state.tls[name] = got
+    return True
+
+
 def keys_of_dataset(state: AgentState, dataset: str) -> list[bytes]:
     """Every key that signs for `dataset` here (its binding's, old ones in their grace)."""
     return [
@@ -72,6 +86,7 @@ def retire(state: AgentState, name: str, *, finalize: bool) -> bool:
     finalize."""
     state.statuses.pop(name, None)
     state.keys.pop(name, None)
+    state.tls.pop(name, None)
     if name in state.unsent:
         state.unsent.remove(name)
     if finalize and name not in state.finalize:
@@ -86,6 +101,7 @@ def finalized(state: AgentState, name: str) -> None:
     state.bindings.pop(name, None)
     state.statuses.pop(name, None)
     state.keys.pop(name, None)
+    state.tls.pop(name, None)
 
 
 class Store:
@@ -114,10 +130,13 @@ class Store:
 
     async def data_credentials(self, name: str, now: float) -> trust.DataCredentials:
         """Binding `name`'s keys, made or rotated as due (and saved before anything
-        signed by a new key leaves the agent), and the one that signs now."""
+        signed by a new key leaves the agent), the one that signs now, and its TLS (made or
+        renewed as due, a rotation renewing the serving certificate too)."""
         force = name in self.rotate_now
         self.rotate_now.discard(name)
-        if rotate_keys(self.state, name, now, self.rotation, self.grace, force=force):
+        keys = rotate_keys(self.state, name, now, self.rotation, self.grace, force=force)
+        tls = renew_tls(self.state, name, now, force=force)
+        if keys or tls:
             await self.save()
         return self.signing(name, now)
 
@@ -127,6 +146,7 @@ class Store:
         return trust.DataCredentials(
             keys=[credentials.decode_key(e.key) for e in entries],
             sign=credentials.signing(entries, now, self.grace),
+            tls=self.state.tls.get(name),
         )
 
     def keys_of_dataset(self, dataset: str) -> list[bytes]:

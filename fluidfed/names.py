@@ -56,6 +56,11 @@ SIDECAR_CONFIG: Final = "sidecar.json"  # the FUSE sidecar's settings for that n
 WORKER_CONFIG: Final = "worker.json"  # the cache workers' settings (home namespace)
 # the key of the binding's Secrets: the keys (workers) or a reader token (sidecars)
 CREDENTIALS_FILE: Final = "credentials.json"
+# ... beside it, the data path's TLS: the binding's CA (every holder), the cache workers'
+# serving certificate and its key (the workers' Secret only)
+CA_FILE: Final = "ca.crt"
+TLS_CERT_FILE: Final = "tls.crt"
+TLS_KEY_FILE: Final = "tls.key"
 
 # --- OpenTelemetry: services, instruments, attributes --------------------------------------
 

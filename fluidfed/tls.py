@@ -7,6 +7,7 @@ a certificate (or key) is a ConfigError naming the file and the option it came f
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,79 @@ def client_context(tls: ClientTLS) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as err:
             raise _problem("client_cert_file/client_key_file", tls.cert_file, err) from None
     return ctx
+
+
+def trusting(ca_pem: str) -> ssl.SSLContext:
+    """A verifying client context that trusts only the CA `ca_pem` (PEM text): the agent's,
+    for the workers of a binding whose CA it keeps."""
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class Served:
+    """A serving context whose certificate and key are read again when their files change
+    (a Secret volume the agent updates on renewal or rotation): new handshakes present the
+    new pair, connections already open keep theirs, so no read is dropped."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self.context = server_context(cert_file, key_file)
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for f in (self.cert_file, self.key_file):
+            try:
+                st = os.stat(f)  # through the Secret volume's symlinks: the current files
+            except OSError:
+                out.append((0, 0))
+            else:
+                out.append((st.st_ino, st.st_mtime_ns))
+        return tuple(out)
+
+    def reload(self) -> bool:
+        """Load the pair again if a file changed; True when the new one is in use. A pair
+        that does not load (a half-written update) keeps the last one: False, and the next
+        call tries again."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        try:
+            self.context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError):
+            return False
+        self._seen = stamp
+        return True
+
+
+class Trusted:
+    """A verifying client context trusting the CA in `ca_file`, which is read again when it
+    changes: a new CA is trusted beside the old one (what handshakes already verified, and
+    the workers not yet renewed, still count)."""
+
+    def __init__(self, ca_file: str) -> None:
+        self.ca_file = ca_file
+        self.context = client_context(ClientTLS(ca_file=ca_file))
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.ca_file)
+        except OSError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    def reload(self) -> bool:
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        try:
+            self.context.load_verify_locations(cafile=self.ca_file)
+        except (OSError, ssl.SSLError):
+            return False
+        self._seen = stamp
+        return True
 
 
 def peer_common_name(der: bytes | None) -> str | None:

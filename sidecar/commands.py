@@ -135,6 +135,10 @@ def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
     elif cfg.credentials_file and args.config:  # relative to the config file
         base = Path(args.config).resolve().parent
         cfg = msgspec.structs.replace(cfg, credentials_file=str(base / cfg.credentials_file))
+    if cfg.ca_file and args.config:
+        cfg = msgspec.structs.replace(
+            cfg, ca_file=str(Path(args.config).resolve().parent / cfg.ca_file)
+        )
     return cfg
 
 

@@ -108,9 +108,11 @@ def sidecar_config(fc: FluidConfig, file: str) -> tuple[SidecarConfig, dict[str,
             service=opts.get("workers_service", ""),
             port=_int(opts, "workers_port", file) or Peers().port,
             replicas=replicas,
+            scheme=opts.get("workers_scheme", Peers().scheme),
         )
-    if opts.get("credentials_file"):
-        fields["credentials_file"] = opts["credentials_file"]
+    for name in ("credentials_file", "ca_file"):
+        if opts.get(name):
+            fields[name] = opts[name]
     fields["short_circuit"] = False  # Fluid's FUSE pod sees no worker's block files
     return SidecarConfig(**fields), creds  # type: ignore[arg-type]
 

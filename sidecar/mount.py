@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
-from fluidfed import config, errors, names, telemetry
+from fluidfed import config, errors, names, telemetry, tls
 from fluidfed.data import credentials, heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import SidecarConfig
@@ -111,6 +112,12 @@ class Sidecar:
         self.credentials = (
             credentials.Watched(Path(cfg.credentials_file)) if cfg.credentials_file else None
         )
+        # the CA https workers' certificates chain to (the binding's), read again on change
+        self.trusted = tls.Trusted(cfg.ca_file) if cfg.ca_file else None
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """How https workers are verified: the binding's CA, else the system's roots."""
+        return self.trusted.context if self.trusted is not None else None
 
     def token(self) -> str:
         return self.credentials.current.token if self.credentials is not None else ""
@@ -158,6 +165,8 @@ class Sidecar:
             if self.session is not None:  # the next requests carry the new token
                 self.session.headers.update(self._auth_headers())
             log.info("reader token reloaded")
+        if self.trusted is not None and self.trusted.reload():
+            log.info("the workers' CA reloaded")
         if self.config_file is None or self.reader is None:
             return
         cfg = self.config_file.changed()
@@ -230,7 +239,7 @@ class Sidecar:
         store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
-            connector=aiohttp.TCPConnector(limit=64),
+            connector=aiohttp.TCPConnector(limit=64, ssl=self._tls() or True),
             read_bufsize=2**22,  # blocks are megabytes: fewer, larger socket reads
             headers=self._auth_headers(),
         )
@@ -239,7 +248,7 @@ class Sidecar:
                 "no credentials_file: the cache workers will refuse this sidecar (401) and "
                 "it reads the under storage directly"
             )
-        self.reader = BlockReader(self.cfg, self.readers, store, self.session)
+        self.reader = BlockReader(self.cfg, self.readers, store, self.session, tls=self._tls())
         tasks: list[asyncio.Task[Any]] = []
         mounted = False
         main: asyncio.Task[None] | None = None

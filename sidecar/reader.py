@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,13 +48,16 @@ class BlockReader:
         readers: list[ufs.UFS],
         store: BlockStore,
         session: aiohttp.ClientSession | None,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
         self.readers = readers
         self.store = store
         self.session = session
         # blocks from workers received straight into their buffers, off the event loop
-        self.conns = receive.Connections()
+        # (https workers verified with `tls`, else the system's roots)
+        self.conns = receive.Connections(tls=tls)
         self.workers = cfg.workers.urls()
         self.stats = ReadStats()
         self._down: dict[str, float] = {}

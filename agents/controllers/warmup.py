@@ -16,7 +16,7 @@ from agents import objects
 from agents.observed import Observed
 from agents.registry import Registry
 from agents.store import Store
-from fluidfed import cron, errors
+from fluidfed import cron, errors, tls
 from fluidfed.data import credentials, workers
 from fluidfed.models import Binding, LoadRequest, LoadStatus
 
@@ -128,8 +128,12 @@ class WarmUps:
             # the workers start and report loads only for their binding's agent
             creds = self.store.signing(b.name, time.time())
             token = creds.token(credentials.Claims(role="agent", dataset=b.dataset))
+            # https workers present the binding's certificate: only its CA is trusted
+            trust_ca = tls.trusting(creds.tls.ca_cert) if creds.tls is not None else True
             async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=30), headers=credentials.authorization(token)
+                timeout=aiohttp.ClientTimeout(total=30),
+                headers=credentials.authorization(token),
+                connector=aiohttp.TCPConnector(ssl=trust_ca),
             ) as s:
                 for u in urls:
                     await workers.start_load(s, u, req.path, urls)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -60,8 +61,10 @@ class Worker:
         cache_root: Path,
         config_path: Path | None = None,
         credentials_path: Path,
+        peer_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
+        self.peer_tls = peer_tls  # how https peers are verified (None: the system's roots)
         self.url = url.rstrip("/")
         self.config_file = config.Watched(config_path, WorkerConfig) if config_path else None
         # the binding's keys: every request is checked against them (ConfigError if the
@@ -94,6 +97,7 @@ class Worker:
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.read_timeout),
             headers=self._own_token(),
+            connector=aiohttp.TCPConnector(ssl=self.peer_tls or True),
         )
         return self
 

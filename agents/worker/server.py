@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, log, remaining_peers
-from fluidfed import errors, telemetry
+from fluidfed import errors, telemetry, tls
 from fluidfed.data import blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
@@ -294,28 +294,40 @@ async def serve(
     worker: Worker | None = None
     heap.tune()
     try:
+        # HTTPS with the binding's certificate where the config gives one (the agent's
+        # workers), its peers verified against the binding's CA
+        served = tls.Served(cfg.tls_cert_file, cfg.tls_key_file) if cfg.tls_cert_file else None
+        trusted = tls.Trusted(cfg.ca_file) if cfg.ca_file else None
+        scheme = "https" if served is not None else "http"
         site_port = port
         if not advertise:
             host_name = os.environ.get("HOSTNAME", "")
             if cfg.workers.service and host_name:
-                advertise = f"http://{host_name}.{cfg.workers.service}:{cfg.workers.port}"
+                advertise = f"{scheme}://{host_name}.{cfg.workers.service}:{cfg.workers.port}"
         worker = Worker(
             cfg,
-            url=advertise or f"http://{host}:{port}",
+            url=advertise or f"{scheme}://{host}:{port}",
             cache_root=cache_root,
             config_path=config_path,
             credentials_path=credentials_path,
+            peer_tls=trusted.context if trusted is not None else None,
         )
         await worker.open()
         worker.instrument()
         runner = web.AppRunner(make_app(worker), handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            host,
+            port,
+            reuse_address=True,
+            ssl_context=served.context if served is not None else None,
+        )
         await site.start()
         for addr in runner.addresses:
             site_port = int(addr[1])
         if not advertise:
-            worker.url = f"http://{host}:{site_port}"
+            worker.url = f"{scheme}://{host}:{site_port}"
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -323,7 +335,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, worker.reload)
         s = worker.store.snapshot()
         print(
-            f"fluidfed worker for {cfg.dataset} listening on http://{host}:{site_port} "
+            f"fluidfed worker for {cfg.dataset} listening on {scheme}://{host}:{site_port} "
             f"as {worker.url} ({len(worker.store.hottest())} blocks cached, "
             f"capacity {s.capacity} bytes)",
             flush=True,
@@ -336,6 +348,9 @@ async def serve(
                 async with asyncio.timeout(reload_interval):
                     await stop.wait()
             worker.reload()
+            for files in (served, trusted):
+                if files is not None and files.reload():
+                    log.info("TLS files reloaded: %s", type(files).__name__)
         reporting.cancel()
         trimming.cancel()
         # leaving: hand the cache to those who stay (the config file says who they are)

@@ -322,6 +322,21 @@ def _spawn(
     return proc, ready_line(proc, re.compile(pattern), what, timeout)
 
 
+# what a pod's config names that a process standing in for the pod does not have: the
+# binding's TLS files from its Secret, for the workers' Service names, which do not resolve
+# outside the cluster
+POD_TLS_FIELDS = ("tls_cert_file", "tls_key_file", "ca_file")
+
+
+def on_loopback(config: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+    """A worker's or sidecar's config as the agent wrote it for pods, for a local process
+    on loopback: the workers at `urls` over plain HTTP (the data path over TLS in pods is
+    tested on the real node, with the names the certificates are for)."""
+    out = {k: v for k, v in config.items() if k not in POD_TLS_FIELDS}
+    out["workers"] = {"endpoints": urls}
+    return out
+
+
 class WorkerProcess(_Child):
     """`fluidfed worker serve` on a loopback port, with its config file and cache directory."""
 
@@ -335,12 +350,14 @@ class WorkerProcess(_Child):
         wrap: Sequence[str] = (),
         *,
         creds: credentials.CredentialFile | None = None,
+        secure: bool = False,
     ) -> None:
         self.wrap = tuple(wrap)  # a command that execs the worker (a mount namespace, ...)
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        # `secure`: its config gives it a certificate, it serves HTTPS
+        self.url = f"{'https' if secure else 'http'}://127.0.0.1:{port}"
         self.config_path = self.dir / "worker.json"
         self.write_config(config)
         # the binding's keys, as the agent's Secret gives them to a worker pod

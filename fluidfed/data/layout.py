@@ -83,19 +83,20 @@ def directories(paths: Sequence[str] | dict[str, FileRef]) -> dict[str, list[str
 
 class Peers(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """The cluster's cache workers: an explicit list of URLs, or the StatefulSet's pods
-    behind its headless Service (`<statefulset>-<i>.<service>:<port>`)."""
+    behind its headless Service (`<scheme>://<statefulset>-<i>.<service>:<port>`)."""
 
     endpoints: list[str] = []
     statefulset: str = ""
     service: str = ""
     port: int = 7070
     replicas: int = 0
+    scheme: str = "http"  # https: the workers serve TLS (the agent's do)
 
     def urls(self) -> list[str]:
         if self.endpoints:
             return [e.rstrip("/") for e in self.endpoints]
         return [
-            f"http://{self.statefulset}-{i}.{self.service}:{self.port}"
+            f"{self.scheme}://{self.statefulset}-{i}.{self.service}:{self.port}"
             for i in range(self.replicas)
         ]
 
@@ -122,6 +123,9 @@ class SidecarConfig(Wire):
     # this sidecar's reader token (`fluidfed.data.credentials`), a file the agent's Secret
     # puts there; read again when it changes
     credentials_file: str = ""
+    # the CA that https workers' certificates must chain to (the binding's own, from the
+    # same Secret; "": the system's trust store)
+    ca_file: str = ""
     # read a worker's disk blocks from its files when they are visible here (same node)
     short_circuit: bool = True
 
@@ -140,6 +144,11 @@ class WorkerConfig(Wire):
     # the binding's keys (`fluidfed.data.credentials`), a file the agent's Secret puts
     # there; read again when it changes. Required: a worker answers no one without it
     credentials_file: str = ""
+    # serve HTTPS with this certificate and key (read again when they change), and verify
+    # https peers against `ca_file` ("": the system's trust store)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    ca_file: str = ""
 
 
 def own_tiers(tiers: list[CacheTier], pod: str) -> list[CacheTier]:
@@ -181,8 +190,18 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
         for name in ("metadata_ttl", "read_timeout", "worker_timeout"):
             if getattr(cfg, name) <= 0:
                 problems.append(Problem(f"{name} must be above zero seconds", path=name))
-    elif not 0 < cfg.port < 65536:
-        problems.append(Problem(f"port {cfg.port} is not a TCP port (1-65535)", path="port"))
+    else:
+        if not 0 < cfg.port < 65536:
+            problems.append(Problem(f"port {cfg.port} is not a TCP port (1-65535)", path="port"))
+        if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+            missing = "tls_key_file" if cfg.tls_cert_file else "tls_cert_file"
+            problems.append(
+                Problem("serving TLS needs both tls_cert_file and tls_key_file", path=missing)
+            )
+    if cfg.workers.scheme not in ("http", "https"):
+        problems.append(
+            Problem(f"scheme {cfg.workers.scheme!r} is not http or https", path="workers.scheme")
+        )
     for i, url in enumerate(cfg.workers.endpoints):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

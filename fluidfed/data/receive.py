@@ -16,8 +16,11 @@ reused, at most `idle` idle ones per worker, each closed after `IDLE_FOR` second
 and used again for another block only once nothing references it (`Buffers`): the memory
 tier and FUSE replies that keep it never see it change.
 
-Only plain http: an https worker URL (none exists today: workers serve plain HTTP inside
-the cluster) goes through aiohttp as before (`handles`).
+An https worker (the agent's workers serve TLS with their binding's certificate) is
+received the same way over an `ssl` socket verified with the caller's context: TLS hands
+over one record (16 KiB) per receive, decrypted into the buffer, so the body takes a
+receive per record instead of one `MSG_WAITALL` (figures: README, "Measured design
+decisions").
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import contextlib
 import ctypes
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -185,9 +189,13 @@ class Connections:
     threads. `close` closes every one, idle or in use (a thread receiving on one then
     fails at once instead of waiting out its timeout)."""
 
-    def __init__(self, *, idle: int = 8, threads: int = 16) -> None:
+    def __init__(
+        self, *, idle: int = 8, threads: int = 16, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.idle_max = idle
-        self._idle: dict[tuple[str, int], deque[tuple[socket.socket, float]]] = {}
+        # how https workers are verified (None: the system's roots, as aiohttp's default)
+        self.tls = tls
+        self._idle: dict[_Where, deque[tuple[socket.socket, float]]] = {}
         self._busy: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fluidfed-recv")
@@ -198,7 +206,7 @@ class Connections:
 
     @staticmethod
     def handles(url: str) -> bool:
-        return url.startswith("http://")
+        return url.startswith(("http://", "https://"))
 
     async def get(
         self,
@@ -218,7 +226,7 @@ class Connections:
         u = URL(url).with_query(params)
         if u.host is None or u.port is None:
             raise errors.WorkerError(f"{url}: not a worker URL")
-        where = (u.host, u.port)
+        where = _Where(u.scheme == "https", u.host, u.port)
         request = _request(u, headers)
         loop = asyncio.get_running_loop()
         try:
@@ -239,11 +247,9 @@ class Connections:
             loop = asyncio.get_running_loop()
             self._forget = loop.call_later(self.buffers.idle, self._forget_idle)
 
-    def _exchange(
-        self, where: tuple[str, int], request: bytes, timeout: float, checksum: bool
-    ) -> Answer:
+    def _exchange(self, where: _Where, request: bytes, timeout: float, checksum: bool) -> Answer:
         deadline = time.monotonic() + timeout
-        name = f"http://{where[0]}:{where[1]}"
+        name = f"{'https' if where.secure else 'http'}://{where.host}:{where.port}"
         while True:
             try:
                 sock, reused = self._take(where, timeout)
@@ -259,7 +265,13 @@ class Connections:
             except errors.WorkerError as err:
                 self._drop(sock)
                 raise errors.WorkerError(f"{name}: {err}", status=err.status) from None
-            except (BlockingIOError, TimeoutError) as err:  # SO_RCVTIMEO, SO_SNDTIMEO
+            except (
+                BlockingIOError,
+                TimeoutError,
+                ssl.SSLWantReadError,
+                ssl.SSLWantWriteError,
+            ) as err:
+                # SO_RCVTIMEO, SO_SNDTIMEO (TLS says "want read/write" for those)
                 self._drop(sock)
                 raise errors.WorkerError(f"{name}: no answer in time") from err
             except (OSError, httptools.HttpParserError) as err:
@@ -274,8 +286,9 @@ class Connections:
                 self._drop(sock)
             return answer
 
-    def _take(self, where: tuple[str, int], timeout: float) -> tuple[socket.socket, bool]:
-        """An idle connection to `where` still open (the freshest), else a new one."""
+    def _take(self, where: _Where, timeout: float) -> tuple[socket.socket, bool]:
+        """An idle connection to `where` still open (the freshest), else a new one (over
+        TLS, its handshake done and the worker's certificate verified)."""
         now = time.monotonic()
         with self._lock:
             idle = self._idle.get(where)
@@ -285,7 +298,7 @@ class Connections:
                     self._busy.add(sock)
                     return sock, True
                 sock.close()  # expired, or the worker closed it (EOF is readable)
-        sock = socket.create_connection(where, timeout=timeout)
+        sock = socket.create_connection((where.host, where.port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # blocking from here on, each receive and send bounded by the kernel: a
@@ -294,6 +307,9 @@ class Connections:
             tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            if where.secure:
+                ctx = self.tls or _system_roots()
+                sock = ctx.wrap_socket(sock, server_hostname=where.host)
         except OSError:
             sock.close()
             raise
@@ -305,7 +321,7 @@ class Connections:
             self._busy.add(sock)
         return sock, False
 
-    def _give_back(self, where: tuple[str, int], sock: socket.socket) -> None:
+    def _give_back(self, where: _Where, sock: socket.socket) -> None:
         with self._lock:
             self._busy.discard(sock)
             idle = self._idle.setdefault(where, deque())
@@ -339,6 +355,23 @@ class Connections:
             self._forget = None
 
 
+class _Where(NamedTuple):
+    secure: bool  # https
+    host: str
+    port: int
+
+
+_roots: ssl.SSLContext | None = None
+
+
+def _system_roots() -> ssl.SSLContext:
+    """A verifying context on the system's trust store, made once."""
+    global _roots
+    if _roots is None:
+        _roots = ssl.create_default_context()
+    return _roots
+
+
 def _request(u: URL, headers: Mapping[str, str]) -> bytes:
     host = f"[{u.raw_host}]" if ":" in (u.raw_host or "") else u.raw_host  # IPv6
     lines = [f"GET {u.raw_path_qs} HTTP/1.1", f"Host: {host}:{u.port}"]
@@ -349,6 +382,8 @@ def _request(u: URL, headers: Mapping[str, str]) -> bytes:
 def _readable(sock: socket.socket) -> bool:
     """Whether an idle connection has something to read: the worker closed it (or sent
     what it should not have). Either way it is not reused."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True  # a record already decrypted
     try:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
@@ -390,8 +425,10 @@ def _exchange_on(
             view[got : got + len(piece)] = piece
             got += len(piece)
         head.pieces.clear()
+        # an ssl socket takes no flags: it receives a record at a time
+        flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
         while got < n:
-            r = sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+            r = sock.recv_into(view[got:], n - got, flags)
             if r == 0:
                 raise errors.WorkerError(f"connection closed after {got} of {n} body bytes")
             got += r

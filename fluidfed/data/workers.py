@@ -53,8 +53,9 @@ async def get_block(
     itself, no bytes over the socket); NotLocal if that path is not visible here.
 
     With `conns`, the block is received in a thread straight into a buffer of its size
-    (`fluidfed.data.receive`) with `session`'s headers (the credential) and timeout;
-    without, for an https worker, or for a small file's block (`_large`), through `session`."""
+    (`fluidfed.data.receive`, over TLS for an https worker, verified with the context
+    `conns` was given) with `session`'s headers (the credential) and timeout; without, or
+    for a small file's block (`_large`), through `session` (its connector verifies)."""
     query = protocol.BlockQuery(
         mount=ref.mount,
         key=ref.key,

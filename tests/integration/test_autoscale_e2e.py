@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.local import secrets
 from devkit.local.cluster import free_port
-from devkit.local.processes import SidecarProcess, WorkerProcess
+from devkit.local.processes import SidecarProcess, WorkerProcess, on_loopback
 from devkit.testing import eventually
 from fluidfed.models import (
     Access,
@@ -135,9 +135,9 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
 
     cm = await eventually(configs, "configs naming the agent's API")
     wport = free_port()
-    wcfg = json.loads(cm.data["worker.json"])
-    scfg = json.loads(cm.data["sidecar.json"])
-    wcfg["workers"] = scfg["workers"] = {"endpoints": [f"http://127.0.0.1:{wport}"]}
+    urls = [f"http://127.0.0.1:{wport}"]
+    wcfg = on_loopback(json.loads(cm.data["worker.json"]), urls)
+    scfg = on_loopback(json.loads(cm.data["sidecar.json"]), urls)
     # the binding's credentials, from the Secrets the agent made, as the pods mount them
     keys = await secrets.worker_credentials(apis["serverless"], home, name)
     token = await secrets.reader_token(apis["serverless"], home, name)

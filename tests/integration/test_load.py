@@ -16,7 +16,7 @@ from kubernetes_asyncio import client
 
 from devkit.local import secrets
 from devkit.local.cluster import free_port
-from devkit.local.processes import SidecarProcess, WorkerProcess
+from devkit.local.processes import SidecarProcess, WorkerProcess, on_loopback
 from devkit.testing import eventually
 from fluidfed.models import Access, CacheSpec, CacheTier, Mount, Placement
 from fluidfed.units import ByteSize
@@ -80,7 +80,7 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
     # here the pods are processes on loopback rather than the StatefulSet's pods
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    cfg["workers"] = {"endpoints": urls}
+    cfg = on_loopback(cfg, urls)
     workers = [
         WorkerProcess(tmp_path / f"w{i}", cfg, p, creds=keys).start() for i, p in enumerate(ports)
     ]

@@ -848,6 +848,12 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
                     sum(s["ufs"]["reads"] for s in st),
                 )
 
+            # they serve HTTPS with the binding's certificate, for their Service's names
+            registered = await _workers(api_url, name, key)
+            assert sorted(w["url"] for w in registered) == [
+                f"https://fluidfed-{name}-cache-{i}.fluidfed-{name}-cache.{home}.svc:7070"
+                for i in range(3)
+            ]
             await read(core, api, "first")
             hits0, misses0, ufs0 = totals(await _workers(api_url, name, key))
             assert misses0 >= blocks and ufs0 >= blocks  # the first reader filled them

@@ -107,3 +107,22 @@ def test_a_due_rotation_keeps_the_old_key_beside_the_new_one() -> None:
     assert state.keys["d.edge"][1] == old and len(store.keys_of_dataset(state, "d")) == 2
     assert store.rotate_keys(state, "d.edge", now=120.0, every=100.0, grace=10.0)
     assert len(state.keys["d.edge"]) == 1 and state.keys["d.edge"][0] != old
+
+
+def test_a_binding_gets_its_tls_once_it_survives_a_restart_a_rotation_renews_it_and_retiring_drops_it(
+    tmp_path: Path,
+) -> None:
+    state = AgentState(cluster="edge", bindings={"d.edge": binding("d")})
+    assert store.renew_tls(state, "d.edge", now=0.0)
+    made = state.tls["d.edge"]
+    assert made.hosts == ["*.fluidfed-d-cache.ns.svc", "fluidfed-d-cache.ns.svc"]
+    assert not store.renew_tls(state, "d.edge", now=1.0)  # not due: nothing changes
+    assert not store.renew_tls(state, "gone.edge", now=1.0)  # no such binding
+    file = StateFile(tmp_path)
+    file.save(state)
+    assert file.load("edge").tls == state.tls  # a restart keeps the CA the sidecars trust
+    assert store.renew_tls(state, "d.edge", now=2.0, force=True)  # SIGHUP
+    renewed = state.tls["d.edge"]
+    assert renewed.cert != made.cert and renewed.ca_cert == made.ca_cert
+    store.retire(state, "d.edge", finalize=True)
+    assert "d.edge" not in state.tls

@@ -59,6 +59,22 @@ def test_mounts_options_and_credential_files() -> None:
         "http://fluidfed-imagenet-cache-1.fluidfed-imagenet-cache.ml.svc:7070",
     ]
     assert cfg.short_circuit is False
+    assert cfg.ca_file == ""
+
+
+def test_workers_over_tls_and_their_ca() -> None:
+    """What the agent's fluidfed engine hands a Fluid FUSE pod when its workers serve TLS
+    (`agents.fluid.sidecar_options`)."""
+    doc = json.loads(json.dumps(DOC))
+    doc["runtimeOptions"] |= {
+        "workers_scheme": "https",
+        "ca_file": "/etc/fluidfed-credentials/imagenet/ca.crt",
+    }
+    cfg, _ = fluidconf.sidecar_config(fluidconf.parse(json.dumps(doc).encode(), "c.json"), "c.json")
+    assert cfg.workers.urls()[0] == (
+        "https://fluidfed-imagenet-cache-0.fluidfed-imagenet-cache.ml.svc:7070"
+    )
+    assert cfg.ca_file == "/etc/fluidfed-credentials/imagenet/ca.crt"
 
 
 def test_the_dataset_name_falls_back_to_the_target_path() -> None:

@@ -36,6 +36,8 @@ def test_peers_from_a_statefulset() -> None:
         "http://fluidfed-x-cache-1.fluidfed-x-cache.ns.svc:7070",
     ]
     assert layout.Peers(endpoints=["http://a/"]).urls() == ["http://a"]
+    tls = layout.Peers(statefulset="w", service="w.ns.svc", replicas=1, scheme="https")
+    assert tls.urls() == ["https://w-0.w.ns.svc:7070"]
 
 
 def test_a_sidecar_or_worker_config_is_checked_like_the_dataset_it_serves() -> None:
@@ -57,6 +59,15 @@ def test_a_sidecar_or_worker_config_is_checked_like_the_dataset_it_serves() -> N
     assert "not a worker URL" in got["workers.endpoints[0]"]
     worker = WorkerConfig(dataset="imagenet", mounts=[Mount(uri="s3://b/p")], port=70000)
     assert "not a TCP port" in {p.path: p.message for p in check_config(worker)}["port"]
+    half = WorkerConfig(
+        dataset="imagenet",
+        mounts=[Mount(uri="s3://b/p")],
+        tls_cert_file="tls.crt",
+        workers=Peers(scheme="ftp"),
+    )
+    got = {p.path: p.message for p in check_config(half)}
+    assert "both tls_cert_file and tls_key_file" in got["tls_key_file"]
+    assert "not http or https" in got["workers.scheme"]
 
 
 def test_a_worker_file_may_name_its_disk_tier_relative_to_itself() -> None:

@@ -1,0 +1,137 @@
+"""The binding's data-path TLS as the agent makes it: a CA of its own, the workers' serving
+certificate for their Service's names, renewed as due and never handed to a reader. A real
+TLS handshake on memory buffers checks what a sidecar's verification accepts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import tempfile
+import time
+from typing import Any
+
+import pytest
+
+from agents import render, trust
+from fluidfed import names
+from tests.unit.agents.test_render import CREDS, CTX, binding, by_kind
+
+DAY = 86400.0
+WORKER = "fluidfed-imagenet-cache-1.fluidfed-imagenet-cache.ml.svc"
+
+
+def handshake(made: trust.DataTLS, ca_pem: str, host: str) -> None:
+    """A TLS handshake between a worker serving `made` and a client trusting `ca_pem`
+    that asks for `host`, over memory BIOs; SSLCertVerificationError if it is refused."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = f"{d}/tls.crt", f"{d}/tls.key"
+        with open(cert, "w") as f:
+            f.write(made.cert)
+        with open(key, "w") as f:
+            f.write(made.key)
+        server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cadata=ca_pem)
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    c = client.wrap_bio(bios[0], bios[1], server_hostname=host)
+    s = server.wrap_bio(bios[2], bios[3], server_side=True)
+    for _ in range(10):
+        done = 0
+        for end in (c, s):
+            try:
+                end.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        bios[2].write(bios[1].read())  # client -> server
+        bios[0].write(bios[3].read())  # server -> client
+        if done == 2:
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+def test_a_bindings_workers_are_verified_by_its_ca_for_their_service_names_only() -> None:
+    b = binding()
+    hosts = trust.worker_hosts(b)
+    assert hosts == [
+        "*.fluidfed-imagenet-cache.ml.svc",
+        "fluidfed-imagenet-cache.ml.svc",
+    ]
+    made = trust.data_tls(None, hosts, 0.0)
+    handshake(made, made.ca_cert, WORKER)
+    with pytest.raises(ssl.SSLCertVerificationError, match="match"):
+        handshake(made, made.ca_cert, "fluidfed-other-cache-0.fluidfed-other-cache.ml.svc")
+    other = trust.data_tls(None, hosts, 0.0)  # another binding: another CA
+    assert other.ca_cert != made.ca_cert
+    with pytest.raises(ssl.SSLCertVerificationError, match="CERTIFICATE_VERIFY_FAILED"):
+        handshake(made, other.ca_cert, WORKER)
+
+
+def test_the_serving_certificate_is_kept_until_due_and_renewed_under_the_same_ca() -> None:
+    hosts = ["*.s.ns.svc", "s.ns.svc"]
+    made = trust.data_tls(None, hosts, 0.0)
+    now = time.time()
+    assert trust.data_tls(made, hosts, now) is made  # not due: unchanged, nothing to apply
+    due = made.not_after - trust.WORKER_CERT_RENEW.total_seconds()
+    for renewed in (
+        trust.data_tls(made, hosts, due + 1),  # due
+        trust.data_tls(made, hosts, now, renew=True),  # a rotation
+        trust.data_tls(made, ["*.t.ns.svc", "t.ns.svc"], now),  # other names
+    ):
+        assert renewed.cert != made.cert and renewed.key != made.key
+        assert (renewed.ca_cert, renewed.ca_key) == (made.ca_cert, made.ca_key)
+        handshake(renewed, made.ca_cert, f"w-0.{renewed.hosts[1]}")  # sidecars keep trusting
+    assert made.not_after - now == pytest.approx(
+        trust.WORKER_CERT_LIFETIME.total_seconds(), abs=DAY
+    )
+
+
+def _data(secret: dict[str, Any]) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in secret["data"].items()}
+
+
+def test_workers_get_the_certificate_and_key_readers_only_the_ca_and_everything_is_https() -> None:
+    b = binding()
+    made = trust.data_tls(None, trust.worker_hosts(b), 0.0)
+    creds = trust.DataCredentials(keys=CREDS.keys, sign=CREDS.sign, tls=made)
+    objs = render.desired(b, CTX, creds)
+    secrets = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o for o in by_kind(objs)["Secret"]
+    }
+    keys = _data(secrets[("ml", "fluidfed-imagenet-keys")])
+    assert keys[names.CA_FILE] == made.ca_cert.encode()
+    assert keys[names.TLS_CERT_FILE] == made.cert.encode()
+    assert keys[names.TLS_KEY_FILE] == made.key.encode()
+    for ns in ("ml", "research"):
+        reader = _data(secrets[(ns, "fluidfed-imagenet-reader")])
+        assert set(reader) == {names.CREDENTIALS_FILE, names.CA_FILE}
+        assert reader[names.CA_FILE] == made.ca_cert.encode()
+    # no key of the binding's TLS leaves the workers' Secret: not in a ConfigMap, not in
+    # any reader's Secret (the CA's key never leaves the agent at all)
+    for o in objs:
+        text = str(o)
+        if o["kind"] == "Secret":
+            text += "".join(v.decode() for v in _data(o).values())
+        assert made.ca_key not in text
+        where = (o["metadata"].get("namespace"), o["metadata"]["name"])
+        if where != ("ml", "fluidfed-imagenet-keys"):
+            assert made.key not in text
+    configs = {o["metadata"]["namespace"]: o["data"] for o in by_kind(objs)["ConfigMap"]}
+    worker = json.loads(configs["ml"][names.WORKER_CONFIG])
+    assert worker["workers"]["scheme"] == "https"
+    assert (worker["tls_cert_file"], worker["tls_key_file"], worker["ca_file"]) == (
+        "/etc/fluidfed-credentials/tls.crt",
+        "/etc/fluidfed-credentials/tls.key",
+        "/etc/fluidfed-credentials/ca.crt",
+    )
+    side = json.loads(configs["research"][names.SIDECAR_CONFIG])
+    assert side["workers"]["scheme"] == "https"
+    assert side["ca_file"] == "/etc/fluidfed-credentials/imagenet/ca.crt"
+    (sts,) = by_kind(objs)["StatefulSet"]
+    probe = sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+    assert probe["scheme"] == "HTTPS"
+    # without TLS material (the agent always has it for a binding with workers) nothing
+    # claims https
+    plain = render.desired(b, CTX, CREDS)
+    assert "https" not in str([o for o in plain if o["kind"] == "ConfigMap"])
