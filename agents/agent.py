@@ -22,9 +22,11 @@ Reconciling starts from the state on disk at once, whether the hub answers or no
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -42,10 +44,20 @@ from agents.queue import WorkQueue
 from agents.registry import Registry
 from agents.state import StateFile
 from agents.store import Store
+from agents.webhook.certs import CertManager
+from fluidfed import validation
 from fluidfed.backoff import Backoff
 from fluidfed.models import AgentConfig, Cluster
 
 log = logging.getLogger("fluidfed.agent")
+
+
+def api_serves_tls(cfg: AgentConfig) -> bool:
+    """Whether the agent's API serves HTTPS: `api_tls` "on", or "auto" and either it
+    listens beyond loopback (pods on other machines reach it) or its URL says https."""
+    if cfg.api_tls != "auto":
+        return cfg.api_tls == "on"
+    return urlsplit(cfg.api_url).scheme == "https" or not validation.is_loopback(cfg.api_host)
 
 
 class Agent:
@@ -108,12 +120,14 @@ class Agent:
         figures = Observed(self.registry, self.window, store)
         refresh = resync.StatusRefresh(store, figures, cfg.status_interval, cfg.metrics_window)
         # cache workers register here before the first reconcile, so their config has its URL
-        api, api_url = await self._start_api(refresh.on_metrics)
+        api_certs = self._api_certs()
+        api, api_url = await self._start_api(refresh.on_metrics, api_certs)
         ctx = objects.ClusterContext(
             name=self.cluster.name,
             kind=self.cluster.kind,
             worker_image=cfg.worker_image,
             agent_url=api_url,
+            agent_ca=api_certs.ca_pem.decode() if api_certs is not None else "",
         )
         webhook = sidecar_webhook.SidecarWebhook(
             cfg,
@@ -161,6 +175,8 @@ class Agent:
                 tg.create_task(reporter.run(link, store, cfg.status_interval))
                 tg.create_task(resync.resync(store, self.queue, cfg.resync_interval))
                 tg.create_task(refresh.run())
+                if api_certs is not None:
+                    tg.create_task(self._renew_api_cert(api_certs))
                 if webhook.enabled:
                     tg.create_task(webhook.run())
         finally:
@@ -169,8 +185,35 @@ class Agent:
             await api.cleanup()
             await link.close()
 
-    async def _start_api(self, on_metrics: Callable[[set[str]], None]) -> tuple[web.AppRunner, str]:
-        """The agent's API, where this cluster's cache workers register and send metrics."""
+    def _api_certs(self) -> CertManager | None:
+        """The API's serving certificate when it serves HTTPS (`api_tls`), from a CA of the
+        agent's kept in its state directory (the binding's Secrets hand it to the workers
+        and sidecars, `objects.ClusterContext.agent_ca`)."""
+        cfg = self.cfg
+        if not api_serves_tls(cfg):
+            return None
+        called = urlsplit(cfg.api_url).hostname or ""
+        names_ = (called, cfg.api_host, "127.0.0.1", "localhost")
+        return CertManager(
+            self.file.dir / "api",
+            tuple(dict.fromkeys(n for n in names_ if n and n not in ("0.0.0.0", "::"))),
+            lifetime=dt.timedelta(seconds=cfg.webhook_cert_lifetime),
+            renew_before=dt.timedelta(seconds=cfg.webhook_renew_before),
+        )
+
+    async def _renew_api_cert(self, certs: CertManager) -> None:
+        """Renew the API's serving certificate in place before it expires (the CA stays)."""
+        while True:
+            await asyncio.sleep(min(3600.0, self.cfg.webhook_renew_before / 4))
+            if certs.due():
+                certs.rotate()
+                log.info("agent API certificate renewed (valid until %s)", certs.not_after)
+
+    async def _start_api(
+        self, on_metrics: Callable[[set[str]], None], certs: CertManager | None
+    ) -> tuple[web.AppRunner, str]:
+        """The agent's API, where this cluster's cache workers register and send metrics;
+        over HTTPS with `certs`."""
         app = agent_api.make_app(self.registry, self.store.keys_of_dataset, self.window, on_metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -180,16 +223,26 @@ class Agent:
         port = self.cfg.api_port
         if not port and saved.exists():
             port = int(saved.read_text().strip() or 0)
+        ssl_context = certs.context if certs is not None else None
         try:
-            site = web.TCPSite(runner, self.cfg.api_host, port, reuse_address=True)
+            site = web.TCPSite(
+                runner, self.cfg.api_host, port, reuse_address=True, ssl_context=ssl_context
+            )
             await site.start()
         except OSError:
-            site = web.TCPSite(runner, self.cfg.api_host, self.cfg.api_port, reuse_address=True)
+            site = web.TCPSite(
+                runner,
+                self.cfg.api_host,
+                self.cfg.api_port,
+                reuse_address=True,
+                ssl_context=ssl_context,
+            )
             await site.start()
         port = int(runner.addresses[0][1])
         if not self.cfg.api_port:
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(f"{port}\n")
-        api_url = self.cfg.api_url or f"http://{self.cfg.api_host}:{port}"
+        scheme = "https" if certs is not None else "http"
+        api_url = self.cfg.api_url or f"{scheme}://{self.cfg.api_host}:{port}"
         log.info("agent API for cache workers on %s", api_url)
         return runner, api_url

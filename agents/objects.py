@@ -30,6 +30,7 @@ class ClusterContext:
     kind: str = "standard"
     worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
     agent_url: str = ""  # where cache workers register (the agent's API)
+    agent_ca: str = ""  # the CA of the API's certificate (PEM) when it serves HTTPS
 
 
 def short_circuit(kind: str) -> bool:

@@ -41,18 +41,17 @@ def _mount_doc(m: Mount) -> dict[str, Any]:
 def sidecar_config(
     b: Binding,
     namespace: str,
-    agent_url: str = "",
-    *,
-    short_circuit: bool = True,
-    tls: bool = True,
+    ctx: objects.ClusterContext,
+    creds: trust.DataCredentials,
 ) -> dict[str, Any]:
-    """What `fluidfed sidecar mount` needs in `namespace` (the access entry applied);
-    with `tls`, the workers serve HTTPS and the sidecar trusts the binding's CA."""
+    """What `fluidfed sidecar mount` needs in `namespace` (the access entry applied): with
+    the binding's TLS, its workers over HTTPS, and what it trusts (`trust.ca_bundle`)
+    beside its token."""
     ds = b.spec
     entry = next(a for a in ds.access_list() if a.namespace == namespace)
     doc: dict[str, Any] = {
-        "short_circuit": short_circuit and reads_whole_dataset(entry),
-        "agent": agent_url,
+        "short_circuit": objects.short_circuit(ctx.kind) and reads_whole_dataset(entry),
+        "agent": ctx.agent_url,
         "dataset": ds.name,
         "cluster": b.cluster,
         "namespace": namespace,
@@ -60,10 +59,10 @@ def sidecar_config(
         "read_only": entry.read_only,
         "mounts": [_mount_doc(m) for m in ds.mounts],
         "block_size": int(ds.cache.block_size),
-        "workers": _peers(b, tls),
+        "workers": _peers(b, creds.tls is not None),
         "credentials_file": trust.sidecar_credentials_file(ds.name),
     }
-    if tls:
+    if trust.ca_bundle(ctx, creds):
         doc["ca_file"] = trust.sidecar_ca_file(ds.name)
     return doc
 
@@ -81,9 +80,12 @@ def _peers(b: Binding, tls: bool) -> dict[str, Any]:
     }
 
 
-def worker_config(b: Binding, ctx: objects.ClusterContext, *, tls: bool = True) -> dict[str, Any]:
-    """What `fluidfed worker serve` needs; with `tls`, it serves HTTPS with the binding's
-    certificate (from the keys' Secret) and trusts only the binding's CA for its peers."""
+def worker_config(
+    b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials
+) -> dict[str, Any]:
+    """What `fluidfed worker serve` needs: with the binding's TLS, it serves HTTPS with the
+    binding's certificate (from the keys' Secret); peers and the agent's API are verified
+    against what the Secret says to trust (`trust.ca_bundle`)."""
     ds = b.spec
     doc: dict[str, Any] = {
         "agent": ctx.agent_url,
@@ -92,12 +94,13 @@ def worker_config(b: Binding, ctx: objects.ClusterContext, *, tls: bool = True) 
         "block_size": int(ds.cache.block_size),
         "port": objects.WORKER_PORT,
         "tiers": _worker_tiers(ds),
-        "workers": _peers(b, tls),
+        "workers": _peers(b, creds.tls is not None),
         "credentials_file": trust.worker_file(names.CREDENTIALS_FILE),
     }
-    if tls:
+    if creds.tls is not None:
         doc["tls_cert_file"] = trust.worker_file(names.TLS_CERT_FILE)
         doc["tls_key_file"] = trust.worker_file(names.TLS_KEY_FILE)
+    if trust.ca_bundle(ctx, creds):
         doc["ca_file"] = trust.worker_file(names.CA_FILE)
     return doc
 
@@ -325,7 +328,7 @@ def worker_objects(
     tls = creds.tls is not None
     out = [trust.keys_secret(b, ctx, creds), trust.network_policy(b, ctx)]
     if config:
-        data = {names.WORKER_CONFIG: codec.encode(worker_config(b, ctx, tls=tls)).decode()}
+        data = {names.WORKER_CONFIG: codec.encode(worker_config(b, ctx, creds)).decode()}
         out.append(_config_map(b, ctx, ds.namespace, data))
     return out + cache_workers(b, ctx, tls=tls)
 
@@ -334,20 +337,13 @@ def sidecar_objects(
     b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials
 ) -> list[dict[str, Any]]:
     ds = b.spec
-    tls = creds.tls is not None
     out: list[dict[str, Any]] = []
     for entry in ds.access_list():
         out.append(trust.reader_secret(b, ctx, creds, entry))
-        config = sidecar_config(
-            b,
-            entry.namespace,
-            ctx.agent_url,
-            short_circuit=objects.short_circuit(ctx.kind),
-            tls=tls,
-        )
+        config = sidecar_config(b, entry.namespace, ctx, creds)
         data = {names.SIDECAR_CONFIG: codec.encode(config).decode()}
         if entry.namespace == ds.namespace:
-            data[names.WORKER_CONFIG] = codec.encode(worker_config(b, ctx, tls=tls)).decode()
+            data[names.WORKER_CONFIG] = codec.encode(worker_config(b, ctx, creds)).decode()
         out.append(_config_map(b, ctx, entry.namespace, data))
     home_served = ds.namespace in {a.namespace for a in ds.access_list()}
     return out + worker_objects(b, ctx, creds, config=not home_served)

@@ -132,6 +132,12 @@ def worker_file(key: str) -> str:
     return posixpath.join(WORKER_CREDENTIALS_DIR, key)
 
 
+def ca_bundle(ctx: objects.ClusterContext, creds: DataCredentials) -> str:
+    """What a binding's workers and sidecars trust (PEM): its own CA, for the workers, and
+    the agent's, for its API; "" when neither serves TLS."""
+    return (creds.tls.ca_cert if creds.tls is not None else "") + ctx.agent_ca
+
+
 def _secret(
     name: str,
     namespace: str,
@@ -151,17 +157,14 @@ def _secret(
 
 
 def keys_secret(b: Binding, ctx: objects.ClusterContext, creds: DataCredentials) -> dict[str, Any]:
-    """The binding's keys and its workers' TLS (the serving certificate, its key and the
-    CA), for its cache workers (home namespace)."""
+    """The binding's keys and its workers' TLS (the serving certificate, its key, and what
+    they trust: `ca_bundle`), for its cache workers (home namespace)."""
     cred = credentials.CredentialFile(
         keys=[credentials.encode_key(k) for k in creds.keys], sign=creds.sign
     )
-    tls = creds.tls
-    files = (
-        {names.CA_FILE: tls.ca_cert, names.TLS_CERT_FILE: tls.cert, names.TLS_KEY_FILE: tls.key}
-        if tls is not None
-        else {}
-    )
+    files = {names.CA_FILE: ca_bundle(ctx, creds)} if ca_bundle(ctx, creds) else {}
+    if creds.tls is not None:
+        files |= {names.TLS_CERT_FILE: creds.tls.cert, names.TLS_KEY_FILE: creds.tls.key}
     lbls = objects.labels(b, ctx)
     return _secret(keys_secret_name(b.spec.name), b.spec.namespace, lbls, cred, files)
 
@@ -175,7 +178,7 @@ def reader_secret(
         role="reader", dataset=b.spec.name, namespace=entry.namespace, sub_path=entry.sub_path
     )
     cred = credentials.CredentialFile(token=creds.token(claims))
-    files = {names.CA_FILE: creds.tls.ca_cert} if creds.tls is not None else {}
+    files = {names.CA_FILE: ca_bundle(ctx, creds)} if ca_bundle(ctx, creds) else {}
     lbls = objects.labels(b, ctx)
     return _secret(reader_secret_name(b.spec.name), entry.namespace, lbls, cred, files)
 

@@ -293,7 +293,11 @@ class AgentConfig(Spec, frozen=True):
     # the agent's own API (cache workers register here and report their blocks)
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
-    api_url: str = ""  # how the workers reach it; default http://<api_host>:<port>
+    api_url: str = ""  # how the workers reach it; default http(s)://<api_host>:<port>
+    # HTTPS for the API (a certificate from the agent's own CA, which the binding's Secrets
+    # hand to workers and sidecars): "auto" when it listens beyond loopback (pods on other
+    # machines reach it), "on", or "off" (the operator says the network is private)
+    api_tls: Literal["auto", "on", "off"] = "auto"
     metrics_window: Duration = _seconds(15)  # rates and ratios sent to the hub cover this
     # `dataset load --on-change` on fluidfed's workers: how often the under storage is
     # looked at again (only what changed is pulled)

@@ -60,11 +60,13 @@ def setup(
     attributes: Mapping[str, str] | None = None,
     otlp_default: str = "",
     token: Callable[[], str] | None = None,
+    ca_file: str = "",
 ) -> metrics.Meter:
     """Install the process's meter provider once; return a meter for `service`. With
     `token`, each export carries `Authorization: Bearer <token()>` (the agent's API takes
     metrics only from its binding's sidecars and workers; a rotated token is picked up at
-    the next export)."""
+    the next export); with `ca_file`, an https endpoint is verified against it (the
+    binding's Secret holds the agent's CA) instead of the system's roots."""
     global _provider
     if _provider is None:
         resource = Resource.create(
@@ -90,9 +92,16 @@ def setup(
 
                 session = requests.Session()
                 session.auth = _Bearer(token)
+            # the exporter verifies with its own setting on each request (a session's
+            # `verify` does not count): None is the standard variable, else the system's
             readers.append(
                 PeriodicExportingMetricReader(
-                    OTLPMetricExporter(endpoint=endpoint, timeout=5, session=session),
+                    OTLPMetricExporter(
+                        endpoint=endpoint,
+                        timeout=5,
+                        session=session,
+                        certificate_file=ca_file or None,
+                    ),
                     export_interval_millis=interval,
                 )
             )

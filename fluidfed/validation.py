@@ -5,6 +5,7 @@ msgspec has already checked types and ranges; these are the rules a type cannot 
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from urllib.parse import parse_qsl, urlsplit
@@ -551,6 +552,14 @@ def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Pr
     return problems
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is this machine's loopback only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
     problems: list[Problem] = []
     if not a.cluster_file:
@@ -573,6 +582,27 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
         )
     problems += check_quantity(a.sidecar_cpu, f"{path}.sidecar_cpu")
     problems += check_quantity(a.sidecar_memory, f"{path}.sidecar_memory")
+    scheme = a.api_url.partition("://")[0] if "://" in a.api_url else ""
+    if a.api_url and scheme not in ("http", "https"):
+        problems.append(
+            Problem(f"api_url must be an http(s) URL, got {a.api_url!r}", path=f"{path}.api_url")
+        )
+    elif scheme == "http" and a.api_tls == "on":
+        problems.append(
+            Problem(
+                'api_tls = "on" serves HTTPS: write api_url with https://',
+                path=f"{path}.api_url",
+            )
+        )
+    elif scheme == "http" and a.api_tls == "auto" and not is_loopback(a.api_host):
+        problems.append(
+            Problem(
+                f"the API listens beyond loopback ({a.api_host}), so it serves HTTPS: write "
+                'api_url with https://, or set api_tls = "off" if the pod network is encrypted '
+                "by other means",
+                path=f"{path}.api_url",
+            )
+        )
     if a.heartbeat_interval <= 0:
         problems.append(
             Problem("heartbeat_interval must be above zero", path=f"{path}.heartbeat_interval")

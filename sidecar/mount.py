@@ -201,6 +201,7 @@ class Sidecar:
             },
             otlp_default=cfg.agent,
             token=self.token,
+            ca_file=cfg.ca_file,
         )
         st = reader.stats
         worker = ((names.ATTR_SOURCE, "worker"),)

@@ -300,6 +300,7 @@ class Worker:
             attributes={names.ATTR_DATASET: self.cfg.dataset, names.ATTR_CLUSTER: cluster},
             otlp_default=self.cfg.agent,
             token=self._peer_token,
+            ca_file=self.cfg.ca_file,
         )
         DataPathInstruments(
             meter,

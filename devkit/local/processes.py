@@ -306,6 +306,11 @@ class AgentProcess(_Child):
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    @property
+    def api_ca_file(self) -> Path:
+        """The CA of its API's certificate, once it serves HTTPS (beyond loopback)."""
+        return self.dir / "state" / "api" / "ca.crt"
+
 
 def _spawn(
     log: Path, pattern: str, what: str, timeout: float, *args: str, wrap: Sequence[str] = ()

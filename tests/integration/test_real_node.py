@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -685,14 +686,19 @@ def _sums_and_blocks(src: Path, block: int = 4 * 2**20) -> tuple[dict[str, str],
     return want, sum(-(-p.stat().st_size // block) for p in files)
 
 
-async def _workers(agent_api: str, dataset: str, key: bytes) -> list[dict[str, Any]]:
-    """The workers of `dataset` registered with the agent, each with its last status."""
+async def _workers(
+    agent: AgentProcess, agent_api: str, dataset: str, key: bytes
+) -> list[dict[str, Any]]:
+    """The workers of `dataset` registered with the agent, each with its last status (its
+    API serves HTTPS here: it listens on the host side, beyond loopback)."""
     token = credentials.sign(credentials.Claims(role="agent", dataset=dataset), key)
     headers = credentials.authorization(token)
     url = f"{agent_api}{protocol.REGISTER}?dataset={dataset}"
+    ctx = ssl.create_default_context(cafile=str(agent.api_ca_file))
 
     def get() -> list[dict[str, Any]]:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        req = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
             got: list[dict[str, Any]] = json.load(r)
         return got
 
@@ -777,14 +783,14 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
     src = sources.make_dataset(tmp_path / "src", count=24)
     want, blocks = _sums_and_blocks(src)
     name, home = "podworkers", "podworkers-home"
-    api_url = f"http://{state.network.host_ip}:{cluster.free_port()}"
+    api_url = f"https://{state.network.host_ip}:{cluster.free_port()}"
     hub = HubProcess(tmp_path / "hub").start()
     agent = AgentProcess(
         tmp_path, "real", "serverless", str(real_cluster.kubeconfig_path), hub.url,
         hub.admin_token, capabilities={"privileged": True, "native_sidecar": True},
     )  # fmt: skip
     # the workers and sidecars in pods reach the agent on the node's host side
-    host, port = api_url.removeprefix("http://").split(":")
+    host, port = api_url.removeprefix("https://").split(":")
     agent.write_config(
         sidecar_image=json.dumps(fluidfed_image.ref),
         worker_image=json.dumps(fluidfed_image.ref),
@@ -815,6 +821,9 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
         side = done.spec.init_containers[0].name
         assert done.status.phase == "Succeeded", await _logs(api, pod, side, home)
         assert _rounds(await _logs(api, pod, "app", home)) == [{"round": 0, "sums": want}]
+        said = await _logs(api, pod, side, home)
+        # its metrics went to the agent's API over HTTPS, verified by the agent's CA
+        assert "CERTIFICATE_VERIFY_FAILED" not in said, said[-3000:]
         await core.delete_namespaced_pod(pod, home)
 
     try:
@@ -840,8 +849,11 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
             )
             assert {p.spec.node_name for p in pods.items} == {realnode.NODE_NAME}
 
-            def totals(ws: list[dict[str, Any]]) -> tuple[int, int, int]:
-                st = [w["status"] for w in ws]
+            def totals(ws: list[dict[str, Any]], of: int = 3) -> tuple[int, int, int]:
+                """Hits, misses and under-storage reads of the workers 0..`of`-1 (a worker
+                that left stays in the agent's list until its last report grows old)."""
+                mine = [f"fluidfed-{name}-cache-{i}." for i in range(of)]
+                st = [w["status"] for w in ws if any(m in w["url"] for m in mine)]
                 return (
                     sum(s["hits"] for s in st),
                     sum(s["misses"] for s in st),
@@ -849,19 +861,19 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
                 )
 
             # they serve HTTPS with the binding's certificate, for their Service's names
-            registered = await _workers(api_url, name, key)
+            registered = await _workers(agent, api_url, name, key)
             assert sorted(w["url"] for w in registered) == [
                 f"https://fluidfed-{name}-cache-{i}.fluidfed-{name}-cache.{home}.svc:7070"
                 for i in range(3)
             ]
             await read(core, api, "first")
-            hits0, misses0, ufs0 = totals(await _workers(api_url, name, key))
+            hits0, misses0, ufs0 = totals(await _workers(agent, api_url, name, key))
             assert misses0 >= blocks and ufs0 >= blocks  # the first reader filled them
 
             await read(core, api, "second")
 
             async def reported_hits() -> Any:
-                got = totals(await _workers(api_url, name, key))
+                got = totals(await _workers(agent, api_url, name, key))
                 return got if got[0] - hits0 >= blocks else NotYet(got)
 
             hits1, misses1, ufs1 = await eventually(reported_hits, "the workers' hits", timeout=30)
@@ -877,16 +889,24 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
                 return ps if len(ps.items) == 2 else NotYet(len(ps.items))
 
             await eventually(two_left, "the third worker pod gone", timeout=120)
-            before = totals(await _workers(api_url, name, key))
+            before = totals(await _workers(agent, api_url, name, key), of=2)
             await read(core, api, "third")
 
             async def third_hits() -> Any:
-                got = totals(await _workers(api_url, name, key))
-                return got if got[0] - before[0] >= blocks else NotYet(got)
+                got = totals(await _workers(agent, api_url, name, key), of=2)
+                if got[0] - before[0] >= blocks:
+                    return got
+                return NotYet(f"{got} (before: {before}); {await _pods_report(api, home)}")
 
             after = await eventually(third_hits, "the remaining workers' hits", timeout=30)
             # the leaving worker's blocks moved in its grace period: still nothing from S3
             assert after[2] == before[2], (before, after)
+            # the workers reported to the agent's API (registrations, OTLP metrics) and
+            # reached each other over HTTPS, every certificate verified
+            selector = f"{names.COMPONENT_LABEL}=cache-worker"
+            for p in (await core.list_namespaced_pod(home, label_selector=selector)).items:
+                said = await _logs(api, p.metadata.name, "worker", home)
+                assert "CERTIFICATE_VERIFY_FAILED" not in said, said[-3000:]
     finally:
         agent.stop()
         print(f"--- agent log (tail) ---\n{agent.log_text()[-3000:]}")
@@ -987,13 +1007,13 @@ async def test_edge_job_in_the_legacy_form_reads_the_workers_disk_tier_on_its_no
             stored = [p for p in ssd.rglob("*") if p.is_file()]
             assert len(stored) >= blocks, stored
             assert all(p.stat().st_uid == objects.IMAGE_UID for p in stored)
-            (worker,) = await _workers(f"http://{host}:{port}", name, key)
+            (worker,) = await _workers(agent, f"https://{host}:{port}", name, key)
             served0 = worker["status"]["served"]["short_circuit"]
 
             await run(api, "second")
 
             async def short_circuited() -> Any:
-                (w,) = await _workers(f"http://{host}:{port}", name, key)
+                (w,) = await _workers(agent, f"https://{host}:{port}", name, key)
                 st = w["status"]
                 got = st["served"]["short_circuit"] - served0
                 return st if got >= blocks else NotYet(st["served"])

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from agents import render, trust
+from agents import objects, render, trust
+from agents.agent import api_serves_tls
 from fluidfed import names
+from fluidfed.models import AgentConfig
 from tests.unit.agents.test_render import CREDS, CTX, binding, by_kind
 
 DAY = 86400.0
@@ -135,3 +137,38 @@ def test_workers_get_the_certificate_and_key_readers_only_the_ca_and_everything_
     # claims https
     plain = render.desired(b, CTX, CREDS)
     assert "https" not in str([o for o in plain if o["kind"] == "ConfigMap"])
+
+
+def test_the_agents_api_ca_joins_what_workers_and_sidecars_trust() -> None:
+    b = binding()
+    made = trust.data_tls(None, trust.worker_hosts(b), 0.0)
+    agent_ca = trust.data_tls(None, ["agent"], 0.0).ca_cert  # any other CA's PEM
+    ctx = objects.ClusterContext(
+        name="edge-1", kind="edge", agent_url="https://agent:8471", agent_ca=agent_ca
+    )
+    creds = trust.DataCredentials(keys=CREDS.keys, sign=CREDS.sign, tls=made)
+    objs = render.desired(b, ctx, creds)
+    for s in by_kind(objs)["Secret"]:
+        assert _data(s)[names.CA_FILE] == (made.ca_cert + agent_ca).encode()
+    # the agent's API over HTTPS but no worker TLS (not what the agent renders; each part
+    # stands on its own): the sidecars still get the CA for the API, the workers stay http
+    objs = render.desired(b, ctx, CREDS)
+    configs = {o["metadata"]["namespace"]: o["data"] for o in by_kind(objs)["ConfigMap"]}
+    side = json.loads(configs["research"][names.SIDECAR_CONFIG])
+    assert side["ca_file"] == "/etc/fluidfed-credentials/imagenet/ca.crt"
+    assert side["workers"]["scheme"] == "http" and side["agent"] == "https://agent:8471"
+    worker = json.loads(configs["ml"][names.WORKER_CONFIG])
+    assert worker["ca_file"] == "/etc/fluidfed-credentials/ca.crt"
+    assert "tls_cert_file" not in worker
+
+
+def test_the_agents_api_serves_https_beyond_loopback_or_when_told() -> None:
+    def agent(**kw: str) -> AgentConfig:
+        return AgentConfig(cluster_file="c.toml", hub="https://hub:8470", **kw)  # type: ignore[arg-type]
+
+    assert not api_serves_tls(agent())  # loopback: nothing crosses a machine
+    assert api_serves_tls(agent(api_host="0.0.0.0", api_url="https://a.svc:8471"))
+    assert api_serves_tls(agent(api_host="10.0.0.5"))  # a node's address
+    assert api_serves_tls(agent(api_url="https://127.0.0.1:8471"))
+    assert api_serves_tls(agent(api_tls="on"))
+    assert not api_serves_tls(agent(api_host="0.0.0.0", api_tls="off"))

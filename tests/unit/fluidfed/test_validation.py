@@ -438,3 +438,23 @@ def test_other_query_parameters_and_small_cpu_units_pass() -> None:
 
     cache = CacheSpec(resources=Resources(cpu="250000n", memory="1Gi"))
     assert validation.check_dataset(testing.dataset(cache=cache)) == []
+
+
+def test_the_agents_api_url_says_https_where_the_api_serves_it() -> None:
+    def agent(**kw: str) -> AgentConfig:
+        return AgentConfig(cluster_file="c.toml", hub="https://hub:8470", **kw)  # type: ignore[arg-type]
+
+    assert validation.check_agent(agent()) == []
+    pod = agent(api_host="0.0.0.0", api_url="https://fluidfed-agent.sys.svc:8471")
+    assert validation.check_agent(pod) == []
+    said = where(validation.check_agent(agent(api_host="0.0.0.0", api_url="http://a.svc:8471")))
+    assert "serves HTTPS: write api_url with https://" in said["agent.api_url"]
+    assert 'api_tls = "off"' in said["agent.api_url"]
+    said = where(validation.check_agent(agent(api_tls="on", api_url="http://127.0.0.1:8471")))
+    assert said == {"agent.api_url": 'api_tls = "on" serves HTTPS: write api_url with https://'}
+    said = where(validation.check_agent(agent(api_url="agent:8471")))
+    assert "must be an http(s) URL" in said["agent.api_url"]
+    off = agent(api_host="0.0.0.0", api_tls="off", api_url="http://a:1")
+    assert validation.check_agent(off) == []
+    assert validation.is_loopback("127.0.0.2") and validation.is_loopback("::1")
+    assert validation.is_loopback("localhost") and not validation.is_loopback("10.0.0.5")
