@@ -128,7 +128,13 @@ class Agent:
             worker_image=cfg.worker_image,
             agent_url=api_url,
             agent_ca=api_certs.ca_pem.decode() if api_certs is not None else "",
+            data_tls=cfg.data_tls == "on",
         )
+        if cfg.data_tls == "off":
+            log.warning(
+                "data_tls is off: cache workers serve plain HTTP, tokens and blocks cross "
+                "the pod network unencrypted unless the network itself encrypts them"
+            )
         webhook = sidecar_webhook.SidecarWebhook(
             cfg,
             self.cluster,

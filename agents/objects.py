@@ -31,6 +31,7 @@ class ClusterContext:
     worker_image: str = "ghcr.io/fluidfed/fluidfed:0.1.0"
     agent_url: str = ""  # where cache workers register (the agent's API)
     agent_ca: str = ""  # the CA of the API's certificate (PEM) when it serves HTTPS
+    data_tls: bool = True  # the cache workers serve HTTPS (`data_tls` in the agent file)
 
 
 def short_circuit(kind: str) -> bool:

@@ -14,6 +14,7 @@ Namespaces are created when missing but never deleted: other workloads may live 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import posixpath
 from typing import Any
 
@@ -366,7 +367,10 @@ def desired(
     b: Binding, ctx: objects.ClusterContext, creds: trust.DataCredentials
 ) -> list[dict[str, Any]]:
     """Every object the binding needs, namespaces first; `creds` signs the tokens of the
-    data path's Secrets."""
+    data path's Secrets (and its TLS encrypts the workers' traffic, unless the cluster's
+    operator turned that off: `ctx.data_tls`)."""
+    if not ctx.data_tls:
+        creds = dataclasses.replace(creds, tls=None)
     make = csi_objects if b.mode == "csi" else sidecar_objects
     return namespaces(b, ctx) + make(b, ctx, creds)
 

@@ -298,6 +298,10 @@ class AgentConfig(Spec, frozen=True):
     # hand to workers and sidecars): "auto" when it listens beyond loopback (pods on other
     # machines reach it), "on", or "off" (the operator says the network is private)
     api_tls: Literal["auto", "on", "off"] = "auto"
+    # HTTPS between sidecars, cache workers and the agent, with each binding's own CA:
+    # "off" only where the pod network is encrypted by other means (a WireGuard CNI, say);
+    # TLS costs the data path CPU (figures: README, "Trust")
+    data_tls: Literal["on", "off"] = "on"
     metrics_window: Duration = _seconds(15)  # rates and ratios sent to the hub cover this
     # `dataset load --on-change` on fluidfed's workers: how often the under storage is
     # looked at again (only what changed is pulled)

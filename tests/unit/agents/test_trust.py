@@ -172,3 +172,14 @@ def test_the_agents_api_serves_https_beyond_loopback_or_when_told() -> None:
     assert api_serves_tls(agent(api_url="https://127.0.0.1:8471"))
     assert api_serves_tls(agent(api_tls="on"))
     assert not api_serves_tls(agent(api_host="0.0.0.0", api_tls="off"))
+
+
+def test_an_operator_may_turn_the_workers_tls_off_where_the_network_encrypts() -> None:
+    b = binding()
+    made = trust.data_tls(None, trust.worker_hosts(b), 0.0)
+    creds = trust.DataCredentials(keys=CREDS.keys, sign=CREDS.sign, tls=made)
+    ctx = objects.ClusterContext(name="edge-1", kind="edge", data_tls=False)
+    objs = render.desired(b, ctx, creds)
+    assert render.desired(b, ctx, CREDS) == objs  # as if there were no TLS material
+    text = str(objs)
+    assert "https" not in text and "tls.crt" not in text
