@@ -60,6 +60,18 @@ def register(sub: Any) -> None:
     creds.add_argument("--role", choices=["reader", "peer", "agent"], default="reader")
     creds.add_argument("--sub-path", default="", help="a reader token's sub-path")
     creds.add_argument("--namespace", default="", help="a reader token's namespace")
+    creds.add_argument(
+        "--tls-dir",
+        default="",
+        help="also make TLS for the workers here: a CA of the binding's (ca.crt, ca.key: "
+        "made once, kept) and a serving certificate for --host (tls.crt, tls.key)",
+    )
+    creds.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or address the workers are reached by (repeat; with --tls-dir)",
+    )
     creds.set_defaults(run=run_credentials)
 
     r = sub.add_parser(
@@ -237,6 +249,24 @@ def run_credentials(args: argparse.Namespace) -> int:
         token = credentials.load(keys).signed(claims)
         credentials.write_file(Path(args.token_out), credentials.CredentialFile(token=token))
         print(f"wrote a {args.role} token of {args.dataset} to {args.token_out} (mode 0600)")
+    if args.tls_dir:
+        if not args.host:
+            raise ConfigError.one(
+                "name the workers' hosts the certificate is for (--host, repeated)",
+                path="--host",
+            )
+        from fluidfed import pki
+
+        d = Path(args.tls_dir)
+        ca = pki.load_or_make_ca(d, "fluidfed-data-ca")
+        leaf = pki.issue(ca, "fluidfed-cache-worker", server=True, hosts=tuple(args.host))
+        pki.write(d / "tls.key", leaf.key_pem, private=True)
+        pki.write(d / "tls.crt", leaf.cert_pem)
+        print(
+            f"wrote the workers' certificate for {', '.join(args.host)} to {d}/tls.crt and "
+            f"tls.key (mode 0600): tls_cert_file and tls_key_file in the workers' config; "
+            f"ca_file = {d}/ca.crt in the sidecars' and workers'"
+        )
     return 0
 
 
@@ -268,7 +298,10 @@ def run_render(args: argparse.Namespace) -> int:
             generation=1,
             spec=ds,
         )
-        out += render.desired(b, ctx, trust.DataCredentials(keys=[]))
+        # the binding's TLS as the agent makes it, its PEM left out like the keys
+        made = "(made by the agent)"
+        tls = trust.DataTLS(ca_cert=made, ca_key=made, cert=made, key=made, hosts=[], not_after=0.0)
+        out += render.desired(b, ctx, trust.DataCredentials(keys=[], tls=tls))
     if args.output == "json":
         print(msgspec.json.format(msgspec.json.encode(out), indent=2).decode())
     else:

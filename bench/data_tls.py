@@ -129,7 +129,9 @@ def main() -> None:
                         got_small = rp.read_whole([sc.mountpoint / k for k in keys])
                         small[way].append(got_small["files_per_s"])
                         per = meter.per_gib(len(keys) * 2**30 // 1000)  # per 1,000 files
-                        small_cpu[way].append(per)
+                        small_cpu[way].append(
+                            {k.replace("_per_GiB", "_per_1000_files"): v for k, v in per.items()}
+                        )
                     st = sc.status()["blocks"]
                     assert st["worker_hits"] > 0 and st["worker_errors"] == 0, st
                     sc.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -274,3 +275,27 @@ def eventually_blocking(
         if attempts.done(value, error):
             return cast(T, value)
         time.sleep(attempts.pause())
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> bytes:
+    """A TLS handshake between a serving and a client context over memory buffers (no
+    socket, no loop): the certificate the client was shown (DER), or the client's
+    ssl.SSLCertVerificationError when it refuses it (another CA, another name)."""
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    c = client.wrap_bio(bios[0], bios[1], server_hostname=host)
+    s = server.wrap_bio(bios[2], bios[3], server_side=True)
+    for _ in range(10):
+        done = 0
+        for end in (c, s):
+            try:
+                end.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        bios[2].write(bios[1].read())  # client -> server
+        bios[0].write(bios[3].read())  # server -> client
+        if done == 2:
+            der = c.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+    raise AssertionError("the TLS handshake did not finish")

@@ -1,11 +1,17 @@
 """The agent's and the worker's command lines: safe defaults."""
 
 import argparse
+import ssl
 import stat
 from pathlib import Path
 
+import pytest
+
 from agents import commands
+from devkit import testing
+from fluidfed import tls
 from fluidfed.data import credentials
+from fluidfed.errors import ConfigError
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -31,3 +37,25 @@ def test_credentials_by_hand_are_files_of_mode_0600_that_workers_accept(tmp_path
     claims = credentials.verify(credentials.load(token).token, held.keys)
     assert (claims.role, claims.dataset, claims.sub_path) == ("reader", "d", "val")
     assert args.run(args) == 0 and credentials.load(keys) == held  # kept, not remade
+
+
+def test_tls_by_hand_keeps_the_ca_and_its_certificate_verifies_for_the_named_hosts(
+    tmp_path: Path,
+) -> None:
+    keys, d = tmp_path / "keys.json", tmp_path / "tls"
+    base = ["worker", "credentials", "--keys", str(keys), "--tls-dir", str(d)]
+    no_host = parse(*base)
+    with pytest.raises(ConfigError, match="--host"):
+        no_host.run(no_host)
+    args = parse(*base, "--host", "w0.example", "--host", "10.0.0.7")
+    assert args.run(args) == 0
+    for f in ("ca.key", "tls.key"):
+        assert stat.S_IMODE((d / f).stat().st_mode) == 0o600
+    ca = (d / "ca.crt").read_bytes()
+    assert args.run(args) == 0 and (d / "ca.crt").read_bytes() == ca  # the CA is kept
+    served = tls.Served(str(d / "tls.crt"), str(d / "tls.key"))
+    client = tls.trusting(ca.decode())
+    for host in ("w0.example", "10.0.0.7"):
+        testing.handshake(served.context, client, host)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        testing.handshake(served.context, client, "w1.example")

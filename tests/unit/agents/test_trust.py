@@ -9,13 +9,15 @@ import json
 import ssl
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agents import objects, render, trust
 from agents.agent import api_serves_tls
-from fluidfed import names
+from devkit import testing
+from fluidfed import names, tls
 from fluidfed.models import AgentConfig
 from tests.unit.agents.test_render import CREDS, CTX, binding, by_kind
 
@@ -24,33 +26,14 @@ WORKER = "fluidfed-imagenet-cache-1.fluidfed-imagenet-cache.ml.svc"
 
 
 def handshake(made: trust.DataTLS, ca_pem: str, host: str) -> None:
-    """A TLS handshake between a worker serving `made` and a client trusting `ca_pem`
-    that asks for `host`, over memory BIOs; SSLCertVerificationError if it is refused."""
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    """A worker serving `made` shakes hands with a client trusting `ca_pem` that asks for
+    `host` (SSLCertVerificationError if the client refuses)."""
     with tempfile.TemporaryDirectory() as d:
-        cert, key = f"{d}/tls.crt", f"{d}/tls.key"
-        with open(cert, "w") as f:
-            f.write(made.cert)
-        with open(key, "w") as f:
-            f.write(made.key)
-        server.load_cert_chain(cert, key)
-    client = ssl.create_default_context(cadata=ca_pem)
-    bios = [ssl.MemoryBIO() for _ in range(4)]
-    c = client.wrap_bio(bios[0], bios[1], server_hostname=host)
-    s = server.wrap_bio(bios[2], bios[3], server_side=True)
-    for _ in range(10):
-        done = 0
-        for end in (c, s):
-            try:
-                end.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-        bios[2].write(bios[1].read())  # client -> server
-        bios[0].write(bios[3].read())  # server -> client
-        if done == 2:
-            return
-    raise AssertionError("the handshake did not finish")
+        cert, key = Path(d, "tls.crt"), Path(d, "tls.key")
+        cert.write_text(made.cert)
+        key.write_text(made.key)
+        server = tls.server_context(str(cert), str(key))
+    testing.handshake(server, tls.trusting(ca_pem), host)
 
 
 def test_a_bindings_workers_are_verified_by_its_ca_for_their_service_names_only() -> None:

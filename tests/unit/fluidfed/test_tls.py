@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit import testing
 from fluidfed import pki, tls
 
 
@@ -17,28 +18,6 @@ def _swap(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".new")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _served_to(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> bytes:
-    """The certificate (DER) a handshake between the two contexts shows the client."""
-    bios = [ssl.MemoryBIO() for _ in range(4)]
-    c = client.wrap_bio(bios[0], bios[1], server_hostname=host)
-    s = server.wrap_bio(bios[2], bios[3], server_side=True)
-    for _ in range(10):
-        done = 0
-        for end in (c, s):
-            try:
-                end.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-        bios[2].write(bios[1].read())
-        bios[0].write(bios[3].read())
-        if done == 2:
-            der = c.getpeercert(binary_form=True)
-            assert der is not None
-            return der
-    raise AssertionError("no handshake")
 
 
 def _der(pem: bytes) -> bytes:
@@ -55,18 +34,18 @@ def test_a_served_pair_is_read_again_when_it_changes_and_a_broken_one_keeps_the_
     _swap(key, first.key_pem)
     served = tls.Served(str(cert), str(key))
     client = tls.trusting(ca.cert_pem.decode())
-    assert _served_to(served.context, client, "w.ns.svc") == _der(first.cert_pem)
+    assert testing.handshake(served.context, client, "w.ns.svc") == _der(first.cert_pem)
     assert not served.reload()  # unchanged
 
     _swap(cert, b"not a certificate")  # a half-done update: the last pair stays in use
     assert not served.reload()
-    assert _served_to(served.context, client, "w.ns.svc") == _der(first.cert_pem)
+    assert testing.handshake(served.context, client, "w.ns.svc") == _der(first.cert_pem)
 
     second = pki.issue(ca, "w", server=True, hosts=("w.ns.svc",))
     _swap(cert, second.cert_pem)
     _swap(key, second.key_pem)
     assert served.reload()
-    assert _served_to(served.context, client, "w.ns.svc") == _der(second.cert_pem)
+    assert testing.handshake(served.context, client, "w.ns.svc") == _der(second.cert_pem)
 
 
 def test_a_trusted_ca_file_that_changes_adds_the_new_ca_beside_the_old(tmp_path: Path) -> None:
@@ -83,10 +62,10 @@ def test_a_trusted_ca_file_that_changes_adds_the_new_ca_beside_the_old(tmp_path:
         key.write_bytes(pair.key_pem)
         return tls.server_context(str(cert), str(key))
 
-    _served_to(server(by_old), trusted.context, "w.ns.svc")
+    testing.handshake(server(by_old), trusted.context, "w.ns.svc")
     with pytest.raises(ssl.SSLCertVerificationError):  # a CA not in the file
-        _served_to(server(by_new), trusted.context, "w.ns.svc")
+        testing.handshake(server(by_new), trusted.context, "w.ns.svc")
     _swap(ca_file, new.cert_pem)
     assert trusted.reload() and not trusted.reload()
-    _served_to(server(by_new), trusted.context, "w.ns.svc")
-    _served_to(server(by_old), trusted.context, "w.ns.svc")  # workers not yet renewed
+    testing.handshake(server(by_new), trusted.context, "w.ns.svc")
+    testing.handshake(server(by_old), trusted.context, "w.ns.svc")  # workers not yet renewed
