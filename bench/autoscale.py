@@ -31,7 +31,13 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from devkit.local import cluster, secrets
-from devkit.local.processes import LOCAL_KEY, AgentProcess, SidecarProcess, WorkerProcess
+from devkit.local.processes import (
+    LOCAL_KEY,
+    AgentProcess,
+    SidecarProcess,
+    WorkerProcess,
+    on_loopback,
+)
 from devkit.testing import HubProcess
 from fluidfed import Client
 from fluidfed.models import (
@@ -123,8 +129,9 @@ async def reaction(base: Path, runs: int) -> dict[str, Any]:
                 pass
             await asyncio.sleep(0.2)
         wport = cluster.free_port()
-        wcfg, scfg = json.loads(cm.data["worker.json"]), json.loads(cm.data["sidecar.json"])
-        wcfg["workers"] = scfg["workers"] = {"endpoints": [f"http://127.0.0.1:{wport}"]}
+        urls = [f"http://127.0.0.1:{wport}"]
+        wcfg = on_loopback(json.loads(cm.data["worker.json"]), urls)
+        scfg = on_loopback(json.loads(cm.data["sidecar.json"]), urls)
         # their credentials from the agent's Secrets, as the pods would mount them
         creds = await secrets.worker_credentials(api, "bench", "bench")
         token = await secrets.reader_token(api, "bench", "bench")

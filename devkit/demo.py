@@ -46,6 +46,7 @@ from devkit.local.processes import (
     SidecarProcess,
     WorkerProcess,
     force_unmount,
+    on_loopback,
     pid_alive,
 )
 from devkit.local.s3 import S3Server
@@ -623,11 +624,11 @@ class Demo:
             creds = await secrets.worker_credentials(api, "ml", "imagenet")
             token = await secrets.reader_token(api, "ml", "imagenet")
         # the configs the agent wrote for the StatefulSet's pods, run here as processes
-        wcfg = json.loads(cm.data[names.WORKER_CONFIG])
-        scfg = json.loads(cm.data[names.SIDECAR_CONFIG])
+        # (on loopback, where the workers' Service names and their TLS do not apply)
         ports = [cluster.free_port() for _ in range(2)]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
-        wcfg["workers"] = scfg["workers"] = {"endpoints": urls}
+        wcfg = on_loopback(json.loads(cm.data[names.WORKER_CONFIG]), urls)
+        scfg = on_loopback(json.loads(cm.data[names.SIDECAR_CONFIG]), urls)
         # metrics every second rather than every 5 s: the autoscaling step is quicker
         os.environ.setdefault("OTEL_METRIC_EXPORT_INTERVAL", "1000")
         for i, port in enumerate(ports):
