@@ -71,6 +71,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--files", type=int, default=0, help="also N small files of 128 KiB")
     ap.add_argument("--out", default="", help="write the figures here too (JSON)")
+    ap.add_argument(
+        "--against",
+        default="",
+        metavar="TREE",
+        help="also a TLS worker and its sidecars from another checkout (tls_against)",
+    )
     args = ap.parse_args()
     size = args.size_mib * 2**20
     results: dict[str, Any] = {"size_mib": args.size_mib, "runs": args.runs}
@@ -86,7 +92,14 @@ def main() -> None:
             rp.write_small_files(data, keys)
         mount = {"uri": f"file://{data}"}
         ways = {"plain": False, "tls": True}
-        workers = {way: worker(root, way, mount, args.size_mib, tls) for way, tls in ways.items()}
+        trees = {way: "" for way in ways}
+        if args.against:
+            ways["tls_against"] = True
+            trees["tls_against"] = str(Path(args.against).resolve())
+        workers = {}
+        for way, tls in ways.items():
+            with rp.pythonpath(trees[way]):
+                workers[way] = worker(root, way, mount, args.size_mib, tls)
         procs: list[Any] = list(workers.values())
         try:
             for way, w in workers.items():  # fill each worker's disk tier (not counted)
@@ -106,17 +119,18 @@ def main() -> None:
             small: dict[str, list[float]] = {w: [] for w in ways}
             small_cpu: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
             for i in range(args.runs):
-                order = list(ways) if i % 2 == 0 else list(reversed(ways))
+                order = list(ways)[i % len(ways) :] + list(ways)[: i % len(ways)]
                 for way in order:
                     w = workers[way]
-                    sc = rp.sidecar(
-                        root,
-                        f"{way}{i}",
-                        mount,
-                        [w.url],
-                        short_circuit=False,
-                        **trusting(root, way),
-                    )
+                    with rp.pythonpath(trees[way]):
+                        sc = rp.sidecar(
+                            root,
+                            f"{way}{i}",
+                            mount,
+                            [w.url],
+                            short_circuit=False,
+                            **trusting(root, way),
+                        )
                     procs.append(sc)
                     assert sc.proc is not None and w.proc is not None
                     pids = {"sidecar": sc.proc.pid, "worker": w.proc.pid}
@@ -151,6 +165,11 @@ def main() -> None:
                     "small_cpu_per_1000_files": rp.median_cpu(small_cpu[way]),
                 }
         results["tls_vs_plain_seq"] = rp.ratio(rp.median(seq["tls"]), rp.median(seq["plain"]))
+        if args.against:
+            results["against"] = trees["tls_against"]
+            results["tls_vs_against_seq"] = rp.ratio(
+                rp.median(seq["tls"]), rp.median(seq["tls_against"])
+            )
         if keys:
             results["tls_vs_plain_small"] = rp.ratio(
                 rp.median(small["tls"]), rp.median(small["plain"])

@@ -58,12 +58,28 @@ class _BlockFile(web.StreamResponse):
                     mapped = mmap.mmap(self._file.fileno(), self._size, prot=mmap.PROT_READ)
                     # the transport keeps the view until it is written; the mapping goes
                     # with the last reference (an evicted file stays readable till then)
-                    await writer.write(memoryview(mapped))
+                    await _send(request, writer, memoryview(mapped))
                     await writer.drain()
             await super().write_eof()
             return writer
         finally:
             self._file.close()
+
+
+TLS_PIECE = 256 * 2**10  # bytes handed to a TLS transport at a time (`_send`)
+
+
+async def _send(request: web.BaseRequest, writer: AbstractStreamWriter, data: blocks.Data) -> None:
+    """Write `data` after the headers. Over TLS in pieces: uvloop's TLS transport encrypts
+    what it is given whole into its buffer and hands the socket one new bytes object of
+    that size, fresh memory for every block; pieces of 256 KiB keep both small."""
+    transport = request.transport
+    if transport is None or transport.get_extra_info("sslcontext") is None:
+        await writer.write(data)
+        return
+    view = memoryview(data)
+    for at in range(0, len(view), TLS_PIECE):
+        await writer.write(view[at : at + TLS_PIECE])
 
 
 class _Block(web.StreamResponse):
@@ -83,7 +99,7 @@ class _Block(web.StreamResponse):
         writer = await super().prepare(request)
         assert writer is not None
         if self.content_length:
-            await writer.write(self._data)
+            await _send(request, writer, self._data)
         await super().write_eof()
         return writer
 
