@@ -205,6 +205,7 @@ class Agent:
             tuple(dict.fromkeys(n for n in names_ if n and n not in ("0.0.0.0", "::"))),
             lifetime=dt.timedelta(seconds=cfg.webhook_cert_lifetime),
             renew_before=dt.timedelta(seconds=cfg.webhook_renew_before),
+            name="fluidfed-agent-api",
         )
 
     async def _renew_api_cert(self, certs: CertManager) -> None:

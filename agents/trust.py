@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import posixpath
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,9 @@ def data_tls(
     if current is not None and not renew and current.hosts == hosts and now < renew_at:
         return current
     if current is None:
-        made = pki.new_ca("fluidfed-data-ca")
+        # a name of its own: a binding made again (or an agent's state lost) gets a new CA,
+        # which sidecars still running add beside the old one
+        made = pki.new_ca(f"fluidfed-data-ca-{secrets.token_hex(8)}")
         ca = pki.KeyPair(made.cert_pem, made.key_pem)
     else:
         ca = pki.KeyPair(current.ca_cert.encode(), current.ca_key.encode())

@@ -22,6 +22,7 @@ class CertManager:
         *,
         lifetime: dt.timedelta = dt.timedelta(days=30),
         renew_before: dt.timedelta = dt.timedelta(days=7),
+        name: str = "fluidfed-webhook",
     ) -> None:
         self.dir = directory
         self.hosts = hosts
@@ -29,7 +30,8 @@ class CertManager:
         self.renew_before = renew_before
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.ca = pki.load_or_make_ca(self.dir, "fluidfed-webhook-ca")
+        self.name = name  # of the serving certificate; its CA's is `<name>-ca`
+        self.ca = pki.load_or_make_ca(self.dir, f"{name}-ca")
         self.rotations = 0
         self._issue()
 
@@ -38,9 +40,7 @@ class CertManager:
         return self.ca.cert_pem
 
     def _issue(self) -> None:
-        leaf = pki.issue(
-            self.ca, "fluidfed-webhook", server=True, hosts=self.hosts, lifetime=self.lifetime
-        )
+        leaf = pki.issue(self.ca, self.name, server=True, hosts=self.hosts, lifetime=self.lifetime)
         crt, key = self.dir / "tls.crt", self.dir / "tls.key"
         pki.write(key, leaf.key_pem, private=True)
         pki.write(crt, leaf.cert_pem)

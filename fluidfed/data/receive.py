@@ -265,13 +265,7 @@ class Connections:
             except errors.WorkerError as err:
                 self._drop(sock)
                 raise errors.WorkerError(f"{name}: {err}", status=err.status) from None
-            except (
-                BlockingIOError,
-                TimeoutError,
-                ssl.SSLWantReadError,
-                ssl.SSLWantWriteError,
-            ) as err:
-                # SO_RCVTIMEO, SO_SNDTIMEO (TLS says "want read/write" for those)
+            except (BlockingIOError, TimeoutError) as err:  # SO_RCVTIMEO/SNDTIMEO; TLS's timeout
                 self._drop(sock)
                 raise errors.WorkerError(f"{name}: no answer in time") from err
             except (OSError, httptools.HttpParserError) as err:
@@ -301,15 +295,21 @@ class Connections:
         sock = socket.create_connection((where.host, where.port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # blocking from here on, each receive and send bounded by the kernel: a
-            # blocking socket is what lets MSG_WAITALL wait for the whole body
-            sock.settimeout(None)
-            tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
             if where.secure:
+                # TLS keeps Python's own timeout on every operation, the handshake's too:
+                # over a blocking socket `ssl` takes the kernel's timeout (EAGAIN) for "try
+                # again" and would wait on a stalled worker for ever. It receives a record
+                # at a time anyway, so MSG_WAITALL has nothing to save there.
+                sock.settimeout(timeout)
                 ctx = self.tls or _system_roots()
                 sock = ctx.wrap_socket(sock, server_hostname=where.host)
+            else:
+                # blocking from here on, each receive and send bounded by the kernel: a
+                # blocking socket is what lets MSG_WAITALL wait for the whole body
+                sock.settimeout(None)
+                tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         except OSError:
             sock.close()
             raise

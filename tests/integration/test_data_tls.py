@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -218,3 +219,48 @@ def test_a_renewed_serving_certificate_is_served_without_a_restart_and_reads_go_
     read_all(later.mountpoint, want)
     st = later.status()["blocks"]
     assert st["worker_hits"] == block_count(want) and st["worker_errors"] == 0, st
+
+
+def test_a_stalled_tls_worker_is_a_worker_error_in_time_not_a_hung_thread(
+    tmp_path: Path, binding_tls: trust.DataTLS
+) -> None:
+    """A worker's node gone without a reset: one listener accepts and never shakes hands,
+    another shakes hands and never answers. The threaded receive gives up within its
+    timeout either way (over a blocking socket `ssl` waited for ever)."""
+    files = write_tls(tmp_path / "tls", binding_tls)
+    server_ctx = tls.server_context(files["tls_cert_file"], files["tls_key_file"])
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve(listener: socket.socket, handshake: bool) -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if handshake:
+                conn = server_ctx.wrap_socket(conn, server_side=True)
+            held.append(conn)  # open, silent
+
+    listeners = []
+    for handshake in (False, True):
+        ls = socket.create_server(("127.0.0.1", 0))
+        listeners.append(ls)
+        threading.Thread(target=serve, args=(ls, handshake), daemon=True).start()
+
+    async def get(port: int) -> None:
+        conns = receive.Connections(tls=tls.trusting(binding_tls.ca_cert))
+        try:
+            url = f"https://127.0.0.1:{port}/v1/blocks/{'0' * 32}"
+            await asyncio.wait_for(conns.get(url, {}, {}, 1.0), 30)
+        finally:
+            conns.close()
+
+    try:
+        for ls in listeners:
+            with pytest.raises(errors.WorkerError, match=r"timed out|no answer in time"):
+                asyncio.run(get(ls.getsockname()[1]))
+    finally:
+        stop.set()
+        for s in [*listeners, *held]:
+            s.close()

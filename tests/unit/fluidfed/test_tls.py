@@ -49,7 +49,8 @@ def test_a_served_pair_is_read_again_when_it_changes_and_a_broken_one_keeps_the_
 
 
 def test_a_trusted_ca_file_that_changes_adds_the_new_ca_beside_the_old(tmp_path: Path) -> None:
-    old, new = pki.new_ca("old-ca"), pki.new_ca("new-ca")
+    # two CAs of one name (issuers are found by key identifier, not by the first name)
+    old, new = pki.new_ca("data-ca"), pki.new_ca("data-ca")
     ca_file = tmp_path / "ca.crt"
     _swap(ca_file, old.cert_pem)
     trusted = tls.Trusted(str(ca_file))
