@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,15 +108,25 @@ class Served:
 
     def reload(self) -> bool:
         """Load the pair again if a file changed; True when the new one is in use. A pair
-        that does not load (a half-written update) keeps the last one: False, and the next
-        call tries again."""
+        that does not load, or does not match (a certificate replaced before its key), keeps
+        the last one: False, and the next call tries again. The files are read once, checked
+        on a context of their own, and only then loaded into the live one (loading a
+        mismatched pair into it would leave it with the new certificate and no key)."""
         stamp = self._stamp()
         if stamp == self._seen:
             return False
         try:
-            self.context.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError):
+            cert, key = Path(self.cert_file).read_bytes(), Path(self.key_file).read_bytes()
+        except OSError:
             return False
+        with tempfile.TemporaryDirectory(prefix="fluidfed-tls-") as d:  # mode 0700
+            c = pki.write(Path(d, "tls.crt"), cert)
+            k = pki.write(Path(d, "tls.key"), key, private=True)
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(c, k)
+            except ssl.SSLError:
+                return False
+            self.context.load_cert_chain(c, k)
         self._seen = stamp
         return True
 

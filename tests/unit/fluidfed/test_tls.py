@@ -42,7 +42,9 @@ def test_a_served_pair_is_read_again_when_it_changes_and_a_broken_one_keeps_the_
     assert testing.handshake(served.context, client, "w.ns.svc") == _der(first.cert_pem)
 
     second = pki.issue(ca, "w", server=True, hosts=("w.ns.svc",))
-    _swap(cert, second.cert_pem)
+    _swap(cert, second.cert_pem)  # the new certificate with the old key: not a pair
+    assert not served.reload()
+    assert testing.handshake(served.context, client, "w.ns.svc") == _der(first.cert_pem)
     _swap(key, second.key_pem)
     assert served.reload()
     assert testing.handshake(served.context, client, "w.ns.svc") == _der(second.cert_pem)
