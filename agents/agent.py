@@ -145,7 +145,11 @@ class Agent:
             self.rotate_requested,
         )
         loads = warmups.WarmUps(
-            self.registry, figures, store, on_change_interval=cfg.on_change_interval
+            self.registry,
+            figures,
+            store,
+            on_change_interval=cfg.on_change_interval,
+            data_tls=cfg.data_tls == "on",
         )
         self.reconciler = reconciler.Reconciler(
             self.kube, ctx, self.live, store, self.queue, figures, loads, webhook

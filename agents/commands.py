@@ -258,14 +258,18 @@ def run_credentials(args: argparse.Namespace) -> int:
         from fluidfed import pki
 
         d = Path(args.tls_dir)
-        ca = pki.load_or_make_ca(d, "fluidfed-data-ca")
+        # the CA's key in a directory of its own: what is handed out (ca.crt, and the
+        # workers' pair) lies beside it, never the key that could sign more workers
+        ca = pki.load_or_make_ca(d / "ca", "fluidfed-data-ca")
         leaf = pki.issue(ca, "fluidfed-cache-worker", server=True, hosts=tuple(args.host))
         pki.write(d / "tls.key", leaf.key_pem, private=True)
         pki.write(d / "tls.crt", leaf.cert_pem)
+        pki.write(d / "ca.crt", ca.cert_pem)
         print(
             f"wrote the workers' certificate for {', '.join(args.host)} to {d}/tls.crt and "
-            f"tls.key (mode 0600): tls_cert_file and tls_key_file in the workers' config; "
-            f"ca_file = {d}/ca.crt in the sidecars' and workers'"
+            f"tls.key (mode 0600; valid 365 days: run this again to renew): tls_cert_file "
+            f"and tls_key_file in the workers' config; ca_file = {d}/ca.crt in the sidecars' "
+            f"and workers'. Keep {d}/ca/ca.key on this machine: it signs workers."
         )
     return 0
 

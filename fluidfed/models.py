@@ -300,7 +300,7 @@ class AgentConfig(Spec, frozen=True):
     api_tls: Literal["auto", "on", "off"] = "auto"
     # HTTPS between sidecars, cache workers and the agent, with each binding's own CA:
     # "off" only where the pod network is encrypted by other means (a WireGuard CNI, say);
-    # TLS costs the data path CPU (figures: README, "Trust")
+    # TLS costs the data path CPU (figures: README, "Encryption" in "The data path")
     data_tls: Literal["on", "off"] = "on"
     metrics_window: Duration = _seconds(15)  # rates and ratios sent to the hub cover this
     # `dataset load --on-change` on fluidfed's workers: how often the under storage is

@@ -50,7 +50,10 @@ def otlp_endpoint(default: str = "") -> str:
     metrics_ep = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "")
     if metrics_ep:
         return metrics_ep
-    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "") or default
+    return _metrics_url(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "") or default)
+
+
+def _metrics_url(base: str) -> str:
     return f"{base.rstrip('/')}/v1/metrics" if base else ""
 
 
@@ -93,14 +96,16 @@ def setup(
                 session = requests.Session()
                 session.auth = _Bearer(token)
             # the exporter verifies with its own setting on each request (a session's
-            # `verify` does not count): None is the standard variable, else the system's
+            # `verify` does not count): None is the standard variable, else the system's.
+            # `ca_file` is for the agent; a collector named by the variables is not it
+            elsewhere = endpoint != _metrics_url(otlp_default)
             readers.append(
                 PeriodicExportingMetricReader(
                     OTLPMetricExporter(
                         endpoint=endpoint,
                         timeout=5,
                         session=session,
-                        certificate_file=ca_file or None,
+                        certificate_file=None if elsewhere else ca_file or None,
                     ),
                     export_interval_millis=interval,
                 )

@@ -582,10 +582,26 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
         )
     problems += check_quantity(a.sidecar_cpu, f"{path}.sidecar_cpu")
     problems += check_quantity(a.sidecar_memory, f"{path}.sidecar_memory")
-    scheme = a.api_url.partition("://")[0] if "://" in a.api_url else ""
+    scheme = a.api_url.partition("://")[0].lower() if "://" in a.api_url else ""
+    wildcard = a.api_host in ("0.0.0.0", "::", "")
     if a.api_url and scheme not in ("http", "https"):
         problems.append(
             Problem(f"api_url must be an http(s) URL, got {a.api_url!r}", path=f"{path}.api_url")
+        )
+    elif not a.api_url and wildcard and a.api_tls != "off":
+        problems.append(
+            Problem(
+                f"api_host {a.api_host!r} listens on every address: give api_url, the "
+                "https:// name the pods reach the agent by (its certificate is for that name)",
+                path=f"{path}.api_url",
+            )
+        )
+    elif scheme == "https" and a.api_tls == "off":
+        problems.append(
+            Problem(
+                'api_tls = "off" serves plain HTTP: write api_url with http://, or turn TLS on',
+                path=f"{path}.api_url",
+            )
         )
     elif scheme == "http" and a.api_tls == "on":
         problems.append(

@@ -35,6 +35,7 @@ class WarmUps:
     _asked: dict[str, int] = dataclasses.field(default_factory=dict, init=False)
     _repeats: dict[str, bool] = dataclasses.field(default_factory=dict, init=False)
     on_change_interval: float = ON_CHANGE_INTERVAL
+    data_tls: bool = True  # the workers serve HTTPS (`data_tls` in the agent file)
 
     def maybe_start(self, b: Binding) -> None:
         req = b.load
@@ -124,12 +125,23 @@ class WarmUps:
                             f"{workers_set} do once they run)"
                         )
                         await asyncio.sleep(1)
-            urls = [w.url for w in live]
             # the workers start and report loads only for their binding's agent
             creds = self.store.signing(b.name, time.time())
+            urls = [w.url for w in live]
+            tls_on = self.data_tls and creds.tls is not None
+            if tls_on:  # the agent's token goes to https workers only
+                plain = [u for u in urls if not u.startswith("https://")]
+                if plain:
+                    log.warning(
+                        "warm-up of %s: leaving out workers registered over plain HTTP "
+                        "while the binding's workers serve TLS: %s",
+                        b.dataset,
+                        ", ".join(plain),
+                    )
+                urls = [u for u in urls if u.startswith("https://")]
             token = creds.token(credentials.Claims(role="agent", dataset=b.dataset))
             # https workers present the binding's certificate: only its CA is trusted
-            trust_ca = tls.trusting(creds.tls.ca_cert) if creds.tls is not None else True
+            trust_ca = tls.trusting(creds.tls.ca_cert) if tls_on and creds.tls else True
             async with aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=30),
                 headers=credentials.authorization(token),

@@ -198,6 +198,25 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
             problems.append(
                 Problem("serving TLS needs both tls_cert_file and tls_key_file", path=missing)
             )
+        # the workers of a binding serve alike: one serving TLS reaches its peers over it
+        serves = "https" if cfg.tls_cert_file else "http"
+        if cfg.workers.statefulset and cfg.workers.scheme != serves:
+            problems.append(
+                Problem(
+                    f"this worker serves {serves} ({'with' if cfg.tls_cert_file else 'without'} "
+                    f"tls_cert_file) but names its peers over {cfg.workers.scheme}",
+                    path="workers.scheme",
+                )
+            )
+        for i, url in enumerate(cfg.workers.endpoints):
+            if urlsplit(url).scheme in ("http", "https") and urlsplit(url).scheme != serves:
+                problems.append(
+                    Problem(
+                        f"this worker serves {serves} but names its peer {url!r}: the workers "
+                        f"of a binding serve alike, write {serves}://",
+                        path=f"workers.endpoints[{i}]",
+                    )
+                )
     if cfg.workers.scheme not in ("http", "https"):
         problems.append(
             Problem(f"scheme {cfg.workers.scheme!r} is not http or https", path="workers.scheme")

@@ -19,8 +19,8 @@ tier and FUSE replies that keep it never see it change.
 An https worker (the agent's workers serve TLS with their binding's certificate) is
 received the same way over an `ssl` socket verified with the caller's context: TLS hands
 over one record (16 KiB) per receive, decrypted into the buffer, so the body takes a
-receive per record instead of one `MSG_WAITALL` (figures: README, "Measured design
-decisions").
+receive per record instead of one `MSG_WAITALL` (figures: README, "Encryption" in "The
+data path"), and keeps Python's own timeout on the socket (see `_take`).
 """
 
 from __future__ import annotations

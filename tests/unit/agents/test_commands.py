@@ -49,8 +49,9 @@ def test_tls_by_hand_keeps_the_ca_and_its_certificate_verifies_for_the_named_hos
         no_host.run(no_host)
     args = parse(*base, "--host", "w0.example", "--host", "10.0.0.7")
     assert args.run(args) == 0
-    for f in ("ca.key", "tls.key"):
+    for f in ("ca/ca.key", "tls.key"):
         assert stat.S_IMODE((d / f).stat().st_mode) == 0o600
+    assert not (d / "ca.key").exists()  # the CA's key is not among the files handed out
     ca = (d / "ca.crt").read_bytes()
     assert args.run(args) == 0 and (d / "ca.crt").read_bytes() == ca  # the CA is kept
     served = tls.Served(str(d / "tls.crt"), str(d / "tls.key"))

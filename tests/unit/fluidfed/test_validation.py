@@ -456,5 +456,10 @@ def test_the_agents_api_url_says_https_where_the_api_serves_it() -> None:
     assert "must be an http(s) URL" in said["agent.api_url"]
     off = agent(api_host="0.0.0.0", api_tls="off", api_url="http://a:1")
     assert validation.check_agent(off) == []
+    said = where(validation.check_agent(agent(api_tls="off", api_url="https://a:1")))
+    assert "serves plain HTTP: write api_url with http://" in said["agent.api_url"]
+    said = where(validation.check_agent(agent(api_host="0.0.0.0")))
+    assert "listens on every address: give api_url" in said["agent.api_url"]
+    assert validation.check_agent(agent(api_url="HTTPS://a.svc:1", api_host="::")) == []
     assert validation.is_loopback("127.0.0.2") and validation.is_loopback("::1")
     assert validation.is_loopback("localhost") and not validation.is_loopback("10.0.0.5")

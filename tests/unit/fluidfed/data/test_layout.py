@@ -68,6 +68,22 @@ def test_a_sidecar_or_worker_config_is_checked_like_the_dataset_it_serves() -> N
     got = {p.path: p.message for p in check_config(half)}
     assert "both tls_cert_file and tls_key_file" in got["tls_key_file"]
     assert "not http or https" in got["workers.scheme"]
+    mixed = WorkerConfig(
+        dataset="imagenet",
+        mounts=[Mount(uri="s3://b/p")],
+        tls_cert_file="tls.crt",
+        tls_key_file="tls.key",
+        workers=Peers(endpoints=["https://w0:7070", "http://w1:7070"]),
+    )
+    got = {p.path: p.message for p in check_config(mixed)}
+    assert list(got) == ["workers.endpoints[1]"] and "write https://" in got["workers.endpoints[1]"]
+    plain_peers = WorkerConfig(
+        dataset="imagenet",
+        mounts=[Mount(uri="s3://b/p")],
+        workers=Peers(statefulset="w", service="w.ns.svc", replicas=2, scheme="https"),
+    )
+    got = {p.path: p.message for p in check_config(plain_peers)}
+    assert "serves http (without tls_cert_file)" in got["workers.scheme"]
 
 
 def test_a_worker_file_may_name_its_disk_tier_relative_to_itself() -> None:
