@@ -136,9 +136,18 @@ class Trusted:
     changes: a new CA is trusted beside the old one (what handshakes already verified, and
     the workers not yet renewed, still count)."""
 
-    def __init__(self, ca_file: str) -> None:
+    def __init__(self, ca_file: str, context: ssl.SSLContext | None = None) -> None:
+        """With `context`, the CA is added to that one (already in use by connections
+        made earlier) instead of a new context trusting it alone."""
         self.ca_file = ca_file
-        self.context = client_context(ClientTLS(ca_file=ca_file))
+        if context is None:
+            self.context = client_context(ClientTLS(ca_file=ca_file))
+        else:
+            try:
+                context.load_verify_locations(cafile=ca_file)
+            except (OSError, ssl.SSLError) as err:
+                raise _problem("ca_file", ca_file, err) from None
+            self.context = context
         self._seen = self._stamp()
 
     def _stamp(self) -> tuple[int, int]:

@@ -112,12 +112,17 @@ class Sidecar:
         self.credentials = (
             credentials.Watched(Path(cfg.credentials_file)) if cfg.credentials_file else None
         )
-        # the CA https workers' certificates chain to (the binding's), read again on change
+        # the CA https workers' certificates chain to (the binding's), read again on change;
+        # without one the system's roots, in a context of ours all the same, so that a
+        # binding's CA named later (an agent turning TLS on) joins what is in use
         self.trusted = tls.Trusted(cfg.ca_file) if cfg.ca_file else None
+        self.tls_context = (
+            self.trusted.context if self.trusted is not None else ssl.create_default_context()
+        )
 
-    def _tls(self) -> ssl.SSLContext | None:
+    def _tls(self) -> ssl.SSLContext:
         """How https workers are verified: the binding's CA, else the system's roots."""
-        return self.trusted.context if self.trusted is not None else None
+        return self.tls_context
 
     def token(self) -> str:
         return self.credentials.current.token if self.credentials is not None else ""
@@ -170,6 +175,14 @@ class Sidecar:
         if self.config_file is None or self.reader is None:
             return
         cfg = self.config_file.changed()
+        if cfg is not None and cfg.ca_file and self.trusted is None:
+            # the agent turned the workers' TLS on (an upgrade): trust their CA from now
+            try:
+                self.trusted = tls.Trusted(cfg.ca_file, context=self.tls_context)
+                self.reader.trust_changed()
+                log.info("the workers' CA now from %s", cfg.ca_file)
+            except errors.ConfigError as err:
+                log.warning("the workers' CA: %s (keeping the system's roots)", err)
         if cfg is not None and self.workers_override is None:
             self.reader.workers = cfg.workers.urls()
             log.info("cache workers now %s", self.reader.workers)
@@ -240,7 +253,7 @@ class Sidecar:
         store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
-            connector=aiohttp.TCPConnector(limit=64, ssl=self._tls() or True),
+            connector=aiohttp.TCPConnector(limit=64, ssl=self._tls()),
             read_bufsize=2**22,  # blocks are megabytes: fewer, larger socket reads
             headers=self._auth_headers(),
         )

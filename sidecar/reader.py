@@ -308,6 +308,11 @@ class BlockReader:
                 except (TimeoutError, errors.WorkerError) as err:
                     log.debug("telling %s of %d file reads failed: %s", worker, len(done), err)
 
+    def trust_changed(self) -> None:
+        """How workers are verified changed (their CA named): those that failed may answer
+        now, so none is skipped for its last failure any longer."""
+        self._down.clear()
+
     async def close(self) -> None:
         if self._reporter is not None:
             self._reporter.cancel()
