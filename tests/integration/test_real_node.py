@@ -867,6 +867,16 @@ async def test_cache_workers_run_as_pods_serve_the_next_reader_and_hand_off_when
                 for i in range(3)
             ]
             await read(core, api, "first")
+
+            async def measured() -> Any:
+                v = await c.get_dataset(name)
+                st = v.bindings[0].status if v.bindings else None
+                figures = st.metrics if st is not None else None
+                return figures if figures and figures.cache_used_ratio is not None else None
+
+            # the workers' OTLP metrics reached the agent's API over HTTPS (its CA from the
+            # binding's Secret): the agent sent the hub figures made of them
+            await eventually(measured, "figures from the workers' metrics", timeout=60)
             hits0, misses0, ufs0 = totals(await _workers(agent, api_url, name, key))
             assert misses0 >= blocks and ufs0 >= blocks  # the first reader filled them
 
