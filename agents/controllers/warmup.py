@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -16,7 +17,7 @@ from agents import objects
 from agents.observed import Observed
 from agents.registry import Registry
 from agents.store import Store
-from fluidfed import cron, errors, tls
+from fluidfed import cron, errors, tls, validation
 from fluidfed.data import credentials, workers
 from fluidfed.models import Binding, LoadRequest, LoadStatus
 
@@ -129,16 +130,17 @@ class WarmUps:
             creds = self.store.signing(b.name, time.time())
             urls = [w.url for w in live]
             tls_on = self.data_tls and creds.tls is not None
-            if tls_on:  # the agent's token goes to https workers only
-                plain = [u for u in urls if not u.startswith("https://")]
+            if tls_on:
+                # the agent's token crosses machines over TLS only: plain HTTP to a worker
+                # on this machine's loopback (one run by hand beside the agent) is fine
+                plain = [u for u in urls if not _encrypted_or_local(u)]
                 if plain:
-                    log.warning(
-                        "warm-up of %s: leaving out workers registered over plain HTTP "
-                        "while the binding's workers serve TLS: %s",
-                        b.dataset,
-                        ", ".join(plain),
+                    raise errors.WorkerError(
+                        f"workers registered over plain HTTP from another machine while "
+                        f"the binding's workers serve TLS (data_tls): {', '.join(plain)}; "
+                        "give them the binding's certificate (tls_cert_file), or set "
+                        'data_tls = "off" if the network encrypts'
                     )
-                urls = [u for u in urls if u.startswith("https://")]
             token = creds.token(credentials.Claims(role="agent", dataset=b.dataset))
             # https workers present the binding's certificate: only its CA is trusted
             trust_ca = tls.trusting(creds.tls.ca_cert) if tls_on and creds.tls else True
@@ -187,3 +189,9 @@ class WarmUps:
         log.info(
             "warm-up %d of %s: %s (%.1f%% cached)", req.id, b.dataset, prog.phase, prog.percent()
         )
+
+
+def _encrypted_or_local(url: str) -> bool:
+    """Whether a worker URL keeps a token off the network in clear: https, or loopback."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or validation.is_loopback(parts.hostname or "")

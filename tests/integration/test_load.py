@@ -42,10 +42,7 @@ async def test_dataset_load_warms_the_workers_and_reports_progress(
     agent = fleet.agents["serverless"]
     api_port = free_port()
     agent.stop()
-    # the workers are processes on loopback here, serving plain HTTP: as an operator whose
-    # pod network encrypts would run them (data_tls = "off"); the agent's warm-ups send its
-    # token to https workers only while the data path's TLS is on
-    agent.write_config(api_port=str(api_port), on_change_interval='"1s"', data_tls='"off"')
+    agent.write_config(api_port=str(api_port), on_change_interval='"1s"')
     agent.start()
 
     name = "warm"

@@ -166,3 +166,13 @@ def test_an_operator_may_turn_the_workers_tls_off_where_the_network_encrypts() -
     assert render.desired(b, ctx, CREDS) == objs  # as if there were no TLS material
     text = str(objs)
     assert "https" not in text and "tls.crt" not in text
+
+
+def test_warm_ups_send_the_agents_token_in_clear_only_to_this_machine() -> None:
+    from agents.controllers.warmup import _encrypted_or_local
+
+    assert _encrypted_or_local("https://w-0.fluidfed-d-cache.ns.svc:7070")
+    assert _encrypted_or_local("http://127.0.0.1:7070")  # a worker run by hand beside it
+    assert _encrypted_or_local("http://[::1]:7070") and _encrypted_or_local("http://localhost:1")
+    assert not _encrypted_or_local("http://w-0.fluidfed-d-cache.ns.svc:7070")
+    assert not _encrypted_or_local("http://10.0.0.7:7070")
