@@ -176,11 +176,15 @@ def one(
             assert w is not None
             fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
             try:
-                rp.read_whole([fill.mountpoint / k for k in keys])
+                if SEQ:
+                    rp.cat_mib_s(fill.mountpoint / keys[0])
+                else:
+                    rp.read_whole([fill.mountpoint / k for k in keys])
             finally:
                 fill.close()
+            want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
             t0 = time.perf_counter()
-            while worker_blocks(w) < len(keys) and time.perf_counter() - t0 < 60:
+            while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
                 time.sleep(0.2)
             if mode == "dropped":
                 rp.drop_cached(w.dir)
