@@ -32,6 +32,7 @@ from fluidfed.data.blockfile import (
     TRAILER_SIZE,
     block_path,
     read_block_file,
+    spread_subdirectories,
     write_block_file,
 )
 from fluidfed.models import CacheTier
@@ -165,6 +166,7 @@ class BlockStore:
             if tier.dir is None:
                 continue
             tier.dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(spread_subdirectories, tier.dir)
             for _, key, size in await asyncio.to_thread(tier.scan):
                 for gone in tier.ledger.add(key, size):
                     await asyncio.to_thread(tier.unlink, gone)

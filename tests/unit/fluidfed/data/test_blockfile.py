@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -165,3 +167,23 @@ def test_a_filesystem_refusing_direct_writes_gets_buffered_ones(
         write_block_file(path, payload, blocks.checksum(payload))
         assert read_block_file(path) == (payload, blocks.checksum(payload))
     assert str(tmp_path) in blockfile._buffered_only
+
+
+def _flags(path: Path) -> int:
+    flags = array.array("i", [0])
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, blockfile._FS_IOC_GETFLAGS, flags, True)
+    finally:
+        os.close(fd)
+    return flags[0]
+
+
+async def test_a_disk_tier_spreads_its_subdirectories_over_ext4s_groups(tmp_path: Path) -> None:
+    tier = tmp_path / "ssd"
+    await BlockStore([testing.cache_tier("SSD", 2**22, tier)]).open()
+    if not blockfile.spread_subdirectories(tmp_path):  # not ext4 (no such flag): no change
+        pytest.skip("the test directory's filesystem has no top-directory flag")
+    assert _flags(tier) & blockfile._TOPDIR_FL
+    assert blockfile.spread_subdirectories(tier)  # again: already marked, still fine
+    assert not blockfile.spread_subdirectories(tmp_path / "missing")
