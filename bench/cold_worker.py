@@ -13,6 +13,8 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
     dropped  a fresh sidecar beside a worker holding every block (filled before, not
              counted), the block files dropped from the page cache (short-circuit reads)
     cached   the same with the block files left in the page cache
+    served   the same read over HTTP (a sidecar on another node), the block files as the
+             fill left them
     NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
              and/or on another event loop, e.g. main=/tmp/main:worker or
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
@@ -172,7 +174,7 @@ def one(
     with peers.pythonpath(tree, env):
         if mode != "alone":
             w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-        if mode in ("dropped", "cached"):
+        if mode in ("dropped", "cached", "served"):
             assert w is not None
             fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
             try:

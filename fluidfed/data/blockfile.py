@@ -47,18 +47,13 @@ def tier_dir(path: str | Path, key: str) -> str | None:
     return str(p.parent.parent)
 
 
-# Blocks of this size or more are written past the page cache (O_DIRECT): the page cache
-# a new file fills is fresh memory, which on a VM whose host takes free memory back (free
-# page reporting) costs 1.2-2.9 CPU-s per GiB to touch, against 0.04 to hand the disk; a
-# first read through an empty worker spent most of the worker's CPU there (figures:
-# README, "Measured design decisions"). Smaller blocks stay buffered: a direct write per
-# small file cost more than it saved. The file reads back as any other (from the disk the
-# first time).
-DIRECT_FROM = 2**20
-_ALIGN = 4096  # of a direct write's memory, offset and length (any disk's logical block)
-_CHUNK = 8 * 2**20  # largest direct write, the size of each thread's aligned buffer
-_aligned = threading.local()  # each writing thread's page-aligned buffer
-_buffered_only: set[str] = set()  # directories whose filesystem refused O_DIRECT
+# A block file is written in pieces of at most this many bytes: given 2 MiB or more in one
+# write, ext4 puts the pages in 2 MiB folios, taken from the free memory a VM's host has
+# taken back in 2 MiB blocks (free page reporting), which this VM faulted in again at
+# 2.9-3.3 CPU-s per GiB written, against 0.28-0.44 in pieces of 1 MiB or less; a first
+# read of 4 MiB blocks through an empty worker spent most of the worker's CPU there
+# (figures: README, "Measured design decisions"). The page cache keeps the data either way.
+WRITE_PIECE = 2**20
 
 
 def write_block_file(path: Path, data: blocks.Data, crc: int) -> None:
@@ -66,54 +61,11 @@ def write_block_file(path: Path, data: blocks.Data, crc: int) -> None:
     (or a mapping) sees the old file or the new one, never a mix. Blocking."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    trailer = _TRAILER.pack(_MAGIC, crc)
-    tier = str(path.parent.parent)
-    direct = len(data) >= DIRECT_FROM and tier not in _buffered_only
-    if direct and not _write_direct(tmp, data, trailer):
-        _buffered_only.add(tier)
-        direct = False
-    if not direct:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.write(trailer)
+    with open(tmp, "wb") as f, memoryview(data) as view, view.cast("B") as whole:
+        for at in range(0, len(whole), WRITE_PIECE):
+            f.write(whole[at : at + WRITE_PIECE])  # larger than the buffer: written at once
+        f.write(_TRAILER.pack(_MAGIC, crc))
     os.replace(tmp, path)
-
-
-def _write_direct(tmp: Path, data: blocks.Data, trailer: bytes) -> bool:
-    """Write `data` and `trailer` to `tmp`, its aligned part with O_DIRECT (copied through
-    this thread's page-aligned buffer: the block's own memory need not be aligned), the
-    rest through the page cache; False, nothing written, where the filesystem refuses
-    O_DIRECT (tmpfs before Linux 6.6, some FUSE and network filesystems)."""
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-    except OSError as err:
-        if err.errno == errno.EINVAL:
-            return False
-        raise
-    try:
-        view = memoryview(data).cast("B")
-        whole = len(view) - len(view) % _ALIGN
-        buf: mmap.mmap | None = getattr(_aligned, "buf", None)
-        if buf is None:
-            buf = _aligned.buf = mmap.mmap(-1, _CHUNK)
-        with memoryview(buf) as aligned:
-            at = 0
-            while at < whole:
-                n = min(_CHUNK, whole - at)
-                aligned[:n] = view[at : at + n]
-                done = 0
-                while done < n:
-                    done += os.pwrite(fd, aligned[done:n], at + done)
-                at += n
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-        rest = bytes(view[whole:]) + trailer
-        done = 0
-        while done < len(rest):
-            done += os.pwrite(fd, rest[done:], whole + done)
-    finally:
-        os.close(fd)
-    return True
 
 
 # ext4's inode flag for "the top of a directory hierarchy": the allocator spreads the
