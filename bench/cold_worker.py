@@ -9,7 +9,7 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
 
     alone    a fresh sidecar without workers (reads MinIO itself)
     worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
-             node): every block a miss the worker fetches and writes before it answers
+             node): every block a miss the worker fetches, answers and writes to its disk
     dropped  a fresh sidecar beside a worker holding every block (filled before, not
              counted), the block files dropped from the page cache (short-circuit reads)
     cached   the same with the block files left in the page cache
