@@ -10,6 +10,9 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
     alone    a fresh sidecar without workers (reads MinIO itself)
     worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
              node): every block a miss the worker fetches, answers and writes to its disk
+    filling  `worker` with the sidecar on the worker's node (short-circuit on, as
+             bench/peers.py's first read filling the cache): the misses come over HTTP all
+             the same
     dropped  a fresh sidecar beside a worker holding every block (filled before, not
              counted), the block files dropped from the page cache (short-circuit reads)
     cached   the same with the block files left in the page cache
@@ -195,7 +198,7 @@ def one(
             f"sc-{name}-{run}",
             mount,
             [w.url] if w else [],
-            short_circuit=mode in ("dropped", "cached"),
+            short_circuit=mode in ("dropped", "cached", "filling"),
         )
     assert sc.proc is not None
     spies = []

@@ -2,7 +2,7 @@
 on the same MinIO (loopback), in the same run, clients interleaved, medians of --runs.
 
     python bench/peers.py [--quick] [--size-mib 1024] [--files 20000] [--dirs 200]
-        [--flat 10000] [--runs 3] [--only seq,small,meta] [--clients fluidfed,s3fs,...]
+        [--flat 10000] [--runs 3] [--only seq,small,meta,fill] [--clients fluidfed,s3fs,...]
         [--before TREE] [--asyncio]
 
     seq    one big object read sequentially with fio (1 MiB requests):
@@ -11,6 +11,9 @@ on the same MinIO (loopback), in the same run, clients interleaved, medians of -
            warm   a fresh mount over each client's own cache, filled before: fluidfed's
                   cache worker on this node (short-circuit) and as if on another (HTTP)
            reread the same mount again, the kernel's page cache warm
+           fill   the first read of each client filling its empty cache (fluidfed: through
+                  an empty cache worker), --runs times, the clients taking turns (`--only
+                  fill`: these rows alone)
     small  20,000 files of 128 KiB in 200 directories read whole by 8 threads (a
            DataLoader's 8 workers): files/s, p50/p99 per file, CPU per 1,000 files
            cold   fresh mount, no cache (fluidfed also through an empty cache worker)
@@ -298,7 +301,9 @@ def measure(m: Mounted, fn: Callable[[], dict[str, Any]], per: float, unit: str)
     return got
 
 
-def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, Any]:
+def seq_runs(
+    b: Bench, clients: list[str], size: int, runs: int, fill_only: bool = False
+) -> dict[str, Any]:
     big = "big.bin"
     gib = size / 2**30
     url = asyncio.run(b.server.presign(f"{PREFIX}/{big}"))
@@ -345,7 +350,7 @@ def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, An
                 finally:
                     m.close()
         os.sync()
-        for r in range(runs):
+        for r in range(0 if fill_only else runs):
             mib_s = asyncio.run(rp.raw_get_loop(url, size, rp.READAHEAD + 1))
             add("raw ranged-GET loop", {"MiB_per_s": round(mib_s, 1)})
             for c in rotated(clients, r):
@@ -479,7 +484,7 @@ def table(title: str, rows: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("seq", "small", "meta")
+PARTS = ("seq", "small", "meta")  # and "fill": of "seq", only the first read filling a cache
 CLIENTS = ("fluidfed", "s3fs", "rclone", "juicefs")
 
 
@@ -557,8 +562,8 @@ def main() -> None:
             b.load_juicefs(local)
         results["versions"] = versions(b, clients)
         tables = []
-        if "seq" in only:
-            results["seq"] = seq_runs(b, clients, size, args.runs)
+        if "seq" in only or "fill" in only:
+            results["seq"] = seq_runs(b, clients, size, args.runs, fill_only="seq" not in only)
             tables.append(table(f"{args.size_mib} MiB sequential, fio 1 MiB", results["seq"]))
         if "small" in only:
             results["small"] = small_runs(b, clients, local, keys, args.runs)
