@@ -47,12 +47,27 @@ def tier_dir(path: str | Path, key: str) -> str | None:
     return str(p.parent.parent)
 
 
-# A block file is written in pieces of at most this many bytes: given 2 MiB or more in one
-# write, ext4 puts the pages in 2 MiB folios, taken from the free memory a VM's host has
-# taken back in 2 MiB blocks (free page reporting), which this VM faulted in again at
-# 2.9-3.3 CPU-s per GiB written, against 0.28-0.44 in pieces of 1 MiB or less; a first
-# read of 4 MiB blocks through an empty worker spent most of the worker's CPU there
-# (figures: README, "Measured design decisions"). The page cache keeps the data either way.
+# Blocks of this size or more are written past the page cache (O_DIRECT). A block file's
+# page cache is memory the machine has not used lately, and on a VM whose host takes free
+# memory back (free page reporting: this one's), touching it again cost the worker 3-3.7
+# CPU-s per GiB of copy_folio_from_iter_atomic once the memory freed recently was used up,
+# against 0.6-0.7 (all of its system time) writing past it; a first read of 4 MiB blocks
+# through an empty worker, with the page cache growing, read at 235-245 MiB/s against
+# 466-488 (figures: README, "Measured design decisions"). What it costs: the first read of
+# such a file afterwards comes from the disk (its reader faults the page cache in then),
+# later ones from the page cache as before. Smaller blocks stay buffered: a direct write
+# per 128 KiB file cost more than a buffered one.
+DIRECT_FROM = 2**20
+_ALIGN = 4096  # of a direct write's memory, offset and length (any disk's logical block)
+_CHUNK = 8 * 2**20  # largest direct write, the size of each thread's aligned buffer
+_aligned = threading.local()  # each writing thread's page-aligned buffer
+_buffered_only: set[str] = set()  # tier directories whose filesystem refused O_DIRECT
+
+# A buffered block file is written in pieces of at most this many bytes: given 2 MiB or
+# more in one write, ext4 puts the pages in 2 MiB folios, the size of the blocks of free
+# memory this VM hands back to its host, and so took reclaimed ones even while memory
+# freed lately was at hand (a script writing new 4 MiB files: 2.9-3.3 CPU-s per GiB in
+# writes of 2 or 4 MiB, 0.28-0.44 in writes of 1 MiB or less).
 WRITE_PIECE = 2**20
 
 
@@ -61,11 +76,55 @@ def write_block_file(path: Path, data: blocks.Data, crc: int) -> None:
     (or a mapping) sees the old file or the new one, never a mix. Blocking."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f, memoryview(data) as view, view.cast("B") as whole:
-        for at in range(0, len(whole), WRITE_PIECE):
-            f.write(whole[at : at + WRITE_PIECE])  # larger than the buffer: written at once
-        f.write(_TRAILER.pack(_MAGIC, crc))
+    trailer = _TRAILER.pack(_MAGIC, crc)
+    tier = str(path.parent.parent)
+    direct = len(data) >= DIRECT_FROM and tier not in _buffered_only
+    if direct and not _write_direct(tmp, data, trailer):
+        _buffered_only.add(tier)
+        direct = False
+    if not direct:
+        with open(tmp, "wb") as f, memoryview(data) as view, view.cast("B") as whole:
+            for at in range(0, len(whole), WRITE_PIECE):
+                f.write(whole[at : at + WRITE_PIECE])  # larger than the buffer: at once
+            f.write(trailer)
     os.replace(tmp, path)
+
+
+def _write_direct(tmp: Path, data: blocks.Data, trailer: bytes) -> bool:
+    """Write `data` and `trailer` to `tmp`, its aligned part with O_DIRECT (copied through
+    this thread's page-aligned buffer: the block's own memory need not be aligned), the
+    rest through the page cache; False, nothing written, where the filesystem refuses
+    O_DIRECT (tmpfs before Linux 6.6, some FUSE and network filesystems)."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            return False
+        raise
+    try:
+        view = memoryview(data).cast("B")
+        whole = len(view) - len(view) % _ALIGN
+        buf: mmap.mmap | None = getattr(_aligned, "buf", None)
+        if buf is None:
+            buf = _aligned.buf = mmap.mmap(-1, _CHUNK)
+        with memoryview(buf) as aligned:
+            at = 0
+            while at < whole:
+                n = min(_CHUNK, whole - at)
+                aligned[:n] = view[at : at + n]
+                done = 0
+                while done < n:
+                    done += os.pwrite(fd, aligned[done:n], at + done)
+                at += n
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        rest = bytes(view[whole:]) + trailer
+        done = 0
+        while done < len(rest):
+            done += os.pwrite(fd, rest[done:], whole + done)
+    finally:
+        os.close(fd)
+    return True
 
 
 # ext4's inode flag for "the top of a directory hierarchy": the allocator spreads the

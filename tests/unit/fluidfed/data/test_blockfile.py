@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from devkit import testing
 from fluidfed.data import blockfile, blocks
 from fluidfed.data.blockfile import (
+    DIRECT_FROM,
     TRAILER_SIZE,
     WRITE_PIECE,
     block_file,
@@ -133,16 +135,52 @@ async def test_a_block_file_given_from_a_reused_buffer_is_checked_first(tmp_path
     assert len(seen) == 3
 
 
-@pytest.mark.parametrize("size", [0, 5, WRITE_PIECE, 3 * WRITE_PIECE + 1])
-def test_a_block_written_in_pieces_reads_back_checked(tmp_path: Path, size: int) -> None:
-    # a view into a larger buffer (as a library's), none, one or several pieces, the last
-    # one short: the file is the data and its trailer all the same
+@pytest.mark.parametrize("size", [0, 5, 128 * 1024, DIRECT_FROM - 1])
+def test_a_small_block_written_through_the_page_cache_reads_back_checked(
+    tmp_path: Path, size: int
+) -> None:
+    # a view into a larger buffer (as a library's), empty or not: the data and its trailer
     payload = memoryview(os.urandom(size + 3))[3:]
     path = block_path(tmp_path, "e" * 32)
     write_block_file(path, payload, blocks.checksum(payload))
     assert path.stat().st_size == size + TRAILER_SIZE
     assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("size", [DIRECT_FROM, DIRECT_FROM + 4096 + 5, 3 * 2**22 + 1])
+def test_a_large_block_written_past_the_page_cache_reads_back_checked(
+    tmp_path: Path, size: int
+) -> None:
+    # unaligned memory (an offset into a larger buffer), an unaligned length, and more
+    # than one aligned chunk: the file is the data and its trailer, as a buffered write's
+    payload = memoryview(os.urandom(size + 3))[3:]
+    path = block_path(tmp_path, "e" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    assert path.stat().st_size == size + TRAILER_SIZE
+    with pytest.raises(NotCached):  # past the page cache: its first page is not there
+        map_block_file(path, cached_only=True)
+    assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_filesystem_refusing_direct_writes_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_direct(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    payload = os.urandom(3 * WRITE_PIECE + 1)  # buffered: in pieces
+    for key in ("f" * 32, "0" * 32):
+        path = block_path(tmp_path, key)
+        write_block_file(path, payload, blocks.checksum(payload))
+        assert read_block_file(path) == (payload, blocks.checksum(payload))
+    assert str(tmp_path) in blockfile._buffered_only
 
 
 def _flags(path: Path) -> int:
