@@ -93,8 +93,9 @@ def write_block_file(path: Path, data: blocks.Data, crc: int) -> None:
 def _write_direct(tmp: Path, data: blocks.Data, trailer: bytes) -> bool:
     """Write `data` and `trailer` to `tmp`, its aligned part with O_DIRECT (copied through
     this thread's page-aligned buffer: the block's own memory need not be aligned), the
-    rest through the page cache; False, nothing written, where the filesystem refuses
-    O_DIRECT (tmpfs before Linux 6.6, some FUSE and network filesystems)."""
+    rest through the page cache; False where the filesystem refuses O_DIRECT (tmpfs before
+    Linux 6.6, some FUSE and network filesystems) or this alignment (the caller writes the
+    file again, buffered)."""
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
     except OSError as err:
@@ -112,8 +113,13 @@ def _write_direct(tmp: Path, data: blocks.Data, trailer: bytes) -> bool:
             while at < whole:
                 n = min(_CHUNK, whole - at)
                 aligned[:n] = view[at : at + n]
-                done = 0
-                while done < n:
+                try:
+                    done = os.pwrite(fd, aligned[:n], at)
+                except OSError as err:  # opened, but its alignment is not the disk's
+                    if err.errno == errno.EINVAL:
+                        return False
+                    raise
+                while done < n:  # short (rare: out of space is an error instead)
                     done += os.pwrite(fd, aligned[done:n], at + done)
                 at += n
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,6 +181,24 @@ def test_a_filesystem_refusing_direct_writes_gets_buffered_ones(
         path = block_path(tmp_path, key)
         write_block_file(path, payload, blocks.checksum(payload))
         assert read_block_file(path) == (payload, blocks.checksum(payload))
+    assert str(tmp_path) in blockfile._buffered_only
+
+
+def test_a_disk_refusing_the_alignment_of_direct_writes_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+
+    def no_aligned(fd: int, data: Any, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", no_aligned)
+    payload = os.urandom(DIRECT_FROM + 5)
+    path = block_path(tmp_path, "1" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    assert read_block_file(path) == (payload, blocks.checksum(payload))
     assert str(tmp_path) in blockfile._buffered_only
 
 
