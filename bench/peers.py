@@ -331,9 +331,9 @@ def seq_runs(
     try:
         # fill each client's cache (a cold read that also fills it; not counted as cold:
         # the peers write to their disk caches while reading), into an empty cache each
-        # round, the clients taking turns going first (the one after another's unmount
-        # writes into memory just freed, which this VM gives out faster: README); the
-        # last round's caches serve the warm rows
+        # round, the clients taking turns going first (each meets the machine as the one
+        # before left it: page cache, memory freed or not); the last round's caches serve
+        # the warm rows
         for r in range(runs):
             for c in rotated(clients, r):
                 if c in b.trees:
@@ -518,10 +518,9 @@ def main() -> None:
         "--settle",
         type=float,
         default=0.0,
-        help="seconds each client's mount waits before its first read filling its cache: "
-        "memory freed in the last ~2 s (the previous client's page cache) is handed out "
-        "without the faults this VM's host takes for memory it was given back (free page "
-        "reporting); a client that starts faster than that fills its cache into it",
+        help="seconds each client's mount waits before its first read filling its cache, "
+        "so that memory the client before freed has been handed back to this VM's host "
+        "(free page reporting, ~2 s) whoever starts faster (4 s changed no figure in one run)",
     )
     args = ap.parse_args()
     if args.quick:
