@@ -4,7 +4,8 @@ Reading one checks the CRC. A checked file can also be mapped read-only and faul
 once (so an unreadable file is an OSError at load time, never a SIGBUS later); a probe with
 RWF_NOWAIT tells whether the file is in the page cache, so the caller can map it on its
 event loop and read the rest in a thread. Workers replace block files whole (rename) and
-never shorten one, so a mapped file cannot shrink under its reader.
+never shorten one, so a mapped file cannot shrink under its reader. A block of 1 MiB or
+more is written past the page cache (O_DIRECT), smaller ones through it.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ def spread_subdirectories(directory: str | Path) -> bool:
     files in them) in block groups of their own rather than beside the parent's. Without
     a journal, ext4 checks every free inode it passes in a group for a deletion in the last
     30-60 s and skips it: in a group other files come and go in (a shared /tmp, a cache
-    that evicts), each new block file scanned past hundreds of them, a quarter of a cache
-    worker's CPU on a first read of small files (figures: README, "Measured design
+    that evicts), each new block file was checked against every one of them, a quarter of
+    a cache worker's CPU on a first read of small files (figures: README, "Measured design
     decisions"). False where the filesystem has no such flag (not ext4): nothing changes."""
     flags = array.array("i", [0])
     try:
