@@ -174,32 +174,38 @@ def one(
     total_mib = len(keys) * FILE_SIZE // 2**20 + 1
     w = None
     env = {"FLUIDFED_EVENT_LOOP": loop} if loop else {}
-    with peers.pythonpath(tree, env):
-        if mode != "alone":
-            w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-        if mode in ("dropped", "cached", "served"):
-            assert w is not None
-            fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
-            try:
-                if SEQ:
-                    rp.cat_mib_s(fill.mountpoint / keys[0])
-                else:
-                    rp.read_whole([fill.mountpoint / k for k in keys])
-            finally:
-                fill.close()
-            want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
-            t0 = time.perf_counter()
-            while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
-                time.sleep(0.2)
-            if mode == "dropped":
-                rp.drop_cached(w.dir)
-        sc = rp.sidecar(
-            root,
-            f"sc-{name}-{run}",
-            mount,
-            [w.url] if w else [],
-            short_circuit=mode in ("dropped", "cached", "filling"),
-        )
+    try:
+        with peers.pythonpath(tree, env):
+            if mode != "alone":
+                w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
+            if mode in ("dropped", "cached", "served"):
+                assert w is not None
+                fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
+                try:
+                    if SEQ:
+                        rp.cat_mib_s(fill.mountpoint / keys[0])
+                    else:
+                        rp.read_whole([fill.mountpoint / k for k in keys])
+                finally:
+                    fill.close()
+                want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
+                t0 = time.perf_counter()
+                while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
+                    time.sleep(0.2)
+                if mode == "dropped":
+                    rp.drop_cached(w.dir)
+            sc = rp.sidecar(
+                root,
+                f"sc-{name}-{run}",
+                mount,
+                [w.url] if w else [],
+                short_circuit=mode in ("dropped", "cached", "filling"),
+            )
+    except BaseException:
+        if w is not None:  # a failed fill leaves no worker running
+            w.close()
+            shutil.rmtree(w.dir, ignore_errors=True)
+        raise
     assert sc.proc is not None
     spies = []
     try:
