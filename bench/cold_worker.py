@@ -5,13 +5,19 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
 
     python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3] [--file-kib 128]
         [--variants alone,worker,dropped] [--profile DIR] [--perf DIR] [--ops]
+        [--seq-mib 512]
 
     alone    a fresh sidecar without workers (reads MinIO itself)
     worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
-             node): every block a miss the worker fetches and writes before it answers
+             node): every block a miss the worker fetches, answers and writes to its disk
+    filling  `worker` with the sidecar on the worker's node (short-circuit on, as
+             bench/peers.py's first read filling the cache): the misses come over HTTP all
+             the same
     dropped  a fresh sidecar beside a worker holding every block (filled before, not
              counted), the block files dropped from the page cache (short-circuit reads)
     cached   the same with the block files left in the page cache
+    served   the same read over HTTP (a sidecar on another node), the block files as the
+             fill left them
     NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
              and/or on another event loop, e.g. main=/tmp/main:worker or
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
@@ -20,11 +26,14 @@ Figures: files/s, p50/p99 per file, CPU ms per file of the sidecar and of the wo
 of that the system time), their minor page faults per file, and for `worker` the blocks
 the worker holds afterwards. The clients take turns going first. --profile records py-spy
 (250 Hz, Python frames) of the sidecar and the worker in each run, into DIR; --perf records
-`perf record -g` of the sidecar (every thread, kernel and native frames) into DIR. --ops
+`perf record -g` of the sidecar and the worker (every thread, kernel and native frames) into DIR. --ops
 counts the requests the kernel sends the mount per file, by kind (the
 `fuse:fuse_request_send` trace event; needs tracefs: `mount -t tracefs nodev
 /sys/kernel/tracing`). --file-kib sets the files' size (4096: one whole 4 MiB block per
-file, a first epoch of large samples filling the worker's disk).
+file, a first epoch of large samples filling the worker's disk). --seq-mib N reads one
+file of N MiB instead, sequentially with fio (1 MiB requests, the sidecar's read-ahead
+asking for the next blocks): `worker` is then bench/peers.py's "first read filling the
+cache" row, in MiB/s with CPU per GiB ("per file" figures become per GiB).
 """
 
 from __future__ import annotations
@@ -52,10 +61,27 @@ from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed.data import credentials
 
 FILE_SIZE = rp.SMALL_FILE  # --file-kib
+SEQ = False  # --seq-mib: one file read sequentially by fio
+KEEP = False  # --keep: workers' block files deleted only at the end (see --help)
+MINIO_PID = 0  # its CPU is counted too: MinIO shares the two cores
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
 def write_files(root: Path, keys: list[str]) -> None:
     """`rp.write_small_files`, or files of FILE_SIZE: their number, then random bytes."""
+    if SEQ:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / keys[0], "wb") as f:
+            for _ in range(FILE_SIZE // 2**20):
+                f.write(os.urandom(2**20))
+        return
     if FILE_SIZE == rp.SMALL_FILE:
         rp.write_small_files(root, keys)
         return
@@ -148,28 +174,38 @@ def one(
     total_mib = len(keys) * FILE_SIZE // 2**20 + 1
     w = None
     env = {"FLUIDFED_EVENT_LOOP": loop} if loop else {}
-    with peers.pythonpath(tree, env):
-        if mode != "alone":
-            w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-        if mode in ("dropped", "cached"):
-            assert w is not None
-            fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
-            try:
-                rp.read_whole([fill.mountpoint / k for k in keys])
-            finally:
-                fill.close()
-            t0 = time.perf_counter()
-            while worker_blocks(w) < len(keys) and time.perf_counter() - t0 < 60:
-                time.sleep(0.2)
-            if mode == "dropped":
-                rp.drop_cached(w.dir)
-        sc = rp.sidecar(
-            root,
-            f"sc-{name}-{run}",
-            mount,
-            [w.url] if w else [],
-            short_circuit=mode in ("dropped", "cached"),
-        )
+    try:
+        with peers.pythonpath(tree, env):
+            if mode != "alone":
+                w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
+            if mode in ("dropped", "cached", "served"):
+                assert w is not None
+                fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
+                try:
+                    if SEQ:
+                        rp.cat_mib_s(fill.mountpoint / keys[0])
+                    else:
+                        rp.read_whole([fill.mountpoint / k for k in keys])
+                finally:
+                    fill.close()
+                want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
+                t0 = time.perf_counter()
+                while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
+                    time.sleep(0.2)
+                if mode == "dropped":
+                    rp.drop_cached(w.dir)
+            sc = rp.sidecar(
+                root,
+                f"sc-{name}-{run}",
+                mount,
+                [w.url] if w else [],
+                short_circuit=mode in ("dropped", "cached", "filling"),
+            )
+    except BaseException:
+        if w is not None:  # a failed fill leaves no worker running
+            w.close()
+            shutil.rmtree(w.dir, ignore_errors=True)
+        raise
     assert sc.proc is not None
     spies = []
     try:
@@ -198,34 +234,46 @@ def one(
                         stderr=subprocess.DEVNULL,
                     )
                 )
-        if perf is not None:
-            out = perf / f"{name}-sidecar-{run}.data"
+        for who, pid in pids.items() if perf is not None else ():
+            assert perf is not None
+            out = perf / f"{name}-{who}-{run}.data"
             spies.append(
                 subprocess.Popen(
-                    ["perf", "record", "-g", "-F", "999", "-p", str(sc.proc.pid), "-o", str(out)],
+                    ["perf", "record", "-g", "-F", "999", "-p", str(pid), "-o", str(out)],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
             )
         if spies:
             time.sleep(1.0)
+        if MINIO_PID:
+            pids["minio"] = MINIO_PID
+        busy0 = machine_busy()
         cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
         sys0 = {k: system_seconds(p) for k, p in pids.items()}
         flt0 = {k: minor_faults(p) for k, p in pids.items()}
         threads0 = thread_seconds(sc.proc.pid)
         counter = FuseOps(sc.mountpoint) if ops else None
-        got: dict[str, Any] = rp.read_whole([sc.mountpoint / k for k in keys])
+        if SEQ:
+            path = sc.mountpoint / keys[0]
+            got: dict[str, Any] = rp.fio(path, "read", "1M", size=FILE_SIZE)
+            units = FILE_SIZE / 2**30 * 1000  # "ms per file" becomes s per GiB
+        else:
+            got = rp.read_whole([sc.mountpoint / k for k in keys])
+            units = len(keys)
         if counter is not None:
             got["fuse_ops_per_file"] = counter.stop(len(keys))
+        busy1 = machine_busy()
+        got["machine_busy"] = round((busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 3)
         threads1 = thread_seconds(sc.proc.pid)
         for k, v in threads1.items():
-            got[f"sidecar_{k}_ms_per_file"] = round((v - threads0[k]) * 1000 / len(keys), 3)
+            got[f"sidecar_{k}_ms_per_file"] = round((v - threads0[k]) * 1000 / units, 3)
         for k, p in pids.items():
             got[f"{k}_cpu_ms_per_file"] = round(
-                (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / len(keys), 3
+                (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / units, 3
             )
-            got[f"{k}_sys_ms_per_file"] = round((system_seconds(p) - sys0[k]) * 1000 / len(keys), 3)
-            got[f"{k}_faults_per_file"] = round((minor_faults(p) - flt0[k]) / len(keys), 1)
+            got[f"{k}_sys_ms_per_file"] = round((system_seconds(p) - sys0[k]) * 1000 / units, 3)
+            got[f"{k}_faults_per_file"] = round((minor_faults(p) - flt0[k]) / units, 1)
         for s in spies:
             s.send_signal(2)
         for s in spies:
@@ -241,7 +289,8 @@ def one(
         sc.close()
         if w is not None:
             w.close()
-            shutil.rmtree(w.dir, ignore_errors=True)
+            if not KEEP:
+                shutil.rmtree(w.dir, ignore_errors=True)
 
 
 def main() -> None:
@@ -254,9 +303,19 @@ def main() -> None:
     ap.add_argument("--file-kib", type=int, default=rp.SMALL_FILE // 1024)
     ap.add_argument("--perf", type=Path)
     ap.add_argument("--ops", action="store_true", help="FUSE requests per file, by kind")
+    ap.add_argument("--seq-mib", type=int, default=0, help="one file of this size, fio")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="delete the workers' block files only at the end: ext4 without a journal (this "
+        "VM's) skips inodes freed in the last 30-60 s one by one on every create",
+    )
     args = ap.parse_args()
-    global FILE_SIZE
+    global FILE_SIZE, SEQ, KEEP
+    KEEP = args.keep
     FILE_SIZE = args.file_kib * 1024
+    if args.seq_mib:
+        FILE_SIZE, SEQ = args.seq_mib * 2**20, True
     os.environ.update(CREDENTIALS)
     variants: list[tuple[str, tuple[str, str, str]]] = []
     for v in args.variants.split(","):
@@ -268,7 +327,9 @@ def main() -> None:
             d.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="fluidfed-coldw-"))
     server = S3Server(root / "minio").start()
-    keys = rp.small_file_keys(args.files, args.dirs)
+    global MINIO_PID
+    MINIO_PID = server.proc.pid if server.proc is not None else 0
+    keys = ["big.bin"] if SEQ else rp.small_file_keys(args.files, args.dirs)
     out: dict[str, list[dict[str, Any]]] = {}
     try:
         local = root / "local"
@@ -288,16 +349,23 @@ def main() -> None:
             processes.force_unmount(mnt)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(
-        f"{args.files} files of {args.file_kib} KiB, {args.dirs} dirs, 8 readers, medians of {args.runs}"
-    )
+    if SEQ:
+        print(
+            f"one file of {args.seq_mib} MiB, fio 1 MiB sequential, per GiB, medians of {args.runs}"
+        )
+    else:
+        print(
+            f"{args.files} files of {args.file_kib} KiB, {args.dirs} dirs, 8 readers, "
+            f"medians of {args.runs}"
+        )
     for name, xs in out.items():
         row = {
             k: statistics.median(x[k] for x in xs)
             for k in xs[0]
             if isinstance(xs[0][k], (int, float))
         }
-        row["files_per_s_runs"] = [x["files_per_s"] for x in xs]
+        speed = "MiB_per_s" if SEQ else "files_per_s"
+        row[f"{speed}_runs"] = [x[speed] for x in xs]
         print(name, json.dumps(row))
     print("load average", os.getloadavg())
 

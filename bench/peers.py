@@ -2,7 +2,7 @@
 on the same MinIO (loopback), in the same run, clients interleaved, medians of --runs.
 
     python bench/peers.py [--quick] [--size-mib 1024] [--files 20000] [--dirs 200]
-        [--flat 10000] [--runs 3] [--only seq,small,meta] [--clients fluidfed,s3fs,...]
+        [--flat 10000] [--runs 3] [--only seq,small,meta,fill] [--clients fluidfed,s3fs,...]
         [--before TREE] [--asyncio]
 
     seq    one big object read sequentially with fio (1 MiB requests):
@@ -11,6 +11,9 @@ on the same MinIO (loopback), in the same run, clients interleaved, medians of -
            warm   a fresh mount over each client's own cache, filled before: fluidfed's
                   cache worker on this node (short-circuit) and as if on another (HTTP)
            reread the same mount again, the kernel's page cache warm
+           fill   the first read of each client filling its empty cache (fluidfed: through
+                  an empty cache worker), --runs times, the clients taking turns (`--only
+                  fill`: these rows alone)
     small  20,000 files of 128 KiB in 200 directories read whole by 8 threads (a
            DataLoader's 8 workers): files/s, p50/p99 per file, CPU per 1,000 files
            cold   fresh mount, no cache (fluidfed also through an empty cache worker)
@@ -177,13 +180,21 @@ class Bench:
         self.juicefs = ""  # the JuiceFS binary, once the volume is formatted and loaded
         self.meta = f"sqlite3://{root / 'juicefs.db'}"
         self.count = 0
+        self.generation: dict[str, int] = {}  # of each client's cache directory
+        self.settle = 0.0  # seconds between a mount and its first read filling its cache
         # fluidfed clients: name -> the source tree its processes run from ("": this one)
         self.trees: dict[str, str] = {"fluidfed": ""}
         # ... and the environment they run with besides this one's
         self.envs: dict[str, dict[str, str]] = {}
 
     def caches(self, client: str) -> Path:
-        return self.root / "caches" / client
+        return self.root / "caches" / f"{client}{self.generation.get(client, 0)}"
+
+    def fresh_cache(self, client: str) -> None:
+        """The client's next `open(cache=True)` starts from an empty cache directory (the
+        old one stays on disk till the end: deleting files costs the next writer on this
+        VM's ext4, see bench/cold_worker.py --keep)."""
+        self.generation[client] = self.generation.get(client, 0) + 1
 
     def _next(self, client: str) -> tuple[Path, Path]:
         self.count += 1
@@ -291,7 +302,9 @@ def measure(m: Mounted, fn: Callable[[], dict[str, Any]], per: float, unit: str)
     return got
 
 
-def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, Any]:
+def seq_runs(
+    b: Bench, clients: list[str], size: int, runs: int, fill_only: bool = False
+) -> dict[str, Any]:
     big = "big.bin"
     gib = size / 2**30
     url = asyncio.run(b.server.presign(f"{PREFIX}/{big}"))
@@ -313,19 +326,33 @@ def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, An
     def add(row: str, got: dict[str, Any]) -> None:
         out.setdefault(row, []).append(got)
 
-    workers = {c: b.worker(c, "seq", size // 2**20) for c in clients if c in b.trees}
+    workers: dict[str, processes.WorkerProcess] = {}
+    old: list[processes.WorkerProcess] = []
     try:
-        # fill each client's cache once (a cold read that also fills it), not counted
-        # as cold: the peers write to their disk caches while reading
-        for c in clients:
-            w = workers.get(c)
-            m = b.fluidfed(c, [w]) if w is not None else b.open(c, cache=True)
-            try:
-                add(f"{c}: cold, filling its cache" + (" (a worker)" if w else ""), fio(m))
-            finally:
-                m.close()
-        os.sync()
+        # fill each client's cache (a cold read that also fills it; not counted as cold:
+        # the peers write to their disk caches while reading), into an empty cache each
+        # round, the clients taking turns going first (each meets the machine as the one
+        # before left it: page cache, memory freed or not); the last round's caches serve
+        # the warm rows
         for r in range(runs):
+            for c in rotated(clients, r):
+                if c in b.trees:
+                    if c in workers:
+                        old.append(workers[c])
+                        workers[c].close()
+                    w = workers[c] = b.worker(c, "seq", size // 2**20)
+                    m = b.fluidfed(c, [w])
+                else:
+                    b.fresh_cache(c)
+                    m = b.open(c, cache=True)
+                try:
+                    time.sleep(b.settle)
+                    row = f"{c}: cold, filling its cache" + (" (a worker)" if c in b.trees else "")
+                    add(row, fio(m))
+                finally:
+                    m.close()
+        os.sync()
+        for r in range(0 if fill_only else runs):
             mib_s = asyncio.run(rp.raw_get_loop(url, size, rp.READAHEAD + 1))
             add("raw ranged-GET loop", {"MiB_per_s": round(mib_s, 1)})
             for c in rotated(clients, r):
@@ -349,7 +376,7 @@ def seq_runs(b: Bench, clients: list[str], size: int, runs: int) -> dict[str, An
                     finally:
                         m.close()
     finally:
-        for w in workers.values():
+        for w in [*workers.values(), *old]:
             w.close()
     return {row: summarize(xs) for row, xs in out.items()}
 
@@ -459,7 +486,7 @@ def table(title: str, rows: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("seq", "small", "meta")
+PARTS = ("seq", "small", "meta")  # and "fill": of "seq", only the first read filling a cache
 CLIENTS = ("fluidfed", "s3fs", "rclone", "juicefs")
 
 
@@ -486,6 +513,14 @@ def main() -> None:
         action="store_true",
         help="also fluidfed from this tree on asyncio's loop instead of uvloop "
         "(FLUIDFED_EVENT_LOOP=asyncio), as 'fluidfed-asyncio'",
+    )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds each client's mount waits before its first read filling its cache, "
+        "so that memory the client before freed has been handed back to this VM's host "
+        "(free page reporting, ~2 s) whoever starts faster (4 s changed no figure in one run)",
     )
     args = ap.parse_args()
     if args.quick:
@@ -514,6 +549,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="fluidfed-peers-"))
     server = S3Server(root / "minio").start()
     b = Bench(root, server)
+    b.settle = args.settle
     if args.before:
         b.trees["fluidfed-before"] = str(Path(args.before).resolve())
     if args.asyncio:
@@ -537,8 +573,8 @@ def main() -> None:
             b.load_juicefs(local)
         results["versions"] = versions(b, clients)
         tables = []
-        if "seq" in only:
-            results["seq"] = seq_runs(b, clients, size, args.runs)
+        if "seq" in only or "fill" in only:
+            results["seq"] = seq_runs(b, clients, size, args.runs, fill_only="seq" not in only)
             tables.append(table(f"{args.size_mib} MiB sequential, fio 1 MiB", results["seq"]))
         if "small" in only:
             results["small"] = small_runs(b, clients, local, keys, args.runs)

@@ -27,6 +27,11 @@ from fluidfed.data.store import BlockStore
 
 log = logging.getLogger("fluidfed.worker")
 
+# bytes of fetched blocks a worker may hold in memory while their files are written: it
+# answers a miss before the block file is written (README, "Measured design decisions");
+# past this, a miss waits for its file
+WRITE_BEHIND = 64 * 2**20
+
 # a file of the dataset as listed, or as a block request names it: the server passes the
 # query itself, no FileRef built per request
 Source = FileRef | protocol.BlockQuery
@@ -77,7 +82,9 @@ class Worker:
             )
         self.verifier = credentials.Verifier(self.credentials.current.keys)
         pod = os.environ.get("HOSTNAME") or socket.gethostname()
-        self.store = BlockStore(layout.own_tiers(cfg.tiers, pod), root=cache_root)
+        self.store = BlockStore(
+            layout.own_tiers(cfg.tiers, pod), root=cache_root, write_behind=WRITE_BEHIND
+        )
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[blocks.Data, int]]] = {}
         self._fetch_slots = asyncio.Semaphore(cfg.fetch_concurrency)
@@ -126,8 +133,14 @@ class Worker:
     async def close(self) -> None:
         if self._load_task:
             self._load_task.cancel()
+        await self.stored()
         if self.session:
             await self.session.close()
+
+    async def stored(self) -> None:
+        """Once every block answered so far is in its file: a block is served from memory
+        while its file is written, and anything that counts or reads the files waits."""
+        await self.store.stored()
 
     def peers(self) -> list[str]:
         urls = self.cfg.workers.urls()
@@ -231,6 +244,7 @@ class Worker:
                     prog.done += 1
 
             await asyncio.gather(*(pull() for _ in range(self.cfg.fetch_concurrency)))
+            await self.stored()  # loaded means in the files, not in memory waiting for them
             # what is still there (a quota smaller than the data evicts as it goes)
             prog.cached = sum(1 for key, _, _ in todo if key in self.store)
             prog.state = "failed" if prog.errors else "done"
@@ -244,6 +258,7 @@ class Worker:
         """Hand every block to its owner among `peers` (this worker excluded)."""
         others = [p for p in peers if p != self.url]
         moved = failed = sent = 0
+        await self.stored()
         if not others or self.session is None:
             return protocol.DrainResult(moved=0, bytes=0, failed=0)
         keys = self.store.hottest()

@@ -4,13 +4,16 @@ Reading one checks the CRC. A checked file can also be mapped read-only and faul
 once (so an unreadable file is an OSError at load time, never a SIGBUS later); a probe with
 RWF_NOWAIT tells whether the file is in the page cache, so the caller can map it on its
 event loop and read the rest in a thread. Workers replace block files whole (rename) and
-never shorten one, so a mapped file cannot shrink under its reader.
+never shorten one, so a mapped file cannot shrink under its reader. A block of 1 MiB or
+more is written past the page cache (O_DIRECT), smaller ones through it.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
+import fcntl
 import mmap
 import os
 import struct
@@ -45,15 +48,122 @@ def tier_dir(path: str | Path, key: str) -> str | None:
     return str(p.parent.parent)
 
 
+# Blocks of this size or more are written past the page cache (O_DIRECT). A block file's
+# page cache is memory the machine has not used lately, and on a VM whose host takes free
+# memory back (free page reporting: this one's), touching it again cost the worker 3-3.7
+# CPU-s per GiB of copy_folio_from_iter_atomic once the memory freed recently was used up,
+# against 0.6-0.7 (all of its system time) writing past it; a first read of 4 MiB blocks
+# through an empty worker, with the page cache growing, read at 235-245 MiB/s against
+# 466-488 (figures: README, "Measured design decisions"). What it costs: the first read of
+# such a file afterwards comes from the disk (its reader faults the page cache in then),
+# later ones from the page cache as before. Smaller blocks stay buffered: a direct write
+# per 128 KiB file cost more than a buffered one.
+DIRECT_FROM = 2**20
+_ALIGN = 4096  # of a direct write's memory, offset and length (any disk's logical block)
+_CHUNK = 8 * 2**20  # largest direct write, the size of each thread's aligned buffer
+_aligned = threading.local()  # each writing thread's page-aligned buffer
+_buffered_only: set[str] = set()  # tier directories whose filesystem refused O_DIRECT
+
+# A buffered block file is written in pieces of at most this many bytes: given 2 MiB or
+# more in one write, ext4 puts the pages in 2 MiB folios, the size of the blocks of free
+# memory this VM hands back to its host, and so took reclaimed ones even while memory
+# freed lately was at hand (a script writing new 4 MiB files: 2.9-3.3 CPU-s per GiB in
+# writes of 2 or 4 MiB, 0.28-0.44 in writes of 1 MiB or less).
+WRITE_PIECE = 2**20
+
+
 def write_block_file(path: Path, data: blocks.Data, crc: int) -> None:
     """Write a block file whole: to a temporary name, then renamed over `path`, so a reader
     (or a mapping) sees the old file or the new one, never a mix. Blocking."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.write(_TRAILER.pack(_MAGIC, crc))
+    trailer = _TRAILER.pack(_MAGIC, crc)
+    tier = str(path.parent.parent)
+    direct = len(data) >= DIRECT_FROM and tier not in _buffered_only
+    if direct and not _write_direct(tmp, data, trailer):
+        _buffered_only.add(tier)
+        direct = False
+    if not direct:
+        with open(tmp, "wb") as f, memoryview(data) as view, view.cast("B") as whole:
+            for at in range(0, len(whole), WRITE_PIECE):
+                f.write(whole[at : at + WRITE_PIECE])  # larger than the buffer: at once
+            f.write(trailer)
     os.replace(tmp, path)
+
+
+def _write_direct(tmp: Path, data: blocks.Data, trailer: bytes) -> bool:
+    """Write `data` and `trailer` to `tmp`, its aligned part with O_DIRECT (copied through
+    this thread's page-aligned buffer: the block's own memory need not be aligned), the
+    rest through the page cache; False where the filesystem refuses O_DIRECT (tmpfs before
+    Linux 6.6, some FUSE and network filesystems) or this alignment (the caller writes the
+    file again, buffered)."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            return False
+        raise
+    try:
+        view = memoryview(data).cast("B")
+        whole = len(view) - len(view) % _ALIGN
+        buf: mmap.mmap | None = getattr(_aligned, "buf", None)
+        if buf is None:
+            buf = _aligned.buf = mmap.mmap(-1, _CHUNK)
+        with memoryview(buf) as aligned:
+            at = 0
+            while at < whole:
+                n = min(_CHUNK, whole - at)
+                aligned[:n] = view[at : at + n]
+                try:
+                    done = os.pwrite(fd, aligned[:n], at)
+                except OSError as err:  # opened, but its alignment is not the disk's
+                    if err.errno == errno.EINVAL:
+                        return False
+                    raise
+                while done < n:  # short (rare: out of space is an error instead)
+                    done += os.pwrite(fd, aligned[done:n], at + done)
+                at += n
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        rest = bytes(view[whole:]) + trailer
+        done = 0
+        while done < len(rest):
+            done += os.pwrite(fd, rest[done:], whole + done)
+    finally:
+        os.close(fd)
+    return True
+
+
+# ext4's inode flag for "the top of a directory hierarchy": the allocator spreads the
+# subdirectories of such a directory over the disk's block groups as it does the root's
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_TOPDIR_FL = 0x00020000
+
+
+def spread_subdirectories(directory: str | Path) -> bool:
+    """Mark a disk tier's directory so that ext4 puts its subdirectories (and so the block
+    files in them) in block groups of their own rather than beside the parent's. Without
+    a journal, ext4 checks every free inode it passes in a group for a deletion in the last
+    30-60 s and skips it: in a group other files come and go in (a shared /tmp, a cache
+    that evicts), each new block file was checked against every one of them, a quarter of
+    a cache worker's CPU on a first read of small files (figures: README, "Measured design
+    decisions"). False where the filesystem has no such flag (not ext4): nothing changes."""
+    flags = array.array("i", [0])
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+        if not flags[0] & _TOPDIR_FL:
+            flags[0] |= _TOPDIR_FL
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags, False)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def read_block_file(path: str | Path) -> tuple[bytes, int]:

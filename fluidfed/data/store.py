@@ -7,13 +7,21 @@ is read whole, so a corrupt block is dropped and reported as a miss (the caller 
 again); a block checked once can be sent from the page cache as it is (`open_verified`),
 its receiver checking the CRC end to end. Disk
 tiers are indexed again on start, so a restarted worker keeps its cache.
+
+With `write_behind`, a block put into a disk tier is held in memory while a thread writes
+its file, and `put` returns at once (a cache worker answers its reader meanwhile): reads of
+it are served from that memory, it is located or sent from its file only once the file is
+whole (renamed into place), and `stored` waits until every such file is written. At most
+`write_behind` bytes wait so; past that, `put` writes before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,9 +32,12 @@ from fluidfed.data.blockfile import (
     TRAILER_SIZE,
     block_path,
     read_block_file,
+    spread_subdirectories,
     write_block_file,
 )
 from fluidfed.models import CacheTier
+
+log = logging.getLogger("fluidfed.store")
 
 
 @dataclass
@@ -44,6 +55,8 @@ class StoreStats:
     hits: int = 0
     misses: int = 0
     corrupt: int = 0
+    writing: int = 0  # blocks served from memory until their file is written
+    write_errors: int = 0  # ... whose file could not be written (no longer cached)
     tiers: list[TierStats] = field(default_factory=list)
 
     @property
@@ -63,6 +76,8 @@ class _Tier:
         self.mem: dict[str, tuple[blocks.Data, int]] = {}
         # disk blocks whose CRC held since they were written or read: key -> (crc, length)
         self.verified: dict[str, tuple[int, int]] = {}
+        # disk blocks whose file is being written, held here meanwhile: key -> (data, crc)
+        self.pending: dict[str, tuple[blocks.Data, int]] = {}
         self.hits = 0
         self.evictions = 0
 
@@ -121,7 +136,9 @@ class _Tier:
 class BlockStore:
     """Tiered block storage with checksums. Not thread-safe: use from one event loop."""
 
-    def __init__(self, tiers: list[CacheTier], root: Path | None = None) -> None:
+    def __init__(
+        self, tiers: list[CacheTier], root: Path | None = None, *, write_behind: int = 0
+    ) -> None:
         self._tiers: list[_Tier] = []
         for i, spec in enumerate(tiers):
             directory = None
@@ -134,12 +151,22 @@ class BlockStore:
                     raise ValueError(f"tier {i} ({spec.medium}) needs a path")
             self._tiers.append(_Tier(spec, directory))
         self.stats = StoreStats()
+        self.write_behind = write_behind  # bytes of blocks that may wait for their files
+        self._behind = 0  # ... waiting now
+        # what is being done to each block's file, one thing at a time per key (writes share
+        # a temporary name; a removal must not take a file written after it was decided):
+        # writes behind the readers, writes `put` waits for, and removals
+        self._files: dict[str, asyncio.Task[None]] = {}
+        # block files are written by a thread of their own, so writes waiting behind their
+        # readers never hold up the shared threads (checksums, reads of disk blocks)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
 
     async def open(self) -> BlockStore:
         for tier in self._tiers:
             if tier.dir is None:
                 continue
             tier.dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(spread_subdirectories, tier.dir)
             for _, key, size in await asyncio.to_thread(tier.scan):
                 for gone in tier.ledger.add(key, size):
                     await asyncio.to_thread(tier.unlink, gone)
@@ -175,6 +202,8 @@ class BlockStore:
         held = tier.verified.get(key)
         if tier.dir is None:
             data: blocks.Data | None = tier.mem[key][0][lo : lo + n]
+        elif key in tier.pending:
+            data = tier.pending[key][0][lo : lo + n]
         elif held is not None:
             data = await asyncio.to_thread(tier.read_span, key, lo, n, held[1])
         else:
@@ -236,6 +265,8 @@ class BlockStore:
             return None
         if tier.dir is None:
             got: tuple[blocks.Data, int] | None = tier.mem[key]
+        elif key in tier.pending:
+            got = tier.pending[key]  # its file is still being written
         else:
             got = await asyncio.to_thread(tier.read, key)
             if got is None:
@@ -243,8 +274,7 @@ class BlockStore:
                 if key in tier.ledger:
                     self.stats.corrupt += 1
                     tier.ledger.remove(key)
-                    tier.verified.pop(key, None)
-                    await asyncio.to_thread(tier.unlink, key)
+                    await self._unlink(tier, key)
                 self.stats.misses += 1
                 return None
             tier.verified[key] = (got[1], len(got[0]))
@@ -268,8 +298,18 @@ class BlockStore:
         if tier.dir is None:
             tier.mem[key] = (data, crc)
         else:
-            crc = await asyncio.to_thread(tier.write, key, data, crc)
-            tier.verified[key] = (crc, len(data))  # written by us just now
+            await self._settled(key)
+            if crc < 0:
+                crc = blocks.checksum(data)
+            behind = self.write_behind > 0 and self._behind + len(data) <= self.write_behind
+            task = asyncio.create_task(self._write(tier, key, data, crc, behind=behind))
+            self._files[key] = task
+            if behind:
+                # readers get it from memory until the file is whole; `stored` waits
+                tier.pending[key] = (data, crc)
+                self._behind += len(data)
+            else:
+                await asyncio.shield(task)  # a cancelled caller leaves no half-written file
         for old in tier.ledger.add(key, len(data)):
             tier.evictions += 1
             moved = await self._take(tier, old)
@@ -281,19 +321,67 @@ class BlockStore:
             ):
                 await self._place(nxt, old, *moved)
 
+    async def _write(
+        self, tier: _Tier, key: str, data: blocks.Data, crc: int, *, behind: bool
+    ) -> None:
+        """Write a block file in a thread; once it is whole, it may be located and sent as
+        it is. Behind its readers (`behind`): the block leaves the cache if the write fails
+        (logged, counted); otherwise the error is the caller's."""
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, tier.write, key, data, crc)
+            tier.verified[key] = (crc, len(data))  # written by us just now
+        except Exception as err:
+            if not behind:
+                raise
+            self.stats.write_errors += 1
+            tier.ledger.remove(key)
+            log.warning("block %s not cached: its file could not be written: %s", key, err)
+        finally:
+            if behind:
+                del tier.pending[key]
+                self._behind -= len(data)
+            del self._files[key]
+
+    async def _settled(self, key: str) -> None:
+        """Once nothing is done to the file of `key` (what started meanwhile too)."""
+        while (busy := self._files.get(key)) is not None:
+            await asyncio.wait({busy})  # it goes on if this caller is cancelled
+
+    async def _unlink(self, tier: _Tier, key: str) -> None:
+        """Remove the file of a block the tier no longer holds, after what is being done to
+        it; not if the block was placed in the tier again meanwhile (its file stays)."""
+        await self._settled(key)
+        if key in tier.ledger:
+            return
+        tier.verified.pop(key, None)
+
+        async def unlink() -> None:
+            try:
+                await asyncio.to_thread(tier.unlink, key)
+            finally:
+                del self._files[key]
+
+        self._files[key] = task = asyncio.create_task(unlink())
+        await asyncio.shield(task)
+
+    async def stored(self) -> None:
+        """Once every block put so far is in its file (or failed to be written), and the
+        files of blocks that left are removed."""
+        while self._files:
+            await asyncio.wait(set(self._files.values()))
+
     async def _take(self, tier: _Tier, key: str) -> tuple[blocks.Data, int] | None:
         if tier.dir is None:
             return tier.mem.pop(key, None)
-        tier.verified.pop(key, None)
-        await asyncio.to_thread(tier.unlink, key)
+        await self._unlink(tier, key)
         return None  # the last tiers are disks: what leaves them is dropped
 
     async def _drop(self, tier: _Tier, key: str) -> None:
         if tier.ledger.remove(key) or key in tier.mem:
             tier.mem.pop(key, None)
-            tier.verified.pop(key, None)
             if tier.dir is not None:
-                await asyncio.to_thread(tier.unlink, key)
+                await self._unlink(tier, key)
 
     async def discard(self, key: str) -> None:
         for tier in self._tiers:
@@ -308,6 +396,7 @@ class BlockStore:
 
     def snapshot(self) -> StoreStats:
         s = self.stats
+        s.writing = sum(len(t.pending) for t in self._tiers)
         s.tiers = [
             TierStats(
                 medium=t.medium,
@@ -330,6 +419,8 @@ class BlockStore:
             "hits": s.hits,
             "misses": s.misses,
             "corrupt": s.corrupt,
+            "writing": s.writing,
+            "write_errors": s.write_errors,
             "evictions": sum(t.evictions for t in s.tiers),
             "tiers": [t.__dict__ for t in s.tiers],
         }

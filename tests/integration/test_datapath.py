@@ -334,8 +334,7 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     sc = sidecars(sidecar_config(mount, ws.urls()))
     assert (sc.mountpoint / name).read_bytes() == want[name]
     sc.stop()
-    stored = [p for p in (tmp_path / "ssd").rglob("*") if p.is_file()]
-    assert stored
+    stored = written(tmp_path / "ssd")
     victim = stored[0]
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -395,7 +394,7 @@ def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_
     first.stop()
 
     # from the disk: read and handed on in a thread (the next mount finds them cached)
-    for p in (tmp_path / "ssd").rglob("*"):
+    for p in written(tmp_path / "ssd"):
         if p.is_file():
             fd = os.open(p, os.O_RDONLY)
             try:
@@ -828,6 +827,18 @@ def test_rotating_the_key_during_reads_keeps_them_going(
 # --- blocks received straight into their buffers, in threads (issue 20) -------------------
 
 
+def written(tier: Path) -> list[Path]:
+    """The block files of a worker's disk tier once none is being written: a worker answers
+    a miss before its file is whole (write-behind), so a test that reads or damages the
+    files waits for them."""
+
+    def whole() -> list[Path] | None:
+        files = [p for p in tier.rglob("*") if p.is_file()]
+        return None if not files or any(p.suffix == ".tmp" for p in files) else files
+
+    return eventually_blocking(whole, f"the block files in {tier} written", timeout=30)
+
+
 def _whole_blocks(data: Path) -> list[str]:
     """Files of the test dataset longer than a block: their block 0 is a whole one."""
     return sorted(k for k, v in sources.files(data).items() if len(v) > BLOCK)
@@ -891,7 +902,7 @@ def test_a_damaged_block_received_into_its_buffer_is_asked_for_again_checked(
             conns.close()
 
     assert bytes(asyncio.run(get()).data) == want[rel][:BLOCK]
-    stored = [p for p in (tmp_path / "ssd").rglob("*") if p.is_file()]
+    stored = written(tmp_path / "ssd")
     assert len(stored) == 1
     raw = bytearray(stored[0].read_bytes())
     raw[len(raw) // 2] ^= 0xFF

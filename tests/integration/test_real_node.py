@@ -1013,9 +1013,15 @@ async def test_edge_job_in_the_legacy_form_reads_the_workers_disk_tier_on_its_no
             core = client.CoreV1Api(api)
             key = await _signing_key(core, name, home)
             await run(api, "first")
-            # the worker's blocks are files in the node's directory of the tier
-            stored = [p for p in ssd.rglob("*") if p.is_file()]
-            assert len(stored) >= blocks, stored
+            # the worker's blocks are files in the node's directory of the tier (written
+            # behind the answers: waited for)
+
+            async def written() -> Any:
+                files = [p for p in ssd.rglob("*") if p.is_file()]
+                whole = len(files) >= blocks and not any(p.suffix == ".tmp" for p in files)
+                return files if whole else NotYet(files)
+
+            stored = await eventually(written, "the worker's block files written", timeout=30)
             assert all(p.stat().st_uid == objects.IMAGE_UID for p in stored)
             (worker,) = await _workers(agent, f"https://{host}:{port}", name, key)
             served0 = worker["status"]["served"]["short_circuit"]

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import array
+import errno
+import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devkit import testing
-from fluidfed.data import blocks
+from fluidfed.data import blockfile, blocks
 from fluidfed.data.blockfile import (
+    DIRECT_FROM,
+    TRAILER_SIZE,
+    WRITE_PIECE,
     block_file,
     block_path,
     give_block_file,
     load_block_file,
     map_block_file,
     read_block_file,
+    write_block_file,
 )
 from fluidfed.data.store import BlockStore
 from fluidfed.errors import CorruptBlock, NotCached
@@ -126,3 +134,89 @@ async def test_a_block_file_given_from_a_reused_buffer_is_checked_first(tmp_path
     with pytest.raises(CorruptBlock):
         give_block_file(path, len(small), copy)
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize("size", [0, 5, 128 * 1024, DIRECT_FROM - 1])
+def test_a_small_block_written_through_the_page_cache_reads_back_checked(
+    tmp_path: Path, size: int
+) -> None:
+    # a view into a larger buffer (as a library's), empty or not: the data and its trailer
+    payload = memoryview(os.urandom(size + 3))[3:]
+    path = block_path(tmp_path, "e" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    assert path.stat().st_size == size + TRAILER_SIZE
+    assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("size", [DIRECT_FROM, DIRECT_FROM + 4096 + 5, 3 * 2**22 + 1])
+def test_a_large_block_written_past_the_page_cache_reads_back_checked(
+    tmp_path: Path, size: int
+) -> None:
+    # unaligned memory (an offset into a larger buffer), an unaligned length, and more
+    # than one aligned chunk: the file is the data and its trailer, as a buffered write's
+    payload = memoryview(os.urandom(size + 3))[3:]
+    path = block_path(tmp_path, "e" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    assert path.stat().st_size == size + TRAILER_SIZE
+    with pytest.raises(NotCached):  # past the page cache: its first page is not there
+        map_block_file(path, cached_only=True)
+    assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_filesystem_refusing_direct_writes_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_direct(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    payload = os.urandom(3 * WRITE_PIECE + 1)  # buffered: in pieces
+    for key in ("f" * 32, "0" * 32):
+        path = block_path(tmp_path, key)
+        write_block_file(path, payload, blocks.checksum(payload))
+        assert read_block_file(path) == (payload, blocks.checksum(payload))
+    assert str(tmp_path) in blockfile._buffered_only
+
+
+def test_a_disk_refusing_the_alignment_of_direct_writes_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+
+    def no_aligned(fd: int, data: Any, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", no_aligned)
+    payload = os.urandom(DIRECT_FROM + 5)
+    path = block_path(tmp_path, "1" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    assert read_block_file(path) == (payload, blocks.checksum(payload))
+    assert str(tmp_path) in blockfile._buffered_only
+
+
+def _flags(path: Path) -> int:
+    flags = array.array("i", [0])
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, blockfile._FS_IOC_GETFLAGS, flags, True)
+    finally:
+        os.close(fd)
+    return flags[0]
+
+
+async def test_a_disk_tier_spreads_its_subdirectories_over_ext4s_groups(tmp_path: Path) -> None:
+    tier = tmp_path / "ssd"
+    await BlockStore([testing.cache_tier("SSD", 2**22, tier)]).open()
+    if not blockfile.spread_subdirectories(tmp_path):  # not ext4 (no such flag): no change
+        pytest.skip("the test directory's filesystem has no top-directory flag")
+    assert _flags(tier) & blockfile._TOPDIR_FL
+    assert blockfile.spread_subdirectories(tier)  # again: already marked, still fine
+    assert not blockfile.spread_subdirectories(tmp_path / "missing")

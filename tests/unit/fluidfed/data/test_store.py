@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
 from devkit import testing
-from fluidfed.data import blocks
+from fluidfed.data import blockfile, blocks
 from fluidfed.data.blockfile import block_path, read_block_file
 from fluidfed.data.store import BlockStore
 from fluidfed.models import CacheTier, Medium
@@ -112,3 +114,123 @@ async def test_blocks_read_from_their_files_stay_hot(tmp_path: Path) -> None:
     assert "a" * 32 in store and "b" * 32 not in store
     data, crc = read_block_file(block_path(tmp_path, "a" * 32))
     assert (data, crc) == (b"a" * 100, blocks.checksum(b"a" * 100))
+
+
+class Gate:
+    """Holds every block file's write (the real one, in its thread) until opened."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        self.started = threading.Semaphore(0)
+        real = blockfile.write_block_file
+
+        def held(path: Path, data: blocks.Data, crc: int) -> None:
+            self.started.release()
+            if not self.open.wait(30):
+                raise TimeoutError("the test never opened the gate")
+            real(path, data, crc)
+
+        monkeypatch.setattr("fluidfed.data.store.write_block_file", held)
+
+    async def writing(self) -> None:
+        """Once a write has reached its thread."""
+        assert await asyncio.to_thread(self.started.acquire, True, 10)
+
+
+async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
+    key, data = "a" * 32, bytes(range(100))
+    try:
+        await store.put(key, data)  # returns before the file is written
+        await gate.writing()
+        path = block_path(tmp_path, key)
+        assert not path.exists() and key in store
+        assert store.snapshot().writing == 1
+        assert await store.get(key) == (data, blocks.checksum(data))
+        assert await store.get_span(key, 10, 5) == data[10:15]
+        # nobody is pointed at, or sent, a file that is not whole yet
+        assert store.locate(key) is None
+        assert await store.open_verified(key) is None
+        assert (store.stats.hits, store.stats.misses) == (2, 0)
+    finally:
+        gate.open.set()
+    await store.stored()
+    assert store.snapshot().writing == 0
+    assert read_block_file(path) == (data, blocks.checksum(data))
+    assert store.locate(key) == (str(path), 100, blocks.checksum(data))
+
+
+async def test_waiting_for_the_files_waits_for_every_write_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
+    keys = [f"{i:032x}" for i in range(3)]
+    for i, key in enumerate(keys):
+        await store.put(key, bytes([i]) * 100)
+    stored = asyncio.create_task(store.stored())
+    await asyncio.sleep(0.05)
+    assert not stored.done()
+    gate.open.set()
+    await asyncio.wait_for(stored, 10)
+    for i, key in enumerate(keys):
+        assert read_block_file(block_path(tmp_path, key))[0] == bytes([i]) * 100
+
+
+async def test_past_its_bound_a_put_waits_for_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=150).open()
+    await store.put("a" * 32, b"a" * 100)  # within the bound: behind
+    second = asyncio.create_task(store.put("b" * 32, b"b" * 100))  # past it: waits
+    await gate.writing()
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    assert "b" * 32 not in store  # counted once its file is there
+    gate.open.set()
+    await asyncio.wait_for(second, 10)
+    assert block_path(tmp_path, "b" * 32).exists() and "b" * 32 in store
+    await store.stored()
+
+
+async def test_a_block_evicted_or_replaced_while_written_behind_leaves_one_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    ssd = testing.cache_tier("SSD", 250, tmp_path, high=0.7, low=0.4)
+    store = await BlockStore([ssd], write_behind=1000).open()
+    await store.put("a" * 32, b"a" * 100)
+    # the same key again (a peer's hand-off): waits for the first write (one temporary name)
+    again = asyncio.create_task(store.put("a" * 32, b"A" * 100))
+    # past the high mark: "a" is evicted, once its file is written, and removed
+    evicting = asyncio.create_task(store.put("b" * 32, b"b" * 100))
+    await gate.writing()
+    await asyncio.sleep(0.05)
+    assert not again.done()
+    gate.open.set()
+    await asyncio.wait_for(asyncio.gather(again, evicting), 10)
+    await store.stored()
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert files == sorted(k for k in ("a" * 32, "b" * 32) if k in store)
+    assert not list(tmp_path.rglob("*.tmp"))
+    for name in files:
+        data, _ = read_block_file(block_path(tmp_path, name))
+        assert data == (await store.get(name))[0]  # type: ignore[index]
+
+
+async def test_a_block_whose_file_cannot_be_written_behind_leaves_the_cache(
+    tmp_path: Path,
+) -> None:
+    store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
+    key = "c" * 32
+    (tmp_path / key[:2]).write_text("a file where its directory goes")  # root or not
+    await store.put(key, b"c" * 100)
+    assert (await store.get(key)) is not None  # served from memory meanwhile, or already gone
+    await store.stored()
+    assert key not in store and store.stats.write_errors == 1
+    assert store.snapshot().used == 0
+    assert await store.get(key) is None  # a miss: the caller fetches it again

@@ -1,0 +1,233 @@
+"""A cache worker answers a miss before the block's file is written (the file is written
+behind its reader): with MinIO on loopback and the worker's real HTTP server, in-process
+where a write is held back on purpose, and as a `fluidfed worker serve` process killed
+while it writes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agents.worker.core import Worker
+from agents.worker.server import make_app
+from devkit.local.cluster import free_port
+from devkit.local.processes import WorkerProcess, local_credentials, local_token
+from devkit.local.s3 import CREDENTIALS, S3Server
+from fluidfed.data import blockfile, blocks, credentials, workers
+from fluidfed.data.blockfile import TRAILER_SIZE
+from fluidfed.data.layout import FileRef, Peers, WorkerConfig
+from fluidfed.models import CacheTier, Mount
+from fluidfed.units import ByteSize
+from tests.integration import sources
+
+pytestmark = pytest.mark.integration
+
+BLOCK = 2**20
+DATASET = "train"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sources.make_dataset(tmp_path_factory.mktemp("data"), count=40, seed=11)
+
+
+@pytest.fixture(scope="module")
+def minio(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with sources.minio_serving(data, DATASET, tmp_path_factory.mktemp("minio")) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+
+
+def mount_of(minio: S3Server) -> dict[str, Any]:
+    return {"uri": minio.uri(DATASET), "options": {"endpoint": minio.endpoint}}
+
+
+def refs(data: Path) -> list[tuple[FileRef, int, bytes]]:
+    """(file, block index, the block's bytes) of every block of the dataset."""
+    out = []
+    for rel, body in sorted(sources.files(data).items()):
+        ref = FileRef(mount=0, key=rel, size=len(body))
+        for i in range(blocks.block_count(len(body), BLOCK)):
+            out.append((ref, i, body[i * BLOCK : (i + 1) * BLOCK]))
+    return out
+
+
+class Gate:
+    """Holds every block file's write (the real one, in its thread) until opened."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        real = blockfile.write_block_file
+
+        def held(path: Path, data: blocks.Data, crc: int) -> None:
+            if not self.open.wait(30):
+                raise TimeoutError("the test never opened the gate")
+            real(path, data, crc)
+
+        monkeypatch.setattr("fluidfed.data.store.write_block_file", held)
+
+
+class Served:
+    """A Worker behind its real HTTP server on loopback, and a reader's session."""
+
+    def __init__(self, worker: Worker, url: str, session: aiohttp.ClientSession) -> None:
+        self.worker = worker
+        self.url = url
+        self.session = session
+
+    async def get(self, ref: FileRef, index: int, *, local: bool = False) -> workers.Fetched:
+        key = ref.block_key(DATASET, BLOCK, index)
+        return await workers.get_block(self.session, self.url, key, ref, index, local=local)
+
+
+@pytest.fixture
+async def served(minio: S3Server, tmp_path: Path) -> AsyncIterator[Served]:
+    creds = tmp_path / "credentials.json"
+    credentials.write_file(creds, local_credentials())
+    cfg = WorkerConfig(
+        dataset=DATASET,
+        mounts=[Mount(uri=minio.uri(DATASET), options={"endpoint": minio.endpoint})],
+        block_size=BLOCK,
+        tiers=[CacheTier(medium="SSD", quota=ByteSize(2**30), path=str(tmp_path / "ssd"))],
+        workers=Peers(endpoints=["http://127.0.0.1:1"]),
+    )
+    worker = await Worker(
+        cfg, url="http://127.0.0.1:1", cache_root=tmp_path / "cache", credentials_path=creds
+    ).open()
+    runner = web.AppRunner(make_app(worker), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = next(int(a[1]) for a in runner.addresses)
+    token = local_token(DATASET, "reader")
+    async with aiohttp.ClientSession(headers=credentials.authorization(token)) as session:
+        try:
+            yield Served(worker, f"http://127.0.0.1:{port}", session)
+        finally:
+            await runner.cleanup()
+            await worker.close()
+
+
+async def test_a_miss_is_answered_before_its_file_is_written_and_read_again_from_memory(
+    data: Path, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    ref, index, want = next(r for r in refs(data) if len(r[2]) > 1000)
+    w = served.worker
+    key = ref.block_key(DATASET, BLOCK, index)
+    path = blockfile.block_path(w.store._tiers[0].dir or "", key)
+    try:
+        # two readers at once, and one once the first answer is out, all while the file
+        # is held back: one GET to MinIO, the others served from memory
+        first, second = await asyncio.wait_for(
+            asyncio.gather(served.get(ref, index), served.get(ref, index)), 20
+        )
+        third = await asyncio.wait_for(served.get(ref, index), 20)
+        # a reader on this machine is not pointed at a file that is not whole yet
+        beside = await asyncio.wait_for(served.get(ref, index, local=True), 20)
+        assert not path.exists()
+        assert [bytes(f.data) for f in (first, second, third, beside)] == [want] * 4
+        assert not beside.local and third.hit
+        assert (w.status().ufs.reads, w.store.snapshot().writing) == (1, 1)
+    finally:
+        gate.open.set()
+    await w.stored()
+    assert w.store.snapshot().writing == 0
+    assert blockfile.read_block_file(path) == (want, blocks.checksum(want))
+    after = await served.get(ref, index, local=True)  # now the file is whole: its path
+    assert after.local and after.path == str(path) and bytes(after.data) == want
+    assert w.status().ufs.reads == 1
+
+
+async def test_close_drain_and_warm_up_wait_for_the_files(
+    data: Path, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    w = served.worker
+    some = refs(data)[:6]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(served.get(r, i) for r, i, _ in some)), 20)
+        assert w.store.snapshot().writing == len(some)
+        # warm-up: "done" only once what it loaded is in the files
+        w.start_load("", [w.url])
+        await asyncio.sleep(0.2)
+        assert w.load.state == "running"
+        drained = asyncio.create_task(w.drain([w.url]))  # to nobody: still waits first
+        closed = asyncio.create_task(w.close())
+        await asyncio.sleep(0.2)
+        assert not drained.done() and not closed.done()
+    finally:
+        gate.open.set()
+    await asyncio.wait_for(asyncio.gather(drained, closed), 30)
+    tier = w.store._tiers[0].dir
+    assert tier is not None
+    for ref, i, want in some:
+        got = blockfile.read_block_file(
+            blockfile.block_path(tier, ref.block_key(DATASET, BLOCK, i))
+        )
+        assert got == (want, blocks.checksum(want))
+    assert w.store.snapshot().writing == 0
+
+
+async def test_a_worker_killed_while_writing_behind_never_serves_a_torn_block(
+    data: Path, minio: S3Server, tmp_path: Path
+) -> None:
+    everything = refs(data)
+    port = free_port()
+    ssd = tmp_path / "ssd"
+    config = {
+        "dataset": DATASET,
+        "mounts": [mount_of(minio)],
+        "block_size": BLOCK,
+        "tiers": [{"medium": "SSD", "quota": "1GiB", "path": str(ssd)}],
+        "workers": {"endpoints": [f"http://127.0.0.1:{port}"]},
+    }
+    proc = WorkerProcess(tmp_path / "w", config, port).start()
+    token = credentials.authorization(local_token(DATASET, "reader"))
+    try:
+        async with aiohttp.ClientSession(headers=token) as session:
+
+            async def get(ref: FileRef, i: int) -> bytes:
+                key = ref.block_key(DATASET, BLOCK, i)
+                got = await workers.get_block(session, proc.url, key, ref, i)
+                return bytes(got.data)
+
+            got = await asyncio.gather(*(get(r, i) for r, i, _ in everything))
+            assert got == [b for _, _, b in everything]
+            proc.stop(signal.SIGKILL)  # its last files may still be on their way
+            # what a crash in the middle of a write can leave: a temporary file, and (on a
+            # filesystem that lost the data of a renamed file) a block file cut short
+            files = sorted(p for p in ssd.rglob("*") if p.is_file())
+            assert files
+            (files[0].parent / (files[0].name + ".tmp")).write_bytes(b"half a block")
+            torn = files[-1]
+            os.truncate(torn, max(0, torn.stat().st_size - TRAILER_SIZE - 1))
+            proc.start()
+            again = await asyncio.gather(*(get(r, i) for r, i, _ in everything))
+            assert again == [b for _, _, b in everything]
+            async with session.get(
+                f"{proc.url}/v1/status",
+                headers=credentials.authorization(local_token(DATASET, "agent")),
+            ) as r:
+                status = await r.json()
+        assert status["corrupt"] == 1  # the cut one, found and fetched again
+        assert not list(ssd.rglob("*.tmp"))
+        for f in (p for p in ssd.rglob("*") if p.is_file()):
+            data_, crc = blockfile.read_block_file(f)  # every file whole, or none at all
+            assert len(data_) == f.stat().st_size - TRAILER_SIZE and crc >= 0
+    finally:
+        proc.close()
