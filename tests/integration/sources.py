@@ -16,7 +16,8 @@ from pathlib import Path
 from devkit.local.cluster import free_port
 from devkit.local.s3 import S3Server
 from devkit.testing import eventually_blocking
-from fluidfed.data import ufs
+from fluidfed.data import blocks, ufs
+from fluidfed.data.layout import FileRef
 
 HTTP_SERVER = (
     "import sys; from aiohttp import web; app = web.Application(); "
@@ -79,3 +80,18 @@ def minio_serving(data: Path, prefix: str, work: Path) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+def s3_mount(minio: S3Server, prefix: str) -> dict[str, object]:
+    """The mount of `prefix` in `minio`, as a worker's or sidecar's config names it."""
+    return {"uri": minio.uri(prefix), "options": {"endpoint": minio.endpoint}}
+
+
+def block_refs(data: Path, block: int) -> list[tuple[FileRef, int, bytes]]:
+    """(file, block index, the block's bytes) of every block of the dataset in `data`."""
+    out = []
+    for rel, body in sorted(files(data).items()):
+        ref = FileRef(mount=0, key=rel, size=len(body))
+        for i in range(blocks.block_count(len(body), block)):
+            out.append((ref, i, body[i * block : (i + 1) * block]))
+    return out

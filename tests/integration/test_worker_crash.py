@@ -9,7 +9,6 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from devkit.local.cluster import free_port
 from devkit.local.processes import WorkerProcess, local_token
 from devkit.local.s3 import CREDENTIALS, S3Server
-from fluidfed.data import blockfile, blocks, credentials, workers
+from fluidfed.data import blockfile, credentials, workers
 from fluidfed.data.blockfile import TRAILER_SIZE
 from fluidfed.data.layout import FileRef
 from tests.integration import sources
@@ -45,18 +44,12 @@ def _s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(k, v)
 
 
-def mount_of(minio: S3Server) -> dict[str, Any]:
-    return {"uri": minio.uri(DATASET), "options": {"endpoint": minio.endpoint}}
+def mount_of(minio: S3Server) -> dict[str, object]:
+    return sources.s3_mount(minio, DATASET)
 
 
 def refs(data: Path) -> list[tuple[FileRef, int, bytes]]:
-    """(file, block index, the block's bytes) of every block of the dataset."""
-    out = []
-    for rel, body in sorted(sources.files(data).items()):
-        ref = FileRef(mount=0, key=rel, size=len(body))
-        for i in range(blocks.block_count(len(body), BLOCK)):
-            out.append((ref, i, body[i * BLOCK : (i + 1) * BLOCK]))
-    return out
+    return sources.block_refs(data, BLOCK)
 
 
 async def test_a_worker_killed_while_writing_never_serves_a_torn_block(

@@ -11,7 +11,6 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -52,18 +51,12 @@ def _s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(k, v)
 
 
-def mount_of(minio: S3Server) -> dict[str, Any]:
-    return {"uri": minio.uri(DATASET), "options": {"endpoint": minio.endpoint}}
+def mount_of(minio: S3Server) -> dict[str, object]:
+    return sources.s3_mount(minio, DATASET)
 
 
 def refs(data: Path) -> list[tuple[FileRef, int, bytes]]:
-    """(file, block index, the block's bytes) of every block of the dataset."""
-    out = []
-    for rel, body in sorted(sources.files(data).items()):
-        ref = FileRef(mount=0, key=rel, size=len(body))
-        for i in range(blocks.block_count(len(body), BLOCK)):
-            out.append((ref, i, body[i * BLOCK : (i + 1) * BLOCK]))
-    return out
+    return sources.block_refs(data, BLOCK)
 
 
 class Gate:
