@@ -14,6 +14,7 @@ import json
 import os
 import random
 import signal
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,8 +159,10 @@ def test_the_dataset_reads_through_the_profiles_fuse_container_and_the_workers(
                     for name, c in (("fuse", fuse), ("worker", worker)):
                         assert c.proc.poll() is None, (tmp_path / f"{name}.log").read_text()
                     want: str = profile["spec"]["fileSystemType"]
-                    return mounted_type(target) == want
+                    return mounted_type(target) == want and listens(pod_ip, objects.WORKER_PORT)
 
+                # the mount, and the worker listening (as its readiness probe would say):
+                # a read before it listens goes to MinIO, and the worker is skipped for 5 s
                 eventually_blocking(ready, "the FUSE mount at Fluid's target path", timeout=60)
                 assert mounted_type(target) == fluid.FUSE_FS_TYPE  # what Fluid's CSI checks
                 assert digests(target) == digests(data)
@@ -206,3 +209,11 @@ def test_a_missing_secret_key_is_named(minio: S3Server, tmp_path: Path) -> None:
     assert fuse.proc.wait(timeout=60) == 2
     text = (tmp_path / "fuse.log").read_text()
     assert "/etc/fluid/secrets/s3-creds/access-key" in text and "encryptOptions" in text
+
+
+def listens(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
