@@ -293,3 +293,31 @@ def test_a_running_sidecar_takes_the_workers_ca_when_its_config_names_one_later(
     after = sc.status()["blocks"]
     assert after["worker_hits"] + after["worker_misses"] > 0, after
     assert after["worker_errors"] == before["worker_errors"], after
+
+
+def test_a_warm_up_over_tls_as_the_agent_asks_it(
+    data: Path, tls_worker: tuple[WorkerProcess, Path], binding_tls: trust.DataTLS
+) -> None:
+    """The agent's warm-up client (`tls.trusting` the binding's CA, its agent token) starts
+    and follows a load on an https worker, which pulls every block; with another CA the
+    start is refused before any token is sent."""
+    w, _ = tls_worker
+    n = block_count(sources.files(data))
+    other = trust.data_tls(None, HOSTS, time.time())
+
+    async def load(ca_pem: str) -> Any:
+        async with aiohttp.ClientSession(
+            headers=auth("agent"), connector=aiohttp.TCPConnector(ssl=tls.trusting(ca_pem))
+        ) as s:
+            await workers.start_load(s, w.url, "", [w.url])
+            for _ in range(600):
+                got = await workers.load_progress(s, w.url)
+                if got.state != "running":
+                    return got
+                await asyncio.sleep(0.1)
+            raise AssertionError("the load did not finish")
+
+    with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(load(other.ca_cert))
+    got = asyncio.run(load(binding_tls.ca_cert))
+    assert (got.state, got.blocks, got.done, got.cached, got.errors) == ("done", n, n, n, 0), got
