@@ -85,6 +85,20 @@ def trusting(ca_pem: str) -> ssl.SSLContext:
     return ctx
 
 
+def _stamp(*files: str) -> tuple[tuple[int, int], ...]:
+    """What tells a changed file: its inode and mtime, each read through the Secret
+    volume's symlinks (the current files); (0, 0) for one that cannot be read."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            out.append((0, 0))
+        else:
+            out.append((st.st_ino, st.st_mtime_ns))
+    return tuple(out)
+
+
 class Served:
     """A serving context whose certificate and key are read again when their files change
     (a Secret volume the agent updates on renewal or rotation): new handshakes present the
@@ -96,15 +110,7 @@ class Served:
         self._seen = self._stamp()
 
     def _stamp(self) -> tuple[tuple[int, int], ...]:
-        out = []
-        for f in (self.cert_file, self.key_file):
-            try:
-                st = os.stat(f)  # through the Secret volume's symlinks: the current files
-            except OSError:
-                out.append((0, 0))
-            else:
-                out.append((st.st_ino, st.st_mtime_ns))
-        return tuple(out)
+        return _stamp(self.cert_file, self.key_file)
 
     def reload(self) -> bool:
         """Load the pair again if a file changed; True when the new one is in use. A pair
@@ -150,12 +156,8 @@ class Trusted:
             self.context = context
         self._seen = self._stamp()
 
-    def _stamp(self) -> tuple[int, int]:
-        try:
-            st = os.stat(self.ca_file)
-        except OSError:
-            return (0, 0)
-        return (st.st_ino, st.st_mtime_ns)
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        return _stamp(self.ca_file)
 
     def reload(self) -> bool:
         stamp = self._stamp()
