@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
 from devkit import testing
 from devkit.local import cluster, etcd
@@ -160,9 +162,56 @@ async def apis(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator
 
 
 async def bound_view(fleet: Fleet, name: str) -> Any:
-    """The view once its one binding is Bound; else a falsy note of where it stands."""
+    """The view once its one binding is Bound; else a falsy note of where it stands (with
+    its cluster's cache workers as Kubernetes has them)."""
     v = await fleet.view(name)
     st = v.bindings[0].status if v.bindings else None
     if st is not None and st.phase == "Bound":
         return v
-    return NotYet(f"bindings={[b.binding.name for b in v.bindings]} status={st}")
+    where = [await workers_report(fleet, b.binding.cluster, v.spec) for b in v.bindings]
+    return NotYet(
+        f"bindings={[b.binding.name for b in v.bindings]} status={st}\n" + "\n".join(where)
+    )
+
+
+async def workers_report(fleet: Fleet, kind: str, ds: Dataset) -> str:
+    """A binding's cache workers as its cluster has them: the StatefulSet's status, each
+    pod's phase, node and conditions, and the nodes' Ready condition and taints. What a wait
+    for Bound says when it gives up: a binding the agent still calls Pending while its
+    StatefulSet counts the pods ready is the agent's fault; pods not Ready (kwok's node
+    NotReady or tainted, say) the cluster's."""
+    if kind not in fleet.clusters:
+        return f"{kind}: not a cluster of this fleet"
+    out = [f"{kind}:"]
+    api = await fleet.clusters[kind].api_client()
+    try:
+        try:
+            sts = await client.AppsV1Api(api).read_namespaced_stateful_set(
+                f"fluidfed-{ds.name}-cache", ds.namespace
+            )
+            s = sts.status
+            out.append(
+                f"  StatefulSet replicas={s.replicas} ready={s.ready_replicas} "
+                f"current={s.current_replicas} observedGeneration={s.observed_generation}"
+                f"/{sts.metadata.generation}"
+            )
+        except ApiException as err:
+            out.append(f"  StatefulSet: {err.status} {err.reason}")
+        core = client.CoreV1Api(api)
+        for p in (await core.list_namespaced_pod(ds.namespace)).items:
+            conds = {
+                c.type: f"{c.status}{'/' + c.reason if c.reason else ''}"
+                for c in p.status.conditions or []
+            }
+            out.append(f"  pod {p.metadata.name} on {p.spec.node_name}: {p.status.phase} {conds}")
+        for n in (await core.list_node()).items:
+            ready = [c for c in n.status.conditions or [] if c.type == "Ready"]
+            taints = [f"{t.key}:{t.effect}" for t in n.spec.taints or []]
+            out.append(
+                f"  node {n.metadata.name}: Ready={ready[0].status if ready else '?'} taints={taints}"
+            )
+    except Exception as err:  # the report must not hide the wait's own failure
+        out.append(f"  (no report: {err!r})")
+    finally:
+        await api.close()
+    return "\n".join(out)

@@ -9,7 +9,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from devkit.local import secrets
-from devkit.testing import eventually, run_cli
+from devkit.testing import NotYet, eventually, run_cli
 from fluidfed.data import credentials
 from fluidfed.models import (
     CacheSpec,
@@ -17,7 +17,7 @@ from fluidfed.models import (
     Placement,
 )
 from fluidfed.units import ByteSize
-from tests.integration.conftest import Fleet, bound_view, dataset
+from tests.integration.conftest import Fleet, bound_view, dataset, workers_report
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,10 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
     async def sidecar_bound() -> Any:
         v = await fleet.view(name)
         phases = {b.binding.cluster: b.status.phase if b.status else "" for b in v.bindings}
-        return v if phases.get("serverless") == "Bound" and phases.get("edge") == "Bound" else None
+        if phases.get("serverless") == "Bound" and phases.get("edge") == "Bound":
+            return v
+        reports = [await workers_report(fleet, k, v.spec) for k in ("serverless", "edge")]
+        return NotYet(f"phases={phases}\n" + "\n".join(reports))
 
     await eventually(sidecar_bound, "sidecar bindings Bound")
 
@@ -359,7 +362,9 @@ async def test_a_binding_kubernetes_refuses_gets_a_clear_status_others_go_on(
     async def settled() -> Any:
         b, g = await fleet.view("refused"), await fleet.view("fine")
         sb, sg = b.bindings[0].status, g.bindings[0].status
-        return (sb, sg) if sb and sg and sb.phase == "Failed" and sg.phase == "Bound" else None
+        if sb and sg and sb.phase == "Failed" and sg.phase == "Bound":
+            return sb, sg
+        return NotYet(f"refused: {sb}\nfine: {sg}\n{await workers_report(fleet, 'edge', g.spec)}")
 
     sb, _ = await eventually(settled, "one Failed, one Bound")
     # the API server's refusal, said with the object it was about
