@@ -1,0 +1,426 @@
+"""HTTPS for an aiohttp server with OpenSSL writing each record straight to its socket.
+
+The event loop's own TLS (asyncio's and uvloop's `SSLProtocol`) runs OpenSSL on memory
+buffers: every write encrypts into a memory BIO, reads the record back out as a new bytes
+object, and hands that to the TCP transport. For a server that sends small writes to many
+connections (the hub's watch streams: one binding event, one ~250-byte record, to each of
+thousands of agents) that round trip is most of what TLS costs. Here each connection is an
+`ssl.SSLSocket` (OpenSSL's socket BIO): a write is one `SSL_write`, which encrypts and
+sends in one call; a read is one `SSL_read`. bench/hub_fanout.py's bare server at 5,000
+watchers: 12.0 µs of server CPU per line over plain HTTP, 19.6 over the loop's TLS, 16.0
+over this (README, "Measured design decisions").
+
+`TLSSite` is an aiohttp site like `web.TCPSite(..., ssl_context=...)`; the transport it
+gives each connection (`TLSSocketTransport`) is an `asyncio.Transport` with flow control
+both ways, a handshake deadline, and `get_extra_info("ssl_object")` for the peer's
+certificate. `FLUIDFED_TLS_TRANSPORT=loop` serves with the event loop's TLS instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import os
+import socket
+import ssl
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_runner import BaseSite
+
+from fluidfed.errors import FluidfedError
+
+log = logging.getLogger("fluidfed.tls")
+
+HANDSHAKE_TIMEOUT = 60.0  # seconds, as asyncio's default ssl_handshake_timeout
+READ_SIZE = 64 * 1024  # one SSL_read returns one record (16 KiB at most)
+READS_PER_WAKE = 16  # then back to the loop: a busy peer does not starve the others
+HIGH_WATER = 64 * 1024
+ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_PAUSE = 1.0  # seconds without accepting after the process ran out of descriptors
+
+
+def use_socket_tls() -> bool:
+    """This module's TLS unless FLUIDFED_TLS_TRANSPORT=loop (the event loop's)."""
+    choice = os.environ.get("FLUIDFED_TLS_TRANSPORT", "socket")
+    if choice not in ("socket", "loop"):
+        raise FluidfedError(
+            f"FLUIDFED_TLS_TRANSPORT={choice!r} in the environment: set it to 'socket' (the "
+            "default: OpenSSL writes to the socket) or 'loop' (the event loop's TLS), or unset it"
+        )
+    return choice == "socket"
+
+
+class TLSSocketTransport(asyncio.Transport):
+    """One server-side TLS connection, its handshake done, driven by the loop's readiness
+    callbacks on its descriptor."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, protocol: asyncio.Protocol
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        # what SSL_write has not taken yet; after a WantWrite the first item goes again as
+        # it is (OpenSSL asks for the same bytes), so it is never joined with the next
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending_size = 0
+        self._high = HIGH_WATER
+        self._low = HIGH_WATER // 4
+        self._writing_paused = False  # the protocol's writing, by our flow control
+        self._reading_paused = False  # our reading, by the protocol
+        self._reader = False
+        self._writer = False
+        self._read_needs_write = False  # an SSL_read that must send first (a key update)
+        self._closing = False
+        self._lost = False
+        protocol.connection_made(self)
+        self._watch_read()
+        # a request sent with the handshake's last flight may already be in: read it now
+        loop.call_soon(self._read_ready)
+
+    # --- the descriptor's callbacks
+
+    def _watch_read(self) -> None:
+        if not self._reader and not self._reading_paused and not self._closing:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._reader = True
+
+    def _unwatch_read(self) -> None:
+        if self._reader:
+            self._loop.remove_reader(self._fd)
+            self._reader = False
+
+    def _watch_write(self) -> None:
+        if not self._writer:
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._writer = True
+
+    def _read_ready(self) -> None:
+        for _ in range(READS_PER_WAKE):
+            if self._reading_paused or self._closing:
+                return
+            try:
+                data = self._sock.recv(READ_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self._read_needs_write = True
+                self._unwatch_read()
+                self._watch_write()
+                return
+            except (OSError, ssl.SSLError) as err:
+                self._fatal(err)
+                return
+            if not data:  # the peer closed (close_notify, or the TCP connection)
+                self._unwatch_read()
+                if not self._protocol.eof_received():
+                    self.close()
+                return
+            self._protocol.data_received(data)
+        if self._sock.pending():  # decrypted bytes OpenSSL holds: no readiness for those
+            self._loop.call_soon(self._read_ready)
+
+    def _write_ready(self) -> None:
+        if self._read_needs_write:
+            self._read_needs_write = False
+            self._watch_read()
+            self._loop.call_soon(self._read_ready)
+        try:
+            while self._pending:
+                self._send(self._pending[0])
+                self._pending_size -= len(self._pending.popleft())
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return  # the loop calls again once the socket takes more
+        except (OSError, ssl.SSLError) as err:
+            self._fatal(err)
+            return
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+        if self._writing_paused and self._pending_size <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+        if self._closing:
+            self._shutdown(None)
+
+    def _send(self, data: bytes) -> None:
+        """All of `data` through SSL_write, or SSLWantWriteError with OpenSSL holding its
+        progress (to be called again with the same bytes)."""
+        sent = self._sock.send(data)
+        if sent < len(data):  # a partial write, should OpenSSL report one: keep the rest
+            self._pending_size -= sent
+            self._pending[0] = data[sent:]
+            raise ssl.SSLWantWriteError()
+
+    # --- asyncio.Transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        chunk = bytes(data)
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if len(self._pending) == 1:  # nothing waits ahead of it: try now
+            try:
+                self._send(chunk)
+                self._pending.popleft()
+                self._pending_size -= len(chunk)
+                return
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+            except (OSError, ssl.SSLError) as err:
+                self._fatal(err)
+                return
+        self._watch_write()
+        if not self._writing_paused and self._pending_size > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("a TLS connection has no half-close")
+
+    def get_write_buffer_size(self) -> int:
+        return self._pending_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = HIGH_WATER if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        self._unwatch_read()
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused or self._closing:
+            return
+        self._reading_paused = False
+        self._watch_read()
+        if self._sock.pending():  # decrypted bytes OpenSSL holds: no readiness for those
+            self._loop.call_soon(self._read_ready)
+
+    def is_reading(self) -> bool:
+        return self._reader
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; send what is buffered, then close_notify, then close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._unwatch_read()
+        if not self._pending:
+            self._shutdown(None)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._shutdown(None, flush=False)
+
+    def _fatal(self, err: Exception) -> None:
+        self._closing = True
+        self._shutdown(err, flush=False)
+
+    def _shutdown(self, err: Exception | None, *, flush: bool = True) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._unwatch_read()
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+        self._pending.clear()
+        self._pending_size = 0
+        if flush:
+            # our close_notify, best effort: the peer's is not waited for
+            with contextlib.suppress(OSError, ValueError, ssl.SSLError):
+                self._sock.unwrap()
+        self._loop.call_soon(self._connection_lost, err)
+
+    def _connection_lost(self, err: Exception | None) -> None:
+        try:
+            self._protocol.connection_lost(err)
+        finally:
+            self._sock.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        sock = self._sock
+        try:
+            if name in ("socket", "ssl_object"):
+                return sock
+            if name == "peername":
+                return sock.getpeername()
+            if name == "sockname":
+                return sock.getsockname()
+            if name == "sslcontext":
+                return sock.context
+            if name == "peercert":
+                return sock.getpeercert()
+            if name == "cipher":
+                return sock.cipher()
+            if name == "compression":
+                return sock.compression()
+        except (OSError, ValueError):
+            return default
+        return default
+
+
+class _Listener:
+    """The listening socket: accepts, handshakes each connection without blocking the loop
+    (within HANDSHAKE_TIMEOUT), then hands it to a protocol over a TLSSocketTransport."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        ctx: ssl.SSLContext,
+        factory: Any,
+        backlog: int,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._ctx = ctx
+        self._factory = factory
+        self._backlog = backlog
+        self._handshaking: dict[int, tuple[ssl.SSLSocket, asyncio.TimerHandle]] = {}
+        self.sockets = [sock]
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(self._backlog):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as err:
+                if err.errno not in ACCEPT_ERRORS:
+                    log.warning("accepting a connection failed: %s", err)
+                    return
+                # out of descriptors: the backlog waits, and the loop does not spin on it
+                log.warning("accepting connections paused for %.0f s: %s", ACCEPT_PAUSE, err)
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            fd = tls.fileno()
+            timer = self._loop.call_later(HANDSHAKE_TIMEOUT, self._give_up, fd)
+            self._handshaking[fd] = (tls, timer)
+            self._handshake(fd)
+
+    def _resume_accepting(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def _handshake(self, fd: int) -> None:
+        tls, timer = self._handshaking[fd]
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._loop.remove_writer(fd)
+            self._loop.add_reader(fd, self._handshake, fd)
+            return
+        except ssl.SSLWantWriteError:
+            self._loop.remove_reader(fd)
+            self._loop.add_writer(fd, self._handshake, fd)
+            return
+        except (OSError, ssl.SSLError) as err:  # not TLS, an untrusted client certificate
+            log.debug("TLS handshake with a client failed: %s", err)
+            self._drop(fd, drain=True)
+            return
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        timer.cancel()
+        del self._handshaking[fd]
+        TLSSocketTransport(self._loop, tls, self._factory())
+
+    def _give_up(self, fd: int) -> None:
+        log.debug("TLS handshake not done within %.0f s: connection closed", HANDSHAKE_TIMEOUT)
+        self._drop(fd)
+
+    def _drop(self, fd: int, *, drain: bool = False) -> None:
+        tls, timer = self._handshaking.pop(fd)
+        timer.cancel()
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        if drain:
+            # what the client sent and OpenSSL refused (plain HTTP to this port, say): read
+            # it away, or closing with it unread resets the connection, and the client sees
+            # "connection reset" where a closed connection tells it the port speaks TLS
+            with contextlib.suppress(OSError):
+                for _ in range(16):
+                    if not os.read(fd, 65536):
+                        break
+        tls.close()
+
+    def close(self) -> None:
+        """Stop listening and drop the handshakes under way (established connections are
+        the server's to close)."""
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        for fd in list(self._handshaking):
+            self._drop(fd)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class TLSSite(BaseSite):
+    """`web.TCPSite(runner, host, port, ssl_context=ctx)`, with OpenSSL on the sockets."""
+
+    __slots__ = ("_host", "_port", "_reuse_address")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext,
+        backlog: int = 4096,
+        reuse_address: bool = True,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._reuse_address = reuse_address
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.create_server(
+            (self._host, self._port),
+            family=family,
+            backlog=self._backlog,
+            reuse_port=False,
+            dualstack_ipv6=False,
+        )
+        if not self._reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        sock.setblocking(False)
+        assert self._ssl_context is not None and self._runner.server is not None
+        self._server = _Listener(  # type: ignore[assignment]
+            loop, sock, self._ssl_context, self._runner.server, self._backlog
+        )
