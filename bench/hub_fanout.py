@@ -42,6 +42,12 @@ The baseline, measured in the same run with the same client process and connecti
 is a minimal aiohttp server (on uvloop, as the hub) that streams one line of a binding
 event's size to N open responses when told to: the floor for any HTTP watch. The hub's
 figures are reported beside it as ratios.
+
+`--native` adds the same bare fan-out written in Go (bench/native_fanout/main.go, built with
+`go build` into ~/.cache/fluidfed/bench): its TLS records are made by Go's crypto/tls, not by
+Python's ssl, so `baseline_native_tls_vs_plain_*` is what TLS costs a fan-out on this
+machine when no Python is in the way, and `baseline_native_tls_extra_us_per_line` the µs
+TLS adds to each line there (against `tls_extra_us_per_binding`, the hub's).
 Reference: Karmada reports P99 about 1 s to distribute a resource to 100 clusters.
 """
 
@@ -50,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import json
 import os
 import resource
@@ -65,6 +72,7 @@ from pathlib import Path
 
 import aiohttp
 
+from devkit.local import paths
 from devkit.local.etcd import EtcdCluster
 from devkit.testing import HubProcess
 from fluidfed import Client, errors
@@ -127,13 +135,30 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+NATIVE_SOURCE = Path(__file__).with_name("native_fanout")
+
+
+def native_server() -> str:
+    """The Go fan-out server's binary, built once per version of its source (`go build`,
+    the standard library only: no module to download)."""
+    source = (NATIVE_SOURCE / "main.go").read_bytes() + (NATIVE_SOURCE / "go.mod").read_bytes()
+    out = paths.cache_dir("bench", "FLUIDFED_BENCH_CACHE") / (
+        "native_fanout-" + hashlib.sha256(source).hexdigest()[:12]
+    )
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(out), "."], cwd=NATIVE_SOURCE, check=True)
+    return str(out)
+
+
 async def baseline(
-    n: int, rounds: int, tls_dir: Path | None = None
+    n: int, rounds: int, tls_dir: Path | None = None, *, native: bool = False
 ) -> tuple[list[float], float, float]:
     """Latencies of `rounds` fan-outs to `n` watchers, the server's CPU µs per line and
     this (the watchers') process's. With `tls_dir`, over HTTPS with a certificate made
-    there as the hub's --self-signed makes its own, the watchers verifying it."""
-    argv = [sys.executable, "-c", BASELINE_SERVER]
+    there as the hub's --self-signed makes its own, the watchers verifying it. `native`:
+    the Go server instead of the aiohttp one."""
+    argv = [native_server()] if native else [sys.executable, "-c", BASELINE_SERVER]
     ctx: ssl.SSLContext | bool = True
     if tls_dir is not None:
         made = tls_setup.self_signed(tls_dir, ("127.0.0.1",))
@@ -185,9 +210,11 @@ async def baseline(
     return lat, cpu_us, client_cpu_us
 
 
-async def baseline_run(n: int, rounds: int, tls: bool) -> dict[str, float]:
+async def baseline_run(n: int, rounds: int, tls: bool, native: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        lat, cpu_us, client_cpu_us = await baseline(n, rounds, Path(tmp) if tls else None)
+        lat, cpu_us, client_cpu_us = await baseline(
+            n, rounds, Path(tmp) if tls else None, native=native
+        )
     return {
         "p50_ms": pct(lat, 50) * 1000,
         "p99_ms": pct(lat, 99) * 1000,
@@ -196,16 +223,21 @@ async def baseline_run(n: int, rounds: int, tls: bool) -> dict[str, float]:
     }
 
 
-def _baseline_tls(runs: list[dict[str, float]], plain: dict[str, float]) -> dict[str, float]:
+def _baseline_tls(
+    runs: list[dict[str, float]], plain: dict[str, float], prefix: str = "baseline_"
+) -> dict[str, float]:
     """The bare server over HTTPS against itself over HTTP: what TLS costs any HTTP watch
     on this machine (one TLS record per line, decrypted by the watchers in this process),
     the floor under the hub's `tls_vs_plain_*`."""
     if not runs:
         return {}
     got = _medians(runs)
-    row = {f"baseline_tls_{k}": round(v, 2) for k, v in got.items()}
+    row = {f"{prefix}tls_{k}": round(v, 2) for k, v in got.items()}
     for k in got:
-        row[f"baseline_tls_vs_plain_{k}"] = round(got[k] / max(plain[k], 1e-3), 2)
+        row[f"{prefix}tls_vs_plain_{k}"] = round(got[k] / max(plain[k], 1e-3), 2)
+    row[f"{prefix}tls_extra_us_per_line"] = round(
+        got["cpu_us_per_line"] - plain["cpu_us_per_line"], 2
+    )
     return row
 
 
@@ -544,6 +576,11 @@ async def main() -> None:
         help="also run 2 hub replicas on a 3-member etcd (plain HTTP), alternating with SQLite",
     )
     ap.add_argument("--etcd-only", action="store_true", help="only the etcd runs (and baseline)")
+    ap.add_argument(
+        "--native",
+        action="store_true",
+        help="also run the bare fan-out written in Go (needs go), plain and over TLS",
+    )
     ap.add_argument("--out", default="hub_fanout.json", help="file name under bench/results")
     ap.add_argument("--profile", metavar="DIR", help="py-spy each hub over the measured phases")
     args = ap.parse_args()
@@ -558,15 +595,21 @@ async def main() -> None:
         modes = []
     etcd_trees = trees if args.etcd or args.etcd_only else []
     results = []
+    # the bare servers' CPU per line is read from /proc in clock ticks (10 ms): 20 fan-outs
+    # at least, or a few rounds to 1,000 watchers at ~5 µs a line are a tick or two
+    base_rounds = max(args.rounds, 20)
     for n in args.agents:
         runs: dict[tuple[str, bool], list[dict[str, float]]] = {m: [] for m in modes}
         failed = dict.fromkeys(modes, 0)
         etcd_runs: dict[str, list[dict[str, float]]] = {t: [] for t in etcd_trees}
         etcd_failed = dict.fromkeys(etcd_trees, 0)
         base_runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+        native_runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         for r in range(args.repeat):
             for tls_on in [False] if args.no_tls or args.etcd_only else [False, True]:
-                base_runs[tls_on].append(await baseline_run(n, args.rounds, tls_on))
+                base_runs[tls_on].append(await baseline_run(n, base_rounds, tls_on))
+                if args.native:
+                    native_runs[tls_on].append(await baseline_run(n, base_rounds, tls_on, True))
             for tree, tls in modes if r % 2 == 0 else modes[::-1]:
                 try:
                     one = await hub_run(n, args.rounds, args.burst, tls=tls, tree=tree)
@@ -587,6 +630,10 @@ async def main() -> None:
         row: dict[str, float] = {"agents": n}
         row |= {f"baseline_{k}": round(v, 2) for k, v in base.items()}
         row |= _baseline_tls(base_runs[True], base)
+        if native_runs[False]:
+            native = _medians(native_runs[False])
+            row |= {f"baseline_native_{k}": round(v, 2) for k, v in native.items()}
+            row |= _baseline_tls(native_runs[True], native, "baseline_native_")
         for tree, tls in modes:
             prefix = ("against_" if tree else "") + ("tls_" if tls else "")
             row[f"{prefix}failed_runs"] = failed[(tree, tls)]
@@ -599,7 +646,11 @@ async def main() -> None:
                 got["hub_cpu_us_per_binding"] / max(base["cpu_us_per_line"], 1e-3), 2
             )
             if tls and runs[(tree, False)]:  # the cost of TLS: against plain HTTP, same tree
-                _ratios(row, prefix + "vs_plain_", got, _medians(runs[(tree, False)]))
+                plain = _medians(runs[(tree, False)])
+                _ratios(row, prefix + "vs_plain_", got, plain)
+                row[f"{prefix}extra_us_per_binding"] = round(
+                    got["hub_cpu_us_per_binding"] - plain["hub_cpu_us_per_binding"], 2
+                )
             if tree and runs[("", tls)]:  # this tree against the other one
                 _ratios(row, prefix + "this_vs_against_", _medians(runs[("", tls)]), got)
         _etcd_row(row, base, runs, etcd_runs, etcd_failed)

@@ -1,0 +1,3 @@
+module fluidfed/bench/native_fanout
+
+go 1.21
