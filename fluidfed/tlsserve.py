@@ -163,20 +163,23 @@ class TLSSocketTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        chunk = bytes(data)
+        if self._pending:  # behind what waits for the socket
+            self._queue(bytes(data))
+            return
+        try:
+            sent = self._sock.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            self._queue(bytes(data))  # OpenSSL keeps its progress: it wants the same bytes
+            return
+        except (OSError, ssl.SSLError) as err:
+            self._fatal(err)
+            return
+        if sent < len(data):  # a partial write, should OpenSSL report one: the rest waits
+            self._queue(bytes(data[sent:]))
+
+    def _queue(self, chunk: bytes) -> None:
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        if len(self._pending) == 1:  # nothing waits ahead of it: try now
-            try:
-                self._send(chunk)
-                self._pending.popleft()
-                self._pending_size -= len(chunk)
-                return
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                pass
-            except (OSError, ssl.SSLError) as err:
-                self._fatal(err)
-                return
         self._watch_write()
         if not self._writing_paused and self._pending_size > self._high:
             self._writing_paused = True
