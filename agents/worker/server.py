@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, log, remaining_peers
-from fluidfed import errors, telemetry, tls
+from fluidfed import errors, telemetry, tls, tlsserve
 from fluidfed.data import blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
@@ -332,13 +332,18 @@ async def serve(
         worker.instrument()
         runner = web.AppRunner(make_app(worker), handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(
-            runner,
-            host,
-            port,
-            reuse_address=True,
-            ssl_context=served.context if served is not None else None,
-        )
+        site: web.BaseSite
+        if served is not None and tlsserve.use_socket_tls():
+            # OpenSSL writes the records to the socket (as the hub's; fluidfed/tlsserve.py)
+            site = tlsserve.TLSSite(runner, host, port, ssl_context=served.context)
+        else:
+            site = web.TCPSite(
+                runner,
+                host,
+                port,
+                reuse_address=True,
+                ssl_context=served.context if served is not None else None,
+            )
         await site.start()
         for addr in runner.addresses:
             site_port = int(addr[1])
