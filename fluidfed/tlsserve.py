@@ -412,18 +412,53 @@ class TLSSite(BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.create_server(
-            (self._host, self._port),
-            family=family,
-            backlog=self._backlog,
-            reuse_port=False,
-            dualstack_ipv6=False,
-        )
-        if not self._reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        sock.setblocking(False)
         assert self._ssl_context is not None and self._runner.server is not None
-        self._server = _Listener(  # type: ignore[assignment]
-            loop, sock, self._ssl_context, self._runner.server, self._backlog
+        # as asyncio's create_server: one listening socket per address the host names
+        # (both families for "localhost", every interface for "" or None)
+        infos = await loop.getaddrinfo(
+            self._host or None, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
+        listeners = []
+        try:
+            for family, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                listeners.append(sock)
+                if self._reuse_address:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(addr)
+                except OSError as err:  # said as asyncio's create_server says it
+                    raise OSError(
+                        err.errno,
+                        f"error while attempting to bind on address {addr!r}: "
+                        f"{(err.strerror or str(err)).lower()}",
+                    ) from None
+                sock.listen(self._backlog)
+                sock.setblocking(False)
+        except OSError:
+            for sock in listeners:
+                sock.close()
+            raise
+        self._server = _Listeners(  # type: ignore[assignment]
+            [
+                _Listener(loop, sock, self._ssl_context, self._runner.server, self._backlog)
+                for sock in listeners
+            ]
+        )
+
+
+class _Listeners:
+    """What aiohttp's runner knows of a site's server: its sockets, and close."""
+
+    def __init__(self, listeners: list[_Listener]) -> None:
+        self._listeners = listeners
+        self.sockets = [sock for one in listeners for sock in one.sockets]
+
+    def close(self) -> None:
+        for one in self._listeners:
+            one.close()
+
+    async def wait_closed(self) -> None:
+        return None

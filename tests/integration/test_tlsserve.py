@@ -217,3 +217,16 @@ def test_the_transport_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("FLUIDFED_TLS_TRANSPORT", "kernel")
     with pytest.raises(FluidfedError, match=r"FLUIDFED_TLS_TRANSPORT='kernel'.*'socket'.*'loop'"):
         tlsserve.use_socket_tls()
+
+
+async def test_a_taken_port_says_which_address(served: Served, ca: trustme.CA) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        site = tlsserve.TLSSite(runner, "127.0.0.1", served.port, ssl_context=ctx)
+        with pytest.raises(OSError, match=rf"'127.0.0.1', {served.port}\): address already in use"):
+            await site.start()
+    finally:
+        await runner.cleanup()
