@@ -39,6 +39,7 @@ PACKAGES = {
     "umoci": "the fluidfed image without Docker",
     "mmdebstrap": "the fluidfed image without Docker",
     "iproute2": "the real node's network namespace",
+    "openssl": "the tests' TLS 1.3 key updates (openssl s_client)",
 }
 # needed only by Debian's own python3, whose C headers come apart (pyenv's and python.org's
 # builds carry theirs)

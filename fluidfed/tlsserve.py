@@ -39,6 +39,9 @@ HANDSHAKE_TIMEOUT = 60.0  # seconds, as asyncio's default ssl_handshake_timeout
 READ_SIZE = 64 * 1024  # one SSL_read returns one record (16 KiB at most)
 READS_PER_WAKE = 16  # then back to the loop: a busy peer does not starve the others
 HIGH_WATER = 64 * 1024
+CLOSE_TIMEOUT = 30.0  # seconds a closing connection may take to send what it holds, and
+# then to hear the peer's close (as asyncio's ssl_shutdown_timeout)
+ACCEPTS_PER_WAKE = 16  # each runs the handshake's first step: a burst does not stall the loop
 ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_PAUSE = 1.0  # seconds without accepting after the process ran out of descriptors
 
@@ -79,6 +82,7 @@ class TLSSocketTransport(asyncio.Transport):
         self._read_needs_write = False  # an SSL_read that must send first (a key update)
         self._closing = False
         self._lost = False
+        self._close_timer: asyncio.TimerHandle | None = None
         protocol.connection_made(self)
         self._watch_read()
         # a request sent with the handshake's last flight may already be in: read it now
@@ -101,13 +105,24 @@ class TLSSocketTransport(asyncio.Transport):
             self._loop.add_writer(self._fd, self._write_ready)
             self._writer = True
 
+    # OpenSSL takes one operation at a time on a connection: an SSL_write that said
+    # WantWrite must be finished (the same bytes again) before an SSL_read, which may have
+    # to send too (the answer to a TLS 1.3 key update) and would write over it (BAD_LENGTH);
+    # and an SSL_read that said WantWrite must be done again before any SSL_write. So
+    # nothing is read while a write waits for the socket, and nothing written while such a
+    # read does (HTTP/1.1 reads the next request after the response anyway).
+
     def _read_ready(self) -> None:
         for _ in range(READS_PER_WAKE):
             if self._reading_paused or self._closing:
                 return
+            if self._pending and not self._read_needs_write:  # a write waits: read after it
+                self._unwatch_read()
+                return
             try:
                 data = self._sock.recv(READ_SIZE)
             except ssl.SSLWantReadError:
+                self._read_needs_write = False
                 return
             except ssl.SSLWantWriteError:
                 self._read_needs_write = True
@@ -117,25 +132,32 @@ class TLSSocketTransport(asyncio.Transport):
             except (OSError, ssl.SSLError) as err:
                 self._fatal(err)
                 return
+            self._read_needs_write = False
             if not data:  # the peer closed (close_notify, or the TCP connection)
                 self._unwatch_read()
                 if not self._protocol.eof_received():
                     self.close()
                 return
-            self._protocol.data_received(data)
+            try:
+                self._protocol.data_received(data)
+            except Exception as err:  # the protocol's fault: the connection goes, not the loop
+                log.exception("a protocol failed on data received")
+                self._fatal(err)
+                return
         if self._sock.pending():  # decrypted bytes OpenSSL holds: no readiness for those
             self._loop.call_soon(self._read_ready)
 
     def _write_ready(self) -> None:
         if self._read_needs_write:
-            self._read_needs_write = False
-            self._watch_read()
-            self._loop.call_soon(self._read_ready)
+            self._read_ready()  # the read's own write goes out first
+            if self._read_needs_write or self._lost:
+                return
         try:
             while self._pending:
                 self._send(self._pending[0])
                 self._pending_size -= len(self._pending.popleft())
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            self._maybe_resume_writing()
             return  # the loop calls again once the socket takes more
         except (OSError, ssl.SSLError) as err:
             self._fatal(err)
@@ -143,11 +165,16 @@ class TLSSocketTransport(asyncio.Transport):
         if self._writer:
             self._loop.remove_writer(self._fd)
             self._writer = False
+        if self._closing:
+            self._shutdown(None)
+            return
+        self._watch_read()
+        self._maybe_resume_writing()
+
+    def _maybe_resume_writing(self) -> None:
         if self._writing_paused and self._pending_size <= self._low:
             self._writing_paused = False
             self._protocol.resume_writing()
-        if self._closing:
-            self._shutdown(None)
 
     def _send(self, data: bytes) -> None:
         """All of `data` through SSL_write, or SSLWantWriteError with OpenSSL holding its
@@ -163,7 +190,7 @@ class TLSSocketTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        if self._pending:  # behind what waits for the socket
+        if self._pending or self._read_needs_write:  # behind what waits for the socket
             self._queue(bytes(data))
             return
         try:
@@ -201,8 +228,13 @@ class TLSSocketTransport(asyncio.Transport):
         return (self._low, self._high)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = HIGH_WATER if high is None else high
-        self._low = self._high // 4 if low is None else low
+        if high is None:
+            high = HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
 
     def pause_reading(self) -> None:
         self._reading_paused = True
@@ -230,6 +262,8 @@ class TLSSocketTransport(asyncio.Transport):
         self._unwatch_read()
         if not self._pending:
             self._shutdown(None)
+        else:  # a peer that stopped reading does not keep it open for ever
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def abort(self) -> None:
         self._closing = True
@@ -243,23 +277,32 @@ class TLSSocketTransport(asyncio.Transport):
         if self._lost:
             return
         self._lost = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         self._unwatch_read()
         if self._writer:
             self._loop.remove_writer(self._fd)
             self._writer = False
         self._pending.clear()
         self._pending_size = 0
+        linger = False
         if flush:
-            # our close_notify, best effort: the peer's is not waited for
+            # our close_notify (best effort), then what the peer still sends is read away
+            # until it closes: a close with bytes unread resets the connection, and a reset
+            # throws away the end of the response still in the kernel's send buffer
             with contextlib.suppress(OSError, ValueError, ssl.SSLError):
                 self._sock.unwrap()
-        self._loop.call_soon(self._connection_lost, err)
+            linger = True
+        self._loop.call_soon(self._connection_lost, err, linger)
 
-    def _connection_lost(self, err: Exception | None) -> None:
+    def _connection_lost(self, err: Exception | None, linger: bool) -> None:
         try:
             self._protocol.connection_lost(err)
         finally:
-            self._sock.close()
+            if linger:
+                _Linger(self._loop, self._sock)
+            else:
+                self._sock.close()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         sock = self._sock
@@ -281,6 +324,39 @@ class TLSSocketTransport(asyncio.Transport):
         except (OSError, ValueError):
             return default
         return default
+
+
+class _Linger:
+    """A closed connection's descriptor kept until the peer closes its side (its bytes read
+    and dropped unencrypted) or CLOSE_TIMEOUT passes, then closed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        if self._fd < 0:
+            return
+        self._timer = loop.call_later(CLOSE_TIMEOUT, self._close)
+        loop.add_reader(self._fd, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            for _ in range(READS_PER_WAKE):
+                if not os.read(self._fd, READ_SIZE):
+                    break  # the peer closed
+            else:
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._timer.cancel()
+            self._loop.remove_reader(self._fd)
+            self._sock.close()
 
 
 class _Listener:
@@ -305,7 +381,7 @@ class _Listener:
         loop.add_reader(sock.fileno(), self._accept)
 
     def _accept(self) -> None:
-        for _ in range(self._backlog):
+        for _ in range(ACCEPTS_PER_WAKE):
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -319,9 +395,14 @@ class _Listener:
                 self._loop.remove_reader(self._sock.fileno())
                 self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                 return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                tls = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError) as err:  # a client already gone, or resetting
+                log.debug("a connection went before its TLS began: %s", err)
+                conn.close()
+                continue
             fd = tls.fileno()
             timer = self._loop.call_later(HANDSHAKE_TIMEOUT, self._give_up, fd)
             self._handshaking[fd] = (tls, timer)
@@ -407,7 +488,8 @@ class TLSSite(BaseSite):
 
     @property
     def name(self) -> str:
-        return f"https://{self._host}:{self._port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host or "0.0.0.0"
+        return f"https://{host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()

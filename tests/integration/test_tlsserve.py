@@ -1,10 +1,16 @@
 """fluidfed/tlsserve.py, the hub's HTTPS: an aiohttp app served over TLSSite on loopback,
-met by real clients (aiohttp's, and raw sockets for what a client may do wrong)."""
+met by real clients (aiohttp's, openssl s_client, and raw sockets for what a client may do
+wrong). These run on the suite's asyncio loop; the hub and the workers run TLSSite on uvloop
+in their own processes in test_hub_tls.py, test_data_tls.py and test_real_node.py."""
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import socket
 import ssl
+import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ class Served:
         self.client_ctx = ssl.create_default_context()
         ca.configure_trust(self.client_ctx)
         self.seen: dict[str, Any] = {}
+        self.ca_file = ""
 
 
 def _app(seen: dict[str, Any]) -> web.Application:
@@ -70,7 +77,20 @@ def _app(seen: dict[str, Any]) -> web.Application:
             seen["stream_error"] = err
             raise
 
+    async def ones(request: web.Request) -> web.StreamResponse:
+        # n bytes of 0x01 (no text a client prints has one), in 64 KiB writes
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        left = int(request.query["n"])
+        while left:
+            piece = min(left, 65536)
+            await resp.write(b"\x01" * piece)
+            left -= piece
+        await resp.write_eof()
+        return resp
+
     app = web.Application(client_max_size=4 * 2**20)
+    app.router.add_get("/ones", ones)
     app.router.add_get("/big", big)
     app.router.add_post("/echo", echo)
     app.router.add_get("/who", who)
@@ -99,6 +119,7 @@ async def served(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[Served]:
     await site.start()
     s = Served(runner, site, ca)
     s.seen = seen
+    s.ca_file = str(ca_file)
     try:
         yield s
     finally:
@@ -230,3 +251,119 @@ async def test_a_taken_port_says_which_address(served: Served, ca: trustme.CA) -
             await site.start()
     finally:
         await runner.cleanup()
+
+
+async def test_key_updates_while_a_response_waits_for_the_socket(served: Served) -> None:
+    # a TLS 1.3 key update asks the server for one back: its answer must not be written
+    # over a record OpenSSL is still sending to a slow reader (OpenSSL: BAD_LENGTH, the
+    # connection dropped); `openssl s_client` sends one at each "K"
+    n = 64 * 2**20
+    proc = await asyncio.create_subprocess_exec(
+        *("openssl", "s_client", "-connect", f"127.0.0.1:{served.port}", "-tls1_3"),
+        *("-CAfile", served.ca_file, "-servername", "127.0.0.1"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(f"GET /ones?n={n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+    async def key_updates() -> None:
+        assert proc.stdin is not None
+        for _ in range(30):
+            await asyncio.sleep(0.05)
+            proc.stdin.write(b"K\n")
+            await proc.stdin.drain()
+
+    keys = asyncio.create_task(key_updates())
+    got, updates, out = 0, 0, b""
+    try:
+        while got < n:
+            chunk = await asyncio.wait_for(proc.stdout.read(65536), 30)
+            if not chunk:
+                break
+            got += chunk.count(b"\x01")  # s_client's own report has none
+            updates += (out[-16:] + chunk).count(b"KEYUPDATE")
+            out = chunk
+            await asyncio.sleep(0.002)  # a slow reader: the server's socket fills
+    finally:
+        keys.cancel()
+        with contextlib.suppress(ProcessLookupError):  # it ends when the server closes
+            proc.kill()
+        await proc.wait()
+    assert updates > 0  # s_client did send them
+    assert got == n, f"{got} of {n} bytes"
+
+
+async def test_a_client_that_sends_after_the_close_gets_the_whole_response(
+    served: Served,
+) -> None:
+    # the server closes after a `Connection: close` response with most of it still in its
+    # socket; the client then sends one more request: closing with that unread would reset
+    # the connection and lose the end of the response
+    n = 2 * 2**20
+    ctx = served.client_ctx
+
+    def client() -> int:
+        raw = socket.create_connection(("127.0.0.1", served.port))
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(f"GET /ones?n={n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            time.sleep(1)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+            got = b""
+            with contextlib.suppress(ssl.SSLError, OSError):
+                while chunk := s.recv(65536):
+                    got += chunk
+            return got.count(b"\x01")
+
+    assert await asyncio.to_thread(client) == n
+
+
+async def test_clients_gone_before_the_handshake_do_not_reach_the_loop(served: Served) -> None:
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+
+    def resets() -> None:
+        for _ in range(50):
+            s = socket.create_connection(("127.0.0.1", served.port))
+            s.send(b"x")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # a reset
+
+    await asyncio.to_thread(resets)
+    async with aiohttp.ClientSession() as s, s.get(served.url + "/who", ssl=served.client_ctx) as r:
+        assert await r.text() == "https none"
+    assert not errors, errors[:3]
+
+
+async def test_a_closed_connection_whose_client_stopped_reading_goes_within_the_deadline(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tlsserve, "CLOSE_TIMEOUT", 0.5)
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", served.port))
+    loop = asyncio.get_running_loop()
+    tls = served.client_ctx.wrap_socket(
+        raw, server_hostname="127.0.0.1", do_handshake_on_connect=False
+    )
+    await asyncio.to_thread(tls.do_handshake)
+    tls.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        while "streaming" not in served.seen:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # the client reads nothing: the server's socket fills
+        assert fds() == before + 2  # the client's socket and the server's
+        await served.runner.cleanup()
+        deadline = loop.time() + 10
+        while fds() > before + 1 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert fds() == before + 1  # the server's is closed; the client's alone is left
+    finally:
+        tls.close()
