@@ -83,6 +83,7 @@ class TLSSocketTransport(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._close_timer: asyncio.TimerHandle | None = None
+        self._held: list[bytes] = []  # read while the protocol paused reading (_finish_read)
         protocol.connection_made(self)
         self._watch_read()
         # a request sent with the handshake's last flight may already be in: read it now
@@ -133,23 +134,15 @@ class TLSSocketTransport(asyncio.Transport):
                 self._fatal(err)
                 return
             self._read_needs_write = False
-            if not data:  # the peer closed (close_notify, or the TCP connection)
-                self._unwatch_read()
-                if not self._protocol.eof_received():
-                    self.close()
-                return
-            try:
-                self._protocol.data_received(data)
-            except Exception as err:  # the protocol's fault: the connection goes, not the loop
-                log.exception("a protocol failed on data received")
-                self._fatal(err)
+            self._deliver(data)
+            if not data or self._lost:
                 return
         if self._sock.pending():  # decrypted bytes OpenSSL holds: no readiness for those
             self._loop.call_soon(self._read_ready)
 
     def _write_ready(self) -> None:
         if self._read_needs_write:
-            self._read_ready()  # the read's own write goes out first
+            self._finish_read()  # the read's own write goes out first
             if self._read_needs_write or self._lost:
                 return
         try:
@@ -170,6 +163,42 @@ class TLSSocketTransport(asyncio.Transport):
             return
         self._watch_read()
         self._maybe_resume_writing()
+
+    def _finish_read(self) -> None:
+        """The SSL_read that wanted to write, again (whether or not reading is paused or
+        the connection closing: OpenSSL needs it done before the next SSL_write). What it
+        reads waits for `resume_reading` if reading is paused, and is dropped if closing."""
+        try:
+            data = self._sock.recv(READ_SIZE)
+        except ssl.SSLWantWriteError:
+            return  # still: the loop calls _write_ready again once the socket takes more
+        except ssl.SSLWantReadError:
+            data = None
+        except (OSError, ssl.SSLError) as err:
+            self._fatal(err)
+            return
+        self._read_needs_write = False
+        if self._closing:
+            return
+        if data is not None and self._reading_paused:
+            self._held.append(data)
+        elif data is not None:
+            self._deliver(data)
+        if not self._reading_paused and not self._lost:
+            self._watch_read()
+            self._loop.call_soon(self._read_ready)
+
+    def _deliver(self, data: bytes) -> None:
+        if not data:  # the peer closed (close_notify, or the TCP connection)
+            self._unwatch_read()
+            if not self._protocol.eof_received():
+                self.close()
+            return
+        try:
+            self._protocol.data_received(data)
+        except Exception as err:  # the protocol's fault: the connection goes, not the loop
+            log.exception("a protocol failed on data received")
+            self._fatal(err)
 
     def _maybe_resume_writing(self) -> None:
         if self._writing_paused and self._pending_size <= self._low:
@@ -244,6 +273,12 @@ class TLSSocketTransport(asyncio.Transport):
         if not self._reading_paused or self._closing:
             return
         self._reading_paused = False
+        held, self._held = self._held, []
+        for at, data in enumerate(held):
+            self._deliver(data)
+            if self._closing or self._reading_paused:  # paused again: the rest waits
+                self._held = held[at + 1 :] if self._reading_paused else []
+                return
         self._watch_read()
         if self._sock.pending():  # decrypted bytes OpenSSL holds: no readiness for those
             self._loop.call_soon(self._read_ready)
