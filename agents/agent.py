@@ -45,7 +45,7 @@ from agents.registry import Registry
 from agents.state import StateFile
 from agents.store import Store
 from agents.webhook.certs import CertManager
-from fluidfed import validation
+from fluidfed import tlsserve, validation
 from fluidfed.backoff import Backoff
 from fluidfed.models import AgentConfig, Cluster
 
@@ -236,18 +236,10 @@ class Agent:
             port = int(saved.read_text().strip() or 0)
         ssl_context = certs.context if certs is not None else None
         try:
-            site = web.TCPSite(
-                runner, self.cfg.api_host, port, reuse_address=True, ssl_context=ssl_context
-            )
+            site = tlsserve.site(runner, self.cfg.api_host, port, ssl_context)
             await site.start()
         except OSError:
-            site = web.TCPSite(
-                runner,
-                self.cfg.api_host,
-                self.cfg.api_port,
-                reuse_address=True,
-                ssl_context=ssl_context,
-            )
+            site = tlsserve.site(runner, self.cfg.api_host, self.cfg.api_port, ssl_context)
             await site.start()
         port = int(runner.addresses[0][1])
         if not self.cfg.api_port:

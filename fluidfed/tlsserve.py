@@ -13,7 +13,9 @@ over this (README, "Measured design decisions").
 `TLSSite` is an aiohttp site like `web.TCPSite(..., ssl_context=...)`; the transport it
 gives each connection (`TLSSocketTransport`) is an `asyncio.Transport` with flow control
 both ways, a handshake deadline, and `get_extra_info("ssl_object")` for the peer's
-certificate. `FLUIDFED_TLS_TRANSPORT=loop` serves with the event loop's TLS instead.
+certificate. `site()` picks it for every fluidfed server that serves TLS (the hub, the cache
+workers, the agent's API and webhook); `FLUIDFED_TLS_TRANSPORT=loop` serves with the event
+loop's TLS instead.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def use_socket_tls() -> bool:
             "default: OpenSSL writes to the socket) or 'loop' (the event loop's TLS), or unset it"
         )
     return choice == "socket"
+
+
+def site(
+    runner: web.BaseRunner,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    reuse_address: bool = True,
+) -> web.BaseSite:
+    """The site every fluidfed server listens with: `TLSSite` when it serves TLS (unless
+    FLUIDFED_TLS_TRANSPORT=loop), else aiohttp's `TCPSite`."""
+    if ssl_context is not None and use_socket_tls():
+        return TLSSite(runner, host, port, ssl_context=ssl_context, reuse_address=reuse_address)
+    return web.TCPSite(runner, host, port, reuse_address=reuse_address, ssl_context=ssl_context)
 
 
 class TLSSocketTransport(asyncio.Transport):

@@ -131,15 +131,9 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         # on SIGTERM the watch streams end at once (agents reconnect): nothing to wait 60 s for
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
         await runner.setup()
-        site: web.BaseSite
-        if ssl_context is not None and tlsserve.use_socket_tls():
-            # OpenSSL writes each watch event's record to its socket: the loop's TLS costs
-            # a memory-buffer round trip per record (fluidfed/tlsserve.py)
-            site = tlsserve.TLSSite(runner, cfg.host, cfg.port, ssl_context=ssl_context)
-        else:
-            site = web.TCPSite(
-                runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context
-            )
+        # over TLS, OpenSSL writes each watch event's record to its socket: the loop's TLS
+        # costs a memory-buffer round trip per record (fluidfed/tlsserve.py)
+        site = tlsserve.site(runner, cfg.host, cfg.port, ssl_context)
         await site.start()
         aio.settle_gc()
     except BaseException:

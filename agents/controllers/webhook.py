@@ -21,7 +21,7 @@ from agents.store import Store
 from agents.webhook import mutate
 from agents.webhook import server as webhook_server
 from agents.webhook.certs import CertManager
-from fluidfed import names
+from fluidfed import names, tlsserve
 from fluidfed.models import AgentConfig, Cluster
 
 log = logging.getLogger("fluidfed.agent.webhook")
@@ -73,9 +73,7 @@ class SidecarWebhook:
         )
         runner = web.AppRunner(webhook_server.make_app(self.decide), access_log=None)
         await runner.setup()
-        site = web.TCPSite(
-            runner, cfg.webhook_host, cfg.webhook_port, ssl_context=self.certs.context
-        )
+        site = tlsserve.site(runner, cfg.webhook_host, cfg.webhook_port, self.certs.context)
         await site.start()
         port = int(runner.addresses[0][1])
         self.url = cfg.webhook_url or f"https://{cfg.webhook_host}:{port}/mutate"

@@ -332,18 +332,7 @@ async def serve(
         worker.instrument()
         runner = web.AppRunner(make_app(worker), handle_signals=False, access_log=None)
         await runner.setup()
-        site: web.BaseSite
-        if served is not None and tlsserve.use_socket_tls():
-            # OpenSSL writes the records to the socket (as the hub's; fluidfed/tlsserve.py)
-            site = tlsserve.TLSSite(runner, host, port, ssl_context=served.context)
-        else:
-            site = web.TCPSite(
-                runner,
-                host,
-                port,
-                reuse_address=True,
-                ssl_context=served.context if served is not None else None,
-            )
+        site = tlsserve.site(runner, host, port, served.context if served is not None else None)
         await site.start()
         for addr in runner.addresses:
             site_port = int(addr[1])
