@@ -392,23 +392,28 @@ class _Linger:
         loop.add_reader(self._fd, self._drain)
 
     def _drain(self) -> None:
-        try:
-            for _ in range(READS_PER_WAKE):
-                if not os.read(self._fd, READ_SIZE):
-                    break  # the peer closed
-            else:
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        self._close()
+        if _read_away(self._fd):
+            self._close()
 
     def _close(self) -> None:
         if self._sock.fileno() >= 0:
             self._timer.cancel()
             self._loop.remove_reader(self._fd)
             self._sock.close()
+
+
+def _read_away(fd: int) -> bool:
+    """Read and drop what the peer has sent (raw bytes, some reads' worth): whether it has
+    closed its side, or the connection failed (nothing more will come)."""
+    try:
+        for _ in range(READS_PER_WAKE):
+            if not os.read(fd, READ_SIZE):
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return False
 
 
 class _Listener:
@@ -421,13 +426,11 @@ class _Listener:
         sock: socket.socket,
         ctx: ssl.SSLContext,
         factory: Any,
-        backlog: int,
     ) -> None:
         self._loop = loop
         self._sock = sock
         self._ctx = ctx
         self._factory = factory
-        self._backlog = backlog
         self._handshaking: dict[int, tuple[ssl.SSLSocket, asyncio.TimerHandle]] = {}
         self.sockets = [sock]
         loop.add_reader(sock.fileno(), self._accept)
@@ -499,10 +502,7 @@ class _Listener:
             # what the client sent and OpenSSL refused (plain HTTP to this port, say): read
             # it away, or closing with it unread resets the connection, and the client sees
             # "connection reset" where a closed connection tells it the port speaks TLS
-            with contextlib.suppress(OSError):
-                for _ in range(16):
-                    if not os.read(fd, 65536):
-                        break
+            _read_away(fd)
         tls.close()
 
     def close(self) -> None:
@@ -513,9 +513,6 @@ class _Listener:
             self._sock.close()
         for fd in list(self._handshaking):
             self._drop(fd)
-
-    async def wait_closed(self) -> None:
-        return None
 
 
 class TLSSite(BaseSite):
@@ -576,10 +573,7 @@ class TLSSite(BaseSite):
                 sock.close()
             raise
         self._server = _Listeners(  # type: ignore[assignment]
-            [
-                _Listener(loop, sock, self._ssl_context, self._runner.server, self._backlog)
-                for sock in listeners
-            ]
+            [_Listener(loop, sock, self._ssl_context, self._runner.server) for sock in listeners]
         )
 
 
