@@ -45,6 +45,7 @@ PACKAGES = {
 # builds carry theirs)
 PYTHON_HEADERS = ("python3-dev", "pyfuse3's build includes Python.h")
 GO_MIN = (1, 24)
+RUST_MIN = (1, 79)  # rustls 0.23 (native/tls), built by `pip install` into fluidfed._rustls
 PYTHON_MIN = (3, 11)
 FUSE_DEVICE = Path("/dev/fuse")
 
@@ -152,6 +153,31 @@ def go() -> Finding:
     return Finding(f"Go {version[0]}.{version[1]}: builds the missing binaries once", True)
 
 
+def rust_version() -> tuple[int, int] | None:
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        return None
+    r = subprocess.run([cargo, "--version"], capture_output=True, text=True, check=False)
+    m = re.search(r"cargo (\d+)\.(\d+)", r.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def rust() -> Finding:
+    """Rust's cargo builds the servers' TLS engine (native/tls) when fluidfed is installed."""
+    need = f"Rust >= {RUST_MIN[0]}.{RUST_MIN[1]} (cargo)"
+    what = f"{need} builds fluidfed's TLS engine (native/tls, rustls) at `pip install`"
+    fix = (
+        "install Rust with rustup (https://rustup.rs: curl ... | sh -s -- -y, then "
+        "source ~/.cargo/env), or Debian's cargo where it is new enough"
+    )
+    version = rust_version()
+    if version is None:
+        return Finding(f"{what}: no `cargo` on PATH", False, fix)
+    if version < RUST_MIN:
+        return Finding(f"{what}: `cargo` is {version[0]}.{version[1]}", False, fix)
+    return Finding(f"Rust {version[0]}.{version[1]}: builds fluidfed's TLS engine", True)
+
+
 def fuse_device(is_root: bool) -> Finding:
     try:
         mode = FUSE_DEVICE.stat().st_mode
@@ -237,7 +263,7 @@ def fuse_binding() -> Finding:
 
 def for_setup() -> list[Finding]:
     is_root = os.geteuid() == 0
-    return [python_env(), packages(is_root), go(), fuse_device(is_root), root(is_root)]
+    return [python_env(), packages(is_root), go(), rust(), fuse_device(is_root), root(is_root)]
 
 
 def for_demo() -> list[Finding]:

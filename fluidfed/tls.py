@@ -12,6 +12,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -35,10 +36,47 @@ def _problem(option: str, path: str, err: Exception) -> ConfigError:
     )
 
 
-def server_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
+class ServerContext(ssl.SSLContext):
+    """A serving `ssl.SSLContext` that also keeps the PEM it was given (certificate chain,
+    key, client CAs): what `fluidfed.tlsserve` builds its rustls configuration from. Every
+    load counts as a new `generation`, so a certificate loaded again (rotation) reaches new
+    connections on either engine. A key with a password is loaded here only (rustls takes
+    none): `pem` is then None and tlsserve serves this context with OpenSSL."""
+
+    generation = 0
+    pem: tuple[bytes, bytes] | None = None  # (certificate chain, key)
+    client_ca_pem = b""
+
+    def load_cert_chain(  # type: ignore[override]
+        self, certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str] | None = None,
+        password: Any = None,
+    ) -> None:  # fmt: skip
+        chain = Path(certfile).read_bytes()
+        key = Path(keyfile).read_bytes() if keyfile is not None else chain
+        super().load_cert_chain(certfile, keyfile, password)
+        self.pem = (chain, key) if password is None else None
+        self.generation += 1
+
+    def load_verify_locations(  # type: ignore[override]
+        self, cafile: str | os.PathLike[str] | None = None,
+        capath: str | os.PathLike[str] | None = None, cadata: str | bytes | None = None,
+    ) -> None:  # fmt: skip
+        super().load_verify_locations(cafile, capath, cadata)
+        if cafile is not None:
+            self.client_ca_pem += Path(cafile).read_bytes() + b"\n"
+        if isinstance(cadata, str):
+            self.client_ca_pem += cadata.encode() + b"\n"
+        elif cadata is not None:  # DER
+            self.client_ca_pem += ssl.DER_cert_to_PEM_cert(cadata).encode()
+        if capath is not None:  # a hashed directory: rustls has no such lookup
+            self.pem = None
+        self.generation += 1
+
+
+def server_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ServerContext:
     """A serving context; with `client_ca_file`, clients may present a certificate signed by
     that CA (checked when presented: whether one is required is the caller's policy)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert_file, key_file)

@@ -1,21 +1,32 @@
-"""HTTPS for an aiohttp server with OpenSSL writing each record straight to its socket.
+"""HTTPS for an aiohttp server with each record encrypted and written to its socket in one
+call.
 
 The event loop's own TLS (asyncio's and uvloop's `SSLProtocol`) runs OpenSSL on memory
 buffers: every write encrypts into a memory BIO, reads the record back out as a new bytes
 object, and hands that to the TCP transport. For a server that sends small writes to many
 connections (the hub's watch streams: one binding event, one ~250-byte record, to each of
-thousands of agents) that round trip is most of what TLS costs. Here each connection is an
-`ssl.SSLSocket` (OpenSSL's socket BIO): a write is one `SSL_write`, which encrypts and
-sends in one call; a read is one `SSL_read`. bench/hub_fanout.py's bare server at 5,000
-watchers: 12.0 µs of server CPU per line over plain HTTP, 19.6 over the loop's TLS, 16.0
-over this (README, "Measured design decisions").
+thousands of agents) that round trip is most of what TLS costs. Here a connection's TLS
+writes its records straight to the socket, with one of two engines:
+
+* `rustls` (the default): rustls through fluidfed's own extension (`native/tls`, built with
+  the package: `fluidfed._rustls`); a write is one call that encrypts and sends. rustls
+  spends ~0.2 µs of CPU on a small record where OpenSSL 3.0 through Python's `ssl` spends
+  ~1.5 (one connection, a 300-byte line, `bench/tls_records.py`).
+* `openssl`: an `ssl.SSLSocket` per connection (OpenSSL's socket BIO); a write is one
+  `SSL_write`. What serves a context rustls cannot (a key with a password), and the
+  fallback where the extension is not built.
+
+bench/hub_fanout.py's bare server at 5,000 watchers: 12.0 µs of server CPU per line over
+plain HTTP, 19.6 over the loop's TLS, 16.0 over OpenSSL on the sockets (README, "Measured
+design decisions").
 
 `TLSSite` is an aiohttp site like `web.TCPSite(..., ssl_context=...)`; the transport it
-gives each connection (`TLSSocketTransport`) is an `asyncio.Transport` with flow control
-both ways, a handshake deadline, and `get_extra_info("ssl_object")` for the peer's
-certificate. `site()` picks it for every fluidfed server that serves TLS (the hub, the cache
-workers, the agent's API and webhook); `FLUIDFED_TLS_TRANSPORT=loop` serves with the event
-loop's TLS instead.
+gives each connection is an `asyncio.Transport` with flow control both ways, a handshake
+deadline, and `get_extra_info("ssl_object")` for the peer's certificate. `site()` picks it
+for every fluidfed server that serves TLS (the hub, the cache workers, the agent's API and
+webhook). `FLUIDFED_TLS_TRANSPORT` chooses: `rustls`, `openssl`, or `loop` (the event loop's
+TLS). The serving context must be a `fluidfed.tls.ServerContext` for rustls (it keeps the
+PEM rustls is built from); another context is served with OpenSSL.
 """
 
 from __future__ import annotations
@@ -34,6 +45,17 @@ from aiohttp import web
 from aiohttp.web_runner import BaseSite
 
 from fluidfed.errors import FluidfedError
+from fluidfed.tls import ServerContext
+
+try:
+    from fluidfed import _rustls
+except ImportError as err:  # the package was installed without its Rust extension
+    _rustls = None  # type: ignore[assignment]  # (tls_engine() says so)
+    _RUSTLS_MISSING = str(err)
+    _TLS_ERRORS: tuple[type[Exception], ...] = (OSError, ssl.SSLError)
+else:
+    _RUSTLS_MISSING = ""
+    _TLS_ERRORS = (OSError, ssl.SSLError, _rustls.TLSError)
 
 log = logging.getLogger("fluidfed.tls")
 
@@ -46,17 +68,46 @@ CLOSE_TIMEOUT = 30.0  # seconds a closing connection may take to send what it ho
 ACCEPTS_PER_WAKE = 16  # each runs the handshake's first step: a burst does not stall the loop
 ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_PAUSE = 1.0  # seconds without accepting after the process ran out of descriptors
+ENGINES = ("rustls", "openssl", "loop")
+DONE, WANT_READ, WANT_WRITE = 0, 1, 2  # a handshake step's outcome (as fluidfed._rustls's)
 
 
-def use_socket_tls() -> bool:
-    """This module's TLS unless FLUIDFED_TLS_TRANSPORT=loop (the event loop's)."""
-    choice = os.environ.get("FLUIDFED_TLS_TRANSPORT", "socket")
-    if choice not in ("socket", "loop"):
+def tls_engine() -> str:
+    """The TLS engine FLUIDFED_TLS_TRANSPORT names: rustls (the default), openssl, or loop
+    (the event loop's TLS). The default is openssl where the rustls extension is missing,
+    said once in the log."""
+    choice = os.environ.get("FLUIDFED_TLS_TRANSPORT", "")
+    if choice and choice not in ENGINES:
         raise FluidfedError(
-            f"FLUIDFED_TLS_TRANSPORT={choice!r} in the environment: set it to 'socket' (the "
-            "default: OpenSSL writes to the socket) or 'loop' (the event loop's TLS), or unset it"
+            f"FLUIDFED_TLS_TRANSPORT={choice!r} in the environment: set it to 'rustls' (the "
+            "default), 'openssl' (OpenSSL on the sockets) or 'loop' (the event loop's TLS), "
+            "or unset it"
         )
-    return choice == "socket"
+    if choice == "rustls" and _rustls is None:
+        raise FluidfedError(
+            f"FLUIDFED_TLS_TRANSPORT=rustls, but fluidfed's rustls extension does not load "
+            f"({_RUSTLS_MISSING}): install fluidfed with Rust's cargo on the PATH "
+            "(scripts/setup), or set FLUIDFED_TLS_TRANSPORT=openssl"
+        )
+    if not choice:
+        if _rustls is None:
+            _say_once(
+                "serving TLS with OpenSSL: fluidfed's rustls extension does not load (%s); "
+                "install fluidfed with Rust's cargo on the PATH to serve with rustls",
+                _RUSTLS_MISSING,
+            )
+            return "openssl"
+        return "rustls"
+    return choice
+
+
+_said: set[str] = set()
+
+
+def _say_once(msg: str, *args: Any) -> None:
+    if msg not in _said:
+        _said.add(msg)
+        log.warning(msg, *args)
 
 
 def site(
@@ -69,26 +120,52 @@ def site(
 ) -> web.BaseSite:
     """The site every fluidfed server listens with: `TLSSite` when it serves TLS (unless
     FLUIDFED_TLS_TRANSPORT=loop), else aiohttp's `TCPSite`."""
-    if ssl_context is not None and use_socket_tls():
-        return TLSSite(runner, host, port, ssl_context=ssl_context, reuse_address=reuse_address)
+    if ssl_context is not None:
+        chosen = tls_engine()
+        if chosen != "loop":
+            return TLSSite(
+                runner, host, port, ssl_context=ssl_context, reuse_address=reuse_address,
+                engine=chosen,
+            )  # fmt: skip
     return web.TCPSite(runner, host, port, reuse_address=reuse_address, ssl_context=ssl_context)
 
 
-class TLSSocketTransport(asyncio.Transport):
-    """One server-side TLS connection, its handshake done, driven by the loop's readiness
-    callbacks on its descriptor."""
+def _rustls_config(ctx: ssl.SSLContext) -> Any:
+    """The rustls configuration serving what `ctx` serves (built again after each load into
+    it: a rotated certificate), or None where rustls cannot serve it (said in the log)."""
+    if _rustls is None or not isinstance(ctx, ServerContext) or ctx.pem is None:
+        return None
+    cached = getattr(ctx, "_fluidfed_rustls", None)
+    if cached is not None and cached[0] == ctx.generation:
+        return cached[1]
+    chain, key = ctx.pem
+    verify = ctx.verify_mode != ssl.CERT_NONE and bool(ctx.client_ca_pem)
+    try:
+        config = _rustls.ServerConfig(
+            chain, key, ctx.client_ca_pem if verify else None,
+            ctx.verify_mode == ssl.CERT_REQUIRED,
+        )  # fmt: skip
+    except ValueError as err:
+        log.warning("serving TLS with OpenSSL: rustls does not take this certificate (%s)", err)
+        config = None
+    ctx._fluidfed_rustls = (ctx.generation, config)  # type: ignore[attr-defined]
+    return config
+
+
+class _Transport(asyncio.Transport):
+    """What both engines' transports share: one server-side TLS connection, its handshake
+    done, driven by the loop's readiness callbacks on its descriptor; flow control both
+    ways; a close that sends what is held, then close_notify, then reads the peer away."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, protocol: asyncio.Protocol
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.Protocol
     ) -> None:
         super().__init__()
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
-        # what SSL_write has not taken yet; after a WantWrite the first item goes again as
-        # it is (OpenSSL asks for the same bytes), so it is never joined with the next
-        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending: collections.deque[bytes | memoryview] = collections.deque()
         self._pending_size = 0
         self._high = HIGH_WATER
         self._low = HIGH_WATER // 4
@@ -96,15 +173,25 @@ class TLSSocketTransport(asyncio.Transport):
         self._reading_paused = False  # our reading, by the protocol
         self._reader = False
         self._writer = False
-        self._read_needs_write = False  # an SSL_read that must send first (a key update)
         self._closing = False
         self._lost = False
         self._close_timer: asyncio.TimerHandle | None = None
-        self._held: list[bytes] = []  # read while the protocol paused reading (_finish_read)
         protocol.connection_made(self)
         self._watch_read()
         # a request sent with the handshake's last flight may already be in: read it now
         loop.call_soon(self._read_ready)
+
+    def _read_ready(self) -> None:
+        raise NotImplementedError
+
+    def _write_ready(self) -> None:
+        raise NotImplementedError
+
+    def _holds_writes(self) -> bool:
+        return bool(self._pending)
+
+    def _close_notify(self) -> None:
+        raise NotImplementedError
 
     # --- the descriptor's callbacks
 
@@ -122,6 +209,147 @@ class TLSSocketTransport(asyncio.Transport):
         if not self._writer:
             self._loop.add_writer(self._fd, self._write_ready)
             self._writer = True
+
+    def _unwatch_write(self) -> None:
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+
+    def _deliver(self, data: bytes) -> None:
+        if not data:  # the peer closed (close_notify, or the TCP connection)
+            self._unwatch_read()
+            if not self._protocol.eof_received():
+                self.close()
+            return
+        try:
+            self._protocol.data_received(data)
+        except Exception as err:  # the protocol's fault: the connection goes, not the loop
+            log.exception("a protocol failed on data received")
+            self._fatal(err)
+
+    def _maybe_resume_writing(self) -> None:
+        if self._writing_paused and self._pending_size <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def _queue(self, chunk: bytes | memoryview) -> None:
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        self._watch_write()
+        if not self._writing_paused and self._pending_size > self._high:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    # --- asyncio.Transport
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("a TLS connection has no half-close")
+
+    def get_write_buffer_size(self) -> int:
+        return self._pending_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        self._unwatch_read()
+
+    def is_reading(self) -> bool:
+        return self._reader
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; send what is buffered, then close_notify, then close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._unwatch_read()
+        if not self._holds_writes():
+            self._shutdown(None)
+        else:  # a peer that stopped reading does not keep it open for ever
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._shutdown(None, flush=False)
+
+    def _fatal(self, err: Exception) -> None:
+        self._closing = True
+        self._shutdown(err, flush=False)
+
+    def _shutdown(self, err: Exception | None, *, flush: bool = True) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._unwatch_read()
+        self._unwatch_write()
+        self._pending.clear()
+        self._pending_size = 0
+        linger = False
+        if flush:
+            # our close_notify (best effort), then what the peer still sends is read away
+            # until it closes: a close with bytes unread resets the connection, and a reset
+            # throws away the end of the response still in the kernel's send buffer
+            self._close_notify()
+            linger = True
+        self._loop.call_soon(self._connection_lost, err, linger)
+
+    def _connection_lost(self, err: Exception | None, linger: bool) -> None:
+        try:
+            self._protocol.connection_lost(err)
+        finally:
+            if linger:
+                _Linger(self._loop, self._sock)
+            else:
+                self._sock.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        try:
+            if name == "peername":
+                return self._sock.getpeername()
+            if name == "sockname":
+                return self._sock.getsockname()
+            return self._extra_info(name, default)
+        except (OSError, ValueError):
+            return default
+
+    def _extra_info(self, name: str, default: Any) -> Any:
+        return default
+
+
+class OpenSSLTransport(_Transport):
+    """A connection on an `ssl.SSLSocket`: OpenSSL's socket BIO. What SSL_write has not
+    taken yet waits in `_pending`; after a WantWrite its first item goes again as it is
+    (OpenSSL asks for the same bytes), so it is never joined with the next."""
+
+    _sock: ssl.SSLSocket
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, protocol: asyncio.Protocol
+    ) -> None:
+        self._read_needs_write = False  # an SSL_read that must send first (a key update)
+        self._held: list[bytes] = []  # read while the protocol paused reading (_finish_read)
+        super().__init__(loop, sock, protocol)
 
     # OpenSSL takes one operation at a time on a connection: an SSL_write that said
     # WantWrite must be finished (the same bytes again) before an SSL_read, which may have
@@ -172,9 +400,7 @@ class TLSSocketTransport(asyncio.Transport):
         except (OSError, ssl.SSLError) as err:
             self._fatal(err)
             return
-        if self._writer:
-            self._loop.remove_writer(self._fd)
-            self._writer = False
+        self._unwatch_write()
         if self._closing:
             self._shutdown(None)
             return
@@ -205,24 +431,7 @@ class TLSSocketTransport(asyncio.Transport):
             self._watch_read()
             self._loop.call_soon(self._read_ready)
 
-    def _deliver(self, data: bytes) -> None:
-        if not data:  # the peer closed (close_notify, or the TCP connection)
-            self._unwatch_read()
-            if not self._protocol.eof_received():
-                self.close()
-            return
-        try:
-            self._protocol.data_received(data)
-        except Exception as err:  # the protocol's fault: the connection goes, not the loop
-            log.exception("a protocol failed on data received")
-            self._fatal(err)
-
-    def _maybe_resume_writing(self) -> None:
-        if self._writing_paused and self._pending_size <= self._low:
-            self._writing_paused = False
-            self._protocol.resume_writing()
-
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview) -> None:
         """All of `data` through SSL_write, or SSLWantWriteError with OpenSSL holding its
         progress (to be called again with the same bytes)."""
         sent = self._sock.send(data)
@@ -250,42 +459,6 @@ class TLSSocketTransport(asyncio.Transport):
         if sent < len(data):  # a partial write, should OpenSSL report one: the rest waits
             self._queue(bytes(data[sent:]))
 
-    def _queue(self, chunk: bytes) -> None:
-        self._pending.append(chunk)
-        self._pending_size += len(chunk)
-        self._watch_write()
-        if not self._writing_paused and self._pending_size > self._high:
-            self._writing_paused = True
-            self._protocol.pause_writing()
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def write_eof(self) -> None:
-        raise NotImplementedError("a TLS connection has no half-close")
-
-    def get_write_buffer_size(self) -> int:
-        return self._pending_size
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low, self._high)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
-
-    def pause_reading(self) -> None:
-        self._reading_paused = True
-        self._unwatch_read()
-
     def resume_reading(self) -> None:
         if not self._reading_paused or self._closing:
             return
@@ -300,89 +473,164 @@ class TLSSocketTransport(asyncio.Transport):
         if self._sock.pending():  # decrypted bytes OpenSSL holds: no readiness for those
             self._loop.call_soon(self._read_ready)
 
-    def is_reading(self) -> bool:
-        return self._reader
+    def _close_notify(self) -> None:
+        with contextlib.suppress(OSError, ValueError, ssl.SSLError):
+            self._sock.unwrap()
 
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        """Stop reading; send what is buffered, then close_notify, then close."""
-        if self._closing:
-            return
-        self._closing = True
-        self._unwatch_read()
-        if not self._pending:
-            self._shutdown(None)
-        else:  # a peer that stopped reading does not keep it open for ever
-            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
-
-    def abort(self) -> None:
-        self._closing = True
-        self._shutdown(None, flush=False)
-
-    def _fatal(self, err: Exception) -> None:
-        self._closing = True
-        self._shutdown(err, flush=False)
-
-    def _shutdown(self, err: Exception | None, *, flush: bool = True) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        self._unwatch_read()
-        if self._writer:
-            self._loop.remove_writer(self._fd)
-            self._writer = False
-        self._pending.clear()
-        self._pending_size = 0
-        linger = False
-        if flush:
-            # our close_notify (best effort), then what the peer still sends is read away
-            # until it closes: a close with bytes unread resets the connection, and a reset
-            # throws away the end of the response still in the kernel's send buffer
-            with contextlib.suppress(OSError, ValueError, ssl.SSLError):
-                self._sock.unwrap()
-            linger = True
-        self._loop.call_soon(self._connection_lost, err, linger)
-
-    def _connection_lost(self, err: Exception | None, linger: bool) -> None:
-        try:
-            self._protocol.connection_lost(err)
-        finally:
-            if linger:
-                _Linger(self._loop, self._sock)
-            else:
-                self._sock.close()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
+    def _extra_info(self, name: str, default: Any) -> Any:
         sock = self._sock
-        try:
-            if name in ("socket", "ssl_object"):
-                return sock
-            if name == "peername":
-                return sock.getpeername()
-            if name == "sockname":
-                return sock.getsockname()
-            if name == "sslcontext":
-                return sock.context
-            if name == "peercert":
-                return sock.getpeercert()
-            if name == "cipher":
-                return sock.cipher()
-            if name == "compression":
-                return sock.compression()
-        except (OSError, ValueError):
-            return default
+        if name in ("socket", "ssl_object"):
+            return sock
+        if name == "sslcontext":
+            return sock.context
+        if name == "peercert":
+            return sock.getpeercert()
+        if name == "cipher":
+            return sock.cipher()
+        if name == "compression":
+            return sock.compression()
         return default
+
+
+class RustlsTransport(_Transport):
+    """A connection on rustls (`fluidfed._rustls.Conn`), the socket's descriptor its own.
+    rustls reads and writes independently (a key update read is answered from its own
+    buffer), holds up to 64 KiB of records the socket did not take, and takes no more
+    plaintext beyond that: the rest waits in `_pending`, counted for flow control."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        conn: Any,
+        ctx: ssl.SSLContext,
+        protocol: asyncio.Protocol,
+    ) -> None:
+        self._conn = conn
+        self._ctx = ctx
+        super().__init__(loop, sock, protocol)
+
+    def _read_ready(self) -> None:
+        # one call reads what the socket has, up to 256 KiB: the loop calls again while the
+        # descriptor stays readable, and rustls keeps no plaintext back between calls
+        if self._reading_paused or self._closing:
+            return
+        try:
+            data = self._conn.read()
+            if self._conn.wants_write():  # an answer (a key update's) the socket did not take
+                self._watch_write()
+        except _TLS_ERRORS as err:
+            self._fatal(err)
+            return
+        if data is not None:
+            self._deliver(data)
+
+    def _write_ready(self) -> None:
+        try:
+            if not self._conn.flush():
+                return  # the loop calls again once the socket takes more
+            while self._pending:
+                chunk = self._pending[0]
+                rest = self._conn.write(chunk)
+                if rest <= 0:
+                    self._pending.popleft()
+                    self._pending_size -= len(chunk)
+                    if rest == 0:
+                        continue
+                else:
+                    self._pending[0] = chunk[len(chunk) - rest :]
+                    self._pending_size -= len(chunk) - rest
+                self._maybe_resume_writing()
+                return
+        except _TLS_ERRORS as err:
+            self._fatal(err)
+            return
+        self._unwatch_write()
+        if self._closing:
+            self._shutdown(None)
+            return
+        self._maybe_resume_writing()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        if self._pending:  # behind what waits for the socket
+            self._queue(_kept(data, 0))
+            return
+        try:
+            # 0: all of it is on its way; -1: taken, its records wait for the socket;
+            # n > 0: its last n bytes were not taken (rustls holds its limit)
+            rest = self._conn.write(data)
+        except _TLS_ERRORS as err:
+            self._fatal(err)
+            return
+        if rest > 0:
+            self._queue(_kept(data, len(memoryview(data).cast("B")) - rest))
+        elif rest:
+            self._watch_write()
+
+    def _holds_writes(self) -> bool:
+        return bool(self._pending) or self._conn.wants_write()
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused or self._closing:
+            return
+        self._reading_paused = False
+        self._watch_read()
+
+    def _close_notify(self) -> None:
+        with contextlib.suppress(*_TLS_ERRORS):
+            self._conn.close_notify()
+
+    def _extra_info(self, name: str, default: Any) -> Any:
+        if name == "ssl_object":
+            return _PeerView(self._conn)
+        if name == "socket":
+            return self._sock
+        if name == "sslcontext":
+            return self._ctx
+        if name == "cipher":
+            return (self._conn.cipher(), self._conn.version(), None)
+        return default
+
+
+def _kept(data: bytes | bytearray | memoryview, start: int) -> bytes | memoryview:
+    """`data[start:]` to keep after write() returns: a view of bytes (they cannot change),
+    a copy of anything else (the caller may reuse its buffer)."""
+    if isinstance(data, bytes):
+        return memoryview(data)[start:] if start else data
+    return bytes(memoryview(data).cast("B")[start:])
+
+
+class _PeerView:
+    """`get_extra_info("ssl_object")` on the rustls engine: what fluidfed reads of an
+    `ssl.SSLObject` (the hub's mutual TLS reads the client's certificate, DER)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def getpeercert(self, binary_form: bool = False) -> bytes | None:
+        if not binary_form:
+            raise ValueError(
+                "the rustls TLS engine gives the peer's certificate as DER only: "
+                "getpeercert(binary_form=True)"
+            )
+        cert: bytes | None = self._conn.peer_certificate()
+        return cert
+
+    def version(self) -> str | None:
+        version: str | None = self._conn.version()
+        return version
+
+    def cipher(self) -> tuple[str | None, str | None, None]:
+        return (self._conn.cipher(), self._conn.version(), None)
 
 
 class _Linger:
     """A closed connection's descriptor kept until the peer closes its side (its bytes read
     and dropped unencrypted) or CLOSE_TIMEOUT passes, then closed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -416,9 +664,41 @@ def _read_away(fd: int) -> bool:
     return False
 
 
+class _OpenSSLHandshake:
+    def __init__(self, ctx: ssl.SSLContext, conn: socket.socket) -> None:
+        self.sock = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+
+    def step(self) -> int:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return WANT_READ
+        except ssl.SSLWantWriteError:
+            return WANT_WRITE
+        return DONE
+
+    def transport(self, loop: asyncio.AbstractEventLoop, protocol: Any) -> _Transport:
+        return OpenSSLTransport(loop, self.sock, protocol)
+
+
+class _RustlsHandshake:
+    def __init__(self, ctx: ssl.SSLContext, config: Any, conn: socket.socket) -> None:
+        self.ctx = ctx
+        self.sock = conn
+        assert _rustls is not None
+        self.conn = _rustls.Conn(config, conn.fileno())
+
+    def step(self) -> int:
+        done: int = self.conn.handshake()
+        return done
+
+    def transport(self, loop: asyncio.AbstractEventLoop, protocol: Any) -> _Transport:
+        return RustlsTransport(loop, self.sock, self.conn, self.ctx, protocol)
+
+
 class _Listener:
     """The listening socket: accepts, handshakes each connection without blocking the loop
-    (within HANDSHAKE_TIMEOUT), then hands it to a protocol over a TLSSocketTransport."""
+    (within HANDSHAKE_TIMEOUT), then hands it to a protocol over the engine's transport."""
 
     def __init__(
         self,
@@ -426,12 +706,16 @@ class _Listener:
         sock: socket.socket,
         ctx: ssl.SSLContext,
         factory: Any,
+        engine: str,
     ) -> None:
         self._loop = loop
         self._sock = sock
         self._ctx = ctx
         self._factory = factory
-        self._handshaking: dict[int, tuple[ssl.SSLSocket, asyncio.TimerHandle]] = {}
+        self._engine = engine
+        self._handshaking: dict[
+            int, tuple[_OpenSSLHandshake | _RustlsHandshake, asyncio.TimerHandle]
+        ] = {}
         self.sockets = [sock]
         loop.add_reader(sock.fileno(), self._accept)
 
@@ -453,14 +737,20 @@ class _Listener:
             try:
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                tls = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                config = _rustls_config(self._ctx) if self._engine == "rustls" else None
+                if config is not None:
+                    hs: _OpenSSLHandshake | _RustlsHandshake = _RustlsHandshake(
+                        self._ctx, config, conn
+                    )
+                else:
+                    hs = _OpenSSLHandshake(self._ctx, conn)
             except (OSError, ValueError) as err:  # a client already gone, or resetting
                 log.debug("a connection went before its TLS began: %s", err)
                 conn.close()
                 continue
-            fd = tls.fileno()
+            fd = hs.sock.fileno()
             timer = self._loop.call_later(HANDSHAKE_TIMEOUT, self._give_up, fd)
-            self._handshaking[fd] = (tls, timer)
+            self._handshaking[fd] = (hs, timer)
             self._handshake(fd)
 
     def _resume_accepting(self) -> None:
@@ -468,33 +758,33 @@ class _Listener:
             self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def _handshake(self, fd: int) -> None:
-        tls, timer = self._handshaking[fd]
+        hs, timer = self._handshaking[fd]
         try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:
+            step = hs.step()
+        except _TLS_ERRORS as err:  # not TLS, an untrusted client certificate
+            log.debug("TLS handshake with a client failed: %s", err)
+            self._drop(fd, drain=True)
+            return
+        if step == WANT_READ:
             self._loop.remove_writer(fd)
             self._loop.add_reader(fd, self._handshake, fd)
             return
-        except ssl.SSLWantWriteError:
+        if step == WANT_WRITE:
             self._loop.remove_reader(fd)
             self._loop.add_writer(fd, self._handshake, fd)
-            return
-        except (OSError, ssl.SSLError) as err:  # not TLS, an untrusted client certificate
-            log.debug("TLS handshake with a client failed: %s", err)
-            self._drop(fd, drain=True)
             return
         self._loop.remove_reader(fd)
         self._loop.remove_writer(fd)
         timer.cancel()
         del self._handshaking[fd]
-        TLSSocketTransport(self._loop, tls, self._factory())
+        hs.transport(self._loop, self._factory())
 
     def _give_up(self, fd: int) -> None:
         log.debug("TLS handshake not done within %.0f s: connection closed", HANDSHAKE_TIMEOUT)
         self._drop(fd)
 
     def _drop(self, fd: int, *, drain: bool = False) -> None:
-        tls, timer = self._handshaking.pop(fd)
+        hs, timer = self._handshaking.pop(fd)
         timer.cancel()
         self._loop.remove_reader(fd)
         self._loop.remove_writer(fd)
@@ -503,7 +793,7 @@ class _Listener:
             # it away, or closing with it unread resets the connection, and the client sees
             # "connection reset" where a closed connection tells it the port speaks TLS
             _read_away(fd)
-        tls.close()
+        hs.sock.close()
 
     def close(self) -> None:
         """Stop listening and drop the handshakes under way (established connections are
@@ -516,9 +806,10 @@ class _Listener:
 
 
 class TLSSite(BaseSite):
-    """`web.TCPSite(runner, host, port, ssl_context=ctx)`, with OpenSSL on the sockets."""
+    """`web.TCPSite(runner, host, port, ssl_context=ctx)`, each record written to its socket
+    by the engine: rustls, or OpenSSL (`tls_engine()`: FLUIDFED_TLS_TRANSPORT) by default."""
 
-    __slots__ = ("_host", "_port", "_reuse_address")
+    __slots__ = ("_host", "_port", "_reuse_address", "engine")
 
     def __init__(
         self,
@@ -529,11 +820,26 @@ class TLSSite(BaseSite):
         ssl_context: ssl.SSLContext,
         backlog: int = 4096,
         reuse_address: bool = True,
+        engine: str = "",
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
         self._reuse_address = reuse_address
+        if engine in ("", "loop"):
+            engine = tls_engine()
+            engine = "openssl" if engine == "loop" else engine
+        if engine not in ("rustls", "openssl"):
+            raise ValueError(f"TLSSite serves with 'rustls' or 'openssl', not {engine!r}")
+        if engine == "rustls" and _rustls_config(ssl_context) is None:
+            if not isinstance(ssl_context, ServerContext) or ssl_context.pem is None:
+                _say_once(
+                    "serving TLS with OpenSSL: rustls serves a fluidfed.tls.ServerContext "
+                    "with a certificate and a key without a password, and this context is not "
+                    "one"
+                )  # (a pair rustls refused is said by _rustls_config)
+            engine = "openssl"
+        self.engine = engine  # the engine its connections start on
 
     @property
     def name(self) -> str:
@@ -573,7 +879,10 @@ class TLSSite(BaseSite):
                 sock.close()
             raise
         self._server = _Listeners(  # type: ignore[assignment]
-            [_Listener(loop, sock, self._ssl_context, self._runner.server) for sock in listeners]
+            [
+                _Listener(loop, sock, self._ssl_context, self._runner.server, self.engine)
+                for sock in listeners
+            ]
         )
 
 

@@ -11,7 +11,7 @@ import datetime as dt
 import ssl
 from pathlib import Path
 
-from fluidfed import pki
+from fluidfed import pki, tls
 
 
 class CertManager:
@@ -28,7 +28,7 @@ class CertManager:
         self.hosts = hosts
         self.lifetime = lifetime
         self.renew_before = renew_before
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)  # either TLS engine
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.name = name  # of the serving certificate; its CA's is `<name>-ca`
         self.ca = pki.load_or_make_ca(self.dir, f"{name}-ca")

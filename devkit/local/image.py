@@ -43,7 +43,7 @@ MIRRORS = (
 PACKAGES = ("python3", "python3-venv", "fuse3", "libfuse3-3", "ca-certificates")
 VENV = "/opt/fluidfed"
 # as configs/deploy/Dockerfile: the components, not the dev kit, run as 65532
-SOURCES = ("pyproject.toml", "README.md", "fluidfed", "hub", "agents", "sidecar")
+SOURCES = ("pyproject.toml", "README.md", "fluidfed", "hub", "agents", "sidecar", "native")
 USER = "65532:65532"
 ENTRYPOINT = ("fluidfed",)
 ENV = (f"PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
@@ -229,8 +229,12 @@ def build_fluidfed(progress: Progress, *, force: bool = False) -> BuiltImage:
             shutil.copy2(f, dest)
         (src / "pyproject.toml").write_text(without_devkit((src / "pyproject.toml").read_text()))
         progress(f"image: wheels of fluidfed, its fuse extra and dependencies ({HOST_PYTHON})")
+        # the TLS engine (native/tls) is built by cargo: its build kept in the cache, where
+        # `pip install` of a checkout (scripts/setup) keeps it too, so only changes rebuild
+        env = {**os.environ, "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR")
+               or str(paths.cache_dir("cargo-target", "CARGO_TARGET_DIR"))}  # fmt: skip
         run([HOST_PYTHON, "-m", "pip", "wheel", "-q", "--wheel-dir", str(work / "wheels"),
-             f"{src}[fuse]"], "pip wheel")  # fmt: skip
+             f"{src}[fuse]"], "pip wheel", env=env)  # fmt: skip
         progress(f"image: Debian {SUITE} minbase root filesystem with the venv (mmdebstrap)")
         rootfs = work / "rootfs.tar"
         run(mmdebstrap_argv(work / "wheels", rootfs), "mmdebstrap")

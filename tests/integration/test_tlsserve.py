@@ -1,6 +1,7 @@
 """fluidfed/tlsserve.py, the hub's HTTPS: an aiohttp app served over TLSSite on loopback,
 met by real clients (aiohttp's, openssl s_client, and raw sockets for what a client may do
-wrong). These run on the suite's asyncio loop; the hub and the workers run TLSSite on uvloop
+wrong), each test on both engines (rustls, OpenSSL on the sockets). These run on the
+suite's asyncio loop; the hub and the workers run TLSSite on uvloop
 in their own processes in test_hub_tls.py, test_data_tls.py and test_real_node.py."""
 
 import asyncio
@@ -20,7 +21,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from fluidfed import tlsserve
+from fluidfed import tls, tlsserve
 from fluidfed.errors import FluidfedError
 
 pytestmark = pytest.mark.integration
@@ -37,6 +38,7 @@ class Served:
         ca.configure_trust(self.client_ctx)
         self.seen: dict[str, Any] = {}
         self.ca_file = ""
+        self.transport = ""  # the transport class the connections should be on
 
 
 def _app(seen: dict[str, Any]) -> web.Application:
@@ -63,7 +65,8 @@ def _app(seen: dict[str, Any]) -> web.Application:
         assert request.transport is not None
         obj = request.transport.get_extra_info("ssl_object")
         der = obj.getpeercert(binary_form=True) if obj is not None else None
-        return web.Response(text=f"{request.scheme} {'cert' if der else 'none'}")
+        kind = type(request.transport).__name__
+        return web.Response(text=f"{request.scheme} {'cert' if der else 'none'} {kind}")
 
     async def stream(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
@@ -103,10 +106,15 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-async def served(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[Served]:
+TRANSPORTS = {"rustls": "RustlsTransport", "openssl": "OpenSSLTransport"}
+
+
+@pytest.fixture(params=list(TRANSPORTS))
+async def served(
+    request: pytest.FixtureRequest, ca: trustme.CA, tmp_path: Path
+) -> AsyncIterator[Served]:
     cert = ca.issue_cert("127.0.0.1")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
     cert.configure_cert(ctx)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -115,9 +123,11 @@ async def served(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[Served]:
     seen: dict[str, Any] = {}
     runner = web.AppRunner(_app(seen), handle_signals=False, shutdown_timeout=2)
     await runner.setup()
-    site = tlsserve.TLSSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    site = tlsserve.TLSSite(runner, "127.0.0.1", 0, ssl_context=ctx, engine=request.param)
+    assert site.engine == request.param
     await site.start()
     s = Served(runner, site, ca)
+    s.transport = TRANSPORTS[request.param]
     s.seen = seen
     s.ca_file = str(ca_file)
     try:
@@ -151,14 +161,14 @@ async def test_bodies_and_many_requests_on_one_connection(served: Served) -> Non
             async with s.post(served.url + "/echo", data=body) as resp:
                 assert await resp.text() == hashlib.sha256(body).hexdigest()
         async with s.get(served.url + "/who") as resp:
-            assert await resp.text() == "https none"
+            assert await resp.text() == f"https none {served.transport}"
 
 
 async def test_a_client_certificate_is_seen_by_the_handler(served: Served, ca: trustme.CA) -> None:
     # the client's own context, with a certificate of the CA the server trusts
     ca.issue_cert("agent-a").configure_cert(served.client_ctx)
     async with aiohttp.ClientSession() as s, s.get(served.url + "/who", ssl=served.client_ctx) as r:
-        assert await r.text() == "https cert"
+        assert await r.text() == f"https cert {served.transport}"
     # one from another CA fails the handshake: no request reaches the app
     stranger = trustme.CA().issue_cert("agent-b")
     ctx = ssl.create_default_context()
@@ -230,18 +240,27 @@ async def _read_to_end(r: aiohttp.ClientResponse) -> None:
         pass
 
 
-def test_the_transport_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engine_is_chosen_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLUIDFED_TLS_TRANSPORT", raising=False)
-    assert tlsserve.use_socket_tls()
-    monkeypatch.setenv("FLUIDFED_TLS_TRANSPORT", "loop")
-    assert not tlsserve.use_socket_tls()
+    assert tlsserve.tls_engine() == "rustls"  # the extension is built with the package
+    for choice in ("openssl", "loop", "rustls"):
+        monkeypatch.setenv("FLUIDFED_TLS_TRANSPORT", choice)
+        assert tlsserve.tls_engine() == choice
     monkeypatch.setenv("FLUIDFED_TLS_TRANSPORT", "kernel")
-    with pytest.raises(FluidfedError, match=r"FLUIDFED_TLS_TRANSPORT='kernel'.*'socket'.*'loop'"):
-        tlsserve.use_socket_tls()
+    with pytest.raises(FluidfedError, match=r"'kernel'.*'rustls'.*'openssl'.*'loop'"):
+        tlsserve.tls_engine()
+    # without the extension: OpenSSL by default, and a clear refusal when rustls is asked for
+    monkeypatch.setattr(tlsserve, "_rustls", None)
+    monkeypatch.setattr(tlsserve, "_RUSTLS_MISSING", "no module named fluidfed._rustls")
+    monkeypatch.setenv("FLUIDFED_TLS_TRANSPORT", "rustls")
+    with pytest.raises(FluidfedError, match=r"does not load \(no module.*cargo.*=openssl"):
+        tlsserve.tls_engine()
+    monkeypatch.delenv("FLUIDFED_TLS_TRANSPORT")
+    assert tlsserve.tls_engine() == "openssl"
 
 
 async def test_a_taken_port_says_which_address(served: Served, ca: trustme.CA) -> None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
     runner = web.AppRunner(web.Application())
     await runner.setup()
@@ -333,7 +352,7 @@ async def test_clients_gone_before_the_handshake_do_not_reach_the_loop(served: S
 
     await asyncio.to_thread(resets)
     async with aiohttp.ClientSession() as s, s.get(served.url + "/who", ssl=served.client_ctx) as r:
-        assert await r.text() == "https none"
+        assert await r.text() == f"https none {served.transport}"
     assert not errors, errors[:3]
 
 
@@ -367,3 +386,105 @@ async def test_a_closed_connection_whose_client_stopped_reading_goes_within_the_
         assert fds() == before + 1  # the server's is closed; the client's alone is left
     finally:
         tls.close()
+
+
+async def _serve(ctx: ssl.SSLContext, engine: str) -> tuple[web.AppRunner, tlsserve.TLSSite, int]:
+    runner = web.AppRunner(_app({}), handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    site = tlsserve.TLSSite(runner, "127.0.0.1", 0, ssl_context=ctx, engine=engine)
+    await site.start()
+    return runner, site, runner.addresses[0][1]
+
+
+def _server_certificate(port: int, ctx: ssl.SSLContext) -> bytes:
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        der = s.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+@pytest.mark.parametrize("engine", list(TRANSPORTS))
+async def test_a_certificate_loaded_again_reaches_new_connections(
+    ca: trustme.CA, engine: str
+) -> None:
+    # rotation: a Secret volume's new pair loaded into the live context (tls.Served.reload,
+    # the webhook's CertManager); rustls builds its configuration again for the new pair
+    first, second = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    first.configure_cert(ctx)
+    runner, _, port = await _serve(ctx, engine)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    try:
+        seen = await asyncio.to_thread(_server_certificate, port, client)
+        assert seen == ssl.PEM_cert_to_DER_cert(first.cert_chain_pems[0].bytes().decode())
+        second.configure_cert(ctx)
+        seen = await asyncio.to_thread(_server_certificate, port, client)
+        assert seen == ssl.PEM_cert_to_DER_cert(second.cert_chain_pems[0].bytes().decode())
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("engine", list(TRANSPORTS))
+async def test_a_required_client_certificate_is_required(
+    ca: trustme.CA, tmp_path: Path, engine: str
+) -> None:
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ctx.load_verify_locations(cafile=str(tmp_path / "ca.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    runner, _, port = await _serve(ctx, engine)
+    url = f"https://127.0.0.1:{port}/who"
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    try:
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(aiohttp.ClientError):
+                async with s.get(url, ssl=client) as r:
+                    await r.text()
+            ca.issue_cert("agent-a").configure_cert(client)
+            async with s.get(url, ssl=client) as r:
+                assert await r.text() == f"https cert {TRANSPORTS[engine]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_context_rustls_cannot_serve_is_served_with_openssl(
+    ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a key with a password: OpenSSL takes it, rustls takes none; so does a plain SSLContext
+    # (no PEM kept): both serve, with OpenSSL, and the log says why
+    cert = ca.issue_cert("127.0.0.1")
+    key = cert.private_key_pem.bytes()
+    from cryptography.hazmat.primitives import serialization
+
+    locked = serialization.load_pem_private_key(key, None).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (tmp_path / "key.pem").write_bytes(locked)
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    with_password = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    with_password.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem", password=b"secret")
+    plain = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(plain)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    tlsserve._said.clear()
+    for ctx in (with_password, plain):
+        runner, site, port = await _serve(ctx, "rustls")
+        try:
+            assert site.engine == "openssl"
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"https://127.0.0.1:{port}/who", ssl=client) as r,
+            ):
+                assert await r.text() == "https none OpenSSLTransport"
+        finally:
+            await runner.cleanup()
+    assert "not one" in caplog.text  # the plain context's reason

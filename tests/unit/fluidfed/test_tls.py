@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+import trustme
 
 from devkit import testing
 from fluidfed import pki, tls
@@ -72,3 +73,26 @@ def test_a_trusted_ca_file_that_changes_adds_the_new_ca_beside_the_old(tmp_path:
     assert trusted.reload() and not trusted.reload()
     testing.handshake(server(by_new), trusted.context, "w.ns.svc")
     testing.handshake(server(by_old), trusted.context, "w.ns.svc")  # workers not yet renewed
+
+
+def test_a_server_context_keeps_what_rustls_is_built_from(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    assert ctx.pem is None and ctx.generation == 0
+    ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    assert ctx.pem == ((tmp_path / "tls.crt").read_bytes(), cert.private_key_pem.bytes())
+    assert ctx.generation == 1
+    ctx.load_verify_locations(cadata=ca.cert_pem.bytes().decode())
+    assert ctx.client_ca_pem.startswith(ca.cert_pem.bytes()) and ctx.generation == 2
+    # a file that is no certificate is refused by OpenSSL first, and nothing of it is kept
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    with pytest.raises(ssl.SSLError):
+        ctx.load_cert_chain(tmp_path / "bad.pem")
+    assert ctx.pem == ((tmp_path / "tls.crt").read_bytes(), cert.private_key_pem.bytes())
+    assert ctx.generation == 2
+    # the hub's contexts are ServerContexts, so either engine serves them
+    assert isinstance(tls.server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")),
+                      tls.ServerContext)  # fmt: skip
