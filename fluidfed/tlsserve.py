@@ -9,16 +9,17 @@ thousands of agents) that round trip is most of what TLS costs. Here a connectio
 writes its records straight to the socket, with one of two engines:
 
 * `rustls` (the default): rustls through fluidfed's own extension (`native/tls`, built with
-  the package: `fluidfed._rustls`); a write is one call that encrypts and sends. rustls
-  spends ~0.2 µs of CPU on a small record where OpenSSL 3.0 through Python's `ssl` spends
-  ~1.5 (one connection, a 300-byte line, `bench/tls_records.py`).
+  the package: `fluidfed._rustls`); a write is one call that encrypts and sends. What a
+  300-byte line costs the server beyond a plain `send`: 0.13 µs of CPU on rustls against
+  0.69 on OpenSSL 3.0 through Python's `ssl` (one connection), 1.2 against 3.6 among 5,000
+  (`bench/tls_engines.py`).
 * `openssl`: an `ssl.SSLSocket` per connection (OpenSSL's socket BIO); a write is one
   `SSL_write`. What serves a context rustls cannot (a key with a password), and the
   fallback where the extension is not built.
 
-bench/hub_fanout.py's bare server at 5,000 watchers: 12.0 µs of server CPU per line over
-plain HTTP, 19.6 over the loop's TLS, 16.0 over OpenSSL on the sockets (README, "Measured
-design decisions").
+The hub's fan-out to 5,000 agents (bench/hub_fanout.py): TLS adds 1.0 µs of the hub's CPU
+per delivered binding on rustls, 6.9 on OpenSSL on the sockets, 11.75 on the loop's TLS,
+to the 26-27 µs of plain HTTP (README, "Measured design decisions").
 
 `TLSSite` is an aiohttp site like `web.TCPSite(..., ssl_context=...)`; the transport it
 gives each connection is an `asyncio.Transport` with flow control both ways, a handshake
