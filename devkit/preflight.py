@@ -121,13 +121,18 @@ def packages(is_root: bool) -> Finding:
     )
 
 
-def go_version() -> tuple[int, int] | None:
-    go = shutil.which("go")
-    if go is None:
+def _version(tool: str, arg: str, pattern: str) -> tuple[int, int] | None:
+    """`tool`'s major and minor version as `tool arg` prints it, or None if not on PATH."""
+    path = shutil.which(tool)
+    if path is None:
         return None
-    r = subprocess.run([go, "version"], capture_output=True, text=True, check=False)
-    m = re.search(r"go(\d+)\.(\d+)", r.stdout)
+    r = subprocess.run([path, arg], capture_output=True, text=True, check=False)
+    m = re.search(pattern, r.stdout)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def go_version() -> tuple[int, int] | None:
+    return _version("go", "version", r"go(\d+)\.(\d+)")
 
 
 def go() -> Finding:
@@ -145,21 +150,26 @@ def go() -> Finding:
         "tar -C /usr/local -xzf go1.*.linux-amd64.tar.gz && export PATH=$PATH:/usr/local/go/bin"
         "; or set FLUIDFED_TESTBIN to a directory that has the binaries"
     )
-    version = go_version()
+    return _toolchain(
+        "go", go_version(), GO_MIN, what, fix, "Go {}: builds the missing binaries once"
+    )
+
+
+def _toolchain(
+    tool: str, version: tuple[int, int] | None, least: tuple[int, int], what: str, fix: str,
+    ready: str,
+) -> Finding:  # fmt: skip
+    """`what` missing (with `fix`) unless `tool` is there at `least`; else `ready` with its
+    version."""
     if version is None:
-        return Finding(f"{what}: no `go` on PATH", False, fix)
-    if version < GO_MIN:
-        return Finding(f"{what}: `go` is {version[0]}.{version[1]}", False, fix)
-    return Finding(f"Go {version[0]}.{version[1]}: builds the missing binaries once", True)
+        return Finding(f"{what}: no `{tool}` on PATH", False, fix)
+    if version < least:
+        return Finding(f"{what}: `{tool}` is {version[0]}.{version[1]}", False, fix)
+    return Finding(ready.format(f"{version[0]}.{version[1]}"), True)
 
 
 def rust_version() -> tuple[int, int] | None:
-    cargo = shutil.which("cargo")
-    if cargo is None:
-        return None
-    r = subprocess.run([cargo, "--version"], capture_output=True, text=True, check=False)
-    m = re.search(r"cargo (\d+)\.(\d+)", r.stdout)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    return _version("cargo", "--version", r"cargo (\d+)\.(\d+)")
 
 
 def rust() -> Finding:
@@ -170,12 +180,9 @@ def rust() -> Finding:
         "install Rust with rustup (https://rustup.rs: curl ... | sh -s -- -y, then "
         "source ~/.cargo/env), or Debian's cargo where it is new enough"
     )
-    version = rust_version()
-    if version is None:
-        return Finding(f"{what}: no `cargo` on PATH", False, fix)
-    if version < RUST_MIN:
-        return Finding(f"{what}: `cargo` is {version[0]}.{version[1]}", False, fix)
-    return Finding(f"Rust {version[0]}.{version[1]}: builds fluidfed's TLS engine", True)
+    return _toolchain(
+        "cargo", rust_version(), RUST_MIN, what, fix, "Rust {}: builds fluidfed's TLS engine"
+    )
 
 
 def fuse_device(is_root: bool) -> Finding:

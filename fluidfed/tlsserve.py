@@ -228,6 +228,16 @@ class _Transport(asyncio.Transport):
             log.exception("a protocol failed on data received")
             self._fatal(err)
 
+    def _drained(self) -> None:
+        """All that was held went to the socket: the close that waited for it goes on, or
+        reading (if a write held it back) and the writer resume."""
+        self._unwatch_write()
+        if self._closing:
+            self._shutdown(None)
+            return
+        self._watch_read()
+        self._maybe_resume_writing()
+
     def _maybe_resume_writing(self) -> None:
         if self._writing_paused and self._pending_size <= self._low:
             self._writing_paused = False
@@ -401,12 +411,7 @@ class OpenSSLTransport(_Transport):
         except (OSError, ssl.SSLError) as err:
             self._fatal(err)
             return
-        self._unwatch_write()
-        if self._closing:
-            self._shutdown(None)
-            return
-        self._watch_read()
-        self._maybe_resume_writing()
+        self._drained()
 
     def _finish_read(self) -> None:
         """The SSL_read that wanted to write, again (whether or not reading is paused or
@@ -546,11 +551,7 @@ class RustlsTransport(_Transport):
         except _TLS_ERRORS as err:
             self._fatal(err)
             return
-        self._unwatch_write()
-        if self._closing:
-            self._shutdown(None)
-            return
-        self._maybe_resume_writing()
+        self._drained()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:

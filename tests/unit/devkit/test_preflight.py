@@ -30,3 +30,14 @@ def test_the_report_says_what_is_missing_and_what_to_run() -> None:
 def test_every_package_says_what_it_is_for() -> None:
     assert all(why for why in preflight.PACKAGES.values())
     assert {"fuse3", "libfuse3-dev", "pkg-config", "gcc"} <= set(preflight.PACKAGES)
+
+
+def test_a_toolchain_missing_or_too_old_says_so_and_what_to_install() -> None:
+    what, fix = "Rust >= 1.79 builds the TLS engine", "install Rust with rustup"
+    missing = preflight._toolchain("cargo", None, (1, 79), what, fix, "Rust {}: ok")
+    assert (missing.what, missing.ok, missing.fix) == (f"{what}: no `cargo` on PATH", False, fix)
+    old = preflight._toolchain("cargo", (1, 70), (1, 79), what, fix, "Rust {}: ok")
+    assert (old.what, old.ok) == (f"{what}: `cargo` is 1.70", False)
+    assert preflight._toolchain("cargo", (1, 95), (1, 79), what, fix, "Rust {}: ok") == Finding(
+        "Rust 1.95: ok", True
+    )
