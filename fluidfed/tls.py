@@ -40,36 +40,56 @@ class ServerContext(ssl.SSLContext):
     """A serving `ssl.SSLContext` that also keeps the PEM it was given (certificate chain,
     key, client CAs): what `fluidfed.tlsserve` builds its rustls configuration from. Every
     load counts as a new `generation`, so a certificate loaded again (rotation) reaches new
-    connections on either engine. A key with a password is loaded here only (rustls takes
-    none): `pem` is then None and tlsserve serves this context with OpenSSL."""
+    connections on either engine. rustls serves the versions between `minimum_version` and
+    `maximum_version` (1.2 and 1.3 at most) with its own cipher suites (`set_ciphers` and
+    `options` are OpenSSL's alone). What rustls cannot be given is served with OpenSSL: a
+    key with a password (`pem` is None), and client CAs not loaded from PEM
+    (`unrecorded_cas`: a `capath` directory, the system's defaults)."""
 
     generation = 0
     pem: tuple[bytes, bytes] | None = None  # (certificate chain, key)
     client_ca_pem = b""
+    unrecorded_cas = False
 
-    def load_cert_chain(  # type: ignore[override]
-        self, certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str] | None = None,
+    def load_cert_chain(
+        self,
+        certfile: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        keyfile: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
         password: Any = None,
-    ) -> None:  # fmt: skip
-        chain = Path(certfile).read_bytes()
-        key = Path(keyfile).read_bytes() if keyfile is not None else chain
+    ) -> None:
+        # read here, then by OpenSSL: a pair rewritten in place between the two reads
+        # could differ; fluidfed's own rotations load from files nobody else writes
+        chain = Path(os.fsdecode(certfile)).read_bytes()
+        key = Path(os.fsdecode(keyfile)).read_bytes() if keyfile is not None else chain
         super().load_cert_chain(certfile, keyfile, password)
         self.pem = (chain, key) if password is None else None
         self.generation += 1
 
-    def load_verify_locations(  # type: ignore[override]
-        self, cafile: str | os.PathLike[str] | None = None,
-        capath: str | os.PathLike[str] | None = None, cadata: str | bytes | None = None,
-    ) -> None:  # fmt: skip
+    def load_verify_locations(
+        self,
+        cafile: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
+        capath: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
+        cadata: Any = None,  # PEM text, or DER bytes
+    ) -> None:
         super().load_verify_locations(cafile, capath, cadata)
         if cafile is not None:
-            self.client_ca_pem += Path(cafile).read_bytes() + b"\n"
+            self.client_ca_pem += Path(os.fsdecode(cafile)).read_bytes() + b"\n"
         if isinstance(cadata, str):
             self.client_ca_pem += cadata.encode() + b"\n"
         elif cadata is not None:  # DER
-            self.client_ca_pem += ssl.DER_cert_to_PEM_cert(cadata).encode()
-        if capath is not None:  # a hashed directory: rustls has no such lookup
-            self.pem = None
+            self.client_ca_pem += ssl.DER_cert_to_PEM_cert(bytes(cadata)).encode()
+        if capath is not None:  # a hashed directory, looked up by OpenSSL as it verifies
+            self.unrecorded_cas = True
+        self.generation += 1
+
+    def load_default_certs(self, purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH) -> None:
+        super().load_default_certs(purpose)
+        self.unrecorded_cas = True
+        self.generation += 1
+
+    def set_default_verify_paths(self) -> None:
+        super().set_default_verify_paths()
+        self.unrecorded_cas = True
         self.generation += 1
 
 

@@ -58,6 +58,8 @@ else:
     _RUSTLS_MISSING = ""
     _TLS_ERRORS = (OSError, ssl.SSLError, _rustls.TLSError)
 
+_ACCEPT_ERRORS: tuple[type[Exception], ...] = (*_TLS_ERRORS, ValueError)
+
 log = logging.getLogger("fluidfed.tls")
 
 HANDSHAKE_TIMEOUT = 60.0  # seconds, as asyncio's default ssl_handshake_timeout
@@ -133,23 +135,34 @@ def site(
 
 def _rustls_config(ctx: ssl.SSLContext) -> Any:
     """The rustls configuration serving what `ctx` serves (built again after each load into
-    it: a rotated certificate), or None where rustls cannot serve it (said in the log)."""
+    it, a rotated certificate, or a change of its verification or versions), or None where
+    rustls cannot serve it as OpenSSL would (`ServerContext`; a pair rustls refuses is said
+    in the log)."""
     if _rustls is None or not isinstance(ctx, ServerContext) or ctx.pem is None:
         return None
+    verify = ctx.verify_mode != ssl.CERT_NONE
+    if verify and (ctx.unrecorded_cas or not ctx.client_ca_pem):
+        return None  # clients verified against CAs rustls was not given: OpenSSL's to do
+    lowest, highest = ctx.minimum_version, ctx.maximum_version
+    # MINIMUM_SUPPORTED and MAXIMUM_SUPPORTED are negative sentinels, not versions
+    low = ssl.TLSVersion.TLSv1_2 if lowest == ssl.TLSVersion.MINIMUM_SUPPORTED else lowest
+    high = ssl.TLSVersion.TLSv1_3 if highest == ssl.TLSVersion.MAXIMUM_SUPPORTED else highest
+    tls12 = low <= ssl.TLSVersion.TLSv1_2 <= high
+    tls13 = low <= ssl.TLSVersion.TLSv1_3 <= high
+    state = (ctx.generation, ctx.verify_mode, lowest, highest)
     cached = getattr(ctx, "_fluidfed_rustls", None)
-    if cached is not None and cached[0] == ctx.generation:
+    if cached is not None and cached[0] == state:
         return cached[1]
     chain, key = ctx.pem
-    verify = ctx.verify_mode != ssl.CERT_NONE and bool(ctx.client_ca_pem)
     try:
         config = _rustls.ServerConfig(
             chain, key, ctx.client_ca_pem if verify else None,
-            ctx.verify_mode == ssl.CERT_REQUIRED,
+            ctx.verify_mode == ssl.CERT_REQUIRED, tls12, tls13,
         )  # fmt: skip
     except ValueError as err:
-        log.warning("serving TLS with OpenSSL: rustls does not take this certificate (%s)", err)
+        log.warning("serving TLS with OpenSSL: rustls does not take this context (%s)", err)
         config = None
-    ctx._fluidfed_rustls = (ctx.generation, config)  # type: ignore[attr-defined]
+    ctx._fluidfed_rustls = (state, config)  # type: ignore[attr-defined]
     return config
 
 
@@ -530,6 +543,8 @@ class RustlsTransport(_Transport):
             return
         if data is not None:
             self._deliver(data)
+            if data and self._conn.eof():  # the close came with the data: say it next
+                self._loop.call_soon(self._read_ready)
 
     def _write_ready(self) -> None:
         try:
@@ -543,8 +558,8 @@ class RustlsTransport(_Transport):
                     self._pending_size -= len(chunk)
                     if rest == 0:
                         continue
-                else:
-                    self._pending[0] = chunk[len(chunk) - rest :]
+                else:  # (a view: a block's rest is not copied at each partial write)
+                    self._pending[0] = memoryview(chunk)[len(chunk) - rest :]
                     self._pending_size -= len(chunk) - rest
                 self._maybe_resume_writing()
                 return
@@ -579,6 +594,9 @@ class RustlsTransport(_Transport):
             return
         self._reading_paused = False
         self._watch_read()
+        # what rustls decrypted before the pause (a request that came with the handshake's
+        # last flight, a close that came with data) has no readiness of its own
+        self._loop.call_soon(self._read_ready)
 
     def _close_notify(self) -> None:
         with contextlib.suppress(*_TLS_ERRORS):
@@ -746,7 +764,7 @@ class _Listener:
                     )
                 else:
                     hs = _OpenSSLHandshake(self._ctx, conn)
-            except (OSError, ValueError) as err:  # a client already gone, or resetting
+            except _ACCEPT_ERRORS as err:  # a client already gone, or resetting
                 log.debug("a connection went before its TLS began: %s", err)
                 conn.close()
                 continue

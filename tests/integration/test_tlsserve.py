@@ -488,3 +488,122 @@ async def test_a_context_rustls_cannot_serve_is_served_with_openssl(
         finally:
             await runner.cleanup()
     assert "not one" in caplog.text  # the plain context's reason
+
+
+class MemoryClient:
+    """A client whose records are made in memory (ssl.MemoryBIO), so the test decides which
+    of them share a TCP segment: after the handshake, the client's Finished is still to be
+    sent (with what the test writes next, or by `send`)."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
+        self.raw = socket.create_connection(("127.0.0.1", port))
+        self.raw.settimeout(5)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.send()
+                self.incoming.write(self.raw.recv(65536))
+
+    def send(self) -> None:
+        """What the client's TLS made so far, in one segment."""
+        self.raw.sendall(self.outgoing.read())
+
+
+async def test_a_close_that_comes_with_a_request_is_seen(served: Served) -> None:
+    # the request and the client's close_notify in one segment, the client then waiting for
+    # the server's close (as Python's unwrap): read together, the close must not be lost
+    # behind the request (the server kept the connection for its keep-alive)
+    def client() -> tuple[bytes, str]:
+        c = MemoryClient(served.port, served.client_ctx)
+        c.send()
+        time.sleep(0.2)  # the server's session tickets arrive
+        c.obj.write(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            c.obj.unwrap()
+        c.send()
+        got = b""
+        try:
+            while data := c.raw.recv(65536):
+                c.incoming.write(data)
+                try:
+                    while chunk := c.obj.read(65536):
+                        got += chunk
+                except ssl.SSLWantReadError:
+                    continue
+                except ssl.SSLZeroReturnError:  # the server's close_notify
+                    break
+            return got, "closed"
+        except TimeoutError:
+            return got, "still open after 5 s"
+        finally:
+            c.raw.close()
+
+    got, end = await asyncio.to_thread(client)
+    # (aiohttp drops a request whose client closed: what matters is that it hears the close)
+    assert end == "closed", (got[:40], end)
+
+
+@pytest.mark.parametrize("engine", list(TRANSPORTS))
+async def test_a_request_that_came_with_the_handshake_waits_out_a_pause(
+    ca: trustme.CA, engine: str
+) -> None:
+    # the client's Finished and its request in one segment: decrypted with the handshake,
+    # it is in the engine's hands, not the socket's; a protocol that pauses reading at
+    # once must get it when it resumes, with no readiness of the socket to say so
+    got: list[bytes] = []
+
+    class PausesFirst(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.3, transport.resume_reading)
+
+        def data_received(self, data: bytes) -> None:
+            got.append(data)
+
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    listener = tlsserve._Listener(asyncio.get_running_loop(), sock, ctx, PausesFirst, engine)
+
+    def client() -> socket.socket:
+        c = MemoryClient(sock.getsockname()[1], client_ctx)
+        c.obj.write(b"hello")
+        c.send()  # Finished and the request: one segment
+        return c.raw
+
+    raw = await asyncio.to_thread(client)
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while not got and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert b"".join(got) == b"hello"
+    finally:
+        raw.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("engine", list(TRANSPORTS))
+async def test_the_context_s_versions_are_served(ca: trustme.CA, engine: str) -> None:
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    runner, site, port = await _serve(ctx, engine)
+    assert site.engine == engine
+    old = ssl.create_default_context()
+    ca.configure_trust(old)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
+            await asyncio.to_thread(_server_certificate, port, old)
+        old.maximum_version = ssl.TLSVersion.TLSv1_3
+        assert await asyncio.to_thread(_server_certificate, port, old)
+    finally:
+        await runner.cleanup()

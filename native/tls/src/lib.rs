@@ -98,8 +98,10 @@ fn blocked(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
 }
 
-/// A serving configuration: the certificate chain and key (PEM), and optionally the CA
-/// (PEM) whose client certificates are verified, required or not.
+/// A serving configuration: the certificate chain and key (PEM), optionally the CAs (PEM)
+/// whose client certificates are verified, required or not, and the TLS versions served
+/// (1.2 and 1.3 by default; rustls serves no older one). The cipher suites are rustls's
+/// own safe defaults.
 #[pyclass(frozen, module = "fluidfed._rustls")]
 struct ServerConfig {
     inner: Arc<rustls::ServerConfig>,
@@ -108,12 +110,14 @@ struct ServerConfig {
 #[pymethods]
 impl ServerConfig {
     #[new]
-    #[pyo3(signature = (cert_chain, key, client_ca=None, client_cert_required=false))]
+    #[pyo3(signature = (cert_chain, key, client_ca=None, client_cert_required=false, tls12=true, tls13=true))]
     fn new(
         cert_chain: &[u8],
         key: &[u8],
         client_ca: Option<&[u8]>,
         client_cert_required: bool,
+        tls12: bool,
+        tls13: bool,
     ) -> PyResult<Self> {
         let bad = |what: &str, err: &dyn std::fmt::Display| {
             PyValueError::new_err(format!("{what}: {err}"))
@@ -128,8 +132,18 @@ impl ServerConfig {
             ));
         }
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("the key is not PEM", &e))?;
+        let mut versions = Vec::new();
+        if tls13 {
+            versions.push(&rustls::version::TLS13);
+        }
+        if tls12 {
+            versions.push(&rustls::version::TLS12);
+        }
+        if versions.is_empty() {
+            return Err(PyValueError::new_err("no TLS version to serve"));
+        }
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&versions)
             .map_err(|e| bad("TLS versions", &e))?;
         let builder = match client_ca {
             None => builder.with_no_client_auth(),
@@ -276,9 +290,11 @@ impl Conn {
     }
 
     /// The plaintext the peer sent: bytes; b"" once it closed (close_notify or end of
-    /// stream) and nothing is left; None when nothing came yet. A record that asks for an
-    /// answer (a TLS 1.3 key update) is answered here, as far as the socket takes it
-    /// (`wants_write` says whether some waits).
+    /// stream) and nothing is left; None when nothing came yet. Data and the close may
+    /// come in one call: the data is returned, and `eof` says the close came too. What
+    /// rustls has to send after reading (an alert) goes as far as the socket takes it
+    /// (`wants_write` says whether some waits); the answer to a TLS 1.3 key update goes
+    /// with the next write.
     fn read<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let mut out = Vec::new();
         let mut taken = 0;
@@ -316,6 +332,9 @@ impl Conn {
         if !data.is_c_contiguous() {
             return Err(PyValueError::new_err("write takes a contiguous buffer"));
         }
+        if data.len_bytes() == 0 {
+            return Ok(if self.tls.wants_write() { -1 } else { 0 });
+        }
         // the buffer stays exported (and its owner alive) until `data` drops, after this
         let view =
             unsafe { std::slice::from_raw_parts(data.buf_ptr() as *const u8, data.len_bytes()) };
@@ -336,6 +355,11 @@ impl Conn {
     /// Send what rustls holds: True when all of it went.
     fn flush(&mut self) -> PyResult<bool> {
         Ok(self.flush_tls()?)
+    }
+
+    /// Whether the peer closed (close_notify, or the end of the TCP stream).
+    fn eof(&self) -> bool {
+        self.eof
     }
 
     /// Whether rustls holds records the socket did not take yet.
