@@ -513,9 +513,9 @@ class OpenSSLTransport(_Transport):
 
 class RustlsTransport(_Transport):
     """A connection on rustls (`fluidfed._rustls.Conn`), the socket's descriptor its own.
-    rustls reads and writes independently (a key update read is answered from its own
-    buffer), holds up to 64 KiB of records the socket did not take, and takes no more
-    plaintext beyond that: the rest waits in `_pending`, counted for flow control."""
+    rustls reads and writes independently (the answer to a TLS 1.3 key update goes with
+    the next write), holds up to 64 KiB of records the socket did not take, and takes no
+    more plaintext beyond that: the rest waits in `_pending`, counted for flow control."""
 
     def __init__(
         self,
@@ -536,7 +536,7 @@ class RustlsTransport(_Transport):
             return
         try:
             data = self._conn.read()
-            if self._conn.wants_write():  # an answer (a key update's) the socket did not take
+            if self._conn.wants_write():  # what a read had to send (an alert), not all sent
                 self._watch_write()
         except _TLS_ERRORS as err:
             self._fatal(err)
