@@ -50,6 +50,9 @@ class ServerContext(ssl.SSLContext):
     pem: tuple[bytes, bytes] | None = None  # (certificate chain, key)
     client_ca_pem = b""
     unrecorded_cas = False
+    # what tlsserve built from this context (its rustls configuration, or None where rustls
+    # cannot serve it) and the state it was built from: built again when that changes
+    engine_config: tuple[tuple[int, int, int, int], Any] | None = None
 
     def load_cert_chain(
         self,

@@ -136,33 +136,41 @@ def site(
 def _rustls_config(ctx: ssl.SSLContext) -> Any:
     """The rustls configuration serving what `ctx` serves (built again after each load into
     it, a rotated certificate, or a change of its verification or versions), or None where
-    rustls cannot serve it as OpenSSL would (`ServerContext`; a pair rustls refuses is said
-    in the log)."""
-    if _rustls is None or not isinstance(ctx, ServerContext) or ctx.pem is None:
+    rustls cannot serve it as OpenSSL would, said once in the log. Called at each accept:
+    the configuration built is kept on the context with the state it was built from."""
+    if _rustls is None:
         return None
+    if not isinstance(ctx, ServerContext) or ctx.pem is None:
+        _say_once(
+            "serving TLS with OpenSSL: rustls serves a fluidfed.tls.ServerContext with a "
+            "certificate and a key without a password, and this context is not one"
+        )
+        return None
+    state = (ctx.generation, ctx.verify_mode, ctx.minimum_version, ctx.maximum_version)
+    if ctx.engine_config is not None and ctx.engine_config[0] == state:
+        return ctx.engine_config[1]
     verify = ctx.verify_mode != ssl.CERT_NONE
+    config = None
     if verify and (ctx.unrecorded_cas or not ctx.client_ca_pem):
-        return None  # clients verified against CAs rustls was not given: OpenSSL's to do
-    lowest, highest = ctx.minimum_version, ctx.maximum_version
-    # MINIMUM_SUPPORTED and MAXIMUM_SUPPORTED are negative sentinels, not versions
-    low = ssl.TLSVersion.TLSv1_2 if lowest == ssl.TLSVersion.MINIMUM_SUPPORTED else lowest
-    high = ssl.TLSVersion.TLSv1_3 if highest == ssl.TLSVersion.MAXIMUM_SUPPORTED else highest
-    tls12 = low <= ssl.TLSVersion.TLSv1_2 <= high
-    tls13 = low <= ssl.TLSVersion.TLSv1_3 <= high
-    state = (ctx.generation, ctx.verify_mode, lowest, highest)
-    cached = getattr(ctx, "_fluidfed_rustls", None)
-    if cached is not None and cached[0] == state:
-        return cached[1]
-    chain, key = ctx.pem
-    try:
-        config = _rustls.ServerConfig(
-            chain, key, ctx.client_ca_pem if verify else None,
-            ctx.verify_mode == ssl.CERT_REQUIRED, tls12, tls13,
-        )  # fmt: skip
-    except ValueError as err:
-        log.warning("serving TLS with OpenSSL: rustls does not take this context (%s)", err)
-        config = None
-    ctx._fluidfed_rustls = (state, config)  # type: ignore[attr-defined]
+        _say_once(
+            "serving TLS with OpenSSL: its clients are verified against CAs rustls was not "
+            "given (a capath directory, the system's) or none"
+        )
+    else:
+        # MINIMUM_SUPPORTED and MAXIMUM_SUPPORTED are negative sentinels, not versions
+        low, high = ctx.minimum_version, ctx.maximum_version
+        low = ssl.TLSVersion.TLSv1_2 if low == ssl.TLSVersion.MINIMUM_SUPPORTED else low
+        high = ssl.TLSVersion.TLSv1_3 if high == ssl.TLSVersion.MAXIMUM_SUPPORTED else high
+        chain, key = ctx.pem
+        try:
+            config = _rustls.ServerConfig(
+                chain, key, ctx.client_ca_pem if verify else None,
+                ctx.verify_mode == ssl.CERT_REQUIRED,
+                low <= ssl.TLSVersion.TLSv1_2 <= high, low <= ssl.TLSVersion.TLSv1_3 <= high,
+            )  # fmt: skip
+        except ValueError as err:
+            log.warning("serving TLS with OpenSSL: rustls does not take this context (%s)", err)
+    ctx.engine_config = (state, config)
     return config
 
 
@@ -852,13 +860,7 @@ class TLSSite(BaseSite):
         if engine not in ("rustls", "openssl"):
             raise ValueError(f"TLSSite serves with 'rustls' or 'openssl', not {engine!r}")
         if engine == "rustls" and _rustls_config(ssl_context) is None:
-            if not isinstance(ssl_context, ServerContext) or ssl_context.pem is None:
-                _say_once(
-                    "serving TLS with OpenSSL: rustls serves a fluidfed.tls.ServerContext "
-                    "with a certificate and a key without a password, and this context is not "
-                    "one"
-                )  # (a pair rustls refused is said by _rustls_config)
-            engine = "openssl"
+            engine = "openssl"  # (_rustls_config says why)
         self.engine = engine  # the engine its connections start on
 
     @property

@@ -131,7 +131,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         # on SIGTERM the watch streams end at once (agents reconnect): nothing to wait 60 s for
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
         await runner.setup()
-        # over TLS, OpenSSL writes each watch event's record to its socket: the loop's TLS
+        # over TLS, rustls writes each watch event's record to its socket: the loop's TLS
         # costs a memory-buffer round trip per record (fluidfed/tlsserve.py)
         site = tlsserve.site(runner, cfg.host, cfg.port, ssl_context)
         await site.start()

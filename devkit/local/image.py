@@ -231,8 +231,10 @@ def build_fluidfed(progress: Progress, *, force: bool = False) -> BuiltImage:
         progress(f"image: wheels of fluidfed, its fuse extra and dependencies ({HOST_PYTHON})")
         # the TLS engine (native/tls) is built by cargo: its build kept in the cache, where
         # `pip install` of a checkout (scripts/setup) keeps it too, so only changes rebuild
-        env = {**os.environ, "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR")
-               or str(paths.cache_dir("cargo-target", "CARGO_TARGET_DIR"))}  # fmt: skip
+        env = {
+            **os.environ,
+            "CARGO_TARGET_DIR": str(paths.cache_dir("cargo-target", "CARGO_TARGET_DIR")),
+        }
         run([HOST_PYTHON, "-m", "pip", "wheel", "-q", "--wheel-dir", str(work / "wheels"),
              f"{src}[fuse]"], "pip wheel", env=env)  # fmt: skip
         progress(f"image: Debian {SUITE} minbase root filesystem with the venv (mmdebstrap)")
