@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,23 +37,24 @@ def _problem(option: str, path: str, err: Exception) -> ConfigError:
     )
 
 
-class ServerContext(ssl.SSLContext):
-    """A serving `ssl.SSLContext` that also keeps the PEM it was given (certificate chain,
-    key, client CAs): what `fluidfed.tlsserve` builds its rustls configuration from. Every
-    load counts as a new `generation`, so a certificate loaded again (rotation) reaches new
-    connections on either engine. rustls serves the versions between `minimum_version` and
-    `maximum_version` (1.2 and 1.3 at most) with its own cipher suites (`set_ciphers` and
-    `options` are OpenSSL's alone). What rustls cannot be given is served with OpenSSL: a
-    key with a password (`pem` is None), and client CAs not loaded from PEM
-    (`unrecorded_cas`: a `capath` directory, the system's defaults)."""
+class RecordedContext(ssl.SSLContext):
+    """An `ssl.SSLContext` that also keeps the PEM it was given (its own certificate chain
+    and key, the CAs it verifies peers against): what fluidfed's rustls engine is built
+    from (`fluidfed.tlsserve` for servers, `fluidfed.tlsclient` for the sidecar's block
+    receive). Every load counts as a new `generation`, so a certificate or CA loaded again
+    (rotation) reaches new connections on either engine. What rustls cannot be given is
+    left to OpenSSL: a key with a password (`pem` is None), and CAs not loaded from PEM
+    (`unrecorded_cas`: a `capath` directory, the system's defaults). rustls uses the
+    versions between `minimum_version` and `maximum_version` (1.2 and 1.3 at most) with its
+    own cipher suites (`set_ciphers` and `options` are OpenSSL's alone)."""
 
     generation = 0
     pem: tuple[bytes, bytes] | None = None  # (certificate chain, key)
-    client_ca_pem = b""
+    ca_pem = b""  # the CAs peers are verified against
     unrecorded_cas = False
-    # what tlsserve built from this context (its rustls configuration, or None where rustls
-    # cannot serve it) and the state it was built from: built again when that changes
-    engine_config: tuple[tuple[int, int, int, int], Any] | None = None
+    # what the engine built from this context (its rustls configuration, or None where
+    # rustls cannot take it) and the state it was built from: built again when that changes
+    engine_config: tuple[tuple[Any, ...], Any] | None = None
 
     def load_cert_chain(
         self,
@@ -76,11 +78,11 @@ class ServerContext(ssl.SSLContext):
     ) -> None:
         super().load_verify_locations(cafile, capath, cadata)
         if cafile is not None:
-            self.client_ca_pem += Path(os.fsdecode(cafile)).read_bytes() + b"\n"
+            self.ca_pem += Path(os.fsdecode(cafile)).read_bytes() + b"\n"
         if isinstance(cadata, str):
-            self.client_ca_pem += cadata.encode() + b"\n"
+            self.ca_pem += cadata.encode() + b"\n"
         elif cadata is not None:  # DER
-            self.client_ca_pem += ssl.DER_cert_to_PEM_cert(bytes(cadata)).encode()
+            self.ca_pem += ssl.DER_cert_to_PEM_cert(bytes(cadata)).encode()
         if capath is not None:  # a hashed directory, looked up by OpenSSL as it verifies
             self.unrecorded_cas = True
         self.generation += 1
@@ -94,6 +96,30 @@ class ServerContext(ssl.SSLContext):
         super().set_default_verify_paths()
         self.unrecorded_cas = True
         self.generation += 1
+
+
+class ServerContext(RecordedContext):
+    """A serving context either of `fluidfed.tlsserve`'s engines serves (its `ca_pem`: the
+    CAs client certificates are verified against)."""
+
+
+class ClientContext(RecordedContext):
+    """A verifying client context (the server's certificate chains to `ca_pem` and names the
+    host) that `fluidfed.tlsclient` can also run on rustls."""
+
+
+def _client(cafile: str = "", cadata: str | None = None) -> ClientContext:
+    """What `ssl.create_default_context()` makes for a client, as a ClientContext: the
+    server's certificate verified, its host name checked, against `cafile`/`cadata` or
+    else the system's trust store."""
+    ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    if sys.version_info >= (3, 13):  # what create_default_context adds there
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
+    if cafile or cadata is not None:
+        ctx.load_verify_locations(cafile=cafile or None, cadata=cadata)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    return ctx
 
 
 def server_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ServerContext:
@@ -114,11 +140,11 @@ def server_context(cert_file: str, key_file: str, client_ca_file: str = "") -> S
     return ctx
 
 
-def client_context(tls: ClientTLS) -> ssl.SSLContext:
+def client_context(tls: ClientTLS) -> ClientContext:
     """A verifying client context: the hub's certificate must chain to `ca_file` (or the
     system's roots) and name the host."""
     try:
-        ctx = ssl.create_default_context(cafile=tls.ca_file or None)
+        ctx = _client(cafile=tls.ca_file)
     except (OSError, ssl.SSLError) as err:
         raise _problem("ca_file", tls.ca_file, err) from None
     if tls.cert_file or tls.key_file:
@@ -138,10 +164,10 @@ def client_context(tls: ClientTLS) -> ssl.SSLContext:
     return ctx
 
 
-def trusting(ca_pem: str) -> ssl.SSLContext:
+def trusting(ca_pem: str) -> ClientContext:
     """A verifying client context that trusts only the CA `ca_pem` (PEM text): the agent's,
     for the workers of a binding whose CA it keeps."""
-    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx = _client(cadata=ca_pem)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
@@ -207,6 +233,7 @@ class Trusted:
         """With `context`, the CA is added to that one (already in use by connections
         made earlier) instead of a new context trusting it alone."""
         self.ca_file = ca_file
+        self.context: ssl.SSLContext
         if context is None:
             self.context = client_context(ClientTLS(ca_file=ca_file))
         else:

@@ -94,7 +94,7 @@ def tls_engine() -> str:
         )
     if not choice:
         if _rustls is None:
-            _say_once(
+            say_once(
                 "serving TLS with OpenSSL: fluidfed's rustls extension does not load (%s); "
                 "install fluidfed with Rust's cargo on the PATH to serve with rustls",
                 _RUSTLS_MISSING,
@@ -104,13 +104,27 @@ def tls_engine() -> str:
     return choice
 
 
+def rustls_module() -> Any:
+    """fluidfed's rustls extension, or None where the package was built without it."""
+    return _rustls
+
+
 _said: set[str] = set()
 
 
-def _say_once(msg: str, *args: Any) -> None:
+def say_once(msg: str, *args: Any) -> None:
     if msg not in _said:
         _said.add(msg)
         log.warning(msg, *args)
+
+
+def versions(ctx: ssl.SSLContext) -> tuple[bool, bool]:
+    """Whether `ctx` allows TLS 1.2, and 1.3 (rustls has no older one)."""
+    # MINIMUM_SUPPORTED and MAXIMUM_SUPPORTED are negative sentinels, not versions
+    low, high = ctx.minimum_version, ctx.maximum_version
+    low = ssl.TLSVersion.TLSv1_2 if low == ssl.TLSVersion.MINIMUM_SUPPORTED else low
+    high = ssl.TLSVersion.TLSv1_3 if high == ssl.TLSVersion.MAXIMUM_SUPPORTED else high
+    return low <= ssl.TLSVersion.TLSv1_2 <= high, low <= ssl.TLSVersion.TLSv1_3 <= high
 
 
 def site(
@@ -141,7 +155,7 @@ def _rustls_config(ctx: ssl.SSLContext) -> Any:
     if _rustls is None:
         return None
     if not isinstance(ctx, ServerContext) or ctx.pem is None:
-        _say_once(
+        say_once(
             "serving TLS with OpenSSL: rustls serves a fluidfed.tls.ServerContext with a "
             "certificate and a key without a password, and this context is not one"
         )
@@ -151,22 +165,17 @@ def _rustls_config(ctx: ssl.SSLContext) -> Any:
         return ctx.engine_config[1]
     verify = ctx.verify_mode != ssl.CERT_NONE
     config = None
-    if verify and (ctx.unrecorded_cas or not ctx.client_ca_pem):
-        _say_once(
+    if verify and (ctx.unrecorded_cas or not ctx.ca_pem):
+        say_once(
             "serving TLS with OpenSSL: its clients are verified against CAs rustls was not "
             "given (a capath directory, the system's) or none"
         )
     else:
-        # MINIMUM_SUPPORTED and MAXIMUM_SUPPORTED are negative sentinels, not versions
-        low, high = ctx.minimum_version, ctx.maximum_version
-        low = ssl.TLSVersion.TLSv1_2 if low == ssl.TLSVersion.MINIMUM_SUPPORTED else low
-        high = ssl.TLSVersion.TLSv1_3 if high == ssl.TLSVersion.MAXIMUM_SUPPORTED else high
         chain, key = ctx.pem
         try:
             config = _rustls.ServerConfig(
-                chain, key, ctx.client_ca_pem if verify else None,
-                ctx.verify_mode == ssl.CERT_REQUIRED,
-                low <= ssl.TLSVersion.TLSv1_2 <= high, low <= ssl.TLSVersion.TLSv1_3 <= high,
+                chain, key, ctx.ca_pem if verify else None,
+                ctx.verify_mode == ssl.CERT_REQUIRED, *versions(ctx),
             )  # fmt: skip
         except ValueError as err:
             log.warning("serving TLS with OpenSSL: rustls does not take this context (%s)", err)

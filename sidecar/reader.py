@@ -38,6 +38,7 @@ class ReadStats:
     bytes: int = 0  # read from the under storage directly
     pushed: int = 0  # small files handed to the kernel's page cache when opened
     connections: int = 0  # opened to workers for blocks (the rest reused kept-alive ones)
+    connections_rustls: int = 0  # of those, https ones on rustls (the others: Python's ssl)
     buffers_reused: int = 0  # blocks from workers received into a buffer used before
 
 
@@ -222,6 +223,7 @@ class BlockReader:
                         )
                 self._count(got.hit)
                 self.stats.connections = self.conns.opened
+                self.stats.connections_rustls = self.conns.opened_rustls
                 self.stats.buffers_reused = self.conns.buffers.reused
                 if got.local:
                     self.stats.short_circuit += 1

@@ -17,10 +17,12 @@ and used again for another block only once nothing references it (`Buffers`): th
 tier and FUSE replies that keep it never see it change.
 
 An https worker (the agent's workers serve TLS with their binding's certificate) is
-received the same way over an `ssl` socket verified with the caller's context: TLS hands
-over one record (16 KiB) per receive, decrypted into the buffer, so the body takes a
-receive per record instead of one `MSG_WAITALL` (figures: README, "Encryption" in "The
-data path"), and keeps Python's own timeout on the socket (see `_take`).
+received the same way over TLS verified with the caller's context: on rustls
+(`fluidfed.tlsclient`) the body is decrypted into the buffer in one call, the GIL
+released, with the kernel's timeouts as plain HTTP; where rustls cannot verify as the
+context does (or FLUIDFED_TLS_TRANSPORT says openssl), over an `ssl` socket, which hands
+over one record (16 KiB) per receive and keeps Python's own timeout on the socket (see
+`_take`; figures: README, "Encryption" in "The data path").
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import httptools
 from multidict import CIMultiDict
 from yarl import URL
 
-from fluidfed import errors
+from fluidfed import errors, tlsclient, tlsserve
 from fluidfed.data import blocks
 from fluidfed.validation import MAX_BLOCK_SIZE
 
@@ -180,6 +182,10 @@ class _Head:
         self.done = True
 
 
+# a connection: plain, Python's ssl, or rustls
+_Socket = socket.socket | tlsclient.RustlsSocket
+
+
 class _Closed(Exception):
     """The worker closed the connection before answering (a stale keep-alive one)."""
 
@@ -193,14 +199,17 @@ class Connections:
         self, *, idle: int = 8, threads: int = 16, tls: ssl.SSLContext | None = None
     ) -> None:
         self.idle_max = idle
-        # how https workers are verified (None: the system's roots, as aiohttp's default)
+        # how https workers are verified (None: the system's roots, as aiohttp's default),
+        # and whether on rustls where it can (asked now: a wrong setting stops the start)
         self.tls = tls
-        self._idle: dict[_Where, deque[tuple[socket.socket, float]]] = {}
-        self._busy: set[socket.socket] = set()
+        self.rustls = tlsserve.tls_engine() == "rustls"
+        self._idle: dict[_Where, deque[tuple[_Socket, float]]] = {}
+        self._busy: set[_Socket] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fluidfed-recv")
         self._closed = False
         self.opened = 0  # connections made (what reuse saves)
+        self.opened_rustls = 0  # of those, https ones on rustls
         self.buffers = Buffers()
         self._forget: asyncio.TimerHandle | None = None
 
@@ -280,48 +289,54 @@ class Connections:
                 self._drop(sock)
             return answer
 
-    def _take(self, where: _Where, timeout: float) -> tuple[socket.socket, bool]:
+    def _take(self, where: _Where, timeout: float) -> tuple[_Socket, bool]:
         """An idle connection to `where` still open (the freshest), else a new one (over
         TLS, its handshake done and the worker's certificate verified)."""
         now = time.monotonic()
         with self._lock:
             idle = self._idle.get(where)
             while idle:
-                sock, since = idle.pop()
-                if now - since < IDLE_FOR and not _readable(sock):
-                    self._busy.add(sock)
-                    return sock, True
-                sock.close()  # expired, or the worker closed it (EOF is readable)
-        sock = socket.create_connection((where.host, where.port), timeout=timeout)
+                kept, since = idle.pop()
+                if now - since < IDLE_FOR and not _readable(kept):
+                    self._busy.add(kept)
+                    return kept, True
+                kept.close()  # expired, or the worker closed it (EOF is readable)
+        raw = socket.create_connection((where.host, where.port), timeout=timeout)
+        sock: _Socket = raw
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if where.secure:
-                # TLS keeps Python's own timeout on every operation, the handshake's too:
-                # over a blocking socket `ssl` takes the kernel's timeout (EAGAIN) for "try
-                # again" and would wait on a stalled worker for ever. It receives a record
-                # at a time anyway, so MSG_WAITALL has nothing to save there.
-                sock.settimeout(timeout)
-                ctx = self.tls or _system_roots()
-                sock = ctx.wrap_socket(sock, server_hostname=where.host)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ctx = (self.tls or _system_roots()) if where.secure else None
+            config = tlsclient.rustls_config(ctx) if ctx is not None and self.rustls else None
+            if ctx is not None and config is None:
+                # Python's ssl keeps its own timeout on every operation, the handshake's
+                # too: over a blocking socket it takes the kernel's timeout (EAGAIN) for
+                # "try again" and would wait on a stalled worker for ever. It receives a
+                # record at a time anyway, so MSG_WAITALL has nothing to save there.
+                raw.settimeout(timeout)
+                sock = ctx.wrap_socket(raw, server_hostname=where.host)
             else:
                 # blocking from here on, each receive and send bounded by the kernel: a
-                # blocking socket is what lets MSG_WAITALL wait for the whole body
-                sock.settimeout(None)
+                # blocking socket is what lets MSG_WAITALL (or rustls) wait for the whole
+                # body
+                raw.settimeout(None)
                 tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+                if config is not None:
+                    sock = tlsclient.RustlsSocket(raw, config, where.host)  # the handshake
         except OSError:
-            sock.close()
+            raw.close()
             raise
         with self._lock:
             self.opened += 1
+            self.opened_rustls += isinstance(sock, tlsclient.RustlsSocket)
             if self._closed:
                 sock.close()
                 raise errors.WorkerError("the sidecar is closing")
             self._busy.add(sock)
         return sock, False
 
-    def _give_back(self, where: _Where, sock: socket.socket) -> None:
+    def _give_back(self, where: _Where, sock: _Socket) -> None:
         with self._lock:
             self._busy.discard(sock)
             idle = self._idle.setdefault(where, deque())
@@ -330,7 +345,7 @@ class Connections:
                 return
             idle.append((sock, time.monotonic()))
 
-    def _drop(self, sock: socket.socket) -> None:
+    def _drop(self, sock: _Socket) -> None:
         with self._lock:
             self._busy.discard(sock)
         sock.close()
@@ -379,10 +394,10 @@ def _request(u: URL, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _readable(sock: socket.socket) -> bool:
+def _readable(sock: _Socket) -> bool:
     """Whether an idle connection has something to read: the worker closed it (or sent
     what it should not have). Either way it is not reused."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+    if isinstance(sock, ssl.SSLSocket | tlsclient.RustlsSocket) and sock.pending():
         return True  # a record already decrypted
     try:
         return bool(select.select([sock], [], [], 0)[0])
@@ -391,7 +406,7 @@ def _readable(sock: socket.socket) -> bool:
 
 
 def _exchange_on(
-    sock: socket.socket, request: bytes, deadline: float, checksum: bool, buffers: Buffers
+    sock: _Socket, request: bytes, deadline: float, checksum: bool, buffers: Buffers
 ) -> tuple[Answer, bool]:
     """One request and its answer on `sock`; also whether the connection can be reused."""
     sock.sendall(request)
@@ -425,7 +440,8 @@ def _exchange_on(
             view[got : got + len(piece)] = piece
             got += len(piece)
         head.pieces.clear()
-        # an ssl socket takes no flags: it receives a record at a time
+        # an ssl socket takes no flags: it receives a record at a time (rustls: all of the
+        # body it can)
         flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
         while got < n:
             r = sock.recv_into(view[got:], n - got, flags)

@@ -138,9 +138,10 @@ def test_sidecars_read_a_tls_worker_through_the_bindings_ca_and_refuse_another_c
         assert st["worker_errors"] == 0 and st["ufs_reads"] == 0, st
         if i == 1:
             assert st["worker_hits"] == n, st
-            # the threaded receive, over TLS, on connections kept alive (one per block
-            # when reuse breaks)
+            # the threaded receive, over TLS (on rustls, the default), on connections kept
+            # alive (one per block when reuse breaks)
             assert 1 <= st["connections"] <= 16 < st["worker_hits"], st
+            assert st["connections_rustls"] == st["connections"], st
     hits = worker_status(w, ca)["hits"]
     assert hits >= n
 

@@ -1,6 +1,7 @@
 //! Server-side TLS for fluidfed's HTTPS transport (`fluidfed/tlsserve.py`): one rustls
 //! connection per accepted socket, its records encrypted and written straight to the
-//! socket's descriptor in the same call that takes the plaintext.
+//! socket's descriptor in the same call that takes the plaintext. The client side, for the
+//! sidecar's block receive, is in `client.rs`.
 //!
 //! Python keeps the socket (and closes it), the event loop watches the descriptor, and the
 //! transport calls `Conn.handshake`, `read`, `write` and `flush` when the loop says the
@@ -21,6 +22,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConnection};
+
+mod client;
 
 create_exception!(
     _rustls,
@@ -43,7 +46,7 @@ const WANT_READ: u8 = 1;
 const WANT_WRITE: u8 = 2;
 
 /// A socket descriptor as rustls's reader and writer; never closed here.
-struct Fd(RawFd);
+pub(crate) struct Fd(pub(crate) RawFd);
 
 fn retry<T>(mut op: impl FnMut() -> isize, ok: impl Fn(isize) -> T) -> io::Result<T> {
     loop {
@@ -94,6 +97,32 @@ impl Write for Fd {
     }
 }
 
+/// The protocol versions allowed, newest first.
+pub(crate) fn versions(
+    tls12: bool,
+    tls13: bool,
+) -> PyResult<Vec<&'static rustls::SupportedProtocolVersion>> {
+    let mut out = Vec::new();
+    if tls13 {
+        out.push(&rustls::version::TLS13);
+    }
+    if tls12 {
+        out.push(&rustls::version::TLS12);
+    }
+    if out.is_empty() {
+        return Err(PyValueError::new_err("no TLS version allowed"));
+    }
+    Ok(out)
+}
+
+pub(crate) fn version_name(version: rustls::ProtocolVersion) -> Option<&'static str> {
+    match version {
+        rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+        rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+        _ => None,
+    }
+}
+
 fn blocked(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
 }
@@ -132,18 +161,8 @@ impl ServerConfig {
             ));
         }
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("the key is not PEM", &e))?;
-        let mut versions = Vec::new();
-        if tls13 {
-            versions.push(&rustls::version::TLS13);
-        }
-        if tls12 {
-            versions.push(&rustls::version::TLS12);
-        }
-        if versions.is_empty() {
-            return Err(PyValueError::new_err("no TLS version to serve"));
-        }
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)
+            .with_protocol_versions(&versions(tls12, tls13)?)
             .map_err(|e| bad("TLS versions", &e))?;
         let builder = match client_ca {
             None => builder.with_no_client_auth(),
@@ -381,11 +400,7 @@ impl Conn {
 
     /// "TLSv1.3" or "TLSv1.2", once the handshake is done.
     fn version(&self) -> Option<&'static str> {
-        match self.tls.protocol_version()? {
-            rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
-            rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
-            _ => None,
-        }
+        version_name(self.tls.protocol_version()?)
     }
 
     /// The cipher suite's IANA name, once the handshake is done.
@@ -398,6 +413,8 @@ impl Conn {
 fn _rustls(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ServerConfig>()?;
     m.add_class::<Conn>()?;
+    m.add_class::<client::ClientConfig>()?;
+    m.add_class::<client::ClientConn>()?;
     m.add("TLSError", m.py().get_type::<TLSError>())?;
     m.add("DONE", DONE)?;
     m.add("WANT_READ", WANT_READ)?;

@@ -86,7 +86,7 @@ def test_a_server_context_keeps_what_rustls_is_built_from(tmp_path: Path) -> Non
     assert ctx.pem == ((tmp_path / "tls.crt").read_bytes(), cert.private_key_pem.bytes())
     assert ctx.generation == 1
     ctx.load_verify_locations(cadata=ca.cert_pem.bytes().decode())
-    assert ctx.client_ca_pem.startswith(ca.cert_pem.bytes()) and ctx.generation == 2
+    assert ctx.ca_pem.startswith(ca.cert_pem.bytes()) and ctx.generation == 2
     # a file that is no certificate is refused by OpenSSL first, and nothing of it is kept
     (tmp_path / "bad.pem").write_text("not a certificate")
     with pytest.raises(ssl.SSLError):

@@ -1,0 +1,347 @@
+//! Client-side TLS for the sidecar's block receive (`fluidfed/tlsclient.py`): one rustls
+//! connection on a blocking socket, driven from one of the receive threads. A block's body
+//! is received and decrypted straight into the caller's buffer in one call, without the
+//! GIL: Python's `ssl` returns one 16 KiB record per call, 256 calls and GIL hand-offs per
+//! 4 MiB block.
+//!
+//! Every call blocks, each socket wait bounded by the socket's own SO_RCVTIMEO/SO_SNDTIMEO
+//! (set by the caller): a wait that runs out raises `BlockingIOError`. A TLS failure (a
+//! certificate that does not chain to the trusted CAs or does not name the host) raises
+//! `TLSError` after the alert is sent.
+
+use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConnection, RootCertStore};
+
+use crate::{versions, Fd, TLSError};
+
+/// A verifying client configuration: the servers' certificates must chain to the CAs
+/// given (PEM; nothing else is trusted) and name the host connected to (a DNS name, or an
+/// IP address in the certificate's IP SANs). Optionally a client certificate and key (PEM).
+#[pyclass(frozen, module = "fluidfed._rustls")]
+pub(crate) struct ClientConfig {
+    inner: Arc<rustls::ClientConfig>,
+}
+
+#[pymethods]
+impl ClientConfig {
+    #[new]
+    #[pyo3(signature = (ca, cert_chain=None, key=None, tls12=true, tls13=true))]
+    fn new(
+        ca: &[u8],
+        cert_chain: Option<&[u8]>,
+        key: Option<&[u8]>,
+        tls12: bool,
+        tls13: bool,
+    ) -> PyResult<Self> {
+        let bad = |what: &str, err: &dyn std::fmt::Display| {
+            PyValueError::new_err(format!("{what}: {err}"))
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca) {
+            let cert = cert.map_err(|e| bad("the CA is not PEM", &e))?;
+            roots.add(cert).map_err(|e| bad("the CA", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(PyValueError::new_err("no CA to trust"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions(tls12, tls13)?)
+            .map_err(|e| bad("TLS versions", &e))?
+            .with_root_certificates(roots);
+        let config = match (cert_chain, key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(chain), Some(key)) => {
+                let certs = CertificateDer::pem_slice_iter(chain)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad("the client certificate is not PEM", &e))?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| bad("the client key is not PEM", &e))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| bad("the client certificate and key", &e))?
+            }
+            _ => {
+                return Err(PyValueError::new_err(
+                    "a client certificate needs both its chain and its key",
+                ))
+            }
+        };
+        Ok(ClientConfig {
+            inner: Arc::new(config),
+        })
+    }
+}
+
+/// What one receive from the socket may take: rustls reads its records at most 4 KiB past
+/// what it holds (it shrinks its buffer to 4 KiB after each record), 4-5 system calls per
+/// 16 KiB record; from here it takes them without one.
+const INBOX: usize = 256 * 1024;
+
+/// Bytes received from the socket and not yet given to rustls.
+struct Inbox {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// The socket as rustls's reader, through the inbox: a receive only when it is empty.
+struct InboxReader<'a> {
+    inbox: &'a mut Inbox,
+    fd: RawFd,
+}
+
+impl Read for InboxReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let inbox = &mut *self.inbox;
+        if inbox.start == inbox.end {
+            let n = Fd(self.fd).read(&mut inbox.buf)?;
+            inbox.start = 0;
+            inbox.end = n;
+        }
+        let n = out.len().min(inbox.end - inbox.start);
+        out[..n].copy_from_slice(&inbox.buf[inbox.start..inbox.start + n]);
+        inbox.start += n;
+        Ok(n)
+    }
+}
+
+/// A caller's buffer, written while the GIL is released: the `PyBuffer` export it comes
+/// from is held (and its owner alive, not resizable) for the whole call.
+struct Out(*mut u8, usize);
+unsafe impl Send for Out {}
+
+/// One client connection on a blocking socket descriptor (Python keeps the socket, and
+/// closes it).
+#[pyclass(module = "fluidfed._rustls")]
+pub(crate) struct ClientConn {
+    tls: ClientConnection,
+    fd: RawFd,
+    inbox: Inbox,
+    eof: bool, // the server's close_notify, or the end of its TCP stream
+}
+
+impl ClientConn {
+    fn tls_error(&mut self, err: rustls::Error) -> PyErr {
+        let _ = self.send_all_tls(); // the alert rustls queued for it
+        TLSError::new_err(err.to_string())
+    }
+
+    fn send_all_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut Fd(self.fd))?;
+        }
+        Ok(())
+    }
+
+    fn read_tls(&mut self) -> io::Result<usize> {
+        let mut reader = InboxReader {
+            inbox: &mut self.inbox,
+            fd: self.fd,
+        };
+        self.tls.read_tls(&mut reader)
+    }
+
+    /// Read records once (waiting for the socket if the inbox is empty) and decrypt them.
+    fn more(&mut self) -> Result<(), Failure> {
+        match self.read_tls() {
+            Ok(0) => self.eof = true,
+            Ok(_) => {}
+            Err(e) => return Err(Failure::Io(e)),
+        }
+        if let Err(e) = self.tls.process_new_packets() {
+            return Err(Failure::Tls(e));
+        }
+        // a TLS 1.3 key update asks for ours in return
+        self.send_all_tls().map_err(Failure::Io)
+    }
+
+    /// Decrypted bytes into `out` until it is full or the server closed: how many.
+    /// A socket wait that runs out after some bytes returns those (the caller asks again).
+    fn fill(&mut self, out: &mut [u8]) -> Result<usize, Failure> {
+        let mut got = 0;
+        loop {
+            while got < out.len() {
+                match self.tls.reader().read(&mut out[got..]) {
+                    Ok(0) => {
+                        self.eof = true; // close_notify
+                        return Ok(got);
+                    }
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.eof = true; // the TCP stream ended without close_notify
+                        return Ok(got);
+                    }
+                    Err(e) => return Err(Failure::Io(e)),
+                }
+            }
+            if got == out.len() || self.eof {
+                return Ok(got);
+            }
+            match self.more() {
+                Err(Failure::Io(e)) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
+                    return Ok(got)
+                }
+                other => other?,
+            }
+        }
+    }
+
+    fn raise(&mut self, failure: Failure) -> PyErr {
+        match failure {
+            Failure::Io(e) => e.into(),
+            Failure::Tls(e) => self.tls_error(e),
+        }
+    }
+}
+
+enum Failure {
+    Io(io::Error),
+    Tls(rustls::Error),
+}
+
+#[pymethods]
+impl ClientConn {
+    /// A connection to `host` (what the certificate must name) on `fd`, its handshake not
+    /// yet begun.
+    #[new]
+    fn new(config: &ClientConfig, fd: RawFd, host: &str) -> PyResult<Self> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| PyValueError::new_err(format!("{host:?} is not a host name: {e}")))?;
+        let tls = ClientConnection::new(config.inner.clone(), name)
+            .map_err(|e| TLSError::new_err(e.to_string()))?;
+        let inbox = Inbox {
+            buf: vec![0; INBOX],
+            start: 0,
+            end: 0,
+        };
+        Ok(ClientConn {
+            tls,
+            fd,
+            inbox,
+            eof: false,
+        })
+    }
+
+    /// The whole handshake, the server's certificate verified.
+    fn handshake(&mut self, py: Python<'_>) -> PyResult<()> {
+        let done = py.allow_threads(|| -> Result<(), Failure> {
+            loop {
+                self.send_all_tls().map_err(Failure::Io)?;
+                if !self.tls.is_handshaking() {
+                    return Ok(());
+                }
+                match self.read_tls() {
+                    Ok(0) => {
+                        return Err(Failure::Io(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "the server closed the connection in the TLS handshake",
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Failure::Io(e)),
+                }
+                self.tls.process_new_packets().map_err(Failure::Tls)?;
+            }
+        });
+        done.map_err(|f| self.raise(f))
+    }
+
+    /// Encrypt all of `data` and send it.
+    fn sendall(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        let sent = py.allow_threads(|| -> io::Result<()> {
+            let mut done = 0;
+            while done < data.len() {
+                done += self.tls.writer().write(&data[done..])?;
+                self.send_all_tls()?;
+            }
+            self.send_all_tls()
+        });
+        Ok(sent?)
+    }
+
+    /// At most `n` decrypted bytes, waiting for some: b"" once the server closed.
+    fn recv<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = vec![0u8; n];
+        let got = py.allow_threads(|| -> Result<usize, Failure> {
+            loop {
+                match self.tls.reader().read(&mut out) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) => return Err(Failure::Io(e)),
+                }
+                if self.eof {
+                    return Ok(0);
+                }
+                self.more()?;
+            }
+        });
+        let got = got.map_err(|f| self.raise(f))?;
+        Ok(PyBytes::new(py, &out[..got]))
+    }
+
+    /// Decrypted bytes into `buffer` (writable, contiguous) until its first `n` bytes are
+    /// filled, the server closed, or a socket wait ran out after some came: how many.
+    #[pyo3(signature = (buffer, n=None))]
+    fn recv_into(
+        &mut self,
+        py: Python<'_>,
+        buffer: PyBuffer<u8>,
+        n: Option<usize>,
+    ) -> PyResult<usize> {
+        if buffer.readonly() || !buffer.is_c_contiguous() {
+            return Err(PyValueError::new_err(
+                "recv_into takes a writable contiguous buffer",
+            ));
+        }
+        let n = n.unwrap_or(buffer.len_bytes()).min(buffer.len_bytes());
+        let out = Out(buffer.buf_ptr() as *mut u8, n);
+        let got = py.allow_threads(|| {
+            let out = out;
+            // `buffer` is held until after this call: its bytes stay where they are
+            let view = unsafe { std::slice::from_raw_parts_mut(out.0, out.1) };
+            self.fill(view)
+        });
+        got.map_err(|f| self.raise(f))
+    }
+
+    /// Whether bytes wait to be read (received, or decrypted), or the server closed: a
+    /// kept-alive connection with any is not used again.
+    fn pending(&mut self) -> bool {
+        if self.inbox.start < self.inbox.end {
+            return true;
+        }
+        match self.tls.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() || self.eof,
+            Err(_) => true,
+        }
+    }
+
+    /// Forget the descriptor (Python closes the socket next): a later call fails with
+    /// EBADF instead of reaching a descriptor the number was given to since.
+    fn detach(&mut self) {
+        self.fd = -1;
+    }
+
+    /// The server's certificate (DER), once the handshake is done.
+    fn peer_certificate<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        let certs = self.tls.peer_certificates()?;
+        certs.first().map(|c| PyBytes::new(py, c.as_ref()))
+    }
+
+    /// "TLSv1.3" or "TLSv1.2", once the handshake is done.
+    fn version(&self) -> Option<&'static str> {
+        crate::version_name(self.tls.protocol_version()?)
+    }
+}

@@ -1,0 +1,279 @@
+"""The sidecar's block receive over TLS (fluidfed/data/receive.py with fluidfed/tlsclient.py)
+on both client engines, rustls and Python's ssl, against fluidfed's own HTTPS server on
+127.0.0.1 and against raw TLS servers for what a worker may do wrong: bodies of every size
+received whole, the server's certificate and host name verified, a CA loaded again
+trusted from the next connection, a body cut short, a silent server, and the contexts
+rustls leaves to Python's ssl."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+
+from fluidfed import errors, tls, tlsclient, tlsserve
+from fluidfed.data import receive
+
+pytestmark = pytest.mark.integration
+
+ENGINES = ["rustls", "openssl"]  # the client's; the server is fluidfed's own (rustls)
+SIZES = [0, 1, 16383, 16384, 16385, 100_000, 4 * 2**20, 4 * 2**20 + 7]
+
+
+def pattern(n: int) -> bytes:
+    return (bytes(range(251)) * (n // 251 + 1))[:n]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("FLUIDFED_TLS_TRANSPORT", request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_context(ca: trustme.CA, *hosts: str) -> tls.ServerContext:
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(*(hosts or ("127.0.0.1",))).configure_cert(ctx)
+    return ctx
+
+
+async def serve(ctx: ssl.SSLContext) -> tuple[web.AppRunner, int]:
+    async def body(request: web.Request) -> web.Response:
+        return web.Response(body=pattern(int(request.query["n"])))
+
+    app = web.Application()
+    app.router.add_get("/body", body)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    await tlsserve.TLSSite(runner, "127.0.0.1", 0, ssl_context=ctx, engine="rustls").start()
+    return runner, runner.addresses[0][1]
+
+
+@pytest.fixture
+async def server(ca: trustme.CA) -> AsyncIterator[int]:
+    runner, port = await serve(server_context(ca))
+    yield port
+    await runner.cleanup()
+
+
+@pytest.fixture
+def conns_for() -> Iterator[Any]:
+    made: list[receive.Connections] = []
+
+    def make(ctx: ssl.SSLContext | None) -> receive.Connections:
+        made.append(receive.Connections(tls=ctx))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    return tls.trusting(ca.cert_pem.bytes().decode())
+
+
+async def get(conns: receive.Connections, port: int, n: int, host: str = "127.0.0.1") -> bytes:
+    got = await conns.get(f"https://{host}:{port}/body", {"n": n}, {}, 10.0)
+    assert got.status == 200, got
+    return bytes(got.body)
+
+
+async def test_bodies_of_every_size_arrive_whole_on_kept_alive_connections(
+    engine: str, ca: trustme.CA, server: int, conns_for: Any
+) -> None:
+    conns = conns_for(trusting(ca))
+    for n in SIZES:
+        assert await get(conns, server, n) == pattern(n), n
+    # one connection for all of them, on the engine asked for
+    assert conns.opened == 1
+    assert conns.opened_rustls == (1 if engine == "rustls" else 0)
+    # several at once, each on its own connection, each body its own
+    many = await asyncio.gather(*(get(conns, server, 2**20 + i) for i in range(6)))
+    assert [len(b) for b in many] == [2**20 + i for i in range(6)]
+    assert all(b == pattern(len(b)) for b in many)
+
+
+async def test_a_server_whose_certificate_another_ca_signed_gets_no_request(
+    engine: str, server: int, conns_for: Any
+) -> None:
+    conns = conns_for(trusting(trustme.CA()))
+    with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
+        await get(conns, server, 10)
+    assert conns.idle() == 0
+
+
+async def test_the_certificate_must_name_the_host_connected_to(
+    engine: str, ca: trustme.CA, conns_for: Any
+) -> None:
+    # a certificate for another name (and for no IP address) is refused at 127.0.0.1 ...
+    runner, port = await serve(server_context(ca, "worker-0.example"))
+    try:
+        conns = conns_for(trusting(ca))
+        with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
+            await get(conns, port, 10)
+    finally:
+        await runner.cleanup()
+    # ... and one for 127.0.0.1 alone is refused when reached as "localhost"
+    runner, port = await serve(server_context(ca, "127.0.0.1"))
+    try:
+        conns = conns_for(trusting(ca))
+        with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
+            await get(conns, port, 10, host="localhost")
+        assert await get(conns, port, 10) == pattern(10)  # by its address it is fine
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_ca_loaded_into_the_context_is_trusted_from_the_next_connection(
+    engine: str, server: int, ca: trustme.CA, conns_for: Any
+) -> None:
+    """Rotation as the sidecar's `tls.Trusted` does it: the new CA loaded into the context
+    in use, beside the old one."""
+    other = trustme.CA()
+    ctx = trusting(other)
+    conns = conns_for(ctx)
+    with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
+        await get(conns, server, 10)
+    ctx.load_verify_locations(cadata=ca.cert_pem.bytes().decode())
+    assert await get(conns, server, 5000) == pattern(5000)
+    # (the refused handshake opened no connection)
+    assert (conns.opened, conns.opened_rustls) == (1, 1 if engine == "rustls" else 0)
+
+
+async def test_a_tls_1_2_server_is_received_from(
+    engine: str, ca: trustme.CA, conns_for: Any
+) -> None:
+    ctx = server_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    runner, port = await serve(ctx)
+    try:
+        conns = conns_for(trusting(ca))
+        assert await get(conns, port, 3 * 2**20) == pattern(3 * 2**20)
+    finally:
+        await runner.cleanup()
+    # and a client held to 1.3 does not talk to it
+    strict = trusting(ca)
+    strict.minimum_version = ssl.TLSVersion.TLSv1_3
+    runner, port = await serve(ctx)
+    try:
+        with pytest.raises(errors.WorkerError):
+            await get(conns_for(strict), port, 10)
+    finally:
+        await runner.cleanup()
+
+
+class RawServer:
+    """A TLS server on a thread that answers each connection with `answer(conn)`."""
+
+    def __init__(self, ctx: ssl.SSLContext, answer: Any) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.ctx = ctx
+        self.answer = answer
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(raw)
+            try:
+                conn = self.ctx.wrap_socket(raw, server_side=True)
+                conn.recv(65536)  # the request
+                self.answer(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.held:
+            s.close()
+
+
+def _cut(conn: ssl.SSLSocket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 100_000)
+    conn.close()  # no close_notify: the TCP stream just ends
+
+
+def _cut_with_close_notify(conn: ssl.SSLSocket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 100_000)
+    conn.unwrap().close()
+
+
+@pytest.mark.parametrize("answer", [_cut, _cut_with_close_notify], ids=["end", "close_notify"])
+async def test_a_body_cut_short_is_a_worker_error_not_a_short_block(
+    engine: str, ca: trustme.CA, answer: Any, conns_for: Any
+) -> None:
+    raw = RawServer(server_context(ca), answer)
+    try:
+        conns = conns_for(trusting(ca))
+        with pytest.raises(errors.WorkerError, match="closed after 100000 of 1048576 body bytes"):
+            await get(conns, raw.port, 1)
+    finally:
+        raw.close()
+
+
+async def test_a_silent_server_is_a_worker_error_within_the_timeout(
+    engine: str, ca: trustme.CA, conns_for: Any
+) -> None:
+    stop = threading.Event()
+    # one shakes hands and never answers; one sends a head and half a body, then nothing
+    silent = RawServer(server_context(ca), lambda conn: stop.wait(30))
+
+    def half(conn: ssl.SSLSocket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 500_000)
+        stop.wait(30)
+
+    stalled = RawServer(server_context(ca), half)
+    try:
+        for port in (silent.port, stalled.port):
+            conns = conns_for(trusting(ca))
+            url = f"https://127.0.0.1:{port}/body"
+            with pytest.raises(errors.WorkerError, match=r"timed out|no answer in time"):
+                await asyncio.wait_for(conns.get(url, {}, {}, 1.0), 20)
+    finally:
+        stop.set()
+        silent.close()
+        stalled.close()
+
+
+async def test_contexts_rustls_cannot_verify_alike_are_received_with_pythons_ssl(
+    ca: trustme.CA,
+    server: int,
+    conns_for: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rustls is the default; what it would verify differently stays on Python's ssl."""
+    monkeypatch.setattr(tlsserve, "_said", set())  # said once per process: here, anew
+    plain_ctx = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    no_names = trusting(ca)
+    no_names.check_hostname = False
+    caplog.set_level(logging.WARNING, logger="fluidfed.tls")
+    for ctx in (plain_ctx, no_names):
+        conns = conns_for(ctx)
+        assert await get(conns, server, 70_000) == pattern(70_000)
+        assert (conns.opened, conns.opened_rustls) == (1, 0)
+    assert "receiving TLS with OpenSSL" in caplog.text
+    # and a ClientContext with its CA recorded is on rustls
+    conns = conns_for(trusting(ca))
+    assert await get(conns, server, 70_000) == pattern(70_000)
+    assert conns.opened_rustls == 1
+    assert isinstance(trusting(ca), tls.ClientContext)
+    assert tlsclient.rustls_config(tls.client_context(tls.ClientTLS())) is None  # system's
