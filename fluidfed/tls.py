@@ -43,13 +43,15 @@ class RecordedContext(ssl.SSLContext):
     from (`fluidfed.tlsserve` for servers, `fluidfed.tlsclient` for the sidecar's block
     receive). Every load counts as a new `generation`, so a certificate or CA loaded again
     (rotation) reaches new connections on either engine. What rustls cannot be given is
-    left to OpenSSL: a key with a password (`pem` is None), and CAs not loaded from PEM
-    (`unrecorded_cas`: a `capath` directory, the system's defaults). rustls uses the
-    versions between `minimum_version` and `maximum_version` (1.2 and 1.3 at most) with its
-    own cipher suites (`set_ciphers` and `options` are OpenSSL's alone)."""
+    left to OpenSSL: a key with a password (`pem` is None, `unrecorded_cert`), and CAs not
+    loaded from PEM (`unrecorded_cas`: a `capath` directory, the system's defaults). rustls
+    uses the versions between `minimum_version` and `maximum_version` (1.2 and 1.3 at most;
+    `OP_NO_TLSv1_2`/`OP_NO_TLSv1_3` in `options` count too) with its own cipher suites
+    (`set_ciphers` and the other `options` are OpenSSL's alone)."""
 
     generation = 0
     pem: tuple[bytes, bytes] | None = None  # (certificate chain, key)
+    unrecorded_cert = False  # a certificate whose key has a password: `pem` is None
     ca_pem = b""  # the CAs peers are verified against
     unrecorded_cas = False
     # what the engine built from this context (its rustls configuration, or None where
@@ -68,6 +70,7 @@ class RecordedContext(ssl.SSLContext):
         key = Path(os.fsdecode(keyfile)).read_bytes() if keyfile is not None else chain
         super().load_cert_chain(certfile, keyfile, password)
         self.pem = (chain, key) if password is None else None
+        self.unrecorded_cert = password is not None
         self.generation += 1
 
     def load_verify_locations(

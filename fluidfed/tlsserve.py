@@ -95,8 +95,8 @@ def tls_engine() -> str:
     if not choice:
         if _rustls is None:
             say_once(
-                "serving TLS with OpenSSL: fluidfed's rustls extension does not load (%s); "
-                "install fluidfed with Rust's cargo on the PATH to serve with rustls",
+                "TLS with OpenSSL: fluidfed's rustls extension does not load (%s); install "
+                "fluidfed with Rust's cargo on the PATH for TLS on rustls",
                 _RUSTLS_MISSING,
             )
             return "openssl"
@@ -119,12 +119,15 @@ def say_once(msg: str, *args: Any) -> None:
 
 
 def versions(ctx: ssl.SSLContext) -> tuple[bool, bool]:
-    """Whether `ctx` allows TLS 1.2, and 1.3 (rustls has no older one)."""
+    """Whether `ctx` allows TLS 1.2, and 1.3 (rustls has no older one): its minimum and
+    maximum versions, and the OP_NO_TLSv1_2/OP_NO_TLSv1_3 options."""
     # MINIMUM_SUPPORTED and MAXIMUM_SUPPORTED are negative sentinels, not versions
     low, high = ctx.minimum_version, ctx.maximum_version
     low = ssl.TLSVersion.TLSv1_2 if low == ssl.TLSVersion.MINIMUM_SUPPORTED else low
     high = ssl.TLSVersion.TLSv1_3 if high == ssl.TLSVersion.MAXIMUM_SUPPORTED else high
-    return low <= ssl.TLSVersion.TLSv1_2 <= high, low <= ssl.TLSVersion.TLSv1_3 <= high
+    tls12 = low <= ssl.TLSVersion.TLSv1_2 <= high and not ctx.options & ssl.OP_NO_TLSv1_2
+    tls13 = low <= ssl.TLSVersion.TLSv1_3 <= high and not ctx.options & ssl.OP_NO_TLSv1_3
+    return tls12, tls13
 
 
 def site(
@@ -160,7 +163,9 @@ def _rustls_config(ctx: ssl.SSLContext) -> Any:
             "certificate and a key without a password, and this context is not one"
         )
         return None
-    state = (ctx.generation, ctx.verify_mode, ctx.minimum_version, ctx.maximum_version)
+    state = (
+        ctx.generation, ctx.verify_mode, ctx.options, ctx.minimum_version, ctx.maximum_version
+    )  # fmt: skip
     if ctx.engine_config is not None and ctx.engine_config[0] == state:
         return ctx.engine_config[1]
     verify = ctx.verify_mode != ssl.CERT_NONE

@@ -19,10 +19,10 @@ tier and FUSE replies that keep it never see it change.
 An https worker (the agent's workers serve TLS with their binding's certificate) is
 received the same way over TLS verified with the caller's context: on rustls
 (`fluidfed.tlsclient`) the body is decrypted into the buffer in one call, the GIL
-released, with the kernel's timeouts as plain HTTP; where rustls cannot verify as the
-context does (or FLUIDFED_TLS_TRANSPORT says openssl), over an `ssl` socket, which hands
-over one record (16 KiB) per receive and keeps Python's own timeout on the socket (see
-`_take`; figures: README, "Encryption" in "The data path").
+released, each receive stopping at the request's deadline; where rustls cannot verify as
+the context does (or FLUIDFED_TLS_TRANSPORT says openssl), over an `ssl` socket, which
+hands over one record (16 KiB) per receive and keeps Python's own timeout on the socket
+(see `_take`; figures: README, "Encryption" in "The data path").
 """
 
 from __future__ import annotations
@@ -322,8 +322,8 @@ class Connections:
                 tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-                if config is not None:
-                    sock = tlsclient.RustlsSocket(raw, config, where.host)  # the handshake
+                if config is not None:  # the handshake, within `timeout`
+                    sock = tlsclient.RustlsSocket(raw, config, where.host, timeout)
         except OSError:
             raw.close()
             raise
@@ -409,6 +409,8 @@ def _exchange_on(
     sock: _Socket, request: bytes, deadline: float, checksum: bool, buffers: Buffers
 ) -> tuple[Answer, bool]:
     """One request and its answer on `sock`; also whether the connection can be reused."""
+    if isinstance(sock, tlsclient.RustlsSocket):
+        sock.set_deadline(deadline)  # (MSG_WAITALL and Python's ssl keep to theirs)
     sock.sendall(request)
     head = _Head()
     parser = head.parser

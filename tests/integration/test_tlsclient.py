@@ -8,10 +8,12 @@ rustls leaves to Python's ssl."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -277,3 +279,126 @@ async def test_contexts_rustls_cannot_verify_alike_are_received_with_pythons_ssl
     assert conns.opened_rustls == 1
     assert isinstance(trusting(ca), tls.ClientContext)
     assert tlsclient.rustls_config(tls.client_context(tls.ClientTLS())) is None  # system's
+
+
+def _trickle(conn: ssl.SSLSocket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+    for _ in range(40):  # a record of one byte every 0.25 s: each wait short, the whole long
+        conn.sendall(b"x")
+        time.sleep(0.25)
+
+
+class SlowLink:
+    """A proxy to `port` passing the server's bytes on 100 at a time, every 0.25 s."""
+
+    def __init__(self, port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = port
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket, slow: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(100 if slow else 65536):
+                b.sendall(data)
+                if slow:
+                    time.sleep(0.25)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+async def test_a_server_trickling_bytes_cannot_hold_a_receive_past_its_deadline(
+    engine: str, ca: trustme.CA, server: int, conns_for: Any
+) -> None:
+    """Each wait for the socket is short; the request's deadline (1 s) still holds, for
+    the body and for the handshake, on both engines."""
+    raw = RawServer(server_context(ca), _trickle)
+    slow = SlowLink(server)
+    try:
+        for port in (raw.port, slow.port):
+            conns = conns_for(trusting(ca))
+            start = time.monotonic()
+            with pytest.raises(errors.WorkerError, match=r"timed out|no answer in time"):
+                await conns.get(f"https://127.0.0.1:{port}/body", {"n": 10}, {}, 1.0)
+            assert time.monotonic() - start < 3.0, port
+    finally:
+        raw.close()
+        slow.close()
+
+
+async def test_a_refused_certificate_says_so_in_words(
+    engine: str, server: int, conns_for: Any
+) -> None:
+    conns = conns_for(trusting(trustme.CA()))
+    with pytest.raises(errors.WorkerError) as err:
+        await get(conns, server, 10)
+    text = str(err.value)
+    assert text.startswith(f"https://127.0.0.1:{server}: ") and "('" not in text, text
+    assert "certificate verify failed" in text, text
+
+
+async def test_every_connection_verifies_the_certificate_no_session_is_resumed(
+    engine: str, ca: trustme.CA, conns_for: Any
+) -> None:
+    resumed: list[bool | None] = []
+
+    def answer(conn: ssl.SSLSocket) -> None:
+        resumed.append(conn.session_reused)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        conn.close()
+
+    raw = RawServer(server_context(ca), answer)
+    try:
+        conns = conns_for(trusting(ca))
+        for _ in range(3):
+            assert await get(conns, raw.port, 2) == b"ok"
+        assert resumed == [False, False, False]
+    finally:
+        raw.close()
+
+
+def test_closing_a_rustls_socket_in_use_ends_the_call_and_frees_no_descriptor(
+    ca: trustme.CA,
+) -> None:
+    stop = threading.Event()
+    raw = RawServer(server_context(ca), lambda conn: stop.wait(30))
+    try:
+        config = tlsclient.rustls_config(trusting(ca))
+        assert config is not None
+        plain = socket.create_connection(("127.0.0.1", raw.port), timeout=10)
+        with pytest.raises(ValueError, match="blocking socket"):
+            tlsclient.RustlsSocket(plain, config, "127.0.0.1", 10.0)
+        plain.settimeout(None)
+        sock = tlsclient.RustlsSocket(plain, config, "127.0.0.1", 10.0)
+        sock.set_deadline(time.monotonic() + 20)
+        got: list[Any] = []
+
+        def receive() -> None:
+            try:
+                got.append(sock.recv_into(bytearray(1000)))
+            except OSError as err:
+                got.append(err)
+
+        reader = threading.Thread(target=receive)
+        reader.start()
+        time.sleep(0.3)
+        sock.close()  # the reader is in its call: the socket is shut down, not closed
+        reader.join(5)
+        assert not reader.is_alive() and got, got
+        assert sock.fileno() >= 0  # still its own descriptor, for the reader to close
+        sock.close()
+        assert sock.fileno() == -1
+    finally:
+        stop.set()
+        raw.close()

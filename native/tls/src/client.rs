@@ -4,19 +4,24 @@
 //! GIL: Python's `ssl` returns one 16 KiB record per call, 256 calls and GIL hand-offs per
 //! 4 MiB block.
 //!
-//! Every call blocks, each socket wait bounded by the socket's own SO_RCVTIMEO/SO_SNDTIMEO
-//! (set by the caller): a wait that runs out raises `BlockingIOError`. A TLS failure (a
-//! certificate that does not chain to the trusted CAs or does not name the host) raises
-//! `TLSError` after the alert is sent.
+//! Every call blocks. Receives stop at the deadline the caller set (`set_deadline`: each
+//! socket wait is given what is left of it as SO_RCVTIMEO, so a server trickling bytes
+//! cannot stretch a call past it), sends at the socket's own SO_SNDTIMEO: a wait that runs
+//! out raises `TimeoutError` (or `BlockingIOError`). A TLS failure (a certificate that does
+//! not chain to the trusted CAs or does not name the host) raises `TLSError` after the
+//! alert is sent. Sessions are not resumed: every connection verifies the server's
+//! certificate, as Python's `ssl` does without a session given.
 
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConnection, RootCertStore};
@@ -58,7 +63,7 @@ impl ClientConfig {
             .with_protocol_versions(&versions(tls12, tls13)?)
             .map_err(|e| bad("TLS versions", &e))?
             .with_root_certificates(roots);
-        let config = match (cert_chain, key) {
+        let mut config = match (cert_chain, key) {
             (None, None) => builder.with_no_client_auth(),
             (Some(chain), Some(key)) => {
                 let certs = CertificateDer::pem_slice_iter(chain)
@@ -76,6 +81,7 @@ impl ClientConfig {
                 ))
             }
         };
+        config.resumption = Resumption::disabled();
         Ok(ClientConfig {
             inner: Arc::new(config),
         })
@@ -94,16 +100,47 @@ struct Inbox {
     end: usize,
 }
 
-/// The socket as rustls's reader, through the inbox: a receive only when it is empty.
+/// The socket as rustls's reader, through the inbox: a receive only when it is empty,
+/// waiting at most until the deadline.
 struct InboxReader<'a> {
     inbox: &'a mut Inbox,
     fd: RawFd,
+    deadline: Option<Instant>,
+}
+
+/// Bound the socket's next receive by what is left until `deadline`.
+fn wait_until(fd: RawFd, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+    }
+    let left = left.max(Duration::from_micros(1)); // zero would mean no limit at all
+    let tv = libc::timeval {
+        tv_sec: left.as_secs() as libc::time_t,
+        tv_usec: left.subsec_micros() as libc::suseconds_t,
+    };
+    let done = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Read for InboxReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let inbox = &mut *self.inbox;
         if inbox.start == inbox.end {
+            if let Some(deadline) = self.deadline {
+                wait_until(self.fd, deadline)?;
+            }
             let n = Fd(self.fd).read(&mut inbox.buf)?;
             inbox.start = 0;
             inbox.end = n;
@@ -127,6 +164,7 @@ pub(crate) struct ClientConn {
     tls: ClientConnection,
     fd: RawFd,
     inbox: Inbox,
+    deadline: Option<Instant>,
     eof: bool, // the server's close_notify, or the end of its TCP stream
 }
 
@@ -147,6 +185,7 @@ impl ClientConn {
         let mut reader = InboxReader {
             inbox: &mut self.inbox,
             fd: self.fd,
+            deadline: self.deadline,
         };
         self.tls.read_tls(&mut reader)
     }
@@ -161,7 +200,8 @@ impl ClientConn {
         if let Err(e) = self.tls.process_new_packets() {
             return Err(Failure::Tls(e));
         }
-        // a TLS 1.3 key update asks for ours in return
+        // what rustls has to send after reading (an alert; the answer to a TLS 1.3 key
+        // update goes with the next write, the request)
         self.send_all_tls().map_err(Failure::Io)
     }
 
@@ -189,9 +229,7 @@ impl ClientConn {
                 return Ok(got);
             }
             match self.more() {
-                Err(Failure::Io(e)) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
-                    return Ok(got)
-                }
+                Err(Failure::Io(e)) if timed_out(&e) && got > 0 => return Ok(got),
                 other => other?,
             }
         }
@@ -203,6 +241,13 @@ impl ClientConn {
             Failure::Tls(e) => self.tls_error(e),
         }
     }
+}
+
+fn timed_out(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 enum Failure {
@@ -229,8 +274,17 @@ impl ClientConn {
             tls,
             fd,
             inbox,
+            deadline: None,
             eof: false,
         })
+    }
+
+    /// Receives from now on stop `seconds` from now (None: only the socket's own timeout).
+    #[pyo3(signature = (seconds))]
+    fn set_deadline(&mut self, seconds: Option<f64>) {
+        self.deadline = seconds
+            .filter(|s| s.is_finite()) // an infinite wait: the socket's own timeout
+            .map(|s| Instant::now() + Duration::from_secs_f64(s.clamp(0.0, 1e9)));
     }
 
     /// The whole handshake, the server's certificate verified.
