@@ -21,13 +21,13 @@ from agents.worker.server import make_app
 from devkit.local.cluster import free_port
 from devkit.local.processes import WorkerProcess, local_credentials, local_token
 from devkit.local.s3 import CREDENTIALS, S3Server
-from devkit.testing import NotYet, eventually
 from fluidfed.data import blockfile, blocks, credentials, workers
 from fluidfed.data.blockfile import TRAILER_SIZE
 from fluidfed.data.layout import FileRef, Peers, WorkerConfig
 from fluidfed.models import CacheTier, Mount
 from fluidfed.units import ByteSize
 from tests.integration import sources
+from tests.integration.test_worker_crash import no_temporary_files_left
 
 pytestmark = pytest.mark.integration
 
@@ -219,14 +219,7 @@ async def test_a_worker_killed_while_writing_behind_never_serves_a_torn_block(
             ) as r:
                 status = await r.json()
         assert status["corrupt"] == 1  # the cut one, found and fetched again
-
-        def no_temporary_files() -> bool | NotYet:
-            # the crash's is removed at start; the cut block fetched again is written behind
-            # its reader, so its own may still be on its way (it goes when the file is done)
-            left = sorted(str(p.relative_to(ssd)) for p in ssd.rglob("*.tmp"))
-            return True if not left else NotYet(f"temporary files left: {left}")
-
-        await eventually(no_temporary_files, "no temporary block file left", timeout=10)
+        await no_temporary_files_left(ssd)
         for f in (p for p in ssd.rglob("*") if p.is_file()):
             data_, crc = blockfile.read_block_file(f)  # every file whole, or none at all
             assert len(data_) == f.stat().st_size - TRAILER_SIZE and crc >= 0

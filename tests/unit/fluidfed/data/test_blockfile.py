@@ -220,3 +220,21 @@ async def test_a_disk_tier_spreads_its_subdirectories_over_ext4s_groups(tmp_path
     assert _flags(tier) & blockfile._TOPDIR_FL
     assert blockfile.spread_subdirectories(tier)  # again: already marked, still fine
     assert not blockfile.spread_subdirectories(tmp_path / "missing")
+
+
+def test_without_cachestat_a_read_probe_tells_a_cached_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older kernel, or a seccomp profile refusing cachestat: asked once, then the
+    RWF_NOWAIT read probe answers (here for a file the page cache holds)."""
+
+    def refused(fd: int, at: int) -> bool:
+        raise OSError(errno.ENOSYS, "no cachestat")
+
+    monkeypatch.setattr(blockfile, "_cachestat", refused)
+    payload = os.urandom(70_000)  # written through the page cache
+    path = block_path(tmp_path, "a" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    data, crc = map_block_file(path, cached_only=True)
+    assert isinstance(data, memoryview) and data == payload and crc == blocks.checksum(payload)
+    assert blockfile._cachestat is None
