@@ -203,7 +203,7 @@ class RustlsSocket:
         return self._call(self.conn.recv_into, buffer, n or None)  # type: ignore[no-any-return]
 
     def pending(self) -> bool:
-        """Whether bytes (received or decrypted), or the server's close, wait unread."""
+        """Whether decrypted bytes, or the server's close, wait unread."""
         return self.conn.pending()  # type: ignore[no-any-return]
 
     def version(self) -> str | None:

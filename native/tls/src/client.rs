@@ -88,22 +88,8 @@ impl ClientConfig {
     }
 }
 
-/// What one receive from the socket may take: rustls reads its records at most 4 KiB past
-/// what it holds (it shrinks its buffer to 4 KiB after each record), 4-5 system calls per
-/// 16 KiB record; from here it takes them without one.
-const INBOX: usize = 256 * 1024;
-
-/// Bytes received from the socket and not yet given to rustls.
-struct Inbox {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-/// The socket as rustls's reader, through the inbox: a receive only when it is empty,
-/// waiting at most until the deadline.
-struct InboxReader<'a> {
-    inbox: &'a mut Inbox,
+/// The socket as rustls's reader, each receive waiting at most until the deadline.
+struct DeadlineReader {
     fd: RawFd,
     deadline: Option<Instant>,
 }
@@ -134,21 +120,15 @@ fn wait_until(fd: RawFd, deadline: Instant) -> io::Result<()> {
     Ok(())
 }
 
-impl Read for InboxReader<'_> {
+// (rustls reads at most 4 KiB past what it holds, 4-5 receives per 16 KiB record: taking
+// them from a 256 KiB buffer of our own, one receive per 256 KiB, measured the same CPU
+// per GiB and a little less throughput, bench/tls_receive.py, so it reads the socket)
+impl Read for DeadlineReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let inbox = &mut *self.inbox;
-        if inbox.start == inbox.end {
-            if let Some(deadline) = self.deadline {
-                wait_until(self.fd, deadline)?;
-            }
-            let n = Fd(self.fd).read(&mut inbox.buf)?;
-            inbox.start = 0;
-            inbox.end = n;
+        if let Some(deadline) = self.deadline {
+            wait_until(self.fd, deadline)?;
         }
-        let n = out.len().min(inbox.end - inbox.start);
-        out[..n].copy_from_slice(&inbox.buf[inbox.start..inbox.start + n]);
-        inbox.start += n;
-        Ok(n)
+        Fd(self.fd).read(out)
     }
 }
 
@@ -163,7 +143,6 @@ unsafe impl Send for Out {}
 pub(crate) struct ClientConn {
     tls: ClientConnection,
     fd: RawFd,
-    inbox: Inbox,
     deadline: Option<Instant>,
     eof: bool, // the server's close_notify, or the end of its TCP stream
 }
@@ -182,15 +161,14 @@ impl ClientConn {
     }
 
     fn read_tls(&mut self) -> io::Result<usize> {
-        let mut reader = InboxReader {
-            inbox: &mut self.inbox,
+        let mut reader = DeadlineReader {
             fd: self.fd,
             deadline: self.deadline,
         };
         self.tls.read_tls(&mut reader)
     }
 
-    /// Read records once (waiting for the socket if the inbox is empty) and decrypt them.
+    /// Read records once (waiting for the socket) and decrypt them.
     fn more(&mut self) -> Result<(), Failure> {
         match self.read_tls() {
             Ok(0) => self.eof = true,
@@ -265,15 +243,9 @@ impl ClientConn {
             .map_err(|e| PyValueError::new_err(format!("{host:?} is not a host name: {e}")))?;
         let tls = ClientConnection::new(config.inner.clone(), name)
             .map_err(|e| TLSError::new_err(e.to_string()))?;
-        let inbox = Inbox {
-            buf: vec![0; INBOX],
-            start: 0,
-            end: 0,
-        };
         Ok(ClientConn {
             tls,
             fd,
-            inbox,
             deadline: None,
             eof: false,
         })
@@ -370,12 +342,9 @@ impl ClientConn {
         got.map_err(|f| self.raise(f))
     }
 
-    /// Whether bytes wait to be read (received, or decrypted), or the server closed: a
-    /// kept-alive connection with any is not used again.
+    /// Whether decrypted bytes wait to be read, or the server closed: a kept-alive
+    /// connection with either is not used again.
     fn pending(&mut self) -> bool {
-        if self.inbox.start < self.inbox.end {
-            return true;
-        }
         match self.tls.process_new_packets() {
             Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() || self.eof,
             Err(_) => true,
