@@ -4,10 +4,10 @@
 //! GIL: Python's `ssl` returns one 16 KiB record per call, 256 calls and GIL hand-offs per
 //! 4 MiB block.
 //!
-//! Every call blocks. Receives stop at the deadline the caller set (`set_deadline`: each
-//! socket wait is given what is left of it as SO_RCVTIMEO, so a server trickling bytes
-//! cannot stretch a call past it), sends at the socket's own SO_SNDTIMEO: a wait that runs
-//! out raises `TimeoutError` (or `BlockingIOError`). A TLS failure (a certificate that does
+//! Every call blocks. Receives stop at the deadline the caller set (`set_deadline`: a
+//! receive that would wait polls for at most what is left of it, so a server trickling
+//! bytes cannot stretch a call past it), sends at the socket's own SO_SNDTIMEO: a wait that
+//! runs out raises `TimeoutError` (or `BlockingIOError`). A TLS failure (a certificate that does
 //! not chain to the trusted CAs or does not name the host) raises `TLSError` after the
 //! alert is sent. Sessions are not resumed: every connection verifies the server's
 //! certificate, as Python's `ssl` does without a session given.
@@ -94,41 +94,62 @@ struct DeadlineReader {
     deadline: Option<Instant>,
 }
 
-/// Bound the socket's next receive by what is left until `deadline`.
-fn wait_until(fd: RawFd, deadline: Instant) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
-    }
-    let left = left.max(Duration::from_micros(1)); // zero would mean no limit at all
-    let tv = libc::timeval {
-        tv_sec: left.as_secs() as libc::time_t,
-        tv_usec: left.subsec_micros() as libc::suseconds_t,
-    };
-    let done = unsafe {
-        libc::setsockopt(
+/// Wait until `fd` is readable, at most until `deadline`: TimedOut when it passes first.
+fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        // whole milliseconds, rounded up: poll(0) would not wait at all
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if done != 0 {
-        return Err(io::Error::last_os_error());
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            0 => continue,               // its time ran out: the deadline says whether that is all
+            n if n > 0 => return Ok(()), // readable, or an error or hang-up the recv reports
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
     }
-    Ok(())
 }
 
-// (rustls reads at most 4 KiB past what it holds, 4-5 receives per 16 KiB record: taking
-// them from a 256 KiB buffer of our own, one receive per 256 KiB, measured the same CPU
-// per GiB and a little less throughput, bench/tls_receive.py, so it reads the socket)
+// A receive takes what the socket holds without waiting, and only when it holds nothing
+// waits in poll, bounded by what is left of the deadline: one system call per receive
+// while a body streams in (rustls reads at most 4 KiB past what it holds, 4-5 receives
+// per 16 KiB record). Taking them from a 256 KiB buffer of our own instead, one receive per
+// 256 KiB, measured the same CPU per GiB and a little less throughput (bench/tls_receive.py).
 impl Read for DeadlineReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.deadline {
-            wait_until(self.fd, deadline)?;
+        let Some(deadline) = self.deadline else {
+            return Fd(self.fd).read(out); // the socket's own timeout
+        };
+        loop {
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    out.as_mut_ptr().cast(),
+                    out.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::WouldBlock => wait_readable(self.fd, deadline)?,
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(err),
+            }
         }
-        Fd(self.fd).read(out)
     }
 }
 
