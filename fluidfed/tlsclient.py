@@ -9,39 +9,29 @@ path").
 
 Verification is the same as the `ssl` context's: the server's certificate must chain to
 the CAs the context was given as PEM (`fluidfed.tls.ClientContext`) and name the host
-connected to (DNS name, or IP address in an IP SAN). A context rustls cannot verify as
-OpenSSL would (the system's trust store, a `capath` directory, host names not checked, a
-client key with a password) is left to Python's `ssl`, said once in the log, as is every
-context when `FLUIDFED_TLS_TRANSPORT` is `openssl` or `loop`.
+connected to (DNS name, or IP address in an IP SAN); what OpenSSL checks beyond rustls is
+`fluidfed.tlscheck`'s. A context rustls cannot verify as OpenSSL would (the system's trust
+store, a `capath` directory, host names not checked, a client key with a password, CRL or
+strict checks, CAs OpenSSL would not trust as they are) is left to Python's `ssl`, said in
+the log, as is every context when `FLUIDFED_TLS_TRANSPORT` is `openssl` or `loop`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from cryptography import x509
-
-from fluidfed import tlsserve
+from fluidfed import tlscheck, tlsserve
 from fluidfed.tls import ClientContext
 
 log = logging.getLogger("fluidfed.tls")
 
 
-# verification flags rustls's own checks stand for: OpenSSL's defaults, a partial chain
-# (rustls takes any CA given as an anchor), strict X.509 (webpki checks its own strict
-# profile of RFC 5280). Any other (CRL checks above all: rustls reads no CRL) is OpenSSL's.
-_RUSTLS_FLAGS = (
-    ssl.VERIFY_X509_TRUSTED_FIRST | ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
-)
-
-
-def rustls_config(ctx: ssl.SSLContext) -> Any:
+def rustls_config(ctx: ssl.SSLContext) -> Setup | None:
     """The rustls client configuration verifying what `ctx` verifies (built again after a
     load into it: a CA reloaded on rotation), or None where Python's `ssl` is to be used.
     Called at each new connection (where `tlsserve.tls_engine()` is rustls): the
@@ -62,11 +52,11 @@ def rustls_config(ctx: ssl.SSLContext) -> Any:
     )  # fmt: skip
     now = time.time()
     if ctx.engine_config is not None and ctx.engine_config[0] == state:
-        config, valid_from, valid_until = ctx.engine_config[1]
+        kept, valid_from, valid_until = ctx.engine_config[1]
         if valid_from <= now < valid_until:
-            return config
-    config = None
-    valid_from, valid_until = -math.inf, math.inf
+            return kept  # type: ignore[no-any-return]
+    config: Setup | None = None
+    valid_from, valid_until = tlscheck.NO_CHANGE
     if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
         tlsserve.say_once(
             "receiving TLS with OpenSSL: rustls always verifies the server and its name, "
@@ -82,22 +72,25 @@ def rustls_config(ctx: ssl.SSLContext) -> Any:
             "receiving TLS with OpenSSL: the client certificate's key has a password, "
             "which rustls does not take"
         )
-    elif ctx.verify_flags & ~_RUSTLS_FLAGS:
+    elif ctx.verify_flags & ~tlscheck.RUSTLS_FLAGS:
         tlsserve.say_once(
             "receiving TLS with OpenSSL: the context's verify_flags (%r) ask for checks "
-            "rustls does not make (CRLs)",
+            "rustls does not make (CRLs, strict X.509)",
             ctx.verify_flags,
         )
     else:
         partial = bool(ctx.verify_flags & ssl.VERIFY_X509_PARTIAL_CHAIN)
-        problem, valid_from, valid_until = anchors_problem(ctx.ca_pem, now, partial=partial)
+        problem, valid_from, valid_until = tlscheck.anchors_problem(
+            ctx.ca_pem, now, partial=partial
+        )
         if problem:
             log.warning("receiving TLS with OpenSSL: %s", problem)
         else:
             tls12, tls13 = tlsserve.versions(ctx)
             chain, key = ctx.pem if ctx.pem is not None else (None, None)
             try:
-                config = rustls.ClientConfig(ctx.ca_pem, chain, key, tls12, tls13)
+                made = rustls.ClientConfig(ctx.ca_pem, chain, key, tls12, tls13)
+                config = Setup(made, tlscheck.checks_for(ctx.ca_pem))
             except ValueError as err:
                 log.warning(
                     "receiving TLS with OpenSSL: rustls does not take this context (%s)", err
@@ -106,44 +99,12 @@ def rustls_config(ctx: ssl.SSLContext) -> Any:
     return config
 
 
-def anchors_problem(ca_pem: bytes, now: float, *, partial: bool) -> tuple[str, float, float]:
-    """Why rustls would trust the CAs in `ca_pem` where OpenSSL does not ("" if it would
-    not), and the window in which that answer holds. rustls (webpki) takes every CA given
-    as a bare trust anchor, whatever it says of itself; OpenSSL trusts a CA only while it
-    is valid, a CA (basicConstraints), allowed to sign certificates (keyUsage), and, without
-    VERIFY_X509_PARTIAL_CHAIN, self-signed. So rustls is used only for anchors all of which
-    pass those checks: the others make it OpenSSL's, checking as it does."""
-    try:
-        certs = x509.load_pem_x509_certificates(ca_pem)
-    except ValueError as err:
-        return f"a trusted CA does not parse ({err})", -math.inf, math.inf
-    valid_from, valid_until = -math.inf, math.inf
-    for cert in certs:
-        name = cert.subject.rfc4514_string()
-        begins = cert.not_valid_before_utc.timestamp()
-        ends = cert.not_valid_after_utc.timestamp()
-        if not begins <= now <= ends:
-            # OpenSSL refuses it until it is valid: decided again when it is
-            if now < begins:
-                return f"the CA {name!r} is not valid yet", -math.inf, begins
-            return f"the CA {name!r} has expired", ends, math.inf
-        valid_from, valid_until = max(valid_from, begins), min(valid_until, ends)
-        try:
-            basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            return f"the CA {name!r} does not say it is a CA", -math.inf, math.inf
-        if not basic.ca:
-            return f"{name!r} is trusted as a CA but is not one (CA:FALSE)", -math.inf, math.inf
-        try:
-            usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            pass
-        else:
-            if not usage.key_cert_sign:
-                return f"the CA {name!r} may not sign certificates", -math.inf, math.inf
-        if not partial and cert.issuer != cert.subject:
-            return f"the CA {name!r} is not self-signed (a partial chain)", -math.inf, math.inf
-    return "", valid_from, valid_until
+class Setup(NamedTuple):
+    """What a connection on rustls is made with: rustls's configuration, and what
+    `tlscheck.chain_problem` checks the server's chain against."""
+
+    config: Any
+    checks: tlscheck.Checks
 
 
 class RustlsSocket:
@@ -153,7 +114,7 @@ class RustlsSocket:
     SO_SNDTIMEO: TimeoutError when one runs out; a TLS failure is an `ssl.SSLError`
     (`ssl.SSLCertVerificationError` for a certificate refused), as with Python's `ssl`."""
 
-    def __init__(self, sock: socket.socket, config: Any, host: str, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, setup: Setup, host: str, timeout: float) -> None:
         """`sock`: connected and blocking (`settimeout(None)`; its sends bounded by
         SO_SNDTIMEO): the waits are rustls's, in the kernel."""
         rustls = tlsserve.rustls_module()
@@ -165,11 +126,17 @@ class RustlsSocket:
         if not host.isascii():  # an internationalised name, as Python's ssl sends it
             host = host.encode("idna").decode("ascii")
         try:
-            self.conn = rustls.ClientConn(config, sock.fileno(), host)
+            self.conn = rustls.ClientConn(setup.config, sock.fileno(), host)
         except (ValueError, self._error) as err:
             raise ssl.SSLError(1, f"TLS with {host}: {err}") from None
         self.conn.set_deadline(timeout)
         self._call(self.conn.handshake)
+        problem = tlscheck.chain_problem(self.conn.peer_chain(), setup.checks)
+        if problem:  # before any request
+            self.close()
+            raise ssl.SSLCertVerificationError(
+                1, f"certificate verify failed (CERTIFICATE_VERIFY_FAILED): {problem}"
+            )
 
     def _call(self, method: Any, *args: Any) -> Any:
         try:

@@ -40,11 +40,13 @@ import logging
 import os
 import socket
 import ssl
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.web_runner import BaseSite
 
+from fluidfed import tlscheck
 from fluidfed.errors import FluidfedError
 from fluidfed.tls import ServerContext
 
@@ -150,11 +152,21 @@ def site(
     return web.TCPSite(runner, host, port, reuse_address=reuse_address, ssl_context=ssl_context)
 
 
-def _rustls_config(ctx: ssl.SSLContext) -> Any:
+class _Served(NamedTuple):
+    """What a connection on rustls is served with: rustls's configuration, and what
+    `tlscheck.chain_problem` checks a client's certificate chain against (None: clients
+    are not verified)."""
+
+    config: Any
+    checks: tlscheck.Checks | None
+
+
+def _rustls_config(ctx: ssl.SSLContext) -> _Served | None:
     """The rustls configuration serving what `ctx` serves (built again after each load into
-    it, a rotated certificate, or a change of its verification or versions), or None where
-    rustls cannot serve it as OpenSSL would, said once in the log. Called at each accept:
-    the configuration built is kept on the context with the state it was built from."""
+    it, a rotated certificate, or a change of its verification or versions, and when a
+    client CA expires or begins), or None where rustls cannot serve it as OpenSSL would,
+    said in the log. Called at each accept: the configuration built is kept on the context
+    with the state it was built from."""
     if _rustls is None:
         return None
     if not isinstance(ctx, ServerContext) or ctx.pem is None:
@@ -164,17 +176,34 @@ def _rustls_config(ctx: ssl.SSLContext) -> Any:
         )
         return None
     state = (
-        ctx.generation, ctx.verify_mode, ctx.options, ctx.minimum_version, ctx.maximum_version
+        ctx.generation, ctx.verify_mode, ctx.verify_flags, ctx.options, ctx.minimum_version,
+        ctx.maximum_version,
     )  # fmt: skip
+    now = time.time()
     if ctx.engine_config is not None and ctx.engine_config[0] == state:
-        return ctx.engine_config[1]
+        kept, valid_from, valid_until = ctx.engine_config[1]
+        if valid_from <= now < valid_until:
+            return kept  # type: ignore[no-any-return]
     verify = ctx.verify_mode != ssl.CERT_NONE
-    config = None
+    served: _Served | None = None
+    problem, valid_from, valid_until = "", *tlscheck.NO_CHANGE
     if verify and (ctx.unrecorded_cas or not ctx.ca_pem):
-        say_once(
-            "serving TLS with OpenSSL: its clients are verified against CAs rustls was not "
-            "given (a capath directory, the system's) or none"
+        problem = (
+            "its clients are verified against CAs rustls was not given (a capath directory, "
+            "the system's) or none"
         )
+    elif verify and ctx.verify_flags & ~tlscheck.RUSTLS_FLAGS:
+        problem = (
+            f"its verify_flags ({ctx.verify_flags!r}) ask for checks rustls does not make "
+            "(CRLs, strict X.509)"
+        )
+    elif verify:
+        partial = bool(ctx.verify_flags & ssl.VERIFY_X509_PARTIAL_CHAIN)
+        problem, valid_from, valid_until = tlscheck.anchors_problem(
+            ctx.ca_pem, now, partial=partial, purpose="client"
+        )
+    if problem:
+        say_once("serving TLS with OpenSSL: %s", problem)
     else:
         chain, key = ctx.pem
         try:
@@ -182,10 +211,11 @@ def _rustls_config(ctx: ssl.SSLContext) -> Any:
                 chain, key, ctx.ca_pem if verify else None,
                 ctx.verify_mode == ssl.CERT_REQUIRED, *versions(ctx),
             )  # fmt: skip
+            served = _Served(config, tlscheck.checks_for(ctx.ca_pem) if verify else None)
         except ValueError as err:
             log.warning("serving TLS with OpenSSL: rustls does not take this context (%s)", err)
-    ctx.engine_config = (state, config)
-    return config
+    ctx.engine_config = (state, (served, valid_from, valid_until))
+    return served
 
 
 class _Transport(asyncio.Transport):
@@ -724,14 +754,23 @@ class _OpenSSLHandshake:
 
 
 class _RustlsHandshake:
-    def __init__(self, ctx: ssl.SSLContext, config: Any, conn: socket.socket) -> None:
+    def __init__(self, ctx: ssl.SSLContext, served: _Served, conn: socket.socket) -> None:
         self.ctx = ctx
         self.sock = conn
         assert _rustls is not None
-        self.conn = _rustls.Conn(config, conn.fileno())
+        self.conn = _rustls.Conn(served.config, conn.fileno())
+        self.checks = served.checks
 
     def step(self) -> int:
         done: int = self.conn.handshake()
+        if done == DONE and self.checks is not None:
+            # what OpenSSL checks in a client's chain and rustls does not, before the
+            # connection serves anything (no certificate: rustls's to allow or refuse)
+            chain = self.conn.peer_chain()
+            problem = tlscheck.chain_problem(chain, self.checks, purpose="client") if chain else ""
+            if problem:
+                assert _rustls is not None
+                raise _rustls.TLSError(f"the client's certificate: {problem}")
         return done
 
     def transport(self, loop: asyncio.AbstractEventLoop, protocol: Any) -> _Transport:

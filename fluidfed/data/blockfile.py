@@ -17,6 +17,7 @@ import errno
 import fcntl
 import mmap
 import os
+import platform
 import struct
 import sys
 import threading
@@ -271,26 +272,30 @@ def map_block_file(path: str | Path, *, cached_only: bool = False) -> tuple[bloc
 
 
 def _probe(fd: int, size: int) -> None:
-    """NotCached unless the file's first and last pages are in the page cache: asked with
-    cachestat (Linux 6.5), which only looks. Where it is missing (an older kernel, or a
-    seccomp profile refusing it) a read of those bytes with RWF_NOWAIT: that one starts the
-    file's read-ahead when a page is not there, and on a disk fast enough (a VM's, its
-    host's cache behind it) the read-ahead lands within the call and the read succeeds, so
-    a cold file passed for a cached one about half the time here and was faulted in from
-    the disk on the event loop."""
+    """NotCached unless every page of the file is in the page cache: asked with cachestat
+    (Linux 6.5), which only looks. Where it is missing (an older kernel, another
+    architecture's numbering, a seccomp profile refusing it) or refused for this file
+    (Linux 6.14 answers EPERM to a caller who may neither write nor own it), a read of the
+    first and last bytes with RWF_NOWAIT: that one starts the file's read-ahead when a page
+    is not there, and on a disk fast enough (a VM's, its host's cache behind it) the
+    read-ahead lands within the call and the read succeeds, so a cold file passed for a
+    cached one about half the time here and was faulted in from the disk on the event
+    loop."""
     global _cachestat
-    ends = (0, size + _TRAILER.size - 1)
-    if _cachestat is not None:
+    look = _cachestat  # (another thread may set it to None meanwhile)
+    length = size + _TRAILER.size
+    if look is not None:
         try:
-            if all(_cachestat(fd, at) for at in ends):
+            if look(fd, length):
                 return
             raise NotCached()
         except OSError as err:
-            if err.errno not in (errno.ENOSYS, errno.EPERM):
+            if err.errno == errno.ENOSYS:
+                _cachestat = None  # not in this kernel: the read probe from now on
+            elif err.errno != errno.EPERM:  # (EPERM: for this file; the read probe, once)
                 raise NotCached() from err
-            _cachestat = None  # not here: the read probe from now on
     one = bytearray(1)
-    for at in ends:
+    for at in (0, length - 1):
         try:
             os.preadv(fd, [one], at, os.RWF_NOWAIT)
         except OSError as err:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
@@ -308,21 +313,27 @@ class _Stat(ctypes.Structure):
     )
 
 
-_SYS_CACHESTAT = 451  # the same number on every architecture (Linux 6.5)
-_syscall = ctypes.CDLL(None, use_errno=True).syscall
+# cachestat's number in the table most architectures share (Linux 6.5); alpha and mips
+# number theirs otherwise, and get the read probe
+_SYS_CACHESTAT = 451
+_SHARED_TABLE = {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x", "loongarch64"}
+_syscall = ctypes.CDLL(None, use_errno=True).syscall if sys.platform == "linux" else None
 
 
-def _cachestat_page(fd: int, at: int) -> bool:
-    """Whether the page holding byte `at` of `fd` is in the page cache (OSError if the
-    kernel cannot say)."""
-    span, stat = _Range(at, 1), _Stat()
+def _cachestat_all(fd: int, length: int) -> bool:
+    """Whether all `length` bytes of `fd` lie in the page cache: one cachestat over the
+    file, its cached pages counted against its pages (OSError if the kernel cannot say)."""
+    assert _syscall is not None
+    span, stat = _Range(0, length), _Stat()
     if _syscall(_SYS_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return bool(stat.cache > 0)
+    return bool(stat.cache >= -(-length // mmap.PAGESIZE))
 
 
-_cachestat: Callable[[int, int], bool] | None = _cachestat_page if sys.platform == "linux" else None
+_cachestat: Callable[[int, int], bool] | None = (
+    _cachestat_all if _syscall is not None and platform.machine() in _SHARED_TABLE else None
+)
 
 
 async def load_block_file(path: str | Path) -> tuple[blocks.Data, int]:

@@ -15,14 +15,17 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from fluidfed import errors, tls, tlsclient, tlsserve
 from fluidfed.data import receive
+from tests.unit.fluidfed.test_tlscheck import _cert, _usage
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +187,7 @@ class RawServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
+        self.requests: list[bytes] = []
         self.ctx = ctx
         self.answer = answer
         threading.Thread(target=self._run, daemon=True).start()
@@ -197,7 +201,7 @@ class RawServer:
             self.held.append(raw)
             try:
                 conn = self.ctx.wrap_socket(raw, server_side=True)
-                conn.recv(65536)  # the request
+                self.requests.append(conn.recv(65536))  # the request (b"": none came)
                 self.answer(conn)
             except OSError:
                 pass
@@ -401,4 +405,35 @@ def test_closing_a_rustls_socket_in_use_ends_the_call_and_frees_no_descriptor(
         assert sock.fileno() == -1
     finally:
         stop.set()
+        raw.close()
+
+
+async def test_a_certificate_not_for_tls_is_refused_on_both_engines(
+    engine: str, conns_for: Any, tmp_path: Path
+) -> None:
+    """rustls's verification does not look at keyUsage; the check after its handshake
+    refuses what OpenSSL refuses, before any request."""
+    root, root_key = _cert("root")
+    leaf, leaf_key = _cert(
+        "worker", issuer=(root.subject, root_key), ca=False, usage=_usage(signature=False),
+        ip="127.0.0.1",
+    )  # fmt: skip
+    (tmp_path / "tls.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "tls.key").write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = tls.server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+    raw = RawServer(
+        ctx, lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    )
+    try:
+        conns = conns_for(tls.trusting(root.public_bytes(serialization.Encoding.PEM).decode()))
+        with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
+            await get(conns, raw.port, 2)
+        assert not any(raw.requests)  # no request reached it
+    finally:
         raw.close()

@@ -20,9 +20,11 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from fluidfed import tls, tlsserve
 from fluidfed.errors import FluidfedError
+from tests.unit.fluidfed.test_tlscheck import _cert, _usage
 
 pytestmark = pytest.mark.integration
 
@@ -453,6 +455,44 @@ async def test_a_required_client_certificate_is_required(
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("engine", list(TRANSPORTS))
+async def test_a_client_certificate_not_for_tls_is_refused_on_both_engines(
+    ca: trustme.CA, tmp_path: Path, engine: str
+) -> None:
+    """rustls's verification does not look at keyUsage: the check after its handshake
+    refuses a client certificate OpenSSL refuses, before anything is served."""
+    root, root_key = _cert("client CA")
+    client_cert, client_key = _cert(
+        "agent-a", issuer=(root.subject, root_key), ca=False, usage=_usage(signature=False)
+    )
+    pem = serialization.Encoding.PEM
+    (tmp_path / "client.crt").write_bytes(client_cert.public_bytes(pem))
+    (tmp_path / "client.key").write_bytes(
+        client_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.load_verify_locations(cadata=root.public_bytes(pem).decode())
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    runner, _, port = await _serve(ctx, engine)
+    url = f"https://127.0.0.1:{port}/who"
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url, ssl=client) as r:  # no certificate: served, as before
+                assert await r.text() == f"https none {TRANSPORTS[engine]}"
+        client.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+        async with aiohttp.ClientSession() as s:  # a new connection, with the certificate
+            with pytest.raises(aiohttp.ClientError):
+                async with s.get(url, ssl=client) as r:
+                    await r.text()
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_context_rustls_cannot_serve_is_served_with_openssl(
     ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -460,7 +500,6 @@ async def test_a_context_rustls_cannot_serve_is_served_with_openssl(
     # (no PEM kept): both serve, with OpenSSL, and the log says why
     cert = ca.issue_cert("127.0.0.1")
     key = cert.private_key_pem.bytes()
-    from cryptography.hazmat.primitives import serialization
 
     locked = serialization.load_pem_private_key(key, None).private_bytes(
         serialization.Encoding.PEM,

@@ -398,6 +398,14 @@ impl Conn {
         certs.first().map(|c| PyBytes::new(py, c.as_ref()))
     }
 
+    /// The certificates the client sent (DER, its own first), if it presented one.
+    fn peer_chain<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.tls
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| PyBytes::new(py, c.as_ref())).collect())
+            .unwrap_or_default()
+    }
+
     /// "TLSv1.3" or "TLSv1.2", once the handshake is done.
     fn version(&self) -> Option<&'static str> {
         version_name(self.tls.protocol_version()?)

@@ -8,8 +8,10 @@ import ssl
 from pathlib import Path
 
 import trustme
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fluidfed import tls, tlsserve
+from tests.unit.fluidfed.test_tlscheck import _ca
 
 
 def _context(tmp_path: Path) -> tls.ServerContext:
@@ -64,3 +66,29 @@ def test_the_versions_served_follow_the_context(tmp_path: Path) -> None:
     assert tlsserve._rustls_config(ctx) is not None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # no version left: OpenSSL's to refuse
     assert tlsserve._rustls_config(ctx) is None
+
+
+def test_client_cas_openssl_would_not_take_and_crl_checks_leave_it_to_openssl(
+    tmp_path: Path,
+) -> None:
+    """rustls takes any client CA as it is and reads no CRL; OpenSSL checks both."""
+    for bad in (
+        _ca(ca=False),
+        _ca(days=(-30, -1)),
+        _ca(purposes=[ExtendedKeyUsageOID.SERVER_AUTH]),
+    ):
+        ctx = _context(tmp_path)
+        ctx.load_verify_locations(cadata=bad.decode())
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        assert tlsserve._rustls_config(ctx) is None
+    ctx = _context(tmp_path)
+    ctx.load_verify_locations(cadata=_ca(purposes=[ExtendedKeyUsageOID.CLIENT_AUTH]).decode())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    served = tlsserve._rustls_config(ctx)
+    assert served is not None and served.checks is not None
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    assert tlsserve._rustls_config(ctx) is None
+    # clients not verified: nothing to check
+    ctx = _context(tmp_path)
+    served = tlsserve._rustls_config(ctx)
+    assert served is not None and served.checks is None

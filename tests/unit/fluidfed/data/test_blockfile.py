@@ -228,7 +228,7 @@ def test_without_cachestat_a_read_probe_tells_a_cached_file(
     """An older kernel, or a seccomp profile refusing cachestat: asked once, then the
     RWF_NOWAIT read probe answers (here for a file the page cache holds)."""
 
-    def refused(fd: int, at: int) -> bool:
+    def refused(fd: int, length: int) -> bool:
         raise OSError(errno.ENOSYS, "no cachestat")
 
     monkeypatch.setattr(blockfile, "_cachestat", refused)
@@ -238,3 +238,43 @@ def test_without_cachestat_a_read_probe_tells_a_cached_file(
     data, crc = map_block_file(path, cached_only=True)
     assert isinstance(data, memoryview) and data == payload and crc == blocks.checksum(payload)
     assert blockfile._cachestat is None
+
+
+def test_a_file_cachestat_is_refused_for_gets_the_read_probe_and_cachestat_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux 6.14 answers EPERM for a file the caller may neither write nor own (a sidecar
+    reading a worker's block files as another user): that file gets the read probe, the
+    next is asked with cachestat again."""
+
+    def not_yours(fd: int, length: int) -> bool:
+        raise OSError(errno.EPERM, "not yours")
+
+    monkeypatch.setattr(blockfile, "_cachestat", not_yours)
+    payload = os.urandom(70_000)
+    path = block_path(tmp_path, "b" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    data, _ = map_block_file(path, cached_only=True)
+    assert data == payload and blockfile._cachestat is not_yours
+
+
+def test_cachestat_is_what_tells_cached_from_cold_here(tmp_path: Path) -> None:
+    """This kernel has cachestat (Linux 6.5): every page of a file counted, without
+    starting a read; a file whose first page alone is cached is not cached."""
+    assert blockfile._cachestat is blockfile._cachestat_all
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(4 * 2**20 + 10))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        length = os.fstat(fd).st_size
+        assert blockfile._cachestat_all(fd, length)  # just written: cached
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not blockfile._cachestat_all(fd, length)
+        assert not blockfile._cachestat_all(fd, length)  # and asking read nothing in
+        os.pread(fd, 4096, 0)  # the first page (and some read-ahead), not the file
+        assert not blockfile._cachestat_all(fd, length)
+        assert len(os.pread(fd, length, 0)) == length
+        assert blockfile._cachestat_all(fd, length)
+    finally:
+        os.close(fd)

@@ -1,0 +1,168 @@
+"""fluidfed/tlscheck.py: what OpenSSL checks in a certificate chain that rustls's webpki
+does not, on certificates made here with what OpenSSL looks at set as each case needs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import time
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fluidfed import tlscheck
+
+
+def _usage(*, cert_sign: bool = False, signature: bool = True) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=signature, content_commitment=not signature, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
+        crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+
+
+def _cert(
+    name: str,
+    *,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
+    days: tuple[int, int] = (-1, 365),
+    ca: bool | None = True,
+    path_length: int | None = None,
+    usage: x509.KeyUsage | None = None,
+    purposes: list[x509.ObjectIdentifier] | None = None,
+    issuer_name: str = "",
+    ip: str = "",
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate with what OpenSSL looks at set as asked: self-signed unless `issuer`
+    (name, key) signs it; `issuer_name` names another issuer on a self-signed one."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    by_name, by_key = issuer if issuer is not None else (subject, key)
+    if issuer_name:
+        by_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(by_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=days[0]))
+        .not_valid_after(now + dt.timedelta(days=days[1]))
+        .add_extension(usage or _usage(cert_sign=bool(ca)), critical=True)
+    )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca, path_length), critical=True)
+    if purposes is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
+    if ip:
+        names = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
+        builder = builder.add_extension(names, critical=False)
+    return builder.sign(by_key, hashes.SHA256()), key
+
+
+def _ca(**kind: Any) -> bytes:
+    return _cert("test CA", **kind)[0].public_bytes(serialization.Encoding.PEM)
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ({"days": (-30, -1)}, "has expired"),
+        ({"days": (1, 30)}, "not valid yet"),
+        ({"ca": False}, "not a CA (CA:FALSE)"),
+        ({"usage": _usage(cert_sign=False)}, "may not sign certificates"),
+        ({"purposes": [ExtendedKeyUsageOID.CLIENT_AUTH]}, "not for TLS servers"),
+        ({"issuer_name": "another CA"}, "not self-signed"),
+        # named as its own issuer, but signed by another key: a name proves nothing
+        ({"issuer": (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")]),
+                     ec.generate_private_key(ec.SECP256R1()))}, "not self-signed"),
+        # (OpenSSL may trust a CA saying nothing of itself: rustls is not given it either)
+        ({"ca": None}, "does not say it is a CA"),
+    ],
+)  # fmt: skip
+def test_anchors_openssl_would_not_take_as_they_are_are_named(
+    kind: dict[str, Any], said: str
+) -> None:
+    """rustls (webpki) takes every CA given as a trust anchor as it is; OpenSSL checks it:
+    each CA OpenSSL would not trust is named, with why."""
+    good = _ca()
+    bad = _ca(**kind)
+    now = time.time()
+    problem, _, _ = tlscheck.anchors_problem(good + bad, now, partial=False)
+    assert said in problem
+    assert tlscheck.anchors_problem(good, now, partial=False)[0] == ""
+
+
+def test_what_openssl_would_refuse_in_a_chain_is_named() -> None:
+    """What webpki does not look at in the chain a peer sends: its certificate's
+    keyUsage, and the CAs it sends (CA, keyUsage, extendedKeyUsage, path length)."""
+    root, root_key = _cert("root")
+    by_root = (root.subject, root_key)
+    good_leaf, _ = _cert("worker", issuer=by_root, ca=False, usage=_usage())
+    none = tlscheck.Checks(None, frozenset())
+    assert tlscheck.chain_problem([_der(good_leaf)], none) == ""
+    assert tlscheck.chain_problem([], none) == "no certificate was sent"
+    no_tls, _ = _cert("worker", issuer=by_root, ca=False, usage=_usage(signature=False))
+    assert "may not be used for TLS" in tlscheck.chain_problem([_der(no_tls)], none)
+    # a client's keyEncipherment alone is no use for TLS; a server's is
+    enciphers = x509.KeyUsage(
+        digital_signature=False, content_commitment=False, key_encipherment=True,
+        data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+        encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+    rsa_only, _ = _cert("peer", issuer=by_root, ca=False, usage=enciphers)
+    assert tlscheck.chain_problem([_der(rsa_only)], none) == ""
+    assert "client's certificate" in tlscheck.chain_problem(
+        [_der(rsa_only)], none, purpose="client"
+    )
+
+    def through(**kind: Any) -> str:
+        mid, mid_key = _cert("intermediate", issuer=by_root, **kind)
+        leaf, _ = _cert("worker", issuer=(mid.subject, mid_key), ca=False, usage=_usage())
+        return tlscheck.chain_problem([_der(leaf), _der(mid)], none)
+
+    assert through() == ""
+    assert "may not sign certificates" in through(usage=_usage(cert_sign=False))
+    assert "not a CA" in through(ca=False, usage=_usage(cert_sign=True))
+    assert "not for TLS servers" in through(purposes=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    assert "not for TLS clients" in tlscheck.chain_problem(
+        [_der(good_leaf), _der(_cert("mid", issuer=by_root,
+                                     purposes=[ExtendedKeyUsageOID.SERVER_AUTH])[0])],
+        none, purpose="client",
+    )  # fmt: skip
+    assert through(purposes=[ExtendedKeyUsageOID.SERVER_AUTH]) == ""
+    # path length: an intermediate allowing none under it, with one under it
+    upper, upper_key = _cert("upper", issuer=by_root, path_length=0)
+    lower, lower_key = _cert("lower", issuer=(upper.subject, upper_key))
+    leaf, _ = _cert("worker", issuer=(lower.subject, lower_key), ca=False, usage=_usage())
+    assert "past its path length" in tlscheck.chain_problem(
+        [_der(leaf), _der(lower), _der(upper)], none
+    )
+    assert tlscheck.chain_problem([_der(leaf), _der(lower)], none) == ""
+    # and the trusted CA's own: a root allowing no intermediate under it (an anchor the
+    # server sends along is not counted)
+    assert tlscheck.checks_for(_ca(path_length=0) + _ca()).limit == 0
+    assert tlscheck.checks_for(_ca()).limit is None
+    strict = tlscheck.Checks(0, frozenset([_der(root)]))
+    assert "where the trusted CA allows 0" in tlscheck.chain_problem(
+        [_der(leaf), _der(lower)], strict
+    )
+    assert tlscheck.chain_problem([_der(good_leaf), _der(root)], strict) == ""
+
+
+def test_a_ca_past_its_end_is_named_and_the_answer_holds_until_its_end() -> None:
+    soon = _ca(days=(-1, 1))
+    now = time.time()
+    problem, valid_from, valid_until = tlscheck.anchors_problem(soon, now, partial=False)
+    assert problem == "" and valid_from <= now < valid_until
+    problem, _, _ = tlscheck.anchors_problem(soon, valid_until + 1, partial=False)
+    assert "has expired" in problem
