@@ -481,9 +481,8 @@ async def test_a_client_certificate_not_for_tls_is_refused_on_both_engines(
     client = ssl.create_default_context()
     ca.configure_trust(client)
     try:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(url, ssl=client) as r:  # no certificate: served, as before
-                assert await r.text() == f"https none {TRANSPORTS[engine]}"
+        async with aiohttp.ClientSession() as s, s.get(url, ssl=client) as r:
+            assert await r.text() == f"https none {TRANSPORTS[engine]}"  # no certificate
         client.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
         async with aiohttp.ClientSession() as s:  # a new connection, with the certificate
             with pytest.raises(aiohttp.ClientError):
