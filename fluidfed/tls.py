@@ -55,8 +55,19 @@ class RecordedContext(ssl.SSLContext):
     ca_pem = b""  # the CAs peers are verified against
     unrecorded_cas = False
     # what the engine built from this context (its rustls configuration, or None where
-    # rustls cannot take it) and the state it was built from: built again when that changes
-    engine_config: tuple[tuple[Any, ...], Any] | None = None
+    # rustls cannot take it), the state it was built from, and the window of time it holds
+    # for (a CA it trusts expires, or begins): built again when either says so
+    engine_config: tuple[tuple[Any, ...], Any, float, float] | None = None
+
+    def engine_kept(self, state: tuple[Any, ...], now: float) -> tuple[bool, Any]:
+        """(True, what the engine kept) if it was built from `state` and holds at `now`."""
+        kept = self.engine_config
+        if kept is not None and kept[0] == state and kept[2] <= now < kept[3]:
+            return True, kept[1]
+        return False, None
+
+    def engine_keep(self, state: tuple[Any, ...], built: Any, window: tuple[float, float]) -> None:
+        self.engine_config = (state, built, *window)
 
     def load_cert_chain(
         self,

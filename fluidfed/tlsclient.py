@@ -51,10 +51,9 @@ def rustls_config(ctx: ssl.SSLContext) -> Setup | None:
         ctx.minimum_version, ctx.maximum_version,
     )  # fmt: skip
     now = time.time()
-    if ctx.engine_config is not None and ctx.engine_config[0] == state:
-        kept, valid_from, valid_until = ctx.engine_config[1]
-        if valid_from <= now < valid_until:
-            return kept  # type: ignore[no-any-return]
+    found, kept = ctx.engine_kept(state, now)
+    if found:
+        return kept  # type: ignore[no-any-return]
     config: Setup | None = None
     valid_from, valid_until = tlscheck.NO_CHANGE
     if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
@@ -95,7 +94,7 @@ def rustls_config(ctx: ssl.SSLContext) -> Setup | None:
                 log.warning(
                     "receiving TLS with OpenSSL: rustls does not take this context (%s)", err
                 )
-    ctx.engine_config = (state, (config, valid_from, valid_until))
+    ctx.engine_keep(state, config, (valid_from, valid_until))
     return config
 
 

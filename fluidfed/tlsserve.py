@@ -180,10 +180,9 @@ def _rustls_config(ctx: ssl.SSLContext) -> _Served | None:
         ctx.maximum_version,
     )  # fmt: skip
     now = time.time()
-    if ctx.engine_config is not None and ctx.engine_config[0] == state:
-        kept, valid_from, valid_until = ctx.engine_config[1]
-        if valid_from <= now < valid_until:
-            return kept  # type: ignore[no-any-return]
+    found, kept = ctx.engine_kept(state, now)
+    if found:
+        return kept  # type: ignore[no-any-return]
     verify = ctx.verify_mode != ssl.CERT_NONE
     served: _Served | None = None
     problem, valid_from, valid_until = "", *tlscheck.NO_CHANGE
@@ -214,7 +213,7 @@ def _rustls_config(ctx: ssl.SSLContext) -> _Served | None:
             served = _Served(config, tlscheck.checks_for(ctx.ca_pem) if verify else None)
         except ValueError as err:
             log.warning("serving TLS with OpenSSL: rustls does not take this context (%s)", err)
-    ctx.engine_config = (state, (served, valid_from, valid_until))
+    ctx.engine_keep(state, served, (valid_from, valid_until))
     return served
 
 

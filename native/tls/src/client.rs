@@ -380,20 +380,16 @@ impl ClientConn {
 
     /// The server's certificate (DER), once the handshake is done.
     fn peer_certificate<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        let certs = self.tls.peer_certificates()?;
-        certs.first().map(|c| PyBytes::new(py, c.as_ref()))
+        crate::peer_chain(py, &self.tls).into_iter().next()
     }
 
     /// The certificates the server sent (DER, its own first), once the handshake is done.
     fn peer_chain<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        self.tls
-            .peer_certificates()
-            .map(|certs| certs.iter().map(|c| PyBytes::new(py, c.as_ref())).collect())
-            .unwrap_or_default()
+        crate::peer_chain(py, &self.tls)
     }
 
     /// "TLSv1.3" or "TLSv1.2", once the handshake is done.
     fn version(&self) -> Option<&'static str> {
-        crate::version_name(self.tls.protocol_version()?)
+        crate::version(&self.tls)
     }
 }

@@ -115,12 +115,24 @@ pub(crate) fn versions(
     Ok(out)
 }
 
-pub(crate) fn version_name(version: rustls::ProtocolVersion) -> Option<&'static str> {
-    match version {
+/// "TLSv1.3" or "TLSv1.2", once the handshake is done (either side).
+pub(crate) fn version(tls: &rustls::CommonState) -> Option<&'static str> {
+    match tls.protocol_version()? {
         rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
         rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
         _ => None,
     }
+}
+
+/// The certificates the peer sent (DER, its own first): none before the handshake is done,
+/// or from a client that presented none.
+pub(crate) fn peer_chain<'py>(
+    py: Python<'py>,
+    tls: &rustls::CommonState,
+) -> Vec<Bound<'py, PyBytes>> {
+    tls.peer_certificates()
+        .map(|certs| certs.iter().map(|c| PyBytes::new(py, c.as_ref())).collect())
+        .unwrap_or_default()
 }
 
 fn blocked(err: &io::Error) -> bool {
@@ -394,21 +406,17 @@ impl Conn {
 
     /// The client's certificate (DER), if it presented one.
     fn peer_certificate<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        let certs = self.tls.peer_certificates()?;
-        certs.first().map(|c| PyBytes::new(py, c.as_ref()))
+        peer_chain(py, &self.tls).into_iter().next()
     }
 
     /// The certificates the client sent (DER, its own first), if it presented one.
     fn peer_chain<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        self.tls
-            .peer_certificates()
-            .map(|certs| certs.iter().map(|c| PyBytes::new(py, c.as_ref())).collect())
-            .unwrap_or_default()
+        peer_chain(py, &self.tls)
     }
 
     /// "TLSv1.3" or "TLSv1.2", once the handshake is done.
     fn version(&self) -> Option<&'static str> {
-        version_name(self.tls.protocol_version()?)
+        version(&self.tls)
     }
 
     /// The cipher suite's IANA name, once the handshake is done.

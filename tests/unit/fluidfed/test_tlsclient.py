@@ -116,10 +116,12 @@ def test_the_decision_is_made_again_when_a_trusted_ca_expires() -> None:
     config = tlsclient.rustls_config(ctx)
     assert config is not None
     assert ctx.engine_config is not None
-    state, (kept, valid_from, valid_until) = ctx.engine_config
+    state, kept, valid_from, valid_until = ctx.engine_config
     assert kept is config and valid_from <= time.time() < valid_until
+    assert ctx.engine_kept(state, valid_until - 1) == (True, config)
+    assert ctx.engine_kept(state, valid_until) == (False, None)  # the CA's end
     # the window's end come (moved to now here): decided again, not taken from the cache
-    ctx.engine_config = (state, (config, valid_from, time.time()))
+    ctx.engine_keep(state, config, (valid_from, time.time()))
     again = tlsclient.rustls_config(ctx)
     assert again is not None and again is not config
 
