@@ -53,15 +53,18 @@ class Checks(NamedTuple):
 
     limit: int | None  # the fewest intermediates an anchor allows under it (None: any)
     anchors: frozenset[bytes]  # the anchors (DER): a peer may send one along
+    anchor_certs: tuple[x509.Certificate, ...] = ()  # the same, parsed
 
 
 def checks_for(ca_pem: bytes) -> Checks:
+    """The checks for CAs `anchors_problem` passed (so cryptography reads them whole)."""
     certs = x509.load_pem_x509_certificates(ca_pem)
     lengths = [(_extension(c, x509.BasicConstraints) or _NOT_CA).path_length for c in certs]
     found = [n for n in lengths if n is not None]
     return Checks(
         min(found) if found else None,
         frozenset(c.public_bytes(serialization.Encoding.DER) for c in certs),
+        tuple(certs),
     )
 
 
@@ -70,7 +73,8 @@ def anchors_problem(
 ) -> tuple[str, float, float]:
     """Why rustls would trust the CAs in `ca_pem` where OpenSSL does not ("" if it would
     not), and the window in which that answer holds. Conservative: some CAs OpenSSL would
-    take are not given to rustls either (a CA without basicConstraints, say)."""
+    take are not given to rustls either (a CA without basicConstraints, one cryptography
+    cannot read whole, say)."""
     try:
         certs = x509.load_pem_x509_certificates(ca_pem)
     except ValueError as err:
@@ -86,9 +90,12 @@ def anchors_problem(
                 return f"the CA {name!r} is not valid yet", -math.inf, begins
             return f"the CA {name!r} has expired", ends, math.inf
         valid_from, valid_until = max(valid_from, begins), min(valid_until, ends)
-        problem = _ca_problem(cert, purpose)
-        if not problem and not partial and not _self_signed(cert):
-            problem = "is not self-signed (a partial chain)"
+        try:
+            problem = _ca_problem(cert, purpose) or _critical_problem(cert)
+            if not problem and not partial and not _self_signed(cert):
+                problem = "is not self-signed (a partial chain)"
+        except Exception as err:  # an extension or key cryptography cannot read
+            problem = f"cannot be read whole ({type(err).__name__}: {err})"
         if problem:
             return f"the CA {name!r} {problem}", *NO_CHANGE
     return "", valid_from, valid_until
@@ -96,17 +103,24 @@ def anchors_problem(
 
 def chain_problem(chain: list[bytes], checks: Checks, *, purpose: Purpose = "server") -> str:
     """What OpenSSL would refuse in a peer's certificate chain (DER, the peer's own first)
-    that rustls's verification does not look at ("" if nothing): the peer's keyUsage must
-    allow TLS (a server: digitalSignature, keyEncipherment or keyAgreement; a client:
-    digitalSignature or keyAgreement); every certificate it sent after its own must be a CA
-    allowed to sign certificates for that purpose within its path length; and no more of
-    them (anchors sent along aside) than the anchors' smallest path length."""
+    that rustls's verification does not look at ("" if nothing): the peer's keyUsage (and
+    Netscape cert type) must allow TLS (a server: digitalSignature, keyEncipherment or
+    keyAgreement; a client: digitalSignature or keyAgreement); every certificate it sent
+    after its own must be a CA allowed to sign certificates for that purpose within its
+    path length, no more of them (anchors sent along aside) than the anchors' smallest
+    path length; and each certificate's authority key identifier must match its issuer's
+    subject key identifier, where both have one. A certificate cryptography cannot read
+    whole is refused (OpenSSL might take it: refused, not let through unchecked)."""
     if not chain:
         return "no certificate was sent"
     try:
-        certs = [x509.load_der_x509_certificate(der) for der in chain]
-    except ValueError as err:
-        return f"a certificate sent does not parse ({err})"
+        return _chain_problem(chain, checks, purpose)
+    except Exception as err:  # a certificate, an extension cryptography cannot read
+        return f"a certificate sent cannot be read whole ({type(err).__name__}: {err})"
+
+
+def _chain_problem(chain: list[bytes], checks: Checks, purpose: Purpose) -> str:
+    certs = [x509.load_der_x509_certificate(der) for der in chain]
     usage = _extension(certs[0], x509.KeyUsage)
     if usage is not None and not (
         usage.digital_signature
@@ -114,6 +128,8 @@ def chain_problem(chain: list[bytes], checks: Checks, *, purpose: Purpose = "ser
         or (purpose == "server" and usage.key_encipherment)
     ):
         return f"the {purpose}'s certificate may not be used for TLS (keyUsage)"
+    if not _netscape_allows(certs[0], _NS_SSL_SERVER if purpose == "server" else _NS_SSL_CLIENT):
+        return f"the {purpose}'s certificate may not be used for TLS (Netscape cert type)"
     below = 0  # CAs under the one looked at, in the chain
     for der, cert in zip(chain[1:], certs[1:], strict=True):
         if der in checks.anchors:
@@ -127,6 +143,20 @@ def chain_problem(chain: list[bytes], checks: Checks, *, purpose: Purpose = "ser
         below += 1
     if checks.limit is not None and below > checks.limit:
         return f"{below} intermediate CAs where the trusted CA allows {checks.limit}"
+    # OpenSSL links a certificate to an issuer only where the key identifiers agree
+    issuers = [*certs[1:], *checks.anchor_certs]
+    for cert in certs:
+        if cert.issuer == cert.subject and cert in checks.anchor_certs:
+            continue
+        wanted = _authority_key_id(cert)
+        if wanted is None:
+            continue
+        named = [c for c in issuers if c.subject == cert.issuer and c is not cert]
+        if named and not any(_subject_key_id(c) in (None, wanted) for c in named):
+            return (
+                f"the certificate of {cert.subject.rfc4514_string()!r} names an issuer key "
+                "no trusted or sent CA of that name has (authority key identifier)"
+            )
     return ""
 
 
@@ -141,12 +171,68 @@ def _ca_problem(cert: x509.Certificate, purpose: Purpose) -> str:
     if usage is not None and not usage.key_cert_sign:
         return "may not sign certificates (keyUsage)"
     purposes = _extension(cert, x509.ExtendedKeyUsage)
-    if purposes is not None and not {
-        _PURPOSE_OID[purpose],
-        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
-    } & set(purposes):
+    # (anyExtendedKeyUsage alone is not enough for OpenSSL's TLS purposes)
+    if purposes is not None and _PURPOSE_OID[purpose] not in set(purposes):
         return f"is not for TLS {purpose}s (extendedKeyUsage)"
+    if not _netscape_allows(cert, _NS_SSL_CA):
+        return "is not a CA for TLS (Netscape cert type)"
     return ""
+
+
+# critical extensions OpenSSL 3 handles (X509_supported_extension); any other critical one
+# makes it refuse the certificate, a trust anchor too, where webpki ignores it on anchors
+_HANDLED_CRITICAL = {
+    x509.ObjectIdentifier(oid)
+    for oid in (
+        "2.16.840.1.113730.1.1",  # Netscape cert type
+        "2.5.29.15",  # keyUsage
+        "2.5.29.17",  # subjectAltName
+        "2.5.29.19",  # basicConstraints
+        "2.5.29.32",  # certificatePolicies
+        "2.5.29.31",  # CRL distribution points
+        "2.5.29.37",  # extendedKeyUsage
+        "1.3.6.1.5.5.7.1.7",  # IP address blocks (RFC 3779)
+        "1.3.6.1.5.5.7.1.8",  # AS identifiers (RFC 3779)
+        "1.3.6.1.5.5.7.48.1.5",  # OCSP no check
+        "2.5.29.36",  # policyConstraints
+        "1.3.6.1.5.5.7.1.14",  # proxyCertInfo
+        "2.5.29.30",  # nameConstraints
+        "2.5.29.33",  # policyMappings
+        "2.5.29.54",  # inhibitAnyPolicy
+    )
+}
+
+
+def _critical_problem(cert: x509.Certificate) -> str:
+    for ext in cert.extensions:
+        if ext.critical and ext.oid not in _HANDLED_CRITICAL:
+            return f"carries a critical extension OpenSSL does not handle ({ext.oid.dotted_string})"
+    return ""
+
+
+_NETSCAPE_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
+_NS_SSL_CLIENT, _NS_SSL_SERVER, _NS_SSL_CA = 0x80, 0x40, 0x04
+
+
+def _netscape_allows(cert: x509.Certificate, bit: int) -> bool:
+    """Whether the certificate's Netscape cert type, if it has one, has `bit` (its first
+    byte: a DER BIT STRING, tag 3, length, unused bits, the bits)."""
+    try:
+        raw = cert.extensions.get_extension_for_oid(_NETSCAPE_CERT_TYPE).value
+    except x509.ExtensionNotFound:
+        return True
+    der = raw.value if isinstance(raw, x509.UnrecognizedExtension) else b""
+    return len(der) >= 4 and der[0] == 3 and bool(der[3] & bit)
+
+
+def _authority_key_id(cert: x509.Certificate) -> bytes | None:
+    found = _extension(cert, x509.AuthorityKeyIdentifier)
+    return found.key_identifier if found is not None else None
+
+
+def _subject_key_id(cert: x509.Certificate) -> bytes | None:
+    found = _extension(cert, x509.SubjectKeyIdentifier)
+    return found.digest if found is not None else None
 
 
 def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
@@ -157,9 +243,11 @@ def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
-    """Issued by itself and signed with its own key (a name alone proves nothing)."""
+    """Issued by itself, signed with its own key (a name alone proves nothing), and, where
+    it names its issuer's key, naming its own (OpenSSL's test of a self-signed CA)."""
     try:
         cert.verify_directly_issued_by(cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
-    return True
+    wanted, own = _authority_key_id(cert), _subject_key_id(cert)
+    return wanted is None or own is None or wanted == own

@@ -245,8 +245,8 @@ def map_block_file(path: str | Path, *, cached_only: bool = False) -> tuple[bloc
     reader; an evicted (unlinked) file stays readable, and its disk space held, until the
     reader drops the mapping.
 
-    With `cached_only`, NotCached is raised instead of waiting for the disk when the file's
-    first page or trailer is not in the page cache (or the filesystem cannot tell): the
+    With `cached_only`, NotCached is raised instead of waiting for the disk when a page of
+    the file is not in the page cache, or not read yet (or the kernel cannot tell): the
     event loop maps files that are cached and hands the others to a thread."""
     global _can_map
     fd = os.open(path, os.O_RDONLY)
@@ -272,13 +272,15 @@ def map_block_file(path: str | Path, *, cached_only: bool = False) -> tuple[bloc
 
 
 def _probe(fd: int, size: int) -> None:
-    """NotCached unless every page of the file is in the page cache: asked with cachestat
-    (Linux 6.5), which only looks. Where it is missing (an older kernel, another
-    architecture's numbering, a seccomp profile refusing it) or refused for this file
-    (Linux 6.14 answers EPERM to a caller who may neither write nor own it), a read of the
-    first and last bytes with RWF_NOWAIT: that one starts the file's read-ahead when a page
-    is not there, and on a disk fast enough (a VM's, its host's cache behind it) the
-    read-ahead lands within the call and the read succeeds, so a cold file passed for a
+    """NotCached unless every page of the file is in the page cache, read: asked with
+    cachestat (Linux 6.5), which only looks, but counts a page whose read is still on its
+    way (another reader's), so then a read of the first and last bytes with RWF_NOWAIT,
+    which fails while a page is locked for its read. cachestat alone is missing where the
+    kernel lacks it or numbers it otherwise (ENOSYS: asked no more), and refused for a file
+    the caller may neither write nor own (Linux 6.14) or by a seccomp profile (Docker's
+    default): EPERM, the read probe for that file. The read probe alone starts a cold
+    file's read-ahead, and on a disk fast enough (a VM's, its host's cache behind it) the
+    read-ahead lands within the call and the read succeeds: a cold file passed for a
     cached one about half the time here and was faulted in from the disk on the event
     loop."""
     global _cachestat
@@ -286,9 +288,8 @@ def _probe(fd: int, size: int) -> None:
     length = size + _TRAILER.size
     if look is not None:
         try:
-            if look(fd, length):
-                return
-            raise NotCached()
+            if not look(fd, length):
+                raise NotCached()
         except OSError as err:
             if err.errno == errno.ENOSYS:
                 _cachestat = None  # not in this kernel: the read probe from now on
@@ -298,7 +299,7 @@ def _probe(fd: int, size: int) -> None:
     for at in (0, length - 1):
         try:
             os.preadv(fd, [one], at, os.RWF_NOWAIT)
-        except OSError as err:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
+        except OSError as err:  # EAGAIN: not cached, or not read yet; EOPNOTSUPP: cannot tell
             raise NotCached() from err
 
 
@@ -316,7 +317,10 @@ class _Stat(ctypes.Structure):
 # cachestat's number in the table most architectures share (Linux 6.5); alpha and mips
 # number theirs otherwise, and get the read probe
 _SYS_CACHESTAT = 451
-_SHARED_TABLE = {"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x", "loongarch64"}
+_SHARED_TABLE = {
+    "x86_64", "i686", "i386", "aarch64", "arm64", "armv7l", "riscv64", "ppc64", "ppc64le",
+    "s390x", "loongarch64",
+}  # fmt: skip
 _syscall = ctypes.CDLL(None, use_errno=True).syscall if sys.platform == "linux" else None
 
 

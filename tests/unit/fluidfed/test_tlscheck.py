@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fluidfed import tlscheck
+from fluidfed import pki, tlscheck
 
 
 def _usage(*, cert_sign: bool = False, signature: bool = True) -> x509.KeyUsage:
@@ -36,6 +36,8 @@ def _cert(
     purposes: list[x509.ObjectIdentifier] | None = None,
     issuer_name: str = "",
     ip: str = "",
+    extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+    own_key_id: bool = False,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A certificate with what OpenSSL looks at set as asked: self-signed unless `issuer`
     (name, key) signs it; `issuer_name` names another issuer on a self-signed one."""
@@ -62,6 +64,10 @@ def _cert(
     if ip:
         names = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
         builder = builder.add_extension(names, critical=False)
+    if own_key_id:
+        builder = builder.add_extension(_keyid(key), critical=False)
+    for ext, critical in extra:
+        builder = builder.add_extension(ext, critical=critical)
     return builder.sign(by_key, hashes.SHA256()), key
 
 
@@ -166,3 +172,62 @@ def test_a_ca_past_its_end_is_named_and_the_answer_holds_until_its_end() -> None
     assert problem == "" and valid_from <= now < valid_until
     problem, _, _ = tlscheck.anchors_problem(soon, valid_until + 1, partial=False)
     assert "has expired" in problem
+
+
+def _keyid(key: ec.EllipticCurvePrivateKey) -> x509.SubjectKeyIdentifier:
+    return x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+
+
+def test_what_openssl_refuses_beyond_keyusage_is_named_too() -> None:
+    """The third review's cases: anyExtendedKeyUsage alone on a CA, a critical extension
+    OpenSSL does not handle on an anchor, key identifiers that do not link a certificate
+    to its issuer, a Netscape cert type without the TLS bit; and a certificate
+    cryptography cannot read whole is a problem named, never an exception."""
+    now = time.time()
+    any_eku = _ca(purposes=[ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE])
+    assert "not for TLS servers" in tlscheck.anchors_problem(any_eku, now, partial=False)[0]
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4.5"), b"\x05\x00")
+    odd = _ca(extra=((unknown, True),))
+    assert "critical extension" in tlscheck.anchors_problem(odd, now, partial=False)[0]
+    assert tlscheck.anchors_problem(_ca(extra=((unknown, False),)), now, partial=False)[0] == ""
+    # an anchor naming another key as its issuer's is not self-signed to OpenSSL
+    other = ec.generate_private_key(ec.SECP256R1())
+    rekeyed = _ca(
+        own_key_id=True,
+        extra=((x509.AuthorityKeyIdentifier(_keyid(other).digest, None, None), False),),
+    )
+    assert "not self-signed" in tlscheck.anchors_problem(rekeyed, now, partial=False)[0]
+
+    root, root_key = _cert(
+        "root", extra=((_keyid(ec.generate_private_key(ec.SECP256R1())), False),)
+    )
+    checks = tlscheck.checks_for(root.public_bytes(serialization.Encoding.PEM))
+    by_root = (root.subject, root_key)
+    akid = x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key())
+    leaf, _ = _cert("worker", issuer=by_root, ca=False, usage=_usage(), extra=((akid, False),))
+    assert "authority key identifier" in tlscheck.chain_problem([_der(leaf)], checks)
+    # linked where the identifiers agree: fluidfed's own CA and certificates, both ways
+    ca = pki.new_ca("fluidfed-test-ca")
+    own = tlscheck.checks_for(ca.cert_pem)
+    assert tlscheck.anchors_problem(ca.cert_pem, now, partial=False)[0] == ""
+    assert tlscheck.anchors_problem(ca.cert_pem, now, partial=False, purpose="client")[0] == ""
+    for server in (True, False):
+        pair = pki.issue(ca, "worker-0", hosts=("127.0.0.1",), server=server, client=not server)
+        der = x509.load_pem_x509_certificate(pair.cert_pem).public_bytes(serialization.Encoding.DER)
+        purpose: tlscheck.Purpose = "server" if server else "client"
+        assert tlscheck.chain_problem([der], own, purpose=purpose) == "", purpose
+    ns_client_only = x509.UnrecognizedExtension(
+        x509.ObjectIdentifier("2.16.840.1.113730.1.1"), b"\x03\x02\x07\x80"
+    )
+    leaf, _ = _cert(
+        "worker", issuer=by_root, ca=False, usage=_usage(), extra=((ns_client_only, False),)
+    )
+    none = tlscheck.Checks(None, frozenset())
+    assert "Netscape cert type" in tlscheck.chain_problem([_der(leaf)], none)
+    assert tlscheck.chain_problem([_der(leaf)], none, purpose="client") == ""
+    # a certificate cryptography cannot read: named, not raised
+    good, _ = _cert("worker", issuer=by_root, ca=False, usage=_usage())
+    raw = good.public_bytes(serialization.Encoding.DER)
+    assert tlscheck.chain_problem([raw, b"not a certificate"], none).startswith(
+        "a certificate sent cannot be read whole"
+    )
