@@ -260,12 +260,8 @@ class Connections:
         deadline = time.monotonic() + timeout
         name = f"{'https' if where.secure else 'http'}://{where.host}:{where.port}"
         while True:
-            # a new connection's connect and handshake get what is left of the deadline
-            left = deadline - time.monotonic()
             try:
-                if left <= 0:
-                    raise TimeoutError("no answer in time")
-                sock, reused = self._take(where, left)
+                sock, reused = self._take(where, timeout)
             except (TimeoutError, OSError) as err:  # refused, unreachable, no answer in time
                 raise errors.WorkerError(f"{name}: {err or type(err).__name__}") from err
             try:
