@@ -51,7 +51,7 @@ _PURPOSE_OID = {
 class Checks(NamedTuple):
     """What `chain_problem` checks a peer's chain against, from the trusted CAs."""
 
-    limit: int | None  # the fewest intermediates an anchor allows under it (None: any)
+    limit: int | None  # the fewest intermediates any anchor allows under it (None: any)
     anchors: frozenset[bytes]  # the anchors (DER): a peer may send one along
     anchor_certs: tuple[x509.Certificate, ...] = ()  # the same, parsed
 
@@ -105,12 +105,13 @@ def chain_problem(chain: list[bytes], checks: Checks, *, purpose: Purpose = "ser
     """What OpenSSL would refuse in a peer's certificate chain (DER, the peer's own first)
     that rustls's verification does not look at ("" if nothing): the peer's keyUsage (and
     Netscape cert type) must allow TLS (a server: digitalSignature, keyEncipherment or
-    keyAgreement; a client: digitalSignature or keyAgreement); every certificate it sent
-    after its own must be a CA allowed to sign certificates for that purpose within its
-    path length, no more of them (anchors sent along aside) than the anchors' smallest
-    path length; and each certificate's authority key identifier must match its issuer's
-    subject key identifier, where both have one. A certificate cryptography cannot read
-    whole is refused (OpenSSL might take it: refused, not let through unchecked)."""
+    keyAgreement; a client: digitalSignature or keyAgreement); every CA it sent that lies
+    on the path OpenSSL builds up to a trust anchor (`_path`) must be allowed to sign
+    certificates for that purpose within its path length, no more of them than the
+    anchor's path length allows; CAs sent off the path are not looked at, as OpenSSL does
+    not; and each certificate's authority key identifier must match its issuer's subject
+    key identifier, where both have one. A certificate cryptography cannot read whole is
+    refused (OpenSSL might take it: refused, not let through unchecked)."""
     if not chain:
         return "no certificate was sent"
     try:
@@ -130,34 +131,63 @@ def _chain_problem(chain: list[bytes], checks: Checks, purpose: Purpose) -> str:
         return f"the {purpose}'s certificate may not be used for TLS (keyUsage)"
     if not _netscape_allows(certs[0], _NS_SSL_SERVER if purpose == "server" else _NS_SSL_CLIENT):
         return f"the {purpose}'s certificate may not be used for TLS (Netscape cert type)"
-    below = 0  # CAs under the one looked at, in the chain
-    for der, cert in zip(chain[1:], certs[1:], strict=True):
-        if der in checks.anchors:
-            continue
+    path = _path(certs, chain, checks)
+    if isinstance(path, str):
+        return path
+    between, anchor = path
+    for below, cert in enumerate(between):
         problem = _ca_problem(cert, purpose)
         length = (_extension(cert, x509.BasicConstraints) or _NOT_CA).path_length
         if not problem and length is not None and below > length:
             problem = "is past its path length"
         if problem:
             return f"the CA {cert.subject.rfc4514_string()!r} the {purpose} sent {problem}"
-        below += 1
-    if checks.limit is not None and below > checks.limit:
-        return f"{below} intermediate CAs where the trusted CA allows {checks.limit}"
-    # OpenSSL links a certificate to an issuer only where the key identifiers agree
-    issuers = [*certs[1:], *checks.anchor_certs]
-    for cert in certs:
+    # the anchor reached allows so many under it; one not known by name, the fewest any does
+    if anchor is not None:
+        limit = (_extension(anchor, x509.BasicConstraints) or _NOT_CA).path_length
+    else:
+        limit = checks.limit
+    if limit is not None and len(between) > limit:
+        return f"{len(between)} intermediate CAs where the trusted CA allows {limit}"
+    return ""
+
+
+def _path(
+    certs: list[x509.Certificate], chain: list[bytes], checks: Checks
+) -> tuple[list[x509.Certificate], x509.Certificate | None] | str:
+    """The CAs the peer sent that lie between its certificate and a trust anchor, the way
+    OpenSSL builds the path (a trusted issuer first, else the first one sent; CAs sent
+    but off the path are not looked at), and the anchor reached (None where no trusted CA
+    has the issuer's name: one the caller did not say). An issuer is linked only where the
+    key identifiers agree, as OpenSSL links it; where every CA of the issuer's name names
+    another key, that is the problem returned."""
+    sent = list(zip(chain[1:], certs[1:], strict=True))
+    between: list[x509.Certificate] = []
+    cert = certs[0]
+    while True:
         if cert.issuer == cert.subject and cert in checks.anchor_certs:
-            continue
+            return between, cert
         wanted = _authority_key_id(cert)
-        if wanted is None:
-            continue
-        named = [c for c in issuers if c.subject == cert.issuer and c is not cert]
-        if named and not any(_subject_key_id(c) in (None, wanted) for c in named):
+        anchors = [c for c in checks.anchor_certs if c.subject == cert.issuer]
+        candidates = [(der, c) for der, c in sent if c.subject == cert.issuer and c is not cert]
+        named = anchors + [c for _, c in candidates]
+        linked = [c for c in named if wanted is None or _subject_key_id(c) in (None, wanted)]
+        if named and not linked:
             return (
                 f"the certificate of {cert.subject.rfc4514_string()!r} names an issuer key "
                 "no trusted or sent CA of that name has (authority key identifier)"
             )
-    return ""
+        anchor = next((c for c in anchors if c in linked), None)
+        if anchor is not None:
+            return between, anchor
+        issuer = next(((der, c) for der, c in candidates if c in linked), None)
+        if issuer is None:
+            return between, None
+        sent.remove(issuer)
+        der, cert = issuer
+        if der in checks.anchors:  # an anchor the peer sent along
+            return between, cert
+        between.append(cert)
 
 
 def _ca_problem(cert: x509.Certificate, purpose: Purpose) -> str:

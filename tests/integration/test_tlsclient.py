@@ -408,6 +408,20 @@ def test_closing_a_rustls_socket_in_use_ends_the_call_and_frees_no_descriptor(
         raw.close()
 
 
+def _served_by(tmp_path: Path, key: Any, *chain: Any) -> tls.ServerContext:
+    """A server context presenting `chain` (its own certificate first) with `key`."""
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    (tmp_path / "tls.crt").write_bytes(pem)
+    (tmp_path / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return tls.server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+
+
 async def test_a_certificate_not_for_tls_is_refused_on_both_engines(
     engine: str, conns_for: Any, tmp_path: Path
 ) -> None:
@@ -418,15 +432,7 @@ async def test_a_certificate_not_for_tls_is_refused_on_both_engines(
         "worker", issuer=(root.subject, root_key), ca=False, usage=_usage(signature=False),
         ip="127.0.0.1",
     )  # fmt: skip
-    (tmp_path / "tls.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "tls.key").write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    ctx = tls.server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+    ctx = _served_by(tmp_path, leaf_key, leaf)
     raw = RawServer(
         ctx, lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     )
@@ -435,5 +441,41 @@ async def test_a_certificate_not_for_tls_is_refused_on_both_engines(
         with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
             await get(conns, raw.port, 2)
         assert not any(raw.requests)  # no request reached it
+    finally:
+        raw.close()
+
+
+async def test_a_bundle_with_cas_off_the_path_is_received_on_both_engines(
+    engine: str, conns_for: Any, tmp_path: Path
+) -> None:
+    """A worker whose certificate file carries CAs besides its path (a bundle, a stray
+    certificate that is no CA at all): OpenSSL never looks at them, and neither does the
+    check after rustls's handshake; the one on the path is still held to OpenSSL's rules."""
+    root, root_key = _cert("root", path_length=1)
+    mid, mid_key = _cert("intermediate", issuer=(root.subject, root_key))
+    leaf, leaf_key = _cert(
+        "worker", issuer=(mid.subject, mid_key), ca=False, usage=_usage(), ip="127.0.0.1"
+    )
+    stray, _ = _cert("stray", issuer=(root.subject, root_key), ca=False, usage=_usage())
+    other, _ = _cert("another intermediate", issuer=(root.subject, root_key))
+    trusted = tls.trusting(root.public_bytes(serialization.Encoding.PEM).decode())
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    raw = RawServer(
+        _served_by(tmp_path, leaf_key, leaf, mid, stray, other), lambda c: c.sendall(answer)
+    )
+    try:
+        assert await get(conns_for(trusted), raw.port, 2) == b"ok"
+    finally:
+        raw.close()
+    # the same intermediate made no CA: on the path, refused by both
+    not_ca, not_ca_key = _cert("intermediate", issuer=(root.subject, root_key), ca=False,
+                               usage=_usage(cert_sign=True))  # fmt: skip
+    leaf, leaf_key = _cert(
+        "worker", issuer=(not_ca.subject, not_ca_key), ca=False, usage=_usage(), ip="127.0.0.1"
+    )
+    raw = RawServer(_served_by(tmp_path, leaf_key, leaf, not_ca), lambda c: c.sendall(answer))
+    try:
+        with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
+            await get(conns_for(trusted), raw.port, 2)
     finally:
         raw.close()

@@ -492,6 +492,47 @@ async def test_a_client_certificate_not_for_tls_is_refused_on_both_engines(
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("engine", list(TRANSPORTS))
+async def test_a_client_bundle_with_cas_off_the_path_is_served_on_both_engines(
+    ca: trustme.CA, tmp_path: Path, engine: str
+) -> None:
+    """A client certificate file carrying CAs besides its path (a stray certificate that
+    is no CA at all): OpenSSL never looks at them, nor does the check after rustls's
+    handshake."""
+    root, root_key = _cert("client CA", path_length=1)
+    mid, mid_key = _cert("client intermediate", issuer=(root.subject, root_key))
+    client_cert, client_key = _cert(
+        "agent-a", issuer=(mid.subject, mid_key), ca=False, usage=_usage()
+    )
+    stray, _ = _cert("stray", issuer=(root.subject, root_key), ca=False, usage=_usage())
+    other, _ = _cert("another intermediate", issuer=(root.subject, root_key))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "client.crt").write_bytes(
+        b"".join(c.public_bytes(pem) for c in (client_cert, mid, stray, other))
+    )
+    (tmp_path / "client.key").write_bytes(
+        client_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.load_verify_locations(cadata=root.public_bytes(pem).decode())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    runner, _, port = await _serve(ctx, engine)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    client.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"https://127.0.0.1:{port}/who", ssl=client) as r,
+        ):
+            assert await r.text() == f"https cert {TRANSPORTS[engine]}"
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_context_rustls_cannot_serve_is_served_with_openssl(
     ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

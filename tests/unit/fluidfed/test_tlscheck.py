@@ -140,10 +140,14 @@ def test_what_openssl_would_refuse_in_a_chain_is_named() -> None:
     assert "may not sign certificates" in through(usage=_usage(cert_sign=False))
     assert "not a CA" in through(ca=False, usage=_usage(cert_sign=True))
     assert "not for TLS servers" in through(purposes=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    server_mid, server_mid_key = _cert(
+        "mid", issuer=by_root, purposes=[ExtendedKeyUsageOID.SERVER_AUTH]
+    )
+    client, _ = _cert(
+        "agent", issuer=(server_mid.subject, server_mid_key), ca=False, usage=_usage()
+    )
     assert "not for TLS clients" in tlscheck.chain_problem(
-        [_der(good_leaf), _der(_cert("mid", issuer=by_root,
-                                     purposes=[ExtendedKeyUsageOID.SERVER_AUTH])[0])],
-        none, purpose="client",
+        [_der(client), _der(server_mid)], none, purpose="client"
     )  # fmt: skip
     assert through(purposes=[ExtendedKeyUsageOID.SERVER_AUTH]) == ""
     # path length: an intermediate allowing none under it, with one under it
@@ -163,6 +167,33 @@ def test_what_openssl_would_refuse_in_a_chain_is_named() -> None:
         [_der(leaf), _der(lower)], strict
     )
     assert tlscheck.chain_problem([_der(good_leaf), _der(root)], strict) == ""
+
+
+def test_cas_sent_off_the_path_are_not_looked_at() -> None:
+    """OpenSSL builds the path from the peer's certificate up, a trusted issuer first,
+    and never looks at a CA the peer sent that is not on it: neither is it held against
+    the peer here (a bundle with extra CAs is common), nor counted against a path length."""
+    root, root_key = _cert("root", path_length=1)
+    anchors = tlscheck.checks_for(root.public_bytes(serialization.Encoding.PEM))
+    mid, mid_key = _cert("intermediate", issuer=(root.subject, root_key))
+    leaf, _ = _cert("worker", issuer=(mid.subject, mid_key), ca=False, usage=_usage())
+    not_a_ca, _ = _cert("stray", issuer=(root.subject, root_key), ca=False, usage=_usage())
+    other, _ = _cert("another intermediate", issuer=(root.subject, root_key))
+    for extra in (not_a_ca, other):
+        assert tlscheck.chain_problem([_der(leaf), _der(mid), _der(extra)], anchors) == ""
+        assert tlscheck.chain_problem([_der(leaf), _der(extra), _der(mid)], anchors) == ""
+    # on the path, the same CA is held against the peer, and so is one more intermediate
+    below_stray, _ = _cert("worker", issuer=(not_a_ca.subject, root_key), ca=False,
+                           usage=_usage())  # fmt: skip
+    assert "not a CA" in tlscheck.chain_problem([_der(below_stray), _der(not_a_ca)], anchors)
+    lower, lower_key = _cert("lower", issuer=(mid.subject, mid_key))
+    deep, _ = _cert("worker", issuer=(lower.subject, lower_key), ca=False, usage=_usage())
+    assert "where the trusted CA allows 1" in tlscheck.chain_problem(
+        [_der(deep), _der(lower), _der(mid)], anchors
+    )
+    # a trusted issuer is taken before a sent one of the same name (OpenSSL's trusted first)
+    impostor, _ = _cert("root", ca=False, usage=_usage())
+    assert tlscheck.chain_problem([_der(leaf), _der(mid), _der(impostor)], anchors) == ""
 
 
 def test_a_ca_past_its_end_is_named_and_the_answer_holds_until_its_end() -> None:
