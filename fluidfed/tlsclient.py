@@ -172,13 +172,6 @@ class RustlsSocket:
         """Whether decrypted bytes, or the server's close, wait unread."""
         return self.conn.pending()  # type: ignore[no-any-return]
 
-    def version(self) -> str | None:
-        return self.conn.version()  # type: ignore[no-any-return]
-
-    def peer_certificate(self) -> bytes | None:
-        """The server's certificate, DER."""
-        return self.conn.peer_certificate()  # type: ignore[no-any-return]
-
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)
 

@@ -378,18 +378,8 @@ impl ClientConn {
         self.fd = -1;
     }
 
-    /// The server's certificate (DER), once the handshake is done.
-    fn peer_certificate<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        crate::peer_chain(py, &self.tls).into_iter().next()
-    }
-
     /// The certificates the server sent (DER, its own first), once the handshake is done.
     fn peer_chain<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
         crate::peer_chain(py, &self.tls)
-    }
-
-    /// "TLSv1.3" or "TLSv1.2", once the handshake is done.
-    fn version(&self) -> Option<&'static str> {
-        crate::version(&self.tls)
     }
 }

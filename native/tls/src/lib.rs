@@ -115,7 +115,7 @@ pub(crate) fn versions(
     Ok(out)
 }
 
-/// "TLSv1.3" or "TLSv1.2", once the handshake is done (either side).
+/// "TLSv1.3" or "TLSv1.2", once the handshake is done.
 pub(crate) fn version(tls: &rustls::CommonState) -> Option<&'static str> {
     match tls.protocol_version()? {
         rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
