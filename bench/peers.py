@@ -539,6 +539,7 @@ def main() -> None:
         "runs": args.runs,
         "cores": os.cpu_count(),
         "load_average_start": os.getloadavg(),
+        "page_reporting_start": rp.page_reporting(),
         "notes": {c: NOTES[c] for c in clients if c in NOTES},
         "before": args.before or "",
         "asyncio": args.asyncio,
@@ -589,9 +590,16 @@ def main() -> None:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
     results["load_average_end"] = os.getloadavg()
+    results["page_reporting_end"] = rp.page_reporting()
     print(json.dumps(results, indent=2))
     print("\n".join(tables))
     print(f"load average: start {results['load_average_start']}, end {os.getloadavg()}")
+    start, end = results["page_reporting_start"], results["page_reporting_end"]
+    if start and end:
+        print(
+            f"free page reporting: order {start['order']} (above 10: held off), "
+            f"{end['reported_MiB'] - start['reported_MiB']} MiB handed to the host meanwhile"
+        )
     for c, note in results["notes"].items():
         print(f"- {c}: {note}")
     out = Path(__file__).parent / "results"

@@ -127,6 +127,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def page_reporting() -> dict[str, Any]:
+    """This VM's free page reporting as the run finds it (bench/vm_pages.py): its order
+    (above 10: held off) and how much free memory it has handed to the host so far. Every
+    figure of the data path depends on it: memory handed back faults in the host when a
+    page-cache page lands there, at the FUSE reply's copy (remote warm reads 446 against
+    1,243 MiB/s, `bench/results/vm_pages.json`)."""
+    params = Path("/sys/module/page_reporting/parameters")
+    try:
+        return {
+            "order": int((params / "page_reporting_order").read_text()),
+            "reported_MiB": int((params / "reported_kib").read_text()) // 1024,
+        }
+    except (OSError, ValueError):
+        return {}
+
+
 class CPU:
     """CPU seconds per GiB moved, per process, over a measured stretch: where the time
     goes, and how many of the machine's cores the whole read path kept busy."""
@@ -354,6 +370,7 @@ def main() -> None:
         "runs": runs,
         "cores": os.cpu_count(),
         "load_average_start": os.getloadavg(),
+        "page_reporting_start": page_reporting(),
     }
     root = Path(tempfile.mkdtemp(prefix="fluidfed-bench-"))
     server = S3Server(root / "minio").start()
@@ -570,6 +587,7 @@ def main() -> None:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
         results["load_average_end"] = os.getloadavg()  # 2 shared cores: how busy they were
+        results["page_reporting_end"] = page_reporting()
         print(json.dumps(results, indent=2))
         if only == set(PARTS):
             out = Path(__file__).parent / "results"
