@@ -261,7 +261,7 @@ class Connections:
         name = f"{'https' if where.secure else 'http'}://{where.host}:{where.port}"
         while True:
             try:
-                sock, reused = self._take(where, timeout)
+                sock, reused = self._take(where, timeout, deadline)
             except (TimeoutError, OSError) as err:  # refused, unreachable, no answer in time
                 raise errors.WorkerError(f"{name}: {err or type(err).__name__}") from err
             try:
@@ -289,9 +289,12 @@ class Connections:
                 self._drop(sock)
             return answer
 
-    def _take(self, where: _Where, timeout: float) -> tuple[_Socket, bool]:
+    def _take(self, where: _Where, timeout: float, deadline: float) -> tuple[_Socket, bool]:
         """An idle connection to `where` still open (the freshest), else a new one (over
-        TLS, its handshake done and the worker's certificate verified)."""
+        TLS, its handshake done and the worker's certificate verified), its connect and
+        handshake within what is left until `deadline` (a request retried on a new
+        connection keeps to its first deadline), its sends and receives later bounded by
+        `timeout` each, as long as it is kept."""
         now = time.monotonic()
         with self._lock:
             idle = self._idle.get(where)
@@ -301,7 +304,10 @@ class Connections:
                     self._busy.add(kept)
                     return kept, True
                 kept.close()  # expired, or the worker closed it (EOF is readable)
-        raw = socket.create_connection((where.host, where.port), timeout=timeout)
+        left = deadline - now
+        if left <= 0:
+            raise TimeoutError("no answer in time")
+        raw = socket.create_connection((where.host, where.port), timeout=left)
         sock: _Socket = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -312,8 +318,9 @@ class Connections:
                 # too: over a blocking socket it takes the kernel's timeout (EAGAIN) for
                 # "try again" and would wait on a stalled worker for ever. It receives a
                 # record at a time anyway, so MSG_WAITALL has nothing to save there.
-                raw.settimeout(timeout)
+                raw.settimeout(max(deadline - time.monotonic(), 0.001))  # the handshake's
                 sock = ctx.wrap_socket(raw, server_hostname=where.host)
+                sock.settimeout(timeout)  # each operation's from here on
             else:
                 # blocking from here on, each receive and send bounded by the kernel: a
                 # blocking socket is what lets MSG_WAITALL (or rustls) wait for the whole
@@ -322,8 +329,9 @@ class Connections:
                 tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-                if config is not None:  # the handshake, within `timeout`
-                    sock = tlsclient.RustlsSocket(raw, config, where.host, timeout)
+                if config is not None:  # the handshake, within what is left
+                    left = max(deadline - time.monotonic(), 0.001)
+                    sock = tlsclient.RustlsSocket(raw, config, where.host, left)
         except OSError:
             raw.close()
             raise

@@ -341,6 +341,56 @@ async def test_a_server_trickling_bytes_cannot_hold_a_receive_past_its_deadline(
         slow.close()
 
 
+class ClosesThenStalls:
+    """Answers one request on its first connection and keeps it open; closes it without
+    an answer `after` seconds into the next request; then accepts a new connection and
+    never begins its TLS."""
+
+    def __init__(self, ctx: ssl.SSLContext, after: float) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._run, args=(ctx, after), daemon=True).start()
+
+    def _run(self, ctx: ssl.SSLContext, after: float) -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = self.listener.accept()
+            self.held.append(raw)
+            conn = ctx.wrap_socket(raw, server_side=True)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(65536)  # the next request: no answer
+            time.sleep(after)
+            conn.close()
+            stalled, _ = self.listener.accept()
+            self.held.append(stalled)
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.held:
+            s.close()
+
+
+async def test_a_request_retried_on_a_new_connection_keeps_its_first_deadline(
+    engine: str, ca: trustme.CA, conns_for: Any
+) -> None:
+    """A kept-alive connection the worker closes mid-request is retried once on a new
+    one, whose connect and handshake get what is left of the request's deadline (1 s), not
+    the whole timeout again (0.7 s, then 1 s more, before)."""
+    raw = ClosesThenStalls(server_context(ca), after=0.7)
+    try:
+        conns = conns_for(trusting(ca))
+        url = f"https://127.0.0.1:{raw.port}/body"
+        got = await conns.get(url, {"n": 2}, {}, 1.0)
+        assert bytes(got.body) == b"ok"
+        start = time.monotonic()
+        with pytest.raises(errors.WorkerError, match=r"timed out|no answer in time"):
+            await conns.get(url, {"n": 2}, {}, 1.0)
+        assert time.monotonic() - start < 1.4
+    finally:
+        raw.close()
+
+
 async def test_a_refused_certificate_says_so_in_words(
     engine: str, server: int, conns_for: Any
 ) -> None:
