@@ -21,8 +21,10 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import ssl
+import time
 from typing import Literal, NamedTuple, TypeVar
 
 from cryptography import x509
@@ -49,22 +51,17 @@ _PURPOSE_OID = {
 
 
 class Checks(NamedTuple):
-    """What `chain_problem` checks a peer's chain against, from the trusted CAs."""
+    """What `chain_problem` checks a peer's chain against: the trusted CAs."""
 
-    limit: int | None  # the fewest intermediates any anchor allows under it (None: any)
     anchors: frozenset[bytes]  # the anchors (DER): a peer may send one along
-    anchor_certs: tuple[x509.Certificate, ...] = ()  # the same, parsed
+    anchor_certs: tuple[x509.Certificate, ...] = ()  # the same, parsed, in the context's order
 
 
 def checks_for(ca_pem: bytes) -> Checks:
     """The checks for CAs `anchors_problem` passed (so cryptography reads them whole)."""
     certs = x509.load_pem_x509_certificates(ca_pem)
-    lengths = [(_extension(c, x509.BasicConstraints) or _NOT_CA).path_length for c in certs]
-    found = [n for n in lengths if n is not None]
     return Checks(
-        min(found) if found else None,
-        frozenset(c.public_bytes(serialization.Encoding.DER) for c in certs),
-        tuple(certs),
+        frozenset(c.public_bytes(serialization.Encoding.DER) for c in certs), tuple(certs)
     )
 
 
@@ -101,26 +98,29 @@ def anchors_problem(
     return "", valid_from, valid_until
 
 
-def chain_problem(chain: list[bytes], checks: Checks, *, purpose: Purpose = "server") -> str:
+def chain_problem(
+    chain: list[bytes], checks: Checks, *, purpose: Purpose = "server", now: float | None = None
+) -> str:
     """What OpenSSL would refuse in a peer's certificate chain (DER, the peer's own first)
     that rustls's verification does not look at ("" if nothing): the peer's keyUsage (and
     Netscape cert type) must allow TLS (a server: digitalSignature, keyEncipherment or
-    keyAgreement; a client: digitalSignature or keyAgreement); every CA it sent that lies
-    on the path OpenSSL builds up to a trust anchor (`_path`) must be allowed to sign
-    certificates for that purpose within its path length, no more of them than the
-    anchor's path length allows; CAs sent off the path are not looked at, as OpenSSL does
-    not; and each certificate's authority key identifier must match its issuer's subject
-    key identifier, where both have one. A certificate cryptography cannot read whole is
-    refused (OpenSSL might take it: refused, not let through unchecked)."""
+    keyAgreement; a client: digitalSignature or keyAgreement); the path OpenSSL builds up
+    to a trust anchor (`_path`: its links' key identifiers and signatures) must exist, and
+    every CA on it be allowed to sign certificates for that purpose within its path length,
+    no more of them than the anchor's path length allows (self-issued ones not counted, as
+    OpenSSL does not). CAs sent off the path are not looked at, as OpenSSL does not. A
+    certificate cryptography cannot read whole is refused (OpenSSL might take it: refused,
+    not let through unchecked). `now`: a POSIX time (the clock's, if not given)."""
     if not chain:
         return "no certificate was sent"
+    when = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
     try:
-        return _chain_problem(chain, checks, purpose)
+        return _chain_problem(chain, checks, purpose, when)
     except Exception as err:  # a certificate, an extension cryptography cannot read
         return f"a certificate sent cannot be read whole ({type(err).__name__}: {err})"
 
 
-def _chain_problem(chain: list[bytes], checks: Checks, purpose: Purpose) -> str:
+def _chain_problem(chain: list[bytes], checks: Checks, purpose: Purpose, now: dt.datetime) -> str:
     certs = [x509.load_der_x509_certificate(der) for der in chain]
     usage = _extension(certs[0], x509.KeyUsage)
     if usage is not None and not (
@@ -131,63 +131,88 @@ def _chain_problem(chain: list[bytes], checks: Checks, purpose: Purpose) -> str:
         return f"the {purpose}'s certificate may not be used for TLS (keyUsage)"
     if not _netscape_allows(certs[0], _NS_SSL_SERVER if purpose == "server" else _NS_SSL_CLIENT):
         return f"the {purpose}'s certificate may not be used for TLS (Netscape cert type)"
-    path = _path(certs, chain, checks)
+    path = _path(certs, chain, checks, now)
     if isinstance(path, str):
         return path
     between, anchor = path
-    for below, cert in enumerate(between):
+    below = 0  # CAs under the one looked at, self-issued ones not counted (OpenSSL's EXFLAG_SI)
+    for cert in between:
         problem = _ca_problem(cert, purpose)
         length = (_extension(cert, x509.BasicConstraints) or _NOT_CA).path_length
         if not problem and length is not None and below > length:
             problem = "is past its path length"
         if problem:
             return f"the CA {cert.subject.rfc4514_string()!r} the {purpose} sent {problem}"
-    # the anchor reached allows so many under it; one not known by name, the fewest any does
-    if anchor is not None:
-        limit = (_extension(anchor, x509.BasicConstraints) or _NOT_CA).path_length
-    else:
-        limit = checks.limit
-    if limit is not None and len(between) > limit:
-        return f"{len(between)} intermediate CAs where the trusted CA allows {limit}"
+        below += cert.issuer != cert.subject
+    limit = (_extension(anchor, x509.BasicConstraints) or _NOT_CA).path_length
+    if limit is not None and below > limit:
+        return f"{below} intermediate CAs where the trusted CA allows {limit}"
     return ""
 
 
 def _path(
-    certs: list[x509.Certificate], chain: list[bytes], checks: Checks
-) -> tuple[list[x509.Certificate], x509.Certificate | None] | str:
-    """The CAs the peer sent that lie between its certificate and a trust anchor, the way
-    OpenSSL builds the path (a trusted issuer first, else the first one sent; CAs sent
-    but off the path are not looked at), and the anchor reached (None where no trusted CA
-    has the issuer's name: one the caller did not say). An issuer is linked only where the
-    key identifiers agree, as OpenSSL links it; where every CA of the issuer's name names
-    another key, that is the problem returned."""
+    certs: list[x509.Certificate], chain: list[bytes], checks: Checks, now: dt.datetime
+) -> tuple[list[x509.Certificate], x509.Certificate] | str:
+    """The CAs the peer sent that lie between its certificate and a trust anchor, and the
+    anchor, as OpenSSL builds the path: a trusted issuer first, else among those sent the
+    first valid now (else the one valid last); an issuer only where the names and key
+    identifiers agree. Then each link's signature is verified, and OpenSSL tries no other
+    issuer where one fails: neither is one tried here (a CA of the same name sent first
+    cannot stand in for the one that signed). A CA sent that signed itself and is not
+    trusted ends the path, refused. Otherwise the problem OpenSSL would name."""
     sent = list(zip(chain[1:], certs[1:], strict=True))
     between: list[x509.Certificate] = []
     cert = certs[0]
     while True:
-        if cert.issuer == cert.subject and cert in checks.anchor_certs:
-            return between, cert
+        if cert in checks.anchor_certs:
+            return between, cert  # trusted itself (a partial chain's may not be self-signed)
+        name = cert.subject.rfc4514_string()
+        if between and cert.issuer == cert.subject and _names_own_key(cert):
+            return f"the CA {name!r} the peer sent signed itself and is not trusted"
         wanted = _authority_key_id(cert)
-        anchors = [c for c in checks.anchor_certs if c.subject == cert.issuer]
-        candidates = [(der, c) for der, c in sent if c.subject == cert.issuer and c is not cert]
-        named = anchors + [c for _, c in candidates]
-        linked = [c for c in named if wanted is None or _subject_key_id(c) in (None, wanted)]
-        if named and not linked:
-            return (
-                f"the certificate of {cert.subject.rfc4514_string()!r} names an issuer key "
-                "no trusted or sent CA of that name has (authority key identifier)"
-            )
-        anchor = next((c for c in anchors if c in linked), None)
+
+        def linked(issuer: x509.Certificate, wanted: bytes | None = wanted) -> bool:
+            return wanted is None or _subject_key_id(issuer) in (None, wanted)
+
+        trusted = [c for c in checks.anchor_certs if c.subject == cert.issuer]
+        named = [(d, c) for d, c in sent if c.subject == cert.issuer and c is not cert]
+        anchor = next((c for c in trusted if linked(c)), None)
+        der = b""
         if anchor is not None:
-            return between, anchor
-        issuer = next(((der, c) for der, c in candidates if c in linked), None)
-        if issuer is None:
-            return between, None
-        sent.remove(issuer)
-        der, cert = issuer
-        if der in checks.anchors:  # an anchor the peer sent along
-            return between, cert
-        between.append(cert)
+            issuer = anchor
+        else:
+            candidates = [(d, c) for d, c in named if linked(c)]
+            if not candidates:
+                if trusted or named:
+                    return (
+                        f"the certificate of {name!r} names an issuer key no trusted or sent "
+                        "CA of that name has (authority key identifier)"
+                    )
+                return f"no trusted or sent CA issued the certificate of {name!r}"
+            valid = [p for p in candidates if _valid_at(p[1], now)]
+            der, issuer = valid[0] if valid else max(candidates, key=lambda p: _ends(p[1]))
+            if not valid:
+                return f"the CA {issuer.subject.rfc4514_string()!r} the peer sent is not valid now"
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            return (
+                f"the certificate of {name!r} is not signed by the CA "
+                f"{issuer.subject.rfc4514_string()!r} its chain leads to"
+            )
+        if anchor is not None or der in checks.anchors:  # (an anchor sent along)
+            return between, issuer
+        sent.remove((der, issuer))
+        between.append(issuer)
+        cert = issuer
+
+
+def _valid_at(cert: x509.Certificate, now: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def _ends(cert: x509.Certificate) -> dt.datetime:
+    return cert.not_valid_after_utc
 
 
 def _ca_problem(cert: x509.Certificate, purpose: Purpose) -> str:
@@ -279,5 +304,11 @@ def _self_signed(cert: x509.Certificate) -> bool:
         cert.verify_directly_issued_by(cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
+    return _names_own_key(cert)
+
+
+def _names_own_key(cert: x509.Certificate) -> bool:
+    """Where it names its issuer's key, it names its own (with its name as its issuer:
+    OpenSSL's self-signed flag, no signature checked)."""
     wanted, own = _authority_key_id(cert), _subject_key_id(cert)
     return wanted is None or own is None or wanted == own

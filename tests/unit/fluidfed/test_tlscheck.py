@@ -38,10 +38,11 @@ def _cert(
     ip: str = "",
     extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
     own_key_id: bool = False,
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A certificate with what OpenSSL looks at set as asked: self-signed unless `issuer`
     (name, key) signs it; `issuer_name` names another issuer on a self-signed one."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     by_name, by_key = issuer if issuer is not None else (subject, key)
@@ -114,7 +115,7 @@ def test_what_openssl_would_refuse_in_a_chain_is_named() -> None:
     root, root_key = _cert("root")
     by_root = (root.subject, root_key)
     good_leaf, _ = _cert("worker", issuer=by_root, ca=False, usage=_usage())
-    none = tlscheck.Checks(None, frozenset())
+    none = tlscheck.checks_for(root.public_bytes(serialization.Encoding.PEM))  # nothing else
     assert tlscheck.chain_problem([_der(good_leaf)], none) == ""
     assert tlscheck.chain_problem([], none) == "no certificate was sent"
     no_tls, _ = _cert("worker", issuer=by_root, ca=False, usage=_usage(signature=False))
@@ -157,16 +158,19 @@ def test_what_openssl_would_refuse_in_a_chain_is_named() -> None:
     assert "past its path length" in tlscheck.chain_problem(
         [_der(leaf), _der(lower), _der(upper)], none
     )
-    assert tlscheck.chain_problem([_der(leaf), _der(lower)], none) == ""
     # and the trusted CA's own: a root allowing no intermediate under it (an anchor the
     # server sends along is not counted)
-    assert tlscheck.checks_for(_ca(path_length=0) + _ca()).limit == 0
-    assert tlscheck.checks_for(_ca()).limit is None
-    strict = tlscheck.Checks(0, frozenset([_der(root)]))
+    low_root, low_root_key = _cert("strict root", path_length=0)
+    strict = tlscheck.checks_for(low_root.public_bytes(serialization.Encoding.PEM))
+    mid, mid_key = _cert("intermediate", issuer=(low_root.subject, low_root_key))
+    leaf, _ = _cert("worker", issuer=(mid.subject, mid_key), ca=False, usage=_usage())
     assert "where the trusted CA allows 0" in tlscheck.chain_problem(
-        [_der(leaf), _der(lower)], strict
+        [_der(leaf), _der(mid)], strict
     )
-    assert tlscheck.chain_problem([_der(good_leaf), _der(root)], strict) == ""
+    direct, _ = _cert("worker", issuer=(low_root.subject, low_root_key), ca=False, usage=_usage())
+    assert tlscheck.chain_problem([_der(direct), _der(low_root)], strict) == ""
+    # a chain that reaches no trusted CA is no chain OpenSSL takes
+    assert "no trusted or sent CA issued" in tlscheck.chain_problem([_der(leaf)], strict)
 
 
 def test_cas_sent_off_the_path_are_not_looked_at() -> None:
@@ -177,13 +181,15 @@ def test_cas_sent_off_the_path_are_not_looked_at() -> None:
     anchors = tlscheck.checks_for(root.public_bytes(serialization.Encoding.PEM))
     mid, mid_key = _cert("intermediate", issuer=(root.subject, root_key))
     leaf, _ = _cert("worker", issuer=(mid.subject, mid_key), ca=False, usage=_usage())
-    not_a_ca, _ = _cert("stray", issuer=(root.subject, root_key), ca=False, usage=_usage())
+    not_a_ca, not_a_ca_key = _cert(
+        "stray", issuer=(root.subject, root_key), ca=False, usage=_usage()
+    )
     other, _ = _cert("another intermediate", issuer=(root.subject, root_key))
     for extra in (not_a_ca, other):
         assert tlscheck.chain_problem([_der(leaf), _der(mid), _der(extra)], anchors) == ""
         assert tlscheck.chain_problem([_der(leaf), _der(extra), _der(mid)], anchors) == ""
     # on the path, the same CA is held against the peer, and so is one more intermediate
-    below_stray, _ = _cert("worker", issuer=(not_a_ca.subject, root_key), ca=False,
+    below_stray, _ = _cert("worker", issuer=(not_a_ca.subject, not_a_ca_key), ca=False,
                            usage=_usage())  # fmt: skip
     assert "not a CA" in tlscheck.chain_problem([_der(below_stray), _der(not_a_ca)], anchors)
     lower, lower_key = _cert("lower", issuer=(mid.subject, mid_key))
@@ -194,6 +200,65 @@ def test_cas_sent_off_the_path_are_not_looked_at() -> None:
     # a trusted issuer is taken before a sent one of the same name (OpenSSL's trusted first)
     impostor, _ = _cert("root", ca=False, usage=_usage())
     assert tlscheck.chain_problem([_der(leaf), _der(mid), _der(impostor)], anchors) == ""
+
+
+def test_a_ca_sent_cannot_stand_in_for_the_one_that_signed() -> None:
+    """The second review of the path: OpenSSL picks an issuer by name and key identifier,
+    then verifies the signature and tries no other. A CA of the issuer's name sent first
+    (a decoy, fine by every check) must not hide the one that signed (which fails one);
+    an issuer valid now is taken before an expired one; a self-issued CA is not counted
+    against a path length; a CA the peer sent that signed itself ends the path."""
+    root, root_key = _cert("root")
+    anchors = tlscheck.checks_for(root.public_bytes(serialization.Encoding.PEM))
+    signer, signer_key = _cert("mid", issuer=(root.subject, root_key), usage=_usage())
+    leaf, _ = _cert("worker", issuer=(signer.subject, signer_key), ca=False, usage=_usage())
+    decoy, _ = _cert("mid", issuer=(root.subject, root_key))
+    assert "may not sign certificates" in tlscheck.chain_problem(
+        [_der(leaf), _der(signer)], anchors
+    )
+    assert "is not signed by the CA 'CN=mid'" in tlscheck.chain_problem(
+        [_der(leaf), _der(decoy), _der(signer)], anchors
+    )
+    # the same with a trusted CA of the name that did not sign: refused, not looked past
+    other_root, _ = _cert("root")
+    both = tlscheck.checks_for(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (other_root, root))
+    )
+    good_mid, good_mid_key = _cert("mid", issuer=(root.subject, root_key))
+    below, _ = _cert("worker", issuer=(good_mid.subject, good_mid_key), ca=False, usage=_usage())
+    assert "is not signed by the CA 'CN=root'" in tlscheck.chain_problem(
+        [_der(below), _der(good_mid)], both
+    )
+    # valid now first: an expired CA of the name sent first is passed over for a valid one
+    key = ec.generate_private_key(ec.SECP256R1())
+    expired, _ = _cert("mid", issuer=(root.subject, root_key), days=(-30, -1), key=key)
+    valid, _ = _cert("mid", issuer=(root.subject, root_key), key=key)
+    under, _ = _cert("worker", issuer=(valid.subject, key), ca=False, usage=_usage())
+    assert tlscheck.chain_problem([_der(under), _der(expired), _der(valid)], anchors) == ""
+    assert "not valid now" in tlscheck.chain_problem([_der(under), _der(expired)], anchors)
+    # a self-issued CA (a key rollover's link) is not counted against a path length
+    # (key identifiers tell the link from the root of the same name, as OpenSSL needs)
+    strict_root, strict_key = _cert("strict root", path_length=0, own_key_id=True)
+    strict = tlscheck.checks_for(strict_root.public_bytes(serialization.Encoding.PEM))
+    new_key = ec.generate_private_key(ec.SECP256R1())
+
+    def issued_by(k: ec.EllipticCurvePrivateKey) -> tuple[tuple[x509.ExtensionType, bool]]:
+        return ((x509.AuthorityKeyIdentifier.from_issuer_public_key(k.public_key()), False),)
+
+    link, _ = _cert("strict root", issuer=(strict_root.subject, strict_key), key=new_key,
+                    own_key_id=True, extra=issued_by(strict_key))  # fmt: skip
+    rolled, _ = _cert("worker", issuer=(link.subject, new_key), ca=False, usage=_usage(),
+                      extra=issued_by(new_key))  # fmt: skip
+    assert tlscheck.chain_problem([_der(rolled), _der(link)], strict) == ""
+    # a CA the peer sent that signed itself, not trusted, ends the path: refused
+    untrusted, untrusted_key = _cert("private root")
+    cross, _ = _cert("private root", issuer=(root.subject, root_key), key=untrusted_key)
+    inner, _ = _cert("worker", issuer=(untrusted.subject, untrusted_key), ca=False,
+                     usage=_usage())  # fmt: skip
+    assert "signed itself and is not trusted" in tlscheck.chain_problem(
+        [_der(inner), _der(untrusted), _der(cross)], anchors
+    )
+    assert tlscheck.chain_problem([_der(inner), _der(cross)], anchors) == ""
 
 
 def test_a_ca_past_its_end_is_named_and_the_answer_holds_until_its_end() -> None:
@@ -253,12 +318,11 @@ def test_what_openssl_refuses_beyond_keyusage_is_named_too() -> None:
     leaf, _ = _cert(
         "worker", issuer=by_root, ca=False, usage=_usage(), extra=((ns_client_only, False),)
     )
-    none = tlscheck.Checks(None, frozenset())
-    assert "Netscape cert type" in tlscheck.chain_problem([_der(leaf)], none)
-    assert tlscheck.chain_problem([_der(leaf)], none, purpose="client") == ""
+    assert "Netscape cert type" in tlscheck.chain_problem([_der(leaf)], checks)
+    assert tlscheck.chain_problem([_der(leaf)], checks, purpose="client") == ""
     # a certificate cryptography cannot read: named, not raised
     good, _ = _cert("worker", issuer=by_root, ca=False, usage=_usage())
     raw = good.public_bytes(serialization.Encoding.DER)
-    assert tlscheck.chain_problem([raw, b"not a certificate"], none).startswith(
+    assert tlscheck.chain_problem([raw, b"not a certificate"], checks).startswith(
         "a certificate sent cannot be read whole"
     )
