@@ -1,7 +1,8 @@
 """The live-object cache: what the cluster holds of the objects the agent owns, by key.
 
 Filled by one list-then-watch per kind, read by the reconciler to compare, and updated by
-the reconciler with what an apply returned. Pure: no Kubernetes calls here.
+the reconciler with what an apply returned when the watch has brought nothing newer.
+Pure: no Kubernetes calls here.
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class LiveCache:
 
     def put(self, obj: dict[str, Any]) -> None:
         self.objects[key_of(obj)] = obj
+
+    def put_answer(self, got: dict[str, Any], asked_over: dict[str, Any] | None) -> bool:
+        """Cache what a write returned, unless the watch brought a copy while the write was
+        on its way (`asked_over` is what was cached when it was sent): that copy is the newer
+        one or the watch will deliver the write's own event next, in order; overwriting it
+        with the answer would hide a later change (a StatefulSet turning ready) until the
+        next resync. True when `got` was cached."""
+        key = key_of(got)
+        if self.objects.get(key) is not asked_over:
+            return False
+        self.objects[key] = got
+        return True
 
     def remove(self, key: Key) -> dict[str, Any] | None:
         return self.objects.pop(key, None)

@@ -119,11 +119,12 @@ class Reconciler:
                 await self.kube.apply(obj)
             self.known_namespaces.add(ns)
             return
-        if diff.needs_apply(obj, self.live.get(live_objects.key_of(obj))):
+        cached = self.live.get(live_objects.key_of(obj))
+        if diff.needs_apply(obj, cached):
             got = await self.kube.apply(obj)
             got.setdefault("apiVersion", obj["apiVersion"])
             got.setdefault("kind", obj["kind"])
-            self.live.put(got)
+            self.live.put_answer(got, cached)
 
     async def clean_up(self, name: str, *, finalize: bool) -> None:
         owned = self.live.owned_by(name)

@@ -5,11 +5,14 @@ the API server refuses)."""
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes_asyncio import client
 
+from agents import live as live_objects
 from agents import objects
-from agents.controllers import reconciler, warmup, webhook
+from agents.controllers import kinds, reconciler, warmup, webhook
 from agents.kube import Kube, api_client
 from agents.live import LiveCache
 from agents.metrics import MetricWindow
@@ -124,3 +127,52 @@ async def test_a_refused_object_is_recorded_and_not_retried(tmp_path: Path, kube
     assert queue.failures(name) == 0
     await asyncio.sleep(0.2)
     assert queue.empty()
+
+
+async def test_a_change_watched_during_an_apply_is_not_hidden_by_its_answer(
+    tmp_path: Path, kube: Kube
+) -> None:
+    # seen in CI: a StatefulSet turned ready while the reconciler's apply of it was on its
+    # way; the apply's older answer replaced the watched copy and the binding stayed
+    # Pending until the next resync. Here the change is another writer's annotation on the
+    # ConfigMap, watched for real, arriving before the apply's answer is looked at.
+    name, ns = "race.edge", "race"
+    r, store, queue, live = make(tmp_path, kube, binding(name, namespace=ns))
+    follower = kinds.KindFollower(
+        kinds.KubeKind(kube, "v1", "ConfigMap"), live, queue, store.state, lambda: False, Backoff()
+    )
+    following = asyncio.create_task(follower.run())
+    core = client.CoreV1Api(kube.api)
+    real_apply = kube.apply
+    changed: list[str] = []
+
+    async def apply_then_another_writer(obj: dict[str, Any]) -> dict[str, Any]:
+        got = await real_apply(obj)
+        if obj["kind"] == "ConfigMap" and not changed:
+            meta = got["metadata"]
+            later = await core.patch_namespaced_config_map(
+                meta["name"], ns, {"metadata": {"annotations": {"example.com/seen": "yes"}}}
+            )
+            changed.append(later.metadata.resource_version)
+            key = live_objects.key_of(got)
+            async with asyncio.timeout(30):  # the watch delivers it before the answer lands
+                while (live.get(key) or {}).get("metadata", {}).get("resourceVersion") != changed[
+                    0
+                ]:
+                    await asyncio.sleep(0.01)
+        return got
+
+    kube.apply = apply_then_another_writer  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(follower.synced.wait(), 30)
+        queue.add(name)
+        await run_once(r, queue, reconciles=2)  # the watched change queues it once more
+    finally:
+        kube.apply = real_apply  # type: ignore[method-assign]
+        following.cancel()
+    assert changed, "the reconciler applied no ConfigMap"
+    cms = [k for k in live.owned_by(name) if k[1] == "ConfigMap"]
+    cached = [live.get(k) for k in cms]
+    assert any(
+        (c or {}).get("metadata", {}).get("resourceVersion") == changed[0] for c in cached
+    ), "the apply's answer replaced the newer copy the watch brought"

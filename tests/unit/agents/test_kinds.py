@@ -96,3 +96,24 @@ def test_a_kind_the_agent_may_not_list_does_not_hold_reconciling_back() -> None:
     f = follower(LiveCache(), WorkQueue(Backoff()))
     assert f.handle(informer.Retrying(KubeError(403, "secrets is forbidden"), 1.0))
     assert f.synced.is_set()  # reconciling starts; the error is logged with what to do
+
+
+def test_an_apply_answer_does_not_hide_what_the_watch_brought_meanwhile() -> None:
+    live, queue = LiveCache(), WorkQueue(Backoff())
+    f = follower(live, queue)
+    created = obj("sts", "a.edge", kind="StatefulSet")
+    f.handle(informer.Added(created, "10"))
+    asked_over = live.get(("v1", "StatefulSet", "ns", "sts"))
+    # while the apply was on its way the watch brought the controller's status update
+    ready = {**created, "status": {"readyReplicas": 1}}
+    f.handle(informer.Modified(ready, "12"))
+    answer = {**created, "metadata": {**created["metadata"], "resourceVersion": "11"}}
+    assert not live.put_answer(answer, asked_over)
+    assert live.get(("v1", "StatefulSet", "ns", "sts")) is ready
+    # nothing came meanwhile: the answer is the newest copy there is
+    again = {**ready, "spec": {"replicas": 2}}
+    assert live.put_answer(again, ready)
+    assert live.get(("v1", "StatefulSet", "ns", "sts")) is again
+    # the first apply of an object not cached yet
+    assert live.put_answer(obj("new", "a.edge"), None)
+    assert ("v1", "ConfigMap", "ns", "new") in set(live)
