@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fluidfed import tls, tlsserve
@@ -455,6 +456,24 @@ async def test_a_required_client_certificate_is_required(
         await runner.cleanup()
 
 
+def _client_files(tmp_path: Path, chain: list[x509.Certificate], key: Any) -> None:
+    """client.crt (the chain as sent) and client.key in `tmp_path`."""
+    pem = serialization.Encoding.PEM
+    (tmp_path / "client.crt").write_bytes(b"".join(c.public_bytes(pem) for c in chain))
+    (tmp_path / "client.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _trusting(ca: trustme.CA, root: x509.Certificate, mode: ssl.VerifyMode) -> ssl.SSLContext:
+    """A server context with a certificate from `ca`, asking clients for one from `root`."""
+    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.load_verify_locations(cadata=root.public_bytes(serialization.Encoding.PEM).decode())
+    ctx.verify_mode = mode
+    return ctx
+
+
 @pytest.mark.parametrize("engine", list(TRANSPORTS))
 async def test_a_client_certificate_not_for_tls_is_refused_on_both_engines(
     ca: trustme.CA, tmp_path: Path, engine: str
@@ -465,17 +484,8 @@ async def test_a_client_certificate_not_for_tls_is_refused_on_both_engines(
     client_cert, client_key = _cert(
         "agent-a", issuer=(root.subject, root_key), ca=False, usage=_usage(signature=False)
     )
-    pem = serialization.Encoding.PEM
-    (tmp_path / "client.crt").write_bytes(client_cert.public_bytes(pem))
-    (tmp_path / "client.key").write_bytes(
-        client_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    ctx.load_verify_locations(cadata=root.public_bytes(pem).decode())
-    ctx.verify_mode = ssl.CERT_OPTIONAL
+    _client_files(tmp_path, [client_cert], client_key)
+    ctx = _trusting(ca, root, ssl.CERT_OPTIONAL)
     runner, _, port = await _serve(ctx, engine)
     url = f"https://127.0.0.1:{port}/who"
     client = ssl.create_default_context()
@@ -506,19 +516,8 @@ async def test_a_client_bundle_with_cas_off_the_path_is_served_on_both_engines(
     )
     stray, _ = _cert("stray", issuer=(root.subject, root_key), ca=False, usage=_usage())
     other, _ = _cert("another intermediate", issuer=(root.subject, root_key))
-    pem = serialization.Encoding.PEM
-    (tmp_path / "client.crt").write_bytes(
-        b"".join(c.public_bytes(pem) for c in (client_cert, mid, stray, other))
-    )
-    (tmp_path / "client.key").write_bytes(
-        client_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    ctx = tls.ServerContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    ctx.load_verify_locations(cadata=root.public_bytes(pem).decode())
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    _client_files(tmp_path, [client_cert, mid, stray, other], client_key)
+    ctx = _trusting(ca, root, ssl.CERT_REQUIRED)
     runner, _, port = await _serve(ctx, engine)
     client = ssl.create_default_context()
     ca.configure_trust(client)
