@@ -156,9 +156,7 @@ async def test_a_change_watched_during_an_apply_is_not_hidden_by_its_answer(
             changed.append(later.metadata.resource_version)
             key = live_objects.key_of(got)
             async with asyncio.timeout(30):  # the watch delivers it before the answer lands
-                while (live.get(key) or {}).get("metadata", {}).get("resourceVersion") != changed[
-                    0
-                ]:
+                while _version(live.get(key)) != changed[0]:
                     await asyncio.sleep(0.01)
         return got
 
@@ -172,7 +170,10 @@ async def test_a_change_watched_during_an_apply_is_not_hidden_by_its_answer(
         following.cancel()
     assert changed, "the reconciler applied no ConfigMap"
     cms = [k for k in live.owned_by(name) if k[1] == "ConfigMap"]
-    cached = [live.get(k) for k in cms]
-    assert any(
-        (c or {}).get("metadata", {}).get("resourceVersion") == changed[0] for c in cached
-    ), "the apply's answer replaced the newer copy the watch brought"
+    assert any(_version(live.get(k)) == changed[0] for k in cms), (
+        "the apply's answer replaced the newer copy the watch brought"
+    )
+
+
+def _version(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
