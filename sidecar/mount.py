@@ -326,6 +326,8 @@ class Sidecar:
                 pyfuse3.close(unmount=True)
             await self.reader.close()
             await self.session.close()
+            for r in self.readers:
+                r.close()
             await asyncio.to_thread(telemetry.shutdown)  # the last figures go out
 
 

@@ -136,6 +136,8 @@ class Worker:
         await self.stored()
         if self.session:
             await self.session.close()
+        for u in self.ufs:
+            u.close()
 
     async def stored(self) -> None:
         """Once every block answered so far is in its file: a block is served from memory

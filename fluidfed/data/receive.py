@@ -1,4 +1,5 @@
-"""Receiving a block from a cache worker into one buffer of its size, off the event loop.
+"""Receiving a block from a cache worker (or a large range of an S3 object, over a
+presigned URL: `fluidfed.data.ufs`) into one buffer of its size, off the event loop.
 
 `workers.get_block` over aiohttp cost the sidecar most of its CPU on a warm read from a
 worker on another node: uvloop read the socket into its own buffer, aiohttp copied each
@@ -230,11 +231,14 @@ class Connections:
         WorkerError if the worker cannot be reached, closes the connection before the
         whole answer arrived, or takes longer than `seconds` (the thread cannot be
         cancelled: a caller's own timeout leaves it to finish or fail within those)."""
+        # a URL that brings its own query (a presigned one: a credential) is sent as it
+        # is, and never named in an error
+        u = URL(url).with_query(params) if params else URL(url, encoded=True)
+        shown = u.with_query(None)
         if self._closed:
-            raise errors.WorkerError(f"{url}: the sidecar is closing")
-        u = URL(url).with_query(params)
+            raise errors.WorkerError(f"{shown}: the sidecar is closing")
         if u.host is None or u.port is None:
-            raise errors.WorkerError(f"{url}: not a worker URL")
+            raise errors.WorkerError(f"{shown}: not a worker URL")
         where = _Where(u.scheme == "https", u.host, u.port)
         request = _request(u, headers)
         loop = asyncio.get_running_loop()
@@ -243,7 +247,7 @@ class Connections:
                 self._pool, self._exchange, where, request, seconds, checksum
             )
         except RuntimeError as err:  # the pool was shut down meanwhile
-            raise errors.WorkerError(f"{url}: the sidecar is closing") from err
+            raise errors.WorkerError(f"{shown}: the sidecar is closing") from err
         answer = await job
         if self._forget is None:
             self._forget = loop.call_later(self.buffers.idle, self._forget_idle)
@@ -436,8 +440,9 @@ def _exchange_on(
         _in_time(deadline)
     status, keep = head.status, head.keep
     length = head.headers.get("content-length")
-    if not head.done and status == 200 and length is not None:
-        # the body straight into a buffer of its size: what came with the head first
+    if not head.done and status in (200, 206) and length is not None:
+        # the body (a whole block, or a range of an object) straight into a buffer of its
+        # size: what came with the head first
         # (httptools handed it to the list), then the rest in as few reads as the
         # kernel allows, one when the timeout is not reached
         n = int(length)

@@ -11,8 +11,10 @@ dataset's mounts point at, built on Apache OpenDAL's async operators for every p
 S3 blocks (`read_block`, the sidecar's reads) come through obstore (the Rust object_store
 crate) instead: it hands the body to Python as it holds it (a read-only buffer), where
 OpenDAL's Python `read` returns new bytes made from its own buffer; the sidecar spent 10%
-less CPU per GiB on cold reads (figures: README, "Measured design decisions"). Listing
-and stat stay on OpenDAL, as every other scheme does.
+less CPU per GiB on cold reads (figures: README, "Measured design decisions"). Large
+blocks skip obstore's own copy too: received over a URL obstore presigns straight into
+a buffer of their size (`S3UFS`). Listing and stat stay on OpenDAL, as every other scheme
+does.
 
 Errors become UFSError (UFSNotFound for a missing object; `temporary` when a retry can
 help), so callers never see a library's exceptions.
@@ -20,8 +22,10 @@ help), so callers never see a library's exceptions.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -34,7 +38,8 @@ import opendal
 import opendal.exceptions
 from obstore.store import S3Store
 
-from fluidfed.data import blocks, layout
+from fluidfed import errors
+from fluidfed.data import blocks, layout, receive
 from fluidfed.data.layout import FileRef
 from fluidfed.errors import UFSError, UFSNotFound
 from fluidfed.models import Mount
@@ -42,9 +47,14 @@ from fluidfed.models import Mount
 if TYPE_CHECKING:
     from obstore.store import S3Config
 
+log = logging.getLogger(__name__)
+
 MANIFEST = ".fluidfed-manifest.json"
 RETRIES = 2  # a read is tried again at most so often (OpenDAL and obstore alike) ...
 FIRST_RETRY = 0.1  # ... the first time after this many seconds, then twice as long
+RECEIVE_FROM = 2**19  # bytes of an S3 block from which it is received over a presigned URL
+SIGNED_FOR = timedelta(minutes=5)  # such a URL's life (it is used once, at once)
+GIVE_UP_AFTER = 3  # presigned reads failing in a row where obstore then read: obstore only
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -65,6 +75,9 @@ class UFS(Protocol):
 
     async def read_block(self, path: str, offset: int, length: int) -> blocks.Data:
         """As `read`, perhaps as a read-only buffer the library filled (no copy into bytes)."""
+
+    def close(self) -> None:
+        """Let go of kept connections and threads (a reader is not used afterwards)."""
 
 
 _PERMANENT = (
@@ -152,26 +165,120 @@ class OpenDALUFS:
     async def read_block(self, path: str, offset: int, length: int) -> blocks.Data:
         return await self.read(path, offset, length)
 
+    def close(self) -> None:
+        pass  # OpenDAL's operators keep nothing that outlives the process
+
 
 class S3UFS(OpenDALUFS):
-    """S3: listing and stat through OpenDAL, blocks through obstore (module docstring)."""
+    """S3: listing and stat through OpenDAL, blocks through obstore (module docstring).
 
-    def __init__(self, op: Any, uri: str, store: S3Store) -> None:
+    A block of RECEIVE_FROM bytes or more, where the keys are given (`signed`), is
+    received instead over a URL obstore presigns for it (local: an HMAC, no request) by
+    `receive.Connections`, as the sidecar receives blocks from cache workers: in a thread,
+    straight into a reused buffer of the range's size, where obstore's HTTP client hands
+    over the body in chunks it then joins into one (a copy of every block: the sidecar's
+    CPU per GiB on a cold read -40% in `bench/ufs_read.py`, figures in the README, "Measured
+    design decisions"). Below that size obstore's runtime is cheaper than a thread
+    hand-off. A read that comes back as anything but the range, a missing object or a range
+    past the end (a connection that failed, a 5xx, a refusal) is made again through
+    obstore, which retries and says what failed; after GIVE_UP_AFTER such in a row that
+    obstore then read, every block goes through obstore. Where the environment names a
+    proxy for the store's host obstore's client takes it and the receive would not: the
+    receive is not used there."""
+
+    def __init__(
+        self, op: Any, uri: str, store: S3Store, *, timeout: float = 30.0, signed: bool = False
+    ) -> None:
         super().__init__(op, uri)
         self.store = store
+        self.timeout = timeout
+        self.direct = signed  # large blocks over presigned URLs (until that fails, above)
+        self.conns: receive.Connections | None = None
+        self.received = 0  # blocks received over presigned URLs
+        self._missed = 0  # presigned reads failing in a row where obstore then read
 
     async def read_block(self, path: str, offset: int, length: int) -> blocks.Data:
         if length <= 0:
             return b""
+        key = path.lstrip("/")
+        what = f"read {self.uri}/{path} [{offset}+{length}]"
+        why = ""
+        if self.direct and length >= RECEIVE_FROM:
+            received, why = await self._receive(key, offset, length, what)
+            if received is not None:
+                self._missed = 0
+                return received
         try:
-            got = await obstore.get_range_async(
-                self.store, path.lstrip("/"), start=offset, length=length
-            )
+            got = await obstore.get_range_async(self.store, key, start=offset, length=length)
         except Exception as err:
             if "416 Range Not Satisfiable" in str(err):
                 return b""  # at or past the end (a range that runs past it comes back short)
-            raise _translate_obstore(err, f"read {self.uri}/{path} [{offset}+{length}]") from err
+            raise _translate_obstore(err, what) from err
+        if why:
+            self._fell_back(why)
         return memoryview(got)
+
+    async def _receive(
+        self, key: str, offset: int, length: int, what: str
+    ) -> tuple[blocks.Data | None, str]:
+        """(the range, "") received over a presigned URL, or (None, why not): obstore's."""
+        try:
+            url = obstore.sign(self.store, "GET", key, SIGNED_FOR)
+        except Exception as err:  # not signable after all: obstore's request says why
+            return None, f"cannot presign: {type(err).__name__}"
+        if self.conns is None:
+            if _proxied(url):
+                self.direct = False
+                return None, ""
+            self.conns = receive.Connections()
+        last = offset + length - 1
+        try:
+            answer = await self.conns.get(
+                url, {}, {"Range": f"bytes={offset}-{last}"}, self.timeout, checksum=False
+            )
+        except errors.WorkerError as err:  # (names the host, never the URL's signature)
+            return None, str(err)
+        if answer.status == 206:
+            self.received += 1
+            return answer.body, ""
+        if answer.status == 200:  # the whole object: a server that ignores ranges
+            self.received += 1
+            return answer.body[offset : offset + length], ""
+        if answer.status == 416:
+            return b"", ""  # at or past the end
+        if answer.status == 404:
+            raise UFSNotFound(f"{what}: not found")
+        said = _s3_said(bytes(answer.body[:4096]).decode("utf-8", "replace"))
+        return None, f"HTTP {answer.status}" + (f": {said}" if said else "")
+
+    def _fell_back(self, why: str) -> None:
+        """A presigned read failed and obstore's then read the block."""
+        self._missed += 1
+        if self._missed < GIVE_UP_AFTER:
+            log.debug("%s: a presigned read failed (%s); read through obstore", self.uri, why)
+            return
+        self.direct = False
+        log.warning(
+            "%s: %d presigned reads in a row failed where obstore's then read (last: %s); "
+            "blocks are read through obstore from now on",
+            self.uri,
+            self._missed,
+            why,
+        )
+
+    def close(self) -> None:
+        if self.conns is not None:
+            self.conns.close()
+            self.conns = None
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment sends requests to `url`'s host through a proxy."""
+    proxies = urllib.request.getproxies_environment()
+    scheme = urlsplit(url).scheme
+    if not (proxies.get(scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(urlsplit(url).hostname or "")
 
 
 _OBSTORE_PERMANENT = (
@@ -199,11 +306,16 @@ def _obstore_text(text: str) -> str:
     text = " ".join(text.split())
     head, xml, body = text.partition("<?xml")
     if xml:
-        code = re.search(r"<Code>([^<]*)</Code>", body)
-        message = re.search(r"<Message>([^<]*)</Message>", body)
-        said = ": ".join(m.group(1) for m in (code, message) if m is not None)
+        said = _s3_said(body)
         text = head.rstrip(": ") + (f": {said}" if said else "")
     return text[:400]
+
+
+def _s3_said(body: str) -> str:
+    """An S3 error document's Code and Message, nothing else of it."""
+    code = re.search(r"<Code>([^<]*)</Code>", body)
+    message = re.search(r"<Message>([^<]*)</Message>", body)
+    return ": ".join(m.group(1) for m in (code, message) if m is not None)[:400]
 
 
 # the S3 settings obstore is given; a mount with any other option reads through OpenDAL only
@@ -342,7 +454,8 @@ def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
     except Exception as err:
         raise _translate(err, f"open {mount.uri}") from err
     if store is not None:
-        return S3UFS(_layered(op, timeout), mount.uri, store)
+        signed = "access_key_id" in config
+        return S3UFS(_layered(op, timeout), mount.uri, store, timeout=timeout, signed=signed)
     return OpenDALUFS(_layered(op, timeout), mount.uri)
 
 

@@ -1,12 +1,14 @@
 """The under-storage readers against real servers on loopback: an S3 server (moto's server
 mode, speaking the S3 protocol), a plain HTTP server with ranged GETs, a local directory."""
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import boto3
@@ -178,6 +180,101 @@ async def test_s3_blocks_are_buffers_no_later_read_changes(s3: str, dataset_dir:
     assert all(isinstance(b, memoryview) and b.readonly for b in held)
 
 
+def s3_store(endpoint: str) -> S3Store:
+    return S3Store(
+        "datasets",
+        config={
+            "endpoint": endpoint,
+            "region": "us-east-1",
+            "virtual_hosted_style_request": False,
+            "access_key_id": CREDS["AWS_ACCESS_KEY_ID"],
+            "secret_access_key": CREDS["AWS_SECRET_ACCESS_KEY"],
+        },
+        client_options={"allow_http": True},
+    )
+
+
+async def test_s3_large_blocks_are_received_over_presigned_urls(s3: str, dataset_dir: Path) -> None:
+    """Blocks of `RECEIVE_FROM` bytes or more come over a URL obstore presigns, straight
+    into a buffer: the bytes are the object's (any key, its odd characters signed as
+    sent), the ends and a missing object as through obstore, a held block never
+    overwritten by the reads after it."""
+    odd = "train/odd dir/ü + 100% é.bin"
+    payload = os.urandom(3 * ufs.RECEIVE_FROM + 12_345)
+    obstore.put(s3_store(s3), odd, payload)
+    reader = ufs.open_ufs(Mount(uri="s3://datasets/train", options={"endpoint": s3}), env=CREDS)
+    assert isinstance(reader, ufs.S3UFS)
+    try:
+        want = {k: v for k, v in files(dataset_dir).items() if len(v) >= ufs.RECEIVE_FROM}
+        want[odd.removeprefix("train/")] = payload
+        size = ufs.RECEIVE_FROM
+        expected = 0
+        for path, data in want.items():
+            got = [await reader.read_block(path, off, size) for off in range(0, len(data), size)]
+            expected += len(got)
+            assert b"".join(got) == data, path
+        assert reader.received == expected  # every one of them over a presigned URL
+        held = await reader.read_block(odd.removeprefix("train/"), 0, size)
+        assert isinstance(held, memoryview) and held.readonly
+        tail = await reader.read_block(odd.removeprefix("train/"), len(payload) - 10, size)
+        assert bytes(tail) == payload[-10:]  # a range that runs past the end comes back short
+        assert bytes(await reader.read_block(odd.removeprefix("train/"), len(payload), size)) == b""
+        for path in list(want)[:3]:  # more blocks into reused buffers meanwhile
+            await reader.read_block(path, 0, size)
+        assert bytes(held) == payload[:size]
+        with pytest.raises(errors.UFSNotFound):
+            await reader.read_block("no/such/file", 0, size)
+        assert reader.direct  # nothing made it fall back to obstore
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("s3", ["minio"], indirect=True)  # moto checks no expiry
+async def test_s3_presigned_reads_the_store_refuses_fall_back_to_obstore(
+    s3: str, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Presigned URLs the store refuses (here: signed to expire at once) cost no read:
+    obstore reads the block, and after a few such in a row every block goes through it."""
+    monkeypatch.setattr(ufs, "SIGNED_FOR", timedelta(seconds=0))
+    reader = ufs.open_ufs(Mount(uri="s3://datasets/train", options={"endpoint": s3}), env=CREDS)
+    assert isinstance(reader, ufs.S3UFS)
+    path, data = next((k, v) for k, v in files(dataset_dir).items() if len(v) > ufs.RECEIVE_FROM)
+    try:
+        for _ in range(ufs.GIVE_UP_AFTER):
+            assert reader.direct
+            assert (
+                bytes(await reader.read_block(path, 0, ufs.RECEIVE_FROM))
+                == data[: ufs.RECEIVE_FROM]
+            )
+        assert not reader.direct and reader.received == 0
+        assert "through obstore from now on" in caplog.text
+        assert "X-Amz-" not in caplog.text  # the URL (its signature) is never logged
+    finally:
+        reader.close()
+
+
+async def test_s3_large_blocks_go_through_obstore_where_a_proxy_is_named(
+    s3: str, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """obstore's client takes the proxy the environment names, the receive would not: it
+    is not used then, unless the store's host bypasses the proxy (NO_PROXY)."""
+    path, data = next((k, v) for k, v in files(dataset_dir).items() if len(v) > ufs.RECEIVE_FROM)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    reader = ufs.open_ufs(Mount(uri="s3://datasets/train", options={"endpoint": s3}), env=CREDS)
+    assert isinstance(reader, ufs.S3UFS)
+    assert bytes(await reader.read_block(path, 0, ufs.RECEIVE_FROM)) == data[: ufs.RECEIVE_FROM]
+    assert reader.received == 1
+    reader.close()
+    monkeypatch.delenv("NO_PROXY")
+    reader = ufs.open_ufs(Mount(uri="s3://datasets/train", options={"endpoint": s3}), env=CREDS)
+    assert isinstance(reader, ufs.S3UFS)
+    with contextlib.suppress(errors.UFSError):  # (obstore through a proxy that is not there)
+        await reader.read_block(path, 0, ufs.RECEIVE_FROM)
+    assert not reader.direct and reader.received == 0
+    reader.close()
+
+
 async def test_s3_options_only_opendal_takes_keep_blocks_on_opendal(s3: str) -> None:
     mount = Mount(
         uri="s3://datasets/train", options={"endpoint": s3, "enable_virtual_host_style": "false"}
@@ -194,12 +291,15 @@ async def test_s3_blocks_from_a_store_that_is_not_there_fail_temporarily_in_time
         options={"endpoint": f"http://127.0.0.1:{port}", "timeout": "2s"},
     )
     reader = ufs.open_ufs(mount, env=CREDS)
-    t0 = time.monotonic()
-    with pytest.raises(errors.UFSError) as info:
-        await reader.read_block("a.bin", 0, 10)
-    assert info.value.temporary, str(info.value)
-    assert f"127.0.0.1:{port}" in str(info.value)
-    assert time.monotonic() - t0 < 30  # bounded by the retry budget, never a hang
+    for length in (10, ufs.RECEIVE_FROM):  # through obstore; presigned, then obstore
+        t0 = time.monotonic()
+        with pytest.raises(errors.UFSError) as info:
+            await reader.read_block("a.bin", 0, length)
+        assert info.value.temporary, str(info.value)
+        assert f"127.0.0.1:{port}" in str(info.value)
+        assert time.monotonic() - t0 < 30  # bounded by the retry budget, never a hang
+    assert isinstance(reader, ufs.S3UFS) and reader.direct  # the store's failure, not the path's
+    reader.close()
 
 
 async def test_s3_missing_bucket_is_a_clear_error(s3: str) -> None:
@@ -219,12 +319,14 @@ async def test_s3_wrong_credentials_are_a_clear_permanent_error(s3: str) -> None
     assert not info.value.temporary, str(info.value)
     assert "not-the-secret-at-all" not in str(info.value)
     assert "SignatureDoesNotMatch" in str(info.value) or "signature" in str(info.value).lower()
-    # the blocks' reader (obstore) says the same
-    with pytest.raises(errors.UFSError) as info:
-        await reader.read_block("part-0/sub-0/file-0000.bin", 0, 10)
-    assert not info.value.temporary, str(info.value)
-    assert "not-the-secret-at-all" not in str(info.value)
-    assert "SignatureDoesNotMatch" in str(info.value)
+    # the blocks' reader (obstore) says the same, for large blocks (presigned) too
+    for length in (10, ufs.RECEIVE_FROM):
+        with pytest.raises(errors.UFSError) as info:
+            await reader.read_block("part-0/sub-0/file-0000.bin", 0, length)
+        assert not info.value.temporary, str(info.value)
+        assert "not-the-secret-at-all" not in str(info.value)
+        assert "X-Amz-" not in str(info.value)
+        assert "SignatureDoesNotMatch" in str(info.value)
 
 
 async def test_http_reader_lists_from_the_manifest(http: str, dataset_dir: Path) -> None:
