@@ -238,12 +238,14 @@ class S3UFS(OpenDALUFS):
             )
         except errors.WorkerError as err:  # (names the host, never the URL's signature)
             return None, str(err)
-        if answer.status == 206:
+        if answer.status in (200, 206):
+            got = ranged_body(
+                answer.status, answer.headers.get("content-range"), answer.body, offset, length
+            )
+            if got is None:
+                return None, f"HTTP {answer.status} of another range than asked for"
             self.received += 1
-            return answer.body, ""
-        if answer.status == 200:  # the whole object: a server that ignores ranges
-            self.received += 1
-            return answer.body[offset : offset + length], ""
+            return got, ""
         if answer.status == 416:
             return b"", ""  # at or past the end
         if answer.status == 404:
@@ -270,6 +272,27 @@ class S3UFS(OpenDALUFS):
         if self.conns is not None:
             self.conns.close()
             self.conns = None
+
+
+def ranged_body(
+    status: int, content_range: str | None, body: blocks.Data, offset: int, length: int
+) -> blocks.Data | None:
+    """Bytes [offset, offset + length) of an object from the answer to a ranged GET, or None
+    when the answer is not that range (a server's mistake; obstore reads it then): a 206
+    whose Content-Range ("bytes FIRST-LAST/SIZE") starts at `offset` and spans the body, at
+    most `length` bytes (fewer at the object's end), or a 200, the whole object (a server
+    that ignores ranges), cut to the range."""
+    if status == 200:
+        return body[offset : offset + length]
+    if status != 206 or content_range is None:
+        return None
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range.strip())
+    if m is None:
+        return None
+    first, last = int(m.group(1)), int(m.group(2))
+    if first != offset or last - first + 1 != len(body) or len(body) > length:
+        return None
+    return body
 
 
 def _proxied(url: str) -> bool:

@@ -56,3 +56,23 @@ def test_an_s3_error_document_is_cut_to_its_code_and_message() -> None:
     assert ufs._obstore_text("Generic error:\n  connection refused") == (
         "Generic error: connection refused"
     )
+
+
+def test_a_ranged_answer_is_taken_only_when_it_is_the_range_asked_for() -> None:
+    body = memoryview(b"x" * 100)
+    # a 206 of the range, or of its part up to the object's end
+    assert ufs.ranged_body(206, "bytes 1000-1099/5000", body, 1000, 100) is body
+    assert ufs.ranged_body(206, "bytes 1000-1099/1100", body, 1000, 4096) is body
+    assert ufs.ranged_body(206, " bytes 1000-1099/* ", body, 1000, 100) is body
+    # another range, a body that is not what the header says, more than asked for
+    assert ufs.ranged_body(206, "bytes 0-99/5000", body, 1000, 100) is None
+    assert ufs.ranged_body(206, "bytes 1000-1199/5000", body, 1000, 200) is None
+    assert ufs.ranged_body(206, "bytes 1000-1099/5000", body, 1000, 50) is None
+    # no or an unreadable Content-Range, or another status
+    assert ufs.ranged_body(206, None, body, 1000, 100) is None
+    assert ufs.ranged_body(206, "items 1000-1099/5000", body, 1000, 100) is None
+    assert ufs.ranged_body(204, "bytes 1000-1099/5000", body, 1000, 100) is None
+    # a 200 is the whole object: the range is cut from it
+    whole = memoryview(bytes(range(256)))
+    assert bytes(ufs.ranged_body(200, None, whole, 10, 5) or b"") == bytes(range(10, 15))
+    assert bytes(ufs.ranged_body(200, None, whole, 250, 100) or b"") == bytes(range(250, 256))
