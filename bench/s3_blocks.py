@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import obstore
-from obstore.store import S3Store
 
-from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
+from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed.data import blocks, heap, ufs
 from fluidfed.models import Mount
 
@@ -74,17 +73,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         data = os.urandom(size)
         await server.upload({KEY: data})
-        store = S3Store(
-            server.bucket,
-            config={
-                "endpoint": server.endpoint,
-                "region": "us-east-1",
-                "virtual_hosted_style_request": False,
-                "access_key_id": USER,
-                "secret_access_key": PASSWORD,
-            },
-            client_options={"allow_http": True},
-        )
+        store = server.store()
         reader = ufs.open_ufs(
             Mount(uri=server.uri(""), options={"endpoint": server.endpoint}), env=CREDENTIALS
         )

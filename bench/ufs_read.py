@@ -30,11 +30,11 @@ from pathlib import Path
 
 import aiohttp
 import obstore
-from obstore.store import HTTPStore, S3Store
+from obstore.store import HTTPStore
 
 from devkit.local import binaries
 from devkit.local.cluster import free_port
-from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
+from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed.data import heap, ufs
 from fluidfed.models import Mount
 
@@ -106,17 +106,7 @@ async def s3_readers(
         async with session.get(url, headers={"Range": f"bytes={off}-{off + n - 1}"}) as r:
             return await r.read()
 
-    store = S3Store(
-        server.bucket,
-        config={
-            "endpoint": server.endpoint,
-            "region": "us-east-1",
-            "virtual_hosted_style_request": False,
-            "access_key_id": USER,
-            "secret_access_key": PASSWORD,
-        },
-        client_options={"allow_http": True},
-    )
+    store = server.store()
 
     async def via_obstore(off: int, n: int) -> bytes:
         return bytes(await obstore.get_range_async(store, "big.bin", start=off, length=n))

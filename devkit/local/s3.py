@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import opendal
+from obstore.store import S3Store
 
 from devkit.local import binaries
 from devkit.local.cluster import free_port
@@ -86,6 +87,20 @@ class S3Server:
             access_key_id=USER,
             secret_access_key=PASSWORD,
             root="/",
+        )
+
+    def store(self) -> S3Store:
+        """obstore's client of the bucket (the benchmarks read with it as the sidecar does)."""
+        return S3Store(
+            self.bucket,
+            config={
+                "endpoint": self.endpoint,
+                "region": "us-east-1",
+                "virtual_hosted_style_request": False,
+                "access_key_id": USER,
+                "secret_access_key": PASSWORD,
+            },
+            client_options={"allow_http": True},
         )
 
     async def upload(self, objects: Mapping[str, bytes], prefix: str = "") -> None:

@@ -61,6 +61,20 @@ def start_s3(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def s3_store(endpoint: str) -> S3Store:
+    return S3Store(
+        "datasets",
+        config={
+            "endpoint": endpoint,
+            "region": "us-east-1",
+            "virtual_hosted_style_request": False,
+            "access_key_id": CREDS["AWS_ACCESS_KEY_ID"],
+            "secret_access_key": CREDS["AWS_SECRET_ACCESS_KEY"],
+        },
+        client_options={"allow_http": True},
+    )
+
+
 @pytest.fixture(scope="module", params=["minio", "moto"])
 def s3(
     request: pytest.FixtureRequest, dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -86,17 +100,7 @@ def s3(
         )
         # uploads go through obstore: botocore's connection reuse stalls MinIO for 30 s now
         # and then, which says nothing about the readers under test
-        store = S3Store(
-            "datasets",
-            config={
-                "endpoint": endpoint,
-                "region": "us-east-1",
-                "virtual_hosted_style_request": False,
-                "access_key_id": CREDS["AWS_ACCESS_KEY_ID"],
-                "secret_access_key": CREDS["AWS_SECRET_ACCESS_KEY"],
-            },
-            client_options={"allow_http": True},
-        )
+        store = s3_store(endpoint)
         for rel, data in files(dataset_dir).items():
             obstore.put(store, f"train/{rel}", data)
         obstore.put(store, "other/ignored.bin", b"x")
@@ -178,20 +182,6 @@ async def test_s3_blocks_are_buffers_no_later_read_changes(s3: str, dataset_dir:
         await reader.read_block(k, 0, 4096)
     assert [bytes(b) for b in held] == copies == [want[k][:4096] for k in big]
     assert all(isinstance(b, memoryview) and b.readonly for b in held)
-
-
-def s3_store(endpoint: str) -> S3Store:
-    return S3Store(
-        "datasets",
-        config={
-            "endpoint": endpoint,
-            "region": "us-east-1",
-            "virtual_hosted_style_request": False,
-            "access_key_id": CREDS["AWS_ACCESS_KEY_ID"],
-            "secret_access_key": CREDS["AWS_SECRET_ACCESS_KEY"],
-        },
-        client_options={"allow_http": True},
-    )
 
 
 async def test_s3_large_blocks_are_received_over_presigned_urls(s3: str, dataset_dir: Path) -> None:
