@@ -176,10 +176,10 @@ class S3UFS(OpenDALUFS):
     received instead over a URL obstore presigns for it (local: an HMAC, no request) by
     `receive.Connections`, as the sidecar receives blocks from cache workers: in a thread,
     straight into a reused buffer of the range's size, where obstore's HTTP client hands
-    over the body in chunks it then joins into one (a copy of every block: the sidecar's
-    CPU per GiB on a cold read -40% in `bench/ufs_read.py`, figures in the README, "Measured
-    design decisions"). Below that size obstore's runtime is cheaper than a thread
-    hand-off. A read that comes back as anything but the range, a missing object or a range
+    over the body in chunks it then joins into one (a copy of every block: the readers'
+    CPU per GiB -43% in `bench/s3_blocks.py`, a cold sidecar's -11%; figures in the
+    README, "Measured design decisions"). Below that size obstore's runtime is cheaper
+    than a thread hand-off. A read that comes back as anything but the range, a missing object or a range
     past the end (a connection that failed, a 5xx, a refusal) is made again through
     obstore, which retries and says what failed; after GIVE_UP_AFTER such in a row that
     obstore then read, every block goes through obstore. Where the environment names a
