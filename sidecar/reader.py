@@ -31,6 +31,7 @@ class ReadStats:
     worker_hits: int = 0  # a worker had the block
     worker_misses: int = 0  # a worker fetched it from the UFS for us
     ufs_reads: int = 0  # read the UFS ourselves (no worker, or it failed)
+    ufs_presigned: int = 0  # of those, S3 blocks received over presigned URLs
     worker_errors: int = 0
     short_circuit: int = 0  # worker hits read from the worker's block file on this machine
     ufs_errors: int = 0
@@ -178,6 +179,7 @@ class BlockReader:
             self.stats.ufs_errors += 1
             raise
         self.stats.ufs_reads += 1
+        self.stats.ufs_presigned = sum(r.presigned for r in self.readers)
         self.stats.bytes += len(data)
         return data
 

@@ -362,7 +362,10 @@ class Worker:
                 for t in s.tiers
             ],
             ufs=protocol.UFSCounters(
-                reads=self.ufs_reads, bytes=self.ufs_bytes, errors=self.ufs_errors
+                reads=self.ufs_reads,
+                bytes=self.ufs_bytes,
+                errors=self.ufs_errors,
+                presigned=sum(u.presigned for u in self.ufs),
             ),
             served=protocol.Served(
                 blocks=self.served,

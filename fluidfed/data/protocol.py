@@ -187,6 +187,7 @@ class UFSCounters(Message):
     reads: int  # blocks read from the under storage
     bytes: int
     errors: int
+    presigned: int = 0  # of the reads, S3 blocks received over presigned URLs
 
 
 class Served(Message):

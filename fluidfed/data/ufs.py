@@ -79,6 +79,10 @@ class UFS(Protocol):
     def close(self) -> None:
         """Let go of kept connections and threads (a reader is not used afterwards)."""
 
+    @property
+    def presigned(self) -> int:
+        """Blocks received over presigned URLs (S3's large blocks; `S3UFS`)."""
+
 
 _PERMANENT = (
     opendal.exceptions.PermissionDenied,
@@ -168,6 +172,10 @@ class OpenDALUFS:
     def close(self) -> None:
         pass  # OpenDAL's operators keep nothing that outlives the process
 
+    @property
+    def presigned(self) -> int:
+        return 0
+
 
 class S3UFS(OpenDALUFS):
     """S3: listing and stat through OpenDAL, blocks through obstore (module docstring).
@@ -179,12 +187,12 @@ class S3UFS(OpenDALUFS):
     over the body in chunks it then joins into one (a copy of every block: the readers'
     CPU per GiB -43% in `bench/s3_blocks.py`, a cold sidecar's -11%; figures in the
     README, "Measured design decisions"). Below that size obstore's runtime is cheaper
-    than a thread hand-off. A read that comes back as anything but the range, a missing object or a range
-    past the end (a connection that failed, a 5xx, a refusal) is made again through
-    obstore, which retries and says what failed; after GIVE_UP_AFTER such in a row that
-    obstore then read, every block goes through obstore. Where the environment names a
-    proxy for the store's host obstore's client takes it and the receive would not: the
-    receive is not used there."""
+    than a thread hand-off. A read that comes back as anything but the range, a missing
+    object or a range past the end (a connection that failed, a 5xx, a refusal) is made
+    again through obstore, which retries and says what failed; after GIVE_UP_AFTER such in
+    a row that obstore then read, every block goes through obstore. Where the environment
+    names a proxy for the store's host obstore's client takes it and the receive would
+    not: the receive is not used there."""
 
     def __init__(
         self, op: Any, uri: str, store: S3Store, *, timeout: float = 30.0, signed: bool = False
@@ -272,6 +280,10 @@ class S3UFS(OpenDALUFS):
         if self.conns is not None:
             self.conns.close()
             self.conns = None
+
+    @property
+    def presigned(self) -> int:
+        return self.received
 
 
 def ranged_body(
