@@ -8,9 +8,9 @@ a time (the sidecar's read-ahead), each round by obstore's `get_range_async` (th
 its HTTP client joined the body into, no copy after) and by `S3UFS.read_block` (obstore
 presigns, `receive.Connections` receives into a reused buffer in a thread), alternating
 which goes first. Reported per reader: MiB/s, CPU-seconds per GiB of this process (every
-thread) and of MinIO (medians over the rounds; each round as [MiB/s, CPU, MinIO's CPU]). The bytes are checked once. Run
-it under `bench/vm_pages.py --hold --` too: obstore's new buffer per block is memory this
-VM may have handed back to its host.
+thread) and of MinIO (medians over the rounds; each round as [MiB/s, CPU, MinIO's CPU]).
+The bytes are checked once. Run it under `bench/vm_pages.py --hold --` too: obstore's new
+buffer per block is memory this VM may have handed back to its host.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import obstore
+import read_path as rp
 
 from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed.data import blocks, heap, ufs
@@ -35,17 +35,6 @@ from fluidfed.models import Mount
 
 Reader = Callable[[int, int], Awaitable[blocks.Data]]
 KEY = "big.bin"
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds of another process (MinIO), every thread."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def read_all(
@@ -61,9 +50,10 @@ async def read_all(
             if len(got) != min(block, size - off):
                 raise AssertionError(f"block at {off}: {len(got)} bytes")
 
-    t0, c0, s0 = time.perf_counter(), cpu_seconds(), process_cpu(server)
+    me = os.getpid()
+    t0, c0, s0 = time.perf_counter(), rp.cpu_seconds(me), rp.cpu_seconds(server)
     await asyncio.gather(*(one(off) for off in range(0, size, block)))
-    return time.perf_counter() - t0, cpu_seconds() - c0, process_cpu(server) - s0
+    return time.perf_counter() - t0, rp.cpu_seconds(me) - c0, rp.cpu_seconds(server) - s0
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,9 +102,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "block_kib": args.block_kib,
         "parallel": args.parallel,
         "rounds": args.rounds,
-        "page_reporting_order": Path("/sys/module/page_reporting/parameters/page_reporting_order")
-        .read_text()
-        .strip(),
+        "page_reporting": rp.page_reporting(),
     }
     for name, xs in runs.items():
         out[name] = {

@@ -209,10 +209,9 @@ class S3UFS(OpenDALUFS):
         if length <= 0:
             return b""
         key = path.lstrip("/")
-        what = f"read {self.uri}/{path} [{offset}+{length}]"
         why = ""
         if self.direct and length >= RECEIVE_FROM:
-            received, why = await self._receive(key, offset, length, what)
+            received, why = await self._receive(key, offset, length)
             if received is not None:
                 self._missed = 0
                 return received
@@ -221,14 +220,15 @@ class S3UFS(OpenDALUFS):
         except Exception as err:
             if "416 Range Not Satisfiable" in str(err):
                 return b""  # at or past the end (a range that runs past it comes back short)
-            raise _translate_obstore(err, what) from err
+            raise _translate_obstore(err, self._what(key, offset, length)) from err
         if why:
             self._fell_back(why)
         return memoryview(got)
 
-    async def _receive(
-        self, key: str, offset: int, length: int, what: str
-    ) -> tuple[blocks.Data | None, str]:
+    def _what(self, key: str, offset: int, length: int) -> str:
+        return f"read {self.uri}/{key} [{offset}+{length}]"
+
+    async def _receive(self, key: str, offset: int, length: int) -> tuple[blocks.Data | None, str]:
         """(the range, "") received over a presigned URL, or (None, why not): obstore's."""
         try:
             url = obstore.sign(self.store, "GET", key, SIGNED_FOR)
@@ -257,7 +257,7 @@ class S3UFS(OpenDALUFS):
         if answer.status == 416:
             return b"", ""  # at or past the end
         if answer.status == 404:
-            raise UFSNotFound(f"{what}: not found")
+            raise UFSNotFound(f"{self._what(key, offset, length)}: not found")
         said = _s3_said(bytes(answer.body[:4096]).decode("utf-8", "replace"))
         return None, f"HTTP {answer.status}" + (f": {said}" if said else "")
 
@@ -310,10 +310,10 @@ def ranged_body(
 def _proxied(url: str) -> bool:
     """Whether the environment sends requests to `url`'s host through a proxy."""
     proxies = urllib.request.getproxies_environment()
-    scheme = urlsplit(url).scheme
-    if not (proxies.get(scheme) or proxies.get("all")):
+    parts = urlsplit(url)
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
-    return not urllib.request.proxy_bypass(urlsplit(url).hostname or "")
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 _OBSTORE_PERMANENT = (
