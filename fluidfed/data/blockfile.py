@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from fluidfed.data import blocks
+from fluidfed.data import blocks, heap
 from fluidfed.errors import CorruptBlock, NotCached
 
 _TRAILER = struct.Struct(">4sI")
@@ -95,11 +95,12 @@ def write_block_file(path: Path, data: blocks.Data, crc: int) -> None:
 
 
 def _write_direct(tmp: Path, data: blocks.Data, trailer: bytes) -> bool:
-    """Write `data` and `trailer` to `tmp`, its aligned part with O_DIRECT (copied through
-    this thread's page-aligned buffer: the block's own memory need not be aligned), the
-    rest through the page cache; False where the filesystem refuses O_DIRECT (tmpfs before
-    Linux 6.6, some FUSE and network filesystems) or this alignment (the caller writes the
-    file again, buffered)."""
+    """Write `data` and `trailer` to `tmp`, its aligned part with O_DIRECT, the rest through
+    the page cache; False where the filesystem refuses O_DIRECT (tmpfs before Linux 6.6,
+    some FUSE and network filesystems) or this alignment (the caller writes the file again,
+    buffered). The aligned part goes from the block's own memory where that starts on a
+    page (a received block: `receive.Buffers`), else through this thread's page-aligned
+    buffer."""
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
     except OSError as err:
@@ -109,32 +110,41 @@ def _write_direct(tmp: Path, data: blocks.Data, trailer: bytes) -> bool:
     try:
         view = memoryview(data).cast("B")
         whole = len(view) - len(view) % _ALIGN
-        buf: mmap.mmap | None = getattr(_aligned, "buf", None)
-        if buf is None:
-            buf = _aligned.buf = mmap.mmap(-1, _CHUNK)
-        with memoryview(buf) as aligned:
-            at = 0
-            while at < whole:
-                n = min(_CHUNK, whole - at)
-                aligned[:n] = view[at : at + n]
-                try:
-                    done = os.pwrite(fd, aligned[:n], at)
-                except OSError as err:  # opened, but its alignment is not the disk's
-                    if err.errno == errno.EINVAL:
-                        return False
-                    raise
-                while done < n:  # short (rare: out of space is an error instead)
-                    done += os.pwrite(fd, aligned[done:n], at + done)
-                at += n
+        try:
+            if heap.address(view) % _ALIGN == 0:
+                _pwrite_all(fd, view[:whole], 0)
+            else:
+                _write_through_aligned(fd, view[:whole])
+        except OSError as err:  # opened, but its alignment is not the disk's
+            if err.errno == errno.EINVAL:
+                return False
+            raise
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-        rest = bytes(view[whole:]) + trailer
-        done = 0
-        while done < len(rest):
-            done += os.pwrite(fd, rest[done:], whole + done)
+        _pwrite_all(fd, bytes(view[whole:]) + trailer, whole)
     finally:
         os.close(fd)
     return True
+
+
+def _write_through_aligned(fd: int, view: memoryview) -> None:
+    """Write `view` (a multiple of _ALIGN long) at 0 in chunks copied into this thread's
+    page-aligned buffer."""
+    buf: mmap.mmap | None = getattr(_aligned, "buf", None)
+    if buf is None:
+        buf = _aligned.buf = mmap.mmap(-1, _CHUNK)
+    with memoryview(buf) as aligned:
+        for at in range(0, len(view), _CHUNK):
+            n = min(_CHUNK, len(view) - at)
+            aligned[:n] = view[at : at + n]
+            _pwrite_all(fd, aligned[:n], at)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, at: int) -> None:
+    """All of `data` at `at` (a short write is rare: out of space is an error instead)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], at + done)
 
 
 # ext4's inode flag for "the top of a directory hierarchy": the allocator spreads the

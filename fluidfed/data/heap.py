@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import mmap
 from collections.abc import Callable
 
 log = logging.getLogger("fluidfed.data.heap")
@@ -32,6 +33,8 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 HEAP_UP_TO = 32 * 2**20  # allocations below this come from (and go back to) the heap
 ARENAS = 1  # one heap for every thread: OpenDAL's threads free what Python's allocated
+
+PAGE = mmap.PAGESIZE
 
 _libc: ctypes.CDLL | None = None
 
@@ -96,3 +99,47 @@ async def trim_loop(activity: Callable[[], int], interval: float = 1.0) -> None:
         if now != last:
             last = now
             await asyncio.to_thread(trim)
+
+
+class _Buffer(ctypes.Structure):
+    """Python's Py_buffer (part of the stable ABI since 3.11)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_Buffer), ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_Buffer),)
+_release_buffer.restype = None
+
+
+def address(data: bytes | bytearray | memoryview) -> int:
+    """Where the first byte of a contiguous buffer is in memory (read-only ones too, which
+    `ctypes.c_char.from_buffer` refuses); BufferError for a non-contiguous one."""
+    view = _Buffer()
+    _get_buffer(data, ctypes.byref(view), 0)  # PyBUF_SIMPLE; ctypes raises what it sets
+    try:
+        return view.buf or 0
+    finally:
+        _release_buffer(ctypes.byref(view))
+
+
+def page_aligned(buf: bytearray, n: int) -> memoryview:
+    """The `n` bytes of `buf` from its first page boundary on (`buf` is at least
+    `n + PAGE` long): memory a direct write can take as it is (`blockfile`)."""
+    skip = -address(buf) % PAGE
+    return memoryview(buf)[skip : skip + n]

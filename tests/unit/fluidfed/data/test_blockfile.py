@@ -6,13 +6,14 @@ import array
 import errno
 import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devkit import testing
-from fluidfed.data import blockfile, blocks
+from fluidfed.data import blockfile, blocks, heap
 from fluidfed.data.blockfile import (
     DIRECT_FROM,
     TRAILER_SIZE,
@@ -163,6 +164,33 @@ def test_a_large_block_written_past_the_page_cache_reads_back_checked(
         map_block_file(path, cached_only=True)
     assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("skew", [0, 3])
+def test_a_block_starting_on_a_page_is_written_from_its_own_memory(
+    tmp_path: Path, skew: int
+) -> None:
+    # a received block starts on a page (receive.Buffers): its direct write needs no copy,
+    # so the writing thread never makes its aligned buffer; one off the page does
+    size = DIRECT_FROM + 4096 + 5
+    buf = bytearray(size + heap.PAGE + skew)
+    view = heap.page_aligned(buf, size + skew)[skew:]
+    view[:] = os.urandom(size)
+    payload = view.toreadonly()
+    path = block_path(tmp_path, "e" * 32)
+    made: list[bool] = []
+
+    def write() -> None:
+        write_block_file(path, payload, blocks.checksum(payload))
+        made.append(getattr(blockfile._aligned, "buf", None) is not None)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join()
+    assert made == [skew != 0]
+    with pytest.raises(NotCached):  # past the page cache all the same
+        map_block_file(path, cached_only=True)
+    assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
 
 
 def test_a_filesystem_refusing_direct_writes_gets_buffered_ones(

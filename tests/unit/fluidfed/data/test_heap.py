@@ -68,3 +68,24 @@ def test_tuning_after_threads_allocated_is_seen_and_said() -> None:
     arenas, said = _arenas_with_threads("late")
     assert arenas > 1  # they kept their own: what the sidecar did before tuning first
     assert "arenas exist already" in said
+
+
+def test_a_buffers_address_is_found_read_only_and_sliced_alike() -> None:
+    import ctypes
+
+    buf = bytearray(b"x" * 64)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert heap.address(buf) == base
+    assert heap.address(memoryview(buf).toreadonly()[5:]) == base + 5  # read-only, sliced
+    with pytest.raises(BufferError):
+        heap.address(memoryview(buf)[::2])  # not contiguous: no one address
+
+
+def test_a_page_aligned_view_starts_on_a_page_and_stays_in_its_buffer() -> None:
+    for n in (1, 4096, 4 * 2**20 + 7):
+        buf = bytearray(n + heap.PAGE)
+        view = heap.page_aligned(buf, n)
+        assert len(view) == n and heap.address(view) % heap.PAGE == 0
+        assert view.obj is buf  # writes land in `buf`
+        view[-1:] = b"z"
+        assert b"z" in buf

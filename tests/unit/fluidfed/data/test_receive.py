@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fluidfed.data import receive
+from fluidfed.data import heap, receive
 
 
 def test_a_buffer_still_viewed_is_never_handed_out_again() -> None:
@@ -38,3 +38,14 @@ def test_a_taken_buffer_held_by_its_taker_is_not_spare() -> None:
     mine = bufs.take(16)
     assert bufs.spares() == 0
     assert bufs.take(16) is not mine
+
+
+def test_buffers_start_on_a_page_taken_new_or_again() -> None:
+    bufs = receive.Buffers()
+    for n in (100, 2**20, 4 * 2**20 + 3):
+        first = bufs.take(n)
+        assert len(first) == n and heap.address(first) % heap.PAGE == 0
+        del first
+        again = bufs.take(n)
+        assert heap.address(again) % heap.PAGE == 0
+    assert bufs.reused == 3
