@@ -15,7 +15,8 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              the same
     dropped  a fresh sidecar beside a worker holding every block (filled before, not
              counted), the block files dropped from the page cache (short-circuit reads)
-    cached   the same with the block files left in the page cache
+    cached   the same with the block files read into the page cache first (the fill
+             writes blocks of 1 MiB or more past it)
     served   the same read over HTTP (a sidecar on another node), the block files as the
              fill left them
     NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
@@ -194,6 +195,8 @@ def one(
                     time.sleep(0.2)
                 if mode == "dropped":
                     rp.drop_cached(w.dir)
+                elif mode == "cached":
+                    rp.load_cached(w.dir)
             sc = rp.sidecar(
                 root,
                 f"sc-{name}-{run}",
