@@ -111,7 +111,7 @@ class Buffers:
                 found = _uninitialized(size)
             keep.append(found)
             self._held = keep
-        return heap.page_aligned(found, n)
+            return heap.page_aligned(found, n)
 
     def forget_idle(self) -> bool:
         """Drop the unreferenced buffers if no block was taken for `idle` seconds; False
