@@ -19,6 +19,8 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              writes blocks of 1 MiB or more past it)
     served   the same read over HTTP (a sidecar on another node), the block files as the
              fill left them
+    remote   the same read over HTTP with the block files read into the page cache first
+             (bench/peers.py's "warm, worker remote" row)
     NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
              and/or on another event loop, e.g. main=/tmp/main:worker or
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
@@ -179,7 +181,7 @@ def one(
         with peers.pythonpath(tree, env):
             if mode != "alone":
                 w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-            if mode in ("dropped", "cached", "served"):
+            if mode in ("dropped", "cached", "served", "remote"):
                 assert w is not None
                 fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
                 try:
@@ -195,7 +197,7 @@ def one(
                     time.sleep(0.2)
                 if mode == "dropped":
                     rp.drop_cached(w.dir)
-                elif mode == "cached":
+                elif mode in ("cached", "remote"):
                     rp.load_cached(w.dir)
             sc = rp.sidecar(
                 root,

@@ -95,6 +95,7 @@ class Worker:
         self.served_bytes = 0
         self.served_local = 0  # blocks read by their reader from our disk (short-circuit)
         self.located = 0  # ... of which we were asked where the file is
+        self.served_sendfile = 0  # blocks sent from their files with sendfile(2)
         self.load = protocol.LoadProgress()
         self._load_task: asyncio.Task[None] | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -372,6 +373,7 @@ class Worker:
                 bytes=self.served_bytes,
                 short_circuit=self.served_local,
                 located=self.located,
+                sendfile=self.served_sendfile,
             ),
             load=self.load,
         )

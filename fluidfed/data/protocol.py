@@ -195,6 +195,7 @@ class Served(Message):
     bytes: int
     short_circuit: int  # blocks read by their reader from our disk
     located: int  # ... of which we were asked where the file is
+    sendfile: int = 0  # blocks sent from their files with sendfile(2): no copy in the worker
 
 
 LoadState = Literal["idle", "running", "done", "failed"]

@@ -454,7 +454,8 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """sendfile(2) on asyncio's loop; uvloop has no `loop.sendfile` (the worker's answers
-    failed there, and its readers fell back to the under storage)."""
+    failed there, and its readers fell back to the under storage): our own sendfile on
+    its socket there, every block file sent so either way."""
     monkeypatch.setenv("FLUIDFED_EVENT_LOOP", loop)
     want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
     first = sidecars(sidecar_config(mount, ws.urls()))
@@ -466,6 +467,8 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     assert got["worker_hits"] == block_count(want), got
     assert got["worker_errors"] == got["ufs_reads"] == got["short_circuit"] == 0
     assert "NotImplementedError" not in ws.procs[0].log.read_text()
+    served = ws.status(ws.procs[0])["served"]
+    assert served["sendfile"] == block_count(want), served
 
 
 def random_reads(mnt: Path, want: dict[str, bytes], seed: int) -> int:
