@@ -97,6 +97,8 @@ async def _sendfile(transport: asyncio.BaseTransport, f: BinaryIO, size: int) ->
             except BlockingIOError:
                 await _writable(loop, fd)
                 continue
+            except OSError as err:  # the reader went away: as the transport says it
+                raise ConnectionResetError(f"sending a block file: {err}") from err
             if n == 0:  # (block files are replaced whole, never shortened)
                 raise ConnectionResetError("block file shorter than its length")
             sent += n
