@@ -447,6 +447,17 @@ def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_
     assert sc.status()["blocks"]["pushed"] == 0
 
 
+def filled_ssd_worker(
+    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> tuple[dict[str, bytes], dict[str, Any], Workers]:
+    """`ssd_worker` with every block of the dataset in its disk tier (a reader read it all)."""
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(first.mountpoint, want)
+    first.stop()
+    return want, mount, ws
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     loop: str,
@@ -460,10 +471,7 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     failed there, and its readers fell back to the under storage): our own sendfile on
     its socket there, every block file sent so either way."""
     monkeypatch.setenv("FLUIDFED_EVENT_LOOP", loop)
-    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
-    first = sidecars(sidecar_config(mount, ws.urls()))
-    read_all(first.mountpoint, want)
-    first.stop()
+    want, mount, ws = filled_ssd_worker(data, tmp_path, workers_factory, sidecars)
     sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
     read_all(sc.mountpoint, want)
     got = sc.status()["blocks"]
@@ -484,10 +492,7 @@ def test_a_reader_hanging_up_mid_block_leaves_the_worker_serving(
     """A block file being sent with sendfile(2) on uvloop to a reader that goes away: no
     error logged, the next reader served from the same file."""
     monkeypatch.setenv("FLUIDFED_EVENT_LOOP", "uvloop")
-    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
-    first = sidecars(sidecar_config(mount, ws.urls()))
-    read_all(first.mountpoint, want)
-    first.stop()
+    want, mount, ws = filled_ssd_worker(data, tmp_path, workers_factory, sidecars)
     rel = max(want, key=lambda k: len(want[k]))
     ref, key = asyncio.run(_block_of(data, rel))
     query = protocol.BlockQuery(
