@@ -30,6 +30,7 @@ from fluidfed import errors
 from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
     TRAILER_SIZE,
+    block_file,
     block_path,
     read_block_file,
     spread_subdirectories,
@@ -89,7 +90,8 @@ class _Tier:
     def write(self, key: str, data: blocks.Data, crc: int) -> int:
         if crc < 0:
             crc = blocks.checksum(data)
-        write_block_file(self.file(key), data, crc)
+        assert self.dir is not None
+        write_block_file(block_file(str(self.dir), key), data, crc)
         return crc
 
     def read(self, key: str) -> tuple[bytes, int] | None:

@@ -6,6 +6,8 @@ import array
 import errno
 import fcntl
 import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,30 @@ def test_a_block_starting_on_a_page_is_written_from_its_own_memory(
     with pytest.raises(NotCached):  # past the page cache all the same
         map_block_file(path, cached_only=True)
     assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+@pytest.mark.parametrize("size", [512 * 1024, DIRECT_FROM + 5])
+def test_a_full_disk_fails_the_write_and_keeps_the_old_file_and_no_partial_one(
+    tmp_path: Path, size: int
+) -> None:
+    # a real filesystem of 256 KiB (tmpfs) that fills up part way through the new file
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    try:
+        old = os.urandom(1000)
+        path = block_path(mnt, "d" * 32)
+        write_block_file(path, old, blocks.checksum(old))
+        used = shutil.disk_usage(mnt).used
+        payload = os.urandom(size)
+        with pytest.raises(OSError, match="No space left on device"):
+            write_block_file(path, payload, blocks.checksum(payload))
+        assert read_block_file(path) == (old, blocks.checksum(old))
+        assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file
+        assert shutil.disk_usage(mnt).used == used  # its space given back at once
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_filesystem_refusing_direct_writes_gets_buffered_ones(
