@@ -1,0 +1,76 @@
+"""The sidecar's block receive over plain HTTP (fluidfed/data/receive.py) against an aiohttp
+server on 127.0.0.1: an answer's head is read in small pieces (HEAD_READ) so that little of
+the body is copied twice, so a head longer than one piece, or than MAX_HEAD, must still be
+told right."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from fluidfed import errors
+from fluidfed.data import receive
+
+pytestmark = pytest.mark.integration
+
+
+def pattern(n: int) -> bytes:
+    return (bytes(range(251)) * (n // 251 + 1))[:n]
+
+
+def padding(total: int) -> dict[str, str]:
+    """Headers of about `total` bytes, in lines of ~1 KiB."""
+    return {f"X-Pad-{i}": f"{i:04d}" + "p" * 1000 for i in range(total // 1024 + 1)}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    async def answer(request: web.Request) -> web.Response:
+        n, pad = int(request.query["n"]), int(request.query["pad"])
+        return web.Response(body=pattern(n), headers=padding(pad))
+
+    app = web.Application()
+    app.router.add_get("/h", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/h"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("n", [0, 100, receive.HEAD_READ * 3 + 5, 4 * 2**20 + 7])
+@pytest.mark.parametrize("pad", [0, receive.HEAD_READ * 3])
+async def test_heads_longer_than_a_piece_and_bodies_of_every_size_arrive_whole(
+    server: str, n: int, pad: int
+) -> None:
+    conns = receive.Connections()
+    try:
+        for _ in range(2):  # the second on the same connection: nothing of the first left
+            got = await conns.get(server, {"n": n, "pad": pad}, {}, 10.0)
+            assert got.status == 200
+            assert bytes(got.body) == pattern(n)
+            assert got.headers.get("X-Pad-0", "").startswith("0000")
+            assert len([k for k in got.headers if k.startswith("X-Pad-")]) == pad // 1024 + 1
+        assert conns.opened == 1
+    finally:
+        conns.close()
+
+
+async def test_a_head_over_max_head_is_refused(server: str) -> None:
+    conns = receive.Connections()
+    try:
+        with pytest.raises(errors.WorkerError, match="answer head too long"):
+            await conns.get(server, {"n": 10, "pad": receive.MAX_HEAD + 4096}, {}, 10.0)
+        # the connection is dropped, the next request goes well on a new one
+        got = await asyncio.wait_for(conns.get(server, {"n": 10, "pad": 0}, {}, 10.0), 10)
+        assert bytes(got.body) == pattern(10)
+        assert conns.opened == 2
+    finally:
+        conns.close()
