@@ -172,8 +172,7 @@ class Worker:
             fut = asyncio.get_running_loop().create_future()
             self._inflight[key] = fut
             try:
-                data = await self._fetch(ref, index)
-                crc = await blocks.checksum_off_loop(data)
+                data, crc = await self._fetch(ref, index)
                 await self.store.put(key, data, crc)
                 fut.set_result((data, crc))
             except BaseException as err:
@@ -186,12 +185,14 @@ class Worker:
         data, crc = await asyncio.shield(fut)
         return data, crc, False
 
-    async def _fetch(self, ref: Source, index: int) -> blocks.Data:
+    async def _fetch(self, ref: Source, index: int) -> tuple[blocks.Data, int]:
+        """The block from the under storage, and its CRC (taken where it arrived, if it can
+        be: `UFS.read_checked`)."""
         offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)
         async with self._fetch_slots:
             try:
                 async with asyncio.timeout(self.cfg.read_timeout):
-                    data = await self.ufs[ref.mount].read_block(ref.key, offset, length)
+                    data, crc = await self.ufs[ref.mount].read_checked(ref.key, offset, length)
             except TimeoutError:
                 self.ufs_errors += 1
                 raise errors.UFSError(
@@ -204,7 +205,7 @@ class Worker:
                 raise
         self.ufs_reads += 1
         self.ufs_bytes += len(data)
-        return data
+        return data, crc
 
     # --- warm-up --------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ class Answer(NamedTuple):
     status: int
     headers: CIMultiDict[str]
     body: blocks.Data
-    crc: int  # of the body, when `checksum` was asked for and the status is 200; else -1
+    crc: int  # of the body, when `checksum` was asked for and the status is 200 or 206; else -1
 
 
 class Buffers:
@@ -484,7 +484,7 @@ def _exchange_on(
                 raise errors.WorkerError(f"answer over {MAX_BODY} bytes: a block is at most that")
             _in_time(deadline)
         body = b"".join(head.pieces)
-    crc = blocks.checksum(body) if checksum and status == 200 else -1
+    crc = blocks.checksum(body) if checksum and status in (200, 206) else -1
     return Answer(status, head.headers, body, crc), keep
 
 

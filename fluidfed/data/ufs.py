@@ -76,6 +76,9 @@ class UFS(Protocol):
     async def read_block(self, path: str, offset: int, length: int) -> blocks.Data:
         """As `read`, perhaps as a read-only buffer the library filled (no copy into bytes)."""
 
+    async def read_checked(self, path: str, offset: int, length: int) -> tuple[blocks.Data, int]:
+        """As `read_block`, with the block's CRC-32 (a cache worker keeps and sends it)."""
+
     def close(self) -> None:
         """Let go of kept connections and threads (a reader is not used afterwards)."""
 
@@ -169,6 +172,10 @@ class OpenDALUFS:
     async def read_block(self, path: str, offset: int, length: int) -> blocks.Data:
         return await self.read(path, offset, length)
 
+    async def read_checked(self, path: str, offset: int, length: int) -> tuple[blocks.Data, int]:
+        data = await self.read_block(path, offset, length)
+        return data, await blocks.checksum_off_loop(data)
+
     def close(self) -> None:
         pass  # OpenDAL's operators keep nothing that outlives the process
 
@@ -206,60 +213,76 @@ class S3UFS(OpenDALUFS):
         self._missed = 0  # presigned reads failing in a row where obstore then read
 
     async def read_block(self, path: str, offset: int, length: int) -> blocks.Data:
+        return (await self._read(path, offset, length, checksum=False))[0]
+
+    async def read_checked(self, path: str, offset: int, length: int) -> tuple[blocks.Data, int]:
+        """The block and its CRC: taken by the thread that received it where it came over a
+        presigned URL (no second hand-off to a thread for it), else computed here."""
+        data, crc = await self._read(path, offset, length, checksum=True)
+        return data, crc if crc >= 0 else await blocks.checksum_off_loop(data)
+
+    async def _read(
+        self, path: str, offset: int, length: int, *, checksum: bool
+    ) -> tuple[blocks.Data, int]:
+        """(the block, its CRC if `checksum` asked for it and its receive took it, else -1)."""
         if length <= 0:
-            return b""
+            return b"", -1
         key = path.lstrip("/")
         why = ""
         if self.direct and length >= RECEIVE_FROM:
-            received, why = await self._receive(key, offset, length)
+            received, crc, why = await self._receive(key, offset, length, checksum)
             if received is not None:
                 self._missed = 0
-                return received
+                return received, crc
         try:
             got = await obstore.get_range_async(self.store, key, start=offset, length=length)
         except Exception as err:
             if "416 Range Not Satisfiable" in str(err):
-                return b""  # at or past the end (a range that runs past it comes back short)
+                return b"", -1  # at or past the end (a range that runs past it comes back short)
             raise _translate_obstore(err, self._what(key, offset, length)) from err
         if why:
             self._fell_back(why)
-        return memoryview(got)
+        return memoryview(got), -1
 
     def _what(self, key: str, offset: int, length: int) -> str:
         return f"read {self.uri}/{key} [{offset}+{length}]"
 
-    async def _receive(self, key: str, offset: int, length: int) -> tuple[blocks.Data | None, str]:
-        """(the range, "") received over a presigned URL, or (None, why not): obstore's."""
+    async def _receive(
+        self, key: str, offset: int, length: int, checksum: bool
+    ) -> tuple[blocks.Data | None, int, str]:
+        """(the range, its CRC or -1, "") received over a presigned URL, its CRC taken in the
+        receiving thread with `checksum`; or (None, -1, why not): obstore's."""
         try:
             url = obstore.sign(self.store, "GET", key, SIGNED_FOR)
         except Exception as err:  # not signable after all: obstore's request says why
-            return None, f"cannot presign: {type(err).__name__}"
+            return None, -1, f"cannot presign: {type(err).__name__}"
         if self.conns is None:
             if _proxied(url):
                 self.direct = False
-                return None, ""
+                return None, -1, ""
             self.conns = receive.Connections()
         last = offset + length - 1
         try:
             answer = await self.conns.get(
-                url, {}, {"Range": f"bytes={offset}-{last}"}, self.timeout, checksum=False
+                url, {}, {"Range": f"bytes={offset}-{last}"}, self.timeout, checksum=checksum
             )
         except errors.WorkerError as err:  # (names the host, never the URL's signature)
-            return None, str(err)
+            return None, -1, str(err)
         if answer.status in (200, 206):
             got = ranged_body(
                 answer.status, answer.headers.get("content-range"), answer.body, offset, length
             )
             if got is None:
-                return None, f"HTTP {answer.status} of another range than asked for"
+                return None, -1, f"HTTP {answer.status} of another range than asked for"
             self.received += 1
-            return got, ""
+            # (a 200, the whole object cut to the range here: the CRC was of the whole)
+            return got, answer.crc if got is answer.body else -1, ""
         if answer.status == 416:
-            return b"", ""  # at or past the end
+            return b"", -1, ""  # at or past the end
         if answer.status == 404:
             raise UFSNotFound(f"{self._what(key, offset, length)}: not found")
         said = _s3_said(bytes(answer.body[:4096]).decode("utf-8", "replace"))
-        return None, f"HTTP {answer.status}" + (f": {said}" if said else "")
+        return None, -1, f"HTTP {answer.status}" + (f": {said}" if said else "")
 
     def _fell_back(self, why: str) -> None:
         """A presigned read failed and obstore's then read the block."""

@@ -21,7 +21,7 @@ from devkit.local import binaries
 from devkit.local.cluster import free_port
 from devkit.testing import eventually_blocking
 from fluidfed import errors
-from fluidfed.data import ufs
+from fluidfed.data import blocks, ufs
 from fluidfed.models import Mount
 from tests.integration import sources
 from tests.integration.sources import files, wait_port
@@ -166,6 +166,13 @@ async def check_blocks(reader: ufs.UFS, listed: list[ufs.Entry], want: dict[str,
     assert bytes(await reader.read_block(empty.path, 0, 10)) == b""
     with pytest.raises(errors.UFSNotFound):
         await reader.read_block("no/such/file", 0, 10)
+    # `read_checked`, a cache worker's: the same bytes, with their CRC
+    for off, n in ((0, 256 * 1024), (100, sample.size), (sample.size, 10)):
+        got, crc = await reader.read_checked(sample.path, off, n)
+        assert bytes(got) == data[off : off + n]
+        assert crc == blocks.checksum(data[off : off + n])
+    with pytest.raises(errors.UFSNotFound):
+        await reader.read_checked("no/such/file", 0, 10)
 
 
 async def test_s3_reader(s3: str, dataset_dir: Path) -> None:
@@ -189,7 +196,9 @@ async def test_s3_blocks_are_buffers_no_later_read_changes(s3: str, dataset_dir:
     assert all(isinstance(b, memoryview) and b.readonly for b in held)
 
 
-async def test_s3_large_blocks_are_received_over_presigned_urls(s3: str, dataset_dir: Path) -> None:
+async def test_s3_large_blocks_are_received_over_presigned_urls(
+    s3: str, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Blocks of `RECEIVE_FROM` bytes or more come over a URL obstore presigns, straight
     into a buffer: the bytes are the object's (any key, its odd characters signed as
     sent), the ends and a missing object as through obstore, a held block never
@@ -219,6 +228,22 @@ async def test_s3_large_blocks_are_received_over_presigned_urls(s3: str, dataset
         assert bytes(held) == payload[:size]
         with pytest.raises(errors.UFSNotFound):
             await reader.read_block("no/such/file", 0, size)
+        # with its CRC (a cache worker's read): taken by the receiving thread, not after
+        received = reader.received
+        computed_after: list[int] = []
+        real = blocks.checksum_off_loop
+
+        async def counted(data: blocks.Data) -> int:
+            computed_after.append(len(data))
+            return await real(data)
+
+        monkeypatch.setattr(blocks, "checksum_off_loop", counted)
+        for off in (0, size, len(payload) - 10):
+            got, crc = await reader.read_checked(odd, off, size)
+            assert bytes(got) == payload[off : off + size]
+            assert crc == blocks.checksum(payload[off : off + size])
+        assert reader.received == received + 3
+        assert computed_after == []
         assert reader.direct  # nothing made it fall back to obstore
     finally:
         reader.close()
