@@ -168,8 +168,8 @@ async def check_blocks(reader: ufs.UFS, listed: list[ufs.Entry], want: dict[str,
         await reader.read_block("no/such/file", 0, 10)
     # `read_checked`, a cache worker's: the same bytes, with their CRC
     for off, n in ((0, 256 * 1024), (100, sample.size), (sample.size, 10)):
-        got, crc = await reader.read_checked(sample.path, off, n)
-        assert bytes(got) == data[off : off + n]
+        block, crc = await reader.read_checked(sample.path, off, n)
+        assert bytes(block) == data[off : off + n]
         assert crc == blocks.checksum(data[off : off + n])
     with pytest.raises(errors.UFSNotFound):
         await reader.read_checked("no/such/file", 0, 10)
@@ -239,8 +239,8 @@ async def test_s3_large_blocks_are_received_over_presigned_urls(
 
         monkeypatch.setattr(blocks, "checksum_off_loop", counted)
         for off in (0, size, len(payload) - 10):
-            got, crc = await reader.read_checked(odd, off, size)
-            assert bytes(got) == payload[off : off + size]
+            block, crc = await reader.read_checked(odd, off, size)
+            assert bytes(block) == payload[off : off + size]
             assert crc == blocks.checksum(payload[off : off + size])
         assert reader.received == received + 3
         assert computed_after == []
