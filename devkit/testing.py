@@ -5,15 +5,18 @@ for something to become true."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, overload
+
+from aiohttp import web
 
 from devkit.local.processes import AgentProcess as AgentProcess
 from devkit.local.processes import HubProcess as HubProcess
@@ -299,3 +302,17 @@ def handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> byte
             assert der is not None
             return der
     raise AssertionError("the TLS handshake did not finish")
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """`app` served by aiohttp on a free port of `host` until the block ends: its base URL
+    (http://HOST:PORT, no trailing slash)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, 0).start()
+        port = int(runner.addresses[0][1])
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

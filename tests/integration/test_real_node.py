@@ -28,7 +28,7 @@ from kubernetes_asyncio import client
 
 from agents import objects, trust
 from devkit.local import binaries, cluster, image, netns, realnode
-from devkit.testing import AgentProcess, HubProcess, NotYet, eventually
+from devkit.testing import AgentProcess, HubProcess, NotYet, eventually, serving
 from fluidfed import Client, names
 from fluidfed.data import credentials, protocol, ufs
 from fluidfed.errors import LocalClusterError
@@ -388,15 +388,8 @@ async def _http_on(host: str, root: Path) -> AsyncIterator[str]:
     """A plain HTTP server for `root` on the node's host-side address (what its pods reach)."""
     app = web.Application()
     app.router.add_static("/", root)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://{host}:{port}/"
-    finally:
-        await runner.cleanup()
+    async with serving(app, host) as url:
+        yield f"{url}/"
 
 
 def _sidecar_pids(mountpoint: str) -> list[int]:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from devkit import testing
 from fluidfed import errors
 from fluidfed.data import receive
 
@@ -34,15 +35,8 @@ async def server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/h", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/h"
-    finally:
-        await runner.cleanup()
+    async with testing.serving(app) as url:
+        yield f"{url}/h"
 
 
 @pytest.mark.parametrize("n", [0, 100, receive.HEAD_READ * 3 + 5, 4 * 2**20 + 7])

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from agents.worker.core import Worker
 from agents.worker.server import make_app
+from devkit import testing
 from devkit.local.cluster import free_port
 from devkit.local.processes import WorkerProcess, local_credentials, local_token
 from devkit.local.s3 import CREDENTIALS, S3Server
@@ -102,18 +102,15 @@ async def served(minio: S3Server, tmp_path: Path) -> AsyncIterator[Served]:
     worker = await Worker(
         cfg, url="http://127.0.0.1:1", cache_root=tmp_path / "cache", credentials_path=creds
     ).open()
-    runner = web.AppRunner(make_app(worker), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = next(int(a[1]) for a in runner.addresses)
     token = local_token(DATASET, "reader")
-    async with aiohttp.ClientSession(headers=credentials.authorization(token)) as session:
-        try:
-            yield Served(worker, f"http://127.0.0.1:{port}", session)
-        finally:
-            await runner.cleanup()
-            await worker.close()
+    try:
+        async with (
+            testing.serving(make_app(worker)) as url,
+            aiohttp.ClientSession(headers=credentials.authorization(token)) as session,
+        ):
+            yield Served(worker, url, session)
+    finally:
+        await worker.close()
 
 
 async def test_a_miss_is_answered_before_its_file_is_written_and_read_again_from_memory(

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from devkit import testing
 from fluidfed import Client, client, names
 from fluidfed.errors import ConfigError, HubUnreachable, NotFound, ServerError
 
@@ -89,15 +90,8 @@ async def answering(seen: Seen) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with testing.serving(app) as url:
+        yield url
 
 
 def closed_port() -> str:
