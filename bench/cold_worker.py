@@ -95,12 +95,24 @@ def write_files(root: Path, keys: list[str]) -> None:
         p.write_bytes(i.to_bytes(8, "big") + base[8:])
 
 
-def worker_blocks(w: processes.WorkerProcess) -> int:
+def worker_status(w: processes.WorkerProcess) -> dict[str, Any]:
     token = processes.local_token("bench", "agent")
     req = urllib.request.Request(f"{w.url}/v1/status", headers=credentials.authorization(token))
     with urllib.request.urlopen(req, timeout=10) as r:
         got: dict[str, Any] = json.load(r)
-    return int(got["blocks"])
+    return got
+
+
+def worker_blocks(w: processes.WorkerProcess) -> int:
+    return int(worker_status(w)["blocks"])
+
+
+def worker_settled(w: processes.WorkerProcess, want: int) -> bool:
+    """Whether the worker holds `want` blocks with none left to write: a block still in
+    its write-behind is counted, and its file, written past the page cache, would drop
+    what `load_cached` read of it."""
+    got = worker_status(w)
+    return int(got["blocks"]) >= want and int(got["writing"]) == 0
 
 
 def _stat(pid: int) -> list[str]:
@@ -193,7 +205,7 @@ def one(
                     fill.close()
                 want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
                 t0 = time.perf_counter()
-                while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
+                while not worker_settled(w, want) and time.perf_counter() - t0 < 60:
                     time.sleep(0.2)
                 if mode == "dropped":
                     rp.drop_cached(w.dir)

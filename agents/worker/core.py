@@ -377,4 +377,5 @@ class Worker:
                 sendfile=self.served_sendfile,
             ),
             load=self.load,
+            writing=s.writing,
         )

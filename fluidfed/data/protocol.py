@@ -232,6 +232,7 @@ class WorkerStatus(Message):
     ufs: UFSCounters
     served: Served
     load: LoadProgress = msgspec.field(default_factory=LoadProgress)
+    writing: int = 0  # blocks held in memory until their disk file is written
 
 
 class WorkerRegistration(Message):

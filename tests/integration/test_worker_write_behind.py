@@ -133,11 +133,11 @@ async def test_a_miss_is_answered_before_its_file_is_written_and_read_again_from
         assert not path.exists()
         assert [bytes(f.data) for f in (first, second, third, beside)] == [want] * 4
         assert not beside.local and third.hit
-        assert (w.status().ufs.reads, w.store.snapshot().writing) == (1, 1)
+        assert (w.status().ufs.reads, w.status().writing) == (1, 1)
     finally:
         gate.open.set()
     await w.stored()
-    assert w.store.snapshot().writing == 0
+    assert w.status().writing == 0
     assert blockfile.read_block_file(path) == (want, blocks.checksum(want))
     after = await served.get(ref, index, local=True)  # now the file is whole: its path
     assert after.local and after.path == str(path) and bytes(after.data) == want
