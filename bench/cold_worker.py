@@ -52,7 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,6 @@ import read_path as rp
 
 from devkit.local import processes
 from devkit.local.s3 import CREDENTIALS, S3Server
-from fluidfed.data import credentials
 
 FILE_SIZE = rp.SMALL_FILE  # --file-kib
 SEQ = False  # --seq-mib: one file read sequentially by fio
@@ -95,24 +93,8 @@ def write_files(root: Path, keys: list[str]) -> None:
         p.write_bytes(i.to_bytes(8, "big") + base[8:])
 
 
-def worker_status(w: processes.WorkerProcess) -> dict[str, Any]:
-    token = processes.local_token("bench", "agent")
-    req = urllib.request.Request(f"{w.url}/v1/status", headers=credentials.authorization(token))
-    with urllib.request.urlopen(req, timeout=10) as r:
-        got: dict[str, Any] = json.load(r)
-    return got
-
-
 def worker_blocks(w: processes.WorkerProcess) -> int:
-    return int(worker_status(w)["blocks"])
-
-
-def worker_settled(w: processes.WorkerProcess, want: int) -> bool:
-    """Whether the worker holds `want` blocks with none left to write: a block still in
-    its write-behind is counted, and its file, written past the page cache, would drop
-    what `load_cached` read of it."""
-    got = worker_status(w)
-    return int(got["blocks"]) >= want and int(got["writing"]) == 0
+    return int(w.status()["blocks"])
 
 
 def _stat(pid: int) -> list[str]:
@@ -205,8 +187,9 @@ def one(
                     fill.close()
                 want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
                 t0 = time.perf_counter()
-                while not worker_settled(w, want) and time.perf_counter() - t0 < 60:
+                while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
                     time.sleep(0.2)
+                w.wait_written()
                 if mode == "dropped":
                     rp.drop_cached(w.dir)
                 elif mode in ("cached", "remote"):

@@ -8,8 +8,13 @@ on the same MinIO (loopback), in the same run, clients interleaved, medians of -
     seq    one big object read sequentially with fio (1 MiB requests):
            cold   a fresh mount, no cache, from MinIO; vs the raw ranged-GET loop of the
                   same parallelism as fluidfed's read-ahead (bench/read_path.py's)
-           warm   a fresh mount over each client's own cache, filled before: fluidfed's
-                  cache worker on this node (short-circuit) and as if on another (HTTP)
+           warm   a fresh mount over each client's own cache, filled before, its files
+                  read into the page cache first: fluidfed's cache worker on this node
+                  (short-circuit) and as if on another (HTTP); then again with the cache
+                  files dropped from the page cache (fluidfed: on this node), each client
+                  from its disk (the peers write their caches through the page cache,
+                  a worker its large blocks past it: without these steps the peers' warm
+                  rows read memory and fluidfed's first warm run the disk)
            reread the same mount again, the kernel's page cache warm
            fill   the first read of each client filling its empty cache (fluidfed: through
                   an empty cache worker), --runs times, the clients taking turns (`--only
@@ -351,6 +356,8 @@ def seq_runs(
                     add(row, fio(m))
                 finally:
                     m.close()
+        for w in workers.values():
+            w.wait_written()  # its last blocks' files, or they drop what is loaded below
         os.sync()
         for r in range(0 if fill_only else runs):
             mib_s = asyncio.run(rp.raw_get_loop(url, size, rp.READAHEAD + 1))
@@ -362,10 +369,21 @@ def seq_runs(
                     add(f"{c}: re-read, page cache", fio(m, invalidate=0))
                 finally:
                     m.close()
+                # every client's cache files in the page cache for the warm rows, then
+                # dropped from it: a peer writes its cache through the page cache, a
+                # worker its large blocks past it, so each meets both states alike
+                cache = workers[c].dir if c in workers else b.caches(c)
+                rp.load_cached(cache)
                 if c not in workers:
                     m = b.open(c, cache=True)
                     try:
                         add(f"{c}: warm, own cache", fio(m))
+                    finally:
+                        m.close()
+                    rp.drop_cached(cache)
+                    m = b.open(c, cache=True)
+                    try:
+                        add(f"{c}: warm, own cache, page cache dropped", fio(m))
                     finally:
                         m.close()
                     continue
@@ -375,6 +393,12 @@ def seq_runs(
                         add(f"{c}: warm, worker {way}", fio(m))
                     finally:
                         m.close()
+                rp.drop_cached(cache)
+                m = b.fluidfed(c, [workers[c]], short_circuit=True)
+                try:
+                    add(f"{c}: warm, worker same node, page cache dropped", fio(m))
+                finally:
+                    m.close()
     finally:
         for w in [*workers.values(), *old]:
             w.close()

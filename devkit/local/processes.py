@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import deque
 from collections.abc import Sequence
@@ -364,6 +365,7 @@ class WorkerProcess(_Child):
         # `secure`: its config gives it a certificate, it serves HTTPS
         self.url = f"{'https' if secure else 'http'}://127.0.0.1:{port}"
         self.config_path = self.dir / "worker.json"
+        self.dataset = ""
         self.write_config(config)
         # the binding's keys, as the agent's Secret gives them to a worker pod
         self.credentials_path = self.dir / "credentials.json"
@@ -379,6 +381,29 @@ class WorkerProcess(_Child):
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config))
         os.replace(tmp, self.config_path)
+        self.dataset = str(config.get("dataset", ""))
+
+    def status(self) -> dict[str, Any]:
+        """Its `GET /v1/status`, asked as its agent (a plain-HTTP worker)."""
+        token = local_token(self.dataset, "agent")
+        req = urllib.request.Request(
+            f"{self.url}/v1/status", headers=credentials.authorization(token)
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            got: dict[str, Any] = json.load(r)
+        return got
+
+    def wait_written(self, timeout: float = 60.0) -> None:
+        """Until every block it has fetched is in its file (`writing` 0): a file written
+        after a bench read the tier into the page cache would drop those pages again (a
+        worker writes blocks of 1 MiB or more with O_DIRECT)."""
+        deadline = time.monotonic() + timeout
+        while (left := self.status()["writing"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if left:
+            raise TimeoutError(
+                f"worker {self.url}: {left} blocks still unwritten after {timeout:g}s"
+            )
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
         self.proc, _ = _spawn(

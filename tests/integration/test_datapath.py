@@ -140,12 +140,6 @@ class Workers:
             p.reload()
         return w
 
-    def status(self, w: WorkerProcess) -> dict[str, Any]:
-        req = urllib.request.Request(f"{w.url}/v1/status", headers=auth("agent"))
-        with urllib.request.urlopen(req, timeout=10) as r:
-            got: dict[str, Any] = json.load(r)
-        return got
-
     def stop(self) -> None:
         for p in self.procs:
             p.stop(signal.SIGKILL)
@@ -231,10 +225,10 @@ def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
     cold = first.status()["blocks"]
     assert cold["worker_misses"] == block_count(want)  # every block came through a worker
     assert cold["ufs_reads"] == 0
-    ufs_reads = [ws.status(w)["ufs"]["reads"] for w in ws.procs]
+    ufs_reads = [w.status()["ufs"]["reads"] for w in ws.procs]
     assert all(n > 0 for n in ufs_reads)  # both workers own a share
     # S3's blocks of 1 MiB (and tails of 512 KiB or more) came over presigned URLs
-    presigned = [ws.status(w)["ufs"]["presigned"] for w in ws.procs]
+    presigned = [w.status()["ufs"]["presigned"] for w in ws.procs]
     if kind == "s3":
         assert all(0 < n <= r for n, r in zip(presigned, ufs_reads, strict=True)), presigned
     else:
@@ -247,7 +241,7 @@ def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
     warm = second.status()["blocks"]
     assert warm["worker_hits"] == block_count(want)
     assert warm["worker_misses"] == 0
-    assert [ws.status(w)["ufs"]["reads"] for w in ws.procs] == ufs_reads
+    assert [w.status()["ufs"]["reads"] for w in ws.procs] == ufs_reads
 
 
 def test_sub_path_shows_only_that_directory(
@@ -282,7 +276,7 @@ def test_two_workers_then_three_then_two_keep_the_cache(
     sc = sidecars(sidecar_config(mount, ws.urls()))
     read_all(sc.mountpoint, want)
     sc.stop()
-    before = [ws.status(w) for w in ws.procs]
+    before = [w.status() for w in ws.procs]
 
     # scale out: the new worker takes about a third; the others keep what they had
     third = ws.add()
@@ -292,9 +286,9 @@ def test_two_workers_then_three_then_two_keep_the_cache(
     moved = got["worker_misses"]
     assert got["worker_hits"] + moved == total
     assert 0.15 * total < moved < 0.5 * total, (moved, total)
-    assert ws.status(third)["ufs"]["reads"] == moved  # only the new worker's share moved
+    assert third.status()["ufs"]["reads"] == moved  # only the new worker's share moved
     for w, b in zip(ws.procs[:2], before, strict=True):
-        assert ws.status(w)["ufs"]["reads"] == b["ufs"]["reads"]
+        assert w.status()["ufs"]["reads"] == b["ufs"]["reads"]
     sc.stop()
 
     # scale in: the leaving worker hands its blocks to their owners among those who stay
@@ -349,11 +343,11 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(bytes(raw))
-    reads_before = ws.status(ws.procs[0])["ufs"]["reads"]
+    reads_before = ws.procs[0].status()["ufs"]["reads"]
 
     sc = sidecars(sidecar_config(mount, ws.urls()))
     assert (sc.mountpoint / name).read_bytes() == want[name]
-    st = ws.status(ws.procs[0])
+    st = ws.procs[0].status()
     assert st["corrupt"] == 1
     assert st["ufs"]["reads"] == reads_before + 1  # that one block came from the UFS again
 
@@ -377,7 +371,7 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     # the first ones the worker pointed to; the rest the sidecar found in the same
     # directory and reported (within a second): to the worker they are hits all the same
     def all_reported() -> Any:
-        served = ws.status(ws.procs[0])["served"]
+        served = ws.procs[0].status()["served"]
         return served if served["short_circuit"] >= block_count(want) else NotYet(served)
 
     served = eventually_blocking(
@@ -450,11 +444,15 @@ def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_
 def filled_ssd_worker(
     data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
 ) -> tuple[dict[str, bytes], dict[str, Any], Workers]:
-    """`ssd_worker` with every block of the dataset in its disk tier (a reader read it all)."""
+    """`ssd_worker` with every block of the dataset in its disk tier (a reader read it all),
+    each in its file (the worker answers before it writes)."""
     want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
     first = sidecars(sidecar_config(mount, ws.urls()))
     read_all(first.mountpoint, want)
     first.stop()
+    ws.procs[0].wait_written()
+    files = [p for p in (tmp_path / "ssd").rglob("*") if p.is_file()]
+    assert len(files) == block_count(want) == ws.procs[0].status()["blocks"], files
     return want, mount, ws
 
 
@@ -478,7 +476,7 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     assert got["worker_hits"] == block_count(want), got
     assert got["worker_errors"] == got["ufs_reads"] == got["short_circuit"] == 0
     assert "NotImplementedError" not in ws.procs[0].log.read_text()
-    served = ws.status(ws.procs[0])["served"]
+    served = ws.procs[0].status()["served"]
     assert served["sendfile"] == block_count(want), served
 
 
@@ -511,7 +509,7 @@ def test_a_reader_hanging_up_mid_block_leaves_the_worker_serving(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
     assert (sc.mountpoint / rel).read_bytes() == want[rel]
-    served = ws.status(ws.procs[0])["served"]
+    served = ws.procs[0].status()["served"]
     # this reader's blocks, and those of the five that the socket's buffer took whole
     # before the reset (the others raised within sendfile, to the reader that hung up)
     assert 0 <= served["sendfile"] - -(-len(want[rel]) // BLOCK) <= 5, served
@@ -592,7 +590,7 @@ def test_a_malformed_touch_report_is_refused_with_the_expected_shape(
     assert info.value.code == 400
     reason = json.load(info.value)["reason"]
     assert '{"blocks": [[key, length], ...]}' in reason and "blocks" in reason
-    assert ws.status(ws.procs[0])["served"]["short_circuit"] == 0  # nothing was counted
+    assert ws.procs[0].status()["served"]["short_circuit"] == 0  # nothing was counted
 
 
 def test_a_worker_whose_files_are_not_visible_is_read_over_http(
@@ -617,7 +615,7 @@ def test_a_worker_whose_files_are_not_visible_is_read_over_http(
     assert got["worker_errors"] == 0 and got["ufs_reads"] == 0
     # the sidecar stopped asking for block files after the first answers it could not use
     # (as many as it had blocks in flight), not once per block
-    tried = ws.status(ws.procs[0])["served"]["short_circuit"]
+    tried = ws.procs[0].status()["served"]["short_circuit"]
     assert 1 <= tried <= 8 < block_count(want)
     assert 1 <= sc.log.read_text().count("is not readable here") <= tried
 
@@ -967,7 +965,7 @@ def test_a_damaged_block_received_into_its_buffer_is_asked_for_again_checked(
     stored[0].write_bytes(bytes(raw))  # the worker sends it as it lies on disk
     got = asyncio.run(get())
     assert bytes(got.data) == want[rel][:BLOCK]
-    assert ws.status(ws.procs[0])["corrupt"] == 1  # asked again with verify: checked
+    assert ws.procs[0].status()["corrupt"] == 1  # asked again with verify: checked
 
 
 class _CuttingRelay:
