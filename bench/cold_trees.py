@@ -32,10 +32,6 @@ import read_path as rp
 from devkit.local.s3 import CREDENTIALS, S3Server
 
 
-def minor_faults(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trees", required=True, help="name=path,name=path")
@@ -79,11 +75,11 @@ def main() -> None:
                         stderr=subprocess.DEVNULL,
                     )
                     time.sleep(1.0)
-                faults = minor_faults(pid)
+                faults = rp.minor_faults(pid)
                 meter = rp.CPU({"sidecar": pid, "minio": server.proc.pid})
                 mib_s = rp.fio(sc.mountpoint / "big.bin", "read", "1M", size=size)["MiB_per_s"]
                 cpu = meter.per_gib(size)
-                faults = int((minor_faults(pid) - faults) / (size / 2**30))
+                faults = int((rp.minor_faults(pid) - faults) / (size / 2**30))
                 if recorder is not None:
                     recorder.send_signal(signal.SIGINT)
                     recorder.wait()

@@ -97,21 +97,6 @@ def worker_blocks(w: processes.WorkerProcess) -> int:
     return int(w.status()["blocks"])
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command name (state first)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def system_seconds(pid: int) -> float:
-    """System CPU of a process, all its threads (the kernel's work for it)."""
-    return int(_stat(pid)[12]) / os.sysconf("SC_CLK_TCK")
-
-
-def minor_faults(pid: int) -> int:
-    """Page faults of a process that needed no disk (fresh or reclaimed pages)."""
-    return int(_stat(pid)[7])
-
-
 TRACING = Path("/sys/kernel/tracing")
 FUSE_SEND = TRACING / "events/fuse/fuse_request_send"
 
@@ -250,8 +235,8 @@ def one(
             pids["minio"] = MINIO_PID
         busy0 = machine_busy()
         cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
-        sys0 = {k: system_seconds(p) for k, p in pids.items()}
-        flt0 = {k: minor_faults(p) for k, p in pids.items()}
+        sys0 = {k: rp.system_seconds(p) for k, p in pids.items()}
+        flt0 = {k: rp.minor_faults(p) for k, p in pids.items()}
         threads0 = thread_seconds(sc.proc.pid)
         counter = FuseOps(sc.mountpoint) if ops else None
         if SEQ:
@@ -272,8 +257,8 @@ def one(
             got[f"{k}_cpu_ms_per_file"] = round(
                 (rp.tree_cpu_seconds(p) - cpu0[k]) * 1000 / units, 3
             )
-            got[f"{k}_sys_ms_per_file"] = round((system_seconds(p) - sys0[k]) * 1000 / units, 3)
-            got[f"{k}_faults_per_file"] = round((minor_faults(p) - flt0[k]) / units, 1)
+            got[f"{k}_sys_ms_per_file"] = round((rp.system_seconds(p) - sys0[k]) * 1000 / units, 3)
+            got[f"{k}_faults_per_file"] = round((rp.minor_faults(p) - flt0[k]) / units, 1)
         for s in spies:
             s.send_signal(2)
         for s in spies:

@@ -74,7 +74,6 @@ VARIANTS = ["mem-1t", "mem-mt", "splice-cached", "splice-dropped", "fallback-cac
 PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
 SPLICE_PIPE = 2 * 2**20  # pipe-max-size for the splice variants: a 1 MiB reply fits
 READ_AHEAD_KIB = 1024
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def compile_server(out: Path) -> Path:
@@ -89,9 +88,7 @@ def compile_server(out: Path) -> Path:
 
 def cpu(pid: int) -> tuple[float, float]:
     """(user + system, system) CPU seconds of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    user, system = int(fields[11]) / TICK, int(fields[12]) / TICK
-    return user + system, system
+    return rp.cpu_seconds(pid), rp.system_seconds(pid)
 
 
 def drop_caches() -> None:

@@ -121,10 +121,25 @@ def rss_mib(pid: int) -> float:
     return status_kib(pid, "VmRSS") / 1024
 
 
+def proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_seconds(pid: int) -> float:
+    """System CPU of a process, all its threads (the kernel's work for it)."""
+    return int(proc_stat(pid)[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults of a process that needed no disk (fresh or reclaimed pages)."""
+    return int(proc_stat(pid)[7])
 
 
 def page_reporting() -> dict[str, Any]:
