@@ -162,12 +162,8 @@ class Worker:
 
     # --- blocks ---------------------------------------------------------------------
 
-    async def block(
-        self, key: str, ref: Source, index: int, *, visible: bool = False
-    ) -> tuple[blocks.Data, int, bool]:
-        """(data, crc, whether it was cached) of the block `index` of `ref`. With `visible`,
-        a block fetched here is in its file when this returns (`BlockStore.put`): a reader
-        on this machine maps it."""
+    async def block(self, key: str, ref: Source, index: int) -> tuple[blocks.Data, int, bool]:
+        """(data, crc, whether it was cached) of the block `index` of `ref`."""
         got = await self.store.get(key)
         if got is not None:
             return got[0], got[1], True
@@ -177,7 +173,7 @@ class Worker:
             self._inflight[key] = fut
             try:
                 data, crc = await self._fetch(ref, index)
-                await self.store.put(key, data, crc, visible=visible)
+                await self.store.put(key, data, crc)
                 fut.set_result((data, crc))
             except BaseException as err:
                 fut.set_exception(err)

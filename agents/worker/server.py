@@ -221,7 +221,16 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         where = w.store.locate(key) if q.local else None
         if where is not None:
             # a reader on this machine reads the block file itself (short-circuit)
-            return _located(w, where, hit=True)
+            w.located += 1
+            w.count_served(1, where[1], local=True)
+            return web.Response(
+                headers={
+                    protocol.LOCAL: where[0],
+                    protocol.LENGTH: str(where[1]),
+                    protocol.CHECKSUM: str(where[2]),
+                    protocol.CACHE: "hit",
+                }
+            )
         held = await w.store.open_verified(key)
         if held is not None:
             w.count_served(1, held[1])
@@ -234,38 +243,16 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             w.count_served(1, len(part))
             crc = blocks.checksum(part)
             return _Block(part, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"})
-        # a miss for a reader on this machine goes to its file through the page cache,
-        # and the reader maps it from there: no copy through the socket on either side
-        # (figures: README, "Measured design decisions")
-        local = q.local and span is None and not q.verify
-        data, crc, hit = await w.block(key, q, q.index, visible=local)
+        data, crc, hit = await w.block(key, q, q.index)
     except errors.UFSNotFound as err:
         return _problem(404, str(err))
     except errors.UFSError as err:
         return _problem(504 if err.temporary else 502, str(err))
-    where = w.store.locate(key, count=False) if local else None
-    if where is not None:
-        return _located(w, where, hit=hit)
     if span is not None:
         data = data[span.offset : span.offset + span.length]
         crc = blocks.checksum(data)
     w.count_served(1, len(data))
     return _Block(data, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if hit else "miss"})
-
-
-def _located(w: Worker, where: tuple[str, int, int], *, hit: bool) -> web.Response:
-    """The answer naming a block's file (path, length, CRC) instead of sending it: its
-    reader, on this machine, reads it there."""
-    w.located += 1
-    w.count_served(1, where[1], local=True)
-    return web.Response(
-        headers={
-            protocol.LOCAL: where[0],
-            protocol.LENGTH: str(where[1]),
-            protocol.CHECKSUM: str(where[2]),
-            protocol.CACHE: "hit" if hit else "miss",
-        }
-    )
 
 
 async def _touch(request: web.Request) -> web.Response:

@@ -76,11 +76,9 @@ _buffered_only: set[str] = set()  # tier directories whose filesystem refused O_
 WRITE_PIECE = 2**20
 
 
-def write_block_file(path: str | Path, data: blocks.Data, crc: int, *, direct: bool = True) -> None:
+def write_block_file(path: str | Path, data: blocks.Data, crc: int) -> None:
     """Write a block file whole: to a temporary name, then renamed over `path`, so a reader
-    (or a mapping) sees the old file or the new one, never a mix. Blocking. A block of
-    DIRECT_FROM or more goes past the page cache unless `direct` is False (a reader on this
-    machine maps the file next: the page cache is where it reads from). Its directory
+    (or a mapping) sees the old file or the new one, never a mix. Blocking. Its directory
     is made only when the file cannot be created without it (a tier's directories are
     there from its first block on): pathlib and a `mkdir` per block were a third of the
     write of a small file's block in a worker's writing thread (figures: README)."""
@@ -89,7 +87,7 @@ def write_block_file(path: str | Path, data: blocks.Data, crc: int, *, direct: b
     trailer = _TRAILER.pack(_MAGIC, crc)
     tier = os.path.dirname(os.path.dirname(path))
     try:
-        direct = direct and len(data) >= DIRECT_FROM and tier not in _buffered_only
+        direct = len(data) >= DIRECT_FROM and tier not in _buffered_only
         if direct and not _write_direct(tmp, data, trailer):
             _buffered_only.add(tier)
             direct = False

@@ -87,11 +87,11 @@ class _Tier:
         return block_path(self.dir, key)
 
     # disk I/O runs in a thread; these are the thread halves
-    def write(self, key: str, data: blocks.Data, crc: int, direct: bool = True) -> int:
+    def write(self, key: str, data: blocks.Data, crc: int) -> int:
         if crc < 0:
             crc = blocks.checksum(data)
         assert self.dir is not None
-        write_block_file(block_file(str(self.dir), key), data, crc, direct=direct)
+        write_block_file(block_file(str(self.dir), key), data, crc)
         return crc
 
     def read(self, key: str) -> tuple[bytes, int] | None:
@@ -158,7 +158,7 @@ class BlockStore:
         # what is being done to each block's file, one thing at a time per key (writes share
         # a temporary name; a removal must not take a file written after it was decided):
         # writes behind the readers, writes `put` waits for, and removals
-        self._files: dict[str, asyncio.Task[Any]] = {}
+        self._files: dict[str, asyncio.Task[None]] = {}
         # block files are written by a thread of their own, so writes waiting behind their
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
@@ -237,17 +237,15 @@ class BlockStore:
         self._hit(tier, key)
         return f, held[1], held[0]
 
-    def locate(self, key: str, *, count: bool = True) -> tuple[str, int, int] | None:
+    def locate(self, key: str) -> tuple[str, int, int] | None:
         """(file path, data length, CRC) of a disk block whose CRC already held once, for a
-        reader on the same machine to read itself (counted as a hit, unless not `count`:
-        a miss just put); None otherwise. The file is the data followed by an 8-byte
-        trailer."""
+        reader on the same machine to read itself (counted as a hit); None otherwise. The
+        file is the data followed by an 8-byte trailer."""
         checked = self._checked(key)
         if checked is None:
             return None
         tier, held = checked
-        if count:
-            self._hit(tier, key)
+        self._hit(tier, key)
         return os.path.abspath(tier.file(key)), held[1], held[0]
 
     def touch(self, keys: list[str]) -> int:
@@ -285,26 +283,19 @@ class BlockStore:
         self._hit(tier, key)
         return got
 
-    async def put(
-        self, key: str, data: blocks.Data, crc: int | None = None, *, visible: bool = False
-    ) -> None:
+    async def put(self, key: str, data: blocks.Data, crc: int | None = None) -> None:
         """Keep a block; its CRC-32 is computed here unless given (a memory-only store
-        never needs it: -1 marks "not computed"). With `visible`, a block placed in a disk
-        tier is in its file, through the page cache, when this returns: `locate` finds it
-        for a reader on this machine waiting to map it (not written behind, nor past the
-        page cache)."""
+        never needs it: -1 marks "not computed")."""
         if crc is None:
             crc = -1 if all(t.dir is None for t in self._tiers) else blocks.checksum(data)
         for i, tier in enumerate(self._tiers):
             if tier.ledger.fits(len(data)):
                 for other in self._tiers[i + 1 :]:
                     await self._drop(other, key)
-                await self._place(i, key, data, crc, visible=visible)
+                await self._place(i, key, data, crc)
                 return
 
-    async def _place(
-        self, i: int, key: str, data: blocks.Data, crc: int, *, visible: bool = False
-    ) -> None:
+    async def _place(self, i: int, key: str, data: blocks.Data, crc: int) -> None:
         tier = self._tiers[i]
         if tier.dir is None:
             tier.mem[key] = (data, crc)
@@ -312,21 +303,15 @@ class BlockStore:
             await self._settled(key)
             if crc < 0:
                 crc = blocks.checksum(data)
-            behind = (
-                not visible
-                and self.write_behind > 0
-                and self._behind + len(data) <= self.write_behind
-            )
-            task = asyncio.create_task(
-                self._write(tier, key, data, crc, behind=behind, visible=visible)
-            )
+            behind = self.write_behind > 0 and self._behind + len(data) <= self.write_behind
+            task = asyncio.create_task(self._write(tier, key, data, crc, behind=behind))
             self._files[key] = task
             if behind:
                 # readers get it from memory until the file is whole; `stored` waits
                 tier.pending[key] = (data, crc)
                 self._behind += len(data)
-            elif not await asyncio.shield(task):  # (a cancelled caller: no half-written file)
-                return  # a `visible` one that could not be written: not kept, the data served
+            else:
+                await asyncio.shield(task)  # a cancelled caller leaves no half-written file
         for old in tier.ledger.add(key, len(data)):
             tier.evictions += 1
             moved = await self._take(tier, old)
@@ -339,35 +324,21 @@ class BlockStore:
                 await self._place(nxt, old, *moved)
 
     async def _write(
-        self,
-        tier: _Tier,
-        key: str,
-        data: blocks.Data,
-        crc: int,
-        *,
-        behind: bool,
-        visible: bool = False,
-    ) -> bool:
+        self, tier: _Tier, key: str, data: blocks.Data, crc: int, *, behind: bool
+    ) -> None:
         """Write a block file in a thread; once it is whole, it may be located and sent as
-        it is. Behind its readers (`behind`), or `visible`: False if the write fails (the
-        block leaves the cache; logged, counted), as its reader has the data anyway;
-        otherwise the error is the caller's. A `visible` one is written through the page
-        cache by a shared thread, not queued behind the writes no reader waits for."""
+        it is. Behind its readers (`behind`): the block leaves the cache if the write fails
+        (logged, counted); otherwise the error is the caller's."""
         try:
-            if visible:
-                await asyncio.to_thread(tier.write, key, data, crc, False)
-            else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._writer, tier.write, key, data, crc)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, tier.write, key, data, crc)
             tier.verified[key] = (crc, len(data))  # written by us just now
-            return True
         except Exception as err:
-            if not (behind or visible):
+            if not behind:
                 raise
             self.stats.write_errors += 1
             tier.ledger.remove(key)
             log.warning("block %s not cached: its file could not be written: %s", key, err)
-            return False
         finally:
             if behind:
                 del tier.pending[key]

@@ -168,18 +168,6 @@ def test_a_large_block_written_past_the_page_cache_reads_back_checked(
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_a_large_block_for_a_reader_on_this_machine_is_written_through_the_page_cache(
-    tmp_path: Path,
-) -> None:
-    # its reader maps it next: from the page cache, not after a read from the disk
-    payload = os.urandom(DIRECT_FROM * 2 + 5)
-    path = block_path(tmp_path, "e" * 32)
-    write_block_file(path, payload, blocks.checksum(payload), direct=False)
-    data, crc = map_block_file(path, cached_only=True)
-    assert (bytes(data), crc) == (payload, blocks.checksum(payload))
-    assert not list(tmp_path.rglob("*.tmp"))
-
-
 @pytest.mark.parametrize("skew", [0, 3])
 def test_a_block_starting_on_a_page_is_written_from_its_own_memory(
     tmp_path: Path, skew: int

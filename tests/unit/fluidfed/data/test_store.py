@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from devkit import testing
 from fluidfed.data import blockfile, blocks
 from fluidfed.data.blockfile import block_path, read_block_file
 from fluidfed.data.store import BlockStore
-from fluidfed.errors import NotCached
 from fluidfed.models import CacheTier, Medium
 
 
@@ -104,50 +102,6 @@ async def test_checked_disk_blocks_are_located_for_short_circuit_readers(
     assert again.locate("e" * 32) == (path, length, crc)
 
 
-async def test_a_block_put_for_a_reader_on_this_machine_is_in_its_file_when_put_returns(
-    tmp_path: Path,
-) -> None:
-    size = 2 * blockfile.DIRECT_FROM
-    store = await BlockStore([tier("SSD", 8 * size, tmp_path)], write_behind=8 * size).open()
-    near, far = "a" * 32, "b" * 32
-    data = bytes(range(256)) * (size // 256)
-    # a reader elsewhere: answered from memory while the file is written behind, past the
-    # page cache
-    await store.put(far, data)
-    assert store.snapshot().writing == 1 and store.locate(far) is None
-    # a reader on this machine: the file is whole and in the page cache, to be mapped
-    await store.put(near, data, visible=True)
-    assert store.snapshot().writing <= 1
-    path, length, crc = store.locate(near, count=False)  # type: ignore[misc]
-    assert (path, length, crc) == (str(block_path(tmp_path, near)), size, blocks.checksum(data))
-    mapped, _ = blockfile.map_block_file(path, cached_only=True)
-    assert mapped == data
-    assert store.stats.hits == 0  # a block just put is no hit
-    await store.stored()
-    with pytest.raises(NotCached):
-        blockfile.map_block_file(block_path(tmp_path, far), cached_only=True)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
-async def test_a_block_for_a_reader_on_this_machine_that_finds_the_disk_full_is_not_kept(
-    tmp_path: Path,
-) -> None:
-    # its reader is served the data all the same (the worker answers over the socket)
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        store = await BlockStore([tier("SSD", 64 * 2**20, mnt)]).open()
-        key = "a" * 32
-        await store.put(key, os.urandom(2 * blockfile.DIRECT_FROM), visible=True)
-        assert key not in store and store.locate(key) is None
-        assert store.stats.write_errors == 1
-        assert not block_path(mnt, key).exists()
-        assert store.snapshot().tiers[0].used == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 async def test_blocks_read_from_their_files_stay_hot(tmp_path: Path) -> None:
     ssd = testing.cache_tier("SSD", 300, tmp_path, high=0.9, low=0.8)
     store = await BlockStore([ssd]).open()
@@ -162,10 +116,31 @@ async def test_blocks_read_from_their_files_stay_hot(tmp_path: Path) -> None:
     assert (data, crc) == (b"a" * 100, blocks.checksum(b"a" * 100))
 
 
+class Gate:
+    """Holds every block file's write (the real one, in its thread) until opened."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        self.started = threading.Semaphore(0)
+        real = blockfile.write_block_file
+
+        def held(path: Path, data: blocks.Data, crc: int) -> None:
+            self.started.release()
+            if not self.open.wait(30):
+                raise TimeoutError("the test never opened the gate")
+            real(path, data, crc)
+
+        monkeypatch.setattr("fluidfed.data.store.write_block_file", held)
+
+    async def writing(self) -> None:
+        """Once a write has reached its thread."""
+        assert await asyncio.to_thread(self.started.acquire, True, 10)
+
+
 async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = testing.BlockFileGate(monkeypatch)
+    gate = Gate(monkeypatch)
     store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
     key, data = "a" * 32, bytes(range(100))
     try:
@@ -191,7 +166,7 @@ async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_wh
 async def test_waiting_for_the_files_waits_for_every_write_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = testing.BlockFileGate(monkeypatch)
+    gate = Gate(monkeypatch)
     store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
     keys = [f"{i:032x}" for i in range(3)]
     for i, key in enumerate(keys):
@@ -208,7 +183,7 @@ async def test_waiting_for_the_files_waits_for_every_write_behind(
 async def test_past_its_bound_a_put_waits_for_its_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = testing.BlockFileGate(monkeypatch)
+    gate = Gate(monkeypatch)
     store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=150).open()
     await store.put("a" * 32, b"a" * 100)  # within the bound: behind
     second = asyncio.create_task(store.put("b" * 32, b"b" * 100))  # past it: waits
@@ -225,7 +200,7 @@ async def test_past_its_bound_a_put_waits_for_its_file(
 async def test_a_block_evicted_or_replaced_while_written_behind_leaves_one_whole_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = testing.BlockFileGate(monkeypatch)
+    gate = Gate(monkeypatch)
     ssd = testing.cache_tier("SSD", 250, tmp_path, high=0.7, low=0.4)
     store = await BlockStore([ssd], write_behind=1000).open()
     await store.put("a" * 32, b"a" * 100)
