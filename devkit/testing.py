@@ -11,10 +11,11 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from aiohttp import web
 
@@ -36,8 +37,14 @@ from fluidfed.models import (
 )
 from fluidfed.units import ByteSize
 
+if TYPE_CHECKING:
+    import pytest
+
+    from fluidfed.data import blocks
+
 __all__ = [
     "AgentProcess",
+    "BlockFileGate",
     "HubProcess",
     "NotYet",
     "binding",
@@ -51,6 +58,31 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class BlockFileGate:
+    """Holds every block file a `BlockStore` writes (the real write, in its thread) until
+    `open` is set: what readers see while files are being written."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fluidfed.data import blockfile
+
+        self.open = threading.Event()
+        self.started = threading.Semaphore(0)
+        real = blockfile.write_block_file
+
+        def held(path: str | Path, data: blocks.Data, crc: int) -> None:
+            self.started.release()
+            if not self.open.wait(30):
+                raise TimeoutError("the test never opened the gate")
+            real(path, data, crc)
+
+        monkeypatch.setattr("fluidfed.data.store.write_block_file", held)
+
+    async def writing(self) -> None:
+        """Once a write has reached its thread."""
+        assert await asyncio.to_thread(self.started.acquire, True, 10)
+
 
 # ---- builders: the smallest valid object; every field can be given --------------------
 

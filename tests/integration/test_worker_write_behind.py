@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -60,21 +59,6 @@ def refs(data: Path) -> list[tuple[FileRef, int, bytes]]:
     return sources.block_refs(data, BLOCK)
 
 
-class Gate:
-    """Holds every block file's write (the real one, in its thread) until opened."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.open = threading.Event()
-        real = blockfile.write_block_file
-
-        def held(path: Path, data: blocks.Data, crc: int) -> None:
-            if not self.open.wait(30):
-                raise TimeoutError("the test never opened the gate")
-            real(path, data, crc)
-
-        monkeypatch.setattr("fluidfed.data.store.write_block_file", held)
-
-
 class Served:
     """A Worker behind its real HTTP server on loopback, and a reader's session."""
 
@@ -116,7 +100,7 @@ async def served(minio: S3Server, tmp_path: Path) -> AsyncIterator[Served]:
 async def test_a_miss_is_answered_before_its_file_is_written_and_read_again_from_memory(
     data: Path, served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(monkeypatch)
+    gate = testing.BlockFileGate(monkeypatch)
     ref, index, want = next(r for r in refs(data) if len(r[2]) > 1000)
     w = served.worker
     key = ref.block_key(DATASET, BLOCK, index)
@@ -147,7 +131,7 @@ async def test_a_miss_is_answered_before_its_file_is_written_and_read_again_from
 async def test_close_drain_and_warm_up_wait_for_the_files(
     data: Path, served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(monkeypatch)
+    gate = testing.BlockFileGate(monkeypatch)
     w = served.worker
     some = refs(data)[:6]
     try:

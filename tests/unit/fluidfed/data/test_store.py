@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import pytest
 
 from devkit import testing
-from fluidfed.data import blockfile, blocks
+from fluidfed.data import blocks
 from fluidfed.data.blockfile import block_path, read_block_file
 from fluidfed.data.store import BlockStore
 from fluidfed.models import CacheTier, Medium
@@ -116,31 +115,10 @@ async def test_blocks_read_from_their_files_stay_hot(tmp_path: Path) -> None:
     assert (data, crc) == (b"a" * 100, blocks.checksum(b"a" * 100))
 
 
-class Gate:
-    """Holds every block file's write (the real one, in its thread) until opened."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.open = threading.Event()
-        self.started = threading.Semaphore(0)
-        real = blockfile.write_block_file
-
-        def held(path: Path, data: blocks.Data, crc: int) -> None:
-            self.started.release()
-            if not self.open.wait(30):
-                raise TimeoutError("the test never opened the gate")
-            real(path, data, crc)
-
-        monkeypatch.setattr("fluidfed.data.store.write_block_file", held)
-
-    async def writing(self) -> None:
-        """Once a write has reached its thread."""
-        assert await asyncio.to_thread(self.started.acquire, True, 10)
-
-
 async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(monkeypatch)
+    gate = testing.BlockFileGate(monkeypatch)
     store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
     key, data = "a" * 32, bytes(range(100))
     try:
@@ -166,7 +144,7 @@ async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_wh
 async def test_waiting_for_the_files_waits_for_every_write_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(monkeypatch)
+    gate = testing.BlockFileGate(monkeypatch)
     store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
     keys = [f"{i:032x}" for i in range(3)]
     for i, key in enumerate(keys):
@@ -183,7 +161,7 @@ async def test_waiting_for_the_files_waits_for_every_write_behind(
 async def test_past_its_bound_a_put_waits_for_its_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(monkeypatch)
+    gate = testing.BlockFileGate(monkeypatch)
     store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=150).open()
     await store.put("a" * 32, b"a" * 100)  # within the bound: behind
     second = asyncio.create_task(store.put("b" * 32, b"b" * 100))  # past it: waits
@@ -200,7 +178,7 @@ async def test_past_its_bound_a_put_waits_for_its_file(
 async def test_a_block_evicted_or_replaced_while_written_behind_leaves_one_whole_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(monkeypatch)
+    gate = testing.BlockFileGate(monkeypatch)
     ssd = testing.cache_tier("SSD", 250, tmp_path, high=0.7, low=0.4)
     store = await BlockStore([ssd], write_behind=1000).open()
     await store.put("a" * 32, b"a" * 100)
