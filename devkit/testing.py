@@ -21,6 +21,7 @@ from aiohttp import web
 
 from devkit.local.processes import AgentProcess as AgentProcess
 from devkit.local.processes import HubProcess as HubProcess
+from fluidfed.data import blockfile
 from fluidfed.models import (
     Binding,
     BindingStatus,
@@ -65,8 +66,6 @@ class BlockFileGate:
     `open` is set: what readers see while files are being written."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from fluidfed.data import blockfile
-
         self.open = threading.Event()
         self.started = threading.Semaphore(0)
         real = blockfile.write_block_file
