@@ -40,6 +40,7 @@ class ReadStats:
     pushed: int = 0  # small files handed to the kernel's page cache when opened
     connections: int = 0  # opened to workers for blocks (the rest reused kept-alive ones)
     connections_rustls: int = 0  # of those, https ones on rustls (the others: Python's ssl)
+    connections_loop: int = 0  # opened for small files' blocks, on the event loop
     buffers_reused: int = 0  # blocks from workers received into a buffer used before
 
 
@@ -226,6 +227,7 @@ class BlockReader:
                 self._count(got.hit)
                 self.stats.connections = self.conns.opened
                 self.stats.connections_rustls = self.conns.opened_rustls
+                self.stats.connections_loop = self.conns.opened_on_loop
                 self.stats.buffers_reused = self.conns.buffers.reused
                 if got.local:
                     self.stats.short_circuit += 1

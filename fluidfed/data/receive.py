@@ -17,6 +17,14 @@ reused, at most `idle` idle ones per worker, each closed after `IDLE_FOR` second
 and used again for another block only once nothing references it (`Buffers`): the memory
 tier and FUSE replies that keep it never see it change.
 
+A small answer (a small file's block: `workers._large`) is not worth a thread hand-off,
+so `Connections.get_on_loop` makes the same exchange on the event loop instead, over
+connections of its own (`_LoopConn`, an `asyncio.BufferedProtocol`): the head read into a
+page of scratch and parsed by httptools, the body received by the transport straight into
+a buffer of its size, no aiohttp request, response or stream objects per block (figures:
+README, "Measured design decisions"). Over TLS that is the loop's TLS, verified with the
+caller's context, as aiohttp's was.
+
 An https worker (the agent's workers serve TLS with their binding's certificate) is
 received the same way over TLS verified with the caller's context: on rustls
 (`fluidfed.tlsclient`) the body is decrypted into the buffer in one call, the GIL
@@ -31,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import select
 import socket
 import ssl
@@ -39,9 +48,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -202,8 +211,9 @@ class _Closed(Exception):
 
 class Connections:
     """Kept-alive HTTP/1.1 connections to cache workers, for block GETs received in
-    threads. `close` closes every one, idle or in use (a thread receiving on one then
-    fails at once instead of waiting out its timeout)."""
+    threads (`get`) or on the event loop (`get_on_loop`, connections of its own). `close`
+    closes every one, idle or in use (a thread receiving on one then fails at once
+    instead of waiting out its timeout); it is called on the event loop's thread."""
 
     def __init__(
         self, *, idle: int = 8, threads: int = 16, tls: ssl.SSLContext | None = None
@@ -222,6 +232,10 @@ class Connections:
         self.opened_rustls = 0  # of those, https ones on rustls
         self.buffers = Buffers()
         self._forget: asyncio.TimerHandle | None = None
+        # the event loop's connections (`get_on_loop`): idle ones per worker, and all
+        self._loop_idle: dict[_Where, deque[_LoopConn]] = {}
+        self._loop_all: set[_LoopConn] = set()
+        self.opened_on_loop = 0  # connections made for answers received on the loop
 
     @staticmethod
     def handles(url: str) -> bool:
@@ -240,27 +254,96 @@ class Connections:
         WorkerError if the worker cannot be reached, closes the connection before the
         whole answer arrived, or takes longer than `seconds` (the thread cannot be
         cancelled: a caller's own timeout leaves it to finish or fail within those)."""
-        # a URL that brings its own query (a presigned one: a credential) is sent as it
-        # is, and never named in an error
-        u = URL(url).with_query(params) if params else URL(url, encoded=True)
-        shown = u.with_query(None)
-        if self._closed:
-            raise errors.WorkerError(f"{shown}: the sidecar is closing")
-        if u.host is None or u.port is None:
-            raise errors.WorkerError(f"{shown}: not a worker URL")
-        where = _Where(u.scheme == "https", u.host, u.port)
-        request = _request(u, headers)
+        where, request = self._target(url, params, headers)
         loop = asyncio.get_running_loop()
         try:
             job = loop.run_in_executor(
                 self._pool, self._exchange, where, request, seconds, checksum
             )
         except RuntimeError as err:  # the pool was shut down meanwhile
-            raise errors.WorkerError(f"{shown}: the sidecar is closing") from err
+            raise errors.WorkerError(f"{where.name}: the sidecar is closing") from err
         answer = await job
         if self._forget is None:
             self._forget = loop.call_later(self.buffers.idle, self._forget_idle)
         return answer
+
+    def _target(
+        self, url: str, params: Mapping[str, str | int], headers: Mapping[str, str]
+    ) -> tuple[_Where, bytes]:
+        """Where `url` is, and the request for it. A URL that brings its own query (a
+        presigned one: a credential) is sent as it is, and never named in an error."""
+        u = URL(url).with_query(params) if params else URL(url, encoded=True)
+        if self._closed:
+            raise errors.WorkerError(f"{u.with_query(None)}: the sidecar is closing")
+        if u.host is None or u.port is None:
+            raise errors.WorkerError(f"{u.with_query(None)}: not a worker URL")
+        return _Where(u.scheme == "https", u.host, u.port), _request(u, headers)
+
+    async def get_on_loop(
+        self,
+        url: str,
+        params: Mapping[str, str | int],
+        headers: Mapping[str, str],
+        seconds: float,
+    ) -> Answer:
+        """`get` on the event loop, for a small answer (its CRC taken here too): the
+        same errors, the whole exchange within `seconds`."""
+        where, request = self._target(url, params, headers)
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    conn, reused = await self._loop_take(where)
+                    try:
+                        answer, keep = await conn.exchange(request)
+                    except _Closed:
+                        conn.close()
+                        if reused:
+                            continue  # closed while idle: once more on a new connection
+                        raise errors.WorkerError("connection closed before an answer") from None
+                    except BaseException:
+                        conn.close()  # (a timeout, a cancel: what is left of it unread)
+                        raise
+                    if keep and not self._closed:
+                        conn.since = time.monotonic()
+                        self._loop_idle.setdefault(where, deque()).append(conn)
+                    else:
+                        conn.close()
+                    return answer
+        except TimeoutError:
+            raise errors.WorkerError(f"{where.name}: no answer in time") from None
+        except errors.WorkerError as err:
+            raise errors.WorkerError(f"{where.name}: {err}", status=err.status) from None
+        except (OSError, ssl.SSLError, httptools.HttpParserError) as err:
+            raise errors.WorkerError(f"{where.name}: {_said(err)}") from err
+
+    async def _loop_take(self, where: _Where) -> tuple[_LoopConn, bool]:
+        """An idle connection of the event loop's to `where` still open (the freshest),
+        else a new one (over TLS, its handshake done, the worker verified)."""
+        idle = self._loop_idle.get(where)
+        now = time.monotonic()
+        while idle:
+            kept = idle.pop()
+            if not kept.closed and now - kept.since < IDLE_FOR:
+                return kept, True
+            kept.close()
+        if self._closed:
+            raise errors.WorkerError("the sidecar is closing")
+        ctx = (self.tls or _system_roots()) if where.secure else None
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            _LoopConn,
+            where.host,
+            where.port,
+            ssl=ctx,
+            server_hostname=where.host if ctx is not None else None,
+        )
+        self.opened_on_loop += 1
+        self._loop_all.add(conn)
+        conn.on_close = self._loop_all.discard
+        if self._closed:
+            conn.close()
+            raise errors.WorkerError("the sidecar is closing")
+        return conn, False
 
     def _forget_idle(self) -> None:
         if self.buffers.forget_idle():
@@ -271,7 +354,7 @@ class Connections:
 
     def _exchange(self, where: _Where, request: bytes, timeout: float, checksum: bool) -> Answer:
         deadline = time.monotonic() + timeout
-        name = f"{'https' if where.secure else 'http'}://{where.host}:{where.port}"
+        name = where.name
         while True:
             try:
                 sock, reused = self._take(where, timeout, deadline)
@@ -372,8 +455,10 @@ class Connections:
         sock.close()
 
     def idle(self) -> int:
+        """Idle connections kept, the threads' and the event loop's."""
+        on_loop = sum(len(d) for d in self._loop_idle.values())
         with self._lock:
-            return sum(len(d) for d in self._idle.values())
+            return on_loop + sum(len(d) for d in self._idle.values())
 
     def close(self) -> None:
         with self._lock:
@@ -382,6 +467,9 @@ class Connections:
                 for sock, _ in idle:
                     sock.close()
             self._idle.clear()
+            self._loop_idle.clear()
+            for conn in list(self._loop_all):  # (on the loop's thread: the sidecar's close)
+                conn.close()
             for sock in self._busy:  # its thread's receive returns; the thread closes it
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -395,6 +483,125 @@ class _Where(NamedTuple):
     secure: bool  # https
     host: str
     port: int
+
+    @property
+    def name(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+
+class _LoopConn(asyncio.BufferedProtocol):
+    """A kept-alive connection on the event loop, one exchange at a time: the head is read
+    into a page of scratch (`HEAD_READ`, as the threads read it) and parsed, then the
+    transport receives the body straight into a buffer of its Content-Length."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.since = 0.0  # when it went idle
+        self.on_close: Callable[[_LoopConn], None] | None = None
+        self._scratch = memoryview(bytearray(HEAD_READ))
+        self._head: _Head | None = None
+        self._body: memoryview | None = None  # the body's buffer, once the head is in
+        self._got = 0
+        self._seen = 0  # bytes of this answer received
+        self._done: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's: no subclass)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.on_close is not None:
+            self.on_close(self)
+        if self._done is not None and not self._done.done():
+            if self._seen == 0:
+                self._done.set_exception(_Closed())
+            else:
+                what = (
+                    "in the answer's head"
+                    if self._body is None
+                    else f"after {self._got} of {len(self._body)} body bytes"
+                )
+                self._done.set_exception(errors.WorkerError(f"connection closed {what}"))
+
+    def eof_received(self) -> bool:
+        return False  # closed: connection_lost tells a waiting exchange
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def exchange(self, request: bytes) -> tuple[Answer, bool]:
+        """Send `request`, receive its answer; also whether the connection can be kept."""
+        assert self.transport is not None
+        head = self._head = _Head()
+        self._body, self._got, self._seen = None, 0, 0
+        done = self._done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        try:
+            await done
+        finally:
+            self._done = None
+        if self._body is not None:
+            body: blocks.Data = self._body.toreadonly()
+            self._body = None
+        else:
+            body = b"".join(head.pieces)
+        status = head.status
+        crc = blocks.checksum(body) if status in (200, 206) else -1
+        return Answer(status, head.headers, body, crc), head.keep
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._body is not None and self._got < len(self._body):
+            return self._body[self._got :]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        done = self._done
+        if done is None or done.done():
+            self.close()  # bytes nobody asked for: the connection is not reused
+            return
+        self._seen += nbytes
+        if self._body is not None:
+            self._got += nbytes
+            if self._got >= len(self._body):
+                done.set_result(None)
+            return
+        head = self._head
+        assert head is not None
+        try:
+            head.parser.feed_data(self._scratch[:nbytes])
+        except httptools.HttpParserError as err:
+            done.set_exception(err)
+            return
+        if not head.head_done:
+            if self._seen > MAX_HEAD:
+                done.set_exception(errors.WorkerError("answer head too long"))
+            return
+        length = head.headers.get("content-length")
+        if not head.done and head.status in (200, 206) and length is not None:
+            n = int(length)
+            if not 0 <= n <= MAX_BODY:  # refused before a buffer of that size is made
+                done.set_exception(
+                    errors.WorkerError(f"answer of {n} bytes: a block is at most {MAX_BODY}")
+                )
+                return
+            # what came with the head, then the rest straight into the buffer
+            body = memoryview(_uninitialized(n))
+            for piece in head.pieces:
+                body[self._got : self._got + len(piece)] = piece
+                self._got += len(piece)
+            head.pieces.clear()
+            self._body = body
+            if self._got >= n:
+                done.set_result(None)
+        elif head.done:
+            done.set_result(None)
+        elif head.got > MAX_BODY:
+            done.set_exception(
+                errors.WorkerError(f"answer over {MAX_BODY} bytes: a block is at most that")
+            )
 
 
 _roots: ssl.SSLContext | None = None
@@ -486,6 +693,14 @@ def _exchange_on(
         body = b"".join(head.pieces)
     crc = blocks.checksum(body) if checksum and status in (200, 206) else -1
     return Answer(status, head.headers, body, crc), keep
+
+
+def _said(err: Exception) -> str:
+    """What failed, in the words the threads' sockets use: asyncio says "Connect call
+    failed" where a socket says "Connection refused" (or unreachable...)."""
+    if isinstance(err, OSError) and err.errno and str(err.strerror).startswith("Connect call"):
+        return f"[Errno {err.errno}] {os.strerror(err.errno)}"
+    return str(err) or type(err).__name__
 
 
 def _in_time(deadline: float) -> None:

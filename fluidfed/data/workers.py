@@ -52,10 +52,11 @@ async def get_block(
     instead (short-circuit read: the reader on the same machine reads the page cache
     itself, no bytes over the socket); NotLocal if that path is not visible here.
 
-    With `conns`, the block is received in a thread straight into a buffer of its size
+    With `conns`, the block is received straight into a buffer of its size
     (`fluidfed.data.receive`, over TLS for an https worker, verified with the context
-    `conns` was given) with `session`'s headers (the credential) and timeout; without, or
-    for a small file's block (`_large`), through `session` (its connector verifies)."""
+    `conns` was given) with `session`'s headers (the credential) and timeout: in a thread,
+    or on the event loop for a small file's block (`_large`); without, through `session`
+    (its connector verifies)."""
     query = protocol.BlockQuery(
         mount=ref.mount,
         key=ref.key,
@@ -70,8 +71,10 @@ async def get_block(
     target = protocol.block_url(url, key)
     headers: Mapping[str, str]
     got: int | None = None  # the body's CRC, where it was computed as it arrived
-    if conns is not None and conns.handles(url) and _large(ref, span):
-        answer = await conns.get(target, query.params(), session.headers, _timeout(session))
+    if conns is not None and conns.handles(url):
+        # a small file's block on the event loop: not worth a thread's hand-off
+        get = conns.get if _large(ref, span) else conns.get_on_loop
+        answer = await get(target, query.params(), session.headers, _timeout(session))
         if answer.status != 200:
             text = bytes(answer.body).decode(errors="replace")
             raise errors.WorkerError(f"{url}: {answer.status} {text}", status=answer.status)

@@ -165,32 +165,40 @@ def test_sidecars_read_a_tls_worker_through_the_bindings_ca_and_refuse_another_c
         urllib.request.urlopen(plain, timeout=10)
 
 
-def test_blocks_over_tls_in_a_thread_and_through_aiohttp_and_a_wrong_ca_is_a_worker_error(
+def test_blocks_over_tls_in_a_thread_on_the_loop_and_through_aiohttp_and_a_wrong_ca_is_a_worker_error(
     data: Path, tls_worker: tuple[WorkerProcess, Path], binding_tls: trust.DataTLS
 ) -> None:
     w, _ = tls_worker
     want = sources.files(data)
-    rel = _whole_blocks(data)[0]
+    large = _whole_blocks(data)[0]  # received in a thread
+    small = min(want, key=lambda k: (len(want[k]) == 0, len(want[k])))  # on the event loop
+    assert 0 < len(want[small]) < workers.THREAD_FROM
     other = trust.data_tls(None, HOSTS, time.time())
 
-    async def get(ca_pem: str, threaded: bool) -> workers.Fetched:
+    async def get(ca_pem: str, rel: str, conns_too: bool) -> tuple[workers.Fetched, int, int]:
         ctx = tls.trusting(ca_pem)
         ref, key = await _block_of(data, rel)
-        conns = receive.Connections(tls=ctx) if threaded else None
+        conns = receive.Connections(tls=ctx) if conns_too else None
         try:
             async with aiohttp.ClientSession(
                 headers=auth("reader"), connector=aiohttp.TCPConnector(ssl=ctx)
             ) as s:
-                return await workers.get_block(s, w.url, key, ref, 0, conns=conns)
+                got = await workers.get_block(s, w.url, key, ref, 0, conns=conns)
+                return got, (conns.opened if conns else 0), (conns.opened_on_loop if conns else 0)
         finally:
             if conns is not None:
                 conns.close()
 
-    for threaded in (True, False):
-        got = asyncio.run(get(binding_tls.ca_cert, threaded))
+    for rel, conns_too, threads, loop in [
+        (large, True, 1, 0),
+        (small, True, 0, 1),
+        (large, False, 0, 0),
+    ]:
+        got, opened, opened_on_loop = asyncio.run(get(binding_tls.ca_cert, rel, conns_too))
         assert bytes(got.data) == want[rel][:BLOCK]
+        assert (opened, opened_on_loop) == (threads, loop)
         with pytest.raises(errors.WorkerError, match="CERTIFICATE_VERIFY_FAILED"):
-            asyncio.run(get(other.ca_cert, threaded))
+            asyncio.run(get(other.ca_cert, rel, conns_too))
 
 
 def test_a_renewed_serving_certificate_is_served_without_a_restart_and_reads_go_on(

@@ -933,8 +933,9 @@ def test_blocks_received_into_their_buffers_are_the_sources_over_one_kept_connec
                 assert conns.buffers.reused > reused  # those let go were used again
                 with pytest.raises(TypeError):  # handed out read-only
                     kept[0] = 0  # type: ignore[index]
-            # one request at a time: every one of them on the first connection
-            assert (conns.opened, conns.idle()) == (1, 1)
+            # one request at a time: every one of them on the first connection, but the
+            # small span, received on the event loop over a connection of the loop's
+            assert (conns.opened, conns.opened_on_loop, conns.idle()) == (1, 1, 2)
         finally:
             conns.close()
         assert conns.idle() == 0
@@ -1018,11 +1019,18 @@ class _CuttingRelay:
             w.close()
 
 
+def _small_file(data: Path) -> str:
+    """A file of the test dataset whose block is received on the event loop."""
+    return sorted(k for k, v in sources.files(data).items() if 2**17 < len(v) < BLOCK)[0]
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "loop"])
 def test_a_connection_cut_or_stalled_mid_body_is_a_worker_error(
-    data: Path, workers_factory: Any
+    data: Path, workers_factory: Any, on_loop: bool
 ) -> None:
     ws = workers_factory({"uri": f"file://{data}"}, 1)
-    rel = _whole_blocks(data)[0]
+    rel = _small_file(data) if on_loop else _whole_blocks(data)[0]
+    half = len(sources.files(data)[rel]) // 2 if on_loop else BLOCK // 2
 
     async def run() -> None:
         ref, key = await _block_of(data, rel)
@@ -1031,13 +1039,15 @@ def test_a_connection_cut_or_stalled_mid_body_is_a_worker_error(
             timeout = aiohttp.ClientTimeout(total=2)
             async with aiohttp.ClientSession(headers=auth("reader"), timeout=timeout) as s:
                 await workers.get_block(s, ws.urls()[0], key, ref, 0, conns=conns)  # cached
-                async with _CuttingRelay(ws.urls()[0], BLOCK // 2) as url:
+                made = conns.opened_on_loop if on_loop else conns.opened
+                assert made == 1
+                async with _CuttingRelay(ws.urls()[0], half) as url:
                     with pytest.raises(errors.WorkerError, match="closed after"):
                         await workers.get_block(s, url, key, ref, 0, conns=conns)
-                async with _CuttingRelay(ws.urls()[0], BLOCK // 2, stall=True) as url:
+                async with _CuttingRelay(ws.urls()[0], half, stall=True) as url:
                     with pytest.raises(errors.WorkerError, match="no answer in time"):
                         await workers.get_block(s, url, key, ref, 0, conns=conns)
-                relay = _CuttingRelay(ws.urls()[0], BLOCK // 2, stall=True)
+                relay = _CuttingRelay(ws.urls()[0], half, stall=True)
                 async with relay as url:  # closing the connections ends a stalled one
                     got = asyncio.create_task(workers.get_block(s, url, key, ref, 0, conns=conns))
                     await relay.cut.wait()
@@ -1051,13 +1061,14 @@ def test_a_connection_cut_or_stalled_mid_body_is_a_worker_error(
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "loop"])
 def test_a_worker_gone_after_a_kept_connection_is_a_worker_error(
-    data: Path, workers_factory: Any
+    data: Path, workers_factory: Any, on_loop: bool
 ) -> None:
     """Its kept connection closed (seen, not reused), and a new one refused: WorkerError,
     which the sidecar answers by reading the under storage, never a bare OSError."""
     ws = workers_factory({"uri": f"file://{data}"}, 1)
-    rel = _whole_blocks(data)[0]
+    rel = _small_file(data) if on_loop else _whole_blocks(data)[0]
 
     async def run() -> None:
         ref, key = await _block_of(data, rel)

@@ -6,9 +6,12 @@ told right."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from devkit import testing
@@ -39,32 +42,72 @@ async def server() -> AsyncIterator[str]:
         yield f"{url}/h"
 
 
+WAYS = ["thread", "loop", "uvloop"]  # `get`; `get_on_loop` on asyncio's loop, on uvloop's
+
+
+async def on(way: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `body` on the loop `way` names: uvloop's in a thread of its own (the server
+    keeps this test's loop)."""
+    if way == "uvloop":
+        await asyncio.to_thread(uvloop.run, body())
+    else:
+        await body()
+
+
+def getter(conns: receive.Connections, way: str) -> Callable[..., Awaitable[receive.Answer]]:
+    return conns.get if way == "thread" else conns.get_on_loop
+
+
+def opened(conns: receive.Connections, way: str) -> int:
+    return conns.opened if way == "thread" else conns.opened_on_loop
+
+
+def not_opened(conns: receive.Connections, way: str) -> int:
+    return conns.opened_on_loop if way == "thread" else conns.opened
+
+
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("n", [0, 100, receive.HEAD_READ * 3 + 5, 4 * 2**20 + 7])
 @pytest.mark.parametrize("pad", [0, receive.HEAD_READ * 3])
 async def test_heads_longer_than_a_piece_and_bodies_of_every_size_arrive_whole(
-    server: str, n: int, pad: int
+    server: str, n: int, pad: int, way: str
 ) -> None:
     conns = receive.Connections()
-    try:
+    get = getter(conns, way)
+
+    async def body() -> None:
         for _ in range(2):  # the second on the same connection: nothing of the first left
-            got = await conns.get(server, {"n": n, "pad": pad}, {}, 10.0)
+            got = await get(server, {"n": n, "pad": pad}, {}, 10.0)
             assert got.status == 200
             assert bytes(got.body) == pattern(n)
+            assert got.crc == zlib.crc32(pattern(n))
             assert got.headers.get("X-Pad-0", "").startswith("0000")
             assert len([k for k in got.headers if k.startswith("X-Pad-")]) == pad // 1024 + 1
-        assert conns.opened == 1
+        assert opened(conns, way) == 1
+        assert not_opened(conns, way) == 0
+        conns.close()
+
+    try:
+        await on(way, body)
     finally:
         conns.close()
 
 
-async def test_a_head_over_max_head_is_refused(server: str) -> None:
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_head_over_max_head_is_refused(server: str, way: str) -> None:
     conns = receive.Connections()
-    try:
+    get = getter(conns, way)
+
+    async def body() -> None:
         with pytest.raises(errors.WorkerError, match="answer head too long"):
-            await conns.get(server, {"n": 10, "pad": receive.MAX_HEAD + 4096}, {}, 10.0)
+            await get(server, {"n": 10, "pad": receive.MAX_HEAD + 4096}, {}, 10.0)
         # the connection is dropped, the next request goes well on a new one
-        got = await asyncio.wait_for(conns.get(server, {"n": 10, "pad": 0}, {}, 10.0), 10)
+        got = await asyncio.wait_for(get(server, {"n": 10, "pad": 0}, {}, 10.0), 10)
         assert bytes(got.body) == pattern(10)
-        assert conns.opened == 2
+        assert opened(conns, way) == 2
+        conns.close()
+
+    try:
+        await on(way, body)
     finally:
         conns.close()
