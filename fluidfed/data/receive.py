@@ -549,7 +549,7 @@ class _LoopConn(asyncio.BufferedProtocol):
         else:
             body = b"".join(head.pieces)
         status = head.status
-        crc = blocks.checksum(body) if status in (200, 206) else -1
+        crc = await blocks.checksum_off_loop(body) if status in (200, 206) else -1
         return Answer(status, head.headers, body, crc), head.keep
 
     def get_buffer(self, sizehint: int) -> memoryview:
