@@ -41,7 +41,7 @@ class ReadStats:
     connections: int = 0  # opened to workers for blocks (the rest reused kept-alive ones)
     connections_rustls: int = 0  # of those, https ones on rustls (the others: Python's ssl)
     connections_loop: int = 0  # opened for small files' blocks, on the event loop
-    buffers_reused: int = 0  # blocks from workers received into a buffer used before
+    buffers_reused: int = 0  # blocks from workers (or their cold files) in a buffer used before
 
 
 class BlockReader:
@@ -258,12 +258,13 @@ class BlockReader:
         """A block straight from a worker's files (checked against the CRC it was stored
         with), or None: ask the worker. The worker hears of it in the next report. With
         `then`, `then` gets the block (of `size` bytes) as `_give` reads it; without, the
-        block is mapped here if it is in the page cache, else copied in a thread."""
+        block is mapped here if it is in the page cache, else read past it in a thread."""
         for d in self._dirs[worker]:
             path = blockfile.block_file(d, key)
             try:
                 if then is None:
-                    data, crc = await blockfile.load_block_file(path)
+                    # (a file not in the page cache read into a reused buffer)
+                    data, crc = await blockfile.load_block_file(path, self.conns.buffers.take)
                 else:
                     data, crc = await self._give(path, size, then)
             except FileNotFoundError:
@@ -276,6 +277,7 @@ class BlockReader:
                 return None
             self.stats.worker_hits += 1
             self.stats.short_circuit += 1
+            self.stats.buffers_reused = self.conns.buffers.reused
             self._touched.setdefault(worker, []).append((key, size if then else len(data)))
             if self._reporter is None or self._reporter.done():
                 self._reporter = asyncio.create_task(self._report_touches())

@@ -237,28 +237,89 @@ def read_block_file(path: str | Path) -> tuple[bytes, int]:
 _buffers = threading.local()  # each thread's buffer for `give_block_file`
 
 
+def read_block_file_direct(
+    path: str | Path, take: Callable[[int], memoryview] = heap.aligned
+) -> tuple[blocks.Data, int]:
+    """(data, CRC) of a block file that is not in the page cache, checked, read past it
+    (O_DIRECT) into page-aligned memory of `take(n)` bytes (the sidecar's
+    `receive.Buffers`: a block's buffer is used again once nothing holds it). Read through
+    the page cache, a cold file's pages are new memory the kernel must find and fill: ~1
+    CPU-s per GiB of system time on this VM, ~0.1 past it (figures: README, "Measured
+    design decisions"), and the block would lie in memory twice, as the file's pages and
+    as the reader's (its memory tier, the FUSE file's page cache). Read through the page
+    cache where the filesystem refuses O_DIRECT. FileNotFoundError if it is gone,
+    CorruptBlock if it is damaged. Blocking: for a thread."""
+    got: list[memoryview] = []
+
+    def room(file_size: int) -> memoryview:
+        if file_size < _TRAILER.size:
+            raise CorruptBlock(f"{path}: shorter than its trailer")
+        # a page more than the file: one that grew meanwhile reads longer, and is told apart
+        got.append(take((file_size // _ALIGN + 1) * _ALIGN))
+        return got[0]
+
+    view, n, file_size = _read_whole(path, room)
+    if n != file_size:
+        raise CorruptBlock(f"{path}: changed while read")
+    size = n - _TRAILER.size
+    data = view[:size]
+    return data, _check(path, data, view[size:n])
+
+
 def give_block_file(path: str | Path, size: int, then: Callable[[memoryview], None]) -> int:
     """Read a block file of `size` data bytes into this thread's reused buffer, check it,
     and hand `then` a view of the data, valid only during the call (a consumer that copies
     it, as FUSE's notify_store does); returns the CRC. FileNotFoundError if it is gone,
     CorruptBlock if it is damaged or not `size` bytes long. Blocking, for a thread: one
     read call and no allocation, where `read_block_file` makes five calls (each letting go
-    of the GIL and taking it again) and a new bytes object whose pages fault in afresh."""
+    of the GIL and taking it again) and a new bytes object whose pages fault in afresh.
+    Read past the page cache where the filesystem allows (`read_block_file_direct`): the
+    caller reads files that are not in it."""
     need = size + _TRAILER.size + 1  # one more: a longer file is told apart
-    buf: bytearray | None = getattr(_buffers, "buf", None)
-    if buf is None or len(buf) < need:
-        buf = _buffers.buf = bytearray(max(need, 256 * 1024))
-    fd = os.open(path, os.O_RDONLY)
+    room = -(-need // _ALIGN) * _ALIGN
+    buf: mmap.mmap | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < room:
+        buf = _buffers.buf = mmap.mmap(-1, max(room, 256 * 1024))  # (on a page boundary)
+    with memoryview(buf) as whole:
+        _, n, _ = _read_whole(path, lambda _: whole[:room])
+        if n != size + _TRAILER.size:
+            raise CorruptBlock(f"{path}: {n} bytes, expected {size + _TRAILER.size}")
+        with whole[:size] as data:
+            crc = _check(path, data, whole[size:n])
+            then(data)
+    return crc
+
+
+def _read_whole(path: str | Path, room: Callable[[int], memoryview]) -> tuple[memoryview, int, int]:
+    """(buffer, bytes read into it, the file's size) of a block file read from its start
+    into `room(its size)`, page-aligned memory a multiple of _ALIGN long: past the page
+    cache (O_DIRECT), or through it where the filesystem refuses O_DIRECT or its alignment
+    (its tier is then read and written buffered from now on)."""
+    path = os.fspath(path)
+    tier = os.path.dirname(os.path.dirname(path))
+    direct = tier not in _buffered_only
     try:
-        n = os.preadv(fd, [memoryview(buf)[:need]], 0)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0))
+    except OSError as err:
+        if not direct or err.errno != errno.EINVAL:
+            raise
+        _buffered_only.add(tier)
+        direct = False
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        file_size = os.fstat(fd).st_size
+        view = room(file_size)
+        try:
+            n = os.preadv(fd, [view], 0)
+        except OSError as err:
+            if not direct or err.errno != errno.EINVAL:
+                raise
+            _buffered_only.add(tier)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            n = os.preadv(fd, [view], 0)
     finally:
         os.close(fd)
-    if n != size + _TRAILER.size:
-        raise CorruptBlock(f"{path}: {n} bytes, expected {size + _TRAILER.size}")
-    with memoryview(buf) as whole, whole[:size] as data:
-        crc = _check(path, data, whole[size:n])
-        then(data)
-    return crc
+    return view, n, file_size
 
 
 def _data_size(fd: int, path: str | Path) -> int:
@@ -390,14 +451,17 @@ _cachestat: Callable[[int, int], bool] | None = (
 )
 
 
-async def load_block_file(path: str | Path) -> tuple[blocks.Data, int]:
+async def load_block_file(
+    path: str | Path, take: Callable[[int], memoryview] = heap.aligned
+) -> tuple[blocks.Data, int]:
     """`map_block_file` on the event loop when the file is in the page cache (mapping 4 MiB
     takes microseconds and a hand-off to a thread cost more than the read itself), else
-    `read_block_file` in a thread. A file that must come from the disk is copied, not
-    mapped: faulting a mapping in holds the process's mmap lock while the disk reads, so
-    the threads mapping cold files wait for each other (8 threads mapped ~3,500 small
-    files/s, pread ~7,500; figures: README, "Measured design decisions")."""
+    `read_block_file_direct` into memory from `take` in a thread. A file that must come
+    from the disk is read, not mapped: faulting a mapping in holds the process's mmap lock
+    while the disk reads, so the threads mapping cold files wait for each other (8 threads
+    mapped ~3,500 small files/s, pread ~7,500; figures: README, "Measured design
+    decisions"), and it would fill the page cache."""
     try:
         return map_block_file(path, cached_only=True)
     except NotCached:
-        return await asyncio.to_thread(read_block_file, path)
+        return await asyncio.to_thread(read_block_file_direct, path, take)

@@ -143,3 +143,20 @@ def page_aligned(buf: bytearray, n: int) -> memoryview:
     `n + PAGE` long): memory a direct write can take as it is (`blockfile`)."""
     skip = -address(buf) % PAGE
     return memoryview(buf)[skip : skip + n]
+
+
+def uninitialized(n: int) -> bytearray:
+    """A bytearray of `n` bytes left as malloc gave them: `bytearray(n)` would first zero
+    them, a pass over the block for bytes a socket or a read overwrites at once. Its user
+    fills it whole or drops it, so none of the old bytes is ever seen."""
+    return _new_bytearray(None, n)  # type: ignore[no-any-return]
+
+
+def aligned(n: int) -> memoryview:
+    """`n` bytes of new memory that start on a page boundary (left as malloc gave them)."""
+    return page_aligned(uninitialized(n + PAGE), n)
+
+
+_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_new_bytearray.restype = ctypes.py_object
+_new_bytearray.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)

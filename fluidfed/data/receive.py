@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import select
 import socket
@@ -120,7 +119,7 @@ class Buffers:
             if found is not None:
                 self.reused += 1
             else:
-                found = _uninitialized(size)
+                found = heap.uninitialized(size)
             keep.append(found)
             self._held = keep
             return heap.page_aligned(found, n)
@@ -155,18 +154,6 @@ def _unreferenced(held: list[bytearray]) -> list[bool]:
     """For each buffer, whether `held` holds its only reference. Always False where the
     count cannot tell (then no buffer is reused)."""
     return [c <= _ALONE and _REUSE for c in _counts(held)]
-
-
-def _uninitialized(n: int) -> bytearray:
-    """A bytearray of `n` bytes left as malloc gave them: `bytearray(n)` would first zero
-    them, a pass over the block for bytes the socket overwrites at once. The body is
-    either received whole or dropped, so none of the old bytes is ever seen."""
-    return _new_bytearray(None, n)  # type: ignore[no-any-return]
-
-
-_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
-_new_bytearray.restype = ctypes.py_object
-_new_bytearray.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 
 
 class _Head:
@@ -588,7 +575,7 @@ class _LoopConn(asyncio.BufferedProtocol):
                 )
                 return
             # what came with the head, then the rest straight into the buffer
-            body = memoryview(_uninitialized(n))
+            body = memoryview(heap.uninitialized(n))
             for piece in head.pieces:
                 body[self._got : self._got + len(piece)] = piece
                 self._got += len(piece)

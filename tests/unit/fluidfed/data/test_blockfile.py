@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import mmap
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from devkit import testing
-from fluidfed.data import blockfile, blocks, heap
+from fluidfed.data import blockfile, blocks, heap, receive
 from fluidfed.data.blockfile import (
     DIRECT_FROM,
     TRAILER_SIZE,
@@ -26,6 +27,7 @@ from fluidfed.data.blockfile import (
     load_block_file,
     map_block_file,
     read_block_file,
+    read_block_file_direct,
     write_block_file,
 )
 from fluidfed.data.store import BlockStore
@@ -69,6 +71,25 @@ async def test_block_files_not_in_the_page_cache_are_read_off_the_event_loop(
     payload = b"x" * 2**20
     await store.put("c" * 32, payload)
     path = block_path(tmp_path, "c" * 32)
+    _uncached(path)
+    data, crc = await load_block_file(path)  # read from the disk, in a thread
+    assert data == payload and crc == blocks.checksum(payload)
+    # read, not mapped: faulting a mapping in from the disk holds the process's mmap lock,
+    # and the readers of other cold block files would wait for it; and read past the page
+    # cache, which still does not hold the file
+    assert isinstance(data, memoryview) and isinstance(data.obj, bytearray)
+    with pytest.raises(NotCached):
+        map_block_file(path, cached_only=True)
+    # once it is cached (read by another), it is mapped right away
+    assert read_block_file(path) == (payload, crc)
+    again, _ = map_block_file(path, cached_only=True)
+    assert isinstance(again, memoryview) and again == payload
+    mapped, _ = await load_block_file(path)
+    assert isinstance(mapped, memoryview) and isinstance(mapped.obj, mmap.mmap)
+    assert mapped == payload
+
+
+def _uncached(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)  # written back, so the kernel can drop the pages
@@ -77,16 +98,41 @@ async def test_block_files_not_in_the_page_cache_are_read_off_the_event_loop(
         os.close(fd)
     with pytest.raises(NotCached):
         map_block_file(path, cached_only=True)
-    data, crc = await load_block_file(path)  # read from the disk, in a thread
-    assert data == payload and crc == blocks.checksum(payload)
-    # copied, not mapped: faulting a mapping in from the disk holds the process's mmap
-    # lock, and the readers of other cold block files would wait for it
-    assert isinstance(data, bytes)
-    # now it is cached: mapped right away
-    again, _ = map_block_file(path, cached_only=True)
-    assert isinstance(again, memoryview) and again == payload
-    mapped, _ = await load_block_file(path)
-    assert isinstance(mapped, memoryview) and mapped == payload
+
+
+@pytest.mark.parametrize("size", [0, 5, 4096 - TRAILER_SIZE, 128 * 1024, 2**22 + 5])
+def test_a_cold_block_file_is_read_past_the_page_cache_into_a_reused_buffer(
+    tmp_path: Path, size: int
+) -> None:
+    payload = os.urandom(size)
+    path = block_file(str(tmp_path), "a" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    pool = receive.Buffers()
+    for _ in range(2):
+        _uncached(path)
+        data, crc = read_block_file_direct(path, pool.take)
+        assert data == payload and crc == blocks.checksum(payload)
+        assert heap.address(data) % heap.PAGE == 0  # (the buffer a direct read needs)
+        with pytest.raises(NotCached):  # and the page cache still does not hold it
+            map_block_file(path, cached_only=True)
+        del data  # the second read takes the first one's buffer again
+    assert pool.reused == 1
+
+    held = read_block_file_direct(path)  # its own new memory, without a pool
+    assert held == (payload, blocks.checksum(payload))
+
+    raw = bytearray(Path(path).read_bytes())
+    raw[-1] ^= 0xFF  # the trailer's CRC
+    Path(path).write_bytes(raw)
+    _uncached(path)
+    with pytest.raises(CorruptBlock, match="checksum mismatch"):
+        read_block_file_direct(path, pool.take)
+    Path(path).write_bytes(b"FFB")  # shorter than a trailer
+    with pytest.raises(CorruptBlock, match="shorter than its trailer"):
+        read_block_file_direct(path, pool.take)
+    os.unlink(path)
+    with pytest.raises(FileNotFoundError):
+        read_block_file_direct(path, pool.take)
 
 
 async def test_a_block_file_named_as_a_string_reads_back_checked(tmp_path: Path) -> None:
@@ -125,6 +171,13 @@ async def test_a_block_file_given_from_a_reused_buffer_is_checked_first(tmp_path
     assert seen == [large, small, large]
     with pytest.raises(ValueError, match="released"):
         bytes(views[0])
+    # a cold file is read past the page cache
+    cold = block_file(str(tmp_path), "f" * 32)
+    _uncached(cold)
+    assert give_block_file(cold, len(large), copy) == blocks.checksum(large)
+    assert seen[-1] == large
+    with pytest.raises(NotCached):
+        map_block_file(cold, cached_only=True)
 
     path = block_file(str(tmp_path), "e" * 32)
     with pytest.raises(CorruptBlock):  # not the size the listing says: not handed on
@@ -136,7 +189,7 @@ async def test_a_block_file_given_from_a_reused_buffer_is_checked_first(tmp_path
     Path(path).write_bytes(raw)
     with pytest.raises(CorruptBlock):
         give_block_file(path, len(small), copy)
-    assert len(seen) == 3
+    assert len(seen) == 4
 
 
 @pytest.mark.parametrize("size", [0, 5, 128 * 1024, DIRECT_FROM - 1])
@@ -253,6 +306,50 @@ def test_a_disk_refusing_the_alignment_of_direct_writes_gets_buffered_ones(
     path = block_path(tmp_path, "1" * 32)
     write_block_file(path, payload, blocks.checksum(payload))
     assert read_block_file(path) == (payload, blocks.checksum(payload))
+    assert str(tmp_path) in blockfile._buffered_only
+
+
+def test_a_filesystem_refusing_direct_reads_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = os.urandom(300_000)
+    paths = [block_file(str(tmp_path), key) for key in ("1" * 32, "2" * 32)]
+    for path in paths:
+        write_block_file(path, payload, blocks.checksum(payload))
+    real_open = os.open
+    opened: list[int] = []
+
+    def no_direct(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        opened.append(flags)
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    assert read_block_file_direct(paths[0]) == (payload, blocks.checksum(payload))
+    assert str(tmp_path) in blockfile._buffered_only
+    # the tier is read buffered from now on, without trying again
+    opened.clear()
+    seen: list[bytes] = []
+    assert give_block_file(paths[1], len(payload), lambda v: seen.append(bytes(v))) >= 0
+    assert seen == [payload] and not [f for f in opened if f & os.O_DIRECT]
+
+
+def test_a_disk_refusing_the_alignment_of_direct_reads_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = os.urandom(DIRECT_FROM + 5)
+    path = block_file(str(tmp_path), "3" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    real_preadv = os.preadv
+
+    def no_aligned(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "preadv", no_aligned)
+    assert read_block_file_direct(path) == (payload, blocks.checksum(payload))
     assert str(tmp_path) in blockfile._buffered_only
 
 
