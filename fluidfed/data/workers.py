@@ -13,7 +13,7 @@ from typing import NamedTuple, TypeVar
 import aiohttp
 
 from fluidfed import errors
-from fluidfed.data import blockfile, blocks, protocol, receive
+from fluidfed.data import blockfile, blocks, heap, protocol, receive
 from fluidfed.data.layout import FileRef
 from fluidfed.errors import ConfigError
 
@@ -101,7 +101,8 @@ async def get_block(
     length = int(headers.get(protocol.LENGTH, "0"))
     if path is not None:
         try:
-            data, got = await blockfile.load_block_file(path)
+            take = conns.buffers.take if conns is not None else heap.aligned
+            data, got = await blockfile.load_block_file(path, take)
         except errors.CorruptBlock:  # the worker checks it, drops it and fetches again
             return await again(verify=True)
         except OSError as err:

@@ -38,8 +38,9 @@ from devkit.local.processes import (
 from devkit.local.s3 import CREDENTIALS, S3Server
 from devkit.testing import NotYet, eventually_blocking
 from fluidfed import errors
-from fluidfed.data import blocks, credentials, protocol, receive, ufs, workers
+from fluidfed.data import blockfile, blocks, credentials, protocol, receive, ufs, workers
 from fluidfed.data.layout import FileRef
+from fluidfed.errors import NotCached
 from fluidfed.models import Mount
 from sidecar.fs import PREFERRED_IO
 from tests.integration import sources
@@ -397,7 +398,7 @@ def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_
     assert first.status()["blocks"]["pushed"] == 0  # none was on this machine yet
     first.stop()
 
-    # from the disk: read and handed on in a thread (the next mount finds them cached)
+    # from the disk: read past the page cache and handed on in a thread
     for p in written(tmp_path / "ssd"):
         if p.is_file():
             fd = os.open(p, os.O_RDONLY)
@@ -426,8 +427,16 @@ def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_
     for k in small:
         assert (sc.mountpoint / k).read_bytes() == want[k]
     assert sc.status()["blocks"]["pushed"] == len(small)
+    # the block files were read past the page cache (O_DIRECT): not in memory twice
+    files = [p for p in written(tmp_path / "ssd") if p.is_file()]
+    for p in files:
+        with pytest.raises(NotCached):
+            blockfile.map_block_file(p, cached_only=True)
 
-    # a new mount, the block files in the page cache now: mapped and handed on right away
+    # a new mount, the block files in the page cache now (read by another process): mapped
+    # and handed on right away
+    for p in files:
+        p.read_bytes()
     sc.stop()
     sc = sidecars(sidecar_config(mount, ws.urls()))
     for k in [*large, *small]:
