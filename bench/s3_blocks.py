@@ -6,8 +6,9 @@ into a buffer (`fluidfed.data.ufs.S3UFS`), in one process, the two taking turns.
 One object in MinIO on loopback is read whole in blocks of `--block-kib`, `--parallel` at
 a time (the sidecar's read-ahead), each round by obstore's `get_range_async` (the buffer
 its HTTP client joined the body into, no copy after) and by `S3UFS.read_block` (obstore
-presigns, `receive.Connections` receives into a reused buffer in a thread), alternating
-which goes first. Reported per reader: MiB/s, CPU-seconds per GiB of this process (every
+presigns, `receive.Connections` receives into a reused buffer: in a thread, or on the
+event loop for a block under `ufs.RECEIVE_FROM`), alternating which goes first, on the
+event loop fluidfed's processes run (`fluidfed.aio`: uvloop). Reported per reader: MiB/s, CPU-seconds per GiB of this process (every
 thread) and of MinIO (medians over the rounds; each round as [MiB/s, CPU, MinIO's CPU]).
 The bytes are checked once. Run it under `bench/vm_pages.py --hold --` too: obstore's new
 buffer per block is memory this VM may have handed back to its host.
@@ -30,6 +31,7 @@ import obstore
 import read_path as rp
 
 from devkit.local.s3 import CREDENTIALS, S3Server
+from fluidfed import aio
 from fluidfed.data import blocks, heap, ufs
 from fluidfed.models import Mount
 
@@ -130,7 +132,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--name", default="", help="suffix of the result file in bench/results/")
     args = ap.parse_args()
-    result = asyncio.run(run(args))
+    result = aio.run(run(args))
     print(json.dumps(result, indent=2))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

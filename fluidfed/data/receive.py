@@ -272,16 +272,18 @@ class Connections:
         params: Mapping[str, str | int],
         headers: Mapping[str, str],
         seconds: float,
+        *,
+        checksum: bool = True,
     ) -> Answer:
-        """`get` on the event loop, for a small answer (its CRC taken here too): the
-        same errors, the whole exchange within `seconds`."""
+        """`get` on the event loop, for a small answer (its CRC taken here too, with
+        `checksum`): the same errors, the whole exchange within `seconds`."""
         where, request = self._target(url, params, headers)
         try:
             async with asyncio.timeout(seconds):
                 while True:
                     conn, reused = await self._loop_take(where)
                     try:
-                        answer, keep = await conn.exchange(request)
+                        answer, keep = await conn.exchange(request, checksum)
                     except _Closed:
                         conn.close()
                         if reused:
@@ -519,8 +521,9 @@ class _LoopConn(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def exchange(self, request: bytes) -> tuple[Answer, bool]:
-        """Send `request`, receive its answer; also whether the connection can be kept."""
+    async def exchange(self, request: bytes, checksum: bool = True) -> tuple[Answer, bool]:
+        """Send `request`, receive its answer (and the CRC of a 200's or 206's body, with
+        `checksum`); also whether the connection can be kept."""
         assert self.transport is not None
         head = self._head = _Head()
         self._body, self._got, self._seen = None, 0, 0
@@ -536,7 +539,7 @@ class _LoopConn(asyncio.BufferedProtocol):
         else:
             body = b"".join(head.pieces)
         status = head.status
-        crc = await blocks.checksum_off_loop(body) if status in (200, 206) else -1
+        crc = await blocks.checksum_off_loop(body) if checksum and status in (200, 206) else -1
         return Answer(status, head.headers, body, crc), head.keep
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -196,22 +196,22 @@ async def test_s3_blocks_are_buffers_no_later_read_changes(s3: str, dataset_dir:
     assert all(isinstance(b, memoryview) and b.readonly for b in held)
 
 
-async def test_s3_large_blocks_are_received_over_presigned_urls(
-    s3: str, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("size", [ufs.RECEIVE_FROM, 128 * 1024])
+async def test_s3_blocks_are_received_over_presigned_urls(
+    s3: str, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    """Blocks of `RECEIVE_FROM` bytes or more come over a URL obstore presigns, straight
-    into a buffer: the bytes are the object's (any key, its odd characters signed as
-    sent), the ends and a missing object as through obstore, a held block never
-    overwritten by the reads after it."""
+    """Blocks come over a URL obstore presigns, straight into a buffer (those of
+    `RECEIVE_FROM` bytes or more in a thread, smaller ones on the event loop): the bytes
+    are the object's (any key, its odd characters signed as sent), the ends and a missing
+    object as through obstore, a held block never overwritten by the reads after it."""
     odd = "odd dir/ü + 100% é.bin"
-    payload = os.urandom(3 * ufs.RECEIVE_FROM + 12_345)
+    payload = os.urandom(3 * size + 12_345)
     obstore.put(s3_store(s3), f"train/{odd}", payload)
     reader = open_s3(s3)
     assert isinstance(reader, ufs.S3UFS)
     try:
-        want = {k: v for k, v in files(dataset_dir).items() if len(v) >= ufs.RECEIVE_FROM}
+        want = {k: v for k, v in files(dataset_dir).items() if len(v) >= size}
         want[odd] = payload
-        size = ufs.RECEIVE_FROM
         expected = 0
         for path, data in want.items():
             got = [await reader.read_block(path, off, size) for off in range(0, len(data), size)]
@@ -228,7 +228,7 @@ async def test_s3_large_blocks_are_received_over_presigned_urls(
         assert bytes(held) == payload[:size]
         with pytest.raises(errors.UFSNotFound):
             await reader.read_block("no/such/file", 0, size)
-        # with its CRC (a cache worker's read): taken by the receiving thread, not after
+        # with its CRC (a cache worker's read): taken as it was received, not after
         received = reader.received
         computed_after: list[int] = []
         real = blocks.checksum_off_loop
@@ -243,9 +243,25 @@ async def test_s3_large_blocks_are_received_over_presigned_urls(
             assert bytes(block) == payload[off : off + size]
             assert crc == blocks.checksum(payload[off : off + size])
         assert reader.received == received + 3
-        assert computed_after == []
+        # once per block: by the receiving thread, or on the loop as it arrived, never again
+        on_loop = size < ufs.RECEIVE_FROM
+        assert computed_after == ([size, size, 10] if on_loop else [])
         assert reader.direct  # nothing made it fall back to obstore
+        # where they were received: a thread's connection, or the event loop's
+        assert reader.conns is not None
+        assert (reader.conns.opened > 0, reader.conns.opened_on_loop > 0) == (not on_loop, on_loop)
     finally:
+        reader.close()
+
+
+def test_s3_small_blocks_are_received_on_the_loop_only_from_an_http_endpoint() -> None:
+    """Measured against obstore over http only: an https endpoint's small blocks stay on
+    obstore (its rustls, in its threads), its large ones are received in a thread."""
+    for endpoint, on_loop in (("http://127.0.0.1:9", True), ("https://s3.example.com", False)):
+        mount = Mount(uri="s3://datasets/train", options={"endpoint": endpoint})
+        reader = ufs.open_ufs(mount, env=CREDS)
+        assert isinstance(reader, ufs.S3UFS)
+        assert (reader.direct, reader.small_on_loop) == (True, on_loop), endpoint
         reader.close()
 
 
@@ -311,7 +327,7 @@ async def test_s3_blocks_from_a_store_that_is_not_there_fail_temporarily_in_time
         options={"endpoint": f"http://127.0.0.1:{port}", "timeout": "2s"},
     )
     reader = ufs.open_ufs(mount, env=CREDS)
-    for length in (10, ufs.RECEIVE_FROM):  # through obstore; presigned, then obstore
+    for length in (10, ufs.RECEIVE_FROM):  # presigned (on the loop, in a thread), then obstore
         t0 = time.monotonic()
         with pytest.raises(errors.UFSError) as info:
             await reader.read_block("a.bin", 0, length)
@@ -339,7 +355,7 @@ async def test_s3_wrong_credentials_are_a_clear_permanent_error(s3: str) -> None
     assert not info.value.temporary, str(info.value)
     assert "not-the-secret-at-all" not in str(info.value)
     assert "SignatureDoesNotMatch" in str(info.value) or "signature" in str(info.value).lower()
-    # the blocks' reader (obstore) says the same, for large blocks (presigned) too
+    # the blocks' reader says the same (a presigned read refused, then obstore's)
     for length in (10, ufs.RECEIVE_FROM):
         with pytest.raises(errors.UFSError) as info:
             await reader.read_block("part-0/sub-0/file-0000.bin", 0, length)
