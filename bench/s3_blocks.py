@@ -2,6 +2,7 @@
 into a buffer (`fluidfed.data.ufs.S3UFS`), in one process, the two taking turns.
 
     python bench/s3_blocks.py [--size-mib 1024] [--block-kib 4096] [--parallel 5] [--rounds 5]
+        [--tls]
 
 One object in MinIO on loopback is read whole in blocks of `--block-kib`, `--parallel` at
 a time (the sidecar's read-ahead), each round by obstore's `get_range_async` (the buffer
@@ -11,7 +12,11 @@ event loop for a block under `ufs.RECEIVE_FROM`), alternating which goes first, 
 event loop fluidfed's processes run (`fluidfed.aio`: uvloop). Reported per reader: MiB/s, CPU-seconds per GiB of this process (every
 thread) and of MinIO (medians over the rounds; each round as [MiB/s, CPU, MinIO's CPU]).
 The bytes are checked once. Run it under `bench/vm_pages.py --hold --` too: obstore's new
-buffer per block is memory this VM may have handed back to its host.
+buffer per block is memory this VM may have handed back to its host. `--tls`: MinIO over
+https (a certificate of a CA made for the run, trusted by both readers); the presigned
+reader is then S3UFS's steps spelled out (obstore presigns, `receive.Connections`, given
+the CA, receives as S3UFS has it receive a block of that size), since S3UFS trusts the
+system's roots only.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import statistics
 import tempfile
 import time
@@ -29,10 +35,11 @@ from typing import Any
 
 import obstore
 import read_path as rp
+import trustme
 
 from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed import aio
-from fluidfed.data import blocks, heap, ufs
+from fluidfed.data import blocks, heap, receive, ufs
 from fluidfed.models import Mount
 
 Reader = Callable[[int, int], Awaitable[blocks.Data]]
@@ -61,11 +68,16 @@ async def read_all(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     size, block = args.size_mib * 2**20, args.block_kib * 1024
     heap.tune()  # the sidecar's and the workers' allocator settings
-    server = S3Server(Path(tempfile.mkdtemp(prefix="fluidfed-s3blocks-")) / "minio").start()
+    top = Path(tempfile.mkdtemp(prefix="fluidfed-s3blocks-"))
+    certs = ca_file = None
+    if args.tls:
+        certs, ca_file = _certificates(top)
+    server = S3Server(top / "minio", certs_dir=certs, ca_file=ca_file).start()
+    conns = receive.Connections(tls=ssl.create_default_context(cafile=ca_file))
     try:
         data = os.urandom(size)
-        await server.upload({KEY: data})
         store = server.store()
+        await obstore.put_async(store, KEY, data)
         reader = ufs.open_ufs(
             Mount(uri=server.uri(""), options={"endpoint": server.endpoint}), env=CREDENTIALS
         )
@@ -76,7 +88,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return memoryview(await obstore.get_range_async(store, KEY, start=off, length=n))
 
         async def via_presigned(off: int, n: int) -> blocks.Data:
-            return await reader.read_block(KEY, off, n)
+            if not args.tls:
+                return await reader.read_block(KEY, off, n)
+            url = obstore.sign(store, "GET", KEY, ufs.SIGNED_FOR)
+            get = conns.get if n >= ufs.RECEIVE_FROM else conns.get_on_loop
+            got = await get(url, {}, {"Range": f"bytes={off}-{off + n - 1}"}, 30.0, checksum=False)
+            if got.status != 206:
+                raise SystemExit(f"presigned read: HTTP {got.status}")
+            reader.received += 1
+            return got.body
 
         readers: dict[str, Reader] = {"obstore": via_obstore, "presigned": via_presigned}
         at = size // 3
@@ -98,8 +118,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("S3UFS did not read over presigned URLs")
         reader.close()
     finally:
+        conns.close()
         server.stop()
     out: dict[str, Any] = {
+        "tls": args.tls,
         "size_mib": args.size_mib,
         "block_kib": args.block_kib,
         "parallel": args.parallel,
@@ -122,6 +144,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _certificates(top: Path) -> tuple[Path, Path]:
+    """MinIO's certificate directory for 127.0.0.1, and the file of the CA that issued it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certs = top / "certs"
+    certs.mkdir()
+    cert.private_key_pem.write_to_path(str(certs / "private.key"))
+    cert.cert_chain_pems[0].write_to_path(str(certs / "public.crt"))
+    ca.cert_pem.write_to_path(str(top / "ca.pem"))
+    return certs, top / "ca.pem"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,6 +165,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--name", default="", help="suffix of the result file in bench/results/")
+    ap.add_argument("--tls", action="store_true", help="MinIO over https")
     args = ap.parse_args()
     result = aio.run(run(args))
     print(json.dumps(result, indent=2))

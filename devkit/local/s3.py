@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -30,15 +31,26 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": USER, "AWS_SECRET_ACCESS_KEY": PASSWORD}
 
 class S3Server:
     def __init__(
-        self, data_dir: Path, *, bucket: str = "datasets", port: int = 0, host: str = "127.0.0.1"
+        self,
+        data_dir: Path,
+        *,
+        bucket: str = "datasets",
+        port: int = 0,
+        host: str = "127.0.0.1",
+        certs_dir: Path | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         """`host`: loopback, or the host side of a real node's network (what its pods
-        reach); never every interface."""
+        reach); never every interface. `certs_dir`: serve https with its public.crt and
+        private.key (MinIO's names), issued by the CA in `ca_file`."""
         self.data_dir = Path(data_dir)
         self.bucket = bucket
         self.host = host
         self.port = port or free_port()
-        self.endpoint = f"http://{host}:{self.port}"
+        self.certs_dir = certs_dir
+        self.ca_file = ca_file
+        scheme = "https" if certs_dir is not None else "http"
+        self.endpoint = f"{scheme}://{host}:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0, *, detach: bool = False) -> S3Server:
@@ -56,6 +68,7 @@ class S3Server:
                 f"{self.host}:{self.port}",
                 "--console-address",
                 f"127.0.0.1:{free_port()}",
+                *(["--certs-dir", str(self.certs_dir)] if self.certs_dir is not None else []),
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -63,11 +76,13 @@ class S3Server:
             start_new_session=detach,
         )
         deadline = time.monotonic() + timeout
+        trust = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"minio exited with {self.proc.returncode}")
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/minio/health/ready", timeout=2):
+                ready = f"{self.endpoint}/minio/health/ready"
+                with urllib.request.urlopen(ready, timeout=2, context=trust):
                     return self
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
@@ -100,7 +115,11 @@ class S3Server:
                 "access_key_id": USER,
                 "secret_access_key": PASSWORD,
             },
-            client_options={"allow_http": True},
+            client_options=(
+                {"allow_http": True, "root_certificate": self.ca_file.read_text()}
+                if self.ca_file
+                else {"allow_http": True}
+            ),
         )
 
     async def upload(self, objects: Mapping[str, bytes], prefix: str = "") -> None:

@@ -194,32 +194,22 @@ class S3UFS(OpenDALUFS):
     over the body in chunks it then joins into one (a copy of every block: the readers'
     CPU per GiB -43% in `bench/s3_blocks.py`, a cold sidecar's -11%; figures in the
     README, "Measured design decisions"). Below that size obstore's runtime is cheaper
-    than a thread hand-off, but not than the event loop: a smaller block from an http
-    endpoint (`plain`) is received the same way on the loop (`Connections.get_on_loop`),
-    no thread on either side (the reader's CPU per 128 KiB block -12 to -30%). From an https
-    endpoint small blocks stay on obstore (rustls in its threads) until the loop's TLS is
-    measured against it. A read that comes back as anything but the range, a missing
-    object or a range past the end (a connection that failed, a 5xx, a refusal) is made
-    again through obstore, which retries and says what failed; after GIVE_UP_AFTER such in
-    a row that obstore then read, every block goes through obstore. Where the environment
-    names a proxy for the store's host obstore's client takes it and the receive would
-    not: the receive is not used there."""
+    than a thread hand-off, but not than the event loop: a smaller block is received the
+    same way on the loop (`Connections.get_on_loop`), no thread on either side (the
+    reader's CPU per 128 KiB block -30% over http, -19% over https). A read that comes
+    back as anything but the range, a missing object or a range past the end (a connection
+    that failed, a 5xx, a refusal) is made again through obstore, which retries and says
+    what failed; after GIVE_UP_AFTER such in a row that obstore then read, every block
+    goes through obstore. Where the environment names a proxy for the store's host
+    obstore's client takes it and the receive would not: the receive is not used there."""
 
     def __init__(
-        self,
-        op: Any,
-        uri: str,
-        store: S3Store,
-        *,
-        timeout: float = 30.0,
-        signed: bool = False,
-        plain: bool = False,
+        self, op: Any, uri: str, store: S3Store, *, timeout: float = 30.0, signed: bool = False
     ) -> None:
         super().__init__(op, uri)
         self.store = store
         self.timeout = timeout
-        self.direct = signed  # large blocks over presigned URLs (until that fails, above)
-        self.small_on_loop = plain  # ... and small ones on the event loop (http endpoints)
+        self.direct = signed  # blocks over presigned URLs (until that fails, above)
         self.conns: receive.Connections | None = None
         self.received = 0  # blocks received over presigned URLs
         self._missed = 0  # presigned reads failing in a row where obstore then read
@@ -241,7 +231,7 @@ class S3UFS(OpenDALUFS):
             return b"", -1
         key = path.lstrip("/")
         why = ""
-        if self.direct and (length >= RECEIVE_FROM or self.small_on_loop):
+        if self.direct:
             received, crc, why = await self._receive(key, offset, length, checksum)
             if received is not None:
                 self._missed = 0
@@ -527,10 +517,7 @@ def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
         raise _translate(err, f"open {mount.uri}") from err
     if store is not None:
         signed = "access_key_id" in config
-        plain = str(config.get("endpoint", "")).startswith("http://")
-        return S3UFS(
-            _layered(op, timeout), mount.uri, store, timeout=timeout, signed=signed, plain=plain
-        )
+        return S3UFS(_layered(op, timeout), mount.uri, store, timeout=timeout, signed=signed)
     return OpenDALUFS(_layered(op, timeout), mount.uri)
 
 

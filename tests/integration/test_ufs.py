@@ -254,17 +254,6 @@ async def test_s3_blocks_are_received_over_presigned_urls(
         reader.close()
 
 
-def test_s3_small_blocks_are_received_on_the_loop_only_from_an_http_endpoint() -> None:
-    """Measured against obstore over http only: an https endpoint's small blocks stay on
-    obstore (its rustls, in its threads), its large ones are received in a thread."""
-    for endpoint, on_loop in (("http://127.0.0.1:9", True), ("https://s3.example.com", False)):
-        mount = Mount(uri="s3://datasets/train", options={"endpoint": endpoint})
-        reader = ufs.open_ufs(mount, env=CREDS)
-        assert isinstance(reader, ufs.S3UFS)
-        assert (reader.direct, reader.small_on_loop) == (True, on_loop), endpoint
-        reader.close()
-
-
 @pytest.mark.parametrize("s3", ["minio"], indirect=True)  # moto checks no expiry
 async def test_s3_presigned_reads_the_store_refuses_fall_back_to_obstore(
     s3: str, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
