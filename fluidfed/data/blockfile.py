@@ -249,14 +249,12 @@ def read_block_file_direct(
     as the reader's (its memory tier, the FUSE file's page cache). Read through the page
     cache where the filesystem refuses O_DIRECT. FileNotFoundError if it is gone,
     CorruptBlock if it is damaged. Blocking: for a thread."""
-    got: list[memoryview] = []
 
     def room(file_size: int) -> memoryview:
         if file_size < _TRAILER.size:
             raise CorruptBlock(f"{path}: shorter than its trailer")
         # a page more than the file: one that grew meanwhile reads longer, and is told apart
-        got.append(take((file_size // _ALIGN + 1) * _ALIGN))
-        return got[0]
+        return take((file_size // _ALIGN + 1) * _ALIGN)
 
     view, n, file_size = _read_whole(path, room)
     if n != file_size:
