@@ -154,6 +154,12 @@ def run_mount(args: argparse.Namespace) -> int:
             "pkg-config fuse3 first)"
         ) from None
 
+    from sidecar import fusesession
+
+    try:
+        fusesession.engine()
+    except ValueError as err:
+        raise ConfigError([Problem(str(err), path="FLUIDFED_FUSE")]) from None
     cfg = sidecar_config(args)
     if not args.mountpoint:
         raise ConfigError([Problem("give --mountpoint DIR", path="--mountpoint")])

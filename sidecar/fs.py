@@ -13,7 +13,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,9 @@ PREFERRED_IO = 128 * 1024
 # for in one READ anyway (its read-ahead window here).
 PUSH_MAX = 1024 * 1024
 
+# (ino, mode, nlink, size, blocks, mtime_ns, blksize, uid, gid): an inode's attributes
+Attrs = tuple[int, int, int, int, int, int, int, int, int]
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -51,6 +54,11 @@ class _Handle:
     inode: int
     last_block: int = -1
     streak: int = 0  # reads in a row at or just after the last block: a sequential reader
+
+
+def _pyfuse3_store(inode: int, data: blocks.Data) -> None:
+    # pyfuse3 takes any contiguous buffer (its stub says bytes)
+    pyfuse3.notify_store(pyfuse3.InodeT(inode), 0, data)  # type: ignore[arg-type]
 
 
 async def _erofs(*_: Any) -> Any:
@@ -75,6 +83,8 @@ class DatasetFS(pyfuse3.Operations):
         self.closing = False
         self._storing: set[int] = set()  # threads inside _store
         self._next_fh = 1
+        # hands a file's bytes to the kernel's page cache (FUSE notify_store): the session's
+        self.store_pages: Callable[[int, blocks.Data], None] = _pyfuse3_store
         self._mounted_at = time.time_ns()
         self.reads = 0
         self.read_errors = 0
@@ -83,32 +93,36 @@ class DatasetFS(pyfuse3.Operations):
 
     # --- metadata -------------------------------------------------------------------
 
+    def stat(self, path: str) -> Attrs:
+        """(ino, mode, nlink, size, blocks, mtime_ns, blksize, uid, gid) of `path`."""
+        ref = self.tree.files.get(path)
+        ino = self.tree.inode(path)
+        if ref is None:
+            return (ino, stat.S_IFDIR | 0o555, 2, 0, 0, self._mounted_at, PREFERRED_IO, 0, 0)
+        ns = int(ref.mtime * 1e9) if ref.mtime else self._mounted_at
+        blocks = (ref.size + 511) // 512
+        return (ino, stat.S_IFREG | 0o444, 1, ref.size, blocks, ns, PREFERRED_IO, 0, 0)
+
     def _attrs(self, path: str) -> pyfuse3.EntryAttributes:
+        ino, mode, nlink, size, st_blocks, ns, blksize, uid, gid = self.stat(path)
         a = pyfuse3.EntryAttributes()
-        a.st_ino = pyfuse3.InodeT(self.tree.inode(path))
+        a.st_ino = pyfuse3.InodeT(ino)
         a.entry_timeout = self.ttl
         a.attr_timeout = self.ttl
-        a.st_uid = 0
-        a.st_gid = 0
-        a.st_blksize = PREFERRED_IO
-        ref = self.tree.files.get(path)
-        if ref is None:
-            a.st_mode = stat.S_IFDIR | 0o555
-            a.st_nlink = 2
-            a.st_size = 0
-            ns = self._mounted_at
-        else:
-            a.st_mode = stat.S_IFREG | 0o444
-            a.st_nlink = 1
-            a.st_size = ref.size
-            a.st_blocks = (ref.size + 511) // 512
-            ns = int(ref.mtime * 1e9) if ref.mtime else self._mounted_at
+        a.st_uid = uid
+        a.st_gid = gid
+        a.st_blksize = blksize
+        a.st_mode = mode
+        a.st_nlink = nlink
+        a.st_size = size
+        a.st_blocks = st_blocks
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         return a
 
-    async def lookup(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: Any = None
-    ) -> pyfuse3.EntryAttributes:
+    # The requests' answers, decided without waiting (both FUSE sessions call these; the
+    # pyfuse3 methods below wrap them)
+
+    def lookup_path(self, parent_inode: int, name: bytes) -> str:
         text = os.fsdecode(name)
         if text == ".":
             path = self.tree.path(parent_inode)
@@ -119,50 +133,81 @@ class DatasetFS(pyfuse3.Operations):
             path = self.tree.lookup(parent_inode, text)
         if path is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attrs(path)
+        return path
 
-    async def getattr(self, inode: pyfuse3.InodeT, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    def inode_path(self, inode: int) -> str:
         path = self.tree.path(inode)
         if path is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._attrs(path)
+        return path
 
-    async def opendir(self, inode: pyfuse3.InodeT, ctx: Any) -> pyfuse3.FileHandleT:
-        path = self.tree.path(inode)
-        if path is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+    def opendir_now(self, inode: int) -> int:
+        path = self.inode_path(inode)
         if not self.tree.is_dir(path):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return pyfuse3.FileHandleT(inode)
+        return inode
 
-    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Any) -> None:
+    def entries(self, fh: int, start_id: int) -> Iterator[tuple[bytes, str, int]]:
+        """(name, path, the offset of the entry after it) of a directory's entries from
+        `start_id` on."""
         base = self.tree.path(fh)
         if base is None:
             return
         names = self.tree.children.get(base, [])
         for i in range(start_id, len(names)):
             path = f"{base}/{names[i]}" if base else names[i]
-            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), self._attrs(path), i + 1):
+            yield os.fsencode(names[i]), path, i + 1
+
+    def statfs_now(self) -> tuple[int, int, int, int, int, int, int, int]:
+        """(blocks, bfree, bavail, files, ffree, bsize, namelen, frsize)."""
+        files = len(self.tree.files) + len(self.tree.children)
+        return (self.tree.total_bytes() // 4096 + 1, 0, 0, files, 0, 4096, 255, 4096)
+
+    def release_now(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    def forget_now(self, inode_list: Iterable[tuple[int, int]]) -> None:
+        # the kernel dropped these inodes, and their pages with them
+        for inode, _ in inode_list:
+            self._given.pop(inode, None)
+
+    # --- metadata (pyfuse3) ---------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
+        return self._attrs(self.lookup_path(parent_inode, name))
+
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attrs(self.inode_path(inode))
+
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: Any) -> pyfuse3.FileHandleT:
+        return pyfuse3.FileHandleT(self.opendir_now(inode))
+
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Any) -> None:
+        for name, path, after in self.entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(path), after):
                 return
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = self.tree.total_bytes() // 4096 + 1
+        blocks, _, _, files, _, bsize, namemax, frsize = self.statfs_now()
+        s.f_bsize, s.f_frsize, s.f_blocks = bsize, frsize, blocks
         s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self.tree.files) + len(self.tree.children)
+        s.f_files = files
         s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
+        s.f_namemax = namemax
         return s
 
     # --- data -----------------------------------------------------------------------
 
-    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    def open_now(self, inode: int, flags: int) -> tuple[int, FileRef | None]:
+        """The new handle, and the file if it is to be pushed (`push`) before the answer.
+        The file is immutable until a listing says otherwise: the answer keeps the
+        kernel's pages (keep_cache)."""
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
-        path = self.tree.path(inode)
-        if path is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        path = self.inode_path(inode)
         ref = self.tree.files.get(path)
         if ref is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -174,11 +219,16 @@ class DatasetFS(pyfuse3.Operations):
             and self.reader.can_push()
             and self._given.get(inode) != ref
         ):
-            await self._push(inode, ref)
-        # the file is immutable until a listing says otherwise: keep the kernel's pages
+            return fh, ref
+        return fh, None
+
+    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        fh, push = self.open_now(inode, flags)
+        if push is not None:
+            await self.push(inode, push)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
-    async def _push(self, inode: int, ref: FileRef) -> None:
+    async def push(self, inode: int, ref: FileRef) -> None:
         """Store a small file in the kernel's page cache before answering its OPEN, if its
         block is at hand on this machine: one request (READ) fewer per file. Best effort:
         on any failure the kernel sends the READ as it would have."""
@@ -193,21 +243,21 @@ class DatasetFS(pyfuse3.Operations):
 
     def _store(self, inode: int, data: blocks.Data) -> None:
         """A whole file into the kernel's page cache for `inode`. Blocking (a write to
-        /dev/fuse, the GIL let go): the thread that read the block calls it. pyfuse3 takes
-        any contiguous buffer (its stub says bytes), so a mapped block goes without a copy.
-        Refused once `quiesce` began: the session it writes to is about to be freed."""
+        /dev/fuse, the GIL let go): the thread that read the block calls it. Both sessions
+        take any contiguous buffer, so a mapped block goes without a copy. Refused once
+        `quiesce` began: the session it writes to is about to be freed."""
         me = threading.get_ident()
         self._storing.add(me)  # before looking at `closing`: see quiesce
         try:
             if self.closing:
                 raise OSError(errno.ESHUTDOWN, "unmounting")
-            pyfuse3.notify_store(pyfuse3.InodeT(inode), 0, data)  # type: ignore[arg-type]
+            self.store_pages(inode, data)
         finally:
             self._storing.discard(me)
 
     async def quiesce(self, within: float = 5.0) -> None:
         """Hand the kernel nothing more, and wait (up to `within` seconds) for the threads
-        doing it now: pyfuse3.close frees the session they write to, and a push whose
+        doing it now: closing the session frees what they write to, and a push whose
         opener gave up (timeout, cancelled) may still be under way in its thread. A thread
         either sees `closing` or is already in `_storing` when this looks."""
         self.closing = True
@@ -216,7 +266,10 @@ class DatasetFS(pyfuse3.Operations):
         while self._storing and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> Any:
+    def read_held(self, fh: int, off: int, size: int) -> Any:
+        """The answer to a READ if its bytes are at hand (the common warm case: not timed,
+        timing every read cost 6% of a core on warm reads), else None: `read_fetched`
+        then gets them. Either way the READ is counted and followed here."""
         h = self._handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -227,19 +280,31 @@ class DatasetFS(pyfuse3.Operations):
             return b""
         self._follow(h, idx)
         self._given[h.inode] = ref
-        lo = off - idx[0] * self.block_size
         if len(idx) == 1:
-            # the common warm case, answered without awaiting anything (and not timed:
-            # timing every read cost 6% of a core on warm reads)
+            lo = off - idx[0] * self.block_size
             held = self.reader.peek(ref, idx[0])
             if held is not None:
                 self.bytes_served += min(size, len(held) - lo)
                 return memoryview(held)[lo : lo + size]
+        return None
+
+    async def read_fetched(self, fh: int, off: int, size: int) -> Any:
+        h = self._handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        idx = blocks.blocks_for(off, size, h.ref.size, self.block_size)
+        lo = off - idx[0] * self.block_size
         started = time.perf_counter()
         data = await self._fetch(h, idx, lo, size)
         self.bytes_served += len(data)
         if self.on_read is not None:
             self.on_read(time.perf_counter() - started)
+        return data
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> Any:
+        data = self.read_held(fh, off, size)
+        if data is None:
+            data = await self.read_fetched(fh, off, size)
         return data
 
     def _follow(self, h: _Handle, idx: range) -> None:
@@ -292,15 +357,13 @@ class DatasetFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        self._handles.pop(fh, None)
+        self.release_now(fh)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         return None
 
     async def forget(self, inode_list: Any) -> None:
-        # the kernel dropped these inodes, and their pages with them
-        for inode, _ in inode_list:
-            self._given.pop(inode, None)
+        self.forget_now(inode_list)
 
     # --- a read-only filesystem -----------------------------------------------------
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pyfuse3
 import pyfuse3.asyncio
 from aiohttp import web
 
@@ -27,7 +26,7 @@ from fluidfed.data import credentials, heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import SidecarConfig
 from fluidfed.data.store import BlockStore
-from sidecar import peers
+from sidecar import fusesession, peers
 from sidecar.fs import DatasetFS
 from sidecar.reader import BlockReader
 from sidecar.tree import Tree
@@ -106,6 +105,7 @@ class Sidecar:
         self.session: aiohttp.ClientSession | None = None
         self.reader: BlockReader | None = None
         self.fs: DatasetFS | None = None
+        self.fuse: fusesession.Session | None = None
         self.listing_error = ""
         self.workers_override: list[str] | None = None  # --worker flags win over the file
         # the reader token the cache workers ask for; read again when the file changes
@@ -161,7 +161,8 @@ class Sidecar:
             for ino in self.tree.update(files):
                 # changed content: drop the kernel's pages of that file, and only those
                 with contextlib.suppress(OSError):
-                    await asyncio.to_thread(pyfuse3.invalidate_inode, pyfuse3.InodeT(ino))
+                    if self.fuse is not None:
+                        await asyncio.to_thread(self.fuse.invalidate_inode, ino)
 
     def reload(self) -> None:
         """Take the cache workers from the config file again (the agent rewrites it when
@@ -249,7 +250,8 @@ class Sidecar:
         }
 
     async def run(self, *, exit_with_peers: bool = False) -> None:
-        pyfuse3.asyncio.enable()  # here, where the process starts serving: not at import
+        if fusesession.engine() == "pyfuse3":
+            pyfuse3.asyncio.enable()  # here, where the process starts serving: not at import
         store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
@@ -264,7 +266,6 @@ class Sidecar:
             )
         self.reader = BlockReader(self.cfg, self.readers, store, self.session, tls=self._tls())
         tasks: list[asyncio.Task[Any]] = []
-        mounted = False
         main: asyncio.Task[None] | None = None
         try:
             await self._first_listing()
@@ -287,9 +288,8 @@ class Sidecar:
             }
             if self.allow_other:
                 options.add("allow_other")
-            pyfuse3.init(self.fs, self.mountpoint, options)
-            mounted = True
-            main = asyncio.create_task(pyfuse3.main(min_tasks=4, max_tasks=64))
+            fuse = self.fuse = fusesession.mount(self.fs, self.mountpoint, options)
+            main = asyncio.create_task(fuse.main())
             # ready once the mount answers a request through the kernel
             await asyncio.to_thread(os.stat, self.mountpoint)
             await asyncio.to_thread(tune_readahead, self.mountpoint, KERNEL_READAHEAD_KIB)
@@ -313,17 +313,19 @@ class Sidecar:
             for t in tasks:
                 t.cancel()
             if main is not None and not main.done():
-                await _terminate()
+                assert self.fuse is not None
+                await self.fuse.terminate()
                 try:
                     async with asyncio.timeout(self.cfg.read_timeout + 1):
                         await main
                 except (TimeoutError, Exception) as err:
                     log.warning("FUSE loop did not stop cleanly: %r", err)
                     main.cancel()
-            if mounted:
+            if self.fuse is not None:
                 if self.fs is not None:
                     await self.fs.quiesce()
-                pyfuse3.close(unmount=True)
+                self.fuse.close()
+                self.fuse = None
             await self.reader.close()
             await self.session.close()
             for r in self.readers:
@@ -379,18 +381,3 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
 
 async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
-
-
-async def _terminate() -> None:
-    """pyfuse3.terminate, past a race in pyfuse3's asyncio shim: when /dev/fuse turned
-    readable just before, one of its read futures is already resolved, and its
-    notify_closing raises InvalidStateError on it and skips the rest (seen in CI as a
-    sidecar exiting 1 on SIGTERM during reads). The session is marked to exit before
-    that; once the resolved reader has had its turn, the call goes through."""
-    for _ in range(100):
-        try:
-            pyfuse3.terminate()
-            return
-        except asyncio.InvalidStateError:
-            await asyncio.sleep(0)
-    log.warning("FUSE loop readers could not all be told to stop")

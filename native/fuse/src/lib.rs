@@ -1,0 +1,904 @@
+//! The sidecar's FUSE session (`sidecar/fuse.py`), on fuser: what pyfuse3 does on the
+//! event loop's one thread, spread over threads of their own.
+//!
+//! - Threads of the session read the kernel's requests, each from its own clone of
+//!   /dev/fuse, and queue them; an eventfd tells the event loop there are some. Requests
+//!   Python has nothing to decide on are answered here: FLUSH (ENOSYS, so the kernel stops
+//!   sending it), RELEASEDIR, and every write (EROFS).
+//! - The event loop takes the queue (`Session.take`), decides each answer, and gives it to
+//!   the request's `Reply`. The answer to a READ (up to 1 MiB that the kernel copies into
+//!   the file's page cache) is written to /dev/fuse by the replying threads, without the
+//!   GIL: with pyfuse3 that copy held the GIL on the loop's thread, so the loop, and with
+//!   it every READ, ran on one core (`README`, "Measured design decisions").
+//! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
+//!   without an answer, so a reader never hangs on it.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, SessionACL,
+};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+// what `Session.take` gives, first in each tuple
+const LOOKUP: u8 = 1;
+const GETATTR: u8 = 2;
+const OPEN: u8 = 3;
+const READ: u8 = 4;
+const RELEASE: u8 = 5;
+const OPENDIR: u8 = 6;
+const READDIR: u8 = 7;
+const STATFS: u8 = 8;
+const FORGET: u8 = 9;
+
+/// Answers shorter than this are written on the calling thread (the event loop's): a
+/// hand-off to a replying thread costs more than their copy.
+const INLINE_REPLY: usize = 64 * 1024;
+
+/// How long `unmount` waits for the session's threads once the mount is detached (they
+/// leave when the kernel ends the connection: at once unless a file is still open).
+const JOIN_WITHIN: Duration = Duration::from_secs(2);
+
+enum Pending {
+    Entry(ReplyEntry),
+    Attr(ReplyAttr),
+    Open(ReplyOpen),
+    Data(ReplyData),
+    Empty(ReplyEmpty),
+    Statfs(ReplyStatfs),
+    DirPlus(ReplyDirectoryPlus),
+    Dir(ReplyDirectory),
+}
+
+impl Pending {
+    fn error(self, err: Errno) {
+        match self {
+            Pending::Entry(r) => r.error(err),
+            Pending::Attr(r) => r.error(err),
+            Pending::Open(r) => r.error(err),
+            Pending::Data(r) => r.error(err),
+            Pending::Empty(r) => r.error(err),
+            Pending::Statfs(r) => r.error(err),
+            Pending::DirPlus(r) => r.error(err),
+            Pending::Dir(r) => r.error(err),
+        }
+    }
+}
+
+/// One request for Python: its kind, its answer, and its arguments.
+struct Op {
+    kind: u8,
+    reply: Option<Pending>,
+    args: [u64; 3],
+    name: Vec<u8>,
+    forgets: Vec<(u64, u64)>,
+}
+
+impl Op {
+    fn new(kind: u8, reply: Option<Pending>, args: [u64; 3]) -> Op {
+        Op {
+            kind,
+            reply,
+            args,
+            name: Vec::new(),
+            forgets: Vec::new(),
+        }
+    }
+}
+
+/// A READ's answer for a replying thread: the buffer stays exported (its memory alive and
+/// unmoved) until the thread has written it, then goes back to Python to be let go.
+type Job = (ReplyData, PyBuffer<u8>);
+
+struct Shared {
+    queue: Mutex<Vec<Op>>,
+    wake: OwnedFd, // eventfd: the queue went from empty to not
+    closed: AtomicBool,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    done: Mutex<Vec<PyBuffer<u8>>>, // written: released by the next `take` (under the GIL)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn push(&self, op: Op) {
+        if self.closed.load(Ordering::Acquire) {
+            return; // dropped: its reply answers EIO
+        }
+        let was_empty = {
+            let mut q = lock(&self.queue);
+            let e = q.is_empty();
+            q.push(op);
+            e
+        };
+        if was_empty {
+            let one: u64 = 1;
+            // SAFETY: an eventfd we own, 8 bytes from a u64 that outlives the call
+            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+struct Fs {
+    shared: Arc<Shared>,
+}
+
+impl Fs {
+    fn ask(&self, kind: u8, reply: Pending, args: [u64; 3]) {
+        self.shared.push(Op::new(kind, Some(reply), args));
+    }
+}
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // as libfuse asks for them (pyfuse3's defaults); each on its own: a kernel without
+        // one refuses only that one
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let mut op = Op::new(LOOKUP, Some(Pending::Entry(reply)), [parent.0, 0, 0]);
+        op.name = name.as_bytes().to_vec();
+        self.shared.push(op);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut op = Op::new(FORGET, None, [0; 3]);
+        op.forgets.push((ino.0, nlookup));
+        self.shared.push(op);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.ask(GETATTR, Pending::Attr(reply), [ino.0, 0, 0]);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.ask(
+            OPEN,
+            Pending::Open(reply),
+            [ino.0, flags.0 as u32 as u64, 0],
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.ask(READ, Pending::Data(reply), [fh.0, offset, size as u64]);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // nothing to write back; ENOSYS makes the kernel stop sending FLUSH for this mount
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.ask(RELEASE, Pending::Empty(reply), [fh.0, 0, 0]);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.ask(OPENDIR, Pending::Open(reply), [ino.0, 0, 0]);
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.ask(READDIR, Pending::Dir(reply), [fh.0, offset, 0]);
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.ask(READDIR, Pending::DirPlus(reply), [fh.0, offset, 0]);
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.ask(STATFS, Pending::Statfs(reply), [0; 3]);
+    }
+
+    // --- a read-only filesystem: every change is refused here ---
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+}
+
+/// (ino, mode, nlink, size, blocks, mtime_ns, blksize, uid, gid): an inode's attributes.
+type Attrs = (u64, u32, u32, u64, u64, i64, u32, u32, u32);
+
+fn file_attr(a: Attrs) -> FileAttr {
+    let (ino, mode, nlink, size, blocks, ns, blksize, uid, gid) = a;
+    let t = if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: kind(mode),
+        perm: (mode & 0o7777) as u16,
+        nlink,
+        uid,
+        gid,
+        rdev: 0,
+        blksize,
+        flags: 0,
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn ttl(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// The answer to one request: given exactly once (a second answer raises
+/// RuntimeError). Dropped unanswered, it answers EIO.
+#[pyclass(module = "fluidfed._fuse")]
+struct Reply {
+    pending: Mutex<Option<Pending>>,
+    shared: Arc<Shared>,
+}
+
+impl Reply {
+    fn take(&self) -> PyResult<Pending> {
+        lock(&self.pending)
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this request was answered already"))
+    }
+
+    fn wrong(what: &str) -> PyErr {
+        PyValueError::new_err(format!("{what} does not answer this request"))
+    }
+}
+
+#[pymethods]
+impl Reply {
+    fn entry(&self, attrs: Attrs, entry_ttl: f64, attr_ttl: f64) -> PyResult<()> {
+        match self.take()? {
+            Pending::Entry(r) => {
+                r.entry_with_ttls(
+                    &ttl(attr_ttl),
+                    &ttl(entry_ttl),
+                    &file_attr(attrs),
+                    Generation(0),
+                );
+                Ok(())
+            }
+            other => Err(Self::back(other, "entry")),
+        }
+    }
+
+    fn attr(&self, attrs: Attrs, attr_ttl: f64) -> PyResult<()> {
+        match self.take()? {
+            Pending::Attr(r) => {
+                r.attr(&ttl(attr_ttl), &file_attr(attrs));
+                Ok(())
+            }
+            other => Err(Self::back(other, "attr")),
+        }
+    }
+
+    #[pyo3(signature = (fh, keep_cache=false))]
+    fn open(&self, fh: u64, keep_cache: bool) -> PyResult<()> {
+        match self.take()? {
+            Pending::Open(r) => {
+                let flags = if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                r.opened(FileHandle(fh), flags);
+                Ok(())
+            }
+            other => Err(Self::back(other, "open")),
+        }
+    }
+
+    /// The bytes of a READ: written by a replying thread (the buffer held until then)
+    /// when large, else here.
+    fn data(&self, py: Python<'_>, data: PyBuffer<u8>) -> PyResult<()> {
+        if !data.is_c_contiguous() {
+            return Err(PyValueError::new_err("data takes a contiguous buffer"));
+        }
+        let r = match self.take()? {
+            Pending::Data(r) => r,
+            other => return Err(Self::back(other, "data")),
+        };
+        if data.len_bytes() >= INLINE_REPLY {
+            if let Some(tx) = lock(&self.shared.jobs).as_ref() {
+                // (a closed channel gives the job back: answered below instead)
+                if let Err(mpsc::SendError((r, data))) = tx.send((r, data)) {
+                    py.allow_threads(|| r.data(view(&data)));
+                }
+                return Ok(());
+            }
+        }
+        r.data(view(&data));
+        Ok(())
+    }
+
+    fn empty(&self) -> PyResult<()> {
+        match self.take()? {
+            Pending::Empty(r) => {
+                r.ok();
+                Ok(())
+            }
+            other => Err(Self::back(other, "empty")),
+        }
+    }
+
+    /// The request failed with `errno` (positive).
+    fn error(&self, errno: i32) -> PyResult<()> {
+        if errno <= 0 {
+            return Err(PyValueError::new_err(format!(
+                "errno must be positive, got {errno}"
+            )));
+        }
+        self.take()?.error(Errno::from_i32(errno));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn statfs(
+        &self,
+        blocks: u64,
+        bfree: u64,
+        bavail: u64,
+        files: u64,
+        ffree: u64,
+        bsize: u32,
+        namelen: u32,
+        frsize: u32,
+    ) -> PyResult<()> {
+        match self.take()? {
+            Pending::Statfs(r) => {
+                r.statfs(blocks, bfree, bavail, files, ffree, bsize, namelen, frsize);
+                Ok(())
+            }
+            other => Err(Self::back(other, "statfs")),
+        }
+    }
+
+    /// One directory entry; `next` is the offset the kernel asks from for the entries
+    /// after it. False once the reply is full: this entry was not added.
+    fn add(&self, name: &[u8], attrs: Attrs, entry_ttl: f64, next: u64) -> PyResult<bool> {
+        let mut guard = lock(&self.pending);
+        let full = match guard.as_mut() {
+            Some(Pending::DirPlus(r)) => r.add(
+                INodeNo(attrs.0),
+                next,
+                OsStr::from_bytes(name),
+                &ttl(entry_ttl),
+                &file_attr(attrs),
+                Generation(0),
+            ),
+            Some(Pending::Dir(r)) => r.add(
+                INodeNo(attrs.0),
+                next,
+                kind(attrs.1),
+                OsStr::from_bytes(name),
+            ),
+            Some(_) => return Err(Self::wrong("add")),
+            None => return Err(PyRuntimeError::new_err("this request was answered already")),
+        };
+        Ok(!full)
+    }
+
+    /// The directory entries added so far.
+    fn done(&self) -> PyResult<()> {
+        match self.take()? {
+            Pending::DirPlus(r) => r.ok(),
+            Pending::Dir(r) => r.ok(),
+            other => return Err(Self::back(other, "done")),
+        }
+        Ok(())
+    }
+}
+
+impl Reply {
+    /// A wrong kind of answer: the request is answered EIO (it was taken), and Python
+    /// hears of the mistake.
+    fn back(p: Pending, what: &str) -> PyErr {
+        p.error(Errno::EIO);
+        Self::wrong(what)
+    }
+}
+
+fn view(b: &PyBuffer<u8>) -> &[u8] {
+    if b.len_bytes() == 0 {
+        return &[];
+    }
+    // SAFETY: a contiguous buffer exported to us (checked by the caller), alive and
+    // unmoved while the PyBuffer is held
+    unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, b.len_bytes()) }
+}
+
+fn os_error(err: io::Error) -> PyErr {
+    PyOSError::new_err((err.raw_os_error().unwrap_or(libc::EIO), err.to_string()))
+}
+
+/// A mounted filesystem whose requests Python answers: `fileno` turns readable when
+/// `take` has requests to give.
+#[pyclass(module = "fluidfed._fuse")]
+struct Session {
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+    background: Mutex<Option<fuser::BackgroundSession>>,
+    notifier: Notifier,
+    repliers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn mount_options(options: Vec<String>) -> (Vec<MountOption>, SessionACL) {
+    let mut acl = SessionACL::Owner;
+    let mut out = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => out.push(MountOption::RO),
+            "default_permissions" => out.push(MountOption::DefaultPermissions),
+            "allow_other" => acl = SessionACL::All,
+            "allow_root" => acl = SessionACL::RootAndOwner,
+            _ => match o.split_once('=') {
+                Some(("subtype", v)) => out.push(MountOption::Subtype(v.to_string())),
+                Some(("fsname", v)) => out.push(MountOption::FSName(v.to_string())),
+                _ => out.push(MountOption::CUSTOM(o)),
+            },
+        }
+    }
+    (out, acl)
+}
+
+#[pymethods]
+impl Session {
+    /// Mount at `mountpoint` (the kernel's INIT answered before this returns); `threads`
+    /// read requests, `repliers` write large READ answers.
+    #[new]
+    #[pyo3(signature = (mountpoint, options, threads=2, repliers=2))]
+    fn new(
+        py: Python<'_>,
+        mountpoint: PathBuf,
+        options: Vec<String>,
+        threads: usize,
+        repliers: usize,
+    ) -> PyResult<Self> {
+        // SAFETY: eventfd returns a new descriptor or -1
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(os_error(io::Error::last_os_error()));
+        }
+        // SAFETY: just created, owned by nothing else
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (tx, rx) = mpsc::channel::<Job>();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::new()),
+            wake,
+            closed: AtomicBool::new(false),
+            jobs: Mutex::new(Some(tx)),
+            done: Mutex::new(Vec::new()),
+        });
+        let (mount_options, acl) = mount_options(options);
+        let mut config = Config::default();
+        config.mount_options = mount_options;
+        config.acl = acl;
+        config.n_threads = Some(threads.max(1));
+        config.clone_fd = true;
+        let fs = Fs {
+            shared: shared.clone(),
+        };
+        let at = mountpoint.clone();
+        let background = py
+            .allow_threads(move || fuser::Session::new(fs, &at, &config)?.spawn())
+            .map_err(os_error)?;
+        let notifier = background.notifier();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut handles = Vec::new();
+        for i in 0..repliers.max(1) {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("fuse-reply-{i}"))
+                .spawn(move || loop {
+                    let job = lock(&rx).recv();
+                    let Ok((reply, data)) = job else { return };
+                    reply.data(view(&data));
+                    lock(&shared.done).push(data);
+                })
+                .map_err(os_error)?;
+            handles.push(h);
+        }
+        Ok(Session {
+            shared,
+            mountpoint,
+            background: Mutex::new(Some(background)),
+            notifier,
+            repliers: Mutex::new(handles),
+        })
+    }
+
+    /// The descriptor to watch: readable when requests wait.
+    fn fileno(&self) -> i32 {
+        self.shared.wake.as_raw_fd()
+    }
+
+    /// The requests waiting, as tuples: (LOOKUP, reply, parent, name), (GETATTR, reply,
+    /// ino), (OPEN, reply, ino, flags), (READ, reply, fh, offset, size), (RELEASE, reply,
+    /// fh), (OPENDIR, reply, ino), (READDIR, reply, fh, offset), (STATFS, reply),
+    /// (FORGET, None, [(ino, nlookup), ...]).
+    fn take<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut counter = [0u8; 8];
+        // SAFETY: our eventfd, into 8 bytes of ours; EAGAIN (nothing new) is fine
+        unsafe { libc::read(self.shared.wake.as_raw_fd(), counter.as_mut_ptr().cast(), 8) };
+        let ops = std::mem::take(&mut *lock(&self.shared.queue));
+        drop(std::mem::take(&mut *lock(&self.shared.done))); // released with the GIL held
+        let out = PyList::empty(py);
+        for op in ops {
+            let [a, b, c] = op.args;
+            let reply: PyObject = match op.reply {
+                Some(p) => Py::new(
+                    py,
+                    Reply {
+                        pending: Mutex::new(Some(p)),
+                        shared: self.shared.clone(),
+                    },
+                )?
+                .into_any(),
+                None => py.None(),
+            };
+            let t = match op.kind {
+                LOOKUP => {
+                    let name = PyBytes::new(py, &op.name);
+                    PyTuple::new(
+                        py,
+                        [
+                            op.kind.into_pyobject(py)?.into_any(),
+                            reply.into_bound(py),
+                            a.into_pyobject(py)?.into_any(),
+                            name.into_any(),
+                        ],
+                    )?
+                }
+                READ => PyTuple::new(
+                    py,
+                    [
+                        op.kind.into_pyobject(py)?.into_any(),
+                        reply.into_bound(py),
+                        a.into_pyobject(py)?.into_any(),
+                        b.into_pyobject(py)?.into_any(),
+                        c.into_pyobject(py)?.into_any(),
+                    ],
+                )?,
+                OPEN | READDIR => PyTuple::new(
+                    py,
+                    [
+                        op.kind.into_pyobject(py)?.into_any(),
+                        reply.into_bound(py),
+                        a.into_pyobject(py)?.into_any(),
+                        b.into_pyobject(py)?.into_any(),
+                    ],
+                )?,
+                STATFS => PyTuple::new(
+                    py,
+                    [op.kind.into_pyobject(py)?.into_any(), reply.into_bound(py)],
+                )?,
+                FORGET => {
+                    let list = PyList::new(py, op.forgets)?;
+                    PyTuple::new(
+                        py,
+                        [
+                            op.kind.into_pyobject(py)?.into_any(),
+                            reply.into_bound(py),
+                            list.into_any(),
+                        ],
+                    )?
+                }
+                _ => PyTuple::new(
+                    py,
+                    [
+                        op.kind.into_pyobject(py)?.into_any(),
+                        reply.into_bound(py),
+                        a.into_pyobject(py)?.into_any(),
+                    ],
+                )?,
+            };
+            out.append(t)?;
+        }
+        Ok(out)
+    }
+
+    /// Put `data` in the kernel's page cache of `ino` at `offset` (FUSE notify_store),
+    /// without the GIL. OSError if the kernel refuses (ENOENT: it holds no such inode).
+    fn notify_store(
+        &self,
+        py: Python<'_>,
+        ino: u64,
+        offset: u64,
+        data: PyBuffer<u8>,
+    ) -> PyResult<()> {
+        if !data.is_c_contiguous() {
+            return Err(PyValueError::new_err(
+                "notify_store takes a contiguous buffer",
+            ));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(PyOSError::new_err((
+                libc::ESHUTDOWN,
+                "the session is closed",
+            )));
+        }
+        let n = &self.notifier;
+        let d = &data;
+        py.allow_threads(|| n.store(INodeNo(ino), offset, view(d)))
+            .map_err(os_error)
+    }
+
+    /// Drop the kernel's cached pages and attributes of `ino`. A kernel that holds no such
+    /// inode is not an error.
+    fn invalidate_inode(&self, py: Python<'_>, ino: u64) -> PyResult<()> {
+        let n = &self.notifier;
+        match py.allow_threads(|| n.inval_inode(INodeNo(ino), 0, 0)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(os_error),
+        }
+    }
+
+    /// Take no more requests: those queued, and any that come, are answered EIO.
+    fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        drop(std::mem::take(&mut *lock(&self.shared.queue)));
+    }
+
+    /// `close`, detach the mount (lazily: files still open keep it until closed) and wait
+    /// for the session's threads, up to a moment (threads still serving open files then
+    /// end with the process). The replying threads finish what they were given.
+    fn unmount(&self, py: Python<'_>) -> PyResult<()> {
+        self.close();
+        let Some(bg) = lock(&self.background).take() else {
+            return Ok(());
+        };
+        let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes())
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let handles = std::mem::take(&mut *lock(&self.repliers));
+        let shared = self.shared.clone();
+        py.allow_threads(move || {
+            // SAFETY: a NUL-terminated path
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(bg.umount_and_join());
+            });
+            let _ = rx.recv_timeout(JOIN_WITHIN);
+            drop(lock(&shared.jobs).take()); // the replying threads stop once it is empty
+            for h in handles {
+                let _ = h.join();
+            }
+        });
+        drop(std::mem::take(&mut *lock(&self.shared.done)));
+        Ok(())
+    }
+}
+
+#[pymodule]
+fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Session>()?;
+    m.add_class::<Reply>()?;
+    m.add("LOOKUP", LOOKUP)?;
+    m.add("GETATTR", GETATTR)?;
+    m.add("OPEN", OPEN)?;
+    m.add("READ", READ)?;
+    m.add("RELEASE", RELEASE)?;
+    m.add("OPENDIR", OPENDIR)?;
+    m.add("READDIR", READDIR)?;
+    m.add("STATFS", STATFS)?;
+    m.add("FORGET", FORGET)?;
+    Ok(())
+}

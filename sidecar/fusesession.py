@@ -1,0 +1,209 @@
+"""The FUSE session a mount's requests come through and its answers go back by.
+
+- `NativeSession` (the default): `fluidfed._fuse` (native/fuse, on fuser). Threads of its
+  own read the kernel's requests and queue them; the event loop decides every answer from
+  `DatasetFS` and hands it back. A READ's bytes are written to /dev/fuse (the kernel's
+  copy into the file's page cache) by threads of its own, without the GIL.
+- `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
+  READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
+  on one core (figures: README, "Measured design decisions").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+from typing import Any, Protocol
+
+import pyfuse3
+
+from sidecar.fs import DatasetFS
+
+log = logging.getLogger("fluidfed.sidecar")
+
+ENGINES = ("native", "pyfuse3")
+
+
+class Session(Protocol):
+    async def main(self) -> None: ...  # serves until `terminate`
+    async def terminate(self) -> None: ...
+    def close(self) -> None: ...  # unmounts; after `main` ended
+    def invalidate_inode(self, inode: int) -> None: ...  # blocking: for a thread
+
+
+def engine() -> str:
+    """The session `FLUIDFED_FUSE` names ("native" unless set)."""
+    name = os.environ.get("FLUIDFED_FUSE", "native").strip() or "native"
+    if name not in ENGINES:
+        raise ValueError(f"FLUIDFED_FUSE={name!r}: expected one of {', '.join(ENGINES)}")
+    return name
+
+
+def mount(fs: DatasetFS, mountpoint: str, options: set[str]) -> Session:
+    """Mount `fs` at `mountpoint` through the session `FLUIDFED_FUSE` names."""
+    if engine() == "pyfuse3":
+        return Pyfuse3Session(fs, mountpoint, options)
+    return NativeSession(fs, mountpoint, options)
+
+
+class NativeSession:
+    def __init__(
+        self,
+        fs: DatasetFS,
+        mountpoint: str,
+        options: set[str],
+        *,
+        threads: int = 2,
+        repliers: int = 2,
+    ) -> None:
+        from fluidfed import _fuse
+
+        self.fs = fs
+        self._fuse = _fuse
+        self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers)
+        fs.store_pages = self._store
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped: asyncio.Future[None] | None = None
+
+    def _store(self, inode: int, data: Any) -> None:
+        self._s.notify_store(inode, 0, data)
+
+    def invalidate_inode(self, inode: int) -> None:
+        self._s.invalidate_inode(inode)
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        fd = self._s.fileno()
+        loop.add_reader(fd, self._drain)
+        try:
+            self._drain()  # what came before the loop watched
+            await self._stopped
+        finally:
+            loop.remove_reader(fd)
+
+    async def terminate(self) -> None:
+        """Take no more requests (those that come are answered EIO), and give up the
+        answers still being fetched."""
+        self._s.close()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        self._s.unmount()
+
+    # --- the requests ---------------------------------------------------------------
+
+    def _drain(self) -> None:
+        f = self._fuse
+        fs = self.fs
+        ttl = fs.ttl
+        for req in self._s.take():
+            kind, reply = req[0], req[1]
+            try:
+                if kind == f.READ:
+                    fh, off, size = req[2], req[3], req[4]
+                    data = fs.read_held(fh, off, size)
+                    if data is None:
+                        self._later(reply, self._read(reply, fh, off, size))
+                    else:
+                        reply.data(data)
+                elif kind == f.LOOKUP:
+                    reply.entry(fs.stat(fs.lookup_path(req[2], req[3])), ttl, ttl)
+                elif kind == f.GETATTR:
+                    reply.attr(fs.stat(fs.inode_path(req[2])), ttl)
+                elif kind == f.OPEN:
+                    inode = req[2]
+                    fh, push = fs.open_now(inode, req[3])
+                    if push is None:
+                        reply.open(fh, True)
+                    else:
+                        self._later(reply, self._open(reply, inode, fh, push))
+                elif kind == f.RELEASE:
+                    fs.release_now(req[2])
+                    reply.empty()
+                elif kind == f.FORGET:
+                    fs.forget_now(req[2])
+                elif kind == f.OPENDIR:
+                    reply.open(fs.opendir_now(req[2]))
+                elif kind == f.READDIR:
+                    for name, path, after in fs.entries(req[2], req[3]):
+                        if not reply.add(name, fs.stat(path), ttl, after):
+                            break
+                    reply.done()
+                elif kind == f.STATFS:
+                    reply.statfs(*fs.statfs_now())
+                else:
+                    reply.error(errno.ENOSYS)
+            except pyfuse3.FUSEError as err:
+                _fail(reply, err.errno)
+            except Exception:
+                log.exception("answering a FUSE request (%d) failed", kind)
+                _fail(reply, errno.EIO)
+
+    def _later(self, reply: Any, work: Any) -> None:
+        task = asyncio.ensure_future(self._answer(reply, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _answer(reply: Any, work: Any) -> None:
+        try:
+            await work
+        except pyfuse3.FUSEError as err:
+            _fail(reply, err.errno)
+        except asyncio.CancelledError:
+            _fail(reply, errno.EIO)
+            raise
+        except Exception:
+            log.exception("answering a FUSE request failed")
+            _fail(reply, errno.EIO)
+
+    async def _read(self, reply: Any, fh: int, off: int, size: int) -> None:
+        reply.data(await self.fs.read_fetched(fh, off, size))
+
+    async def _open(self, reply: Any, inode: int, fh: int, push: Any) -> None:
+        await self.fs.push(inode, push)
+        reply.open(fh, True)
+
+
+def _fail(reply: Any, code: int) -> None:
+    """Answer `code`, unless the request was answered already (or needs no answer)."""
+    if reply is not None:
+        with contextlib.suppress(RuntimeError):
+            reply.error(code)
+
+
+class Pyfuse3Session:
+    def __init__(self, fs: DatasetFS, mountpoint: str, options: set[str]) -> None:
+        pyfuse3.init(fs, mountpoint, options)
+
+    async def main(self) -> None:
+        await pyfuse3.main(min_tasks=4, max_tasks=64)
+
+    async def terminate(self) -> None:
+        """pyfuse3.terminate, past a race in pyfuse3's asyncio shim: when /dev/fuse turned
+        readable just before, one of its read futures is already resolved, and its
+        notify_closing raises InvalidStateError on it and skips the rest (seen in CI as a
+        sidecar exiting 1 on SIGTERM during reads). The session is marked to exit before
+        that; once the resolved reader has had its turn, the call goes through."""
+        for _ in range(100):
+            try:
+                pyfuse3.terminate()
+                return
+            except asyncio.InvalidStateError:
+                await asyncio.sleep(0)
+        log.warning("FUSE loop readers could not all be told to stop")
+
+    def close(self) -> None:
+        pyfuse3.close(unmount=True)
+
+    def invalidate_inode(self, inode: int) -> None:
+        pyfuse3.invalidate_inode(pyfuse3.InodeT(inode))

@@ -1,0 +1,182 @@
+"""The sidecar's FUSE sessions through /dev/fuse: the native one (fluidfed._fuse, the
+default) and pyfuse3 (FLUIDFED_FUSE=pyfuse3) answer the kernel alike; the native one writes
+large READ answers from its own threads."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit.local.processes import SidecarProcess, is_mounted
+from sidecar.fs import PREFERRED_IO
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root"),
+]
+
+MANY = 1500  # entries in one directory: several READDIR answers
+BIG = 48 * 2**20 + 12_345  # several blocks, the last one short
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fuse-src")
+    (root / "many").mkdir()
+    for i in range(MANY):
+        (root / "many" / f"f{i:05d}").write_bytes(i.to_bytes(4, "little") * (i % 7 + 1))
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "deep" / "er" / "x.txt").write_bytes(b"deep down\n")
+    (root / "empty.bin").write_bytes(b"")
+    (root / "big.bin").write_bytes(os.urandom(BIG))
+    os.utime(root / "deep" / "er" / "x.txt", ns=(1_600_000_000_123_456_789,) * 2)
+    return root
+
+
+@pytest.fixture
+def mounted(tree: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    made: list[SidecarProcess] = []
+
+    def start(engine: str) -> SidecarProcess:
+        os.environ["FLUIDFED_FUSE"] = engine
+        try:
+            sc = SidecarProcess(
+                tmp_path / engine,
+                {"dataset": "d", "mounts": [{"uri": f"file://{tree}"}]},
+                tmp_path / f"{engine}-mnt",
+            )
+            made.append(sc)
+            return sc.start()
+        finally:
+            del os.environ["FLUIDFED_FUSE"]
+
+    yield start
+    for sc in made:
+        sc.close()
+
+
+@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
+def test_both_sessions_answer_the_kernel_alike(tree: Path, mounted: Any, engine: str) -> None:
+    mnt = mounted(engine).mountpoint
+    # a directory larger than one READDIR answer, in order, every entry once
+    names = os.listdir(mnt / "many")
+    assert sorted(names) == sorted(os.listdir(tree / "many")) and len(names) == MANY
+    with os.scandir(mnt / "many") as it:
+        sizes = {e.name: e.stat().st_size for e in it}
+    assert sizes == {n: (tree / "many" / n).stat().st_size for n in names}
+    # attributes: read-only, the source's size and mtime, page-cache-sized st_blksize
+    st = (mnt / "deep" / "er" / "x.txt").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o444 and stat.S_ISREG(st.st_mode)
+    assert st.st_size == 10 and st.st_blksize == PREFERRED_IO
+    assert st.st_mtime_ns // 1000 == 1_600_000_000_123_456  # (float seconds in the listing)
+    assert stat.S_ISDIR((mnt / "deep").stat().st_mode)
+    # bytes: small, empty, and across blocks, whole and at odd offsets
+    assert (mnt / "deep" / "er" / "x.txt").read_bytes() == b"deep down\n"
+    assert (mnt / "empty.bin").read_bytes() == b""
+    want = (tree / "big.bin").read_bytes()
+    got = (mnt / "big.bin").read_bytes()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+    fd = os.open(mnt / "big.bin", os.O_RDONLY)
+    try:
+        for off in (0, 4 * 2**20 - 3, BIG - 100, BIG, BIG + 5):
+            assert os.pread(fd, 7000, off) == want[off : off + 7000], off
+    finally:
+        os.close(fd)
+    # errors: missing names, directories read as files, every change
+    with pytest.raises(FileNotFoundError):
+        (mnt / "deep" / "nope").stat()
+    with pytest.raises(IsADirectoryError):
+        (mnt / "deep").read_bytes()
+    for change in (
+        lambda: open(mnt / "deep" / "er" / "x.txt", "ab"),
+        lambda: (mnt / "new").write_bytes(b"x"),
+        lambda: (mnt / "deep" / "er" / "x.txt").unlink(),
+        lambda: (mnt / "deep").rename(mnt / "moved"),
+        lambda: (mnt / "d2").mkdir(),
+        lambda: os.chmod(mnt / "empty.bin", 0o777),
+    ):
+        with pytest.raises(OSError) as err:
+            change()
+        assert err.value.errno == errno.EROFS
+    # statfs: the dataset's size and file count, nothing free
+    sv = os.statvfs(mnt)
+    total = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
+    assert sv.f_bsize == 4096 and sv.f_blocks == total // 4096 + 1 and sv.f_bfree == 0
+    assert sv.f_files >= MANY + 4
+
+
+def _threads(pid: int) -> dict[str, float]:
+    """Seconds each thread of `pid` ran, by name (schedstat: nanoseconds, not ticks)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            ran = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[name] = out.get(name, 0.0) + ran
+    return out
+
+
+def test_the_native_session_writes_large_read_answers_from_its_own_threads(
+    tree: Path, mounted: Any
+) -> None:
+    sc = mounted("native")
+    assert sc.proc is not None
+    before = _threads(sc.proc.pid)
+    assert {"fuse-reply-0", "fuse-reply-1"} <= set(before)
+    with open(sc.mountpoint / "big.bin", "rb", buffering=0) as f:
+        while f.read(2**20):
+            pass
+    after = _threads(sc.proc.pid)
+    replying = sum(after[n] - before[n] for n in after if n.startswith("fuse-reply"))
+    # ~48 MiB copied into the page cache by them: milliseconds; inline it would be ~0
+    assert replying > 0.002, (before, after)
+
+
+def test_an_unmount_with_a_file_still_open_does_not_hang(tree: Path, mounted: Any) -> None:
+    sc = mounted("native")
+    assert sc.proc is not None
+    f = open(sc.mountpoint / "big.bin", "rb", buffering=0)
+    try:
+        assert f.read(10) == (tree / "big.bin").read_bytes()[:10]
+        sc.proc.send_signal(signal.SIGTERM)
+        assert sc.proc.wait(timeout=20) == 0
+        assert not is_mounted(sc.mountpoint)
+        # the open file lost its server: bytes not read before are an error, not a hang
+        with pytest.raises(OSError) as err:
+            os.pread(f.fileno(), 10, 40 * 2**20)
+        assert err.value.errno in (errno.ENOTCONN, errno.EIO)
+    finally:
+        with contextlib.suppress(OSError):  # (ENOTCONN: the same lost server)
+            f.close()
+
+
+def test_an_unknown_session_name_is_refused_before_mounting(tmp_path: Path) -> None:
+    cfg = tmp_path / "sidecar.json"
+    cfg.write_text('{"dataset": "d", "mounts": [{"uri": "file:///tmp"}]}')
+    env = {**os.environ, "FLUIDFED_FUSE": "libfuse2"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", "sidecar", "mount", "--config", str(cfg)]
+        + ["--mountpoint", str(tmp_path / "mnt"), "--status-addr", "127.0.0.1:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert "FLUIDFED_FUSE" in proc.stderr and "native, pyfuse3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not is_mounted(tmp_path / "mnt")
