@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import pyfuse3
@@ -148,10 +150,11 @@ class NativeSession:
                 log.exception("answering a FUSE request (%d) failed", kind)
                 _fail(reply, errno.EIO)
 
-    def _later(self, reply: Any, work: Any) -> None:
+    def _later(self, reply: Any, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(self._answer(reply, work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(_cancelled, reply, work))
 
     @staticmethod
     async def _answer(reply: Any, work: Any) -> None:
@@ -172,6 +175,14 @@ class NativeSession:
     async def _open(self, reply: Any, inode: int, fh: int, push: Any) -> None:
         await self.fs.push(inode, push)
         reply.open(fh, True)
+
+
+def _cancelled(reply: Any, work: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:
+    """A task cancelled before it ran never reached `_answer`'s handlers: answer EIO now
+    (not when the reply is collected), and close the work it never awaited."""
+    if task.cancelled():
+        work.close()
+        _fail(reply, errno.EIO)
 
 
 def _fail(reply: Any, code: int) -> None:

@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +44,18 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def mounted(tree: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+def mounted(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     made: list[SidecarProcess] = []
 
-    def start(engine: str) -> SidecarProcess:
-        os.environ["FLUIDFED_FUSE"] = engine
-        try:
-            sc = SidecarProcess(
-                tmp_path / engine,
-                {"dataset": "d", "mounts": [{"uri": f"file://{tree}"}]},
-                tmp_path / f"{engine}-mnt",
-            )
-            made.append(sc)
-            return sc.start()
-        finally:
-            del os.environ["FLUIDFED_FUSE"]
+    def start(engine: str, mountpoint: Path | None = None) -> SidecarProcess:
+        monkeypatch.setenv("FLUIDFED_FUSE", engine)
+        sc = SidecarProcess(
+            tmp_path / engine,
+            {"dataset": "d", "mounts": [{"uri": f"file://{tree}"}]},
+            mountpoint or tmp_path / f"{engine}-mnt",
+        )
+        made.append(sc)
+        return sc.start()
 
     yield start
     for sc in made:
@@ -69,6 +65,8 @@ def mounted(tree: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
 @pytest.mark.parametrize("engine", ["native", "pyfuse3"])
 def test_both_sessions_answer_the_kernel_alike(tree: Path, mounted: Any, engine: str) -> None:
     mnt = mounted(engine).mountpoint
+    # what Fluid's CSI and the agent look for (agents/fluid.py: FUSE_FS_TYPE)
+    assert mount_types(mnt) == ["fuse.fluidfed"]
     # a directory larger than one READDIR answer, in order, every entry once
     names = os.listdir(mnt / "many")
     assert sorted(names) == sorted(os.listdir(tree / "many")) and len(names) == MANY
@@ -116,6 +114,13 @@ def test_both_sessions_answer_the_kernel_alike(tree: Path, mounted: Any, engine:
     assert sv.f_files >= MANY + 4
 
 
+def mount_types(path: Path) -> list[str]:
+    """The types of the mounts stacked at `path`, bottom first (/proc/self/mounts)."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as f:
+        return [p[2] for p in (line.split() for line in f) if len(p) > 2 and p[1] == target]
+
+
 def _threads(pid: int) -> dict[str, float]:
     """Seconds each thread of `pid` ran, by name (schedstat: nanoseconds, not ticks)."""
     out: dict[str, float] = {}
@@ -145,15 +150,28 @@ def test_the_native_session_writes_large_read_answers_from_its_own_threads(
     assert replying > 0.002, (before, after)
 
 
-def test_an_unmount_with_a_file_still_open_does_not_hang(tree: Path, mounted: Any) -> None:
-    sc = mounted("native")
+def test_an_unmount_with_a_file_still_open_does_not_hang_nor_take_what_lies_below(
+    tree: Path, mounted: Any, tmp_path: Path
+) -> None:
+    # in a pod the mountpoint is itself a mount (the volume the webhook gives the sidecar)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "--bind", str(volume), str(volume)], check=True)
+    try:
+        _unmount_with_a_file_open(tree, mounted(engine="native", mountpoint=volume))
+        assert mount_types(volume) != [] and "fuse.fluidfed" not in mount_types(volume)
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def _unmount_with_a_file_open(tree: Path, sc: SidecarProcess) -> None:
     assert sc.proc is not None
     f = open(sc.mountpoint / "big.bin", "rb", buffering=0)  # noqa: SIM115 (closed below)
     try:
         assert f.read(10) == (tree / "big.bin").read_bytes()[:10]
         sc.proc.send_signal(signal.SIGTERM)
         assert sc.proc.wait(timeout=20) == 0
-        assert not is_mounted(sc.mountpoint)
+        assert "fuse.fluidfed" not in mount_types(sc.mountpoint)
         # the open file lost its server: bytes not read before are an error, not a hang
         with pytest.raises(OSError, match=r"not connected|Input/output") as err:
             os.pread(f.fileno(), 10, 40 * 2**20)
@@ -167,7 +185,6 @@ def test_an_unknown_session_name_is_refused_before_mounting(tmp_path: Path) -> N
     cfg = tmp_path / "sidecar.json"
     cfg.write_text('{"dataset": "d", "mounts": [{"uri": "file:///tmp"}]}')
     env = {**os.environ, "FLUIDFED_FUSE": "libfuse2"}
-    started = time.monotonic()
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "fluidfed.cli.main", "sidecar", "mount"),
@@ -179,7 +196,7 @@ def test_an_unknown_session_name_is_refused_before_mounting(tmp_path: Path) -> N
         text=True,
         timeout=60,
     )
-    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert proc.returncode != 0
     assert "FLUIDFED_FUSE" in proc.stderr and "native, pyfuse3" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not is_mounted(tmp_path / "mnt")

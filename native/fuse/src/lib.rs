@@ -118,20 +118,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn push(&self, op: Op) {
-        if self.closed.load(Ordering::Acquire) {
-            return; // dropped: its reply answers EIO
-        }
         let was_empty = {
             let mut q = lock(&self.queue);
+            // (under the queue's lock: `close` empties it under the same lock, so nothing
+            // is queued after it and left unanswered)
+            if self.closed.load(Ordering::Acquire) {
+                drop(q);
+                drop(op); // its reply answers EIO
+                return;
+            }
             let e = q.is_empty();
             q.push(op);
             e
         };
         if was_empty {
-            let one: u64 = 1;
-            // SAFETY: an eventfd we own, 8 bytes from a u64 that outlives the call
-            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            self.wake();
         }
+    }
+
+    /// Make the eventfd readable: the loop calls `take`.
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: an eventfd we own, 8 bytes from a u64 that outlives the call
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Take no more requests; those queued are answered EIO (their replies dropped).
+    fn close(&self) {
+        let queued = {
+            let mut q = lock(&self.queue);
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *q)
+        };
+        drop(queued);
     }
 }
 
@@ -649,7 +668,8 @@ fn mount_options(options: Vec<String>) -> (Vec<MountOption>, SessionACL) {
             "allow_other" => acl = SessionACL::All,
             "allow_root" => acl = SessionACL::RootAndOwner,
             _ => match o.split_once('=') {
-                Some(("subtype", v)) => out.push(MountOption::Subtype(v.to_string())),
+                // (subtype= as a kernel option: fuser's own Subtype names the device only,
+                // and the type /proc/mounts shows would be "fuse", not "fuse.<subtype>")
                 Some(("fsname", v)) => out.push(MountOption::FSName(v.to_string())),
                 _ => out.push(MountOption::CUSTOM(o)),
             },
@@ -711,7 +731,16 @@ impl Session {
                     let job = lock(&rx).recv();
                     let Ok((reply, data)) = job else { return };
                     reply.data(view(&data));
-                    lock(&shared.done).push(data);
+                    // let go of by the next `take`: woken for it if nothing else waits,
+                    // or the block's memory stays held until the next request comes
+                    let first = {
+                        let mut done = lock(&shared.done);
+                        done.push(data);
+                        done.len() == 1
+                    };
+                    if first {
+                        shared.wake();
+                    }
                 })
                 .map_err(os_error)?;
             handles.push(h);
@@ -739,7 +768,8 @@ impl Session {
         // SAFETY: our eventfd, into 8 bytes of ours; EAGAIN (nothing new) is fine
         unsafe { libc::read(self.shared.wake.as_raw_fd(), counter.as_mut_ptr().cast(), 8) };
         let ops = std::mem::take(&mut *lock(&self.shared.queue));
-        drop(std::mem::take(&mut *lock(&self.shared.done))); // released with the GIL held
+        let written = std::mem::take(&mut *lock(&self.shared.done));
+        drop(written); // released with the GIL held, outside the lock
         let out = PyList::empty(py);
         for op in ops {
             let [a, b, c] = op.args;
@@ -853,8 +883,7 @@ impl Session {
 
     /// Take no more requests: those queued, and any that come, are answered EIO.
     fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        drop(std::mem::take(&mut *lock(&self.shared.queue)));
+        self.shared.close();
     }
 
     /// `close`, detach the mount (lazily: files still open keep it until closed) and wait
@@ -871,10 +900,21 @@ impl Session {
         let shared = self.shared.clone();
         py.allow_threads(move || {
             // SAFETY: a NUL-terminated path
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            let detached = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0;
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(bg.umount_and_join());
+                // Detached, fuser's own unmount must not run while the connection lives: it
+                // would unmount the path again, not lazily, taking whatever lies under the
+                // mount (in a pod the volume the mountpoint is). Joined, the session ended
+                // because the kernel ended the connection, and fuser finds nothing to
+                // unmount. Not detached (no right to, as a user mounting through
+                // fusermount3): fuser unmounts as it does.
+                let r = if detached {
+                    bg.join()
+                } else {
+                    bg.umount_and_join()
+                };
+                let _ = tx.send(r);
             });
             let _ = rx.recv_timeout(JOIN_WITHIN);
             drop(lock(&shared.jobs).take()); // the replying threads stop once it is empty
@@ -882,7 +922,8 @@ impl Session {
                 let _ = h.join();
             }
         });
-        drop(std::mem::take(&mut *lock(&self.shared.done)));
+        let written = std::mem::take(&mut *lock(&self.shared.done));
+        drop(written);
         Ok(())
     }
 }
