@@ -81,11 +81,21 @@ class NativeSession:
         self._stopped = loop.create_future()
         fd = self._s.fileno()
         loop.add_reader(fd, self._drain)
+        sweep = asyncio.create_task(self._sweep())
         try:
             self._drain()  # what came before the loop watched
             await self._stopped
         finally:
+            sweep.cancel()
             loop.remove_reader(fd)
+
+    async def _sweep(self, every: float = 1.0) -> None:
+        """`take` at least once a second: the READ answers written since the last one are
+        let go of there (a mapped block file evicted meanwhile keeps its disk space until
+        then), without waking the loop for each."""
+        while True:
+            await asyncio.sleep(every)
+            self._drain()
 
     async def terminate(self) -> None:
         """Take no more requests (those that come are answered EIO), and give up the
