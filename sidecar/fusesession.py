@@ -98,8 +98,9 @@ class NativeSession:
             self._drain()
 
     async def terminate(self) -> None:
-        """Take no more requests (those that come are answered EIO), and give up the
-        answers still being fetched."""
+        """Take no more requests, and give up the answers still being fetched: both are
+        answered ENOTCONN, what their callers see a moment later anyway, once the mount is
+        gone (EIO would say something failed)."""
         self._s.close()
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
@@ -173,7 +174,7 @@ class NativeSession:
         except pyfuse3.FUSEError as err:
             _fail(reply, err.errno)
         except asyncio.CancelledError:
-            _fail(reply, errno.EIO)
+            _fail(reply, errno.ENOTCONN)
             raise
         except Exception:
             log.exception("answering a FUSE request failed")
@@ -188,11 +189,11 @@ class NativeSession:
 
 
 def _cancelled(reply: Any, work: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:
-    """A task cancelled before it ran never reached `_answer`'s handlers: answer EIO now
-    (not when the reply is collected), and close the work it never awaited."""
+    """A task cancelled before it ran never reached `_answer`'s handlers: answer now (not
+    when the reply is collected), and close the work it never awaited."""
     if task.cancelled():
         work.close()
-        _fail(reply, errno.EIO)
+        _fail(reply, errno.ENOTCONN)
 
 
 def _fail(reply: Any, code: int) -> None:

@@ -89,6 +89,14 @@ struct Op {
 }
 
 impl Op {
+    /// Answer a request the closing session will not serve: ENOTCONN, what the caller
+    /// sees a moment later anyway, once the mount is gone (not EIO: nothing failed).
+    fn refuse(self) {
+        if let Some(p) = self.reply {
+            p.error(Errno::ENOTCONN);
+        }
+    }
+
     fn new(kind: u8, reply: Option<Pending>, args: [u64; 3]) -> Op {
         Op {
             kind,
@@ -124,7 +132,7 @@ impl Shared {
             // is queued after it and left unanswered)
             if self.closed.load(Ordering::Acquire) {
                 drop(q);
-                drop(op); // its reply answers EIO
+                op.refuse();
                 return;
             }
             let e = q.is_empty();
@@ -143,14 +151,16 @@ impl Shared {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    /// Take no more requests; those queued are answered EIO (their replies dropped).
+    /// Take no more requests; those queued are answered ENOTCONN.
     fn close(&self) {
         let queued = {
             let mut q = lock(&self.queue);
             self.closed.store(true, Ordering::Release);
             std::mem::take(&mut *q)
         };
-        drop(queued);
+        for op in queued {
+            op.refuse();
+        }
     }
 }
 
@@ -874,7 +884,7 @@ impl Session {
         }
     }
 
-    /// Take no more requests: those queued, and any that come, are answered EIO.
+    /// Take no more requests: those queued, and any that come, are answered ENOTCONN.
     fn close(&self) {
         self.shared.close();
     }
