@@ -93,7 +93,7 @@ async def test_a_worker_killed_while_writing_never_serves_a_torn_block(
             async with session.get(f"{proc.url}/v1/status", headers=agent) as r:
                 status = await r.json()
         assert status["corrupt"] == 1  # the cut one, found and fetched again
-        await no_temporary_files_left(ssd)
+        await no_temporary_files_left(ssd, proc)
         for f in (p for p in ssd.rglob("*") if p.is_file()):
             data_, crc = blockfile.read_block_file(f)  # every file whole, or none at all
             assert len(data_) == f.stat().st_size - TRAILER_SIZE and crc >= 0
@@ -101,10 +101,13 @@ async def test_a_worker_killed_while_writing_never_serves_a_torn_block(
         proc.close()
 
 
-async def no_temporary_files_left(ssd: Path) -> None:
+async def no_temporary_files_left(ssd: Path, proc: WorkerProcess) -> None:
     """Wait until no temporary block file is left under `ssd`: the crash's is removed when
     the worker starts; the cut block fetched again is written behind its reader, so its own
-    may still be on its way (it goes when the file is done). One left 10 s fails."""
+    may still be on its way, or not even begun (CI once found a temporary file whose write
+    started after none was left): first until the worker has no block left to write, then
+    until its last temporary file is gone. One left 10 s fails."""
+    await asyncio.to_thread(proc.wait_written, 30)
 
     def none_left() -> bool | NotYet:
         left = sorted(str(p.relative_to(ssd)) for p in ssd.rglob("*.tmp"))
