@@ -339,7 +339,7 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     sc = sidecars(sidecar_config(mount, ws.urls()))
     assert (sc.mountpoint / name).read_bytes() == want[name]
     sc.stop()
-    stored = written(tmp_path / "ssd")
+    stored = written(tmp_path / "ssd", ws.procs[0])
     victim = stored[0]
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -361,6 +361,7 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     read_all(first.mountpoint, want)
     assert first.status()["blocks"]["short_circuit"] == 0  # the worker fetched them: misses
     first.stop()
+    ws.procs[0].wait_written()  # a block still being written is not located: sent over HTTP
 
     sc = sidecars(sidecar_config(mount, ws.urls()))
     read_all(sc.mountpoint, want)
@@ -399,7 +400,7 @@ def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_
     first.stop()
 
     # from the disk: read past the page cache and handed on in a thread
-    for p in written(tmp_path / "ssd"):
+    for p in written(tmp_path / "ssd", ws.procs[0]):
         if p.is_file():
             fd = os.open(p, os.O_RDONLY)
             try:
@@ -428,7 +429,7 @@ def test_small_files_beside_their_worker_reach_the_kernel_when_opened_without_a_
         assert (sc.mountpoint / k).read_bytes() == want[k]
     assert sc.status()["blocks"]["pushed"] == len(small)
     # the block files were read past the page cache (O_DIRECT): not in memory twice
-    files = [p for p in written(tmp_path / "ssd") if p.is_file()]
+    files = [p for p in written(tmp_path / "ssd", ws.procs[0]) if p.is_file()]
     for p in files:
         with pytest.raises(NotCached):
             blockfile.map_block_file(p, cached_only=True)
@@ -892,10 +893,12 @@ def test_rotating_the_key_during_reads_keeps_them_going(
 # --- blocks received straight into their buffers, in threads (issue 20) -------------------
 
 
-def written(tier: Path) -> list[Path]:
+def written(tier: Path, worker: WorkerProcess) -> list[Path]:
     """The block files of a worker's disk tier once none is being written: a worker answers
     a miss before its file is whole (write-behind), so a test that reads or damages the
-    files waits for them."""
+    files waits for them: first until the worker has no block left to write (a write not
+    yet begun shows no temporary file), then until no temporary file is left."""
+    worker.wait_written(30)
 
     def whole() -> list[Path] | None:
         files = [p for p in tier.rglob("*") if p.is_file()]
@@ -968,7 +971,7 @@ def test_a_damaged_block_received_into_its_buffer_is_asked_for_again_checked(
             conns.close()
 
     assert bytes(asyncio.run(get()).data) == want[rel][:BLOCK]
-    stored = written(tmp_path / "ssd")
+    stored = written(tmp_path / "ssd", ws.procs[0])
     assert len(stored) == 1
     raw = bytearray(stored[0].read_bytes())
     raw[len(raw) // 2] ^= 0xFF
