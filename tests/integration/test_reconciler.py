@@ -40,11 +40,11 @@ async def kube(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator
 
 
 def make(
-    tmp_path: Path, kube: Kube, b: Binding
+    tmp_path: Path, kube: Kube, b: Binding, retry_after: float = 0.05
 ) -> tuple[reconciler.Reconciler, Store, WorkQueue, LiveCache]:
     cfg = AgentConfig(cluster_file="-")
     store = Store(StateFile(tmp_path), AgentState(cluster="edge", bindings={b.name: b}))
-    queue = WorkQueue(Backoff(base=0.05, cap=1.0))
+    queue = WorkQueue(Backoff(base=retry_after, cap=max(1.0, retry_after)))
     live = LiveCache()
     ctx = objects.ClusterContext(name="edge")
     registry = Registry(ttl=10)
@@ -102,7 +102,9 @@ async def test_applies_what_is_wanted_and_publishes_the_status(tmp_path: Path, k
 
 
 async def test_a_temporary_error_is_recorded_and_retried_later(tmp_path: Path, kube: Kube) -> None:
-    r, store, queue, _ = make(tmp_path, kube, binding("tmp.edge", namespace="tmp"))
+    # (a retry due later than `run_once` can see the queue empty after the failure: due in
+    # 50 ms, a loop stalled that long on a loaded machine let it run within `run_once`)
+    r, store, queue, _ = make(tmp_path, kube, binding("tmp.edge", namespace="tmp"), 1.0)
     host = kube.api.configuration.host
     kube.api.configuration.host = "https://127.0.0.1:1"  # the API server stops answering
     queue.add("tmp.edge")

@@ -386,7 +386,8 @@ async def test_a_request_retried_on_a_new_connection_keeps_its_first_deadline(
         start = time.monotonic()
         with pytest.raises(errors.WorkerError, match=r"timed out|no answer in time"):
             await conns.get(url, {"n": 2}, {}, 1.0)
-        assert time.monotonic() - start < 1.4
+        # (the old way took 1.7 s; room left for a loaded machine's thread hops)
+        assert time.monotonic() - start < 1.6
     finally:
         raw.close()
 
