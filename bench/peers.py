@@ -19,7 +19,7 @@ on the same MinIO (loopback), in the same run, clients interleaved, medians of -
            fill   the first read of each client filling its empty cache (fluidfed: through
                   an empty cache worker), --runs times, the clients taking turns (`--only
                   fill`: these rows alone)
-    small  20,000 files of 128 KiB in 200 directories read whole by 8 threads (a
+    small  20,000 files of 128 KiB in 200 directories read whole by 8 threads (--readers; a
            DataLoader's 8 workers): files/s, p50/p99 per file, CPU per 1,000 files
            cold   fresh mount, no cache (fluidfed also through an empty cache worker)
            warm   again on the same mount (page cache)
@@ -58,6 +58,8 @@ import read_path as rp
 
 from devkit.local import processes
 from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
+
+READERS = rp.READERS  # --readers: threads reading the small files
 
 PEERS_DIR = Path(os.environ.get("FLUIDFED_PEERS", Path.home() / ".cache/fluidfed/peers"))
 JUICEFS = "github.com/juicedata/juicefs"
@@ -418,7 +420,7 @@ def small_runs(
 
     def read(m: Mounted) -> dict[str, Any]:
         paths = [m.mountpoint / key for key in keys]
-        return measure(m, lambda: rp.read_whole(paths), k, "1000_files")
+        return measure(m, lambda: rp.read_whole(paths, READERS), k, "1000_files")
 
     for c in clients:
         if c not in b.trees:  # fill each peer's own cache once
@@ -431,8 +433,8 @@ def small_runs(
     for r in range(runs):
         local_paths = [local / key for key in keys]
         rp.drop_cached(local / "small")
-        add("local disk, page cache dropped", rp.read_whole(local_paths))
-        add("local disk, page cache", rp.read_whole(local_paths))
+        add("local disk, page cache dropped", rp.read_whole(local_paths, READERS))
+        add("local disk, page cache", rp.read_whole(local_paths, READERS))
         for c in rotated(clients, r):
             m = b.mount_cold(c)
             try:
@@ -515,6 +517,7 @@ CLIENTS = ("fluidfed", "s3fs", "rclone", "juicefs")
 
 
 def main() -> None:
+    global READERS
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -524,6 +527,7 @@ def main() -> None:
     ap.add_argument("--dirs", type=int, default=200)
     ap.add_argument("--flat", type=int, default=10_000, help="entries of the readdir")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--readers", type=int, default=READERS, help="threads reading small files")
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--clients", default=",".join(CLIENTS))
     ap.add_argument("--name", default="", help="of the result files in bench/results/")
@@ -547,6 +551,7 @@ def main() -> None:
         "(free page reporting, ~2 s) whoever starts faster (4 s changed no figure in one run)",
     )
     args = ap.parse_args()
+    READERS = args.readers
     if args.quick:
         args.size_mib, args.files, args.dirs, args.flat = 256, 2000, 20, 2000
     only = set(args.only.split(","))
@@ -603,7 +608,7 @@ def main() -> None:
             tables.append(table(f"{args.size_mib} MiB sequential, fio 1 MiB", results["seq"]))
         if "small" in only:
             results["small"] = small_runs(b, clients, local, keys, args.runs)
-            title = f"{args.files} files of 128 KiB, {args.dirs} dirs, 8 readers"
+            title = f"{args.files} files of 128 KiB, {args.dirs} dirs, {READERS} readers"
             tables.append(table(title, results["small"]))
         if "meta" in only:
             results["meta"] = meta_runs(b, clients, keys, args.flat, args.runs)

@@ -85,8 +85,11 @@ class DatasetFS(pyfuse3.Operations):
         self._next_fh = 1
         # hands a file's bytes to the kernel's page cache (FUSE notify_store): the session's
         self.store_pages: Callable[[int, blocks.Data], None] = _pyfuse3_store
+        # told when the kernel is first given an inode's pages (read, or pushed at open)
+        self.on_given: Callable[[int], None] = lambda inode: None
         self._mounted_at = time.time_ns()
         self.reads = 0
+        self.opens_off_loop = 0  # OPENs the native session answered by itself
         self.read_errors = 0
         self.bytes_served = 0
         self.on_read: Callable[[float], None] | None = None  # seconds per served read
@@ -222,6 +225,25 @@ class DatasetFS(pyfuse3.Operations):
             return fh, ref
         return fh, None
 
+    def opens_alike(self, inode: int) -> bool:
+        """Whether every read-only OPEN of `inode` gets the answer the last one got until
+        the listing changes or the kernel forgets the inode: a new handle, nothing to push
+        (the file is too large for it, or the kernel was given its pages)."""
+        path = self.tree.path(inode)
+        ref = self.tree.files.get(path) if path is not None else None
+        if ref is None:
+            return False
+        small = 0 < ref.size <= min(PUSH_MAX, self.block_size)
+        return not small or self._given.get(inode) == ref
+
+    def opened_now(self, inode: int, fh: int) -> None:
+        """Keep handle `fh`, which the session gave for an OPEN of `inode` by itself."""
+        path = self.tree.path(inode)
+        ref = self.tree.files.get(path) if path is not None else None
+        self.opens_off_loop += 1
+        if ref is not None:
+            self._handles[fh] = _Handle(ref, inode)
+
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fh, push = self.open_now(inode, flags)
         if push is not None:
@@ -240,6 +262,7 @@ class DatasetFS(pyfuse3.Operations):
             return
         if pushed:
             self._given[inode] = ref
+            self.on_given(inode)
 
     def _store(self, inode: int, data: blocks.Data) -> None:
         """A whole file into the kernel's page cache for `inode`. Blocking (a write to
@@ -279,7 +302,9 @@ class DatasetFS(pyfuse3.Operations):
         if not idx:
             return b""
         self._follow(h, idx)
-        self._given[h.inode] = ref
+        if self._given.get(h.inode) is not ref:
+            self._given[h.inode] = ref
+            self.on_given(h.inode)
         if len(idx) == 1:
             lo = off - idx[0] * self.block_size
             held = self.reader.peek(ref, idx[0])

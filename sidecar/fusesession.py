@@ -3,7 +3,8 @@
 - `NativeSession` (the default): `fluidfed._fuse` (native/fuse, on fuser). Threads of its
   own read the kernel's requests and queue them; the event loop decides every answer from
   `DatasetFS` and hands it back. A READ's bytes are written to /dev/fuse (the kernel's
-  copy into the file's page cache) by threads of its own, without the GIL.
+  copy into the file's page cache) by threads of its own, without the GIL. OPENs of a file
+  the kernel holds the pages of are answered by those threads too, the loop told after.
 - `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
   READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
   on one core (figures: README, "Measured design decisions").
@@ -34,6 +35,7 @@ class Session(Protocol):
     async def terminate(self) -> None: ...
     def close(self) -> None: ...  # unmounts; after `main` ended
     def invalidate_inode(self, inode: int) -> None: ...  # blocking: for a thread
+    def listing_changed(self) -> None: ...  # a new listing was taken
 
 
 def engine() -> str:
@@ -67,14 +69,27 @@ class NativeSession:
         self._fuse = _fuse
         self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers)
         fs.store_pages = self._store
+        fs.on_given = self._given
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped: asyncio.Future[None] | None = None
 
     def _store(self, inode: int, data: Any) -> None:
         self._s.notify_store(inode, 0, data)
 
+    def _given(self, inode: int) -> None:
+        """The kernel has the inode's pages now: if nothing else is left to decide on its
+        OPENs, the session answers them itself, without the loop (figures: README,
+        "Measured design decisions")."""
+        if self.fs.opens_alike(inode):
+            self._s.open_here(inode)
+
     def invalidate_inode(self, inode: int) -> None:
+        self._s.ask_open(inode)
         self._s.invalidate_inode(inode)
+
+    def listing_changed(self) -> None:
+        """Files may have gone or changed: every OPEN is decided here again, once."""
+        self._s.ask_open()
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,13 +152,20 @@ class NativeSession:
                     fh, push = fs.open_now(inode, req[3])
                     if push is None:
                         reply.open(fh, True)
+                        if fs.opens_alike(inode):
+                            # the next ones the session answers itself, without the loop
+                            self._s.open_here(inode)
                     else:
                         self._later(reply, self._open(reply, inode, fh, push))
+                elif kind == f.OPENED:  # answered by the session: the handle kept here
+                    fs.opened_now(req[2], req[4])
                 elif kind == f.RELEASE:
                     fs.release_now(req[2])
                     reply.empty()
                 elif kind == f.FORGET:
                     fs.forget_now(req[2])
+                    for inode, _ in req[2]:  # (its pages went with it: decided here again)
+                        self._s.ask_open(inode)
                 elif kind == f.OPENDIR:
                     reply.open(fs.opendir_now(req[2]))
                 elif kind == f.READDIR:
@@ -226,6 +248,9 @@ class Pyfuse3Session:
 
     def close(self) -> None:
         pyfuse3.close(unmount=True)
+
+    def listing_changed(self) -> None:
+        pass
 
     def invalidate_inode(self, inode: int) -> None:
         pyfuse3.invalidate_inode(pyfuse3.InodeT(inode))

@@ -158,7 +158,10 @@ class Sidecar:
             except errors.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue
-            for ino in self.tree.update(files):
+            changed = self.tree.update(files)
+            if self.fuse is not None:
+                self.fuse.listing_changed()
+            for ino in changed:
                 # changed content: drop the kernel's pages of that file, and only those
                 with contextlib.suppress(OSError):
                     if self.fuse is not None:
@@ -242,6 +245,7 @@ class Sidecar:
             "bytes": self.tree.total_bytes(),
             "workers": r.workers if r else [],
             "reads": self.fs.reads if self.fs else 0,
+            "opens_off_loop": self.fs.opens_off_loop if self.fs else 0,
             "read_errors": self.fs.read_errors if self.fs else 0,
             "blocks": r.stats.__dict__ if r else {},
             "cache": r.store.describe() if r else {},

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,51 @@ def test_the_native_session_writes_large_read_answers_from_its_own_threads(
     replying = sum(after[n] - before[n] for n in after if n.startswith("fuse-reply"))
     # ~48 MiB copied into the page cache by them: milliseconds; inline it would be ~0
     assert replying > 0.002, (before, after)
+
+
+def test_opens_of_a_file_the_kernel_has_are_answered_by_the_session_until_it_changes(
+    tmp_path: Path,
+) -> None:
+    """Once the kernel holds a file's pages, its OPENs are answered by the session's own
+    threads, without the event loop (`opens_off_loop`); a changed listing puts every OPEN
+    back through Python: new bytes for a changed file, ENOENT for a removed one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"one")
+    (src / "big.bin").write_bytes(os.urandom(5 * 2**20))
+    cfg = {"dataset": "d", "mounts": [{"uri": f"file://{src}"}], "metadata_ttl": 0.5}
+    sc = SidecarProcess(tmp_path / "sc", cfg, tmp_path / "mnt").start()
+    try:
+        mnt = sc.mountpoint
+        assert (mnt / "a.txt").read_bytes() == b"one"
+        big = (mnt / "big.bin").read_bytes()
+        assert big == (src / "big.bin").read_bytes()
+        before = sc.status()["opens_off_loop"]
+        for _ in range(20):
+            assert (mnt / "a.txt").read_bytes() == b"one"
+            fd = os.open(mnt / "big.bin", os.O_RDONLY)
+            try:  # a handle the session gave reads like any other, at any offset
+                assert os.pread(fd, 4096, 4 * 2**20 + 5) == big[4 * 2**20 + 5 :][:4096]
+            finally:
+                os.close(fd)
+        assert sc.status()["opens_off_loop"] - before >= 38
+        with pytest.raises(OSError, match="Read-only") as err:  # writers are still refused
+            os.open(mnt / "a.txt", os.O_WRONLY)
+        assert err.value.errno == errno.EROFS
+
+        (src / "a.txt").write_bytes(b"two, longer")
+        deadline = time.monotonic() + 15
+        while (got := (mnt / "a.txt").read_bytes()) == b"one" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert got == b"two, longer"
+        (src / "a.txt").unlink()
+        deadline = time.monotonic() + 15
+        while (mnt / "a.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(FileNotFoundError):
+            os.open(mnt / "a.txt", os.O_RDONLY)
+    finally:
+        sc.close()
 
 
 def test_an_unmount_with_a_file_still_open_does_not_hang_nor_take_what_lies_below(

@@ -10,15 +10,19 @@
 //!   the file's page cache) is written to /dev/fuse by the replying threads, without the
 //!   GIL: with pyfuse3 that copy held the GIL on the loop's thread, so the loop, and with
 //!   it every READ, ran on one core (`README`, "Measured design decisions").
+//! - A read-only OPEN of an inode Python named (`Session.open_here`: the kernel holds its
+//!   pages, nothing is left to decide) is answered here, with a handle of this side's own
+//!   numbering; the loop hears of it after (OPENED), ahead of the handle's other requests.
 //! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
 //!   without an answer, so a reader never hangs on it.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, UNIX_EPOCH};
@@ -44,6 +48,11 @@ const OPENDIR: u8 = 6;
 const READDIR: u8 = 7;
 const STATFS: u8 = 8;
 const FORGET: u8 = 9;
+/// An OPEN answered here (`Session.open_here`): Python hears of it after, to keep the handle.
+const OPENED: u8 = 10;
+
+/// The first file handle this side gives out: Python's own count from 1 never reaches it.
+const OWN_HANDLES: u64 = 1 << 62;
 
 /// Answers shorter than this are written on the calling thread (the event loop's): a
 /// hand-off to a replying thread costs more than their copy.
@@ -114,6 +123,8 @@ type Job = (ReplyData, PyBuffer<u8>);
 
 struct Shared {
     queue: Mutex<Vec<Op>>,
+    open_here: Mutex<HashSet<u64>>, // inodes whose OPEN is answered without asking Python
+    next_fh: AtomicU64,
     wake: OwnedFd, // eventfd: the queue went from empty to not
     closed: AtomicBool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -142,6 +153,23 @@ impl Shared {
         if was_empty {
             self.wake();
         }
+    }
+
+    /// Queue an OPENED notice; false (nothing queued) once the session is closed.
+    fn push_open(&self, op: Op) -> bool {
+        let was_empty = {
+            let mut q = lock(&self.queue);
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            let e = q.is_empty();
+            q.push(op);
+            e
+        };
+        if was_empty {
+            self.wake();
+        }
+        true
     }
 
     /// Make the eventfd readable: the loop calls `take`.
@@ -206,6 +234,16 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let sh = &self.shared;
+        let writes = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
+        if flags.0 & writes == 0 && lock(&sh.open_here).contains(&ino.0) {
+            let fh = sh.next_fh.fetch_add(1, Ordering::Relaxed);
+            // queued before the answer: the handle's READs and RELEASE come after it
+            if sh.push_open(Op::new(OPENED, None, [ino.0, flags.0 as u32 as u64, fh])) {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                return;
+            }
+        }
         self.ask(
             OPEN,
             Pending::Open(reply),
@@ -711,6 +749,8 @@ impl Session {
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
+            open_here: Mutex::new(HashSet::new()),
+            next_fh: AtomicU64::new(OWN_HANDLES),
             wake,
             closed: AtomicBool::new(false),
             jobs: Mutex::new(Some(tx)),
@@ -800,7 +840,7 @@ impl Session {
                         ],
                     )?
                 }
-                READ => PyTuple::new(
+                READ | OPENED => PyTuple::new(
                     py,
                     [
                         op.kind.into_pyobject(py)?.into_any(),
@@ -884,6 +924,25 @@ impl Session {
         }
     }
 
+    /// Answer `ino`'s read-only OPENs here, with a handle of this side's own (from 2**62
+    /// on) and the kernel's pages kept, without waking the loop: they reach `take` as
+    /// (OPENED, None, ino, flags, fh) afterwards, ahead of that handle's other requests.
+    fn open_here(&self, ino: u64) {
+        lock(&self.shared.open_here).insert(ino);
+    }
+
+    /// Ask Python about `ino`'s OPENs again (or every inode's, `ino` None).
+    #[pyo3(signature = (ino=None))]
+    fn ask_open(&self, ino: Option<u64>) {
+        let mut set = lock(&self.shared.open_here);
+        match ino {
+            Some(i) => {
+                set.remove(&i);
+            }
+            None => set.clear(),
+        }
+    }
+
     /// Take no more requests: those queued, and any that come, are answered ENOTCONN.
     fn close(&self) {
         self.shared.close();
@@ -944,5 +1003,6 @@ fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("READDIR", READDIR)?;
     m.add("STATFS", STATFS)?;
     m.add("FORGET", FORGET)?;
+    m.add("OPENED", OPENED)?;
     Ok(())
 }
