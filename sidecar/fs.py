@@ -80,6 +80,8 @@ class DatasetFS(pyfuse3.Operations):
         # inode -> the file as it was when the kernel got its data (pushed or read): the
         # kernel keeps those pages (keep_cache), so they are not pushed again on open
         self._given: dict[int, FileRef] = {}
+        # inode -> the file its OPENs were last found to need no decision for (opens_alike)
+        self._decided: dict[int, FileRef] = {}
         self.closing = False
         self._storing: set[int] = set()  # threads inside _store
         self._next_fh = 1
@@ -173,6 +175,7 @@ class DatasetFS(pyfuse3.Operations):
         # the kernel dropped these inodes, and their pages with them
         for inode, _ in inode_list:
             self._given.pop(inode, None)
+            self._decided.pop(inode, None)
 
     # --- metadata (pyfuse3) ---------------------------------------------------------
 
@@ -228,20 +231,28 @@ class DatasetFS(pyfuse3.Operations):
     def opens_alike(self, inode: int) -> bool:
         """Whether every read-only OPEN of `inode` gets the answer the last one got until
         the listing changes or the kernel forgets the inode: a new handle, nothing to push
-        (the file is too large for it, or the kernel was given its pages)."""
+        (the file is too large for it, or the kernel was given its pages). If so, the file
+        it was decided on is kept for `opened_now`."""
         path = self.tree.path(inode)
         ref = self.tree.files.get(path) if path is not None else None
         if ref is None:
             return False
         small = 0 < ref.size <= min(PUSH_MAX, self.block_size)
-        return not small or self._given.get(inode) == ref
+        if small and self._given.get(inode) != ref:
+            return False
+        self._decided[inode] = ref
+        return True
 
     def opened_now(self, inode: int, fh: int) -> None:
-        """Keep handle `fh`, which the session gave for an OPEN of `inode` by itself."""
+        """Keep handle `fh`, which the session gave for an OPEN of `inode` by itself: for
+        the file as listed now, or, if a new listing took it away after the session
+        answered, the file the answer was decided on (as a handle Python gave just before
+        would have kept it)."""
         path = self.tree.path(inode)
         ref = self.tree.files.get(path) if path is not None else None
-        self.opens_off_loop += 1
+        ref = ref or self._decided.get(inode)
         if ref is not None:
+            self.opens_off_loop += 1
             self._handles[fh] = _Handle(ref, inode)
 
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Any) -> pyfuse3.FileInfo:
