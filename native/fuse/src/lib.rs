@@ -136,7 +136,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn push(&self, op: Op) {
+    /// Queue `op` for Python; false once the session is closed (`op` answered ENOTCONN).
+    fn push(&self, op: Op) -> bool {
         let was_empty = {
             let mut q = lock(&self.queue);
             // (under the queue's lock: `close` empties it under the same lock, so nothing
@@ -144,22 +145,6 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) {
                 drop(q);
                 op.refuse();
-                return;
-            }
-            let e = q.is_empty();
-            q.push(op);
-            e
-        };
-        if was_empty {
-            self.wake();
-        }
-    }
-
-    /// Queue an OPENED notice; false (nothing queued) once the session is closed.
-    fn push_open(&self, op: Op) -> bool {
-        let was_empty = {
-            let mut q = lock(&self.queue);
-            if self.closed.load(Ordering::Acquire) {
                 return false;
             }
             let e = q.is_empty();
@@ -239,10 +224,12 @@ impl Filesystem for Fs {
         if flags.0 & writes == 0 && lock(&sh.open_here).contains(&ino.0) {
             let fh = sh.next_fh.fetch_add(1, Ordering::Relaxed);
             // queued before the answer: the handle's READs and RELEASE come after it
-            if sh.push_open(Op::new(OPENED, None, [ino.0, flags.0 as u32 as u64, fh])) {
+            if sh.push(Op::new(OPENED, None, [ino.0, flags.0 as u32 as u64, fh])) {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-                return;
+            } else {
+                reply.error(Errno::ENOTCONN); // (closed: as `push` answers the others)
             }
+            return;
         }
         self.ask(
             OPEN,
