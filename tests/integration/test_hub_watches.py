@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devkit.testing import HubProcess
+from devkit.testing import HubProcess, eventually
 from fluidfed import Client, Gone
 from fluidfed.errors import RevisionAhead
 from fluidfed.models import Cluster, Dataset, KubeAccess, Mount
@@ -49,15 +49,18 @@ async def test_sigterm_with_agents_watching_exits_within_seconds(
             await admin.apply_dataset(Dataset(name="d", mounts=[Mount(uri="s3://b/p")]))
 
         ended: list[str] = []
+        streaming: set[str] = set()
 
         async def watch(name: str) -> None:
             async with Client(hub.url, hub.admin_token) as c:
                 async for _ in c.watch_bindings(name, revision=0):
-                    pass
+                    streaming.add(name)  # (its binding's ADDED, replayed from revision 0)
                 ended.append(name)
 
         watchers = [asyncio.create_task(watch(f"c{i}")) for i in range(20)]
-        await asyncio.sleep(1.0)
+        # every watch streaming before the signal (a fixed sleep stood in for it: a watch
+        # not yet connected then was refused, not ended)
+        await eventually(lambda: len(streaming) == 20, "20 watches streaming", timeout=30)
         assert hub.proc is not None
         t0 = time.monotonic()
         hub.proc.send_signal(signal.SIGTERM)

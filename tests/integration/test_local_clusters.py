@@ -99,9 +99,15 @@ async def test_namespace_crd_statefulset_watch_and_namespace_deletion(
         # watch pods while a StatefulSet rolls out on the kwok nodes
         events: list[tuple[str, str, str]] = []
 
+        # from the list's revision: every event after it comes, however late the stream
+        # starts (a sleep stood in for "the watch is established")
+        since = (await core.list_namespaced_pod(ns)).metadata.resource_version
+
         async def watch_pods() -> None:
             w = watch.Watch()
-            async with w.stream(core.list_namespaced_pod, ns, timeout_seconds=60) as stream:
+            async with w.stream(
+                core.list_namespaced_pod, ns, resource_version=since, timeout_seconds=60
+            ) as stream:
                 async for ev in stream:
                     pod = ev["object"]
                     events.append((ev["type"], pod.metadata.name, pod.status.phase or ""))
@@ -109,7 +115,6 @@ async def test_namespace_crd_statefulset_watch_and_namespace_deletion(
                         break
 
         watcher = asyncio.create_task(watch_pods())
-        await asyncio.sleep(0.3)
         sts = {
             "metadata": {"name": "cache"},
             "spec": {
