@@ -220,25 +220,26 @@ class DatasetFS(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(ref, inode)
-        if (
-            0 < ref.size <= min(PUSH_MAX, self.block_size)
-            and self.reader.can_push()
-            and self._given.get(inode) != ref
-        ):
+        if self._pushable(ref) and self.reader.can_push() and self._given.get(inode) != ref:
             return fh, ref
         return fh, None
+
+    def _pushable(self, ref: FileRef) -> bool:
+        """Whether the file is small enough to be pushed at its OPEN (`push`)."""
+        return 0 < ref.size <= min(PUSH_MAX, self.block_size)
+
+    def _listed(self, inode: int) -> FileRef | None:
+        """The file `inode` is in the current listing, if it is one."""
+        path = self.tree.path(inode)
+        return self.tree.files.get(path) if path is not None else None
 
     def opens_alike(self, inode: int) -> bool:
         """Whether every read-only OPEN of `inode` gets the answer the last one got until
         the listing changes or the kernel forgets the inode: a new handle, nothing to push
         (the file is too large for it, or the kernel was given its pages). If so, the file
         it was decided on is kept for `opened_now`."""
-        path = self.tree.path(inode)
-        ref = self.tree.files.get(path) if path is not None else None
-        if ref is None:
-            return False
-        small = 0 < ref.size <= min(PUSH_MAX, self.block_size)
-        if small and self._given.get(inode) != ref:
+        ref = self._listed(inode)
+        if ref is None or (self._pushable(ref) and self._given.get(inode) != ref):
             return False
         self._decided[inode] = ref
         return True
@@ -248,9 +249,7 @@ class DatasetFS(pyfuse3.Operations):
         the file as listed now, or, if a new listing took it away after the session
         answered, the file the answer was decided on (as a handle Python gave just before
         would have kept it)."""
-        path = self.tree.path(inode)
-        ref = self.tree.files.get(path) if path is not None else None
-        ref = ref or self._decided.get(inode)
+        ref = self._listed(inode) or self._decided.get(inode)
         if ref is not None:
             self.opens_off_loop += 1
             self._handles[fh] = _Handle(ref, inode)

@@ -69,17 +69,17 @@ class NativeSession:
         self._fuse = _fuse
         self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers)
         fs.store_pages = self._store
-        fs.on_given = self._given
+        fs.on_given = self._settle_opens
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped: asyncio.Future[None] | None = None
 
     def _store(self, inode: int, data: Any) -> None:
         self._s.notify_store(inode, 0, data)
 
-    def _given(self, inode: int) -> None:
-        """The kernel has the inode's pages now: if nothing else is left to decide on its
-        OPENs, the session answers them itself, without the loop (figures: README,
-        "Measured design decisions")."""
+    def _settle_opens(self, inode: int) -> None:
+        """If nothing is left to decide on the inode's OPENs (it was just opened, or the
+        kernel has its pages now), the session answers them itself, without the loop
+        (figures: README, "Measured design decisions")."""
         if self.fs.opens_alike(inode):
             self._s.open_here(inode)
 
@@ -152,9 +152,7 @@ class NativeSession:
                     fh, push = fs.open_now(inode, req[3])
                     if push is None:
                         reply.open(fh, True)
-                        if fs.opens_alike(inode):
-                            # the next ones the session answers itself, without the loop
-                            self._s.open_here(inode)
+                        self._settle_opens(inode)
                     else:
                         self._later(reply, self._open(reply, inode, fh, push))
                 elif kind == f.OPENED:  # answered by the session: the handle kept here
