@@ -47,9 +47,15 @@ Attrs = tuple[int, int, int, int, int, int, int, int, int]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
+# Reading threads followed apart per inode (`stream`); past this many, the longest unseen
+# is let go of (its next read starts a new streak).
+STREAMS_PER_INODE = 32
+
 
 @dataclass
-class _Handle:
+class Handle:
+    """An open file as READs see it: the file they read, and how it is being read."""
+
     ref: FileRef
     inode: int
     last_block: int = -1
@@ -76,22 +82,20 @@ class DatasetFS(pyfuse3.Operations):
         self.read_timeout = read_timeout
         self.block_size = reader.cfg.block_size
         self.readahead = reader.cfg.readahead
-        self._handles: dict[int, _Handle] = {}
+        self._handles: dict[int, Handle] = {}
+        # inode -> reading thread's pid -> its reads (the native session's opens take no
+        # message, so its READs come with no handle: `stream`)
+        self._streams: dict[int, dict[int, Handle]] = {}
         # inode -> the file as it was when the kernel got its data (pushed or read): the
         # kernel keeps those pages (keep_cache), so they are not pushed again on open
         self._given: dict[int, FileRef] = {}
-        # inode -> the file its OPENs were last found to need no decision for (opens_alike)
-        self._decided: dict[int, FileRef] = {}
         self.closing = False
         self._storing: set[int] = set()  # threads inside _store
         self._next_fh = 1
         # hands a file's bytes to the kernel's page cache (FUSE notify_store): the session's
         self.store_pages: Callable[[int, blocks.Data], None] = _pyfuse3_store
-        # told when the kernel is first given an inode's pages (read, or pushed at open)
-        self.on_given: Callable[[int], None] = lambda inode: None
         self._mounted_at = time.time_ns()
         self.reads = 0
-        self.opens_off_loop = 0  # OPENs the native session answered by itself
         self.read_errors = 0
         self.bytes_served = 0
         self.on_read: Callable[[float], None] | None = None  # seconds per served read
@@ -175,7 +179,7 @@ class DatasetFS(pyfuse3.Operations):
         # the kernel dropped these inodes, and their pages with them
         for inode, _ in inode_list:
             self._given.pop(inode, None)
-            self._decided.pop(inode, None)
+            self._streams.pop(inode, None)
 
     # --- metadata (pyfuse3) ---------------------------------------------------------
 
@@ -219,7 +223,7 @@ class DatasetFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = _Handle(ref, inode)
+        self._handles[fh] = Handle(ref, inode)
         if self._pushable(ref) and self.reader.can_push() and self._given.get(inode) != ref:
             return fh, ref
         return fh, None
@@ -233,26 +237,35 @@ class DatasetFS(pyfuse3.Operations):
         path = self.tree.path(inode)
         return self.tree.files.get(path) if path is not None else None
 
-    def opens_alike(self, inode: int) -> bool:
-        """Whether every read-only OPEN of `inode` gets the answer the last one got until
-        the listing changes or the kernel forgets the inode: a new handle, nothing to push
-        (the file is too large for it, or the kernel was given its pages). If so, the file
-        it was decided on is kept for `opened_now`."""
-        ref = self._listed(inode)
-        if ref is None or (self._pushable(ref) and self._given.get(inode) != ref):
-            return False
-        self._decided[inode] = ref
-        return True
+    def handle(self, fh: int) -> Handle:
+        """The open file behind handle `fh` (pyfuse3's session: every OPEN gets one)."""
+        h = self._handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return h
 
-    def opened_now(self, inode: int, fh: int) -> None:
-        """Keep handle `fh`, which the session gave for an OPEN of `inode` by itself: for
-        the file as listed now, or, if a new listing took it away after the session
-        answered, the file the answer was decided on (as a handle Python gave just before
-        would have kept it)."""
-        ref = self._listed(inode) or self._decided.get(inode)
-        if ref is not None:
-            self.opens_off_loop += 1
-            self._handles[fh] = _Handle(ref, inode)
+    def stream(self, inode: int, pid: int) -> Handle:
+        """What a READ of `inode` by thread `pid` reads, without a handle (the native
+        session: the kernel opens files by itself). The file as listed now: a changed file
+        reads its new bytes (its old pages were dropped with the new listing); a file gone
+        from the listing still reads as it was for a thread that read it before (as an
+        open handle would), ENOENT for the others. Each thread's reads are followed apart,
+        so sequential readers of one file each get their read-ahead."""
+        ref = self._listed(inode)
+        streams = self._streams.get(inode)
+        if streams is None:
+            if ref is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            streams = self._streams[inode] = {}
+        h = streams.pop(pid, None)  # (put back last: the most recently seen)
+        if h is None or (ref is not None and h.ref != ref):
+            if ref is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            h = Handle(ref, inode)
+        if len(streams) >= STREAMS_PER_INODE:
+            del streams[next(iter(streams))]
+        streams[pid] = h
+        return h
 
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fh, push = self.open_now(inode, flags)
@@ -261,18 +274,36 @@ class DatasetFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
     async def push(self, inode: int, ref: FileRef) -> None:
-        """Store a small file in the kernel's page cache before answering its OPEN, if its
-        block is at hand on this machine: one request (READ) fewer per file. Best effort:
-        on any failure the kernel sends the READ as it would have."""
+        """Store a small file in the kernel's page cache before answering its OPEN (pyfuse3's
+        session), if its block is at hand on this machine: one request (READ) fewer per
+        file. Best effort: on any failure the kernel sends the READ as it would have."""
+        if await self._hand(ref, functools.partial(self._store, inode)):
+            self._given[inode] = ref
+
+    def givable(self, h: Handle, off: int, size: int) -> bool:
+        """Whether a READ asks for the whole of a small file whose block may lie in a
+        worker's block file on this node (the native session's opens take no message, so
+        this READ is where pyfuse3's session would have pushed it): `give` it."""
+        return off == 0 and size >= h.ref.size and self._pushable(h.ref) and self.reader.can_push()
+
+    async def give(self, h: Handle, write: Callable[[blocks.Data], None]) -> bool:
+        """Hand `write` the whole file `h` reads straight from its worker's block file on
+        this node, as `push` does (blocking: called in the thread that read the file, or
+        here for a file in the page cache; the data valid only during the call), keeping
+        nothing in the sidecar's memory. False if the block is not there: nothing was
+        written, read it the usual way."""
+        if not await self._hand(h.ref, write):
+            return False
+        self.bytes_served += h.ref.size
+        return True
+
+    async def _hand(self, ref: FileRef, then: Callable[[blocks.Data], None]) -> bool:
         try:
             async with asyncio.timeout(self.read_timeout):
-                pushed = await self.reader.push(ref, functools.partial(self._store, inode))
+                return await self.reader.push(ref, then)
         except Exception as err:
-            log.debug("pushing %s at open failed: %s", ref.key, err)
-            return
-        if pushed:
-            self._given[inode] = ref
-            self.on_given(inode)
+            log.debug("handing %s on from its block file failed: %s", ref.key, err)
+            return False
 
     def _store(self, inode: int, data: blocks.Data) -> None:
         """A whole file into the kernel's page cache for `inode`. Blocking (a write to
@@ -299,22 +330,17 @@ class DatasetFS(pyfuse3.Operations):
         while self._storing and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
-    def read_held(self, fh: int, off: int, size: int) -> Any:
+    def read_held(self, h: Handle, off: int, size: int) -> Any:
         """The answer to a READ if its bytes are at hand (the common warm case: not timed,
         timing every read cost 6% of a core on warm reads), else None: `read_fetched`
         then gets them. Either way the READ is counted and followed here."""
-        h = self._handles.get(fh)
-        if h is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
         ref = h.ref
         idx = blocks.blocks_for(off, size, ref.size, self.block_size)
         self.reads += 1
         if not idx:
             return b""
         self._follow(h, idx)
-        if self._given.get(h.inode) is not ref:
-            self._given[h.inode] = ref
-            self.on_given(h.inode)
+        self._given[h.inode] = ref
         if len(idx) == 1:
             lo = off - idx[0] * self.block_size
             held = self.reader.peek(ref, idx[0])
@@ -323,10 +349,7 @@ class DatasetFS(pyfuse3.Operations):
                 return memoryview(held)[lo : lo + size]
         return None
 
-    async def read_fetched(self, fh: int, off: int, size: int) -> Any:
-        h = self._handles.get(fh)
-        if h is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+    async def read_fetched(self, h: Handle, off: int, size: int) -> Any:
         idx = blocks.blocks_for(off, size, h.ref.size, self.block_size)
         lo = off - idx[0] * self.block_size
         started = time.perf_counter()
@@ -337,12 +360,13 @@ class DatasetFS(pyfuse3.Operations):
         return data
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> Any:
-        data = self.read_held(fh, off, size)
+        h = self.handle(fh)
+        data = self.read_held(h, off, size)
         if data is None:
-            data = await self.read_fetched(fh, off, size)
+            data = await self.read_fetched(h, off, size)
         return data
 
-    def _follow(self, h: _Handle, idx: range) -> None:
+    def _follow(self, h: Handle, idx: range) -> None:
         """Track sequential readers and fetch ahead of them.
 
         The kernel's read-ahead sends several requests at once, slightly out of order:
@@ -359,7 +383,7 @@ class DatasetFS(pyfuse3.Operations):
             if last + 1 < end:
                 self.reader.prefetch(h.ref, range(last + 1, end))
 
-    async def _fetch(self, h: _Handle, idx: range, lo: int, size: int) -> Any:
+    async def _fetch(self, h: Handle, idx: range, lo: int, size: int) -> Any:
         ref, first = h.ref, idx[0]
         try:
             async with asyncio.timeout(self.read_timeout):

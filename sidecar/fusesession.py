@@ -3,8 +3,9 @@
 - `NativeSession` (the default): `fluidfed._fuse` (native/fuse, on fuser). Threads of its
   own read the kernel's requests and queue them; the event loop decides every answer from
   `DatasetFS` and hands it back. A READ's bytes are written to /dev/fuse (the kernel's
-  copy into the file's page cache) by threads of its own, without the GIL. OPENs of a file
-  the kernel holds the pages of are answered by those threads too, the loop told after.
+  copy into the file's page cache) by threads of its own, without the GIL. Opens take no
+  message: the kernel opens files by itself (no OPEN, no RELEASE), and READs name the
+  inode and the reading thread (`DatasetFS.stream`) rather than a handle.
 - `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
   READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
   on one core (figures: README, "Measured design decisions").
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 import pyfuse3
 
-from sidecar.fs import DatasetFS
+from sidecar.fs import DatasetFS, Handle
 
 log = logging.getLogger("fluidfed.sidecar")
 
@@ -35,7 +36,8 @@ class Session(Protocol):
     async def terminate(self) -> None: ...
     def close(self) -> None: ...  # unmounts; after `main` ended
     def invalidate_inode(self, inode: int) -> None: ...  # blocking: for a thread
-    def listing_changed(self) -> None: ...  # a new listing was taken
+    def invalidate_entry(self, parent: int, name: bytes) -> None: ...  # blocking: a thread
+    def requests(self) -> dict[str, int]: ...  # the kernel's requests so far, by kind
 
 
 def engine() -> str:
@@ -68,28 +70,17 @@ class NativeSession:
         self.fs = fs
         self._fuse = _fuse
         self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers)
-        fs.store_pages = self._store
-        fs.on_given = self._settle_opens
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped: asyncio.Future[None] | None = None
 
-    def _store(self, inode: int, data: Any) -> None:
-        self._s.notify_store(inode, 0, data)
-
-    def _settle_opens(self, inode: int) -> None:
-        """If nothing is left to decide on the inode's OPENs (it was just opened, or the
-        kernel has its pages now), the session answers them itself, without the loop
-        (figures: README, "Measured design decisions")."""
-        if self.fs.opens_alike(inode):
-            self._s.open_here(inode)
-
     def invalidate_inode(self, inode: int) -> None:
-        self._s.ask_open(inode)
         self._s.invalidate_inode(inode)
 
-    def listing_changed(self) -> None:
-        """Files may have gone or changed: every OPEN is decided here again, once."""
-        self._s.ask_open()
+    def invalidate_entry(self, parent: int, name: bytes) -> None:
+        self._s.invalidate_entry(parent, name)
+
+    def requests(self) -> dict[str, int]:
+        return dict(self._s.requests())
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,33 +128,20 @@ class NativeSession:
             kind, reply = req[0], req[1]
             try:
                 if kind == f.READ:
-                    fh, off, size = req[2], req[3], req[4]
-                    data = fs.read_held(fh, off, size)
-                    if data is None:
-                        self._later(reply, self._read(reply, fh, off, size))
-                    else:
+                    h, off, size = fs.stream(req[2], req[5]), req[3], req[4]
+                    data = fs.read_held(h, off, size)
+                    if data is not None:
                         reply.data(data)
+                    elif fs.givable(h, off, size):
+                        self._later(reply, self._give(reply, h, off, size))
+                    else:
+                        self._later(reply, self._read(reply, h, off, size))
                 elif kind == f.LOOKUP:
                     reply.entry(fs.stat(fs.lookup_path(req[2], req[3])), ttl, ttl)
                 elif kind == f.GETATTR:
                     reply.attr(fs.stat(fs.inode_path(req[2])), ttl)
-                elif kind == f.OPEN:
-                    inode = req[2]
-                    fh, push = fs.open_now(inode, req[3])
-                    if push is None:
-                        reply.open(fh, True)
-                        self._settle_opens(inode)
-                    else:
-                        self._later(reply, self._open(reply, inode, fh, push))
-                elif kind == f.OPENED:  # answered by the session: the handle kept here
-                    fs.opened_now(req[2], req[4])
-                elif kind == f.RELEASE:
-                    fs.release_now(req[2])
-                    reply.empty()
                 elif kind == f.FORGET:
                     fs.forget_now(req[2])
-                    for inode, _ in req[2]:  # (its pages went with it: decided here again)
-                        self._s.ask_open(inode)
                 elif kind == f.OPENDIR:
                     reply.open(fs.opendir_now(req[2]))
                 elif kind == f.READDIR:
@@ -200,12 +178,21 @@ class NativeSession:
             log.exception("answering a FUSE request failed")
             _fail(reply, errno.EIO)
 
-    async def _read(self, reply: Any, fh: int, off: int, size: int) -> None:
-        reply.data(await self.fs.read_fetched(fh, off, size))
+    async def _read(self, reply: Any, h: Handle, off: int, size: int) -> None:
+        reply.data(await self.fs.read_fetched(h, off, size))
 
-    async def _open(self, reply: Any, inode: int, fh: int, push: Any) -> None:
-        await self.fs.push(inode, push)
-        reply.open(fh, True)
+    async def _give(self, reply: Any, h: Handle, off: int, size: int) -> None:
+        """A small file's READ answered straight from its worker's block file on this node
+        (`DatasetFS.give`), else read the usual way."""
+        gave = False
+
+        def write(data: Any) -> None:
+            nonlocal gave
+            gave = True
+            reply.data_now(data)
+
+        if not await self.fs.give(h, write) and not gave:
+            reply.data(await self.fs.read_fetched(h, off, size))
 
 
 def _cancelled(reply: Any, work: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:
@@ -247,8 +234,11 @@ class Pyfuse3Session:
     def close(self) -> None:
         pyfuse3.close(unmount=True)
 
-    def listing_changed(self) -> None:
-        pass
+    def requests(self) -> dict[str, int]:
+        return {}  # (pyfuse3 counts none)
+
+    def invalidate_entry(self, parent: int, name: bytes) -> None:
+        pyfuse3.invalidate_entry(pyfuse3.InodeT(parent), pyfuse3.FileNameT(name))
 
     def invalidate_inode(self, inode: int) -> None:
         pyfuse3.invalidate_inode(pyfuse3.InodeT(inode))

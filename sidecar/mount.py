@@ -158,14 +158,23 @@ class Sidecar:
             except errors.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue
+            departed = self.tree.departed(files)
             changed = self.tree.update(files)
             if self.fuse is not None:
-                self.fuse.listing_changed()
-            for ino in changed:
-                # changed content: drop the kernel's pages of that file, and only those
-                with contextlib.suppress(OSError):
-                    if self.fuse is not None:
-                        await asyncio.to_thread(self.fuse.invalidate_inode, ino)
+                await asyncio.to_thread(self._invalidate, self.fuse, changed, departed)
+
+    @staticmethod
+    def _invalidate(
+        fuse: fusesession.Session, changed: list[int], departed: list[tuple[int, str]]
+    ) -> None:
+        """Tell the kernel what a new listing changed (blocking: in a thread): the pages of
+        changed files (and only those) dropped, departed names forgotten."""
+        for ino in changed:
+            with contextlib.suppress(OSError):
+                fuse.invalidate_inode(ino)
+        for parent, name in departed:
+            with contextlib.suppress(OSError):
+                fuse.invalidate_entry(parent, os.fsencode(name))
 
     def reload(self) -> None:
         """Take the cache workers from the config file again (the agent rewrites it when
@@ -245,7 +254,7 @@ class Sidecar:
             "bytes": self.tree.total_bytes(),
             "workers": r.workers if r else [],
             "reads": self.fs.reads if self.fs else 0,
-            "opens_off_loop": self.fs.opens_off_loop if self.fs else 0,
+            "fuse_requests": self.fuse.requests() if self.fuse else {},
             "read_errors": self.fs.read_errors if self.fs else 0,
             "blocks": r.stats.__dict__ if r else {},
             "cache": r.store.describe() if r else {},

@@ -37,7 +37,9 @@ class ReadStats:
     ufs_errors: int = 0
     readahead: int = 0
     bytes: int = 0  # read from the under storage directly
-    pushed: int = 0  # small files handed to the kernel's page cache when opened
+    # small files handed to the kernel straight from a worker's block file on this node
+    # (pyfuse3's session: into its page cache at their OPEN; the native one: their READ)
+    pushed: int = 0
     connections: int = 0  # opened to workers for blocks (the rest reused kept-alive ones)
     connections_rustls: int = 0  # of those, https ones on rustls (the others: Python's ssl)
     connections_loop: int = 0  # opened for small files' blocks, on the event loop

@@ -39,6 +39,21 @@ class Tree:
             self._assign(p)
         return changed
 
+    def departed(self, files: Mapping[str, FileRef]) -> list[tuple[int, str]]:
+        """The entries a new listing `files` no longer has (files, and directories left
+        empty), as (parent inode, name): to be forgotten by the kernel, so that an open
+        of one fails at once rather than when its cached entry expires."""
+        dirs = layout.directories(dict(files))
+        gone = [p for p in self.files if p not in files]
+        gone += [d for d in self.children if d and d not in dirs]
+        out = []
+        for p in gone:
+            parent, name = posixpath.split(p)
+            ino = self._ino.get(parent)
+            if ino is not None:
+                out.append((ino, name))
+        return out
+
     def _assign(self, path: str) -> int:
         ino = self._ino.get(path)
         if ino is None:

@@ -153,13 +153,13 @@ def test_the_native_session_writes_large_read_answers_from_its_own_threads(
     assert replying > 0.002, (before, after)
 
 
-def test_opens_of_a_file_the_kernel_has_are_answered_by_the_session_until_it_changes(
+def test_opens_reach_no_one_and_reads_follow_the_listing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once the kernel holds a file's pages (or the file is too large to push), its OPENs
-    are answered by the session's own threads, without the event loop (`opens_off_loop`),
-    and READs through such handles reach Python as any others; a changed listing puts
-    OPENs back through Python: new bytes for a changed file, ENOENT for a removed one."""
+    """The native session's opens take no message: after the first OPEN (answered ENOSYS)
+    the kernel opens files by itself, with no OPEN nor RELEASE, and keeps their pages; the
+    READs it still sends (past the page cache here) name no handle and are served by
+    inode. A new listing: new bytes for a changed file, ENOENT for a removed one."""
     monkeypatch.setenv("FLUIDFED_FUSE", "native")
     src = tmp_path / "src"
     src.mkdir()
@@ -171,13 +171,13 @@ def test_opens_of_a_file_the_kernel_has_are_answered_by_the_session_until_it_cha
     try:
         mnt = sc.mountpoint
         assert (mnt / "a.txt").read_bytes() == b"one"
-        with open(mnt / "big.bin", "rb") as f:  # its first OPEN: the next ones need nothing
+        with open(mnt / "big.bin", "rb") as f:
             assert f.read(4096) == big[:4096]
         before = sc.status()
+        assert before["fuse_requests"]["open"] == 1  # the first, answered ENOSYS
         for i in range(20):
-            assert (mnt / "a.txt").read_bytes() == b"one"
-            # pages the kernel does not have (O_DIRECT: every read a READ), through a
-            # handle the session gave: Python knows the handle
+            assert (mnt / "a.txt").read_bytes() == b"one"  # from the kept pages
+            # pages the kernel does not have (O_DIRECT: every read a READ)
             fd = os.open(mnt / "big.bin", os.O_RDONLY | os.O_DIRECT)
             try:
                 at = 4 * 2**20 + 4096 * i
@@ -185,9 +185,10 @@ def test_opens_of_a_file_the_kernel_has_are_answered_by_the_session_until_it_cha
             finally:
                 os.close(fd)
         after = sc.status()
-        # (a listing refresh every 0.5 s sends the next OPEN of each file to Python again)
-        assert after["opens_off_loop"] - before["opens_off_loop"] >= 20
-        assert after["reads"] - before["reads"] >= 20 and after["read_errors"] == 0
+        sent = {k: v - before["fuse_requests"][k] for k, v in after["fuse_requests"].items()}
+        assert sent["open"] == sent["release"] == 0, sent
+        assert sent["read"] == after["reads"] - before["reads"] == 20, sent
+        assert after["read_errors"] == 0
         with pytest.raises(OSError, match="Read-only") as err:  # writers are still refused
             os.open(mnt / "a.txt", os.O_WRONLY)
         assert err.value.errno == errno.EROFS
@@ -203,6 +204,7 @@ def test_opens_of_a_file_the_kernel_has_are_answered_by_the_session_until_it_cha
             time.sleep(0.1)
         with pytest.raises(FileNotFoundError):
             os.open(mnt / "a.txt", os.O_RDONLY)
+        assert sc.status()["fuse_requests"]["open"] == 1
     finally:
         sc.close()
 

@@ -5,18 +5,18 @@
 //!   /dev/fuse, and queue them; an eventfd tells the event loop there are some. Requests
 //!   Python has nothing to decide on are answered here: FLUSH (ENOSYS, so the kernel stops
 //!   sending it), RELEASEDIR, and every write (EROFS).
+//! - Opens take no message: the first OPEN is answered ENOSYS, and from then on the kernel
+//!   opens files by itself (no OPEN, no RELEASE; `fc->no_open`), keeping their pages
+//!   (FOPEN_KEEP_CACHE, its default then). READs come with handle 0: Python finds the file
+//!   by inode, and follows each reading thread by its pid (`DatasetFS.stream`).
 //! - The event loop takes the queue (`Session.take`), decides each answer, and gives it to
 //!   the request's `Reply`. The answer to a READ (up to 1 MiB that the kernel copies into
 //!   the file's page cache) is written to /dev/fuse by the replying threads, without the
 //!   GIL: with pyfuse3 that copy held the GIL on the loop's thread, so the loop, and with
 //!   it every READ, ran on one core (`README`, "Measured design decisions").
-//! - A read-only OPEN of an inode Python named (`Session.open_here`: the kernel holds its
-//!   pages, nothing is left to decide) is answered here, with a handle of this side's own
-//!   numbering; the loop hears of it after (OPENED), ahead of the handle's other requests.
 //! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
 //!   without an answer, so a reader never hangs on it.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -48,11 +48,14 @@ const OPENDIR: u8 = 6;
 const READDIR: u8 = 7;
 const STATFS: u8 = 8;
 const FORGET: u8 = 9;
-/// An OPEN answered here (`Session.open_here`): Python hears of it after, to keep the handle.
-const OPENED: u8 = 10;
 
-/// The first file handle this side gives out: Python's own count from 1 never reaches it.
-const OWN_HANDLES: u64 = 1 << 62;
+/// The requests counted by kind (`Session.requests`; the kinds above, one less, first), for
+/// the sidecar's status and tests: OPEN stays at its first one, RELEASE at none.
+const COUNTED: [&str; 10] = [
+    "lookup", "getattr", "open", "read", "release", "opendir", "readdir", "statfs", "forget",
+    "flush",
+];
+const FLUSH: usize = 9;
 
 /// Answers shorter than this are written on the calling thread (the event loop's): a
 /// hand-off to a replying thread costs more than their copy.
@@ -67,7 +70,6 @@ enum Pending {
     Attr(ReplyAttr),
     Open(ReplyOpen),
     Data(ReplyData),
-    Empty(ReplyEmpty),
     Statfs(ReplyStatfs),
     DirPlus(ReplyDirectoryPlus),
     Dir(ReplyDirectory),
@@ -80,7 +82,6 @@ impl Pending {
             Pending::Attr(r) => r.error(err),
             Pending::Open(r) => r.error(err),
             Pending::Data(r) => r.error(err),
-            Pending::Empty(r) => r.error(err),
             Pending::Statfs(r) => r.error(err),
             Pending::DirPlus(r) => r.error(err),
             Pending::Dir(r) => r.error(err),
@@ -92,7 +93,7 @@ impl Pending {
 struct Op {
     kind: u8,
     reply: Option<Pending>,
-    args: [u64; 3],
+    args: [u64; 4],
     name: Vec<u8>,
     forgets: Vec<(u64, u64)>,
 }
@@ -106,7 +107,7 @@ impl Op {
         }
     }
 
-    fn new(kind: u8, reply: Option<Pending>, args: [u64; 3]) -> Op {
+    fn new(kind: u8, reply: Option<Pending>, args: [u64; 4]) -> Op {
         Op {
             kind,
             reply,
@@ -123,9 +124,8 @@ type Job = (ReplyData, PyBuffer<u8>);
 
 struct Shared {
     queue: Mutex<Vec<Op>>,
-    open_here: Mutex<HashSet<u64>>, // inodes whose OPEN is answered without asking Python
-    next_fh: AtomicU64,
-    wake: OwnedFd, // eventfd: the queue went from empty to not
+    counts: [AtomicU64; COUNTED.len()], // requests by kind (COUNTED)
+    wake: OwnedFd,                      // eventfd: the queue went from empty to not
     closed: AtomicBool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     done: Mutex<Vec<PyBuffer<u8>>>, // written: released by the next `take` (under the GIL)
@@ -136,6 +136,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Count one request of `kind` (an index into COUNTED).
+    fn count(&self, kind: usize) {
+        self.counts[kind].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Queue `op` for Python; false once the session is closed (`op` answered ENOTCONN).
     fn push(&self, op: Op) -> bool {
         let was_empty = {
@@ -182,7 +187,8 @@ struct Fs {
 }
 
 impl Fs {
-    fn ask(&self, kind: u8, reply: Pending, args: [u64; 3]) {
+    fn ask(&self, kind: u8, reply: Pending, args: [u64; 4]) {
+        self.shared.count(kind as usize - 1);
         self.shared.push(Op::new(kind, Some(reply), args));
     }
 }
@@ -203,53 +209,51 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let mut op = Op::new(LOOKUP, Some(Pending::Entry(reply)), [parent.0, 0, 0]);
+        self.shared.count(LOOKUP as usize - 1);
+        let mut op = Op::new(LOOKUP, Some(Pending::Entry(reply)), [parent.0, 0, 0, 0]);
         op.name = name.as_bytes().to_vec();
         self.shared.push(op);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let mut op = Op::new(FORGET, None, [0; 3]);
+        self.shared.count(FORGET as usize - 1);
+        let mut op = Op::new(FORGET, None, [0; 4]);
         op.forgets.push((ino.0, nlookup));
         self.shared.push(op);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.ask(GETATTR, Pending::Attr(reply), [ino.0, 0, 0]);
+        self.ask(GETATTR, Pending::Attr(reply), [ino.0, 0, 0, 0]);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let sh = &self.shared;
-        let writes = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
-        if flags.0 & writes == 0 && lock(&sh.open_here).contains(&ino.0) {
-            let fh = sh.next_fh.fetch_add(1, Ordering::Relaxed);
-            // queued before the answer: the handle's READs and RELEASE come after it
-            if sh.push(Op::new(OPENED, None, [ino.0, flags.0 as u32 as u64, fh])) {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            } else {
-                reply.error(Errno::ENOTCONN); // (closed: as `push` answers the others)
-            }
-            return;
-        }
-        self.ask(
-            OPEN,
-            Pending::Open(reply),
-            [ino.0, flags.0 as u32 as u64, 0],
-        );
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message opens: ENOSYS makes the kernel open every file of the mount by
+        // itself from now on, with no OPEN nor RELEASE (its handle 0, the pages kept: it
+        // sets `no_open`). Nothing is decided at an open here: the mount is read-only (the
+        // kernel refuses writers: "ro") and a file is found by inode at its READs. A warm
+        // file's open+read+close then reaches no one (figures: README).
+        self.shared.count(OPEN as usize - 1);
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.ask(READ, Pending::Data(reply), [fh.0, offset, size as u64]);
+        // (the reader's thread: Python follows each one's sequential reads apart)
+        let pid = req.pid() as u64;
+        self.ask(
+            READ,
+            Pending::Data(reply),
+            [ino.0, offset, size as u64, pid],
+        );
     }
 
     fn flush(
@@ -261,6 +265,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         // nothing to write back; ENOSYS makes the kernel stop sending FLUSH for this mount
+        self.shared.count(FLUSH);
         reply.error(Errno::ENOSYS);
     }
 
@@ -268,17 +273,19 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.ask(RELEASE, Pending::Empty(reply), [fh.0, 0, 0]);
+        // (not sent once opens take no message: there is no handle to let go of)
+        self.shared.count(RELEASE as usize - 1);
+        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.ask(OPENDIR, Pending::Open(reply), [ino.0, 0, 0]);
+        self.ask(OPENDIR, Pending::Open(reply), [ino.0, 0, 0, 0]);
     }
 
     fn readdir(
@@ -289,7 +296,7 @@ impl Filesystem for Fs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.ask(READDIR, Pending::Dir(reply), [fh.0, offset, 0]);
+        self.ask(READDIR, Pending::Dir(reply), [fh.0, offset, 0, 0]);
     }
 
     fn readdirplus(
@@ -300,7 +307,7 @@ impl Filesystem for Fs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.ask(READDIR, Pending::DirPlus(reply), [fh.0, offset, 0]);
+        self.ask(READDIR, Pending::DirPlus(reply), [fh.0, offset, 0, 0]);
     }
 
     fn releasedir(
@@ -315,7 +322,7 @@ impl Filesystem for Fs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.ask(STATFS, Pending::Statfs(reply), [0; 3]);
+        self.ask(STATFS, Pending::Statfs(reply), [0; 4]);
     }
 
     // --- a read-only filesystem: every change is refused here ---
@@ -582,13 +589,18 @@ impl Reply {
         Ok(())
     }
 
-    fn empty(&self) -> PyResult<()> {
+    /// The bytes of a READ written now, in the calling thread, without the GIL: for a
+    /// buffer valid only during the call (a thread's reused one).
+    fn data_now(&self, py: Python<'_>, data: PyBuffer<u8>) -> PyResult<()> {
+        if !data.is_c_contiguous() {
+            return Err(PyValueError::new_err("data_now takes a contiguous buffer"));
+        }
         match self.take()? {
-            Pending::Empty(r) => {
-                r.ok();
+            Pending::Data(r) => {
+                py.allow_threads(|| r.data(view(&data)));
                 Ok(())
             }
-            other => Err(Self::back(other, "empty")),
+            other => Err(Self::back(other, "data_now")),
         }
     }
 
@@ -736,8 +748,7 @@ impl Session {
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
-            open_here: Mutex::new(HashSet::new()),
-            next_fh: AtomicU64::new(OWN_HANDLES),
+            counts: Default::default(),
             wake,
             closed: AtomicBool::new(false),
             jobs: Mutex::new(Some(tx)),
@@ -790,9 +801,9 @@ impl Session {
     }
 
     /// The requests waiting, as tuples: (LOOKUP, reply, parent, name), (GETATTR, reply,
-    /// ino), (OPEN, reply, ino, flags), (READ, reply, fh, offset, size), (RELEASE, reply,
-    /// fh), (OPENDIR, reply, ino), (READDIR, reply, fh, offset), (STATFS, reply),
-    /// (FORGET, None, [(ino, nlookup), ...]).
+    /// ino), (READ, reply, ino, offset, size, pid), (OPENDIR, reply, ino), (READDIR, reply,
+    /// fh, offset), (STATFS, reply), (FORGET, None, [(ino, nlookup), ...]). OPEN, RELEASE
+    /// and FLUSH are answered by the session (counted in `requests`).
     fn take<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut counter = [0u8; 8];
         // SAFETY: our eventfd, into 8 bytes of ours; EAGAIN (nothing new) is fine
@@ -802,7 +813,7 @@ impl Session {
         drop(written); // released with the GIL held, outside the lock
         let out = PyList::empty(py);
         for op in ops {
-            let [a, b, c] = op.args;
+            let [a, b, c, d] = op.args;
             let reply: PyObject = match op.reply {
                 Some(p) => Py::new(
                     py,
@@ -827,7 +838,7 @@ impl Session {
                         ],
                     )?
                 }
-                READ | OPENED => PyTuple::new(
+                READ => PyTuple::new(
                     py,
                     [
                         op.kind.into_pyobject(py)?.into_any(),
@@ -835,9 +846,10 @@ impl Session {
                         a.into_pyobject(py)?.into_any(),
                         b.into_pyobject(py)?.into_any(),
                         c.into_pyobject(py)?.into_any(),
+                        d.into_pyobject(py)?.into_any(),
                     ],
                 )?,
-                OPEN | READDIR => PyTuple::new(
+                READDIR => PyTuple::new(
                     py,
                     [
                         op.kind.into_pyobject(py)?.into_any(),
@@ -875,32 +887,6 @@ impl Session {
         Ok(out)
     }
 
-    /// Put `data` in the kernel's page cache of `ino` at `offset` (FUSE notify_store),
-    /// without the GIL. OSError if the kernel refuses (ENOENT: it holds no such inode).
-    fn notify_store(
-        &self,
-        py: Python<'_>,
-        ino: u64,
-        offset: u64,
-        data: PyBuffer<u8>,
-    ) -> PyResult<()> {
-        if !data.is_c_contiguous() {
-            return Err(PyValueError::new_err(
-                "notify_store takes a contiguous buffer",
-            ));
-        }
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(PyOSError::new_err((
-                libc::ESHUTDOWN,
-                "the session is closed",
-            )));
-        }
-        let n = &self.notifier;
-        let d = &data;
-        py.allow_threads(|| n.store(INodeNo(ino), offset, view(d)))
-            .map_err(os_error)
-    }
-
     /// Drop the kernel's cached pages and attributes of `ino`. A kernel that holds no such
     /// inode is not an error.
     fn invalidate_inode(&self, py: Python<'_>, ino: u64) -> PyResult<()> {
@@ -911,23 +897,24 @@ impl Session {
         }
     }
 
-    /// Answer `ino`'s read-only OPENs here, with a handle of this side's own (from 2**62
-    /// on) and the kernel's pages kept, without waking the loop: they reach `take` as
-    /// (OPENED, None, ino, flags, fh) afterwards, ahead of that handle's other requests.
-    fn open_here(&self, ino: u64) {
-        lock(&self.shared.open_here).insert(ino);
+    /// Forget `name` in directory `parent` (its dentry: the next open looks it up again).
+    /// A kernel that holds no such entry is not an error.
+    fn invalidate_entry(&self, py: Python<'_>, parent: u64, name: &[u8]) -> PyResult<()> {
+        let n = &self.notifier;
+        let name = OsStr::from_bytes(name);
+        match py.allow_threads(|| n.inval_entry(INodeNo(parent), name)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(os_error),
+        }
     }
 
-    /// Ask Python about `ino`'s OPENs again (or every inode's, `ino` None).
-    #[pyo3(signature = (ino=None))]
-    fn ask_open(&self, ino: Option<u64>) {
-        let mut set = lock(&self.shared.open_here);
-        match ino {
-            Some(i) => {
-                set.remove(&i);
-            }
-            None => set.clear(),
-        }
+    /// The requests the kernel sent so far, by kind ("open", "read", ...).
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        COUNTED
+            .iter()
+            .zip(&self.shared.counts)
+            .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Take no more requests: those queued, and any that come, are answered ENOTCONN.
@@ -983,13 +970,10 @@ fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reply>()?;
     m.add("LOOKUP", LOOKUP)?;
     m.add("GETATTR", GETATTR)?;
-    m.add("OPEN", OPEN)?;
     m.add("READ", READ)?;
-    m.add("RELEASE", RELEASE)?;
     m.add("OPENDIR", OPENDIR)?;
     m.add("READDIR", READDIR)?;
     m.add("STATFS", STATFS)?;
     m.add("FORGET", FORGET)?;
-    m.add("OPENED", OPENED)?;
     Ok(())
 }

@@ -22,3 +22,16 @@ def test_inodes_stay_and_only_changed_files_are_reported() -> None:
     assert t.lookup(ROOT, "c.txt") is None  # gone in the new listing
     assert t.children[""] == ["a", "d.txt"]
     assert t.is_dir("a") and not t.is_dir("d.txt")
+
+
+def test_what_a_new_listing_drops_is_named_by_parent_and_name() -> None:
+    t = Tree()
+    t.update({"a/b.txt": ref("1"), "a/c.txt": ref("1"), "x/y/z.txt": ref("1"), "top": ref("1")})
+    new = {"a/b.txt": ref("2"), "top": ref("1")}
+    gone = t.departed(new)
+    # the files, and the directories no file is left in (each named once, in its parent)
+    assert sorted(gone) == sorted(
+        [(t.inode("a"), "c.txt"), (t.inode("x/y"), "z.txt"), (t.inode("x"), "y"), (ROOT, "x")]
+    )
+    t.update(new)
+    assert t.departed(new) == []  # nothing more once taken
