@@ -38,7 +38,12 @@ class Reply:
 
 class Session:
     def __init__(
-        self, mountpoint: str, options: list[str], threads: int = 2, repliers: int = 2
+        self,
+        mountpoint: str,
+        options: list[str],
+        threads: int = 2,
+        repliers: int = 2,
+        kernel_opens: bool = True,
     ) -> None: ...
     def fileno(self) -> int: ...
     def take(self) -> list[tuple[Any, ...]]: ...

@@ -156,10 +156,14 @@ def run_mount(args: argparse.Namespace) -> int:
 
     from sidecar import fusesession
 
-    try:
-        fusesession.engine()
-    except ValueError as err:
-        raise ConfigError([Problem(str(err), path="FLUIDFED_FUSE")]) from None
+    for check, name in (
+        (fusesession.engine, "FLUIDFED_FUSE"),
+        (fusesession.kernel_opens, "FLUIDFED_FUSE_OPENS"),
+    ):
+        try:
+            check()
+        except ValueError as err:
+            raise ConfigError([Problem(str(err), path=name)]) from None
     cfg = sidecar_config(args)
     if not args.mountpoint:
         raise ConfigError([Problem("give --mountpoint DIR", path="--mountpoint")])

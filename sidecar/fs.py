@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +35,12 @@ log = logging.getLogger("fluidfed.sidecar")
 # holding many files open from allocating 4 MiB of buffer for each.
 PREFERRED_IO = 128 * 1024
 
-# Files up to this size (and within one block) are handed to the kernel's page cache when
-# they are opened, if their block lies in a worker's block file on this node: the reader's
-# read() is then answered by the kernel without a READ request, and the copy into the page
-# cache happens in the thread that read the block file rather than on the event loop
-# (figures: README, "Measured design decisions"). 1 MiB: what the kernel would have asked
-# for in one READ anyway (its read-ahead window here).
+# Files up to this size (and within one block) are handed to the kernel straight from their
+# worker's block file when it lies on this node, in the thread that read the file rather
+# than on the event loop, and kept nowhere in the sidecar: by pyfuse3's session into the
+# page cache when they are opened (no READ follows), by the native one as the answer to
+# their one READ, its opens taking no message (figures: README, "Measured design
+# decisions"). 1 MiB: what the kernel asks for in one READ anyway (its read-ahead window).
 PUSH_MAX = 1024 * 1024
 
 # (ino, mode, nlink, size, blocks, mtime_ns, blksize, uid, gid): an inode's attributes
@@ -47,9 +48,12 @@ Attrs = tuple[int, int, int, int, int, int, int, int, int]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
-# Reading threads followed apart per inode (`stream`); past this many, the longest unseen
-# is let go of (its next read starts a new streak).
+# Readers of one file followed apart (`stream`); past this many, the one unseen longest is
+# let go of (its next read starts a new streak).
 STREAMS_PER_INODE = 32
+# Files of more than one block whose readers are followed; past this many, the file unseen
+# longest is let go of. (A file of one block has nothing to read ahead: none is kept.)
+STREAMED_FILES = 1024
 
 
 @dataclass
@@ -83,16 +87,16 @@ class DatasetFS(pyfuse3.Operations):
         self.block_size = reader.cfg.block_size
         self.readahead = reader.cfg.readahead
         self._handles: dict[int, Handle] = {}
-        # inode -> reading thread's pid -> its reads (the native session's opens take no
+        # inode -> its readers, the most recent last (the native session's opens take no
         # message, so its READs come with no handle: `stream`)
-        self._streams: dict[int, dict[int, Handle]] = {}
-        # inode -> the file as it was when the kernel got its data (pushed or read): the
-        # kernel keeps those pages (keep_cache), so they are not pushed again on open
+        self._streams: OrderedDict[int, list[Handle]] = OrderedDict()
+        # inode -> the file as it was when the kernel got its data (pushed or read; pyfuse3's
+        # session): the kernel keeps those pages (keep_cache), not pushed again on open
         self._given: dict[int, FileRef] = {}
         self.closing = False
         self._storing: set[int] = set()  # threads inside _store
         self._next_fh = 1
-        # hands a file's bytes to the kernel's page cache (FUSE notify_store): the session's
+        # hands a file's bytes to the kernel's page cache (FUSE notify_store; pyfuse3's)
         self.store_pages: Callable[[int, blocks.Data], None] = _pyfuse3_store
         self._mounted_at = time.time_ns()
         self.reads = 0
@@ -244,27 +248,40 @@ class DatasetFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return h
 
-    def stream(self, inode: int, pid: int) -> Handle:
-        """What a READ of `inode` by thread `pid` reads, without a handle (the native
-        session: the kernel opens files by itself). The file as listed now: a changed file
-        reads its new bytes (its old pages were dropped with the new listing); a file gone
-        from the listing still reads as it was for a thread that read it before (as an
-        open handle would), ENOENT for the others. Each thread's reads are followed apart,
-        so sequential readers of one file each get their read-ahead."""
+    def stream(self, inode: int, off: int) -> Handle:
+        """What a READ of `inode` at `off` reads, without a handle (the native session: the
+        kernel opens files by itself, and the READs of a reader in another container name
+        no process). The file as listed now: a changed file reads its new bytes (its old
+        pages were dropped with the new listing). A READ continues the reader whose last
+        block lies next to it, so that several sequential readers of one file each keep
+        their read-ahead; a file gone from the listing still reads as it was for such a
+        reader, ENOENT for the others."""
         ref = self._listed(inode)
         streams = self._streams.get(inode)
         if streams is None:
             if ref is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            streams = self._streams[inode] = {}
-        h = streams.pop(pid, None)  # (put back last: the most recently seen)
+            if ref.size <= self.block_size:
+                return Handle(ref, inode)  # one block: nothing to follow, nothing kept
+            streams = self._streams[inode] = []
+            if len(self._streams) > STREAMED_FILES:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(inode)
+        block = off // self.block_size
+        h = None
+        for i in range(len(streams) - 1, -1, -1):
+            last = streams[i].last_block
+            if last - 1 <= block <= last + 2:
+                h = streams.pop(i)
+                break
         if h is None or (ref is not None and h.ref != ref):
             if ref is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             h = Handle(ref, inode)
-        if len(streams) >= STREAMS_PER_INODE:
-            del streams[next(iter(streams))]
-        streams[pid] = h
+            if len(streams) >= STREAMS_PER_INODE:
+                del streams[0]
+        streams.append(h)
         return h
 
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Any) -> pyfuse3.FileInfo:
@@ -340,7 +357,6 @@ class DatasetFS(pyfuse3.Operations):
         if not idx:
             return b""
         self._follow(h, idx)
-        self._given[h.inode] = ref
         if len(idx) == 1:
             lo = off - idx[0] * self.block_size
             held = self.reader.peek(ref, idx[0])
@@ -361,6 +377,7 @@ class DatasetFS(pyfuse3.Operations):
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> Any:
         h = self.handle(fh)
+        self._given[h.inode] = h.ref  # (the kernel keeps the pages: not pushed again)
         data = self.read_held(h, off, size)
         if data is None:
             data = await self.read_fetched(h, off, size)

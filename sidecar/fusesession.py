@@ -4,8 +4,9 @@
   own read the kernel's requests and queue them; the event loop decides every answer from
   `DatasetFS` and hands it back. A READ's bytes are written to /dev/fuse (the kernel's
   copy into the file's page cache) by threads of its own, without the GIL. Opens take no
-  message: the kernel opens files by itself (no OPEN, no RELEASE), and READs name the
-  inode and the reading thread (`DatasetFS.stream`) rather than a handle.
+  message where the kernel is safe with it (`kernel_opens`): the kernel opens files by
+  itself (no OPEN, no RELEASE); else the session's threads answer them. Either way READs
+  name the inode (`DatasetFS.stream`) rather than a handle.
 - `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
   READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
   on one core (figures: README, "Measured design decisions").
@@ -19,6 +20,8 @@ import errno
 import functools
 import logging
 import os
+import platform
+import re
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -29,6 +32,14 @@ from sidecar.fs import DatasetFS, Handle
 log = logging.getLogger("fluidfed.sidecar")
 
 ENGINES = ("native", "pyfuse3")
+OPENS = ("auto", "kernel", "session")
+
+# The first kernels whose files opened without a message (no_open) keep their inode while a
+# read-ahead is under way: before "fuse: fix readahead reclaim deadlock" (in 6.19, queued
+# for 6.18's stable series on 2026-01-21), memory reclaim run by the sidecar while it
+# serves a read-ahead could evict that inode and wait on the very pages it is filling.
+# Older series may have it too, unknown here: FLUIDFED_FUSE_OPENS=kernel says they do.
+SAFE_KERNEL_OPENS = ((6, 19, 0), (6, 18, 10))
 
 
 class Session(Protocol):
@@ -39,6 +50,8 @@ class Session(Protocol):
     def invalidate_entry(self, parent: int, name: bytes) -> None: ...  # blocking: a thread
     def requests(self) -> dict[str, int]: ...  # the kernel's requests so far, by kind
 
+    opens: str  # who answers opens: "kernel" (no message), "session", "pyfuse3"
+
 
 def engine() -> str:
     """The session `FLUIDFED_FUSE` names ("native" unless set)."""
@@ -46,6 +59,27 @@ def engine() -> str:
     if name not in ENGINES:
         raise ValueError(f"FLUIDFED_FUSE={name!r}: expected one of {', '.join(ENGINES)}")
     return name
+
+
+def kernel_opens_safe(release: str) -> bool:
+    """Whether a kernel release (`uname -r`) lets the kernel open files by itself without
+    risking the read-ahead deadlock above."""
+    nums = [int(n) for n in re.findall(r"\d+", release.split("-")[0])[:3]]
+    version = tuple(nums + [0] * (3 - len(nums)))
+    first, series = SAFE_KERNEL_OPENS
+    return version >= first or (version[:2] == series[:2] and version >= series)
+
+
+def kernel_opens() -> bool:
+    """Whether the native session lets the kernel open files by itself (no OPEN, no
+    RELEASE) or answers them: `FLUIDFED_FUSE_OPENS` (kernel, session; auto unless set: the
+    kernel where `kernel_opens_safe`)."""
+    name = os.environ.get("FLUIDFED_FUSE_OPENS", "auto").strip() or "auto"
+    if name not in OPENS:
+        raise ValueError(f"FLUIDFED_FUSE_OPENS={name!r}: expected one of {', '.join(OPENS)}")
+    if name == "auto":
+        return kernel_opens_safe(platform.release())
+    return name == "kernel"
 
 
 def mount(fs: DatasetFS, mountpoint: str, options: set[str]) -> Session:
@@ -69,7 +103,9 @@ class NativeSession:
 
         self.fs = fs
         self._fuse = _fuse
-        self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers)
+        kernel = kernel_opens()
+        self.opens = "kernel" if kernel else "session"
+        self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers, kernel)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped: asyncio.Future[None] | None = None
 
@@ -128,7 +164,7 @@ class NativeSession:
             kind, reply = req[0], req[1]
             try:
                 if kind == f.READ:
-                    h, off, size = fs.stream(req[2], req[5]), req[3], req[4]
+                    h, off, size = fs.stream(req[2], req[3]), req[3], req[4]
                     data = fs.read_held(h, off, size)
                     if data is not None:
                         reply.data(data)
@@ -189,10 +225,16 @@ class NativeSession:
         def write(data: Any) -> None:
             nonlocal gave
             gave = True
-            reply.data_now(data)
+            with contextlib.suppress(RuntimeError):  # (answered by a fallback already)
+                reply.data_now(data)
 
-        if not await self.fs.give(h, write) and not gave:
-            reply.data(await self.fs.read_fetched(h, off, size))
+        if await self.fs.give(h, write) or gave:
+            return
+        data = await self.fs.read_fetched(h, off, size)
+        # (a hand-off given up on, its thread still reading, may answer first: either
+        # answer is the file's bytes, and the second one is refused)
+        with contextlib.suppress(RuntimeError):
+            reply.data(data)
 
 
 def _cancelled(reply: Any, work: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:
@@ -212,6 +254,7 @@ def _fail(reply: Any, code: int) -> None:
 
 class Pyfuse3Session:
     def __init__(self, fs: DatasetFS, mountpoint: str, options: set[str]) -> None:
+        self.opens = "pyfuse3"
         pyfuse3.init(fs, mountpoint, options)
 
     async def main(self) -> None:

@@ -161,7 +161,10 @@ class Sidecar:
             departed = self.tree.departed(files)
             changed = self.tree.update(files)
             if self.fuse is not None:
-                await asyncio.to_thread(self._invalidate, self.fuse, changed, departed)
+                try:
+                    await asyncio.to_thread(self._invalidate, self.fuse, changed, departed)
+                except Exception:  # (the next listing tries again: keep refreshing)
+                    log.exception("telling the kernel of a new listing failed")
 
     @staticmethod
     def _invalidate(
@@ -254,6 +257,7 @@ class Sidecar:
             "bytes": self.tree.total_bytes(),
             "workers": r.workers if r else [],
             "reads": self.fs.reads if self.fs else 0,
+            "fuse_opens": self.fuse.opens if self.fuse else "",
             "fuse_requests": self.fuse.requests() if self.fuse else {},
             "read_errors": self.fs.read_errors if self.fs else 0,
             "blocks": r.stats.__dict__ if r else {},

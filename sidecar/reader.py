@@ -112,10 +112,11 @@ class BlockReader:
         return bool(self._dirs) and self.cfg.short_circuit
 
     async def push(self, ref: FileRef, store: Callable[[blocks.Data], None]) -> bool:
-        """Give `store` (which hands it to the kernel, blocking, the GIL let go) block 0 of
-        `ref`, read in a thread from its owner's block file if that lies on this node.
-        False, and nothing stored, if the block is not there or `store` failed: the
-        kernel then asks for it with a READ as usual."""
+        """Give `store` (which hands it to the kernel, blocking, the GIL let go: into its
+        page cache, or as a READ's answer) block 0 of `ref`, read in a thread from its
+        owner's block file if that lies on this node (or here, mapped, if the file is in
+        the page cache). False, and nothing stored, if the block is not there or `store`
+        failed: the caller reads it the usual way."""
         key = self.key(ref, 0)
         target = self._worker_for(key)
         if target is None or target not in self._dirs:  # (a worker seen as remote has none)

@@ -405,6 +405,7 @@ def test_small_files_beside_their_worker_are_read_from_its_files_once(
     one READ. Either way the file is read past the page cache when not in it, nothing of
     it stays in the sidecar's memory, and opened again nothing is read."""
     monkeypatch.setenv("FLUIDFED_FUSE", engine)
+    monkeypatch.setenv("FLUIDFED_FUSE_OPENS", "kernel")  # (the native session's)
     pushes = engine == "pyfuse3"
     want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
     first = sidecars(sidecar_config(mount, ws.urls()))

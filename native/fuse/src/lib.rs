@@ -5,10 +5,11 @@
 //!   /dev/fuse, and queue them; an eventfd tells the event loop there are some. Requests
 //!   Python has nothing to decide on are answered here: FLUSH (ENOSYS, so the kernel stops
 //!   sending it), RELEASEDIR, and every write (EROFS).
-//! - Opens take no message: the first OPEN is answered ENOSYS, and from then on the kernel
-//!   opens files by itself (no OPEN, no RELEASE; `fc->no_open`), keeping their pages
-//!   (FOPEN_KEEP_CACHE, its default then). READs come with handle 0: Python finds the file
-//!   by inode, and follows each reading thread by its pid (`DatasetFS.stream`).
+//! - Opens take no message (`kernel_opens`): the first OPEN is answered ENOSYS, and from
+//!   then on the kernel opens files by itself (no OPEN, no RELEASE; `fc->no_open`),
+//!   keeping their pages (FOPEN_KEEP_CACHE, its default then). Else OPEN and RELEASE are
+//!   answered here. Either way READs come with handle 0: Python finds the file by inode,
+//!   and tells its readers apart by where they read (`DatasetFS.stream`).
 //! - The event loop takes the queue (`Session.take`), decides each answer, and gives it to
 //!   the request's `Reply`. The answer to a READ (up to 1 MiB that the kernel copies into
 //!   the file's page cache) is written to /dev/fuse by the replying threads, without the
@@ -93,7 +94,7 @@ impl Pending {
 struct Op {
     kind: u8,
     reply: Option<Pending>,
-    args: [u64; 4],
+    args: [u64; 3],
     name: Vec<u8>,
     forgets: Vec<(u64, u64)>,
 }
@@ -107,7 +108,7 @@ impl Op {
         }
     }
 
-    fn new(kind: u8, reply: Option<Pending>, args: [u64; 4]) -> Op {
+    fn new(kind: u8, reply: Option<Pending>, args: [u64; 3]) -> Op {
         Op {
             kind,
             reply,
@@ -125,6 +126,7 @@ type Job = (ReplyData, PyBuffer<u8>);
 struct Shared {
     queue: Mutex<Vec<Op>>,
     counts: [AtomicU64; COUNTED.len()], // requests by kind (COUNTED)
+    kernel_opens: bool,                 // OPEN answered ENOSYS: the kernel opens files itself
     wake: OwnedFd,                      // eventfd: the queue went from empty to not
     closed: AtomicBool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -187,7 +189,7 @@ struct Fs {
 }
 
 impl Fs {
-    fn ask(&self, kind: u8, reply: Pending, args: [u64; 4]) {
+    fn ask(&self, kind: u8, reply: Pending, args: [u64; 3]) {
         self.shared.count(kind as usize - 1);
         self.shared.push(Op::new(kind, Some(reply), args));
     }
@@ -210,35 +212,41 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.shared.count(LOOKUP as usize - 1);
-        let mut op = Op::new(LOOKUP, Some(Pending::Entry(reply)), [parent.0, 0, 0, 0]);
+        let mut op = Op::new(LOOKUP, Some(Pending::Entry(reply)), [parent.0, 0, 0]);
         op.name = name.as_bytes().to_vec();
         self.shared.push(op);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.shared.count(FORGET as usize - 1);
-        let mut op = Op::new(FORGET, None, [0; 4]);
+        let mut op = Op::new(FORGET, None, [0; 3]);
         op.forgets.push((ino.0, nlookup));
         self.shared.push(op);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.ask(GETATTR, Pending::Attr(reply), [ino.0, 0, 0, 0]);
+        self.ask(GETATTR, Pending::Attr(reply), [ino.0, 0, 0]);
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Zero-message opens: ENOSYS makes the kernel open every file of the mount by
-        // itself from now on, with no OPEN nor RELEASE (its handle 0, the pages kept: it
-        // sets `no_open`). Nothing is decided at an open here: the mount is read-only (the
-        // kernel refuses writers: "ro") and a file is found by inode at its READs. A warm
-        // file's open+read+close then reaches no one (figures: README).
+        // Nothing is decided at an open: the mount is read-only (the kernel refuses
+        // writers: "ro") and a file is found by inode at its READs.
         self.shared.count(OPEN as usize - 1);
-        reply.error(Errno::ENOSYS);
+        if self.shared.kernel_opens {
+            // Zero-message opens: ENOSYS makes the kernel open every file of the mount by
+            // itself from now on, with no OPEN nor RELEASE (its handle 0, the pages kept:
+            // it sets `no_open`). A warm file's open+read+close then reaches no one.
+            reply.error(Errno::ENOSYS);
+        } else {
+            // (kernels whose no-open files can deadlock reclaim, `sidecar/fusesession.py`:
+            // answered here all the same, handle 0, the pages kept)
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
     }
 
     fn read(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -247,13 +255,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        // (the reader's thread: Python follows each one's sequential reads apart)
-        let pid = req.pid() as u64;
-        self.ask(
-            READ,
-            Pending::Data(reply),
-            [ino.0, offset, size as u64, pid],
-        );
+        self.ask(READ, Pending::Data(reply), [ino.0, offset, size as u64]);
     }
 
     fn flush(
@@ -285,7 +287,7 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.ask(OPENDIR, Pending::Open(reply), [ino.0, 0, 0, 0]);
+        self.ask(OPENDIR, Pending::Open(reply), [ino.0, 0, 0]);
     }
 
     fn readdir(
@@ -296,7 +298,7 @@ impl Filesystem for Fs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.ask(READDIR, Pending::Dir(reply), [fh.0, offset, 0, 0]);
+        self.ask(READDIR, Pending::Dir(reply), [fh.0, offset, 0]);
     }
 
     fn readdirplus(
@@ -307,7 +309,7 @@ impl Filesystem for Fs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.ask(READDIR, Pending::DirPlus(reply), [fh.0, offset, 0, 0]);
+        self.ask(READDIR, Pending::DirPlus(reply), [fh.0, offset, 0]);
     }
 
     fn releasedir(
@@ -322,7 +324,7 @@ impl Filesystem for Fs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.ask(STATFS, Pending::Statfs(reply), [0; 4]);
+        self.ask(STATFS, Pending::Statfs(reply), [0; 3]);
     }
 
     // --- a read-only filesystem: every change is refused here ---
@@ -728,15 +730,17 @@ fn mount_options(options: Vec<String>) -> (Vec<MountOption>, SessionACL) {
 #[pymethods]
 impl Session {
     /// Mount at `mountpoint` (the kernel's INIT answered before this returns); `threads`
-    /// read requests, `repliers` write large READ answers.
+    /// read requests, `repliers` write large READ answers; with `kernel_opens` the kernel
+    /// opens files by itself (OPEN answered ENOSYS), else OPENs are answered here.
     #[new]
-    #[pyo3(signature = (mountpoint, options, threads=2, repliers=2))]
+    #[pyo3(signature = (mountpoint, options, threads=2, repliers=2, kernel_opens=true))]
     fn new(
         py: Python<'_>,
         mountpoint: PathBuf,
         options: Vec<String>,
         threads: usize,
         repliers: usize,
+        kernel_opens: bool,
     ) -> PyResult<Self> {
         // SAFETY: eventfd returns a new descriptor or -1
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -749,6 +753,7 @@ impl Session {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
             counts: Default::default(),
+            kernel_opens,
             wake,
             closed: AtomicBool::new(false),
             jobs: Mutex::new(Some(tx)),
@@ -801,7 +806,7 @@ impl Session {
     }
 
     /// The requests waiting, as tuples: (LOOKUP, reply, parent, name), (GETATTR, reply,
-    /// ino), (READ, reply, ino, offset, size, pid), (OPENDIR, reply, ino), (READDIR, reply,
+    /// ino), (READ, reply, ino, offset, size), (OPENDIR, reply, ino), (READDIR, reply,
     /// fh, offset), (STATFS, reply), (FORGET, None, [(ino, nlookup), ...]). OPEN, RELEASE
     /// and FLUSH are answered by the session (counted in `requests`).
     fn take<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -813,7 +818,7 @@ impl Session {
         drop(written); // released with the GIL held, outside the lock
         let out = PyList::empty(py);
         for op in ops {
-            let [a, b, c, d] = op.args;
+            let [a, b, c] = op.args;
             let reply: PyObject = match op.reply {
                 Some(p) => Py::new(
                     py,
@@ -846,7 +851,6 @@ impl Session {
                         a.into_pyobject(py)?.into_any(),
                         b.into_pyobject(py)?.into_any(),
                         c.into_pyobject(py)?.into_any(),
-                        d.into_pyobject(py)?.into_any(),
                     ],
                 )?,
                 READDIR => PyTuple::new(

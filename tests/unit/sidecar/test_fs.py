@@ -13,6 +13,8 @@ import pytest
 from fluidfed.data.layout import FileRef, SidecarConfig
 from fluidfed.data.store import BlockStore
 from fluidfed.models import Mount
+from sidecar import fs as fs_module
+from sidecar import fusesession
 from sidecar.fs import STREAMS_PER_INODE, DatasetFS
 from sidecar.reader import BlockReader
 from sidecar.tree import Tree
@@ -40,45 +42,60 @@ async def test_unmounting_waits_for_a_store_under_way_and_refuses_new_ones() -> 
     assert not fs._storing
 
 
-def _file(version: str, size: int = 10 * 2**20) -> FileRef:
-    return FileRef(mount=0, key="f", size=size, version=version)
+def _file(version: str, size: int = 100 * 2**20, key: str = "f") -> FileRef:
+    return FileRef(mount=0, key=key, size=size, version=version)
 
 
-async def test_reads_without_a_handle_follow_the_listing_and_each_thread_apart() -> None:
-    """The native session's READs name an inode and the reading thread, no handle
-    (`DatasetFS.stream`)."""
+async def test_reads_without_a_handle_follow_the_listing_and_each_reader_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The native session's READs name an inode and an offset, no handle (nor a process:
+    a reader in another container is pid 0 to the sidecar): `DatasetFS.stream`."""
     fs = await _fs()
-    fs.tree.update({"f": _file("1"), "g": _file("1")})
-    ino = fs.tree.inode("f")
-    one, two = fs.stream(ino, 100), fs.stream(ino, 200)
-    assert one is not two and one.ref == two.ref == _file("1")
-    assert fs.stream(ino, 100) is one  # a thread's reads are followed where it left off
-    one.streak = 3
-    # a new listing changed the file: the next read of every thread reads the new one
-    fs.tree.update({"f": _file("2"), "g": _file("1")})
-    again = fs.stream(ino, 100)
+    bs = fs.block_size
+    small = _file("1", size=100, key="s")
+    fs.tree.update({"f": _file("1"), "s": small})
+    ino, sino = fs.tree.inode("f"), fs.tree.inode("s")
+    # two readers of one file, far apart: each its own, each continued where it left off
+    a = fs.stream(ino, 0)
+    a.last_block = 0
+    b = fs.stream(ino, 10 * bs)
+    b.last_block = 10
+    assert a is not b and a.ref == b.ref == _file("1")
+    assert fs.stream(ino, 1 * bs) is a
+    assert fs.stream(ino, 11 * bs + 5) is b
+    # a file of one block has nothing to read ahead: nothing is kept for it
+    assert fs.stream(sino, 0).ref == small and sino not in fs._streams
+    # a new listing changed the file: its readers read the new one, from a new streak
+    a.streak = 3
+    fs.tree.update({"f": _file("2"), "s": small})
+    again = fs.stream(ino, 1 * bs)
     assert again.ref == _file("2") and again.streak == 0
-    # gone from the listing: a thread that read it goes on reading what it read, a new
-    # one gets ENOENT
-    fs.tree.update({"g": _file("1")})
-    assert fs.stream(ino, 100).ref == _file("2")
-    with pytest.raises(pyfuse3.FUSEError) as err:
-        fs.stream(ino, 300)
-    assert err.value.errno == errno.ENOENT
+    again.last_block = 1
+    # gone from the listing: a reader reading on reads what it read; others get ENOENT
+    fs.tree.update({"s": small})
+    assert fs.stream(ino, 2 * bs).ref == _file("2")
+    for inode, off in ((ino, 50 * bs), (sino + 100, 0)):
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            fs.stream(inode, off)
+        assert err.value.errno == errno.ENOENT
     # the kernel forgot the inode: nothing is kept for it
     fs.forget_now([(ino, 1)])
-    with pytest.raises(pyfuse3.FUSEError):
-        fs.stream(ino, 100)
-    # many threads: the ones not seen for longest are let go of, the others kept
+    assert ino not in fs._streams
+    # many readers of one file: the one unseen longest is let go of
+    fs.tree.update({"f": _file("3"), "g": _file("1", key="g"), "h": _file("1", key="h")})
     g = fs.tree.inode("g")
     first = fs.stream(g, 0)
-    kept = fs.stream(g, 1)
-    for pid in range(2, STREAMS_PER_INODE + 1):
-        fs.stream(g, pid)
-        fs.stream(g, 1)
-    assert fs.stream(g, 1) is kept
-    assert fs.stream(g, 0) is not first
+    first.last_block = 0
+    for i in range(1, STREAMS_PER_INODE + 1):
+        fs.stream(g, 4 * i * bs).last_block = 4 * i
     assert len(fs._streams[g]) == STREAMS_PER_INODE
+    assert fs.stream(g, 1 * bs) is not first
+    # many files: the one unseen longest is let go of
+    monkeypatch.setattr(fs_module, "STREAMED_FILES", 2)
+    fs.stream(fs.tree.inode("f"), 0)
+    fs.stream(fs.tree.inode("h"), 0)
+    assert list(fs._streams) == [fs.tree.inode("f"), fs.tree.inode("h")]
 
 
 async def test_a_handle_of_pyfuse3s_session_must_exist() -> None:
@@ -86,3 +103,32 @@ async def test_a_handle_of_pyfuse3s_session_must_exist() -> None:
     with pytest.raises(pyfuse3.FUSEError) as err:
         fs.handle(7)
     assert err.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize(
+    ("release", "safe"),
+    [
+        ("6.19.0", True),
+        ("7.1.3-arch1-1", True),
+        ("6.18.44-fc-v1272", True),
+        ("6.18.10", True),
+        ("6.18.9", False),  # before the read-ahead deadlock's fix reached 6.18's series
+        ("6.18", False),
+        ("6.12.80-generic", False),  # other series: unknown here, the session answers
+        ("5.15.0-91-generic", False),
+    ],
+)
+def test_the_kernel_opens_files_itself_only_where_that_cannot_deadlock(
+    release: str, safe: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert fusesession.kernel_opens_safe(release) is safe
+    monkeypatch.setattr("platform.release", lambda: release)
+    monkeypatch.delenv("FLUIDFED_FUSE_OPENS", raising=False)
+    assert fusesession.kernel_opens() is safe
+    monkeypatch.setenv("FLUIDFED_FUSE_OPENS", "kernel")
+    assert fusesession.kernel_opens()
+    monkeypatch.setenv("FLUIDFED_FUSE_OPENS", "session")
+    assert not fusesession.kernel_opens()
+    monkeypatch.setenv("FLUIDFED_FUSE_OPENS", "sometimes")
+    with pytest.raises(ValueError, match="auto, kernel, session"):
+        fusesession.kernel_opens()
