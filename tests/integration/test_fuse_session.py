@@ -281,6 +281,52 @@ def test_a_closing_session_answers_what_it_will_not_serve_not_connected(tmp_path
     assert not is_mounted(mnt)
 
 
+def test_a_forgotten_name_is_looked_up_again_before_its_entry_expires(tmp_path: Path) -> None:
+    """`invalidate_entry` (a new listing's departed names): the kernel drops the entry at
+    once, though it was given for an hour, and the next stat asks again."""
+    from fluidfed import _fuse
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    s = _fuse.Session(str(mnt), ["fsname=fluidfed", "subtype=fluidfed", "ro"], 2, 2)
+    lookups: list[bytes] = []
+    stop = threading.Event()
+    attrs = (2, stat.S_IFREG | 0o444, 1, 5, 1, 0, 4096, 0, 0)
+    root = (1, stat.S_IFDIR | 0o555, 2, 0, 0, 0, 4096, 0, 0)
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not select.select([s.fileno()], [], [], 0.1)[0]:
+                continue
+            for req in s.take():
+                if req[0] == _fuse.LOOKUP:
+                    lookups.append(req[3])
+                    if req[3] == b"x":
+                        req[1].entry(attrs, 3600.0, 3600.0)
+                    else:
+                        req[1].error(errno.ENOENT)
+                elif req[0] == _fuse.GETATTR:
+                    req[1].attr(root if req[2] == 1 else attrs, 3600.0)
+                elif req[1] is not None:
+                    req[1].error(errno.ENOSYS)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert os.stat(mnt / "x").st_size == 5
+        assert os.stat(mnt / "x").st_size == 5
+        assert lookups == [b"x"]  # the entry is kept: no second LOOKUP
+        s.invalidate_entry(1, b"x")
+        s.invalidate_entry(1, b"never-looked-up")  # (the kernel holds none: not an error)
+        assert os.stat(mnt / "x").st_size == 5
+        assert lookups == [b"x", b"x"]
+    finally:
+        stop.set()
+        t.join(5)
+        s.unmount()
+    assert not is_mounted(mnt)
+
+
 @pytest.mark.parametrize(
     ("var", "value", "expected"),
     [
