@@ -157,8 +157,8 @@ def run_mount(args: argparse.Namespace) -> int:
     from sidecar import fusesession
 
     for check, name in (
-        (fusesession.engine, "FLUIDFED_FUSE"),
-        (fusesession.kernel_opens, "FLUIDFED_FUSE_OPENS"),
+        (fusesession.engine, fusesession.ENGINE_VAR),
+        (fusesession.kernel_opens, fusesession.OPENS_VAR),
     ):
         try:
             check()

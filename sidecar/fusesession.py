@@ -32,7 +32,9 @@ from sidecar.fs import DatasetFS, Handle
 log = logging.getLogger("fluidfed.sidecar")
 
 ENGINES = ("native", "pyfuse3")
+ENGINE_VAR = "FLUIDFED_FUSE"  # which session (ENGINES)
 OPENS = ("auto", "kernel", "session")
+OPENS_VAR = "FLUIDFED_FUSE_OPENS"  # who answers opens (OPENS)
 
 # The first kernels whose files opened without a message (no_open) keep their inode while a
 # read-ahead is under way: before "fuse: fix readahead reclaim deadlock" (in 6.19, queued
@@ -55,9 +57,9 @@ class Session(Protocol):
 
 def engine() -> str:
     """The session `FLUIDFED_FUSE` names ("native" unless set)."""
-    name = os.environ.get("FLUIDFED_FUSE", "native").strip() or "native"
+    name = os.environ.get(ENGINE_VAR, "native").strip() or "native"
     if name not in ENGINES:
-        raise ValueError(f"FLUIDFED_FUSE={name!r}: expected one of {', '.join(ENGINES)}")
+        raise ValueError(f"{ENGINE_VAR}={name!r}: expected one of {', '.join(ENGINES)}")
     return name
 
 
@@ -74,9 +76,9 @@ def kernel_opens() -> bool:
     """Whether the native session lets the kernel open files by itself (no OPEN, no
     RELEASE) or answers them: `FLUIDFED_FUSE_OPENS` (kernel, session; auto unless set: the
     kernel where `kernel_opens_safe`)."""
-    name = os.environ.get("FLUIDFED_FUSE_OPENS", "auto").strip() or "auto"
+    name = os.environ.get(OPENS_VAR, "auto").strip() or "auto"
     if name not in OPENS:
-        raise ValueError(f"FLUIDFED_FUSE_OPENS={name!r}: expected one of {', '.join(OPENS)}")
+        raise ValueError(f"{OPENS_VAR}={name!r}: expected one of {', '.join(OPENS)}")
     if name == "auto":
         return kernel_opens_safe(platform.release())
     return name == "kernel"

@@ -22,7 +22,7 @@ import pyfuse3.asyncio
 from aiohttp import web
 
 from fluidfed import config, errors, names, telemetry, tls
-from fluidfed.data import credentials, heap, ufs
+from fluidfed.data import credentials, heap, layout, ufs
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import SidecarConfig
 from fluidfed.data.store import BlockStore
@@ -158,8 +158,9 @@ class Sidecar:
             except errors.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue
-            departed = self.tree.departed(files)
-            changed = self.tree.update(files)
+            dirs = layout.directories(files)  # (once: a large listing takes a while)
+            departed = self.tree.departed(files, dirs)
+            changed = self.tree.update(files, dirs)
             if self.fuse is not None:
                 try:
                     await asyncio.to_thread(self._invalidate, self.fuse, changed, departed)

@@ -24,26 +24,33 @@ class Tree:
         self._path: dict[int, str] = {ROOT: ""}
         self._next = ROOT + 1
 
-    def update(self, files: Mapping[str, FileRef]) -> list[int]:
-        """Take a new listing; the inodes of files whose content changed."""
+    def update(
+        self, files: Mapping[str, FileRef], dirs: dict[str, list[str]] | None = None
+    ) -> list[int]:
+        """Take a new listing (`dirs`: its `layout.directories`, if at hand); the inodes of
+        files whose content changed."""
         changed = [
             self._ino[p]
             for p, ref in files.items()
             if p in self.files and p in self._ino and self.files[p].version != ref.version
         ]
         self.files = dict(files)
-        self.children = layout.directories(self.files)
+        self.children = layout.directories(self.files) if dirs is None else dirs
         for d in self.children:
             self._assign(d)
         for p in self.files:
             self._assign(p)
         return changed
 
-    def departed(self, files: Mapping[str, FileRef]) -> list[tuple[int, str]]:
-        """The entries a new listing `files` no longer has (files, and directories left
-        empty), as (parent inode, name): to be forgotten by the kernel, so that an open
-        of one fails at once rather than when its cached entry expires."""
-        dirs = layout.directories(dict(files))
+    def departed(
+        self, files: Mapping[str, FileRef], dirs: dict[str, list[str]] | None = None
+    ) -> list[tuple[int, str]]:
+        """The entries a new listing `files` (`dirs`: its `layout.directories`, if at hand)
+        no longer has (files, and directories left empty), as (parent inode, name): to be
+        forgotten by the kernel, so that an open of one fails at once rather than when its
+        cached entry expires."""
+        if dirs is None:
+            dirs = layout.directories(dict(files))
         gone = [p for p in self.files if p not in files]
         gone += [d for d in self.children if d and d not in dirs]
         out = []

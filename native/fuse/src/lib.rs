@@ -143,8 +143,8 @@ impl Shared {
         self.counts[kind].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Queue `op` for Python; false once the session is closed (`op` answered ENOTCONN).
-    fn push(&self, op: Op) -> bool {
+    /// Queue `op` for Python; once the session is closed, `op` is answered ENOTCONN.
+    fn push(&self, op: Op) {
         let was_empty = {
             let mut q = lock(&self.queue);
             // (under the queue's lock: `close` empties it under the same lock, so nothing
@@ -152,7 +152,7 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) {
                 drop(q);
                 op.refuse();
-                return false;
+                return;
             }
             let e = q.is_empty();
             q.push(op);
@@ -161,7 +161,6 @@ impl Shared {
         if was_empty {
             self.wake();
         }
-        true
     }
 
     /// Make the eventfd readable: the loop calls `take`.
@@ -552,16 +551,11 @@ impl Reply {
         }
     }
 
-    #[pyo3(signature = (fh, keep_cache=false))]
-    fn open(&self, fh: u64, keep_cache: bool) -> PyResult<()> {
+    /// An OPENDIR's handle (file OPENs are answered by the session).
+    fn open(&self, fh: u64) -> PyResult<()> {
         match self.take()? {
             Pending::Open(r) => {
-                let flags = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                r.opened(FileHandle(fh), flags);
+                r.opened(FileHandle(fh), FopenFlags::empty());
                 Ok(())
             }
             other => Err(Self::back(other, "open")),
