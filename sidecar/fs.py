@@ -112,12 +112,26 @@ class DatasetFS(pyfuse3.Operations):
         ino = self.tree.inode(path)
         if ref is None:
             return (ino, stat.S_IFDIR | 0o555, 2, 0, 0, self._mounted_at, PREFERRED_IO, 0, 0)
+        return self._file_stat(ino, ref)
+
+    def _file_stat(self, ino: int, ref: FileRef) -> Attrs:
         ns = int(ref.mtime * 1e9) if ref.mtime else self._mounted_at
         blocks = (ref.size + 511) // 512
         return (ino, stat.S_IFREG | 0o444, 1, ref.size, blocks, ns, PREFERRED_IO, 0, 0)
 
-    def _attrs(self, path: str) -> pyfuse3.EntryAttributes:
-        ino, mode, nlink, size, st_blocks, ns, blksize, uid, gid = self.stat(path)
+    def inode_stat(self, inode: int) -> Attrs:
+        """`stat` of what `inode` is: a listed path, or a file a listing dropped that the
+        kernel still holds (an open file's fstat)."""
+        path = self.tree.path(inode)
+        if path is not None:
+            return self.stat(path)
+        ref = self.tree.gone.get(inode)
+        if ref is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._file_stat(inode, ref)
+
+    def _attrs(self, attrs: Attrs) -> pyfuse3.EntryAttributes:
+        ino, mode, nlink, size, st_blocks, ns, blksize, uid, gid = attrs
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(ino)
         a.entry_timeout = self.ttl
@@ -184,23 +198,24 @@ class DatasetFS(pyfuse3.Operations):
         for inode, _ in inode_list:
             self._given.pop(inode, None)
             self._streams.pop(inode, None)
+            self.tree.forget(inode)
 
     # --- metadata (pyfuse3) ---------------------------------------------------------
 
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
-        return self._attrs(self.lookup_path(parent_inode, name))
+        return self._attrs(self.stat(self.lookup_path(parent_inode, name)))
 
     async def getattr(self, inode: pyfuse3.InodeT, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attrs(self.inode_path(inode))
+        return self._attrs(self.inode_stat(inode))
 
     async def opendir(self, inode: pyfuse3.InodeT, ctx: Any) -> pyfuse3.FileHandleT:
         return pyfuse3.FileHandleT(self.opendir_now(inode))
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Any) -> None:
         for name, path, after in self.entries(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attrs(path), after):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(self.stat(path)), after):
                 return
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
@@ -236,11 +251,6 @@ class DatasetFS(pyfuse3.Operations):
         """Whether the file is small enough to be pushed at its OPEN (`push`)."""
         return 0 < ref.size <= min(PUSH_MAX, self.block_size)
 
-    def _listed(self, inode: int) -> FileRef | None:
-        """The file `inode` is in the current listing, if it is one."""
-        path = self.tree.path(inode)
-        return self.tree.files.get(path) if path is not None else None
-
     def handle(self, fh: int) -> Handle:
         """The open file behind handle `fh` (pyfuse3's session: every OPEN gets one)."""
         h = self._handles.get(fh)
@@ -252,11 +262,12 @@ class DatasetFS(pyfuse3.Operations):
         """What a READ of `inode` at `off` reads, without a handle (the native session: the
         kernel opens files by itself, and the READs of a reader in another container name
         no process). The file as listed now: a changed file reads its new bytes (its old
-        pages were dropped with the new listing). A READ continues the reader whose last
-        block lies next to it, so that several sequential readers of one file each keep
-        their read-ahead; a file gone from the listing still reads as it was for such a
-        reader, ENOENT for the others."""
-        ref = self._listed(inode)
+        pages were dropped with the new listing); a file a listing dropped reads as it was
+        (it was open: its name no longer opens, `Tree.gone`). A READ continues the reader
+        whose last block lies next to it, so that several sequential readers of one file
+        each keep their read-ahead; once the file is not known at all any more, only such
+        a reader reads on (what it read), the others get ENOENT."""
+        ref = self.tree.file(inode)
         streams = self._streams.get(inode)
         if streams is None:
             if ref is None:

@@ -177,7 +177,7 @@ class NativeSession:
                 elif kind == f.LOOKUP:
                     reply.entry(fs.stat(fs.lookup_path(req[2], req[3])), ttl, ttl)
                 elif kind == f.GETATTR:
-                    reply.attr(fs.stat(fs.inode_path(req[2])), ttl)
+                    reply.attr(fs.inode_stat(req[2]), ttl)
                 elif kind == f.FORGET:
                     fs.forget_now(req[2])
                 elif kind == f.OPENDIR:

@@ -161,7 +161,8 @@ def test_opens_reach_no_one_and_reads_follow_the_listing(
     the kernel opens files by itself, with no OPEN nor RELEASE, and keeps their pages (or,
     FLUIDFED_FUSE_OPENS=session, the session's threads answer each OPEN). Either way the
     READs the kernel still sends (past the page cache here) name no handle and are served
-    by inode. A new listing: new bytes for a changed file, ENOENT for a removed one."""
+    by inode. A new listing: new bytes for a changed file; a removed one no longer opens,
+    but reads as it was where it was open already."""
     monkeypatch.setenv("FLUIDFED_FUSE", "native")
     monkeypatch.setenv("FLUIDFED_FUSE_OPENS", opens)
     src = tmp_path / "src"
@@ -206,14 +207,28 @@ def test_opens_reach_no_one_and_reads_follow_the_listing(
         while (got := (mnt / "a.txt").read_bytes()) == b"one" and time.monotonic() < deadline:
             time.sleep(0.1)
         assert got == b"two, longer"
-        (src / "a.txt").unlink()
-        deadline = time.monotonic() + 15
-        while (mnt / "a.txt").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with pytest.raises(FileNotFoundError):
-            os.open(mnt / "a.txt", os.O_RDONLY)
+        # opened, not read yet (O_DIRECT: each read a READ), then dropped by a listing
+        held = {n: os.open(mnt / n, os.O_RDONLY | os.O_DIRECT) for n in ("a.txt", "big.bin")}
+        try:
+            (src / "a.txt").unlink()
+            (src / "big.bin").unlink()
+            deadline = time.monotonic() + 15
+            while (mnt / "a.txt").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with pytest.raises(FileNotFoundError):
+                os.open(mnt / "a.txt", os.O_RDONLY)
+            # an open file outlives its name: it reads as it was (its blocks in the
+            # sidecar's memory, read above; the source is gone), its fstat answers
+            assert os.pread(held["a.txt"], 4096, 0) == b"two, longer"
+            assert os.pread(held["big.bin"], 4096, 4096) == big[4096:8192]
+            assert os.pread(held["big.bin"], 4096, 4 * 2**20) == big[4 * 2**20 : 4 * 2**20 + 4096]
+            assert os.fstat(held["big.bin"]).st_size == len(big)
+        finally:
+            for fd in held.values():
+                os.close(fd)
         if opens == "kernel":
             assert sc.status()["fuse_requests"]["open"] == 1
+        assert sc.status()["read_errors"] == 0
     finally:
         sc.close()
 

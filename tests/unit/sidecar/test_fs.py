@@ -72,16 +72,23 @@ async def test_reads_without_a_handle_follow_the_listing_and_each_reader_apart(
     again = fs.stream(ino, 1 * bs)
     assert again.ref == _file("2") and again.streak == 0
     again.last_block = 1
-    # gone from the listing: a reader reading on reads what it read; others get ENOENT
+    # dropped by a listing: it was open (the kernel still holds the inode), so it reads as
+    # it was, for the reader reading on and for one that opened it and reads only now
+    # (an open file outlives its unlinking), and its fstat answers
     fs.tree.update({"s": small})
     assert fs.stream(ino, 2 * bs).ref == _file("2")
-    for inode, off in ((ino, 50 * bs), (sino + 100, 0)):
-        with pytest.raises(pyfuse3.FUSEError) as err:
-            fs.stream(inode, off)
-        assert err.value.errno == errno.ENOENT
-    # the kernel forgot the inode: nothing is kept for it
+    assert fs.stream(ino, 50 * bs).ref == _file("2")
+    assert fs.inode_stat(ino)[3] == _file("2").size
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        fs.stream(sino + 100, 0)  # an inode never given
+    assert err.value.errno == errno.ENOENT
+    # the kernel forgot the inode: nothing is kept for it, nothing reads it
     fs.forget_now([(ino, 1)])
-    assert ino not in fs._streams
+    assert ino not in fs._streams and ino not in fs.tree.gone
+    for ask in (lambda: fs.stream(ino, 0), lambda: fs.inode_stat(ino)):
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            ask()
+        assert err.value.errno == errno.ENOENT
     # many readers of one file: the one unseen longest is let go of
     fs.tree.update({"f": _file("3"), "g": _file("1", key="g"), "h": _file("1", key="h")})
     g = fs.tree.inode("g")

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import pytest
+
 from fluidfed.data.layout import FileRef
+from sidecar import tree as tree_module
 from sidecar.tree import ROOT, Tree
 
 
@@ -35,3 +38,28 @@ def test_what_a_new_listing_drops_is_named_by_parent_and_name() -> None:
     )
     t.update(new)
     assert t.departed(new) == []  # nothing more once taken
+
+
+def test_a_dropped_file_stays_readable_by_inode_until_the_kernel_forgets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = Tree()
+    t.update({"a/b.txt": ref("1"), "c.txt": ref("1"), "d.txt": ref("1")})
+    b, c = t.inode("a/b.txt"), t.inode("c.txt")
+    t.update({"a/b.txt": ref("2"), "d.txt": ref("1")})
+    # c.txt no longer opens by name, but reads by inode as it was
+    assert t.lookup(ROOT, "c.txt") is None and t.path(c) is None
+    assert t.file(c) == ref("1") and t.file(b) == ref("2")
+    t.update({"d.txt": ref("1")})
+    assert t.file(b) == ref("2")  # as it was when dropped: its last version
+    t.forget(b)
+    assert t.file(b) is None and t.file(c) == ref("1")
+    # listed again: its listing's file, nothing kept apart
+    t.update({"c.txt": ref("3"), "d.txt": ref("1")})
+    assert t.inode("c.txt") == c and t.file(c) == ref("3") and c not in t.gone
+    # the latest GONE_KEPT kept
+    monkeypatch.setattr(tree_module, "GONE_KEPT", 2)
+    t.update({f"f{i}": ref("1") for i in range(4)})
+    t.update({})
+    assert [t.path(i) for i in t.gone] == [None, None]
+    assert t.file(t.inode("f3")) == ref("1") and t.file(t.inode("f0")) is None
