@@ -114,6 +114,13 @@ class DatasetFS(pyfuse3.Operations):
             return (ino, stat.S_IFDIR | 0o555, 2, 0, 0, self._mounted_at, PREFERRED_IO, 0, 0)
         return self._file_stat(ino, ref)
 
+    def entry(self, path: str) -> Attrs:
+        """`stat` of `path` for an entry given to the kernel (a LOOKUP's, a directory
+        listing's): the kernel may hold the inode from now on (`Tree.hold`)."""
+        attrs = self.stat(path)
+        self.tree.hold(attrs[0])
+        return attrs
+
     def _file_stat(self, ino: int, ref: FileRef) -> Attrs:
         ns = int(ref.mtime * 1e9) if ref.mtime else self._mounted_at
         blocks = (ref.size + 511) // 512
@@ -205,7 +212,7 @@ class DatasetFS(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
-        return self._attrs(self.stat(self.lookup_path(parent_inode, name)))
+        return self._attrs(self.entry(self.lookup_path(parent_inode, name)))
 
     async def getattr(self, inode: pyfuse3.InodeT, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._attrs(self.inode_stat(inode))
@@ -215,7 +222,7 @@ class DatasetFS(pyfuse3.Operations):
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Any) -> None:
         for name, path, after in self.entries(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attrs(self.stat(path)), after):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(self.entry(path)), after):
                 return
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:

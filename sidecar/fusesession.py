@@ -175,7 +175,7 @@ class NativeSession:
                     else:
                         self._later(reply, self._read(reply, h, off, size))
                 elif kind == f.LOOKUP:
-                    reply.entry(fs.stat(fs.lookup_path(req[2], req[3])), ttl, ttl)
+                    reply.entry(fs.entry(fs.lookup_path(req[2], req[3])), ttl, ttl)
                 elif kind == f.GETATTR:
                     reply.attr(fs.inode_stat(req[2]), ttl)
                 elif kind == f.FORGET:
@@ -184,7 +184,7 @@ class NativeSession:
                     reply.open(fs.opendir_now(req[2]))
                 elif kind == f.READDIR:
                     for name, path, after in fs.entries(req[2], req[3]):
-                        if not reply.add(name, fs.stat(path), ttl, after):
+                        if not reply.add(name, fs.entry(path), ttl, after):
                             break
                     reply.done()
                 elif kind == f.STATFS:

@@ -29,7 +29,7 @@ from fluidfed.data.store import BlockStore
 from sidecar import fusesession, peers
 from sidecar.fs import DatasetFS
 from sidecar.reader import BlockReader
-from sidecar.tree import Tree
+from sidecar.tree import Listed, Tree
 
 log = logging.getLogger("fluidfed.sidecar")
 
@@ -158,25 +158,22 @@ class Sidecar:
             except errors.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue
-            dirs = layout.directories(files)  # (once: a large listing takes a while)
-            departed = self.tree.departed(files, dirs)
-            changed = self.tree.update(files, dirs)
+            dirs = layout.directories(files)
+            listed = self.tree.update(files, dirs)
             if self.fuse is not None:
                 try:
-                    await asyncio.to_thread(self._invalidate, self.fuse, changed, departed)
+                    await asyncio.to_thread(self._invalidate, self.fuse, listed)
                 except Exception:  # (the next listing tries again: keep refreshing)
                     log.exception("telling the kernel of a new listing failed")
 
     @staticmethod
-    def _invalidate(
-        fuse: fusesession.Session, changed: list[int], departed: list[tuple[int, str]]
-    ) -> None:
+    def _invalidate(fuse: fusesession.Session, listed: Listed) -> None:
         """Tell the kernel what a new listing changed (blocking: in a thread): the pages of
         changed files (and only those) dropped, departed names forgotten."""
-        for ino in changed:
+        for ino in listed.changed:
             with contextlib.suppress(OSError):
                 fuse.invalidate_inode(ino)
-        for parent, name in departed:
+        for parent, name in listed.departed:
             with contextlib.suppress(OSError):
                 fuse.invalidate_entry(parent, os.fsencode(name))
 

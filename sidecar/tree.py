@@ -2,8 +2,11 @@
 
 Pure: built from `layout.files` output. A new listing keeps the inode of every path that is
 still there and reports the files whose content changed, so the kernel's cached pages are
-dropped for those and only those. A file it drops stays readable by its inode (`gone`) for
-whoever had it open, until the kernel forgets the inode.
+dropped for those and only those, and the names it no longer has, so the kernel forgets
+them. A path a listing drops loses its inode: if it comes back, as a file or as a
+directory, it is a new inode, never the old one with new content or another type. A
+dropped file the kernel may still hold stays readable by its old inode (`gone`) until the
+kernel forgets it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import posixpath
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from fluidfed.data import layout
 from fluidfed.data.layout import FileRef
@@ -20,8 +24,17 @@ ROOT = 1
 # Files dropped by a listing kept readable by inode (`Tree.gone`), the latest this many: the
 # kernel opens files without a word to the sidecar (`sidecar/fusesession.py`), so a file
 # opened before a listing dropped it is known only by the READs that follow, which name
-# its inode; those read the file as it was, as an open file outlives its unlinking.
-GONE_KEPT = 4096
+# its inode; those read the file as it was, as an open file outlives its unlinking. Only
+# files whose inode the kernel was given (`Tree.hold`) and has not forgotten are kept.
+GONE_KEPT = 16384
+
+
+@dataclass
+class Listed:
+    """What a new listing changed for the kernel."""
+
+    changed: list[int] = field(default_factory=list)  # files with new content: their inodes
+    departed: list[tuple[int, str]] = field(default_factory=list)  # names gone: (parent, name)
 
 
 class Tree:
@@ -31,53 +44,50 @@ class Tree:
         self._ino: dict[str, int] = {"": ROOT}
         self._path: dict[int, str] = {ROOT: ""}
         self._next = ROOT + 1
-        # inode -> a file a listing dropped, until the kernel forgets the inode (GONE_KEPT)
+        # inodes given to the kernel (in an entry) that it has not forgotten yet
+        self.held: set[int] = set()
+        # inode -> a held file a listing dropped, until the kernel forgets it (GONE_KEPT)
         self.gone: OrderedDict[int, FileRef] = OrderedDict()
 
     def update(
         self, files: Mapping[str, FileRef], dirs: dict[str, list[str]] | None = None
-    ) -> list[int]:
-        """Take a new listing (`dirs`: its `layout.directories`, if at hand); the inodes of
-        files whose content changed."""
-        changed = [
-            self._ino[p]
-            for p, ref in files.items()
-            if p in self.files and p in self._ino and self.files[p].version != ref.version
-        ]
+    ) -> Listed:
+        """Take a new listing (`dirs`: its `layout.directories`, if at hand): the files
+        whose content changed, and the entries it no longer has (files, and directories
+        left empty) named by parent inode and name."""
+        if dirs is None:
+            dirs = layout.directories(dict(files))
+        out = Listed()
+        dropped: list[tuple[str, FileRef]] = []
         for p, old in self.files.items():
-            if p not in files:
-                ino = self._ino[p]
+            ref = files.get(p)
+            if ref is None:
+                dropped.append((p, old))
+            elif ref.version != old.version:
+                out.changed.append(self._ino[p])
+        empty = [d for d in self.children if d and d not in dirs]
+        for p in [p for p, _ in dropped] + empty:
+            parent, name = posixpath.split(p)
+            ino = self._ino.get(parent)
+            if ino is not None:
+                out.departed.append((ino, name))
+        for p, old in dropped:
+            ino = self._ino.pop(p)
+            if ino in self.held:
                 self.gone[ino] = old
                 self.gone.move_to_end(ino)
+            else:
+                del self._path[ino]
+        for d in empty:
+            del self._path[self._ino.pop(d)]
+        while len(self.gone) > GONE_KEPT:
+            self._path.pop(self.gone.popitem(last=False)[0], None)
         self.files = dict(files)
-        self.children = layout.directories(self.files) if dirs is None else dirs
+        self.children = dirs
         for d in self.children:
             self._assign(d)
         for p in self.files:
             self._assign(p)
-        for ino in [i for i in self.gone if self._path[i] in self.files]:
-            del self.gone[ino]  # listed again: its listing's file
-        while len(self.gone) > GONE_KEPT:
-            self.gone.popitem(last=False)
-        return changed
-
-    def departed(
-        self, files: Mapping[str, FileRef], dirs: dict[str, list[str]] | None = None
-    ) -> list[tuple[int, str]]:
-        """The entries a new listing `files` (`dirs`: its `layout.directories`, if at hand)
-        no longer has (files, and directories left empty), as (parent inode, name): to be
-        forgotten by the kernel, so that an open of one fails at once rather than when its
-        cached entry expires."""
-        if dirs is None:
-            dirs = layout.directories(dict(files))
-        gone = [p for p in self.files if p not in files]
-        gone += [d for d in self.children if d and d not in dirs]
-        out = []
-        for p in gone:
-            parent, name = posixpath.split(p)
-            ino = self._ino.get(parent)
-            if ino is not None:
-                out.append((ino, name))
         return out
 
     def _assign(self, path: str) -> int:
@@ -90,20 +100,24 @@ class Tree:
         return ino
 
     def path(self, ino: int) -> str | None:
+        """The listed path of `ino`; None if it is no path of the listing (any more)."""
         p = self._path.get(ino)
-        if p is None or (p not in self.files and p not in self.children):
-            return None  # the path went away in a later listing
-        return p
+        return p if p is not None and self._ino.get(p) == ino else None
 
     def file(self, ino: int) -> FileRef | None:
         """The file `ino` is: as listed, or as it was when a listing dropped it (`gone`)."""
-        p = self._path.get(ino)
-        ref = self.files.get(p) if p is not None else None
-        return ref if ref is not None else self.gone.get(ino)
+        p = self.path(ino)
+        return self.files.get(p) if p is not None else self.gone.get(ino)
+
+    def hold(self, ino: int) -> None:
+        """The kernel was given `ino` (a LOOKUP's or READDIRPLUS's entry)."""
+        self.held.add(ino)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot `ino`: nothing can read it by inode any more."""
-        self.gone.pop(ino, None)
+        self.held.discard(ino)
+        if self.gone.pop(ino, None) is not None:
+            del self._path[ino]
 
     def inode(self, path: str) -> int:
         return self._ino[path]

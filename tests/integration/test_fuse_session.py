@@ -218,11 +218,24 @@ def test_opens_reach_no_one_and_reads_follow_the_listing(
             with pytest.raises(FileNotFoundError):
                 os.open(mnt / "a.txt", os.O_RDONLY)
             # an open file outlives its name: it reads as it was (its blocks in the
-            # sidecar's memory, read above; the source is gone), its fstat answers
+            # sidecar's memory, read above; the source is gone), its fstat answers (asked
+            # of the sidecar: the kernel's attributes expired meanwhile)
             assert os.pread(held["a.txt"], 4096, 0) == b"two, longer"
             assert os.pread(held["big.bin"], 4096, 4096) == big[4096:8192]
             assert os.pread(held["big.bin"], 4096, 4 * 2**20) == big[4 * 2**20 : 4 * 2**20 + 4096]
+            time.sleep(1.0)
+            before = sc.status()["fuse_requests"]["getattr"]
+            assert os.fstat(held["a.txt"]).st_size == len(b"two, longer")
             assert os.fstat(held["big.bin"]).st_size == len(big)
+            assert sc.status()["fuse_requests"]["getattr"] > before
+            # the name listed again: a new file, a new inode; the open one reads as it was
+            (src / "a.txt").write_bytes(b"three")
+            deadline = time.monotonic() + 15
+            while not (mnt / "a.txt").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert (mnt / "a.txt").read_bytes() == b"three"
+            assert os.stat(mnt / "a.txt").st_ino != os.fstat(held["a.txt"]).st_ino
+            assert os.pread(held["a.txt"], 4096, 0) == b"two, longer"
         finally:
             for fd in held.values():
                 os.close(fd)

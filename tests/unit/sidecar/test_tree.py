@@ -13,12 +13,12 @@ def ref(version: str, size: int = 1) -> FileRef:
 
 def test_inodes_stay_and_only_changed_files_are_reported() -> None:
     t = Tree()
-    assert t.update({"a/b.txt": ref("1"), "c.txt": ref("1")}) == []
+    assert t.update({"a/b.txt": ref("1"), "c.txt": ref("1")}).changed == []
     ino_b = t.inode("a/b.txt")
     assert t.lookup(ROOT, "a") == "a"
     assert t.lookup(t.inode("a"), "b.txt") == "a/b.txt"
     assert t.lookup(ROOT, "zzz") is None
-    changed = t.update({"a/b.txt": ref("2"), "d.txt": ref("1")})
+    changed = t.update({"a/b.txt": ref("2"), "d.txt": ref("1")}).changed
     assert changed == [ino_b]
     assert t.inode("a/b.txt") == ino_b
     assert t.path(ino_b) == "a/b.txt"
@@ -30,36 +30,48 @@ def test_inodes_stay_and_only_changed_files_are_reported() -> None:
 def test_what_a_new_listing_drops_is_named_by_parent_and_name() -> None:
     t = Tree()
     t.update({"a/b.txt": ref("1"), "a/c.txt": ref("1"), "x/y/z.txt": ref("1"), "top": ref("1")})
+    a, x, xy = t.inode("a"), t.inode("x"), t.inode("x/y")
     new = {"a/b.txt": ref("2"), "top": ref("1")}
-    gone = t.departed(new)
+    listed = t.update(new)
     # the files, and the directories no file is left in (each named once, in its parent)
-    assert sorted(gone) == sorted(
-        [(t.inode("a"), "c.txt"), (t.inode("x/y"), "z.txt"), (t.inode("x"), "y"), (ROOT, "x")]
-    )
-    t.update(new)
-    assert t.departed(new) == []  # nothing more once taken
+    assert sorted(listed.departed) == sorted([(a, "c.txt"), (xy, "z.txt"), (x, "y"), (ROOT, "x")])
+    assert listed.changed == [t.inode("a/b.txt")]
+    assert t.update(new).departed == []  # nothing more once taken
 
 
-def test_a_dropped_file_stays_readable_by_inode_until_the_kernel_forgets_it(
+def test_a_dropped_file_the_kernel_holds_reads_as_it_was_until_it_forgets_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     t = Tree()
-    t.update({"a/b.txt": ref("1"), "c.txt": ref("1"), "d.txt": ref("1")})
-    b, c = t.inode("a/b.txt"), t.inode("c.txt")
+    t.update({"a/b.txt": ref("1"), "c.txt": ref("1"), "d.txt": ref("1"), "e.txt": ref("1")})
+    b, c, e = t.inode("a/b.txt"), t.inode("c.txt"), t.inode("e.txt")
+    for ino in (b, c):
+        t.hold(ino)  # given to the kernel; e.txt never was
     t.update({"a/b.txt": ref("2"), "d.txt": ref("1")})
-    # c.txt no longer opens by name, but reads by inode as it was
+    # c.txt no longer opens by name, but reads by inode as it was; e.txt is not kept
     assert t.lookup(ROOT, "c.txt") is None and t.path(c) is None
     assert t.file(c) == ref("1") and t.file(b) == ref("2")
+    assert t.file(e) is None and e not in t.gone
     t.update({"d.txt": ref("1")})
     assert t.file(b) == ref("2")  # as it was when dropped: its last version
     t.forget(b)
-    assert t.file(b) is None and t.file(c) == ref("1")
-    # listed again: its listing's file, nothing kept apart
+    assert t.file(b) is None and t.file(c) == ref("1") and b not in t.held
+    # listed again: a new inode with the new content; the old one still reads as it was
     t.update({"c.txt": ref("3"), "d.txt": ref("1")})
-    assert t.inode("c.txt") == c and t.file(c) == ref("3") and c not in t.gone
+    assert t.inode("c.txt") != c and t.file(t.inode("c.txt")) == ref("3")
+    assert t.file(c) == ref("1") and t.path(c) is None
+    # a dropped file's path listed again as a directory: a new inode, never the file's
+    t.hold(t.inode("d.txt"))
+    d = t.inode("d.txt")
+    t.update({"c.txt": ref("3")})
+    t.update({"c.txt": ref("3"), "d.txt/f": ref("1")})
+    assert t.is_dir("d.txt") and t.inode("d.txt") != d
+    assert t.file(d) == ref("1") and t.file(t.inode("d.txt")) is None
     # the latest GONE_KEPT kept
     monkeypatch.setattr(tree_module, "GONE_KEPT", 2)
     t.update({f"f{i}": ref("1") for i in range(4)})
+    for i in range(4):
+        t.hold(t.inode(f"f{i}"))
+    f0, f3 = t.inode("f0"), t.inode("f3")
     t.update({})
-    assert [t.path(i) for i in t.gone] == [None, None]
-    assert t.file(t.inode("f3")) == ref("1") and t.file(t.inode("f0")) is None
+    assert len(t.gone) == 2 and t.file(f3) == ref("1") and t.file(f0) is None
