@@ -158,7 +158,8 @@ class Sidecar:
             except errors.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue
-            dirs = layout.directories(files)
+            # (in a thread: ~0.2 s at 200,000 files, while the loop goes on serving reads)
+            dirs = await asyncio.to_thread(layout.directories, files)
             listed = self.tree.update(files, dirs)
             if self.fuse is not None:
                 try:

