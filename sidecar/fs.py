@@ -240,12 +240,13 @@ class DatasetFS(pyfuse3.Operations):
     def open_now(self, inode: int, flags: int) -> tuple[int, FileRef | None]:
         """The new handle, and the file if it is to be pushed (`push`) before the answer.
         The file is immutable until a listing says otherwise: the answer keeps the
-        kernel's pages (keep_cache)."""
+        kernel's pages (keep_cache). A file a listing dropped opens by its inode as it
+        was (reopened through /proc/PID/fd: `Tree.gone`)."""
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
-        path = self.inode_path(inode)
-        ref = self.tree.files.get(path)
+        ref = self.tree.file(inode)
         if ref is None:
+            self.inode_path(inode)  # ENOENT if it is nothing (any more)
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = self._next_fh
         self._next_fh += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import threading
 
 import pyfuse3
@@ -82,10 +83,18 @@ async def test_reads_without_a_handle_follow_the_listing_and_each_reader_apart(
     with pytest.raises(pyfuse3.FUSEError) as err:
         fs.stream(sino + 100, 0)  # an inode never given
     assert err.value.errno == errno.ENOENT
+    # pyfuse3's session: reopened by its inode (/proc/PID/fd), it opens as it was too
+    fh, _ = fs.open_now(ino, os.O_RDONLY)
+    assert fs.handle(fh).ref == _file("2")
+    fs.release_now(fh)
     # the kernel forgot the inode: nothing is kept for it, nothing reads it
     fs.forget_now([(ino, 1)])
     assert ino not in fs._streams and ino not in fs.tree.gone
-    for ask in (lambda: fs.stream(ino, 0), lambda: fs.inode_stat(ino)):
+    for ask in (
+        lambda: fs.stream(ino, 0),
+        lambda: fs.inode_stat(ino),
+        lambda: fs.open_now(ino, os.O_RDONLY),
+    ):
         with pytest.raises(pyfuse3.FUSEError) as err:
             ask()
         assert err.value.errno == errno.ENOENT
