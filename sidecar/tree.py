@@ -44,7 +44,8 @@ class Tree:
         self._ino: dict[str, int] = {"": ROOT}
         self._path: dict[int, str] = {ROOT: ""}
         self._next = ROOT + 1
-        # inodes given to the kernel (in an entry) that it has not forgotten yet
+        # inodes given to the kernel (in an entry) that it has not forgotten yet, of the
+        # listing and of `gone`
         self.held: set[int] = set()
         # inode -> a held file a listing dropped, until the kernel forgets it (GONE_KEPT)
         self.gone: OrderedDict[int, FileRef] = OrderedDict()
@@ -71,6 +72,8 @@ class Tree:
             ino = self._ino.get(parent)
             if ino is not None:
                 out.departed.append((ino, name))
+        # (`held` keeps only listed and kept inodes: an entry the kernel never took, a
+        # plain READDIR's, is never forgotten by it)
         for p, old in dropped:
             ino = self._ino.pop(p)
             if ino in self.held:
@@ -79,9 +82,13 @@ class Tree:
             else:
                 del self._path[ino]
         for d in empty:
-            del self._path[self._ino.pop(d)]
+            ino = self._ino.pop(d)
+            del self._path[ino]
+            self.held.discard(ino)
         while len(self.gone) > GONE_KEPT:
-            self._path.pop(self.gone.popitem(last=False)[0], None)
+            ino = self.gone.popitem(last=False)[0]
+            del self._path[ino]
+            self.held.discard(ino)
         self.files = dict(files)
         self.children = dirs
         for d in self.children:
