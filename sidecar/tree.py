@@ -37,6 +37,18 @@ class Listed:
     departed: list[tuple[int, str]] = field(default_factory=list)  # names gone: (parent, name)
 
 
+@dataclass
+class Plan:
+    """A new listing, and what taking it changes (`Tree.plan`)."""
+
+    files: dict[str, FileRef]
+    dirs: dict[str, list[str]]
+    listed: Listed = field(default_factory=Listed)
+    dropped: list[tuple[str, FileRef]] = field(default_factory=list)  # files gone: (path, file)
+    empty: list[str] = field(default_factory=list)  # directories gone
+    new: list[str] = field(default_factory=list)  # paths with no inode yet
+
+
 class Tree:
     def __init__(self) -> None:
         self.files: dict[str, FileRef] = {}
@@ -55,33 +67,46 @@ class Tree:
     ) -> Listed:
         """Take a new listing (`dirs`: its `layout.directories`, if at hand): the files
         whose content changed, and the entries it no longer has (files, and directories
-        left empty) named by parent inode and name."""
+        left empty) named by parent inode and name. `plan` then `apply`."""
+        return self.apply(self.plan(files, dirs))
+
+    def plan(self, files: Mapping[str, FileRef], dirs: dict[str, list[str]] | None = None) -> Plan:
+        """What taking a new listing changes, worked out without changing anything: the
+        walk over the whole listing, for a thread (200,000 files: ~0.1 s, and its
+        directories ~0.2 s), while the event loop goes on answering from the tree as it
+        is; `apply` then does what the plan found, in time proportional to the changes."""
+        files = dict(files)
         if dirs is None:
-            dirs = layout.directories(dict(files))
-        out = Listed()
-        dropped: list[tuple[str, FileRef]] = []
+            dirs = layout.directories(files)
+        out = Plan(files, dirs)
         for p, old in self.files.items():
             ref = files.get(p)
             if ref is None:
-                dropped.append((p, old))
+                out.dropped.append((p, old))
             elif ref.version != old.version:
-                out.changed.append(self._ino[p])
-        empty = [d for d in self.children if d and d not in dirs]
-        for p in [p for p, _ in dropped] + empty:
+                out.listed.changed.append(self._ino[p])
+        out.empty = [d for d in self.children if d and d not in dirs]
+        for p in [p for p, _ in out.dropped] + out.empty:
             parent, name = posixpath.split(p)
             ino = self._ino.get(parent)
             if ino is not None:
-                out.departed.append((ino, name))
+                out.listed.departed.append((ino, name))
+        out.new = [d for d in dirs if d not in self._ino] + [p for p in files if p not in self._ino]
+        return out
+
+    def apply(self, plan: Plan) -> Listed:
+        """Take the listing `plan` was made for (the tree unchanged since, but for `hold`
+        and `forget`)."""
         # (`held` keeps only listed and kept inodes: an entry the kernel never took, a
         # plain READDIR's, is never forgotten by it)
-        for p, old in dropped:
+        for p, old in plan.dropped:
             ino = self._ino.pop(p)
             if ino in self.held:
                 self.gone[ino] = old
                 self.gone.move_to_end(ino)
             else:
                 del self._path[ino]
-        for d in empty:
+        for d in plan.empty:
             ino = self._ino.pop(d)
             del self._path[ino]
             self.held.discard(ino)
@@ -89,13 +114,13 @@ class Tree:
             ino = self.gone.popitem(last=False)[0]
             del self._path[ino]
             self.held.discard(ino)
-        self.files = dict(files)
-        self.children = dirs
-        for d in self.children:
-            self._assign(d)
-        for p in self.files:
+        self.files = plan.files
+        self.children = plan.dirs
+        # new paths, and dropped ones listed again as the other kind (a new inode)
+        back = [p for p, _ in plan.dropped] + plan.empty
+        for p in plan.new + [p for p in back if p in plan.dirs or p in plan.files]:
             self._assign(p)
-        return out
+        return plan.listed
 
     def _assign(self, path: str) -> int:
         ino = self._ino.get(path)

@@ -77,3 +77,23 @@ def test_a_dropped_file_the_kernel_holds_reads_as_it_was_until_it_forgets_it(
     assert len(t.gone) == 2 and t.file(f3) == ref("1") and t.file(f0) is None
     # what is held is bounded by the listing and the kept: not every entry ever given
     assert t.held == set(t.gone)
+
+
+def test_a_plan_changes_nothing_and_its_apply_sees_what_the_kernel_took_meanwhile() -> None:
+    """`plan` (the walk over the listing, in a thread) leaves the tree as it is for the
+    event loop; `apply` takes what it found, with the inodes the kernel was given since."""
+    t = Tree()
+    t.update({"a.txt": ref("1"), "x": ref("1"), "d/e.txt": ref("1")})
+    a, x, d = t.inode("a.txt"), t.inode("x"), t.inode("d")
+    state = (dict(t.files), dict(t.children), dict(t._ino), dict(t._path), set(t.held))
+    plan = t.plan({"x/y": ref("1"), "d/e.txt": ref("2")})
+    assert (t.files, t.children, t._ino, t._path, t.held) == state
+    assert t.path(a) == "a.txt" and t.file(x) == ref("1")
+    t.hold(a)  # looked up between the plan and its apply
+    listed = t.apply(plan)
+    assert listed.changed == [t.inode("d/e.txt")]
+    assert sorted(listed.departed) == [(ROOT, "a.txt"), (ROOT, "x")]
+    assert t.file(a) == ref("1") and a in t.gone  # held when applied: kept
+    # "x" was a file and is a directory now, in one listing: a new inode
+    assert t.is_dir("x") and t.inode("x") != x and t.file(x) is None
+    assert t.lookup(t.inode("x"), "y") == "x/y" and t.inode("d") == d
