@@ -24,12 +24,12 @@ from aiohttp import web
 from fluidfed import config, errors, names, telemetry, tls
 from fluidfed.data import credentials, heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
-from fluidfed.data.layout import SidecarConfig
+from fluidfed.data.layout import FileRef, SidecarConfig
 from fluidfed.data.store import BlockStore
 from sidecar import fusesession, peers
 from sidecar.fs import DatasetFS
 from sidecar.reader import BlockReader
-from sidecar.tree import Listed, Tree
+from sidecar.tree import Listed, Plan, Tree
 
 log = logging.getLogger("fluidfed.sidecar")
 
@@ -101,6 +101,7 @@ class Sidecar:
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
         self.tree = Tree()
+        self._shadowed = 0  # objects a directory of the same name hid in the last listing
         self.readers = [ufs.open_ufs(m) for m in cfg.mounts]
         self.session: aiohttp.ClientSession | None = None
         self.reader: BlockReader | None = None
@@ -135,9 +136,8 @@ class Sidecar:
         delay = 0.5
         while not self.stop.is_set():
             try:
-                self.tree.update(
-                    await ufs.list_files(self.cfg.mounts, self.readers, self.cfg.sub_path)
-                )
+                files = await ufs.list_files(self.cfg.mounts, self.readers, self.cfg.sub_path)
+                self._take(files)
                 self.listing_error = ""
                 return
             except errors.UFSError as err:
@@ -158,14 +158,34 @@ class Sidecar:
             except errors.UFSError as err:
                 log.warning("refreshing the listing failed (keeping the last): %s", err)
                 continue
-            # (the walk over the listing in a thread: ~0.3 s at 200,000 files, while the
-            # loop goes on answering from the tree as it is)
-            listed = self.tree.apply(await asyncio.to_thread(self.tree.plan, files))
+            try:
+                # (the walk over the listing in a thread: ~0.3 s at 200,000 files, while
+                # the loop goes on answering from the tree as it is)
+                listed = self._take(files, await asyncio.to_thread(self.tree.plan, files))
+            except Exception:  # (a listing the tree cannot take: keep the last, go on)
+                log.exception("taking the new listing failed (keeping the last)")
+                continue
             if self.fuse is not None:
                 try:
                     await asyncio.to_thread(self._invalidate, self.fuse, listed)
                 except Exception:  # (the next listing tries again: keep refreshing)
                     log.exception("telling the kernel of a new listing failed")
+
+    def _take(self, files: dict[str, FileRef], plan: Plan | None = None) -> Listed:
+        """Take a listing into the tree (`plan`: made for it already), saying once which
+        objects a directory of the same name hides."""
+        plan = self.tree.plan(files) if plan is None else plan
+        if len(plan.shadowed) != self._shadowed:
+            self._shadowed = len(plan.shadowed)
+            if plan.shadowed:
+                log.warning(
+                    "%d object(s) of %s are named as a directory is (first: %r): the "
+                    "directory is shown, not the object",
+                    len(plan.shadowed),
+                    self.cfg.dataset,
+                    plan.shadowed[0],
+                )
+        return self.tree.apply(plan)
 
     @staticmethod
     def _invalidate(fuse: fusesession.Session, listed: Listed) -> None:

@@ -47,6 +47,7 @@ class Plan:
     dropped: list[tuple[str, FileRef]] = field(default_factory=list)  # files gone: (path, file)
     empty: list[str] = field(default_factory=list)  # directories gone
     new: list[str] = field(default_factory=list)  # paths with no inode yet
+    shadowed: list[str] = field(default_factory=list)  # files not shown: directories' names
 
 
 class Tree:
@@ -79,6 +80,11 @@ class Tree:
         if dirs is None:
             dirs = layout.directories(files)
         out = Plan(files, dirs)
+        # an object named as a directory is ("a" beside "a/b", which S3 allows): the path
+        # is the directory, the file is not shown (as other file systems over S3 do)
+        out.shadowed = [p for p in files if p in dirs]
+        for p in out.shadowed:
+            del files[p]
         for p, old in self.files.items():
             ref = files.get(p)
             if ref is None:
@@ -103,7 +109,6 @@ class Tree:
             ino = self._ino.pop(p)
             if ino in self.held:
                 self.gone[ino] = old
-                self.gone.move_to_end(ino)
             else:
                 del self._path[ino]
         for d in plan.empty:

@@ -97,3 +97,20 @@ def test_a_plan_changes_nothing_and_its_apply_sees_what_the_kernel_took_meanwhil
     # "x" was a file and is a directory now, in one listing: a new inode
     assert t.is_dir("x") and t.inode("x") != x and t.file(x) is None
     assert t.lookup(t.inode("x"), "y") == "x/y" and t.inode("d") == d
+
+
+def test_an_object_named_as_a_directory_is_hidden_by_it() -> None:
+    """S3 allows objects "a" and "a/b" side by side: "a" is the directory, the object is
+    not shown; and as either comes and goes, each listing is taken."""
+    t = Tree()
+    plan = t.plan({"a": ref("1"), "a/b": ref("1"), "c": ref("1")})
+    assert plan.shadowed == ["a"]
+    t.apply(plan)
+    a = t.inode("a")
+    assert t.is_dir("a") and "a" not in t.files and t.lookup(a, "b") == "a/b"
+    t.hold(a)
+    t.update({"c": ref("1")})  # both gone at once
+    assert t.lookup(ROOT, "a") is None and a not in t.held and t.file(a) is None
+    t.update({"a": ref("2"), "a/b": ref("1"), "c": ref("1")})
+    t.update({"a": ref("2"), "c": ref("1")})  # the directory gone: the object shows
+    assert t.file(t.inode("a")) == ref("2") and t.inode("a") != a and not t.is_dir("a")
