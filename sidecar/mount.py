@@ -24,7 +24,7 @@ from aiohttp import web
 from fluidfed import config, errors, names, telemetry, tls
 from fluidfed.data import credentials, heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
-from fluidfed.data.layout import FileRef, SidecarConfig
+from fluidfed.data.layout import SidecarConfig
 from fluidfed.data.store import BlockStore
 from sidecar import fusesession, peers
 from sidecar.fs import DatasetFS
@@ -137,7 +137,7 @@ class Sidecar:
         while not self.stop.is_set():
             try:
                 files = await ufs.list_files(self.cfg.mounts, self.readers, self.cfg.sub_path)
-                self._take(files)
+                self._take(self.tree.plan(files))
                 self.listing_error = ""
                 return
             except errors.UFSError as err:
@@ -161,7 +161,7 @@ class Sidecar:
             try:
                 # (the walk over the listing in a thread: ~0.3 s at 200,000 files, while
                 # the loop goes on answering from the tree as it is)
-                listed = self._take(files, await asyncio.to_thread(self.tree.plan, files))
+                listed = self._take(await asyncio.to_thread(self.tree.plan, files))
             except Exception:  # (a listing the tree cannot take: keep the last, go on)
                 log.exception("taking the new listing failed (keeping the last)")
                 continue
@@ -171,10 +171,9 @@ class Sidecar:
                 except Exception:  # (the next listing tries again: keep refreshing)
                     log.exception("telling the kernel of a new listing failed")
 
-    def _take(self, files: dict[str, FileRef], plan: Plan | None = None) -> Listed:
-        """Take a listing into the tree (`plan`: made for it already), saying once which
-        objects a directory of the same name hides."""
-        plan = self.tree.plan(files) if plan is None else plan
+    def _take(self, plan: Plan) -> Listed:
+        """Take a planned listing into the tree, saying once which objects a directory of
+        the same name hides."""
         if len(plan.shadowed) != self._shadowed:
             self._shadowed = len(plan.shadowed)
             if plan.shadowed:

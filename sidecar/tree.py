@@ -63,22 +63,19 @@ class Tree:
         # inode -> a held file a listing dropped, until the kernel forgets it (GONE_KEPT)
         self.gone: OrderedDict[int, FileRef] = OrderedDict()
 
-    def update(
-        self, files: Mapping[str, FileRef], dirs: dict[str, list[str]] | None = None
-    ) -> Listed:
-        """Take a new listing (`dirs`: its `layout.directories`, if at hand): the files
-        whose content changed, and the entries it no longer has (files, and directories
-        left empty) named by parent inode and name. `plan` then `apply`."""
-        return self.apply(self.plan(files, dirs))
+    def update(self, files: Mapping[str, FileRef]) -> Listed:
+        """Take a new listing: the files whose content changed, and the entries it no
+        longer has (files, and directories left empty) named by parent inode and name.
+        `plan` then `apply`."""
+        return self.apply(self.plan(files))
 
-    def plan(self, files: Mapping[str, FileRef], dirs: dict[str, list[str]] | None = None) -> Plan:
+    def plan(self, files: Mapping[str, FileRef]) -> Plan:
         """What taking a new listing changes, worked out without changing anything: the
         walk over the whole listing, for a thread (200,000 files: ~0.1 s, and its
         directories ~0.2 s), while the event loop goes on answering from the tree as it
         is; `apply` then does what the plan found, in time proportional to the changes."""
         files = dict(files)
-        if dirs is None:
-            dirs = layout.directories(files)
+        dirs = layout.directories(files)
         out = Plan(files, dirs)
         # an object named as a directory is ("a" beside "a/b", which S3 allows): the path
         # is the directory, the file is not shown (as other file systems over S3 do)
