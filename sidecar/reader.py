@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class BlockReader:
         self.conns = receive.Connections(tls=tls)
         self.workers = cfg.workers.urls()
         self.stats = ReadStats()
+        # the counters a thread handing a block to the kernel changes too (see `push`)
+        self._counting = threading.Lock()
         self._down: dict[str, float] = {}
         self._remote: dict[str, float] = {}  # workers whose block files are not visible here
         self._dirs: dict[str, list[str]] = {}  # a worker's tier directories seen from here
@@ -124,9 +127,13 @@ class BlockReader:
         failed: list[OSError] = []
 
         def guarded(data: blocks.Data) -> None:
+            # counted before the kernel has it: a reader that got the bytes and then asks
+            # for the status sees them counted (counted after, on the loop, it may not)
+            self._hits(+1, pushed=True)
             try:
                 store(data)
             except OSError as err:
+                self._hits(-1, pushed=True)
                 failed.append(err)
 
         if await self._from_files(target, key, guarded, ref.size) is None:
@@ -134,8 +141,16 @@ class BlockReader:
         if failed:
             log.debug("handing %s to the kernel failed: %s", ref.key, failed[0])
             return False
-        self.stats.pushed += 1
         return True
+
+    def _hits(self, n: int, *, pushed: bool = False) -> None:
+        """Count `n` blocks read from a worker's files on this node (and handed to the
+        kernel straight from them: `pushed`). Called from threads as well as the loop."""
+        with self._counting:
+            self.stats.worker_hits += n
+            self.stats.short_circuit += n
+            if pushed:
+                self.stats.pushed += n
 
     def cached(self, ref: FileRef, index: int) -> bool:
         key = self.key(ref, index)
@@ -166,7 +181,8 @@ class BlockReader:
 
     def _count(self, hit: bool) -> None:
         if hit:
-            self.stats.worker_hits += 1
+            with self._counting:
+                self.stats.worker_hits += 1
         else:
             self.stats.worker_misses += 1
 
@@ -233,7 +249,8 @@ class BlockReader:
                 self.stats.connections_loop = self.conns.opened_on_loop
                 self.stats.buffers_reused = self.conns.buffers.reused
                 if got.local:
-                    self.stats.short_circuit += 1
+                    with self._counting:
+                        self.stats.short_circuit += 1
                     self._learn(target, got.path, key)
                 return got.data, got.crc
             except (TimeoutError, errors.WorkerError) as err:
@@ -278,8 +295,8 @@ class BlockReader:
                 log.info("cannot read %s's block files in %s: %s", worker, d, err)
                 self._dirs[worker].remove(d)
                 return None
-            self.stats.worker_hits += 1
-            self.stats.short_circuit += 1
+            if then is None:  # (`then` counted them as it handed them on: see `push`)
+                self._hits(1)
             self.stats.buffers_reused = self.conns.buffers.reused
             self._touched.setdefault(worker, []).append((key, size if then else len(data)))
             if self._reporter is None or self._reporter.done():

@@ -1,0 +1,74 @@
+"""The sidecar's block reader on a worker's block files seen from its node (no worker
+process and no network: the files are written here as a worker writes them)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from fluidfed import errors
+from fluidfed.data import blockfile, blocks
+from fluidfed.data.layout import FileRef, Peers, SidecarConfig
+from fluidfed.data.store import BlockStore
+from fluidfed.models import Mount
+from sidecar.reader import BlockReader
+
+WORKER = "http://127.0.0.1:7070"
+
+
+async def _reader(tier: Path, ref: FileRef, data: bytes, *, cached: bool) -> BlockReader:
+    """A reader whose one worker keeps `ref`'s block 0 (`data`) in a file in `tier`, in the
+    page cache or not (`cached`)."""
+    cfg = SidecarConfig(
+        dataset="d", mounts=[Mount(uri="s3://b/p")], workers=Peers(endpoints=[WORKER])
+    )
+    reader = BlockReader(cfg, [], await BlockStore(cfg.cache).open(), None)
+    path = blockfile.block_path(tier, reader.key(ref, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blockfile.write_block_file(path, data, blocks.checksum(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if cached:
+            os.read(fd, len(data) + 64)
+        else:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if not cached:  # (else `push` maps it on the loop, not in a thread)
+        with pytest.raises(errors.NotCached):
+            blockfile.map_block_file(path, cached_only=True)
+    reader._dirs[WORKER] = [str(tier)]
+    return reader
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["mapped", "read in a thread"])
+async def test_a_block_handed_to_the_kernel_is_counted_before_the_kernel_has_it(
+    tmp_path: Path, cached: bool
+) -> None:
+    """A reader gets a small file's bytes as soon as `store` hands them to the kernel (the
+    native session answers its READ there, in the thread that read the block file): a
+    status asked for right after must count the block, so it is counted before; a block
+    the kernel refused is not counted, and the caller reads it the usual way."""
+    data = os.urandom(100_000)
+    ref = FileRef(mount=0, key="small.bin", size=len(data), version="v1")
+    reader = await _reader(tmp_path, ref, data, cached=cached)
+    seen: list[tuple[bytes, int, int, int]] = []
+
+    def store(got: blocks.Data) -> None:
+        st = reader.stats
+        seen.append((bytes(got), st.pushed, st.short_circuit, st.worker_hits))
+
+    assert await reader.push(ref, store)
+    assert seen == [(data, 1, 1, 1)]
+
+    def refused(got: blocks.Data) -> None:
+        raise OSError(errno.ENOENT, "the kernel forgot the inode")
+
+    assert not await reader.push(ref, refused)
+    st = reader.stats
+    assert (st.pushed, st.short_circuit, st.worker_hits) == (1, 1, 1)
+    await reader.close()
