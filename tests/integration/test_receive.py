@@ -111,3 +111,84 @@ async def test_a_head_over_max_head_is_refused(server: str, way: str) -> None:
         await on(way, body)
     finally:
         conns.close()
+
+
+@pytest.fixture
+async def paced() -> AsyncIterator[str]:
+    """Bodies sent in parts with pauses between (`parts`: comma-separated byte counts, a
+    pause of `pause` seconds after each part but the last), then `end`: "whole" (the last
+    part), "close" (the connection closed, the body short) or "stall" (the body short, the
+    connection left open until the test ends)."""
+    done = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        parts = [int(p) for p in request.query["parts"].split(",")]
+        end, pause = request.query["end"], float(request.query["pause"])
+        body = pattern(sum(parts))
+        length = len(body) + (0 if end == "whole" else 1000)
+        resp = web.StreamResponse(headers={"Content-Length": str(length)})
+        await resp.prepare(request)
+        at = 0
+        for i, n in enumerate(parts):
+            await resp.write(body[at : at + n])
+            at += n
+            if i < len(parts) - 1:
+                await asyncio.sleep(pause)
+        if end == "close":
+            assert request.transport is not None
+            request.transport.close()
+        elif end == "stall":
+            await done.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/p", answer)
+    async with testing.serving(app) as url:
+        try:
+            yield f"{url}/p"
+        finally:
+            done.set()
+
+
+async def test_a_body_arriving_in_pauses_is_received_whole_and_the_connection_reused(
+    paced: str,
+) -> None:
+    """A thread receiving a body waits to be woken until WAKE_EVERY bytes wait in the
+    socket, never for more than the body still owes: a body whose last part is shorter
+    than that and comes after a pause is received (a mark left above what is owed would
+    wait for the deadline: "no answer in time"), and so is a short answer on the same
+    connection after it (its head read with the mark back at 1)."""
+    every = receive.WAKE_EVERY
+    conns = receive.Connections()
+    try:
+        for parts in (
+            [every + 500, every - 100, 37],  # each pause leaves less than the mark owed
+            [100, 5, every * 2 + 3],
+            [every * 3],
+        ):
+            q = {"parts": ",".join(map(str, parts)), "end": "whole", "pause": "0.3"}
+            got = await conns.get(paced, q, {}, 20.0, checksum=True)
+            assert got.status == 200 and bytes(got.body) == pattern(sum(parts))
+            assert got.crc == zlib.crc32(pattern(sum(parts)))
+            small = await conns.get(paced, {"parts": "10", "end": "whole", "pause": "0"}, {}, 20.0)
+            assert bytes(small.body) == pattern(10)
+        assert conns.opened == 1
+    finally:
+        conns.close()
+
+
+@pytest.mark.parametrize("end", ["close", "stall"])
+async def test_a_body_cut_short_fails_at_once_or_at_its_deadline(paced: str, end: str) -> None:
+    """A worker that closes mid-body is told at once; one that stops sending is given up
+    at the request's deadline, not later; either way the connection is not kept."""
+    conns = receive.Connections()
+    q = {"parts": f"{receive.WAKE_EVERY + 7},5000", "end": end, "pause": "0.1"}
+    said = "connection closed after" if end == "close" else "no answer in time"
+    try:
+        with pytest.raises(errors.WorkerError, match=said):
+            await asyncio.wait_for(conns.get(paced, q, {}, 1.5), 15)
+        got = await conns.get(paced, {"parts": "10", "end": "whole", "pause": "0"}, {}, 20.0)
+        assert bytes(got.body) == pattern(10)
+        assert conns.opened == 2
+    finally:
+        conns.close()
