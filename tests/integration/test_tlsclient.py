@@ -235,6 +235,50 @@ async def test_a_body_cut_short_is_a_worker_error_not_a_short_block(
         raw.close()
 
 
+async def test_a_body_arriving_in_pauses_is_received_whole_and_stray_bytes_after_seen(
+    engine: str, ca: trustme.CA, conns_for: Any
+) -> None:
+    """A thread receiving a body is woken once a mark of bytes waits in the socket, never
+    more than the body still owes: a body whose parts come with pauses, its last part far
+    below 1 MiB, is received (a mark left at 1 MiB would wait out the deadline). The
+    mark is back at 1 after the body: bytes a worker sends on the idle connection (here a
+    stray record) are seen, and the next request goes on a new connection."""
+    every = receive.WAKE_EVERY
+    parts = [every + 500, every // 2]  # the last one waited for with the mark at its size
+    kept: list[ssl.SSLSocket] = []  # open until the test ends (the server goes on)
+
+    def answer(conn: ssl.SSLSocket) -> None:
+        kept.append(conn)
+        if len(kept) > 1:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
+        body = pattern(sum(parts))
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        at = 0
+        for i, n in enumerate(parts):
+            conn.sendall(body[at : at + n])
+            at += n
+            if i < len(parts) - 1:
+                time.sleep(0.3)
+        time.sleep(0.2)
+        conn.sendall(b"xx")  # on the idle connection
+
+    raw = RawServer(server_context(ca), answer)
+    try:
+        conns = conns_for(trusting(ca))
+        url = f"https://127.0.0.1:{raw.port}/body"
+        got = await asyncio.wait_for(conns.get(url, {}, {}, 20.0), 30)
+        assert got.status == 200 and bytes(got.body) == pattern(sum(parts))
+        await asyncio.sleep(0.5)  # (the stray bytes there)
+        again = await asyncio.wait_for(conns.get(url, {}, {}, 20.0), 30)
+        assert bytes(again.body) == b"ok"
+        assert conns.opened == 2
+    finally:
+        raw.close()
+        for c in kept:
+            c.close()
+
+
 async def test_a_silent_server_is_a_worker_error_within_the_timeout(
     engine: str, ca: trustme.CA, conns_for: Any
 ) -> None:

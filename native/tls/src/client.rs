@@ -94,6 +94,45 @@ struct DeadlineReader {
     deadline: Option<Instant>,
 }
 
+/// A thread receiving a large body is woken once this many bytes wait in the socket (its
+/// SO_RCVLOWAT), not whenever anything arrives (`fluidfed/data/receive.py`, WAKE_EVERY).
+const WAKE_EVERY: usize = 1 << 20;
+
+/// Room for the part of a record rustls may hold undecrypted: ciphertext that already
+/// left the socket, so the bytes still to come may fall that much short of the plaintext
+/// still owed (a TLS record is at most 16 KiB of plaintext plus 256 bytes and a header).
+const HELD_RECORD: usize = (1 << 14) + 256 + 5;
+
+/// The socket's wake-up mark while `owed` plaintext bytes of a body are still to come:
+/// never above what must still arrive (the poll would wait for bytes that never come),
+/// 1 (any byte) for small reads. A power of two, so that it changes (a system call) a
+/// few times per body, not at each of the receives of a few KiB rustls makes.
+fn mark_for(owed: usize) -> libc::c_int {
+    let sure = owed.saturating_sub(HELD_RECORD).min(WAKE_EVERY);
+    if sure < 64 * 1024 {
+        1
+    } else {
+        (1usize << sure.ilog2()) as libc::c_int
+    }
+}
+
+fn set_mark(fd: RawFd, mark: libc::c_int) -> io::Result<()> {
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&mark as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Wait until `fd` is readable, at most until `deadline`: TimedOut when it passes first.
 fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
     loop {
@@ -165,7 +204,8 @@ pub(crate) struct ClientConn {
     tls: ClientConnection,
     fd: RawFd,
     deadline: Option<Instant>,
-    eof: bool, // the server's close_notify, or the end of its TCP stream
+    eof: bool,         // the server's close_notify, or the end of its TCP stream
+    mark: libc::c_int, // the socket's SO_RCVLOWAT as last set (1: the kernel's default)
 }
 
 impl ClientConn {
@@ -181,6 +221,14 @@ impl ClientConn {
         Ok(())
     }
 
+    fn set_mark(&mut self, mark: libc::c_int) -> io::Result<()> {
+        if mark != self.mark {
+            set_mark(self.fd, mark)?;
+            self.mark = mark;
+        }
+        Ok(())
+    }
+
     fn read_tls(&mut self) -> io::Result<usize> {
         let mut reader = DeadlineReader {
             fd: self.fd,
@@ -189,8 +237,10 @@ impl ClientConn {
         self.tls.read_tls(&mut reader)
     }
 
-    /// Read records once (waiting for the socket) and decrypt them.
-    fn more(&mut self) -> Result<(), Failure> {
+    /// Read records once (waiting for the socket) and decrypt them, `owed` plaintext
+    /// bytes still wanted (the wake-up mark follows it: `mark_for`).
+    fn more(&mut self, owed: usize) -> Result<(), Failure> {
+        self.set_mark(mark_for(owed)).map_err(Failure::Io)?;
         match self.read_tls() {
             Ok(0) => self.eof = true,
             Ok(_) => {}
@@ -206,7 +256,17 @@ impl ClientConn {
 
     /// Decrypted bytes into `out` until it is full or the server closed: how many.
     /// A socket wait that runs out after some bytes returns those (the caller asks again).
+    /// The socket's wake-up mark is back at 1 after (the next answer's head; Python's
+    /// check of an idle connection).
     fn fill(&mut self, out: &mut [u8]) -> Result<usize, Failure> {
+        let got = self.fill_marked(out);
+        match (got, self.set_mark(1)) {
+            (Ok(_), Err(e)) => Err(Failure::Io(e)),
+            (got, _) => got,
+        }
+    }
+
+    fn fill_marked(&mut self, out: &mut [u8]) -> Result<usize, Failure> {
         let mut got = 0;
         loop {
             while got < out.len() {
@@ -227,7 +287,7 @@ impl ClientConn {
             if got == out.len() || self.eof {
                 return Ok(got);
             }
-            match self.more() {
+            match self.more(out.len() - got) {
                 Err(Failure::Io(e)) if timed_out(&e) && got > 0 => return Ok(got),
                 other => other?,
             }
@@ -269,6 +329,7 @@ impl ClientConn {
             fd,
             deadline: None,
             eof: false,
+            mark: 1,
         })
     }
 
@@ -331,7 +392,7 @@ impl ClientConn {
                 if self.eof {
                     return Ok(0);
                 }
-                self.more()?;
+                self.more(0)?;
             }
         });
         let got = got.map_err(|f| self.raise(f))?;
