@@ -7,9 +7,10 @@ chunk into a new bytes object, and `read()` joined them (a second copy of the bl
 every chunk a callback on the event loop. Here one GET runs in a thread on a blocking
 socket: the response head is read and parsed by httptools (llhttp, the parser aiohttp
 and uvicorn build on), then the body, its length known from Content-Length, is received
-straight into a buffer of that size with `recv_into(MSG_WAITALL)`: one system call for
-the block while the event loop and the GIL are free, then its CRC in the same thread
-(figures: README, "Measured design decisions").
+straight into a buffer of that size, the thread woken by the kernel once a MiB of it
+waits (SO_RCVLOWAT; a blocking receive is woken for every few segments) while the event
+loop and the GIL are free, then its CRC in the same thread (figures: README, "Measured
+design decisions").
 
 HTTP/1.1 on the wire, the worker unchanged (aiohttp). Connections are kept alive and
 reused, at most `idle` idle ones per worker, each closed after `IDLE_FOR` seconds idle
