@@ -70,6 +70,7 @@ HEAD_READ = 2**12
 # receiver's CPU per GiB -25% over plain HTTP on loopback, 512 KiB to 2 MiB alike (figures:
 # README, "Measured design decisions")
 WAKE_EVERY = 2**20
+WINDOW_AT_LEAST = 4 * WAKE_EVERY  # (see `_open_window`)
 MAX_HEAD = 2**16  # a longer head is refused
 
 
@@ -401,6 +402,7 @@ class Connections:
         sock: _Socket = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _open_window(raw)
             ctx = (self.tls or _system_roots()) if where.secure else None
             config = tlsclient.rustls_config(ctx) if ctx is not None and self.rustls else None
             if ctx is not None and config is None:
@@ -665,7 +667,7 @@ def _exchange_on(
             view[got : got + len(piece)] = piece
             got += len(piece)
         head.pieces.clear()
-        if type(sock) is socket.socket:  # plain TCP (TLS sockets receive their own way)
+        if got < n and type(sock) is socket.socket:  # plain TCP (TLS: its own way)
             got = _receive_woken_per_piece(sock, view, got, n, deadline)
         # an ssl socket takes no flags: it receives a record at a time (rustls: all of the
         # body it can)
@@ -690,6 +692,19 @@ def _exchange_on(
         body = b"".join(head.pieces)
     crc = blocks.checksum(body) if checksum and status in (200, 206) else -1
     return Answer(status, head.headers, body, crc), keep
+
+
+def _open_window(sock: socket.socket) -> None:
+    """Let the connection's receive window grow past the wake-up mark from the start.
+    Raising SO_RCVLOWAT above the receive buffer also raises the buffer, and clamps the
+    window to the mark: a window of exactly the mark would fill before the reader is woken,
+    leaving the sender idle a round trip per mark until autotuning grew it. Set once to
+    WINDOW_AT_LEAST (the kernel caps it at half of tcp_rmem's largest) and back to 1, the
+    window starts at least that large; the marks set later lie below it and change
+    nothing else. Best effort."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, WINDOW_AT_LEAST)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
 def _receive_woken_per_piece(

@@ -6,6 +6,7 @@ told right."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -161,6 +162,12 @@ async def test_a_body_arriving_in_pauses_is_received_whole_and_the_connection_re
     every = receive.WAKE_EVERY
     conns = receive.Connections()
     try:
+        # a new connection's window is larger than a mark from the start (a window of just
+        # the mark would fill before the reader is woken, the sender idle meanwhile)
+        small = await conns.get(paced, {"parts": "10", "end": "whole", "pause": "0"}, {}, 20.0)
+        assert bytes(small.body) == pattern(10)
+        ((sock, _),) = [kept for idle in conns._idle.values() for kept in idle]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) >= 2 * every
         for parts in (
             [every + 500, every - 100, 37],  # each pause leaves less than the mark owed
             [100, 5, every * 2 + 3],
@@ -173,6 +180,8 @@ async def test_a_body_arriving_in_pauses_is_received_whole_and_the_connection_re
             small = await conns.get(paced, {"parts": "10", "end": "whole", "pause": "0"}, {}, 20.0)
             assert bytes(small.body) == pattern(10)
         assert conns.opened == 1
+        ((sock, _),) = [kept for idle in conns._idle.values() for kept in idle]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1  # mark put back
     finally:
         conns.close()
 

@@ -222,7 +222,23 @@ def _cut_with_close_notify(conn: ssl.SSLSocket) -> None:
     conn.unwrap().close()
 
 
-@pytest.mark.parametrize("answer", [_cut, _cut_with_close_notify], ids=["end", "close_notify"])
+_unwrapped: list[socket.socket] = []  # (kept open: no FIN after the close_notify)
+
+
+def _cut_with_close_notify_later(conn: ssl.SSLSocket) -> None:
+    """Part of the body, a pause (the client waiting for more), then close_notify with the
+    TCP connection left open, as fluidfed's server does when it lingers: the few bytes
+    of the alert must end the receive at once, not at its deadline."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 100_000)
+    time.sleep(0.5)
+    _unwrapped.append(conn.unwrap())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [_cut, _cut_with_close_notify, _cut_with_close_notify_later],
+    ids=["end", "close_notify", "close_notify_later"],
+)
 async def test_a_body_cut_short_is_a_worker_error_not_a_short_block(
     engine: str, ca: trustme.CA, answer: Any, conns_for: Any
 ) -> None:
@@ -233,6 +249,9 @@ async def test_a_body_cut_short_is_a_worker_error_not_a_short_block(
             await get(conns, raw.port, 1)
     finally:
         raw.close()
+        for s in _unwrapped:
+            s.close()
+        _unwrapped.clear()
 
 
 async def test_a_body_arriving_in_pauses_is_received_whole_and_stray_bytes_after_seen(

@@ -89,10 +89,17 @@ impl ClientConfig {
 }
 
 /// The socket as rustls's reader, each receive waiting at most until the deadline.
-struct DeadlineReader {
+struct DeadlineReader<'a> {
     fd: RawFd,
     deadline: Option<Instant>,
+    mark: &'a mut libc::c_int, // the socket's SO_RCVLOWAT (see `MARK_PATIENCE`)
 }
+
+/// How long a wait for the wake-up mark lasts before it is given up for any byte: a
+/// server's close_notify (a few dozen bytes, the TCP connection left open, as fluidfed's
+/// own server lingers) or the last bytes of a slow stream never reach the mark, and
+/// would otherwise be read only at the deadline. A stream at 50 MB/s fills a MiB sooner.
+const MARK_PATIENCE: Duration = Duration::from_millis(20);
 
 /// A thread receiving a large body is woken once this many bytes wait in the socket (its
 /// SO_RCVLOWAT), not whenever anything arrives (`fluidfed/data/receive.py`, WAKE_EVERY).
@@ -165,7 +172,7 @@ fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
 // while a body streams in (rustls reads at most 4 KiB past what it holds, 4-5 receives
 // per 16 KiB record). Taking them from a 256 KiB buffer of our own instead, one receive per
 // 256 KiB, measured the same CPU per GiB and a little less throughput (bench/tls_receive.py).
-impl Read for DeadlineReader {
+impl Read for DeadlineReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let Some(deadline) = self.deadline else {
             return Fd(self.fd).read(out); // the socket's own timeout
@@ -184,6 +191,16 @@ impl Read for DeadlineReader {
             }
             let err = io::Error::last_os_error();
             match err.kind() {
+                io::ErrorKind::WouldBlock if *self.mark > 1 => {
+                    let soon = deadline.min(Instant::now() + MARK_PATIENCE);
+                    match wait_readable(self.fd, soon) {
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut && soon < deadline => {
+                            set_mark(self.fd, 1)?; // any byte from now on
+                            *self.mark = 1;
+                        }
+                        other => other?,
+                    }
+                }
                 io::ErrorKind::WouldBlock => wait_readable(self.fd, deadline)?,
                 io::ErrorKind::Interrupted => {}
                 _ => return Err(err),
@@ -233,6 +250,7 @@ impl ClientConn {
         let mut reader = DeadlineReader {
             fd: self.fd,
             deadline: self.deadline,
+            mark: &mut self.mark,
         };
         self.tls.read_tls(&mut reader)
     }
@@ -240,7 +258,13 @@ impl ClientConn {
     /// Read records once (waiting for the socket) and decrypt them, `owed` plaintext
     /// bytes still wanted (the wake-up mark follows it: `mark_for`).
     fn more(&mut self, owed: usize) -> Result<(), Failure> {
-        self.set_mark(mark_for(owed)).map_err(Failure::Io)?;
+        // (no deadline: blocking receives, which a mark would hold until enough came)
+        let mark = if self.deadline.is_some() {
+            mark_for(owed)
+        } else {
+            1
+        };
+        self.set_mark(mark).map_err(Failure::Io)?;
         match self.read_tls() {
             Ok(0) => self.eof = true,
             Ok(_) => {}
