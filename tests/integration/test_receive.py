@@ -167,6 +167,7 @@ async def test_a_body_arriving_in_pauses_is_received_whole_and_the_connection_re
         small = await conns.get(paced, {"parts": "10", "end": "whole", "pause": "0"}, {}, 20.0)
         assert bytes(small.body) == pattern(10)
         ((sock, _),) = [kept for idle in conns._idle.values() for kept in idle]
+        assert isinstance(sock, socket.socket)  # (plain HTTP)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) >= 2 * every
         for parts in (
             [every + 500, every - 100, 37],  # each pause leaves less than the mark owed
@@ -181,6 +182,7 @@ async def test_a_body_arriving_in_pauses_is_received_whole_and_the_connection_re
             assert bytes(small.body) == pattern(10)
         assert conns.opened == 1
         ((sock, _),) = [kept for idle in conns._idle.values() for kept in idle]
+        assert isinstance(sock, socket.socket)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1  # mark put back
     finally:
         conns.close()
