@@ -402,7 +402,6 @@ class Connections:
         sock: _Socket = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _open_window(raw)
             ctx = (self.tls or _system_roots()) if where.secure else None
             config = tlsclient.rustls_config(ctx) if ctx is not None and self.rustls else None
             if ctx is not None and config is None:
@@ -421,6 +420,7 @@ class Connections:
                 tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+                _open_window(raw)  # (the receives that set wake-up marks: these two)
                 if config is not None:  # the handshake, within what is left
                     left = max(deadline - time.monotonic(), 0.001)
                     sock = tlsclient.RustlsSocket(raw, config, where.host, left)
