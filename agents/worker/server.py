@@ -231,7 +231,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
                     protocol.CACHE: "hit",
                 }
             )
-        held = await w.store.open_verified(key)
+        held = w.store.open_verified(key)
         if held is not None:
             w.count_served(1, held[1])
             return _BlockFile(

@@ -111,8 +111,9 @@ class _Tier:
 
     def open_data(self, key: str) -> BinaryIO | None:
         """The block file, open for sending without reading it here; None if it is gone."""
+        assert self.dir is not None
         try:
-            return open(self.file(key), "rb")  # the caller closes it
+            return open(block_file(str(self.dir), key), "rb")  # the caller closes it
         except FileNotFoundError:
             return None
 
@@ -222,7 +223,7 @@ class BlockStore:
         held = tier.verified.get(key) if tier is not None else None
         return None if tier is None or held is None else (tier, held)
 
-    async def open_verified(self, key: str) -> tuple[BinaryIO, int, int] | None:
+    def open_verified(self, key: str) -> tuple[BinaryIO, int, int] | None:
         """A disk block whose CRC already held once, as (file, length, CRC) for sending
         straight from the page cache (counted as a hit); None: use `get`, which reads and
         checks it. The receiver checks the CRC end to end and asks again with a full
@@ -231,7 +232,11 @@ class BlockStore:
         if checked is None:
             return None
         tier, held = checked
-        f = await asyncio.to_thread(tier.open_data, key)
+        # opened here, not in a thread: a block checked once was opened lately (its path
+        # in the kernel's dentry cache), and the hand-off to a thread and back cost a
+        # worker more than the open (small files from a worker on another node: 2,081 ->
+        # 2,326 files/s, the worker 0.32 -> 0.23 CPU-ms per file; README)
+        f = tier.open_data(key)
         if f is None:
             return None
         self._hit(tier, key)

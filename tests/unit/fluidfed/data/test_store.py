@@ -131,7 +131,7 @@ async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_wh
         assert await store.get_span(key, 10, 5) == data[10:15]
         # nobody is pointed at, or sent, a file that is not whole yet
         assert store.locate(key) is None
-        assert await store.open_verified(key) is None
+        assert store.open_verified(key) is None
         assert (store.stats.hits, store.stats.misses) == (2, 0)
     finally:
         gate.open.set()
@@ -139,6 +139,12 @@ async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_wh
     assert store.snapshot().writing == 0
     assert read_block_file(path) == (data, blocks.checksum(data))
     assert store.locate(key) == (str(path), 100, blocks.checksum(data))
+    # once whole, the file is handed out for sending as it lies (the trailer after the data)
+    opened = store.open_verified(key)
+    assert opened is not None
+    f, length, crc = opened
+    with f:
+        assert (f.read(length), length, crc) == (data, 100, blocks.checksum(data))
 
 
 async def test_waiting_for_the_files_waits_for_every_write_behind(
