@@ -14,7 +14,10 @@ on the same MinIO (loopback), in the same run, clients interleaved, medians of -
                   files dropped from the page cache (fluidfed: on this node), each client
                   from its disk (the peers write their caches through the page cache,
                   a worker its large blocks past it: without these steps the peers' warm
-                  rows read memory and fluidfed's first warm run the disk)
+                  rows read memory and fluidfed's first warm run the disk); each such
+                  row also as a share of the same file read from the local disk (fio,
+                  its pages dropped) just before it (`of_local_disk`): the disk's rate
+                  moves by up to 2x within an hour on this VM
            reread the same mount again, the kernel's page cache warm
            fill   the first read of each client filling its empty cache (fluidfed: through
                   an empty cache worker), --runs times, the clients taking turns (`--only
@@ -310,7 +313,7 @@ def measure(m: Mounted, fn: Callable[[], dict[str, Any]], per: float, unit: str)
 
 
 def seq_runs(
-    b: Bench, clients: list[str], size: int, runs: int, fill_only: bool = False
+    b: Bench, clients: list[str], local: Path, size: int, runs: int, fill_only: bool = False
 ) -> dict[str, Any]:
     big = "big.bin"
     gib = size / 2**30
@@ -332,6 +335,17 @@ def seq_runs(
 
     def add(row: str, got: dict[str, Any]) -> None:
         out.setdefault(row, []).append(got)
+
+    def dropped(row: str, m: Mounted) -> None:
+        """A read of a cache whose files were dropped from the page cache, against the
+        same file read from the local disk just before (fio drops its pages first): this
+        disk's rate moves by up to 2x within an hour here, and the clients' dropped rows
+        are measured minutes apart (`of_local_disk`: the client's share of it)."""
+        disk = rp.fio(local / big, "read", "1M", size=size)["MiB_per_s"]
+        add("local disk, page cache dropped (before each dropped row)", {"MiB_per_s": disk})
+        got = fio(m)
+        got["of_local_disk"] = round(got["MiB_per_s"] / disk, 2)
+        add(row, got)
 
     workers: dict[str, processes.WorkerProcess] = {}
     old: list[processes.WorkerProcess] = []
@@ -385,12 +399,12 @@ def seq_runs(
                     rp.drop_cached(cache)
                     m = b.open(c, cache=True)
                     try:
-                        add(f"{c}: warm, own cache, page cache dropped", fio(m))
+                        dropped(f"{c}: warm, own cache, page cache dropped", m)
                     finally:
                         m.close()
                     continue
-                for way, local in (("same node", True), ("remote, HTTP", False)):
-                    m = b.fluidfed(c, [workers[c]], short_circuit=local)
+                for way, here in (("same node", True), ("remote, HTTP", False)):
+                    m = b.fluidfed(c, [workers[c]], short_circuit=here)
                     try:
                         add(f"{c}: warm, worker {way}", fio(m))
                     finally:
@@ -398,7 +412,7 @@ def seq_runs(
                 rp.drop_cached(cache)
                 m = b.fluidfed(c, [workers[c]], short_circuit=True)
                 try:
-                    add(f"{c}: warm, worker same node, page cache dropped", fio(m))
+                    dropped(f"{c}: warm, worker same node, page cache dropped", m)
                 finally:
                     m.close()
     finally:
@@ -604,7 +618,9 @@ def main() -> None:
         results["versions"] = versions(b, clients)
         tables = []
         if "seq" in only or "fill" in only:
-            results["seq"] = seq_runs(b, clients, size, args.runs, fill_only="seq" not in only)
+            results["seq"] = seq_runs(
+                b, clients, local, size, args.runs, fill_only="seq" not in only
+            )
             tables.append(table(f"{args.size_mib} MiB sequential, fio 1 MiB", results["seq"]))
         if "small" in only:
             results["small"] = small_runs(b, clients, local, keys, args.runs)
