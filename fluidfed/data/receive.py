@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import os
 import select
 import socket
@@ -48,7 +49,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, cast
 
@@ -88,34 +89,38 @@ class Buffers:
 
     Every buffer handed out is tracked; one is reused only when the tracking list holds
     its last reference: a block in the memory tier, a slice in a FUSE reply, any view of
-    it keeps it (every view holds its bytearray), so a buffer is never overwritten while
-    still referenced. At most `spare` unreferenced ones are kept (the sidecar's memory tier
-    lets go of ~5 blocks at once: with 4 kept, half the blocks of a warm read came in new
-    buffers), and none after `idle` seconds without a block.
+    it keeps it (every view holds its bytearray or mapping), so a buffer is never
+    overwritten while still referenced. At most `spare` unreferenced ones are kept (the
+    sidecar's memory tier lets go of ~5 blocks at once: with 4 kept, half the blocks of a
+    warm read came in new buffers), and none after `idle` seconds without a block.
 
     A buffer is handed out as a view of `n` bytes that starts on a page boundary (each
     buffer is a page longer than its block): a cache worker writes a block of 1 MiB or
     more to its disk with O_DIRECT straight from there, not through a copy into aligned
-    memory (`blockfile`; 10% of a worker's CPU filling its cache, figures: README)."""
+    memory (`blockfile`; 10% of a worker's CPU filling its cache, figures: README). A
+    buffer of a huge page or more starts on a huge-page boundary and is made of huge pages
+    where the kernel has them (`heap.huge`): a direct read or write of a block is then one
+    request to the disk, not five."""
 
     def __init__(self, spare: int = 8, idle: float = 2.0) -> None:
         self.spare = spare
         self.idle = idle
         self.reused = 0
-        self._held: list[bytearray] = []
+        self._held: list[bytearray | mmap.mmap] = []
         self._lock = threading.Lock()
         self._last = 0.0
 
     def take(self, n: int) -> memoryview:
-        size = n + heap.PAGE
+        huge = n >= heap.HUGE  # (of huge pages: `heap.huge`; smaller ones from the heap)
+        size = n + (heap.HUGE if huge else heap.PAGE)
         with self._lock:
             self._last = time.monotonic()
-            found: bytearray | None = None
+            found: bytearray | mmap.mmap | None = None
             spare = 0
-            keep: list[bytearray] = []
+            keep: list[bytearray | mmap.mmap] = []
             for buf, free in zip(self._held, _unreferenced(self._held), strict=True):
                 if free:
-                    if found is None and len(buf) == size:
+                    if found is None and len(buf) == size and isinstance(buf, mmap.mmap) == huge:
                         found = buf
                         continue
                     if spare >= self.spare:
@@ -125,9 +130,11 @@ class Buffers:
             if found is not None:
                 self.reused += 1
             else:
-                found = heap.uninitialized(size)
+                found = heap.huge(n) if huge else heap.uninitialized(size)
             keep.append(found)
             self._held = keep
+            if isinstance(found, mmap.mmap):
+                return heap.huge_aligned(found, n)
             return heap.page_aligned(found, n)
 
     def forget_idle(self) -> bool:
@@ -145,7 +152,7 @@ class Buffers:
             return sum(_unreferenced(self._held))
 
 
-def _counts(held: list[bytearray]) -> list[int]:
+def _counts(held: Sequence[bytearray | mmap.mmap]) -> list[int]:
     return [sys.getrefcount(b) for b in held]
 
 
@@ -156,7 +163,7 @@ _REUSE = _counts([_probe := bytearray(1)])[0] > _ALONE
 del _probe
 
 
-def _unreferenced(held: list[bytearray]) -> list[bool]:
+def _unreferenced(held: Sequence[bytearray | mmap.mmap]) -> list[bool]:
     """For each buffer, whether `held` holds its only reference. Always False where the
     count cannot tell (then no buffer is reused)."""
     return [c <= _ALONE and _REUSE for c in _counts(held)]

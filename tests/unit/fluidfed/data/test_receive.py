@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fluidfed.data import heap, receive
 
 
@@ -49,3 +51,37 @@ def test_buffers_start_on_a_page_taken_new_or_again() -> None:
         again = bufs.take(n)
         assert heap.address(again) % heap.PAGE == 0
     assert bufs.reused == 3
+
+
+def _vm_flags(address: int) -> set[str]:
+    """The flags of the mapping `address` lies in (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_block_buffers_of_a_huge_page_or_more_start_on_one_and_ask_for_huge_pages() -> None:
+    # a direct read into 4 KiB pages is split by the disk's segment limit (heap.HUGE)
+    bufs = receive.Buffers()
+    n = 2 * heap.HUGE + 8192  # a block file read whole: data, trailer, the page after
+    first = bufs.take(n)
+    at = heap.address(first)
+    assert len(first) == n and at % heap.HUGE == 0
+    assert "hg" in _vm_flags(at)  # its whole huge pages asked for as such (MADV_HUGEPAGE)
+    assert "hg" not in _vm_flags(at + 2 * heap.HUGE)  # the 8 KiB after them: 4 KiB pages
+    first[:] = b"h" * n
+    kept = first[5:10]
+    del first
+    second = bufs.take(n)  # the first is still viewed: a new one
+    assert heap.address(second) != at and bytes(kept) == b"hhhhh" and bufs.reused == 0
+    second_at = heap.address(second)
+    del kept, second
+    assert heap.address(bufs.take(n)) in (at, second_at) and bufs.reused == 1
+    small = bufs.take(heap.HUGE - 1)  # smaller ones: from the heap, on a page
+    assert heap.address(small) % heap.PAGE == 0 and "hg" not in _vm_flags(heap.address(small))
