@@ -65,7 +65,7 @@ def tier_dir(path: str | Path, key: str) -> str | None:
 DIRECT_FROM = 2**20
 _ALIGN = 4096  # of a direct write's memory, offset and length (any disk's logical block)
 _CHUNK = 8 * 2**20  # largest direct write, the size of each thread's aligned buffer
-_aligned = threading.local()  # each writing thread's page-aligned buffer
+_aligned = threading.local()  # each writing thread's aligned buffer (`_write_through_aligned`)
 _buffered_only: set[str] = set()  # tier directories whose filesystem refused O_DIRECT
 
 # A buffered block file is written in pieces of at most this many bytes: given 2 MiB or
@@ -169,15 +169,15 @@ def _write_direct(tmp: str, data: blocks.Data, trailer: bytes) -> bool:
 
 def _write_through_aligned(fd: int, view: memoryview) -> None:
     """Write `view` (a multiple of _ALIGN long) at 0 in chunks copied into this thread's
-    page-aligned buffer."""
-    buf: mmap.mmap | None = getattr(_aligned, "buf", None)
-    if buf is None:
-        buf = _aligned.buf = mmap.mmap(-1, _CHUNK)
-    with memoryview(buf) as aligned:
-        for at in range(0, len(view), _CHUNK):
-            n = min(_CHUNK, len(view) - at)
-            aligned[:n] = view[at : at + n]
-            _pwrite_all(fd, aligned[:n], at)
+    aligned buffer (of huge pages, as `receive.Buffers`: a direct write from 4 KiB pages
+    is split into requests of at most 254 of them)."""
+    aligned: memoryview | None = getattr(_aligned, "buf", None)
+    if aligned is None:
+        aligned = _aligned.buf = heap.huge_aligned(heap.huge(_CHUNK), _CHUNK)
+    for at in range(0, len(view), _CHUNK):
+        n = min(_CHUNK, len(view) - at)
+        aligned[:n] = view[at : at + n]
+        _pwrite_all(fd, aligned[:n], at)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, at: int) -> None:
