@@ -348,3 +348,21 @@ async def serving(app: web.Application, host: str = "127.0.0.1") -> AsyncIterato
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+def vm_flags(address: int) -> set[str]:
+    """The flags of the mapping of this process that `address` lies in, as
+    /proc/self/smaps names them ("hg": huge pages asked for, "nh": refused)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+# whether this kernel has transparent huge pages (MADV_HUGEPAGE marks a mapping "hg")
+HAS_THP = Path("/sys/kernel/mm/transparent_hugepage").is_dir()

@@ -159,14 +159,20 @@ def huge(n: int) -> mmap.mmap:
     """Private memory for `n` bytes and a huge page more, so that `huge_aligned` finds
     `n` bytes from a huge-page boundary; its whole huge pages are asked for as such
     (MADV_HUGEPAGE: the kernel gives them at the first touch if it has them, and 4 KiB
-    pages where it has none or its setting is "never"), the rest left to 4 KiB pages (a
-    few bytes past the last whole one would otherwise take 2 MiB)."""
+    pages where it has none or its setting is "never"), what follows them kept to 4 KiB
+    pages (MADV_NOHUGEPAGE: the few bytes of a block file's trailer would otherwise take
+    2 MiB where the setting is "always"). The part before the boundary is never touched.
+    Each madvise splits the mapping: two mappings per buffer at most, one when `n` is a
+    multiple of a huge page (a block received), against the 65,530 a process may have
+    by default (vm.max_map_count): a memory tier of ~128 GiB of 4 MiB blocks."""
     m = mmap.mmap(-1, n + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    skip = -address(m) % HUGE
-    whole = n // HUGE * HUGE
-    if whole:
-        with contextlib.suppress(OSError, AttributeError):  # (no THP in this kernel)
-            m.madvise(mmap.MADV_HUGEPAGE, skip, whole)
+    end = -address(m) % HUGE + n // HUGE * HUGE  # of the whole huge pages
+    with contextlib.suppress(OSError, AttributeError):  # (a kernel without THP)
+        if n % HUGE == 0:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        elif n >= HUGE:
+            m.madvise(mmap.MADV_HUGEPAGE, 0, end)
+            m.madvise(mmap.MADV_NOHUGEPAGE, end)
     return m
 
 

@@ -232,10 +232,11 @@ class BlockStore:
         if checked is None:
             return None
         tier, held = checked
-        # opened here, not in a thread: a block checked once was opened lately (its path
-        # in the kernel's dentry cache), and the hand-off to a thread and back cost a
-        # worker more than the open (small files from a worker on another node: 2,081 ->
-        # 2,326 files/s, the worker 0.32 -> 0.23 CPU-ms per file; README)
+        # opened here, not in a thread: the hand-off to a thread and back cost a worker
+        # more than the open of a path whose directory is in the kernel's caches (small
+        # files from a worker on another node: 2,081 -> 2,326 files/s, the worker 0.32 ->
+        # 0.23 CPU-ms per file; README); a cold one reads its directory from the disk
+        # here, as sending a block file that is not in the page cache reads its data here
         f = tier.open_data(key)
         if f is None:
             return None

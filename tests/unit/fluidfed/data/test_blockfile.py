@@ -240,13 +240,16 @@ def test_a_block_starting_on_a_page_is_written_from_its_own_memory(
         write_block_file(path, payload, blocks.checksum(payload))
         aligned = getattr(blockfile._aligned, "buf", None)
         made.append(aligned is not None)
-        # (on a huge page: a direct write from 4 KiB pages is split by the disk's limit)
-        huge.extend([heap.address(aligned) % heap.HUGE == 0] if aligned is not None else [])
+        # (of huge pages: a direct write from 4 KiB pages is split by the disk's limit)
+        if aligned is not None:
+            at = heap.address(aligned)
+            huge.append(at % heap.HUGE == 0)
+            huge.append("hg" in testing.vm_flags(at) or not testing.HAS_THP)
 
     writer = threading.Thread(target=write)
     writer.start()
     writer.join()
-    assert made == [skew != 0] and all(huge)
+    assert made == [skew != 0] and huge == ([True, True] if skew else [])
     with pytest.raises(NotCached):  # past the page cache all the same
         map_block_file(path, cached_only=True)
     assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
