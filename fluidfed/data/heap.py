@@ -148,7 +148,7 @@ def page_aligned(buf: bytearray, n: int) -> memoryview:
 # A buffer of this many bytes or more is made of transparent huge pages where the kernel
 # gives them (`huge`): a read past the page cache (O_DIRECT) into 4 KiB pages takes a
 # segment per page, and a virtio disk takes at most 254 segments per request, so each 4
-# MiB block file was read in five requests of at most 1016 KiB: 4 block files read 4 at a
+# MiB block file was read in five requests of at most 1016 KiB: 256 block files read 4 at a
 # time into 4 KiB pages came at 1,054-1,508 MiB/s and 0.10-0.11 CPU-s/GiB, into huge
 # pages at 2,005-2,145 and 0.06-0.07, as fast as one big file read through the page cache
 # with the kernel's read-ahead (1,872-2,077) in the same minutes (figures: README).
