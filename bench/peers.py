@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -63,6 +64,7 @@ from devkit.local import processes
 from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
 
 READERS = rp.READERS  # --readers: threads reading the small files
+FREE_SPACE_RATIO = "0.01"  # JuiceFS's floor of free disk for its cache (see `Bench.open`)
 
 PEERS_DIR = Path(os.environ.get("FLUIDFED_PEERS", Path.home() / ".cache/fluidfed/peers"))
 JUICEFS = "github.com/juicedata/juicefs"
@@ -93,7 +95,9 @@ NOTES = {
     "juicefs": (
         "reads its own 4 MiB chunk objects (the data written through its mount), not the "
         "dataset's objects; metadata in SQLite on local disk (no S3 LIST, no HEAD per "
-        "open); cold: --cache-size 0; warm: its disk cache on this node's disk"
+        "open); cold: --cache-size 0; warm: its disk cache on this node's disk, "
+        f"--free-space-ratio {FREE_SPACE_RATIO} (its default, 0.1, stopped its cache on this "
+        "VM's root filesystem: 11% free to non-root users)"
     ),
 }
 
@@ -237,6 +241,14 @@ class Bench:
         if client == "juicefs":
             argv = [self.juicefs, "mount", self.meta, str(mnt), "--no-usage-report"]
             argv += ["--cache-dir", str(cdir), "--cache-size", "102400" if cache else "0"]
+            # JuiceFS caches only while a tenth of the disk is free to non-root users
+            # (statfs's f_bavail; `--free-space-ratio`, default 0.1) and evicts its cache
+            # below that: on this VM's root filesystem (11% free to non-root, much held for
+            # root) the caches of one run took it under, and JuiceFS's fill rows then wrote
+            # no cache and its warm rows read from MinIO. The other clients keep no such
+            # floor (s3fs's ensure_diskfree and rclone's --cache-min-free-space are off by
+            # default; fluidfed's disk tier has its size)
+            argv += ["--free-space-ratio", FREE_SPACE_RATIO]
             return start_peer(argv, mnt, log, {})
         raise ValueError(client)
 
@@ -292,6 +304,23 @@ class Bench:
 
 
 pythonpath = rp.pythonpath  # (cold_worker.py uses it from here)
+
+
+def cache_held(b: Bench, client: str, worker: processes.WorkerProcess | None = None) -> float:
+    """MiB a client's cache holds on disk after a fill (its files' allocated blocks: s3fs's
+    are sparse), once its writes are done: each fill row says how much of the data the
+    warm and dropped rows then find cached."""
+    if worker is not None:
+        worker.wait_written()
+        where = worker.dir
+    else:
+        where = b.caches(client)
+    held = 0
+    for top, _, names in os.walk(where):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                held += os.lstat(os.path.join(top, name)).st_blocks * 512
+    return round(held / 2**20, 1)
 
 
 T = TypeVar("T")
@@ -366,12 +395,13 @@ def seq_runs(
                 else:
                     b.fresh_cache(c)
                     m = b.open(c, cache=True)
+                row = f"{c}: cold, filling its cache" + (" (a worker)" if c in b.trees else "")
                 try:
                     time.sleep(b.settle)
-                    row = f"{c}: cold, filling its cache" + (" (a worker)" if c in b.trees else "")
                     add(row, fio(m))
                 finally:
                     m.close()
+                out[row][-1]["cache_MiB"] = cache_held(b, c, workers.get(c))
         for w in workers.values():
             w.wait_written()  # its last blocks' files, or they drop what is loaded below
         os.sync()
@@ -438,11 +468,14 @@ def small_runs(
 
     for c in clients:
         if c not in b.trees:  # fill each peer's own cache once
+            before = cache_held(b, c)  # (the sequential rows' file, when they ran)
             m = b.open(c, cache=True)
             try:
                 add(f"{c}: cold, filling its cache", read(m))
             finally:
                 m.close()
+            held = cache_held(b, c) - before
+            out[f"{c}: cold, filling its cache"][-1]["cache_MiB"] = round(held, 1)
     os.sync()
     for r in range(runs):
         local_paths = [local / key for key in keys]
@@ -467,10 +500,12 @@ def small_runs(
             w = b.worker(c, "small", total_mib)
             try:
                 m = b.fluidfed(c, [w], short_circuit=False)
+                row = f"{c}: cold, through an empty cache worker (HTTP)"
                 try:
-                    add(f"{c}: cold, through an empty cache worker (HTTP)", read(m))
+                    add(row, read(m))
                 finally:
                     m.close()
+                out[row][-1]["cache_MiB"] = cache_held(b, c, w)
                 for way, sc in (("same node", True), ("remote, HTTP", False)):
                     rp.drop_cached(w.dir)
                     m = b.fluidfed(c, [w], short_circuit=sc)
