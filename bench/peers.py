@@ -96,8 +96,8 @@ NOTES = {
         "reads its own 4 MiB chunk objects (the data written through its mount), not the "
         "dataset's objects; metadata in SQLite on local disk (no S3 LIST, no HEAD per "
         "open); cold: --cache-size 0; warm: its disk cache on this node's disk, "
-        f"--free-space-ratio {FREE_SPACE_RATIO} (its default, 0.1, stopped its cache on this "
-        "VM's root filesystem: 11% free to non-root users)"
+        f"--free-space-ratio {FREE_SPACE_RATIO} (at its default, 0.1, it evicted its cache on "
+        "this VM's root filesystem: 11% free to non-root users)"
     ),
 }
 
@@ -241,13 +241,13 @@ class Bench:
         if client == "juicefs":
             argv = [self.juicefs, "mount", self.meta, str(mnt), "--no-usage-report"]
             argv += ["--cache-dir", str(cdir), "--cache-size", "102400" if cache else "0"]
-            # JuiceFS caches only while a tenth of the disk is free to non-root users
-            # (statfs's f_bavail; `--free-space-ratio`, default 0.1) and evicts its cache
-            # below that: on this VM's root filesystem (11% free to non-root, much held for
-            # root) the caches of one run took it under, and JuiceFS's fill rows then wrote
-            # no cache and its warm rows read from MinIO. The other clients keep no such
-            # floor (s3fs's ensure_diskfree and rclone's --cache-min-free-space are off by
-            # default; fluidfed's disk tier has its size)
+            # JuiceFS evicts its cache, checking every second, while less than a tenth of
+            # the disk is free to non-root users (statfs's f_bavail; `--free-space-ratio`,
+            # default 0.1): on this VM's root filesystem (11% free to non-root, much of the
+            # rest held for root) the caches of one run took it under, and its warm rows
+            # then read from MinIO what it had evicted. The other clients keep no such
+            # floor (s3fs's ensure_diskfree is 0 by default, rclone 1.60 has none; fluidfed's
+            # disk tier has its size)
             argv += ["--free-space-ratio", FREE_SPACE_RATIO]
             return start_peer(argv, mnt, log, {})
         raise ValueError(client)
@@ -312,7 +312,7 @@ def cache_held(b: Bench, client: str, worker: processes.WorkerProcess | None = N
     warm and dropped rows then find cached."""
     if worker is not None:
         worker.wait_written()
-        where = worker.dir
+        where = worker.dir / "ssd"  # its disk tier (`read_path.warm_worker`), not its logs
     else:
         where = b.caches(client)
     held = 0
