@@ -80,7 +80,8 @@ PREFIX = "data"  # the dataset's objects in the bucket
 # where a comparison is not like for like
 NOTES = {
     "fluidfed": (
-        "4 MiB blocks, 4 blocks read ahead (5 GETs in flight), kernel read-ahead 1 MiB, "
+        "4 MiB blocks, 4 blocks read ahead (5 GETs in flight), kernel read-ahead 1 MiB (4 MiB "
+        "with workers), "
         "keep_cache; warm: a cache worker's disk tier on this node's disk, read by the "
         "sidecar from the block files (same node) or over HTTP (remote)"
     ),
