@@ -80,8 +80,7 @@ PREFIX = "data"  # the dataset's objects in the bucket
 # where a comparison is not like for like
 NOTES = {
     "fluidfed": (
-        "4 MiB blocks, 4 blocks read ahead (5 GETs in flight), kernel read-ahead 1 MiB (4 MiB "
-        "with workers), "
+        "4 MiB blocks, 4 blocks read ahead (5 GETs in flight), kernel read-ahead 1 MiB, "
         "keep_cache; warm: a cache worker's disk tier on this node's disk, read by the "
         "sidecar from the block files (same node) or over HTTP (remote)"
     ),

@@ -36,19 +36,9 @@ log = logging.getLogger("fluidfed.sidecar")
 
 # The kernel's read-ahead for the mount: one full-size FUSE request (1 MiB, libfuse 3's
 # largest) ahead of the reader. The sidecar fetches whole blocks `readahead` blocks ahead
-# itself; a deeper kernel window (20 MiB was tried) only queued more requests on the event
-# loop and made warm sequential reads slower, and 4 MiB still makes a cold read from the
-# under storage slower (893 -> 858 MiB/s). With cache workers, 4 MiB: four READs in
-# flight keep the replying threads busy where blocks come from a worker's block files in
-# the page cache (1,323 -> 1,515 MiB/s), and change nothing measurable where they come
-# over HTTP or fill the worker (README, "Measured design decisions").
+# itself; a deeper kernel window (20 MiB was tried) only queues more requests on the event
+# loop and made warm sequential reads slower (README, "Measured design decisions").
 KERNEL_READAHEAD_KIB = 1024
-WITH_WORKERS_READAHEAD_KIB = 4096
-
-
-def kernel_readahead_kib(cfg: SidecarConfig) -> int:
-    """The mount's kernel read-ahead for this sidecar: deeper where it has cache workers."""
-    return WITH_WORKERS_READAHEAD_KIB if cfg.workers.urls() else KERNEL_READAHEAD_KIB
 
 
 def tune_readahead(mountpoint: str, kib: int) -> int | None:
@@ -337,8 +327,7 @@ class Sidecar:
             main = asyncio.create_task(fuse.main())
             # ready once the mount answers a request through the kernel
             await asyncio.to_thread(os.stat, self.mountpoint)
-            kib = kernel_readahead_kib(self.cfg)
-            await asyncio.to_thread(tune_readahead, self.mountpoint, kib)
+            await asyncio.to_thread(tune_readahead, self.mountpoint, KERNEL_READAHEAD_KIB)
             self.ready.set()
             if self.ready_file:
                 await asyncio.to_thread(Path(self.ready_file).write_text, self.mountpoint + "\n")

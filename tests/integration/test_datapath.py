@@ -390,24 +390,6 @@ def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     assert sc.status()["blocks"]["worker_hits"] == block_count(want)
 
 
-def mount_read_ahead_kib(mountpoint: Path) -> int:
-    """The kernel's read-ahead for a mount: its backing device info's."""
-    dev = os.stat(mountpoint).st_dev
-    return int(Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").read_text())
-
-
-def test_a_sidecar_with_cache_workers_has_the_kernel_read_further_ahead(
-    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
-) -> None:
-    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
-    alone = sidecars(sidecar_config(mount, []))
-    beside = sidecars(sidecar_config(mount, ws.urls()))
-    assert mount_read_ahead_kib(alone.mountpoint) == 1024  # the under storage: one request
-    assert mount_read_ahead_kib(beside.mountpoint) == 4096  # a worker's files: four
-    read_all(beside.mountpoint, want)
-    read_all(alone.mountpoint, want)
-
-
 @pytest.mark.parametrize("engine", ["native", "pyfuse3"])
 def test_small_files_beside_their_worker_are_read_from_its_files_once(
     engine: str,
