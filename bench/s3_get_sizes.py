@@ -18,17 +18,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import read_path as rp
 
 from devkit.local.s3 import S3Server
 
 RANGES = (1 << 20, 4 << 20, 8 << 20, 16 << 20)
 WHOLE = (4 << 20, 16 << 20)
 IN_FLIGHT = 5
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def get_all(jobs: list[tuple[str, str | None]]) -> int:
@@ -80,9 +76,9 @@ async def main() -> None:
                     for piece in WHOLE
                 ]
                 for name, jobs in rows:
-                    c0, t0 = cpu_seconds(pid), time.perf_counter()
+                    c0, t0 = rp.cpu_seconds(pid), time.perf_counter()
                     n = await get_all(jobs)
-                    dt, used = time.perf_counter() - t0, cpu_seconds(pid) - c0
+                    dt, used = time.perf_counter() - t0, rp.cpu_seconds(pid) - c0
                     gib = n / 2**30
                     print(
                         f"round {r}: {name}: {n / 2**20 / dt:6.0f} MiB/s, "
