@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +32,8 @@ log = logging.getLogger("fluidfed.worker")
 # answers a miss before the block file is written (README, "Measured design decisions");
 # past this, a miss waits for its file
 WRITE_BEHIND = 64 * 2**20
+AHEAD_KEPT = 4096  # blocks read with a miss before them remembered until served (`fresh`)
+AHEAD_FOR = 30.0  # seconds such a block's first answer still counts as a miss
 
 # a file of the dataset as listed, or as a block request names it: the server passes the
 # query itself, no FileRef built per request
@@ -87,6 +90,7 @@ class Worker:
         )
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[blocks.Data, int]]] = {}
+        self._ahead: dict[str, float] = {}  # read with a miss, not served yet: when (`fresh`)
         self._fetch_slots = asyncio.Semaphore(cfg.fetch_concurrency)
         self.ufs_reads = 0
         self.ufs_bytes = 0
@@ -166,33 +170,80 @@ class Worker:
         """(data, crc, whether it was cached) of the block `index` of `ref`."""
         got = await self.store.get(key)
         if got is not None:
-            return got[0], got[1], True
+            return got[0], got[1], not self.fresh(key)
         fut = self._inflight.get(key)
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[key] = fut
+            run = self._run(key, ref, index)
+            loop = asyncio.get_running_loop()
+            futs = {k: loop.create_future() for k in run}
+            self._inflight.update(futs)
             try:
-                data, crc = await self._fetch(ref, index)
-                await self.store.put(key, data, crc)
-                fut.set_result((data, crc))
+                parts = await self._fetch(ref, range(index, index + len(run)))
+                for (k, f), (data, crc) in zip(futs.items(), parts, strict=True):
+                    await self.store.put(k, data, crc)
+                    if k != key:
+                        self._ahead[k] = time.monotonic()
+                    f.set_result((data, crc))
+                while len(self._ahead) > AHEAD_KEPT:  # (read ahead for a reader that left)
+                    del self._ahead[next(iter(self._ahead))]
             except BaseException as err:
-                fut.set_exception(err)
-                fut.exception()  # retrieved: waiters get it, nobody waiting is fine too
+                for f in futs.values():
+                    if not f.done():
+                        f.set_exception(err)
+                        f.exception()  # retrieved: waiters get it, nobody waiting is fine too
                 raise
             finally:
-                del self._inflight[key]
-            return data, crc, False
+                for k in futs:
+                    del self._inflight[k]
+            return *parts[0], False
         data, crc = await asyncio.shield(fut)
         return data, crc, False
 
-    async def _fetch(self, ref: Source, index: int) -> tuple[blocks.Data, int]:
-        """The block from the under storage, and its CRC (taken where it arrived, if it can
-        be: `UFS.read_checked`)."""
-        offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)
+    def fresh(self, key: str) -> bool:
+        """Whether `key` was read from the under storage with a miss before it (`_run`) in
+        the last AHEAD_FOR seconds and not served since (nor read from its file by a
+        reader on this node: `_touch`): its first answer says "miss" (its reader asked,
+        the under storage was read for it), and it is not fresh any more."""
+        since = self._ahead.pop(key, None)
+        return since is not None and time.monotonic() - since < AHEAD_FOR
+
+    def _run(self, key: str, ref: Source, index: int) -> list[str]:
+        """The keys of the blocks to read from the under storage for a miss of `key`: it,
+        and the blocks after it its reader says it asks for next (`BlockQuery.run`) that
+        this worker owns and neither holds nor is reading already."""
+        ahead = ref.run if isinstance(ref, protocol.BlockQuery) else 0
+        if not ahead:
+            return [key]
+        bs, peers = self.cfg.block_size, self.peers()
+        keys = {index: key}
+
+        def free(i: int) -> bool:
+            k = keys[i] = blocks.block_key(self.cfg.dataset, ref.mount, ref.key, ref.version, bs, i)
+            return (
+                k not in self.store
+                and k not in self._inflight
+                and blocks.owner(k, peers) == self.url
+            )
+
+        follow = blocks.run_after(index, blocks.block_count(ref.size, bs), ahead, free)
+        return [keys[i] for i in range(index, follow.stop)]
+
+    async def _fetch(self, ref: Source, run: range) -> list[tuple[blocks.Data, int]]:
+        """The blocks `run` of `ref` from the under storage, each with its CRC (taken where
+        it arrived, if it can be: `UFS.read_checked`); several in one read where the store
+        allows (`UFS.read_run`)."""
+        bs = self.cfg.block_size
+        offset = blocks.block_span(ref.size, bs, run[0])[0]
+        lengths = [blocks.block_span(ref.size, bs, i)[1] for i in run]
+        length = sum(lengths)
+        store = self.ufs[ref.mount]
         async with self._fetch_slots:
             try:
                 async with asyncio.timeout(self.cfg.read_timeout):
-                    data, crc = await self.ufs[ref.mount].read_checked(ref.key, offset, length)
+                    if len(lengths) == 1:
+                        parts = [await store.read_checked(ref.key, offset, length)]
+                    else:
+                        parts = await store.read_run(ref.key, offset, lengths)
             except TimeoutError:
                 self.ufs_errors += 1
                 raise errors.UFSError(
@@ -203,9 +254,9 @@ class Worker:
             except errors.UFSError:
                 self.ufs_errors += 1
                 raise
-        self.ufs_reads += 1
-        self.ufs_bytes += len(data)
-        return data, crc
+        self.ufs_reads += len(parts)
+        self.ufs_bytes += sum(len(d) for d, _ in parts)
+        return parts
 
     # --- warm-up --------------------------------------------------------------------
 
@@ -368,6 +419,7 @@ class Worker:
                 bytes=self.ufs_bytes,
                 errors=self.ufs_errors,
                 presigned=sum(u.presigned for u in self.ufs),
+                joined=sum(u.joined for u in self.ufs),
             ),
             served=protocol.Served(
                 blocks=self.served,

@@ -228,14 +228,14 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
                     protocol.LOCAL: where[0],
                     protocol.LENGTH: str(where[1]),
                     protocol.CHECKSUM: str(where[2]),
-                    protocol.CACHE: "hit",
+                    protocol.CACHE: _hit(w, key),
                 }
             )
         held = w.store.open_verified(key)
         if held is not None:
             w.count_served(1, held[1])
             return _BlockFile(
-                w, held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: "hit"}
+                w, held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: _hit(w, key)}
             )
     try:
         part = await w.store.get_span(key, span.offset, span.length) if span is not None else None
@@ -255,6 +255,12 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     return _Block(data, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if hit else "miss"})
 
 
+def _hit(w: Worker, key: str) -> str:
+    """What a held block's answer says: "hit", or "miss" the first time a block read ahead
+    with a miss is served (`Worker.fresh`)."""
+    return "miss" if w.fresh(key) else "hit"
+
+
 async def _touch(request: web.Request) -> web.Response:
     """Blocks a sidecar on this node read from our files itself: hits, recently used."""
     w = request.app[WORKER_KEY]
@@ -265,7 +271,10 @@ async def _touch(request: web.Request) -> web.Response:
         body = protocol.decode(protocol.Touched, await request.read())
     except ConfigError as err:
         return _problem(400, str(err))
-    held = w.store.touch([key for key, _ in body.blocks])
+    keys = [key for key, _ in body.blocks]
+    held = w.store.touch(keys)
+    for key in keys:  # read by the reader they were read ahead for (counted a hit there)
+        w.fresh(key)
     # what a reader says it read feeds the throughput that scales the workers: at most a
     # block per block reported
     bs = w.cfg.block_size

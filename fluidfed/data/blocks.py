@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from zlib_ng import zlib_ng
 
@@ -59,6 +59,16 @@ def block_span(size: int, block_size: int, index: int) -> tuple[int, int]:
     """(offset, length) of block `index` of an object of `size` bytes."""
     start = index * block_size
     return start, max(0, min(block_size, size - start))
+
+
+def run_after(index: int, count: int, run: int, free: Callable[[int], bool]) -> range:
+    """The blocks to read with block `index` of `count` when a sequential reader will ask
+    for the `run` after it next: those following it, up to the first one that is not
+    `free` (held or being read already: the run must be contiguous) or the last block."""
+    end = index + 1
+    while end < min(count, index + 1 + run) and free(end):
+        end += 1
+    return range(index + 1, end)
 
 
 def blocks_for(offset: int, length: int, size: int, block_size: int) -> range:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -47,6 +47,7 @@ CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
 LOCAL = "X-Fluidfed-Local"  # short-circuit: the block file's path on the worker's machine
 LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-byte trailer)
 JSON = "application/json"
+MAX_RUN = 3  # blocks a worker reads with a missing one, at most (`BlockQuery.run`)
 
 
 def block_url(url: str, key: str) -> str:
@@ -94,7 +95,7 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     (an older worker tests for their presence)."""
 
     SHAPE: ClassVar[str] = (
-        "?m=MOUNT&p=PATH&s=SIZE&i=INDEX[&v=VERSION][&r=OFF-LEN][&verify=1|&local=1]"
+        "?m=MOUNT&p=PATH&s=SIZE&i=INDEX[&v=VERSION][&r=OFF-LEN][&verify=1|&local=1][&n=RUN]"
     )
 
     mount: int = msgspec.field(name="m")
@@ -105,6 +106,9 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     span: Span | None = msgspec.field(default=None, name="r")  # only these bytes of it
     verify: bool = False  # read and check it even if it was checked before
     local: bool = False  # answer with the block file's path if it is on disk, checked
+    # blocks after this one a sequential reader asks this worker for next: on a miss the
+    # worker may read them from the under storage with it, in one ranged read (`run_after`)
+    run: Annotated[int, msgspec.Meta(ge=0, le=MAX_RUN)] = msgspec.field(default=0, name="n")
 
     def block_key(self, dataset: str, block_size: int) -> str:
         return blocks.block_key(dataset, self.mount, self.key, self.version, block_size, self.index)
@@ -119,6 +123,8 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             out[_VERIFY] = "1"
         if self.local:
             out[_LOCAL] = "1"
+        if self.run:
+            out[_N] = self.run
         return out
 
     @classmethod
@@ -136,6 +142,7 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
                 span=Span.parse(r) if r else None,
                 verify=_VERIFY in query,
                 local=_LOCAL in query,
+                run=_bounded_run(query.get(_N)),
             )
         except (KeyError, ValueError):
             pass
@@ -153,7 +160,17 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 _WIRE = {f.name: f.encode_name for f in msgspec.structs.fields(BlockQuery)}
 _M, _P, _S, _I = _WIRE["mount"], _WIRE["key"], _WIRE["size"], _WIRE["index"]
 _V, _R, _VERIFY, _LOCAL = _WIRE["version"], _WIRE["span"], _WIRE["verify"], _WIRE["local"]
+_N = _WIRE["run"]
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
+
+
+def _bounded_run(text: str | None) -> int:
+    """`run` from its parameter: ValueError for a count outside 0..MAX_RUN (the schema
+    then says what is wrong)."""
+    n = int(text) if text else 0
+    if not 0 <= n <= MAX_RUN:
+        raise ValueError(n)
+    return n
 
 
 def _span(typ: type, value: Any) -> Any:
@@ -188,6 +205,9 @@ class UFSCounters(Message):
     bytes: int
     errors: int
     presigned: int = 0  # of the reads, S3 blocks received over presigned URLs
+    # of the reads, blocks received in one ranged read with the block before them (the
+    # blocks a sequential reader asks for next: `BlockQuery.run`; S3's large blocks)
+    joined: int = 0
 
 
 class Served(Message):

@@ -80,6 +80,8 @@ class Answer(NamedTuple):
     headers: CIMultiDict[str]
     body: blocks.Data
     crc: int  # of the body, when `checksum` was asked for and the status is 200 or 206; else -1
+    # a body received in parts (`split`): the parts after `body`, each with its CRC as above
+    rest: tuple[tuple[blocks.Data, int], ...] = ()
 
 
 class Buffers:
@@ -249,8 +251,13 @@ class Connections:
         seconds: float,
         *,
         checksum: bool = True,
+        split: Sequence[int] = (),
     ) -> Answer:
         """GET `url` with `params`: status, headers, body (and its CRC with `checksum`).
+        With `split`, a 200's or 206's body of exactly that many bytes in all is received
+        in parts of those sizes, each into a buffer of its own with its own CRC: `body`
+        the first, `rest` the others (several blocks in one ranged GET, each then cached
+        and freed on its own); a body of another length comes whole, `rest` empty.
         WorkerError if the worker cannot be reached, closes the connection before the
         whole answer arrived, or takes longer than `seconds` (the thread cannot be
         cancelled: a caller's own timeout leaves it to finish or fail within those)."""
@@ -258,7 +265,7 @@ class Connections:
         loop = asyncio.get_running_loop()
         try:
             job = loop.run_in_executor(
-                self._pool, self._exchange, where, request, seconds, checksum
+                self._pool, self._exchange, where, request, seconds, checksum, tuple(split)
             )
         except RuntimeError as err:  # the pool was shut down meanwhile
             raise errors.WorkerError(f"{where.name}: the sidecar is closing") from err
@@ -354,7 +361,14 @@ class Connections:
             loop = asyncio.get_running_loop()
             self._forget = loop.call_later(self.buffers.idle, self._forget_idle)
 
-    def _exchange(self, where: _Where, request: bytes, timeout: float, checksum: bool) -> Answer:
+    def _exchange(
+        self,
+        where: _Where,
+        request: bytes,
+        timeout: float,
+        checksum: bool,
+        split: tuple[int, ...] = (),
+    ) -> Answer:
         deadline = time.monotonic() + timeout
         name = where.name
         while True:
@@ -363,7 +377,7 @@ class Connections:
             except (TimeoutError, OSError) as err:  # refused, unreachable, no answer in time
                 raise errors.WorkerError(f"{name}: {err or type(err).__name__}") from err
             try:
-                answer, keep = _exchange_on(sock, request, deadline, checksum, self.buffers)
+                answer, keep = _exchange_on(sock, request, deadline, checksum, self.buffers, split)
             except _Closed:
                 self._drop(sock)
                 if reused:
@@ -638,7 +652,12 @@ def _readable(sock: _Socket) -> bool:
 
 
 def _exchange_on(
-    sock: _Socket, request: bytes, deadline: float, checksum: bool, buffers: Buffers
+    sock: _Socket,
+    request: bytes,
+    deadline: float,
+    checksum: bool,
+    buffers: Buffers,
+    split: tuple[int, ...] = (),
 ) -> tuple[Answer, bool]:
     """One request and its answer on `sock`; also whether the connection can be reused."""
     if isinstance(sock, tlsclient.RustlsSocket):
@@ -661,44 +680,59 @@ def _exchange_on(
     status, keep = head.status, head.keep
     length = head.headers.get("content-length")
     if not head.done and status in (200, 206) and length is not None:
-        # the body (a whole block, or a range of an object) straight into a buffer of its
-        # size: what came with the head first
+        # the body (a whole block, a range of an object, or several blocks in one range:
+        # `split`) straight into buffers of their size: what came with the head first
         # (httptools handed it to the list), then the rest in as few reads as the
-        # kernel allows, one when the timeout is not reached
+        # kernel allows, one per part when the timeout is not reached
         n = int(length)
-        if not 0 <= n <= MAX_BODY:  # refused before a buffer of that size is made
+        if not 0 <= n <= MAX_BODY * max(1, len(split)):  # refused before a buffer is made
             raise errors.WorkerError(f"answer of {n} bytes: a block is at most {MAX_BODY}")
-        view = buffers.take(n)
-        got = 0
-        for piece in head.pieces:
-            view[got : got + len(piece)] = piece
-            got += len(piece)
+        sizes = split if split and sum(split) == n and max(split) <= MAX_BODY else (n,)
+        if len(sizes) == 1 and n > MAX_BODY:
+            raise errors.WorkerError(f"answer of {n} bytes: a block is at most {MAX_BODY}")
+        views = [buffers.take(size) for size in sizes]
+        came = b"".join(head.pieces)
         head.pieces.clear()
-        if got < n and type(sock) is socket.socket:  # plain TCP (TLS: its own way)
-            got = _receive_woken_per_piece(sock, view, got, n, deadline)
-        # an ssl socket takes no flags: it receives a record at a time (rustls: all of the
-        # body it can)
-        flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
-        while got < n:
-            r = sock.recv_into(view[got:], n - got, flags)
-            if r == 0:
-                raise errors.WorkerError(f"connection closed after {got} of {n} body bytes")
-            got += r
-            if got < n:
-                _in_time(deadline)
-        body: blocks.Data = view.toreadonly()
-    else:
-        while not head.done:
-            chunk = sock.recv(HEAD_READ)
-            if not chunk:
-                raise errors.WorkerError(f"connection closed after {head.got} body bytes")
-            parser.feed_data(chunk)
-            if head.got > MAX_BODY:
-                raise errors.WorkerError(f"answer over {MAX_BODY} bytes: a block is at most that")
-            _in_time(deadline)
-        body = b"".join(head.pieces)
+        parts: list[tuple[blocks.Data, int]] = []
+        at = 0  # of the body
+        for view in views:
+            got = min(len(came) - at, len(view)) if at < len(came) else 0
+            view[:got] = came[at : at + got]
+            at += len(view)
+            _receive_into(sock, view, got, deadline)
+            crc = blocks.checksum(view) if checksum else -1
+            parts.append((view.toreadonly(), crc))
+        body, crc = parts[0]
+        return Answer(status, head.headers, body, crc, tuple(parts[1:])), keep
+    while not head.done:
+        chunk = sock.recv(HEAD_READ)
+        if not chunk:
+            raise errors.WorkerError(f"connection closed after {head.got} body bytes")
+        parser.feed_data(chunk)
+        if head.got > MAX_BODY:
+            raise errors.WorkerError(f"answer over {MAX_BODY} bytes: a block is at most that")
+        _in_time(deadline)
+    body = b"".join(head.pieces)
     crc = blocks.checksum(body) if checksum and status in (200, 206) else -1
     return Answer(status, head.headers, body, crc), keep
+
+
+def _receive_into(sock: _Socket, view: memoryview, got: int, deadline: float) -> None:
+    """Fill `view` from `sock`, its first `got` bytes already there: on plain TCP woken per
+    WAKE_EVERY bytes (`_receive_woken_per_piece`), over TLS its own way."""
+    n = len(view)
+    if got < n and type(sock) is socket.socket:  # plain TCP (TLS: its own way)
+        got = _receive_woken_per_piece(sock, view, got, n, deadline)
+    # an ssl socket takes no flags: it receives a record at a time (rustls: all of the
+    # body it can)
+    flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
+    while got < n:
+        r = sock.recv_into(view[got:], n - got, flags)
+        if r == 0:
+            raise errors.WorkerError(f"connection closed after {got} of {n} body bytes")
+        got += r
+        if got < n:
+            _in_time(deadline)
 
 
 def _open_window(sock: socket.socket) -> None:

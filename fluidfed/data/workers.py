@@ -40,9 +40,12 @@ async def get_block(
     verify: bool = False,
     local: bool = False,
     conns: receive.Connections | None = None,
+    run: int = 0,
 ) -> Fetched:
     """The block from the worker at `url`, or `span` (offset in the block, length) of it,
-    which the worker cuts from the whole block it caches.
+    which the worker cuts from the whole block it caches. `run`: how many blocks after
+    this one the caller asks for next (a sequential reader), which a worker missing this
+    one may read from the under storage with it (`protocol.BlockQuery.run`).
 
     A worker sends a disk block it has checked before as it lies on disk; if it arrives
     damaged, it is asked for again with `verify`, which makes the worker read and check
@@ -66,6 +69,7 @@ async def get_block(
         span=protocol.Span(*span) if span is not None else None,
         verify=verify,
         local=local and not verify,
+        run=run,
     )
     again = functools.partial(get_block, session, url, key, ref, index, span, conns=conns)
     target = protocol.block_url(url, key)

@@ -9,7 +9,7 @@ import asyncio
 import socket
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import uvloop
@@ -90,6 +90,44 @@ async def test_heads_longer_than_a_piece_and_bodies_of_every_size_arrive_whole(
 
     try:
         await on(way, body)
+    finally:
+        conns.close()
+
+
+@pytest.mark.parametrize("pad", [0, receive.HEAD_READ * 3])
+@pytest.mark.parametrize(
+    "sizes",
+    [(100, 3 * receive.HEAD_READ), (5, 1, 2**20), (2 * 2**20, 2 * 2**20 + 7)],
+    ids=["head-spans-two", "head-spans-three", "blocks"],
+)
+async def test_a_body_split_into_parts_arrives_each_in_a_buffer_of_its_own(
+    server: str, sizes: tuple[int, ...], pad: int
+) -> None:
+    """Several blocks in one answer (a worker's ranged read of a run): each part in its own
+    buffer with its own CRC, what came with the head spread over as many parts as it
+    covers; a body of another length than the parts comes whole."""
+    conns = receive.Connections()
+    n = sum(sizes)
+    want = pattern(n)
+    try:
+        for _ in range(2):  # the second on the same connection, into reused buffers
+            got = await conns.get(server, {"n": n, "pad": pad}, {}, 10.0, split=sizes)
+            assert got.status == 200
+            parts = [(got.body, got.crc), *got.rest]
+            assert [len(d) for d, _ in parts] == list(sizes)
+            at = 0
+            for data, crc in parts:
+                assert bytes(data) == want[at : at + len(data)]
+                assert crc == zlib.crc32(want[at : at + len(data)])
+                at += len(data)
+            assert all(isinstance(d, memoryview) and d.readonly for d, _ in parts)
+            # none a view of another's buffer: each is cached and freed on its own
+            assert len({id(cast(memoryview, d).obj) for d, _ in parts}) == len(sizes)
+        got = await conns.get(server, {"n": n + 1, "pad": pad}, {}, 10.0, split=sizes)
+        assert bytes(got.body) == pattern(n + 1)
+        assert got.rest == ()
+        assert got.crc == zlib.crc32(pattern(n + 1))
+        assert conns.opened == 1
     finally:
         conns.close()
 

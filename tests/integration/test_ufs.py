@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import boto3
 import botocore.config
@@ -252,6 +253,72 @@ async def test_s3_blocks_are_received_over_presigned_urls(
         assert (reader.conns.opened > 0, reader.conns.opened_on_loop > 0) == (not on_loop, on_loop)
     finally:
         reader.close()
+
+
+async def test_s3_blocks_one_after_the_other_come_in_one_ranged_read(s3: str) -> None:
+    """A run of blocks (`read_run`, a worker's read for a sequential reader): one GET for
+    all of them, each block in a buffer of its own with its CRC; a run the object no longer
+    holds whole (it changed, shorter) and small blocks are read block by block, and so is
+    every store the reads are not presigned for."""
+    size = ufs.RECEIVE_FROM
+    payload = os.urandom(3 * size + 1000)
+    obstore.put(s3_store(s3), "train/run.bin", payload)
+    reader = open_s3(s3)
+    assert isinstance(reader, ufs.S3UFS)
+
+    def crcs_hold(parts: ufs.Parts) -> list[bytes]:
+        out = []
+        for data, crc in parts:
+            assert crc == blocks.checksum(data)
+            out.append(bytes(data))
+        return out
+
+    try:
+        parts = await reader.read_run("run.bin", size, [size, size])
+        assert crcs_hold(parts) == [payload[size : 2 * size], payload[2 * size : 3 * size]]
+        assert reader.conns is not None
+        assert reader.received == 2
+        gets: list[Any] = []  # the GETs made from here on, by the parts each asked for
+        real = reader.conns.get
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            gets.append(kwargs.get("split"))
+            return real(*args, **kwargs)
+
+        reader.conns.get = counted  # type: ignore[method-assign]
+        # each in its own buffer: reading more never changes them, none pins another
+        held = parts
+        assert len({id(cast(memoryview, d).obj) for d, _ in held}) == 2
+        three = await reader.read_run("run.bin", 0, [size, size, size])
+        assert crcs_hold(three) == [payload[i * size : (i + 1) * size] for i in range(3)]
+        assert crcs_hold(held) == [payload[size : 2 * size], payload[2 * size : 3 * size]]
+        assert reader.received == 5
+        assert gets == [[size, size, size]]  # one GET for the three
+        assert reader.joined == 1 + 2
+        # the object as a worker saw it listed, since cut short: block by block, the end short
+        obstore.put(s3_store(s3), "train/run.bin", payload[: 3 * size + 10])
+        tail = await reader.read_run("run.bin", 2 * size, [size, 1000])
+        assert crcs_hold(tail) == [
+            payload[2 * size : 3 * size],
+            payload[3 * size : 3 * size + 10],
+        ]
+        assert reader.direct  # the store did nothing wrong
+        assert reader.joined == 3  # (block by block: none joined)
+        small = await reader.read_run("run.bin", 0, [1000, 2000])
+        assert crcs_hold(small) == [payload[:1000], payload[1000:3000]]
+        with pytest.raises(errors.UFSNotFound):
+            await reader.read_run("no/such/file", 0, [size, size])
+    finally:
+        reader.close()
+    local = ufs.open_ufs(Mount(uri="s3://datasets/train", options={"endpoint": s3}), env=CREDS)
+    try:
+        assert isinstance(local, ufs.S3UFS)
+        local.direct = False  # (as where a proxy is named: obstore, block by block)
+        parts = await local.read_run("run.bin", 0, [size, size])
+        assert crcs_hold(parts) == [payload[:size], payload[size : 2 * size]]
+        assert local.received == local.joined == 0
+    finally:
+        local.close()
 
 
 @pytest.mark.parametrize("s3", ["minio"], indirect=True)  # moto checks no expiry

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from fluidfed.data import blocks
@@ -15,6 +17,27 @@ def test_block_ranges() -> None:
     assert list(blocks.blocks_for(3, 2, 9, 4)) == [0, 1]
     assert list(blocks.blocks_for(8, 100, 9, 4)) == [2]
     assert list(blocks.blocks_for(9, 10, 9, 4)) == []
+
+
+def test_a_run_takes_the_free_blocks_after_a_miss_up_to_the_first_taken_or_the_end() -> None:
+    def free_but(*taken: int) -> Callable[[int], bool]:
+        return lambda i: i not in taken
+
+    assert blocks.run_after(3, 10, 1, free_but()) == range(4, 5)
+    assert blocks.run_after(3, 10, 3, free_but()) == range(4, 7)
+    assert blocks.run_after(3, 10, 3, free_but(5)) == range(4, 5)  # contiguous only
+    assert blocks.run_after(3, 10, 3, free_but(4, 6)) == range(4, 4)  # taken at once: none
+    assert blocks.run_after(8, 10, 3, free_but()) == range(9, 10)  # the last block ends it
+    assert blocks.run_after(9, 10, 3, free_but()) == range(10, 10)
+    assert blocks.run_after(3, 10, 0, free_but()) == range(4, 4)
+    asked: list[int] = []
+
+    def free(i: int) -> bool:
+        asked.append(i)
+        return True
+
+    blocks.run_after(3, 10, 2, free)
+    assert asked == [4, 5]  # nothing past the run is looked at
 
 
 def test_keys_change_with_the_object_version() -> None:

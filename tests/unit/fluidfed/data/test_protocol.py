@@ -32,7 +32,9 @@ def test_a_block_query_sends_flags_only_when_set() -> None:
     assert local.params()["local"] == "1"
     verify = protocol.BlockQuery(mount=0, key="k", size=1, index=0, verify=True)
     assert verify.params()["verify"] == "1"
-    for q in (plain, local, verify):
+    run = protocol.BlockQuery(mount=0, key="k", size=1, index=0, run=protocol.MAX_RUN)
+    assert run.params()["n"] == protocol.MAX_RUN
+    for q in (plain, local, verify, run):
         assert protocol.BlockQuery.from_query(_as_query(q.params())) == q
 
 
@@ -59,6 +61,9 @@ def test_a_block_query_from_an_older_sidecar_decodes() -> None:
         ({"m": "0", "p": "x", "s": "1", "i": "-"}, "i"),
         ({"m": "0", "p": "x", "s": "1", "i": "0", "r": "12"}, "r"),
         ({"m": "0", "p": "x", "s": "1", "i": "0", "r": "1-x"}, "r"),
+        ({"m": "0", "p": "x", "s": "1", "i": "0", "n": "-1"}, "n"),
+        ({"m": "0", "p": "x", "s": "1", "i": "0", "n": str(protocol.MAX_RUN + 1)}, "n"),
+        ({"m": "0", "p": "x", "s": "1", "i": "0", "n": "two"}, "n"),
     ],
 )
 def test_a_bad_block_query_names_the_parameter_and_the_shape(
