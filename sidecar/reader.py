@@ -40,6 +40,7 @@ class ReadStats:
     worker_misses: int = 0  # a worker fetched it from the UFS for us
     ufs_reads: int = 0  # read the UFS ourselves (no worker, or it failed)
     ufs_presigned: int = 0  # of those, S3 blocks received over presigned URLs
+    ufs_joined: int = 0  # ... and in one GET with the block before them (a run: `_ufs_run`)
     worker_errors: int = 0
     short_circuit: int = 0  # worker hits read from the worker's block file on this machine
     ufs_errors: int = 0
@@ -113,6 +114,10 @@ class BlockReader:
         under `key` until then); `run`: the blocks after it to read with it on a miss
         (None: it was read with the one before it, see `_fetch`)."""
         try:
+            got = await self.store.get(key) if run is None else None
+            if got is not None:  # read with the one before it from the under storage here
+                fut.set_result(got[0])
+                return got[0]
             data, crc = await self._fetch(key, ref, index, run)
             await self.store.put(key, data, None if crc < 0 else crc)
             fut.set_result(data)
@@ -251,11 +256,10 @@ class BlockReader:
             task.add_done_callback(self._background.discard)
 
     def _run_after(self, ref: FileRef, index: int, key: str, count: int) -> list[str]:
-        """The keys of the blocks after `index` to ask its worker for with it: up to RUN,
-        as long as that worker owns them and nothing here holds or fetches them."""
-        owner = self._worker_for(key)
-        if owner is None:
-            return []
+        """The keys of the blocks after `index` to ask its worker for with it (or to read
+        with it from the under storage, where no worker has them): up to RUN, as long as
+        that worker owns them and nothing here holds or fetches them."""
+        owner = self._worker_for(key)  # (None: no worker, this reader reads them itself)
         keys: dict[int, str] = {}
 
         def free(i: int) -> bool:
@@ -344,8 +348,31 @@ class BlockReader:
                 return got.data, got.crc
             except (TimeoutError, errors.WorkerError) as err:
                 self._failed(target, err)
+        if run:
+            return await self._ufs_run(ref, index, run)
         data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))
         return data, -1  # the store computes it if a disk tier will hold the block
+
+    async def _ufs_run(self, ref: FileRef, index: int, run: int) -> tuple[blocks.Data, int]:
+        """Block `index` and the `run` after it from the under storage in one read where it
+        allows (S3: one ranged GET, `UFS.read_run`): the first returned, the others kept
+        here, where the read-ahead that asked for them finds them (`_fill`)."""
+        bs = self.cfg.block_size
+        lengths = [blocks.block_span(ref.size, bs, i)[1] for i in range(index, index + 1 + run)]
+        offset = blocks.block_span(ref.size, bs, index)[0]
+        reader = self.readers[ref.mount]
+        try:
+            parts = await reader.read_run(ref.key, offset, lengths, checksum=False)
+        except errors.UFSError:
+            self.stats.ufs_errors += 1
+            raise
+        self.stats.ufs_reads += len(parts)
+        self.stats.ufs_presigned = sum(r.presigned for r in self.readers)
+        self.stats.ufs_joined = sum(r.joined for r in self.readers)
+        self.stats.bytes += sum(len(d) for d, _ in parts)
+        for i, (data, _) in enumerate(parts[1:], index + 1):
+            await self.store.put(self.key(ref, i), data, None)
+        return parts[0][0], -1  # (the store computes a CRC if a disk tier will hold one)
 
     def _seen(self, ref: FileRef, hit: bool) -> None:
         """Remember whether a file's last block from a worker was a miss there (its next

@@ -166,22 +166,26 @@ class Worker:
 
     # --- blocks ---------------------------------------------------------------------
 
-    async def block(self, key: str, ref: Source, index: int) -> tuple[blocks.Data, int, bool]:
-        """(data, crc, whether it was cached) of the block `index` of `ref`."""
+    async def block(
+        self, key: str, ref: Source, index: int, run: int = 0, *, reader: bool = True
+    ) -> tuple[blocks.Data, int, bool]:
+        """(data, crc, whether it was cached) of the block `index` of `ref`. On a miss, up
+        to `run` blocks after it are read with it (`_run`); a `reader` will ask for them
+        next (their first answers say "miss": `fresh`), a warm-up will not."""
         got = await self.store.get(key)
         if got is not None:
             return got[0], got[1], not self.fresh(key)
         fut = self._inflight.get(key)
         if fut is None:
-            run = self._run(key, ref, index)
+            run_keys = self._run(key, ref, index, run)
             loop = asyncio.get_running_loop()
-            futs = {k: loop.create_future() for k in run}
+            futs = {k: loop.create_future() for k in run_keys}
             self._inflight.update(futs)
             try:
-                parts = await self._fetch(ref, range(index, index + len(run)))
+                parts = await self._fetch(ref, range(index, index + len(run_keys)))
                 for (k, f), (data, crc) in zip(futs.items(), parts, strict=True):
                     await self.store.put(k, data, crc)
-                    if k != key:
+                    if k != key and reader:
                         self._ahead[k] = time.monotonic()
                     f.set_result((data, crc))
                 while len(self._ahead) > AHEAD_KEPT:  # (read ahead for a reader that left)
@@ -207,11 +211,11 @@ class Worker:
         since = self._ahead.pop(key, None)
         return since is not None and time.monotonic() - since < AHEAD_FOR
 
-    def _run(self, key: str, ref: Source, index: int) -> list[str]:
+    def _run(self, key: str, ref: Source, index: int, ahead: int) -> list[str]:
         """The keys of the blocks to read from the under storage for a miss of `key`: it,
-        and the blocks after it its reader says it asks for next (`BlockQuery.run`) that
-        this worker owns and neither holds nor is reading already."""
-        ahead = ref.run if isinstance(ref, protocol.BlockQuery) else 0
+        and of the `ahead` blocks after it (that its reader asks for next:
+        `BlockQuery.run`) those this worker owns and neither holds nor is reading already,
+        up to the first it does not."""
         if not ahead:
             return [key]
         bs, peers = self.cfg.block_size, self.peers()
@@ -272,36 +276,49 @@ class Worker:
         prefix = path.strip("/")
         try:
             files = await ufs.list_files(self.cfg.mounts, self.ufs)
-            todo: list[tuple[str, FileRef, int]] = []
+            # this worker's blocks, those one after the other in a file in runs of up to
+            # 1 + MAX_RUN (each run one ranged read where the store allows: `block`)
+            todo: list[tuple[FileRef, list[tuple[int, str]]]] = []
             bs = self.cfg.block_size
             for rel, ref in sorted(files.items()):
                 if prefix and rel != prefix and not rel.startswith(prefix + "/"):
                     continue
                 prog.ufs_bytes += ref.size
+                last = -2
                 for i in range(blocks.block_count(ref.size, bs)):
                     key = ref.block_key(self.cfg.dataset, bs, i)
-                    if blocks.owner(key, peers) == self.url:
-                        todo.append((key, ref, i))
-            prog.blocks = len(todo)
-            queue: asyncio.Queue[tuple[str, FileRef, int]] = asyncio.Queue()
+                    if blocks.owner(key, peers) != self.url:
+                        continue
+                    run = todo[-1][1] if todo and todo[-1][0] is ref else []
+                    if i == last + 1 and 0 < len(run) <= protocol.MAX_RUN:
+                        run.append((i, key))
+                    else:
+                        todo.append((ref, [(i, key)]))
+                    last = i
+            prog.blocks = sum(len(run) for _, run in todo)
+            queue: asyncio.Queue[tuple[FileRef, list[tuple[int, str]]]] = asyncio.Queue()
             for item in todo:
                 queue.put_nowait(item)
 
             async def pull() -> None:
                 while not queue.empty():
-                    key, ref, i = queue.get_nowait()
-                    try:
-                        data, _, _ = await self.block(key, ref, i)
-                        prog.bytes += len(data)
-                    except Exception as err:
-                        prog.errors += 1
-                        prog.message = str(err)
-                    prog.done += 1
+                    ref, run = queue.get_nowait()
+                    for n, (i, key) in enumerate(run):
+                        try:
+                            if n == 0:
+                                await self.block(key, ref, i, len(run) - 1, reader=False)
+                            elif key not in self.store:  # (not read with the first after all)
+                                await self.block(key, ref, i)
+                            prog.bytes += blocks.block_span(ref.size, bs, i)[1]
+                        except Exception as err:
+                            prog.errors += 1
+                            prog.message = str(err)
+                        prog.done += 1
 
             await asyncio.gather(*(pull() for _ in range(self.cfg.fetch_concurrency)))
             await self.stored()  # loaded means in the files, not in memory waiting for them
             # what is still there (a quota smaller than the data evicts as it goes)
-            prog.cached = sum(1 for key, _, _ in todo if key in self.store)
+            prog.cached = sum(1 for _, run in todo for _, key in run if key in self.store)
             prog.state = "failed" if prog.errors else "done"
         except Exception as err:
             prog.state, prog.message = "failed", str(err)

@@ -243,7 +243,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             w.count_served(1, len(part))
             crc = blocks.checksum(part)
             return _Block(part, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"})
-        data, crc, hit = await w.block(key, q, q.index)
+        data, crc, hit = await w.block(key, q, q.index, q.run)
     except errors.UFSNotFound as err:
         return _problem(404, str(err))
     except errors.UFSError as err:

@@ -84,9 +84,12 @@ class UFS(Protocol):
     async def read_checked(self, path: str, offset: int, length: int) -> tuple[blocks.Data, int]:
         """As `read_block`, with the block's CRC-32 (a cache worker keeps and sends it)."""
 
-    async def read_run(self, path: str, offset: int, lengths: Sequence[int]) -> Parts:
+    async def read_run(
+        self, path: str, offset: int, lengths: Sequence[int], *, checksum: bool = True
+    ) -> Parts:
         """As `read_checked` for consecutive ranges starting at `offset` (blocks one after
-        the other), each in a buffer of its own: in one read where the store allows."""
+        the other), each in a buffer of its own: in one read where the store allows.
+        Without `checksum`, as `read_block` (each CRC -1: a reader that keeps no file)."""
 
     def close(self) -> None:
         """Let go of kept connections and threads (a reader is not used afterwards)."""
@@ -189,8 +192,10 @@ class OpenDALUFS:
         data = await self.read_block(path, offset, length)
         return data, await blocks.checksum_off_loop(data)
 
-    async def read_run(self, path: str, offset: int, lengths: Sequence[int]) -> Parts:
-        return await _each(self, path, offset, lengths)
+    async def read_run(
+        self, path: str, offset: int, lengths: Sequence[int], *, checksum: bool = True
+    ) -> Parts:
+        return await _each(self, path, offset, lengths, checksum)
 
     def close(self) -> None:
         pass  # OpenDAL's operators keep nothing that outlives the process
@@ -267,7 +272,9 @@ class S3UFS(OpenDALUFS):
             self._fell_back(why)
         return memoryview(got), -1
 
-    async def read_run(self, path: str, offset: int, lengths: Sequence[int]) -> Parts:
+    async def read_run(
+        self, path: str, offset: int, lengths: Sequence[int], *, checksum: bool = True
+    ) -> Parts:
         """Consecutive blocks in one ranged GET over a presigned URL, each received into a
         buffer of its own with its CRC (`receive.Connections.get`'s `split`): a store
         serves one GET of 8 MiB for less than two of 4 (MinIO: 0.66-0.72 CPU-s per GiB
@@ -277,16 +284,16 @@ class S3UFS(OpenDALUFS):
         ranges, a failure), are read one by one as `read_checked` reads them."""
         total = sum(lengths)
         if not self.direct or len(lengths) < 2 or min(lengths) < RECEIVE_FROM:
-            return await _each(self, path, offset, lengths)
+            return await _each(self, path, offset, lengths, checksum)
         key = path.lstrip("/")
         try:
             url = obstore.sign(self.store, "GET", key, SIGNED_FOR)
         except Exception:  # not signable after all: read one by one (which says why)
-            return await _each(self, path, offset, lengths)
+            return await _each(self, path, offset, lengths, checksum)
         if self.conns is None:
             if _proxied(url):
                 self.direct = False
-                return await _each(self, path, offset, lengths)
+                return await _each(self, path, offset, lengths, checksum)
             self.conns = receive.Connections()
         what = self._what(key, offset, total)
         try:
@@ -295,11 +302,12 @@ class S3UFS(OpenDALUFS):
                 {},
                 {"Range": f"bytes={offset}-{offset + total - 1}"},
                 self.timeout,
+                checksum=checksum,
                 split=lengths,
             )
         except errors.WorkerError as err:  # (names the host, never the URL's signature)
             log.debug("%s in one GET failed (%s); block by block", what, err)
-            return await _each(self, path, offset, lengths)
+            return await _each(self, path, offset, lengths, checksum)
         parts = [(answer.body, answer.crc), *answer.rest]
         if (
             answer.status == 206
@@ -312,7 +320,7 @@ class S3UFS(OpenDALUFS):
         if answer.status == 404:
             raise UFSNotFound(f"{what}: not found")
         log.debug("%s in one GET: HTTP %d, not the range; block by block", what, answer.status)
-        return await _each(self, path, offset, lengths)
+        return await _each(self, path, offset, lengths, checksum)
 
     def _what(self, key: str, offset: int, length: int) -> str:
         return f"read {self.uri}/{key} [{offset}+{length}]"
@@ -416,11 +424,16 @@ def exact_range(content_range: str | None, offset: int, length: int) -> bool:
     return _content_range(content_range) == (offset, offset + length - 1)
 
 
-async def _each(ufs: UFS, path: str, offset: int, lengths: Sequence[int]) -> Parts:
+async def _each(
+    ufs: UFS, path: str, offset: int, lengths: Sequence[int], checksum: bool = True
+) -> Parts:
     """`UFS.read_run` block by block, the reads at the same time."""
     starts = [offset + sum(lengths[:i]) for i in range(len(lengths))]
-    reads = (ufs.read_checked(path, o, n) for o, n in zip(starts, lengths, strict=True))
-    return list(await asyncio.gather(*reads))
+    if checksum:
+        reads = (ufs.read_checked(path, o, n) for o, n in zip(starts, lengths, strict=True))
+        return list(await asyncio.gather(*reads))
+    got = (ufs.read_block(path, o, n) for o, n in zip(starts, lengths, strict=True))
+    return [(data, -1) for data in await asyncio.gather(*got)]
 
 
 def _proxied(url: str) -> bool:

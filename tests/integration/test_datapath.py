@@ -266,11 +266,14 @@ def test_blocks_read_from_s3_come_from_one_heap(minio: S3Server, data: Path, sid
     """OpenDAL's threads allocate every block from the one heap `heap.tune` set up: the
     sidecar tunes before any thread starts (its status server's address lookup made two
     more arenas when it tuned later, heaps that free() hands back and blocks fault in)."""
+    want = sources.files(data)
     sc = sidecars(sidecar_config(mount_of("s3", minio, "", data), []))
-    read_all(sc.mountpoint, sources.files(data))
+    read_all(sc.mountpoint, want)
     got = sc.status()
-    assert got["blocks"]["ufs_reads"] > 0
+    assert got["blocks"]["ufs_reads"] >= block_count(want)
     assert 0 < got["blocks"]["ufs_presigned"] == got["blocks"]["ufs_reads"]  # small ones too
+    # a file read in sequence: the blocks after a block read with it in one GET
+    assert got["blocks"]["ufs_joined"] > 0
     assert got["heap_arenas"] == 1
 
 
@@ -851,6 +854,37 @@ def test_drain_and_load_answer_only_the_agent(data: Path, workers_factory: Any) 
     assert _call(url + "/v1/load", "POST", b"{}", {**json_body, **auth("agent")})[0] == 202
     assert _call(url + "/v1/status")[0] == 401
     assert _call(url + "/healthz")[0] == 200  # the kubelet's probe needs none
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_warm_up_reads_a_workers_blocks_one_after_the_other_in_one_get(
+    n: int, minio: S3Server, data: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """A warm-up (`POST /v1/load`) reads each worker's blocks that follow one another in a
+    file in runs, one ranged GET each from S3: every block cached all the same, each read
+    from the store once, and a reader then finds them all."""
+    want = sources.files(data)
+    mount = mount_of("s3", minio, "", data)
+    ws = workers_factory(mount, n)
+    body, headers = b"{}", {"Content-Type": "application/json", **auth("agent")}
+    for url in ws.urls():
+        assert _call(url + "/v1/load", "POST", body, headers)[0] == 202
+
+    def loaded() -> Any:
+        got = [json.loads(_call(u + "/v1/load", headers=headers)[1]) for u in ws.urls()]
+        return got if all(g["state"] == "done" for g in got) else NotYet(got)
+
+    progress = eventually_blocking(loaded, "the warm-ups", timeout=60, interval=0.2)
+    assert sum(p["blocks"] for p in progress) == block_count(want)
+    assert all(p["done"] == p["cached"] == p["blocks"] and p["errors"] == 0 for p in progress)
+    ufs = [w.status()["ufs"] for w in ws.procs]
+    assert sum(u["reads"] for u in ufs) == block_count(want)  # each block once
+    assert all(u["joined"] > 0 for u in ufs)  # runs in one GET, on every worker
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(sc.mountpoint, want)
+    got = sc.status()["blocks"]
+    assert got["worker_hits"] == block_count(want) and got["worker_misses"] == 0
+    assert sum(w.status()["ufs"]["reads"] for w in ws.procs) == block_count(want)
 
 
 def test_a_worker_without_the_binding_keys_does_not_start(tmp_path: Path) -> None:
