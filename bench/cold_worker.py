@@ -21,6 +21,9 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              fill left them
     remote   the same read over HTTP with the block files read into the page cache first
              (bench/peers.py's "warm, worker remote" row)
+    load     no reader: a fresh worker warms up the whole dataset (`POST /v1/load`, as its
+             agent asks), timed until it says done (every block in its file); MiB/s, and
+             the worker's and MinIO's CPU per GiB (the "per file" figures)
     NAME=[TREE]:MODE[:LOOP]  one of those from another source tree (a checkout of main)
              and/or on another event loop, e.g. main=/tmp/main:worker or
              worker-asyncio=:worker:asyncio (FLUIDFED_EVENT_LOOP of both processes)
@@ -52,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +143,51 @@ def thread_seconds(pid: int) -> dict[str, float]:
         out[f"{who}_user"] += int(fields[11]) / tick
         out[f"{who}_sys"] += int(fields[12]) / tick
     return out
+
+
+def warm_up(
+    root: Path, mount: dict[str, Any], files: int, name: str, tree: str, run: int
+) -> dict[str, Any]:
+    """`load`: a fresh worker warms up the whole dataset (`POST /v1/load`, as its agent
+    asks); the time until it says done (every block in its file), its CPU and MinIO's."""
+    with peers.pythonpath(tree):
+        w = rp.warm_worker(root, mount, files * FILE_SIZE // 2**20 + 1, name=f"w-{name}-{run}")
+    try:
+        assert w.proc is not None
+        pids = {"worker": w.proc.pid, **({"minio": MINIO_PID} if MINIO_PID else {})}
+        headers = {
+            "Authorization": "Bearer " + processes.local_token("bench", "agent"),
+            "Content-Type": "application/json",
+        }
+        busy0 = machine_busy()
+        cpu0 = {k: rp.tree_cpu_seconds(p) for k, p in pids.items()}
+        t0 = time.perf_counter()
+        urllib.request.urlopen(
+            urllib.request.Request(w.url + "/v1/load", b"{}", headers, method="POST"), timeout=10
+        ).read()
+        while True:
+            with urllib.request.urlopen(
+                urllib.request.Request(w.url + "/v1/load", headers=headers), timeout=10
+            ) as r:
+                progress = json.loads(r.read())
+            if progress["state"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - t0
+        busy1 = machine_busy()
+        mib = progress["bytes"] / 2**20
+        got: dict[str, Any] = {
+            "MiB_per_s": round(mib / seconds, 1),
+            "machine_busy": round((busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 3),
+        }
+        for k, p in pids.items():  # per GiB
+            got[f"{k}_cpu_ms_per_file"] = round((rp.tree_cpu_seconds(p) - cpu0[k]) * 1024 / mib, 3)
+        got["load"] = progress
+        got["ufs"] = w.status()["ufs"]
+        return got
+    finally:
+        w.close()
+        shutil.rmtree(w.dir, ignore_errors=True)
 
 
 def one(
@@ -326,7 +375,12 @@ def main() -> None:
         }
         for r in range(args.runs):
             for name, variant in peers.rotated(variants, r):
-                got = one(root, mount, keys, name, variant, args.profile, r, args.ops, args.perf)
+                if variant[1] == "load":
+                    got = warm_up(root, mount, len(keys), name, variant[0], r)
+                else:
+                    got = one(
+                        root, mount, keys, name, variant, args.profile, r, args.ops, args.perf
+                    )
                 print(name, json.dumps(got), file=sys.stderr, flush=True)
                 out.setdefault(name, []).append(got)
     finally:

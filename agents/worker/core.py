@@ -300,20 +300,38 @@ class Worker:
             for item in todo:
                 queue.put_nowait(item)
 
+            # at most fetch_concurrency blocks in flight, however they are grouped in runs
+            # (as many runs of four at once wait on the disk's writes past the write-behind)
+            free = self.cfg.fetch_concurrency
+            room = asyncio.Condition()
+
             async def pull() -> None:
+                nonlocal free
                 while not queue.empty():
                     ref, run = queue.get_nowait()
-                    for n, (i, key) in enumerate(run):
-                        try:
-                            if n == 0:
-                                await self.block(key, ref, i, len(run) - 1, reader=False)
-                            elif key not in self.store:  # (not read with the first after all)
-                                await self.block(key, ref, i)
-                            prog.bytes += blocks.block_span(ref.size, bs, i)[1]
-                        except Exception as err:
-                            prog.errors += 1
-                            prog.message = str(err)
-                        prog.done += 1
+                    async with room:
+                        while free < len(run):
+                            await room.wait()
+                        free -= len(run)
+                    try:
+                        await pull_run(ref, run)
+                    finally:
+                        async with room:
+                            free += len(run)
+                            room.notify_all()
+
+            async def pull_run(ref: FileRef, run: list[tuple[int, str]]) -> None:
+                for n, (i, key) in enumerate(run):
+                    try:
+                        if n == 0:
+                            await self.block(key, ref, i, len(run) - 1, reader=False)
+                        elif key not in self.store:  # (not read with the first after all)
+                            await self.block(key, ref, i)
+                        prog.bytes += blocks.block_span(ref.size, bs, i)[1]
+                    except Exception as err:
+                        prog.errors += 1
+                        prog.message = str(err)
+                    prog.done += 1
 
             await asyncio.gather(*(pull() for _ in range(self.cfg.fetch_concurrency)))
             await self.stored()  # loaded means in the files, not in memory waiting for them
