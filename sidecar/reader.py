@@ -234,10 +234,10 @@ class BlockReader:
         """Fetch blocks ahead of a sequential reader, in the background. Where the file's
         blocks have been misses at their worker (a first read; a file not asked for yet
         is taken for one, as the kernel's read-ahead asks for the first blocks of a file
-        before any has come), a block is asked for
-        together with the next ones (up to `RUN`) that the same worker owns: the worker
-        reads them from the under storage in one ranged read, and they are asked for once
-        the first is here (hits in the worker's memory by then)."""
+        before any has come), a block is asked for together with the next ones (up to
+        `RUN`) that the same worker owns: the worker reads them from the under storage in
+        one ranged read, and they are asked for once the first is here (hits in the
+        worker's memory by then). Blocks no worker has are read here the same way."""
         count = blocks.block_count(ref.size, self.cfg.block_size)
         cold = RUN and self._cold.get((ref.mount, ref.key), True)  # (not known: likely)
         for i in indices:
