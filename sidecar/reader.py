@@ -6,6 +6,7 @@ that fails is skipped for a few seconds so readers do not each wait for it again
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import threading
@@ -238,8 +239,14 @@ class BlockReader:
         `RUN`) that the same worker owns: the worker reads them from the under storage in
         one ranged read, and they are asked for once the first is here (hits in the
         worker's memory by then). Blocks no worker has are read here the same way."""
-        count = blocks.block_count(ref.size, self.cfg.block_size)
-        cold = RUN and self._cold.get((ref.mount, ref.key), True)  # (not known: likely)
+        bs = self.cfg.block_size
+        count = blocks.block_count(ref.size, bs)
+        cold = (
+            RUN
+            and self._cold.get((ref.mount, ref.key), True)  # (not known: likely)
+            and ref.mount < len(self.readers)
+            and self.readers[ref.mount].joins(bs)  # (a store read block by block: none)
+        )
         for i in indices:
             key = self.key(ref, i)
             if key in self.store or key in self._inflight:
@@ -254,6 +261,20 @@ class BlockReader:
             task = asyncio.create_task(self._quiet(ref, i, run))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+            task.add_done_callback(functools.partial(self._abandon, ref, run))
+
+    def _abandon(
+        self, ref: FileRef, run: list[tuple[str, asyncio.Future[blocks.Data]]], _: object
+    ) -> None:
+        """Once a read-ahead's task is over: a block of it never fetched (the task was
+        cancelled before it began, or timed out) fails its waiters and is no longer in
+        flight, so a reader asking for it again fetches it."""
+        for k, f in run:
+            if not f.done():
+                f.set_exception(errors.WorkerError(f"read-ahead of {ref.key} stopped"))
+                f.exception()
+            if self._inflight.get(k) is f:
+                del self._inflight[k]
 
     def _run_after(self, ref: FileRef, index: int, key: str, count: int) -> list[str]:
         """The keys of the blocks after `index` to ask its worker for with it (or to read
@@ -273,7 +294,7 @@ class BlockReader:
     ) -> None:
         """Fetch block `index` (its future the first of `run`'s), then the blocks of `run`
         after it, all at once; a failure is the reader's to see when it asks. The blocks
-        of `run` not reached in time fail their waiters (as a read-ahead that timed out)."""
+        of `run` not reached in time fail their waiters (`_abandon`)."""
         (key, fut), *follow = run
         failed: list[BaseException] = []  # the reader will ask again and get the error itself
         try:
@@ -291,12 +312,6 @@ class BlockReader:
                 failed += [g for g in got if isinstance(g, BaseException)]
         except Exception as err:
             failed.append(err)
-        finally:
-            for k, f in follow:  # not started (timed out, cancelled): its waiters get that
-                if not f.done():
-                    f.set_exception(errors.WorkerError(f"read-ahead of {ref.key} stopped"))
-                    f.exception()
-                    del self._inflight[k]
         if failed:
             log.debug("read-ahead of %s from #%d failed: %s", ref.key, index, failed[0])
 

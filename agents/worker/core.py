@@ -9,12 +9,15 @@ blocks to their owners among the workers that stay before it exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import socket
 import ssl
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -38,6 +41,55 @@ AHEAD_FOR = 30.0  # seconds such a block's first answer still counts as a miss
 # a file of the dataset as listed, or as a block request names it: the server passes the
 # query itself, no FileRef built per request
 Source = FileRef | protocol.BlockQuery
+
+
+class Budget:
+    """Blocks in flight from the under storage, at most `total` however they are grouped
+    (a run of several takes as many; more than `total` take all of it), handed out in the
+    order asked for. What `acquire` gave is given back with `release`, perhaps later than
+    the read (a run's blocks are stored after its first is answered: `Worker._keep`)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+        self.free = self.total
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, n: int) -> int:
+        """Wait until `n` blocks (at most `total`) may be read; how many were taken."""
+        n = min(max(1, n), self.total)
+        if not self._waiting and self.free >= n:
+            self.free -= n
+            return n
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # given just as the caller was cancelled: back
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.free += n
+        while self._waiting:
+            want, fut = self._waiting[0]
+            if fut.done():  # (cancelled while waiting)
+                self._waiting.popleft()
+                continue
+            if self.free < want:
+                break
+            self._waiting.popleft()
+            self.free -= want
+            fut.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def take(self, n: int) -> AsyncIterator[None]:
+        got = await self.acquire(n)
+        try:
+            yield
+        finally:
+            self.release(got)
 
 
 def remaining_peers(peers: list[str], me: str) -> list[str]:
@@ -91,7 +143,10 @@ class Worker:
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[blocks.Data, int]]] = {}
         self._ahead: dict[str, float] = {}  # read with a miss, not served yet: when (`fresh`)
-        self._fetch_slots = asyncio.Semaphore(cfg.fetch_concurrency)
+        # blocks read from the under storage at once (a run of four takes four: 16 runs at
+        # once waited on the disk's writes past the write-behind; figures: README)
+        self._fetching = Budget(cfg.fetch_concurrency)
+        self._keeping: set[asyncio.Task[None]] = set()  # runs' blocks being stored (`_keep`)
         self.ufs_reads = 0
         self.ufs_bytes = 0
         self.ufs_errors = 0
@@ -146,7 +201,9 @@ class Worker:
 
     async def stored(self) -> None:
         """Once every block answered so far is in its file: a block is served from memory
-        while its file is written, and anything that counts or reads the files waits."""
+        while its file is written, and anything that counts or reads the files waits
+        (the blocks of a run kept after its answer too: `_keep`)."""
+        await asyncio.gather(*list(self._keeping), return_exceptions=True)
         await self.store.stored()
 
     def peers(self) -> list[str]:
@@ -174,22 +231,33 @@ class Worker:
         next (their first answers say "miss": `fresh`), a warm-up will not."""
         got = await self.store.get(key)
         if got is not None:
-            return got[0], got[1], not self.fresh(key)
+            if not self.fresh(key):
+                return got[0], got[1], True
+            self.store.recount_as_miss(key)
+            return got[0], got[1], False
         fut = self._inflight.get(key)
         if fut is None:
             run_keys = self._run(key, ref, index, run)
             loop = asyncio.get_running_loop()
             futs = {k: loop.create_future() for k in run_keys}
             self._inflight.update(futs)
+            rest: list[tuple[str, blocks.Data, int]] = []
+            held = 0
             try:
+                # the budget is held until the run's blocks are stored (`_keep`): reads do
+                # not run ahead of the disk's writes
+                held = await self._fetching.acquire(len(run_keys))
                 parts = await self._fetch(ref, range(index, index + len(run_keys)))
+                now = time.monotonic()
                 for (k, f), (data, crc) in zip(futs.items(), parts, strict=True):
-                    await self.store.put(k, data, crc)
-                    if k != key and reader:
-                        self._ahead[k] = time.monotonic()
-                    f.set_result((data, crc))
+                    if k != key:
+                        if reader:
+                            self._ahead[k] = now
+                        rest.append((k, data, crc))
+                    f.set_result((data, crc))  # (those waiting have it now)
                 while len(self._ahead) > AHEAD_KEPT:  # (read ahead for a reader that left)
                     del self._ahead[next(iter(self._ahead))]
+                await self.store.put(key, *parts[0])
             except BaseException as err:
                 for f in futs.values():
                     if not f.done():
@@ -197,11 +265,37 @@ class Worker:
                         f.exception()  # retrieved: waiters get it, nobody waiting is fine too
                 raise
             finally:
-                for k in futs:
-                    del self._inflight[k]
+                del self._inflight[key]
+                if rest:  # kept after this answer: it does not wait for their files
+                    task = asyncio.create_task(self._keep(rest, held))
+                    self._keeping.add(task)
+                    task.add_done_callback(self._keeping.discard)
+                else:
+                    for k in futs:
+                        self._inflight.pop(k, None)
+                    if held:
+                        self._fetching.release(held)
             return *parts[0], False
         data, crc = await asyncio.shield(fut)
+        self.fresh(key)  # (read for this reader: a miss either way)
         return data, crc, False
+
+    async def _keep(self, rest: list[tuple[str, blocks.Data, int]], held: int) -> None:
+        """Store the blocks read with a miss after it was answered; until each is stored,
+        a request for it finds it in `_inflight` (read already). Then give back the
+        `held` blocks of the fetch budget the run took."""
+        try:
+            for k, data, crc in rest:
+                try:
+                    await self.store.put(k, data, crc)
+                except Exception as err:  # (a write that fails: not cached, as behind)
+                    log.warning("block %s read with the one before it not kept: %s", k, err)
+                finally:
+                    self._inflight.pop(k, None)
+        finally:
+            for k, _, _ in rest:
+                self._inflight.pop(k, None)
+            self._fetching.release(held)
 
     def fresh(self, key: str) -> bool:
         """Whether `key` was read from the under storage with a miss before it (`_run`) in
@@ -216,8 +310,8 @@ class Worker:
         and of the `ahead` blocks after it (that its reader asks for next:
         `BlockQuery.run`) those this worker owns and neither holds nor is reading already,
         up to the first it does not."""
-        if not ahead:
-            return [key]
+        if not ahead or not self.ufs[ref.mount].joins(self.cfg.block_size):
+            return [key]  # (a store read block by block: the run would only wait longer)
         bs, peers = self.cfg.block_size, self.peers()
         keys = {index: key}
 
@@ -241,23 +335,22 @@ class Worker:
         lengths = [blocks.block_span(ref.size, bs, i)[1] for i in run]
         length = sum(lengths)
         store = self.ufs[ref.mount]
-        async with self._fetch_slots:
-            try:
-                async with asyncio.timeout(self.cfg.read_timeout):
-                    if len(lengths) == 1:
-                        parts = [await store.read_checked(ref.key, offset, length)]
-                    else:
-                        parts = await store.read_run(ref.key, offset, lengths)
-            except TimeoutError:
-                self.ufs_errors += 1
-                raise errors.UFSError(
-                    f"read {ref.key} [{offset}+{length}]: no answer within "
-                    f"{self.cfg.read_timeout:g}s",
-                    temporary=True,
-                ) from None
-            except errors.UFSError:
-                self.ufs_errors += 1
-                raise
+        # (within the fetch budget its caller took: `block`)
+        try:
+            async with asyncio.timeout(self.cfg.read_timeout):
+                if len(lengths) == 1:
+                    parts = [await store.read_checked(ref.key, offset, length)]
+                else:
+                    parts = await store.read_run(ref.key, offset, lengths)
+        except TimeoutError:
+            self.ufs_errors += 1
+            raise errors.UFSError(
+                f"read {ref.key} [{offset}+{length}]: no answer within {self.cfg.read_timeout:g}s",
+                temporary=True,
+            ) from None
+        except errors.UFSError:
+            self.ufs_errors += 1
+            raise
         self.ufs_reads += len(parts)
         self.ufs_bytes += sum(len(d) for d, _ in parts)
         return parts
@@ -285,12 +378,13 @@ class Worker:
                     continue
                 prog.ufs_bytes += ref.size
                 last = -2
+                joins = protocol.MAX_RUN if self.ufs[ref.mount].joins(bs) else 0
                 for i in range(blocks.block_count(ref.size, bs)):
                     key = ref.block_key(self.cfg.dataset, bs, i)
                     if blocks.owner(key, peers) != self.url:
                         continue
                     run = todo[-1][1] if todo and todo[-1][0] is ref else []
-                    if i == last + 1 and 0 < len(run) <= protocol.MAX_RUN:
+                    if i == last + 1 and 0 < len(run) <= joins:
                         run.append((i, key))
                     else:
                         todo.append((ref, [(i, key)]))
@@ -300,38 +394,22 @@ class Worker:
             for item in todo:
                 queue.put_nowait(item)
 
-            # at most fetch_concurrency blocks in flight, however they are grouped in runs
-            # (as many runs of four at once wait on the disk's writes past the write-behind)
-            free = self.cfg.fetch_concurrency
-            room = asyncio.Condition()
-
             async def pull() -> None:
-                nonlocal free
+                # (at most fetch_concurrency blocks in flight however they are grouped:
+                # `_fetching`)
                 while not queue.empty():
                     ref, run = queue.get_nowait()
-                    async with room:
-                        while free < len(run):
-                            await room.wait()
-                        free -= len(run)
-                    try:
-                        await pull_run(ref, run)
-                    finally:
-                        async with room:
-                            free += len(run)
-                            room.notify_all()
-
-            async def pull_run(ref: FileRef, run: list[tuple[int, str]]) -> None:
-                for n, (i, key) in enumerate(run):
-                    try:
-                        if n == 0:
-                            await self.block(key, ref, i, len(run) - 1, reader=False)
-                        elif key not in self.store:  # (not read with the first after all)
-                            await self.block(key, ref, i)
-                        prog.bytes += blocks.block_span(ref.size, bs, i)[1]
-                    except Exception as err:
-                        prog.errors += 1
-                        prog.message = str(err)
-                    prog.done += 1
+                    for n, (i, key) in enumerate(run):
+                        try:
+                            if n == 0:
+                                await self.block(key, ref, i, len(run) - 1, reader=False)
+                            elif key not in self.store and key not in self._inflight:
+                                await self.block(key, ref, i)  # (not read with the first)
+                            prog.bytes += blocks.block_span(ref.size, bs, i)[1]
+                        except Exception as err:
+                            prog.errors += 1
+                            prog.message = str(err)
+                        prog.done += 1
 
             await asyncio.gather(*(pull() for _ in range(self.cfg.fetch_concurrency)))
             await self.stored()  # loaded means in the files, not in memory waiting for them
@@ -464,5 +542,5 @@ class Worker:
                 sendfile=self.served_sendfile,
             ),
             load=self.load,
-            writing=s.writing,
+            writing=s.writing + len(self._keeping),
         )

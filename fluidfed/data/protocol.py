@@ -47,7 +47,8 @@ CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
 LOCAL = "X-Fluidfed-Local"  # short-circuit: the block file's path on the worker's machine
 LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-byte trailer)
 JSON = "application/json"
-MAX_RUN = 3  # blocks a worker reads with a missing one, at most (`BlockQuery.run`)
+MAX_RUN = 3  # blocks a worker reads with a missing one, at most (`BlockQuery.run`: more is
+# read as this many)
 
 
 def block_url(url: str, key: str) -> str:
@@ -108,7 +109,7 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     local: bool = False  # answer with the block file's path if it is on disk, checked
     # blocks after this one a sequential reader asks this worker for next: on a miss the
     # worker may read them from the under storage with it, in one ranged read (`run_after`)
-    run: Annotated[int, msgspec.Meta(ge=0, le=MAX_RUN)] = msgspec.field(default=0, name="n")
+    run: Annotated[int, msgspec.Meta(ge=0)] = msgspec.field(default=0, name="n")
 
     def block_key(self, dataset: str, block_size: int) -> str:
         return blocks.block_key(dataset, self.mount, self.key, self.version, block_size, self.index)
@@ -165,12 +166,13 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
 def _bounded_run(text: str | None) -> int:
-    """`run` from its parameter: ValueError for a count outside 0..MAX_RUN (the schema
-    then says what is wrong)."""
+    """`run` from its parameter, at most MAX_RUN (a newer sidecar may ask for more: this
+    worker reads what it reads at most); ValueError for a negative count (the schema then
+    says what is wrong)."""
     n = int(text) if text else 0
-    if not 0 <= n <= MAX_RUN:
+    if n < 0:
         raise ValueError(n)
-    return n
+    return min(n, MAX_RUN)
 
 
 def _span(typ: type, value: Any) -> Any:

@@ -187,6 +187,15 @@ class BlockStore:
         tier.hits += 1
         self.stats.hits += 1
 
+    def recount_as_miss(self, key: str) -> None:
+        """The hit just counted for `key` was its reader's first sight of a block read from
+        the under storage for it (with the miss before it, in one read): count a miss."""
+        tier = self._holder(key)
+        if tier is not None:
+            tier.hits -= 1
+        self.stats.hits -= 1
+        self.stats.misses += 1
+
     def peek(self, key: str) -> blocks.Data | None:
         """A block held in a memory tier, synchronously (counted as a hit); None otherwise
         (not counted: the caller goes on to `get`)."""

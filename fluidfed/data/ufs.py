@@ -102,6 +102,9 @@ class UFS(Protocol):
     def joined(self) -> int:
         """Blocks received in one read with the block before them (`read_run`)."""
 
+    def joins(self, block_size: int) -> bool:
+        """Whether `read_run` reads blocks of `block_size` in one read (else one by one)."""
+
 
 _PERMANENT = (
     opendal.exceptions.PermissionDenied,
@@ -208,6 +211,9 @@ class OpenDALUFS:
     def joined(self) -> int:
         return 0
 
+    def joins(self, block_size: int) -> bool:
+        return False  # (OpenDAL's read is one buffer: split, it would pin or copy)
+
 
 class S3UFS(OpenDALUFS):
     """S3: listing and stat through OpenDAL, blocks through obstore (module docstring).
@@ -277,11 +283,12 @@ class S3UFS(OpenDALUFS):
     ) -> Parts:
         """Consecutive blocks in one ranged GET over a presigned URL, each received into a
         buffer of its own with its CRC (`receive.Connections.get`'s `split`): a store
-        serves one GET of 8 MiB for less than two of 4 (MinIO: 0.66-0.72 CPU-s per GiB
-        against 0.86; `bench/s3_get_sizes.py`), and a sequential reader's worker makes
-        half the requests. Blocks smaller than RECEIVE_FROM, and any answer that is not
-        exactly the range asked for (an object that changed, a server that ignores
-        ranges, a failure), are read one by one as `read_checked` reads them."""
+        serves one GET of 16 MiB for less than four of 4 (MinIO: 0.54-0.58 CPU-s per GiB
+        against 0.86; `bench/s3_get_sizes.py`), and a sequential reader's worker makes a
+        quarter of the requests. Blocks smaller than RECEIVE_FROM, and any answer that is
+        not exactly the range asked for (an object that changed, a server that ignores
+        ranges, a failure), are read one by one (`read_checked`, or `read_block` without
+        `checksum`)."""
         total = sum(lengths)
         if not self.direct or len(lengths) < 2 or min(lengths) < RECEIVE_FROM:
             return await _each(self, path, offset, lengths, checksum)
@@ -391,6 +398,9 @@ class S3UFS(OpenDALUFS):
     @property
     def joined(self) -> int:
         return self.runs_joined
+
+    def joins(self, block_size: int) -> bool:
+        return self.direct and block_size >= RECEIVE_FROM
 
 
 def ranged_body(

@@ -3,13 +3,14 @@ tier, and the status it reports to its agent as the agent reads it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
 from agents.registry import Registry
-from agents.worker.core import Worker, remaining_peers
+from agents.worker.core import Budget, Worker, remaining_peers
 from fluidfed.data import credentials, protocol
 from fluidfed.data.layout import FileRef, Peers, WorkerConfig
 from fluidfed.models import CacheTier, Mount
@@ -121,3 +122,35 @@ async def test_a_rotation_is_taken_from_the_credentials_file(
         assert credentials.verify(now, [new]).role == "peer"
     finally:
         await worker.close()
+
+
+async def test_the_fetch_budget_counts_blocks_and_never_waits_for_more_than_it_has() -> None:
+    budget = Budget(4)
+    held: list[int] = []
+    most = 0
+
+    async def run(n: int) -> None:
+        nonlocal most
+        blocks = min(n, budget.total)  # (more than it has: all of it)
+        async with budget.take(n):
+            held.append(blocks)
+            most = max(most, sum(held))
+            await asyncio.sleep(0.01)
+            held.remove(blocks)
+
+    # runs of four, singles, and more than the budget (taken as all of it): none waits for
+    # ever, and never more than four blocks at once
+    await asyncio.wait_for(asyncio.gather(*(run(n) for n in (4, 1, 1, 3, 9, 2, 2))), 5)
+    assert most == 4
+    assert budget.free == 4
+    # what was taken is given back later, by someone else (a run's blocks once stored); a
+    # caller cancelled while waiting takes nothing
+    taken = await budget.acquire(3)
+    waiting = asyncio.create_task(budget.acquire(2))
+    cancelled = asyncio.create_task(budget.acquire(1))
+    await asyncio.sleep(0)
+    assert not waiting.done() and budget.free == 1
+    cancelled.cancel()
+    budget.release(taken)
+    assert await asyncio.wait_for(waiting, 5) == 2
+    assert budget.free == 2
