@@ -293,18 +293,13 @@ class S3UFS(OpenDALUFS):
         if not self.direct or len(lengths) < 2 or min(lengths) < RECEIVE_FROM:
             return await _each(self, path, offset, lengths, checksum)
         key = path.lstrip("/")
-        try:
-            url = obstore.sign(self.store, "GET", key, SIGNED_FOR)
-        except Exception:  # not signable after all: read one by one (which says why)
+        signed = self._signed(key)
+        if isinstance(signed, str):  # read one by one (which says why)
             return await _each(self, path, offset, lengths, checksum)
-        if self.conns is None:
-            if _proxied(url):
-                self.direct = False
-                return await _each(self, path, offset, lengths, checksum)
-            self.conns = receive.Connections()
+        url, conns = signed
         what = self._what(key, offset, total)
         try:
-            answer = await self.conns.get(
+            answer = await conns.get(
                 url,
                 {},
                 {"Range": f"bytes={offset}-{offset + total - 1}"},
@@ -332,23 +327,33 @@ class S3UFS(OpenDALUFS):
     def _what(self, key: str, offset: int, length: int) -> str:
         return f"read {self.uri}/{key} [{offset}+{length}]"
 
+    def _signed(self, key: str) -> tuple[str, receive.Connections] | str:
+        """A presigned URL of `key` and the connections to receive it on (made on first
+        use); or why not: "" where the environment names a proxy for the store's host
+        (presigned reads are off from then on: obstore's client takes the proxy)."""
+        try:
+            url = obstore.sign(self.store, "GET", key, SIGNED_FOR)
+        except Exception as err:  # not signable after all: obstore's request says why
+            return f"cannot presign: {type(err).__name__}"
+        if self.conns is None:
+            if _proxied(url):
+                self.direct = False
+                return ""
+            self.conns = receive.Connections()
+        return url, self.conns
+
     async def _receive(
         self, key: str, offset: int, length: int, checksum: bool
     ) -> tuple[blocks.Data | None, int, str]:
         """(the range, its CRC or -1, "") received over a presigned URL, its CRC taken in the
         receiving thread with `checksum`; or (None, -1, why not): obstore's."""
-        try:
-            url = obstore.sign(self.store, "GET", key, SIGNED_FOR)
-        except Exception as err:  # not signable after all: obstore's request says why
-            return None, -1, f"cannot presign: {type(err).__name__}"
-        if self.conns is None:
-            if _proxied(url):
-                self.direct = False
-                return None, -1, ""
-            self.conns = receive.Connections()
+        signed = self._signed(key)
+        if isinstance(signed, str):
+            return None, -1, signed
+        url, conns = signed
         last = offset + length - 1
         # a small block on the event loop: not worth a thread's hand-off
-        get = self.conns.get if length >= RECEIVE_FROM else self.conns.get_on_loop
+        get = conns.get if length >= RECEIVE_FROM else conns.get_on_loop
         try:
             answer = await get(
                 url, {}, {"Range": f"bytes={offset}-{last}"}, self.timeout, checksum=checksum
