@@ -224,17 +224,22 @@ class Worker:
     # --- blocks ---------------------------------------------------------------------
 
     async def block(
-        self, key: str, ref: Source, index: int, run: int = 0, *, reader: bool = True
+        self,
+        key: str,
+        ref: Source,
+        index: int,
+        run: int = 0,
+        *,
+        reader: bool = True,
+        fresh: bool = False,
     ) -> tuple[blocks.Data, int, bool]:
         """(data, crc, whether it was cached) of the block `index` of `ref`. On a miss, up
         to `run` blocks after it are read with it (`_run`); a `reader` will ask for them
-        next (their first answers say "miss": `fresh`), a warm-up will not."""
-        got = await self.store.get(key)
+        next (their first answers say "miss": `fresh`), a warm-up will not. `fresh`: this
+        reader's first ask for a block so read (`fresh`): answered and counted a miss."""
+        got = await self.store.get(key, fresh=fresh)
         if got is not None:
-            if not self.fresh(key):
-                return got[0], got[1], True
-            self.store.recount_as_miss(key)
-            return got[0], got[1], False
+            return got[0], got[1], not fresh
         fut = self._inflight.get(key)
         if fut is None:
             run_keys = self._run(key, ref, index, run)
@@ -277,7 +282,6 @@ class Worker:
                         self._fetching.release(held)
             return *parts[0], False
         data, crc = await asyncio.shield(fut)
-        self.fresh(key)  # (read for this reader: a miss either way)
         return data, crc, False
 
     async def _keep(self, rest: list[tuple[str, blocks.Data, int]], held: int) -> None:
@@ -299,9 +303,10 @@ class Worker:
 
     def fresh(self, key: str) -> bool:
         """Whether `key` was read from the under storage with a miss before it (`_run`) in
-        the last AHEAD_FOR seconds and not served since (nor read from its file by a
-        reader on this node: `_touch`): its first answer says "miss" (its reader asked,
-        the under storage was read for it), and it is not fresh any more."""
+        the last AHEAD_FOR seconds and not asked for since: its first answer (or a reader
+        on this node reading its file) is a miss, counted as one (its reader asked, the
+        under storage was read for it); asked once, it is not fresh any more. A request
+        asks this once, before looking anywhere for the block."""
         since = self._ahead.pop(key, None)
         return since is not None and time.monotonic() - since < AHEAD_FOR
 

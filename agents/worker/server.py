@@ -216,9 +216,12 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     why = credentials.authorize(claims, Action.READ_BLOCK, w.cfg.dataset, path)
     if why is not None:
         return _problem(403, why)
+    # a block read ahead for this reader with a miss before it: its first answer a miss
+    first = w.fresh(key)
+    cache = "miss" if first else "hit"
     span = q.span
     if span is None and not q.verify:
-        where = w.store.locate(key) if q.local else None
+        where = w.store.locate(key, fresh=first) if q.local else None
         if where is not None:
             # a reader on this machine reads the block file itself (short-circuit)
             w.located += 1
@@ -228,14 +231,14 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
                     protocol.LOCAL: where[0],
                     protocol.LENGTH: str(where[1]),
                     protocol.CHECKSUM: str(where[2]),
-                    protocol.CACHE: _hit(w, key),
+                    protocol.CACHE: cache,
                 }
             )
-        held = w.store.open_verified(key)
+        held = w.store.open_verified(key, fresh=first)
         if held is not None:
             w.count_served(1, held[1])
             return _BlockFile(
-                w, held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: _hit(w, key)}
+                w, held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: cache}
             )
     try:
         part = await w.store.get_span(key, span.offset, span.length) if span is not None else None
@@ -243,7 +246,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             w.count_served(1, len(part))
             crc = blocks.checksum(part)
             return _Block(part, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"})
-        data, crc, hit = await w.block(key, q, q.index, q.run)
+        data, crc, hit = await w.block(key, q, q.index, q.run, fresh=first)
     except errors.UFSNotFound as err:
         return _problem(404, str(err))
     except errors.UFSError as err:
@@ -253,12 +256,6 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         crc = blocks.checksum(data)
     w.count_served(1, len(data))
     return _Block(data, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if hit else "miss"})
-
-
-def _hit(w: Worker, key: str) -> str:
-    """What a held block's answer says: "hit", or "miss" the first time a block read ahead
-    with a miss is served (`Worker.fresh`)."""
-    return "miss" if w.fresh(key) else "hit"
 
 
 async def _touch(request: web.Request) -> web.Response:
@@ -272,9 +269,8 @@ async def _touch(request: web.Request) -> web.Response:
     except ConfigError as err:
         return _problem(400, str(err))
     keys = [key for key, _ in body.blocks]
-    held = w.store.touch(keys)
-    for key in keys:  # read by the reader they were read ahead for (counted a hit there)
-        w.fresh(key)
+    # read by the reader they were read ahead for: misses, as their answers would say
+    held = w.store.touch(keys, {key for key in keys if w.fresh(key)})
     # what a reader says it read feeds the throughput that scales the workers: at most a
     # block per block reported
     bs = w.cfg.block_size

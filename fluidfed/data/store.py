@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,19 +183,15 @@ class BlockStore:
         """The first tier that holds `key`."""
         return next((t for t in self._tiers if key in t.ledger), None)
 
-    def _hit(self, tier: _Tier, key: str) -> None:
+    def _hit(self, tier: _Tier, key: str, fresh: bool = False) -> None:
+        """A held block served (recently used): a hit, or with `fresh` a miss (read from
+        the under storage for this very reader, with the block before it, in one read)."""
         tier.ledger.touch(key)
+        if fresh:
+            self.stats.misses += 1
+            return
         tier.hits += 1
         self.stats.hits += 1
-
-    def recount_as_miss(self, key: str) -> None:
-        """The hit just counted for `key` was its reader's first sight of a block read from
-        the under storage for it (with the miss before it, in one read): count a miss."""
-        tier = self._holder(key)
-        if tier is not None:
-            tier.hits -= 1
-        self.stats.hits -= 1
-        self.stats.misses += 1
 
     def peek(self, key: str) -> blocks.Data | None:
         """A block held in a memory tier, synchronously (counted as a hit); None otherwise
@@ -232,7 +229,7 @@ class BlockStore:
         held = tier.verified.get(key) if tier is not None else None
         return None if tier is None or held is None else (tier, held)
 
-    def open_verified(self, key: str) -> tuple[BinaryIO, int, int] | None:
+    def open_verified(self, key: str, *, fresh: bool = False) -> tuple[BinaryIO, int, int] | None:
         """A disk block whose CRC already held once, as (file, length, CRC) for sending
         straight from the page cache (counted as a hit); None: use `get`, which reads and
         checks it. The receiver checks the CRC end to end and asks again with a full
@@ -249,10 +246,10 @@ class BlockStore:
         f = tier.open_data(key)
         if f is None:
             return None
-        self._hit(tier, key)
+        self._hit(tier, key, fresh)
         return f, held[1], held[0]
 
-    def locate(self, key: str) -> tuple[str, int, int] | None:
+    def locate(self, key: str, *, fresh: bool = False) -> tuple[str, int, int] | None:
         """(file path, data length, CRC) of a disk block whose CRC already held once, for a
         reader on the same machine to read itself (counted as a hit); None otherwise. The
         file is the data followed by an 8-byte trailer."""
@@ -260,22 +257,23 @@ class BlockStore:
         if checked is None:
             return None
         tier, held = checked
-        self._hit(tier, key)
+        self._hit(tier, key, fresh)
         return os.path.abspath(tier.file(key)), held[1], held[0]
 
-    def touch(self, keys: list[str]) -> int:
-        """Blocks a reader on this machine read from their files: count them as hits and
-        keep them recently used. How many are still held."""
+    def touch(self, keys: list[str], fresh: Container[str] = ()) -> int:
+        """Blocks a reader on this machine read from their files: count them as hits (those
+        in `fresh` as misses: `_hit`) and keep them recently used. How many are still held."""
         held = 0
         for key in keys:
             tier = self._holder(key)
             if tier is not None:
-                self._hit(tier, key)
+                self._hit(tier, key, key in fresh)
                 held += 1
         return held
 
-    async def get(self, key: str) -> tuple[blocks.Data, int] | None:
-        """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one)."""
+    async def get(self, key: str, *, fresh: bool = False) -> tuple[blocks.Data, int] | None:
+        """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one).
+        `fresh`: counted as a miss where held (`_hit`)."""
         tier = self._holder(key)
         if tier is None:
             self.stats.misses += 1
@@ -295,7 +293,7 @@ class BlockStore:
                 self.stats.misses += 1
                 return None
             tier.verified[key] = (got[1], len(got[0]))
-        self._hit(tier, key)
+        self._hit(tier, key, fresh)
         return got
 
     async def put(self, key: str, data: blocks.Data, crc: int | None = None) -> None:

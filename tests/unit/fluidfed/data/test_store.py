@@ -115,6 +115,30 @@ async def test_blocks_read_from_their_files_stay_hot(tmp_path: Path) -> None:
     assert (data, crc) == (b"a" * 100, blocks.checksum(b"a" * 100))
 
 
+async def test_a_block_read_for_its_reader_counts_a_miss_however_it_is_served(
+    tmp_path: Path,
+) -> None:
+    """A block read from the under storage with the one before it, for the reader that
+    now asks for it (`fresh`): a miss in the counts, whichever way it is served, and
+    recently used all the same."""
+    ssd = testing.cache_tier("SSD", 1000, tmp_path, high=0.9, low=0.8)
+    store = await BlockStore([ssd]).open()
+    keys = [c * 32 for c in "abcd"]
+    for k in keys:
+        await store.put(k, k.encode()[:1] * 100)
+    await store.stored()
+    assert await store.get(keys[0], fresh=True) is not None
+    assert store.locate(keys[1], fresh=True) is not None
+    opened = store.open_verified(keys[2], fresh=True)
+    assert opened is not None
+    opened[0].close()
+    assert store.touch([keys[3], "0" * 32], {keys[3]}) == 1
+    assert (store.stats.hits, store.stats.misses) == (0, 4)
+    assert await store.get(keys[0]) is not None and store.locate(keys[3]) is not None
+    assert (store.stats.hits, store.stats.misses) == (2, 4)
+    assert store.snapshot().tiers[0].hits == 2
+
+
 async def test_a_block_written_behind_is_served_from_memory_until_its_file_is_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
