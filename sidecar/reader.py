@@ -46,6 +46,7 @@ class ReadStats:
     short_circuit: int = 0  # worker hits read from the worker's block file on this machine
     ufs_errors: int = 0
     readahead: int = 0
+    runs: int = 0  # read-aheads asking for a block with those after it (a cold file's)
     bytes: int = 0  # read from the under storage directly
     # small files handed to the kernel straight from a worker's block file on this node
     # (pyfuse3's session: into its page cache at their OPEN; the native one: their READ)
@@ -257,6 +258,7 @@ class BlockReader:
             for k, f in zip([key, *follow], futs, strict=True):
                 self._inflight[k] = f
             self.stats.readahead += len(futs)
+            self.stats.runs += bool(follow)
             run = list(zip([key, *follow], futs, strict=True))
             task = asyncio.create_task(self._quiet(ref, i, run))
             self._background.add(task)
@@ -328,6 +330,8 @@ class BlockReader:
             if local and target in self._dirs:
                 found = await self._from_files(target, key)
                 if found is not None:
+                    if run is not None:
+                        self._seen(ref, True)  # (cached: its next blocks asked for at once)
                     return found
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):

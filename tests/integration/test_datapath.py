@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -250,6 +251,36 @@ def test_mount_reads_every_file_and_the_second_pass_is_served_by_the_workers(
     assert warm["worker_hits"] == block_count(want)
     assert warm["worker_misses"] == 0
     assert [w.status()["ufs"]["reads"] for w in ws.procs] == ufs_reads
+
+
+def test_a_reader_asks_for_runs_only_while_a_file_is_cold(
+    minio: S3Server, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """A sequential reader asks its worker for a block with those after it (one GET from
+    S3) while the file's blocks miss there; a reader that finds a file's blocks in the
+    worker's files on its node knows the file is cached: at most its first read-ahead
+    asks for a run, the others block by block, at once."""
+    rng = random.Random(5)
+    want = {name: rng.randbytes(16 * BLOCK) for name in ("a.bin", "b.bin")}
+    asyncio.run(minio.upload(want, prefix="long"))
+    mount = {"uri": minio.uri("long"), "options": {"endpoint": minio.endpoint}}
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    ws = workers_factory(mount, 1, tiers=[{"medium": "SSD", "quota": "1GiB", "path": str(ssd)}])
+    first = sidecars(sidecar_config(mount, ws.urls()))
+    for name, data in want.items():
+        assert (first.mountpoint / name).read_bytes() == data
+    assert first.status()["blocks"]["runs"] >= 4  # cold: a run per read-ahead
+    assert ws.procs[0].status()["ufs"]["joined"] > 0
+    first.stop()
+    ws.procs[0].wait_written()
+
+    second = sidecars(sidecar_config(mount, ws.urls()))
+    for name, data in want.items():
+        assert (second.mountpoint / name).read_bytes() == data
+    got = second.status()["blocks"]
+    assert got["short_circuit"] == got["worker_hits"] == 32, got
+    assert got["runs"] <= len(want), got  # b.bin's first block came from the files too
 
 
 def test_sub_path_shows_only_that_directory(
