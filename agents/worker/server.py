@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import mmap
 import os
 import re
@@ -28,48 +27,22 @@ from fluidfed.errors import ConfigError
 M = TypeVar("M", bound=protocol.Message)
 
 WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
-SENDFILE_KEY: web.AppKey[str] = web.AppKey("sendfile", str)
-
-SENDFILE = ("auto", "always", "never")
-# bytes of a block file from which it is sent from a mapping to a reader on loopback
-# (`_loopback`); a smaller one costs more to map than sendfile(2) does: 3,000 files of
-# 128 KiB from a worker's files 2,896 -> 2,554 files/s mapped, the worker 0.16 -> 0.24
-# CPU-ms per file (`bench/results/cold_worker-remote-mapped-small.txt`)
-MAP_ON_LOOPBACK_FROM = 2**20
-SENDFILE_VAR = "FLUIDFED_SENDFILE"  # how block files are sent (`sendfile_choice`)
-
-
-def sendfile_choice() -> str:
-    """How the worker sends its block files, from `FLUIDFED_SENDFILE`: "auto" (the
-    default: sendfile(2), but a block of MAP_ON_LOOPBACK_FROM bytes or more from a mapping
-    to a reader on loopback, `_loopback`), "always" or "never" (always from a mapping)."""
-    name = os.environ.get(SENDFILE_VAR, "auto").strip() or "auto"
-    if name not in SENDFILE:
-        raise errors.FluidfedError(
-            f"{SENDFILE_VAR}={name!r} in the environment: set it to one of "
-            f"{', '.join(SENDFILE)}, or unset it (auto)"
-        )
-    return name
 
 
 class _BlockFile(web.StreamResponse):
     """A checked disk block sent from the page cache without copying it here: sendfile(2),
     asyncio's `loop.sendfile` or, on uvloop, which has none, our own on the transport's
     socket (`_sendfile`; before it, every such answer failed with NotImplementedError on
-    uvloop and its reader fell back to the under storage). Over TLS, and a large block to
-    a reader on loopback (`_loopback`), the file is mapped and the mapping handed to the
-    transport."""
+    uvloop and its reader fell back to the under storage). Over TLS the file is mapped and
+    the mapping handed to the transport (asyncio reads and writes it itself)."""
 
-    def __init__(
-        self, w: Worker, f: BinaryIO, size: int, headers: dict[str, str], sendfile: str
-    ) -> None:
+    def __init__(self, w: Worker, f: BinaryIO, size: int, headers: dict[str, str]) -> None:
         super().__init__(headers=headers)
         self.content_type = "application/octet-stream"
         self.content_length = size
         self._worker = w
         self._file = f
         self._size = size
-        self._sendfile = sendfile  # SENDFILE
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
@@ -78,47 +51,23 @@ class _BlockFile(web.StreamResponse):
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            sent = done = False
-            how = self._sendfile
-            mapped = how == "never" or (
-                how == "auto" and self._size >= MAP_ON_LOOPBACK_FROM and _loopback(transport)
-            )
-            if self._size and not mapped:
-                try:
-                    # asyncio reads and writes itself where the transport cannot (TLS)
-                    await asyncio.get_running_loop().sendfile(transport, self._file, 0, self._size)
-                    sent = transport.get_extra_info("sslcontext") is None
-                    done = True
-                except NotImplementedError:  # uvloop
-                    sent = done = await _sendfile(transport, self._file, self._size)
-            if self._size and not done:
-                view = mmap.mmap(self._file.fileno(), self._size, prot=mmap.PROT_READ)
-                # the transport keeps the view until it is written; the mapping goes
-                # with the last reference (an evicted file stays readable till then)
-                await _send(request, writer, memoryview(view))
-                await writer.drain()
+            try:
+                # asyncio falls back to reading and writing where the transport cannot (TLS)
+                await asyncio.get_running_loop().sendfile(transport, self._file, 0, self._size)
+                sent = transport.get_extra_info("sslcontext") is None
+            except NotImplementedError:  # uvloop
+                sent = bool(self._size) and await _sendfile(transport, self._file, self._size)
+                if self._size and not sent:
+                    mapped = mmap.mmap(self._file.fileno(), self._size, prot=mmap.PROT_READ)
+                    # the transport keeps the view until it is written; the mapping goes
+                    # with the last reference (an evicted file stays readable till then)
+                    await _send(request, writer, memoryview(mapped))
+                    await writer.drain()
             self._worker.served_sendfile += sent
             await super().write_eof()
             return writer
         finally:
             self._file.close()
-
-
-def _loopback(transport: asyncio.BaseTransport) -> bool:
-    """Whether the reader is on this host over loopback, where sendfile(2) costs more
-    than a copy: the kernel builds the receiver's packets of the file's pages, one
-    fragment per page, and does the receiving in the sender's call (`bench/loopback_send.py`:
-    1,683 against 3,794 MiB/s from a mapping, the sender 0.58 against 0.25 CPU-s/GiB).
-    Between machines the NIC reads the pages and sendfile copies nothing."""
-    peer = transport.get_extra_info("peername")
-    if not isinstance(peer, tuple) or not peer:
-        return False
-    try:
-        addr = ipaddress.ip_address(str(peer[0]).partition("%")[0])
-    except ValueError:
-        return False
-    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
-    return (mapped or addr).is_loopback
 
 
 async def _sendfile(transport: asyncio.BaseTransport, f: BinaryIO, size: int) -> bool:
@@ -289,11 +238,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         if held is not None:
             w.count_served(1, held[1])
             return _BlockFile(
-                w,
-                held[0],
-                held[1],
-                {protocol.CHECKSUM: str(held[2]), protocol.CACHE: cache},
-                request.app[SENDFILE_KEY],
+                w, held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: cache}
             )
     try:
         part = await w.store.get_span(key, span.offset, span.length) if span is not None else None
@@ -394,10 +339,9 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def make_app(worker: Worker, sendfile: str = "auto") -> web.Application:
+def make_app(worker: Worker) -> web.Application:
     app = web.Application(client_max_size=64 * 2**20)
     app[WORKER_KEY] = worker
-    app[SENDFILE_KEY] = sendfile
     app.router.add_get(protocol.BLOCK, _get_block)
     app.router.add_put(protocol.BLOCK, _put_block)
     app.router.add_get(protocol.STATUS, _status)
@@ -426,7 +370,6 @@ async def serve(
     worker: Worker | None = None
     heap.tune()
     try:
-        sendfile = sendfile_choice()
         # HTTPS with the binding's certificate where the config gives one (the agent's
         # workers), its peers verified against the binding's CA
         served = tls.Served(cfg.tls_cert_file, cfg.tls_key_file) if cfg.tls_cert_file else None
@@ -447,7 +390,7 @@ async def serve(
         )
         await worker.open()
         worker.instrument()
-        runner = web.AppRunner(make_app(worker, sendfile), handle_signals=False, access_log=None)
+        runner = web.AppRunner(make_app(worker), handle_signals=False, access_log=None)
         await runner.setup()
         site = tlsserve.site(runner, host, port, served.context if served is not None else None)
         await site.start()

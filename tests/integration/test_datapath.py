@@ -540,12 +540,9 @@ def filled_ssd_worker(
     return want, mount, ws
 
 
-@pytest.mark.parametrize(
-    ("loop", "how"), [("uvloop", "always"), ("asyncio", "always"), ("uvloop", "auto")]
-)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     loop: str,
-    how: str,
     data: Path,
     tmp_path: Path,
     workers_factory: Any,
@@ -554,11 +551,8 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
 ) -> None:
     """sendfile(2) on asyncio's loop; uvloop has no `loop.sendfile` (the worker's answers
     failed there, and its readers fell back to the under storage): our own sendfile on
-    its socket there, every block file sent so either way. To a reader on loopback (here)
-    the worker sends blocks of 1 MiB or more from a mapping unless told always to use
-    sendfile."""
+    its socket there, every block file sent so either way."""
     monkeypatch.setenv("FLUIDFED_EVENT_LOOP", loop)
-    monkeypatch.setenv("FLUIDFED_SENDFILE", how)
     want, mount, ws = filled_ssd_worker(data, tmp_path, workers_factory, sidecars)
     sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
     read_all(sc.mountpoint, want)
@@ -567,10 +561,7 @@ def test_a_workers_disk_blocks_are_sent_over_http_on_either_event_loop(
     assert got["worker_errors"] == got["ufs_reads"] == got["short_circuit"] == 0
     assert "NotImplementedError" not in ws.procs[0].log.read_text()
     served = ws.procs[0].status()["served"]
-    assert served["blocks"] >= block_count(want), served
-    partial = sum(1 for v in want.values() if len(v) % BLOCK)  # last blocks below 1 MiB
-    assert 0 < partial < block_count(want)
-    assert served["sendfile"] == (block_count(want) if how == "always" else partial), served
+    assert served["sendfile"] == block_count(want), served
 
 
 def test_a_reader_hanging_up_mid_block_leaves_the_worker_serving(
@@ -583,7 +574,6 @@ def test_a_reader_hanging_up_mid_block_leaves_the_worker_serving(
     """A block file being sent with sendfile(2) on uvloop to a reader that goes away: no
     error logged, the next reader served from the same file."""
     monkeypatch.setenv("FLUIDFED_EVENT_LOOP", "uvloop")
-    monkeypatch.setenv("FLUIDFED_SENDFILE", "always")  # (the reader is on loopback)
     want, mount, ws = filled_ssd_worker(data, tmp_path, workers_factory, sidecars)
     rel = max(want, key=lambda k: len(want[k]))
     ref, key = asyncio.run(_block_of(data, rel))
