@@ -216,10 +216,11 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     why = credentials.authorize(claims, Action.READ_BLOCK, w.cfg.dataset, path)
     if why is not None:
         return _problem(403, why)
-    # a block read ahead for this reader with a miss before it: its first answer a miss
-    first = w.fresh(key)
-    cache = "miss" if first else "hit"
     span = q.span
+    # a block read ahead for this reader with a miss before it: its first whole answer a
+    # miss (a span of it, a random read, leaves that to the whole block's)
+    first = span is None and w.fresh(key)
+    cache = "miss" if first else "hit"
     if span is None and not q.verify:
         where = w.store.locate(key, fresh=first) if q.local else None
         if where is not None:

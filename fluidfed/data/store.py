@@ -231,9 +231,9 @@ class BlockStore:
 
     def open_verified(self, key: str, *, fresh: bool = False) -> tuple[BinaryIO, int, int] | None:
         """A disk block whose CRC already held once, as (file, length, CRC) for sending
-        straight from the page cache (counted as a hit); None: use `get`, which reads and
-        checks it. The receiver checks the CRC end to end and asks again with a full
-        check if it does not hold."""
+        straight from the page cache (counted as a hit, or with `fresh` a miss: `_hit`);
+        None: use `get`, which reads and checks it. The receiver checks the CRC end to end
+        and asks again with a full check if it does not hold."""
         checked = self._checked(key)
         if checked is None:
             return None
@@ -251,8 +251,8 @@ class BlockStore:
 
     def locate(self, key: str, *, fresh: bool = False) -> tuple[str, int, int] | None:
         """(file path, data length, CRC) of a disk block whose CRC already held once, for a
-        reader on the same machine to read itself (counted as a hit); None otherwise. The
-        file is the data followed by an 8-byte trailer."""
+        reader on the same machine to read itself (counted as a hit, or with `fresh` a
+        miss: `_hit`); None otherwise. The file is the data followed by an 8-byte trailer."""
         checked = self._checked(key)
         if checked is None:
             return None
