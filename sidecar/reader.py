@@ -43,10 +43,13 @@ class ReadStats:
     ufs_presigned: int = 0  # of those, S3 blocks received over presigned URLs
     ufs_joined: int = 0  # ... and in one GET with the block before them (a run: `_ufs_run`)
     worker_errors: int = 0
-    short_circuit: int = 0  # worker hits read from the worker's block file on this machine
+    short_circuit: int = 0  # blocks read from the worker's block file on this machine
     ufs_errors: int = 0
     readahead: int = 0
-    runs: int = 0  # read-aheads asking for a block with those after it (a cold file's)
+    # read-aheads that took a block together with those after it (a file taken for cold:
+    # asked of its worker in one request, or read from S3 in one GET, unless its first
+    # block turns up in the worker's files here)
+    runs: int = 0
     bytes: int = 0  # read from the under storage directly
     # small files handed to the kernel straight from a worker's block file on this node
     # (pyfuse3's session: into its page cache at their OPEN; the native one: their READ)
@@ -172,11 +175,15 @@ class BlockReader:
             return False
         return True
 
-    def _hits(self, n: int, *, pushed: bool = False) -> None:
+    def _hits(self, n: int, *, pushed: bool = False, fresh: bool = False) -> None:
         """Count `n` blocks read from a worker's files on this node (and handed to the
-        kernel straight from them: `pushed`). Called from threads as well as the loop."""
+        kernel straight from them: `pushed`): hits, or with `fresh` misses (read from the
+        under storage for this reader). Called from threads as well as the loop."""
         with self._counting:
-            self.stats.worker_hits += n
+            if fresh:
+                self.stats.worker_misses += n
+            else:
+                self.stats.worker_hits += n
             self.stats.short_circuit += n
             if pushed:
                 self.stats.pushed += n
@@ -328,7 +335,11 @@ class BlockReader:
             now = time.monotonic()
             local = self.cfg.short_circuit and self._remote.get(target, 0.0) <= now
             if local and target in self._dirs:
-                found = await self._from_files(target, key)
+                # a block read with the one before it in a run (that one a miss) was read
+                # from the under storage for this reader: a miss here too, as its worker
+                # counts it (`Worker.fresh`)
+                fresh = run is None and self._cold.get((ref.mount, ref.key), False)
+                found = await self._from_files(target, key, fresh=fresh)
                 if found is not None:
                     if run is not None:
                         self._seen(ref, True)  # (cached: its next blocks asked for at once)
@@ -420,6 +431,8 @@ class BlockReader:
         key: str,
         then: Callable[[blocks.Data], None] | None = None,
         size: int = 0,
+        *,
+        fresh: bool = False,
     ) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
         with), or None: ask the worker. The worker hears of it in the next report. With
@@ -442,7 +455,7 @@ class BlockReader:
                 self._dirs[worker].remove(d)
                 return None
             if then is None:  # (`then` counted them as it handed them on: see `push`)
-                self._hits(1)
+                self._hits(1, fresh=fresh)
             self.stats.buffers_reused = self.conns.buffers.reused
             self._touched.setdefault(worker, []).append((key, size if then else len(data)))
             if self._reporter is None or self._reporter.done():

@@ -270,9 +270,15 @@ def test_a_reader_asks_for_runs_only_while_a_file_is_cold(
     first = sidecars(sidecar_config(mount, ws.urls()))
     for name, data in want.items():
         assert (first.mountpoint / name).read_bytes() == data
-    assert first.status()["blocks"]["runs"] >= 4  # cold: a run per read-ahead
-    assert ws.procs[0].status()["ufs"]["joined"] > 0
-    first.stop()
+    cold = first.status()["blocks"]
+    assert cold["runs"] >= 4  # cold: a run per read-ahead
+    # every block a miss, at the sidecar as at the worker, however it came: the first of
+    # a run over HTTP, the others over HTTP or from the worker's files (reported)
+    assert (cold["worker_misses"], cold["worker_hits"]) == (32, 0), cold
+    first.stop()  # (its last reports of blocks read from the files sent)
+    st = ws.procs[0].status()
+    assert st["ufs"]["joined"] > 0
+    assert (st["misses"], st["hits"]) == (32, 0), st
     ws.procs[0].wait_written()
 
     second = sidecars(sidecar_config(mount, ws.urls()))

@@ -127,13 +127,15 @@ async def test_a_block_read_for_its_reader_counts_a_miss_however_it_is_served(
     for k in keys:
         await store.put(k, k.encode()[:1] * 100)
     await store.stored()
-    assert await store.get(keys[0], fresh=True) is not None
-    assert store.locate(keys[1], fresh=True) is not None
+    # served in the reverse order of their puts: each becomes the most recently used
+    assert store.touch([keys[3], "0" * 32], {keys[3]}) == 1
     opened = store.open_verified(keys[2], fresh=True)
     assert opened is not None
     opened[0].close()
-    assert store.touch([keys[3], "0" * 32], {keys[3]}) == 1
+    assert store.locate(keys[1], fresh=True) is not None
+    assert await store.get(keys[0], fresh=True) is not None
     assert (store.stats.hits, store.stats.misses) == (0, 4)
+    assert store.hottest() == keys
     assert await store.get(keys[0]) is not None and store.locate(keys[3]) is not None
     assert (store.stats.hits, store.stats.misses) == (2, 4)
     assert store.snapshot().tiers[0].hits == 2
