@@ -262,7 +262,8 @@ def test_a_reader_asks_for_runs_only_while_a_file_is_cold(
     asks for a run, the others block by block, at once."""
     rng = random.Random(5)
     want = {name: rng.randbytes(16 * BLOCK) for name in ("a.bin", "b.bin")}
-    asyncio.run(minio.upload(want, prefix="long"))
+    other = {"c.bin": rng.randbytes(16 * BLOCK)}
+    asyncio.run(minio.upload(want | other, prefix="long"))
     mount = {"uri": minio.uri("long"), "options": {"endpoint": minio.endpoint}}
     ssd = tmp_path / "ssd"
     ssd.mkdir()
@@ -287,6 +288,18 @@ def test_a_reader_asks_for_runs_only_while_a_file_is_cold(
     got = second.status()["blocks"]
     assert got["short_circuit"] == got["worker_hits"] == 32, got
     assert got["runs"] <= len(want), got  # b.bin's first block came from the files too
+    second.stop()
+
+    # a reader elsewhere (over HTTP) reads a cold file: misses both sides all the same,
+    # the run's blocks served from the worker's memory or sent from its files
+    before = ws.procs[0].status()
+    remote = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
+    assert (remote.mountpoint / "c.bin").read_bytes() == other["c.bin"]
+    got = remote.status()["blocks"]
+    assert (got["worker_misses"], got["worker_hits"], got["short_circuit"]) == (16, 0, 0), got
+    assert got["runs"] >= 2
+    st = ws.procs[0].status()
+    assert (st["misses"] - before["misses"], st["hits"] - before["hits"]) == (16, 0), st
 
 
 def test_sub_path_shows_only_that_directory(
