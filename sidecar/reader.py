@@ -489,14 +489,21 @@ class BlockReader:
 
     async def _report_now(self, within: float) -> None:
         batch, self._touched = self._touched, {}
-        for worker, done in batch.items():
-            if self.session is None:
-                return
-            try:
-                async with asyncio.timeout(within):
-                    await workers.touch(self.session, worker, done)
-            except (TimeoutError, errors.WorkerError) as err:
-                log.debug("telling %s of %d file reads failed: %s", worker, len(done), err)
+        todo = list(batch.items())
+        try:
+            while todo and self.session is not None:
+                worker, done = todo[0]
+                try:
+                    async with asyncio.timeout(within):
+                        await workers.touch(self.session, worker, done)
+                except (TimeoutError, errors.WorkerError) as err:
+                    log.debug("telling %s of %d file reads failed: %s", worker, len(done), err)
+                del todo[0]
+        finally:
+            # cancelled on the way (the sidecar closing): the workers not told yet are told
+            # in its last report; the one being told may have heard it, so not again
+            for worker, done in todo[1:]:
+                self._touched.setdefault(worker, [])[:0] = done
 
     def trust_changed(self) -> None:
         """How workers are verified changed (their CA named): those that failed may answer

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,9 +23,11 @@ from devkit.local.processes import WorkerProcess, local_credentials, local_token
 from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed.data import blockfile, blocks, credentials, workers
 from fluidfed.data.blockfile import TRAILER_SIZE
-from fluidfed.data.layout import FileRef, Peers, WorkerConfig
+from fluidfed.data.layout import FileRef, Peers, SidecarConfig, WorkerConfig
+from fluidfed.data.store import BlockStore
 from fluidfed.models import CacheTier, Mount
 from fluidfed.units import ByteSize
+from sidecar.reader import BlockReader
 from tests.integration import sources
 from tests.integration.test_worker_crash import no_temporary_files_left
 
@@ -156,6 +159,37 @@ async def test_close_drain_and_warm_up_wait_for_the_files(
         )
         assert got == (want, blocks.checksum(want))
     assert w.store.snapshot().writing == 0
+
+
+async def test_a_closing_reader_tells_the_workers_it_had_not_told_yet(
+    data: Path, minio: S3Server, served: Served
+) -> None:
+    """A sidecar closing while its report of file reads hangs at one worker (which took the
+    connection and never answers) still tells the others, in its last report, what it read
+    from their files: their share of the batch is kept, not dropped with the hung one."""
+    ref, index, want = refs(data)[0]
+    key = ref.block_key(DATASET, BLOCK, index)
+    await asyncio.wait_for(served.get(ref, index), 20)  # the worker holds the block
+    hits = served.worker.status().hits
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        hung = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cfg = SidecarConfig(
+            dataset=DATASET,
+            mounts=[Mount(uri=minio.uri(DATASET), options={"endpoint": minio.endpoint})],
+            block_size=BLOCK,
+            workers=Peers(endpoints=[hung, served.url]),
+            worker_timeout=30,
+        )
+        reader = BlockReader(cfg, [], await BlockStore(cfg.cache).open(), served.session)
+        reader._touched = {hung: [("0" * 32, 1)], served.url: [(key, len(want))]}
+        reporting = asyncio.create_task(reader._report_touches(interval=0))
+        reader._reporter = reporting
+        await asyncio.sleep(0.5)  # telling the silent one
+        assert not reporting.done()
+        await asyncio.wait_for(reader.close(), 10)
+    assert served.worker.status().hits == hits + 1
 
 
 async def test_a_worker_killed_while_writing_behind_never_serves_a_torn_block(
