@@ -32,6 +32,7 @@ REMOTE_RECHECK = 300.0  # seconds before asking a remote worker for short-circui
 RUN = protocol.MAX_RUN
 CLOSE_REPORT_WITHIN = 1.0  # seconds a closing reader gives each worker its last report
 COLD_FILES = 1024  # files whose last answer from a worker is remembered (`_seen`)
+AHEAD_KEPT = 4096  # blocks remembered as read ahead for this reader (`_read_ahead`)
 
 
 @dataclass
@@ -84,8 +85,10 @@ class BlockReader:
         self._down: dict[str, float] = {}
         self._remote: dict[str, float] = {}  # workers whose block files are not visible here
         self._dirs: dict[str, list[str]] = {}  # a worker's tier directories seen from here
+        self._ahead: dict[str, bool] = {}  # blocks read ahead for us, not read yet (`_read_ahead`)
         self._touched: dict[str, list[tuple[str, int]]] = {}  # read from files, to report
         self._reporter: asyncio.Task[None] | None = None
+        self._reporting: asyncio.Task[None] | None = None  # its report under way
         self._inflight: dict[str, asyncio.Future[blocks.Data]] = {}
         # files whose last block from a worker was a miss there (True) or a hit: `_seen`
         self._cold: dict[tuple[int, str], bool] = {}
@@ -216,11 +219,11 @@ class BlockReader:
         return blocks.owner(key, [w for w in self.workers if self._down.get(w, 0.0) <= now])
 
     def _count(self, hit: bool) -> None:
-        if hit:
-            with self._counting:
+        with self._counting:  # (`_hits` counts from threads too)
+            if hit:
                 self.stats.worker_hits += 1
-        else:
-            self.stats.worker_misses += 1
+            else:
+                self.stats.worker_misses += 1
 
     def _failed(self, target: str, err: Exception) -> None:
         self.stats.worker_errors += 1
@@ -334,15 +337,14 @@ class BlockReader:
         if target is not None and self.session is not None:
             now = time.monotonic()
             local = self.cfg.short_circuit and self._remote.get(target, 0.0) <= now
+            # a block its worker read with the one before it for this reader (as it said,
+            # `protocol.AHEAD`) came from the under storage: a miss, however it comes
+            fresh = self._ahead.pop(key, False)
             if local and target in self._dirs:
-                # a block read with the one before it in a run (that one a miss) was read
-                # from the under storage for this reader: a miss here too, as its worker
-                # counts it (`Worker.fresh`)
-                fresh = run is None and self._cold.get((ref.mount, ref.key), False)
                 found = await self._from_files(target, key, fresh=fresh)
                 if found is not None:
-                    if run is not None:
-                        self._seen(ref, True)  # (cached: its next blocks asked for at once)
+                    if run is not None:  # (cached: its next blocks asked for at once)
+                        self._seen(ref, not fresh)
                     return found
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
@@ -367,6 +369,8 @@ class BlockReader:
                 self._count(got.hit)
                 if run is not None:
                     self._seen(ref, got.hit)
+                if got.ahead:
+                    self._read_ahead(ref, index, got.ahead)
                 self.stats.connections = self.conns.opened
                 self.stats.connections_rustls = self.conns.opened_rustls
                 self.stats.connections_loop = self.conns.opened_on_loop
@@ -403,6 +407,16 @@ class BlockReader:
         for i, (data, _) in enumerate(parts[1:], index + 1):
             await self.store.put(self.key(ref, i), data, None)
         return parts[0][0], -1  # (the store computes a CRC if a disk tier will hold one)
+
+    def _read_ahead(self, ref: FileRef, index: int, count: int) -> None:
+        """Remember the `count` blocks after `index` that its worker read with it for this
+        reader (their first reads are misses), for the AHEAD_KEPT latest."""
+        for i in range(
+            index + 1, min(index + 1 + count, blocks.block_count(ref.size, self.cfg.block_size))
+        ):
+            self._ahead[self.key(ref, i)] = True
+        while len(self._ahead) > AHEAD_KEPT:
+            del self._ahead[next(iter(self._ahead))]
 
     def _seen(self, ref: FileRef, hit: bool) -> None:
         """Remember whether a file's last block from a worker was a miss there (its next
@@ -482,16 +496,21 @@ class BlockReader:
 
     async def _report_touches(self, interval: float = 1.0) -> None:
         """Tell each worker, once a second, which of its blocks were read from its files:
-        they count as its hits and stay recently used in its cache."""
+        they count as its hits (misses, those it read ahead for this reader) and stay
+        recently used in its cache."""
         while self._touched:
             await asyncio.sleep(interval)
-            await self._report_now(self.cfg.worker_timeout)
+            # (shielded: a close lets a report under way finish, briefly: `close`)
+            self._reporting = asyncio.create_task(self._report_now(self.cfg.worker_timeout))
+            await asyncio.shield(self._reporting)
 
     async def _report_now(self, within: float) -> None:
         batch, self._touched = self._touched, {}
+        if self.session is None:
+            return
         todo = list(batch.items())
         try:
-            while todo and self.session is not None:
+            while todo:
                 worker, done = todo[0]
                 try:
                     async with asyncio.timeout(within):
@@ -515,6 +534,13 @@ class BlockReader:
             self._reporter.cancel()
             await asyncio.gather(self._reporter, return_exceptions=True)
             self._reporter = None
+            under_way = self._reporting
+            if under_way is not None and not under_way.done():
+                # a report under way finishes, briefly (a worker half told counts wrong);
+                # cut short, it leaves the workers it had not told yet to the last one
+                await asyncio.wait({under_way}, timeout=CLOSE_REPORT_WITHIN)
+                under_way.cancel()
+                await asyncio.gather(under_way, return_exceptions=True)
             # what was read from the workers' files since the last report, told before
             # leaving (briefly: a worker that does not answer is not waited for)
             await self._report_now(CLOSE_REPORT_WITHIN)

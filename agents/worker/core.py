@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import msgspec
@@ -37,6 +38,16 @@ log = logging.getLogger("fluidfed.worker")
 WRITE_BEHIND = 64 * 2**20
 AHEAD_KEPT = 4096  # blocks read with a miss before them remembered until served (`fresh`)
 AHEAD_FOR = 30.0  # seconds such a block's first answer still counts as a miss
+
+
+class Got(NamedTuple):
+    """A block as `Worker.block` has it for its caller."""
+
+    data: blocks.Data
+    crc: int
+    hit: bool  # cached (else read from the under storage for this caller)
+    ahead: int = 0  # blocks after it read with it for this reader (their first answers: misses)
+
 
 # a file of the dataset as listed, or as a block request names it: the server passes the
 # query itself, no FileRef built per request
@@ -232,14 +243,14 @@ class Worker:
         *,
         reader: bool = True,
         fresh: bool = False,
-    ) -> tuple[blocks.Data, int, bool]:
-        """(data, crc, whether it was cached) of the block `index` of `ref`. On a miss, up
-        to `run` blocks after it are read with it (`_run`); a `reader` will ask for them
-        next (their first answers say "miss": `fresh`), a warm-up will not. `fresh`: this
-        reader's first ask for a block so read (`fresh`): answered and counted a miss."""
+    ) -> Got:
+        """The block `index` of `ref` and whether it was cached. On a miss, up to `run`
+        blocks after it are read with it (`_run`); a `reader` will ask for them next (their
+        first answers say "miss": `fresh`), a warm-up will not. `fresh`: this reader's
+        first ask for a block so read (`fresh`): answered and counted a miss."""
         got = await self.store.get(key, fresh=fresh)
         if got is not None:
-            return got[0], got[1], not fresh
+            return Got(got[0], got[1], not fresh)
         fut = self._inflight.get(key)
         if fut is None:
             run_keys = self._run(key, ref, index, run)
@@ -280,9 +291,9 @@ class Worker:
                         self._inflight.pop(k, None)
                     if held:
                         self._fetching.release(held)
-            return *parts[0], False
+            return Got(*parts[0], False, len(parts) - 1 if reader else 0)
         data, crc = await asyncio.shield(fut)
-        return data, crc, False
+        return Got(data, crc, False)
 
     async def _keep(self, rest: list[tuple[str, blocks.Data, int]], held: int) -> None:
         """Store the blocks read with a miss after it was answered; until each is stored,

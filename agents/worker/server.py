@@ -247,16 +247,20 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             w.count_served(1, len(part))
             crc = blocks.checksum(part)
             return _Block(part, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"})
-        data, crc, hit = await w.block(key, q, q.index, q.run, fresh=first)
+        got = await w.block(key, q, q.index, q.run, fresh=first)
     except errors.UFSNotFound as err:
         return _problem(404, str(err))
     except errors.UFSError as err:
         return _problem(504 if err.temporary else 502, str(err))
+    data, crc = got.data, got.crc
     if span is not None:
         data = data[span.offset : span.offset + span.length]
         crc = blocks.checksum(data)
     w.count_served(1, len(data))
-    return _Block(data, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if hit else "miss"})
+    headers = {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if got.hit else "miss"}
+    if got.ahead:  # (the blocks after it read for this reader: misses here and there)
+        headers[protocol.AHEAD] = str(got.ahead)
+    return _Block(data, headers)
 
 
 async def _touch(request: web.Request) -> web.Response:

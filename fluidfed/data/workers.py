@@ -27,6 +27,7 @@ class Fetched(NamedTuple):
     hit: bool  # the worker had it (else it read the UFS for us)
     local: bool = False  # read from the worker's block file on this machine
     path: str = ""  # ... that file
+    ahead: int = 0  # blocks after it the worker read with it for us (`protocol.AHEAD`)
 
 
 async def get_block(
@@ -120,7 +121,8 @@ async def get_block(
         if not verify:
             return await again(verify=True)
         raise errors.WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
-    return Fetched(data, crc, hit)
+    ahead = headers.get(protocol.AHEAD, "0")
+    return Fetched(data, crc, hit, ahead=int(ahead) if ahead.isdigit() else 0)
 
 
 def _large(ref: FileRef, span: tuple[int, int] | None) -> bool:

@@ -262,7 +262,7 @@ def test_a_reader_asks_for_runs_only_while_a_file_is_cold(
     asks for a run, the others block by block, at once."""
     rng = random.Random(5)
     want = {name: rng.randbytes(16 * BLOCK) for name in ("a.bin", "b.bin")}
-    other = {"c.bin": rng.randbytes(16 * BLOCK)}
+    other = {"c.bin": rng.randbytes(16 * BLOCK), "d.bin": rng.randbytes(8 * BLOCK)}
     asyncio.run(minio.upload(want | other, prefix="long"))
     mount = {"uri": minio.uri("long"), "options": {"endpoint": minio.endpoint}}
     ssd = tmp_path / "ssd"
@@ -300,6 +300,21 @@ def test_a_reader_asks_for_runs_only_while_a_file_is_cold(
     assert got["runs"] >= 2
     st = ws.procs[0].status()
     assert (st["misses"] - before["misses"], st["hits"] - before["hits"]) == (16, 0), st
+
+    # the worker says how many blocks it read with a miss for its reader: those are misses
+    # on their first ask, whichever way they are read
+    async def ask() -> tuple[workers.Fetched, workers.Fetched]:
+        mounts = [Mount(uri=minio.uri("long"), options={"endpoint": minio.endpoint})]
+        ref = (await ufs.list_files(mounts, [ufs.open_ufs(m) for m in mounts]))["d.bin"]
+        async with aiohttp.ClientSession(headers=auth("reader")) as s:
+            url, key = ws.urls()[0], ref.block_key(DATASET, BLOCK, 0)
+            first = await workers.get_block(s, url, key, ref, 0, run=3)
+            key = ref.block_key(DATASET, BLOCK, 1)
+            return first, await workers.get_block(s, url, key, ref, 1)
+
+    first_block, second_block = asyncio.run(ask())
+    assert (first_block.hit, first_block.ahead) == (False, 3)
+    assert (second_block.hit, second_block.ahead) == (False, 0)
 
 
 def test_sub_path_shows_only_that_directory(

@@ -165,8 +165,9 @@ async def test_a_closing_reader_tells_the_workers_it_had_not_told_yet(
     data: Path, minio: S3Server, served: Served
 ) -> None:
     """A sidecar closing while its report of file reads hangs at one worker (which took the
-    connection and never answers) still tells the others, in its last report, what it read
-    from their files: their share of the batch is kept, not dropped with the hung one."""
+    connection and never answers) waits for it briefly, then tells the others, in its last
+    report, what it read from their files: their share of the batch is kept, not dropped
+    with the hung one, and the hung one is not told twice."""
     ref, index, want = refs(data)[0]
     key = ref.block_key(DATASET, BLOCK, index)
     await asyncio.wait_for(served.get(ref, index), 20)  # the worker holds the block
@@ -174,6 +175,7 @@ async def test_a_closing_reader_tells_the_workers_it_had_not_told_yet(
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
+        silent.setblocking(False)
         hung = f"http://127.0.0.1:{silent.getsockname()[1]}"
         cfg = SidecarConfig(
             dataset=DATASET,
@@ -186,9 +188,13 @@ async def test_a_closing_reader_tells_the_workers_it_had_not_told_yet(
         reader._touched = {hung: [("0" * 32, 1)], served.url: [(key, len(want))]}
         reporting = asyncio.create_task(reader._report_touches(interval=0))
         reader._reporter = reporting
-        await asyncio.sleep(0.5)  # telling the silent one
-        assert not reporting.done()
-        await asyncio.wait_for(reader.close(), 10)
+        told, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(silent), 10)
+        with told:  # (the report is under way, to the silent one first)
+            await asyncio.sleep(0.1)
+            assert not reporting.done()
+            await asyncio.wait_for(reader.close(), 10)
+            with pytest.raises(BlockingIOError):  # the one under way is not sent twice
+                silent.accept()
     assert served.worker.status().hits == hits + 1
 
 

@@ -50,11 +50,11 @@ async def test_a_block_is_read_once_then_served_from_the_cache(worker: Worker) -
     ref = FileRef(mount=0, key="f.bin", size=2560)
     key = ref.block_key("train", BLOCK, 2)
     try:
-        data, crc, hit = await worker.block(key, ref, 2)
-        assert (len(data), hit) == (512, False)
+        data, crc, hit, ahead = await worker.block(key, ref, 2)
+        assert (len(data), hit, ahead) == (512, False, 0)
         q = protocol.BlockQuery(mount=0, key="f.bin", size=2560, index=2)
         assert q.block_key("train", BLOCK) == key
-        again, crc2, hit2 = await worker.block(key, q, q.index)  # as the server passes it
+        again, crc2, hit2, _ = await worker.block(key, q, q.index)  # as the server passes it
         assert (bytes(again), crc2, hit2) == (bytes(data), crc, True)
         st = worker.status()
         assert (st.ufs.reads, st.ufs.bytes, st.hits, st.misses, st.used) == (1, 512, 1, 1, 512)
