@@ -410,10 +410,10 @@ class BlockReader:
 
     def _read_ahead(self, ref: FileRef, index: int, count: int) -> None:
         """Remember the `count` blocks after `index` that its worker read with it for this
-        reader (their first reads are misses), for the AHEAD_KEPT latest."""
-        for i in range(
-            index + 1, min(index + 1 + count, blocks.block_count(ref.size, self.cfg.block_size))
-        ):
+        reader (their first reads are misses), for the AHEAD_KEPT latest; at most RUN of
+        them, within the file (a count past those is not what was asked for)."""
+        last = min(index + min(count, RUN), blocks.block_count(ref.size, self.cfg.block_size) - 1)
+        for i in range(index + 1, last + 1):
             self._ahead[self.key(ref, i)] = True
         while len(self._ahead) > AHEAD_KEPT:
             del self._ahead[next(iter(self._ahead))]

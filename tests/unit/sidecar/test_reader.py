@@ -14,7 +14,7 @@ from fluidfed.data import blockfile, blocks
 from fluidfed.data.layout import FileRef, Peers, SidecarConfig
 from fluidfed.data.store import BlockStore
 from fluidfed.models import Mount
-from sidecar.reader import BlockReader
+from sidecar.reader import AHEAD_KEPT, RUN, BlockReader
 
 WORKER = "http://127.0.0.1:7070"
 
@@ -72,3 +72,26 @@ async def test_a_block_handed_to_the_kernel_is_counted_before_the_kernel_has_it(
     st = reader.stats
     assert (st.pushed, st.short_circuit, st.worker_hits) == (1, 1, 1)
     await reader.close()
+
+
+async def test_blocks_a_worker_says_it_read_ahead_are_remembered_within_the_run_and_file(
+    tmp_path: Path,
+) -> None:
+    """A worker's answer says how many blocks after it it read for this reader: at most a
+    run's (RUN), never past the file's end, and only the latest AHEAD_KEPT are kept."""
+    data = os.urandom(1000)
+    ref = FileRef(mount=0, key="big.bin", size=10 * 4 * 2**20, version="v1")
+    reader = await _reader(tmp_path, ref, data, cached=True)
+    try:
+        reader._read_ahead(ref, 0, 10**9)  # (a worker saying more than it could have)
+        assert list(reader._ahead) == [reader.key(ref, i) for i in range(1, 1 + RUN)]
+        reader._ahead.clear()
+        reader._read_ahead(ref, 8, 3)  # the file's last block is 9
+        assert list(reader._ahead) == [reader.key(ref, 9)]
+        other = FileRef(mount=0, key="other.bin", size=2**40, version="v1")
+        for i in range(0, 3 * AHEAD_KEPT, RUN + 1):
+            reader._read_ahead(other, i, RUN)
+        assert len(reader._ahead) == AHEAD_KEPT
+        assert reader.key(other, 3 * AHEAD_KEPT - 1) in reader._ahead
+    finally:
+        await reader.close()
