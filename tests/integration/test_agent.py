@@ -137,7 +137,11 @@ async def test_one_dataset_on_three_clusters_scale_and_delete(
     )
     assert profile["spec"]["fuse"]["command"][:3] == ["fluidfed", "sidecar", "mount"]
     assert runtime["spec"]["fuse"]["options"]["workers_replicas"] == "1"
-    assert await sts_of(api, home, f"fluidfed-{name}-cache") is not None
+    # (applied in the same reconcile as the Fluid objects, not necessarily before them)
+    await eventually(
+        lambda: sts_of(api, home, f"fluidfed-{name}-cache"),
+        "fluidfed's cache workers' StatefulSet in the standard cluster",
+    )
 
     # Fluid's controller reports the cache; the agent carries it to the hub
     await custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
