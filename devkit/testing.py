@@ -147,7 +147,14 @@ WORKER_STATUS_WIRE: dict[str, Any] = {
         {"medium": "MEM", "quota": 1000, "used": 300, "blocks": 3, "hits": 7, "evictions": 0}
     ],
     "ufs": {"reads": 3, "bytes": 300, "errors": 0, "presigned": 2, "joined": 1},
-    "served": {"blocks": 10, "bytes": 1000, "short_circuit": 0, "located": 0, "sendfile": 4},
+    "served": {
+        "blocks": 10,
+        "bytes": 1000,
+        "short_circuit": 0,
+        "located": 0,
+        "sendfile": 4,
+        "joined": 2,
+    },
     "load": {"state": "idle", "path": "", "blocks": 0, "done": 0, "cached": 0, "bytes": 0},
     "writing": 1,
 }

@@ -30,6 +30,12 @@ REMOTE_RECHECK = 300.0  # seconds before asking a remote worker for short-circui
 # MiB, the first read filling a worker's cache +11%, the store's CPU per GiB -19% (runs of
 # two gained nothing; figures: README, "Measured design decisions")
 RUN = protocol.MAX_RUN
+# blocks asked for with a block of a warm file read over HTTP, sent in the same answer
+# (`_joins`): one request for two blocks, 512 MiB from a worker's page cache over loopback
+# 1,083 -> 1,166 MiB/s, the sidecar 0.88 -> 0.80 CPU-s/GiB; runs of four cut the sidecar's
+# CPU more but read 1,051, each answer's first block waiting for all four (figures:
+# README, "Measured design decisions")
+WARM_RUN = 1
 CLOSE_REPORT_WITHIN = 1.0  # seconds a closing reader gives each worker its last report
 COLD_FILES = 1024  # files whose last answer from a worker is remembered (`_seen`)
 AHEAD_KEPT = 4096  # blocks remembered as read ahead for this reader (`_read_ahead`)
@@ -248,8 +254,10 @@ class BlockReader:
         is taken for one, as the kernel's read-ahead asks for the first blocks of a file
         before any has come), a block is asked for together with the next ones (up to
         `RUN`) that the same worker owns: the worker reads them from the under storage in
-        one ranged read, and they are asked for once the first is here (hits in the
-        worker's memory by then). Blocks no worker has are read here the same way."""
+        one ranged read and sends them in the same answer (an older worker: they are asked
+        for once the first is here, hits in its memory by then). Blocks no worker has are
+        read here the same way. A warm file read over HTTP is asked for in runs of
+        WARM_RUN + 1 blocks, sent in one answer (`_joins`)."""
         bs = self.cfg.block_size
         count = blocks.block_count(ref.size, bs)
         cold = (
@@ -262,7 +270,12 @@ class BlockReader:
             key = self.key(ref, i)
             if key in self.store or key in self._inflight:
                 continue
-            follow = self._run_after(ref, i, key, count) if cold else []
+            if cold:
+                follow = self._run_after(ref, i, key, count, RUN)
+            elif self._joins(key):
+                follow = self._run_after(ref, i, key, count, WARM_RUN)
+            else:
+                follow = []
             loop = asyncio.get_running_loop()
             futs = [loop.create_future() for _ in range(1 + len(follow))]
             for k, f in zip([key, *follow], futs, strict=True):
@@ -288,9 +301,21 @@ class BlockReader:
             if self._inflight.get(k) is f:
                 del self._inflight[k]
 
-    def _run_after(self, ref: FileRef, index: int, key: str, count: int) -> list[str]:
+    def _joins(self, key: str) -> bool:
+        """Whether the block's worker sends a run of it and the blocks after it that it
+        holds in one answer (`BlockQuery.joined`) where a warm file is read over HTTP:
+        one request and one answer per run instead of one per block. Not where the blocks
+        are read from the worker's files here."""
+        owner = self._worker_for(key)
+        return (
+            owner is not None
+            and self.session is not None
+            and not (self.cfg.short_circuit and owner in self._dirs)
+        )
+
+    def _run_after(self, ref: FileRef, index: int, key: str, count: int, most: int) -> list[str]:
         """The keys of the blocks after `index` to ask its worker for with it (or to read
-        with it from the under storage, where no worker has them): up to RUN, as long as
+        with it from the under storage, where no worker has them): up to `most`, as long as
         that worker owns them and nothing here holds or fetches them."""
         owner = self._worker_for(key)  # (None: no worker, this reader reads them itself)
         keys: dict[int, str] = {}
@@ -299,7 +324,7 @@ class BlockReader:
             k = keys[i] = self.key(ref, i)
             return k not in self.store and k not in self._inflight and self._worker_for(k) == owner
 
-        return [keys[i] for i in blocks.run_after(index, count, RUN, free)]
+        return [keys[i] for i in blocks.run_after(index, count, most, free)]
 
     async def _quiet(
         self, ref: FileRef, index: int, run: list[tuple[str, asyncio.Future[blocks.Data]]]
@@ -367,6 +392,10 @@ class BlockReader:
                             self.session, target, key, ref, index, conns=self.conns, run=run or 0
                         )
                 self._count(got.hit)
+                for i, (data, crc, hit) in enumerate(got.rest, index + 1):
+                    # (sent with it: kept for the read-ahead that asked for them, `_fill`)
+                    self._count(hit)
+                    await self.store.put(self.key(ref, i), data, crc)
                 if run is not None:
                     self._seen(ref, got.hit)
                 if got.ahead:

@@ -9,7 +9,6 @@ blocks to their owners among the workers that stay before it exits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -17,9 +16,8 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import aiohttp
 import msgspec
@@ -47,6 +45,8 @@ class Got(NamedTuple):
     crc: int
     hit: bool  # cached (else read from the under storage for this caller)
     ahead: int = 0  # blocks after it read with it for this reader (their first answers: misses)
+    # ... or, asked for `joined`, those blocks themselves (data, CRC), misses all
+    rest: tuple[tuple[blocks.Data, int], ...] = ()
 
 
 # a file of the dataset as listed, or as a block request names it: the server passes the
@@ -93,14 +93,6 @@ class Budget:
             self._waiting.popleft()
             self.free -= want
             fut.set_result(None)
-
-    @contextlib.asynccontextmanager
-    async def take(self, n: int) -> AsyncIterator[None]:
-        got = await self.acquire(n)
-        try:
-            yield
-        finally:
-            self.release(got)
 
 
 def remaining_peers(peers: list[str], me: str) -> list[str]:
@@ -166,6 +158,7 @@ class Worker:
         self.served_local = 0  # blocks read by their reader from our disk (short-circuit)
         self.located = 0  # ... of which we were asked where the file is
         self.served_sendfile = 0  # blocks sent from their files with sendfile(2)
+        self.served_joined = 0  # blocks sent after another in one answer (`held_after`)
         self.load = protocol.LoadProgress()
         self._load_task: asyncio.Task[None] | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -243,11 +236,13 @@ class Worker:
         *,
         reader: bool = True,
         fresh: bool = False,
+        joined: bool = False,
     ) -> Got:
         """The block `index` of `ref` and whether it was cached. On a miss, up to `run`
         blocks after it are read with it (`_run`); a `reader` will ask for them next (their
-        first answers say "miss": `fresh`), a warm-up will not. `fresh`: this reader's
-        first ask for a block so read (`fresh`): answered and counted a miss."""
+        first answers say "miss": `fresh`), a warm-up will not; with `joined` the reader
+        gets them in this answer instead (`Got.rest`, counted as misses now). `fresh`: this
+        reader's first ask for a block so read (`fresh`): answered and counted a miss."""
         got = await self.store.get(key, fresh=fresh)
         if got is not None:
             return Got(got[0], got[1], not fresh)
@@ -267,7 +262,7 @@ class Worker:
                 now = time.monotonic()
                 for (k, f), (data, crc) in zip(futs.items(), parts, strict=True):
                     if k != key:
-                        if reader:
+                        if reader and not joined:
                             self._ahead[k] = now
                         rest.append((k, data, crc))
                     f.set_result((data, crc))  # (those waiting have it now)
@@ -291,9 +286,35 @@ class Worker:
                         self._inflight.pop(k, None)
                     if held:
                         self._fetching.release(held)
+            if reader and joined:
+                self.store.count_misses(len(parts) - 1)
+                return Got(*parts[0], False, rest=tuple(parts[1:]))
             return Got(*parts[0], False, len(parts) - 1 if reader else 0)
         data, crc = await asyncio.shield(fut)
         return Got(data, crc, False)
+
+    def held_after(
+        self, ref: Source, index: int, run: int
+    ) -> list[tuple[BinaryIO | blocks.Data, protocol.Part]]:
+        """Of the `run` blocks after `index` of `ref`, those this worker can send now
+        (`BlockStore.at_hand`), up to the first it cannot: a sequential reader's run sent in
+        one answer (`BlockQuery.joined`). Each counted as its own request would be (a hit,
+        or a miss if it was read for this reader: `fresh`)."""
+        bs = self.cfg.block_size
+        last = min(index + min(run, protocol.MAX_RUN), blocks.block_count(ref.size, bs) - 1)
+        out: list[tuple[BinaryIO | blocks.Data, protocol.Part]] = []
+        for i in range(index + 1, last + 1):
+            k = blocks.block_key(self.cfg.dataset, ref.mount, ref.key, ref.version, bs, i)
+            if k not in self.store:
+                break
+            fresh = self.fresh(k)
+            held = self.store.at_hand(k, fresh=fresh)
+            if held is None:  # (a file not checked yet: asked for on its own, `get` checks it)
+                if fresh:
+                    self._ahead[k] = time.monotonic()  # (its first answer: still a miss)
+                break
+            out.append((held[0], protocol.Part(held[1], held[2], not fresh)))
+        return out
 
     async def _keep(self, rest: list[tuple[str, blocks.Data, int]], held: int) -> None:
         """Store the blocks read with a miss after it was answered; until each is stored,
@@ -556,6 +577,7 @@ class Worker:
                 short_circuit=self.served_local,
                 located=self.located,
                 sendfile=self.served_sendfile,
+                joined=self.served_joined,
             ),
             load=self.load,
             writing=s.writing + len(self._keeping),

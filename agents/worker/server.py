@@ -29,45 +29,70 @@ M = TypeVar("M", bound=protocol.Message)
 WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
 
 
-class _BlockFile(web.StreamResponse):
-    """A checked disk block sent from the page cache without copying it here: sendfile(2),
-    asyncio's `loop.sendfile` or, on uvloop, which has none, our own on the transport's
-    socket (`_sendfile`; before it, every such answer failed with NotImplementedError on
-    uvloop and its reader fell back to the under storage). Over TLS the file is mapped and
-    the mapping handed to the transport (asyncio reads and writes it itself)."""
+class _Blocks(web.StreamResponse):
+    """Blocks sent one after the other after the headers (a sequential reader's run in one
+    answer: `BlockQuery.joined`; else one block). A block held in memory (a miss just
+    fetched, the memory tier, a span) is sent as it is. A checked disk block is sent from
+    the page cache without copying it here: sendfile(2), asyncio's `loop.sendfile` or, on
+    uvloop, which has none, our own on the transport's socket (`_sendfile`; before it,
+    every such answer failed with NotImplementedError on uvloop and its reader fell back
+    to the under storage); over TLS the file is mapped and the mapping handed to the
+    transport (asyncio reads and writes it itself). Files are closed once sent or failed.
 
-    def __init__(self, w: Worker, f: BinaryIO, size: int, headers: dict[str, str]) -> None:
+    A `web.Response` holds its headers back to send them with the body in one write,
+    which aiohttp makes by joining the two into new bytes on Python before 3.12.9 (its
+    `writelines` is not used there): a copy of every block, and fresh pages for it
+    (figures: README, "Measured design decisions"); a StreamResponse sends its headers at
+    prepare."""
+
+    def __init__(
+        self,
+        w: Worker,
+        parts: list[tuple[BinaryIO | blocks.Data, int]],
+        headers: dict[str, str],
+    ) -> None:
         super().__init__(headers=headers)
         self.content_type = "application/octet-stream"
-        self.content_length = size
+        self.content_length = sum(n for _, n in parts)
         self._worker = w
-        self._file = f
-        self._size = size
+        self._parts = parts
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
             writer = await super().prepare(request)
             assert writer is not None
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("connection lost")
-            try:
-                # asyncio falls back to reading and writing where the transport cannot (TLS)
-                await asyncio.get_running_loop().sendfile(transport, self._file, 0, self._size)
-                sent = transport.get_extra_info("sslcontext") is None
-            except NotImplementedError:  # uvloop
-                sent = bool(self._size) and await _sendfile(transport, self._file, self._size)
-                if self._size and not sent:
-                    mapped = mmap.mmap(self._file.fileno(), self._size, prot=mmap.PROT_READ)
-                    # the transport keeps the view until it is written; the mapping goes
-                    # with the last reference (an evicted file stays readable till then)
-                    await _send(request, writer, memoryview(mapped))
-                    await writer.drain()
-            self._worker.served_sendfile += sent
+            for part, size in self._parts:
+                if isinstance(part, bytes | memoryview):
+                    if size:
+                        await _send(request, writer, part)
+                else:
+                    await self._send_file(request, writer, part, size)
             await super().write_eof()
             return writer
         finally:
-            self._file.close()
+            for part, _ in self._parts:
+                if not isinstance(part, bytes | memoryview):
+                    part.close()
+
+    async def _send_file(
+        self, request: web.BaseRequest, writer: AbstractStreamWriter, f: BinaryIO, size: int
+    ) -> None:
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        try:
+            # asyncio falls back to reading and writing where the transport cannot (TLS)
+            await asyncio.get_running_loop().sendfile(transport, f, 0, size)
+            sent = transport.get_extra_info("sslcontext") is None
+        except NotImplementedError:  # uvloop
+            sent = bool(size) and await _sendfile(transport, f, size)
+            if size and not sent:
+                mapped = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+                # the transport keeps the view until it is written; the mapping goes
+                # with the last reference (an evicted file stays readable till then)
+                await _send(request, writer, memoryview(mapped))
+                await writer.drain()
+        self._worker.served_sendfile += sent
 
 
 async def _sendfile(transport: asyncio.BaseTransport, f: BinaryIO, size: int) -> bool:
@@ -135,28 +160,6 @@ async def _send(request: web.BaseRequest, writer: AbstractStreamWriter, data: bl
     view = memoryview(data)
     for at in range(0, len(view), TLS_PIECE):
         await writer.write(view[at : at + TLS_PIECE])
-
-
-class _Block(web.StreamResponse):
-    """A block held in memory (a miss just fetched, the memory tier, a span) sent as it is
-    after the headers. A `web.Response` holds its headers back to send them with the body
-    in one write, which aiohttp makes by joining the two into new bytes on Python before
-    3.12.9 (its `writelines` is not used there): a copy of every block, and fresh pages
-    for it (figures: README, "Measured design decisions")."""
-
-    def __init__(self, data: blocks.Data, headers: dict[str, str]) -> None:
-        super().__init__(headers=headers)  # a StreamResponse sends its headers at prepare
-        self.content_type = "application/octet-stream"
-        self.content_length = len(data) if isinstance(data, bytes) else data.nbytes
-        self._data = data
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        writer = await super().prepare(request)
-        assert writer is not None
-        if self.content_length:
-            await _send(request, writer, self._data)
-        await super().write_eof()
-        return writer
 
 
 def _problem(status: int, message: str) -> web.Response:
@@ -237,17 +240,18 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             )
         held = w.store.open_verified(key, fresh=first)
         if held is not None:
-            w.count_served(1, held[1])
-            return _BlockFile(
-                w, held[0], held[1], {protocol.CHECKSUM: str(held[2]), protocol.CACHE: cache}
-            )
+            headers = {protocol.CHECKSUM: str(held[2]), protocol.CACHE: cache}
+            return _answer(w, q, [(held[0], held[1])], headers)
     try:
         part = await w.store.get_span(key, span.offset, span.length) if span is not None else None
         if part is not None:
             w.count_served(1, len(part))
             crc = blocks.checksum(part)
-            return _Block(part, {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"})
-        got = await w.block(key, q, q.index, q.run, fresh=first)
+            return _Blocks(
+                w, [(part, len(part))], {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"}
+            )
+        joined = q.joined and span is None
+        got = await w.block(key, q, q.index, q.run, fresh=first, joined=joined)
     except errors.UFSNotFound as err:
         return _problem(404, str(err))
     except errors.UFSError as err:
@@ -256,11 +260,36 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     if span is not None:
         data = data[span.offset : span.offset + span.length]
         crc = blocks.checksum(data)
-    w.count_served(1, len(data))
+        w.count_served(1, len(data))
+        return _Blocks(w, [(data, len(data))], {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"})
     headers = {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if got.hit else "miss"}
     if got.ahead:  # (the blocks after it read for this reader: misses here and there)
         headers[protocol.AHEAD] = str(got.ahead)
-    return _Block(data, headers)
+    if got.rest:  # (read with it for this reader, sent with it: misses here and there)
+        rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] = [
+            (d, protocol.Part(len(d), c, False)) for d, c in got.rest
+        ]
+        return _answer(w, q, [(data, len(data))], headers, rest)
+    return _answer(w, q, [(data, len(data))], headers)
+
+
+def _answer(
+    w: Worker,
+    q: protocol.BlockQuery,
+    first: list[tuple[BinaryIO | blocks.Data, int]],
+    headers: dict[str, str],
+    rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] | None = None,
+) -> _Blocks:
+    """A whole block's answer; asked for `joined`, with the blocks of the run after it
+    (`rest`, else those this worker can send now: `Worker.held_after`), named in `PARTS`."""
+    if rest is None:
+        rest = w.held_after(q, q.index, q.run) if q.joined and q.run else []
+    parts = first + [(source, p.length) for source, p in rest]
+    if rest:
+        headers[protocol.PARTS] = protocol.parts_header(p for _, p in rest)
+    w.count_served(len(parts), sum(n for _, n in parts))
+    w.served_joined += len(rest)
+    return _Blocks(w, parts, headers)
 
 
 async def _touch(request: web.Request) -> web.Response:

@@ -22,8 +22,8 @@ names it, not summed as 0. A field added later gets a default, so older senders 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -49,6 +49,10 @@ LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-by
 # on a miss asked for with `BlockQuery.run`: how many blocks after it the worker read with
 # it for this reader (their first answers are misses too; an older worker says nothing)
 AHEAD = "X-Fluidfed-Ahead"
+# asked for with `BlockQuery.joined`: the blocks after the first that follow it in the same
+# body, each `LENGTH/CRC/hit|miss`, comma-separated (`Part`; none, or an older worker: the
+# body is the one block)
+PARTS = "X-Fluidfed-Parts"
 JSON = "application/json"
 MAX_RUN = 3  # blocks a worker reads with a missing one, at most (`BlockQuery.run`: more is
 # read as this many)
@@ -56,6 +60,38 @@ MAX_RUN = 3  # blocks a worker reads with a missing one, at most (`BlockQuery.ru
 
 def block_url(url: str, key: str) -> str:
     return f"{url}{BLOCK.format(key=key)}"
+
+
+class Part(NamedTuple):
+    """A block sent after the first in one answer (`PARTS`)."""
+
+    length: int
+    crc: int
+    hit: bool
+
+
+def parts_header(parts: Iterable[Part]) -> str:
+    return ",".join(f"{p.length}/{p.crc}/{'hit' if p.hit else 'miss'}" for p in parts)
+
+
+def parse_parts(text: str, most: int) -> list[Part]:
+    """The blocks after the first in an answer, from `PARTS`: each of 1 to `most` bytes, at
+    most MAX_RUN of them. ValueError saying what is wrong otherwise (the answer is then
+    not to be trusted)."""
+    parts = []
+    for item in text.split(","):
+        fields = item.strip().split("/")
+        try:
+            length, crc, cache = fields
+            part = Part(int(length), int(crc), cache == "hit")
+        except ValueError:
+            cache, part = "", Part(0, -1, False)
+        if cache not in ("hit", "miss") or not 0 < part.length <= most or part.crc < 0:
+            raise ValueError(f"{PARTS}: bad part {item.strip()!r} (LENGTH/CRC/hit|miss)")
+        parts.append(part)
+    if len(parts) > MAX_RUN:
+        raise ValueError(f"{PARTS}: {len(parts)} parts, at most {MAX_RUN}")
+    return parts
 
 
 # --- block requests -----------------------------------------------------------------------
@@ -99,7 +135,7 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     (an older worker tests for their presence)."""
 
     SHAPE: ClassVar[str] = (
-        "?m=MOUNT&p=PATH&s=SIZE&i=INDEX[&v=VERSION][&r=OFF-LEN][&verify=1|&local=1][&n=RUN]"
+        "?m=MOUNT&p=PATH&s=SIZE&i=INDEX[&v=VERSION][&r=OFF-LEN][&verify=1|&local=1][&n=RUN][&j=1]"
     )
 
     mount: int = msgspec.field(name="m")
@@ -113,6 +149,9 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # blocks after this one a sequential reader asks this worker for next: on a miss the
     # worker may read them from the under storage with it, in one ranged read (`run_after`)
     run: Annotated[int, msgspec.Meta(ge=0)] = msgspec.field(default=0, name="n")
+    # ... sent in this answer after it, those the worker holds or has just read (`PARTS`):
+    # one request and one answer for a sequential reader's run instead of one per block
+    joined: bool = msgspec.field(default=False, name="j")
 
     def block_key(self, dataset: str, block_size: int) -> str:
         return blocks.block_key(dataset, self.mount, self.key, self.version, block_size, self.index)
@@ -129,6 +168,8 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             out[_LOCAL] = "1"
         if self.run:
             out[_N] = self.run
+        if self.joined:
+            out[_J] = "1"
         return out
 
     @classmethod
@@ -147,6 +188,7 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
                 verify=_VERIFY in query,
                 local=_LOCAL in query,
                 run=_bounded_run(query.get(_N)),
+                joined=_J in query,
             )
         except (KeyError, ValueError):
             pass
@@ -164,7 +206,7 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 _WIRE = {f.name: f.encode_name for f in msgspec.structs.fields(BlockQuery)}
 _M, _P, _S, _I = _WIRE["mount"], _WIRE["key"], _WIRE["size"], _WIRE["index"]
 _V, _R, _VERIFY, _LOCAL = _WIRE["version"], _WIRE["span"], _WIRE["verify"], _WIRE["local"]
-_N = _WIRE["run"]
+_N, _J = _WIRE["run"], _WIRE["joined"]
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
@@ -221,6 +263,7 @@ class Served(Message):
     short_circuit: int  # blocks read by their reader from our disk
     located: int  # ... of which we were asked where the file is
     sendfile: int = 0  # blocks sent from their files with sendfile(2): no copy in the worker
+    joined: int = 0  # blocks sent after another in the same answer (`BlockQuery.joined`)
 
 
 LoadState = Literal["idle", "running", "done", "failed"]

@@ -75,6 +75,10 @@ WINDOW_AT_LEAST = 4 * WAKE_EVERY  # (see `_open_window`)
 MAX_HEAD = 2**16  # a longer head is refused
 
 
+# the sizes of a body's parts, or a function of the answer's headers and length saying them
+_Split = tuple[int, ...] | Callable[[CIMultiDict[str], int], Sequence[int]]
+
+
 class Answer(NamedTuple):
     status: int
     headers: CIMultiDict[str]
@@ -251,13 +255,16 @@ class Connections:
         seconds: float,
         *,
         checksum: bool = True,
-        split: Sequence[int] = (),
+        split: Sequence[int] | Callable[[CIMultiDict[str], int], Sequence[int]] = (),
     ) -> Answer:
         """GET `url` with `params`: status, headers, body (and its CRC with `checksum`).
         With `split`, a 200's or 206's body of exactly that many bytes in all is received
         in parts of those sizes, each into a buffer of its own with its own CRC: `body`
         the first, `rest` the others (several blocks in one ranged GET, each then cached
-        and freed on its own); a body of another length comes whole, `rest` empty.
+        and freed on its own); a body of another length comes whole, `rest` empty. A
+        `split` that is a function is given the answer's headers and body length and says
+        the sizes (several blocks in one answer of a worker's); its ValueError fails the
+        answer.
         WorkerError if the worker cannot be reached, closes the connection before the
         whole answer arrived, or takes longer than `seconds` (the thread cannot be
         cancelled: a caller's own timeout leaves it to finish or fail within those)."""
@@ -265,7 +272,13 @@ class Connections:
         loop = asyncio.get_running_loop()
         try:
             job = loop.run_in_executor(
-                self._pool, self._exchange, where, request, seconds, checksum, tuple(split)
+                self._pool,
+                self._exchange,
+                where,
+                request,
+                seconds,
+                checksum,
+                split if callable(split) else tuple(split),
             )
         except RuntimeError as err:  # the pool was shut down meanwhile
             raise errors.WorkerError(f"{where.name}: the sidecar is closing") from err
@@ -367,7 +380,7 @@ class Connections:
         request: bytes,
         timeout: float,
         checksum: bool,
-        split: tuple[int, ...] = (),
+        split: _Split = (),
     ) -> Answer:
         deadline = time.monotonic() + timeout
         name = where.name
@@ -657,7 +670,7 @@ def _exchange_on(
     deadline: float,
     checksum: bool,
     buffers: Buffers,
-    split: tuple[int, ...] = (),
+    split: _Split = (),
 ) -> tuple[Answer, bool]:
     """One request and its answer on `sock`; also whether the connection can be reused."""
     if isinstance(sock, tlsclient.RustlsSocket):
@@ -685,6 +698,11 @@ def _exchange_on(
         # (httptools handed it to the list), then the rest in as few reads as the
         # kernel allows, one per part when the timeout is not reached
         n = int(length)
+        if callable(split):
+            try:
+                split = tuple(split(head.headers, n))
+            except ValueError as err:
+                raise errors.WorkerError(str(err)) from None
         if not 0 <= n <= MAX_BODY * max(1, len(split)):  # refused before a buffer is made
             raise errors.WorkerError(f"answer of {n} bytes: a block is at most {MAX_BODY}")
         sizes = split if split and sum(split) == n and max(split) <= MAX_BODY else (n,)

@@ -260,6 +260,28 @@ class BlockStore:
         self._hit(tier, key, fresh)
         return os.path.abspath(tier.file(key)), held[1], held[0]
 
+    def at_hand(
+        self, key: str, *, fresh: bool = False
+    ) -> tuple[BinaryIO | blocks.Data, int, int] | None:
+        """A held block that can be sent now, without reading it here: (its data, or a
+        disk block's file whose CRC already held once, as `open_verified`; length; CRC),
+        counted as `_hit` says. None, not counted: not held, its file not checked yet
+        (`get` reads and checks it), or held in memory without its CRC (`put`)."""
+        tier = self._holder(key)
+        if tier is None:
+            return None
+        if tier.dir is not None and key not in tier.pending:
+            return self.open_verified(key, fresh=fresh)
+        data, crc = tier.mem[key] if tier.dir is None else tier.pending[key]
+        if crc < 0:
+            return None
+        self._hit(tier, key, fresh)
+        return data, len(data), crc
+
+    def count_misses(self, n: int) -> None:
+        """Blocks read from the under storage for a reader, answered before any lookup."""
+        self.stats.misses += n
+
     def touch(self, keys: list[str], fresh: Container[str] = ()) -> int:
         """Blocks a reader on this machine read from their files: count them as hits (those
         in `fresh` as misses: `_hit`) and keep them recently used. How many are still held."""

@@ -28,6 +28,9 @@ class Fetched(NamedTuple):
     local: bool = False  # read from the worker's block file on this machine
     path: str = ""  # ... that file
     ahead: int = 0  # blocks after it the worker read with it for us (`protocol.AHEAD`)
+    # asked for `joined`: the blocks after it that came in the same answer, as (data, CRC,
+    # hit), up to the first that arrived damaged (asked for on its own again)
+    rest: tuple[tuple[blocks.Data, int, bool], ...] = ()
 
 
 async def get_block(
@@ -46,7 +49,9 @@ async def get_block(
     """The block from the worker at `url`, or `span` (offset in the block, length) of it,
     which the worker cuts from the whole block it caches. `run`: how many blocks after
     this one the caller asks for next (a sequential reader), which a worker missing this
-    one may read from the under storage with it (`protocol.BlockQuery.run`).
+    one may read from the under storage with it (`protocol.BlockQuery.run`), and sends
+    after it in the same answer, with those of them it holds (`Fetched.rest`; received
+    with `conns` only, each block into a buffer of its own).
 
     A worker sends a disk block it has checked before as it lies on disk; if it arrives
     damaged, it is asked for again with `verify`, which makes the worker read and check
@@ -71,20 +76,27 @@ async def get_block(
         verify=verify,
         local=local and not verify,
         run=run,
+        joined=bool(run) and span is None and conns is not None and conns.handles(url),
     )
     again = functools.partial(get_block, session, url, key, ref, index, span, conns=conns)
     target = protocol.block_url(url, key)
     headers: Mapping[str, str]
+    answer_rest: tuple[tuple[blocks.Data, int], ...] = ()  # (`receive.Answer.rest`)
     got: int | None = None  # the body's CRC, where it was computed as it arrived
     if conns is not None and conns.handles(url):
         # a small file's block on the event loop: not worth a thread's hand-off
-        get = conns.get if _large(ref, span) else conns.get_on_loop
-        answer = await get(target, query.params(), session.headers, _timeout(session))
+        if query.joined:  # (only large files are read in runs)
+            answer = await conns.get(
+                target, query.params(), session.headers, _timeout(session), split=_parts
+            )
+        else:
+            get = conns.get if _large(ref, span) else conns.get_on_loop
+            answer = await get(target, query.params(), session.headers, _timeout(session))
         if answer.status != 200:
             text = bytes(answer.body).decode(errors="replace")
             raise errors.WorkerError(f"{url}: {answer.status} {text}", status=answer.status)
         data: blocks.Data = answer.body
-        headers, got = answer.headers, answer.crc
+        headers, got, answer_rest = answer.headers, answer.crc, answer.rest
     else:
         try:
             async with session.get(target, params=query.params()) as r:
@@ -122,7 +134,27 @@ async def get_block(
             return await again(verify=True)
         raise errors.WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
     ahead = headers.get(protocol.AHEAD, "0")
-    return Fetched(data, crc, hit, ahead=int(ahead) if ahead.isdigit() else 0)
+    rest: list[tuple[blocks.Data, int, bool]] = []
+    if answer_rest:
+        said = protocol.parse_parts(headers[protocol.PARTS], receive.MAX_BODY)
+        for (part, came), p in zip(answer_rest, said, strict=False):
+            if came != p.crc:  # (asked for again on its own: checked end to end there)
+                break
+            rest.append((part, p.crc, p.hit))
+    return Fetched(data, crc, hit, ahead=int(ahead) if ahead.isdigit() else 0, rest=tuple(rest))
+
+
+def _parts(headers: Mapping[str, str], length: int) -> list[int]:
+    """The sizes of the blocks in a joined answer of `length` bytes (`protocol.PARTS`): the
+    first, then those after it; just the one block where the header is absent."""
+    text = headers.get(protocol.PARTS)
+    if not text:
+        return []
+    rest = [p.length for p in protocol.parse_parts(text, receive.MAX_BODY)]
+    first = length - sum(rest)
+    if not 0 < first <= receive.MAX_BODY:
+        raise ValueError(f"{protocol.PARTS}: {sum(rest)} bytes of parts in a body of {length}")
+    return [first, *rest]
 
 
 def _large(ref: FileRef, span: tuple[int, int] | None) -> bool:

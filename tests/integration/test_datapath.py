@@ -317,6 +317,72 @@ def test_a_reader_asks_for_runs_only_while_a_file_is_cold(
     assert (second_block.hit, second_block.ahead) == (False, 0)
 
 
+def test_a_run_comes_in_one_answer_over_http(
+    minio: S3Server, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """A sequential reader over HTTP gets a block and the blocks after it that its worker
+    holds, or has just read for it, in one answer (`BlockQuery.joined`): cold, misses at
+    both ends; warm, hits; every byte as stored."""
+    rng = random.Random(11)
+    want = {"e.bin": rng.randbytes(12 * BLOCK + 5)}
+    asyncio.run(minio.upload(want, prefix="joined"))
+    mount = {"uri": minio.uri("joined"), "options": {"endpoint": minio.endpoint}}
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    ws = workers_factory(mount, 1, tiers=[{"medium": "SSD", "quota": "1GiB", "path": str(ssd)}])
+    worker = ws.procs[0]
+    blocks_in = 13
+
+    cold = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
+    assert (cold.mountpoint / "e.bin").read_bytes() == want["e.bin"]
+    got = cold.status()["blocks"]
+    assert (got["worker_misses"], got["worker_hits"], got["ufs_reads"]) == (blocks_in, 0, 0), got
+    cold.stop()
+    st = worker.status()
+    assert (st["misses"], st["hits"]) == (blocks_in, 0), st
+    joined_cold = st["served"]["joined"]
+    assert joined_cold > 0, st  # a run read from S3 for this reader, sent with its first
+    worker.wait_written()
+
+    warm = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
+    assert (warm.mountpoint / "e.bin").read_bytes() == want["e.bin"]
+    got = warm.status()["blocks"]
+    assert (got["worker_hits"], got["worker_misses"], got["ufs_reads"]) == (blocks_in, 0, 0), got
+    warm.stop()
+    st = worker.status()
+    assert st["served"]["joined"] > joined_cold, st  # warm runs sent from the block files
+    assert st["served"]["sendfile"] > 0
+
+    # the blocks themselves: asked with a run, received into a buffer each and checked
+    async def ask() -> tuple[workers.Fetched, workers.Fetched]:
+        mounts = [Mount(uri=minio.uri("joined"), options={"endpoint": minio.endpoint})]
+        ref = (await ufs.list_files(mounts, [ufs.open_ufs(m) for m in mounts]))["e.bin"]
+        conns = receive.Connections()
+        try:
+            async with aiohttp.ClientSession(headers=auth("reader")) as s:
+                url = ws.urls()[0]
+                key = ref.block_key(DATASET, BLOCK, 9)
+                run = await workers.get_block(s, url, key, ref, 9, run=3, conns=conns)
+                alone = await workers.get_block(s, url, key, ref, 9, run=3)  # (no `conns`)
+                return run, alone
+        finally:
+            conns.close()
+
+    run, alone = asyncio.run(ask())
+    body = want["e.bin"]
+    assert bytes(run.data) == body[9 * BLOCK : 10 * BLOCK] and run.hit
+    assert [(bytes(d), c, h) for d, c, h in run.rest] == [
+        (
+            body[i * BLOCK : (i + 1) * BLOCK],
+            blocks.checksum(body[i * BLOCK : (i + 1) * BLOCK]),
+            True,
+        )
+        for i in (10, 11, 12)
+    ]
+    assert len(run.rest[-1][0]) == 5  # the file's last block, short
+    assert bytes(alone.data) == bytes(run.data) and alone.rest == ()
+
+
 def test_sub_path_shows_only_that_directory(
     data: Path, workers_factory: Any, sidecars: Any
 ) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from agents.registry import Registry
 from agents.worker.core import Budget, Worker, remaining_peers
-from fluidfed.data import credentials, protocol
+from fluidfed.data import blocks, credentials, protocol
 from fluidfed.data.layout import FileRef, Peers, WorkerConfig
 from fluidfed.models import CacheTier, Mount
 from fluidfed.units import ByteSize
@@ -50,11 +51,11 @@ async def test_a_block_is_read_once_then_served_from_the_cache(worker: Worker) -
     ref = FileRef(mount=0, key="f.bin", size=2560)
     key = ref.block_key("train", BLOCK, 2)
     try:
-        data, crc, hit, ahead = await worker.block(key, ref, 2)
+        data, crc, hit, ahead, _ = await worker.block(key, ref, 2)
         assert (len(data), hit, ahead) == (512, False, 0)
         q = protocol.BlockQuery(mount=0, key="f.bin", size=2560, index=2)
         assert q.block_key("train", BLOCK) == key
-        again, crc2, hit2, _ = await worker.block(key, q, q.index)  # as the server passes it
+        again, crc2, hit2, *_ = await worker.block(key, q, q.index)  # as the server passes it
         assert (bytes(again), crc2, hit2) == (bytes(data), crc, True)
         st = worker.status()
         assert (st.ufs.reads, st.ufs.bytes, st.hits, st.misses, st.used) == (1, 512, 1, 1, 512)
@@ -132,11 +133,13 @@ async def test_the_fetch_budget_counts_blocks_and_never_waits_for_more_than_it_h
     async def run(n: int) -> None:
         nonlocal most
         blocks = min(n, budget.total)  # (more than it has: all of it)
-        async with budget.take(n):
-            held.append(blocks)
-            most = max(most, sum(held))
-            await asyncio.sleep(0.01)
-            held.remove(blocks)
+        got = await budget.acquire(n)
+        assert got == blocks
+        held.append(blocks)
+        most = max(most, sum(held))
+        await asyncio.sleep(0.01)
+        held.remove(blocks)
+        budget.release(got)
 
     # runs of four, singles, and more than the budget (taken as all of it): none waits for
     # ever, and never more than four blocks at once
@@ -154,3 +157,37 @@ async def test_the_fetch_budget_counts_blocks_and_never_waits_for_more_than_it_h
     budget.release(taken)
     assert await asyncio.wait_for(waiting, 5) == 2
     assert budget.free == 2
+
+
+async def test_a_run_sent_in_one_answer_takes_the_blocks_held_up_to_the_first_not(
+    worker: Worker,
+) -> None:
+    """`held_after`: of the blocks after one, those the worker can send now, up to the
+    first it cannot, within the file; each counted a hit, or a miss where it was read for
+    this reader (`fresh`)."""
+    ref = FileRef(mount=0, key="f.bin", size=2560)  # blocks 0, 1 and 2 (half)
+    keys = [ref.block_key("train", BLOCK, i) for i in range(3)]
+    try:
+        await worker.block(keys[0], ref, 0)
+        await worker.block(keys[2], ref, 2)
+        assert worker.held_after(ref, 0, 3) == []  # block 1 not held: nothing after it
+        await worker.block(keys[1], ref, 1)
+        before = worker.status()
+        worker._ahead[keys[2]] = time.monotonic()  # (read for this reader with block 1)
+        got = worker.held_after(ref, 0, 5)  # (a run past the file's end: to its end)
+        assert [(bytes(d), p) for d, p in got] == [  # type: ignore[arg-type]
+            (
+                bytes(range(256)) * 4,
+                protocol.Part(1024, blocks.checksum(bytes(range(256)) * 4), True),
+            ),
+            (
+                bytes(range(256)) * 2,
+                protocol.Part(512, blocks.checksum(bytes(range(256)) * 2), False),
+            ),
+        ]
+        st = worker.status()
+        assert (st.hits - before.hits, st.misses - before.misses) == (1, 1)
+        assert not worker.fresh(keys[2])  # (asked once)
+        assert [p.length for _, p in worker.held_after(ref, 1, 1)] == [512]
+    finally:
+        await worker.close()

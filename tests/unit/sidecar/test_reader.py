@@ -7,6 +7,8 @@ import errno
 import os
 from pathlib import Path
 
+import aiohttp
+import msgspec
 import pytest
 
 from fluidfed import errors
@@ -95,3 +97,28 @@ async def test_blocks_a_worker_says_it_read_ahead_are_remembered_within_the_run_
         assert reader.key(other, 3 * AHEAD_KEPT - 1) in reader._ahead
     finally:
         await reader.close()
+
+
+async def test_a_warm_file_is_asked_for_in_joined_runs_only_where_it_is_read_over_http(
+    tmp_path: Path,
+) -> None:
+    """Runs of a warm file sent in one answer (`_joins`): for a block whose worker is
+    reached over HTTP, not one whose files this reader reads itself, nor with no worker."""
+    ref = FileRef(mount=0, key="big.bin", size=10 * 4 * 2**20, version="v1")
+    reader = await _reader(tmp_path, ref, os.urandom(1000), cached=True)
+    key = reader.key(ref, 3)
+    async with aiohttp.ClientSession() as session:  # (never connects here)
+        try:
+            assert not reader._joins(key)  # no session: no worker is asked at all
+            reader.session = session
+            assert not reader._joins(key)  # its files are read here
+            reader.cfg = msgspec.structs.replace(reader.cfg, short_circuit=False)
+            assert reader._joins(key)
+            reader.cfg = msgspec.structs.replace(reader.cfg, short_circuit=True)
+            del reader._dirs[WORKER]  # (a worker on another node)
+            assert reader._joins(key)
+            reader.workers = []
+            assert not reader._joins(key)
+        finally:
+            reader.session = None
+            await reader.close()

@@ -36,8 +36,29 @@ def test_a_block_query_sends_flags_only_when_set() -> None:
     assert run.params()["n"] == protocol.MAX_RUN
     more = {"m": "0", "p": "k", "s": "1", "i": "0", "n": str(protocol.MAX_RUN + 5)}
     assert protocol.BlockQuery.from_query(more).run == protocol.MAX_RUN  # (a newer sidecar's)
-    for q in (plain, local, verify, run):
+    joined = protocol.BlockQuery(mount=0, key="k", size=1, index=0, run=2, joined=True)
+    assert joined.params()["j"] == "1"
+    for q in (plain, local, verify, run, joined):
         assert protocol.BlockQuery.from_query(_as_query(q.params())) == q
+
+
+def test_the_parts_of_a_joined_answer_round_trip_and_bad_ones_are_refused() -> None:
+    parts = [protocol.Part(4096, 7, True), protocol.Part(5, 0, False)]
+    header = protocol.parts_header(parts)
+    assert header == "4096/7/hit,5/0/miss"
+    assert protocol.parse_parts(header, 4096) == parts
+    for bad in (
+        "4096/7/hit,5/0",  # a field missing
+        "4097/7/hit",  # longer than a block
+        "0/7/hit",  # empty
+        "4/-1/hit",  # no CRC
+        "4/x/hit",
+        "4/7/cached",
+        "",
+        ",".join(["4/7/hit"] * (protocol.MAX_RUN + 1)),  # more than a run
+    ):
+        with pytest.raises(ValueError, match=protocol.PARTS):
+            protocol.parse_parts(bad, 4096)
 
 
 def test_a_block_query_from_an_older_sidecar_decodes() -> None:

@@ -244,3 +244,39 @@ async def test_a_block_whose_file_cannot_be_written_behind_leaves_the_cache(
     assert key not in store and store.stats.write_errors == 1
     assert store.snapshot().used == 0
     assert await store.get(key) is None  # a miss: the caller fetches it again
+
+
+async def test_a_block_at_hand_is_held_in_memory_or_in_a_file_checked_before(
+    tmp_path: Path,
+) -> None:
+    """What a worker can send at once after another block (`BlockStore.at_hand`): a block in
+    memory, or a disk block's file whose CRC held once, counted like any answer; a file
+    not checked yet (found on disk at start) or a block not held: None, not counted."""
+    mem = await BlockStore([tier("MEM", 1000)]).open()
+    await mem.put("a" * 32, b"a" * 20, blocks.checksum(b"a" * 20))
+    await mem.put("d" * 32, b"d" * 20)  # (no CRC: a memory-only store computes none)
+    assert mem.at_hand("d" * 32) is None
+    held = mem.at_hand("a" * 32)
+    assert held is not None
+    assert (bytes(held[0]), held[1:]) == (b"a" * 20, (20, blocks.checksum(b"a" * 20)))  # type: ignore[arg-type]
+    assert mem.at_hand("b" * 32) is None
+    assert (mem.stats.hits, mem.stats.misses) == (1, 0)
+
+    disk = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    await disk.put("c" * 32, b"c" * 30)
+    await disk.stored()
+    held = disk.at_hand("c" * 32, fresh=True)  # (read for this reader: a miss)
+    assert held is not None and held[1:] == (30, blocks.checksum(b"c" * 30))
+    f = held[0]
+    assert not isinstance(f, bytes | memoryview)
+    with f:
+        assert f.read(held[1]) == b"c" * 30
+    assert (disk.stats.hits, disk.stats.misses) == (0, 1)
+
+    again = await BlockStore([tier("SSD", 1000, tmp_path)]).open()  # (a restart)
+    assert "c" * 32 in again and again.at_hand("c" * 32) is None
+    assert (again.stats.hits, again.stats.misses) == (0, 0)
+    assert await again.get("c" * 32) is not None  # read and checked: at hand from now on
+    held = again.at_hand("c" * 32)
+    assert held is not None
+    held[0].close()  # type: ignore[union-attr]
