@@ -90,6 +90,10 @@ class BlockReader:
         self._counting = threading.Lock()
         self._down: dict[str, float] = {}
         self._remote: dict[str, float] = {}  # workers whose block files are not visible here
+        self._joinless: dict[str, float] = {}  # workers that send no runs in one answer: until
+        # blocks that came in an answer after the one asked for, for the read-ahead that
+        # reserved them (`_fill`)
+        self._arrived: dict[str, tuple[blocks.Data, int]] = {}
         self._dirs: dict[str, list[str]] = {}  # a worker's tier directories seen from here
         self._ahead: dict[str, bool] = {}  # blocks read ahead for us, not read yet (`_read_ahead`)
         self._touched: dict[str, list[tuple[str, int]]] = {}  # read from files, to report
@@ -125,9 +129,15 @@ class BlockReader:
         run: int | None = 0,
     ) -> blocks.Data:
         """Fetch a block, keep it and give it to those waiting on `fut` (in `_inflight`
-        under `key` until then); `run`: the blocks after it to read with it on a miss
-        (None: it was read with the one before it, see `_fetch`)."""
+        under `key` until then); `run`: the blocks after it to ask for with it (None: it
+        was asked for with the one before it: sent with it by its worker, `_arrived`, or
+        read with it from the under storage here, else fetched now on its own)."""
         try:
+            came = self._arrived.pop(key, None) if run is None else None
+            if came is not None:  # sent with the one before it by its worker
+                await self.store.put(key, *came)
+                fut.set_result(came[0])
+                return came[0]
             got = await self.store.get(key) if run is None else None
             if got is not None:  # read with the one before it from the under storage here
                 fut.set_result(got[0])
@@ -300,6 +310,7 @@ class BlockReader:
                 f.exception()
             if self._inflight.get(k) is f:
                 del self._inflight[k]
+            self._arrived.pop(k, None)
 
     def _joins(self, key: str) -> bool:
         """Whether the block's worker sends a run of it and the blocks after it that it
@@ -311,6 +322,7 @@ class BlockReader:
             owner is not None
             and self.session is not None
             and not (self.cfg.short_circuit and owner in self._dirs)
+            and self._joinless.get(owner, 0.0) <= time.monotonic()
         )
 
     def _run_after(self, ref: FileRef, index: int, key: str, count: int, most: int) -> list[str]:
@@ -340,8 +352,9 @@ class BlockReader:
                     await self._fill(fut, key, ref, index, len(follow))
                 except Exception as err:
                     failed.append(err)
-                # the blocks after it at once, whether it came or not (each a hit in its
-                # worker's memory by now, or read wherever `_fetch` finds it)
+                # the blocks after it at once, whether it came or not (sent with it by
+                # their worker, a hit in its memory by now, or read wherever `_fetch` finds
+                # them)
                 fills = (
                     self._fill(f, k, ref, i, None) for i, (k, f) in enumerate(follow, index + 1)
                 )
@@ -383,19 +396,29 @@ class BlockReader:
                             local=local,
                             conns=self.conns,
                             run=run or 0,
+                            block_size=self.cfg.block_size,
                         )
                     except errors.NotLocal as err:
                         log.info("%s; reading its blocks over HTTP", err)
                         self._remote[target] = now + REMOTE_RECHECK
                         self._dirs.pop(target, None)  # it moved, or never was here
                         got = await workers.get_block(
-                            self.session, target, key, ref, index, conns=self.conns, run=run or 0
+                            self.session,
+                            target,
+                            key,
+                            ref,
+                            index,
+                            conns=self.conns,
+                            run=run or 0,
+                            block_size=self.cfg.block_size,
                         )
                 self._count(got.hit)
                 for i, (data, crc, hit) in enumerate(got.rest, index + 1):
-                    # (sent with it: kept for the read-ahead that asked for them, `_fill`)
+                    # (sent with it: for the read-ahead that reserved them, `_fill`)
                     self._count(hit)
-                    await self.store.put(self.key(ref, i), data, crc)
+                    self._arrived[self.key(ref, i)] = (data, crc)
+                if got.joined is False:  # an older worker: warm files block by block again
+                    self._joinless[target] = now + REMOTE_RECHECK
                 if run is not None:
                     self._seen(ref, got.hit)
                 if got.ahead:
@@ -411,7 +434,7 @@ class BlockReader:
                 return got.data, got.crc
             except (TimeoutError, errors.WorkerError) as err:
                 self._failed(target, err)
-        if run:
+        if run and self.readers[ref.mount].joins(self.cfg.block_size):
             return await self._ufs_run(ref, index, run)
         data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))
         return data, -1  # the store computes it if a disk tier will hold the block

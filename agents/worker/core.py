@@ -308,7 +308,11 @@ class Worker:
             if k not in self.store:
                 break
             fresh = self.fresh(k)
-            held = self.store.at_hand(k, fresh=fresh)
+            try:
+                held = self.store.at_hand(k, fresh=fresh)
+            except OSError as err:  # (its own request will say what is wrong)
+                log.info("block %s not sent with the one before it: %s", k, err)
+                held = None
             if held is None:  # (a file not checked yet: asked for on its own, `get` checks it)
                 if fresh:
                     self._ahead[k] = time.monotonic()  # (its first answer: still a miss)

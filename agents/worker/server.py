@@ -260,11 +260,12 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     if span is not None:
         data = data[span.offset : span.offset + span.length]
         crc = blocks.checksum(data)
-        w.count_served(1, len(data))
-        return _Blocks(w, [(data, len(data))], {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit"})
     headers = {protocol.CHECKSUM: str(crc), protocol.CACHE: "hit" if got.hit else "miss"}
     if got.ahead:  # (the blocks after it read for this reader: misses here and there)
         headers[protocol.AHEAD] = str(got.ahead)
+    if span is not None:
+        w.count_served(1, len(data))
+        return _Blocks(w, [(data, len(data))], headers)
     if got.rest:  # (read with it for this reader, sent with it: misses here and there)
         rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] = [
             (d, protocol.Part(len(d), c, False)) for d, c in got.rest
@@ -281,11 +282,13 @@ def _answer(
     rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] | None = None,
 ) -> _Blocks:
     """A whole block's answer; asked for `joined`, with the blocks of the run after it
-    (`rest`, else those this worker can send now: `Worker.held_after`), named in `PARTS`."""
+    (`rest`, else those this worker can send now: `Worker.held_after`), named in `PARTS`
+    (present, if empty, in every answer to a joined request: the reader learns that this
+    worker joins runs)."""
     if rest is None:
         rest = w.held_after(q, q.index, q.run) if q.joined and q.run else []
     parts = first + [(source, p.length) for source, p in rest]
-    if rest:
+    if q.joined:
         headers[protocol.PARTS] = protocol.parts_header(p for _, p in rest)
     w.count_served(len(parts), sum(n for _, n in parts))
     w.served_joined += len(rest)

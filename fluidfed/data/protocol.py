@@ -11,7 +11,8 @@ shared by both ends.
     POST /v1/touch     Touched             -> TouchResult: blocks read from its files
     POST {agent}/v1/workers  WorkerRegistration   the worker's heartbeat to the agent
 
-A block travels with its CRC-32 in `X-Fluidfed-Checksum`; the receiver checks it.
+A block travels with its CRC-32 in `X-Fluidfed-Checksum` (the blocks a joined answer sends
+after it, in `X-Fluidfed-Parts`); the receiver checks it.
 
 Messages tolerate fields they do not know (an older and a newer version talk during an
 upgrade) and encode every field, zeros too (readers index the status by key). The counters
@@ -50,8 +51,8 @@ LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-by
 # it for this reader (their first answers are misses too; an older worker says nothing)
 AHEAD = "X-Fluidfed-Ahead"
 # asked for with `BlockQuery.joined`: the blocks after the first that follow it in the same
-# body, each `LENGTH/CRC/hit|miss`, comma-separated (`Part`; none, or an older worker: the
-# body is the one block)
+# body, each `LENGTH/CRC/hit|miss`, comma-separated (`Part`), empty for none; absent from an
+# older worker's answer (the body is the one block)
 PARTS = "X-Fluidfed-Parts"
 JSON = "application/json"
 MAX_RUN = 3  # blocks a worker reads with a missing one, at most (`BlockQuery.run`: more is
@@ -75,10 +76,12 @@ def parts_header(parts: Iterable[Part]) -> str:
 
 
 def parse_parts(text: str, most: int) -> list[Part]:
-    """The blocks after the first in an answer, from `PARTS`: each of 1 to `most` bytes, at
-    most MAX_RUN of them. ValueError saying what is wrong otherwise (the answer is then
-    not to be trusted)."""
-    parts = []
+    """The blocks after the first in an answer, from `PARTS` (empty: none): each of 1 to
+    `most` bytes, at most MAX_RUN of them. ValueError saying what is wrong otherwise (the
+    answer is then not to be trusted)."""
+    parts: list[Part] = []
+    if not text.strip():
+        return parts
     for item in text.split(","):
         fields = item.strip().split("/")
         try:

@@ -31,6 +31,8 @@ class Fetched(NamedTuple):
     # asked for `joined`: the blocks after it that came in the same answer, as (data, CRC,
     # hit), up to the first that arrived damaged (asked for on its own again)
     rest: tuple[tuple[blocks.Data, int, bool], ...] = ()
+    # ... and whether the worker joins runs at all (None: not asked; False: an older worker)
+    joined: bool | None = None
 
 
 async def get_block(
@@ -45,13 +47,15 @@ async def get_block(
     local: bool = False,
     conns: receive.Connections | None = None,
     run: int = 0,
+    block_size: int = 0,
 ) -> Fetched:
     """The block from the worker at `url`, or `span` (offset in the block, length) of it,
     which the worker cuts from the whole block it caches. `run`: how many blocks after
     this one the caller asks for next (a sequential reader), which a worker missing this
     one may read from the under storage with it (`protocol.BlockQuery.run`), and sends
     after it in the same answer, with those of them it holds (`Fetched.rest`; received
-    with `conns` only, each block into a buffer of its own).
+    with `conns` only, each block into a buffer of its own; with the dataset's
+    `block_size` each must be its block's length, and at most `run` are taken).
 
     A worker sends a disk block it has checked before as it lies on disk; if it arrives
     damaged, it is asked for again with `verify`, which makes the worker read and check
@@ -85,7 +89,7 @@ async def get_block(
     got: int | None = None  # the body's CRC, where it was computed as it arrived
     if conns is not None and conns.handles(url):
         # a small file's block on the event loop: not worth a thread's hand-off
-        if query.joined:  # (only large files are read in runs)
+        if query.joined:  # (several blocks, each into a buffer of its own: in a thread)
             answer = await conns.get(
                 target, query.params(), session.headers, _timeout(session), split=_parts
             )
@@ -137,11 +141,19 @@ async def get_block(
     rest: list[tuple[blocks.Data, int, bool]] = []
     if answer_rest:
         said = protocol.parse_parts(headers[protocol.PARTS], receive.MAX_BODY)
-        for (part, came), p in zip(answer_rest, said, strict=False):
-            if came != p.crc:  # (asked for again on its own: checked end to end there)
-                break
+        for i, ((part, came), p) in enumerate(zip(answer_rest, said[:run], strict=False)):
+            want = blocks.block_span(ref.size, block_size, index + 1 + i)[1] if block_size else 0
+            if came != p.crc or want not in (0, len(part)):
+                break  # (asked for again on its own: checked end to end there)
             rest.append((part, p.crc, p.hit))
-    return Fetched(data, crc, hit, ahead=int(ahead) if ahead.isdigit() else 0, rest=tuple(rest))
+    return Fetched(
+        data,
+        crc,
+        hit,
+        ahead=int(ahead) if ahead.isdigit() else 0,
+        rest=tuple(rest),
+        joined=protocol.PARTS in headers if query.joined else None,
+    )
 
 
 def _parts(headers: Mapping[str, str], length: int) -> list[int]:

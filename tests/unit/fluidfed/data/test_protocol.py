@@ -47,6 +47,9 @@ def test_the_parts_of_a_joined_answer_round_trip_and_bad_ones_are_refused() -> N
     header = protocol.parts_header(parts)
     assert header == "4096/7/hit,5/0/miss"
     assert protocol.parse_parts(header, 4096) == parts
+    assert (
+        protocol.parse_parts("", 4096) == [] == protocol.parse_parts(protocol.parts_header([]), 1)
+    )
     for bad in (
         "4096/7/hit,5/0",  # a field missing
         "4097/7/hit",  # longer than a block
@@ -54,7 +57,7 @@ def test_the_parts_of_a_joined_answer_round_trip_and_bad_ones_are_refused() -> N
         "4/-1/hit",  # no CRC
         "4/x/hit",
         "4/7/cached",
-        "",
+        ",",
         ",".join(["4/7/hit"] * (protocol.MAX_RUN + 1)),  # more than a run
     ):
         with pytest.raises(ValueError, match=protocol.PARTS):

@@ -1,0 +1,74 @@
+"""A cache worker's block answers as they go on the wire, on uvloop (the worker's loop):
+blocks sent one after the other in one body, from memory and from files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import uvloop
+from aiohttp import web
+
+from agents.worker import server
+from agents.worker.core import Worker
+
+pytestmark = pytest.mark.integration
+
+
+def _slow_get(port: int) -> bytes:
+    """The body of GET /b, read through a small receive window: the worker's transport
+    takes the memory block faster than the socket does."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /b HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        got = bytearray()
+        while chunk := sock.recv(2**16):
+            got += chunk
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+class _Counts:
+    served_sendfile = 0
+
+
+def test_a_file_after_a_block_in_memory_is_still_sent_with_sendfile(tmp_path: Path) -> None:
+    """A joined answer whose first block is in memory and the next in a file, to a reader
+    slower than the worker: every byte in order, and the file sent with sendfile(2), not
+    mapped and copied (uvloop lets the writer go on once its write is done, the transport
+    empty, as `server._sendfile` needs)."""
+    first = os.urandom(16 * 2**20)  # (more than the socket takes at once)
+    second = os.urandom(3 * 2**20 + 7)
+    path = tmp_path / "block"
+    path.write_bytes(second)
+    counts = _Counts()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        f = path.open("rb")
+        parts: list[tuple[Any, int]] = [(memoryview(first), len(first)), (f, len(second))]
+        return server._Blocks(cast(Worker, counts), parts, {})
+
+    async def run() -> bytes:
+        app = web.Application()
+        app.router.add_get("/b", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return await asyncio.to_thread(_slow_get, port)
+        finally:
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        body = runner.run(run())
+    assert body == first + second
+    assert counts.served_sendfile == 1
