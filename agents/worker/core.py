@@ -293,13 +293,15 @@ class Worker:
         data, crc = await asyncio.shield(fut)
         return Got(data, crc, False)
 
-    def held_after(
+    async def held_after(
         self, ref: Source, index: int, run: int
     ) -> list[tuple[BinaryIO | blocks.Data, protocol.Part]]:
-        """Of the `run` blocks after `index` of `ref`, those this worker can send now
-        (`BlockStore.at_hand`), up to the first it cannot: a sequential reader's run sent in
-        one answer (`BlockQuery.joined`). Each counted as its own request would be (a hit,
-        or a miss if it was read for this reader: `fresh`)."""
+        """Of the `run` blocks after `index` of `ref`, those this worker holds, up to the
+        first it does not: a sequential reader's run sent in one answer
+        (`BlockQuery.joined`). Each as it can be sent at once (`BlockStore.at_hand`), or
+        read and checked here first (a block file not read since this worker started);
+        each counted as its own request would be (a hit, or a miss if it was read for this
+        reader: `fresh`)."""
         bs = self.cfg.block_size
         last = min(index + min(run, protocol.MAX_RUN), blocks.block_count(ref.size, bs) - 1)
         out: list[tuple[BinaryIO | blocks.Data, protocol.Part]] = []
@@ -310,10 +312,13 @@ class Worker:
             fresh = self.fresh(k)
             try:
                 held = self.store.at_hand(k, fresh=fresh)
+                if held is None:  # (its file not checked since the start: read and checked)
+                    got = await self.store.get(k, fresh=fresh)
+                    held = None if got is None else (got[0], len(got[0]), got[1])
             except OSError as err:  # (its own request will say what is wrong)
                 log.info("block %s not sent with the one before it: %s", k, err)
                 held = None
-            if held is None:  # (a file not checked yet: asked for on its own, `get` checks it)
+            if held is None:  # (gone meanwhile, or damaged: asked for on its own)
                 if fresh:
                     self._ahead[k] = time.monotonic()  # (its first answer: still a miss)
                 break

@@ -241,7 +241,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         held = w.store.open_verified(key, fresh=first)
         if held is not None:
             headers = {protocol.CHECKSUM: str(held[2]), protocol.CACHE: cache}
-            return _answer(w, q, [(held[0], held[1])], headers)
+            return await _answer(w, q, [(held[0], held[1])], headers)
     try:
         part = await w.store.get_span(key, span.offset, span.length) if span is not None else None
         if part is not None:
@@ -270,11 +270,11 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
         rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] = [
             (d, protocol.Part(len(d), c, False)) for d, c in got.rest
         ]
-        return _answer(w, q, [(data, len(data))], headers, rest)
-    return _answer(w, q, [(data, len(data))], headers)
+        return await _answer(w, q, [(data, len(data))], headers, rest)
+    return await _answer(w, q, [(data, len(data))], headers)
 
 
-def _answer(
+async def _answer(
     w: Worker,
     q: protocol.BlockQuery,
     first: list[tuple[BinaryIO | blocks.Data, int]],
@@ -285,8 +285,15 @@ def _answer(
     (`rest`, else those this worker can send now: `Worker.held_after`), named in `PARTS`
     (present, if empty, in every answer to a joined request: the reader learns that this
     worker joins runs)."""
-    if rest is None:
-        rest = w.held_after(q, q.index, q.run) if q.joined and q.run else []
+    if rest is None and q.joined and q.run:
+        try:
+            rest = await w.held_after(q, q.index, q.run)
+        except BaseException:  # (cancelled: the reader went away) the first file closed
+            for source, _ in first:
+                if not isinstance(source, bytes | memoryview):
+                    source.close()
+            raise
+    rest = rest or []
     parts = first + [(source, p.length) for source, p in rest]
     if q.joined:
         headers[protocol.PARTS] = protocol.parts_header(p for _, p in rest)

@@ -162,19 +162,19 @@ async def test_the_fetch_budget_counts_blocks_and_never_waits_for_more_than_it_h
 async def test_a_run_sent_in_one_answer_takes_the_blocks_held_up_to_the_first_not(
     worker: Worker,
 ) -> None:
-    """`held_after`: of the blocks after one, those the worker can send now, up to the
-    first it cannot, within the file; each counted a hit, or a miss where it was read for
+    """`held_after`: of the blocks after one, those the worker holds, up to the
+    first it does not, within the file; each counted a hit, or a miss where it was read for
     this reader (`fresh`)."""
     ref = FileRef(mount=0, key="f.bin", size=2560)  # blocks 0, 1 and 2 (half)
     keys = [ref.block_key("train", BLOCK, i) for i in range(3)]
     try:
         await worker.block(keys[0], ref, 0)
         await worker.block(keys[2], ref, 2)
-        assert worker.held_after(ref, 0, 3) == []  # block 1 not held: nothing after it
+        assert await worker.held_after(ref, 0, 3) == []  # block 1 not held: nothing after it
         await worker.block(keys[1], ref, 1)
         before = worker.status()
         worker._ahead[keys[2]] = time.monotonic()  # (read for this reader with block 1)
-        got = worker.held_after(ref, 0, 5)  # (a run past the file's end: to its end)
+        got = await worker.held_after(ref, 0, 5)  # (a run past the file's end: to its end)
         assert [(bytes(d), p) for d, p in got] == [  # type: ignore[arg-type]
             (
                 bytes(range(256)) * 4,
@@ -188,6 +188,52 @@ async def test_a_run_sent_in_one_answer_takes_the_blocks_held_up_to_the_first_no
         st = worker.status()
         assert (st.hits - before.hits, st.misses - before.misses) == (1, 1)
         assert not worker.fresh(keys[2])  # (asked once)
-        assert [p.length for _, p in worker.held_after(ref, 1, 1)] == [512]
+        assert [p.length for _, p in await worker.held_after(ref, 1, 1)] == [512]
     finally:
         await worker.close()
+
+
+async def test_a_run_after_a_restart_reads_and_checks_the_files_it_sends(tmp_path: Path) -> None:
+    """Block files found on disk at start have not been checked: `held_after` reads and
+    checks them and sends them from memory (hits), rather than ending the run there."""
+    (tmp_path / "data").mkdir()
+    body = os.urandom(4 * BLOCK)
+    (tmp_path / "data" / "g.bin").write_bytes(body)
+    cfg = WorkerConfig(
+        dataset="train",
+        mounts=[Mount(uri=f"file://{tmp_path / 'data'}")],
+        block_size=BLOCK,
+        tiers=[CacheTier(medium="SSD", quota=ByteSize(2**20), path=str(tmp_path / "ssd"))],
+        workers=Peers(endpoints=["http://w:7070"]),
+    )
+    creds = tmp_path / "credentials.json"
+    credentials.write_file(creds, credentials.CredentialFile(keys=[credentials.encode_key(KEY)]))
+
+    def start() -> Worker:
+        return Worker(cfg, url="http://w:7070/", cache_root=tmp_path / "c", credentials_path=creds)
+
+    ref = FileRef(mount=0, key="g.bin", size=len(body))
+    first = await start().open()
+    try:
+        for i in range(4):
+            await first.block(ref.block_key("train", BLOCK, i), ref, i)
+        await first.store.stored()
+    finally:
+        await first.close()
+    again = await start().open()
+    try:
+        got = await again.held_after(ref, 0, 3)
+        assert (
+            [bytes(d) for d, _ in got]
+            == [  # type: ignore[arg-type]
+                body[i * BLOCK : (i + 1) * BLOCK] for i in (1, 2, 3)
+            ]
+        )
+        assert all(p.hit for _, p in got)
+        assert (again.status().hits, again.status().misses) == (3, 0)
+        sent = await again.held_after(ref, 0, 3)  # checked now: their files, sent as they lie
+        assert all(not isinstance(d, bytes | memoryview) for d, _ in sent)
+        for f, _ in sent:
+            f.close()  # type: ignore[union-attr]
+    finally:
+        await again.close()
