@@ -90,7 +90,8 @@ class BlockReader:
         self._counting = threading.Lock()
         self._down: dict[str, float] = {}
         self._remote: dict[str, float] = {}  # workers whose block files are not visible here
-        self._joinless: dict[str, float] = {}  # workers that send no runs in one answer: until
+        # workers that send no runs in one answer (older ones), until when (`_joins`)
+        self._joinless: dict[str, float] = {}
         # blocks that came in an answer after the one asked for, for the read-ahead that
         # reserved them (`_fill`)
         self._arrived: dict[str, tuple[blocks.Data, int]] = {}
@@ -303,7 +304,8 @@ class BlockReader:
     ) -> None:
         """Once a read-ahead's task is over: a block of it never fetched (the task was
         cancelled before it began, or timed out) fails its waiters and is no longer in
-        flight, so a reader asking for it again fetches it."""
+        flight, so a reader asking for it again fetches it; a block sent with another and
+        not taken by then is dropped (`_arrived`)."""
         for k, f in run:
             if not f.done():
                 f.set_exception(errors.WorkerError(f"read-ahead of {ref.key} stopped"))

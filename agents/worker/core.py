@@ -310,14 +310,24 @@ class Worker:
             if k not in self.store:
                 break
             fresh = self.fresh(k)
+            held: tuple[BinaryIO | blocks.Data, int, int] | None = None
             try:
                 held = self.store.at_hand(k, fresh=fresh)
                 if held is None:  # (its file not checked since the start: read and checked)
                     got = await self.store.get(k, fresh=fresh)
-                    held = None if got is None else (got[0], len(got[0]), got[1])
+                    if got is None:  # (its own request counts the miss)
+                        self.store.count_misses(-1)
+                    elif got[1] >= 0:
+                        held = (got[0], len(got[0]), got[1])
             except OSError as err:  # (its own request will say what is wrong)
                 log.info("block %s not sent with the one before it: %s", k, err)
-                held = None
+            except BaseException:  # (cancelled: the reader went away) nothing sent
+                if fresh:
+                    self._ahead[k] = time.monotonic()
+                for source, _ in out:
+                    if not isinstance(source, bytes | memoryview):
+                        source.close()
+                raise
             if held is None:  # (gone meanwhile, or damaged: asked for on its own)
                 if fresh:
                     self._ahead[k] = time.monotonic()  # (its first answer: still a miss)

@@ -282,7 +282,8 @@ async def _answer(
     rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] | None = None,
 ) -> _Blocks:
     """A whole block's answer; asked for `joined`, with the blocks of the run after it
-    (`rest`, else those this worker can send now: `Worker.held_after`), named in `PARTS`
+    (`rest`, else those this worker holds, read and checked first if need be:
+    `Worker.held_after`), named in `PARTS`
     (present, if empty, in every answer to a joined request: the reader learns that this
     worker joins runs)."""
     if rest is None and q.joined and q.run:

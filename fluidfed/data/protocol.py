@@ -52,7 +52,7 @@ LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-by
 AHEAD = "X-Fluidfed-Ahead"
 # asked for with `BlockQuery.joined`: the blocks after the first that follow it in the same
 # body, each `LENGTH/CRC/hit|miss`, comma-separated (`Part`), empty for none; absent from an
-# older worker's answer (the body is the one block)
+# older worker's answer (the body is the one block) and from an answer by path (`LOCAL`)
 PARTS = "X-Fluidfed-Parts"
 JSON = "application/json"
 MAX_RUN = 3  # blocks a worker reads with a missing one, at most (`BlockQuery.run`: more is

@@ -29,7 +29,8 @@ class Fetched(NamedTuple):
     path: str = ""  # ... that file
     ahead: int = 0  # blocks after it the worker read with it for us (`protocol.AHEAD`)
     # asked for `joined`: the blocks after it that came in the same answer, as (data, CRC,
-    # hit), up to the first that arrived damaged (asked for on its own again)
+    # hit), at most the run asked for, up to the first that arrived damaged or of another
+    # length than its block's (asked for on its own again)
     rest: tuple[tuple[blocks.Data, int, bool], ...] = ()
     # ... and whether the worker joins runs at all (None: not asked; False: an older worker)
     joined: bool | None = None
@@ -131,13 +132,6 @@ async def get_block(
         if len(data) != length or got != crc:  # replaced since the worker answered
             return await again()
         return Fetched(data, crc, hit, local=True, path=path)
-    if got is None:
-        got = await blocks.checksum_off_loop(data)
-    if got != crc:
-        if not verify:
-            return await again(verify=True)
-        raise errors.WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
-    ahead = headers.get(protocol.AHEAD, "0")
     rest: list[tuple[blocks.Data, int, bool]] = []
     if answer_rest:
         said = protocol.parse_parts(headers[protocol.PARTS], receive.MAX_BODY)
@@ -146,13 +140,24 @@ async def get_block(
             if came != p.crc or want not in (0, len(part)):
                 break  # (asked for again on its own: checked end to end there)
             rest.append((part, p.crc, p.hit))
+    joined = protocol.PARTS in headers if query.joined else None
+    if got is None:
+        got = await blocks.checksum_off_loop(data)
+    if got != crc:
+        if not verify:
+            # the first again, checked at the worker; those after it that came whole kept
+            # (the worker counted them served: asked for again, they would count twice)
+            fixed = await again(verify=True)
+            return fixed._replace(rest=tuple(rest), joined=joined)
+        raise errors.WorkerError(f"{url}: block {key} arrived damaged (checksum mismatch)")
+    ahead = headers.get(protocol.AHEAD, "0")
     return Fetched(
         data,
         crc,
         hit,
         ahead=int(ahead) if ahead.isdigit() else 0,
         rest=tuple(rest),
-        joined=protocol.PARTS in headers if query.joined else None,
+        joined=joined,
     )
 
 

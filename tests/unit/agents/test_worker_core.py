@@ -4,8 +4,10 @@ tier, and the status it reports to its agent as the agent reads it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -234,3 +236,23 @@ async def test_a_run_after_a_restart_reads_and_checks_the_files_it_sends(tmp_pat
         assert len(files) == 3
     finally:
         await again.close()
+
+    # a reader that goes away while a follower is read: the files taken for the answer are
+    # closed, and the block read for it stays a miss for its next ask
+    third = await start().open()
+    try:
+        key1, key2 = (ref.block_key("train", BLOCK, i) for i in (1, 2))
+        assert await third.store.get(key1) is not None  # (checked: at hand, its file opened)
+        third._ahead[key2] = time.monotonic()  # (read for this reader)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            task = asyncio.create_task(third.held_after(ref, 0, 2))
+            await asyncio.sleep(0)  # (at block 2's read, in a thread)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            del task
+            gc.collect()
+        assert third.fresh(key2)
+    finally:
+        await third.close()
