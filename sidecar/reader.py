@@ -466,8 +466,8 @@ class BlockReader:
         """Remember the `count` blocks after `index` that its worker read with it for this
         reader (their first reads are misses), for the AHEAD_KEPT latest; at most RUN of
         them, within the file (a count past those is not what was asked for)."""
-        last = min(index + min(count, RUN), blocks.block_count(ref.size, self.cfg.block_size) - 1)
-        for i in range(index + 1, last + 1):
+        whole = blocks.block_count(ref.size, self.cfg.block_size)
+        for i in blocks.run_after(index, whole, min(count, RUN), lambda _: True):
             self._ahead[self.key(ref, i)] = True
         while len(self._ahead) > AHEAD_KEPT:
             del self._ahead[next(iter(self._ahead))]

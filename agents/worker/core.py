@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -93,6 +94,13 @@ class Budget:
             self._waiting.popleft()
             self.free -= want
             fut.set_result(None)
+
+
+def close_files(sources: Iterable[BinaryIO | blocks.Data]) -> None:
+    """Close the block files among blocks to send (the others are data in memory)."""
+    for source in sources:
+        if not isinstance(source, bytes | memoryview):
+            source.close()
 
 
 def remaining_peers(peers: list[str], me: str) -> list[str]:
@@ -303,9 +311,9 @@ class Worker:
         each counted as its own request would be (a hit, or a miss if it was read for this
         reader: `fresh`)."""
         bs = self.cfg.block_size
-        last = min(index + min(run, protocol.MAX_RUN), blocks.block_count(ref.size, bs) - 1)
+        count = blocks.block_count(ref.size, bs)
         out: list[tuple[BinaryIO | blocks.Data, protocol.Part]] = []
-        for i in range(index + 1, last + 1):
+        for i in blocks.run_after(index, count, min(run, protocol.MAX_RUN), lambda _: True):
             k = blocks.block_key(self.cfg.dataset, ref.mount, ref.key, ref.version, bs, i)
             if k not in self.store:
                 break
@@ -324,9 +332,7 @@ class Worker:
             except BaseException:  # (cancelled: the reader went away) nothing sent
                 if fresh:
                     self._ahead[k] = time.monotonic()
-                for source, _ in out:
-                    if not isinstance(source, bytes | memoryview):
-                        source.close()
+                close_files(source for source, _ in out)
                 raise
             if held is None:  # (gone meanwhile, or damaged: asked for on its own)
                 if fresh:

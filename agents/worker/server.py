@@ -17,7 +17,7 @@ from typing import BinaryIO, TypeVar
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from agents.worker.core import Worker, log, remaining_peers
+from agents.worker.core import Worker, close_files, log, remaining_peers
 from fluidfed import errors, telemetry, tls, tlsserve
 from fluidfed.data import blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
@@ -70,9 +70,7 @@ class _Blocks(web.StreamResponse):
             await super().write_eof()
             return writer
         finally:
-            for part, _ in self._parts:
-                if not isinstance(part, bytes | memoryview):
-                    part.close()
+            close_files(part for part, _ in self._parts)
 
     async def _send_file(
         self, request: web.BaseRequest, writer: AbstractStreamWriter, f: BinaryIO, size: int
@@ -266,12 +264,11 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     if span is not None:
         w.count_served(1, len(data))
         return _Blocks(w, [(data, len(data))], headers)
-    if got.rest:  # (read with it for this reader, sent with it: misses here and there)
-        rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] = [
-            (d, protocol.Part(len(d), c, False)) for d, c in got.rest
-        ]
-        return await _answer(w, q, [(data, len(data))], headers, rest)
-    return await _answer(w, q, [(data, len(data))], headers)
+    # (read with it for this reader, sent with it: misses here and there)
+    rest: list[tuple[BinaryIO | blocks.Data, protocol.Part]] | None = [
+        (d, protocol.Part(len(d), c, False)) for d, c in got.rest
+    ] or None
+    return await _answer(w, q, [(data, len(data))], headers, rest)
 
 
 async def _answer(
@@ -290,9 +287,7 @@ async def _answer(
         try:
             rest = await w.held_after(q, q.index, q.run)
         except BaseException:  # (cancelled: the reader went away) the first file closed
-            for source, _ in first:
-                if not isinstance(source, bytes | memoryview):
-                    source.close()
+            close_files(source for source, _ in first)
             raise
     rest = rest or []
     parts = first + [(source, p.length) for source, p in rest]

@@ -75,8 +75,9 @@ WINDOW_AT_LEAST = 4 * WAKE_EVERY  # (see `_open_window`)
 MAX_HEAD = 2**16  # a longer head is refused
 
 
-# the sizes of a body's parts, or a function of the answer's headers and length saying them
-_Split = tuple[int, ...] | Callable[[CIMultiDict[str], int], Sequence[int]]
+# a function of an answer's headers and body length saying the sizes of the body's parts
+SplitBy = Callable[[CIMultiDict[str], int], Sequence[int]]
+_Split = tuple[int, ...] | SplitBy  # (the sizes themselves, or such a function)
 
 
 class Answer(NamedTuple):
@@ -255,7 +256,7 @@ class Connections:
         seconds: float,
         *,
         checksum: bool = True,
-        split: Sequence[int] | Callable[[CIMultiDict[str], int], Sequence[int]] = (),
+        split: Sequence[int] | SplitBy = (),
     ) -> Answer:
         """GET `url` with `params`: status, headers, body (and its CRC with `checksum`).
         With `split`, a 200's or 206's body of exactly that many bytes in all is received
