@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, close_files, log, remaining_peers
 from fluidfed import errors, telemetry, tls, tlsserve
-from fluidfed.data import blocks, credentials, heap, layout, protocol
+from fluidfed.data import blocks, credentials, heap, layout, protocol, store
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
@@ -192,6 +192,24 @@ def _json(msg: protocol.Message, status: int = 200) -> web.Response:
 
 
 async def _get_block(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _block_answer(request)
+    except OSError as err:
+        if err.errno not in store.SCARCE:
+            raise
+        # the worker, not the block, is short: its reader reads the under storage itself
+        # meanwhile (a sidecar leaves a worker that fails alone for a while)
+        log.warning("a block request failed: %s: raise this worker's open-file limit", err)
+        response = _problem(
+            503,
+            f"this worker is short of open files or memory ({os.strerror(err.errno or 0)}): "
+            "raise its open-file limit (the pod's LimitNOFILE, ulimit -n) or its memory",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+
+async def _block_answer(request: web.Request) -> web.StreamResponse:
     w = request.app[WORKER_KEY]
     key = request.match_info["key"]
     claims = _authenticated(request)

@@ -18,7 +18,7 @@ whole (renamed into place), and `stored` waits until every such file is written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import os
 from collections.abc import Container
@@ -40,6 +40,23 @@ from fluidfed.data.blockfile import (
 from fluidfed.models import CacheTier
 
 log = logging.getLogger("fluidfed.store")
+
+# why a block file could not be opened or read that says nothing of the file: the process
+# or the machine is short of descriptors or memory. Raised as they are (a worker answers
+# 503: `SCARCE` there); the block stays, and is read once they are back.
+SCARCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+def _unreadable(path: Path | str, err: OSError) -> None:
+    """A block file that is there but cannot be read (EIO, EACCES, a directory in its
+    place...): logged, and the caller takes the block as gone (a reader's request for it
+    is a miss, the block fetched again and its file written anew). Gone (ENOENT): nothing
+    to say. Short of descriptors or memory (`SCARCE`): raised."""
+    if isinstance(err, FileNotFoundError):
+        return
+    if err.errno in SCARCE:
+        raise err
+    log.warning("block file %s cannot be read (%s): dropped, to be fetched again", path, err)
 
 
 @dataclass
@@ -95,32 +112,46 @@ class _Tier:
         write_block_file(block_file(str(self.dir), key), data, crc)
         return crc
 
+    # (None from these three: the block's file is gone, damaged or unreadable, `_unreadable`)
     def read(self, key: str) -> tuple[bytes, int] | None:
+        path = self.file(key)
         try:
-            return read_block_file(self.file(key))
-        except (FileNotFoundError, errors.CorruptBlock):
+            return read_block_file(path)
+        except errors.CorruptBlock:
+            return None
+        except OSError as err:
+            _unreadable(path, err)
             return None
 
     def read_span(self, key: str, lo: int, n: int, length: int) -> bytes | None:
         """`n` bytes at `lo` of a block of `length` bytes already verified once (a random
         read needs no 4 MiB read and CRC each time)."""
+        path = self.file(key)
         try:
-            with open(self.file(key), "rb") as f:
+            with open(path, "rb") as f:
                 return os.pread(f.fileno(), max(0, min(n, length - lo)), lo)
-        except FileNotFoundError:
+        except OSError as err:
+            _unreadable(path, err)
             return None
 
     def open_data(self, key: str) -> BinaryIO | None:
-        """The block file, open for sending without reading it here; None if it is gone."""
+        """The block file, open for sending without reading it here."""
         assert self.dir is not None
+        path = block_file(str(self.dir), key)
         try:
-            return open(block_file(str(self.dir), key), "rb")  # the caller closes it
-        except FileNotFoundError:
+            return open(path, "rb")  # the caller closes it
+        except OSError as err:
+            _unreadable(path, err)
             return None
 
     def unlink(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.file(key).unlink()
+        path = self.file(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:  # (its space stays taken; the tier's count no longer has it)
+            log.warning("block file %s cannot be removed: %s", path, err)
 
     def scan(self) -> list[tuple[float, str, int]]:
         assert self.dir is not None

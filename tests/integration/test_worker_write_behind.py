@@ -21,6 +21,7 @@ from devkit import testing
 from devkit.local.cluster import free_port
 from devkit.local.processes import WorkerProcess, local_credentials, local_token
 from devkit.local.s3 import CREDENTIALS, S3Server
+from fluidfed import errors
 from fluidfed.data import blockfile, blocks, credentials, workers
 from fluidfed.data.blockfile import TRAILER_SIZE
 from fluidfed.data.layout import FileRef, Peers, SidecarConfig, WorkerConfig
@@ -247,3 +248,69 @@ async def test_a_worker_killed_while_writing_behind_never_serves_a_torn_block(
             assert len(data_) == f.stat().st_size - TRAILER_SIZE and crc >= 0
     finally:
         proc.close()
+
+
+async def test_a_block_file_that_cannot_be_read_is_fetched_again_and_written_anew(
+    data: Path, served: Served
+) -> None:
+    """A checked block file the worker can no longer open (here a symlink to itself: ELOOP,
+    as EIO or EACCES would be) is not a 500: the block is dropped, fetched again for its
+    reader, whole or a span of it, and its file written anew."""
+    w = served.worker
+    (ref, index, want), (ref2, index2, want2) = [r for r in refs(data) if len(r[2]) > 1000][:2]
+    for r, i in ((ref, index), (ref2, index2)):
+        await served.get(r, i)
+    await w.stored()
+    assert (await served.get(ref, index)).hit  # (sent from its checked file)
+    reads = w.status().ufs.reads
+    tier = w.store._tiers[0].dir
+    assert tier is not None
+    for r, i in ((ref, index), (ref2, index2)):
+        path = blockfile.block_path(tier, r.block_key(DATASET, BLOCK, i))
+        path.unlink()
+        path.symlink_to(path.name)
+    whole = await served.get(ref, index)
+    span = await workers.get_block(
+        served.session, served.url, ref2.block_key(DATASET, BLOCK, index2), ref2, index2, (7, 100)
+    )
+    assert bytes(whole.data) == want and not whole.hit
+    assert bytes(span.data) == want2[7:107]
+    assert w.status().ufs.reads == reads + 2
+    assert w.status().corrupt == 2
+    await w.stored()
+    for r, i, body in ((ref, index, want), (ref2, index2, want2)):
+        path = blockfile.block_path(tier, r.block_key(DATASET, BLOCK, i))
+        assert not path.is_symlink()
+        assert blockfile.read_block_file(path) == (body, blocks.checksum(body))
+
+
+def _lowest_free_fd() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)  # (the kernel gives the lowest free one)
+    os.close(fd)
+    return fd
+
+
+async def test_a_worker_short_of_open_files_answers_503_and_keeps_the_block(
+    data: Path, served: Served
+) -> None:
+    """A worker out of file descriptors (its open-file limit reached: EMFILE) answers 503
+    saying what to raise, and keeps the block: its file is fine, and sent once it can be."""
+    import resource
+
+    w = served.worker
+    ref, index, want = next(r for r in refs(data) if len(r[2]) > 1000)
+    await served.get(ref, index)
+    await w.stored()
+    assert (await served.get(ref, index)).hit  # (the connection is kept alive: no new fd)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd(), hard))
+    try:
+        with pytest.raises(errors.WorkerError) as caught:
+            await served.get(ref, index)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert caught.value.status == 503
+    assert "open-file limit" in str(caught.value)
+    assert w.status().corrupt == 0
+    again = await served.get(ref, index)
+    assert again.hit and bytes(again.data) == want
