@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, close_files, log, remaining_peers
 from fluidfed import errors, telemetry, tls, tlsserve
-from fluidfed.data import blocks, credentials, heap, layout, protocol, store
+from fluidfed.data import blockfile, blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
@@ -195,7 +195,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     try:
         return await _block_answer(request)
     except OSError as err:
-        if err.errno not in store.SCARCE:
+        if err.errno not in blockfile.SCARCE:
             raise
         # the worker, not the block, is short: its reader reads the under storage itself
         # meanwhile (a sidecar leaves a worker that fails alone for a while)

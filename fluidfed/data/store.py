@@ -18,7 +18,6 @@ whole (renamed into place), and `stored` waits until every such file is written.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 from collections.abc import Container
@@ -30,6 +29,7 @@ from typing import Any, BinaryIO
 from fluidfed import errors
 from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
+    SCARCE,
     TRAILER_SIZE,
     block_file,
     block_path,
@@ -41,17 +41,12 @@ from fluidfed.models import CacheTier
 
 log = logging.getLogger("fluidfed.store")
 
-# why a block file could not be opened or read that says nothing of the file: the process
-# or the machine is short of descriptors or memory. Raised as they are (a worker answers
-# 503: `SCARCE` there); the block stays, and is read once they are back.
-SCARCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
 
 def _unreadable(path: Path | str, err: OSError) -> None:
     """A block file that is there but cannot be read (EIO, EACCES, a directory in its
     place...): logged, and the caller takes the block as gone (a reader's request for it
     is a miss, the block fetched again and its file written anew). Gone (ENOENT): nothing
-    to say. Short of descriptors or memory (`SCARCE`): raised."""
+    to say. Short of descriptors or memory (`blockfile.SCARCE`): raised."""
     if isinstance(err, FileNotFoundError):
         return
     if err.errno in SCARCE:

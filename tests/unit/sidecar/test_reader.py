@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from pathlib import Path
 
 import aiohttp
@@ -122,3 +123,33 @@ async def test_a_warm_file_is_asked_for_in_joined_runs_only_where_it_is_read_ove
         finally:
             reader.session = None
             await reader.close()
+
+
+async def test_a_sidecar_short_of_descriptors_keeps_reading_the_files_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """Out of file descriptors (its open-file limit reached: EMFILE) a sidecar cannot open
+    a worker's block file: it asks the worker this time and keeps the directory, reading
+    the files again once it can; a file that cannot be read for a reason of its own
+    (ELOOP here, as EIO or EACCES) makes it leave the directory to the worker."""
+    data = os.urandom(100_000)
+    ref = FileRef(mount=0, key="small.bin", size=len(data), version="v1")
+    reader = await _reader(tmp_path, ref, data, cached=True)
+    key = reader.key(ref, 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fd = os.open(os.devnull, os.O_RDONLY)  # (the lowest free descriptor)
+    os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+    try:
+        short = await reader._from_files(WORKER, key)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert short is None and reader._dirs[WORKER] == [str(tmp_path)]
+    got = await reader._from_files(WORKER, key)
+    assert got is not None and bytes(got[0]) == data
+    path = blockfile.block_path(tmp_path, key)
+    path.unlink()
+    path.symlink_to(path.name)
+    assert await reader._from_files(WORKER, key) is None
+    assert reader._dirs[WORKER] == []
+    await reader.close()
