@@ -82,7 +82,8 @@ NOTES = {
     "fluidfed": (
         "4 MiB blocks, 4 blocks read ahead (5 GETs in flight), kernel read-ahead 1 MiB, "
         "keep_cache; warm: a cache worker's disk tier on this node's disk, read by the "
-        "sidecar from the block files (same node) or over HTTP (remote)"
+        "sidecar from the block files (same node) or over plain HTTP on loopback (remote; "
+        "a cluster's workers serve HTTPS: bench/data_tls.py); every block's CRC checked"
     ),
     "s3fs": (
         "cold: no use_cache, ranged GETs of the kernel's read-ahead size; warm: use_cache, "
@@ -95,7 +96,8 @@ NOTES = {
     "juicefs": (
         "reads its own 4 MiB chunk objects (the data written through its mount), not the "
         "dataset's objects; metadata in SQLite on local disk (no S3 LIST, no HEAD per "
-        "open); cold: --cache-size 0; warm: its disk cache on this node's disk, "
+        "open); cold: --cache-size 0; warm: its disk cache on this node's disk, its "
+        "blocks' checksums checked (--verify-cache-checksum extend, the default), "
         f"--free-space-ratio {FREE_SPACE_RATIO} (at its default, 0.1, it evicted its cache on "
         "this VM's root filesystem: 11% free to non-root users)"
     ),
