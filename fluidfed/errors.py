@@ -38,7 +38,15 @@ caught, with the original chained underneath.
 
 from __future__ import annotations
 
+import errno
+
 import msgspec
+
+# an OSError with one of these says nothing of the file or peer it was about: the process
+# or the machine is short of descriptors or memory for now. What meets one leaves the file
+# or connection be and tries again later (a server stops accepting for a while, a worker
+# answers 503, a sidecar asks the worker instead of opening the worker's file).
+SCARCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Problem(msgspec.Struct, frozen=True, omit_defaults=True):

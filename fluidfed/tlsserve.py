@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -47,7 +46,7 @@ from aiohttp import web
 from aiohttp.web_runner import BaseSite
 
 from fluidfed import tlscheck
-from fluidfed.errors import FluidfedError
+from fluidfed.errors import SCARCE, FluidfedError
 from fluidfed.tls import ServerContext
 
 try:
@@ -71,7 +70,6 @@ HIGH_WATER = 64 * 1024
 CLOSE_TIMEOUT = 30.0  # seconds a closing connection may take to send what it holds, and
 # then to hear the peer's close (as asyncio's ssl_shutdown_timeout)
 ACCEPTS_PER_WAKE = 16  # each runs the handshake's first step: a burst does not stall the loop
-ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_PAUSE = 1.0  # seconds without accepting after the process ran out of descriptors
 ENGINES = ("rustls", "openssl", "loop")
 DONE, WANT_READ, WANT_WRITE = 0, 1, 2  # a handshake step's outcome (as fluidfed._rustls's)
@@ -806,7 +804,7 @@ class _Listener:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as err:
-                if err.errno not in ACCEPT_ERRORS:
+                if err.errno not in SCARCE:
                     log.warning("accepting a connection failed: %s", err)
                     return
                 # out of descriptors: the backlog waits, and the loop does not spin on it

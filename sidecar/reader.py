@@ -519,7 +519,7 @@ class BlockReader:
             except errors.CorruptBlock:
                 return None  # the worker checks it, drops it and fetches it again
             except OSError as err:
-                if err.errno in blockfile.SCARCE:  # (this sidecar is short, not the files)
+                if err.errno in errors.SCARCE:  # (this sidecar is short, not the files)
                     log.info("cannot read %s's block file %s now: %s", worker, path, err)
                     return None
                 log.info("cannot read %s's block files in %s: %s", worker, d, err)

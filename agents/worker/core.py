@@ -367,6 +367,11 @@ class Worker:
         since = self._ahead.pop(key, None)
         return since is not None and time.monotonic() - since < AHEAD_FOR
 
+    def fresh_again(self, key: str) -> None:
+        """`key`'s request asked `fresh` and could not be answered (the worker short of
+        descriptors: a 503): the next one's answer is still its first, a miss."""
+        self._ahead[key] = time.monotonic()
+
     def _run(self, key: str, ref: Source, index: int, ahead: int) -> list[str]:
         """The keys of the blocks to read from the under storage for a miss of `key`: it,
         and of the `ahead` blocks after it (that its reader asks for next:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import mmap
 import os
 import re
@@ -19,7 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, close_files, log, remaining_peers
 from fluidfed import errors, telemetry, tls, tlsserve
-from fluidfed.data import blockfile, blocks, credentials, heap, layout, protocol
+from fluidfed.data import blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
@@ -83,13 +84,22 @@ class _Blocks(web.StreamResponse):
             await asyncio.get_running_loop().sendfile(transport, f, 0, size)
             sent = transport.get_extra_info("sslcontext") is None
         except NotImplementedError:  # uvloop
-            sent = bool(size) and await _sendfile(transport, f, size)
-            if size and not sent:
-                mapped = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
-                # the transport keeps the view until it is written; the mapping goes
-                # with the last reference (an evicted file stays readable till then)
-                await _send(request, writer, memoryview(mapped))
-                await writer.drain()
+            try:
+                sent = bool(size) and await _sendfile(transport, f, size)
+                if size and not sent:
+                    mapped = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+                    # the transport keeps the view until it is written; the mapping goes
+                    # with the last reference (an evicted file stays readable till then)
+                    await _send(request, writer, memoryview(mapped))
+                    await writer.drain()
+            except OSError as err:
+                # out of descriptors, the socket's duplicate or the mapping's (Python's
+                # mmap takes one) could not be made, before a byte was sent: the headers
+                # are out, so the block goes as it is read here, which needs none
+                if err.errno not in errors.SCARCE:
+                    raise
+                await _send_read(request, writer, f, size)
+                sent = False
         self._worker.served_sendfile += sent
 
 
@@ -128,6 +138,24 @@ async def _sendfile(transport: asyncio.BaseTransport, f: BinaryIO, size: int) ->
     finally:
         os.close(fd)
     return True
+
+
+READ_PIECE = 2**20  # bytes of a block file read and sent at a time (`_send_read`)
+
+
+async def _send_read(
+    request: web.BaseRequest, writer: AbstractStreamWriter, f: BinaryIO, size: int
+) -> None:
+    """`size` bytes of `f` read here a piece at a time and sent: what a worker out of file
+    descriptors can still do (sendfile's wait and a mapping each need a new one)."""
+    at = 0
+    while at < size:
+        piece = os.pread(f.fileno(), min(READ_PIECE, size - at), at)
+        if not piece:  # (block files are replaced whole, never shortened)
+            raise ConnectionResetError("block file shorter than its length")
+        await _send(request, writer, piece)
+        await writer.drain()
+        at += len(piece)
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
@@ -195,15 +223,19 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
     try:
         return await _block_answer(request)
     except OSError as err:
-        if err.errno not in blockfile.SCARCE:
+        if err.errno not in errors.SCARCE:
             raise
         # the worker, not the block, is short: its reader reads the under storage itself
         # meanwhile (a sidecar leaves a worker that fails alone for a while)
-        log.warning("a block request failed: %s: raise this worker's open-file limit", err)
+        what = "open files" if err.errno in (errno.EMFILE, errno.ENFILE) else "memory"
+        raise_it = (
+            "its open-file limit (the pod's LimitNOFILE, ulimit -n; the node's fs.file-max)"
+            if what == "open files"
+            else "its memory limit"
+        )
+        log.warning("a block request failed, short of %s: %s; raise %s", what, err, raise_it)
         response = _problem(
-            503,
-            f"this worker is short of open files or memory ({os.strerror(err.errno or 0)}): "
-            "raise its open-file limit (the pod's LimitNOFILE, ulimit -n) or its memory",
+            503, f"this worker is short of {what} ({os.strerror(err.errno)}): raise {raise_it}"
         )
         response.headers["Retry-After"] = "5"
         return response
@@ -239,6 +271,21 @@ async def _block_answer(request: web.Request) -> web.StreamResponse:
     # a block read ahead for this reader with a miss before it: its first whole answer a
     # miss (a span of it, a random read, leaves that to the whole block's)
     first = span is None and w.fresh(key)
+    try:
+        return await _held_or_fetched(w, q, key, first)
+    except OSError as err:
+        if first and err.errno in errors.SCARCE:  # (not answered: the next answer is the miss)
+            w.fresh_again(key)
+        raise
+
+
+async def _held_or_fetched(
+    w: Worker, q: protocol.BlockQuery, key: str, first: bool
+) -> web.StreamResponse:
+    """The answer to a block request found well-formed and allowed: the block's file for a
+    reader on this node to read, the block as this worker holds it, or fetched now.
+    `first`: its first answer since it was read ahead for this reader (a miss)."""
+    span = q.span
     cache = "miss" if first else "hit"
     if span is None and not q.verify:
         where = w.store.locate(key, fresh=first) if q.local else None

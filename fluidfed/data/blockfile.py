@@ -33,12 +33,6 @@ _MAGIC = b"FFB1"
 TRAILER_SIZE = _TRAILER.size
 
 
-# why a block file could not be opened or read that says nothing of the file: the process
-# or the machine is short of descriptors or memory. Its readers leave the file be (a worker
-# answers 503, a sidecar asks the worker instead), and read it once they are back.
-SCARCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-
 def block_path(directory: str | Path, key: str) -> Path:
     """Where a disk tier keeps a block: <dir>/<first two characters of the key>/<key>."""
     return Path(block_file(str(directory), key))

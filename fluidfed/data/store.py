@@ -3,9 +3,9 @@
 New blocks go to the first tier; a tier past its high watermark moves its least recently
 used blocks down to the next tier (the last tier drops them) until it is back at its low
 watermark. Each block carries a CRC-32: on disk as an 8-byte trailer, checked when a block
-is read whole, so a corrupt block is dropped and reported as a miss (the caller fetches it
-again); a block checked once can be sent from the page cache as it is (`open_verified`),
-its receiver checking the CRC end to end. Disk
+is read whole, so a corrupt block, or one whose file cannot be read, is dropped and
+reported as a miss (the caller fetches it again); a block checked once can be sent from
+the page cache as it is (`open_verified`), its receiver checking the CRC end to end. Disk
 tiers are indexed again on start, so a restarted worker keeps its cache.
 
 With `write_behind`, a block put into a disk tier is held in memory while a thread writes
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ from typing import Any, BinaryIO
 from fluidfed import errors
 from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
-    SCARCE,
     TRAILER_SIZE,
     block_file,
     block_path,
@@ -42,16 +42,20 @@ from fluidfed.models import CacheTier
 log = logging.getLogger("fluidfed.store")
 
 
-def _unreadable(path: Path | str, err: OSError) -> None:
-    """A block file that is there but cannot be read (EIO, EACCES, a directory in its
-    place...): logged, and the caller takes the block as gone (a reader's request for it
-    is a miss, the block fetched again and its file written anew). Gone (ENOENT): nothing
-    to say. Short of descriptors or memory (`blockfile.SCARCE`): raised."""
+def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
+    """A block file that is there but cannot be read (EIO, EACCES, ELOOP...): logged, and
+    the caller takes the block as gone (a reader's request for it is a miss, the block
+    fetched again, its file written anew where the path can take one: `dropped`, said once
+    by `BlockStore.get`, which drops it; the others only say what they met). Gone (ENOENT):
+    nothing to say. Short of descriptors or memory (`errors.SCARCE`): raised."""
     if isinstance(err, FileNotFoundError):
         return
-    if err.errno in SCARCE:
+    if err.errno in errors.SCARCE:
         raise err
-    log.warning("block file %s cannot be read (%s): dropped, to be fetched again", path, err)
+    if dropped:
+        log.warning("block file %s cannot be read (%s): dropped, to be fetched again", path, err)
+    else:
+        log.info("block file %s cannot be read: %s", path, err)
 
 
 @dataclass
@@ -115,7 +119,7 @@ class _Tier:
         except errors.CorruptBlock:
             return None
         except OSError as err:
-            _unreadable(path, err)
+            _unreadable(path, err, dropped=True)
             return None
 
     def read_span(self, key: str, lo: int, n: int, length: int) -> bytes | None:
@@ -149,16 +153,30 @@ class _Tier:
             log.warning("block file %s cannot be removed: %s", path, err)
 
     def scan(self) -> list[tuple[float, str, int]]:
+        """(atime, key, length) of the block files the tier's directory holds. What cannot
+        be a block file (a temporary file left by a crash, anything but a regular file) is
+        removed where it can be; what cannot be read is logged and left out, so a damaged
+        entry does not keep the worker from starting (its block is fetched again)."""
         assert self.dir is not None
         found = []
         for sub in self.dir.iterdir() if self.dir.exists() else ():
-            if not sub.is_dir():
-                continue
-            for f in sub.iterdir():
-                if f.suffix == ".tmp":
-                    f.unlink(missing_ok=True)
+            try:
+                if not sub.is_dir():
                     continue
-                st = f.stat()
+                entries = list(sub.iterdir())
+            except OSError as err:
+                _unreadable(sub, err)
+                continue
+            for f in entries:
+                try:
+                    st = f.lstat()
+                    if f.suffix == ".tmp" or not stat.S_ISREG(st.st_mode):
+                        if not stat.S_ISDIR(st.st_mode):
+                            f.unlink(missing_ok=True)
+                        continue
+                except OSError as err:
+                    _unreadable(f, err)
+                    continue
                 found.append((st.st_atime, f.name, st.st_size - TRAILER_SIZE))
         return sorted(found)
 
@@ -333,7 +351,7 @@ class BlockStore:
         else:
             got = await asyncio.to_thread(tier.read, key)
             if got is None:
-                # gone or corrupt: forget it, the caller fetches it again
+                # gone, corrupt or unreadable: forget it, the caller fetches it again
                 if key in tier.ledger:
                     self.stats.corrupt += 1
                     tier.ledger.remove(key)

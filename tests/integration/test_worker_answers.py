@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 from pathlib import Path
 from typing import Any, cast
@@ -72,3 +73,44 @@ def test_a_file_after_a_block_in_memory_is_still_sent_with_sendfile(tmp_path: Pa
         body = runner.run(run())
     assert body == first + second
     assert counts.served_sendfile == 1
+
+
+def test_a_worker_out_of_descriptors_still_sends_a_block_file_it_opened(tmp_path: Path) -> None:
+    """On uvloop a block file goes out through a duplicate of the socket's descriptor
+    (sendfile's wait) or a mapping (which takes one too), both made after the headers went
+    out: a worker at its open-file limit then sends the file as it reads it, every byte,
+    instead of cutting the answer short."""
+    block = os.urandom(3 * 2**20 + 5)
+    path = tmp_path / "block"
+    path.write_bytes(block)
+    counts = _Counts()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        f = path.open("rb")
+        fd = os.open(os.devnull, os.O_RDONLY)  # (the lowest free descriptor)
+        os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))  # (put back below)
+        return server._Blocks(cast(Worker, counts), [(f, len(block))], {})
+
+    async def run() -> bytes:
+        app = web.Application()
+        app.router.add_get("/b", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return await asyncio.to_thread(_slow_get, port)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            await runner.cleanup()
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            body = runner.run(run())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert body == block
+    assert counts.served_sendfile == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,7 @@ from devkit.local.cluster import free_port
 from devkit.local.processes import WorkerProcess, local_credentials, local_token
 from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed import errors
-from fluidfed.data import blockfile, blocks, credentials, workers
+from fluidfed.data import blockfile, blocks, credentials, protocol, workers
 from fluidfed.data.blockfile import TRAILER_SIZE
 from fluidfed.data.layout import FileRef, Peers, SidecarConfig, WorkerConfig
 from fluidfed.data.store import BlockStore
@@ -295,22 +296,90 @@ async def test_a_worker_short_of_open_files_answers_503_and_keeps_the_block(
 ) -> None:
     """A worker out of file descriptors (its open-file limit reached: EMFILE) answers 503
     saying what to raise, and keeps the block: its file is fine, and sent once it can be."""
-    import resource
-
     w = served.worker
     ref, index, want = next(r for r in refs(data) if len(r[2]) > 1000)
+    key = ref.block_key(DATASET, BLOCK, index)
+    query = protocol.BlockQuery(
+        mount=ref.mount, key=ref.key, size=ref.size, index=index, version=ref.version
+    )
     await served.get(ref, index)
     await w.stored()
     assert (await served.get(ref, index)).hit  # (the connection is kept alive: no new fd)
+    w.fresh_again(key)  # as if read ahead for this reader: its first answer is a miss
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd(), hard))
     try:
         with pytest.raises(errors.WorkerError) as caught:
             await served.get(ref, index)
+        url = protocol.block_url(served.url, key)
+        async with served.session.get(url, params=query.params()) as r:
+            status, retry = r.status, r.headers.get("Retry-After")
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (status, retry) == (503, "5")
     assert caught.value.status == 503
     assert "open-file limit" in str(caught.value)
     assert w.status().corrupt == 0
-    again = await served.get(ref, index)
-    assert again.hit and bytes(again.data) == want
+    again = await served.get(ref, index)  # (still its first answer since read ahead)
+    assert not again.hit and bytes(again.data) == want
+    assert (await served.get(ref, index)).hit
+
+
+async def test_a_sidecar_short_of_descriptors_reads_over_http_and_keeps_its_short_circuit(
+    data: Path, minio: S3Server, tmp_path: Path
+) -> None:
+    """A sidecar out of file descriptors (its open-file limit reached) cannot open the
+    worker's block file on its node, whether it knew the file's place or the worker told
+    it: it gets the block over HTTP (the kept-alive connection needs no new descriptor)
+    and reads the worker's files again once it can, instead of taking the worker for one
+    on another node for five minutes."""
+    ref, index, want = next(r for r in refs(data) if len(r[2]) > 1000)
+    key = ref.block_key(DATASET, BLOCK, index)
+    port = free_port()
+    config = {
+        "dataset": DATASET,
+        "mounts": [mount_of(minio)],
+        "block_size": BLOCK,
+        "tiers": [{"medium": "SSD", "quota": "1GiB", "path": str(tmp_path / "ssd")}],
+        "workers": {"endpoints": [f"http://127.0.0.1:{port}"]},
+    }
+    proc = WorkerProcess(tmp_path / "w", config, port).start()  # (its own descriptors)
+    token = credentials.authorization(local_token(DATASET, "reader"))
+    cfg = SidecarConfig(
+        dataset=DATASET,
+        mounts=[Mount(uri=minio.uri(DATASET), options={"endpoint": minio.endpoint})],
+        block_size=BLOCK,
+        workers=Peers(endpoints=[proc.url]),
+    )
+    try:
+        async with aiohttp.ClientSession(headers=token) as session:
+            reader = BlockReader(cfg, [], await BlockStore(cfg.cache).open(), session)
+            try:
+                for _ in range(100):  # a miss, then its file once written: read here
+                    got = await reader._fetch(key, ref, index)
+                    if reader.stats.short_circuit:
+                        break
+                    await asyncio.sleep(0.05)
+                assert reader.stats.short_circuit == 1 and bytes(got[0]) == want
+                for knows in (True, False):  # the file's place known here, or told
+                    if not knows:
+                        reader._dirs.clear()
+                    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                    fd = os.open(os.devnull, os.O_RDONLY)  # (the lowest free descriptor)
+                    os.close(fd)
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+                    try:
+                        short = await reader._fetch(key, ref, index)
+                    finally:
+                        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                    assert bytes(short[0]) == want
+                    assert reader.stats.short_circuit == 1  # (over HTTP)
+                    assert reader._remote.get(proc.url, 0.0) == 0.0
+                    assert reader.stats.worker_errors == 0
+                    again = await reader._fetch(key, ref, index)
+                    assert bytes(again[0]) == want and reader.stats.short_circuit == 2
+                    reader.stats.short_circuit = 1
+            finally:
+                await reader.close()
+    finally:
+        proc.close()

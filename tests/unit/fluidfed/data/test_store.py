@@ -57,6 +57,24 @@ async def test_store_detects_a_corrupt_block_and_reindexes_disk_on_restart(
     assert (await again.get("b" * 32))[0] == b"y" * 100  # type: ignore[index]
 
 
+async def test_a_restarted_store_leaves_out_what_cannot_be_a_block_file(tmp_path: Path) -> None:
+    """Indexing a disk tier again on start: an entry that cannot be read (a symlink to
+    itself: ELOOP) or is no regular file does not keep the store from opening; it is
+    removed, and the blocks beside it are found."""
+    store = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    await store.put("a" * 32, b"x" * 100)
+    await store.put("b" * 32, b"y" * 100)
+    looped = tmp_path / "bb" / ("b" * 32)
+    looped.unlink()
+    looped.symlink_to(looped.name)
+    (tmp_path / "aa" / ("c" * 32)).mkdir()  # (left as it is: not ours to remove)
+    again = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    assert again.snapshot().tiers[0].blocks == 1
+    assert not looped.is_symlink() and not looped.exists()
+    assert (await again.get("a" * 32))[0] == b"x" * 100  # type: ignore[index]
+    assert await again.get("b" * 32) is None
+
+
 def test_store_needs_a_directory_for_disk_tiers() -> None:
     with pytest.raises(ValueError, match="needs a path"):
         BlockStore([tier("SSD", 10)])
