@@ -27,6 +27,7 @@ import json
 import mmap
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -86,10 +87,12 @@ def one(kind: str, way: str, path: str, blocks: int) -> dict[str, float]:
         addr = listener.getsockname()
         r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:
-            conn, _ = listener.accept()
-            os.write(w, f"{sender(conn, path, way, blocks)}".encode())
-            os._exit(0)
+        if pid == 0:  # (never back into main: its cleanup is the parent's)
+            try:
+                conn, _ = listener.accept()
+                os.write(w, f"{sender(conn, path, way, blocks)}".encode())
+            finally:
+                os._exit(0)
         s = socket.socket(listener.family)
         s.connect(addr)
         view = memoryview(mmap.mmap(-1, BLOCK))
@@ -137,11 +140,30 @@ def in_netns(name: str) -> Iterator[None]:
         os.close(other)
 
 
+def _remove_stale() -> None:
+    """Namespaces and links an earlier run killed before its cleanup left (their address
+    would take this run's packets)."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in names.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith("fluidfed-bench-"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        fields = line.split(":")
+        link = fields[1].strip().split("@")[0] if len(fields) > 1 else ""
+        if link.startswith("ffbench") and link.endswith("a"):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+
 @contextlib.contextmanager
 def veth_pair(mtu: int) -> Iterator[None]:
     """A network namespace NETNS joined to this one by a veth pair (HERE here, THERE in
     it), removed after."""
-    here, there = f"ffb{os.getpid()}a"[:15], f"ffb{os.getpid()}b"[:15]
+    if shutil.which("ip") is None:
+        raise SystemExit("--veth needs iproute2's `ip` (Debian: apt-get install iproute2)")
+    _remove_stale()
+    here, there = f"ffbench{os.getpid()}a", f"ffbench{os.getpid()}b"
     steps = [
         ["ip", "netns", "add", NETNS],
         ["ip", "link", "add", here, "mtu", str(mtu), "type", "veth", "peer", "name", there],
@@ -171,6 +193,8 @@ def main() -> None:
     ap.add_argument("--mtu", type=int, default=1500, help="the veth pair's MTU")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.mtu != 1500 and not args.veth:
+        ap.error("--mtu sets the veth pair's MTU: it needs --veth")
     kinds = ("tcp", "unix", "veth") if args.veth else ("tcp", "unix")
     with contextlib.ExitStack() as stack, tempfile.NamedTemporaryFile(dir="/var/tmp") as f:
         if args.veth:
