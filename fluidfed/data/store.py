@@ -44,10 +44,10 @@ log = logging.getLogger("fluidfed.store")
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
     """A block file that is there but cannot be read (EIO, EACCES, ELOOP...): logged, and
-    the caller takes the block as gone (a reader's request for it is a miss, the block
-    fetched again, its file written anew where the path can take one: `dropped`, said once
-    by `BlockStore.get`, which drops it; the others only say what they met). Gone (ENOENT):
-    nothing to say. Short of descriptors or memory (`errors.SCARCE`): raised."""
+    the caller takes the block as gone: a reader's request for it is a miss, the block is
+    fetched again and its file written anew (where its path can take one). `dropped`: the
+    caller is `BlockStore.get`, which drops it (a warning); the others log what they met.
+    Gone (ENOENT): nothing to say. Short of descriptors or memory (`errors.SCARCE`): raised."""
     if isinstance(err, FileNotFoundError):
         return
     if err.errno in errors.SCARCE:
