@@ -7,6 +7,7 @@ import asyncio
 import os
 import resource
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +41,31 @@ class _Counts:
     served_sendfile = 0
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _slow_get_on_uvloop(answer: Handler, after: Callable[[], None] = lambda: None) -> bytes:
+    """`answer` served on uvloop (the worker's loop), its body read by `_slow_get`; `after`
+    runs once the body is in, the server still up."""
+
+    async def run() -> bytes:
+        app = web.Application()
+        app.router.add_get("/b", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return await asyncio.to_thread(_slow_get, port)
+        finally:
+            after()
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run())
+
+
 def test_a_file_after_a_block_in_memory_is_still_sent_with_sendfile(tmp_path: Path) -> None:
     """A joined answer whose first block is in memory and the next in a file, to a reader
     slower than the worker: every byte in order, and the file sent with sendfile(2), not
@@ -56,21 +82,7 @@ def test_a_file_after_a_block_in_memory_is_still_sent_with_sendfile(tmp_path: Pa
         parts: list[tuple[Any, int]] = [(memoryview(first), len(first)), (f, len(second))]
         return server._Blocks(cast(Worker, counts), parts, {})
 
-    async def run() -> bytes:
-        app = web.Application()
-        app.router.add_get("/b", answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        try:
-            return await asyncio.to_thread(_slow_get, port)
-        finally:
-            await runner.cleanup()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        body = runner.run(run())
+    body = _slow_get_on_uvloop(answer)
     assert body == first + second
     assert counts.served_sendfile == 1
 
@@ -93,24 +105,12 @@ def test_a_worker_out_of_descriptors_still_sends_a_block_file_it_opened(tmp_path
         resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))  # (put back below)
         return server._Blocks(cast(Worker, counts), [(f, len(block))], {})
 
-    async def run() -> bytes:
-        app = web.Application()
-        app.router.add_get("/b", answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        try:
-            return await asyncio.to_thread(_slow_get, port)
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            await runner.cleanup()
+    def put_back() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            body = runner.run(run())
+        body = _slow_get_on_uvloop(answer, put_back)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        put_back()
     assert body == block
     assert counts.served_sendfile == 0
