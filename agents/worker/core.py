@@ -276,7 +276,10 @@ class Worker:
                     f.set_result((data, crc))  # (those waiting have it now)
                 while len(self._ahead) > AHEAD_KEPT:  # (read ahead for a reader that left)
                     del self._ahead[next(iter(self._ahead))]
-                await self.store.put(key, *parts[0])
+                try:
+                    await self.store.put(key, *parts[0])
+                except OSError as err:  # (a full disk: answered all the same, as behind)
+                    log.warning("block %s not cached: its file could not be written: %s", key, err)
             except BaseException as err:
                 for f in futs.values():
                     if not f.done():

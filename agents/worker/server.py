@@ -398,7 +398,16 @@ async def _put_block(request: web.Request) -> web.Response:
         return _problem(400, f"missing {protocol.CHECKSUM}")
     if blocks.checksum(data) != crc:
         return _problem(400, "block arrived damaged (checksum mismatch)")
-    await w.store.put(key, data, crc)
+    try:
+        await w.store.put(key, data, crc)
+    except OSError as err:  # (the block is not taken: its sender keeps or drops it)
+        log.warning("block %s handed over not kept: its file could not be written: %s", key, err)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        return _problem(
+            507 if full else 503 if err.errno in errors.SCARCE else 500,
+            f"this worker cannot write the block's file: {err.strerror or type(err).__name__}"
+            + (": its disk tier's filesystem is full" if full else ""),
+        )
     return web.Response(status=204)
 
 

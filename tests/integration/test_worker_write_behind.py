@@ -383,3 +383,41 @@ async def test_a_sidecar_short_of_descriptors_reads_over_http_and_keeps_its_shor
                 await reader.close()
     finally:
         proc.close()
+
+
+@pytest.mark.parametrize("behind", [True, False], ids=["written behind", "written first"])
+async def test_a_miss_whose_file_cannot_be_written_is_answered_and_not_kept(
+    data: Path, served: Served, behind: bool
+) -> None:
+    """A block file the worker cannot write (a full disk; here a file where its directory
+    goes: ENOTDIR) does not fail its reader: the block fetched for it is answered, and not
+    kept, whether its file was to be written behind the answer or before it (past the
+    write-behind bound); a block handed over by a peer is not kept either, and where its
+    file is written before the answer, refused with the reason."""
+    w = served.worker
+    if not behind:
+        w.store.write_behind = 0
+    ref, index, want = next(r for r in refs(data) if len(r[2]) > 1000)
+    key = ref.block_key(DATASET, BLOCK, index)
+    tier = w.store._tiers[0].dir
+    assert tier is not None
+    (tier / key[:2]).write_bytes(b"not a directory")
+    got = await served.get(ref, index)
+    assert bytes(got.data) == want and not got.hit
+    await w.stored()
+    assert key not in w.store
+    again = await served.get(ref, index)  # (fetched again: nothing was kept)
+    assert bytes(again.data) == want and not again.hit
+    assert w.status().ufs.reads == 2
+    peer = credentials.authorization(local_token(DATASET, "peer"))
+    async with aiohttp.ClientSession(headers=peer) as session:
+        hand_over = workers.put_block(session, served.url, key, want, blocks.checksum(want))
+        if behind:  # (taken at once, its file written after: then not kept)
+            await hand_over
+        else:
+            with pytest.raises(errors.WorkerError) as refused:
+                await hand_over
+            assert refused.value.status == 500
+            assert "cannot write the block's file" in str(refused.value)
+    await w.stored()
+    assert key not in w.store
