@@ -136,7 +136,7 @@ class BlockReader:
         try:
             came = self._arrived.pop(key, None) if run is None else None
             if came is not None:  # sent with the one before it by its worker
-                await self.store.put(key, *came)
+                await self._keep(key, *came)
                 fut.set_result(came[0])
                 return came[0]
             got = await self.store.get(key) if run is None else None
@@ -144,7 +144,7 @@ class BlockReader:
                 fut.set_result(got[0])
                 return got[0]
             data, crc = await self._fetch(key, ref, index, run)
-            await self.store.put(key, data, None if crc < 0 else crc)
+            await self._keep(key, data, None if crc < 0 else crc)
             fut.set_result(data)
             return data
         except BaseException as err:
@@ -153,6 +153,14 @@ class BlockReader:
             raise
         finally:
             del self._inflight[key]
+
+    async def _keep(self, key: str, data: blocks.Data, crc: int | None) -> None:
+        """Keep a block here; one whose file cannot be written (a disk tier of this
+        sidecar's on a full disk) is read all the same, and not kept."""
+        try:
+            await self.store.put(key, data, crc)
+        except OSError as err:
+            log.warning("block %s not kept here: its file could not be written: %s", key, err)
 
     def peek(self, ref: FileRef, index: int) -> blocks.Data | None:
         """The block if the sidecar's memory holds it: no waiting, no task."""
@@ -459,7 +467,7 @@ class BlockReader:
         self.stats.ufs_joined = sum(r.joined for r in self.readers)
         self.stats.bytes += sum(len(d) for d, _ in parts)
         for i, (data, _) in enumerate(parts[1:], index + 1):
-            await self.store.put(self.key(ref, i), data, None)
+            await self._keep(self.key(ref, i), data, None)
         return parts[0][0], -1  # (the store computes a CRC if a disk tier will hold one)
 
     def _read_ahead(self, ref: FileRef, index: int, count: int) -> None:

@@ -400,7 +400,13 @@ class BlockStore:
                 and nxt < len(self._tiers)
                 and self._tiers[nxt].ledger.fits(len(moved[0]))
             ):
-                await self._place(nxt, old, *moved)
+                try:
+                    await self._place(nxt, old, *moved)
+                except OSError as err:  # (a full disk) dropped, as from the last tier; the
+                    # others evicted with it still move on (stopping here kept their memory
+                    # out of every tier's count)
+                    self.stats.write_errors += 1
+                    log.warning("block %s not moved down a tier: its file: %s", old, err)
 
     async def _write(
         self, tier: _Tier, key: str, data: blocks.Data, crc: int, *, behind: bool

@@ -3,6 +3,7 @@ process and no network: the files are written here as a worker writes them)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import resource
@@ -12,6 +13,7 @@ import aiohttp
 import msgspec
 import pytest
 
+from devkit import testing
 from fluidfed import errors
 from fluidfed.data import blockfile, blocks
 from fluidfed.data.layout import FileRef, Peers, SidecarConfig
@@ -152,4 +154,27 @@ async def test_a_sidecar_short_of_descriptors_keeps_reading_the_files_once_it_ca
     path.symlink_to(path.name)
     assert await reader._from_files(WORKER, key) is None
     assert reader._dirs[WORKER] == []
+    await reader.close()
+
+
+async def test_a_block_this_sidecar_cannot_keep_is_read_all_the_same(tmp_path: Path) -> None:
+    """A sidecar whose first cache tier is on a disk it cannot write to (full; here a file
+    in place of the tier's directory) still hands its reader the block it fetched: it is
+    not kept, and the read does not fail."""
+    cfg = SidecarConfig(
+        dataset="d", mounts=[Mount(uri="s3://b/p")], workers=Peers(endpoints=[WORKER])
+    )
+    ssd = tmp_path / "ssd"
+    store = await BlockStore([testing.cache_tier("SSD", 2**20, ssd)]).open()
+    ssd.rmdir()
+    ssd.write_bytes(b"not a directory")
+    reader = BlockReader(cfg, [], store, None)
+    data = os.urandom(1000)
+    ref = FileRef(mount=0, key="f.bin", size=len(data), version="v1")
+    key = reader.key(ref, 0)
+    reader._arrived[key] = (data, blocks.checksum(data))  # (sent with the block before it)
+    fut = asyncio.get_running_loop().create_future()
+    reader._inflight[key] = fut
+    assert bytes(await reader._fill(fut, key, ref, 0, None)) == data
+    assert bytes(fut.result()) == data and key not in store
     await reader.close()

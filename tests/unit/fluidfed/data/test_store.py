@@ -298,3 +298,24 @@ async def test_a_block_at_hand_is_held_in_memory_or_in_a_file_checked_before(
     held = again.at_hand("c" * 32)
     assert held is not None
     held[0].close()  # type: ignore[union-attr]
+
+
+async def test_blocks_moved_down_to_a_tier_that_cannot_write_are_dropped_not_leaked(
+    tmp_path: Path,
+) -> None:
+    """A disk tier whose files cannot be written (a full disk; here a file in place of its
+    directory) under a memory tier: the blocks the memory tier moves down are dropped
+    (counted, as from the last tier), the put that moved them succeeds, and every block
+    the memory tier still holds is in its count (none left in memory uncounted)."""
+    ssd = tmp_path / "ssd"
+    store = await BlockStore([tier("MEM", 100), tier("SSD", 1000, ssd)]).open()
+    ssd.rmdir()
+    ssd.write_bytes(b"not a directory")
+    for i in range(12):
+        await store.put(f"{i:032x}", bytes([i]) * 20)
+    mem = store._tiers[0]
+    assert set(mem.mem) == set(mem.ledger.hottest())
+    assert store.stats.write_errors >= 6
+    assert store.snapshot().tiers[1].blocks == 0
+    newest = f"{11:032x}"
+    assert (await store.get(newest))[0] == bytes([11]) * 20  # type: ignore[index]
