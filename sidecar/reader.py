@@ -25,6 +25,7 @@ log = logging.getLogger("fluidfed.sidecar")
 
 WORKER_BACKOFF = 5.0  # seconds a failing worker is skipped
 REMOTE_RECHECK = 300.0  # seconds before asking a remote worker for short-circuit reads again
+SHORT_FOR = 1.0  # seconds blocks are read over HTTP after this sidecar ran out of descriptors
 # blocks asked for with a block a sequential reader misses at its worker, to be read from
 # the under storage in the same ranged read (`prefetch`): with 4 MiB blocks one GET of 16
 # MiB, the first read filling a worker's cache +11%, the store's CPU per GiB -19% (runs of
@@ -101,6 +102,7 @@ class BlockReader:
         self._reporter: asyncio.Task[None] | None = None
         self._reporting: asyncio.Task[None] | None = None  # its report under way
         self._inflight: dict[str, asyncio.Future[blocks.Data]] = {}
+        self._short_until = 0.0  # (out of descriptors: `_from_files`)
         # files whose last block from a worker was a miss there (True) or a hit: `_seen`
         self._cold: dict[tuple[int, str], bool] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -384,7 +386,11 @@ class BlockReader:
         target = self._worker_for(key)
         if target is not None and self.session is not None:
             now = time.monotonic()
-            local = self.cfg.short_circuit and self._remote.get(target, 0.0) <= now
+            local = (
+                self.cfg.short_circuit
+                and self._remote.get(target, 0.0) <= now
+                and self._short_until <= now
+            )
             # a block its worker read with the one before it for this reader (as it said,
             # `protocol.AHEAD`) came from the under storage: a miss, however it comes
             fresh = self._ahead.pop(key, False)
@@ -394,6 +400,7 @@ class BlockReader:
                     if run is not None:  # (cached: its next blocks asked for at once)
                         self._seen(ref, not fresh)
                     return found
+                local = self._short_until <= now  # (out of descriptors just now: over HTTP)
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
                     try:
@@ -529,6 +536,9 @@ class BlockReader:
             except OSError as err:
                 if err.errno in errors.SCARCE:  # (this sidecar is short, not the files)
                     log.info("cannot read %s's block file %s now: %s", worker, path, err)
+                    # its workers asked for blocks over HTTP a while, not for their files
+                    # (a file the worker names this cannot open either: asked twice)
+                    self._short_until = time.monotonic() + SHORT_FOR
                     return None
                 log.info("cannot read %s's block files in %s: %s", worker, d, err)
                 self._dirs[worker].remove(d)

@@ -38,7 +38,8 @@ class _Blocks(web.StreamResponse):
     uvloop, which has none, our own on the transport's socket (`_sendfile`; before it,
     every such answer failed with NotImplementedError on uvloop and its reader fell back
     to the under storage); over TLS the file is mapped and the mapping handed to the
-    transport (asyncio reads and writes it itself). Files are closed once sent or failed.
+    transport (asyncio reads and writes it itself); a worker out of descriptors reads it
+    and sends what it read (`_send_read`). Files are closed once sent or failed.
 
     A `web.Response` holds its headers back to send them with the body in one write,
     which aiohttp makes by joining the two into new bytes on Python before 3.12.9 (its
@@ -84,22 +85,21 @@ class _Blocks(web.StreamResponse):
             await asyncio.get_running_loop().sendfile(transport, f, 0, size)
             sent = transport.get_extra_info("sslcontext") is None
         except NotImplementedError:  # uvloop
-            try:
-                sent = bool(size) and await _sendfile(transport, f, size)
-                if size and not sent:
+            sent = bool(size) and await _sendfile(transport, f, size)
+            if size and not sent:
+                try:
                     mapped = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+                except OSError as err:
+                    # short of descriptors (Python's mmap takes one) or of mappings: the
+                    # headers are out, so the block goes as it is read here, needing none
+                    if err.errno not in errors.SCARCE:
+                        raise
+                    await _send_read(request, writer, f, size)
+                else:
                     # the transport keeps the view until it is written; the mapping goes
                     # with the last reference (an evicted file stays readable till then)
                     await _send(request, writer, memoryview(mapped))
                     await writer.drain()
-            except OSError as err:
-                # out of descriptors, the socket's duplicate or the mapping's (Python's
-                # mmap takes one) could not be made, before a byte was sent: the headers
-                # are out, so the block goes as it is read here, which needs none
-                if err.errno not in errors.SCARCE:
-                    raise
-                await _send_read(request, writer, f, size)
-                sent = False
         self._worker.served_sendfile += sent
 
 
@@ -110,7 +110,8 @@ async def _sendfile(transport: asyncio.BaseTransport, f: BinaryIO, size: int) ->
     worker's samples serving cached blocks; figures: README). The socket is waited on
     through a duplicate of its descriptor, as uvloop keeps a transport's own to itself.
     False, nothing sent, where the transport is encrypted, has no socket, or still holds
-    bytes of its own to send (the caller sends the block its way)."""
+    bytes of its own to send, or the process is out of descriptors (the caller sends the
+    block its way)."""
     sock = transport.get_extra_info("socket")
     pending = getattr(transport, "get_write_buffer_size", None)  # (uvloop's: no subclass)
     if (
@@ -121,7 +122,12 @@ async def _sendfile(transport: asyncio.BaseTransport, f: BinaryIO, size: int) ->
     ):
         return False
     loop = asyncio.get_running_loop()
-    fd = os.dup(sock.fileno())
+    try:
+        fd = os.dup(sock.fileno())
+    except OSError as err:  # (out of descriptors: nothing sent, the caller's way it goes)
+        if err.errno not in errors.SCARCE:
+            raise
+        return False
     try:
         sent = 0
         while sent < size:
@@ -149,8 +155,8 @@ async def _send_read(
     """`size` bytes of `f` read here a piece at a time and sent: what a worker out of file
     descriptors can still do (sendfile's wait and a mapping each need a new one)."""
     at = 0
-    while at < size:
-        piece = os.pread(f.fileno(), min(READ_PIECE, size - at), at)
+    while at < size:  # (in a thread: a file not in the page cache waits for the disk)
+        piece = await asyncio.to_thread(os.pread, f.fileno(), min(READ_PIECE, size - at), at)
         if not piece:  # (block files are replaced whole, never shortened)
             raise ConnectionResetError("block file shorter than its length")
         await _send(request, writer, piece)
@@ -398,16 +404,20 @@ async def _put_block(request: web.Request) -> web.Response:
         return _problem(400, f"missing {protocol.CHECKSUM}")
     if blocks.checksum(data) != crc:
         return _problem(400, "block arrived damaged (checksum mismatch)")
-    try:
-        await w.store.put(key, data, crc)
+    try:  # (its file written before the answer: no reader waits, its sender hears)
+        await w.store.put(key, data, crc, wait=True)
     except OSError as err:  # (the block is not taken: its sender keeps or drops it)
         log.warning("block %s handed over not kept: its file could not be written: %s", key, err)
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
-        return _problem(
-            507 if full else 503 if err.errno in errors.SCARCE else 500,
+        short = err.errno in errors.SCARCE
+        response = _problem(
+            507 if full else 503 if short else 500,
             f"this worker cannot write the block's file: {err.strerror or type(err).__name__}"
             + (": its disk tier's filesystem is full" if full else ""),
         )
+        if short:
+            response.headers["Retry-After"] = "5"
+        return response
     return web.Response(status=204)
 
 

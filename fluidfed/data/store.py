@@ -154,9 +154,10 @@ class _Tier:
 
     def scan(self) -> list[tuple[float, str, int]]:
         """(atime, key, length) of the block files the tier's directory holds. What cannot
-        be a block file (a temporary file left by a crash, anything but a regular file) is
-        removed where it can be; what cannot be read is logged and left out, so a damaged
-        entry does not keep the worker from starting (its block is fetched again)."""
+        be a block file (a temporary file left by a crash, a file shorter than a trailer,
+        anything but a regular file) is removed where it can be; what cannot be read is
+        logged and left out, so a damaged entry does not keep the worker from starting
+        (its block is fetched again)."""
         assert self.dir is not None
         found = []
         for sub in self.dir.iterdir() if self.dir.exists() else ():
@@ -170,7 +171,8 @@ class _Tier:
             for f in entries:
                 try:
                     st = f.lstat()
-                    if f.suffix == ".tmp" or not stat.S_ISREG(st.st_mode):
+                    short = st.st_size < TRAILER_SIZE  # (no trailer: no block)
+                    if f.suffix == ".tmp" or not stat.S_ISREG(st.st_mode) or short:
                         if not stat.S_ISDIR(st.st_mode):
                             f.unlink(missing_ok=True)
                         continue
@@ -362,19 +364,27 @@ class BlockStore:
         self._hit(tier, key, fresh)
         return got
 
-    async def put(self, key: str, data: blocks.Data, crc: int | None = None) -> None:
+    async def put(
+        self, key: str, data: blocks.Data, crc: int | None = None, *, wait: bool = False
+    ) -> None:
         """Keep a block; its CRC-32 is computed here unless given (a memory-only store
-        never needs it: -1 marks "not computed")."""
+        never needs it: -1 marks "not computed"). OSError if it goes to a disk tier whose
+        file cannot be written before this returns (past `write_behind`, or with `wait`:
+        a block no reader waits for, whose sender should hear of it; a full disk): it is
+        not kept. Blocks it moves down a tier to a disk that cannot write them are dropped
+        (logged), as from the last tier."""
         if crc is None:
             crc = -1 if all(t.dir is None for t in self._tiers) else blocks.checksum(data)
         for i, tier in enumerate(self._tiers):
             if tier.ledger.fits(len(data)):
                 for other in self._tiers[i + 1 :]:
                     await self._drop(other, key)
-                await self._place(i, key, data, crc)
+                await self._place(i, key, data, crc, wait=wait)
                 return
 
-    async def _place(self, i: int, key: str, data: blocks.Data, crc: int) -> None:
+    async def _place(
+        self, i: int, key: str, data: blocks.Data, crc: int, *, wait: bool = False
+    ) -> None:
         tier = self._tiers[i]
         if tier.dir is None:
             tier.mem[key] = (data, crc)
@@ -382,7 +392,9 @@ class BlockStore:
             await self._settled(key)
             if crc < 0:
                 crc = blocks.checksum(data)
-            behind = self.write_behind > 0 and self._behind + len(data) <= self.write_behind
+            behind = (
+                not wait and self.write_behind > 0 and self._behind + len(data) <= self.write_behind
+            )
             task = asyncio.create_task(self._write(tier, key, data, crc, behind=behind))
             self._files[key] = task
             if behind:
@@ -391,37 +403,44 @@ class BlockStore:
                 self._behind += len(data)
             else:
                 await asyncio.shield(task)  # a cancelled caller leaves no half-written file
-        for old in tier.ledger.add(key, len(data)):
-            tier.evictions += 1
-            moved = await self._take(tier, old)
-            nxt = i + 1
+        evicted = tier.ledger.add(key, len(data))
+        tier.evictions += len(evicted)
+        if tier.dir is not None:  # the last tiers are disks: what leaves them is dropped
+            for old in evicted:
+                await self._unlink(tier, old)
+            return
+        # out of memory at once, before any wait: an evicted block is in no tier's count
+        # from here on, so neither is its data (a cancelled caller or a failed move leaves
+        # none behind), and a block put again meanwhile is a new entry, not taken for it
+        moving = [(old, got) for old in evicted if (got := tier.mem.pop(old, None)) is not None]
+        nxt = i + 1
+        for old, (old_data, old_crc) in moving:
             if (
-                moved is not None
-                and nxt < len(self._tiers)
-                and self._tiers[nxt].ledger.fits(len(moved[0]))
+                nxt >= len(self._tiers)
+                or old in self  # (put again meanwhile: that copy stays)
+                or not self._tiers[nxt].ledger.fits(len(old_data))
             ):
-                try:
-                    await self._place(nxt, old, *moved)
-                except OSError as err:  # (a full disk) dropped, as from the last tier; the
-                    # others evicted with it still move on (stopping here kept their memory
-                    # out of every tier's count)
-                    self.stats.write_errors += 1
-                    log.warning("block %s not moved down a tier: its file: %s", old, err)
+                continue
+            try:
+                await self._place(nxt, old, old_data, old_crc)
+            except OSError as err:  # (a full disk) dropped, as from the last tier
+                log.warning("block %s not moved down a tier: its file: %s", old, err)
 
     async def _write(
         self, tier: _Tier, key: str, data: blocks.Data, crc: int, *, behind: bool
     ) -> None:
         """Write a block file in a thread; once it is whole, it may be located and sent as
-        it is. Behind its readers (`behind`): the block leaves the cache if the write fails
-        (logged, counted); otherwise the error is the caller's."""
+        it is. A write that fails is counted (`write_errors`); behind its readers
+        (`behind`) the block then leaves the cache (logged), otherwise the error is the
+        caller's (`put`'s: the block is not kept)."""
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._writer, tier.write, key, data, crc)
             tier.verified[key] = (crc, len(data))  # written by us just now
         except Exception as err:
+            self.stats.write_errors += 1
             if not behind:
                 raise
-            self.stats.write_errors += 1
             tier.ledger.remove(key)
             log.warning("block %s not cached: its file could not be written: %s", key, err)
         finally:
@@ -457,12 +476,6 @@ class BlockStore:
         files of blocks that left are removed."""
         while self._files:
             await asyncio.wait(set(self._files.values()))
-
-    async def _take(self, tier: _Tier, key: str) -> tuple[blocks.Data, int] | None:
-        if tier.dir is None:
-            return tier.mem.pop(key, None)
-        await self._unlink(tier, key)
-        return None  # the last tiers are disks: what leaves them is dropped
 
     async def _drop(self, tier: _Tier, key: str) -> None:
         if tier.ledger.remove(key) or key in tier.mem:

@@ -128,8 +128,9 @@ async def get_block(
         except errors.CorruptBlock:  # the worker checks it, drops it and fetches again
             return await again(verify=True)
         except OSError as err:
-            if err.errno in errors.SCARCE:  # (this reader is short, not the file: over HTTP)
-                return await again()
+            if err.errno in errors.SCARCE:  # (this reader is short, not the file: over HTTP,
+                # as this answer said: its hit or miss)
+                return (await again())._replace(hit=hit)
             raise errors.NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
         if len(data) != length or got != crc:  # replaced since the worker answered
             return await again()

@@ -29,6 +29,7 @@ from fluidfed.data.layout import FileRef, Peers, SidecarConfig, WorkerConfig
 from fluidfed.data.store import BlockStore
 from fluidfed.models import CacheTier, Mount
 from fluidfed.units import ByteSize
+from sidecar import reader as reader_module
 from sidecar.reader import BlockReader
 from tests.integration import sources
 from tests.integration.test_worker_crash import no_temporary_files_left
@@ -326,13 +327,14 @@ async def test_a_worker_short_of_open_files_answers_503_and_keeps_the_block(
 
 
 async def test_a_sidecar_short_of_descriptors_reads_over_http_and_keeps_its_short_circuit(
-    data: Path, minio: S3Server, tmp_path: Path
+    data: Path, minio: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sidecar out of file descriptors (its open-file limit reached) cannot open the
     worker's block file on its node, whether it knew the file's place or the worker told
     it: it gets the block over HTTP (the kept-alive connection needs no new descriptor)
     and reads the worker's files again once it can, instead of taking the worker for one
-    on another node for five minutes."""
+    on another node for five minutes (after a short while: `SHORT_FOR`)."""
+    monkeypatch.setattr(reader_module, "SHORT_FOR", 0.05)
     ref, index, want = next(r for r in refs(data) if len(r[2]) > 1000)
     key = ref.block_key(DATASET, BLOCK, index)
     port = free_port()
@@ -376,6 +378,7 @@ async def test_a_sidecar_short_of_descriptors_reads_over_http_and_keeps_its_shor
                     assert reader.stats.short_circuit == 1  # (over HTTP)
                     assert reader._remote.get(proc.url, 0.0) == 0.0
                     assert reader.stats.worker_errors == 0
+                    await asyncio.sleep(0.1)
                     again = await reader._fetch(key, ref, index)
                     assert bytes(again[0]) == want and reader.stats.short_circuit == 2
                     reader.stats.short_circuit = 1
@@ -392,8 +395,8 @@ async def test_a_miss_whose_file_cannot_be_written_is_answered_and_not_kept(
     """A block file the worker cannot write (a full disk; here a file where its directory
     goes: ENOTDIR) does not fail its reader: the block fetched for it is answered, and not
     kept, whether its file was to be written behind the answer or before it (past the
-    write-behind bound); a block handed over by a peer is not kept either, and where its
-    file is written before the answer, refused with the reason."""
+    write-behind bound); a block handed over by a peer (its file written before the
+    answer, as no reader waits for it) is refused with the reason."""
     w = served.worker
     if not behind:
         w.store.write_behind = 0
@@ -411,13 +414,9 @@ async def test_a_miss_whose_file_cannot_be_written_is_answered_and_not_kept(
     assert w.status().ufs.reads == 2
     peer = credentials.authorization(local_token(DATASET, "peer"))
     async with aiohttp.ClientSession(headers=peer) as session:
-        hand_over = workers.put_block(session, served.url, key, want, blocks.checksum(want))
-        if behind:  # (taken at once, its file written after: then not kept)
-            await hand_over
-        else:
-            with pytest.raises(errors.WorkerError) as refused:
-                await hand_over
-            assert refused.value.status == 500
-            assert "cannot write the block's file" in str(refused.value)
+        with pytest.raises(errors.WorkerError) as refused:
+            await workers.put_block(session, served.url, key, want, blocks.checksum(want))
+    assert refused.value.status == 500
+    assert "cannot write the block's file" in str(refused.value)
     await w.stored()
     assert key not in w.store

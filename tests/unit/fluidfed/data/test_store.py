@@ -68,9 +68,11 @@ async def test_a_restarted_store_leaves_out_what_cannot_be_a_block_file(tmp_path
     looped.unlink()
     looped.symlink_to(looped.name)
     (tmp_path / "aa" / ("c" * 32)).mkdir()  # (left as it is: not ours to remove)
+    (tmp_path / "aa" / ("d" * 32)).write_bytes(b"abc")  # (shorter than a trailer)
     again = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
     assert again.snapshot().tiers[0].blocks == 1
     assert not looped.is_symlink() and not looped.exists()
+    assert not (tmp_path / "aa" / ("d" * 32)).exists()
     assert (await again.get("a" * 32))[0] == b"x" * 100  # type: ignore[index]
     assert await again.get("b" * 32) is None
 
@@ -319,3 +321,27 @@ async def test_blocks_moved_down_to_a_tier_that_cannot_write_are_dropped_not_lea
     assert store.snapshot().tiers[1].blocks == 0
     newest = f"{11:032x}"
     assert (await store.get(newest))[0] == bytes([11]) * 20  # type: ignore[index]
+
+
+async def test_a_block_put_again_while_others_move_down_stays_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory tier moving blocks down to a disk tier waits for each file: a block it
+    evicted and has not moved yet may be put again meanwhile (a reader missed it and
+    fetched it again). That copy stays where it was put, readable; the move skips it."""
+    store = await BlockStore([tier("MEM", 100), tier("SSD", 1000, tmp_path)]).open()
+    keys = [f"{i:032x}" for i in range(5)]
+    for i, k in enumerate(keys[:4]):
+        await store.put(k, bytes([i]) * 20)
+    gate = testing.BlockFileGate(monkeypatch)
+    moving = asyncio.create_task(store.put(keys[4], bytes([4]) * 20))  # (evicts 0, 1, 2)
+    await gate.writing()  # block 0's file, held
+    assert keys[1] not in store
+    await store.put(keys[1], b"again" * 4)  # (fetched again, while the move waits)
+    gate.open.set()
+    await asyncio.wait_for(moving, 10)
+    assert (await store.get(keys[1])) == (b"again" * 4, blocks.checksum(b"again" * 4))
+    assert store.snapshot().tiers[0].used == sum(
+        len(store._tiers[0].mem[k][0]) for k in store._tiers[0].ledger.hottest()
+    )
+    assert (await store.get(keys[0]))[0] == bytes([0]) * 20  # type: ignore[index]
