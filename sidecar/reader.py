@@ -536,8 +536,8 @@ class BlockReader:
             except OSError as err:
                 if err.errno in errors.SCARCE:  # (this sidecar is short, not the files)
                     log.info("cannot read %s's block file %s now: %s", worker, path, err)
-                    # its workers asked for blocks over HTTP a while, not for their files
-                    # (a file the worker names this cannot open either: asked twice)
+                    # for a while blocks are asked for over HTTP, not located: a file its
+                    # worker pointed to could not be opened either (asked for twice)
                     self._short_until = time.monotonic() + SHORT_FOR
                     return None
                 log.info("cannot read %s's block files in %s: %s", worker, d, err)
