@@ -162,7 +162,9 @@ class BlockReader:
         try:
             await self.store.put(key, data, crc)
         except OSError as err:
-            log.warning("block %s not kept here: its file could not be written: %s", key, err)
+            self.store.not_kept.warning(
+                "block %s not kept here: its file could not be written: %s", key, err
+            )
 
     def peek(self, ref: FileRef, index: int) -> blocks.Data | None:
         """The block if the sidecar's memory holds it: no waiting, no task."""

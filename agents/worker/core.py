@@ -279,7 +279,9 @@ class Worker:
                 try:
                     await self.store.put(key, *parts[0])
                 except OSError as err:  # (a full disk: answered all the same, as behind)
-                    log.warning("block %s not cached: its file could not be written: %s", key, err)
+                    self.store.not_kept.warning(
+                        "block %s not cached: its file could not be written: %s", key, err
+                    )
             except BaseException as err:
                 for f in futs.values():
                     if not f.done():
@@ -353,7 +355,9 @@ class Worker:
                 try:
                     await self.store.put(k, data, crc)
                 except Exception as err:  # (a write that fails: not cached, as behind)
-                    log.warning("block %s read with the one before it not kept: %s", k, err)
+                    self.store.not_kept.warning(
+                        "block %s read with the one before it not kept: %s", k, err
+                    )
                 finally:
                     self._inflight.pop(k, None)
         finally:

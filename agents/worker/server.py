@@ -24,10 +24,12 @@ from fluidfed.data import blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
+from fluidfed.logs import Seldom
 
 M = TypeVar("M", bound=protocol.Message)
 
 WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
+_SHORT = Seldom(log)  # (a worker out of descriptors fails every request a while)
 
 
 class _Blocks(web.StreamResponse):
@@ -239,7 +241,7 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             if what == "open files"
             else "its memory limit"
         )
-        log.warning("a block request failed, short of %s: %s; raise %s", what, err, raise_it)
+        _SHORT.warning("a block request failed, short of %s: %s; raise %s", what, err, raise_it)
         response = _problem(
             503, f"this worker is short of {what} ({os.strerror(err.errno)}): raise {raise_it}"
         )
@@ -407,7 +409,9 @@ async def _put_block(request: web.Request) -> web.Response:
     try:  # (its file written before the answer: no reader waits, its sender hears)
         await w.store.put(key, data, crc, wait=True)
     except OSError as err:  # (the block is not taken: its sender keeps or drops it)
-        log.warning("block %s handed over not kept: its file could not be written: %s", key, err)
+        w.store.not_kept.warning(
+            "block %s handed over not kept: its file could not be written: %s", key, err
+        )
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
         short = err.errno in errors.SCARCE
         response = _problem(

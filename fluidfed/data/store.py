@@ -37,9 +37,13 @@ from fluidfed.data.blockfile import (
     spread_subdirectories,
     write_block_file,
 )
+from fluidfed.logs import Seldom
 from fluidfed.models import CacheTier
 
 log = logging.getLogger("fluidfed.store")
+# (each says how many like it went unsaid: a failing disk fails every block)
+_UNREADABLE = Seldom(log)
+_UNREMOVABLE = Seldom(log)
 
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
@@ -53,7 +57,9 @@ def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> Non
     if err.errno in errors.SCARCE:
         raise err
     if dropped:
-        log.warning("block file %s cannot be read (%s): dropped, to be fetched again", path, err)
+        _UNREADABLE.warning(
+            "block file %s cannot be read (%s): dropped, to be fetched again", path, err
+        )
     else:
         log.info("block file %s cannot be read: %s", path, err)
 
@@ -150,7 +156,7 @@ class _Tier:
         except FileNotFoundError:
             pass
         except OSError as err:  # (its space stays taken; the tier's count no longer has it)
-            log.warning("block file %s cannot be removed: %s", path, err)
+            _UNREMOVABLE.warning("block file %s cannot be removed: %s", path, err)
 
     def scan(self) -> list[tuple[float, str, int]]:
         """(atime, key, length) of the block files the tier's directory holds. What cannot
@@ -202,6 +208,8 @@ class BlockStore:
             self._tiers.append(_Tier(spec, directory))
         self.stats = StoreStats()
         self.write_behind = write_behind  # bytes of blocks that may wait for their files
+        # blocks not kept because their files could not be written: said once in a while
+        self.not_kept = Seldom(log)
         self._behind = 0  # ... waiting now
         # what is being done to each block's file, one thing at a time per key (writes share
         # a temporary name; a removal must not take a file written after it was decided):
@@ -424,7 +432,7 @@ class BlockStore:
             try:
                 await self._place(nxt, old, old_data, old_crc)
             except OSError as err:  # (a full disk) dropped, as from the last tier
-                log.warning("block %s not moved down a tier: its file: %s", old, err)
+                self.not_kept.warning("block %s not moved down a tier: its file: %s", old, err)
 
     async def _write(
         self, tier: _Tier, key: str, data: blocks.Data, crc: int, *, behind: bool
@@ -442,7 +450,9 @@ class BlockStore:
             if not behind:
                 raise
             tier.ledger.remove(key)
-            log.warning("block %s not cached: its file could not be written: %s", key, err)
+            self.not_kept.warning(
+                "block %s not cached: its file could not be written: %s", key, err
+            )
         finally:
             if behind:
                 del tier.pending[key]
