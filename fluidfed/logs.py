@@ -5,12 +5,14 @@ went unsaid since. Pure: the clock is given (the monotonic one by default)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
 
 class Seldom:
-    """One kind of warning on `logger`, said at most once per `seconds`."""
+    """One kind of warning on `logger`, said at most once per `seconds` (from any thread:
+    block files are read and removed in threads)."""
 
     def __init__(
         self,
@@ -21,20 +23,22 @@ class Seldom:
         self.logger = logger
         self.seconds = seconds
         self.clock = clock
-        self._next = float("-inf")  # when the next one may be said
-        self.unsaid = 0  # like it since the last one said
+        self._said = float("-inf")  # when the last one was said
+        self.unsaid = 0  # like it since
+        self._lock = threading.Lock()
 
     def warning(self, msg: str, *args: object) -> bool:
-        """Say `msg % args` now if the last one said is `seconds` old (with how many went
-        unsaid since), else count it; whether it was said."""
-        now = self.clock()
-        if now < self._next:
-            self.unsaid += 1
-            return False
-        if self.unsaid:
-            msg += " (and %d more like it in the last %.0f s)"
-            args = (*args, self.unsaid, self.seconds)
+        """Say `msg % args` now if the last one said is `seconds` old or more (with how
+        many went unsaid since), else count it; whether it was said."""
+        with self._lock:
+            now = self.clock()
+            if now < self._said + self.seconds:
+                self.unsaid += 1
+                return False
+            unsaid, self.unsaid = self.unsaid, 0
+            since, self._said = now - self._said, now
+        if unsaid:
+            msg += " (and %d more like it in the %.0f s since the last said)"
+            args = (*args, unsaid, since)
         self.logger.warning(msg, *args)
-        self._next = now + self.seconds
-        self.unsaid = 0
         return True

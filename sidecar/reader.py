@@ -175,8 +175,9 @@ class BlockReader:
         return got
 
     def can_push(self) -> bool:
-        """Whether `push` can find anything: a worker's block files are visible here."""
-        return bool(self._dirs) and self.cfg.short_circuit
+        """Whether `push` can find anything: a worker's block files are visible here (and
+        this sidecar has descriptors to open them: `_short_until`)."""
+        return bool(self._dirs) and self.cfg.short_circuit and self._short_until <= time.monotonic()
 
     async def push(self, ref: FileRef, store: Callable[[blocks.Data], None]) -> bool:
         """Give `store` (which hands it to the kernel, blocking, the GIL let go: into its
@@ -436,6 +437,8 @@ class BlockReader:
                     # (sent with it: for the read-ahead that reserved them, `_fill`)
                     self._count(hit)
                     self._arrived[self.key(ref, i)] = (data, crc)
+                if got.short:  # (out of descriptors: blocks over HTTP a while, `_from_files`)
+                    self._short_until = time.monotonic() + SHORT_FOR
                 if got.joined is False:  # an older worker: warm files block by block again
                     self._joinless[target] = now + REMOTE_RECHECK
                 if run is not None:

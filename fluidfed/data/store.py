@@ -12,7 +12,8 @@ With `write_behind`, a block put into a disk tier is held in memory while a thre
 its file, and `put` returns at once (a cache worker answers its reader meanwhile): reads of
 it are served from that memory, it is located or sent from its file only once the file is
 whole (renamed into place), and `stored` waits until every such file is written. At most
-`write_behind` bytes wait so; past that, `put` writes before it returns.
+`write_behind` bytes wait so; past that, or for a block nobody reads yet (`put`'s `wait`:
+a peer's hand-off), `put` writes before it returns.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class StoreStats:
     misses: int = 0
     corrupt: int = 0
     writing: int = 0  # blocks served from memory until their file is written
-    write_errors: int = 0  # ... whose file could not be written (no longer cached)
+    write_errors: int = 0  # block files that could not be written (the block not kept)
     tiers: list[TierStats] = field(default_factory=list)
 
     @property
@@ -421,11 +422,13 @@ class BlockStore:
         # from here on, so neither is its data (a cancelled caller or a failed move leaves
         # none behind), and a block put again meanwhile is a new entry, not taken for it
         moving = [(old, got) for old in evicted if (got := tier.mem.pop(old, None)) is not None]
+        moving.reverse()  # (taken from the end: each freed as soon as it is moved)
         nxt = i + 1
-        for old, (old_data, old_crc) in moving:
+        while moving:
+            old, (old_data, old_crc) = moving.pop()
             if (
                 nxt >= len(self._tiers)
-                or old in self  # (put again meanwhile: that copy stays)
+                or old in tier.ledger  # (put again meanwhile: that copy stays)
                 or not self._tiers[nxt].ledger.fits(len(old_data))
             ):
                 continue

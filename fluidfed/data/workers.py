@@ -34,6 +34,9 @@ class Fetched(NamedTuple):
     rest: tuple[tuple[blocks.Data, int, bool], ...] = ()
     # ... and whether the worker joins runs at all (None: not asked; False: an older worker)
     joined: bool | None = None
+    # the block file the worker named could not be opened here for want of descriptors or
+    # memory (`errors.SCARCE`): it came over HTTP instead
+    short: bool = False
 
 
 async def get_block(
@@ -130,7 +133,7 @@ async def get_block(
         except OSError as err:
             if err.errno in errors.SCARCE:  # (this reader is short, not the file: over HTTP,
                 # as this answer said: its hit or miss)
-                return (await again())._replace(hit=hit)
+                return (await again())._replace(hit=hit, short=True)
             raise errors.NotLocal(f"{url}: block file {path} is not readable here: {err}") from err
         if len(data) != length or got != crc:  # replaced since the worker answered
             return await again()
