@@ -28,6 +28,7 @@ from fluidfed.data import blocks, credentials, layout, protocol, ufs, workers
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import FileRef, WorkerConfig
 from fluidfed.data.store import BlockStore
+from fluidfed.logs import Seldom
 
 log = logging.getLogger("fluidfed.worker")
 
@@ -153,6 +154,7 @@ class Worker:
         )
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[blocks.Data, int]]] = {}
+        self._handoff_failed = Seldom(log)
         self._ahead: dict[str, float] = {}  # read with a miss, not served yet: when (`fresh`)
         # blocks read from the under storage at once (a run of four takes four: 16 runs at
         # once waited on the disk's writes past the write-behind; figures: README)
@@ -522,8 +524,10 @@ class Worker:
                     moved += 1
                     sent += len(got[0])
                 except errors.WorkerError as err:
-                    failed += 1
-                    log.warning("hand-off of %s to %s failed: %s", key, target, err)
+                    failed += 1  # (a peer with a full disk fails them all: said seldom)
+                    self._handoff_failed.warning(
+                        "hand-off of %s to %s failed: %s", key, target, err
+                    )
 
         await asyncio.gather(*(hand() for _ in range(8)))
         log.info("handed %d blocks (%d bytes) to %s; %d failed", moved, sent, others, failed)
