@@ -216,6 +216,7 @@ class BlockStore:
         # a temporary name; a removal must not take a file written after it was decided):
         # writes behind the readers, writes `put` waits for, and removals
         self._files: dict[str, asyncio.Task[None]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()  # (files of cancelled puts)
         # block files are written by a thread of their own, so writes waiting behind their
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
@@ -411,7 +412,15 @@ class BlockStore:
                 tier.pending[key] = (data, crc)
                 self._behind += len(data)
             else:
-                await asyncio.shield(task)  # a cancelled caller leaves no half-written file
+                try:
+                    await asyncio.shield(task)  # a cancelled caller leaves no half-written file
+                except asyncio.CancelledError:
+                    # ... nor a whole one no tier counts: removed once written (unless the
+                    # block is held again by then)
+                    cleanup = asyncio.create_task(self._unlink(tier, key))
+                    self._cleanups.add(cleanup)
+                    cleanup.add_done_callback(self._cleanups.discard)
+                    raise
         evicted = tier.ledger.add(key, len(data))
         tier.evictions += len(evicted)
         if tier.dir is not None:  # the last tiers are disks: what leaves them is dropped
@@ -487,8 +496,8 @@ class BlockStore:
     async def stored(self) -> None:
         """Once every block put so far is in its file (or failed to be written), and the
         files of blocks that left are removed."""
-        while self._files:
-            await asyncio.wait(set(self._files.values()))
+        while self._files or self._cleanups:
+            await asyncio.wait(set(self._files.values()) | self._cleanups)
 
     async def _drop(self, tier: _Tier, key: str) -> None:
         if tier.ledger.remove(key) or key in tier.mem:

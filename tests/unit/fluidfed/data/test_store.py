@@ -345,3 +345,23 @@ async def test_a_block_put_again_while_others_move_down_stays_whole(
         len(store._tiers[0].mem[k][0]) for k in store._tiers[0].ledger.hottest()
     )
     assert (await store.get(keys[0]))[0] == bytes([0]) * 20  # type: ignore[index]
+
+
+async def test_a_put_cancelled_while_its_file_is_written_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller cancelled while the store writes its block's file (past the write-behind
+    bound, or with nothing to write behind) leaves no half-written file, and no whole one
+    that no tier counts: it is removed once written."""
+    store = await BlockStore([tier("SSD", 1000, tmp_path)]).open()
+    gate = testing.BlockFileGate(monkeypatch)
+    key = "e" * 32
+    put = asyncio.create_task(store.put(key, b"z" * 100))
+    await gate.writing()
+    put.cancel()
+    gate.open.set()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    await store.stored()  # (the write went on, then its file was removed)
+    assert not block_path(tmp_path, key).exists() and key not in store
+    assert store.snapshot().tiers[0].used == 0
