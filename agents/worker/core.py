@@ -338,12 +338,12 @@ class Worker:
                 log.info("block %s not sent with the one before it: %s", k, err)
             except BaseException:  # (cancelled: the reader went away) nothing sent
                 if fresh:
-                    self._ahead[k] = time.monotonic()
+                    self.fresh_again(k)
                 close_files(source for source, _ in out)
                 raise
             if held is None:  # (gone meanwhile, or damaged: asked for on its own)
                 if fresh:
-                    self._ahead[k] = time.monotonic()  # (its first answer: still a miss)
+                    self.fresh_again(k)  # (its first answer: still a miss)
                 break
             out.append((held[0], protocol.Part(held[1], held[2], not fresh)))
         return out
@@ -377,8 +377,9 @@ class Worker:
         return since is not None and time.monotonic() - since < AHEAD_FOR
 
     def fresh_again(self, key: str) -> None:
-        """`key`'s request asked `fresh` and could not be answered (the worker short of
-        descriptors: a 503): the next one's answer is still its first, a miss."""
+        """`key` was asked `fresh` and not answered (the worker short of descriptors: a
+        503; not sent with the block before it): its next answer is still its first, a
+        miss."""
         self._ahead[key] = time.monotonic()
 
     def _run(self, key: str, ref: Source, index: int, ahead: int) -> list[str]:

@@ -196,8 +196,14 @@ async def _send(request: web.BaseRequest, writer: AbstractStreamWriter, data: bl
         await writer.write(view[at : at + TLS_PIECE])
 
 
+RETRY_AFTER = "5"  # seconds a 503 for a worker short of descriptors or memory says to wait
+
+
 def _problem(status: int, message: str) -> web.Response:
-    return web.json_response({"status": status, "reason": message}, status=status)
+    response = web.json_response({"status": status, "reason": message}, status=status)
+    if status == 503:  # (the worker is short for now: `errors.SCARCE`)
+        response.headers["Retry-After"] = RETRY_AFTER
+    return response
 
 
 def _refused(request: web.Request, action: Action, path: str | None = None) -> web.Response | None:
@@ -242,11 +248,9 @@ async def _get_block(request: web.Request) -> web.StreamResponse:
             else "its memory limit"
         )
         _SHORT.warning("a block request failed, short of %s: %s; raise %s", what, err, raise_it)
-        response = _problem(
+        return _problem(
             503, f"this worker is short of {what} ({os.strerror(err.errno)}): raise {raise_it}"
         )
-        response.headers["Retry-After"] = "5"
-        return response
 
 
 async def _block_answer(request: web.Request) -> web.StreamResponse:
@@ -413,15 +417,11 @@ async def _put_block(request: web.Request) -> web.Response:
             "block %s handed over not kept: its file could not be written: %s", key, err
         )
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
-        short = err.errno in errors.SCARCE
-        response = _problem(
-            507 if full else 503 if short else 500,
+        return _problem(
+            507 if full else 503 if err.errno in errors.SCARCE else 500,
             f"this worker cannot write the block's file: {err.strerror or type(err).__name__}"
             + (": its disk tier's filesystem is full" if full else ""),
         )
-        if short:
-            response.headers["Retry-After"] = "5"
-        return response
     return web.Response(status=204)
 
 
