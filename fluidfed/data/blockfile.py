@@ -1,11 +1,17 @@
-"""The on-disk block file: the block's bytes, then an 8-byte trailer (magic, CRC-32).
+"""The on-disk block file: the block's bytes, then its trailer: the CRC-32 of each
+CHECK_PIECE bytes of it, then magic and the block's CRC-32 (8 bytes). Files written before
+the pieces' CRCs (magic FFB1) end in those 8 bytes alone, and are read as before.
 
 Reading one checks the CRC. A checked file can also be mapped read-only and faulted in at
 once (so an unreadable file is an OSError at load time, never a SIGBUS later); cachestat
 tells whether the file is in the page cache, so the caller can map it on its event loop
-and read the rest in a thread. Workers replace block files whole (rename) and
-never shorten one, so a mapped file cannot shrink under its reader. A block of 1 MiB or
-more is written past the page cache (O_DIRECT), smaller ones through it.
+and read the rest in a thread. A file mapped `lazy` is not checked whole at once: each
+READ's answer is checked by the pieces it covers, in the thread that copies it to the
+kernel, while the bytes are in that core's caches (`unchecked_span`; figures: README,
+"Measured design decisions"); any other use checks the whole block first (`check_whole`).
+Workers replace block files whole (rename) and never shorten one, so a mapped file cannot
+shrink under its reader. A block of 1 MiB or more is written past the page cache
+(O_DIRECT), smaller ones through it.
 """
 
 from __future__ import annotations
@@ -22,15 +28,55 @@ import platform
 import struct
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from fluidfed.data import blocks, heap
 from fluidfed.errors import CorruptBlock, NotCached
 
-_TRAILER = struct.Struct(">4sI")
-_MAGIC = b"FFB1"
-TRAILER_SIZE = _TRAILER.size
+_TRAILER = struct.Struct(">4sI")  # the trailer's last bytes: magic, the block's CRC
+_MAGIC = b"FFB1"  # the block's CRC alone (files written before the pieces' CRCs)
+_MAGIC_PIECES = b"FFB2"  # a CRC per CHECK_PIECE bytes before magic and the block's CRC
+TRAILER_SIZE = _TRAILER.size  # the shortest trailer (an empty block's)
+CHECK_PIECE = blocks.CHECK_PIECE  # a READ's answer is checked by the pieces it covers
+_PIECE_CRC = blocks.PIECE_CRC
+piece_crcs = blocks.piece_crcs
+_combined = blocks.combined
+
+
+def trailer_size(size: int) -> int:
+    """The trailer a block of `size` bytes is written with."""
+    return _TRAILER.size + _PIECE_CRC.size * -(-size // CHECK_PIECE)
+
+
+def _layout(path: str | Path, length: int, tail: blocks.Data) -> int:
+    """The data size of a block file of `length` bytes that ends in `tail` (its last
+    _TRAILER.size bytes); CorruptBlock if it is no block file."""
+    magic = bytes(tail[:4])
+    if magic == _MAGIC:
+        return length - _TRAILER.size
+    if magic == _MAGIC_PIECES:  # size + 4 * ceil(size / CHECK_PIECE) bytes before the tail
+        rest = length - _TRAILER.size
+        return rest - _PIECE_CRC.size * -(-rest // (CHECK_PIECE + _PIECE_CRC.size))
+    raise CorruptBlock(f"{path}: not a block file (its trailer says {magic!r})")
+
+
+def data_length(path: str | Path, length: int) -> int:
+    """The data size of the block file at `path`, `length` bytes long (its trailer read:
+    its size depends on its format). OSError if it cannot be read, CorruptBlock if it is
+    no block file."""
+    if length < _TRAILER.size:
+        raise CorruptBlock(f"{path}: shorter than its trailer")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        tail = os.pread(fd, _TRAILER.size, length - _TRAILER.size)
+    finally:
+        os.close(fd)
+    if len(tail) != _TRAILER.size:
+        raise CorruptBlock(f"{path}: changed while read")
+    return _layout(path, length, tail)
 
 
 def block_path(directory: str | Path, key: str) -> Path:
@@ -84,7 +130,9 @@ def write_block_file(path: str | Path, data: blocks.Data, crc: int) -> None:
     write of a small file's block in a worker's writing thread (figures: README)."""
     path = os.fspath(path)
     tmp = path + ".tmp"
-    trailer = _TRAILER.pack(_MAGIC, crc)
+    # (a block whose bytes no longer match `crc` is written all the same, and refused when
+    # it is read, as a damaged one: its pieces' CRCs make `crc`, or are of its bytes)
+    trailer = blocks.pieces_of(data, crc) + _TRAILER.pack(_MAGIC_PIECES, crc)
     tier = os.path.dirname(os.path.dirname(path))
     try:
         direct = len(data) >= DIRECT_FROM and tier not in _buffered_only
@@ -224,12 +272,14 @@ def read_block_file(path: str | Path) -> tuple[bytes, int]:
     if it is damaged. Blocking: run it in a thread (the read and the CRC free the GIL)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = _data_size(fd, path)
+        length = _length(fd, path)
+        tail = os.pread(fd, _TRAILER.size, length - _TRAILER.size)
+        size = _layout(path, length, tail) if len(tail) == _TRAILER.size else 0
         data = os.pread(fd, size, 0)
-        trailer = os.pread(fd, _TRAILER.size, size)
+        trailer = os.pread(fd, length - size, size)
     finally:
         os.close(fd)
-    if len(data) != size or len(trailer) != _TRAILER.size:
+    if len(data) != size or len(trailer) != length - size or trailer[-_TRAILER.size :] != tail:
         raise CorruptBlock(f"{path}: changed while read")
     return data, _check(path, data, trailer)
 
@@ -259,7 +309,7 @@ def read_block_file_direct(
     view, n, file_size = _read_whole(path, room)
     if n != file_size:
         raise CorruptBlock(f"{path}: changed while read")
-    size = n - _TRAILER.size
+    size = _layout(path, n, view[n - _TRAILER.size : n])
     data = view[:size]
     return data, _check(path, data, view[size:n])
 
@@ -273,15 +323,18 @@ def give_block_file(path: str | Path, size: int, then: Callable[[memoryview], No
     of the GIL and taking it again) and a new bytes object whose pages fault in afresh.
     Read past the page cache where the filesystem allows (`read_block_file_direct`): the
     caller reads files that are not in it."""
-    need = size + _TRAILER.size + 1  # one more: a longer file is told apart
+    need = size + trailer_size(size) + 1  # one more: a longer file is told apart
     room = -(-need // _ALIGN) * _ALIGN
     buf: mmap.mmap | None = getattr(_buffers, "buf", None)
     if buf is None or len(buf) < room:
         buf = _buffers.buf = mmap.mmap(-1, max(room, 256 * 1024))  # (on a page boundary)
     with memoryview(buf) as whole:
         _, n, _ = _read_whole(path, lambda _: whole[:room])
-        if n != size + _TRAILER.size:
-            raise CorruptBlock(f"{path}: {n} bytes, expected {size + _TRAILER.size}")
+        if n < _TRAILER.size or n == room:
+            raise CorruptBlock(f"{path}: {n} bytes, not a block of {size}")
+        got = _layout(path, n, whole[n - _TRAILER.size : n])
+        if got != size:
+            raise CorruptBlock(f"{path}: a block of {got} bytes, expected {size}")
         with whole[:size] as data:
             crc = _check(path, data, whole[size:n])
             then(data)
@@ -320,18 +373,22 @@ def _read_whole(path: str | Path, room: Callable[[int], memoryview]) -> tuple[me
     return view, n, file_size
 
 
-def _data_size(fd: int, path: str | Path) -> int:
-    size = os.fstat(fd).st_size - _TRAILER.size
-    if size < 0:
+def _length(fd: int, path: str | Path) -> int:
+    """The length of an open block file; CorruptBlock if it cannot hold a trailer."""
+    length = os.fstat(fd).st_size
+    if length < _TRAILER.size:
         raise CorruptBlock(f"{path}: shorter than its trailer")
-    return size
+    return length
 
 
 def _check(path: str | Path, data: blocks.Data, trailer: blocks.Data) -> int:
-    """The block's CRC, if `data` matches the trailer's; CorruptBlock if not."""
-    magic, crc = _TRAILER.unpack(trailer)
-    if magic != _MAGIC or blocks.checksum(data) != crc:
+    """The block's CRC, if `data` matches the trailer's (all that follows the data; its
+    format told by `_layout`); CorruptBlock if not."""
+    magic, crc = _TRAILER.unpack(trailer[-_TRAILER.size :])
+    if blocks.checksum(data) != crc:
         raise CorruptBlock(f"{path}: checksum mismatch")
+    if magic == _MAGIC_PIECES and _combined(trailer[: -_TRAILER.size], len(data)) != crc:
+        raise CorruptBlock(f"{path}: its pieces' checksums do not make the block's")
     return int(crc)
 
 
@@ -341,7 +398,9 @@ _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _can_map = True  # False once the kernel turned out not to have it: copy instead
 
 
-def map_block_file(path: str | Path, *, cached_only: bool = False) -> tuple[blocks.Data, int]:
+def map_block_file(
+    path: str | Path, *, cached_only: bool = False, lazy: bool = False
+) -> tuple[blocks.Data, int]:
     """(data, CRC) of a block file, checked, the data mapped read-only from the page cache
     instead of copied: a reader on the worker's machine hands it to FUSE as it lies, one
     copy and one thread hand-off fewer than pread in a thread (figures: README, "Measured
@@ -356,16 +415,20 @@ def map_block_file(path: str | Path, *, cached_only: bool = False) -> tuple[bloc
 
     With `cached_only`, NotCached is raised instead of waiting for the disk when a page of
     the file is not in the page cache, or not read yet (or the kernel cannot tell): the
-    event loop maps files that are cached and hands the others to a thread."""
+    event loop maps files that are cached and hands the others to a thread.
+
+    With `lazy`, a file with its pieces' CRCs is not checked whole here (only that those
+    make the block's CRC): its reader checks what it uses of it (`unchecked_span`,
+    `check_whole`). An older file is checked here all the same."""
     global _can_map
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = _data_size(fd, path)
+        length = _length(fd, path)
         if cached_only:
-            _probe(fd, size)
+            _probe(fd, length)
         if not _can_map:
             return read_block_file(path)
-        m = mmap.mmap(fd, size + _TRAILER.size, prot=mmap.PROT_READ)
+        m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
     try:
@@ -376,11 +439,68 @@ def map_block_file(path: str | Path, *, cached_only: bool = False) -> tuple[bloc
         _can_map = False  # before Linux 5.14
         return read_block_file(path)
     whole = memoryview(m)
+    size = _layout(path, length, whole[-_TRAILER.size :])
     data = whole[:size]
+    if lazy and whole[-_TRAILER.size : -4] == _MAGIC_PIECES:
+        (crc,) = _PIECE_CRC.unpack(whole[-4:])
+        pieces = bytes(whole[size : -_TRAILER.size])
+        if _combined(pieces, size) != crc:
+            raise CorruptBlock(f"{path}: its pieces' checksums do not make the block's")
+        _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces)
+        return data, crc
     return data, _check(path, data, whole[size:])
 
 
-def _probe(fd: int, size: int) -> None:
+class _Unchecked(NamedTuple):
+    start: int  # the mapping's address
+    size: int  # the block's bytes
+    crc: int
+    pieces: bytes  # their CRCs, as the trailer has them
+
+
+# blocks mapped `lazy` and not checked whole since, by their mapping: an entry goes with
+# the last view of its mapping (the map is touched from threads that drop such views too:
+# each of its operations holds the GIL)
+_unchecked: weakref.WeakKeyDictionary[mmap.mmap, _Unchecked] = weakref.WeakKeyDictionary()
+
+
+def _unchecked_of(data: object) -> tuple[mmap.mmap, _Unchecked] | None:
+    if type(data) is not memoryview:
+        return None
+    m = data.obj
+    if type(m) is not mmap.mmap:
+        return None
+    got = _unchecked.get(m)
+    return None if got is None else (m, got)
+
+
+def unchecked_span(data: blocks.Data) -> tuple[memoryview, int, bytes] | None:
+    """For a READ's answer that lies in a block mapped `lazy` and not checked whole:
+    (the block, where the answer starts in it, its pieces' CRCs as the trailer has them,
+    CHECK_PIECE bytes each), for the thread that sends it to check what it covers. None
+    for any other answer (checked, or not a block file's)."""
+    got = _unchecked_of(data)
+    if got is None:
+        return None
+    m, u = got
+    return memoryview(m)[: u.size], heap.address(data) - u.start, u.pieces
+
+
+def check_whole(data: blocks.Data) -> None:
+    """Check the block that `data` (all of it or a part) lies in, if it was mapped `lazy`
+    and has not been checked whole: CorruptBlock if it does not match its CRC. For every
+    use of such a block but a READ's answer."""
+    got = _unchecked_of(data)
+    if got is None:
+        return
+    m, u = got
+    with memoryview(m) as whole, whole[: u.size] as block:
+        if blocks.checksum(block) != u.crc:
+            raise CorruptBlock("a block file mapped here: checksum mismatch")
+    _unchecked.pop(m, None)
+
+
+def _probe(fd: int, length: int) -> None:
     """NotCached unless every page of the file is in the page cache, read: asked with
     cachestat (Linux 6.5), which only looks, but counts a page whose read is still on its
     way (another reader's), so then a read of the first and last bytes with RWF_NOWAIT,
@@ -394,7 +514,6 @@ def _probe(fd: int, size: int) -> None:
     loop."""
     global _cachestat
     look = _cachestat  # (another thread may set it to None meanwhile)
-    length = size + _TRAILER.size
     if look is not None:
         try:
             if not look(fd, length):
@@ -450,7 +569,7 @@ _cachestat: Callable[[int, int], bool] | None = (
 
 
 async def load_block_file(
-    path: str | Path, take: Callable[[int], memoryview] = heap.aligned
+    path: str | Path, take: Callable[[int], memoryview] = heap.aligned, *, lazy: bool = False
 ) -> tuple[blocks.Data, int]:
     """`map_block_file` on the event loop when the file is in the page cache (mapping 4 MiB
     takes microseconds and a hand-off to a thread cost more than the read itself), else
@@ -458,8 +577,10 @@ async def load_block_file(
     from the disk is read, not mapped: faulting a mapping in holds the process's mmap lock
     while the disk reads, so the threads mapping cold files wait for each other (8 threads
     mapped ~3,500 small files/s, pread ~7,500; figures: README, "Measured design
-    decisions"), and it would fill the page cache."""
+    decisions"), and it would fill the page cache. `lazy`: as `map_block_file`'s (a file
+    read from the disk is checked whole: its bytes come by DMA, and the check reads them
+    once either way)."""
     try:
-        return map_block_file(path, cached_only=True)
+        return map_block_file(path, cached_only=True, lazy=lazy)
     except NotCached:
         return await asyncio.to_thread(read_block_file_direct, path, take)

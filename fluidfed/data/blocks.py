@@ -14,24 +14,95 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 from zlib_ng import zlib_ng
 
+from fluidfed.data import heap
+
 # CRC-32 of every block, at rest and in transit: zlib-ng's (carry-less multiply) computes
 # the same values as zlib's, several times faster; with zlib the check cost a quarter of a
 # core at 1 GB/s of reads (README, "Measured design decisions").
 checksum = zlib_ng.crc32
+combine = zlib_ng.crc32_combine  # (crc of A, crc of B, len(B)): the CRC of A + B
 OFF_LOOP = 2**18  # bytes from which a checksum is worth a hand-off to a thread
+
+# A block file holds the CRC of each CHECK_PIECE bytes of its block too, so that a reader
+# can check just the pieces a READ covers (`blockfile`). The kernel asks for up to 1 MiB at
+# a time, not always on a boundary of 1 MiB: a piece of 256 KiB checks at most 0.5 MiB it
+# does not send, and a 4 MiB block's trailer is 72 bytes.
+CHECK_PIECE = 256 * 1024
+PIECE_CRC = struct.Struct(">I")  # each piece's CRC, as a block file's trailer has it
 
 
 async def checksum_off_loop(data: Data) -> int:
     """The CRC of a large block in a thread (zlib-ng frees the GIL: another core), of a
-    small one right here (the hand-off would cost more)."""
+    small one right here (the hand-off would cost more); its pieces' noted
+    (`checksum_noting`)."""
     if len(data) > OFF_LOOP:
-        return await asyncio.to_thread(checksum, data)
+        return await asyncio.to_thread(checksum_noting, data)
     return checksum(data)
+
+
+def piece_crcs(data: Data) -> bytes:
+    """The CRC of each CHECK_PIECE bytes of `data` (the last piece may be shorter), as a
+    block file's trailer holds them."""
+    with memoryview(data) as view, view.cast("B") as whole:
+        return b"".join(
+            PIECE_CRC.pack(checksum(whole[at : at + CHECK_PIECE]))
+            for at in range(0, len(whole), CHECK_PIECE)
+        )
+
+
+def combined(pieces: Data, size: int) -> int:
+    """The CRC of a block of `size` bytes from its pieces' CRCs (`piece_crcs`)."""
+    crc = 0
+    for i, (piece,) in enumerate(PIECE_CRC.iter_unpack(pieces)):
+        crc = combine(crc, piece, min(CHECK_PIECE, size - i * CHECK_PIECE)) if i else piece
+    return crc
+
+
+# The pieces' CRCs of blocks received lately, by where the block lies in memory and its
+# length: taken while the bytes were in the CPU's caches, for the block file a worker may
+# write of it (`pieces_of`), which would otherwise read the block once more. Entries of
+# blocks never written are pushed out; one found for other bytes at the same place (a
+# buffer used again) does not make the CRC it is taken with, and is not used.
+_noted: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+_noting = threading.Lock()  # (receiving threads note, writing threads take)
+NOTED_KEPT = 256
+
+
+def checksum_noting(data: Data) -> int:
+    """The CRC of a block just received, taken piece by piece (the same work: zlib-ng
+    then combines them), the pieces' CRCs noted for `pieces_of`."""
+    n = len(data)
+    if n <= CHECK_PIECE:
+        return checksum(data)
+    pieces = piece_crcs(data)
+    where = (heap.address(data), n)
+    with _noting:
+        _noted[where] = pieces
+        _noted.move_to_end(where)
+        while len(_noted) > NOTED_KEPT:
+            _noted.popitem(last=False)
+    return combined(pieces, n)
+
+
+def pieces_of(data: Data, crc: int) -> bytes:
+    """The CRCs of `data`'s pieces, for its block file: its own CRC for a block of one
+    piece, those noted as it was received if they make `crc`, else taken now."""
+    n = len(data)
+    if n <= CHECK_PIECE:
+        return PIECE_CRC.pack(crc) if n else b""
+    where = (heap.address(data), n)
+    with _noting:
+        got = _noted.pop(where, None)
+    if got is not None and combined(got, n) == crc:
+        return got
+    return piece_crcs(data)
 
 
 # A block's bytes: held (bytes), or mapped read-only from a cache worker's block file on

@@ -34,6 +34,7 @@ from fluidfed.data.blockfile import (
     TRAILER_SIZE,
     block_file,
     block_path,
+    data_length,
     read_block_file,
     spread_subdirectories,
     write_block_file,
@@ -183,10 +184,14 @@ class _Tier:
                         if not stat.S_ISDIR(st.st_mode):
                             f.unlink(missing_ok=True)
                         continue
+                    try:
+                        size = data_length(f, st.st_size)  # (its trailer tells)
+                    except errors.CorruptBlock:  # found damaged when read: counted, fetched
+                        size = st.st_size - TRAILER_SIZE
                 except OSError as err:
                     _unreadable(f, err)
                     continue
-                found.append((st.st_atime, f.name, st.st_size - TRAILER_SIZE))
+                found.append((st.st_atime, f.name, size))
         return sorted(found)
 
 

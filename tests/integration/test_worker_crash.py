@@ -97,7 +97,8 @@ async def test_a_worker_killed_while_writing_never_serves_a_torn_block(
         await no_temporary_files_left(ssd, proc)
         for f in (p for p in ssd.rglob("*") if p.is_file()):
             data_, crc = blockfile.read_block_file(f)  # every file whole, or none at all
-            assert len(data_) == f.stat().st_size - TRAILER_SIZE and crc >= 0
+            assert len(data_) + blockfile.trailer_size(len(data_)) == f.stat().st_size
+            assert crc >= 0
     finally:
         proc.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import shutil
@@ -19,7 +20,6 @@ from devkit import testing
 from fluidfed.data import blockfile, blocks, heap, receive
 from fluidfed.data.blockfile import (
     DIRECT_FROM,
-    TRAILER_SIZE,
     WRITE_PIECE,
     block_file,
     block_path,
@@ -28,6 +28,7 @@ from fluidfed.data.blockfile import (
     map_block_file,
     read_block_file,
     read_block_file_direct,
+    trailer_size,
     write_block_file,
 )
 from fluidfed.data.store import BlockStore
@@ -100,7 +101,7 @@ def _uncached(path: str | Path) -> None:
         map_block_file(path, cached_only=True)
 
 
-@pytest.mark.parametrize("size", [0, 5, 4096 - TRAILER_SIZE, 128 * 1024, 2**22 + 5])
+@pytest.mark.parametrize("size", [0, 5, 4096 - trailer_size(4000), 128 * 1024, 2**22 + 5])
 def test_a_cold_block_file_is_read_past_the_page_cache_into_a_reused_buffer(
     tmp_path: Path, size: int
 ) -> None:
@@ -200,7 +201,7 @@ def test_a_small_block_written_through_the_page_cache_reads_back_checked(
     payload = memoryview(os.urandom(size + 3))[3:]
     path = block_path(tmp_path, "e" * 32)
     write_block_file(path, payload, blocks.checksum(payload))
-    assert path.stat().st_size == size + TRAILER_SIZE
+    assert path.stat().st_size == size + trailer_size(size)
     assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -214,7 +215,7 @@ def test_a_large_block_written_past_the_page_cache_reads_back_checked(
     payload = memoryview(os.urandom(size + 3))[3:]
     path = block_path(tmp_path, "e" * 32)
     write_block_file(path, payload, blocks.checksum(payload))
-    assert path.stat().st_size == size + TRAILER_SIZE
+    assert path.stat().st_size == size + trailer_size(size)
     with pytest.raises(NotCached):  # past the page cache: its first page is not there
         map_block_file(path, cached_only=True)
     assert read_block_file(path) == (bytes(payload), blocks.checksum(payload))
@@ -436,3 +437,121 @@ def test_cachestat_is_what_tells_cached_from_cold_here(tmp_path: Path) -> None:
         assert blockfile._cachestat_all(fd, length)
     finally:
         os.close(fd)
+
+
+def _keep(into: list[bytes], view: memoryview) -> None:
+    into.append(bytes(view))
+
+
+def _old_block_file(path: str | Path, data: bytes) -> None:
+    """A block file as written before its pieces' CRCs: the data, b"FFB1" and its CRC."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data + b"FFB1" + blocks.checksum(data).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, blockfile.CHECK_PIECE - 1, blockfile.CHECK_PIECE, 4 * 2**20 + 3]
+)
+def test_a_block_file_carries_a_crc_per_piece_and_older_files_read_as_before(
+    tmp_path: Path, size: int
+) -> None:
+    """The trailer holds the CRC of each CHECK_PIECE bytes (the last piece shorter), then
+    magic and the block's CRC; every reader takes such a file and an older one (FFB1: the
+    block's CRC alone) alike, and tells their data apart from their trailers."""
+    payload = os.urandom(size)
+    crc = blocks.checksum(payload)
+    pieces = -(-size // blockfile.CHECK_PIECE)
+    assert trailer_size(size) == 8 + 4 * pieces
+    new, old = block_file(str(tmp_path), "a" * 32), block_file(str(tmp_path), "b" * 32)
+    write_block_file(new, payload, crc)
+    raw = Path(new).read_bytes()
+    assert raw[:size] == payload and raw[-8:-4] == b"FFB2" and len(raw) == size + trailer_size(size)
+    assert raw[size:-8] == blockfile.piece_crcs(payload)
+    assert [int.from_bytes(raw[size + 4 * i : size + 4 * i + 4], "big") for i in range(pieces)] == [
+        blocks.checksum(payload[at : at + blockfile.CHECK_PIECE])
+        for at in range(0, size, blockfile.CHECK_PIECE)
+    ]
+    _old_block_file(old, payload)
+    for path in (new, old):
+        assert blockfile.data_length(path, os.path.getsize(path)) == size
+        assert read_block_file(path) == (payload, crc)
+        data, got = read_block_file_direct(path)
+        assert (bytes(data), got) == (payload, crc)
+        for lazy in (False, True):
+            data, got = map_block_file(path, lazy=lazy)
+            assert (bytes(data), got) == (payload, crc)
+        handed: list[bytes] = []
+        assert give_block_file(path, size, functools.partial(_keep, handed)) == crc
+        assert handed == [payload]
+        with pytest.raises(CorruptBlock, match="expected"):
+            give_block_file(path, size + 1, lambda v: None)
+
+
+async def test_a_restarted_store_finds_its_blocks_sizes_in_either_format(tmp_path: Path) -> None:
+    store = await BlockStore([testing.cache_tier("SSD", 2**24, tmp_path)]).open()
+    await store.put("a" * 32, b"x" * 300_000)  # two pieces
+    _old_block_file(block_path(tmp_path, "b" * 32), b"y" * 1000)
+    _old_block_file(block_path(tmp_path, "c" * 32), b"z" * 100)
+    odd = Path(block_path(tmp_path, "c" * 32))
+    odd.write_bytes(odd.read_bytes()[:-8] + b"NOPE" + bytes(4))
+    again = await BlockStore([testing.cache_tier("SSD", 2**24, tmp_path)]).open()
+    # (the one that is no block file is indexed as an old one, and found damaged when read)
+    assert again.snapshot().tiers[0].used == 300_000 + 1000 + 100
+    assert (await again.get("a" * 32))[0] == b"x" * 300_000  # type: ignore[index]
+    assert (await again.get("b" * 32))[0] == b"y" * 1000  # type: ignore[index]
+    assert await again.get("c" * 32) is None
+    assert again.stats.corrupt == 1
+
+
+def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path: Path) -> None:
+    """Mapped `lazy`, a block file is not read whole: only its pieces' CRCs are checked
+    against the block's. A READ's answer (a part of the block) names the block, where it
+    starts in it and those CRCs (`unchecked_span`), for the thread that sends it to check;
+    any other use checks the whole block (`check_whole`), which marks it checked, or finds
+    it damaged."""
+    piece = blockfile.CHECK_PIECE
+    payload = os.urandom(3 * piece + 5)
+    path = block_file(str(tmp_path), "a" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    data, _ = map_block_file(path, lazy=True)
+    answer = memoryview(data)[piece + 7 : 2 * piece]
+    span = blockfile.unchecked_span(answer)
+    assert span is not None
+    block, lo, pieces = span
+    assert bytes(block) == payload and lo == piece + 7 and pieces == blockfile.piece_crcs(payload)
+    assert blockfile.unchecked_span(memoryview(payload)) is None  # (not a mapped block)
+    assert blockfile.unchecked_span(read_block_file(path)[0]) is None
+    blockfile.check_whole(answer)  # (a part names its block: checked whole)
+    assert blockfile.unchecked_span(answer) is None and blockfile.unchecked_span(data) is None
+
+    # damaged in its bytes: mapped lazily all the same, found by the check of the piece or
+    # of the whole block; mapped eagerly, refused at once
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, bytes([payload[2 * piece] ^ 1]), 2 * piece)
+    finally:
+        os.close(fd)
+    with pytest.raises(CorruptBlock, match="checksum mismatch"):
+        map_block_file(path)
+    data, _ = map_block_file(path, lazy=True)
+    span = blockfile.unchecked_span(data[: 2 * piece])
+    assert span is not None
+    block, lo, pieces = span
+    assert [blocks.checksum(block[at : at + piece]) for at in range(0, len(block), piece)] != [
+        int.from_bytes(pieces[i : i + 4], "big") for i in range(0, len(pieces), 4)
+    ]
+    with pytest.raises(CorruptBlock, match="checksum mismatch"):
+        blockfile.check_whole(data[10:20])
+    assert blockfile.unchecked_span(data) is not None  # (still unchecked: its reader drops it)
+
+    # a trailer whose pieces' CRCs do not make the block's: refused when mapped
+    raw = bytearray(Path(path).read_bytes())
+    raw[2 * piece] ^= 1  # (the data as written)
+    raw[len(payload)] ^= 1  # the first piece's CRC
+    Path(path).write_bytes(raw)
+    with pytest.raises(CorruptBlock, match="do not make the block's"):
+        map_block_file(path, lazy=True)
+    raw[-8:-4] = b"NOPE"
+    Path(path).write_bytes(raw)
+    with pytest.raises(CorruptBlock, match="not a block file"):
+        map_block_file(path, lazy=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -78,3 +79,29 @@ def test_ledger_evicts_least_recently_used_down_to_the_low_mark() -> None:
     assert led.fits(90)
     with pytest.raises(ValueError, match="watermarks"):
         blocks.Ledger(10, high=0.5, low=0.9)
+
+
+def test_a_received_blocks_pieces_are_noted_for_its_file_and_used_only_if_they_hold() -> None:
+    """A block's CRC taken as it is received (`checksum_noting`) is the CRC of the whole,
+    its pieces' CRCs noted by where it lies: the block file written of it takes those
+    (`pieces_of`) rather than reading it again, unless they do not make its CRC (other
+    bytes in the same buffer since). A block of one piece is its own piece's CRC."""
+    size = 3 * blocks.CHECK_PIECE + 11
+    raw = bytearray(os.urandom(size))
+    buf = memoryview(raw)  # (a receive buffer, as received blocks lie in)
+    crc = blocks.checksum_noting(buf)
+    assert crc == blocks.checksum(buf)
+    pieces = blocks.piece_crcs(buf)
+    assert blocks.combined(pieces, size) == crc
+    raw[5] ^= 1  # (not as received: the noted pieces are what is written)
+    assert blocks.pieces_of(buf, crc) == pieces
+    assert blocks.pieces_of(buf, crc) == blocks.piece_crcs(buf)  # (taken: noted ones went)
+
+    blocks.checksum_noting(buf)  # noted, then the buffer holds another block
+    raw[:] = os.urandom(size)
+    other = blocks.checksum(buf)
+    assert blocks.pieces_of(buf, other) == blocks.piece_crcs(buf)  # (the noted do not make it)
+
+    small = os.urandom(blocks.CHECK_PIECE)
+    assert blocks.pieces_of(small, 12345) == (12345).to_bytes(4, "big")
+    assert blocks.pieces_of(b"", 0) == b""
