@@ -7,6 +7,7 @@ from typing import Any
 LOOKUP: int
 GETATTR: int
 READ: int
+REREAD: int  # a READ handed back: its answer's block failed a piece's check
 OPENDIR: int
 READDIR: int
 STATFS: int
@@ -21,6 +22,16 @@ class Reply:
     def open(self, fh: int) -> None: ...  # an OPENDIR's
     def data(self, data: bytes | bytearray | memoryview) -> None: ...
     def data_now(self, data: bytes | bytearray | memoryview) -> None: ...  # in this thread
+    def data_checked(
+        self,
+        block: bytes | bytearray | memoryview,
+        lo: int,
+        size: int,
+        pieces: bytes,
+        piece: int,
+        ino: int,
+        offset: int,
+    ) -> None: ...  # `size` bytes at `lo` of `block`, the pieces they lie in checked first
     def error(self, errno: int) -> None: ...
     def statfs(
         self,

@@ -20,8 +20,9 @@ from typing import Any
 
 import pyfuse3
 
-from fluidfed.data import blocks
+from fluidfed.data import blockfile, blocks
 from fluidfed.data.layout import FileRef
+from fluidfed.errors import CorruptBlock
 from sidecar.reader import BlockReader
 from sidecar.tree import Tree
 
@@ -395,12 +396,24 @@ class DatasetFS(pyfuse3.Operations):
         return data
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> Any:
+        """pyfuse3's READ: its answer checked whole here (it cannot be checked as it is
+        sent, as the native session's is)."""
         h = self.handle(fh)
         self._given[h.inode] = h.ref  # (the kernel keeps the pages: not pushed again)
         data = self.read_held(h, off, size)
         if data is None:
             data = await self.read_fetched(h, off, size)
+        try:
+            blockfile.check_whole(data)
+        except CorruptBlock:
+            await self.distrust(h, off)
+            data = await self.read_fetched(h, off, size)  # (checked whole: `distrust`)
         return data
+
+    async def distrust(self, h: Handle, off: int) -> None:
+        """The block that a READ at `off` lies in failed its check as it was answered from
+        a worker's file: let go of it, and take it checked whole when it is next read."""
+        await self.reader.distrust(h.ref, off // self.block_size)
 
     def _follow(self, h: Handle, idx: range) -> None:
         """Track sequential readers and fetch ahead of them.
@@ -430,6 +443,9 @@ class DatasetFS(pyfuse3.Operations):
                     parts = [await self.reader.block(ref, first)]
                 else:
                     parts = list(await asyncio.gather(*(self.reader.block(ref, i) for i in idx)))
+                    # (copied into one answer below: each checked whole first)
+                    checked = self.reader.checked
+                    parts = [await checked(ref, i, p) for i, p in zip(idx, parts, strict=True)]
         except Exception as err:
             self.read_errors += 1
             off = first * self.block_size + lo

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import pyfuse3
 
+from fluidfed.data import blockfile
+from fluidfed.errors import CorruptBlock
 from sidecar.fs import DatasetFS, Handle
 
 log = logging.getLogger("fluidfed.sidecar")
@@ -42,6 +44,11 @@ OPENS_VAR = "FLUIDFED_FUSE_OPENS"  # who answers opens (OPENS)
 # serves a read-ahead could evict that inode and wait on the very pages it is filling.
 # Older series may have it too, unknown here: FLUIDFED_FUSE_OPENS=kernel says they do.
 SAFE_KERNEL_OPENS = ((6, 19, 0), (6, 18, 10))
+
+# READ answers this large (the native session's INLINE_REPLY: those its replying threads
+# write) from a block not checked whole are checked by the pieces they lie in, by the
+# thread that copies them; smaller ones check their whole block on the event loop, once
+PIECEWISE_FROM = 64 * 1024
 
 
 class Session(Protocol):
@@ -166,14 +173,20 @@ class NativeSession:
             kind, reply = req[0], req[1]
             try:
                 if kind == f.READ:
-                    h, off, size = fs.stream(req[2], req[3]), req[3], req[4]
+                    ino, off, size = req[2], req[3], req[4]
+                    h = fs.stream(ino, off)
                     data = fs.read_held(h, off, size)
                     if data is not None:
-                        reply.data(data)
+                        if not self._answer_read(reply, data, ino, off):
+                            self._later(reply, self._read(reply, h, ino, off, size, again=True))
                     elif fs.givable(h, off, size):
                         self._later(reply, self._give(reply, h, off, size))
                     else:
-                        self._later(reply, self._read(reply, h, off, size))
+                        self._later(reply, self._read(reply, h, ino, off, size))
+                elif kind == f.REREAD:  # its answer's block failed its check as it was sent
+                    ino, off, size = req[2], req[3], req[4]
+                    h = fs.stream(ino, off)
+                    self._later(reply, self._read(reply, h, ino, off, size, again=True))
                 elif kind == f.LOOKUP:
                     reply.entry(fs.entry(fs.lookup_path(req[2], req[3])), ttl, ttl)
                 elif kind == f.GETATTR:
@@ -216,8 +229,40 @@ class NativeSession:
             log.exception("answering a FUSE request failed")
             _fail(reply, errno.EIO)
 
-    async def _read(self, reply: Any, h: Handle, off: int, size: int) -> None:
-        reply.data(await self.fs.read_fetched(h, off, size))
+    async def _read(
+        self, reply: Any, h: Handle, ino: int, off: int, size: int, *, again: bool = False
+    ) -> None:
+        """Answer a READ from blocks fetched if need be; `again`: its block, mapped from a
+        worker's file, failed its check as it was answered (let go of, then read checked
+        whole: `DatasetFS.distrust`)."""
+        for _ in range(2):
+            if again:
+                await self.fs.distrust(h, off)
+            if self._answer_read(reply, await self.fs.read_fetched(h, off, size), ino, off):
+                return
+            again = True
+        raise pyfuse3.FUSEError(errno.EIO)  # (a block checked whole cannot fail this way)
+
+    @staticmethod
+    def _answer_read(reply: Any, data: Any, ino: int, off: int) -> bool:
+        """A READ's bytes to the session; those of a block mapped from a worker's file and
+        not checked whole are checked by the pieces they lie in as they are sent (a piece
+        that fails comes back as REREAD). A small answer checks its whole block here
+        instead, once (a piece per small READ would check many times what it sends):
+        False, and unanswered, if that fails."""
+        span = blockfile.unchecked_span(data)
+        if span is None:
+            reply.data(data)
+        elif len(data) < PIECEWISE_FROM:
+            try:
+                blockfile.check_whole(data)
+            except CorruptBlock:
+                return False
+            reply.data(data)
+        else:
+            block, lo, pieces = span
+            reply.data_checked(block, lo, len(data), pieces, blockfile.CHECK_PIECE, ino, off)
+        return True
 
     async def _give(self, reply: Any, h: Handle, off: int, size: int) -> None:
         """A small file's READ answered straight from its worker's block file on this node

@@ -11,6 +11,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ WARM_RUN = 1
 CLOSE_REPORT_WITHIN = 1.0  # seconds a closing reader gives each worker its last report
 COLD_FILES = 1024  # files whose last answer from a worker is remembered (`_seen`)
 AHEAD_KEPT = 4096  # blocks remembered as read ahead for this reader (`_read_ahead`)
+SUSPECTS_KEPT = 1024  # blocks remembered as found damaged in a worker's files (`distrust`)
 
 
 @dataclass
@@ -66,6 +68,12 @@ class ReadStats:
     connections_rustls: int = 0  # of those, https ones on rustls (the others: Python's ssl)
     connections_loop: int = 0  # opened for small files' blocks, on the event loop
     buffers_reused: int = 0  # blocks from workers (or their cold files) in a buffer used before
+    # a worker's block files on this node found damaged as they were read (the block then
+    # asked of the worker, which drops the file and fetches it again)
+    corrupt: int = 0
+    # READ answers from such a file that failed their pieces' check as they were sent, and
+    # were answered again (`distrust`)
+    reread: int = 0
 
 
 class BlockReader:
@@ -103,6 +111,9 @@ class BlockReader:
         self._reporting: asyncio.Task[None] | None = None  # its report under way
         self._inflight: dict[str, asyncio.Future[blocks.Data]] = {}
         self._short_until = 0.0  # (out of descriptors: `_from_files`)
+        # blocks whose mapped file failed a check as it was read: checked whole when they
+        # are read from a worker's files again (`distrust`), not a READ at a time
+        self._suspects: OrderedDict[str, None] = OrderedDict()
         # files whose last block from a worker was a miss there (True) or a hit: `_seen`
         self._cold: dict[tuple[int, str], bool] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -173,6 +184,33 @@ class BlockReader:
             return None
         self.stats.local_hits += 1
         return got
+
+    async def distrust(self, ref: FileRef, index: int) -> None:
+        """Block `index` of `ref`, held here as mapped from a worker's file, failed its
+        check as it was read: let go of it, and read it whole and checked when it is next
+        read (so from the worker, which drops the file and fetches the block again, if
+        the file is still damaged)."""
+        key = self.key(ref, index)
+        self.stats.reread += 1
+        if key not in self._suspects:  # (its other READs under way fail too: said once)
+            self.stats.corrupt += 1
+            log.warning("block %d of %s: its worker's block file failed a check", index, ref.key)
+            if len(self._suspects) >= SUSPECTS_KEPT:
+                self._suspects.popitem(last=False)
+        self._suspects[key] = None
+        self._suspects.move_to_end(key)
+        await self.store.discard(key)
+
+    async def checked(self, ref: FileRef, index: int, data: blocks.Data) -> blocks.Data:
+        """`data`, block `index` of `ref`, checked whole if it was mapped unchecked (for
+        any use but a READ's answer: `blockfile.check_whole`); if it fails, the block
+        read again (`distrust`)."""
+        try:
+            blockfile.check_whole(data)
+        except errors.CorruptBlock:
+            await self.distrust(ref, index)
+            return await self.block(ref, index)
+        return data
 
     def can_push(self) -> bool:
         """Whether `push` can find anything: a worker's block files are visible here (and
@@ -530,13 +568,17 @@ class BlockReader:
             path = blockfile.block_file(d, key)
             try:
                 if then is None:
-                    # (a file not in the page cache read into a reused buffer)
-                    data, crc = await blockfile.load_block_file(path, self.conns.buffers.take)
+                    # (a file not in the page cache read into a reused buffer; one in it
+                    # mapped and checked as it is read, unless it failed that lately)
+                    take, lazy = self.conns.buffers.take, key not in self._suspects
+                    data, crc = await blockfile.load_block_file(path, take, lazy=lazy)
                 else:
                     data, crc = await self._give(path, size, then)
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
             except errors.CorruptBlock:
+                if key not in self._suspects:  # (else counted when it failed as it was read)
+                    self.stats.corrupt += 1
                 return None  # the worker checks it, drops it and fetches it again
             except OSError as err:
                 if err.errno in errors.SCARCE:  # (this sidecar is short, not the files)

@@ -498,6 +498,51 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     assert st["ufs"]["reads"] == reads_before + 1  # that one block came from the UFS again
 
 
+@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
+def test_a_block_file_damaged_after_its_workers_check_is_caught_as_it_is_read(
+    engine: str,
+    monkeypatch: pytest.MonkeyPatch,
+    data: Path,
+    tmp_path: Path,
+    workers_factory: Any,
+    sidecars: Any,
+) -> None:
+    """A worker's block file in the page cache is mapped by a sidecar on its node without
+    reading it whole first: each READ's answer is checked by the pieces it covers as it is
+    sent (pyfuse3's session: the whole block, before it answers). A file damaged after the
+    worker checked it (its bytes, not its trailer) fails that check; the READ is answered
+    again, from the worker, with the block's true bytes."""
+    monkeypatch.setenv("FLUIDFED_FUSE", engine)
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
+    first, second = sorted(want, key=lambda k: len(want[k]))[-2:]
+    assert len(want[first]) > 2 * BLOCK and len(want[second]) > 2 * BLOCK
+    reader = sidecars(sidecar_config(mount, ws.urls()))
+    for name in (first, second):  # the worker keeps both
+        assert (reader.mountpoint / name).read_bytes() == want[name]
+    reader.stop()
+
+    # a new reader learns where the worker's files lie (the worker checks what it points
+    # to), then every block file is damaged in place: one byte of its last piece, its
+    # trailer as the worker wrote it, the file in the page cache (so mapped when read)
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    assert (sc.mountpoint / first).read_bytes() == want[first]
+    assert sc.status()["blocks"]["short_circuit"] > 0
+    damaged = written(tmp_path / "ssd", ws.procs[0])
+    for f in damaged:
+        raw = f.read_bytes()
+        size = blockfile.data_length(f, len(raw))
+        fd = os.open(f, os.O_RDWR)
+        try:
+            os.pwrite(fd, bytes([raw[size - 1] ^ 0xFF]), size - 1)
+        finally:
+            os.close(fd)
+
+    assert (sc.mountpoint / second).read_bytes() == want[second]
+    got = sc.status()["blocks"]
+    assert got["reread"] >= 1  # caught as it was read, not when it was mapped
+    assert 1 <= got["corrupt"] <= len(damaged)
+
+
 def test_a_sidecar_beside_its_worker_reads_the_block_files_itself(
     data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
 ) -> None:

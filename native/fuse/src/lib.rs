@@ -49,6 +49,9 @@ const OPENDIR: u8 = 6;
 const READDIR: u8 = 7;
 const STATFS: u8 = 8;
 const FORGET: u8 = 9;
+/// A READ handed back by a replying thread: a piece of the block its answer lay in did not
+/// match its CRC (`Reply.data_checked`); Python answers it again from elsewhere.
+const REREAD: u8 = 10;
 
 /// The requests counted by kind (`Session.requests`; the kinds above, one less, first), for
 /// the sidecar's status and tests: OPEN stays at its first one, RELEASE at none.
@@ -119,9 +122,64 @@ impl Op {
     }
 }
 
-/// A READ's answer for a replying thread: the buffer stays exported (its memory alive and
-/// unmoved) until the thread has written it, then goes back to Python to be let go.
-type Job = (ReplyData, PyBuffer<u8>);
+/// A READ's answer for a replying thread: `len` bytes at `lo` of `data`, which stays
+/// exported (its memory alive and unmoved) until the thread has written it, then goes back
+/// to Python to be let go; with `check`, the pieces they lie in are checked first.
+struct Job {
+    reply: ReplyData,
+    data: PyBuffer<u8>,
+    lo: usize,
+    len: usize,
+    check: Option<Check>,
+}
+
+/// What a READ's answer from a block not checked whole is checked against: the CRC-32 of
+/// each `piece` bytes of the block, and the READ (to hand it back if one does not match).
+struct Check {
+    pieces: Vec<u32>,
+    piece: usize,
+    ino: u64,
+    offset: u64,
+}
+
+impl Check {
+    /// Whether every piece of `block` that bytes `lo..lo + len` lie in matches its CRC,
+    /// each taken just before the copy reads the same bytes (from this core's caches).
+    fn holds(&self, block: &[u8], lo: usize, len: usize) -> bool {
+        if len == 0 {
+            return true;
+        }
+        (lo / self.piece..=(lo + len - 1) / self.piece).all(|i| {
+            let start = i * self.piece;
+            let end = (start + self.piece).min(block.len());
+            self.pieces
+                .get(i)
+                .is_some_and(|&want| crc32fast::hash(&block[start..end]) == want)
+        })
+    }
+}
+
+/// Write a READ's answer (its pieces checked first, if it says so; a READ whose piece does
+/// not match goes back to Python as REREAD instead). Gives the buffer back to be let go
+/// with the GIL held.
+fn answer(job: Job, shared: &Shared) -> PyBuffer<u8> {
+    let Job {
+        reply,
+        data,
+        lo,
+        len,
+        check,
+    } = job;
+    let bytes = view(&data);
+    match check {
+        Some(c) if !c.holds(bytes, lo, len) => {
+            let args = [c.ino, c.offset, len as u64];
+            shared.push(Op::new(REREAD, Some(Pending::Data(reply)), args));
+        }
+        _ => reply.data(&bytes[lo..lo + len]),
+    }
+    data
+}
 
 struct Shared {
     queue: Mutex<Vec<Op>>,
@@ -522,6 +580,38 @@ impl Reply {
     fn wrong(what: &str) -> PyErr {
         PyValueError::new_err(format!("{what} does not answer this request"))
     }
+
+    /// A READ's answer: by a replying thread when large, else here.
+    fn send(
+        &self,
+        data: PyBuffer<u8>,
+        lo: usize,
+        len: usize,
+        check: Option<Check>,
+    ) -> PyResult<()> {
+        let reply = match self.take()? {
+            Pending::Data(r) => r,
+            other => return Err(Self::back(other, "data")),
+        };
+        let mut job = Job {
+            reply,
+            data,
+            lo,
+            len,
+            check,
+        };
+        if len >= INLINE_REPLY {
+            if let Some(tx) = lock(&self.shared.jobs).as_ref() {
+                // (a closed channel gives the job back: answered here instead)
+                match tx.send(job) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::SendError(back)) => job = back,
+                }
+            }
+        }
+        answer(job, &self.shared); // (its buffer let go here, with the GIL held)
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -564,25 +654,58 @@ impl Reply {
 
     /// The bytes of a READ: written by a replying thread (the buffer held until then)
     /// when large, else here.
-    fn data(&self, py: Python<'_>, data: PyBuffer<u8>) -> PyResult<()> {
+    fn data(&self, data: PyBuffer<u8>) -> PyResult<()> {
         if !data.is_c_contiguous() {
             return Err(PyValueError::new_err("data takes a contiguous buffer"));
         }
-        let r = match self.take()? {
-            Pending::Data(r) => r,
-            other => return Err(Self::back(other, "data")),
-        };
-        if data.len_bytes() >= INLINE_REPLY {
-            if let Some(tx) = lock(&self.shared.jobs).as_ref() {
-                // (a closed channel gives the job back: answered below instead)
-                if let Err(mpsc::SendError((r, data))) = tx.send((r, data)) {
-                    py.allow_threads(|| r.data(view(&data)));
-                }
-                return Ok(());
-            }
+        let len = data.len_bytes();
+        self.send(data, 0, len, None)
+    }
+
+    /// `size` bytes at `lo` of `block`, a block not checked whole since it was mapped:
+    /// written once each `piece` bytes of it that they lie in matches its CRC in `pieces`
+    /// (4 bytes each, big-endian, as a block file's trailer has them), by the thread that
+    /// copies them (their bytes then in its core's caches); a READ whose piece does not
+    /// match comes back from `Session.take` as (REREAD, reply, ino, offset, size).
+    #[allow(clippy::too_many_arguments)]
+    fn data_checked(
+        &self,
+        block: PyBuffer<u8>,
+        lo: usize,
+        size: usize,
+        pieces: &[u8],
+        piece: usize,
+        ino: u64,
+        offset: u64,
+    ) -> PyResult<()> {
+        if !block.is_c_contiguous() {
+            return Err(PyValueError::new_err(
+                "data_checked takes a contiguous buffer",
+            ));
         }
-        r.data(view(&data));
-        Ok(())
+        let n = block.len_bytes();
+        if piece == 0 || lo.checked_add(size).is_none_or(|end| end > n) {
+            return Err(PyValueError::new_err(format!(
+                "{size} bytes at {lo} of a block of {n} in pieces of {piece}"
+            )));
+        }
+        if !pieces.len().is_multiple_of(4) || pieces.len() / 4 < n.div_ceil(piece) {
+            return Err(PyValueError::new_err(format!(
+                "{} bytes of CRCs for {n} bytes in pieces of {piece}",
+                pieces.len()
+            )));
+        }
+        let pieces = pieces
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let check = Check {
+            pieces,
+            piece,
+            ino,
+            offset,
+        };
+        self.send(block, lo, size, Some(check))
     }
 
     /// The bytes of a READ written now, in the calling thread, without the GIL: for a
@@ -776,8 +899,8 @@ impl Session {
                 .name(format!("fuse-reply-{i}"))
                 .spawn(move || loop {
                     let job = lock(&rx).recv();
-                    let Ok((reply, data)) = job else { return };
-                    reply.data(view(&data));
+                    let Ok(job) = job else { return };
+                    let data = answer(job, &shared);
                     // let go of by the next `take` (the loop calls it at least once a
                     // second: a block's memory is not held on by a mount gone idle)
                     lock(&shared.done).push(data);
@@ -837,7 +960,7 @@ impl Session {
                         ],
                     )?
                 }
-                READ => PyTuple::new(
+                READ | REREAD => PyTuple::new(
                     py,
                     [
                         op.kind.into_pyobject(py)?.into_any(),
@@ -969,6 +1092,7 @@ fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LOOKUP", LOOKUP)?;
     m.add("GETATTR", GETATTR)?;
     m.add("READ", READ)?;
+    m.add("REREAD", REREAD)?;
     m.add("OPENDIR", OPENDIR)?;
     m.add("READDIR", READDIR)?;
     m.add("STATFS", STATFS)?;
