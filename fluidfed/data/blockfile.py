@@ -59,7 +59,10 @@ def _layout(path: str | Path, length: int, tail: blocks.Data) -> int:
         return length - _TRAILER.size
     if magic == _MAGIC_PIECES:  # size + 4 * ceil(size / CHECK_PIECE) bytes before the tail
         rest = length - _TRAILER.size
-        return rest - _PIECE_CRC.size * -(-rest // (CHECK_PIECE + _PIECE_CRC.size))
+        size = rest - _PIECE_CRC.size * -(-rest // (CHECK_PIECE + _PIECE_CRC.size))
+        if size < 0 or size + trailer_size(size) != length:  # (cut short, or grown)
+            raise CorruptBlock(f"{path}: {length} bytes is no block file's length")
+        return size
     raise CorruptBlock(f"{path}: not a block file (its trailer says {magic!r})")
 
 

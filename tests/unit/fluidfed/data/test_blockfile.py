@@ -555,3 +555,7 @@ def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path:
     Path(path).write_bytes(raw)
     with pytest.raises(CorruptBlock, match="not a block file"):
         map_block_file(path, lazy=True)
+    Path(path).write_bytes(b"x" + b"FFB2" + bytes(4))  # (no room for a piece's CRC)
+    for read in (map_block_file, read_block_file, read_block_file_direct):
+        with pytest.raises(CorruptBlock, match="no block file's length"):
+            read(path)
