@@ -403,12 +403,14 @@ class DatasetFS(pyfuse3.Operations):
         data = self.read_held(h, off, size)
         if data is None:
             data = await self.read_fetched(h, off, size)
-        try:
-            blockfile.check_whole(data)
-        except CorruptBlock:
-            await self.distrust(h, off)
-            data = await self.read_fetched(h, off, size)  # (checked whole: `distrust`)
-        return data
+        for _ in range(2):
+            try:
+                blockfile.check_whole(data)
+                return data
+            except CorruptBlock:
+                await self.distrust(h, off)
+                data = await self.read_fetched(h, off, size)
+        raise pyfuse3.FUSEError(errno.EIO)  # (read checked whole twice: not from its files)
 
     async def distrust(self, h: Handle, off: int) -> None:
         """The block that a READ at `off` lies in failed its check as it was answered from

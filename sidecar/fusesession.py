@@ -180,7 +180,7 @@ class NativeSession:
                         if not self._answer_read(reply, data, ino, off):
                             self._later(reply, self._read(reply, h, ino, off, size, again=True))
                     elif fs.givable(h, off, size):
-                        self._later(reply, self._give(reply, h, off, size))
+                        self._later(reply, self._give(reply, h, ino, off, size))
                     else:
                         self._later(reply, self._read(reply, h, ino, off, size))
                 elif kind == f.REREAD:  # its answer's block failed its check as it was sent
@@ -264,7 +264,7 @@ class NativeSession:
             reply.data_checked(block, lo, len(data), pieces, blockfile.CHECK_PIECE, ino, off)
         return True
 
-    async def _give(self, reply: Any, h: Handle, off: int, size: int) -> None:
+    async def _give(self, reply: Any, h: Handle, ino: int, off: int, size: int) -> None:
         """A small file's READ answered straight from its worker's block file on this node
         (`DatasetFS.give`), else read the usual way."""
         gave = False
@@ -277,11 +277,10 @@ class NativeSession:
 
         if await self.fs.give(h, write) or gave:
             return
-        data = await self.fs.read_fetched(h, off, size)
         # (a hand-off given up on, its thread still reading, may answer first: either
         # answer is the file's bytes, and the second one is refused)
         with contextlib.suppress(RuntimeError):
-            reply.data(data)
+            await self._read(reply, h, ino, off, size)
 
 
 def _cancelled(reply: Any, work: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:

@@ -71,8 +71,9 @@ class ReadStats:
     # a worker's block files on this node found damaged as they were read (the block then
     # asked of the worker, which drops the file and fetches it again)
     corrupt: int = 0
-    # READ answers from such a file that failed their pieces' check as they were sent, and
-    # were answered again (`distrust`)
+    # READ answers from such a file, mapped and not checked whole, that failed a check of
+    # their pieces as they were sent, or of the whole block before (a small READ, an answer
+    # across blocks, pyfuse3's session), and were answered again (`distrust`)
     reread: int = 0
 
 
@@ -195,21 +196,27 @@ class BlockReader:
         if key not in self._suspects:  # (its other READs under way fail too: said once)
             self.stats.corrupt += 1
             log.warning("block %d of %s: its worker's block file failed a check", index, ref.key)
-            if len(self._suspects) >= SUSPECTS_KEPT:
-                self._suspects.popitem(last=False)
+        self._suspect(key)
+        await self.store.discard(key)
+
+    def _suspect(self, key: str) -> None:
         self._suspects[key] = None
         self._suspects.move_to_end(key)
-        await self.store.discard(key)
+        if len(self._suspects) > SUSPECTS_KEPT:
+            self._suspects.popitem(last=False)
 
     async def checked(self, ref: FileRef, index: int, data: blocks.Data) -> blocks.Data:
         """`data`, block `index` of `ref`, checked whole if it was mapped unchecked (for
         any use but a READ's answer: `blockfile.check_whole`); if it fails, the block
-        read again (`distrust`)."""
-        try:
-            blockfile.check_whole(data)
-        except errors.CorruptBlock:
-            await self.distrust(ref, index)
-            return await self.block(ref, index)
+        read again (`distrust`), and checked again (CorruptBlock if that fails too)."""
+        for _ in range(2):
+            try:
+                blockfile.check_whole(data)
+                return data
+            except errors.CorruptBlock:
+                await self.distrust(ref, index)
+                data = await self.block(ref, index)
+        blockfile.check_whole(data)
         return data
 
     def can_push(self) -> bool:
@@ -561,16 +568,19 @@ class BlockReader:
         fresh: bool = False,
     ) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
-        with), or None: ask the worker. The worker hears of it in the next report. With
-        `then`, `then` gets the block (of `size` bytes) as `_give` reads it; without, the
-        block is mapped here if it is in the page cache, else read past it in a thread."""
+        with: whole, or, mapped, by the pieces each READ's answer covers as it is sent), or
+        None: ask the worker. The worker hears of it in the next report. With `then`,
+        `then` gets the block (of `size` bytes) as `_give` reads it; without, the block is
+        mapped here if it is in the page cache, else read past it in a thread. A block kept
+        on this sidecar's disk is checked whole before (it would be written unchecked)."""
         for d in self._dirs[worker]:
             path = blockfile.block_file(d, key)
             try:
                 if then is None:
                     # (a file not in the page cache read into a reused buffer; one in it
                     # mapped and checked as it is read, unless it failed that lately)
-                    take, lazy = self.conns.buffers.take, key not in self._suspects
+                    take = self.conns.buffers.take
+                    lazy = key not in self._suspects and not self.store.on_disk
                     data, crc = await blockfile.load_block_file(path, take, lazy=lazy)
                 else:
                     data, crc = await self._give(path, size, then)
@@ -579,6 +589,7 @@ class BlockReader:
             except errors.CorruptBlock:
                 if key not in self._suspects:  # (else counted when it failed as it was read)
                     self.stats.corrupt += 1
+                self._suspect(key)  # (not mapped unchecked when read again meanwhile)
                 return None  # the worker checks it, drops it and fetches it again
             except OSError as err:
                 if err.errno in errors.SCARCE:  # (this sidecar is short, not the files)

@@ -322,7 +322,7 @@ def give_block_file(path: str | Path, size: int, then: Callable[[memoryview], No
     and hand `then` a view of the data, valid only during the call (a consumer that copies
     it, as FUSE's notify_store does); returns the CRC. FileNotFoundError if it is gone,
     CorruptBlock if it is damaged or not `size` bytes long. Blocking, for a thread: one
-    read call and no allocation, where `read_block_file` makes five calls (each letting go
+    read call and no allocation, where `read_block_file` makes six calls (each letting go
     of the GIL and taking it again) and a new bytes object whose pages fault in afresh.
     Read past the page cache where the filesystem allows (`read_block_file_direct`): the
     caller reads files that are not in it."""
@@ -410,8 +410,10 @@ def map_block_file(
     design decisions").
 
     The mapping is faulted in before anything touches it, so an unreadable file is an
-    OSError here and never a SIGBUS later; after that only the kernel copies from it (FUSE
-    replies, writes), which fail with EFAULT rather than a signal. Workers replace block
+    OSError here and never a SIGBUS later; after that the kernel copies from it (FUSE
+    replies, writes), which fail with EFAULT rather than a signal, and the checks of a
+    `lazy` one fault the pages they read in again first (a page let go of and unreadable
+    is then an error too). Workers replace block
     files whole (rename) and never shorten one, so a mapped file does not shrink under its
     reader; an evicted (unlinked) file stays readable, and its disk space held, until the
     reader drops the mapping.
@@ -497,6 +499,11 @@ def check_whole(data: blocks.Data) -> None:
     if got is None:
         return
     m, u = got
+    try:  # (faulted in again first: a page let go of and unreadable is an error, not SIGBUS)
+        if u.size:
+            m.madvise(_POPULATE_READ, 0, u.size)
+    except OSError as err:
+        raise CorruptBlock(f"a block file mapped here cannot be read again: {err}") from err
     with memoryview(m) as whole, whole[: u.size] as block:
         if blocks.checksum(block) != u.crc:
             raise CorruptBlock("a block file mapped here: checksum mismatch")

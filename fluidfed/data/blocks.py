@@ -58,7 +58,11 @@ def piece_crcs(data: Data) -> bytes:
 
 
 def combined(pieces: Data, size: int) -> int:
-    """The CRC of a block of `size` bytes from its pieces' CRCs (`piece_crcs`)."""
+    """The CRC of a block of `size` bytes from its pieces' CRCs (`piece_crcs`); ValueError
+    if there are not as many as its pieces (zlib-ng's combine does not return given a
+    negative length)."""
+    if len(pieces) != PIECE_CRC.size * -(-size // CHECK_PIECE):
+        raise ValueError(f"{len(pieces)} bytes of CRCs for {size} bytes in pieces")
     crc = 0
     for i, (piece,) in enumerate(PIECE_CRC.iter_unpack(pieces)):
         crc = combine(crc, piece, min(CHECK_PIECE, size - i * CHECK_PIECE)) if i else piece

@@ -46,7 +46,7 @@ REGISTER = "/v1/workers"  # on the agent's API
 CHECKSUM = "X-Fluidfed-Checksum"
 CACHE = "X-Fluidfed-Cache"  # "hit" or "miss": where the worker found the block
 LOCAL = "X-Fluidfed-Local"  # short-circuit: the block file's path on the worker's machine
-LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has an 8-byte trailer)
+LENGTH = "X-Fluidfed-Length"  # ... and the block's length (the file has a trailer after it)
 # on a miss asked for with `BlockQuery.run`: how many blocks after it the worker read with
 # it for this reader (their first answers are misses too; an older worker says nothing)
 AHEAD = "X-Fluidfed-Ahead"

@@ -2,7 +2,7 @@
 
 New blocks go to the first tier; a tier past its high watermark moves its least recently
 used blocks down to the next tier (the last tier drops them) until it is back at its low
-watermark. Each block carries a CRC-32: on disk as an 8-byte trailer, checked when a block
+watermark. Each block carries a CRC-32: on disk in its trailer (`blockfile`), checked when a block
 is read whole, so a corrupt block, or one whose file cannot be read, is dropped and
 reported as a miss (the caller fetches it again); a block checked once can be sent from
 the page cache as it is (`open_verified`), its receiver checking the CRC end to end. Disk
@@ -237,6 +237,11 @@ class BlockStore:
                     await asyncio.to_thread(tier.unlink, gone)
         return self
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether a block put here may be written to a file (a disk tier)."""
+        return any(t.dir is not None for t in self._tiers)
+
     def __contains__(self, key: str) -> bool:
         return any(key in t.ledger for t in self._tiers)
 
@@ -313,7 +318,7 @@ class BlockStore:
     def locate(self, key: str, *, fresh: bool = False) -> tuple[str, int, int] | None:
         """(file path, data length, CRC) of a disk block whose CRC already held once, for a
         reader on the same machine to read itself (counted as a hit, or with `fresh` a
-        miss: `_hit`); None otherwise. The file is the data followed by an 8-byte trailer."""
+        miss: `_hit`); None otherwise. The file is the data followed by its trailer."""
         checked = self._checked(key)
         if checked is None:
             return None

@@ -145,17 +145,35 @@ struct Check {
 impl Check {
     /// Whether every piece of `block` that bytes `lo..lo + len` lie in matches its CRC,
     /// each taken just before the copy reads the same bytes (from this core's caches).
+    /// The block is a mapped file: its pages are faulted in first (MADV_POPULATE_READ), so
+    /// a page the kernel let go of and cannot read again fails the check (the READ is
+    /// answered from elsewhere) instead of raising SIGBUS in this thread.
     fn holds(&self, block: &[u8], lo: usize, len: usize) -> bool {
         if len == 0 {
             return true;
         }
-        (lo / self.piece..=(lo + len - 1) / self.piece).all(|i| {
-            let start = i * self.piece;
-            let end = (start + self.piece).min(block.len());
-            self.pieces
-                .get(i)
-                .is_some_and(|&want| crc32fast::hash(&block[start..end]) == want)
-        })
+        let first = lo / self.piece;
+        let last = (lo + len - 1) / self.piece;
+        let start = first * self.piece;
+        let end = ((last + 1) * self.piece).min(block.len());
+        // SAFETY: a range of the caller's mapping (`start` is a multiple of the piece, which
+        // the caller makes a multiple of the page, from the mapping's first byte); the call
+        // only faults pages in, and fails rather than signals
+        let faulted = unsafe {
+            libc::madvise(
+                block[start..end].as_ptr() as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        faulted == 0
+            && (first..=last).all(|i| {
+                let start = i * self.piece;
+                let end = (start + self.piece).min(block.len());
+                self.pieces
+                    .get(i)
+                    .is_some_and(|&want| crc32fast::hash(&block[start..end]) == want)
+            })
     }
 }
 
@@ -684,7 +702,11 @@ impl Reply {
             ));
         }
         let n = block.len_bytes();
-        if piece == 0 || lo.checked_add(size).is_none_or(|end| end > n) {
+        let page = 4096; // (the smallest page: a piece starts on a page of the mapping)
+        if piece == 0
+            || !piece.is_multiple_of(page)
+            || lo.checked_add(size).is_none_or(|end| end > n)
+        {
             return Err(PyValueError::new_err(format!(
                 "{size} bytes at {lo} of a block of {n} in pieces of {piece}"
             )));
