@@ -105,3 +105,5 @@ def test_a_received_blocks_pieces_are_noted_for_its_file_and_used_only_if_they_h
     small = os.urandom(blocks.CHECK_PIECE)
     assert blocks.pieces_of(small, 12345) == (12345).to_bytes(4, "big")
     assert blocks.pieces_of(b"", 0) == b""
+    with pytest.raises(ValueError, match="8 bytes of CRCs for 10 bytes"):
+        blocks.combined(bytes(8), 10)  # (two CRCs for one piece: refused, not combined)
