@@ -31,6 +31,7 @@ class Reply:
         piece: int,
         ino: int,
         offset: int,
+        fd: int,
     ) -> None: ...  # `size` bytes at `lo` of `block`, the pieces they lie in checked first
     def error(self, errno: int) -> None: ...
     def statfs(

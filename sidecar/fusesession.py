@@ -260,8 +260,9 @@ class NativeSession:
                 return False
             reply.data(data)
         else:
-            block, lo, pieces = span
-            reply.data_checked(block, lo, len(data), pieces, blockfile.CHECK_PIECE, ino, off)
+            block, lo, pieces, fd = span
+            piece = blockfile.CHECK_PIECE
+            reply.data_checked(block, lo, len(data), pieces, piece, ino, off, fd)
         return True
 
     async def _give(self, reply: Any, h: Handle, ino: int, off: int, size: int) -> None:

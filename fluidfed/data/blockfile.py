@@ -426,7 +426,7 @@ def map_block_file(
     make the block's CRC): its reader checks what it uses of it (`unchecked_span`,
     `check_whole`). An older file is checked here all the same."""
     global _can_map
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         length = _length(fd, path)
         if cached_only:
@@ -434,8 +434,13 @@ def map_block_file(
         if not _can_map:
             return read_block_file(path)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+        # (a lazy one's checks ask whether its pages are still in the page cache: the file
+        # stays open, as long as the mapping)
+        kept = os.dup(fd) if lazy else -1
     finally:
         os.close(fd)
+    if kept >= 0:
+        weakref.finalize(m, os.close, kept)
     try:
         m.madvise(_POPULATE_READ)
     except OSError as err:
@@ -451,7 +456,7 @@ def map_block_file(
         pieces = bytes(whole[size : -_TRAILER.size])
         if _combined(pieces, size) != crc:
             raise CorruptBlock(f"{path}: its pieces' checksums do not make the block's")
-        _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces)
+        _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces, kept)
         return data, crc
     return data, _check(path, data, whole[size:])
 
@@ -461,6 +466,7 @@ class _Unchecked(NamedTuple):
     size: int  # the block's bytes
     crc: int
     pieces: bytes  # their CRCs, as the trailer has them
+    fd: int  # the file, open while it is mapped
 
 
 # blocks mapped `lazy` and not checked whole since, by their mapping: an entry goes with
@@ -479,16 +485,17 @@ def _unchecked_of(data: object) -> tuple[mmap.mmap, _Unchecked] | None:
     return None if got is None else (m, got)
 
 
-def unchecked_span(data: blocks.Data) -> tuple[memoryview, int, bytes] | None:
+def unchecked_span(data: blocks.Data) -> tuple[memoryview, int, bytes, int] | None:
     """For a READ's answer that lies in a block mapped `lazy` and not checked whole:
     (the block, where the answer starts in it, its pieces' CRCs as the trailer has them,
-    CHECK_PIECE bytes each), for the thread that sends it to check what it covers. None
-    for any other answer (checked, or not a block file's)."""
+    CHECK_PIECE bytes each, the file open), for the thread that sends it to check what it
+    covers, once those pieces are in the page cache. None for any other answer (checked,
+    or not a block file's)."""
     got = _unchecked_of(data)
     if got is None:
         return None
     m, u = got
-    return memoryview(m)[: u.size], heap.address(data) - u.start, u.pieces
+    return memoryview(m)[: u.size], heap.address(data) - u.start, u.pieces, u.fd
 
 
 def check_whole(data: blocks.Data) -> None:

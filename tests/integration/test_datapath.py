@@ -519,14 +519,18 @@ def test_a_block_file_damaged_after_its_workers_check_is_caught_as_it_is_read(
     reader = sidecars(sidecar_config(mount, ws.urls()))
     read_all(reader.mountpoint, want)  # the worker keeps every block
     reader.stop()
+    damaged = written(tmp_path / "ssd", ws.procs[0])
+    for f in damaged:
+        f.read_bytes()  # (in the page cache now: mapped when read, not read past it)
 
     # a new reader learns where the worker's files lie (the worker checks what it points
-    # to), then every block file is damaged in place: one byte of its last piece, its
-    # trailer as the worker wrote it, the file in the page cache (so mapped when read)
+    # to) and reads the first file from them, mapped, every piece's check holding; then
+    # every block file is damaged in place: one byte of its last piece, its trailer as the
+    # worker wrote it
     sc = sidecars(sidecar_config(mount, ws.urls()))
     assert (sc.mountpoint / first).read_bytes() == want[first]
-    assert sc.status()["blocks"]["short_circuit"] > 0
-    damaged = written(tmp_path / "ssd", ws.procs[0])
+    got = sc.status()["blocks"]
+    assert got["short_circuit"] > 0 and got["reread"] == got["corrupt"] == 0
     for f in damaged:
         raw = f.read_bytes()
         size = blockfile.data_length(f, len(raw))

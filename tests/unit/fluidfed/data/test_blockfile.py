@@ -517,8 +517,9 @@ def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path:
     answer = memoryview(data)[piece + 7 : 2 * piece]
     span = blockfile.unchecked_span(answer)
     assert span is not None
-    block, lo, pieces = span
+    block, lo, pieces, fd = span
     assert bytes(block) == payload and lo == piece + 7 and pieces == blockfile.piece_crcs(payload)
+    assert os.path.samefile(f"/proc/self/fd/{fd}", path)  # (open as long as it is mapped)
     assert blockfile.unchecked_span(memoryview(payload)) is None  # (not a mapped block)
     assert blockfile.unchecked_span(read_block_file(path)[0]) is None
     blockfile.check_whole(answer)  # (a part names its block: checked whole)
@@ -536,7 +537,7 @@ def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path:
     data, _ = map_block_file(path, lazy=True)
     span = blockfile.unchecked_span(data[: 2 * piece])
     assert span is not None
-    block, lo, pieces = span
+    block, lo, pieces, _ = span
     assert [blocks.checksum(block[at : at + piece]) for at in range(0, len(block), piece)] != [
         int.from_bytes(pieces[i : i + 4], "big") for i in range(0, len(pieces), 4)
     ]
