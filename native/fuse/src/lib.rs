@@ -145,24 +145,18 @@ struct Check {
 
 /// cachestat(2)'s number where most architectures share a table (Linux 6.5); elsewhere
 /// the pages are faulted in instead.
-#[cfg(any(
+const SYS_CACHESTAT: Option<libc::c_long> = if cfg!(any(
     target_arch = "x86_64",
     target_arch = "aarch64",
     target_arch = "riscv64",
     target_arch = "powerpc64",
     target_arch = "s390x",
     target_arch = "loongarch64"
-))]
-const SYS_CACHESTAT: Option<libc::c_long> = Some(451);
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64",
-    target_arch = "powerpc64",
-    target_arch = "s390x",
-    target_arch = "loongarch64"
-)))]
-const SYS_CACHESTAT: Option<libc::c_long> = None;
+)) {
+    Some(451)
+} else {
+    None
+};
 
 /// Whether bytes `start..end` of the open file `fd` all lie in the page cache (so reading
 /// them through a mapping faults no disk read, and cannot raise SIGBUS), asked with
