@@ -422,9 +422,9 @@ def map_block_file(
     the file is not in the page cache, or not read yet (or the kernel cannot tell): the
     event loop maps files that are cached and hands the others to a thread.
 
-    With `lazy`, a file with its pieces' CRCs is not checked whole here (only that those
-    make the block's CRC): its reader checks what it uses of it (`unchecked_span`,
-    `check_whole`). An older file is checked here all the same."""
+    With `lazy`, a file with its pieces' CRCs and more than one piece is not checked whole
+    here (only that those make the block's CRC): its reader checks what it uses of it
+    (`unchecked_span`, `check_whole`). Any other file is checked here all the same."""
     global _can_map
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -435,7 +435,9 @@ def map_block_file(
             return read_block_file(path)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
         # (a lazy one's checks ask whether its pages are still in the page cache: the file
-        # stays open, as long as the mapping)
+        # stays open, as long as the mapping; so only a block of more than one piece is
+        # mapped lazily, a descriptor held per block a reader holds, not per small file)
+        lazy = lazy and length > CHECK_PIECE + trailer_size(CHECK_PIECE)
         kept = os.dup(fd) if lazy else -1
     finally:
         os.close(fd)

@@ -521,6 +521,9 @@ def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path:
     assert bytes(block) == payload and lo == piece + 7 and pieces == blockfile.piece_crcs(payload)
     assert os.path.samefile(f"/proc/self/fd/{fd}", path)  # (open as long as it is mapped)
     assert blockfile.unchecked_span(memoryview(payload)) is None  # (not a mapped block)
+    one = block_file(str(tmp_path), "b" * 32)  # (a block of one piece: checked at once)
+    write_block_file(one, payload[:piece], blocks.checksum(payload[:piece]))
+    assert blockfile.unchecked_span(map_block_file(one, lazy=True)[0]) is None
     assert blockfile.unchecked_span(read_block_file(path)[0]) is None
     blockfile.check_whole(answer)  # (a part names its block: checked whole)
     assert blockfile.unchecked_span(answer) is None and blockfile.unchecked_span(data) is None
