@@ -441,8 +441,8 @@ def map_block_file(
         kept = os.dup(fd) if lazy else -1
     finally:
         os.close(fd)
-    if kept >= 0:
-        weakref.finalize(m, os.close, kept)
+    if kept >= 0:  # (not at exit: a replying thread may still ask about it then)
+        weakref.finalize(m, os.close, kept).atexit = False
     try:
         m.madvise(_POPULATE_READ)
     except OSError as err:

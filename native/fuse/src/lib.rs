@@ -159,7 +159,8 @@ const SYS_CACHESTAT: Option<libc::c_long> = if cfg!(any(
 };
 
 /// Whether bytes `start..end` of the open file `fd` all lie in the page cache (so reading
-/// them through a mapping faults no disk read, and cannot raise SIGBUS), asked with
+/// them through a mapping faults no disk read: a page whose own read is under way or
+/// failed aside, or one evicted meanwhile, the window the check leaves), asked with
 /// cachestat, which takes no lock of this process's (faulting pages in takes the mmap
 /// lock the event loop's mappings take too: 0.05 CPU-s/GiB more). None where the kernel
 /// cannot say (no cachestat, or refused for this file).
@@ -194,7 +195,9 @@ fn in_page_cache(fd: i32, start: usize, end: usize) -> Option<bool> {
             0,
         )
     };
-    let pages = (end - start).div_ceil(4096) as u64;
+    // SAFETY: sysconf has no preconditions (the kernel's page: 4 KiB, or 16 or 64 KiB)
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let pages = ((end - 1) / page - start / page + 1) as u64;
     (r == 0).then_some(stat.cache >= pages)
 }
 
