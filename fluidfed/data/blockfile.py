@@ -412,11 +412,11 @@ def map_block_file(
     The mapping is faulted in before anything touches it, so an unreadable file is an
     OSError here and never a SIGBUS later; after that the kernel copies from it (FUSE
     replies, writes), which fail with EFAULT rather than a signal, and the checks of a
-    `lazy` one fault the pages they read in again first (a page let go of and unreadable
-    is then an error too). Workers replace block
-    files whole (rename) and never shorten one, so a mapped file does not shrink under its
-    reader; an evicted (unlinked) file stays readable, and its disk space held, until the
-    reader drops the mapping.
+    `lazy` one read only pages still in the page cache, or fault them in again first (a
+    page let go of and unreadable is then an error too). Workers replace block files whole
+    (rename) and never shorten one, so a mapped file does not shrink under its reader; an
+    evicted (unlinked) file stays readable, and its disk space held, until the reader
+    drops the mapping.
 
     With `cached_only`, NotCached is raised instead of waiting for the disk when a page of
     the file is not in the page cache, or not read yet (or the kernel cannot tell): the
@@ -427,40 +427,40 @@ def map_block_file(
     (`unchecked_span`, `check_whole`). Any other file is checked here all the same."""
     global _can_map
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
+    kept = False  # the file stays open while it is mapped (a lazy one's checks ask whether
+    try:  # its pages are still in the page cache), else it is closed here
         length = _length(fd, path)
         if cached_only:
             _probe(fd, length)
         if not _can_map:
             return read_block_file(path)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
-        # (a lazy one's checks ask whether its pages are still in the page cache: the file
-        # stays open, as long as the mapping; so only a block of more than one piece is
-        # mapped lazily, a descriptor held per block a reader holds, not per small file)
-        lazy = lazy and length > CHECK_PIECE + trailer_size(CHECK_PIECE)
-        kept = os.dup(fd) if lazy else -1
+        try:
+            m.madvise(_POPULATE_READ)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            _can_map = False  # before Linux 5.14
+            return read_block_file(path)
+        whole = memoryview(m)
+        size = _layout(path, length, whole[-_TRAILER.size :])
+        data = whole[:size]
+        # (only a block of more than one piece is mapped lazily: a one-piece block's check
+        # gains nothing from it)
+        if lazy and size > CHECK_PIECE and whole[-_TRAILER.size : -4] == _MAGIC_PIECES:
+            (crc,) = _PIECE_CRC.unpack(whole[-4:])
+            pieces = bytes(whole[size : -_TRAILER.size])
+            if _combined(pieces, size) != crc:
+                raise CorruptBlock(f"{path}: its pieces' checksums do not make the block's")
+            # (not closed at exit: a replying thread may still ask about it then)
+            weakref.finalize(m, os.close, fd).atexit = False
+            kept = True
+            _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces, fd)
+            return data, crc
+        return data, _check(path, data, whole[size:])
     finally:
-        os.close(fd)
-    if kept >= 0:  # (not at exit: a replying thread may still ask about it then)
-        weakref.finalize(m, os.close, kept).atexit = False
-    try:
-        m.madvise(_POPULATE_READ)
-    except OSError as err:
-        if err.errno != errno.EINVAL:
-            raise
-        _can_map = False  # before Linux 5.14
-        return read_block_file(path)
-    whole = memoryview(m)
-    size = _layout(path, length, whole[-_TRAILER.size :])
-    data = whole[:size]
-    if lazy and whole[-_TRAILER.size : -4] == _MAGIC_PIECES:
-        (crc,) = _PIECE_CRC.unpack(whole[-4:])
-        pieces = bytes(whole[size : -_TRAILER.size])
-        if _combined(pieces, size) != crc:
-            raise CorruptBlock(f"{path}: its pieces' checksums do not make the block's")
-        _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces, kept)
-        return data, crc
-    return data, _check(path, data, whole[size:])
+        if not kept:
+            os.close(fd)
 
 
 class _Unchecked(NamedTuple):

@@ -525,6 +525,12 @@ def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path:
     write_block_file(one, payload[:piece], blocks.checksum(payload[:piece]))
     assert blockfile.unchecked_span(map_block_file(one, lazy=True)[0]) is None
     assert blockfile.unchecked_span(read_block_file(path)[0]) is None
+    older = block_file(str(tmp_path), "c" * 32)  # (an older file: no pieces' CRCs)
+    _old_block_file(older, payload)
+    fds = len(os.listdir("/proc/self/fd"))
+    kept = map_block_file(older, lazy=True)[0]  # checked whole, as before
+    assert blockfile.unchecked_span(kept) is None
+    assert len(os.listdir("/proc/self/fd")) == fds + 1  # (mmap's own; none kept for it)
     blockfile.check_whole(answer)  # (a part names its block: checked whole)
     assert blockfile.unchecked_span(answer) is None and blockfile.unchecked_span(data) is None
 
