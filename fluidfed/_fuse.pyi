@@ -2,6 +2,7 @@
 kernel's requests read, and large READ answers written, by threads of its own; the answers
 decided in Python (sidecar/fusesession.py)."""
 
+import mmap
 from typing import Any
 
 LOOKUP: int
@@ -15,6 +16,16 @@ FORGET: int
 
 # (ino, mode, nlink, size, blocks, mtime_ns, blksize, uid, gid)
 Attrs = tuple[int, int, int, int, int, int, int, int, int]
+
+def pieces_hold(
+    block: bytes | bytearray | memoryview | mmap.mmap,
+    lo: int,
+    size: int,
+    pieces: bytes,
+    piece: int,
+    fd: int,
+) -> bool: ...  # the replying threads' check of `size` bytes at `lo` (data_checked's)
+def cachestat_refused() -> bool: ...  # (then the pieces are faulted in before the check)
 
 class Reply:
     def entry(self, attrs: Attrs, entry_ttl: float, attr_ttl: float) -> None: ...

@@ -408,13 +408,16 @@ class DatasetFS(pyfuse3.Operations):
                 blockfile.check_whole(data)
                 return data
             except CorruptBlock:
-                await self.distrust(h, off)
+                await self.distrust(h, off, len(data))
                 data = await self.read_fetched(h, off, size)
         raise pyfuse3.FUSEError(errno.EIO)  # (read checked whole twice: not from its files)
 
-    async def distrust(self, h: Handle, off: int) -> None:
+    async def distrust(self, h: Handle, off: int, unserved: int) -> None:
         """The block that a READ at `off` lies in failed its check as it was answered from
-        a worker's file: let go of it, and take it checked whole when it is next read."""
+        a worker's file: let go of it, and take it checked whole when it is next read.
+        `unserved`: the bytes of that answer, counted as served and not served after all
+        (the READ is answered again)."""
+        self.bytes_served -= unserved
         await self.reader.distrust(h.ref, off // self.block_size)
 
     def _follow(self, h: Handle, idx: range) -> None:

@@ -58,6 +58,8 @@ class Session(Protocol):
     def invalidate_inode(self, inode: int) -> None: ...  # blocking: for a thread
     def invalidate_entry(self, parent: int, name: bytes) -> None: ...  # blocking: a thread
     def requests(self) -> dict[str, int]: ...  # the kernel's requests so far, by kind
+    # whether the replying threads, refused cachestat, fault in the pieces they check
+    def cachestat_refused(self) -> bool: ...
 
     opens: str  # who answers opens: "kernel" (no message), "session", "pyfuse3"
 
@@ -127,6 +129,9 @@ class NativeSession:
     def requests(self) -> dict[str, int]:
         return dict(self._s.requests())
 
+    def cachestat_refused(self) -> bool:
+        return bool(self._fuse.cachestat_refused())
+
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
@@ -178,7 +183,8 @@ class NativeSession:
                     data = fs.read_held(h, off, size)
                     if data is not None:
                         if not self._answer_read(reply, data, ino, off):
-                            self._later(reply, self._read(reply, h, ino, off, size, again=True))
+                            failed = len(data)
+                            self._later(reply, self._read(reply, h, ino, off, size, failed))
                     elif fs.givable(h, off, size):
                         self._later(reply, self._give(reply, h, ino, off, size))
                     else:
@@ -186,7 +192,7 @@ class NativeSession:
                 elif kind == f.REREAD:  # its answer's block failed its check as it was sent
                     ino, off, size = req[2], req[3], req[4]
                     h = fs.stream(ino, off)
-                    self._later(reply, self._read(reply, h, ino, off, size, again=True))
+                    self._later(reply, self._read(reply, h, ino, off, size, size))
                 elif kind == f.LOOKUP:
                     reply.entry(fs.entry(fs.lookup_path(req[2], req[3])), ttl, ttl)
                 elif kind == f.GETATTR:
@@ -230,17 +236,18 @@ class NativeSession:
             _fail(reply, errno.EIO)
 
     async def _read(
-        self, reply: Any, h: Handle, ino: int, off: int, size: int, *, again: bool = False
+        self, reply: Any, h: Handle, ino: int, off: int, size: int, failed: int | None = None
     ) -> None:
-        """Answer a READ from blocks fetched if need be; `again`: its block, mapped from a
-        worker's file, failed its check as it was answered (let go of, then read checked
-        whole: `DatasetFS.distrust`)."""
+        """Answer a READ from blocks fetched if need be; `failed`: the bytes of an answer
+        to it whose block, mapped from a worker's file, failed its check as it was
+        answered (let go of, then read checked whole: `DatasetFS.distrust`)."""
         for _ in range(2):
-            if again:
-                await self.fs.distrust(h, off)
-            if self._answer_read(reply, await self.fs.read_fetched(h, off, size), ino, off):
+            if failed is not None:
+                await self.fs.distrust(h, off, failed)
+            data = await self.fs.read_fetched(h, off, size)
+            if self._answer_read(reply, data, ino, off):
                 return
-            again = True
+            failed = len(data)
         raise pyfuse3.FUSEError(errno.EIO)  # (a block checked whole cannot fail this way)
 
     @staticmethod
@@ -326,6 +333,9 @@ class Pyfuse3Session:
 
     def requests(self) -> dict[str, int]:
         return {}  # (pyfuse3 counts none)
+
+    def cachestat_refused(self) -> bool:
+        return False  # (its answers are checked whole on the event loop)
 
     def invalidate_entry(self, parent: int, name: bytes) -> None:
         pyfuse3.invalidate_entry(pyfuse3.InodeT(parent), pyfuse3.FileNameT(name))

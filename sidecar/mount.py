@@ -275,10 +275,14 @@ class Sidecar:
             "bytes": self.tree.total_bytes(),
             "workers": r.workers if r else [],
             "reads": self.fs.reads if self.fs else 0,
+            "bytes_read": self.fs.bytes_served if self.fs else 0,
             "fuse_opens": self.fuse.opens if self.fuse else "",
             "fuse_requests": self.fuse.requests() if self.fuse else {},
             "read_errors": self.fs.read_errors if self.fs else 0,
             "blocks": r.stats.__dict__ if r else {},
+            # the native session's replying threads could not ask which pages of a mapped
+            # worker's file are in the page cache: they fault in what they check instead
+            "cachestat_refused": self.fuse.cachestat_refused() if self.fuse else False,
             "cache": r.store.describe() if r else {},
             "heap_arenas": heap.arenas(),
             "listing_error": self.listing_error,

@@ -541,9 +541,14 @@ def test_a_block_file_damaged_after_its_workers_check_is_caught_as_it_is_read(
             os.close(fd)
 
     assert (sc.mountpoint / second).read_bytes() == want[second]
-    got = sc.status()["blocks"]
+    status = sc.status()
+    got = status["blocks"]
     assert got["reread"] >= 1  # caught as it was read, not when it was mapped
     assert 1 <= got["corrupt"] <= len(damaged)
+    # an answer that failed its check and was sent again counts once; the pieces' pages
+    # were asked of the page cache (cachestat), not faulted in
+    assert status["bytes_read"] == len(want[first]) + len(want[second])
+    assert status["cachestat_refused"] is False
     # small files (one block) too: handed to the kernel from their checked file, or read
     # the usual way once that check fails, never from the damaged file unchecked
     small = [k for k, v in want.items() if 0 < len(v) <= BLOCK][:20]

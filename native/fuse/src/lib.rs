@@ -163,8 +163,14 @@ const SYS_CACHESTAT: Option<libc::c_long> = if cfg!(any(
 /// failed aside, or one evicted meanwhile, the window the check leaves), asked with
 /// cachestat, which takes no lock of this process's (faulting pages in takes the mmap
 /// lock the event loop's mappings take too: 0.05 CPU-s/GiB more). None where the kernel
-/// cannot say (no cachestat, or refused for this file).
+/// cannot say: no cachestat (ENOSYS: an older kernel, or a seccomp profile), or refused
+/// (EPERM: Linux 6.14 and later, for a file the caller may neither write nor own); either
+/// is remembered and not asked again, since a sidecar's mapped files all come from one
+/// worker's tier, with one owner and mode.
 fn in_page_cache(fd: i32, start: usize, end: usize) -> Option<bool> {
+    if CACHESTAT_REFUSED.load(Ordering::Relaxed) {
+        return None;
+    }
     #[repr(C)]
     struct Range {
         off: u64,
@@ -195,13 +201,63 @@ fn in_page_cache(fd: i32, start: usize, end: usize) -> Option<bool> {
             0,
         )
     };
+    if r != 0 {
+        let refused = io::Error::last_os_error().raw_os_error();
+        if matches!(refused, Some(libc::ENOSYS | libc::EPERM)) {
+            CACHESTAT_REFUSED.store(true, Ordering::Relaxed);
+        }
+        return None;
+    }
     // SAFETY: sysconf has no preconditions (the kernel's page: 4 KiB, or 16 or 64 KiB)
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
     let pages = ((end - 1) / page - start / page + 1) as u64;
-    (r == 0).then_some(stat.cache >= pages)
+    Some(stat.cache >= pages)
 }
 
+/// Set once cachestat was refused (`in_page_cache`): the pages are faulted in instead.
+static CACHESTAT_REFUSED: AtomicBool = AtomicBool::new(false);
+
 impl Check {
+    /// The check of `size` bytes at `lo` of a mapped block of `n` bytes, whose pieces of
+    /// `piece` bytes have the CRCs `pieces` (4 bytes each, big-endian, as its trailer has
+    /// them), the file open as `fd`, for the READ at (ino, offset).
+    fn new(
+        n: usize,
+        lo: usize,
+        size: usize,
+        pieces: &[u8],
+        piece: usize,
+        fd: i32,
+        (ino, offset): (u64, u64),
+    ) -> PyResult<Self> {
+        let page = 4096; // (the smallest page: a piece starts on a page of the mapping)
+        if piece == 0
+            || !piece.is_multiple_of(page)
+            || lo.checked_add(size).is_none_or(|end| end > n)
+        {
+            return Err(PyValueError::new_err(format!(
+                "{size} bytes at {lo} of a block of {n} in pieces of {piece}"
+            )));
+        }
+        if !pieces.len().is_multiple_of(4) || pieces.len() / 4 < n.div_ceil(piece) {
+            return Err(PyValueError::new_err(format!(
+                "{} bytes of CRCs for {n} bytes in pieces of {piece}",
+                pieces.len()
+            )));
+        }
+        let pieces = pieces
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Check {
+            pieces,
+            piece,
+            ino,
+            offset,
+            fd,
+        })
+    }
+
     /// Whether every piece of `block` that bytes `lo..lo + len` lie in matches its CRC,
     /// each taken just before the copy reads the same bytes (from this core's caches).
     /// The block is a mapped file: its pages must all lie in the page cache first (else
@@ -766,33 +822,15 @@ impl Reply {
                 "data_checked takes a contiguous buffer",
             ));
         }
-        let n = block.len_bytes();
-        let page = 4096; // (the smallest page: a piece starts on a page of the mapping)
-        if piece == 0
-            || !piece.is_multiple_of(page)
-            || lo.checked_add(size).is_none_or(|end| end > n)
-        {
-            return Err(PyValueError::new_err(format!(
-                "{size} bytes at {lo} of a block of {n} in pieces of {piece}"
-            )));
-        }
-        if !pieces.len().is_multiple_of(4) || pieces.len() / 4 < n.div_ceil(piece) {
-            return Err(PyValueError::new_err(format!(
-                "{} bytes of CRCs for {n} bytes in pieces of {piece}",
-                pieces.len()
-            )));
-        }
-        let pieces = pieces
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let check = Check {
+        let check = Check::new(
+            block.len_bytes(),
+            lo,
+            size,
             pieces,
             piece,
-            ino,
-            offset,
             fd,
-        };
+            (ino, offset),
+        )?;
         self.send(block, lo, size, Some(check))
     }
 
@@ -1173,8 +1211,41 @@ impl Session {
     }
 }
 
+/// Whether `size` bytes at `lo` of a mapped block file pass the check a replying thread
+/// makes before it answers a READ with them (`Reply.data_checked`): the pieces they lie
+/// in in the page cache (or faulted in, where the kernel cannot say) and matching their
+/// CRCs. The same code, for tests and tools.
+#[pyfunction]
+fn pieces_hold(
+    py: Python<'_>,
+    block: PyBuffer<u8>,
+    lo: usize,
+    size: usize,
+    pieces: &[u8],
+    piece: usize,
+    fd: i32,
+) -> PyResult<bool> {
+    if !block.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "pieces_hold takes a contiguous buffer",
+        ));
+    }
+    let check = Check::new(block.len_bytes(), lo, size, pieces, piece, fd, (0, 0))?;
+    let bytes = view(&block);
+    Ok(py.allow_threads(|| check.holds(bytes, lo, size)))
+}
+
+/// Whether the kernel refused cachestat to this process (so the pieces a READ's answer
+/// covers are faulted in before their check, which costs the event loop's mappings).
+#[pyfunction]
+fn cachestat_refused() -> bool {
+    CACHESTAT_REFUSED.load(Ordering::Relaxed)
+}
+
 #[pymodule]
 fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(pieces_hold, m)?)?;
+    m.add_function(wrap_pyfunction!(cachestat_refused, m)?)?;
     m.add_class::<Session>()?;
     m.add_class::<Reply>()?;
     m.add("LOOKUP", LOOKUP)?;
