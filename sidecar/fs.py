@@ -65,6 +65,7 @@ class Handle:
     inode: int
     last_block: int = -1
     streak: int = 0  # reads in a row at or just after the last block: a sequential reader
+    ahead: int = 0  # the blocks before this one were asked for ahead of it already
 
 
 def _pyfuse3_store(inode: int, data: blocks.Data) -> None:
@@ -428,14 +429,19 @@ class DatasetFS(pyfuse3.Operations):
         first, last = idx[0], idx[-1]
         if first == 0 or h.last_block - 1 <= first <= h.last_block + 2:
             h.streak += 1
+            if first == 0 and h.last_block > 1:
+                h.ahead = 0  # (back to the start: the blocks ahead are asked for again)
         else:
-            h.streak = 0
+            h.streak = h.ahead = 0
         h.last_block = max(h.last_block, last) if h.streak else last
         if h.streak and self.readahead:
-            count = blocks.block_count(h.ref.size, self.block_size)
-            end = min(last + 1 + self.readahead, count)
-            if last + 1 < end:
-                self.reader.prefetch(h.ref, range(last + 1, end))
+            # (only blocks not asked for ahead of this reader before: each block's READs,
+            # four for a block of 4 MiB, would look up the same ones again)
+            end = min(last + 1 + self.readahead, blocks.block_count(h.ref.size, self.block_size))
+            start = max(last + 1, h.ahead)
+            if start < end:
+                self.reader.prefetch(h.ref, range(start, end))
+                h.ahead = end
 
     async def _fetch(self, h: Handle, idx: range, lo: int, size: int) -> Any:
         ref, first = h.ref, idx[0]

@@ -13,6 +13,7 @@ Pure: no I/O here. `fluidfed.data.store` keeps blocks in memory and on disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import struct
 import threading
@@ -114,6 +115,9 @@ def pieces_of(data: Data, crc: int) -> bytes:
 Data = bytes | memoryview
 
 
+# (a sequential reader's READs and its read-ahead name each block several times: a
+# blake2b and its string each time cost ~1.5 µs, a lookup here ~0.1)
+@functools.lru_cache(maxsize=4096)
 def block_key(
     dataset: str, mount: int, path: str, version: str, block_size: int, index: int
 ) -> str:

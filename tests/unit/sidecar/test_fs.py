@@ -148,3 +148,38 @@ def test_the_kernel_opens_files_itself_only_where_that_cannot_deadlock(
     monkeypatch.setenv("FLUIDFED_FUSE_OPENS", "sometimes")
     with pytest.raises(ValueError, match="auto, kernel, session"):
         fusesession.kernel_opens()
+
+
+async def test_a_sequential_reader_asks_for_each_block_ahead_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel's READs of a sequential reader (1 MiB each, four to a 4 MiB block) ask
+    for the `readahead` blocks after theirs, each once: not looked up again at every READ.
+    A reader that goes back (a second epoch from the start) asks for them all again."""
+    fs = await _fs()
+    bs, ahead = fs.block_size, fs.readahead
+    asked: list[range] = []
+    monkeypatch.setattr(fs.reader, "prefetch", lambda ref, indices: asked.append(indices))
+    fs.tree.update({"f": _file("1", size=20 * bs)})
+    ino = fs.entry("f")[0]
+    mib = 2**20
+
+    def read(off: int) -> None:
+        h = fs.stream(ino, off)
+        fs._follow(h, range(off // bs, (off + mib - 1) // bs + 1))
+
+    for off in range(0, 8 * bs, mib):  # the first 8 blocks, 1 MiB at a time
+        read(off)
+    wanted = [i for r in asked for i in r]
+    assert wanted == list(range(1, 8 + ahead))  # each block after the first, once
+    # slightly out of order (the kernel's read-ahead): nothing new, nothing twice
+    read(7 * bs - mib)
+    assert [i for r in asked for i in r] == wanted
+    # to the end: nothing past the file's last block
+    for off in range(8 * bs, 20 * bs, mib):
+        read(off)
+    assert [i for r in asked for i in r] == list(range(1, 20))
+    asked.clear()
+    for off in range(0, 2 * bs, mib):  # a second epoch, from the start
+        read(off)
+    assert [i for r in asked for i in r] == list(range(1, 2 + ahead))
