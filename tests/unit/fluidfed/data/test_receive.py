@@ -1,9 +1,17 @@
-"""Which block buffers `receive.Buffers` uses again: only those nothing else holds."""
+"""Which block buffers `receive.Buffers` uses again: only those nothing else holds; and
+a block's answer received over a real loopback TCP connection."""
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+
+import pytest
+
 from devkit import testing
-from fluidfed.data import heap, receive
+from fluidfed.data import blocks, heap, receive
 
 
 def test_a_buffer_still_viewed_is_never_handed_out_again() -> None:
@@ -77,3 +85,45 @@ def test_block_buffers_of_a_huge_page_or_more_start_on_one_and_ask_for_huge_page
     received = bufs.take(2 * heap.HUGE)  # a block received: one mapping, all of it asked
     if testing.HAS_THP:
         assert "hg" in testing.vm_flags(heap.address(received) + 2 * heap.HUGE - 1)
+
+
+@pytest.mark.parametrize("sizes", [(4 * 2**20 + 5,), (2 * 2**20, 3 * blocks.CHECK_PIECE)])
+def test_a_body_over_plain_tcp_comes_whole_with_its_crc_and_pieces(
+    sizes: tuple[int, ...],
+) -> None:
+    """Over plain TCP a body is received a mark (WAKE_EVERY) at a time into its buffers
+    (one per part): every part's bytes and CRC are its own, and so are the pieces' CRCs
+    noted for its block file, whatever the sender's pace."""
+    bodies = [os.urandom(n) for n in sizes]
+    body = b"".join(bodies)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+
+    def answer() -> None:
+        peer.recv(4096)  # the request
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:100])
+        for at in range(100, len(body), 300_000):  # (unevenly, with pauses)
+            time.sleep(0.002)
+            peer.sendall(body[at : at + 300_000])
+
+    sender = threading.Thread(target=answer)
+    sender.start()
+    try:
+        got, _ = receive._exchange_on(
+            client,
+            b"GET / HTTP/1.1\r\n\r\n",
+            time.monotonic() + 10,
+            True,
+            receive.Buffers(),
+            sizes if len(sizes) > 1 else (),
+        )
+    finally:
+        sender.join()
+        client.close()
+        peer.close()
+    parts = [(got.body, got.crc), *got.rest]
+    assert [bytes(p) for p, _ in parts] == bodies
+    for (part, crc), want in zip(parts, bodies, strict=True):
+        assert crc == blocks.checksum(want)
+        assert blocks.pieces_of(part, crc) == blocks.piece_crcs(want)
