@@ -384,14 +384,21 @@ class DatasetFS(pyfuse3.Operations):
             if held is not None:
                 self.bytes_served += min(size, len(held) - lo)
                 return memoryview(held)[lo : lo + size]
+        # (not held: what was asked for ahead of it may have failed, or been let go of
+        # before it was read; the next READ asks for the blocks after it again)
+        h.ahead = min(h.ahead, idx[-1] + 1)
         return None
 
-    async def read_fetched(self, h: Handle, off: int, size: int) -> Any:
+    async def read_fetched(self, h: Handle, off: int, size: int, *, again: bool = False) -> Any:
+        """The answer to a READ whose bytes were not at hand. `again`: its earlier answer
+        failed its check as it was sent (counted then: its bytes are not counted twice,
+        `bytes_served` only grows, as the counter it feeds must)."""
         idx = blocks.blocks_for(off, size, h.ref.size, self.block_size)
         lo = off - idx[0] * self.block_size
         started = time.perf_counter()
         data = await self._fetch(h, idx, lo, size)
-        self.bytes_served += len(data)
+        if not again:
+            self.bytes_served += len(data)
         if self.on_read is not None:
             self.on_read(time.perf_counter() - started)
         return data
@@ -409,16 +416,13 @@ class DatasetFS(pyfuse3.Operations):
                 blockfile.check_whole(data)
                 return data
             except CorruptBlock:
-                await self.distrust(h, off, len(data))
-                data = await self.read_fetched(h, off, size)
+                await self.distrust(h, off)
+                data = await self.read_fetched(h, off, size, again=True)
         raise pyfuse3.FUSEError(errno.EIO)  # (read checked whole twice: not from its files)
 
-    async def distrust(self, h: Handle, off: int, unserved: int) -> None:
+    async def distrust(self, h: Handle, off: int) -> None:
         """The block that a READ at `off` lies in failed its check as it was answered from
-        a worker's file: let go of it, and take it checked whole when it is next read.
-        `unserved`: the bytes of that answer, counted as served and not served after all
-        (the READ is answered again)."""
-        self.bytes_served -= unserved
+        a worker's file: let go of it, and take it checked whole when it is next read."""
         await self.reader.distrust(h.ref, off // self.block_size)
 
     def _follow(self, h: Handle, idx: range) -> None:
@@ -429,8 +433,8 @@ class DatasetFS(pyfuse3.Operations):
         first, last = idx[0], idx[-1]
         if first == 0 or h.last_block - 1 <= first <= h.last_block + 2:
             h.streak += 1
-            if first == 0 and h.last_block > 1:
-                h.ahead = 0  # (back to the start: the blocks ahead are asked for again)
+            if first == 0 and h.last_block > 1:  # back to the start (a handle of
+                h.last_block, h.ahead = 0, 0  # pyfuse3's): the blocks ahead asked for again
         else:
             h.streak = h.ahead = 0
         h.last_block = max(h.last_block, last) if h.streak else last

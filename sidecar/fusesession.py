@@ -183,8 +183,7 @@ class NativeSession:
                     data = fs.read_held(h, off, size)
                     if data is not None:
                         if not self._answer_read(reply, data, ino, off):
-                            failed = len(data)
-                            self._later(reply, self._read(reply, h, ino, off, size, failed))
+                            self._later(reply, self._read(reply, h, ino, off, size, again=True))
                     elif fs.givable(h, off, size):
                         self._later(reply, self._give(reply, h, ino, off, size))
                     else:
@@ -192,7 +191,7 @@ class NativeSession:
                 elif kind == f.REREAD:  # its answer's block failed its check as it was sent
                     ino, off, size = req[2], req[3], req[4]
                     h = fs.stream(ino, off)
-                    self._later(reply, self._read(reply, h, ino, off, size, size))
+                    self._later(reply, self._read(reply, h, ino, off, size, again=True))
                 elif kind == f.LOOKUP:
                     reply.entry(fs.entry(fs.lookup_path(req[2], req[3])), ttl, ttl)
                 elif kind == f.GETATTR:
@@ -236,18 +235,18 @@ class NativeSession:
             _fail(reply, errno.EIO)
 
     async def _read(
-        self, reply: Any, h: Handle, ino: int, off: int, size: int, failed: int | None = None
+        self, reply: Any, h: Handle, ino: int, off: int, size: int, *, again: bool = False
     ) -> None:
-        """Answer a READ from blocks fetched if need be; `failed`: the bytes of an answer
-        to it whose block, mapped from a worker's file, failed its check as it was
-        answered (let go of, then read checked whole: `DatasetFS.distrust`)."""
+        """Answer a READ from blocks fetched if need be; `again`: its block, mapped from a
+        worker's file, failed its check as it was answered (let go of, then read checked
+        whole: `DatasetFS.distrust`; the answer's bytes were counted then)."""
         for _ in range(2):
-            if failed is not None:
-                await self.fs.distrust(h, off, failed)
-            data = await self.fs.read_fetched(h, off, size)
+            if again:
+                await self.fs.distrust(h, off)
+            data = await self.fs.read_fetched(h, off, size, again=again)
             if self._answer_read(reply, data, ino, off):
                 return
-            failed = len(data)
+            again = True
         raise pyfuse3.FUSEError(errno.EIO)  # (a block checked whole cannot fail this way)
 
     @staticmethod

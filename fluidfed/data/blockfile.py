@@ -427,8 +427,11 @@ def map_block_file(
     (`unchecked_span`, `check_whole`). Any other file is checked here all the same."""
     global _can_map
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    kept = False  # the file stays open while it is mapped (a lazy one's checks ask whether
-    try:  # its pages are still in the page cache), else it is closed here
+    # (a lazy one's checks ask whether its pages are still in the page cache: it keeps
+    # `fd` open while it is mapped, besides the duplicate Python's mmap keeps of any file
+    # it maps; for any other, `fd` is closed here)
+    kept = False
+    try:
         length = _length(fd, path)
         if cached_only:
             _probe(fd, length)

@@ -183,3 +183,20 @@ async def test_a_sequential_reader_asks_for_each_block_ahead_once(
     for off in range(0, 2 * bs, mib):  # a second epoch, from the start
         read(off)
     assert [i for r in asked for i in r] == list(range(1, 2 + ahead))
+
+    # a READ whose block is not held (its read-ahead failed, or the block was let go of
+    # before it was read): the blocks after it are asked for again (those held or on
+    # their way are skipped by `prefetch` itself)
+    asked.clear()
+    h = fs.stream(ino, 2 * bs)
+    assert fs.read_held(h, 2 * bs, mib) is None  # (nothing is held here; asks for 6)
+    read(2 * bs + mib)
+    assert [i for r in asked for i in r] == [2 + ahead, *range(3, 3 + ahead)]
+
+    # a handle of pyfuse3's session (one per open) going back to the start: asked for
+    # again once, not at each READ of the first block
+    asked.clear()
+    opened = fs_module.Handle(_file("1", size=20 * bs), ino)
+    for i in [*range(10), 0, 0, 0]:
+        fs._follow(opened, range(i, i + 1))
+    assert [i for r in asked for i in r] == [*range(1, 10 + ahead), *range(1, 1 + ahead)]

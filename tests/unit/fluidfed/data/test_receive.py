@@ -99,6 +99,7 @@ def test_a_body_over_plain_tcp_comes_whole_with_its_crc_and_pieces(
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname())
         peer, _ = server.accept()
+    peer.settimeout(10)  # (the sender gives up if no request comes: no hang)
 
     def answer() -> None:
         peer.recv(4096)  # the request
