@@ -17,6 +17,9 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              counted), the block files dropped from the page cache (short-circuit reads)
     cached   the same with the block files read into the page cache first (the fill
              writes blocks of 1 MiB or more past it)
+    second   `dropped`, then read once by another sidecar on this node before the one
+             measured (the page cache as that tree's sidecar leaves a file it read from
+             the disk: a second epoch on the node)
     served   the same read over HTTP (a sidecar on another node), the block files as the
              fill left them
     remote   the same read over HTTP with the block files read into the page cache first
@@ -209,7 +212,7 @@ def one(
         with peers.pythonpath(tree, env):
             if mode != "alone":
                 w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-            if mode in ("dropped", "cached", "served", "remote"):
+            if mode in ("dropped", "cached", "served", "remote", "second"):
                 assert w is not None
                 fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
                 try:
@@ -224,16 +227,27 @@ def one(
                 while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
                     time.sleep(0.2)
                 w.wait_written()
-                if mode == "dropped":
+                if mode in ("dropped", "second"):
                     rp.drop_cached(w.dir)
                 elif mode in ("cached", "remote"):
                     rp.load_cached(w.dir)
+                if mode == "second":  # (read once by a sidecar of this tree on this node)
+                    first = rp.sidecar(
+                        root, f"first-{name}-{run}", mount, [w.url], short_circuit=True
+                    )
+                    try:
+                        if SEQ:
+                            rp.cat_mib_s(first.mountpoint / keys[0])
+                        else:
+                            rp.read_whole([first.mountpoint / k for k in keys])
+                    finally:
+                        first.close()
             sc = rp.sidecar(
                 root,
                 f"sc-{name}-{run}",
                 mount,
                 [w.url] if w else [],
-                short_circuit=mode in ("dropped", "cached", "filling"),
+                short_circuit=mode in ("dropped", "cached", "filling", "second"),
             )
     except BaseException:
         if w is not None:  # a failed fill leaves no worker running
