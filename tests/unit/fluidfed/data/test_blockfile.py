@@ -101,6 +101,65 @@ def _uncached(path: str | Path) -> None:
         map_block_file(path, cached_only=True)
 
 
+def _file_pmd_mapped_kib(address: int) -> int:
+    """FilePmdMapped of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "FilePmdMapped:":
+            return int(line.split()[1])
+    return 0
+
+
+async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block file of a huge page or more that must come from the disk is mapped with
+    huge pages and faulted in (`read_cold_block_file`): where the kernel reads files into
+    folios of 2 MiB (this one: ext4 on Linux 6.18, transparent huge pages on `madvise`)
+    it is mapped by huge-page entries and stays in the page cache, where the next reader
+    maps it from; elsewhere, found at the first such file, it is read past the page cache
+    as before. A small one is read past the page cache either way; a damaged one is
+    refused either way."""
+    monkeypatch.setattr(blockfile, "_huge_files", None)
+    payload = os.urandom(2**22 + 5)
+    path = block_file(str(tmp_path), "a" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))  # (past the page cache)
+    _uncached(path)
+    pool = receive.Buffers()
+    data, crc = await blockfile.load_block_file(path, pool.take)
+    assert bytes(data) == payload and crc == blocks.checksum(payload)
+    assert blockfile._huge_files is not None  # (told by this first file)
+    if blockfile._huge_files:
+        assert type(memoryview(data).obj) is mmap.mmap  # the file's pages, not a copy
+        assert _file_pmd_mapped_kib(heap.address(data)) >= 2048
+        again, _ = map_block_file(path, cached_only=True)  # the next reader's: cached
+        assert _file_pmd_mapped_kib(heap.address(again)) >= 2048
+    else:
+        assert pool.reused == 0 and heap.address(data) % heap.PAGE == 0
+        with pytest.raises(NotCached):
+            map_block_file(path, cached_only=True)
+    del data
+
+    small = block_file(str(tmp_path), "b" * 32)
+    write_block_file(small, payload[: 2**20], blocks.checksum(payload[: 2**20]))
+    _uncached(small)
+    got, _ = await blockfile.load_block_file(small, pool.take)
+    assert bytes(got) == payload[: 2**20]
+    with pytest.raises(NotCached):  # (read past the page cache)
+        map_block_file(small, cached_only=True)
+
+    raw = bytearray(Path(path).read_bytes())
+    raw[2**21] ^= 1  # its data, past its first huge page
+    Path(path).write_bytes(raw)
+    _uncached(path)
+    with pytest.raises(CorruptBlock, match="checksum mismatch"):
+        await blockfile.load_block_file(path, pool.take)
+
+
 @pytest.mark.parametrize("size", [0, 5, 4096 - trailer_size(4000), 128 * 1024, 2**22 + 5])
 def test_a_cold_block_file_is_read_past_the_page_cache_into_a_reused_buffer(
     tmp_path: Path, size: int
