@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -59,6 +60,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,18 @@ def warm_up(
         shutil.rmtree(w.dir, ignore_errors=True)
 
 
+def read_once(make: Callable[..., Any], keys: list[str], *, short_circuit: bool) -> None:
+    """Start a sidecar (`make(short_circuit=...)`), read the files through it once, stop it."""
+    sc = make(short_circuit=short_circuit)
+    try:
+        if SEQ:
+            rp.cat_mib_s(sc.mountpoint / keys[0])
+        else:
+            rp.read_whole([sc.mountpoint / k for k in keys])
+    finally:
+        sc.close()
+
+
 def one(
     root: Path,
     mount: dict[str, Any],
@@ -214,14 +228,8 @@ def one(
                 w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
             if mode in ("dropped", "cached", "served", "remote", "second"):
                 assert w is not None
-                fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
-                try:
-                    if SEQ:
-                        rp.cat_mib_s(fill.mountpoint / keys[0])
-                    else:
-                        rp.read_whole([fill.mountpoint / k for k in keys])
-                finally:
-                    fill.close()
+                fill = functools.partial(rp.sidecar, root, f"fill-{name}-{run}", mount, [w.url])
+                read_once(fill, keys, short_circuit=False)
                 want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
                 t0 = time.perf_counter()
                 while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
@@ -232,16 +240,10 @@ def one(
                 elif mode in ("cached", "remote"):
                     rp.load_cached(w.dir)
                 if mode == "second":  # (read once by a sidecar of this tree on this node)
-                    first = rp.sidecar(
-                        root, f"first-{name}-{run}", mount, [w.url], short_circuit=True
+                    first = functools.partial(
+                        rp.sidecar, root, f"first-{name}-{run}", mount, [w.url]
                     )
-                    try:
-                        if SEQ:
-                            rp.cat_mib_s(first.mountpoint / keys[0])
-                        else:
-                            rp.read_whole([first.mountpoint / k for k in keys])
-                    finally:
-                        first.close()
+                    read_once(first, keys, short_circuit=True)
             sc = rp.sidecar(
                 root,
                 f"sc-{name}-{run}",
