@@ -482,55 +482,75 @@ def _populate_huge(m: mmap.mmap, length: int) -> None:
     the disk reads (through ctypes: mmap's own madvise holds it, which stalled the event
     loop for each cold block's read, ~1 ms: the sidecar's first read from the disk 1,100
     against 1,328 MiB/s past the page cache). OSError as `madvise` raises it."""
-    global _huge_files
-    try:
+    with contextlib.suppress(OSError):  # (no transparent huge pages: small ones, as asked)
         m.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:  # (a kernel without transparent huge pages: small pages, as asked)
-        _huge_files = False
     if _libc.madvise(ctypes.c_void_p(heap.address(m)), ctypes.c_size_t(length), _POPULATE_READ):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
-# Whether this kernel reads a file mapped with huge pages into folios of a huge page and
-# maps them so (transparent huge pages not `never`, and a filesystem with large folios:
-# ext4 from Linux 6.16, XFS from 5.18): None until the first such file tells
-_huge_files: bool | None = None
+# By filesystem (st_dev): whether the kernel reads a file mapped with huge pages there into
+# folios of a huge page and maps them so (transparent huge pages not `never`, and large
+# folios in the filesystem: ext4 from Linux 6.16, XFS from 5.18). Unknown until a file
+# there says yes, or HUGE_TRIES files say no before any says yes (a huge page the kernel
+# could not find at the time says no too: hence more than one)
+_huge_files: dict[int, bool] = {}
+_huge_misses: dict[int, int] = {}
+HUGE_TRIES = 3
 
 
-def _pmd_mapped() -> bool:
-    """Whether any file pages of this process are mapped by huge-page entries now."""
+def _pmd_mapped_kib(address: int) -> int:
+    """How much of this process's mapping at `address` huge-page entries map (its
+    FilePmdMapped, /proc/self/smaps); 0 if that cannot be read."""
+    inside = False
     try:
-        with open("/proc/self/smaps_rollup", "rb") as f:
+        with open("/proc/self/smaps", "rb") as f:
             for line in f:
-                if line.startswith(b"FilePmdMapped:"):
-                    return int(line.split()[1]) > 0
+                head = line.split(maxsplit=1)[0] if line.strip() else b""
+                if head.endswith(b":"):
+                    if inside and head == b"FilePmdMapped:":
+                        return int(line.split()[1])
+                elif b"-" in head:
+                    lo, hi = (int(x, 16) for x in head.split(b"-"))
+                    inside = lo <= address < hi
     except (OSError, ValueError):
         pass
-    return False
+    return 0
 
 
 def read_cold_block_file(
     path: str | Path, take: Callable[[int], memoryview] = heap.aligned
 ) -> tuple[blocks.Data, int]:
-    """(data, CRC) of a block file that is not in the page cache, checked. One of a huge
-    page or more is mapped with huge pages and faulted in (`map_block_file`'s `huge`):
-    the kernel reads it from the disk into folios of 2 MiB, which the next reader on this
-    node maps in two page-table entries instead of a thousand (map, fault in and unmap of
-    4 MiB ~10 µs against 126-222 µs; the read after it 1,331 -> 2,350 MiB/s, 0.58 -> 0.40
-    CPU-s/GiB, where the file read past the page cache came from the disk again; the
-    first read level: figures, README, "Measured design decisions"). Any other, or where
-    the kernel does not read files into such folios (found at the first: `_huge_files`),
-    is read past the page cache (`read_block_file_direct`), as a small file's mapping
-    would wait on the mmap lock for its disk read. Blocking: for a thread."""
-    global _huge_files
-    large = heap.HUGE + trailer_size(heap.HUGE)
-    if _huge_files is not False and _can_map and os.stat(path).st_size >= large:
-        got = map_block_file(path, huge=True)
-        if _huge_files is None:  # (the block just mapped tells, while it is mapped)
-            _huge_files = _pmd_mapped()
-        return got
-    return read_block_file_direct(path, take)
+    """(data, CRC) of a block file that is not in the page cache, checked whole. One of a
+    huge page or more is mapped with huge pages and faulted in (`map_block_file`'s
+    `huge`): the kernel reads it from the disk into folios of 2 MiB, which the next reader
+    on this node maps in two page-table entries instead of a thousand (the read after it
+    1,381 -> 2,297 MiB/s at 0.55 -> 0.40 CPU-s/GiB, where a file read past the page cache
+    came from the disk again; the first read level: figures, README, "Measured design
+    decisions"). Whatever of it lies in the page cache already in small folios (a read
+    probe's read-ahead, `_probe`) is let go of first. Any other file, or one on a
+    filesystem where the kernel does not read files into such folios (`_huge_files`), is
+    read past the page cache (`read_block_file_direct`), as a small file's mapping would
+    wait on the mmap lock for its disk read. Blocking: for a thread."""
+    stat = os.stat(path)
+    dev = stat.st_dev
+    large = stat.st_size >= heap.HUGE + trailer_size(heap.HUGE)
+    if not large or not _can_map or _huge_files.get(dev) is False:
+        return read_block_file_direct(path, take)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    data, crc = map_block_file(path, huge=True)
+    if dev not in _huge_files:  # (the block just mapped tells, while it is mapped)
+        if _pmd_mapped_kib(heap.address(data)) > 0:
+            _huge_files[dev] = True
+        else:
+            _huge_misses[dev] = _huge_misses.get(dev, 0) + 1
+            if _huge_misses[dev] >= HUGE_TRIES:
+                _huge_files[dev] = False
+    return data, crc
 
 
 class _Unchecked(NamedTuple):
