@@ -661,7 +661,9 @@ def test_small_files_beside_their_worker_are_read_from_its_files_once(
         assert (sc.mountpoint / k).read_bytes() == want[k]
     got = sc.status()
     assert got["blocks"]["pushed"] == len(small)
-    assert got["reads"] == reads
+    # (said in full if it fails: once in a full CI run a READ came that no small file's
+    # push answered, 293 against 292, which 5 runs of this test alone never showed)
+    assert got["reads"] == reads, (reads, got["fuse_requests"], got["blocks"], got["cache"])
     # the block files were read past the page cache (O_DIRECT): not in memory twice
     files = [p for p in written(tmp_path / "ssd", ws.procs[0]) if p.is_file()]
     for p in files:
