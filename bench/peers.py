@@ -434,6 +434,11 @@ def seq_runs(
                         dropped(f"{c}: warm, own cache, page cache dropped", m)
                     finally:
                         m.close()
+                    m = b.open(c, cache=True)
+                    try:
+                        add(f"{c}: warm, own cache, the read after that one", fio(m))
+                    finally:
+                        m.close()
                     continue
                 for way, here in (("same node", True), ("remote, HTTP", False)):
                     m = b.fluidfed(c, [workers[c]], short_circuit=here)
@@ -445,6 +450,14 @@ def seq_runs(
                 m = b.fluidfed(c, [workers[c]], short_circuit=True)
                 try:
                     dropped(f"{c}: warm, worker same node, page cache dropped", m)
+                finally:
+                    m.close()
+                # the next epoch on the node: the page cache as that read from the disk
+                # left it (a peer: its cache files read through it; fluidfed: large block
+                # files mapped in huge folios, small ones read past it)
+                m = b.fluidfed(c, [workers[c]], short_circuit=True)
+                try:
+                    add(f"{c}: warm, worker same node, the read after that one", fio(m))
                 finally:
                     m.close()
     finally:
