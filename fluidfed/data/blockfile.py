@@ -426,10 +426,10 @@ def map_block_file(
     here (only that those make the block's CRC): its reader checks what it uses of it
     (`unchecked_span`, `check_whole`). Any other file is checked here all the same.
 
-    With `huge`, the mapping asks for huge pages (MADV_HUGEPAGE) before it is faulted in,
-    and is faulted in with the GIL let go (the disk reads meanwhile): a file not in the
-    page cache is then read into folios of a huge page, each mapped by one page-table
-    entry (`read_cold_block_file`). Blocking: for a thread."""
+    With `huge`, what of the file lies in the page cache already is let go of, and the
+    mapping asks for huge pages (MADV_HUGEPAGE) before it is faulted in, with the GIL let
+    go (the disk reads meanwhile): the file is then read into folios of a huge page, each
+    mapped by one page-table entry (`read_cold_block_file`). Blocking: for a thread."""
     global _can_map
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     # (a lazy one's checks ask whether its pages are still in the page cache: it keeps
@@ -442,6 +442,8 @@ def map_block_file(
             _probe(fd, length)
         if not _can_map:
             return read_block_file(path)
+        if huge:  # (what lies in the page cache already, in small folios, let go of)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
         try:
             if huge:
@@ -528,7 +530,7 @@ def read_cold_block_file(
     1,381 -> 2,297 MiB/s at 0.55 -> 0.40 CPU-s/GiB, where a file read past the page cache
     came from the disk again; the first read level: figures, README, "Measured design
     decisions"). Whatever of it lies in the page cache already in small folios (a read
-    probe's read-ahead, `_probe`) is let go of first. Any other file, or one on a
+    probe's read-ahead, `_probe`) is let go of first (`map_block_file`). Any other file, or one on a
     filesystem where the kernel does not read files into such folios (`_huge_files`), is
     read past the page cache (`read_block_file_direct`), as a small file's mapping would
     wait on the mmap lock for its disk read. Blocking: for a thread."""
@@ -537,11 +539,6 @@ def read_cold_block_file(
     large = stat.st_size >= heap.HUGE + trailer_size(heap.HUGE)
     if not large or not _can_map or _huge_files.get(dev) is False:
         return read_block_file_direct(path, take)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
     data, crc = map_block_file(path, huge=True)
     if dev not in _huge_files:  # (the block just mapped tells, while it is mapped)
         if _pmd_mapped_kib(heap.address(data)) > 0:
@@ -658,7 +655,7 @@ _SHARED_TABLE = {
     "x86_64", "i686", "i386", "aarch64", "arm64", "armv7l", "riscv64", "ppc64", "ppc64le",
     "s390x", "loongarch64",
 }  # fmt: skip
-_syscall = ctypes.CDLL(None, use_errno=True).syscall if sys.platform == "linux" else None
+_syscall = _libc.syscall if sys.platform == "linux" else None
 
 
 def _cachestat_all(fd: int, length: int) -> bool:
