@@ -60,8 +60,6 @@ class Session(Protocol):
     def requests(self) -> dict[str, int]: ...  # the kernel's requests so far, by kind
     # whether the replying threads, refused cachestat, fault in the pieces they check
     def cachestat_refused(self) -> bool: ...
-    # READs answered with a block file's pages spliced into /dev/fuse, not copied
-    def spliced(self) -> int: ...
 
     opens: str  # who answers opens: "kernel" (no message), "session", "pyfuse3"
 
@@ -133,9 +131,6 @@ class NativeSession:
 
     def cachestat_refused(self) -> bool:
         return bool(self._fuse.cachestat_refused())
-
-    def spliced(self) -> int:
-        return self._s.spliced()
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -340,9 +335,6 @@ class Pyfuse3Session:
 
     def cachestat_refused(self) -> bool:
         return False  # (its answers are checked whole on the event loop)
-
-    def spliced(self) -> int:
-        return 0  # (pyfuse3 writes every answer)
 
     def invalidate_entry(self, parent: int, name: bytes) -> None:
         pyfuse3.invalidate_entry(pyfuse3.InodeT(parent), pyfuse3.FileNameT(name))

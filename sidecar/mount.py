@@ -283,9 +283,6 @@ class Sidecar:
             # the native session's replying threads could not ask which pages of a mapped
             # worker's file are in the page cache: they fault in what they check instead
             "cachestat_refused": self.fuse.cachestat_refused() if self.fuse else False,
-            # READs the native session answered with a worker's block file's pages spliced
-            # into /dev/fuse (where it mounted the filesystem itself: as root)
-            "spliced": self.fuse.spliced() if self.fuse else 0,
             "cache": r.store.describe() if r else {},
             "heap_arenas": heap.arenas(),
             "listing_error": self.listing_error,

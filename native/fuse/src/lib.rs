@@ -73,7 +73,7 @@ enum Pending {
     Entry(ReplyEntry),
     Attr(ReplyAttr),
     Open(ReplyOpen),
-    Data(DataReply),
+    Data(ReplyData),
     Statfs(ReplyStatfs),
     DirPlus(ReplyDirectoryPlus),
     Dir(ReplyDirectory),
@@ -85,19 +85,12 @@ impl Pending {
             Pending::Entry(r) => r.error(err),
             Pending::Attr(r) => r.error(err),
             Pending::Open(r) => r.error(err),
-            Pending::Data(r) => r.reply.error(err),
+            Pending::Data(r) => r.error(err),
             Pending::Statfs(r) => r.error(err),
             Pending::DirPlus(r) => r.error(err),
             Pending::Dir(r) => r.error(err),
         }
     }
-}
-
-/// A READ's answer to give: fuser's, and the request's id, for an answer spliced into
-/// /dev/fuse past fuser (`Splicer`).
-struct DataReply {
-    reply: ReplyData,
-    unique: u64,
 }
 
 /// One request for Python: its kind, its answer, and its arguments.
@@ -133,7 +126,7 @@ impl Op {
 /// exported (its memory alive and unmoved) until the thread has written it, then goes back
 /// to Python to be let go; with `check`, the pieces they lie in are checked first.
 struct Job {
-    reply: DataReply,
+    reply: ReplyData,
     data: PyBuffer<u8>,
     lo: usize,
     len: usize,
@@ -215,7 +208,8 @@ fn in_page_cache(fd: i32, start: usize, end: usize) -> Option<bool> {
         }
         return None;
     }
-    let page = page_size(); // (the kernel's page: 4 KiB, or 16 or 64 KiB)
+    // SAFETY: sysconf has no preconditions (the kernel's page: 4 KiB, or 16 or 64 KiB)
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
     let pages = ((end - 1) / page - start / page + 1) as u64;
     Some(stat.cache >= pages)
 }
@@ -303,11 +297,9 @@ impl Check {
 }
 
 /// Write a READ's answer (its pieces checked first, if it says so; a READ whose piece does
-/// not match goes back to Python as REREAD instead). An answer from a mapped block file
-/// goes through `pipe` where the thread has one (and the session its device): the file's
-/// pages spliced in, not copied from the mapping. Gives the buffer back to be let go with
-/// the GIL held.
-fn answer(job: Job, shared: &Shared, pipe: Option<&mut Option<Splicer>>) -> PyBuffer<u8> {
+/// not match goes back to Python as REREAD instead). Gives the buffer back to be let go
+/// with the GIL held.
+fn answer(job: Job, shared: &Shared) -> PyBuffer<u8> {
     let Job {
         reply,
         data,
@@ -316,125 +308,14 @@ fn answer(job: Job, shared: &Shared, pipe: Option<&mut Option<Splicer>>) -> PyBu
         check,
     } = job;
     let bytes = view(&data);
-    let reread = |c: &Check, reply| {
-        let args = [c.ino, c.offset, len as u64];
-        shared.push(Op::new(REREAD, Some(Pending::Data(reply)), args));
-    };
-    match (check, shared.device.as_ref(), pipe) {
-        (Some(c), _, _) if !c.holds(bytes, lo, len) => reread(&c, reply),
-        (Some(c), Some(device), Some(slot)) if slot.is_some() => {
-            let splicer = slot.as_mut().expect("checked just above");
-            match splicer.answer(device.as_raw_fd(), reply.unique, c.fd, lo, len) {
-                Spliced::Sent => {
-                    shared.spliced.fetch_add(1, Ordering::Relaxed);
-                    // fuser's reply, left unsent, answers EIO as it is dropped: the kernel
-                    // refuses that (ENOENT: no request has that id any more, and ids are
-                    // not used again), and fuser has no way to be told otherwise
-                    drop(reply);
-                }
-                Spliced::FileFailed => {
-                    *slot = Splicer::new(); // (what the pipe holds goes with it)
-                    reread(&c, reply);
-                }
-                Spliced::Unfit => reply.reply.data(&bytes[lo..lo + len]),
-                Spliced::Refused => {
-                    *slot = Splicer::new();
-                    reply.reply.data(&bytes[lo..lo + len]);
-                }
-            }
+    match check {
+        Some(c) if !c.holds(bytes, lo, len) => {
+            let args = [c.ino, c.offset, len as u64];
+            shared.push(Op::new(REREAD, Some(Pending::Data(reply)), args));
         }
-        _ => reply.reply.data(&bytes[lo..lo + len]),
+        _ => reply.data(&bytes[lo..lo + len]),
     }
     data
-}
-
-/// The pipe a replying thread answers READs from block files through. Its answer's header
-/// is written into it, the file's pages spliced in after (the pipe holds references to
-/// them, nothing is copied), and the whole answer spliced into /dev/fuse, where the
-/// kernel copies those pages once, into the FUSE file's. Written from the mapping
-/// instead, the kernel pins each 4 KiB page of it in turn (`get_user_pages`) as it
-/// copies: most of a warm read's system time (`perf`, README "Measured design
-/// decisions").
-struct Splicer {
-    read: OwnedFd,
-    write: OwnedFd,
-    slots: usize, // the pipe's buffers: an answer takes one for its header, one per page
-}
-
-/// How much a pipe of a replying thread holds: a 1 MiB answer takes 257 or 258 of its
-/// buffers, more than the 256 a pipe may have unprivileged (`/proc/sys/fs/pipe-max-size`);
-/// a privileged sidecar (CAP_SYS_RESOURCE) may have more.
-const PIPE_BYTES: i32 = 2 << 20;
-
-enum Spliced {
-    Sent,
-    FileFailed, // the file's pages could not be had (a read from the disk failed)
-    Refused,    // the kernel took no answer from the pipe (what it holds is stale)
-    Unfit,      // too large for the pipe: nothing was written to it
-}
-
-impl Splicer {
-    /// A pipe of PIPE_BYTES; None where this process may not have one that large.
-    fn new() -> Option<Splicer> {
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two descriptors into `fds`, ours from then on
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return None;
-        }
-        // SAFETY: both just made, owned by nothing else
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: a pipe of ours
-        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
-        if size < PIPE_BYTES {
-            return None;
-        }
-        Some(Splicer {
-            read,
-            write,
-            slots: size as usize / page_size(),
-        })
-    }
-
-    /// Answer READ `unique` on `device` with `len` bytes at `at` of the open file `file`.
-    fn answer(&mut self, device: i32, unique: u64, file: i32, at: usize, len: usize) -> Spliced {
-        let page = page_size();
-        let pages = (at + len).div_ceil(page) - at / page;
-        if len == 0 || pages + 1 > self.slots {
-            return Spliced::Unfit;
-        }
-        let total = len + 16;
-        let mut header = [0u8; 16]; // struct fuse_out_header: len, error, unique
-        header[..4].copy_from_slice(&(total as u32).to_ne_bytes());
-        header[8..].copy_from_slice(&unique.to_ne_bytes());
-        let w = self.write.as_raw_fd();
-        // SAFETY: 16 bytes of ours into our pipe, empty and large enough
-        if unsafe { libc::write(w, header.as_ptr().cast(), 16) } != 16 {
-            return Spliced::Refused;
-        }
-        let mut off = at as libc::loff_t;
-        let mut left = len;
-        while left > 0 {
-            // SAFETY: descriptors the caller keeps open for the call; `off` is ours
-            let n = unsafe { libc::splice(file, &mut off, w, std::ptr::null_mut(), left, 0) };
-            if n <= 0 {
-                return Spliced::FileFailed; // (0: the file ends before the answer does)
-            }
-            left -= n as usize;
-        }
-        let null = std::ptr::null_mut();
-        // SAFETY: as above; the kernel takes the whole answer or none of it
-        let n = unsafe { libc::splice(self.read.as_raw_fd(), null, device, null, total, 0) };
-        if n == total as isize {
-            Spliced::Sent
-        } else {
-            Spliced::Refused
-        }
-    }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
 }
 
 struct Shared {
@@ -445,10 +326,6 @@ struct Shared {
     closed: AtomicBool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     done: Mutex<Vec<PyBuffer<u8>>>, // written: released by the next `take` (under the GIL)
-    // the session's /dev/fuse, where this process mounted it itself (`mount_here`): the
-    // replying threads splice answers into it; None when fusermount3 mounted it
-    device: Option<OwnedFd>,
-    spliced: AtomicU64, // READs answered through a replying thread's pipe
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -563,7 +440,7 @@ impl Filesystem for Fs {
 
     fn read(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -572,10 +449,6 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let reply = DataReply {
-            reply,
-            unique: req.unique().0,
-        };
         self.ask(READ, Pending::Data(reply), [ino.0, offset, size as u64]);
     }
 
@@ -873,7 +746,7 @@ impl Reply {
                 }
             }
         }
-        answer(job, &self.shared, None); // (its buffer let go here, with the GIL held)
+        answer(job, &self.shared); // (its buffer let go here, with the GIL held)
         Ok(())
     }
 }
@@ -969,7 +842,7 @@ impl Reply {
         }
         match self.take()? {
             Pending::Data(r) => {
-                py.allow_threads(|| r.reply.data(view(&data)));
+                py.allow_threads(|| r.data(view(&data)));
                 Ok(())
             }
             other => Err(Self::back(other, "data_now")),
@@ -1077,10 +950,10 @@ struct Session {
     repliers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn mount_options(options: &[String]) -> (Vec<MountOption>, SessionACL) {
+fn mount_options(options: Vec<String>) -> (Vec<MountOption>, SessionACL) {
     let mut acl = SessionACL::Owner;
     let mut out = Vec::new();
-    for o in options.iter().cloned() {
+    for o in options {
         match o.as_str() {
             "ro" => out.push(MountOption::RO),
             "default_permissions" => out.push(MountOption::DefaultPermissions),
@@ -1095,72 +968,6 @@ fn mount_options(options: &[String]) -> (Vec<MountOption>, SessionACL) {
         }
     }
     (out, acl)
-}
-
-/// Mount the filesystem at `mountpoint` with mount(2), as fuser would where it may (root,
-/// or CAP_SYS_ADMIN: the sidecar's privileged container), but on a /dev/fuse opened here,
-/// whose descriptor the replying threads then splice answers into (`Splicer`). `options`
-/// as `mount_options` takes them. None where mount(2) is refused (EPERM): fuser mounts
-/// through fusermount3 then.
-fn mount_here(mountpoint: &std::path::Path, options: &[String]) -> io::Result<Option<OwnedFd>> {
-    use std::os::unix::fs::MetadataExt;
-    let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let mode = std::fs::metadata(mountpoint)?.mode();
-    let target = c(mountpoint.as_os_str().as_bytes())?;
-    let fuse = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
-    let fd = OwnedFd::from(fuse);
-    // SAFETY: getuid and getgid cannot fail
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data = format!(
-        "fd={},rootmode={mode:o},user_id={uid},group_id={gid}",
-        fd.as_raw_fd()
-    );
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    let mut source = "fluidfed".to_string();
-    for o in options {
-        match o.as_str() {
-            "ro" => flags |= libc::MS_RDONLY,
-            // (fuser's session checks who asks, for allow_root: `mount_options`)
-            "allow_other" | "allow_root" => data.push_str(",allow_other"),
-            _ => match o.split_once('=') {
-                Some(("fsname", v)) => source = v.to_string(),
-                _ => {
-                    data.push(',');
-                    data.push_str(o);
-                }
-            },
-        }
-    }
-    let (source, data) = (c(source.as_bytes())?, c(data.as_bytes())?);
-    // SAFETY: NUL-terminated strings that outlive the call
-    let r = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            c"fuse".as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if r == 0 {
-        return Ok(Some(fd));
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
-        e => Err(io::Error::new(
-            e.kind(),
-            format!("mount {} ({}): {e}", mountpoint.display(), data.to_string_lossy()),
-        )),
-    }
-}
-
-/// Detach the mount at `path` (lazily), ignoring failure: a mount made here whose session
-/// could not start.
-fn detach(path: &std::path::Path) {
-    if let Ok(p) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
-        // SAFETY: a NUL-terminated path
-        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
-    }
 }
 
 #[pymethods]
@@ -1185,14 +992,6 @@ impl Session {
         }
         // SAFETY: just created, owned by nothing else
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };
-        let at = mountpoint.clone();
-        let here = py
-            .allow_threads(|| mount_here(&at, &options))
-            .map_err(os_error)?;
-        let device = match &here {
-            Some(fd) => Some(fd.try_clone().map_err(os_error)?),
-            None => None,
-        };
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
@@ -1202,28 +1001,19 @@ impl Session {
             closed: AtomicBool::new(false),
             jobs: Mutex::new(Some(tx)),
             done: Mutex::new(Vec::new()),
-            device,
-            spliced: AtomicU64::new(0),
         });
-        let (mount_options, acl) = mount_options(&options);
+        let (mount_options, acl) = mount_options(options);
         let mut config = Config::default();
         config.mount_options = mount_options;
         config.acl = acl;
         config.n_threads = Some(threads.max(1));
-        // (each thread reads its own clone of /dev/fuse, whose answers must be written to
-        // that clone; answers spliced past fuser go to the one device this process opened,
-        // so all threads then read from it)
-        config.clone_fd = here.is_none();
+        config.clone_fd = true;
         let fs = Fs {
             shared: shared.clone(),
         };
+        let at = mountpoint.clone();
         let background = py
-            .allow_threads(move || match here {
-                Some(fd) => fuser::Session::from_fd(fs, fd, acl, config)
-                    .and_then(|s| s.spawn())
-                    .inspect_err(|_| detach(&at)),
-                None => fuser::Session::new(fs, &at, &config)?.spawn(),
-            })
+            .allow_threads(move || fuser::Session::new(fs, &at, &config)?.spawn())
             .map_err(os_error)?;
         let notifier = background.notifier();
         let rx = Arc::new(Mutex::new(rx));
@@ -1233,16 +1023,13 @@ impl Session {
             let shared = shared.clone();
             let h = std::thread::Builder::new()
                 .name(format!("fuse-reply-{i}"))
-                .spawn(move || {
-                    let mut pipe = shared.device.as_ref().and_then(|_| Splicer::new());
-                    loop {
-                        let job = lock(&rx).recv();
-                        let Ok(job) = job else { return };
-                        let data = answer(job, &shared, Some(&mut pipe));
-                        // let go of by the next `take` (the loop calls it at least once a
-                        // second: a block's memory is not held on by a mount gone idle)
-                        lock(&shared.done).push(data);
-                    }
+                .spawn(move || loop {
+                    let job = lock(&rx).recv();
+                    let Ok(job) = job else { return };
+                    let data = answer(job, &shared);
+                    // let go of by the next `take` (the loop calls it at least once a
+                    // second: a block's memory is not held on by a mount gone idle)
+                    lock(&shared.done).push(data);
                 })
                 .map_err(os_error)?;
             handles.push(h);
@@ -1375,12 +1162,6 @@ impl Session {
             .zip(&self.shared.counts)
             .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
             .collect()
-    }
-
-    /// How many READs the replying threads answered by splicing a block file's pages
-    /// (`Splicer`): none where this process did not mount the filesystem itself.
-    fn spliced(&self) -> u64 {
-        self.shared.spliced.load(Ordering::Relaxed)
     }
 
     /// Take no more requests: those queued, and any that come, are answered ENOTCONN.
