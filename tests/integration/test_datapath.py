@@ -656,14 +656,21 @@ def test_small_files_beside_their_worker_are_read_from_its_files_once(
     assert got["blocks"]["worker_misses"] == got["blocks"]["ufs_reads"] == 0
     reads = got["reads"]
 
-    # opened again on the same mount: the kernel has them, nothing is read or pushed twice
+    # opened again on the same mount: the kernel has them, nothing is read or pushed twice;
+    # but for a file whose pages it let go of meanwhile (memory pressure: once in a full CI
+    # run, 293 READs against 292), read again with one READ, counted just before
+    let_go = sum(not fuse_pages_cached(sc.mountpoint / k, len(want[k])) for k in small)
     for k in small:
         assert (sc.mountpoint / k).read_bytes() == want[k]
     got = sc.status()
     assert got["blocks"]["pushed"] == len(small)
-    # (said in full if it fails: once in a full CI run a READ came that no small file's
-    # push answered, 293 against 292, which 5 runs of this test alone never showed)
-    assert got["reads"] == reads, (reads, got["fuse_requests"], got["blocks"], got["cache"])
+    assert got["reads"] == reads + let_go, (
+        reads,
+        let_go,
+        got["fuse_requests"],
+        got["blocks"],
+        got["cache"],
+    )
     # the block files were read past the page cache (O_DIRECT): not in memory twice
     files = [p for p in written(tmp_path / "ssd", ws.procs[0]) if p.is_file()]
     for p in files:
@@ -688,6 +695,17 @@ def test_small_files_beside_their_worker_are_read_from_its_files_once(
     read_all(sc.mountpoint, want)
     assert sc.status()["blocks"]["pushed"] == 0
     assert sc.status()["blocks"]["short_circuit"] == 0
+
+
+def fuse_pages_cached(path: Path, size: int) -> bool:
+    """Whether the kernel holds every page of a file of the mount (asked of cachestat,
+    which sends the mount no request; opening it sends none either, the kernel opening
+    files itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return blockfile._cachestat_all(fd, size)
+    finally:
+        os.close(fd)
 
 
 def filled_ssd_worker(
