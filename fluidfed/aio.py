@@ -12,6 +12,9 @@ Two reasons, each measured:
   the GIL. A sidecar container that ends with 134 marks the pod's run failed.
 
 `FLUIDFED_EVENT_LOOP=asyncio` opts out (to compare, or to debug with asyncio's tools).
+
+`run` also raises the process's soft limit on open files to its hard limit first
+(`open_files_to_hard_limit`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import resource
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -43,8 +47,38 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+NR_OPEN = "/proc/sys/fs/nr_open"  # the kernel's ceiling on a process's open files
+
+
+def open_files_to_hard_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, as Go's runtime
+    does for every program: a container runtime may start a process at 1,024 under a hard
+    limit of 524,288 (containerd 2.x, as systemd does), and a server here holds a
+    descriptor per connection (the hub one per agent's watch, a worker one per reader)
+    and per block it maps from a file (a sidecar: two). Nothing here watches descriptors
+    with select(2), which cannot see one numbered 1,024 or more. The soft limit after
+    (the same where the kernel refuses: it is only raised)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if hard == resource.RLIM_INFINITY:  # (no process may go past nr_open)
+        try:
+            with open(NR_OPEN) as f:
+                want = int(f.read())
+        except (OSError, ValueError):
+            return soft
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError):
+        return soft
+    return want
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` to completion on a new loop (see the module's docstring), as asyncio.run."""
+    """Run `main` to completion on a new loop (see the module's docstring), as asyncio.run,
+    with the soft limit on open files at the hard one."""
+    open_files_to_hard_limit()
     try:
         factory = loop_factory()
     except BaseException:

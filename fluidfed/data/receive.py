@@ -659,8 +659,10 @@ def _readable(sock: _Socket) -> bool:
     what it should not have). Either way it is not reused."""
     if isinstance(sock, ssl.SSLSocket | tlsclient.RustlsSocket) and sock.pending():
         return True  # a record already decrypted
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
+    try:  # (poll, not select: select cannot watch a descriptor numbered 1,024 or more)
+        ready = select.poll()
+        ready.register(sock, select.POLLIN)
+        return bool(ready.poll(0))
     except (OSError, ValueError):
         return True
 

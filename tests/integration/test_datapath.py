@@ -697,6 +697,24 @@ def test_small_files_beside_their_worker_are_read_from_its_files_once(
     assert sc.status()["blocks"]["short_circuit"] == 0
 
 
+def test_a_worker_started_at_a_low_open_files_limit_serves_at_its_hard_limit(
+    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """A container runtime may start a process at 1,024 open files (its hard limit far
+    above): the worker, which holds a descriptor per reader's connection, raises it to the
+    hard limit before it serves, and serves."""
+    wrap = ("prlimit", "--nofile=1024:8192", "--")
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory, wrap=wrap)
+    proc = ws.procs[0].proc
+    assert proc is not None
+    limits = Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+    line = next(x for x in limits if x.startswith("Max open files"))
+    assert line.split()[3:5] == ["8192", "8192"], line
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    read_all(sc.mountpoint, want)
+    assert sc.status()["blocks"]["worker_misses"] > 0
+
+
 def fuse_pages_cached(path: Path, size: int) -> bool:
     """Whether the kernel holds every page of a file of the mount (asked of cachestat,
     which sends the mount no request; opening it sends none either, the kernel opening

@@ -89,3 +89,31 @@ def test_settle_gc_freezes_start_up_and_still_collects_what_serving_makes() -> N
     assert got["threshold"][0] == aio.YOUNG_THRESHOLD
     assert got["dropped"], "garbage made before settling must be collected, not frozen"
     assert got["later"], "garbage made after settling must still be collected"
+
+
+LIMITS = """
+import json, resource
+from fluidfed import aio
+before = resource.getrlimit(resource.RLIMIT_NOFILE)
+async def main():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+during = aio.run(main())
+print(json.dumps({"before": before, "during": during}))
+"""
+
+
+@pytest.mark.parametrize(("soft", "hard"), [(256, 4096), (4096, 4096)])
+def test_a_process_started_at_a_low_open_files_limit_runs_at_its_hard_limit(
+    soft: int, hard: int
+) -> None:
+    """As a container runtime may start it (a soft limit of 1,024 under 524,288): `run`
+    raises the soft limit to the hard one before the loop starts, and never lowers it."""
+    out = subprocess.run(
+        ["prlimit", f"--nofile={soft}:{hard}", "--", sys.executable, "-c", LIMITS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    got = json.loads(out)
+    assert got["before"] == [soft, hard]
+    assert got["during"] == [hard, hard]

@@ -128,3 +128,30 @@ def test_a_body_over_plain_tcp_comes_whole_with_its_crc_and_pieces(
     for (part, crc), want in zip(parts, bodies, strict=True):
         assert crc == blocks.checksum(want)
         assert blocks.pieces_of(part, crc) == blocks.piece_crcs(want)
+
+
+def test_an_idle_kept_connection_numbered_past_1023_is_seen_idle_and_then_closed() -> None:
+    """A process at a raised open-files limit holds descriptors past select(2)'s reach:
+    the check that a kept connection is still idle before it is used again must see one
+    there as idle (select raised, and every such connection was dropped as if closed), and
+    see it closed once its peer closes it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = 1500
+    if soft <= high:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    ours, peer = socket.socketpair()
+    try:
+        os.dup2(ours.fileno(), high)
+        kept = socket.socket(fileno=high)
+        try:
+            assert not receive._readable(kept)
+            peer.close()
+            assert receive._readable(kept)
+        finally:
+            kept.close()
+    finally:
+        ours.close()
+        peer.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
