@@ -56,20 +56,26 @@ def open_files_to_hard_limit() -> int:
     limit of 524,288 (containerd 2.x, as systemd does), and a server here holds a
     descriptor per connection (the hub one per agent's watch, a worker one per reader)
     and per block it maps from a file (a sidecar: two). Nothing here watches descriptors
-    with select(2), which cannot see one numbered 1,024 or more. The soft limit after
-    (the same where the kernel refuses: it is only raised)."""
+    with select(2), which cannot see one numbered 1,024 or more. Children inherit it (Go's
+    runtime puts the old one back for the programs it starts; fusermount3 and umount, the
+    only ones a daemon here starts, do not mind). The soft limit after (the same where the
+    kernel refuses: it is only raised)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
     want = hard
-    if hard == resource.RLIM_INFINITY:  # (no process may go past nr_open)
-        try:
-            with open(NR_OPEN) as f:
-                want = int(f.read())
-        except (OSError, ValueError):
-            return soft
-    if soft == resource.RLIM_INFINITY or soft >= want:
+    try:
+        with open(NR_OPEN) as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = None
+    # (the kernel refuses a hard limit above nr_open: one above it comes down to it)
+    if ceiling is not None and (hard == resource.RLIM_INFINITY or hard > ceiling):
+        want = ceiling
+    if want == resource.RLIM_INFINITY or soft >= want:
         return soft
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
     except (OSError, ValueError):
         return soft
     return want

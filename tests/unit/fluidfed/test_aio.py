@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -92,8 +93,10 @@ def test_settle_gc_freezes_start_up_and_still_collects_what_serving_makes() -> N
 
 
 LIMITS = """
-import json, resource
+import json, resource, sys
 from fluidfed import aio
+if len(sys.argv) > 1:
+    aio.NR_OPEN = sys.argv[1]
 before = resource.getrlimit(resource.RLIMIT_NOFILE)
 async def main():
     return resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -117,3 +120,18 @@ def test_a_process_started_at_a_low_open_files_limit_runs_at_its_hard_limit(
     got = json.loads(out)
     assert got["before"] == [soft, hard]
     assert got["during"] == [hard, hard]
+
+
+def test_a_hard_limit_above_the_kernels_ceiling_is_brought_down_to_it(tmp_path: Path) -> None:
+    """nr_open lowered after the process got its hard limit: the kernel refuses any hard
+    limit above it, so both limits go to nr_open, not to the hard limit (refused, which
+    would leave the soft one where it was)."""
+    ceiling = tmp_path / "nr_open"
+    ceiling.write_text("2048\n")
+    out = subprocess.run(
+        ["prlimit", "--nofile=256:4096", "--", sys.executable, "-c", LIMITS, str(ceiling)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out)["during"] == [2048, 2048]

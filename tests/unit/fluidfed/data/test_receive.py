@@ -135,15 +135,18 @@ def test_an_idle_kept_connection_numbered_past_1023_is_seen_idle_and_then_closed
     the check that a kept connection is still idle before it is used again must see one
     there as idle (select raised, and every such connection was dropped as if closed), and
     see it closed once its peer closes it."""
+    import fcntl
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    high = 1500
-    if soft <= high:
+    if hard != resource.RLIM_INFINITY and hard <= 1100:
+        pytest.skip(f"this process may not open descriptors past 1,023 (hard limit {hard})")
+    if soft != resource.RLIM_INFINITY and soft <= 1100:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     ours, peer = socket.socketpair()
     try:
-        os.dup2(ours.fileno(), high)
+        high = fcntl.fcntl(ours.fileno(), fcntl.F_DUPFD_CLOEXEC, 1024)  # (the first free)
+        assert high >= 1024
         kept = socket.socket(fileno=high)
         try:
             assert not receive._readable(kept)
