@@ -658,12 +658,15 @@ def test_small_files_beside_their_worker_are_read_from_its_files_once(
 
     # opened again on the same mount: the kernel has them, nothing is read or pushed twice;
     # but for a file whose pages it let go of meanwhile (memory pressure: once in a full CI
-    # run, 293 READs against 292), read again with one READ, counted just before
+    # run, 293 READs against 292), read again with one READ (by the native session pushed
+    # again, as its first was), counted just before; a few at most, or something let go
+    # of them all (an invalidation, pages not kept)
     let_go = sum(not fuse_pages_cached(sc.mountpoint / k, len(want[k])) for k in small)
+    assert let_go <= len(small) // 4, (let_go, len(small))
     for k in small:
         assert (sc.mountpoint / k).read_bytes() == want[k]
     got = sc.status()
-    assert got["blocks"]["pushed"] == len(small)
+    assert got["blocks"]["pushed"] == len(small) + (0 if pushes else let_go)
     assert got["reads"] == reads + let_go, (
         reads,
         let_go,
@@ -716,9 +719,9 @@ def test_a_worker_started_at_a_low_open_files_limit_serves_at_its_hard_limit(
 
 
 def fuse_pages_cached(path: Path, size: int) -> bool:
-    """Whether the kernel holds every page of a file of the mount (asked of cachestat,
-    which sends the mount no request; opening it sends none either, the kernel opening
-    files itself)."""
+    """Whether the kernel holds every page of a file of the mount, asked of cachestat
+    (which sends the mount no request; the open sends none with the native session's
+    kernel opens, and an OPEN with pyfuse3's, which pushes nothing for a file it pushed)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         return blockfile._cachestat_all(fd, size)
