@@ -417,10 +417,13 @@ def seq_runs(
                     add(f"{c}: re-read, page cache", fio(m, invalidate=0))
                 finally:
                     m.close()
-                # every client's cache files in the page cache for the warm rows, then
-                # dropped from it: a peer writes its cache through the page cache, a
-                # worker its large blocks past it, so each meets both states alike
+                # every client's cache files in the page cache for the warm rows, put there
+                # by plain reads, then dropped from it: a peer writes its cache through the
+                # page cache, a worker its large blocks past it, so each meets both states
+                # alike (dropped first: the last round's "read after that one" left
+                # fluidfed's block files in huge folios, which plain reads keep as they are)
                 cache = workers[c].dir if c in workers else b.caches(c)
+                rp.drop_cached(cache)
                 rp.load_cached(cache)
                 if c not in workers:
                     m = b.open(c, cache=True)
