@@ -40,6 +40,8 @@ PACKAGES = {
     "mmdebstrap": "the fluidfed image without Docker",
     "iproute2": "the real node's network namespace",
     "openssl": "the tests' TLS 1.3 key updates (openssl s_client)",
+    "e2fsprogs": "the tests' journalled ext4 on a loop device (mkfs.ext4)",
+    "util-linux": "the tests' loop mounts and open-files limits (mount, prlimit)",
 }
 # needed only by Debian's own python3, whose C headers come apart (pyenv's and python.org's
 # builds carry theirs)

@@ -101,23 +101,59 @@ def _uncached(path: str | Path) -> None:
         map_block_file(path, cached_only=True)
 
 
+@pytest.fixture(scope="module")
+def journalled_ext4(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A directory on an ext4 of its own (a loop device) mounted with data=journal, where
+    Linux reads files into small folios only (`ext4_should_enable_large_folio`) and takes
+    O_DIRECT as buffered I/O: a filesystem where huge folios cannot be had, for real."""
+    root = tmp_path_factory.mktemp("journalled")
+    image, mnt = root / "ext4.img", root / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(64 * 2**20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    mounted = made.returncode == 0 and (
+        subprocess.run(
+            ["mount", "-o", "loop,data=journal", str(image), str(mnt)],
+            capture_output=True,
+            text=True,
+        ).returncode
+        == 0
+    )
+    if not mounted:  # (no loop devices, no right to mount, no mkfs.ext4)
+        pytest.skip(f"no ext4 of its own could be mounted here: {made.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("where", ["the test directory", "a journalled ext4"])
 async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel_can(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """A block file of a huge page or more that must come from the disk is mapped with
     huge pages and faulted in (`read_cold_block_file`): where the kernel reads files into
-    folios of 2 MiB (this one: ext4 on Linux 6.18, transparent huge pages on `madvise`)
-    it is mapped by huge-page entries and stays in the page cache, where the next reader
-    maps it from, also after a read probe's read-ahead took its first pages in small
-    folios (cachestat refused); on a filesystem where the kernel does not, it is read
-    past the page cache once HUGE_TRIES files have said so. A small one is read past the
-    page cache either way; a damaged one is refused either way, checked whole even where
-    its reader takes blocks unchecked."""
+    folios of 2 MiB (the test directory here: ext4 on Linux 6.18, transparent huge pages
+    on `madvise`) it is mapped by huge-page entries and stays in the page cache, where
+    the next reader maps it from, also after a read probe's read-ahead took its first
+    pages in small folios (cachestat refused); on a filesystem where the kernel does not
+    (an ext4 with data=journal), it is read into a buffer of the reader's once HUGE_TRIES
+    files have said so. A small one is read past the page cache either way; a damaged one
+    is refused either way, checked whole even where its reader takes blocks unchecked."""
+    if where != "the test directory":
+        tmp_path = request.getfixturevalue("journalled_ext4") / tmp_path.name
+        tmp_path.mkdir()
     monkeypatch.setattr(blockfile, "_huge_files", {})
     monkeypatch.setattr(blockfile, "_huge_misses", {})
     payload = os.urandom(2**22 + 5)
     crc = blocks.checksum(payload)
     pool = receive.Buffers()
+    handed: list[memoryview] = []
+
+    def take(n: int) -> memoryview:
+        handed.append(pool.take(n))
+        return handed[-1]
 
     def cold(key: str) -> str:
         path = block_file(str(tmp_path), key * 32)
@@ -127,8 +163,10 @@ async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel
 
     path = cold("a")
     dev = os.stat(path).st_dev
-    data, got = await blockfile.load_block_file(path, pool.take)
+    data, got = await blockfile.load_block_file(path, take)
     assert bytes(data) == payload and got == crc
+    # (this machine's kernel and test directory give huge folios; a journalled ext4 not)
+    assert bool(blockfile._huge_files.get(dev)) is (where == "the test directory")
     if blockfile._huge_files.get(dev):
         assert type(memoryview(data).obj) is mmap.mmap  # the file's pages, not a copy
         assert blockfile._pmd_mapped_kib(heap.address(data)) >= 2048
@@ -141,33 +179,35 @@ async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel
         with monkeypatch.context() as refused:
             refused.setattr(blockfile, "_cachestat", None)
             probed = cold("b")
-            data, _ = await blockfile.load_block_file(probed, pool.take)
+            data, _ = await blockfile.load_block_file(probed, take)
             assert blockfile._pmd_mapped_kib(heap.address(data)) >= 4096
-    else:  # the kernel did not: after HUGE_TRIES files, read past the page cache
+    else:  # the kernel did not: after HUGE_TRIES files, read into a buffer of the pool
         for key in "cde"[: blockfile.HUGE_TRIES - 1]:
-            await blockfile.load_block_file(cold(key), pool.take)
+            await blockfile.load_block_file(cold(key), take)
         assert blockfile._huge_files[dev] is False
         later = cold("f")
-        data, _ = await blockfile.load_block_file(later, pool.take)
+        handed.clear()
+        data, _ = await blockfile.load_block_file(later, take)
         assert bytes(data) == payload
-        with pytest.raises(NotCached):
-            map_block_file(later, cached_only=True)
+        assert [heap.address(b) for b in handed] == [heap.address(data)]  # not mapped
+        del handed[:]
     del data
 
     small = block_file(str(tmp_path), "g" * 32)
     write_block_file(small, payload[: 2**20], blocks.checksum(payload[: 2**20]))
     _uncached(small)
-    held, _ = await blockfile.load_block_file(small, pool.take)
+    held, _ = await blockfile.load_block_file(small, take)
     assert bytes(held) == payload[: 2**20]
-    with pytest.raises(NotCached):  # (read past the page cache)
-        map_block_file(small, cached_only=True)
+    if where == "the test directory":  # (data=journal takes O_DIRECT as buffered)
+        with pytest.raises(NotCached):  # (read past the page cache)
+            map_block_file(small, cached_only=True)
 
     raw = bytearray(Path(path).read_bytes())
     raw[2**21] ^= 1  # its data, past its first huge page
     Path(path).write_bytes(raw)
     _uncached(path)
     with pytest.raises(CorruptBlock, match="checksum mismatch"):
-        await blockfile.load_block_file(path, pool.take, lazy=True)
+        await blockfile.load_block_file(path, take, lazy=True)
 
 
 @pytest.mark.parametrize("size", [0, 5, 4096 - trailer_size(4000), 128 * 1024, 2**22 + 5])
