@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import re
@@ -60,7 +59,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +193,8 @@ def warm_up(
         shutil.rmtree(w.dir, ignore_errors=True)
 
 
-def read_once(make: Callable[..., Any], keys: list[str], *, short_circuit: bool) -> None:
-    """Start a sidecar (`make(short_circuit=...)`), read the files through it once, stop it."""
-    sc = make(short_circuit=short_circuit)
+def read_once(sc: Any, keys: list[str]) -> None:
+    """Read the files through a started sidecar once, then stop it."""
     try:
         if SEQ:
             rp.cat_mib_s(sc.mountpoint / keys[0])
@@ -228,8 +225,8 @@ def one(
                 w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
             if mode in ("dropped", "cached", "served", "remote", "second"):
                 assert w is not None
-                fill = functools.partial(rp.sidecar, root, f"fill-{name}-{run}", mount, [w.url])
-                read_once(fill, keys, short_circuit=False)
+                fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
+                read_once(fill, keys)
                 want = -(-FILE_SIZE // rp.BLOCK) if SEQ else len(keys)
                 t0 = time.perf_counter()
                 while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
@@ -240,10 +237,10 @@ def one(
                 elif mode in ("cached", "remote"):
                     rp.load_cached(w.dir)
                 if mode == "second":  # (read once by a sidecar of this tree on this node)
-                    first = functools.partial(
-                        rp.sidecar, root, f"first-{name}-{run}", mount, [w.url]
+                    first = rp.sidecar(
+                        root, f"first-{name}-{run}", mount, [w.url], short_circuit=True
                     )
-                    read_once(first, keys, short_circuit=True)
+                    read_once(first, keys)
             sc = rp.sidecar(
                 root,
                 f"sc-{name}-{run}",

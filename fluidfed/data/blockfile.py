@@ -530,10 +530,10 @@ def read_cold_block_file(
     1,381 -> 2,297 MiB/s at 0.55 -> 0.40 CPU-s/GiB, where a file read past the page cache
     came from the disk again; the first read level: figures, README, "Measured design
     decisions"). Whatever of it lies in the page cache already in small folios (a read
-    probe's read-ahead, `_probe`) is let go of first (`map_block_file`). Any other file, or one on a
-    filesystem where the kernel does not read files into such folios (`_huge_files`), is
-    read past the page cache (`read_block_file_direct`), as a small file's mapping would
-    wait on the mmap lock for its disk read. Blocking: for a thread."""
+    probe's read-ahead, `_probe`) is let go of first (`map_block_file`). Any other file,
+    or one on a filesystem where the kernel does not read files into such folios
+    (`_huge_files`), is read past the page cache (`read_block_file_direct`), as a small
+    file's mapping would wait on the mmap lock for its disk read. Blocking: for a thread."""
     stat = os.stat(path)
     dev = stat.st_dev
     large = stat.st_size >= heap.HUGE + trailer_size(heap.HUGE)

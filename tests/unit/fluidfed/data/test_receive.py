@@ -3,7 +3,9 @@ a block's answer received over a real loopback TCP connection."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
 import socket
 import threading
 import time
@@ -135,9 +137,6 @@ def test_an_idle_kept_connection_numbered_past_1023_is_seen_idle_and_then_closed
     the check that a kept connection is still idle before it is used again must see one
     there as idle (select raised, and every such connection was dropped as if closed), and
     see it closed once its peer closes it."""
-    import fcntl
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 1100:
         pytest.skip(f"this process may not open descriptors past 1,023 (hard limit {hard})")
