@@ -8,12 +8,19 @@ reported as a miss (the caller fetches it again); a block checked once can be se
 the page cache as it is (`open_verified`), its receiver checking the CRC end to end. Disk
 tiers are indexed again on start, so a restarted worker keeps its cache.
 
-With `write_behind`, a block put into a disk tier is held in memory while a thread writes
-its file, and `put` returns at once (a cache worker answers its reader meanwhile): reads of
+With `write_behind`, a block put into a disk tier is held in memory while its file is
+written, and `put` returns at once (a cache worker answers its reader meanwhile): reads of
 it are served from that memory, it is located or sent from its file only once the file is
 whole (renamed into place), and `stored` waits until every such file is written. At most
 `write_behind` bytes wait so; past that, or for a block nobody reads yet (`put`'s `wait`:
 a peer's hand-off), `put` writes before it returns.
+
+Files are written by a thread of their own, a small block's (WRITE_ON_LOOP_UP_TO) on the
+event loop itself: ~50 µs for 128 KiB, where the hand-off to the thread and back cost the
+worker more than the write (figures: README, "Measured design decisions"). A write there
+that had to wait (the disk, the kernel's throttle of dirty pages, a journal: the loop's
+thread gave up its core, `_waited`) sends small blocks back to the thread for
+BACK_TO_THREAD_FOR, so a slow disk holds up the loop for one write at a time, not for each.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import stat
+import time
 from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +55,10 @@ log = logging.getLogger("fluidfed.store")
 # (each says how many like it went unsaid: a failing disk fails every block)
 _UNREADABLE = Seldom(log)
 _UNREMOVABLE = Seldom(log)
+
+WRITE_ON_LOOP_UP_TO = 2**18  # bytes of a block whose file is written on the event loop
+WAITED = 0.001  # seconds a write on the loop took, its thread having waited (`_waited`) ...
+BACK_TO_THREAD_FOR = 60.0  # ... for small blocks' files to go to the thread this long
 
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
@@ -83,6 +96,8 @@ class StoreStats:
     corrupt: int = 0
     writing: int = 0  # blocks served from memory until their file is written
     write_errors: int = 0  # block files that could not be written (the block not kept)
+    loop_writes: int = 0  # block files written on the event loop (WRITE_ON_LOOP_UP_TO)
+    loop_writes_waited: int = 0  # ... that waited, each sending them to the thread a while
     tiers: list[TierStats] = field(default_factory=list)
 
     @property
@@ -225,6 +240,7 @@ class BlockStore:
         # block files are written by a thread of their own, so writes waiting behind their
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
+        self._loop_writes_from = 0.0  # (monotonic) small blocks' files on the loop from then
 
     async def open(self) -> BlockStore:
         for tier in self._tiers:
@@ -459,13 +475,17 @@ class BlockStore:
     async def _write(
         self, tier: _Tier, key: str, data: blocks.Data, crc: int, *, behind: bool
     ) -> None:
-        """Write a block file in a thread; once it is whole, it may be located and sent as
-        it is. A write that fails is counted (`write_errors`); behind its readers
-        (`behind`) the block then leaves the cache (logged), otherwise the error is the
-        caller's (`put`'s: the block is not kept)."""
+        """Write a block file, in the writing thread or, a small one, here (module
+        docstring); once it is whole, it may be located and sent as it is. A write that
+        fails is counted (`write_errors`); behind its readers (`behind`) the block then
+        leaves the cache (logged), otherwise the error is the caller's (`put`'s: the block
+        is not kept)."""
         try:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._writer, tier.write, key, data, crc)
+            if len(data) <= WRITE_ON_LOOP_UP_TO and time.monotonic() >= self._loop_writes_from:
+                self._write_here(tier, key, data, crc)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._writer, tier.write, key, data, crc)
             tier.verified[key] = (crc, len(data))  # written by us just now
         except Exception as err:
             self.stats.write_errors += 1
@@ -480,6 +500,27 @@ class BlockStore:
                 del tier.pending[key]
                 self._behind -= len(data)
             del self._files[key]
+
+    def _write_here(self, tier: _Tier, key: str, data: blocks.Data, crc: int) -> None:
+        """`tier.write` on the event loop; if it waited, small blocks' files go to the
+        writing thread for BACK_TO_THREAD_FOR."""
+        switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+        start = time.monotonic()
+        try:
+            tier.write(key, data, crc)
+        finally:
+            self.stats.loop_writes += 1
+            took = time.monotonic() - start
+            if _waited(took, resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - switches):
+                self.stats.loop_writes_waited += 1
+                self._loop_writes_from = time.monotonic() + BACK_TO_THREAD_FOR
+                log.info(
+                    "writing a %d-byte block file held up the event loop %.1f ms: small "
+                    "blocks' files are written by the writing thread for the next %.0f s",
+                    len(data),
+                    took * 1000,
+                    BACK_TO_THREAD_FOR,
+                )
 
     async def _settled(self, key: str) -> None:
         """Once nothing is done to the file of `key` (what started meanwhile too)."""
@@ -553,6 +594,16 @@ class BlockStore:
             "corrupt": s.corrupt,
             "writing": s.writing,
             "write_errors": s.write_errors,
+            "loop_writes": s.loop_writes,
+            "loop_writes_waited": s.loop_writes_waited,
             "evictions": sum(t.evictions for t in s.tiers),
             "tiers": [t.__dict__ for t in s.tiers],
         }
+
+
+def _waited(took: float, voluntary_switches: int) -> bool:
+    """Whether a write on the event loop's thread had to wait: it took WAITED or longer and
+    the thread gave up its core meanwhile (a voluntary context switch: it slept on the disk,
+    a lock or the kernel's throttle). Taken off its core by the scheduler (another process
+    busy on the machine) is no such wait: the thread would not have fared better."""
+    return took >= WAITED and voluntary_switches > 0

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from devkit import testing
-from fluidfed.data import blocks
+from fluidfed.data import blockfile, blocks
+from fluidfed.data import store as store_module
 from fluidfed.data.blockfile import block_path, read_block_file
 from fluidfed.data.store import BlockStore
 from fluidfed.models import CacheTier, Medium
@@ -365,3 +369,77 @@ async def test_a_put_cancelled_while_its_file_is_written_leaves_no_file_behind(
     await store.stored()  # (the write went on, then its file was removed)
     assert not block_path(tmp_path, key).exists() and key not in store
     assert store.snapshot().tiers[0].used == 0
+
+
+class WritingThreads:
+    """The name of the thread that wrote each block file (the real write after)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: float = 0.0) -> None:
+        self.names: list[str] = []
+        self.hold = hold  # seconds the next write sleeps first (a disk that makes it wait)
+
+        def noted(path: str | Path, data: blocks.Data, crc: int) -> None:
+            self.names.append(threading.current_thread().name)
+            if self.hold:
+                time.sleep(self.hold)
+                self.hold = 0.0
+            blockfile.write_block_file(path, data, crc)
+
+        monkeypatch.setattr(store_module, "write_block_file", noted)
+
+
+async def test_a_small_block_file_is_written_on_the_event_loop_a_large_one_in_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = WritingThreads(monkeypatch)
+    store = await BlockStore([tier("SSD", 2**24, tmp_path)], write_behind=2**24).open()
+    small, large = b"s" * store_module.WRITE_ON_LOOP_UP_TO, b"l" * 2**20
+    for key, data, wait in (("a" * 32, small, False), ("b" * 32, large, False)):
+        await store.put(key, data, wait=wait)
+    await store.put("c" * 32, small, wait=True)  # (a peer's hand-off: the same)
+    await store.stored()
+    loop_thread = threading.current_thread().name
+    assert threads.names[0] == loop_thread and threads.names[2] == loop_thread
+    assert threads.names[1].startswith("fluidfed-blockfile")
+    assert (store.stats.loop_writes, store.stats.loop_writes_waited) == (2, 0)
+    assert store.describe()["loop_writes"] == 2
+    for key, data in (("a" * 32, small), ("b" * 32, large), ("c" * 32, small)):
+        assert read_block_file(block_path(tmp_path, key)) == (data, blocks.checksum(data))
+
+
+async def test_a_write_on_the_loop_that_waits_sends_small_files_to_the_thread_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(store_module, "BACK_TO_THREAD_FOR", 0.5)
+    # the first write sleeps: its thread gives up its core (a disk, a throttle, a journal)
+    threads = WritingThreads(monkeypatch, hold=store_module.WAITED * 5)
+    store = await BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20).open()
+    caplog.set_level(logging.INFO, "fluidfed.store")
+    await store.put("a" * 32, b"a" * 100)
+    await store.stored()
+    assert (store.stats.loop_writes, store.stats.loop_writes_waited) == (1, 1)
+    assert "held up the event loop" in caplog.text
+    await store.put("b" * 32, b"b" * 100)  # meanwhile: the thread's
+    await store.stored()
+    assert threads.names[1].startswith("fluidfed-blockfile")
+    await asyncio.sleep(0.6)
+    await store.put("c" * 32, b"c" * 100)  # after it: on the loop again
+    await store.stored()
+    assert threads.names[2] == threading.current_thread().name
+    assert (store.stats.loop_writes, store.stats.loop_writes_waited) == (2, 1)
+    for key in ("a" * 32, "b" * 32, "c" * 32):
+        assert read_block_file(block_path(tmp_path, key))[0] == key[0].encode() * 100
+
+
+@pytest.mark.parametrize(
+    ("took", "switches", "waited"),
+    [
+        (store_module.WAITED, 1, True),  # slept on the disk
+        (store_module.WAITED * 100, 0, False),  # taken off its core by the scheduler alone
+        (store_module.WAITED / 10, 3, False),  # a short wait on a lock
+    ],
+)
+def test_a_write_waited_if_it_took_long_and_its_thread_gave_up_its_core(
+    took: float, switches: int, waited: bool
+) -> None:
+    assert store_module._waited(took, switches) is waited
