@@ -15,12 +15,13 @@ whole (renamed into place), and `stored` waits until every such file is written.
 `write_behind` bytes wait so; past that, or for a block nobody reads yet (`put`'s `wait`:
 a peer's hand-off), `put` writes before it returns.
 
-Files are written by a thread of their own, a small block's (WRITE_ON_LOOP_UP_TO) on the
-event loop itself: ~50 µs for 128 KiB, where the hand-off to the thread and back cost the
-worker more than the write (figures: README, "Measured design decisions"). A write there
-that had to wait (the disk, the kernel's throttle of dirty pages, a journal: the loop's
-thread gave up its core, `_waited`) sends small blocks back to the thread for
-BACK_TO_THREAD_FOR, so a slow disk holds up the loop for one write at a time, not for each.
+Files are written by a thread of their own; a small block's (WRITE_ON_LOOP_UP_TO) is
+written on the event loop itself before `put` returns, behind or not: ~50 µs for 128 KiB,
+where the hand-off to the thread and back cost a worker more than the write (figures:
+README, "Measured design decisions"). Where those writes keep the loop waiting (the disk,
+the kernel's throttle of dirty pages, a journal) more than WAIT_BUDGET in a WINDOW, small
+blocks go to the thread for BACK_TO_THREAD_FOR (`LoopWaits`): a slow disk holds up the
+loop for a few writes, not for each.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ _UNREADABLE = Seldom(log)
 _UNREMOVABLE = Seldom(log)
 
 WRITE_ON_LOOP_UP_TO = 2**18  # bytes of a block whose file is written on the event loop
-WAITED = 0.001  # seconds a write on the loop took, its thread having waited (`_waited`) ...
-BACK_TO_THREAD_FOR = 60.0  # ... for small blocks' files to go to the thread this long
+WAIT_BUDGET = 0.01  # seconds those writes may keep the loop waiting in a WINDOW ...
+WINDOW = 1.0
+BACK_TO_THREAD_FOR = 60.0  # ... before small blocks' files go to the thread this long
 
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
@@ -97,7 +99,8 @@ class StoreStats:
     writing: int = 0  # blocks served from memory until their file is written
     write_errors: int = 0  # block files that could not be written (the block not kept)
     loop_writes: int = 0  # block files written on the event loop (WRITE_ON_LOOP_UP_TO)
-    loop_writes_waited: int = 0  # ... that waited, each sending them to the thread a while
+    loop_writes_waited: int = 0  # ... that kept the loop waiting (`LoopWaits.waited`)
+    loop_writes_stopped: int = 0  # times they went to the thread for BACK_TO_THREAD_FOR
     tiers: list[TierStats] = field(default_factory=list)
 
     @property
@@ -240,7 +243,7 @@ class BlockStore:
         # block files are written by a thread of their own, so writes waiting behind their
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
-        self._loop_writes_from = 0.0  # (monotonic) small blocks' files on the loop from then
+        self._loop_waits = LoopWaits()  # whether small blocks' files are written on the loop
 
     async def open(self) -> BlockStore:
         for tier in self._tiers:
@@ -431,6 +434,21 @@ class BlockStore:
             behind = (
                 not wait and self.write_behind > 0 and self._behind + len(data) <= self.write_behind
             )
+            if len(data) <= WRITE_ON_LOOP_UP_TO and self._loop_waits.open(time.monotonic()):
+                # (no task, no memory copy meanwhile: whole when this returns)
+                try:
+                    self._write_here(tier, key, data, crc)
+                except Exception as err:
+                    self.stats.write_errors += 1
+                    if not behind:  # (as `_write`'s: the caller's error, or logged)
+                        raise
+                    self.not_kept.warning(
+                        "block %s not cached: its file could not be written: %s", key, err
+                    )
+                    return
+                tier.verified[key] = (crc, len(data))
+                await self._placed(i, tier, key, data)
+                return
             task = asyncio.create_task(self._write(tier, key, data, crc, behind=behind))
             self._files[key] = task
             if behind:
@@ -447,6 +465,10 @@ class BlockStore:
                     self._cleanups.add(cleanup)
                     cleanup.add_done_callback(self._cleanups.discard)
                     raise
+        await self._placed(i, tier, key, data)
+
+    async def _placed(self, i: int, tier: _Tier, key: str, data: blocks.Data) -> None:
+        """`key` counted in tier `i`, and what that evicts moved down or dropped."""
         evicted = tier.ledger.add(key, len(data))
         tier.evictions += len(evicted)
         if tier.dir is not None:  # the last tiers are disks: what leaves them is dropped
@@ -475,17 +497,13 @@ class BlockStore:
     async def _write(
         self, tier: _Tier, key: str, data: blocks.Data, crc: int, *, behind: bool
     ) -> None:
-        """Write a block file, in the writing thread or, a small one, here (module
-        docstring); once it is whole, it may be located and sent as it is. A write that
-        fails is counted (`write_errors`); behind its readers (`behind`) the block then
-        leaves the cache (logged), otherwise the error is the caller's (`put`'s: the block
-        is not kept)."""
+        """Write a block file in the writing thread; once it is whole, it may be located
+        and sent as it is. A write that fails is counted (`write_errors`); behind its
+        readers (`behind`) the block then leaves the cache (logged), otherwise the error is
+        the caller's (`put`'s: the block is not kept)."""
         try:
-            if len(data) <= WRITE_ON_LOOP_UP_TO and time.monotonic() >= self._loop_writes_from:
-                self._write_here(tier, key, data, crc)
-            else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._writer, tier.write, key, data, crc)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, tier.write, key, data, crc)
             tier.verified[key] = (crc, len(data))  # written by us just now
         except Exception as err:
             self.stats.write_errors += 1
@@ -502,23 +520,30 @@ class BlockStore:
             del self._files[key]
 
     def _write_here(self, tier: _Tier, key: str, data: blocks.Data, crc: int) -> None:
-        """`tier.write` on the event loop; if it waited, small blocks' files go to the
-        writing thread for BACK_TO_THREAD_FOR."""
+        """`tier.write` on the event loop, the time it kept the loop waiting counted
+        (`LoopWaits`)."""
         switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-        start = time.monotonic()
+        cpu, start = time.thread_time(), time.monotonic()
         try:
             tier.write(key, data, crc)
         finally:
             self.stats.loop_writes += 1
-            took = time.monotonic() - start
-            if _waited(took, resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - switches):
-                self.stats.loop_writes_waited += 1
-                self._loop_writes_from = time.monotonic() + BACK_TO_THREAD_FOR
+            now = time.monotonic()
+            waited = LoopWaits.waited(
+                now - start,
+                time.thread_time() - cpu,
+                resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - switches,
+            )
+            self.stats.loop_writes_waited += waited > 0
+            if self._loop_waits.note(waited, now):
+                self.stats.loop_writes_stopped += 1
                 log.info(
-                    "writing a %d-byte block file held up the event loop %.1f ms: small "
-                    "blocks' files are written by the writing thread for the next %.0f s",
-                    len(data),
-                    took * 1000,
+                    "small block files' writes kept the event loop waiting over %.0f ms in "
+                    "%.0f s (the last %.1f ms): they are written by the writing thread for "
+                    "the next %.0f s",
+                    WAIT_BUDGET * 1000,
+                    WINDOW,
+                    waited * 1000,
                     BACK_TO_THREAD_FOR,
                 )
 
@@ -596,14 +621,39 @@ class BlockStore:
             "write_errors": s.write_errors,
             "loop_writes": s.loop_writes,
             "loop_writes_waited": s.loop_writes_waited,
+            "loop_writes_stopped": s.loop_writes_stopped,
             "evictions": sum(t.evictions for t in s.tiers),
             "tiers": [t.__dict__ for t in s.tiers],
         }
 
 
-def _waited(took: float, voluntary_switches: int) -> bool:
-    """Whether a write on the event loop's thread had to wait: it took WAITED or longer and
-    the thread gave up its core meanwhile (a voluntary context switch: it slept on the disk,
-    a lock or the kernel's throttle). Taken off its core by the scheduler (another process
-    busy on the machine) is no such wait: the thread would not have fared better."""
-    return took >= WAITED and voluntary_switches > 0
+class LoopWaits:
+    """Whether small blocks' files are written on the event loop: not for BACK_TO_THREAD_FOR
+    once their writes kept it waiting WAIT_BUDGET or more within a WINDOW. Pure: the
+    caller gives the times."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0  # seconds waited in the current window
+        self.since = 0.0  # (monotonic) the window's start
+        self.until = 0.0  # (monotonic) writes in the thread until then
+
+    def open(self, now: float) -> bool:
+        return now >= self.until
+
+    @staticmethod
+    def waited(wall: float, cpu: float, voluntary_switches: int) -> float:
+        """Seconds a write kept the loop's thread waiting: what it took beyond its own CPU
+        where the thread gave up its core meanwhile (it slept on the disk, a lock or the
+        kernel's throttle); none where it was only taken off its core by the scheduler
+        (another process busy on the machine), which the thread would not have escaped."""
+        return max(0.0, wall - cpu) if voluntary_switches > 0 else 0.0
+
+    def note(self, waited: float, now: float) -> bool:
+        """Count a write's wait; True if that sends small blocks to the thread now."""
+        if now - self.since >= WINDOW:
+            self.since, self.spent = now, 0.0
+        self.spent += waited
+        if self.spent < WAIT_BUDGET:
+            return False
+        self.until, self.spent = now + BACK_TO_THREAD_FOR, 0.0
+        return True

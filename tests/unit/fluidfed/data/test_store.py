@@ -256,14 +256,18 @@ async def test_a_block_evicted_or_replaced_while_written_behind_leaves_one_whole
         assert data == (await store.get(name))[0]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("size", [100, store_module.WRITE_ON_LOOP_UP_TO + 1])
 async def test_a_block_whose_file_cannot_be_written_behind_leaves_the_cache(
-    tmp_path: Path,
+    tmp_path: Path, size: int
 ) -> None:
-    store = await BlockStore([tier("SSD", 1000, tmp_path)], write_behind=1000).open()
+    store = await BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20).open()
     key = "c" * 32
     (tmp_path / key[:2]).write_text("a file where its directory goes")  # root or not
-    await store.put(key, b"c" * 100)
-    assert (await store.get(key)) is not None  # served from memory meanwhile, or already gone
+    await store.put(key, b"c" * size)
+    # a small block's file is written on the loop before `put` returns: gone at once; a
+    # larger one is served from memory while its thread tries (or already gone)
+    if size <= store_module.WRITE_ON_LOOP_UP_TO:
+        assert key not in store and store.stats.write_errors == 1
     await store.stored()
     assert key not in store and store.stats.write_errors == 1
     assert store.snapshot().used == 0
@@ -375,11 +379,13 @@ class WritingThreads:
     """The name of the thread that wrote each block file (the real write after)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: float = 0.0) -> None:
-        self.names: list[str] = []
+        self.names: list[str] = []  # in the order the writes began
+        self.by_key: dict[str, str] = {}
         self.hold = hold  # seconds the next write sleeps first (a disk that makes it wait)
 
         def noted(path: str | Path, data: blocks.Data, crc: int) -> None:
             self.names.append(threading.current_thread().name)
+            self.by_key[Path(path).name] = self.names[-1]
             if self.hold:
                 time.sleep(self.hold)
                 self.hold = 0.0
@@ -399,47 +405,80 @@ async def test_a_small_block_file_is_written_on_the_event_loop_a_large_one_in_th
     await store.put("c" * 32, small, wait=True)  # (a peer's hand-off: the same)
     await store.stored()
     loop_thread = threading.current_thread().name
-    assert threads.names[0] == loop_thread and threads.names[2] == loop_thread
-    assert threads.names[1].startswith("fluidfed-blockfile")
+    assert threads.by_key["a" * 32] == loop_thread and threads.by_key["c" * 32] == loop_thread
+    assert threads.by_key["b" * 32].startswith("fluidfed-blockfile")
     assert (store.stats.loop_writes, store.stats.loop_writes_waited) == (2, 0)
     assert store.describe()["loop_writes"] == 2
     for key, data in (("a" * 32, small), ("b" * 32, large), ("c" * 32, small)):
         assert read_block_file(block_path(tmp_path, key)) == (data, blocks.checksum(data))
 
 
-async def test_a_write_on_the_loop_that_waits_sends_small_files_to_the_thread_a_while(
+async def test_writes_on_the_loop_that_keep_it_waiting_send_small_files_to_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(store_module, "BACK_TO_THREAD_FOR", 0.5)
-    # the first write sleeps: its thread gives up its core (a disk, a throttle, a journal)
-    threads = WritingThreads(monkeypatch, hold=store_module.WAITED * 5)
+    # the first write sleeps past the budget: its thread gives up its core (a disk, a
+    # throttle, a journal)
+    threads = WritingThreads(monkeypatch, hold=store_module.WAIT_BUDGET * 2)
     store = await BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20).open()
     caplog.set_level(logging.INFO, "fluidfed.store")
     await store.put("a" * 32, b"a" * 100)
     await store.stored()
-    assert (store.stats.loop_writes, store.stats.loop_writes_waited) == (1, 1)
-    assert "held up the event loop" in caplog.text
+    s = store.stats
+    assert (s.loop_writes, s.loop_writes_waited, s.loop_writes_stopped) == (1, 1, 1)
+    assert "kept the event loop waiting" in caplog.text
     await store.put("b" * 32, b"b" * 100)  # meanwhile: the thread's
     await store.stored()
-    assert threads.names[1].startswith("fluidfed-blockfile")
+    assert threads.by_key["b" * 32].startswith("fluidfed-blockfile")
     await asyncio.sleep(0.6)
     await store.put("c" * 32, b"c" * 100)  # after it: on the loop again
     await store.stored()
-    assert threads.names[2] == threading.current_thread().name
-    assert (store.stats.loop_writes, store.stats.loop_writes_waited) == (2, 1)
+    assert threads.by_key["c" * 32] == threading.current_thread().name
+    assert (s.loop_writes, s.loop_writes_stopped) == (2, 1)
     for key in ("a" * 32, "b" * 32, "c" * 32):
         assert read_block_file(block_path(tmp_path, key))[0] == key[0].encode() * 100
 
 
+async def test_a_short_wait_on_the_loop_leaves_small_files_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = WritingThreads(monkeypatch, hold=store_module.WAIT_BUDGET / 5)
+    store = await BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20).open()
+    for key in ("a" * 32, "b" * 32):
+        await store.put(key, key[:1].encode() * 100)
+    await store.stored()
+    s = store.stats
+    assert (s.loop_writes, s.loop_writes_waited, s.loop_writes_stopped) == (2, 1, 0)
+    assert set(threads.by_key.values()) == {threading.current_thread().name}
+
+
 @pytest.mark.parametrize(
-    ("took", "switches", "waited"),
+    ("wall", "cpu", "switches", "waited"),
     [
-        (store_module.WAITED, 1, True),  # slept on the disk
-        (store_module.WAITED * 100, 0, False),  # taken off its core by the scheduler alone
-        (store_module.WAITED / 10, 3, False),  # a short wait on a lock
+        (0.005, 0.001, 1, 0.004),  # slept on the disk
+        (0.005, 0.001, 0, 0.0),  # taken off its core by the scheduler alone
+        (0.001, 0.0012, 2, 0.0),  # (the clocks' grain)
     ],
 )
-def test_a_write_waited_if_it_took_long_and_its_thread_gave_up_its_core(
-    took: float, switches: int, waited: bool
+def test_a_write_waited_beyond_its_cpu_if_its_thread_gave_up_its_core(
+    wall: float, cpu: float, switches: int, waited: float
 ) -> None:
-    assert store_module._waited(took, switches) is waited
+    assert store_module.LoopWaits.waited(wall, cpu, switches) == pytest.approx(waited)
+
+
+def test_small_files_leave_the_loop_once_their_waits_in_a_window_reach_the_budget() -> None:
+    w = store_module.LoopWaits()
+    budget, window = store_module.WAIT_BUDGET, store_module.WINDOW
+    t = 100.0
+    assert w.open(t)
+    # waits spread over windows never add up
+    for i in range(10):
+        assert not w.note(budget * 0.6, t + i * window)
+    # within one window they do
+    t += 20 * window
+    assert not w.note(budget * 0.6, t)
+    assert w.note(budget * 0.6, t + window / 2)
+    assert not w.open(t + window) and not w.open(t + window / 2 + 59)
+    assert w.open(t + window / 2 + store_module.BACK_TO_THREAD_FOR)
+    # and the count starts over after
+    assert not w.note(budget * 0.6, t + window / 2 + store_module.BACK_TO_THREAD_FOR)
