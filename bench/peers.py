@@ -532,8 +532,10 @@ def small_runs(
                     finally:
                         m.close()
             finally:
+                # (its block files stay on disk till the end, as the peers' caches do
+                # (`fresh_cache`): removed here, they cost the next round's first read
+                # through a worker ext4's search past freshly freed inodes)
                 w.close()
-                shutil.rmtree(w.dir, ignore_errors=True)
     return {row: summarize(xs) for row, xs in out.items()}
 
 
