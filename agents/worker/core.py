@@ -149,8 +149,12 @@ class Worker:
             )
         self.verifier = credentials.Verifier(self.credentials.current.keys)
         pod = os.environ.get("HOSTNAME") or socket.gethostname()
+        # (small blocks' files written on the loop: cheaper than the hand-off to a thread)
         self.store = BlockStore(
-            layout.own_tiers(cfg.tiers, pod), root=cache_root, write_behind=WRITE_BEHIND
+            layout.own_tiers(cfg.tiers, pod),
+            root=cache_root,
+            write_behind=WRITE_BEHIND,
+            write_on_loop=True,
         )
         self.ufs = [ufs.open_ufs(m) for m in cfg.mounts]
         self._inflight: dict[str, asyncio.Future[tuple[blocks.Data, int]]] = {}

@@ -8,20 +8,21 @@ reported as a miss (the caller fetches it again); a block checked once can be se
 the page cache as it is (`open_verified`), its receiver checking the CRC end to end. Disk
 tiers are indexed again on start, so a restarted worker keeps its cache.
 
-With `write_behind`, a block put into a disk tier is held in memory while its file is
-written, and `put` returns at once (a cache worker answers its reader meanwhile): reads of
+With `write_behind`, a block put into a disk tier is held in memory while a thread writes
+its file, and `put` returns at once (a cache worker answers its reader meanwhile): reads of
 it are served from that memory, it is located or sent from its file only once the file is
 whole (renamed into place), and `stored` waits until every such file is written. At most
 `write_behind` bytes wait so; past that, or for a block nobody reads yet (`put`'s `wait`:
 a peer's hand-off), `put` writes before it returns.
 
-Files are written by a thread of their own; a small block's (WRITE_ON_LOOP_UP_TO) is
-written on the event loop itself before `put` returns, behind or not: ~50 µs for 128 KiB,
-where the hand-off to the thread and back cost a worker more than the write (figures:
-README, "Measured design decisions"). Where those writes keep the loop waiting (the disk,
-the kernel's throttle of dirty pages, a journal) more than WAIT_BUDGET in a WINDOW, small
-blocks go to the thread for BACK_TO_THREAD_FOR (`LoopWaits`): a slow disk holds up the
-loop for a few writes, not for each.
+With `write_on_loop` (a cache worker's), a small block's file (WRITE_ON_LOOP_UP_TO) put
+into a disk tier is written on the event loop itself before `put` returns, behind or not:
+~50 µs for 128 KiB, where the hand-off to the thread and back cost the worker more than the
+write (figures: README, "Measured design decisions"); blocks moved down from a memory tier
+still go to the thread (many at once). Once such writes have kept the loop waiting
+WAIT_BUDGET within a WINDOW (asleep on the disk, the kernel's throttle of dirty pages, a
+journal), small blocks go to the thread for BACK_TO_THREAD_FOR (`LoopWaits`): that bounds
+how often a slow disk holds up the loop, not how long one write may.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import resource
 import stat
+import threading
 import time
 from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
@@ -98,7 +99,7 @@ class StoreStats:
     corrupt: int = 0
     writing: int = 0  # blocks served from memory until their file is written
     write_errors: int = 0  # block files that could not be written (the block not kept)
-    loop_writes: int = 0  # block files written on the event loop (WRITE_ON_LOOP_UP_TO)
+    loop_writes: int = 0  # block files written (or tried) on the event loop
     loop_writes_waited: int = 0  # ... that kept the loop waiting (`LoopWaits.waited`)
     loop_writes_stopped: int = 0  # times they went to the thread for BACK_TO_THREAD_FOR
     tiers: list[TierStats] = field(default_factory=list)
@@ -129,7 +130,8 @@ class _Tier:
         assert self.dir is not None
         return block_path(self.dir, key)
 
-    # disk I/O runs in a thread; these are the thread halves
+    # disk I/O runs in a thread (a small block's write: on the loop, `write_on_loop`); these
+    # are the blocking halves
     def write(self, key: str, data: blocks.Data, crc: int) -> int:
         if crc < 0:
             crc = blocks.checksum(data)
@@ -217,7 +219,12 @@ class BlockStore:
     """Tiered block storage with checksums. Not thread-safe: use from one event loop."""
 
     def __init__(
-        self, tiers: list[CacheTier], root: Path | None = None, *, write_behind: int = 0
+        self,
+        tiers: list[CacheTier],
+        root: Path | None = None,
+        *,
+        write_behind: int = 0,
+        write_on_loop: bool = False,
     ) -> None:
         self._tiers: list[_Tier] = []
         for i, spec in enumerate(tiers):
@@ -237,13 +244,15 @@ class BlockStore:
         self._behind = 0  # ... waiting now
         # what is being done to each block's file, one thing at a time per key (writes share
         # a temporary name; a removal must not take a file written after it was decided):
-        # writes behind the readers, writes `put` waits for, and removals
+        # writes behind the readers, writes `put` waits for, and removals (a write on the
+        # loop needs no entry: it is over before anything else runs)
         self._files: dict[str, asyncio.Task[None]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()  # (files of cancelled puts)
         # block files are written by a thread of their own, so writes waiting behind their
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
-        self._loop_waits = LoopWaits()  # whether small blocks' files are written on the loop
+        self.write_on_loop = write_on_loop  # small blocks' files (module docstring)
+        self._loop_waits = LoopWaits()  # ... for now
 
     async def open(self) -> BlockStore:
         for tier in self._tiers:
@@ -422,7 +431,14 @@ class BlockStore:
                 return
 
     async def _place(
-        self, i: int, key: str, data: blocks.Data, crc: int, *, wait: bool = False
+        self,
+        i: int,
+        key: str,
+        data: blocks.Data,
+        crc: int,
+        *,
+        wait: bool = False,
+        on_loop: bool = True,
     ) -> None:
         tier = self._tiers[i]
         if tier.dir is None:
@@ -434,7 +450,12 @@ class BlockStore:
             behind = (
                 not wait and self.write_behind > 0 and self._behind + len(data) <= self.write_behind
             )
-            if len(data) <= WRITE_ON_LOOP_UP_TO and self._loop_waits.open(time.monotonic()):
+            if (
+                on_loop
+                and self.write_on_loop
+                and len(data) <= WRITE_ON_LOOP_UP_TO
+                and self._loop_waits.open(time.monotonic())
+            ):
                 # (no task, no memory copy meanwhile: whole when this returns)
                 try:
                     self._write_here(tier, key, data, crc)
@@ -490,7 +511,7 @@ class BlockStore:
             ):
                 continue
             try:
-                await self._place(nxt, old, old_data, old_crc)
+                await self._place(nxt, old, old_data, old_crc, on_loop=False)  # (many at once)
             except OSError as err:  # (a full disk) dropped, as from the last tier
                 self.not_kept.warning("block %s not moved down a tier: its file: %s", old, err)
 
@@ -520,32 +541,30 @@ class BlockStore:
             del self._files[key]
 
     def _write_here(self, tier: _Tier, key: str, data: blocks.Data, crc: int) -> None:
-        """`tier.write` on the event loop, the time it kept the loop waiting counted
-        (`LoopWaits`)."""
-        switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-        cpu, start = time.thread_time(), time.monotonic()
+        """`tier.write` on the event loop (its error the caller's), the time it kept the
+        loop waiting counted (`LoopWaits`)."""
+        before, start = _thread_times(), time.monotonic()
         try:
             tier.write(key, data, crc)
         finally:
             self.stats.loop_writes += 1
-            now = time.monotonic()
-            waited = LoopWaits.waited(
-                now - start,
-                time.thread_time() - cpu,
-                resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - switches,
-            )
-            self.stats.loop_writes_waited += waited > 0
-            if self._loop_waits.note(waited, now):
-                self.stats.loop_writes_stopped += 1
-                log.info(
-                    "small block files' writes kept the event loop waiting over %.0f ms in "
-                    "%.0f s (the last %.1f ms): they are written by the writing thread for "
-                    "the next %.0f s",
-                    WAIT_BUDGET * 1000,
-                    WINDOW,
-                    waited * 1000,
-                    BACK_TO_THREAD_FOR,
-                )
+            after, now = _thread_times(), time.monotonic()
+            if before is None or after is None:  # (the kernel does not say: the thread's)
+                self.write_on_loop = False
+            else:
+                waited = LoopWaits.waited(now - start, after[0] - before[0], after[1] - before[1])
+                self.stats.loop_writes_waited += waited > 0
+                if self._loop_waits.note(waited, now):
+                    self.stats.loop_writes_stopped += 1
+                    log.info(
+                        "small block files' writes kept the event loop waiting %.0f ms or "
+                        "more within %.0f s (the last %.1f ms): they are written by the "
+                        "writing thread for the next %.0f s",
+                        WAIT_BUDGET * 1000,
+                        WINDOW,
+                        waited * 1000,
+                        BACK_TO_THREAD_FOR,
+                    )
 
     async def _settled(self, key: str) -> None:
         """Once nothing is done to the file of `key` (what started meanwhile too)."""
@@ -641,12 +660,12 @@ class LoopWaits:
         return now >= self.until
 
     @staticmethod
-    def waited(wall: float, cpu: float, voluntary_switches: int) -> float:
-        """Seconds a write kept the loop's thread waiting: what it took beyond its own CPU
-        where the thread gave up its core meanwhile (it slept on the disk, a lock or the
-        kernel's throttle); none where it was only taken off its core by the scheduler
-        (another process busy on the machine), which the thread would not have escaped."""
-        return max(0.0, wall - cpu) if voluntary_switches > 0 else 0.0
+    def waited(wall: float, ran: float, queued: float) -> float:
+        """Seconds a write kept the loop's thread asleep: what it took beyond the time the
+        thread ran and the time it waited for a core (taken off it by the scheduler,
+        which the thread would not have escaped elsewhere), i.e. on the disk, a lock, the
+        kernel's throttle, or the GIL taken back from another thread meanwhile."""
+        return max(0.0, wall - ran - queued)
 
     def note(self, waited: float, now: float) -> bool:
         """Count a write's wait; True if that sends small blocks to the thread now."""
@@ -657,3 +676,19 @@ class LoopWaits:
             return False
         self.until, self.spent = now + BACK_TO_THREAD_FOR, 0.0
         return True
+
+
+_THREAD = threading.local()  # each thread's /proc/thread-self/schedstat, kept open
+
+
+def _thread_times() -> tuple[float, float] | None:
+    """(seconds this thread has run, seconds it has waited for a core) as the kernel counts
+    them, or None where it does not say (no /proc, no scheduler statistics)."""
+    try:
+        fd = getattr(_THREAD, "schedstat", None)
+        if fd is None:
+            fd = _THREAD.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        ran, queued, _ = os.pread(fd, 64, 0).split()
+        return int(ran) / 1e9, int(queued) / 1e9
+    except (OSError, ValueError):
+        return None
