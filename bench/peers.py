@@ -533,8 +533,9 @@ def small_runs(
                         m.close()
             finally:
                 # (its block files stay on disk till the end, as the peers' caches do
-                # (`fresh_cache`): removed here, they cost the next round's first read
-                # through a worker ext4's search past freshly freed inodes)
+                # (`fresh_cache`; --runs times the small files' size): removed here, they
+                # cost the next round's first read through a worker ext4's search past
+                # freshly freed inodes)
                 w.close()
     return {row: summarize(xs) for row, xs in out.items()}
 
