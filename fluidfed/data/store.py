@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import stat
 import threading
 import time
@@ -552,7 +553,9 @@ class BlockStore:
             if before is None or after is None:  # (the kernel does not say: the thread's)
                 self.write_on_loop = False
             else:
-                waited = LoopWaits.waited(now - start, after[0] - before[0], after[1] - before[1])
+                waited = LoopWaits.waited(
+                    now - start, after[0] - before[0], after[1] - before[1], after[2] - before[2]
+                )
                 self.stats.loop_writes_waited += waited > 0
                 if self._loop_waits.note(waited, now):
                     self.stats.loop_writes_stopped += 1
@@ -660,12 +663,13 @@ class LoopWaits:
         return now >= self.until
 
     @staticmethod
-    def waited(wall: float, ran: float, queued: float) -> float:
-        """Seconds a write kept the loop's thread asleep: what it took beyond the time the
-        thread ran and the time it waited for a core (taken off it by the scheduler,
-        which the thread would not have escaped elsewhere), i.e. on the disk, a lock, the
-        kernel's throttle, or the GIL taken back from another thread meanwhile."""
-        return max(0.0, wall - ran - queued)
+    def waited(wall: float, ran: float, queued: float, slept: int) -> float:
+        """Seconds a write kept the loop's thread asleep: where it went to sleep (`slept`
+        times: on the disk, a lock, the kernel's throttle, the GIL taken back from
+        another thread), what it took beyond the time the thread ran and the time it
+        waited for a core (taken off it by the scheduler, which the thread would not have
+        escaped elsewhere)."""
+        return max(0.0, wall - ran - queued) if slept > 0 else 0.0
 
     def note(self, waited: float, now: float) -> bool:
         """Count a write's wait; True if that sends small blocks to the thread now."""
@@ -681,14 +685,22 @@ class LoopWaits:
 _THREAD = threading.local()  # each thread's /proc/thread-self/schedstat, kept open
 
 
-def _thread_times() -> tuple[float, float] | None:
-    """(seconds this thread has run, seconds it has waited for a core) as the kernel counts
-    them, or None where it does not say (no /proc, no scheduler statistics)."""
+def _thread_times() -> tuple[float, float, int] | None:
+    """(seconds this thread has run, seconds it has waited for a core, times it has gone to
+    sleep), or None where the kernel does not say (no /proc, no scheduler statistics). The
+    run time is the thread's CPU clock, exact to now: schedstat's own first field is brought
+    up to date only at the scheduler's tick or a switch, so a write of 100 µs between two
+    ticks seemed to have slept all of it. The wait for a core is brought up to date when
+    the thread gets one back, before it runs again. The sleeps (voluntary context
+    switches) tell a wait from the time interrupts took on the thread's core, which counts
+    as neither run nor wait (loopback's network work: every bench run added up 10 ms of it
+    within a second)."""
     try:
         fd = getattr(_THREAD, "schedstat", None)
         if fd is None:
             fd = _THREAD.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        ran, queued, _ = os.pread(fd, 64, 0).split()
-        return int(ran) / 1e9, int(queued) / 1e9
-    except (OSError, ValueError):
+        queued = int(os.pread(fd, 64, 0).split()[1])
+        slept = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+    except (OSError, ValueError, IndexError, AttributeError):  # (RUSAGE_THREAD: Linux's)
         return None
+    return time.thread_time(), queued / 1e9, slept

@@ -500,17 +500,18 @@ async def test_a_short_wait_on_the_loop_leaves_small_files_there(
 
 
 @pytest.mark.parametrize(
-    ("wall", "ran", "queued", "waited"),
+    ("wall", "ran", "queued", "slept", "waited"),
     [
-        (0.005, 0.001, 0.0, 0.004),  # asleep on the disk
-        (0.005, 0.001, 0.004, 0.0),  # waiting for a core (another process busy)
-        (0.001, 0.0012, 0.0, 0.0),  # (the clocks' grain)
+        (0.005, 0.001, 0.0, 1, 0.004),  # asleep on the disk
+        (0.005, 0.001, 0.004, 1, 0.0),  # waiting for a core (another process busy)
+        (0.005, 0.001, 0.0, 0, 0.0),  # interrupts' work on its core: no sleep
+        (0.001, 0.0012, 0.0, 2, 0.0),  # (the clocks' grain)
     ],
 )
-def test_a_write_waited_beyond_the_time_it_ran_and_the_time_it_waited_for_a_core(
-    wall: float, ran: float, queued: float, waited: float
+def test_a_write_waited_where_it_slept_beyond_the_time_it_ran_or_waited_for_a_core(
+    wall: float, ran: float, queued: float, slept: int, waited: float
 ) -> None:
-    assert store_module.LoopWaits.waited(wall, ran, queued) == pytest.approx(waited)
+    assert store_module.LoopWaits.waited(wall, ran, queued, slept) == pytest.approx(waited)
 
 
 def test_small_files_leave_the_loop_once_their_waits_in_a_window_reach_the_budget() -> None:
@@ -536,5 +537,7 @@ def test_the_kernel_says_how_long_this_thread_ran_and_waited_for_a_core() -> Non
     before = store_module._thread_times()
     assert before is not None  # (Linux with scheduler statistics: what CI runs on)
     sum(range(200_000))
+    time.sleep(0.001)
     after = store_module._thread_times()
     assert after is not None and after[0] > before[0] and after[1] >= before[1]
+    assert after[2] > before[2]  # (the sleep)
