@@ -64,8 +64,8 @@ T = TypeVar("T")
 class BlockFileGate:
     """Holds every block file a `BlockStore` writes (the real write, in its thread) until
     `open` is set: what readers see while files are being written. Small blocks' files
-    too go to the thread meanwhile (the store writes them on its event loop, which a held
-    write would hold up)."""
+    too go to the thread meanwhile (a worker's store writes them on its event loop, which a
+    held write would hold up)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr("fluidfed.data.store.WRITE_ON_LOOP_UP_TO", -1)

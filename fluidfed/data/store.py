@@ -552,6 +552,10 @@ class BlockStore:
             after, now = _thread_times(), time.monotonic()
             if before is None or after is None:  # (the kernel does not say: the thread's)
                 self.write_on_loop = False
+                log.info(
+                    "this kernel does not say how long a thread waits (/proc/thread-self/"
+                    "schedstat): small blocks' files are written by the writing thread"
+                )
             else:
                 waited = LoopWaits.waited(
                     now - start, after[0] - before[0], after[1] - before[1], after[2] - before[2]
@@ -651,8 +655,9 @@ class BlockStore:
 
 class LoopWaits:
     """Whether small blocks' files are written on the event loop: not for BACK_TO_THREAD_FOR
-    once their writes kept it waiting WAIT_BUDGET or more within a WINDOW. Pure: the
-    caller gives the times."""
+    once their writes kept it waiting WAIT_BUDGET or more within a WINDOW (fixed windows,
+    one after the other: waits either side of a boundary may add up to twice the budget
+    within a WINDOW's time). Pure: the caller gives the times."""
 
     def __init__(self) -> None:
         self.spent = 0.0  # seconds waited in the current window
@@ -683,11 +688,14 @@ class LoopWaits:
 
 
 _THREAD = threading.local()  # each thread's /proc/thread-self/schedstat, kept open
+# (a child forked without exec opens its own: the parent's names the parent's thread)
+os.register_at_fork(after_in_child=lambda: _THREAD.__dict__.pop("schedstat", None))
 
 
 def _thread_times() -> tuple[float, float, int] | None:
     """(seconds this thread has run, seconds it has waited for a core, times it has gone to
-    sleep), or None where the kernel does not say (no /proc, no scheduler statistics). The
+    sleep), or None where the kernel does not say (no /proc; scheduler statistics off, where
+    schedstat reads all zeros). The
     run time is the thread's CPU clock, exact to now: schedstat's own first field is brought
     up to date only at the scheduler's tick or a switch, so a write of 100 µs between two
     ticks seemed to have slept all of it. The wait for a core is brought up to date when
@@ -699,8 +707,8 @@ def _thread_times() -> tuple[float, float, int] | None:
         fd = getattr(_THREAD, "schedstat", None)
         if fd is None:
             fd = _THREAD.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        queued = int(os.pread(fd, 64, 0).split()[1])
+        ran, queued = (int(n) for n in os.pread(fd, 64, 0).split()[:2])
         slept = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
-    except (OSError, ValueError, IndexError, AttributeError):  # (RUSAGE_THREAD: Linux's)
+    except (OSError, ValueError, AttributeError):  # (RUSAGE_THREAD: Linux's)
         return None
-    return time.thread_time(), queued / 1e9, slept
+    return (time.thread_time(), queued / 1e9, slept) if ran else None

@@ -256,6 +256,13 @@ async def test_a_block_evicted_or_replaced_while_written_behind_leaves_one_whole
         assert data == (await store.get(name))[0]  # type: ignore[index]
 
 
+@pytest.fixture
+def no_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes on the loop stay there whatever the machine makes them wait (a loaded CI)."""
+    monkeypatch.setattr(store_module, "WAIT_BUDGET", 60.0)
+
+
+@pytest.mark.usefixtures("no_trips")
 @pytest.mark.parametrize("size", [100, store_module.WRITE_ON_LOOP_UP_TO + 1])
 async def test_a_block_whose_file_cannot_be_written_behind_leaves_the_cache(
     tmp_path: Path, size: int
@@ -273,6 +280,21 @@ async def test_a_block_whose_file_cannot_be_written_behind_leaves_the_cache(
     assert key not in store and store.stats.write_errors == 1
     assert store.snapshot().used == 0
     assert await store.get(key) is None  # a miss: the caller fetches it again
+
+
+@pytest.mark.usefixtures("no_trips")
+@pytest.mark.parametrize("size", [100, store_module.WRITE_ON_LOOP_UP_TO + 1])
+async def test_a_block_whose_file_cannot_be_written_while_put_waits_is_the_callers_error(
+    tmp_path: Path, size: int
+) -> None:
+    store = BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20, write_on_loop=True)
+    await store.open()
+    key = "c" * 32
+    (tmp_path / key[:2]).write_text("a file where its directory goes")
+    with pytest.raises(NotADirectoryError):  # (a peer's hand-off: its sender hears)
+        await store.put(key, b"c" * size, wait=True)
+    assert key not in store and store.stats.write_errors == 1
+    assert store.snapshot().used == 0
 
 
 async def test_a_block_at_hand_is_held_in_memory_or_in_a_file_checked_before(
@@ -395,6 +417,7 @@ class WritingThreads:
         monkeypatch.setattr(store_module, "write_block_file", noted)
 
 
+@pytest.mark.usefixtures("no_trips")
 async def test_a_small_block_file_is_written_on_the_event_loop_a_large_one_in_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -415,6 +438,7 @@ async def test_a_small_block_file_is_written_on_the_event_loop_a_large_one_in_th
         assert read_block_file(block_path(tmp_path, key)) == (data, blocks.checksum(data))
 
 
+@pytest.mark.usefixtures("no_trips")
 async def test_without_write_on_loop_and_moved_down_a_tier_small_files_go_to_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -435,6 +459,7 @@ async def test_without_write_on_loop_and_moved_down_a_tier_small_files_go_to_the
     assert plain.stats.loop_writes == store.stats.loop_writes == 0
 
 
+@pytest.mark.usefixtures("no_trips")
 async def test_a_small_block_put_again_waits_for_its_file_being_written_in_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -466,8 +491,9 @@ async def test_writes_on_the_loop_that_keep_it_waiting_send_small_files_to_the_t
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(store_module, "BACK_TO_THREAD_FOR", 1.0)
+    monkeypatch.setattr(store_module, "WAIT_BUDGET", 0.05)  # (room for the machine's own)
     # the first write sleeps past the budget (a disk, a throttle, a journal)
-    threads = WritingThreads(monkeypatch, hold=store_module.WAIT_BUDGET * 2)
+    threads = WritingThreads(monkeypatch, hold=0.1)
     store = BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20, write_on_loop=True)
     await store.open()
     caplog.set_level(logging.INFO, "fluidfed.store")
@@ -489,7 +515,8 @@ async def test_writes_on_the_loop_that_keep_it_waiting_send_small_files_to_the_t
 async def test_a_short_wait_on_the_loop_leaves_small_files_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    threads = WritingThreads(monkeypatch, hold=store_module.WAIT_BUDGET / 5)
+    monkeypatch.setattr(store_module, "WAIT_BUDGET", 0.05)  # (room for the machine's own)
+    threads = WritingThreads(monkeypatch, hold=0.002)
     store = BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20, write_on_loop=True)
     await store.open()
     for key in ("a" * 32, "b" * 32):
