@@ -700,9 +700,9 @@ def _thread_times() -> tuple[float, float, int] | None:
     up to date only at the scheduler's tick or a switch, so a write of 100 µs between two
     ticks seemed to have slept all of it. The wait for a core is brought up to date when
     the thread gets one back, before it runs again. The sleeps (voluntary context
-    switches) tell a wait from the time interrupts took on the thread's core, which counts
-    as neither run nor wait (loopback's network work: every bench run added up 10 ms of it
-    within a second)."""
+    switches) tell a wait from time taken from the thread without its sleeping, which
+    counts as neither run nor wait (interrupts' work on its core, loopback's network; the
+    hypervisor's, steal time): every bench run added up 10 ms of it within a second."""
     try:
         fd = getattr(_THREAD, "schedstat", None)
         if fd is None:
