@@ -256,6 +256,20 @@ async def test_a_block_evicted_or_replaced_while_written_behind_leaves_one_whole
         assert data == (await store.get(name))[0]  # type: ignore[index]
 
 
+async def worker_store(path: Path, size: int = 2**20) -> BlockStore:
+    """A worker's store: one disk tier of `size` bytes, as many written behind, small
+    blocks' files on the loop."""
+    return await BlockStore([tier("SSD", size, path)], write_behind=size, write_on_loop=True).open()
+
+
+def unwritable(path: Path) -> str:
+    """A block key whose file cannot be written under `path`: a file where its directory
+    goes (root or not)."""
+    key = "c" * 32
+    (path / key[:2]).write_text("a file where its directory goes")
+    return key
+
+
 @pytest.fixture
 def no_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     """Writes on the loop stay there whatever the machine makes them wait (a loaded CI)."""
@@ -267,10 +281,8 @@ def no_trips(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_block_whose_file_cannot_be_written_behind_leaves_the_cache(
     tmp_path: Path, size: int
 ) -> None:
-    store = BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20, write_on_loop=True)
-    await store.open()
-    key = "c" * 32
-    (tmp_path / key[:2]).write_text("a file where its directory goes")  # root or not
+    store = await worker_store(tmp_path)
+    key = unwritable(tmp_path)
     await store.put(key, b"c" * size)
     # a small block's file is written on the loop before `put` returns: gone at once; a
     # larger one is served from memory while its thread tries (or already gone)
@@ -287,10 +299,8 @@ async def test_a_block_whose_file_cannot_be_written_behind_leaves_the_cache(
 async def test_a_block_whose_file_cannot_be_written_while_put_waits_is_the_callers_error(
     tmp_path: Path, size: int
 ) -> None:
-    store = BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20, write_on_loop=True)
-    await store.open()
-    key = "c" * 32
-    (tmp_path / key[:2]).write_text("a file where its directory goes")
+    store = await worker_store(tmp_path)
+    key = unwritable(tmp_path)
     with pytest.raises(NotADirectoryError):  # (a peer's hand-off: its sender hears)
         await store.put(key, b"c" * size, wait=True)
     assert key not in store and store.stats.write_errors == 1
@@ -422,8 +432,7 @@ async def test_a_small_block_file_is_written_on_the_event_loop_a_large_one_in_th
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads = WritingThreads(monkeypatch)
-    store = BlockStore([tier("SSD", 2**24, tmp_path)], write_behind=2**24, write_on_loop=True)
-    await store.open()
+    store = await worker_store(tmp_path, 2**24)
     small, large = b"s" * store_module.WRITE_ON_LOOP_UP_TO, b"l" * 2**20
     await store.put("a" * 32, small)
     assert "a" * 32 in threads.by_key  # (written before `put` returned)
@@ -472,8 +481,7 @@ async def test_a_small_block_put_again_waits_for_its_file_being_written_in_the_t
         real(path, data, crc)
 
     monkeypatch.setattr(store_module, "write_block_file", held_if_large)
-    store = BlockStore([tier("SSD", 2**24, tmp_path)], write_behind=2**24, write_on_loop=True)
-    await store.open()
+    store = await worker_store(tmp_path, 2**24)
     key, small = "a" * 32, b"s" * 100
     await store.put(key, b"l" * 2**20)  # behind: its thread holds at the gate
     again = asyncio.create_task(store.put(key, small))
@@ -494,8 +502,7 @@ async def test_writes_on_the_loop_that_keep_it_waiting_send_small_files_to_the_t
     monkeypatch.setattr(store_module, "WAIT_BUDGET", 0.05)  # (room for the machine's own)
     # the first write sleeps past the budget (a disk, a throttle, a journal)
     threads = WritingThreads(monkeypatch, hold=0.1)
-    store = BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20, write_on_loop=True)
-    await store.open()
+    store = await worker_store(tmp_path)
     caplog.set_level(logging.INFO, "fluidfed.store")
     await store.put("a" * 32, b"a" * 100)
     s = store.stats
@@ -517,8 +524,7 @@ async def test_a_short_wait_on_the_loop_leaves_small_files_there(
 ) -> None:
     monkeypatch.setattr(store_module, "WAIT_BUDGET", 0.05)  # (room for the machine's own)
     threads = WritingThreads(monkeypatch, hold=0.002)
-    store = BlockStore([tier("SSD", 2**20, tmp_path)], write_behind=2**20, write_on_loop=True)
-    await store.open()
+    store = await worker_store(tmp_path)
     for key in ("a" * 32, "b" * 32):
         await store.put(key, key[:1].encode() * 100)
     s = store.stats
