@@ -627,4 +627,10 @@ class Worker:
             ),
             load=self.load,
             writing=s.writing + len(self._keeping),
+            writes=protocol.Writes(
+                errors=s.write_errors,
+                on_loop=s.loop_writes,
+                on_loop_waited=s.loop_writes_waited,
+                on_loop_stopped=s.loop_writes_stopped,
+            ),
         )

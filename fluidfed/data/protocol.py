@@ -269,6 +269,17 @@ class Served(Message):
     joined: int = 0  # blocks sent after another in the same answer (`BlockQuery.joined`)
 
 
+class Writes(Message):
+    """The block files a worker's disk tiers wrote: those that failed, and where the small
+    ones were written (`BlockStore.write_on_loop`)."""
+
+    errors: int = 0  # files that could not be written (a full disk): answered, not kept
+    on_loop: int = 0  # small blocks' files written (or tried) on the event loop
+    on_loop_waited: int = 0  # ... of which kept the loop asleep (the disk, the throttle)
+    # times small blocks' files went to the writing thread for a while (the waits added up)
+    on_loop_stopped: int = 0
+
+
 LoadState = Literal["idle", "running", "done", "failed"]
 
 
@@ -304,6 +315,7 @@ class WorkerStatus(Message):
     served: Served
     load: LoadProgress = msgspec.field(default_factory=LoadProgress)
     writing: int = 0  # blocks held in memory until their disk file is written
+    writes: Writes = msgspec.field(default_factory=Writes)
 
 
 class WorkerRegistration(Message):

@@ -24,6 +24,7 @@ from devkit.local.processes import WorkerProcess, local_credentials, local_token
 from devkit.local.s3 import CREDENTIALS, S3Server
 from fluidfed import errors
 from fluidfed.data import blockfile, blocks, credentials, protocol, workers
+from fluidfed.data import store as store_module
 from fluidfed.data.blockfile import TRAILER_SIZE
 from fluidfed.data.layout import FileRef, Peers, SidecarConfig, WorkerConfig
 from fluidfed.data.store import BlockStore
@@ -421,3 +422,24 @@ async def test_a_miss_whose_file_cannot_be_written_is_answered_and_not_kept(
     assert "cannot write the block's file" in str(refused.value)
     await w.stored()
     assert key not in w.store
+    assert w.status().writes.errors == 3  # the two misses' files and the peer's
+
+
+async def test_the_status_says_where_block_files_were_written(data: Path, served: Served) -> None:
+    """`GET /v1/status` counts the small blocks' files written on the worker's event loop
+    (`BlockStore.write_on_loop`), and not the larger ones, which its writing thread
+    writes; none failed, none kept the loop waiting long enough to be sent to the thread."""
+    small = next(r for r in refs(data) if 1000 < len(r[2]) <= store_module.WRITE_ON_LOOP_UP_TO)
+    large = next(r for r in refs(data) if len(r[2]) > store_module.WRITE_ON_LOOP_UP_TO)
+    for ref, index, want in (small, large):
+        got = await served.get(ref, index)
+        assert bytes(got.data) == want and not got.hit
+    await served.worker.stored()
+    agent = credentials.authorization(local_token(DATASET, "agent"))
+    async with served.session.get(f"{served.url}/v1/status", headers=agent) as r:
+        assert r.status == 200
+        status = protocol.decode(protocol.WorkerStatus, await r.read())
+    assert status.writes.errors == 0
+    assert status.writes.on_loop == 1
+    assert status.writes.on_loop_stopped == 0
+    assert status.ufs.reads == 2 and status.blocks == 2
