@@ -353,7 +353,16 @@ def warm_worker(
     root: Path, mount: dict[str, Any], size_mib: int, name: str = "worker"
 ) -> WorkerProcess:
     wdir = root / name
-    tier = [{"medium": "SSD", "quota": f"{2 * size_mib + 64}MiB", "path": str(wdir / "ssd")}]
+    # (the free-space floor checked as always, set low: a bench whose runs keep their
+    # workers' files must not have them evicted because the machine's disk fills up)
+    tier = [
+        {
+            "medium": "SSD",
+            "quota": f"{2 * size_mib + 64}MiB",
+            "path": str(wdir / "ssd"),
+            "min_free": 0.02,
+        }
+    ]
     port = free_port()
     return WorkerProcess(
         wdir,

@@ -160,6 +160,14 @@ WORKER_STATUS_WIRE: dict[str, Any] = {
     },
     "load": {"state": "idle", "path": "", "blocks": 0, "done": 0, "cached": 0, "bytes": 0},
     "writing": 1,
+    "writes": {
+        "errors": 1,
+        "on_loop": 5,
+        "on_loop_waited": 1,
+        "on_loop_stopped": 0,
+        "shed": 2,
+        "no_room": 0,
+    },
 }
 
 

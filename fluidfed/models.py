@@ -120,6 +120,9 @@ class CacheTier(Spec, frozen=True):
     path: str = ""  # a directory for SSD/HDD; MEM uses memory
     high: Ratio = 0.95  # evict once usage passes this fraction of the quota
     low: Ratio = 0.7  # ... down to this fraction
+    # a disk tier keeps this fraction of its filesystem free (kubelet evicts pods where less
+    # than 10% of the node's is: the default stays clear of it), whatever its quota
+    min_free: Ratio = 0.15
 
 
 class Resources(Spec, frozen=True):

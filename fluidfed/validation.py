@@ -305,6 +305,14 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
                     path=f"{p}.low",
                 )
             )
+        if tier.min_free >= 1:
+            problems.append(
+                Problem(
+                    f"min_free ({tier.min_free}) is the fraction of the tier's filesystem kept "
+                    "free: below 1 (0 turns it off)",
+                    path=f"{p}.min_free",
+                )
+            )
     return problems
 
 

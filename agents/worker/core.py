@@ -632,5 +632,7 @@ class Worker:
                 on_loop=s.loop_writes,
                 on_loop_waited=s.loop_writes_waited,
                 on_loop_stopped=s.loop_writes_stopped,
+                shed=s.shed,
+                no_room=s.no_room,
             ),
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import math
 import struct
 import threading
 from collections import OrderedDict
@@ -226,6 +227,26 @@ class Ledger:
         self.used -= size
         return size
 
+    def shed(self, need: int, cost: Callable[[int], int], keep: str) -> tuple[list[str], int]:
+        """Evict the least recently used keys (never `keep`) until what they take on disk,
+        `cost(size)` each, adds up to `need` bytes or none is left: (the keys, their
+        bytes)."""
+        gone: list[str] = []
+        freed = 0
+        for key in list(self._sizes):
+            if freed >= need:
+                break
+            if key != keep:
+                freed += cost(self.remove(key))
+                gone.append(key)
+        return gone, freed
+
     def hottest(self) -> list[str]:
         """Keys, most recently used first."""
         return list(reversed(self._sizes))
+
+
+def room_needed(free: int, total: int, min_free: float, size: int) -> int:
+    """Bytes to free on a filesystem with `free` of its `total` bytes available, so that
+    `size` more leave at least `min_free` of it free: 0 where they already do."""
+    return max(0, size + math.ceil(total * min_free) - free)

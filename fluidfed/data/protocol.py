@@ -278,6 +278,10 @@ class Writes(Message):
     on_loop_waited: int = 0  # ... of which kept the loop asleep (the disk, the throttle)
     # times small blocks' files went to the writing thread for a while (the waits added up)
     on_loop_stopped: int = 0
+    # blocks evicted to keep their tier's filesystem `min_free` free, and blocks not kept
+    # because even that could not
+    shed: int = 0
+    no_room: int = 0
 
 
 LoadState = Literal["idle", "running", "done", "failed"]

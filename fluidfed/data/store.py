@@ -28,6 +28,7 @@ how often a slow disk holds up the loop, not how long one write may.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -49,6 +50,7 @@ from fluidfed.data.blockfile import (
     data_length,
     read_block_file,
     spread_subdirectories,
+    trailer_size,
     write_block_file,
 )
 from fluidfed.logs import Seldom
@@ -63,6 +65,11 @@ WRITE_ON_LOOP_UP_TO = 2**18  # bytes of a block whose file is written on the eve
 WAIT_BUDGET = 0.01  # seconds those writes may keep the loop waiting in a WINDOW ...
 WINDOW = 1.0
 BACK_TO_THREAD_FOR = 60.0  # ... before small blocks' files go to the thread this long
+
+
+def _on_disk(size: int) -> int:
+    """What the file of a block of `size` bytes takes on a disk of 4 KiB blocks."""
+    return -(-(size + trailer_size(size)) // 4096) * 4096
 
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
@@ -103,6 +110,9 @@ class StoreStats:
     loop_writes: int = 0  # block files written (or tried) on the event loop
     loop_writes_waited: int = 0  # ... that kept the loop waiting (`LoopWaits.waited`)
     loop_writes_stopped: int = 0  # times they went to the thread for BACK_TO_THREAD_FOR
+    # blocks not kept: their tier's filesystem could not stay `min_free` free with them
+    no_room: int = 0
+    shed: int = 0  # blocks evicted to keep a tier's filesystem `min_free` free
     tiers: list[TierStats] = field(default_factory=list)
 
     @property
@@ -117,6 +127,7 @@ class StoreStats:
 class _Tier:
     def __init__(self, spec: CacheTier, directory: Path | None) -> None:
         self.medium = spec.medium
+        self.min_free = spec.min_free  # (disk tiers: `BlockStore._room`)
         self.ledger = blocks.Ledger(int(spec.quota), spec.high, spec.low)
         self.dir = directory
         self.mem: dict[str, tuple[blocks.Data, int]] = {}
@@ -451,6 +462,17 @@ class BlockStore:
             behind = (
                 not wait and self.write_behind > 0 and self._behind + len(data) <= self.write_behind
             )
+            if not await self._room(tier, key, len(data)):
+                self.stats.no_room += 1
+                full = OSError(
+                    errno.ENOSPC,
+                    f"{tier.dir} keeps {tier.min_free:.0%} of its filesystem free "
+                    "(cache.tiers[].min_free), and its own blocks cannot make room",
+                )
+                if not behind:  # (as a write that fails: the caller's error, or logged)
+                    raise full
+                self.not_kept.warning("block %s not cached: %s", key, full)
+                return
             if (
                 on_loop
                 and self.write_on_loop
@@ -488,6 +510,30 @@ class BlockStore:
                     cleanup.add_done_callback(self._cleanups.discard)
                     raise
         await self._placed(i, tier, key, data)
+
+    async def _room(self, tier: _Tier, key: str, size: int) -> bool:
+        """Whether a file for a block of `size` bytes leaves `tier`'s filesystem at least
+        `min_free` free (a node's disk is shared: kubelet evicts pods where it runs short),
+        after the tier's least recently used blocks are evicted and their files removed to
+        make room (the blocks written behind their readers counted as written). False where
+        the tier's blocks cannot: the block is not kept. Its quota aside: a quota larger
+        than the disk stops here, not at ENOSPC."""
+        if tier.min_free <= 0 or tier.dir is None:
+            return True
+        try:
+            fs = os.statvfs(tier.dir)
+        except OSError:
+            return True  # (the write will say what is wrong)
+        free = fs.f_bavail * fs.f_frsize - self._behind
+        need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, _on_disk(size))
+        if need == 0:
+            return True
+        gone, freed = tier.ledger.shed(need, _on_disk, keep=key)
+        tier.evictions += len(gone)
+        self.stats.shed += len(gone)
+        for old in gone:
+            await self._unlink(tier, old)
+        return freed >= need
 
     async def _placed(self, i: int, tier: _Tier, key: str, data: blocks.Data) -> None:
         """`key` counted in tier `i`, and what that evicts moved down or dropped."""
@@ -648,6 +694,8 @@ class BlockStore:
             "loop_writes": s.loop_writes,
             "loop_writes_waited": s.loop_writes_waited,
             "loop_writes_stopped": s.loop_writes_stopped,
+            "no_room": s.no_room,
+            "shed": s.shed,
             "evictions": sum(t.evictions for t in s.tiers),
             "tiers": [t.__dict__ for t in s.tiers],
         }

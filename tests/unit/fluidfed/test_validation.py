@@ -81,7 +81,7 @@ def test_cache_rules_name_each_field() -> None:
         tiers=[
             testing.cache_tier("MEM", 0),
             testing.cache_tier("MEM", 1),
-            testing.cache_tier("SSD", 1),
+            testing.cache_tier("SSD", 1, min_free=1.0),
             testing.cache_tier("HDD", 1, "relative/dir", high=0.5, low=0.5),
         ],
     )
@@ -94,6 +94,8 @@ def test_cache_rules_name_each_field() -> None:
         "c.tiers[2].path": "a SSD tier needs a directory in 'path'",
         "c.tiers[3].path": "path must be absolute",
         "c.tiers[3].low": "low watermark (0.5) must be below high watermark (0.5)",
+        "c.tiers[2].min_free": "min_free (1.0) is the fraction of the tier's filesystem kept "
+        "free: below 1 (0 turns it off)",
     }
     inverted = CacheSpec(replicas=5, min_replicas=4, max_replicas=3, tiers=[])
     assert where(validation.check_cache(inverted, "c")) == {

@@ -81,6 +81,27 @@ def test_ledger_evicts_least_recently_used_down_to_the_low_mark() -> None:
         blocks.Ledger(10, high=0.5, low=0.9)
 
 
+def test_the_ledger_sheds_least_recently_used_keys_until_their_files_free_enough() -> None:
+    led = blocks.Ledger(quota=1000)
+    for k in "abcd":
+        led.add(k, 10)
+    led.touch("a")
+    # each key's file takes twice its size; 30 bytes: b and c (40), never the kept one
+    assert led.shed(30, lambda n: 2 * n, keep="b") == (["c", "d"], 40)
+    assert led.hottest() == ["a", "b"] and led.used == 20
+    assert led.shed(0, lambda n: n, keep="") == ([], 0)
+    assert led.shed(100, lambda n: n, keep="a") == (["b"], 10)  # all it has: short
+    assert led.hottest() == ["a"]
+
+
+def test_room_needed_keeps_the_floor_of_the_filesystem_free() -> None:
+    # 1,000 bytes, 10% kept free: 300 free takes 200 more, not 201
+    assert blocks.room_needed(free=300, total=1000, min_free=0.1, size=200) == 0
+    assert blocks.room_needed(free=300, total=1000, min_free=0.1, size=201) == 1
+    assert blocks.room_needed(free=50, total=1000, min_free=0.1, size=100) == 150
+    assert blocks.room_needed(free=0, total=1000, min_free=0.0, size=0) == 0
+
+
 def test_a_received_blocks_pieces_are_noted_for_its_file_and_used_only_if_they_hold() -> None:
     """A block's CRC taken as it is received (`checksum_noting`) is the CRC of the whole,
     its pieces' CRCs noted by where it lies: the block file written of it takes those

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -574,3 +578,85 @@ def test_the_kernel_says_how_long_this_thread_ran_and_waited_for_a_core() -> Non
     after = store_module._thread_times()
     assert after is not None and after[0] > before[0] and after[1] >= before[1]
     assert after[2] > before[2]  # (the sleep)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A filesystem of 4 MiB of its own (tmpfs), for disk tiers whose quota is larger than
+    their disk: as full as it gets, for real."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:  # (not root)
+        pytest.skip(f"no tmpfs of its own could be mounted here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def free_and_floor(path: Path, min_free: float) -> tuple[int, int]:
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize, int(fs.f_blocks * fs.f_frsize * min_free)
+
+
+async def test_a_disk_tier_keeps_min_free_of_its_filesystem_free_by_evicting_its_oldest(
+    small_disk: Path,
+) -> None:
+    """A tier whose quota (1 GiB) is far larger than its disk (4 MiB): its least recently
+    used blocks are evicted (their files removed) so that the filesystem keeps `min_free`
+    free, small blocks written on the loop and larger ones behind their readers alike; no
+    write fails, and the newest blocks stay."""
+    spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.25)
+    store = await BlockStore([spec], write_behind=2**30, write_on_loop=True).open()
+    sizes = [64 * 1024, 300 * 1024] * 20  # 7.3 MiB in all
+    keys = [f"{i:032x}" for i in range(len(sizes))]
+    for i, (key, size) in enumerate(zip(keys, sizes, strict=True)):
+        await store.put(key, bytes([i]) * size)
+        await store.stored()
+        free, floor = free_and_floor(small_disk, 0.25)
+        assert free >= floor, (i, free, floor)
+    assert store.stats.write_errors == 0 and store.stats.no_room == 0
+    assert store.stats.shed > 0 and store.describe()["shed"] == store.stats.shed
+    assert keys[0] not in store and not block_path(small_disk, keys[0]).exists()
+    assert await store.get(keys[-1]) == (
+        bytes([39]) * sizes[-1],
+        blocks.checksum(bytes([39]) * sizes[-1]),
+    )
+    on_disk = {p.name for p in small_disk.rglob("*") if p.is_file()}
+    assert on_disk == {k for k in keys if k in store}
+
+
+async def test_without_min_free_the_same_disk_fills_and_its_writes_fail(small_disk: Path) -> None:
+    """The same tier with the floor off: the disk fills and writes fail with ENOSPC (what
+    the floor keeps from happening, and from the node's other tenants)."""
+    spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.0)
+    store = await BlockStore([spec]).open()
+    failed = []
+    for i in range(40):
+        try:
+            await store.put(f"{i:032x}", bytes([i]) * 300 * 1024, wait=True)
+        except OSError as err:
+            failed.append(err.errno)
+    assert failed and set(failed) == {errno.ENOSPC}
+    assert store.stats.write_errors == len(failed) and store.stats.shed == 0
+
+
+async def test_a_block_no_eviction_can_make_room_for_is_refused_saying_why(
+    small_disk: Path,
+) -> None:
+    """Where even an empty tier leaves too little free (90% of a 4 MiB disk kept free: no
+    1 MiB block fits), `put` raises ENOSPC naming `min_free`, and nothing is written."""
+    spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.9)
+    store = await BlockStore([spec]).open()
+    with pytest.raises(
+        OSError, match=r"keeps 90% of its filesystem free \(cache.tiers\[\]\.min_free\)"
+    ) as refused:
+        await store.put("d" * 32, b"x" * 2**20, wait=True)
+    assert refused.value.errno == errno.ENOSPC
+    assert store.stats.no_room == 1 and "d" * 32 not in store
+    assert not [p for p in small_disk.rglob("*") if p.is_file()]
