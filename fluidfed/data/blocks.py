@@ -222,6 +222,9 @@ class Ledger:
                 evicted.append(old)
         return evicted
 
+    def size(self, key: str) -> int:
+        return self._sizes.get(key, 0)
+
     def remove(self, key: str) -> int:
         size = self._sizes.pop(key, 0)
         self.used -= size
@@ -248,5 +251,8 @@ class Ledger:
 
 def room_needed(free: int, total: int, min_free: float, size: int) -> int:
     """Bytes to free on a filesystem with `free` of its `total` bytes available, so that
-    `size` more leave at least `min_free` of it free: 0 where they already do."""
+    `size` more leave at least `min_free` of it free: 0 where they already do, or where the
+    filesystem says nothing of its size (`total` 0)."""
+    if total <= 0:
+        return 0
     return max(0, size + math.ceil(total * min_free) - free)

@@ -67,11 +67,6 @@ WINDOW = 1.0
 BACK_TO_THREAD_FOR = 60.0  # ... before small blocks' files go to the thread this long
 
 
-def _on_disk(size: int) -> int:
-    """What the file of a block of `size` bytes takes on a disk of 4 KiB blocks."""
-    return -(-(size + trailer_size(size)) // 4096) * 4096
-
-
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
     """A block file that is there but cannot be read (EIO, EACCES, ELOOP...): logged, and
     the caller takes the block as gone: a reader's request for it is a miss, the block is
@@ -128,6 +123,7 @@ class _Tier:
     def __init__(self, spec: CacheTier, directory: Path | None) -> None:
         self.medium = spec.medium
         self.min_free = spec.min_free  # (disk tiers: `BlockStore._room`)
+        self.writing = 0  # bytes of block files being written in the thread now
         self.ledger = blocks.Ledger(int(spec.quota), spec.high, spec.low)
         self.dir = directory
         self.mem: dict[str, tuple[blocks.Data, int]] = {}
@@ -264,6 +260,7 @@ class BlockStore:
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
         self.write_on_loop = write_on_loop  # small blocks' files (module docstring)
+        self._making_room = asyncio.Lock()  # (`_room`: one put at a time)
         self._loop_waits = LoopWaits()  # ... for now
 
     async def open(self) -> BlockStore:
@@ -456,13 +453,16 @@ class BlockStore:
         if tier.dir is None:
             tier.mem[key] = (data, crc)
         else:
+            # room first: it may wait (files removed), and nothing may wait between the key
+            # found settled and its write registered (`_files`: one thing at a time per key)
+            room = await self._room(tier, key, len(data))
             await self._settled(key)
             if crc < 0:
                 crc = blocks.checksum(data)
             behind = (
                 not wait and self.write_behind > 0 and self._behind + len(data) <= self.write_behind
             )
-            if not await self._room(tier, key, len(data)):
+            if not room:
                 self.stats.no_room += 1
                 full = OSError(
                     errno.ENOSPC,
@@ -495,6 +495,7 @@ class BlockStore:
                 return
             task = asyncio.create_task(self._write(tier, key, data, crc, behind=behind))
             self._files[key] = task
+            tier.writing += len(data)  # (its file's room not yet taken: `_room`)
             if behind:
                 # readers get it from memory until the file is whole; `stored` waits
                 tier.pending[key] = (data, crc)
@@ -514,26 +515,38 @@ class BlockStore:
     async def _room(self, tier: _Tier, key: str, size: int) -> bool:
         """Whether a file for a block of `size` bytes leaves `tier`'s filesystem at least
         `min_free` free (a node's disk is shared: kubelet evicts pods where it runs short),
-        after the tier's least recently used blocks are evicted and their files removed to
-        make room (the blocks written behind their readers counted as written). False where
-        the tier's blocks cannot: the block is not kept. Its quota aside: a quota larger
-        than the disk stops here, not at ENOSPC."""
+        once the tier's least recently used blocks are evicted and their files removed to
+        make room; none is evicted where all of them would not do, and False: the block is
+        not kept. Files being written count as written, the file a re-put replaces as
+        removed. One put at a time looks, so each sees what the one before removed. Its
+        quota aside: a quota larger than the disk stops here, not at ENOSPC."""
         if tier.min_free <= 0 or tier.dir is None:
             return True
-        try:
-            fs = os.statvfs(tier.dir)
-        except OSError:
-            return True  # (the write will say what is wrong)
-        free = fs.f_bavail * fs.f_frsize - self._behind
-        need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, _on_disk(size))
-        if need == 0:
-            return True
-        gone, freed = tier.ledger.shed(need, _on_disk, keep=key)
-        tier.evictions += len(gone)
-        self.stats.shed += len(gone)
-        for old in gone:
-            await self._unlink(tier, old)
-        return freed >= need
+        async with self._making_room:
+            try:
+                fs = os.statvfs(tier.dir)
+            except OSError:
+                return True  # (the write will say what is wrong)
+            page = fs.f_frsize or 4096
+
+            def on_disk(n: int) -> int:
+                return -(-(n + trailer_size(n)) // page) * page
+
+            free = fs.f_bavail * fs.f_frsize - tier.writing
+            if key in tier.ledger:
+                free += on_disk(tier.ledger.size(key))
+            # (a filesystem that says nothing, all zeros, needs nothing: some FUSE ones)
+            need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, on_disk(size))
+            if need == 0:
+                return True
+            if tier.ledger.used + len(tier.ledger) * (page + trailer_size(size)) < need:
+                return False  # (not even every block's file would make it: none evicted)
+            gone, freed = tier.ledger.shed(need, on_disk, keep=key)
+            tier.evictions += len(gone)
+            self.stats.shed += len(gone)
+            for old in gone:
+                await self._unlink(tier, old)
+            return freed >= need
 
     async def _placed(self, i: int, tier: _Tier, key: str, data: blocks.Data) -> None:
         """`key` counted in tier `i`, and what that evicts moved down or dropped."""
@@ -582,6 +595,7 @@ class BlockStore:
                 "block %s not cached: its file could not be written: %s", key, err
             )
         finally:
+            tier.writing -= len(data)
             if behind:
                 del tier.pending[key]
                 self._behind -= len(data)

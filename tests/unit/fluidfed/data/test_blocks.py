@@ -100,6 +100,8 @@ def test_room_needed_keeps_the_floor_of_the_filesystem_free() -> None:
     assert blocks.room_needed(free=300, total=1000, min_free=0.1, size=201) == 1
     assert blocks.room_needed(free=50, total=1000, min_free=0.1, size=100) == 150
     assert blocks.room_needed(free=0, total=1000, min_free=0.0, size=0) == 0
+    # a filesystem that says nothing of itself (statvfs all zeros): nothing to free
+    assert blocks.room_needed(free=0, total=0, min_free=0.5, size=100) == 0
 
 
 def test_a_received_blocks_pieces_are_noted_for_its_file_and_used_only_if_they_hold() -> None:

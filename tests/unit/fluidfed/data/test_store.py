@@ -646,17 +646,45 @@ async def test_without_min_free_the_same_disk_fills_and_its_writes_fail(small_di
     assert store.stats.write_errors == len(failed) and store.stats.shed == 0
 
 
+async def test_puts_at_once_evict_for_their_own_blocks_only(small_disk: Path) -> None:
+    """Sixteen puts at once on a tier at its floor, written behind their readers, just
+    after another tenant took 512 KiB of the disk: the first evicts for that shortfall and
+    its own block, each of the others for its own block only, seeing what the ones before
+    it removed (none evicts again for the shortfall), and the floor holds."""
+    spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.25)
+    store = await BlockStore([spec], write_behind=2**30, write_on_loop=True).open()
+    size = 128 * 1024
+    for i in range(40):  # (5 MiB: to the floor and past it, one at a time)
+        await store.put(f"{i:032x}", bytes([i]) * size)
+    await store.stored()
+    held = len(store.hottest())
+    (small_disk / "another-tenant").write_bytes(b"t" * 512 * 1024)  # (4 blocks' files)
+    await asyncio.gather(*(store.put(f"{i:032x}", bytes([i]) * size) for i in range(40, 56)))
+    await store.stored()
+    free, floor = free_and_floor(small_disk, 0.25)
+    assert free >= floor
+    assert store.stats.write_errors == 0 and store.stats.no_room == 0
+    # 16 new blocks in, 16 + 4 old ones out (give or take one)
+    assert held - 5 <= len(store.hottest()) <= held - 3, (held, len(store.hottest()))
+    assert all(f"{i:032x}" in store for i in range(40, 56))
+
+
 async def test_a_block_no_eviction_can_make_room_for_is_refused_saying_why(
     small_disk: Path,
 ) -> None:
     """Where even an empty tier leaves too little free (90% of a 4 MiB disk kept free: no
-    1 MiB block fits), `put` raises ENOSPC naming `min_free`, and nothing is written."""
+    1 MiB block fits), `put` raises ENOSPC naming `min_free`, nothing is written, and the
+    blocks the tier holds stay (evicting them all would not have made room)."""
     spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.9)
     store = await BlockStore([spec]).open()
+    small = [f"{i:032x}" for i in range(3)]
+    for key in small:
+        await store.put(key, b"s" * 64 * 1024, wait=True)
     with pytest.raises(
         OSError, match=r"keeps 90% of its filesystem free \(cache.tiers\[\]\.min_free\)"
     ) as refused:
         await store.put("d" * 32, b"x" * 2**20, wait=True)
     assert refused.value.errno == errno.ENOSPC
     assert store.stats.no_room == 1 and "d" * 32 not in store
-    assert not [p for p in small_disk.rglob("*") if p.is_file()]
+    assert store.stats.shed == 0 and all(k in store for k in small)
+    assert {p.name for p in small_disk.rglob("*") if p.is_file()} == set(small)
