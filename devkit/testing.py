@@ -121,6 +121,13 @@ def cache_tier(
     return CacheTier(medium=medium, quota=ByteSize(quota), path=str(path), **fields)
 
 
+def free_and_floor(path: Path, min_free: float) -> tuple[int, int]:
+    """The bytes free on `path`'s filesystem, and `min_free` of its size (a disk tier's
+    floor: `CacheTier.min_free`)."""
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize, int(fs.f_blocks * fs.f_frsize * min_free)
+
+
 def cluster(name: str = "c", **fields: Any) -> Cluster:
     return Cluster(name=name, **fields)
 

@@ -1,4 +1,5 @@
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,3 +41,22 @@ def local_clusters(
 
 async def _down(clusters: list[cluster.LocalCluster]) -> None:
     await asyncio.gather(*(c.down() for c in clusters))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A filesystem of 4 MiB of its own (tmpfs), for disk tiers whose quota is larger than
+    their disk: as full as it gets, for real."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:  # (not root)
+        pytest.skip(f"no tmpfs of its own could be mounted here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

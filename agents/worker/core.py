@@ -556,7 +556,10 @@ class Worker:
             log.debug("agent %s not reachable: %s", self.cfg.agent, err)
 
     async def report_loop(self) -> None:
+        """Report every `report_interval`, and give back meanwhile what another tenant of a
+        disk tier's filesystem took below its floor (`BlockStore.keep_free`)."""
         while True:
+            await self.store.keep_free()
             await self.report()
             await asyncio.sleep(self.cfg.report_interval)
 

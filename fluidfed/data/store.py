@@ -512,14 +512,23 @@ class BlockStore:
                     raise
         await self._placed(i, tier, key, data)
 
-    async def _room(self, tier: _Tier, key: str, size: int) -> bool:
+    async def keep_free(self) -> None:
+        """Give back, from each disk tier, what its filesystem lacks below the tier's floor
+        (`min_free`: another tenant of the node's disk took it), its least recently used
+        blocks evicted as far as they go. For now and then (a cache worker's report, every
+        few seconds): a tier that writes nothing would keep it otherwise."""
+        for tier in self._tiers:
+            await self._room(tier, "", 0, partial=True)
+
+    async def _room(self, tier: _Tier, key: str, size: int, *, partial: bool = False) -> bool:
         """Whether a file for a block of `size` bytes leaves `tier`'s filesystem at least
         `min_free` free (a node's disk is shared: kubelet evicts pods where it runs short),
         once the tier's least recently used blocks are evicted and their files removed to
-        make room; none is evicted where all of them would not do, and False: the block is
-        not kept. Files being written count as written, the file a re-put replaces as
-        removed. One put at a time looks, so each sees what the one before removed. Its
-        quota aside: a quota larger than the disk stops here, not at ENOSPC."""
+        make room; unless `partial`, none is evicted where all of them would not do, and
+        False: the block is not kept. Files being written count as written, the file a
+        re-put replaces as removed. One put at a time looks, so each sees what the one
+        before removed. Its quota aside: a quota larger than the disk stops here, not at
+        ENOSPC."""
         if tier.min_free <= 0 or tier.dir is None:
             return True
         async with self._making_room:
@@ -536,10 +545,12 @@ class BlockStore:
             if key in tier.ledger:
                 free += on_disk(tier.ledger.size(key))
             # (a filesystem that says nothing, all zeros, needs nothing: some FUSE ones)
-            need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, on_disk(size))
+            want = on_disk(size) if key else 0  # (`keep_free`: no file of its own)
+            need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, want)
             if need == 0:
                 return True
-            if tier.ledger.used + len(tier.ledger) * (page + trailer_size(size)) < need:
+            held = tier.ledger.used + len(tier.ledger) * (page + trailer_size(size))
+            if held < need and not partial:
                 return False  # (not even every block's file would make it: none evicted)
             gone, freed = tier.ledger.shed(need, on_disk, keep=key)
             tier.evictions += len(gone)

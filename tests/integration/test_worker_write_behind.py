@@ -443,3 +443,60 @@ async def test_the_status_says_where_block_files_were_written(data: Path, served
     assert status.writes.on_loop == 1
     assert status.writes.on_loop_stopped == 0
     assert status.ufs.reads == 2 and status.blocks == 2
+
+
+async def test_a_worker_gives_back_what_another_tenant_took_of_its_disk(
+    data: Path, minio: S3Server, small_disk: Path, tmp_path: Path
+) -> None:
+    """A worker whose disk tier (on a 4 MiB filesystem of its own, a quota of 1 GiB, 25%
+    kept free) holds blocks when another tenant of the disk takes it below the floor:
+    between its reports it evicts its least recently used blocks until the floor holds
+    again, with no read, and its status over HTTP says how many."""
+    creds = tmp_path / "credentials.json"
+    credentials.write_file(creds, local_credentials())
+    tier = CacheTier(medium="SSD", quota=ByteSize(2**30), path=str(small_disk), min_free=0.25)
+    cfg = WorkerConfig(
+        dataset=DATASET,
+        mounts=[Mount(uri=minio.uri(DATASET), options={"endpoint": minio.endpoint})],
+        block_size=BLOCK,
+        tiers=[tier],
+        workers=Peers(endpoints=["http://127.0.0.1:1"]),
+        report_interval=0.05,
+    )
+    worker = await Worker(
+        cfg, url="http://127.0.0.1:1", cache_root=tmp_path / "cache", credentials_path=creds
+    ).open()
+    reader = credentials.authorization(local_token(DATASET, "reader"))
+    agent = credentials.authorization(local_token(DATASET, "agent"))
+    held = [r for r in refs(data) if 200_000 < len(r[2]) < 400_000][:4]  # (1.2 MiB)
+    assert len(held) >= 3
+    reporting: asyncio.Task[None] | None = None
+    try:
+        async with (
+            testing.serving(make_app(worker)) as url,
+            aiohttp.ClientSession(headers=reader) as session,
+        ):
+            for ref, index, want in held:
+                key = ref.block_key(DATASET, BLOCK, index)
+                got = await workers.get_block(session, url, key, ref, index)
+                assert bytes(got.data) == want
+            await worker.stored()
+            kept = len(worker.store.hottest())
+            assert kept == len(held) and worker.status().writes.shed == 0
+            free, floor = testing.free_and_floor(small_disk, 0.25)
+            (small_disk / "tenant").write_bytes(b"t" * (free - floor + 300_000))
+            reporting = asyncio.create_task(worker.report_loop())
+
+            def floor_holds() -> bool:
+                free, floor = testing.free_and_floor(small_disk, 0.25)
+                return free >= floor
+
+            await testing.eventually(floor_holds, "the floor free again", timeout=20)
+            async with session.get(f"{url}/v1/status", headers=agent) as r:
+                status = protocol.decode(protocol.WorkerStatus, await r.read())
+        assert 0 < status.writes.shed < kept and status.blocks == kept - status.writes.shed
+        assert status.ufs.reads == len(held)  # (nothing read meanwhile)
+    finally:
+        if reporting is not None:
+            reporting.cancel()
+        await worker.close()

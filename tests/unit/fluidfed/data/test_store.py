@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -580,30 +577,6 @@ def test_the_kernel_says_how_long_this_thread_ran_and_waited_for_a_core() -> Non
     assert after[2] > before[2]  # (the sleep)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A filesystem of 4 MiB of its own (tmpfs), for disk tiers whose quota is larger than
-    their disk: as full as it gets, for real."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:  # (not root)
-        pytest.skip(f"no tmpfs of its own could be mounted here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def free_and_floor(path: Path, min_free: float) -> tuple[int, int]:
-    fs = os.statvfs(path)
-    return fs.f_bavail * fs.f_frsize, int(fs.f_blocks * fs.f_frsize * min_free)
-
-
 async def test_a_disk_tier_keeps_min_free_of_its_filesystem_free_by_evicting_its_oldest(
     small_disk: Path,
 ) -> None:
@@ -618,7 +591,7 @@ async def test_a_disk_tier_keeps_min_free_of_its_filesystem_free_by_evicting_its
     for i, (key, size) in enumerate(zip(keys, sizes, strict=True)):
         await store.put(key, bytes([i]) * size)
         await store.stored()
-        free, floor = free_and_floor(small_disk, 0.25)
+        free, floor = testing.free_and_floor(small_disk, 0.25)
         assert free >= floor, (i, free, floor)
     assert store.stats.write_errors == 0 and store.stats.no_room == 0
     assert store.stats.shed > 0 and store.describe()["shed"] == store.stats.shed
@@ -661,7 +634,7 @@ async def test_puts_at_once_evict_for_their_own_blocks_only(small_disk: Path) ->
     (small_disk / "another-tenant").write_bytes(b"t" * 512 * 1024)  # (4 blocks' files)
     await asyncio.gather(*(store.put(f"{i:032x}", bytes([i]) * size) for i in range(40, 56)))
     await store.stored()
-    free, floor = free_and_floor(small_disk, 0.25)
+    free, floor = testing.free_and_floor(small_disk, 0.25)
     assert free >= floor
     assert store.stats.write_errors == 0 and store.stats.no_room == 0
     # 16 new blocks in, 16 + 4 old ones out (give or take one)
@@ -688,3 +661,24 @@ async def test_a_block_no_eviction_can_make_room_for_is_refused_saying_why(
     assert store.stats.no_room == 1 and "d" * 32 not in store
     assert store.stats.shed == 0 and all(k in store for k in small)
     assert {p.name for p in small_disk.rglob("*") if p.is_file()} == set(small)
+
+
+async def test_keep_free_gives_back_what_another_tenant_took(small_disk: Path) -> None:
+    """Another tenant of the disk takes it below the tier's floor: `keep_free` (a worker
+    calls it every few seconds) evicts the tier's least recently used blocks until the
+    floor holds again, and where they cannot make it, all of them."""
+    spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.25)
+    store = await BlockStore([spec]).open()
+    keys = [f"{i:032x}" for i in range(12)]
+    for key in keys:  # (1.5 MiB of the 3 MiB above the floor)
+        await store.put(key, b"k" * 128 * 1024, wait=True)
+    await store.keep_free()
+    assert store.stats.shed == 0  # (nothing lacking)
+    (small_disk / "tenant-1").write_bytes(b"t" * 2 * 2**20)  # 0.5 MiB below the floor now
+    await store.keep_free()
+    free, floor = testing.free_and_floor(small_disk, 0.25)
+    assert free >= floor and 0 < store.stats.shed < len(keys)
+    assert keys[-1] in store and keys[0] not in store  # (the least recently used went)
+    (small_disk / "tenant-2").write_bytes(b"t" * 2**20)  # more than the tier holds
+    await store.keep_free()
+    assert not store.hottest() and not [p for p in small_disk.rglob("*") if p.parent != small_disk]
