@@ -226,6 +226,14 @@ class Sidecar:
             await asyncio.sleep(interval)
             self.reload()
 
+    @staticmethod
+    async def _keep_free(store: BlockStore, interval: float = 2.0) -> None:
+        """Give back what another tenant of the disk tier's filesystem took below its floor
+        (`BlockStore.keep_free`), as a cache worker does between its reports."""
+        while True:
+            await asyncio.sleep(interval)
+            await store.keep_free()
+
     async def _watch_peers(self, interval: float = 1.0) -> None:
         watch = peers.PeerWatch()
         me = os.getpid()
@@ -339,6 +347,8 @@ class Sidecar:
             fs = self.fs
             tasks.append(asyncio.create_task(heap.trim_loop(lambda: fs.bytes_served)))
             tasks.append(asyncio.create_task(self._reload_loop()))
+            if store.on_disk:
+                tasks.append(asyncio.create_task(self._keep_free(store)))
             if exit_with_peers:
                 tasks.append(asyncio.create_task(self._watch_peers()))
             stop = asyncio.create_task(self.stop.wait())

@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from devkit import testing
 from devkit.local.processes import SidecarProcess, is_mounted
+from devkit.testing import eventually_blocking
 from sidecar.fs import PREFERRED_IO
 
 pytestmark = [
@@ -383,3 +385,46 @@ def test_an_unknown_session_name_is_refused_before_mounting(
     assert var in proc.stderr and expected in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not is_mounted(tmp_path / "mnt")
+
+
+def test_a_sidecars_disk_tier_gives_back_what_another_tenant_took(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge sidecar whose disk tier (a 4 MiB filesystem of its own, 25% kept free)
+    caches the files read through its mount, until another tenant of the disk takes it
+    below the floor: within seconds it evicts its least recently used blocks until the
+    floor holds again, its status says how many, and the files still read whole."""
+    monkeypatch.setenv("FLUIDFED_FUSE", "native")
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.bin": os.urandom(300_000) for i in range(6)}  # (1.7 MiB)
+    for name, body in files.items():
+        (src / name).write_bytes(body)
+    tier = {"medium": "SSD", "quota": "1GiB", "path": str(small_disk), "min_free": 0.25}
+    cfg: dict[str, object] = {"dataset": "d", "mounts": [{"uri": f"file://{src}"}], "cache": [tier]}
+    sc = SidecarProcess(tmp_path / "sc", cfg, tmp_path / "mnt").start()
+    try:
+        for name, body in files.items():
+            assert (sc.mountpoint / name).read_bytes() == body
+        cache = eventually_blocking(
+            lambda: (c := sc.status()["cache"])["blocks"] == len(files) and c,
+            "every file's block on the sidecar's disk",
+            timeout=20,
+        )
+        assert cache["shed"] == 0
+        free, floor = testing.free_and_floor(small_disk, 0.25)
+        (small_disk / "tenant").write_bytes(b"t" * (free - floor + 400_000))
+        eventually_blocking(
+            lambda: (
+                testing.free_and_floor(small_disk, 0.25)[0]
+                >= testing.free_and_floor(small_disk, 0.25)[1]
+            ),
+            "the floor free again",
+            timeout=20,
+        )
+        cache = sc.status()["cache"]
+        assert 0 < cache["shed"] < len(files) and cache["blocks"] == len(files) - cache["shed"]
+        for name, body in files.items():
+            assert (sc.mountpoint / name).read_bytes() == body
+    finally:
+        sc.close()
