@@ -114,15 +114,19 @@ class Mount(Spec, frozen=True):
     secret: str = ""  # name of a Kubernetes Secret, present in each cluster, with credentials
 
 
+# a disk tier's default floor of free space on its filesystem: kubelet evicts pods where
+# less than 10% of the node's is free, and the default stays clear of that
+DISK_MIN_FREE = 0.15
+
+
 class CacheTier(Spec, frozen=True):
     medium: Medium
     quota: ByteSize
     path: str = ""  # a directory for SSD/HDD; MEM uses memory
     high: Ratio = 0.95  # evict once usage passes this fraction of the quota
     low: Ratio = 0.7  # ... down to this fraction
-    # a disk tier keeps this fraction of its filesystem free (kubelet evicts pods where less
-    # than 10% of the node's is: the default stays clear of it), whatever its quota
-    min_free: Ratio = 0.15
+    # a disk tier keeps this fraction of its filesystem free, whatever its quota
+    min_free: Ratio = DISK_MIN_FREE
 
 
 class Resources(Spec, frozen=True):

@@ -15,6 +15,7 @@ import msgspec
 from fluidfed import engines, names
 from fluidfed.errors import Problem
 from fluidfed.models import (
+    DISK_MIN_FREE,
     AgentConfig,
     AutoscalePolicy,
     CacheSpec,
@@ -305,7 +306,15 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
                     path=f"{p}.low",
                 )
             )
-        if tier.min_free >= 1:
+        if tier.medium == "MEM" and tier.min_free != DISK_MIN_FREE:
+            problems.append(
+                Problem(
+                    "min_free is a disk tier's (the fraction of its filesystem kept free): "
+                    "a MEM tier holds its blocks in memory; leave it out",
+                    path=f"{p}.min_free",
+                )
+            )
+        elif tier.min_free >= 1:
             problems.append(
                 Problem(
                     f"min_free ({tier.min_free}) is the fraction of the tier's filesystem kept "

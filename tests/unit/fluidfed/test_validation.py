@@ -80,7 +80,7 @@ def test_cache_rules_name_each_field() -> None:
         block_size=ByteSize(4096),
         tiers=[
             testing.cache_tier("MEM", 0),
-            testing.cache_tier("MEM", 1),
+            testing.cache_tier("MEM", 1, min_free=0.3),
             testing.cache_tier("SSD", 1, min_free=1.0),
             testing.cache_tier("HDD", 1, "relative/dir", high=0.5, low=0.5),
         ],
@@ -91,6 +91,8 @@ def test_cache_rules_name_each_field() -> None:
         "c.block_size": "block_size must be between 64KiB and 64MiB",
         "c.tiers[0].quota": "quota must be above zero",
         "c.tiers[1]": "a second MEM tier; merge them",
+        "c.tiers[1].min_free": "min_free is a disk tier's (the fraction of its filesystem kept "
+        "free): a MEM tier holds its blocks in memory; leave it out",
         "c.tiers[2].path": "a SSD tier needs a directory in 'path'",
         "c.tiers[3].path": "path must be absolute",
         "c.tiers[3].low": "low watermark (0.5) must be below high watermark (0.5)",
