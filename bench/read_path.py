@@ -349,18 +349,26 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else 0.0
 
 
+def low_floor() -> dict[str, float]:
+    """A worker's disk tier's free-space floor (`min_free`), checked as always but set low:
+    a bench whose runs keep their workers' files must not have them evicted as the
+    machine's disk fills up. Left out for a tree from before it (whose workers refuse
+    it), the tree being the one the next worker runs from (`pythonpath`)."""
+    tree = (os.environ.get("PYTHONPATH") or "").split(":")[0] or str(Path(__file__).parents[1])
+    models = Path(tree) / "fluidfed" / "models.py"
+    return {"min_free": 0.02} if "min_free" in models.read_text() else {}
+
+
 def warm_worker(
     root: Path, mount: dict[str, Any], size_mib: int, name: str = "worker"
 ) -> WorkerProcess:
     wdir = root / name
-    # (the free-space floor checked as always, set low: a bench whose runs keep their
-    # workers' files must not have them evicted because the machine's disk fills up)
     tier = [
         {
             "medium": "SSD",
             "quota": f"{2 * size_mib + 64}MiB",
             "path": str(wdir / "ssd"),
-            "min_free": 0.02,
+            **low_floor(),
         }
     ]
     port = free_port()
