@@ -544,8 +544,8 @@ class BlockStore:
             free = fs.f_bavail * fs.f_frsize - tier.writing
             if key in tier.ledger:
                 free += on_disk(tier.ledger.size(key))
-            # (a filesystem that says nothing, all zeros, needs nothing: some FUSE ones)
             want = on_disk(size) if key else 0  # (`keep_free`: no file of its own)
+            # (a filesystem that says nothing, all zeros, needs nothing: some FUSE ones)
             need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, want)
             if need == 0:
                 return True
