@@ -35,4 +35,5 @@ class Observed:
         load = self.load_of(b.name) if objects.runs_workers(b) else st.load
         prev = self.store.state.statuses.get(b.name)
         measured = prev.ufs_total if prev is not None else 0
-        return status.with_workers(st, cache, load, figures, measured)
+        disks = self.registry.disks(b.dataset, now) if objects.runs_workers(b) else None
+        return status.with_workers(st, cache, load, figures, measured, disks)

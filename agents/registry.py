@@ -49,3 +49,13 @@ class Registry:
         misses = sum(w.status.misses for w in live)
         ratio = hits / (hits + misses) if hits + misses else None
         return used, capacity, ratio
+
+    def disks(self, dataset: str, now: float) -> tuple[int, int] | None:
+        """(blocks not kept, blocks evicted to keep the disk's floor free) over the dataset's
+        live workers, since each started: what their disk tiers could not hold (a full or
+        failing disk, `min_free`); None if none report."""
+        live = self.alive(dataset, now)
+        if not live:
+            return None
+        not_kept = sum(w.status.writes.errors + w.status.writes.no_room for w in live)
+        return not_kept, sum(w.status.writes.shed for w in live)

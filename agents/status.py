@@ -113,11 +113,13 @@ def with_workers(
     load: LoadStatus | None,
     figures: Figures | None = None,
     measured: int = 0,
+    disks: tuple[int, int] | None = None,
 ) -> BindingStatus:
-    """The status with what the cache workers report (used, capacity, hit ratio), the
-    latest warm-up's progress and the metric window's figures folded in; the under
-    storage's size as the last load of the whole dataset measured it (else `measured`,
-    the one known before)."""
+    """The status with what the cache workers report (used, capacity, hit ratio; with
+    `disks`, the blocks their disk tiers did not keep and those they evicted to keep the
+    disk's floor free), the latest warm-up's progress and the metric window's figures
+    folded in; the under storage's size as the last load of the whole dataset measured it
+    (else `measured`, the one known before)."""
     changes: dict[str, Any] = {"load": load, "metrics": figures or Figures()}
     if load is not None and not load.path and load.phase == "Done" and load.ufs_bytes:
         changes["ufs_total"] = load.ufs_bytes
@@ -128,4 +130,6 @@ def with_workers(
         changes.update(cache_used=used, cache_capacity=capacity or st.cache_capacity)
         if ratio is not None:
             changes["hit_ratio"] = ratio
+    if disks is not None:
+        changes["cache_not_kept"], changes["cache_shed"] = disks
     return msgspec.structs.replace(st, **changes)

@@ -434,6 +434,10 @@ class BindingStatus(Wire):
     cache_used: NonNegInt = 0
     ufs_total: NonNegInt = 0  # the under storage's bytes (Fluid's ufsTotal); 0: not known
     hit_ratio: Ratio | None = None
+    # blocks the workers' disk tiers could not keep (full, failing, at their `min_free`)
+    # and blocks they evicted to keep their disk's floor free, since each worker started
+    cache_not_kept: NonNegInt = 0
+    cache_shed: NonNegInt = 0
     last_error: str = ""
     observed_generation: int = 0
     hub_last_seen: float = 0.0

@@ -9,8 +9,8 @@ from devkit.testing import WORKER_STATUS_WIRE as STATUS
 from fluidfed.data import protocol
 
 
-def _reg(url: str, dataset: str = "train", **counters: int) -> protocol.WorkerRegistration:
-    body = {"dataset": dataset, "url": url, "status": {**STATUS, "url": url, **counters}}
+def _reg(url: str, dataset: str = "train", **fields: object) -> protocol.WorkerRegistration:
+    body = {"dataset": dataset, "url": url, "status": {**STATUS, "url": url, **fields}}
     return protocol.decode(protocol.WorkerRegistration, json.dumps(body).encode())
 
 
@@ -44,3 +44,14 @@ def test_dead_workers_are_forgotten() -> None:
     r.report(_reg("http://a"), now=0)
     assert r.alive("train", now=7) == []
     assert r._workers == {}
+
+
+def test_disks_sum_what_the_live_workers_did_not_keep_and_shed() -> None:
+    r = Registry(ttl=10)
+    a = {"errors": 1, "no_room": 2, "shed": 3}
+    r.report(_reg("http://a", writes=a), now=0)
+    r.report(_reg("http://b", writes={"no_room": 1, "shed": 4}), now=5)
+    r.report(_reg("http://c", dataset="other", writes={"shed": 99}), now=5)
+    assert r.disks("train", now=9) == (4, 7)
+    assert r.disks("train", now=12) == (1, 4)  # (a stopped reporting)
+    assert r.disks("train", now=100) is None

@@ -101,3 +101,10 @@ def test_a_load_of_the_whole_dataset_measures_the_under_storage() -> None:
     part = LoadStatus(id=2, phase="Done", path="train", ufs_bytes=2**30)
     assert status.with_workers(st, None, part).ufs_total == 0  # a part is not the whole
     assert status.with_workers(st, None, part, measured=5 * 2**30).ufs_total == 5 * 2**30
+
+
+def test_what_the_workers_disks_did_not_keep_is_folded_in() -> None:
+    st = status.compute(binding(), {})
+    assert (st.cache_not_kept, st.cache_shed) == (0, 0)
+    folded = status.with_workers(st, None, None, disks=(3, 7))
+    assert (folded.cache_not_kept, folded.cache_shed) == (3, 7)

@@ -87,3 +87,23 @@ def test_stored_text_is_printed_as_it_is_not_as_markup(capsys: pytest.CaptureFix
     output.console.print(output.datasets_table([v], wide=True))
     out = capsys.readouterr().out
     assert "[eEinumkKMGTP]" in out and "s3://datasets/[/]imagenet" in out
+
+
+def test_describe_says_where_the_cache_disks_are_short_of_room(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A cluster whose workers' disk tiers did not keep blocks, or evicted some to keep the
+    disk's floor free, is named with both counts; one with neither is not."""
+    ds = testing.dataset("d")
+    short = testing.binding_status("Bound", cache_not_kept=3, cache_shed=120)
+    views = [
+        BindingView(binding=testing.binding(ds, "a"), status=short),
+        BindingView(binding=testing.binding(ds, "b"), status=testing.binding_status("Bound")),
+    ]
+    output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1, bindings=views))
+    out = capsys.readouterr().out
+    assert "Cache disks short of room:" in out
+    assert "a: 3 blocks not kept" in out and "120 evicted to keep its floor free" in out
+    assert "b: " not in out.split("Cache disks short of room:")[1]
+    output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1, bindings=views[1:]))
+    assert "short of room" not in capsys.readouterr().out
