@@ -232,7 +232,7 @@ class Sidecar:
         (`BlockStore.keep_free`), as a cache worker does between its reports."""
         while True:
             await asyncio.sleep(interval)
-            await store.keep_free()
+            store.keep_free()
 
     async def _watch_peers(self, interval: float = 1.0) -> None:
         watch = peers.PeerWatch()

@@ -559,7 +559,7 @@ class Worker:
         """Report every `report_interval`, and give back meanwhile what another tenant of a
         disk tier's filesystem took below its floor (`BlockStore.keep_free`)."""
         while True:
-            await self.store.keep_free()
+            self.store.keep_free()
             await self.report()
             await asyncio.sleep(self.cfg.report_interval)
 

@@ -244,13 +244,13 @@ def describe_dataset(d: DatasetView) -> None:
     short = [(v.binding.cluster, v.status) for v in d.bindings if v.status]
     short = [(c, st) for c, st in short if st.cache_not_kept or st.cache_shed]
     if short:
-        _say("[bold]Cache disks short of room:[/bold]")
+        _say("[bold]Cache disks (since each worker started):[/bold]")
         for cluster, st in short:
             _say(
                 f"  {_e(cluster)}: {st.cache_not_kept} blocks not kept (a disk full, failing "
                 f"or at its floor), {st.cache_shed} evicted to keep its floor free "
-                "(cache.tiers[].min_free): the disks give the cache less than its quota; "
-                "each worker's /v1/status says which (writes)"
+                "(cache.tiers[].min_free): where these grow, the disks give the cache less "
+                "than its quota; each worker's /v1/status says which (writes)"
             )
     measured = [(v.binding.cluster, v.status.metrics) for v in d.bindings if v.status]
     if any(not f.empty() for _, f in measured):

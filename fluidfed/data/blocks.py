@@ -256,3 +256,37 @@ def room_needed(free: int, total: int, min_free: float, size: int) -> int:
     if total <= 0:
         return 0
     return max(0, size + math.ceil(total * min_free) - free)
+
+
+class Unseen:
+    """Space a cache freed on a filesystem that the filesystem does not show yet: files
+    still being removed, or removed but held open by a reader (a sidecar's mapping of a
+    worker's block file), whose space comes back only when it lets go. Counted as free
+    for `within` seconds after the last eviction, so that the next look does not evict
+    again for the same shortfall. Pure: the caller gives what the filesystem shows (`seen`,
+    bytes free), the bytes it has written since it began counting (`written`) and the
+    time."""
+
+    def __init__(self, within: float) -> None:
+        self.within = within
+        self.expect = 0  # bytes free the filesystem should show, before the writes since
+        self.written_at = 0
+        self.most = 0  # at most this much is unseen
+        self.until = 0.0
+
+    def bytes(self, seen: int, written: int, now: float) -> int:
+        if now >= self.until:
+            return 0
+        return max(0, min(self.most, self.expect - (written - self.written_at) - seen))
+
+    def settle(self, seen: int, written: int, now: float) -> None:
+        """Count nothing more as unseen once the filesystem shows all of it (else another
+        tenant's take would pass for space not shown yet)."""
+        if self.bytes(seen, written, now) == 0:
+            self.until = 0.0
+
+    def freed(self, seen: int, written: int, n: int, now: float) -> None:
+        """`n` more bytes freed (evicted) now."""
+        unseen = self.bytes(seen, written, now)
+        self.expect, self.written_at = seen + unseen + n, written
+        self.most, self.until = unseen + n, now + self.within

@@ -28,6 +28,7 @@ how often a slow disk holds up the loop, not how long one write may.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -65,6 +66,9 @@ WRITE_ON_LOOP_UP_TO = 2**18  # bytes of a block whose file is written on the eve
 WAIT_BUDGET = 0.01  # seconds those writes may keep the loop waiting in a WINDOW ...
 WINDOW = 1.0
 BACK_TO_THREAD_FOR = 60.0  # ... before small blocks' files go to the thread this long
+# seconds that space evicted to keep a disk tier's floor free counts as free while the
+# filesystem does not show it (files held open by readers: `blocks.Unseen`)
+UNSEEN_FOR = 60.0
 
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
@@ -124,6 +128,8 @@ class _Tier:
         self.medium = spec.medium
         self.min_free = spec.min_free  # (disk tiers: `BlockStore._room`)
         self.writing = 0  # bytes of block files being written in the thread now
+        self.written = 0  # bytes of block files let be written so far (`BlockStore._room`)
+        self.unseen = blocks.Unseen(UNSEEN_FOR)  # ... and evicted, not yet shown free
         self.ledger = blocks.Ledger(int(spec.quota), spec.high, spec.low)
         self.dir = directory
         self.mem: dict[str, tuple[blocks.Data, int]] = {}
@@ -260,7 +266,6 @@ class BlockStore:
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
         self.write_on_loop = write_on_loop  # small blocks' files (module docstring)
-        self._making_room = asyncio.Lock()  # (`_room`: one put at a time)
         self._loop_waits = LoopWaits()  # ... for now
 
     async def open(self) -> BlockStore:
@@ -453,9 +458,11 @@ class BlockStore:
         if tier.dir is None:
             tier.mem[key] = (data, crc)
         else:
-            # room first: it may wait (files removed), and nothing may wait between the key
-            # found settled and its write registered (`_files`: one thing at a time per key)
-            room = await self._room(tier, key, len(data))
+            # (room before the key is found settled: nothing may wait between that and its
+            # write registered, `_files`: one thing at a time per key)
+            room, removing = self._room(tier, key, len(data))
+            if removing is not None:  # (its own evictions' files gone before it is written)
+                await asyncio.wait({removing})
             await self._settled(key)
             if crc < 0:
                 crc = blocks.checksum(data)
@@ -512,52 +519,80 @@ class BlockStore:
                     raise
         await self._placed(i, tier, key, data)
 
-    async def keep_free(self) -> None:
+    def keep_free(self) -> None:
         """Give back, from each disk tier, what its filesystem lacks below the tier's floor
         (`min_free`: another tenant of the node's disk took it), its least recently used
-        blocks evicted as far as they go. For now and then (a cache worker's report, every
-        few seconds): a tier that writes nothing would keep it otherwise."""
+        blocks evicted as far as they go. For now and then (a cache worker between its
+        reports, every few seconds): a tier that writes nothing would keep it otherwise."""
         for tier in self._tiers:
-            await self._room(tier, "", 0, partial=True)
+            self._room(tier, "", 0, partial=True)
 
-    async def _room(self, tier: _Tier, key: str, size: int, *, partial: bool = False) -> bool:
+    def _room(
+        self, tier: _Tier, key: str, size: int, *, partial: bool = False
+    ) -> tuple[bool, asyncio.Task[None] | None]:
         """Whether a file for a block of `size` bytes leaves `tier`'s filesystem at least
         `min_free` free (a node's disk is shared: kubelet evicts pods where it runs short),
-        once the tier's least recently used blocks are evicted and their files removed to
-        make room; unless `partial`, none is evicted where all of them would not do, and
-        False: the block is not kept. Files being written count as written, the file a
-        re-put replaces as removed. One put at a time looks, so each sees what the one
-        before removed. Its quota aside: a quota larger than the disk stops here, not at
-        ENOSPC."""
+        once the tier's least recently used blocks are evicted, and the task that removes
+        their files (`_remove`: the caller waits for it before it writes); unless
+        `partial`, none is evicted where all of them would not do, and False: the block is
+        not kept. Files being written count as
+        written, the file a re-put replaces as removed, and space evicted lately that the
+        filesystem does not show yet as free (`blocks.Unseen`: files held open by a
+        reader), so no look evicts again for the same shortfall. Nothing here waits: one
+        look after the other sees what the last one evicted. Its quota aside: a quota
+        larger than the disk stops here, not at ENOSPC."""
         if tier.min_free <= 0 or tier.dir is None:
-            return True
-        async with self._making_room:
-            try:
-                fs = os.statvfs(tier.dir)
-            except OSError:
-                return True  # (the write will say what is wrong)
-            page = fs.f_frsize or 4096
+            return True, None
+        try:
+            fs = os.statvfs(tier.dir)
+        except OSError:
+            return True, None  # (the write will say what is wrong)
+        page = fs.f_frsize or 4096
 
-            def on_disk(n: int) -> int:
-                return -(-(n + trailer_size(n)) // page) * page
+        def on_disk(n: int) -> int:
+            return -(-(n + trailer_size(n)) // page) * page
 
-            free = fs.f_bavail * fs.f_frsize - tier.writing
-            if key in tier.ledger:
-                free += on_disk(tier.ledger.size(key))
-            want = on_disk(size) if key else 0  # (`keep_free`: no file of its own)
-            # (a filesystem that says nothing, all zeros, needs nothing: some FUSE ones)
-            need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, want)
-            if need == 0:
-                return True
+        now = time.monotonic()
+        seen = fs.f_bavail * fs.f_frsize
+        free = seen - tier.writing + tier.unseen.bytes(seen, tier.written, now)
+        if key in tier.ledger:
+            free += on_disk(tier.ledger.size(key))
+        want = on_disk(size) if key else 0  # (`keep_free`: no file of its own)
+        # (a filesystem that says nothing, all zeros, needs nothing: some FUSE ones)
+        need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, want)
+        removing = None
+        if need > 0:
             held = tier.ledger.used + len(tier.ledger) * (page + trailer_size(size))
             if held < need and not partial:
-                return False  # (not even every block's file would make it: none evicted)
+                return False, None  # (not even every block's file would make it: none evicted)
             gone, freed = tier.ledger.shed(need, on_disk, keep=key)
             tier.evictions += len(gone)
             self.stats.shed += len(gone)
-            for old in gone:
-                await self._unlink(tier, old)
-            return freed >= need
+            tier.unseen.freed(seen, tier.written, freed, now)
+            removing = self._remove(tier, gone)
+            if freed < need:
+                return False, removing
+        tier.written += want
+        return True, removing
+
+    def _remove(self, tier: _Tier, keys: list[str]) -> asyncio.Task[None] | None:
+        """A task of its own that removes the files of blocks `tier` no longer holds, one
+        after the other (`stored` waits for it), then tells `tier.unseen` what the
+        filesystem shows."""
+        if not keys:
+            return None
+
+        async def remove() -> None:
+            for key in keys:
+                await self._unlink(tier, key)
+            with contextlib.suppress(OSError):
+                fs = os.statvfs(tier.dir or ".")
+                tier.unseen.settle(fs.f_bavail * fs.f_frsize, tier.written, time.monotonic())
+
+        task = asyncio.create_task(remove())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        return task
 
     async def _placed(self, i: int, tier: _Tier, key: str, data: blocks.Data) -> None:
         """`key` counted in tier `i`, and what that evicts moved down or dropped."""

@@ -89,7 +89,7 @@ def test_stored_text_is_printed_as_it_is_not_as_markup(capsys: pytest.CaptureFix
     assert "[eEinumkKMGTP]" in out and "s3://datasets/[/]imagenet" in out
 
 
-def test_describe_says_where_the_cache_disks_are_short_of_room(
+def test_describe_says_where_the_cache_disks_did_not_keep_or_shed_blocks(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A cluster whose workers' disk tiers did not keep blocks, or evicted some to keep the
@@ -102,8 +102,8 @@ def test_describe_says_where_the_cache_disks_are_short_of_room(
     ]
     output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1, bindings=views))
     out = capsys.readouterr().out
-    assert "Cache disks short of room:" in out
+    assert "Cache disks (since each worker started):" in out
     assert "a: 3 blocks not kept" in out and "120 evicted to keep its floor free" in out
-    assert "b: " not in out.split("Cache disks short of room:")[1]
+    assert "b: " not in out.split("Cache disks (since each worker started):")[1]
     output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1, bindings=views[1:]))
-    assert "short of room" not in capsys.readouterr().out
+    assert "Cache disks" not in capsys.readouterr().out

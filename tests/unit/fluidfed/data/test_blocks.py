@@ -104,6 +104,23 @@ def test_room_needed_keeps_the_floor_of_the_filesystem_free() -> None:
     assert blocks.room_needed(free=0, total=0, min_free=0.5, size=100) == 0
 
 
+def test_space_evicted_counts_as_free_until_the_filesystem_shows_it() -> None:
+    u = blocks.Unseen(within=60)
+    assert u.bytes(seen=100, written=0, now=0) == 0
+    u.freed(seen=100, written=0, n=50, now=0)  # 50 evicted, the filesystem shows 100 free
+    assert u.bytes(seen=100, written=0, now=1) == 50  # (held open: not shown yet)
+    assert u.bytes(seen=130, written=0, now=1) == 20  # (30 of it shown)
+    assert u.bytes(seen=110, written=20, now=1) == 20  # (20 written since: expected 130)
+    u.freed(seen=110, written=20, n=10, now=2)  # 10 more while 20 are still unseen
+    assert u.bytes(seen=110, written=20, now=3) == 30
+    assert u.bytes(seen=110, written=20, now=62) == 0  # (long enough: counted no more)
+    u.settle(seen=140, written=20, now=3)  # all of it shown: nothing unseen from now on
+    assert u.bytes(seen=100, written=20, now=4) == 0  # (another tenant's take is not ours)
+    u.freed(seen=100, written=20, n=10, now=5)
+    u.settle(seen=100, written=20, now=6)  # (not shown yet: still counted)
+    assert u.bytes(seen=100, written=20, now=6) == 10
+
+
 def test_a_received_blocks_pieces_are_noted_for_its_file_and_used_only_if_they_hold() -> None:
     """A block's CRC taken as it is received (`checksum_noting`) is the CRC of the whole,
     its pieces' CRCs noted by where it lies: the block file written of it takes those
