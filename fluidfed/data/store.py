@@ -535,12 +535,11 @@ class BlockStore:
         once the tier's least recently used blocks are evicted, and the task that removes
         their files (`_remove`: the caller waits for it before it writes); unless
         `partial`, none is evicted where all of them would not do, and False: the block is
-        not kept. Files being written count as
-        written, the file a re-put replaces as removed, and space evicted lately that the
-        filesystem does not show yet as free (`blocks.Unseen`: files held open by a
-        reader), so no look evicts again for the same shortfall. Nothing here waits: one
-        look after the other sees what the last one evicted. Its quota aside: a quota
-        larger than the disk stops here, not at ENOSPC."""
+        not kept. Files being written count as written, the file a re-put replaces as
+        removed, and space evicted lately that the filesystem does not show as free yet
+        (`blocks.Unseen`: files held open by a reader), so no look evicts again for the
+        same shortfall. Nothing here waits: each look sees what the last one evicted.
+        Its quota aside: a quota larger than the disk stops here, not at ENOSPC."""
         if tier.min_free <= 0 or tier.dir is None:
             return True, None
         try:
