@@ -623,8 +623,8 @@ async def test_without_min_free_the_same_disk_fills_and_its_writes_fail(small_di
 async def test_puts_at_once_evict_for_their_own_blocks_only(small_disk: Path) -> None:
     """Sixteen puts at once on a tier at its floor, written behind their readers, just
     after another tenant took 512 KiB of the disk: the first evicts for that shortfall and
-    its own block, each of the others for its own block only, seeing what the ones before
-    it removed (none evicts again for the shortfall), and the floor holds."""
+    its own block, each of the others for its own block only, counting what the ones
+    before it evicted (none evicts again for the shortfall), and the floor holds."""
     spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.25)
     store = await BlockStore([spec], write_behind=2**30, write_on_loop=True).open()
     size = 128 * 1024
