@@ -1,14 +1,60 @@
 import asyncio
+import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devkit.local import cluster
+from devkit.local import cluster, scratch
 from devkit.testing import HubProcess
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# the suite's files (pytest's base directory) on an ext4 of their own, so that what a test
+# sees of a disk tier's floor (`min_free`) does not depend on how full the machine's disk
+# is (`devkit.local.scratch`); FLUIDFED_TEST_DISK=0 leaves them in the system's temp dir
+SCRATCH_SIZE = 24 * 2**30
+_scratch: scratch.Scratch | None = None
+_scratch_not: str = ""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _scratch, _scratch_not
+    if config.option.basetemp is not None or os.environ.get("FLUIDFED_TEST_DISK") == "0":
+        _scratch_not = "--basetemp or FLUIDFED_TEST_DISK=0"
+        return
+    if os.geteuid() != 0:
+        _scratch_not = "not root: no loop device to mount"
+        return
+    parent = Path(tempfile.gettempdir()) / "fluidfed-tests"
+    try:
+        _scratch = scratch.make(parent, SCRATCH_SIZE)
+    except OSError as err:
+        raise pytest.UsageError(
+            f"the suite's own filesystem ({SCRATCH_SIZE >> 30} GiB in {parent}) could not be "
+            f"made: {err}; free that much space, or run with FLUIDFED_TEST_DISK=0 (then "
+            "disk tiers' floors depend on how full this machine's disk is)"
+        ) from err
+    config.option.basetemp = str(_scratch.mount / "pytest")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _scratch
+    if _scratch is None:
+        return
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        scratch.release(_scratch.root)
+    else:  # (kept for a look at what failed; the next run releases it)
+        print(f"\ntest files kept on {_scratch.mount} until the next run")
+    _scratch = None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _scratch is None:
+        return f"test files: in the system's temp dir ({_scratch_not})"
+    return f"test files: on an ext4 of their own, {_scratch.size >> 30} GiB at {_scratch.mount}"
 
 
 @pytest.fixture
