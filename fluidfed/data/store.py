@@ -139,6 +139,7 @@ class _Tier:
         self.pending: dict[str, tuple[blocks.Data, int]] = {}
         self.hits = 0
         self.evictions = 0
+        self.short = False  # below its floor with none of its blocks left (`keep_free`)
 
     def file(self, key: str) -> Path:
         assert self.dir is not None
@@ -523,9 +524,25 @@ class BlockStore:
         """Give back, from each disk tier, what its filesystem lacks below the tier's floor
         (`min_free`: another tenant of the node's disk took it), its least recently used
         blocks evicted as far as they go. For now and then (a cache worker between its
-        reports, every few seconds): a tier that writes nothing would keep it otherwise."""
+        reports, every few seconds): a tier that writes nothing would keep it otherwise.
+        Logs when a tier can keep no block (its filesystem short of the floor even with none
+        of them: a node's disk already that full), and when it can again."""
         for tier in self._tiers:
-            self._room(tier, "", 0, partial=True)
+            kept, _ = self._room(tier, "", 0, partial=True)
+            if kept == (not tier.short):
+                continue
+            tier.short = not kept
+            if tier.short:  # (said once, not with every block refused: the reason for them)
+                log.warning(
+                    "cache tier %s keeps no block: its filesystem has less than the %.0f%% "
+                    "it keeps free (cache.tiers[].min_free) even with none of the tier's "
+                    "blocks on it; it keeps blocks again once other tenants of the disk free "
+                    "space, or with a lower min_free",
+                    tier.dir,
+                    tier.min_free * 100,
+                )
+            else:
+                log.info("cache tier %s keeps blocks again: its filesystem has room", tier.dir)
 
     def _room(
         self, tier: _Tier, key: str, size: int, *, partial: bool = False

@@ -689,6 +689,44 @@ async def test_keep_free_gives_back_what_another_tenant_took(small_disk: Path) -
     assert not store.hottest() and not [p for p in small_disk.rglob("*") if p.parent != small_disk]
 
 
+async def test_a_tier_whose_disk_is_below_its_floor_without_its_blocks_says_so_once(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node's disk already fuller than a tier's floor (another tenant): `keep_free` logs
+    once that the tier keeps no block and why (naming `min_free`), not again while it
+    stays so, and once more when the tenant frees space and the tier keeps blocks again;
+    a tier that can keep blocks says nothing."""
+    spec = testing.cache_tier("SSD", 2**30, small_disk, min_free=0.25)
+    store = await BlockStore([spec]).open()
+    await store.put("a" * 32, b"k" * 128 * 1024, wait=True)
+    caplog.set_level(logging.INFO, logger="fluidfed.store")
+    store.keep_free()
+    assert not caplog.records
+    free, _ = testing.free_and_floor(small_disk, 0.25)
+    tenant = small_disk / "tenant"
+    tenant.write_bytes(b"t" * (free - 8192))
+    for _ in range(3):
+        store.keep_free()
+        await store.stored()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and caplog.records[0].levelno == logging.WARNING, said
+    assert f"cache tier {small_disk} keeps no block" in said[0]
+    assert "less than the 25% it keeps free (cache.tiers[].min_free)" in said[0]
+    assert "a" * 32 not in store  # (given back on the way)
+    with pytest.raises(OSError, match="min_free"):
+        await store.put("b" * 32, b"k" * 4096, wait=True)
+    tenant.unlink()
+    store.keep_free()
+    store.keep_free()
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        len(said) == 2
+        and said[1] == f"cache tier {small_disk} keeps blocks again: its filesystem has room"
+    )
+    await store.put("b" * 32, b"k" * 4096, wait=True)
+    assert "b" * 32 in store
+
+
 async def test_space_held_open_by_a_reader_is_not_evicted_for_twice(small_disk: Path) -> None:
     """Block files evicted to make room that a reader still holds open (a sidecar's mapping
     of a worker's file) free nothing until it lets go: the next looks count that space as
