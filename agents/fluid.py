@@ -58,6 +58,10 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 def _tieredstore(ds: Dataset) -> dict[str, Any]:
+    """The tiers as Fluid's runtimes read them: a level each, watermarks as usage shares
+    of the quota; where the engine takes `low` as the share of the disk kept free
+    (JuiceFS's free-space-ratio, `engines.EngineRule.one_tier`), the tier's `min_free`."""
+    floor = engines.RULES[ds.cache.engine].one_tier
     return {
         "levels": [
             {
@@ -65,7 +69,7 @@ def _tieredstore(ds: Dataset) -> dict[str, Any]:
                 "path": t.path or "/dev/shm",
                 "quota": objects.quantity(t.quota),
                 "high": f"{t.high:g}",
-                "low": f"{t.low:g}",
+                "low": f"{t.min_free if floor else t.low:g}",
             }
             for t in ds.cache.tiers
         ]

@@ -44,6 +44,10 @@ class EngineRule:
     schemes: tuple[str, ...]
     one_mount: bool = False  # the engine mounts only the Dataset's first mount
     profile: bool = False  # a ThinRuntime with a ThinRuntimeProfile
+    # the engine caches in the runtime's first tieredstore level only, whose `low` Fluid
+    # hands it as the share of the disk kept free (JuiceFS's free-space-ratio): a tier's
+    # `min_free`, not its low watermark
+    one_tier: bool = False
 
 
 RULES: dict[Engine, EngineRule] = {
@@ -51,7 +55,7 @@ RULES: dict[Engine, EngineRule] = {
     "thin": EngineRule("ThinRuntime", ("s3", "oss", "http", "https", "file", "nfs"), profile=True),
     "alluxio": EngineRule("AlluxioRuntime", ("s3", "oss", "http", "https", "file")),
     "jindo": EngineRule("JindoRuntime", ("s3", "oss", "file")),
-    "juicefs": EngineRule("JuiceFSRuntime", ("juicefs",), one_mount=True),
+    "juicefs": EngineRule("JuiceFSRuntime", ("juicefs",), one_mount=True, one_tier=True),
     "efc": EngineRule("EFCRuntime", ("nfs",), one_mount=True),
 }
 
@@ -186,6 +190,14 @@ def check(d: Dataset, path: str = "dataset") -> list[Problem]:
                 f"engine {engine} ({rule.kind}) mounts one storage per dataset: declare one "
                 "dataset per mount",
                 path=f"{path}.mounts[1]",
+            )
+        )
+    if rule.one_tier and len(d.cache.tiers) > 1:
+        problems.append(
+            Problem(
+                f"engine {engine} ({rule.kind}) caches in one tier: Fluid gives it the first "
+                "tier only (its path, quota and min_free); declare one tier",
+                path=f"{path}.cache.tiers[1]",
             )
         )
     for i, m in enumerate(d.mounts):

@@ -196,10 +196,21 @@ def test_cache_engines_get_their_runtime_with_the_tiers(engine: str, kind: str) 
     kinds = by_kind(render.desired(testing.binding(ds, mode="csi", replicas=2), CTX, CREDS))
     (rt,) = kinds[kind]
     assert rt["spec"]["replicas"] == 2
+    # (JuiceFS: Fluid hands level 0's `low` to it as free-space-ratio, the disk's share
+    # kept free: the tier's min_free, 0.15 by default; a usage watermark for the others)
+    low = "0.15" if engine == "juicefs" else "0.7"
     assert rt["spec"]["tieredstore"]["levels"] == [
-        {"mediumtype": "MEM", "path": "/dev/shm", "quota": "2Gi", "high": "0.95", "low": "0.7"}
+        {"mediumtype": "MEM", "path": "/dev/shm", "quota": "2Gi", "high": "0.95", "low": low}
     ]
     assert "ThinRuntimeProfile" not in kinds and "StatefulSet" not in kinds
+
+
+def test_a_juicefs_disk_tier_keeps_its_min_free_as_juicefs_free_space_ratio() -> None:
+    tier = testing.cache_tier("SSD", 2**34, "/mnt/nvme", min_free=0.25, low=0.5)
+    ds = testing.dataset("d", uri="juicefs:///d", cache=CacheSpec(engine="juicefs", tiers=[tier]))
+    kinds = by_kind(render.desired(testing.binding(ds, mode="csi"), CTX, CREDS))
+    (level,) = kinds["JuiceFSRuntime"][0]["spec"]["tieredstore"]["levels"]
+    assert level["path"] == "/mnt/nvme" and level["quota"] == "16Gi" and level["low"] == "0.25"
 
 
 def test_a_reference_dataset_is_fluids_reference_mode() -> None:

@@ -138,6 +138,13 @@ def problems(engine: str, *mounts: Mount, **cache: Any) -> list[tuple[str, str]]
         ("juicefs", [JFS, JFS], {}, "dataset.mounts[1]", "one storage per dataset"),
         (
             "juicefs",
+            [JFS],
+            {"tiers": [testing.cache_tier("MEM", 2**30), testing.cache_tier("SSD", 2**30, "/d")]},
+            "dataset.cache.tiers[1]",
+            "caches in one tier: Fluid gives it the first tier only",
+        ),
+        (
+            "juicefs",
             [Mount(uri="juicefs:///d", options={"storage": "minio"}, secret="s")],
             {},
             "dataset.mounts[0].options.bucket",
