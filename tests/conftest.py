@@ -1,7 +1,6 @@
 import asyncio
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() != 0:
         _scratch_not = "not root: no loop device to mount"
         return
-    parent = Path(tempfile.gettempdir()) / "fluidfed-tests"
+    # ($TMPDIR, else /var/tmp: a disk, where /tmp may be a tmpfs, whose space is memory)
+    parent = Path(os.environ.get("TMPDIR") or "/var/tmp") / "fluidfed-tests"
     try:
         _scratch = scratch.make(parent, SCRATCH_SIZE)
     except OSError as err:

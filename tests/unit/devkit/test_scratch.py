@@ -20,6 +20,7 @@ def test_the_suites_files_are_on_a_filesystem_of_their_own(tmp_path: Path) -> No
     if os.environ.get("FLUIDFED_TEST_DISK") == "0":
         pytest.skip("FLUIDFED_TEST_DISK=0: the files are in the temp dir, as asked")
     assert os.stat(tmp_path).st_dev != os.stat(tempfile.gettempdir()).st_dev
+    assert os.stat(tmp_path).st_dev != os.stat(os.environ.get("TMPDIR") or "/var/tmp").st_dev
     fs = os.statvfs(tmp_path)
     assert fs.f_bavail / fs.f_blocks > 0.5
 
