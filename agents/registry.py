@@ -4,6 +4,7 @@ agent's API feeds it, the load runner and the status read it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from fluidfed.data import protocol
 
@@ -14,6 +15,17 @@ class WorkerReport:
     dataset: str
     seen: float
     status: protocol.WorkerStatus
+
+
+class Disks(NamedTuple):
+    """What a dataset's live workers' disk tiers could not hold: blocks not kept (a full or
+    failing disk, `min_free`) and blocks evicted to keep a disk's floor free, since each
+    worker started; and the workers with a tier that keeps no block now (its disk below
+    the floor even without its blocks)."""
+
+    not_kept: int
+    shed: int
+    full: int
 
 
 class Registry:
@@ -50,12 +62,13 @@ class Registry:
         ratio = hits / (hits + misses) if hits + misses else None
         return used, capacity, ratio
 
-    def disks(self, dataset: str, now: float) -> tuple[int, int] | None:
-        """(blocks not kept, blocks evicted to keep the disk's floor free) over the dataset's
-        live workers, since each started: what their disk tiers could not hold (a full or
-        failing disk, `min_free`); None if none report."""
+    def disks(self, dataset: str, now: float) -> Disks | None:
+        """`Disks` over the dataset's live workers; None if none report."""
         live = self.alive(dataset, now)
         if not live:
             return None
-        not_kept = sum(w.status.writes.errors + w.status.writes.no_room for w in live)
-        return not_kept, sum(w.status.writes.shed for w in live)
+        return Disks(
+            not_kept=sum(w.status.writes.errors + w.status.writes.no_room for w in live),
+            shed=sum(w.status.writes.shed for w in live),
+            full=sum(any(t.short for t in w.status.tiers) for w in live),
+        )

@@ -154,7 +154,15 @@ WORKER_STATUS_WIRE: dict[str, Any] = {
     "corrupt": 0,
     "evictions": 0,
     "tiers": [
-        {"medium": "MEM", "quota": 1000, "used": 300, "blocks": 3, "hits": 7, "evictions": 0}
+        {
+            "medium": "MEM",
+            "quota": 1000,
+            "used": 300,
+            "blocks": 3,
+            "hits": 7,
+            "evictions": 0,
+            "short": False,
+        }
     ],
     "ufs": {"reads": 3, "bytes": 300, "errors": 0, "presigned": 2, "joined": 1},
     "served": {

@@ -438,6 +438,9 @@ class BindingStatus(Wire):
     # and blocks they evicted to keep their disk's floor free, since each worker started
     cache_not_kept: NonNegInt = 0
     cache_shed: NonNegInt = 0
+    # live workers with a disk tier that keeps no block now: its disk is below the tier's
+    # `min_free` even without the cache's blocks
+    cache_disks_full: NonNegInt = 0
     last_error: str = ""
     observed_generation: int = 0
     hub_last_seen: float = 0.0

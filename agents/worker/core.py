@@ -610,6 +610,7 @@ class Worker:
                     blocks=t.blocks,
                     hits=t.hits,
                     evictions=t.evictions,
+                    short=t.short,
                 )
                 for t in s.tiers
             ],

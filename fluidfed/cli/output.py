@@ -242,16 +242,26 @@ def describe_dataset(d: DatasetView) -> None:
     else:
         _say("  none: no cluster matches the placement")
     short = [(v.binding.cluster, v.status) for v in d.bindings if v.status]
-    short = [(c, st) for c, st in short if st.cache_not_kept or st.cache_shed]
+    short = [
+        (c, st) for c, st in short if st.cache_not_kept or st.cache_shed or st.cache_disks_full
+    ]
     if short:
         _say("[bold]Cache disks (since each worker started):[/bold]")
         for cluster, st in short:
-            _say(
-                f"  {_e(cluster)}: {st.cache_not_kept} blocks not kept (a disk full, failing "
-                f"or at its floor), {st.cache_shed} evicted to keep its floor free "
-                "(cache.tiers[].min_free): where these grow, the disks give the cache less "
-                "than its quota; each worker's /v1/status says which (writes)"
-            )
+            if st.cache_disks_full:
+                _say(
+                    f"  {_e(cluster)}: now, {st.cache_disks_full} worker(s) keep no block on "
+                    "disk: their node's disk is below the tier's floor (cache.tiers[]."
+                    "min_free) even without the cache's blocks; free space on those nodes, "
+                    "or lower min_free"
+                )
+            if st.cache_not_kept or st.cache_shed:
+                _say(
+                    f"  {_e(cluster)}: {st.cache_not_kept} blocks not kept (a disk full, "
+                    f"failing or at its floor), {st.cache_shed} evicted to keep its floor "
+                    "free (cache.tiers[].min_free): where these grow, the disks give the "
+                    "cache less than its quota; each worker's /v1/status says which (writes)"
+                )
     measured = [(v.binding.cluster, v.status.metrics) for v in d.bindings if v.status]
     if any(not f.empty() for _, f in measured):
         _say("[bold]Metrics (agents' sliding window):[/bold]")

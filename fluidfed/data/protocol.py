@@ -248,6 +248,9 @@ class TierStatus(Message):
     blocks: int
     hits: int
     evictions: int
+    # a disk tier whose filesystem is below its `min_free` even without its blocks: it
+    # keeps none now (a node's disk that full), until space is freed
+    short: bool = False
 
 
 class UFSCounters(Message):

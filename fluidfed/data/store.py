@@ -97,6 +97,9 @@ class TierStats:
     blocks: int = 0
     hits: int = 0
     evictions: int = 0
+    # a disk tier whose filesystem is below its floor even without its blocks: keeps none
+    # now (`BlockStore.keep_free`)
+    short: bool = False
 
 
 @dataclass
@@ -751,6 +754,7 @@ class BlockStore:
                 blocks=len(t.ledger),
                 hits=t.hits,
                 evictions=t.evictions,
+                short=t.short,
             )
             for t in self._tiers
         ]

@@ -451,7 +451,9 @@ async def test_a_worker_gives_back_what_another_tenant_took_of_its_disk(
     """A worker whose disk tier (on a 4 MiB filesystem of its own, a quota of 1 GiB, 25%
     kept free) holds blocks when another tenant of the disk takes it below the floor:
     between its reports it evicts its least recently used blocks until the floor holds
-    again, with no read, and its status over HTTP says how many."""
+    again, with no read, and its status over HTTP says how many. A second tenant takes
+    more than the tier holds: the worker gives back all of it, and its status says the
+    tier keeps no block now (`tiers[].short`), until the tenant leaves."""
     creds = tmp_path / "credentials.json"
     credentials.write_file(creds, local_credentials())
     tier = CacheTier(medium="SSD", quota=ByteSize(2**30), path=str(small_disk), min_free=0.25)
@@ -492,10 +494,31 @@ async def test_a_worker_gives_back_what_another_tenant_took_of_its_disk(
                 return free >= floor
 
             await testing.eventually(floor_holds, "the floor free again", timeout=20)
-            async with session.get(f"{url}/v1/status", headers=agent) as r:
-                status = protocol.decode(protocol.WorkerStatus, await r.read())
-        assert 0 < status.writes.shed < kept and status.blocks == kept - status.writes.shed
-        assert status.ufs.reads == len(held)  # (nothing read meanwhile)
+
+            async def status_now() -> protocol.WorkerStatus:
+                async with session.get(f"{url}/v1/status", headers=agent) as r:
+                    return protocol.decode(protocol.WorkerStatus, await r.read())
+
+            status = await status_now()
+            assert 0 < status.writes.shed < kept and status.blocks == kept - status.writes.shed
+            assert status.ufs.reads == len(held)  # (nothing read meanwhile)
+            assert not status.tiers[0].short
+            free, _ = testing.free_and_floor(small_disk, 0.25)
+            (small_disk / "tenant-2").write_bytes(b"t" * (free - 8192))
+
+            async def short() -> protocol.WorkerStatus | testing.NotYet:
+                st = await status_now()
+                return st if st.tiers[0].short else testing.NotYet(str(st.tiers))
+
+            status = await testing.eventually(short, "the tier said to keep no block", timeout=20)
+            assert status.blocks == 0 and status.writes.shed == kept
+            (small_disk / "tenant-2").unlink()
+
+            async def room() -> protocol.WorkerStatus | testing.NotYet:
+                st = await status_now()
+                return st if not st.tiers[0].short else testing.NotYet(str(st.tiers))
+
+            await testing.eventually(room, "the tier said to keep blocks again", timeout=20)
     finally:
         if reporting is not None:
             reporting.cancel()

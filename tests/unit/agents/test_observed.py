@@ -24,12 +24,14 @@ def test_the_workers_disks_short_of_room_reach_the_binding_status(tmp_path: Path
         registry, MetricWindow(), Store(StateFile(tmp_path), AgentState(cluster="edge"))
     )
     b = binding("d.edge")
-    for url, writes in (
-        ("http://w-0", {"errors": 1, "no_room": 2, "shed": 30}),
-        ("http://w-1", {"no_room": 4, "shed": 12}),
+    ssd = {"medium": "SSD", "quota": 1, "used": 0, "blocks": 0, "hits": 0, "evictions": 0}
+    for url, writes, short in (
+        ("http://w-0", {"errors": 1, "no_room": 2, "shed": 30}, True),
+        ("http://w-1", {"no_room": 4, "shed": 12}, False),
     ):
-        body = {"dataset": "d", "url": url, "status": {**WORKER_STATUS_WIRE, "writes": writes}}
+        wire = {**WORKER_STATUS_WIRE, "writes": writes, "tiers": [{**ssd, "short": short}]}
+        body = {"dataset": "d", "url": url, "status": wire}
         reg = protocol.decode(protocol.WorkerRegistration, json.dumps(body).encode())
         registry.report(reg, now=time.time())
     st = observed.fold(b, status.compute(b, {}))
-    assert (st.cache_not_kept, st.cache_shed) == (7, 42)
+    assert (st.cache_not_kept, st.cache_shed, st.cache_disks_full) == (7, 42, 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agents.registry import Registry
+from agents.registry import Disks, Registry
 from devkit.testing import WORKER_STATUS_WIRE as STATUS
 from fluidfed.data import protocol
 
@@ -46,12 +46,20 @@ def test_dead_workers_are_forgotten() -> None:
     assert r._workers == {}
 
 
+def _tier(medium: str, short: bool = False) -> dict[str, object]:
+    return {"medium": medium, "quota": 1, "used": 0, "blocks": 0, "hits": 0, "evictions": 0,
+            "short": short}  # fmt: skip
+
+
 def test_disks_sum_what_the_live_workers_did_not_keep_and_shed() -> None:
+    """Blocks not kept and shed summed over the live workers; the workers with a disk
+    tier that keeps no block now counted once each, however many such tiers."""
     r = Registry(ttl=10)
     a = {"errors": 1, "no_room": 2, "shed": 3}
-    r.report(_reg("http://a", writes=a), now=0)
-    r.report(_reg("http://b", writes={"no_room": 1, "shed": 4}), now=5)
-    r.report(_reg("http://c", dataset="other", writes={"shed": 99}), now=5)
-    assert r.disks("train", now=9) == (4, 7)
-    assert r.disks("train", now=12) == (1, 4)  # (a stopped reporting)
+    full = [_tier("MEM"), _tier("SSD", short=True), _tier("HDD", short=True)]
+    r.report(_reg("http://a", writes=a, tiers=full), now=0)
+    r.report(_reg("http://b", writes={"no_room": 1, "shed": 4}, tiers=[_tier("SSD")]), now=5)
+    r.report(_reg("http://c", dataset="other", writes={"shed": 99}, tiers=full), now=5)
+    assert r.disks("train", now=9) == Disks(not_kept=4, shed=7, full=1)
+    assert r.disks("train", now=12) == Disks(not_kept=1, shed=4, full=0)  # (a stopped)
     assert r.disks("train", now=100) is None

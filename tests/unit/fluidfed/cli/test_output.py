@@ -105,5 +105,13 @@ def test_describe_says_where_the_cache_disks_did_not_keep_or_shed_blocks(
     assert "Cache disks (since each worker started):" in out
     assert "a: 3 blocks not kept" in out and "120 evicted to keep its floor free" in out
     assert "b: " not in out.split("Cache disks (since each worker started):")[1]
+    assert "keep no block" not in out
     output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1, bindings=views[1:]))
     assert "Cache disks" not in capsys.readouterr().out
+    # workers whose disk keeps no block now: said on their own, with what to do
+    full = testing.binding_status("Bound", cache_disks_full=2)
+    views = [BindingView(binding=testing.binding(ds, "c"), status=full)]
+    output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1, bindings=views))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "c: now, 2 worker(s) keep no block on disk" in out
+    assert "free space on those nodes, or lower min_free" in out and "blocks not kept" not in out
