@@ -8,7 +8,6 @@ from typing import Any
 import msgspec
 
 from agents import fluid, objects
-from agents.registry import Disks
 from fluidfed import names
 from fluidfed.models import Binding, BindingStatus, Figures, LoadStatus
 from fluidfed.units import parse_size
@@ -114,13 +113,14 @@ def with_workers(
     load: LoadStatus | None,
     figures: Figures | None = None,
     measured: int = 0,
-    disks: Disks | None = None,
+    disks: tuple[int, int, int] | None = None,
 ) -> BindingStatus:
     """The status with what the cache workers report (used, capacity, hit ratio; with
-    `disks`, the blocks their disk tiers did not keep, those they evicted to keep the
-    disk's floor free, and the workers whose disk keeps none now), the latest warm-up's
-    progress and the metric window's figures folded in; the under storage's size as the
-    last load of the whole dataset measured it (else `measured`, the one known before)."""
+    `disks`, `registry.Disks`: the blocks their disk tiers did not keep, those they evicted
+    to keep the disk's floor free, and the workers whose disk keeps none now), the latest
+    warm-up's progress and the metric window's figures folded in; the under storage's size
+    as the last load of the whole dataset measured it (else `measured`, the one known
+    before)."""
     changes: dict[str, Any] = {"load": load, "metrics": figures or Figures()}
     if load is not None and not load.path and load.phase == "Done" and load.ufs_bytes:
         changes["ufs_total"] = load.ufs_bytes
@@ -132,7 +132,5 @@ def with_workers(
         if ratio is not None:
             changes["hit_ratio"] = ratio
     if disks is not None:
-        changes.update(
-            cache_not_kept=disks.not_kept, cache_shed=disks.shed, cache_disks_full=disks.full
-        )
+        changes["cache_not_kept"], changes["cache_shed"], changes["cache_disks_full"] = disks
     return msgspec.structs.replace(st, **changes)

@@ -5,7 +5,6 @@ from typing import Any
 import pytest
 
 from agents import status
-from agents.registry import Disks
 from devkit import testing
 from fluidfed.models import Binding, CacheSpec, LoadRequest, LoadStatus, MountMode
 
@@ -107,5 +106,5 @@ def test_a_load_of_the_whole_dataset_measures_the_under_storage() -> None:
 def test_what_the_workers_disks_did_not_keep_is_folded_in() -> None:
     st = status.compute(binding(), {})
     assert (st.cache_not_kept, st.cache_shed, st.cache_disks_full) == (0, 0, 0)
-    folded = status.with_workers(st, None, None, disks=Disks(not_kept=3, shed=7, full=2))
+    folded = status.with_workers(st, None, None, disks=(3, 7, 2))
     assert (folded.cache_not_kept, folded.cache_shed, folded.cache_disks_full) == (3, 7, 2)
