@@ -13,48 +13,69 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # the suite's files (pytest's base directory) on an ext4 of their own, so that what a test
 # sees of a disk tier's floor (`min_free`) does not depend on how full the machine's disk
-# is (`devkit.local.scratch`); FLUIDFED_TEST_DISK=0 leaves them in the system's temp dir
-SCRATCH_SIZE = 24 * 2**30
-_scratch: scratch.Scratch | None = None
-_scratch_not: str = ""
+# is (`devkit.local.scratch`); FLUIDFED_TEST_DISK=0 leaves them in the system's temp dir,
+# FLUIDFED_TEST_DISK_GIB sets its size
+SCRATCH_GIB = 24
+
+
+class _Scratch:
+    made: scratch.Scratch | None = None
+    not_made = ""  # why not
+    keep = False  # the session failed: kept for a look, until the next run
+
+
+def scratch_in_use() -> scratch.Scratch | None:
+    return _Scratch.made
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _scratch, _scratch_not
-    if config.option.basetemp is not None or os.environ.get("FLUIDFED_TEST_DISK") == "0":
-        _scratch_not = "--basetemp or FLUIDFED_TEST_DISK=0"
+    opt = config.option
+    if opt.basetemp is not None or os.environ.get("FLUIDFED_TEST_DISK") == "0":
+        _Scratch.not_made = "--basetemp or FLUIDFED_TEST_DISK=0"
+        return
+    if opt.help or opt.version or opt.collectonly or opt.showfixtures or opt.markers:
+        _Scratch.not_made = "no tests run"
         return
     if os.geteuid() != 0:
-        _scratch_not = "not root: no loop device to mount"
+        _Scratch.not_made = "not root: no loop device to mount"
         return
     # ($TMPDIR, else /var/tmp: a disk, where /tmp may be a tmpfs, whose space is memory)
     parent = Path(os.environ.get("TMPDIR") or "/var/tmp") / "fluidfed-tests"
+    size = int(os.environ.get("FLUIDFED_TEST_DISK_GIB") or SCRATCH_GIB) * 2**30
     try:
-        _scratch = scratch.make(parent, SCRATCH_SIZE)
+        _Scratch.made = scratch.make(parent, size)
     except OSError as err:
         raise pytest.UsageError(
-            f"the suite's own filesystem ({SCRATCH_SIZE >> 30} GiB in {parent}) could not be "
-            f"made: {err}; free that much space, or run with FLUIDFED_TEST_DISK=0 (then "
-            "disk tiers' floors depend on how full this machine's disk is)"
+            f"the suite's own filesystem ({size >> 30} GiB in {parent}) could not be made: "
+            f"{err}. Free that much space, or set FLUIDFED_TEST_DISK_GIB lower, or run with "
+            "FLUIDFED_TEST_DISK=0 (then disk tiers' floors depend on how full this "
+            "machine's disk is)"
         ) from err
-    config.option.basetemp = str(_scratch.mount / "pytest")
+    opt.basetemp = str(_Scratch.made.mount / "pytest")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    global _scratch
-    if _scratch is None:
+    ok = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+    _Scratch.keep = _Scratch.made is not None and not ok
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Released once everything is torn down (the session's clusters too), unless the
+    session failed."""
+    made, _Scratch.made = _Scratch.made, None
+    if made is None:
         return
-    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
-        scratch.release(_scratch.root)
-    else:  # (kept for a look at what failed; the next run releases it)
-        print(f"\ntest files kept on {_scratch.mount} until the next run")
-    _scratch = None
+    if _Scratch.keep:
+        print(f"\ntest files kept on {made.mount} until the next run")
+    else:
+        scratch.release(made.root)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    if _scratch is None:
-        return f"test files: in the system's temp dir ({_scratch_not})"
-    return f"test files: on an ext4 of their own, {_scratch.size >> 30} GiB at {_scratch.mount}"
+    made = _Scratch.made
+    if made is None:
+        return f"test files: in the system's temp dir ({_Scratch.not_made})"
+    return f"test files: on an ext4 of their own, {made.size >> 30} GiB at {made.mount}"
 
 
 @pytest.fixture

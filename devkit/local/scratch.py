@@ -9,15 +9,21 @@ suite sees the same free share on every machine, or says at once that it cannot 
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
+import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE = "disk.img"
 MOUNT = "mnt"
 PID = "pid"
+RUN = re.compile(r"^run-\d+$")  # (what `release_stale` may remove: nothing else there)
+YOUNG = 60.0  # seconds a run's directory may be without its pid file (being made)
 
 
 @dataclass(frozen=True)
@@ -45,55 +51,102 @@ def _alive(pid: int) -> bool:
 
 
 def release(root: Path) -> None:
-    """Unmount `root`'s filesystem (lazily: a process left behind keeps it until it goes,
-    the loop device detached then) and remove its image."""
+    """Unmount `root`'s filesystem, lazily (a process left behind keeps it until it goes;
+    the loop device is detached then, and the image's space given back), and remove the
+    directory. Where it stays mounted, only the image's name goes: nothing is removed
+    through a mount."""
     mnt = root / MOUNT
     if os.path.ismount(mnt):
         _run("umount", "-l", str(mnt))
+    if os.path.ismount(mnt):
+        with_image = root / IMAGE
+        with_image.unlink(missing_ok=True)
+        return
     shutil.rmtree(root, ignore_errors=True)
 
 
-def release_stale(parent: Path) -> None:
-    """Release what runs that ended without releasing theirs (killed) left in `parent`."""
+def release_stale(parent: Path, now: float | None = None) -> None:
+    """Release what runs that ended without releasing theirs (killed, or a reboot since)
+    left in `parent`: their process gone, or their filesystem no longer mounted."""
     if not parent.is_dir():
         return
+    now = time.time() if now is None else now
     for root in parent.iterdir():
+        if not RUN.match(root.name) or not root.is_dir() or root.is_symlink():
+            continue
         try:
             pid = int((root / PID).read_text())
         except (OSError, ValueError):
+            if now - root.stat().st_mtime < YOUNG:  # (another run making it now)
+                continue
             pid = 0
-        if not pid or not _alive(pid):
+        unmounted = not os.path.ismount(root / MOUNT) and now - root.stat().st_mtime >= YOUNG
+        if not pid or not _alive(pid) or unmounted:
             release(root)
 
 
-def make(parent: Path, size: int) -> Scratch:
+def _own_dir(parent: Path) -> None:
+    """`parent` made if need be, root's own and no one else's (it is in a directory all
+    may write to, and root removes what is in it)."""
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(parent)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(f"{parent} is not a directory of this user's alone: remove it")
+
+
+def _fallocate(image: Path, size: int, wait: float = 10.0) -> None:
+    """The image's space taken now (not sparse): a disk too full for the suite says so
+    here, not as I/O errors in the middle of a test. A run released just before gives its
+    image's space back once its loop device is detached, a moment later: waited for."""
+    deadline = time.monotonic() + wait
+    with open(image, "wb") as f:
+        while True:
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+                return
+            except OSError as err:
+                if err.errno != errno.ENOSPC or time.monotonic() > deadline:
+                    held = _deleted_images()
+                    raise OSError(
+                        err.errno,
+                        f"{size >> 30} GiB for {image}: {err.strerror}"
+                        + (f"; loop devices still hold deleted images: {held}" if held else ""),
+                    ) from err
+                time.sleep(0.5)
+
+
+def _deleted_images() -> str:
+    done = _run("losetup", "-l", "-n", "-O", "NAME,BACK-FILE")
+    return ", ".join(line.strip() for line in done.stdout.splitlines() if "(deleted)" in line)
+
+
+def make(parent: Path, size: int, *, wait: float = 10.0) -> Scratch:
     """An ext4 of `size` bytes of its own, mounted in a new directory of `parent` and held
     by this process; OSError saying why where it cannot be had (not root, no loop device,
-    a disk without `size` free)."""
+    a disk without `size` free, `wait` seconds after a run just released gave its back)."""
     release_stale(parent)
-    parent.mkdir(parents=True, exist_ok=True)
+    _own_dir(parent)
     root = parent / f"run-{os.getpid()}"
     release(root)
-    (root / MOUNT).mkdir(parents=True)
-    (root / PID).write_text(str(os.getpid()))
+    root.mkdir(mode=0o700)
+    (root / PID).write_text(str(os.getpid()))  # (first: no other run takes it for stale)
     image = root / IMAGE
     try:
-        with open(image, "wb") as f:
-            # its space taken now (not sparse): a disk too full for the suite says so here,
-            # not as I/O errors in the middle of a test
-            os.posix_fallocate(f.fileno(), 0, size)
+        (root / MOUNT).mkdir()
+        _fallocate(image, size, wait)
         steps = [
             # (-m 0: none kept for root, the suite runs as root; nodiscard: mkfs would give
             # the space taken back to the disk, punching it out of the image)
             ("mkfs.ext4", "-q", "-F", "-m", "0", "-i", "65536", "-E", "nodiscard", str(image)),
-            # (direct I/O on the image: its pages cached once, by the filesystem on it)
             ("mount", "-o", "loop", str(image), str(root / MOUNT)),
         ]
         for argv in steps:
             done = _run(*argv)
             if done.returncode != 0:
-                raise OSError(f"{' '.join(argv[:1])}: {done.stderr.strip() or done.returncode}")
-        loop = _loop_of(image)
+                raise OSError(f"{argv[0]}: {done.stderr.strip() or done.returncode}")
+        # direct I/O on the image where the kernel allows it: its pages cached once, by
+        # the filesystem on it, not again by the disk's (`direct_io` says)
+        loop = loop_of(image)
         if loop:
             _run("losetup", "--direct-io=on", loop)
     except BaseException:
@@ -102,6 +155,17 @@ def make(parent: Path, size: int) -> Scratch:
     return Scratch(root=root, size=size)
 
 
-def _loop_of(image: Path) -> str:
+def loop_of(image: Path) -> str:
+    """The loop device `image` is attached to ("" if none)."""
     done = _run("losetup", "-j", str(image), "-O", "NAME", "-n")
-    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
+    lines = done.stdout.split()
+    return lines[0] if lines else ""
+
+
+def direct_io(loop: str) -> bool:
+    """Whether loop device `loop` (/dev/loopN) reads and writes its image past the page
+    cache."""
+    try:
+        return Path(f"/sys/block/{Path(loop).name}/loop/dio").read_text().strip() == "1"
+    except OSError:
+        return False
