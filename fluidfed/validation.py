@@ -306,7 +306,9 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
                     path=f"{p}.low",
                 )
             )
-        if tier.medium == "MEM" and tier.min_free != DISK_MIN_FREE:
+        # (JuiceFS's MEM tier is files in /dev/shm, whose floor it keeps: `one_tier`)
+        floored = engines.RULES[cache.engine].one_tier
+        if tier.medium == "MEM" and tier.min_free != DISK_MIN_FREE and not floored:
             problems.append(
                 Problem(
                     "min_free is a disk tier's (the fraction of its filesystem kept free): "

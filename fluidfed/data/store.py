@@ -69,6 +69,10 @@ BACK_TO_THREAD_FOR = 60.0  # ... before small blocks' files go to the thread thi
 # seconds that space evicted to keep a disk tier's floor free counts as free while the
 # filesystem does not show it (files held open by readers: `blocks.Unseen`)
 UNSEEN_FOR = 60.0
+# a disk tier that kept no block (its filesystem below its floor) keeps blocks again once
+# this much more than the floor is free (or 1% of the filesystem, if less): not every few
+# seconds where a disk hovers at the floor (`BlockStore.keep_free`)
+SHORT_MARGIN = 64 * 2**20
 
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
@@ -532,6 +536,12 @@ class BlockStore:
         of them: a node's disk already that full), and when it can again."""
         for tier in self._tiers:
             kept, _ = self._room(tier, "", 0, partial=True)
+            if tier.short and kept:
+                # (again only with room for more than the floor itself: a disk that hovers
+                # at it says nothing every few seconds; unknown, as on an error, is not room)
+                fs = self._statvfs(tier)
+                margin = min(SHORT_MARGIN, fs.f_blocks * fs.f_frsize // 100) if fs else 0
+                kept = fs is not None and self._lacking(tier, fs, margin) == 0
             if kept == (not tier.short):
                 continue
             tier.short = not kept
@@ -560,25 +570,19 @@ class BlockStore:
         (`blocks.Unseen`: files held open by a reader), so no look evicts again for the
         same shortfall. Nothing here waits: each look sees what the last one evicted.
         Its quota aside: a quota larger than the disk stops here, not at ENOSPC."""
-        if tier.min_free <= 0 or tier.dir is None:
+        fs = self._statvfs(tier)
+        if fs is None:  # (no floor; or the write will say what is wrong)
             return True, None
-        try:
-            fs = os.statvfs(tier.dir)
-        except OSError:
-            return True, None  # (the write will say what is wrong)
         page = fs.f_frsize or 4096
 
         def on_disk(n: int) -> int:
             return -(-(n + trailer_size(n)) // page) * page
 
-        now = time.monotonic()
         seen = fs.f_bavail * fs.f_frsize
-        free = seen - tier.writing + tier.unseen.bytes(seen, tier.written, now)
-        if key in tier.ledger:
-            free += on_disk(tier.ledger.size(key))
         want = on_disk(size) if key else 0  # (`keep_free`: no file of its own)
-        # (a filesystem that says nothing, all zeros, needs nothing: some FUSE ones)
-        need = blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, want)
+        replaced = on_disk(tier.ledger.size(key)) if key in tier.ledger else 0
+        need = self._lacking(tier, fs, want - replaced)
+        now = time.monotonic()
         removing = None
         if need > 0:
             held = tier.ledger.used + len(tier.ledger) * (page + trailer_size(size))
@@ -593,6 +597,27 @@ class BlockStore:
                 return False, removing
         tier.written += want
         return True, removing
+
+    @staticmethod
+    def _statvfs(tier: _Tier) -> os.statvfs_result | None:
+        """What `tier`'s filesystem says of its space; None for a tier without a floor (in
+        memory, `min_free` 0), or where it cannot say."""
+        if tier.min_free <= 0 or tier.dir is None:
+            return None
+        try:
+            return os.statvfs(tier.dir)
+        except OSError:
+            return None
+
+    @staticmethod
+    def _lacking(tier: _Tier, fs: os.statvfs_result, size: int) -> int:
+        """Bytes `tier`'s filesystem lacks for `size` more above its floor: what it shows
+        free, less the files being written, plus what was evicted lately and is not shown
+        free yet (`blocks.Unseen`). A filesystem that says nothing (all zeros: some FUSE
+        ones) lacks nothing."""
+        seen = fs.f_bavail * fs.f_frsize
+        free = seen - tier.writing + tier.unseen.bytes(seen, tier.written, time.monotonic())
+        return blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, size)
 
     def _remove(self, tier: _Tier, keys: list[str]) -> asyncio.Task[None] | None:
         """A task of its own that removes the files of blocks `tier` no longer holds, one

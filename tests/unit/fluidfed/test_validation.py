@@ -99,6 +99,9 @@ def test_cache_rules_name_each_field() -> None:
         "c.tiers[2].min_free": "min_free (1.0) is the fraction of the tier's filesystem kept "
         "free: below 1 (0 turns it off)",
     }
+    # JuiceFS's MEM tier is files in /dev/shm: its floor is JuiceFS's free-space-ratio
+    jfs = CacheSpec(engine="juicefs", tiers=[testing.cache_tier("MEM", 1, min_free=0.3)])
+    assert validation.check_cache(jfs, "c") == []
     inverted = CacheSpec(replicas=5, min_replicas=4, max_replicas=3, tiers=[])
     assert where(validation.check_cache(inverted, "c")) == {
         "c.min_replicas": "min_replicas (4) is above max_replicas (3)",
