@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # sees of a disk tier's floor (`min_free`) does not depend on how full the machine's disk
 # is (`devkit.local.scratch`); FLUIDFED_TEST_DISK=0 leaves them in the system's temp dir,
 # FLUIDFED_TEST_DISK_GIB sets its size
-SCRATCH_GIB = 24
+SCRATCH_GIB = 16
 
 
 class _Scratch:
