@@ -60,8 +60,9 @@ def split_image(image: str) -> tuple[str, str]:
 def _tieredstore(ds: Dataset) -> dict[str, Any]:
     """The tiers as Fluid's runtimes read them: a level each, watermarks as usage shares
     of the quota; where the engine takes `low` as the share of the disk kept free
-    (JuiceFS's free-space-ratio, `engines.EngineRule.one_tier`), the tier's `min_free`."""
-    floor = engines.RULES[ds.cache.engine].one_tier
+    (JuiceFS's free-space-ratio, `engines.EngineRule.low_is_floor`), the tier's
+    `min_free`."""
+    floor = engines.RULES[ds.cache.engine].low_is_floor
     return {
         "levels": [
             {

@@ -44,18 +44,20 @@ class EngineRule:
     schemes: tuple[str, ...]
     one_mount: bool = False  # the engine mounts only the Dataset's first mount
     profile: bool = False  # a ThinRuntime with a ThinRuntimeProfile
-    # the engine caches in the runtime's first tieredstore level only, whose `low` Fluid
-    # hands it as the share of the disk kept free (JuiceFS's free-space-ratio): a tier's
-    # `min_free`, not its low watermark
-    one_tier: bool = False
+    one_tier: bool = False  # Fluid gives the engine the first tieredstore level only
+    # Fluid hands the engine that level's `low` as the share of the disk kept free
+    # (JuiceFS's free-space-ratio): a tier's `min_free`, not its low watermark
+    low_is_floor: bool = False
 
 
 RULES: dict[Engine, EngineRule] = {
     "fluidfed": EngineRule("ThinRuntime", SIDECAR_SCHEMES, profile=True),
     "thin": EngineRule("ThinRuntime", ("s3", "oss", "http", "https", "file", "nfs"), profile=True),
     "alluxio": EngineRule("AlluxioRuntime", ("s3", "oss", "http", "https", "file")),
-    "jindo": EngineRule("JindoRuntime", ("s3", "oss", "file")),
-    "juicefs": EngineRule("JuiceFSRuntime", ("juicefs",), one_mount=True, one_tier=True),
+    "jindo": EngineRule("JindoRuntime", ("s3", "oss", "file"), one_tier=True),
+    "juicefs": EngineRule(
+        "JuiceFSRuntime", ("juicefs",), one_mount=True, one_tier=True, low_is_floor=True
+    ),
     "efc": EngineRule("EFCRuntime", ("nfs",), one_mount=True),
 }
 
@@ -196,7 +198,7 @@ def check(d: Dataset, path: str = "dataset") -> list[Problem]:
         problems.append(
             Problem(
                 f"engine {engine} ({rule.kind}) caches in one tier: Fluid gives it the first "
-                "tier only (its path, quota and min_free); declare one tier",
+                "tier only; declare one tier",
                 path=f"{path}.cache.tiers[1]",
             )
         )

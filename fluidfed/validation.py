@@ -306,8 +306,8 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
                     path=f"{p}.low",
                 )
             )
-        # (JuiceFS's MEM tier is files in /dev/shm, whose floor it keeps: `one_tier`)
-        floored = engines.RULES[cache.engine].one_tier
+        # (JuiceFS's MEM tier is files in /dev/shm, whose floor it keeps: `low_is_floor`)
+        floored = engines.RULES[cache.engine].low_is_floor
         if tier.medium == "MEM" and tier.min_free != DISK_MIN_FREE and not floored:
             problems.append(
                 Problem(

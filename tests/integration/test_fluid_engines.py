@@ -41,7 +41,7 @@ MOUNTS = [
 
 def spec(engine: Engine, mount: Mount, i: int) -> Dataset:
     tiers = [testing.cache_tier("MEM", 2**30), testing.cache_tier("SSD", 20 * 2**30, "/mnt/ssd")]
-    if engines.RULES[engine].one_tier:  # (JuiceFS: the first level only, refused else)
+    if engines.RULES[engine].one_tier:  # (JuiceFS, Jindo: the first level only; else refused)
         tiers = tiers[1:]
     return testing.dataset(
         f"{engine}-{i}",

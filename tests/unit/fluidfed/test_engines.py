@@ -144,6 +144,13 @@ def problems(engine: str, *mounts: Mount, **cache: Any) -> list[tuple[str, str]]
             "caches in one tier: Fluid gives it the first tier only",
         ),
         (
+            "jindo",
+            [S3],
+            {"tiers": [testing.cache_tier("MEM", 2**30), testing.cache_tier("SSD", 2**30, "/d")]},
+            "dataset.cache.tiers[1]",
+            "engine jindo (JindoRuntime) caches in one tier",
+        ),
+        (
             "juicefs",
             [Mount(uri="juicefs:///d", options={"storage": "minio"}, secret="s")],
             {},
