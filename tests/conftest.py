@@ -33,7 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if opt.basetemp is not None or os.environ.get("FLUIDFED_TEST_DISK") == "0":
         _Scratch.not_made = "--basetemp or FLUIDFED_TEST_DISK=0"
         return
-    if opt.help or opt.version or opt.collectonly or opt.showfixtures or opt.markers:
+    shows = (opt.help, opt.version, opt.collectonly, opt.showfixtures, opt.markers)
+    if any(shows) or opt.show_fixtures_per_test:
         _Scratch.not_made = "no tests run"
         return
     if os.geteuid() != 0:
@@ -41,7 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     # ($TMPDIR, else /var/tmp: a disk, where /tmp may be a tmpfs, whose space is memory)
     parent = Path(os.environ.get("TMPDIR") or "/var/tmp") / "fluidfed-tests"
-    size = int(os.environ.get("FLUIDFED_TEST_DISK_GIB") or SCRATCH_GIB) * 2**30
+    gib = os.environ.get("FLUIDFED_TEST_DISK_GIB") or str(SCRATCH_GIB)
+    if not gib.isdigit() or int(gib) < 1:
+        raise pytest.UsageError(
+            f"FLUIDFED_TEST_DISK_GIB={gib!r}: the size of the suite's own filesystem, in whole "
+            f"GiB, 1 or more ({SCRATCH_GIB} if unset; a whole run takes about 6)"
+        )
+    size = int(gib) * 2**30
     try:
         _Scratch.made = scratch.make(parent, size)
     except OSError as err:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 IMAGE = "disk.img"
 MOUNT = "mnt"
-PID = "pid"
+PID = "pid"  # the run's process: "<pid> <its start time> <boot id>"
 RUN = re.compile(r"^run-\d+$")  # (what `release_stale` may remove: nothing else there)
 YOUNG = 60.0  # seconds a run's directory may be without its pid file (being made)
 
@@ -40,14 +40,33 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=False)
 
 
-def _alive(pid: int) -> bool:
+def _boot_id() -> str:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _started(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot), "" if there is none: with the
+    boot id, what tells a run's process from another that took its pid since."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat_line.rpartition(")")[2].split()[19]  # (field 22; the name may hold spaces)
+
+
+def holder() -> str:
+    """This process, as a run's pid file names it."""
+    pid = os.getpid()
+    return f"{pid} {_started(pid)} {_boot_id()}"
+
+
+def _held(line: str) -> bool:
+    """Whether the process a pid file names is still the one that wrote it."""
+    pid, started, boot = [*line.split(), "", "", ""][:3]
+    return pid.isdigit() and boot == _boot_id() and started == _started(int(pid)) != ""
 
 
 def release(root: Path) -> None:
@@ -67,22 +86,23 @@ def release(root: Path) -> None:
 
 def release_stale(parent: Path, now: float | None = None) -> None:
     """Release what runs that ended without releasing theirs (killed, or a reboot since)
-    left in `parent`: their process gone, or their filesystem no longer mounted."""
-    if not parent.is_dir():
-        return
+    left in `parent`: their process gone, or another's now (a pid file's process start
+    time and boot id). One parent per machine and pid namespace."""
     now = time.time() if now is None else now
     for root in parent.iterdir():
-        if not RUN.match(root.name) or not root.is_dir() or root.is_symlink():
-            continue
         try:
-            pid = int((root / PID).read_text())
-        except (OSError, ValueError):
-            if now - root.stat().st_mtime < YOUNG:  # (another run making it now)
+            if not RUN.match(root.name) or root.is_symlink() or not root.is_dir():
                 continue
-            pid = 0
-        unmounted = not os.path.ismount(root / MOUNT) and now - root.stat().st_mtime >= YOUNG
-        if not pid or not _alive(pid) or unmounted:
-            release(root)
+            try:
+                line = (root / PID).read_text()
+            except FileNotFoundError:
+                if now - root.stat().st_mtime < YOUNG:  # (a run making it now)
+                    continue
+                line = ""
+            if not _held(line):
+                release(root)
+        except FileNotFoundError:  # (released meanwhile: by its run, or another's look)
+            continue
 
 
 def _own_dir(parent: Path) -> None:
@@ -124,12 +144,12 @@ def make(parent: Path, size: int, *, wait: float = 10.0) -> Scratch:
     """An ext4 of `size` bytes of its own, mounted in a new directory of `parent` and held
     by this process; OSError saying why where it cannot be had (not root, no loop device,
     a disk without `size` free, `wait` seconds after a run just released gave its back)."""
+    _own_dir(parent)  # (first: nothing is removed from a directory not root's alone)
     release_stale(parent)
-    _own_dir(parent)
     root = parent / f"run-{os.getpid()}"
     release(root)
     root.mkdir(mode=0o700)
-    (root / PID).write_text(str(os.getpid()))  # (first: no other run takes it for stale)
+    (root / PID).write_text(holder())  # (first: no other run takes it for stale)
     image = root / IMAGE
     try:
         (root / MOUNT).mkdir()

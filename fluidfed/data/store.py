@@ -534,14 +534,18 @@ class BlockStore:
         reports, every few seconds): a tier that writes nothing would keep it otherwise.
         Logs when a tier can keep no block (its filesystem short of the floor even with none
         of them: a node's disk already that full), and when it can again."""
+        now = time.monotonic()
         for tier in self._tiers:
             kept, _ = self._room(tier, "", 0, partial=True)
             if tier.short and kept:
-                # (again only with room for more than the floor itself: a disk that hovers
-                # at it says nothing every few seconds; unknown, as on an error, is not room)
+                # (said again only with room for more than the floor itself, its own blocks
+                # counted as room, as they were when it was said short: a disk that hovers
+                # at the floor is not said to every few seconds, nor a tier kept short by
+                # its own puts; unknown, as on an error, is not room)
                 fs = self._statvfs(tier)
                 margin = min(SHORT_MARGIN, fs.f_blocks * fs.f_frsize // 100) if fs else 0
-                kept = fs is not None and self._lacking(tier, fs, margin) == 0
+                own = tier.ledger.used
+                kept = fs is not None and self._lacking(tier, fs, margin - own, now) == 0
             if kept == (not tier.short):
                 continue
             tier.short = not kept
@@ -581,8 +585,8 @@ class BlockStore:
         seen = fs.f_bavail * fs.f_frsize
         want = on_disk(size) if key else 0  # (`keep_free`: no file of its own)
         replaced = on_disk(tier.ledger.size(key)) if key in tier.ledger else 0
-        need = self._lacking(tier, fs, want - replaced)
         now = time.monotonic()
+        need = self._lacking(tier, fs, want - replaced, now)
         removing = None
         if need > 0:
             held = tier.ledger.used + len(tier.ledger) * (page + trailer_size(size))
@@ -610,13 +614,13 @@ class BlockStore:
             return None
 
     @staticmethod
-    def _lacking(tier: _Tier, fs: os.statvfs_result, size: int) -> int:
+    def _lacking(tier: _Tier, fs: os.statvfs_result, size: int, now: float) -> int:
         """Bytes `tier`'s filesystem lacks for `size` more above its floor: what it shows
         free, less the files being written, plus what was evicted lately and is not shown
         free yet (`blocks.Unseen`). A filesystem that says nothing (all zeros: some FUSE
         ones) lacks nothing."""
         seen = fs.f_bavail * fs.f_frsize
-        free = seen - tier.writing + tier.unseen.bytes(seen, tier.written, time.monotonic())
+        free = seen - tier.writing + tier.unseen.bytes(seen, tier.written, now)
         return blocks.room_needed(free, fs.f_blocks * fs.f_frsize, tier.min_free, size)
 
     def _remove(self, tier: _Tier, keys: list[str]) -> asyncio.Task[None] | None:

@@ -53,29 +53,30 @@ def test_made_mounted_nearly_empty_then_released(tmp_path: Path) -> None:
 
 
 def test_what_a_killed_run_left_is_released_by_the_next(tmp_path: Path) -> None:
-    """A run killed before it released its filesystem leaves it mounted with its pid: the
-    next run releases it (its process gone), and one whose filesystem is no longer
-    mounted (a reboot since, its pid another process's now); not a live run's, nor one
-    being made (no pid file yet, or not mounted yet), nor anything not a run's."""
+    """A run killed before it released its filesystem leaves it mounted with its pid file:
+    the next run releases it (its process gone), and one whose pid is another process's
+    now (another start time) or from before a reboot (another boot id); not a live run's,
+    nor one being made (no pid file yet), nor anything not a run's."""
     parent = tmp_path / "parent"
     left = scratch.make(parent, 32 * 2**20)
+    pid, started, boot = scratch.holder().split()
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (left.root / scratch.PID).write_text(str(gone.pid))  # (a run that ended)
-    rebooted, live, making, other = (parent / n for n in ("run-1", "run-2", "run-3", "keep"))
-    for d in (rebooted, live, making, other):
+    (left.root / scratch.PID).write_text(f"{gone.pid} {started} {boot}")  # (a run that ended)
+    names = ("run-1", "run-2", "run-3", "run-4", "keep")
+    reused, rebooted, live, making, other = (parent / n for n in names)
+    for d in (reused, rebooted, live, making, other):
         (d / scratch.MOUNT).mkdir(parents=True)
-    (rebooted / scratch.PID).write_text("1")  # (init: alive, but nothing mounted)
-    (live / scratch.PID).write_text("1")
-    old = time.time() - 2 * scratch.YOUNG
-    os.utime(rebooted, (old, old))
+    (reused / scratch.PID).write_text(f"1 {int(started) + 1} {boot}")  # (init's pid now)
+    (rebooted / scratch.PID).write_text(f"{pid} {started} another-boot")
+    (live / scratch.PID).write_text(scratch.holder())
     scratch.release_stale(parent)
     try:
         assert not left.root.exists() and str(left.root) not in _mounts()
-        assert not rebooted.exists()
+        assert not reused.exists() and not rebooted.exists()
         assert live.exists() and making.exists() and other.exists()
         scratch.release_stale(parent, now=time.time() + 2 * scratch.YOUNG)
-        assert not making.exists() and not live.exists() and other.exists()
+        assert not making.exists() and live.exists() and other.exists()
     finally:
         scratch.release(left.root)
 
