@@ -24,8 +24,9 @@ class _Scratch:
     keep = False  # the session failed: kept for a look, until the next run
 
 
-def scratch_in_use() -> scratch.Scratch | None:
-    return _Scratch.made
+def scratch_in_use() -> tuple[scratch.Scratch | None, str]:
+    """The suite's own filesystem, or None and why not."""
+    return _Scratch.made, _Scratch.not_made
 
 
 def pytest_configure(config: pytest.Config) -> None:

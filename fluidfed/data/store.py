@@ -69,9 +69,10 @@ BACK_TO_THREAD_FOR = 60.0  # ... before small blocks' files go to the thread thi
 # seconds that space evicted to keep a disk tier's floor free counts as free while the
 # filesystem does not show it (files held open by readers: `blocks.Unseen`)
 UNSEEN_FOR = 60.0
-# a disk tier that kept no block (its filesystem below its floor) keeps blocks again once
-# this much more than the floor is free (or 1% of the filesystem, if less): not every few
-# seconds where a disk hovers at the floor (`BlockStore.keep_free`)
+# a disk tier said to keep no block (its filesystem below its floor) is said to have room
+# again once this much more than the floor is free, its own blocks counted (or 1% of the
+# filesystem, if less): not every few seconds where a disk hovers at the floor
+# (`BlockStore.keep_free`); it keeps blocks as soon as one fits
 SHORT_MARGIN = 64 * 2**20
 
 
