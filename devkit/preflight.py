@@ -1,6 +1,7 @@
 """What this machine lacks for the demo and the tests, and what to run about it, checked
 before anything starts: Debian packages, Go (only while the local-cluster binaries are not
-built), /dev/fuse, root, the Python environment and the FUSE binding.
+built), /dev/fuse, root, the Python environment, the FUSE binding and room for the
+tests' own filesystem.
 
 Standard library only: `scripts/setup` runs it before the package is installed, from the
 repository's root:
@@ -23,7 +24,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from devkit.local import binaries
+from devkit.local import binaries, scratch
 
 # what each Debian package is for (scripts/setup installs them as root)
 PACKAGES = {
@@ -214,6 +215,29 @@ def fuse_device(is_root: bool) -> Finding:
     return Finding(f"{FUSE_DEVICE}: usable", True)
 
 
+def room_for_tests(is_root: bool, free: int | None = None) -> Finding:
+    """Room for the tests' own filesystem (`devkit.local.scratch`, made as root), `free`
+    bytes where it goes (read there if None)."""
+    gib = int(os.environ.get("FLUIDFED_TEST_DISK_GIB") or scratch.GIB)
+    where = scratch.parent_dir().parent
+    if not is_root:
+        return Finding("tests' files: in the temp dir (not root: no filesystem of their own)", True)
+    if free is None:
+        free = shutil.disk_usage(where).free
+    if free >= gib * 2**30:
+        return Finding(
+            f"tests' own filesystem: {free / 2**30:.0f} GiB free in {where}, {gib} GiB taken", True
+        )
+    return Finding(
+        f"tests' own filesystem: {gib} GiB wanted, {free / 2**30:.1f} GiB free in {where}: "
+        "./scripts/test would stop at its start",
+        False,
+        "free space there, or set TMPDIR to a disk with room, or FLUIDFED_TEST_DISK_GIB "
+        "lower (a whole run takes about 6)",
+        blocks=False,
+    )
+
+
 def root(is_root: bool) -> Finding:
     if is_root:
         return Finding("root: yes (the real-node tests can run)", True)
@@ -272,7 +296,15 @@ def fuse_binding() -> Finding:
 
 def for_setup() -> list[Finding]:
     is_root = os.geteuid() == 0
-    return [python_env(), packages(is_root), go(), rust(), fuse_device(is_root), root(is_root)]
+    return [
+        python_env(),
+        packages(is_root),
+        go(),
+        rust(),
+        fuse_device(is_root),
+        root(is_root),
+        room_for_tests(is_root),
+    ]
 
 
 def for_demo() -> list[Finding]:

@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # sees of a disk tier's floor (`min_free`) does not depend on how full the machine's disk
 # is (`devkit.local.scratch`); FLUIDFED_TEST_DISK=0 leaves them in the system's temp dir,
 # FLUIDFED_TEST_DISK_GIB sets its size
-SCRATCH_GIB = 16
+SCRATCH_GIB = scratch.GIB
 
 
 class _Scratch:
@@ -41,8 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() != 0:
         _Scratch.not_made = "not root: no loop device to mount"
         return
-    # ($TMPDIR, else /var/tmp: a disk, where /tmp may be a tmpfs, whose space is memory)
-    parent = Path(os.environ.get("TMPDIR") or "/var/tmp") / "fluidfed-tests"
+    parent = scratch.parent_dir()
     gib = os.environ.get("FLUIDFED_TEST_DISK_GIB") or str(SCRATCH_GIB)
     if not gib.isdigit() or int(gib) < 1:
         raise pytest.UsageError(

@@ -24,6 +24,13 @@ MOUNT = "mnt"
 PID = "pid"  # the run's process: "<pid> <its start time> <boot id>"
 RUN = re.compile(r"^run-\d+$")  # (what `release_stale` may remove: nothing else there)
 YOUNG = 60.0  # seconds a run's directory may be without its pid file (being made)
+GIB = 16  # the suite's (FLUIDFED_TEST_DISK_GIB): a whole run took 6.2 GiB at its peak
+
+
+def parent_dir() -> Path:
+    """Where the suite's filesystems are made: $TMPDIR, else /var/tmp (a disk, where /tmp
+    may be a tmpfs, whose space is memory)."""
+    return Path(os.environ.get("TMPDIR") or "/var/tmp") / "fluidfed-tests"
 
 
 @dataclass(frozen=True)
