@@ -36,7 +36,7 @@ import resource
 import stat
 import threading
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -845,7 +845,21 @@ class LoopWaits:
         return True
 
 
-_THREAD = threading.local()  # each thread's /proc/thread-self/schedstat, kept open
+class _Schedstat:
+    """A thread's /proc/thread-self/schedstat, open while the thread lives: closed when
+    its thread-local goes, at the thread's end (threads running an event loop each come
+    and go: tests, anyio's portals)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self) -> None:
+        self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+
+    def __del__(self, close: Callable[[int], None] = os.close) -> None:
+        close(self.fd)  # (`os` itself may be gone at the interpreter's end)
+
+
+_THREAD = threading.local()  # each thread's `_Schedstat`
 # (a child forked without exec opens its own: the parent's names the parent's thread)
 os.register_at_fork(after_in_child=lambda: _THREAD.__dict__.pop("schedstat", None))
 
@@ -862,10 +876,10 @@ def _thread_times() -> tuple[float, float, int] | None:
     counts as neither run nor wait (interrupts' work on its core, loopback's network; the
     hypervisor's, steal time): every bench run added up 10 ms of it within a second."""
     try:
-        fd = getattr(_THREAD, "schedstat", None)
-        if fd is None:
-            fd = _THREAD.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        ran, queued = (int(n) for n in os.pread(fd, 64, 0).split()[:2])
+        f = getattr(_THREAD, "schedstat", None)
+        if f is None:
+            f = _THREAD.schedstat = _Schedstat()
+        ran, queued = (int(n) for n in os.pread(f.fd, 64, 0).split()[:2])
         slept = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
     except (OSError, ValueError, AttributeError):  # (RUSAGE_THREAD: Linux's)
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import threading
@@ -576,6 +577,34 @@ def test_the_kernel_says_how_long_this_thread_ran_and_waited_for_a_core() -> Non
     after = store_module._thread_times()
     assert after is not None and after[0] > before[0] and after[1] >= before[1]
     assert after[2] > before[2]  # (the sleep)
+
+
+def test_a_thread_that_ends_leaves_no_schedstat_file_open() -> None:
+    """Each thread that asks keeps its schedstat file open, and it is closed when the
+    thread ends: threads that run an event loop each (tests, anyio's portals) come and go
+    without leaking a descriptor apiece."""
+
+    def opened() -> set[str]:
+        names = set()
+        for fd in Path("/proc/self/fd").iterdir():
+            try:
+                if "schedstat" in os.readlink(fd):
+                    names.add(fd.name)
+            except FileNotFoundError:  # (closed meanwhile: the listing's own descriptor)
+                pass
+        return names
+
+    def ask() -> None:
+        assert store_module._thread_times() is not None
+        assert len(opened()) >= 1
+
+    before = opened()
+    for _ in range(5):
+        t = threading.Thread(target=ask)
+        t.start()
+        t.join()
+    gc.collect()
+    assert opened() == before
 
 
 async def test_a_disk_tier_keeps_min_free_of_its_filesystem_free_by_evicting_its_oldest(
