@@ -594,9 +594,13 @@ def test_a_thread_that_ends_leaves_no_schedstat_file_open() -> None:
                 pass
         return names
 
+    said: list[tuple[float, float, int] | None] = []
+    held: list[int] = []
+
     def ask() -> None:
-        assert store_module._thread_times() is not None
-        assert len(opened()) >= 1
+        time.sleep(0.001)  # (a new thread's run time is 0 until it is first switched out)
+        said.append(store_module._thread_times())
+        held.append(len(opened()))
 
     before = opened()
     for _ in range(5):
@@ -604,6 +608,8 @@ def test_a_thread_that_ends_leaves_no_schedstat_file_open() -> None:
         t.start()
         t.join()
     gc.collect()
+    assert None not in said and len(said) == 5
+    assert min(held) > len(before)  # (each had its own open while it ran)
     assert opened() == before
 
 
