@@ -179,6 +179,14 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def from_query(cls, query: Mapping[str, str]) -> BlockQuery:
         """The request from a query string; ConfigError naming the bad parameter. A flag
         is set by its presence, as older workers read it."""
+        key = query.get(_P)
+        if key is not None and not _plain_key(key):
+            why = (
+                f"object path {key!r} is not as a listing gives it: no leading '/' and no "
+                "'.' or '..' between slashes (the worker reads it below its mount alone, "
+                "and checks a reader's sub-path against that place)"
+            )
+            raise ConfigError([_expected(cls, Problem(why, path=_P))])
         try:  # once per block: plain lookups, a tenth of msgspec.convert on a multidict
             r = query.get(_R)
             return cls(
@@ -211,6 +219,15 @@ _M, _P, _S, _I = _WIRE["mount"], _WIRE["key"], _WIRE["size"], _WIRE["index"]
 _V, _R, _VERIFY, _LOCAL = _WIRE["version"], _WIRE["span"], _WIRE["verify"], _WIRE["local"]
 _N, _J = _WIRE["run"], _WIRE["joined"]
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
+
+
+def _plain_key(key: str) -> bool:
+    """Whether an object path names a place below its mount as a listing does: a leading
+    '/' would make the dataset path the reader is checked against leave the mount (a
+    reader allowed /public asking mount /private for '/public/x' read private/public/x),
+    and a '.' or '..' segment step out of the mount's root, or the dataset's, where the
+    read resolves it."""
+    return not key.startswith("/") and not any(seg in (".", "..") for seg in key.split("/"))
 
 
 def _bounded_run(text: str | None) -> int:

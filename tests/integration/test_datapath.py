@@ -1071,6 +1071,42 @@ def test_a_reader_gets_only_blocks_under_its_sub_path(data: Path, workers_factor
         assert asyncio.run(get(outside, {}, direct)) == 401
 
 
+def test_a_reader_cannot_step_out_of_its_sub_path_by_the_object_path_it_sends(
+    tmp_path: Path, workers_factory: Any
+) -> None:
+    """The worker checks a reader's sub-path against where the object it asks for lies in
+    the dataset, and reads it below the mount alone: an object path with a leading '/' or
+    a '..' would make the two differ, and is refused (400), not read. Here the mount shows
+    at /m: the reader may read /m/part-3, and the object m/part-3/s.bin lies at
+    /m/m/part-3/s.bin, outside; asked for as '/m/part-3/s.bin' the old check saw
+    /m/part-3/s.bin and let it through."""
+    root = tmp_path / "bucket"
+    for rel in ("part-3/ok.bin", "m/part-3/s.bin"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode() * 100)
+    (tmp_path / "beside.bin").write_bytes(b"not the dataset's" * 100)
+    ws = workers_factory({"uri": f"file://{root}", "path": "/m"}, 1)
+    reader = auth("reader", sub_path="m/part-3", namespace="research")
+
+    async def get(key: str, size: int, headers: dict[str, str]) -> int:
+        ref = FileRef(0, key, size)
+        async with aiohttp.ClientSession(headers=headers) as s:
+            try:
+                await workers.get_block(s, ws.urls()[0], ref.block_key(DATASET, BLOCK, 0), ref, 0)
+            except errors.WorkerError as err:
+                return err.status
+        return 200
+
+    ok, secret = len(b"part-3/ok.bin") * 100, len(b"m/part-3/s.bin") * 100
+    assert asyncio.run(get("part-3/ok.bin", ok, reader)) == 200
+    assert asyncio.run(get("m/part-3/s.bin", secret, reader)) == 403
+    assert asyncio.run(get("/m/part-3/s.bin", secret, reader)) == 400
+    assert asyncio.run(get("part-3/../m/part-3/s.bin", secret, reader)) == 400
+    # a reader of the whole dataset does not leave the mount's root either
+    assert asyncio.run(get("m/part-3/s.bin", secret, auth("reader"))) == 200
+    assert asyncio.run(get("../beside.bin", len(b"not the dataset's") * 100, auth("reader"))) == 400
+
+
 def test_drain_and_load_answer_only_the_agent(data: Path, workers_factory: Any) -> None:
     ws = workers_factory({"uri": f"file://{data}"}, 1)
     url = ws.urls()[0]
