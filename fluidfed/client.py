@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
-from fluidfed import codec, names, tls
+from fluidfed import codec, names, tls, validation
 from fluidfed.errors import (
     ConfigError,
     Gone,
@@ -79,6 +79,20 @@ def retryable(method: str, err: Exception, *, keyed: bool = False) -> bool:
 _errbody = codec.decoder(ErrorBody)
 _event_dec = codec.decoder(WatchEvent)
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _named(kind: str, name: str) -> str:
+    """The API path of `kind` (cluster, dataset, binding) `name`: names as the hub gives
+    them (DNS labels; a binding's, two joined by a dot), else ConfigError, before anything
+    is sent. A name is put into the path as it is, so one like '../clusters/edge' or
+    'imagenet?x' would reach another route or another object (a DELETE included)."""
+    if len(name) <= 253 and validation.is_dns_subdomain(name):
+        return f"/api/v1/{kind}s/{name}"
+    raise ConfigError.one(
+        f"{kind} name {name!r} is not a name the hub gives: use lowercase letters, digits, "
+        f"'-' and '.' (e.g. 'imagenet-train'); `fluidfed get {kind}s` lists them",
+        path=kind,
+    )
 
 
 def _decode(raw: bytes, typ: Any) -> Any:
@@ -260,7 +274,7 @@ class Client:
 
     async def get_cluster(self, name: str) -> ClusterRecord:
         result: ClusterRecord = _decode(
-            await self._request("GET", f"/api/v1/clusters/{name}"), ClusterRecord
+            await self._request("GET", _named("cluster", name)), ClusterRecord
         )
         return result
 
@@ -269,24 +283,24 @@ class Client:
     ) -> ClusterRecord:
         raw = await self._request(
             "PATCH",
-            f"/api/v1/clusters/{name}/labels",
+            _named("cluster", name) + "/labels",
             body={"set": set_labels, "remove": remove or []},
         )
         result: ClusterRecord = _decode(raw, ClusterRecord)
         return result
 
     async def delete_cluster(self, name: str) -> None:
-        await self._request("DELETE", f"/api/v1/clusters/{name}")
+        await self._request("DELETE", _named("cluster", name))
 
     async def heartbeat(self, cluster: str) -> ClusterRecord:
-        raw = await self._request("POST", f"/api/v1/clusters/{cluster}/heartbeat")
+        raw = await self._request("POST", _named("cluster", cluster) + "/heartbeat")
         result: ClusterRecord = _decode(raw, ClusterRecord)
         return result
 
     # --- datasets ------------------------------------------------------------------------
 
     async def apply_dataset(self, spec: Dataset) -> DatasetView:
-        raw = await self._request("PUT", f"/api/v1/datasets/{spec.name}", body=spec)
+        raw = await self._request("PUT", _named("dataset", spec.name), body=spec)
         result: DatasetView = _decode(raw, DatasetView)
         return result
 
@@ -298,7 +312,7 @@ class Client:
 
     async def get_dataset(self, name: str) -> DatasetView:
         result: DatasetView = _decode(
-            await self._request("GET", f"/api/v1/datasets/{name}"), DatasetView
+            await self._request("GET", _named("dataset", name)), DatasetView
         )
         return result
 
@@ -321,7 +335,7 @@ class Client:
         # one key for this ask, on every replica it is sent to: the hub makes it one load
         raw = await self._request(
             "POST",
-            f"/api/v1/datasets/{name}/load",
+            _named("dataset", name) + "/load",
             body=body,
             idempotency_key=uuid.uuid4().hex,
         )
@@ -329,7 +343,7 @@ class Client:
         return result
 
     async def delete_dataset(self, name: str) -> None:
-        await self._request("DELETE", f"/api/v1/datasets/{name}")
+        await self._request("DELETE", _named("dataset", name))
 
     # --- bindings ------------------------------------------------------------------------
 
@@ -341,15 +355,15 @@ class Client:
         return result
 
     async def get_binding(self, name: str) -> Binding:
-        result: Binding = _decode(await self._request("GET", f"/api/v1/bindings/{name}"), Binding)
+        result: Binding = _decode(await self._request("GET", _named("binding", name)), Binding)
         return result
 
     async def finalize_binding(self, binding: str) -> None:
         """Tell the hub that a retired binding's objects are gone, so it can forget it."""
-        await self._request("DELETE", f"/api/v1/bindings/{binding}")
+        await self._request("DELETE", _named("binding", binding))
 
     async def report_status(self, binding: str, status: BindingStatus) -> None:
-        await self._request("PUT", f"/api/v1/bindings/{binding}/status", body=status)
+        await self._request("PUT", _named("binding", binding) + "/status", body=status)
 
     async def watch_bindings(
         self, cluster: str | None = None, *, revision: int | None = None

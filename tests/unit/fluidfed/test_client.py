@@ -135,3 +135,25 @@ async def test_idempotent_requests_and_requests_never_sent_go_on() -> None:
             ("POST", "/api/v1/datasets/d/load"),
             ("POST", "/api/v1/clusters/edge/heartbeat"),
         ]
+
+
+async def test_a_name_that_is_not_one_the_hub_gives_is_refused_before_it_is_sent() -> None:
+    """Names go into the API path as they are: '../clusters/edge' would reach the cluster
+    route (a `delete dataset` deleting a cluster), 'imagenet?x' the dataset 'imagenet'."""
+    seen = Seen()
+    async with answering(seen) as url, Client(url, "t") as hub:
+        for bad in ("../clusters/edge", "imagenet?x", "a/b", "..", "%2e%2e", "", "Imagenet", "x\n"):
+            with pytest.raises(ConfigError, match="is not a name the hub gives") as info:
+                await hub.delete_dataset(bad)
+            assert "fluidfed get datasets" in str(info.value)
+            with pytest.raises(ConfigError):
+                await hub.delete_cluster(bad)
+            with pytest.raises(ConfigError):
+                await hub.finalize_binding(bad)
+        assert seen.requests == []
+        await hub.delete_dataset("imagenet-train")
+        await hub.finalize_binding("imagenet-train.edge-1")
+        assert seen.requests == [
+            ("DELETE", "/api/v1/datasets/imagenet-train", ""),
+            ("DELETE", "/api/v1/bindings/imagenet-train.edge-1", ""),
+        ]
