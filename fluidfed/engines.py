@@ -255,7 +255,7 @@ def _check_mount(engine: Engine, rule: EngineRule, m: Mount, p: str) -> list[Pro
                     path=f"{p}.secret",
                 )
             )
-    if engine == "efc" and not _NAS.match(parts.hostname or ""):
+    if engine == "efc" and not _NAS.fullmatch(parts.hostname or ""):
         problems.append(
             Problem(
                 f"EFCRuntime mounts Alibaba Cloud NAS only: nfs://<id>.<region>.nas.aliyuncs."

@@ -55,7 +55,7 @@ _SECRET_QUERY = re.compile(
 )
 # a Kubernetes quantity as the API server parses it: "100m", "1.5", "256Mi", "1e3", "250000n"
 _QUANTITY = re.compile(
-    r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+    r"^\+?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 )
 # options the under-storage reader would take over what the URI (or the Secret) says
 _URI_OPTIONS = ("root", "bucket", "container", "name", "allow_anonymous")
@@ -82,8 +82,13 @@ def redacted(uri: str) -> str:
     return parts._replace(netloc=f"***@{host}").geturl()
 
 
+def is_dns_subdomain(value: str) -> bool:
+    """Whether `value` is DNS labels joined by dots (its length is the caller's)."""
+    return _DNS_SUBDOMAIN.fullmatch(value) is not None
+
+
 def check_dns_label(value: str, path: str, what: str) -> list[Problem]:
-    if len(value) <= 63 and DNS_LABEL.match(value):
+    if len(value) <= 63 and DNS_LABEL.fullmatch(value):
         return []
     return [
         Problem(
@@ -96,9 +101,9 @@ def check_dns_label(value: str, path: str, what: str) -> list[Problem]:
 
 def check_label_key(key: str, path: str) -> list[Problem]:
     prefix, slash, name = key.rpartition("/")
-    ok = bool(name) and len(name) <= 63 and _LABEL_NAME.match(name) is not None
+    ok = bool(name) and len(name) <= 63 and _LABEL_NAME.fullmatch(name) is not None
     if slash:
-        ok = ok and len(prefix) <= 253 and _DNS_SUBDOMAIN.match(prefix) is not None
+        ok = ok and len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix) is not None
     if ok:
         return []
     return [
@@ -111,7 +116,7 @@ def check_label_key(key: str, path: str) -> list[Problem]:
 
 
 def check_label_value(value: str, path: str) -> list[Problem]:
-    if len(value) <= 63 and _LABEL_VALUE.match(value):
+    if len(value) <= 63 and _LABEL_VALUE.fullmatch(value):
         return []
     return [
         Problem(
@@ -124,11 +129,12 @@ def check_label_value(value: str, path: str) -> list[Problem]:
 
 def check_quantity(value: str, path: str) -> list[Problem]:
     """A CPU or memory amount as Kubernetes takes it (empty: not set)."""
-    if not value or _QUANTITY.match(value):
+    if not value or _QUANTITY.fullmatch(value):
         return []
     return [
         Problem(
-            f"{value!r} is not a Kubernetes quantity: e.g. 500m or 2 (CPU), 512Mi or 4Gi (memory)",
+            f"{value!r} is not a Kubernetes quantity: an amount of 0 or more, e.g. 500m or 2 "
+            "(CPU), 512Mi or 4Gi (memory)",
             path=path,
         )
     ]
@@ -140,9 +146,9 @@ def check_resource_name(value: str, path: str) -> list[Problem]:
     if not value or (
         name
         and len(domain) <= 253
-        and _DNS_SUBDOMAIN.match(domain)
+        and _DNS_SUBDOMAIN.fullmatch(domain)
         and len(name) <= 63
-        and _LABEL_NAME.match(name)
+        and _LABEL_NAME.fullmatch(name)
     ):
         return []
     return [

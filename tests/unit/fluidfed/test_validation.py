@@ -50,6 +50,7 @@ def test_a_valid_dataset_has_no_problems() -> None:
         ("a-", False),
         ("a.b", False),
         ("", False),
+        ("imagenet\n", False),  # (`$` matches before a trailing newline: fullmatch)
     ],
 )
 def test_names_are_dns_labels(name: str, ok: bool) -> None:
@@ -366,7 +367,12 @@ def test_what_kubernetes_would_refuse_later_is_refused_here() -> None:
     assert "is not a Kubernetes quantity" in got["dataset.cache.resources.memory"]
     # accepted once and ignored: the image is each cluster's agent's to choose
     assert "set worker_image in that cluster's agent" in got["dataset.cache.image"]
-    for cpu, memory in (("500m", "512Mi"), ("2", "4Gi"), ("0.5", "1e9"), ("", "")):
+    for cpu, memory in (("-1", "-512Mi"), ("1\n", "1Gi\n")):  # the API server refuses them
+        bad = CacheSpec(resources=Resources(cpu=cpu, memory=memory))
+        got = where(validation.check_dataset(testing.dataset(cache=bad)))
+        assert "is not a Kubernetes quantity" in got["dataset.cache.resources.cpu"]
+        assert "is not a Kubernetes quantity" in got["dataset.cache.resources.memory"]
+    for cpu, memory in (("500m", "512Mi"), ("2", "4Gi"), ("0.5", "1e9"), ("", ""), ("+1", "1")):
         ok = CacheSpec(resources=Resources(cpu=cpu, memory=memory))
         assert validation.check_dataset(testing.dataset(cache=ok)) == [], (cpu, memory)
     caps = Capabilities(fuse_device_resource="not a resource name!!")
