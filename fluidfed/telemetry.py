@@ -89,16 +89,18 @@ def setup(
             interval = float(
                 os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_EXPORT_INTERVAL_MS)
             )
+            # a collector named by the standard variables is not the agent: it gets neither
+            # the agent's CA (the exporter verifies with its own setting on each request, a
+            # session's `verify` does not count: None is the standard variable, else the
+            # system's) nor the token, which a reader of it could use on the dataset's
+            # workers (a peer's may put blocks): it authenticates by OTEL_EXPORTER_OTLP_HEADERS
+            elsewhere = endpoint != _metrics_url(otlp_default)
             session = None
-            if token is not None:
+            if token is not None and not elsewhere:
                 import requests
 
                 session = requests.Session()
                 session.auth = _Bearer(token)
-            # the exporter verifies with its own setting on each request (a session's
-            # `verify` does not count): None is the standard variable, else the system's.
-            # `ca_file` is for the agent; a collector named by the variables is not it
-            elsewhere = endpoint != _metrics_url(otlp_default)
             readers.append(
                 PeriodicExportingMetricReader(
                     OTLPMetricExporter(
