@@ -249,12 +249,20 @@ class HubConfig(Spec, frozen=True):
     etcd_password_file: str = ""  # ... this file, or ...
     etcd_password_env: str = "FLUIDFED_ETCD_PASSWORD"  # ... this variable
     leader_lease: Duration = _seconds(3)  # another replica leads within about this long
+    # plain HTTP on an address beyond loopback (no tls_cert_file, no --self-signed): refused
+    # unless this is set, where the network encrypts by other means (a service mesh's mTLS)
+    plain_http: bool = False
 
     def __post_init__(self) -> None:
         if self.store and not self.store.startswith("etcd://"):
             raise ValueError(
                 "store: leave it empty for the embedded SQLite file in data_dir, or write "
                 "etcd://HOST:PORT[,HOST:PORT...] for hub replicas that share etcd"
+            )
+        if "@" in self.store:  # (the message does not repeat it: it may hold a password)
+            raise ValueError(
+                "store: a user or password does not go in the etcd URL: set etcd_username "
+                "and etcd_password_file (or etcd_password_env)"
             )
         if bool(self.etcd_cert_file) != bool(self.etcd_key_file):
             raise ValueError("etcd_cert_file and etcd_key_file go together: give both or neither")

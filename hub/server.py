@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fluidfed import aio, pki, tls, tlsserve
+from fluidfed import aio, pki, tls, tlsserve, validation
 from fluidfed.errors import ConfigError
 from fluidfed.models import HubConfig
 from hub import auth, leader
@@ -104,9 +104,24 @@ def _data_dir(cfg: HubConfig) -> Path:
     return data_dir
 
 
+def _plain_beyond_loopback(cfg: HubConfig, ssl_context: ssl.SSLContext | None) -> None:
+    """ConfigError for plain HTTP on an address other machines reach: the admin's and the
+    clusters' tokens would cross the network in clear (`plain_http` says it is encrypted
+    by other means)."""
+    if ssl_context is None and not cfg.plain_http and not validation.is_loopback(cfg.host):
+        raise ConfigError.one(
+            f"the hub would serve plain HTTP on {cfg.host}, beyond loopback: the admin's and "
+            "the clusters' tokens would cross the network in clear. Give tls_cert_file and "
+            "tls_key_file, or --self-signed; or set plain_http = true where the network "
+            "encrypts by other means (a service mesh's mTLS)",
+            path="hub.host",
+        )
+
+
 async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = False) -> None:
     data_dir = _data_dir(cfg)
     ssl_context, tls_note = _tls(cfg, self_signed)
+    _plain_beyond_loopback(cfg, ssl_context)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
     store, where = open_store(cfg)
     runner: web.AppRunner | None = None

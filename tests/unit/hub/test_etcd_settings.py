@@ -42,3 +42,24 @@ def test_an_etcd_user_without_a_password_is_a_clear_error(
     settings = etcd.EtcdSettings(endpoints=("h:2379",), username="hub")
     with pytest.raises(ConfigError, match="FLUIDFED_ETCD_PASSWORD"):
         etcd.EtcdStore(settings)
+
+
+def test_a_password_in_the_etcd_url_is_refused_without_being_repeated() -> None:
+    with pytest.raises(ConfigError, match="etcd_username and etcd_password_file") as info:
+        config.loads('[hub]\nstore = "etcd://root:EtcdPass1@10.0.0.1:2379"\n', file="hub.toml")
+    assert "EtcdPass1" not in str(info.value)
+
+
+def test_an_etcd_password_is_not_sent_in_clear_beyond_loopback() -> None:
+    from fluidfed import validation
+    from fluidfed.models import HubConfig
+
+    remote = HubConfig(store="etcd://127.0.0.1:2379,10.0.0.2:2379", etcd_username="root")
+    (p,) = validation.check_hub(remote)
+    assert p.path == "hub.etcd_ca_file" and "10.0.0.2:2379" in p.message
+    assert (
+        validation.check_hub(HubConfig(store="etcd://127.0.0.1:2379", etcd_username="root")) == []
+    )
+    tls = HubConfig(store="etcd://10.0.0.2:2379", etcd_username="root", etcd_ca_file="ca.pem")
+    assert validation.check_hub(tls) == []
+    assert validation.check_hub(HubConfig(store="etcd://10.0.0.2:2379")) == []  # (no password)

@@ -1,0 +1,36 @@
+"""The hub refuses to serve plain HTTP where other machines reach it."""
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from fluidfed.errors import ConfigError
+from fluidfed.models import HubConfig
+from hub import server
+
+
+async def test_plain_http_beyond_loopback_is_refused_before_anything_opens(
+    tmp_path: Path,
+) -> None:
+    """Tokens would cross the network in clear: said at start, with what to do, before the
+    store or a port is opened."""
+    for host in ("0.0.0.0", "::", "10.0.0.5", "hub.example.com"):
+        cfg = HubConfig(host=host, data_dir=str(tmp_path / "hub"))
+        with pytest.raises(ConfigError, match="beyond loopback") as info:
+            await server.serve(cfg, ready_line=False)
+        (p,) = info.value.problems
+        assert p.path == "hub.host" and "tls_cert_file" in p.message and "plain_http" in p.message
+        assert not (tmp_path / "hub" / "catalog.db").exists()
+
+
+def test_loopback_tls_or_an_explicit_plain_http_serve() -> None:
+    tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for cfg, ctx in (
+        (HubConfig(host="127.0.0.1"), None),
+        (HubConfig(host="::1"), None),
+        (HubConfig(host="localhost"), None),
+        (HubConfig(host="0.0.0.0"), tls_ctx),
+        (HubConfig(host="0.0.0.0", plain_http=True), None),  # a service mesh encrypts
+    ):
+        server._plain_beyond_loopback(cfg, ctx)  # (no error)
