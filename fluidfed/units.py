@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
@@ -25,6 +26,7 @@ _SIZE_UNITS = {
     "ti": 2**40,
     "tib": 2**40,
 }
+MAX_SIZE = 2**60  # 1 EiB: far past any cache, and a float's integer part is exact below it
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -54,7 +56,10 @@ def parse_size(value: object) -> ByteSize:
         m = _SIZE_RE.match(value)
         unit = m.group(2).lower() if m else ""
         if m and unit in _SIZE_UNITS:
-            return ByteSize(int(float(m.group(1)) * _SIZE_UNITS[unit]))
+            n = float(m.group(1)) * _SIZE_UNITS[unit]
+            if not math.isfinite(n) or n > MAX_SIZE:
+                raise ValueError(f"a size of at most 1EiB, got {value!r}")
+            return ByteSize(int(n))
     raise ValueError(
         f"expected a size such as 4GiB, 500Mi, 10GB or a number of bytes, got {value!r}"
     )
@@ -64,6 +69,8 @@ def parse_duration(value: object) -> Duration:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # (NaN passes every comparison: a loop's sleep dies)
+            raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value}")
         return Duration(float(value))
@@ -76,7 +83,7 @@ def parse_duration(value: object) -> Duration:
             total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
             pos = m.end()
         else:
-            if text and pos == len(text):
+            if text and pos == len(text) and math.isfinite(total):
                 return Duration(total)
     raise ValueError(f"expected a duration such as 30s, 5m, 1h30m or 250ms, got {value!r}")
 

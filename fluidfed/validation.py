@@ -6,6 +6,7 @@ msgspec has already checked types and ranges; these are the rules a type cannot 
 from __future__ import annotations
 
 import ipaddress
+import math
 import posixpath
 import re
 from urllib.parse import parse_qsl, urlsplit
@@ -72,8 +73,19 @@ MAX_SPEC_BYTES = 256 * 2**10
 
 
 def redacted(uri: str) -> str:
-    """A URI fit to print: user and password replaced (they never belong in a spec)."""
-    parts = urlsplit(uri)
+    """A URI fit to print: user and password replaced (they never belong in a spec);
+    scheme://*** alone where they end the host part early for the parser, or it cannot
+    parse it."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (ValueError where the host part is broken)
+    except ValueError:
+        return f"{_host_part(uri)[0] or 'uri'}://***"
+    if carries_user(uri) and parts.username is None:
+        return f"{parts.scheme}://***"
+    if any(_SECRET_QUERY.match(k) or _SECRET_OPTION.search(k) for k, _ in parse_qsl(parts.query)):
+        parts = parts._replace(query="***")
+        uri = parts.geturl()
     if parts.username is None and parts.password is None:
         return uri
     host = parts.hostname or ""
@@ -333,6 +345,66 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
     return problems
 
 
+def _host_part(uri: str) -> tuple[str, str, str]:
+    """(scheme, host part as the parser would end it, the rest after "://") of `uri`;
+    ("", "", "") without "://"."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return "", "", ""
+    return scheme, re.split(r"[/?#]", rest, maxsplit=1)[0], rest
+
+
+def _port_of(host_part: str) -> str | None:
+    """The text after the host's ':' (None without one; IPv6 literals in brackets)."""
+    hostport = host_part.rpartition("@")[2]
+    if hostport.startswith("["):
+        return hostport.partition("]:")[2] if "]:" in hostport else None
+    return hostport.rpartition(":")[2] if ":" in hostport else None
+
+
+def carries_user(uri: str) -> bool:
+    """Whether `uri` holds a user or password: before its host, or, where a secret with a
+    '/', '?' or '#' in it (as half of AWS's secret keys have) ends the host part early for
+    the parser (which then sees no user and a "port" of letters), anywhere before an '@'."""
+    _, first, rest = _host_part(uri)
+    if "@" in first:
+        return True
+    port = _port_of(first)
+    return port is not None and port != "" and not port.isdigit() and "@" in rest
+
+
+def _authority_problem(uri: str) -> str:
+    """What is wrong with the host part of `uri` that the checks after it would miss or
+    print ("" if nothing): a user and password the parser does not see (`_carries_user`),
+    shown as scheme://*** alone; a port that is not a number or out of range, or a port
+    without a host, which fail in every cluster."""
+    scheme, first, _ = _host_part(uri)
+    if not first:
+        return ""
+    try:
+        parsed = urlsplit(uri)
+        parsed.port  # noqa: B018 (ValueError: out of range, or a broken IPv6 literal)
+    except ValueError as err:
+        broken: ValueError | None = err
+    else:
+        broken = None
+    if carries_user(uri) and (broken is not None or parsed.username is None):
+        return (
+            f"uri '{scheme}://***' carries credentials (a secret with '/', '?' or '#' in it "
+            "ends the host part early): remove them from the URI and name a Kubernetes "
+            "Secret (present in each cluster) in 'secret'"
+        )
+    hostport = first.rpartition("@")[2]
+    port = _port_of(first)
+    if port and not port.isdigit():
+        return f"uri {scheme}://{hostport}: the port after the host is not a number (host:9000)"
+    if broken is not None:
+        return f"uri {scheme}://{hostport}: {broken}"
+    if port is not None and hostport.startswith(":") and scheme != "nfs":
+        return f"uri {scheme}://{hostport}: names no host before its port"
+    return ""
+
+
 def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Problem]:
     problems: list[Problem] = []
     for key, value in options.items():
@@ -342,6 +414,15 @@ def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Prob
                 Problem(
                     f"option {key!r} looks like a credential: keep credentials in a "
                     "Kubernetes Secret in each cluster and name it in 'secret'",
+                    path=p,
+                )
+            )
+        elif carries_user(value):
+            problems.append(
+                Problem(
+                    f"option {key!r} is a URL with a user or password in it: keep "
+                    "credentials in a Kubernetes Secret in each cluster and name it in "
+                    "'secret' (JuiceFS's metaurl and bucket too)",
                     path=p,
                 )
             )
@@ -362,8 +443,11 @@ def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Prob
                 )
             )
         elif key == "endpoint":
-            ep = urlsplit(value)
-            if scheme not in ("s3", "oss"):
+            broken = _authority_problem(value)
+            ep = urlsplit("" if broken else value)
+            if broken:
+                problems.append(Problem(broken.replace("uri", "endpoint", 1), path=p))
+            elif scheme not in ("s3", "oss"):
                 problems.append(
                     Problem(f"a {scheme}:// mount takes no endpoint: the uri names it", path=p)
                 )
@@ -418,7 +502,14 @@ def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
                 Problem(f"metric {t.metric} is targeted twice", path=f"{path}.targets[{i}]")
             )
         seen.add(t.metric)
-        if t.metric.endswith("_ratio") and t.target > 1:
+        if not math.isfinite(t.target):  # (JSON has no inf: it would be stored as null)
+            problems.append(
+                Problem(
+                    f"target must be a finite number, got {t.target}",
+                    path=f"{path}.targets[{i}].target",
+                )
+            )
+        elif t.metric.endswith("_ratio") and t.target > 1:
             problems.append(
                 Problem(
                     f"{t.metric} is a ratio: target must be in (0, 1], got {t.target}",
@@ -428,16 +519,38 @@ def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
     return problems
 
 
-def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
+def check_dataset(d: Dataset, path: str = "dataset", *, new: bool = True) -> list[Problem]:
+    """The rules of a dataset spec its types cannot say. `new`: as the hub takes it now;
+    False: one taken before (a sidecar's or a worker's copy), where a name that a rule
+    added since refuses must still run."""
     problems = check_dns_label(d.name, f"{path}.name", "dataset name")
+    if new and not problems and d.name[0].isdigit():
+        problems.append(
+            Problem(
+                f"dataset name {d.name!r} starts with a digit: Fluid's dataset controller "
+                "refuses such names (a DNS-1035 label), and a dataset may be placed on a "
+                f"cluster with Fluid; start it with a letter (e.g. 'ds-{d.name}')",
+                path=f"{path}.name",
+            )
+        )
     problems += check_dns_label(d.namespace, f"{path}.namespace", "namespace")
     problems += check_labels(d.labels, f"{path}.labels")
     mount_paths: set[str] = set()
+    unparsed = False
     for i, m in enumerate(d.mounts):
         p = f"{path}.mounts[{i}]"
+        authority = _authority_problem(m.uri)
+        if authority:
+            problems.append(Problem(authority, path=f"{p}.uri"))
+            unparsed = True
+            continue  # (nothing else of it is read, nor shown)
         parts = urlsplit(m.uri)
         shown = redacted(m.uri)
-        signed = [k for k, _ in parse_qsl(parts.query) if _SECRET_QUERY.match(k)]
+        signed = [
+            k
+            for k, _ in parse_qsl(parts.query)
+            if _SECRET_QUERY.match(k) or _SECRET_OPTION.search(k)
+        ]
         if parts.username is not None or parts.password is not None or signed:
             if signed:  # neither the signature nor a password beside it is shown
                 shown = urlsplit(redacted(m.uri))._replace(query="***").geturl()
@@ -493,6 +606,8 @@ def check_dataset(d: Dataset, path: str = "dataset") -> list[Problem]:
                 )
             )
         mount_paths.add(mpath)
+    if unparsed:  # (what follows parses every mount's uri: said once that is fixed)
+        return problems
     problems += engines.check(d, path)
     problems += check_cache(d.cache, f"{path}.cache")
     problems += check_placement(d.placement, f"{path}.placement")
@@ -550,6 +665,19 @@ def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
         problems.append(
             Problem("lease_duration must be at least 1s", path=f"{path}.lease_duration")
         )
+    for name in ("bookmark_interval", "autoscale_interval", "metrics_stale_after", "leader_lease"):
+        if not getattr(h, name) > 0:  # (a loop on 0 spins a core)
+            problems.append(Problem(f"{name} must be above zero", path=f"{path}.{name}"))
+    members = [m.strip() for m in h.store.removeprefix("etcd://").split(",") if m.strip()]
+    remote = [m for m in members if not is_loopback(m.rpartition(":")[0].strip("[]"))]
+    if h.etcd_username and not h.etcd_ca_file and remote:
+        problems.append(
+            Problem(
+                f"etcd_username without etcd_ca_file sends the password, and the catalog "
+                f"with it, in clear to {remote[0]}: give etcd_ca_file (TLS to etcd)",
+                path=f"{path}.etcd_ca_file",
+            )
+        )
     return problems
 
 
@@ -577,6 +705,28 @@ def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Pr
     return problems
 
 
+def hub_url_problem(value: str) -> str:
+    """What is wrong with a hub URL, or a comma-separated list of replicas' ("": nothing);
+    never the URL itself where it may hold a password."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        return "name the hub: http(s)://HOST[:PORT], or several replicas' separated by commas"
+    for url in urls:
+        if carries_user(url):  # (before it is parsed: a '/' in a password ends the host)
+            return (
+                "the hub's URL carries credentials: remove them, and give the token with "
+                "--token, FLUIDFED_TOKEN or a token file"
+            )
+        try:
+            parts = urlsplit(url)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:  # "http://[::1", a port past 65535
+            parts, port_ok = urlsplit(""), False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            return f"expected http(s)://HOST[:PORT], got {url!r}"
+    return ""
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` (an address or a name) is this machine's loopback only."""
     try:
@@ -589,8 +739,8 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
     problems: list[Problem] = []
     if not a.cluster_file:
         problems.append(Problem("name the cluster's TOML file", path=f"{path}.cluster_file"))
-    if not a.hub.startswith(("http://", "https://")):
-        problems.append(Problem(f"hub must be an http(s) URL, got {a.hub!r}", path=f"{path}.hub"))
+    if bad := hub_url_problem(a.hub):
+        problems.append(Problem(bad, path=f"{path}.hub"))
     elif (a.ca_file or a.client_cert_file) and not a.hub.startswith("https://"):
         problems.append(
             Problem(
@@ -644,8 +794,7 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
                 path=f"{path}.api_url",
             )
         )
-    if a.heartbeat_interval <= 0:
-        problems.append(
-            Problem("heartbeat_interval must be above zero", path=f"{path}.heartbeat_interval")
-        )
+    for name in ("heartbeat_interval", "status_interval", "resync_interval"):
+        if not getattr(a, name) > 0:  # (a loop on 0 spins a core)
+            problems.append(Problem(f"{name} must be above zero", path=f"{path}.{name}"))
     return problems

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import tomli
 
 from fluidfed import config
 from fluidfed.errors import ConfigError, Problem
+from fluidfed.validation import hub_url_problem
 
 DEFAULT_HUB = "http://127.0.0.1:8470"
 _KEYS = {"hub", "token", "token_file", "ca_file"}
@@ -95,24 +95,3 @@ def resolve(
         raise ConfigError([Problem(bad, file=str(path), line=line, path="hub")])
     resolved_ca = ca_file or os.environ.get("FLUIDFED_CA_FILE") or file_values.get("ca_file") or ""
     return ClientSettings(hub=resolved_hub, token=resolved_token, ca_file=resolved_ca)
-
-
-def hub_url_problem(value: str) -> str:
-    """What is wrong with a hub URL, or a comma-separated list of replicas' ("": nothing)."""
-    urls = [u.strip() for u in value.split(",") if u.strip()]
-    if not urls:
-        return "name the hub: http(s)://HOST[:PORT], or several replicas' separated by commas"
-    for url in urls:
-        try:
-            parts = urlsplit(url)
-            port_ok = parts.port is None or parts.port > 0
-        except ValueError:  # "http://[::1", a port past 65535
-            parts, port_ok = urlsplit(""), False
-        if "@" in url.split("//", 1)[-1].split("/", 1)[0]:
-            return (
-                "the hub's URL carries credentials: remove them, and give the token with "
-                "--token, FLUIDFED_TOKEN or a token file"
-            )
-        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-            return f"expected http(s)://HOST[:PORT], got {url!r}"
-    return ""

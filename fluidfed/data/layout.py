@@ -169,7 +169,7 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
     as_dataset = Dataset(name=cfg.dataset, mounts=cfg.mounts)
     problems = [
         Problem(p.message, path=p.path.removeprefix("dataset."))
-        for p in validation.check_dataset(as_dataset)
+        for p in validation.check_dataset(as_dataset, new=False)
         if p.path.startswith(("dataset.name", "dataset.mounts"))
     ]
     tiers = cfg.cache if isinstance(cfg, SidecarConfig) else cfg.tiers

@@ -74,6 +74,8 @@ def test_bad_config_files_say_what_is_wrong(tmp_path: Path) -> None:
         ("http://127.0.0.1:99999", "expected http(s)://HOST[:PORT]"),
         ("http://[::1", "expected http(s)://HOST[:PORT]"),
         ("http://user:pass@127.0.0.1:8470", "carries credentials"),
+        # a '/' in the password ends the host part for the parser: it was printed whole
+        ("https://admin:pa/ss@hub:8470", "carries credentials"),
         ("http://a:1,ftp://b", "got 'ftp://b'"),
     ],
 )
