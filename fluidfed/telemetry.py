@@ -27,6 +27,7 @@ in brackets; the resource carries `service.name`, `service.instance.id`, `fluidf
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -39,6 +40,8 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+
+from fluidfed.errors import ConfigError
 
 DEFAULT_EXPORT_INTERVAL_MS = 5000  # the SDK's own default is 60 s: too slow to autoscale on
 
@@ -86,9 +89,7 @@ def setup(
                 OTLPMetricExporter,
             )
 
-            interval = float(
-                os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_EXPORT_INTERVAL_MS)
-            )
+            interval = _export_interval()
             # a collector named by the standard variables is not the agent: it gets neither
             # the agent's CA (the exporter verifies with its own setting on each request, a
             # session's `verify` does not count: None is the standard variable, else the
@@ -115,6 +116,26 @@ def setup(
         _provider = MeterProvider(resource=resource, metric_readers=readers)
         metrics.set_meter_provider(_provider)
     return metrics.get_meter(service)
+
+
+def _export_interval() -> float:
+    """OTEL_METRIC_EXPORT_INTERVAL in milliseconds (the standard's unit), or the default;
+    ConfigError naming the variable for anything else ("5s" said only "could not convert
+    string to float")."""
+    text = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "")
+    if not text.strip():
+        return float(DEFAULT_EXPORT_INTERVAL_MS)
+    try:
+        ms = float(text)
+    except ValueError:
+        ms = -1.0
+    if not (math.isfinite(ms) and ms > 0):
+        raise ConfigError.one(
+            f"OTEL_METRIC_EXPORT_INTERVAL={text!r} is not a number of milliseconds above "
+            f"zero: write e.g. {DEFAULT_EXPORT_INTERVAL_MS} for 5 seconds",
+            path="OTEL_METRIC_EXPORT_INTERVAL",
+        )
+    return ms
 
 
 class _Bearer:

@@ -89,3 +89,18 @@ def test_the_token_goes_to_the_agent_alone_not_to_a_collector_the_variables_name
     assert seen, got.stderr  # (exported at least once)
     want = "Bearer SECRET-TOKEN" if to == "agent" else None
     assert set(seen) == {want}
+
+
+def test_a_bad_export_interval_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fluidfed import telemetry
+    from fluidfed.errors import ConfigError
+
+    for bad in ("5s", "nan", "0", "-5", "inf"):
+        monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", bad)
+        with pytest.raises(ConfigError, match="not a number of milliseconds") as info:
+            telemetry._export_interval()
+        assert info.value.problems[0].path == "OTEL_METRIC_EXPORT_INTERVAL"
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "2500")
+    assert telemetry._export_interval() == 2500.0
+    monkeypatch.delenv("OTEL_METRIC_EXPORT_INTERVAL")
+    assert telemetry._export_interval() == telemetry.DEFAULT_EXPORT_INTERVAL_MS
