@@ -61,6 +61,7 @@ _QUANTITY = re.compile(
 # options the under-storage reader would take over what the URI (or the Secret) says
 _URI_OPTIONS = ("root", "bucket", "container", "name", "allow_anonymous")
 RESERVED_PREFIXES = (names.PREFIX, "topology.kubernetes.io/")
+_FASTEST_FIRST = ("MEM", "SSD", "HDD")  # cache tiers' media, in the order they are listed
 # Kubernetes label values (the binding's name is one) hold at most 63 characters
 MAX_LABEL_VALUE = 63
 # sane maxima: far above any real cache, low enough that a typo is caught
@@ -300,6 +301,16 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
         p = f"{path}.tiers[{i}]"
         if tier.medium in seen:
             problems.append(Problem(f"a second {tier.medium} tier; merge them", path=p))
+        elif any(_FASTEST_FIRST.index(m) > _FASTEST_FIRST.index(tier.medium) for m in seen):
+            # (blocks go into the first tier and move down the list as they are evicted)
+            problems.append(
+                Problem(
+                    f"a {tier.medium} tier after a slower one: list the tiers fastest first "
+                    f"({', '.join(_FASTEST_FIRST)}); new blocks go into the first, evicted "
+                    "ones move down",
+                    path=f"{p}.medium",
+                )
+            )
         seen.add(tier.medium)
         if tier.quota == 0:
             problems.append(Problem("quota must be above zero", path=f"{p}.quota"))
@@ -572,6 +583,14 @@ def check_dataset(d: Dataset, path: str = "dataset", *, new: bool = True) -> lis
         elif parts.scheme in ("s3", "oss", "http", "https", "dataset") and not parts.netloc:
             what = {"dataset": "a dataset name"}.get(parts.scheme, "a bucket or host")
             problems.append(Problem(f"uri {shown!r} names no {what}", path=f"{p}.uri"))
+        elif parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+            problems.append(
+                Problem(
+                    f"uri {shown!r} names a host ({parts.netloc}): a file:// mount is a "
+                    "directory on each node, written file:///data (three slashes)",
+                    path=f"{p}.uri",
+                )
+            )
         elif parts.scheme == "file" and not parts.path.startswith("/"):
             problems.append(
                 Problem(f"uri {shown!r} needs an absolute path (file:///data)", path=f"{p}.uri")
@@ -628,7 +647,20 @@ def check_dataset(d: Dataset, path: str = "dataset", *, new: bool = True) -> lis
                 )
             )
     if d.autoscale is not None:
-        problems += check_autoscale(d.autoscale, f"{path}.autoscale")
+        auto = check_autoscale(d.autoscale, f"{path}.autoscale")
+        problems += auto
+        a, c = d.autoscale, d.cache
+        if not auto and (a.max_replicas > c.max_replicas or a.min_replicas < c.min_replicas):
+            problems.append(
+                Problem(
+                    f"autoscale may set {a.min_replicas}-{a.max_replicas} replicas, outside "
+                    f"cache's bounds ({c.min_replicas}-{c.max_replicas}): keep autoscale's "
+                    "within them, or widen cache.min_replicas/max_replicas",
+                    path=f"{path}.autoscale.max_replicas"
+                    if a.max_replicas > c.max_replicas
+                    else f"{path}.autoscale.min_replicas",
+                )
+            )
     problems += _check_size(d, path)
     return problems
 

@@ -116,7 +116,8 @@ def test_cache_rules_name_each_field() -> None:
         ("ftp://host/x", "has no supported scheme"),
         ("s3:///prefix", "names no a bucket or host"),
         ("dataset://", "names no a dataset name"),
-        ("file://data", "needs an absolute path"),
+        ("file://data", "names a host"),
+        ("file://data/x", "three slashes"),
     ],
 )
 def test_mount_uris(uri: str, needle: str) -> None:
@@ -593,3 +594,31 @@ def test_an_agents_hub_url_with_a_password_is_refused_without_it() -> None:
     agent = AgentConfig(cluster_file="c.toml", hub="https://u:pa/ss@hub.example:8470")
     got = where(validation.check_agent(agent))
     assert "carries credentials" in got["agent.hub"] and "pa/ss" not in got["agent.hub"]
+
+
+def test_tiers_are_listed_fastest_first() -> None:
+    """Blocks go into the first tier and move down as they are evicted: HDD before MEM
+    would put new blocks on disk and move old ones into memory."""
+    tiers = [
+        CacheTier(medium="HDD", quota=ByteSize(2**30), path="/d"),
+        CacheTier(medium="MEM", quota=ByteSize(2**30)),
+    ]
+    got = where(validation.check_dataset(testing.dataset(cache=CacheSpec(tiers=tiers))))
+    assert "fastest first" in got["dataset.cache.tiers[1].medium"]
+    ok = [tiers[1], CacheTier(medium="SSD", quota=ByteSize(2**30), path="/s"), tiers[0]]
+    assert validation.check_dataset(testing.dataset(cache=CacheSpec(tiers=ok))) == []
+
+
+def test_autoscale_stays_within_the_caches_own_replica_bounds() -> None:
+    """cache.min_replicas/max_replicas bound the replicas whoever sets them: an autoscaler
+    allowed past them would scale a dataset its owner capped."""
+    targets = [AutoscaleTarget(metric="hit_ratio", target=0.9)]
+    capped = CacheSpec(replicas=1, max_replicas=2)
+    d = testing.dataset(cache=capped, autoscale=AutoscalePolicy(targets=targets, max_replicas=10))
+    got = where(validation.check_dataset(d))
+    assert "outside cache's bounds (0-2)" in got["dataset.autoscale.max_replicas"]
+    floor = CacheSpec(replicas=2, min_replicas=2)
+    d = testing.dataset(cache=floor, autoscale=AutoscalePolicy(targets=targets, min_replicas=1))
+    assert "dataset.autoscale.min_replicas" in where(validation.check_dataset(d))
+    d = testing.dataset(autoscale=AutoscalePolicy(targets=targets))  # (the defaults agree)
+    assert validation.check_dataset(d) == []
