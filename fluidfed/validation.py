@@ -615,6 +615,15 @@ def check_dataset(d: Dataset, path: str = "dataset", *, new: bool = True) -> lis
             problems += check_dns_label(m.name, f"{p}.name", "mount name")
         if m.secret:
             problems += check_dns_label(m.secret, f"{p}.secret", "secret name")
+        if new and len(d.mounts) > 1 and not m.name and not m.path:
+            # (fluidfed's readers showed it at the root, Fluid at /m<index>: two trees)
+            problems.append(
+                Problem(
+                    f"one of {len(d.mounts)} mounts needs a name or a path: the dataset shows "
+                    "each at /<name> (or its path) in every cluster, Fluid's included",
+                    path=f"{p}.name",
+                )
+            )
         where = m.path or (m.name if len(d.mounts) > 1 else "")
         mpath = posixpath.normpath("/" + where.lstrip("/"))
         if mpath in mount_paths:

@@ -226,7 +226,7 @@ def test_what_each_engine_serves_passes(engine: str, mount: Mount, cache: dict[s
 
 
 def test_alluxio_reads_each_mount_with_its_own_secret() -> None:
-    two = [Mount(uri="s3://a/p", secret="a"), Mount(uri="s3://b/p", name="b", secret="b")]
+    two = [Mount(uri="s3://a/p", name="a", secret="a"), Mount(uri="s3://b/p", name="b", secret="b")]
     assert problems("alluxio", *two) == []
 
 

@@ -416,7 +416,8 @@ def test_signed_urls_are_refused_and_their_query_never_printed() -> None:
 
 def test_a_spec_too_big_for_a_clusters_config_maps_is_refused_where_it_is_big() -> None:
     big = ds(
-        Mount(uri="s3://b/p"), Mount(uri="s3://c/p", name="c", options={"note": "a" * 300_000})
+        Mount(uri="s3://b/p", name="b"),
+        Mount(uri="s3://c/p", name="c", options={"note": "a" * 300_000}),
     )
     got = where(validation.check_dataset(big))
     assert list(got) == ["dataset.mounts[1]"]
@@ -622,3 +623,16 @@ def test_autoscale_stays_within_the_caches_own_replica_bounds() -> None:
     assert "dataset.autoscale.min_replicas" in where(validation.check_dataset(d))
     d = testing.dataset(autoscale=AutoscalePolicy(targets=targets))  # (the defaults agree)
     assert validation.check_dataset(d) == []
+
+
+def test_each_of_several_mounts_is_named_so_every_cluster_shows_one_tree() -> None:
+    """Unnamed, one of several mounts was at the root for fluidfed's readers and at /m1 for
+    Fluid's: refused by the hub, while a running copy of such a dataset still runs."""
+    d = Dataset(name="ds", mounts=[Mount(uri="s3://b/a", name="train"), Mount(uri="s3://b/b")])
+    got = where(validation.check_dataset(d))
+    assert "needs a name or a path" in got["dataset.mounts[1].name"]
+    assert validation.check_dataset(d, new=False) == []
+    named = Dataset(
+        name="ds", mounts=[Mount(uri="s3://b/a", name="train"), Mount(uri="s3://b/b", path="/val")]
+    )
+    assert validation.check_dataset(named) == []
