@@ -6,6 +6,7 @@ mount gives a `path`. The sidecar shows the tree below the access entry's sub-pa
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -24,8 +25,11 @@ def mount_point(m: Mount, count: int) -> str:
 
 
 def dataset_path(mounts: Sequence[Mount], mount: int, key: str) -> str:
-    """Where object `key` of mount number `mount` appears in the dataset: "/a/b"."""
-    return posixpath.normpath(posixpath.join(mount_point(mounts[mount], len(mounts)), key))
+    """Where object `key` of mount number `mount` appears in the dataset: "/a/b". A key's
+    leading '/' is dropped, as the reads drop it (joined whole, it would discard the mount
+    point: a worker checked a reader's sub-path against another place than it read)."""
+    here = mount_point(mounts[mount], len(mounts))
+    return posixpath.normpath(posixpath.join(here, key.lstrip("/")))
 
 
 class FileRef(msgspec.Struct, frozen=True):
@@ -180,7 +184,8 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
             msgspec.structs.replace(t, path="/" + t.path) if t.path[:1] not in ("", "/") else t
             for t in tiers
         ]
-    for p in validation.check_cache(CacheSpec(tiers=tiers, block_size=_bytes(cfg.block_size)), ""):
+    spec = CacheSpec(tiers=tiers, block_size=_bytes(cfg.block_size))
+    for p in validation.check_cache(spec, "", new=False):
         problems.append(Problem(p.message, path=p.path.replace(".tiers", field, 1).lstrip(".")))
     if isinstance(cfg, SidecarConfig):
         if cfg.sub_path.startswith("/") or ".." in cfg.sub_path.split("/"):
@@ -191,9 +196,18 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
                 )
             )
         for name in ("metadata_ttl", "read_timeout", "worker_timeout"):
-            if getattr(cfg, name) <= 0:
+            if not _positive(getattr(cfg, name)):
                 problems.append(Problem(f"{name} must be above zero seconds", path=name))
+        if cfg.readahead < 0:
+            problems.append(Problem("readahead is a number of blocks: 0 or more", path="readahead"))
     else:
+        for name in ("read_timeout", "report_interval"):
+            if not _positive(getattr(cfg, name)):  # (0: a loop that calls the agent on end)
+                problems.append(Problem(f"{name} must be above zero seconds", path=name))
+        if cfg.fetch_concurrency < 1:
+            problems.append(
+                Problem("fetch_concurrency must be 1 or more", path="fetch_concurrency")
+            )
         if not 0 < cfg.port < 65536:
             problems.append(Problem(f"port {cfg.port} is not a TCP port (1-65535)", path="port"))
         if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
@@ -239,4 +253,11 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
         )
     if cfg.agent and urlsplit(cfg.agent).scheme not in ("http", "https"):
         problems.append(Problem(f"agent {cfg.agent!r} is not an http(s) URL", path="agent"))
+    elif cfg.agent and (bad := validation.url_host_problem(cfg.agent)):
+        problems.append(Problem(f"agent: {bad}", path="agent"))
     return problems
+
+
+def _positive(seconds: float) -> bool:
+    """Above zero and finite (NaN passes `<= 0`: a timeout of NaN fires at once)."""
+    return math.isfinite(seconds) and seconds > 0

@@ -182,9 +182,8 @@ class BlockQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         key = query.get(_P)
         if key is not None and not _plain_key(key):
             why = (
-                f"object path {key!r} is not as a listing gives it: no leading '/' and no "
-                "'.' or '..' between slashes (the worker reads it below its mount alone, "
-                "and checks a reader's sub-path against that place)"
+                f"object path {key!r} has a '..' between slashes: the worker reads below "
+                "its mount alone, and checks a reader's sub-path against that place"
             )
             raise ConfigError([_expected(cls, Problem(why, path=_P))])
         try:  # once per block: plain lookups, a tenth of msgspec.convert on a multidict
@@ -222,12 +221,10 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
 def _plain_key(key: str) -> bool:
-    """Whether an object path names a place below its mount as a listing does: a leading
-    '/' would make the dataset path the reader is checked against leave the mount (a
-    reader allowed /public asking mount /private for '/public/x' read private/public/x),
-    and a '.' or '..' segment step out of the mount's root, or the dataset's, where the
-    read resolves it."""
-    return not key.startswith("/") and not any(seg in (".", "..") for seg in key.split("/"))
+    """Whether an object path stays below its mount: a '..' segment would step out of the
+    mount's root, or the dataset's, where the read resolves it (a '.' one, or a leading '/'
+    an HTTP mount's manifest may give, are read and checked alike: `layout.dataset_path`)."""
+    return ".." not in key.split("/")
 
 
 def _bounded_run(text: str | None) -> int:

@@ -135,3 +135,38 @@ def test_a_worker_file_may_name_its_disk_tier_relative_to_itself() -> None:
     assert check_config(worker("/var/cache/fluidfed")) == []
     (up,) = check_config(worker("../elsewhere"))
     assert (up.path, "'..'" in up.message) == ("tiers[0].path", True)
+
+
+def test_an_objects_leading_slash_keeps_it_under_its_mount() -> None:
+    """An HTTP mount's manifest may list '/train/a.bin': joined whole to the mount point,
+    the leading '/' discarded it (the file left its mount in the tree, and a worker
+    checked a reader's sub-path against that other place)."""
+    mounts = [Mount(uri="s3://b/p", name="pub"), Mount(uri="s3://b/q", name="priv")]
+    assert layout.dataset_path(mounts, 1, "/pub/x.csv") == "/priv/pub/x.csv"
+    assert layout.dataset_path(mounts, 1, "pub/x.csv") == "/priv/pub/x.csv"
+    assert layout.dataset_path(mounts, 0, "./a/./b") == "/pub/a/b"
+
+
+def test_a_data_path_config_refuses_what_would_spin_or_fail_every_read() -> None:
+    from fluidfed.data.layout import SidecarConfig, WorkerConfig, check_config
+
+    nan = float("nan")
+    side = SidecarConfig(
+        dataset="d",
+        mounts=[Mount(uri="s3://b/p")],
+        read_timeout=nan,  # (asyncio.timeout(nan) fires at once: every read EIO)
+        readahead=-1,
+        agent="https://",
+    )
+    got = {p.path: p.message for p in check_config(side)}
+    assert set(got) == {"read_timeout", "readahead", "agent"}
+    assert "names no host" in got["agent"]
+    worker = WorkerConfig(
+        dataset="d",
+        mounts=[Mount(uri="s3://b/p")],
+        read_timeout=0,
+        report_interval=nan,
+        fetch_concurrency=0,
+    )
+    got = {p.path: p.message for p in check_config(worker)}
+    assert set(got) == {"read_timeout", "report_interval", "fetch_concurrency"}

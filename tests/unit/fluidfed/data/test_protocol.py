@@ -90,11 +90,9 @@ def test_a_block_query_from_an_older_sidecar_decodes() -> None:
         ({"m": "0", "p": "x", "s": "1", "i": "0", "n": "-1"}, "n"),
         ({"m": "0", "p": "x", "s": "1", "i": "0", "n": "two"}, "n"),
         # an object path that would leave its mount, or the place a reader is checked at
-        ({"m": "0", "p": "/public/x", "s": "1", "i": "0"}, "p"),
         ({"m": "0", "p": "a/../../b", "s": "1", "i": "0"}, "p"),
         ({"m": "0", "p": "..", "s": "1", "i": "0"}, "p"),
-        ({"m": "0", "p": "./x", "s": "1", "i": "0"}, "p"),
-        ({"m": "0", "p": "a/.", "s": "1", "i": "0"}, "p"),
+        ({"m": "0", "p": "/../x", "s": "1", "i": "0"}, "p"),
     ],
 )
 def test_a_bad_block_query_names_the_parameter_and_the_shape(
@@ -108,7 +106,8 @@ def test_a_bad_block_query_names_the_parameter_and_the_shape(
 
 
 def test_object_paths_a_listing_gives_are_taken_as_they_are() -> None:
-    for key in ("a//b", "a..b/c", ".hidden/x", "x/...", "dir/"):
+    # (an HTTP mount's manifest may give '/train/a.bin' or './val/b.bin')
+    for key in ("a//b", "a..b/c", ".hidden/x", "x/...", "dir/", "/train/a.bin", "./val/b.bin"):
         q = protocol.BlockQuery.from_query({"m": "0", "p": key, "s": "1", "i": "0"})
         assert q.key == key
 
