@@ -311,14 +311,16 @@ async def list_datasets(request: web.Request) -> web.Response:
 async def apply_dataset(request: web.Request) -> web.Response:
     _admin(request)
     spec: Dataset = await _body(request, _dataset_dec, "dataset")
-    errors.BadRequest.unless_valid(validation.check_dataset(spec))
+    cat = request.app[CATALOG]
+    # (a name taken before a rule on names was added stays updatable)
+    named = spec.name not in cat.datasets
+    errors.BadRequest.unless_valid(validation.check_dataset(spec, named=named))
     name = request.match_info.get("name")
     if name is not None and name != spec.name:
         raise errors.BadRequest(
             f"the URL names dataset {name} but the body names {spec.name}",
             [Problem("must match the name in the URL", path="dataset.name")],
         )
-    cat = request.app[CATALOG]
     existed = spec.name in cat.datasets
     await cat.apply_dataset(spec)
     return json_response(cat.dataset_view(spec.name), status=200 if existed else 201)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from fluidfed.models import AutoscalePolicy, AutoscaleTarget
+import msgspec
+
+from fluidfed.models import AutoscalePolicy, AutoscaleTarget, CacheSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,17 @@ def _propose(
     proposal = base + 1 if math.isinf(ratio) else math.ceil(base * ratio - 1e-9)
     word = "above" if value > t.target else "below"
     return proposal, f"{t.metric} {value:.3g} is {word} {t.target:.3g}"
+
+
+def within(policy: AutoscalePolicy, cache: CacheSpec) -> AutoscalePolicy:
+    """`policy` with its bounds inside the cache's own (`cache.min_replicas`,
+    `max_replicas`): the hub refuses a spec whose bounds reach past them, and a spec stored
+    before it did is held to them here."""
+    lo = max(policy.min_replicas, cache.min_replicas)
+    hi = max(lo, min(policy.max_replicas, cache.max_replicas))
+    if (lo, hi) == (policy.min_replicas, policy.max_replicas):
+        return policy
+    return msgspec.structs.replace(policy, min_replicas=lo, max_replicas=hi)
 
 
 def decide(

@@ -69,7 +69,12 @@ class Autoscaler:
                 window.popleft()
             recs = [r for r in self.recommendations.get(name, []) if now - r.at <= horizon]
             d = autoscale.decide(
-                policy, list(window), b.replicas, recs, now, stale_after=self.stale_after
+                autoscale.within(policy, b.spec.cache),
+                list(window),
+                b.replicas,
+                recs,
+                now,
+                stale_after=self.stale_after,
             )
             if d is None:
                 continue  # no (fresh) metrics: no decision, never a scale to zero

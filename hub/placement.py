@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from fluidfed.models import Binding, ClusterRecord, Dataset
-from hub import selectors
+from hub import autoscale, selectors
 
 
 def binding_name(dataset: str, cluster: str) -> str:
@@ -66,9 +66,9 @@ def _choose(
 
 def replicas_for(dataset: Dataset, current: Binding | None) -> int:
     """Replicas come from the cache spec, unless the autoscaler owns them."""
-    policy = dataset.autoscale
-    if policy is None:
+    if dataset.autoscale is None:
         return dataset.cache.replicas
+    policy = autoscale.within(dataset.autoscale, dataset.cache)
     if current is None:
         return max(policy.min_replicas, min(dataset.cache.replicas, policy.max_replicas))
     return max(policy.min_replicas, min(current.replicas, policy.max_replicas))

@@ -192,6 +192,31 @@ def test_a_new_binding_starts_within_the_autoscale_bounds() -> None:
     assert placement.place(many, 1, FLEET[:1], {})["a"].replicas == 5
 
 
+def test_a_spec_stored_with_autoscale_past_the_caches_bounds_is_held_to_them() -> None:
+    """The hub now refuses autoscale bounds past cache.min/max_replicas; a spec stored
+    before that is held to the cache's, where a binding starts and where the autoscaler
+    decides (`autoscale.within`)."""
+    from hub import autoscale
+
+    policy = AutoscalePolicy(
+        targets=[AutoscaleTarget(metric="hit_ratio", target=0.9)], min_replicas=1, max_replicas=10
+    )
+    capped = testing.dataset("ds", cache=CacheSpec(replicas=9, max_replicas=2), autoscale=policy)
+    assert placement.place(capped, 1, FLEET[:1], {})["a"].replicas == 2
+    assert capped.autoscale is not None
+    held = autoscale.within(capped.autoscale, capped.cache)
+    assert (held.min_replicas, held.max_replicas) == (1, 2)
+    full = [autoscale.Sample(0, hit_ratio=0.1)]  # (asks for many more replicas)
+    decided = autoscale.decide(held, full, 2, [], 0.0)
+    assert decided is not None and decided.replicas == 2
+    floor = CacheSpec(replicas=3, min_replicas=3, max_replicas=5)
+    assert (
+        autoscale.within(policy, floor).min_replicas,
+        autoscale.within(policy, floor).max_replicas,
+    ) == (3, 5)
+    assert autoscale.within(policy, CacheSpec()) is policy  # (the defaults agree)
+
+
 def test_placement_is_deterministic() -> None:
     a = placement.place(dataset(max_clusters=2, spread_by="region"), 1, FLEET, {})
     b = placement.place(dataset(max_clusters=2, spread_by="region"), 1, list(reversed(FLEET)), {})
