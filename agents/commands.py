@@ -190,7 +190,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     from agents.worker import server
-    from fluidfed.data.layout import WorkerConfig
+    from fluidfed.data.layout import WorkerConfig, check_config
 
     cfg = config.load_file(args.config, WorkerConfig)
     creds = args.credentials or cfg.credentials_file
@@ -213,6 +213,12 @@ def run_worker(args: argparse.Namespace) -> int:
         if (v := getattr(cfg, k))
     }
     cfg = msgspec.structs.replace(cfg, tiers=tiers, **files)
+    # checked as `fluidfed validate` checks it, before the worker serves
+    problems = [msgspec.structs.replace(p, file=args.config) for p in check_config(cfg)]
+    if args.port is not None and not 0 <= args.port < 65536:
+        problems.append(Problem(f"--port {args.port} is not a TCP port (0-65535)", path="--port"))
+    if problems:
+        raise ConfigError(problems)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     aio.run(
         server.serve(

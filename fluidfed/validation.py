@@ -27,7 +27,7 @@ from fluidfed.models import (
     LabelSelector,
     Placement,
 )
-from fluidfed.units import format_size, parse_duration
+from fluidfed.units import format_duration, format_size, parse_duration
 
 MIN_BLOCK_SIZE = 64 * 1024  # a cache's block_size, at least ...
 MAX_BLOCK_SIZE = 64 * 2**20  # ... and at most (readers size their buffers by it)
@@ -82,7 +82,7 @@ def redacted(uri: str) -> str:
         parts.port  # noqa: B018 (ValueError where the host part is broken)
     except ValueError:
         return f"{_host_part(uri)[0] or 'uri'}://***"
-    if carries_user(uri) and parts.username is None:
+    if carries_user(uri):
         return f"{parts.scheme}://***"
     if any(_SECRET_QUERY.match(k) or _SECRET_OPTION.search(k) for k, _ in parse_qsl(parts.query)):
         parts = parts._replace(query="***")
@@ -156,6 +156,15 @@ def check_quantity(value: str, path: str) -> list[Problem]:
 def check_resource_name(value: str, path: str) -> list[Problem]:
     """A device or extended resource a container may ask for: domain/name (empty: none)."""
     domain, _, name = value.partition("/")
+    if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+        return [
+            Problem(
+                f"{value!r} is under kubernetes.io/, which Kubernetes keeps for its own "
+                "resources (a pod asking for it is refused): name the resource your device "
+                "plugin advertises, e.g. smarter-devices/fuse",
+                path=path,
+            )
+        ]
     if not value or (
         name
         and len(domain) <= 253
@@ -250,7 +259,7 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
     return problems
 
 
-def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
+def check_cache(cache: CacheSpec, path: str, *, new: bool = True) -> list[Problem]:
     problems: list[Problem] = []
     problems += check_quantity(cache.resources.cpu, f"{path}.resources.cpu")
     problems += check_quantity(cache.resources.memory, f"{path}.resources.memory")
@@ -301,7 +310,7 @@ def check_cache(cache: CacheSpec, path: str) -> list[Problem]:
         p = f"{path}.tiers[{i}]"
         if tier.medium in seen:
             problems.append(Problem(f"a second {tier.medium} tier; merge them", path=p))
-        elif any(_FASTEST_FIRST.index(m) > _FASTEST_FIRST.index(tier.medium) for m in seen):
+        elif new and any(_FASTEST_FIRST.index(m) > _FASTEST_FIRST.index(tier.medium) for m in seen):
             # (blocks go into the first tier and move down the list as they are evicted)
             problems.append(
                 Problem(
@@ -377,16 +386,20 @@ def carries_user(uri: str) -> bool:
     """Whether `uri` holds a user or password: before its host, or, where a secret with a
     '/', '?' or '#' in it (as half of AWS's secret keys have) ends the host part early for
     the parser (which then sees no user and a "port" of letters), anywhere before an '@'."""
-    _, first, rest = _host_part(uri)
+    scheme, first, rest = _host_part(uri)
     if "@" in first:
         return True
     port = _port_of(first)
-    return port is not None and port != "" and not port.isdigit() and "@" in rest
+    if port is None or port.isdigit() or "@" not in rest:
+        return False
+    # an empty "port": a secret that starts with '/' (one AWS key in 64), unless NFS's own
+    # server:/dir form
+    return port != "" or scheme != "nfs"
 
 
 def _authority_problem(uri: str) -> str:
     """What is wrong with the host part of `uri` that the checks after it would miss or
-    print ("" if nothing): a user and password the parser does not see (`_carries_user`),
+    print ("" if nothing): a user or password (`carries_user`), even where the parser sees none,
     shown as scheme://*** alone; a port that is not a number or out of range, or a port
     without a host, which fail in every cluster."""
     scheme, first, _ = _host_part(uri)
@@ -399,18 +412,20 @@ def _authority_problem(uri: str) -> str:
         broken: ValueError | None = err
     else:
         broken = None
-    if carries_user(uri) and (broken is not None or parsed.username is None):
+    if carries_user(uri):  # (shown as scheme://*** alone: a '@' or '/' in it cuts anywhere)
         return (
-            f"uri '{scheme}://***' carries credentials (a secret with '/', '?' or '#' in it "
-            "ends the host part early): remove them from the URI and name a Kubernetes "
-            "Secret (present in each cluster) in 'secret'"
+            f"uri '{scheme}://***' carries credentials: remove them from the URI and name a "
+            "Kubernetes Secret (present in each cluster) in 'secret'"
         )
     hostport = first.rpartition("@")[2]
     port = _port_of(first)
     if port and not port.isdigit():
         return f"uri {scheme}://{hostport}: the port after the host is not a number (host:9000)"
     if broken is not None:
-        return f"uri {scheme}://{hostport}: {broken}"
+        return (
+            f"uri {scheme}://{hostport}: {broken}: write host[:port] with a port of 1-65535, "
+            "an IPv6 address in brackets ([fd00::1]:9000)"
+        )
     if port is not None and hostport.startswith(":") and scheme != "nfs":
         return f"uri {scheme}://{hostport}: names no host before its port"
     return ""
@@ -530,12 +545,15 @@ def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
     return problems
 
 
-def check_dataset(d: Dataset, path: str = "dataset", *, new: bool = True) -> list[Problem]:
-    """The rules of a dataset spec its types cannot say. `new`: as the hub takes it now;
-    False: one taken before (a sidecar's or a worker's copy), where a name that a rule
-    added since refuses must still run."""
+def check_dataset(
+    d: Dataset, path: str = "dataset", *, named: bool = True, new: bool = True
+) -> list[Problem]:
+    """The rules of a dataset spec its types cannot say. `named`: the name is checked
+    against rules added since names were first taken (False for a dataset the hub holds
+    already: it can still be updated); `new`: every rule as the hub takes a spec now
+    (False: a copy taken before, a sidecar's or a worker's, which must still run)."""
     problems = check_dns_label(d.name, f"{path}.name", "dataset name")
-    if new and not problems and d.name[0].isdigit():
+    if named and new and not problems and d.name[0].isdigit():
         problems.append(
             Problem(
                 f"dataset name {d.name!r} starts with a digit: Fluid's dataset controller "
@@ -637,7 +655,7 @@ def check_dataset(d: Dataset, path: str = "dataset", *, new: bool = True) -> lis
     if unparsed:  # (what follows parses every mount's uri: said once that is fixed)
         return problems
     problems += engines.check(d, path)
-    problems += check_cache(d.cache, f"{path}.cache")
+    problems += check_cache(d.cache, f"{path}.cache", new=new)
     problems += check_placement(d.placement, f"{path}.placement")
     namespaces: set[str] = set()
     for i, a in enumerate(d.access):
@@ -658,15 +676,15 @@ def check_dataset(d: Dataset, path: str = "dataset", *, new: bool = True) -> lis
     if d.autoscale is not None:
         auto = check_autoscale(d.autoscale, f"{path}.autoscale")
         problems += auto
-        a, c = d.autoscale, d.cache
-        if not auto and (a.max_replicas > c.max_replicas or a.min_replicas < c.min_replicas):
+        pol, c = d.autoscale, d.cache
+        if not auto and (pol.max_replicas > c.max_replicas or pol.min_replicas < c.min_replicas):
             problems.append(
                 Problem(
-                    f"autoscale may set {a.min_replicas}-{a.max_replicas} replicas, outside "
-                    f"cache's bounds ({c.min_replicas}-{c.max_replicas}): keep autoscale's "
-                    "within them, or widen cache.min_replicas/max_replicas",
+                    f"autoscale may set {pol.min_replicas}-{pol.max_replicas} replicas, "
+                    f"outside cache's bounds ({c.min_replicas}-{c.max_replicas}): keep "
+                    "autoscale's within them, or widen cache.min_replicas/max_replicas",
                     path=f"{path}.autoscale.max_replicas"
-                    if a.max_replicas > c.max_replicas
+                    if pol.max_replicas > c.max_replicas
                     else f"{path}.autoscale.min_replicas",
                 )
             )
@@ -711,11 +729,12 @@ def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
             problems.append(Problem(f"{name} must be above zero", path=f"{path}.{name}"))
     members = [m.strip() for m in h.store.removeprefix("etcd://").split(",") if m.strip()]
     remote = [m for m in members if not is_loopback(m.rpartition(":")[0].strip("[]"))]
-    if h.etcd_username and not h.etcd_ca_file and remote:
+    if h.etcd_username and not (h.etcd_ca_file or h.etcd_cert_file) and remote:
         problems.append(
             Problem(
-                f"etcd_username without etcd_ca_file sends the password, and the catalog "
-                f"with it, in clear to {remote[0]}: give etcd_ca_file (TLS to etcd)",
+                f"etcd_username without TLS to etcd (etcd_ca_file, or a client certificate) "
+                f"sends the password, and the catalog with it, in clear to {remote[0]}: "
+                "give etcd_ca_file",
                 path=f"{path}.etcd_ca_file",
             )
         )
@@ -735,7 +754,8 @@ def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Pr
     names: set[str] = set()
     for i, d in enumerate(doc.dataset):
         p = dataset_path.format(i=i)
-        problems += check_dataset(d, p)
+        # (the rule on new names is the hub's: it knows which are taken already)
+        problems += check_dataset(d, p, named=False)
         if d.name in names:
             problems.append(Problem(f"dataset {d.name} is declared twice", path=f"{p}.name"))
         names.add(d.name)
@@ -835,7 +855,96 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
                 path=f"{path}.api_url",
             )
         )
+    if a.api_url and scheme in ("http", "https") and url_host_problem(a.api_url):
+        problems.append(
+            Problem(
+                f"api_url: {url_host_problem(a.api_url)} (e.g. https://agent.ns.svc:8471)",
+                path=f"{path}.api_url",
+            )
+        )
     for name in ("heartbeat_interval", "status_interval", "resync_interval"):
         if not getattr(a, name) > 0:  # (a loop on 0 spins a core)
             problems.append(Problem(f"{name} must be above zero", path=f"{path}.{name}"))
+    problems += _check_webhook(a, path)
+    for name in ("worker_image", "sidecar_image"):
+        image = getattr(a, name)
+        if not _IMAGE.fullmatch(image):
+            problems.append(
+                Problem(
+                    f"{name} {image!r} is not an image reference: REGISTRY/NAME[:TAG][@DIGEST] "
+                    "in lowercase, e.g. ghcr.io/fluidfed/fluidfed:0.1.0 (pods would be "
+                    "refused, or wait on InvalidImageName)",
+                    path=f"{path}.{name}",
+                )
+            )
+    return problems
+
+
+# an image reference as the kubelet takes it: [host[:port]/]path[:tag][@digest]
+_IMAGE = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[a-z0-9]+:[a-f0-9]{32,})?"
+)
+MIN_WEBHOOK_CERT = 86400.0  # a day: renewed hourly at most, a shorter one lapses between
+
+
+def url_host_problem(url: str) -> str:
+    """What keeps `url` from naming a host to call ("" if nothing)."""
+    if carries_user(url):
+        return "a user or password does not go in it"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (ValueError: a port of letters or out of range)
+    except ValueError as err:
+        return str(err)
+    if not parts.hostname:
+        return "it names no host"
+    if parts.query or parts.fragment:
+        return "it takes no query or fragment"
+    return ""
+
+
+def _check_webhook(a: AgentConfig, path: str) -> list[Problem]:
+    """The sidecar webhook's settings: the URL the API server calls (its certificate is for
+    that host), and a serving certificate that lives long enough to be renewed in time."""
+    if not a.webhook:
+        return []
+    problems: list[Problem] = []
+    if a.webhook_url:
+        bad = url_host_problem(a.webhook_url)
+        if not a.webhook_url.startswith("https://"):
+            bad = "the API server calls webhooks over https:// only"
+        if bad:
+            problems.append(
+                Problem(
+                    f"webhook_url: {bad} (e.g. https://fluidfed-agent.fluidfed-system.svc:"
+                    "8443/mutate)",
+                    path=f"{path}.webhook_url",
+                )
+            )
+    elif a.webhook_host in ("0.0.0.0", "::", ""):
+        problems.append(
+            Problem(
+                f"webhook_host {a.webhook_host!r} listens on every address: give webhook_url, "
+                "the https:// name the API server reaches the webhook by (its certificate is "
+                "for that name)",
+                path=f"{path}.webhook_url",
+            )
+        )
+    if a.webhook_cert_lifetime < MIN_WEBHOOK_CERT:
+        problems.append(
+            Problem(
+                "webhook_cert_lifetime must be at least 1d: the certificate is looked at "
+                "hourly, and a shorter one lapses before it is renewed",
+                path=f"{path}.webhook_cert_lifetime",
+            )
+        )
+    elif not 0 < a.webhook_renew_before < a.webhook_cert_lifetime:
+        problems.append(
+            Problem(
+                "webhook_renew_before must be above zero and below webhook_cert_lifetime "
+                f"({format_duration(a.webhook_cert_lifetime)})",
+                path=f"{path}.webhook_renew_before",
+            )
+        )
     return problems

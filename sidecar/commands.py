@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from fluidfed import aio, config
-from fluidfed.data.layout import Peers, SidecarConfig
+from fluidfed.data.layout import Peers, SidecarConfig, check_config
 from fluidfed.errors import ConfigError, FluidfedError, Problem
 from fluidfed.models import Mount
 from sidecar import fluidconf
@@ -139,6 +139,12 @@ def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
         cfg = msgspec.structs.replace(
             cfg, ca_file=str(Path(args.config).resolve().parent / cfg.ca_file)
         )
+    # checked as `fluidfed validate` checks it, before anything mounts: a zero block size,
+    # a NaN timeout or a sub-path with '..' failed every read instead
+    problems = check_config(cfg)
+    if problems:
+        where = args.config or args.fluid_config or ""
+        raise ConfigError([msgspec.structs.replace(p, file=where) for p in problems])
     return cfg
 
 

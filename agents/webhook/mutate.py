@@ -81,13 +81,19 @@ def requested(pod: dict[str, Any], bindings: dict[str, Binding]) -> list[tuple[s
         parsed = _parse_annotation(text)
         if isinstance(parsed, str):
             return parsed
+        for_volume: dict[str, str] = {}
         for ds, vol in parsed:
             if vol not in volumes:
                 return (
                     f"annotation {names.DATASETS_ANNOTATION} names volume {vol!r} for dataset "
                     f"{ds!r}, but the pod has no such volume"
                 )
-        pairs += parsed
+            if for_volume.setdefault(vol, ds) != ds:  # (two sidecars mounted on one directory)
+                return (
+                    f"annotation {names.DATASETS_ANNOTATION} names volume {vol!r} for datasets "
+                    f"{for_volume[vol]!r} and {ds!r}: give each dataset a volume of its own"
+                )
+        pairs += list(dict.fromkeys(parsed))  # (a pair named twice is one sidecar)
     named = {v for _, v in pairs}
     for name, vol in volumes.items():
         claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
@@ -287,6 +293,13 @@ def mutate(
 
     if native:
         spec["initContainers"] = sidecars + inits
+    elif spec.get("hostPID"):
+        # (the API server refuses shareProcessNamespace beside hostPID)
+        return deny(
+            "this cluster has no native sidecars (Kubernetes < 1.28), where the sidecar "
+            "shares the pod's process namespace to leave with the app, which a pod with "
+            "hostPID cannot: drop hostPID, or run the pod on a cluster with native sidecars"
+        )
     else:
         spec["containers"] = sidecars + containers
         # the sidecar sees the app processes and leaves when they are gone (Jobs complete)

@@ -60,3 +60,19 @@ def test_tls_by_hand_keeps_the_ca_and_its_certificate_verifies_for_the_named_hos
         testing.handshake(served.context, client, host)
     with pytest.raises(ssl.SSLCertVerificationError):
         testing.handshake(served.context, client, "w1.example")
+
+
+def test_a_worker_refuses_a_config_that_would_fail_before_it_serves(tmp_path: Path) -> None:
+    """Checked as `fluidfed validate` checks it (it was not, at start): a fetch concurrency
+    of 0, a NaN report interval, a port out of range, said with the file."""
+    cfg = tmp_path / "worker.toml"
+    cfg.write_text(
+        'dataset = "d"\nfetch_concurrency = 0\nreport_interval = nan\n'
+        'credentials_file = "keys.json"\n[[mounts]]\nuri = "s3://b/p"\n'
+    )
+    args = parse("worker", "serve", "--config", str(cfg), "--port", "70000")
+    with pytest.raises(ConfigError) as info:
+        args.run(args)
+    got = {p.path: p for p in info.value.problems}
+    assert set(got) == {"fetch_concurrency", "report_interval", "--port"}
+    assert got["fetch_concurrency"].file == str(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -379,6 +381,9 @@ def test_what_kubernetes_would_refuse_later_is_refused_here() -> None:
     caps = Capabilities(fuse_device_resource="not a resource name!!")
     got = where(validation.check_cluster(testing.cluster("c1", capabilities=caps)))
     assert "domain/name" in got["cluster.capabilities.fuse_device_resource"]
+    caps = Capabilities(fuse_device_resource="kubernetes.io/fuse")  # (Kubernetes' own)
+    got = where(validation.check_cluster(testing.cluster("c1", capabilities=caps)))
+    assert "under kubernetes.io/" in got["cluster.capabilities.fuse_device_resource"]
     caps = Capabilities(fuse_device_resource="smarter-devices/fuse")
     assert validation.check_cluster(testing.cluster("c1", capabilities=caps)) == []
     got = where(validation.check_cluster(testing.cluster("c1", region="eu [/] west", zone="a")))
@@ -636,3 +641,35 @@ def test_each_of_several_mounts_is_named_so_every_cluster_shows_one_tree() -> No
         name="ds", mounts=[Mount(uri="s3://b/a", name="train"), Mount(uri="s3://b/b", path="/val")]
     )
     assert validation.check_dataset(named) == []
+
+
+def test_the_agents_webhook_and_images_are_checked_before_pods_meet_them() -> None:
+    def said(**kw: Any) -> dict[str, str]:
+        return where(validation.check_agent(AgentConfig(cluster_file="c.toml", **kw)))
+
+    # the API server would call https://0.0.0.0/..., for which the certificate is not
+    assert "give webhook_url" in said(webhook_host="0.0.0.0")["agent.webhook_url"]
+    assert said(webhook_host="0.0.0.0", webhook_url="https://ff.ns.svc:8443/mutate") == {}
+    for url, why in (
+        ("http://x/mutate", "https:// only"),
+        ("not a url", "https:// only"),
+        ("https://h/m?x=1", "no query"),
+        ("https://u:pw@h/m", "a user or password"),
+        ("https:///mutate", "names no host"),
+    ):
+        got = said(webhook_url=url)["agent.webhook_url"]
+        assert why in got and "pw" not in got, url
+    assert said(webhook=False, webhook_host="0.0.0.0") == {}  # (no webhook: nothing to call)
+    for image in ("", " ", "Not A Valid:Image!", "ghcr.io/ff/ff:1 "):
+        assert "not an image reference" in said(sidecar_image=image)["agent.sidecar_image"]
+        assert "not an image reference" in said(worker_image=image)["agent.worker_image"]
+    for image in ("fluidfed:dev", "127.0.0.1:5000/ff/ff:t", "ghcr.io/ff/ff@sha256:" + "a" * 64):
+        assert said(sidecar_image=image) == {}
+    # an hourly look renews a certificate: one that lapses sooner, or is renewed on every
+    # look (a loop that spun), is refused
+    short = said(webhook_cert_lifetime=Duration(600))
+    assert "at least 1d" in short["agent.webhook_cert_lifetime"]
+    for before in (0, 40 * 86400):
+        renew = said(webhook_renew_before=Duration(before))
+        assert "below webhook_cert_lifetime" in renew["agent.webhook_renew_before"]
+    assert "names no host" in said(api_url="https://", api_host="0.0.0.0")["agent.api_url"]

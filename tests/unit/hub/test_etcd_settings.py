@@ -62,4 +62,8 @@ def test_an_etcd_password_is_not_sent_in_clear_beyond_loopback() -> None:
     )
     tls = HubConfig(store="etcd://10.0.0.2:2379", etcd_username="root", etcd_ca_file="ca.pem")
     assert validation.check_hub(tls) == []
+    mutual = HubConfig(
+        store="etcd://10.0.0.2:2379", etcd_username="root", etcd_cert_file="c", etcd_key_file="k"
+    )
+    assert validation.check_hub(mutual) == []  # (TLS, the system's roots trusted)
     assert validation.check_hub(HubConfig(store="etcd://10.0.0.2:2379")) == []  # (no password)

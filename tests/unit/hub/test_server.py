@@ -1,5 +1,6 @@
 """The hub refuses to serve plain HTTP where other machines reach it."""
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -16,9 +17,10 @@ async def test_plain_http_beyond_loopback_is_refused_before_anything_opens(
     """Tokens would cross the network in clear: said at start, with what to do, before the
     store or a port is opened."""
     for host in ("0.0.0.0", "::", "10.0.0.5", "hub.example.com"):
-        cfg = HubConfig(host=host, data_dir=str(tmp_path / "hub"))
+        cfg = HubConfig(host=host, port=0, data_dir=str(tmp_path / "hub"))
         with pytest.raises(ConfigError, match="beyond loopback") as info:
-            await server.serve(cfg, ready_line=False)
+            # (without the check it would serve on: the timeout fails the test, not hangs it)
+            await asyncio.wait_for(server.serve(cfg, ready_line=False), timeout=30)
         (p,) = info.value.problems
         assert p.path == "hub.host" and "tls_cert_file" in p.message and "plain_http" in p.message
         assert not (tmp_path / "hub" / "catalog.db").exists()

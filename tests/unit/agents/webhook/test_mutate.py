@@ -258,6 +258,21 @@ def test_unlabelled_pods_and_pods_asking_for_nothing_pass_untouched() -> None:
             "no such volume",
         ),
         (pod(), "ml", Capabilities(privileged=False), "admits no privileged sidecar"),
+        (  # two sidecars' FUSE mounts on one directory, each unmounting the other's
+            pod(
+                volumes=[{"name": "d", "emptyDir": {}}],
+                annotations={"fluidfed.io/datasets": "imagenet=d,coco=d"},
+            ),
+            "ml",
+            PRIV,
+            "give each dataset a volume of its own",
+        ),
+        (  # the API server refuses shareProcessNamespace beside hostPID
+            {**pod(), "spec": {**pod()["spec"], "hostPID": True}},
+            "ml",
+            LEGACY,
+            "drop hostPID",
+        ),
         (
             pod(),
             "ml",
@@ -458,3 +473,19 @@ def test_legacy_init_containers_that_do_not_read_the_dataset_are_allowed() -> No
     out = injected(p, caps=LEGACY)
     assert [c["name"] for c in out["spec"]["initContainers"]] == ["prep"]
     assert [c["name"] for c in out["spec"]["containers"]] == ["fluidfed-imagenet", "app"]
+
+
+def test_a_dataset_and_volume_named_twice_give_one_sidecar() -> None:
+    p = pod(
+        volumes=[{"name": "ds", "emptyDir": {}}],
+        annotations={"fluidfed.io/datasets": "imagenet=ds,imagenet=ds"},
+    )
+    out = injected(p)
+    assert [c["name"] for c in out["spec"]["initContainers"]] == ["fluidfed-imagenet"]
+
+
+def test_a_pod_with_host_pid_gets_its_sidecar_where_sidecars_are_native() -> None:
+    p = pod()
+    p["spec"]["hostPID"] = True
+    out = injected(p)
+    assert "shareProcessNamespace" not in out["spec"]
