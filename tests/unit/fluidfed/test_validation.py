@@ -570,6 +570,7 @@ def test_a_dataset_name_fluid_refuses_is_refused_by_the_hub_not_by_a_running_cop
     )
     old = Dataset(name="2024-imagenet", mounts=[Mount(uri="s3://b/p")])
     assert validation.check_dataset(old, new=False) == []
+    assert validation.check_dataset(old, named=False) == []  # (the hub holds it: updatable)
     assert (
         validation.check_dataset(Dataset(name="imagenet-2024", mounts=[Mount(uri="s3://b/p")]))
         == []
