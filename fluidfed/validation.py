@@ -259,7 +259,11 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
     return problems
 
 
-def check_cache(cache: CacheSpec, path: str, *, new: bool = True) -> list[Problem]:
+def check_cache(
+    cache: CacheSpec, path: str, *, new: bool = True, rooted: bool = False
+) -> list[Problem]:
+    """`new`: as `check_dataset` says; `rooted`: disk tiers without a path keep their
+    blocks under a cache root the process has (a worker's or a sidecar's --cache-dir)."""
     problems: list[Problem] = []
     problems += check_quantity(cache.resources.cpu, f"{path}.resources.cpu")
     problems += check_quantity(cache.resources.memory, f"{path}.resources.memory")
@@ -327,7 +331,7 @@ def check_cache(cache: CacheSpec, path: str, *, new: bool = True) -> list[Proble
             problems.append(
                 Problem("quota is above 1PiB per worker: is it a typo?", path=f"{p}.quota")
             )
-        if tier.medium != "MEM" and not tier.path:
+        if tier.medium != "MEM" and not tier.path and not rooted:
             problems.append(
                 Problem(f"a {tier.medium} tier needs a directory in 'path'", path=f"{p}.path")
             )
@@ -866,6 +870,7 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
         if not getattr(a, name) > 0:  # (a loop on 0 spins a core)
             problems.append(Problem(f"{name} must be above zero", path=f"{path}.{name}"))
     problems += _check_webhook(a, path)
+    problems += _check_certificates(a, path)
     for name in ("worker_image", "sidecar_image"):
         image = getattr(a, name)
         if not _IMAGE.fullmatch(image):
@@ -880,10 +885,13 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
     return problems
 
 
-# an image reference as the kubelet takes it: [host[:port]/]path[:tag][@digest]
+# an image reference as the kubelet takes it (the distribution grammar, ASCII):
+# [domain[:port]/]component[/component...][:tag][@algorithm:hex]
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE = re.compile(
-    r"(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?(?:@[a-z0-9]+:[a-f0-9]{32,})?"
+    rf"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-f]{32,})?",
+    re.ASCII,
 )
 MIN_WEBHOOK_CERT = 86400.0  # a day: renewed hourly at most, a shorter one lapses between
 
@@ -931,20 +939,28 @@ def _check_webhook(a: AgentConfig, path: str) -> list[Problem]:
                 path=f"{path}.webhook_url",
             )
         )
+    return problems
+
+
+def _check_certificates(a: AgentConfig, path: str) -> list[Problem]:
+    """The lifetime of the certificates the agent makes itself (its webhook's and its API's
+    serving ones) and when they are renewed: looked at hourly, one that lapses sooner, or
+    is due again on every look (a loop that spins), is refused."""
     if a.webhook_cert_lifetime < MIN_WEBHOOK_CERT:
-        problems.append(
+        return [
             Problem(
-                "webhook_cert_lifetime must be at least 1d: the certificate is looked at "
+                "webhook_cert_lifetime must be at least 1d: the certificates are looked at "
                 "hourly, and a shorter one lapses before it is renewed",
                 path=f"{path}.webhook_cert_lifetime",
             )
-        )
-    elif not 0 < a.webhook_renew_before < a.webhook_cert_lifetime:
-        problems.append(
+        ]
+    if not 3600 <= a.webhook_renew_before <= a.webhook_cert_lifetime / 2:
+        return [
             Problem(
-                "webhook_renew_before must be above zero and below webhook_cert_lifetime "
-                f"({format_duration(a.webhook_cert_lifetime)})",
+                "webhook_renew_before must be at least 1h and at most half of "
+                f"webhook_cert_lifetime ({format_duration(a.webhook_cert_lifetime / 2)}): "
+                "renewed on every look otherwise",
                 path=f"{path}.webhook_renew_before",
             )
-        )
-    return problems
+        ]
+    return []

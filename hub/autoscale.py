@@ -81,7 +81,7 @@ def within(policy: AutoscalePolicy, cache: CacheSpec) -> AutoscalePolicy:
     """`policy` with its bounds inside the cache's own (`cache.min_replicas`,
     `max_replicas`): the hub refuses a spec whose bounds reach past them, and a spec stored
     before it did is held to them here."""
-    lo = max(policy.min_replicas, cache.min_replicas)
+    lo = min(max(policy.min_replicas, cache.min_replicas), cache.max_replicas)
     hi = max(lo, min(policy.max_replicas, cache.max_replicas))
     if (lo, hi) == (policy.min_replicas, policy.max_replicas):
         return policy

@@ -71,6 +71,8 @@ def replicas_for(dataset: Dataset, current: Binding | None) -> int:
     policy = autoscale.within(dataset.autoscale, dataset.cache)
     if current is None:
         return max(policy.min_replicas, min(dataset.cache.replicas, policy.max_replicas))
+    if current.replicas == 0 and policy.idle_after > 0:
+        return 0  # scaled to zero while idle: the autoscaler brings it back on reads
     return max(policy.min_replicas, min(current.replicas, policy.max_replicas))
 
 

@@ -141,7 +141,7 @@ def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
         )
     # checked as `fluidfed validate` checks it, before anything mounts: a zero block size,
     # a NaN timeout or a sub-path with '..' failed every read instead
-    problems = check_config(cfg)
+    problems = check_config(cfg, rooted=bool(getattr(args, "cache_dir", "")))
     if problems:
         where = args.config or args.fluid_config or ""
         raise ConfigError([msgspec.structs.replace(p, file=where) for p in problems])

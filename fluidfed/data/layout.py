@@ -167,9 +167,12 @@ def own_tiers(tiers: list[CacheTier], pod: str) -> list[CacheTier]:
     ]
 
 
-def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
+def check_config(cfg: SidecarConfig | WorkerConfig, *, rooted: bool = False) -> list[Problem]:
     """The rules of a sidecar's or a worker's settings that their types cannot say (the
-    dataset's own rules for its name and mounts, the sub-path, the peers, the agent)."""
+    dataset's own rules for its name and mounts, the sub-path, the peers, the agent).
+    `rooted`: a sidecar given --cache-dir, where disk tiers without a path keep their
+    blocks (a worker always has one: its --cache-dir, /cache by default)."""
+    rooted = rooted or isinstance(cfg, WorkerConfig)
     as_dataset = Dataset(name=cfg.dataset, mounts=cfg.mounts)
     problems = [
         Problem(p.message, path=p.path.removeprefix("dataset."))
@@ -185,7 +188,7 @@ def check_config(cfg: SidecarConfig | WorkerConfig) -> list[Problem]:
             for t in tiers
         ]
     spec = CacheSpec(tiers=tiers, block_size=_bytes(cfg.block_size))
-    for p in validation.check_cache(spec, "", new=False):
+    for p in validation.check_cache(spec, "", new=False, rooted=rooted):
         problems.append(Problem(p.message, path=p.path.replace(".tiers", field, 1).lstrip(".")))
     if isinstance(cfg, SidecarConfig):
         if cfg.sub_path.startswith("/") or ".." in cfg.sub_path.split("/"):

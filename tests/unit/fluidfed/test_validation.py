@@ -670,7 +670,15 @@ def test_the_agents_webhook_and_images_are_checked_before_pods_meet_them() -> No
     # look (a loop that spun), is refused
     short = said(webhook_cert_lifetime=Duration(600))
     assert "at least 1d" in short["agent.webhook_cert_lifetime"]
-    for before in (0, 40 * 86400):
-        renew = said(webhook_renew_before=Duration(before))
-        assert "below webhook_cert_lifetime" in renew["agent.webhook_renew_before"]
+    # (the API's own certificate takes the same settings: checked without the webhook too)
+    assert (
+        "at least 1d"
+        in said(webhook=False, webhook_cert_lifetime=Duration(600))["agent.webhook_cert_lifetime"]
+    )
+    for before in (0, 0.001, 86400 - 60, 40 * 86400):
+        renew = said(webhook_cert_lifetime=Duration(86400), webhook_renew_before=Duration(before))
+        assert "at most half" in renew["agent.webhook_renew_before"], before
+    assert said(webhook_cert_lifetime=Duration(86400), webhook_renew_before=Duration(3600)) == {}
+    for image in ("ff:dév", "a___b/c", "ff/a..b"):  # (the kubelet: InvalidImageName)
+        assert "not an image reference" in said(worker_image=image)["agent.worker_image"]
     assert "names no host" in said(api_url="https://", api_host="0.0.0.0")["agent.api_url"]

@@ -20,6 +20,7 @@ from fluidfed.models import (
     SelectorOp,
     SelectorRequirement,
 )
+from fluidfed.units import Duration
 from hub import placement
 
 
@@ -215,6 +216,33 @@ def test_a_spec_stored_with_autoscale_past_the_caches_bounds_is_held_to_them() -
         autoscale.within(policy, floor).max_replicas,
     ) == (3, 5)
     assert autoscale.within(policy, CacheSpec()) is policy  # (the defaults agree)
+    high = msgspec.structs.replace(policy, min_replicas=5)
+    small = CacheSpec(replicas=1, max_replicas=3)
+    assert (
+        autoscale.within(high, small).min_replicas,
+        autoscale.within(high, small).max_replicas,
+    ) == (3, 3)
+
+
+def test_a_binding_scaled_to_zero_while_idle_stays_there_when_placed_again() -> None:
+    """The autoscaler scales an idle dataset to zero below its minimum (idle_after); a
+    placement again (any cluster's change) lifted it back to the minimum, and the two
+    took turns."""
+    policy = AutoscalePolicy(
+        targets=[AutoscaleTarget(metric="hit_ratio", target=0.9)],
+        min_replicas=2,
+        idle_after=Duration(60),
+    )
+    ds = testing.dataset("ds", cache=CacheSpec(replicas=2), autoscale=policy)
+    first = placement.place(ds, 1, FLEET[:1], {})
+    idle = {"a": msgspec.structs.replace(first["a"], replicas=0)}
+    assert placement.place(ds, 2, FLEET[:1], idle)["a"].replicas == 0
+    no_idle = testing.dataset(
+        "ds",
+        cache=CacheSpec(replicas=2),
+        autoscale=msgspec.structs.replace(policy, idle_after=Duration(0)),
+    )
+    assert placement.place(no_idle, 2, FLEET[:1], idle)["a"].replicas == 2
 
 
 def test_placement_is_deterministic() -> None:

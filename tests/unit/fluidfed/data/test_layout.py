@@ -170,3 +170,18 @@ def test_a_data_path_config_refuses_what_would_spin_or_fail_every_read() -> None
     )
     got = {p.path: p.message for p in check_config(worker)}
     assert set(got) == {"read_timeout", "report_interval", "fetch_concurrency"}
+
+
+def test_disk_tiers_without_a_path_pass_where_a_cache_root_keeps_them() -> None:
+    """A worker always has a cache root (--cache-dir, /cache by default), a sidecar where
+    it is given one: a tier without a path keeps its blocks there."""
+    from fluidfed.data.layout import SidecarConfig, WorkerConfig, check_config
+    from fluidfed.models import CacheTier
+    from fluidfed.units import ByteSize
+
+    ssd = [CacheTier(medium="SSD", quota=ByteSize(2**30))]
+    worker = WorkerConfig(dataset="d", mounts=[Mount(uri="s3://b/p")], tiers=ssd)
+    assert check_config(worker) == []
+    side = SidecarConfig(dataset="d", mounts=[Mount(uri="s3://b/p")], cache=ssd)
+    assert check_config(side, rooted=True) == []
+    assert "needs a directory" in {p.path: p.message for p in check_config(side)}["cache[0].path"]
