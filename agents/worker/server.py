@@ -482,6 +482,26 @@ def make_app(worker: Worker) -> web.Application:
     return app
 
 
+def _in_url(host: str) -> str:
+    """`host` as a URL names it: an IPv6 address in brackets (http://::1:7070 parses as no
+    host at all)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def not_among_peers(url: str, cfg: WorkerConfig) -> str:
+    """What to say where this worker's own URL is not one its peers are named by (a list
+    of endpoints, not a statefulset's): it then owns no block, so a warm-up pulls nothing
+    and says it is done, and its reader's runs are not read ahead ("" if it is there)."""
+    peers = [e.rstrip("/") for e in cfg.workers.endpoints]
+    if not peers or cfg.workers.statefulset or url.rstrip("/") in peers:
+        return ""
+    return (
+        f"this worker's URL {url} is not among its peers ({', '.join(peers)}): it owns no "
+        "block, so warm-ups pull nothing; give --advertise with the URL its peers name it "
+        "by, or list it in workers.endpoints"
+    )
+
+
 async def serve(
     cfg: WorkerConfig,
     *,
@@ -510,7 +530,7 @@ async def serve(
                 advertise = f"{scheme}://{host_name}.{cfg.workers.service}:{cfg.workers.port}"
         worker = Worker(
             cfg,
-            url=advertise or f"{scheme}://{host}:{port}",
+            url=advertise or f"{scheme}://{_in_url(host)}:{port}",
             cache_root=cache_root,
             config_path=config_path,
             credentials_path=credentials_path,
@@ -525,7 +545,9 @@ async def serve(
         for addr in runner.addresses:
             site_port = int(addr[1])
         if not advertise:
-            worker.url = f"{scheme}://{host}:{site_port}"
+            worker.url = f"{scheme}://{_in_url(host)}:{site_port}"
+        if stray := not_among_peers(worker.url, cfg):
+            log.warning("%s", stray)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -76,3 +76,23 @@ def test_a_worker_refuses_a_config_that_would_fail_before_it_serves(tmp_path: Pa
     got = {p.path: p for p in info.value.problems}
     assert set(got) == {"fetch_concurrency", "report_interval", "--port"}
     assert got["fetch_concurrency"].file == str(cfg)
+
+
+def test_a_worker_not_named_among_its_peers_says_so() -> None:
+    """Run with --host 0.0.0.0 (or localhost) and no --advertise, a worker's URL is not
+    one its peers name: it owns no block, and a warm-up pulled nothing and said done."""
+    from agents.worker import server
+    from fluidfed.data.layout import Peers, WorkerConfig
+    from fluidfed.models import Mount
+
+    cfg = WorkerConfig(
+        dataset="d",
+        mounts=[Mount(uri="s3://b/p")],
+        workers=Peers(endpoints=["http://127.0.0.1:7070/"]),
+    )
+    said = server.not_among_peers("http://0.0.0.0:7070", cfg)
+    assert "not among its peers" in said and "--advertise" in said
+    assert server.not_among_peers("http://127.0.0.1:7070", cfg) == ""
+    alone = WorkerConfig(dataset="d", mounts=[Mount(uri="s3://b/p")])
+    assert server.not_among_peers("http://0.0.0.0:7070", alone) == ""  # (no peers listed)
+    assert server._in_url("::1") == "[::1]" and server._in_url("127.0.0.1") == "127.0.0.1"
