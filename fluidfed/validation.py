@@ -9,7 +9,7 @@ import ipaddress
 import math
 import posixpath
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import msgspec
 
@@ -73,18 +73,32 @@ MAX_TIER_QUOTA = 2**50  # 1 PiB per worker and tier
 MAX_SPEC_BYTES = 256 * 2**10
 
 
+def _split(uri: str) -> tuple[SplitResult, None] | tuple[None, ValueError]:
+    """`uri` parsed, its port read (the parser raises only then, for a port of letters or
+    out of range, or a broken IPv6 literal); or why it cannot be."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (read for its ValueError)
+    except ValueError as err:
+        return None, err
+    return parts, None
+
+
+def _secret_params(query: str) -> list[str]:
+    """The query's parameters that sign, authorize or hold a credential."""
+    return [k for k, _ in parse_qsl(query) if _SECRET_QUERY.match(k) or _SECRET_OPTION.search(k)]
+
+
 def redacted(uri: str) -> str:
     """A URI fit to print: user and password replaced (they never belong in a spec);
     scheme://*** alone where they end the host part early for the parser, or it cannot
     parse it."""
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 (ValueError where the host part is broken)
-    except ValueError:
+    parts, _ = _split(uri)
+    if parts is None:
         return f"{_host_part(uri)[0] or 'uri'}://***"
     if carries_user(uri):
         return f"{parts.scheme}://***"
-    if any(_SECRET_QUERY.match(k) or _SECRET_OPTION.search(k) for k, _ in parse_qsl(parts.query)):
+    if _secret_params(parts.query):
         parts = parts._replace(query="***")
         uri = parts.geturl()
     if parts.username is None and parts.password is None:
@@ -409,13 +423,7 @@ def _authority_problem(uri: str) -> str:
     scheme, first, _ = _host_part(uri)
     if not first:
         return ""
-    try:
-        parsed = urlsplit(uri)
-        parsed.port  # noqa: B018 (ValueError: out of range, or a broken IPv6 literal)
-    except ValueError as err:
-        broken: ValueError | None = err
-    else:
-        broken = None
+    _, broken = _split(uri)
     if carries_user(uri):  # (shown as scheme://*** alone: a '@' or '/' in it cuts anywhere)
         return (
             f"uri '{scheme}://***' carries credentials: remove them from the URI and name a "
@@ -579,11 +587,7 @@ def check_dataset(
             continue  # (nothing else of it is read, nor shown)
         parts = urlsplit(m.uri)
         shown = redacted(m.uri)
-        signed = [
-            k
-            for k, _ in parse_qsl(parts.query)
-            if _SECRET_QUERY.match(k) or _SECRET_OPTION.search(k)
-        ]
+        signed = _secret_params(parts.query)
         if parts.username is not None or parts.password is not None or signed:
             if signed:  # neither the signature nor a password beside it is shown
                 shown = urlsplit(redacted(m.uri))._replace(query="***").geturl()
@@ -782,12 +786,13 @@ def hub_url_problem(value: str) -> str:
                 "the hub's URL carries credentials: remove them, and give the token with "
                 "--token, FLUIDFED_TOKEN or a token file"
             )
-        try:
-            parts = urlsplit(url)
-            port_ok = parts.port is None or parts.port > 0
-        except ValueError:  # "http://[::1", a port past 65535
-            parts, port_ok = urlsplit(""), False
-        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        parts, _ = _split(url)  # (None: "http://[::1", a port past 65535)
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.port == 0
+        ):
             return f"expected http(s)://HOST[:PORT], got {url!r}"
     return ""
 
@@ -859,10 +864,10 @@ def check_agent(a: AgentConfig, path: str = "agent") -> list[Problem]:
                 path=f"{path}.api_url",
             )
         )
-    if a.api_url and scheme in ("http", "https") and url_host_problem(a.api_url):
+    if a.api_url and scheme in ("http", "https") and (bad := url_host_problem(a.api_url)):
         problems.append(
             Problem(
-                f"api_url: {url_host_problem(a.api_url)} (e.g. https://agent.ns.svc:8471)",
+                f"api_url: {bad} (e.g. https://agent.ns.svc:8471)",
                 path=f"{path}.api_url",
             )
         )
@@ -900,11 +905,9 @@ def url_host_problem(url: str) -> str:
     """What keeps `url` from naming a host to call ("" if nothing)."""
     if carries_user(url):
         return "a user or password does not go in it"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (ValueError: a port of letters or out of range)
-    except ValueError as err:
-        return str(err)
+    parts, broken = _split(url)
+    if parts is None:
+        return str(broken)
     if not parts.hostname:
         return "it names no host"
     if parts.query or parts.fragment:
