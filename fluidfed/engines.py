@@ -20,6 +20,7 @@ apply, so a spec it accepts does not fail in the cluster.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,16 @@ REFERENCE_SCHEME = "dataset"  # Fluid's reference datasets: any engine's cluster
 FLUIDFED_OPTIONS = ("timeout", "connect_timeout")
 # the keys of the Secret a mount names, as fluidfed documents them
 ACCESS_KEY, SECRET_KEY, METAURL = "access-key", "secret-key", "metaurl"
-_NAS = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+\.nas\.aliyuncs\.com$")
+# Fluid's EFCRuntime matches the URI as written (efc/utils.go getMountInfo): lower case,
+# and a ':' after the server
+_NAS_URI = re.compile(r"nfs://[a-z0-9-]+\.[a-z0-9-]+\.nas\.aliyuncs\.com:/.*")
+# `juicefs format <metaurl> <name>`, which Fluid's JuiceFSRuntime runs in its FUSE pods with
+# the mount's name, refuses any other name (JuiceFS's cmd/format.go) and, on a volume
+# formatted before, renames the volume to it
+_JUICEFS_VOLUME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+# ThinRuntime mounts each Secret of encryptOptions as the volume thin-fuseconfig-<secret>
+# (thin/transform_config.go), a DNS label of at most 63 characters
+_THIN_SECRET_VOLUME = "thin-fuseconfig-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +131,22 @@ def secret_names(engine: str, m: Mount) -> dict[str, str]:
     return _SECRET_NAMES.get((engine, sch), {ACCESS_KEY: ACCESS_KEY, SECRET_KEY: SECRET_KEY})
 
 
+def fluid_name(m: Mount, index: int) -> str:
+    """The name of mount `m` (number `index`) in a Fluid Dataset: Fluid needs one."""
+    return m.name or f"m{index}"
+
+
+def fluid_path(path: str) -> str:
+    """A mount's path as Fluid reads it: absolute and normalised (Alluxio and Jindo put a
+    relative path at /<name> instead, ThinRuntime compares paths as written)."""
+    return posixpath.normpath("/" + path.lstrip("/"))
+
+
 def fluid_mount(engine: Engine, m: Mount, index: int) -> dict[str, Any]:
     """Mount `m` (number `index`) of a Fluid Dataset, as `engine` reads it."""
-    mount: dict[str, Any] = {"mountPoint": _mount_point(engine, m), "name": m.name or f"m{index}"}
+    mount: dict[str, Any] = {"mountPoint": _mount_point(engine, m), "name": fluid_name(m, index)}
     if m.path:
-        mount["path"] = m.path
+        mount["path"] = fluid_path(m.path)
     options = _options(engine, m)
     if options:
         mount["options"] = options
@@ -202,8 +223,23 @@ def check(d: Dataset, path: str = "dataset") -> list[Problem]:
                 path=f"{path}.cache.tiers[1]",
             )
         )
+    named: dict[str, int] = {}
     for i, m in enumerate(d.mounts):
-        problems += _check_mount(engine, rule, m, f"{path}.mounts[{i}]")
+        p = f"{path}.mounts[{i}]"
+        problems += _check_mount(engine, rule, m, p)
+        name = fluid_name(m, i)
+        j = named.setdefault(name, i)
+        if j != i:
+            given = m.name and d.mounts[j].name
+            problems.append(
+                Problem(
+                    f"mounts[{j}] and mounts[{i}] are both named {name!r} in Fluid's Dataset"
+                    f"{'' if given else ' (an unnamed mount number i is m<i> there)'}, and "
+                    "Fluid's runtimes refuse or merge two mounts of one name: give each a "
+                    "name of its own",
+                    path=f"{p}.name",
+                )
+            )
     if engine == "fluidfed":
         problems += check_one_secret(d, path)
     return problems
@@ -237,6 +273,16 @@ def _check_mount(engine: Engine, rule: EngineRule, m: Mount, p: str) -> list[Pro
             )
         ]
     problems: list[Problem] = []
+    if sch == "juicefs" and not _JUICEFS_VOLUME.fullmatch(m.name):
+        problems.append(
+            Problem(
+                "Fluid's JuiceFSRuntime runs `juicefs format` with the mount's name as the "
+                "volume's name: set 'name' to the JuiceFS volume's name (3-63 lowercase "
+                "letters, digits and '-'; JuiceFS refuses others, and renames a volume "
+                "formatted before to the name given)" + (f", not {m.name!r}" if m.name else ""),
+                path=f"{p}.name",
+            )
+        )
     if sch == "juicefs":
         for key, what in (("bucket", "the object storage's URL"), ("storage", "its type")):
             if not m.options.get(key):
@@ -255,12 +301,24 @@ def _check_mount(engine: Engine, rule: EngineRule, m: Mount, p: str) -> list[Pro
                     path=f"{p}.secret",
                 )
             )
-    if engine == "efc" and not _NAS.fullmatch(parts.hostname or ""):
+    if m.secret and rule.profile and len(_THIN_SECRET_VOLUME + m.secret) > 63:
         problems.append(
             Problem(
-                f"EFCRuntime mounts Alibaba Cloud NAS only: nfs://<id>.<region>.nas.aliyuncs."
-                f"com:/<dir>, not {parts.hostname or '(no server)'}; for another NFS server "
-                "mount it on the nodes and use file://, or engine thin with an NFS profile",
+                f"secret name {m.secret!r} is {len(m.secret)} characters: ThinRuntime "
+                f"mounts it as the volume {_THIN_SECRET_VOLUME}<secret>, a name of at most 63, "
+                f"so the Secret's may have at most {63 - len(_THIN_SECRET_VOLUME)}: name a "
+                "Secret with a shorter name",
+                path=f"{p}.secret",
+            )
+        )
+    if engine == "efc" and not _NAS_URI.fullmatch(m.uri):
+        server = parts.netloc.rpartition("@")[2]  # (as written; never a password)
+        problems.append(
+            Problem(
+                "EFCRuntime mounts Alibaba Cloud NAS only, written in lower case: nfs://<id>."
+                f"<region>.nas.aliyuncs.com:/<dir>, not {server or '(no server)'}; for another "
+                "NFS server mount it on the nodes and use file://, or engine thin with an NFS "
+                "profile",
                 path=f"{p}.uri",
             )
         )

@@ -557,6 +557,11 @@ def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
     return problems
 
 
+# the longest dataset name a cluster with Fluid takes: its runtime's Helm release is named
+# as the dataset, and Helm refuses release names past 53 characters
+FLUID_NAME_MAX = 53
+
+
 def check_dataset(
     d: Dataset, path: str = "dataset", *, named: bool = True, new: bool = True
 ) -> list[Problem]:
@@ -571,6 +576,15 @@ def check_dataset(
                 f"dataset name {d.name!r} starts with a digit: Fluid's dataset controller "
                 "refuses such names (a DNS-1035 label), and a dataset may be placed on a "
                 f"cluster with Fluid; start it with a letter (e.g. 'ds-{d.name}')",
+                path=f"{path}.name",
+            )
+        )
+    if named and new and not problems and len(d.name) > FLUID_NAME_MAX:
+        problems.append(
+            Problem(
+                f"dataset name {d.name!r} is {len(d.name)} characters: on a cluster with "
+                "Fluid it names a Helm release, which Helm takes up to "
+                f"{FLUID_NAME_MAX}; and a dataset may be placed on such a cluster: shorten it",
                 path=f"{path}.name",
             )
         )
@@ -652,6 +666,17 @@ def check_dataset(
             )
         where = m.path or (m.name if len(d.mounts) > 1 else "")
         mpath = posixpath.normpath("/" + where.lstrip("/"))
+        if new and m.path and mpath == "/" and len(d.mounts) > 1:
+            # (Fluid's Alluxio mounts a root path only as a dataset's one mount: its mount
+            # script skips it beside others, so that cluster's tree would lack it)
+            problems.append(
+                Problem(
+                    f"path {m.path!r} puts this mount at the dataset's root, where its "
+                    f"{len(d.mounts) - 1} other mount(s) appear too: give it a path of its "
+                    "own (e.g. '/" + (m.name or "data") + "'), or declare it alone",
+                    path=f"{p}.path",
+                )
+            )
         if mpath in mount_paths:
             problems.append(
                 Problem(

@@ -32,6 +32,7 @@ MOUNTS = [
     Mount(uri="nfs://nfs.storage:/exports/train"),
     Mount(
         uri="juicefs:///demo",
+        name="jfs-demo",
         options={"bucket": "http://minio.storage:9000/jfs", "storage": "minio"},
         secret="jfs-secret",
     ),

@@ -18,6 +18,7 @@ S3 = Mount(
 OSS = Mount(uri="oss://bucket/data", options={"endpoint": "https://oss.example"}, secret="oss")
 JFS = Mount(
     uri="juicefs:///demo",
+    name="jfs-demo",  # the JuiceFS volume's name
     options={"bucket": "http://minio:9000/jfs", "storage": "minio"},
     secret="jfs-secret",
 )
@@ -198,6 +199,64 @@ def problems(engine: str, *mounts: Mount, **cache: Any) -> list[tuple[str, str]]
             "dataset.mounts[1].secret",
             "one Secret's keys",
         ),
+        # Fluid's JuiceFSRuntime runs `juicefs format <metaurl> <mount name>`: JuiceFS
+        # refuses names outside its rule, and renames a volume formatted before
+        (
+            "juicefs",
+            [Mount(uri=JFS.uri, options=JFS.options, secret="s")],
+            {},
+            "dataset.mounts[0].name",
+            "juicefs format",
+        ),
+        (
+            "juicefs",
+            [Mount(uri=JFS.uri, name="m0", options=JFS.options, secret="s")],
+            {},
+            "dataset.mounts[0].name",
+            "not 'm0'",
+        ),
+        # ThinRuntime (the fluidfed engine's on clusters with Fluid) refuses two mounts of
+        # one name; an unnamed mount i is m<i> in Fluid's Dataset
+        (
+            "fluidfed",
+            [
+                Mount(uri="s3://a/p", name="x", path="/a"),
+                Mount(uri="s3://a/q", name="x", path="/b"),
+            ],
+            {},
+            "dataset.mounts[1].name",
+            "mounts[0] and mounts[1] are both named 'x'",
+        ),
+        (
+            "alluxio",
+            [Mount(uri="s3://a/p", path="/a"), Mount(uri="s3://a/q", name="m0")],
+            {},
+            "dataset.mounts[1].name",
+            "an unnamed mount number i is m<i> there",
+        ),
+        # ThinRuntime mounts the Secret as the volume thin-fuseconfig-<secret>
+        (
+            "fluidfed",
+            [Mount(uri="s3://a/p", secret="s" * 48)],
+            {},
+            "dataset.mounts[0].secret",
+            "at most 47",
+        ),
+        # EFCRuntime matches the URI as written: lower case, a ':' after the server
+        (
+            "efc",
+            [Mount(uri="nfs://0A1B2C-xyz.cn-hangzhou.nas.aliyuncs.com:/train")],
+            {},
+            "dataset.mounts[0].uri",
+            "written in lower case",
+        ),
+        (
+            "efc",
+            [Mount(uri="nfs://0a1b2c-xyz.cn-hangzhou.nas.aliyuncs.com/train")],
+            {},
+            "dataset.mounts[0].uri",
+            "NAS only",
+        ),
     ],
 )
 def test_an_engine_refuses_what_it_cannot_serve_with_the_field_path(
@@ -223,6 +282,28 @@ def test_an_engine_refuses_what_it_cannot_serve_with_the_field_path(
 )
 def test_what_each_engine_serves_passes(engine: str, mount: Mount, cache: dict[str, Any]) -> None:
     assert problems(engine, mount, **cache) == []
+
+
+def test_fluids_rules_leave_what_they_do_not_concern() -> None:
+    # a Secret name up to 47 on ThinRuntime, any on the engines without its volume; two
+    # mounts named apart; a JuiceFS volume name of 3
+    assert problems("fluidfed", Mount(uri="s3://a/p", secret="s" * 47)) == []
+    assert problems("alluxio", Mount(uri="s3://a/p", secret="s" * 63)) == []
+    two = [Mount(uri="s3://a/p", path="/a"), Mount(uri="s3://a/q", name="m2")]
+    assert problems("fluidfed", *two) == []
+    jfs = Mount(uri=JFS.uri, name="jfs", options=JFS.options, secret="s")
+    assert problems("juicefs", jfs) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "written"),
+    [("/train", "/train"), ("train", "/train"), ("train/../x/", "/x"), ("//a//b/", "/a/b")],
+)
+def test_fluid_reads_a_mounts_path_absolute_and_normalised(path: str, written: str) -> None:
+    # (Alluxio and Jindo put a relative path at /<name>; ThinRuntime compares them as written)
+    for engine in ("alluxio", "jindo", "fluidfed"):
+        got = engines.fluid_mount(engine, Mount(uri="s3://b/p", name="n", path=path), 0)
+        assert got["path"] == written
 
 
 def test_alluxio_reads_each_mount_with_its_own_secret() -> None:

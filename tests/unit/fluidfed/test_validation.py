@@ -577,6 +577,30 @@ def test_a_dataset_name_fluid_refuses_is_refused_by_the_hub_not_by_a_running_cop
     )
 
 
+def test_a_new_dataset_name_fits_a_helm_release_on_clusters_with_fluid() -> None:
+    """Fluid names its runtime's Helm release as the dataset, and Helm refuses release
+    names past 53 characters; a name the hub holds already can still be updated."""
+    long = Dataset(name="d" * 54, mounts=[Mount(uri="s3://b/p")])
+    got = where(validation.check_dataset(long))
+    assert "is 54 characters" in got["dataset.name"] and "53" in got["dataset.name"]
+    assert validation.check_dataset(long, named=False) == []
+    assert validation.check_dataset(long, new=False) == []
+    assert validation.check_dataset(Dataset(name="d" * 53, mounts=[Mount(uri="s3://b/p")])) == []
+
+
+def test_a_mount_at_the_root_is_a_datasets_only_mount() -> None:
+    """Fluid's Alluxio skips a mount at / beside others: the tree would lack it there."""
+    mounts = [Mount(uri="s3://b/p", name="a", path="/"), Mount(uri="s3://b/q", name="b")]
+    got = where(validation.check_dataset(Dataset(name="d", mounts=mounts)))
+    assert (
+        "at the dataset's root" in got["dataset.mounts[0].path"]
+        and "'/a'" in got["dataset.mounts[0].path"]
+    )
+    assert validation.check_dataset(Dataset(name="d", mounts=mounts), new=False) == []
+    alone = Dataset(name="d", mounts=[Mount(uri="s3://b/p", path="/")])
+    assert validation.check_dataset(alone) == []
+
+
 def test_loop_intervals_of_zero_are_refused() -> None:
     """A loop that sleeps 0 between rounds spins a core (measured: 0.97 CPU-s per second)."""
     hub = HubConfig(bookmark_interval=Duration(0), autoscale_interval=Duration(0))
