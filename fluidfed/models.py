@@ -222,6 +222,9 @@ class HubConfig(Spec, frozen=True):
     data_dir: str = ".fluidfed/hub"
     admin_token_file: str = ""  # read the admin token from this file ...
     admin_token_env: str = "FLUIDFED_ADMIN_TOKEN"  # ... or this variable; else generated
+    # a token that reads /metrics and nothing else (a Prometheus scrape's); without it
+    # /metrics takes the admin token or a cluster's, as /openapi.json does
+    metrics_token_file: str = ""
     lease_duration: Duration = _seconds(40)
     max_body: ByteSize = _bytes(2**20)
     event_history: Annotated[int, Meta(ge=100)] = 10000  # watch events kept, at most ...

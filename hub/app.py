@@ -34,6 +34,7 @@ from hub.store import Shared
 log = logging.getLogger("fluidfed.hub")
 CATALOG = web.AppKey("catalog", Catalog)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
+METRICS_TOKEN = web.AppKey("metrics_token", str)  # "": none (`metrics_token_file`)
 MAX_BODY = web.AppKey("max_body", int)
 AUTOSCALER = web.AppKey("autoscaler", Autoscaler)
 LEADERSHIP = web.AppKey("leadership", Leadership)
@@ -156,33 +157,51 @@ async def errors_mw(
     return resp
 
 
+# besides the API, what answers only with a token: the catalog's figures and its API's
+# shape (a caller without one learns nothing of the fleet); /healthz and /readyz answer
+# any caller, as the kubelet's probes cannot carry one
+GUARDED = ("/metrics", "/openapi.json")
+
+
 @web.middleware
 async def auth_mw(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if not request.path.startswith("/api/"):
-        return await handler(request)
+    path = request.path
+    guarded = path.startswith("/api/") or path in GUARDED
+    if guarded or (path == "/readyz" and "Authorization" in request.headers):
+        principal = await _principal(request)
+        if isinstance(principal, web.Response):
+            return principal if guarded else await handler(request)
+        if isinstance(principal, auth.Scraper) and path != "/metrics":
+            return error_response(403, "the metrics token reads /metrics only")
+        request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+async def _principal(request: web.Request) -> auth.Principal | web.Response:
+    """Who the request's token is, or the answer that refuses it (401, or 403 for a
+    cluster's agent without its certificate where agents must show one)."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         return error_response(401, "no token: send 'Authorization: Bearer <token>'")
     token = header.removeprefix("Bearer ").strip()
-    principal: auth.Principal
     if auth.same_token(token, auth.token_hash(request.app[ADMIN_TOKEN])):
-        principal = auth.Admin()
-    else:
-        cat = request.app[CATALOG]
+        return auth.Admin()
+    metrics = request.app[METRICS_TOKEN]
+    if metrics and auth.same_token(token, auth.token_hash(metrics)):
+        return auth.Scraper()
+    cat = request.app[CATALOG]
+    cluster = cat.cluster_of_token(token)
+    if cluster is None and await cat.sync():  # registered at another replica just now
         cluster = cat.cluster_of_token(token)
-        if cluster is None and await cat.sync():  # registered at another replica just now
-            cluster = cat.cluster_of_token(token)
-        if cluster is None:
-            return error_response(401, "unknown token")
-        principal = auth.ClusterAgent(cluster)
-        if request.app[MUTUAL_TLS]:
-            problem = _certificate_problem(request, cluster)
-            if problem:
-                return error_response(403, problem)
-    request[PRINCIPAL] = principal
-    return await handler(request)
+    if cluster is None:
+        return error_response(401, "unknown token")
+    if request.app[MUTUAL_TLS]:
+        problem = _certificate_problem(request, cluster)
+        if problem:
+            return error_response(403, problem)
+    return auth.ClusterAgent(cluster)
 
 
 @web.middleware
@@ -238,6 +257,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     cat = request.app[CATALOG]
+    if cat.store_problem and PRINCIPAL not in request:  # (the store's address, its error)
+        return web.Response(
+            status=503,
+            text="not ready: the catalog's store is failing (the hub's log says why, as "
+            "does /readyz asked with a token)",
+        )
     if cat.store_problem:
         return web.Response(status=503, text=f"not ready: {cat.store_problem}")
     leads = " leader" if request.app[LEADERSHIP].leading.is_set() else ""
@@ -548,6 +573,7 @@ def make_app(
     catalog: Catalog,
     admin_token: str,
     *,
+    metrics_token: str = "",
     max_body: int = 2**20,
     bookmark_interval: float = 10.0,
     autoscale_interval: float = 15.0,
@@ -560,6 +586,7 @@ def make_app(
     )
     app[CATALOG] = catalog
     app[ADMIN_TOKEN] = admin_token
+    app[METRICS_TOKEN] = metrics_token
     app[MAX_BODY] = max_body
     app[INSTRUMENTS] = Instruments.create()
     app[MUTUAL_TLS] = mutual_tls

@@ -26,7 +26,12 @@ class ClusterAgent:
     cluster: str
 
 
-Principal = Admin | ClusterAgent
+@dataclass(frozen=True, slots=True)
+class Scraper:
+    """The holder of the metrics token (`metrics_token_file`): reads /metrics, nothing else."""
+
+
+Principal = Admin | ClusterAgent | Scraper
 
 
 def new_cluster_token(cluster: str) -> str:
@@ -81,3 +86,29 @@ def load_admin_token(token_file: str, token_env: str, data_dir: Path) -> tuple[s
     data_dir.mkdir(parents=True, exist_ok=True)
     secretfile.write(path, token + "\n")
     return token, f"file {path} (generated)"
+
+
+def load_metrics_token(token_file: str) -> str:
+    """The token that reads /metrics alone (a Prometheus scrape's), from `token_file`; ""
+    if none is set (then /metrics takes the admin token or a cluster's)."""
+    if not token_file:
+        return ""
+    path = Path(token_file)
+    try:
+        token = path.read_text().strip()
+    except OSError as err:
+        raise ConfigError.one(
+            f"cannot read the metrics token file ({err.strerror}); write a token there (e.g. "
+            "`openssl rand -hex 32`), or drop metrics_token_file to read /metrics with the "
+            "admin token",
+            file=str(path),
+            path="hub.metrics_token_file",
+        ) from None
+    if len(token) < 16:
+        raise ConfigError.one(
+            "the metrics token file holds no token of 16 characters or more; write one there "
+            "(e.g. `openssl rand -hex 32`)",
+            file=str(path),
+            path="hub.metrics_token_file",
+        )
+    return token

@@ -123,6 +123,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
     ssl_context, tls_note = _tls(cfg, self_signed)
     _plain_beyond_loopback(cfg, ssl_context)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
+    metrics_token = auth.load_metrics_token(cfg.metrics_token_file)
     store, where = open_store(cfg)
     runner: web.AppRunner | None = None
     try:  # a catalog that cannot load, a port taken: the store's connections go too
@@ -136,6 +137,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         app = make_app(
             catalog,
             token,
+            metrics_token=metrics_token,
             max_body=cfg.max_body,
             bookmark_interval=cfg.bookmark_interval,
             autoscale_interval=cfg.autoscale_interval,

@@ -467,6 +467,12 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus text, to the holders of the binding's tokens (as `/status`): the figures
+    name the dataset and how its cache is used."""
+    return _refused(request, Action.STATUS) or await telemetry.metrics_endpoint(request)
+
+
 def make_app(worker: Worker) -> web.Application:
     app = web.Application(client_max_size=64 * 2**20)
     app[WORKER_KEY] = worker
@@ -478,7 +484,7 @@ def make_app(worker: Worker) -> web.Application:
     app.router.add_post(protocol.DRAIN, _drain)
     app.router.add_post(protocol.TOUCH, _touch)
     app.router.add_get(protocol.HEALTHZ, _healthz)
-    app.router.add_get(protocol.METRICS, telemetry.metrics_endpoint)
+    app.router.add_get(protocol.METRICS, _metrics)
     return app
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,11 @@ def fetch_json(url: str, token: str) -> Any:
         return json.load(r)
 
 
-def prometheus(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+def prometheus(url: str, token: str = "") -> dict[str, float]:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{url}/metrics", headers=auth), timeout=10
+    ) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
@@ -202,7 +206,10 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
         otlp = got["latest"]["fluidfed-sidecar"]
         prom_bytes = next(v for k, v in prom.items() if k.startswith("fluidfed_read_bytes"))
         assert prom_bytes == otlp["fluidfed.read.bytes"] > 0
-        wprom = await asyncio.to_thread(prometheus, worker.url)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # (no token: 401)
+            await asyncio.to_thread(prometheus, worker.url)
+        assert refused.value.code == 401
+        wprom = await asyncio.to_thread(prometheus, worker.url, token)
         assert any(k.startswith("fluidfed_cache_used") for k in wprom)
 
         # idle: back to the minimum once the scale-down window has passed

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -397,22 +398,57 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(hub: HubProcess, tmp_path
     assert f"{bad}:4: dataset.replicas: unknown key 'replicas'" in r.stderr
 
 
-def test_probes_metrics_and_openapi(hub: HubProcess) -> None:
-    async def go() -> None:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(hub.url + "/healthz") as r:
-                assert r.status == 200
-            async with s.get(hub.url + "/readyz") as r:
-                assert r.status == 200
-            async with s.get(hub.url + "/openapi.json") as r:
-                doc = await r.json()
-                assert "/api/v1/bindings" in doc["paths"]
-                assert "Dataset" in doc["components"]["schemas"]
-            async with s.get(hub.url + "/metrics") as r:
-                text = await r.text()
-                assert "fluidfed_hub_requests_total" in text
+def test_probes_answer_anyone_and_metrics_and_openapi_take_a_token(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
+    scrape = "m" * 8 + secrets.token_hex(16)
+    (tmp_path / "metrics-token").write_text(scrape + "\n")
+    toml = f'[hub]\nmetrics_token_file = "{tmp_path / "metrics-token"}"\n'
+    with configured_hub(tmp_path, toml, store_flags) as hub:
+        admin = {"Authorization": f"Bearer {hub.admin_token}"}
+        scraper = {"Authorization": f"Bearer {scrape}"}
 
-    asyncio.run(go())
+        async def status(s: aiohttp.ClientSession, path: str, headers: dict[str, str]) -> int:
+            async with s.get(hub.url + path, headers=headers) as r:
+                return r.status
+
+        async def go() -> None:
+            async with aiohttp.ClientSession() as s:
+                # the kubelet's probes carry no token
+                assert await status(s, "/healthz", {}) == 200
+                assert await status(s, "/readyz", {}) == 200
+                # the fleet's figures and the API's shape: only with a token
+                assert await status(s, "/metrics", {}) == 401
+                assert await status(s, "/openapi.json", {}) == 401
+                bad = {"Authorization": "Bearer " + "x" * 40}
+                assert await status(s, "/metrics", bad) == 401
+                async with s.get(hub.url + "/openapi.json", headers=admin) as r:
+                    doc = await r.json()
+                    assert "/api/v1/bindings" in doc["paths"]
+                    assert "Dataset" in doc["components"]["schemas"]
+                for who in (admin, scraper):
+                    async with s.get(hub.url + "/metrics", headers=who) as r:
+                        assert "fluidfed_hub_requests_total" in await r.text()
+                # the metrics token reads /metrics alone
+                assert await status(s, "/openapi.json", scraper) == 403
+                assert await status(s, "/api/v1/clusters", scraper) == 403
+                assert await status(s, "/api/v1/datasets", scraper) == 403
+
+        asyncio.run(go())
+
+
+def test_a_metrics_token_file_that_cannot_be_read_stops_the_hub_with_its_field(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'[hub]\nmetrics_token_file = "{tmp_path / "missing"}"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "fluidfed.cli.main", "hub", "serve", "--config", str(cfg),
+         "--port", "0", "--data-dir", str(tmp_path / "h")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "hub.metrics_token_file" in r.stderr and "metrics token file" in r.stderr, r.stderr
 
 
 def test_unreachable_hub_exits_1(tmp_path: Path) -> None:

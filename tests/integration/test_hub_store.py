@@ -35,9 +35,12 @@ def test_a_damaged_catalog_file_names_itself_and_what_to_do(tmp_path: Path) -> N
     assert "Traceback" not in r.stderr
 
 
-def _readyz(url: str) -> tuple[int, str]:
+def _readyz(url: str, token: str = "") -> tuple[int, str]:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url + "/readyz", timeout=10) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url + "/readyz", headers=auth), timeout=10
+        ) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
@@ -75,8 +78,11 @@ async def test_a_full_disk_turns_readyz_false_and_loses_nothing(small_disk: Path
                 await admin.apply_dataset(big)
             assert info.value.status == 503
             assert "catalog store" in info.value.reason and "free disk space" in info.value.reason
-            status, text = _readyz(hub.url)
+            status, text = _readyz(hub.url, hub.admin_token)
             assert status == 503 and "full" in text
+            # a caller without a token learns that, not the store's error
+            status, text = _readyz(hub.url)
+            assert status == 503 and "full" not in text and "store is failing" in text
             assert await admin.list_datasets() == []  # nothing half-applied
             filler.unlink()
             await admin.apply_dataset(big)  # space again: the hub goes on
