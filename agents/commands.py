@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from fluidfed import aio, config
+from fluidfed import aio, config, validation
 from fluidfed.errors import ConfigError, Problem
 from fluidfed.models import AgentConfig, Cluster, KubeAccess
 
@@ -217,6 +217,18 @@ def run_worker(args: argparse.Namespace) -> int:
     problems = [msgspec.structs.replace(p, file=args.config) for p in check_config(cfg)]
     if args.port is not None and not 0 <= args.port < 65536:
         problems.append(Problem(f"--port {args.port} is not a TCP port (0-65535)", path="--port"))
+    if not cfg.tls_cert_file and not cfg.plain_http and not validation.is_loopback(args.host):
+        problems.append(
+            Problem(
+                f"the worker would serve plain HTTP on {args.host}, beyond loopback: its "
+                "readers' tokens and the dataset's blocks would cross the network in clear. "
+                "Give tls_cert_file and tls_key_file (`fluidfed worker credentials --tls-dir` "
+                "makes them), or set plain_http = true where the network encrypts by other "
+                "means (a service mesh's mTLS)",
+                file=args.config,
+                path="plain_http",
+            )
+        )
     if problems:
         raise ConfigError(problems)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

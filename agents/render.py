@@ -101,6 +101,8 @@ def worker_config(
     if creds.tls is not None:
         doc["tls_cert_file"] = trust.worker_file(names.TLS_CERT_FILE)
         doc["tls_key_file"] = trust.worker_file(names.TLS_KEY_FILE)
+    else:  # (the cluster's operator turned the data path's TLS off: `data_tls`)
+        doc["plain_http"] = True
     if trust.ca_bundle(ctx, creds):
         doc["ca_file"] = trust.worker_file(names.CA_FILE)
     return doc

@@ -156,6 +156,10 @@ class WorkerConfig(Wire):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     ca_file: str = ""
+    # plain HTTP (no tls_cert_file) on an address beyond loopback: refused unless this is
+    # set, where the network encrypts by other means (the agent sets it where its
+    # operator turned the data path's TLS off: `data_tls`)
+    plain_http: bool = False
 
 
 def own_tiers(tiers: list[CacheTier], pod: str) -> list[CacheTier]:

@@ -143,6 +143,11 @@ def test_the_agents_api_ca_joins_what_workers_and_sidecars_trust() -> None:
     worker = json.loads(configs["ml"][names.WORKER_CONFIG])
     assert worker["ca_file"] == "/etc/fluidfed-credentials/ca.crt"
     assert "tls_cert_file" not in worker
+    # a worker without TLS serves plain HTTP on its pod's address only where told to (the
+    # agent renders it so where its operator turned the data path's TLS off)
+    assert worker["plain_http"] is True
+    with_tls = by_kind(render.desired(b, ctx, creds))["ConfigMap"]
+    assert all("plain_http" not in str(c["data"]) for c in with_tls)
 
 
 def test_the_agents_api_serves_https_beyond_loopback_or_when_told() -> None:
