@@ -267,9 +267,6 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
                 path=f"{path}.kubernetes",
             )
         )
-    if c.capabilities.csi and not c.capabilities.fluid:
-        # not an error: such a cluster gets sidecar mounts; said here so nobody is surprised
-        pass
     return problems
 
 
