@@ -71,6 +71,21 @@ RULES: dict[Engine, EngineRule] = {
     "efc": EngineRule("EFCRuntime", ("nfs",), one_mount=True),
 }
 
+# The longest dataset name each engine's runtime takes on a cluster with Fluid, and why:
+# Fluid names the runtime's Helm release after the dataset (Helm takes 53), and the
+# engines' charts name their objects after it, a StatefulSet among them (its pods'
+# controller-revision-hash label, <statefulset>-<hash of 10>, takes 63: kubernetes#64023)
+_HELM = "Fluid names its runtime's Helm release after the dataset, and Helm takes 53"
+NAME_MAX: dict[Engine, tuple[int, str]] = {
+    "fluidfed": (53, _HELM),
+    "thin": (53, _HELM),
+    "alluxio": (45, "AlluxioRuntime's StatefulSets are <dataset>-master and -worker"),
+    "jindo": (37, "JindoRuntime's StatefulSet is <dataset>-jindofs-master"),
+    "juicefs": (45, "JuiceFSRuntime's StatefulSet is <dataset>-worker"),
+    "efc": (45, "EFCRuntime's StatefulSets are <dataset>-master and -worker"),
+}
+_STS = ", and a StatefulSet's name takes 52 (its pods' controller-revision-hash label)"
+
 # (engine, scheme) -> {our option: the engine's}, and {our Secret key: the engine's name}
 _OPTION_NAMES: dict[tuple[str, str], dict[str, str]] = {
     ("alluxio", "s3"): {
@@ -158,6 +173,23 @@ def fluid_mount(engine: Engine, m: Mount, index: int) -> dict[str, Any]:
     return mount
 
 
+def check_name(d: Dataset, path: str = "dataset") -> list[Problem]:
+    """A new dataset's name as long as its engine's runtime takes on a cluster with Fluid
+    (`NAME_MAX`): a dataset may be placed on such a cluster."""
+    most, why = NAME_MAX[d.cache.engine]
+    if len(d.name) <= most:
+        return []
+    return [
+        Problem(
+            f"dataset name {d.name!r} is {len(d.name)} characters; engine "
+            f"{d.cache.engine} takes {most} on a cluster with Fluid ({why}"
+            f"{_STS if most < 53 else ''}), and a dataset may be placed on such a "
+            "cluster: shorten it",
+            path=f"{path}.name",
+        )
+    ]
+
+
 def engines_serving(sch: str) -> list[str]:
     return [e for e, r in RULES.items() if sch in r.schemes]
 
@@ -184,9 +216,11 @@ def check_one_secret(d: Dataset, path: str = "dataset") -> list[Problem]:
     return []
 
 
-def check(d: Dataset, path: str = "dataset") -> list[Problem]:
+def check(d: Dataset, path: str = "dataset", *, new: bool = True) -> list[Problem]:
     """What `d.cache.engine` cannot serve of `d`'s mounts, each with its field path.
-    Reference datasets (dataset://) are Fluid's own and need no engine."""
+    Reference datasets (dataset://) are Fluid's own and need no engine. `new`: with the
+    rules added since specs were first taken (False: a sidecar's or a worker's copy of a
+    binding, which reads the mounts itself and must still run)."""
     if is_reference(d):
         return _check_reference(d, path)
     engine = d.cache.engine
@@ -226,10 +260,10 @@ def check(d: Dataset, path: str = "dataset") -> list[Problem]:
     named: dict[str, int] = {}
     for i, m in enumerate(d.mounts):
         p = f"{path}.mounts[{i}]"
-        problems += _check_mount(engine, rule, m, p)
+        problems += _check_mount(engine, rule, m, p, new=new)
         name = fluid_name(m, i)
         j = named.setdefault(name, i)
-        if j != i:
+        if new and j != i:
             given = m.name and d.mounts[j].name
             problems.append(
                 Problem(
@@ -257,7 +291,7 @@ def _check_reference(d: Dataset, path: str) -> list[Problem]:
     ]
 
 
-def _check_mount(engine: Engine, rule: EngineRule, m: Mount, p: str) -> list[Problem]:
+def _check_mount(engine: Engine, rule: EngineRule, m: Mount, p: str, *, new: bool) -> list[Problem]:
     parts = urlsplit(m.uri)
     sch = parts.scheme
     if not engines_serving(sch):
@@ -273,7 +307,7 @@ def _check_mount(engine: Engine, rule: EngineRule, m: Mount, p: str) -> list[Pro
             )
         ]
     problems: list[Problem] = []
-    if sch == "juicefs" and not _JUICEFS_VOLUME.fullmatch(m.name):
+    if new and sch == "juicefs" and not _JUICEFS_VOLUME.fullmatch(m.name):
         problems.append(
             Problem(
                 "Fluid's JuiceFSRuntime runs `juicefs format` with the mount's name as the "
@@ -301,7 +335,7 @@ def _check_mount(engine: Engine, rule: EngineRule, m: Mount, p: str) -> list[Pro
                     path=f"{p}.secret",
                 )
             )
-    if m.secret and rule.profile and len(_THIN_SECRET_VOLUME + m.secret) > 63:
+    if new and m.secret and rule.profile and len(_THIN_SECRET_VOLUME + m.secret) > 63:
         problems.append(
             Problem(
                 f"secret name {m.secret!r} is {len(m.secret)} characters: ThinRuntime "

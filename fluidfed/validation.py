@@ -554,11 +554,6 @@ def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
     return problems
 
 
-# the longest dataset name a cluster with Fluid takes: its runtime's Helm release is named
-# as the dataset, and Helm refuses release names past 53 characters
-FLUID_NAME_MAX = 53
-
-
 def check_dataset(
     d: Dataset, path: str = "dataset", *, named: bool = True, new: bool = True
 ) -> list[Problem]:
@@ -576,15 +571,8 @@ def check_dataset(
                 path=f"{path}.name",
             )
         )
-    if named and new and not problems and len(d.name) > FLUID_NAME_MAX:
-        problems.append(
-            Problem(
-                f"dataset name {d.name!r} is {len(d.name)} characters: on a cluster with "
-                "Fluid it names a Helm release, which Helm takes up to "
-                f"{FLUID_NAME_MAX}; and a dataset may be placed on such a cluster: shorten it",
-                path=f"{path}.name",
-            )
-        )
+    if named and new and not problems:
+        problems += engines.check_name(d, path)
     problems += check_dns_label(d.namespace, f"{path}.namespace", "namespace")
     problems += check_labels(d.labels, f"{path}.labels")
     mount_paths: set[str] = set()
@@ -684,7 +672,7 @@ def check_dataset(
         mount_paths.add(mpath)
     if unparsed:  # (what follows parses every mount's uri: said once that is fixed)
         return problems
-    problems += engines.check(d, path)
+    problems += engines.check(d, path, new=new)
     problems += check_cache(d.cache, f"{path}.cache", new=new)
     problems += check_placement(d.placement, f"{path}.placement")
     namespaces: set[str] = set()

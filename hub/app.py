@@ -173,7 +173,7 @@ async def auth_mw(
         principal = await _principal(request)
         if isinstance(principal, web.Response):
             return principal if guarded else await handler(request)
-        if isinstance(principal, auth.Scraper) and path != "/metrics":
+        if isinstance(principal, auth.Scraper) and path not in ("/metrics", "/readyz"):
             return error_response(403, "the metrics token reads /metrics only")
         request[PRINCIPAL] = principal
     return await handler(request)

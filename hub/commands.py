@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 # the file and directory settings of [hub]: relative ones are taken from the config file's
 # directory, as in the agent's, worker's and sidecar's files (flags: from the current one)
 _PATHS = (
-    "data_dir", "admin_token_file", "tls_cert_file", "tls_key_file", "client_ca_file",
-    "etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_password_file",
+    "data_dir", "admin_token_file", "metrics_token_file", "tls_cert_file", "tls_key_file",
+    "client_ca_file", "etcd_ca_file", "etcd_cert_file", "etcd_key_file", "etcd_password_file",
 )  # fmt: skip
 
 

@@ -429,7 +429,8 @@ def test_probes_answer_anyone_and_metrics_and_openapi_take_a_token(
                 for who in (admin, scraper):
                     async with s.get(hub.url + "/metrics", headers=who) as r:
                         assert "fluidfed_hub_requests_total" in await r.text()
-                # the metrics token reads /metrics alone
+                # the metrics token reads /metrics alone (and the probes, as anyone does)
+                assert await status(s, "/readyz", scraper) == 200
                 assert await status(s, "/openapi.json", scraper) == 403
                 assert await status(s, "/api/v1/clusters", scraper) == 403
                 assert await status(s, "/api/v1/datasets", scraper) == 403

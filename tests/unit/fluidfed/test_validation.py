@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from devkit import testing
-from fluidfed import codec, validation
+from fluidfed import codec, engines, validation
 from fluidfed.errors import Problem
 from fluidfed.models import (
     Access,
@@ -577,15 +577,59 @@ def test_a_dataset_name_fluid_refuses_is_refused_by_the_hub_not_by_a_running_cop
     )
 
 
-def test_a_new_dataset_name_fits_a_helm_release_on_clusters_with_fluid() -> None:
-    """Fluid names its runtime's Helm release as the dataset, and Helm refuses release
-    names past 53 characters; a name the hub holds already can still be updated."""
-    long = Dataset(name="d" * 54, mounts=[Mount(uri="s3://b/p")])
-    got = where(validation.check_dataset(long))
-    assert "is 54 characters" in got["dataset.name"] and "53" in got["dataset.name"]
-    assert validation.check_dataset(long, named=False) == []
-    assert validation.check_dataset(long, new=False) == []
-    assert validation.check_dataset(Dataset(name="d" * 53, mounts=[Mount(uri="s3://b/p")])) == []
+@pytest.mark.parametrize(
+    ("engine", "most", "says"),
+    [
+        ("fluidfed", 53, "Helm takes 53"),
+        ("thin", 53, "Helm takes 53"),
+        ("alluxio", 45, "<dataset>-master"),
+        ("jindo", 37, "<dataset>-jindofs-master"),
+        ("juicefs", 45, "<dataset>-worker"),
+        ("efc", 45, "<dataset>-master"),
+    ],
+)
+def test_a_new_dataset_name_fits_what_its_engines_runtime_takes_on_clusters_with_fluid(
+    engine: str, most: int, says: str
+) -> None:
+    """Fluid names its runtime's Helm release after the dataset (Helm takes 53), and the
+    engines' charts a StatefulSet (52: its pods' controller-revision-hash label); a name
+    the hub holds already can still be updated."""
+    uri = {"juicefs": "juicefs:///d", "efc": "nfs://0a1b-x.cn-hangzhou.nas.aliyuncs.com:/d"}
+    mount = Mount(
+        uri=uri.get(engine, "s3://b/p"),
+        name="jfs" if engine == "juicefs" else "",
+        secret="s" if engine == "juicefs" else "",
+        options={"bucket": "http://m/b", "storage": "minio"} if engine == "juicefs" else {},
+    )
+    cache = CacheSpec(engine=engine, profile="p" if engine == "thin" else "")  # type: ignore[arg-type]
+    tiers = {"tiers": [cache.tiers[0]]} if engines.RULES[engine].one_tier else {}  # type: ignore[index]
+    cache = msgspec.structs.replace(cache, **tiers)
+
+    def ds(n: int) -> Dataset:
+        return Dataset(name="d" * n, mounts=[mount], cache=cache)
+
+    assert validation.check_dataset(ds(most)) == []
+    got = where(validation.check_dataset(ds(most + 1)))
+    assert f"is {most + 1} characters" in got["dataset.name"] and says in got["dataset.name"]
+    assert validation.check_dataset(ds(most + 1), named=False) == []
+    assert validation.check_dataset(ds(most + 1), new=False) == []
+
+
+def test_a_sidecars_or_a_workers_copy_taken_before_fluids_rules_still_runs() -> None:
+    """A binding's mounts as the hub took them before the rules Fluid's controllers hold
+    (two mounts of one name, a Secret past ThinRuntime's volume name) still load in the
+    sidecars and workers that read them themselves (`check_dataset(new=False)`)."""
+    mounts = [
+        Mount(uri="s3://b/p", name="a", path="/x", secret="s" * 48),
+        Mount(uri="s3://b/q", name="a", path="/y", secret="s" * 48),
+    ]
+    old = Dataset(name="d", mounts=mounts)
+    assert validation.check_dataset(old, new=False) == []
+    assert {p.path for p in validation.check_dataset(old)} == {
+        "dataset.mounts[0].secret",
+        "dataset.mounts[1].secret",
+        "dataset.mounts[1].name",
+    }
 
 
 def test_a_mount_at_the_root_is_a_datasets_only_mount() -> None:
