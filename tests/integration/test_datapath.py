@@ -1126,6 +1126,11 @@ def test_drain_and_load_answer_only_the_agent(data: Path, workers_factory: Any) 
     assert _call(url + "/v1/load", "POST", b"{}", {**json_body, **auth("agent")})[0] == 202
     assert _call(url + "/v1/status")[0] == 401
     assert _call(url + "/healthz")[0] == 200  # the kubelet's probe needs none
+    # the figures name the dataset and how its cache is used: to the binding's tokens
+    assert _call(url + "/metrics")[0] == 401
+    assert _call(url + "/metrics", headers=auth_of("other", "reader"))[0] == 403
+    got, text = _call(url + "/metrics", headers=auth("reader"))
+    assert got == 200 and b"fluidfed_" in text
 
 
 @pytest.mark.parametrize("n", [1, 2])
