@@ -1,13 +1,57 @@
-"""Warnings that may come thousands a second (a full disk fails the write of every block a
-worker fetches): said once, then at most once per `seconds`, each saying how many like it
-went unsaid since. Pure: the clock is given (the monotonic one by default)."""
+"""Logging the daemons share.
+
+- Warnings that may come thousands a second (a full disk fails the write of every block a
+  worker fetches): said once, then at most once per `seconds`, each saying how many like
+  it went unsaid since (`Seldom`; the clock is given, the monotonic one by default).
+- No credential in a log line: aiohttp's server logs a request it cannot parse with what
+  it read of it, an Authorization header among it (`guard_server_logs`).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+import traceback
 from collections.abc import Callable
+
+# a bearer token, and fluidfed's own tokens wherever they stand: the admin's (ffa.), a
+# cluster's (ffc.), the data path's (ff1.)
+_CREDENTIAL = re.compile(r"(?i)(\bbearer\s+)[^\s'\"\\]+|\bff[ac1]\.[\w.~+/=-]+")
+
+
+def redact(text: str) -> str:
+    """`text` with every credential it holds shown as ***."""
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1) or ''}***", text)
+
+
+class _Redacting(logging.Filter):
+    """A record said with its credentials hidden, its traceback folded into its text; a
+    request the server could not parse (the client's error) in one line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if isinstance(exc, HttpProcessingError):
+                text += f": {type(exc).__name__}: {' '.join(str(exc).split())}"
+            else:
+                text += "\n" + "".join(traceback.format_exception(exc)).rstrip()
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = redact(text), ()
+        return True
+
+
+def guard_server_logs() -> None:
+    """Hide credentials in what aiohttp's server logs (a request line or header it could
+    not parse is quoted in its error): once per process, before any server starts."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _Redacting) for f in server.filters):
+        server.addFilter(_Redacting())
 
 
 class Seldom:

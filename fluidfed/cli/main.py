@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 
 from rich.markup import escape
 
+from fluidfed import logs
 from fluidfed.cli import commands, output
 from fluidfed.errors import APIError, ConfigError, FluidfedError
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: how a stuck daemon is looked into
     with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logs.guard_server_logs()  # (every daemon's servers: no credential in their logs)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

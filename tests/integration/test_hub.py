@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import msgspec
 import pytest
 
 from devkit import testing
-from devkit.testing import HubProcess, eventually
+from devkit.testing import HubProcess, eventually, eventually_blocking
 from fluidfed import Client, Forbidden, Gone, Unauthorized, validation
 from fluidfed.errors import APIError
 from fluidfed.models import Cluster, LabelSelector, Placement, WatchEvent
@@ -436,6 +437,30 @@ def test_probes_answer_anyone_and_metrics_and_openapi_take_a_token(
                 assert await status(s, "/api/v1/datasets", scraper) == 403
 
         asyncio.run(go())
+
+
+def test_a_request_the_hub_cannot_parse_leaves_no_token_in_its_log(hub: HubProcess) -> None:
+    """A header past aiohttp's 8,190 bytes: its error quotes what it read, the token of
+    the Authorization header among it, and the hub logged that with a traceback."""
+    token = hub.admin_token
+    host, port = hub.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            f"GET /api/v1/clusters HTTP/1.1\r\nHost: h\r\n"
+            f"Authorization: Bearer {token}{'y' * 9000}\r\n\r\n".encode()
+        )
+        answer = conn.recv(65536)
+    assert answer.split(b" ", 2)[1] == b"400"
+    assert hub.errors is not None
+
+    def logged() -> str:
+        text = hub.errors.tail(200) if hub.errors else ""
+        assert "Error handling request" in text
+        return text
+
+    text = eventually_blocking(logged, "the hub's log of the bad request")
+    assert token not in text and "Bearer ***" in text
+    assert "Traceback" not in text
 
 
 def test_a_metrics_token_file_that_cannot_be_read_stops_the_hub_with_its_field(
