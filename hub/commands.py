@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import msgspec
@@ -93,7 +94,20 @@ def run_backup(args: argparse.Namespace) -> int:
         )
         return 0
     source = Path(cfg.data_dir) / "catalog.db"
-    backup_file(source, Path(args.file))
+    out = Path(args.file)
+    if out.is_dir() or not out.parent.is_dir():
+        what = "is a directory" if out.is_dir() else f"is in {out.parent}, which does not exist"
+        raise ConfigError.one(
+            f"the backup {out} {what}: name a file to write in an existing directory",
+            path="FILE",
+        )
+    if not source.is_file():
+        raise ConfigError.one(
+            f"no catalog at {source}: give the hub's data directory (--data-dir) or its "
+            "file (--config)",
+            path="--data-dir",
+        )
+    backup_file(source, out)
     print(f"catalog {source} copied to {args.file} (consistent, write-ahead log included)")
     return 0
 
@@ -128,10 +142,25 @@ def run_restore(args: argparse.Namespace) -> int:
             path="hub.store",
         )
     target = Path(cfg.data_dir) / "catalog.db"
-    restore_file(Path(args.file), target)
+    backup = Path(args.file)
+    if not backup.is_file():
+        what = "is a directory" if backup.is_dir() else "does not exist"
+        raise ConfigError.one(
+            f"the backup {backup} {what}: give a file `fluidfed hub backup FILE` wrote",
+            path="FILE",
+        )
+    if not target.parent.is_dir():
+        raise ConfigError.one(
+            f"no hub data directory at {target.parent}: give the hub's (--data-dir) or its "
+            "file (--config)",
+            path="--data-dir",
+        )
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = restore_file(backup, target, stamp)
+    before = f"; the catalog it replaced is kept as {kept}" if kept else ""
     print(
-        f"catalog {target} restored from {args.file}; start the hub: agents list again and "
-        "remove what is no longer bound"
+        f"catalog {target} restored from {args.file}{before}. Start the hub: agents list "
+        "again and remove what is no longer bound"
     )
     return 0
 

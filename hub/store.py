@@ -282,9 +282,28 @@ class SQLiteStore:
             self._db.close()
 
 
+# the tables every catalog has (`_SCHEMA`): what tells a catalog from another SQLite file
+_CATALOG_TABLES = {"meta", "records", "events"}
+
+
+def catalog_problem(db: sqlite3.Connection) -> str:
+    """What keeps the SQLite file `db` has open from being a catalog ("" if nothing): it
+    fails SQLite's integrity check, or lacks the catalog's tables or its revision."""
+    (ok,) = db.execute("PRAGMA integrity_check").fetchone()
+    if ok != "ok":
+        return f"it fails SQLite's integrity check: {ok}"
+    tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if missing := sorted(_CATALOG_TABLES - tables):
+        return f"it is a SQLite file but not a catalog (no table {', '.join(missing)})"
+    if db.execute("SELECT value FROM meta WHERE key='revision'").fetchone() is None:
+        return "it is a SQLite file but not a catalog (no revision)"
+    return ""
+
+
 def backup_file(source: Path, target: Path) -> None:
     """Copy the catalog at `source` into `target` with SQLite's online backup: consistent
-    while a hub writes to it, the write-ahead log included. Blocking."""
+    while a hub writes to it, the write-ahead log included; the copy checked to be a whole
+    catalog before it takes `target`'s name. Blocking."""
     if not source.exists():
         raise StoreError(f"no catalog at {source}: give the hub's data directory (--data-dir)")
     tmp = target.with_name(target.name + ".tmp")
@@ -301,26 +320,48 @@ def backup_file(source: Path, target: Path) -> None:
             src.close()
         check = sqlite3.connect(tmp)
         try:
-            (ok,) = check.execute("PRAGMA integrity_check").fetchone()
+            problem = catalog_problem(check)
         finally:
             check.close()
     except sqlite3.Error as err:
         tmp.unlink(missing_ok=True)
         raise _store_error(source, err) from err
-    if ok != "ok":
+    if problem:
         tmp.unlink(missing_ok=True)
-        raise StoreError(f"catalog store {source}: the copy fails SQLite's integrity check: {ok}")
+        raise StoreError(f"catalog store {source}: the copy of it is not whole: {problem}")
     tmp.replace(target)
 
 
-def restore_file(backup: Path, target: Path) -> None:
+def restore_file(backup: Path, target: Path, stamp: str) -> Path | None:
     """Put a backup in place of the catalog at `target`; the hub must be stopped (its
-    write-ahead log is removed with the old file). Blocking."""
+    write-ahead log is removed with the old file). The backup is checked to be a whole
+    catalog first (StoreError, `target` untouched); the catalog it replaces is kept beside
+    it, named with `stamp`: where, returned (None where there was none). Blocking."""
     wal = target.with_name(target.name + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
         raise StoreError(
             f"{target} is in use (its write-ahead log {wal} is not empty): stop the hub first"
         )
-    backup_file(backup, target)  # checks the backup too
+    try:
+        db = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+        try:
+            problem = catalog_problem(db)
+        finally:
+            db.close()
+    except sqlite3.Error as err:
+        problem = str(err)
+    if problem:
+        raise StoreError(
+            f"{backup} is not a catalog backup: {problem}; nothing was changed. Give a file "
+            "`fluidfed hub backup FILE` wrote"
+        )
+    staged = target.with_name(target.name + ".restoring")
+    backup_file(backup, staged)
+    kept = None
+    if target.exists():
+        kept = target.with_name(f"{target.name}.before-restore-{stamp}")
+        target.replace(kept)
+    staged.replace(target)
     for suffix in ("-wal", "-shm"):
         target.with_name(target.name + suffix).unlink(missing_ok=True)
+    return kept

@@ -4,6 +4,7 @@ and an online backup restored after the hub stopped."""
 
 import asyncio
 import contextlib
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
@@ -105,8 +106,32 @@ async def test_backup_while_running_then_restore_after_stop(tmp_path: Path) -> N
         assert refused.returncode == 1 and "stop the hub first" in refused.stderr
     finally:
         hub.stop()
+    # what is no catalog backup changes nothing: an empty file, another SQLite file (an
+    # empty one took the catalog's place, and the hub started from revision 0), a
+    # directory, a file that is not there
+    empty, other = tmp_path / "empty.db", tmp_path / "other.db"
+    empty.write_bytes(b"")
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    before = (data / "catalog.db").read_bytes()
+    for bad, says, code in (
+        (empty, "not a catalog backup", 1),
+        (other, "not a catalog (no table events, meta, records)", 1),
+        (tmp_path, "is a directory", 2),
+        (tmp_path / "missing.db", "does not exist", 2),
+    ):
+        r = run_cli("hub", "restore", str(bad), "--data-dir", str(data))
+        assert r.returncode == code and says in r.stderr, (bad, r.returncode, r.stderr)
+        assert (data / "catalog.db").read_bytes() == before
+    r = run_cli("hub", "backup", str(tmp_path / "no-such-dir" / "x.db"), "--data-dir", str(data))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "FILE" in r.stderr, r.stderr
+    r = run_cli("hub", "backup", str(copy), "--data-dir", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "no catalog at" in r.stderr, r.stderr
     r = run_cli("hub", "restore", str(copy), "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
+    # the catalog it replaced is kept beside it, and said where
+    (kept,) = data.glob("catalog.db.before-restore-*")
+    assert str(kept) in r.stdout and kept.read_bytes() == before
     hub.start()
     try:
         async with Client(hub.url, hub.admin_token) as admin:
