@@ -494,7 +494,7 @@ async def dataset_load(client: Client, args: argparse.Namespace) -> int:
                     )
                 if c not in ids or ld is None or ld.id != ids[c] or c in final:
                     continue
-                note = ld.message or f"{ld.phase.lower()}, {format_size(ld.bytes)}"
+                note = output.safe(ld.message) or f"{ld.phase.lower()}, {format_size(ld.bytes)}"
                 bar.update(tasks[c], total=ld.blocks or None, completed=ld.done, note=note)
                 if ld.phase in ("Done", "Failed"):
                     final[c] = ld
@@ -510,11 +510,12 @@ async def dataset_load(client: Client, args: argparse.Namespace) -> int:
             continue
         failed = failed or ld.phase != "Done"
         if not ld.blocks:  # Fluid's DataLoad says how it went, not how many blocks
-            output.console.print(f"{c}: {ld.phase}" + (f" - {ld.message}" if ld.message else ""))
+            said = f" - {output.safe(ld.message)}" if ld.message else ""
+            output.console.print(f"{c}: {ld.phase}{said}")
             continue
         output.console.print(
             f"{c}: {ld.phase}, {ld.percent():.1f}% cached "
             f"({ld.cached}/{ld.blocks} blocks, {format_size(ld.bytes)} pulled)"
-            + (f" - {ld.message}" if ld.message else "")
+            + (f" - {output.safe(ld.message)}" if ld.message else "")
         )
     return 1 if failed else 0

@@ -14,8 +14,6 @@ import signal
 import sys
 from importlib.metadata import entry_points
 
-from rich.markup import escape
-
 from fluidfed import logs
 from fluidfed.cli import commands, output
 from fluidfed.errors import APIError, ConfigError, FluidfedError
@@ -67,15 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except ConfigError as err:
         for p in err.problems:
-            output.err_console.print(f"[red]error:[/red] {escape(str(p))}")
+            output.err_console.print(f"[red]error:[/red] {output.safe(p)}")
         return EXIT_BAD_INPUT
     except APIError as err:
-        output.err_console.print(f"[red]error:[/red] {escape(err.reason)}")
+        output.err_console.print(f"[red]error:[/red] {output.safe(err.reason)}")
         for p in err.problems:
-            output.err_console.print(f"  {escape(str(p))}")
+            output.err_console.print(f"  {output.safe(p)}")
         return EXIT_BAD_INPUT if 400 <= err.status < 500 else EXIT_FAILURE
     except FluidfedError as err:
-        output.err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        output.err_console.print(f"[red]error:[/red] {output.safe(err)}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 import time
 from typing import Any
@@ -64,9 +65,28 @@ def dump(obj: Any, fmt: str) -> None:
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
 
 
-def _e(value: object) -> str:
-    """Stored text as it is: a '[' in a URI, a region or an agent's error is not markup."""
-    return escape(str(value))
+# control characters (C0, DEL, C1): shown as escapes, never sent to the terminal as they
+# are (an agent's error with ESC sequences or a newline redrew or forged the admin's screen)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(value: object) -> str:
+    """Stored text fit for a terminal: its control characters as escapes (\\x1b, \\n)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
+
+
+def safe(value: object) -> str:
+    """Stored text as it is: a '[' in a URI, a region or an agent's error is not markup,
+    and a control character is not the terminal's (`shown`)."""
+    return escape(shown(value))
+
+
+_e = safe
+
+
+def _cell(value: str) -> Text:
+    """A table cell of stored text (`shown`)."""
+    return Text(shown(value))
 
 
 def _say(what: object) -> None:
@@ -112,7 +132,7 @@ def clusters_table(items: list[ClusterRecord], *, wide: bool = False) -> Table:
         row += [cluster_state(c), labels or "-"]
         if wide:
             row += [_capabilities(c), str(c.revision)]
-        t.add_row(*map(Text, row))
+        t.add_row(*map(_cell, row))
     return t
 
 
@@ -141,7 +161,7 @@ def datasets_table(items: list[DatasetView], *, wide: bool = False) -> Table:
             ]
             row += [d.spec.namespace, ", ".join(m.uri for m in d.spec.mounts)]
             row += [",".join(per) or "-", ",".join(ratios) or "-"]
-        t.add_row(*map(Text, row))
+        t.add_row(*map(_cell, row))
     return t
 
 
@@ -163,7 +183,7 @@ def bindings_table(
                 f"{st.hit_ratio:.2f}" if st and st.hit_ratio is not None else "-",
                 (st.last_error if st else "") or "-",
             ]
-        t.add_row(*map(Text, row))
+        t.add_row(*map(_cell, row))
     return t
 
 
@@ -236,7 +256,7 @@ def describe_dataset(d: DatasetView) -> None:
             f"{st.hit_ratio:.2f}" if st and st.hit_ratio is not None else "-",
             (st.last_error if st else "") or "-",
         ]
-        t.add_row(*map(Text, row))
+        t.add_row(*map(_cell, row))
     if d.bindings:
         _say(t)
     else:

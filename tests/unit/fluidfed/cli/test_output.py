@@ -89,6 +89,25 @@ def test_stored_text_is_printed_as_it_is_not_as_markup(capsys: pytest.CaptureFix
     assert "[eEinumkKMGTP]" in out and "s3://datasets/[/]imagenet" in out
 
 
+def test_stored_text_sends_no_control_character_to_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A cluster's agent writes its binding's last_error and its warm-up's message: ESC
+    sequences there cleared or retitled the admin's terminal, and a newline forged a row."""
+    evil = "\x1b[2J\x1b]0;pwned\x07\x1b[31mFAKE\r\nline2\x9b"
+    ds = testing.dataset("d")
+    st = testing.binding_status("Failed", last_error=evil)
+    b = testing.binding(ds, "a")
+    v = DatasetView(spec=ds, generation=1, revision=1, bindings=[BindingView(binding=b, status=st)])
+    output.describe_dataset(v)
+    output.console.print(output.bindings_table([b], {b.name: st}, wide=True))
+    out = capsys.readouterr().out
+    assert not any(ord(ch) < 32 and ch != "\n" or 0x7F <= ord(ch) <= 0x9F for ch in out)
+    assert "\\x1b[2J\\x1b]0;pwned\\x07\\x1b[31mFAKE\\r\\nline2\\x9b" in out
+    assert not any(line.startswith("line2") for line in out.splitlines())
+    assert output.safe("tab\there [x]") == "tab\\there \\[x]"
+
+
 def test_describe_says_where_the_cache_disks_did_not_keep_or_shed_blocks(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
