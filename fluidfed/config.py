@@ -88,8 +88,15 @@ def _normalise(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return raw, single
 
 
-def parse_document(data: dict[str, Any], *, file: str = "", source: str = "") -> Document:
-    """Decode and check a document given as builtins; raises ConfigError with every problem."""
+def parse_document(
+    data: dict[str, Any],
+    *,
+    file: str = "",
+    source: str = "",
+    options: validation.OptionsCheck | None = None,
+) -> Document:
+    """Decode and check a document given as builtins (`options`: as `check_dataset` takes
+    it); raises ConfigError with every problem."""
     data, single = _normalise(data)
     lines = toml_lines(source) if source else {}
     dataset_path = "dataset" if single else "dataset[{i}]"
@@ -104,13 +111,15 @@ def parse_document(data: dict[str, Any], *, file: str = "", source: str = "") ->
         doc = codec.convert(data, Document)
     except msgspec.ValidationError as err:
         raise ConfigError([place(codec.problem_of(err, typ=Document))]) from None
-    problems = validation.check_document(doc, dataset_path)
+    problems = validation.check_document(doc, dataset_path, options)
     if problems:
         raise ConfigError([place(p) for p in problems])
     return doc
 
 
-def loads(source: str, *, file: str = "<string>") -> Document:
+def loads(
+    source: str, *, file: str = "<string>", options: validation.OptionsCheck | None = None
+) -> Document:
     try:
         raw = tomli.loads(source)
     except tomli.TOMLDecodeError as err:
@@ -121,7 +130,7 @@ def loads(source: str, *, file: str = "<string>") -> Document:
         ) from None
     except RecursionError as err:  # tomli's bound on nesting: "nested more than ... levels"
         raise ConfigError([Problem(f"not valid TOML: {err}", file=file)]) from None
-    return parse_document(raw, file=file, source=source)
+    return parse_document(raw, file=file, source=source, options=options)
 
 
 def read(p: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 # day of week 0-6 (0 = Sunday), as Kubernetes' CronJob (robfig/cron), which runs Fluid's
@@ -59,19 +60,30 @@ class Schedule:
         raise ValueError("the schedule never fires")
 
 
+def _number(text: str) -> int:
+    """ASCII digits only, as the cron parsers of Kubernetes and Fluid read them (Python's
+    int() also takes '1_0', ' 3' and other scripts' digits, which they refuse)."""
+    if not _DIGITS.fullmatch(text):
+        raise ValueError(text)
+    return int(text)
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def _field(text: str, name: str, low: int, high: int) -> frozenset[int]:
     out: set[int] = set()
     for part in text.split(","):
         rng, slash, step_text = part.partition("/")
         try:
-            step = int(step_text) if slash else 1
+            step = _number(step_text) if slash else 1
             if rng == "*":
                 a, b = low, high
             elif "-" in rng:
                 a_text, b_text = rng.split("-", 1)
-                a, b = int(a_text), int(b_text)
+                a, b = _number(a_text), _number(b_text)
             else:
-                a = int(rng)
+                a = _number(rng)
                 b = high if slash else a
         except ValueError:
             raise ValueError(

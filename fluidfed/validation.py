@@ -9,6 +9,7 @@ import ipaddress
 import math
 import posixpath
 import re
+from collections.abc import Callable
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import msgspec
@@ -25,6 +26,7 @@ from fluidfed.models import (
     Document,
     HubConfig,
     LabelSelector,
+    Mount,
     Placement,
 )
 from fluidfed.units import format_duration, format_size, parse_duration
@@ -71,6 +73,9 @@ MAX_TIER_QUOTA = 2**50  # 1 PiB per worker and tier
 # ConfigMaps (twice: the sidecar's and the workers' configuration; Kubernetes takes at most
 # 1 MiB per ConfigMap): what the hub accepts must fit there with room to spare
 MAX_SPEC_BYTES = 256 * 2**10
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _split(uri: str) -> tuple[SplitResult, None] | tuple[None, ValueError]:
@@ -505,6 +510,37 @@ def _check_options(options: dict[str, str], scheme: str, path: str) -> list[Prob
     return problems
 
 
+# what fluidfed's readers take from a mount's options themselves; any other option is a
+# setting of OpenDAL's service for the scheme
+_READER_OPTIONS = {"timeout", "connect_timeout", "region", "endpoint"}
+_OPTION_REFUSED = re.compile(r"parse config '([^']+)'")
+
+
+# why the readers could not open a mount with its options, "" if they could: the data
+# library's (`fluidfed.data.ufs.options_problem`, OpenDAL parsing its config), given by
+# the hub and the CLI, so this module stays free of it
+OptionsCheck = Callable[[Mount], str]
+
+
+def _reader_options(m: Mount, path: str, options: OptionsCheck) -> list[Problem]:
+    """A mount's settings for OpenDAL (the reader of fluidfed's sidecars and workers)
+    that OpenDAL cannot parse: the hub took them, and every reader failed to open."""
+    if not set(m.options) - _READER_OPTIONS:
+        return []
+    why = options(m)
+    if not why:
+        return []
+    key = _OPTION_REFUSED.search(why)
+    return [
+        Problem(
+            f"fluidfed's readers (the FUSE sidecar, the cache workers) could not open this "
+            f"mount: OpenDAL's {urlsplit(m.uri).scheme} service refuses its options ({why}); "
+            "give the setting a value it takes (true/false, a number), or remove it",
+            path=f"{path}.options.{key.group(1)}" if key else f"{path}.options",
+        )
+    ]
+
+
 def check_placement(pl: Placement, path: str) -> list[Problem]:
     problems: list[Problem] = []
     for i, name in enumerate(pl.clusters):
@@ -555,12 +591,18 @@ def check_autoscale(a: AutoscalePolicy, path: str) -> list[Problem]:
 
 
 def check_dataset(
-    d: Dataset, path: str = "dataset", *, named: bool = True, new: bool = True
+    d: Dataset,
+    path: str = "dataset",
+    *,
+    named: bool = True,
+    new: bool = True,
+    options: OptionsCheck | None = None,
 ) -> list[Problem]:
     """The rules of a dataset spec its types cannot say. `named`: the name is checked
     against rules added since names were first taken (False for a dataset the hub holds
     already: it can still be updated); `new`: every rule as the hub takes a spec now
-    (False: a copy taken before, a sidecar's or a worker's, which must still run)."""
+    (False: a copy taken before, a sidecar's or a worker's, which must still run);
+    `options`: what says whether the readers can open a mount with its settings."""
     problems = check_dns_label(d.name, f"{path}.name", "dataset name")
     if named and new and not problems and d.name[0].isdigit():
         problems.append(
@@ -586,6 +628,16 @@ def check_dataset(
             continue  # (nothing else of it is read, nor shown)
         parts = urlsplit(m.uri)
         shown = redacted(m.uri)
+        if new and (m.uri != m.uri.strip() or _CONTROL.search(m.uri)):
+            # (urlsplit drops them before it parses: the checks below passed, and Fluid's
+            # runtimes were handed the URI with them)
+            problems.append(
+                Problem(
+                    f"uri {shown!r} has a control character or whitespace at an end: write it "
+                    "without (a space inside a path as %20)",
+                    path=f"{p}.uri",
+                )
+            )
         signed = _secret_params(parts.query)
         if parts.username is not None or parts.password is not None or signed:
             if signed:  # neither the signature nor a password beside it is shown
@@ -635,7 +687,10 @@ def check_dataset(
                     path=f"{p}.uri",
                 )
             )
-        problems += _check_options(m.options, parts.scheme, p)
+        said = _check_options(m.options, parts.scheme, p)
+        problems += said
+        if options is not None and new and not said and parts.scheme in engines.SIDECAR_SCHEMES:
+            problems += _reader_options(m, p, options)
         if m.name:
             problems += check_dns_label(m.name, f"{p}.name", "mount name")
         if m.secret:
@@ -759,7 +814,9 @@ def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
     return problems
 
 
-def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Problem]:
+def check_document(
+    doc: Document, dataset_path: str = "dataset[{i}]", options: OptionsCheck | None = None
+) -> list[Problem]:
     problems: list[Problem] = []
     if doc.cluster is None and not doc.dataset and doc.hub is None and doc.agent is None:
         problems.append(
@@ -773,7 +830,7 @@ def check_document(doc: Document, dataset_path: str = "dataset[{i}]") -> list[Pr
     for i, d in enumerate(doc.dataset):
         p = dataset_path.format(i=i)
         # (the rule on new names is the hub's: it knows which are taken already)
-        problems += check_dataset(d, p, named=False)
+        problems += check_dataset(d, p, named=False, options=options)
         if d.name in names:
             problems.append(Problem(f"dataset {d.name} is declared twice", path=f"{p}.name"))
         names.add(d.name)

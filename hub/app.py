@@ -22,6 +22,7 @@ from fluidfed.models import (
     Dataset,
     ErrorBody,
     ListResult,
+    Mount,
     Registered,
 )
 from fluidfed.units import format_size
@@ -248,6 +249,14 @@ def _may_act_for(request: web.Request, cluster: str) -> None:
         )
 
 
+def _reader_options(mount: Mount) -> str:
+    """Whether fluidfed's readers can open `mount` with its settings: OpenDAL parsing its
+    config, no I/O (imported only for a mount that has settings of OpenDAL's)."""
+    from fluidfed.data import ufs
+
+    return ufs.options_problem(mount)
+
+
 # --- probes and documents -------------------------------------------------------------
 
 
@@ -339,7 +348,9 @@ async def apply_dataset(request: web.Request) -> web.Response:
     cat = request.app[CATALOG]
     # (a name taken before a rule on names was added stays updatable)
     named = spec.name not in cat.datasets
-    errors.BadRequest.unless_valid(validation.check_dataset(spec, named=named))
+    errors.BadRequest.unless_valid(
+        validation.check_dataset(spec, named=named, options=_reader_options)
+    )
     name = request.match_info.get("name")
     if name is not None and name != spec.name:
         raise errors.BadRequest(

@@ -19,7 +19,7 @@ from fluidfed.client import Client
 from fluidfed.data import layout
 from fluidfed.data.layout import SidecarConfig, WorkerConfig
 from fluidfed.errors import APIError, ConfigError, NotFound, Problem
-from fluidfed.models import Document, LoadStatus
+from fluidfed.models import Document, LoadStatus, Mount
 from fluidfed.units import format_size
 
 Sub = Any  # argparse's private _SubParsersAction
@@ -177,13 +177,22 @@ def _expand(files: list[str]) -> list[str]:
     return out
 
 
+def _reader_options(mount: Mount) -> str:
+    """Whether fluidfed's readers can open `mount` with its settings (OpenDAL, imported
+    only for a mount that has any)."""
+    from fluidfed.data import ufs
+
+    return ufs.options_problem(mount)
+
+
 def _load_all(files: list[str]) -> list[tuple[str, Document, str]]:
     """Every document named, with its file and its text (to place the hub's problems)."""
     docs, problems = [], []
     for f in _expand(files):
         try:
             source = sys.stdin.read() if f == "-" else config.read(Path(f))
-            doc = config.loads(source, file="<stdin>" if f == "-" else f)
+            name = "<stdin>" if f == "-" else f
+            doc = config.loads(source, file=name, options=_reader_options)
             docs.append((f, doc, source))
         except ConfigError as err:
             problems += err.problems

@@ -576,9 +576,9 @@ def _seconds(text: str) -> float:
     return float(parse_duration(text))
 
 
-def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
-    """The reader for a mount; credentials come from `env` (the Secret's keys)."""
-    env = os.environ if env is None else env
+def _operator_config(mount: Mount, env: Mapping[str, str]) -> tuple[str, dict[str, str], float]:
+    """(OpenDAL service, its config, the timeout) of a mount's reader; the mount's other
+    options are the service's own settings (none for http(s))."""
     parts = urlsplit(mount.uri)
     opts = dict(mount.options)
     timeout = _seconds(opts.pop("timeout", "30s"))
@@ -617,8 +617,7 @@ def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
         service = "oss"
     elif parts.scheme in ("http", "https"):
         config["endpoint"] = f"{parts.scheme}://{parts.netloc}"
-        op = _layered(opendal.AsyncOperator("http", **config), timeout)
-        return HTTPUFS(op, mount.uri)
+        return "http", config, timeout
     elif parts.scheme == "file":
         service = "fs"
     else:
@@ -627,6 +626,15 @@ def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
             "Fluid's: the hub places them on clusters with Fluid only)"
         )
     config.update({k: str(v) for k, v in opts.items()})
+    return service, config, timeout
+
+
+def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
+    """The reader for a mount; credentials come from `env` (the Secret's keys)."""
+    service, config, timeout = _operator_config(mount, os.environ if env is None else env)
+    if service == "http":
+        op = _layered(opendal.AsyncOperator("http", **config), timeout)
+        return HTTPUFS(op, mount.uri)
     try:
         op = opendal.AsyncOperator(service, **config)
         store = _s3_store(config, timeout) if service == "s3" else None
@@ -636,6 +644,20 @@ def open_ufs(mount: Mount, env: Mapping[str, str] | None = None) -> UFS:
         signed = "access_key_id" in config
         return S3UFS(_layered(op, timeout), mount.uri, store, timeout=timeout, signed=signed)
     return OpenDALUFS(_layered(op, timeout), mount.uri)
+
+
+def options_problem(mount: Mount) -> str:
+    """Why fluidfed's readers could not open `mount` with its options ("" if they could):
+    a setting OpenDAL cannot parse (`enable_virtual_host_style = "maybe"`), found by
+    making the reader's operator as `open_ufs` does, anonymous. No I/O: OpenDAL only
+    parses its config here."""
+    service, config, _ = _operator_config(mount, {})
+    try:
+        opendal.Operator(service, **config)
+    except Exception as err:  # (OpenDAL's ConfigInvalid, and whatever else it raises)
+        said = str(err).strip().splitlines()
+        return said[-1].strip() if said else type(err).__name__
+    return ""
 
 
 async def list_files(

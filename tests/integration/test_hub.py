@@ -370,6 +370,17 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(hub: HubProcess, tmp_path
                 (b'{"name": "Bad_Name", "mounts": [{"uri": "s3://b"}]}', 400, "dataset.name"),
                 (b'{"name": "x", "mounts": [{"uri": "ftp://b"}]}', 400, "dataset.mounts[0].uri"),
                 (b'{"name": "x", "mounts"', 400, ""),
+                (  # a setting OpenDAL cannot parse: every sidecar and worker failed to open
+                    b'{"name": "x", "mounts": [{"uri": "s3://b", "options": '
+                    b'{"enable_virtual_host_style": "maybe"}}]}',
+                    400,
+                    "dataset.mounts[0].options.enable_virtual_host_style",
+                ),
+                (
+                    b'{"name": "x", "mounts": [{"uri": "s3://b/p\\n"}]}',
+                    400,
+                    "dataset.mounts[0].uri",
+                ),
                 (
                     b'{"name": "x", "mounts": [{"uri": "s3://b"}], "description": "'
                     + b"a" * (2 << 20)

@@ -42,6 +42,11 @@ def test_next_firing(expr: str, after: str, fires: str) -> None:
         # Kubernetes' CronJob (Fluid's Cron DataLoad) refuses 7: the hub does too
         ("0 0 * * 7", r"day of week '7' is out of range 0-6 \(0 is Sunday\)"),
         ("0 0 * * 5-7", "out of range 0-6"),
+        # ASCII digits only: Python's int() takes these, the Go parser behind Kubernetes'
+        # CronJobs and Fluid's DataLoad refuses them
+        ("1_0 * * * *", "minute '1_0' is not a number"),
+        ("\u0663 \u0663 * * *", "minute '\u0663' is not a number"),
+        ("*/+5 * * * *", "is not a number"),
     ],
 )
 def test_bad_schedules_say_which_field(expr: str, says: str) -> None:

@@ -750,3 +750,41 @@ def test_the_agents_webhook_and_images_are_checked_before_pods_meet_them() -> No
     for image in ("ff:dév", "a___b/c", "ff/a..b"):  # (the kubelet: InvalidImageName)
         assert "not an image reference" in said(worker_image=image)["agent.worker_image"]
     assert "names no host" in said(api_url="https://", api_host="0.0.0.0")["agent.api_url"]
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://b/p\n", " s3://b/p", "s3://b/p ", "s3://b/\tp", "s3://b\r/p"]
+)
+def test_a_uri_with_a_control_character_or_whitespace_at_an_end_is_refused(uri: str) -> None:
+    """urlsplit drops them before it parses: every check passed, and Fluid's runtimes were
+    handed the URI with them; a copy taken before still runs."""
+    got = where(validation.check_dataset(Dataset(name="d", mounts=[Mount(uri=uri)])))
+    assert "control character or whitespace" in got["dataset.mounts[0].uri"]
+    old = Dataset(name="d", mounts=[Mount(uri=uri)])
+    assert "dataset.mounts[0].uri" not in where(validation.check_dataset(old, new=False))
+    inside = Dataset(name="d", mounts=[Mount(uri="s3://b/my data")])
+    assert validation.check_dataset(inside) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "at", "says"),
+    [
+        ({"enable_virtual_host_style": "maybe"}, ".enable_virtual_host_style", "invalid bool"),
+        ({"batch_max_operations": "many"}, ".batch_max_operations", "ParseIntError"),
+        ({"checksum_algorithm": "zzz"}, "", "not a supported checksum_algorithm"),
+    ],
+)
+def test_reader_settings_opendal_cannot_parse_are_refused_at_apply(
+    options: dict[str, str], at: str, says: str
+) -> None:
+    """The hub took them, and every sidecar and worker then failed to open the mount."""
+    from fluidfed.data import ufs  # (the hub's and the CLI's check: OpenDAL parsing its config)
+
+    d = Dataset(name="d", mounts=[Mount(uri="s3://b/p", options=options)])
+    got = where(validation.check_dataset(d, options=ufs.options_problem))
+    assert says in got[f"dataset.mounts[0].options{at}"]
+    # a copy taken before still runs
+    assert validation.check_dataset(d, new=False, options=ufs.options_problem) == []
+    fine = {"enable_virtual_host_style": "true", "alluxio.underfs.s3.threads.max": "64"}
+    ok = Dataset(name="d", mounts=[Mount(uri="s3://b/p", options=fine)])
+    assert validation.check_dataset(ok, options=ufs.options_problem) == []

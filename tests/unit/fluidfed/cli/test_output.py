@@ -102,7 +102,7 @@ def test_stored_text_sends_no_control_character_to_the_terminal(
     output.describe_dataset(v)
     output.console.print(output.bindings_table([b], {b.name: st}, wide=True))
     out = capsys.readouterr().out
-    assert not any(ord(ch) < 32 and ch != "\n" or 0x7F <= ord(ch) <= 0x9F for ch in out)
+    assert not any((ord(ch) < 32 and ch != "\n") or 0x7F <= ord(ch) <= 0x9F for ch in out)
     assert "\\x1b[2J\\x1b]0;pwned\\x07\\x1b[31mFAKE\\r\\nline2\\x9b" in out
     assert not any(line.startswith("line2") for line in out.splitlines())
     assert output.safe("tab\there [x]") == "tab\\there \\[x]"
