@@ -146,7 +146,11 @@ async def errors_mw(
         )
     except web.HTTPException as err:
         if err.status >= 400 and err.content_type != "application/json":
-            resp = error_response(err.status, err.reason)
+            allow = err.headers.get("Allow", "")
+            said = f"{request.method} is not allowed here: use {allow}" if allow else err.reason
+            resp = error_response(err.status, said)
+            if allow:  # (405: which methods the path takes)
+                resp.headers["Allow"] = allow
         else:
             raise
     except Exception:
@@ -215,7 +219,7 @@ async def consistent_reads_mw(
     if (
         request.method == "GET"
         and request.path.startswith("/api/")
-        and request.query.get("watch", "") not in ("1", "true")
+        and request.query.get("watch", "").lower() not in _TRUE
     ):
         await request.app[CATALOG].sync()
     return await handler(request)
@@ -295,7 +299,7 @@ async def register_cluster(request: web.Request) -> web.Response:
     _admin(request)
     spec: Cluster = await _body(request, _cluster_dec, "cluster")
     errors.BadRequest.unless_valid(validation.check_cluster(spec))
-    rotate = request.query.get("rotate_token", "") in ("1", "true")
+    rotate = _flag(request, "rotate_token")
     cat = request.app[CATALOG]
     existed = spec.name in cat.clusters
     rec, token = await cat.register_cluster(spec, rotate_token=rotate)
@@ -314,7 +318,14 @@ async def get_cluster(request: web.Request) -> web.Response:
 async def patch_cluster_labels(request: web.Request) -> web.Response:
     _admin(request)
     patch: LabelPatch = await _body(request, _labels_dec, "")
-    errors.BadRequest.unless_valid(validation.check_labels(patch.set, "set"))
+    errors.BadRequest.unless_valid(
+        validation.check_labels(patch.set, "set")
+        + [
+            p
+            for i, k in enumerate(patch.remove)
+            for p in validation.check_label_key(k, f"remove[{i}]")
+        ]
+    )
     rec = await request.app[CATALOG].relabel_cluster(
         request.match_info["name"], patch.set, patch.remove
     )
@@ -416,6 +427,24 @@ async def delete_dataset(request: web.Request) -> web.Response:
 # --- bindings: list, watch, status ----------------------------------------------------
 
 
+_TRUE, _FALSE = ("1", "true"), ("", "0", "false")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter: 1/true or 0/false (any case), absent or empty for no;
+    anything else is refused, not taken as no (`?rotate_token=yes` rotated nothing and
+    said nothing)."""
+    raw = request.query.get(name, "")
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise errors.BadRequest(
+        f"{name} is a yes/no parameter",
+        [Problem(f"got {raw!r}: use true or false", path=f"query.{name}")],
+    )
+
+
 def _revision_param(request: web.Request) -> int | None:
     raw = request.query.get("revision")
     if raw is None or raw == "":
@@ -439,7 +468,7 @@ async def bindings(request: web.Request) -> web.StreamResponse:
     if isinstance(principal, auth.ClusterAgent):
         cluster = cluster or principal.cluster
         _may_act_for(request, cluster)
-    if request.query.get("watch", "") not in ("1", "true"):
+    if not _flag(request, "watch"):
         items = (
             cat.bindings_of(cluster)
             if cluster

@@ -18,7 +18,7 @@ import pytest
 
 from devkit import testing
 from devkit.testing import HubProcess, eventually, eventually_blocking
-from fluidfed import Client, Forbidden, Gone, Unauthorized, validation
+from fluidfed import Client, Forbidden, Gone, Unauthorized, codec, config, validation
 from fluidfed.errors import APIError
 from fluidfed.models import Cluster, LabelSelector, Placement, WatchEvent
 from tests.conftest import CONFIGS
@@ -408,6 +408,38 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(hub: HubProcess, tmp_path
     r = cli(hub, "apply", "-f", str(bad))
     assert r.returncode == 2
     assert f"{bad}:4: dataset.replicas: unknown key 'replicas'" in r.stderr
+
+
+def test_query_flags_methods_and_label_removals_are_said_not_ignored(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    """`?rotate_token=yes` rotated nothing and said nothing; `?watch=maybe` listed; a 405
+    named no method; removing a label key no cluster can have did nothing, silently."""
+    register_fleet(hub, tmp_path)
+    headers = {"Authorization": f"Bearer {hub.admin_token}", "Content-Type": "application/json"}
+    edge = (CONFIGS / "clusters" / "edge.toml").read_text()
+    spec = codec.to_builtins(config.loads(edge).cluster)
+
+    async def go() -> None:
+        async with aiohttp.ClientSession(headers=headers) as s:
+            api = hub.url + "/api/v1"
+            for method, path, body, where in (
+                ("POST", "/clusters?rotate_token=yes", spec, "query.rotate_token"),
+                ("GET", "/bindings?watch=maybe", None, "query.watch"),
+                ("PATCH", "/clusters/edge/labels", {"remove": [""]}, "remove[0]"),
+                ("PATCH", "/clusters/edge/labels", {"remove": ["a b"]}, "remove[0]"),
+            ):
+                async with s.request(method, api + path, json=body) as r:
+                    got = await r.json()
+                    assert r.status == 400, (path, got)
+                    assert [p["path"] for p in got["problems"]] == [where], got
+            async with s.post(api + "/clusters?rotate_token=True", json=spec) as r:
+                assert r.status == 200 and (await r.json())["token"]  # (True: rotated)
+            async with s.patch(api + "/datasets") as r:
+                assert r.status == 405 and "GET" in r.headers["Allow"]
+                assert "use " in (await r.json())["error"]
+
+    asyncio.run(go())
 
 
 def test_probes_answer_anyone_and_metrics_and_openapi_take_a_token(
