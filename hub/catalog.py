@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from fluidfed import codec, errors
+from fluidfed import codec, errors, names
 from fluidfed.errors import Problem
 from fluidfed.models import (
     AutoscaleDecision,
@@ -407,6 +407,18 @@ class Catalog:
                 raise errors.Conflict(f"dataset {name} is not placed on any cluster yet")
             chosen = [b.name for b in picked]
             if key and all(b.load is not None and b.load.key == key for b in picked):
+                asked = picked[0].load
+                assert asked is not None
+                if (asked.path, asked.schedule, asked.on_change) != (
+                    path.strip("/"),
+                    schedule,
+                    on_change,
+                ):  # (one key, another ask: a client's bug, not a retry)
+                    raise errors.Conflict(
+                        f"{names.IDEMPOTENCY_KEY} {key!r} was sent with another warm-up of "
+                        f"{name} (path {asked.path or '/'!r}, schedule {asked.schedule!r}): "
+                        "a retry sends the same request; a new request takes a new key"
+                    )
                 return []  # asked already (sent again after a lost answer)
             req = LoadRequest(
                 key=key,

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from devkit import testing
+from fluidfed import errors
 from fluidfed.errors import APIError, Compacted, StoreError
 from fluidfed.models import Capabilities, Cluster, Dataset, LabelSelector, Mount, Placement
 from hub.catalog import Catalog
@@ -382,6 +383,12 @@ async def test_a_load_asked_again_with_its_idempotency_key_is_one_load(tmp_path:
     unkeyed = [await cat.request_load("ds", [], "train") for _ in range(2)]
     assert unkeyed[1][0].load is not None and unkeyed[0][0].load is not None
     assert unkeyed[1][0].load.id > unkeyed[0][0].load.id  # without a key, each is new
+    # one key with another ask is a client's bug, not a retry: said, not ignored
+    rev = cat.revision
+    for path, schedule in (("val", ""), ("train", "0 * * * *")):
+        with pytest.raises(errors.Conflict, match="was sent with another warm-up"):
+            await cat.request_load("ds", [], path, schedule=schedule, key="k2")
+    assert cat.revision == rev
 
 
 async def test_revision_reads_are_shared_yet_none_started_before_its_caller_asked() -> None:
