@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -62,6 +62,25 @@ def _check_bindings(bindings: Iterable[Binding], path: str) -> None:
                 served.add((id(b.spec), b.mode))
             problems += found
         errors.BadRequest.unless_valid(problems)
+
+
+def _referenced_first(datasets: Mapping[str, DatasetRecord]) -> list[DatasetRecord]:
+    """The datasets, each after every dataset it mounts through dataset:// (references
+    form no cycle: `consistency.check_references`)."""
+    out: list[DatasetRecord] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done or name not in datasets:
+            return
+        done.add(name)
+        for _, ref in consistency.dataset_references(datasets[name].spec):
+            visit(ref)
+        out.append(datasets[name])
+
+    for name in sorted(datasets):
+        visit(name)
+    return out
 
 
 class Catalog:
@@ -364,7 +383,17 @@ class Catalog:
             )
             known = {n: r.spec for n, r in self.datasets.items() if n != spec.name}
             errors.BadRequest.unless_valid(consistency.check_references(spec, known, "dataset"))
-            placed = self._replace(rev, rec, self.clusters, "dataset.name")
+            homes = {**{n: d.namespace for n, d in known.items()}, spec.name: spec.namespace}
+            hosts: dict[str, set[str]] = {}
+            placed = self._replace(
+                rev, rec, self.clusters, "dataset.name", homes=homes, hosts=hosts
+            )
+            # the datasets that mount this one follow it: to its namespace, and to where it
+            # is placed now (no further than that)
+            for name in consistency.mounted_by(spec.name, known):
+                placed += self._replace(
+                    rev, self.datasets[name], self.clusters, homes=homes, hosts=hosts
+                )
             return [Put(DATASET, spec.name, codec.encode(rec)), *placed]
 
         changed = await self._transact(compute)
@@ -563,20 +592,41 @@ class Catalog:
         self, rev: int, clusters: dict[str, ClusterRecord], check: str = ""
     ) -> list[Op]:
         ops: list[Op] = []
-        for rec in self.datasets.values():
-            ops += self._replace(rev, rec, clusters, check)
+        hosts: dict[str, set[str]] = {}
+        # datasets mounted through dataset:// first: their referrers follow where they go
+        for rec in _referenced_first(self.datasets):
+            ops += self._replace(rev, rec, clusters, check, hosts=hosts)
         return ops
 
     def _replace(
-        self, rev: int, rec: DatasetRecord, clusters: dict[str, ClusterRecord], check: str = ""
+        self,
+        rev: int,
+        rec: DatasetRecord,
+        clusters: dict[str, ClusterRecord],
+        check: str = "",
+        *,
+        homes: dict[str, str] | None = None,
+        hosts: dict[str, set[str]] | None = None,
     ) -> list[Op]:
         """The ops that turn the dataset's current bindings into placement's answer; with
-        `check` (the field path to blame), the new bindings checked first (_check_bindings)."""
+        `check` (the field path to blame), the new bindings checked first (_check_bindings).
+        A dataset with dataset:// mounts is placed only where the datasets it mounts are
+        (Fluid's reference dataset reads one in its own cluster): `hosts`, the clusters of
+        datasets placed anew in this change (else their bindings now), gets this one's.
+        `homes`: each dataset's namespace, where this change moves one."""
         current = self._placed.get(rec.spec.name, {})
         live = {c: b for c, b in current.items() if not b.deleting}
-        homes = {n: r.spec.namespace for n, r in self.datasets.items()}
+        if homes is None:
+            homes = {n: r.spec.namespace for n, r in self.datasets.items()}
+        hosts = {} if hosts is None else hosts
         spec = consistency.fluid_references(rec.spec, homes)
+        for _, ref in consistency.dataset_references(rec.spec):
+            there = hosts.get(ref)
+            if there is None:
+                there = {c for c, b in self._placed.get(ref, {}).items() if not b.deleting}
+            clusters = {n: c for n, c in clusters.items() if n in there}
         wanted = placement.place(spec, rec.generation, clusters.values(), live)
+        hosts[rec.spec.name] = set(wanted)
         changed = [
             (b, old)
             for cluster, b in wanted.items()

@@ -73,6 +73,20 @@ def referrers(name: str, known: Mapping[str, Dataset]) -> list[str]:
     )
 
 
+def mounted_by(name: str, known: Mapping[str, Dataset]) -> list[str]:
+    """Every dataset that mounts `name` through dataset://, directly or through others,
+    each after those it mounts (so a change to `name` re-places them in order)."""
+    out: list[str] = []
+    todo = referrers(name, known)
+    while todo:
+        n = todo.pop(0)
+        if n in out:
+            continue
+        out.append(n)
+        todo += referrers(n, known)
+    return out
+
+
 def _cycle(start: str, via: str, known: Mapping[str, Dataset]) -> list[str]:
     stack, seen = [(via, [start, via])], set()
     while stack:

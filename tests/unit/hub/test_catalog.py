@@ -325,6 +325,48 @@ async def test_dataset_references_reach_fluid_as_it_reads_them_and_never_a_sidec
     assert "s" not in cat.clusters
 
 
+async def test_a_reference_is_placed_where_its_dataset_is_and_follows_it(tmp_path: Path) -> None:
+    """Fluid's reference dataset reads the dataset it mounts in its own cluster and
+    namespace: placed where that one is not, or left behind when it moved, it failed there
+    (the hub took both applies)."""
+    cat = await new_catalog(tmp_path)
+    for name in ("a", "b", "c"):
+        await cat.register_cluster(
+            Cluster(name=name, capabilities=Capabilities(csi=True, fluid=True))
+        )
+
+    def base(namespace: str, *where: str) -> Dataset:
+        return Dataset(
+            name="base",
+            namespace=namespace,
+            mounts=[Mount(uri="s3://b/p")],
+            placement=Placement(clusters=list(where)),
+        )
+
+    def placed(name: str) -> dict[str, str]:
+        return {
+            b.cluster: b.spec.mounts[0].uri
+            for b in cat.bindings.values()
+            if b.dataset == name and not b.deleting
+        }
+
+    await cat.apply_dataset(base("one", "a", "b"))
+    await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
+    await cat.apply_dataset(Dataset(name="ref2", mounts=[Mount(uri="dataset://ref")]))
+    assert placed("ref") == {"a": "dataset://one/base", "b": "dataset://one/base"}  # not c
+    assert set(placed("ref2")) == {"a", "b"}
+    # it moves to another namespace: its referrers' mounts follow
+    await cat.apply_dataset(base("two", "a", "b"))
+    assert placed("ref") == {"a": "dataset://two/base", "b": "dataset://two/base"}
+    # it leaves a cluster and comes to another: so do they, down the chain
+    await cat.apply_dataset(base("two", "b", "c"))
+    assert set(placed("ref")) == {"b", "c"} and set(placed("ref2")) == {"b", "c"}
+    assert cat.bindings["ref.a"].deleting and cat.bindings["ref2.a"].deleting
+    # a cluster that goes: the same, in the order references run
+    await cat.delete_cluster("b")
+    assert set(placed("base")) == set(placed("ref")) == set(placed("ref2")) == {"c"}
+
+
 async def test_an_apply_is_refused_for_the_one_cluster_that_cannot_mount_it(
     tmp_path: Path,
 ) -> None:
