@@ -18,7 +18,10 @@ from collections.abc import Callable
 
 # a bearer token, and fluidfed's own tokens wherever they stand: the admin's (ffa.), a
 # cluster's (ffc.), the data path's (ff1.)
-_CREDENTIAL = re.compile(r"(?i)(\bbearer\s+)[^\s'\"\\]+|\bff[ac1]\.[\w.~+/=-]+")
+# (a quoted header's whitespace may be an escape: b'Bearer\\ttoken')
+_CREDENTIAL = re.compile(
+    r"(?i)(\bbearer(?:\s|\\[tnr]|\\x[0-9a-f]{2})+)[^\s'\"\\]+|\bff[ac1]\.[\w.~+/=-]+"
+)
 
 
 def redact(text: str) -> str:

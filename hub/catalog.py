@@ -65,21 +65,20 @@ def _check_bindings(bindings: Iterable[Binding], path: str) -> None:
 
 
 def _referenced_first(datasets: Mapping[str, DatasetRecord]) -> list[DatasetRecord]:
-    """The datasets, each after every dataset it mounts through dataset:// (references
-    form no cycle: `consistency.check_references`)."""
+    """The datasets, each after the dataset it mounts through dataset://, if any (one at
+    most, and no cycle: `consistency.check_references`); chains of any length."""
     out: list[DatasetRecord] = []
     done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done or name not in datasets:
-            return
-        done.add(name)
-        for _, ref in consistency.dataset_references(datasets[name].spec):
-            visit(ref)
-        out.append(datasets[name])
-
     for name in sorted(datasets):
-        visit(name)
+        chain: list[str] = []
+        at: str | None = name
+        while at is not None and at not in done and at in datasets and at not in chain:
+            chain.append(at)
+            refs = consistency.dataset_references(datasets[at].spec)
+            at = refs[0][1] if refs else None
+        for n in reversed(chain):
+            done.add(n)
+            out.append(datasets[n])
     return out
 
 
@@ -388,12 +387,13 @@ class Catalog:
             placed = self._replace(
                 rev, rec, self.clusters, "dataset.name", homes=homes, hosts=hosts
             )
-            # the datasets that mount this one follow it: to its namespace, and to where it
-            # is placed now (no further than that)
-            for name in consistency.mounted_by(spec.name, known):
-                placed += self._replace(
-                    rev, self.datasets[name], self.clusters, homes=homes, hosts=hosts
-                )
+            # the datasets that mount this one follow it, where it moved (a new one is
+            # mounted by none yet)
+            was = {c for c, b in self._placed.get(spec.name, {}).items() if not b.deleting}
+            if old is not None and (
+                old.spec.namespace != spec.namespace or was != hosts[spec.name]
+            ):
+                placed += self._follow(rev, spec.name, known, homes, hosts)
             return [Put(DATASET, spec.name, codec.encode(rec)), *placed]
 
         changed = await self._transact(compute)
@@ -588,14 +588,44 @@ class Catalog:
             raise errors.NotFound(f"cluster {name} not found")
         return rec
 
+    def _follow(
+        self,
+        rev: int,
+        name: str,
+        known: Mapping[str, Dataset],
+        homes: dict[str, str],
+        hosts: dict[str, set[str]],
+    ) -> list[Op]:
+        """The datasets that mount `name` follow it to its namespace and to where it is
+        placed now (`hosts`), checked as their own applies are; one that a cluster cannot
+        serve refuses the change, naming it."""
+        ops: list[Op] = []
+        for n in consistency.mounted_by(name, known):
+            try:
+                ops += self._replace(
+                    rev,
+                    self.datasets[n],
+                    self.clusters,
+                    "dataset.placement",
+                    homes=homes,
+                    hosts=hosts,
+                )
+            except errors.BadRequest as err:
+                raise errors.BadRequest(
+                    f"dataset {n} mounts {name} (dataset://) and would follow it: {err.reason}",
+                    [Problem(f"{n}: {p.message}", path="dataset.placement") for p in err.problems],
+                ) from None
+        return ops
+
     def _replace_all(
         self, rev: int, clusters: dict[str, ClusterRecord], check: str = ""
     ) -> list[Op]:
         ops: list[Op] = []
         hosts: dict[str, set[str]] = {}
+        homes = {n: r.spec.namespace for n, r in self.datasets.items()}
         # datasets mounted through dataset:// first: their referrers follow where they go
         for rec in _referenced_first(self.datasets):
-            ops += self._replace(rev, rec, clusters, check, hosts=hosts)
+            ops += self._replace(rev, rec, clusters, check, homes=homes, hosts=hosts)
         return ops
 
     def _replace(
@@ -624,7 +654,12 @@ class Catalog:
             there = hosts.get(ref)
             if there is None:
                 there = {c for c, b in self._placed.get(ref, {}).items() if not b.deleting}
-            clusters = {n: c for n, c in clusters.items() if n in there}
+            # (unchecked, as a cluster's condition changes: never where no Fluid serves it)
+            clusters = {
+                n: c
+                for n, c in clusters.items()
+                if n in there and (check or c.spec.mount_mode() == "csi")
+            }
         wanted = placement.place(spec, rec.generation, clusters.values(), live)
         hosts[rec.spec.name] = set(wanted)
         changed = [

@@ -75,15 +75,23 @@ def referrers(name: str, known: Mapping[str, Dataset]) -> list[str]:
 
 def mounted_by(name: str, known: Mapping[str, Dataset]) -> list[str]:
     """Every dataset that mounts `name` through dataset://, directly or through others,
-    each after those it mounts (so a change to `name` re-places them in order)."""
+    each after the one it mounts (a dataset has one dataset:// mount at most: chains).
+    One pass over `known`, then the chain."""
+    by: dict[str, list[str]] = {}
+    for n, d in known.items():
+        for _, ref in dataset_references(d):
+            if ref != n:
+                by.setdefault(ref, []).append(n)
     out: list[str] = []
-    todo = referrers(name, known)
+    todo = sorted(by.get(name, []))
+    seen = {name}
     while todo:
         n = todo.pop(0)
-        if n in out:
+        if n in seen:
             continue
+        seen.add(n)
         out.append(n)
-        todo += referrers(n, known)
+        todo += sorted(by.get(n, []))
     return out
 
 

@@ -300,6 +300,12 @@ def catalog_problem(db: sqlite3.Connection) -> str:
     return ""
 
 
+def _read_only(path: Path) -> str:
+    """SQLite's URI of `path`, opened read-only: a '#', '?' or '%' in the path escaped
+    (written into the URI as they are, they ended the path)."""
+    return f"{path.resolve().as_uri()}?mode=ro"
+
+
 def backup_file(source: Path, target: Path) -> None:
     """Copy the catalog at `source` into `target` with SQLite's online backup: consistent
     while a hub writes to it, the write-ahead log included; the copy checked to be a whole
@@ -309,7 +315,7 @@ def backup_file(source: Path, target: Path) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        src = sqlite3.connect(_read_only(source), uri=True)
         try:
             dst = sqlite3.connect(tmp)
             try:
@@ -343,7 +349,7 @@ def restore_file(backup: Path, target: Path, stamp: str) -> Path | None:
             f"{target} is in use (its write-ahead log {wal} is not empty): stop the hub first"
         )
     try:
-        db = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+        db = sqlite3.connect(_read_only(backup), uri=True)
         try:
             problem = catalog_problem(db)
         finally:
@@ -360,6 +366,10 @@ def restore_file(backup: Path, target: Path, stamp: str) -> Path | None:
     kept = None
     if target.exists():
         kept = target.with_name(f"{target.name}.before-restore-{stamp}")
+        n = 1
+        while kept.exists():  # (two restores within a second: neither copy is lost)
+            n += 1
+            kept = target.with_name(f"{target.name}.before-restore-{stamp}-{n}")
         target.replace(kept)
     staged.replace(target)
     for suffix in ("-wal", "-shm"):

@@ -650,14 +650,26 @@ def options_problem(mount: Mount) -> str:
     """Why fluidfed's readers could not open `mount` with its options ("" if they could):
     a setting OpenDAL cannot parse (`enable_virtual_host_style = "maybe"`), found by
     making the reader's operator as `open_ufs` does, anonymous. No I/O: OpenDAL only
-    parses its config here."""
+    parses its config here (S3 and OSS; a file:// reader's is not built here, since
+    OpenDAL makes its root directory as it builds it)."""
     service, config, _ = _operator_config(mount, {})
+    if service in ("fs", "http"):  # (fs makes its root directory as it is built: I/O)
+        return ""
     try:
         opendal.Operator(service, **config)
     except Exception as err:  # (OpenDAL's ConfigInvalid, and whatever else it raises)
-        said = str(err).strip().splitlines()
-        return said[-1].strip() if said else type(err).__name__
+        return _said(str(err)) or type(err).__name__
     return ""
+
+
+def _said(text: str) -> str:
+    """What OpenDAL's error says, without its kind, its context or a backtrace: the
+    setting it could not parse, else its first line's message."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    for line in lines:
+        if line.startswith("parse config"):
+            return line
+    return lines[0].rpartition("=> ")[2].strip() if lines else ""
 
 
 async def list_files(

@@ -47,6 +47,9 @@ def test_credentials_are_hidden_wherever_they_stand() -> None:
         assert secret not in shown
     assert shown.startswith("Got more than 8190 bytes when reading: b'Bearer ***'")
     assert logs.redact("no credential here: fluidfed.io/x") == "no credential here: fluidfed.io/x"
+    # a quoted header's whitespace as an escape: a token with no fluidfed prefix (an admin
+    # token of the operator's own) went through
+    assert logs.redact(r"b'Bearer\tmy-admin-secret-0123'") == r"b'Bearer\t***'"
 
 
 def test_the_servers_log_of_a_request_it_cannot_parse_is_one_line_without_the_token(

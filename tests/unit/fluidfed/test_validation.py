@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -788,3 +789,14 @@ def test_reader_settings_opendal_cannot_parse_are_refused_at_apply(
     fine = {"enable_virtual_host_style": "true", "alluxio.underfs.s3.threads.max": "64"}
     ok = Dataset(name="d", mounts=[Mount(uri="s3://b/p", options=fine)])
     assert validation.check_dataset(ok, options=ufs.options_problem) == []
+
+
+def test_the_reader_settings_check_does_no_io_for_a_file_mount(tmp_path: Path) -> None:
+    """OpenDAL's fs service makes its root directory as it is built: the hub and the
+    admin's machine made (or failed to make) node-local paths of a file:// mount."""
+    from fluidfed.data import ufs
+
+    root = tmp_path / "made-by-validation" / "deep"
+    m = Mount(uri=f"file://{root}", options={"atomic_write_dir": str(tmp_path / "w")})
+    assert ufs.options_problem(m) == ""
+    assert not root.exists() and not (tmp_path / "w").exists()

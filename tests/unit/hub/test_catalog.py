@@ -10,7 +10,15 @@ import pytest
 from devkit import testing
 from fluidfed import errors
 from fluidfed.errors import APIError, Compacted, StoreError
-from fluidfed.models import Capabilities, Cluster, Dataset, LabelSelector, Mount, Placement
+from fluidfed.models import (
+    Capabilities,
+    Cluster,
+    Dataset,
+    DatasetRecord,
+    LabelSelector,
+    Mount,
+    Placement,
+)
 from hub.catalog import Catalog
 from hub.store import Op, SQLiteStore
 
@@ -365,6 +373,70 @@ async def test_a_reference_is_placed_where_its_dataset_is_and_follows_it(tmp_pat
     # a cluster that goes: the same, in the order references run
     await cat.delete_cluster("b")
     assert set(placed("base")) == set(placed("ref")) == set(placed("ref2")) == {"c"}
+
+
+async def test_a_reference_follows_its_dataset_no_further_than_fluid_serves_it(
+    tmp_path: Path,
+) -> None:
+    """A dataset moved to a cluster without Fluid would take the dataset that mounts it
+    there: the move is refused, naming it (the hub wrote a binding it would refuse)."""
+    cat = await new_catalog(tmp_path)
+    await cat.register_cluster(Cluster(name="a", capabilities=Capabilities(csi=True, fluid=True)))
+    await cat.register_cluster(Cluster(name="b"))  # mounts by sidecar
+    base = Dataset(name="base", mounts=[Mount(uri="s3://b/p")], placement=Placement(clusters=["a"]))
+    await cat.apply_dataset(base)
+    await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
+    wider = msgspec.structs.replace(base, placement=Placement(clusters=["a", "b"]))
+    with pytest.raises(APIError) as info:
+        await cat.apply_dataset(wider)
+    assert "dataset ref mounts base (dataset://) and would follow it" in info.value.reason
+    assert "need a cluster with Fluid" in info.value.problems[0].message
+    assert "ref.b" not in cat.bindings and "base.b" not in cat.bindings
+
+
+def test_datasets_come_after_the_one_they_mount_in_chains_of_any_length() -> None:
+    from hub.catalog import _referenced_first
+
+    names = [f"d{i:04d}" for i in range(3000)]  # d0000 mounts d0001, ... (sorted top-first)
+    recs = {
+        n: DatasetRecord(
+            spec=Dataset(
+                name=n,
+                mounts=[Mount(uri=f"dataset://{names[i + 1]}" if i + 1 < len(names) else "s3://b")],
+            )
+        )
+        for i, n in enumerate(names)
+    }
+    order = [r.spec.name for r in _referenced_first(recs)]
+    assert order == names[::-1]  # (it recursed once per link: RecursionError at 1,000)
+
+
+def test_a_restore_keeps_every_catalog_it_replaced_and_reads_any_path(tmp_path: Path) -> None:
+    """Two restores within one second overwrote the first kept copy; a '#' or '%' in the
+    backup's path cut SQLite's URI short (refused, and an empty file made beside it)."""
+    from hub import store
+
+    data = tmp_path / "data"
+    data.mkdir()
+    target = data / "catalog.db"
+    odd = tmp_path / "dir#1" / "backup 50%41.db"
+    odd.parent.mkdir()
+
+    async def make(path: Path, name: str) -> None:
+        cat = Catalog(SQLiteStore(path))
+        await cat.load()
+        await cat.register_cluster(Cluster(name=name))
+        await cat.close()
+        await cat.store.close()  # (as the hub stops: its write-ahead log folded in)
+
+    asyncio.run(make(target, "first"))
+    asyncio.run(make(odd, "second"))
+    store.backup_file(odd, tmp_path / "copy#2.db")  # (a '#' in the source's path too)
+    before = target.read_bytes()
+    kept = [store.restore_file(odd, target, "T"), store.restore_file(odd, target, "T")]
+    assert kept[0] is not None and kept[1] is not None and kept[0] != kept[1]
+    assert kept[0].read_bytes() == before
+    assert not (tmp_path / "dir").exists()  # (the path was not cut at its '#')
 
 
 async def test_an_apply_is_refused_for_the_one_cluster_that_cannot_mount_it(
