@@ -225,10 +225,7 @@ def fluid_objects(
     HTTPS."""
     ds = b.spec
     lbls = objects.labels(b, ctx)
-    alone = len(ds.mounts) == 1
-    mounts = [
-        engines.fluid_mount(ds.cache.engine, m, i, alone=alone) for i, m in enumerate(ds.mounts)
-    ]
+    mounts = [engines.fluid_mount(ds.cache.engine, m, i) for i, m in enumerate(ds.mounts)]
     out = [_dataset(ds.name, ds.namespace, mounts, lbls), runtime(b, ctx, tls=tls)]
     if ds.cache.engine == "fluidfed" and not engines.is_reference(ds):
         out.insert(0, profile(b, ctx))

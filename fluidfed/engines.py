@@ -157,17 +157,11 @@ def fluid_path(path: str) -> str:
     return posixpath.normpath("/" + path.lstrip("/"))
 
 
-def fluid_mount(engine: Engine, m: Mount, index: int, *, alone: bool = False) -> dict[str, Any]:
-    """Mount `m` (number `index`; `alone`: the Dataset's only one) of a Fluid Dataset, as
-    `engine` reads it."""
+def fluid_mount(engine: Engine, m: Mount, index: int) -> dict[str, Any]:
+    """Mount `m` (number `index`) of a Fluid Dataset, as `engine` reads it."""
     mount: dict[str, Any] = {"mountPoint": _mount_point(engine, m), "name": fluid_name(m, index)}
     if m.path:
         mount["path"] = fluid_path(m.path)
-    elif alone and engine == "alluxio" and scheme(m) != "file":
-        # a dataset's only mount without a path is its root, as fluidfed's readers show it;
-        # Alluxio puts a mount without one at /<name>, and takes it as its root only with
-        # path "/" (GenAlluxioUFSRootPath; not for its local:// mounts)
-        mount["path"] = "/"
     options = _options(engine, m)
     if options:
         mount["options"] = options

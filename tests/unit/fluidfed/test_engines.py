@@ -306,17 +306,6 @@ def test_fluid_reads_a_mounts_path_absolute_and_normalised(path: str, written: s
         assert got["path"] == written
 
 
-def test_a_lone_mount_without_a_path_is_the_root_in_alluxio_as_in_fluidfeds_readers() -> None:
-    # (Alluxio puts a mount without a path at /<name>: /m0 for an unnamed one)
-    lone = Mount(uri="s3://b/p")
-    assert engines.fluid_mount("alluxio", lone, 0, alone=True)["path"] == "/"
-    assert "path" not in engines.fluid_mount("alluxio", lone, 0)  # one of several
-    local = Mount(uri="file:///mnt/data")  # (local:// is never Alluxio's root)
-    assert "path" not in engines.fluid_mount("alluxio", local, 0, alone=True)
-    # fluidfed's own readers (the fluidfed engine's FUSE) show a lone mount at the root
-    assert "path" not in engines.fluid_mount("fluidfed", lone, 0, alone=True)
-
-
 def test_alluxio_reads_each_mount_with_its_own_secret() -> None:
     two = [Mount(uri="s3://a/p", name="a", secret="a"), Mount(uri="s3://b/p", name="b", secret="b")]
     assert problems("alluxio", *two) == []
