@@ -20,7 +20,6 @@ apply, so a spec it accepts does not fail in the cluster.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -151,17 +150,11 @@ def fluid_name(m: Mount, index: int) -> str:
     return m.name or f"m{index}"
 
 
-def fluid_path(path: str) -> str:
-    """A mount's path as Fluid reads it: absolute and normalised (Alluxio and Jindo put a
-    relative path at /<name> instead, ThinRuntime compares paths as written)."""
-    return posixpath.normpath("/" + path.lstrip("/"))
-
-
 def fluid_mount(engine: Engine, m: Mount, index: int) -> dict[str, Any]:
     """Mount `m` (number `index`) of a Fluid Dataset, as `engine` reads it."""
     mount: dict[str, Any] = {"mountPoint": _mount_point(engine, m), "name": fluid_name(m, index)}
     if m.path:
-        mount["path"] = fluid_path(m.path)
+        mount["path"] = m.path
     options = _options(engine, m)
     if options:
         mount["options"] = options

@@ -704,6 +704,17 @@ def check_dataset(
                     path=f"{p}.name",
                 )
             )
+        if new and m.path and m.path != posixpath.normpath("/" + m.path.lstrip("/")):
+            # (fluidfed's readers showed `train/` at /train; Fluid's Alluxio and Jindo put a
+            # relative path at /<name>, and ThinRuntime compares paths as written)
+            problems.append(
+                Problem(
+                    f"path {m.path!r} is not absolute and normalised: write "
+                    f"{posixpath.normpath('/' + m.path.lstrip('/'))!r}, as every cluster's "
+                    "readers, Fluid's included, then show it",
+                    path=f"{p}.path",
+                )
+            )
         where = m.path or (m.name if len(d.mounts) > 1 else "")
         mpath = posixpath.normpath("/" + where.lstrip("/"))
         if new and m.path and mpath == "/" and len(d.mounts) > 1:
