@@ -58,24 +58,9 @@ def same_token(token: str, stored_hash: str) -> bool:
 def load_admin_token(token_file: str, token_env: str, data_dir: Path) -> tuple[str, str]:
     """The admin token and where it came from; generated into the data dir if none is given."""
     if token_file:
-        path = Path(token_file)
-        try:
-            token = path.read_text().strip()
-        except OSError as err:
-            raise ConfigError.one(
-                f"cannot read the admin token file ({err.strerror}); write the token there "
-                "or drop admin_token_file to have one generated",
-                file=str(path),
-                path="hub.admin_token_file",
-            ) from None
-        if not token:
-            raise ConfigError.one(
-                "the admin token file is empty; write the token there or drop "
-                "admin_token_file to have one generated",
-                file=str(path),
-                path="hub.admin_token_file",
-            )
-        return token, f"file {path}"
+        todo = "write the token there or drop admin_token_file to have one generated"
+        token = _token_file(token_file, "admin", "hub.admin_token_file", 1, todo)
+        return token, f"file {token_file}"
     if token_env and os.environ.get(token_env, "").strip():
         return os.environ[token_env].strip(), f"environment variable {token_env}"
     path = data_dir / "admin-token"
@@ -93,22 +78,24 @@ def load_metrics_token(token_file: str) -> str:
     if none is set (then /metrics takes the admin token or a cluster's)."""
     if not token_file:
         return ""
+    todo = (
+        "write a token of 16 characters or more there (e.g. `openssl rand -hex 32`), or drop "
+        "metrics_token_file to read /metrics with the admin token"
+    )
+    return _token_file(token_file, "metrics", "hub.metrics_token_file", 16, todo)
+
+
+def _token_file(token_file: str, what: str, field: str, least: int, todo: str) -> str:
+    """The token in `token_file` (at least `least` characters); ConfigError naming the
+    file and `field`, with `todo`, where it cannot be read or holds none."""
     path = Path(token_file)
     try:
         token = path.read_text().strip()
     except OSError as err:
-        raise ConfigError.one(
-            f"cannot read the metrics token file ({err.strerror}); write a token there (e.g. "
-            "`openssl rand -hex 32`), or drop metrics_token_file to read /metrics with the "
-            "admin token",
-            file=str(path),
-            path="hub.metrics_token_file",
-        ) from None
-    if len(token) < 16:
-        raise ConfigError.one(
-            "the metrics token file holds no token of 16 characters or more; write one there "
-            "(e.g. `openssl rand -hex 32`)",
-            file=str(path),
-            path="hub.metrics_token_file",
-        )
-    return token
+        problem = f"cannot read the {what} token file ({err.strerror})"
+    else:
+        if len(token) >= least:
+            return token
+        held = f"holds {len(token)} characters" if token else "is empty"
+        problem = f"the {what} token file {held}"
+    raise ConfigError.one(f"{problem}; {todo}", file=str(path), path=field)

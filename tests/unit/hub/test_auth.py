@@ -70,3 +70,24 @@ def test_generated_tokens_never_start_like_a_flag(tmp_path: Path) -> None:
         token, _ = auth.load_admin_token("", "", tmp_path / str(i))
         assert token.startswith("ffa.")
     assert auth.new_cluster_token("edge").startswith("ffc.edge.")
+
+
+def test_the_metrics_token_comes_from_its_file_and_is_a_real_token(tmp_path: Path) -> None:
+    """None set: /metrics takes the admin's or a cluster's token; a file that cannot be
+    read, is empty or holds a short token stops the hub, naming the file and the field."""
+    assert auth.load_metrics_token("") == ""
+    good = tmp_path / "metrics-token"
+    good.write_text("m" * 32 + "\n")
+    assert auth.load_metrics_token(str(good)) == "m" * 32
+    short, empty = tmp_path / "short", tmp_path / "empty"
+    short.write_text("abc\n")
+    empty.write_text("\n")
+    for f, says in (
+        (tmp_path / "missing", "cannot read the metrics token file"),
+        (empty, "the metrics token file is empty"),
+        (short, "the metrics token file holds 3 characters"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            auth.load_metrics_token(str(f))
+        (p,) = info.value.problems
+        assert says in p.message and p.path == "hub.metrics_token_file" and p.file == str(f)
