@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import shutil
@@ -392,14 +393,32 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
             return web.Response(text="ready\n")
         return web.Response(status=503, text=f"not ready {sc.listing_error}\n")
 
+    def refused(request: web.Request) -> web.Response | None:
+        """401 unless the request carries this sidecar's own token, where it has one: its
+        figures name the dataset, its mount and its workers, and in a pod that shares the
+        node's network (Fluid's FUSE pods may) its loopback is the node's."""
+        token = sc.token()
+        if not token or hmac.compare_digest(
+            request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
+        ):
+            return None
+        return web.json_response(
+            {"status": 401, "reason": "send this sidecar's token: 'Authorization: Bearer <token>'"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="fluidfed"'},
+        )
+
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(sc.status())
+        return refused(request) or web.json_response(sc.status())
+
+    async def metrics(request: web.Request) -> web.Response:
+        return refused(request) or await telemetry.metrics_endpoint(request)
 
     app = web.Application()
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", _ok)
     app.router.add_get("/v1/status", status)
-    app.router.add_get("/metrics", telemetry.metrics_endpoint)
+    app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, status_host, status_port, reuse_address=True)

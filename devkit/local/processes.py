@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Sequence
@@ -477,10 +478,25 @@ class SidecarProcess(_Child):
         self.status_url = m.group(1)
         return self
 
+    def authorization(self) -> dict[str, str]:
+        """The header its status server asks for: its own token."""
+        return credentials.authorization(credentials.load(self.credentials_path).token)
+
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.status_url}/v1/status", timeout=10) as r:
-            got: dict[str, Any] = json.load(r)
-        return got
+        # (a token just rewritten is the sidecar's within 5 s, or at once on SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            req = urllib.request.Request(
+                f"{self.status_url}/v1/status", headers=self.authorization()
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    got: dict[str, Any] = json.load(r)
+                return got
+            except urllib.error.HTTPError as err:
+                if err.code != 401 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
 
     def close(self) -> None:
         """Stop it however it is, and detach a mount a killed sidecar left behind."""

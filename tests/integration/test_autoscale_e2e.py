@@ -199,7 +199,10 @@ async def test_reads_scale_the_cache_workers_up_and_idleness_scales_them_down(
 
         # the same figures over Prometheus as over OTLP, once the last export went out
         await asyncio.sleep(1.5)
-        prom = await asyncio.to_thread(prometheus, sc.status_url)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # (no token: 401)
+            await asyncio.to_thread(prometheus, sc.status_url)
+        assert refused.value.code == 401
+        prom = await asyncio.to_thread(prometheus, sc.status_url, token)
         got = await asyncio.to_thread(
             fetch_json, f"http://127.0.0.1:{api_port}/v1/metrics?dataset={name}", token
         )

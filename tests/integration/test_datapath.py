@@ -1133,6 +1133,20 @@ def test_drain_and_load_answer_only_the_agent(data: Path, workers_factory: Any) 
     assert got == 200 and b"fluidfed_" in text
 
 
+def test_a_sidecars_status_answers_its_own_token_only(data: Path, sidecars: Any) -> None:
+    """Its figures name the dataset, its mount and its workers; in a pod that shares the
+    node's network (Fluid's FUSE pods may), its loopback is the node's. The probes need
+    no token."""
+    sc = sidecars(sidecar_config({"uri": f"file://{data}"}, []))
+    for path in ("/v1/status", "/metrics"):
+        assert _call(sc.status_url + path)[0] == 401
+        assert _call(sc.status_url + path, headers=auth_of("other", "reader"))[0] == 401
+        got, body = _call(sc.status_url + path, headers=sc.authorization())
+        assert got == 200 and body
+    assert _call(sc.status_url + "/healthz")[0] == 200
+    assert _call(sc.status_url + "/readyz")[0] in (200, 503)
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_a_warm_up_reads_a_workers_blocks_one_after_the_other_in_one_get(
     n: int, minio: S3Server, data: Path, workers_factory: Any, sidecars: Any
