@@ -398,8 +398,15 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
         figures name the dataset, its mount and its workers, and in a pod that shares the
         node's network (Fluid's FUSE pods may) its loopback is the node's."""
         token = sc.token()
-        if not token or hmac.compare_digest(
-            request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
+        if not token:
+            return None
+        try:
+            given = credentials.bearer(request.headers.get(credentials.HEADER))
+        except credentials.Refused:
+            given = ""
+        # (bytes as they came: a header of other than UTF-8 is a refusal, not an error)
+        if hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
         ):
             return None
         return web.json_response(

@@ -1143,6 +1143,13 @@ def test_a_sidecars_status_answers_its_own_token_only(data: Path, sidecars: Any)
         assert _call(sc.status_url + path, headers=auth_of("other", "reader"))[0] == 401
         got, body = _call(sc.status_url + path, headers=sc.authorization())
         assert got == 200 and body
+    # a header of other than UTF-8 is a refusal (it was a 500, with a traceback logged)
+    host, port = sc.status_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"GET /v1/status HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+        )
+        assert conn.recv(4096).split(b" ", 2)[1] == b"401"
     assert _call(sc.status_url + "/healthz")[0] == 200
     assert _call(sc.status_url + "/readyz")[0] in (200, 503)
 

@@ -304,6 +304,9 @@ def test_a_mounts_path_is_absolute_and_normalised_as_fluid_reads_it(path: str) -
     m = Mount(uri="s3://b/p", name="n", path=path)
     assert validation.check_dataset(testing.dataset("d", mounts=[m]), new=False) == []
     assert engines.fluid_mount("alluxio", m, 0)["path"] == path  # (a stored one: as it was)
+    # a lone mount without a path is written without one (Alluxio shows it at /<name>; a
+    # path written for it would move a running runtime's files)
+    assert "path" not in engines.fluid_mount("alluxio", Mount(uri="s3://b/p"), 0)
 
 
 def test_alluxio_reads_each_mount_with_its_own_secret() -> None:
