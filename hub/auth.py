@@ -41,7 +41,9 @@ def new_cluster_token(cluster: str) -> str:
 
 def token_hash(token: str) -> str:
     # tokens carry 256 random bits: a fast hash is enough, no password KDF needed
-    return hashlib.sha256(token.encode()).hexdigest()
+    # (a header's bytes that are not UTF-8 come as surrogates: a token matching none, not
+    # an error)
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def cluster_of(token: str) -> str | None:

@@ -494,6 +494,18 @@ def test_a_request_the_hub_cannot_parse_leaves_no_token_in_its_log(hub: HubProce
         )
         answer = conn.recv(65536)
     assert answer.split(b" ", 2)[1] == b"400"
+    # a header of other than UTF-8: refused (it was a 500, a traceback logged), the probes
+    # answered as for anyone
+    for path, status in (
+        (b"/api/v1/clusters", b"401"),
+        (b"/metrics", b"401"),
+        (b"/readyz", b"200"),
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                b"GET " + path + b" HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+            )
+            assert conn.recv(65536).split(b" ", 2)[1] == status, path
     assert hub.errors is not None
 
     def logged() -> str:

@@ -91,3 +91,11 @@ def test_the_metrics_token_comes_from_its_file_and_is_a_real_token(tmp_path: Pat
             auth.load_metrics_token(str(f))
         (p,) = info.value.problems
         assert says in p.message and p.path == "hub.metrics_token_file" and p.file == str(f)
+
+
+def test_a_token_of_other_than_utf8_bytes_matches_nothing_and_raises_nothing() -> None:
+    """aiohttp gives a header's bytes that are not UTF-8 as surrogates: the hub answered
+    500, with a traceback, to `Authorization: Bearer \\xff\\xfe` on every guarded route."""
+    odd = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    assert not auth.same_token(odd, auth.token_hash("ffa.real"))
+    assert auth.cluster_of(odd) is None
