@@ -22,7 +22,7 @@ from aiohttp import web
 from agents import otlp
 from agents.metrics import MetricWindow
 from agents.registry import Registry
-from fluidfed.data import credentials, protocol
+from fluidfed.data import answers, credentials, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.errors import ConfigError
 
@@ -35,7 +35,7 @@ ON_METRICS: web.AppKey[Callable[[set[str]], None]] = web.AppKey("on_metrics")
 
 
 def _problem(status: int, reason: str) -> web.Response:
-    return web.json_response({"status": status, "reason": reason}, status=status)
+    return answers.answer(status, reason)
 
 
 def _claims(request: web.Request) -> credentials.Claims | web.Response:
@@ -46,11 +46,7 @@ def _claims(request: web.Request) -> credentials.Claims | web.Response:
         claimed = credentials.peek(token)
         return credentials.verify(token, request.app[KEYS_OF](claimed.dataset))
     except credentials.Refused as err:
-        return web.json_response(
-            {"status": 401, "reason": err.reason},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="fluidfed-agent"'},
-        )
+        return answers.answer(401, err.reason, realm="fluidfed-agent")
 
 
 def _refused(request: web.Request, action: Action, dataset: str) -> web.Response | None:
@@ -91,10 +87,7 @@ async def _metrics(request: web.Request) -> web.Response:
     if isinstance(claims, web.Response):
         return claims
     if request.content_type != otlp.CONTENT_TYPE:
-        return web.json_response(
-            {"status": 415, "reason": f"send OTLP as {otlp.CONTENT_TYPE} (protobuf)"},
-            status=415,
-        )
+        return _problem(415, f"send OTLP as {otlp.CONTENT_TYPE} (protobuf)")
     try:
         points = otlp.decode(await request.read())
     except otlp.BadExport as err:

@@ -23,7 +23,7 @@ import pyfuse3.asyncio
 from aiohttp import web
 
 from fluidfed import config, errors, names, telemetry, tls
-from fluidfed.data import credentials, heap, ufs
+from fluidfed.data import answers, credentials, heap, ufs
 from fluidfed.data.instruments import DataPathInstruments
 from fluidfed.data.layout import SidecarConfig
 from fluidfed.data.store import BlockStore
@@ -409,10 +409,8 @@ async def serve(sc: Sidecar, *, status_host: str, status_port: int, exit_with_pe
             given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
         ):
             return None
-        return web.json_response(
-            {"status": 401, "reason": "send this sidecar's token: 'Authorization: Bearer <token>'"},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="fluidfed"'},
+        return answers.answer(
+            401, "send this sidecar's token: 'Authorization: Bearer <token>'", realm="fluidfed"
         )
 
     async def status(request: web.Request) -> web.Response:

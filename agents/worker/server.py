@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, close_files, log, remaining_peers
 from fluidfed import errors, telemetry, tls, tlsserve
-from fluidfed.data import blocks, credentials, heap, layout, protocol
+from fluidfed.data import answers, blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
@@ -200,7 +200,7 @@ RETRY_AFTER = "5"  # seconds a 503 for a worker short of descriptors or memory s
 
 
 def _problem(status: int, message: str) -> web.Response:
-    response = web.json_response({"status": status, "reason": message}, status=status)
+    response = answers.answer(status, message)
     if status == 503:  # (the worker is short for now: `errors.SCARCE`)
         response.headers["Retry-After"] = RETRY_AFTER
     return response
@@ -222,11 +222,7 @@ def _authenticated(request: web.Request) -> credentials.Claims | web.Response:
     try:
         return request.app[WORKER_KEY].verifier.claims(request.headers.get(credentials.HEADER))
     except credentials.Refused as err:
-        return web.json_response(
-            {"status": 401, "reason": err.reason},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="fluidfed"'},
-        )
+        return answers.answer(401, err.reason, realm="fluidfed")
 
 
 def _json(msg: protocol.Message, status: int = 200) -> web.Response:
