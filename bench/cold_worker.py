@@ -327,7 +327,11 @@ def one(
             s.wait(30)
         if w is not None and mode == "worker":
             got["worker_blocks"] = worker_blocks(w)  # it holds every file's block now
-        got["sidecar"] = sc.status()["blocks"]
+        status = sc.status()
+        got["sidecar"] = status["blocks"]
+        # READs the native session answered by itself, from blocks held there (0 before)
+        got["sidecar"]["reads_in_session"] = status.get("reads_in_session", 0)
+        got["sidecar"]["reads"] = status["reads"]
         return got
     finally:
         for s in spies:

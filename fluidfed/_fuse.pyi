@@ -9,6 +9,7 @@ LOOKUP: int
 GETATTR: int
 READ: int
 REREAD: int  # a READ handed back: its answer's block failed a piece's check
+SEEN: int  # a READ answered by the session from a block held there (no reply)
 OPENDIR: int
 READDIR: int
 STATFS: int
@@ -72,6 +73,19 @@ class Session:
     def take(self) -> list[tuple[Any, ...]]: ...
     def invalidate_inode(self, ino: int) -> None: ...
     def invalidate_entry(self, parent: int, name: bytes) -> None: ...
+    def hold(
+        self,
+        ino: int,
+        start: int,
+        block: Any,
+        last: bool,
+        pieces: bytes | None,
+        piece: int,
+        fd: int,
+        seen: bool,
+    ) -> None: ...
+    def unhold(self, ino: int | None = None) -> None: ...
+    def served(self) -> tuple[int, int]: ...  # (READs, bytes) answered from held blocks
     def requests(self) -> list[tuple[str, int]]: ...
     def close(self) -> None: ...
     def unmount(self) -> None: ...

@@ -102,6 +102,7 @@ class DatasetFS(pyfuse3.Operations):
         self.store_pages: Callable[[int, blocks.Data], None] = _pyfuse3_store
         self._mounted_at = time.time_ns()
         self.reads = 0
+        self.reads_in_session = 0  # of them, answered by the session (`served_elsewhere`)
         self.read_errors = 0
         self.bytes_served = 0
         self.on_read: Callable[[float], None] | None = None  # seconds per served read
@@ -388,6 +389,27 @@ class DatasetFS(pyfuse3.Operations):
         # before it was read; the next READ asks for the blocks after it again)
         h.ahead = min(h.ahead, idx[-1] + 1)
         return None
+
+    def follow(self, h: Handle, off: int, size: int) -> None:
+        """Follow a READ the session answered by itself (from a block held there): its
+        reader is tracked, and read ahead of, as `read_held` does (its count comes with
+        `served_elsewhere`)."""
+        idx = blocks.blocks_for(off, size, h.ref.size, self.block_size)
+        if idx:
+            self._follow(h, idx)
+
+    def served_elsewhere(self, reads: int, nbytes: int) -> None:
+        """Count READs, of `nbytes` in all, that the session answered by itself from
+        blocks held there (mapped here: local hits)."""
+        self.reads += reads
+        self.reads_in_session += reads
+        self.bytes_served += nbytes
+        self.reader.stats.local_hits += reads
+
+    def mapped(self, h: Handle, index: int) -> Any:
+        """Block `index` of the file `h` reads if the sidecar holds it now (not counted as
+        a read: `served_elsewhere` counts the READs it answers), else None."""
+        return self.reader.store.peek(self.reader.key(h.ref, index))
 
     async def read_fetched(self, h: Handle, off: int, size: int, *, again: bool = False) -> Any:
         """The answer to a READ whose bytes were not at hand. `again`: its earlier answer

@@ -6,7 +6,9 @@
   copy into the file's page cache) by threads of its own, without the GIL. Opens take no
   message where the kernel is safe with it (`kernel_opens`): the kernel opens files by
   itself (no OPEN, no RELEASE); else the session's threads answer them. Either way READs
-  name the inode (`DatasetFS.stream`) rather than a handle.
+  name the inode (`DatasetFS.stream`) rather than a handle. The READs that lie in a block
+  mapped from a worker's file are answered by the session itself once Python hands it the
+  block (`NativeSession._hold`).
 - `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
   READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
   on one core (figures: README, "Measured design decisions").
@@ -60,6 +62,7 @@ class Session(Protocol):
     def requests(self) -> dict[str, int]: ...  # the kernel's requests so far, by kind
     # whether the replying threads, refused cachestat, fault in the pieces they check
     def cachestat_refused(self) -> bool: ...
+    def settle(self) -> None: ...  # the READs answered so far counted in `DatasetFS`
 
     opens: str  # who answers opens: "kernel" (no message), "session", "pyfuse3"
 
@@ -132,6 +135,12 @@ class NativeSession:
     def cachestat_refused(self) -> bool:
         return bool(self._fuse.cachestat_refused())
 
+    def settle(self) -> None:
+        """Count the READs the session answered by itself (`hold`) since last asked."""
+        reads, served = self._s.served()
+        if reads:
+            self.fs.served_elsewhere(reads, served)
+
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
@@ -174,6 +183,7 @@ class NativeSession:
         f = self._fuse
         fs = self.fs
         ttl = fs.ttl
+        self.settle()
         for req in self._s.take():
             kind, reply = req[0], req[1]
             try:
@@ -182,12 +192,17 @@ class NativeSession:
                     h = fs.stream(ino, off)
                     data = fs.read_held(h, off, size)
                     if data is not None:
-                        if not self._answer_read(reply, data, ino, off):
+                        if not self._answer_read(reply, data, h, ino, off):
                             self._later(reply, self._read(reply, h, ino, off, size, again=True))
                     elif fs.givable(h, off, size):
                         self._later(reply, self._give(reply, h, ino, off, size))
                     else:
                         self._later(reply, self._read(reply, h, ino, off, size))
+                elif kind == f.SEEN:  # a READ answered by the session from a block held
+                    ino, off, size = req[2], req[3], req[4]
+                    h = fs.stream(ino, off)
+                    fs.follow(h, off, size)
+                    self._hold(h, ino, off // fs.block_size + 1, seen=False)
                 elif kind == f.REREAD:  # its answer's block failed its check as it was sent
                     ino, off, size = req[2], req[3], req[4]
                     h = fs.stream(ino, off)
@@ -242,21 +257,26 @@ class NativeSession:
         whole: `DatasetFS.distrust`; the answer's bytes were counted then)."""
         for _ in range(2):
             if again:
+                self._s.unhold(ino)
                 await self.fs.distrust(h, off)
             data = await self.fs.read_fetched(h, off, size, again=again)
-            if self._answer_read(reply, data, ino, off):
+            if self._answer_read(reply, data, h, ino, off):
                 return
             again = True
         raise pyfuse3.FUSEError(errno.EIO)  # (a block checked whole cannot fail this way)
 
-    @staticmethod
-    def _answer_read(reply: Any, data: Any, ino: int, off: int) -> bool:
+    def _answer_read(self, reply: Any, data: Any, h: Handle, ino: int, off: int) -> bool:
         """A READ's bytes to the session; those of a block mapped from a worker's file and
         not checked whole are checked by the pieces they lie in as they are sent (a piece
         that fails comes back as REREAD). A small answer checks its whole block here
         instead, once (a piece per small READ would check many times what it sends):
-        False, and unanswered, if that fails."""
+        False, and unanswered, if that fails. The mapped block a large answer lies in is
+        held by the session, with the next block if it is at hand, so that the READs
+        after it that lie in them are answered there (`_hold`)."""
         span = blockfile.unchecked_span(data)
+        if len(data) >= PIECEWISE_FROM:
+            # (held before this READ is answered: its reader's next READ may come at once)
+            self._hold(h, ino, off // self.fs.block_size, seen=True)
         if span is None:
             reply.data(data)
         elif len(data) < PIECEWISE_FROM:
@@ -269,7 +289,32 @@ class NativeSession:
             block, lo, pieces, fd = span
             piece = blockfile.CHECK_PIECE
             reply.data_checked(block, lo, len(data), pieces, piece, ino, off, fd)
+        if len(data) >= PIECEWISE_FROM:
+            self._hold(h, ino, off // self.fs.block_size + 1, seen=False)
         return True
+
+    def _hold(self, h: Handle, ino: int, index: int, *, seen: bool) -> None:
+        """Have the session answer the READs of `ino` that lie in its block `index` by
+        itself, without a round trip through the event loop, if the sidecar holds that
+        block mapped from a worker's file (page cache, not the sidecar's memory): each
+        checked by the pieces it covers as it is sent unless the block was checked whole.
+        Its first such READ comes back as SEEN unless `seen` (Python answered one in it),
+        for `DatasetFS.follow` to read ahead."""
+        block_size = self.fs.block_size
+        start = index * block_size
+        if start >= h.ref.size:
+            return
+        data = self.fs.mapped(h, index)
+        if not blockfile.is_mapped(data):
+            return
+        last = start + len(data) >= h.ref.size
+        span = blockfile.unchecked_span(data)
+        if span is None:
+            self._s.hold(ino, start, data, last, None, 0, -1, seen)
+        else:
+            block, lo, pieces, fd = span
+            if lo == 0 and len(block) == len(data):
+                self._s.hold(ino, start, block, last, pieces, blockfile.CHECK_PIECE, fd, seen)
 
     async def _give(self, reply: Any, h: Handle, ino: int, off: int, size: int) -> None:
         """A small file's READ answered straight from its worker's block file on this node
@@ -335,6 +380,9 @@ class Pyfuse3Session:
 
     def cachestat_refused(self) -> bool:
         return False  # (its answers are checked whole on the event loop)
+
+    def settle(self) -> None:
+        pass  # (every READ is answered on the event loop, and counted there)
 
     def invalidate_entry(self, parent: int, name: bytes) -> None:
         pyfuse3.invalidate_entry(pyfuse3.InodeT(parent), pyfuse3.FileNameT(name))

@@ -276,6 +276,8 @@ class Sidecar:
 
     def status(self) -> dict[str, Any]:
         r = self.reader
+        if self.fuse is not None:
+            self.fuse.settle()
         return {
             "dataset": self.cfg.dataset,
             "mountpoint": self.mountpoint,
@@ -285,6 +287,8 @@ class Sidecar:
             "workers": r.workers if r else [],
             "reads": self.fs.reads if self.fs else 0,
             "bytes_read": self.fs.bytes_served if self.fs else 0,
+            # of `reads`, those the native session answered by itself from blocks held there
+            "reads_in_session": self.fs.reads_in_session if self.fs else 0,
             "fuse_opens": self.fuse.opens if self.fuse else "",
             "fuse_requests": self.fuse.requests() if self.fuse else {},
             "read_errors": self.fs.read_errors if self.fs else 0,

@@ -587,6 +587,12 @@ def unchecked_span(data: blocks.Data) -> tuple[memoryview, int, bytes, int] | No
     return memoryview(m)[: u.size], heap.address(data) - u.start, u.pieces, u.fd
 
 
+def is_mapped(data: object) -> bool:
+    """Whether `data` is a block mapped from a block file (`map_block_file`): the page
+    cache, not this process's memory."""
+    return type(data) is memoryview and type(data.obj) is mmap.mmap
+
+
 def check_whole(data: blocks.Data) -> None:
     """Check the block that `data` (all of it or a part) lies in, if it was mapped `lazy`
     and has not been checked whole: CorruptBlock if it does not match its CRC. For every

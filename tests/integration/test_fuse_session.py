@@ -357,6 +357,117 @@ def test_a_forgotten_name_is_looked_up_again_before_its_entry_expires(tmp_path: 
     assert not is_mounted(mnt)
 
 
+def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
+    tmp_path: Path,
+) -> None:
+    """`Session.hold`: the READs that lie in a held block are answered by the session's
+    own threads (none reaches Python; the first of them comes as SEEN, without a reply),
+    a READ in the file's last block past its end gets the bytes there are, one that runs
+    past a block that is not the last comes to Python. A held block not checked whole is
+    checked by the pieces each answer covers: one that fails comes back as REREAD, and the
+    block is let go of (the READs after it come to Python)."""
+    import mmap
+    import zlib
+
+    from fluidfed import _fuse
+
+    piece = 64 * 1024
+    size = 5 * piece + 1000  # blocks of 2 pieces: [0, 2p) [2p, 4p) [4p, 5p + 1000)
+    content = os.urandom(size)
+    src = tmp_path / "blocks"
+    src.write_bytes(content)
+    src.read_bytes()  # (in the page cache: the pieces' check asks it)
+    fd = os.open(src, os.O_RDONLY)
+    whole = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    crcs = [zlib.crc32(content[i : i + piece]) for i in range(0, size, piece)]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    s = _fuse.Session(str(mnt), ["fsname=fluidfed", "subtype=fluidfed", "ro"], 2, 2)
+    attrs = (2, stat.S_IFREG | 0o444, 1, size, 1, 0, 4096, 0, 0)
+    root = (1, stat.S_IFDIR | 0o555, 2, 0, 0, 0, 4096, 0, 0)
+    seen: list[tuple[int, int, int, int]] = []  # (kind, ino, offset, size)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not select.select([s.fileno()], [], [], 0.1)[0]:
+                continue
+            for req in s.take():
+                kind, reply = req[0], req[1]
+                if kind == _fuse.LOOKUP:
+                    reply.entry(attrs, 3600.0, 3600.0)
+                elif kind == _fuse.GETATTR:
+                    reply.attr(root if req[2] == 1 else attrs, 3600.0)
+                elif kind in (_fuse.READ, _fuse.REREAD, _fuse.SEEN):
+                    seen.append((kind, req[2], req[3], req[4]))
+                    if reply is not None:
+                        reply.data(content[req[3] : req[3] + req[4]])
+                elif reply is not None:
+                    reply.error(errno.ENOSYS)
+
+    def read(at: int, n: int) -> bytes:
+        with open(mnt / "f", "rb", buffering=0) as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+            return os.pread(f.fileno(), n, at)
+
+    def drop() -> None:
+        with open(mnt / "f", "rb", buffering=0) as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        # the middle block, checked whole: its READs answered by the session
+        s.hold(2, 2 * piece, whole[2 * piece : 4 * piece], False, None, 0, -1, False)
+        for at in range(2 * piece, 4 * piece, piece // 2):
+            assert read(at, piece // 2) == content[at : at + piece // 2]
+        assert seen == [(_fuse.SEEN, 2, 2 * piece, piece // 2)]
+        assert s.served() == (4, 2 * piece)
+        assert s.served() == (0, 0)  # (since the last call)
+        # a READ that runs past it (not the file's last block) is Python's
+        seen.clear()
+        assert read(4 * piece - 4096, 8192) == content[4 * piece - 4096 : 4 * piece + 4096]
+        assert [k for k, *_ in seen] == [_fuse.READ]
+        # the last block: a READ past the file's end gets what there is
+        s.hold(2, 4 * piece, whole[4 * piece : size], True, None, 0, -1, True)
+        seen.clear()
+        drop()
+        assert read(4 * piece, 2 * piece) == content[4 * piece :]
+        assert seen == []  # (Python answered one in it: no SEEN)
+        assert s.served() == (1, size - 4 * piece)
+
+        # the first block, not checked whole, its second piece's CRC wrong
+        drop()
+        bad = b"".join(c.to_bytes(4, "big") for c in [crcs[0], crcs[1] ^ 1])
+        s.hold(2, 0, whole[: 2 * piece], False, bad, piece, fd, True)
+        seen.clear()
+        assert read(0, piece) == content[:piece]  # (its piece holds)
+        assert read(piece, piece) == content[piece : 2 * piece]  # (answered by Python)
+        assert seen == [(_fuse.REREAD, 2, piece, piece)]
+        seen.clear()
+        drop()
+        assert read(0, piece) == content[:piece]
+        assert [k for k, *_ in seen] == [_fuse.READ]  # (let go of)
+
+        # a held block is let go of with the file's pages (a new listing)
+        s.hold(2, 0, whole[: 2 * piece], False, None, 0, -1, True)
+        s.invalidate_inode(2)
+        seen.clear()
+        assert read(0, piece) == content[:piece]
+        assert [k for k, *_ in seen] == [_fuse.READ]
+        # and the arguments are checked
+        with pytest.raises(ValueError, match="bytes of CRCs"):
+            s.hold(2, 0, whole[: 2 * piece], False, bad[:4], piece, fd, True)
+        with pytest.raises(ValueError, match="multiple of 4096"):
+            s.hold(2, 0, whole[: 2 * piece], False, bad, 1000, fd, True)
+    finally:
+        stop.set()
+        t.join(5)
+        s.unmount()
+        os.close(fd)
+    assert not is_mounted(mnt)
+
+
 @pytest.mark.parametrize(
     ("var", "value", "expected"),
     [

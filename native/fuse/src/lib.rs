@@ -15,6 +15,11 @@
 //!   the file's page cache) is written to /dev/fuse by the replying threads, without the
 //!   GIL: with pyfuse3 that copy held the GIL on the loop's thread, so the loop, and with
 //!   it every READ, ran on one core (`README`, "Measured design decisions").
+//! - A block mapped from a worker's file that Python answers a READ from, or reads ahead,
+//!   is handed to the session (`Session.hold`): the READs that lie in it are then answered
+//!   by the reading threads themselves (to the replying threads when large), each checked
+//!   by its pieces as Python's would be, with no round trip through the event loop; the
+//!   first of them per block goes to Python as SEEN (no answer), to read ahead of it.
 //! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
 //!   without an answer, so a reader never hangs on it.
 
@@ -26,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -52,6 +57,9 @@ const FORGET: u8 = 9;
 /// A READ handed back by a replying thread: a piece of the block its answer lay in did not
 /// match its CRC (`Reply.data_checked`); Python answers it again from elsewhere.
 const REREAD: u8 = 10;
+/// A READ answered here from a block held (`Session.hold`), the first in that block:
+/// (SEEN, None, ino, offset, size), for Python to follow its reader (read ahead of it).
+const SEEN: u8 = 11;
 
 /// The requests counted by kind (`Session.requests`; the kinds above, one less, first), for
 /// the sidecar's status and tests: OPEN stays at its first one, RELEASE at none.
@@ -124,23 +132,30 @@ impl Op {
 
 /// A READ's answer for a replying thread: `len` bytes at `lo` of `data`, which stays
 /// exported (its memory alive and unmoved) until the thread has written it, then goes back
-/// to Python to be let go; with `check`, the pieces they lie in are checked first.
+/// to Python to be let go; with `check`, the pieces they lie in are checked first. `data`
+/// is shared: a block held here (`Held`) answers several READs.
 struct Job {
     reply: ReplyData,
-    data: PyBuffer<u8>,
+    data: Arc<PyBuffer<u8>>,
     lo: usize,
     len: usize,
     check: Option<Check>,
 }
 
-/// What a READ's answer from a block not checked whole is checked against: the CRC-32 of
-/// each `piece` bytes of the block, and the READ (to hand it back if one does not match).
-struct Check {
-    pieces: Vec<u32>,
+/// What the answers from a block not checked whole are checked against: the CRC-32 of
+/// each `piece` bytes of the block, and the mapped file, open (for `in_page_cache`).
+struct Pieces {
+    crcs: Vec<u32>,
     piece: usize,
+    fd: i32,
+}
+
+/// A READ's check: its block's `Pieces`, and the READ (to hand it back if one does not
+/// match).
+struct Check {
+    pieces: Arc<Pieces>,
     ino: u64,
     offset: u64,
-    fd: i32, // the mapped file, open (for `in_page_cache`)
 }
 
 /// cachestat(2)'s number where most architectures share a table (Linux 6.5); elsewhere
@@ -217,6 +232,30 @@ fn in_page_cache(fd: i32, start: usize, end: usize) -> Option<bool> {
 /// Set once cachestat was refused (`in_page_cache`): the pages are faulted in instead.
 static CACHESTAT_REFUSED: AtomicBool = AtomicBool::new(false);
 
+impl Pieces {
+    /// The CRCs of a mapped block of `n` bytes in pieces of `piece` bytes, as its trailer
+    /// has them (`pieces`: 4 bytes each, big-endian), the file open as `fd`.
+    fn parse(n: usize, pieces: &[u8], piece: usize, fd: i32) -> PyResult<Self> {
+        let page = 4096; // (the smallest page: a piece starts on a page of the mapping)
+        if piece == 0 || !piece.is_multiple_of(page) {
+            return Err(PyValueError::new_err(format!(
+                "pieces of {piece} bytes: expected a multiple of {page}"
+            )));
+        }
+        if !pieces.len().is_multiple_of(4) || pieces.len() / 4 < n.div_ceil(piece) {
+            return Err(PyValueError::new_err(format!(
+                "{} bytes of CRCs for {n} bytes in pieces of {piece}",
+                pieces.len()
+            )));
+        }
+        let crcs = pieces
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Pieces { crcs, piece, fd })
+    }
+}
+
 impl Check {
     /// The check of `size` bytes at `lo` of a mapped block of `n` bytes, whose pieces of
     /// `piece` bytes have the CRCs `pieces` (4 bytes each, big-endian, as its trailer has
@@ -230,31 +269,15 @@ impl Check {
         fd: i32,
         (ino, offset): (u64, u64),
     ) -> PyResult<Self> {
-        let page = 4096; // (the smallest page: a piece starts on a page of the mapping)
-        if piece == 0
-            || !piece.is_multiple_of(page)
-            || lo.checked_add(size).is_none_or(|end| end > n)
-        {
+        if lo.checked_add(size).is_none_or(|end| end > n) {
             return Err(PyValueError::new_err(format!(
-                "{size} bytes at {lo} of a block of {n} in pieces of {piece}"
+                "{size} bytes at {lo} of a block of {n}"
             )));
         }
-        if !pieces.len().is_multiple_of(4) || pieces.len() / 4 < n.div_ceil(piece) {
-            return Err(PyValueError::new_err(format!(
-                "{} bytes of CRCs for {n} bytes in pieces of {piece}",
-                pieces.len()
-            )));
-        }
-        let pieces = pieces
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
         Ok(Check {
-            pieces,
-            piece,
+            pieces: Arc::new(Pieces::parse(n, pieces, piece, fd)?),
             ino,
             offset,
-            fd,
         })
     }
 
@@ -268,11 +291,12 @@ impl Check {
         if len == 0 {
             return true;
         }
-        let first = lo / self.piece;
-        let last = (lo + len - 1) / self.piece;
-        let start = first * self.piece;
-        let end = ((last + 1) * self.piece).min(block.len());
-        let readable = in_page_cache(self.fd, start, end).unwrap_or_else(|| {
+        let p = &*self.pieces;
+        let first = lo / p.piece;
+        let last = (lo + len - 1) / p.piece;
+        let start = first * p.piece;
+        let end = ((last + 1) * p.piece).min(block.len());
+        let readable = in_page_cache(p.fd, start, end).unwrap_or_else(|| {
             // SAFETY: a range of the caller's mapping (`start` is a multiple of the piece,
             // which the caller makes a multiple of the page, from the mapping's first
             // byte); the call only faults pages in, and fails rather than signals
@@ -287,9 +311,9 @@ impl Check {
         });
         readable
             && (first..=last).all(|i| {
-                let start = i * self.piece;
-                let end = (start + self.piece).min(block.len());
-                self.pieces
+                let start = i * p.piece;
+                let end = (start + p.piece).min(block.len());
+                p.crcs
                     .get(i)
                     .is_some_and(|&want| crc32fast::hash(&block[start..end]) == want)
             })
@@ -297,9 +321,9 @@ impl Check {
 }
 
 /// Write a READ's answer (its pieces checked first, if it says so; a READ whose piece does
-/// not match goes back to Python as REREAD instead). Gives the buffer back to be let go
-/// with the GIL held.
-fn answer(job: Job, shared: &Shared) -> PyBuffer<u8> {
+/// not match goes back to Python as REREAD instead, and its file's blocks held here are
+/// let go of). Gives the buffer back to be let go with the GIL held.
+fn answer(job: Job, shared: &Shared) -> Arc<PyBuffer<u8>> {
     let Job {
         reply,
         data,
@@ -310,6 +334,7 @@ fn answer(job: Job, shared: &Shared) -> PyBuffer<u8> {
     let bytes = view(&data);
     match check {
         Some(c) if !c.holds(bytes, lo, len) => {
+            shared.unhold(Some(c.ino));
             let args = [c.ino, c.offset, len as u64];
             shared.push(Op::new(REREAD, Some(Pending::Data(reply)), args));
         }
@@ -318,6 +343,24 @@ fn answer(job: Job, shared: &Shared) -> PyBuffer<u8> {
     data
 }
 
+/// A block mapped from a worker's file that Python answered a READ from (or will), held
+/// so that the READs after it that lie in it are answered here, without a round trip
+/// through the event loop (`Session.hold`): `start` is its first byte in file `ino`.
+struct Held {
+    ino: u64,
+    start: u64,
+    last: bool, // the file's last block: a READ past its end gets the bytes there are
+    data: Arc<PyBuffer<u8>>,
+    pieces: Option<Arc<Pieces>>, // (None: checked whole)
+    seen: bool,                  // Python heard of a READ in it (a SEEN, or one it answered)
+    used: Instant,
+}
+
+/// How many blocks are held at most (the least lately used let go of first), and how
+/// long one unused is held: an evicted block file keeps its disk space while mapped.
+const HELD_MAX: usize = 16;
+const HELD_IDLE: Duration = Duration::from_secs(1);
+
 struct Shared {
     queue: Mutex<Vec<Op>>,
     counts: [AtomicU64; COUNTED.len()], // requests by kind (COUNTED)
@@ -325,7 +368,9 @@ struct Shared {
     wake: OwnedFd,                      // eventfd: the queue went from empty to not
     closed: AtomicBool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    done: Mutex<Vec<PyBuffer<u8>>>, // written: released by the next `take` (under the GIL)
+    done: Mutex<Vec<Arc<PyBuffer<u8>>>>, // written: let go of by the next `take` (the GIL)
+    held: Mutex<Vec<Held>>,
+    served: [AtomicU64; 2], // READs answered from `held`, and their bytes, since `served`
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -376,7 +421,66 @@ impl Shared {
             op.refuse();
         }
     }
+
+    /// A READ's answer from a block held here, if one holds all of it (or all there is of
+    /// it, in the file's last block): (the block, where the answer starts in it, its
+    /// length, the block's pieces, whether it is the first READ Python has not heard of).
+    fn answer_held(&self, ino: u64, offset: u64, size: usize) -> Option<HeldAnswer> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut held = lock(&self.held);
+        let h = held.iter_mut().find(|h| {
+            h.ino == ino && offset >= h.start && offset - h.start < view(&h.data).len() as u64
+        })?;
+        let lo = (offset - h.start) as usize;
+        let room = view(&h.data).len() - lo;
+        if size > room && !h.last {
+            return None; // (it runs into the next block: Python joins them)
+        }
+        h.used = Instant::now();
+        let first = !h.seen;
+        h.seen = true;
+        let len = size.min(room);
+        self.served[0].fetch_add(1, Ordering::Relaxed);
+        self.served[1].fetch_add(len as u64, Ordering::Relaxed);
+        Some((h.data.clone(), lo, len, h.pieces.clone(), first))
+    }
+
+    /// Let go of the blocks held for `ino` (all, for None): its buffers go with the next
+    /// `take` (under the GIL).
+    fn unhold(&self, ino: Option<u64>) {
+        let gone: Vec<Held> = {
+            let mut held = lock(&self.held);
+            let (gone, kept) = std::mem::take(&mut *held)
+                .into_iter()
+                .partition(|h| ino.is_none_or(|i| h.ino == i));
+            *held = kept;
+            gone
+        };
+        if !gone.is_empty() {
+            lock(&self.done).extend(gone.into_iter().map(|h| h.data));
+        }
+    }
+
+    /// Hand `job` to a replying thread when it is large, else answer it here: then its
+    /// buffer is given back (to be let go of with the GIL held).
+    fn dispatch(&self, mut job: Job) -> Option<Arc<PyBuffer<u8>>> {
+        if job.len >= INLINE_REPLY {
+            if let Some(tx) = lock(&self.jobs).as_ref() {
+                // (a closed channel gives the job back: answered here instead)
+                match tx.send(job) {
+                    Ok(()) => return None,
+                    Err(mpsc::SendError(back)) => job = back,
+                }
+            }
+        }
+        Some(answer(job, self))
+    }
 }
+
+/// `Shared::answer_held`'s answer.
+type HeldAnswer = (Arc<PyBuffer<u8>>, usize, usize, Option<Arc<Pieces>>, bool);
 
 struct Fs {
     shared: Arc<Shared>,
@@ -413,6 +517,7 @@ impl Filesystem for Fs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.shared.count(FORGET as usize - 1);
+        self.shared.unhold(Some(ino.0));
         let mut op = Op::new(FORGET, None, [0; 3]);
         op.forgets.push((ino.0, nlookup));
         self.shared.push(op);
@@ -449,7 +554,31 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.ask(READ, Pending::Data(reply), [ino.0, offset, size as u64]);
+        let args = [ino.0, offset, size as u64];
+        let Some((data, lo, len, pieces, first)) =
+            self.shared.answer_held(ino.0, offset, size as usize)
+        else {
+            return self.ask(READ, Pending::Data(reply), args);
+        };
+        self.shared.count(READ as usize - 1);
+        if first {
+            self.shared.push(Op::new(SEEN, None, args));
+        }
+        let check = pieces.map(|pieces| Check {
+            pieces,
+            ino: ino.0,
+            offset,
+        });
+        let job = Job {
+            reply,
+            data,
+            lo,
+            len,
+            check,
+        };
+        if let Some(data) = self.shared.dispatch(job) {
+            lock(&self.shared.done).push(data); // (let go of with the GIL: see `take`)
+        }
     }
 
     fn flush(
@@ -730,23 +859,14 @@ impl Reply {
             Pending::Data(r) => r,
             other => return Err(Self::back(other, "data")),
         };
-        let mut job = Job {
+        let job = Job {
             reply,
-            data,
+            data: Arc::new(data),
             lo,
             len,
             check,
         };
-        if len >= INLINE_REPLY {
-            if let Some(tx) = lock(&self.shared.jobs).as_ref() {
-                // (a closed channel gives the job back: answered here instead)
-                match tx.send(job) {
-                    Ok(()) => return Ok(()),
-                    Err(mpsc::SendError(back)) => job = back,
-                }
-            }
-        }
-        answer(job, &self.shared); // (its buffer let go here, with the GIL held)
+        drop(self.shared.dispatch(job)); // (answered here: let go of now, the GIL held)
         Ok(())
     }
 }
@@ -1001,6 +1121,8 @@ impl Session {
             closed: AtomicBool::new(false),
             jobs: Mutex::new(Some(tx)),
             done: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
+            served: Default::default(),
         });
         let (mount_options, acl) = mount_options(options);
         let mut config = Config::default();
@@ -1059,6 +1181,15 @@ impl Session {
         let ops = std::mem::take(&mut *lock(&self.shared.queue));
         let written = std::mem::take(&mut *lock(&self.shared.done));
         drop(written); // released with the GIL held, outside the lock
+        let idle: Vec<Held> = {
+            let mut held = lock(&self.shared.held);
+            let (idle, kept) = std::mem::take(&mut *held)
+                .into_iter()
+                .partition(|h| h.used.elapsed() >= HELD_IDLE);
+            *held = kept;
+            idle
+        };
+        drop(idle);
         let out = PyList::empty(py);
         for op in ops {
             let [a, b, c] = op.args;
@@ -1086,7 +1217,7 @@ impl Session {
                         ],
                     )?
                 }
-                READ | REREAD => PyTuple::new(
+                READ | REREAD | SEEN => PyTuple::new(
                     py,
                     [
                         op.kind.into_pyobject(py)?.into_any(),
@@ -1137,6 +1268,7 @@ impl Session {
     /// Drop the kernel's cached pages and attributes of `ino`. A kernel that holds no such
     /// inode is not an error.
     fn invalidate_inode(&self, py: Python<'_>, ino: u64) -> PyResult<()> {
+        self.shared.unhold(Some(ino)); // (before the kernel asks again)
         let n = &self.notifier;
         match py.allow_threads(|| n.inval_inode(INodeNo(ino), 0, 0)) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -1155,6 +1287,74 @@ impl Session {
         }
     }
 
+    /// Answer the READs of file `ino` that lie in `block` (its bytes from `start` on,
+    /// mapped from a worker's block file) here from now on, each checked by the pieces it
+    /// covers as `Reply.data_checked` does if the block was not checked whole (`pieces`,
+    /// `piece`, `fd` as that takes them; None: checked), until the block is
+    /// let go of (`unhold`, `invalidate_inode`, the kernel's FORGET, a piece that fails
+    /// its check, HELD_IDLE unused, or HELD_MAX others held since). `last`: it is the
+    /// file's last block. `seen`: Python answered a READ in it (else the first READ
+    /// answered here comes back from `take` as SEEN).
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &self,
+        ino: u64,
+        start: u64,
+        block: PyBuffer<u8>,
+        last: bool,
+        pieces: Option<&[u8]>,
+        piece: usize,
+        fd: i32,
+        seen: bool,
+    ) -> PyResult<()> {
+        if !block.is_c_contiguous() {
+            return Err(PyValueError::new_err("hold takes a contiguous buffer"));
+        }
+        let pieces = match pieces {
+            Some(p) => Some(Arc::new(Pieces::parse(block.len_bytes(), p, piece, fd)?)),
+            None => None,
+        };
+        let gone = {
+            let mut held = lock(&self.shared.held);
+            let mut gone: Vec<Held> = Vec::new();
+            if let Some(i) = held.iter().position(|h| h.ino == ino && h.start == start) {
+                gone.push(held.swap_remove(i));
+            } else if held.len() >= HELD_MAX {
+                if let Some(i) = (0..held.len()).min_by_key(|&i| held[i].used) {
+                    gone.push(held.swap_remove(i));
+                }
+            }
+            held.push(Held {
+                ino,
+                start,
+                last,
+                data: Arc::new(block),
+                pieces,
+                seen,
+                used: Instant::now(),
+            });
+            gone
+        };
+        drop(gone); // (the GIL held)
+        Ok(())
+    }
+
+    /// Let go of the blocks held for `ino` (`hold`), or of all of them.
+    #[pyo3(signature = (ino=None))]
+    fn unhold(&self, ino: Option<u64>) {
+        self.shared.unhold(ino);
+        drop(std::mem::take(&mut *lock(&self.shared.done))); // (the GIL held)
+    }
+
+    /// (READs, bytes) answered from held blocks since the last call.
+    fn served(&self) -> (u64, u64) {
+        let [reads, bytes] = &self.shared.served;
+        (
+            reads.swap(0, Ordering::Relaxed),
+            bytes.swap(0, Ordering::Relaxed),
+        )
+    }
+
     /// The requests the kernel sent so far, by kind ("open", "read", ...).
     fn requests(&self) -> Vec<(&'static str, u64)> {
         COUNTED
@@ -1167,6 +1367,7 @@ impl Session {
     /// Take no more requests: those queued, and any that come, are answered ENOTCONN.
     fn close(&self) {
         self.shared.close();
+        self.shared.unhold(None);
     }
 
     /// `close`, detach the mount (lazily: files still open keep it until closed) and wait
@@ -1252,6 +1453,7 @@ fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GETATTR", GETATTR)?;
     m.add("READ", READ)?;
     m.add("REREAD", REREAD)?;
+    m.add("SEEN", SEEN)?;
     m.add("OPENDIR", OPENDIR)?;
     m.add("READDIR", READDIR)?;
     m.add("STATFS", STATFS)?;

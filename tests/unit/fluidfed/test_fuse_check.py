@@ -54,7 +54,7 @@ def test_bad_arguments_are_refused_before_any_check(tmp_path: Path) -> None:
     block, pieces, fd = _mapped(tmp_path, os.urandom(2 * PIECE))
     with pytest.raises(ValueError, match="bytes at"):
         _fuse.pieces_hold(block, PIECE, PIECE + 1, pieces, PIECE, fd)  # past its end
-    with pytest.raises(ValueError, match="in pieces of 1000"):
+    with pytest.raises(ValueError, match="pieces of 1000 bytes: expected a multiple of 4096"):
         _fuse.pieces_hold(block, 0, 1, pieces, 1000, fd)  # (a piece starts on a page)
     with pytest.raises(ValueError, match="bytes of CRCs"):
         _fuse.pieces_hold(block, 0, 1, pieces[:4], PIECE, fd)
