@@ -83,6 +83,7 @@ class Session:
         piece: int,
         fd: int,
         seen: bool,
+        memory: bool = False,
     ) -> None: ...
     def unhold(self, ino: int | None = None) -> None: ...
     def served(self) -> tuple[int, int]: ...  # (READs, bytes) answered from held blocks

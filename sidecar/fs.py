@@ -406,7 +406,7 @@ class DatasetFS(pyfuse3.Operations):
         self.bytes_served += nbytes
         self.reader.stats.local_hits += reads
 
-    def mapped(self, h: Handle, index: int) -> Any:
+    def held_block(self, h: Handle, index: int) -> Any:
         """Block `index` of the file `h` reads if the sidecar holds it now (not counted as
         a read: `served_elsewhere` counts the READs it answers), else None."""
         return self.reader.store.peek(self.reader.key(h.ref, index))

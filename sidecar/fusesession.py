@@ -296,21 +296,22 @@ class NativeSession:
     def _hold(self, h: Handle, ino: int, index: int, *, seen: bool) -> None:
         """Have the session answer the READs of `ino` that lie in its block `index` by
         itself, without a round trip through the event loop, if the sidecar holds that
-        block mapped from a worker's file (page cache, not the sidecar's memory): each
-        checked by the pieces it covers as it is sent unless the block was checked whole.
-        Its first such READ comes back as SEEN unless `seen` (Python answered one in it),
-        for `DatasetFS.follow` to read ahead."""
+        block (mapped from a worker's file, or in its memory: the session holds a few of
+        those, `HELD_MEMORY`): each checked by the pieces it covers as it is sent unless
+        the block was checked whole. Its first such READ comes back as SEEN unless `seen`
+        (Python answered one in it), for `DatasetFS.follow` to read ahead."""
         block_size = self.fs.block_size
         start = index * block_size
         if start >= h.ref.size:
             return
-        data = self.fs.mapped(h, index)
-        if not blockfile.is_mapped(data):
+        data = self.fs.held_block(h, index)
+        if data is None:
             return
         last = start + len(data) >= h.ref.size
         span = blockfile.unchecked_span(data)
         if span is None:
-            self._s.hold(ino, start, data, last, None, 0, -1, seen)
+            memory = not blockfile.is_mapped(data)
+            self._s.hold(ino, start, data, last, None, 0, -1, seen, memory)
         else:
             block, lo, pieces, fd = span
             if lo == 0 and len(block) == len(data):

@@ -445,6 +445,7 @@ def map_block_file(
         if huge:  # (what lies in the page cache already, in small folios, let go of)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+        _file_maps.add(m)
         try:
             if huge:
                 _populate_huge(m, length)
@@ -587,10 +588,15 @@ def unchecked_span(data: blocks.Data) -> tuple[memoryview, int, bytes, int] | No
     return memoryview(m)[: u.size], heap.address(data) - u.start, u.pieces, u.fd
 
 
+# the mappings of block files (`map_block_file`), apart from those of this process's memory
+# (`heap.huge`'s buffers are anonymous mappings)
+_file_maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+
+
 def is_mapped(data: object) -> bool:
     """Whether `data` is a block mapped from a block file (`map_block_file`): the page
     cache, not this process's memory."""
-    return type(data) is memoryview and type(data.obj) is mmap.mmap
+    return type(data) is memoryview and data.obj in _file_maps
 
 
 def check_whole(data: blocks.Data) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +358,57 @@ def test_a_forgotten_name_is_looked_up_again_before_its_entry_expires(tmp_path: 
     assert not is_mounted(mnt)
 
 
+@contextlib.contextmanager
+def _one_file(mnt: Path, content: bytes) -> Iterator[tuple[Any, list[tuple[int, ...]]]]:
+    """A native session at `mnt` with one file, "f" (inode 2), served from `content` by a
+    thread of the test: (the session, the READs, REREADs and SEENs Python was given, as
+    (kind, ino, offset, size))."""
+    from fluidfed import _fuse
+
+    mnt.mkdir()
+    s = _fuse.Session(str(mnt), ["fsname=fluidfed", "subtype=fluidfed", "ro"], 2, 2)
+    attrs = (2, stat.S_IFREG | 0o444, 1, len(content), 1, 0, 4096, 0, 0)
+    root = (1, stat.S_IFDIR | 0o555, 2, 0, 0, 0, 4096, 0, 0)
+    seen: list[tuple[int, ...]] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not select.select([s.fileno()], [], [], 0.1)[0]:
+                continue
+            for req in s.take():
+                kind, reply = req[0], req[1]
+                if kind == _fuse.LOOKUP:
+                    reply.entry(attrs, 3600.0, 3600.0)
+                elif kind == _fuse.GETATTR:
+                    reply.attr(root if req[2] == 1 else attrs, 3600.0)
+                elif kind in (_fuse.READ, _fuse.REREAD, _fuse.SEEN):
+                    seen.append((kind, req[2], req[3], req[4]))
+                    if reply is not None:
+                        reply.data(content[req[3] : req[3] + req[4]])
+                elif reply is not None:
+                    reply.error(errno.ENOSYS)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield s, seen
+    finally:
+        stop.set()
+        t.join(5)
+        s.unmount()
+    assert not is_mounted(mnt)
+
+
+def _read(path: Path, at: int, n: int) -> bytes:
+    """`n` bytes at `at`, the file's pages dropped first and no read-ahead: READs of those
+    bytes only."""
+    with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        return os.pread(f.fileno(), n, at)
+
+
 def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
     tmp_path: Path,
 ) -> None:
@@ -380,92 +432,75 @@ def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
     fd = os.open(src, os.O_RDONLY)
     whole = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     crcs = [zlib.crc32(content[i : i + piece]) for i in range(0, size, piece)]
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    s = _fuse.Session(str(mnt), ["fsname=fluidfed", "subtype=fluidfed", "ro"], 2, 2)
-    attrs = (2, stat.S_IFREG | 0o444, 1, size, 1, 0, 4096, 0, 0)
-    root = (1, stat.S_IFDIR | 0o555, 2, 0, 0, 0, 4096, 0, 0)
-    seen: list[tuple[int, int, int, int]] = []  # (kind, ino, offset, size)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            if not select.select([s.fileno()], [], [], 0.1)[0]:
-                continue
-            for req in s.take():
-                kind, reply = req[0], req[1]
-                if kind == _fuse.LOOKUP:
-                    reply.entry(attrs, 3600.0, 3600.0)
-                elif kind == _fuse.GETATTR:
-                    reply.attr(root if req[2] == 1 else attrs, 3600.0)
-                elif kind in (_fuse.READ, _fuse.REREAD, _fuse.SEEN):
-                    seen.append((kind, req[2], req[3], req[4]))
-                    if reply is not None:
-                        reply.data(content[req[3] : req[3] + req[4]])
-                elif reply is not None:
-                    reply.error(errno.ENOSYS)
-
-    def read(at: int, n: int) -> bytes:
-        with open(mnt / "f", "rb", buffering=0) as f:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-            return os.pread(f.fileno(), n, at)
-
-    def drop() -> None:
-        with open(mnt / "f", "rb", buffering=0) as f:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    f = tmp_path / "mnt" / "f"
     try:
-        # the middle block, checked whole: its READs answered by the session
-        s.hold(2, 2 * piece, whole[2 * piece : 4 * piece], False, None, 0, -1, False)
-        for at in range(2 * piece, 4 * piece, piece // 2):
-            assert read(at, piece // 2) == content[at : at + piece // 2]
-        assert seen == [(_fuse.SEEN, 2, 2 * piece, piece // 2)]
-        assert s.served() == (4, 2 * piece)
-        assert s.served() == (0, 0)  # (since the last call)
-        # a READ that runs past it (not the file's last block) is Python's
-        seen.clear()
-        assert read(4 * piece - 4096, 8192) == content[4 * piece - 4096 : 4 * piece + 4096]
-        assert [k for k, *_ in seen] == [_fuse.READ]
-        # the last block: a READ past the file's end gets what there is
-        s.hold(2, 4 * piece, whole[4 * piece : size], True, None, 0, -1, True)
-        seen.clear()
-        drop()
-        assert read(4 * piece, 2 * piece) == content[4 * piece :]
-        assert seen == []  # (Python answered one in it: no SEEN)
-        assert s.served() == (1, size - 4 * piece)
+        with _one_file(tmp_path / "mnt", content) as (s, seen):
+            # the middle block, checked whole: its READs answered by the session
+            s.hold(2, 2 * piece, whole[2 * piece : 4 * piece], False, None, 0, -1, False)
+            for at in range(2 * piece, 4 * piece, piece // 2):
+                assert _read(f, at, piece // 2) == content[at : at + piece // 2]
+            assert seen == [(_fuse.SEEN, 2, 2 * piece, piece // 2)]
+            assert s.served() == (4, 2 * piece)
+            assert s.served() == (0, 0)  # (since the last call)
+            # a READ that runs past it (not the file's last block) is Python's
+            seen.clear()
+            assert _read(f, 4 * piece - 4096, 8192) == content[4 * piece - 4096 : 4 * piece + 4096]
+            assert [k for k, *_ in seen] == [_fuse.READ]
+            # the last block: a READ past the file's end gets what there is
+            s.hold(2, 4 * piece, whole[4 * piece : size], True, None, 0, -1, True)
+            seen.clear()
+            assert _read(f, 4 * piece, 2 * piece) == content[4 * piece :]
+            assert seen == []  # (Python answered one in it: no SEEN)
+            assert s.served() == (1, size - 4 * piece)
 
-        # the first block, not checked whole, its second piece's CRC wrong
-        drop()
-        bad = b"".join(c.to_bytes(4, "big") for c in [crcs[0], crcs[1] ^ 1])
-        s.hold(2, 0, whole[: 2 * piece], False, bad, piece, fd, True)
-        seen.clear()
-        assert read(0, piece) == content[:piece]  # (its piece holds)
-        assert read(piece, piece) == content[piece : 2 * piece]  # (answered by Python)
-        assert seen == [(_fuse.REREAD, 2, piece, piece)]
-        seen.clear()
-        drop()
-        assert read(0, piece) == content[:piece]
-        assert [k for k, *_ in seen] == [_fuse.READ]  # (let go of)
+            # the first block, not checked whole, its second piece's CRC wrong
+            bad = b"".join(c.to_bytes(4, "big") for c in [crcs[0], crcs[1] ^ 1])
+            s.hold(2, 0, whole[: 2 * piece], False, bad, piece, fd, True)
+            seen.clear()
+            assert _read(f, 0, piece) == content[:piece]  # (its piece holds)
+            assert _read(f, piece, piece) == content[piece : 2 * piece]  # (by Python)
+            assert seen == [(_fuse.REREAD, 2, piece, piece)]
+            seen.clear()
+            assert _read(f, 0, piece) == content[:piece]
+            assert [k for k, *_ in seen] == [_fuse.READ]  # (let go of)
 
-        # a held block is let go of with the file's pages (a new listing)
-        s.hold(2, 0, whole[: 2 * piece], False, None, 0, -1, True)
-        s.invalidate_inode(2)
-        seen.clear()
-        assert read(0, piece) == content[:piece]
-        assert [k for k, *_ in seen] == [_fuse.READ]
-        # and the arguments are checked
-        with pytest.raises(ValueError, match="bytes of CRCs"):
-            s.hold(2, 0, whole[: 2 * piece], False, bad[:4], piece, fd, True)
-        with pytest.raises(ValueError, match="multiple of 4096"):
-            s.hold(2, 0, whole[: 2 * piece], False, bad, 1000, fd, True)
+            # a held block is let go of with the file's pages (a new listing)
+            s.hold(2, 0, whole[: 2 * piece], False, None, 0, -1, True)
+            s.invalidate_inode(2)
+            seen.clear()
+            assert _read(f, 0, piece) == content[:piece]
+            assert [k for k, *_ in seen] == [_fuse.READ]
+            # and the arguments are checked
+            with pytest.raises(ValueError, match="bytes of CRCs"):
+                s.hold(2, 0, whole[: 2 * piece], False, bad[:4], piece, fd, True)
+            with pytest.raises(ValueError, match="multiple of 4096"):
+                s.hold(2, 0, whole[: 2 * piece], False, bad, 1000, fd, True)
     finally:
-        stop.set()
-        t.join(5)
-        s.unmount()
         os.close(fd)
-    assert not is_mounted(mnt)
+
+
+def test_the_session_holds_a_few_blocks_of_the_sidecars_memory_only(tmp_path: Path) -> None:
+    """Blocks in the sidecar's memory (not mapped from a file) are held up to 8 MiB in all,
+    the least lately used let go of first (its READs come to Python again); a larger one
+    is not held at all. Mapped ones do not count against it."""
+    from fluidfed import _fuse
+
+    mib = 2**20
+    content = os.urandom(24 * mib)
+    f = tmp_path / "mnt" / "f"
+    with _one_file(tmp_path / "mnt", content) as (s, seen):
+        view = memoryview(content)
+        s.hold(2, 0, view[: 4 * mib], False, None, 0, -1, True, True)
+        s.hold(2, 4 * mib, view[4 * mib : 8 * mib], False, None, 0, -1, True, True)
+        assert _read(f, mib, 4096) == content[mib : mib + 4096]  # (the first used lately)
+        s.hold(2, 8 * mib, view[8 * mib : 12 * mib], False, None, 0, -1, True, True)
+        s.hold(2, 12 * mib, view[12 * mib : 24 * mib], False, None, 0, -1, True, False)
+        s.hold(2, 0, view[: 9 * mib], False, None, 0, -1, True, True)  # (too large)
+        seen.clear()
+        for at in (0, 5 * mib, 9 * mib, 20 * mib):
+            assert _read(f, at, 4096) == content[at : at + 4096]
+        # the second block let go of for the third; the fourth, "mapped", counts not
+        assert [(k, off) for k, _, off, _ in seen] == [(_fuse.READ, 5 * mib)]
 
 
 @pytest.mark.parametrize(

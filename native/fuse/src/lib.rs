@@ -15,8 +15,9 @@
 //!   the file's page cache) is written to /dev/fuse by the replying threads, without the
 //!   GIL: with pyfuse3 that copy held the GIL on the loop's thread, so the loop, and with
 //!   it every READ, ran on one core (`README`, "Measured design decisions").
-//! - A block mapped from a worker's file that Python answers a READ from, or reads ahead,
-//!   is handed to the session (`Session.hold`): the READs that lie in it are then answered
+//! - A block that Python answers a READ from, or reads ahead (mapped from a worker's file,
+//!   or in the sidecar's memory: at most `HELD_MEMORY` bytes of those), is handed to the
+//!   session (`Session.hold`): the READs that lie in it are then answered
 //!   by the reading threads themselves (to the replying threads when large), each checked
 //!   by its pieces as Python's would be, with no round trip through the event loop; the
 //!   first of them per block goes to Python as SEEN (no answer), to read ahead of it.
@@ -343,22 +344,26 @@ fn answer(job: Job, shared: &Shared) -> Arc<PyBuffer<u8>> {
     data
 }
 
-/// A block mapped from a worker's file that Python answered a READ from (or will), held
-/// so that the READs after it that lie in it are answered here, without a round trip
-/// through the event loop (`Session.hold`): `start` is its first byte in file `ino`.
+/// A block that Python answered a READ from (or will), held so that the READs after it
+/// that lie in it are answered here, without a round trip through the event loop
+/// (`Session.hold`): `start` is its first byte in file `ino`.
 struct Held {
     ino: u64,
     start: u64,
-    last: bool, // the file's last block: a READ past its end gets the bytes there are
+    last: bool,   // the file's last block: a READ past its end gets the bytes there are
+    memory: bool, // in the sidecar's memory, not mapped from a file (`HELD_MEMORY`)
     data: Arc<PyBuffer<u8>>,
     pieces: Option<Arc<Pieces>>, // (None: checked whole)
     seen: bool,                  // Python heard of a READ in it (a SEEN, or one it answered)
     used: Instant,
 }
 
-/// How many blocks are held at most (the least lately used let go of first), and how
-/// long one unused is held: an evicted block file keeps its disk space while mapped.
+/// How many blocks are held at most (the least lately used let go of first), how many
+/// bytes of them in the sidecar's memory (which its memory tier may have let go of
+/// meanwhile), and how long one unused is held (an evicted block file keeps its disk
+/// space while mapped).
 const HELD_MAX: usize = 16;
+const HELD_MEMORY: usize = 8 << 20;
 const HELD_IDLE: Duration = Duration::from_secs(1);
 
 struct Shared {
@@ -1287,15 +1292,17 @@ impl Session {
         }
     }
 
-    /// Answer the READs of file `ino` that lie in `block` (its bytes from `start` on,
-    /// mapped from a worker's block file) here from now on, each checked by the pieces it
-    /// covers as `Reply.data_checked` does if the block was not checked whole (`pieces`,
-    /// `piece`, `fd` as that takes them; None: checked), until the block is
+    /// Answer the READs of file `ino` that lie in `block` (its bytes from `start` on)
+    /// here from now on, each checked by the pieces it covers as `Reply.data_checked`
+    /// does if the block is mapped from a worker's file and was not checked whole
+    /// (`pieces`, `piece`, `fd` as that takes them; None: checked), until the block is
     /// let go of (`unhold`, `invalidate_inode`, the kernel's FORGET, a piece that fails
-    /// its check, HELD_IDLE unused, or HELD_MAX others held since). `last`: it is the
+    /// its check, HELD_IDLE unused, or HELD_MAX others held since; a block in the
+    /// sidecar's `memory`, once HELD_MEMORY bytes of others are). `last`: it is the
     /// file's last block. `seen`: Python answered a READ in it (else the first READ
     /// answered here comes back from `take` as SEEN).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (ino, start, block, last, pieces, piece, fd, seen, memory=false))]
     fn hold(
         &self,
         ino: u64,
@@ -1306,9 +1313,14 @@ impl Session {
         piece: usize,
         fd: i32,
         seen: bool,
+        memory: bool,
     ) -> PyResult<()> {
         if !block.is_c_contiguous() {
             return Err(PyValueError::new_err("hold takes a contiguous buffer"));
+        }
+        let n = block.len_bytes();
+        if memory && n > HELD_MEMORY {
+            return Ok(()); // (not held: Python answers its READs)
         }
         let pieces = match pieces {
             Some(p) => Some(Arc::new(Pieces::parse(block.len_bytes(), p, piece, fd)?)),
@@ -1319,15 +1331,29 @@ impl Session {
             let mut gone: Vec<Held> = Vec::new();
             if let Some(i) = held.iter().position(|h| h.ino == ino && h.start == start) {
                 gone.push(held.swap_remove(i));
-            } else if held.len() >= HELD_MAX {
-                if let Some(i) = (0..held.len()).min_by_key(|&i| held[i].used) {
-                    gone.push(held.swap_remove(i));
+            }
+            let in_memory = |held: &Vec<Held>| -> usize {
+                held.iter()
+                    .filter(|h| h.memory)
+                    .map(|h| view(&h.data).len())
+                    .sum()
+            };
+            while held.len() >= HELD_MAX || (memory && in_memory(&held) + n > HELD_MEMORY) {
+                // the least lately used: of all, or of those in memory if they are too many
+                let memory_bound = held.len() < HELD_MAX;
+                let oldest = (0..held.len())
+                    .filter(|&i| !memory_bound || held[i].memory)
+                    .min_by_key(|&i| held[i].used);
+                match oldest {
+                    Some(i) => gone.push(held.swap_remove(i)),
+                    None => break,
                 }
             }
             held.push(Held {
                 ino,
                 start,
                 last,
+                memory,
                 data: Arc::new(block),
                 pieces,
                 seen,

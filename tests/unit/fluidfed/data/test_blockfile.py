@@ -612,6 +612,25 @@ async def test_a_restarted_store_finds_its_blocks_sizes_in_either_format(tmp_pat
     assert again.stats.corrupt == 1
 
 
+def test_only_a_block_files_mapping_is_taken_for_one(tmp_path: Path) -> None:
+    """`is_mapped`: a block mapped from its file (the page cache, which the native session
+    may hold on to a moment longer) and any part of it, not a block in this process's
+    memory, however that was allocated (a received block's buffer of huge pages is an
+    anonymous mapping)."""
+    payload = os.urandom(2 * blockfile.CHECK_PIECE + 3)
+    path = block_file(str(tmp_path), "a" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    for lazy in (False, True):
+        data, _ = map_block_file(path, lazy=lazy)
+        assert blockfile.is_mapped(data) and blockfile.is_mapped(memoryview(data)[5:9])
+    assert not blockfile.is_mapped(read_block_file(path)[0])
+    huge = heap.huge(heap.HUGE)
+    assert isinstance(huge, mmap.mmap)
+    assert not blockfile.is_mapped(heap.huge_aligned(huge, heap.HUGE))
+    assert not blockfile.is_mapped(memoryview(bytearray(payload)))
+    assert not blockfile.is_mapped(payload) and not blockfile.is_mapped(None)
+
+
 def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path: Path) -> None:
     """Mapped `lazy`, a block file is not read whole: only its pieces' CRCs are checked
     against the block's. A READ's answer (a part of the block) names the block, where it
