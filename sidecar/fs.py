@@ -400,16 +400,20 @@ class DatasetFS(pyfuse3.Operations):
 
     def served_elsewhere(self, reads: int, nbytes: int) -> None:
         """Count READs, of `nbytes` in all, that the session answered by itself from
-        blocks held there (mapped here: local hits)."""
+        blocks held there (given it by `held_block`: local hits, and the store's)."""
         self.reads += reads
         self.reads_in_session += reads
         self.bytes_served += nbytes
         self.reader.stats.local_hits += reads
+        self.reader.store.count_hits(reads)
 
     def held_block(self, h: Handle, index: int) -> Any:
-        """Block `index` of the file `h` reads if the sidecar holds it now (not counted as
-        a read: `served_elsewhere` counts the READs it answers), else None."""
-        return self.reader.store.peek(self.reader.key(h.ref, index))
+        """Block `index` of the file `h` reads if the sidecar holds it now in memory (its
+        own, or mapped from a worker's file) and `h` reads the file as listed now, else
+        None. Not counted as a read: `served_elsewhere` counts the READs it answers."""
+        if self.tree.file(h.inode) != h.ref:
+            return None  # (changed or gone since: its old blocks must not be held again)
+        return self.reader.store.peek(self.reader.key(h.ref, index), count=False)
 
     async def read_fetched(self, h: Handle, off: int, size: int, *, again: bool = False) -> Any:
         """The answer to a READ whose bytes were not at hand. `again`: its earlier answer

@@ -7,8 +7,8 @@
   message where the kernel is safe with it (`kernel_opens`): the kernel opens files by
   itself (no OPEN, no RELEASE); else the session's threads answer them. Either way READs
   name the inode (`DatasetFS.stream`) rather than a handle. The READs that lie in a block
-  mapped from a worker's file are answered by the session itself once Python hands it the
-  block (`NativeSession._hold`).
+  the sidecar holds (mapped from a worker's file, or a few in its memory) are answered by
+  the session itself once Python hands it the block (`NativeSession._hold`).
 - `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
   READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
   on one core (figures: README, "Measured design decisions").
@@ -270,9 +270,9 @@ class NativeSession:
         not checked whole are checked by the pieces they lie in as they are sent (a piece
         that fails comes back as REREAD). A small answer checks its whole block here
         instead, once (a piece per small READ would check many times what it sends):
-        False, and unanswered, if that fails. The mapped block a large answer lies in is
-        held by the session, with the next block if it is at hand, so that the READs
-        after it that lie in them are answered there (`_hold`)."""
+        False, and unanswered, if that fails. The block a large answer lies in is held by
+        the session, with the next block if it is at hand, so that the READs after it that
+        lie in them are answered there (`_hold`)."""
         span = blockfile.unchecked_span(data)
         if len(data) >= PIECEWISE_FROM:
             # (held before this READ is answered: its reader's next READ may come at once)
@@ -309,13 +309,15 @@ class NativeSession:
             return
         last = start + len(data) >= h.ref.size
         span = blockfile.unchecked_span(data)
-        if span is None:
-            memory = not blockfile.is_mapped(data)
-            self._s.hold(ino, start, data, last, None, 0, -1, seen, memory)
-        else:
-            block, lo, pieces, fd = span
-            if lo == 0 and len(block) == len(data):
+        try:
+            if span is None:
+                memory = not blockfile.is_mapped(data)
+                self._s.hold(ino, start, data, last, None, 0, -1, seen, memory)
+            elif span[1] == 0 and len(span[0]) == len(data):
+                block, _, pieces, fd = span
                 self._s.hold(ino, start, block, last, pieces, blockfile.CHECK_PIECE, fd, seen)
+        except Exception:  # (its READs are answered here instead: the READ goes on)
+            log.exception("handing block %d of %s to the FUSE session failed", index, h.ref.key)
 
     async def _give(self, reply: Any, h: Handle, ino: int, off: int, size: int) -> None:
         """A small file's READ answered straight from its worker's block file on this node

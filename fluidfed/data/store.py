@@ -310,14 +310,26 @@ class BlockStore:
         tier.hits += 1
         self.stats.hits += 1
 
-    def peek(self, key: str) -> blocks.Data | None:
-        """A block held in a memory tier, synchronously (counted as a hit); None otherwise
-        (not counted: the caller goes on to `get`)."""
+    def peek(self, key: str, *, count: bool = True) -> blocks.Data | None:
+        """A block held in a memory tier, synchronously (counted as a hit unless not
+        `count`: recently used all the same); None otherwise (not counted: the caller goes
+        on to `get`)."""
         tier = self._holder(key)
         if tier is None or tier.dir is not None:
             return None
-        self._hit(tier, key)
+        if count:
+            self._hit(tier, key)
+        else:
+            tier.ledger.touch(key)
         return tier.mem[key][0]
+
+    def count_hits(self, n: int) -> None:
+        """`n` reads of blocks held in memory served by someone else (the sidecar's FUSE
+        session, from blocks `peek` gave it): hits of the first memory tier."""
+        tier = next((t for t in self._tiers if t.dir is None), None)
+        if tier is not None and n > 0:
+            tier.hits += n
+            self.stats.hits += n
 
     async def get_span(self, key: str, lo: int, n: int) -> blocks.Data | None:
         """Part of a cached block, or None (then `get` the whole block). A disk block is

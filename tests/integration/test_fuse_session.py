@@ -23,7 +23,7 @@ import pytest
 
 from devkit import testing
 from devkit.local.processes import SidecarProcess, is_mounted
-from devkit.testing import eventually_blocking
+from devkit.testing import NotYet, eventually_blocking
 from sidecar.fs import PREFERRED_IO
 
 pytestmark = [
@@ -430,16 +430,20 @@ def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
     src.write_bytes(content)
     src.read_bytes()  # (in the page cache: the pieces' check asks it)
     fd = os.open(src, os.O_RDONLY)
-    whole = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    mapped = memoryview(mmap.mmap(fd, 0, prot=mmap.PROT_READ))
     crcs = [zlib.crc32(content[i : i + piece]) for i in range(0, size, piece)]
     f = tmp_path / "mnt" / "f"
     try:
         with _one_file(tmp_path / "mnt", content) as (s, seen):
             # the middle block, checked whole: its READs answered by the session
-            s.hold(2, 2 * piece, whole[2 * piece : 4 * piece], False, None, 0, -1, False)
+            s.hold(2, 2 * piece, mapped[2 * piece : 4 * piece], False, None, 0, -1, False)
             for at in range(2 * piece, 4 * piece, piece // 2):
                 assert _read(f, at, piece // 2) == content[at : at + piece // 2]
-            assert seen == [(_fuse.SEEN, 2, 2 * piece, piece // 2)]
+            # (SEEN comes to Python on its own: the READ was answered without waiting)
+            got = eventually_blocking(
+                lambda: list(seen) or NotYet("no SEEN yet"), "the first READ's SEEN", timeout=10
+            )
+            assert got == [(_fuse.SEEN, 2, 2 * piece, piece // 2)]
             assert s.served() == (4, 2 * piece)
             assert s.served() == (0, 0)  # (since the last call)
             # a READ that runs past it (not the file's last block) is Python's
@@ -447,7 +451,7 @@ def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
             assert _read(f, 4 * piece - 4096, 8192) == content[4 * piece - 4096 : 4 * piece + 4096]
             assert [k for k, *_ in seen] == [_fuse.READ]
             # the last block: a READ past the file's end gets what there is
-            s.hold(2, 4 * piece, whole[4 * piece : size], True, None, 0, -1, True)
+            s.hold(2, 4 * piece, mapped[4 * piece : size], True, None, 0, -1, True)
             seen.clear()
             assert _read(f, 4 * piece, 2 * piece) == content[4 * piece :]
             assert seen == []  # (Python answered one in it: no SEEN)
@@ -455,7 +459,7 @@ def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
 
             # the first block, not checked whole, its second piece's CRC wrong
             bad = b"".join(c.to_bytes(4, "big") for c in [crcs[0], crcs[1] ^ 1])
-            s.hold(2, 0, whole[: 2 * piece], False, bad, piece, fd, True)
+            s.hold(2, 0, mapped[: 2 * piece], False, bad, piece, fd, True)
             seen.clear()
             assert _read(f, 0, piece) == content[:piece]  # (its piece holds)
             assert _read(f, piece, piece) == content[piece : 2 * piece]  # (by Python)
@@ -463,18 +467,27 @@ def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
             seen.clear()
             assert _read(f, 0, piece) == content[:piece]
             assert [k for k, *_ in seen] == [_fuse.READ]  # (let go of)
+            # held again, its CRCs right: a small READ is Python's (which checks the whole
+            # block, once, where the session would check a whole piece for each), a large
+            # one the session's
+            good = b"".join(c.to_bytes(4, "big") for c in crcs[:2])
+            s.hold(2, 0, mapped[: 2 * piece], False, good, piece, fd, True)
+            seen.clear()
+            assert _read(f, 4096, 4096) == content[4096:8192]
+            assert _read(f, piece, piece) == content[piece : 2 * piece]
+            assert [(k, off) for k, _, off, _ in seen] == [(_fuse.READ, 4096)]
 
             # a held block is let go of with the file's pages (a new listing)
-            s.hold(2, 0, whole[: 2 * piece], False, None, 0, -1, True)
+            s.hold(2, 0, mapped[: 2 * piece], False, None, 0, -1, True)
             s.invalidate_inode(2)
             seen.clear()
             assert _read(f, 0, piece) == content[:piece]
             assert [k for k, *_ in seen] == [_fuse.READ]
             # and the arguments are checked
             with pytest.raises(ValueError, match="bytes of CRCs"):
-                s.hold(2, 0, whole[: 2 * piece], False, bad[:4], piece, fd, True)
+                s.hold(2, 0, mapped[: 2 * piece], False, bad[:4], piece, fd, True)
             with pytest.raises(ValueError, match="multiple of 4096"):
-                s.hold(2, 0, whole[: 2 * piece], False, bad, 1000, fd, True)
+                s.hold(2, 0, mapped[: 2 * piece], False, bad, 1000, fd, True)
     finally:
         os.close(fd)
 

@@ -443,6 +443,11 @@ impl Shared {
         if size > room && !h.last {
             return None; // (it runs into the next block: Python joins them)
         }
+        if h.pieces.is_some() && size < INLINE_REPLY {
+            // (a small READ of a block not checked whole: Python checks the block whole,
+            // once, where each such READ would check a whole piece here)
+            return None;
+        }
         h.used = Instant::now();
         let first = !h.seen;
         h.seen = true;
@@ -1319,8 +1324,8 @@ impl Session {
             return Err(PyValueError::new_err("hold takes a contiguous buffer"));
         }
         let n = block.len_bytes();
-        if memory && n > HELD_MEMORY {
-            return Ok(()); // (not held: Python answers its READs)
+        if (memory && n > HELD_MEMORY) || self.shared.closed.load(Ordering::Acquire) {
+            return Ok(()); // (not held: Python answers its READs, or the session is closing)
         }
         let pieces = match pieces {
             Some(p) => Some(Arc::new(Pieces::parse(block.len_bytes(), p, piece, fd)?)),
@@ -1369,7 +1374,8 @@ impl Session {
     #[pyo3(signature = (ino=None))]
     fn unhold(&self, ino: Option<u64>) {
         self.shared.unhold(ino);
-        drop(std::mem::take(&mut *lock(&self.shared.done))); // (the GIL held)
+        let gone = std::mem::take(&mut *lock(&self.shared.done));
+        drop(gone); // (the GIL held, not the lock: letting go of a mapping may run Python)
     }
 
     /// (READs, bytes) answered from held blocks since the last call.

@@ -200,3 +200,29 @@ async def test_a_sequential_reader_asks_for_each_block_ahead_once(
     for i in [*range(10), 0, 0, 0]:
         fs._follow(opened, range(i, i + 1))
     assert [i for r in asked for i in r] == [*range(1, 10 + ahead), *range(1, 1 + ahead)]
+
+
+async def test_a_block_is_handed_to_the_session_only_for_the_file_as_listed_now() -> None:
+    """`held_block`: what the native session may answer READs from by itself. A reader's
+    READ still under way when a new listing changed its file must not hand the session the
+    old version's block (the session lets go of the file's blocks when the listing applies;
+    one held after that would answer the new file's READs with the old bytes). Neither
+    counted as a hit: the READs the session answers from it are (`served_elsewhere`)."""
+    fs = await _fs()
+    old = _file("1")
+    fs.tree.update({"f": old})
+    ino = fs.entry("f")[0]
+    h = fs.stream(ino, 0)
+    block = bytes(range(256)) * 16
+    await fs.reader.store.put(fs.reader.key(old, 0), block)
+    hits = fs.reader.store.stats.hits
+    assert fs.held_block(h, 0) == block
+    assert fs.held_block(h, 1) is None  # (not held here)
+    assert fs.reader.store.stats.hits == hits
+    fs.served_elsewhere(3, 3 * 4096)
+    assert fs.reader.store.stats.hits == hits + 3
+    assert (fs.reads, fs.reads_in_session, fs.bytes_served) == (3, 3, 3 * 4096)
+    fs.tree.update({"f": _file("2")})  # changed: `h` still reads the old version
+    assert fs.held_block(h, 0) is None
+    fs.tree.update({})  # gone
+    assert fs.held_block(h, 0) is None
