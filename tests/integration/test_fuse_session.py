@@ -483,6 +483,15 @@ def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
             seen.clear()
             assert _read(f, 0, piece) == content[:piece]
             assert [k for k, *_ in seen] == [_fuse.READ]
+            # and a second unused, at the next `take` after it
+            s.hold(2, 0, mapped[: 2 * piece], False, None, 0, -1, True)
+            assert _read(f, 0, piece) == content[:piece]
+            time.sleep(1.1)
+            with contextlib.suppress(OSError):  # (answered ENOSYS: a request for a `take`)
+                os.listdir(tmp_path / "mnt")
+            seen.clear()
+            assert _read(f, 0, piece) == content[:piece]
+            assert [k for k, *_ in seen] == [_fuse.READ]
             # and the arguments are checked
             with pytest.raises(ValueError, match="bytes of CRCs"):
                 s.hold(2, 0, mapped[: 2 * piece], False, bad[:4], piece, fd, True)
