@@ -22,6 +22,9 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
              the disk: a second epoch on the node)
     served   the same read over HTTP (a sidecar on another node), the block files as the
              fill left them
+    sent     `dropped`, then read once over HTTP by another sidecar (a sidecar on another
+             node) before the one measured on this node: the page cache as the worker's
+             sending left the block files
     remote   the same read over HTTP with the block files read into the page cache first
              (bench/peers.py's "warm, worker remote" row)
     load     no reader: a fresh worker warms up the whole dataset (`POST /v1/load`, as its
@@ -223,7 +226,7 @@ def one(
         with peers.pythonpath(tree, env):
             if mode != "alone":
                 w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-            if mode in ("dropped", "cached", "served", "remote", "second"):
+            if mode in ("dropped", "cached", "served", "remote", "second", "sent"):
                 assert w is not None
                 fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
                 read_once(fill, keys)
@@ -232,7 +235,7 @@ def one(
                 while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
                     time.sleep(0.2)
                 w.wait_written()
-                if mode in ("dropped", "second"):
+                if mode in ("dropped", "second", "sent"):
                     rp.drop_cached(w.dir)
                 elif mode in ("cached", "remote"):
                     rp.load_cached(w.dir)
@@ -241,12 +244,17 @@ def one(
                         root, f"first-{name}-{run}", mount, [w.url], short_circuit=True
                     )
                     read_once(first, keys)
+                if mode == "sent":  # (read once over HTTP by a sidecar of this tree)
+                    first = rp.sidecar(
+                        root, f"first-{name}-{run}", mount, [w.url], short_circuit=False
+                    )
+                    read_once(first, keys)
             sc = rp.sidecar(
                 root,
                 f"sc-{name}-{run}",
                 mount,
                 [w.url] if w else [],
-                short_circuit=mode in ("dropped", "cached", "filling", "second"),
+                short_circuit=mode in ("dropped", "cached", "filling", "second", "sent"),
             )
     except BaseException:
         if w is not None:  # a failed fill leaves no worker running
@@ -332,6 +340,9 @@ def one(
         # READs the native session answered by itself, from blocks held there (0 before)
         got["sidecar"]["reads_in_session"] = status.get("reads_in_session", 0)
         got["sidecar"]["reads"] = status["reads"]
+        if w is not None:  # (sendfile, and files read into huge folios before: 0 before)
+            served = w.status().get("served", {})
+            got["worker_sent"] = {k: served.get(k, 0) for k in ("sendfile", "read_huge")}
         return got
     finally:
         for s in spies:

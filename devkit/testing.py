@@ -172,6 +172,7 @@ WORKER_STATUS_WIRE: dict[str, Any] = {
         "located": 0,
         "sendfile": 4,
         "joined": 2,
+        "read_huge": 1,
     },
     "load": {"state": "idle", "path": "", "blocks": 0, "done": 0, "cached": 0, "bytes": 0},
     "writing": 1,

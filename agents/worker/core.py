@@ -172,6 +172,8 @@ class Worker:
         self.served_local = 0  # blocks read by their reader from our disk (short-circuit)
         self.located = 0  # ... of which we were asked where the file is
         self.served_sendfile = 0  # blocks sent from their files with sendfile(2)
+        # ... or not (TLS) after they were read from the disk in a thread, in huge folios
+        self.served_read_huge = 0
         self.served_joined = 0  # blocks sent after another in one answer (`held_after`)
         self.load = protocol.LoadProgress()
         self._load_task: asyncio.Task[None] | None = None
@@ -627,6 +629,7 @@ class Worker:
                 short_circuit=self.served_local,
                 located=self.located,
                 sendfile=self.served_sendfile,
+                read_huge=self.served_read_huge,
                 joined=self.served_joined,
             ),
             load=self.load,

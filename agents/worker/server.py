@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from agents.worker.core import Worker, close_files, log, remaining_peers
 from fluidfed import errors, telemetry, tls, tlsserve
-from fluidfed.data import answers, blocks, credentials, heap, layout, protocol
+from fluidfed.data import answers, blockfile, blocks, credentials, heap, layout, protocol
 from fluidfed.data.credentials import Action
 from fluidfed.data.layout import WorkerConfig
 from fluidfed.errors import ConfigError
@@ -82,6 +82,15 @@ class _Blocks(web.StreamResponse):
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
+        if size >= heap.HUGE and not blockfile.in_page_cache(f.fileno(), size):
+            # read from the disk in a thread, into huge folios (`read_in_huge_folios`),
+            # not by sendfile's read-ahead on the event loop; a file it cannot read is
+            # sendfile's to fail, as before
+            try:
+                if await asyncio.to_thread(blockfile.read_in_huge_folios, f.fileno(), size):
+                    self._worker.served_read_huge += 1
+            except OSError as err:
+                log.info("block file not read ahead of its sending: %s", err)
         try:
             # asyncio falls back to reading and writing where the transport cannot (TLS)
             await asyncio.get_running_loop().sendfile(transport, f, 0, size)

@@ -4,6 +4,7 @@ blocks sent one after the other in one body, from memory and from files."""
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import resource
 import socket
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from agents.worker import server
 from agents.worker.core import Worker
+from fluidfed.data import blockfile, heap
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +41,7 @@ def _slow_get(port: int) -> bytes:
 
 class _Counts:
     served_sendfile = 0
+    served_read_huge = 0
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -85,6 +88,38 @@ def test_a_file_after_a_block_in_memory_is_still_sent_with_sendfile(tmp_path: Pa
     body = _slow_get_on_uvloop(answer)
     assert body == first + second
     assert counts.served_sendfile == 1
+
+
+def test_a_block_file_not_in_the_page_cache_is_read_into_huge_folios_before_it_is_sent(
+    tmp_path: Path,
+) -> None:
+    """A large block file that must come from the disk is read in a thread, into folios
+    of a huge page (`blockfile.read_in_huge_folios`), then sent from the page cache with
+    sendfile(2): every byte, and a reader on this node then maps the whole file with
+    huge-page entries, where sendfile's own read-ahead leaves small folios. A file in the
+    page cache already is sent as it is, without reading it first."""
+    block = os.urandom(4 * 2**20 + 7)
+    path = tmp_path / "block"
+    path.write_bytes(block)
+    with path.open("rb") as f:
+        os.fsync(f.fileno())  # (written back, so the kernel can let the pages go)
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not blockfile.in_page_cache(f.fileno(), len(block))
+    counts = _Counts()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return server._Blocks(cast(Worker, counts), [(path.open("rb"), len(block))], {})
+
+    assert _slow_get_on_uvloop(answer) == block
+    assert (counts.served_read_huge, counts.served_sendfile) == (1, 1)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 4 * 2**20, prot=mmap.PROT_READ) as m:
+        assert blockfile.in_page_cache(f.fileno(), len(block))
+        m.madvise(mmap.MADV_HUGEPAGE)
+        m.madvise(blockfile._POPULATE_READ)
+        assert blockfile._pmd_mapped_kib(heap.address(m)) == 4096
+
+    assert _slow_get_on_uvloop(answer) == block  # cached now: sent as it is
+    assert (counts.served_read_huge, counts.served_sendfile) == (1, 2)
 
 
 def test_a_worker_out_of_descriptors_still_sends_a_block_file_it_opened(tmp_path: Path) -> None:

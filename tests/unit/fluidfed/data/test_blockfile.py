@@ -210,6 +210,69 @@ async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel
         await blockfile.load_block_file(path, take, lazy=True)
 
 
+@pytest.mark.parametrize("where", ["the test directory", "a journalled ext4"])
+def test_a_cold_block_file_is_read_into_huge_folios_for_a_worker_to_send(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """`read_in_huge_folios` (a worker about to send a file that is not in the page cache)
+    reads a large block file into folios of a huge page, the few small ones a read left
+    at its start let go of first, so that the next reader maps all of it with huge-page
+    entries; it maps nothing itself after. A file shorter than a huge page is not read;
+    on a filesystem where the kernel keeps no such folios (an ext4 with data=journal),
+    none is read once HUGE_TRIES files have said so."""
+    if where != "the test directory":
+        tmp_path = request.getfixturevalue("journalled_ext4") / tmp_path.name
+        tmp_path.mkdir()
+    monkeypatch.setattr(blockfile, "_huge_files", {})
+    monkeypatch.setattr(blockfile, "_huge_misses", {})
+    payload = os.urandom(2**22 + 5)
+
+    def cold(key: str, data: bytes = payload) -> int:
+        path = block_file(str(tmp_path), key * 32)
+        write_block_file(path, data, blocks.checksum(data))
+        _uncached(path)
+        return os.open(path, os.O_RDONLY)
+
+    fd = cold("a")
+    try:
+        assert not blockfile.in_page_cache(fd, len(payload))
+        os.pread(fd, 4096, 0)  # (a read's few small folios at the start)
+        maps = Path("/proc/self/maps").read_text().count(tmp_path.name)
+        assert blockfile.read_in_huge_folios(fd, len(payload))
+        assert Path("/proc/self/maps").read_text().count(tmp_path.name) == maps
+        assert blockfile.in_page_cache(fd, len(payload))
+        with mmap.mmap(fd, 2**22, prot=mmap.PROT_READ) as m:
+            m.madvise(mmap.MADV_HUGEPAGE)
+            m.madvise(blockfile._POPULATE_READ)
+            huge = blockfile._pmd_mapped_kib(heap.address(m))
+    finally:
+        os.close(fd)
+    dev = os.stat(tmp_path).st_dev
+    if where == "the test directory":  # (ext4 on Linux 6.18, huge pages on `madvise`)
+        assert huge == 4096 and blockfile._huge_files[dev] is True
+    else:
+        assert huge == 0
+        for key in "bc"[: blockfile.HUGE_TRIES - 1]:
+            fd = cold(key)
+            try:
+                assert blockfile.read_in_huge_folios(fd, len(payload))
+            finally:
+                os.close(fd)
+        assert blockfile._huge_files[dev] is False
+        fd = cold("d")
+        try:
+            assert not blockfile.read_in_huge_folios(fd, len(payload))
+            assert not blockfile.in_page_cache(fd, len(payload))
+        finally:
+            os.close(fd)
+    fd = cold("e", payload[: heap.HUGE - 1])
+    try:
+        assert not blockfile.read_in_huge_folios(fd, heap.HUGE - 1)
+        assert not blockfile.in_page_cache(fd, heap.HUGE - 1)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("size", [0, 5, 4096 - trailer_size(4000), 128 * 1024, 2**22 + 5])
 def test_a_cold_block_file_is_read_past_the_page_cache_into_a_reused_buffer(
     tmp_path: Path, size: int
