@@ -172,8 +172,10 @@ class Worker:
         self.served_local = 0  # blocks read by their reader from our disk (short-circuit)
         self.located = 0  # ... of which we were asked where the file is
         self.served_sendfile = 0  # blocks sent from their files with sendfile(2)
-        # ... or not (TLS) after they were read from the disk in a thread, in huge folios
+        # blocks read into the page cache in a thread before they were sent, huge folios
+        # asked for (`server._read_before_sending`), and those being read: by file
         self.served_read_huge = 0
+        self.reading_huge: dict[tuple[int, int], asyncio.Future[bool]] = {}
         self.served_joined = 0  # blocks sent after another in one answer (`held_after`)
         self.load = protocol.LoadProgress()
         self._load_task: asyncio.Task[None] | None = None

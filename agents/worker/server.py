@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import mmap
 import os
 import re
@@ -82,15 +83,7 @@ class _Blocks(web.StreamResponse):
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
-        if size >= heap.HUGE and not blockfile.in_page_cache(f.fileno(), size):
-            # read from the disk in a thread, into huge folios (`read_in_huge_folios`),
-            # not by sendfile's read-ahead on the event loop; a file it cannot read is
-            # sendfile's to fail, as before
-            try:
-                if await asyncio.to_thread(blockfile.read_in_huge_folios, f.fileno(), size):
-                    self._worker.served_read_huge += 1
-            except OSError as err:
-                log.info("block file not read ahead of its sending: %s", err)
+        await _read_before_sending(self._worker, f, size)
         try:
             # asyncio falls back to reading and writing where the transport cannot (TLS)
             await asyncio.get_running_loop().sendfile(transport, f, 0, size)
@@ -112,6 +105,54 @@ class _Blocks(web.StreamResponse):
                     await _send(request, writer, memoryview(mapped))
                     await writer.drain()
         self._worker.served_sendfile += sent
+
+
+async def _read_before_sending(w: Worker, f: BinaryIO, size: int) -> None:
+    """A block file of a huge page or more that is not in the page cache read into it in a
+    thread, in folios of a huge page where the kernel keeps them
+    (`blockfile.read_in_huge_folios`), before it is sent: not by sendfile's read-ahead on
+    the event loop, and the next reader on this node maps it in a few page-table entries.
+    The requests that send one file at once wait for one read of it (each would let go of
+    what the one before read, `posix_fadvise`), done in a duplicate of the descriptor
+    that the thread closes (a request cancelled meanwhile closes its own). A file that
+    cannot be read, or a worker out of descriptors, goes to sendfile as it is, to fail
+    there as before."""
+    if size < heap.HUGE:
+        return
+    fd = f.fileno()
+    st = os.fstat(fd)
+    if not blockfile.reads_huge(st.st_dev) or blockfile.in_page_cache(fd, size):
+        return
+    key = (st.st_dev, st.st_ino)
+    reading = w.reading_huge.get(key)
+    if reading is None:
+        try:
+            own = os.dup(fd)
+        except OSError as err:
+            if err.errno not in errors.SCARCE:
+                raise
+            return
+        reading = w.reading_huge[key] = asyncio.ensure_future(
+            asyncio.to_thread(_read_huge, own, size)
+        )
+        reading.add_done_callback(functools.partial(_read_done, w, key))
+    try:
+        await asyncio.shield(reading)
+    except OSError as err:
+        _SHORT.warning("a block file not read before it was sent: %s", err)
+
+
+def _read_huge(fd: int, size: int) -> bool:
+    try:
+        return blockfile.read_in_huge_folios(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _read_done(w: Worker, key: tuple[int, int], reading: asyncio.Future[bool]) -> None:
+    w.reading_huge.pop(key, None)
+    if not reading.cancelled() and reading.exception() is None and reading.result():
+        w.served_read_huge += 1
 
 
 async def _sendfile(transport: asyncio.BaseTransport, f: BinaryIO, size: int) -> bool:

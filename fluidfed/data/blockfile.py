@@ -569,26 +569,35 @@ def in_page_cache(fd: int, length: int) -> bool:
     return True
 
 
+def reads_huge(dev: int) -> bool:
+    """Whether `read_in_huge_folios` reads a file on filesystem `dev`: not known to keep
+    no folios of a huge page (`_huge_files`), and a kernel with MADV_POPULATE_READ."""
+    return _can_map and _huge_files.get(dev) is not False
+
+
 def read_in_huge_folios(fd: int, length: int) -> bool:
-    """Read the first `length` bytes of the block file open at `fd` into the page cache in
-    folios of a huge page, as `read_cold_block_file` reads a large one (what of it lies
-    there in small folios let go of first), and map none of it after: for a cache worker
-    about to send a file that is not in the page cache. The wait for the disk is then this
-    thread's, not the event loop's inside sendfile(2), and a reader on this node maps the
-    file in a few page-table entries instead of a thousand (~5 against 300-500 µs per 4
-    MiB here; figures: README, "Measured design decisions"). False, nothing read: shorter
-    than a huge page, or on a filesystem that keeps no such folios (`_huge_files`), or
-    before Linux 5.14 (no MADV_POPULATE_READ). OSError if it cannot be read. Blocking: for
+    """Read the first `length` bytes of the block file open at `fd` into the page cache,
+    asking for folios of a huge page, as `read_cold_block_file` reads a large one (what of
+    it lies there in small folios let go of first), and map none of it after: for a cache
+    worker about to send a file that is not in the page cache. The wait for the disk is
+    then this thread's, not the event loop's inside sendfile(2), and where the kernel
+    keeps such folios (ext4 from Linux 6.16, XFS) a reader on this node maps the file in
+    a few page-table entries instead of a thousand (~5 against 130-500 µs per 4 MiB here,
+    as sendfile's or a plain read's read-ahead leaves it; figures: README, "Measured
+    design decisions"). False, nothing read: shorter than a huge page, all in the page
+    cache by now, or not `reads_huge` there. OSError if it cannot be read. Blocking: for
     a thread."""
+    global _can_map
     dev = os.fstat(fd).st_dev
-    if length < heap.HUGE or not _can_map or _huge_files.get(dev) is False:
+    if length < heap.HUGE or not reads_huge(dev) or in_page_cache(fd, length):
         return False
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     with mmap.mmap(fd, length, prot=mmap.PROT_READ) as m:
         try:
             _populate_huge(m, length)
         except OSError as err:
-            if err.errno == errno.EINVAL:  # before Linux 5.14
+            if err.errno == errno.EINVAL:  # before Linux 5.14: never again
+                _can_map = False
                 return False
             raise
         _learn_huge(dev, m)

@@ -284,8 +284,8 @@ class Served(Message):
     located: int  # ... of which we were asked where the file is
     sendfile: int = 0  # blocks sent from their files with sendfile(2): no copy in the worker
     joined: int = 0  # blocks sent after another in the same answer (`BlockQuery.joined`)
-    # blocks sent from files not in the page cache, read into it first in a thread, in
-    # folios of a huge page (`blockfile.read_in_huge_folios`)
+    # blocks sent from files not in the page cache, read into it first in a thread, with
+    # folios of a huge page asked for (`blockfile.read_in_huge_folios`)
     read_huge: int = 0
 
 

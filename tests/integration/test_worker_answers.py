@@ -8,6 +8,7 @@ import mmap
 import os
 import resource
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -40,16 +41,23 @@ def _slow_get(port: int) -> bytes:
 
 
 class _Counts:
-    served_sendfile = 0
-    served_read_huge = 0
+    """What `server._Blocks` keeps of its worker."""
+
+    def __init__(self) -> None:
+        self.served_sendfile = 0
+        self.served_read_huge = 0
+        self.reading_huge: dict[tuple[int, int], asyncio.Future[bool]] = {}
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _slow_get_on_uvloop(answer: Handler, after: Callable[[], None] = lambda: None) -> bytes:
-    """`answer` served on uvloop (the worker's loop), its body read by `_slow_get`; `after`
-    runs once the body is in, the server still up."""
+def _slow_get_on_uvloop(
+    answer: Handler, after: Callable[[], None] = lambda: None, readers: int = 1
+) -> bytes:
+    """`answer` served on uvloop (the worker's loop), its body read by `_slow_get` (by
+    `readers` at once: the body they all read); `after` runs once the body is in, the
+    server still up."""
 
     async def run() -> bytes:
         app = web.Application()
@@ -60,7 +68,11 @@ def _slow_get_on_uvloop(answer: Handler, after: Callable[[], None] = lambda: Non
         await site.start()
         port = runner.addresses[0][1]
         try:
-            return await asyncio.to_thread(_slow_get, port)
+            bodies = await asyncio.gather(
+                *(asyncio.to_thread(_slow_get, port) for _ in range(readers))
+            )
+            assert all(b == bodies[0] for b in bodies)
+            return bodies[0]
         finally:
             after()
             await runner.cleanup()
@@ -120,6 +132,38 @@ def test_a_block_file_not_in_the_page_cache_is_read_into_huge_folios_before_it_i
 
     assert _slow_get_on_uvloop(answer) == block  # cached now: sent as it is
     assert (counts.served_read_huge, counts.served_sendfile) == (1, 2)
+
+
+def test_requests_sending_one_cold_block_file_at_once_wait_for_one_read_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four requests for one large block file that is not in the page cache, at once: the
+    file is read once, in one thread (each read would let go of what the one before read,
+    and sendfile then read it again on the event loop), and every body is the file."""
+    block = os.urandom(4 * 2**20 + 7)
+    path = tmp_path / "block"
+    path.write_bytes(block)
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    reads: list[int] = []
+    real = blockfile.read_in_huge_folios
+
+    def read_slowly(fd: int, length: int) -> bool:  # (long enough for all four to ask)
+        reads.append(fd)
+        time.sleep(0.5)
+        return real(fd, length)
+
+    monkeypatch.setattr(blockfile, "read_in_huge_folios", read_slowly)
+    counts = _Counts()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return server._Blocks(cast(Worker, counts), [(path.open("rb"), len(block))], {})
+
+    assert _slow_get_on_uvloop(answer, readers=4) == block
+    assert len(reads) == 1
+    assert (counts.served_read_huge, counts.served_sendfile) == (1, 4)
+    assert counts.reading_huge == {}
 
 
 def test_a_worker_out_of_descriptors_still_sends_a_block_file_it_opened(tmp_path: Path) -> None:

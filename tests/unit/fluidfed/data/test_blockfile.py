@@ -219,7 +219,7 @@ def test_a_cold_block_file_is_read_into_huge_folios_for_a_worker_to_send(
     at its start let go of first, so that the next reader maps all of it with huge-page
     entries; it maps nothing itself after. A file shorter than a huge page is not read;
     on a filesystem where the kernel keeps no such folios (an ext4 with data=journal),
-    none is read once HUGE_TRIES files have said so."""
+    none is read once HUGE_TRIES files have said so; nor one all in the page cache."""
     if where != "the test directory":
         tmp_path = request.getfixturevalue("journalled_ext4") / tmp_path.name
         tmp_path.mkdir()
@@ -241,6 +241,7 @@ def test_a_cold_block_file_is_read_into_huge_folios_for_a_worker_to_send(
         assert blockfile.read_in_huge_folios(fd, len(payload))
         assert Path("/proc/self/maps").read_text().count(tmp_path.name) == maps
         assert blockfile.in_page_cache(fd, len(payload))
+        assert not blockfile.read_in_huge_folios(fd, len(payload))  # (cached: not again)
         with mmap.mmap(fd, 2**22, prot=mmap.PROT_READ) as m:
             m.madvise(mmap.MADV_HUGEPAGE)
             m.madvise(blockfile._POPULATE_READ)
