@@ -25,6 +25,9 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
     sent     `dropped`, then read once over HTTP by another sidecar (a sidecar on another
              node) before the one measured on this node: the page cache as the worker's
              sending left the block files
+    restarted  `served` from a worker restarted after the fill (the same directory), the
+             block files dropped from the page cache: its first read of each file checks
+             it whole
     remote   the same read over HTTP with the block files read into the page cache first
              (bench/peers.py's "warm, worker remote" row)
     load     no reader: a fresh worker warms up the whole dataset (`POST /v1/load`, as its
@@ -226,7 +229,7 @@ def one(
         with peers.pythonpath(tree, env):
             if mode != "alone":
                 w = rp.warm_worker(root, mount, total_mib, name=f"w-{name}-{run}")
-            if mode in ("dropped", "cached", "served", "remote", "second", "sent"):
+            if mode in ("dropped", "cached", "served", "remote", "second", "sent", "restarted"):
                 assert w is not None
                 fill = rp.sidecar(root, f"fill-{name}-{run}", mount, [w.url], short_circuit=False)
                 read_once(fill, keys)
@@ -235,8 +238,12 @@ def one(
                 while worker_blocks(w) < want and time.perf_counter() - t0 < 60:
                     time.sleep(0.2)
                 w.wait_written()
-                if mode in ("dropped", "second", "sent"):
+                if mode == "restarted":  # (killed: no hand-off; its files stay)
+                    w.close()
+                if mode in ("dropped", "second", "sent", "restarted"):
                     rp.drop_cached(w.dir)
+                if mode == "restarted":
+                    w.start()
                 elif mode in ("cached", "remote"):
                     rp.load_cached(w.dir)
                 if mode == "second":  # (read once by a sidecar of this tree on this node)

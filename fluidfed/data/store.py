@@ -43,13 +43,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fluidfed import errors
-from fluidfed.data import blocks
+from fluidfed.data import blocks, heap
 from fluidfed.data.blockfile import (
     TRAILER_SIZE,
     block_file,
     block_path,
     data_length,
+    map_block_file,
     read_block_file,
+    read_cold_block_file,
+    reads_huge,
     spread_subdirectories,
     trailer_size,
     write_block_file,
@@ -58,6 +61,7 @@ from fluidfed.logs import Seldom
 from fluidfed.models import CacheTier
 
 log = logging.getLogger("fluidfed.store")
+HUGE_FILE = heap.HUGE + trailer_size(heap.HUGE)  # a block file of a huge page or more
 # (each says how many like it went unsaid: a failing disk fails every block)
 _UNREADABLE = Seldom(log)
 _UNREMOVABLE = Seldom(log)
@@ -163,9 +167,23 @@ class _Tier:
         return crc
 
     # (None from these three: the block's file is gone, damaged or unreadable, `_unreadable`)
-    def read(self, key: str) -> tuple[bytes, int] | None:
+    def read(self, key: str) -> tuple[blocks.Data, int] | None:
+        """A block file checked whole (its first read since the worker started). One of a
+        huge page or more, on a filesystem that keeps folios that large, is mapped, not
+        copied, and one not in the page cache is read into it in such folios
+        (`read_cold_block_file`): the next reader on this node maps it in a few
+        page-table entries, and the disk is read in requests of a huge page, not by a
+        plain read's read-ahead (~0.1 against ~0.4 CPU-s/GiB here). Any other file is
+        read through the page cache (past it, a same-node reader would read the disk
+        again)."""
         path = self.file(key)
         try:
+            st = os.stat(path)
+            if st.st_size >= HUGE_FILE and reads_huge(st.st_dev):
+                try:
+                    return map_block_file(path, cached_only=True)
+                except errors.NotCached:
+                    return read_cold_block_file(path)
             return read_block_file(path)
         except errors.CorruptBlock:
             return None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devkit import testing
-from fluidfed.data import blockfile, blocks
+from fluidfed.data import blockfile, blocks, heap
 from fluidfed.data import store as store_module
 from fluidfed.data.blockfile import block_path, read_block_file
 from fluidfed.data.store import BlockStore
@@ -62,6 +62,51 @@ async def test_store_detects_a_corrupt_block_and_reindexes_disk_on_restart(
     assert again.stats.corrupt == 1
     assert not path.exists()
     assert (await again.get("b" * 32))[0] == b"y" * 100  # type: ignore[index]
+
+
+async def test_a_restarted_stores_first_read_of_a_large_block_file_maps_it_in_huge_folios(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block file read for the first time since the store started (checked whole) is
+    mapped, not copied, where it is of a huge page or more: read from the disk into folios
+    of a huge page (the next reader on the node maps it with huge-page entries), or mapped
+    from the page cache as it lies there. A small one is read through the page cache, so
+    that a reader on the node finds it there; a damaged large one is dropped, as before."""
+    monkeypatch.setattr(blockfile, "_huge_files", {})
+    monkeypatch.setattr(blockfile, "_huge_misses", {})
+    large, small = os.urandom(2**22 + 5), os.urandom(128 * 2**10)
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
+    await store.put("a" * 32, large, wait=True)
+    await store.put("b" * 32, small, wait=True)
+    await store.put("c" * 32, large[::-1], wait=True)
+    for key in ("a", "b"):
+        path = block_path(tmp_path, key * 32)
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+    again = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
+    data, crc = await again.get("a" * 32)  # type: ignore[misc]
+    assert bytes(data) == large and crc == blocks.checksum(large)
+    assert blockfile.is_mapped(data)
+    assert blockfile._pmd_mapped_kib(heap.address(data)) >= 4096  # (this machine's ext4)
+    del data
+    third = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
+    data, _ = await third.get("a" * 32)  # type: ignore[misc]
+    assert blockfile.is_mapped(data) and bytes(data) == large  # (from the page cache)
+    del data
+
+    got, _ = await again.get("b" * 32)  # type: ignore[misc]
+    assert got == small and type(got) is bytes
+    blockfile.map_block_file(block_path(tmp_path, "b" * 32), cached_only=True)  # (cached)
+
+    path = block_path(tmp_path, "c" * 32)
+    raw = bytearray(path.read_bytes())
+    raw[2**21 + 3] ^= 1
+    path.write_bytes(bytes(raw))
+    assert await again.get("c" * 32) is None
+    assert again.stats.corrupt == 1 and not path.exists()
 
 
 async def test_a_restarted_store_leaves_out_what_cannot_be_a_block_file(tmp_path: Path) -> None:
