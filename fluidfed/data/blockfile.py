@@ -547,15 +547,24 @@ def read_cold_block_file(
 
 def _learn_huge(dev: int, mapped: blocks.Data | mmap.mmap) -> None:
     """Note in `_huge_files` whether the kernel put the file just mapped (with huge pages,
-    faulted in, still mapped) on filesystem `dev` in folios of a huge page."""
+    faulted in, still mapped) on filesystem `dev` in folios of a huge page (the first
+    verdict stays: threads learn at once)."""
     if dev in _huge_files:
         return
     if _pmd_mapped_kib(heap.address(mapped)) > 0:
-        _huge_files[dev] = True
+        _huge_files.setdefault(dev, True)
     else:
         _huge_misses[dev] = _huge_misses.get(dev, 0) + 1
         if _huge_misses[dev] >= HUGE_TRIES:
-            _huge_files[dev] = False
+            _huge_files.setdefault(dev, False)
+
+
+def no_huge(dev: int) -> bool:
+    """Take filesystem `dev` for one that keeps no folios of a huge page, or maps no block
+    file: its large files are then read, not mapped (`reads_huge`). Whether that is new."""
+    new = _huge_files.get(dev) is not False
+    _huge_files[dev] = False
+    return new
 
 
 def in_page_cache(fd: int, length: int) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import resource
@@ -50,6 +51,7 @@ from fluidfed.data.blockfile import (
     block_path,
     data_length,
     map_block_file,
+    no_huge,
     read_block_file,
     read_cold_block_file,
     reads_huge,
@@ -62,6 +64,8 @@ from fluidfed.models import CacheTier
 
 log = logging.getLogger("fluidfed.store")
 HUGE_FILE = heap.HUGE + trailer_size(heap.HUGE)  # a block file of a huge page or more
+# a filesystem that maps no file (some FUSE and network ones), or not read-only
+_MAP_REFUSED = {errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM}
 # (each says how many like it went unsaid: a failing disk fails every block)
 _UNREADABLE = Seldom(log)
 _UNREMOVABLE = Seldom(log)
@@ -168,22 +172,32 @@ class _Tier:
 
     # (None from these three: the block's file is gone, damaged or unreadable, `_unreadable`)
     def read(self, key: str) -> tuple[blocks.Data, int] | None:
-        """A block file checked whole (its first read since the worker started). One of a
-        huge page or more, on a filesystem that keeps folios that large, is mapped, not
-        copied, and one not in the page cache is read into it in such folios
-        (`read_cold_block_file`): the next reader on this node maps it in a few
-        page-table entries, and the disk is read in requests of a huge page, not by a
-        plain read's read-ahead (~0.1 against ~0.4 CPU-s/GiB here). Any other file is
-        read through the page cache (past it, a same-node reader would read the disk
-        again)."""
+        """A block file read whole and checked (`BlockStore.get`: a worker's first answer
+        of a file since it started, a hand-off, a warm-up; a sidecar's own disk tier). One
+        of a huge page or more, on a filesystem not known to keep no folios that large
+        (`reads_huge`), is mapped, not copied: as it lies in the page cache, or, not
+        there, read into it in such folios (`read_cold_block_file`); the next reader on
+        this node then maps it in a few page-table entries, and the disk is read in
+        requests of a huge page, not by a plain read's read-ahead (~0.1 against ~0.4
+        CPU-s/GiB here). Any other file, or one whose filesystem refuses the mapping (said
+        once, and none mapped there again), is read through the page cache (past it, a
+        same-node reader would read the disk again)."""
         path = self.file(key)
         try:
             st = os.stat(path)
             if st.st_size >= HUGE_FILE and reads_huge(st.st_dev):
                 try:
-                    return map_block_file(path, cached_only=True)
-                except errors.NotCached:
-                    return read_cold_block_file(path)
+                    try:
+                        return map_block_file(path, cached_only=True)
+                    except errors.NotCached:
+                        return read_cold_block_file(path)
+                except OSError as err:  # (a disk error: as the read below would say)
+                    if err.errno not in _MAP_REFUSED:
+                        raise
+                    if no_huge(st.st_dev):
+                        log.info("block files in %s not mapped (%s): read instead", self.dir, err)
+                except ValueError:  # (mmap: the file shorter than it was; the read says)
+                    pass
             return read_block_file(path)
         except errors.CorruptBlock:
             return None
@@ -279,6 +293,8 @@ class BlockStore:
                     raise ValueError(f"tier {i} ({spec.medium}) needs a path")
             self._tiers.append(_Tier(spec, directory))
         self.stats = StoreStats()
+        # disk blocks whose files are being read whole for `get`, by key
+        self._reading: dict[str, asyncio.Future[tuple[blocks.Data, int] | None]] = {}
         self.write_behind = write_behind  # bytes of blocks that may wait for their files
         # blocks not kept because their files could not be written: said once in a while
         self.not_kept = Seldom(log)
@@ -440,6 +456,12 @@ class BlockStore:
                 held += 1
         return held
 
+    def _read_done(self, key: str, reading: asyncio.Future[Any]) -> None:
+        if self._reading.get(key) is reading:
+            del self._reading[key]
+        if not reading.cancelled():
+            reading.exception()  # (each reader that waited raised it; none left: dropped)
+
     async def get(self, key: str, *, fresh: bool = False) -> tuple[blocks.Data, int] | None:
         """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one).
         `fresh`: counted as a miss where held (`_hit`)."""
@@ -452,7 +474,15 @@ class BlockStore:
         elif key in tier.pending:
             got = tier.pending[key]  # its file is still being written
         else:
-            got = await asyncio.to_thread(tier.read, key)
+            reading = self._reading.get(key)
+            if reading is None:
+                # (readers of one block at once share one read of its file: each would
+                # take its pages in anew, `read_cold_block_file`, and check it again)
+                reading = self._reading[key] = asyncio.ensure_future(
+                    asyncio.to_thread(tier.read, key)
+                )
+                reading.add_done_callback(functools.partial(self._read_done, key))
+            got = await asyncio.shield(reading)
             if got is None:
                 # gone, corrupt or unreadable: forget it, the caller fetches it again
                 if key in tier.ledger:

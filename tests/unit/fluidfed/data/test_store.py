@@ -64,49 +64,98 @@ async def test_store_detects_a_corrupt_block_and_reindexes_disk_on_restart(
     assert (await again.get("b" * 32))[0] == b"y" * 100  # type: ignore[index]
 
 
+def _uncached(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # (written back, so the kernel can let the pages go)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 async def test_a_restarted_stores_first_read_of_a_large_block_file_maps_it_in_huge_folios(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A block file read for the first time since the store started (checked whole) is
+    """A block file read whole by `get` (a worker's first read of it since it started) is
     mapped, not copied, where it is of a huge page or more: read from the disk into folios
-    of a huge page (the next reader on the node maps it with huge-page entries), or mapped
-    from the page cache as it lies there. A small one is read through the page cache, so
-    that a reader on the node finds it there; a damaged large one is dropped, as before."""
+    of a huge page (the next reader on the node maps it with huge-page entries), by one
+    read for the readers that ask at once, or mapped from the page cache as it lies there.
+    A small one is read through the page cache, so that a reader on the node finds it
+    there; a damaged large one is dropped, as before."""
     monkeypatch.setattr(blockfile, "_huge_files", {})
     monkeypatch.setattr(blockfile, "_huge_misses", {})
+    cold_reads: list[str] = []
+    read_cold = store_module.read_cold_block_file
+
+    def counted(path: str | Path) -> tuple[blocks.Data, int]:
+        cold_reads.append(str(path))
+        time.sleep(0.2)  # (long enough for the readers at once to ask)
+        return read_cold(path)
+
+    monkeypatch.setattr(store_module, "read_cold_block_file", counted)
     large, small = os.urandom(2**22 + 5), os.urandom(128 * 2**10)
     store = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
-    await store.put("a" * 32, large, wait=True)
-    await store.put("b" * 32, small, wait=True)
-    await store.put("c" * 32, large[::-1], wait=True)
-    for key in ("a", "b"):
-        path = block_path(tmp_path, key * 32)
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-
-    again = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
-    data, crc = await again.get("a" * 32)  # type: ignore[misc]
-    assert bytes(data) == large and crc == blocks.checksum(large)
-    assert blockfile.is_mapped(data)
-    assert blockfile._pmd_mapped_kib(heap.address(data)) >= 4096  # (this machine's ext4)
-    del data
-    third = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
-    data, _ = await third.get("a" * 32)  # type: ignore[misc]
-    assert blockfile.is_mapped(data) and bytes(data) == large  # (from the page cache)
-    del data
-
-    got, _ = await again.get("b" * 32)  # type: ignore[misc]
-    assert got == small and type(got) is bytes
-    blockfile.map_block_file(block_path(tmp_path, "b" * 32), cached_only=True)  # (cached)
-
+    for key, data in (("a", large), ("b", small), ("c", large[::-1])):
+        await store.put(key * 32, data, wait=True)
     path = block_path(tmp_path, "c" * 32)
     raw = bytearray(path.read_bytes())
     raw[2**21 + 3] ^= 1
     path.write_bytes(bytes(raw))
-    assert await again.get("c" * 32) is None
+    for key in "abc":
+        _uncached(block_path(tmp_path, key * 32))
+
+    again = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
+    got = await asyncio.gather(*(again.get("a" * 32) for _ in range(3)))
+    assert len(cold_reads) == 1
+    data, crc = got[0]  # type: ignore[misc]
+    assert bytes(data) == large and crc == blocks.checksum(large)
+    assert all(g is not None and g[0] is data for g in got)
+    assert blockfile.is_mapped(data)
+    assert blockfile._pmd_mapped_kib(heap.address(data)) >= 4096  # (this machine's ext4)
+    del data, got
+    third = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
+    data, _ = await third.get("a" * 32)  # type: ignore[misc]
+    assert blockfile.is_mapped(data) and bytes(data) == large
+    assert len(cold_reads) == 1  # (mapped from the page cache as it lay there)
+    del data
+
+    small_got, _ = await again.get("b" * 32)  # type: ignore[misc]
+    assert small_got == small and type(small_got) is bytes
+    blockfile.map_block_file(block_path(tmp_path, "b" * 32), cached_only=True)  # (cached)
+
+    assert await again.get("c" * 32) is None  # (read from the disk, checked whole)
+    assert len(cold_reads) == 2
     assert again.stats.corrupt == 1 and not path.exists()
+
+
+@pytest.mark.parametrize("err", [errno.ENODEV, errno.EIO])
+async def test_a_large_block_file_the_filesystem_will_not_map_is_read_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    """Where the filesystem refuses to map block files (some FUSE and network ones:
+    ENODEV), a large one is read through the page cache instead, and no other is mapped
+    there again; it is not taken for damaged. A disk error (EIO) is one: the block is
+    dropped, to be fetched again, as a read that fails drops it."""
+    monkeypatch.setattr(blockfile, "_huge_files", {})
+    monkeypatch.setattr(blockfile, "_huge_misses", {})
+    large = os.urandom(2**22 + 5)
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
+    await store.put("a" * 32, large, wait=True)
+    again = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
+
+    def refused(path: str | Path, **_: object) -> tuple[blocks.Data, int]:
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(store_module, "map_block_file", refused)
+    got = await again.get("a" * 32)
+    dev = os.stat(tmp_path).st_dev
+    if err == errno.ENODEV:
+        assert got == (large, blocks.checksum(large)) and type(got[0]) is bytes
+        assert again.stats.corrupt == 0 and blockfile._huge_files[dev] is False
+        assert not blockfile.reads_huge(dev)
+    else:
+        assert got is None and again.stats.corrupt == 1
+        assert dev not in blockfile._huge_files
 
 
 async def test_a_restarted_store_leaves_out_what_cannot_be_a_block_file(tmp_path: Path) -> None:
