@@ -85,7 +85,7 @@ async def test_a_restarted_stores_first_read_of_a_large_block_file_maps_it_in_hu
     monkeypatch.setattr(blockfile, "_huge_files", {})
     monkeypatch.setattr(blockfile, "_huge_misses", {})
     cold_reads: list[str] = []
-    read_cold = store_module.read_cold_block_file
+    read_cold = blockfile.read_cold_block_file
 
     def counted(path: str | Path) -> tuple[blocks.Data, int]:
         cold_reads.append(str(path))
@@ -95,8 +95,8 @@ async def test_a_restarted_stores_first_read_of_a_large_block_file_maps_it_in_hu
     monkeypatch.setattr(store_module, "read_cold_block_file", counted)
     large, small = os.urandom(2**22 + 5), os.urandom(128 * 2**10)
     store = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
-    for key, data in (("a", large), ("b", small), ("c", large[::-1])):
-        await store.put(key * 32, data, wait=True)
+    for key, payload in (("a", large), ("b", small), ("c", large[::-1])):
+        await store.put(key * 32, payload, wait=True)
     path = block_path(tmp_path, "c" * 32)
     raw = bytearray(path.read_bytes())
     raw[2**21 + 3] ^= 1
@@ -107,17 +107,17 @@ async def test_a_restarted_stores_first_read_of_a_large_block_file_maps_it_in_hu
     again = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
     got = await asyncio.gather(*(again.get("a" * 32) for _ in range(3)))
     assert len(cold_reads) == 1
-    data, crc = got[0]  # type: ignore[misc]
-    assert bytes(data) == large and crc == blocks.checksum(large)
-    assert all(g is not None and g[0] is data for g in got)
-    assert blockfile.is_mapped(data)
-    assert blockfile._pmd_mapped_kib(heap.address(data)) >= 4096  # (this machine's ext4)
-    del data, got
+    first = got[0]
+    assert first is not None and first[1] == blocks.checksum(large)
+    assert bytes(first[0]) == large and all(g is not None and g[0] is first[0] for g in got)
+    assert blockfile.is_mapped(first[0])
+    assert blockfile._pmd_mapped_kib(heap.address(first[0])) >= 4096  # (this machine's ext4)
+    del first, got
     third = await BlockStore([tier("SSD", 2**26, tmp_path)]).open()
-    data, _ = await third.get("a" * 32)  # type: ignore[misc]
-    assert blockfile.is_mapped(data) and bytes(data) == large
+    mapped = await third.get("a" * 32)
+    assert mapped is not None and blockfile.is_mapped(mapped[0]) and bytes(mapped[0]) == large
     assert len(cold_reads) == 1  # (mapped from the page cache as it lay there)
-    del data
+    del mapped
 
     small_got, _ = await again.get("b" * 32)  # type: ignore[misc]
     assert small_got == small and type(small_got) is bytes
