@@ -128,6 +128,19 @@ def journalled_ext4(tmp_path_factory: pytest.TempPathFactory) -> Any:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+def _fresh_place(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Path:
+    """The test's directory `where` ("the test directory", or one on the journalled ext4),
+    with what `blockfile` learnt of filesystems' huge folios forgotten."""
+    if where != "the test directory":
+        tmp_path = request.getfixturevalue("journalled_ext4") / tmp_path.name
+        tmp_path.mkdir()
+    monkeypatch.setattr(blockfile, "_huge_files", {})
+    monkeypatch.setattr(blockfile, "_huge_misses", {})
+    return tmp_path
+
+
 @pytest.mark.parametrize("where", ["the test directory", "a journalled ext4"])
 async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel_can(
     where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
@@ -141,11 +154,7 @@ async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel
     (an ext4 with data=journal), it is read into a buffer of the reader's once HUGE_TRIES
     files have said so. A small one is read past the page cache either way; a damaged one
     is refused either way, checked whole even where its reader takes blocks unchecked."""
-    if where != "the test directory":
-        tmp_path = request.getfixturevalue("journalled_ext4") / tmp_path.name
-        tmp_path.mkdir()
-    monkeypatch.setattr(blockfile, "_huge_files", {})
-    monkeypatch.setattr(blockfile, "_huge_misses", {})
+    tmp_path = _fresh_place(where, tmp_path, monkeypatch, request)
     payload = os.urandom(2**22 + 5)
     crc = blocks.checksum(payload)
     pool = receive.Buffers()
@@ -220,11 +229,7 @@ def test_a_cold_block_file_is_read_into_huge_folios_for_a_worker_to_send(
     entries; it maps nothing itself after. A file shorter than a huge page is not read;
     on a filesystem where the kernel keeps no such folios (an ext4 with data=journal),
     none is read once HUGE_TRIES files have said so; nor one all in the page cache."""
-    if where != "the test directory":
-        tmp_path = request.getfixturevalue("journalled_ext4") / tmp_path.name
-        tmp_path.mkdir()
-    monkeypatch.setattr(blockfile, "_huge_files", {})
-    monkeypatch.setattr(blockfile, "_huge_misses", {})
+    tmp_path = _fresh_place(where, tmp_path, monkeypatch, request)
     payload = os.urandom(2**22 + 5)
 
     def cold(key: str, data: bytes = payload) -> int:
