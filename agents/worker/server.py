@@ -138,7 +138,7 @@ async def _read_before_sending(w: Worker, f: BinaryIO, size: int) -> None:
         reading.add_done_callback(functools.partial(_read_done, w, key))
     try:
         await asyncio.shield(reading)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # (ValueError: mmap, a file shorter than said)
         _SHORT.warning("a block file not read before it was sent: %s", err)
 
 
