@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +203,6 @@ def run_s3_up(args: argparse.Namespace) -> int:
 
 def run_s3_down(args: argparse.Namespace) -> int:
     import shutil
-    import signal
 
     from devkit.local import processes
 
@@ -213,7 +211,9 @@ def run_s3_down(args: argparse.Namespace) -> int:
     if pid_file.exists():
         pid = int(pid_file.read_text())
         if processes.pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
+            # gone before its files are: MinIO writes some of its own as it stops, and a
+            # directory removed under it came back
+            processes.stop_pids([pid])
     shutil.rmtree(base, ignore_errors=True)
     output.console.print("local S3 server stopped and its data removed")
     return 0

@@ -5,7 +5,6 @@ under one directory. `fluidfed local etcd up|down` and the tests' fixture run it
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import ssl
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from devkit.local import binaries, paths
 from devkit.local.cluster import free_port
-from devkit.local.processes import pid_alive, stop_process
+from devkit.local.processes import pid_alive, stop_pids, stop_process
 from fluidfed import pki
 from fluidfed.errors import LocalClusterError
 
@@ -306,13 +305,6 @@ def running_pids(base_dir: Path) -> list[int]:
 def down(base_dir: Path, timeout: float = 10.0) -> list[int]:
     """Stop a detached cluster and remove its data; the pids that were stopped."""
     pids = running_pids(base_dir)
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    stop_pids(pids, timeout)
     shutil.rmtree(base_dir, ignore_errors=True)
     return pids

@@ -504,6 +504,26 @@ class SidecarProcess(_Child):
         force_unmount(self.mountpoint)
 
 
+def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM each of `pids`, then wait until all have exited, SIGKILL for those still
+    there after `timeout` seconds: a caller removing their files must not do so while
+    they can still write them (MinIO writes its own at shutdown)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    while any(pid_alive(p) for p in pids):  # (SIGKILL: gone at once, bar a zombie's reaping)
+        if time.monotonic() > deadline + 5:
+            break
+        time.sleep(0.05)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process (not necessarily our child) still exists: signal 0 probes it."""
     try:
