@@ -522,25 +522,26 @@ def _pmd_mapped_kib(address: int) -> int:
 
 
 def read_cold_block_file(
-    path: str | Path, take: Callable[[int], memoryview] = heap.aligned
+    path: str | Path, take: Callable[[int], memoryview] = heap.aligned, *, lazy: bool = False
 ) -> tuple[blocks.Data, int]:
-    """(data, CRC) of a block file that is not in the page cache, checked whole. One of a
-    huge page or more is mapped with huge pages and faulted in (`map_block_file`'s
-    `huge`): the kernel reads it from the disk into folios of 2 MiB, which the next reader
-    on this node maps in two page-table entries instead of a thousand (the read after it
-    1,381 -> 2,297 MiB/s at 0.55 -> 0.40 CPU-s/GiB, where a file read past the page cache
-    came from the disk again; the first read level: figures, README, "Measured design
-    decisions"). Whatever of it lies in the page cache already in small folios (a read
-    probe's read-ahead, `_probe`) is let go of first (`map_block_file`). Any other file,
-    or one on a filesystem where the kernel does not read files into such folios
-    (`_huge_files`), is read past the page cache (`read_block_file_direct`), as a small
-    file's mapping would wait on the mmap lock for its disk read. Blocking: for a thread."""
+    """(data, CRC) of a block file that is not in the page cache, checked whole (a large one
+    mapped `lazy` with `lazy`: `map_block_file`). One of a huge page or more is mapped with
+    huge pages and faulted in (`map_block_file`'s `huge`): the kernel reads it from the disk
+    into folios of 2 MiB, which the next reader on this node maps in two page-table entries
+    instead of a thousand (the read after it 1,381 -> 2,297 MiB/s at 0.55 -> 0.40 CPU-s/GiB,
+    where a file read past the page cache came from the disk again; the first read level:
+    figures, README, "Measured design decisions"). Whatever of it lies in the page cache
+    already in small folios (a read probe's read-ahead, `_probe`) is let go of first
+    (`map_block_file`). Any other file, or one on a filesystem where the kernel does not
+    read files into such folios (`_huge_files`), is read past the page cache
+    (`read_block_file_direct`), as a small file's mapping would wait on the mmap lock for
+    its disk read. Blocking: for a thread."""
     stat = os.stat(path)
     dev = stat.st_dev
     large = stat.st_size >= heap.HUGE + trailer_size(heap.HUGE)
     if not large or not _can_map or _huge_files.get(dev) is False:
         return read_block_file_direct(path, take)
-    data, crc = map_block_file(path, huge=True)
+    data, crc = map_block_file(path, huge=True, lazy=lazy)
     _learn_huge(dev, data)
     return data, crc
 
@@ -758,9 +759,10 @@ async def load_block_file(
     the process's mmap lock while the disk reads, so the threads mapping cold files wait
     for each other: 8 threads mapped ~3,500 small files/s, pread ~7,500; figures: README,
     "Measured design decisions"); a large one is mapped with huge pages. `lazy`: as
-    `map_block_file`'s (a file read from the disk is checked whole: its bytes come by DMA,
-    and the check reads them once either way)."""
+    `map_block_file`'s, a large file read from the disk too (its bytes come by DMA: checked
+    whole there, they were read from memory twice, by the check and by the copy of each
+    answer, where each piece's check now leaves it in the CPU's caches for its copy)."""
     try:
         return map_block_file(path, cached_only=True, lazy=lazy)
     except NotCached:
-        return await asyncio.to_thread(read_cold_block_file, path, take)
+        return await asyncio.to_thread(read_cold_block_file, path, take, lazy=lazy)

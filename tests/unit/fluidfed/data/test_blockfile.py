@@ -153,7 +153,8 @@ async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel
     pages in small folios (cachestat refused); on a filesystem where the kernel does not
     (an ext4 with data=journal), it is read into a buffer of the reader's once HUGE_TRIES
     files have said so. A small one is read past the page cache either way; a damaged one
-    is refused either way, checked whole even where its reader takes blocks unchecked."""
+    is refused either way: checked whole, or, where its reader takes blocks unchecked and
+    it is mapped, by the check of its pieces as they are used."""
     tmp_path = _fresh_place(where, tmp_path, monkeypatch, request)
     payload = os.urandom(2**22 + 5)
     crc = blocks.checksum(payload)
@@ -216,7 +217,19 @@ async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel
     Path(path).write_bytes(raw)
     _uncached(path)
     with pytest.raises(CorruptBlock, match="checksum mismatch"):
-        await blockfile.load_block_file(path, take, lazy=True)
+        await blockfile.load_block_file(path, take)
+    lazily = block_file(str(tmp_path), "h" * 32)  # (the same, for a reader taking it so)
+    Path(lazily).parent.mkdir(exist_ok=True)
+    Path(lazily).write_bytes(raw)
+    _uncached(lazily)
+    if blockfile._huge_files.get(dev):  # mapped: its pieces checked as they are answered
+        damaged, _ = await blockfile.load_block_file(lazily, take, lazy=True)
+        assert blockfile.unchecked_span(damaged) is not None
+        with pytest.raises(CorruptBlock, match="checksum mismatch"):
+            blockfile.check_whole(damaged)
+    else:  # read into a buffer: checked whole there
+        with pytest.raises(CorruptBlock, match="checksum mismatch"):
+            await blockfile.load_block_file(lazily, take, lazy=True)
 
 
 @pytest.mark.parametrize("where", ["the test directory", "a journalled ext4"])
