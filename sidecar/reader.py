@@ -571,14 +571,17 @@ class BlockReader:
         with: whole, or, mapped, by the pieces each READ's answer covers as it is sent), or
         None: ask the worker. The worker hears of it in the next report. With `then`,
         `then` gets the block (of `size` bytes) as `_give` reads it; without, the block is
-        mapped here if it is in the page cache, else read past it in a thread. A block kept
-        on this sidecar's disk is checked whole before (it would be written unchecked)."""
+        mapped here if it is in the page cache, else read in a thread: a large one into the
+        page cache and mapped, a small one past it (`blockfile.load_block_file`). A block
+        kept on this sidecar's disk is checked whole before (it would be written
+        unchecked)."""
         for d in self._dirs[worker]:
             path = blockfile.block_file(d, key)
             try:
                 if then is None:
-                    # (a file not in the page cache read into a reused buffer; one in it
-                    # mapped and checked as it is read, unless it failed that lately)
+                    # (a small file not in the page cache read into a reused buffer and
+                    # checked; any other mapped and checked as it is read, unless it
+                    # failed that lately)
                     take = self.conns.buffers.take
                     lazy = key not in self._suspects and not self.store.on_disk
                     data, crc = await blockfile.load_block_file(path, take, lazy=lazy)

@@ -509,19 +509,24 @@ def stop_pids(pids: list[int], timeout: float = 10.0) -> None:
     there after `timeout` seconds: a caller removing their files must not do so while
     they can still write them (MinIO writes its own at shutdown)."""
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # (not ours: left)
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
+        if _running(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-    while any(pid_alive(p) for p in pids):  # (SIGKILL: gone at once, bar a zombie's reaping)
-        if time.monotonic() > deadline + 5:
-            break
+    while any(_running(p) for p in pids) and time.monotonic() < deadline + 5:
         time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """`pid_alive`, a child of ours that exited reaped first (a zombie answers signal 0)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:

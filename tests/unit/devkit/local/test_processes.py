@@ -70,3 +70,18 @@ def test_a_chatty_child_never_blocks_on_a_full_pipe() -> None:
     assert errors.wait_closed(10)
     assert errors.tail(1) == "the end\n"
     processes.stop_process(proc, signal.SIGTERM, 10)
+
+
+def test_stop_pids_leaves_none_running_those_that_ignore_sigterm_killed() -> None:
+    """`stop_pids` (`local s3 down`, `local etcd down`) returns once every process is
+    gone: one that stops on SIGTERM (a child of the caller's: reaped, not left a zombie
+    that still answers signal 0) and one that ignores it (killed after the timeout)."""
+    polite = subprocess.Popen(["sleep", "30"])
+    stubborn = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; echo set; while :; do sleep 0.1; done"], stdout=subprocess.PIPE
+    )
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"set\n"
+    processes.stop_pids([polite.pid, stubborn.pid], timeout=1.0)
+    assert not processes.pid_alive(polite.pid)
+    assert not processes.pid_alive(stubborn.pid)
+    stubborn.stdout.close()
