@@ -521,6 +521,9 @@ def _pmd_mapped_kib(address: int) -> int:
     return 0
 
 
+HUGE_FILE = heap.HUGE + trailer_size(heap.HUGE)  # a block file of a huge page or more
+
+
 def read_cold_block_file(
     path: str | Path, take: Callable[[int], memoryview] = heap.aligned, *, lazy: bool = False
 ) -> tuple[blocks.Data, int]:
@@ -538,7 +541,7 @@ def read_cold_block_file(
     its disk read. Blocking: for a thread."""
     stat = os.stat(path)
     dev = stat.st_dev
-    large = stat.st_size >= heap.HUGE + trailer_size(heap.HUGE)
+    large = stat.st_size >= HUGE_FILE
     if not large or not _can_map or _huge_files.get(dev) is False:
         return read_block_file_direct(path, take)
     data, crc = map_block_file(path, huge=True, lazy=lazy)

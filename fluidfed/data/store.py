@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fluidfed import errors
-from fluidfed.data import blocks, heap
+from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
+    HUGE_FILE,
     TRAILER_SIZE,
     block_file,
     block_path,
@@ -63,7 +64,6 @@ from fluidfed.logs import Seldom
 from fluidfed.models import CacheTier
 
 log = logging.getLogger("fluidfed.store")
-HUGE_FILE = heap.HUGE + trailer_size(heap.HUGE)  # a block file of a huge page or more
 # a filesystem that maps no file (some FUSE and network ones), or not read-only
 _MAP_REFUSED = {errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM}
 # (each says how many like it went unsaid: a failing disk fails every block)
