@@ -90,6 +90,12 @@ async def test_block_files_not_in_the_page_cache_are_read_off_the_event_loop(
     assert mapped == payload
 
 
+# files a test that wants a file in folios of a huge page tries before it fails: where
+# memory is busy (another build beside the tests) the kernel may find no free 2 MiB
+# for a folio at the moment it reads, and reads that part into small folios, as it may
+HUGE_FOUND_IN = 3
+
+
 def _uncached(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -188,9 +194,13 @@ async def test_a_cold_large_block_file_is_mapped_in_huge_folios_where_the_kernel
         # here: the probe's read-ahead would cache the small file below, by chance)
         with monkeypatch.context() as refused:
             refused.setattr(blockfile, "_cachestat", None)
-            probed = cold("b")
-            data, _ = await blockfile.load_block_file(probed, take)
-            assert blockfile._pmd_mapped_kib(heap.address(data)) >= 4096
+            mapped = []
+            for key in "bij"[:HUGE_FOUND_IN]:  # (memory busy: `HUGE_FOUND_IN`)
+                data, _ = await blockfile.load_block_file(cold(key), take)
+                mapped.append(blockfile._pmd_mapped_kib(heap.address(data)))
+                if mapped[-1] >= 4096:
+                    break
+            assert mapped[-1] >= 4096, mapped
     else:  # the kernel did not: after HUGE_TRIES files, read into a buffer of the pool
         for key in "cde"[: blockfile.HUGE_TRIES - 1]:
             await blockfile.load_block_file(cold(key), take)
@@ -251,21 +261,24 @@ def test_a_cold_block_file_is_read_into_huge_folios_for_a_worker_to_send(
         _uncached(path)
         return os.open(path, os.O_RDONLY)
 
-    fd = cold("a")
-    try:
-        assert not blockfile.in_page_cache(fd, len(payload))
-        os.pread(fd, 4096, 0)  # (a read's few small folios at the start)
-        maps = Path("/proc/self/maps").read_text().count(tmp_path.name)
-        assert blockfile.read_in_huge_folios(fd, len(payload))
-        assert Path("/proc/self/maps").read_text().count(tmp_path.name) == maps
-        assert blockfile.in_page_cache(fd, len(payload))
-        assert not blockfile.read_in_huge_folios(fd, len(payload))  # (cached: not again)
-        with mmap.mmap(fd, 2**22, prot=mmap.PROT_READ) as m:
-            m.madvise(mmap.MADV_HUGEPAGE)
-            m.madvise(blockfile._POPULATE_READ)
-            huge = blockfile._pmd_mapped_kib(heap.address(m))
-    finally:
-        os.close(fd)
+    for key in "afg"[:HUGE_FOUND_IN]:  # (memory busy: `HUGE_FOUND_IN`)
+        fd = cold(key)
+        try:
+            assert not blockfile.in_page_cache(fd, len(payload))
+            os.pread(fd, 4096, 0)  # (a read's few small folios at the start)
+            maps = Path("/proc/self/maps").read_text().count(tmp_path.name)
+            assert blockfile.read_in_huge_folios(fd, len(payload))
+            assert Path("/proc/self/maps").read_text().count(tmp_path.name) == maps
+            assert blockfile.in_page_cache(fd, len(payload))
+            assert not blockfile.read_in_huge_folios(fd, len(payload))  # (cached: not again)
+            with mmap.mmap(fd, 2**22, prot=mmap.PROT_READ) as m:
+                m.madvise(mmap.MADV_HUGEPAGE)
+                m.madvise(blockfile._POPULATE_READ)
+                huge = blockfile._pmd_mapped_kib(heap.address(m))
+        finally:
+            os.close(fd)
+        if huge == 4096 or where != "the test directory":
+            break
     dev = os.stat(tmp_path).st_dev
     if where == "the test directory":  # (ext4 on Linux 6.18, huge pages on `madvise`)
         assert huge == 4096 and blockfile._huge_files[dev] is True
