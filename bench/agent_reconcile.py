@@ -32,6 +32,7 @@ from devkit.testing import HubProcess
 from fluidfed import Client
 from fluidfed.models import (
     AgentConfig,
+    Capabilities,
     Cluster,
     Dataset,
     KubeAccess,
@@ -76,6 +77,7 @@ async def run(n: int) -> dict[str, object]:
             spec = Cluster(
                 name="edge",
                 kind="serverless",
+                capabilities=Capabilities(privileged=True),
                 kubernetes=KubeAccess(kubeconfig=str(lc.kubeconfig_path)),
             )
             async with Client(hub.url, hub.admin_token) as admin:

@@ -77,7 +77,7 @@ from devkit.local.etcd import EtcdCluster
 from devkit.testing import HubProcess
 from fluidfed import Client, errors
 from fluidfed import tls as tls_setup
-from fluidfed.models import Cluster, Dataset, KubeAccess, Mount, Placement
+from fluidfed.models import Capabilities, Cluster, Dataset, KubeAccess, Mount, Placement
 
 BASELINE_SERVER = textwrap.dedent(
     """
@@ -364,7 +364,10 @@ async def fanout(
         async def reg(i: int) -> str:
             async with sem:
                 spec = Cluster(
-                    name=f"c{i:04d}", kind="edge", kubernetes=KubeAccess(in_cluster=True)
+                    name=f"c{i:04d}",
+                    kind="edge",
+                    capabilities=Capabilities(privileged=True),
+                    kubernetes=KubeAccess(in_cluster=True),
                 )
                 return (await admin.register_cluster(spec)).token
 

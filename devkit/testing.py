@@ -26,6 +26,7 @@ from fluidfed.models import (
     Binding,
     BindingStatus,
     CacheTier,
+    Capabilities,
     Cluster,
     ClusterRecord,
     ClusterStatus,
@@ -129,6 +130,9 @@ def free_and_floor(path: Path, min_free: float) -> tuple[int, int]:
 
 
 def cluster(name: str = "c", **fields: Any) -> Cluster:
+    """A cluster that can mount datasets: without other capabilities, one that admits the
+    FUSE sidecar (privileged), as the hub requires of a cluster without Fluid's CSI."""
+    fields.setdefault("capabilities", Capabilities(privileged=True))
     return Cluster(name=name, **fields)
 
 

@@ -253,6 +253,19 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
     problems += check_resource_name(
         c.capabilities.fuse_device_resource, f"{path}.capabilities.fuse_device_resource"
     )
+    if c.mount_mode() == "sidecar" and not c.capabilities.privileged:
+        # (its every pod would be refused at admission: `agents/webhook/mutate._security`)
+        problems.append(
+            Problem(
+                "this cluster could mount no dataset: without Fluid's CSI plugin (csi = true "
+                "and fluid = true) its pods get the FUSE sidecar, which Kubernetes runs "
+                "only as a privileged container (its mount reaches the app through "
+                "Bidirectional mount propagation); set privileged = true if the platform "
+                "admits privileged containers, or csi = true and fluid = true where Fluid "
+                "and its CSI plugin are installed",
+                path=f"{path}.capabilities",
+            )
+        )
     k = c.kubernetes
     if k.in_cluster and k.kubeconfig:
         problems.append(

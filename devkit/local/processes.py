@@ -256,7 +256,10 @@ class AgentProcess(_Child):
         self.bootstrap_token = bootstrap_token
         self.token = token
         self.hub_url = hub_url
-        caps = "".join(f"{k} = {str(v).lower()}\n" for k, v in (capabilities or {}).items())
+        # (by default a platform that admits the FUSE sidecar: the hub refuses a cluster
+        # that can mount nothing)
+        given = {"privileged": True} if capabilities is None else capabilities
+        caps = "".join(f"{k} = {str(v).lower()}\n" for k, v in given.items())
         lbls = ", ".join(f'"{k}" = "{v}"' for k, v in (labels or {}).items())
         if cluster_toml is not None:
             (self.dir / "cluster.toml").write_text(cluster_toml)

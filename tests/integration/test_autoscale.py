@@ -17,7 +17,6 @@ from fluidfed.models import (
     AutoscaleTarget,
     BindingStatus,
     CacheSpec,
-    Cluster,
     Figures,
     KubeAccess,
 )
@@ -34,7 +33,7 @@ async def test_metrics_drive_replicas_and_decisions_are_kept(tmp_path: Path) -> 
         async with Client(hub.url, hub.admin_token) as admin:
             token = (
                 await admin.register_cluster(
-                    Cluster(name="edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+                    testing.cluster("edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
                 )
             ).token
             policy = AutoscalePolicy(

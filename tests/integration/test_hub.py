@@ -561,7 +561,7 @@ def test_sdk_round_trip_of_selector_placement(hub: HubProcess, tmp_path: Path) -
             )
             assert [v.binding.cluster for v in view.bindings] == ["edge"]
             await c.register_cluster(
-                Cluster(name="edge2", kind="edge", kubernetes={"in_cluster": True})  # type: ignore[arg-type]
+                testing.cluster("edge2", kind="edge", kubernetes={"in_cluster": True})
             )
             view = await c.get_dataset("edge-only")
             assert [v.binding.cluster for v in view.bindings] == ["edge", "edge2"]
@@ -592,6 +592,11 @@ def test_the_largest_spec_the_hub_takes_reaches_the_agents_watch_and_one_past_it
                 await admin.apply_dataset(too_big)
             assert info.value.status == 400, info.value
             assert "dataset.mounts[0]" in str(info.value) and "256KiB" in str(info.value)
+            # a cluster whose every pod admission would refuse (no CSI, no privileged sidecar)
+            with pytest.raises(APIError) as info:
+                await admin.register_cluster(Cluster(name="nowhere", kind="edge"))
+            assert info.value.status == 400 and "cluster.capabilities" in str(info.value)
+            assert "nowhere" not in {c.spec.name for c in await admin.list_clusters()}
         async with Client(hub.url, tokens["edge"]) as edge, asyncio.timeout(60):
             async for ev in edge.watch_bindings("edge", revision=0):
                 if ev.type == "ADDED" and ev.object is not None:

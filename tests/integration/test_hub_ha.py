@@ -31,7 +31,6 @@ from fluidfed.models import (
     AutoscaleTarget,
     BindingStatus,
     CacheSpec,
-    Cluster,
     Figures,
     KubeAccess,
     Placement,
@@ -105,7 +104,7 @@ async def register(r: Replicas) -> None:
     async with Client(r.urls(r.hubs[0]), r.admin_token) as admin:
         for name in CLUSTERS:
             reg = await admin.register_cluster(
-                Cluster(name=name, kind="edge", kubernetes=KubeAccess(in_cluster=True))
+                testing.cluster(name, kind="edge", kubernetes=KubeAccess(in_cluster=True))
             )
             r.tokens[name] = reg.token
 
@@ -472,7 +471,7 @@ async def test_a_load_whose_answer_was_lost_is_applied_once_across_replicas(
     ):
         with pytest.raises(HubUnreachable, match="may have been applied there"):
             await hub.register_cluster(
-                Cluster(name="c1", kind="edge", kubernetes=KubeAccess(in_cluster=True)),
+                testing.cluster("c1", kind="edge", kubernetes=KubeAccess(in_cluster=True)),
                 rotate_token=True,
             )
         assert answered == ["POST /api/v1/clusters?rotate_token=true HTTP/1.1"]
@@ -500,7 +499,7 @@ async def test_a_token_issued_at_one_replica_works_at_the_other_at_once(
     async with Client(first.url, replicas.admin_token) as admin:
         token = (
             await admin.register_cluster(
-                Cluster(name="fresh", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+                testing.cluster("fresh", kind="edge", kubernetes=KubeAccess(in_cluster=True))
             )
         ).token
     async with Client(other.url, token) as fresh:

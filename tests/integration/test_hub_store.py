@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from devkit import testing
 from devkit.testing import HubProcess, run_cli
 from fluidfed import Client, ServerError
 from fluidfed.errors import StoreError
-from fluidfed.models import Cluster, Dataset, KubeAccess, Mount
+from fluidfed.models import Dataset, KubeAccess, Mount
 from hub.store import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
-EDGE = Cluster(name="edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+EDGE = testing.cluster("edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
 
 
 def test_a_damaged_catalog_file_names_itself_and_what_to_do(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 import trustme
 
+from devkit import testing
 from devkit.testing import HubProcess, run_cli
 from fluidfed import Client, ConfigError, Forbidden, HubUnreachable
-from fluidfed.models import Cluster
 from tests.integration.conftest import cli
 
 pytestmark = pytest.mark.integration
@@ -103,8 +103,8 @@ async def test_mutual_tls_binds_a_cluster_certificate_to_its_name(tmp_path: Path
     with HubProcess(tmp_path / "hub", extra=["--config", str(cfg)]) as hub:
         # the admin token needs no client certificate
         async with Client(hub.url, hub.admin_token, ca_file=ca_file) as admin:
-            edge = await admin.register_cluster(Cluster(name="edge", kind="edge"))
-            await admin.register_cluster(Cluster(name="serverless", kind="serverless"))
+            edge = await admin.register_cluster(testing.cluster("edge", kind="edge"))
+            await admin.register_cluster(testing.cluster("serverless", kind="serverless"))
 
         def as_agent(cert: str | None) -> Client:
             if cert is None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from devkit import testing
 from devkit.testing import HubProcess, eventually
 from fluidfed import Client, Gone
 from fluidfed.errors import RevisionAhead
-from fluidfed.models import Cluster, Dataset, KubeAccess, Mount
+from fluidfed.models import Dataset, KubeAccess, Mount
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ def hub(tmp_path: Path, store_flags: list[str]) -> Iterator[HubProcess]:
 async def test_a_watch_from_a_revision_ahead_of_the_catalog_is_gone(hub: HubProcess) -> None:
     async with Client(hub.url, hub.admin_token) as admin:
         await admin.register_cluster(
-            Cluster(name="edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+            testing.cluster("edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
         )
         listed = await admin.list_bindings("edge")
         with pytest.raises(Gone, match="ahead of the catalog") as info:
@@ -44,7 +45,7 @@ async def test_sigterm_with_agents_watching_exits_within_seconds(
         async with Client(hub.url, hub.admin_token) as admin:
             for i in range(20):
                 await admin.register_cluster(
-                    Cluster(name=f"c{i}", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+                    testing.cluster(f"c{i}", kind="edge", kubernetes=KubeAccess(in_cluster=True))
                 )
             await admin.apply_dataset(Dataset(name="d", mounts=[Mount(uri="s3://b/p")]))
 

@@ -11,9 +11,10 @@ from agents.controllers import reporter
 from agents.hub_link import HubLink
 from agents.state import AgentState, StateFile
 from agents.store import Store
+from devkit import testing
 from devkit.testing import HubProcess
 from fluidfed import Client
-from fluidfed.models import AgentConfig, BindingStatus, Cluster, Dataset, KubeAccess, Mount
+from fluidfed.models import AgentConfig, BindingStatus, Dataset, KubeAccess, Mount
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 async def test_statuses_reach_the_hub_and_finalized_bindings_are_forgotten(
     hub: HubProcess, tmp_path: Path
 ) -> None:
-    edge = Cluster(name="edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+    edge = testing.cluster("edge", kind="edge", kubernetes=KubeAccess(in_cluster=True))
     async with Client(hub.url, hub.admin_token) as admin:
         token = (await admin.register_cluster(edge)).token
         await admin.apply_dataset(Dataset(name="d", mounts=[Mount(uri="s3://b/p")]))

@@ -141,8 +141,23 @@ def test_credentials_in_options_are_refused() -> None:
 
 def test_cluster_needs_kube_access_choice() -> None:
     src = '[cluster]\nname = "c1"\n[cluster.kubernetes]\nin_cluster = true\nkubeconfig = "/k"\n'
-    (p,) = problems(src)
+    (p,) = problems(src + "[cluster.capabilities]\nprivileged = true\n")
     assert p.startswith("ds.toml:3: cluster.kubernetes:")
+
+
+def test_a_cluster_that_could_mount_no_dataset_is_refused_where_it_says_so() -> None:
+    """Without Fluid's CSI plugin a cluster's pods get the FUSE sidecar, which runs only
+    privileged: a cluster that has neither is refused, not accepted to have every pod
+    refused at admission later."""
+    src = '[cluster]\nname = "c1"\n[cluster.kubernetes]\nin_cluster = true\n'
+    (p,) = problems(src)  # (the defaults: no CSI, not privileged)
+    assert p.startswith("ds.toml:1: cluster.capabilities: this cluster could mount no dataset")
+    assert "set privileged = true" in p and "csi = true and fluid = true" in p
+    (p,) = problems(src + "[cluster.capabilities]\ncsi = true\n")  # (CSI, but no Fluid)
+    assert p.startswith("ds.toml:5: cluster.capabilities:")
+    for caps in ("privileged = true", "csi = true\nfluid = true"):
+        doc = config.loads(src + f"[cluster.capabilities]\n{caps}\n", file="ds.toml")
+        assert doc.cluster is not None and doc.cluster.name == "c1"
 
 
 def test_validate_command_prints_every_error_and_exits_2(

@@ -385,8 +385,14 @@ def test_what_kubernetes_would_refuse_later_is_refused_here() -> None:
     caps = Capabilities(fuse_device_resource="kubernetes.io/fuse")  # (Kubernetes' own)
     got = where(validation.check_cluster(testing.cluster("c1", capabilities=caps)))
     assert "under kubernetes.io/" in got["cluster.capabilities.fuse_device_resource"]
-    caps = Capabilities(fuse_device_resource="smarter-devices/fuse")
+    caps = Capabilities(privileged=True, fuse_device_resource="smarter-devices/fuse")
     assert validation.check_cluster(testing.cluster("c1", capabilities=caps)) == []
+    # a cluster whose every pod admission would refuse: no CSI and no privileged sidecar
+    for caps in (Capabilities(), Capabilities(csi=True), Capabilities(fluid=True)):
+        got = where(validation.check_cluster(testing.cluster("c1", capabilities=caps)))
+        assert "could mount no dataset" in got["cluster.capabilities"], caps
+    for caps in (Capabilities(csi=True, fluid=True), Capabilities(privileged=True)):
+        assert validation.check_cluster(testing.cluster("c1", capabilities=caps)) == []
     got = where(validation.check_cluster(testing.cluster("c1", region="eu [/] west", zone="a")))
     assert set(got) == {"cluster.region"}
     agent = AgentConfig(cluster_file="c.toml", hub="https://h", sidecar_cpu="a lot")
