@@ -97,7 +97,9 @@ def load(config_path: str) -> tuple[AgentConfig, Cluster, KubeAccess, Path]:
     cfg = doc.agent
     base = Path(config_path).resolve().parent
     cluster_file = _resolve(base, cfg.cluster_file)
-    cdoc = config.load(cluster_file)
+    # (a cluster registered before the hub refused ones that can mount nothing still runs its
+    # agent, warned: it serves what it holds and retires it: `run_agent`)
+    cdoc = config.load(cluster_file, mountable=False)
     if cdoc.cluster is None:
         raise ConfigError([Problem("expected a [cluster] table", file=str(cluster_file))])
     access = cfg.kubernetes or cdoc.cluster.kubernetes
@@ -167,6 +169,13 @@ def run_agent(args: argparse.Namespace) -> int:
     token = read_token(args.config, cfg)
     bootstrap = os.environ.get(cfg.bootstrap_token_env, "").strip()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for p in validation.check_mountable(cluster):
+        logging.getLogger("fluidfed.agent").warning(
+            "%s: %s; the hub registers such a cluster no more, and this agent only keeps "
+            "up what its bindings made until they are retired",
+            p.path,
+            p.message,
+        )
 
     async def main() -> None:
         kube = await Kube(await api_client(access)).open()

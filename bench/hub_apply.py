@@ -19,7 +19,7 @@ from pathlib import Path
 
 import uvloop
 
-from fluidfed.models import Cluster, Dataset, KubeAccess, Mount, Placement
+from fluidfed.models import Capabilities, Cluster, Dataset, KubeAccess, Mount, Placement
 from hub.catalog import Catalog
 from hub.store import SQLiteStore
 
@@ -29,7 +29,12 @@ async def main(n: int, applies: int) -> None:
         cat = Catalog(SQLiteStore(Path(tmp) / "catalog.db"), history=max(10_000, 4 * n))
         await cat.load()
         for i in range(n):
-            edge = Cluster(name=f"c{i:05d}", kind="edge", kubernetes=KubeAccess(in_cluster=True))
+            edge = Cluster(
+                name=f"c{i:05d}",
+                kind="edge",
+                capabilities=Capabilities(privileged=True),
+                kubernetes=KubeAccess(in_cluster=True),
+            )
             await cat.register_cluster(edge)
         cpu, wall = [], []
         for r in range(applies):

@@ -22,7 +22,11 @@ async def main() -> None:
     ca_file = os.environ.get("FLUIDFED_CA_FILE", "")
     async with fluidfed.Client(hub_url, token, ca_file=ca_file) as hub:
         cluster = fluidfed.Cluster(
-            name="example-edge", kind="edge", kubernetes=fluidfed.KubeAccess(in_cluster=True)
+            name="example-edge",
+            kind="edge",
+            # its pods mount datasets through the FUSE sidecar, which runs privileged
+            capabilities=fluidfed.Capabilities(privileged=True),
+            kubernetes=fluidfed.KubeAccess(in_cluster=True),
         )
         await hub.register_cluster(cluster)
         dataset = fluidfed.Dataset(

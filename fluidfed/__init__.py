@@ -30,6 +30,7 @@ from fluidfed.models import Binding as Binding
 from fluidfed.models import BindingStatus as BindingStatus
 from fluidfed.models import CacheSpec as CacheSpec
 from fluidfed.models import CacheTier as CacheTier
+from fluidfed.models import Capabilities as Capabilities
 from fluidfed.models import Cluster as Cluster
 from fluidfed.models import ClusterRecord as ClusterRecord
 from fluidfed.models import Dataset as Dataset
@@ -52,6 +53,7 @@ __all__ = [
     "BindingStatus",
     "CacheSpec",
     "CacheTier",
+    "Capabilities",
     "Client",
     "Cluster",
     "ClusterRecord",

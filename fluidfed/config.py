@@ -94,9 +94,11 @@ def parse_document(
     file: str = "",
     source: str = "",
     options: validation.OptionsCheck | None = None,
+    mountable: bool = True,
 ) -> Document:
     """Decode and check a document given as builtins (`options`: as `check_dataset` takes
-    it); raises ConfigError with every problem."""
+    it; `mountable`: as `check_document` takes it); raises ConfigError with every
+    problem."""
     data, single = _normalise(data)
     lines = toml_lines(source) if source else {}
     dataset_path = "dataset" if single else "dataset[{i}]"
@@ -111,14 +113,18 @@ def parse_document(
         doc = codec.convert(data, Document)
     except msgspec.ValidationError as err:
         raise ConfigError([place(codec.problem_of(err, typ=Document))]) from None
-    problems = validation.check_document(doc, dataset_path, options)
+    problems = validation.check_document(doc, dataset_path, options, mountable=mountable)
     if problems:
         raise ConfigError([place(p) for p in problems])
     return doc
 
 
 def loads(
-    source: str, *, file: str = "<string>", options: validation.OptionsCheck | None = None
+    source: str,
+    *,
+    file: str = "<string>",
+    options: validation.OptionsCheck | None = None,
+    mountable: bool = True,
 ) -> Document:
     try:
         raw = tomli.loads(source)
@@ -130,7 +136,7 @@ def loads(
         ) from None
     except RecursionError as err:  # tomli's bound on nesting: "nested more than ... levels"
         raise ConfigError([Problem(f"not valid TOML: {err}", file=file)]) from None
-    return parse_document(raw, file=file, source=source, options=options)
+    return parse_document(raw, file=file, source=source, options=options, mountable=mountable)
 
 
 def read(p: Path) -> str:
@@ -142,9 +148,9 @@ def read(p: Path) -> str:
         raise ConfigError([Problem(f"cannot read: {err}", file=str(p))]) from None
 
 
-def load(path: str | Path) -> Document:
+def load(path: str | Path, *, mountable: bool = True) -> Document:
     p = Path(path)
-    return loads(read(p), file=str(p))
+    return loads(read(p), file=str(p), mountable=mountable)
 
 
 def load_file(path: str | Path, typ: type[T]) -> T:

@@ -64,7 +64,9 @@ class Capabilities(Spec, frozen=True):
     fluid: bool = False  # Fluid's controllers and CRDs are installed
     privileged: bool = False  # pods may run privileged containers
     native_sidecar: bool = True  # Kubernetes >= 1.28: init containers with restartPolicy Always
-    fuse_device_resource: str = ""  # e.g. "smarter-devices/fuse" on unprivileged platforms
+    # a device resource the FUSE sidecar asks for /dev/fuse by (e.g. "smarter-devices/fuse"),
+    # for scheduling on platforms that hand it out so: the sidecar still runs privileged
+    fuse_device_resource: str = ""
 
 
 class KubeAccess(Spec, frozen=True):

@@ -253,19 +253,6 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
     problems += check_resource_name(
         c.capabilities.fuse_device_resource, f"{path}.capabilities.fuse_device_resource"
     )
-    if c.mount_mode() == "sidecar" and not c.capabilities.privileged:
-        # (its every pod would be refused at admission: `agents/webhook/mutate._security`)
-        problems.append(
-            Problem(
-                "this cluster could mount no dataset: without Fluid's CSI plugin (csi = true "
-                "and fluid = true) its pods get the FUSE sidecar, which Kubernetes runs "
-                "only as a privileged container (its mount reaches the app through "
-                "Bidirectional mount propagation); set privileged = true if the platform "
-                "admits privileged containers, or csi = true and fluid = true where Fluid "
-                "and its CSI plugin are installed",
-                path=f"{path}.capabilities",
-            )
-        )
     k = c.kubernetes
     if k.in_cluster and k.kubeconfig:
         problems.append(
@@ -286,6 +273,28 @@ def check_cluster(c: Cluster, path: str = "cluster") -> list[Problem]:
             )
         )
     return problems
+
+
+def check_mountable(c: Cluster, path: str = "cluster") -> list[Problem]:
+    """The rule on a cluster being registered: it can mount datasets, by Fluid's CSI or by
+    the FUSE sidecar (its every pod would be refused at admission otherwise:
+    `agents/webhook/mutate._security`). Apart from `check_cluster`, as an agent whose
+    cluster was registered before the rule still runs (warned), to serve what it holds
+    and retire it."""
+    caps = c.capabilities
+    if c.mount_mode() == "csi" or caps.privileged:
+        return []
+    return [
+        Problem(
+            "this cluster could mount no dataset: without Fluid's CSI plugin (csi = true and "
+            "fluid = true, both) its pods get the FUSE sidecar, which Kubernetes runs only as "
+            "a privileged container (its mount reaches the app through Bidirectional mount "
+            "propagation; a fuse_device_resource does not replace it): set privileged = true "
+            "in [cluster.capabilities] if the platform admits privileged containers, or "
+            "csi = true and fluid = true where Fluid and its CSI plugin are installed",
+            path=f"{path}.capabilities.privileged",
+        )
+    ]
 
 
 def check_cache(
@@ -839,8 +848,14 @@ def check_hub(h: HubConfig, path: str = "hub") -> list[Problem]:
 
 
 def check_document(
-    doc: Document, dataset_path: str = "dataset[{i}]", options: OptionsCheck | None = None
+    doc: Document,
+    dataset_path: str = "dataset[{i}]",
+    options: OptionsCheck | None = None,
+    *,
+    mountable: bool = True,
 ) -> list[Problem]:
+    """Every problem of a document; with `mountable`, its cluster must be one the hub
+    registers (`check_mountable`)."""
     problems: list[Problem] = []
     if doc.cluster is None and not doc.dataset and doc.hub is None and doc.agent is None:
         problems.append(
@@ -850,6 +865,8 @@ def check_document(
         )
     if doc.cluster is not None:
         problems += check_cluster(doc.cluster)
+        if mountable:
+            problems += check_mountable(doc.cluster)
     names: set[str] = set()
     for i, d in enumerate(doc.dataset):
         p = dataset_path.format(i=i)

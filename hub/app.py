@@ -298,7 +298,9 @@ async def list_clusters(request: web.Request) -> web.Response:
 async def register_cluster(request: web.Request) -> web.Response:
     _admin(request)
     spec: Cluster = await _body(request, _cluster_dec, "cluster")
-    errors.BadRequest.unless_valid(validation.check_cluster(spec))
+    errors.BadRequest.unless_valid(
+        validation.check_cluster(spec) + validation.check_mountable(spec)
+    )
     rotate = _flag(request, "rotate_token")
     cat = request.app[CATALOG]
     existed = spec.name in cat.clusters

@@ -30,6 +30,14 @@ def test_the_sdk_example_declares_and_sees_its_binding(hub: HubProcess) -> None:
 
 
 def test_the_public_surface_holds_what_a_script_needs() -> None:
-    for name in ("Client", "Dataset", "Mount", "Cluster", "Placement", "FluidfedError"):
+    for name in (
+        "Client",
+        "Dataset",
+        "Mount",
+        "Cluster",
+        "Capabilities",
+        "Placement",
+        "FluidfedError",
+    ):
         assert name in fluidfed.__all__ and hasattr(fluidfed, name)
     assert fluidfed.Client.__doc__ and "ca_file" in fluidfed.Client.__doc__

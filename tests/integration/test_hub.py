@@ -569,6 +569,27 @@ def test_sdk_round_trip_of_selector_placement(hub: HubProcess, tmp_path: Path) -
     asyncio.run(go())
 
 
+def test_a_cluster_that_could_mount_no_dataset_is_refused_and_nothing_is_stored(
+    hub: HubProcess,
+) -> None:
+    """No Fluid CSI and no privileged FUSE sidecar: admission would refuse the cluster's every
+    pod, so the hub refuses the cluster, with the field and what to set; the same cluster
+    able to mount is registered."""
+
+    async def go() -> None:
+        async with Client(hub.url, hub.admin_token) as admin:
+            with pytest.raises(APIError) as info:
+                await admin.register_cluster(Cluster(name="nowhere", kind="edge"))
+            assert info.value.status == 400
+            assert "cluster.capabilities.privileged" in str(info.value)
+            assert "set privileged = true" in str(info.value)
+            assert "nowhere" not in {c.spec.name for c in await admin.list_clusters()}
+            await admin.register_cluster(testing.cluster("nowhere", kind="edge"))
+            assert "nowhere" in {c.spec.name for c in await admin.list_clusters()}
+
+    asyncio.run(go())
+
+
 def test_the_largest_spec_the_hub_takes_reaches_the_agents_watch_and_one_past_it_is_refused(
     hub: HubProcess, tmp_path: Path
 ) -> None:
@@ -592,11 +613,6 @@ def test_the_largest_spec_the_hub_takes_reaches_the_agents_watch_and_one_past_it
                 await admin.apply_dataset(too_big)
             assert info.value.status == 400, info.value
             assert "dataset.mounts[0]" in str(info.value) and "256KiB" in str(info.value)
-            # a cluster whose every pod admission would refuse (no CSI, no privileged sidecar)
-            with pytest.raises(APIError) as info:
-                await admin.register_cluster(Cluster(name="nowhere", kind="edge"))
-            assert info.value.status == 400 and "cluster.capabilities" in str(info.value)
-            assert "nowhere" not in {c.spec.name for c in await admin.list_clusters()}
         async with Client(hub.url, tokens["edge"]) as edge, asyncio.timeout(60):
             async for ev in edge.watch_bindings("edge", revision=0):
                 if ev.type == "ADDED" and ev.object is not None:

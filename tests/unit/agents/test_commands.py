@@ -9,7 +9,7 @@ import pytest
 
 from agents import commands
 from devkit import testing
-from fluidfed import tls
+from fluidfed import config, tls
 from fluidfed.data import credentials
 from fluidfed.errors import ConfigError
 
@@ -122,3 +122,21 @@ def test_a_worker_serves_plain_http_beyond_loopback_only_when_told(
         with pytest.raises(ConfigError) as info:
             args.run(args)
         assert {p.path for p in info.value.problems} == {"--port"}
+
+
+def test_an_agent_whose_cluster_was_registered_unable_to_mount_still_loads(
+    tmp_path: Path,
+) -> None:
+    """The hub refuses to register a cluster that could mount no dataset now, but one it
+    registered before keeps its agent (warned when it runs), to keep up and retire what its
+    bindings made; a file `fluidfed validate` or `cluster register` reads is refused."""
+    (tmp_path / "cluster.toml").write_text(
+        '[cluster]\nname = "old"\nkind = "edge"\n[cluster.kubernetes]\nin_cluster = true\n'
+    )
+    (tmp_path / "agent.toml").write_text(
+        '[agent]\ncluster_file = "cluster.toml"\nhub = "https://127.0.0.1:8470"\n'
+    )
+    _, cluster, _, _ = commands.load(str(tmp_path / "agent.toml"))
+    assert cluster.name == "old" and not cluster.capabilities.privileged
+    with pytest.raises(ConfigError, match="could mount no dataset"):
+        config.load(tmp_path / "cluster.toml")

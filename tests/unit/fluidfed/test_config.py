@@ -151,13 +151,20 @@ def test_a_cluster_that_could_mount_no_dataset_is_refused_where_it_says_so() -> 
     refused at admission later."""
     src = '[cluster]\nname = "c1"\n[cluster.kubernetes]\nin_cluster = true\n'
     (p,) = problems(src)  # (the defaults: no CSI, not privileged)
-    assert p.startswith("ds.toml:1: cluster.capabilities: this cluster could mount no dataset")
+    assert p.startswith(
+        "ds.toml:1: cluster.capabilities.privileged: this cluster could mount no dataset"
+    )
     assert "set privileged = true" in p and "csi = true and fluid = true" in p
     (p,) = problems(src + "[cluster.capabilities]\ncsi = true\n")  # (CSI, but no Fluid)
-    assert p.startswith("ds.toml:5: cluster.capabilities:")
+    assert p.startswith("ds.toml:5: cluster.capabilities.privileged:")
+    (p,) = problems(src + "[cluster.capabilities]\nprivileged = false\n")
+    assert p.startswith("ds.toml:6: cluster.capabilities.privileged:")  # (the key's line)
     for caps in ("privileged = true", "csi = true\nfluid = true"):
         doc = config.loads(src + f"[cluster.capabilities]\n{caps}\n", file="ds.toml")
         assert doc.cluster is not None and doc.cluster.name == "c1"
+    # an agent's own cluster file, registered before the rule: loaded (the agent warns)
+    doc = config.loads(src, file="ds.toml", mountable=False)
+    assert doc.cluster is not None and doc.cluster.name == "c1"
 
 
 def test_validate_command_prints_every_error_and_exits_2(

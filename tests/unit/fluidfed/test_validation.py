@@ -388,11 +388,22 @@ def test_what_kubernetes_would_refuse_later_is_refused_here() -> None:
     caps = Capabilities(privileged=True, fuse_device_resource="smarter-devices/fuse")
     assert validation.check_cluster(testing.cluster("c1", capabilities=caps)) == []
     # a cluster whose every pod admission would refuse: no CSI and no privileged sidecar
-    for caps in (Capabilities(), Capabilities(csi=True), Capabilities(fluid=True)):
-        got = where(validation.check_cluster(testing.cluster("c1", capabilities=caps)))
-        assert "could mount no dataset" in got["cluster.capabilities"], caps
+    # (registered: `check_mountable`; the agent of one registered before runs, warned)
+    for caps in (
+        Capabilities(),
+        Capabilities(csi=True),
+        Capabilities(fluid=True),
+        Capabilities(fuse_device_resource="smarter-devices/fuse"),  # (still privileged)
+    ):
+        unmountable = testing.cluster("c1", capabilities=caps)
+        got = where(validation.check_mountable(unmountable))
+        assert "could mount no dataset" in got["cluster.capabilities.privileged"], caps
+        assert validation.check_cluster(unmountable) == []
+        doc = Document(cluster=unmountable)
+        assert where(validation.check_document(doc)) == got
+        assert validation.check_document(doc, mountable=False) == []
     for caps in (Capabilities(csi=True, fluid=True), Capabilities(privileged=True)):
-        assert validation.check_cluster(testing.cluster("c1", capabilities=caps)) == []
+        assert validation.check_mountable(testing.cluster("c1", capabilities=caps)) == []
     got = where(validation.check_cluster(testing.cluster("c1", region="eu [/] west", zone="a")))
     assert set(got) == {"cluster.region"}
     agent = AgentConfig(cluster_file="c.toml", hub="https://h", sidecar_cpu="a lot")
