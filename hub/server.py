@@ -118,6 +118,23 @@ def _plain_beyond_loopback(cfg: HubConfig, ssl_context: ssl.SSLContext | None) -
         )
 
 
+def warn_unmountable(catalog: Catalog) -> list[str]:
+    """Say which registered clusters could mount no dataset (registered before the hub
+    refused such clusters: `validation.check_mountable`); their names."""
+    named = []
+    for name, rec in sorted(catalog.clusters.items()):
+        for p in validation.check_mountable(rec.spec):
+            log.warning(
+                "cluster %s could mount no dataset (%s: %s); the pods of its bindings are "
+                "refused at admission until it is registered again with such capabilities",
+                name,
+                p.path,
+                p.message,
+            )
+            named.append(name)
+    return named
+
+
 async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = False) -> None:
     data_dir = _data_dir(cfg)
     ssl_context, tls_note = _tls(cfg, self_signed)
@@ -134,6 +151,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
             lease_duration=cfg.lease_duration,
         )
         await catalog.load()
+        warn_unmountable(catalog)
         app = make_app(
             catalog,
             token,
