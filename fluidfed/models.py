@@ -307,6 +307,11 @@ class AgentConfig(Spec, frozen=True):
     webhook_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: any free port
     webhook_url: str = ""  # what the API server calls; default https://<host>:<port>/mutate
     webhook_cert_lifetime: Duration = _seconds(30 * 86400)
+    # the API server's own client certificate when it calls webhooks (its admission
+    # configuration's kubeConfigFile, where the platform lets one be set): the CA that
+    # signs it and the common name it carries; with them /mutate answers no other caller
+    webhook_client_ca_file: str = ""
+    webhook_client_name: str = ""
     webhook_renew_before: Duration = _seconds(7 * 86400)
     sidecar_cpu: str = ""
     sidecar_memory: str = ""

@@ -1029,6 +1029,14 @@ def _check_webhook(a: AgentConfig, path: str) -> list[Problem]:
     if not a.webhook:
         return []
     problems: list[Problem] = []
+    if a.webhook_client_name and not a.webhook_client_ca_file:
+        problems.append(
+            Problem(
+                "webhook_client_name needs webhook_client_ca_file, the CA that signs the API "
+                "server's client certificate",
+                path=f"{path}.webhook_client_ca_file",
+            )
+        )
     if a.webhook_url:
         bad = url_host_problem(a.webhook_url)
         if not a.webhook_url.startswith("https://"):

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from agents.webhook import mutate
 from agents.webhook import server as webhook_server
 from agents.webhook.certs import CertManager
 from fluidfed import names, tlsserve
+from fluidfed.errors import ConfigError
 from fluidfed.models import AgentConfig, Cluster
 
 log = logging.getLogger("fluidfed.agent.webhook")
@@ -71,7 +73,20 @@ class SidecarWebhook:
             lifetime=dt.timedelta(seconds=cfg.webhook_cert_lifetime),
             renew_before=dt.timedelta(seconds=cfg.webhook_renew_before),
         )
-        runner = web.AppRunner(webhook_server.make_app(self.decide), access_log=None)
+        caller = None
+        if cfg.webhook_client_ca_file:
+            # asked for, not required, by the handshake: /mutate refuses a caller without it
+            try:
+                self.certs.context.load_verify_locations(cafile=cfg.webhook_client_ca_file)
+            except (OSError, ssl.SSLError) as err:
+                raise ConfigError.one(
+                    f"webhook_client_ca_file {cfg.webhook_client_ca_file}: cannot load the "
+                    f"API server's client CA ({err}): give a PEM file of CA certificates",
+                    path="agent.webhook_client_ca_file",
+                ) from None
+            self.certs.context.verify_mode = ssl.CERT_OPTIONAL
+            caller = webhook_server.Caller(cfg.webhook_client_name)
+        runner = web.AppRunner(webhook_server.make_app(self.decide, caller), access_log=None)
         await runner.setup()
         site = tlsserve.site(runner, cfg.webhook_host, cfg.webhook_port, self.certs.context)
         await site.start()

@@ -35,6 +35,10 @@ from fluidfed.models import CLUSTER_KINDS, ClusterKind
 Kind = ClusterKind
 KINDS = CLUSTER_KINDS
 SERVICE_CIDR = "10.96.0.0/16"
+# the common name of the client certificate a local cluster's API server presents to the
+# webhooks it calls (its admission configuration), which a fluidfed agent's webhook can
+# require (webhook_client_name); signed by the cluster's CA (pki/ca.crt)
+WEBHOOK_CLIENT_CN = "kube-apiserver-webhook-client"
 POD_CIDR = "10.244.0.1/16"
 VIRTUAL_NODE_TAINT = {
     "key": names.VIRTUAL_NODE_TAINT,
@@ -376,6 +380,43 @@ class LocalCluster:
         pki.write(d / "kubelet-client.crt", kubelet_client.cert_pem)
         pki.write(d / "kubelet-client.key", kubelet_client.key_pem, private=True)
         (self.dir / "kwok.yaml").write_text(binaries.KWOK_CONFIG)
+        self._write_admission(ca)
+
+    def _write_admission(self, ca: pki.KeyPair) -> None:
+        """The API server's admission configuration: it presents a client certificate of
+        its own (WEBHOOK_CLIENT_CN) to every admission webhook it calls."""
+        d = self.dir / "pki"
+        client = pki.issue(ca, WEBHOOK_CLIENT_CN, client=True)
+        pki.write(d / "webhook-client.crt", client.cert_pem)
+        pki.write(d / "webhook-client.key", client.key_pem, private=True)
+        users = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "users": [  # ("*": whatever the webhook's host)
+                {
+                    "name": "*",
+                    "user": {
+                        "client-certificate": str(d / "webhook-client.crt"),
+                        "client-key": str(d / "webhook-client.key"),
+                    },
+                }
+            ],
+        }
+        pki.write(self.dir / "admission-kubeconfig.yaml", yaml.safe_dump(users).encode())
+        webhook = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": str(self.dir / "admission-kubeconfig.yaml"),
+        }
+        admission = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [
+                {"name": plugin, "configuration": webhook}
+                for plugin in ("MutatingAdmissionWebhook", "ValidatingAdmissionWebhook")
+            ],
+        }
+        pki.write(self.dir / "admission.yaml", yaml.safe_dump(admission).encode())
 
     def _write_kubeconfig(self, server: str) -> None:
         d = self.dir / "pki"
@@ -420,6 +461,7 @@ class LocalCluster:
             f"--kubelet-client-key={d / 'kubelet-client.key'}",
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
+            f"--admission-control-config-file={self.dir / 'admission.yaml'}",
             "--endpoint-reconciler-type=none",
             "--profiling=false",
             f"--cert-dir={d}",

@@ -1,10 +1,14 @@
 """The sidecar webhook called by real API servers over TLS, when kubernetes-asyncio creates
 pods in the serverless (native sidecars) and edge (legacy sidecars) clusters."""
 
+import asyncio
+import http.client
+import json
 import re
 import signal
 import socket
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,6 +96,34 @@ async def create_when_webhook_is_registered(core: Any, ns: str, pod: dict[str, A
     )
 
 
+def mutate_status(url: str, certificate: Path | None) -> int:
+    """The status /mutate at `url` answers a pod's AdmissionReview with, the caller
+    presenting `certificate` (<path>.crt and .key) or none."""
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # (its CA is the webhook's own: not what is tested)
+    if certificate is not None:
+        ctx.load_cert_chain(f"{certificate}.crt", f"{certificate}.key")
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "default",
+            "operation": "CREATE",
+            "object": {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}},
+        },
+    }
+    conn = http.client.HTTPSConnection(host, int(port), timeout=10, context=ctx)
+    try:
+        conn.request("POST", "/mutate", json.dumps(review), {"Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def serving_serial(url: str) -> int:
     host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
     ctx = ssl.create_default_context()
@@ -135,6 +167,13 @@ async def test_native_injection_denial_and_certificate_rotation(
         True,
     )
     assert stored.metadata.labels["fluidfed.io/injected"] == "true"
+    # /mutate answers only the API server's own client certificate, which the cluster's
+    # admission configuration presents (the pod above was mutated): none is 401, another
+    # certificate its CA signed (the admin's) 403
+    pki_dir = fleet.clusters["serverless"].dir / "pki"
+    assert await asyncio.to_thread(mutate_status, url, None) == 401
+    assert await asyncio.to_thread(mutate_status, url, pki_dir / "admin") == 403
+    assert await asyncio.to_thread(mutate_status, url, pki_dir / "webhook-client") == 200
     cfg = next(v for v in stored.spec.volumes if v.config_map is not None)
     assert cfg.config_map.name == f"fluidfed-{name}"
     # the reader token of the namespace, mounted 0600 into the sidecar only

@@ -747,6 +747,10 @@ def test_the_agents_webhook_and_images_are_checked_before_pods_meet_them() -> No
         got = said(webhook_url=url)["agent.webhook_url"]
         assert why in got and "pw" not in got, url
     assert said(webhook=False, webhook_host="0.0.0.0") == {}  # (no webhook: nothing to call)
+    # the API server's client certificate: a name to require needs the CA that signs it
+    named = said(webhook_client_name="kube-apiserver-webhook-client")
+    assert "needs webhook_client_ca_file" in named["agent.webhook_client_ca_file"]
+    assert said(webhook_client_name="apiserver", webhook_client_ca_file="/ca.crt") == {}
     for image in ("", " ", "Not A Valid:Image!", "ghcr.io/ff/ff:1 "):
         assert "not an image reference" in said(sidecar_image=image)["agent.sidecar_image"]
         assert "not an image reference" in said(worker_image=image)["agent.worker_image"]
