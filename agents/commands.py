@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def load(config_path: str) -> tuple[AgentConfig, Cluster, KubeAccess, Path]:
     # the TLS files, like every path in the agent file, are relative to it
     tls_files = {
         f: str(_resolve(base, getattr(cfg, f)))
-        for f in ("ca_file", "client_cert_file", "client_key_file")
+        for f in ("ca_file", "client_cert_file", "client_key_file", "webhook_client_ca_file")
         if getattr(cfg, f)
     }
     for field, path in tls_files.items():
@@ -131,6 +132,19 @@ def load(config_path: str) -> tuple[AgentConfig, Cluster, KubeAccess, Path]:
                 file=config_path,
                 path=f"agent.{field}",
             )
+    if "webhook_client_ca_file" in tls_files:  # (read now, not once the agent runs)
+        try:
+            ssl.create_default_context().load_verify_locations(
+                cafile=tls_files["webhook_client_ca_file"]
+            )
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError.one(
+                f"{tls_files['webhook_client_ca_file']} holds no CA certificate to load "
+                f"({err}): give the PEM file of the CA that signs the API server's client "
+                "certificate",
+                file=config_path,
+                path="agent.webhook_client_ca_file",
+            ) from None
     if tls_files:
         cfg = msgspec.structs.replace(cfg, **tls_files)
     return cfg, cdoc.cluster, access, _resolve(base, cfg.state_dir)

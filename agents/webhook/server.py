@@ -43,10 +43,16 @@ def _refused(request: web.Request, caller: Caller) -> web.Response | None:
             "(the admission configuration's kubeConfigFile)"
         )
         return web.json_response({"message": message}, status=401)
-    name = tls.peer_common_name(der)
-    if caller.name and name != caller.name:
+    if not caller.name:
+        return None
+    try:
+        name = tls.peer_common_name(der)
+    except ValueError:  # (a certificate the TLS engine took and cryptography cannot read)
+        name = None
+    if name != caller.name:
+        whose = "without a common name" if name is None else f"of {name!r}"
         message = (
-            f"the client certificate of {name!r} is not the API server's "
+            f"the client certificate {whose} is not the API server's "
             f"({caller.name!r}, webhook_client_name)"
         )
         return web.json_response({"message": message}, status=403)

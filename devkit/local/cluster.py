@@ -246,6 +246,12 @@ class LocalCluster:
         if existing is not None and all(_alive(p, b) for b, p in existing.pids.items()):
             self.state = existing
             say(f"{self.name}: already running")
+            if not (self.dir / "admission.yaml").exists():
+                say(
+                    f"{self.name}: started by an older fluidfed, its API server presents no "
+                    "client certificate to webhooks (an agent with webhook_client_ca_file "
+                    f"refuses it): `fluidfed local down {self.name}` and up again"
+                )
             return existing
         if existing is not None:
             await asyncio.to_thread(stop_state, existing)

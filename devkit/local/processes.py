@@ -261,6 +261,7 @@ class AgentProcess(_Child):
         given = {"privileged": True} if capabilities is None else capabilities
         caps = "".join(f"{k} = {str(v).lower()}\n" for k, v in given.items())
         lbls = ", ".join(f'"{k}" = "{v}"' for k, v in (labels or {}).items())
+        self._extra: dict[str, str] = {}  # settings given to write_config so far
         if cluster_toml is not None:
             (self.dir / "cluster.toml").write_text(cluster_toml)
         else:
@@ -278,7 +279,9 @@ class AgentProcess(_Child):
         )
 
     def write_config(self, **extra: str) -> None:
-        settings = {"heartbeat_interval": '"1s"', "status_interval": '"500ms"', **extra}
+        """agent.toml with `extra` settings (TOML values) on top of those given before."""
+        self._extra = {**self._extra, **extra}
+        settings = {"heartbeat_interval": '"1s"', "status_interval": '"500ms"', **self._extra}
         if self.ca_file:
             settings.setdefault("ca_file", json.dumps(self.ca_file))
         body = "".join(f"{k} = {v}\n" for k, v in settings.items())

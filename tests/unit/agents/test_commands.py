@@ -9,7 +9,7 @@ import pytest
 
 from agents import commands
 from devkit import testing
-from fluidfed import config, tls
+from fluidfed import config, pki, tls
 from fluidfed.data import credentials
 from fluidfed.errors import ConfigError
 
@@ -140,3 +140,32 @@ def test_an_agent_whose_cluster_was_registered_unable_to_mount_still_loads(
     assert cluster.name == "old" and not cluster.capabilities.privileged
     with pytest.raises(ConfigError, match="could mount no dataset"):
         config.load(tmp_path / "cluster.toml")
+
+
+def test_the_webhooks_client_ca_is_found_beside_the_agent_file_and_read_at_load(
+    tmp_path: Path,
+) -> None:
+    """webhook_client_ca_file, like every path in the agent file, is relative to it, and
+    a missing or unreadable one is an error when the file is loaded, with its field, not
+    once the agent runs."""
+    (tmp_path / "cluster.toml").write_text(
+        '[cluster]\nname = "c"\n[cluster.capabilities]\nprivileged = true\n'
+        "[cluster.kubernetes]\nin_cluster = true\n"
+    )
+    agent = tmp_path / "agent.toml"
+
+    def load(ca: str) -> str:
+        agent.write_text(
+            '[agent]\ncluster_file = "cluster.toml"\nhub = "https://127.0.0.1:8470"\n'
+            f'webhook_client_ca_file = "{ca}"\nwebhook_client_name = "apiserver"\n'
+        )
+        return commands.load(str(agent))[0].webhook_client_ca_file
+
+    (tmp_path / "ca.crt").write_bytes(pki.new_ca("the API server's client CA").cert_pem)
+    assert load("ca.crt") == str(tmp_path / "ca.crt")
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        load("nowhere.crt")
+    assert str(info.value.problems[0]).startswith(f"{agent}: agent.webhook_client_ca_file")
+    (tmp_path / "bad.crt").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="holds no CA certificate"):
+        load("bad.crt")
