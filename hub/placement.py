@@ -4,13 +4,15 @@ Filters first (explicit names, label selector, kinds); then, when `max_clusters`
 the choice, a ranking that prefers clusters that already hold the dataset (no churn),
 then Ready over never-seen over Offline clusters, spreading over regions or zones when
 asked. An Offline cluster keeps its binding: an edge cluster that lost the hub must keep
-its data.
+its data. A cluster that could mount no dataset (registered before the hub refused such
+clusters: `validation.check_mountable`) gets no new binding, and keeps one it has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from fluidfed import validation
 from fluidfed.models import Binding, ClusterRecord, Dataset
 from hub import autoscale, selectors
 
@@ -86,7 +88,12 @@ def place(
 
     `current` maps cluster name -> the dataset's binding there now.
     """
-    candidates = [c for c in clusters if eligible(dataset, c)]
+    candidates = [
+        c
+        for c in clusters
+        if eligible(dataset, c)
+        and (c.spec.name in current or not validation.check_mountable(c.spec))
+    ]
     chosen = _choose(dataset, candidates, current)
     return {
         c.spec.name: Binding(

@@ -10,7 +10,6 @@ from fluidfed.models import (
     AutoscaleTarget,
     BindingStatus,
     CacheSpec,
-    Cluster,
     Figures,
 )
 from fluidfed.units import Duration
@@ -39,7 +38,7 @@ class Clock:
 async def setup(tmp_path: Path) -> tuple[Catalog, Autoscaler, Clock]:
     cat = Catalog(SQLiteStore(tmp_path / "catalog.db"))
     await cat.load()
-    await cat.register_cluster(Cluster(name="c"))
+    await cat.register_cluster(testing.cluster("c"))
     await cat.apply_dataset(testing.dataset("hot", cache=CacheSpec(replicas=4), autoscale=POLICY))
     clock = Clock()
     return cat, Autoscaler(cat, stale_after=2.0, clock=clock), clock

@@ -12,7 +12,6 @@ from fluidfed import errors
 from fluidfed.errors import APIError, Compacted, StoreError
 from fluidfed.models import (
     Capabilities,
-    Cluster,
     Dataset,
     DatasetRecord,
     LabelSelector,
@@ -36,8 +35,8 @@ async def new_catalog(path: Path, **kw: object) -> Catalog:
 async def test_every_change_bumps_the_revision_once(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
     assert cat.revision == 0
-    await cat.register_cluster(Cluster(name="a", labels={"env": "prod"}))
-    await cat.register_cluster(Cluster(name="b"))
+    await cat.register_cluster(testing.cluster("a", labels={"env": "prod"}))
+    await cat.register_cluster(testing.cluster("b"))
     assert cat.revision == 2
     _, changed = await cat.apply_dataset(ds(selector=LabelSelector(match_labels={"env": "prod"})))
     assert changed
@@ -52,8 +51,8 @@ async def test_every_change_bumps_the_revision_once(tmp_path: Path) -> None:
 
 async def test_relabel_moves_placement_in_one_revision(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="a", labels={"env": "prod"}))
-    await cat.register_cluster(Cluster(name="b"))
+    await cat.register_cluster(testing.cluster("a", labels={"env": "prod"}))
+    await cat.register_cluster(testing.cluster("b"))
     await cat.apply_dataset(ds(selector=LabelSelector(match_labels={"env": "prod"})))
     rev = cat.revision
     await cat.relabel_cluster("b", {"env": "prod"}, [])
@@ -80,7 +79,7 @@ async def test_relabel_moves_placement_in_one_revision(tmp_path: Path) -> None:
 async def test_events_since_filters_by_cluster(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
     for n in "abc":
-        await cat.register_cluster(Cluster(name=n))
+        await cat.register_cluster(testing.cluster(n))
     await cat.apply_dataset(ds("one"))
     await cat.apply_dataset(ds("two", clusters=["b"]))
     assert [e.revision for e in cat.events_since(0, "b")] == [4, 5]
@@ -90,7 +89,7 @@ async def test_events_since_filters_by_cluster(tmp_path: Path) -> None:
 
 async def test_compacted_revision_is_refused(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path, history=100)
-    await cat.register_cluster(Cluster(name="a"))
+    await cat.register_cluster(testing.cluster("a"))
     for i in range(140):
         await cat.apply_dataset(ds(f"d{i}"))
     assert cat.compacted > 1
@@ -131,7 +130,7 @@ async def test_commits_are_visible_and_acknowledged_before_the_store_compacts(
     store = HeldCompaction(tmp_path / "catalog.db")
     cat = Catalog(store, history=10)
     await cat.load()
-    await cat.register_cluster(Cluster(name="a"))
+    await cat.register_cluster(testing.cluster("a"))
     tick = cat.tick
     for i in range(3):  # past a tenth of the history: a compaction is due at each
         await cat.apply_dataset(ds(f"d{i}"))  # returns with the compaction held
@@ -160,7 +159,7 @@ async def test_the_watch_history_grows_with_the_fleet_so_one_apply_never_overflo
     watching from before the apply would get 410 and relist at every apply."""
     cat = await new_catalog(tmp_path, history=100)
     for i in range(60):
-        await cat.register_cluster(Cluster(name=f"c{i}"))
+        await cat.register_cluster(testing.cluster(f"c{i}"))
     before = cat.revision
     await cat.apply_dataset(ds("one"))
     await cat.apply_dataset(ds("two"))  # 120 events: more than history=100 (and its slack)
@@ -170,7 +169,7 @@ async def test_the_watch_history_grows_with_the_fleet_so_one_apply_never_overflo
 
 async def test_restart_finds_everything(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    _, token = await cat.register_cluster(Cluster(name="a", labels={"x": "1"}))
+    _, token = await cat.register_cluster(testing.cluster("a", labels={"x": "1"}))
     await cat.apply_dataset(ds())
     await cat.store.close()
     again = await new_catalog(tmp_path)
@@ -191,7 +190,7 @@ class FailingStore(SQLiteStore):
 
 async def test_a_failed_commit_changes_nothing_visible(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="a"))
+    await cat.register_cluster(testing.cluster("a"))
     before = (cat.revision, dict(cat.datasets), dict(cat.bindings))
     cat.store = FailingStore(tmp_path / "catalog.db")
     with pytest.raises(OSError, match="disk full"):
@@ -201,7 +200,7 @@ async def test_a_failed_commit_changes_nothing_visible(tmp_path: Path) -> None:
 
 async def test_tokens_are_stored_hashed_and_checked(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    _, token = await cat.register_cluster(Cluster(name="a"))
+    _, token = await cat.register_cluster(testing.cluster("a"))
     assert token is not None
     raw = (tmp_path / "catalog.db").read_bytes()
     assert token.encode() not in raw
@@ -209,9 +208,9 @@ async def test_tokens_are_stored_hashed_and_checked(tmp_path: Path) -> None:
     assert cat.cluster_of_token(token[:-1] + ("x" if token[-1] != "x" else "y")) is None
     assert cat.cluster_of_token("ffc.b." + token.split(".")[2]) is None
     # re-registering keeps the token; rotating replaces it
-    _, same = await cat.register_cluster(Cluster(name="a", labels={"k": "v"}))
+    _, same = await cat.register_cluster(testing.cluster("a", labels={"k": "v"}))
     assert same is None and cat.cluster_of_token(token) == "a"
-    _, new = await cat.register_cluster(Cluster(name="a"), rotate_token=True)
+    _, new = await cat.register_cluster(testing.cluster("a"), rotate_token=True)
     assert new and cat.cluster_of_token(new) == "a" and cat.cluster_of_token(token) is None
 
 
@@ -219,7 +218,7 @@ async def test_lease_expiry_marks_offline_and_keeps_bindings(tmp_path: Path) -> 
     now = [1000.0]
     cat = Catalog(SQLiteStore(tmp_path / "c.db"), lease_duration=40, clock=lambda: now[0])
     await cat.load()
-    await cat.register_cluster(Cluster(name="edge"))
+    await cat.register_cluster(testing.cluster("edge"))
     await cat.apply_dataset(ds())
     rec = await cat.heartbeat("edge")
     assert rec.ready
@@ -236,8 +235,8 @@ async def test_lease_expiry_marks_offline_and_keeps_bindings(tmp_path: Path) -> 
 
 async def test_delete_dataset_and_cluster(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="a"))
-    await cat.register_cluster(Cluster(name="b"))
+    await cat.register_cluster(testing.cluster("a"))
+    await cat.register_cluster(testing.cluster("b"))
     await cat.apply_dataset(ds())
     await cat.delete_cluster("b")
     assert sorted(cat.bindings) == ["ds.a"]  # a deleted cluster's bindings go at once
@@ -257,7 +256,7 @@ async def test_delete_dataset_and_cluster(tmp_path: Path) -> None:
 
 async def test_generation_counts_spec_changes(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="a"))
+    await cat.register_cluster(testing.cluster("a"))
     rec, _ = await cat.apply_dataset(ds())
     assert rec.generation == 1
     changed = msgspec.structs.replace(ds(), description="v2")
@@ -269,7 +268,7 @@ async def test_generation_counts_spec_changes(tmp_path: Path) -> None:
 async def test_the_catalog_refuses_what_would_fail_in_a_cluster(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
     fluid = Capabilities(csi=True, fluid=True)  # dataset:// mounts need Fluid
-    await cat.register_cluster(Cluster(name="c" * 30, capabilities=fluid))
+    await cat.register_cluster(testing.cluster("c" * 30, capabilities=fluid))
     # a binding name longer than a label value: refused at apply, nothing stored
     with pytest.raises(APIError) as info:
         await cat.apply_dataset(ds("d" * 40))
@@ -278,7 +277,7 @@ async def test_the_catalog_refuses_what_would_fail_in_a_cluster(tmp_path: Path) 
     # ... and a cluster whose name would make one for a dataset already placed
     await cat.apply_dataset(ds("d" * 30))
     with pytest.raises(APIError) as info:
-        await cat.register_cluster(Cluster(name="e" * 33, capabilities=fluid))
+        await cat.register_cluster(testing.cluster("e" * 33, capabilities=fluid))
     assert info.value.problems[0].path == "cluster.name"
     assert "e" * 33 not in cat.clusters
 
@@ -298,7 +297,7 @@ async def test_the_catalog_refuses_what_would_fail_in_a_cluster(tmp_path: Path) 
 async def test_the_watch_log_is_bounded_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path, history=10000, history_bytes=600_000)
     for i in range(5):
-        await cat.register_cluster(Cluster(name=f"c{i}"))
+        await cat.register_cluster(testing.cluster(f"c{i}"))
     for gen in range(40):  # a 50 kB spec placed on 5 clusters, applied 40 times
         big = Dataset(
             name="big", description=f"{gen}" + "x" * 50_000, mounts=[Mount(uri="s3://b/p")]
@@ -321,14 +320,16 @@ async def test_dataset_references_reach_fluid_as_it_reads_them_and_never_a_sidec
     tmp_path: Path,
 ) -> None:
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="f", capabilities=Capabilities(csi=True, fluid=True)))
+    await cat.register_cluster(
+        testing.cluster("f", capabilities=Capabilities(csi=True, fluid=True))
+    )
     await cat.apply_dataset(Dataset(name="base", namespace="data", mounts=[Mount(uri="s3://b/p")]))
     await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
     assert cat.bindings["ref.f"].spec.mounts[0].uri == "dataset://data/base"  # Fluid's form
     assert cat.datasets["ref"].spec.mounts[0].uri == "dataset://base"  # the user's, as given
     # a sidecar cluster has no reader for it: refused, at registration as at apply
     with pytest.raises(APIError) as info:
-        await cat.register_cluster(Cluster(name="s"))
+        await cat.register_cluster(testing.cluster("s"))
     assert "need a cluster with Fluid" in info.value.problems[0].message
     assert "s" not in cat.clusters
 
@@ -340,7 +341,7 @@ async def test_a_reference_is_placed_where_its_dataset_is_and_follows_it(tmp_pat
     cat = await new_catalog(tmp_path)
     for name in ("a", "b", "c"):
         await cat.register_cluster(
-            Cluster(name=name, capabilities=Capabilities(csi=True, fluid=True))
+            testing.cluster(name, capabilities=Capabilities(csi=True, fluid=True))
         )
 
     def base(namespace: str, *where: str) -> Dataset:
@@ -381,8 +382,10 @@ async def test_a_reference_follows_its_dataset_no_further_than_fluid_serves_it(
     """A dataset moved to a cluster without Fluid would take the dataset that mounts it
     there: the move is refused, naming it (the hub wrote a binding it would refuse)."""
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="a", capabilities=Capabilities(csi=True, fluid=True)))
-    await cat.register_cluster(Cluster(name="b"))  # mounts by sidecar
+    await cat.register_cluster(
+        testing.cluster("a", capabilities=Capabilities(csi=True, fluid=True))
+    )
+    await cat.register_cluster(testing.cluster("b"))  # mounts by sidecar
     base = Dataset(name="base", mounts=[Mount(uri="s3://b/p")], placement=Placement(clusters=["a"]))
     await cat.apply_dataset(base)
     await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
@@ -425,7 +428,7 @@ def test_a_restore_keeps_every_catalog_it_replaced_and_reads_any_path(tmp_path: 
     async def make(path: Path, name: str) -> None:
         cat = Catalog(SQLiteStore(path))
         await cat.load()
-        await cat.register_cluster(Cluster(name=name))
+        await cat.register_cluster(testing.cluster(name))
         await cat.close()
         await cat.store.close()  # (as the hub stops: its write-ahead log folded in)
 
@@ -447,9 +450,9 @@ async def test_an_apply_is_refused_for_the_one_cluster_that_cannot_mount_it(
     cat = await new_catalog(tmp_path)
     for i in range(3):
         await cat.register_cluster(
-            Cluster(name=f"f{i}", capabilities=Capabilities(csi=True, fluid=True))
+            testing.cluster(f"f{i}", capabilities=Capabilities(csi=True, fluid=True))
         )
-    await cat.register_cluster(Cluster(name="s"))
+    await cat.register_cluster(testing.cluster("s"))
     await cat.apply_dataset(Dataset(name="base", mounts=[Mount(uri="s3://b/p")]))
     with pytest.raises(APIError) as info:
         await cat.apply_dataset(Dataset(name="ref", mounts=[Mount(uri="dataset://base")]))
@@ -470,7 +473,7 @@ async def test_an_apply_is_refused_for_the_one_cluster_that_cannot_mount_it(
 async def test_a_dataset_bound_on_some_clusters_is_partially_bound(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path, clock=lambda: 1000.0)
     for name in ("a", "b", "c"):
-        await cat.register_cluster(Cluster(name=name))
+        await cat.register_cluster(testing.cluster(name))
     await cat.apply_dataset(ds())
     assert cat.dataset_view("ds").phase == "Pending" and cat.dataset_view("ds").created == 1000.0
     gib = 2**30
@@ -485,7 +488,7 @@ async def test_a_dataset_bound_on_some_clusters_is_partially_bound(tmp_path: Pat
 
 async def test_a_load_asked_again_with_its_idempotency_key_is_one_load(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
-    await cat.register_cluster(Cluster(name="a"))
+    await cat.register_cluster(testing.cluster("a"))
     await cat.apply_dataset(ds())
     first = await cat.request_load("ds", [], "train", key="k1")
     rev = cat.revision
@@ -536,7 +539,7 @@ async def test_the_bindings_of_a_dataset_share_one_spec_and_keep_their_own_when_
 ) -> None:
     cat = await new_catalog(tmp_path)
     for name in ("a", "b", "c"):
-        await cat.register_cluster(Cluster(name=name))
+        await cat.register_cluster(testing.cluster(name))
     await cat.apply_dataset(ds())
     a, b, c = (cat.bindings[f"ds.{n}"] for n in "abc")
     assert a.spec is b.spec is c.spec  # one object in memory, not one per cluster
@@ -587,7 +590,7 @@ def _indexed(cat: Catalog) -> dict[str, list[str]]:
 async def test_a_clusters_bindings_follow_every_change_and_a_restart(tmp_path: Path) -> None:
     cat = await new_catalog(tmp_path)
     for n in "abc":
-        await cat.register_cluster(Cluster(name=n, labels={"env": "prod"} if n != "c" else {}))
+        await cat.register_cluster(testing.cluster(n, labels={"env": "prod"} if n != "c" else {}))
     prod = LabelSelector(match_labels={"env": "prod"})
     steps: list[Callable[[], Awaitable[object]]] = [
         lambda: cat.apply_dataset(ds("one")),

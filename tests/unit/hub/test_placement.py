@@ -34,7 +34,7 @@ def cluster(
     fluid: bool = False,
     state: Literal["Ready", "Offline"] | None = "Ready",
 ) -> ClusterRecord:
-    caps = Capabilities(csi=fluid, fluid=fluid)
+    caps = Capabilities(csi=fluid, fluid=fluid, privileged=not fluid)
     return testing.cluster_record(
         name,
         state=state,
@@ -114,8 +114,20 @@ def test_mount_mode_follows_capabilities() -> None:
 
 
 def test_csi_without_fluid_is_sidecar() -> None:
-    c = testing.cluster_record("x", state=None, capabilities=Capabilities(csi=True))
+    caps = Capabilities(csi=True, privileged=True)
+    c = testing.cluster_record("x", state=None, capabilities=caps)
     assert placement.place(dataset(), 1, [c], {})["x"].mode == "sidecar"
+
+
+def test_a_cluster_that_could_mount_nothing_gets_no_new_binding_and_keeps_its_own() -> None:
+    """Registered before the hub refused such clusters (no CSI, not privileged): placing a
+    dataset there would have admission refuse its every pod; a binding it has stays, as an
+    Offline cluster's does (its agent retires it when the dataset goes)."""
+    stored = testing.cluster_record("old", capabilities=Capabilities())
+    fleet = [stored, cluster("b")]
+    assert names(placement.place(dataset(), 1, fleet, {})) == ["b"]
+    held = placement.place(dataset(), 1, [cluster("old"), cluster("b")], {})
+    assert names(placement.place(dataset(), 2, fleet, held)) == ["b", "old"]
 
 
 def test_max_clusters_prefers_ready_over_unknown_over_offline() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from devkit import testing
 from fluidfed import codec
-from fluidfed.models import Cluster, Dataset, Placement, WatchEvent
+from fluidfed.models import Dataset, Placement, WatchEvent
 from hub import watch
 from hub.catalog import Catalog
 from hub.store import SQLiteStore
@@ -38,7 +38,7 @@ async def catalog(tmp_path: Path, *clusters: str) -> Catalog:
     cat = Catalog(SQLiteStore(tmp_path / "catalog.db"))
     await cat.load()
     for name in clusters:
-        await cat.register_cluster(Cluster(name=name))
+        await cat.register_cluster(testing.cluster(name))
     return cat
 
 
