@@ -89,6 +89,11 @@ class Cluster(Spec, frozen=True):
     def mount_mode(self) -> MountMode:
         return "csi" if self.capabilities.csi and self.capabilities.fluid else "sidecar"
 
+    def can_mount(self) -> bool:
+        """Whether its pods can mount a dataset: by Fluid's CSI, or by the FUSE sidecar,
+        which runs only privileged (`validation.check_mountable` says why not)."""
+        return self.mount_mode() == "csi" or self.capabilities.privileged
+
     def selector_labels(self) -> dict[str, str]:
         """Labels a selector sees: the user's, plus the well-known ones fluidfed derives."""
         derived = {

@@ -281,8 +281,7 @@ def check_mountable(c: Cluster, path: str = "cluster") -> list[Problem]:
     `agents/webhook/mutate._security`). Apart from `check_cluster`, as an agent whose
     cluster was registered before the rule still runs (warned), to serve what it holds
     and retire it."""
-    caps = c.capabilities
-    if c.mount_mode() == "csi" or caps.privileged:
+    if c.can_mount():
         return []
     return [
         Problem(

@@ -5,14 +5,15 @@ the choice, a ranking that prefers clusters that already hold the dataset (no ch
 then Ready over never-seen over Offline clusters, spreading over regions or zones when
 asked. An Offline cluster keeps its binding: an edge cluster that lost the hub must keep
 its data. A cluster that could mount no dataset (registered before the hub refused such
-clusters: `validation.check_mountable`) gets no new binding, and keeps one it has.
+clusters: `Cluster.can_mount`) gets no new binding, and keeps one it has only where
+`max_clusters` leaves room once every cluster that can mount is placed (it ranks as one
+that holds nothing); a binding it lets go of, retiring, is not taken back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from fluidfed import validation
 from fluidfed.models import Binding, ClusterRecord, Dataset
 from hub import autoscale, selectors
 
@@ -43,7 +44,11 @@ def _choose(
     limit = dataset.placement.max_clusters
     ranked = sorted(
         candidates,
-        key=lambda c: (c.spec.name not in current, _readiness_rank(c), c.spec.name),
+        key=lambda c: (
+            c.spec.name not in current or not c.spec.can_mount(),
+            _readiness_rank(c),
+            c.spec.name,
+        ),
     )
     if not limit or len(ranked) <= limit:
         return ranked
@@ -91,8 +96,7 @@ def place(
     candidates = [
         c
         for c in clusters
-        if eligible(dataset, c)
-        and (c.spec.name in current or not validation.check_mountable(c.spec))
+        if eligible(dataset, c) and (c.spec.name in current or c.spec.can_mount())
     ]
     chosen = _choose(dataset, candidates, current)
     return {

@@ -125,8 +125,9 @@ def warn_unmountable(catalog: Catalog) -> list[str]:
     for name, rec in sorted(catalog.clusters.items()):
         for p in validation.check_mountable(rec.spec):
             log.warning(
-                "cluster %s could mount no dataset (%s: %s); the pods of its bindings are "
-                "refused at admission until it is registered again with such capabilities",
+                "cluster %s could mount no dataset (%s: %s); it gets no new binding, and the "
+                "pods of those it has are refused at admission, until it is registered "
+                "again with such capabilities",
                 name,
                 p.path,
                 p.message,

@@ -260,7 +260,10 @@ def describe_dataset(d: DatasetView) -> None:
     if d.bindings:
         _say(t)
     else:
-        _say("  none: no cluster matches the placement")
+        _say(
+            "  none: no cluster matches the placement, or those that do could mount nothing "
+            "(the hub's log names them)"
+        )
     short = [(v.binding.cluster, v.status) for v in d.bindings if v.status]
     short = [
         (c, st) for c, st in short if st.cache_not_kept or st.cache_shed or st.cache_disks_full

@@ -128,6 +128,13 @@ def test_a_cluster_that_could_mount_nothing_gets_no_new_binding_and_keeps_its_ow
     assert names(placement.place(dataset(), 1, fleet, {})) == ["b"]
     held = placement.place(dataset(), 1, [cluster("old"), cluster("b")], {})
     assert names(placement.place(dataset(), 2, fleet, held)) == ["b", "old"]
+    # ... but with max_clusters it ranks as one that holds nothing: a cluster that can
+    # mount takes the place
+    one = dataset(max_clusters=1)
+    held = placement.place(one, 1, [cluster("old")], {})
+    assert names(held) == ["old"]  # (mountable then, say)
+    assert names(placement.place(one, 2, [stored], held)) == ["old"]  # (nothing better)
+    assert names(placement.place(one, 2, fleet, held)) == ["b"]
 
 
 def test_max_clusters_prefers_ready_over_unknown_over_offline() -> None:
