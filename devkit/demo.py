@@ -362,8 +362,7 @@ class Demo:
             settings = {
                 "ca_file": json.dumps(str(self.ca_file)),
                 # the webhook answers the API server's own client certificate only
-                "webhook_client_ca_file": json.dumps(str(lc.dir / "pki" / "ca.crt")),
-                "webhook_client_name": json.dumps(cluster.WEBHOOK_CLIENT_CN),
+                **lc.webhook_client_settings(),
             }
             if self.pods and lc.kind == "serverless":
                 # its workers and sidecars run in pods: the agent's API where they reach it

@@ -273,6 +273,14 @@ class Trusted:
         return True
 
 
+def peer_certificate(transport: Any) -> bytes | None:
+    """The verified certificate (DER) the peer of an HTTPS server's connection presented,
+    on either TLS engine (`fluidfed.tlsserve`); None without one, or over plain HTTP."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der: bytes | None = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    return der
+
+
 def peer_common_name(der: bytes | None) -> str | None:
     """The common name of a peer certificate (DER, as `SSLObject.getpeercert(True)` gives)."""
     if not der:

@@ -227,9 +227,7 @@ async def consistent_reads_mw(
 
 def _certificate_problem(request: web.Request, cluster: str) -> str:
     """With mutual TLS, a cluster's token counts only with that cluster's certificate."""
-    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    name = tls.peer_common_name(der)
+    name = tls.peer_common_name(tls.peer_certificate(request.transport))
     if name is None:
         return (
             f"the hub asks agents for a client certificate (mutual TLS): present the "

@@ -35,8 +35,7 @@ CALLER: web.AppKey[Caller | None] = web.AppKey("caller")
 def _refused(request: web.Request, caller: Caller) -> web.Response | None:
     """401 for a caller without a verified client certificate, 403 for one of another
     name; None: go ahead."""
-    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    der = tls.peer_certificate(request.transport)
     if not der:
         message = (
             "this webhook answers the API server only: present its client certificate "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -627,6 +628,14 @@ class LocalCluster:
                 await asyncio.sleep(0.2)
 
     # --- use -----------------------------------------------------------------------------
+
+    def webhook_client_settings(self) -> dict[str, str]:
+        """The agent settings (TOML values) by which its webhook answers this cluster's API
+        server only: the client certificate the API server presents (`_write_admission`)."""
+        return {
+            "webhook_client_ca_file": json.dumps(str(self.dir / "pki" / "ca.crt")),
+            "webhook_client_name": json.dumps(WEBHOOK_CLIENT_CN),
+        }
 
     def ssl_context(self) -> ssl.SSLContext:
         d = self.dir / "pki"

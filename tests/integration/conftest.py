@@ -104,10 +104,7 @@ def fleet(local_clusters: dict[str, cluster.LocalCluster], tmp_path: Path) -> It
     for kind, a in agents.items():
         # the webhook answers only the API server's own client certificate (its admission
         # configuration: `cluster.WEBHOOK_CLIENT_CN`)
-        a.write_config(
-            webhook_client_ca_file=json.dumps(str(local_clusters[kind].dir / "pki" / "ca.crt")),
-            webhook_client_name=json.dumps(cluster.WEBHOOK_CLIENT_CN),
-        )
+        a.write_config(**local_clusters[kind].webhook_client_settings())
         a.start()
     _wait_registered(hub, set(agents))
     try:
