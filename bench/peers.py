@@ -64,6 +64,8 @@ from devkit.local import processes
 from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
 
 READERS = rp.READERS  # --readers: threads reading the small files
+OWN_DISK = "fluidfed-disk"  # fluidfed's sidecar with a disk cache of its own (`NOTES`)
+DISK_TIER_MIB = 8192  # ... its size: all a run's data, as the peers' caches hold it
 FREE_SPACE_RATIO = "0.01"  # JuiceFS's floor of free disk for its cache (see `Bench.open`)
 
 PEERS_DIR = Path(os.environ.get("FLUIDFED_PEERS", Path.home() / ".cache/fluidfed/peers"))
@@ -84,6 +86,12 @@ NOTES = {
         "keep_cache; warm: a cache worker's disk tier on this node's disk, read by the "
         "sidecar from the block files (same node) or over plain HTTP on loopback (remote; "
         "a cluster's workers serve HTTPS: bench/data_tls.py); every block's CRC checked"
+    ),
+    "fluidfed-disk": (
+        "fluidfed's sidecar alone, no cache worker, with a disk tier of its own on this "
+        "node's disk (`cache` of the sidecar: one SSD tier), as the peers keep theirs: "
+        "like for like with their own-cache rows (a pod's emptyDir; a cluster's shared "
+        "cache is the worker's, the fluidfed rows); cold rows as fluidfed's"
     ),
     "s3fs": (
         "cold: no use_cache, ranged GETs of the kernel's read-ahead size; warm: use_cache, "
@@ -252,7 +260,19 @@ class Bench:
             # disk tier has its size)
             argv += ["--free-space-ratio", FREE_SPACE_RATIO]
             return start_peer(argv, mnt, log, {})
+        if client == OWN_DISK:
+            return self.own_disk(cdir if cache else None)
         raise ValueError(client)
+
+    def own_disk(self, cdir: Path | None) -> Mounted:
+        """fluidfed's sidecar with a disk tier of its own at `cdir` (None: none), no
+        worker: where the peers keep their caches, and as they do."""
+        self.count += 1
+        tier = {"medium": "SSD", "quota": f"{DISK_TIER_MIB}MiB", "path": str(cdir)}
+        extra = {"cache": [tier]} if cdir is not None else {}
+        sc = rp.sidecar(self.root, f"sc{self.count}-{OWN_DISK}", self.mount, [], **extra)
+        assert sc.proc is not None
+        return Mounted(sc.mountpoint, [sc.proc.pid], sc.stop)
 
     def fluidfed(
         self,
@@ -583,7 +603,7 @@ def table(title: str, rows: dict[str, Any]) -> str:
 
 
 PARTS = ("seq", "small", "meta")  # and "fill": of "seq", only the first read filling a cache
-CLIENTS = ("fluidfed", "s3fs", "rclone", "juicefs")
+CLIENTS = ("fluidfed", OWN_DISK, "s3fs", "rclone", "juicefs")
 
 
 def main() -> None:
