@@ -40,6 +40,17 @@ log = logging.getLogger("fluidfed.sidecar")
 # itself; a deeper kernel window (20 MiB was tried) only queues more requests on the event
 # loop and made warm sequential reads slower (README, "Measured design decisions").
 KERNEL_READAHEAD_KIB = 1024
+# a disk tier of the sidecar's own (an emptyDir: a node without cache workers): blocks wait
+# for their files in memory up to this many bytes, the READ answered meanwhile, instead of
+# each READ of a first read waiting for its block's write ...
+WRITE_BEHIND = 64 * 2**20
+# ... and the blocks of more than a piece it reads from its files stay at hand for the next
+# READs of each, and for those the read-ahead loaded them for, up to this many bytes (mapped
+# from the page cache where they lie there or are read into it in huge folios, else
+# copies in the sidecar's memory), instead of each READ reading its block's file again
+# (`BlockStore`'s `hold`; figures: README, the sidecar's own disk tier)
+HOLD = 64 * 2**20
+STORED_WITHIN = 10.0  # seconds an unmount waits for the blocks still to be written
 
 
 def tune_readahead(mountpoint: str, kib: int) -> int | None:
@@ -304,7 +315,13 @@ class Sidecar:
     async def run(self, *, exit_with_peers: bool = False) -> None:
         if fusesession.engine() == "pyfuse3":
             pyfuse3.asyncio.enable()  # here, where the process starts serving: not at import
-        store = await BlockStore(self.cfg.cache, root=self.cache_dir).open()
+        store = await BlockStore(
+            self.cfg.cache,
+            root=self.cache_dir,
+            write_behind=WRITE_BEHIND,
+            hold=HOLD,
+            lazy=True,  # (each READ's answer checked by its pieces as it is sent)
+        ).open()
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.worker_timeout),
             connector=aiohttp.TCPConnector(limit=64, ssl=self._tls()),
@@ -381,6 +398,11 @@ class Sidecar:
                 self.fuse.close()
                 self.fuse = None
             await self.reader.close()
+            try:  # (the blocks written behind their readers: the next mount finds them)
+                async with asyncio.timeout(STORED_WITHIN):
+                    await store.stored()
+            except TimeoutError:
+                log.warning("blocks still being written after %.0f s: not kept", STORED_WITHIN)
             await self.session.close()
             for r in self.readers:
                 r.close()

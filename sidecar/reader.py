@@ -190,9 +190,13 @@ class BlockReader:
         """Block `index` of `ref`, held here as mapped from a worker's file, failed its
         check as it was read: let go of it, and read it whole and checked when it is next
         read (so from the worker, which drops the file and fetches the block again, if
-        the file is still damaged)."""
+        the file is still damaged). One of this sidecar's own disk tier is read checked
+        whole when next read, and dropped only if that fails (the store's `corrupt`): a
+        READ's check also fails for pages the kernel let go of, not only for damaged ones."""
         key = self.key(ref, index)
         self.stats.reread += 1
+        if self.store.distrust(key):
+            return
         if key not in self._suspects:  # (its other READs under way fail too: said once)
             self.stats.corrupt += 1
             log.warning("block %d of %s: its worker's block file failed a check", index, ref.key)
@@ -312,10 +316,23 @@ class BlockReader:
         except errors.UFSError:
             self.stats.ufs_errors += 1
             raise
+        self._counted_ufs(len(data))
+        return data
+
+    async def _ufs_checked(self, ref: FileRef, offset: int, length: int) -> tuple[blocks.Data, int]:
+        """As `_ufs`, with the block's CRC, for this sidecar's disk tier."""
+        try:
+            data, crc = await self.readers[ref.mount].read_checked(ref.key, offset, length)
+        except errors.UFSError:
+            self.stats.ufs_errors += 1
+            raise
+        self._counted_ufs(len(data))
+        return data, crc
+
+    def _counted_ufs(self, nbytes: int) -> None:
         self.stats.ufs_reads += 1
         self.stats.ufs_presigned = sum(r.presigned for r in self.readers)
-        self.stats.bytes += len(data)
-        return data
+        self.stats.bytes += nbytes
 
     def prefetch(self, ref: FileRef, indices: range) -> None:
         """Fetch blocks ahead of a sequential reader, in the background. Where the file's
@@ -337,7 +354,10 @@ class BlockReader:
         )
         for i in indices:
             key = self.key(ref, i)
-            if key in self.store or key in self._inflight:
+            if key in self._inflight:
+                continue
+            if key in self.store:
+                self.store.load(key)  # (on this sidecar's disk: read ahead, held at hand)
                 continue
             if cold:
                 follow = self._run_after(ref, i, key, count, RUN)
@@ -503,8 +523,10 @@ class BlockReader:
                 self._failed(target, err)
         if run and self.readers[ref.mount].joins(self.cfg.block_size):
             return await self._ufs_run(ref, index, run)
-        data = await self._ufs(ref, *blocks.block_span(ref.size, self.cfg.block_size, index))
-        return data, -1  # the store computes it if a disk tier will hold the block
+        offset, length = blocks.block_span(ref.size, self.cfg.block_size, index)
+        if self.store.on_disk:  # (taken by the thread that received it, pieces noted)
+            return await self._ufs_checked(ref, offset, length)
+        return await self._ufs(ref, offset, length), -1  # (a memory-only store needs none)
 
     async def _ufs_run(self, ref: FileRef, index: int, run: int) -> tuple[blocks.Data, int]:
         """Block `index` and the `run` after it from the under storage in one read where it
@@ -515,7 +537,8 @@ class BlockReader:
         offset = blocks.block_span(ref.size, bs, index)[0]
         reader = self.readers[ref.mount]
         try:
-            parts = await reader.read_run(ref.key, offset, lengths, checksum=False)
+            # (CRCs where this sidecar's disk keeps the blocks: taken by the receiving thread)
+            parts = await reader.read_run(ref.key, offset, lengths, checksum=self.store.on_disk)
         except errors.UFSError:
             self.stats.ufs_errors += 1
             raise
@@ -523,9 +546,9 @@ class BlockReader:
         self.stats.ufs_presigned = sum(r.presigned for r in self.readers)
         self.stats.ufs_joined = sum(r.joined for r in self.readers)
         self.stats.bytes += sum(len(d) for d, _ in parts)
-        for i, (data, _) in enumerate(parts[1:], index + 1):
-            await self._keep(self.key(ref, i), data, None)
-        return parts[0][0], -1  # (the store computes a CRC if a disk tier will hold one)
+        for i, (data, crc) in enumerate(parts[1:], index + 1):
+            await self._keep(self.key(ref, i), data, None if crc < 0 else crc)
+        return parts[0]
 
     def _read_ahead(self, ref: FileRef, index: int, count: int) -> None:
         """Remember the `count` blocks after `index` that its worker read with it for this

@@ -641,6 +641,11 @@ def _unchecked_of(data: object) -> tuple[mmap.mmap, _Unchecked] | None:
     return None if got is None else (m, got)
 
 
+def is_unchecked(data: object) -> bool:
+    """Whether `data` lies in a block mapped `lazy` and not checked whole since."""
+    return _unchecked_of(data) is not None
+
+
 def unchecked_span(data: blocks.Data) -> tuple[memoryview, int, bytes, int] | None:
     """For a READ's answer that lies in a block mapped `lazy` and not checked whole:
     (the block, where the answer starts in it, its pieces' CRCs as the trailer has them,

@@ -15,6 +15,15 @@ whole (renamed into place), and `stored` waits until every such file is written.
 `write_behind` bytes wait so; past that, or for a block nobody reads yet (`put`'s `wait`:
 a peer's hand-off), `put` writes before it returns.
 
+With `hold` (a sidecar's), the blocks that `get` reads from a disk tier (mapped from the
+page cache, or read into it) stay at hand, up to `hold` bytes of the latest, so that the
+READs of one block after the first, and a read-ahead that loaded it before its READs came
+(`load`), find it in `peek` as they find a memory tier's: a block of 4 MiB is read by four
+READs of 1 MiB. A mapped block held so takes no memory but its page-cache pages. With
+`lazy` too, a disk tier's block file that has its pieces' CRCs is mapped without being
+checked whole (`blockfile.map_block_file`): each READ's answer is checked by the pieces it
+covers as it is sent, and any other use checks it whole (`blockfile.check_whole`).
+
 With `write_on_loop` (a cache worker's), a small block's file (WRITE_ON_LOOP_UP_TO) put
 into a disk tier is written on the event loop itself before `put` returns, behind or not:
 ~50 µs for 128 KiB, where the hand-off to the thread and back cost the worker more than the
@@ -37,6 +46,8 @@ import resource
 import stat
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,11 +57,13 @@ from typing import Any, BinaryIO
 from fluidfed import errors
 from fluidfed.data import blocks
 from fluidfed.data.blockfile import (
+    CHECK_PIECE,
     HUGE_FILE,
     TRAILER_SIZE,
     block_file,
     block_path,
     data_length,
+    is_unchecked,
     map_block_file,
     no_huge,
     read_block_file,
@@ -82,6 +95,8 @@ UNSEEN_FOR = 60.0
 # filesystem, if less): not every few seconds where a disk hovers at the floor
 # (`BlockStore.keep_free`); it keeps blocks as soon as one fits
 SHORT_MARGIN = 64 * 2**20
+HELD_BLOCKS = 64  # disk blocks held at hand at most (`hold`), however small
+_NOT_YET: Any = object()  # (`get`: no file read yet)
 
 
 def _unreadable(path: Path | str, err: OSError, *, dropped: bool = False) -> None:
@@ -128,6 +143,8 @@ class StoreStats:
     # blocks not kept: their tier's filesystem could not stay `min_free` free with them
     no_room: int = 0
     shed: int = 0  # blocks evicted to keep a tier's filesystem `min_free` free
+    file_reads: int = 0  # disk blocks' files read (mapped or copied) for `get`
+    loads: int = 0  # ... of which a read-ahead asked for (`load`)
     tiers: list[TierStats] = field(default_factory=list)
 
     @property
@@ -156,6 +173,7 @@ class _Tier:
         self.hits = 0
         self.evictions = 0
         self.short = False  # below its floor with none of its blocks left (`keep_free`)
+        self.mappable = True  # (its filesystem maps files: `read_cached`, lazy `read`)
 
     def file(self, key: str) -> Path:
         assert self.dir is not None
@@ -171,7 +189,7 @@ class _Tier:
         return crc
 
     # (None from these three: the block's file is gone, damaged or unreadable, `_unreadable`)
-    def read(self, key: str) -> tuple[blocks.Data, int] | None:
+    def read(self, key: str, lazy: bool = False) -> tuple[blocks.Data, int] | None:
         """A block file read whole and checked (`BlockStore.get`: a worker's first answer
         of a file since it started, a hand-off, a warm-up; a sidecar's own disk tier). One
         of a huge page or more, on a filesystem not known to keep no folios that large
@@ -181,16 +199,26 @@ class _Tier:
         requests of a huge page, not by a plain read's read-ahead (~0.1 against ~0.4
         CPU-s/GiB here). Any other file, or one whose filesystem refuses the mapping (said
         once, and none mapped there again), is read through the page cache (past it, a
-        same-node reader would read the disk again)."""
+        same-node reader would read the disk again). `lazy`: a mapped one is not checked
+        whole (`map_block_file`), nor is a small one in the page cache mapped so."""
         path = self.file(key)
         try:
             st = os.stat(path)
+            if lazy and self.mappable and st.st_size < HUGE_FILE:
+                try:
+                    return map_block_file(path, cached_only=True, lazy=True)
+                except errors.NotCached:
+                    pass
+                except OSError as err:  # (a filesystem that maps no file: read instead)
+                    if err.errno not in _MAP_REFUSED:
+                        raise
+                    self.mappable = False
             if st.st_size >= HUGE_FILE and reads_huge(st.st_dev):
                 try:
                     try:
-                        return map_block_file(path, cached_only=True)
+                        return map_block_file(path, cached_only=True, lazy=lazy)
                     except errors.NotCached:
-                        return read_cold_block_file(path)
+                        return read_cold_block_file(path, lazy=lazy)
                 except OSError as err:  # (a disk error: as the read below would say)
                     if err.errno not in _MAP_REFUSED:
                         raise
@@ -204,6 +232,26 @@ class _Tier:
         except OSError as err:
             _unreadable(path, err, dropped=True)
             return None
+
+    def read_cached(self, key: str) -> tuple[blocks.Data, int] | None:
+        """`read` with `lazy` of a block file whose pages all lie in the page cache, mapped
+        on the event loop (microseconds: a hand-off to a thread costs more); NotCached for
+        any other (`read` then, in a thread), and where the filesystem refuses mappings."""
+        path = self.file(key)
+        if not self.mappable:
+            raise errors.NotCached(str(path))
+        try:
+            return map_block_file(path, cached_only=True, lazy=True)
+        except errors.CorruptBlock:
+            return None
+        except OSError as err:
+            if err.errno in _MAP_REFUSED:
+                self.mappable = False
+                raise errors.NotCached(str(path)) from err
+            _unreadable(path, err, dropped=True)
+            return None
+        except ValueError as err:  # (mmap: the file shorter than it was; `read` says)
+            raise errors.NotCached(str(path)) from err
 
     def read_span(self, key: str, lo: int, n: int, length: int) -> bytes | None:
         """`n` bytes at `lo` of a block of `length` bytes already verified once (a random
@@ -280,6 +328,8 @@ class BlockStore:
         *,
         write_behind: int = 0,
         write_on_loop: bool = False,
+        hold: int = 0,
+        lazy: bool = False,
     ) -> None:
         self._tiers: list[_Tier] = []
         for i, spec in enumerate(tiers):
@@ -309,6 +359,18 @@ class BlockStore:
         # readers never hold up the shared threads (checksums, reads of disk blocks)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
         self.write_on_loop = write_on_loop  # small blocks' files (module docstring)
+        # disk blocks read by `get` lately, at hand for `peek` (module docstring): key ->
+        # (data, crc), the latest last, `hold` bytes at most
+        self.hold = hold
+        self.lazy = lazy
+        self._held: OrderedDict[str, tuple[blocks.Data, int]] = OrderedDict()
+        self._held_bytes = 0
+        # reads of files let go of while under way (discarded, evicted): not kept, nor
+        # taken for the block's, which may be in the tier again by the time they end
+        self._stale: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+        # disk blocks whose lazy mapping failed a READ's check: read checked whole next
+        self._whole: set[str] = set()
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # (`load`'s reads, by key)
         self._loop_waits = LoopWaits()  # ... for now
 
     async def open(self) -> BlockStore:
@@ -349,18 +411,93 @@ class BlockStore:
         `count`: recently used all the same); None otherwise (not counted: the caller goes
         on to `get`)."""
         tier = self._holder(key)
-        if tier is None or tier.dir is not None:
+        if tier is None:
+            return None
+        if tier.dir is None:
+            data = tier.mem[key][0]
+        elif (got := tier.pending.get(key) or self._held.get(key)) is not None:
+            data = got[0]  # (its file being written, or read lately: `hold`)
+        else:
             return None
         if count:
             self._hit(tier, key)
         else:
             tier.ledger.touch(key)
-        return tier.mem[key][0]
+        return data
+
+    def loaded(self, key: str) -> bool:
+        """Whether `peek` has `key` now, or a read of its file is under way: a read-ahead
+        need not `load` it."""
+        tier = self._holder(key)
+        return (
+            tier is None
+            or tier.dir is None
+            or key in tier.pending
+            or key in self._held
+            or key in self._reading
+            or key in self._loading
+        )
+
+    def load(self, key: str) -> None:
+        """Read a disk block's file in the background, for `peek` to have it (`hold`): a
+        read-ahead's. A file that cannot be read is dropped, as `get` drops it."""
+        tier = self._holder(key)
+        if tier is not None and self._holds(tier.ledger.size(key)) and not self.loaded(key):
+            self.stats.loads += 1
+            task = self._loading[key] = asyncio.ensure_future(self.get(key, count=False))
+            task.add_done_callback(functools.partial(self._load_done, key))
+
+    def _load_done(self, key: str, task: asyncio.Future[Any]) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        if not task.cancelled() and task.exception() is not None:  # (its READs read it again)
+            log.debug("block %s not read ahead: %s", key, task.exception())
+
+    def _holds(self, size: int) -> bool:
+        """Whether a disk block of `size` bytes is held at hand once read: one of more than
+        a piece (several READs; a smaller one is one READ, and each held would keep a
+        mapping and a descriptor), within `hold`."""
+        return CHECK_PIECE < size <= self.hold
+
+    def _keep_at_hand(self, key: str, got: tuple[blocks.Data, int]) -> None:
+        if not self._holds(len(got[0])):
+            return
+        old = self._held.pop(key, None)
+        if old is not None:
+            self._held_bytes -= len(old[0])
+        self._held[key] = got
+        self._held_bytes += len(got[0])
+        while self._held_bytes > self.hold or len(self._held) > HELD_BLOCKS:
+            _, (data, _) = self._held.popitem(last=False)
+            self._held_bytes -= len(data)
+
+    def _let_go(self, key: str) -> None:
+        old = self._held.pop(key, None)
+        if old is not None:
+            self._held_bytes -= len(old[0])
+        reading = self._reading.pop(key, None)
+        if reading is not None:
+            self._stale.add(reading)
+        self._whole.discard(key)
+
+    def distrust(self, key: str) -> bool:
+        """A READ's check of a disk block held here failed (its bytes, or its pages no
+        longer in the page cache: the check reads none from the disk): let go of it, and
+        read its file checked whole when it is next asked for, where a damaged one is
+        dropped (`get`). False: no disk tier here holds it (a worker's file)."""
+        tier = self._holder(key)
+        if tier is None or tier.dir is None:
+            return False
+        self._let_go(key)
+        self._whole.add(key)
+        return True
 
     def count_hits(self, n: int) -> None:
         """`n` reads of blocks held in memory served by someone else (the sidecar's FUSE
         session, from blocks `peek` gave it): hits of the first memory tier."""
         tier = next((t for t in self._tiers if t.dir is None), None)
+        if tier is None and self._tiers:  # (a disk tier alone: the blocks held from it)
+            tier = self._tiers[0]
         if tier is not None and n > 0:
             tier.hits += n
             self.stats.hits += n
@@ -462,37 +599,64 @@ class BlockStore:
         if not reading.cancelled():
             reading.exception()  # (each reader that waited raised it; none left: dropped)
 
-    async def get(self, key: str, *, fresh: bool = False) -> tuple[blocks.Data, int] | None:
+    async def get(
+        self, key: str, *, fresh: bool = False, count: bool = True
+    ) -> tuple[blocks.Data, int] | None:
         """(data, crc) of a cached block, or None (a miss; a corrupt block counts as one).
-        `fresh`: counted as a miss where held (`_hit`)."""
+        `fresh`: counted as a miss where held (`_hit`); not `count`: neither (a read-ahead's
+        `load`: its READs count it)."""
         tier = self._holder(key)
         if tier is None:
-            self.stats.misses += 1
+            if count:
+                self.stats.misses += 1
             return None
         if tier.dir is None:
             got: tuple[blocks.Data, int] | None = tier.mem[key]
         elif key in tier.pending:
             got = tier.pending[key]  # its file is still being written
+        elif key in self._held:
+            got = self._held[key]
+            self._held.move_to_end(key)
         else:
             reading = self._reading.get(key)
-            if reading is None:
-                # (readers of one block at once share one read of its file: each would
-                # take its pages in anew, `read_cold_block_file`, and check it again)
-                reading = self._reading[key] = asyncio.ensure_future(
-                    asyncio.to_thread(tier.read, key)
-                )
-                reading.add_done_callback(functools.partial(self._read_done, key))
-            got = await asyncio.shield(reading)
+            lazy = self.lazy and key not in self._whole
+            got = _NOT_YET
+            if lazy and reading is None:
+                with contextlib.suppress(errors.NotCached):
+                    got = tier.read_cached(key)
+                    self.stats.file_reads += 1
+            if got is _NOT_YET:
+                if reading is None:
+                    self.stats.file_reads += 1
+                    # (readers of one block at once share one read of its file: each would
+                    # take its pages in anew, `read_cold_block_file`, and check it again)
+                    reading = self._reading[key] = asyncio.ensure_future(
+                        asyncio.to_thread(tier.read, key, lazy)
+                    )
+                    reading.add_done_callback(functools.partial(self._read_done, key))
+                got = await asyncio.shield(reading)
+                if reading in self._stale:  # (let go of meanwhile: ask again)
+                    return await self.get(key, fresh=fresh, count=count)
+            if not lazy and got is not None:
+                self._whole.discard(key)
             if got is None:
+                self._whole.discard(key)
                 # gone, corrupt or unreadable: forget it, the caller fetches it again
                 if key in tier.ledger:
                     self.stats.corrupt += 1
                     tier.ledger.remove(key)
                     await self._unlink(tier, key)
-                self.stats.misses += 1
+                if count:
+                    self.stats.misses += 1
                 return None
-            tier.verified[key] = (got[1], len(got[0]))
-        self._hit(tier, key, fresh)
+            if not is_unchecked(got[0]):  # (a lazy one's pieces are checked as it is read)
+                tier.verified[key] = (got[1], len(got[0]))
+            if self.hold and key in tier.ledger:  # (not if it left the tier meanwhile)
+                self._keep_at_hand(key, got)
+        if count:
+            self._hit(tier, key, fresh)
+        else:
+            tier.ledger.touch(key)
         return got
 
     async def put(
@@ -746,6 +910,7 @@ class BlockStore:
             if not behind:
                 raise
             tier.ledger.remove(key)
+            self._let_go(key)
             self.not_kept.warning(
                 "block %s not cached: its file could not be written: %s", key, err
             )
@@ -800,6 +965,7 @@ class BlockStore:
         if key in tier.ledger:
             return
         tier.verified.pop(key, None)
+        self._let_go(key)
 
         async def unlink() -> None:
             try:
@@ -817,6 +983,8 @@ class BlockStore:
             await asyncio.wait(set(self._files.values()) | self._cleanups)
 
     async def _drop(self, tier: _Tier, key: str) -> None:
+        if tier.dir is not None:
+            self._let_go(key)
         if tier.ledger.remove(key) or key in tier.mem:
             tier.mem.pop(key, None)
             if tier.dir is not None:
@@ -866,6 +1034,8 @@ class BlockStore:
             "loop_writes_stopped": s.loop_writes_stopped,
             "no_room": s.no_room,
             "shed": s.shed,
+            "file_reads": s.file_reads,
+            "loads": s.loads,
             "evictions": sum(t.evictions for t in s.tiers),
             "tiers": [t.__dict__ for t in s.tiers],
         }

@@ -498,6 +498,65 @@ def test_a_corrupt_block_on_a_workers_disk_is_detected_and_fetched_again(
     assert st["ufs"]["reads"] == reads_before + 1  # that one block came from the UFS again
 
 
+@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
+def test_a_sidecars_own_disk_tier_serves_its_next_mount_each_block_read_once_and_checked(
+    engine: str,
+    monkeypatch: pytest.MonkeyPatch,
+    minio: S3Server,
+    data: Path,
+    tmp_path: Path,
+    sidecars: Any,
+) -> None:
+    """A sidecar with a disk tier of its own and no cache worker (an edge node's emptyDir):
+    its first read keeps every block in a file (written behind the READs, all whole once it
+    has unmounted). The next mount reads them from there, not from S3: each block's file
+    once, not once per READ (the READs after the first find it held), blocks ahead of a
+    sequential reader read before their READs come, every READ's answer checked by the
+    pieces it covers. A block file damaged in place fails that check, and the READ is
+    answered again with the block's true bytes, from S3."""
+    monkeypatch.setenv("FLUIDFED_FUSE", engine)
+    mount = mount_of("s3", minio, "", data)
+    want = sources.files(data)
+    own = tmp_path / "own"
+    size = 4 * BLOCK  # (the default: a block file of a huge page or more, mapped lazily)
+
+    def count(files: list[str]) -> int:
+        return sum(-(-len(want[k]) // size) for k in files)
+
+    tier = {"medium": "SSD", "quota": "1GiB", "path": str(own)}
+    cfg = sidecar_config(mount, [], cache=[tier], block_size=size)
+    fill = sidecars(cfg, name="fill")
+    read_all(fill.mountpoint, want)
+    assert fill.status()["blocks"]["ufs_reads"] == count(list(want))
+    fill.stop()
+    files = [p for p in own.rglob("*") if p.is_file() and len(p.name) == 32]
+    assert len(files) == count(list(want))  # every block's file whole, none left half
+
+    big = sorted(want, key=lambda k: len(want[k]))[-2:]
+    assert all(len(want[k]) > size for k in big)
+    sc = sidecars(cfg, name="warm")
+    for name in big:  # (a READ per 128 KiB: 32 for each whole block)
+        assert read_in_pieces(sc.mountpoint / name) == want[name]
+    st = sc.status()
+    assert st["blocks"]["ufs_reads"] == 0
+    assert st["reads"] >= sum(-(-len(want[k]) // (BLOCK // 8)) for k in big)
+    assert st["cache"]["file_reads"] == count(big)  # (not one per READ)
+    assert st["cache"]["loads"] > 0  # read ahead of their READs
+    assert st["blocks"]["reread"] == st["cache"]["corrupt"] == 0
+    sc.stop()
+
+    for f in files:  # one byte of each block's data damaged, its trailer as written
+        raw = bytearray(f.read_bytes())
+        raw[(len(raw) - blockfile.trailer_size(len(raw))) // 2] ^= 0xFF
+        f.write_bytes(bytes(raw))
+    again = sidecars(cfg, name="damaged")
+    for name in big:
+        assert read_in_pieces(again.mountpoint / name) == want[name]
+    st = again.status()
+    assert st["blocks"]["corrupt"] + st["cache"]["corrupt"] > 0
+    assert st["blocks"]["ufs_reads"] > 0  # those blocks from S3 again
+
+
 def read_in_pieces(path: Path, piece: int = BLOCK // 8, *, drop: bool = False) -> bytes:
     """A file read `piece` bytes at a time with the kernel's read-ahead off, so that each
     read is a READ of its own: several READs to a block. `drop`: its pages in the page

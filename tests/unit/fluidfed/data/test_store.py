@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from devkit import testing
+from fluidfed import errors
 from fluidfed.data import blockfile, blocks, heap
 from fluidfed.data import store as store_module
 from fluidfed.data.blockfile import block_path, read_block_file
@@ -87,10 +88,10 @@ async def test_a_restarted_stores_first_read_of_a_large_block_file_maps_it_in_hu
     cold_reads: list[str] = []
     read_cold = blockfile.read_cold_block_file
 
-    def counted(path: str | Path) -> tuple[blocks.Data, int]:
+    def counted(path: str | Path, *, lazy: bool = False) -> tuple[blocks.Data, int]:
         cold_reads.append(str(path))
         time.sleep(0.2)  # (long enough for the readers at once to ask)
-        return read_cold(path)
+        return read_cold(path, lazy=lazy)
 
     monkeypatch.setattr(store_module, "read_cold_block_file", counted)
     large, small = os.urandom(2**22 + 5), os.urandom(128 * 2**10)
@@ -905,3 +906,164 @@ async def test_space_held_open_by_a_reader_is_not_evicted_for_twice(small_disk: 
     store.keep_free()
     await store.stored()
     assert store.stats.shed == shed
+
+
+async def test_a_sidecars_store_holds_the_disk_blocks_it_read_mapped_and_unchecked(
+    tmp_path: Path,
+) -> None:
+    """With `hold` and `lazy` (a sidecar's own disk tier), a block read from its file stays
+    at hand for `peek` (the READs after the first), mapped from the page cache and checked
+    by the pieces each READ covers; the oldest are let go of past `hold` bytes, as is a
+    block discarded; a read-ahead's `load` reads a file before its READs come, counted as
+    no hit. A block whose file is still being written is at hand too."""
+    size = 3 * blocks.CHECK_PIECE  # (pieces: mapped lazily, each checked as it is read)
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)], hold=2 * size, lazy=True).open()
+    payloads = {f"{i:032x}": os.urandom(size) for i in range(4)}
+    for key, payload in payloads.items():
+        await store.put(key, payload)
+    first, second, third, fourth = payloads
+    assert store.peek(first) is None  # (on disk, not read yet)
+    got = await store.get(first)
+    assert got is not None and bytes(got[0]) == payloads[first]
+    assert blockfile.is_mapped(got[0]) and blockfile.is_unchecked(got[0])
+    held = store.peek(first)
+    assert held is not None and bytes(held) == payloads[first]
+    assert (await store.get(first)) == got and store.stats.file_reads == 1
+    assert store.stats.hits == 3
+
+    store.load(second)
+    store.load(second)  # (under way: not again)
+    deadline = time.monotonic() + 10
+    while store.peek(second, count=False) is None:
+        assert time.monotonic() < deadline, "the read-ahead's load never came"
+        await asyncio.sleep(0.01)
+    assert store.stats.loads == 1 and store.stats.file_reads == 2 and store.stats.hits == 3
+
+    assert (await store.get(third)) is not None
+    assert store.peek(first, count=False) is None  # (past `hold`: the oldest let go of)
+    old = store.peek(third, count=False)
+    assert old is not None
+    await store.discard(third)
+    assert store.peek(third, count=False) is None and await store.get(third) is None
+    assert store.peek(fourth, count=False) is None  # (never read: not held)
+    await store.put(third, payloads[fourth])  # (its key back, other bytes: not the old)
+    assert store.peek(third, count=False) is None
+    again = await store.get(third)
+    assert again is not None and bytes(again[0]) == payloads[fourth]
+
+    behind = await BlockStore([tier("SSD", 2**26, tmp_path / "b")], write_behind=2**24).open()
+    gate = threading.Event()
+    behind._writer.submit(gate.wait)  # (the writing thread busy: the file waits)
+    try:
+        await behind.put(first, payloads[first])
+        pending = behind.peek(first)
+        assert pending is not None and bytes(pending) == payloads[first]
+    finally:
+        gate.set()
+    await behind.stored()
+
+
+async def test_a_held_disk_block_whose_reads_check_failed_is_read_whole_not_dropped(
+    tmp_path: Path,
+) -> None:
+    """A READ's check of a lazily held block fails for pages the kernel let go of as well as
+    for damaged bytes: the store lets go of it and reads its file checked whole next, which
+    keeps a sound file (no S3 read, nothing counted corrupt) and drops a damaged one."""
+    size = 3 * blocks.CHECK_PIECE
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)], hold=size, lazy=True).open()
+    key, payload = "d" * 32, os.urandom(size)
+    await store.put(key, payload)
+    assert blockfile.is_unchecked((await store.get(key))[0])  # type: ignore[index]
+    assert store.distrust(key)
+    assert store.peek(key, count=False) is None
+    got = await store.get(key)
+    assert got is not None and bytes(got[0]) == payload and not blockfile.is_unchecked(got[0])
+    assert store.stats.corrupt == 0 and block_path(tmp_path, key).exists()
+
+    store.distrust(key)  # (then damaged in place: its whole check drops it)
+    fd = os.open(block_path(tmp_path, key), os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes([payload[7] ^ 1]), 7)
+    finally:
+        os.close(fd)
+    assert await store.get(key) is None
+    assert store.stats.corrupt == 1 and not block_path(tmp_path, key).exists()
+    memory = await BlockStore([tier("MEM", 2**26)], hold=size, lazy=True).open()
+    await memory.put(key, payload)
+    assert not memory.distrust(key)  # (held in memory: a worker's file, the caller's)
+
+
+async def test_a_disk_read_let_go_of_while_under_way_is_neither_held_nor_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of a block's file that was under way when the block was discarded (a READ's
+    failed check) ends after the block is in the tier again, fetched anew: its result is
+    not held nor returned for it; the reader gets the new block, and its file stays."""
+    size = 3 * blocks.CHECK_PIECE
+    slow = store_module._Tier.read
+
+    def read(self: store_module._Tier, key: str, lazy: bool = False) -> object:
+        got = slow(self, key, lazy)  # (the old file's bytes, read before it is let go of)
+        time.sleep(0.3)
+        return got
+
+    monkeypatch.setattr(store_module._Tier, "read", read)
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)], hold=size).open()
+    key, old, new = "f" * 32, os.urandom(size), os.urandom(size)
+    await store.put(key, old)
+    under_way = asyncio.ensure_future(store.get(key))
+    await asyncio.sleep(0.05)
+    await store.discard(key)
+    await store.put(key, new)
+    got = await under_way
+    assert got is not None and bytes(got[0]) == new
+    held = store.peek(key, count=False)
+    assert held is not None and bytes(held) == new
+    assert block_path(tmp_path, key).exists() and store.stats.corrupt == 0
+
+
+async def test_a_disk_tier_whose_filesystem_maps_nothing_is_read_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lazy store on a filesystem that refuses mappings (some FUSE and network ones)
+    reads its block files instead, checked whole, and stops trying to map them: nothing is
+    taken for damaged."""
+    size = 3 * blocks.CHECK_PIECE
+    tried: list[str] = []
+
+    def refused(path: str | Path, **kw: bool) -> tuple[blocks.Data, int]:
+        tried.append(str(path))
+        raise OSError(errno.ENODEV, "no mappings here")
+
+    monkeypatch.setattr(store_module, "map_block_file", refused)
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)], hold=size, lazy=True).open()
+    payloads = {k * 32: os.urandom(size) for k in "gh"}
+    for key, payload in payloads.items():
+        await store.put(key, payload)
+    for key, payload in payloads.items():
+        got = await store.get(key)
+        assert got is not None and bytes(got[0]) == payload
+    assert len(tried) == 1  # (found once, then read)
+    assert store.stats.corrupt == 0 and all(block_path(tmp_path, k).exists() for k in payloads)
+
+
+async def test_a_lazily_held_disk_block_damaged_in_its_file_fails_its_check(
+    tmp_path: Path,
+) -> None:
+    """A block mapped lazily is checked whole by any use but a READ's answer: a byte of its
+    file damaged after it was written is found (its pieces' CRCs still make the block's,
+    so the mapping itself does not fail)."""
+    size = 3 * blocks.CHECK_PIECE
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)], hold=size, lazy=True).open()
+    key, payload = "c" * 32, os.urandom(size)
+    await store.put(key, payload)
+    path = block_path(tmp_path, key)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes([payload[size // 2] ^ 0xFF]), size // 2)
+    finally:
+        os.close(fd)
+    got = await store.get(key)
+    assert got is not None and blockfile.is_unchecked(got[0])
+    with pytest.raises(errors.CorruptBlock):
+        blockfile.check_whole(got[0])
