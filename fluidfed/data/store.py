@@ -200,19 +200,10 @@ class _Tier:
         CPU-s/GiB here). Any other file, or one whose filesystem refuses the mapping (said
         once, and none mapped there again), is read through the page cache (past it, a
         same-node reader would read the disk again). `lazy`: a mapped one is not checked
-        whole (`map_block_file`), nor is a small one in the page cache mapped so."""
+        whole (`map_block_file`; a smaller one in the page cache: `read_cached`)."""
         path = self.file(key)
         try:
             st = os.stat(path)
-            if lazy and self.mappable and st.st_size < HUGE_FILE:
-                try:
-                    return map_block_file(path, cached_only=True, lazy=True)
-                except errors.NotCached:
-                    pass
-                except OSError as err:  # (a filesystem that maps no file: read instead)
-                    if err.errno not in _MAP_REFUSED:
-                        raise
-                    self.mappable = False
             if st.st_size >= HUGE_FILE and reads_huge(st.st_dev):
                 try:
                     try:
