@@ -90,7 +90,8 @@ NOTES = {
     "fluidfed-disk": (
         "fluidfed's sidecar alone, no cache worker, with a disk tier of its own on this "
         "node's disk (`cache` of the sidecar: one SSD tier), as the peers keep theirs: "
-        "like for like with their own-cache rows (a pod's emptyDir; a cluster's shared "
+        "like for like with their own-cache rows (a sidecar mounted by hand where no "
+        "worker runs; a cluster's shared "
         "cache is the worker's, the fluidfed rows); cold rows as fluidfed's"
     ),
     "s3fs": (

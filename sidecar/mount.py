@@ -40,7 +40,7 @@ log = logging.getLogger("fluidfed.sidecar")
 # itself; a deeper kernel window (20 MiB was tried) only queues more requests on the event
 # loop and made warm sequential reads slower (README, "Measured design decisions").
 KERNEL_READAHEAD_KIB = 1024
-# a disk tier of the sidecar's own (an emptyDir: a node without cache workers): blocks wait
+# a disk tier of the sidecar's own (mounted by hand where no cache worker runs): blocks wait
 # for their files in memory up to this many bytes, the READ answered meanwhile, instead of
 # each READ of a first read waiting for its block's write ...
 WRITE_BEHIND = 64 * 2**20
