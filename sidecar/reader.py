@@ -195,7 +195,9 @@ class BlockReader:
         READ's check also fails for pages the kernel let go of, not only for damaged ones."""
         key = self.key(ref, index)
         self.stats.reread += 1
-        if self.store.distrust(key):
+        # (with a disk tier here a worker's file is checked whole as it is loaded: a READ
+        # fails its check only on this sidecar's own files, held or let go of since)
+        if self.store.distrust(key) or self.store.on_disk:
             return
         if key not in self._suspects:  # (its other READs under way fail too: said once)
             self.stats.corrupt += 1

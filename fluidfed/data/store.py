@@ -15,11 +15,12 @@ whole (renamed into place), and `stored` waits until every such file is written.
 `write_behind` bytes wait so; past that, or for a block nobody reads yet (`put`'s `wait`:
 a peer's hand-off), `put` writes before it returns.
 
-With `hold` (a sidecar's), the blocks that `get` reads from a disk tier (mapped from the
-page cache, or read into it) stay at hand, up to `hold` bytes of the latest, so that the
-READs of one block after the first, and a read-ahead that loaded it before its READs came
-(`load`), find it in `peek` as they find a memory tier's: a block of 4 MiB is read by four
-READs of 1 MiB. A mapped block held so takes no memory but its page-cache pages. With
+With `hold` (a sidecar's), the blocks of more than a piece that `get` reads from a disk
+tier (mapped from the page cache, or read into it) stay at hand, the latest `hold` bytes
+(HELD_BLOCKS at most), so that the READs of one block after the first, and a read-ahead
+that loaded it before its READs came (`load`), find it in `peek` as they find a memory
+tier's: a block of 4 MiB is read by four READs of 1 MiB. A mapped block held so takes no
+memory but its page-cache pages. With
 `lazy` too, a disk tier's block file that has its pieces' CRCs is mapped without being
 checked whole (`blockfile.map_block_file`): each READ's answer is checked by the pieces it
 covers as it is sent, and any other use checks it whole (`blockfile.check_whole`).
@@ -79,6 +80,7 @@ from fluidfed.models import CacheTier
 log = logging.getLogger("fluidfed.store")
 # a filesystem that maps no file (some FUSE and network ones), or not read-only
 _MAP_REFUSED = {errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM}
+_NO_MAPPINGS = {errno.ENODEV, errno.EOPNOTSUPP}  # (... for any file of its, not one file)
 # (each says how many like it went unsaid: a failing disk fails every block)
 _UNREADABLE = Seldom(log)
 _UNREMOVABLE = Seldom(log)
@@ -236,8 +238,10 @@ class _Tier:
         except errors.CorruptBlock:
             return None
         except OSError as err:
-            if err.errno in _MAP_REFUSED:
+            if err.errno in _NO_MAPPINGS:  # (the filesystem's answer: read from now on)
                 self.mappable = False
+                log.info("block files in %s not mapped (%s): read instead", self.dir, err)
+            if err.errno in _MAP_REFUSED:  # (the thread's read says what else it is)
                 raise errors.NotCached(str(path)) from err
             _unreadable(path, err, dropped=True)
             return None
@@ -351,7 +355,7 @@ class BlockStore:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fluidfed-blockfile")
         self.write_on_loop = write_on_loop  # small blocks' files (module docstring)
         # disk blocks read by `get` lately, at hand for `peek` (module docstring): key ->
-        # (data, crc), the latest last, `hold` bytes at most
+        # (data, crc), the latest last, `hold` bytes and HELD_BLOCKS at most
         self.hold = hold
         self.lazy = lazy
         self._held: OrderedDict[str, tuple[blocks.Data, int]] = OrderedDict()
@@ -462,10 +466,13 @@ class BlockStore:
             _, (data, _) = self._held.popitem(last=False)
             self._held_bytes -= len(data)
 
-    def _let_go(self, key: str) -> None:
+    def _let_go_held(self, key: str) -> None:
         old = self._held.pop(key, None)
         if old is not None:
             self._held_bytes -= len(old[0])
+
+    def _let_go(self, key: str) -> None:
+        self._let_go_held(key)
         reading = self._reading.pop(key, None)
         if reading is not None:
             self._stale.add(reading)
@@ -479,6 +486,9 @@ class BlockStore:
         tier = self._holder(key)
         if tier is None or tier.dir is None:
             return False
+        if key in self._whole:  # (its whole read is due, or under way: not started again)
+            self._let_go_held(key)
+            return True
         self._let_go(key)
         self._whole.add(key)
         return True
@@ -626,7 +636,8 @@ class BlockStore:
                     )
                     reading.add_done_callback(functools.partial(self._read_done, key))
                 got = await asyncio.shield(reading)
-                if reading in self._stale:  # (let go of meanwhile: ask again)
+                if reading in self._stale or (lazy and key in self._whole):
+                    # (let go of meanwhile, or found wanting as lazily mapped: ask again)
                     return await self.get(key, fresh=fresh, count=count)
             if not lazy and got is not None:
                 self._whole.discard(key)
@@ -974,7 +985,7 @@ class BlockStore:
             await asyncio.wait(set(self._files.values()) | self._cleanups)
 
     async def _drop(self, tier: _Tier, key: str) -> None:
-        if tier.dir is not None:
+        if tier.dir is not None and key in tier.ledger:
             self._let_go(key)
         if tier.ledger.remove(key) or key in tier.mem:
             tier.mem.pop(key, None)

@@ -1067,3 +1067,33 @@ async def test_a_lazily_held_disk_block_damaged_in_its_file_fails_its_check(
     assert got is not None and blockfile.is_unchecked(got[0])
     with pytest.raises(errors.CorruptBlock):
         blockfile.check_whole(got[0])
+
+
+async def test_failed_checks_of_one_block_share_its_one_whole_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each READ of a block whose pages the kernel let go of fails its check (four for a 4
+    MiB block): the first READ back lets go of the block, and the others do not start its
+    whole read again while it is under way, nor take a lazy read that ends after them."""
+    size = 3 * blocks.CHECK_PIECE
+    slow = store_module._Tier.read
+
+    def read(self: store_module._Tier, key: str, lazy: bool = False) -> object:
+        got = slow(self, key, lazy)
+        time.sleep(0.2)
+        return got
+
+    monkeypatch.setattr(store_module._Tier, "read", read)
+    store = await BlockStore([tier("SSD", 2**26, tmp_path)], hold=size, lazy=True).open()
+    key, payload = "a" * 32, os.urandom(size)
+    await store.put(key, payload)
+    assert blockfile.is_unchecked((await store.get(key))[0])  # type: ignore[index]
+    assert store.distrust(key)
+    whole = asyncio.ensure_future(store.get(key))
+    await asyncio.sleep(0.05)
+    assert store.distrust(key) and store.distrust(key)  # (the same block's other READs)
+    got = await whole
+    assert got is not None and bytes(got[0]) == payload and not blockfile.is_unchecked(got[0])
+    assert store.stats.file_reads == 2  # (the lazy mapping, then one whole read)
+    held = store.peek(key, count=False)
+    assert held is not None and not blockfile.is_unchecked(held)
