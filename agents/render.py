@@ -63,6 +63,8 @@ def sidecar_config(
         "workers": _peers(b, creds.tls is not None),
         "credentials_file": trust.sidecar_credentials_file(ds.name),
     }
+    if ds.cache.sidecar_tiers:  # (else the sidecar's default: 128 MiB of memory)
+        doc["cache"] = _sidecar_tiers(ds)
     if trust.ca_bundle(ctx, creds):
         doc["ca_file"] = trust.sidecar_ca_file(ds.name)
     return doc
@@ -163,6 +165,39 @@ def short_circuit_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, A
         if tier.medium != "MEM":
             vol, mnt = _tier_volume(ds, i, tier)
             out.append((vol, {**mnt, "readOnly": True}))
+    return out
+
+
+SIDECAR_CACHE_ROOT = "/fluidfed/cache"  # an injected sidecar's disk tiers, in its pod
+
+
+def sidecar_tier_path(dataset: str, i: int) -> str:
+    return posixpath.join(SIDECAR_CACHE_ROOT, dataset, f"tier-{i}")
+
+
+def _sidecar_tiers(ds: Dataset) -> list[dict[str, Any]]:
+    """`cache.sidecar_tiers` as an injected sidecar sees them: disk tiers where the webhook
+    mounts their emptyDir volumes (`sidecar_tier_volumes`)."""
+    out = []
+    for i, tier in enumerate(ds.cache.sidecar_tiers):
+        doc = codec.to_builtins(tier)
+        if tier.medium != "MEM":
+            doc["path"] = sidecar_tier_path(ds.name, i)
+        out.append(doc)
+    return out
+
+
+def sidecar_tier_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(volume, mount) of each disk tier of `cache.sidecar_tiers`: an emptyDir of the
+    reader's pod, as large as the tier's quota (kubelet evicts a pod whose emptyDir grows
+    past its sizeLimit; the tier evicts blocks from its `high` watermark, below it)."""
+    out = []
+    for i, tier in enumerate(ds.cache.sidecar_tiers):
+        if tier.medium != "MEM":
+            name = f"sidecar-{_tier_name(i, tier)}"  # (not the workers' tier it may mount)
+            empty = {"sizeLimit": objects.quantity(tier.quota)}
+            mount = {"name": name, "mountPath": sidecar_tier_path(ds.name, i)}
+            out.append(({"name": name, "emptyDir": empty}, mount))
     return out
 
 

@@ -88,6 +88,35 @@ def parse_duration(value: object) -> Duration:
     raise ValueError(f"expected a duration such as 30s, 5m, 1h30m or 250ms, got {value!r}")
 
 
+# a Kubernetes quantity's suffixes and what they multiply by ("1e3": a decimal exponent)
+_QUANTITY_RE = re.compile(r"^\+?(\d+(?:\.\d*)?|\.\d+)(?:[eE]([-+]?\d+)|([a-zA-Z]*))$")
+_QUANTITY_SUFFIXES = {
+    "": 1.0,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    **{s: float(2 ** (10 * (i + 1))) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+def quantity_value(text: str) -> float:
+    """A Kubernetes quantity's value ("512Mi": 536870912.0, "100m": 0.1, "1e3": 1000.0);
+    ValueError if it is none."""
+    m = _QUANTITY_RE.match(text)
+    if m is None or (m.group(3) or "") not in _QUANTITY_SUFFIXES:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 512Mi, 2Gi, 500m)")
+    number, exponent, suffix = m.groups()
+    if exponent is not None:
+        return float(number) * 10.0 ** int(exponent)
+    return float(number) * _QUANTITY_SUFFIXES[suffix or ""]
+
+
 def format_size(n: int) -> str:
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= factor:

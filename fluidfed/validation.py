@@ -21,6 +21,7 @@ from fluidfed.models import (
     AgentConfig,
     AutoscalePolicy,
     CacheSpec,
+    CacheTier,
     Cluster,
     Dataset,
     Document,
@@ -346,9 +347,31 @@ def check_cache(
         )
     if not cache.tiers:
         problems.append(Problem("at least one cache tier is needed", path=f"{path}.tiers"))
+    # (JuiceFS's MEM tier is files in /dev/shm, whose floor it keeps: `low_is_floor`)
+    floored = engines.RULES[cache.engine].low_is_floor
+    problems += _check_tiers(cache.tiers, f"{path}.tiers", new=new, rooted=rooted, floored=floored)
+    problems += _check_tiers(cache.sidecar_tiers, f"{path}.sidecar_tiers", new=new, rooted=True)
+    for i, tier in enumerate(cache.sidecar_tiers):
+        if tier.path:
+            problems.append(
+                Problem(
+                    "a sidecar's disk tier is an emptyDir of the reader's pod, which the "
+                    "webhook adds and mounts: remove path (the quota is the volume's size)",
+                    path=f"{path}.sidecar_tiers[{i}].path",
+                )
+            )
+    return problems
+
+
+def _check_tiers(
+    tiers: list[CacheTier], path: str, *, new: bool, rooted: bool, floored: bool = False
+) -> list[Problem]:
+    """A list of cache tiers (a worker's or a sidecar's); `floored`: a MEM tier may keep a
+    floor of free space too (`check_cache`)."""
+    problems: list[Problem] = []
     seen: set[str] = set()
-    for i, tier in enumerate(cache.tiers):
-        p = f"{path}.tiers[{i}]"
+    for i, tier in enumerate(tiers):
+        p = f"{path}[{i}]"
         if tier.medium in seen:
             problems.append(Problem(f"a second {tier.medium} tier; merge them", path=p))
         elif new and any(_FASTEST_FIRST.index(m) > _FASTEST_FIRST.index(tier.medium) for m in seen):
@@ -366,7 +389,7 @@ def check_cache(
             problems.append(Problem("quota must be above zero", path=f"{p}.quota"))
         elif tier.quota > MAX_TIER_QUOTA:
             problems.append(
-                Problem("quota is above 1PiB per worker: is it a typo?", path=f"{p}.quota")
+                Problem("quota is above 1PiB per tier: is it a typo?", path=f"{p}.quota")
             )
         if tier.medium != "MEM" and not tier.path and not rooted:
             problems.append(
@@ -385,8 +408,6 @@ def check_cache(
                     path=f"{p}.low",
                 )
             )
-        # (JuiceFS's MEM tier is files in /dev/shm, whose floor it keeps: `low_is_floor`)
-        floored = engines.RULES[cache.engine].low_is_floor
         if tier.medium == "MEM" and tier.min_free != DISK_MIN_FREE and not floored:
             problems.append(
                 Problem(

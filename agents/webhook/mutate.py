@@ -7,6 +7,8 @@ annotation `fluidfed.io/datasets: "<dataset>=<volume>[,...]"`. Each such volume 
 shared emptyDir into which a FUSE sidecar mounts the dataset (Bidirectional propagation);
 the containers that used the volume see it with HostToContainer propagation, at the
 sub-path and read-only setting of the dataset's access entry for the pod's namespace.
+The disk tiers of the dataset's `cache.sidecar_tiers` are further emptyDir volumes, the
+sidecar's alone, each as large as its tier's quota.
 
 Data affinity, as Fluid users expect it: where the sidecar reads the node's cache
 directories (short-circuit: a reader of the whole dataset, on a cluster whose sidecars share
@@ -25,7 +27,9 @@ from typing import Any
 
 from agents import objects, render, trust
 from fluidfed import names
+from fluidfed.data.layout import SIDECAR_MEMORY_TIER
 from fluidfed.models import Access, Binding, Capabilities
+from fluidfed.units import format_size, quantity_value
 
 MOUNT_ROOT = "/fluidfed/mnt"
 # the most a preferred term weighs (1-100): beside the dataset's workers, a reader maps their
@@ -136,6 +140,26 @@ def _security(caps: Capabilities) -> tuple[dict[str, Any], dict[str, str]] | str
     return {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}, limits
 
 
+def _memory_short(ds: str, b: Binding, settings: SidecarSettings) -> str:
+    """Why the sidecar's memory limit cannot hold its memory tier ("" if it can): the
+    kernel would kill the sidecar as its tier filled, over and over."""
+    tiers = b.spec.cache.sidecar_tiers
+    held = sum(t.quota for t in tiers if t.medium == "MEM") if tiers else SIDECAR_MEMORY_TIER
+    try:
+        limit = quantity_value(settings.memory) if settings.memory else 0.0
+    except ValueError:  # (the agent's configuration is checked as it is loaded)
+        return ""
+    if not limit or held < limit:
+        return ""
+    return (
+        f"dataset {ds!r}'s sidecar keeps {format_size(held)} of blocks in memory "
+        f"(cache.sidecar_tiers), which this cluster's memory limit for sidecars "
+        f"({settings.memory}, sidecar_memory in the agent's configuration) cannot hold: the "
+        "kernel would kill the sidecar as its cache fills. Raise sidecar_memory to the tier "
+        "and about 256Mi more, or give the dataset a smaller MEM sidecar tier"
+    )
+
+
 def mutate(
     pod: dict[str, Any],
     namespace: str,
@@ -189,6 +213,9 @@ def mutate(
             return deny(
                 f"dataset {ds!r} may not be used from namespace {namespace!r} (allowed: {allowed})"
             )
+        too_little = _memory_short(ds, b, settings)
+        if too_little:
+            return deny(too_little)
         readers = [
             c for c in inits if any(m.get("name") == vol_name for m in c.get("volumeMounts") or [])
         ]
@@ -259,6 +286,11 @@ def mutate(
         secrets = sorted({m.secret for m in b.spec.mounts if m.secret})
         if secrets:
             sidecar["envFrom"] = [{"secretRef": {"name": n, "optional": True}} for n in secrets]
+        # the sidecar's own disk tiers (`cache.sidecar_tiers`): emptyDir volumes of the pod
+        for vol, mnt in render.sidecar_tier_volumes(b.spec):
+            name = _unique(objects.k8s_name("fluidfed", ds, vol["name"], limit=60), taken_volumes)
+            volumes.append({**vol, "name": name})
+            sidecar["volumeMounts"].append({**mnt, "name": name})
         node_tiers = render.short_circuit_volumes(b.spec)
         if settings.short_circuit and render.reads_whole_dataset(entry) and node_tiers:
             for vol, mnt in node_tiers:

@@ -218,6 +218,9 @@ def describe_dataset(d: DatasetView) -> None:
     tiers = ", ".join(f"{t.medium} {format_size(t.quota)}" for t in s.cache.tiers)
     cache = f"{s.cache.engine}, {s.cache.replicas} replicas, {tiers}"
     _say(f"[bold]Cache:[/bold]       {_e(cache)}")
+    if s.cache.sidecar_tiers:  # (else 128 MiB of each sidecar's memory)
+        own = ", ".join(f"{t.medium} {format_size(t.quota)}" for t in s.cache.sidecar_tiers)
+        _say(f"[bold]Sidecars:[/bold]    {_e(own)} each")
     pl = s.placement
     parts = []
     if pl.clusters:

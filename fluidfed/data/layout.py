@@ -108,8 +108,11 @@ class Peers(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
         ]
 
 
+SIDECAR_MEMORY_TIER = 128 * 2**20  # a sidecar's cache where its settings name none
+
+
 def _default_sidecar_cache() -> list[CacheTier]:
-    return [CacheTier(medium="MEM", quota=_bytes(128 * 2**20))]
+    return [CacheTier(medium="MEM", quota=_bytes(SIDECAR_MEMORY_TIER))]
 
 
 class SidecarConfig(Wire):

@@ -30,7 +30,7 @@ from agents import objects, trust
 from devkit.local import binaries, cluster, image, netns, realnode
 from devkit.testing import AgentProcess, HubProcess, NotYet, eventually, serving
 from fluidfed import Client, names
-from fluidfed.data import credentials, protocol, ufs
+from fluidfed.data import blockfile, credentials, protocol, ufs
 from fluidfed.errors import LocalClusterError
 from fluidfed.models import Access, CacheSpec, CacheTier, Dataset, Mount
 from fluidfed.units import ByteSize
@@ -459,12 +459,22 @@ async def test_a_sigkilled_sidecar_is_restarted_remounts_and_the_app_reads_on(
     assert _node_fuse_mounts(real_cluster, "survivor") == []
 
 
+def _block_file_sizes(sizes: list[int], block_size: int = 4 * 2**20) -> list[int]:
+    """The sizes of the block files of files of `sizes` (each block's trailer added)."""
+    out = []
+    for size in sizes:
+        for start in range(0, size, block_size):
+            n = min(block_size, size - start)
+            out.append(n + blockfile.trailer_size(n))
+    return sorted(out)
+
+
 @pytest.mark.parametrize(
-    ("sub", "native"),
+    ("sub", "native", "own_disk"),
     [
-        ("", True),
-        ("", False),  # the legacy form: the sidecar ends with the app, the pod completes
-        ("part-1", True),
+        ("", True, True),  # with a disk tier of the sidecar's own: an emptyDir of the pod
+        ("", False, False),  # the legacy form: the sidecar ends with the app, the pod completes
+        ("part-1", True, False),
     ],
 )
 async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_pod(
@@ -473,12 +483,14 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
     tmp_path: Path,
     sub: str,
     native: bool,
+    own_disk: bool,
 ) -> None:
     """The whole sidecar path on the real node: hub, agent (sidecar image = the image built
     here), webhook; the app container of an injected pod reads its namespace's part of the
     dataset through the sidecar's FUSE mount, the pod completes (in the legacy form too,
     where the sidecar is a regular container that must leave with the app), and the pod's
-    deletion leaves no mount."""
+    deletion leaves no mount. With `cache.sidecar_tiers` naming a disk tier, the sidecar
+    kept every block it read in its pod's emptyDir, on the node's disk."""
     state = real_cluster.state
     assert state is not None and state.network is not None
     src = sources.make_dataset(tmp_path / "src", count=40)
@@ -494,6 +506,8 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
     # exited 0 and the sidecar was still there 120 s later; an app that outlives a poll
     # leaves nothing to chance (a bare `python3 -c pass` app did complete when tried)
     linger = "0" if native else "3"
+    if own_disk:  # (kubelet empties a finished pod's volumes: the app stays while looked at)
+        linger = "600"
     home = f"{name}-home"
     hub = HubProcess(tmp_path / "hub").start()
     agent = AgentProcess(
@@ -513,7 +527,13 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
                         namespace=home,
                         mounts=[Mount(uri=url)],
                         access=[Access(namespace=home, sub_path=sub)],
-                        cache=CacheSpec(replicas=0, min_replicas=0),
+                        cache=CacheSpec(
+                            replicas=0,
+                            min_replicas=0,
+                            sidecar_tiers=[CacheTier(medium="SSD", quota=ByteSize(2**28))]
+                            if own_disk
+                            else [],
+                        ),
                     )
                 )
 
@@ -568,13 +588,42 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
                             raise AssertionError(f"container {c.name}: {waiting.message}")
                     return NotYet(f"{p.status.phase} {[(c.name, c.state) for c in statuses]}")
 
-                done = await eventually(finished, "the injected pod to finish", timeout=120)
-                logs = await _logs(api, "app", "app", home)
-                assert done.status.phase == "Succeeded", (
-                    done.status,
-                    await _logs(api, "app", sidecar.name, home),
-                )
-                assert _rounds(logs) == [{"round": 0, "sums": want}]
+                volumes = {v.name: v for v in injected.spec.volumes}
+                own = [n for n, v in volumes.items() if "sidecar-tier" in n]
+                assert len(own) == (1 if own_disk else 0)
+                if own_disk:
+                    assert volumes[own[0]].empty_dir.size_limit == "256Mi"
+
+                    async def read() -> Any:
+                        # (a container not started yet has a Status for its log)
+                        got = [
+                            r for r in _rounds(await _logs(api, "app", "app", home)) if "round" in r
+                        ]
+                        return got or await finished()
+
+                    logs = await eventually(read, "the app to read the dataset", timeout=120)
+                    assert logs == [{"round": 0, "sums": want}], logs
+                    # every block the app read, in its own file on the pod's emptyDir
+                    where = realnode.kubelet_root(state.network) / "pods" / injected.metadata.uid
+                    tier = where / "volumes/kubernetes.io~empty-dir" / own[0]
+                    blocks = _block_file_sizes([(top / rel).stat().st_size for rel in want])
+
+                    async def kept() -> Any:  # (written behind the reads)
+                        found = _in_node(real_cluster, "find", str(tier), "-type", "f")
+                        sizes = _in_node(real_cluster, "find", str(tier), "-type", "f",
+                                         "-printf", "%s\n")  # fmt: skip
+                        got = sorted(map(int, sizes.split()))
+                        return got == blocks or NotYet(f"{len(got)} of {len(blocks)}: {found}")
+
+                    await eventually(kept, "the sidecar's block files on its emptyDir")
+                else:
+                    done = await eventually(finished, "the injected pod to finish", timeout=120)
+                    logs = await _logs(api, "app", "app", home)
+                    assert done.status.phase == "Succeeded", (
+                        done.status,
+                        await _logs(api, "app", sidecar.name, home),
+                    )
+                    assert _rounds(logs) == [{"round": 0, "sums": want}]
                 await core.delete_namespaced_pod("app", home)
                 await eventually(
                     lambda: _gone(core, "app", home), "the pod to be deleted", timeout=60

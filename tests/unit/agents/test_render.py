@@ -125,6 +125,46 @@ def test_only_readers_of_the_whole_dataset_read_the_nodes_block_files() -> None:
     assert json.loads(cms["research"]["data"]["sidecar.json"])["short_circuit"] is False
 
 
+def test_an_injected_sidecars_own_tiers_are_its_config_and_its_pods_emptydir_volumes() -> None:
+    """`cache.sidecar_tiers`: the ConfigMap tells the sidecar where its disk tier is, and
+    the webhook mounts an emptyDir of the tier's quota there (the two must agree)."""
+    from agents.webhook import mutate
+    from tests.unit.agents.webhook.pods import PRIV, pod
+
+    tiers = [testing.cache_tier("MEM", 256 * 2**20), testing.cache_tier("SSD", 20 * 2**30)]
+    b = binding()
+    cache = msgspec.structs.replace(b.spec.cache, sidecar_tiers=tiers)
+    b = msgspec.structs.replace(b, spec=msgspec.structs.replace(b.spec, cache=cache))
+    cms = {
+        o["metadata"]["namespace"]: o for o in by_kind(render.desired(b, CTX, CREDS))["ConfigMap"]
+    }
+    cfg = codec.convert(json.loads(cms["research"]["data"]["sidecar.json"]), SidecarConfig)
+    assert [(t.medium, t.quota) for t in cfg.cache] == [("MEM", 256 * 2**20), ("SSD", 20 * 2**30)]
+    assert cfg.cache[0].path == ""
+    assert cfg.cache[1].path == "/fluidfed/cache/imagenet/tier-1"
+    assert layout.check_config(cfg) == []  # what the sidecar checks before it mounts
+    out = mutate.mutate(pod(), "research", {"imagenet": b}, PRIV).pod
+    assert out is not None
+    spec = out["spec"]
+    vol = {"name": "fluidfed-imagenet-sidecar-tier-1-ssd", "emptyDir": {"sizeLimit": "20Gi"}}
+    assert vol in spec["volumes"]
+    (side,) = spec["initContainers"]
+    mount = {"name": vol["name"], "mountPath": cfg.cache[1].path}
+    assert mount in side["volumeMounts"]
+    # the sidecar's alone, and memory tiers are the sidecar's own memory
+    assert all(
+        m["name"] != vol["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])
+    )
+    assert sum("emptyDir" in v and "sizeLimit" in v["emptyDir"] for v in spec["volumes"]) == 1
+    # none named: no volume, and the sidecar's default (128 MiB of memory)
+    plain = binding()
+    cm = by_kind(render.desired(plain, CTX, CREDS))["ConfigMap"][0]
+    assert "cache" not in json.loads(cm["data"]["sidecar.json"])
+    out = mutate.mutate(pod(), "ml", {"imagenet": plain}, PRIV).pod
+    assert out is not None
+    assert not any("sidecar-tier" in v["name"] for v in out["spec"]["volumes"])
+
+
 def test_serverless_workers_tolerate_the_virtual_node() -> None:
     objs = render.desired(binding(), objects.ClusterContext(name="s", kind="serverless"), CREDS)
     (sts,) = by_kind(objs)["StatefulSet"]

@@ -1,6 +1,6 @@
 import pytest
 
-from fluidfed.units import format_size, parse_duration, parse_size
+from fluidfed.units import format_size, parse_duration, parse_size, quantity_value
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,25 @@ def test_format_size_round_trips_common_values() -> None:
     assert format_size(4 * 2**30) == "4GiB"
     assert format_size(1536) == "1.5KiB"
     assert format_size(12) == "12B"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("512Mi", 512 * 2**20),
+        ("1.5Gi", 1.5 * 2**30),
+        (".5Ki", 512),
+        ("2G", 2e9),
+        ("100m", 0.1),
+        ("1e3", 1000),
+        ("+7", 7),
+    ],
+)
+def test_kubernetes_quantities(text: str, value: float) -> None:
+    assert quantity_value(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("bad", ["", "2gi", "Mi", "1e", "1.2.3", "-1Gi", "1 Gi"])
+def test_what_is_no_kubernetes_quantity_says_so(bad: str) -> None:
+    with pytest.raises(ValueError, match="is not a Kubernetes quantity"):
+        quantity_value(bad)

@@ -278,6 +278,29 @@ def test_selectors_may_still_match_the_derived_labels() -> None:
     assert refused(d) == {}
 
 
+def test_a_sidecars_tiers_are_checked_as_tiers_and_take_no_path() -> None:
+    tiers = [
+        CacheTier(medium="SSD", quota=ByteSize(2**30), path="/mnt/nvme"),
+        CacheTier(medium="MEM", quota=ByteSize(0)),
+    ]
+    got = refused(ds(cache=CacheSpec(sidecar_tiers=tiers)))
+    assert got == {
+        "dataset.cache.sidecar_tiers[0].path": "a sidecar's disk tier is an emptyDir of the "
+        "reader's pod, which the webhook adds and mounts: remove path (the quota is the "
+        "volume's size)",
+        "dataset.cache.sidecar_tiers[1].medium": "a MEM tier after a slower one: list the "
+        "tiers fastest first (MEM, SSD, HDD); new blocks go into the first, evicted ones move "
+        "down",
+        "dataset.cache.sidecar_tiers[1].quota": "quota must be above zero",
+    }
+    # a disk tier needs no path here: the webhook gives it one
+    ok = [
+        CacheTier(medium="MEM", quota=ByteSize(2**28)),
+        CacheTier(medium="SSD", quota=ByteSize(2**34)),
+    ]
+    assert refused(ds(cache=CacheSpec(sidecar_tiers=ok))) == {}
+
+
 def test_tier_paths_with_dotdot_and_absurd_sizes_are_refused() -> None:
     tier = CacheTier(medium="SSD", quota=ByteSize(2**30), path="/var/lib/../../etc")
     got = refused(ds(cache=CacheSpec(tiers=[tier])))

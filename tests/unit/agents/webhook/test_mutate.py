@@ -489,3 +489,31 @@ def test_a_pod_with_host_pid_gets_its_sidecar_where_sidecars_are_native() -> Non
     p["spec"]["hostPID"] = True
     out = injected(p)
     assert "shareProcessNamespace" not in out["spec"]
+
+
+def test_a_memory_tier_the_sidecars_memory_limit_cannot_hold_is_refused_saying_what_to_raise() -> (
+    None
+):
+    b = binding()
+    tiers = [CacheTier(medium="MEM", quota=ByteSize(2**30))]
+    big = msgspec.structs.replace(b.spec, cache=CacheSpec(sidecar_tiers=tiers))
+    bindings = {"imagenet": msgspec.structs.replace(b, spec=big)}
+    d = m.mutate(pod(), "ml", bindings, PRIV, m.SidecarSettings(memory="512Mi"))
+    assert not d.allowed
+    assert d.message == (
+        "dataset 'imagenet''s sidecar keeps 1GiB of blocks in memory (cache.sidecar_tiers), "
+        "which this cluster's memory limit for sidecars (512Mi, sidecar_memory in the agent's "
+        "configuration) cannot hold: the kernel would kill the sidecar as its cache fills. "
+        "Raise sidecar_memory to the tier and about 256Mi more, or give the dataset a smaller "
+        "MEM sidecar tier"
+    )
+    # room for it, no limit, or a disk tier alone: admitted
+    for memory in ("1.5Gi", ""):
+        assert m.mutate(pod(), "ml", bindings, PRIV, m.SidecarSettings(memory=memory)).allowed
+    disk = CacheSpec(sidecar_tiers=[CacheTier(medium="SSD", quota=ByteSize(2**34))])
+    on_disk = {
+        "imagenet": msgspec.structs.replace(b, spec=msgspec.structs.replace(b.spec, cache=disk))
+    }
+    assert m.mutate(pod(), "ml", on_disk, PRIV, m.SidecarSettings(memory="128Mi")).allowed
+    # the sidecar's default tier (128 MiB of memory) under a limit of 100 MB
+    assert not m.mutate(pod(), "ml", BINDINGS, PRIV, m.SidecarSettings(memory="100M")).allowed

@@ -134,3 +134,16 @@ def test_describe_says_where_the_cache_disks_did_not_keep_or_shed_blocks(
     out = " ".join(capsys.readouterr().out.split())
     assert "c: now, 2 worker(s) keep no block on disk" in out
     assert "free space on those nodes, or lower min_free" in out and "blocks not kept" not in out
+
+
+def test_describe_names_the_sidecars_own_tiers_where_the_dataset_names_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plain = testing.dataset("d")
+    output.describe_dataset(DatasetView(spec=plain, generation=1, revision=1))
+    assert "Sidecars:" not in capsys.readouterr().out
+    tiers = [testing.cache_tier("MEM", 2**28), testing.cache_tier("SSD", 20 * 2**30)]
+    cache = msgspec.structs.replace(plain.cache, sidecar_tiers=tiers)
+    ds = msgspec.structs.replace(plain, cache=cache)
+    output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1))
+    assert "Sidecars:    MEM 256MiB, SSD 20GiB each" in capsys.readouterr().out
