@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -353,9 +355,36 @@ def run_demo(args: argparse.Namespace) -> int:
             "scripts/setup installs or checks all of it (scripts/demo runs it)"
         )
         return 2
-    aio.run(
-        demo.Demo(
-            base, quick=args.quick, keep=args.keep, real_node=args.real_node, ha=args.ha
-        ).run()
-    )
+    run = demo.Demo(base, quick=args.quick, keep=args.keep, real_node=args.real_node, ha=args.ha)
+    return aio.run(_until_signalled(run.run(), demo.console.print))
+
+
+async def _until_signalled(main: Coroutine[Any, Any, Any], say: Callable[[str], None]) -> int:
+    """Run `main`; SIGTERM or SIGHUP cancels it as Ctrl-C does, so its cleanup runs (by
+    default Python ends on them at once, and a demo left its clusters and the real node's
+    network behind). 0 once done, 128 + the signal's number once stopped so."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    got: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if got:  # (a second one must not cut the cleanup short)
+            say(f"{sig.name}: already stopping, cleaning up")
+            return
+        got.append(sig)
+        say(f"{sig.name}: stopping the demo and cleaning up what it started")
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await main
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        return 128 + got[0].value
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
     return 0

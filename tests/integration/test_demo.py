@@ -2,8 +2,11 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +162,46 @@ def test_demo_ha_survives_the_leader_killed_then_down_leaves_nothing(tmp_path: P
     assert not (tmp_path / "demo").exists()
     assert str(tmp_path / "demo") not in Path("/proc/self/mounts").read_text()
     assert node_network_left(tmp_path / "demo") == []
+
+
+def test_a_demo_ended_by_sigterm_cleans_up_as_one_that_finished(tmp_path: Path) -> None:
+    """SIGTERM (`kill`, a CI job's timeout, a closed terminal's SIGHUP alike) once the
+    clusters, the real node and the agents run: the demo stops everything it started and
+    removes its files, as after its last step, and says so. Python's default action for
+    SIGTERM ended it on the spot: the real node's port forwarder held its disk's mount
+    busy, and the node's network namespace stayed."""
+    demo_dir = tmp_path / "demo"
+    env = {**os.environ, "FLUIDFED_DEMO_DIR": str(demo_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fluidfed.cli.main", "demo", "--quick"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 480
+        while not any(line.startswith("[2/6]") for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        assert processes_under(demo_dir) and node_network_left(demo_dir)  # all of it runs
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert code == 128 + signal.SIGTERM, out
+    flat = " ".join(out.split())
+    assert "SIGTERM: stopping the demo" in flat, out
+    assert "cleaned up: processes stopped, clusters and files removed" in flat, out
+    assert processes_under(demo_dir) == []
+    assert not demo_dir.exists()
+    assert str(demo_dir) not in Path("/proc/self/mounts").read_text()
+    assert node_network_left(demo_dir) == []
