@@ -63,8 +63,6 @@ def sidecar_config(
         "workers": _peers(b, creds.tls is not None),
         "credentials_file": trust.sidecar_credentials_file(ds.name),
     }
-    if ds.cache.sidecar_tiers:  # (else the sidecar's default: 128 MiB of memory)
-        doc["cache"] = _sidecar_tiers(ds)
     if trust.ca_bundle(ctx, creds):
         doc["ca_file"] = trust.sidecar_ca_file(ds.name)
     return doc
@@ -175,9 +173,10 @@ def sidecar_tier_path(dataset: str, i: int) -> str:
     return posixpath.join(SIDECAR_CACHE_ROOT, dataset, f"tier-{i}")
 
 
-def _sidecar_tiers(ds: Dataset) -> list[dict[str, Any]]:
-    """`cache.sidecar_tiers` as an injected sidecar sees them: disk tiers where the webhook
-    mounts their emptyDir volumes (`sidecar_tier_volumes`)."""
+def sidecar_tiers(ds: Dataset) -> list[dict[str, Any]]:
+    """`cache.sidecar_tiers` as an injected sidecar is given them (its `--cache-tiers`, so
+    a pod keeps the tiers it was admitted with whatever the spec becomes: its volumes
+    cannot change): disk tiers where the webhook mounts their volumes."""
     out = []
     for i, tier in enumerate(ds.cache.sidecar_tiers):
         doc = codec.to_builtins(tier)
@@ -189,15 +188,15 @@ def _sidecar_tiers(ds: Dataset) -> list[dict[str, Any]]:
 
 def sidecar_tier_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(volume, mount) of each disk tier of `cache.sidecar_tiers`: an emptyDir of the
-    reader's pod, as large as the tier's quota (kubelet evicts a pod whose emptyDir grows
-    past its sizeLimit; the tier evicts blocks from its `high` watermark, below it)."""
+    reader's pod. No sizeLimit: the tier's quota counts its blocks' bytes, while kubelet
+    would count what their files take of the disk (a page each at least) and evict the
+    whole pod, app and all, past the limit; the tier keeps `min_free` of the disk free."""
     out = []
     for i, tier in enumerate(ds.cache.sidecar_tiers):
         if tier.medium != "MEM":
             name = f"sidecar-{_tier_name(i, tier)}"  # (not the workers' tier it may mount)
-            empty = {"sizeLimit": objects.quantity(tier.quota)}
             mount = {"name": name, "mountPath": sidecar_tier_path(ds.name, i)}
-            out.append(({"name": name, "emptyDir": empty}, mount))
+            out.append(({"name": name, "emptyDir": {}}, mount))
     return out
 
 

@@ -350,13 +350,18 @@ def check_cache(
     # (JuiceFS's MEM tier is files in /dev/shm, whose floor it keeps: `low_is_floor`)
     floored = engines.RULES[cache.engine].low_is_floor
     problems += _check_tiers(cache.tiers, f"{path}.tiers", new=new, rooted=rooted, floored=floored)
-    problems += _check_tiers(cache.sidecar_tiers, f"{path}.sidecar_tiers", new=new, rooted=True)
+    # (an injected sidecar's tiers take no path: its disk tiers are volumes of its pod)
+    problems += _check_tiers(
+        cache.sidecar_tiers, f"{path}.sidecar_tiers", new=new, rooted=True, paths=False
+    )
     for i, tier in enumerate(cache.sidecar_tiers):
         if tier.path:
             problems.append(
                 Problem(
-                    "a sidecar's disk tier is an emptyDir of the reader's pod, which the "
-                    "webhook adds and mounts: remove path (the quota is the volume's size)",
+                    "a sidecar's MEM tier is the sidecar's own memory: remove path"
+                    if tier.medium == "MEM"
+                    else "a sidecar's disk tier is an emptyDir of the reader's pod, which the "
+                    "webhook adds and mounts: remove path",
                     path=f"{path}.sidecar_tiers[{i}].path",
                 )
             )
@@ -364,10 +369,16 @@ def check_cache(
 
 
 def _check_tiers(
-    tiers: list[CacheTier], path: str, *, new: bool, rooted: bool, floored: bool = False
+    tiers: list[CacheTier],
+    path: str,
+    *,
+    new: bool,
+    rooted: bool,
+    floored: bool = False,
+    paths: bool = True,
 ) -> list[Problem]:
     """A list of cache tiers (a worker's or a sidecar's); `floored`: a MEM tier may keep a
-    floor of free space too (`check_cache`)."""
+    floor of free space too (`check_cache`); `paths`: their paths are checked here."""
     problems: list[Problem] = []
     seen: set[str] = set()
     for i, tier in enumerate(tiers):
@@ -395,7 +406,9 @@ def _check_tiers(
             problems.append(
                 Problem(f"a {tier.medium} tier needs a directory in 'path'", path=f"{p}.path")
             )
-        if tier.path and not tier.path.startswith("/"):
+        if not paths:
+            pass
+        elif tier.path and not tier.path.startswith("/"):
             problems.append(Problem("path must be absolute", path=f"{p}.path"))
         elif ".." in tier.path.split("/"):
             problems.append(

@@ -10,10 +10,10 @@ from typing import Any
 
 import msgspec
 
-from fluidfed import aio, config
+from fluidfed import aio, codec, config
 from fluidfed.data.layout import Peers, SidecarConfig, check_config
 from fluidfed.errors import ConfigError, FluidfedError, Problem
-from fluidfed.models import Mount
+from fluidfed.models import CacheTier, Mount
 from sidecar import fluidconf
 
 
@@ -67,6 +67,13 @@ def register(sub: Any) -> None:
         "--status-addr", default="127.0.0.1:7071", help="HOST:PORT of /readyz and /v1/status"
     )
     mount.add_argument("--cache-dir", default="", help="where disk cache tiers keep blocks")
+    mount.add_argument(
+        "--cache-tiers",
+        default="",
+        metavar="JSON",
+        help="the cache tiers, as the config's `cache` (a JSON list of {medium, quota, "
+        "path, ...}); over the config's",
+    )
     mount.add_argument(
         "--exit-with-peers",
         action="store_true",
@@ -128,6 +135,8 @@ def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
         )
     if args.sub_path is not None:
         cfg = msgspec.structs.replace(cfg, sub_path=args.sub_path)
+    if getattr(args, "cache_tiers", ""):
+        cfg = msgspec.structs.replace(cfg, cache=_cache_tiers(args.cache_tiers))
     if args.worker:
         cfg = msgspec.structs.replace(cfg, workers=Peers(endpoints=list(args.worker)))
     if args.credentials:
@@ -146,6 +155,18 @@ def sidecar_config(args: argparse.Namespace) -> SidecarConfig:
         where = args.config or args.fluid_config or ""
         raise ConfigError([msgspec.structs.replace(p, file=where) for p in problems])
     return cfg
+
+
+def _cache_tiers(text: str) -> list[CacheTier]:
+    """--cache-tiers: a JSON list of tiers, as a config's `cache`."""
+    try:
+        return codec.decoder(list[CacheTier]).decode(text)
+    except msgspec.ValidationError as err:
+        raise ConfigError([codec.problem_of(err, "--cache-tiers", list[CacheTier])]) from None
+    except msgspec.DecodeError as err:
+        raise ConfigError(
+            [Problem(f"not JSON ({err}): give a list of tiers", path="--cache-tiers")]
+        ) from None
 
 
 def run_mount(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ shared emptyDir into which a FUSE sidecar mounts the dataset (Bidirectional prop
 the containers that used the volume see it with HostToContainer propagation, at the
 sub-path and read-only setting of the dataset's access entry for the pod's namespace.
 The disk tiers of the dataset's `cache.sidecar_tiers` are further emptyDir volumes, the
-sidecar's alone, each as large as its tier's quota.
+sidecar's alone, which it is told of by its arguments (the pod keeps the tiers it was
+admitted with), and their quotas its request of the node's ephemeral storage.
 
 Data affinity, as Fluid users expect it: where the sidecar reads the node's cache
 directories (short-circuit: a reader of the whole dataset, on a cluster whose sidecars share
@@ -26,8 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import objects, render, trust
-from fluidfed import names
-from fluidfed.data.layout import SIDECAR_MEMORY_TIER
+from fluidfed import codec, names
 from fluidfed.models import Access, Binding, Capabilities
 from fluidfed.units import format_size, quantity_value
 
@@ -140,24 +140,35 @@ def _security(caps: Capabilities) -> tuple[dict[str, Any], dict[str, str]] | str
     return {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}, limits
 
 
+# what an injected sidecar holds in memory besides its MEM tier: its blocks written behind
+# and held at hand (64 MiB each, sidecar/mount.py), and the process itself
+SIDECAR_OVERHEAD = 256 * 2**20
+
+
 def _memory_short(ds: str, b: Binding, settings: SidecarSettings) -> str:
-    """Why the sidecar's memory limit cannot hold its memory tier ("" if it can): the
-    kernel would kill the sidecar as its tier filled, over and over."""
+    """Why the cluster's memory limit for sidecars cannot hold the tiers the dataset names
+    for its sidecars ("" if it can, or the dataset names none): the kernel would kill the
+    sidecar as its cache filled, over and over."""
     tiers = b.spec.cache.sidecar_tiers
-    held = sum(t.quota for t in tiers if t.medium == "MEM") if tiers else SIDECAR_MEMORY_TIER
     try:
         limit = quantity_value(settings.memory) if settings.memory else 0.0
     except ValueError:  # (the agent's configuration is checked as it is loaded)
         return ""
-    if not limit or held < limit:
+    held = sum(t.quota for t in tiers if t.medium == "MEM")
+    if not tiers or not limit or held + SIDECAR_OVERHEAD <= limit:
         return ""
     return (
-        f"dataset {ds!r}'s sidecar keeps {format_size(held)} of blocks in memory "
-        f"(cache.sidecar_tiers), which this cluster's memory limit for sidecars "
-        f"({settings.memory}, sidecar_memory in the agent's configuration) cannot hold: the "
-        "kernel would kill the sidecar as its cache fills. Raise sidecar_memory to the tier "
-        "and about 256Mi more, or give the dataset a smaller MEM sidecar tier"
+        f"dataset {ds!r}'s sidecars keep {format_size(held)} of blocks in memory "
+        f"(cache.sidecar_tiers) and need about {format_size(SIDECAR_OVERHEAD)} more, which "
+        f"this cluster's memory limit for sidecars ({settings.memory}, sidecar_memory in the "
+        "agent's configuration) cannot hold: the kernel would kill the sidecar as its cache "
+        f"fills. Raise sidecar_memory to at least {-(-(held + SIDECAR_OVERHEAD) // 2**20)}Mi, or "
+        "give the dataset a smaller MEM sidecar tier"
     )
+
+
+def _ephemeral_limit(c: dict[str, Any]) -> bool:
+    return "ephemeral-storage" in ((c.get("resources") or {}).get("limits") or {})
 
 
 def mutate(
@@ -269,7 +280,13 @@ def mutate(
                 "--status-addr",
                 "127.0.0.1:0",
             ]
-            + ([] if native else ["--exit-with-peers"]),
+            + ([] if native else ["--exit-with-peers"])
+            # the tiers this pod's volumes were made for, whatever the spec becomes
+            + (
+                ["--cache-tiers", codec.encode(render.sidecar_tiers(b.spec)).decode()]
+                if b.spec.cache.sidecar_tiers
+                else []
+            ),
             "securityContext": copy.deepcopy(sec_ctx),
             "volumeMounts": [
                 {"name": vol_name, "mountPath": mountpoint, "mountPropagation": "Bidirectional"},
@@ -301,10 +318,18 @@ def mutate(
                 sidecar["volumeMounts"].append({**mnt, "name": name})
             prefer_pods(spec, worker_affinity(b))
         requests = {k: v for k, v in (("cpu", settings.cpu), ("memory", settings.memory)) if v}
-        if requests or limits:
-            sidecar["resources"] = {"limits": {**requests, **limits}}
-            if requests:
-                sidecar["resources"]["requests"] = dict(requests)
+        wanted, bounds = dict(requests), {**requests, **limits}
+        disk = sum(t.quota for t in b.spec.cache.sidecar_tiers if t.medium != "MEM")
+        if disk:  # (the scheduler puts the pod where the node's disk has room for them)
+            wanted["ephemeral-storage"] = objects.quantity(disk)
+            if any(_ephemeral_limit(c) for c in containers + inits):
+                # kubelet holds the pod's disk use, its emptyDirs included, to the sum of
+                # its containers' limits: this one's makes room for the tiers' files (their
+                # trailers and the page each ends in: twice the bytes of 4 KiB blocks)
+                bounds["ephemeral-storage"] = objects.quantity(2 * disk)
+        resources = {k: v for k, v in (("limits", bounds), ("requests", wanted)) if v}
+        if resources:
+            sidecar["resources"] = resources
         if native:
             sidecar["restartPolicy"] = "Always"
             sidecar["startupProbe"] = {

@@ -220,7 +220,7 @@ def describe_dataset(d: DatasetView) -> None:
     _say(f"[bold]Cache:[/bold]       {_e(cache)}")
     if s.cache.sidecar_tiers:  # (else 128 MiB of each sidecar's memory)
         own = ", ".join(f"{t.medium} {format_size(t.quota)}" for t in s.cache.sidecar_tiers)
-        _say(f"[bold]Sidecars:[/bold]    {_e(own)} each")
+        _say(f"[bold]Sidecars:[/bold]    {_e(own)} each (injected ones)")
     pl = s.placement
     parts = []
     if pl.clusters:

@@ -108,11 +108,8 @@ class Peers(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
         ]
 
 
-SIDECAR_MEMORY_TIER = 128 * 2**20  # a sidecar's cache where its settings name none
-
-
 def _default_sidecar_cache() -> list[CacheTier]:
-    return [CacheTier(medium="MEM", quota=_bytes(SIDECAR_MEMORY_TIER))]
+    return [CacheTier(medium="MEM", quota=_bytes(128 * 2**20))]
 
 
 class SidecarConfig(Wire):

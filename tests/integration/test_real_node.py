@@ -592,7 +592,10 @@ async def test_injected_sidecar_serves_its_namespaces_part_of_the_dataset_in_a_p
                 own = [n for n, v in volumes.items() if "sidecar-tier" in n]
                 assert len(own) == (1 if own_disk else 0)
                 if own_disk:
-                    assert volumes[own[0]].empty_dir.size_limit == "256Mi"
+                    assert volumes[own[0]].empty_dir.size_limit is None
+                    side = next(c for c in injected.spec.init_containers if c.args)
+                    assert side.resources.requests == {"ephemeral-storage": "256Mi"}
+                    assert "--cache-tiers" in side.args
 
                     async def read() -> Any:
                         # (a container not started yet has a Status for its log)

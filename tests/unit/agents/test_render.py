@@ -2,6 +2,7 @@
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -125,10 +126,16 @@ def test_only_readers_of_the_whole_dataset_read_the_nodes_block_files() -> None:
     assert json.loads(cms["research"]["data"]["sidecar.json"])["short_circuit"] is False
 
 
-def test_an_injected_sidecars_own_tiers_are_its_config_and_its_pods_emptydir_volumes() -> None:
-    """`cache.sidecar_tiers`: the ConfigMap tells the sidecar where its disk tier is, and
-    the webhook mounts an emptyDir of the tier's quota there (the two must agree)."""
+def test_an_injected_sidecars_own_tiers_are_its_arguments_and_its_pods_emptydir_volumes(
+    tmp_path: Path,
+) -> None:
+    """`cache.sidecar_tiers`: the webhook gives the sidecar its tiers in its arguments (the
+    pod keeps those it was admitted with: its volumes cannot change) and mounts an emptyDir
+    where each disk tier is said to be; the sidecar reads its arguments so."""
+    import argparse
+
     from agents.webhook import mutate
+    from sidecar import commands as sidecar_commands
     from tests.unit.agents.webhook.pods import PRIV, pod
 
     tiers = [testing.cache_tier("MEM", 256 * 2**20), testing.cache_tier("SSD", 20 * 2**30)]
@@ -138,31 +145,47 @@ def test_an_injected_sidecars_own_tiers_are_its_config_and_its_pods_emptydir_vol
     cms = {
         o["metadata"]["namespace"]: o for o in by_kind(render.desired(b, CTX, CREDS))["ConfigMap"]
     }
-    cfg = codec.convert(json.loads(cms["research"]["data"]["sidecar.json"]), SidecarConfig)
-    assert [(t.medium, t.quota) for t in cfg.cache] == [("MEM", 256 * 2**20), ("SSD", 20 * 2**30)]
-    assert cfg.cache[0].path == ""
-    assert cfg.cache[1].path == "/fluidfed/cache/imagenet/tier-1"
-    assert layout.check_config(cfg) == []  # what the sidecar checks before it mounts
+    assert "cache" not in json.loads(cms["research"]["data"]["sidecar.json"])
     out = mutate.mutate(pod(), "research", {"imagenet": b}, PRIV).pod
     assert out is not None
     spec = out["spec"]
-    vol = {"name": "fluidfed-imagenet-sidecar-tier-1-ssd", "emptyDir": {"sizeLimit": "20Gi"}}
+    # the volume: the sidecar's alone, no sizeLimit (kubelet would evict the whole pod
+    # for what the tier's files take beyond their bytes); memory tiers are its memory
+    vol = {"name": "fluidfed-imagenet-sidecar-tier-1-ssd", "emptyDir": {}}
     assert vol in spec["volumes"]
     (side,) = spec["initContainers"]
-    mount = {"name": vol["name"], "mountPath": cfg.cache[1].path}
-    assert mount in side["volumeMounts"]
-    # the sidecar's alone, and memory tiers are the sidecar's own memory
     assert all(
         m["name"] != vol["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])
     )
-    assert sum("emptyDir" in v and "sizeLimit" in v["emptyDir"] for v in spec["volumes"]) == 1
-    # none named: no volume, and the sidecar's default (128 MiB of memory)
-    plain = binding()
-    cm = by_kind(render.desired(plain, CTX, CREDS))["ConfigMap"][0]
-    assert "cache" not in json.loads(cm["data"]["sidecar.json"])
-    out = mutate.mutate(pod(), "ml", {"imagenet": plain}, PRIV).pod
+    assert side["resources"] == {"requests": {"ephemeral-storage": "20Gi"}}
+    # what the sidecar makes of its arguments, its config file the agent's
+    (tmp_path / "sidecar.json").write_text(cms["research"]["data"]["sidecar.json"])
+    argv = [
+        str(tmp_path / "sidecar.json") if a.endswith("/sidecar.json") else a for a in side["args"]
+    ]
+    parser = argparse.ArgumentParser()
+    sidecar_commands.register(parser.add_subparsers())
+    cfg = sidecar_commands.sidecar_config(parser.parse_args(argv))
+    assert [(t.medium, t.quota) for t in cfg.cache] == [("MEM", 256 * 2**20), ("SSD", 20 * 2**30)]
+    assert cfg.cache[0].path == ""
+    assert {"name": vol["name"], "mountPath": cfg.cache[1].path} in side["volumeMounts"]
+    assert cfg.cache[1].path == "/fluidfed/cache/imagenet/tier-1"
+    # an app container with a limit of ephemeral storage: kubelet holds the pod to the sum
+    # of the limits, the tier's emptyDir counted, so the sidecar's makes room for it
+    limited = pod()
+    limited["spec"]["containers"][0]["resources"] = {"limits": {"ephemeral-storage": "1Gi"}}
+    out = mutate.mutate(limited, "research", {"imagenet": b}, PRIV).pod
+    assert out is not None
+    assert out["spec"]["initContainers"][0]["resources"] == {
+        "requests": {"ephemeral-storage": "20Gi"},
+        "limits": {"ephemeral-storage": "40Gi"},
+    }
+    # none named: no volume, no argument, and the sidecar's default (128 MiB of memory)
+    out = mutate.mutate(pod(), "ml", {"imagenet": binding()}, PRIV).pod
     assert out is not None
     assert not any("sidecar-tier" in v["name"] for v in out["spec"]["volumes"])
+    assert "--cache-tiers" not in out["spec"]["initContainers"][0]["args"]
+    assert "resources" not in out["spec"]["initContainers"][0]
 
 
 def test_serverless_workers_tolerate_the_virtual_node() -> None:

@@ -280,19 +280,22 @@ def test_selectors_may_still_match_the_derived_labels() -> None:
 
 def test_a_sidecars_tiers_are_checked_as_tiers_and_take_no_path() -> None:
     tiers = [
-        CacheTier(medium="SSD", quota=ByteSize(2**30), path="/mnt/nvme"),
-        CacheTier(medium="MEM", quota=ByteSize(0)),
+        CacheTier(medium="SSD", quota=ByteSize(2**30), path="relative/nvme"),
+        CacheTier(medium="MEM", quota=ByteSize(0), path="/dev/shm"),
     ]
     got = refused(ds(cache=CacheSpec(sidecar_tiers=tiers)))
     assert got == {
         "dataset.cache.sidecar_tiers[0].path": "a sidecar's disk tier is an emptyDir of the "
-        "reader's pod, which the webhook adds and mounts: remove path (the quota is the "
-        "volume's size)",
+        "reader's pod, which the webhook adds and mounts: remove path",
         "dataset.cache.sidecar_tiers[1].medium": "a MEM tier after a slower one: list the "
         "tiers fastest first (MEM, SSD, HDD); new blocks go into the first, evicted ones move "
         "down",
         "dataset.cache.sidecar_tiers[1].quota": "quota must be above zero",
+        "dataset.cache.sidecar_tiers[1].path": "a sidecar's MEM tier is the sidecar's own "
+        "memory: remove path",
     }
+    # (one problem per field: "path must be absolute" is not said beside it)
+    assert len(validation.check_cache(CacheSpec(sidecar_tiers=tiers), "c")) == 4
     # a disk tier needs no path here: the webhook gives it one
     ok = [
         CacheTier(medium="MEM", quota=ByteSize(2**28)),

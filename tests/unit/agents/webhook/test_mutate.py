@@ -495,25 +495,29 @@ def test_a_memory_tier_the_sidecars_memory_limit_cannot_hold_is_refused_saying_w
     None
 ):
     b = binding()
-    tiers = [CacheTier(medium="MEM", quota=ByteSize(2**30))]
-    big = msgspec.structs.replace(b.spec, cache=CacheSpec(sidecar_tiers=tiers))
-    bindings = {"imagenet": msgspec.structs.replace(b, spec=big)}
-    d = m.mutate(pod(), "ml", bindings, PRIV, m.SidecarSettings(memory="512Mi"))
+
+    def with_tiers(*tiers: CacheTier) -> dict[str, Any]:
+        spec = msgspec.structs.replace(b.spec, cache=CacheSpec(sidecar_tiers=list(tiers)))
+        return {"imagenet": msgspec.structs.replace(b, spec=spec)}
+
+    big = with_tiers(CacheTier(medium="MEM", quota=ByteSize(2**30)))
+    d = m.mutate(pod(), "ml", big, PRIV, m.SidecarSettings(memory="1Gi"))
     assert not d.allowed
     assert d.message == (
-        "dataset 'imagenet''s sidecar keeps 1GiB of blocks in memory (cache.sidecar_tiers), "
-        "which this cluster's memory limit for sidecars (512Mi, sidecar_memory in the agent's "
-        "configuration) cannot hold: the kernel would kill the sidecar as its cache fills. "
-        "Raise sidecar_memory to the tier and about 256Mi more, or give the dataset a smaller "
-        "MEM sidecar tier"
+        "dataset 'imagenet''s sidecars keep 1GiB of blocks in memory (cache.sidecar_tiers) "
+        "and need about 256MiB more, which this cluster's memory limit for sidecars (1Gi, "
+        "sidecar_memory in the agent's configuration) cannot hold: the kernel would kill the "
+        "sidecar as its cache fills. Raise sidecar_memory to at least 1280Mi, or give the "
+        "dataset a smaller MEM sidecar tier"
     )
-    # room for it, no limit, or a disk tier alone: admitted
-    for memory in ("1.5Gi", ""):
-        assert m.mutate(pod(), "ml", bindings, PRIV, m.SidecarSettings(memory=memory)).allowed
-    disk = CacheSpec(sidecar_tiers=[CacheTier(medium="SSD", quota=ByteSize(2**34))])
-    on_disk = {
-        "imagenet": msgspec.structs.replace(b, spec=msgspec.structs.replace(b.spec, cache=disk))
-    }
-    assert m.mutate(pod(), "ml", on_disk, PRIV, m.SidecarSettings(memory="128Mi")).allowed
-    # the sidecar's default tier (128 MiB of memory) under a limit of 100 MB
-    assert not m.mutate(pod(), "ml", BINDINGS, PRIV, m.SidecarSettings(memory="100M")).allowed
+    # the tier and 256 MiB: admitted (1.25Gi exactly, or in decimal units); no limit: admitted
+    for memory in ("1.25Gi", "1342177280", "1400M", ""):
+        assert m.mutate(pod(), "ml", big, PRIV, m.SidecarSettings(memory=memory)).allowed, memory
+    assert not m.mutate(pod(), "ml", big, PRIV, m.SidecarSettings(memory="1342177279")).allowed
+    # disk tiers alone: the blocks written behind and held at hand are memory too
+    disk = with_tiers(CacheTier(medium="SSD", quota=ByteSize(2**34)))
+    assert not m.mutate(pod(), "ml", disk, PRIV, m.SidecarSettings(memory="128Mi")).allowed
+    assert m.mutate(pod(), "ml", disk, PRIV, m.SidecarSettings(memory="256Mi")).allowed
+    # no tiers named: as before this check (the sidecar's 128 MiB default, the limit the
+    # cluster's operator chose)
+    assert m.mutate(pod(), "ml", BINDINGS, PRIV, m.SidecarSettings(memory="100M")).allowed

@@ -146,4 +146,4 @@ def test_describe_names_the_sidecars_own_tiers_where_the_dataset_names_them(
     cache = msgspec.structs.replace(plain.cache, sidecar_tiers=tiers)
     ds = msgspec.structs.replace(plain, cache=cache)
     output.describe_dataset(DatasetView(spec=ds, generation=1, revision=1))
-    assert "Sidecars:    MEM 256MiB, SSD 20GiB each" in capsys.readouterr().out
+    assert "Sidecars:    MEM 256MiB, SSD 20GiB each (injected ones)" in capsys.readouterr().out
