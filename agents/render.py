@@ -134,14 +134,15 @@ def _tier_volume(
     ds: Dataset, i: int, tier: CacheTier, *, on_node: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The volume of a tier and its mount; `on_node` False (virtual nodes, which refuse
-    hostPath): disk tiers in the pod's own emptyDir."""
+    hostPath): disk tiers in the pod's own emptyDir, without a sizeLimit (as a sidecar's:
+    `sidecar_tier_volumes`), their quotas the worker's request of ephemeral storage."""
     name = _tier_name(i, tier)
     if tier.medium == "MEM":
         empty = {"sizeLimit": objects.quantity(tier.quota), "medium": "Memory"}
         return {"name": name, "emptyDir": empty}, {"name": name, "mountPath": "/cache/mem"}
     mount = {"name": name, "mountPath": tier_mount_path(ds, i)}
     if not on_node:
-        return {"name": name, "emptyDir": {"sizeLimit": objects.quantity(tier.quota)}}, mount
+        return {"name": name, "emptyDir": {}}, mount
     host = {"path": tier_host_dir(ds, i, tier), "type": "DirectoryOrCreate"}
     return {"name": name, "hostPath": host}, mount
 
@@ -234,6 +235,9 @@ def cache_workers(
     }
     if requests:
         resources = {"requests": requests, "limits": dict(requests)}
+    disk = sum(t.quota for t in ds.cache.tiers if t.medium != "MEM")
+    if disk and not on_node:  # (room on the node's disk, or a virtual node's sandbox)
+        resources.setdefault("requests", {})["ephemeral-storage"] = objects.quantity(disk)
     image = ctx.worker_image  # each cluster's own (its mirror, its version), never a spec's
     container: dict[str, Any] = {
         "name": "worker",

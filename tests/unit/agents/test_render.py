@@ -195,7 +195,16 @@ def test_serverless_workers_tolerate_the_virtual_node() -> None:
     # virtual nodes refuse hostPath and share no node with the pods: the pod's own disk,
     # and sidecars that do not look for block files
     vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
-    assert vols["tier-1-ssd"] == {"name": "tier-1-ssd", "emptyDir": {"sizeLimit": "50Gi"}}
+    # no sizeLimit: kubelet would count what the block files take beyond their bytes (a
+    # trailer, the page each ends in) and evict the worker; its quota asked for instead
+    assert vols["tier-1-ssd"] == {"name": "tier-1-ssd", "emptyDir": {}}
+    (worker,) = sts["spec"]["template"]["spec"]["containers"]
+    assert worker["resources"]["requests"] == {
+        "cpu": "500m",
+        "memory": "1Gi",
+        "ephemeral-storage": "50Gi",
+    }
+    assert "ephemeral-storage" not in worker["resources"]["limits"]
     assert "initContainers" not in sts["spec"]["template"]["spec"]  # fsGroup covers emptyDir
     cm = next(o for o in by_kind(objs)["ConfigMap"] if o["metadata"]["namespace"] == "ml")
     assert json.loads(cm["data"]["sidecar.json"])["short_circuit"] is False
