@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -369,12 +370,15 @@ async def _until_signalled(main: Coroutine[Any, Any, Any], say: Callable[[str], 
     got: list[signal.Signals] = []
 
     def stop(sig: signal.Signals) -> None:
-        if got:  # (a second one must not cut the cleanup short)
-            say(f"{sig.name}: already stopping, cleaning up")
-            return
-        got.append(sig)
-        say(f"{sig.name}: stopping the demo and cleaning up what it started")
-        task.cancel()
+        if got:  # (the demo's cleanup runs to its end whatever cancels it: `to_the_end`)
+            message = f"{sig.name}: already stopping, cleaning up"
+        else:
+            got.append(sig)
+            task.cancel()
+            message = f"{sig.name}: stopping the demo and cleaning up what it started"
+        # (after a closed terminal's SIGHUP, writing to it fails: EIO)
+        with contextlib.suppress(OSError):
+            say(message)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop, sig)

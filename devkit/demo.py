@@ -258,6 +258,8 @@ class Demo:
         self.workers: list[WorkerProcess] = []
         self.sidecar: SidecarProcess | None = None
         self.sample: dict[str, bytes] = {}
+        # what runs in threads and starts processes (`_in_thread`): waited for at cleanup
+        self.threads: set[asyncio.Future[Any]] = set()
 
     def step(self, text: str) -> None:
         self.step_no += 1
@@ -302,11 +304,24 @@ class Demo:
                 await self.timed("failover", self._failover)
             await self._summarise()
         finally:
-            if self.keep:
-                self._write_keep_state()
-            else:
-                await self._cleanup()
+            # whole, even when a signal cancels this task again meanwhile
+            await to_the_end(self._finish())
         return self.summary
+
+    async def _finish(self) -> None:
+        if self.keep:
+            await asyncio.gather(*self.threads, return_exceptions=True)
+            self._write_keep_state()
+        else:
+            await self._cleanup()
+
+    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` in a thread that starts processes: a cancelled wait (a signal) does not
+        stop the thread, so the cleanup waits for it before it stops what was started."""
+        fut = asyncio.ensure_future(asyncio.to_thread(fn))
+        self.threads.add(fut)
+        fut.add_done_callback(self.threads.discard)
+        return await asyncio.shield(fut)
 
     # --- the steps -----------------------------------------------------------------------
 
@@ -382,9 +397,8 @@ class Demo:
     async def _hub_replicas(self) -> None:
         """--ha: a 3-member etcd on loopback and two hub replicas sharing it (one data
         directory: the same admin token and CA, as a Secret would give them)."""
-        self.etcd = await asyncio.to_thread(
-            etcd.EtcdCluster(self.base / "etcd", size=3).start, detach=True
-        )
+        members = etcd.EtcdCluster(self.base / "etcd", size=3)
+        self.etcd = await self._in_thread(lambda: members.start(detach=True))
         self.note(f"etcd: 3 members on {', '.join(self.etcd.endpoints)} (v3.6, real processes)")
         cfg = self.base / "hub.toml"
         cfg.write_text(HA_HUB)
@@ -829,7 +843,7 @@ class Demo:
             f"{', '.join(b.binding.cluster for b in view.bindings)} "
             f"{time.monotonic() - t1:.1f}s after the apply"
         )
-        await asyncio.to_thread(leader.start)
+        await self._in_thread(leader.start)
         said = await asyncio.to_thread(self._readyz, leader)
         self.note(f"{leader.url} restarted on the same URL and follows (/readyz: {said})")
         self._record(view)
@@ -901,6 +915,7 @@ class Demo:
             console.print(f"  etcd: {self.etcd.store_url} (the hub replicas' catalog)")
 
     async def _cleanup(self) -> None:
+        await asyncio.gather(*self.threads, return_exceptions=True)
         if self.sidecar is not None:
             self.sidecar.close()
         for w in self.workers:
@@ -912,8 +927,8 @@ class Demo:
             a.stop()
         for h in self.hubs:
             h.stop()
-        if self.etcd is not None:
-            await asyncio.to_thread(etcd.down, self.etcd.base_dir)
+        if self.ha:  # (the members a start cut short started too: as `stop` finds them)
+            await asyncio.to_thread(etcd.down, self.base / "etcd")
         await asyncio.gather(*(c.down() for c in self.clusters), return_exceptions=True)
         shutil.rmtree(self.base, ignore_errors=True)
         console.print("[dim]cleaned up: processes stopped, clusters and files removed[/dim]")
@@ -951,6 +966,23 @@ async def _owned_objects(lc: cluster.LocalCluster) -> list[str]:
                     )
                     out.append(f"{kind} {where}")
     return out
+
+
+async def to_the_end(step: Awaitable[None]) -> None:
+    """Await `step` to its end, whatever cancels the caller meanwhile (a signal during the
+    demo's cleanup must not cut it short), then let that cancellation through."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def stop(base: Path) -> None:

@@ -156,9 +156,10 @@ class CacheSpec(Spec, frozen=True):
         default_factory=lambda: [CacheTier(medium="MEM", quota=_bytes(2**30))]
     )
     # the tiers of each FUSE sidecar the webhook injects (none: 128 MiB of memory); a disk
-    # tier is an emptyDir of the reader's pod, its quota the volume's sizeLimit, so it
-    # takes no path: where no cache worker shares a node with the readers (serverless
-    # nodes, an edge site without workers), a dataset larger than memory stays at hand
+    # tier is an emptyDir of the reader's pod, its quota the sidecar's request of ephemeral
+    # storage, so it takes no path: where no cache worker shares a node with the readers
+    # (serverless nodes, an edge site without workers), a dataset larger than memory stays
+    # at hand
     sidecar_tiers: list[CacheTier] = []
 
 

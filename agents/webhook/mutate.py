@@ -22,6 +22,7 @@ scheduled as it would have been.
 from __future__ import annotations
 
 import copy
+import math
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,8 +168,13 @@ def _memory_short(ds: str, b: Binding, settings: SidecarSettings) -> str:
     )
 
 
-def _ephemeral_limit(c: dict[str, Any]) -> bool:
-    return "ephemeral-storage" in ((c.get("resources") or {}).get("limits") or {})
+def _ephemeral_limit(c: dict[str, Any]) -> float | None:
+    """A container's limit of ephemeral storage, in bytes (None: it has none)."""
+    limit = ((c.get("resources") or {}).get("limits") or {}).get("ephemeral-storage")
+    try:
+        return None if limit is None else quantity_value(str(limit))
+    except ValueError:  # (the API server refuses the pod)
+        return None
 
 
 def mutate(
@@ -322,11 +328,19 @@ def mutate(
         disk = sum(t.quota for t in b.spec.cache.sidecar_tiers if t.medium != "MEM")
         if disk:  # (the scheduler puts the pod where the node's disk has room for them)
             wanted["ephemeral-storage"] = objects.quantity(disk)
-            if any(_ephemeral_limit(c) for c in containers + inits):
+            if any(_ephemeral_limit(c) is not None for c in containers + inits):
                 # kubelet holds the pod's disk use, its emptyDirs included, to the sum of
                 # its containers' limits: this one's makes room for the tiers' files (their
                 # trailers and the page each ends in: twice the bytes of 4 KiB blocks)
-                bounds["ephemeral-storage"] = objects.quantity(2 * disk)
+                room = 2 * disk
+                if not native:
+                    # a regular container: the pod's limit is the larger of the regular
+                    # containers' sum and the largest init container's (a native sidecar,
+                    # started first, is added to both)
+                    regular = sum(_ephemeral_limit(c) or 0.0 for c in containers)
+                    largest = max((_ephemeral_limit(c) or 0.0 for c in inits), default=0.0)
+                    room += math.ceil(max(0.0, largest - regular))
+                bounds["ephemeral-storage"] = objects.quantity(room)
         resources = {k: v for k, v in (("limits", bounds), ("requests", wanted)) if v}
         if resources:
             sidecar["resources"] = resources

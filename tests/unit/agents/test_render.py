@@ -136,7 +136,7 @@ def test_an_injected_sidecars_own_tiers_are_its_arguments_and_its_pods_emptydir_
 
     from agents.webhook import mutate
     from sidecar import commands as sidecar_commands
-    from tests.unit.agents.webhook.pods import PRIV, pod
+    from tests.unit.agents.webhook.pods import LEGACY, PRIV, pod
 
     tiers = [testing.cache_tier("MEM", 256 * 2**20), testing.cache_tier("SSD", 20 * 2**30)]
     b = binding()
@@ -180,6 +180,14 @@ def test_an_injected_sidecars_own_tiers_are_its_arguments_and_its_pods_emptydir_
         "requests": {"ephemeral-storage": "20Gi"},
         "limits": {"ephemeral-storage": "40Gi"},
     }
+    # the legacy form (a regular container): the pod's limit is the larger of the regular
+    # containers' sum and the largest init container's, which the sidecar's must pass
+    fetch = {"name": "fetch", "image": "x", "resources": {"limits": {"ephemeral-storage": "100Gi"}}}
+    limited["spec"]["initContainers"] = [fetch]
+    out = mutate.mutate(limited, "research", {"imagenet": b}, LEGACY).pod
+    assert out is not None
+    side = out["spec"]["containers"][0]
+    assert side["resources"]["limits"] == {"ephemeral-storage": f"{40 + 99}Gi"}
     # none named: no volume, no argument, and the sidecar's default (128 MiB of memory)
     out = mutate.mutate(pod(), "ml", {"imagenet": binding()}, PRIV).pod
     assert out is not None
@@ -299,7 +307,21 @@ def test_long_names_are_cut_and_stay_unique() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "q"), [(2**30, "1Gi"), (1536 * 2**20, "1536Mi"), (2**40, "1Ti"), (1000, "1000")]
+    ("n", "q"),
+    [
+        (2**30, "1Gi"),
+        (1536 * 2**20, "1536Mi"),
+        (2**40, "1Ti"),
+        (1024000, "1000Ki"),
+        # what the local clusters' kube-apiserver echoed for these as plain integers
+        (1000, "1k"),
+        (1500000, "1500k"),
+        (50 * 10**9 + 10**6, "50001M"),
+        (10**15 * 3, "2929687500000Ki"),  # (a multiple of 1024 is kept binary)
+        (3 * 10**9, "3G"),
+        (1234567, "1234567"),
+        (2048, "2Ki"),
+    ],
 )
 def test_quantities_are_canonical(n: int, q: str) -> None:
     assert objects.quantity(n) == q

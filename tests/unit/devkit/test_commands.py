@@ -45,3 +45,40 @@ def test_a_demo_that_finishes_is_0_and_one_that_fails_raises() -> None:
     assert asyncio.run(commands._until_signalled(ok(), print)) == 0
     with pytest.raises(RuntimeError, match="step failed"):
         asyncio.run(commands._until_signalled(bad(), print))
+
+
+def test_a_signal_during_the_cleanup_does_not_cut_it_short() -> None:
+    """The first signal may come once the demo is already cleaning up (its steps done or
+    failed): the cleanup still runs to its end, and the exit code names the signal."""
+    from devkit import demo
+
+    cleaned: list[str] = []
+
+    async def cleanup() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        cleaned.append("done")
+
+    async def run() -> None:
+        try:
+            await asyncio.sleep(0)
+        finally:
+            await demo.to_the_end(cleanup())
+
+    assert asyncio.run(commands._until_signalled(run(), lambda _m: None)) == 128 + signal.SIGTERM
+    assert cleaned == ["done"]
+
+
+def test_a_terminal_gone_with_its_sighup_still_stops_the_demo() -> None:
+    """Writing to a terminal that hung up fails (EIO): the demo is cancelled all the same."""
+
+    def say(_message: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    async def demo() -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(30)
+
+    assert asyncio.run(commands._until_signalled(demo(), say)) == 128 + signal.SIGHUP
