@@ -202,18 +202,29 @@ def _stamp(*files: str) -> tuple[tuple[int, int], ...]:
 
 class Served:
     """A serving context whose certificate and key are read again when their files change
-    (a Secret volume the agent updates on renewal or rotation): new handshakes present the
-    new pair, connections already open keep theirs, so no read is dropped."""
+    (a Secret volume the agent or cert-manager updates on renewal or rotation): new
+    handshakes present the new pair, connections already open keep theirs, so no read is
+    dropped. With `client_ca_file`, the CA client certificates are checked against is read
+    again too, when it changes: a new CA trusted beside the old (`Trusted`)."""
 
-    def __init__(self, cert_file: str, key_file: str) -> None:
+    def __init__(self, cert_file: str, key_file: str, client_ca_file: str = "") -> None:
         self.cert_file, self.key_file = cert_file, key_file
-        self.context = server_context(cert_file, key_file)
+        self.context = server_context(cert_file, key_file, client_ca_file)
         self._seen = self._stamp()
+        self.clients = (
+            Trusted(client_ca_file, self.context, loaded=True) if client_ca_file else None
+        )
 
     def _stamp(self) -> tuple[tuple[int, int], ...]:
         return _stamp(self.cert_file, self.key_file)
 
     def reload(self) -> bool:
+        """Load what changed again (the pair, the client CA); True when something new is
+        in use (`reload_pair`, `Trusted.reload`)."""
+        pair = self.reload_pair()
+        return (self.clients.reload() if self.clients is not None else False) or pair
+
+    def reload_pair(self) -> bool:
         """Load the pair again if a file changed; True when the new one is in use. A pair
         that does not load, or does not match (a certificate replaced before its key), keeps
         the last one: False, and the next call tries again. The files are read once, checked
@@ -243,13 +254,18 @@ class Trusted:
     changes: a new CA is trusted beside the old one (what handshakes already verified, and
     the workers not yet renewed, still count)."""
 
-    def __init__(self, ca_file: str, context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, ca_file: str, context: ssl.SSLContext | None = None, *, loaded: bool = False
+    ) -> None:
         """With `context`, the CA is added to that one (already in use by connections
-        made earlier) instead of a new context trusting it alone."""
+        made earlier) instead of a new context trusting it alone; `loaded`: it holds the
+        CA already, read again only once the file changes."""
         self.ca_file = ca_file
         self.context: ssl.SSLContext
         if context is None:
             self.context = client_context(ClientTLS(ca_file=ca_file))
+        elif loaded:
+            self.context = context
         else:
             try:
                 context.load_verify_locations(cafile=ca_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -182,5 +183,8 @@ def run_serve(args: argparse.Namespace) -> int:
     }
     if overrides:
         cfg = msgspec.structs.replace(cfg, **overrides)
+    # what the hub says as it serves (which replica leads, a certificate reloaded), as the
+    # agent does: on stderr, its ready line alone on stdout
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     aio.run(server.serve(cfg, self_signed=args.self_signed))
     return 0

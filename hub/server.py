@@ -25,8 +25,14 @@ from hub.store import SQLiteStore, Store
 log = logging.getLogger("fluidfed.hub")
 
 
-def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]:
-    """The serving context, and a note for the ready line on where clients find the CA."""
+# how often the hub looks whether its certificate, key or client CA changed (a Secret
+# volume cert-manager renews): new handshakes get the new ones, open watches keep theirs
+TLS_RECHECK = 30.0
+
+
+def _tls(cfg: HubConfig, self_signed: bool) -> tuple[tls.Served | None, str]:
+    """The serving context and its files, and a note for the ready line on where clients
+    find the CA."""
     if self_signed and cfg.tls_cert_file:
         raise ConfigError.one(
             "--self-signed makes its own certificate: drop tls_cert_file/tls_key_file or the flag",
@@ -35,13 +41,31 @@ def _tls(cfg: HubConfig, self_signed: bool) -> tuple[ssl.SSLContext | None, str]
     if self_signed:
         hosts = tuple(dict.fromkeys((cfg.host, "127.0.0.1", "localhost")))
         made = tls.self_signed(Path(cfg.data_dir) / "tls", hosts)
-        ctx = tls.server_context(str(made.cert_file), str(made.key_file), cfg.client_ca_file)
-        return ctx, f"; self-signed, CA in {made.ca_file}"
+        served = tls.Served(str(made.cert_file), str(made.key_file), cfg.client_ca_file)
+        return served, f"; self-signed, CA in {made.ca_file}"
     if cfg.tls_cert_file:
-        ctx = tls.server_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
+        served = tls.Served(cfg.tls_cert_file, cfg.tls_key_file, cfg.client_ca_file)
         _check_validity(cfg.tls_cert_file)
-        return ctx, ""
+        return served, ""
     return None, ""
+
+
+async def _reload_tls(served: tls.Served, cfg: HubConfig, now: asyncio.Event) -> None:
+    """Load the serving files again when they change: every TLS_RECHECK seconds, and at
+    once on SIGHUP (`now`)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TLS_RECHECK):
+                await now.wait()
+        now.clear()
+        if served.reload_pair():
+            until = f"{_not_after(served.cert_file):%Y-%m-%d %H:%M}"
+            log.info(
+                "TLS certificate reloaded from %s (valid until %s UTC)", served.cert_file, until
+            )
+        if served.clients is not None and served.clients.reload():
+            log.info("client CA reloaded from %s (trusted beside the one before)",
+                     cfg.client_ca_file)  # fmt: skip
 
 
 def open_store(cfg: HubConfig) -> tuple[Store, str]:
@@ -72,6 +96,11 @@ def open_store(cfg: HubConfig) -> tuple[Store, str]:
     )
     shared = etcd.EtcdStore(settings)
     return shared, shared.where
+
+
+def _not_after(cert_file: str) -> dt.datetime:
+    """When the first certificate of the chain in `cert_file` to expire does."""
+    return min(end for _, _, end in pki.validity(Path(cert_file).read_bytes()))
 
 
 def _check_validity(cert_file: str) -> None:
@@ -138,7 +167,8 @@ def warn_unmountable(catalog: Catalog) -> list[str]:
 
 async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = False) -> None:
     data_dir = _data_dir(cfg)
-    ssl_context, tls_note = _tls(cfg, self_signed)
+    served, tls_note = _tls(cfg, self_signed)
+    ssl_context = served.context if served is not None else None
     _plain_beyond_loopback(cfg, ssl_context)
     token, source = auth.load_admin_token(cfg.admin_token_file, cfg.admin_token_env, data_dir)
     metrics_token = auth.load_metrics_token(cfg.metrics_token_file)
@@ -186,6 +216,11 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloading = None
+    if served is not None:
+        hup = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, hup.set)
+        reloading = asyncio.create_task(_reload_tls(served, cfg, hup))
     scheme = "https" if ssl_context is not None else "http"
     if ready_line:
         print(
@@ -198,6 +233,8 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         await stop.wait()
     finally:
         print("fluidfed hub stopping", file=sys.stderr, flush=True)
+        if reloading is not None:
+            reloading.cancel()
         with contextlib.suppress(Exception):
             await runner.cleanup()
         await catalog.close()

@@ -22,11 +22,13 @@ from agents.store import Store
 from agents.webhook import mutate
 from agents.webhook import server as webhook_server
 from agents.webhook.certs import CertManager
-from fluidfed import names, tlsserve
+from fluidfed import names, tls, tlsserve
 from fluidfed.errors import ConfigError
 from fluidfed.models import AgentConfig, Cluster
 
 log = logging.getLogger("fluidfed.agent.webhook")
+
+CA_RECHECK = 30.0  # how often the API server's client CA file is looked at for a change
 
 
 @dataclasses.dataclass(eq=False)
@@ -74,14 +76,17 @@ class SidecarWebhook:
             renew_before=dt.timedelta(seconds=cfg.webhook_renew_before),
         )
         caller = None
+        clients: tls.Trusted | None = None
         if cfg.webhook_client_ca_file:
-            # asked for, not required, by the handshake: /mutate refuses a caller without it
+            # asked for, not required, by the handshake: /mutate refuses a caller without it;
+            # read again when it changes (the API server's client CA rotated)
             try:
-                self.certs.context.load_verify_locations(cafile=cfg.webhook_client_ca_file)
-            except (OSError, ssl.SSLError) as err:
+                clients = tls.Trusted(cfg.webhook_client_ca_file, self.certs.context)
+            except ConfigError as err:
                 raise ConfigError.one(
                     f"webhook_client_ca_file {cfg.webhook_client_ca_file}: cannot load the "
-                    f"API server's client CA ({err}): give a PEM file of CA certificates",
+                    f"API server's client CA ({err.problems[0].message}): give a PEM file of "
+                    "CA certificates",
                     path="agent.webhook_client_ca_file",
                 ) from None
             self.certs.context.verify_mode = ssl.CERT_OPTIONAL
@@ -95,11 +100,18 @@ class SidecarWebhook:
         self.config = render.webhook_configuration(self.ctx, self.url, self.certs.ca_pem)
         log.info("sidecar webhook serving on %s", self.url)
         self.queue.add(names.WEBHOOK_OWNER)
+        # (the client CA looked at as often as the hub looks at its files)
+        wake = min(3600.0, cfg.webhook_renew_before / 4, CA_RECHECK if clients else 3600.0)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(3600.0, cfg.webhook_renew_before / 4)):
+                    async with asyncio.timeout(wake):
                         await self.rotate_requested.wait()
+                if clients is not None and clients.reload():
+                    log.info(
+                        "webhook client CA reloaded from %s (trusted beside the one before)",
+                        cfg.webhook_client_ca_file,
+                    )
                 if self.rotate_requested.is_set() or self.certs.due():
                     self.rotate_requested.clear()
                     self.certs.rotate()

@@ -5,6 +5,7 @@ certificate to its name."""
 import datetime as dt
 import os
 import re
+import signal
 import ssl
 import subprocess
 from pathlib import Path
@@ -216,3 +217,73 @@ def test_https_to_a_plain_hub_says_it_speaks_http(hub: HubProcess) -> None:
     https = "https://" + hub.url.removeprefix("http://")
     r = run_cli("--hub", https, f"--token={hub.admin_token}", "get", "clusters")  # may start "-"
     assert r.returncode == 1 and f"the hub there speaks plain HTTP: use {hub.url}" in r.stderr
+
+
+async def test_a_renewed_certificate_and_client_ca_are_served_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """cert-manager renews a hub's certificate in its Secret volume (the files replaced,
+    here by a new CA's), and the clusters' client CA with it: the hub serves the new
+    certificate to new connections and admits the new CA's clients, without a restart
+    (SIGHUP: at once; else within `TLS_RECHECK`), the old CA's clients still admitted."""
+    old, new = trustme.CA(), trustme.CA()
+    files = {n: tmp_path / n for n in ("hub.crt", "hub.key", "ca.crt")}
+
+    def write(ca: trustme.CA, *, clients: list[trustme.CA]) -> None:
+        cert = ca.issue_cert("127.0.0.1")
+        pems = {
+            "hub.crt": cert.cert_chain_pems[0].bytes(),
+            "hub.key": cert.private_key_pem.bytes(),
+            "ca.crt": b"".join(c.cert_pem.bytes() for c in clients),
+        }
+        for name, pem in pems.items():  # (a Secret volume's update: files replaced whole)
+            part = tmp_path / f".{name}.new"
+            part.write_bytes(pem)
+            os.replace(part, files[name])
+        for c, who in ((old, "old"), (new, "new")):
+            leaf = c.issue_cert("edge.clusters.fluidfed.local", common_name="edge")
+            leaf.cert_chain_pems[0].write_to_path(str(tmp_path / f"edge-{who}.crt"))
+            leaf.private_key_pem.write_to_path(str(tmp_path / f"edge-{who}.key"))
+        for c, who in ((old, "old"), (new, "new")):
+            c.cert_pem.write_to_path(str(tmp_path / f"{who}-ca.crt"))
+
+    write(old, clients=[old])
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(
+        f'[hub]\ntls_cert_file = "{files["hub.crt"]}"\ntls_key_file = "{files["hub.key"]}"\n'
+        f'client_ca_file = "{files["ca.crt"]}"\n'
+    )
+    with HubProcess(tmp_path / "hub", extra=["--config", str(cfg)]) as hub:
+        async with Client(hub.url, hub.admin_token, ca_file=str(tmp_path / "old-ca.crt")) as a:
+            edge = await a.register_cluster(testing.cluster("edge", kind="edge"))
+
+        def agent(who: str, ca: str) -> Client:
+            return Client(
+                hub.url,
+                edge.token,
+                ca_file=str(tmp_path / f"{ca}-ca.crt"),
+                cert_file=str(tmp_path / f"edge-{who}.crt"),
+                key_file=str(tmp_path / f"edge-{who}.key"),
+            )
+
+        async with agent("new", "old") as c:  # the new CA's client: refused, not yet trusted
+            with pytest.raises(HubUnreachable, match="unknown ca"):
+                await c.heartbeat("edge")
+        write(new, clients=[new])
+        assert hub.proc is not None
+        hub.proc.send_signal(signal.SIGHUP)
+
+        async def renewed() -> bool:
+            async with agent("new", "new") as c:  # verifies the hub against the new CA
+                await c.heartbeat("edge")
+            return True
+
+        await testing.eventually(renewed, "the renewed certificate served", timeout=30)
+        async with agent("old", "new") as c:  # (the CA before, trusted beside the new)
+            await c.heartbeat("edge")
+        async with agent("old", "old") as c:  # the old certificate is served no more
+            with pytest.raises(ConfigError, match="presented a certificate this client does not"):
+                await c.heartbeat("edge")
+        assert hub.errors is not None
+        log = hub.errors.tail(200)
+        assert "TLS certificate reloaded from" in log and "client CA reloaded from" in log

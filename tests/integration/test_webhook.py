@@ -2,6 +2,7 @@
 pods in the serverless (native sidecars) and edge (legacy sidecars) clusters."""
 
 import asyncio
+import contextlib
 import http.client
 import json
 import re
@@ -16,6 +17,7 @@ from cryptography import x509
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from agents import objects
 from devkit.local import secrets
 from devkit.testing import NotYet, eventually
 from fluidfed.models import Access, CacheSpec, CacheTier, Placement
@@ -284,3 +286,59 @@ async def test_a_job_pod_gets_the_legacy_sidecar_on_an_old_cluster(
     sts = await apps.read_namespaced_stateful_set(f"fluidfed-{name}-cache", home)
     host = next(v for v in sts.spec.template.spec.volumes if v.host_path is not None)
     assert host.host_path.path == tier.host_path.path
+
+
+async def test_the_api_servers_client_ca_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    """The API server's client CA rotated (its file replaced): the webhook admits callers
+    with the new CA's certificate without a restart, within CA_RECHECK (SIGHUP: at once),
+    and still the old CA's (trusted beside it)."""
+    from agents.controllers.webhook import SidecarWebhook
+    from agents.queue import WorkQueue
+    from agents.state import AgentState, StateFile
+    from agents.store import Store
+    from devkit import testing
+    from fluidfed import pki
+    from fluidfed.backoff import Backoff
+    from fluidfed.models import AgentConfig
+
+    old, new = pki.new_ca("apiserver-client-ca"), pki.new_ca("apiserver-client-ca")
+    for ca, who in ((old, "old"), (new, "new")):
+        pair = pki.issue(ca, "kube-apiserver-webhook-client", client=True)
+        (tmp_path / f"{who}.crt").write_bytes(pair.cert_pem)
+        (tmp_path / f"{who}.key").write_bytes(pair.key_pem)
+    ca_file = tmp_path / "client-ca.crt"
+    ca_file.write_bytes(old.cert_pem)
+    cfg = AgentConfig(
+        cluster_file=str(tmp_path / "edge.toml"),
+        webhook_host="127.0.0.1",
+        webhook_port=0,
+        webhook_client_ca_file=str(ca_file),
+        webhook_client_name="kube-apiserver-webhook-client",
+    )
+    cluster = testing.cluster("edge", kind="edge")
+    hook = SidecarWebhook(
+        cfg, cluster, objects.ClusterContext(name="edge", kind="edge"),
+        Store(StateFile(tmp_path / "state"), AgentState(cluster="edge")),
+        WorkQueue(Backoff()), tmp_path / "webhook", asyncio.Event(),
+    )  # fmt: skip
+    task = asyncio.create_task(hook.run())
+    try:
+        await eventually(lambda: hook.url or None, "the webhook serving")
+        url = hook.url
+        assert await asyncio.to_thread(mutate_status, url, tmp_path / "old") == 200
+        with pytest.raises(ssl.SSLError):  # a CA it does not trust: the handshake fails
+            await asyncio.to_thread(mutate_status, url, tmp_path / "new")
+        part = tmp_path / "client-ca.new"
+        part.write_bytes(new.cert_pem)
+        part.replace(ca_file)
+        hook.rotate_requested.set()  # (SIGHUP; else within CA_RECHECK)
+
+        async def admitted() -> bool:
+            return await asyncio.to_thread(mutate_status, url, tmp_path / "new") == 200
+
+        await eventually(admitted, "the new client CA trusted", timeout=30)
+        assert await asyncio.to_thread(mutate_status, url, tmp_path / "old") == 200
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

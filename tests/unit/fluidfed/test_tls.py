@@ -96,3 +96,21 @@ def test_a_server_context_keeps_what_rustls_is_built_from(tmp_path: Path) -> Non
     # the hub's contexts are ServerContexts, so either engine serves them
     assert isinstance(tls.server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")),
                       tls.ServerContext)  # fmt: skip
+
+
+def test_a_served_client_ca_that_changes_is_trusted_beside_the_old(tmp_path: Path) -> None:
+    old, new = pki.new_ca("clients"), pki.new_ca("clients")
+    ca = pki.new_ca("serving")
+    pair = pki.issue(ca, "hub", server=True, hosts=("hub",))
+    cert, key, clients = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt"
+    _swap(cert, pair.cert_pem)
+    _swap(key, pair.key_pem)
+    _swap(clients, old.cert_pem)
+    served = tls.Served(str(cert), str(key), str(clients))
+    assert served.context.verify_mode == ssl.CERT_OPTIONAL
+    assert not served.reload()  # nothing changed: nothing loaded again
+    _swap(clients, new.cert_pem)
+    assert served.reload() and not served.reload()
+    pems = served.context.ca_pem
+    assert old.cert_pem.strip() in pems and new.cert_pem.strip() in pems
+    assert not served.reload_pair()  # the pair did not change
