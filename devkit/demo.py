@@ -931,7 +931,8 @@ class Demo:
             await asyncio.to_thread(etcd.down, self.base / "etcd")
         await asyncio.gather(*(c.down() for c in self.clusters), return_exceptions=True)
         shutil.rmtree(self.base, ignore_errors=True)
-        console.print("[dim]cleaned up: processes stopped, clusters and files removed[/dim]")
+        with contextlib.suppress(OSError):  # (a terminal that hung up: EIO)
+            console.print("[dim]cleaned up: processes stopped, clusters and files removed[/dim]")
 
 
 async def _owned_objects(lc: cluster.LocalCluster) -> list[str]:

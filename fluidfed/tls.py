@@ -7,10 +7,13 @@ a certificate (or key) is a ConfigError naming the file and the option it came f
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
 import ssl
 import sys
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from cryptography.x509.oid import NameOID
 
 from fluidfed import pki
 from fluidfed.errors import ConfigError, Problem
+
+log = logging.getLogger("fluidfed.tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +214,14 @@ class Served:
 
     def __init__(self, cert_file: str, key_file: str, client_ca_file: str = "") -> None:
         self.cert_file, self.key_file = cert_file, key_file
-        self.context = server_context(cert_file, key_file, client_ca_file)
+        # (looked at, and read, before the context reads them: a change in between is
+        # seen as one at the next look, and loaded then)
         self._seen = self._stamp()
-        self.clients = (
-            Trusted(client_ca_file, self.context, loaded=True) if client_ca_file else None
-        )
+        self._loaded = _digest(Path(cert_file), Path(key_file))
+        ca = (_stamp(client_ca_file), _digest(Path(client_ca_file))) if client_ca_file else None
+        self.context = server_context(cert_file, key_file, client_ca_file)
+        self._failed: tuple[tuple[int, int], ...] | None = None
+        self.clients = Trusted(client_ca_file, self.context, loaded=ca) if client_ca_file else None
 
     def _stamp(self) -> tuple[tuple[int, int], ...]:
         return _stamp(self.cert_file, self.key_file)
@@ -225,46 +233,65 @@ class Served:
         return (self.clients.reload() if self.clients is not None else False) or pair
 
     def reload_pair(self) -> bool:
-        """Load the pair again if a file changed; True when the new one is in use. A pair
+        """Load the pair again if a file changed; True when a new one is in use. A pair
         that does not load, or does not match (a certificate replaced before its key), keeps
-        the last one: False, and the next call tries again. The files are read once, checked
-        on a context of their own, and only then loaded into the live one (loading a
-        mismatched pair into it would leave it with the new certificate and no key)."""
+        the last one: False, a warning once, and the next change is tried again. The files
+        are read once, checked on a context of their own (from memory: no file is written,
+        a pod's root may be read-only), and only then loaded into the live one from the
+        same bytes (loading a mismatched pair into it would leave it with the new
+        certificate and no key). The same bytes again (a Secret volume's other keys
+        updated) load nothing."""
         stamp = self._stamp()
-        if stamp == self._seen:
+        if stamp in (self._seen, self._failed):
             return False
         try:
             cert, key = Path(self.cert_file).read_bytes(), Path(self.key_file).read_bytes()
-        except OSError:
+        except OSError as err:
+            return self._failing(stamp, f"cannot read it ({err})")
+        digest = _digest(cert, key)
+        if digest == self._loaded:
+            self._seen = stamp
             return False
-        with tempfile.TemporaryDirectory(prefix="fluidfed-tls-") as d:  # mode 0700
-            c = pki.write(Path(d, "tls.crt"), cert)
-            k = pki.write(Path(d, "tls.key"), key, private=True)
+        with _in_memory(cert, "tls.crt") as c, _in_memory(key, "tls.key") as k:
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(c, k)
-            except ssl.SSLError:
-                return False
+            except ssl.SSLError as err:
+                return self._failing(stamp, f"not a certificate and its key ({err})")
             self.context.load_cert_chain(c, k)
-        self._seen = stamp
+        self._seen, self._loaded = stamp, digest
         return True
+
+    def _failing(self, stamp: tuple[tuple[int, int], ...], why: str) -> bool:
+        self._failed = stamp
+        log.warning(
+            "%s and %s changed but were not loaded: %s; the pair before stays in use until "
+            "they change again", self.cert_file, self.key_file, why,
+        )  # fmt: skip
+        return False
 
 
 class Trusted:
     """A verifying client context trusting the CA in `ca_file`, which is read again when it
-    changes: a new CA is trusted beside the old one (what handshakes already verified, and
+    changes: a new CA is trusted beside the old (what handshakes already verified, and
     the workers not yet renewed, still count)."""
 
     def __init__(
-        self, ca_file: str, context: ssl.SSLContext | None = None, *, loaded: bool = False
+        self,
+        ca_file: str,
+        context: ssl.SSLContext | None = None,
+        *,
+        loaded: tuple[tuple[tuple[int, int], ...], bytes] | None = None,
     ) -> None:
         """With `context`, the CA is added to that one (already in use by connections
         made earlier) instead of a new context trusting it alone; `loaded`: it holds the
-        CA already, read again only once the file changes."""
+        CA already, read when the file looked so (its `_stamp`, its `_digest`)."""
         self.ca_file = ca_file
         self.context: ssl.SSLContext
+        self._failed: tuple[tuple[int, int], ...] | None = None
+        self._seen, self._loaded = loaded or (self._stamp(), _digest(Path(ca_file)))
         if context is None:
             self.context = client_context(ClientTLS(ca_file=ca_file))
-        elif loaded:
+        elif loaded is not None:
             self.context = context
         else:
             try:
@@ -272,21 +299,56 @@ class Trusted:
             except (OSError, ssl.SSLError) as err:
                 raise _problem("ca_file", ca_file, err) from None
             self.context = context
-        self._seen = self._stamp()
 
     def _stamp(self) -> tuple[tuple[int, int], ...]:
         return _stamp(self.ca_file)
 
     def reload(self) -> bool:
+        """Trust the file's CAs too if it changed; True when new ones are trusted. The
+        same bytes again (a Secret volume's other keys updated) load nothing; a file that
+        does not load is said once and tried again at its next change."""
         stamp = self._stamp()
-        if stamp == self._seen:
+        if stamp in (self._seen, self._failed):
             return False
         try:
-            self.context.load_verify_locations(cafile=self.ca_file)
-        except (OSError, ssl.SSLError):
+            data = Path(self.ca_file).read_bytes()
+            if _digest(data) == self._loaded:
+                self._seen = stamp
+                return False
+            self.context.load_verify_locations(cadata=data.decode())
+        except (OSError, ssl.SSLError, UnicodeDecodeError, ValueError) as err:
+            self._failed = stamp
+            log.warning(
+                "%s changed but was not loaded (%s): the CAs before stay trusted until it "
+                "changes again", self.ca_file, err,
+            )  # fmt: skip
             return False
-        self._seen = stamp
+        self._seen, self._loaded = stamp, _digest(data)
         return True
+
+
+def _digest(*parts: bytes | Path) -> bytes:
+    """What tells files' contents apart (a path read; "" for one that cannot be)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            try:
+                part = part.read_bytes()
+            except OSError:
+                part = b""
+        h.update(len(part).to_bytes(8, "big") + part)
+    return h.digest()
+
+
+@contextlib.contextmanager
+def _in_memory(data: bytes, name: str) -> Iterator[str]:
+    """`data` as a path to read it from, without a file on any filesystem (a memfd)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def peer_certificate(transport: Any) -> bytes | None:

@@ -58,14 +58,18 @@ async def _reload_tls(served: tls.Served, cfg: HubConfig, now: asyncio.Event) ->
             async with asyncio.timeout(TLS_RECHECK):
                 await now.wait()
         now.clear()
-        if served.reload_pair():
-            until = f"{_not_after(served.cert_file):%Y-%m-%d %H:%M}"
-            log.info(
-                "TLS certificate reloaded from %s (valid until %s UTC)", served.cert_file, until
-            )
-        if served.clients is not None and served.clients.reload():
-            log.info("client CA reloaded from %s (trusted beside the one before)",
-                     cfg.client_ca_file)  # fmt: skip
+        try:  # (nothing may end the looking: the hub would serve an expiring certificate)
+            if served.reload_pair():
+                until = f"{_not_after(served.cert_file):%Y-%m-%d %H:%M}"
+                log.info(
+                    "TLS certificate reloaded from %s (valid until %s UTC)",
+                    served.cert_file, until,
+                )  # fmt: skip
+            if served.clients is not None and served.clients.reload():
+                log.info("client CA reloaded from %s (trusted beside the one before)",
+                         cfg.client_ca_file)  # fmt: skip
+        except Exception:
+            log.exception("looking at the TLS files again failed; trying again")
 
 
 def open_store(cfg: HubConfig) -> tuple[Store, str]:

@@ -82,12 +82,10 @@ class SidecarWebhook:
             # read again when it changes (the API server's client CA rotated)
             try:
                 clients = tls.Trusted(cfg.webhook_client_ca_file, self.certs.context)
-            except ConfigError as err:
+            except ConfigError as err:  # (the API server's client CA: said with its field)
+                p = err.problems[0]
                 raise ConfigError.one(
-                    f"webhook_client_ca_file {cfg.webhook_client_ca_file}: cannot load the "
-                    f"API server's client CA ({err.problems[0].message}): give a PEM file of "
-                    "CA certificates",
-                    path="agent.webhook_client_ca_file",
+                    p.message, file=p.file, path="agent.webhook_client_ca_file"
                 ) from None
             self.certs.context.verify_mode = ssl.CERT_OPTIONAL
             caller = webhook_server.Caller(cfg.webhook_client_name)

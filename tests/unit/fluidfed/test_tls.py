@@ -98,8 +98,10 @@ def test_a_server_context_keeps_what_rustls_is_built_from(tmp_path: Path) -> Non
                       tls.ServerContext)  # fmt: skip
 
 
-def test_a_served_client_ca_that_changes_is_trusted_beside_the_old(tmp_path: Path) -> None:
-    old, new = pki.new_ca("clients"), pki.new_ca("clients")
+def test_a_served_client_ca_that_changes_is_trusted_beside_the_old(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = pki.new_ca("clients-old"), pki.new_ca("clients-new")
     ca = pki.new_ca("serving")
     pair = pki.issue(ca, "hub", server=True, hosts=("hub",))
     cert, key, clients = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt"
@@ -107,10 +109,40 @@ def test_a_served_client_ca_that_changes_is_trusted_beside_the_old(tmp_path: Pat
     _swap(key, pair.key_pem)
     _swap(clients, old.cert_pem)
     served = tls.Served(str(cert), str(key), str(clients))
-    assert served.context.verify_mode == ssl.CERT_OPTIONAL
+
+    def trusted() -> set[str]:  # (OpenSSL's own store, not only what rustls is given)
+        der = served.context.get_ca_certs(binary_form=True)
+        return {str(tls.peer_common_name(d)) for d in der}
+
+    assert trusted() == {"clients-old"}
     assert not served.reload()  # nothing changed: nothing loaded again
+    _swap(clients, old.cert_pem)  # the same bytes, a new file (a Secret's other key changed)
+    generation = served.context.generation
+    assert not served.reload() and served.context.generation == generation
+    _swap(clients, b"not a certificate")  # said once, the CAs before kept
+    with caplog.at_level("WARNING", logger="fluidfed.tls"):
+        assert not served.reload() and not served.reload()
+    assert [r.getMessage().count("changed but was not loaded") for r in caplog.records] == [1]
     _swap(clients, new.cert_pem)
     assert served.reload() and not served.reload()
-    pems = served.context.ca_pem
-    assert old.cert_pem.strip() in pems and new.cert_pem.strip() in pems
+    assert trusted() == {"clients-old", "clients-new"}
+    assert served.context.verify_mode == ssl.CERT_OPTIONAL
     assert not served.reload_pair()  # the pair did not change
+
+
+def test_a_renewed_pair_loads_where_no_file_can_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub's pod has a read-only root and no /tmp: the new pair is checked from memory."""
+    ca = pki.new_ca("serving")
+    first, second = (pki.issue(ca, "hub", server=True, hosts=("hub",)) for _ in range(2))
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    _swap(cert, first.cert_pem)
+    _swap(key, first.key_pem)
+    served = tls.Served(str(cert), str(key))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "no-such-dir"))
+    _swap(cert, second.cert_pem)
+    _swap(key, second.key_pem)
+    assert served.reload()
+    client = tls.trusting(ca.cert_pem.decode())
+    assert testing.handshake(served.context, client, "hub") == _der(second.cert_pem)
