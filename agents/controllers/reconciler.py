@@ -95,7 +95,8 @@ class Reconciler:
                     await self.kube.delete(*k)
                 except KubeError as err:
                     errors.append(err)
-        error = "; ".join(str(e) for e in errors)
+        # (a binding its cluster's sidecars cannot serve: said here, not only at admission)
+        error = "; ".join([str(e) for e in errors] + [r for r in [self.webhook.refuses(b)] if r])
         if error and error != self.errors.get(name):
             log.warning("binding %s: %s", name, error)
         self.errors[name] = error

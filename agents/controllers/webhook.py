@@ -24,7 +24,7 @@ from agents.webhook import server as webhook_server
 from agents.webhook.certs import CertManager
 from fluidfed import names, tls, tlsserve
 from fluidfed.errors import ConfigError
-from fluidfed.models import AgentConfig, Cluster
+from fluidfed.models import AgentConfig, Binding, Cluster
 
 log = logging.getLogger("fluidfed.agent.webhook")
 
@@ -51,16 +51,26 @@ class SidecarWebhook:
     def serving(self) -> bool:
         return self.config is not None
 
-    def decide(self, pod: dict[str, Any], namespace: str) -> mutate.Decision:
-        state = self.store.state
-        bindings = {b.dataset: b for b in state.bindings.values() if not b.deleting}
-        settings = mutate.SidecarSettings(
+    def settings(self) -> mutate.SidecarSettings:
+        return mutate.SidecarSettings(
             image=self.cfg.sidecar_image,
             cpu=self.cfg.sidecar_cpu,
             memory=self.cfg.sidecar_memory,
             short_circuit=objects.short_circuit(self.ctx.kind),
         )
-        return mutate.mutate(pod, namespace, bindings, self.cluster.capabilities, settings)
+
+    def decide(self, pod: dict[str, Any], namespace: str) -> mutate.Decision:
+        state = self.store.state
+        bindings = {b.dataset: b for b in state.bindings.values() if not b.deleting}
+        return mutate.mutate(pod, namespace, bindings, self.cluster.capabilities, self.settings())
+
+    def refuses(self, b: Binding) -> str:
+        """Why every pod asking for the binding's dataset would be refused here ("" if
+        not): said in its status, before anyone's pod is."""
+        if not self.enabled or b.mode != "sidecar":
+            return ""
+        short = mutate.memory_short(b.dataset, b, self.settings())
+        return f"pods that ask for it are refused: {short}" if short else ""
 
     async def run(self) -> None:
         cfg = self.cfg

@@ -146,7 +146,7 @@ def _security(caps: Capabilities) -> tuple[dict[str, Any], dict[str, str]] | str
 SIDECAR_OVERHEAD = 256 * 2**20
 
 
-def _memory_short(ds: str, b: Binding, settings: SidecarSettings) -> str:
+def memory_short(ds: str, b: Binding, settings: SidecarSettings) -> str:
     """Why the cluster's memory limit for sidecars cannot hold the tiers the dataset names
     for its sidecars ("" if it can, or the dataset names none): the kernel would kill the
     sidecar as its cache filled, over and over."""
@@ -230,7 +230,7 @@ def mutate(
             return deny(
                 f"dataset {ds!r} may not be used from namespace {namespace!r} (allowed: {allowed})"
             )
-        too_little = _memory_short(ds, b, settings)
+        too_little = memory_short(ds, b, settings)
         if too_little:
             return deny(too_little)
         readers = [

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from kubernetes_asyncio import client
 
@@ -23,7 +24,8 @@ from agents.state import AgentState, StateFile
 from agents.store import Store
 from devkit.local import cluster
 from fluidfed.backoff import Backoff
-from fluidfed.models import AgentConfig, Binding, Cluster, KubeAccess
+from fluidfed.models import AgentConfig, Binding, CacheTier, Cluster, KubeAccess
+from fluidfed.units import ByteSize
 from tests.unit.agents.builders import binding
 
 pytestmark = pytest.mark.integration
@@ -40,9 +42,13 @@ async def kube(local_clusters: dict[str, cluster.LocalCluster]) -> AsyncIterator
 
 
 def make(
-    tmp_path: Path, kube: Kube, b: Binding, retry_after: float = 0.05
+    tmp_path: Path,
+    kube: Kube,
+    b: Binding,
+    retry_after: float = 0.05,
+    cfg: AgentConfig | None = None,
 ) -> tuple[reconciler.Reconciler, Store, WorkQueue, LiveCache]:
-    cfg = AgentConfig(cluster_file="-")
+    cfg = cfg or AgentConfig(cluster_file="-")
     store = Store(StateFile(tmp_path), AgentState(cluster="edge", bindings={b.name: b}))
     queue = WorkQueue(Backoff(base=retry_after, cap=max(1.0, retry_after)))
     live = LiveCache()
@@ -129,6 +135,37 @@ async def test_a_refused_object_is_recorded_and_not_retried(tmp_path: Path, kube
     assert queue.failures(name) == 0
     await asyncio.sleep(0.2)
     assert queue.empty()
+
+
+async def test_sidecar_tiers_this_clusters_sidecars_cannot_hold_fail_the_binding_saying_why(
+    tmp_path: Path, kube: Kube
+) -> None:
+    """The hub cannot know a cluster's memory limit for sidecars: the agent says, in the
+    binding's status, that pods asking for the dataset would be refused, before any is."""
+    b = binding("small.edge", namespace="small")
+    tiers = [CacheTier(medium="MEM", quota=ByteSize(2**30))]
+    cache = msgspec.structs.replace(b.spec.cache, sidecar_tiers=tiers)
+    b = msgspec.structs.replace(b, spec=msgspec.structs.replace(b.spec, cache=cache))
+    cfg = AgentConfig(cluster_file="-", sidecar_memory="512Mi")
+    r, store, queue, live = make(tmp_path, kube, b, cfg=cfg)
+    queue.add("small.edge")
+    await run_once(r, queue)
+    st = store.state.statuses["small.edge"]
+    assert st.phase == "Failed"
+    assert st.last_error.startswith(
+        "pods that ask for it are refused: dataset 'small''s sidecars keep 1GiB of blocks in "
+        "memory (cache.sidecar_tiers) and need about 256MiB more"
+    )
+    assert "Raise sidecar_memory to at least 1280Mi" in st.last_error
+    assert {k[1] for k in live.owned_by("small.edge")} >= {"ConfigMap", "StatefulSet"}
+    assert queue.failures("small.edge") == 0  # (not retried: a setting must change)
+    # a limit that holds them: bound as any other
+    r, store, queue, _ = make(
+        tmp_path / "2", kube, b, cfg=AgentConfig(cluster_file="-", sidecar_memory="2Gi")
+    )
+    queue.add("small.edge")
+    await run_once(r, queue)
+    assert store.state.statuses["small.edge"].last_error == ""
 
 
 async def test_a_change_watched_during_an_apply_is_not_hidden_by_its_answer(
