@@ -71,15 +71,18 @@ def config_name(dataset: str) -> str:
     return k8s_name("fluidfed", dataset)
 
 
+_QUANTITY_SUFFIXES = (
+    ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10), ("G", 10**9), ("M", 10**6),
+    ("k", 10**3),
+)  # fmt: skip
+
+
 def quantity(n: int) -> str:
     """Bytes in Kubernetes' canonical quantity form, so a live object compares equal: a
     binary suffix where one divides them, else the API server's decimal one ("50G" for
     50000000000, "1k" for 1000)."""
-    for suffix, factor in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if n and n % factor == 0:
-            return f"{n // factor}{suffix}"
-    # (a multiple of 10**12 is one of 1024: T and above are never reached here)
-    for suffix, factor in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+    # (binary first; a multiple of 10**12 is one of 1024: T and above never come after)
+    for suffix, factor in _QUANTITY_SUFFIXES:
         if n and n % factor == 0:
             return f"{n // factor}{suffix}"
     return str(n)

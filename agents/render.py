@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 from agents import fluid, objects, trust
@@ -178,13 +179,7 @@ def sidecar_tiers(ds: Dataset) -> list[dict[str, Any]]:
     """`cache.sidecar_tiers` as an injected sidecar is given them (its `--cache-tiers`, so
     a pod keeps the tiers it was admitted with whatever the spec becomes: its volumes
     cannot change): disk tiers where the webhook mounts their volumes."""
-    out = []
-    for i, tier in enumerate(ds.cache.sidecar_tiers):
-        doc = codec.to_builtins(tier)
-        if tier.medium != "MEM":
-            doc["path"] = sidecar_tier_path(ds.name, i)
-        out.append(doc)
-    return out
+    return _tier_docs(ds.cache.sidecar_tiers, lambda i: sidecar_tier_path(ds.name, i))
 
 
 def sidecar_tier_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -204,11 +199,16 @@ def sidecar_tier_volumes(ds: Dataset) -> list[tuple[dict[str, Any], dict[str, An
 def _worker_tiers(ds: Dataset) -> list[dict[str, Any]]:
     """The tiers as the worker sees them: disk tiers in its own directory ({pod} is its
     pod's name) below the node directory."""
+    return _tier_docs(ds.cache.tiers, lambda i: posixpath.join(tier_mount_path(ds, i), "{pod}"))
+
+
+def _tier_docs(tiers: list[CacheTier], disk_path: Callable[[int], str]) -> list[dict[str, Any]]:
+    """Tiers as a process's settings say them, each disk tier's path `disk_path(i)`."""
     out = []
-    for i, tier in enumerate(ds.cache.tiers):
+    for i, tier in enumerate(tiers):
         doc = codec.to_builtins(tier)
         if tier.medium != "MEM":
-            doc["path"] = posixpath.join(tier_mount_path(ds, i), "{pod}")
+            doc["path"] = disk_path(i)
         out.append(doc)
     return out
 

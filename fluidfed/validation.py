@@ -406,11 +406,9 @@ def _check_tiers(
             problems.append(
                 Problem(f"a {tier.medium} tier needs a directory in 'path'", path=f"{p}.path")
             )
-        if not paths:
-            pass
-        elif tier.path and not tier.path.startswith("/"):
+        if paths and tier.path and not tier.path.startswith("/"):
             problems.append(Problem("path must be absolute", path=f"{p}.path"))
-        elif ".." in tier.path.split("/"):
+        elif paths and ".." in tier.path.split("/"):
             problems.append(
                 Problem("path must not contain '..': name the directory itself", path=f"{p}.path")
             )

@@ -50,7 +50,7 @@ def _tls(cfg: HubConfig, self_signed: bool) -> tuple[tls.Served | None, str]:
     return None, ""
 
 
-async def _reload_tls(served: tls.Served, cfg: HubConfig, now: asyncio.Event) -> None:
+async def _reload_tls(served: tls.Served, now: asyncio.Event) -> None:
     """Load the serving files again when they change: every TLS_RECHECK seconds, and at
     once on SIGHUP (`now`)."""
     while True:
@@ -67,7 +67,7 @@ async def _reload_tls(served: tls.Served, cfg: HubConfig, now: asyncio.Event) ->
                 )  # fmt: skip
             if served.clients is not None and served.clients.reload():
                 log.info("client CA reloaded from %s (trusted beside the one before)",
-                         cfg.client_ca_file)  # fmt: skip
+                         served.clients.ca_file)  # fmt: skip
         except Exception:
             log.exception("looking at the TLS files again failed; trying again")
 
@@ -224,7 +224,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
     if served is not None:
         hup = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, hup.set)
-        reloading = asyncio.create_task(_reload_tls(served, cfg, hup))
+        reloading = asyncio.create_task(_reload_tls(served, hup))
     scheme = "https" if ssl_context is not None else "http"
     if ready_line:
         print(

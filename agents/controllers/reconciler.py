@@ -96,7 +96,8 @@ class Reconciler:
                 except KubeError as err:
                     errors.append(err)
         # (a binding its cluster's sidecars cannot serve: said here, not only at admission)
-        error = "; ".join([str(e) for e in errors] + [r for r in [self.webhook.refuses(b)] if r])
+        refused = self.webhook.refuses(b)
+        error = "; ".join([str(e) for e in errors] + ([refused] if refused else []))
         if error and error != self.errors.get(name):
             log.warning("binding %s: %s", name, error)
         self.errors[name] = error
