@@ -97,9 +97,13 @@ class Buffers:
     Every buffer handed out is tracked; one is reused only when the tracking list holds
     its last reference: a block in the memory tier, a slice in a FUSE reply, any view of
     it keeps it (every view holds its bytearray or mapping), so a buffer is never
-    overwritten while still referenced. At most `spare` unreferenced ones are kept (the
-    sidecar's memory tier lets go of ~5 blocks at once: with 4 kept, half the blocks of a
-    warm read came in new buffers), and none after `idle` seconds without a block.
+    overwritten while still referenced. Unreferenced ones are kept up to as many as were
+    referenced at once in the last `idle` seconds or so (the window before too), or
+    `spare` if that is more; none after `idle` seconds without a block. A memory tier lets
+    go of several blocks at once, and takes as many again as the next ones come: with 4
+    kept, half the blocks of a warm read came in new buffers; with 8, one in six of a
+    2 GiB read from another node. Kept up to that peak, the process never holds more than
+    it held moments ago.
 
     A buffer is handed out as a view of `n` bytes that starts on a page boundary (each
     buffer is a page longer than its block): a cache worker writes a block of 1 MiB or
@@ -116,21 +120,36 @@ class Buffers:
         self._held: list[bytearray | mmap.mmap] = []
         self._lock = threading.Lock()
         self._last = 0.0
+        # the most buffers referenced at once in this window of `idle` seconds and the
+        # last one (a window starts at a take `idle` or more after the window before)
+        self._peak = (0, 0)
+        self._window = 0.0
 
     def take(self, n: int) -> memoryview:
         huge = n >= heap.HUGE  # (of huge pages: `heap.huge`; smaller ones from the heap)
         size = n + (heap.HUGE if huge else heap.PAGE)
         with self._lock:
-            self._last = time.monotonic()
+            now = self._last = time.monotonic()
+            free = _unreferenced(self._held)
+            live = len(free) - sum(free) + 1  # with the one taken now
+            if now - self._window >= self.idle:
+                self._window = now
+                self._peak = (live, self._peak[0])
+            elif live > self._peak[0]:
+                self._peak = (live, self._peak[1])
+            # free ones kept: `spare`, or as many as make up the recent peak, whichever is
+            # more: the process held that many moments ago (a memory tier lets go of
+            # several blocks at once, and takes as many again as the next ones come in)
+            room = max(self.spare, max(self._peak) - live)
             found: bytearray | mmap.mmap | None = None
             spare = 0
             keep: list[bytearray | mmap.mmap] = []
-            for buf, free in zip(self._held, _unreferenced(self._held), strict=True):
-                if free:
+            for buf, unheld in zip(self._held, free, strict=True):
+                if unheld:
                     if found is None and len(buf) == size and isinstance(buf, mmap.mmap) == huge:
                         found = buf
                         continue
-                    if spare >= self.spare:
+                    if spare >= room:
                         continue  # dropped: freed once this loop lets it go
                     spare += 1
                 keep.append(buf)
@@ -152,6 +171,7 @@ class Buffers:
                 return False
             free = _unreferenced(self._held)
             self._held = [b for b, f in zip(self._held, free, strict=True) if not f]
+            self._peak = (0, 0)
             return True
 
     def spares(self) -> int:

@@ -32,16 +32,32 @@ def test_a_buffer_still_viewed_is_never_handed_out_again() -> None:
     assert bufs.take(2048) is not third and bufs.reused == 1  # only one of the size asked
 
 
-def test_at_most_spare_unreferenced_buffers_are_kept_and_none_when_idle() -> None:
-    bufs = receive.Buffers(spare=2, idle=0.0)
-    for _ in range(5):
-        held = [bufs.take(64) for _ in range(5)]
-        del held
+def test_as_many_spare_buffers_are_kept_as_were_held_at_once_lately_and_none_when_idle() -> None:
+    idle = 0.05
+    bufs = receive.Buffers(spare=2, idle=idle)
+    held = [bufs.take(64) for _ in range(5)]  # five held at once: the peak
+    del held
     assert bufs.spares() == 5  # let go since the last take: counted at the next
-    taken = bufs.take(64)  # one of them again; of the other four two stay
-    assert bufs.reused >= 1 and bufs.spares() == 2
+    taken = bufs.take(64)  # one of them again; the other four make up the peak
+    assert bufs.reused == 1 and bufs.spares() == 4
+    time.sleep(idle)  # a new window: the last one's peak still counts
+    again = bufs.take(64)
+    assert bufs.reused == 2 and bufs.spares() == 3
+    time.sleep(idle)  # another: five at once is two windows ago, `spare` is what is kept
+    third = bufs.take(64)
+    assert bufs.reused == 3 and bufs.spares() == 2
+    time.sleep(idle)
     assert bufs.forget_idle() and bufs.spares() == 0
-    del taken
+    del taken, again, third
+
+
+def test_spare_buffers_never_make_more_than_the_peak_with_those_held() -> None:
+    bufs = receive.Buffers(spare=1)
+    held = [bufs.take(64) for _ in range(4)]  # the peak: four
+    del held
+    other = bufs.take(128)  # of another size: held with three of the four, not all four
+    assert bufs.reused == 0 and bufs.spares() == 3
+    del other
 
 
 def test_a_taken_buffer_held_by_its_taker_is_not_spare() -> None:
