@@ -205,6 +205,48 @@ def _stamp(*files: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+class Watched:
+    """Files read again when they change (a Secret volume that cert-manager or the agent
+    renews): `changed` says their bytes when a file's stamp moved and the bytes differ
+    from those in use, once; the taker says whether it put them to use (`taken`) or not
+    (`failed`: not offered again until the files change again). The same bytes again (a
+    Secret volume's other keys updated) are not offered. Stamps are looked at before the
+    files are read: a change in between is seen at the next look."""
+
+    def __init__(self, *files: str) -> None:
+        self.files = files
+        self._seen = _stamp(*files)
+        self._loaded = _digest(*(Path(f) for f in files))
+        self._failed: tuple[tuple[int, int], ...] | None = None
+        self._read: tuple[tuple[tuple[int, int], ...], bytes] | None = None
+
+    def changed(self) -> tuple[bytes, ...] | None:
+        """The files' bytes if they changed since those in use, else None; OSError when
+        one cannot be read (then `failed`)."""
+        stamp = _stamp(*self.files)
+        if stamp in (self._seen, self._failed):
+            return None
+        self._read = (stamp, b"")
+        data = tuple(Path(f).read_bytes() for f in self.files)
+        digest = _digest(*data)
+        if digest == self._loaded:
+            self._seen = stamp
+            return None
+        self._read = (stamp, digest)
+        return data
+
+    def taken(self) -> None:
+        """What `changed` said last is in use now."""
+        assert self._read is not None
+        self._seen, self._loaded = self._read
+
+    def failed(self) -> None:
+        """What `changed` said last (or could not read) is not used: not offered again
+        until the files change again."""
+        assert self._read is not None
+        self._failed = self._read[0]
+
+
 class Served:
     """A serving context whose certificate and key are read again when their files change
     (a Secret volume the agent or cert-manager updates on renewal or rotation): new
@@ -216,15 +258,10 @@ class Served:
         self.cert_file, self.key_file = cert_file, key_file
         # (looked at, and read, before the context reads them: a change in between is
         # seen as one at the next look, and loaded then)
-        self._seen = self._stamp()
-        self._loaded = _digest(Path(cert_file), Path(key_file))
-        ca = (_stamp(client_ca_file), _digest(Path(client_ca_file))) if client_ca_file else None
+        self._pair = Watched(cert_file, key_file)
+        ca = Watched(client_ca_file) if client_ca_file else None
         self.context = server_context(cert_file, key_file, client_ca_file)
-        self._failed: tuple[tuple[int, int], ...] | None = None
-        self.clients = Trusted(client_ca_file, self.context, loaded=ca) if client_ca_file else None
-
-    def _stamp(self) -> tuple[tuple[int, int], ...]:
-        return _stamp(self.cert_file, self.key_file)
+        self.clients = Trusted(client_ca_file, self.context, watched=ca) if ca else None
 
     def reload(self) -> bool:
         """Load what changed again (the pair, the client CA); True when something new is
@@ -239,35 +276,37 @@ class Served:
         are read once, checked on a context of their own (from memory: no file is written,
         a pod's root may be read-only), and only then loaded into the live one from the
         same bytes (loading a mismatched pair into it would leave it with the new
-        certificate and no key). The same bytes again (a Secret volume's other keys
-        updated) load nothing."""
-        stamp = self._stamp()
-        if stamp in (self._seen, self._failed):
-            return False
+        certificate and no key)."""
         try:
-            cert, key = Path(self.cert_file).read_bytes(), Path(self.key_file).read_bytes()
+            got = self._pair.changed()
         except OSError as err:
-            return self._failing(stamp, f"cannot read it ({err})")
-        digest = _digest(cert, key)
-        if digest == self._loaded:
-            self._seen = stamp
+            return self._failing(f"cannot read it ({err})")
+        if got is None:
             return False
-        with _in_memory(cert, "tls.crt") as c, _in_memory(key, "tls.key") as k:
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(c, k)
-            except ssl.SSLError as err:
-                return self._failing(stamp, f"not a certificate and its key ({err})")
+        cert, key = got
+        try:
+            check_pair(cert, key)
+        except ssl.SSLError as err:
+            return self._failing(f"not a certificate and its key ({err})")
+        with in_memory(cert, "tls.crt") as c, in_memory(key, "tls.key") as k:
             self.context.load_cert_chain(c, k)
-        self._seen, self._loaded = stamp, digest
+        self._pair.taken()
         return True
 
-    def _failing(self, stamp: tuple[tuple[int, int], ...], why: str) -> bool:
-        self._failed = stamp
+    def _failing(self, why: str) -> bool:
+        self._pair.failed()
         log.warning(
             "%s and %s changed but were not loaded: %s; the pair before stays in use until "
             "they change again", self.cert_file, self.key_file, why,
         )  # fmt: skip
         return False
+
+
+def check_pair(cert: bytes, key: bytes) -> None:
+    """ssl.SSLError unless `cert` (PEM, a chain) and `key` load as a certificate and its
+    key; read from memory, no file written (a pod's root may be read-only)."""
+    with in_memory(cert, "tls.crt") as c, in_memory(key, "tls.key") as k:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(c, k)
 
 
 class Trusted:
@@ -280,18 +319,17 @@ class Trusted:
         ca_file: str,
         context: ssl.SSLContext | None = None,
         *,
-        loaded: tuple[tuple[tuple[int, int], ...], bytes] | None = None,
+        watched: Watched | None = None,
     ) -> None:
         """With `context`, the CA is added to that one (already in use by connections
-        made earlier) instead of a new context trusting it alone; `loaded`: it holds the
-        CA already, read when the file looked so (its `_stamp`, its `_digest`)."""
+        made earlier) instead of a new context trusting it alone; `watched`: it holds the
+        CA already, read as `watched` saw the file."""
         self.ca_file = ca_file
         self.context: ssl.SSLContext
-        self._failed: tuple[tuple[int, int], ...] | None = None
-        self._seen, self._loaded = loaded or (self._stamp(), _digest(Path(ca_file)))
+        self._file = watched or Watched(ca_file)
         if context is None:
             self.context = client_context(ClientTLS(ca_file=ca_file))
-        elif loaded is not None:
+        elif watched is not None:
             self.context = context
         else:
             try:
@@ -300,30 +338,23 @@ class Trusted:
                 raise _problem("ca_file", ca_file, err) from None
             self.context = context
 
-    def _stamp(self) -> tuple[tuple[int, int], ...]:
-        return _stamp(self.ca_file)
-
     def reload(self) -> bool:
         """Trust the file's CAs too if it changed; True when new ones are trusted. The
         same bytes again (a Secret volume's other keys updated) load nothing; a file that
         does not load is said once and tried again at its next change."""
-        stamp = self._stamp()
-        if stamp in (self._seen, self._failed):
-            return False
         try:
-            data = Path(self.ca_file).read_bytes()
-            if _digest(data) == self._loaded:
-                self._seen = stamp
+            got = self._file.changed()
+            if got is None:
                 return False
-            self.context.load_verify_locations(cadata=data.decode())
+            self.context.load_verify_locations(cadata=got[0].decode())
         except (OSError, ssl.SSLError, UnicodeDecodeError, ValueError) as err:
-            self._failed = stamp
+            self._file.failed()
             log.warning(
                 "%s changed but was not loaded (%s): the CAs before stay trusted until it "
                 "changes again", self.ca_file, err,
             )  # fmt: skip
             return False
-        self._seen, self._loaded = stamp, _digest(data)
+        self._file.taken()
         return True
 
 
@@ -341,7 +372,7 @@ def _digest(*parts: bytes | Path) -> bytes:
 
 
 @contextlib.contextmanager
-def _in_memory(data: bytes, name: str) -> Iterator[str]:
+def in_memory(data: bytes, name: str) -> Iterator[str]:
     """`data` as a path to read it from, without a file on any filesystem (a memfd)."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
