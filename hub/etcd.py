@@ -16,7 +16,9 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import grpc
 import msgspec
 from aetcd import rpc
 
+from fluidfed import tls
 from fluidfed.errors import ConfigError, NotLeader, StaleRevision, StoreError
 from hub.store import BEAT, REV, Change, Event, Op, Put, Snapshot
 
@@ -37,6 +40,9 @@ Metadata = tuple[tuple[str, str], ...]
 _MOD, _CREATE, _LEASE = rpc.Compare.MOD, rpc.Compare.CREATE, rpc.Compare.LEASE
 _EQUAL = rpc.Compare.EQUAL
 PROGRESS_EVERY = 1.0
+# after new TLS files: how long a channel made with the ones before may finish its calls
+# (the watch moves to a new channel then; new calls take new channels at once)
+RETIRE_GRACE = 30.0
 _TEMPORARY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -88,6 +94,19 @@ class EtcdStore:
         self._compacted = p + b"compacted"  # where the history kept for watches starts
         self._prefix = p
         self._password = self._read_password()
+        # TLS: the files read again when they change (`reload_tls`), the credentials made
+        # of them, and the channels made with the ones before, closing
+        named = (("ca_file", settings.ca_file), ("cert_file", settings.cert_file),
+                 ("key_file", settings.key_file))  # fmt: skip
+        self._tls_files = [(key, path) for key, path in named if path]
+        self._tls = (
+            tls.Watched(*(path for _, path in self._tls_files))
+            if settings.ca_file or settings.cert_file
+            else None
+        )
+        self._creds = self._credentials()
+        self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+        self._retired: weakref.WeakSet[grpc.aio.Channel] = weakref.WeakSet()
         self._endpoint = random.randrange(len(settings.endpoints))  # spread the replicas
         # a channel per member, kept open (gRPC reconnects by itself), and the auth token
         # each member gave (etcd's simple tokens are a member's own)
@@ -145,13 +164,69 @@ class EtcdStore:
                 with open(path, "rb") as f:
                     return f.read()
             except OSError as err:
-                raise ConfigError.one(f"cannot read {path}: {err}", path=f"hub.{key}") from None
+                raise ConfigError.one(
+                    f"cannot read {path}: {err}", path=f"hub.etcd_{key}"
+                ) from None
 
         return grpc.ssl_channel_credentials(
-            root_certificates=read(s.ca_file, "etcd_ca_file"),
-            private_key=read(s.key_file, "etcd_key_file"),
-            certificate_chain=read(s.cert_file, "etcd_cert_file"),
+            root_certificates=read(s.ca_file, "ca_file"),
+            private_key=read(s.key_file, "key_file"),
+            certificate_chain=read(s.cert_file, "cert_file"),
         )
+
+    @property
+    def reloads_tls(self) -> bool:
+        """Whether it has TLS files to read again (`reload_tls`)."""
+        return self._tls is not None
+
+    def reload_tls(self) -> bool:
+        """Read etcd's TLS files again if they changed (cert-manager renews the hub's
+        client certificate, or etcd's CA is rotated): calls from now on go over new
+        channels made with them, and the channels before close once their calls are done
+        (RETIRE_GRACE at most: the watch moves over then). True when new ones are in use.
+        Files that do not load (a certificate without its key yet) keep the ones before,
+        said once, and are tried again at their next change."""
+        if self._tls is None:
+            return False
+        try:
+            got = self._tls.changed()
+        except OSError as err:
+            return self._tls_failing(f"cannot read them ({err})")
+        if got is None:
+            return False
+        files = {key: data for (key, _), data in zip(self._tls_files, got, strict=True)}
+        ca, cert, key = (files.get(k) for k in ("ca_file", "cert_file", "key_file"))
+        try:
+            if cert is not None or key is not None:
+                tls.check_pair(cert or b"", key or b"")
+            if ca is not None:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=ca.decode())
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as err:
+            return self._tls_failing(f"not a CA, certificate and key that load ({err})")
+        self._creds = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+        old, self._channels = self._channels, {}
+        for channel in old.values():
+            self._retired.add(channel)
+            self._retiring[channel] = asyncio.create_task(self._retire(channel))
+        self._tls.taken()
+        return True
+
+    def _tls_failing(self, why: str) -> bool:
+        assert self._tls is not None
+        self._tls.failed()
+        log.warning(
+            "etcd's TLS files (%s) changed but were not loaded: %s; the ones before stay "
+            "in use until they change again", ", ".join(self._tls.files), why,
+        )  # fmt: skip
+        return False
+
+    async def _retire(self, channel: grpc.aio.Channel) -> None:
+        try:
+            await channel.close(grace=RETIRE_GRACE)
+        finally:
+            self._retiring.pop(channel, None)
 
     async def _connect(self) -> tuple[int, grpc.aio.Channel, Metadata]:
         """The member in use: its index, channel and the call metadata (auth token)."""
@@ -159,7 +234,7 @@ class EtcdStore:
         channel = self._channels.get(at)
         if channel is None:
             target = self.settings.endpoints[at]
-            creds = self._credentials()
+            creds = self._creds
             options = [("grpc.max_receive_message_length", 256 * 2**20)]
             channel = self._channels[at] = (
                 grpc.aio.secure_channel(target, creds, options=options)
@@ -190,7 +265,7 @@ class EtcdStore:
             todo = "check etcd_username and its password"
         elif err.code() == grpc.StatusCode.PERMISSION_DENIED:
             todo = f"grant the etcd user read and write on the prefix {self.settings.prefix}"
-        elif self._credentials() is not None and any(
+        elif self._creds is not None and any(
             word in details for word in ("TSI_", "SSL", "ssl", "handshake", "Unwrap")
         ):
             todo = (
@@ -374,8 +449,11 @@ class EtcdStore:
 
     async def close(self) -> None:
         await self.resign()
-        channels, self._channels = self._channels, {}
-        for channel in channels.values():
+        channels = [*self._channels.values(), *self._retiring]
+        self._channels = {}
+        for retiring in list(self._retiring.values()):
+            retiring.cancel()
+        for channel in channels:
             await channel.close()
 
     # --- the Shared calls ----------------------------------------------------------------
@@ -402,7 +480,7 @@ class EtcdStore:
         start = after + 1
         delay = 0.1
         while True:
-            call, ask, at = None, None, self._endpoint
+            call, ask, at, channel = None, None, self._endpoint, None
             try:
                 at, channel, metadata = await self._connect()
                 # hasleader: a member cut off from the others ends the watch, not silence
@@ -464,6 +542,10 @@ class EtcdStore:
                         self._passed(resp.header.revision)
                         yield Change(resp.header.revision)  # progress: nothing more up to here
             except (grpc.aio.AioRpcError, StoreError) as err:
+                if channel is not None and channel in self._retired:
+                    # its channel was retired (new TLS files, `reload_tls`): on a new one
+                    log.info("following etcd over a channel with its new TLS files")
+                    continue
                 log.warning("following etcd broke (%s): again in %.1fs", _why(err), delay)
                 self._next_endpoint(at)
                 await asyncio.sleep(delay)

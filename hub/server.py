@@ -10,6 +10,7 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -50,15 +51,21 @@ def _tls(cfg: HubConfig, self_signed: bool) -> tuple[tls.Served | None, str]:
     return None, ""
 
 
-async def _reload_tls(served: tls.Served, now: asyncio.Event) -> None:
-    """Load the serving files again when they change: every TLS_RECHECK seconds, and at
-    once on SIGHUP (`now`)."""
+async def _reload_tls(
+    served: tls.Served | None, store: Callable[[], bool] | None, now: asyncio.Event
+) -> None:
+    """Load the serving files, and the etcd store's (`store`: its `reload_tls`), again
+    when they change: every TLS_RECHECK seconds, and at once on SIGHUP (`now`)."""
     while True:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(TLS_RECHECK):
                 await now.wait()
         now.clear()
         try:  # (nothing may end the looking: the hub would serve an expiring certificate)
+            if store is not None and store():
+                log.info("etcd's TLS files reloaded: new calls to etcd use them")
+            if served is None:
+                continue
             if served.reload_pair():
                 until = f"{_not_after(served.cert_file):%Y-%m-%d %H:%M}"
                 log.info(
@@ -221,10 +228,14 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reloading = None
-    if served is not None:
+    # (etcd's TLS files: `EtcdStore.reload_tls`)
+    store_tls: Callable[[], bool] | None = (
+        getattr(store, "reload_tls", None) if getattr(store, "reloads_tls", False) else None
+    )
+    if served is not None or store_tls is not None:
         hup = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, hup.set)
-        reloading = asyncio.create_task(_reload_tls(served, hup))
+        reloading = asyncio.create_task(_reload_tls(served, store_tls, hup))
     scheme = "https" if ssl_context is not None else "http"
     if ready_line:
         print(

@@ -5,6 +5,7 @@ under one directory. `fluidfed local etcd up|down` and the tests' fixture run it
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import ssl
@@ -97,6 +98,26 @@ class EtcdCluster:
                 pki.write(d / "hub.key", hub.key_pem, private=True),
             ),
         )
+
+    def rotate_ca(self) -> ClientFiles:
+        """A new CA for the members and their clients (as an operator rotates etcd's):
+        new files in place of the members' and the hub's (`client`), each replaced whole;
+        the members take them at their next start."""
+        assert self._server is not None and self.client is not None, "a TLS cluster"
+        ca = pki.new_ca("fluidfed local etcd CA (rotated)")
+        server = pki.issue(ca, "etcd", hosts=("127.0.0.1", "localhost"), server=True, client=True)
+        hub = pki.issue(ca, "fluidfed-hub", client=True)
+        for path, pem in (
+            (self._server.ca_file, ca.cert_pem),
+            (self._server.cert_file, server.cert_pem),
+            (self._server.key_file, server.key_pem),
+            (self.client.cert_file, hub.cert_pem),
+            (self.client.key_file, hub.key_pem),
+        ):
+            part = path.with_name(f".{path.name}.new")
+            pki.write(part, pem, private=path.suffix == ".key")
+            os.replace(part, path)
+        return self.client
 
     @property
     def endpoints(self) -> list[str]:

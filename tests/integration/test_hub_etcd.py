@@ -5,6 +5,8 @@ names the setting to fix, and the password is never printed."""
 import asyncio
 import os
 import secrets
+import shutil
+import signal
 from pathlib import Path
 
 import grpc
@@ -44,6 +46,50 @@ async def test_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
         assert r.returncode == 1
         assert members.store_url in r.stderr and "etcd_cert_file" in r.stderr
         assert "Traceback" not in r.stderr
+
+
+async def test_etcds_tls_files_renewed_are_used_without_a_restart(tmp_path: Path) -> None:
+    """etcd's CA is rotated (cert-manager renews it, and the hub's client certificate in
+    its Secret volume): the members restart with the new one; the hub reaches them with
+    its new files without a restart (SIGHUP: at once; else within `TLS_RECHECK`), its
+    catalog intact."""
+    with etcd.EtcdCluster(tmp_path / "etcd", size=1, tls=True) as members:
+        assert members.client is not None
+        mine = tmp_path / "secret"  # (the hub's Secret volume: its own copies)
+        mine.mkdir()
+
+        def take(files: etcd.ClientFiles) -> None:
+            for src in (files.ca_file, files.cert_file, files.key_file):
+                part = mine / f".{src.name}.new"
+                shutil.copyfile(src, part)
+                os.replace(part, mine / src.name)  # (replaced whole, as kubelet does)
+
+        take(members.client)
+        files = members.client
+        cfg = tmp_path / "hub.toml"
+        cfg.write_text(
+            f'[hub]\nstore = "{members.store_url}"\n'
+            f'etcd_ca_file = "{mine / files.ca_file.name}"\n'
+            f'etcd_cert_file = "{mine / files.cert_file.name}"\n'
+            f'etcd_key_file = "{mine / files.key_file.name}"\n'
+        )
+        with HubProcess(tmp_path / "hub", extra=["--config", str(cfg)]) as hub:
+            await _round_trip(hub)
+            members.stop_member("m0")
+            take(members.rotate_ca())
+            members.start_member("m0")
+            members.wait_healthy(60)
+            assert hub.proc is not None
+            hub.proc.send_signal(signal.SIGHUP)
+
+            async def through() -> bool:
+                async with Client(hub.url, hub.admin_token) as admin:
+                    await admin.apply_dataset(testing.dataset("e", uri="file:///y"))
+                    return {d.spec.name for d in await admin.list_datasets()} == {"d", "e"}
+
+            await testing.eventually(through, "a change stored with the new files", timeout=30)
+            assert hub.errors is not None
+            assert "etcd's TLS files reloaded" in hub.errors.tail(200)
 
 
 async def _enable_auth(

@@ -1,9 +1,13 @@
 """The etcd store's settings, read from `[hub] store` and the etcd_* keys (no etcd here:
 the store's behaviour is tested against a real etcd in tests/integration)."""
 
+import logging
+import os
+from pathlib import Path
+
 import pytest
 
-from fluidfed import config
+from fluidfed import config, pki
 from fluidfed.errors import ConfigError
 from hub import etcd
 
@@ -67,3 +71,44 @@ def test_an_etcd_password_is_not_sent_in_clear_beyond_loopback() -> None:
     )
     assert validation.check_hub(mutual) == []  # (TLS, the system's roots trusted)
     assert validation.check_hub(HubConfig(store="etcd://10.0.0.2:2379")) == []  # (no password)
+
+
+def test_etcd_tls_files_that_do_not_load_keep_the_ones_before_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`reload_tls` takes files that changed and load (new credentials), and leaves
+    those that do not (a certificate replaced before its key) for the ones before, said
+    once, tried again at their next change; unchanged files or the same bytes: nothing."""
+    ca = pki.new_ca("etcd CA")
+    first, second = (pki.issue(ca, "fluidfed-hub", client=True) for _ in range(2))
+    files = {n: tmp_path / n for n in ("ca.crt", "hub.crt", "hub.key")}
+
+    def write(name: str, data: bytes) -> None:
+        part = tmp_path / f".{name}.new"
+        part.write_bytes(data)
+        os.replace(part, files[name])  # (a new inode: replaced whole, as kubelet does)
+
+    write("ca.crt", ca.cert_pem)
+    write("hub.crt", first.cert_pem)
+    write("hub.key", first.key_pem)
+    store = etcd.EtcdStore(
+        etcd.EtcdSettings(
+            endpoints=("127.0.0.1:1",),
+            ca_file=str(files["ca.crt"]),
+            cert_file=str(files["hub.crt"]),
+            key_file=str(files["hub.key"]),
+        )
+    )
+    assert store.reloads_tls and not store.reload_tls()  # (nothing changed)
+    before = store._creds
+    write("hub.crt", first.cert_pem)  # the same bytes, a new file: nothing to load
+    assert not store.reload_tls() and store._creds is before
+    write("hub.crt", second.cert_pem)  # its key not yet: refused, said once
+    with caplog.at_level(logging.WARNING, logger="fluidfed.hub.etcd"):
+        assert not store.reload_tls() and not store.reload_tls()
+    said = [r.getMessage() for r in caplog.records if "were not loaded" in r.getMessage()]
+    assert len(said) == 1 and str(files["hub.crt"]) in said[0]
+    assert store._creds is before
+    write("hub.key", second.key_pem)
+    assert store.reload_tls() and store._creds is not before
+    assert not etcd.EtcdStore(etcd.EtcdSettings(endpoints=("127.0.0.1:1",))).reloads_tls
