@@ -388,18 +388,31 @@ async def serving(app: web.Application, host: str = "127.0.0.1") -> AsyncIterato
         await runner.cleanup()
 
 
-def vm_flags(address: int) -> set[str]:
-    """The flags of the mapping of this process that `address` lies in, as
-    /proc/self/smaps names them ("hg": huge pages asked for, "nh": refused)."""
+def _smaps_field(address: int, field: str) -> list[str]:
+    """A field of the mapping of this process that `address` lies in, as
+    /proc/self/smaps says it (the words after its name)."""
     inside = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split()[0]
         if "-" in head and ":" not in head:
             lo, hi = (int(x, 16) for x in head.split("-"))
             inside = lo <= address < hi
-        elif inside and head == "VmFlags:":
-            return set(line.split()[1:])
+        elif inside and head == field:
+            return line.split()[1:]
     raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def vm_flags(address: int) -> set[str]:
+    """The flags of the mapping of this process that `address` lies in, as
+    /proc/self/smaps names them ("hg": huge pages asked for, "nh": refused)."""
+    return set(_smaps_field(address, "VmFlags:"))
+
+
+def mapped_bytes(address: int) -> int:
+    """How much of the mapping that `address` lies in has pages mapped (its Rss)."""
+    kib, unit = _smaps_field(address, "Rss:")
+    assert unit == "kB"
+    return int(kib) * 1024
 
 
 # whether this kernel has transparent huge pages (MADV_HUGEPAGE marks a mapping "hg")

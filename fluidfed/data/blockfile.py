@@ -398,6 +398,9 @@ def _check(path: str | Path, data: blocks.Data, trailer: blocks.Data) -> int:
 # MADV_POPULATE_READ (Linux 5.14; Python names it from 3.13 on): fault a mapping in now,
 # failing with an error where touching it later would raise SIGBUS
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+# of a cached file mapped lazily, what is faulted in at once: its trailer, with the
+# pieces' CRCs of a block of up to 511 MiB (a longer one's: the rest of them after)
+_TAIL_FAULTED = 8192
 _can_map = True  # False once the kernel turned out not to have it: copy instead
 
 
@@ -446,11 +449,20 @@ def map_block_file(
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
         _file_maps.add(m)
+        # a cached file mapped lazily: only its end faulted in here (the trailer, read
+        # now); its reader's threads fault in what they check, once cachestat says it
+        # lies in the page cache (see `unchecked_span`), and any other use of it faults
+        # it all in first (`check_whole`). Faulting all of it in here walked every page
+        # and marked each accessed (the LRU's lock): half of the event loop's time on a
+        # warm read of a worker's files, where a reader's faults map 16 pages each.
+        tail = 0
+        if cached_only and lazy and not huge:
+            tail = max(0, length - _TAIL_FAULTED) // mmap.PAGESIZE * mmap.PAGESIZE
         try:
             if huge:
                 _populate_huge(m, length)
             else:
-                m.madvise(_POPULATE_READ)
+                m.madvise(_POPULATE_READ, tail)
         except OSError as err:
             if err.errno != errno.EINVAL:
                 raise
@@ -462,6 +474,9 @@ def map_block_file(
         # (only a block of more than one piece is mapped lazily: a one-piece block's check
         # gains nothing from it)
         if lazy and size > CHECK_PIECE and whole[-_TRAILER.size : -4] == _MAGIC_PIECES:
+            if size < tail:  # (more pieces than the end faulted in holds)
+                at = size // mmap.PAGESIZE * mmap.PAGESIZE
+                m.madvise(_POPULATE_READ, at, tail - at)
             (crc,) = _PIECE_CRC.unpack(whole[-4:])
             pieces = bytes(whole[size : -_TRAILER.size])
             if _combined(pieces, size) != crc:
@@ -471,6 +486,8 @@ def map_block_file(
             kept = True
             _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces, fd)
             return data, crc
+        if tail:  # (checked whole here after all: all of it faulted in first)
+            m.madvise(_POPULATE_READ, 0, tail)
         return data, _check(path, data, whole[size:])
     finally:
         if not kept:

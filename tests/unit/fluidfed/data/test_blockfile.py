@@ -726,6 +726,35 @@ def test_only_a_block_files_mapping_is_taken_for_one(tmp_path: Path) -> None:
     assert not blockfile.is_mapped(payload) and not blockfile.is_mapped(None)
 
 
+def test_a_cached_block_mapped_lazily_has_only_its_end_faulted_in(tmp_path: Path) -> None:
+    """Mapped `lazy` on the event loop from the page cache, a block file has only its end
+    faulted in (the trailer read there): its reader's threads fault in what they check,
+    16 pages a fault, without the walk over every page that faulting it all in costs. A
+    use that checks it whole faults it all in first; one that cannot be mapped lazily (one
+    piece, no pieces' CRCs) is checked whole at once, as before."""
+    payload = os.urandom(4 * 2**20)
+    path = block_file(str(tmp_path), "a" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    Path(path).read_bytes()  # (into the page cache: a large block is written past it)
+    data, crc = map_block_file(path, cached_only=True, lazy=True)
+    at = heap.address(data)
+    assert blockfile.unchecked_span(data) is not None and crc == blocks.checksum(payload)
+    assert testing.mapped_bytes(at) <= 128 * 1024  # (fault-around: 64 KiB at most a fault)
+    blockfile.check_whole(data)
+    assert testing.mapped_bytes(at) >= len(payload) and bytes(data) == payload
+    single = block_file(str(tmp_path), "b" * 32)
+    write_block_file(single, payload[: blockfile.CHECK_PIECE], 0)
+    Path(single).read_bytes()
+    with pytest.raises(CorruptBlock, match="checksum mismatch"):  # (checked: a wrong CRC)
+        map_block_file(single, cached_only=True, lazy=True)
+    older = block_file(str(tmp_path), "c" * 32)  # (no pieces' CRCs: checked whole)
+    _old_block_file(older, payload)
+    Path(older).read_bytes()
+    kept, _ = map_block_file(older, cached_only=True, lazy=True)
+    assert blockfile.unchecked_span(kept) is None
+    assert testing.mapped_bytes(heap.address(kept)) >= len(payload) and bytes(kept) == payload
+
+
 def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path: Path) -> None:
     """Mapped `lazy`, a block file is not read whole: only its pieces' CRCs are checked
     against the block's. A READ's answer (a part of the block) names the block, where it
