@@ -97,13 +97,13 @@ class Buffers:
     Every buffer handed out is tracked; one is reused only when the tracking list holds
     its last reference: a block in the memory tier, a slice in a FUSE reply, any view of
     it keeps it (every view holds its bytearray or mapping), so a buffer is never
-    overwritten while still referenced. Unreferenced ones are kept up to as many as were
-    referenced at once in the last `idle` seconds or so (the window before too), or
-    `spare` if that is more; none after `idle` seconds without a block. A memory tier lets
-    go of several blocks at once, and takes as many again as the next ones come: with 4
-    kept, half the blocks of a warm read came in new buffers; with 8, one in six of a
-    2 GiB read from another node. Kept up to that peak, the process never holds more than
-    it held moments ago.
+    overwritten while still referenced. The `spare` unreferenced ones let go of last are
+    kept, and more while all held stays within the most bytes referenced at once lately
+    (in this window of `idle` seconds or the one before); none after `idle` seconds
+    without a block. A memory tier lets go of several blocks at once, and takes as many
+    again as the next ones come: with 4 kept, half the blocks of a warm read came in new
+    buffers; with 8, one in six of a 2 GiB read from another node. Kept within that peak,
+    the process never holds more than it held moments ago, or `spare` buffers more.
 
     A buffer is handed out as a view of `n` bytes that starts on a page boundary (each
     buffer is a page longer than its block): a cache worker writes a block of 1 MiB or
@@ -113,15 +113,18 @@ class Buffers:
     where the kernel has them (`heap.huge`): a direct read or write of a block is then one
     request to the disk, not five."""
 
-    def __init__(self, spare: int = 8, idle: float = 2.0) -> None:
+    def __init__(
+        self, spare: int = 8, idle: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.spare = spare
         self.idle = idle
         self.reused = 0
-        self._held: list[bytearray | mmap.mmap] = []
+        self._held: list[bytearray | mmap.mmap] = []  # (the last taken last)
         self._lock = threading.Lock()
+        self._clock = clock
         self._last = 0.0
-        # the most buffers referenced at once in this window of `idle` seconds and the
-        # last one (a window starts at a take `idle` or more after the window before)
+        # the most bytes referenced at once in this window of `idle` seconds and in the one
+        # before (a window starts at a take `idle` or more after the one before started)
         self._peak = (0, 0)
         self._window = 0.0
 
@@ -129,36 +132,41 @@ class Buffers:
         huge = n >= heap.HUGE  # (of huge pages: `heap.huge`; smaller ones from the heap)
         size = n + (heap.HUGE if huge else heap.PAGE)
         with self._lock:
-            now = self._last = time.monotonic()
-            free = _unreferenced(self._held)
-            live = len(free) - sum(free) + 1  # with the one taken now
-            if now - self._window >= self.idle:
-                self._window = now
-                self._peak = (live, self._peak[0])
+            now = self._last = self._clock()
+            held = self._held
+            free = _unreferenced(held)
+            live = size + sum(len(b) for b, f in zip(held, free, strict=True) if not f)
+            if now - self._window >= 2 * self.idle:  # (no window just before this one)
+                self._window, self._peak = now, (live, 0)
+            elif now - self._window >= self.idle:
+                self._window, self._peak = now, (live, self._peak[0])
             elif live > self._peak[0]:
                 self._peak = (live, self._peak[1])
-            # free ones kept: `spare`, or as many as make up the recent peak, whichever is
-            # more: the process held that many moments ago (a memory tier lets go of
-            # several blocks at once, and takes as many again as the next ones come in)
-            room = max(self.spare, max(self._peak) - live)
+            # the one used again: the last let go of, of its size; kept: the `spare` let go
+            # of last, and more while all held stays within the peak (the process held that
+            # much moments ago: a memory tier lets go of several blocks at once, and takes
+            # as many again as the next ones come in)
+            budget = max(self._peak) - live
             found: bytearray | mmap.mmap | None = None
+            keep = [not f for f in free]
             spare = 0
-            keep: list[bytearray | mmap.mmap] = []
-            for buf, unheld in zip(self._held, free, strict=True):
-                if unheld:
-                    if found is None and len(buf) == size and isinstance(buf, mmap.mmap) == huge:
-                        found = buf
-                        continue
-                    if spare >= room:
-                        continue  # dropped: freed once this loop lets it go
+            for i in range(len(held) - 1, -1, -1):
+                if keep[i]:
+                    continue
+                buf = held[i]
+                if found is None and len(buf) == size and isinstance(buf, mmap.mmap) == huge:
+                    found = buf
+                elif spare < self.spare or len(buf) <= budget:
+                    keep[i] = True
                     spare += 1
-                keep.append(buf)
+                    budget -= len(buf)
+                # (else dropped: freed once this loop lets it go)
             if found is not None:
                 self.reused += 1
             else:
                 found = heap.huge(n) if huge else heap.uninitialized(size)
-            keep.append(found)
-            self._held = keep
+            self._held = [b for b, k in zip(held, keep, strict=True) if k]
+            self._held.append(found)
             if isinstance(found, mmap.mmap):
                 return heap.huge_aligned(found, n)
             return heap.page_aligned(found, n)
@@ -167,7 +175,7 @@ class Buffers:
         """Drop the unreferenced buffers if no block was taken for `idle` seconds; False
         if one was (ask again later)."""
         with self._lock:
-            if time.monotonic() - self._last < self.idle:
+            if self._clock() - self._last < self.idle:
                 return False
             free = _unreferenced(self._held)
             self._held = [b for b, f in zip(self._held, free, strict=True) if not f]

@@ -32,32 +32,59 @@ def test_a_buffer_still_viewed_is_never_handed_out_again() -> None:
     assert bufs.take(2048) is not third and bufs.reused == 1  # only one of the size asked
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_as_many_spare_buffers_are_kept_as_were_held_at_once_lately_and_none_when_idle() -> None:
-    idle = 0.05
-    bufs = receive.Buffers(spare=2, idle=idle)
+    clock = _Clock()
+    bufs = receive.Buffers(spare=2, idle=2.0, clock=clock)
     held = [bufs.take(64) for _ in range(5)]  # five held at once: the peak
     del held
     assert bufs.spares() == 5  # let go since the last take: counted at the next
     taken = bufs.take(64)  # one of them again; the other four make up the peak
     assert bufs.reused == 1 and bufs.spares() == 4
-    time.sleep(idle)  # a new window: the last one's peak still counts
+    clock.now += 2.0  # a new window: the last one's peak still counts
     again = bufs.take(64)
     assert bufs.reused == 2 and bufs.spares() == 3
-    time.sleep(idle)  # another: five at once is two windows ago, `spare` is what is kept
+    clock.now += 2.0  # another: five at once is two windows ago, `spare` is what is kept
     third = bufs.take(64)
     assert bufs.reused == 3 and bufs.spares() == 2
-    time.sleep(idle)
+    assert not bufs.forget_idle()  # (a take just now)
+    clock.now += 2.0
     assert bufs.forget_idle() and bufs.spares() == 0
     del taken, again, third
 
 
-def test_spare_buffers_never_make_more_than_the_peak_with_those_held() -> None:
-    bufs = receive.Buffers(spare=1)
-    held = [bufs.take(64) for _ in range(4)]  # the peak: four
+def test_a_peak_long_ago_counts_no_more() -> None:
+    clock = _Clock()
+    bufs = receive.Buffers(spare=1, idle=2.0, clock=clock)
+    held = [bufs.take(64) for _ in range(6)]
     del held
-    other = bufs.take(128)  # of another size: held with three of the four, not all four
-    assert bufs.reused == 0 and bufs.spares() == 3
+    clock.now += 40.0  # twenty windows without a take (and nobody asked `forget_idle`)
+    taken = bufs.take(64)
+    assert bufs.spares() == 1
+    del taken
+
+
+def test_spare_buffers_never_make_more_bytes_than_the_peak_with_those_held() -> None:
+    bufs = receive.Buffers(spare=1)
+    held = [bufs.take(64) for _ in range(4)]  # the peak: four small buffers' bytes
+    del held
+    other = bufs.take(128)  # of another size: held with two of the four, not three
+    assert bufs.reused == 0 and bufs.spares() == 2
     del other
+    small = [bufs.take(64) for _ in range(10)]  # a peak of many small ones ...
+    del small
+    for n in (2**20, 2**20 + 4096, 2**20 + 8192, 2**20 + 12288):
+        bufs.take(n)  # ... then large ones of sizes that vary, each let go at once
+    bufs.take(64)  # (counts those let go)
+    spare_bytes = sum(len(b) for b in bufs._held) - (64 + heap.PAGE)
+    assert spare_bytes <= 10 * (64 + heap.PAGE) + (2**20 + 12288 + heap.PAGE)  # (1 spare)
 
 
 def test_a_taken_buffer_held_by_its_taker_is_not_spare() -> None:
