@@ -191,6 +191,10 @@ def trusting(ca_pem: str) -> ClientContext:
     return ctx
 
 
+# how often files renewed in place are looked at (`Watched`; SIGHUP: at once)
+RECHECK = 30.0
+
+
 def _stamp(*files: str) -> tuple[tuple[int, int], ...]:
     """What tells a changed file: its inode and mtime, each read through the Secret
     volume's symlinks (the current files); (0, 0) for one that cannot be read."""
@@ -230,7 +234,7 @@ class Watched:
         data = tuple(Path(f).read_bytes() for f in self.files)
         digest = _digest(*data)
         if digest == self._loaded:
-            self._seen = stamp
+            self._seen, self._read = stamp, None
             return None
         self._read = (stamp, digest)
         return data
@@ -276,7 +280,8 @@ class Served:
         are read once, checked on a context of their own (from memory: no file is written,
         a pod's root may be read-only), and only then loaded into the live one from the
         same bytes (loading a mismatched pair into it would leave it with the new
-        certificate and no key)."""
+        certificate and no key). The same bytes again (a Secret volume's other keys
+        updated) load nothing."""
         try:
             got = self._pair.changed()
         except OSError as err:

@@ -40,9 +40,6 @@ Metadata = tuple[tuple[str, str], ...]
 _MOD, _CREATE, _LEASE = rpc.Compare.MOD, rpc.Compare.CREATE, rpc.Compare.LEASE
 _EQUAL = rpc.Compare.EQUAL
 PROGRESS_EVERY = 1.0
-# after new TLS files: how long a channel made with the ones before may finish its calls
-# (the watch moves to a new channel then; new calls take new channels at once)
-RETIRE_GRACE = 30.0
 _TEMPORARY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -105,8 +102,12 @@ class EtcdStore:
             else None
         )
         self._creds = self._credentials()
-        self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+        self._tls_waiting: tuple[bytes, ...] | None = None  # (new files etcd refused: said)
+        # the calls under way on each channel, the channels made with TLS files replaced
+        # since (closed once no call uses them) and their closing
+        self._users: dict[grpc.aio.Channel, int] = {}
         self._retired: weakref.WeakSet[grpc.aio.Channel] = weakref.WeakSet()
+        self._closing: set[asyncio.Task[None]] = set()
         self._endpoint = random.randrange(len(settings.endpoints))  # spread the replicas
         # a channel per member, kept open (gRPC reconnects by itself), and the auth token
         # each member gave (etcd's simple tokens are a member's own)
@@ -179,13 +180,16 @@ class EtcdStore:
         """Whether it has TLS files to read again (`reload_tls`)."""
         return self._tls is not None
 
-    def reload_tls(self) -> bool:
+    async def reload_tls(self) -> bool:
         """Read etcd's TLS files again if they changed (cert-manager renews the hub's
-        client certificate, or etcd's CA is rotated): calls from now on go over new
-        channels made with them, and the channels before close once their calls are done
-        (RETIRE_GRACE at most: the watch moves over then). True when new ones are in use.
-        Files that do not load (a certificate without its key yet) keep the ones before,
-        said once, and are tried again at their next change."""
+        client certificate, or etcd's CA is rotated), and use them once a call with them
+        reaches etcd: calls from then on go over new channels made with them, and each
+        channel before closes once no call uses it (the watch of etcd stays on its
+        connection until that ends). True when new ones are in use. Until etcd takes them
+        (a CA rotated in the hub's files before etcd's members serve certificates of it),
+        the ones before stay in use, said once, and they are tried again at each look;
+        files that do not load (a certificate replaced before its key) keep the ones
+        before too, said once, tried again at their next change."""
         if self._tls is None:
             return False
         try:
@@ -203,13 +207,35 @@ class EtcdStore:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=ca.decode())
         except (ssl.SSLError, UnicodeDecodeError, ValueError) as err:
             return self._tls_failing(f"not a CA, certificate and key that load ({err})")
-        self._creds = grpc.ssl_channel_credentials(
+        creds = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
-        old, self._channels = self._channels, {}
-        for channel in old.values():
-            self._retired.add(channel)
-            self._retiring[channel] = asyncio.create_task(self._retire(channel))
+        at = self._endpoint
+        channel = self._open(at, creds)
+        self._use(channel)
+        try:  # (one call with them first: `_rev`, counted, is what every replica may read)
+            metadata = await self._token(at, channel)
+            probe = rpc.RangeRequest(key=self._rev, count_only=True)
+            await rpc.KVStub(channel).Range(probe, metadata=metadata, timeout=self.settings.timeout)
+        except grpc.aio.AioRpcError as err:
+            self._retire(channel)
+            if self._stale_token(err, at):
+                self._tokens.pop(at, None)
+            if got != self._tls_waiting:
+                self._tls_waiting = got
+                log.warning(
+                    "etcd's TLS files (%s) changed, but a call with them to %s failed (%s): "
+                    "the ones before stay in use; tried again every %.0f s and on SIGHUP",
+                    ", ".join(self._tls.files), self.settings.endpoints[at],
+                    err.details() or err.code(), tls.RECHECK,
+                )  # fmt: skip
+            return False
+        finally:
+            self._unuse(channel)
+        self._creds, self._tls_waiting = creds, None
+        old, self._channels = self._channels, {at: channel}
+        for before in old.values():
+            self._retire(before)
         self._tls.taken()
         return True
 
@@ -222,32 +248,48 @@ class EtcdStore:
         )  # fmt: skip
         return False
 
-    async def _retire(self, channel: grpc.aio.Channel) -> None:
-        try:
-            await channel.close(grace=RETIRE_GRACE)
-        finally:
-            self._retiring.pop(channel, None)
+    def _use(self, channel: grpc.aio.Channel) -> None:
+        self._users[channel] = self._users.get(channel, 0) + 1
 
-    async def _connect(self) -> tuple[int, grpc.aio.Channel, Metadata]:
-        """The member in use: its index, channel and the call metadata (auth token)."""
-        at = self._endpoint
+    def _unuse(self, channel: grpc.aio.Channel) -> None:
+        """A call on `channel` ended: one retired closes with the last."""
+        left = self._users.pop(channel) - 1
+        if left:
+            self._users[channel] = left
+        elif channel in self._retired:
+            self._retire(channel)
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close `channel` (its TLS files replaced) once no call uses it."""
+        self._retired.add(channel)
+        if channel not in self._users:
+            closing = asyncio.create_task(channel.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    def _open(self, at: int, creds: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        target = self.settings.endpoints[at]
+        options = [("grpc.max_receive_message_length", 256 * 2**20)]
+        if creds is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, creds, options=options)
+
+    def _channel(self, at: int) -> grpc.aio.Channel:
+        """Member `at`'s channel, kept open (gRPC reconnects by itself)."""
         channel = self._channels.get(at)
         if channel is None:
-            target = self.settings.endpoints[at]
-            creds = self._creds
-            options = [("grpc.max_receive_message_length", 256 * 2**20)]
-            channel = self._channels[at] = (
-                grpc.aio.secure_channel(target, creds, options=options)
-                if creds is not None
-                else grpc.aio.insecure_channel(target, options=options)
-            )
+            channel = self._channels[at] = self._open(at, self._creds)
+        return channel
+
+    async def _token(self, at: int, channel: grpc.aio.Channel) -> Metadata:
+        """The call metadata for member `at`: its auth token, asked for once."""
         if self.settings.username and at not in self._tokens:
             resp = await rpc.AuthStub(channel).Authenticate(
                 rpc.AuthenticateRequest(name=self.settings.username, password=self._password),
                 timeout=self.settings.timeout,
             )
             self._tokens[at] = (("token", resp.token),)
-        return at, channel, self._tokens.get(at, ())
+        return self._tokens.get(at, ())
 
     def _next_endpoint(self, failed: int) -> None:
         """Member `failed` is away: the next one (unless another call moved on already)."""
@@ -298,12 +340,14 @@ class EtcdStore:
         attempt, renewed = 0, False
         while True:
             at = self._endpoint
+            channel = self._channel(at)
+            self._use(channel)
             try:
-                at, channel, metadata = await self._connect()
+                metadata = await self._token(at, channel)
                 return await what(channel, metadata)
             except grpc.aio.AioRpcError as err:
                 if not renewed and self._stale_token(err, at):
-                    self._tokens.pop(at, None)  # _connect authenticates again
+                    self._tokens.pop(at, None)  # (`_token` authenticates again)
                     renewed = True
                     continue
                 if err.code() in _TEMPORARY and attempt < tries - 1:
@@ -311,6 +355,8 @@ class EtcdStore:
                     self._next_endpoint(at)
                     continue
                 raise self._error(err) from err
+            finally:
+                self._unuse(channel)
 
     async def _rpc(self, stub: Any, method: str, request: Any, deadline: float = 0.0) -> Any:
         """`stub.method(request)` (a unary call of etcd's API) through `_call`."""
@@ -449,12 +495,11 @@ class EtcdStore:
 
     async def close(self) -> None:
         await self.resign()
-        channels = [*self._channels.values(), *self._retiring]
+        channels = [*self._channels.values(), *(c for c in self._users if c in self._retired)]
         self._channels = {}
-        for retiring in list(self._retiring.values()):
-            retiring.cancel()
         for channel in channels:
             await channel.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     # --- the Shared calls ----------------------------------------------------------------
 
@@ -482,7 +527,9 @@ class EtcdStore:
         while True:
             call, ask, at, channel = None, None, self._endpoint, None
             try:
-                at, channel, metadata = await self._connect()
+                channel = self._channel(at)
+                self._use(channel)
+                metadata = await self._token(at, channel)
                 # hasleader: a member cut off from the others ends the watch, not silence
                 call = rpc.WatchStub(channel).Watch(metadata=(*metadata, ("hasleader", "true")))
                 await call.write(
@@ -542,10 +589,6 @@ class EtcdStore:
                         self._passed(resp.header.revision)
                         yield Change(resp.header.revision)  # progress: nothing more up to here
             except (grpc.aio.AioRpcError, StoreError) as err:
-                if channel is not None and channel in self._retired:
-                    # its channel was retired (new TLS files, `reload_tls`): on a new one
-                    log.info("following etcd over a channel with its new TLS files")
-                    continue
                 log.warning("following etcd broke (%s): again in %.1fs", _why(err), delay)
                 self._next_endpoint(at)
                 await asyncio.sleep(delay)
@@ -555,6 +598,8 @@ class EtcdStore:
                     ask.cancel()
                 if call is not None:
                     call.cancel()
+                if channel is not None:
+                    self._unuse(channel)
 
     def _passed(self, revision: int) -> None:
         """The feed has passed `revision`: this replica's commits up to it are behind."""

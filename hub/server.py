@@ -10,7 +10,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -28,7 +28,7 @@ log = logging.getLogger("fluidfed.hub")
 
 # how often the hub looks whether its certificate, key or client CA changed (a Secret
 # volume cert-manager renews): new handshakes get the new ones, open watches keep theirs
-TLS_RECHECK = 30.0
+TLS_RECHECK = tls.RECHECK
 
 
 def _tls(cfg: HubConfig, self_signed: bool) -> tuple[tls.Served | None, str]:
@@ -52,20 +52,28 @@ def _tls(cfg: HubConfig, self_signed: bool) -> tuple[tls.Served | None, str]:
 
 
 async def _reload_tls(
-    served: tls.Served | None, store: Callable[[], bool] | None, now: asyncio.Event
+    served: tls.Served | None,
+    store: Callable[[], Awaitable[bool]] | None,
+    now: asyncio.Event,
 ) -> None:
     """Load the serving files, and the etcd store's (`store`: its `reload_tls`), again
-    when they change: every TLS_RECHECK seconds, and at once on SIGHUP (`now`)."""
+    when they change: every TLS_RECHECK seconds, and at once on SIGHUP (`now`). Nothing
+    may end the looking (the hub would serve an expiring certificate), nor one's failure
+    keep the other from being looked at."""
     while True:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(TLS_RECHECK):
                 await now.wait()
         now.clear()
-        try:  # (nothing may end the looking: the hub would serve an expiring certificate)
-            if store is not None and store():
-                log.info("etcd's TLS files reloaded: new calls to etcd use them")
-            if served is None:
-                continue
+        if store is not None:
+            try:
+                if await store():
+                    log.info("etcd's TLS files reloaded: new calls to etcd use them")
+            except Exception:
+                log.exception("looking at etcd's TLS files again failed; trying again")
+        if served is None:
+            continue
+        try:
             if served.reload_pair():
                 until = f"{_not_after(served.cert_file):%Y-%m-%d %H:%M}"
                 log.info(
@@ -229,7 +237,7 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         loop.add_signal_handler(sig, stop.set)
     reloading = None
     # (etcd's TLS files: `EtcdStore.reload_tls`)
-    store_tls: Callable[[], bool] | None = (
+    store_tls: Callable[[], Awaitable[bool]] | None = (
         getattr(store, "reload_tls", None) if getattr(store, "reloads_tls", False) else None
     )
     if served is not None or store_tls is not None:

@@ -28,7 +28,7 @@ from fluidfed.models import AgentConfig, Binding, Cluster
 
 log = logging.getLogger("fluidfed.agent.webhook")
 
-CA_RECHECK = 30.0  # how often the API server's client CA file is looked at for a change
+CA_RECHECK = tls.RECHECK  # how often the API server's client CA file is looked at for a change
 
 
 @dataclasses.dataclass(eq=False)

@@ -76,13 +76,14 @@ class EtcdCluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.client: ClientFiles | None = None
         self._server: ClientFiles | None = None
+        self._ca: pki.KeyPair | None = None
         if tls:
             self._server, self.client = self._make_certificates()
 
     def _make_certificates(self) -> tuple[ClientFiles, ClientFiles]:
         d = self.base_dir / "tls"
         d.mkdir(parents=True, exist_ok=True)
-        ca = pki.new_ca("fluidfed local etcd CA")
+        ca = self._ca = pki.new_ca("fluidfed local etcd CA")
         ca_file = pki.write(d / "ca.crt", ca.cert_pem)
         server = pki.issue(ca, "etcd", hosts=("127.0.0.1", "localhost"), server=True, client=True)
         hub = pki.issue(ca, "fluidfed-hub", client=True)
@@ -104,7 +105,7 @@ class EtcdCluster:
         new files in place of the members' and the hub's (`client`), each replaced whole;
         the members take them at their next start."""
         assert self._server is not None and self.client is not None, "a TLS cluster"
-        ca = pki.new_ca("fluidfed local etcd CA (rotated)")
+        ca = self._ca = pki.new_ca("fluidfed local etcd CA (rotated)")
         server = pki.issue(ca, "etcd", hosts=("127.0.0.1", "localhost"), server=True, client=True)
         hub = pki.issue(ca, "fluidfed-hub", client=True)
         for path, pem in (
@@ -118,6 +119,23 @@ class EtcdCluster:
             pki.write(part, pem, private=path.suffix == ".key")
             os.replace(part, path)
         return self.client
+
+    def renew_client(self, directory: Path) -> ClientFiles:
+        """A new client certificate of the members' CA (as cert-manager renews the
+        hub's) with that CA, in `directory` as `ca.crt`, `hub.crt` and `hub.key`, each
+        replaced whole."""
+        assert self._ca is not None, "a TLS cluster"
+        hub = pki.issue(self._ca, "fluidfed-hub", client=True)
+        files = ClientFiles(directory / "ca.crt", directory / "hub.crt", directory / "hub.key")
+        for path, pem in (
+            (files.ca_file, self._ca.cert_pem),
+            (files.cert_file, hub.cert_pem),
+            (files.key_file, hub.key_pem),
+        ):
+            part = path.with_name(f".{path.name}.new")
+            pki.write(part, pem, private=path.suffix == ".key")
+            os.replace(part, path)
+        return files
 
     @property
     def endpoints(self) -> list[str]:

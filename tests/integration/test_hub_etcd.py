@@ -49,47 +49,81 @@ async def test_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
 
 
 async def test_etcds_tls_files_renewed_are_used_without_a_restart(tmp_path: Path) -> None:
-    """etcd's CA is rotated (cert-manager renews it, and the hub's client certificate in
-    its Secret volume): the members restart with the new one; the hub reaches them with
-    its new files without a restart (SIGHUP: at once; else within `TLS_RECHECK`), its
-    catalog intact."""
+    """Two replicas on a TLS etcd, each with its Secret volume's files. cert-manager renews
+    one's client certificate, etcd untouched: that replica reloads it (SIGHUP: at once;
+    else within `TLS_RECHECK`) and still follows what the other writes. Then etcd's CA is
+    rotated and its members restart with it: both reach etcd with their new files, no
+    restart."""
     with etcd.EtcdCluster(tmp_path / "etcd", size=1, tls=True) as members:
         assert members.client is not None
-        mine = tmp_path / "secret"  # (the hub's Secret volume: its own copies)
-        mine.mkdir()
+        secrets_ = {n: tmp_path / f"secret-{n}" for n in ("a", "b")}
 
-        def take(files: etcd.ClientFiles) -> None:
+        def take(files: etcd.ClientFiles, into: Path) -> None:
+            into.mkdir(exist_ok=True)
             for src in (files.ca_file, files.cert_file, files.key_file):
-                part = mine / f".{src.name}.new"
+                part = into / f".{src.name}.new"
                 shutil.copyfile(src, part)
-                os.replace(part, mine / src.name)  # (replaced whole, as kubelet does)
+                os.replace(part, into / src.name)  # (replaced whole, as kubelet does)
 
-        take(members.client)
-        files = members.client
-        cfg = tmp_path / "hub.toml"
-        cfg.write_text(
-            f'[hub]\nstore = "{members.store_url}"\n'
-            f'etcd_ca_file = "{mine / files.ca_file.name}"\n'
-            f'etcd_cert_file = "{mine / files.cert_file.name}"\n'
-            f'etcd_key_file = "{mine / files.key_file.name}"\n'
-        )
-        with HubProcess(tmp_path / "hub", extra=["--config", str(cfg)]) as hub:
-            await _round_trip(hub)
+        def config(name: str) -> list[str]:
+            d = secrets_[name]
+            take(members.client, d)  # type: ignore[arg-type]
+            cfg = tmp_path / f"hub-{name}.toml"
+            cfg.write_text(
+                f'[hub]\nstore = "{members.store_url}"\netcd_ca_file = "{d / "ca.crt"}"\n'
+                f'etcd_cert_file = "{d / "hub.crt"}"\netcd_key_file = "{d / "hub.key"}"\n'
+            )
+            return ["--config", str(cfg)]
+
+        with (
+            HubProcess(tmp_path / "hub", extra=config("a")) as a,
+            HubProcess(tmp_path / "hub", extra=config("b")) as b,
+        ):
+            assert a.proc is not None and b.proc is not None
+            assert a.errors is not None and b.errors is not None
+            await _round_trip(a)
+
+            async def reloaded(hub: HubProcess, times: int) -> bool:
+                assert hub.errors is not None
+                return hub.errors.tail(400).count("etcd's TLS files reloaded") >= times
+
+            async def lists(hub: HubProcess, names: set[str]) -> bool:
+                async with Client(hub.url, hub.admin_token) as admin:
+                    return {d.spec.name for d in await admin.list_datasets()} == names
+
+            async def through(writer: HubProcess, reader: HubProcess, name: str) -> None:
+                async with Client(writer.url, writer.admin_token) as admin:
+                    await admin.apply_dataset(testing.dataset(name, uri=f"file:///{name}"))
+                want = {"d", "e", "f"} if name == "f" else {"d", "e"}
+                await testing.eventually(
+                    lambda: lists(reader, want), f"{name} seen by the other replica", timeout=30
+                )
+
+            # renewed, etcd untouched: a's watch of etcd goes on (a list waits for it)
+            members.renew_client(secrets_["a"])
+            a.proc.send_signal(signal.SIGHUP)
+            await testing.eventually(lambda: reloaded(a, 1), "a's files reloaded", timeout=30)
+            await through(b, a, "e")
+            # the CA rotated, the members restarted with it: both on their new files
             members.stop_member("m0")
-            take(members.rotate_ca())
+            rotated = members.rotate_ca()
+            take(rotated, secrets_["a"])
+            take(rotated, secrets_["b"])
             members.start_member("m0")
             members.wait_healthy(60)
-            assert hub.proc is not None
-            hub.proc.send_signal(signal.SIGHUP)
+            for hub in (a, b):
+                hub.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            await testing.eventually(lambda: reloaded(a, 2), "a's files reloaded", timeout=30)
+            await testing.eventually(lambda: reloaded(b, 1), "b's files reloaded", timeout=30)
 
-            async def through() -> bool:
-                async with Client(hub.url, hub.admin_token) as admin:
-                    await admin.apply_dataset(testing.dataset("e", uri="file:///y"))
-                    return {d.spec.name for d in await admin.list_datasets()} == {"d", "e"}
+            async def stored() -> bool:
+                async with Client(a.url, a.admin_token) as admin:
+                    await admin.apply_dataset(testing.dataset("f", uri="file:///f"))
+                return True
 
-            await testing.eventually(through, "a change stored with the new files", timeout=30)
-            assert hub.errors is not None
-            assert "etcd's TLS files reloaded" in hub.errors.tail(200)
+            await testing.eventually(stored, "a change stored with the new files", timeout=30)
+            await through(a, b, "f")
+            assert "Traceback" not in a.errors.tail(400) + b.errors.tail(400)
 
 
 async def _enable_auth(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.local.cluster import free_port
 from fluidfed import config, pki
 from fluidfed.errors import ConfigError
 from hub import etcd
@@ -73,12 +74,14 @@ def test_an_etcd_password_is_not_sent_in_clear_beyond_loopback() -> None:
     assert validation.check_hub(HubConfig(store="etcd://10.0.0.2:2379")) == []  # (no password)
 
 
-def test_etcd_tls_files_that_do_not_load_keep_the_ones_before_said_once(
+async def test_etcd_tls_files_that_do_not_load_or_reach_etcd_keep_the_ones_before(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`reload_tls` takes files that changed and load (new credentials), and leaves
-    those that do not (a certificate replaced before its key) for the ones before, said
-    once, tried again at their next change; unchanged files or the same bytes: nothing."""
+    """`reload_tls` leaves files that do not load (a certificate replaced before its key)
+    for the ones before, said once, tried again at their next change; files that load
+    but that etcd does not take (none listens here) keep the ones before too, said once,
+    tried again at each look; unchanged files or the same bytes: nothing. (Files etcd
+    takes: tests/integration/test_hub_etcd.py.)"""
     ca = pki.new_ca("etcd CA")
     first, second = (pki.issue(ca, "fluidfed-hub", client=True) for _ in range(2))
     files = {n: tmp_path / n for n in ("ca.crt", "hub.crt", "hub.key")}
@@ -93,22 +96,28 @@ def test_etcd_tls_files_that_do_not_load_keep_the_ones_before_said_once(
     write("hub.key", first.key_pem)
     store = etcd.EtcdStore(
         etcd.EtcdSettings(
-            endpoints=("127.0.0.1:1",),
+            endpoints=(f"127.0.0.1:{free_port()}",),  # (nothing listens: refused at once)
             ca_file=str(files["ca.crt"]),
             cert_file=str(files["hub.crt"]),
             key_file=str(files["hub.key"]),
+            timeout=2.0,
         )
     )
-    assert store.reloads_tls and not store.reload_tls()  # (nothing changed)
-    before = store._creds
-    write("hub.crt", first.cert_pem)  # the same bytes, a new file: nothing to load
-    assert not store.reload_tls() and store._creds is before
-    write("hub.crt", second.cert_pem)  # its key not yet: refused, said once
-    with caplog.at_level(logging.WARNING, logger="fluidfed.hub.etcd"):
-        assert not store.reload_tls() and not store.reload_tls()
-    said = [r.getMessage() for r in caplog.records if "were not loaded" in r.getMessage()]
-    assert len(said) == 1 and str(files["hub.crt"]) in said[0]
-    assert store._creds is before
-    write("hub.key", second.key_pem)
-    assert store.reload_tls() and store._creds is not before
+    try:
+        assert store.reloads_tls and not await store.reload_tls()  # (nothing changed)
+        before = store._creds
+        write("hub.crt", first.cert_pem)  # the same bytes, a new file: nothing to load
+        assert not await store.reload_tls() and store._creds is before
+        write("hub.crt", second.cert_pem)  # its key not yet: refused, said once
+        with caplog.at_level(logging.WARNING, logger="fluidfed.hub.etcd"):
+            assert not await store.reload_tls() and not await store.reload_tls()
+            write("hub.key", second.key_pem)  # a pair now, but etcd cannot be reached
+            assert not await store.reload_tls() and not await store.reload_tls()
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("were not loaded" in m for m in said) == 1
+        assert sum("a call with them to" in m for m in said) == 1  # (tried twice, said once)
+        assert str(files["hub.crt"]) in said[0] and "BEGIN" not in "".join(said)
+        assert store._creds is before
+    finally:
+        await store.close()
     assert not etcd.EtcdStore(etcd.EtcdSettings(endpoints=("127.0.0.1:1",))).reloads_tls
