@@ -108,6 +108,8 @@ class EtcdStore:
         self._users: dict[grpc.aio.Channel, int] = {}
         self._retired: weakref.WeakSet[grpc.aio.Channel] = weakref.WeakSet()
         self._closing: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
+        self._closed = False
         self._endpoint = random.randrange(len(settings.endpoints))  # spread the replicas
         # a channel per member, kept open (gRPC reconnects by itself), and the auth token
         # each member gave (etcd's simple tokens are a member's own)
@@ -189,9 +191,14 @@ class EtcdStore:
         (a CA rotated in the hub's files before etcd's members serve certificates of it),
         the ones before stay in use, said once, and they are tried again at each look;
         files that do not load (a certificate replaced before its key) keep the ones
-        before too, said once, tried again at their next change."""
+        before too, said once, tried again at their next change. One look at a time."""
         if self._tls is None:
             return False
+        async with self._reloading:
+            return await self._look_at_tls()
+
+    async def _look_at_tls(self) -> bool:
+        assert self._tls is not None
         try:
             got = self._tls.changed()
         except OSError as err:
@@ -213,14 +220,21 @@ class EtcdStore:
         at = self._endpoint
         channel = self._open(at, creds)
         self._use(channel)
+        switched = False
         try:  # (one call with them first: `_rev`, counted, is what every replica may read)
-            metadata = await self._token(at, channel)
-            probe = rpc.RangeRequest(key=self._rev, count_only=True)
-            await rpc.KVStub(channel).Range(probe, metadata=metadata, timeout=self.settings.timeout)
+            for renewed in (False, True):
+                try:
+                    metadata = await self._token(at, channel)
+                    probe = rpc.RangeRequest(key=self._rev, count_only=True)
+                    await rpc.KVStub(channel).Range(
+                        probe, metadata=metadata, timeout=self.settings.timeout
+                    )
+                    break
+                except grpc.aio.AioRpcError as err:
+                    if renewed or not self._stale_token(err, at):
+                        raise
+                    self._tokens.pop(at, None)  # (`_token` authenticates again)
         except grpc.aio.AioRpcError as err:
-            self._retire(channel)
-            if self._stale_token(err, at):
-                self._tokens.pop(at, None)
             if got != self._tls_waiting:
                 self._tls_waiting = got
                 log.warning(
@@ -230,14 +244,18 @@ class EtcdStore:
                     err.details() or err.code(), tls.RECHECK,
                 )  # fmt: skip
             return False
+        else:
+            self._creds, self._tls_waiting = creds, None
+            old, self._channels = self._channels, {at: channel}
+            for before in old.values():
+                self._retire(before)
+            self._tls.taken()
+            switched = True
+            return True
         finally:
+            if not switched:  # (refused, or cancelled: closed once `_unuse` lets it go)
+                self._retired.add(channel)
             self._unuse(channel)
-        self._creds, self._tls_waiting = creds, None
-        old, self._channels = self._channels, {at: channel}
-        for before in old.values():
-            self._retire(before)
-        self._tls.taken()
-        return True
 
     def _tls_failing(self, why: str) -> bool:
         assert self._tls is not None
@@ -253,10 +271,10 @@ class EtcdStore:
 
     def _unuse(self, channel: grpc.aio.Channel) -> None:
         """A call on `channel` ended: one retired closes with the last."""
-        left = self._users.pop(channel) - 1
+        left = self._users.pop(channel, 1) - 1  # (none counted once closed)
         if left:
             self._users[channel] = left
-        elif channel in self._retired:
+        elif channel in self._retired and not self._closed:
             self._retire(channel)
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
@@ -495,8 +513,9 @@ class EtcdStore:
 
     async def close(self) -> None:
         await self.resign()
+        self._closed = True
         channels = [*self._channels.values(), *(c for c in self._users if c in self._retired)]
-        self._channels = {}
+        self._channels, self._users = {}, {}
         for channel in channels:
             await channel.close()
         await asyncio.gather(*self._closing, return_exceptions=True)

@@ -256,8 +256,10 @@ async def serve(cfg: HubConfig, *, ready_line: bool = True, self_signed: bool = 
         await stop.wait()
     finally:
         print("fluidfed hub stopping", file=sys.stderr, flush=True)
-        if reloading is not None:
+        if reloading is not None:  # (ended before the store closes: its look may use it)
             reloading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reloading
         with contextlib.suppress(Exception):
             await runner.cleanup()
         await catalog.close()

@@ -8,7 +8,10 @@ tells whether the file is in the page cache, so the caller can map it on its eve
 and read the rest in a thread. A file mapped `lazy` is not checked whole at once: each
 READ's answer is checked by the pieces it covers, in the thread that copies it to the
 kernel, while the bytes are in that core's caches (`unchecked_span`; figures: README,
-"Measured design decisions"); any other use checks the whole block first (`check_whole`).
+"Measured design decisions"), once cachestat says they lie in the page cache (else the
+READ is answered from elsewhere); any other use checks the whole block first, faulting
+it all in (`check_whole`). One mapped lazily from the page cache has only its end
+faulted in at once.
 Workers replace block files whole (rename) and never shorten one, so a mapped file cannot
 shrink under its reader. A block of 1 MiB or more is written past the page cache
 (O_DIRECT), smaller ones through it.
@@ -416,7 +419,9 @@ def map_block_file(
     OSError here and never a SIGBUS later; after that the kernel copies from it (FUSE
     replies, writes), which fail with EFAULT rather than a signal, and the checks of a
     `lazy` one read only pages still in the page cache, or fault them in again first (a
-    page let go of and unreadable is then an error too). Workers replace block files whole
+    page let go of and unreadable is then an error too). A `lazy` one found in the page
+    cache (`cached_only`) has only its end faulted in (the trailer read here): its
+    reader's checks fault in the rest as they read it. Workers replace block files whole
     (rename) and never shorten one, so a mapped file does not shrink under its reader; an
     evicted (unlinked) file stays readable, and its disk space held, until the reader
     drops the mapping.

@@ -97,7 +97,7 @@ class Buffers:
     Every buffer handed out is tracked; one is reused only when the tracking list holds
     its last reference: a block in the memory tier, a slice in a FUSE reply, any view of
     it keeps it (every view holds its bytearray or mapping), so a buffer is never
-    overwritten while still referenced. The `spare` unreferenced ones let go of last are
+    overwritten while still referenced. The `spare` unreferenced ones taken last are
     kept, and more while all held stays within the most bytes referenced at once lately
     (in this window of `idle` seconds or the one before); none after `idle` seconds
     without a block. A memory tier lets go of several blocks at once, and takes as many
@@ -142,8 +142,8 @@ class Buffers:
                 self._window, self._peak = now, (live, self._peak[0])
             elif live > self._peak[0]:
                 self._peak = (live, self._peak[1])
-            # the one used again: the last let go of, of its size; kept: the `spare` let go
-            # of last, and more while all held stays within the peak (the process held that
+            # the one used again: the one of its size taken last; kept: the `spare` taken
+            # last, and more while all held stays within the peak (the process held that
             # much moments ago: a memory tier lets go of several blocks at once, and takes
             # as many again as the next ones come in)
             budget = max(self._peak) - live

@@ -87,6 +87,21 @@ def test_spare_buffers_never_make_more_bytes_than_the_peak_with_those_held() -> 
     assert spare_bytes <= 10 * (64 + heap.PAGE) + (2**20 + 12288 + heap.PAGE)  # (1 spare)
 
 
+def test_the_spare_buffers_kept_are_those_taken_last() -> None:
+    bufs = receive.Buffers(spare=1)
+    old = bufs.take(64)
+    new = bufs.take(128)
+    new_at = heap.address(new)
+    del old, new
+    kept = bufs.take(256)  # (a peak of two: room for one spare besides this one)
+    assert bufs.spares() == 1
+    assert heap.address(bufs.take(128)) == new_at  # the one taken last is the one kept
+    assert bufs.reused == 1
+    bufs.take(64)  # (the one taken first: dropped, a new one)
+    assert bufs.reused == 1
+    del kept
+
+
 def test_a_taken_buffer_held_by_its_taker_is_not_spare() -> None:
     bufs = receive.Buffers()
     mine = bufs.take(16)
