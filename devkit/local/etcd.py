@@ -108,16 +108,13 @@ class EtcdCluster:
         ca = self._ca = pki.new_ca("fluidfed local etcd CA (rotated)")
         server = pki.issue(ca, "etcd", hosts=("127.0.0.1", "localhost"), server=True, client=True)
         hub = pki.issue(ca, "fluidfed-hub", client=True)
-        for path, pem in (
+        _replace(
             (self._server.ca_file, ca.cert_pem),
             (self._server.cert_file, server.cert_pem),
             (self._server.key_file, server.key_pem),
             (self.client.cert_file, hub.cert_pem),
             (self.client.key_file, hub.key_pem),
-        ):
-            part = path.with_name(f".{path.name}.new")
-            pki.write(part, pem, private=path.suffix == ".key")
-            os.replace(part, path)
+        )
         return self.client
 
     def renew_client(self, directory: Path) -> ClientFiles:
@@ -127,14 +124,11 @@ class EtcdCluster:
         assert self._ca is not None, "a TLS cluster"
         hub = pki.issue(self._ca, "fluidfed-hub", client=True)
         files = ClientFiles(directory / "ca.crt", directory / "hub.crt", directory / "hub.key")
-        for path, pem in (
+        _replace(
             (files.ca_file, self._ca.cert_pem),
             (files.cert_file, hub.cert_pem),
             (files.key_file, hub.key_pem),
-        ):
-            part = path.with_name(f".{path.name}.new")
-            pki.write(part, pem, private=path.suffix == ".key")
-            os.replace(part, path)
+        )
         return files
 
     @property
@@ -301,6 +295,15 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _replace(*files: tuple[Path, bytes]) -> None:
+    """Write each file whole in place of the one there (as kubelet updates a Secret
+    volume): a reader sees the old bytes or the new, never part; keys owner-only."""
+    for path, pem in files:
+        part = path.with_name(f".{path.name}.new")
+        pki.write(part, pem, private=path.suffix == ".key")
+        os.replace(part, path)
 
 
 def vars_of(m: Member) -> dict[str, object]:
