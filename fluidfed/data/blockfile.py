@@ -463,6 +463,10 @@ def map_block_file(
         tail = 0
         if cached_only and lazy and not huge:
             tail = max(0, length - _TAIL_FAULTED) // mmap.PAGESIZE * mmap.PAGESIZE
+            # (read once, front to back: its pages are not marked accessed when it is
+            # unmapped, each under the LRU's lock, as a mapping's young pages otherwise
+            # are; the reader's copy in the FUSE file's page cache is what is used again)
+            m.madvise(mmap.MADV_SEQUENTIAL)
         try:
             if huge:
                 _populate_huge(m, length)

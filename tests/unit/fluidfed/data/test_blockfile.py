@@ -729,7 +729,8 @@ def test_only_a_block_files_mapping_is_taken_for_one(tmp_path: Path) -> None:
 def test_a_cached_block_mapped_lazily_has_only_its_end_faulted_in(tmp_path: Path) -> None:
     """Mapped `lazy` on the event loop from the page cache, a block file has only its end
     faulted in (the trailer read there): its reader's threads fault in what they check,
-    16 pages a fault, without the walk over every page that faulting it all in costs. A
+    16 pages a fault, without the walk over every page that faulting it all in costs, and
+    is marked sequential, so its pages are not activated when it is unmapped. A
     use that checks it whole faults it all in first; one that cannot be mapped lazily (one
     piece, no pieces' CRCs) is checked whole at once, as before."""
     payload = os.urandom(4 * 2**20)
@@ -740,6 +741,7 @@ def test_a_cached_block_mapped_lazily_has_only_its_end_faulted_in(tmp_path: Path
     at = heap.address(data)
     assert blockfile.unchecked_span(data) is not None and crc == blocks.checksum(payload)
     assert testing.mapped_bytes(at) <= 128 * 1024  # (fault-around: 64 KiB at most a fault)
+    assert "sr" in testing.vm_flags(at)  # (not activated at unmap: read once, in order)
     blockfile.check_whole(data)
     assert testing.mapped_bytes(at) >= len(payload) and bytes(data) == payload
     single = block_file(str(tmp_path), "b" * 32)
