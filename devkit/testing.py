@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import mmap
 import os
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -413,6 +415,27 @@ def mapped_bytes(address: int) -> int:
     kib, unit = _smaps_field(address, "Rss:")
     assert unit == "kB"
     return int(kib) * 1024
+
+
+def page_frames(address: int, length: int) -> list[int]:
+    """The page frames of the pages mapped in this process at `address` for `length`
+    bytes (none mapped: left out; all 0 without CAP_SYS_ADMIN, /proc/self/pagemap)."""
+    first, n = address // mmap.PAGESIZE, -(-(address % mmap.PAGESIZE + length) // mmap.PAGESIZE)
+    with open("/proc/self/pagemap", "rb") as pm:
+        pm.seek(first * 8)
+        entries = struct.unpack(f"{n}Q", pm.read(8 * n))
+    return [e & ((1 << 55) - 1) for e in entries if e >> 63]
+
+
+def active_pages(frames: list[int]) -> int:
+    """How many of these page frames are on an active LRU list (/proc/kpageflags)."""
+    active = 0
+    with open("/proc/kpageflags", "rb") as kf:
+        for pfn in frames:
+            kf.seek(pfn * 8)
+            (flags,) = struct.unpack("Q", kf.read(8))
+            active += flags >> 6 & 1  # (KPF_ACTIVE)
+    return active
 
 
 # whether this kernel has transparent huge pages (MADV_HUGEPAGE marks a mapping "hg")

@@ -452,6 +452,15 @@ def map_block_file(
             return read_block_file(path)
         if huge:  # (what lies in the page cache already, in small folios, let go of)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        lazy_cached = cached_only and lazy and not huge
+        if lazy_cached:
+            # read once: its pages are not marked accessed when it is unmapped, each under
+            # the LRU's lock, as a mapping's young pages otherwise are (Linux 6.3; before,
+            # the advice does nothing); the reader's copy in the FUSE file's page cache is
+            # what is read again. (Advice to the file, which the mapping shares:
+            # MADV_SEQUENTIAL on the mapping would take the mmap lock for writing, against
+            # the reader's faults)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NOREUSE)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
         _file_maps.add(m)
         # a cached file mapped lazily: only its end faulted in here (the trailer, read
@@ -461,12 +470,8 @@ def map_block_file(
         # and marked each accessed (the LRU's lock): half of the event loop's time on a
         # warm read of a worker's files, where a reader's faults map 16 pages each.
         tail = 0
-        if cached_only and lazy and not huge:
+        if lazy_cached:
             tail = max(0, length - _TAIL_FAULTED) // mmap.PAGESIZE * mmap.PAGESIZE
-            # (read once, front to back: its pages are not marked accessed when it is
-            # unmapped, each under the LRU's lock, as a mapping's young pages otherwise
-            # are; the reader's copy in the FUSE file's page cache is what is used again)
-            m.madvise(mmap.MADV_SEQUENTIAL)
         try:
             if huge:
                 _populate_huge(m, length)

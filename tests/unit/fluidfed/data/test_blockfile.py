@@ -6,6 +6,7 @@ import array
 import errno
 import fcntl
 import functools
+import gc
 import mmap
 import os
 import shutil
@@ -729,8 +730,7 @@ def test_only_a_block_files_mapping_is_taken_for_one(tmp_path: Path) -> None:
 def test_a_cached_block_mapped_lazily_has_only_its_end_faulted_in(tmp_path: Path) -> None:
     """Mapped `lazy` on the event loop from the page cache, a block file has only its end
     faulted in (the trailer read there): its reader's threads fault in what they check,
-    16 pages a fault, without the walk over every page that faulting it all in costs, and
-    is marked sequential, so its pages are not activated when it is unmapped. A
+    16 pages a fault, without the walk over every page that faulting it all in costs. A
     use that checks it whole faults it all in first; one that cannot be mapped lazily (one
     piece, no pieces' CRCs) is checked whole at once, as before."""
     payload = os.urandom(4 * 2**20)
@@ -741,7 +741,6 @@ def test_a_cached_block_mapped_lazily_has_only_its_end_faulted_in(tmp_path: Path
     at = heap.address(data)
     assert blockfile.unchecked_span(data) is not None and crc == blocks.checksum(payload)
     assert testing.mapped_bytes(at) <= 128 * 1024  # (fault-around: 64 KiB at most a fault)
-    assert "sr" in testing.vm_flags(at)  # (not activated at unmap: read once, in order)
     blockfile.check_whole(data)
     assert testing.mapped_bytes(at) >= len(payload) and bytes(data) == payload
     single = block_file(str(tmp_path), "b" * 32)
@@ -755,6 +754,27 @@ def test_a_cached_block_mapped_lazily_has_only_its_end_faulted_in(tmp_path: Path
     kept, _ = map_block_file(older, cached_only=True, lazy=True)
     assert blockfile.unchecked_span(kept) is None
     assert testing.mapped_bytes(heap.address(kept)) >= len(payload) and bytes(kept) == payload
+
+
+def test_a_cached_block_mapped_lazily_leaves_its_pages_unactivated(tmp_path: Path) -> None:
+    """Unmapped after its reader's faults, a block file mapped lazily from the page cache
+    has not had its pages activated (the kernel marks a mapping's young pages accessed at
+    unmap, each under the LRU's lock, unless the file was advised NOREUSE): the reader's
+    copy in the FUSE file's page cache is what is read again."""
+    payload = os.urandom(4 * 2**20)
+    path = block_file(str(tmp_path), "a" * 32)
+    write_block_file(path, payload, blocks.checksum(payload))
+    Path(path).read_bytes()  # (into the page cache, read once: referenced, not active)
+    data, _ = map_block_file(path, cached_only=True, lazy=True)
+    for at in range(0, len(payload), 16 * mmap.PAGESIZE):  # (the reader's faults)
+        assert data[at] == payload[at]
+    frames = testing.page_frames(heap.address(data), len(payload))
+    if not any(frames):
+        pytest.skip("page frame numbers need CAP_SYS_ADMIN (/proc/self/pagemap)")
+    assert len(frames) == len(payload) // mmap.PAGESIZE
+    del data
+    gc.collect()  # (unmapped with its last view)
+    assert testing.active_pages(frames) < len(frames) // 8
 
 
 def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path: Path) -> None:
