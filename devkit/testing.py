@@ -438,5 +438,13 @@ def active_pages(frames: list[int]) -> int:
     return active
 
 
+def multi_gen_lru() -> bool:
+    """Whether this kernel runs the multi-generation LRU, which sets no page active."""
+    try:
+        return int(Path("/sys/kernel/mm/lru_gen/enabled").read_text(), 16) != 0
+    except (OSError, ValueError):
+        return False
+
+
 # whether this kernel has transparent huge pages (MADV_HUGEPAGE marks a mapping "hg")
 HAS_THP = Path("/sys/kernel/mm/transparent_hugepage").is_dir()

@@ -456,11 +456,13 @@ def map_block_file(
         if lazy_cached:
             # read once: its pages are not marked accessed when it is unmapped, each under
             # the LRU's lock, as a mapping's young pages otherwise are (Linux 6.3; before,
-            # the advice does nothing); the reader's copy in the FUSE file's page cache is
-            # what is read again. (Advice to the file, which the mapping shares:
-            # MADV_SEQUENTIAL on the mapping would take the mmap lock for writing, against
-            # the reader's faults)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NOREUSE)
+            # the advice does nothing), nor kept from reclaim meanwhile by its young
+            # entries (a piece let go of before it is sent is read again: REREAD); the
+            # reader's copy in the FUSE file's page cache is what is read again. (Advice
+            # to the file, which the mapping shares: MADV_SEQUENTIAL on the mapping would
+            # take the mmap lock for writing, against the reader's faults)
+            with contextlib.suppress(OSError):  # (only advice)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NOREUSE)
         m = mmap.mmap(fd, length, prot=mmap.PROT_READ)
         _file_maps.add(m)
         # a cached file mapped lazily: only its end faulted in here (the trailer, read

@@ -769,12 +769,16 @@ def test_a_cached_block_mapped_lazily_leaves_its_pages_unactivated(tmp_path: Pat
     for at in range(0, len(payload), 16 * mmap.PAGESIZE):  # (the reader's faults)
         assert data[at] == payload[at]
     frames = testing.page_frames(heap.address(data), len(payload))
+    assert len(frames) == len(payload) // mmap.PAGESIZE
     if not any(frames):
         pytest.skip("page frame numbers need CAP_SYS_ADMIN (/proc/self/pagemap)")
-    assert len(frames) == len(payload) // mmap.PAGESIZE
+    if testing.multi_gen_lru():
+        pytest.skip("the multi-generation LRU keeps no active list (/proc/kpageflags)")
+    # (the probe's and the trailer's reads may have activated a folio or two before)
+    before = testing.active_pages(frames)
     del data
     gc.collect()  # (unmapped with its last view)
-    assert testing.active_pages(frames) < len(frames) // 8
+    assert testing.active_pages(frames) - before < len(frames) // 8
 
 
 def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path: Path) -> None:
