@@ -48,16 +48,14 @@ async def test_a_retired_channel_closes_with_its_last_call_not_before() -> None:
 
 async def test_a_probe_cancelled_or_refused_leaves_no_channel_open(tmp_path: Path) -> None:
     ca = pki.new_ca("etcd CA")
-    files = {}
-    for name, pem in (("ca.crt", ca.cert_pem),):
-        files[name] = pki.write(tmp_path / name, pem)
+    ca_file = pki.write(tmp_path / "ca.crt", ca.cert_pem)
     silent = socket.socket()  # accepts (the kernel's backlog), never answers a handshake
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     store = etcd.EtcdStore(
         etcd.EtcdSettings(
             endpoints=(f"127.0.0.1:{silent.getsockname()[1]}",),
-            ca_file=str(files["ca.crt"]),
+            ca_file=str(ca_file),
             timeout=30.0,
         )
     )
@@ -82,7 +80,7 @@ async def test_a_probe_cancelled_or_refused_leaves_no_channel_open(tmp_path: Pat
         other = pki.new_ca("another CA")  # the CA rotated in the hub's files
         part = tmp_path / ".ca.crt.new"
         part.write_bytes(other.cert_pem)
-        os.replace(part, files["ca.crt"])
+        os.replace(part, ca_file)
         before = store._creds
         looking = asyncio.create_task(store.reload_tls())
         while not opened:
