@@ -398,6 +398,24 @@ class DatasetFS(pyfuse3.Operations):
         if idx:
             self._follow(h, idx)
 
+    def plan(self, h: Handle, first: int, count: int) -> list[tuple[str, str, list[str]] | None]:
+        """`BlockReader.plan` for up to `count` blocks of the file `h` reads from block
+        `first` on, if `h` reads the file as listed now (else nothing)."""
+        if self.tree.file(h.inode) != h.ref:
+            return []
+        end = min(first + count, blocks.block_count(h.ref.size, self.block_size))
+        return self.reader.plan(h.ref, range(first, end))
+
+    def passed(self, inode: int, index: int, within: int) -> None:
+        """A reader of `inode` went on into its block `index` without a READ here (the
+        session answered it from a block it mapped itself, after those it was handed from
+        here): the reader whose last block lies nearest before it, up to `within` blocks,
+        moves on, so that the READ that comes here after those finds it (`stream`) still
+        sequential, its read-ahead going."""
+        behind = [h for h in self._streams.get(inode) or () if 0 <= index - h.last_block <= within]
+        if behind:
+            max(behind, key=lambda h: h.last_block).last_block = index
+
     def served_elsewhere(self, reads: int, nbytes: int) -> None:
         """Count READs, of `nbytes` in all, that the session answered by itself from
         blocks held there (given it by `held_block`: local hits, and the store's)."""

@@ -8,7 +8,9 @@
   itself (no OPEN, no RELEASE); else the session's threads answer them. Either way READs
   name the inode (`DatasetFS.stream`) rather than a handle. The READs that lie in a block
   the sidecar holds (mapped from a worker's file, or a few in its memory) are answered by
-  the session itself once Python hands it the block (`NativeSession._hold`).
+  the session itself once Python hands it the block (`NativeSession._hold`). A reader
+  whose blocks lie warm in a worker's files on this node is handed on whole: the session
+  maps the next blocks itself, where Python says they lie (`NativeSession._plan`).
 - `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
   READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
   on one core (figures: README, "Measured design decisions").
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
 import os
 import platform
 import re
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -46,6 +50,19 @@ OPENS_VAR = "FLUIDFED_FUSE_OPENS"  # who answers opens (OPENS)
 # serves a read-ahead could evict that inode and wait on the very pages it is filling.
 # Older series may have it too, unknown here: FLUIDFED_FUSE_OPENS=kernel says they do.
 SAFE_KERNEL_OPENS = ((6, 19, 0), (6, 18, 10))
+
+# blocks of a file whose files the session maps itself at a time (`NativeSession._plan`):
+# a READ comes to the event loop once per PLANNED blocks (or where a file is not in the
+# page cache), rather than once per block
+PLANNED = 64
+PLANS_KEPT = 1024  # files whose plans are remembered (to count what the session mapped)
+
+
+@dataclasses.dataclass
+class _Planned:
+    first: int  # the first block planned
+    blocks: list[tuple[str, str, int] | None]  # each one's (worker, key, size), if planned
+
 
 # READ answers this large (the native session's INLINE_REPLY: those its replying threads
 # write) from a block not checked whole are checked by the pieces they lie in, by the
@@ -122,6 +139,9 @@ class NativeSession:
         self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers, kernel)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped: asyncio.Future[None] | None = None
+        self._plans: OrderedDict[int, _Planned] = OrderedDict()  # by inode (`_plan`)
+        # by inode: the blocks planned, by index, as counted once mapped (`settle`)
+        self._mapped: OrderedDict[int, dict[int, tuple[str, str, int]]] = OrderedDict()
 
     def invalidate_inode(self, inode: int) -> None:
         self._s.invalidate_inode(inode)
@@ -136,10 +156,16 @@ class NativeSession:
         return bool(self._fuse.cachestat_refused())
 
     def settle(self) -> None:
-        """Count the READs the session answered by itself (`hold`) since last asked."""
+        """Count the READs the session answered by itself (`hold`) since last asked, and
+        the blocks it mapped itself (`_plan`): hits at their workers, their readers moved
+        on."""
         reads, served = self._s.served()
         if reads:
             self.fs.served_elsewhere(reads, served)
+        for ino, index in self._s.loaded():
+            self.fs.passed(ino, index, self.fs.readahead + 2)
+            if (b := self._mapped.get(ino, {}).pop(index, None)) is not None:
+                self.fs.reader.mapped_by_session(*b)
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -189,6 +215,8 @@ class NativeSession:
             try:
                 if kind == f.READ:
                     ino, off, size = req[2], req[3], req[4]
+                    if self._planned(ino, off // fs.block_size):  # (it could not map it)
+                        self._unplan(ino)
                     h = fs.stream(ino, off)
                     data = fs.read_held(h, off, size)
                     if data is not None:
@@ -202,7 +230,8 @@ class NativeSession:
                     ino, off, size = req[2], req[3], req[4]
                     h = fs.stream(ino, off)
                     fs.follow(h, off, size)
-                    self._hold(h, ino, off // fs.block_size + 1, seen=False)
+                    index = off // fs.block_size
+                    self._next(h, ino, index + 1, fs.held_block(h, index))
                 elif kind == f.REREAD:  # its answer's block failed its check as it was sent
                     ino, off, size = req[2], req[3], req[4]
                     h = fs.stream(ino, off)
@@ -290,23 +319,97 @@ class NativeSession:
             piece = blockfile.CHECK_PIECE
             reply.data_checked(block, lo, len(data), pieces, piece, ino, off, fd)
         if len(data) >= PIECEWISE_FROM:
-            self._hold(h, ino, off // self.fs.block_size + 1, seen=False)
+            self._next(h, ino, off // self.fs.block_size + 1, data)
         return True
 
-    def _hold(self, h: Handle, ino: int, index: int, *, seen: bool) -> None:
+    def _next(self, h: Handle, ino: int, index: int, data: Any) -> None:
+        """Have the session answer the READs of block `index` of `ino` by itself, its
+        reader having reached the block before it (`data`, or a part of it): from there on
+        it maps the next blocks itself (`_plan`), but for those at hand here already (read
+        ahead), which it is handed (with no SEEN: nothing more is read ahead here); else
+        Python holds the next one (`_hold`), and hears of its first READ."""
+        # (a file planned before, that reached a block read ahead here, goes on planned)
+        warm = ino in self._plans or (data is not None and blockfile.from_page_cache(data))
+        if not (warm and self._plan(h, ino, index)):
+            self._hold(h, ino, index, seen=False)
+            return
+        for i in range(index, index + self.fs.readahead + 1):
+            if not self._hold(h, ino, i, seen=True):
+                break
+
+    def _planned(self, ino: int, index: int) -> tuple[str, str, int] | None:
+        """(worker, key, size) of block `index` of `ino` if the session's plan for the file
+        has it mapped there."""
+        p = self._plans.get(ino)
+        i = -1 if p is None else index - p.first
+        return p.blocks[i] if p is not None and 0 <= i < len(p.blocks) else None
+
+    def _unplan(self, ino: int) -> None:
+        """Let the session's plan for `ino` go (its held blocks stay): the READs of its
+        blocks come here again, its reader read ahead of here, and nothing is mapped twice
+        (nor counted so)."""
+        self._plans.pop(ino, None)
+        try:
+            self._s.plan(ino, 0, self.fs.block_size, 0, blockfile.CHECK_PIECE, [])
+        except Exception:
+            log.exception("letting the FUSE session's plan of inode %d go failed", ino)
+
+    def _plan(self, h: Handle, ino: int, first: int) -> bool:
+        """Have the session map the blocks of a warm file `ino` (one whose blocks were
+        found whole in the page cache: its next blocks likely are too; one read from the
+        disk is read ahead here, in threads, as before) from `first` on (up to PLANNED)
+        from their workers' files on this node by itself, as its reader reaches each: the
+        event loop then maps, holds and lets go of none of them. Whether any was planned;
+        if none, the session's plan for the file, if any, goes (this reader is read ahead
+        of here). A block the session cannot map (not there, not in the page cache,
+        another format) comes here as a READ."""
+        planned = [] if self.cachestat_refused() else self.fs.plan(h, first, PLANNED)
+        if not any(planned):  # (refused cachestat, the session cannot tell a warm file)
+            if ino in self._plans:
+                self._unplan(ino)
+            return False
+        paths = [p[2] if p is not None else [] for p in planned]
+        bs = self.fs.block_size
+        size = h.ref.size
+        try:
+            self._s.plan(ino, first, bs, size, blockfile.CHECK_PIECE, paths)
+        except Exception:  # (its READs come here instead)
+            log.exception("handing the plan of %s to the FUSE session failed", h.ref.key)
+            return False
+        # (nothing of it read ahead here from now on: the reader's READs that come here,
+        # the blocks the session could not map, are read as they come)
+        h.ahead = max(h.ahead, first + len(planned))
+        entries = [
+            None if p is None else (p[0], p[1], min(bs, size - i * bs))
+            for i, p in enumerate(planned, first)
+        ]
+        self._plans[ino] = _Planned(first, entries)
+        # (what a block mapped from it is counted as, when the session says so: kept past
+        # the plan, which the next one may replace first)
+        mapped = self._mapped.pop(ino, {})
+        mapped.update((i, e) for i, e in enumerate(entries, first) if e is not None)
+        self._mapped[ino] = mapped
+        self._plans.move_to_end(ino)
+        for kept in (self._plans, self._mapped):
+            while len(kept) > PLANS_KEPT:
+                kept.popitem(last=False)
+        return True
+
+    def _hold(self, h: Handle, ino: int, index: int, *, seen: bool) -> bool:
         """Have the session answer the READs of `ino` that lie in its block `index` by
         itself, without a round trip through the event loop, if the sidecar holds that
         block (mapped from a worker's file, or in its memory: the session holds a few of
         those, `HELD_MEMORY`): each checked by the pieces it covers as it is sent unless
         the block was checked whole. Its first such READ comes back as SEEN unless `seen`
-        (Python answered one in it), for `DatasetFS.follow` to read ahead."""
+        (Python answered one in it), for `DatasetFS.follow` to read ahead. Whether the
+        sidecar holds it."""
         block_size = self.fs.block_size
         start = index * block_size
         if start >= h.ref.size:
-            return
+            return False
         data = self.fs.held_block(h, index)
         if data is None:
-            return
+            return False
         last = start + len(data) >= h.ref.size
         span = blockfile.unchecked_span(data)
         try:
@@ -318,6 +421,7 @@ class NativeSession:
                 self._s.hold(ino, start, block, last, pieces, blockfile.CHECK_PIECE, fd, seen)
         except Exception:  # (its READs are answered here instead: the READ goes on)
             log.exception("handing block %d of %s to the FUSE session failed", index, h.ref.key)
+        return True
 
     async def _give(self, reply: Any, h: Handle, ino: int, off: int, size: int) -> None:
         """A small file's READ answered straight from its worker's block file on this node

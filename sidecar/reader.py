@@ -54,6 +54,7 @@ class ReadStats:
     ufs_joined: int = 0  # ... and in one GET with the block before them (a run: `_ufs_run`)
     worker_errors: int = 0
     short_circuit: int = 0  # blocks read from the worker's block file on this machine
+    session_mapped: int = 0  # of those, mapped by the FUSE session itself (`plan`)
     ufs_errors: int = 0
     readahead: int = 0
     # read-aheads that took a block together with those after it (a file taken for cold:
@@ -632,11 +633,49 @@ class BlockReader:
             if then is None:  # (`then` counted them as it handed them on: see `push`)
                 self._hits(1, fresh=fresh)
             self.stats.buffers_reused = self.conns.buffers.reused
-            self._touched.setdefault(worker, []).append((key, size if then else len(data)))
-            if self._reporter is None or self._reporter.done():
-                self._reporter = asyncio.create_task(self._report_touches())
+            self._touch(worker, key, size if then else len(data))
             return data, crc
         return None
+
+    def _touch(self, worker: str, key: str, size: int) -> None:
+        """Tell `worker` in its next report that its block `key` was read from its files."""
+        self._touched.setdefault(worker, []).append((key, size))
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.create_task(self._report_touches())
+
+    def plan(self, ref: FileRef, indices: range) -> list[tuple[str, str, list[str]] | None]:
+        """For each of a file's blocks `indices`: (its worker, its key, where its file may
+        lie in that worker's tiers on this node), for the FUSE session to map it there
+        itself (`NativeSession._plan`); None for a block to read here as usual (a worker
+        whose files are not visible here, or none; one that failed a check lately; one held
+        or fetched here already: read ahead, counted then). Nothing
+        where blocks are checked whole (kept on this sidecar's disk), or read over HTTP
+        for now (out of descriptors)."""
+        if not self.cfg.short_circuit or self.store.on_disk or time.monotonic() < self._short_until:
+            return []
+        out: list[tuple[str, str, list[str]] | None] = []
+        for i in indices:
+            key = self.key(ref, i)
+            worker = self._worker_for(key)
+            dirs = self._dirs.get(worker) if worker is not None else None
+            if (
+                worker is None
+                or not dirs
+                or key in self._suspects
+                or key in self.store
+                or key in self._inflight
+            ):
+                out.append(None)
+            else:
+                out.append((worker, key, [blockfile.block_file(d, key) for d in dirs]))
+        return out
+
+    def mapped_by_session(self, worker: str, key: str, size: int) -> None:
+        """Count a block the FUSE session mapped from `worker`'s file itself (`plan`): a
+        hit there, told to it as such."""
+        self._hits(1)
+        self.stats.session_mapped += 1
+        self._touch(worker, key, size)
 
     @staticmethod
     async def _give(

@@ -500,7 +500,7 @@ def map_block_file(
             # (not closed at exit: a replying thread may still ask about it then)
             weakref.finalize(m, os.close, fd).atexit = False
             kept = True
-            _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces, fd)
+            _unchecked[m] = _Unchecked(heap.address(m), size, crc, pieces, fd, lazy_cached)
             return data, crc
         if tail:  # (checked whole here after all: all of it faulted in first)
             m.madvise(_POPULATE_READ, 0, tail)
@@ -656,6 +656,7 @@ class _Unchecked(NamedTuple):
     crc: int
     pieces: bytes  # their CRCs, as the trailer has them
     fd: int  # the file, open while it is mapped
+    cached: bool  # found whole in the page cache as it was mapped (not read from the disk)
 
 
 # blocks mapped `lazy` and not checked whole since, by their mapping: an entry goes with
@@ -672,6 +673,14 @@ def _unchecked_of(data: object) -> tuple[mmap.mmap, _Unchecked] | None:
         return None
     got = _unchecked.get(m)
     return None if got is None else (m, got)
+
+
+def from_page_cache(data: object) -> bool:
+    """Whether `data` lies in a block mapped `lazy` from a file found whole in the page
+    cache (`map_block_file` with `cached_only`), not checked whole since: a reader whose
+    blocks are warm, whose next ones likely are too."""
+    got = _unchecked_of(data)
+    return got is not None and got[1].cached
 
 
 def is_unchecked(data: object) -> bool:

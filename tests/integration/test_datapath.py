@@ -643,6 +643,48 @@ def test_a_block_file_damaged_after_its_workers_check_is_caught_as_it_is_read(
     assert sc.status()["blocks"]["corrupt"] >= got["corrupt"] + len(small)
 
 
+@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
+def test_a_warm_file_beside_its_worker_is_mapped_block_by_block_by_the_session(
+    engine: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    workers_factory: Any,
+    sidecars: Any,
+) -> None:
+    """A large file whose blocks lie in a worker's files on this node, in the page cache:
+    once a block of it came from there, the native session maps the next ones itself (no
+    READ reaches the event loop for them), checked as they are sent. Every block is
+    counted once, a hit at its worker, whether the sidecar read it ahead or the session
+    mapped it; pyfuse3's session maps none itself."""
+    monkeypatch.setenv("FLUIDFED_FUSE", engine)
+    n = 24
+    src = tmp_path / "src"
+    src.mkdir()
+    content = random.Random(5).randbytes(n * BLOCK - 777)
+    (src / "big.bin").write_bytes(content)
+    _, mount, ws = ssd_worker(src, tmp_path / "ssd", workers_factory)
+    filler = sidecars(sidecar_config(mount, ws.urls()))
+    assert (filler.mountpoint / "big.bin").read_bytes() == content
+    filler.stop()
+    files = written(tmp_path / "ssd", ws.procs[0])
+    os.sync()  # (written back first: none of their pages is let go of as that ends)
+    for f in files:
+        f.read_bytes()  # (in the page cache)
+
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    assert (sc.mountpoint / "big.bin").read_bytes() == content
+    got = sc.status()["blocks"]
+    assert got["worker_hits"] == n and got["worker_misses"] == got["ufs_reads"] == 0
+    assert got["reread"] == got["corrupt"] == 0
+    if engine == "native":
+        # (the first blocks come over HTTP as the reader learns where the files lie, and
+        # the sidecar reads a few ahead before the session is handed the rest)
+        assert n // 2 <= got["session_mapped"] <= got["short_circuit"] <= n
+        assert sc.status()["reads_in_session"] > sc.status()["reads"] // 2
+    else:
+        assert got["session_mapped"] == 0
+
+
 def test_a_file_changed_under_its_reader_is_not_answered_from_blocks_the_session_holds(
     tmp_path: Path, workers_factory: Any, sidecars: Any
 ) -> None:

@@ -501,6 +501,98 @@ def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
         os.close(fd)
 
 
+def test_blocks_planned_are_mapped_by_the_session_from_their_files_and_checked(
+    tmp_path: Path,
+) -> None:
+    """`Session.plan`: the session maps a planned block from its worker's file itself when
+    its first READ comes (the first path that is there), answers its READs without Python
+    (no READ, no SEEN) and says which it mapped (`loaded`). Each answer is checked by the
+    pieces it covers: a damaged one comes back as REREAD, and the plan is let go of. A
+    block not planned, or whose file is not whole in the page cache, or whose pieces'
+    CRCs do not make the block's, or of another length, comes to Python as a READ; so do
+    all once the file is let go of (a new listing)."""
+    from fluidfed import _fuse
+    from fluidfed.data import blockfile, blocks
+
+    bs, piece = 2**20, blockfile.CHECK_PIECE
+    size = 5 * bs + 300 * 1024  # the last block short, of two pieces
+    content = os.urandom(size)
+    tier = tmp_path / "tier"
+    paths = []
+    for i in range(6):
+        data = content[i * bs : (i + 1) * bs]
+        path = blockfile.block_path(tier, f"k{i}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crc = blocks.checksum(data) ^ (i == 3)  # (block 3: its pieces do not make it)
+        blockfile.write_block_file(path, data, crc)
+        path.read_bytes()  # (in the page cache)
+        paths.append(str(path))
+    # block 4's file: one byte of its data changed after it was written
+    with open(paths[4], "r+b") as damaged:
+        damaged.seek(bs - 1)
+        damaged.write(bytes([content[5 * bs - 1] ^ 1]))
+    os.sync()
+    f = tmp_path / "mnt" / "f"
+    with _one_file(tmp_path / "mnt", content) as (s, seen):
+        missing = str(tmp_path / "elsewhere" / "k2")
+        s.plan(
+            2,
+            1,
+            bs,
+            size,
+            piece,
+            [[paths[1]], [missing, paths[2]], [paths[3]], [paths[4]], [paths[5]]],
+        )
+        seen.clear()
+        step = 128 * 1024  # (a READ each)
+        for at in range(0, size, step):
+            assert _read(f, at, step) == content[at : at + step], at
+        # blocks 1, 2 (its second path) and 5 mapped here, each READ of theirs answered
+        # here; block 0 (not planned) and block 3 (its trailer does not add up) Python's;
+        # block 4's last piece failed its check as it was sent (the READs before it were
+        # answered here), and the file's plan was let go of with it: the rest came to Python
+        mapped = s.loaded()
+        assert mapped == [(2, 1), (2, 2), (2, 4)]
+        asked = [(k, off // bs) for k, _, off, _ in seen]
+        assert (
+            asked
+            == [(_fuse.READ, 0)] * 8
+            + [(_fuse.READ, 3)] * 8
+            + [
+                (_fuse.REREAD, 4),
+                (_fuse.READ, 4),
+            ]
+            + [(_fuse.READ, 5)] * 3
+        )
+        assert s.served() == (8 + 8 + 7, 23 * step)  # (the one sent again too)
+        assert s.loaded() == []  # (since the last call)
+
+        # planned again: a block held already is answered from that, not mapped again; a
+        # block whose file left the page cache is not mapped at all
+        s.hold(2, bs, memoryview(content)[bs : 2 * bs], False, None, 0, -1, True)
+        s.plan(2, 1, bs, size, piece, [[paths[1]], [paths[2]], [], [], [paths[5]]])
+        fd = os.open(paths[2], os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert not blockfile.in_page_cache(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        seen.clear()
+        for at in (bs, 2 * bs, 5 * bs):
+            assert _read(f, at, step) == content[at : at + step]
+        assert s.loaded() == [(2, 5)]
+        assert [(k, off // bs) for k, _, off, _ in seen] == [(_fuse.READ, 2)]
+        # a new listing lets the plan go: the same READs are Python's
+        s.plan(2, 1, bs, size, piece, [[paths[1]], [paths[2]]])
+        s.invalidate_inode(2)
+        seen.clear()
+        assert _read(f, bs, step) == content[bs : bs + step]
+        assert [(k, off // bs) for k, _, off, _ in seen] == [(_fuse.READ, 1)]
+        assert s.loaded() == []
+        with pytest.raises(ValueError, match="multiple of 4096"):
+            s.plan(2, 1, bs, size, 1000, [[paths[1]]])
+
+
 def test_the_session_holds_a_few_blocks_of_the_sidecars_memory_only(tmp_path: Path) -> None:
     """Blocks in the sidecar's memory (not mapped from a file) are held up to 8 MiB in all,
     the least lately used let go of first (its READs come to Python again); a larger one

@@ -24,13 +24,14 @@
 //! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
 //!   without an answer, so a reader never hangs on it.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -137,10 +138,169 @@ impl Op {
 /// is shared: a block held here (`Held`) answers several READs.
 struct Job {
     reply: ReplyData,
-    data: Arc<PyBuffer<u8>>,
+    data: Arc<Bytes>,
     lo: usize,
     len: usize,
     check: Option<Check>,
+}
+
+/// A block's bytes: a buffer of Python's (a mapped block file, or the sidecar's memory;
+/// let go of with the GIL held: see `Session.take`), or a worker's block file the session
+/// mapped itself (`Session.plan`; let go of anywhere: unmapped, its file closed).
+enum Bytes {
+    Py(PyBuffer<u8>),
+    Map(Mapped),
+}
+
+impl Bytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Bytes::Py(b) => view(b),
+            Bytes::Map(m) => m.data(),
+        }
+    }
+}
+
+/// Hand `data` to be let go of by the next `take` (the GIL held) if Python's, else let go
+/// of it here (the last user of a mapping unmaps it: off the event loop).
+fn let_go(shared: &Shared, data: Arc<Bytes>) {
+    if matches!(*data, Bytes::Py(_)) {
+        lock(&shared.done).push(data);
+    }
+}
+
+/// A worker's block file on this node mapped read-only by the session (`Session::load`):
+/// `size` bytes of data, then its trailer, the file kept open for `in_page_cache`.
+struct Mapped {
+    at: *mut libc::c_void,
+    len: usize,
+    size: usize,
+    file: OwnedFd,
+}
+
+// SAFETY: a read-only shared mapping, never written through, unmapped once, by Drop
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    fn data(&self) -> &[u8] {
+        // SAFETY: `len` >= `size` bytes mapped at `at`, alive until Drop
+        unsafe { std::slice::from_raw_parts(self.at as *const u8, self.size) }
+    }
+
+    fn all(&self) -> &[u8] {
+        // SAFETY: as `data`
+        unsafe { std::slice::from_raw_parts(self.at as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, of `len` bytes at `at`, used by no one once dropped
+        unsafe { libc::munmap(self.at, self.len) };
+    }
+}
+
+/// The trailer of a block file with its pieces' CRCs (`blockfile._MAGIC_PIECES`): those
+/// CRCs (4 bytes each, big-endian), then this magic and the block's CRC.
+const MAGIC_PIECES: &[u8; 4] = b"FFB2";
+
+impl Mapped {
+    /// The block file at `path`, if it holds `size` bytes with the CRC of each `piece`
+    /// bytes of them (more than one piece) and lies in the page cache whole: mapped as
+    /// `blockfile.map_block_file` maps such a file lazily (read-once advice, only its end
+    /// faulted in, the pieces' CRCs found to make the block's), with those CRCs. None
+    /// otherwise: not there, not in the page cache, or not such a file; its READs are then
+    /// Python's, which reads it, or asks its worker, and says why where it matters.
+    fn open(path: &Path, size: usize, piece: usize) -> Option<(Mapped, Pieces)> {
+        if size <= piece {
+            return None; // (a one-piece block is checked whole, by Python)
+        }
+        let n = size.div_ceil(piece);
+        let len = size + 4 * n + 8;
+        let file = std::fs::File::open(path).ok()?; // (O_CLOEXEC)
+        let fd = file.as_raw_fd();
+        if file.metadata().ok()?.len() != len as u64 {
+            return None; // (another format, or no block file: Python says which)
+        }
+        // every page there: else Python reads it from the disk in a thread (a fault here
+        // would stall this READ and those behind it on the disk)
+        if in_page_cache(fd, 0, len) != Some(true) {
+            return None;
+        }
+        // SAFETY: advice on our open file (see `map_block_file`: read once, its pages not
+        // marked accessed as the mapping goes)
+        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_NOREUSE) };
+        // SAFETY: a new read-only shared mapping of `len` bytes of our file
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return None;
+        }
+        let m = Mapped {
+            at,
+            len,
+            size,
+            file: file.into(),
+        };
+        // its end faulted in (failing, not signalling, on a page that cannot be read),
+        // from the page the data's last piece ends in
+        let page = 4096; // (a multiple of it: this mapping starts on one)
+        let from = size / page * page;
+        // SAFETY: within our mapping; the call only faults pages in
+        let faulted = unsafe {
+            libc::madvise(
+                (at as *mut u8).add(from).cast(),
+                len - from,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        if faulted != 0 {
+            return None;
+        }
+        let all = m.all();
+        let (crcs, tail) = all[size..].split_at(4 * n);
+        if &tail[..4] != MAGIC_PIECES {
+            return None;
+        }
+        let want = u32::from_be_bytes([tail[4], tail[5], tail[6], tail[7]]);
+        let pieces = Pieces::parse(size, crcs, piece, m.file.as_raw_fd()).ok()?;
+        if combined(&pieces.crcs, size, piece) != want {
+            return None; // (Python finds it damaged, counts it and asks the worker)
+        }
+        Some((m, pieces))
+    }
+}
+
+/// The CRC-32 of `size` bytes whose pieces of `piece` bytes have the CRCs `crcs`
+/// (`blocks.combined`).
+fn combined(crcs: &[u32], size: usize, piece: usize) -> u32 {
+    let mut all = crc32fast::Hasher::new();
+    for (i, &crc) in crcs.iter().enumerate() {
+        let n = piece.min(size.saturating_sub(i * piece));
+        all.combine(&crc32fast::Hasher::new_with_initial_len(crc, n as u64));
+    }
+    all.finalize()
+}
+
+/// Where the blocks of a file lie in its workers' block files on this node, from block
+/// `first` on (`Session.plan`): for each, the paths to try, taken as it is tried (each is
+/// mapped here once at most; after that its READs are Python's).
+struct Plan {
+    id: u64,
+    first: u64,
+    block: u64,
+    size: u64, // the file's
+    piece: usize,
+    paths: Vec<Vec<PathBuf>>,
 }
 
 /// What the answers from a block not checked whole are checked against: the CRC-32 of
@@ -324,7 +484,7 @@ impl Check {
 /// Write a READ's answer (its pieces checked first, if it says so; a READ whose piece does
 /// not match goes back to Python as REREAD instead, and its file's blocks held here are
 /// let go of). Gives the buffer back to be let go with the GIL held.
-fn answer(job: Job, shared: &Shared) -> Arc<PyBuffer<u8>> {
+fn answer(job: Job, shared: &Shared) -> Arc<Bytes> {
     let Job {
         reply,
         data,
@@ -332,7 +492,7 @@ fn answer(job: Job, shared: &Shared) -> Arc<PyBuffer<u8>> {
         len,
         check,
     } = job;
-    let bytes = view(&data);
+    let bytes = data.bytes();
     match check {
         Some(c) if !c.holds(bytes, lo, len) => {
             shared.unhold(Some(c.ino));
@@ -352,7 +512,7 @@ struct Held {
     start: u64,
     last: bool,   // the file's last block: a READ past its end gets the bytes there are
     memory: bool, // in the sidecar's memory, not mapped from a file (`HELD_MEMORY`)
-    data: Arc<PyBuffer<u8>>,
+    data: Arc<Bytes>,
     pieces: Option<Arc<Pieces>>, // (None: checked whole)
     seen: bool,                  // Python heard of a READ in it (a SEEN, or one it answered)
     used: Instant,
@@ -373,9 +533,15 @@ struct Shared {
     wake: OwnedFd,                      // eventfd: the queue went from empty to not
     closed: AtomicBool,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    done: Mutex<Vec<Arc<PyBuffer<u8>>>>, // written: let go of by the next `take` (the GIL)
+    done: Mutex<Vec<Arc<Bytes>>>, // written: let go of by the next `take` (the GIL)
     held: Mutex<Vec<Held>>,
-    served: [AtomicU64; 2], // READs answered from `held`, and their bytes, since `served`
+    // where the blocks of a file lie in its workers' files here (`Session.plan`), by inode
+    // (locked before `held` where both are)
+    plans: Mutex<HashMap<u64, Plan>>,
+    planned: AtomicU64,             // the plans made so far (each plan's `id`)
+    loaded: Mutex<Vec<(u64, u64)>>, // (ino, block) mapped here from a plan, since `loaded`
+    loading: (Mutex<HashSet<(u64, u64)>>, Condvar), // (ino, block) being mapped (`load`)
+    served: [AtomicU64; 2],         // READs answered from `held`, and their bytes, since `served`
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -436,10 +602,10 @@ impl Shared {
         }
         let mut held = lock(&self.held);
         let h = held.iter_mut().find(|h| {
-            h.ino == ino && offset >= h.start && offset - h.start < view(&h.data).len() as u64
+            h.ino == ino && offset >= h.start && offset - h.start < h.data.bytes().len() as u64
         })?;
         let lo = (offset - h.start) as usize;
-        let room = view(&h.data).len() - lo;
+        let room = h.data.bytes().len() - lo;
         if size > room && !h.last {
             return None; // (it runs into the next block: Python joins them)
         }
@@ -461,6 +627,11 @@ impl Shared {
     /// `take` (under the GIL).
     fn unhold(&self, ino: Option<u64>) {
         let gone: Vec<Held> = {
+            let mut plans = lock(&self.plans);
+            match ino {
+                Some(i) => drop(plans.remove(&i)),
+                None => plans.clear(),
+            }
             let mut held = lock(&self.held);
             let (gone, kept) = std::mem::take(&mut *held)
                 .into_iter()
@@ -473,9 +644,102 @@ impl Shared {
         }
     }
 
+    /// Map the block of file `ino` that `offset` lies in from its worker's file here, where
+    /// the file's plan says (`Session.plan`), and hold it as `Session.hold` would (checked
+    /// by its pieces; no SEEN: Python reads nothing ahead of what is planned): whether it
+    /// is held now. A planned block is tried once; one held already is not mapped again.
+    fn load(&self, ino: u64, offset: u64) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let (id, index, start, size, last, piece, paths) = {
+            let mut plans = lock(&self.plans);
+            let Some(p) = plans.get_mut(&ino) else {
+                return false;
+            };
+            let index = offset / p.block;
+            let start = index * p.block;
+            let Some(paths) = index
+                .checked_sub(p.first)
+                .and_then(|i| p.paths.get_mut(usize::try_from(i).ok()?))
+            else {
+                return false;
+            };
+            if start >= p.size {
+                return false;
+            }
+            if paths.is_empty() {
+                // tried already: by another thread now, maybe (the kernel's read-ahead
+                // sends a block's READs at once), whose mapping this READ waits for
+                drop(plans);
+                let mut loading = lock(&self.loading.0);
+                while loading.contains(&(ino, index)) {
+                    loading = self
+                        .loading
+                        .1
+                        .wait(loading)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                return true; // (held now, or not: asked again)
+            }
+            lock(&self.loading.0).insert((ino, index)); // (before the plan's lock goes)
+            let size = (p.size - start).min(p.block) as usize;
+            let last = start + p.block >= p.size;
+            (
+                p.id,
+                index,
+                start,
+                size,
+                last,
+                p.piece,
+                std::mem::take(paths),
+            )
+        };
+        let _loading = Loading(self, (ino, index));
+        let holds = |held: &Vec<Held>| held.iter().any(|h| h.ino == ino && h.start == start);
+        if holds(&lock(&self.held)) {
+            return false;
+        }
+        let Some((mapped, pieces)) = paths.iter().find_map(|p| Mapped::open(p, size, piece)) else {
+            return false;
+        };
+        let fresh = Held {
+            ino,
+            start,
+            last,
+            memory: false,
+            data: Arc::new(Bytes::Map(mapped)),
+            pieces: Some(Arc::new(pieces)),
+            seen: true,
+            used: Instant::now(),
+        };
+        let gone = {
+            // (held only while the plan it came from stands: `unhold` takes plans first,
+            // so a file let go of meanwhile, a new listing, holds nothing old after it)
+            let plans = lock(&self.plans);
+            if plans.get(&ino).is_none_or(|p| p.id != id) {
+                return false;
+            }
+            let mut held = lock(&self.held);
+            if holds(&held) {
+                return false;
+            }
+            let gone = make_room(&mut held, false, 0);
+            held.push(fresh);
+            drop(held);
+            drop(plans);
+            lock(&self.loaded).push((ino, index));
+            gone
+        };
+        for h in gone {
+            let_go(self, h.data); // (a mapping of ours unmapped here, off the event loop)
+        }
+        true
+    }
+
     /// Hand `job` to a replying thread when it is large, else answer it here: then its
     /// buffer is given back (to be let go of with the GIL held).
-    fn dispatch(&self, mut job: Job) -> Option<Arc<PyBuffer<u8>>> {
+    fn dispatch(&self, mut job: Job) -> Option<Arc<Bytes>> {
         if job.len >= INLINE_REPLY {
             if let Some(tx) = lock(&self.jobs).as_ref() {
                 // (a closed channel gives the job back: answered here instead)
@@ -489,8 +753,42 @@ impl Shared {
     }
 }
 
+/// Let go of the least lately used blocks `held` (of all, or of those in memory if they
+/// are too many) until one more fits: one in `memory` of `n` bytes, or mapped. What went.
+fn make_room(held: &mut Vec<Held>, memory: bool, n: usize) -> Vec<Held> {
+    let mut gone = Vec::new();
+    let in_memory = |held: &Vec<Held>| -> usize {
+        held.iter()
+            .filter(|h| h.memory)
+            .map(|h| h.data.bytes().len())
+            .sum()
+    };
+    while held.len() >= HELD_MAX || (memory && in_memory(held) + n > HELD_MEMORY) {
+        let memory_bound = held.len() < HELD_MAX;
+        let oldest = (0..held.len())
+            .filter(|&i| !memory_bound || held[i].memory)
+            .min_by_key(|&i| held[i].used);
+        match oldest {
+            Some(i) => gone.push(held.swap_remove(i)),
+            None => break,
+        }
+    }
+    gone
+}
+
+/// A block being mapped by `Shared::load`: the READs in it that come meanwhile wait for
+/// it, until this is dropped.
+struct Loading<'a>(&'a Shared, (u64, u64));
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.loading.0).remove(&self.1);
+        self.0.loading.1.notify_all();
+    }
+}
+
 /// `Shared::answer_held`'s answer.
-type HeldAnswer = (Arc<PyBuffer<u8>>, usize, usize, Option<Arc<Pieces>>, bool);
+type HeldAnswer = (Arc<Bytes>, usize, usize, Option<Arc<Pieces>>, bool);
 
 struct Fs {
     shared: Arc<Shared>,
@@ -565,9 +863,12 @@ impl Filesystem for Fs {
         reply: ReplyData,
     ) {
         let args = [ino.0, offset, size as u64];
-        let Some((data, lo, len, pieces, first)) =
-            self.shared.answer_held(ino.0, offset, size as usize)
-        else {
+        let s = &self.shared;
+        let mut held = s.answer_held(ino.0, offset, size as usize);
+        if held.is_none() && s.load(ino.0, offset) {
+            held = s.answer_held(ino.0, offset, size as usize); // (mapped here: planned)
+        }
+        let Some((data, lo, len, pieces, first)) = held else {
             return self.ask(READ, Pending::Data(reply), args);
         };
         self.shared.count(READ as usize - 1);
@@ -587,7 +888,7 @@ impl Filesystem for Fs {
             check,
         };
         if let Some(data) = self.shared.dispatch(job) {
-            lock(&self.shared.done).push(data); // (let go of with the GIL: see `take`)
+            let_go(&self.shared, data); // (Python's with the GIL: see `take`)
         }
     }
 
@@ -871,7 +1172,7 @@ impl Reply {
         };
         let job = Job {
             reply,
-            data: Arc::new(data),
+            data: Arc::new(Bytes::Py(data)),
             lo,
             len,
             check,
@@ -1132,6 +1433,10 @@ impl Session {
             jobs: Mutex::new(Some(tx)),
             done: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            plans: Mutex::new(HashMap::new()),
+            planned: AtomicU64::new(0),
+            loaded: Mutex::new(Vec::new()),
+            loading: Default::default(),
             served: Default::default(),
         });
         let (mount_options, acl) = mount_options(options);
@@ -1159,9 +1464,9 @@ impl Session {
                     let job = lock(&rx).recv();
                     let Ok(job) = job else { return };
                     let data = answer(job, &shared);
-                    // let go of by the next `take` (the loop calls it at least once a
-                    // second: a block's memory is not held on by a mount gone idle)
-                    lock(&shared.done).push(data);
+                    // Python's let go of by the next `take` (the loop calls it at least
+                    // once a second: a block's memory is not held on by a mount gone idle)
+                    let_go(&shared, data);
                 })
                 .map_err(os_error)?;
             handles.push(h);
@@ -1337,29 +1642,13 @@ impl Session {
             if let Some(i) = held.iter().position(|h| h.ino == ino && h.start == start) {
                 gone.push(held.swap_remove(i));
             }
-            let in_memory = |held: &Vec<Held>| -> usize {
-                held.iter()
-                    .filter(|h| h.memory)
-                    .map(|h| view(&h.data).len())
-                    .sum()
-            };
-            while held.len() >= HELD_MAX || (memory && in_memory(&held) + n > HELD_MEMORY) {
-                // the least lately used: of all, or of those in memory if they are too many
-                let memory_bound = held.len() < HELD_MAX;
-                let oldest = (0..held.len())
-                    .filter(|&i| !memory_bound || held[i].memory)
-                    .min_by_key(|&i| held[i].used);
-                match oldest {
-                    Some(i) => gone.push(held.swap_remove(i)),
-                    None => break,
-                }
-            }
+            gone.extend(make_room(&mut held, memory, n));
             held.push(Held {
                 ino,
                 start,
                 last,
                 memory,
-                data: Arc::new(block),
+                data: Arc::new(Bytes::Py(block)),
                 pieces,
                 seen,
                 used: Instant::now(),
@@ -1368,6 +1657,52 @@ impl Session {
         };
         drop(gone); // (the GIL held)
         Ok(())
+    }
+
+    /// Map the blocks of file `ino` (`size` bytes in blocks of `block`) from block `first`
+    /// on here, from its workers' block files on this node, each once its first READ
+    /// comes (unless held: `hold`), and hold them as `hold` would, checked by the pieces of
+    /// `piece` bytes each answer covers: `paths` gives, for each block, where its file may
+    /// lie (tried in turn; none: its READs are Python's). A block file not whole in the
+    /// page cache, missing, or not of that format is not mapped: its READs come to Python,
+    /// as do those past the plan's last block. No SEEN comes for these blocks (Python is
+    /// told which were mapped, `loaded`). Replaces the file's plan; let go of with its
+    /// held blocks (`unhold`, `invalidate_inode`, FORGET, a piece that fails its check).
+    fn plan(
+        &self,
+        ino: u64,
+        first: u64,
+        block: u64,
+        size: u64,
+        piece: usize,
+        paths: Vec<Vec<PathBuf>>,
+    ) -> PyResult<()> {
+        if block == 0 || piece == 0 || !piece.is_multiple_of(4096) {
+            return Err(PyValueError::new_err(format!(
+                "blocks of {block} bytes in pieces of {piece}: expected both more than 0, \
+                 pieces a multiple of 4096"
+            )));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let id = self.shared.planned.fetch_add(1, Ordering::Relaxed);
+        let plan = Plan {
+            id,
+            first,
+            block,
+            size,
+            piece,
+            paths,
+        };
+        let old = lock(&self.shared.plans).insert(ino, plan);
+        drop(old);
+        Ok(())
+    }
+
+    /// The blocks mapped here from plans (`plan`) since the last call: (ino, block).
+    fn loaded(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *lock(&self.shared.loaded))
     }
 
     /// Let go of the blocks held for `ino` (`hold`), or of all of them.
