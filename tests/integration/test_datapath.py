@@ -678,8 +678,10 @@ def test_a_warm_file_beside_its_worker_is_mapped_block_by_block_by_the_session(
     assert got["reread"] == got["corrupt"] == 0
     if engine == "native":
         # (the first blocks come over HTTP as the reader learns where the files lie, and
-        # the sidecar reads a few ahead before the session is handed the rest)
-        assert n // 2 <= got["session_mapped"] <= got["short_circuit"] <= n
+        # the sidecar reads a few ahead before the session is handed the rest: 17 of 24
+        # here, fewer where the session found a file not whole in the page cache and the
+        # sidecar took over for a few blocks)
+        assert n // 3 <= got["session_mapped"] <= got["short_circuit"] <= n
         assert sc.status()["reads_in_session"] > sc.status()["reads"] // 2
     else:
         assert got["session_mapped"] == 0
