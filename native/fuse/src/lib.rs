@@ -515,7 +515,6 @@ struct Held {
     data: Arc<Bytes>,
     pieces: Option<Arc<Pieces>>, // (None: checked whole)
     seen: bool,                  // Python heard of a READ in it (a SEEN, or one it answered)
-    ahead: bool, // mapped from a plan: its first READ has the next planned one mapped ahead
     used: Instant,
 }
 
@@ -542,7 +541,6 @@ struct Shared {
     planned: AtomicU64,             // the plans made so far (each plan's `id`)
     loaded: Mutex<Vec<(u64, u64)>>, // (ino, block) mapped here from a plan, since `loaded`
     loading: (Mutex<HashSet<(u64, u64)>>, Condvar), // (ino, block) being mapped (`load`)
-    loader: Mutex<Option<mpsc::Sender<Loader>>>, // the loading thread's work (`Loader`)
     served: [AtomicU64; 2],         // READs answered from `held`, and their bytes, since `served`
 }
 
@@ -619,13 +617,6 @@ impl Shared {
         h.used = Instant::now();
         let first = !h.seen;
         h.seen = true;
-        if std::mem::take(&mut h.ahead) {
-            // (its next block mapped meanwhile, off this READ's way: `Session::new`)
-            let next = h.start + h.data.bytes().len() as u64;
-            if let Some(tx) = lock(&self.loader).as_ref() {
-                let _ = tx.send(Loader::Map(ino, next));
-            }
-        }
         let len = size.min(room);
         self.served[0].fetch_add(1, Ordering::Relaxed);
         self.served[1].fetch_add(len as u64, Ordering::Relaxed);
@@ -720,7 +711,6 @@ impl Shared {
             data: Arc::new(Bytes::Map(mapped)),
             pieces: Some(Arc::new(pieces)),
             seen: true,
-            ahead: true,
             used: Instant::now(),
         };
         let gone = {
@@ -741,19 +731,8 @@ impl Shared {
             lock(&self.loaded).push((ino, index));
             gone
         };
-        // (mappings of ours unmapped by the loading thread, off this READ's way and the
-        // event loop's; Python's buffers let go of with the GIL)
-        let mut unmap = Vec::new();
         for h in gone {
-            match *h.data {
-                Bytes::Map(_) => unmap.push(h.data),
-                Bytes::Py(_) => let_go(self, h.data),
-            }
-        }
-        if !unmap.is_empty() {
-            if let Some(tx) = lock(&self.loader).as_ref() {
-                let _ = tx.send(Loader::Unmap(unmap)); // (else, closed, let go of here)
-            }
+            let_go(self, h.data); // (a mapping of ours unmapped here, off the event loop)
         }
         true
     }
@@ -795,14 +774,6 @@ fn make_room(held: &mut Vec<Held>, memory: bool, n: usize) -> Vec<Held> {
         }
     }
     gone
-}
-
-/// Work for the session's loading thread: map the planned block of a file that an offset
-/// lies in ahead of its first READ (`Shared::load`), or unmap blocks let go of; either way
-/// off the path of the READ that gave rise to it.
-enum Loader {
-    Map(u64, u64),
-    Unmap(Vec<Arc<Bytes>>),
 }
 
 /// A block being mapped by `Shared::load`: the READs in it that come meanwhile wait for
@@ -1466,7 +1437,6 @@ impl Session {
             planned: AtomicU64::new(0),
             loaded: Mutex::new(Vec::new()),
             loading: Default::default(),
-            loader: Mutex::new(None),
             served: Default::default(),
         });
         let (mount_options, acl) = mount_options(options);
@@ -1501,23 +1471,6 @@ impl Session {
                 .map_err(os_error)?;
             handles.push(h);
         }
-        // the loading thread: maps planned blocks ahead of their first READ, and unmaps the
-        // blocks the session lets go of (`Loader`)
-        let (ltx, lrx) = mpsc::channel::<Loader>();
-        *lock(&shared.loader) = Some(ltx);
-        let loading = shared.clone();
-        let h = std::thread::Builder::new()
-            .name("fuse-load".into())
-            .spawn(move || {
-                while let Ok(work) = lrx.recv() {
-                    match work {
-                        Loader::Map(ino, offset) => drop(loading.load(ino, offset)),
-                        Loader::Unmap(gone) => drop(gone),
-                    }
-                }
-            })
-            .map_err(os_error)?;
-        handles.push(h);
         Ok(Session {
             shared,
             mountpoint,
@@ -1698,7 +1651,6 @@ impl Session {
                 data: Arc::new(Bytes::Py(block)),
                 pieces,
                 seen,
-                ahead: false,
                 used: Instant::now(),
             });
             gone
@@ -1817,7 +1769,6 @@ impl Session {
             });
             let _ = rx.recv_timeout(JOIN_WITHIN);
             drop(lock(&shared.jobs).take()); // the replying threads stop once it is empty
-            drop(lock(&shared.loader).take()); // ... and the loading thread
             for h in handles {
                 let _ = h.join();
             }
