@@ -61,6 +61,7 @@ PLANS_KEPT = 1024  # files whose plans are remembered (to count what the session
 @dataclasses.dataclass
 class _Planned:
     first: int  # the first block planned
+    size: int  # the file's
     blocks: list[tuple[str, str, int] | None]  # each one's (worker, key, size), if planned
 
 
@@ -144,7 +145,9 @@ class NativeSession:
         self._mapped: OrderedDict[int, dict[int, tuple[str, str, int]]] = OrderedDict()
 
     def invalidate_inode(self, inode: int) -> None:
-        self._s.invalidate_inode(inode)
+        self._s.invalidate_inode(inode)  # (its plan let go of there too)
+        self._plans.pop(inode, None)
+        self._mapped.pop(inode, None)
 
     def invalidate_entry(self, parent: int, name: bytes) -> None:
         self._s.invalidate_entry(parent, name)
@@ -215,7 +218,7 @@ class NativeSession:
             try:
                 if kind == f.READ:
                     ino, off, size = req[2], req[3], req[4]
-                    if self._planned(ino, off // fs.block_size):  # (it could not map it)
+                    if self._unmappable(ino, off, size):
                         self._unplan(ino)
                     h = fs.stream(ino, off)
                     data = fs.read_held(h, off, size)
@@ -242,6 +245,9 @@ class NativeSession:
                     reply.attr(fs.inode_stat(req[2]), ttl)
                 elif kind == f.FORGET:
                     fs.forget_now(req[2])
+                    for ino, _ in req[2]:  # (the session let its plan go)
+                        self._plans.pop(ino, None)
+                        self._mapped.pop(ino, None)
                 elif kind == f.OPENDIR:
                     reply.open(fs.opendir_now(req[2]))
                 elif kind == f.READDIR:
@@ -337,12 +343,18 @@ class NativeSession:
             if not self._hold(h, ino, i, seen=True):
                 break
 
-    def _planned(self, ino: int, index: int) -> tuple[str, str, int] | None:
-        """(worker, key, size) of block `index` of `ino` if the session's plan for the file
-        has it mapped there."""
+    def _unmappable(self, ino: int, off: int, size: int) -> bool:
+        """Whether a READ that came here lies in a block the session's plan for `ino` has
+        it map, and is one the session would answer from it (`Shared::load`): it could not
+        map that block (not there, not whole in the page cache, damaged)."""
         p = self._plans.get(ino)
-        i = -1 if p is None else index - p.first
-        return p.blocks[i] if p is not None and 0 <= i < len(p.blocks) else None
+        if p is None or size < PIECEWISE_FROM:
+            return False
+        bs = self.fs.block_size
+        i = off // bs - p.first
+        if not 0 <= i < len(p.blocks) or p.blocks[i] is None:
+            return False
+        return off % bs + size <= bs or (off // bs + 1) * bs >= p.size
 
     def _unplan(self, ino: int) -> None:
         """Let the session's plan for `ino` go (its held blocks stay): the READs of its
@@ -383,7 +395,7 @@ class NativeSession:
             None if p is None else (p[0], p[1], min(bs, size - i * bs))
             for i, p in enumerate(planned, first)
         ]
-        self._plans[ino] = _Planned(first, entries)
+        self._plans[ino] = _Planned(first, size, entries)
         # (what a block mapped from it is counted as, when the session says so: kept past
         # the plan, which the next one may replace first)
         mapped = self._mapped.pop(ino, {})

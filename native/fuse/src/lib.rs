@@ -224,8 +224,10 @@ impl Mapped {
             return None; // (another format, or no block file: Python says which)
         }
         // every page there: else Python reads it from the disk in a thread (a fault here
-        // would stall this READ and those behind it on the disk)
-        if in_page_cache(fd, 0, len) != Some(true) {
+        // would stall this READ and those behind it on the disk); and its first and last
+        // pages read, not on their way in (cachestat counts a page whose read, another
+        // reader's, is under way, and a failed one would be SIGBUS here), as `_probe` asks
+        if in_page_cache(fd, 0, len) != Some(true) || !read_now(fd, 0) || !read_now(fd, len - 1) {
             return None;
         }
         // SAFETY: advice on our open file (see `map_block_file`: read once, its pages not
@@ -253,8 +255,7 @@ impl Mapped {
         };
         // its end faulted in (failing, not signalling, on a page that cannot be read),
         // from the page the data's last piece ends in
-        let page = 4096; // (a multiple of it: this mapping starts on one)
-        let from = size / page * page;
+        let from = size / page_size() * page_size();
         // SAFETY: within our mapping; the call only faults pages in
         let faulted = unsafe {
             libc::madvise(
@@ -280,6 +281,24 @@ impl Mapped {
     }
 }
 
+/// Whether the byte at `at` of file `fd` can be read now, from the page cache, without
+/// waiting for a read under way (preadv2 with RWF_NOWAIT).
+fn read_now(fd: i32, at: usize) -> bool {
+    let mut one = [0u8; 1];
+    let iov = libc::iovec {
+        iov_base: one.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: one iovec of ours, alive for the call
+    unsafe { libc::preadv2(fd, &iov, 1, at as libc::off_t, libc::RWF_NOWAIT) == 1 }
+}
+
+/// The kernel's page size (4 KiB, or 16 or 64 KiB).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize
+}
+
 /// The CRC-32 of `size` bytes whose pieces of `piece` bytes have the CRCs `crcs`
 /// (`blocks.combined`).
 fn combined(crcs: &[u32], size: usize, piece: usize) -> u32 {
@@ -292,16 +311,27 @@ fn combined(crcs: &[u32], size: usize, piece: usize) -> u32 {
 }
 
 /// Where the blocks of a file lie in its workers' block files on this node, from block
-/// `first` on (`Session.plan`): for each, the paths to try, taken as it is tried (each is
-/// mapped here once at most; after that its READs are Python's).
+/// `first` on (`Session.plan`): for each, where its file may lie, and what came of it.
 struct Plan {
     id: u64,
     first: u64,
     block: u64,
     size: u64, // the file's
     piece: usize,
-    paths: Vec<Vec<PathBuf>>,
+    paths: Vec<Entry>,
 }
+
+/// A planned block: the paths its file may lie at, not tried yet; being mapped; mapped
+/// (from this file: mapped from it again once let go of); or not mappable here.
+enum Entry {
+    Untried(Vec<PathBuf>),
+    Loading,
+    Mapped(PathBuf),
+    Failed,
+}
+
+/// How long a READ waits for its block being mapped by another thread (`Shared::load`).
+const LOADING_WAIT: Duration = Duration::from_millis(50);
 
 /// What the answers from a block not checked whole are checked against: the CRC-32 of
 /// each `piece` bytes of the block, and the mapped file, open (for `in_page_cache`).
@@ -384,8 +414,7 @@ fn in_page_cache(fd: i32, start: usize, end: usize) -> Option<bool> {
         }
         return None;
     }
-    // SAFETY: sysconf has no preconditions (the kernel's page: 4 KiB, or 16 or 64 KiB)
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let page = page_size();
     let pages = ((end - 1) / page - start / page + 1) as u64;
     Some(stat.cache >= pages)
 }
@@ -644,91 +673,108 @@ impl Shared {
         }
     }
 
-    /// Map the block of file `ino` that `offset` lies in from its worker's file here, where
-    /// the file's plan says (`Session.plan`), and hold it as `Session.hold` would (checked
-    /// by its pieces; no SEEN: Python reads nothing ahead of what is planned): whether it
-    /// is held now. A planned block is tried once; one held already is not mapped again.
-    fn load(&self, ino: u64, offset: u64) -> bool {
-        if self.closed.load(Ordering::Acquire) {
+    /// Map the block of file `ino` that a READ of `size` bytes at `offset` lies in from its
+    /// worker's file here, where the file's plan says (`Session.plan`), and hold it as
+    /// `Session.hold` would (checked by its pieces; no SEEN: Python reads nothing ahead of
+    /// what is planned): whether the READ may be answered here now. Only for a READ the
+    /// block can answer (one of INLINE_REPLY or more, not into the next block). A block
+    /// mapped once and let go of since is mapped again from the same file, told once; one
+    /// that failed is not tried again (its READs are Python's, which lets the plan go).
+    fn load(&self, ino: u64, offset: u64, size: usize) -> bool {
+        if self.closed.load(Ordering::Acquire) || size < INLINE_REPLY {
             return false;
         }
-        let (id, index, start, size, last, piece, paths) = {
+        let (id, index, start, len, last, piece, paths, fresh) = {
             let mut plans = lock(&self.plans);
             let Some(p) = plans.get_mut(&ino) else {
                 return false;
             };
             let index = offset / p.block;
             let start = index * p.block;
-            let Some(paths) = index
+            let last = start + p.block >= p.size;
+            if start >= p.size || (offset + size as u64 > start + p.block && !last) {
+                return false;
+            }
+            let Some(entry) = index
                 .checked_sub(p.first)
                 .and_then(|i| p.paths.get_mut(usize::try_from(i).ok()?))
             else {
                 return false;
             };
-            if start >= p.size {
-                return false;
-            }
-            if paths.is_empty() {
-                // tried already: by another thread now, maybe (the kernel's read-ahead
-                // sends a block's READs at once), whose mapping this READ waits for
-                drop(plans);
-                let mut loading = lock(&self.loading.0);
-                while loading.contains(&(ino, index)) {
-                    loading = self
-                        .loading
-                        .1
-                        .wait(loading)
-                        .unwrap_or_else(|e| e.into_inner());
+            let (paths, fresh) = match std::mem::replace(entry, Entry::Loading) {
+                Entry::Untried(paths) => (paths, true),
+                Entry::Mapped(path) => (vec![path], false),
+                Entry::Failed => {
+                    *entry = Entry::Failed;
+                    return false;
                 }
-                return true; // (held now, or not: asked again)
+                Entry::Loading => {
+                    // by another thread now (the kernel's read-ahead sends a block's READs
+                    // at once), whose mapping this READ waits for, a moment at most (a
+                    // slow tier: the READ goes to Python, which lets the plan go)
+                    *entry = Entry::Loading;
+                    drop(plans);
+                    let loading = lock(&self.loading.0);
+                    drop(
+                        self.loading
+                            .1
+                            .wait_timeout_while(loading, LOADING_WAIT, |l| {
+                                l.contains(&(ino, index))
+                            })
+                            .unwrap_or_else(|e| e.into_inner()),
+                    );
+                    return true; // (held now, or not: asked again)
+                }
+            };
+            if lock(&self.held)
+                .iter()
+                .any(|h| h.ino == ino && h.start == start)
+            {
+                *entry = if fresh {
+                    Entry::Untried(paths)
+                } else {
+                    Entry::Mapped(paths[0].clone())
+                };
+                return true; // (held already: answered from that)
             }
             lock(&self.loading.0).insert((ino, index)); // (before the plan's lock goes)
-            let size = (p.size - start).min(p.block) as usize;
-            let last = start + p.block >= p.size;
-            (
-                p.id,
-                index,
-                start,
-                size,
-                last,
-                p.piece,
-                std::mem::take(paths),
-            )
+            let len = (p.size - start).min(p.block) as usize;
+            (p.id, index, start, len, last, p.piece, paths, fresh)
         };
         let _loading = Loading(self, (ino, index));
-        let holds = |held: &Vec<Held>| held.iter().any(|h| h.ino == ino && h.start == start);
-        if holds(&lock(&self.held)) {
-            return false;
-        }
-        let Some((mapped, pieces)) = paths.iter().find_map(|p| Mapped::open(p, size, piece)) else {
-            return false;
-        };
-        let fresh = Held {
-            ino,
-            start,
-            last,
-            memory: false,
-            data: Arc::new(Bytes::Map(mapped)),
-            pieces: Some(Arc::new(pieces)),
-            seen: true,
-            used: Instant::now(),
-        };
+        let got = paths
+            .iter()
+            .find_map(|path| Mapped::open(path, len, piece).map(|(m, pieces)| (m, pieces, path)));
         let gone = {
             // (held only while the plan it came from stands: `unhold` takes plans first,
             // so a file let go of meanwhile, a new listing, holds nothing old after it)
-            let plans = lock(&self.plans);
-            if plans.get(&ino).is_none_or(|p| p.id != id) {
+            let mut plans = lock(&self.plans);
+            let Some(p) = plans.get_mut(&ino).filter(|p| p.id == id) else {
                 return false;
-            }
+            };
+            let entry = &mut p.paths[(index - p.first) as usize];
+            let Some((mapped, pieces, path)) = got else {
+                *entry = Entry::Failed;
+                return false;
+            };
+            *entry = Entry::Mapped(path.clone());
             let mut held = lock(&self.held);
-            if holds(&held) {
-                return false;
-            }
             let gone = make_room(&mut held, false, 0);
-            held.push(fresh);
+            held.push(Held {
+                ino,
+                start,
+                last,
+                memory: false,
+                data: Arc::new(Bytes::Map(mapped)),
+                pieces: Some(Arc::new(pieces)),
+                seen: true,
+                used: Instant::now(),
+            });
             drop(held);
             drop(plans);
-            lock(&self.loaded).push((ino, index));
+            if fresh {
+                lock(&self.loaded).push((ino, index));
+            }
             gone
         };
         for h in gone {
@@ -865,7 +911,7 @@ impl Filesystem for Fs {
         let args = [ino.0, offset, size as u64];
         let s = &self.shared;
         let mut held = s.answer_held(ino.0, offset, size as usize);
-        if held.is_none() && s.load(ino.0, offset) {
+        if held.is_none() && s.load(ino.0, offset, size as usize) {
             held = s.answer_held(ino.0, offset, size as usize); // (mapped here: planned)
         }
         let Some((data, lo, len, pieces, first)) = held else {
@@ -1686,6 +1732,10 @@ impl Session {
         if self.shared.closed.load(Ordering::Acquire) {
             return Ok(());
         }
+        if paths.is_empty() {
+            drop(lock(&self.shared.plans).remove(&ino)); // (let go of)
+            return Ok(());
+        }
         let id = self.shared.planned.fetch_add(1, Ordering::Relaxed);
         let plan = Plan {
             id,
@@ -1693,7 +1743,16 @@ impl Session {
             block,
             size,
             piece,
-            paths,
+            paths: paths
+                .into_iter()
+                .map(|p| {
+                    if p.is_empty() {
+                        Entry::Failed
+                    } else {
+                        Entry::Untried(p)
+                    }
+                })
+                .collect(),
         };
         let old = lock(&self.shared.plans).insert(ino, plan);
         drop(old);
@@ -1803,11 +1862,12 @@ fn pieces_hold(
     Ok(py.allow_threads(|| check.holds(bytes, lo, size)))
 }
 
-/// Whether the kernel refused cachestat to this process (so the pieces a READ's answer
-/// covers are faulted in before their check, which costs the event loop's mappings).
+/// Whether the kernel refused cachestat to this process, or this build has no number for
+/// it (so the pieces a READ's answer covers are faulted in before their check, which costs
+/// the event loop's mappings, and no block is planned: `Session.plan`).
 #[pyfunction]
 fn cachestat_refused() -> bool {
-    CACHESTAT_REFUSED.load(Ordering::Relaxed)
+    SYS_CACHESTAT.is_none() || CACHESTAT_REFUSED.load(Ordering::Relaxed)
 }
 
 #[pymodule]
