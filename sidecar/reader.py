@@ -648,9 +648,9 @@ class BlockReader:
         lie in that worker's tiers on this node), for the FUSE session to map it there
         itself (`NativeSession._plan`); None for a block to read here as usual (a worker
         whose files are not visible here, or none; one that failed a check lately; one held
-        or fetched here already: read ahead, counted then). Nothing
-        where blocks are checked whole (kept on this sidecar's disk), or read over HTTP
-        for now (out of descriptors)."""
+        or fetched here already: read ahead, counted then). Nothing where blocks are
+        checked whole (kept on this sidecar's disk), or read over HTTP for now (out of
+        descriptors)."""
         if not self.cfg.short_circuit or self.store.on_disk or time.monotonic() < self._short_until:
             return []
         out: list[tuple[str, str, list[str]] | None] = []
