@@ -68,6 +68,7 @@ class Session:
         threads: int = 2,
         repliers: int = 2,
         kernel_opens: bool = True,
+        loaders: int = 4,  # threads reading a cold plan's blocks in (`plan`'s `ahead`)
     ) -> None: ...
     def fileno(self) -> int: ...
     def take(self) -> list[tuple[Any, ...]]: ...
@@ -86,7 +87,14 @@ class Session:
         memory: bool = False,
     ) -> None: ...
     def plan(
-        self, ino: int, first: int, block: int, size: int, piece: int, paths: list[list[str]]
+        self,
+        ino: int,
+        first: int,
+        block: int,
+        size: int,
+        piece: int,
+        paths: list[list[str]],
+        ahead: int = 0,
     ) -> None: ...
     def loaded(self) -> list[tuple[int, int]]: ...  # (ino, block) mapped from plans
     def unhold(self, ino: int | None = None) -> None: ...

@@ -106,6 +106,9 @@ class DatasetFS(pyfuse3.Operations):
         self.read_errors = 0
         self.bytes_served = 0
         self.on_read: Callable[[float], None] | None = None  # seconds per served read
+        # the blocks of an inode the FUSE session reads by itself (`NativeSession._plan`),
+        # if any: not read ahead here, by any of its readers
+        self.planned: Callable[[int], range | None] = lambda inode: None
 
     # --- metadata -------------------------------------------------------------------
 
@@ -487,6 +490,11 @@ class DatasetFS(pyfuse3.Operations):
             # four for a block of 4 MiB, would look up the same ones again)
             end = min(last + 1 + self.readahead, blocks.block_count(h.ref.size, self.block_size))
             start = max(last + 1, h.ahead)
+            if (planned := self.planned(h.inode)) is not None:
+                if planned.start <= start < planned.stop:
+                    start = planned.stop  # (the session's to read)
+                elif start < planned.start:
+                    end = min(end, planned.start)
             if start < end:
                 self.reader.prefetch(h.ref, range(start, end))
                 h.ahead = end

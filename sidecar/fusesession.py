@@ -52,8 +52,8 @@ OPENS_VAR = "FLUIDFED_FUSE_OPENS"  # who answers opens (OPENS)
 SAFE_KERNEL_OPENS = ((6, 19, 0), (6, 18, 10))
 
 # blocks of a file whose files the session maps itself at a time (`NativeSession._plan`):
-# a READ comes to the event loop once per PLANNED blocks (or where a file is not in the
-# page cache), rather than once per block
+# a READ comes to the event loop once per PLANNED blocks (or where a block cannot be
+# mapped there), rather than once per block
 PLANNED = 64
 PLANS_KEPT = 1024  # files whose plans are remembered (to count what the session mapped)
 
@@ -63,6 +63,10 @@ class _Planned:
     first: int  # the first block planned
     size: int  # the file's
     blocks: list[tuple[str, str, int] | None]  # each one's (worker, key, size), if planned
+    ahead: int  # blocks the session reads in ahead of its reader (0: a warm file's plan)
+
+    def covers(self, index: int) -> bool:
+        return self.first <= index < self.first + len(self.blocks)
 
 
 # READ answers this large (the native session's INLINE_REPLY: those its replying threads
@@ -143,6 +147,7 @@ class NativeSession:
         self._plans: OrderedDict[int, _Planned] = OrderedDict()  # by inode (`_plan`)
         # by inode: the blocks planned, by index, as counted once mapped (`settle`)
         self._mapped: OrderedDict[int, dict[int, tuple[str, str, int]]] = OrderedDict()
+        fs.planned = self._planned
 
     def invalidate_inode(self, inode: int) -> None:
         self._s.invalidate_inode(inode)  # (its plan let go of there too)
@@ -331,17 +336,29 @@ class NativeSession:
     def _next(self, h: Handle, ino: int, index: int, data: Any) -> None:
         """Have the session answer the READs of block `index` of `ino` by itself, its
         reader having reached the block before it (`data`, or a part of it): from there on
-        it maps the next blocks itself (`_plan`), but for those at hand here already (read
-        ahead), which it is handed (with no SEEN: nothing more is read ahead here); else
-        Python holds the next one (`_hold`), and hears of its first READ."""
-        # (a file planned before, that reached a block read ahead here, goes on planned)
-        warm = ino in self._plans or (data is not None and blockfile.from_page_cache(data))
-        if not (warm and self._plan(h, ino, index)):
-            self._hold(h, ino, index, seen=False)
-            return
+        it maps the next blocks itself (`_plan`; a cold file's, one whose block came from
+        its worker's file on the disk, read in ahead of its reader there too), but for
+        those at hand here already (read ahead), which it is handed (with no SEEN: nothing
+        more is read ahead here); else Python holds the next one (`_hold`), and hears of
+        its first READ."""
+        p = self._plans.get(ino)
+        if p is None or not p.covers(index):
+            # (a file planned before, that reached a block read ahead here, goes on
+            # planned, cold or warm as it was unless its block says which)
+            warm = data is not None and blockfile.from_page_cache(data)
+            cold = not warm and data is not None and blockfile.is_unchecked(data)
+            ahead = self.fs.readahead if cold else (p.ahead if p is not None and not warm else 0)
+            if not ((p is not None or warm or cold) and self._plan(h, ino, index, ahead)):
+                self._hold(h, ino, index, seen=False)
+                return
         for i in range(index, index + self.fs.readahead + 1):
             if not self._hold(h, ino, i, seen=True):
                 break
+
+    def _planned(self, ino: int) -> range | None:
+        """The blocks of `ino` the session's plan has it read (`DatasetFS.planned`)."""
+        p = self._plans.get(ino)
+        return None if p is None else range(p.first, p.first + len(p.blocks))
 
     def _unmappable(self, ino: int, off: int, size: int) -> bool:
         """Whether a READ that came here lies in a block the session's plan for `ino` has
@@ -366,15 +383,16 @@ class NativeSession:
         except Exception:
             log.exception("letting the FUSE session's plan of inode %d go failed", ino)
 
-    def _plan(self, h: Handle, ino: int, first: int) -> bool:
-        """Have the session map the blocks of a warm file `ino` (one whose blocks were
-        found whole in the page cache: its next blocks likely are too; one read from the
-        disk is read ahead here, in threads, as before) from `first` on (up to PLANNED)
+    def _plan(self, h: Handle, ino: int, first: int, ahead: int) -> bool:
+        """Have the session map the blocks of file `ino` from `first` on (up to PLANNED)
         from their workers' files on this node by itself, as its reader reaches each: the
-        event loop then maps, holds and lets go of none of them. Whether any was planned;
-        if none, the session's plan for the file, if any, goes (this reader is read ahead
-        of here). A block the session cannot map (not there, not in the page cache,
-        another format) comes here as a READ."""
+        event loop then maps, reads, holds and lets go of none of them. A warm file's
+        (`ahead` 0: one whose blocks were found whole in the page cache, as its next ones
+        likely are) are mapped from the page cache; a cold file's are read in from the
+        disk by the session's loading threads, `ahead` blocks ahead of its reader. Whether
+        any was planned; if none, the session's plan for the file, if any, goes (this
+        reader is read ahead of here). A block the session cannot map (not there, not in
+        the page cache for a warm file, another format, damaged) comes here as a READ."""
         planned = [] if self.cachestat_refused() else self.fs.plan(h, first, PLANNED)
         if not any(planned):  # (refused cachestat, the session cannot tell a warm file)
             if ino in self._plans:
@@ -384,7 +402,7 @@ class NativeSession:
         bs = self.fs.block_size
         size = h.ref.size
         try:
-            self._s.plan(ino, first, bs, size, blockfile.CHECK_PIECE, paths)
+            self._s.plan(ino, first, bs, size, blockfile.CHECK_PIECE, paths, ahead)
         except Exception:  # (its READs come here instead)
             log.exception("handing the plan of %s to the FUSE session failed", h.ref.key)
             return False
@@ -395,7 +413,7 @@ class NativeSession:
             None if p is None else (p[0], p[1], min(bs, size - i * bs))
             for i, p in enumerate(planned, first)
         ]
-        self._plans[ino] = _Planned(first, size, entries)
+        self._plans[ino] = _Planned(first, size, entries, ahead)
         # (what a block mapped from it is counted as, when the session says so: kept past
         # the plan, which the next one may replace first)
         mapped = self._mapped.pop(ino, {})

@@ -607,6 +607,76 @@ def test_blocks_planned_are_mapped_by_the_session_from_their_files_and_checked(
             s.plan(2, 1, bs, size, 1000, [[paths[1]]])
 
 
+def test_a_cold_plan_has_the_session_read_its_blocks_in_ahead_of_their_reader(
+    tmp_path: Path,
+) -> None:
+    """`Session.plan` with `ahead`: the session's loading threads read the planned block
+    files in from the disk (none of them in the page cache), `ahead` blocks past the last
+    one its reader reached (the first ones at once, none further until a READ reaches
+    them), and hold them: their READs are answered there (no READ, no SEEN), each block
+    told once as its reader reaches it (`loaded`). A block file whose pieces' CRCs do not
+    make the block's is not held: its READs come to Python, and the blocks after it are
+    still read in."""
+    from fluidfed import _fuse
+    from fluidfed.data import blockfile, blocks
+
+    bs, piece = 2**20, blockfile.CHECK_PIECE
+    size = 7 * bs + 512 * 1024  # the last block short, of two pieces
+    content = os.urandom(size)
+    tier = tmp_path / "tier"
+    paths = []
+    for i in range(8):
+        data = content[i * bs : (i + 1) * bs]
+        path = blockfile.block_path(tier, f"k{i}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crc = blocks.checksum(data) ^ (i == 5)  # (block 5: its pieces do not make it)
+        blockfile.write_block_file(path, data, crc)
+        paths.append(str(path))
+    os.sync()
+
+    def cached(i: int) -> bool:
+        fd = os.open(paths[i], os.O_RDONLY)
+        try:
+            return blockfile.in_page_cache(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+    def read_in(*want: int) -> None:
+        deadline = time.monotonic() + 10
+        while not all(cached(i) for i in want):
+            assert time.monotonic() < deadline, [cached(i) for i in range(8)]
+            time.sleep(0.01)
+
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    assert not any(cached(i) for i in range(8))
+    f = tmp_path / "mnt" / "f"
+    with _one_file(tmp_path / "mnt", content) as (s, seen):
+        s.plan(2, 1, bs, size, piece, [[p] for p in paths[1:]], 2)
+        read_in(1, 2)  # (at once: the first two planned)
+        time.sleep(0.2)
+        assert not cached(3) and s.loaded() == []  # (nothing reached yet)
+        seen.clear()
+        step = 128 * 1024  # (a READ each)
+        assert _read(f, bs, step) == content[bs : bs + step]
+        assert seen == [] and s.loaded() == [(2, 1)]
+        read_in(3)  # (two past the block reached)
+        time.sleep(0.2)
+        assert not cached(4)
+        for at in range(bs, size, step):
+            assert _read(f, at, step) == content[at : at + step], at
+        # every READ answered there but block 5's (its trailer does not add up), and
+        # blocks 6 and 7 read in all the same
+        assert [(k, off // bs) for k, _, off, _ in seen] == [(_fuse.READ, 5)] * 8
+        assert s.loaded() == [(2, 2), (2, 3), (2, 4), (2, 6), (2, 7)]
+        assert all(cached(i) for i in (1, 2, 3, 4, 6, 7))
+        assert not cached(0)  # (not planned: never read)
+
+
 def test_the_session_holds_a_few_blocks_of_the_sidecars_memory_only(tmp_path: Path) -> None:
     """Blocks in the sidecar's memory (not mapped from a file) are held up to 8 MiB in all,
     the least lately used let go of first (its READs come to Python again); a larger one

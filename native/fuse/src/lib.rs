@@ -209,10 +209,14 @@ impl Mapped {
     /// The block file at `path`, if it holds `size` bytes with the CRC of each `piece`
     /// bytes of them (more than one piece) and lies in the page cache whole: mapped as
     /// `blockfile.map_block_file` maps such a file lazily (read-once advice, only its end
-    /// faulted in, the pieces' CRCs found to make the block's), with those CRCs. None
-    /// otherwise: not there, not in the page cache, or not such a file; its READs are then
-    /// Python's, which reads it, or asks its worker, and says why where it matters.
-    fn open(path: &Path, size: usize, piece: usize) -> Option<(Mapped, Pieces)> {
+    /// faulted in, the pieces' CRCs found to make the block's), with those CRCs. With
+    /// `read_in`, a file not whole in the page cache is read into it from the disk here, as
+    /// `blockfile.read_cold_block_file` reads one (what of it lies there let go of, the
+    /// mapping asking for huge pages, then faulted in whole: folios of a huge page, for the
+    /// next reader on this node), which blocks for the disk's read. None otherwise: not
+    /// there, not in the page cache, or not such a file; its READs are then Python's, which
+    /// reads it, or asks its worker, and says why where it matters.
+    fn open(path: &Path, size: usize, piece: usize, read_in: bool) -> Option<(Mapped, Pieces)> {
         if size <= piece {
             return None; // (a one-piece block is checked whole, by Python)
         }
@@ -227,12 +231,20 @@ impl Mapped {
         // would stall this READ and those behind it on the disk); and its first and last
         // pages read, not on their way in (cachestat counts a page whose read, another
         // reader's, is under way, and a failed one would be SIGBUS here), as `_probe` asks
-        if in_page_cache(fd, 0, len) != Some(true) || !read_now(fd, 0) || !read_now(fd, len - 1) {
+        let cached =
+            in_page_cache(fd, 0, len) == Some(true) && read_now(fd, 0) && read_now(fd, len - 1);
+        if !cached && !read_in {
             return None;
         }
-        // SAFETY: advice on our open file (see `map_block_file`: read once, its pages not
-        // marked accessed as the mapping goes)
-        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_NOREUSE) };
+        // SAFETY: advice on our open file: read from the disk, what lies in the page cache
+        // already (a probe's read-ahead, in small folios) let go of first; else read once,
+        // its pages not marked accessed as the mapping goes (see `map_block_file`)
+        let advice = if cached {
+            libc::POSIX_FADV_NOREUSE
+        } else {
+            libc::POSIX_FADV_DONTNEED
+        };
+        unsafe { libc::posix_fadvise(fd, 0, 0, advice) };
         // SAFETY: a new read-only shared mapping of `len` bytes of our file
         let at = unsafe {
             libc::mmap(
@@ -253,9 +265,17 @@ impl Mapped {
             size,
             file: file.into(),
         };
+        if !cached {
+            // SAFETY: advice on our mapping (no transparent huge pages: small ones)
+            unsafe { libc::madvise(at, len, libc::MADV_HUGEPAGE) };
+        }
         // its end faulted in (failing, not signalling, on a page that cannot be read),
-        // from the page the data's last piece ends in
-        let from = size / page_size() * page_size();
+        // from the page the data's last piece ends in; all of it, read from the disk
+        let from = if cached {
+            size / page_size() * page_size()
+        } else {
+            0
+        };
         // SAFETY: within our mapping; the call only faults pages in
         let faulted = unsafe {
             libc::madvise(
@@ -318,20 +338,39 @@ struct Plan {
     block: u64,
     size: u64, // the file's
     piece: usize,
+    // blocks read in from the disk ahead of the reader by the loading threads (`Load`);
+    // 0: a warm file's plan, its blocks mapped from the page cache as READs reach them
+    ahead: u64,
     paths: Vec<Entry>,
 }
 
 /// A planned block: the paths its file may lie at, not tried yet; being mapped; mapped
-/// (from this file: mapped from it again once let go of); or not mappable here.
+/// (from this file: mapped from it again once let go of; `told`: `loaded` said so, its
+/// reader having reached it); or not mappable here.
 enum Entry {
     Untried(Vec<PathBuf>),
     Loading,
-    Mapped(PathBuf),
+    Mapped { path: PathBuf, told: bool },
     Failed,
 }
 
-/// How long a READ waits for its block being mapped by another thread (`Shared::load`).
+/// How long a READ waits for its block being mapped by another thread (`Shared::load`):
+/// from the page cache, or read in from the disk by a loading thread (a cold plan's).
 const LOADING_WAIT: Duration = Duration::from_millis(50);
+const READ_IN_WAIT: Duration = Duration::from_millis(500);
+
+/// A block of a cold plan for a loading thread to read in ahead of its reader
+/// (`Shared::queue_ahead`).
+struct Load {
+    ino: u64,
+    id: u64, // its plan's
+    index: u64,
+    start: u64,
+    len: usize,
+    last: bool,
+    piece: usize,
+    paths: Vec<PathBuf>,
+}
 
 /// What the answers from a block not checked whole are checked against: the CRC-32 of
 /// each `piece` bytes of the block, and the mapped file, open (for `in_page_cache`).
@@ -544,6 +583,7 @@ struct Held {
     data: Arc<Bytes>,
     pieces: Option<Arc<Pieces>>, // (None: checked whole)
     seen: bool,                  // Python heard of a READ in it (a SEEN, or one it answered)
+    ahead: bool,                 // read in ahead of its reader, no READ in it yet (`Load`)
     used: Instant,
 }
 
@@ -570,6 +610,7 @@ struct Shared {
     planned: AtomicU64,             // the plans made so far (each plan's `id`)
     loaded: Mutex<Vec<(u64, u64)>>, // (ino, block) mapped here from a plan, since `loaded`
     loading: (Mutex<HashSet<(u64, u64)>>, Condvar), // (ino, block) being mapped (`load`)
+    loads: Mutex<Option<mpsc::Sender<Load>>>, // to the loading threads (`queue_ahead`)
     served: [AtomicU64; 2],         // READs answered from `held`, and their bytes, since `served`
 }
 
@@ -610,8 +651,9 @@ impl Shared {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    /// Take no more requests; those queued are answered ENOTCONN.
+    /// Take no more requests; those queued are answered ENOTCONN. The loading threads end.
     fn close(&self) {
+        drop(lock(&self.loads).take());
         let queued = {
             let mut q = lock(&self.queue);
             self.closed.store(true, Ordering::Release);
@@ -623,8 +665,7 @@ impl Shared {
     }
 
     /// A READ's answer from a block held here, if one holds all of it (or all there is of
-    /// it, in the file's last block): (the block, where the answer starts in it, its
-    /// length, the block's pieces, whether it is the first READ Python has not heard of).
+    /// it, in the file's last block): `HeldAnswer`.
     fn answer_held(&self, ino: u64, offset: u64, size: usize) -> Option<HeldAnswer> {
         if self.closed.load(Ordering::Acquire) {
             return None;
@@ -646,10 +687,12 @@ impl Shared {
         h.used = Instant::now();
         let first = !h.seen;
         h.seen = true;
+        let reached = h.ahead;
+        h.ahead = false;
         let len = size.min(room);
         self.served[0].fetch_add(1, Ordering::Relaxed);
         self.served[1].fetch_add(len as u64, Ordering::Relaxed);
-        Some((h.data.clone(), lo, len, h.pieces.clone(), first))
+        Some((h.data.clone(), lo, len, h.pieces.clone(), first, reached))
     }
 
     /// Let go of the blocks held for `ino` (all, for None): its buffers go with the next
@@ -679,12 +722,13 @@ impl Shared {
     /// what is planned): whether the READ may be answered here now. Only for a READ the
     /// block can answer (one of INLINE_REPLY or more, not into the next block). A block
     /// mapped once and let go of since is mapped again from the same file, told once; one
-    /// that failed is not tried again (its READs are Python's, which lets the plan go).
+    /// that failed is not tried again (its READs are Python's, which lets the plan go). A
+    /// block a loading thread reads in is waited for (`READ_IN_WAIT`).
     fn load(&self, ino: u64, offset: u64, size: usize) -> bool {
         if self.closed.load(Ordering::Acquire) || size < INLINE_REPLY {
             return false;
         }
-        let (id, index, start, len, last, piece, paths, fresh) = {
+        let (id, index, start, len, last, piece, paths, told, cold) = {
             let mut plans = lock(&self.plans);
             let Some(p) = plans.get_mut(&ino) else {
                 return false;
@@ -695,32 +739,33 @@ impl Shared {
             if start >= p.size || (offset + size as u64 > start + p.block && !last) {
                 return false;
             }
+            let cold = p.ahead > 0;
             let Some(entry) = index
                 .checked_sub(p.first)
                 .and_then(|i| p.paths.get_mut(usize::try_from(i).ok()?))
             else {
                 return false;
             };
-            let (paths, fresh) = match std::mem::replace(entry, Entry::Loading) {
-                Entry::Untried(paths) => (paths, true),
-                Entry::Mapped(path) => (vec![path], false),
+            let (paths, told) = match std::mem::replace(entry, Entry::Loading) {
+                Entry::Untried(paths) => (paths, false),
+                Entry::Mapped { path, told } => (vec![path], told),
                 Entry::Failed => {
                     *entry = Entry::Failed;
                     return false;
                 }
                 Entry::Loading => {
                     // by another thread now (the kernel's read-ahead sends a block's READs
-                    // at once), whose mapping this READ waits for, a moment at most (a
-                    // slow tier: the READ goes to Python, which lets the plan go)
+                    // at once; a loading thread reads it in), whose mapping this READ waits
+                    // for, a moment at most (a slow tier: the READ goes to Python, which
+                    // lets the plan go)
                     *entry = Entry::Loading;
                     drop(plans);
+                    let wait = if cold { READ_IN_WAIT } else { LOADING_WAIT };
                     let loading = lock(&self.loading.0);
                     drop(
                         self.loading
                             .1
-                            .wait_timeout_while(loading, LOADING_WAIT, |l| {
-                                l.contains(&(ino, index))
-                            })
+                            .wait_timeout_while(loading, wait, |l| l.contains(&(ino, index)))
                             .unwrap_or_else(|e| e.into_inner()),
                     );
                     return true; // (held now, or not: asked again)
@@ -730,57 +775,178 @@ impl Shared {
                 .iter()
                 .any(|h| h.ino == ino && h.start == start)
             {
-                *entry = if fresh {
-                    Entry::Untried(paths)
+                *entry = if told {
+                    Entry::Mapped {
+                        path: paths[0].clone(),
+                        told,
+                    }
                 } else {
-                    Entry::Mapped(paths[0].clone())
+                    Entry::Untried(paths)
                 };
                 return true; // (held already: answered from that)
             }
             lock(&self.loading.0).insert((ino, index)); // (before the plan's lock goes)
             let len = (p.size - start).min(p.block) as usize;
-            (p.id, index, start, len, last, p.piece, paths, fresh)
+            (p.id, index, start, len, last, p.piece, paths, told, cold)
         };
         let _loading = Loading(self, (ino, index));
-        let got = paths
-            .iter()
-            .find_map(|path| Mapped::open(path, len, piece).map(|(m, pieces)| (m, pieces, path)));
+        let got = paths.iter().find_map(|path| {
+            Mapped::open(path, len, piece, cold).map(|(m, pieces)| (m, pieces, path.clone()))
+        });
+        self.finish(ino, id, index, start, last, got, told, true)
+    }
+
+    /// Hold block `index` of `ino` (at `start`), mapped for plan `id` (`got`: the mapping,
+    /// its pieces, the file it came from; None: not mappable), if that plan still stands
+    /// (`unhold` takes plans first, so a file let go of meanwhile, a new listing, holds
+    /// nothing old after it); whether it is held. `reached`: a READ of it mapped it, which
+    /// `loaded` tells (unless `told` before) and a cold plan reads ahead of; else a loading
+    /// thread read it in ahead of its reader.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        ino: u64,
+        id: u64,
+        index: u64,
+        start: u64,
+        last: bool,
+        mut got: Option<(Mapped, Pieces, PathBuf)>,
+        told: bool,
+        reached: bool,
+    ) -> bool {
         let gone = {
-            // (held only while the plan it came from stands: `unhold` takes plans first,
-            // so a file let go of meanwhile, a new listing, holds nothing old after it)
             let mut plans = lock(&self.plans);
-            let Some(p) = plans.get_mut(&ino).filter(|p| p.id == id) else {
-                return false;
-            };
-            let entry = &mut p.paths[(index - p.first) as usize];
-            let Some((mapped, pieces, path)) = got else {
-                *entry = Entry::Failed;
-                return false;
-            };
-            *entry = Entry::Mapped(path.clone());
-            let mut held = lock(&self.held);
-            let gone = make_room(&mut held, false, 0);
-            held.push(Held {
-                ino,
-                start,
-                last,
-                memory: false,
-                data: Arc::new(Bytes::Map(mapped)),
-                pieces: Some(Arc::new(pieces)),
-                seen: true,
-                used: Instant::now(),
-            });
-            drop(held);
-            drop(plans);
-            if fresh {
+            match plans.get_mut(&ino).filter(|p| p.id == id) {
+                None => None,
+                Some(p) => match got.take() {
+                    None => {
+                        p.paths[(index - p.first) as usize] = Entry::Failed;
+                        None
+                    }
+                    Some((mapped, pieces, path)) => {
+                        p.paths[(index - p.first) as usize] = Entry::Mapped {
+                            path,
+                            told: told || reached,
+                        };
+                        let mut held = lock(&self.held);
+                        let gone = make_room(&mut held, false, 0);
+                        held.push(Held {
+                            ino,
+                            start,
+                            last,
+                            memory: false,
+                            data: Arc::new(Bytes::Map(mapped)),
+                            pieces: Some(Arc::new(pieces)),
+                            seen: true,
+                            ahead: !reached,
+                            used: Instant::now(),
+                        });
+                        drop(held);
+                        if reached && !told {
+                            lock(&self.loaded).push((ino, index));
+                        }
+                        if reached {
+                            self.queue_ahead(p, ino, index + 1);
+                        }
+                        Some(gone)
+                    }
+                },
+            }
+        };
+        drop(got); // (a plan let go of meanwhile: unmapped here, outside the locks)
+        match gone {
+            Some(gone) => {
+                for h in gone {
+                    let_go(self, h.data); // (a mapping of ours unmapped here, off the loop)
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The first READ of block `start` of `ino`, read in ahead of it (`Held::ahead`):
+    /// `loaded` tells it, and the plan reads ahead of it.
+    fn reached(&self, ino: u64, start: u64) {
+        let mut plans = lock(&self.plans);
+        let Some(p) = plans.get_mut(&ino) else {
+            return;
+        };
+        let index = start / p.block;
+        if let Some(Entry::Mapped { told, .. }) = index
+            .checked_sub(p.first)
+            .and_then(|i| p.paths.get_mut(usize::try_from(i).ok()?))
+        {
+            if !*told {
+                *told = true;
                 lock(&self.loaded).push((ino, index));
             }
-            gone
-        };
-        for h in gone {
-            let_go(self, h.data); // (a mapping of ours unmapped here, off the event loop)
         }
-        true
+        self.queue_ahead(p, ino, index + 1);
+    }
+
+    /// Have the loading threads read in the blocks of cold plan `p` (of `ino`) not tried
+    /// yet nor held, up to its `ahead` blocks from block `from` on (none for a warm plan).
+    /// Under the plans' lock.
+    fn queue_ahead(&self, p: &mut Plan, ino: u64, from: u64) {
+        if p.ahead == 0 || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(tx) = lock(&self.loads).clone() else {
+            return;
+        };
+        let end = from
+            .saturating_add(p.ahead)
+            .min(p.first + p.paths.len() as u64);
+        for index in from.max(p.first)..end {
+            let start = index * p.block;
+            let i = (index - p.first) as usize;
+            if start >= p.size || !matches!(p.paths[i], Entry::Untried(_)) {
+                continue;
+            }
+            if lock(&self.held)
+                .iter()
+                .any(|h| h.ino == ino && h.start == start)
+            {
+                continue; // (held already: Python's)
+            }
+            let Entry::Untried(paths) = std::mem::replace(&mut p.paths[i], Entry::Loading) else {
+                continue;
+            };
+            lock(&self.loading.0).insert((ino, index));
+            let load = Load {
+                ino,
+                id: p.id,
+                index,
+                start,
+                len: (p.size - start).min(p.block) as usize,
+                last: start + p.block >= p.size,
+                piece: p.piece,
+                paths,
+            };
+            if let Err(mpsc::SendError(back)) = tx.send(load) {
+                lock(&self.loading.0).remove(&(ino, index));
+                p.paths[i] = Entry::Untried(back.paths);
+                return;
+            }
+        }
+    }
+
+    /// A loading thread's work: read block `load` in from its file, and hold it, ahead of
+    /// its reader (`finish`); the READs that came for it meanwhile wait for this.
+    fn read_in(&self, load: Load) {
+        let _loading = Loading(self, (load.ino, load.index));
+        let got = if self.closed.load(Ordering::Acquire) {
+            None
+        } else {
+            load.paths.iter().find_map(|path| {
+                Mapped::open(path, load.len, load.piece, true)
+                    .map(|(m, pieces)| (m, pieces, path.clone()))
+            })
+        };
+        self.finish(
+            load.ino, load.id, load.index, load.start, load.last, got, false, false,
+        );
     }
 
     /// Hand `job` to a replying thread when it is large, else answer it here: then its
@@ -833,8 +999,10 @@ impl Drop for Loading<'_> {
     }
 }
 
-/// `Shared::answer_held`'s answer.
-type HeldAnswer = (Arc<Bytes>, usize, usize, Option<Arc<Pieces>>, bool);
+/// `Shared::answer_held`'s answer: the block, where the answer starts in it, its length,
+/// the block's pieces, whether it is the first READ Python has not heard of, and whether
+/// the first of a block read in ahead of it (`Shared::reached`).
+type HeldAnswer = (Arc<Bytes>, usize, usize, Option<Arc<Pieces>>, bool, bool);
 
 struct Fs {
     shared: Arc<Shared>,
@@ -914,9 +1082,12 @@ impl Filesystem for Fs {
         if held.is_none() && s.load(ino.0, offset, size as usize) {
             held = s.answer_held(ino.0, offset, size as usize); // (mapped here: planned)
         }
-        let Some((data, lo, len, pieces, first)) = held else {
+        let Some((data, lo, len, pieces, first, reached)) = held else {
             return self.ask(READ, Pending::Data(reply), args);
         };
+        if reached {
+            s.reached(ino.0, offset - lo as u64);
+        }
         self.shared.count(READ as usize - 1);
         if first {
             self.shared.push(Op::new(SEEN, None, args));
@@ -1453,7 +1624,7 @@ impl Session {
     /// read requests, `repliers` write large READ answers; with `kernel_opens` the kernel
     /// opens files by itself (OPEN answered ENOSYS), else OPENs are answered here.
     #[new]
-    #[pyo3(signature = (mountpoint, options, threads=2, repliers=2, kernel_opens=true))]
+    #[pyo3(signature = (mountpoint, options, threads=2, repliers=2, kernel_opens=true, loaders=4))]
     fn new(
         py: Python<'_>,
         mountpoint: PathBuf,
@@ -1461,6 +1632,7 @@ impl Session {
         threads: usize,
         repliers: usize,
         kernel_opens: bool,
+        loaders: usize,
     ) -> PyResult<Self> {
         // SAFETY: eventfd returns a new descriptor or -1
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -1483,6 +1655,7 @@ impl Session {
             planned: AtomicU64::new(0),
             loaded: Mutex::new(Vec::new()),
             loading: Default::default(),
+            loads: Mutex::new(None),
             served: Default::default(),
         });
         let (mount_options, acl) = mount_options(options);
@@ -1499,6 +1672,24 @@ impl Session {
             .allow_threads(move || fuser::Session::new(fs, &at, &config)?.spawn())
             .map_err(os_error)?;
         let notifier = background.notifier();
+        let (loads, to_load) = mpsc::channel::<Load>();
+        let to_load = Arc::new(Mutex::new(to_load));
+        for i in 0..loaders {
+            let to_load = to_load.clone();
+            let shared = shared.clone();
+            // (not joined: one reading from the disk at unmount ends with the channel)
+            std::thread::Builder::new()
+                .name(format!("fuse-load-{i}"))
+                .spawn(move || loop {
+                    let load = lock(&to_load).recv();
+                    let Ok(load) = load else { return };
+                    shared.read_in(load);
+                })
+                .map_err(os_error)?;
+        }
+        if loaders > 0 {
+            *lock(&shared.loads) = Some(loads);
+        }
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::new();
         for i in 0..repliers.max(1) {
@@ -1697,6 +1888,7 @@ impl Session {
                 data: Arc::new(Bytes::Py(block)),
                 pieces,
                 seen,
+                ahead: false,
                 used: Instant::now(),
             });
             gone
@@ -1712,8 +1904,16 @@ impl Session {
     /// lie (tried in turn; none: its READs are Python's). A block file not whole in the
     /// page cache, missing, or not of that format is not mapped: its READs come to Python,
     /// as do those past the plan's last block. No SEEN comes for these blocks (Python is
-    /// told which were mapped, `loaded`). Replaces the file's plan; let go of with its
-    /// held blocks (`unhold`, `invalidate_inode`, FORGET, a piece that fails its check).
+    /// told which were mapped, `loaded`, as their reader reaches them). Replaces the
+    /// file's plan; let go of with its held blocks (`unhold`, `invalidate_inode`, FORGET,
+    /// a piece that fails its check).
+    ///
+    /// With `ahead`, a cold file's plan: its files are read in from the disk (into folios
+    /// of a huge page, as `blockfile.read_cold_block_file` reads them) by the loading
+    /// threads, up to `ahead` blocks ahead of the last its reader reached (from the first
+    /// planned at once), and held for its READs, which wait for one being read in.
+    #[pyo3(signature = (ino, first, block, size, piece, paths, ahead=0))]
+    #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
         ino: u64,
@@ -1722,6 +1922,7 @@ impl Session {
         size: u64,
         piece: usize,
         paths: Vec<Vec<PathBuf>>,
+        ahead: u64,
     ) -> PyResult<()> {
         if block == 0 || piece == 0 || !piece.is_multiple_of(4096) {
             return Err(PyValueError::new_err(format!(
@@ -1743,6 +1944,7 @@ impl Session {
             block,
             size,
             piece,
+            ahead,
             paths: paths
                 .into_iter()
                 .map(|p| {
@@ -1754,7 +1956,16 @@ impl Session {
                 })
                 .collect(),
         };
-        let old = lock(&self.shared.plans).insert(ino, plan);
+        let mut plans = lock(&self.shared.plans);
+        let old = plans.insert(ino, plan);
+        if let Some(p) = plans.get_mut(&ino) {
+            // (read ahead from the first block of its own: those before, Python's)
+            let from = p.paths.iter().position(|e| matches!(e, Entry::Untried(_)));
+            if let Some(i) = from {
+                self.shared.queue_ahead(p, ino, first + i as u64);
+            }
+        }
+        drop(plans);
         drop(old);
         Ok(())
     }

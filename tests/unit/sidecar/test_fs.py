@@ -202,6 +202,46 @@ async def test_a_sequential_reader_asks_for_each_block_ahead_once(
     assert [i for r in asked for i in r] == [*range(1, 10 + ahead), *range(1, 1 + ahead)]
 
 
+async def test_no_reader_asks_ahead_for_the_blocks_the_session_reads_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The blocks of a file the FUSE session was handed (`DatasetFS.planned`) are read
+    there: no reader of that file asks for them ahead here, not one whose READ missed (its
+    read-ahead lowered) nor another reader of the same file; the blocks before and after
+    them are asked for as usual."""
+    fs = await _fs()
+    bs, ahead = fs.block_size, fs.readahead
+    asked: list[range] = []
+    monkeypatch.setattr(fs.reader, "prefetch", lambda ref, indices: asked.append(indices))
+    fs.tree.update({"f": _file("1", size=40 * bs)})
+    ino = fs.entry("f")[0]
+    fs.planned = lambda inode: range(3, 10) if inode == ino else None
+    mib = 2**20
+
+    def read(off: int) -> None:
+        h = fs.stream(ino, off)
+        fs._follow(h, range(off // bs, (off + mib - 1) // bs + 1))
+
+    for off in range(0, 3 * bs, mib):  # up to the planned blocks: only those before them
+        read(off)
+    assert [i for r in asked for i in r] == [1, 2]
+    asked.clear()
+    h = fs.stream(ino, 3 * bs)
+    assert fs.read_held(h, 3 * bs, mib) is None  # (a planned block's READ came here)
+    read(3 * bs + mib)
+    other = 20 * bs  # another reader of the file, further on, then into the planned ones
+    read(5 * bs)
+    read(5 * bs + mib)
+    assert [i for r in asked for i in r] == []
+    for off in range(9 * bs, 11 * bs, mib):  # the last planned block, then past them
+        read(off)
+    assert [i for r in asked for i in r] == list(range(10, 11 + ahead))
+    asked.clear()
+    read(other)
+    read(other + mib)
+    assert [i for r in asked for i in r] == list(range(21, 21 + ahead))
+
+
 async def test_a_block_is_handed_to_the_session_only_for_the_file_as_listed_now() -> None:
     """`held_block`: what the native session may answer READs from by itself. A reader's
     READ still under way when a new listing changed its file must not hand the session the
