@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +108,7 @@ class DatasetFS(pyfuse3.Operations):
         self.on_read: Callable[[float], None] | None = None  # seconds per served read
         # the blocks of an inode the FUSE session reads by itself (`NativeSession._plan`),
         # if any: not read ahead here, by any of its readers
-        self.planned: Callable[[int], range | None] = lambda inode: None
+        self.planned: Callable[[int], Container[int] | None] = lambda inode: None
 
     # --- metadata -------------------------------------------------------------------
 
@@ -490,13 +490,11 @@ class DatasetFS(pyfuse3.Operations):
             # four for a block of 4 MiB, would look up the same ones again)
             end = min(last + 1 + self.readahead, blocks.block_count(h.ref.size, self.block_size))
             start = max(last + 1, h.ahead)
-            if (planned := self.planned(h.inode)) is not None:
-                if planned.start <= start < planned.stop:
-                    start = planned.stop  # (the session's to read)
-                elif start < planned.start:
-                    end = min(end, planned.start)
             if start < end:
-                self.reader.prefetch(h.ref, range(start, end))
+                ahead: Iterable[int] = range(start, end)
+                if (planned := self.planned(h.inode)) is not None:
+                    ahead = [i for i in ahead if i not in planned]  # (the rest the session's)
+                self.reader.prefetch(h.ref, ahead)
                 h.ahead = end
 
     async def _fetch(self, h: Handle, idx: range, lo: int, size: int) -> Any:

@@ -65,8 +65,10 @@ class _Planned:
     blocks: list[tuple[str, str, int] | None]  # each one's (worker, key, size), if planned
     ahead: int  # blocks the session reads in ahead of its reader (0: a warm file's plan)
 
-    def covers(self, index: int) -> bool:
-        return self.first <= index < self.first + len(self.blocks)
+    def __contains__(self, index: object) -> bool:
+        """Whether block `index` is the session's to read (`DatasetFS.planned`)."""
+        i = index - self.first if isinstance(index, int) else -1
+        return 0 <= i < len(self.blocks) and self.blocks[i] is not None
 
 
 # READ answers this large (the native session's INLINE_REPLY: those its replying threads
@@ -342,9 +344,10 @@ class NativeSession:
         more is read ahead here); else Python holds the next one (`_hold`), and hears of
         its first READ."""
         p = self._plans.get(ino)
-        if p is None or not p.covers(index):
+        if not (p is not None and p.ahead and self._ahead_of(ino, p, index)):
             # (a file planned before, that reached a block read ahead here, goes on
-            # planned, cold or warm as it was unless its block says which)
+            # planned, cold or warm as it was unless its block says which; a cold plan
+            # whose reader has blocks of it still to reach is kept, its loads under way)
             warm = data is not None and blockfile.from_page_cache(data)
             cold = not warm and data is not None and blockfile.is_unchecked(data)
             ahead = self.fs.readahead if cold else (p.ahead if p is not None and not warm else 0)
@@ -355,10 +358,16 @@ class NativeSession:
             if not self._hold(h, ino, i, seen=True):
                 break
 
-    def _planned(self, ino: int) -> range | None:
+    def _planned(self, ino: int) -> _Planned | None:
         """The blocks of `ino` the session's plan has it read (`DatasetFS.planned`)."""
-        p = self._plans.get(ino)
-        return None if p is None else range(p.first, p.first + len(p.blocks))
+        return self._plans.get(ino)
+
+    def _ahead_of(self, ino: int, p: _Planned, index: int) -> bool:
+        """Whether plan `p` of `ino` has blocks from `index` on that its reader has not
+        reached yet (not counted: `settle`)."""
+        mapped = self._mapped.get(ino, {})
+        end = p.first + len(p.blocks)
+        return p.first <= index < end and any(i in mapped for i in range(index, end))
 
     def _unmappable(self, ino: int, off: int, size: int) -> bool:
         """Whether a READ that came here lies in a block the session's plan for `ino` has
@@ -420,9 +429,10 @@ class NativeSession:
         mapped.update((i, e) for i, e in enumerate(entries, first) if e is not None)
         self._mapped[ino] = mapped
         self._plans.move_to_end(ino)
-        for kept in (self._plans, self._mapped):
-            while len(kept) > PLANS_KEPT:
-                kept.popitem(last=False)
+        while len(self._plans) > PLANS_KEPT:  # (the session's let go of too)
+            self._unplan(next(iter(self._plans)))
+        while len(self._mapped) > PLANS_KEPT:
+            self._mapped.popitem(last=False)
         return True
 
     def _hold(self, h: Handle, ino: int, index: int, *, seen: bool) -> bool:

@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -337,7 +337,7 @@ class BlockReader:
         self.stats.ufs_presigned = sum(r.presigned for r in self.readers)
         self.stats.bytes += nbytes
 
-    def prefetch(self, ref: FileRef, indices: range) -> None:
+    def prefetch(self, ref: FileRef, indices: Iterable[int]) -> None:
         """Fetch blocks ahead of a sequential reader, in the background. Where the file's
         blocks have been misses at their worker (a first read; a file not asked for yet
         is taken for one, as the kernel's read-ahead asks for the first blocks of a file

@@ -24,14 +24,14 @@
 //! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
 //!   without an answer, so a reader never hangs on it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -354,11 +354,6 @@ enum Entry {
     Failed,
 }
 
-/// How long a READ waits for its block being mapped by another thread (`Shared::load`):
-/// from the page cache, or read in from the disk by a loading thread (a cold plan's).
-const LOADING_WAIT: Duration = Duration::from_millis(50);
-const READ_IN_WAIT: Duration = Duration::from_millis(500);
-
 /// A block of a cold plan for a loading thread to read in ahead of its reader
 /// (`Shared::queue_ahead`).
 struct Load {
@@ -370,6 +365,18 @@ struct Load {
     last: bool,
     piece: usize,
     paths: Vec<PathBuf>,
+    told: bool, // (`Entry::Mapped`)
+}
+
+/// A block being mapped (`Loading`): (ino, the plan's id, the block's index).
+type LoadKey = (u64, u64, u64);
+
+/// A READ that came for a block being mapped (`Shared::load`): answered once that is held,
+/// else passed on to Python (`Loading`), never waited for on the thread that read it.
+struct Parked {
+    reply: ReplyData,
+    offset: u64,
+    size: usize,
 }
 
 /// What the answers from a block not checked whole are checked against: the CRC-32 of
@@ -584,6 +591,8 @@ struct Held {
     pieces: Option<Arc<Pieces>>, // (None: checked whole)
     seen: bool,                  // Python heard of a READ in it (a SEEN, or one it answered)
     ahead: bool,                 // read in ahead of its reader, no READ in it yet (`Load`)
+    tell: bool,                  // and `loaded` is to tell its first READ (not told before)
+    index: u64,                  // (a planned block's)
     used: Instant,
 }
 
@@ -609,7 +618,7 @@ struct Shared {
     plans: Mutex<HashMap<u64, Plan>>,
     planned: AtomicU64,             // the plans made so far (each plan's `id`)
     loaded: Mutex<Vec<(u64, u64)>>, // (ino, block) mapped here from a plan, since `loaded`
-    loading: (Mutex<HashSet<(u64, u64)>>, Condvar), // (ino, block) being mapped (`load`)
+    loading: Mutex<HashMap<LoadKey, Vec<Parked>>>, // blocks being mapped, the READs waiting
     loads: Mutex<Option<mpsc::Sender<Load>>>, // to the loading threads (`queue_ahead`)
     served: [AtomicU64; 2],         // READs answered from `held`, and their bytes, since `served`
 }
@@ -651,7 +660,8 @@ impl Shared {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    /// Take no more requests; those queued are answered ENOTCONN. The loading threads end.
+    /// Take no more requests; those queued, and the READs parked for blocks being mapped,
+    /// are answered ENOTCONN. The loading threads end.
     fn close(&self) {
         drop(lock(&self.loads).take());
         let queued = {
@@ -661,6 +671,13 @@ impl Shared {
         };
         for op in queued {
             op.refuse();
+        }
+        let parked: Vec<Parked> = lock(&self.loading)
+            .values_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        for p in parked {
+            p.reply.error(Errno::ENOTCONN);
         }
     }
 
@@ -687,8 +704,9 @@ impl Shared {
         h.used = Instant::now();
         let first = !h.seen;
         h.seen = true;
-        let reached = h.ahead;
+        let reached = h.ahead.then_some((h.index, h.tell));
         h.ahead = false;
+        h.tell = false;
         let len = size.min(room);
         self.served[0].fetch_add(1, Ordering::Relaxed);
         self.served[1].fetch_add(len as u64, Ordering::Relaxed);
@@ -716,112 +734,174 @@ impl Shared {
         }
     }
 
-    /// Map the block of file `ino` that a READ of `size` bytes at `offset` lies in from its
-    /// worker's file here, where the file's plan says (`Session.plan`), and hold it as
-    /// `Session.hold` would (checked by its pieces; no SEEN: Python reads nothing ahead of
-    /// what is planned): whether the READ may be answered here now. Only for a READ the
-    /// block can answer (one of INLINE_REPLY or more, not into the next block). A block
-    /// mapped once and let go of since is mapped again from the same file, told once; one
-    /// that failed is not tried again (its READs are Python's, which lets the plan go). A
-    /// block a loading thread reads in is waited for (`READ_IN_WAIT`).
-    fn load(&self, ino: u64, offset: u64, size: usize) -> bool {
-        if self.closed.load(Ordering::Acquire) || size < INLINE_REPLY {
-            return false;
+    /// Answer a READ from a block held here, if one holds it (`answer_held`): its reply
+    /// back if not.
+    fn serve(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) -> Option<ReplyData> {
+        let Some((data, lo, len, pieces, first, reached)) = self.answer_held(ino, offset, size)
+        else {
+            return Some(reply);
+        };
+        if let Some((index, tell)) = reached {
+            self.reached(ino, index, tell);
         }
-        let (id, index, start, len, last, piece, paths, told, cold) = {
+        self.count(READ as usize - 1);
+        if first {
+            self.push(Op::new(SEEN, None, [ino, offset, size as u64]));
+        }
+        let check = pieces.map(|pieces| Check {
+            pieces,
+            ino,
+            offset,
+        });
+        let job = Job {
+            reply,
+            data,
+            lo,
+            len,
+            check,
+        };
+        if let Some(data) = self.dispatch(job) {
+            let_go(self, data); // (Python's with the GIL: see `take`)
+        }
+        None
+    }
+
+    /// `serve`, else pass the READ on to Python.
+    fn serve_or_ask(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) {
+        if let Some(reply) = self.serve(ino, offset, size, reply) {
+            self.count(READ as usize - 1);
+            self.push(Op::new(
+                READ,
+                Some(Pending::Data(reply)),
+                [ino, offset, size as u64],
+            ));
+        }
+    }
+
+    /// Map the block of file `ino` that a READ of `size` bytes at `offset` lies in from its
+    /// worker's file here, where the file's plan says (`Session.plan`), hold it as
+    /// `Session.hold` would (checked by its pieces; no SEEN: Python reads nothing ahead of
+    /// what is planned) and answer the READ from it; its reply back (for Python) if not.
+    /// Only for a READ the block can answer (one of INLINE_REPLY or more, not into the
+    /// next block). A warm plan's block is mapped here, from the page cache; a cold plan's
+    /// is read in by a loading thread (`queue_ahead`), and the READ parked meanwhile, as is
+    /// one for a block another thread is mapping (`Loading`): the threads that read the
+    /// kernel's requests never wait for the disk. A block mapped once and let go of since
+    /// is mapped again from the same file, told once; one that failed is not tried again
+    /// (its READs are Python's, which lets the plan go).
+    fn load(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) -> Option<ReplyData> {
+        if self.closed.load(Ordering::Acquire) || size < INLINE_REPLY {
+            return Some(reply);
+        }
+        let (key, start, len, last, piece, paths, told) = {
             let mut plans = lock(&self.plans);
             let Some(p) = plans.get_mut(&ino) else {
-                return false;
+                return Some(reply);
             };
             let index = offset / p.block;
             let start = index * p.block;
             let last = start + p.block >= p.size;
             if start >= p.size || (offset + size as u64 > start + p.block && !last) {
-                return false;
+                return Some(reply);
             }
-            let cold = p.ahead > 0;
-            let Some(entry) = index
+            let Some(i) = index
                 .checked_sub(p.first)
-                .and_then(|i| p.paths.get_mut(usize::try_from(i).ok()?))
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < p.paths.len())
             else {
-                return false;
+                return Some(reply);
             };
-            let (paths, told) = match std::mem::replace(entry, Entry::Loading) {
+            let key = (ino, p.id, index);
+            let held = || {
+                lock(&self.held)
+                    .iter()
+                    .any(|h| h.ino == ino && h.start == start)
+            };
+            match &p.paths[i] {
+                Entry::Failed => return Some(reply),
+                Entry::Loading => {
+                    drop(plans);
+                    return self.park(key, offset, size, reply);
+                }
+                _ if held() => {
+                    drop(plans);
+                    return self.serve(ino, offset, size, reply); // (held already)
+                }
+                _ if p.ahead > 0 => {
+                    // (this block first, and those after it, to the loading threads)
+                    self.queue_ahead(p, ino, index);
+                    if !matches!(p.paths[i], Entry::Loading) {
+                        return Some(reply); // (no loading thread)
+                    }
+                    drop(plans);
+                    return self.park(key, offset, size, reply);
+                }
+                _ => {}
+            }
+            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading) {
                 Entry::Untried(paths) => (paths, false),
                 Entry::Mapped { path, told } => (vec![path], told),
-                Entry::Failed => {
-                    *entry = Entry::Failed;
-                    return false;
-                }
-                Entry::Loading => {
-                    // by another thread now (the kernel's read-ahead sends a block's READs
-                    // at once; a loading thread reads it in), whose mapping this READ waits
-                    // for, a moment at most (a slow tier: the READ goes to Python, which
-                    // lets the plan go)
-                    *entry = Entry::Loading;
-                    drop(plans);
-                    let wait = if cold { READ_IN_WAIT } else { LOADING_WAIT };
-                    let loading = lock(&self.loading.0);
-                    drop(
-                        self.loading
-                            .1
-                            .wait_timeout_while(loading, wait, |l| l.contains(&(ino, index)))
-                            .unwrap_or_else(|e| e.into_inner()),
-                    );
-                    return true; // (held now, or not: asked again)
+                other => {
+                    p.paths[i] = other; // (not reached: matched above)
+                    return Some(reply);
                 }
             };
-            if lock(&self.held)
-                .iter()
-                .any(|h| h.ino == ino && h.start == start)
-            {
-                *entry = if told {
-                    Entry::Mapped {
-                        path: paths[0].clone(),
-                        told,
-                    }
-                } else {
-                    Entry::Untried(paths)
-                };
-                return true; // (held already: answered from that)
-            }
-            lock(&self.loading.0).insert((ino, index)); // (before the plan's lock goes)
+            lock(&self.loading).insert(key, Vec::new()); // (before the plan's lock goes)
             let len = (p.size - start).min(p.block) as usize;
-            (p.id, index, start, len, last, p.piece, paths, told, cold)
+            (key, start, len, last, p.piece, paths, told)
         };
-        let _loading = Loading(self, (ino, index));
+        let _loading = Loading(self, key);
         let got = paths.iter().find_map(|path| {
-            Mapped::open(path, len, piece, cold).map(|(m, pieces)| (m, pieces, path.clone()))
+            Mapped::open(path, len, piece, false).map(|(m, pieces)| (m, pieces, path.clone()))
         });
-        self.finish(ino, id, index, start, last, got, told, true)
+        self.finish(key, start, last, got, told, true);
+        self.serve(ino, offset, size, reply)
     }
 
-    /// Hold block `index` of `ino` (at `start`), mapped for plan `id` (`got`: the mapping,
-    /// its pieces, the file it came from; None: not mappable), if that plan still stands
-    /// (`unhold` takes plans first, so a file let go of meanwhile, a new listing, holds
-    /// nothing old after it); whether it is held. `reached`: a READ of it mapped it, which
-    /// `loaded` tells (unless `told` before) and a cold plan reads ahead of; else a loading
-    /// thread read it in ahead of its reader.
-    #[allow(clippy::too_many_arguments)]
+    /// Park a READ for block `key` being mapped, answered once that is done (`Loading`); if
+    /// it is done already, answered now (its reply back if not held).
+    fn park(&self, key: LoadKey, offset: u64, size: usize, reply: ReplyData) -> Option<ReplyData> {
+        {
+            let mut loading = lock(&self.loading);
+            // (`close` answers those parked under the same lock: none is left after it)
+            if !self.closed.load(Ordering::Acquire) {
+                if let Some(parked) = loading.get_mut(&key) {
+                    parked.push(Parked {
+                        reply,
+                        offset,
+                        size,
+                    });
+                    return None;
+                }
+            }
+        }
+        self.serve(key.0, offset, size, reply)
+    }
+
+    /// Hold block `key` (at `start`), mapped for its plan (`got`: the mapping, its pieces,
+    /// the file it came from; None: not mappable), if that plan still stands (`unhold`
+    /// takes plans first, so a file let go of meanwhile, a new listing, holds nothing old
+    /// after it). `reached`: a READ of it mapped it, which `loaded` tells (unless `told`
+    /// before) and a cold plan reads ahead of; else a loading thread read it in ahead of
+    /// its reader, whose first READ does that (`reached`).
     fn finish(
         &self,
-        ino: u64,
-        id: u64,
-        index: u64,
+        key: LoadKey,
         start: u64,
         last: bool,
         mut got: Option<(Mapped, Pieces, PathBuf)>,
         told: bool,
         reached: bool,
-    ) -> bool {
+    ) {
+        let (ino, id, index) = key;
         let gone = {
             let mut plans = lock(&self.plans);
             match plans.get_mut(&ino).filter(|p| p.id == id) {
-                None => None,
+                None => Vec::new(),
                 Some(p) => match got.take() {
                     None => {
                         p.paths[(index - p.first) as usize] = Entry::Failed;
-                        None
+                        Vec::new()
                     }
                     Some((mapped, pieces, path)) => {
                         p.paths[(index - p.first) as usize] = Entry::Mapped {
@@ -839,6 +919,8 @@ impl Shared {
                             pieces: Some(Arc::new(pieces)),
                             seen: true,
                             ahead: !reached,
+                            tell: !reached && !told,
+                            index,
                             used: Instant::now(),
                         });
                         drop(held);
@@ -848,46 +930,40 @@ impl Shared {
                         if reached {
                             self.queue_ahead(p, ino, index + 1);
                         }
-                        Some(gone)
+                        gone
                     }
                 },
             }
         };
         drop(got); // (a plan let go of meanwhile: unmapped here, outside the locks)
-        match gone {
-            Some(gone) => {
-                for h in gone {
-                    let_go(self, h.data); // (a mapping of ours unmapped here, off the loop)
-                }
-                true
-            }
-            None => false,
+        for h in gone {
+            let_go(self, h.data); // (a mapping of ours unmapped here, off the event loop)
         }
     }
 
-    /// The first READ of block `start` of `ino`, read in ahead of it (`Held::ahead`):
-    /// `loaded` tells it, and the plan reads ahead of it.
-    fn reached(&self, ino: u64, start: u64) {
+    /// The first READ of block `index` of `ino`, read in ahead of it (`Held::ahead`):
+    /// `loaded` tells it if `tell` (once: whether its plan stands or not), and the file's
+    /// plan, if it stands, reads ahead of it.
+    fn reached(&self, ino: u64, index: u64, tell: bool) {
         let mut plans = lock(&self.plans);
+        if tell {
+            lock(&self.loaded).push((ino, index));
+        }
         let Some(p) = plans.get_mut(&ino) else {
             return;
         };
-        let index = start / p.block;
         if let Some(Entry::Mapped { told, .. }) = index
             .checked_sub(p.first)
             .and_then(|i| p.paths.get_mut(usize::try_from(i).ok()?))
         {
-            if !*told {
-                *told = true;
-                lock(&self.loaded).push((ino, index));
-            }
+            *told = true;
         }
         self.queue_ahead(p, ino, index + 1);
     }
 
-    /// Have the loading threads read in the blocks of cold plan `p` (of `ino`) not tried
-    /// yet nor held, up to its `ahead` blocks from block `from` on (none for a warm plan).
-    /// Under the plans' lock.
+    /// Have the loading threads read in the blocks of cold plan `p` (of `ino`) not held,
+    /// untried or mapped before and let go of since, up to its `ahead` blocks from block
+    /// `from` on (none for a warm plan). Under the plans' lock.
     fn queue_ahead(&self, p: &mut Plan, ino: u64, from: u64) {
         if p.ahead == 0 || self.closed.load(Ordering::Acquire) {
             return;
@@ -901,19 +977,25 @@ impl Shared {
         for index in from.max(p.first)..end {
             let start = index * p.block;
             let i = (index - p.first) as usize;
-            if start >= p.size || !matches!(p.paths[i], Entry::Untried(_)) {
+            if start >= p.size || !matches!(p.paths[i], Entry::Untried(_) | Entry::Mapped { .. }) {
                 continue;
             }
             if lock(&self.held)
                 .iter()
                 .any(|h| h.ino == ino && h.start == start)
             {
-                continue; // (held already: Python's)
+                continue; // (held already)
             }
-            let Entry::Untried(paths) = std::mem::replace(&mut p.paths[i], Entry::Loading) else {
-                continue;
+            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading) {
+                Entry::Untried(paths) => (paths, false),
+                Entry::Mapped { path, told } => (vec![path], told),
+                other => {
+                    p.paths[i] = other;
+                    continue;
+                }
             };
-            lock(&self.loading.0).insert((ino, index));
+            let key = (ino, p.id, index);
+            lock(&self.loading).insert(key, Vec::new());
             let load = Load {
                 ino,
                 id: p.id,
@@ -923,30 +1005,40 @@ impl Shared {
                 last: start + p.block >= p.size,
                 piece: p.piece,
                 paths,
+                told,
             };
             if let Err(mpsc::SendError(back)) = tx.send(load) {
-                lock(&self.loading.0).remove(&(ino, index));
-                p.paths[i] = Entry::Untried(back.paths);
+                lock(&self.loading).remove(&key);
+                p.paths[i] = if back.told {
+                    Entry::Mapped {
+                        path: back.paths[0].clone(),
+                        told: true,
+                    }
+                } else {
+                    Entry::Untried(back.paths)
+                };
                 return;
             }
         }
     }
 
     /// A loading thread's work: read block `load` in from its file, and hold it, ahead of
-    /// its reader (`finish`); the READs that came for it meanwhile wait for this.
+    /// its reader (`finish`), unless its plan is gone; then answer the READs parked for it.
     fn read_in(&self, load: Load) {
-        let _loading = Loading(self, (load.ino, load.index));
-        let got = if self.closed.load(Ordering::Acquire) {
-            None
-        } else {
-            load.paths.iter().find_map(|path| {
-                Mapped::open(path, load.len, load.piece, true)
-                    .map(|(m, pieces)| (m, pieces, path.clone()))
-            })
-        };
-        self.finish(
-            load.ino, load.id, load.index, load.start, load.last, got, false, false,
-        );
+        let key = (load.ino, load.id, load.index);
+        let _loading = Loading(self, key);
+        let stands = !self.closed.load(Ordering::Acquire)
+            && lock(&self.plans)
+                .get(&load.ino)
+                .is_some_and(|p| p.id == load.id);
+        if !stands {
+            return; // (its READs, if any, to Python)
+        }
+        let got = load.paths.iter().find_map(|path| {
+            Mapped::open(path, load.len, load.piece, true)
+                .map(|(m, pieces)| (m, pieces, path.clone()))
+        });
+        self.finish(key, load.start, load.last, got, load.told, false);
     }
 
     /// Hand `job` to a replying thread when it is large, else answer it here: then its
@@ -988,21 +1080,31 @@ fn make_room(held: &mut Vec<Held>, memory: bool, n: usize) -> Vec<Held> {
     gone
 }
 
-/// A block being mapped by `Shared::load`: the READs in it that come meanwhile wait for
-/// it, until this is dropped.
-struct Loading<'a>(&'a Shared, (u64, u64));
+/// A block being mapped (`Shared::load`, `Shared::read_in`): once this is dropped, the
+/// READs parked for it meanwhile are answered from it, or passed on to Python.
+struct Loading<'a>(&'a Shared, LoadKey);
 
 impl Drop for Loading<'_> {
     fn drop(&mut self) {
-        lock(&self.0.loading.0).remove(&self.1);
-        self.0.loading.1.notify_all();
+        let parked = lock(&self.0.loading).remove(&self.1).unwrap_or_default();
+        for p in parked {
+            self.0.serve_or_ask(self.1 .0, p.offset, p.size, p.reply);
+        }
     }
 }
 
 /// `Shared::answer_held`'s answer: the block, where the answer starts in it, its length,
-/// the block's pieces, whether it is the first READ Python has not heard of, and whether
-/// the first of a block read in ahead of it (`Shared::reached`).
-type HeldAnswer = (Arc<Bytes>, usize, usize, Option<Arc<Pieces>>, bool, bool);
+/// the block's pieces, whether it is the first READ Python has not heard of, and if it is
+/// the first of a block read in ahead of it, the block's index and whether `loaded` is to
+/// tell it (`Shared::reached`).
+type HeldAnswer = (
+    Arc<Bytes>,
+    usize,
+    usize,
+    Option<Arc<Pieces>>,
+    bool,
+    Option<(u64, bool)>,
+);
 
 struct Fs {
     shared: Arc<Shared>,
@@ -1076,37 +1178,14 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let args = [ino.0, offset, size as u64];
         let s = &self.shared;
-        let mut held = s.answer_held(ino.0, offset, size as usize);
-        if held.is_none() && s.load(ino.0, offset, size as usize) {
-            held = s.answer_held(ino.0, offset, size as usize); // (mapped here: planned)
-        }
-        let Some((data, lo, len, pieces, first, reached)) = held else {
-            return self.ask(READ, Pending::Data(reply), args);
+        let Some(reply) = s.serve(ino.0, offset, size as usize, reply) else {
+            return;
         };
-        if reached {
-            s.reached(ino.0, offset - lo as u64);
-        }
-        self.shared.count(READ as usize - 1);
-        if first {
-            self.shared.push(Op::new(SEEN, None, args));
-        }
-        let check = pieces.map(|pieces| Check {
-            pieces,
-            ino: ino.0,
-            offset,
-        });
-        let job = Job {
-            reply,
-            data,
-            lo,
-            len,
-            check,
+        let Some(reply) = s.load(ino.0, offset, size as usize, reply) else {
+            return; // (answered, or parked for its block: `Loading`)
         };
-        if let Some(data) = self.shared.dispatch(job) {
-            let_go(&self.shared, data); // (Python's with the GIL: see `take`)
-        }
+        self.ask(READ, Pending::Data(reply), [ino.0, offset, size as u64]);
     }
 
     fn flush(
@@ -1889,6 +1968,8 @@ impl Session {
                 pieces,
                 seen,
                 ahead: false,
+                tell: false,
+                index: 0,
                 used: Instant::now(),
             });
             gone
