@@ -9,8 +9,9 @@
   name the inode (`DatasetFS.stream`) rather than a handle. The READs that lie in a block
   the sidecar holds (mapped from a worker's file, or a few in its memory) are answered by
   the session itself once Python hands it the block (`NativeSession._hold`). A reader
-  whose blocks lie warm in a worker's files on this node is handed on whole: the session
-  maps the next blocks itself, where Python says they lie (`NativeSession._plan`).
+  whose blocks lie in a worker's files on this node is handed on whole: the session maps
+  the next blocks itself, where Python says they lie (`NativeSession._plan`), from the
+  page cache (a warm file) or read in from the disk by its loading threads (a cold one).
 - `Pyfuse3Session` (`FLUIDFED_FUSE=pyfuse3`): pyfuse3 on the event loop, as before. Its
   READ answers copy on the loop's thread with the GIL held, so every READ of a mount ran
   on one core (figures: README, "Measured design decisions").

@@ -21,6 +21,11 @@
 //!   by the reading threads themselves (to the replying threads when large), each checked
 //!   by its pieces as Python's would be, with no round trip through the event loop; the
 //!   first of them per block goes to Python as SEEN (no answer), to read ahead of it.
+//! - Where Python hands it a plan (`Session.plan`), the session maps a file's next blocks
+//!   from its worker's block files on this node itself: from the page cache as a READ
+//!   reaches each (a warm file), or read in from the disk by its loading threads ahead of
+//!   the reader (a cold file). A READ of a block being mapped is parked with it, never
+//!   waited for on a thread that reads the kernel's requests.
 //! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
 //!   without an answer, so a reader never hangs on it.
 
@@ -227,10 +232,11 @@ impl Mapped {
         if file.metadata().ok()?.len() != len as u64 {
             return None; // (another format, or no block file: Python says which)
         }
-        // every page there: else Python reads it from the disk in a thread (a fault here
-        // would stall this READ and those behind it on the disk); and its first and last
-        // pages read, not on their way in (cachestat counts a page whose read, another
-        // reader's, is under way, and a failed one would be SIGBUS here), as `_probe` asks
+        // every page there, unless a loading thread reads it in (else Python reads it from
+        // the disk in a thread: a fault on a request thread would stall its READ and those
+        // behind it on the disk); and its first and last pages read, not on their way in
+        // (cachestat counts a page whose read, another reader's, is under way, and a
+        // failed one would be SIGBUS here), as `_probe` asks
         let cached =
             in_page_cache(fd, 0, len) == Some(true) && read_now(fd, 0) && read_now(fd, len - 1);
         if !cached && !read_in {
@@ -581,7 +587,8 @@ fn answer(job: Job, shared: &Shared) -> Arc<Bytes> {
 
 /// A block that Python answered a READ from (or will), held so that the READs after it
 /// that lie in it are answered here, without a round trip through the event loop
-/// (`Session.hold`): `start` is its first byte in file `ino`.
+/// (`Session.hold`), or one the session mapped or read in itself from a plan
+/// (`Session.plan`): `start` is its first byte in file `ino`.
 struct Held {
     ino: u64,
     start: u64,
