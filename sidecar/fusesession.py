@@ -300,7 +300,8 @@ class NativeSession:
         whole: `DatasetFS.distrust`; the answer's bytes were counted then)."""
         for _ in range(2):
             if again:
-                self._s.unhold(ino)
+                self._s.unhold(ino)  # (its plan too)
+                self._plans.pop(ino, None)
                 await self.fs.distrust(h, off)
             data = await self.fs.read_fetched(h, off, size, again=again)
             if self._answer_read(reply, data, h, ino, off):
@@ -350,7 +351,9 @@ class NativeSession:
             # planned, cold or warm as it was unless its block says which; a cold plan
             # whose reader has blocks of it still to reach is kept, its loads under way)
             warm = data is not None and blockfile.from_page_cache(data)
-            cold = not warm and data is not None and blockfile.is_unchecked(data)
+            cold = (  # (with no read-ahead, a cold file's blocks are read as they come)
+                not warm and self.fs.readahead > 0 and blockfile.is_unchecked(data)
+            )
             ahead = self.fs.readahead if cold else (p.ahead if p is not None and not warm else 0)
             if not ((p is not None or warm or cold) and self._plan(h, ino, index, ahead)):
                 self._hold(h, ino, index, seen=False)

@@ -359,14 +359,16 @@ def test_a_forgotten_name_is_looked_up_again_before_its_entry_expires(tmp_path: 
 
 
 @contextlib.contextmanager
-def _one_file(mnt: Path, content: bytes) -> Iterator[tuple[Any, list[tuple[int, ...]]]]:
+def _one_file(
+    mnt: Path, content: bytes, threads: int = 2
+) -> Iterator[tuple[Any, list[tuple[int, ...]]]]:
     """A native session at `mnt` with one file, "f" (inode 2), served from `content` by a
     thread of the test: (the session, the READs, REREADs and SEENs Python was given, as
-    (kind, ino, offset, size))."""
+    (kind, ino, offset, size)). `threads` read the kernel's requests."""
     from fluidfed import _fuse
 
     mnt.mkdir()
-    s = _fuse.Session(str(mnt), ["fsname=fluidfed", "subtype=fluidfed", "ro"], 2, 2)
+    s = _fuse.Session(str(mnt), ["fsname=fluidfed", "subtype=fluidfed", "ro"], threads, 2)
     attrs = (2, stat.S_IFREG | 0o444, 1, len(content), 1, 0, 4096, 0, 0)
     root = (1, stat.S_IFDIR | 0o555, 2, 0, 0, 0, 4096, 0, 0)
     seen: list[tuple[int, ...]] = []
@@ -691,6 +693,57 @@ def test_a_cold_plan_has_the_session_read_its_blocks_in_ahead_of_their_reader(
         assert seen == [] and s.loaded() == [(2, 6)]
         read_in(7)  # (one past the block reached)
         assert not any(cached(i) for i in (2, 3, 4, 5))
+
+
+def test_a_read_of_a_block_being_read_in_is_parked_not_waited_for_on_its_thread(
+    tmp_path: Path,
+) -> None:
+    """A READ of a block a loading thread is reading in (a cold plan's) is parked with
+    that load: the one thread that reads the kernel's requests goes on answering others
+    meanwhile (a READ Python answers), and the parked READ is answered by the session once
+    the block is in (its loading thread stalled here on a FIFO listed first among the
+    block's paths, until a writer opens it)."""
+    from fluidfed import _fuse
+    from fluidfed.data import blockfile, blocks
+
+    bs, piece = 2**20, blockfile.CHECK_PIECE
+    size = 4 * bs
+    content = os.urandom(size)
+    tier = tmp_path / "tier"
+    paths = []
+    for i in range(4):
+        data = content[i * bs : (i + 1) * bs]
+        path = blockfile.block_path(tier, f"k{i}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blockfile.write_block_file(path, data, blocks.checksum(data))
+        paths.append(str(path))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    f = tmp_path / "mnt" / "f"
+    step = 128 * 1024
+    with _one_file(tmp_path / "mnt", content, threads=1) as (s, seen):
+        # (nothing read in at once: block 1's load opens the FIFO first, and waits there)
+        s.plan(2, 1, bs, size, piece, [[str(fifo), paths[1]], [paths[2]], [paths[3]]], 1)
+        got: list[bytes] = []
+        parked = threading.Thread(target=lambda: got.append(_read(f, bs, step)), daemon=True)
+        parked.start()
+        time.sleep(0.3)
+        assert parked.is_alive() and not got  # (waiting for its block)
+        # the one request thread is free: a READ of block 0 (not planned) is Python's
+        other: list[bytes] = []
+        t = threading.Thread(target=lambda: other.append(_read(f, 0, step)), daemon=True)
+        t.start()
+        t.join(10)
+        assert other == [content[:step]]
+        assert [(k, off) for k, _, off, _ in seen] == [(_fuse.READ, 0)]
+        assert parked.is_alive()
+        # the FIFO opened by a writer: the load goes on to the block's file, and the parked
+        # READ is answered from it by the session
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        parked.join(10)
+        assert got == [content[bs : bs + step]]
+        assert [(k, off) for k, _, off, _ in seen] == [(_fuse.READ, 0)]
+        assert s.loaded() == [(2, 1)]
 
 
 def test_the_session_holds_a_few_blocks_of_the_sidecars_memory_only(tmp_path: Path) -> None:

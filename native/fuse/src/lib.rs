@@ -355,7 +355,7 @@ struct Plan {
 /// reader having reached it); or not mappable here.
 enum Entry {
     Untried(Vec<PathBuf>),
-    Loading,
+    Loading(u64), // (the load's number: `Shared::loading`)
     Mapped { path: PathBuf, told: bool },
     Failed,
 }
@@ -372,9 +372,10 @@ struct Load {
     piece: usize,
     paths: Vec<PathBuf>,
     told: bool, // (`Entry::Mapped`)
+    seq: u64,   // the load's number (`Shared::loading`)
 }
 
-/// A block being mapped (`Loading`): (ino, the plan's id, the block's index).
+/// A planned block (`finish`): (ino, the plan's id, the block's index).
 type LoadKey = (u64, u64, u64);
 
 /// A READ that came for a block being mapped (`Shared::load`): answered once that is held,
@@ -610,6 +611,9 @@ struct Held {
 const HELD_MAX: usize = 16;
 const HELD_MEMORY: usize = 8 << 20;
 const HELD_IDLE: Duration = Duration::from_secs(1);
+// (a block read in ahead of a slow reader: kept for it longer, as the sidecar's read-ahead
+// kept its blocks in its memory tier until used or evicted)
+const HELD_AHEAD_IDLE: Duration = Duration::from_secs(30);
 
 struct Shared {
     queue: Mutex<Vec<Op>>,
@@ -625,9 +629,12 @@ struct Shared {
     plans: Mutex<HashMap<u64, Plan>>,
     planned: AtomicU64,             // the plans made so far (each plan's `id`)
     loaded: Mutex<Vec<(u64, u64)>>, // (ino, block) mapped here from a plan, since `loaded`
-    loading: Mutex<HashMap<LoadKey, Vec<Parked>>>, // blocks being mapped, the READs waiting
+    // the blocks being mapped, by the load's number (each load its own: a block let go of
+    // and mapped again is another load), with the READs parked for them
+    loading: Mutex<HashMap<u64, Vec<Parked>>>,
+    loads_made: AtomicU64,
     loads: Mutex<Option<mpsc::Sender<Load>>>, // to the loading threads (`queue_ahead`)
-    served: [AtomicU64; 2],         // READs answered from `held`, and their bytes, since `served`
+    served: [AtomicU64; 2], // READs answered from `held`, and their bytes, since `served`
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -800,7 +807,7 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) || size < INLINE_REPLY {
             return Some(reply);
         }
-        let (key, start, len, last, piece, paths, told) = {
+        let (key, start, len, last, piece, paths, told, seq) = {
             let mut plans = lock(&self.plans);
             let Some(p) = plans.get_mut(&ino) else {
                 return Some(reply);
@@ -826,9 +833,9 @@ impl Shared {
             };
             match &p.paths[i] {
                 Entry::Failed => return Some(reply),
-                Entry::Loading => {
+                &Entry::Loading(seq) => {
                     drop(plans);
-                    return self.park(key, offset, size, reply);
+                    return self.park(ino, seq, offset, size, reply);
                 }
                 _ if held() => {
                     drop(plans);
@@ -837,15 +844,16 @@ impl Shared {
                 _ if p.ahead > 0 => {
                     // (this block first, and those after it, to the loading threads)
                     self.queue_ahead(p, ino, index);
-                    if !matches!(p.paths[i], Entry::Loading) {
+                    let Entry::Loading(seq) = p.paths[i] else {
                         return Some(reply); // (no loading thread)
-                    }
+                    };
                     drop(plans);
-                    return self.park(key, offset, size, reply);
+                    return self.park(ino, seq, offset, size, reply);
                 }
                 _ => {}
             }
-            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading) {
+            let seq = self.loads_made.fetch_add(1, Ordering::Relaxed);
+            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading(seq)) {
                 Entry::Untried(paths) => (paths, false),
                 Entry::Mapped { path, told } => (vec![path], told),
                 other => {
@@ -853,11 +861,11 @@ impl Shared {
                     return Some(reply);
                 }
             };
-            lock(&self.loading).insert(key, Vec::new()); // (before the plan's lock goes)
+            lock(&self.loading).insert(seq, Vec::new()); // (before the plan's lock goes)
             let len = (p.size - start).min(p.block) as usize;
-            (key, start, len, last, p.piece, paths, told)
+            (key, start, len, last, p.piece, paths, told, seq)
         };
-        let _loading = Loading(self, key);
+        let _loading = Loading(self, ino, seq);
         let got = paths.iter().find_map(|path| {
             Mapped::open(path, len, piece, false).map(|(m, pieces)| (m, pieces, path.clone()))
         });
@@ -865,14 +873,21 @@ impl Shared {
         self.serve(ino, offset, size, reply)
     }
 
-    /// Park a READ for block `key` being mapped, answered once that is done (`Loading`); if
-    /// it is done already, answered now (its reply back if not held).
-    fn park(&self, key: LoadKey, offset: u64, size: usize, reply: ReplyData) -> Option<ReplyData> {
+    /// Park a READ of `ino` for load `seq` of its block, answered once that is done
+    /// (`Loading`); if it is done already, answered now (its reply back if not held).
+    fn park(
+        &self,
+        ino: u64,
+        seq: u64,
+        offset: u64,
+        size: usize,
+        reply: ReplyData,
+    ) -> Option<ReplyData> {
         {
             let mut loading = lock(&self.loading);
             // (`close` answers those parked under the same lock: none is left after it)
             if !self.closed.load(Ordering::Acquire) {
-                if let Some(parked) = loading.get_mut(&key) {
+                if let Some(parked) = loading.get_mut(&seq) {
                     parked.push(Parked {
                         reply,
                         offset,
@@ -882,7 +897,7 @@ impl Shared {
                 }
             }
         }
-        self.serve(key.0, offset, size, reply)
+        self.serve(ino, offset, size, reply)
     }
 
     /// Hold block `key` (at `start`), mapped for its plan (`got`: the mapping, its pieces,
@@ -916,35 +931,49 @@ impl Shared {
                             told: told || reached,
                         };
                         let mut held = lock(&self.held);
-                        let gone = make_room(&mut held, false, 0);
-                        held.push(Held {
-                            ino,
-                            start,
-                            last,
-                            memory: false,
-                            data: Arc::new(Bytes::Map(mapped)),
-                            pieces: Some(Arc::new(pieces)),
-                            seen: true,
-                            ahead: !reached,
-                            tell: !reached && !told,
-                            index,
-                            used: Instant::now(),
-                        });
-                        drop(held);
-                        if reached && !told {
-                            lock(&self.loaded).push((ino, index));
+                        if held.iter().any(|h| h.ino == ino && h.start == start) {
+                            // (held meanwhile, by Python: answered from that, counted there;
+                            // this mapping let go of below, outside the locks)
+                            drop(held);
+                            got = Some((mapped, pieces, PathBuf::new()));
+                            Vec::new()
+                        } else {
+                            let gone = make_room(&mut held, false, 0);
+                            held.push(Held {
+                                ino,
+                                start,
+                                last,
+                                memory: false,
+                                data: Arc::new(Bytes::Map(mapped)),
+                                pieces: Some(Arc::new(pieces)),
+                                seen: true,
+                                ahead: !reached,
+                                tell: !reached && !told,
+                                index,
+                                used: Instant::now(),
+                            });
+                            drop(held);
+                            if reached && !told {
+                                lock(&self.loaded).push((ino, index));
+                            }
+                            if reached {
+                                self.queue_ahead(p, ino, index + 1);
+                            }
+                            gone
                         }
-                        if reached {
-                            self.queue_ahead(p, ino, index + 1);
-                        }
-                        gone
                     }
                 },
             }
         };
-        drop(got); // (a plan let go of meanwhile: unmapped here, outside the locks)
+        self.let_go_all(got, gone);
+    }
+
+    /// Let go of a mapping not held (a plan let go of meanwhile) and of the blocks made
+    /// room for, outside the locks: unmapped here, off the event loop.
+    fn let_go_all(&self, got: Option<(Mapped, Pieces, PathBuf)>, gone: Vec<Held>) {
+        drop(got);
         for h in gone {
-            let_go(self, h.data); // (a mapping of ours unmapped here, off the event loop)
+            let_go(self, h.data);
         }
     }
 
@@ -993,7 +1022,8 @@ impl Shared {
             {
                 continue; // (held already)
             }
-            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading) {
+            let seq = self.loads_made.fetch_add(1, Ordering::Relaxed);
+            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading(seq)) {
                 Entry::Untried(paths) => (paths, false),
                 Entry::Mapped { path, told } => (vec![path], told),
                 other => {
@@ -1001,8 +1031,7 @@ impl Shared {
                     continue;
                 }
             };
-            let key = (ino, p.id, index);
-            lock(&self.loading).insert(key, Vec::new());
+            lock(&self.loading).insert(seq, Vec::new());
             let load = Load {
                 ino,
                 id: p.id,
@@ -1013,9 +1042,10 @@ impl Shared {
                 piece: p.piece,
                 paths,
                 told,
+                seq,
             };
             if let Err(mpsc::SendError(back)) = tx.send(load) {
-                lock(&self.loading).remove(&key);
+                lock(&self.loading).remove(&seq);
                 p.paths[i] = if back.told {
                     Entry::Mapped {
                         path: back.paths[0].clone(),
@@ -1033,7 +1063,7 @@ impl Shared {
     /// its reader (`finish`), unless its plan is gone; then answer the READs parked for it.
     fn read_in(&self, load: Load) {
         let key = (load.ino, load.id, load.index);
-        let _loading = Loading(self, key);
+        let _loading = Loading(self, load.ino, load.seq);
         let stands = !self.closed.load(Ordering::Acquire)
             && lock(&self.plans)
                 .get(&load.ino)
@@ -1076,9 +1106,10 @@ fn make_room(held: &mut Vec<Held>, memory: bool, n: usize) -> Vec<Held> {
     };
     while held.len() >= HELD_MAX || (memory && in_memory(held) + n > HELD_MEMORY) {
         let memory_bound = held.len() < HELD_MAX;
+        // (a block read in ahead of its reader goes after every one read already)
         let oldest = (0..held.len())
             .filter(|&i| !memory_bound || held[i].memory)
-            .min_by_key(|&i| held[i].used);
+            .min_by_key(|&i| (held[i].ahead, held[i].used));
         match oldest {
             Some(i) => gone.push(held.swap_remove(i)),
             None => break,
@@ -1089,13 +1120,13 @@ fn make_room(held: &mut Vec<Held>, memory: bool, n: usize) -> Vec<Held> {
 
 /// A block being mapped (`Shared::load`, `Shared::read_in`): once this is dropped, the
 /// READs parked for it meanwhile are answered from it, or passed on to Python.
-struct Loading<'a>(&'a Shared, LoadKey);
+struct Loading<'a>(&'a Shared, u64, u64); // (ino, the load's number)
 
 impl Drop for Loading<'_> {
     fn drop(&mut self) {
-        let parked = lock(&self.0.loading).remove(&self.1).unwrap_or_default();
+        let parked = lock(&self.0.loading).remove(&self.2).unwrap_or_default();
         for p in parked {
-            self.0.serve_or_ask(self.1 .0, p.offset, p.size, p.reply);
+            self.0.serve_or_ask(self.1, p.offset, p.size, p.reply);
         }
     }
 }
@@ -1741,6 +1772,7 @@ impl Session {
             planned: AtomicU64::new(0),
             loaded: Mutex::new(Vec::new()),
             loading: Default::default(),
+            loads_made: AtomicU64::new(0),
             loads: Mutex::new(None),
             served: Default::default(),
         });
@@ -1769,7 +1801,10 @@ impl Session {
                 .spawn(move || loop {
                     let load = lock(&to_load).recv();
                     let Ok(load) = load else { return };
-                    shared.read_in(load);
+                    // (a panic ends this load, its READs passed on as its `Loading` goes,
+                    // not the thread: the loads queued behind it are still read)
+                    let read = std::panic::AssertUnwindSafe(|| shared.read_in(load));
+                    let _ = std::panic::catch_unwind(read);
                 })
                 .map_err(os_error)?;
         }
@@ -1821,9 +1856,10 @@ impl Session {
         drop(written); // released with the GIL held, outside the lock
         let idle: Vec<Held> = {
             let mut held = lock(&self.shared.held);
-            let (idle, kept) = std::mem::take(&mut *held)
-                .into_iter()
-                .partition(|h| h.used.elapsed() >= HELD_IDLE);
+            let (idle, kept) = std::mem::take(&mut *held).into_iter().partition(|h| {
+                let idle = if h.ahead { HELD_AHEAD_IDLE } else { HELD_IDLE };
+                h.used.elapsed() >= idle
+            });
             *held = kept;
             idle
         };
