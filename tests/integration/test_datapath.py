@@ -656,69 +656,19 @@ def test_a_block_file_damaged_after_its_workers_check_is_caught_as_it_is_read(
     assert sc.status()["blocks"]["corrupt"] >= got["corrupt"] + len(small)
 
 
-@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
-def test_a_warm_file_beside_its_worker_is_mapped_block_by_block_by_the_session(
-    engine: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    workers_factory: Any,
-    sidecars: Any,
+def _read_beside_its_worker(
+    tmp_path: Path, workers_factory: Any, sidecars: Any, n: int, bs: int, *, cached: bool
 ) -> None:
-    """A large file whose blocks lie in a worker's files on this node, in the page cache:
-    once a block of it came from there, the native session maps the next ones itself (no
-    READ reaches the event loop for them), checked as they are sent. Every block is
-    counted once, a hit at its worker, whether the sidecar read it ahead or the session
-    mapped it; pyfuse3's session maps none itself."""
-    monkeypatch.setenv("FLUIDFED_FUSE", engine)
-    n = 24
+    """A file of `n` blocks of `bs` bytes filled into a worker's files on this node, in the
+    page cache (`cached`) or dropped from it, then read whole by a new sidecar: every block
+    a hit at its worker, counted once, none read again; with the native session (the
+    FLUIDFED_FUSE of the test) at least a third of them mapped or read in by the session
+    itself, and most READs answered there (the first blocks come over HTTP as the reader
+    learns where the files lie, and the sidecar reads a few ahead before the session is
+    handed the rest: 17 of 24 warm here, 9 of 16 cold); none with pyfuse3's."""
     src = tmp_path / "src"
     src.mkdir()
-    content = random.Random(5).randbytes(n * BLOCK - 777)
-    (src / "big.bin").write_bytes(content)
-    _, mount, ws = ssd_worker(src, tmp_path / "ssd", workers_factory)
-    filler = sidecars(sidecar_config(mount, ws.urls()))
-    assert (filler.mountpoint / "big.bin").read_bytes() == content
-    filler.stop()
-    files = written(tmp_path / "ssd", ws.procs[0])
-    os.sync()  # (written back first: none of their pages is let go of as that ends)
-    for f in files:
-        f.read_bytes()  # (in the page cache)
-
-    sc = sidecars(sidecar_config(mount, ws.urls()))
-    assert (sc.mountpoint / "big.bin").read_bytes() == content
-    got = sc.status()["blocks"]
-    assert got["worker_hits"] == n and got["worker_misses"] == got["ufs_reads"] == 0
-    assert got["reread"] == got["corrupt"] == 0
-    if engine == "native":
-        # (the first blocks come over HTTP as the reader learns where the files lie, and
-        # the sidecar reads a few ahead before the session is handed the rest: 17 of 24
-        # here, fewer where the session found a file not whole in the page cache and the
-        # sidecar took over for a few blocks)
-        assert n // 3 <= got["session_mapped"] <= got["short_circuit"] <= n
-        assert sc.status()["reads_in_session"] > sc.status()["reads"] // 2
-    else:
-        assert got["session_mapped"] == 0
-
-
-@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
-def test_a_file_beside_its_worker_off_the_page_cache_is_read_in_by_the_session(
-    engine: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    workers_factory: Any,
-    sidecars: Any,
-) -> None:
-    """A large file whose blocks (of 4 MiB) lie in a worker's files on this node, none of
-    them in the page cache: once a block of it came from the disk there, the native
-    session reads the next ones in itself, ahead of the reader (no READ reaches the event
-    loop for them), checked as they are sent. Every block is counted once, a hit at its
-    worker, whether the sidecar read it ahead or the session read it in (the sidecar reads
-    nothing ahead that the session was given); pyfuse3's session reads none itself."""
-    monkeypatch.setenv("FLUIDFED_FUSE", engine)
-    n, bs = 16, 4 * BLOCK
-    src = tmp_path / "src"
-    src.mkdir()
-    content = random.Random(6).randbytes(n * bs - 777)
+    content = random.Random(n).randbytes(n * bs - 777)
     (src / "big.bin").write_bytes(content)
     _, mount, ws = ssd_worker(src, tmp_path / "ssd", workers_factory, block_size=bs)
     filler = sidecars(sidecar_config(mount, ws.urls(), block_size=bs))
@@ -726,28 +676,51 @@ def test_a_file_beside_its_worker_off_the_page_cache_is_read_in_by_the_session(
     filler.stop()
     files = written(tmp_path / "ssd", ws.procs[0])
     assert len(files) == n
-    os.sync()  # (written back first: their pages can be let go of)
+    os.sync()  # (written back first: none of their pages is let go of as that ends)
     for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            assert not blockfile.in_page_cache(fd, os.fstat(fd).st_size), f
+            if cached:
+                f.read_bytes()
+            else:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert blockfile.in_page_cache(fd, os.fstat(fd).st_size) == cached, f
         finally:
             os.close(fd)
 
     sc = sidecars(sidecar_config(mount, ws.urls(), block_size=bs))
     assert (sc.mountpoint / "big.bin").read_bytes() == content
-    got = sc.status()["blocks"]
+    status = sc.status()
+    got = status["blocks"]
     assert got["worker_hits"] == n and got["worker_misses"] == got["ufs_reads"] == 0
     assert got["reread"] == got["corrupt"] == 0
-    if engine == "native":
-        # (the first blocks come over HTTP as the reader learns where the files lie, and
-        # the sidecar reads a few ahead from the disk before the session is handed the
-        # rest: 9 of 16 here)
+    if os.environ.get("FLUIDFED_FUSE", "native") == "native":
         assert n // 3 <= got["session_mapped"] <= got["short_circuit"] <= n
-        assert sc.status()["reads_in_session"] > sc.status()["reads"] // 2
+        assert status["reads_in_session"] > status["reads"] // 2
     else:
         assert got["session_mapped"] == 0
+
+
+@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
+@pytest.mark.parametrize("cached", [True, False], ids=["warm", "dropped"])
+def test_a_file_beside_its_worker_is_mapped_or_read_in_block_by_block_by_the_session(
+    engine: str,
+    cached: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    workers_factory: Any,
+    sidecars: Any,
+) -> None:
+    """A large file whose blocks lie in a worker's files on this node: once a block of it
+    came from there, the native session maps the next ones itself (no READ reaches the
+    event loop for them), checked as they are sent: from the page cache (warm), or read in
+    from the disk by its loading threads ahead of the reader (dropped; blocks of 4 MiB,
+    which the sidecar maps when read from the disk). Every block is counted once, a hit at
+    its worker, whether the sidecar read it ahead or the session mapped it (the sidecar
+    reads nothing ahead that the session was given); pyfuse3's session maps none itself."""
+    monkeypatch.setenv("FLUIDFED_FUSE", engine)
+    n, bs = (24, BLOCK) if cached else (16, 4 * BLOCK)
+    _read_beside_its_worker(tmp_path, workers_factory, sidecars, n, bs, cached=cached)
 
 
 def test_a_file_changed_under_its_reader_is_not_answered_from_blocks_the_session_holds(

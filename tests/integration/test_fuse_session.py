@@ -411,6 +411,22 @@ def _read(path: Path, at: int, n: int) -> bytes:
         return os.pread(f.fileno(), n, at)
 
 
+def _block_files(tier: Path, content: bytes, bs: int, bad_crc: int = -1) -> list[str]:
+    """`content`'s blocks of `bs` bytes written as a worker's block files in `tier` (with
+    their pieces' CRCs), keys k0, k1...: their paths. Block `bad_crc`'s trailer has a CRC
+    its pieces' CRCs do not make."""
+    from fluidfed.data import blockfile, blocks
+
+    paths = []
+    for i in range((len(content) + bs - 1) // bs):
+        data = content[i * bs : (i + 1) * bs]
+        path = blockfile.block_path(tier, f"k{i}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blockfile.write_block_file(path, data, blocks.checksum(data) ^ (i == bad_crc))
+        paths.append(str(path))
+    return paths
+
+
 def test_reads_in_a_block_the_session_holds_are_answered_there_and_checked(
     tmp_path: Path,
 ) -> None:
@@ -514,21 +530,15 @@ def test_blocks_planned_are_mapped_by_the_session_from_their_files_and_checked(
     CRCs do not make the block's, or of another length, comes to Python as a READ; so do
     all once the file is let go of (a new listing)."""
     from fluidfed import _fuse
-    from fluidfed.data import blockfile, blocks
+    from fluidfed.data import blockfile
 
     bs, piece = 2**20, blockfile.CHECK_PIECE
     size = 5 * bs + 300 * 1024  # the last block short, of two pieces
     content = os.urandom(size)
-    tier = tmp_path / "tier"
-    paths = []
-    for i in range(6):
-        data = content[i * bs : (i + 1) * bs]
-        path = blockfile.block_path(tier, f"k{i}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        crc = blocks.checksum(data) ^ (i == 3)  # (block 3: its pieces do not make it)
-        blockfile.write_block_file(path, data, crc)
-        path.read_bytes()  # (in the page cache)
-        paths.append(str(path))
+    # (block 3: its pieces do not make it)
+    paths = _block_files(tmp_path / "tier", content, bs, bad_crc=3)
+    for p in paths:
+        Path(p).read_bytes()  # (in the page cache)
     # block 4's file: one byte of its data changed after it was written
     with open(paths[4], "r+b") as damaged:
         damaged.seek(bs - 1)
@@ -621,20 +631,13 @@ def test_a_cold_plan_has_the_session_read_its_blocks_in_ahead_of_their_reader(
     still read in. A READ of a block not read in yet waits for a loading thread to read it,
     parked (not on the thread that took it from the kernel)."""
     from fluidfed import _fuse
-    from fluidfed.data import blockfile, blocks
+    from fluidfed.data import blockfile
 
     bs, piece = 2**20, blockfile.CHECK_PIECE
     size = 7 * bs + 512 * 1024  # the last block short, of two pieces
     content = os.urandom(size)
-    tier = tmp_path / "tier"
-    paths = []
-    for i in range(8):
-        data = content[i * bs : (i + 1) * bs]
-        path = blockfile.block_path(tier, f"k{i}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        crc = blocks.checksum(data) ^ (i == 5)  # (block 5: its pieces do not make it)
-        blockfile.write_block_file(path, data, crc)
-        paths.append(str(path))
+    # (block 5: its pieces do not make it)
+    paths = _block_files(tmp_path / "tier", content, bs, bad_crc=5)
     os.sync()
 
     def cached(i: int) -> bool:
@@ -704,19 +707,12 @@ def test_a_read_of_a_block_being_read_in_is_parked_not_waited_for_on_its_thread(
     the block is in (its loading thread stalled here on a FIFO listed first among the
     block's paths, until a writer opens it)."""
     from fluidfed import _fuse
-    from fluidfed.data import blockfile, blocks
+    from fluidfed.data import blockfile
 
     bs, piece = 2**20, blockfile.CHECK_PIECE
     size = 4 * bs
     content = os.urandom(size)
-    tier = tmp_path / "tier"
-    paths = []
-    for i in range(4):
-        data = content[i * bs : (i + 1) * bs]
-        path = blockfile.block_path(tier, f"k{i}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blockfile.write_block_file(path, data, blocks.checksum(data))
-        paths.append(str(path))
+    paths = _block_files(tmp_path / "tier", content, bs)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     f = tmp_path / "mnt" / "f"

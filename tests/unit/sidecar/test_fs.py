@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 import threading
+from collections.abc import Callable
 
 import pyfuse3
 import pytest
@@ -150,39 +151,50 @@ def test_the_kernel_opens_files_itself_only_where_that_cannot_deadlock(
         fusesession.kernel_opens()
 
 
+async def _asking(
+    monkeypatch: pytest.MonkeyPatch, blocks: int
+) -> tuple[DatasetFS, int, list[int], Callable[[int], None]]:
+    """A DatasetFS with one file of `blocks` blocks, its reader's read-ahead recorded:
+    (the fs, the file's inode, the blocks asked for ahead, a READ of 1 MiB at an offset
+    followed as the kernel would send it)."""
+    fs = await _fs()
+    bs, mib = fs.block_size, 2**20
+    asked: list[int] = []
+    monkeypatch.setattr(fs.reader, "prefetch", lambda ref, indices: asked.extend(indices))
+    fs.tree.update({"f": _file("1", size=blocks * bs)})
+    ino = fs.entry("f")[0]
+
+    def read(off: int) -> None:
+        h = fs.stream(ino, off)
+        fs._follow(h, range(off // bs, (off + mib - 1) // bs + 1))
+
+    return fs, ino, asked, read
+
+
 async def test_a_sequential_reader_asks_for_each_block_ahead_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The kernel's READs of a sequential reader (1 MiB each, four to a 4 MiB block) ask
     for the `readahead` blocks after theirs, each once: not looked up again at every READ.
     A reader that goes back (a second epoch from the start) asks for them all again."""
-    fs = await _fs()
-    bs, ahead = fs.block_size, fs.readahead
-    asked: list[range] = []
-    monkeypatch.setattr(fs.reader, "prefetch", lambda ref, indices: asked.append(indices))
-    fs.tree.update({"f": _file("1", size=20 * bs)})
-    ino = fs.entry("f")[0]
-    mib = 2**20
-
-    def read(off: int) -> None:
-        h = fs.stream(ino, off)
-        fs._follow(h, range(off // bs, (off + mib - 1) // bs + 1))
+    fs, ino, asked, read = await _asking(monkeypatch, 20)
+    bs, ahead, mib = fs.block_size, fs.readahead, 2**20
 
     for off in range(0, 8 * bs, mib):  # the first 8 blocks, 1 MiB at a time
         read(off)
-    wanted = [i for r in asked for i in r]
+    wanted = list(asked)
     assert wanted == list(range(1, 8 + ahead))  # each block after the first, once
     # slightly out of order (the kernel's read-ahead): nothing new, nothing twice
     read(7 * bs - mib)
-    assert [i for r in asked for i in r] == wanted
+    assert asked == wanted
     # to the end: nothing past the file's last block
     for off in range(8 * bs, 20 * bs, mib):
         read(off)
-    assert [i for r in asked for i in r] == list(range(1, 20))
+    assert asked == list(range(1, 20))
     asked.clear()
     for off in range(0, 2 * bs, mib):  # a second epoch, from the start
         read(off)
-    assert [i for r in asked for i in r] == list(range(1, 2 + ahead))
+    assert asked == list(range(1, 2 + ahead))
 
     # a READ whose block is not held (its read-ahead failed, or the block was let go of
     # before it was read): the blocks after it are asked for again (those held or on
@@ -191,7 +203,7 @@ async def test_a_sequential_reader_asks_for_each_block_ahead_once(
     h = fs.stream(ino, 2 * bs)
     assert fs.read_held(h, 2 * bs, mib) is None  # (nothing is held here; asks for 6)
     read(2 * bs + mib)
-    assert [i for r in asked for i in r] == [2 + ahead, *range(3, 3 + ahead)]
+    assert asked == [2 + ahead, *range(3, 3 + ahead)]
 
     # a handle of pyfuse3's session (one per open) going back to the start: asked for
     # again once, not at each READ of the first block
@@ -199,7 +211,7 @@ async def test_a_sequential_reader_asks_for_each_block_ahead_once(
     opened = fs_module.Handle(_file("1", size=20 * bs), ino)
     for i in [*range(10), 0, 0, 0]:
         fs._follow(opened, range(i, i + 1))
-    assert [i for r in asked for i in r] == [*range(1, 10 + ahead), *range(1, 1 + ahead)]
+    assert asked == [*range(1, 10 + ahead), *range(1, 1 + ahead)]
 
 
 async def test_no_reader_asks_ahead_for_the_blocks_the_session_reads_itself(
@@ -210,19 +222,10 @@ async def test_no_reader_asks_ahead_for_the_blocks_the_session_reads_itself(
     read-ahead lowered) nor another reader of the same file; the blocks around them, and
     those among them the plan leaves to the sidecar (block 6 here), are asked for as
     usual."""
-    fs = await _fs()
-    bs, ahead = fs.block_size, fs.readahead
-    asked: list[int] = []
-    monkeypatch.setattr(fs.reader, "prefetch", lambda ref, indices: asked.extend(indices))
-    fs.tree.update({"f": _file("1", size=40 * bs)})
-    ino = fs.entry("f")[0]
+    fs, ino, asked, read = await _asking(monkeypatch, 40)
+    bs, ahead, mib = fs.block_size, fs.readahead, 2**20
     planned = set(range(3, 10)) - {6}
     fs.planned = lambda inode: planned if inode == ino else None
-    mib = 2**20
-
-    def read(off: int) -> None:
-        h = fs.stream(ino, off)
-        fs._follow(h, range(off // bs, (off + mib - 1) // bs + 1))
 
     for off in range(0, 3 * bs, mib):  # up to the planned blocks: only those before them
         read(off)
