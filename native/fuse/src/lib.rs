@@ -360,6 +360,34 @@ enum Entry {
     Failed,
 }
 
+impl Plan {
+    /// Where block `index` lies in `paths`, if planned.
+    fn at(&self, index: u64) -> Option<usize> {
+        let i = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        (i < self.paths.len()).then_some(i)
+    }
+}
+
+impl Entry {
+    /// Take a block untried, or mapped before, for load `seq`: (the paths to try, whether
+    /// `loaded` told it already); None (left as it is) for any other.
+    fn claim(&mut self, seq: u64) -> Option<(Vec<PathBuf>, bool)> {
+        match std::mem::replace(self, Entry::Loading(seq)) {
+            Entry::Untried(paths) => Some((paths, false)),
+            Entry::Mapped { path, told } => Some((vec![path], told)),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
+/// Whether `held` holds the block at `start` of `ino`.
+fn holds(held: &[Held], ino: u64, start: u64) -> bool {
+    held.iter().any(|h| h.ino == ino && h.start == start)
+}
+
 /// A block of a cold plan for a loading thread to read in ahead of its reader
 /// (`Shared::queue_ahead`).
 struct Load {
@@ -780,15 +808,16 @@ impl Shared {
         None
     }
 
+    /// Hand a request to Python, counted.
+    fn ask(&self, kind: u8, reply: Pending, args: [u64; 3]) {
+        self.count(kind as usize - 1);
+        self.push(Op::new(kind, Some(reply), args));
+    }
+
     /// `serve`, else pass the READ on to Python.
     fn serve_or_ask(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) {
         if let Some(reply) = self.serve(ino, offset, size, reply) {
-            self.count(READ as usize - 1);
-            self.push(Op::new(
-                READ,
-                Some(Pending::Data(reply)),
-                [ino, offset, size as u64],
-            ));
+            self.ask(READ, Pending::Data(reply), [ino, offset, size as u64]);
         }
     }
 
@@ -818,26 +847,17 @@ impl Shared {
             if start >= p.size || (offset + size as u64 > start + p.block && !last) {
                 return Some(reply);
             }
-            let Some(i) = index
-                .checked_sub(p.first)
-                .and_then(|i| usize::try_from(i).ok())
-                .filter(|&i| i < p.paths.len())
-            else {
+            let Some(i) = p.at(index) else {
                 return Some(reply);
             };
             let key = (ino, p.id, index);
-            let held = || {
-                lock(&self.held)
-                    .iter()
-                    .any(|h| h.ino == ino && h.start == start)
-            };
             match &p.paths[i] {
                 Entry::Failed => return Some(reply),
                 &Entry::Loading(seq) => {
                     drop(plans);
                     return self.park(ino, seq, offset, size, reply);
                 }
-                _ if held() => {
+                _ if holds(&lock(&self.held), ino, start) => {
                     drop(plans);
                     return self.serve(ino, offset, size, reply); // (held already)
                 }
@@ -853,13 +873,8 @@ impl Shared {
                 _ => {}
             }
             let seq = self.loads_made.fetch_add(1, Ordering::Relaxed);
-            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading(seq)) {
-                Entry::Untried(paths) => (paths, false),
-                Entry::Mapped { path, told } => (vec![path], told),
-                other => {
-                    p.paths[i] = other; // (not reached: matched above)
-                    return Some(reply);
-                }
+            let Some((paths, told)) = p.paths[i].claim(seq) else {
+                return Some(reply); // (not reached: matched above)
             };
             lock(&self.loading).insert(seq, Vec::new()); // (before the plan's lock goes)
             let len = (p.size - start).min(p.block) as usize;
@@ -911,69 +926,63 @@ impl Shared {
         key: LoadKey,
         start: u64,
         last: bool,
-        mut got: Option<(Mapped, Pieces, PathBuf)>,
+        got: Option<(Mapped, Pieces, PathBuf)>,
         told: bool,
         reached: bool,
     ) {
         let (ino, id, index) = key;
+        let mut unused = None; // (a mapping not held: unmapped below, outside the locks)
         let gone = {
             let mut plans = lock(&self.plans);
-            match plans.get_mut(&ino).filter(|p| p.id == id) {
-                None => Vec::new(),
-                Some(p) => match got.take() {
-                    None => {
-                        p.paths[(index - p.first) as usize] = Entry::Failed;
+            match (plans.get_mut(&ino).filter(|p| p.id == id), got) {
+                (None, got) => {
+                    unused = got.map(|(mapped, ..)| mapped); // (a plan let go of meanwhile)
+                    Vec::new()
+                }
+                (Some(p), None) => {
+                    p.paths[(index - p.first) as usize] = Entry::Failed;
+                    Vec::new()
+                }
+                (Some(p), Some((mapped, pieces, path))) => {
+                    p.paths[(index - p.first) as usize] = Entry::Mapped {
+                        path,
+                        told: told || reached,
+                    };
+                    let mut held = lock(&self.held);
+                    if holds(&held, ino, start) {
+                        // (held meanwhile, by Python: answered from that, counted there)
+                        unused = Some(mapped);
                         Vec::new()
-                    }
-                    Some((mapped, pieces, path)) => {
-                        p.paths[(index - p.first) as usize] = Entry::Mapped {
-                            path,
-                            told: told || reached,
-                        };
-                        let mut held = lock(&self.held);
-                        if held.iter().any(|h| h.ino == ino && h.start == start) {
-                            // (held meanwhile, by Python: answered from that, counted there;
-                            // this mapping let go of below, outside the locks)
-                            drop(held);
-                            got = Some((mapped, pieces, PathBuf::new()));
-                            Vec::new()
-                        } else {
-                            let gone = make_room(&mut held, false, 0);
-                            held.push(Held {
-                                ino,
-                                start,
-                                last,
-                                memory: false,
-                                data: Arc::new(Bytes::Map(mapped)),
-                                pieces: Some(Arc::new(pieces)),
-                                seen: true,
-                                ahead: !reached,
-                                tell: !reached && !told,
-                                index,
-                                used: Instant::now(),
-                            });
-                            drop(held);
-                            if reached && !told {
-                                lock(&self.loaded).push((ino, index));
-                            }
-                            if reached {
-                                self.queue_ahead(p, ino, index + 1);
-                            }
-                            gone
+                    } else {
+                        let gone = make_room(&mut held, false, 0);
+                        held.push(Held {
+                            ino,
+                            start,
+                            last,
+                            memory: false,
+                            data: Arc::new(Bytes::Map(mapped)),
+                            pieces: Some(Arc::new(pieces)),
+                            seen: true,
+                            ahead: !reached,
+                            tell: !reached && !told,
+                            index,
+                            used: Instant::now(),
+                        });
+                        drop(held);
+                        if reached && !told {
+                            lock(&self.loaded).push((ino, index));
                         }
+                        if reached {
+                            self.queue_ahead(p, ino, index + 1);
+                        }
+                        gone
                     }
-                },
+                }
             }
         };
-        self.let_go_all(got, gone);
-    }
-
-    /// Let go of a mapping not held (a plan let go of meanwhile) and of the blocks made
-    /// room for, outside the locks: unmapped here, off the event loop.
-    fn let_go_all(&self, got: Option<(Mapped, Pieces, PathBuf)>, gone: Vec<Held>) {
-        drop(got);
+        drop(unused);
         for h in gone {
-            let_go(self, h.data);
+            let_go(self, h.data); // (a mapping of ours unmapped here, off the event loop)
         }
     }
 
@@ -988,10 +997,7 @@ impl Shared {
         let Some(p) = plans.get_mut(&ino) else {
             return;
         };
-        if let Some(Entry::Mapped { told, .. }) = index
-            .checked_sub(p.first)
-            .and_then(|i| p.paths.get_mut(usize::try_from(i).ok()?))
-        {
+        if let Some(Entry::Mapped { told, .. }) = p.at(index).map(|i| &mut p.paths[i]) {
             *told = true;
         }
         self.queue_ahead(p, ino, index + 1);
@@ -1013,23 +1019,12 @@ impl Shared {
         for index in from.max(p.first)..end {
             let start = index * p.block;
             let i = (index - p.first) as usize;
-            if start >= p.size || !matches!(p.paths[i], Entry::Untried(_) | Entry::Mapped { .. }) {
-                continue;
-            }
-            if lock(&self.held)
-                .iter()
-                .any(|h| h.ino == ino && h.start == start)
-            {
-                continue; // (held already)
+            if start >= p.size || holds(&lock(&self.held), ino, start) {
+                continue; // (past the file, or held already)
             }
             let seq = self.loads_made.fetch_add(1, Ordering::Relaxed);
-            let (paths, told) = match std::mem::replace(&mut p.paths[i], Entry::Loading(seq)) {
-                Entry::Untried(paths) => (paths, false),
-                Entry::Mapped { path, told } => (vec![path], told),
-                other => {
-                    p.paths[i] = other;
-                    continue;
-                }
+            let Some((paths, told)) = p.paths[i].claim(seq) else {
+                continue; // (being loaded, or failed)
             };
             lock(&self.loading).insert(seq, Vec::new());
             let load = Load {
@@ -1150,8 +1145,7 @@ struct Fs {
 
 impl Fs {
     fn ask(&self, kind: u8, reply: Pending, args: [u64; 3]) {
-        self.shared.count(kind as usize - 1);
-        self.shared.push(Op::new(kind, Some(reply), args));
+        self.shared.ask(kind, reply, args);
     }
 }
 
