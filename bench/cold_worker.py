@@ -5,7 +5,7 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
 
     python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3] [--file-kib 128]
         [--variants alone,worker,dropped] [--profile DIR] [--perf DIR] [--ops]
-        [--seq-mib 512]
+        [--seq-mib 512 [--readers 1]]
 
     alone    a fresh sidecar without workers (reads MinIO itself)
     worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
@@ -48,7 +48,8 @@ counts the requests the kernel sends the mount per file, by kind (the
 file, a first epoch of large samples filling the worker's disk). --seq-mib N reads one
 file of N MiB instead, sequentially with fio (1 MiB requests, the sidecar's read-ahead
 asking for the next blocks): `worker` is then bench/peers.py's "first read filling the
-cache" row, in MiB/s with CPU per GiB ("per file" figures become per GiB).
+cache" row, in MiB/s with CPU per GiB ("per file" figures become per GiB); --readers N
+has N fio jobs read it at once, each its own consecutive part (the figures of them all).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ from devkit.local.s3 import CREDENTIALS, S3Server
 
 FILE_SIZE = rp.SMALL_FILE  # --file-kib
 SEQ = False  # --seq-mib: one file read sequentially by fio
+READERS = 1  # --readers: fio jobs reading that file at once, each its own part of it
 KEEP = False  # --keep: workers' block files deleted only at the end (see --help)
 MINIO_PID = 0  # its CPU is counted too: MinIO shares the two cores
 
@@ -318,7 +320,7 @@ def one(
         counter = FuseOps(sc.mountpoint) if ops else None
         if SEQ:
             path = sc.mountpoint / keys[0]
-            got: dict[str, Any] = rp.fio(path, "read", "1M", size=FILE_SIZE)
+            got: dict[str, Any] = rp.fio(path, "read", "1M", size=FILE_SIZE, readers=READERS)
             units = FILE_SIZE / 2**30 * 1000  # "ms per file" becomes s per GiB
         else:
             got = rp.read_whole([sc.mountpoint / k for k in keys])
@@ -374,14 +376,22 @@ def main() -> None:
     ap.add_argument("--ops", action="store_true", help="FUSE requests per file, by kind")
     ap.add_argument("--seq-mib", type=int, default=0, help="one file of this size, fio")
     ap.add_argument(
+        "--readers",
+        type=int,
+        default=1,
+        help="with --seq-mib: this many fio jobs read the file at once, each its own "
+        "consecutive part of it (several DataLoader workers reading one large file)",
+    )
+    ap.add_argument(
         "--keep",
         action="store_true",
         help="delete the workers' block files only at the end: ext4 without a journal (this "
         "VM's) skips inodes freed in the last 30-60 s one by one on every create",
     )
     args = ap.parse_args()
-    global FILE_SIZE, SEQ, KEEP
+    global FILE_SIZE, SEQ, KEEP, READERS
     KEEP = args.keep
+    READERS = args.readers
     FILE_SIZE = args.file_kib * 1024
     if args.seq_mib:
         FILE_SIZE, SEQ = args.seq_mib * 2**20, True
@@ -425,7 +435,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     if SEQ:
         print(
-            f"one file of {args.seq_mib} MiB, fio 1 MiB sequential, per GiB, medians of {args.runs}"
+            f"one file of {args.seq_mib} MiB, fio 1 MiB sequential by {args.readers} "
+            f"reader(s), per GiB, medians of {args.runs}"
         )
     else:
         print(

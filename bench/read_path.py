@@ -61,7 +61,20 @@ READAHEAD = 4
 TIER_MIB = 128
 
 
-def fio(path: Path, rw: str, bs: str, *, size: int, runtime: int = 0, invalidate: int = 1) -> Any:
+def fio(
+    path: Path,
+    rw: str,
+    bs: str,
+    *,
+    size: int,
+    runtime: int = 0,
+    invalidate: int = 1,
+    readers: int = 1,
+) -> Any:
+    """fio over `path`; with several `readers`, each reads its own consecutive part of the
+    `size` bytes (the first from 0, the next from `size / readers`, ...) at once, and the
+    figures are of them all."""
+    part = size // readers
     argv = [
         "fio",
         "--name=b",
@@ -69,11 +82,13 @@ def fio(path: Path, rw: str, bs: str, *, size: int, runtime: int = 0, invalidate
         f"--rw={rw}",
         f"--bs={bs}",
         "--readonly",
-        f"--size={size}",
+        f"--size={part}",
         "--ioengine=psync",
         f"--invalidate={invalidate}",
         "--output-format=json",
     ]
+    if readers > 1:
+        argv += [f"--numjobs={readers}", f"--offset_increment={part}", "--group_reporting"]
     if runtime:
         argv += [f"--runtime={runtime}", "--time_based"]
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
