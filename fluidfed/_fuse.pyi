@@ -14,6 +14,7 @@ OPENDIR: int
 READDIR: int
 STATFS: int
 FORGET: int
+PLANS_PER_FILE: int  # a file's plans kept at once (`Session.plan`), one per reader of it
 
 # (ino, mode, nlink, size, blocks, mtime_ns, blksize, uid, gid)
 Attrs = tuple[int, int, int, int, int, int, int, int, int]

@@ -71,6 +71,33 @@ class _Planned:
         i = index - self.first if isinstance(index, int) else -1
         return 0 <= i < len(self.blocks) and self.blocks[i] is not None
 
+    def covers(self, index: int) -> bool:
+        return self.first <= index < self.first + len(self.blocks)
+
+
+class _FilePlans:
+    """A file's plans, as the session keeps them (`Session.plan`): one per reader of the
+    file at another place, each handing its own over, none two of which plan one block;
+    a plan replaces those it overlaps (its reader's before, or another reader's it caught
+    up with), and past `_fuse.PLANS_PER_FILE` the one made first goes."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.plans: list[_Planned] = []  # (the one made first first)
+
+    def __contains__(self, index: object) -> bool:
+        """Whether block `index` is the session's to read (`DatasetFS.planned`)."""
+        return any(index in p for p in self.plans)
+
+    def at(self, index: int) -> _Planned | None:
+        """The plan that plans block `index`, if one does."""
+        return next((p for p in self.plans if p.covers(index)), None)
+
+    def add(self, plan: _Planned) -> None:
+        end = plan.first + len(plan.blocks)
+        kept = [p for p in self.plans if p.first >= end or plan.first >= p.first + len(p.blocks)]
+        self.plans = [*kept[len(kept) - self.most + 1 :], plan]
+
 
 # READ answers this large (the native session's INLINE_REPLY: those its replying threads
 # write) from a block not checked whole are checked by the pieces they lie in, by the
@@ -147,7 +174,7 @@ class NativeSession:
         self._s = _fuse.Session(mountpoint, sorted(options), threads, repliers, kernel)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped: asyncio.Future[None] | None = None
-        self._plans: OrderedDict[int, _Planned] = OrderedDict()  # by inode (`_plan`)
+        self._plans: OrderedDict[int, _FilePlans] = OrderedDict()  # by inode (`_plan`)
         # by inode: the blocks planned, by index, as counted once mapped (`settle`)
         self._mapped: OrderedDict[int, dict[int, tuple[str, str, int]]] = OrderedDict()
         fs.planned = self._planned
@@ -345,7 +372,10 @@ class NativeSession:
         those at hand here already (read ahead), which it is handed (with no SEEN: nothing
         more is read ahead here); else Python holds the next one (`_hold`), and hears of
         its first READ."""
-        p = self._plans.get(ino)
+        # (the reader's plan: the one it is in, or whose end it reached; else the file's
+        # latest, of another reader)
+        ps = self._plans.get(ino)
+        p = None if ps is None else ps.at(index) or ps.at(index - 1) or ps.plans[-1]
         if not (p is not None and p.ahead and self._ahead_of(ino, p, index)):
             # (a file planned before, that reached a block read ahead here, goes on
             # planned, cold or warm as it was unless its block says which; a cold plan
@@ -362,8 +392,8 @@ class NativeSession:
             if not self._hold(h, ino, i, seen=True):
                 break
 
-    def _planned(self, ino: int) -> _Planned | None:
-        """The blocks of `ino` the session's plan has it read (`DatasetFS.planned`)."""
+    def _planned(self, ino: int) -> _FilePlans | None:
+        """The blocks of `ino` the session's plans have it read (`DatasetFS.planned`)."""
         return self._plans.get(ino)
 
     def _ahead_of(self, ino: int, p: _Planned, index: int) -> bool:
@@ -377,17 +407,18 @@ class NativeSession:
         """Whether a READ that came here lies in a block the session's plan for `ino` has
         it map, and is one the session would answer from it (`Shared::load`): it could not
         map that block (not there, not whole in the page cache, damaged)."""
-        p = self._plans.get(ino)
+        bs = self.fs.block_size
+        ps = self._plans.get(ino)
+        p = None if ps is None else ps.at(off // bs)
         if p is None or size < PIECEWISE_FROM:
             return False
-        bs = self.fs.block_size
         i = off // bs - p.first
         if not 0 <= i < len(p.blocks) or p.blocks[i] is None:
             return False
         return off % bs + size <= bs or (off // bs + 1) * bs >= p.size
 
     def _unplan(self, ino: int) -> None:
-        """Let the session's plan for `ino` go (its held blocks stay): the READs of its
+        """Let the session's plans for `ino` go (its held blocks stay): the READs of their
         blocks come here again, its reader read ahead of here, and nothing is mapped twice
         (nor counted so)."""
         self._plans.pop(ino, None)
@@ -426,7 +457,10 @@ class NativeSession:
             None if p is None else (p[0], p[1], min(bs, size - i * bs))
             for i, p in enumerate(planned, first)
         ]
-        self._plans[ino] = _Planned(first, size, entries, ahead)
+        ps = self._plans.get(ino)
+        if ps is None:
+            ps = self._plans[ino] = _FilePlans(self._fuse.PLANS_PER_FILE)
+        ps.add(_Planned(first, size, entries, ahead))
         # (what a block mapped from it is counted as, when the session says so: kept past
         # the plan, which the next one may replace first)
         mapped = self._mapped.pop(ino, {})

@@ -619,6 +619,57 @@ def test_blocks_planned_are_mapped_by_the_session_from_their_files_and_checked(
             s.plan(2, 1, bs, size, 1000, [[paths[1]]])
 
 
+def test_readers_of_one_file_at_different_places_each_keep_their_plan(tmp_path: Path) -> None:
+    """Plans of one file that plan no block in common stand side by side (two readers of
+    it, each handing its own over): the READs of each one's blocks are answered by the
+    session. A plan replaces those it overlaps, and past `PLANS_PER_FILE` the one made
+    first goes: its blocks' READs are Python's again, as are every plan's once the file's
+    plans are let go of. (Each block read here once: one read before is held, answered
+    from that whatever the plans.)"""
+    from fluidfed import _fuse
+    from fluidfed.data import blockfile
+
+    bs, piece = 2**20, blockfile.CHECK_PIECE
+    most = _fuse.PLANS_PER_FILE
+    size = (2 * most + 6) * bs
+    content = os.urandom(size)
+    paths = _block_files(tmp_path / "tier", content, bs)
+    for p in paths:
+        Path(p).read_bytes()  # (in the page cache: warm plans)
+    f = tmp_path / "mnt" / "f"
+    step = 128 * 1024
+
+    def plan(first: int, n: int) -> None:
+        s.plan(2, first, bs, size, piece, [[p] for p in paths[first : first + n]])
+
+    def read(*blocks: int) -> list[int]:
+        """Read a piece of each block: the blocks whose READs came to Python."""
+        seen.clear()
+        for i in blocks:
+            assert _read(f, i * bs, step) == content[i * bs : i * bs + step], i
+        return [off // bs for k, _, off, _ in seen if k == _fuse.READ]
+
+    with _one_file(tmp_path / "mnt", content) as (s, seen):
+        # one reader's plan from block 0, another's from block 6: both stand
+        plan(0, 3)
+        plan(6, 2)
+        assert read(0, 6) == []
+        assert sorted(s.loaded()) == [(2, 0), (2, 6)]
+        # the second reader's next plan, from block 5, overlaps its plan before: that one
+        # goes (block 7 is Python's), the first reader's stands
+        plan(5, 2)
+        assert read(1, 5, 7) == [7]
+        # up to PLANS_PER_FILE of them; past that, the one made first goes (block 2's)
+        for first in range(8, 8 + 2 * (most - 1), 2):
+            plan(first, 2)
+        last = 8 + 2 * (most - 2)
+        assert read(2, last) == [2]
+        # no paths: all of the file's plans let go of
+        s.plan(2, 0, bs, size, piece, [])
+        assert read(last + 1) == [last + 1]
+        assert sorted(s.loaded()) == [(2, 1), (2, 5), (2, last)]
+
+
 def test_a_cold_plan_has_the_session_read_its_blocks_in_ahead_of_their_reader(
     tmp_path: Path,
 ) -> None:

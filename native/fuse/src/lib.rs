@@ -366,6 +366,25 @@ impl Plan {
         let i = usize::try_from(index.checked_sub(self.first)?).ok()?;
         (i < self.paths.len()).then_some(i)
     }
+
+    /// Whether this plan and `other` plan a block in common.
+    fn overlaps(&self, other: &Plan) -> bool {
+        self.first < other.first + other.paths.len() as u64
+            && other.first < self.first + self.paths.len() as u64
+    }
+}
+
+type Plans = HashMap<u64, Vec<Plan>>;
+
+/// The plan of `ino` that plans the block of byte `offset`, if one does.
+fn plan_at(plans: &mut Plans, ino: u64, offset: u64) -> Option<&mut Plan> {
+    let of = plans.get_mut(&ino)?;
+    of.iter_mut().find(|p| p.at(offset / p.block).is_some())
+}
+
+/// Plan `id` of `ino`, if it stands.
+fn plan_of(plans: &mut Plans, ino: u64, id: u64) -> Option<&mut Plan> {
+    plans.get_mut(&ino)?.iter_mut().find(|p| p.id == id)
 }
 
 impl Entry {
@@ -642,6 +661,9 @@ const HELD_IDLE: Duration = Duration::from_secs(1);
 // (a block read in ahead of a slow reader: kept for it longer, as the sidecar's read-ahead
 // kept its blocks in its memory tier until used or evicted)
 const HELD_AHEAD_IDLE: Duration = Duration::from_secs(30);
+// plans kept of one file (`Session.plan`): one per reader of it at another place (each one
+// hands its own over), the one made first let go of past these
+const PLANS_PER_FILE: usize = 4;
 
 struct Shared {
     queue: Mutex<Vec<Op>>,
@@ -652,9 +674,10 @@ struct Shared {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     done: Mutex<Vec<Arc<Bytes>>>, // written: let go of by the next `take` (the GIL)
     held: Mutex<Vec<Held>>,
-    // where the blocks of a file lie in its workers' files here (`Session.plan`), by inode
-    // (locked before `held` where both are)
-    plans: Mutex<HashMap<u64, Plan>>,
+    // where the blocks of a file lie in its workers' files here (`Session.plan`), by inode,
+    // up to PLANS_PER_FILE of a file, none two of which plan one block, the one made first
+    // first (locked before `held` where both are)
+    plans: Mutex<HashMap<u64, Vec<Plan>>>,
     planned: AtomicU64,             // the plans made so far (each plan's `id`)
     loaded: Mutex<Vec<(u64, u64)>>, // (ino, block) mapped here from a plan, since `loaded`
     // the blocks being mapped, by the load's number (each load its own: a block let go of
@@ -838,7 +861,7 @@ impl Shared {
         }
         let (key, start, len, last, piece, paths, told, seq) = {
             let mut plans = lock(&self.plans);
-            let Some(p) = plans.get_mut(&ino) else {
+            let Some(p) = plan_at(&mut plans, ino, offset) else {
                 return Some(reply);
             };
             let index = offset / p.block;
@@ -934,7 +957,7 @@ impl Shared {
         let mut unused = None; // (a mapping not held: unmapped below, outside the locks)
         let gone = {
             let mut plans = lock(&self.plans);
-            match (plans.get_mut(&ino).filter(|p| p.id == id), got) {
+            match (plan_of(&mut plans, ino, id), got) {
                 (None, got) => {
                     unused = got.map(|(mapped, ..)| mapped); // (a plan let go of meanwhile)
                     Vec::new()
@@ -994,7 +1017,10 @@ impl Shared {
         if tell {
             lock(&self.loaded).push((ino, index));
         }
-        let Some(p) = plans.get_mut(&ino) else {
+        let Some(p) = plans
+            .get_mut(&ino)
+            .and_then(|of| of.iter_mut().find(|p| p.at(index).is_some()))
+        else {
             return;
         };
         if let Some(Entry::Mapped { told, .. }) = p.at(index).map(|i| &mut p.paths[i]) {
@@ -1060,9 +1086,7 @@ impl Shared {
         let key = (load.ino, load.id, load.index);
         let _loading = Loading(self, load.ino, load.seq);
         let stands = !self.closed.load(Ordering::Acquire)
-            && lock(&self.plans)
-                .get(&load.ino)
-                .is_some_and(|p| p.id == load.id);
+            && plan_of(&mut lock(&self.plans), load.ino, load.id).is_some();
         if !stands {
             return; // (its READs, if any, to Python)
         }
@@ -2023,8 +2047,11 @@ impl Session {
     /// page cache, missing, or not of that format is not mapped: its READs come to Python,
     /// as do those past the plan's last block. No SEEN comes for these blocks (Python is
     /// told which were mapped, `loaded`, as their reader reaches them). Replaces the
-    /// file's plan; let go of with its held blocks (`unhold`, `invalidate_inode`, FORGET,
-    /// a piece that fails its check).
+    /// file's plans that plan any of these blocks (its reader's plan before, or another
+    /// reader's it caught up with); those of its readers elsewhere in the file stand, up
+    /// to PLANS_PER_FILE, the one made first let go of past that. No `paths`: all of the
+    /// file's plans let go of; so are they with its held blocks (`unhold`,
+    /// `invalidate_inode`, FORGET, a piece that fails its check).
     ///
     /// With `ahead`, a cold file's plan: its files are read in from the disk (into folios
     /// of a huge page, as `blockfile.read_cold_block_file` reads them) by the loading
@@ -2075,8 +2102,18 @@ impl Session {
                 .collect(),
         };
         let mut plans = lock(&self.shared.plans);
-        let old = plans.insert(ino, plan);
-        if let Some(p) = plans.get_mut(&ino) {
+        let of = plans.entry(ino).or_default();
+        // (those it overlaps replaced: its reader's plan before, or another reader's that
+        // this one caught up with; the one made first let go of past PLANS_PER_FILE)
+        let (old, mut kept): (Vec<Plan>, Vec<Plan>) = std::mem::take(of)
+            .into_iter()
+            .partition(|p| p.overlaps(&plan));
+        if kept.len() >= PLANS_PER_FILE {
+            kept.remove(0);
+        }
+        kept.push(plan);
+        *of = kept;
+        if let Some(p) = of.last_mut() {
             // (read ahead from the first block of its own: those before, Python's)
             let from = p.paths.iter().position(|e| matches!(e, Entry::Untried(_)));
             if let Some(i) = from {
@@ -2209,6 +2246,7 @@ fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GETATTR", GETATTR)?;
     m.add("READ", READ)?;
     m.add("REREAD", REREAD)?;
+    m.add("PLANS_PER_FILE", PLANS_PER_FILE)?;
     m.add("SEEN", SEEN)?;
     m.add("OPENDIR", OPENDIR)?;
     m.add("READDIR", READDIR)?;

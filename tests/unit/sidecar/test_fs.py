@@ -151,6 +151,30 @@ def test_the_kernel_opens_files_itself_only_where_that_cannot_deadlock(
         fusesession.kernel_opens()
 
 
+def test_a_files_plans_keep_as_the_session_keeps_them() -> None:
+    """Python's record of a file's plans (`_FilePlans`) follows the session's rules: a
+    plan replaces those it overlaps, others stand, and past the most the one made first
+    goes; a block is the session's while any plan has a path for it."""
+
+    def planned(first: int, n: int, gap: int = -1) -> fusesession._Planned:
+        blocks = [None if i == gap else ("w", f"k{i}", 1) for i in range(first, first + n)]
+        return fusesession._Planned(first, 100, blocks, 0)
+
+    ps = fusesession._FilePlans(3)
+    ps.add(planned(0, 4, gap=2))
+    ps.add(planned(10, 4))
+    assert [p.first for p in ps.plans] == [0, 10]
+    assert 1 in ps and 2 not in ps and 4 not in ps and 13 in ps
+    assert ps.at(2) is ps.plans[0] and ps.at(4) is None
+    ps.add(planned(3, 8))  # (overlaps both: 3 in the first, 10 in the second)
+    assert [p.first for p in ps.plans] == [3]
+    ps.add(planned(20, 2))
+    ps.add(planned(30, 2))
+    ps.add(planned(40, 2))  # (past 3: the one from 3 goes)
+    assert [p.first for p in ps.plans] == [20, 30, 40]
+    assert 5 not in ps and 41 in ps and "41" not in ps
+
+
 async def _asking(
     monkeypatch: pytest.MonkeyPatch, blocks: int
 ) -> tuple[DatasetFS, int, list[int], Callable[[int], None]]:
