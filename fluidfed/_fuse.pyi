@@ -96,7 +96,9 @@ class Session:
         piece: int,
         paths: list[list[str]],
         ahead: int = 0,
+        replaces: int | None = None,  # the first block of its reader's plan before
     ) -> None: ...
+    def unplan(self, ino: int, index: int | None = None) -> None: ...  # the plan of `index`
     def loaded(self) -> list[tuple[int, int]]: ...  # (ino, block) mapped from plans
     def unhold(self, ino: int | None = None) -> None: ...
     def served(self) -> tuple[int, int]: ...  # (READs, bytes) answered from held blocks

@@ -66,6 +66,7 @@ class Handle:
     last_block: int = -1
     streak: int = 0  # reads in a row at or just after the last block: a sequential reader
     ahead: int = 0  # the blocks before this one were asked for ahead of it already
+    planned: int = -1  # the first block of the session's plan it handed over last, if any
 
 
 def _pyfuse3_store(inode: int, data: blocks.Data) -> None:

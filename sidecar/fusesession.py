@@ -77,9 +77,12 @@ class _Planned:
 
 class _FilePlans:
     """A file's plans, as the session keeps them (`Session.plan`): one per reader of the
-    file at another place, each handing its own over, none two of which plan one block;
-    a plan replaces those it overlaps (its reader's before, or another reader's it caught
-    up with), and past `_fuse.PLANS_PER_FILE` the one made first goes."""
+    file at another place, each handing its own over, none two of which plan one block.
+    A plan replaces those it plans a block of and its reader's plan before (`replaces`:
+    its first block, `Handle.planned`), and past `_fuse.PLANS_PER_FILE` the one made
+    first goes. A reader's plan ends where the next one of the file starts (`room`): a
+    reader that catches up with another rides that one's plan, rather than the two
+    replacing each other's at every hand-over."""
 
     def __init__(self, most: int) -> None:
         self.most = most
@@ -93,10 +96,26 @@ class _FilePlans:
         """The plan that plans block `index`, if one does."""
         return next((p for p in self.plans if p.covers(index)), None)
 
-    def add(self, plan: _Planned) -> None:
+    def room(self, first: int, most: int) -> int:
+        """How many blocks from `first` on a new plan may take, up to `most`: those before
+        the next plan of the file."""
+        return min([most] + [p.first - first for p in self.plans if p.first > first])
+
+    def add(self, plan: _Planned, replaces: int = -1) -> None:
         end = plan.first + len(plan.blocks)
-        kept = [p for p in self.plans if p.first >= end or plan.first >= p.first + len(p.blocks)]
-        self.plans = [*kept[len(kept) - self.most + 1 :], plan]
+        kept = [
+            p
+            for p in self.plans
+            if p.first != replaces and (p.first >= end or plan.first >= p.first + len(p.blocks))
+        ]
+        self.plans = [*kept[max(0, len(kept) - self.most + 1) :], plan]
+
+    def drop(self, index: int) -> bool:
+        """Let go of the plan that plans block `index` (`Session.unplan`): whether one did."""
+        p = self.at(index)
+        if p is not None:
+            self.plans.remove(p)
+        return p is not None
 
 
 # READ answers this large (the native session's INLINE_REPLY: those its replying threads
@@ -254,7 +273,7 @@ class NativeSession:
                 if kind == f.READ:
                     ino, off, size = req[2], req[3], req[4]
                     if self._unmappable(ino, off, size):
-                        self._unplan(ino)
+                        self._unplan(ino, off // fs.block_size)
                     h = fs.stream(ino, off)
                     data = fs.read_held(h, off, size)
                     if data is not None:
@@ -417,13 +436,18 @@ class NativeSession:
             return False
         return off % bs + size <= bs or (off // bs + 1) * bs >= p.size
 
-    def _unplan(self, ino: int) -> None:
-        """Let the session's plans for `ino` go (its held blocks stay): the READs of their
-        blocks come here again, its reader read ahead of here, and nothing is mapped twice
-        (nor counted so)."""
-        self._plans.pop(ino, None)
+    def _unplan(self, ino: int, index: int | None = None) -> None:
+        """Let the session's plan of `ino` that plans block `index` go (that reader's; the
+        others of the file stand), or all of the file's (their held blocks stay): the
+        READs of its blocks come here again, its reader read ahead of here, and nothing is
+        mapped twice (nor counted so)."""
+        ps = self._plans.get(ino)
+        if ps is None:
+            return
+        if index is None or (ps.drop(index) and not ps.plans):
+            del self._plans[ino]
         try:
-            self._s.plan(ino, 0, self.fs.block_size, 0, blockfile.CHECK_PIECE, [])
+            self._s.unplan(ino, index)
         except Exception:
             log.exception("letting the FUSE session's plan of inode %d go failed", ino)
 
@@ -433,20 +457,24 @@ class NativeSession:
         event loop then maps, reads, holds and lets go of none of them. A warm file's
         (`ahead` 0: one whose blocks were found whole in the page cache, as its next ones
         likely are) are mapped from the page cache; a cold file's are read in from the
-        disk by the session's loading threads, `ahead` blocks ahead of its reader. Whether
-        any was planned; if none, the session's plan for the file, if any, goes (this
-        reader is read ahead of here). A block the session cannot map (not there, not in
-        the page cache for a warm file, another format, damaged) comes here as a READ."""
-        planned = [] if self.cachestat_refused() else self.fs.plan(h, first, PLANNED)
+        disk by the session's loading threads, `ahead` blocks ahead of its reader. The plan
+        ends where another reader's plan of the file starts. Whether any was planned; if
+        none, a plan of the file that plans block `first` goes (this reader is read ahead
+        of here). A block the session cannot map (not there, not in the page cache for a
+        warm file, another format, damaged) comes here as a READ."""
+        ps = self._plans.get(ino)
+        n = PLANNED if ps is None else ps.room(first, PLANNED)
+        planned = [] if self.cachestat_refused() else self.fs.plan(h, first, n)
         if not any(planned):  # (refused cachestat, the session cannot tell a warm file)
-            if ino in self._plans:
-                self._unplan(ino)
+            if ps is not None and ps.at(first) is not None:
+                self._unplan(ino, first)
             return False
         paths = [p[2] if p is not None else [] for p in planned]
         bs = self.fs.block_size
         size = h.ref.size
+        replaces = h.planned if h.planned >= 0 else None
         try:
-            self._s.plan(ino, first, bs, size, blockfile.CHECK_PIECE, paths, ahead)
+            self._s.plan(ino, first, bs, size, blockfile.CHECK_PIECE, paths, ahead, replaces)
         except Exception:  # (its READs come here instead)
             log.exception("handing the plan of %s to the FUSE session failed", h.ref.key)
             return False
@@ -457,10 +485,10 @@ class NativeSession:
             None if p is None else (p[0], p[1], min(bs, size - i * bs))
             for i, p in enumerate(planned, first)
         ]
-        ps = self._plans.get(ino)
         if ps is None:
             ps = self._plans[ino] = _FilePlans(self._fuse.PLANS_PER_FILE)
-        ps.add(_Planned(first, size, entries, ahead))
+        ps.add(_Planned(first, size, entries, ahead), h.planned)
+        h.planned = first
         # (what a block mapped from it is counted as, when the session says so: kept past
         # the plan, which the next one may replace first)
         mapped = self._mapped.pop(ino, {})

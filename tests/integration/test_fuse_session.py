@@ -620,18 +620,19 @@ def test_blocks_planned_are_mapped_by_the_session_from_their_files_and_checked(
 
 
 def test_readers_of_one_file_at_different_places_each_keep_their_plan(tmp_path: Path) -> None:
-    """Plans of one file that plan no block in common stand side by side (two readers of
-    it, each handing its own over): the READs of each one's blocks are answered by the
-    session. A plan replaces those it overlaps, and past `PLANS_PER_FILE` the one made
-    first goes: its blocks' READs are Python's again, as are every plan's once the file's
-    plans are let go of. (Each block read here once: one read before is held, answered
-    from that whatever the plans.)"""
+    """Plans of one file stand side by side (readers of it at different places, each
+    handing its own over): the READs of each one's blocks are answered by the session. A
+    plan replaces those it plans a block of and the one it `replaces` (its reader's plan
+    before), and past `PLANS_PER_FILE` the one made first goes: its blocks' READs are
+    Python's again, as are those of a plan let go of (`unplan`: one, or all of the
+    file's). (Each block read here once: one read before is held, answered from that
+    whatever the plans.)"""
     from fluidfed import _fuse
     from fluidfed.data import blockfile
 
     bs, piece = 2**20, blockfile.CHECK_PIECE
     most = _fuse.PLANS_PER_FILE
-    size = (2 * most + 6) * bs
+    size = (4 * most + 4) * bs
     content = os.urandom(size)
     paths = _block_files(tmp_path / "tier", content, bs)
     for p in paths:
@@ -639,8 +640,9 @@ def test_readers_of_one_file_at_different_places_each_keep_their_plan(tmp_path: 
     f = tmp_path / "mnt" / "f"
     step = 128 * 1024
 
-    def plan(first: int, n: int) -> None:
-        s.plan(2, first, bs, size, piece, [[p] for p in paths[first : first + n]])
+    def plan(first: int, n: int, replaces: int | None = None) -> None:
+        blocks = [[p] for p in paths[first : first + n]]
+        s.plan(2, first, bs, size, piece, blocks, 0, replaces)
 
     def read(*blocks: int) -> list[int]:
         """Read a piece of each block: the blocks whose READs came to Python."""
@@ -655,19 +657,28 @@ def test_readers_of_one_file_at_different_places_each_keep_their_plan(tmp_path: 
         plan(6, 2)
         assert read(0, 6) == []
         assert sorted(s.loaded()) == [(2, 0), (2, 6)]
-        # the second reader's next plan, from block 5, overlaps its plan before: that one
-        # goes (block 7 is Python's), the first reader's stands
+        # a plan from block 5 plans block 6: the plan from 6 goes (block 7 is Python's),
+        # the one from 0 stands
         plan(5, 2)
         assert read(1, 5, 7) == [7]
         # up to PLANS_PER_FILE of them; past that, the one made first goes (block 2's)
-        for first in range(8, 8 + 2 * (most - 1), 2):
+        for first in range(9, 9 + 4 * (most - 1), 4):
             plan(first, 2)
-        last = 8 + 2 * (most - 2)
+        last = 9 + 4 * (most - 2)
         assert read(2, last) == [2]
-        # no paths: all of the file's plans let go of
+        # one let go of (the one that plans block `last`): the others stand
+        s.unplan(2, last)
+        assert read(last + 1, 9) == [last + 1]
+        # a reader's next plan replaces its plan before, wherever that lies
+        plan(12, 1, replaces=9)
+        assert read(10, 12) == [10]
+        # no paths: all of the file's plans let go of; so does `unplan` without a block
         s.plan(2, 0, bs, size, piece, [])
-        assert read(last + 1) == [last + 1]
-        assert sorted(s.loaded()) == [(2, 1), (2, 5), (2, last)]
+        assert read(13) == [13]
+        plan(14, 1)
+        s.unplan(2)
+        assert read(14) == [14]
+        assert sorted(s.loaded()) == [(2, 1), (2, 5), (2, 9), (2, 12), (2, last)]
 
 
 def test_a_cold_plan_has_the_session_read_its_blocks_in_ahead_of_their_reader(

@@ -2046,18 +2046,18 @@ impl Session {
     /// lie (tried in turn; none: its READs are Python's). A block file not whole in the
     /// page cache, missing, or not of that format is not mapped: its READs come to Python,
     /// as do those past the plan's last block. No SEEN comes for these blocks (Python is
-    /// told which were mapped, `loaded`, as their reader reaches them). Replaces the
-    /// file's plans that plan any of these blocks (its reader's plan before, or another
-    /// reader's it caught up with); those of its readers elsewhere in the file stand, up
-    /// to PLANS_PER_FILE, the one made first let go of past that. No `paths`: all of the
-    /// file's plans let go of; so are they with its held blocks (`unhold`,
-    /// `invalidate_inode`, FORGET, a piece that fails its check).
+    /// told which were mapped, `loaded`, as their reader reaches them). A file keeps a
+    /// plan for each of its readers at another place in it: this one replaces those it
+    /// plans a block of and the one from block `replaces` (its reader's plan before), and
+    /// the others stand, up to PLANS_PER_FILE, the one made first let go of past that.
+    /// No `paths`: all of the file's plans let go of (`unplan`); so are they with its
+    /// held blocks (`unhold`, `invalidate_inode`, FORGET, a piece that fails its check).
     ///
     /// With `ahead`, a cold file's plan: its files are read in from the disk (into folios
     /// of a huge page, as `blockfile.read_cold_block_file` reads them) by the loading
     /// threads, up to `ahead` blocks ahead of the last its reader reached (from the first
     /// planned at once), and held for its READs, which wait for one being read in.
-    #[pyo3(signature = (ino, first, block, size, piece, paths, ahead=0))]
+    #[pyo3(signature = (ino, first, block, size, piece, paths, ahead=0, replaces=None))]
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
@@ -2068,6 +2068,7 @@ impl Session {
         piece: usize,
         paths: Vec<Vec<PathBuf>>,
         ahead: u64,
+        replaces: Option<u64>,
     ) -> PyResult<()> {
         if block == 0 || piece == 0 || !piece.is_multiple_of(4096) {
             return Err(PyValueError::new_err(format!(
@@ -2103,11 +2104,11 @@ impl Session {
         };
         let mut plans = lock(&self.shared.plans);
         let of = plans.entry(ino).or_default();
-        // (those it overlaps replaced: its reader's plan before, or another reader's that
-        // this one caught up with; the one made first let go of past PLANS_PER_FILE)
+        // (those it replaces go: its reader's plan before, those it overlaps; the one made
+        // first let go of past PLANS_PER_FILE)
         let (old, mut kept): (Vec<Plan>, Vec<Plan>) = std::mem::take(of)
             .into_iter()
-            .partition(|p| p.overlaps(&plan));
+            .partition(|p| p.overlaps(&plan) || replaces == Some(p.first));
         if kept.len() >= PLANS_PER_FILE {
             kept.remove(0);
         }
@@ -2123,6 +2124,29 @@ impl Session {
         drop(plans);
         drop(old);
         Ok(())
+    }
+
+    /// Let go of the plan of file `ino` that plans block `index` (its reader's: the other
+    /// readers' stand), or of all of the file's plans; their held blocks stay.
+    #[pyo3(signature = (ino, index=None))]
+    fn unplan(&self, ino: u64, index: Option<u64>) {
+        let mut plans = lock(&self.shared.plans);
+        let gone = match (index, plans.get_mut(&ino)) {
+            (Some(i), Some(of)) => match of.iter().position(|p| p.at(i).is_some()) {
+                Some(at) => {
+                    let p = of.remove(at);
+                    if of.is_empty() {
+                        plans.remove(&ino);
+                    }
+                    vec![p]
+                }
+                None => Vec::new(),
+            },
+            (Some(_), None) => Vec::new(),
+            (None, _) => plans.remove(&ino).unwrap_or_default(),
+        };
+        drop(plans);
+        drop(gone);
     }
 
     /// The blocks mapped here from plans (`plan`) since the last call: (ino, block).

@@ -153,26 +153,37 @@ def test_the_kernel_opens_files_itself_only_where_that_cannot_deadlock(
 
 def test_a_files_plans_keep_as_the_session_keeps_them() -> None:
     """Python's record of a file's plans (`_FilePlans`) follows the session's rules: a
-    plan replaces those it overlaps, others stand, and past the most the one made first
-    goes; a block is the session's while any plan has a path for it."""
+    plan replaces those it plans a block of and its reader's plan before, the others
+    stand, and past the most the one made first goes; a new plan has room up to the next
+    plan's start; a block is the session's while a plan has a path for it."""
 
     def planned(first: int, n: int, gap: int = -1) -> fusesession._Planned:
         blocks = [None if i == gap else ("w", f"k{i}", 1) for i in range(first, first + n)]
-        return fusesession._Planned(first, 100, blocks, 0)
+        return fusesession._Planned(first, 1000, blocks, 0)
 
-    ps = fusesession._FilePlans(3)
+    def firsts() -> list[int]:
+        return [p.first for p in ps.plans]
+
+    ps = fusesession._FilePlans(4)
     ps.add(planned(0, 4, gap=2))
     ps.add(planned(10, 4))
-    assert [p.first for p in ps.plans] == [0, 10]
-    assert 1 in ps and 2 not in ps and 4 not in ps and 13 in ps
+    assert firsts() == [0, 10]
+    assert 1 in ps and 2 not in ps and 4 not in ps and 13 in ps and "13" not in ps
     assert ps.at(2) is ps.plans[0] and ps.at(4) is None
-    ps.add(planned(3, 8))  # (overlaps both: 3 in the first, 10 in the second)
-    assert [p.first for p in ps.plans] == [3]
+    assert ps.room(4, 64) == 6 and ps.room(14, 64) == 64 and ps.room(4, 3) == 3
+    ps.add(planned(5, 5), replaces=0)  # (its reader's next plan)
+    assert firsts() == [10, 5]
+    ps.add(planned(15, 2), replaces=99)  # (its reader's plan before gone meanwhile)
+    ps.add(planned(17, 2), replaces=15)
+    assert firsts() == [10, 5, 17]
     ps.add(planned(20, 2))
-    ps.add(planned(30, 2))
-    ps.add(planned(40, 2))  # (past 3: the one from 3 goes)
-    assert [p.first for p in ps.plans] == [20, 30, 40]
-    assert 5 not in ps and 41 in ps and "41" not in ps
+    assert firsts() == [10, 5, 17, 20]
+    ps.add(planned(30, 2))  # (past 4: the one made first goes)
+    assert firsts() == [5, 17, 20, 30]
+    ps.add(planned(40, 2))
+    ps.add(planned(3, 30))  # (starts before the ones from 5 to 30 and plans blocks of each)
+    assert firsts() == [40, 3]
+    assert ps.drop(4) and firsts() == [40] and not ps.drop(4)
 
 
 async def _asking(
