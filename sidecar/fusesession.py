@@ -395,7 +395,10 @@ class NativeSession:
         # latest, of another reader)
         ps = self._plans.get(ino)
         p = None if ps is None else ps.at(index) or ps.at(index - 1) or ps.plans[-1]
-        if not (p is not None and p.ahead and self._ahead_of(ino, p, index)):
+        # (another reader's plan that has block `index`: this reader rides it, warm or
+        # cold, rather than the two replacing each other's at each hand-over)
+        riding = p is not None and p.first != h.planned and index in p
+        if not (riding or (p is not None and p.ahead and self._ahead_of(ino, p, index))):
             # (a file planned before, that reached a block read ahead here, goes on
             # planned, cold or warm as it was unless its block says which; a cold plan
             # whose reader has blocks of it still to reach is kept, its loads under way)
@@ -486,9 +489,10 @@ class NativeSession:
             for i, p in enumerate(planned, first)
         ]
         if ps is None:
-            ps = self._plans[ino] = _FilePlans(self._fuse.PLANS_PER_FILE)
+            ps = _FilePlans(self._fuse.PLANS_PER_FILE)
         ps.add(_Planned(first, size, entries, ahead), h.planned)
         h.planned = first
+        self._plans[ino] = ps  # (again: `invalidate_inode`, from another thread, pops it)
         # (what a block mapped from it is counted as, when the session says so: kept past
         # the plan, which the next one may replace first)
         mapped = self._mapped.pop(ino, {})
