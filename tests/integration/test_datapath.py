@@ -726,10 +726,15 @@ def _read_beside_its_worker(
         assert got["session_mapped"] == 0
 
 
-@pytest.mark.parametrize("engine", ["native", "pyfuse3"])
+@pytest.mark.parametrize(
+    ("engine", "readers"),
+    [("native", 1), ("pyfuse3", 1), ("native", 2)],
+    ids=["native", "pyfuse3", "native-two-readers"],
+)
 @pytest.mark.parametrize("cached", [True, False], ids=["warm", "dropped"])
 def test_a_file_beside_its_worker_is_mapped_or_read_in_block_by_block_by_the_session(
     engine: str,
+    readers: int,
     cached: bool,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -742,30 +747,27 @@ def test_a_file_beside_its_worker_is_mapped_or_read_in_block_by_block_by_the_ses
     from the disk by its loading threads ahead of the reader (dropped; blocks of 4 MiB,
     which the sidecar maps when read from the disk). Every block is counted once, a hit at
     its worker, whether the sidecar read it ahead or the session mapped it (the sidecar
-    reads nothing ahead that the session was given); pyfuse3's session maps none itself."""
+    reads nothing ahead that the session was given); pyfuse3's session maps none itself.
+
+    Two readers of one file at once, each its own half (two DataLoader workers reading one
+    large file, each past one plan's 64 blocks: it hands over again midway): each hands
+    its own blocks to the session (a plan of its own), rather than the two replacing each
+    other's at every hand-over (then most READs came to the event loop: 50-54 of 160
+    blocks mapped by the session, warm; 142 since; and cold, blocks were read twice)."""
     monkeypatch.setenv("FLUIDFED_FUSE", engine)
-    n, bs = (24, BLOCK) if cached else (16, 4 * BLOCK)
-    _read_beside_its_worker(tmp_path, workers_factory, sidecars, n, bs, cached=cached)
-
-
-@pytest.mark.parametrize("cached", [True, False], ids=["warm", "dropped"])
-def test_readers_of_one_file_beside_its_worker_each_have_the_session_map_their_blocks(
-    cached: bool,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    workers_factory: Any,
-    sidecars: Any,
-) -> None:
-    """Two readers of one file at once, each its own half (two DataLoader workers reading
-    one large file): each hands its own blocks to the native session (a plan of its own),
-    rather than the two replacing each other's at every hand-over (then most READs came
-    to the event loop: 50-54 of 160 blocks mapped by the session, warm; 142 since; and
-    cold, blocks were read twice)."""
-    monkeypatch.setenv("FLUIDFED_FUSE", "native")
-    # (each reader's part past one plan's 64 blocks: it hands over again, midway)
-    n, bs = (2 * 80, BLOCK) if cached else (2 * 72, 2 * BLOCK)
+    if readers == 1:
+        n, bs = (24, BLOCK) if cached else (16, 4 * BLOCK)
+    else:
+        n, bs = (2 * 80, BLOCK) if cached else (2 * 72, 2 * BLOCK)
     _read_beside_its_worker(
-        tmp_path, workers_factory, sidecars, n, bs, cached=cached, readers=2, mapped=2 / 3
+        tmp_path,
+        workers_factory,
+        sidecars,
+        n,
+        bs,
+        cached=cached,
+        readers=readers,
+        mapped=1 / 3 if readers == 1 else 2 / 3,
     )
 
 
