@@ -509,9 +509,15 @@ class DatasetFS(pyfuse3.Operations):
                     parts = [await self.reader.block(ref, first)]
                 else:
                     parts = list(await asyncio.gather(*(self.reader.block(ref, i) for i in idx)))
-                    # (copied into one answer below: each checked whole first)
+                    # (copied into one answer below: the bytes of each checked first, by
+                    # the pieces they cover, as the session checks an answer it sends; a
+                    # block mapped unchecked stays so, and warm, for the plan of its next)
+                    spans = blocks.spans(lo, size, [len(p) for p in parts])
                     checked = self.reader.checked
-                    parts = [await checked(ref, i, p) for i, p in zip(idx, parts, strict=True)]
+                    parts = [
+                        await checked(ref, i, p, span)
+                        for i, p, span in zip(idx, parts, spans, strict=True)
+                    ]
         except Exception as err:
             self.read_errors += 1
             off = first * self.block_size + lo
@@ -519,13 +525,7 @@ class DatasetFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         if len(parts) == 1:
             return memoryview(parts[0])[lo : lo + size]
-        # across blocks: copy only the bytes asked for
-        views = [memoryview(p) for p in parts]
-        views[0] = views[0][lo:]
-        excess = sum(len(v) for v in views) - size
-        if excess > 0:
-            views[-1] = views[-1][: len(views[-1]) - excess]
-        return b"".join(views)
+        return b"".join(parts)  # (across blocks: only the bytes asked for, `spans`)
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         """Nothing to write back. ENOSYS makes the kernel stop sending FLUSH for this

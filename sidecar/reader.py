@@ -212,19 +212,28 @@ class BlockReader:
         if len(self._suspects) > SUSPECTS_KEPT:
             self._suspects.popitem(last=False)
 
-    async def checked(self, ref: FileRef, index: int, data: blocks.Data) -> blocks.Data:
+    async def checked(
+        self, ref: FileRef, index: int, data: blocks.Data, span: tuple[int, int] | None = None
+    ) -> blocks.Data:
         """`data`, block `index` of `ref`, checked whole if it was mapped unchecked (for
-        any use but a READ's answer: `blockfile.check_whole`); if it fails, the block
+        any use but a READ's answer: `blockfile.check_whole`); or with `span` (lo, size),
+        those bytes of it, checked by the pieces they cover (a READ's answer copied out of
+        it: `blockfile.check_span`; the block stays unchecked). If that fails, the block
         read again (`distrust`), and checked again (CorruptBlock if that fails too)."""
-        for _ in range(2):
+        for attempt in range(3):
+            if span is None:
+                got, check = data, blockfile.check_whole
+            else:
+                got, check = memoryview(data)[span[0] : span[0] + span[1]], blockfile.check_span
             try:
-                blockfile.check_whole(data)
-                return data
+                check(got)
+                return got
             except errors.CorruptBlock:
+                if attempt == 2:
+                    raise
                 await self.distrust(ref, index)
                 data = await self.block(ref, index)
-        blockfile.check_whole(data)
-        return data
+        raise AssertionError("not reached")
 
     def can_push(self) -> bool:
         """Whether `push` can find anything: a worker's block files are visible here (and

@@ -731,6 +731,30 @@ def check_whole(data: blocks.Data) -> None:
     _unchecked.pop(m, None)
 
 
+def check_span(data: blocks.Data) -> None:
+    """Check the pieces that `data` covers of the block it lies in, if that was mapped
+    `lazy` and has not been checked whole: CorruptBlock if one does not match its CRC. The
+    block stays unchecked, its other pieces checked as they are used. For a READ's answer
+    copied out of the block (one that runs into the next block, joined from the two), as
+    the thread that sends an answer from one block checks it."""
+    got = _unchecked_of(data)
+    if got is None or not len(data):
+        return
+    m, u = got
+    lo = heap.address(data) - u.start
+    start = lo // CHECK_PIECE * CHECK_PIECE
+    end = min(-(-(lo + len(data)) // CHECK_PIECE) * CHECK_PIECE, u.size)
+    try:  # (faulted in again first: a page let go of and unreadable is an error, not SIGBUS)
+        m.madvise(_POPULATE_READ, start, end - start)
+    except OSError as err:
+        raise CorruptBlock(f"a block file mapped here cannot be read again: {err}") from err
+    with memoryview(m) as whole, whole[start:end] as covered:
+        crcs = blocks.piece_crcs(covered)
+    at = start // CHECK_PIECE * blocks.PIECE_CRC.size
+    if crcs != u.pieces[at : at + len(crcs)]:
+        raise CorruptBlock("a block file mapped here: a piece's checksum mismatch")
+
+
 def _probe(fd: int, length: int) -> None:
     """NotCached unless every page of the file is in the page cache, read: asked with
     cachestat (Linux 6.5), which only looks, but counts a page whose read is still on its

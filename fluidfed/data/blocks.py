@@ -159,6 +159,19 @@ def blocks_for(offset: int, length: int, size: int, block_size: int) -> range:
     return range(offset // block_size, (end - 1) // block_size + 1)
 
 
+def spans(lo: int, length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Where a read of `length` bytes from byte `lo` of the first of consecutive blocks of
+    `sizes` bytes lies in each of them: (its first byte there, how many; the file's end
+    may leave fewer than asked for)."""
+    got = []
+    for n in sizes:
+        take = max(0, min(length, n - lo))
+        got.append((min(lo, n), take))
+        length -= take
+        lo = 0
+    return got
+
+
 def _weight(node: str, key: str) -> int:
     digest = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")

@@ -809,6 +809,8 @@ def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path:
     kept = map_block_file(older, lazy=True)[0]  # checked whole, as before
     assert blockfile.unchecked_span(kept) is None
     assert len(os.listdir("/proc/self/fd")) == fds + 1  # (mmap's own; none kept for it)
+    blockfile.check_span(answer)  # (only the pieces it covers: still unchecked)
+    assert blockfile.unchecked_span(answer) is not None
     blockfile.check_whole(answer)  # (a part names its block: checked whole)
     assert blockfile.unchecked_span(answer) is None and blockfile.unchecked_span(data) is None
 
@@ -828,6 +830,14 @@ def test_a_block_mapped_lazily_is_checked_by_its_reader_piece_by_piece(tmp_path:
     assert [blocks.checksum(block[at : at + piece]) for at in range(0, len(block), piece)] != [
         int.from_bytes(pieces[i : i + 4], "big") for i in range(0, len(pieces), 4)
     ]
+    # (a part copied out of it, into an answer joined with the next block's: checked by the
+    # pieces it covers, the block still unchecked after it, whole or damaged)
+    blockfile.check_span(data[piece - 5 : 2 * piece])
+    blockfile.check_span(data[3 * piece :])  # (the last piece, shorter)
+    assert blockfile.unchecked_span(data) is not None
+    for part in (data[2 * piece - 1 : 2 * piece + 1], data[2 * piece + 1 :]):
+        with pytest.raises(CorruptBlock, match="checksum mismatch"):
+            blockfile.check_span(part)
     with pytest.raises(CorruptBlock, match="checksum mismatch"):
         blockfile.check_whole(data[10:20])
     assert blockfile.unchecked_span(data) is not None  # (still unchecked: its reader drops it)

@@ -18,6 +18,11 @@ def test_block_ranges() -> None:
     assert list(blocks.blocks_for(3, 2, 9, 4)) == [0, 1]
     assert list(blocks.blocks_for(8, 100, 9, 4)) == [2]
     assert list(blocks.blocks_for(9, 10, 9, 4)) == []
+    # (where a read across blocks lies in each: the first from `lo`, the next from 0)
+    assert blocks.spans(3, 2, [4, 4]) == [(3, 1), (0, 1)]
+    assert blocks.spans(1, 7, [4, 4]) == [(1, 3), (0, 4)]
+    assert blocks.spans(2, 10, [4, 1]) == [(2, 2), (0, 1)]  # (the file's end: fewer)
+    assert blocks.spans(0, 4, [4, 4]) == [(0, 4), (0, 0)]
 
 
 def test_a_run_takes_the_free_blocks_after_a_miss_up_to_the_first_taken_or_the_end() -> None:
