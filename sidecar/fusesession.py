@@ -364,9 +364,15 @@ class NativeSession:
         the session, with the next block if it is at hand, so that the READs after it that
         lie in them are answered there (`_hold`)."""
         span = blockfile.unchecked_span(data)
+        bs = self.fs.block_size
+        # (the block the READ ends in: the next one for a READ that ran into it, its answer
+        # joined from the two here)
+        end = (off + max(len(data), 1) - 1) // bs
         if len(data) >= PIECEWISE_FROM:
-            # (held before this READ is answered: its reader's next READ may come at once)
-            self._hold(h, ino, off // self.fs.block_size, seen=True)
+            # (held before this READ is answered: its reader's next READ may come at once,
+            # and may run into the next block too, answered there from the two joined)
+            for index in range(off // bs, end + 1):
+                self._hold(h, ino, index, seen=True)
         if span is None:
             reply.data(data)
         elif len(data) < PIECEWISE_FROM:
@@ -380,7 +386,8 @@ class NativeSession:
             piece = blockfile.CHECK_PIECE
             reply.data_checked(block, lo, len(data), pieces, piece, ino, off, fd)
         if len(data) >= PIECEWISE_FROM:
-            self._next(h, ino, off // self.fs.block_size + 1, data)
+            # (a joined answer is no block's: the block it ended in says if it was warm)
+            self._next(h, ino, end + 1, data if end == off // bs else self.fs.held_block(h, end))
         return True
 
     def _next(self, h: Handle, ino: int, index: int, data: Any) -> None:

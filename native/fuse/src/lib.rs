@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,13 @@ struct Job {
     lo: usize,
     len: usize,
     check: Option<Check>,
+    // a READ that runs into the next block (`Shared::answer_held`): that block, the
+    // answer's bytes from its start, and their check; the two joined as they are sent
+    next: Option<(Arc<Bytes>, usize, Option<Check>)>,
 }
+
+/// The blocks a READ's answer was written from, given back (`answer`).
+type Answered = (Arc<Bytes>, Option<Arc<Bytes>>);
 
 /// A block's bytes: a buffer of Python's (a mapped block file, or the sidecar's memory;
 /// let go of with the GIL held: see `Session.take`), or a worker's block file the session
@@ -172,6 +179,20 @@ fn let_go(shared: &Shared, data: Arc<Bytes>) {
     if matches!(*data, Bytes::Py(_)) {
         lock(&shared.done).push(data);
     }
+}
+
+/// `let_go` of the blocks a READ was answered from.
+fn let_go_answered(shared: &Shared, (data, next): Answered) {
+    let_go(shared, data);
+    if let Some(next) = next {
+        let_go(shared, next);
+    }
+}
+
+/// Why a block file was not mapped (`Mapped::open`).
+enum Unmapped {
+    Cold, // (not whole in the page cache, and not to be read in from the disk there)
+    No,   // (not there, or not such a file, or damaged)
 }
 
 /// A worker's block file on this node mapped read-only by the session (`Session::load`):
@@ -218,19 +239,24 @@ impl Mapped {
     /// `read_in`, a file not whole in the page cache is read into it from the disk here, as
     /// `blockfile.read_cold_block_file` reads one (what of it lies there let go of, the
     /// mapping asking for huge pages, then faulted in whole: folios of a huge page, for the
-    /// next reader on this node), which blocks for the disk's read. None otherwise: not
-    /// there, not in the page cache, or not such a file; its READs are then Python's, which
-    /// reads it, or asks its worker, and says why where it matters.
-    fn open(path: &Path, size: usize, piece: usize, read_in: bool) -> Option<(Mapped, Pieces)> {
+    /// next reader on this node), which blocks for the disk's read. Else why not (`Unmapped`):
+    /// not there, or not such a file (its READs are then Python's, which reads it, or asks
+    /// its worker, and says why where it matters); or not in the page cache.
+    fn open(
+        path: &Path,
+        size: usize,
+        piece: usize,
+        read_in: bool,
+    ) -> Result<(Mapped, Pieces), Unmapped> {
         if size <= piece {
-            return None; // (a one-piece block is checked whole, by Python)
+            return Err(Unmapped::No); // (a one-piece block is checked whole, by Python)
         }
         let n = size.div_ceil(piece);
         let len = size + 4 * n + 8;
-        let file = std::fs::File::open(path).ok()?; // (O_CLOEXEC)
+        let file = std::fs::File::open(path).map_err(|_| Unmapped::No)?; // (O_CLOEXEC)
         let fd = file.as_raw_fd();
-        if file.metadata().ok()?.len() != len as u64 {
-            return None; // (another format, or no block file: Python says which)
+        if file.metadata().map_err(|_| Unmapped::No)?.len() != len as u64 {
+            return Err(Unmapped::No); // (another format, or no block file: Python says which)
         }
         // every page there, unless a loading thread reads it in (else Python reads it from
         // the disk in a thread: a fault on a request thread would stall its READ and those
@@ -240,7 +266,7 @@ impl Mapped {
         let cached =
             in_page_cache(fd, 0, len) == Some(true) && read_now(fd, 0) && read_now(fd, len - 1);
         if !cached && !read_in {
-            return None;
+            return Err(Unmapped::Cold);
         }
         // SAFETY: advice on our open file: read from the disk, what lies in the page cache
         // already (a probe's read-ahead, in small folios) let go of first; else read once,
@@ -263,7 +289,7 @@ impl Mapped {
             )
         };
         if at == libc::MAP_FAILED {
-            return None;
+            return Err(Unmapped::No);
         }
         let m = Mapped {
             at,
@@ -291,19 +317,20 @@ impl Mapped {
             )
         };
         if faulted != 0 {
-            return None;
+            return Err(Unmapped::No);
         }
         let all = m.all();
         let (crcs, tail) = all[size..].split_at(4 * n);
         if &tail[..4] != MAGIC_PIECES {
-            return None;
+            return Err(Unmapped::No);
         }
         let want = u32::from_be_bytes([tail[4], tail[5], tail[6], tail[7]]);
-        let pieces = Pieces::parse(size, crcs, piece, m.file.as_raw_fd()).ok()?;
+        let pieces =
+            Pieces::parse(size, crcs, piece, m.file.as_raw_fd()).map_err(|_| Unmapped::No)?;
         if combined(&pieces.crcs, size, piece) != want {
-            return None; // (Python finds it damaged, counts it and asks the worker)
+            return Err(Unmapped::No); // (Python finds it damaged, counts it and asks the worker)
         }
-        Some((m, pieces))
+        Ok((m, pieces))
     }
 }
 
@@ -376,10 +403,35 @@ impl Plan {
 
 type Plans = HashMap<u64, Vec<Plan>>;
 
-/// The plan of `ino` that plans the block of byte `offset`, if one does.
-fn plan_at(plans: &mut Plans, ino: u64, offset: u64) -> Option<&mut Plan> {
+/// Which of a file's plans `of` plans its block `index`, if one does.
+fn planning(of: &[Plan], index: u64) -> Option<usize> {
+    of.iter().position(|p| p.at(index).is_some())
+}
+
+/// The plan of `ino` that plans its block `index`, if one does.
+fn plan_at(plans: &mut Plans, ino: u64, index: u64) -> Option<&mut Plan> {
     let of = plans.get_mut(&ino)?;
-    of.iter_mut().find(|p| p.at(offset / p.block).is_some())
+    let i = planning(of, index)?;
+    Some(&mut of[i])
+}
+
+/// The blocks of a planned file `ino` that a READ of `size` bytes at `offset` lies in
+/// (one, or two for one that runs into the next block: a kernel read-ahead window need not
+/// start where a block does), and the file's block size. None if no plan of the file
+/// stands, or the READ runs past the next block too.
+fn read_blocks(plans: &Plans, ino: u64, offset: u64, size: u64) -> Option<(Range<u64>, u64)> {
+    let p = plans.get(&ino)?.first()?; // (one block size for all of a file's plans)
+    let index = offset / p.block;
+    let end = offset.saturating_add(size).min(p.size).max(offset + 1);
+    let last = (end - 1) / p.block;
+    (last <= index + 1).then_some((index..last + 1, p.block))
+}
+
+/// Where a block that a READ lies in stands for it (`Shared::ready`).
+enum Ready {
+    Held,
+    Loading(u64), // (the load's number: the READ is parked for it)
+    No,           // (not planned, past the file, or not mappable here)
 }
 
 /// Plan `id` of `ino`, if it stands.
@@ -612,25 +664,46 @@ impl Check {
 
 /// Write a READ's answer (its pieces checked first, if it says so; a READ whose piece does
 /// not match goes back to Python as REREAD instead, and its file's blocks held here are
-/// let go of). Gives the buffer back to be let go with the GIL held.
-fn answer(job: Job, shared: &Shared) -> Arc<Bytes> {
+/// let go of); one that runs into the next block is written from the two joined. Gives
+/// the buffers back to be let go with the GIL held.
+fn answer(job: Job, shared: &Shared) -> Answered {
     let Job {
         reply,
         data,
         lo,
         len,
         check,
+        next,
     } = job;
     let bytes = data.bytes();
-    match check {
-        Some(c) if !c.holds(bytes, lo, len) => {
+    let holds = |c: &Option<Check>, block: &[u8], lo: usize, len: usize| {
+        c.as_ref().is_none_or(|c| c.holds(block, lo, len))
+    };
+    let sound = holds(&check, bytes, lo, len)
+        && next
+            .as_ref()
+            .is_none_or(|(block, n, c)| holds(c, block.bytes(), 0, *n));
+    // (the READ's file and offset: either check has them)
+    let read = check
+        .as_ref()
+        .or(next.as_ref().and_then(|(.., c)| c.as_ref()));
+    let total = len + next.as_ref().map_or(0, |&(_, n, _)| n);
+    match (sound, read, &next) {
+        (false, Some(c), _) => {
             shared.unhold(Some(c.ino));
-            let args = [c.ino, c.offset, len as u64];
+            let args = [c.ino, c.offset, total as u64];
             shared.push(Op::new(REREAD, Some(Pending::Data(reply)), args));
         }
-        _ => reply.data(&bytes[lo..lo + len]),
+        (_, _, None) => reply.data(&bytes[lo..lo + len]),
+        (_, _, Some((block, n, _))) => {
+            // (one copy more than a READ within one block: fuser sends one slice)
+            let mut joined = Vec::with_capacity(total);
+            joined.extend_from_slice(&bytes[lo..lo + len]);
+            joined.extend_from_slice(&block.bytes()[..*n]);
+            reply.data(&joined);
+        }
     }
-    data
+    (data, next.map(|(block, ..)| block))
 }
 
 /// A block that Python answered a READ from (or will), held so that the READs after it
@@ -747,35 +820,51 @@ impl Shared {
     }
 
     /// A READ's answer from a block held here, if one holds all of it (or all there is of
-    /// it, in the file's last block): `HeldAnswer`.
-    fn answer_held(&self, ino: u64, offset: u64, size: usize) -> Option<HeldAnswer> {
+    /// it, in the file's last block), or from two, one READ that runs into the next block
+    /// and ends there (a kernel read-ahead window need not start at a block's start: every
+    /// READ of a reader that does not either ran into the next block): its parts.
+    fn answer_held(&self, ino: u64, offset: u64, size: usize) -> Option<(Part, Option<Part>)> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
         let mut held = lock(&self.held);
-        let h = held.iter_mut().find(|h| {
-            h.ino == ino && offset >= h.start && offset - h.start < h.data.bytes().len() as u64
-        })?;
-        let lo = (offset - h.start) as usize;
-        let room = h.data.bytes().len() - lo;
-        if size > room && !h.last {
-            return None; // (it runs into the next block: Python joins them)
-        }
-        if h.pieces.is_some() && size < INLINE_REPLY {
+        let at = |held: &[Held], offset: u64| {
+            held.iter().position(|h| {
+                h.ino == ino && offset >= h.start && offset - h.start < h.data.bytes().len() as u64
+            })
+        };
+        let i = at(&held, offset)?;
+        let lo = (offset - held[i].start) as usize;
+        let room = held[i].data.bytes().len() - lo;
+        let next = if size > room && !held[i].last {
+            // (none if the next block is not held, or the READ runs past it too: Python
+            // joins them)
+            let j = at(&held, offset + room as u64)?;
+            let n = &held[j];
+            (size - room <= n.data.bytes().len() || n.last).then_some(j)?;
+            Some(j)
+        } else {
+            None
+        };
+        if size < INLINE_REPLY
+            && next
+                .into_iter()
+                .chain([i])
+                .any(|i| held[i].pieces.is_some())
+        {
             // (a small READ of a block not checked whole: Python checks the block whole,
             // once, where each such READ would check a whole piece here)
             return None;
         }
-        h.used = Instant::now();
-        let first = !h.seen;
-        h.seen = true;
-        let reached = h.ahead.then_some((h.index, h.tell));
-        h.ahead = false;
-        h.tell = false;
-        let len = size.min(room);
+        let first = held[i].part(lo, size.min(room));
+        let second = next.map(|j| {
+            let n = (size - room).min(held[j].data.bytes().len());
+            held[j].part(0, n)
+        });
+        let len = first.len + second.as_ref().map_or(0, |p| p.len);
         self.served[0].fetch_add(1, Ordering::Relaxed);
         self.served[1].fetch_add(len as u64, Ordering::Relaxed);
-        Some((h.data.clone(), lo, len, h.pieces.clone(), first, reached))
+        Some((first, second))
     }
 
     /// Let go of the blocks held for `ino` (all, for None): its buffers go with the next
@@ -802,31 +891,37 @@ impl Shared {
     /// Answer a READ from a block held here, if one holds it (`answer_held`): its reply
     /// back if not.
     fn serve(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) -> Option<ReplyData> {
-        let Some((data, lo, len, pieces, first, reached)) = self.answer_held(ino, offset, size)
-        else {
+        let Some((first, second)) = self.answer_held(ino, offset, size) else {
             return Some(reply);
         };
-        if let Some((index, tell)) = reached {
+        let parts = || std::iter::once(&first).chain(second.as_ref());
+        for (index, tell) in parts().filter_map(|p| p.reached) {
             self.reached(ino, index, tell);
         }
         self.count(READ as usize - 1);
-        if first {
-            self.push(Op::new(SEEN, None, [ino, offset, size as u64]));
+        for p in parts().filter(|p| p.first) {
+            self.push(Op::new(SEEN, None, [ino, p.at, p.len as u64]));
         }
-        let check = pieces.map(|pieces| Check {
-            pieces,
-            ino,
-            offset,
-        });
+        let check = |p: &Part| {
+            p.pieces.clone().map(|pieces| Check {
+                pieces,
+                ino,
+                offset,
+            })
+        };
         let job = Job {
             reply,
-            data,
-            lo,
-            len,
-            check,
+            check: check(&first),
+            next: second.map(|p| {
+                let c = check(&p);
+                (p.data, p.len, c)
+            }),
+            data: first.data,
+            lo: first.lo,
+            len: first.len,
         };
-        if let Some(data) = self.dispatch(job) {
-            let_go(self, data); // (Python's with the GIL: see `take`)
+        if let Some(answered) = self.dispatch(job) {
+            let_go_answered(self, answered); // (Python's with the GIL: see `take`)
         }
         None
     }
@@ -837,78 +932,143 @@ impl Shared {
         self.push(Op::new(kind, Some(reply), args));
     }
 
-    /// `serve`, else pass the READ on to Python.
-    fn serve_or_ask(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) {
-        if let Some(reply) = self.serve(ino, offset, size, reply) {
-            self.ask(READ, Pending::Data(reply), [ino, offset, size as u64]);
-        }
+    /// `serve`, else `load`, else pass the READ on to Python.
+    fn answer_or_ask(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) {
+        let Some(reply) = self.serve(ino, offset, size, reply) else {
+            return;
+        };
+        let Some(reply) = self.load(ino, offset, size, reply) else {
+            return; // (answered, or parked for its block: `Loading`)
+        };
+        self.ask(READ, Pending::Data(reply), [ino, offset, size as u64]);
     }
 
-    /// Map the block of file `ino` that a READ of `size` bytes at `offset` lies in from its
-    /// worker's file here, where the file's plan says (`Session.plan`), hold it as
-    /// `Session.hold` would (checked by its pieces; no SEEN: Python reads nothing ahead of
-    /// what is planned) and answer the READ from it; its reply back (for Python) if not.
-    /// Only for a READ the block can answer (one of INLINE_REPLY or more, not into the
-    /// next block). A warm plan's block is mapped here, from the page cache; a cold plan's
-    /// is read in by a loading thread (`queue_ahead`), and the READ parked meanwhile, as is
-    /// one for a block another thread is mapping (`Loading`): the threads that read the
-    /// kernel's requests never wait for the disk. A block mapped once and let go of since
-    /// is mapped again from the same file, told once; one that failed is not tried again
-    /// (its READs are Python's, which lets the plan go).
+    /// Map the blocks of file `ino` that a READ of `size` bytes at `offset` lies in (one,
+    /// or two for a READ that runs into the next block: answered from the two, joined,
+    /// `answer_held`) and that are not held here, from their worker's files here, where the
+    /// file's plans say (`Session.plan`); hold each as `Session.hold` would (checked by its
+    /// pieces; no SEEN: Python reads nothing ahead of what is planned) and answer the READ
+    /// from them; its reply back (for Python) if not. Only for a READ of INLINE_REPLY or
+    /// more. A warm plan's block is mapped here, from the page cache; a cold plan's is read
+    /// in by a loading thread (`queue_ahead`), and the READ parked meanwhile, as is one for
+    /// a block another thread is mapping (`Loading`): the threads that read the kernel's
+    /// requests never wait for the disk. A block mapped once and let go of since is mapped
+    /// again from the same file, told once; one that failed is not tried again (its READs
+    /// are Python's, which lets the plan go).
     fn load(&self, ino: u64, offset: u64, size: usize, reply: ReplyData) -> Option<ReplyData> {
         if self.closed.load(Ordering::Acquire) || size < INLINE_REPLY {
             return Some(reply);
         }
-        let (key, start, len, last, piece, paths, told, seq) = {
-            let mut plans = lock(&self.plans);
-            let Some(p) = plan_at(&mut plans, ino, offset) else {
-                return Some(reply);
-            };
-            let index = offset / p.block;
-            let start = index * p.block;
-            let last = start + p.block >= p.size;
-            if start >= p.size || (offset + size as u64 > start + p.block && !last) {
-                return Some(reply);
+        let Some((blocks, block)) = read_blocks(&lock(&self.plans), ino, offset, size as u64)
+        else {
+            return Some(reply);
+        };
+        let mut wait = None;
+        for index in blocks {
+            match self.ready(ino, index, block) {
+                Ready::Held => {}
+                Ready::Loading(seq) => wait = Some(seq), // (the last: both loads under way)
+                Ready::No => return Some(reply),
             }
-            let Some(i) = p.at(index) else {
-                return Some(reply);
+        }
+        match wait {
+            Some(seq) => self.park(ino, seq, offset, size, reply),
+            None => self.serve(ino, offset, size, reply),
+        }
+    }
+
+    /// Whether block `index` (of `block` bytes) of file `ino` is held here for a READ of
+    /// it: held already; mapped now (a warm plan's, from the page cache); being read in by
+    /// a loading thread (a cold plan's, queued with the blocks after it; or a warm plan's
+    /// whose file the page cache let go of since, alone); or none of those.
+    fn ready(&self, ino: u64, index: u64, block: u64) -> Ready {
+        let start = index * block;
+        let (key, len, last, piece, paths, told, seq) = {
+            let mut plans = lock(&self.plans);
+            if holds(&lock(&self.held), ino, start) {
+                return Ready::Held;
+            }
+            let Some(p) = plan_at(&mut plans, ino, index) else {
+                return Ready::No;
             };
-            let key = (ino, p.id, index);
-            match &p.paths[i] {
-                Entry::Failed => return Some(reply),
-                &Entry::Loading(seq) => {
-                    drop(plans);
-                    return self.park(ino, seq, offset, size, reply);
-                }
-                _ if holds(&lock(&self.held), ino, start) => {
-                    drop(plans);
-                    return self.serve(ino, offset, size, reply); // (held already)
-                }
+            if start >= p.size {
+                return Ready::No;
+            }
+            let i = (index - p.first) as usize;
+            match p.paths[i] {
+                Entry::Failed => return Ready::No,
+                Entry::Loading(seq) => return Ready::Loading(seq),
                 _ if p.ahead > 0 => {
                     // (this block first, and those after it, to the loading threads)
                     self.queue_ahead(p, ino, index);
-                    let Entry::Loading(seq) = p.paths[i] else {
-                        return Some(reply); // (no loading thread)
+                    return match p.paths[i] {
+                        Entry::Loading(seq) => Ready::Loading(seq),
+                        _ => Ready::No, // (no loading thread)
                     };
-                    drop(plans);
-                    return self.park(ino, seq, offset, size, reply);
                 }
                 _ => {}
             }
             let seq = self.loads_made.fetch_add(1, Ordering::Relaxed);
             let Some((paths, told)) = p.paths[i].claim(seq) else {
-                return Some(reply); // (not reached: matched above)
+                return Ready::No; // (not reached: matched above)
             };
             lock(&self.loading).insert(seq, Vec::new()); // (before the plan's lock goes)
             let len = (p.size - start).min(p.block) as usize;
-            (key, start, len, last, p.piece, paths, told, seq)
+            let last = start + p.block >= p.size;
+            ((ino, p.id, index), len, last, p.piece, paths, told, seq)
         };
-        let _loading = Loading(self, ino, seq);
-        let got = paths.iter().find_map(|path| {
-            Mapped::open(path, len, piece, false).map(|(m, pieces)| (m, pieces, path.clone()))
-        });
+        let mut cold = false;
+        let got = paths
+            .iter()
+            .find_map(|path| match Mapped::open(path, len, piece, false) {
+                Ok((m, pieces)) => Some((m, pieces, path.clone())),
+                Err(why) => {
+                    cold |= matches!(why, Unmapped::Cold);
+                    None
+                }
+            });
+        if got.is_none() && cold {
+            // (a warm file's block let go of from the page cache since it was planned, as
+            // memory runs short: read in by a loading thread, as a cold plan's is, the READ
+            // parked for it, rather than the file's READs going to Python from here on)
+            let load = Load {
+                ino,
+                id: key.1,
+                index,
+                start,
+                len,
+                last,
+                piece,
+                paths,
+                told,
+                seq,
+            };
+            if self.queue(load) {
+                return Ready::Loading(seq);
+            }
+            return self.ready_now(key, start, last, None, told, seq);
+        }
+        self.ready_now(key, start, last, got, told, seq)
+    }
+
+    /// `ready`'s end for a block mapped here (`got`), or not mappable: held, for load `seq`
+    /// (`finish`), and the READs parked for it meanwhile answered.
+    fn ready_now(
+        &self,
+        key: LoadKey,
+        start: u64,
+        last: bool,
+        got: Option<(Mapped, Pieces, PathBuf)>,
+        told: bool,
+        seq: u64,
+    ) -> Ready {
+        let _loading = Loading(self, key.0, seq);
         self.finish(key, start, last, got, told, true);
-        self.serve(ino, offset, size, reply)
+        if holds(&lock(&self.held), key.0, start) {
+            Ready::Held
+        } else {
+            Ready::No
+        }
     }
 
     /// Park a READ of `ino` for load `seq` of its block, answered once that is done
@@ -1017,10 +1177,7 @@ impl Shared {
         if tell {
             lock(&self.loaded).push((ino, index));
         }
-        let Some(p) = plans
-            .get_mut(&ino)
-            .and_then(|of| of.iter_mut().find(|p| p.at(index).is_some()))
-        else {
+        let Some(p) = plan_at(&mut plans, ino, index) else {
             return;
         };
         if let Some(Entry::Mapped { told, .. }) = p.at(index).map(|i| &mut p.paths[i]) {
@@ -1080,6 +1237,14 @@ impl Shared {
         }
     }
 
+    /// Hand `load` to the loading threads: false if there are none (the session closed).
+    fn queue(&self, load: Load) -> bool {
+        let Some(tx) = lock(&self.loads).clone() else {
+            return false;
+        };
+        tx.send(load).is_ok()
+    }
+
     /// A loading thread's work: read block `load` in from its file, and hold it, ahead of
     /// its reader (`finish`), unless its plan is gone; then answer the READs parked for it.
     fn read_in(&self, load: Load) {
@@ -1092,6 +1257,7 @@ impl Shared {
         }
         let got = load.paths.iter().find_map(|path| {
             Mapped::open(path, load.len, load.piece, true)
+                .ok()
                 .map(|(m, pieces)| (m, pieces, path.clone()))
         });
         self.finish(key, load.start, load.last, got, load.told, false);
@@ -1099,8 +1265,8 @@ impl Shared {
 
     /// Hand `job` to a replying thread when it is large, else answer it here: then its
     /// buffer is given back (to be let go of with the GIL held).
-    fn dispatch(&self, mut job: Job) -> Option<Arc<Bytes>> {
-        if job.len >= INLINE_REPLY {
+    fn dispatch(&self, mut job: Job) -> Option<Answered> {
+        if job.len + job.next.as_ref().map_or(0, |&(_, n, _)| n) >= INLINE_REPLY {
             if let Some(tx) = lock(&self.jobs).as_ref() {
                 // (a closed channel gives the job back: answered here instead)
                 match tx.send(job) {
@@ -1145,23 +1311,45 @@ impl Drop for Loading<'_> {
     fn drop(&mut self) {
         let parked = lock(&self.0.loading).remove(&self.2).unwrap_or_default();
         for p in parked {
-            self.0.serve_or_ask(self.1, p.offset, p.size, p.reply);
+            self.0.answer_or_ask(self.1, p.offset, p.size, p.reply);
         }
     }
 }
 
-/// `Shared::answer_held`'s answer: the block, where the answer starts in it, its length,
-/// the block's pieces, whether it is the first READ Python has not heard of, and if it is
-/// the first of a block read in ahead of it, the block's index and whether `loaded` is to
-/// tell it (`Shared::reached`).
-type HeldAnswer = (
-    Arc<Bytes>,
-    usize,
-    usize,
-    Option<Arc<Pieces>>,
-    bool,
-    Option<(u64, bool)>,
-);
+/// One block's part of a READ's answer from the blocks held here (`Shared::answer_held`).
+struct Part {
+    data: Arc<Bytes>,
+    lo: usize, // (where the part starts in the block)
+    len: usize,
+    pieces: Option<Arc<Pieces>>, // the block's (None: checked whole)
+    at: u64,                     // the part's first byte in the file
+    first: bool,                 // the first READ in the block that Python has not heard of
+    // the first READ of a block read in ahead of it: the block's index, and whether
+    // `loaded` is to tell it (`Shared::reached`)
+    reached: Option<(u64, bool)>,
+}
+
+impl Held {
+    /// Bytes `lo..lo + len` of this block, a READ's answer (or a part of it): the block is
+    /// used now, and its READ seen.
+    fn part(&mut self, lo: usize, len: usize) -> Part {
+        self.used = Instant::now();
+        let first = !self.seen;
+        self.seen = true;
+        let reached = self.ahead.then_some((self.index, self.tell));
+        self.ahead = false;
+        self.tell = false;
+        Part {
+            data: self.data.clone(),
+            lo,
+            len,
+            pieces: self.pieces.clone(),
+            at: self.start + lo as u64,
+            first,
+            reached,
+        }
+    }
+}
 
 struct Fs {
     shared: Arc<Shared>,
@@ -1234,14 +1422,8 @@ impl Filesystem for Fs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let s = &self.shared;
-        let Some(reply) = s.serve(ino.0, offset, size as usize, reply) else {
-            return;
-        };
-        let Some(reply) = s.load(ino.0, offset, size as usize, reply) else {
-            return; // (answered, or parked for its block: `Loading`)
-        };
-        self.ask(READ, Pending::Data(reply), [ino.0, offset, size as u64]);
+        self.shared
+            .answer_or_ask(ino.0, offset, size as usize, reply);
     }
 
     fn flush(
@@ -1528,6 +1710,7 @@ impl Reply {
             lo,
             len,
             check,
+            next: None,
         };
         drop(self.shared.dispatch(job)); // (answered here: let go of now, the GIL held)
         Ok(())
@@ -1839,10 +2022,10 @@ impl Session {
                 .spawn(move || loop {
                     let job = lock(&rx).recv();
                     let Ok(job) = job else { return };
-                    let data = answer(job, &shared);
+                    let answered = answer(job, &shared);
                     // Python's let go of by the next `take` (the loop calls it at least
                     // once a second: a block's memory is not held on by a mount gone idle)
-                    let_go(&shared, data);
+                    let_go_answered(&shared, answered);
                 })
                 .map_err(os_error)?;
             handles.push(h);
@@ -2132,7 +2315,7 @@ impl Session {
     fn unplan(&self, ino: u64, index: Option<u64>) {
         let mut plans = lock(&self.shared.plans);
         let gone = match (index, plans.get_mut(&ino)) {
-            (Some(i), Some(of)) => match of.iter().position(|p| p.at(i).is_some()) {
+            (Some(i), Some(of)) => match planning(of, i) {
                 Some(at) => {
                     let p = of.remove(at);
                     if of.is_empty() {
