@@ -5,7 +5,7 @@ loses its speed (issue 20), in a minute or two rather than bench/peers.py's whol
 
     python bench/cold_worker.py [--files 4000] [--dirs 40] [--runs 3] [--file-kib 128]
         [--variants alone,worker,dropped] [--profile DIR] [--perf DIR] [--ops]
-        [--seq-mib 512 [--readers 1]]
+        [--seq-mib 512 [--readers 1] [--io-kib 1024] [--skew-kib 0]]
 
     alone    a fresh sidecar without workers (reads MinIO itself)
     worker   a fresh sidecar and an empty worker with a disk tier, over HTTP (as on another
@@ -78,6 +78,8 @@ from devkit.local.s3 import CREDENTIALS, S3Server
 FILE_SIZE = rp.SMALL_FILE  # --file-kib
 SEQ = False  # --seq-mib: one file read sequentially by fio
 READERS = 1  # --readers: fio jobs reading that file at once, each its own part of it
+IO = "1M"  # --io-kib: each read's size
+SKEW = 0  # --skew-kib: where the first reader starts
 KEEP = False  # --keep: workers' block files deleted only at the end (see --help)
 MINIO_PID = 0  # its CPU is counted too: MinIO shares the two cores
 
@@ -320,8 +322,10 @@ def one(
         counter = FuseOps(sc.mountpoint) if ops else None
         if SEQ:
             path = sc.mountpoint / keys[0]
-            got: dict[str, Any] = rp.fio(path, "read", "1M", size=FILE_SIZE, readers=READERS)
-            units = FILE_SIZE / 2**30 * 1000  # "ms per file" becomes s per GiB
+            got: dict[str, Any] = rp.fio(
+                path, "read", IO, size=FILE_SIZE, readers=READERS, offset=SKEW
+            )
+            units = (FILE_SIZE - SKEW) / 2**30 * 1000  # "ms per file" becomes s per GiB
         else:
             got = rp.read_whole([sc.mountpoint / k for k in keys])
             units = len(keys)
@@ -382,6 +386,14 @@ def main() -> None:
         help="with --seq-mib: this many fio jobs read the file at once, each its own "
         "consecutive part of it (several DataLoader workers reading one large file)",
     )
+    ap.add_argument("--io-kib", type=int, default=1024, help="with --seq-mib: each read's size")
+    ap.add_argument(
+        "--skew-kib",
+        type=int,
+        default=0,
+        help="with --seq-mib: start this far into the file (the kernel's READs then run "
+        "across blocks: a reader that starts mid-block, or reads a record at a time)",
+    )
     ap.add_argument(
         "--keep",
         action="store_true",
@@ -389,9 +401,10 @@ def main() -> None:
         "VM's) skips inodes freed in the last 30-60 s one by one on every create",
     )
     args = ap.parse_args()
-    global FILE_SIZE, SEQ, KEEP, READERS
+    global FILE_SIZE, SEQ, KEEP, READERS, IO, SKEW
     KEEP = args.keep
     READERS = args.readers
+    IO, SKEW = f"{args.io_kib}k", args.skew_kib * 1024
     FILE_SIZE = args.file_kib * 1024
     if args.seq_mib:
         FILE_SIZE, SEQ = args.seq_mib * 2**20, True
@@ -435,8 +448,9 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     if SEQ:
         print(
-            f"one file of {args.seq_mib} MiB, fio 1 MiB sequential by {args.readers} "
-            f"reader(s), per GiB, medians of {args.runs}"
+            f"one file of {args.seq_mib} MiB from {args.skew_kib} KiB on, fio "
+            f"{args.io_kib} KiB sequential by {args.readers} reader(s), per GiB, medians of "
+            f"{args.runs}"
         )
     else:
         print(

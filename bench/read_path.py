@@ -70,11 +70,12 @@ def fio(
     runtime: int = 0,
     invalidate: int = 1,
     readers: int = 1,
+    offset: int = 0,
 ) -> Any:
-    """fio over `path`; with several `readers`, each reads its own consecutive part of the
-    `size` bytes (the first from 0, the next from `size / readers`, ...) at once, and the
-    figures are of them all."""
-    part = size // readers
+    """fio over `path` from byte `offset` to `size`; with several `readers`, each reads its
+    own consecutive part of those bytes at once (the first from `offset`, the next a
+    part's length on, ...), and the figures are of them all."""
+    part = (size - offset) // readers
     argv = [
         "fio",
         "--name=b",
@@ -87,6 +88,8 @@ def fio(
         f"--invalidate={invalidate}",
         "--output-format=json",
     ]
+    if offset:
+        argv.append(f"--offset={offset}")
     if readers > 1:
         argv += [f"--numjobs={readers}", f"--offset_increment={part}", "--group_reporting"]
     if runtime:
