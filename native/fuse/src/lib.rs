@@ -29,6 +29,7 @@
 //! - A `Reply` dropped unanswered answers EIO (fuser's own rule): a request is never left
 //!   without an answer, so a reader never hangs on it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
@@ -662,6 +663,12 @@ impl Check {
     }
 }
 
+thread_local! {
+    // the buffer a thread joins the answers of READs across two blocks in (`answer`), kept:
+    // a new one for each faulted its pages in anew (a READ's size at most, 1 MiB)
+    static JOINED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Write a READ's answer (its pieces checked first, if it says so; a READ whose piece does
 /// not match goes back to Python as REREAD instead, and its file's blocks held here are
 /// let go of); one that runs into the next block is written from the two joined. Gives
@@ -695,13 +702,13 @@ fn answer(job: Job, shared: &Shared) -> Answered {
             shared.push(Op::new(REREAD, Some(Pending::Data(reply)), args));
         }
         (_, _, None) => reply.data(&bytes[lo..lo + len]),
-        (_, _, Some((block, n, _))) => {
+        (_, _, Some((block, n, _))) => JOINED.with_borrow_mut(|joined| {
             // (one copy more than a READ within one block: fuser sends one slice)
-            let mut joined = Vec::with_capacity(total);
+            joined.clear();
             joined.extend_from_slice(&bytes[lo..lo + len]);
             joined.extend_from_slice(&block.bytes()[..*n]);
-            reply.data(&joined);
-        }
+            reply.data(joined);
+        }),
     }
     (data, next.map(|(block, ..)| block))
 }
@@ -820,9 +827,9 @@ impl Shared {
     }
 
     /// A READ's answer from a block held here, if one holds all of it (or all there is of
-    /// it, in the file's last block), or from two, one READ that runs into the next block
-    /// and ends there (a kernel read-ahead window need not start at a block's start: every
-    /// READ of a reader that does not either ran into the next block): its parts.
+    /// it, in the file's last block), or from the two held blocks a READ runs across (a
+    /// kernel read-ahead window starts where its reader started, not where a block does: a
+    /// reader that starts mid-block sends such READs throughout): its parts.
     fn answer_held(&self, ino: u64, offset: u64, size: usize) -> Option<(Part, Option<Part>)> {
         if self.closed.load(Ordering::Acquire) {
             return None;
@@ -840,8 +847,9 @@ impl Shared {
             // (none if the next block is not held, or the READ runs past it too: Python
             // joins them)
             let j = at(&held, offset + room as u64)?;
-            let n = &held[j];
-            (size - room <= n.data.bytes().len() || n.last).then_some(j)?;
+            if size - room > held[j].data.bytes().len() && !held[j].last {
+                return None;
+            }
             Some(j)
         } else {
             None
