@@ -64,6 +64,8 @@ from devkit.local import processes
 from devkit.local.s3 import CREDENTIALS, PASSWORD, USER, S3Server
 
 READERS = rp.READERS  # --readers: threads reading the small files
+IO = "1M"  # --io-kib: each read's size, the large file
+SKEW = 0  # --skew-kib: where in the large file the reads start
 OWN_DISK = "fluidfed-disk"  # fluidfed's sidecar with a disk cache of its own (`NOTES`)
 DISK_TIER_MIB = 8192  # ... its size: all a run's data, as the peers' caches hold it
 FREE_SPACE_RATIO = "0.01"  # JuiceFS's floor of free disk for its cache (see `Bench.open`)
@@ -368,7 +370,7 @@ def seq_runs(
     b: Bench, clients: list[str], local: Path, size: int, runs: int, fill_only: bool = False
 ) -> dict[str, Any]:
     big = "big.bin"
-    gib = size / 2**30
+    gib = (size - SKEW) / 2**30
     url = asyncio.run(b.server.presign(f"{PREFIX}/{big}"))
 
     def fio(m: Mounted, invalidate: int = 1) -> dict[str, Any]:
@@ -376,7 +378,7 @@ def seq_runs(
             m,
             lambda: {
                 "MiB_per_s": rp.fio(
-                    m.mountpoint / big, "read", "1M", size=size, invalidate=invalidate
+                    m.mountpoint / big, "read", IO, size=size, invalidate=invalidate, offset=SKEW
                 )["MiB_per_s"]
             },
             gib,
@@ -608,7 +610,7 @@ CLIENTS = ("fluidfed", OWN_DISK, "s3fs", "rclone", "juicefs")
 
 
 def main() -> None:
-    global READERS
+    global READERS, IO, SKEW
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -619,6 +621,14 @@ def main() -> None:
     ap.add_argument("--flat", type=int, default=10_000, help="entries of the readdir")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--readers", type=int, default=READERS, help="threads reading small files")
+    ap.add_argument("--io-kib", type=int, default=1024, help="each read's size, the large file")
+    ap.add_argument(
+        "--skew-kib",
+        type=int,
+        default=0,
+        help="the large file read from this far in (the kernel's READs then run across a "
+        "client's blocks or chunks: a reader that starts mid-block)",
+    )
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--clients", default=",".join(CLIENTS))
     ap.add_argument("--name", default="", help="of the result files in bench/results/")
@@ -643,6 +653,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     READERS = args.readers
+    IO, SKEW = f"{args.io_kib}k", args.skew_kib * 1024
     if args.quick:
         args.size_mib, args.files, args.dirs, args.flat = 256, 2000, 20, 2000
     only = set(args.only.split(","))
@@ -654,6 +665,8 @@ def main() -> None:
     size = args.size_mib * 2**20
     results: dict[str, Any] = {
         "size_mib": args.size_mib,
+        "io_kib": args.io_kib,
+        "skew_kib": args.skew_kib,
         "files": args.files,
         "dirs": args.dirs,
         "runs": args.runs,
@@ -698,7 +711,10 @@ def main() -> None:
             results["seq"] = seq_runs(
                 b, clients, local, size, args.runs, fill_only="seq" not in only
             )
-            tables.append(table(f"{args.size_mib} MiB sequential, fio 1 MiB", results["seq"]))
+            what = f"{args.size_mib} MiB sequential, fio {args.io_kib} KiB"
+            if args.skew_kib:
+                what += f" from {args.skew_kib} KiB on"
+            tables.append(table(what, results["seq"]))
         if "small" in only:
             results["small"] = small_runs(b, clients, local, keys, args.runs)
             title = f"{args.files} files of 128 KiB, {args.dirs} dirs, {READERS} readers"
