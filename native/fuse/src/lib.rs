@@ -1054,25 +1054,10 @@ impl Shared {
             if self.queue(load) {
                 return Ready::Loading(seq);
             }
-            return self.ready_now(key, start, last, None, told, seq);
         }
-        self.ready_now(key, start, last, got, told, seq)
-    }
-
-    /// `ready`'s end for a block mapped here (`got`), or not mappable: held, for load `seq`
-    /// (`finish`), and the READs parked for it meanwhile answered.
-    fn ready_now(
-        &self,
-        key: LoadKey,
-        start: u64,
-        last: bool,
-        got: Option<(Mapped, Pieces, PathBuf)>,
-        told: bool,
-        seq: u64,
-    ) -> Ready {
-        let _loading = Loading(self, key.0, seq);
+        let _loading = Loading(self, ino, seq); // (the READs parked meanwhile answered)
         self.finish(key, start, last, got, told, true);
-        if holds(&lock(&self.held), key.0, start) {
+        if holds(&lock(&self.held), ino, start) {
             Ready::Held
         } else {
             Ready::No
