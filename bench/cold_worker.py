@@ -386,14 +386,7 @@ def main() -> None:
         help="with --seq-mib: this many fio jobs read the file at once, each its own "
         "consecutive part of it (several DataLoader workers reading one large file)",
     )
-    ap.add_argument("--io-kib", type=int, default=1024, help="with --seq-mib: each read's size")
-    ap.add_argument(
-        "--skew-kib",
-        type=int,
-        default=0,
-        help="with --seq-mib: start this far into the file (the kernel's READs then run "
-        "across blocks: a reader that starts mid-block, or reads a record at a time)",
-    )
+    rp.add_fio_args(ap, "with --seq-mib")
     ap.add_argument(
         "--keep",
         action="store_true",

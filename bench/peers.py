@@ -621,14 +621,7 @@ def main() -> None:
     ap.add_argument("--flat", type=int, default=10_000, help="entries of the readdir")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--readers", type=int, default=READERS, help="threads reading small files")
-    ap.add_argument("--io-kib", type=int, default=1024, help="each read's size, the large file")
-    ap.add_argument(
-        "--skew-kib",
-        type=int,
-        default=0,
-        help="the large file read from this far in (the kernel's READs then run across a "
-        "client's blocks or chunks: a reader that starts mid-block)",
-    )
+    rp.add_fio_args(ap, "the large file")
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--clients", default=",".join(CLIENTS))
     ap.add_argument("--name", default="", help="of the result files in bench/results/")

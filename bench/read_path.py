@@ -61,6 +61,14 @@ READAHEAD = 4
 TIER_MIB = 128
 
 
+def add_fio_args(ap: argparse.ArgumentParser, which: str) -> None:
+    """--io-kib and --skew-kib: how fio reads `which` (each read's size, and where the
+    reading starts; from a skew, the kernel's READs run across a client's blocks, as a
+    reader that starts mid-block, or reads a record at a time, gets them)."""
+    ap.add_argument("--io-kib", type=int, default=1024, help=f"{which}: each read's size")
+    ap.add_argument("--skew-kib", type=int, default=0, help=f"{which}: read from this far in")
+
+
 def fio(
     path: Path,
     rw: str,
