@@ -437,6 +437,13 @@ class DatasetFS(pyfuse3.Operations):
             return None  # (changed or gone since: its old blocks must not be held again)
         return self.reader.store.peek(self.reader.key(h.ref, index), count=False)
 
+    def when_fetched(self, h: Handle, index: int, then: Callable[[], object]) -> bool:
+        """`BlockReader.when_fetched` for block `index` of the file `h` reads, if `h` reads
+        the file as listed now (else False)."""
+        if self.tree.file(h.inode) != h.ref:
+            return False
+        return self.reader.when_fetched(h.ref, index, then)
+
     async def read_fetched(self, h: Handle, off: int, size: int, *, again: bool = False) -> Any:
         """The answer to a READ whose bytes were not at hand. `again`: its earlier answer
         failed its check as it was sent (counted then: its bytes are not counted twice,

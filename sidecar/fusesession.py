@@ -396,8 +396,8 @@ class NativeSession:
         it maps the next blocks itself (`_plan`; a cold file's, one whose block came from
         its worker's file on the disk, read in ahead of its reader there too), but for
         those at hand here already (read ahead), which it is handed (with no SEEN: nothing
-        more is read ahead here); else Python holds the next one (`_hold`), and hears of
-        its first READ."""
+        more is read ahead here); else Python holds the next one (`_hold`), once it has
+        come if it is on its way, and hears of its first READ."""
         # (the reader's plan: the one it is in, or whose end it reached; else the file's
         # latest, of another reader)
         ps = self._plans.get(ino)
@@ -415,7 +415,11 @@ class NativeSession:
             )
             ahead = self.fs.readahead if cold else (p.ahead if p is not None and not warm else 0)
             if not ((p is not None or warm or cold) and self._plan(h, ino, index, ahead)):
-                self._hold(h, ino, index, seen=False)
+                if not self._hold(h, ino, index, seen=False):
+                    # (still on its way, read ahead: held once it has come, so that its
+                    # first READ too is answered there, the reader followed by its SEEN)
+                    later = functools.partial(self._hold, h, ino, index, seen=False)
+                    self.fs.when_fetched(h, index, later)
                 return
         for i in range(index, index + self.fs.readahead + 1):
             if not self._hold(h, ino, i, seen=True):

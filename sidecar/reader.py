@@ -286,6 +286,20 @@ class BlockReader:
         key = self.key(ref, index)
         return key in self.store or key in self._inflight
 
+    def when_fetched(self, ref: FileRef, index: int, then: Callable[[], object]) -> bool:
+        """Whether block `index` of `ref` is being fetched (read ahead, or for a READ);
+        if so, `then` is called once it has come and is kept here (not if it failed)."""
+        fut = self._inflight.get(self.key(ref, index))
+        if fut is None:
+            return False
+
+        def came(f: asyncio.Future[blocks.Data]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                then()
+
+        fut.add_done_callback(came)
+        return True
+
     async def read_span(self, ref: FileRef, index: int, lo: int, size: int) -> blocks.Data:
         """`size` bytes at `lo` in block `index`, without fetching the whole block here
         (random reads); the worker still caches the whole block."""

@@ -401,6 +401,39 @@ def test_a_run_comes_in_one_answer_over_http(
     assert bytes(alone.data) == bytes(run.data) and alone.joined is None
 
 
+@pytest.mark.parametrize("through", ["s3", "worker"])
+def test_blocks_read_ahead_of_a_slower_reader_are_answered_by_the_session_as_they_come(
+    through: str, minio: S3Server, workers_factory: Any, sidecars: Any
+) -> None:
+    """A sequential reader slower than its blocks come (read ahead from S3, or from a worker
+    over HTTP, one block ahead here) has each block handed to the native session as it
+    comes, so that all of its READs are answered there, the first too: only the first
+    block's first READ comes to the event loop. (Before, the next block was handed over
+    only if it had come when its reader reached the block before: the first READ of each
+    block read ahead alone came to the event loop.)"""
+    body = random.Random(17).randbytes(12 * BLOCK + 99)
+    asyncio.run(minio.upload({"slow.bin": body}, prefix="slow"))
+    mount = {"uri": minio.uri("slow"), "options": {"endpoint": minio.endpoint}}
+    urls = workers_factory(mount, 1).urls() if through == "worker" else []
+    sc = sidecars(sidecar_config(mount, urls, short_circuit=False, readahead=1))
+    fd = os.open(sc.mountpoint / "slow.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # (a READ per read: 4 per block)
+        got = bytearray()
+        while chunk := os.read(fd, BLOCK // 4):
+            got += chunk
+            time.sleep(0.03)  # (the block read ahead comes meanwhile)
+    finally:
+        os.close(fd)
+    assert got == body
+    st = sc.status()
+    assert st["reads"] == 12 * 4 + 1, st
+    blocks_from = st["blocks"]["worker_misses" if through == "worker" else "ufs_reads"]
+    assert blocks_from == 13, st
+    # (3-4 before, the blocks that came in a run with the one before them held at once)
+    assert st["reads"] - st["reads_in_session"] == 1, st
+
+
 def test_sub_path_shows_only_that_directory(
     data: Path, workers_factory: Any, sidecars: Any
 ) -> None:

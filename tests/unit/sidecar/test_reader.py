@@ -178,3 +178,39 @@ async def test_a_block_this_sidecar_cannot_keep_is_read_all_the_same(tmp_path: P
     assert bytes(await reader._fill(fut, key, ref, 0, None)) == data
     assert bytes(fut.result()) == data and key not in store
     await reader.close()
+
+
+async def test_a_block_on_its_way_is_told_of_once_it_has_come_and_is_kept(tmp_path: Path) -> None:
+    """`when_fetched`: for a block being fetched, its callback runs once the block has come
+    and is kept here (the session is handed it from the store then), never for one whose
+    fetch failed, and nothing is promised for a block not on its way."""
+    cfg = SidecarConfig(
+        dataset="d", mounts=[Mount(uri="s3://b/p")], workers=Peers(endpoints=[WORKER])
+    )
+    reader = BlockReader(cfg, [], await BlockStore(cfg.cache).open(), None)
+    data = os.urandom(3000)
+    ref = FileRef(mount=0, key="f.bin", size=2 * len(data), version="v1")
+    loop = asyncio.get_running_loop()
+    told: list[tuple[int, bytes | None]] = []
+
+    def then(index: int) -> None:
+        got = reader.peek(ref, index)
+        told.append((index, None if got is None else bytes(got)))
+
+    assert not reader.when_fetched(ref, 0, lambda: then(0))  # (not on its way)
+    key = reader.key(ref, 0)
+    reader._arrived[key] = (data, blocks.checksum(data))  # (sent with the block before it)
+    fut = reader._inflight[key] = loop.create_future()
+    assert reader.when_fetched(ref, 0, lambda: then(0))
+    assert told == []
+    await reader._fill(fut, key, ref, 0, None)
+    await asyncio.sleep(0)  # (a future's callbacks run soon after it is done)
+    assert told == [(0, data)]
+
+    failed = reader._inflight[reader.key(ref, 1)] = loop.create_future()
+    assert reader.when_fetched(ref, 1, lambda: then(1))
+    failed.set_exception(errors.WorkerError("gone"))
+    failed.exception()
+    await asyncio.sleep(0)
+    assert told == [(0, data)]
+    await reader.close()
