@@ -10,6 +10,7 @@ GETATTR: int
 READ: int
 REREAD: int  # a READ handed back: its answer's block failed a piece's check
 SEEN: int  # a READ answered by the session from a block held there (no reply)
+BACK: int  # a READ handed back to the session (`Reply.session`) that it could not answer
 OPENDIR: int
 READDIR: int
 STATFS: int
@@ -47,6 +48,8 @@ class Reply:
         fd: int,
     ) -> None: ...  # `size` bytes at `lo` of `block`, the pieces they lie in checked first
     def error(self, errno: int) -> None: ...
+    # a READ's: answered by the session from its blocks and plans after all, else BACK
+    def session(self, ino: int, offset: int, size: int) -> None: ...
     def statfs(
         self,
         blocks: int,

@@ -272,17 +272,15 @@ class NativeSession:
             try:
                 if kind == f.READ:
                     ino, off, size = req[2], req[3], req[4]
+                    if self._back_to_session(ino, off, size):
+                        reply.session(ino, off, size)  # (else back as BACK)
+                        continue
+                    self._take_read(reply, ino, off, size)
+                elif kind == f.BACK:  # a READ handed back to the session, not answered there
+                    ino, off, size = req[2], req[3], req[4]
                     if self._unmappable(ino, off, size):
                         self._unplan(ino, off // fs.block_size)
-                    h = fs.stream(ino, off)
-                    data = fs.read_held(h, off, size)
-                    if data is not None:
-                        if not self._answer_read(reply, data, h, ino, off):
-                            self._later(reply, self._read(reply, h, ino, off, size, again=True))
-                    elif fs.givable(h, off, size):
-                        self._later(reply, self._give(reply, h, ino, off, size))
-                    else:
-                        self._later(reply, self._read(reply, h, ino, off, size))
+                    self._take_read(reply, ino, off, size)
                 elif kind == f.SEEN:  # a READ answered by the session from a block held
                     ino, off, size = req[2], req[3], req[4]
                     h = fs.stream(ino, off)
@@ -318,6 +316,19 @@ class NativeSession:
             except Exception:
                 log.exception("answering a FUSE request (%d) failed", kind)
                 _fail(reply, errno.EIO)
+
+    def _take_read(self, reply: Any, ino: int, off: int, size: int) -> None:
+        """Answer a READ here: from the block at hand, else once fetched."""
+        fs = self.fs
+        h = fs.stream(ino, off)
+        data = fs.read_held(h, off, size)
+        if data is not None:
+            if not self._answer_read(reply, data, h, ino, off):
+                self._later(reply, self._read(reply, h, ino, off, size, again=True))
+        elif fs.givable(h, off, size):
+            self._later(reply, self._give(reply, h, ino, off, size))
+        else:
+            self._later(reply, self._read(reply, h, ino, off, size))
 
     def _later(self, reply: Any, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(self._answer(reply, work))
@@ -437,9 +448,9 @@ class NativeSession:
         return p.first <= index < end and any(i in mapped for i in range(index, end))
 
     def _unmappable(self, ino: int, off: int, size: int) -> bool:
-        """Whether a READ that came here lies in a block the session's plan for `ino` has
-        it map, and is one the session would answer from it (`Shared::load`): it could not
-        map that block (not there, not whole in the page cache, damaged)."""
+        """Whether a READ that came back here (BACK) lies in a block the session's plan for
+        `ino` has it map, and is one the session would answer from it (`Shared::load`): it
+        could not map that block (not there, not whole in the page cache, damaged)."""
         bs = self.fs.block_size
         ps = self._plans.get(ino)
         p = None if ps is None else ps.at(off // bs)
@@ -449,6 +460,29 @@ class NativeSession:
         if not 0 <= i < len(p.blocks) or p.blocks[i] is None:
             return False
         return off % bs + size <= bs or (off // bs + 1) * bs >= p.size
+
+    def _back_to_session(self, ino: int, off: int, size: int) -> bool:
+        """Whether a READ that came here lies in a block of `ino` that a plan of the
+        session's has it map, or runs across two blocks one of which it does, and is one
+        the session would answer from them (`Shared::load`): it is then handed back to the
+        session (`Reply.session`) rather than read here, which would read a planned block
+        twice (here, and by the session for the READ after it). Such a READ reached the
+        session just before its reader was handed over (the kernel's read-ahead sends a
+        few at once: the plan was made meanwhile), or runs past the end of its reader's
+        plan: that reader is then handed over again from the block it runs into (`_next`).
+        One the session cannot answer either (a block it could not map) comes back, BACK."""
+        ps = self._plans.get(ino)
+        if ps is None or not ps.plans or size < PIECEWISE_FROM:
+            return False
+        bs = self.fs.block_size
+        first, last = off // bs, (min(off + size, ps.plans[0].size) - 1) // bs
+        if last == first:
+            return first in ps
+        if last != first + 1 or not (first in ps or last in ps):
+            return False
+        if last not in ps:  # (past the end of its plan: the next one made from there)
+            self._next(self.fs.stream(ino, off), ino, last, None)
+        return True
 
     def _unplan(self, ino: int, index: int | None = None) -> None:
         """Let the session's plan of `ino` that plans block `index` go (that reader's; the

@@ -753,15 +753,11 @@ def _read_beside_its_worker(
     assert b"".join(parts) == content[skew:]
     status = sc.status()
     got = status["blocks"]
-    # (a reader that does not start at a block's start: one block more may be read twice
-    # from its file, a READ across two blocks in flight as its reader is handed over to the
-    # session: one run in a dozen)
-    twice = int(skew > 0)
-    assert n <= got["worker_hits"] <= n + readers - 1 + twice
+    assert n <= got["worker_hits"] <= n + readers - 1, got
     assert got["worker_misses"] == got["ufs_reads"] == 0
     assert got["reread"] == got["corrupt"] == 0
     if os.environ.get("FLUIDFED_FUSE", "native") == "native":
-        assert n * mapped <= got["session_mapped"] <= got["short_circuit"] <= n + twice
+        assert n * mapped <= got["session_mapped"] <= got["short_circuit"] <= n + readers - 1, got
         assert status["reads_in_session"] > status["reads"] // 2
     else:
         assert got["session_mapped"] == 0
@@ -801,9 +797,14 @@ def test_a_file_beside_its_worker_is_mapped_or_read_in_block_by_block_by_the_ses
     blocks: all of them warm, blocks of 1 MiB; one in four cold, of 4 MiB): the session
     answers a READ across two blocks from the two, joined, mapping or reading in what it
     lacks, where they all came to the event loop before (none mapped by the session warm,
-    and cold, up to 25 hits for 16 blocks)."""
+    and cold, up to 25 hits for 16 blocks). Its file runs past the end of its first plan:
+    the READ across that end, and one of a planned block that reached the session just
+    before its plan, are handed back to the session rather than read by the event loop,
+    which read a planned block twice (71 hits for 70 blocks, every run)."""
     monkeypatch.setenv("FLUIDFED_FUSE", engine)
-    if readers == 1:
+    if skew:  # (past the end of a plan too: PLANNED blocks)
+        n, bs = (70, BLOCK) if cached else (70, 2 * BLOCK)
+    elif readers == 1:
         n, bs = (24, BLOCK) if cached else (16, 4 * BLOCK)
     else:
         n, bs = (2 * 80, BLOCK) if cached else (2 * 72, 2 * BLOCK)

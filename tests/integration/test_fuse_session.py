@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -360,11 +360,16 @@ def test_a_forgotten_name_is_looked_up_again_before_its_entry_expires(tmp_path: 
 
 @contextlib.contextmanager
 def _one_file(
-    mnt: Path, content: bytes, threads: int = 2
+    mnt: Path,
+    content: bytes,
+    threads: int = 2,
+    back: Callable[[Any, int, int], bool] | None = None,
 ) -> Iterator[tuple[Any, list[tuple[int, ...]]]]:
     """A native session at `mnt` with one file, "f" (inode 2), served from `content` by a
-    thread of the test: (the session, the READs, REREADs and SEENs Python was given, as
-    (kind, ino, offset, size)). `threads` read the kernel's requests."""
+    thread of the test: (the session, the READs, REREADs, SEENs and BACKs Python was
+    given, as (kind, ino, offset, size)). `threads` read the kernel's requests. A READ
+    for which `back(session, offset, size)` says so is handed back to the session
+    (`Reply.session`) rather than answered."""
     from fluidfed import _fuse
 
     mnt.mkdir()
@@ -384,9 +389,11 @@ def _one_file(
                     reply.entry(attrs, 3600.0, 3600.0)
                 elif kind == _fuse.GETATTR:
                     reply.attr(root if req[2] == 1 else attrs, 3600.0)
-                elif kind in (_fuse.READ, _fuse.REREAD, _fuse.SEEN):
+                elif kind in (_fuse.READ, _fuse.REREAD, _fuse.SEEN, _fuse.BACK):
                     seen.append((kind, req[2], req[3], req[4]))
-                    if reply is not None:
+                    if kind == _fuse.READ and back is not None and back(s, req[3], req[4]):
+                        reply.session(req[2], req[3], req[4])
+                    elif reply is not None:
                         reply.data(content[req[3] : req[3] + req[4]])
                 elif reply is not None:
                     reply.error(errno.ENOSYS)
@@ -620,6 +627,47 @@ def test_blocks_planned_are_mapped_by_the_session_from_their_files_and_checked(
         assert s.loaded() == []
         with pytest.raises(ValueError, match="multiple of 4096"):
             s.plan(2, 1, bs, size, 1000, [[paths[1]]])
+
+
+def test_a_read_handed_back_to_the_session_is_answered_there_once_or_comes_back(
+    tmp_path: Path,
+) -> None:
+    """`Reply.session`: a READ that came to Python just before its reader was handed over
+    (here: a READ across blocks 0 and 1, the plan of block 1 on made as it came) is
+    answered by the session from the block held and the block it maps (the planned block
+    read once, by the session); one the session cannot answer either (its block neither
+    held nor planned) comes back to Python as BACK. Each is counted once, a READ."""
+    from fluidfed import _fuse
+    from fluidfed.data import blockfile
+
+    bs, piece, step = 2**20, blockfile.CHECK_PIECE, 128 * 1024
+    size = 3 * bs
+    content = os.urandom(size)
+    paths = _block_files(tmp_path / "tier", content, bs)
+    for p in paths:
+        Path(p).read_bytes()  # (in the page cache)
+    f = tmp_path / "mnt" / "f"
+    block0 = memoryview(content)[:bs]
+
+    def hand_over(s: Any, off: int, size: int) -> bool:
+        # (Python answered from block 0 and hands its reader over, as this READ comes)
+        s.hold(2, 0, block0, False, None, 0, -1, True)
+        s.plan(2, 1, bs, len(content), piece, [[paths[1]]])
+        return True
+
+    with _one_file(tmp_path / "mnt", content, back=hand_over) as (s, seen):
+        at = bs - step // 2
+        assert _read(f, at, step) == content[at : at + step]
+        assert seen == [(_fuse.READ, 2, at, step)]
+        assert s.loaded() == [(2, 1)]  # (block 1 mapped by the session, told once)
+        assert s.served() == (1, step)
+        # block 2: neither held nor planned, so back to Python, which answers it
+        seen.clear()
+        at = 2 * bs + step
+        assert _read(f, at, step) == content[at : at + step]
+        assert seen == [(_fuse.READ, 2, at, step), (_fuse.BACK, 2, at, step)]
+        assert s.served() == (0, 0) and s.loaded() == []
+        assert dict(s.requests())["read"] == 2
 
 
 def test_readers_of_one_file_at_different_places_each_keep_their_plan(tmp_path: Path) -> None:

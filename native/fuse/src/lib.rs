@@ -69,6 +69,9 @@ const REREAD: u8 = 10;
 /// A READ answered here from a block held (`Session.hold`), the first in that block:
 /// (SEEN, None, ino, offset, size), for Python to follow its reader (read ahead of it).
 const SEEN: u8 = 11;
+/// A READ Python handed back (`Reply.session`) that the session could not answer from its
+/// blocks either: (BACK, reply, ino, offset, size), for Python to answer after all.
+const BACK: u8 = 12;
 
 /// The requests counted by kind (`Session.requests`; the kinds above, one less, first), for
 /// the sidecar's status and tests: OPEN stays at its first one, RELEASE at none.
@@ -1808,6 +1811,39 @@ impl Reply {
         }
     }
 
+    /// A READ of `size` bytes at `offset` of `ino` that came to Python handed back to the
+    /// session, once: answered from the blocks it holds, or maps or reads in where the
+    /// file's plans say (`Shared::load`), as if it had come after them; else it comes back
+    /// from `Session.take` as (BACK, reply, ino, offset, size), for Python to answer. For
+    /// a READ of a planned block that reached the session just before its reader was
+    /// handed over to it (the kernel sends a few at once), or one that ran past its
+    /// reader's plan: read by Python, that block would be read twice, there and by the
+    /// session for the next READ. Counted once, where it is answered.
+    fn session(&self, py: Python<'_>, ino: u64, offset: u64, size: usize) -> PyResult<()> {
+        let reply = match self.take()? {
+            Pending::Data(r) => r,
+            other => return Err(Self::back(other, "session")),
+        };
+        let shared = &*self.shared;
+        // (counted as it was asked of Python: counted again wherever it ends)
+        shared.counts[READ as usize - 1].fetch_sub(1, Ordering::Relaxed);
+        py.allow_threads(|| {
+            let Some(reply) = shared.serve(ino, offset, size, reply) else {
+                return;
+            };
+            let Some(reply) = shared.load(ino, offset, size, reply) else {
+                return; // (answered, or parked for its block: `Loading`)
+            };
+            shared.count(READ as usize - 1);
+            shared.push(Op::new(
+                BACK,
+                Some(Pending::Data(reply)),
+                [ino, offset, size as u64],
+            ));
+        });
+        Ok(())
+    }
+
     /// The request failed with `errno` (positive).
     fn error(&self, errno: i32) -> PyResult<()> {
         if errno <= 0 {
@@ -2085,7 +2121,7 @@ impl Session {
                         ],
                     )?
                 }
-                READ | REREAD | SEEN => PyTuple::new(
+                READ | REREAD | SEEN | BACK => PyTuple::new(
                     py,
                     [
                         op.kind.into_pyobject(py)?.into_any(),
@@ -2448,6 +2484,7 @@ fn _fuse(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REREAD", REREAD)?;
     m.add("PLANS_PER_FILE", PLANS_PER_FILE)?;
     m.add("SEEN", SEEN)?;
+    m.add("BACK", BACK)?;
     m.add("OPENDIR", OPENDIR)?;
     m.add("READDIR", READDIR)?;
     m.add("STATFS", STATFS)?;
