@@ -477,7 +477,12 @@ class NativeSession:
         bs = self.fs.block_size
         first, last = off // bs, (min(off + size, ps.plans[0].size) - 1) // bs
         if last == first:
-            return first in ps
+            if first in ps or first - 1 not in ps or ps.at(first) is not None:
+                return first in ps
+            # (the block after the end of a plan: its reader handed on from there, rather
+            # than this block read here and the next ones read ahead here)
+            self._next(self.fs.stream(ino, off), ino, first, None)
+            return first in self._plans.get(ino, ())
         if last != first + 1 or not (first in ps or last in ps):
             return False
         if last not in ps:  # (past the end of its plan: the next one made from there)
