@@ -394,6 +394,14 @@ def main() -> None:
         "VM's) skips inodes freed in the last 30-60 s one by one on every create",
     )
     args = ap.parse_args()
+    reporting = rp.page_reporting()
+    if reporting.get("order", 11) <= 10:  # (session 54: two probes at 182-308 MiB/s so)
+        print(
+            "warning: this VM reports its free memory to the host (page_reporting order "
+            f"{reporting['order']}): every figure includes the host's faults on fresh pages; "
+            "run under `bench/vm_pages.py --hold --`",
+            file=sys.stderr,
+        )
     global FILE_SIZE, SEQ, KEEP, READERS, IO, SKEW
     KEEP = args.keep
     READERS = args.readers
