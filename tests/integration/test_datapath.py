@@ -754,6 +754,9 @@ def _read_beside_its_worker(
     assert b"".join(parts) == content[skew:]
     status = sc.status()
     got = status["blocks"]
+    # (up to 280 MiB each, twice: not left to fill the suite's filesystem, `test_scratch`)
+    for f in [src / "big.bin", *files]:
+        f.unlink()
     assert n <= got["worker_hits"] <= n + readers - 1, got
     assert got["worker_misses"] == got["ufs_reads"] == 0
     assert got["reread"] == got["corrupt"] == 0
