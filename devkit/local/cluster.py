@@ -581,16 +581,7 @@ class LocalCluster:
             while True:
                 self._check_processes()
                 nodes = await core.list_node()
-                ready = {
-                    n.metadata.name
-                    for n in nodes.items
-                    if any(
-                        c.type == "Ready" and c.status == "True" for c in n.status.conditions or []
-                    )
-                    and not any(
-                        t.key == "node.kubernetes.io/not-ready" for t in n.spec.taints or []
-                    )
-                }
+                ready = {n.metadata.name for n in nodes.items if realnode.takes_pods(n)}
                 sas = await core.list_namespaced_service_account("default")
                 if want <= ready and any(sa.metadata.name == "default" for sa in sas.items):
                     return

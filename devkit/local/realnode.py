@@ -539,9 +539,22 @@ def failure(state: NodeState, why: str) -> LocalClusterError:
     )
 
 
+NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+def takes_pods(node: Any) -> bool:
+    """Whether a node (kubernetes-asyncio's V1Node) can be given pods: its kubelet (or
+    kwok) reports it Ready and the node-lifecycle controller has lifted the taint it put
+    on while it was not (a node turns Ready a few seconds before the taint goes, and a pod
+    without a toleration for it stays Pending until then)."""
+    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    return ready and not any(t.key in NOT_READY_TAINTS for t in node.spec.taints or [])
+
+
 async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say: Progress) -> None:
-    """Until the node is Ready, carries its labels and the sandbox image is in; a dead
-    kubelet or containerd is an error with their last log lines, at once."""
+    """Until the node takes pods (`takes_pods`), carries its labels and the cluster DNS
+    answers; a dead kubelet, containerd or CoreDNS is an error with their last log lines,
+    at once."""
     from kubernetes_asyncio import client
 
     core = client.CoreV1Api(api)
@@ -568,15 +581,17 @@ async def wait_ready(state: NodeState, api: Any, alive: Callable[[], bool], say:
             await core.patch_node(state.name, {"metadata": {"labels": labels}})
             labelled = True
             say(f"real node {state.name} registered")
-        conds = {c.type: c for c in node.status.conditions or []}
-        ready = conds.get("Ready")
-        if ready is not None and ready.status == "True":
+        if takes_pods(node):
             if await asyncio.to_thread(dns_ready, state):
                 return
             last = "the cluster DNS not ready"
             await asyncio.sleep(0.25)
             continue
+        ready = {c.type: c for c in node.status.conditions or []}.get("Ready")
+        taints = [t.key for t in node.spec.taints or [] if t.key in NOT_READY_TAINTS]
         last = f"Ready={ready.status if ready else '?'}: {ready.message if ready else ''}"
+        if taints:
+            last += f"; tainted {', '.join(taints)}"
         await asyncio.sleep(0.25)
 
 

@@ -138,3 +138,21 @@ def test_a_node_process_is_alive_while_node_sh_has_forked_it_but_not_yet_run_it(
         assert not realnode._is_or_becoming(zombie.pid, "sleep")
     finally:
         zombie.wait()
+
+
+def test_a_node_takes_pods_once_ready_and_the_not_ready_taint_is_lifted() -> None:
+    from kubernetes_asyncio.client import V1Node, V1NodeCondition, V1NodeSpec, V1NodeStatus, V1Taint
+
+    def node(ready: str, *taints: str) -> V1Node:
+        return V1Node(
+            spec=V1NodeSpec(taints=[V1Taint(key=k, effect="NoSchedule") for k in taints] or None),
+            status=V1NodeStatus(conditions=[V1NodeCondition(type="Ready", status=ready)]),
+        )
+
+    virtual = names.VIRTUAL_NODE_TAINT
+    assert realnode.takes_pods(node("True", virtual))
+    # Ready a few seconds before the node-lifecycle controller lifts its taint
+    assert not realnode.takes_pods(node("True", virtual, "node.kubernetes.io/not-ready"))
+    assert not realnode.takes_pods(node("True", "node.kubernetes.io/unreachable"))
+    assert not realnode.takes_pods(node("False", virtual))
+    assert not realnode.takes_pods(V1Node(spec=V1NodeSpec(), status=V1NodeStatus()))
