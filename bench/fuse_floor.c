@@ -4,9 +4,13 @@
  * file on disk. A bench tool (bench/fuse_floor.py builds and runs it), not part of
  * fluidfed.
  *
- *     fuse_floor [-s] [--splice FILE] SIZE_MIB MOUNTPOINT
+ *     fuse_floor [-s] [--splice FILE | --mmap FILE] SIZE_MIB MOUNTPOINT
  *
  *     -s             one thread (fuse_session_loop); default: fuse_session_loop_mt
+ *     --mmap FILE    READ replies come from a shared read-only mapping of FILE, replied
+ *                    with fuse_reply_buf (writev to /dev/fuse: the kernel pins the
+ *                    mapping's page-cache pages and copies them), as fluidfed's native
+ *                    session answers from a worker's block file in the page cache
  *     --splice FILE  READ replies come from FILE (fuse_reply_data, an fd buffer:
  *                    libfuse splices FILE -> pipe -> /dev/fuse, if a pipe can hold a
  *                    whole reply: says at start whether it can); default: `data` is
@@ -29,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,7 +41,8 @@
 #define DATA_INO 2
 
 static const char NAME[] = "data";
-static char *mem;     /* memory mode: the file's contents */
+static char *mem;     /* memory and mmap modes: the file's contents */
+static int mapped;    /* mmap mode: `mem` maps FILE */
 static int splice_fd = -1; /* splice mode: the file replies come from */
 static off_t size;
 static unsigned long reads, read_bytes; /* READs answered, printed at exit */
@@ -188,14 +194,14 @@ static int reply_fits_pipe(void)
 
 static int usage(const char *argv0)
 {
-	fprintf(stderr, "usage: %s [-s] [--splice FILE] SIZE_MIB MOUNTPOINT\n", argv0);
+	fprintf(stderr, "usage: %s [-s] [--splice FILE | --mmap FILE] SIZE_MIB MOUNTPOINT\n", argv0);
 	return 2;
 }
 
 int main(int argc, char **argv)
 {
 	int single = 0, ret = 1;
-	const char *splice_path = NULL, *mountpoint = NULL;
+	const char *splice_path = NULL, *mmap_path = NULL, *mountpoint = NULL;
 	long mib = -1;
 
 	for (int i = 1; i < argc; i++) {
@@ -203,6 +209,8 @@ int main(int argc, char **argv)
 			single = 1;
 		else if (strcmp(argv[i], "--splice") == 0 && i + 1 < argc)
 			splice_path = argv[++i];
+		else if (strcmp(argv[i], "--mmap") == 0 && i + 1 < argc)
+			mmap_path = argv[++i];
 		else if (mib < 0)
 			mib = strtol(argv[i], NULL, 10);
 		else if (!mountpoint)
@@ -230,6 +238,24 @@ int main(int argc, char **argv)
 		else
 			fprintf(stderr, "fuse_floor: a 1 MiB reply does not fit a pipe "
 					"(pipe-max-size): libfuse falls back to read + writev\n");
+	} else if (mmap_path) {
+		int fd = open(mmap_path, O_RDONLY);
+		struct stat st;
+		if (fd < 0 || fstat(fd, &st) < 0) {
+			perror(mmap_path);
+			return 1;
+		}
+		if (st.st_size < size) {
+			fprintf(stderr, "%s: smaller than %ld MiB\n", mmap_path, mib);
+			return 1;
+		}
+		mem = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+		close(fd);
+		if (mem == MAP_FAILED) {
+			perror("mmap");
+			return 1;
+		}
+		mapped = 1;
 	} else {
 		mem = malloc(size);
 		if (!mem) {
@@ -251,7 +277,7 @@ int main(int argc, char **argv)
 	if (fuse_session_mount(se, mountpoint) != 0)
 		goto out_signals;
 	fprintf(stderr, "fuse_floor: %ld MiB, %s, %s, mounted at %s\n", mib,
-		splice_path ? "splice" : "memory", single ? "single-threaded" : "multi-threaded",
+		splice_path ? "splice" : mapped ? "mmap" : "memory", single ? "single-threaded" : "multi-threaded",
 		mountpoint);
 	if (single) {
 		ret = fuse_session_loop(se);
@@ -269,7 +295,10 @@ out_signals:
 	fuse_remove_signal_handlers(se);
 out_destroy:
 	fuse_session_destroy(se);
-	free(mem);
+	if (mapped)
+		munmap(mem, size);
+	else
+		free(mem);
 	if (splice_fd >= 0)
 		close(splice_fd);
 	return ret ? 1 : 0;

@@ -21,6 +21,10 @@ machine run it under the bench lock, with free page reporting held off (bench/vm
                     the page cache after the drop; /proc/sys/fs/pipe-max-size raised to
                     2 MiB meanwhile (put back after each run), see below
     splice-dropped  the same with FILE left out of the page cache (read from the disk)
+    mmap-cached     fuse_floor --mmap FILE, multi-threaded: each READ answered with
+                    fuse_reply_buf from a shared mapping of FILE (in the page cache after
+                    the drop): writev of page-cache pages, as the native session answers
+                    a warm block file; against splice-cached, what splicing would save it
     fallback-cached splice-cached with pipe-max-size as found (1 MiB by default): libfuse
                     grows its pipe to the reply + 3 pages, which is above that, and a root
                     without CAP_SYS_RESOURCE (this machine's; a pod's by default) may not;
@@ -70,7 +74,15 @@ from fluidfed import aio
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "fuse_floor.c"
-VARIANTS = ["mem-1t", "mem-mt", "splice-cached", "splice-dropped", "fallback-cached", "fluidfed"]
+VARIANTS = [
+    "mem-1t",
+    "mem-mt",
+    "splice-cached",
+    "splice-dropped",
+    "fallback-cached",
+    "mmap-cached",
+    "fluidfed",
+]
 PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
 SPLICE_PIPE = 2 * 2**20  # pipe-max-size for the splice variants: a 1 MiB reply fits
 READ_AHEAD_KIB = 1024
@@ -204,6 +216,7 @@ def floor_run(binary: Path, root: Path, variant: str, size_mib: int, src: Path) 
         "splice-cached": ["--splice", str(src)],
         "splice-dropped": ["--splice", str(src)],
         "fallback-cached": ["--splice", str(src)],
+        "mmap-cached": ["--mmap", str(src)],
     }[variant]
     name = f"{variant}-{time.monotonic_ns()}"
     pipes = pipe_max_size(SPLICE_PIPE) if variant.startswith("splice") else contextlib.nullcontext()
@@ -318,7 +331,7 @@ def main() -> None:
     try:
         binary = compile_server(root)
         src = root / "splice-source"
-        if any(v.startswith(("splice", "fallback")) for v in variants):
+        if any(v.startswith(("splice", "fallback", "mmap")) for v in variants):
             with open(src, "wb") as f:
                 for _ in range(args.size_mib):
                     f.write(os.urandom(2**20))
