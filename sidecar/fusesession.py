@@ -96,6 +96,15 @@ class _FilePlans:
         """The plan that plans block `index`, if one does."""
         return next((p for p in self.plans if p.covers(index)), None)
 
+    def ridden(self, index: int, planned: int) -> _Planned | None:
+        """Another reader's plan (not the one made at `planned`, this reader's) that
+        covers block `index`, whether or not it plans that block (one it does not is at
+        hand here, held as it is reached): a reader that reaches it rides it. Planning
+        anew from `index` would replace it (the two overlap), its reader's next blocks
+        then read here and its mapped ones told again."""
+        p = self.at(index)
+        return p if p is not None and p.first != planned else None
+
     def room(self, first: int, most: int) -> int:
         """How many blocks from `first` on a new plan may take, up to `most`: those before
         the next plan of the file."""
@@ -401,21 +410,22 @@ class NativeSession:
             self._next(h, ino, end + 1, data if end == off // bs else self.fs.held_block(h, end))
         return True
 
-    def _next(self, h: Handle, ino: int, index: int, data: Any) -> None:
+    def _next(self, h: Handle, ino: int, index: int, data: Any) -> bool:
         """Have the session answer the READs of block `index` of `ino` by itself, its
         reader having reached the block before it (`data`, or a part of it): from there on
         it maps the next blocks itself (`_plan`; a cold file's, one whose block came from
         its worker's file on the disk, read in ahead of its reader there too), but for
         those at hand here already (read ahead), which it is handed (with no SEEN: nothing
         more is read ahead here); else Python holds the next one (`_hold`), once it has
-        come if it is on its way, and hears of its first READ."""
+        come if it is on its way, and hears of its first READ. Whether block `index` is
+        the session's now (planned, or held there)."""
         # (the reader's plan: the one it is in, or whose end it reached; else the file's
         # latest, of another reader)
         ps = self._plans.get(ino)
         p = None if ps is None else ps.at(index) or ps.at(index - 1) or ps.plans[-1]
-        # (another reader's plan that has block `index`: this reader rides it, warm or
+        # (another reader's plan that covers block `index`: this reader rides it, warm or
         # cold, rather than the two replacing each other's at each hand-over)
-        riding = p is not None and p.first != h.planned and index in p
+        riding = ps is not None and ps.ridden(index, h.planned) is not None
         if not (riding or (p is not None and p.ahead and self._ahead_of(ino, p, index))):
             # (a file planned before, that reached a block read ahead here, goes on
             # planned, cold or warm as it was unless its block says which; a cold plan
@@ -426,15 +436,19 @@ class NativeSession:
             )
             ahead = self.fs.readahead if cold else (p.ahead if p is not None and not warm else 0)
             if not ((p is not None or warm or cold) and self._plan(h, ino, index, ahead)):
-                if not self._hold(h, ino, index, seen=False):
-                    # (still on its way, read ahead: held once it has come, so that its
-                    # first READ too is answered there, the reader followed by its SEEN)
-                    later = functools.partial(self._hold, h, ino, index, seen=False)
-                    self.fs.when_fetched(h, index, later)
-                return
+                if self._hold(h, ino, index, seen=False):
+                    return True
+                # (still on its way, read ahead: held once it has come, so that its first
+                # READ too is answered there, the reader followed by its SEEN)
+                later = functools.partial(self._hold, h, ino, index, seen=False)
+                self.fs.when_fetched(h, index, later)
+                return False
+        held = 0
         for i in range(index, index + self.fs.readahead + 1):
             if not self._hold(h, ino, i, seen=True):
                 break
+            held += 1
+        return held > 0 or index in self._plans.get(ino, ())
 
     def _planned(self, ino: int) -> _FilePlans | None:
         """The blocks of `ino` the session's plans have it read (`DatasetFS.planned`)."""
@@ -481,12 +495,13 @@ class NativeSession:
                 return first in ps
             # (the block after the end of a plan: its reader handed on from there, rather
             # than this block read here and the next ones read ahead here)
-            self._next(self.fs.stream(ino, off), ino, first, None)
-            return first in self._plans.get(ino, ())
+            return self._next(self.fs.stream(ino, off), ino, first, None)
         if last != first + 1 or not (first in ps or last in ps):
             return False
         if last not in ps:  # (past the end of its plan: the next one made from there)
-            self._next(self.fs.stream(ino, off), ino, last, None)
+            # (if the session cannot have that block, neither can it answer this READ:
+            # read here at once rather than after a round trip there)
+            return self._next(self.fs.stream(ino, off), ino, last, None)
         return True
 
     def _unplan(self, ino: int, index: int | None = None) -> None:

@@ -171,6 +171,11 @@ def test_a_files_plans_keep_as_the_session_keeps_them() -> None:
     assert 1 in ps and 2 not in ps and 4 not in ps and 13 in ps and "13" not in ps
     assert ps.at(2) is ps.plans[0] and ps.at(4) is None
     assert ps.room(4, 64) == 6 and ps.room(14, 64) == 64 and ps.room(4, 3) == 3
+    # a reader that reaches another's plan rides it, at a block it plans or one it leaves
+    # to Python (at hand there): a plan made from there would replace it
+    assert ps.ridden(2, planned=10) is ps.plans[0] and ps.ridden(3, planned=10) is ps.plans[0]
+    assert ps.ridden(2, planned=0) is None  # (its own plan)
+    assert ps.ridden(4, planned=10) is None  # (none covers block 4)
     ps.add(planned(5, 5), replaces=0)  # (its reader's next plan)
     assert firsts() == [10, 5]
     ps.add(planned(15, 2), replaces=99)  # (its reader's plan before gone meanwhile)
