@@ -192,6 +192,26 @@ static int reply_fits_pipe(void)
 	return ok;
 }
 
+/* FILE opened for reading, if it holds at least the file's `size` bytes; else -1, said */
+static int open_source(const char *path, long mib)
+{
+	struct stat st;
+	int fd = open(path, O_RDONLY);
+
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		perror(path);
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (st.st_size < size) {
+		fprintf(stderr, "%s: smaller than %ld MiB\n", path, mib);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 static int usage(const char *argv0)
 {
 	fprintf(stderr, "usage: %s [-s] [--splice FILE | --mmap FILE] SIZE_MIB MOUNTPOINT\n", argv0);
@@ -223,32 +243,18 @@ int main(int argc, char **argv)
 	size = (off_t)mib * MIB;
 
 	if (splice_path) {
-		struct stat st;
-		splice_fd = open(splice_path, O_RDONLY);
-		if (splice_fd < 0 || fstat(splice_fd, &st) < 0) {
-			perror(splice_path);
+		splice_fd = open_source(splice_path, mib);
+		if (splice_fd < 0)
 			return 1;
-		}
-		if (st.st_size < size) {
-			fprintf(stderr, "%s: smaller than %ld MiB\n", splice_path, mib);
-			return 1;
-		}
 		if (reply_fits_pipe())
 			fprintf(stderr, "fuse_floor: a 1 MiB reply fits a pipe: spliced\n");
 		else
 			fprintf(stderr, "fuse_floor: a 1 MiB reply does not fit a pipe "
 					"(pipe-max-size): libfuse falls back to read + writev\n");
 	} else if (mmap_path) {
-		int fd = open(mmap_path, O_RDONLY);
-		struct stat st;
-		if (fd < 0 || fstat(fd, &st) < 0) {
-			perror(mmap_path);
+		int fd = open_source(mmap_path, mib);
+		if (fd < 0)
 			return 1;
-		}
-		if (st.st_size < size) {
-			fprintf(stderr, "%s: smaller than %ld MiB\n", mmap_path, mib);
-			return 1;
-		}
 		mem = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
 		close(fd);
 		if (mem == MAP_FAILED) {
