@@ -629,10 +629,19 @@ def main() -> None:
                 procs.append(sc)
                 through_r = fio(sc.mountpoint / "big.bin", "randread", bs, size=size, runtime=8)
                 direct_r = fio(big, "randread", bs, size=size, runtime=8, invalidate=0)
+                status = sc.status()
                 results["random"][bs] = {
                     "mount_iops": through_r["iops"],
                     "local_iops": direct_r["iops"],
                     "ratio": ratio(through_r["iops"], direct_r["iops"]),
+                    # where the READs were answered: blocks mapped from the worker's files
+                    # here (short_circuit) or spans asked of it over HTTP (worker_hits)
+                    "reads": status["reads"],
+                    "reads_in_session": status["reads_in_session"],
+                    "blocks": {
+                        k: status["blocks"][k]
+                        for k in ("local_hits", "worker_hits", "short_circuit", "worker_misses")
+                    },
                 }
                 sc.stop()
 

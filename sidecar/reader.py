@@ -26,6 +26,9 @@ log = logging.getLogger("fluidfed.sidecar")
 
 WORKER_BACKOFF = 5.0  # seconds a failing worker is skipped
 REMOTE_RECHECK = 300.0  # seconds before asking a remote worker for short-circuit reads again
+# seconds before a random read asks a worker again where its block files lie (a whole block
+# for a span: `read_span`), where the last answer did not say (a miss, a block in memory)
+LOCATE_AGAIN = 30.0
 SHORT_FOR = 1.0  # seconds blocks are read over HTTP after this sidecar ran out of descriptors
 # blocks asked for with a block a sequential reader misses at its worker, to be read from
 # the under storage in the same ranged read (`prefetch`): with 4 MiB blocks one GET of 16
@@ -101,6 +104,8 @@ class BlockReader:
         self._counting = threading.Lock()
         self._down: dict[str, float] = {}
         self._remote: dict[str, float] = {}  # workers whose block files are not visible here
+        # workers a random read asked where their files lie, until when (`read_span`)
+        self._located: dict[str, float] = {}
         # workers that send no runs in one answer (older ones), until when (`_joins`)
         self._joinless: dict[str, float] = {}
         # blocks that came in an answer after the one asked for, for the read-ahead that
@@ -143,14 +148,16 @@ class BlockReader:
         ref: FileRef,
         index: int,
         run: int | None = 0,
+        found: tuple[blocks.Data, int] | None = None,
     ) -> blocks.Data:
         """Fetch a block, keep it and give it to those waiting on `fut` (in `_inflight`
         under `key` until then); `run`: the blocks after it to ask for with it (None: it
         was asked for with the one before it: sent with it by its worker, `_arrived`, or
-        read with it from the under storage here, else fetched now on its own)."""
+        read with it from the under storage here, else fetched now on its own). `found`:
+        the block and its CRC, already had (mapped from its worker's file: `read_span`)."""
         try:
-            came = self._arrived.pop(key, None) if run is None else None
-            if came is not None:  # sent with the one before it by its worker
+            came = found or (self._arrived.pop(key, None) if run is None else None)
+            if came is not None:  # had, or sent with the one before it by its worker
                 await self._keep(key, *came)
                 fut.set_result(came[0])
                 return came[0]
@@ -302,10 +309,29 @@ class BlockReader:
 
     async def read_span(self, ref: FileRef, index: int, lo: int, size: int) -> blocks.Data:
         """`size` bytes at `lo` in block `index`, without fetching the whole block here
-        (random reads); the worker still caches the whole block."""
+        (random reads); the worker still caches the whole block. Where the block's file
+        lies on this node whole in the page cache, the block is mapped from it instead
+        (no round trip to the worker, no disk read) and held, as a sequential reader's
+        is: the reads after it in that block are answered from it."""
         key = self.key(ref, index)
         span = (lo, size)
         target = self._worker_for(key)
+        if target is not None and key not in self._inflight and self._maps_here(target):
+            if target not in self._dirs:
+                # where its files lie is not known yet: this block is asked for whole, for
+                # the path of its file (`_fetch`), once in a while until it is known
+                self._located[target] = time.monotonic() + LOCATE_AGAIN
+                return memoryview(await self.block(ref, index))[lo : lo + size]
+            # (`_from_files` maps a cached file on the loop, without waiting: nothing else
+            # can start fetching the block before it is in `_inflight` below)
+            found = await self._from_files(target, key, cached_only=True)
+            if found is not None:
+                fut = asyncio.get_running_loop().create_future()
+                self._inflight[key] = fut
+                data = await self._fill(fut, key, ref, index, found=found)
+                # the pieces the span covers checked, and copied out: the answer is not
+                # one to check its whole block for (the block's later READs check it)
+                return bytes(await self.checked(ref, index, data, span))
         if target is not None and self.session is not None:
             try:
                 async with asyncio.timeout(self.cfg.worker_timeout):
@@ -318,6 +344,29 @@ class BlockReader:
                 self._failed(target, err)
         offset, _ = blocks.block_span(ref.size, self.cfg.block_size, index)
         return await self._ufs(ref, offset + lo, min(size, ref.size - offset - lo))
+
+    def _short_circuits(self, target: str, now: float) -> bool:
+        """Whether blocks of worker `target` are looked for in its files on this node
+        (short-circuit reads: asked for, the worker not found remote lately, this sidecar
+        not out of descriptors)."""
+        return (
+            self.cfg.short_circuit
+            and self._remote.get(target, 0.0) <= now
+            and self._short_until <= now
+        )
+
+    def _maps_here(self, target: str) -> bool:
+        """Whether a random read of a block of `target` may map the block from its file on
+        this node (`read_span`): short-circuit reads go on, this sidecar keeps no disk tier
+        (whose blocks it writes, checked whole), and where `target`'s files lie is known,
+        or was not asked lately (`_located`)."""
+        now = time.monotonic()
+        return (
+            self.session is not None
+            and not self.store.on_disk
+            and self._short_circuits(target, now)
+            and (target in self._dirs or self._located.get(target, 0.0) <= now)
+        )
 
     def _worker_for(self, key: str) -> str | None:
         now = time.monotonic()
@@ -480,11 +529,7 @@ class BlockReader:
         target = self._worker_for(key)
         if target is not None and self.session is not None:
             now = time.monotonic()
-            local = (
-                self.cfg.short_circuit
-                and self._remote.get(target, 0.0) <= now
-                and self._short_until <= now
-            )
+            local = self._short_circuits(target, now)
             # a block its worker read with the one before it for this reader (as it said,
             # `protocol.AHEAD`) came from the under storage: a miss, however it comes
             fresh = self._ahead.pop(key, False)
@@ -615,6 +660,7 @@ class BlockReader:
         size: int = 0,
         *,
         fresh: bool = False,
+        cached_only: bool = False,
     ) -> tuple[blocks.Data, int] | None:
         """A block straight from a worker's files (checked against the CRC it was stored
         with: whole, or, mapped, by the pieces each READ's answer covers as it is sent), or
@@ -623,7 +669,9 @@ class BlockReader:
         mapped here if it is in the page cache, else read in a thread: a large one into the
         page cache and mapped, a small one past it (`blockfile.load_block_file`). A block
         kept on this sidecar's disk is checked whole before (it would be written
-        unchecked)."""
+        unchecked). With `cached_only`, None for a file not whole in the page cache (the
+        caller asks the worker for what it needs of it, not the whole file from the disk):
+        nothing waits, all is done on the loop."""
         for d in self._dirs[worker]:
             path = blockfile.block_file(d, key)
             try:
@@ -633,11 +681,16 @@ class BlockReader:
                     # failed that lately)
                     take = self.conns.buffers.take
                     lazy = key not in self._suspects and not self.store.on_disk
-                    data, crc = await blockfile.load_block_file(path, take, lazy=lazy)
+                    if cached_only:
+                        data, crc = blockfile.map_block_file(path, cached_only=True, lazy=lazy)
+                    else:
+                        data, crc = await blockfile.load_block_file(path, take, lazy=lazy)
                 else:
                     data, crc = await self._give(path, size, then)
             except FileNotFoundError:
                 continue  # not there (yet, or any more): another tier, or the worker
+            except errors.NotCached:
+                return None  # (`cached_only`: the worker reads what is needed of it)
             except errors.CorruptBlock:
                 if key not in self._suspects:  # (else counted when it failed as it was read)
                     self.stats.corrupt += 1

@@ -1169,6 +1169,56 @@ def test_random_reads_through_a_worker_over_http_get_exactly_their_bytes(
         sc.stop()
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["warm", "dropped"])
+def test_random_reads_beside_their_worker_map_its_files_in_the_page_cache_else_ask_spans(
+    cached: bool, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """Random reads of a file whose blocks lie in a worker's files on this node: where a
+    block's file is whole in the page cache, the sidecar maps it (after one block asked
+    for whole, which tells it where the files lie), rather than asking the worker for each
+    span over HTTP, as it did: a random reader never located the files. Where the file
+    was dropped from the page cache, it asks for the span (a whole block read from the
+    disk for a few KiB would cost the disk 100 times the bytes). The reads lie four blocks
+    apart, each through its own open: none is taken for a sequential reader's."""
+    src = tmp_path / "src"
+    src.mkdir()
+    body = random.Random(23).randbytes(24 * BLOCK - 555)
+    (src / "big.bin").write_bytes(body)
+    _, mount, ws = ssd_worker(src, tmp_path / "ssd", workers_factory)
+    filler = sidecars(sidecar_config(mount, ws.urls()))
+    assert (filler.mountpoint / "big.bin").read_bytes() == body
+    filler.stop()
+    files = written(tmp_path / "ssd", ws.procs[0])
+    os.sync()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            if cached:
+                f.read_bytes()
+            else:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert blockfile.in_page_cache(fd, os.fstat(fd).st_size) == cached, f
+        finally:
+            os.close(fd)
+    sc = sidecars(sidecar_config(mount, ws.urls()))
+    rng = random.Random(29)
+    far = range(2, 24, 4)  # (a reader at block 0 or 1 starts a streak: read ahead)
+    for index in far:
+        off = index * BLOCK + rng.randrange(0, BLOCK // 2)
+        n = rng.randrange(4096, 40 * 1024)
+        fd = os.open(sc.mountpoint / "big.bin", os.O_RDONLY)
+        try:
+            assert os.pread(fd, n, off) == body[off : off + n], (off, n)
+        finally:
+            os.close(fd)
+    got = sc.status()["blocks"]
+    assert got["worker_misses"] == got["ufs_reads"] == got["worker_errors"] == 0, got
+    assert got["reread"] == got["corrupt"] == 0, got
+    spans = got["worker_hits"] - got["short_circuit"]  # (asked of the worker over HTTP)
+    # the first read locates the files: its block asked for whole, read from its file
+    assert (spans, got["short_circuit"]) == ((0, len(far)) if cached else (len(far) - 1, 1)), got
+
+
 def test_a_malformed_touch_report_is_refused_with_the_expected_shape(
     data: Path, workers_factory: Any
 ) -> None:
