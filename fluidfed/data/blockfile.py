@@ -85,6 +85,36 @@ def data_length(path: str | Path, length: int) -> int:
     return _layout(path, length, tail)
 
 
+def read_span_checked(path: str | Path, lo: int, n: int) -> bytes:
+    """`n` bytes at `lo` of the block in the file at `path` (fewer past its end), checked
+    by the pieces they lie in against the CRCs its trailer keeps for them: a random read
+    reads 256 KiB at most per piece it touches, not the whole block, and bytes damaged on
+    the disk since the block was last checked whole are caught all the same (CorruptBlock).
+    A file without its pieces' CRCs (FFB1) is read and checked whole. OSError if it cannot
+    be read. Blocking: for a thread."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        length = _length(fd, path)
+        tail = os.pread(fd, _TRAILER.size, length - _TRAILER.size)
+        size = _layout(path, length, tail)
+        if tail[:4] != _MAGIC_PIECES:
+            data, _ = read_block_file(path)
+            return bytes(data[lo : lo + n])
+        end = min(lo + n, size)
+        if end <= lo:
+            return b""
+        first, last = lo // CHECK_PIECE, -(-end // CHECK_PIECE)
+        start, stop = first * CHECK_PIECE, min(last * CHECK_PIECE, size)
+        covered = os.pread(fd, stop - start, start)
+        at = size + first * _PIECE_CRC.size
+        want = os.pread(fd, (last - first) * _PIECE_CRC.size, at)
+    finally:
+        os.close(fd)
+    if len(covered) != stop - start or piece_crcs(covered) != want:
+        raise CorruptBlock(f"{path}: a piece's checksum mismatch")
+    return covered[lo - start : end - start]
+
+
 def block_path(directory: str | Path, key: str) -> Path:
     """Where a disk tier keeps a block: <dir>/<first two characters of the key>/<key>."""
     return Path(block_file(str(directory), key))

@@ -69,6 +69,7 @@ from fluidfed.data.blockfile import (
     no_huge,
     read_block_file,
     read_cold_block_file,
+    read_span_checked,
     reads_huge,
     spread_subdirectories,
     trailer_size,
@@ -248,13 +249,17 @@ class _Tier:
         except ValueError as err:  # (mmap: the file shorter than it was; `read` says)
             raise errors.NotCached(str(path)) from err
 
-    def read_span(self, key: str, lo: int, n: int, length: int) -> bytes | None:
-        """`n` bytes at `lo` of a block of `length` bytes already verified once (a random
-        read needs no 4 MiB read and CRC each time)."""
+    def read_span(self, key: str, lo: int, n: int) -> bytes | None:
+        """`n` bytes at `lo` of a block verified once, checked by the pieces they lie in
+        (a random read needs no 4 MiB read and CRC each time; its bytes are checked all
+        the same: the receiver checks only that they came as they were sent). None if the
+        file is gone, unreadable or damaged: the caller drops it (`BlockStore.get_span`)."""
         path = self.file(key)
         try:
-            with open(path, "rb") as f:
-                return os.pread(f.fileno(), max(0, min(n, length - lo)), lo)
+            return read_span_checked(path, lo, n)
+        except errors.CorruptBlock as err:
+            log.warning("block file %s is damaged: %s; dropped", path, err)
+            return None
         except OSError as err:
             _unreadable(path, err)
             return None
@@ -515,7 +520,13 @@ class BlockStore:
         elif key in tier.pending:
             data = tier.pending[key][0][lo : lo + n]
         elif held is not None:
-            data = await asyncio.to_thread(tier.read_span, key, lo, n, held[1])
+            data = await asyncio.to_thread(tier.read_span, key, lo, n)
+            if data is None:  # (damaged or gone: dropped, as `get` drops it; fetched again)
+                if tier.verified.get(key) is held:  # (not if replaced meanwhile)
+                    self.stats.corrupt += 1
+                    tier.ledger.remove(key)
+                    await self._unlink(tier, key)
+                return None
         else:
             whole = await self.get(key)
             return None if whole is None else whole[0][lo : lo + n]

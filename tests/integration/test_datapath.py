@@ -1169,6 +1169,33 @@ def test_random_reads_through_a_worker_over_http_get_exactly_their_bytes(
         sc.stop()
 
 
+def test_random_reads_of_a_block_file_damaged_after_its_workers_check_get_its_true_bytes(
+    data: Path, tmp_path: Path, workers_factory: Any, sidecars: Any
+) -> None:
+    """A worker sends a span of a disk block it checked once from a read of the pieces the
+    span lies in, checked against the block file's trailer: a file damaged in place since
+    (its bytes, not its trailer) is caught there, dropped and fetched again, and the reader
+    gets the true bytes. Before, the span was cut from the damaged bytes and sent with a
+    CRC taken of them, which its receiver found whole."""
+    want, mount, ws = ssd_worker(data, tmp_path / "ssd", workers_factory)
+    first = sidecars(sidecar_config(mount, ws.urls()), name="fill")
+    read_all(first.mountpoint, want)  # (the worker checks each block as it writes it)
+    first.stop()
+    for f in written(tmp_path / "ssd", ws.procs[0]):
+        raw = f.read_bytes()
+        size = blockfile.data_length(f, len(raw))
+        fd = os.open(f, os.O_RDWR)
+        try:  # every byte of the block flipped, its trailer left as the worker wrote it
+            os.pwrite(fd, bytes(b ^ 0xFF for b in raw[:size]), 0)
+        finally:
+            os.close(fd)
+    sc = sidecars(sidecar_config(mount, ws.urls(), short_circuit=False))
+    made = random_reads(sc.mountpoint, want, seed=7)  # (each checked against the source)
+    got = sc.status()["blocks"]
+    assert made > 0 and got["short_circuit"] == got["ufs_reads"] == 0, got
+    assert ws.procs[0].status()["corrupt"] >= 1  # (found as each span was read)
+
+
 @pytest.mark.parametrize("cached", [True, False], ids=["warm", "dropped"])
 def test_random_reads_beside_their_worker_map_its_files_in_the_page_cache_else_ask_spans(
     cached: bool, tmp_path: Path, workers_factory: Any, sidecars: Any

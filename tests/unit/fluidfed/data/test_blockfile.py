@@ -692,6 +692,31 @@ def test_a_block_file_carries_a_crc_per_piece_and_older_files_read_as_before(
             give_block_file(path, size + 1, lambda v: None)
 
 
+def test_a_span_is_read_checked_by_the_pieces_it_lies_in(tmp_path: Path) -> None:
+    """`read_span_checked`: the bytes asked for (fewer past the block's end), from a read of
+    the pieces they lie in checked against the trailer; a damaged piece fails only the
+    spans that touch it; an older file (FFB1) is read and checked whole."""
+    piece = blockfile.CHECK_PIECE
+    payload = os.urandom(3 * piece + 1000)
+    new, old = block_file(str(tmp_path), "a" * 32), block_file(str(tmp_path), "b" * 32)
+    write_block_file(new, payload, blocks.checksum(payload))
+    _old_block_file(old, payload)
+    spans = [(0, 1), (piece - 5, 10), (7, 2 * piece), (3 * piece + 990, 100), (len(payload), 9)]
+    for path in (new, old):
+        for lo, n in spans:
+            assert blockfile.read_span_checked(path, lo, n) == payload[lo : lo + n], (lo, n)
+    for path in (new, old):
+        with open(path, "r+b") as f:
+            f.seek(piece + 3)
+            f.write(bytes([payload[piece + 3] ^ 1]))
+    assert blockfile.read_span_checked(new, 2 * piece, 50) == payload[2 * piece : 2 * piece + 50]
+    for path in (new, old):
+        with pytest.raises(CorruptBlock):
+            blockfile.read_span_checked(path, piece - 5, 10)
+    with pytest.raises(CorruptBlock):
+        blockfile.read_span_checked(old, 2 * piece, 50)  # (checked whole: no pieces to tell)
+
+
 async def test_a_restarted_store_finds_its_blocks_sizes_in_either_format(tmp_path: Path) -> None:
     store = await BlockStore([testing.cache_tier("SSD", 2**24, tmp_path)]).open()
     await store.put("a" * 32, b"x" * 300_000)  # two pieces

@@ -17,7 +17,7 @@ from devkit import testing
 from fluidfed import errors
 from fluidfed.data import blockfile, blocks, heap
 from fluidfed.data import store as store_module
-from fluidfed.data.blockfile import block_path, read_block_file
+from fluidfed.data.blockfile import CHECK_PIECE, block_path, read_block_file
 from fluidfed.data.store import BlockStore
 from fluidfed.models import CacheTier, Medium
 
@@ -199,6 +199,30 @@ async def test_spans_of_disk_blocks_are_read_directly_once_the_block_was_checked
     path.write_bytes(bytes(raw))
     assert await again.get_span("c" * 32, 10, 5) is None
     assert again.stats.corrupt == 1
+
+
+async def test_a_span_of_a_block_damaged_on_disk_after_its_check_is_caught_and_dropped(
+    tmp_path: Path,
+) -> None:
+    """A span of a block checked once is read by itself, but checked by the pieces it lies
+    in: bytes damaged on the disk since are caught, the block dropped (its reader fetches it
+    again), where they were sent with a CRC taken of the damaged bytes, which the receiver
+    found whole. A span in another piece reads as before."""
+    store = await BlockStore([tier("SSD", 2**21, tmp_path)]).open()
+    key, data = "e" * 32, os.urandom(3 * CHECK_PIECE + 10)
+    await store.put(key, data)
+    assert await store.get_span(key, 5, 100) == data[5:105]  # (checked once: put by us)
+    path = block_path(tmp_path, key)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes([data[2 * CHECK_PIECE + 7] ^ 0xFF]), 2 * CHECK_PIECE + 7)
+    finally:
+        os.close(fd)
+    assert await store.get_span(key, CHECK_PIECE - 3, 6) == data[CHECK_PIECE - 3 : CHECK_PIECE + 3]
+    assert await store.get_span(key, 2 * CHECK_PIECE + 100, 4096) is None
+    assert store.stats.corrupt == 1 and key not in store
+    await store.stored()
+    assert not path.exists()
 
 
 async def test_checked_disk_blocks_are_located_for_short_circuit_readers(
