@@ -55,6 +55,17 @@ STREAMS_PER_INODE = 32
 # Files of more than one block whose readers are followed; past this many, the file unseen
 # longest is let go of. (A file of one block has nothing to read ahead: none is kept.)
 STREAMED_FILES = 1024
+# A READ smaller than this starts a reader's streak only within SMALL_NEAR bytes of where
+# that reader's last READ ended (`_follow`): the kernel's READs of a sequential reader grow
+# to 1 MiB, each from the end of the one before, where a random reader's READs are its own
+# sizes, anywhere; matched by block to one of STREAMS_PER_INODE readers (a block either
+# side), nearly every one of them was taken for a sequential reader's and read ahead of:
+# three blocks mapped per 4 KiB READ of a 512 MiB file (figures: README, "Measured design
+# decisions"). A reader in its streak is followed by block: the session answers READs of
+# the blocks it holds by itself, so the next READ here may lie a block on. SMALL_NEAR: two
+# such READs, for two taken out of order.
+SMALL_READ = 256 * 1024
+SMALL_NEAR = 2 * SMALL_READ
 
 
 @dataclass
@@ -64,6 +75,7 @@ class Handle:
     ref: FileRef
     inode: int
     last_block: int = -1
+    end: int = -1  # where its last READ ended (the furthest, while it reads in sequence)
     streak: int = 0  # reads in a row at or just after the last block: a sequential reader
     ahead: int = 0  # the blocks before this one were asked for ahead of it already
     planned: int = -1  # the first block of the session's plan it handed over last, if any
@@ -382,7 +394,7 @@ class DatasetFS(pyfuse3.Operations):
         self.reads += 1
         if not idx:
             return b""
-        self._follow(h, idx)
+        self._follow(h, idx, off, size)
         if len(idx) == 1:
             lo = off - idx[0] * self.block_size
             held = self.reader.peek(ref, idx[0])
@@ -400,7 +412,7 @@ class DatasetFS(pyfuse3.Operations):
         `served_elsewhere`)."""
         idx = blocks.blocks_for(off, size, h.ref.size, self.block_size)
         if idx:
-            self._follow(h, idx)
+            self._follow(h, idx, off, size)
 
     def plan(self, h: Handle, first: int, count: int) -> list[tuple[str, str, list[str]] | None]:
         """`BlockReader.plan` for up to `count` blocks of the file `h` reads from block
@@ -480,19 +492,27 @@ class DatasetFS(pyfuse3.Operations):
         a worker's file: let go of it, and take it checked whole when it is next read."""
         await self.reader.distrust(h.ref, off // self.block_size)
 
-    def _follow(self, h: Handle, idx: range) -> None:
+    def _follow(self, h: Handle, idx: range, off: int = -1, size: int = 0) -> None:
         """Track sequential readers and fetch ahead of them.
 
         The kernel's read-ahead sends several requests at once, slightly out of order:
-        reads that stay within a couple of blocks of the last one count as sequential."""
+        reads that stay within a couple of blocks of the last one count as sequential; a
+        small one (`SMALL_READ`, of `size` bytes at `off`) starts a streak only where the
+        last one ended."""
         first, last = idx[0], idx[-1]
-        if first == 0 or h.last_block - 1 <= first <= h.last_block + 2:
+        if 0 < size < SMALL_READ and first and not h.streak:
+            near = abs(off - h.end) <= SMALL_NEAR  # (a reader's start: its READs after it)
+        else:
+            near = h.last_block - 1 <= first <= h.last_block + 2
+        if first == 0 or near:
             h.streak += 1
             if first == 0 and h.last_block > 1:  # back to the start (a handle of
                 h.last_block, h.ahead = 0, 0  # pyfuse3's): the blocks ahead asked for again
         else:
             h.streak = h.ahead = 0
         h.last_block = max(h.last_block, last) if h.streak else last
+        if size:
+            h.end = max(h.end, off + size) if h.streak else off + size
         if h.streak and self.readahead:
             # (only blocks not asked for ahead of this reader before: each block's READs,
             # four for a block of 4 MiB, would look up the same ones again)
