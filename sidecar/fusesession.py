@@ -127,10 +127,7 @@ class _FilePlans:
         return p is not None
 
 
-# READ answers this large (the native session's INLINE_REPLY: those its replying threads
-# write) from a block not checked whole are checked by the pieces they lie in, by the
-# thread that copies them; smaller ones check their whole block on the event loop, once
-PIECEWISE_FROM = 64 * 1024
+PIECEWISE_FROM = blockfile.PIECEWISE_FROM
 
 
 class Session(Protocol):

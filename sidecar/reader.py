@@ -329,8 +329,10 @@ class BlockReader:
                 fut = asyncio.get_running_loop().create_future()
                 self._inflight[key] = fut
                 data = await self._fill(fut, key, ref, index, found=found)
-                # the pieces the span covers checked, and copied out: the answer is not
-                # one to check its whole block for (the block's later READs check it)
+                if size >= blockfile.PIECEWISE_FROM:  # (checked by its pieces as it is sent)
+                    return memoryview(data)[lo : lo + size]
+                # a small one: the pieces it covers checked, and copied out (not one to
+                # check its whole block for: the block's later READs check it)
                 return bytes(await self.checked(ref, index, data, span))
         if target is not None and self.session is not None:
             try:

@@ -44,6 +44,10 @@ _MAGIC = b"FFB1"  # the block's CRC alone (files written before the pieces' CRCs
 _MAGIC_PIECES = b"FFB2"  # a CRC per CHECK_PIECE bytes before magic and the block's CRC
 TRAILER_SIZE = _TRAILER.size  # the shortest trailer (an empty block's)
 CHECK_PIECE = blocks.CHECK_PIECE  # a READ's answer is checked by the pieces it covers
+# READ answers this large (the native session's INLINE_REPLY: those its replying threads
+# write) from a block not checked whole are checked by the pieces they lie in, by the
+# thread that copies them; smaller ones check their whole block on the event loop, once
+PIECEWISE_FROM = 64 * 1024
 _PIECE_CRC = blocks.PIECE_CRC
 piece_crcs = blocks.piece_crcs
 _combined = blocks.combined
