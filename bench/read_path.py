@@ -422,6 +422,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (median reported)")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated: {PARTS}")
     ap.add_argument(
+        "--random-over-http",
+        action="store_true",
+        help="random: short-circuit reads off, as a worker on another node is read",
+    )
+    ap.add_argument(
         "--against",
         default="",
         help="another checkout (main's): its sidecars read the warm rows too, alternating "
@@ -625,7 +630,8 @@ def main() -> None:
         if w is not None and "random" in only:
             results["random"] = {}
             for bs in ("4k", "128k"):
-                sc = sidecar(root, f"rand{bs}", mount, [w.url])
+                over_http = {"short_circuit": False} if args.random_over_http else {}
+                sc = sidecar(root, f"rand{bs}", mount, [w.url], **over_http)
                 procs.append(sc)
                 through_r = fio(sc.mountpoint / "big.bin", "randread", bs, size=size, runtime=8)
                 direct_r = fio(big, "randread", bs, size=size, runtime=8, invalidate=0)
