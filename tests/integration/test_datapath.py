@@ -690,6 +690,24 @@ def test_a_block_file_damaged_after_its_workers_check_is_caught_as_it_is_read(
     assert sc.status()["blocks"]["corrupt"] >= got["corrupt"] + len(small)
 
 
+def cached_or_dropped(tier: Path, worker: WorkerProcess, *, cached: bool) -> list[Path]:
+    """A worker's block files once written, written back (none of their pages is let go of
+    as that ends), then each read into the page cache (`cached`) or dropped from it."""
+    files = written(tier, worker)
+    os.sync()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            if cached:
+                f.read_bytes()
+            else:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert blockfile.in_page_cache(fd, os.fstat(fd).st_size) == cached, f
+        finally:
+            os.close(fd)
+    return files
+
+
 def _read_beside_its_worker(
     tmp_path: Path,
     workers_factory: Any,
@@ -725,19 +743,8 @@ def _read_beside_its_worker(
     filler = sidecars(sidecar_config(mount, ws.urls(), block_size=bs))
     assert (filler.mountpoint / "big.bin").read_bytes() == content
     filler.stop()
-    files = written(tmp_path / "ssd", ws.procs[0])
+    files = cached_or_dropped(tmp_path / "ssd", ws.procs[0], cached=cached)
     assert len(files) == n
-    os.sync()  # (written back first: none of their pages is let go of as that ends)
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            if cached:
-                f.read_bytes()
-            else:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            assert blockfile.in_page_cache(fd, os.fstat(fd).st_size) == cached, f
-        finally:
-            os.close(fd)
 
     sc = sidecars(sidecar_config(mount, ws.urls(), block_size=bs))
     part = -(-n // readers) * bs
@@ -1215,18 +1222,7 @@ def test_random_reads_beside_their_worker_map_its_files_in_the_page_cache_else_a
     filler = sidecars(sidecar_config(mount, ws.urls()))
     assert (filler.mountpoint / "big.bin").read_bytes() == body
     filler.stop()
-    files = written(tmp_path / "ssd", ws.procs[0])
-    os.sync()
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            if cached:
-                f.read_bytes()
-            else:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            assert blockfile.in_page_cache(fd, os.fstat(fd).st_size) == cached, f
-        finally:
-            os.close(fd)
+    cached_or_dropped(tmp_path / "ssd", ws.procs[0], cached=cached)
     sc = sidecars(sidecar_config(mount, ws.urls()))
     rng = random.Random(29)
     far = range(2, 24, 4)  # (a reader at block 0 or 1 starts a streak: read ahead)
