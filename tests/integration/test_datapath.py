@@ -731,9 +731,12 @@ def _read_beside_its_worker(
     itself, and most READs answered there (the first blocks come over HTTP as the reader
     learns where the files lie, and the sidecar reads a few ahead before the session is
     handed the rest: 133 of 140 here, warm or cold; 123 when each plan's end had the
-    sidecar read the next blocks ahead itself); none with pyfuse3's. (Readers
-    that start at once may each have one block read twice as the sidecar learns where
-    the files lie: once over HTTP, once from its file; seen, not mended.)"""
+    sidecar read the next blocks ahead itself); none with pyfuse3's. (A reader that
+    starts mid-file has its first READ taken for a random read: once the sidecar knows
+    where the files lie, a file dropped from the page cache gives it a span over HTTP,
+    counted a hit, before its block is read whole; one in the page cache is mapped and
+    kept, and a reader that comes before that is known has its block asked for whole:
+    exactly `n` in six runs of session 56.)"""
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(n)
